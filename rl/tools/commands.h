@@ -1,0 +1,14 @@
+// The subcommands of the `lightrl` executable. Each parses its own flags into an options
+// struct and returns the process exit code; libraries below never read flags.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace lightrl {
+
+// `args` excludes the program and subcommand names.
+int RunLogprobsCommand(const std::vector<std::string>& args);
+int RunTokenizeCommand(const std::vector<std::string>& args);
+
+}  // namespace lightrl
