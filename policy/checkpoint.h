@@ -1,0 +1,26 @@
+// Moves a MiniMaxForCausalLM's weights to and from HuggingFace-format checkpoint
+// directories (config.json + safetensors, single or sharded), under transformers'
+// tensor names. Internal to torch-linking targets; owns no model state itself.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "common/safetensors.h"
+#include "policy/minimax_model.h"
+
+namespace lightrl {
+
+// Copies every parameter from `ckpt`, converting dtype. A missing, extra or mis-shaped
+// tensor is an error naming the file and tensor. transformers' lightning decay buffers
+// (slope_rate, query_decay, key_decay, diagonal_decay) are accepted; slope_rate is used.
+absl::Status LoadWeights(MiniMaxForCausalLM& model, const SafetensorsCheckpoint& ckpt);
+
+// Writes config.json and the weights in `dtype` (F32, BF16 or F16), with the decay
+// buffers transformers expects, atomically per file.
+absl::Status SaveCheckpoint(MiniMaxForCausalLM& model, const std::string& dir, DType dtype,
+                            size_t max_shard_bytes = size_t{5} << 30);
+
+torch::ScalarType ToTorchDType(DType dtype);
+
+}  // namespace lightrl

@@ -1,0 +1,318 @@
+#include "policy/minimax_model.h"
+
+#include <cmath>
+
+#include "policy/lightning_attention.h"
+
+namespace lightrl {
+namespace {
+
+// Index tensors mapping packed token t to (document, position) of the padded [N, L] view.
+struct PadIndex {
+  torch::Tensor doc, pos;
+  int64_t num_docs, max_len;
+};
+
+PadIndex MakePadIndex(const PackedLayout& layout, const torch::Device& device) {
+  std::vector<int64_t> doc, pos;
+  doc.reserve(layout.num_tokens());
+  pos.reserve(layout.num_tokens());
+  for (int64_t i = 0; i < layout.num_docs(); ++i) {
+    for (int64_t t = layout.cu_seqlens[i]; t < layout.cu_seqlens[i + 1]; ++t) {
+      doc.push_back(i);
+      pos.push_back(t - layout.cu_seqlens[i]);
+    }
+  }
+  auto opts = torch::TensorOptions().dtype(torch::kInt64);
+  return {torch::tensor(doc, opts).to(device), torch::tensor(pos, opts).to(device),
+          layout.num_docs(), layout.max_len()};
+}
+
+// [T, ...] -> [N, L, ...] with zeros after each document's end.
+torch::Tensor Pad(const torch::Tensor& x, const PadIndex& index) {
+  if (index.num_docs == 1) return x.unsqueeze(0);
+  std::vector<int64_t> shape = {index.num_docs, index.max_len};
+  for (int64_t i = 1; i < x.dim(); ++i) shape.push_back(x.size(i));
+  return torch::zeros(shape, x.options()).index_put({index.doc, index.pos}, x);
+}
+
+torch::Tensor Unpad(const torch::Tensor& x, const PadIndex& index) {
+  if (index.num_docs == 1) return x.squeeze(0);
+  return x.index({index.doc, index.pos});
+}
+
+torch::nn::Linear MakeLinear(int64_t in, int64_t out) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+
+}  // namespace
+
+int64_t PackedLayout::max_len() const {
+  int64_t m = 0;
+  for (size_t i = 0; i + 1 < cu_seqlens.size(); ++i) {
+    m = std::max(m, cu_seqlens[i + 1] - cu_seqlens[i]);
+  }
+  return m;
+}
+
+PackedLayout PackedLayout::FromLengths(const std::vector<int64_t>& lengths) {
+  PackedLayout layout;
+  layout.cu_seqlens.push_back(0);
+  for (int64_t n : lengths) layout.cu_seqlens.push_back(layout.cu_seqlens.back() + n);
+  return layout;
+}
+
+torch::Tensor PackedPositions(const PackedLayout& layout, const torch::Device& device) {
+  std::vector<int64_t> pos;
+  pos.reserve(layout.num_tokens());
+  for (int64_t i = 0; i < layout.num_docs(); ++i) {
+    for (int64_t t = layout.cu_seqlens[i]; t < layout.cu_seqlens[i + 1]; ++t) {
+      pos.push_back(t - layout.cu_seqlens[i]);
+    }
+  }
+  return torch::tensor(pos, torch::TensorOptions().dtype(torch::kInt64)).to(device);
+}
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat32);
+  auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+LightningAttentionImpl::LightningAttentionImpl(const ModelConfig& c, int64_t layer)
+    : num_heads(c.num_attention_heads), head_dim(c.head_dim), block_size(c.block_size) {
+  const int64_t inner = num_heads * head_dim;
+  qkv_proj = register_module("qkv_proj", MakeLinear(c.hidden_size, 3 * inner));
+  out_proj = register_module("out_proj", MakeLinear(inner, c.hidden_size));
+  output_gate = register_module("output_gate", MakeLinear(c.hidden_size, inner));
+  norm = register_module("norm", RMSNorm(inner, /*eps=*/1e-6));
+  std::vector<float> slopes(num_heads);
+  for (int64_t h = 0; h < num_heads; ++h) slopes[h] = static_cast<float>(c.LightningSlope(layer, h));
+  slope = register_buffer("slope", torch::tensor(slopes));
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> LightningAttentionImpl::Project(
+    const torch::Tensor& x) {
+  auto qkv = torch::silu(qkv_proj(x)).view({x.size(0), num_heads, 3 * head_dim});
+  auto parts = qkv.split(head_dim, -1);
+  return {parts[0], parts[1], parts[2]};
+}
+
+torch::Tensor LightningAttentionImpl::Finish(const torch::Tensor& x, const torch::Tensor& o) {
+  return out_proj(torch::sigmoid(output_gate(x)) * norm(o));
+}
+
+torch::Tensor LightningAttentionImpl::forward(const torch::Tensor& x, const PackedLayout& layout,
+                                              const ForwardOptions& options) {
+  auto [q, k, v] = Project(x);
+  PadIndex index = MakePadIndex(layout, x.device());
+  auto to_bhtd = [&](const torch::Tensor& t) { return Pad(t, index).permute({0, 2, 1, 3}); };
+  torch::Tensor o = options.train_lightning
+                        ? LightningAttentionTrain(to_bhtd(q), to_bhtd(k), to_bhtd(v), slope,
+                                                  block_size)
+                        : LightningChunked(to_bhtd(q), to_bhtd(k), to_bhtd(v), slope, block_size)
+                              .first;
+  o = Unpad(o.permute({0, 2, 1, 3}), index).reshape({x.size(0), num_heads * head_dim});
+  return Finish(x, o);
+}
+
+SoftmaxAttentionImpl::SoftmaxAttentionImpl(const ModelConfig& c)
+    : num_heads(c.num_attention_heads),
+      num_kv_heads(c.num_key_value_heads),
+      head_dim(c.head_dim),
+      rotary_dim(c.rotary_dim),
+      rope_theta(c.rope_theta) {
+  q_proj = register_module("q_proj", MakeLinear(c.hidden_size, num_heads * head_dim));
+  k_proj = register_module("k_proj", MakeLinear(c.hidden_size, num_kv_heads * head_dim));
+  v_proj = register_module("v_proj", MakeLinear(c.hidden_size, num_kv_heads * head_dim));
+  o_proj = register_module("o_proj", MakeLinear(num_heads * head_dim, c.hidden_size));
+}
+
+torch::Tensor SoftmaxAttentionImpl::ApplyRope(const torch::Tensor& x,
+                                              const torch::Tensor& positions) const {
+  if (rotary_dim == 0) return x;
+  auto fopts = torch::TensorOptions().dtype(torch::kFloat32).device(x.device());
+  auto inv_freq = 1.0 / torch::pow(rope_theta, torch::arange(0, rotary_dim, 2, fopts) /
+                                                   static_cast<double>(rotary_dim));
+  auto freqs = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq.unsqueeze(0);  // [T, rd/2]
+  auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);                          // [T, 1, rd]
+  auto cos = emb.cos().to(x.scalar_type()), sin = emb.sin().to(x.scalar_type());
+  auto rot = x.narrow(-1, 0, rotary_dim);
+  auto half = rotary_dim / 2;
+  auto rotated = torch::cat({-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)}, -1);
+  auto out = rot * cos + rotated * sin;
+  if (rotary_dim == head_dim) return out;
+  return torch::cat({out, x.narrow(-1, rotary_dim, head_dim - rotary_dim)}, -1);
+}
+
+torch::Tensor SoftmaxAttentionImpl::forward(const torch::Tensor& x, const PackedLayout& layout) {
+  const int64_t T = x.size(0);
+  auto positions = PackedPositions(layout, x.device());
+  auto q = ApplyRope(q_proj(x).view({T, num_heads, head_dim}), positions);
+  auto k = ApplyRope(k_proj(x).view({T, num_kv_heads, head_dim}), positions);
+  auto v = v_proj(x).view({T, num_kv_heads, head_dim});
+  PadIndex index = MakePadIndex(layout, x.device());
+  auto to_bhtd = [&](const torch::Tensor& t) { return Pad(t, index).permute({0, 2, 1, 3}); };
+  auto qp = to_bhtd(q);
+  auto kp = to_bhtd(k).repeat_interleave(num_heads / num_kv_heads, 1);
+  auto vp = to_bhtd(v).repeat_interleave(num_heads / num_kv_heads, 1);
+  // Documents are right-padded, so the causal mask alone keeps real queries off padding.
+  auto o = torch::scaled_dot_product_attention(qp, kp, vp, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                               /*is_causal=*/true,
+                                               1.0 / std::sqrt(static_cast<double>(head_dim)));
+  o = Unpad(o.permute({0, 2, 1, 3}), index).reshape({T, num_heads * head_dim});
+  return o_proj(o);
+}
+
+ExpertImpl::ExpertImpl(int64_t hidden, int64_t ffn) {
+  w1 = register_module("w1", MakeLinear(hidden, ffn));
+  w2 = register_module("w2", MakeLinear(ffn, hidden));
+  w3 = register_module("w3", MakeLinear(hidden, ffn));
+}
+
+torch::Tensor ExpertImpl::forward(const torch::Tensor& x) {
+  return w2(torch::silu(w1(x)) * w3(x));
+}
+
+SparseMoeImpl::SparseMoeImpl(const ModelConfig& c)
+    : num_experts(c.num_local_experts), top_k(c.num_experts_per_tok) {
+  gate = register_module("gate", MakeLinear(c.hidden_size, num_experts));
+  for (int64_t e = 0; e < num_experts; ++e) {
+    experts->push_back(Expert(c.hidden_size, c.intermediate_size));
+  }
+  register_module("experts", experts);
+}
+
+std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tensor& x,
+                                                                double capacity_factor) {
+  const int64_t T = x.size(0);
+  // Router in FP32: near-ties between experts must not flip with the compute dtype.
+  auto logits = torch::matmul(x.to(torch::kFloat32), gate->weight.to(torch::kFloat32).t());
+  auto probs = torch::softmax(logits, -1);
+  auto [top_w, top_i] = probs.topk(top_k, -1);
+  top_w = top_w / top_w.sum(-1, true);
+
+  // Switch-style balance loss: E * sum_e (assignments to e / T) * mean router prob of e.
+  auto counts = torch::zeros({num_experts}, probs.options())
+                    .index_add(0, top_i.reshape(-1), torch::ones({T * top_k}, probs.options()));
+  auto aux = T > 0 ? (counts / static_cast<double>(T) * probs.mean(0)).sum() * num_experts
+                   : torch::zeros({}, probs.options());
+
+  torch::Tensor keep;
+  if (capacity_factor > 0 && T > 0) {
+    // Assignments past an expert's capacity are dropped, in token order.
+    const int64_t capacity = static_cast<int64_t>(
+        std::ceil(capacity_factor * static_cast<double>(T * top_k) / num_experts));
+    auto flat = top_i.reshape(-1);
+    auto onehot = torch::one_hot(flat, num_experts);
+    auto rank = (onehot.cumsum(0) * onehot).sum(-1) - 1;  // position within its expert
+    keep = (rank < capacity).reshape({T, top_k});
+    top_w = top_w * keep.to(top_w.scalar_type());
+  }
+
+  auto out = torch::zeros_like(x);
+  auto hit = counts.nonzero().squeeze(-1).to(torch::kCPU);
+  auto hit_acc = hit.accessor<int64_t, 1>();
+  for (int64_t n = 0; n < hit.size(0); ++n) {
+    const int64_t e = hit_acc[n];
+    auto where = torch::nonzero(top_i == e);  // [M, 2]: token, slot
+    auto tok = where.select(1, 0), slot = where.select(1, 1);
+    auto w = top_w.index({tok, slot}).unsqueeze(-1);
+    auto h = experts[e]->as<ExpertImpl>()->forward(x.index_select(0, tok));
+    out = out.index_add(0, tok, (h.to(torch::kFloat32) * w).to(x.scalar_type()));
+  }
+  return {out, aux};
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) : postnorm(c.postnorm) {
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  if (c.is_lightning(layer)) {
+    lightning = register_module("self_attn", LightningAttention(c, layer));
+    attn_alpha = c.linear_attn_alpha;
+    attn_beta = c.linear_attn_beta;
+  } else {
+    softmax = register_module("self_attn", SoftmaxAttention(c));
+    attn_alpha = c.full_attn_alpha;
+    attn_beta = c.full_attn_beta;
+  }
+  block_sparse_moe = register_module("block_sparse_moe", SparseMoe(c));
+  mlp_alpha = c.mlp_alpha;
+  mlp_beta = c.mlp_beta;
+}
+
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::Tensor& x,
+                                                                  const PackedLayout& layout,
+                                                                  const ForwardOptions& options) {
+  auto n1 = input_layernorm(x);
+  auto attn = lightning ? lightning->forward(n1, layout, options) : softmax->forward(n1, layout);
+  auto h = (postnorm ? n1 : x) * attn_alpha + attn * attn_beta;
+  auto n2 = post_attention_layernorm(h);
+  auto [moe, aux] = block_sparse_moe->forward(n2, options.moe_capacity_factor);
+  return {(postnorm ? n2 : h) * mlp_alpha + moe * mlp_beta, aux};
+}
+
+MiniMaxModelImpl::MiniMaxModelImpl(const ModelConfig& c) {
+  embed_tokens = register_module(
+      "embed_tokens", torch::nn::Embedding(torch::nn::EmbeddingOptions(c.vocab_size, c.hidden_size)));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, i));
+  register_module("layers", layers);
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+MiniMaxForCausalLMImpl::MiniMaxForCausalLMImpl(const ModelConfig& config) : config_(config) {
+  model = register_module("model", MiniMaxModel(config));
+  lm_head = register_module("lm_head", MakeLinear(config.hidden_size, config.vocab_size));
+  if (config.tie_word_embeddings) lm_head->weight = model->embed_tokens->weight;
+}
+
+ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
+                                              const PackedLayout& layout,
+                                              const ForwardOptions& options) {
+  TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == layout.num_tokens(), "tokens ",
+              tokens.sizes(), " do not match the packed layout of ", layout.num_tokens(),
+              " tokens");
+  auto x = model->embed_tokens(tokens);
+  auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
+  for (const auto& layer : *model->layers) {
+    auto [y, layer_aux] = layer->as<DecoderLayerImpl>()->forward(x, layout, options);
+    x = y;
+    aux = aux + layer_aux;
+  }
+  return {model->norm(x), aux};
+}
+
+torch::Tensor MiniMaxForCausalLMImpl::Logits(const torch::Tensor& hidden) {
+  // The LM head runs in FP32 (MiniMax-M1): bf16 logits decorrelate train and rollout probs.
+  return torch::matmul(hidden.to(torch::kFloat32), lm_head->weight.to(torch::kFloat32).t());
+}
+
+torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,
+                                                    const torch::Tensor& targets, int64_t chunk) {
+  std::vector<torch::Tensor> parts;
+  for (int64_t start = 0; start < hidden.size(0); start += chunk) {
+    const int64_t n = std::min(chunk, hidden.size(0) - start);
+    auto logp = torch::log_softmax(Logits(hidden.narrow(0, start, n)), -1);
+    parts.push_back(logp.gather(1, targets.narrow(0, start, n).unsqueeze(1)).squeeze(1));
+  }
+  if (parts.empty()) return torch::zeros({0}, hidden.options().dtype(torch::kFloat32));
+  return torch::cat(parts);
+}
+
+void MiniMaxForCausalLMImpl::InitRandom(uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& p : named_parameters()) {
+    if (p.key().find("norm") != std::string::npos) continue;  // norms stay at one
+    auto t = torch::empty(p.value().sizes(), torch::kFloat32);
+    t.normal_(0.0, 0.02, gen);
+    p.value().copy_(t);
+  }
+}
+
+}  // namespace lightrl

@@ -1,0 +1,151 @@
+// The MiniMax hybrid MoE causal LM as LibTorch modules, registered under transformers'
+// checkpoint names. Internal to torch-linking targets (policy, engine backends, learner);
+// everything else goes through the torch-free PolicyModel of policy/policy_model.h.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "policy/model_config.h"
+
+namespace lightrl {
+
+// Document boundaries of a packed batch: tokens [cu[i], cu[i+1]) form document i. Every
+// layer resets at a boundary: the lightning state starts from zero and softmax attention
+// never looks across.
+struct PackedLayout {
+  std::vector<int64_t> cu_seqlens;
+  int64_t num_docs() const { return static_cast<int64_t>(cu_seqlens.size()) - 1; }
+  int64_t num_tokens() const { return cu_seqlens.empty() ? 0 : cu_seqlens.back(); }
+  int64_t max_len() const;
+  static PackedLayout FromLengths(const std::vector<int64_t>& lengths);
+};
+
+// Options of one forward pass.
+struct ForwardOptions {
+  // Lightning attention through the training op (hand-written backward) instead of the
+  // autograd-traced chunked form; same values.
+  bool train_lightning = false;
+  // MoE capacity factor for token dropping (MiniMax-01 training); <= 0 disables dropping.
+  double moe_capacity_factor = 0;
+};
+
+struct ForwardOutput {
+  torch::Tensor hidden;    // [T, hidden] after the final norm
+  torch::Tensor aux_loss;  // scalar: the router load-balancing loss summed over layers
+};
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+class LightningAttentionImpl : public torch::nn::Module {
+ public:
+  LightningAttentionImpl(const ModelConfig& config, int64_t layer);
+  // x [T, hidden] packed by `layout`.
+  torch::Tensor forward(const torch::Tensor& x, const PackedLayout& layout,
+                        const ForwardOptions& options);
+  // The fused projection split into per-head q, k, v [T, H, d] after SiLU.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Project(const torch::Tensor& x);
+  // Norm, gate and output projection of attention output o [T, H * d].
+  torch::Tensor Finish(const torch::Tensor& x, const torch::Tensor& o);
+
+  torch::nn::Linear qkv_proj{nullptr}, out_proj{nullptr}, output_gate{nullptr};
+  RMSNorm norm{nullptr};
+  torch::Tensor slope;  // [H] FP32; a buffer, not a parameter
+  int64_t num_heads, head_dim, block_size;
+};
+TORCH_MODULE(LightningAttention);
+
+class SoftmaxAttentionImpl : public torch::nn::Module {
+ public:
+  explicit SoftmaxAttentionImpl(const ModelConfig& config);
+  torch::Tensor forward(const torch::Tensor& x, const PackedLayout& layout);
+  // Rotates the first rotary_dim dims of x [T, heads, d] at `positions` [T] (NeoX style).
+  torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& positions) const;
+
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  int64_t num_heads, num_kv_heads, head_dim, rotary_dim;
+  double rope_theta;
+};
+TORCH_MODULE(SoftmaxAttention);
+
+class ExpertImpl : public torch::nn::Module {
+ public:
+  ExpertImpl(int64_t hidden, int64_t ffn);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
+};
+TORCH_MODULE(Expert);
+
+class SparseMoeImpl : public torch::nn::Module {
+ public:
+  explicit SparseMoeImpl(const ModelConfig& config);
+  // Returns (output, aux loss).
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x, double capacity_factor);
+  torch::nn::Linear gate{nullptr};
+  torch::nn::ModuleList experts;
+  int64_t num_experts, top_k;
+};
+TORCH_MODULE(SparseMoe);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer);
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x,
+                                                  const PackedLayout& layout,
+                                                  const ForwardOptions& options);
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  LightningAttention lightning{nullptr};
+  SoftmaxAttention softmax{nullptr};
+  SparseMoe block_sparse_moe{nullptr};
+  double attn_alpha, attn_beta, mlp_alpha, mlp_beta;
+  bool postnorm;
+};
+TORCH_MODULE(DecoderLayer);
+
+class MiniMaxModelImpl : public torch::nn::Module {
+ public:
+  explicit MiniMaxModelImpl(const ModelConfig& config);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers;
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(MiniMaxModel);
+
+class MiniMaxForCausalLMImpl : public torch::nn::Module {
+ public:
+  explicit MiniMaxForCausalLMImpl(const ModelConfig& config);
+
+  // tokens [T] int64 packed by `layout`.
+  ForwardOutput Forward(const torch::Tensor& tokens, const PackedLayout& layout,
+                        const ForwardOptions& options = {});
+  // FP32 logits [N, vocab] of hidden states [N, hidden].
+  torch::Tensor Logits(const torch::Tensor& hidden);
+  // log p(targets[i] | hidden[i]) in FP32, computed in chunks so the [T, vocab] logits
+  // never exist at once. Differentiable.
+  torch::Tensor TokenLogprobs(const torch::Tensor& hidden, const torch::Tensor& targets,
+                              int64_t chunk = 1024);
+
+  // Fills parameters with the initialisation transformers uses (normal, std 0.02).
+  void InitRandom(uint64_t seed);
+
+  const ModelConfig& config() const { return config_; }
+  MiniMaxModel model{nullptr};
+  torch::nn::Linear lm_head{nullptr};
+
+ private:
+  ModelConfig config_;
+};
+TORCH_MODULE(MiniMaxForCausalLM);
+
+// Positions 0..len-1 of each document, as [T] int64.
+torch::Tensor PackedPositions(const PackedLayout& layout, const torch::Device& device);
+
+}  // namespace lightrl

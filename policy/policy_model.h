@@ -1,0 +1,60 @@
+// The policy as the rest of lightrl sees it: load/save a HuggingFace MiniMax checkpoint,
+// score tokens. Torch-free header (PIMPL); torch-linking code in policy/, the engine and
+// the learner reach the LibTorch module through module() and policy/minimax_model.h.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/safetensors.h"
+#include "policy/model_config.h"
+
+namespace lightrl {
+
+class MiniMaxForCausalLM;
+
+struct PolicyOptions {
+  std::string device = "cpu";     // "cpu", "cuda", "cuda:N"
+  std::string dtype = "float32";  // compute/parameter dtype: float32, bfloat16, float16
+  absl::Status Validate() const;
+};
+
+class PolicyModel {
+ public:
+  // Reads DIR/config.json and DIR's safetensors.
+  static absl::StatusOr<std::unique_ptr<PolicyModel>> Load(const std::string& dir,
+                                                           const PolicyOptions& options = {});
+  // A randomly initialised model (transformers' init, std 0.02), for tests and toys.
+  static absl::StatusOr<std::unique_ptr<PolicyModel>> Create(const ModelConfig& config,
+                                                             uint64_t seed,
+                                                             const PolicyOptions& options = {});
+  ~PolicyModel();
+
+  const ModelConfig& config() const;
+  const PolicyOptions& options() const;
+
+  // For each sequence, log p(token t | tokens before t) in FP32 for t >= 1; entry 0 is NaN
+  // (nothing precedes it). Sequences are packed up to `max_batch_tokens` per forward.
+  // Token ids outside the vocabulary are an error naming the sequence and position.
+  absl::StatusOr<std::vector<std::vector<float>>> TokenLogprobs(
+      const std::vector<std::vector<int32_t>>& sequences, int64_t max_batch_tokens = 16384);
+
+  absl::Status Save(const std::string& dir, DType dtype = DType::kF32) const;
+
+  MiniMaxForCausalLM& module();
+
+  struct Impl;  // defined in policy_model.cc
+
+ private:
+  explicit PolicyModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Checks every id is in [0, vocab_size); the error names `what` and the position.
+absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int64_t vocab_size,
+                           const std::string& what);
+
+}  // namespace lightrl

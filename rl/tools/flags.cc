@@ -1,0 +1,80 @@
+#include "rl/tools/flags.h"
+
+#include <cstdlib>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace lightrl {
+
+absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
+                                   const std::set<std::string>& known,
+                                   const std::set<std::string>& switches) {
+  Flags flags;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg.rfind("--", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", arg, "\""));
+    }
+    std::string name = arg.substr(2), value;
+    bool has_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    if (!known.count(name) && !switches.count(name)) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    }
+    if (flags.values_.count(name)) {
+      return absl::InvalidArgumentError(absl::StrCat("flag --", name, " given twice"));
+    }
+    if (switches.count(name)) {
+      flags.values_[name] = has_value ? value : "true";
+      continue;
+    }
+    if (!has_value) {
+      if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
+      }
+      value = args[++i];
+    }
+    flags.values_[name] = value;
+  }
+  return flags;
+}
+
+std::string Flags::Get(const std::string& name, const std::string& fallback) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? fallback : it->second;
+}
+
+absl::StatusOr<std::string> Flags::Required(const std::string& name) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return absl::InvalidArgumentError(absl::StrCat("--", name, " is required"));
+  return it->second;
+}
+
+absl::StatusOr<int64_t> Flags::GetInt(const std::string& name, int64_t fallback) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return fallback;
+  int64_t v;
+  if (!absl::SimpleAtoi(it->second, &v)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, " must be an integer, got \"", it->second, "\""));
+  }
+  return v;
+}
+
+absl::StatusOr<double> Flags::GetDouble(const std::string& name, double fallback) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return fallback;
+  double v;
+  if (!absl::SimpleAtod(it->second, &v)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, " must be a number, got \"", it->second, "\""));
+  }
+  return v;
+}
+
+}  // namespace lightrl

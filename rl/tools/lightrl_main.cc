@@ -1,0 +1,33 @@
+// The `lightrl` executable: dispatches to one subcommand per role or tool.
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "rl/tools/commands.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: lightrl <command> [flags]   (lightrl <command> --help for its flags)\n"
+    "commands:\n"
+    "  logprobs   per-token log-probabilities of sequences under a checkpoint\n"
+    "  tokenize   encode and decode text with a tokenizer.json\n"
+    "  init       write a randomly initialised model for a config.json\n"
+    "  convert    re-save a checkpoint (dtype, transformers naming, sharding)\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "logprobs") return lightrl::RunLogprobsCommand(args);
+  if (command == "tokenize") return lightrl::RunTokenizeCommand(args);
+  if (command == "init") return lightrl::RunInitCommand(args);
+  if (command == "convert") return lightrl::RunConvertCommand(args);
+  std::cerr << "lightrl: unknown command \"" << command << "\"\n" << kUsage;
+  return 2;
+}

@@ -1,0 +1,243 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <random>
+
+#include "common/file_util.h"
+#include "common/safetensors.h"
+#include "policy/minimax_model.h"
+#include "policy/model_config.h"
+#include "policy/policy_model.h"
+
+namespace lightrl {
+namespace {
+
+ModelConfig TinyConfig() {
+  ModelConfig c;
+  c.vocab_size = 61;
+  c.hidden_size = 24;
+  c.intermediate_size = 20;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 6;
+  c.rotary_dim = 4;
+  c.num_local_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.block_size = 5;
+  c.layer_kinds = {LayerKind::kLightning, LayerKind::kSoftmax, LayerKind::kLightning};
+  c.linear_attn_alpha = c.full_attn_alpha = c.mlp_alpha = std::pow(6.0, 0.25);
+  return c;
+}
+
+double MaxDiff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
+
+TEST(ModelTest, PackedForwardEqualsSeparateForwards) {
+  torch::manual_seed(std::random_device{}());
+  MiniMaxForCausalLM model(TinyConfig());
+  model->InitRandom(std::random_device{}());
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> lengths = {7, 1, 12, 5};
+  std::vector<torch::Tensor> docs;
+  for (int64_t n : lengths) docs.push_back(torch::randint(0, 61, {n}, torch::kInt64));
+  auto packed = model->Forward(torch::cat(docs), PackedLayout::FromLengths(lengths)).hidden;
+  int64_t offset = 0;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    auto alone = model->Forward(docs[i], PackedLayout::FromLengths({lengths[i]})).hidden;
+    EXPECT_LT(MaxDiff(packed.narrow(0, offset, lengths[i]), alone), 1e-5) << "document " << i;
+    offset += lengths[i];
+  }
+}
+
+TEST(ModelTest, TrainingLightningPathGivesSameValuesAndGradients) {
+  MiniMaxForCausalLM model(TinyConfig());
+  model->InitRandom(std::random_device{}());
+  std::vector<int64_t> lengths = {9, 14};
+  auto tokens = torch::randint(0, 61, {23}, torch::kInt64);
+  auto layout = PackedLayout::FromLengths(lengths);
+  auto targets = torch::randint(0, 61, {23}, torch::kInt64);
+
+  auto loss_of = [&](bool train) {
+    ForwardOptions opts;
+    opts.train_lightning = train;
+    auto out = model->Forward(tokens, layout, opts);
+    return -model->TokenLogprobs(out.hidden, targets).mean() + 0.01 * out.aux_loss;
+  };
+  model->zero_grad();
+  auto l1 = loss_of(false);
+  l1.backward();
+  std::vector<torch::Tensor> g1;
+  for (auto& p : model->parameters()) g1.push_back(p.grad().clone());
+  model->zero_grad();
+  auto l2 = loss_of(true);
+  l2.backward();
+  EXPECT_NEAR(l1.item<double>(), l2.item<double>(), 1e-5);
+  size_t i = 0;
+  for (auto& p : model->parameters()) {
+    EXPECT_LT(MaxDiff(p.grad(), g1[i]), 1e-4 * (1 + g1[i].abs().max().item<double>()));
+    ++i;
+  }
+}
+
+TEST(ModelTest, MoeCapacityDropsOverflowAndKeepsTheRest) {
+  ModelConfig c = TinyConfig();
+  SparseMoe moe(c);
+  torch::NoGradGuard no_grad;
+  for (auto& p : moe->parameters()) p.normal_(0, 0.3);
+  auto x = torch::randn({40, c.hidden_size});
+  auto [full, aux] = moe->forward(x, 0);
+  auto [dropped, aux2] = moe->forward(x, 0.5);
+  EXPECT_NEAR(aux.item<double>(), aux2.item<double>(), 1e-6);
+  EXPECT_GT(aux.item<double>(), 0.9);  // E * sum f P >= top_k * ... is about top_k when balanced
+  // Capacity 0.5 leaves at most half the assignments, so outputs must differ somewhere,
+  // and a huge capacity must change nothing.
+  EXPECT_GT(MaxDiff(full, dropped), 1e-4);
+  auto [same, aux3] = moe->forward(x, 100.0);
+  EXPECT_LT(MaxDiff(full, same), 1e-6);
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/lightrl_model_XXXXXX";
+    path_ = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::system(("rm -rf " + path_).c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+TEST(PolicyModelTest, SaveLoadRoundTripKeepsLogprobs) {
+  TempDir dir;
+  auto model = PolicyModel::Create(TinyConfig(), std::random_device{}());
+  ASSERT_TRUE(model.ok()) << model.status();
+  std::vector<std::vector<int32_t>> seqs = {{1, 5, 9, 2, 60, 0, 33}, {4}, {7, 7, 7, 7, 7, 7, 7, 7}};
+  auto before = (*model)->TokenLogprobs(seqs);
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_TRUE((*model)->Save(dir.path()).ok());
+  auto loaded = PolicyModel::Load(dir.path());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  auto after = (*loaded)->TokenLogprobs(seqs, /*max_batch_tokens=*/4);
+  ASSERT_TRUE(after.ok());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    ASSERT_EQ((*after)[i].size(), seqs[i].size());
+    EXPECT_TRUE(std::isnan((*after)[i][0]));
+    for (size_t t = 1; t < seqs[i].size(); ++t) {
+      EXPECT_NEAR((*after)[i][t], (*before)[i][t], 1e-5);
+      EXPECT_LT((*after)[i][t], 0.f);
+    }
+  }
+}
+
+TEST(PolicyModelTest, OutOfVocabularyTokenIsAnError) {
+  auto model = PolicyModel::Create(TinyConfig(), 1);
+  ASSERT_TRUE(model.ok());
+  auto r = (*model)->TokenLogprobs({{1, 2}, {3, 61}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("sequence 1, position 1: token id 61"),
+            std::string::npos)
+      << r.status();
+}
+
+TEST(PolicyModelTest, CheckpointProblemsNameTheTensor) {
+  TempDir dir;
+  auto model = PolicyModel::Create(TinyConfig(), 3);
+  ASSERT_TRUE(model.ok());
+  ASSERT_TRUE((*model)->Save(dir.path()).ok());
+  auto ckpt = SafetensorsCheckpoint::Open(dir.path());
+  ASSERT_TRUE(ckpt.ok());
+  // Rewrite the file without one tensor, then with a wrong shape, then with an extra one.
+  std::vector<TensorData> all;
+  std::vector<std::vector<uint8_t>> bytes;
+  for (const auto& name : ckpt->Names()) {
+    const TensorInfo* t = ckpt->Find(name);
+    bytes.emplace_back(t->data, t->data + t->nbytes);
+  }
+  size_t i = 0;
+  for (const auto& name : ckpt->Names()) {
+    const TensorInfo* t = ckpt->Find(name);
+    all.push_back({name, t->dtype, t->shape, bytes[i].data(), t->nbytes});
+    ++i;
+  }
+  const std::string victim = "model.layers.1.self_attn.k_proj.weight";
+  const std::string file = JoinPath(dir.path(), "model.safetensors");
+
+  std::vector<TensorData> missing;
+  for (const auto& t : all) if (t.name != victim) missing.push_back(t);
+  ASSERT_TRUE(WriteSafetensors(file, missing).ok());
+  auto r = PolicyModel::Load(dir.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find(victim), std::string::npos) << r.status();
+
+  std::vector<TensorData> misshaped = all;
+  for (auto& t : misshaped) {
+    if (t.name == victim) t.shape = {t.shape[1], t.shape[0]};
+  }
+  ASSERT_TRUE(WriteSafetensors(file, misshaped).ok());
+  r = PolicyModel::Load(dir.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("has shape [24, 12]"), std::string::npos)
+      << r.status();
+
+  std::vector<TensorData> extra = all;
+  float junk[3] = {1, 2, 3};
+  extra.push_back({"model.layers.0.mystery.weight", DType::kF32, {3}, junk, 12});
+  ASSERT_TRUE(WriteSafetensors(file, extra).ok());
+  r = PolicyModel::Load(dir.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("unexpected tensor 'model.layers.0.mystery.weight'"),
+            std::string::npos)
+      << r.status();
+}
+
+TEST(ModelConfigTest, ErrorsNameFileAndField) {
+  auto parse = [](const std::string& text) {
+    auto j = Json::Parse(text);
+    EXPECT_TRUE(j.ok());
+    return ModelConfig::FromJson(*j, "cfg.json");
+  };
+  const std::string base =
+      R"("vocab_size": 10, "hidden_size": 8, "intermediate_size": 4, "num_hidden_layers": 2,
+         "num_attention_heads": 2, "layer_types": ["linear_attention", "full_attention"])";
+  ASSERT_TRUE(parse("{" + base + "}").ok());
+  auto r = parse("{" + base + R"(, "hidden_sise": 3})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "cfg.json: hidden_sise is not a known MiniMax config field");
+  r = parse(R"({"vocab_size": 10})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("cfg.json: hidden_size is required"),
+            std::string::npos);
+  r = parse("{" + base + R"(, "num_key_value_heads": "two"})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("num_key_value_heads must be an integer, got \"two\""),
+            std::string::npos);
+  r = parse(R"({"vocab_size": 10, "hidden_size": 8, "intermediate_size": 4, "num_hidden_layers": 2,
+               "num_attention_heads": 2, "attn_type_list": [0, 2]})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("attn_type_list[1]"), std::string::npos);
+}
+
+TEST(ModelConfigTest, M1NamingAndTransformersNamingAgree) {
+  auto m1 = Json::Parse(R"({"vocab_size": 10, "hidden_size": 8, "intermediate_size": 4,
+      "num_hidden_layers": 2, "num_attention_heads": 2, "attn_type_list": [0, 1],
+      "layernorm_full_attention_alpha": 1.5, "layernorm_mlp_beta": 0.5, "rope_theta": 10000000,
+      "rotary_dim": 2, "postnorm": true, "head_dim": 4})");
+  ASSERT_TRUE(m1.ok());
+  auto c = ModelConfig::FromJson(*m1, "m1.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto again = ModelConfig::FromJson(c->ToJson(), "hf.json");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->layer_kinds, c->layer_kinds);
+  EXPECT_EQ(again->full_attn_alpha, 1.5);
+  EXPECT_EQ(again->mlp_beta, 0.5);
+  EXPECT_EQ(again->rotary_dim, 2);
+  EXPECT_EQ(again->rope_theta, 1e7);
+}
+
+}  // namespace
+}  // namespace lightrl
