@@ -13,7 +13,7 @@ namespace lightrl {
 
 // Copies every parameter from `ckpt`, converting dtype. A missing, extra or mis-shaped
 // tensor is an error naming the file and tensor. transformers' lightning decay buffers
-// (slope_rate, query_decay, key_decay, diagonal_decay) are accepted; slope_rate is used.
+// (slope_rate, query_decay, key_decay, diagonal_decay) are accepted; slope_rate is checked against the config.
 absl::Status LoadWeights(MiniMaxForCausalLM& model, const SafetensorsCheckpoint& ckpt);
 
 // Writes config.json and the weights in `dtype` (F32, BF16 or F16), with the decay

@@ -18,7 +18,7 @@ const std::set<std::string>& IgnoredKeys() {
       "transformers_version", "initializer_range", "attention_dropout", "use_cache",
       "pad_token_id", "output_router_logits", "router_jitter_noise", "sliding_window",
       "hidden_act", "quantization_config", "_name_or_path", "return_dict",
-      "output_hidden_states", "output_attentions", "shared_moe_mode",
+      "output_hidden_states", "output_attentions", "shared_moe_mode", "shared_intermediate_size",
   };
   return keys;
 }

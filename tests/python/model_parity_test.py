@@ -216,11 +216,13 @@ def main():
             # bf16 storage: lightrl upcasts to FP32 exactly as transformers does.
             bf = os.path.join(root, f"case{n}_bf16")
             lightrl("convert", "--model", d, "--output", bf, "--dtype", "bfloat16")
-            bmodel = MiniMaxForCausalLM.from_pretrained(bf, dtype=torch.bfloat16).float().eval()
-            if rotary:
-                patch_partial_rotary(bmodel, rotary)
-                rewrite_rotary(bf, rotary) if "partial_rotary_factor" not in open(
-                    os.path.join(bf, "config.json")).read() else None
+            # The reference: the same model with bf16-rounded weights, computed in FP32
+            # (its decay tables from the config, not from bf16-rounded stored copies).
+            bmodel = random_model(config, rotary)
+            rounded = {k: v.to(torch.bfloat16).float() for k, v in model.state_dict().items()
+                       if not k.endswith(("_decay", "slope_rate"))}
+            bmodel.load_state_dict(rounded, strict=False)
+            bmodel.eval()
             compare(bmodel, bf, seqs, "bf16 checkpoint")
         print(f"largest |logprob diff| seen: {worst['diff']:.3e} (tolerance {TOL})")
         print("model parity OK")
