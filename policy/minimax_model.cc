@@ -249,11 +249,21 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) : postno
 std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::Tensor& x,
                                                                   const PackedLayout& layout,
                                                                   const ForwardOptions& options) {
+  return ForwardWith(
+      x,
+      [&](const torch::Tensor& n1) {
+        return lightning ? lightning->forward(n1, layout, options) : softmax->forward(n1, layout);
+      },
+      options.moe_capacity_factor);
+}
+
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::ForwardWith(
+    const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& attention,
+    double moe_capacity_factor) {
   auto n1 = input_layernorm(x);
-  auto attn = lightning ? lightning->forward(n1, layout, options) : softmax->forward(n1, layout);
-  auto h = (postnorm ? n1 : x) * attn_alpha + attn * attn_beta;
+  auto h = (postnorm ? n1 : x) * attn_alpha + attention(n1) * attn_beta;
   auto n2 = post_attention_layernorm(h);
-  auto [moe, aux] = block_sparse_moe->forward(n2, options.moe_capacity_factor);
+  auto [moe, aux] = block_sparse_moe->forward(n2, moe_capacity_factor);
   return {(postnorm ? n2 : h) * mlp_alpha + moe * mlp_beta, aux};
 }
 

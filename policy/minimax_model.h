@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <vector>
 
 #include "policy/model_config.h"
@@ -101,6 +102,11 @@ class DecoderLayerImpl : public torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x,
                                                   const PackedLayout& layout,
                                                   const ForwardOptions& options);
+  // The layer around an attention computed by the caller (the engine's cached paths):
+  // `attention` maps the normalised input to the attention output. Returns (out, aux).
+  std::pair<torch::Tensor, torch::Tensor> ForwardWith(
+      const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& attention,
+      double moe_capacity_factor = 0);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   LightningAttention lightning{nullptr};
   SoftmaxAttention softmax{nullptr};

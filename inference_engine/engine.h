@@ -1,0 +1,68 @@
+// The inference engine: continuous batching of generation requests over the policy
+// model, with lightning-state slots and a paged KV cache for the softmax layers, a memory
+// budget that admits what fits and preempts (then resumes) rather than failing. Torch-free
+// header; the same scheduler drives the CPU and CUDA backends.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "inference_engine/sampling_params.h"
+#include "policy/policy_model.h"
+#include "policy/tokenizer.h"
+
+namespace lightrl {
+
+struct EngineOptions {
+  int64_t max_num_seqs = 64;          // sequences decoding at once (and state slots)
+  int64_t max_prefill_tokens = 8192;  // prompt tokens per prefill step
+  int64_t page_size = 64;             // tokens per KV page
+  int64_t kv_cache_bytes = int64_t{1} << 30;  // memory for softmax-layer KV pages
+  int64_t max_model_len = 0;          // prompt + generation; 0 = config's max positions
+  absl::Status Validate() const;
+};
+
+struct EngineProgress {
+  int64_t requests_done = 0, requests_total = 0;
+  int64_t tokens_generated = 0;
+  int64_t active_seqs = 0;
+  int64_t preemptions = 0;
+};
+
+struct EngineStats {
+  int64_t prefill_tokens = 0;
+  int64_t generated_tokens = 0;
+  int64_t decode_steps = 0;
+  int64_t preemptions = 0;
+  int64_t num_pages = 0, num_slots = 0;
+  int64_t slot_bytes = 0, page_bytes = 0, page_size = 0;
+};
+
+class Engine {
+ public:
+  // `policy` must outlive the engine; weight updates to it are seen by the next step.
+  // `tokenizer` (optional, may be null) is needed for stop strings.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(PolicyModel* policy,
+                                                        const EngineOptions& options,
+                                                        const Tokenizer* tokenizer = nullptr);
+  ~Engine();
+
+  // Runs every request to completion. Results are in request order; a request with bad
+  // input gets an error status and no samples, and the rest go on.
+  std::vector<GenerationResult> Generate(
+      const std::vector<GenerationRequest>& requests,
+      const std::function<void(const EngineProgress&)>& on_progress = {});
+
+  const EngineStats& stats() const;
+
+  struct Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lightrl

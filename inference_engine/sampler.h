@@ -1,0 +1,26 @@
+// Batched sampling from FP32 logits: greedy, temperature, top-k and top-p, with one
+// caller-supplied uniform number per row so that a sequence's samples do not depend on
+// which other sequences share its batch. Internal (torch) header.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace lightrl {
+
+struct SamplerRow {
+  double temperature = 1.0;  // 0 = greedy
+  double top_p = 1.0;
+  int64_t top_k = 0;
+  double uniform = 0.5;      // in [0, 1)
+};
+
+struct SampledTokens {
+  std::vector<int64_t> tokens;
+  std::vector<float> logprobs;  // log softmax(logits / T) at the token (T = 1 when greedy)
+};
+
+SampledTokens SampleTokens(const torch::Tensor& logits, const std::vector<SamplerRow>& rows);
+
+}  // namespace lightrl

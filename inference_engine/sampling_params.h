@@ -1,0 +1,54 @@
+// Per-request generation options and the results the engine returns. Torch-free: the
+// rollout service, the controller and the CLI fill and read these.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace lightrl {
+
+struct SamplingParams {
+  // 0 = greedy. Logprobs are of the distribution sampled from: softmax(logits / T)
+  // (softmax(logits) when greedy), so T = 1 gives the learner's logprobs.
+  double temperature = 1.0;
+  double top_p = 1.0;              // nucleus mass in (0, 1]
+  int64_t top_k = 0;               // 0 = no top-k filter
+  int64_t max_new_tokens = 256;
+  std::vector<int64_t> stop_token_ids;  // finishing tokens, kept in the output
+  std::vector<std::string> stop_strings;  // finish once the decoded text contains one
+  uint64_t seed = 0;               // samples are a function of (seed, sample index) only
+  int64_t n = 1;                   // samples per prompt, sharing the prompt's prefill
+  // MiniMax-M1's early stop: halt once `early_stop_window` consecutive tokens each had
+  // probability > early_stop_prob. 0 disables.
+  int64_t early_stop_window = 3000;
+  double early_stop_prob = 0.99;
+
+  // Errors name the field and value.
+  absl::Status Validate() const;
+};
+
+enum class FinishReason { kLength, kStop, kEarlyStop };
+const char* FinishReasonName(FinishReason reason);  // "length", "stop", "early-stop"
+
+struct GeneratedSample {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;  // FP32, one per token
+  FinishReason finish_reason = FinishReason::kLength;
+};
+
+struct GenerationRequest {
+  std::string id;
+  std::vector<int32_t> prompt;
+  SamplingParams params;
+};
+
+struct GenerationResult {
+  std::string id;
+  absl::Status status;  // a bad request fails alone; the others go on
+  std::vector<GeneratedSample> samples;
+};
+
+}  // namespace lightrl
