@@ -221,7 +221,7 @@ class Parser {
         case 'r': out += '\r'; break;
         case 't': out += '\t'; break;
         case 'u': {
-          uint32_t cp;
+          uint32_t cp = 0;
           if (auto st = ParseHex4(cp); !st.ok()) return st;
           if (cp >= 0xD800 && cp <= 0xDBFF) {
             uint32_t lo = 0;

@@ -1,7 +1,7 @@
-// A torch-free byte-level BPE tokenizer read from a HuggingFace tokenizer.json (GPT-2,
-// Llama-3, Qwen and MiniMax style). It reproduces `tokenizers`' ids exactly for what it
-// accepts and rejects, with a message naming the field, every feature it does not
-// implement. Owns text <-> ids only: no chat templates, no BOS/EOS, no truncation.
+// A torch-free byte-level BPE tokenizer read from a HuggingFace tokenizer.json (GPT-2 and
+// Llama-3 style). It reproduces `tokenizers`' ids exactly for what it accepts, and rejects
+// every feature it does not implement with a message naming the field. Owns text <-> ids
+// only: no chat templates, no BOS/EOS, no truncation.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +24,7 @@ namespace lightrl {
 //   model          BPE with vocab and merges ("a b" strings or [a, b] pairs),
 //                  ignore_merges, unk_token/fuse_unk; byte_fallback, dropout,
 //                  continuing_subword_prefix and end_of_word_suffix only when off.
-//   normalizer     null (or an empty Sequence).
+//   normalizer     null (or an empty Sequence). NFC, which Qwen2/2.5/3 ship, is rejected.
 //   pre_tokenizer  ByteLevel, or a Sequence of Split steps followed by one ByteLevel.
 //                  Split regexes are recognised by their exact text: the GPT-2 pattern
 //                  and the GPT-4 / Llama-3 / Qwen pattern with \p{N}, \p{N}{1,3} or

@@ -10,6 +10,7 @@ namespace lightrl {
 // `args` excludes the program and subcommand names.
 int RunLogprobsCommand(const std::vector<std::string>& args);
 int RunTokenizeCommand(const std::vector<std::string>& args);
+int RunGenerateCommand(const std::vector<std::string>& args);
 int RunInitCommand(const std::vector<std::string>& args);
 int RunConvertCommand(const std::vector<std::string>& args);
 

@@ -10,6 +10,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: lightrl <command> [flags]   (lightrl <command> --help for its flags)\n"
     "commands:\n"
+    "  generate   sample completions for prompts with the inference engine\n"
     "  logprobs   per-token log-probabilities of sequences under a checkpoint\n"
     "  tokenize   encode and decode text with a tokenizer.json\n"
     "  init       write a randomly initialised model for a config.json\n"
@@ -24,6 +25,7 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "generate") return lightrl::RunGenerateCommand(args);
   if (command == "logprobs") return lightrl::RunLogprobsCommand(args);
   if (command == "tokenize") return lightrl::RunTokenizeCommand(args);
   if (command == "init") return lightrl::RunInitCommand(args);

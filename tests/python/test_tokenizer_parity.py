@@ -63,13 +63,15 @@ SPACES = [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", "\r", " \n ", "\u00a0", 
           "\u3000", "\u0085", "\u2028", "\x0b", "\x0c", "\x1c", "\x1f", " \t\n"]
 EDGE_CASES = [
     "", " ", "  ", "\n", "a", "\t\t", "hello   ", "   hello", "hello\n\n\nworld", "x\r\n\r\ny",
-    "1234567", "١٢٣٤٥٦٧", "don't DON'T 's'S'ſ 'll'LL", "  \n  x", "x  \n", " \u00a0x", "\u3000\u3000a",
+    "1234567", "١٢٣٤٥٦٧", "don't DON'T 's'S'ſ 'll'LL", "  \n  x", "x  \n", " \u00a0x",
+    "\u3000\u3000a",
     "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n", "<|im_start|><|im_end|>",
     "a <mask> b", "a<mask>b", "x  <|fim|>  y", "<think>\nreasoning\n</think>", "</s></s>", "<|im_",
     "naïve café — “quotes” and ‘apostrophes’", "e\u0301\u0301\u0301", "👨‍👩‍👧‍👦🏳️‍🌈",
     "\x1c\x1d\x1e\x1f", "a\x85b\u2028c\u2029d", "word\u200bword", "٣ ٤ ٥", "ab12cd345ef6789",
     "Ⅻ²³½", "    def f():\n\t\treturn 1\n", "!!!\n\n\n???", " ?!\r\n", "'", "''", "'s's",
-    "\ufeffBOM", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝟙𝟚𝟛", "\U0001F600" * 5, "x" * 300, " " * 50, "\n" * 20 + "x",
+    "\ufeffBOM", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝟙𝟚𝟛", "\U0001F600" * 5, "x" * 300, " " * 50,
+    "\n" * 20 + "x",
 ]
 
 
