@@ -1,0 +1,88 @@
+// The learner: turns scored samples into policy updates (CISPO and the comparison losses)
+// or supervised updates (SFT warm-up), with AdamW, an LR schedule, gradient clipping and
+// a policy version that the engine reads. Torch-free header over the PolicyModel it
+// updates in place; optimizer state is saved and restored with its checkpoints.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "policy/policy_model.h"
+#include "rl/loss_options.h"
+
+namespace lightrl {
+
+struct OptimizerOptions {
+  double lr = 1e-6;
+  double beta1 = 0.9;
+  double beta2 = 0.95;  // MiniMax-M1
+  double eps = 1e-15;   // MiniMax-M1
+  double weight_decay = 0.0;
+  double grad_clip = 1.0;  // max global grad norm; 0 = off
+  std::string schedule = "constant";  // constant | cosine | linear (decay after warmup)
+  int64_t warmup_steps = 0;
+  double min_lr_ratio = 0.1;  // floor of cosine/linear decay, as a fraction of lr
+  int64_t total_steps = 1;    // optimizer steps the schedule spans
+  absl::Status Validate() const;
+  double LearningRate(int64_t step) const;
+};
+
+struct LearnerOptions {
+  PolicyLossOptions loss;
+  OptimizerOptions optimizer;
+  int64_t minibatches = 1;      // optimizer updates per generation batch
+  double aux_loss_coef = 0.001; // MoE load-balancing loss weight
+  double moe_capacity_factor = 0;  // token dropping in training; 0 = off
+  int64_t max_tokens_per_forward = 16384;  // micro-batching of long batches
+  absl::Status Validate() const;
+};
+
+// One response to learn from.
+struct TrainSample {
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> response;
+  std::vector<float> rollout_logprobs;  // the engine's, one per response token
+  double advantage = 0;  // RL; ignored by SFT
+  bool keep = true;      // false: the response's tokens are masked out (overlong filter)
+};
+
+struct LearnerStats {
+  double loss = 0, policy_loss = 0, aux_loss = 0, grad_norm = 0, lr = 0;
+  double clip_fraction = 0, ratio_mean = 0, ratio_min = 0, ratio_max = 0;
+  double clipped_weight_mean = 0, approx_kl = 0, entropy = 0;
+  // Mean |log pi_old - log pi_rollout|: the train/inference mismatch.
+  double rollout_logprob_abs_diff = 0;
+  int64_t tokens = 0, updates = 0;
+};
+
+class Learner {
+ public:
+  static absl::StatusOr<std::unique_ptr<Learner>> Create(PolicyModel* policy,
+                                                         const LearnerOptions& options);
+  ~Learner();
+
+  // One generation batch: old logprobs once, then `minibatches` updates.
+  absl::StatusOr<LearnerStats> TrainRl(const std::vector<TrainSample>& batch);
+  // One supervised update: cross-entropy on response tokens given the prompt, with
+  // `lr` overriding the schedule when > 0.
+  absl::StatusOr<LearnerStats> TrainSft(const std::vector<TrainSample>& batch, double lr = 0);
+
+  // Increments with every optimizer update; samples record the version that made them.
+  int64_t version() const;
+  int64_t optimizer_steps() const;
+
+  // Optimizer state and counters, next to a model checkpoint.
+  absl::Status SaveState(const std::string& path) const;
+  absl::Status LoadState(const std::string& path);
+
+  struct Impl;
+
+ private:
+  explicit Learner(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lightrl
