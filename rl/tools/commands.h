@@ -11,7 +11,10 @@ namespace lightrl {
 int RunLogprobsCommand(const std::vector<std::string>& args);
 int RunTokenizeCommand(const std::vector<std::string>& args);
 int RunGenerateCommand(const std::vector<std::string>& args);
+int RunRunCommand(const std::vector<std::string>& args);
+int RunReplayCommand(const std::vector<std::string>& args);
 int RunInitCommand(const std::vector<std::string>& args);
 int RunConvertCommand(const std::vector<std::string>& args);
+int RunRolloutsCommand(const std::vector<std::string>& args);
 
 }  // namespace lightrl

@@ -10,11 +10,14 @@ namespace {
 constexpr const char* kUsage =
     "usage: lightrl <command> [flags]   (lightrl <command> --help for its flags)\n"
     "commands:\n"
+    "  run        an RL run from a YAML config (SFT warm-up, CISPO/GRPO/DAPO loop)\n"
+    "  replay     train from a stored rollout log without generating\n"
     "  generate   sample completions for prompts with the inference engine\n"
     "  logprobs   per-token log-probabilities of sequences under a checkpoint\n"
     "  tokenize   encode and decode text with a tokenizer.json\n"
     "  init       write a randomly initialised model for a config.json\n"
-    "  convert    re-save a checkpoint (dtype, transformers naming, sharding)\n";
+    "  convert    re-save a checkpoint (dtype, transformers naming, sharding)\n"
+    "  rollouts   show or export the rollout log (show, export)\n";
 
 }  // namespace
 
@@ -25,11 +28,14 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "run") return lightrl::RunRunCommand(args);
+  if (command == "replay") return lightrl::RunReplayCommand(args);
   if (command == "generate") return lightrl::RunGenerateCommand(args);
   if (command == "logprobs") return lightrl::RunLogprobsCommand(args);
   if (command == "tokenize") return lightrl::RunTokenizeCommand(args);
   if (command == "init") return lightrl::RunInitCommand(args);
   if (command == "convert") return lightrl::RunConvertCommand(args);
+  if (command == "rollouts") return lightrl::RunRolloutsCommand(args);
   std::cerr << "lightrl: unknown command \"" << command << "\"\n" << kUsage;
   return 2;
 }

@@ -1,0 +1,103 @@
+"""The peer of lightning_bench: flash-linear-attention's chunk_simple_gla at the same shapes.
+
+  python3 bench/lightning/run_peer.py --fla .peer [--quick]
+
+64 heads x 128, bf16, g_gamma = -slope (MiniMax layer 10 of 80), scale = 1.0: forward at
+B x T = 4 x 8K, 1 x 32K, 1 x 128K and forward + backward, plus torch's device-to-device
+copy bandwidth, printed in lightning_bench's table format. fla is checked first against an
+FP64 token recurrence. Times are medians of CUDA-event-timed runs after warm-up on random
+data. The fla/ folder is read from --fla and never vendored.
+"""
+import argparse
+import sys
+
+import torch
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--fla", required=True, help="folder that contains the fla/ package")
+ap.add_argument("--quick", action="store_true")
+args = ap.parse_args()
+sys.path.insert(0, args.fla)
+from fla.ops.simple_gla import chunk_simple_gla  # noqa: E402
+
+dev = "cuda"
+H, D = 64, 128
+ITERS = 5 if args.quick else 20
+torch.manual_seed(0)
+
+
+def median_ms(fn, iters=ITERS, warm=3):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    a, b, ts = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True), []
+    for _ in range(iters):
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return sorted(ts)[len(ts) // 2]
+
+
+def minimax_slopes(num_heads, layer, num_layers):
+    base = 1 / (2 ** (8 / num_heads))
+    exps = torch.arange(num_heads, dtype=torch.float64) + 1
+    return ((base ** exps) * (1 - layer / (num_layers - 1 + 1e-5) + 1e-5)).float()
+
+
+def recurrence_fp64(q, k, v, s):  # [B, T, H, D]
+    B, T, _, _ = q.shape
+    S = torch.zeros(B, H, D, D, device=q.device, dtype=torch.float64)
+    lam = torch.exp(-s.double()).view(1, H, 1, 1)
+    out = torch.empty(B, T, H, D, device=q.device, dtype=torch.float64)
+    for t in range(T):
+        S = lam * S + k[:, t].double().unsqueeze(-1) * v[:, t].double().unsqueeze(-2)
+        out[:, t] = torch.einsum("bhd,bhde->bhe", q[:, t].double(), S)
+    return out
+
+
+print(torch.cuda.get_device_name(), "torch", torch.__version__)
+s = minimax_slopes(H, 10, 80).to(dev)
+q, k, v = [(torch.rand(1, 512, H, D, device=dev) - 0.5).bfloat16() for _ in range(3)]
+ref = recurrence_fp64(q, k, v, s)
+o, _ = chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0)
+print(f"fla vs FP64 recurrence (T=512): rel err {((o.double() - ref).norm() / ref.norm()).item():.2e}")
+
+n = 1 << 30
+src = torch.empty(n, dtype=torch.uint8, device=dev).fill_(1)
+dst = torch.empty_like(src)
+copy_ms = median_ms(lambda: dst.copy_(src))
+copy_bw = 2 * n / (copy_ms * 1e-3)
+del src, dst
+print(f"device-to-device copy (torch): {copy_bw / 1e9:.0f} GB/s (bytes read + written)\n")
+
+print(f"| {'kernel':<16} | {'B x T':<12} | {'variant':<10} | {'ms':>9} | {'Mtok/s':>10} | {'GB/s':>8} | {'floor':>6} |")
+print("|------------------|--------------|------------|-----------|------------|----------|--------|")
+
+
+def row(what, shape, variant, ms, tokens, nbytes):
+    floor_ms = nbytes / copy_bw * 1e3
+    print(f"| {what:<16} | {shape:<12} | {variant:<10} | {ms:9.3f} | {tokens / (ms * 1e-3) / 1e6:10.2f} | "
+          f"{nbytes / (ms * 1e-3) / 1e9:8.0f} | {100 * floor_ms / ms:5.1f}% |")
+
+
+for T in (8192, 32768, 131072):
+    B = max(1, 32768 // T)
+    # Uniform in [-0.5, 0.5), like lightning_bench's inputs.
+    q, k, v = [(torch.rand(B, T, H, D, device=dev) - 0.5).bfloat16().requires_grad_() for _ in range(3)]
+    do = (torch.rand(B, T, H, D, device=dev) - 0.5).bfloat16()
+    shape = f"{B} x {T // 1024}K"
+    tokens = B * T
+    nelem = tokens * H * D
+    with torch.no_grad():
+        f = median_ms(lambda: chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0, output_final_state=True))
+    row("fla prefill", shape, "fwd+state", f, tokens, 4 * nelem * 2 + B * H * D * D * 4)
+    with torch.no_grad():
+        f = median_ms(lambda: chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0))
+    row("fla prefill", shape, "fwd", f, tokens, 4 * nelem * 2)
+    fb = median_ms(lambda: chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0)[0].backward(do),
+                   iters=max(3, ITERS // 2), warm=2)
+    row("fla fwd+bwd", shape, "autograd", fb, tokens, 8 * nelem * 2)
+    del q, k, v, do
+    torch.cuda.empty_cache()

@@ -1,0 +1,233 @@
+// The run configuration: one plain struct per section of the run's YAML file, with
+// defaults, one comment per field and a Validate(); LoadRunConfig binds a file to them,
+// resolving input paths against the file's directory and reporting errors as
+// "configs/x.yaml:14: rollout.group_size must be >= 2, got 1". Torch-free; it owns no
+// training, rollout or reward behaviour, only what the file says.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "inference_engine/sampling_params.h"
+#include "rl/advantages.h"
+#include "rl/loss_options.h"
+
+namespace lightrl {
+
+// Validate() messages of the sections start with the field's name ("group_size must be
+// >= 2, got 1"), RunConfig::Validate()'s with "section.field", so the loader can find the
+// line the field came from.
+
+struct RunSection {
+  // Shown in logs and metrics.
+  std::string name = "run";
+  // Where checkpoints, metrics and the rollout log go (required). The loader makes it
+  // absolute against the working directory (not the YAML's directory: outputs belong
+  // where the run is launched, inputs beside the config).
+  std::string output_dir;
+  // Seeds prompt order, sampling and initialisation unless those have their own.
+  int64_t seed = 0;
+  // RL optimizer steps (required, >= 1).
+  int64_t steps = 0;
+  // "cpu", "cuda" or "cuda:N".
+  std::string device = "cpu";
+  // Policy parameter dtype: "float32" or "bfloat16".
+  std::string dtype = "float32";
+  // Evaluate every this many steps; 0 = never (> 0 needs data.eval).
+  int64_t eval_every = 0;
+  // Prompts per evaluation; 0 = all of data.eval.
+  int64_t eval_samples = 0;
+
+  absl::Status Validate() const;
+};
+
+struct ModelSection {
+  // A HuggingFace-format checkpoint directory (config.json + safetensors). Exactly one of
+  // path and init_config is set.
+  std::string path;
+  // A config.json to build a randomly initialised model from (toy runs, tests).
+  std::string init_config;
+  // Seed of that random initialisation.
+  int64_t init_seed = 0;
+  // tokenizer.json; the loader defaults it to path/tokenizer.json when that exists.
+  // Empty: no tokenizer configured.
+  std::string tokenizer;
+
+  absl::Status Validate() const;
+};
+
+struct DataSection {
+  // Training prompts, JSONL (required).
+  std::string train;
+  // Evaluation prompts, JSONL; empty = none.
+  std::string eval;
+  // JSON field of each line holding the prompt text.
+  std::string prompt_key = "prompt";
+  // JSON field holding the reference answer the reward checks; empty = no answers.
+  std::string answer_key = "answer";
+  // Shuffle prompt order each epoch (seeded by run.seed).
+  bool shuffle = true;
+
+  absl::Status Validate() const;
+};
+
+struct RolloutSection {
+  // Responses sampled per prompt (G in the advantage formula); >= 2 for a nonzero std.
+  int64_t group_size = 8;
+  // Prompt groups per optimizer step.
+  int64_t prompts_per_step = 16;
+  // Generation budget per response, in tokens; also DAPO's overlong L_max.
+  int64_t max_new_tokens = 1024;
+  // Sampling temperature; 0 = greedy. 1 keeps the logprobs the learner's.
+  double temperature = 1.0;
+  // Nucleus mass in (0, 1].
+  double top_p = 1.0;
+  // 0 = no top-k filter.
+  int64_t top_k = 0;
+  // Generation stops once the decoded text contains one of these.
+  std::vector<std::string> stop_strings;
+  // Generation stops on these tokens (kept in the output).
+  std::vector<int64_t> stop_token_ids;
+  // M1's early stop: halt after this many consecutive tokens each above
+  // early_stop_prob; 0 disables.
+  int64_t early_stop_window = 3000;
+  double early_stop_prob = 0.99;
+  // Sequences the engine decodes at once.
+  int64_t max_num_seqs = 64;
+  // How many policy versions old a sample may be when trained on; 0 = on-policy.
+  int64_t max_staleness = 0;
+
+  // The engine's options for one prompt: n = group_size; seed 0 (the controller sets a
+  // per-step seed).
+  SamplingParams ToSamplingParams() const;
+  absl::Status Validate() const;
+};
+
+// Built-in reward kinds: arithmetic, countdown, math, format, length.
+bool IsRewardKind(const std::string& kind);
+
+struct RewardSection {
+  // The built-in reward when `weights` is empty.
+  std::string kind = "arithmetic";
+  // Combines several built-ins as sum(weight * reward); keys are reward kinds.
+  std::map<std::string, double> weights;
+  // Regex the "format" reward requires of a response; empty = its built-in pattern.
+  std::string format_pattern;
+  // Seconds a reward may take before the group is retried.
+  double timeout_s = 30.0;
+
+  absl::Status Validate() const;
+};
+
+struct AlgorithmSection {
+  // The policy loss (YAML: loss, eps_low, eps_high, ppo_eps, dapo_eps_low, dapo_eps_high,
+  // unified_mask, truncated_is_cap, kl_coef); see rl/loss_options.h.
+  PolicyLossOptions loss;
+  // Drop prompt groups whose rewards are all equal (they carry no gradient) and refill.
+  bool dynamic_sampling = true;
+  // Extra rollout rounds to refill a step's groups after dynamic sampling drops some.
+  int64_t max_refill_rounds = 4;
+  // Optimizer updates per generation batch (M1 used 16 off-policy minibatches).
+  int64_t minibatches = 1;
+  // DAPO's overlong filter (YAML: overlong.filter): mask out responses cut off at
+  // rollout.max_new_tokens.
+  bool overlong_filter = false;
+  // DAPO's soft overlong penalty ramp, in tokens before rollout.max_new_tokens (YAML:
+  // overlong.soft_buffer); 0 = off. RunConfig::ToOverlongOptions() combines the two.
+  int64_t overlong_soft_buffer = 0;
+
+  absl::Status Validate() const;
+};
+
+struct OptimizerSection {
+  // AdamW learning rate (peak, after warmup).
+  double lr = 1e-6;
+  // AdamW beta1, beta2 (M1: 0.9, 0.95).
+  std::array<double, 2> betas = {0.9, 0.95};
+  // AdamW epsilon; M1's 1e-15 keeps tiny-gradient updates from vanishing.
+  double eps = 1e-15;
+  double weight_decay = 0.0;
+  // Global gradient-norm clip; 0 = off.
+  double grad_clip = 1.0;
+  // Learning-rate schedule after warmup: "constant", "cosine" or "linear".
+  std::string schedule = "constant";
+  int64_t warmup_steps = 0;
+  // Where cosine/linear decay ends, as a fraction of lr.
+  double min_lr_ratio = 0.1;
+  // Weight of the MoE router's load-balancing loss.
+  double aux_loss_coef = 0.001;
+  // Expert capacity as a multiple of the even share, with token drop; 0 = no capacity
+  // limit.
+  double moe_capacity_factor = 0.0;
+
+  absl::Status Validate() const;
+};
+
+struct SftSection {
+  // Supervised warm-up steps before RL; 0 = none.
+  int64_t steps = 0;
+  int64_t batch_size = 32;
+  double lr = 1e-3;
+  // JSONL of prompt/answer pairs; the loader defaults it to data.train.
+  std::string data;
+
+  absl::Status Validate() const;
+};
+
+struct CheckpointSection {
+  // Save every this many steps; 0 = only at the end.
+  int64_t every = 0;
+  // Checkpoints kept on disk, the newest ones.
+  int64_t keep = 2;
+  // Saved weight dtype: "float32" or "bfloat16".
+  std::string dtype = "float32";
+
+  absl::Status Validate() const;
+};
+
+struct LoggingSection {
+  // metrics.jsonl in the run directory.
+  bool jsonl = true;
+  // TensorBoard event files in the run directory.
+  bool tensorboard = true;
+  // A progress line on the terminal.
+  bool progress = true;
+};
+
+struct RunConfig {
+  RunSection run;
+  ModelSection model;
+  DataSection data;
+  RolloutSection rollout;
+  RewardSection reward;
+  AlgorithmSection algorithm;
+  OptimizerSection optimizer;
+  SftSection sft;
+  CheckpointSection checkpoint;
+  LoggingSection logging;
+  // The YAML file this was loaded from; empty when built in code.
+  std::string source;
+
+  // Every section, then the checks across sections; messages start with "section.field".
+  absl::Status Validate() const;
+  // The advantage code's overlong options: L_max = rollout.max_new_tokens, buffer =
+  // algorithm.overlong_soft_buffer, DAPO's penalty 1.
+  OverlongOptions ToOverlongOptions() const;
+};
+
+// Reads, binds and validates a run config. Rejects unknown keys (suggesting the closest
+// known one), wrong types, out-of-range values, missing required keys and input files
+// that do not exist; relative input paths are resolved against the YAML file's directory
+// and stored absolute. Every error names the file, the line when known, and the key.
+absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path);
+
+// The resolved config as YAML (every field, defaults included) for the run directory;
+// LoadRunConfig reads it back to the same config.
+std::string DescribeRunConfig(const RunConfig& config);
+
+}  // namespace lightrl

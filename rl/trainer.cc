@@ -1,0 +1,561 @@
+#include "rl/trainer.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file_util.h"
+#include "common/json.h"
+#include "common/metrics.h"
+#include "common/status.h"
+#include "inference_engine/engine.h"
+#include "policy/policy_model.h"
+#include "policy/tokenizer.h"
+#include "reward/rule_rewards.h"
+#include "rl/advantages.h"
+#include "rl/dataset.h"
+#include "rl/learner.h"
+#include "rl/rollout_log.h"
+
+namespace lightrl {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+uint64_t Mix(uint64_t a, uint64_t b) {
+  uint64_t z = a * 0x9E3779B97F4A7C15ull + b + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Everything besides weights and optimizer that exact resume needs.
+struct TrainerState {
+  int64_t step = 0;      // RL steps done
+  int64_t sft_step = 0;  // SFT steps done
+  DatasetPosition data, sft_data;
+
+  Json ToJson() const {
+    Json j = Json::MakeObject();
+    j.set("step", Json(step));
+    j.set("sft_step", Json(sft_step));
+    j.set("data_epoch", Json(data.epoch));
+    j.set("data_index", Json(data.index));
+    j.set("sft_epoch", Json(sft_data.epoch));
+    j.set("sft_index", Json(sft_data.index));
+    return j;
+  }
+  static absl::StatusOr<TrainerState> FromJson(const Json& j, const std::string& where) {
+    TrainerState s;
+    const std::pair<const char*, int64_t*> fields[] = {
+        {"step", &s.step}, {"sft_step", &s.sft_step}, {"data_epoch", &s.data.epoch},
+        {"data_index", &s.data.index}, {"sft_epoch", &s.sft_data.epoch}, {"sft_index", &s.sft_data.index}};
+    for (const auto& [key, out] : fields) {
+      const Json* v = j.find(key);
+      if (v == nullptr || !v->is_int()) {
+        return absl::DataLossError(absl::StrCat(where, ": missing integer \"", key, "\""));
+      }
+      *out = v->as_int();
+    }
+    return s;
+  }
+};
+
+class Trainer {
+ public:
+  Trainer(const RunConfig& config, const TrainerRunOptions& options)
+      : config_(config), options_(options) {}
+  absl::Status Run();
+
+ private:
+  absl::Status Setup();
+  absl::Status RunSft();
+  absl::Status RunRl();
+  absl::Status RunReplay();
+  absl::StatusOr<double> Evaluate(int64_t step);
+  absl::Status Checkpoint();
+  absl::StatusOr<std::optional<std::string>> LatestCheckpoint() const;
+  std::vector<int32_t> StopTokens() const;
+  absl::StatusOr<RewardResult> Score(const std::string& response, const std::string& answer) const;
+  void Progress(const std::string& line) const;
+  absl::Status WriteMetrics(int64_t step, const Scalars& scalars);
+
+  const RunConfig& config_;
+  TrainerRunOptions options_;
+  std::string ckpt_root_;
+  std::unique_ptr<PolicyModel> policy_;
+  std::optional<Tokenizer> tokenizer_;
+  std::unique_ptr<Learner> learner_;
+  std::unique_ptr<Engine> engine_;
+  std::optional<Dataset> train_, eval_, sft_;
+  std::unique_ptr<MetricsWriter> metrics_;
+  std::unique_ptr<RolloutLogWriter> rollouts_;
+  TrainerState state_;
+  bool tty_ = false;
+  double eval_before_ = -1;
+};
+
+void Trainer::Progress(const std::string& line) const {
+  if (!options_.progress) return;
+  if (tty_) {
+    std::fprintf(stderr, "\r%-110s", line.c_str());
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+}
+
+absl::Status Trainer::WriteMetrics(int64_t step, const Scalars& scalars) {
+  if (metrics_ == nullptr) return absl::OkStatus();
+  RETURN_IF_ERROR(metrics_->Write(step, scalars));
+  return metrics_->Flush();
+}
+
+absl::StatusOr<std::optional<std::string>> Trainer::LatestCheckpoint() const {
+  const std::string latest = JoinPath(ckpt_root_, "latest");
+  if (!FileExists(latest)) return std::optional<std::string>();
+  ASSIGN_OR_RETURN(std::string name, ReadFile(latest));
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  const std::string dir = JoinPath(ckpt_root_, name);
+  if (!IsDirectory(dir)) {
+    return absl::DataLossError(absl::StrCat(latest, " names ", name, " which does not exist"));
+  }
+  return std::optional<std::string>(dir);
+}
+
+absl::Status Trainer::Setup() {
+  tty_ = ::isatty(2);
+  RETURN_IF_ERROR(MakeDirs(config_.run.output_dir));
+  ckpt_root_ = JoinPath(config_.run.output_dir, "checkpoints");
+  RETURN_IF_ERROR(MakeDirs(ckpt_root_));
+  RETURN_IF_ERROR(WriteFileAtomic(JoinPath(config_.run.output_dir, "config.resolved.yaml"),
+                                  DescribeRunConfig(config_)));
+  PolicyOptions popts;
+  popts.device = config_.run.device;
+  popts.dtype = config_.run.dtype;
+
+  std::optional<std::string> resume_dir;
+  if (options_.resume) {
+    ASSIGN_OR_RETURN(resume_dir, LatestCheckpoint());
+    if (!resume_dir) {
+      std::fprintf(stderr, "lightrl run: --resume: no checkpoint in %s yet, starting fresh\n",
+                   ckpt_root_.c_str());
+    }
+  }
+  if (resume_dir) {
+    ASSIGN_OR_RETURN(policy_, PolicyModel::Load(*resume_dir, popts));
+  } else if (!config_.model.path.empty()) {
+    ASSIGN_OR_RETURN(policy_, PolicyModel::Load(config_.model.path, popts));
+  } else {
+    ASSIGN_OR_RETURN(ModelConfig mc, ModelConfig::FromFile(config_.model.init_config));
+    ASSIGN_OR_RETURN(policy_, PolicyModel::Create(mc, static_cast<uint64_t>(config_.model.init_seed), popts));
+  }
+  if (!config_.model.tokenizer.empty()) {
+    ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(config_.model.tokenizer));
+    tokenizer_.emplace(std::move(t));
+  } else {
+    return absl::InvalidArgumentError("model.tokenizer: a tokenizer is required for text datasets");
+  }
+
+  LearnerOptions lopts;
+  lopts.loss = config_.algorithm.loss;
+  lopts.minibatches = config_.algorithm.minibatches;
+  const OptimizerSection& o = config_.optimizer;
+  lopts.optimizer.lr = o.lr;
+  lopts.optimizer.beta1 = o.betas[0];
+  lopts.optimizer.beta2 = o.betas[1];
+  lopts.optimizer.eps = o.eps;
+  lopts.optimizer.weight_decay = o.weight_decay;
+  lopts.optimizer.grad_clip = o.grad_clip;
+  lopts.optimizer.schedule = o.schedule;
+  lopts.optimizer.warmup_steps = o.warmup_steps;
+  lopts.optimizer.min_lr_ratio = o.min_lr_ratio;
+  lopts.optimizer.total_steps = std::max<int64_t>(1, config_.run.steps * config_.algorithm.minibatches);
+  lopts.aux_loss_coef = config_.optimizer.aux_loss_coef;
+  lopts.moe_capacity_factor = config_.optimizer.moe_capacity_factor;
+  ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), lopts));
+
+  EngineOptions eopts;
+  eopts.max_num_seqs = std::max<int64_t>(config_.rollout.max_num_seqs, config_.rollout.group_size);
+  eopts.kv_cache_bytes = int64_t{512} << 20;
+  ASSIGN_OR_RETURN(engine_, Engine::Create(policy_.get(), eopts, &*tokenizer_));
+
+  ASSIGN_OR_RETURN(Dataset train, Dataset::Load(config_.data.train, config_.data.prompt_key,
+                                                config_.data.answer_key, /*require_answer=*/true));
+  train_.emplace(std::move(train));
+  if (!config_.data.eval.empty()) {
+    ASSIGN_OR_RETURN(Dataset ev, Dataset::Load(config_.data.eval, config_.data.prompt_key,
+                                               config_.data.answer_key, true));
+    eval_.emplace(std::move(ev));
+  }
+  if (config_.sft.steps > 0) {
+    const std::string path = config_.sft.data.empty() ? config_.data.train : config_.sft.data;
+    ASSIGN_OR_RETURN(Dataset sft, Dataset::Load(path, config_.data.prompt_key, config_.data.answer_key, true));
+    sft_.emplace(std::move(sft));
+  }
+
+  if (resume_dir) {
+    RETURN_IF_ERROR(learner_->LoadState(JoinPath(*resume_dir, "optimizer.pt")));
+    const std::string state_path = JoinPath(*resume_dir, "trainer_state.json");
+    ASSIGN_OR_RETURN(std::string text, ReadFile(state_path));
+    auto json = Json::Parse(text);
+    if (!json.ok()) return absl::DataLossError(absl::StrCat(state_path, ": ", json.status().message()));
+    ASSIGN_OR_RETURN(state_, TrainerState::FromJson(*json, state_path));
+    std::fprintf(stderr, "lightrl run: resumed from %s (sft step %lld, rl step %lld)\n",
+                 resume_dir->c_str(), static_cast<long long>(state_.sft_step),
+                 static_cast<long long>(state_.step));
+  }
+
+  std::vector<MetricsWriterPtr> writers;
+  if (config_.logging.jsonl) {
+    ASSIGN_OR_RETURN(auto w, JsonlMetricsWriter::Open(JoinPath(config_.run.output_dir, "metrics.jsonl")));
+    writers.push_back(std::move(w));
+  }
+  if (config_.logging.tensorboard) {
+    ASSIGN_OR_RETURN(auto w, TensorBoardWriter::Open(JoinPath(config_.run.output_dir, "tensorboard")));
+    writers.push_back(std::move(w));
+  }
+  metrics_ = std::make_unique<MultiMetricsWriter>(std::move(writers));
+  if (options_.replay_dir.empty()) {
+    ASSIGN_OR_RETURN(rollouts_, RolloutLogWriter::Open(JoinPath(config_.run.output_dir, "rollouts")));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<int32_t> Trainer::StopTokens() const {
+  std::vector<int32_t> ids;
+  for (int64_t id : config_.rollout.stop_token_ids) ids.push_back(static_cast<int32_t>(id));
+  if (!ids.empty()) return ids;
+  for (int64_t id : policy_->config().eos_token_ids) ids.push_back(static_cast<int32_t>(id));
+  for (const char* name : {"<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>"}) {
+    if (auto id = tokenizer_->TokenToId(name)) {
+      if (std::find(ids.begin(), ids.end(), *id) == ids.end()) ids.push_back(*id);
+    }
+  }
+  return ids;
+}
+
+absl::StatusOr<RewardResult> Trainer::Score(const std::string& response, const std::string& answer) const {
+  const std::string& kind = config_.reward.kind;
+  if (kind == "countdown") return CountdownReward(response, answer);
+  if (kind == "math" || kind == "arithmetic") return MathReward(response, answer);
+  return absl::UnimplementedError(absl::StrCat("reward.kind \"", kind, "\" is not available in-process"));
+}
+
+absl::Status Trainer::Checkpoint() {
+  const std::string name = absl::StrFormat("step-%06d-sft-%06d", state_.step, state_.sft_step);
+  const std::string final_dir = JoinPath(ckpt_root_, name);
+  const std::string tmp = final_dir + ".tmp";
+  std::system(absl::StrCat("rm -rf '", tmp, "'").c_str());
+  const DType dtype = config_.checkpoint.dtype == "bfloat16" ? DType::kBF16 : DType::kF32;
+  RETURN_IF_ERROR(policy_->Save(tmp, dtype));
+  RETURN_IF_ERROR(learner_->SaveState(JoinPath(tmp, "optimizer.pt")));
+  RETURN_IF_ERROR(WriteFileAtomic(JoinPath(tmp, "trainer_state.json"), state_.ToJson().Dump(2) + "\n"));
+  if (rollouts_) RETURN_IF_ERROR(rollouts_->Sync());
+  std::system(absl::StrCat("rm -rf '", final_dir, "'").c_str());
+  if (std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot move ", tmp, " to ", final_dir));
+  }
+  RETURN_IF_ERROR(WriteFileAtomic(JoinPath(ckpt_root_, "latest"), name + "\n"));
+  // Keep the newest `keep` checkpoints.
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(ckpt_root_.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos) names.push_back(n);
+    }
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  for (size_t i = 0; i + config_.checkpoint.keep < names.size(); ++i) {
+    if (names[i] != name) std::system(absl::StrCat("rm -rf '", JoinPath(ckpt_root_, names[i]), "'").c_str());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> Trainer::Evaluate(int64_t step) {
+  if (!eval_) return -1.0;
+  const int64_t n = config_.run.eval_samples > 0 ? std::min(config_.run.eval_samples, eval_->size())
+                                                 : eval_->size();
+  std::vector<GenerationRequest> reqs;
+  for (int64_t i = 0; i < n; ++i) {
+    GenerationRequest r;
+    r.id = eval_->at(i).id;
+    ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(eval_->at(i).prompt));
+    r.params = config_.rollout.ToSamplingParams();
+    r.params.temperature = 0;
+    r.params.n = 1;
+    r.params.stop_token_ids.clear();
+    for (int32_t id : StopTokens()) r.params.stop_token_ids.push_back(id);
+    reqs.push_back(std::move(r));
+  }
+  auto results = engine_->Generate(reqs);
+  double correct = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!results[i].status.ok()) return results[i].status;
+    ASSIGN_OR_RETURN(std::string text, tokenizer_->Decode(results[i].samples[0].tokens, true));
+    ASSIGN_OR_RETURN(RewardResult r, Score(text, eval_->at(i).answer));
+    correct += r.components.empty() ? r.score : r.components[0].second;
+  }
+  const double accuracy = n > 0 ? correct / n : 0;
+  RETURN_IF_ERROR(WriteMetrics(step, {{"eval/accuracy", accuracy}}));
+  return accuracy;
+}
+
+absl::Status Trainer::RunSft() {
+  if (!sft_ || state_.sft_step >= config_.sft.steps) return absl::OkStatus();
+  const auto start = Clock::now();
+  const std::vector<int32_t> stops = StopTokens();
+  while (state_.sft_step < config_.sft.steps) {
+    auto examples = sft_->Next(config_.sft.batch_size, static_cast<uint64_t>(config_.run.seed) + 7,
+                               config_.data.shuffle, state_.sft_data);
+    std::vector<TrainSample> batch;
+    for (const Example* ex : examples) {
+      TrainSample s;
+      ASSIGN_OR_RETURN(s.prompt, tokenizer_->Encode(ex->prompt));
+      ASSIGN_OR_RETURN(s.response, tokenizer_->Encode(ex->answer));
+      if (!stops.empty()) s.response.push_back(stops[0]);
+      batch.push_back(std::move(s));
+    }
+    ASSIGN_OR_RETURN(LearnerStats st, learner_->TrainSft(batch, config_.sft.lr));
+    ++state_.sft_step;
+    RETURN_IF_ERROR(WriteMetrics(-config_.sft.steps + state_.sft_step,
+                                 {{"sft/loss", st.loss}, {"sft/grad_norm", st.grad_norm}}));
+    Progress(absl::StrFormat("[sft] step %d/%d  loss %.4f  grad %.3f  %.1f s", state_.sft_step,
+                             config_.sft.steps, st.loss, st.grad_norm, Seconds(start)));
+    if (config_.checkpoint.every > 0 && state_.sft_step % config_.checkpoint.every == 0) {
+      RETURN_IF_ERROR(Checkpoint());
+    }
+  }
+  if (tty_ && options_.progress) std::fprintf(stderr, "\n");
+  return Checkpoint();
+}
+
+absl::Status Trainer::RunRl() {
+  const std::vector<int32_t> stops = StopTokens();
+  const int64_t G = config_.rollout.group_size;
+  while (state_.step < config_.run.steps) {
+    const auto step_start = Clock::now();
+    std::vector<RolloutGroup> groups;
+    std::vector<std::vector<FinishReason>> finishes;
+    int64_t dropped = 0, generated_tokens = 0, round = 0;
+    double gen_seconds = 0, reward_sum = 0, reward_sq = 0, correct = 0, length_sum = 0;
+    int64_t scored = 0;
+    while (static_cast<int64_t>(groups.size()) < config_.rollout.prompts_per_step &&
+           round <= config_.algorithm.max_refill_rounds) {
+      const int64_t want = config_.rollout.prompts_per_step - static_cast<int64_t>(groups.size());
+      auto examples = train_->Next(want, static_cast<uint64_t>(config_.run.seed), config_.data.shuffle,
+                                   state_.data);
+      std::vector<GenerationRequest> reqs;
+      for (size_t i = 0; i < examples.size(); ++i) {
+        GenerationRequest r;
+        r.id = examples[i]->id;
+        ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(examples[i]->prompt));
+        r.params = config_.rollout.ToSamplingParams();
+        r.params.n = G;
+        r.params.seed = Mix(Mix(static_cast<uint64_t>(config_.run.seed), state_.step), round * 100003 + i);
+        r.params.stop_token_ids.assign(stops.begin(), stops.end());
+        reqs.push_back(std::move(r));
+      }
+      const auto gen_start = Clock::now();
+      auto results = engine_->Generate(reqs);
+      gen_seconds += Seconds(gen_start);
+      for (size_t i = 0; i < results.size(); ++i) {
+        if (!results[i].status.ok()) return results[i].status;
+        RolloutGroup g;
+        g.step = state_.step;
+        g.policy_version = learner_->version();
+        g.group_id = absl::StrCat("step-", state_.step, "-", round, "-", i);
+        g.prompt_text = examples[i]->prompt;
+        g.prompt_tokens = reqs[i].prompt;
+        g.ground_truth = examples[i]->answer;
+        std::vector<double> rewards;
+        std::vector<FinishReason> fin;
+        for (const GeneratedSample& s : results[i].samples) {
+          RolloutSample rs;
+          rs.tokens = s.tokens;
+          rs.logprobs = s.logprobs;
+          rs.finish_reason = FinishReasonName(s.finish_reason);
+          ASSIGN_OR_RETURN(rs.text, tokenizer_->Decode(s.tokens, /*skip_special=*/true));
+          ASSIGN_OR_RETURN(RewardResult r, Score(rs.text, examples[i]->answer));
+          if (config_.algorithm.overlong_soft_buffer > 0) {
+            ASSIGN_OR_RETURN(double pen, SoftOverlongPenalty(static_cast<int64_t>(s.tokens.size()),
+                                                             config_.ToOverlongOptions()));
+            r.score += pen;
+            r.components.push_back({"overlong_penalty", pen});
+          }
+          rs.reward = r.score;
+          rs.reward_components = r.components;
+          rewards.push_back(r.score);
+          fin.push_back(s.finish_reason);
+          generated_tokens += static_cast<int64_t>(s.tokens.size());
+          reward_sum += r.score;
+          reward_sq += r.score * r.score;
+          correct += r.components.empty() ? r.score : r.components[0].second;
+          length_sum += static_cast<double>(s.tokens.size());
+          ++scored;
+          g.samples.push_back(std::move(rs));
+        }
+        const bool degenerate = *std::max_element(rewards.begin(), rewards.end()) ==
+                                *std::min_element(rewards.begin(), rewards.end());
+        if (config_.algorithm.dynamic_sampling && degenerate) {
+          ++dropped;
+          continue;
+        }
+        ASSIGN_OR_RETURN(std::vector<double> adv, GroupAdvantages(rewards));
+        for (size_t k = 0; k < adv.size(); ++k) g.samples[k].advantage = adv[k];
+        groups.push_back(std::move(g));
+        finishes.push_back(std::move(fin));
+      }
+      ++round;
+      if (!config_.algorithm.dynamic_sampling) break;
+    }
+
+    std::vector<TrainSample> batch;
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+      RETURN_IF_ERROR(rollouts_->Append(groups[gi]));
+      for (size_t k = 0; k < groups[gi].samples.size(); ++k) {
+        const RolloutSample& rs = groups[gi].samples[k];
+        TrainSample ts;
+        ts.prompt = groups[gi].prompt_tokens;
+        ts.response = rs.tokens;
+        ts.rollout_logprobs = rs.logprobs;
+        ts.advantage = rs.advantage;
+        ts.keep = !(config_.algorithm.overlong_filter && finishes[gi][k] == FinishReason::kLength);
+        batch.push_back(std::move(ts));
+      }
+    }
+    const auto train_start = Clock::now();
+    ASSIGN_OR_RETURN(LearnerStats st, learner_->TrainRl(batch));
+    const double train_seconds = Seconds(train_start);
+    ++state_.step;
+    const double n = std::max<int64_t>(scored, 1);
+    const double mean = reward_sum / n;
+    Scalars scalars = {
+        {"reward/mean", mean},
+        {"reward/std", std::sqrt(std::max(0.0, reward_sq / n - mean * mean))},
+        {"reward/accuracy", correct / n},
+        {"response/length_mean", length_sum / n},
+        {"rollout/groups_trained", static_cast<double>(groups.size())},
+        {"rollout/groups_dropped", static_cast<double>(dropped)},
+        {"rollout/tokens_per_s", generated_tokens / std::max(gen_seconds, 1e-9)},
+        {"loss/total", st.loss},
+        {"loss/policy", st.policy_loss},
+        {"loss/aux", st.aux_loss},
+        {"is/clip_fraction", st.clip_fraction},
+        {"is/ratio_mean", st.ratio_mean},
+        {"is/ratio_min", st.ratio_min},
+        {"is/ratio_max", st.ratio_max},
+        {"is/clipped_weight_mean", st.clipped_weight_mean},
+        {"policy/entropy", st.entropy},
+        {"policy/approx_kl", st.approx_kl},
+        {"policy/train_infer_logprob_abs_diff", st.rollout_logprob_abs_diff},
+        {"optim/grad_norm", st.grad_norm},
+        {"optim/lr", st.lr},
+        {"time/step_s", Seconds(step_start)},
+        {"time/generate_s", gen_seconds},
+        {"time/train_s", train_seconds},
+        {"train/tokens_per_s", st.tokens / std::max(train_seconds, 1e-9)},
+    };
+    RETURN_IF_ERROR(WriteMetrics(state_.step, scalars));
+    Progress(absl::StrFormat("[rl %s] step %d/%d  reward %.3f  acc %.3f  len %.1f  clip %.3f  "
+                             "grad %.3f  %.2f s/step",
+                             PolicyLossKindName(config_.algorithm.loss.kind), state_.step,
+                             config_.run.steps, mean, correct / n, length_sum / n, st.clip_fraction,
+                             st.grad_norm, Seconds(step_start)));
+    if (config_.run.eval_every > 0 && state_.step % config_.run.eval_every == 0) {
+      ASSIGN_OR_RETURN(double acc, Evaluate(state_.step));
+      if (tty_ && options_.progress) std::fprintf(stderr, "\n");
+      std::fprintf(stderr, "eval at step %lld: greedy accuracy %.3f\n",
+                   static_cast<long long>(state_.step), acc);
+    }
+    if (config_.checkpoint.every > 0 && state_.step % config_.checkpoint.every == 0) {
+      RETURN_IF_ERROR(Checkpoint());
+    }
+  }
+  if (tty_ && options_.progress) std::fprintf(stderr, "\n");
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::RunReplay() {
+  ASSIGN_OR_RETURN(std::vector<RolloutGroup> all, RolloutLogReader::ReadAll(options_.replay_dir));
+  // A crashed and resumed run logs its interrupted step twice; the later copy wins.
+  std::map<std::pair<int64_t, std::string>, size_t> last;
+  for (size_t i = 0; i < all.size(); ++i) last[{all[i].step, all[i].group_id}] = i;
+  std::map<int64_t, std::vector<const RolloutGroup*>> by_step;
+  for (const auto& [key, i] : last) by_step[key.first].push_back(&all[i]);
+  int64_t replayed = 0;
+  for (const auto& [step, groups] : by_step) {
+    if (step < state_.step) continue;
+    std::vector<TrainSample> batch;
+    for (const RolloutGroup* g : groups) {
+      for (const RolloutSample& rs : g->samples) {
+        TrainSample ts;
+        ts.prompt = g->prompt_tokens;
+        ts.response = rs.tokens;
+        ts.rollout_logprobs = rs.logprobs;
+        ts.advantage = rs.advantage;
+        batch.push_back(std::move(ts));
+      }
+    }
+    ASSIGN_OR_RETURN(LearnerStats st, learner_->TrainRl(batch));
+    state_.step = step + 1;
+    ++replayed;
+    RETURN_IF_ERROR(WriteMetrics(state_.step, {{"loss/total", st.loss},
+                                               {"is/clip_fraction", st.clip_fraction},
+                                               {"optim/grad_norm", st.grad_norm}}));
+    Progress(absl::StrFormat("[replay] step %d  groups %d  loss %.4f", step, groups.size(), st.loss));
+  }
+  if (tty_ && options_.progress) std::fprintf(stderr, "\n");
+  std::fprintf(stderr, "lightrl replay: trained on %lld logged steps (%zu groups)\n",
+               static_cast<long long>(replayed), all.size());
+  return Checkpoint();
+}
+
+absl::Status Trainer::Run() {
+  RETURN_IF_ERROR(Setup());
+  if (!options_.replay_dir.empty()) return RunReplay();
+  RETURN_IF_ERROR(RunSft());
+  if (eval_ && state_.step == 0) {
+    ASSIGN_OR_RETURN(eval_before_, Evaluate(0));
+    std::fprintf(stderr, "held-out greedy accuracy before RL: %.3f\n", eval_before_);
+  }
+  RETURN_IF_ERROR(RunRl());
+  RETURN_IF_ERROR(Checkpoint());
+  if (eval_) {
+    ASSIGN_OR_RETURN(double after, Evaluate(state_.step));
+    if (eval_before_ >= 0) {
+      std::fprintf(stderr, "held-out greedy accuracy before RL: %.3f, after RL: %.3f (%+.1f points)\n",
+                   eval_before_, after, 100 * (after - eval_before_));
+    } else {
+      std::fprintf(stderr, "held-out greedy accuracy after RL: %.3f\n", after);
+    }
+    RETURN_IF_ERROR(WriteFileAtomic(
+        JoinPath(config_.run.output_dir, "eval.json"),
+        absl::StrFormat("{\"accuracy_before_rl\": %s, \"accuracy_after_rl\": %s}\n",
+                        eval_before_ >= 0 ? absl::StrFormat("%.6f", eval_before_) : "null",
+                        absl::StrFormat("%.6f", after))));
+  }
+  return metrics_ ? metrics_->Flush() : absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RunTraining(const RunConfig& config, const TrainerRunOptions& options) {
+  Trainer trainer(config, options);
+  return trainer.Run();
+}
+
+}  // namespace lightrl

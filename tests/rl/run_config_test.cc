@@ -1,0 +1,444 @@
+#include "rl/run_config.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+
+namespace lightrl {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+namespace fs = std::filesystem;
+
+// A scratch tree:  root/configs/models/tiny.json, root/data/{train,eval}.jsonl,
+// root/ckpt/{config.json,tokenizer.json}; configs are written to root/configs/.
+class RunConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = JoinPath(::testing::TempDir(), "run_config_test.XXXXXX");
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    root_ = fs::path(tmpl).lexically_normal().string();
+    ASSERT_TRUE(MakeDirs(Path("configs/models")).ok());
+    ASSERT_TRUE(MakeDirs(Path("data")).ok());
+    ASSERT_TRUE(MakeDirs(Path("ckpt")).ok());
+    Write("configs/models/tiny.json", "{}");
+    Write("data/train.jsonl", "{\"prompt\": \"1+1\", \"answer\": \"2\"}\n");
+    Write("data/eval.jsonl", "{\"prompt\": \"2+2\", \"answer\": \"4\"}\n");
+    Write("ckpt/config.json", "{}");
+    Write("ckpt/tokenizer.json", "{}");
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  std::string Path(const std::string& rel) const { return JoinPath(root_, rel); }
+  void Write(const std::string& rel, const std::string& text) {
+    ASSERT_TRUE(WriteFileAtomic(Path(rel), text).ok()) << rel;
+  }
+
+  // The smallest valid config, with room to add keys to run, model and data.
+  static std::string Minimal(const std::string& run_extra = "",
+                             const std::string& data_extra = "",
+                             const std::string& model = "  init_config: models/tiny.json\n") {
+    return absl::StrCat("run:\n  output_dir: out\n  steps: 3\n", run_extra, "model:\n", model,
+                        "data:\n  train: ../data/train.jsonl\n", data_extra);
+  }
+
+  absl::StatusOr<RunConfig> Load(const std::string& yaml) {
+    Write("configs/x.yaml", yaml);
+    return LoadRunConfig(Path("configs/x.yaml"));
+  }
+
+  std::string LoadError(const std::string& yaml) {
+    absl::StatusOr<RunConfig> config = Load(yaml);
+    EXPECT_FALSE(config.ok()) << "loaded:\n" << yaml;
+    return config.ok() ? std::string() : std::string(config.status().message());
+  }
+
+  // "<config path>:<line of the first line containing needle>: ".
+  std::string At(const std::string& yaml, const std::string& needle) const {
+    size_t pos = yaml.find(needle);
+    EXPECT_NE(pos, std::string::npos) << needle;
+    int line = 1;
+    for (size_t i = 0; i < pos && i < yaml.size(); ++i) line += yaml[i] == '\n';
+    return absl::StrCat(Path("configs/x.yaml"), ":", line, ": ");
+  }
+
+  std::string root_;
+};
+
+constexpr char kFullConfig[] = R"(# every key, none at its default
+run:
+  name: full
+  output_dir: runs/full
+  seed: 7
+  steps: 12
+  device: "cuda:1"
+  dtype: bfloat16
+  eval_every: 4
+  eval_samples: 32
+model:
+  path: ../ckpt
+  init_seed: 3
+data:
+  train: ../data/train.jsonl
+  eval: ../data/eval.jsonl
+  prompt_key: question
+  answer_key: solution
+  shuffle: false
+rollout:
+  group_size: 4
+  prompts_per_step: 6
+  max_new_tokens: 256
+  temperature: 0.7
+  top_p: 0.9
+  top_k: 40
+  stop_strings: ["</answer>", "\n\n"]
+  stop_token_ids: [2, 7]
+  early_stop_window: 100
+  early_stop_prob: 0.95
+  max_num_seqs: 12
+  max_staleness: 1
+reward:
+  kind: countdown
+  weights:
+    countdown: 1.0
+    format: 0.25
+  format_pattern: '^<answer>.*</answer>$'
+  timeout_s: 5
+algorithm:
+  loss: cispo
+  eps_low: 0.5
+  eps_high: 2.5
+  ppo_eps: 0.1
+  dapo_eps_low: 0.15
+  dapo_eps_high: 0.3
+  unified_mask: true
+  truncated_is_cap: 2
+  kl_coef: 0.01
+  dynamic_sampling: false
+  max_refill_rounds: 2
+  minibatches: 3
+  overlong:
+    filter: true
+    soft_buffer: 64
+optimizer:
+  lr: 2e-6
+  betas: [0.8, 0.99]
+  eps: 1e-12
+  weight_decay: 0.1
+  grad_clip: 0.5
+  schedule: cosine
+  warmup_steps: 2
+  min_lr_ratio: 0.2
+  aux_loss_coef: 0.002
+  moe_capacity_factor: 1.25
+sft:
+  steps: 5
+  batch_size: 8
+  lr: 5e-4
+  data: ../data/eval.jsonl
+checkpoint:
+  every: 3
+  keep: 4
+  dtype: bfloat16
+logging:
+  jsonl: false
+  tensorboard: false
+  progress: false
+)";
+
+TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
+  absl::StatusOr<RunConfig> loaded = Load(kFullConfig);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const RunConfig& c = *loaded;
+  EXPECT_EQ(c.source, Path("configs/x.yaml"));
+  EXPECT_EQ(c.run.name, "full");
+  EXPECT_EQ(c.run.output_dir, (fs::current_path() / "runs/full").lexically_normal().string());
+  EXPECT_EQ(c.run.seed, 7);
+  EXPECT_EQ(c.run.steps, 12);
+  EXPECT_EQ(c.run.device, "cuda:1");
+  EXPECT_EQ(c.run.dtype, "bfloat16");
+  EXPECT_EQ(c.run.eval_every, 4);
+  EXPECT_EQ(c.run.eval_samples, 32);
+  EXPECT_EQ(c.model.path, Path("ckpt"));
+  EXPECT_EQ(c.model.init_config, "");
+  EXPECT_EQ(c.model.init_seed, 3);
+  EXPECT_EQ(c.model.tokenizer, Path("ckpt/tokenizer.json"));  // found beside the weights
+  EXPECT_EQ(c.data.train, Path("data/train.jsonl"));
+  EXPECT_EQ(c.data.eval, Path("data/eval.jsonl"));
+  EXPECT_EQ(c.data.prompt_key, "question");
+  EXPECT_EQ(c.data.answer_key, "solution");
+  EXPECT_FALSE(c.data.shuffle);
+  EXPECT_EQ(c.rollout.group_size, 4);
+  EXPECT_EQ(c.rollout.prompts_per_step, 6);
+  EXPECT_EQ(c.rollout.max_new_tokens, 256);
+  EXPECT_EQ(c.rollout.temperature, 0.7);
+  EXPECT_EQ(c.rollout.top_p, 0.9);
+  EXPECT_EQ(c.rollout.top_k, 40);
+  EXPECT_EQ(c.rollout.stop_strings, (std::vector<std::string>{"</answer>", "\n\n"}));
+  EXPECT_EQ(c.rollout.stop_token_ids, (std::vector<int64_t>{2, 7}));
+  EXPECT_EQ(c.rollout.early_stop_window, 100);
+  EXPECT_EQ(c.rollout.early_stop_prob, 0.95);
+  EXPECT_EQ(c.rollout.max_num_seqs, 12);
+  EXPECT_EQ(c.rollout.max_staleness, 1);
+  EXPECT_EQ(c.reward.kind, "countdown");
+  EXPECT_EQ(c.reward.weights, (std::map<std::string, double>{{"countdown", 1.0}, {"format", 0.25}}));
+  EXPECT_EQ(c.reward.format_pattern, "^<answer>.*</answer>$");
+  EXPECT_EQ(c.reward.timeout_s, 5.0);
+  EXPECT_EQ(c.algorithm.loss.kind, PolicyLossKind::kCispo);
+  EXPECT_EQ(c.algorithm.loss.eps_low, 0.5);
+  EXPECT_EQ(c.algorithm.loss.eps_high, 2.5);
+  EXPECT_EQ(c.algorithm.loss.ppo_eps, 0.1);
+  EXPECT_EQ(c.algorithm.loss.dapo_eps_low, 0.15);
+  EXPECT_EQ(c.algorithm.loss.dapo_eps_high, 0.3);
+  EXPECT_TRUE(c.algorithm.loss.unified_mask);
+  EXPECT_EQ(c.algorithm.loss.truncated_is_cap, 2.0);
+  EXPECT_EQ(c.algorithm.loss.kl_coef, 0.01);
+  EXPECT_FALSE(c.algorithm.dynamic_sampling);
+  EXPECT_EQ(c.algorithm.max_refill_rounds, 2);
+  EXPECT_EQ(c.algorithm.minibatches, 3);
+  EXPECT_TRUE(c.algorithm.overlong_filter);
+  EXPECT_EQ(c.algorithm.overlong_soft_buffer, 64);
+  EXPECT_EQ(c.optimizer.lr, 2e-6);
+  EXPECT_EQ(c.optimizer.betas[0], 0.8);
+  EXPECT_EQ(c.optimizer.betas[1], 0.99);
+  EXPECT_EQ(c.optimizer.eps, 1e-12);
+  EXPECT_EQ(c.optimizer.weight_decay, 0.1);
+  EXPECT_EQ(c.optimizer.grad_clip, 0.5);
+  EXPECT_EQ(c.optimizer.schedule, "cosine");
+  EXPECT_EQ(c.optimizer.warmup_steps, 2);
+  EXPECT_EQ(c.optimizer.min_lr_ratio, 0.2);
+  EXPECT_EQ(c.optimizer.aux_loss_coef, 0.002);
+  EXPECT_EQ(c.optimizer.moe_capacity_factor, 1.25);
+  EXPECT_EQ(c.sft.steps, 5);
+  EXPECT_EQ(c.sft.batch_size, 8);
+  EXPECT_EQ(c.sft.lr, 5e-4);
+  EXPECT_EQ(c.sft.data, Path("data/eval.jsonl"));
+  EXPECT_EQ(c.checkpoint.every, 3);
+  EXPECT_EQ(c.checkpoint.keep, 4);
+  EXPECT_EQ(c.checkpoint.dtype, "bfloat16");
+  EXPECT_FALSE(c.logging.jsonl);
+  EXPECT_FALSE(c.logging.tensorboard);
+  EXPECT_FALSE(c.logging.progress);
+
+  SamplingParams p = c.rollout.ToSamplingParams();
+  EXPECT_EQ(p.n, 4);
+  EXPECT_EQ(p.temperature, 0.7);
+  EXPECT_EQ(p.top_p, 0.9);
+  EXPECT_EQ(p.top_k, 40);
+  EXPECT_EQ(p.max_new_tokens, 256);
+  EXPECT_EQ(p.stop_strings, c.rollout.stop_strings);
+  EXPECT_EQ(p.stop_token_ids, c.rollout.stop_token_ids);
+  EXPECT_EQ(p.early_stop_window, 100);
+  EXPECT_EQ(p.early_stop_prob, 0.95);
+  EXPECT_TRUE(p.Validate().ok());
+  OverlongOptions o = c.ToOverlongOptions();
+  EXPECT_EQ(o.max_response_length, 256);
+  EXPECT_EQ(o.buffer, 64);
+  EXPECT_TRUE(o.Validate().ok());
+}
+
+TEST_F(RunConfigTest, DescriptionLoadsBackToTheSameConfig) {
+  absl::StatusOr<RunConfig> first = Load(kFullConfig);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const std::string described = DescribeRunConfig(*first);
+  // Resolved paths are absolute, so the description loads from anywhere.
+  ASSERT_TRUE(MakeDirs(Path("elsewhere/deeper")).ok());
+  Write("elsewhere/deeper/resolved.yaml", described);
+  absl::StatusOr<RunConfig> second = LoadRunConfig(Path("elsewhere/deeper/resolved.yaml"));
+  ASSERT_TRUE(second.ok()) << second.status() << "\n" << described;
+  EXPECT_EQ(DescribeRunConfig(*second), described);
+  EXPECT_EQ(second->data.train, first->data.train);
+  EXPECT_EQ(second->optimizer.eps, first->optimizer.eps);
+  EXPECT_EQ(second->reward.weights, first->reward.weights);
+}
+
+TEST_F(RunConfigTest, MinimalConfigTakesTheDefaults) {
+  absl::StatusOr<RunConfig> loaded = Load(Minimal() + "rollout:\n  top_k:\n");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const RunConfig& c = *loaded;
+  const RunConfig defaults;
+  EXPECT_EQ(c.run.name, defaults.run.name);
+  EXPECT_EQ(c.model.init_config, Path("configs/models/tiny.json"));
+  EXPECT_EQ(c.model.tokenizer, "");
+  EXPECT_EQ(c.rollout.group_size, defaults.rollout.group_size);
+  EXPECT_EQ(c.rollout.top_k, defaults.rollout.top_k);  // "top_k:" (null) keeps the default
+  EXPECT_EQ(c.algorithm.loss.kind, PolicyLossKind::kCispo);
+  EXPECT_EQ(c.algorithm.loss.eps_high, PolicyLossOptions{}.eps_high);
+  EXPECT_EQ(c.optimizer.betas, defaults.optimizer.betas);
+  EXPECT_EQ(c.sft.data, c.data.train);  // sft.data defaults to data.train
+  EXPECT_TRUE(c.logging.tensorboard);
+}
+
+TEST_F(RunConfigTest, InputPathsResolveAgainstTheConfigsDirectory) {
+  // A relative config path, loaded from a working directory where "train.jsonl" exists
+  // but configs/train.jsonl does not: the config's directory wins.
+  Write("train.jsonl", "{}\n");
+  Write("configs/rel.yaml", "run: {output_dir: o, steps: 1}\n"
+                            "model: {init_config: ./models/../models/tiny.json}\n"
+                            "data: {train: train.jsonl}\n");
+  const fs::path old_cwd = fs::current_path();
+  fs::current_path(root_);
+  absl::StatusOr<RunConfig> loaded = LoadRunConfig("configs/rel.yaml");
+  Write("configs/data.yaml", "run: {output_dir: o, steps: 1}\n"
+                             "model: {init_config: models/tiny.json}\n"
+                             "data: {train: ../train.jsonl}\n");
+  absl::StatusOr<RunConfig> fixed = LoadRunConfig("configs/data.yaml");
+  fs::current_path(old_cwd);
+
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().message(),
+            absl::StrCat("configs/rel.yaml:3: data.train: file train.jsonl does not exist "
+                         "(looked for ", Path("configs/train.jsonl"), ")"));
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  EXPECT_EQ(fixed->data.train, Path("train.jsonl"));
+  EXPECT_EQ(fixed->model.init_config, Path("configs/models/tiny.json"));
+  // output_dir is an output: relative to where the run starts, not to the config.
+  EXPECT_EQ(fixed->run.output_dir, Path("o"));
+}
+
+struct ErrorCase {
+  std::string yaml;
+  std::string needle;  // text on the line the error must point at
+  std::string message;
+};
+
+TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
+  const std::string m = Minimal();
+  const std::vector<ErrorCase> cases = {
+      // Unknown keys and sections, with suggestions.
+      {m + "rollout:\n  grup_size: 4\n", "grup_size",
+       "rollout.grup_size is not a known key (did you mean group_size?)"},
+      {m + "rollot:\n  group_size: 4\n", "rollot", "rollot is not a known section (did you "
+                                                   "mean rollout?)"},
+      {m + "algorithm:\n  overlong:\n    soft_bufer: 3\n", "soft_bufer",
+       "algorithm.overlong.soft_bufer is not a known key (did you mean soft_buffer?)"},
+      {Minimal("  zzzzzzzz: 1\n"), "zzzzzzzz",
+       "run.zzzzzzzz is not a known key; known: name, output_dir, seed, steps, device, dtype, "
+       "eval_every, eval_samples"},
+      // Wrong types.
+      {m + "optimizer:\n  lr: fast\n", "lr: fast", "optimizer.lr must be a number, got \"fast\""},
+      {m + "rollout:\n  group_size: 2.5\n", "group_size",
+       "rollout.group_size must be an integer, got 2.5"},
+      {Minimal("", "  shuffle: yes\n"), "shuffle",
+       "data.shuffle must be true or false, got \"yes\""},
+      {Minimal("  name: 2024\n"), "name", "run.name must be a string, got 2024 (quote it)"},
+      {m + "rollout:\n  stop_strings:\n    - ok\n    - 3\n", "- 3",
+       "rollout.stop_strings[1] must be a string, got 3"},
+      {m + "rollout:\n  stop_token_ids: 5\n", "stop_token_ids",
+       "rollout.stop_token_ids must be a list of integers, got 5"},
+      {m + "rollout: 8\n", "rollout", "rollout must be a mapping, got 8"},
+      {m + "optimizer:\n  betas: [0.9]\n", "betas",
+       "optimizer.betas must be a list of 2 numbers [beta1, beta2], got [0.9]"},
+      {m + "reward:\n  weights: {format: high}\n", "weights",
+       "reward.weights.format must be a number, got \"high\""},
+      // Out of range.
+      {m + "rollout:\n  group_size: 1\n", "group_size", "rollout.group_size must be >= 2, got 1"},
+      {m + "rollout:\n  top_p: 0\n", "top_p", "rollout.top_p must be in (0, 1], got 0"},
+      {m + "rollout:\n  stop_token_ids:\n    - 1\n    - -4\n", "- -4",
+       "rollout.stop_token_ids[1] must be >= 0, got -4"},
+      {m + "rollout:\n  early_stop_prob: 1\n", "early_stop_prob",
+       "rollout.early_stop_prob must be in (0, 1), got 1"},
+      {m + "optimizer:\n  betas:\n    - 0.9\n    - 1.0\n", "- 1.0",
+       "optimizer.betas[1] must be in [0, 1), got 1"},
+      {m + "optimizer:\n  schedule: step\n", "schedule",
+       "optimizer.schedule must be constant, cosine or linear, got \"step\""},
+      {m + "optimizer:\n  min_lr_ratio: 1.5\n", "min_lr_ratio",
+       "optimizer.min_lr_ratio must be in [0, 1], got 1.5"},
+      {Minimal("  device: gpu\n"), "device", "run.device must be cpu, cuda or cuda:N, got \"gpu\""},
+      {Minimal("  dtype: fp16\n"), "dtype", "run.dtype must be float32 or bfloat16, got \"fp16\""},
+      {Minimal("  steps: 0\n").replace(Minimal().find("  steps: 3\n"), 11, ""), "steps: 0",
+       "run.steps must be >= 1, got 0"},
+      {m + "checkpoint:\n  keep: 0\n", "keep", "checkpoint.keep must be >= 1, got 0"},
+      {m + "reward:\n  kind: arithmetc\n", "kind",
+       "reward.kind must be one of arithmetic, countdown, math, format, length, got "
+       "\"arithmetc\" (did you mean arithmetic?)"},
+      {m + "reward:\n  weights:\n    math: 1\n    formt: 0.5\n", "formt",
+       "reward.weights.formt is not a known reward kind (did you mean format?)"},
+      {m + "reward:\n  timeout_s: 0\n", "timeout_s", "reward.timeout_s must be > 0, got 0"},
+      // PolicyLossOptions's own checks, renamed into this section.
+      {m + "algorithm:\n  loss: dapo\n  eps_low: 2\n", "eps_low",
+       "algorithm.eps_low must be in [0, 1], got 2"},
+      {m + "algorithm:\n  loss: grpo\n  unified_mask: true\n", "unified_mask",
+       "algorithm.unified_mask applies to kind cispo only"},
+      {m + "algorithm:\n  loss: reinforce\n", "loss",
+       "algorithm.loss must be one of cispo, grpo, ppo_clip, dapo, got \"reinforce\""},
+      // Missing files and required keys.
+      {Minimal().replace(Minimal().find("../data/train.jsonl"), 19, "../data/missing.jsonl"),
+       "missing", absl::StrCat("data.train: file ../data/missing.jsonl does not exist (looked for ",
+                               "DATA_MISSING)")},
+      {Minimal("", "", "  path: models/tiny.json\n"), "path",
+       "model.path: models/tiny.json is not a directory, expected a directory"},
+      {Minimal("", "  eval: /nonexistent/eval.jsonl\n"), "eval",
+       "data.eval: file /nonexistent/eval.jsonl does not exist"},
+      {"run:\n  output_dir: out\nmodel:\n  init_config: models/tiny.json\n"
+       "data:\n  train: ../data/train.jsonl\n",
+       "run:", "run.steps is required"},
+      // Across sections.
+      {Minimal("", "", "  path: ../ckpt\n  init_config: models/tiny.json\n"), "path",
+       "model.path and init_config are both set"},
+      {Minimal("", "", "  init_seed: 1\n"), "model:", "model.path is required unless init_config "
+                                                      "is given"},
+      {Minimal("  eval_every: 10\n"), "eval_every",
+       "run.eval_every is 10 but data.eval is not set"},
+      {Minimal("", "  answer_key: ''\n") + "sft:\n  steps: 5\n", "steps: 5",
+       "sft.steps is 5 but data.answer_key is empty"},
+      {m + "rollout:\n  max_new_tokens: 100\nalgorithm:\n  overlong: {soft_buffer: 200}\n",
+       "soft_buffer", "algorithm.overlong.soft_buffer must be <= rollout.max_new_tokens (100), "
+                      "got 200"},
+      {m + "algorithm:\n  minibatches: 32\n", "minibatches",
+       "algorithm.minibatches must be <= rollout.prompts_per_step (16)"},
+  };
+  for (const ErrorCase& c : cases) {
+    std::string expected = c.message;
+    if (size_t at = expected.find("DATA_MISSING"); at != std::string::npos) {
+      expected.replace(at, 12, Path("data/missing.jsonl"));
+    }
+    const std::string message = LoadError(c.yaml);
+    EXPECT_THAT(message, StartsWith(At(c.yaml, c.needle) + expected)) << c.yaml;
+  }
+}
+
+TEST_F(RunConfigTest, ErrorsWithoutALine) {
+  // A missing section has no line: the message names the file alone.
+  EXPECT_EQ(LoadError("run:\n  output_dir: out\n  steps: 3\nmodel:\n"
+                      "  init_config: models/tiny.json\n"),
+            absl::StrCat(Path("configs/x.yaml"), ": data.train is required"));
+  EXPECT_EQ(LoadError("[1, 2]\n"),
+            absl::StrCat(Path("configs/x.yaml"), ":1: the run config must be a mapping, got a "
+                                                 "list"));
+  // YAML errors keep their line:column.
+  EXPECT_THAT(LoadError(Minimal() + "run:\n  steps: 4\n"),
+              StartsWith(absl::StrCat(Path("configs/x.yaml"), ":8:1: duplicate key \"run\"")));
+  absl::StatusOr<RunConfig> missing = LoadRunConfig(Path("configs/none.yaml"));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(std::string(missing.status().message()),
+              StartsWith(absl::StrCat(Path("configs/none.yaml"), ": cannot read the run config")));
+}
+
+TEST(RunConfigInCodeTest, ValidateChecksStructsBuiltInCode) {
+  RunConfig c;
+  c.run.output_dir = "/tmp/out";
+  c.run.steps = 1;
+  c.model.init_config = "/tmp/model.json";
+  c.data.train = "/tmp/train.jsonl";
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  c.rollout.group_size = 1;
+  EXPECT_EQ(c.Validate().message(), "rollout.group_size must be >= 2, got 1");
+  c.rollout.group_size = 2;
+  c.optimizer.lr = 0;
+  EXPECT_EQ(c.Validate().message(), "optimizer.lr must be > 0, got 0");
+  EXPECT_EQ(c.optimizer.Validate().message(), "lr must be > 0, got 0");
+}
+
+}  // namespace
+}  // namespace lightrl
