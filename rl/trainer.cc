@@ -74,6 +74,17 @@ struct TrainerState {
   }
 };
 
+// Text of generated tokens for the reward. A policy may emit ids the tokenizer lacks
+// (its vocabulary is padded beyond the tokenizer's); they carry no text.
+absl::StatusOr<std::string> ResponseText(const Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
+  std::vector<int32_t> known;
+  known.reserve(ids.size());
+  for (int32_t id : ids) {
+    if (id >= 0 && id < tokenizer.vocab_size()) known.push_back(id);
+  }
+  return tokenizer.Decode(known, /*skip_special=*/true);
+}
+
 class Trainer {
  public:
   Trainer(const RunConfig& config, const TrainerRunOptions& options)
@@ -137,6 +148,16 @@ absl::StatusOr<std::optional<std::string>> Trainer::LatestCheckpoint() const {
 
 absl::Status Trainer::Setup() {
   tty_ = ::isatty(2);
+  const std::string& kind = config_.reward.kind;
+  if (kind != "arithmetic" && kind != "math" && kind != "countdown") {
+    return absl::UnimplementedError(absl::StrCat(
+        config_.source, ": reward.kind \"", kind,
+        "\" is not available in the in-process loop (arithmetic, math, countdown are)"));
+  }
+  if (!config_.reward.weights.empty()) {
+    return absl::UnimplementedError(absl::StrCat(
+        config_.source, ": reward.weights needs the reward router, which is not built yet"));
+  }
   RETURN_IF_ERROR(MakeDirs(config_.run.output_dir));
   ckpt_root_ = JoinPath(config_.run.output_dir, "checkpoints");
   RETURN_IF_ERROR(MakeDirs(ckpt_root_));
@@ -305,7 +326,7 @@ absl::StatusOr<double> Trainer::Evaluate(int64_t step) {
   double correct = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (!results[i].status.ok()) return results[i].status;
-    ASSIGN_OR_RETURN(std::string text, tokenizer_->Decode(results[i].samples[0].tokens, true));
+    ASSIGN_OR_RETURN(std::string text, ResponseText(*tokenizer_, results[i].samples[0].tokens));
     ASSIGN_OR_RETURN(RewardResult r, Score(text, eval_->at(i).answer));
     correct += r.components.empty() ? r.score : r.components[0].second;
   }
@@ -388,7 +409,7 @@ absl::Status Trainer::RunRl() {
           rs.tokens = s.tokens;
           rs.logprobs = s.logprobs;
           rs.finish_reason = FinishReasonName(s.finish_reason);
-          ASSIGN_OR_RETURN(rs.text, tokenizer_->Decode(s.tokens, /*skip_special=*/true));
+          ASSIGN_OR_RETURN(rs.text, ResponseText(*tokenizer_, s.tokens));
           ASSIGN_OR_RETURN(RewardResult r, Score(rs.text, examples[i]->answer));
           if (config_.algorithm.overlong_soft_buffer > 0) {
             ASSIGN_OR_RETURN(double pen, SoftOverlongPenalty(static_cast<int64_t>(s.tokens.size()),
@@ -494,8 +515,13 @@ absl::Status Trainer::RunReplay() {
   // A crashed and resumed run logs its interrupted step twice; the later copy wins.
   std::map<std::pair<int64_t, std::string>, size_t> last;
   for (size_t i = 0; i < all.size(); ++i) last[{all[i].step, all[i].group_id}] = i;
+  // Groups in log order, which is the order the run trained them in (it sets the
+  // minibatch split); group ids do not sort that way ("step-0-0-10" < "step-0-0-2").
+  std::vector<size_t> kept;
+  for (const auto& [key, i] : last) kept.push_back(i);
+  std::sort(kept.begin(), kept.end());
   std::map<int64_t, std::vector<const RolloutGroup*>> by_step;
-  for (const auto& [key, i] : last) by_step[key.first].push_back(&all[i]);
+  for (size_t i : kept) by_step[all[i].step].push_back(&all[i]);
   int64_t replayed = 0;
   for (const auto& [step, groups] : by_step) {
     if (step < state_.step) continue;
@@ -507,6 +533,9 @@ absl::Status Trainer::RunReplay() {
         ts.response = rs.tokens;
         ts.rollout_logprobs = rs.logprobs;
         ts.advantage = rs.advantage;
+        // The live loop's overlong filter, so that a replay trains on what the run did.
+        ts.keep = !(config_.algorithm.overlong_filter &&
+                    rs.finish_reason == FinishReasonName(FinishReason::kLength));
         batch.push_back(std::move(ts));
       }
     }
