@@ -125,6 +125,9 @@ struct Learner::Impl {
   std::unique_ptr<torch::optim::AdamW> optimizer;
   int64_t version = 0;
   int64_t steps = 0;
+  // RL updates only: the clock of the LR schedule, so that SFT warm-up updates neither
+  // use up the warmup nor advance the decay of the RL run.
+  int64_t rl_steps = 0;
 
   void SetLr(double lr) {
     for (auto& group : optimizer->param_groups()) {
@@ -291,7 +294,8 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
       stats.loss += loss_sum / M;
       stats.policy_loss += policy_sum / M;
       stats.aux_loss += aux_sum / M;
-      stats.grad_norm += m.ClipAndStep(m.options.optimizer.LearningRate(m.steps), stats) / M;
+      stats.grad_norm += m.ClipAndStep(m.options.optimizer.LearningRate(m.rl_steps), stats) / M;
+      ++m.rl_steps;
     }
     if (weight_total > 0) {
       stats.clip_fraction /= weight_total;
@@ -345,6 +349,7 @@ absl::Status Learner::SaveState(const std::string& path) const {
     impl_->optimizer->save(archive);
     archive.write("lightrl.version", torch::tensor(impl_->version));
     archive.write("lightrl.steps", torch::tensor(impl_->steps));
+    archive.write("lightrl.rl_steps", torch::tensor(impl_->rl_steps));
     const std::string tmp = path + ".tmp";
     archive.save_to(tmp);
     if (std::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -361,11 +366,13 @@ absl::Status Learner::LoadState(const std::string& path) {
     torch::serialize::InputArchive archive;
     archive.load_from(path);
     impl_->optimizer->load(archive);
-    torch::Tensor v, s;
+    torch::Tensor v, s, r;
     archive.read("lightrl.version", v);
     archive.read("lightrl.steps", s);
     impl_->version = v.item<int64_t>();
     impl_->steps = s.item<int64_t>();
+    // Checkpoints from before the RL-only schedule clock counted every update.
+    impl_->rl_steps = archive.try_read("lightrl.rl_steps", r) ? r.item<int64_t>() : impl_->steps;
   } catch (const c10::Error& e) {
     return absl::DataLossError(absl::StrCat(path, ": loading optimizer state: ", e.what_without_backtrace()));
   }

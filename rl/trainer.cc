@@ -168,6 +168,11 @@ absl::Status Trainer::Setup() {
   popts.dtype = config_.run.dtype;
 
   std::optional<std::string> resume_dir;
+  if (!options_.resume && options_.replay_dir.empty() && FileExists(JoinPath(ckpt_root_, "latest"))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        config_.run.output_dir, " already holds a run; pass --resume to continue it or choose "
+        "another run.output_dir"));
+  }
   if (options_.resume) {
     ASSIGN_OR_RETURN(resume_dir, LatestCheckpoint());
     if (!resume_dir) {

@@ -1,0 +1,508 @@
+"""End-to-end checks of `lightrl run` and `lightrl replay` on a 2-layer hybrid (hidden 32)
+that learns single-digit addition in seconds on a CPU:
+
+  resume     a run killed with SIGKILL at random moments (once early, once mid-RL) and
+             resumed each time ends with the same per-step metrics, the same rollout log
+             and the same final weights as the same run left alone (bit-exact).
+  metrics    the TensorBoard event files hold the scalars of metrics.jsonl, step by step.
+  rollouts   `lightrl rollouts export` gives one group per prompt group trained, with
+             tokens, one logprob per token, rewards, group-normalised advantages and the
+             generating policy version; a killed run's log reads back (torn tail too).
+  replay     `lightrl replay` trains from a finished run's log without generating and
+             writes a checkpoint; a bit-flipped log fails naming the file and offset.
+  config     bad YAML (unknown key, wrong type, out-of-range value, missing data file)
+             exits non-zero with "file:line: key" before any output directory exists.
+
+Run: LIGHTRL_BIN=build/rl/lightrl .venv/bin/python tests/python/trainer_test.py [CASE ...]
+TRAINER_TEST_SEED fixes the random kill moments.
+"""
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+BIN = os.environ.get("LIGHTRL_BIN", "build/rl/lightrl")
+TOKENIZER = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "examples",
+                                         "toy", "tokenizer.json"))
+RUN_TIMEOUT_S = 300
+# The model is tiny: one intra-op thread is fastest, and several stall badly when other
+# processes hold the cores (16 s instead of 4 s per run on a busy 2-core machine).
+ENV = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+MODEL = {
+    "vocab_size": 257, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+    "num_local_experts": 2, "num_experts_per_tok": 1, "max_position_embeddings": 512,
+    "block_size": 16, "layer_types": ["linear_attention", "full_attention"],
+    "full_attn_alpha_factor": 2.0, "linear_attn_alpha_factor": 2.0, "mlp_alpha_factor": 2.0,
+    "rms_norm_eps": 1e-05, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+    "router_aux_loss_coef": 0.001, "tie_word_embeddings": False, "hidden_act": "silu",
+}
+
+SFT_STEPS = 12
+RL_STEPS = 6
+MINIBATCHES = 2
+LR = 0.001
+WARMUP = 4
+
+
+def scheduled_lr(update):
+    """optimizer.schedule cosine with min_lr_ratio 0.1, over the RL updates alone."""
+    if update < WARMUP:
+        return LR * (update + 1) / WARMUP
+    t = min(1.0, (update - WARMUP) / (RL_STEPS * MINIBATCHES - WARMUP))
+    return LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def base_config(task_dir, output_dir):
+    """A run that takes ~15 s on two cores: 12 SFT steps make the model emit digits, so
+    6 CISPO steps see groups with mixed rewards (most groups are not dropped)."""
+    return {
+        "run": {"name": "trainer-test", "output_dir": output_dir, "seed": 3,
+                "steps": RL_STEPS, "eval_every": 3, "eval_samples": 16},
+        "model": {"init_config": os.path.join(task_dir, "model.json"), "init_seed": 5,
+                  "tokenizer": TOKENIZER},
+        "data": {"train": os.path.join(task_dir, "train.jsonl"),
+                 "eval": os.path.join(task_dir, "eval.jsonl")},
+        "rollout": {"group_size": 4, "prompts_per_step": 8, "max_new_tokens": 4,
+                    "early_stop_window": 0},
+        "reward": {"kind": "arithmetic"},
+        "algorithm": {"loss": "cispo", "max_refill_rounds": 1, "minibatches": MINIBATCHES},
+        "optimizer": {"lr": LR, "schedule": "cosine", "warmup_steps": WARMUP},
+        "sft": {"steps": SFT_STEPS, "batch_size": 32, "lr": 0.01},
+        "checkpoint": {"every": 1, "keep": 2},
+        "logging": {"progress": False},
+    }
+
+
+def to_yaml(value, indent=0):
+    lines = []
+    for key, v in value.items():
+        pad = "  " * indent
+        if isinstance(v, dict):
+            lines.append(f"{pad}{key}:")
+            lines.extend(to_yaml(v, indent + 1))
+        else:
+            lines.append(f"{pad}{key}: {scalar(v)}")
+    return lines
+
+
+def scalar(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(scalar(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def write_config(path, config):
+    with open(path, "w") as f:
+        f.write("\n".join(to_yaml(config)) + "\n")
+    return path
+
+
+def write_task(task_dir):
+    rng = random.Random(0)
+    os.makedirs(task_dir, exist_ok=True)
+    with open(os.path.join(task_dir, "model.json"), "w") as f:
+        json.dump(MODEL, f)
+    for name, n in (("train.jsonl", 400), ("eval.jsonl", 40)):
+        with open(os.path.join(task_dir, name), "w") as f:
+            for _ in range(n):
+                a = rng.randrange(10)
+                b = rng.randrange(10 - a)
+                f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+
+
+def lightrl(*args, timeout=RUN_TIMEOUT_S):
+    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def run_ok(*args):
+    start = time.time()
+    proc = lightrl(*args)
+    assert proc.returncode == 0, f"lightrl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+    return proc, time.time() - start
+
+
+def is_time_based(key):
+    return key == "time" or key.startswith("time/") or key.endswith("_per_s")
+
+
+def read_metrics(run_dir):
+    """{(step, key): [values in file order]}; a resumed run may log a step more than once."""
+    out = {}
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            for key, v in row.items():
+                if key != "step":
+                    out.setdefault((row["step"], key), []).append(v)
+    return out
+
+
+def export_rollouts(log_dir, out_path):
+    proc = lightrl("rollouts", "export", "--rollouts", log_dir, "--output", out_path)
+    assert proc.returncode == 0, f"rollouts export {log_dir} failed:\n{proc.stderr}"
+    with open(out_path) as f:
+        return [json.loads(line) for line in f], proc.stderr
+
+
+def latest_checkpoint(run_dir):
+    try:
+        with open(os.path.join(run_dir, "checkpoints", "latest")) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+class Runs:
+    """The reference run, made once and shared by the cases that read it."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.task = os.path.join(tmp, "task")
+        write_task(self.task)
+        self._reference = None
+
+    def config(self, name, **overrides):
+        config = base_config(self.task, os.path.join(self.tmp, name))
+        for dotted, v in overrides.items():
+            section, key = dotted.split("__")
+            config[section][key] = v
+        return config
+
+    def reference(self):
+        if self._reference is None:
+            # Every checkpoint kept: the replay case starts from the end of SFT.
+            config = self.config("reference", checkpoint__keep=100)
+            path = write_config(os.path.join(self.tmp, "reference.yaml"), config)
+            _, seconds = run_ok("run", "--config", path)
+            print(f"  reference run: {seconds:.1f} s")
+            self._reference = os.path.join(self.tmp, "reference")
+        return self._reference
+
+
+def kill_after(proc, run_dir, ready, max_sleep_s, rng):
+    """SIGKILLs `proc` a random moment after ready(latest checkpoint name) holds. Returns
+    the checkpoint name seen at the kill, or None if the run ended first."""
+    deadline = time.time() + RUN_TIMEOUT_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return None
+        name = latest_checkpoint(run_dir)
+        if name is not None and ready(name):
+            break
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0, max_sleep_s))
+    if proc.poll() is not None:
+        return None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return latest_checkpoint(run_dir)
+
+
+def case_resume(runs, rng):
+    ref_dir = runs.reference()
+    ref = read_metrics(ref_dir)
+    path = write_config(os.path.join(runs.tmp, "killed.yaml"), runs.config("killed"))
+    run_dir = os.path.join(runs.tmp, "killed")
+
+    # First kill: soon after the first checkpoint (in SFT); then twice in RL; each a random
+    # fraction of up to 1.5 RL steps after the checkpoint waited for appeared.
+    step_s = sum(ref[(s, "time/step_s")][0] for s in range(1, RL_STEPS + 1)) / RL_STEPS
+    kills = [(lambda name: True, 1.5 * step_s),
+             (lambda name: int(name.split("-")[1]) >= 2, 1.5 * step_s),
+             (lambda name: int(name.split("-")[1]) >= 4, 1.5 * step_s)]
+    args = ["run", "--config", path]
+    for ready, max_sleep in kills:
+        proc = subprocess.Popen([BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env=ENV)
+        at = kill_after(proc, run_dir, ready, max_sleep, rng)
+        err = proc.stderr.read()
+        assert proc.returncode in (-signal.SIGKILL, 0), f"run failed:\n{err}"
+        resumed = [line for line in err.splitlines() if "resumed from" in line]
+        print(f"  {'resumed from ' + os.path.basename(resumed[-1].split()[4]) + ', then ' if resumed else ''}"
+              + (f"killed with latest={at}" if at else "run ended before the kill"))
+        if at is not None:
+            # The log of a killed run reads back as it is, before any resume repairs it.
+            export_rollouts(os.path.join(run_dir, "rollouts"), os.path.join(runs.tmp, "k.jsonl"))
+        args = ["run", "--config", path, "--resume"]
+    proc, seconds = run_ok(*args)
+    resumed = [line for line in proc.stderr.splitlines() if "resumed from" in line]
+    assert resumed, proc.stderr
+    print(f"  {os.path.basename(resumed[0].split()[4])}: final resume to the end, {seconds:.1f} s")
+
+    got = read_metrics(run_dir)
+    want_keys = {k for k in ref if not is_time_based(k[1])}
+    got_keys = {k for k in got if not is_time_based(k[1])}
+    assert want_keys == got_keys, (f"metrics differ in (step, key): missing "
+                                   f"{sorted(want_keys - got_keys)[:10]}, extra "
+                                   f"{sorted(got_keys - want_keys)[:10]}")
+    mismatches, worst = [], 0.0
+    for key in sorted(want_keys):
+        want = ref[key]
+        # Every value logged for the step, including those the killed run logged before
+        # dying, must be the uninterrupted run's value.
+        for v in got[key]:
+            if v != want[-1]:
+                rel = abs(v - want[-1]) / max(abs(want[-1]), 1e-30)
+                worst = max(worst, rel)
+                mismatches.append(f"step {key[0]} {key[1]}: {v!r} vs {want[-1]!r}")
+        if len(set(want)) != 1 and key[1] != "eval/accuracy":
+            mismatches.append(f"reference logged {key} with different values {want}")
+    assert not mismatches, (f"{len(mismatches)} metric values differ after resume (worst "
+                            f"relative {worst:.3g}):\n  " + "\n  ".join(mismatches[:20]))
+    print(f"  {len(want_keys)} (step, metric) pairs identical")
+
+    final = f"step-{RL_STEPS:06d}-sft-{SFT_STEPS:06d}"
+    for name in ("model.safetensors", "trainer_state.json"):
+        a = open(os.path.join(ref_dir, "checkpoints", final, name), "rb").read()
+        b = open(os.path.join(run_dir, "checkpoints", final, name), "rb").read()
+        assert a == b, f"final {name} differs between the uninterrupted and the resumed run"
+
+    # The resumed run's log, later copy of a re-run step winning, is the reference's log.
+    ref_groups, _ = export_rollouts(os.path.join(ref_dir, "rollouts"),
+                                    os.path.join(runs.tmp, "ref.jsonl"))
+    groups, _ = export_rollouts(os.path.join(run_dir, "rollouts"),
+                                os.path.join(runs.tmp, "killed.jsonl"))
+    latest = {(g["step"], g["group_id"]): g for g in groups}
+    assert len(groups) >= len(ref_groups), (len(groups), len(ref_groups))
+    assert [latest[(g["step"], g["group_id"])] == g for g in ref_groups].count(False) == 0 and \
+        len(latest) == len(ref_groups), "rollout log after resume differs from the reference"
+    print(f"  rollout log identical ({len(ref_groups)} groups, {len(groups) - len(ref_groups)} "
+          f"re-logged after the kills)")
+
+
+def case_metrics(runs, rng):
+    from tensorboard.backend.event_processing import event_accumulator
+    ref_dir = runs.reference()
+    acc = event_accumulator.EventAccumulator(
+        os.path.join(ref_dir, "tensorboard"), size_guidance={event_accumulator.SCALARS: 0})
+    acc.Reload()
+    jsonl = {}
+    with open(os.path.join(ref_dir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            for key, v in row.items():
+                if key not in ("step", "time"):
+                    jsonl.setdefault(key, []).append((row["step"], v))
+    tags = set(acc.Tags()[event_accumulator.SCALARS])
+    assert tags == set(jsonl), f"tags differ: only TB {tags - set(jsonl)}, only JSONL {set(jsonl) - tags}"
+    for required in ("reward/mean", "reward/std", "loss/total", "loss/policy", "is/clip_fraction",
+                     "policy/entropy", "optim/grad_norm", "optim/lr", "time/step_s",
+                     "rollout/groups_trained", "sft/loss", "eval/accuracy"):
+        assert required in tags, f"{required} missing from the metrics"
+    for tag, points in jsonl.items():
+        got = [(e.step, e.value) for e in acc.Scalars(tag)]
+        assert [s for s, _ in got] == [s for s, _ in points], (tag, got, points)
+        for (step, value), (_, want) in zip(got, points):
+            f32 = struct.unpack("<f", struct.pack("<f", want))[0]
+            assert value == f32, f"{tag} at step {step}: TensorBoard {value} vs JSONL {want}"
+    steps = [s for s, _ in jsonl["reward/mean"]]
+    assert steps == list(range(1, RL_STEPS + 1)), steps
+    sft_steps = [s for s, _ in jsonl["sft/loss"]]
+    assert sft_steps == list(range(1 - SFT_STEPS, 1)), sft_steps
+    assert all(math.isfinite(v) for _, v in jsonl["loss/total"])
+    # The LR schedule runs over RL updates only; SFT warm-up updates do not advance it.
+    for step, lr in jsonl["optim/lr"]:
+        want = scheduled_lr(step * MINIBATCHES - 1)  # the step's last update
+        assert math.isclose(lr, want, rel_tol=1e-9), f"optim/lr at step {step}: {lr}, want {want}"
+    print(f"  {len(tags)} tags, {sum(len(p) for p in jsonl.values())} scalars match")
+
+
+def case_rollouts(runs, rng):
+    ref_dir = runs.reference()
+    groups, _ = export_rollouts(os.path.join(ref_dir, "rollouts"), os.path.join(runs.tmp, "r.jsonl"))
+    metrics = read_metrics(ref_dir)
+    version = SFT_STEPS  # versions count optimizer updates: SFT's, then RL's
+    for step in range(RL_STEPS):
+        at = [g for g in groups if g["step"] == step]
+        # metrics.jsonl logs step k+1 for the update made by the groups of controller step k.
+        trained = metrics[(step + 1, "rollout/groups_trained")][0]
+        assert len(at) == trained, f"step {step}: {len(at)} groups logged, {trained} trained"
+        assert len({g["group_id"] for g in at}) == len(at), f"step {step}: duplicate group ids"
+        for g in at:
+            assert g["policy_version"] == version, (step, g["policy_version"], version)
+            assert g["prompt_tokens"] and g["ground_truth"], g
+            rewards = [s["reward"] for s in g["samples"]]
+            assert len(rewards) == 4 and max(rewards) != min(rewards), (g["group_id"], rewards)
+            mean = sum(rewards) / len(rewards)
+            std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
+            advantages = [s["advantage"] for s in g["samples"]]
+            assert abs(sum(advantages) / len(advantages)) < 1e-6, (g["group_id"], advantages)
+            for s, r in zip(g["samples"], rewards):
+                assert math.isclose(s["advantage"], (r - mean) / (std + 1e-6), rel_tol=1e-6,
+                                    abs_tol=1e-9), (g["group_id"], s["advantage"], r, mean, std)
+                assert 1 <= len(s["tokens"]) <= 4 and len(s["logprobs"]) == len(s["tokens"]), s
+                assert all(lp <= 0 and math.isfinite(lp) for lp in s["logprobs"]), s["logprobs"]
+                assert s["finish_reason"] in ("stop", "length"), s["finish_reason"]
+        version += MINIBATCHES if at else 0
+    print(f"  {len(groups)} groups over {RL_STEPS} steps check out")
+
+    # A torn tail (the writer died mid-append) is skipped with a warning.
+    torn = os.path.join(runs.tmp, "torn")
+    shutil.copytree(os.path.join(ref_dir, "rollouts"), torn)
+    segments = sorted(n for n in os.listdir(torn) if n.endswith(".log"))
+    with open(os.path.join(torn, segments[0]), "rb") as f:
+        head = f.read(200)
+    with open(os.path.join(torn, segments[-1]), "ab") as f:
+        f.write(head[:100])
+    again, err = export_rollouts(torn, os.path.join(runs.tmp, "t.jsonl"))
+    assert again == groups, "a torn tail changed the groups read back"
+    assert "torn" in err and segments[-1] in err, err
+
+
+def record_offsets(path):
+    data = open(path, "rb").read()
+    offsets, at = [], 0
+    while at + 12 <= len(data):
+        magic, length, _ = struct.unpack_from("<III", data, at)
+        assert magic == 0x4C52FFD9, (path, at)
+        offsets.append(at)
+        at += 12 + length
+    return offsets
+
+
+def case_replay(runs, rng):
+    ref_dir = runs.reference()
+    log = os.path.join(ref_dir, "rollouts")
+    path = write_config(os.path.join(runs.tmp, "replay.yaml"), runs.config("replay"))
+    proc, seconds = run_ok("replay", "--config", path, "--rollouts", log)
+    out = os.path.join(runs.tmp, "replay")
+    print(f"  replay: {seconds:.1f} s")
+    assert f"trained on {RL_STEPS} logged steps" in proc.stderr, proc.stderr
+    assert not os.path.exists(os.path.join(out, "rollouts")), "replay wrote a rollout log"
+    assert latest_checkpoint(out) == f"step-{RL_STEPS:06d}-sft-000000", latest_checkpoint(out)
+    metrics = read_metrics(out)
+    assert not any(k.startswith("reward/") for _, k in metrics), "replay generated and scored"
+    for step in range(1, RL_STEPS + 1):
+        loss = metrics[(step, "loss/total")][0]
+        assert math.isfinite(loss), (step, loss)
+        assert metrics[(step, "optim/grad_norm")][0] > 0, step
+
+    # From the same weights with a fresh optimizer, a replay makes the live run's updates
+    # bit for bit: same batches, same order (16 prompts per step give group ids that do
+    # not sort in log order), same overlong filter (DAPO's, on 4-token responses).
+    config = runs.config("live", run__eval_every=0, rollout__prompts_per_step=16,
+                         algorithm__loss="dapo", algorithm__overlong={"filter": True})
+    config["model"] = {"path": os.path.join(ref_dir, "checkpoints", f"step-000000-sft-{SFT_STEPS:06d}"),
+                       "tokenizer": TOKENIZER}
+    config["sft"]["steps"] = 0
+    live_yaml = write_config(os.path.join(runs.tmp, "live.yaml"), config)
+    run_ok("run", "--config", live_yaml)
+    live = os.path.join(runs.tmp, "live")
+    groups, _ = export_rollouts(os.path.join(live, "rollouts"), os.path.join(runs.tmp, "l.jsonl"))
+    truncated = sum(s["finish_reason"] == "length" for g in groups for s in g["samples"])
+    late = sum(int(g["group_id"].rsplit("-", 1)[1]) >= 10 for g in groups)
+    print(f"  live DAPO run: {len(groups)} groups, {late} with index >= 10, {truncated} "
+          f"truncated samples")
+    config["run"]["output_dir"] = os.path.join(runs.tmp, "live-replay")
+    path = write_config(os.path.join(runs.tmp, "live-replay.yaml"), config)
+    run_ok("replay", "--config", path, "--rollouts", os.path.join(live, "rollouts"))
+    want, got = read_metrics(live), read_metrics(config["run"]["output_dir"])
+    differ = [f"step {step} {key}: replay {got[(step, key)]} vs live {want[(step, key)]}"
+              for step in range(1, RL_STEPS + 1)
+              for key in ("loss/total", "is/clip_fraction", "optim/grad_norm")
+              if got[(step, key)] != want[(step, key)]]
+    final = f"step-{RL_STEPS:06d}-sft-000000"
+    same = (open(os.path.join(live, "checkpoints", final, "model.safetensors"), "rb").read() ==
+            open(os.path.join(config["run"]["output_dir"], "checkpoints", final,
+                              "model.safetensors"), "rb").read())
+    assert not differ and same, ("replay does not reproduce the live run's updates:\n  " +
+                                 "\n  ".join(differ) + ("" if same else "\n  final weights differ"))
+    print("  replay of a live run: identical losses, grad norms and final weights")
+
+    # One flipped bit in a record that is not the last: DataLoss with file and offset.
+    bad = os.path.join(runs.tmp, "bad-log")
+    shutil.copytree(log, bad)
+    segment = os.path.join(bad, sorted(n for n in os.listdir(bad) if n.endswith(".log"))[0])
+    offsets = record_offsets(segment)
+    assert len(offsets) >= 3, offsets
+    victim = offsets[len(offsets) // 2]
+    data = bytearray(open(segment, "rb").read())
+    data[victim + 12 + rng.randrange(offsets[len(offsets) // 2 + 1] - victim - 12)] ^= 1 << rng.randrange(8)
+    open(segment, "wb").write(bytes(data))
+    path = write_config(os.path.join(runs.tmp, "replay-bad.yaml"), runs.config("replay-bad"))
+    proc = lightrl("replay", "--config", path, "--rollouts", bad)
+    assert proc.returncode != 0, "replay of a corrupt log succeeded"
+    assert os.path.basename(segment) in proc.stderr and str(victim) in proc.stderr, proc.stderr
+    print(f"  corrupt log: {proc.stderr.strip().splitlines()[-1]}")
+    assert latest_checkpoint(os.path.join(runs.tmp, "replay-bad")) is None
+
+
+def case_config(runs, rng):
+    cases = [
+        # (name, section, key, bad value or None to add an unknown key, words in the message)
+        ("unknown key", "rollout", "group_sise", 4, ["rollout.group_sise", "group_size"]),
+        ("wrong type", "rollout", "group_size", "eight", ["rollout.group_size", "eight"]),
+        ("out of range", "rollout", "group_size", 1, ["rollout.group_size", "1"]),
+        ("out of range float", "rollout", "top_p", 1.5, ["rollout.top_p", "1.5"]),
+        ("wrong type bool", "data", "shuffle", 3, ["data.shuffle"]),
+        ("missing data file", "data", "train", os.path.join(runs.task, "nope.jsonl"),
+         ["data.train", "nope.jsonl"]),
+    ]
+    failures = []
+    for name, section, key, value, words in cases:
+        out = os.path.join(runs.tmp, "config-" + name.replace(" ", "-"))
+        config = runs.config(os.path.basename(out))
+        config[section][key] = value
+        path = write_config(out + ".yaml", config)
+        line = next(i + 1 for i, text in enumerate(open(path).read().splitlines())
+                    if text.strip().startswith(key + ":"))
+        proc = lightrl("run", "--config", path, timeout=30)
+        message = proc.stderr.strip()
+        problems = []
+        if proc.returncode == 0:
+            problems.append("exit status 0")
+        if f"{path}:{line}:" not in message:
+            problems.append(f"no '{path}:{line}:'")
+        problems += [f"no '{w}'" for w in words if w not in message]
+        if os.path.exists(out):
+            problems.append("output directory created")
+        if problems:
+            failures.append(f"{name}: {', '.join(problems)} in: {message!r}")
+        else:
+            print(f"  {name}: {message}")
+    assert not failures, "\n  ".join(failures)
+
+
+CASES = {"resume": case_resume, "metrics": case_metrics, "rollouts": case_rollouts,
+         "replay": case_replay, "config": case_config}
+
+
+def main():
+    seed = int(os.environ.get("TRAINER_TEST_SEED", random.randrange(1 << 30)))
+    print(f"seed {seed} (TRAINER_TEST_SEED={seed} repeats the kill moments)")
+    names = sys.argv[1:] or list(CASES)
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="trainer_test.") as tmp:
+        runs = Runs(tmp)
+        for name in names:
+            start = time.time()
+            print(f"{name}:")
+            try:
+                CASES[name](runs, random.Random(f"{seed}-{name}"))
+                print(f"{name}: ok ({time.time() - start:.1f} s)")
+            except Exception:  # Report every case, then fail.
+                failed.append(name)
+                print(f"{name}: FAILED ({time.time() - start:.1f} s)\n{traceback.format_exc()}")
+    if failed:
+        print("failed: " + ", ".join(failed))
+        return 1
+    print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
