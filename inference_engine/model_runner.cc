@@ -4,16 +4,25 @@
 
 #include "policy/lightning_attention.h"
 
+#ifdef LIGHTRL_ENGINE_CUDA
+#include "inference_engine/cuda_ops.h"
+#endif
+
 namespace lightrl {
 
 ModelRunner::ModelRunner(MiniMaxForCausalLM module, int64_t num_slots, int64_t num_pages,
-                         int64_t page_size)
+                         int64_t page_size, bool allow_cuda_kernels)
     : module_(module),
       config_(module->config()),
       device_(module->lm_head->weight.device()),
       dtype_(module->lm_head->weight.scalar_type()),
       page_size_(page_size) {
   const auto& c = config_;
+#ifdef LIGHTRL_ENGINE_CUDA
+  cuda_kernels_ = allow_cuda_kernels && CudaLightningSupported(device_, dtype_, c.head_dim);
+#else
+  (void)allow_cuda_kernels;
+#endif
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
   auto kv = torch::TensorOptions().dtype(dtype_).device(device_);
   states_.resize(c.num_hidden_layers);
@@ -67,6 +76,14 @@ torch::Tensor ModelRunner::Prefill(const std::vector<RunnerSequence>& seqs) {
   PackedLayout layout = PackedLayout::FromLengths(lengths);
   auto tokens = torch::tensor(flat, torch::kInt64).to(device_);
   auto rows = PageIndex(seqs, /*whole_prompt=*/true);
+  // Kernel path: int32 document offsets and slots, shared by every lightning layer.
+  torch::Tensor cu_seqlens32, slots32;
+  if (cuda_kernels_) {
+    std::vector<int32_t> cu(layout.cu_seqlens.begin(), layout.cu_seqlens.end()), sl;
+    for (const auto& s : seqs) sl.push_back(static_cast<int32_t>(s.slot));
+    cu_seqlens32 = torch::tensor(cu, torch::kInt32).to(device_);
+    slots32 = torch::tensor(sl, torch::kInt32).to(device_);
+  }
   auto x = module_->model->embed_tokens(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto* layer = module_->model->layers[i]->as<DecoderLayerImpl>();
@@ -75,6 +92,13 @@ torch::Tensor ModelRunner::Prefill(const std::vector<RunnerSequence>& seqs) {
         // Each document from a zero state; its final state goes to its slot.
         auto& attn = layer->lightning;
         auto [q, k, v] = attn->Project(n1);
+#ifdef LIGHTRL_ENGINE_CUDA
+        if (cuda_kernels_) {
+          auto o = LightningPrefillCuda(q, k, v, cu_seqlens32, slots32, states_[i], attn->slope,
+                                        layout.max_len());
+          return attn->Finish(n1, o.view({n1.size(0), -1}));
+        }
+#endif
         std::vector<torch::Tensor> outs;
         for (size_t d = 0; d < seqs.size(); ++d) {
           const int64_t b = layout.cu_seqlens[d], n = lengths[d];
@@ -119,6 +143,7 @@ torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
   }
   auto tokens = torch::tensor(tok, torch::kInt64).to(device_);
   auto slots = torch::tensor(slot, torch::kInt64).to(device_);
+  auto slots32 = cuda_kernels_ ? slots.to(torch::kInt32) : torch::Tensor();
   auto positions = torch::tensor(pos, torch::kInt64).to(device_);
   auto rows = PageIndex(seqs, /*whole_prompt=*/false);
   // Gather map of each sequence's cached keys, padded to the longest: [B, max_len].
@@ -142,6 +167,12 @@ torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
       if (layer->lightning) {
         auto& attn = layer->lightning;
         auto [q, k, v] = attn->Project(n1);  // [B, H, d]
+#ifdef LIGHTRL_ENGINE_CUDA
+        if (cuda_kernels_) {
+          auto o = LightningDecodeCuda(q, k, v, slots32, states_[i], attn->slope);
+          return attn->Finish(n1, o.view({B, -1}));
+        }
+#endif
         auto lambda = torch::exp(-attn->slope).view({1, -1, 1, 1});
         auto s = states_[i].index_select(0, slots);
         s = lambda * s + torch::matmul(k.to(torch::kFloat32).unsqueeze(-1),

@@ -22,7 +22,11 @@ struct RunnerSequence {
 
 class ModelRunner {
  public:
-  ModelRunner(MiniMaxForCausalLM module, int64_t num_slots, int64_t num_pages, int64_t page_size);
+  // `allow_cuda_kernels`: on CUDA with bf16 weights (and a build with LIGHTRL_ENGINE_CUDA)
+  // the lightning layers run the CUDA prefill and fused decode kernels; false keeps the
+  // torch ops, the reference path, everywhere.
+  ModelRunner(MiniMaxForCausalLM module, int64_t num_slots, int64_t num_pages, int64_t page_size,
+              bool allow_cuda_kernels = true);
 
   // Prefills each sequence from an empty state; returns FP32 logits of each sequence's last
   // token, [n, vocab].
@@ -39,6 +43,8 @@ class ModelRunner {
   static int64_t PageBytes(const ModelConfig& config, int64_t page_size, torch::ScalarType dtype);
 
   torch::Device device() const { return device_; }
+  // Whether the lightning layers run the CUDA kernels (else the torch ops).
+  bool uses_cuda_kernels() const { return cuda_kernels_; }
 
  private:
   torch::Tensor PageIndex(const std::vector<RunnerSequence>& seqs, bool whole_prompt) const;
@@ -48,6 +54,7 @@ class ModelRunner {
   torch::Device device_;
   torch::ScalarType dtype_;
   int64_t page_size_;
+  bool cuda_kernels_ = false;
   // Per layer: lightning layers [slots, H, d, d] FP32; softmax layers K and V pools
   // [pages * page_size, KVH, d] in the compute dtype.
   std::vector<torch::Tensor> states_, k_pool_, v_pool_;

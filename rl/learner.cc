@@ -123,6 +123,9 @@ struct Learner::Impl {
   LearnerOptions options;
   torch::Device device = torch::kCPU;
   std::unique_ptr<torch::optim::AdamW> optimizer;
+  // The model's parameters and, when they are not FP32 (bf16 on GPU), the FP32 master
+  // copies the optimizer updates: bf16 cannot hold small updates to large weights.
+  std::vector<torch::Tensor> params, master;
   int64_t version = 0;
   int64_t steps = 0;
   // RL updates only: the clock of the LR schedule, so that SFT warm-up updates neither
@@ -158,16 +161,20 @@ struct Learner::Impl {
   }
 
   double ClipAndStep(double lr, LearnerStats& stats) {
-    std::vector<torch::Tensor> params;
-    for (auto& group : optimizer->param_groups()) {
-      for (auto& t : group.params()) params.push_back(t);
+    if (!master.empty()) {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (params[i].grad().defined()) master[i].mutable_grad() = params[i].grad().to(torch::kFloat32);
+        params[i].mutable_grad() = torch::Tensor();
+      }
     }
+    const std::vector<torch::Tensor>& updated = master.empty() ? params : master;
     double norm = 0;
     if (options.optimizer.grad_clip > 0) {
-      norm = torch::nn::utils::clip_grad_norm_(params, options.optimizer.grad_clip);
+      norm = torch::nn::utils::clip_grad_norm_(updated, options.optimizer.grad_clip);
     } else {
       double sq = 0;
-      for (auto& t : params) {
+      for (auto& t : updated) {
         if (t.grad().defined()) sq += t.grad().pow(2).sum().item<double>();
       }
       norm = std::sqrt(sq);
@@ -180,6 +187,10 @@ struct Learner::Impl {
                    static_cast<long long>(steps));
     }
     optimizer->zero_grad();
+    if (!master.empty()) {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params.size(); ++i) params[i].copy_(master[i]);
+    }
     ++steps;
     ++version;
     ++stats.updates;
@@ -201,10 +212,16 @@ absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(PolicyModel* policy,
   impl->options = options;
   auto& module = policy->module();
   impl->device = module->lm_head->weight.device();
-  std::vector<torch::Tensor> params;
-  for (auto& p : module->parameters()) params.push_back(p);
+  for (auto& p : module->parameters()) {
+    impl->params.push_back(p);
+    if (p.scalar_type() != torch::kFloat32) impl->master.push_back({});
+  }
+  if (!impl->master.empty()) {
+    impl->master.clear();
+    for (auto& p : impl->params) impl->master.push_back(p.detach().to(torch::kFloat32).clone());
+  }
   impl->optimizer = std::make_unique<torch::optim::AdamW>(
-      params, torch::optim::AdamWOptions(options.optimizer.lr)
+      impl->master.empty() ? impl->params : impl->master, torch::optim::AdamWOptions(options.optimizer.lr)
                   .betas({options.optimizer.beta1, options.optimizer.beta2})
                   .eps(options.optimizer.eps)
                   .weight_decay(options.optimizer.weight_decay));
@@ -350,6 +367,9 @@ absl::Status Learner::SaveState(const std::string& path) const {
     archive.write("lightrl.version", torch::tensor(impl_->version));
     archive.write("lightrl.steps", torch::tensor(impl_->steps));
     archive.write("lightrl.rl_steps", torch::tensor(impl_->rl_steps));
+    for (size_t i = 0; i < impl_->master.size(); ++i) {
+      archive.write("lightrl.master." + std::to_string(i), impl_->master[i]);
+    }
     const std::string tmp = path + ".tmp";
     archive.save_to(tmp);
     if (std::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -373,6 +393,11 @@ absl::Status Learner::LoadState(const std::string& path) {
     impl_->steps = s.item<int64_t>();
     // Checkpoints from before the RL-only schedule clock counted every update.
     impl_->rl_steps = archive.try_read("lightrl.rl_steps", r) ? r.item<int64_t>() : impl_->steps;
+    for (size_t i = 0; i < impl_->master.size(); ++i) {
+      torch::Tensor m;
+      archive.read("lightrl.master." + std::to_string(i), m);
+      impl_->master[i].copy_(m);
+    }
   } catch (const c10::Error& e) {
     return absl::DataLossError(absl::StrCat(path, ": loading optimizer state: ", e.what_without_backtrace()));
   }

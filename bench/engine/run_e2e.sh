@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# End-to-end engine benchmark on the GPU machine: builds lightrl with the CUDA backend,
+# runs the engine's GPU tests and the CPU engine/policy tests, checks `lightrl logprobs`
+# on CUDA bf16 against CPU FP32 on a random model (`lightrl init`), creates the ~0.5B bench
+# model with transformers (random weights, saved once, loaded by both), and times greedy
+# generation of lightrl vs transformers at batch 8, 64, 256 (128-token prompts, 128 new
+# tokens, as /work/shared/device/peer_bench.py), then one long-generation run.
+#   bench/engine/run_e2e.sh            (logs and summary under $OUT, default build/e2e_out)
+# Knobs (environment): LONG_SEQS (2), LONG_TOKENS (16384), BATCHES (8,64,256),
+# DEADLINE_S (560: the long run is cut to what is left of it), SKIP_HF (1: make the model
+# and prompts, time only lightrl), SHORT_TOKENS (8: each batch also generates this many
+# tokens, so that the fixed cost of a run and the cost of a step can be told apart).
+# Needs in the tree: .device/grpc.tgz (abseil) and .device/googletest.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+OUT="${OUT:-$ROOT/build/e2e_out}"
+B="${E2E_BUILD_DIR:-/tmp/lightrl_cuda_build}"
+W="${E2E_WORK_DIR:-/tmp/lightrl_e2e}"
+LONG_SEQS="${LONG_SEQS:-2}"
+LONG_TOKENS="${LONG_TOKENS:-16384}"
+BATCHES="${BATCHES:-8,64,256}"
+DEADLINE_S="${DEADLINE_S:-560}"
+SKIP_HF="${SKIP_HF:-0}"
+SHORT_TOKENS="${SHORT_TOKENS:-8}"
+T0=$(date +%s)
+mkdir -p "$OUT" "$W"
+S="$OUT/summary.txt"
+: > "$S"
+note() { echo "$*" | tee -a "$S"; }
+elapsed() { echo $(( $(date +%s) - T0 )); }
+PY=$(command -v python3)
+
+note "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
+
+# Dependencies the machine lacks: abseil (Debian's, with gRPC) and GoogleTest.
+if [ -f "$ROOT/.device/grpc.tgz" ]; then tar -xzf "$ROOT/.device/grpc.tgz" -C / && ldconfig; fi
+if ! [ -f /usr/local/lib/cmake/GTest/GTestConfig.cmake ] && ! [ -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ]; then
+  cmake -S "$ROOT/.device/googletest" -B /tmp/gtest_build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_INSTALL_PREFIX=/usr/local > "$OUT/gtest.log" 2>&1 &&
+    ninja -C /tmp/gtest_build install >> "$OUT/gtest.log" 2>&1 || { note "googletest build failed"; tail -20 "$OUT/gtest.log"; }
+fi
+
+# Build (CUDA backend).
+{
+  cmake -S "$ROOT" -B "$B" -G Ninja -DLIGHTRL_TORCH_CUDA=ON \
+    -DCMAKE_PREFIX_PATH="$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)')" \
+    -DCMAKE_CUDA_ARCHITECTURES=90a -DLIGHTRL_PYTHON="$PY" &&
+  ninja -C "$B" -j16 -k 0 engine_gpu_test engine_test policy_test lightrl
+} > "$OUT/build.log" 2>&1
+rc=$?
+note "build rc=$rc after $(elapsed) s"
+if [ $rc != 0 ]; then grep -E "error|FAILED" "$OUT/build.log" | head -30; fi
+[ -x "$B/tests/engine_gpu_test" ] || { tail -30 "$OUT/build.log"; exit 1; }
+LIGHTRL="$B/rl/lightrl"
+
+# Tests: the engine on CUDA, and the CPU suites on this machine.
+for t in engine_gpu_test engine_test policy_test; do
+  "$B/tests/$t" > "$OUT/$t.log" 2>&1
+  note "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t.log" | tr '\n' ' ')"
+done
+grep -E "relative error|greedy tokens|Pearson|Failure|FAILED|Expected|Which is" "$OUT/engine_gpu_test.log" | tee -a "$S"
+
+# lightrl logprobs on CUDA bf16 against CPU FP32, random model from `lightrl init`.
+cat > "$W/small_config.json" <<'JSON'
+{"vocab_size": 1024, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+ "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 128, "num_local_experts": 4,
+ "num_experts_per_tok": 2, "max_position_embeddings": 4096, "block_size": 256,
+ "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+ "rms_norm_eps": 1e-05, "tie_word_embeddings": false, "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}}
+JSON
+$PY - "$W/lp_in.jsonl" <<'PYEOF'
+import json, random, sys
+random.seed(3)
+with open(sys.argv[1], "w") as f:
+    for n in (5, 77, 300, 1000):
+        f.write(json.dumps({"tokens": [random.randrange(1024) for _ in range(n)]}) + "\n")
+PYEOF
+"$LIGHTRL" init --config "$W/small_config.json" --output "$W/random_model" --seed 7 > "$OUT/logprobs.log" 2>&1 &&
+"$LIGHTRL" logprobs --model "$W/random_model" --input "$W/lp_in.jsonl" --output "$W/lp_cuda.jsonl" \
+  --device cuda --dtype bfloat16 >> "$OUT/logprobs.log" 2>&1 &&
+"$LIGHTRL" logprobs --model "$W/random_model" --input "$W/lp_in.jsonl" --output "$W/lp_cpu.jsonl" \
+  >> "$OUT/logprobs.log" 2>&1
+note "logprobs cuda/bf16 + cpu/fp32 rc=$?"
+$PY - "$W/lp_cuda.jsonl" "$W/lp_cpu.jsonl" <<'PYEOF' 2>&1 | tee -a "$S"
+import json, sys, math
+a = [x for l in open(sys.argv[1]) for x in json.loads(l)["logprobs"][1:]]
+b = [x for l in open(sys.argv[2]) for x in json.loads(l)["logprobs"][1:]]
+n = len(a); ma = sum(a) / n; mb = sum(b) / n
+cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+r = cov / math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
+print(f"logprobs cuda bf16 vs cpu fp32: {n} tokens, max |diff| {max(abs(x - y) for x, y in zip(a, b)):.4f}, "
+      f"mean |diff| {sum(abs(x - y) for x, y in zip(a, b)) / n:.5f}, Pearson {r:.6f}")
+PYEOF
+
+# Bench model (same weights for both) and transformers' generate.
+PYTHONUNBUFFERED=1 $PY "$ROOT/bench/engine/hf_bench.py" --config "$ROOT/bench/engine/bench_model_config.json" \
+  --model-dir "$W/bench_model" --prompts-dir "$W" --batches "$BATCHES" \
+  $([ "$SKIP_HF" = 1 ] && echo --skip-hf) > "$OUT/hf.jsonl" 2> "$OUT/hf.err"
+note "transformers rc=$? after $(elapsed) s"
+cat "$OUT/hf.jsonl" | tee -a "$S"
+
+# lightrl generate, greedy, EOS ignored (empty stop ids), no early stop.
+for bs in ${BATCHES//,/ }; do
+  for n in $SHORT_TOKENS 128; do
+    "$LIGHTRL" generate --model "$W/bench_model" --input "$W/prompts_$bs.jsonl" --output "$W/gen_$bs.jsonl" \
+      --device cuda --dtype bfloat16 --temperature 0 --max-new-tokens $n --early-stop-window 0 \
+      --stop-token-ids= --max-num-seqs "$bs" --kv-cache-mb 2048 > "$W/gen_${bs}_$n.log" 2>&1
+    note "lightrl generate batch $bs, $n new tokens, rc=$?: $(grep 'lightrl generate:' "$W/gen_${bs}_$n.log" | tail -1)"
+  done
+done
+
+# One long run: a few sequences generating as long as the deadline allows.
+left=$(( DEADLINE_S - $(elapsed) ))
+if [ "$left" -gt 30 ]; then
+  $PY - "$W/long.jsonl" "$LONG_SEQS" <<'PYEOF'
+import json, random, sys
+random.seed(5)
+with open(sys.argv[1], "w") as f:
+    for _ in range(int(sys.argv[2])):
+        f.write(json.dumps({"prompt_tokens": [random.randrange(32000) for _ in range(128)]}) + "\n")
+PYEOF
+  note "long run: $LONG_SEQS sequences x $LONG_TOKENS new tokens, limit $left s"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader -lms 2000 > "$OUT/long_mem.txt" 2>/dev/null &
+  smi=$!
+  timeout "$left" "$LIGHTRL" generate --model "$W/bench_model" --input "$W/long.jsonl" --output "$W/long_out.jsonl" \
+    --device cuda --dtype bfloat16 --temperature 0 --max-new-tokens "$LONG_TOKENS" --early-stop-window 0 \
+    --stop-token-ids= --max-num-seqs "$LONG_SEQS" --kv-cache-mb 1024 --max-model-len $((LONG_TOKENS + 256)) \
+    > "$OUT/long.log" 2>&1
+  note "long run rc=$?: $(grep 'lightrl generate:' "$OUT/long.log" | tail -1)"
+  kill "$smi" 2>/dev/null
+  note "GPU memory used during the long run (MiB, first/max/last): $(sort -n "$OUT/long_mem.txt" | sed -n '1p;$p' | tr '\n' ' ') $(tail -1 "$OUT/long_mem.txt")"
+else
+  note "long run skipped: $left s left"
+fi
+note "total $(elapsed) s"
+echo; echo "== summary"; cat "$S"

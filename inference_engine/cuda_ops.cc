@@ -1,0 +1,140 @@
+#include "inference_engine/cuda_ops.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "inference_engine/cuda/lightning_decode.h"
+#include "inference_engine/cuda/lightning_prefill.h"
+
+namespace lightrl {
+namespace {
+
+// A [tokens, H, d] bf16 view the kernels can read: unit stride on d, strides multiples of
+// 8 elements, 16-byte aligned data.
+void CheckView(const torch::Tensor& t, const char* name, const torch::Tensor& like) {
+  TORCH_CHECK(t.dim() == 3, "lightning cuda: ", name, " must be [tokens, H, d], got ", t.sizes());
+  TORCH_CHECK(t.sizes() == like.sizes(), "lightning cuda: ", name, " ", t.sizes(),
+              " differs from q ", like.sizes());
+  TORCH_CHECK(t.scalar_type() == torch::kBFloat16, "lightning cuda: ", name,
+              " must be bfloat16, got ", t.scalar_type());
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), "lightning cuda: ", name,
+              " must be on ", like.device(), ", got ", t.device());
+  TORCH_CHECK(t.stride(2) == 1 && t.stride(1) % 8 == 0 && t.stride(0) % 8 == 0,
+              "lightning cuda: ", name, " strides ", t.strides(),
+              " need unit stride on d and multiples of 8 elsewhere");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "lightning cuda: ", name,
+              " data is not 16-byte aligned");
+}
+
+void CheckStateAndSlopes(const torch::Tensor& state, const torch::Tensor& slopes,
+                         const torch::Tensor& q) {
+  const int64_t H = q.size(1), d = q.size(2);
+  TORCH_CHECK(state.dim() == 4 && state.size(1) == H && state.size(2) == d && state.size(3) == d,
+              "lightning cuda: state pool must be [slots, ", H, ", ", d, ", ", d, "], got ",
+              state.sizes());
+  TORCH_CHECK(state.scalar_type() == torch::kFloat32 && state.is_contiguous() &&
+                  state.device() == q.device(),
+              "lightning cuda: state pool must be contiguous FP32 on ", q.device());
+  TORCH_CHECK(slopes.dim() == 1 && slopes.size(0) == H && slopes.scalar_type() == torch::kFloat32 &&
+                  slopes.is_contiguous() && slopes.device() == q.device(),
+              "lightning cuda: slopes must be contiguous FP32 [", H, "] on ", q.device(), ", got ",
+              slopes.sizes(), " ", slopes.scalar_type(), " on ", slopes.device());
+}
+
+// Slot values are not range-checked here (that would sync): the runner hands out slots
+// below the pool's size.
+void CheckSlots(const torch::Tensor& slots, int64_t n, const torch::Tensor& q) {
+  TORCH_CHECK(slots.dim() == 1 && slots.size(0) == n && slots.scalar_type() == torch::kInt32 &&
+                  slots.is_contiguous() && slots.device() == q.device(),
+              "lightning cuda: slots must be contiguous int32 [", n, "] on ", q.device(), ", got ",
+              slots.sizes(), " ", slots.scalar_type());
+}
+
+template <typename View>
+View MakeView(const torch::Tensor& t) {
+  View view;
+  view.data = reinterpret_cast<decltype(view.data)>(t.data_ptr());
+  view.token_stride = t.stride(0);
+  view.head_stride = t.stride(1);
+  return view;
+}
+
+void CheckLaunch(cudaError_t err, const char* what, const char* invalid) {
+  TORCH_CHECK(err == cudaSuccess, "lightning cuda: ", what, " failed: ", cudaGetErrorName(err),
+              " (", cudaGetErrorString(err), ")", invalid != nullptr ? ": " : "",
+              invalid != nullptr ? invalid : "");
+}
+
+}  // namespace
+
+bool CudaLightningSupported(const torch::Device& device, torch::ScalarType dtype,
+                            int64_t head_dim) {
+  return device.is_cuda() && dtype == torch::kBFloat16 && (head_dim == 64 || head_dim == 128);
+}
+
+torch::Tensor LightningPrefillCuda(const torch::Tensor& q, const torch::Tensor& k,
+                                   const torch::Tensor& v, const torch::Tensor& cu_seqlens,
+                                   const torch::Tensor& slots, torch::Tensor& state,
+                                   const torch::Tensor& slopes, int64_t max_seqlen) {
+  CheckView(q, "q", q);
+  CheckView(k, "k", q);
+  CheckView(v, "v", q);
+  CheckStateAndSlopes(state, slopes, q);
+  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 &&
+                  cu_seqlens.scalar_type() == torch::kInt32 && cu_seqlens.is_contiguous() &&
+                  cu_seqlens.device() == q.device(),
+              "lightning cuda: cu_seqlens must be contiguous int32 [n + 1] on ", q.device(),
+              ", got ", cu_seqlens.sizes(), " ", cu_seqlens.scalar_type());
+  const int64_t n = cu_seqlens.size(0) - 1;
+  CheckSlots(slots, n, q);
+  TORCH_CHECK(max_seqlen >= 0 && max_seqlen <= q.size(0), "lightning cuda: max_seqlen ",
+              max_seqlen, " outside [0, ", q.size(0), "]");
+  c10::cuda::CUDAGuard guard(q.device());
+  auto o = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
+  LightningPrefillParams p;
+  p.q = MakeView<LightningInputView>(q);
+  p.k = MakeView<LightningInputView>(k);
+  p.v = MakeView<LightningInputView>(v);
+  p.o = MakeView<LightningOutputView>(o);
+  p.cu_seqlens = cu_seqlens.data_ptr<int32_t>();
+  p.state_slots = slots.data_ptr<int32_t>();
+  p.state = state.data_ptr<float>();
+  p.slopes = slopes.data_ptr<float>();
+  p.num_seqs = static_cast<int>(n);
+  p.num_heads = static_cast<int>(q.size(1));
+  p.head_dim = static_cast<int>(q.size(2));
+  p.max_seqlen = static_cast<int>(max_seqlen);
+  p.use_initial_state = false;
+  p.store_final_state = true;
+  CheckLaunch(LaunchLightningPrefill(p, at::cuda::getCurrentCUDAStream().stream()), "prefill",
+              p.Validate());
+  return o;
+}
+
+torch::Tensor LightningDecodeCuda(const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, const torch::Tensor& slots,
+                                  torch::Tensor& state, const torch::Tensor& slopes) {
+  CheckView(q, "q", q);
+  CheckView(k, "k", q);
+  CheckView(v, "v", q);
+  CheckStateAndSlopes(state, slopes, q);
+  CheckSlots(slots, q.size(0), q);
+  c10::cuda::CUDAGuard guard(q.device());
+  auto o = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
+  LightningDecodeParams p;
+  p.q = MakeView<LightningInputView>(q);
+  p.k = MakeView<LightningInputView>(k);
+  p.v = MakeView<LightningInputView>(v);
+  p.o = MakeView<LightningOutputView>(o);
+  p.state_slots = slots.data_ptr<int32_t>();
+  p.state = state.data_ptr<float>();
+  p.slopes = slopes.data_ptr<float>();
+  p.batch = static_cast<int>(q.size(0));
+  p.num_heads = static_cast<int>(q.size(1));
+  p.head_dim = static_cast<int>(q.size(2));
+  CheckLaunch(LaunchLightningDecode(p, at::cuda::getCurrentCUDAStream().stream()), "decode",
+              p.Validate());
+  return o;
+}
+
+}  // namespace lightrl

@@ -1,0 +1,238 @@
+// The engine on CUDA in bf16 with the lightning kernels: the kernel-backed runner against
+// the torch-op runner, greedy generation against the argmax of the policy's full forward,
+// and the engine's logprobs against the policy's training-path logprobs (M1's
+// train/inference mismatch). Label gpu; built only with LIGHTRL_TORCH_CUDA.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+
+#include "inference_engine/engine.h"
+#include "inference_engine/kv_cache.h"
+#include "inference_engine/model_runner.h"
+#include "policy/minimax_model.h"
+
+namespace lightrl {
+namespace {
+
+constexpr int64_t kVocab = 512;
+
+ModelConfig GpuConfig() {
+  ModelConfig c;
+  c.vocab_size = kVocab;
+  c.hidden_size = 256;
+  c.intermediate_size = 256;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 128;
+  c.rotary_dim = 64;
+  c.num_local_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.block_size = 64;
+  c.max_position_embeddings = 4096;
+  c.layer_kinds = {LayerKind::kLightning, LayerKind::kLightning, LayerKind::kSoftmax,
+                   LayerKind::kLightning};
+  return c;
+}
+
+// A random model on CUDA: transformers' init (std 0.02) inside, norm weights 1, and a
+// wider LM head so the next-token distributions are peaked and varied (logprobs spread
+// over a wide range). Wide weights inside would make the random network chaotic, and
+// bf16 rounding alone would then flip its outputs whatever the attention kernels do.
+// The weights are drawn in FP32 and cast, so an FP32 copy holds the same values.
+std::unique_ptr<PolicyModel> MakeGpuPolicy(uint64_t seed, const std::string& dtype = "bfloat16") {
+  PolicyOptions options;
+  options.device = "cuda";
+  options.dtype = dtype;
+  auto p = PolicyModel::Create(GpuConfig(), seed, options);
+  EXPECT_TRUE(p.ok()) << p.status();
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
+  for (auto& named : (*p)->module()->named_parameters()) {
+    auto& w = named.value();
+    if (named.key().find("norm") != std::string::npos) {
+      w.fill_(1);
+      continue;
+    }
+    const double std = named.key().rfind("lm_head", 0) == 0 ? 0.25 : 0.02;
+    w.copy_(torch::empty(w.sizes(), torch::kFloat32).normal_(0, std, gen));
+  }
+  return std::move(*p);
+}
+
+std::vector<int32_t> RandomTokens(std::mt19937& rng, int n) {
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng() % kVocab);
+  return t;
+}
+
+double RelativeError(const torch::Tensor& a, const torch::Tensor& b) {
+  auto a64 = a.to(torch::kCPU, torch::kFloat64), b64 = b.to(torch::kCPU, torch::kFloat64);
+  return ((a64 - b64).norm() / b64.norm()).item<double>();
+}
+
+TEST(EngineGpuTest, KernelRunnerMatchesTorchRunnerOnRaggedBatches) {
+  std::mt19937 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  auto policy = MakeGpuPolicy(seed);
+  auto oracle_policy = MakeGpuPolicy(seed, "float32");
+  auto& module = policy->module();
+  const int64_t page_size = 16, num_slots = 8, num_pages = 256;
+  // bf16 with the kernels, bf16 with the torch ops, and the FP32 torch ops as the oracle.
+  ModelRunner fast(module, num_slots, num_pages, page_size, /*allow_cuda_kernels=*/true);
+  ModelRunner ref(module, num_slots, num_pages, page_size, /*allow_cuda_kernels=*/false);
+  ModelRunner oracle(oracle_policy->module(), num_slots, num_pages, page_size);
+  ASSERT_TRUE(fast.uses_cuda_kernels());
+  ASSERT_FALSE(ref.uses_cuda_kernels());
+  ASSERT_FALSE(oracle.uses_cuda_kernels());
+
+  // Ragged prompts around the kernels' block sizes, in shuffled slots.
+  const std::vector<int> lengths = {1, 31, 64, 97, 200, 3};
+  std::vector<int64_t> slots = {5, 0, 7, 2, 6, 1};
+  PagedKvCache kv(num_pages, page_size);
+  std::vector<PageTable> tables(lengths.size());
+  std::vector<RunnerSequence> seqs(lengths.size());
+  const int kSteps = 5;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    ASSERT_TRUE(kv.Reserve(tables[i], lengths[i] + kSteps));
+    seqs[i].slot = slots[i];
+    seqs[i].pages = &tables[i];
+    seqs[i].tokens = RandomTokens(rng, lengths[i]);
+  }
+  // The kernels may not move the bf16 model further from FP32 than the torch ops do.
+  auto check = [&](const torch::Tensor& f, const torch::Tensor& r, const torch::Tensor& o,
+                   const std::string& what) {
+    const double kernel_err = RelativeError(f, o), torch_err = RelativeError(r, o);
+    std::printf("%s logits vs FP32: bf16 kernels %.3e, bf16 torch ops %.3e; kernels vs torch ops "
+                "%.3e\n",
+                what.c_str(), kernel_err, torch_err, RelativeError(f, r));
+    EXPECT_FALSE(torch::isnan(f).any().item<bool>()) << what;
+    EXPECT_LT(kernel_err, std::max(1.5 * torch_err, 2e-2)) << what;
+  };
+  check(fast.Prefill(seqs), ref.Prefill(seqs), oracle.Prefill(seqs), "prefill");
+  for (int step = 0; step < kSteps; ++step) {
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      seqs[i].position = lengths[i] + step;
+      seqs[i].tokens = RandomTokens(rng, 1);
+    }
+    check(fast.Decode(seqs), ref.Decode(seqs), oracle.Decode(seqs),
+          "decode step " + std::to_string(step));
+  }
+}
+
+struct Generated {
+  std::vector<GenerationRequest> requests;
+  std::vector<GenerationResult> results;
+};
+
+Generated GenerateOnGpu(PolicyModel* policy, std::mt19937& rng, double temperature, int num,
+                        int max_new_tokens) {
+  EngineOptions opts;
+  opts.page_size = 16;
+  opts.max_num_seqs = 16;
+  opts.kv_cache_bytes = int64_t{64} << 20;
+  auto engine = Engine::Create(policy, opts);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  Generated g;
+  for (int i = 0; i < num; ++i) {
+    GenerationRequest r;
+    r.id = std::to_string(i);
+    r.prompt = RandomTokens(rng, 1 + static_cast<int>(rng() % 150));
+    r.params.temperature = temperature;
+    r.params.seed = rng();
+    r.params.max_new_tokens = max_new_tokens;
+    r.params.early_stop_window = 0;
+    g.requests.push_back(r);
+  }
+  g.results = (*engine)->Generate(g.requests);
+  return g;
+}
+
+TEST(EngineGpuTest, GreedyEqualsArgmaxOfFullForwardWhereTheMarginIsClear) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = MakeGpuPolicy(rng());
+  auto g = GenerateOnGpu(policy.get(), rng, /*temperature=*/0, /*num=*/12, /*max_new_tokens=*/40);
+  auto& module = policy->module();
+  torch::InferenceMode guard;
+  const double kMargin = 0.1;  // nats between the top two logprobs
+  int64_t compared = 0, matched = 0, total = 0, matched_all = 0;
+  for (size_t i = 0; i < g.requests.size(); ++i) {
+    ASSERT_TRUE(g.results[i].status.ok()) << g.results[i].status;
+    const auto& sample = g.results[i].samples.at(0);
+    ASSERT_EQ(static_cast<int64_t>(sample.tokens.size()), g.requests[i].params.max_new_tokens);
+    std::vector<int64_t> seq(g.requests[i].prompt.begin(), g.requests[i].prompt.end());
+    seq.insert(seq.end(), sample.tokens.begin(), sample.tokens.end());
+    auto tokens = torch::tensor(seq, torch::kInt64).to(torch::kCUDA);
+    auto hidden = module->Forward(tokens, PackedLayout::FromLengths({tokens.size(0)})).hidden;
+    const int64_t P = static_cast<int64_t>(g.requests[i].prompt.size());
+    auto logp = torch::log_softmax(module->Logits(hidden.narrow(0, P - 1, sample.tokens.size())), -1)
+                    .to(torch::kCPU);
+    auto [top, top_i] = logp.topk(2, -1);
+    for (size_t t = 0; t < sample.tokens.size(); ++t) {
+      ++total;
+      matched_all += top_i[t][0].item<int64_t>() == sample.tokens[t] ? 1 : 0;
+      const float margin = top[t][0].item<float>() - top[t][1].item<float>();
+      if (margin < kMargin) continue;
+      ++compared;
+      matched += top_i[t][0].item<int64_t>() == sample.tokens[t] ? 1 : 0;
+    }
+  }
+  std::printf("greedy tokens: %lld of %lld with a top-2 margin >= %.2f nats, %lld of those equal "
+              "the full forward's argmax (%lld of all %lld)\n",
+              static_cast<long long>(compared), static_cast<long long>(total), kMargin,
+              static_cast<long long>(matched), static_cast<long long>(matched_all),
+              static_cast<long long>(total));
+  EXPECT_GT(compared, total / 2);
+  EXPECT_EQ(matched, compared);
+}
+
+TEST(EngineGpuTest, EngineLogprobsTrackTrainingPathLogprobs) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = MakeGpuPolicy(rng());
+  auto g = GenerateOnGpu(policy.get(), rng, /*temperature=*/1.0, /*num=*/12, /*max_new_tokens=*/48);
+  std::vector<std::vector<int32_t>> seqs;
+  for (size_t i = 0; i < g.requests.size(); ++i) {
+    ASSERT_TRUE(g.results[i].status.ok()) << g.results[i].status;
+    std::vector<int32_t> s = g.requests[i].prompt;
+    const auto& toks = g.results[i].samples.at(0).tokens;
+    s.insert(s.end(), toks.begin(), toks.end());
+    seqs.push_back(s);
+  }
+  auto train = policy->TokenLogprobs(seqs);
+  ASSERT_TRUE(train.ok()) << train.status();
+  std::vector<double> a, b;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const auto& sample = g.results[i].samples[0];
+    const size_t P = g.requests[i].prompt.size();
+    for (size_t t = 0; t < sample.tokens.size(); ++t) {
+      a.push_back(sample.logprobs[t]);
+      b.push_back((*train)[i][P + t]);
+    }
+  }
+  const double n = static_cast<double>(a.size());
+  double ma = 0, mb = 0, mad = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(a[i]) && std::isfinite(b[i])) << "token " << i;
+    ma += a[i] / n;
+    mb += b[i] / n;
+    mad += std::abs(a[i] - b[i]) / n;
+  }
+  double sab = 0, saa = 0, sbb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    sab += (a[i] - ma) * (b[i] - mb);
+    saa += (a[i] - ma) * (a[i] - ma);
+    sbb += (b[i] - mb) * (b[i] - mb);
+  }
+  const double pearson = sab / std::sqrt(saa * sbb);
+  std::printf("engine vs training-path logprobs over %zu sampled tokens: Pearson %.6f, mean |diff| "
+              "%.4e nats, logprob std %.3f\n",
+              a.size(), pearson, mad, std::sqrt(saa / n));
+  EXPECT_GT(std::sqrt(saa / n), 0.3) << "logprobs too uniform to test a correlation";
+  EXPECT_GE(pearson, 0.999);
+}
+
+}  // namespace
+}  // namespace lightrl
