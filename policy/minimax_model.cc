@@ -187,6 +187,9 @@ SparseMoeImpl::SparseMoeImpl(const ModelConfig& c)
   register_module("experts", experts);
 }
 
+// Below this many token-expert assignments the MoE runs densely (see forward).
+constexpr int64_t kDenseMoeMaxAssignments = 1024;
+
 std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tensor& x,
                                                                 double capacity_factor) {
   const int64_t T = x.size(0);
@@ -215,6 +218,17 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
   }
 
   auto out = torch::zeros_like(x);
+  if (T * top_k <= kDenseMoeMaxAssignments) {
+    // Few tokens (decode steps, small batches): run every expert on every token and weight
+    // by the (mostly zero) routing matrix. It moves the same expert weights, never waits on
+    // the device to learn which experts were hit, and so keeps decode capturable.
+    auto combine = torch::zeros({T, num_experts}, top_w.options()).scatter(1, top_i, top_w);
+    for (int64_t e = 0; e < num_experts; ++e) {
+      auto h = experts[e]->as<ExpertImpl>()->forward(x);
+      out = out + (h.to(torch::kFloat32) * combine.select(1, e).unsqueeze(1)).to(x.scalar_type());
+    }
+    return {out, aux};
+  }
   auto hit = counts.nonzero().squeeze(-1).to(torch::kCPU);
   auto hit_acc = hit.accessor<int64_t, 1>();
   for (int64_t n = 0; n < hit.size(0); ++n) {

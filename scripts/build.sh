@@ -5,5 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 jobs="${LIGHTRL_JOBS:-$(nproc)}"
+# ccache hits across clones at different paths.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
 cmake --build build -j "$jobs"

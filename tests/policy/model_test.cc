@@ -99,6 +99,20 @@ TEST(ModelTest, MoeCapacityDropsOverflowAndKeepsTheRest) {
   EXPECT_LT(MaxDiff(full, same), 1e-6);
 }
 
+TEST(ModelTest, MoeDenseAndSparsePathsAgree) {
+  ModelConfig c = TinyConfig();
+  SparseMoe moe(c);
+  torch::NoGradGuard no_grad;
+  for (auto& p : moe->parameters()) p.normal_(0, 0.3);
+  // 700 tokens x top-2 takes the sparse path; 100-token slices take the dense one.
+  auto x = torch::randn({700, c.hidden_size});
+  auto sparse = moe->forward(x, 0).first;
+  for (int64_t start = 0; start < 700; start += 100) {
+    auto dense = moe->forward(x.narrow(0, start, 100), 0).first;
+    EXPECT_LT(MaxDiff(dense, sparse.narrow(0, start, 100)), 1e-5);
+  }
+}
+
 class TempDir {
  public:
   TempDir() {
