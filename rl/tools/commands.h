@@ -16,5 +16,6 @@ int RunReplayCommand(const std::vector<std::string>& args);
 int RunInitCommand(const std::vector<std::string>& args);
 int RunConvertCommand(const std::vector<std::string>& args);
 int RunRolloutsCommand(const std::vector<std::string>& args);
+int RunRewardWorkerCommand(const std::vector<std::string>& args);
 
 }  // namespace lightrl

@@ -17,7 +17,8 @@ constexpr const char* kUsage =
     "  tokenize   encode and decode text with a tokenizer.json\n"
     "  init       write a randomly initialised model for a config.json\n"
     "  convert    re-save a checkpoint (dtype, transformers naming, sharding)\n"
-    "  rollouts   show or export the rollout log (show, export)\n";
+    "  rollouts   show or export the rollout log (show, export)\n"
+    "  reward-worker  serve a built-in reward over gRPC (lightrl.v1.RewardService)\n";
 
 }  // namespace
 
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
   if (command == "init") return lightrl::RunInitCommand(args);
   if (command == "convert") return lightrl::RunConvertCommand(args);
   if (command == "rollouts") return lightrl::RunRolloutsCommand(args);
+  if (command == "reward-worker") return lightrl::RunRewardWorkerCommand(args);
   std::cerr << "lightrl: unknown command \"" << command << "\"\n" << kUsage;
   return 2;
 }
