@@ -1,11 +1,28 @@
 #include "rl/tools/flags.h"
 
 #include <cstdlib>
+#include <iostream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace lightrl {
+
+int RunSubcommand(const char* name, const char* usage, const std::vector<std::string>& args,
+                  absl::Status (*run)(const std::vector<std::string>&)) {
+  for (const auto& a : args) {
+    if (a == "--help" || a == "-h") {
+      std::cout << usage;
+      return 0;
+    }
+  }
+  absl::Status status = run(args);
+  if (!status.ok()) {
+    std::cerr << "lightrl " << name << ": " << status.message() << "\n";
+    return 1;
+  }
+  return 0;
+}
 
 absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
                                    const std::set<std::string>& known,

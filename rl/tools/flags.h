@@ -11,6 +11,11 @@
 
 namespace lightrl {
 
+// The shared body of a subcommand: prints `usage` for --help/-h, else runs `run` and maps
+// its status to an exit code, printing "lightrl <name>: <message>" on failure.
+int RunSubcommand(const char* name, const char* usage, const std::vector<std::string>& args,
+                  absl::Status (*run)(const std::vector<std::string>&));
+
 class Flags {
  public:
   // `known`: flag names without dashes; `switches`: those taking no value.

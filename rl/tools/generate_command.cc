@@ -264,18 +264,7 @@ absl::Status Run(const std::vector<std::string>& args) {
 }  // namespace
 
 int RunGenerateCommand(const std::vector<std::string>& args) {
-  for (const auto& a : args) {
-    if (a == "--help" || a == "-h") {
-      std::cout << kUsage;
-      return 0;
-    }
-  }
-  absl::Status status = Run(args);
-  if (!status.ok()) {
-    std::cerr << "lightrl generate: " << status.message() << "\n";
-    return 1;
-  }
-  return 0;
+  return RunSubcommand("generate", kUsage, args, Run);
 }
 
 }  // namespace lightrl

@@ -132,18 +132,7 @@ absl::Status Run(const std::vector<std::string>& args) {
 }  // namespace
 
 int RunLogprobsCommand(const std::vector<std::string>& args) {
-  for (const auto& a : args) {
-    if (a == "--help" || a == "-h") {
-      std::cout << kUsage;
-      return 0;
-    }
-  }
-  absl::Status status = Run(args);
-  if (!status.ok()) {
-    std::cerr << "lightrl logprobs: " << status.message() << "\n";
-    return 1;
-  }
-  return 0;
+  return RunSubcommand("logprobs", kUsage, args, Run);
 }
 
 }  // namespace lightrl
