@@ -31,13 +31,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-stamp=".venv/.lightrl-deps-torch${TORCH_VERSION}-tf${TRANSFORMERS_VERSION}-v1"
+stamp=".venv/.lightrl-deps-torch${TORCH_VERSION}-tf${TRANSFORMERS_VERSION}-v2"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing Python packages into .venv (torch ${TORCH_VERSION}, first time takes minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q \
     "torch==${TORCH_VERSION}" "transformers==${TRANSFORMERS_VERSION}" \
-    tokenizers safetensors numpy tensorboard matplotlib pyyaml
+    tokenizers safetensors numpy tensorboard matplotlib pyyaml grpcio grpcio-tools
   touch "$stamp"
 fi
 echo "setup: done"

@@ -1,0 +1,114 @@
+// The reward worker's gRPC side: RewardServiceImpl translates lightrl.v1 protos to
+// RewardInput and delegates to a RewardFunction; RewardServer owns a listening
+// grpc::Server. Owns request validation, the shared-token check and the one
+// absl::Status -> grpc::Status mapping. Must not include torch (DESIGN.md section 3).
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "lightrl/v1/reward.grpc.pb.h"
+#include "reward/reward_function.h"
+
+namespace lightrl {
+
+// Most items one Score call may carry; larger batches are INVALID_ARGUMENT.
+inline constexpr int kMaxScoreBatchItems = 4096;
+// Largest request a server accepts. gRPC's 4 MiB default would refuse a few dozen 80K-token
+// responses; protobuf itself stops at 2 GiB.
+inline constexpr int kMaxRequestBytes = 1 << 30;
+
+struct RewardServerOptions {
+  // "host:port"; port 0 picks a free port (RewardServer::address() has the real one).
+  std::string listen_address = "127.0.0.1:0";
+  // Shared secret expected in the `authorization` metadata ("Bearer T" or "T") of every
+  // call. Empty: no check, which Validate() allows only on a loopback address.
+  std::string auth_token;
+  // Threads that run the reward function, so a slow reward never blocks gRPC's own
+  // callback threads (Health stays responsive); 0 = the number of cores, at least 2.
+  int num_scoring_threads = 0;
+
+  // A non-loopback listen address without an auth token is INVALID_ARGUMENT.
+  absl::Status Validate() const;
+};
+
+// True for 127.0.0.0/8, ::1 and localhost hosts of a "host:port" address.
+bool IsLoopbackAddress(const std::string& address);
+
+// The single mapping of absl::Status to grpc::Status (codes share google.rpc.Code).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class RewardServiceImpl final : public lightrl::v1::RewardService::CallbackService {
+ public:
+  // `auth_token` empty: calls are not checked. `num_scoring_threads` >= 1.
+  RewardServiceImpl(RewardFunctionPtr function, std::string auth_token,
+                    int num_scoring_threads);
+  ~RewardServiceImpl() override;
+
+  // Queues the batch for a scoring thread and returns; a call whose client has gone
+  // (deadline, cancel) by the time a thread takes it is not scored. Non-finite scores
+  // become INTERNAL errors and never reach the client.
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
+                                  const lightrl::v1::ScoreRequest* request,
+                                  lightrl::v1::ScoreResponse* response) override;
+  grpc::ServerUnaryReactor* Health(grpc::CallbackServerContext* context,
+                                   const lightrl::v1::HealthRequest* request,
+                                   lightrl::v1::HealthResponse* response) override;
+
+ private:
+  absl::Status CheckAuth(const grpc::CallbackServerContext& context) const;
+  absl::Status ScoreBatch(const lightrl::v1::ScoreRequest& request,
+                          lightrl::v1::ScoreResponse* response);
+
+  void RunScoringThread();
+
+  RewardFunctionPtr function_;
+  std::string auth_token_;
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;  // last: joined before the members they use go
+};
+
+// Builds and starts a server for `service` (not owned; must outlive the server) at
+// `address`, accepting requests up to kMaxRequestBytes; `*bound_port` receives the port
+// actually bound.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& address,
+                                                              grpc::Service* service,
+                                                              int* bound_port);
+
+// A listening reward worker: the service plus its grpc::Server.
+class RewardServer {
+ public:
+  // Validates `options` and starts serving `function`; returns once listening.
+  static absl::StatusOr<std::unique_ptr<RewardServer>> Start(const RewardServerOptions& options,
+                                                             RewardFunctionPtr function);
+  ~RewardServer();
+
+  // "host:port" with the bound port (never 0).
+  const std::string& address() const { return address_; }
+  int port() const { return port_; }
+  // Stops accepting calls and cancels those still running after `grace`. Idempotent.
+  void Shutdown(absl::Duration grace = absl::Seconds(1));
+
+ private:
+  RewardServer() = default;
+
+  std::unique_ptr<RewardServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace lightrl

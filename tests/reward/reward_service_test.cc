@@ -1,0 +1,354 @@
+// RewardService over real gRPC on loopback: the worker's scores equal the built-in
+// functions', bad batches are rejected without taking the server down, the shared token
+// is enforced, and the client's deadline, retries and non-finite checks hold against
+// misbehaving servers started in this process.
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "reward/reward_client.h"
+#include "reward/reward_function.h"
+#include "reward/reward_service.h"
+#include "reward/rule_rewards.h"
+
+namespace lightrl {
+namespace {
+
+std::unique_ptr<RewardServer> StartBuiltin(const std::string& kind,
+                                           const std::string& address = "127.0.0.1:0",
+                                           const std::string& token = "") {
+  absl::StatusOr<RewardFunctionPtr> function = MakeBuiltinRewardFunction(kind);
+  EXPECT_TRUE(function.ok()) << function.status();
+  RewardServerOptions options;
+  options.listen_address = address;
+  options.auth_token = token;
+  absl::StatusOr<std::unique_ptr<RewardServer>> server =
+      RewardServer::Start(options, *std::move(function));
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
+std::unique_ptr<RewardClient> MakeClient(const std::string& address,
+                                         const std::string& token = "",
+                                         absl::Duration deadline = absl::Seconds(10),
+                                         int max_attempts = 3) {
+  RewardClientOptions options;
+  options.address = address;
+  options.auth_token = token;
+  options.deadline = deadline;
+  options.max_attempts = max_attempts;
+  options.initial_backoff = absl::Milliseconds(20);
+  absl::StatusOr<std::unique_ptr<RewardClient>> client = RewardClient::Create(options);
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
+
+std::vector<RewardRequestItem> OneItem() {
+  RewardRequestItem item;
+  item.id = "only";
+  item.input.prompt = "2+2=";
+  item.input.response = "The answer is 4";
+  item.input.ground_truth = "4";
+  return {item};
+}
+
+TEST(RewardServiceTest, ScoresMatchBuiltinFunctionsOnRandomArithmetic) {
+  std::unique_ptr<RewardServer> server = StartBuiltin("arithmetic");
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<RewardClient> client = MakeClient(server->address());
+
+  absl::StatusOr<RewardServerHealth> health = client->Health();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_TRUE(health->serving);
+  EXPECT_EQ(health->reward_kind, "arithmetic");
+
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int> operand(-500, 500);
+  std::uniform_int_distribution<int> style(0, 3);
+  std::vector<RewardRequestItem> items;
+  for (int i = 0; i < 300; ++i) {
+    const int a = operand(rng), b = operand(rng);
+    const bool multiply = i % 2 == 0;
+    const long long truth = multiply ? 1LL * a * b : a + b;
+    RewardRequestItem item;
+    item.id = absl::StrCat("item-", i);
+    item.input.prompt = absl::StrCat(a, multiply ? " * " : " + ", b, " = ");
+    item.input.ground_truth = absl::StrCat(truth);
+    switch (style(rng)) {
+      case 0: item.input.response = absl::StrCat("The answer is ", truth); break;
+      case 1: item.input.response = absl::StrCat("so \\boxed{", truth + 1, "}"); break;
+      case 2: item.input.response = absl::StrCat("#### ", truth); break;
+      default: item.input.response = "no idea"; break;
+    }
+    items.push_back(item);
+  }
+  absl::StatusOr<std::vector<RewardResponseItem>> results = client->Score(items, "arithmetic");
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), items.size());
+  int num_correct = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const RewardResult expected =
+        MathReward(items[i].input.response, items[i].input.ground_truth);
+    EXPECT_EQ((*results)[i].id, items[i].id);
+    EXPECT_DOUBLE_EQ((*results)[i].result.score, expected.score) << items[i].input.response;
+    EXPECT_EQ((*results)[i].result.components.size(), expected.components.size());
+    num_correct += (*results)[i].result.score == 1.0;
+  }
+  // The draw must exercise both outcomes for the comparison to mean anything.
+  EXPECT_GT(num_correct, 30);
+  EXPECT_LT(num_correct, 270);
+}
+
+TEST(RewardServiceTest, CountdownKindAndWrongKindHint) {
+  std::unique_ptr<RewardServer> server = StartBuiltin("countdown");
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<RewardClient> client = MakeClient(server->address());
+  RewardRequestItem item;
+  item.id = "c";
+  item.input.response = "answer: (6 - 2) * (3 + 3)";
+  item.input.ground_truth = "target: 24; numbers: 6 2 3 3";
+  absl::StatusOr<std::vector<RewardResponseItem>> results = client->Score({item});
+  ASSERT_TRUE(results.ok()) << results.status();
+  absl::StatusOr<RewardResult> expected =
+      CountdownReward(item.input.response, item.input.ground_truth);
+  ASSERT_TRUE(expected.ok());
+  EXPECT_DOUBLE_EQ((*results)[0].result.score, expected->score);
+
+  absl::StatusOr<std::vector<RewardResponseItem>> wrong_kind = client->Score({item}, "math");
+  EXPECT_EQ(wrong_kind.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(wrong_kind.status().message(), "countdown"))
+      << wrong_kind.status();
+}
+
+TEST(RewardServiceTest, BadBatchesAreInvalidArgumentAndServerKeepsServing) {
+  std::unique_ptr<RewardServer> server = StartBuiltin("math");
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<RewardClient> client = MakeClient(server->address());
+
+  absl::StatusOr<std::vector<RewardResponseItem>> empty = client->Score({});
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(empty.status().message(), "no items")) << empty.status();
+
+  std::vector<RewardRequestItem> oversized(kMaxScoreBatchItems + 1, OneItem()[0]);
+  for (size_t i = 0; i < oversized.size(); ++i) oversized[i].id = absl::StrCat(i);
+  absl::StatusOr<std::vector<RewardResponseItem>> too_many = client->Score(oversized);
+  EXPECT_EQ(too_many.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(too_many.status().message(), "4097")) << too_many.status();
+
+  absl::StatusOr<std::vector<RewardResponseItem>> ok = client->Score(OneItem());
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_DOUBLE_EQ((*ok)[0].result.score, 1.0);
+}
+
+TEST(RewardServiceTest, FullBatchLargerThanGrpcDefaultLimitIsScored) {
+  std::unique_ptr<RewardServer> server = StartBuiltin("math");
+  ASSERT_NE(server, nullptr);
+  std::vector<RewardRequestItem> items(kMaxScoreBatchItems, OneItem()[0]);
+  for (size_t i = 0; i < items.size(); ++i) {
+    items[i].id = absl::StrCat(i);
+    // ~8 MiB in all, twice gRPC's default receive limit.
+    items[i].input.response = std::string(2048, 'x') + " The answer is 4";
+  }
+  absl::StatusOr<std::vector<RewardResponseItem>> results =
+      MakeClient(server->address())->Score(items);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), items.size());
+  EXPECT_DOUBLE_EQ(results->back().result.score, 1.0);
+}
+
+TEST(RewardServiceTest, NonLoopbackNeedsTokenAndEveryCallIsChecked) {
+  RewardServerOptions options;
+  options.listen_address = "0.0.0.0:0";
+  absl::Status no_token = options.Validate();
+  EXPECT_EQ(no_token.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(no_token.message(), "auth token")) << no_token;
+  EXPECT_FALSE(RewardServer::Start(options, *MakeBuiltinRewardFunction("math")).ok());
+  EXPECT_TRUE(IsLoopbackAddress("127.0.0.1:5"));
+  EXPECT_TRUE(IsLoopbackAddress("[::1]:5"));
+  EXPECT_FALSE(IsLoopbackAddress("10.0.0.1:5"));
+  EXPECT_FALSE(IsLoopbackAddress("127.0.0.1.evil.com:5"));
+
+  std::unique_ptr<RewardServer> server = StartBuiltin("math", "0.0.0.0:0", "s3cret");
+  ASSERT_NE(server, nullptr);
+  const std::string address = absl::StrCat("127.0.0.1:", server->port());
+
+  absl::StatusOr<std::vector<RewardResponseItem>> missing = MakeClient(address)->Score(OneItem());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kUnauthenticated) << missing.status();
+  absl::StatusOr<RewardServerHealth> health_missing = MakeClient(address)->Health();
+  EXPECT_EQ(health_missing.status().code(), absl::StatusCode::kUnauthenticated);
+  absl::StatusOr<std::vector<RewardResponseItem>> wrong =
+      MakeClient(address, "s3creT")->Score(OneItem());
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kUnauthenticated) << wrong.status();
+  absl::StatusOr<std::vector<RewardResponseItem>> right =
+      MakeClient(address, "s3cret")->Score(OneItem());
+  ASSERT_TRUE(right.ok()) << right.status();
+  EXPECT_DOUBLE_EQ((*right)[0].result.score, 1.0);
+}
+
+// Blocks every call until released, like a wedged verifier.
+class HangingRewardFunction final : public RewardFunction {
+ public:
+  std::string Kind() const override { return "hang"; }
+  absl::StatusOr<RewardResult> Score(const RewardInput&) override {
+    ++num_calls_;
+    release_.WaitForNotificationWithTimeout(absl::Seconds(10));
+    return RewardResult{};
+  }
+  void Release() { release_.Notify(); }
+  std::atomic<int> num_calls_{0};
+
+ private:
+  absl::Notification release_;
+};
+
+TEST(RewardServiceTest, HangingServerHitsDeadlineRetriesThenClearError) {
+  auto function = std::make_unique<HangingRewardFunction>();
+  HangingRewardFunction* hanging = function.get();
+  RewardServerOptions options;
+  options.num_scoring_threads = 4;
+  absl::StatusOr<std::unique_ptr<RewardServer>> server =
+      RewardServer::Start(options, std::move(function));
+  ASSERT_TRUE(server.ok()) << server.status();
+
+  std::unique_ptr<RewardClient> client =
+      MakeClient((*server)->address(), "", absl::Milliseconds(200), /*max_attempts=*/3);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::vector<RewardResponseItem>> result = client->Score(OneItem());
+  const absl::Duration elapsed = absl::Now() - start;
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded) << result.status();
+  EXPECT_TRUE(absl::StrContains(result.status().message(), (*server)->address()))
+      << result.status();
+  EXPECT_TRUE(absl::StrContains(result.status().message(), "after 3 attempt"))
+      << result.status();
+  EXPECT_GE(elapsed, absl::Milliseconds(600));
+  EXPECT_LT(elapsed, absl::Seconds(5));
+  EXPECT_EQ(hanging->num_calls_.load(), 3);
+  // Scoring threads are busy, yet the server still answers Health.
+  absl::StatusOr<RewardServerHealth> health = client->Health();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(health->reward_kind, "hang");
+  hanging->Release();
+}
+
+TEST(RewardServiceTest, UnreachableServerIsUnavailableAfterRetries) {
+  // Take a free port, then close it, so nothing listens there.
+  std::string address;
+  {
+    std::unique_ptr<RewardServer> server = StartBuiltin("math");
+    ASSERT_NE(server, nullptr);
+    address = server->address();
+  }
+  std::unique_ptr<RewardClient> client = MakeClient(address, "", absl::Milliseconds(300), 2);
+  absl::StatusOr<std::vector<RewardResponseItem>> result = client->Score(OneItem());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+  EXPECT_TRUE(absl::StrContains(result.status().message(), address)) << result.status();
+  EXPECT_TRUE(absl::StrContains(result.status().message(), "after 2 attempt")) << result.status();
+}
+
+// Records how many calls run at once.
+class ConcurrencyProbe final : public RewardFunction {
+ public:
+  std::string Kind() const override { return "probe"; }
+  absl::StatusOr<RewardResult> Score(const RewardInput&) override {
+    const int now = ++running_;
+    int seen = max_running_.load();
+    while (now > seen && !max_running_.compare_exchange_weak(seen, now)) {
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+    --running_;
+    return RewardResult{0.5, {}};
+  }
+  std::atomic<int> running_{0};
+  std::atomic<int> max_running_{0};
+};
+
+TEST(RewardClientTest, ConcurrencyLimitBoundsCallsInFlight) {
+  auto function = std::make_unique<ConcurrencyProbe>();
+  ConcurrencyProbe* probe = function.get();
+  RewardServerOptions server_options;
+  server_options.num_scoring_threads = 8;
+  absl::StatusOr<std::unique_ptr<RewardServer>> server =
+      RewardServer::Start(server_options, std::move(function));
+  ASSERT_TRUE(server.ok()) << server.status();
+  RewardClientOptions options;
+  options.address = (*server)->address();
+  options.max_concurrent_calls = 2;
+  absl::StatusOr<std::unique_ptr<RewardClient>> client = RewardClient::Create(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<std::thread> callers;
+  std::atomic<int> num_ok{0};
+  for (int i = 0; i < 6; ++i) {
+    callers.emplace_back([&] { num_ok += (*client)->Score(OneItem()).ok(); });
+  }
+  for (std::thread& caller : callers) caller.join();
+  EXPECT_EQ(num_ok.load(), 6);
+  EXPECT_EQ(probe->max_running_.load(), 2);
+}
+
+class NanRewardFunction final : public RewardFunction {
+ public:
+  std::string Kind() const override { return "nan"; }
+  absl::StatusOr<RewardResult> Score(const RewardInput&) override {
+    return RewardResult{std::numeric_limits<double>::quiet_NaN(), {}};
+  }
+};
+
+TEST(RewardServiceTest, NonFiniteScoresNeverLeaveTheServer) {
+  absl::StatusOr<std::unique_ptr<RewardServer>> server =
+      RewardServer::Start(RewardServerOptions{}, std::make_unique<NanRewardFunction>());
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<std::vector<RewardResponseItem>> result =
+      MakeClient((*server)->address())->Score(OneItem());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInternal) << result.status();
+  EXPECT_TRUE(absl::StrContains(result.status().message(), "non-finite")) << result.status();
+}
+
+// A third-party server that does send NaN and infinity: the client must refuse them.
+class NanSendingService final : public lightrl::v1::RewardService::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
+                                  const lightrl::v1::ScoreRequest* request,
+                                  lightrl::v1::ScoreResponse* response) override {
+    for (const lightrl::v1::ScoreItem& item : request->items()) {
+      lightrl::v1::ScoreResult* result = response->add_results();
+      result->set_id(item.id());
+      result->set_score(item.response() == "inf" ? std::numeric_limits<double>::infinity()
+                                                 : std::numeric_limits<double>::quiet_NaN());
+    }
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
+
+TEST(RewardClientTest, RejectsNonFiniteScoresFromServer) {
+  NanSendingService service;
+  int port = 0;
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server =
+      StartGrpcServer("127.0.0.1:0", &service, &port);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::unique_ptr<RewardClient> client = MakeClient(absl::StrCat("127.0.0.1:", port));
+  for (const char* response : {"nan", "inf"}) {
+    std::vector<RewardRequestItem> items = OneItem();
+    items[0].input.response = response;
+    absl::StatusOr<std::vector<RewardResponseItem>> result = client->Score(items);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInternal) << result.status();
+    EXPECT_TRUE(absl::StrContains(result.status().message(), "non-finite score"))
+        << result.status();
+  }
+  (*server)->Shutdown();
+}
+
+}  // namespace
+}  // namespace lightrl
