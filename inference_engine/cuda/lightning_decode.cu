@@ -76,25 +76,14 @@ __global__ void __launch_bounds__(kThreads) LightningDecodeKernel(const Lightnin
   }
 }
 
-bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
-
-bool ViewOk(const void* data, int64_t token_stride, int64_t head_stride) {
-  return data != nullptr && Aligned16(data) && token_stride % 8 == 0 && head_stride % 8 == 0;
-}
-
 }  // namespace
 
 const char* LightningDecodeParams::Validate() const {
   if (batch < 0 || num_heads <= 0) return "batch must be >= 0 and num_heads > 0";
   if (head_dim != 64 && head_dim != 128) return "head_dim must be 64 or 128";
-  if (!ViewOk(q.data, q.token_stride, q.head_stride) ||
-      !ViewOk(k.data, k.token_stride, k.head_stride) ||
-      !ViewOk(v.data, v.token_stride, v.head_stride) ||
-      !ViewOk(o.data, o.token_stride, o.head_stride)) {
-    return "q, k, v, o need non-null 16-byte aligned data and strides that are multiples of 8";
-  }
+  if (const char* bad = ValidateLightningViews(q, k, v, o)) return bad;
   if (state_slots == nullptr || slopes == nullptr) return "state_slots and slopes are required";
-  if (state == nullptr || !Aligned16(state)) return "state must be non-null and 16-byte aligned";
+  if (state == nullptr || !IsAligned16(state)) return "state must be non-null and 16-byte aligned";
   return nullptr;
 }
 

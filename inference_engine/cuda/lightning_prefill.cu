@@ -409,28 +409,29 @@ cudaError_t LaunchForDv(const LightningPrefillParams& p, int chunk, int dv,
                   : LaunchForChunk<kDk, 64>(p, chunk, stream);
 }
 
-bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
-
-bool ViewOk(const void* data, int64_t token_stride, int64_t head_stride) {
-  return data != nullptr && Aligned16(data) && token_stride % 8 == 0 && head_stride % 8 == 0;
-}
-
 }  // namespace
+
+const char* ValidateLightningViews(const LightningInputView& q, const LightningInputView& k,
+                                   const LightningInputView& v, const LightningOutputView& o) {
+  auto ok = [](const void* data, int64_t token_stride, int64_t head_stride) {
+    return data != nullptr && IsAligned16(data) && token_stride % 8 == 0 && head_stride % 8 == 0;
+  };
+  if (!ok(q.data, q.token_stride, q.head_stride) || !ok(k.data, k.token_stride, k.head_stride) ||
+      !ok(v.data, v.token_stride, v.head_stride) || !ok(o.data, o.token_stride, o.head_stride)) {
+    return "q, k, v, o need non-null 16-byte aligned data and strides that are multiples of 8";
+  }
+  return nullptr;
+}
 
 const char* LightningPrefillParams::Validate() const {
   if (num_seqs < 0 || num_heads <= 0) return "num_seqs must be >= 0 and num_heads > 0";
   if (head_dim != 64 && head_dim != 128) return "head_dim must be 64 or 128";
-  if (!ViewOk(q.data, q.token_stride, q.head_stride) ||
-      !ViewOk(k.data, k.token_stride, k.head_stride) ||
-      !ViewOk(v.data, v.token_stride, v.head_stride) ||
-      !ViewOk(o.data, o.token_stride, o.head_stride)) {
-    return "q, k, v, o need non-null 16-byte aligned data and strides that are multiples of 8";
-  }
+  if (const char* bad = ValidateLightningViews(q, k, v, o)) return bad;
   if (cu_seqlens == nullptr || slopes == nullptr) return "cu_seqlens and slopes are required";
   if ((use_initial_state || store_final_state) && state == nullptr) {
     return "state is required when use_initial_state or store_final_state is set";
   }
-  if (state != nullptr && !Aligned16(state)) return "state must be 16-byte aligned";
+  if (state != nullptr && !IsAligned16(state)) return "state must be 16-byte aligned";
   if (block_size != 0 && block_size != 32 && block_size != 64) {
     return "block_size must be 0 (auto), 32 or 64";
   }

@@ -27,6 +27,13 @@ struct LightningOutputView {
   int64_t head_stride = 0;
 };
 
+inline bool IsAligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+// Checks the layout rules above for the four views of a lightning kernel; nullptr when
+// they hold, else what is wrong.
+const char* ValidateLightningViews(const LightningInputView& q, const LightningInputView& k,
+                                   const LightningInputView& v, const LightningOutputView& o);
+
 // Per head h with lambda = exp(-slopes[h]), per sequence n (tokens cu_seqlens[n] ..
 // cu_seqlens[n+1]-1, in reverse order when `reverse`):
 //   S_t = lambda S_{t-1} + k_t^T v_t,  o_t = q_t S_t   (no 1/sqrt(d) scale)
