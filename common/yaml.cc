@@ -157,6 +157,7 @@ class Parser {
       lines_.push_back({number++, line});
       if (nl == absl::string_view::npos) break;
       text.remove_prefix(nl + 1);
+      if (text.empty()) break;  // the final line break ends a line, it does not start one
     }
   }
 

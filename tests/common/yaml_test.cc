@@ -249,6 +249,13 @@ TEST(YamlTest, BlockScalars) {
   EXPECT_EQ(r.find("empty")->as_string(), "");
   EXPECT_EQ(r.find("end")->as_int(), 1);
   EXPECT_EQ(doc.lines.at("end"), 26);
+
+  // Keep chomping at the end of the document: the file's final line break ends the last
+  // line, it is not one more empty line.
+  EXPECT_EQ(MustParse("k: |+\n  x\n\n").root.find("k")->as_string(), "x\n\n");
+  EXPECT_EQ(MustParse("k: |+\n  x\n").root.find("k")->as_string(), "x\n");
+  EXPECT_EQ(MustParse("k: |+\n  x").root.find("k")->as_string(), "x\n");
+  EXPECT_EQ(MustParse("k: >+\n  x\n\n\n").root.find("k")->as_string(), "x\n\n\n");
 }
 
 TEST(YamlTest, DocumentMarkersCrlfAndScalarRoots) {
