@@ -1,0 +1,462 @@
+#include "rollout/coordinator.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <thread>
+#include <utility>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "lightrl/v1/coordinator.grpc.pb.h"
+
+namespace lightrl {
+namespace {
+
+// Splits "host:port" at the last ':' (so "[::1]:0" works); false without a port.
+bool SplitHostPort(const std::string& address, std::string* host, std::string* port) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  *host = address.substr(0, colon);
+  *port = address.substr(colon + 1);
+  return true;
+}
+
+bool IsLoopbackHost(const std::string& host) {
+  if (host == "localhost" || host == "[::1]" || host == "::1") return true;
+  std::vector<std::string> octets = absl::StrSplit(host, '.');
+  if (octets.size() != 4 || octets[0] != "127") return false;
+  for (const std::string& octet : octets) {
+    int value = 0;
+    if (!absl::SimpleAtoi(octet, &value) || value < 0 || value > 255) return false;
+  }
+  return true;
+}
+
+// Compares without an early exit so timing does not reveal the token's prefix.
+bool TokensEqual(absl::string_view a, absl::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+bool IsKnownRole(const std::string& role) { return role == kRolloutRole || role == kRewardRole; }
+
+// The one place an absl::Status becomes a grpc::Status (the codes share google.rpc.Code).
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  const int code = static_cast<int>(status.code());
+  const grpc::StatusCode grpc_code =
+      code > 0 && code <= static_cast<int>(grpc::StatusCode::UNAUTHENTICATED)
+          ? static_cast<grpc::StatusCode>(code)
+          : grpc::StatusCode::UNKNOWN;
+  return grpc::Status(grpc_code, std::string(status.message()));
+}
+
+// Two controllers started within the same clock tick must still differ, hence the
+// random device on top of the time.
+std::string NewEpoch() {
+  std::random_device device;
+  const uint64_t random = (static_cast<uint64_t>(device()) << 32) ^ device();
+  const uint64_t now = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
+  return absl::StrCat(absl::Hex(now, absl::kZeroPad16), "-",
+                      absl::Hex(random, absl::kZeroPad16));
+}
+
+void Log(const std::string& line) { std::fprintf(stderr, "coordinator: %s\n", line.c_str()); }
+
+// The registry proper; the gRPC service and the public class only delegate to it.
+class Registry {
+ public:
+  Registry(absl::Duration heartbeat_interval, std::string epoch)
+      : timeout_(heartbeat_interval * kMissedHeartbeatsBeforeDrop), epoch_(std::move(epoch)) {}
+
+  absl::Status Register(WorkerRecord record) {
+    if (record.id.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Register: worker_id is empty (role \"", record.role, "\", address \"",
+          record.address, "\")"));
+    }
+    if (!IsKnownRole(record.role)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Register: worker \"", record.id, "\": role must be \"", kRolloutRole,
+                       "\" or \"", kRewardRole, "\", got \"", record.role, "\""));
+    }
+    std::string host, port;
+    int port_number = 0;
+    if (!SplitHostPort(record.address, &host, &port) || !absl::SimpleAtoi(port, &port_number) ||
+        port_number <= 0 || port_number > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Register: worker \"", record.id,
+                       "\": address must be host:port with a port in 1..65535, got \"",
+                       record.address, "\""));
+    }
+    if (record.capacity < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("Register: worker \"", record.id,
+                                                     "\": capacity must be >= 0, got ",
+                                                     record.capacity));
+    }
+    if (record.capacity == 0) record.capacity = 1;
+    const absl::Time now = absl::Now();
+    record.registered_at = now;
+    record.last_seen = now;
+    const std::string line =
+        absl::StrCat("worker \"", record.id, "\" (", record.role, ", ", record.address, ", ",
+                     record.device.empty() ? "no device" : record.device, ", capacity ",
+                     record.capacity, ")");
+    bool replaced = false;
+    {
+      absl::MutexLock lock(&mu_);
+      ExpireLocked(now);
+      replaced = workers_.count(record.id) > 0;
+      workers_[record.id] = std::move(record);
+      ++generation_;
+    }
+    Log(absl::StrCat(line, replaced ? " registered again" : " joined"));
+    return absl::OkStatus();
+  }
+
+  absl::Status Heartbeat(const std::string& worker_id, int64_t weight_version) {
+    if (worker_id.empty()) return absl::InvalidArgumentError("Heartbeat: worker_id is empty");
+    const absl::Time now = absl::Now();
+    absl::MutexLock lock(&mu_);
+    ExpireLocked(now);
+    const auto it = workers_.find(worker_id);
+    if (it == workers_.end()) {
+      return absl::NotFoundError(absl::StrCat("Heartbeat: worker \"", worker_id,
+                                              "\" is not registered with coordinator epoch ",
+                                              epoch_, "; register again"));
+    }
+    it->second.last_seen = now;
+    it->second.weight_version = weight_version;
+    return absl::OkStatus();
+  }
+
+  std::vector<WorkerRecord> Workers(const std::string& role) const {
+    const absl::Time now = absl::Now();
+    std::vector<WorkerRecord> records;
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, record] : workers_) {
+      if ((role.empty() || record.role == role) && IsLive(record, now)) records.push_back(record);
+    }
+    return records;
+  }
+
+  bool WaitForWorkers(const std::string& role, int count, absl::Duration timeout) const {
+    // Evaluated with mu_ held, each time the registry changes: expiry cannot raise the
+    // count, so nothing else needs a look.
+    const auto enough = [&] {
+      const absl::Time now = absl::Now();
+      int live = 0;
+      for (const auto& [id, record] : workers_) {
+        if ((role.empty() || record.role == role) && IsLive(record, now)) ++live;
+      }
+      return live >= count;
+    };
+    const auto done = [&] { return shut_down_ || enough(); };
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
+    return !shut_down_ && enough();
+  }
+
+  void MarkDead(const std::string& worker_id) {
+    bool removed = false;
+    {
+      absl::MutexLock lock(&mu_);
+      removed = workers_.erase(worker_id) > 0;
+      if (removed) ++generation_;
+    }
+    if (removed) Log(absl::StrCat("worker \"", worker_id, "\" marked dead by the controller"));
+  }
+
+  uint64_t generation() const {
+    absl::MutexLock lock(&mu_);
+    return generation_;
+  }
+
+  uint64_t WaitForChange(uint64_t seen, absl::Duration timeout) const {
+    const auto changed = [&] { return shut_down_ || generation_ != seen; };
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&changed), timeout);
+    return generation_;
+  }
+
+  // Drops silent workers until ShutDown(); checks twice per heartbeat interval so a
+  // worker leaves within 3.5 intervals of its last heartbeat.
+  void RunExpiryLoop(absl::Duration check_period) {
+    absl::MutexLock lock(&mu_);
+    while (!shut_down_) {
+      mu_.AwaitWithTimeout(absl::Condition(&shut_down_), check_period);
+      if (!shut_down_) ExpireLocked(absl::Now());
+    }
+  }
+
+  void ShutDown() {
+    absl::MutexLock lock(&mu_);
+    shut_down_ = true;
+  }
+
+ private:
+  bool IsLive(const WorkerRecord& record, absl::Time now) const {
+    return now - record.last_seen <= timeout_;
+  }
+
+  void ExpireLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (IsLive(it->second, now)) {
+        ++it;
+        continue;
+      }
+      Log(absl::StrCat("worker \"", it->first, "\" (", it->second.role, ", ",
+                       it->second.address, ") dropped: no heartbeat for ",
+                       absl::FormatDuration(now - it->second.last_seen)));
+      it = workers_.erase(it);
+      ++generation_;
+    }
+  }
+
+  const absl::Duration timeout_;
+  const std::string epoch_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, WorkerRecord> workers_ ABSL_GUARDED_BY(mu_);  // sorted by id
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+WorkerRecord FromProto(const lightrl::v1::WorkerInfo& info) {
+  WorkerRecord record;
+  record.id = info.worker_id();
+  record.role = info.role();
+  record.address = info.address();
+  record.capacity = info.capacity();
+  record.device = info.device();
+  record.weight_version = info.weight_version();
+  return record;
+}
+
+void ToProto(const WorkerRecord& record, lightrl::v1::WorkerInfo* info) {
+  info->set_worker_id(record.id);
+  info->set_role(record.role);
+  info->set_address(record.address);
+  info->set_capacity(record.capacity);
+  info->set_device(record.device);
+  info->set_weight_version(record.weight_version);
+  info->set_last_seen_unix_ms(absl::ToUnixMillis(record.last_seen));
+}
+
+// Every call is a short critical section on the registry, so handlers run inline on
+// gRPC's callback threads.
+class CoordinatorService final : public lightrl::v1::Coordinator::CallbackService {
+ public:
+  CoordinatorService(Registry* registry, std::string auth_token, std::string epoch,
+                     absl::Duration heartbeat_interval)
+      : registry_(registry),
+        auth_token_(std::move(auth_token)),
+        epoch_(std::move(epoch)),
+        heartbeat_interval_ms_(
+            std::max<int64_t>(1, absl::ToInt64Milliseconds(heartbeat_interval))) {}
+
+  grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* context,
+                                     const lightrl::v1::RegisterRequest* request,
+                                     lightrl::v1::RegisterResponse* response) override {
+    absl::Status status = CheckAuth(*context);
+    if (status.ok()) status = registry_->Register(FromProto(request->worker()));
+    if (status.ok()) {
+      response->set_heartbeat_interval_ms(heartbeat_interval_ms_);
+      response->set_coordinator_epoch(epoch_);
+    }
+    return Finish(context, status);
+  }
+
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
+                                      const lightrl::v1::HeartbeatRequest* request,
+                                      lightrl::v1::HeartbeatResponse* response) override {
+    absl::Status status = CheckAuth(*context);
+    if (status.ok()) status = registry_->Heartbeat(request->worker_id(), request->weight_version());
+    if (status.ok()) response->set_coordinator_epoch(epoch_);
+    return Finish(context, status);
+  }
+
+  grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* context,
+                                        const lightrl::v1::ListWorkersRequest* request,
+                                        lightrl::v1::ListWorkersResponse* response) override {
+    absl::Status status = CheckAuth(*context);
+    if (status.ok() && !request->role().empty() && !IsKnownRole(request->role())) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat("ListWorkers: role must be empty, \"", kRolloutRole, "\" or \"",
+                       kRewardRole, "\", got \"", request->role(), "\""));
+    }
+    if (status.ok()) {
+      for (const WorkerRecord& record : registry_->Workers(request->role())) {
+        ToProto(record, response->add_workers());
+      }
+    }
+    return Finish(context, status);
+  }
+
+ private:
+  absl::Status CheckAuth(const grpc::CallbackServerContext& context) const {
+    if (auth_token_.empty()) return absl::OkStatus();
+    const auto& metadata = context.client_metadata();
+    const auto it = metadata.find("authorization");
+    if (it == metadata.end()) {
+      return absl::UnauthenticatedError(
+          "coordinator: missing `authorization` metadata (auth token)");
+    }
+    absl::string_view presented(it->second.data(), it->second.size());
+    absl::ConsumePrefix(&presented, "Bearer ");
+    if (!TokensEqual(presented, auth_token_)) {
+      return absl::UnauthenticatedError(
+          "coordinator: wrong auth token in `authorization` metadata");
+    }
+    return absl::OkStatus();
+  }
+
+  static grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
+                                          const absl::Status& status) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(status));
+    return reactor;
+  }
+
+  Registry* registry_;
+  const std::string auth_token_;
+  const std::string epoch_;
+  const int64_t heartbeat_interval_ms_;
+};
+
+}  // namespace
+
+absl::Status CoordinatorOptions::Validate() const {
+  std::string host, port;
+  int port_number = 0;
+  if (!SplitHostPort(listen_address, &host, &port) || !absl::SimpleAtoi(port, &port_number) ||
+      port_number < 0 || port_number > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "coordinator: listen address must be host:port (port 0 picks a free one), got \"",
+        listen_address, "\""));
+  }
+  if (heartbeat_interval < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("coordinator: heartbeat_interval must be >= 1ms, got ",
+                     absl::FormatDuration(heartbeat_interval)));
+  }
+  if (auth_token.empty() && !IsLoopbackHost(host)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "coordinator: listen address \"", listen_address,
+        "\" is not loopback: an auth token is required (--auth-token)"));
+  }
+  return absl::OkStatus();
+}
+
+class Coordinator::Impl {
+ public:
+  Impl(const CoordinatorOptions& options, std::string epoch)
+      : options_(options),
+        epoch_(std::move(epoch)),
+        registry_(options.heartbeat_interval, epoch_),
+        service_(&registry_, options.auth_token, epoch_, options.heartbeat_interval) {}
+
+  ~Impl() { Shutdown(); }
+
+  absl::Status Listen() {
+    grpc::ServerBuilder builder;
+    // Without this a second controller could bind the same port and silently split the
+    // workers between the two.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    if (server_ == nullptr || port_ == 0) {
+      server_.reset();
+      return absl::UnavailableError(absl::StrCat("coordinator: could not listen on \"",
+                                                 options_.listen_address,
+                                                 "\" (address in use or invalid?)"));
+    }
+    std::string host, port;
+    SplitHostPort(options_.listen_address, &host, &port);
+    address_ = absl::StrCat(host, ":", port_);
+    expiry_thread_ = std::thread([this] {
+      registry_.RunExpiryLoop(std::max(absl::Milliseconds(1), options_.heartbeat_interval / 2));
+    });
+    return absl::OkStatus();
+  }
+
+  void Shutdown() {
+    absl::MutexLock lock(&shutdown_mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    registry_.ShutDown();
+    if (server_ != nullptr) {
+      server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(500)));
+      server_->Wait();
+    }
+    if (expiry_thread_.joinable()) expiry_thread_.join();
+  }
+
+  const CoordinatorOptions options_;
+  const std::string epoch_;
+  Registry registry_;
+  CoordinatorService service_;
+  std::string address_;
+  int port_ = 0;
+
+ private:
+  std::unique_ptr<grpc::Server> server_;
+  std::thread expiry_thread_;
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
+    const CoordinatorOptions& options) {
+  if (absl::Status status = options.Validate(); !status.ok()) return status;
+  auto impl = std::make_unique<Impl>(options, NewEpoch());
+  if (absl::Status status = impl->Listen(); !status.ok()) return status;
+  Log(absl::StrCat("listening on ", impl->address_, " (epoch ", impl->epoch_,
+                   ", heartbeat every ", absl::FormatDuration(options.heartbeat_interval), ")"));
+  return std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));
+}
+
+Coordinator::Coordinator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Coordinator::~Coordinator() = default;
+
+std::string Coordinator::address() const { return impl_->address_; }
+
+int Coordinator::port() const { return impl_->port_; }
+
+std::string Coordinator::epoch() const { return impl_->epoch_; }
+
+absl::Duration Coordinator::heartbeat_interval() const {
+  return impl_->options_.heartbeat_interval;
+}
+
+std::vector<WorkerRecord> Coordinator::Workers(const std::string& role) const {
+  return impl_->registry_.Workers(role);
+}
+
+bool Coordinator::WaitForWorkers(const std::string& role, int count,
+                                 absl::Duration timeout) const {
+  return impl_->registry_.WaitForWorkers(role, count, timeout);
+}
+
+void Coordinator::MarkDead(const std::string& worker_id) { impl_->registry_.MarkDead(worker_id); }
+
+uint64_t Coordinator::generation() const { return impl_->registry_.generation(); }
+
+uint64_t Coordinator::WaitForChange(uint64_t seen, absl::Duration timeout) const {
+  return impl_->registry_.WaitForChange(seen, timeout);
+}
+
+void Coordinator::Shutdown() { impl_->Shutdown(); }
+
+}  // namespace lightrl
