@@ -40,4 +40,22 @@ using RewardFunctionPtr = std::unique_ptr<RewardFunction>;
 // "countdown" (CountdownReward). INVALID_ARGUMENT naming the kind otherwise.
 absl::StatusOr<RewardFunctionPtr> MakeBuiltinRewardFunction(absl::string_view kind);
 
+// Settings of the built-in kinds that have any.
+struct BuiltinRewardOptions {
+  // RE2 pattern the "format" kind requires somewhere in a response; empty =
+  // kDefaultFormatPattern (reasoning, then a committed final answer).
+  std::string format_pattern;
+  // Limits of the "length" kind. It measures a response in tokens when the item's
+  // metadata has "response_tokens" (the rollout knows them), else in bytes.
+  LengthRewardOptions length;
+
+  absl::Status Validate() const;
+};
+
+// MakeBuiltinRewardFunction(kind) with `options` for "format" (FormatReward) and "length"
+// (LengthReward); the kinds without settings ignore them. INVALID_ARGUMENT for a bad
+// pattern or length limits.
+absl::StatusOr<RewardFunctionPtr> MakeBuiltinRewardFunction(absl::string_view kind,
+                                                            const BuiltinRewardOptions& options);
+
 }  // namespace lightrl

@@ -1,0 +1,97 @@
+// Combines several rewards into one score per sample: sum(weight_i * score_i) over
+// entries that are built-in or user functions run in-process, or remote reward servers
+// reached through RewardClient. Owns the fan-out, retries and result assembly; owns no
+// servers and knows nothing of the controller. Must not include torch (DESIGN.md
+// section 3).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "reward/reward_function.h"
+
+namespace lightrl {
+
+struct RewardRouterEntry {
+  // Names the entry in result components ("name", "name/part") and in errors; unique,
+  // non-empty, without '/'.
+  std::string name;
+  // Multiplies the entry's score; finite, may be negative (a penalty) or 0 (log only).
+  double weight = 1.0;
+  // A built-in kind scored in-process ("math", "format", ...). Exactly one of kind,
+  // address and function is set.
+  std::string kind;
+  // Settings of the built-in kind (format pattern, length limits).
+  BuiltinRewardOptions builtin;
+  // "host:port" of a remote lightrl.v1.RewardService.
+  std::string address;
+  // Shared secret sent to the remote server; empty for a loopback server without one.
+  std::string auth_token;
+  // reward_kind hint sent to the remote server; "" = the server's default.
+  std::string reward_kind;
+  // A user's in-process function; shared so that options stay copyable. Must be
+  // thread-safe, as RewardFunction requires.
+  std::shared_ptr<RewardFunction> function;
+};
+
+struct RewardRouterOptions {
+  // The rewards to combine; at least one.
+  std::vector<RewardRouterEntry> entries;
+  // Deadline of one attempt of one remote call (a chunk of <= kMaxScoreBatchItems items).
+  absl::Duration timeout = absl::Seconds(30);
+  // Attempts per remote call, the first included; >= 1. A call fails for good after
+  // this many, or at once on an error retrying cannot fix (see ScoreBatch).
+  int max_attempts = 3;
+  // Sleep before the first retry; multiplied by backoff_multiplier (>= 1) after each and
+  // capped at max_backoff.
+  absl::Duration initial_backoff = absl::Milliseconds(200);
+  double backoff_multiplier = 2.0;
+  absl::Duration max_backoff = absl::Seconds(5);
+  // Remote calls in flight at once per remote entry, across all ScoreBatch callers; >= 1.
+  int max_concurrent_calls_per_entry = 4;
+  // Threads that run in-process entries; >= 1. Shared by all callers.
+  int num_local_threads = 4;
+
+  // INVALID_ARGUMENT naming the entry (by index and name) and the field otherwise.
+  absl::Status Validate() const;
+};
+
+class RewardRouter {
+ public:
+  // Validates `options`, builds the in-process functions and the remote clients. Does
+  // not contact the servers: an unreachable one fails its first ScoreBatch.
+  static absl::StatusOr<std::unique_ptr<RewardRouter>> Create(const RewardRouterOptions& options);
+  ~RewardRouter();
+  RewardRouter(const RewardRouter&) = delete;
+  RewardRouter& operator=(const RewardRouter&) = delete;
+
+  // Scores every input against every entry at once: each remote entry in batched calls
+  // of <= kMaxScoreBatchItems items, the in-process entries on the local threads.
+  // Result i belongs to inputs[i]: score = sum(weight * entry score); components are
+  // each entry's weighted score under its name, then its own components as "name/part".
+  // A remote call that fails (deadline, unavailable, server error, malformed or
+  // non-finite result) is retried with backoff up to max_attempts; errors that retrying
+  // cannot fix (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED) are
+  // not. Then the whole call fails with the last status's code and a message naming the
+  // entry, its address and that status; an in-process error or a non-finite score fails
+  // it too, naming the entry and the item. Never a partial or zero-filled result.
+  // Thread-safe.
+  absl::StatusOr<std::vector<RewardResult>> ScoreBatch(const std::vector<RewardInput>& inputs);
+
+  const RewardRouterOptions& options() const { return options_; }
+
+ private:
+  struct Entry;
+  class LocalPool;
+  explicit RewardRouter(const RewardRouterOptions& options);
+
+  RewardRouterOptions options_;
+  std::vector<std::unique_ptr<Entry>> entries_;
+  std::unique_ptr<LocalPool> pool_;  // last: its threads stop before the entries go
+};
+
+}  // namespace lightrl
