@@ -4,6 +4,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "reward/code_reward.h"
 
 namespace lightrl {
 namespace {
@@ -86,12 +87,13 @@ absl::StatusOr<RewardFunctionPtr> MakeBuiltinRewardFunction(absl::string_view ki
     return std::make_unique<MathRewardFunction>(std::string(kind));
   }
   if (kind == "countdown") return std::make_unique<CountdownRewardFunction>();
+  if (kind == "code") return MakeCodeRewardFunction();
   if (kind == "format" || kind == "length") {
     return MakeBuiltinRewardFunction(kind, BuiltinRewardOptions{});
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown reward kind \"", kind,
-                   "\"; built-in kinds: math, arithmetic, countdown, format, length"));
+                   "\"; built-in kinds: math, arithmetic, countdown, code, format, length"));
 }
 
 }  // namespace lightrl

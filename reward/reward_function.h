@@ -37,7 +37,8 @@ class RewardFunction {
 using RewardFunctionPtr = std::unique_ptr<RewardFunction>;
 
 // The built-in kinds: "math" and "arithmetic" (final-answer match, MathReward) and
-// "countdown" (CountdownReward). INVALID_ARGUMENT naming the kind otherwise.
+// "countdown" (CountdownReward) and "code" (CodeRewardFunction with default options, which
+// runs the response in the sandbox). INVALID_ARGUMENT naming the kind otherwise.
 absl::StatusOr<RewardFunctionPtr> MakeBuiltinRewardFunction(absl::string_view kind);
 
 // Settings of the built-in kinds that have any.

@@ -17,7 +17,8 @@
 namespace lightrl {
 namespace {
 
-constexpr const char* kRewardKinds[] = {"arithmetic", "countdown", "math", "format", "length"};
+constexpr const char* kRewardKinds[] = {"arithmetic", "countdown", "math", "format", "length",
+                                        "code"};
 
 absl::Status Invalid(absl::string_view message) {
   return absl::InvalidArgumentError(message);

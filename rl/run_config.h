@@ -108,7 +108,7 @@ struct RolloutSection {
   absl::Status Validate() const;
 };
 
-// Built-in reward kinds: arithmetic, countdown, math, format, length.
+// Built-in reward kinds: arithmetic, countdown, math, format, length, code.
 bool IsRewardKind(const std::string& kind);
 
 struct RewardSection {

@@ -22,7 +22,7 @@ constexpr const char* kRewardWorkerUsage =
     "usage: lightrl reward-worker [--listen HOST:PORT] [--kind KIND] [--auth-token T]\n"
     "  --listen      address to serve on (default 127.0.0.1:0; port 0 picks a free port,\n"
     "                printed as \"listening on HOST:PORT\")\n"
-    "  --kind        built-in reward: math, arithmetic, countdown (default math)\n"
+    "  --kind        built-in reward: math, arithmetic, countdown, code (default math)\n"
     "  --auth-token  shared token clients send as `authorization: Bearer T`; required for\n"
     "                any non-loopback address\n";
 

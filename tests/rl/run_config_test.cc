@@ -360,7 +360,7 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
        "run.steps must be >= 1, got 0"},
       {m + "checkpoint:\n  keep: 0\n", "keep", "checkpoint.keep must be >= 1, got 0"},
       {m + "reward:\n  kind: arithmetc\n", "kind",
-       "reward.kind must be one of arithmetic, countdown, math, format, length, got "
+       "reward.kind must be one of arithmetic, countdown, math, format, length, code, got "
        "\"arithmetc\" (did you mean arithmetic?)"},
       {m + "reward:\n  weights:\n    math: 1\n    formt: 0.5\n", "formt",
        "reward.weights.formt is not a known reward kind (did you mean format?)"},
