@@ -1,7 +1,9 @@
 #include "policy/policy_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
@@ -169,6 +171,97 @@ absl::Status PolicyModel::Save(const std::string& dir, DType dtype) const {
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat(dir, ": saving: ", e.what_without_backtrace()));
   }
+}
+
+namespace {
+
+std::vector<std::pair<std::string, torch::Tensor>> SyncedParameters(MiniMaxForCausalLM& module) {
+  std::vector<std::pair<std::string, torch::Tensor>> named;
+  for (auto& p : module->named_parameters()) {
+    if (module->config().tie_word_embeddings && p.key() == "lm_head.weight") continue;
+    named.emplace_back(p.key(), p.value());
+  }
+  std::sort(named.begin(), named.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  return named;
+}
+
+absl::Status CheckSyncDType(DType dtype) {
+  if (dtype == DType::kF32 || dtype == DType::kBF16) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("weight sync dtype must be F32 or BF16, got ", DTypeName(dtype)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportWeights(DType dtype) const {
+  RETURN_IF_ERROR(CheckSyncDType(dtype));
+  std::vector<WeightTensor> out;
+  try {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, t] : SyncedParameters(impl_->module)) {
+      auto c = t.detach().to(torch::kCPU, ToTorchDType(dtype)).contiguous();
+      WeightTensor w;
+      w.name = name;
+      w.shape = c.sizes().vec();
+      w.data.assign(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.nbytes()));
+      out.push_back(std::move(w));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("exporting weights: ", e.what_without_backtrace()));
+  }
+  return out;
+}
+
+absl::Status PolicyModel::ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors) {
+  RETURN_IF_ERROR(CheckSyncDType(dtype));
+  auto named = SyncedParameters(impl_->module);
+  std::map<std::string, const WeightTensor*> by_name;
+  for (const WeightTensor& w : tensors) {
+    if (!by_name.emplace(w.name, &w).second) {
+      return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", w.name, "' appears twice"));
+    }
+  }
+  // Validate everything before touching a parameter.
+  for (auto& [name, t] : named) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", name, "' is missing"));
+    }
+    const WeightTensor& w = *it->second;
+    if (w.shape != t.sizes().vec()) {
+      return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", name, "' has shape ",
+                                                     ShapeString(w.shape), ", the model needs ",
+                                                     ShapeString(t.sizes().vec())));
+    }
+    const size_t want = static_cast<size_t>(t.numel()) * DTypeSize(dtype);
+    if (w.data.size() != want) {
+      return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", name, "' has ",
+                                                     w.data.size(), " bytes, expected ", want));
+    }
+  }
+  if (by_name.size() != named.size()) {
+    for (const auto& [name, w] : by_name) {
+      const bool known = std::any_of(named.begin(), named.end(),
+                                     [&](const auto& p) { return p.first == name; });
+      if (!known) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("weights: unexpected tensor '", name, "' (not part of this model)"));
+      }
+    }
+  }
+  try {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, t] : named) {
+      const WeightTensor& w = *by_name.at(name);
+      auto src = torch::from_blob(const_cast<char*>(w.data.data()), w.shape,
+                                  torch::TensorOptions().dtype(ToTorchDType(dtype)));
+      t.copy_(src);
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("importing weights: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace lightrl

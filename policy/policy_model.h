@@ -44,6 +44,21 @@ class PolicyModel {
 
   absl::Status Save(const std::string& dir, DType dtype = DType::kF32) const;
 
+  // One parameter as plain bytes (row-major, little-endian), for weight sync between
+  // processes. Names are the checkpoint's ("model.layers.0.self_attn.qkv_proj.weight").
+  struct WeightTensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::string data;
+  };
+  // Every parameter (a tied lm_head once, as the embedding), sorted by name, converted to
+  // `dtype` (F32 or BF16).
+  absl::StatusOr<std::vector<WeightTensor>> ExportWeights(DType dtype) const;
+  // Replaces every parameter with `tensors` (in `dtype`): exactly the names and shapes
+  // ExportWeights gives, else INVALID_ARGUMENT naming the tensor; on error nothing
+  // changes.
+  absl::Status ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors);
+
   MiniMaxForCausalLM& module();
 
   struct Impl;  // defined in policy_model.cc

@@ -12,69 +12,12 @@
 #include "absl/time/clock.h"
 
 namespace lightrl {
-namespace {
-
-// Splits "host:port" at the last ':' (so "[::1]:0" works); false without a port.
-bool SplitHostPort(const std::string& address, std::string* host, std::string* port) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  *host = address.substr(0, colon);
-  *port = address.substr(colon + 1);
-  return true;
-}
-
-// Compares without an early exit so timing does not reveal the token's prefix.
-bool TokensEqual(absl::string_view a, absl::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
-}  // namespace
-
-bool IsLoopbackAddress(const std::string& address) {
-  std::string host, port;
-  if (!SplitHostPort(address, &host, &port)) return false;
-  if (host == "localhost" || host == "[::1]" || host == "::1") return true;
-  std::vector<std::string> octets = absl::StrSplit(host, '.');
-  if (octets.size() != 4 || octets[0] != "127") return false;
-  for (const std::string& octet : octets) {
-    int value = 0;
-    if (!absl::SimpleAtoi(octet, &value) || value < 0 || value > 255) return false;
-  }
-  return true;
-}
-
 absl::Status RewardServerOptions::Validate() const {
-  std::string host, port;
-  int port_number = 0;
-  if (!SplitHostPort(listen_address, &host, &port) || !absl::SimpleAtoi(port, &port_number) ||
-      port_number < 0 || port_number > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "listen address must be host:port (port 0 picks a free one), got \"", listen_address,
-        "\""));
-  }
   if (num_scoring_threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "num_scoring_threads must be >= 0 (0 = one per core), got ", num_scoring_threads));
   }
-  if (auth_token.empty() && !IsLoopbackAddress(listen_address)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "listen address \"", listen_address,
-        "\" is not loopback: an auth token is required (--auth-token)"));
-  }
-  return absl::OkStatus();
-}
-
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  const int code = static_cast<int>(status.code());
-  const grpc::StatusCode grpc_code =
-      code > 0 && code <= static_cast<int>(grpc::StatusCode::UNAUTHENTICATED)
-          ? static_cast<grpc::StatusCode>(code)
-          : grpc::StatusCode::UNKNOWN;
-  return grpc::Status(grpc_code, std::string(status.message()));
+  return ValidateListenAddress(listen_address, auth_token);
 }
 
 RewardServiceImpl::RewardServiceImpl(RewardFunctionPtr function, std::string auth_token,
@@ -111,18 +54,7 @@ void RewardServiceImpl::RunScoringThread() {
 }
 
 absl::Status RewardServiceImpl::CheckAuth(const grpc::CallbackServerContext& context) const {
-  if (auth_token_.empty()) return absl::OkStatus();
-  const auto& metadata = context.client_metadata();
-  const auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
-    return absl::UnauthenticatedError("missing `authorization` metadata (auth token)");
-  }
-  absl::string_view presented(it->second.data(), it->second.size());
-  absl::ConsumePrefix(&presented, "Bearer ");
-  if (!TokensEqual(presented, auth_token_)) {
-    return absl::UnauthenticatedError("wrong auth token in `authorization` metadata");
-  }
-  return absl::OkStatus();
+  return CheckAuthToken(context, auth_token_);
 }
 
 absl::Status RewardServiceImpl::ScoreBatch(const lightrl::v1::ScoreRequest& request,
@@ -213,22 +145,6 @@ grpc::ServerUnaryReactor* RewardServiceImpl::Health(grpc::CallbackServerContext*
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
-}
-
-absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& address,
-                                                              grpc::Service* service,
-                                                              int* bound_port) {
-  grpc::ServerBuilder builder;
-  *bound_port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), bound_port);
-  builder.RegisterService(service);
-  builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || *bound_port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("could not listen on \"", address, "\" (address in use or invalid?)"));
-  }
-  return server;
 }
 
 absl::StatusOr<std::unique_ptr<RewardServer>> RewardServer::Start(

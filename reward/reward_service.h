@@ -18,15 +18,13 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "lightrl/v1/reward.grpc.pb.h"
+#include "proto/grpc_util.h"
 #include "reward/reward_function.h"
 
 namespace lightrl {
 
 // Most items one Score call may carry; larger batches are INVALID_ARGUMENT.
 inline constexpr int kMaxScoreBatchItems = 4096;
-// Largest request a server accepts. gRPC's 4 MiB default would refuse a few dozen 80K-token
-// responses; protobuf itself stops at 2 GiB.
-inline constexpr int kMaxRequestBytes = 1 << 30;
 
 struct RewardServerOptions {
   // "host:port"; port 0 picks a free port (RewardServer::address() has the real one).
@@ -41,12 +39,6 @@ struct RewardServerOptions {
   // A non-loopback listen address without an auth token is INVALID_ARGUMENT.
   absl::Status Validate() const;
 };
-
-// True for 127.0.0.0/8, ::1 and localhost hosts of a "host:port" address.
-bool IsLoopbackAddress(const std::string& address);
-
-// The single mapping of absl::Status to grpc::Status (codes share google.rpc.Code).
-grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class RewardServiceImpl final : public lightrl::v1::RewardService::CallbackService {
  public:
@@ -79,13 +71,6 @@ class RewardServiceImpl final : public lightrl::v1::RewardService::CallbackServi
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;  // last: joined before the members they use go
 };
-
-// Builds and starts a server for `service` (not owned; must outlive the server) at
-// `address`, accepting requests up to kMaxRequestBytes; `*bound_port` receives the port
-// actually bound.
-absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& address,
-                                                              grpc::Service* service,
-                                                              int* bound_port);
 
 // A listening reward worker: the service plus its grpc::Server.
 class RewardServer {

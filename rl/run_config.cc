@@ -341,7 +341,8 @@ absl::Status BindRollout(const Binder& b, const Json* root, RolloutSection& r) {
 absl::Status BindReward(const Binder& b, const Json* root, RewardSection& r) {
   ASSIGN_OR_RETURN(const Json* s,
                    b.Mapping(Binder::Get(root, "reward"), "reward",
-                             {"kind", "weights", "format_pattern", "timeout_s"}));
+                             {"kind", "weights", "format_pattern", "timeout_s", "max_attempts",
+                              "servers"}));
   RETURN_IF_ERROR(b.String(s, "reward", "kind", r.kind));
   if (const Json* w = Binder::Get(s, "weights"); w != nullptr) {
     if (!w->is_object()) {
@@ -359,6 +360,27 @@ absl::Status BindReward(const Binder& b, const Json* root, RewardSection& r) {
     }
   }
   RETURN_IF_ERROR(b.String(s, "reward", "format_pattern", r.format_pattern));
+  RETURN_IF_ERROR(b.Int(s, "reward", "max_attempts", r.max_attempts));
+  if (const Json* servers = Binder::Get(s, "servers"); servers != nullptr) {
+    if (!servers->is_object()) {
+      return b.ErrorAt("reward.servers",
+                       absl::StrCat("reward.servers must be a mapping of name to server, got ",
+                                    Describe(*servers)));
+    }
+    for (const auto& [name, value] : servers->as_object()) {
+      const std::string path = absl::StrCat("reward.servers.", name);
+      ASSIGN_OR_RETURN(const Json* e, b.Mapping(&value, path,
+                                                {"address", "weight", "reward_kind",
+                                                 "auth_token_file"}));
+      RewardServerSection server;
+      RETURN_IF_ERROR(b.Required(e, path, "address"));
+      RETURN_IF_ERROR(b.String(e, path, "address", server.address));
+      RETURN_IF_ERROR(b.Double(e, path, "weight", server.weight));
+      RETURN_IF_ERROR(b.String(e, path, "reward_kind", server.reward_kind));
+      RETURN_IF_ERROR(b.InputPath(e, path, "auth_token_file", false, server.auth_token_file));
+      r.servers[name] = std::move(server);
+    }
+  }
   return b.Double(s, "reward", "timeout_s", r.timeout_s);
 }
 
@@ -454,7 +476,42 @@ absl::Status BindLogging(const Binder& b, const Json* root, LoggingSection& l) {
   return b.Bool(s, "logging", "progress", l.progress);
 }
 
+absl::Status BindFleet(const Binder& b, const Json* root, FleetSection& f) {
+  ASSIGN_OR_RETURN(const Json* s,
+                   b.Mapping(Binder::Get(root, "fleet"), "fleet",
+                             {"mode", "rollout_workers", "coordinator_address", "auth_token_file",
+                              "min_workers", "worker_wait_s", "worker_capacity",
+                              "max_group_attempts", "weight_dtype", "worker_device"}));
+  RETURN_IF_ERROR(b.String(s, "fleet", "mode", f.mode));
+  RETURN_IF_ERROR(b.Int(s, "fleet", "rollout_workers", f.rollout_workers));
+  RETURN_IF_ERROR(b.String(s, "fleet", "coordinator_address", f.coordinator_address));
+  RETURN_IF_ERROR(b.InputPath(s, "fleet", "auth_token_file", false, f.auth_token_file));
+  RETURN_IF_ERROR(b.Int(s, "fleet", "min_workers", f.min_workers));
+  RETURN_IF_ERROR(b.Double(s, "fleet", "worker_wait_s", f.worker_wait_s));
+  RETURN_IF_ERROR(b.Int(s, "fleet", "worker_capacity", f.worker_capacity));
+  RETURN_IF_ERROR(b.Int(s, "fleet", "max_group_attempts", f.max_group_attempts));
+  RETURN_IF_ERROR(b.String(s, "fleet", "weight_dtype", f.weight_dtype));
+  return b.String(s, "fleet", "worker_device", f.worker_device);
+}
+
 }  // namespace
+
+absl::Status FleetSection::Validate() const {
+  if (mode != "local" && mode != "spawn" && mode != "cluster") {
+    return Invalid(absl::StrCat("mode must be local, spawn or cluster, got \"", mode, "\""));
+  }
+  RETURN_IF_ERROR(CheckAtLeast("rollout_workers", rollout_workers, 1));
+  RETURN_IF_ERROR(CheckAtLeast("min_workers", min_workers, 1));
+  RETURN_IF_ERROR(CheckPositive("worker_wait_s", worker_wait_s));
+  RETURN_IF_ERROR(CheckAtLeast("worker_capacity", worker_capacity, 1));
+  RETURN_IF_ERROR(CheckAtLeast("max_group_attempts", max_group_attempts, 1));
+  RETURN_IF_ERROR(CheckDtype("weight_dtype", weight_dtype));
+  if (mode == "spawn" && min_workers > rollout_workers) {
+    return Invalid(absl::StrCat("min_workers must be <= rollout_workers (", rollout_workers,
+                                ") in spawn mode, got ", min_workers));
+  }
+  return absl::OkStatus();
+}
 
 bool IsRewardKind(const std::string& kind) {
   return std::find(std::begin(kRewardKinds), std::end(kRewardKinds), kind) !=
@@ -537,6 +594,16 @@ absl::Status RewardSection::Validate() const {
       return Invalid(absl::StrCat("weights.", name, " must be finite, got ", weight));
     }
   }
+  for (const auto& [name, server] : servers) {
+    if (server.address.find(':') == std::string::npos) {
+      return Invalid(absl::StrCat("servers.", name, ".address must be host:port, got \"",
+                                  server.address, "\""));
+    }
+    if (!std::isfinite(server.weight)) {
+      return Invalid(absl::StrCat("servers.", name, ".weight must be finite, got ", server.weight));
+    }
+  }
+  RETURN_IF_ERROR(CheckAtLeast("max_attempts", max_attempts, 1));
   return CheckPositive("timeout_s", timeout_s);
 }
 
@@ -597,6 +664,7 @@ absl::Status RunConfig::Validate() const {
   RETURN_IF_ERROR(Prefixed("optimizer.", optimizer.Validate()));
   RETURN_IF_ERROR(Prefixed("sft.", sft.Validate()));
   RETURN_IF_ERROR(Prefixed("checkpoint.", checkpoint.Validate()));
+  RETURN_IF_ERROR(Prefixed("fleet.", fleet.Validate()));
   if (run.eval_every > 0 && data.eval.empty()) {
     return Invalid(absl::StrCat("run.eval_every is ", run.eval_every,
                                 " but data.eval is not set"));
@@ -638,7 +706,7 @@ absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
   ASSIGN_OR_RETURN(const Json* root,
                    b.Mapping(&doc.root, "",
                              {"run", "model", "data", "rollout", "reward", "algorithm",
-                              "optimizer", "sft", "checkpoint", "logging"}));
+                              "optimizer", "sft", "checkpoint", "logging", "fleet"}));
   RunConfig config;
   config.source = path;
   RETURN_IF_ERROR(BindRun(b, root, config.run));
@@ -651,6 +719,7 @@ absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
   RETURN_IF_ERROR(BindSft(b, root, config.sft));
   RETURN_IF_ERROR(BindCheckpoint(b, root, config.checkpoint));
   RETURN_IF_ERROR(BindLogging(b, root, config.logging));
+  RETURN_IF_ERROR(BindFleet(b, root, config.fleet));
   if (config.sft.data.empty()) config.sft.data = config.data.train;
 
   absl::Status valid = config.Validate();
@@ -677,6 +746,13 @@ std::string DescribeRunConfig(const RunConfig& c) {
   for (int64_t id : c.rollout.stop_token_ids) stop_token_ids.push_back(Json(id));
   Json weights = Json::MakeObject();
   for (const auto& [kind, w] : c.reward.weights) weights.set(kind, Json(w));
+  Json servers = Json::MakeObject();
+  for (const auto& [name, server] : c.reward.servers) {
+    servers.set(name, section({{"address", Json(server.address)},
+                               {"weight", Json(server.weight)},
+                               {"reward_kind", Json(server.reward_kind)},
+                               {"auth_token_file", optional(server.auth_token_file)}}));
+  }
   Json betas = Json::MakeArray();
   for (double beta : c.optimizer.betas) betas.push_back(Json(beta));
   const PolicyLossOptions& loss = c.algorithm.loss;
@@ -714,7 +790,9 @@ std::string DescribeRunConfig(const RunConfig& c) {
   root.set("reward", section({{"kind", Json(c.reward.kind)},
                               {"weights", weights},
                               {"format_pattern", optional(c.reward.format_pattern)},
-                              {"timeout_s", Json(c.reward.timeout_s)}}));
+                              {"timeout_s", Json(c.reward.timeout_s)},
+                              {"max_attempts", Json(c.reward.max_attempts)},
+                              {"servers", servers}}));
   root.set("algorithm",
            section({{"loss", Json(PolicyLossKindName(loss.kind))},
                     {"eps_low", Json(loss.eps_low)},
@@ -752,6 +830,16 @@ std::string DescribeRunConfig(const RunConfig& c) {
   root.set("logging", section({{"jsonl", Json(c.logging.jsonl)},
                                {"tensorboard", Json(c.logging.tensorboard)},
                                {"progress", Json(c.logging.progress)}}));
+  root.set("fleet", section({{"mode", Json(c.fleet.mode)},
+                             {"rollout_workers", Json(c.fleet.rollout_workers)},
+                             {"coordinator_address", Json(c.fleet.coordinator_address)},
+                             {"auth_token_file", optional(c.fleet.auth_token_file)},
+                             {"min_workers", Json(c.fleet.min_workers)},
+                             {"worker_wait_s", Json(c.fleet.worker_wait_s)},
+                             {"worker_capacity", Json(c.fleet.worker_capacity)},
+                             {"max_group_attempts", Json(c.fleet.max_group_attempts)},
+                             {"weight_dtype", Json(c.fleet.weight_dtype)},
+                             {"worker_device", Json(c.fleet.worker_device)}}));
   return DumpYaml(root);
 }
 

@@ -111,6 +111,18 @@ struct RolloutSection {
 // Built-in reward kinds: arithmetic, countdown, math, format, length, code.
 bool IsRewardKind(const std::string& kind);
 
+// A reward server the router calls (YAML: reward.servers.NAME).
+struct RewardServerSection {
+  // "host:port" of a lightrl.v1.RewardService server (required).
+  std::string address;
+  // Its score's weight in the sum.
+  double weight = 1.0;
+  // Sent as the request's reward_kind hint; empty = the server's default.
+  std::string reward_kind;
+  // File holding the server's shared token; required off loopback.
+  std::string auth_token_file;
+};
+
 struct RewardSection {
   // The built-in reward when `weights` is empty.
   std::string kind = "arithmetic";
@@ -118,8 +130,12 @@ struct RewardSection {
   std::map<std::string, double> weights;
   // Regex the "format" reward requires of a response; empty = its built-in pattern.
   std::string format_pattern;
-  // Seconds a reward may take before the group is retried.
+  // Seconds one attempt of a reward server call may take.
   double timeout_s = 30.0;
+  // Attempts per reward server call (with backoff) before the step fails.
+  int64_t max_attempts = 3;
+  // Reward servers combined with the weighted built-ins: score = sum(weight * reward).
+  std::map<std::string, RewardServerSection> servers;
 
   absl::Status Validate() const;
 };
@@ -199,6 +215,35 @@ struct LoggingSection {
   bool progress = true;
 };
 
+// Where rollouts are generated. YAML section `fleet`.
+struct FleetSection {
+  // "local": the controller's own engine; "spawn": `rollout_workers` worker processes the
+  // run starts on this machine; "cluster": workers started elsewhere (Slurm, Kubernetes)
+  // register with the coordinator at coordinator_address.
+  std::string mode = "local";
+  // Worker processes in spawn mode.
+  int64_t rollout_workers = 2;
+  // Where the controller's coordinator listens; port 0 picks one (spawn mode).
+  std::string coordinator_address = "127.0.0.1:0";
+  // File holding the shared token for the coordinator and the workers; required when
+  // coordinator_address is not loopback.
+  std::string auth_token_file;
+  // Rollout workers that must be registered before the first step, and how long to wait.
+  int64_t min_workers = 1;
+  double worker_wait_s = 300;
+  // Prompt groups in flight per spawned worker.
+  int64_t worker_capacity = 8;
+  // Workers a prompt group may be tried on before the step fails.
+  int64_t max_group_attempts = 3;
+  // Weights pushed to the workers: "float32" or "bfloat16".
+  std::string weight_dtype = "float32";
+  // Device of spawned workers: "cpu", "cuda" or "cuda:N".
+  std::string worker_device = "cpu";
+
+  bool enabled() const { return mode != "local"; }
+  absl::Status Validate() const;
+};
+
 struct RunConfig {
   RunSection run;
   ModelSection model;
@@ -210,6 +255,7 @@ struct RunConfig {
   SftSection sft;
   CheckpointSection checkpoint;
   LoggingSection logging;
+  FleetSection fleet;
   // The YAML file this was loaded from; empty when built in code.
   std::string source;
 

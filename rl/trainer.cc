@@ -11,6 +11,8 @@
 #include <map>
 #include <optional>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
@@ -20,11 +22,14 @@
 #include "inference_engine/engine.h"
 #include "policy/policy_model.h"
 #include "policy/tokenizer.h"
+#include "reward/reward_function.h"
+#include "reward/reward_router.h"
 #include "reward/rule_rewards.h"
 #include "rl/advantages.h"
 #include "rl/dataset.h"
 #include "rl/learner.h"
 #include "rl/rollout_log.h"
+#include "rl/rollout_source.h"
 
 namespace lightrl {
 namespace {
@@ -76,6 +81,15 @@ struct TrainerState {
 
 // Text of generated tokens for the reward. A policy may emit ids the tokenizer lacks
 // (its vocabulary is padded beyond the tokenizer's); they carry no text.
+// The part of a reward that says "right answer": a component named "correct" (or
+// "<entry>/correct" from the router), else the whole score.
+double Correctness(const RewardResult& r) {
+  for (const auto& [name, value] : r.components) {
+    if (name == "correct" || absl::EndsWith(name, "/correct")) return value;
+  }
+  return r.score;
+}
+
 absl::StatusOr<std::string> ResponseText(const Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
   std::vector<int32_t> known;
   known.reserve(ids.size());
@@ -100,7 +114,7 @@ class Trainer {
   absl::Status Checkpoint();
   absl::StatusOr<std::optional<std::string>> LatestCheckpoint() const;
   std::vector<int32_t> StopTokens() const;
-  absl::StatusOr<RewardResult> Score(const std::string& response, const std::string& answer) const;
+  absl::StatusOr<std::vector<RewardResult>> ScoreAll(const std::vector<RewardInput>& inputs);
   void Progress(const std::string& line) const;
   absl::Status WriteMetrics(int64_t step, const Scalars& scalars);
 
@@ -111,6 +125,9 @@ class Trainer {
   std::optional<Tokenizer> tokenizer_;
   std::unique_ptr<Learner> learner_;
   std::unique_ptr<Engine> engine_;
+  RolloutSourcePtr rollout_source_;
+  RewardFunctionPtr reward_;               // a single built-in kind, or
+  std::unique_ptr<RewardRouter> router_;   // weighted built-ins and reward servers
   std::optional<Dataset> train_, eval_, sft_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<RolloutLogWriter> rollouts_;
@@ -148,15 +165,41 @@ absl::StatusOr<std::optional<std::string>> Trainer::LatestCheckpoint() const {
 
 absl::Status Trainer::Setup() {
   tty_ = ::isatty(2);
-  const std::string& kind = config_.reward.kind;
-  if (kind != "arithmetic" && kind != "math" && kind != "countdown") {
-    return absl::UnimplementedError(absl::StrCat(
-        config_.source, ": reward.kind \"", kind,
-        "\" is not available in the in-process loop (arithmetic, math, countdown are)"));
-  }
-  if (!config_.reward.weights.empty()) {
-    return absl::UnimplementedError(absl::StrCat(
-        config_.source, ": reward.weights needs the reward router, which is not built yet"));
+  const RewardSection& rw = config_.reward;
+  BuiltinRewardOptions builtin;
+  builtin.format_pattern = rw.format_pattern;
+  if (rw.weights.empty() && rw.servers.empty()) {
+    ASSIGN_OR_RETURN(reward_, MakeBuiltinRewardFunction(rw.kind, builtin));
+  } else {
+    RewardRouterOptions ro;
+    ro.timeout = absl::Seconds(rw.timeout_s);
+    ro.max_attempts = static_cast<int>(rw.max_attempts);
+    for (const auto& [kind, weight] : rw.weights) {
+      RewardRouterEntry e;
+      e.name = kind;
+      e.kind = kind;
+      e.weight = weight;
+      e.builtin = builtin;
+      ro.entries.push_back(std::move(e));
+    }
+    for (const auto& [name, server] : rw.servers) {
+      RewardRouterEntry e;
+      e.name = name;
+      e.address = server.address;
+      e.weight = server.weight;
+      e.reward_kind = server.reward_kind;
+      if (!server.auth_token_file.empty()) {
+        ASSIGN_OR_RETURN(std::string token, ReadFile(server.auth_token_file));
+        e.auth_token = std::string(absl::StripAsciiWhitespace(token));
+      }
+      ro.entries.push_back(std::move(e));
+    }
+    auto router = RewardRouter::Create(ro);
+    if (!router.ok()) {
+      return absl::Status(router.status().code(),
+                          absl::StrCat(config_.source, ": reward: ", router.status().message()));
+    }
+    router_ = *std::move(router);
   }
   RETURN_IF_ERROR(MakeDirs(config_.run.output_dir));
   ckpt_root_ = JoinPath(config_.run.output_dir, "checkpoints");
@@ -244,6 +287,15 @@ absl::Status Trainer::Setup() {
                  static_cast<long long>(state_.step));
   }
 
+  if (options_.replay_dir.empty()) {
+    if (config_.fleet.enabled()) {
+      ASSIGN_OR_RETURN(rollout_source_,
+                       StartFleetRolloutSource(config_, policy_.get(), learner_->version()));
+    } else {
+      rollout_source_ = MakeEngineRolloutSource(engine_.get());
+    }
+  }
+
   std::vector<MetricsWriterPtr> writers;
   if (config_.logging.jsonl) {
     ASSIGN_OR_RETURN(auto w, JsonlMetricsWriter::Open(JoinPath(config_.run.output_dir, "metrics.jsonl")));
@@ -273,11 +325,14 @@ std::vector<int32_t> Trainer::StopTokens() const {
   return ids;
 }
 
-absl::StatusOr<RewardResult> Trainer::Score(const std::string& response, const std::string& answer) const {
-  const std::string& kind = config_.reward.kind;
-  if (kind == "countdown") return CountdownReward(response, answer);
-  if (kind == "math" || kind == "arithmetic") return MathReward(response, answer);
-  return absl::UnimplementedError(absl::StrCat("reward.kind \"", kind, "\" is not available in-process"));
+absl::StatusOr<std::vector<RewardResult>> Trainer::ScoreAll(const std::vector<RewardInput>& inputs) {
+  if (router_) return router_->ScoreBatch(inputs);
+  std::vector<RewardResult> out;
+  for (const RewardInput& in : inputs) {
+    ASSIGN_OR_RETURN(RewardResult r, reward_->Score(in));
+    out.push_back(std::move(r));
+  }
+  return out;
 }
 
 absl::Status Trainer::Checkpoint() {
@@ -331,9 +386,12 @@ absl::StatusOr<double> Trainer::Evaluate(int64_t step) {
   double correct = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (!results[i].status.ok()) return results[i].status;
-    ASSIGN_OR_RETURN(std::string text, ResponseText(*tokenizer_, results[i].samples[0].tokens));
-    ASSIGN_OR_RETURN(RewardResult r, Score(text, eval_->at(i).answer));
-    correct += r.components.empty() ? r.score : r.components[0].second;
+    RewardInput in;
+    in.prompt = eval_->at(i).prompt;
+    ASSIGN_OR_RETURN(in.response, ResponseText(*tokenizer_, results[i].samples[0].tokens));
+    in.ground_truth = eval_->at(i).answer;
+    ASSIGN_OR_RETURN(std::vector<RewardResult> r, ScoreAll({in}));
+    correct += Correctness(r[0]);
   }
   const double accuracy = n > 0 ? correct / n : 0;
   RETURN_IF_ERROR(WriteMetrics(step, {{"eval/accuracy", accuracy}}));
@@ -370,6 +428,8 @@ absl::Status Trainer::RunSft() {
 }
 
 absl::Status Trainer::RunRl() {
+  // SFT has moved the weights since the rollout source started.
+  RETURN_IF_ERROR(rollout_source_->PublishWeights(learner_->version()));
   const std::vector<int32_t> stops = StopTokens();
   const int64_t G = config_.rollout.group_size;
   while (state_.step < config_.run.steps) {
@@ -396,26 +456,38 @@ absl::Status Trainer::RunRl() {
         reqs.push_back(std::move(r));
       }
       const auto gen_start = Clock::now();
-      auto results = engine_->Generate(reqs);
+      const int64_t min_version = std::max<int64_t>(0, learner_->version() - config_.rollout.max_staleness);
+      auto results = rollout_source_->Generate(reqs, min_version);
       gen_seconds += Seconds(gen_start);
       for (size_t i = 0; i < results.size(); ++i) {
         if (!results[i].status.ok()) return results[i].status;
         RolloutGroup g;
         g.step = state_.step;
-        g.policy_version = learner_->version();
+        g.policy_version = results[i].weight_version;
         g.group_id = absl::StrCat("step-", state_.step, "-", round, "-", i);
         g.prompt_text = examples[i]->prompt;
         g.prompt_tokens = reqs[i].prompt;
         g.ground_truth = examples[i]->answer;
         std::vector<double> rewards;
         std::vector<FinishReason> fin;
+        std::vector<RewardInput> inputs;
         for (const GeneratedSample& s : results[i].samples) {
+          RewardInput in;
+          in.prompt = examples[i]->prompt;
+          ASSIGN_OR_RETURN(in.response, ResponseText(*tokenizer_, s.tokens));
+          in.ground_truth = examples[i]->answer;
+          in.metadata["response_tokens"] = absl::StrCat(s.tokens.size());
+          inputs.push_back(std::move(in));
+        }
+        ASSIGN_OR_RETURN(std::vector<RewardResult> scores, ScoreAll(inputs));
+        for (size_t k = 0; k < results[i].samples.size(); ++k) {
+          const GeneratedSample& s = results[i].samples[k];
           RolloutSample rs;
           rs.tokens = s.tokens;
           rs.logprobs = s.logprobs;
           rs.finish_reason = FinishReasonName(s.finish_reason);
-          ASSIGN_OR_RETURN(rs.text, ResponseText(*tokenizer_, s.tokens));
-          ASSIGN_OR_RETURN(RewardResult r, Score(rs.text, examples[i]->answer));
+          rs.text = inputs[k].response;
+          RewardResult r = std::move(scores[k]);
           if (config_.algorithm.overlong_soft_buffer > 0) {
             ASSIGN_OR_RETURN(double pen, SoftOverlongPenalty(static_cast<int64_t>(s.tokens.size()),
                                                              config_.ToOverlongOptions()));
@@ -429,7 +501,7 @@ absl::Status Trainer::RunRl() {
           generated_tokens += static_cast<int64_t>(s.tokens.size());
           reward_sum += r.score;
           reward_sq += r.score * r.score;
-          correct += r.components.empty() ? r.score : r.components[0].second;
+          correct += Correctness(r);
           length_sum += static_cast<double>(s.tokens.size());
           ++scored;
           g.samples.push_back(std::move(rs));
@@ -466,6 +538,9 @@ absl::Status Trainer::RunRl() {
     const auto train_start = Clock::now();
     ASSIGN_OR_RETURN(LearnerStats st, learner_->TrainRl(batch));
     const double train_seconds = Seconds(train_start);
+    const auto sync_start = Clock::now();
+    RETURN_IF_ERROR(rollout_source_->PublishWeights(learner_->version()));
+    const double sync_seconds = Seconds(sync_start);
     ++state_.step;
     const double n = std::max<int64_t>(scored, 1);
     const double mean = reward_sum / n;
@@ -493,8 +568,10 @@ absl::Status Trainer::RunRl() {
         {"time/step_s", Seconds(step_start)},
         {"time/generate_s", gen_seconds},
         {"time/train_s", train_seconds},
+        {"time/weight_sync_s", sync_seconds},
         {"train/tokens_per_s", st.tokens / std::max(train_seconds, 1e-9)},
     };
+    for (auto& kv : rollout_source_->Stats()) scalars.push_back(std::move(kv));
     RETURN_IF_ERROR(WriteMetrics(state_.step, scalars));
     Progress(absl::StrFormat("[rl %s] step %d/%d  reward %.3f  acc %.3f  len %.1f  clip %.3f  "
                              "grad %.3f  %.2f s/step",

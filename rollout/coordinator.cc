@@ -16,50 +16,12 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "lightrl/v1/coordinator.grpc.pb.h"
+#include "proto/grpc_util.h"
 
 namespace lightrl {
 namespace {
 
-// Splits "host:port" at the last ':' (so "[::1]:0" works); false without a port.
-bool SplitHostPort(const std::string& address, std::string* host, std::string* port) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  *host = address.substr(0, colon);
-  *port = address.substr(colon + 1);
-  return true;
-}
-
-bool IsLoopbackHost(const std::string& host) {
-  if (host == "localhost" || host == "[::1]" || host == "::1") return true;
-  std::vector<std::string> octets = absl::StrSplit(host, '.');
-  if (octets.size() != 4 || octets[0] != "127") return false;
-  for (const std::string& octet : octets) {
-    int value = 0;
-    if (!absl::SimpleAtoi(octet, &value) || value < 0 || value > 255) return false;
-  }
-  return true;
-}
-
-// Compares without an early exit so timing does not reveal the token's prefix.
-bool TokensEqual(absl::string_view a, absl::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
 bool IsKnownRole(const std::string& role) { return role == kRolloutRole || role == kRewardRole; }
-
-// The one place an absl::Status becomes a grpc::Status (the codes share google.rpc.Code).
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  const int code = static_cast<int>(status.code());
-  const grpc::StatusCode grpc_code =
-      code > 0 && code <= static_cast<int>(grpc::StatusCode::UNAUTHENTICATED)
-          ? static_cast<grpc::StatusCode>(code)
-          : grpc::StatusCode::UNKNOWN;
-  return grpc::Status(grpc_code, std::string(status.message()));
-}
 
 // Two controllers started within the same clock tick must still differ, hence the
 // random device on top of the time.
@@ -304,20 +266,9 @@ class CoordinatorService final : public lightrl::v1::Coordinator::CallbackServic
 
  private:
   absl::Status CheckAuth(const grpc::CallbackServerContext& context) const {
-    if (auth_token_.empty()) return absl::OkStatus();
-    const auto& metadata = context.client_metadata();
-    const auto it = metadata.find("authorization");
-    if (it == metadata.end()) {
-      return absl::UnauthenticatedError(
-          "coordinator: missing `authorization` metadata (auth token)");
-    }
-    absl::string_view presented(it->second.data(), it->second.size());
-    absl::ConsumePrefix(&presented, "Bearer ");
-    if (!TokensEqual(presented, auth_token_)) {
-      return absl::UnauthenticatedError(
-          "coordinator: wrong auth token in `authorization` metadata");
-    }
-    return absl::OkStatus();
+    absl::Status status = CheckAuthToken(context, auth_token_);
+    if (status.ok()) return status;
+    return absl::Status(status.code(), absl::StrCat("coordinator: ", status.message()));
   }
 
   static grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
@@ -336,25 +287,12 @@ class CoordinatorService final : public lightrl::v1::Coordinator::CallbackServic
 }  // namespace
 
 absl::Status CoordinatorOptions::Validate() const {
-  std::string host, port;
-  int port_number = 0;
-  if (!SplitHostPort(listen_address, &host, &port) || !absl::SimpleAtoi(port, &port_number) ||
-      port_number < 0 || port_number > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "coordinator: listen address must be host:port (port 0 picks a free one), got \"",
-        listen_address, "\""));
-  }
   if (heartbeat_interval < absl::Milliseconds(1)) {
     return absl::InvalidArgumentError(
         absl::StrCat("coordinator: heartbeat_interval must be >= 1ms, got ",
                      absl::FormatDuration(heartbeat_interval)));
   }
-  if (auth_token.empty() && !IsLoopbackHost(host)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "coordinator: listen address \"", listen_address,
-        "\" is not loopback: an auth token is required (--auth-token)"));
-  }
-  return absl::OkStatus();
+  return ValidateListenAddress(listen_address, auth_token, "coordinator: listen address");
 }
 
 class Coordinator::Impl {

@@ -17,5 +17,6 @@ int RunInitCommand(const std::vector<std::string>& args);
 int RunConvertCommand(const std::vector<std::string>& args);
 int RunRolloutsCommand(const std::vector<std::string>& args);
 int RunRewardWorkerCommand(const std::vector<std::string>& args);
+int RunRolloutWorkerCommand(const std::vector<std::string>& args);
 
 }  // namespace lightrl

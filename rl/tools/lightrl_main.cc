@@ -18,7 +18,8 @@ constexpr const char* kUsage =
     "  init       write a randomly initialised model for a config.json\n"
     "  convert    re-save a checkpoint (dtype, transformers naming, sharding)\n"
     "  rollouts   show or export the rollout log (show, export)\n"
-    "  reward-worker  serve a built-in reward over gRPC (lightrl.v1.RewardService)\n";
+    "  reward-worker  serve a built-in reward over gRPC (lightrl.v1.RewardService)\n"
+    "  rollout-worker serve the inference engine over gRPC (lightrl.v1.RolloutService)\n";
 
 }  // namespace
 
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
   if (command == "convert") return lightrl::RunConvertCommand(args);
   if (command == "rollouts") return lightrl::RunRolloutsCommand(args);
   if (command == "reward-worker") return lightrl::RunRewardWorkerCommand(args);
+  if (command == "rollout-worker") return lightrl::RunRolloutWorkerCommand(args);
   std::cerr << "lightrl: unknown command \"" << command << "\"\n" << kUsage;
   return 2;
 }

@@ -141,6 +141,53 @@ def check_auth(pb2, pb2_grpc, procs):
     assert refused.returncode != 0 and "auth token" in refused.stderr, refused
 
 
+def check_run_with_servers(servers):
+    """`lightrl run` scoring with the built-in arithmetic reward plus the custom servers,
+    weighted; every logged sample carries each server's part."""
+    import json
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with tempfile.TemporaryDirectory() as tmp:
+        train = os.path.join(tmp, "train.jsonl")
+        with open(train, "w") as f:
+            for i in range(8):
+                f.write(json.dumps({"prompt": f"{i}+{i}=", "answer": str(2 * i)}) + "\n")
+        out = os.path.join(tmp, "run")
+        config = {
+            "run": {"output_dir": out, "steps": 2, "seed": 1},
+            "model": {"init_config": os.path.join(root, "configs/models/toy-arithmetic.json"),
+                      "tokenizer": os.path.join(root, "examples/toy/tokenizer.json")},
+            "data": {"train": train},
+            "rollout": {"group_size": 2, "prompts_per_step": 4, "max_new_tokens": 4,
+                        "early_stop_window": 0},
+            "reward": {"weights": {"arithmetic": 1.0},
+                       "servers": {name: {"address": address, "weight": 0.5}
+                                   for name, address in servers.items()}},
+            "algorithm": {"dynamic_sampling": False},
+            "logging": {"tensorboard": False, "progress": False},
+        }
+        path = os.path.join(tmp, "run.yaml")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        run = subprocess.run([LIGHTRL, "run", "--config", path], capture_output=True, text=True,
+                             timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert run.returncode == 0, run.stderr[-3000:]
+        export = os.path.join(tmp, "groups.jsonl")
+        proc = subprocess.run([LIGHTRL, "rollouts", "export", "--rollouts",
+                               os.path.join(out, "rollouts"), "--output", export],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        with open(export) as f:
+            groups = [json.loads(line) for line in f]
+        assert len(groups) == 8, len(groups)
+        for g in groups:
+            for sample in g["samples"]:
+                parts = sample["reward_components"]
+                total = parts["arithmetic"] + sum(parts[name] for name in servers)
+                assert abs(total - sample["reward"]) < 1e-9, (parts, sample["reward"])
+                for name in servers:
+                    assert any(k.startswith(name + "/") for k in parts), (name, parts)
+
+
 def main():
     start_time = time.monotonic()
     rng = random.Random(7)
@@ -164,6 +211,10 @@ def main():
                     check_cpp_example(pb2, pb2_grpc.RewardServiceStub(channel))
             else:
                 print(f"reward_servers_test: {EXAMPLE_CPP} not built, C++ example skipped")
+            servers = {"keyword": python_server}
+            if os.path.exists(EXAMPLE_CPP):
+                servers["answer_format"] = cpp_server
+            check_run_with_servers(servers)
     finally:
         for proc in procs:
             proc.terminate()

@@ -1,0 +1,110 @@
+#include "proto/grpc_util.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace lightrl {
+namespace {
+
+// Compares without an early exit so timing does not reveal the token's prefix.
+bool TokensEqual(absl::string_view a, absl::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+}  // namespace
+
+bool SplitHostPort(const std::string& address, std::string* host, std::string* port) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  *host = address.substr(0, colon);
+  *port = address.substr(colon + 1);
+  return true;
+}
+
+bool IsLoopbackAddress(const std::string& address) {
+  std::string host, port;
+  if (!SplitHostPort(address, &host, &port)) return false;
+  if (host == "localhost" || host == "[::1]" || host == "::1") return true;
+  std::vector<std::string> octets = absl::StrSplit(host, '.');
+  if (octets.size() != 4 || octets[0] != "127") return false;
+  for (const std::string& octet : octets) {
+    int value = 0;
+    if (!absl::SimpleAtoi(octet, &value) || value < 0 || value > 255) return false;
+  }
+  return true;
+}
+
+absl::Status ValidateListenAddress(const std::string& address, const std::string& auth_token,
+                                   const std::string& what) {
+  std::string host, port;
+  int port_number = 0;
+  if (!SplitHostPort(address, &host, &port) || !absl::SimpleAtoi(port, &port_number) ||
+      port_number < 0 || port_number > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " must be host:port (port 0 picks a free one), got \"", address, "\""));
+  }
+  if (auth_token.empty() && !IsLoopbackAddress(address)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " \"", address, "\" is not loopback: an auth token is required (--auth-token)"));
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  const int code = static_cast<int>(status.code());
+  const grpc::StatusCode grpc_code =
+      code > 0 && code <= static_cast<int>(grpc::StatusCode::UNAUTHENTICATED)
+          ? static_cast<grpc::StatusCode>(code)
+          : grpc::StatusCode::UNKNOWN;
+  return grpc::Status(grpc_code, std::string(status.message()));
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view context) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      absl::StrCat(context, ": ", status.error_message()));
+}
+
+absl::Status CheckAuthToken(const grpc::CallbackServerContext& context,
+                            const std::string& auth_token) {
+  if (auth_token.empty()) return absl::OkStatus();
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError("missing `authorization` metadata (auth token)");
+  }
+  absl::string_view presented(it->second.data(), it->second.size());
+  absl::ConsumePrefix(&presented, "Bearer ");
+  if (!TokensEqual(presented, auth_token)) {
+    return absl::UnauthenticatedError("wrong auth token in `authorization` metadata");
+  }
+  return absl::OkStatus();
+}
+
+void AddAuthToken(grpc::ClientContext* context, const std::string& auth_token) {
+  if (!auth_token.empty()) context->AddMetadata("authorization", absl::StrCat("Bearer ", auth_token));
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
+    const std::string& address, const std::vector<grpc::Service*>& services, int* bound_port,
+    int max_receive_bytes) {
+  grpc::ServerBuilder builder;
+  *bound_port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), bound_port);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  builder.SetMaxReceiveMessageSize(max_receive_bytes);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || *bound_port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("could not listen on \"", address, "\" (address in use or invalid?)"));
+  }
+  return server;
+}
+
+}  // namespace lightrl

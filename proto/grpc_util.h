@@ -1,0 +1,57 @@
+// The gRPC plumbing every lightrl service and client shares: listen-address rules
+// (loopback unless a token is set), the shared-token check, the one mapping between
+// absl::Status and grpc::Status, and server start-up. Owns no service; torch-free.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace lightrl {
+
+// Largest request a server accepts. gRPC's 4 MiB default would refuse a few dozen
+// 80K-token responses; protobuf itself stops at 2 GiB.
+inline constexpr int kMaxRequestBytes = 1 << 30;
+
+// Splits "host:port" at the last ':' (so "[::1]:0" works); false without a port.
+bool SplitHostPort(const std::string& address, std::string* host, std::string* port);
+
+// True for 127.0.0.0/8, ::1 and localhost hosts of a "host:port" address.
+bool IsLoopbackAddress(const std::string& address);
+
+// "host:port" with a port in [0, 65535] (0 picks a free one), and a non-empty
+// `auth_token` unless the host is loopback. `what` names the flag or field in errors.
+absl::Status ValidateListenAddress(const std::string& address, const std::string& auth_token,
+                                   const std::string& what = "listen address");
+
+// The single mapping of absl::Status to grpc::Status (codes share google.rpc.Code), and
+// back, prefixing `context` ("rollout worker 127.0.0.1:5: Generate").
+grpc::Status ToGrpcStatus(const absl::Status& status);
+absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view context);
+
+// Checks the `authorization` metadata ("Bearer T" or "T") against `auth_token`; an empty
+// token accepts every call.
+absl::Status CheckAuthToken(const grpc::CallbackServerContext& context,
+                            const std::string& auth_token);
+// Adds `auth_token` to a client call when non-empty.
+void AddAuthToken(grpc::ClientContext* context, const std::string& auth_token);
+
+// Builds and starts a server for `services` (not owned; they must outlive the server) at
+// `address`, accepting requests up to `max_receive_bytes`; `*bound_port` receives the
+// port actually bound.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
+    const std::string& address, const std::vector<grpc::Service*>& services, int* bound_port,
+    int max_receive_bytes = kMaxRequestBytes);
+inline absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& address,
+                                                                     grpc::Service* service,
+                                                                     int* bound_port) {
+  return StartGrpcServer(address, std::vector<grpc::Service*>{service}, bound_port);
+}
+
+}  // namespace lightrl

@@ -1,0 +1,52 @@
+// Where the controller's prompt groups are generated: the in-process engine, or a fleet
+// of rollout worker processes reached over gRPC (spawned by the run, or started by a
+// cluster scheduler and registered with the run's coordinator). Owns the fleet's
+// processes and coordinator; torch-free and protobuf-free.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "inference_engine/engine.h"
+#include "policy/policy_model.h"
+#include "rl/run_config.h"
+
+namespace lightrl {
+
+struct GroupGeneration {
+  absl::Status status;
+  int64_t weight_version = -1;  // every sample of the group came from this version
+  std::vector<GeneratedSample> samples;
+};
+
+class RolloutSource {
+ public:
+  virtual ~RolloutSource() = default;
+  // Generates every request with weights at least `min_weight_version`; results in
+  // request order. A failed group carries its error.
+  virtual std::vector<GroupGeneration> Generate(const std::vector<GenerationRequest>& requests,
+                                                int64_t min_weight_version) = 0;
+  // Makes the policy's current weights, as `version`, the ones later groups use.
+  virtual absl::Status PublishWeights(int64_t version) = 0;
+  // Counters for the metrics ("fleet/groups_requeued", ...); empty for the engine.
+  virtual std::vector<std::pair<std::string, double>> Stats() const = 0;
+};
+
+using RolloutSourcePtr = std::unique_ptr<RolloutSource>;
+
+// Generates with `engine` (which reads the live policy, so publishing is free).
+RolloutSourcePtr MakeEngineRolloutSource(Engine* engine);
+
+// Starts the coordinator, spawns the worker processes in spawn mode, waits for
+// fleet.min_workers rollout workers and pushes them `policy`'s weights as `version`
+// (replacing whatever they hold: the run may have resumed from an older checkpoint).
+// Spawned workers log to run.output_dir/logs/ and stop with the returned source.
+absl::StatusOr<RolloutSourcePtr> StartFleetRolloutSource(const RunConfig& config,
+                                                         PolicyModel* policy, int64_t version);
+
+}  // namespace lightrl

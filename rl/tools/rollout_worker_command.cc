@@ -1,0 +1,108 @@
+// `lightrl rollout-worker`: serves lightrl.v1.RolloutService over the inference engine
+// until SIGINT/SIGTERM, registered with the controller's coordinator when one is given.
+// gRPC side only: this file includes no torch header.
+#include <signal.h>
+#include <unistd.h>
+
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "rl/tools/commands.h"
+#include "rl/tools/flags.h"
+#include "rollout/coordinator.h"
+#include "rollout/rollout_worker.h"
+#include "rollout/worker_registration.h"
+
+namespace lightrl {
+namespace {
+
+constexpr const char* kRolloutWorkerUsage =
+    "usage: lightrl rollout-worker [--listen HOST:PORT] [--coordinator HOST:PORT]\n"
+    "                              [--worker-id ID] [--model DIR] [--tokenizer FILE]\n"
+    "                              [--device cpu|cuda|cuda:N] [--dtype float32|bfloat16]\n"
+    "                              [--capacity N] [--max-num-seqs N] [--kv-cache-mb N]\n"
+    "                              [--auth-token T] [--advertise HOST:PORT]\n"
+    "  --listen       address to serve on (default 127.0.0.1:0; the bound one is printed as\n"
+    "                 \"listening on HOST:PORT\")\n"
+    "  --coordinator  the controller's coordinator: register there and heartbeat\n"
+    "  --worker-id    identity reported to the coordinator (default rollout-HOST-PID)\n"
+    "  --model        serve this checkpoint as weight version 0 at once; without it the\n"
+    "                 worker waits for the controller to push weights\n"
+    "  --tokenizer    tokenizer.json, needed for stop strings\n"
+    "  --capacity     prompt groups the controller may send at once (default 8)\n"
+    "  --advertise    address the controller should dial (default: the bound address)\n"
+    "  --auth-token   shared token for every call, served and sent; required for any\n"
+    "                 non-loopback address\n";
+
+absl::Status Run(const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(Flags flags,
+                   Flags::Parse(args, {"listen", "coordinator", "worker-id", "model", "tokenizer",
+                                       "device", "dtype", "capacity", "max-num-seqs",
+                                       "kv-cache-mb", "auth-token", "advertise"}));
+  RolloutWorkerOptions options;
+  options.listen_address = flags.Get("listen", options.listen_address);
+  options.auth_token = flags.Get("auth-token");
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  options.worker_id = flags.Get("worker-id", absl::StrCat("rollout-", host, "-", ::getpid()));
+  options.tokenizer_path = flags.Get("tokenizer");
+  options.policy.device = flags.Get("device", "cpu");
+  options.policy.dtype = flags.Get("dtype", "float32");
+  ASSIGN_OR_RETURN(int64_t capacity, flags.GetInt("capacity", 8));
+  if (capacity < 1) return absl::InvalidArgumentError(absl::StrCat("--capacity must be >= 1, got ", capacity));
+  ASSIGN_OR_RETURN(options.engine.max_num_seqs, flags.GetInt("max-num-seqs", options.engine.max_num_seqs));
+  ASSIGN_OR_RETURN(int64_t kv_mb, flags.GetInt("kv-cache-mb", options.engine.kv_cache_bytes >> 20));
+  options.engine.kv_cache_bytes = kv_mb << 20;
+
+  std::unique_ptr<PolicyModel> policy;
+  if (flags.Has("model")) {
+    ASSIGN_OR_RETURN(policy, PolicyModel::Load(flags.Get("model"), options.policy));
+  }
+
+  // Block the stop signals before gRPC starts its threads so they inherit the mask and
+  // only sigwait below receives them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  ASSIGN_OR_RETURN(std::unique_ptr<RolloutWorker> worker,
+                   RolloutWorker::Start(options, std::move(policy), 0));
+  std::cout << "listening on " << worker->address() << std::endl;
+
+  std::unique_ptr<WorkerRegistration> registration;
+  if (flags.Has("coordinator")) {
+    WorkerRegistrationOptions ropts;
+    ropts.coordinator_address = flags.Get("coordinator");
+    ropts.auth_token = options.auth_token;
+    ropts.worker.id = options.worker_id;
+    ropts.worker.role = kRolloutRole;
+    ropts.worker.address = flags.Get("advertise", worker->address());
+    ropts.worker.capacity = static_cast<int>(capacity);
+    ropts.worker.device = options.policy.device;
+    RolloutWorker* raw = worker.get();
+    ropts.weight_version = [raw] { return raw->stats().weight_version; };
+    ASSIGN_OR_RETURN(registration, WorkerRegistration::Start(ropts));
+  }
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  std::cerr << "lightrl rollout-worker: signal " << signal_number << ", shutting down\n";
+  if (registration) registration->Stop();
+  worker->Shutdown();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunRolloutWorkerCommand(const std::vector<std::string>& args) {
+  return RunSubcommand("rollout-worker", kRolloutWorkerUsage, args, Run);
+}
+
+}  // namespace lightrl

@@ -1,0 +1,423 @@
+#include "rollout/rollout_client.h"
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/status.h"
+#include "lightrl/v1/rollout.grpc.pb.h"
+#include "proto/grpc_util.h"
+#include "rollout/rollout_wire.h"
+
+namespace lightrl {
+
+struct RolloutClient::Stub {
+  std::unique_ptr<lightrl::v1::RolloutService::Stub> stub;
+};
+
+RolloutClient::RolloutClient(const RolloutClientOptions& options)
+    : options_(options), stub_(std::make_unique<Stub>()) {}
+RolloutClient::~RolloutClient() = default;
+
+absl::StatusOr<std::unique_ptr<RolloutClient>> RolloutClient::Create(
+    const RolloutClientOptions& options) {
+  std::string host, port;
+  if (!SplitHostPort(options.address, &host, &port)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rollout worker address must be host:port, got \"", options.address, "\""));
+  }
+  std::unique_ptr<RolloutClient> client(new RolloutClient(options));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxRequestBytes);
+  args.SetMaxSendMessageSize(kMaxRequestBytes);
+  client->stub_->stub = lightrl::v1::RolloutService::NewStub(
+      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args));
+  return client;
+}
+
+absl::StatusOr<GroupOutput> RolloutClient::Generate(const GenerationRequest& request,
+                                                    int64_t min_weight_version) {
+  lightrl::v1::GenerateRequest proto;
+  proto.set_group_id(request.id);
+  proto.mutable_prompt_tokens()->Add(request.prompt.begin(), request.prompt.end());
+  ToProto(request.params, proto.mutable_sampling());
+  proto.set_min_weight_version(min_weight_version);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + options_.generate_deadline));
+  AddAuthToken(&context, options_.auth_token);
+  auto reader = stub_->stub->Generate(&context, proto);
+  const std::string where = absl::StrCat("rollout worker ", options_.address, ": group ", request.id);
+  GroupOutput out;
+  out.group_id = request.id;
+  const size_t n = static_cast<size_t>(std::max<int64_t>(request.params.n, 1));
+  std::vector<std::optional<GeneratedSample>> samples(n);
+  lightrl::v1::GenerateResponse response;
+  absl::Status bad;
+  while (reader->Read(&response)) {
+    if (!bad.ok()) continue;
+    const int index = response.sample().index();
+    if (index < 0 || static_cast<size_t>(index) >= n || samples[index]) {
+      bad = absl::InternalError(absl::StrCat(where, ": bad or repeated sample index ", index));
+      continue;
+    }
+    if (out.weight_version >= 0 && response.weight_version() != out.weight_version) {
+      bad = absl::InternalError(absl::StrCat(where, ": samples of weight versions ",
+                                             out.weight_version, " and ", response.weight_version()));
+      continue;
+    }
+    out.weight_version = response.weight_version();
+    auto sample = FromProto(response.sample());
+    if (!sample.ok()) {
+      bad = absl::InternalError(absl::StrCat(where, ": ", sample.status().message()));
+      continue;
+    }
+    samples[index] = *std::move(sample);
+  }
+  RETURN_IF_ERROR(FromGrpcStatus(reader->Finish(), where));
+  RETURN_IF_ERROR(bad);
+  for (size_t i = 0; i < n; ++i) {
+    if (!samples[i]) {
+      return absl::InternalError(absl::StrCat(where, ": sample ", i, " of ", n, " is missing"));
+    }
+    out.samples.push_back(*std::move(samples[i]));
+  }
+  return out;
+}
+
+absl::Status RolloutClient::UpdateWeights(const WeightSet& weights) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_deadline));
+  AddAuthToken(&context, options_.auth_token);
+  lightrl::v1::UpdateWeightsResponse response;
+  auto writer = stub_->stub->UpdateWeights(&context, &response);
+  ForEachWeightChunk(weights, [&](const lightrl::v1::WeightChunk& chunk) {
+    return writer->Write(chunk);
+  });
+  writer->WritesDone();
+  return FromGrpcStatus(writer->Finish(), absl::StrCat("rollout worker ", options_.address,
+                                                       ": UpdateWeights to version ",
+                                                       weights.version));
+}
+
+absl::StatusOr<RolloutWorkerHealth> RolloutClient::Health() {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_deadline));
+  AddAuthToken(&context, options_.auth_token);
+  lightrl::v1::RolloutHealthRequest request;
+  lightrl::v1::RolloutHealthResponse response;
+  RETURN_IF_ERROR(FromGrpcStatus(stub_->stub->Health(&context, request, &response),
+                                 absl::StrCat("rollout worker ", options_.address, ": Health")));
+  RolloutWorkerHealth h;
+  h.serving = response.serving();
+  h.worker_id = response.worker_id();
+  h.weight_version = response.weight_version();
+  h.active_groups = response.active_groups();
+  h.queued_groups = response.queued_groups();
+  h.generated_tokens = response.generated_tokens();
+  h.device = response.device();
+  return h;
+}
+
+// --- the fleet ---
+
+absl::Status RolloutFleetOptions::Validate() const {
+  if (default_capacity < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("default_capacity must be >= 1, got ", default_capacity));
+  }
+  if (max_group_attempts < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_group_attempts must be >= 1, got ", max_group_attempts));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+struct WorkerState {
+  WorkerEndpoint endpoint;
+  std::unique_ptr<RolloutClient> client;
+  int in_flight = 0;
+  int64_t synced_version = -1;  // the published version it is known to serve
+  bool syncing = false;
+  bool failed = false;
+};
+
+// Codes that mean "this worker cannot serve now", not "this group is bad".
+bool IsWorkerFault(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kUnauthenticated:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+struct RolloutFleet::Impl {
+  RolloutFleetOptions options;
+  RolloutFleetHooks hooks;
+
+  mutable absl::Mutex mu;
+  std::map<std::string, std::shared_ptr<WorkerState>> workers ABSL_GUARDED_BY(mu);
+  std::shared_ptr<const WeightSet> weights ABSL_GUARDED_BY(mu);
+  RolloutFleetStats stats ABSL_GUARDED_BY(mu);
+  absl::Time last_refresh ABSL_GUARDED_BY(mu) = absl::InfinitePast();
+  uint64_t changes ABSL_GUARDED_BY(mu) = 0;  // bumped by every finished call
+  std::vector<std::thread> background ABSL_GUARDED_BY(mu);
+
+  ~Impl() {
+    std::vector<std::thread> threads;
+    {
+      absl::MutexLock lock(&mu);
+      threads.swap(background);
+    }
+    for (std::thread& t : threads) t.join();
+  }
+
+  int Capacity(const WorkerState& w) const {
+    return w.endpoint.capacity > 0 ? w.endpoint.capacity : options.default_capacity;
+  }
+
+  int64_t PublishedVersion() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return weights ? weights->version : -1;
+  }
+
+  bool Ready(const WorkerState& w) const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return !w.failed && w.synced_version >= PublishedVersion() && !w.syncing;
+  }
+
+  void MarkFailed(const std::shared_ptr<WorkerState>& w, const absl::Status& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (w->failed) return;
+    w->failed = true;
+    ++stats.worker_failures;
+    std::fprintf(stderr, "lightrl: rollout worker %s (%s) failed: %s\n",
+                 w->endpoint.worker_id.c_str(), w->endpoint.address.c_str(),
+                 std::string(why.message()).c_str());
+    if (hooks.on_worker_failed) hooks.on_worker_failed(w->endpoint.worker_id);
+  }
+
+  // Re-reads the live workers: new ones (and failed ones that registered again) start
+  // fresh and must sync before they get work; those no longer listed are dropped.
+  void Refresh(bool force) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (!force && absl::Now() - last_refresh < options.refresh_interval) return;
+    last_refresh = absl::Now();
+    if (!hooks.list_workers) return;
+    std::vector<WorkerEndpoint> live = hooks.list_workers();
+    std::map<std::string, std::shared_ptr<WorkerState>> next;
+    for (const WorkerEndpoint& e : live) {
+      auto it = workers.find(e.worker_id);
+      if (it != workers.end() && !it->second->failed && it->second->endpoint.address == e.address) {
+        next[e.worker_id] = it->second;
+        continue;
+      }
+      RolloutClientOptions copts;
+      copts.address = e.address;
+      copts.auth_token = options.auth_token;
+      copts.generate_deadline = options.generate_deadline;
+      copts.rpc_deadline = options.rpc_deadline;
+      auto client = RolloutClient::Create(copts);
+      if (!client.ok()) continue;
+      auto w = std::make_shared<WorkerState>();
+      w->endpoint = e;
+      w->client = *std::move(client);
+      next[e.worker_id] = std::move(w);
+    }
+    workers.swap(next);
+  }
+
+  // Brings a worker to the published weights on a background thread.
+  void StartSync(const std::shared_ptr<WorkerState>& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    w->syncing = true;
+    std::shared_ptr<const WeightSet> set = weights;
+    background.emplace_back([this, w, set] {
+      absl::Status status = absl::OkStatus();
+      auto health = w->client->Health();
+      if (!health.ok()) {
+        status = health.status();
+      } else if (set && health->weight_version != set->version) {
+        status = w->client->UpdateWeights(*set);
+      }
+      absl::MutexLock lock(&mu);
+      w->syncing = false;
+      if (status.ok()) {
+        w->synced_version = set ? set->version : -1;
+        if (set) ++stats.weight_pushes;
+      } else {
+        MarkFailed(w, status);
+      }
+      ++changes;
+    });
+  }
+};
+
+RolloutFleet::RolloutFleet(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RolloutFleet::~RolloutFleet() = default;
+
+absl::StatusOr<std::unique_ptr<RolloutFleet>> RolloutFleet::Create(
+    const RolloutFleetOptions& options, RolloutFleetHooks hooks) {
+  RETURN_IF_ERROR(options.Validate());
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->hooks = std::move(hooks);
+  return std::unique_ptr<RolloutFleet>(new RolloutFleet(std::move(impl)));
+}
+
+absl::Status RolloutFleet::PublishWeights(WeightSet weights) {
+  Impl& s = *impl_;
+  auto set = std::make_shared<const WeightSet>(std::move(weights));
+  std::vector<std::shared_ptr<WorkerState>> targets;
+  {
+    absl::MutexLock lock(&s.mu);
+    s.weights = set;
+    s.Refresh(/*force=*/true);
+    for (auto& [id, w] : s.workers) {
+      if (!w->failed && !w->syncing) {
+        w->syncing = true;
+        targets.push_back(w);
+      }
+    }
+  }
+  std::vector<absl::Status> results(targets.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    threads.emplace_back([&, i] { results[i] = targets[i]->client->UpdateWeights(*set); });
+  }
+  for (std::thread& t : threads) t.join();
+  int ok = 0;
+  absl::Status last = absl::OkStatus();
+  absl::MutexLock lock(&s.mu);
+  for (size_t i = 0; i < targets.size(); ++i) {
+    targets[i]->syncing = false;
+    if (results[i].ok()) {
+      targets[i]->synced_version = set->version;
+      ++s.stats.weight_pushes;
+      ++ok;
+    } else {
+      last = results[i];
+      s.MarkFailed(targets[i], results[i]);
+    }
+  }
+  ++s.changes;
+  if (!targets.empty() && ok == 0) {
+    return absl::UnavailableError(absl::StrCat("no rollout worker took weight version ",
+                                               set->version, "; last error: ", last.message()));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<GroupOutcome> RolloutFleet::Generate(const std::vector<GenerationRequest>& requests,
+                                                 int64_t min_weight_version) {
+  Impl& s = *impl_;
+  std::vector<GroupOutcome> outcomes(requests.size());
+  std::deque<size_t> pending;
+  for (size_t i = 0; i < requests.size(); ++i) pending.push_back(i);
+  size_t remaining = requests.size();
+  std::vector<std::thread> calls;
+  absl::Time idle_since = absl::Now();
+
+  absl::MutexLock lock(&s.mu);
+  while (remaining > 0) {
+    s.Refresh(/*force=*/false);
+    bool any_live = false;
+    for (auto& [id, w] : s.workers) {
+      if (w->failed) continue;
+      any_live = true;
+      if (!s.Ready(*w)) {
+        if (!w->syncing) s.StartSync(w);
+        continue;
+      }
+      while (w->in_flight < s.Capacity(*w) && !pending.empty()) {
+        const size_t index = pending.front();
+        pending.pop_front();
+        ++w->in_flight;
+        ++outcomes[index].attempts;
+        std::shared_ptr<WorkerState> worker = w;
+        calls.emplace_back([&, worker, index] {
+          absl::StatusOr<GroupOutput> out =
+              worker->client->Generate(requests[index], min_weight_version);
+          absl::MutexLock call_lock(&s.mu);
+          --worker->in_flight;
+          ++s.changes;
+          if (out.ok()) {
+            outcomes[index].output = *std::move(out);
+            ++s.stats.groups_done;
+            --remaining;
+            return;
+          }
+          if (!IsWorkerFault(out.status().code())) {
+            outcomes[index].status = out.status();
+            --remaining;
+            return;
+          }
+          if (out.status().code() == absl::StatusCode::kFailedPrecondition ||
+              out.status().code() == absl::StatusCode::kResourceExhausted) {
+            worker->synced_version = -1;  // re-check its weights before more work
+          } else {
+            s.MarkFailed(worker, out.status());
+          }
+          if (outcomes[index].attempts < s.options.max_group_attempts) {
+            pending.push_back(index);
+            ++s.stats.groups_requeued;
+          } else {
+            outcomes[index].status = absl::Status(
+                out.status().code(),
+                absl::StrCat("group ", requests[index].id, " failed on ", outcomes[index].attempts,
+                             " workers; last: ", out.status().message()));
+            --remaining;
+          }
+        });
+      }
+    }
+    if (any_live) {
+      idle_since = absl::Now();
+    } else if (absl::Now() - idle_since > s.options.no_worker_timeout) {
+      for (size_t index : pending) {
+        outcomes[index].status = absl::UnavailableError(absl::StrCat(
+            "group ", requests[index].id, ": no live rollout worker for ",
+            absl::FormatDuration(s.options.no_worker_timeout)));
+        --remaining;
+      }
+      pending.clear();
+      if (remaining == 0) break;
+    }
+    std::pair<Impl*, uint64_t> seen(&s, s.changes);
+    s.mu.AwaitWithTimeout(absl::Condition(
+                              +[](std::pair<Impl*, uint64_t>* arg) {
+                                return arg->first->changes != arg->second;
+                              },
+                              &seen),
+                          s.options.refresh_interval);
+  }
+  s.mu.Unlock();
+  for (std::thread& t : calls) t.join();
+  s.mu.Lock();
+  return outcomes;
+}
+
+RolloutFleetStats RolloutFleet::stats() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->stats;
+}
+
+int64_t RolloutFleet::published_version() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->PublishedVersion();
+}
+
+}  // namespace lightrl

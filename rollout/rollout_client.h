@@ -1,0 +1,136 @@
+// The controller's side of the rollout protocol: a client for one rollout worker
+// (Generate, UpdateWeights, Health) and the fleet that spreads prompt groups over the
+// live workers, requeues the groups of a worker that fails, and keeps every worker on the
+// published weights. Torch-free and protobuf-free header.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "inference_engine/sampling_params.h"
+#include "rollout/weight_set.h"
+
+namespace lightrl {
+
+struct RolloutClientOptions {
+  // "host:port" of the worker.
+  std::string address;
+  // Sent as "authorization: Bearer <token>" when non-empty.
+  std::string auth_token;
+  // Bound on one Generate call (a group of 80K-token samples takes a while).
+  absl::Duration generate_deadline = absl::Hours(4);
+  // Bound on Health and UpdateWeights.
+  absl::Duration rpc_deadline = absl::Minutes(5);
+};
+
+// One group's samples, all from `weight_version`.
+struct GroupOutput {
+  std::string group_id;
+  int64_t weight_version = -1;
+  std::vector<GeneratedSample> samples;  // in sample-index order
+};
+
+struct RolloutWorkerHealth {
+  bool serving = false;
+  std::string worker_id;
+  int64_t weight_version = -1;
+  int64_t active_groups = 0, queued_groups = 0, generated_tokens = 0;
+  std::string device;
+};
+
+class RolloutClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<RolloutClient>> Create(const RolloutClientOptions& options);
+  ~RolloutClient();
+
+  // Generates `request.params.n` samples of `request.prompt`; errors carry the worker's
+  // status code and name its address. A reply that is not exactly n well-formed samples
+  // of one version is INTERNAL. Thread-safe.
+  absl::StatusOr<GroupOutput> Generate(const GenerationRequest& request, int64_t min_weight_version);
+  // Streams `weights` to the worker; returns once it serves them.
+  absl::Status UpdateWeights(const WeightSet& weights);
+  absl::StatusOr<RolloutWorkerHealth> Health();
+
+  const std::string& address() const { return options_.address; }
+
+ private:
+  struct Stub;
+  explicit RolloutClient(const RolloutClientOptions& options);
+  RolloutClientOptions options_;
+  std::unique_ptr<Stub> stub_;
+};
+
+struct WorkerEndpoint {
+  std::string worker_id;
+  std::string address;
+  int capacity = 0;  // groups in flight at once; 0 = the fleet's default
+};
+
+struct RolloutFleetOptions {
+  std::string auth_token;
+  // Groups in flight per worker when it does not say.
+  int default_capacity = 8;
+  // Workers a group may be tried on before it is reported failed.
+  int max_group_attempts = 3;
+  // How long Generate waits with no live worker before failing what is left.
+  absl::Duration no_worker_timeout = absl::Minutes(5);
+  // How often the worker list is re-read.
+  absl::Duration refresh_interval = absl::Milliseconds(200);
+  absl::Duration generate_deadline = absl::Hours(4);
+  absl::Duration rpc_deadline = absl::Minutes(5);
+
+  absl::Status Validate() const;
+};
+
+// Where the fleet learns who is alive (the coordinator), and where it reports a worker
+// it saw fail (so the coordinator stops listing it until it registers again).
+struct RolloutFleetHooks {
+  std::function<std::vector<WorkerEndpoint>()> list_workers;
+  std::function<void(const std::string& worker_id)> on_worker_failed;
+};
+
+struct GroupOutcome {
+  absl::Status status;  // OK, or why the group failed after its attempts
+  GroupOutput output;
+  int attempts = 0;
+};
+
+struct RolloutFleetStats {
+  int64_t groups_done = 0, groups_requeued = 0, worker_failures = 0, weight_pushes = 0;
+};
+
+class RolloutFleet {
+ public:
+  static absl::StatusOr<std::unique_ptr<RolloutFleet>> Create(const RolloutFleetOptions& options,
+                                                             RolloutFleetHooks hooks);
+  ~RolloutFleet();
+
+  // Makes `weights` the version every worker must serve: pushes them to the live workers
+  // now (a worker that fails the push is reported failed) and to any worker that joins
+  // later, before it gets work. Fails only when no worker took them.
+  absl::Status PublishWeights(WeightSet weights);
+
+  // Generates every request on the live workers, at most their capacity each. A group
+  // whose worker fails (process gone, connection lost, stale weights) goes back to the
+  // queue and runs on another worker, up to max_group_attempts; a group the worker
+  // rejects as bad input fails alone. Outcomes are in request order.
+  std::vector<GroupOutcome> Generate(const std::vector<GenerationRequest>& requests,
+                                     int64_t min_weight_version);
+
+  RolloutFleetStats stats() const;
+  int64_t published_version() const;
+
+  struct Impl;
+
+ private:
+  explicit RolloutFleet(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lightrl

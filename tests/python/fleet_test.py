@@ -1,0 +1,234 @@
+"""The rollout fleet with real processes on loopback:
+
+  kill_worker   `lightrl run` in spawn mode with 3 rollout workers; one is frozen while
+                groups are in flight on it, then killed with SIGKILL. Its groups are
+                requeued on the others, the run finishes, every prompt of the epoch is
+                trained exactly once, and every group carries the weight version of its
+                step (the fleet is on-policy: no group mixes versions).
+  restart       cluster mode: 2 workers started by hand register with the controller's
+                coordinator; the controller is killed with SIGKILL mid-run and resumed
+                from its checkpoint; the same worker processes serve the resumed run.
+
+Run: LIGHTRL_BIN=build/rl/lightrl .venv/bin/python tests/python/fleet_test.py [CASE ...]
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+BIN = os.path.abspath(os.environ.get("LIGHTRL_BIN", "build/rl/lightrl"))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TOKENIZER = os.path.join(ROOT, "examples", "toy", "tokenizer.json")
+MODEL = os.path.join(ROOT, "configs", "models", "toy-arithmetic.json")
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+TIMEOUT_S = 240
+
+
+def write_yaml(path, config):
+    # JSON is YAML: the loader reads it as flow mappings.
+    with open(path, "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def make_data(task_dir, n):
+    path = os.path.join(task_dir, "train.jsonl")
+    with open(path, "w") as f:
+        for i in range(n):
+            a, b = (i * 7) % 50, (i * 13) % 40
+            f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+    return path
+
+
+def base_config(task_dir, out, steps, prompts_per_step, fleet):
+    return {
+        "run": {"output_dir": out, "seed": 5, "steps": steps},
+        "model": {"init_config": MODEL, "init_seed": 2, "tokenizer": TOKENIZER},
+        "data": {"train": make_data(task_dir, steps * prompts_per_step), "shuffle": True},
+        "rollout": {"group_size": 4, "prompts_per_step": prompts_per_step,
+                    "max_new_tokens": 24, "early_stop_window": 0},
+        "algorithm": {"dynamic_sampling": False},
+        "optimizer": {"lr": 0.001},
+        "checkpoint": {"every": 1, "keep": 2},
+        "logging": {"tensorboard": False, "progress": False},
+        "fleet": fleet,
+    }
+
+
+def metrics(out):
+    try:
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def child_pids(parent, needle):
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and needle in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def exported_groups(out, tmp):
+    path = os.path.join(tmp, "groups.jsonl")
+    proc = subprocess.run([BIN, "rollouts", "export", "--rollouts", os.path.join(out, "rollouts"),
+                           "--output", path], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def case_kill_worker(tmp):
+    out = os.path.join(tmp, "run")
+    steps, pps = 8, 6
+    config = base_config(tmp, out, steps, pps,
+                         {"mode": "spawn", "rollout_workers": 3, "worker_capacity": 2})
+    write_yaml(os.path.join(tmp, "run.yaml"), config)
+    log = open(os.path.join(tmp, "controller.log"), "w")
+    controller = subprocess.Popen([BIN, "run", "--config", os.path.join(tmp, "run.yaml")],
+                                  stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    try:
+        wait_for(lambda: len(metrics(out)) >= 2, TIMEOUT_S, "two RL steps")
+        victims = child_pids(controller.pid, "rollout-local-1")
+        assert len(victims) == 1, f"expected one worker rollout-local-1, got {victims}"
+        # Frozen, the worker still holds its connections: the next step sends it groups
+        # that cannot finish. Killing it then loses them mid-generation.
+        os.kill(victims[0], signal.SIGSTOP)
+        seen = len(metrics(out))
+        time.sleep(1.5)
+        os.kill(victims[0], signal.SIGKILL)
+        controller.wait(timeout=TIMEOUT_S)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+        log.close()
+    text = open(os.path.join(tmp, "controller.log")).read()
+    assert controller.returncode == 0, f"run failed after the worker died:\n{text[-3000:]}"
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, steps + 1)), [r["step"] for r in rows]
+    assert rows[-1]["fleet/groups_requeued"] >= 1, \
+        f"no group was requeued (killed after step {seen}):\n{text[-2000:]}"
+    assert rows[-1]["fleet/worker_failures"] >= 1
+    assert "rollout-local-1" in text and "failed" in text, text[-2000:]
+    groups = exported_groups(out, tmp)
+    prompts = [g["prompt_text"] for g in groups]
+    with open(config["data"]["train"]) as f:
+        dataset = [json.loads(line)["prompt"] for line in f]
+    assert sorted(prompts) == sorted(dataset), "each prompt of the epoch must be trained exactly once"
+    for g in groups:
+        assert g["policy_version"] == g["step"], (g["group_id"], g["step"], g["policy_version"])
+        assert len(g["samples"]) == 4
+    # The survivors did all the work after the kill; none was left running.
+    wait_for(lambda: not child_pids(controller.pid, "rollout-worker"), 15, "workers to exit")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def case_restart(tmp):
+    out = os.path.join(tmp, "run")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    steps, pps = 8, 4
+    config = base_config(tmp, out, steps, pps,
+                         {"mode": "cluster", "coordinator_address": address, "min_workers": 2,
+                          "worker_wait_s": 60})
+    write_yaml(os.path.join(tmp, "run.yaml"), config)
+    workers, logs = [], []
+    for k in range(2):
+        logs.append(open(os.path.join(tmp, f"worker{k}.log"), "w"))
+        workers.append(subprocess.Popen(
+            [BIN, "rollout-worker", "--coordinator", address, "--worker-id", f"w{k}",
+             "--tokenizer", TOKENIZER, "--capacity", "2"],
+            stdout=logs[-1], stderr=subprocess.STDOUT, env=ENV))
+    try:
+        clog = open(os.path.join(tmp, "controller1.log"), "w")
+        first = subprocess.Popen([BIN, "run", "--config", os.path.join(tmp, "run.yaml")],
+                                 stdout=clog, stderr=subprocess.STDOUT, env=ENV)
+        wait_for(lambda: len(metrics(out)) >= 3, TIMEOUT_S, "three RL steps")
+        first.kill()
+        first.wait()
+        clog.close()
+        killed_at = len(metrics(out))
+        assert killed_at < steps, "the run ended before it could be killed"
+        clog = open(os.path.join(tmp, "controller2.log"), "w")
+        second = subprocess.run([BIN, "run", "--config", os.path.join(tmp, "run.yaml"), "--resume"],
+                                stdout=clog, stderr=subprocess.STDOUT, env=ENV, timeout=TIMEOUT_S)
+        clog.close()
+        text = open(os.path.join(tmp, "controller2.log")).read()
+        assert second.returncode == 0, f"resumed run failed:\n{text[-3000:]}"
+        assert "resumed from" in text, text[-2000:]
+        for k, w in enumerate(workers):
+            assert w.poll() is None, f"worker w{k} died with the controller"
+        rows = metrics(out)
+        assert rows[-1]["step"] == steps, rows[-1]
+        assert rows[-1]["fleet/workers"] == 2, rows[-1]
+        for k in range(2):
+            wlog = open(os.path.join(tmp, f"worker{k}.log")).read()
+            # Registered with both controllers, and served the resumed run's versions.
+            assert wlog.count("registered with coordinator") >= 2, wlog[-2000:]
+            assert f"serving weight version {steps}" in wlog, wlog[-2000:]
+        groups = exported_groups(out, tmp)
+        assert {g["step"] for g in groups} == set(range(steps))
+        for g in groups:
+            assert g["policy_version"] == g["step"], (g["group_id"], g["policy_version"])
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        for f in logs:
+            f.close()
+
+
+CASES = {"kill_worker": case_kill_worker, "restart": case_restart}
+
+
+def main(argv):
+    names = argv or list(CASES)
+    failed = 0
+    for name in names:
+        tmp = tempfile.mkdtemp(prefix=f"lightrl-fleet-{name}-")
+        start = time.time()
+        try:
+            CASES[name](tmp)
+            print(f"PASS {name} ({time.time() - start:.1f} s)")
+        except Exception:
+            failed += 1
+            print(f"FAIL {name} ({time.time() - start:.1f} s), files in {tmp}")
+            traceback.print_exc()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

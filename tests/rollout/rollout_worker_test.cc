@@ -1,0 +1,367 @@
+// The rollout worker and fleet over real gRPC on loopback: weights pushed in chunks,
+// generation equal to the in-process engine's, bad wire input refused while the worker
+// keeps serving, and groups of a dead worker requeued on the live ones.
+#include "rollout/rollout_worker.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <set>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/synchronization/mutex.h"
+#include "lightrl/v1/rollout.grpc.pb.h"
+#include "rollout/rollout_client.h"
+
+namespace lightrl {
+namespace {
+
+ModelConfig TinyConfig() {
+  ModelConfig c;
+  c.vocab_size = 61;
+  c.hidden_size = 32;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.rotary_dim = 4;
+  c.num_local_experts = 3;
+  c.num_experts_per_tok = 2;
+  c.block_size = 4;
+  c.max_position_embeddings = 256;
+  c.layer_kinds = {LayerKind::kLightning, LayerKind::kSoftmax};
+  return c;
+}
+
+WeightSet Export(const PolicyModel& policy, int64_t version, DType dtype = DType::kF32) {
+  WeightSet set;
+  set.version = version;
+  set.dtype = dtype;
+  set.model_config_json = policy.config().ToJson().Dump();
+  auto tensors = policy.ExportWeights(dtype);
+  EXPECT_TRUE(tensors.ok()) << tensors.status();
+  set.tensors = *std::move(tensors);
+  return set;
+}
+
+std::vector<GenerationRequest> RandomRequests(std::mt19937& rng, int count) {
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < count; ++i) {
+    GenerationRequest r;
+    r.id = "g" + std::to_string(i);
+    const int len = 1 + static_cast<int>(rng() % 9);
+    for (int t = 0; t < len; ++t) r.prompt.push_back(static_cast<int32_t>(rng() % 61));
+    r.params.temperature = i % 2 == 0 ? 0.0 : 1.0;
+    r.params.n = 1 + static_cast<int>(rng() % 3);
+    r.params.max_new_tokens = 3 + static_cast<int>(rng() % 6);
+    r.params.seed = rng();
+    reqs.push_back(std::move(r));
+  }
+  return reqs;
+}
+
+std::unique_ptr<RolloutClient> Connect(const std::string& address) {
+  RolloutClientOptions o;
+  o.address = address;
+  o.rpc_deadline = absl::Seconds(30);
+  o.generate_deadline = absl::Seconds(60);
+  auto c = RolloutClient::Create(o);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *std::move(c);
+}
+
+TEST(RolloutWorkerTest, ServesPushedWeightsExactlyLikeTheInProcessEngine) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  RolloutWorkerOptions wopts;
+  wopts.worker_id = "w0";
+  auto worker = RolloutWorker::Start(wopts);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto client = Connect((*worker)->address());
+
+  auto requests = RandomRequests(rng, 6);
+  // No weights yet: refused, not crashed.
+  auto early = client->Generate(requests[0], 0);
+  EXPECT_EQ(early.status().code(), absl::StatusCode::kFailedPrecondition) << early.status();
+  auto health = client->Health();
+  ASSERT_TRUE(health.ok());
+  EXPECT_FALSE(health->serving);
+
+  ASSERT_TRUE(client->UpdateWeights(Export(**policy, 3)).ok());
+  health = client->Health();
+  ASSERT_TRUE(health.ok());
+  EXPECT_TRUE(health->serving);
+  EXPECT_EQ(health->weight_version, 3);
+  EXPECT_EQ(health->worker_id, "w0");
+
+  auto engine = Engine::Create(policy->get(), EngineOptions{});
+  ASSERT_TRUE(engine.ok());
+  auto local = (*engine)->Generate(requests);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto remote = client->Generate(requests[i], 3);
+    ASSERT_TRUE(remote.ok()) << remote.status();
+    EXPECT_EQ(remote->weight_version, 3);
+    ASSERT_TRUE(local[i].status.ok());
+    ASSERT_EQ(remote->samples.size(), local[i].samples.size());
+    for (size_t k = 0; k < remote->samples.size(); ++k) {
+      EXPECT_EQ(remote->samples[k].tokens, local[i].samples[k].tokens) << "group " << i;
+      ASSERT_EQ(remote->samples[k].logprobs.size(), local[i].samples[k].logprobs.size());
+      for (size_t t = 0; t < remote->samples[k].logprobs.size(); ++t) {
+        EXPECT_NEAR(remote->samples[k].logprobs[t], local[i].samples[k].logprobs[t], 1e-4);
+      }
+      EXPECT_EQ(remote->samples[k].finish_reason, local[i].samples[k].finish_reason);
+    }
+  }
+
+  // A stale version is refused and changes nothing; a newer bf16 one is taken.
+  auto stale = client->UpdateWeights(Export(**policy, 3));
+  EXPECT_EQ(stale.code(), absl::StatusCode::kFailedPrecondition) << stale;
+  ASSERT_TRUE(client->UpdateWeights(Export(**policy, 4, DType::kBF16)).ok());
+  EXPECT_EQ((*worker)->stats().weight_version, 4);
+  auto after = client->Generate(requests[1], 4);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->weight_version, 4);
+  // A resumed controller may go back to an older version, but only when it says so.
+  WeightSet older = Export(**policy, 2);
+  older.replace_newer = true;
+  ASSERT_TRUE(client->UpdateWeights(older).ok());
+  EXPECT_EQ((*worker)->stats().weight_version, 2);
+}
+
+grpc::Status RawGenerate(lightrl::v1::RolloutService::Stub& stub,
+                         const lightrl::v1::GenerateRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto reader = stub.Generate(&context, request);
+  lightrl::v1::GenerateResponse response;
+  while (reader->Read(&response)) {
+  }
+  return reader->Finish();
+}
+
+grpc::Status RawUpdate(lightrl::v1::RolloutService::Stub& stub,
+                       const std::vector<lightrl::v1::WeightChunk>& chunks) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  lightrl::v1::UpdateWeightsResponse response;
+  auto writer = stub.UpdateWeights(&context, &response);
+  for (const auto& c : chunks) {
+    if (!writer->Write(c)) break;
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+TEST(RolloutWorkerTest, BadWireInputIsRefusedWithAReasonAndTheWorkerKeepsServing) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok());
+  auto worker = RolloutWorker::Start(RolloutWorkerOptions{}, std::move(*policy), 1);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto channel = grpc::CreateChannel((*worker)->address(), grpc::InsecureChannelCredentials());
+  auto stub = lightrl::v1::RolloutService::NewStub(channel);
+
+  auto good = [] {
+    lightrl::v1::GenerateRequest r;
+    r.set_group_id("g");
+    r.add_prompt_tokens(5);
+    r.add_prompt_tokens(7);
+    r.mutable_sampling()->set_max_new_tokens(3);
+    r.mutable_sampling()->set_n(2);
+    r.mutable_sampling()->set_temperature(1.0);
+    return r;
+  };
+  struct Case {
+    const char* what;
+    std::function<void(lightrl::v1::GenerateRequest&)> mutate;
+    grpc::StatusCode code;
+    const char* mentions;
+  };
+  const std::vector<Case> cases = {
+      {"token out of range", [](auto& r) { r.add_prompt_tokens(61); }, grpc::INVALID_ARGUMENT, "61"},
+      {"negative token", [](auto& r) { r.set_prompt_tokens(0, -1); }, grpc::INVALID_ARGUMENT, "-1"},
+      {"empty prompt", [](auto& r) { r.clear_prompt_tokens(); }, grpc::INVALID_ARGUMENT, "empty prompt"},
+      {"NaN temperature",
+       [](auto& r) { r.mutable_sampling()->set_temperature(std::nan("")); },
+       grpc::INVALID_ARGUMENT, "temperature"},
+      {"top_p > 1", [](auto& r) { r.mutable_sampling()->set_top_p(1.5); }, grpc::INVALID_ARGUMENT, "top_p"},
+      {"n = 0", [](auto& r) { r.mutable_sampling()->set_n(0); }, grpc::INVALID_ARGUMENT, "n"},
+      {"future weights", [](auto& r) { r.set_min_weight_version(9); }, grpc::FAILED_PRECONDITION,
+       "min_weight_version 9"},
+      {"stop strings without a tokenizer",
+       [](auto& r) { r.mutable_sampling()->add_stop_strings("x"); }, grpc::INVALID_ARGUMENT,
+       "tokenizer"},
+  };
+  for (const Case& c : cases) {
+    auto r = good();
+    c.mutate(r);
+    grpc::Status s = RawGenerate(*stub, r);
+    EXPECT_EQ(s.error_code(), c.code) << c.what << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find(c.mentions), std::string::npos) << c.what << ": " << s.error_message();
+  }
+
+  // Weight streams that are malformed, inconsistent, corrupted or stale.
+  auto fresh = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(fresh.ok());
+  WeightSet set = Export(**fresh, 2);
+  auto stream = [&](const WeightSet& w) {
+    std::vector<lightrl::v1::WeightChunk> out;
+    lightrl::v1::WeightChunk header;
+    auto* h = header.mutable_header();
+    h->set_version(w.version);
+    h->set_dtype("F32");
+    h->set_model_config_json(w.model_config_json);
+    for (const auto& t : w.tensors) {
+      auto* info = h->add_tensors();
+      info->set_name(t.name);
+      for (int64_t d : t.shape) info->add_shape(d);
+    }
+    out.push_back(header);
+    for (size_t i = 0; i < w.tensors.size(); ++i) {
+      lightrl::v1::WeightChunk c;
+      c.set_tensor_index(static_cast<int32_t>(i));
+      c.set_data(w.tensors[i].data);
+      out.push_back(c);
+    }
+    return out;
+  };
+  {
+    auto s = stream(set);  // no CRC set: the check at the end catches it
+    grpc::Status st = RawUpdate(*stub, s);
+    EXPECT_EQ(st.error_code(), grpc::DATA_LOSS) << st.error_message();
+  }
+  {
+    auto s = stream(set);
+    std::swap(s[0], s[1]);
+    grpc::Status st = RawUpdate(*stub, s);
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find("before the header"), std::string::npos) << st.error_message();
+  }
+  {
+    auto s = stream(set);
+    s[1].set_tensor_index(100000);
+    grpc::Status st = RawUpdate(*stub, s);
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << st.error_message();
+  }
+  {
+    auto s = stream(set);
+    s[1].set_offset(8);
+    grpc::Status st = RawUpdate(*stub, s);
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << st.error_message();
+  }
+  {
+    auto s = stream(set);
+    s[0].mutable_header()->set_dtype("I64");
+    grpc::Status st = RawUpdate(*stub, s);
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << st.error_message();
+  }
+  {
+    // Consistent stream of a model with an extra tensor: rejected by name at install.
+    WeightSet extra = set;
+    extra.tensors.push_back({"model.layers.9.mlp.weight", {2}, std::string(8, '\0')});
+    auto client = Connect((*worker)->address());
+    absl::Status st = client->UpdateWeights(extra);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_NE(st.message().find("model.layers.9.mlp.weight"), std::string::npos) << st;
+    WeightSet other_model = set;
+    ModelConfig c = TinyConfig();
+    c.hidden_size = 16;
+    other_model.model_config_json = c.ToJson().Dump();
+    st = client->UpdateWeights(other_model);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    WeightSet stale = set;
+    stale.version = 1;
+    st = client->UpdateWeights(stale);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    // After all of that the worker still serves version 1, and then takes version 2.
+    EXPECT_EQ((*worker)->stats().weight_version, 1);
+    ASSERT_TRUE(RawGenerate(*stub, good()).ok());
+    ASSERT_TRUE(client->UpdateWeights(set).ok());
+    EXPECT_EQ((*worker)->stats().weight_version, 2);
+    ASSERT_TRUE(RawGenerate(*stub, good()).ok());
+  }
+}
+
+TEST(RolloutFleetTest, GroupsOfADeadWorkerRunOnTheLiveOnesAndEveryoneGetsTheWeights) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok());
+  std::vector<std::unique_ptr<RolloutWorker>> workers;
+  for (int i = 0; i < 2; ++i) {
+    RolloutWorkerOptions o;
+    o.worker_id = "w" + std::to_string(i);
+    auto w = RolloutWorker::Start(o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers.push_back(*std::move(w));
+  }
+  // A third worker that has gone: its port is closed.
+  std::string dead_address;
+  {
+    RolloutWorkerOptions o;
+    auto w = RolloutWorker::Start(o);
+    ASSERT_TRUE(w.ok());
+    dead_address = (*w)->address();
+  }
+  absl::Mutex mu;
+  std::set<std::string> reported;
+  RolloutFleetHooks hooks;
+  hooks.list_workers = [&] {
+    absl::MutexLock lock(&mu);
+    std::vector<WorkerEndpoint> live;
+    for (size_t i = 0; i < workers.size(); ++i) live.push_back({"w" + std::to_string(i), workers[i]->address(), 2});
+    if (!reported.count("dead")) live.push_back({"dead", dead_address, 2});
+    return live;
+  };
+  hooks.on_worker_failed = [&](const std::string& id) {
+    absl::MutexLock lock(&mu);
+    reported.insert(id);
+  };
+  RolloutFleetOptions fopts;
+  fopts.rpc_deadline = absl::Seconds(20);
+  fopts.generate_deadline = absl::Seconds(60);
+  auto fleet = RolloutFleet::Create(fopts, hooks);
+  ASSERT_TRUE(fleet.ok());
+  ASSERT_TRUE((*fleet)->PublishWeights(Export(**policy, 5)).ok());
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(reported.count("dead"));
+  }
+  for (auto& w : workers) EXPECT_EQ(w->stats().weight_version, 5);
+
+  auto requests = RandomRequests(rng, 12);
+  auto outcomes = (*fleet)->Generate(requests, 5);
+  ASSERT_EQ(outcomes.size(), requests.size());
+  auto engine = Engine::Create(policy->get(), EngineOptions{});
+  ASSERT_TRUE(engine.ok());
+  auto local = (*engine)->Generate(requests);
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << outcomes[i].status;
+    EXPECT_EQ(outcomes[i].output.group_id, requests[i].id);
+    EXPECT_EQ(outcomes[i].output.weight_version, 5);
+    ASSERT_EQ(outcomes[i].output.samples.size(), local[i].samples.size());
+    for (size_t k = 0; k < local[i].samples.size(); ++k) {
+      EXPECT_EQ(outcomes[i].output.samples[k].tokens, local[i].samples[k].tokens);
+    }
+  }
+  int64_t generated = 0;
+  for (auto& w : workers) generated += w->stats().generated_tokens;
+  EXPECT_GT(generated, 0);
+
+  // One worker goes away between steps: the next step runs on the other.
+  workers[1]->Shutdown();
+  ASSERT_TRUE((*fleet)->PublishWeights(Export(**policy, 6)).ok());
+  outcomes = (*fleet)->Generate(RandomRequests(rng, 5), 6);
+  for (const auto& o : outcomes) {
+    ASSERT_TRUE(o.status.ok()) << o.status;
+    EXPECT_EQ(o.output.weight_version, 6);
+  }
+  EXPECT_GE((*fleet)->stats().worker_failures, 2);
+}
+
+}  // namespace
+}  // namespace lightrl
