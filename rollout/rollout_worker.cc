@@ -37,6 +37,9 @@ absl::Status RolloutWorkerOptions::Validate() const {
 
 namespace {
 
+// Batch windows the batcher may wait in a row while groups keep arriving.
+constexpr int kMaxBatchWaits = 10;
+
 using lightrl::v1::GenerateRequest;
 using lightrl::v1::GenerateResponse;
 
@@ -202,8 +205,15 @@ void RolloutWorker::Impl::RunBatcher() {
           this));
       if (stopping) return;
     }
-    // Let concurrent calls of the same step join this batch.
-    absl::SleepFor(options.batch_window);
+    // Let the concurrent calls of one step join this batch: keep waiting while groups
+    // still arrive, up to a bound so a steady trickle cannot hold the engine idle.
+    size_t queued = 0;
+    for (int waits = 0; waits < kMaxBatchWaits; ++waits) {
+      absl::SleepFor(options.batch_window);
+      absl::MutexLock lock(&mu);
+      if (queue.size() == queued) break;
+      queued = queue.size();
+    }
     std::vector<Job> jobs;
     {
       absl::MutexLock lock(&mu);

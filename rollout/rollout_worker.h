@@ -30,7 +30,8 @@ struct RolloutWorkerOptions {
   std::string tokenizer_path;
   // Groups waiting for the engine at most; more are RESOURCE_EXHAUSTED.
   int max_queued_groups = 4096;
-  // How long the batcher waits for more groups once one arrives.
+  // How long the batcher waits for more groups once one arrives; it waits again (up to
+  // 10 windows) while more keep coming.
   absl::Duration batch_window = absl::Milliseconds(2);
   // Largest weight update accepted (bytes of tensor data).
   int64_t max_weight_bytes = int64_t{1} << 40;
