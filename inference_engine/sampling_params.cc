@@ -43,4 +43,11 @@ const char* FinishReasonName(FinishReason reason) {
   return "?";
 }
 
+std::optional<FinishReason> ParseFinishReason(const std::string& name) {
+  for (FinishReason r : {FinishReason::kLength, FinishReason::kStop, FinishReason::kEarlyStop}) {
+    if (name == FinishReasonName(r)) return r;
+  }
+  return std::nullopt;
+}
+
 }  // namespace lightrl

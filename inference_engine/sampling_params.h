@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,8 @@ struct SamplingParams {
 
 enum class FinishReason { kLength, kStop, kEarlyStop };
 const char* FinishReasonName(FinishReason reason);  // "length", "stop", "early-stop"
+// The inverse of FinishReasonName; nullopt for any other name.
+std::optional<FinishReason> ParseFinishReason(const std::string& name);
 
 struct GeneratedSample {
   std::vector<int32_t> tokens;

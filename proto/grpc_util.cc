@@ -26,6 +26,12 @@ bool SplitHostPort(const std::string& address, std::string* host, std::string* p
   return true;
 }
 
+std::string BoundAddress(const std::string& listen_address, int bound_port) {
+  std::string host, port;
+  SplitHostPort(listen_address, &host, &port);
+  return absl::StrCat(host, ":", bound_port);
+}
+
 bool IsLoopbackAddress(const std::string& address) {
   std::string host, port;
   if (!SplitHostPort(address, &host, &port)) return false;
@@ -96,6 +102,9 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
     int max_receive_bytes) {
   grpc::ServerBuilder builder;
   *bound_port = 0;
+  // Without this a second process could bind the same port and silently take half of the
+  // calls (two controllers splitting the workers, two workers one address).
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), bound_port);
   for (grpc::Service* service : services) builder.RegisterService(service);
   builder.SetMaxReceiveMessageSize(max_receive_bytes);

@@ -22,6 +22,9 @@ inline constexpr int kMaxRequestBytes = 1 << 30;
 // Splits "host:port" at the last ':' (so "[::1]:0" works); false without a port.
 bool SplitHostPort(const std::string& address, std::string* host, std::string* port);
 
+// The listen address with its port replaced by `bound_port` ("127.0.0.1:0" -> ":41234").
+std::string BoundAddress(const std::string& listen_address, int bound_port);
+
 // True for 127.0.0.0/8, ::1 and localhost hosts of a "host:port" address.
 bool IsLoopbackAddress(const std::string& address);
 
@@ -44,7 +47,7 @@ void AddAuthToken(grpc::ClientContext* context, const std::string& auth_token);
 
 // Builds and starts a server for `services` (not owned; they must outlive the server) at
 // `address`, accepting requests up to `max_receive_bytes`; `*bound_port` receives the
-// port actually bound.
+// port actually bound. A port another server holds is an error (no port sharing).
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
     const std::string& address, const std::vector<grpc::Service*>& services, int* bound_port,
     int max_receive_bytes = kMaxRequestBytes);

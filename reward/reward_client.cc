@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "lightrl/v1/reward.grpc.pb.h"
+#include "proto/grpc_util.h"
 
 namespace lightrl {
 
@@ -23,10 +24,6 @@ namespace {
 
 bool IsRetryable(grpc::StatusCode code) {
   return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED;
-}
-
-absl::StatusCode ToAbslCode(grpc::StatusCode code) {
-  return static_cast<absl::StatusCode>(static_cast<int>(code));
 }
 
 }  // namespace
@@ -82,15 +79,12 @@ absl::Status CallWithRetries(const RewardClientOptions& options, const char* met
   for (int attempt = 1; attempt <= options.max_attempts; ++attempt) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options.deadline));
-    if (!options.auth_token.empty()) {
-      context.AddMetadata("authorization", absl::StrCat("Bearer ", options.auth_token));
-    }
+    AddAuthToken(&context, options.auth_token);
     last = call(&context);
     if (last.ok()) return absl::OkStatus();
     if (!IsRetryable(last.error_code())) {
-      return absl::Status(ToAbslCode(last.error_code()),
-                          absl::StrCat("reward server ", options.address, ": ", method,
-                                       " failed: ", last.error_message()));
+      return FromGrpcStatus(last, absl::StrCat("reward server ", options.address, ": ", method,
+                                               " failed"));
     }
     if (attempt < options.max_attempts) {
       absl::SleepFor(backoff);
@@ -98,7 +92,7 @@ absl::Status CallWithRetries(const RewardClientOptions& options, const char* met
     }
   }
   return absl::Status(
-      ToAbslCode(last.error_code()),
+      static_cast<absl::StatusCode>(last.error_code()),
       absl::StrCat("reward server ", options.address, ": ", method, " failed after ",
                    options.max_attempts, " attempt(s) (deadline ",
                    absl::FormatDuration(options.deadline), " each); last status ",

@@ -161,9 +161,7 @@ absl::StatusOr<std::unique_ptr<RewardServer>> RewardServer::Start(
       StartGrpcServer(options.listen_address, server->service_.get(), &server->port_);
   if (!grpc_server.ok()) return grpc_server.status();
   server->server_ = *std::move(grpc_server);
-  std::string host, port;
-  SplitHostPort(options.listen_address, &host, &port);
-  server->address_ = absl::StrCat(host, ":", server->port_);
+  server->address_ = BoundAddress(options.listen_address, server->port_);
   return server;
 }
 

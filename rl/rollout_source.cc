@@ -94,7 +94,7 @@ class FleetRolloutSource final : public RolloutSource {
     if (coordinator_) coordinator_->Shutdown();
   }
 
-  absl::Status Start(int64_t version) {
+  absl::Status Start() {
     const FleetSection& f = config_.fleet;
     std::string token;
     if (!f.auth_token_file.empty()) {
@@ -163,8 +163,7 @@ class FleetRolloutSource final : public RolloutSource {
     };
     hooks.on_worker_failed = [c](const std::string& id) { c->MarkDead(id); };
     ASSIGN_OR_RETURN(fleet_, RolloutFleet::Create(fopts, std::move(hooks)));
-    first_publish_ = true;
-    return PublishWeights(version);
+    return absl::OkStatus();
   }
 
   std::vector<GroupGeneration> Generate(const std::vector<GenerationRequest>& requests,
@@ -182,15 +181,13 @@ class FleetRolloutSource final : public RolloutSource {
   absl::Status PublishWeights(int64_t version) override {
     // The learner's version moves with every update, so an unchanged version means
     // unchanged weights (and a worker would refuse them as stale).
-    if (!first_publish_ && version == fleet_->published_version()) return absl::OkStatus();
+    if (version == fleet_->published_version()) return absl::OkStatus();
     WeightSet set;
     set.version = version;
     set.dtype = config_.fleet.weight_dtype == "bfloat16" ? DType::kBF16 : DType::kF32;
     set.model_config_json = policy_->config().ToJson().Dump();
-    set.replace_newer = first_publish_;
     ASSIGN_OR_RETURN(set.tensors, policy_->ExportWeights(set.dtype));
     RETURN_IF_ERROR(fleet_->PublishWeights(std::move(set)));
-    first_publish_ = false;
     return absl::OkStatus();
   }
 
@@ -207,7 +204,6 @@ class FleetRolloutSource final : public RolloutSource {
   std::unique_ptr<Coordinator> coordinator_;
   std::unique_ptr<RolloutFleet> fleet_;
   std::vector<pid_t> children_;
-  bool first_publish_ = true;
 };
 
 }  // namespace
@@ -217,9 +213,9 @@ RolloutSourcePtr MakeEngineRolloutSource(Engine* engine) {
 }
 
 absl::StatusOr<RolloutSourcePtr> StartFleetRolloutSource(const RunConfig& config,
-                                                         PolicyModel* policy, int64_t version) {
+                                                         PolicyModel* policy) {
   auto source = std::make_unique<FleetRolloutSource>(config, policy);
-  RETURN_IF_ERROR(source->Start(version));
+  RETURN_IF_ERROR(source->Start());
   return RolloutSourcePtr(std::move(source));
 }
 

@@ -42,11 +42,11 @@ using RolloutSourcePtr = std::unique_ptr<RolloutSource>;
 // Generates with `engine` (which reads the live policy, so publishing is free).
 RolloutSourcePtr MakeEngineRolloutSource(Engine* engine);
 
-// Starts the coordinator, spawns the worker processes in spawn mode, waits for
-// fleet.min_workers rollout workers and pushes them `policy`'s weights as `version`
-// (replacing whatever they hold: the run may have resumed from an older checkpoint).
-// Spawned workers log to run.output_dir/logs/ and stop with the returned source.
+// Starts the coordinator, spawns the worker processes in spawn mode and waits for
+// fleet.min_workers rollout workers. The first PublishWeights replaces whatever weights
+// the workers hold (the run may have resumed from an older checkpoint). Spawned workers
+// log to run.output_dir/logs/ and stop with the returned source.
 absl::StatusOr<RolloutSourcePtr> StartFleetRolloutSource(const RunConfig& config,
-                                                         PolicyModel* policy, int64_t version);
+                                                         PolicyModel* policy);
 
 }  // namespace lightrl

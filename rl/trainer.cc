@@ -289,8 +289,7 @@ absl::Status Trainer::Setup() {
 
   if (options_.replay_dir.empty()) {
     if (config_.fleet.enabled()) {
-      ASSIGN_OR_RETURN(rollout_source_,
-                       StartFleetRolloutSource(config_, policy_.get(), learner_->version()));
+      ASSIGN_OR_RETURN(rollout_source_, StartFleetRolloutSource(config_, policy_.get()));
     } else {
       rollout_source_ = MakeEngineRolloutSource(engine_.get());
     }
@@ -428,7 +427,7 @@ absl::Status Trainer::RunSft() {
 }
 
 absl::Status Trainer::RunRl() {
-  // SFT has moved the weights since the rollout source started.
+  // The weights as SFT (or the resumed checkpoint) left them.
   RETURN_IF_ERROR(rollout_source_->PublishWeights(learner_->version()));
   const std::vector<int32_t> stops = StopTokens();
   const int64_t G = config_.rollout.group_size;

@@ -306,22 +306,13 @@ class Coordinator::Impl {
   ~Impl() { Shutdown(); }
 
   absl::Status Listen() {
-    grpc::ServerBuilder builder;
-    // Without this a second controller could bind the same port and silently split the
-    // workers between the two.
-    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-    builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port_);
-    builder.RegisterService(&service_);
-    server_ = builder.BuildAndStart();
-    if (server_ == nullptr || port_ == 0) {
-      server_.reset();
-      return absl::UnavailableError(absl::StrCat("coordinator: could not listen on \"",
-                                                 options_.listen_address,
-                                                 "\" (address in use or invalid?)"));
+    auto server = StartGrpcServer(options_.listen_address, &service_, &port_);
+    if (!server.ok()) {
+      return absl::Status(server.status().code(),
+                          absl::StrCat("coordinator: ", server.status().message()));
     }
-    std::string host, port;
-    SplitHostPort(options_.listen_address, &host, &port);
-    address_ = absl::StrCat(host, ":", port_);
+    server_ = *std::move(server);
+    address_ = BoundAddress(options_.listen_address, port_);
     expiry_thread_ = std::thread([this] {
       registry_.RunExpiryLoop(std::max(absl::Milliseconds(1), options_.heartbeat_interval / 2));
     });

@@ -89,13 +89,13 @@ absl::StatusOr<GroupOutput> RolloutClient::Generate(const GenerationRequest& req
   return out;
 }
 
-absl::Status RolloutClient::UpdateWeights(const WeightSet& weights) {
+absl::Status RolloutClient::UpdateWeights(const WeightSet& weights, bool replace_newer) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_deadline));
   AddAuthToken(&context, options_.auth_token);
   lightrl::v1::UpdateWeightsResponse response;
   auto writer = stub_->stub->UpdateWeights(&context, &response);
-  ForEachWeightChunk(weights, [&](const lightrl::v1::WeightChunk& chunk) {
+  ForEachWeightChunk(weights, replace_newer, [&](const lightrl::v1::WeightChunk& chunk) {
     return writer->Write(chunk);
   });
   writer->WritesDone();
@@ -251,7 +251,8 @@ struct RolloutFleet::Impl {
       if (!health.ok()) {
         status = health.status();
       } else if (set && health->weight_version != set->version) {
-        status = w->client->UpdateWeights(*set);
+        // Whatever it holds (older, or newer from an interrupted run) gives way.
+        status = w->client->UpdateWeights(*set, /*replace_newer=*/true);
       }
       absl::MutexLock lock(&mu);
       w->syncing = false;
@@ -282,8 +283,12 @@ absl::Status RolloutFleet::PublishWeights(WeightSet weights) {
   Impl& s = *impl_;
   auto set = std::make_shared<const WeightSet>(std::move(weights));
   std::vector<std::shared_ptr<WorkerState>> targets;
+  bool replace_newer = false;
   {
     absl::MutexLock lock(&s.mu);
+    // The fleet's first weights replace whatever the workers hold (the controller may
+    // have resumed from a checkpoint older than their weights).
+    replace_newer = s.weights == nullptr;
     s.weights = set;
     s.Refresh(/*force=*/true);
     for (auto& [id, w] : s.workers) {
@@ -296,7 +301,8 @@ absl::Status RolloutFleet::PublishWeights(WeightSet weights) {
   std::vector<absl::Status> results(targets.size());
   std::vector<std::thread> threads;
   for (size_t i = 0; i < targets.size(); ++i) {
-    threads.emplace_back([&, i] { results[i] = targets[i]->client->UpdateWeights(*set); });
+    threads.emplace_back(
+        [&, i] { results[i] = targets[i]->client->UpdateWeights(*set, replace_newer); });
   }
   for (std::thread& t : threads) t.join();
   int ok = 0;

@@ -53,8 +53,9 @@ class RolloutClient {
   // status code and name its address. A reply that is not exactly n well-formed samples
   // of one version is INTERNAL. Thread-safe.
   absl::StatusOr<GroupOutput> Generate(const GenerationRequest& request, int64_t min_weight_version);
-  // Streams `weights` to the worker; returns once it serves them.
-  absl::Status UpdateWeights(const WeightSet& weights);
+  // Streams `weights` to the worker; returns once it serves them. Without
+  // `replace_newer` a worker holding a newer version refuses them (FAILED_PRECONDITION).
+  absl::Status UpdateWeights(const WeightSet& weights, bool replace_newer = false);
   absl::StatusOr<RolloutWorkerHealth> Health();
 
   const std::string& address() const { return options_.address; }
@@ -113,7 +114,8 @@ class RolloutFleet {
 
   // Makes `weights` the version every worker must serve: pushes them to the live workers
   // now (a worker that fails the push is reported failed) and to any worker that joins
-  // later, before it gets work. Fails only when no worker took them.
+  // later, before it gets work. The first weights, and those a joining worker gets,
+  // replace whatever it holds. Fails only when no worker took them.
   absl::Status PublishWeights(WeightSet weights);
 
   // Generates every request on the live workers, at most their capacity each. A group

@@ -52,21 +52,17 @@ absl::StatusOr<GeneratedSample> FromProto(const lightrl::v1::GeneratedSequence& 
                                                    s.tokens.size(), " tokens but ",
                                                    s.logprobs.size(), " logprobs"));
   }
-  const std::string& reason = sequence.finish_reason();
-  if (reason == "length") {
-    s.finish_reason = FinishReason::kLength;
-  } else if (reason == "stop") {
-    s.finish_reason = FinishReason::kStop;
-  } else if (reason == "early-stop") {
-    s.finish_reason = FinishReason::kEarlyStop;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sample ", sequence.index(), ": unknown finish_reason \"", reason, "\""));
+  const std::optional<FinishReason> reason = ParseFinishReason(sequence.finish_reason());
+  if (!reason) {
+    return absl::InvalidArgumentError(absl::StrCat("sample ", sequence.index(),
+                                                   ": unknown finish_reason \"",
+                                                   sequence.finish_reason(), "\""));
   }
+  s.finish_reason = *reason;
   return s;
 }
 
-bool ForEachWeightChunk(const WeightSet& weights,
+bool ForEachWeightChunk(const WeightSet& weights, bool replace_newer,
                         const std::function<bool(const lightrl::v1::WeightChunk&)>& emit,
                         size_t chunk_bytes) {
   lightrl::v1::WeightChunk chunk;
@@ -74,7 +70,7 @@ bool ForEachWeightChunk(const WeightSet& weights,
   header->set_version(weights.version);
   header->set_dtype(DTypeName(weights.dtype));
   header->set_model_config_json(weights.model_config_json);
-  header->set_replace_newer(weights.replace_newer);
+  header->set_replace_newer(replace_newer);
   uint32_t crc = 0;
   for (const auto& t : weights.tensors) {
     auto* info = header->add_tensors();
@@ -115,7 +111,7 @@ absl::Status WeightAssembler::Add(const lightrl::v1::WeightChunk& chunk) {
     set_.version = h.version();
     set_.dtype = *dtype;
     set_.model_config_json = h.model_config_json();
-    set_.replace_newer = h.replace_newer();
+    replace_newer_ = h.replace_newer();
     crc32c_ = h.crc32c();
     int64_t total = 0;
     for (int i = 0; i < h.tensors_size(); ++i) {

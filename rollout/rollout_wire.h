@@ -30,7 +30,8 @@ void ToProto(const GeneratedSample& sample, int index, lightrl::v1::GeneratedSeq
 absl::StatusOr<GeneratedSample> FromProto(const lightrl::v1::GeneratedSequence& sequence);
 
 // Calls `emit` with each chunk of `weights`, header first; stops at the first false.
-bool ForEachWeightChunk(const WeightSet& weights,
+// `replace_newer` asks the worker to install them even over a newer version.
+bool ForEachWeightChunk(const WeightSet& weights, bool replace_newer,
                         const std::function<bool(const lightrl::v1::WeightChunk&)>& emit,
                         size_t chunk_bytes = kWeightChunkBytes);
 
@@ -44,11 +45,14 @@ class WeightAssembler {
   explicit WeightAssembler(int64_t max_total_bytes) : max_total_bytes_(max_total_bytes) {}
   absl::Status Add(const lightrl::v1::WeightChunk& chunk);
   absl::StatusOr<WeightSet> Finish();
+  // The header's replace_newer (false before the header).
+  bool replace_newer() const { return replace_newer_; }
 
  private:
   int64_t max_total_bytes_;
   int64_t num_chunks_ = 0;
   bool have_header_ = false;
+  bool replace_newer_ = false;
   uint32_t crc32c_ = 0;
   WeightSet set_;
   std::vector<int64_t> filled_;  // bytes received per tensor (chunks arrive in order)

@@ -135,7 +135,7 @@ struct RolloutWorker::Impl final : public lightrl::v1::RolloutService::CallbackS
   void RunBatcher();
   absl::Status InstallPolicy(std::unique_ptr<PolicyModel> model, int64_t model_version)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(engine_mu);
-  absl::Status ApplyWeights(WeightSet set);
+  absl::Status ApplyWeights(WeightSet set, bool replace_newer);
 };
 
 absl::Status RolloutWorker::Impl::Admit(const GenerateRequest& request, Job* job) {
@@ -263,7 +263,7 @@ absl::Status RolloutWorker::Impl::InstallPolicy(std::unique_ptr<PolicyModel> mod
   return absl::OkStatus();
 }
 
-absl::Status RolloutWorker::Impl::ApplyWeights(WeightSet set) {
+absl::Status RolloutWorker::Impl::ApplyWeights(WeightSet set, bool replace_newer) {
   auto parsed = Json::Parse(set.model_config_json);
   if (!parsed.ok()) {
     return absl::InvalidArgumentError(
@@ -271,7 +271,7 @@ absl::Status RolloutWorker::Impl::ApplyWeights(WeightSet set) {
   }
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromJson(*parsed, "weight header model_config_json"));
   absl::MutexLock engine_lock(&engine_mu);
-  if (set.version <= version.load() && !set.replace_newer) {
+  if (set.version <= version.load() && !replace_newer) {
     return absl::FailedPreconditionError(absl::StrCat(
         "weight version ", set.version, " is not newer than the served version ", version.load()));
   }
@@ -325,7 +325,7 @@ class UpdateWeightsReactor final : public grpc::ServerReadReactor<lightrl::v1::W
     // The client closed the stream: everything has arrived.
     absl::StatusOr<WeightSet> set = assembler_.Finish();
     absl::Status status = set.status();
-    if (set.ok()) status = impl_->ApplyWeights(*std::move(set));
+    if (set.ok()) status = impl_->ApplyWeights(*std::move(set), assembler_.replace_newer());
     response_->set_weight_version(impl_->version.load());
     if (status.ok()) {
       std::fprintf(stderr, "lightrl rollout-worker %s: serving weight version %lld\n",
@@ -390,9 +390,7 @@ absl::StatusOr<std::unique_ptr<RolloutWorker>> RolloutWorker::Start(
   int port = 0;
   ASSIGN_OR_RETURN(impl->server, StartGrpcServer(options.listen_address,
                                                  std::vector<grpc::Service*>{impl.get()}, &port));
-  std::string host, unused;
-  SplitHostPort(options.listen_address, &host, &unused);
-  impl->address = absl::StrCat(host, ":", port);
+  impl->address = BoundAddress(options.listen_address, port);
   Impl* raw = impl.get();
   impl->batcher = std::thread([raw] { raw->RunBatcher(); });
   return std::unique_ptr<RolloutWorker>(new RolloutWorker(std::move(impl)));

@@ -16,8 +16,6 @@ struct WeightSet {
   DType dtype = DType::kF32;  // of every tensor: F32 or BF16
   std::string model_config_json;
   std::vector<PolicyModel::WeightTensor> tensors;  // as PolicyModel::ExportWeights gives
-  // Install even over a newer version (a controller resumed from an older checkpoint).
-  bool replace_newer = false;
 };
 
 }  // namespace lightrl

@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "lightrl/v1/coordinator.grpc.pb.h"
+#include "proto/grpc_util.h"
 #include "rollout/coordinator.h"
 
 namespace lightrl {
@@ -215,9 +216,7 @@ class WorkerRegistration::Impl {
   grpc::Status Call(const Rpc& rpc) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.call_deadline));
-    if (!options_.auth_token.empty()) {
-      context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.auth_token));
-    }
+    AddAuthToken(&context, options_.auth_token);
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) return grpc::Status(grpc::StatusCode::CANCELLED, "stopping");

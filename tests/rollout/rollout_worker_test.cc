@@ -127,9 +127,7 @@ TEST(RolloutWorkerTest, ServesPushedWeightsExactlyLikeTheInProcessEngine) {
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->weight_version, 4);
   // A resumed controller may go back to an older version, but only when it says so.
-  WeightSet older = Export(**policy, 2);
-  older.replace_newer = true;
-  ASSERT_TRUE(client->UpdateWeights(older).ok());
+  ASSERT_TRUE(client->UpdateWeights(Export(**policy, 2), /*replace_newer=*/true).ok());
   EXPECT_EQ((*worker)->stats().weight_version, 2);
 }
 
