@@ -178,15 +178,18 @@ struct RolloutFleet::Impl {
   RolloutFleetStats stats ABSL_GUARDED_BY(mu);
   absl::Time last_refresh ABSL_GUARDED_BY(mu) = absl::InfinitePast();
   uint64_t changes ABSL_GUARDED_BY(mu) = 0;  // bumped by every finished call
-  std::vector<std::thread> background ABSL_GUARDED_BY(mu);
+  // Sync threads, and those that have finished (joined at the next sync, so a long run
+  // does not collect them).
+  std::map<std::thread::id, std::thread> background ABSL_GUARDED_BY(mu);
+  std::vector<std::thread::id> finished ABSL_GUARDED_BY(mu);
 
   ~Impl() {
-    std::vector<std::thread> threads;
+    std::map<std::thread::id, std::thread> threads;
     {
       absl::MutexLock lock(&mu);
       threads.swap(background);
     }
-    for (std::thread& t : threads) t.join();
+    for (auto& [id, t] : threads) t.join();
   }
 
   int Capacity(const WorkerState& w) const {
@@ -243,9 +246,14 @@ struct RolloutFleet::Impl {
 
   // Brings a worker to the published weights on a background thread.
   void StartSync(const std::shared_ptr<WorkerState>& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (const std::thread::id& id : finished) {
+      background[id].join();
+      background.erase(id);
+    }
+    finished.clear();
     w->syncing = true;
     std::shared_ptr<const WeightSet> set = weights;
-    background.emplace_back([this, w, set] {
+    std::thread thread([this, w, set] {
       absl::Status status = absl::OkStatus();
       auto health = w->client->Health();
       if (!health.ok()) {
@@ -263,7 +271,10 @@ struct RolloutFleet::Impl {
         MarkFailed(w, status);
       }
       ++changes;
+      finished.push_back(std::this_thread::get_id());
     });
+    const std::thread::id id = thread.get_id();
+    background.emplace(id, std::move(thread));
   }
 };
 
