@@ -32,26 +32,9 @@ PY=$(command -v python3)
 
 note "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
 
-# Dependencies the machine lacks: abseil (Debian's, with gRPC) and GoogleTest.
-if [ -f "$ROOT/.device/grpc.tgz" ]; then tar -xzf "$ROOT/.device/grpc.tgz" -C / && ldconfig; fi
-if ! [ -f /usr/local/lib/cmake/GTest/GTestConfig.cmake ] && ! [ -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ]; then
-  cmake -S "$ROOT/.device/googletest" -B /tmp/gtest_build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_INSTALL_PREFIX=/usr/local > "$OUT/gtest.log" 2>&1 &&
-    ninja -C /tmp/gtest_build install >> "$OUT/gtest.log" 2>&1 || { note "googletest build failed"; tail -20 "$OUT/gtest.log"; }
-fi
-
-# Build (CUDA backend).
-{
-  cmake -S "$ROOT" -B "$B" -G Ninja -DLIGHTRL_TORCH_CUDA=ON \
-    -DCMAKE_PREFIX_PATH="$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)')" \
-    -DCMAKE_CUDA_ARCHITECTURES=90a -DLIGHTRL_PYTHON="$PY" &&
-  ninja -C "$B" -j16 -k 0 engine_gpu_test engine_test policy_test lightrl
-} > "$OUT/build.log" 2>&1
-rc=$?
-note "build rc=$rc after $(elapsed) s"
-if [ $rc != 0 ]; then grep -E "error|FAILED" "$OUT/build.log" | head -30; fi
+GPU_BUILD_TARGETS="engine_gpu_test engine_test policy_test lightrl"
+source "$ROOT/bench/gpu_build.sh"
 [ -x "$B/tests/engine_gpu_test" ] || { tail -30 "$OUT/build.log"; exit 1; }
-LIGHTRL="$B/rl/lightrl"
 
 # Tests: the engine on CUDA, and the CPU suites on this machine.
 for t in engine_gpu_test engine_test policy_test; do
