@@ -120,6 +120,7 @@ absl::StatusOr<RolloutWorkerHealth> RolloutClient::Health() {
   h.queued_groups = response.queued_groups();
   h.generated_tokens = response.generated_tokens();
   h.device = response.device();
+  h.engine_batches = response.engine_batches();
   return h;
 }
 

@@ -40,7 +40,7 @@ struct RolloutWorkerHealth {
   bool serving = false;
   std::string worker_id;
   int64_t weight_version = -1;
-  int64_t active_groups = 0, queued_groups = 0, generated_tokens = 0;
+  int64_t active_groups = 0, queued_groups = 0, generated_tokens = 0, engine_batches = 0;
   std::string device;
 };
 

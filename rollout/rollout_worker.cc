@@ -108,6 +108,7 @@ struct RolloutWorker::Impl final : public lightrl::v1::RolloutService::CallbackS
   bool stopping ABSL_GUARDED_BY(mu) = false;
   int64_t active_groups ABSL_GUARDED_BY(mu) = 0;
   int64_t generated_tokens ABSL_GUARDED_BY(mu) = 0;
+  int64_t engine_batches ABSL_GUARDED_BY(mu) = 0;
   std::atomic<int64_t> version{-1};
   std::atomic<int64_t> vocab_size{0};
 
@@ -249,6 +250,7 @@ void RolloutWorker::Impl::RunBatcher() {
     absl::MutexLock lock(&mu);
     active_groups = 0;
     generated_tokens += tokens;
+    ++engine_batches;
   }
 }
 
@@ -364,6 +366,7 @@ grpc::ServerUnaryReactor* RolloutWorker::Impl::Health(
     response->set_queued_groups(static_cast<int32_t>(queue.size()));
     response->set_generated_tokens(generated_tokens);
     response->set_device(options.policy.device);
+    response->set_engine_batches(engine_batches);
   }
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
@@ -405,6 +408,7 @@ RolloutWorkerStats RolloutWorker::stats() const {
   s.active_groups = impl_->active_groups;
   s.queued_groups = static_cast<int64_t>(impl_->queue.size());
   s.generated_tokens = impl_->generated_tokens;
+  s.engine_batches = impl_->engine_batches;
   return s;
 }
 

@@ -43,6 +43,7 @@ struct RolloutWorkerStats {
   int64_t weight_version = -1;  // -1: no weights yet
   int64_t active_groups = 0, queued_groups = 0;
   int64_t generated_tokens = 0;
+  int64_t engine_batches = 0;
 };
 
 class RolloutWorker {

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -70,7 +71,26 @@ int main(int argc, char** argv) {
   auto fleet = lightrl::RolloutFleet::Create(lightrl::RolloutFleetOptions{}, hooks);
   if (!fleet.ok()) return Fail(std::string(fleet.status().message()));
 
+  std::vector<std::unique_ptr<lightrl::RolloutClient>> clients;
+  for (const auto& e : endpoints) {
+    lightrl::RolloutClientOptions o;
+    o.address = e.address;
+    auto c = lightrl::RolloutClient::Create(o);
+    if (!c.ok()) return Fail(std::string(c.status().message()));
+    clients.push_back(*std::move(c));
+  }
+  // Engine batches the workers ran so far: how the groups of one call were batched.
+  auto engine_batches = [&]() -> int64_t {
+    int64_t total = 0;
+    for (auto& c : clients) {
+      auto h = c->Health();
+      if (h.ok()) total += h->engine_batches;
+    }
+    return total;
+  };
+
   for (int64_t rep = 0; rep < repeats; ++rep) {
+    const int64_t batches_before = engine_batches();
     const auto start = std::chrono::steady_clock::now();
     auto outcomes = (*fleet)->Generate(requests, 0);
     const double seconds =
@@ -81,9 +101,11 @@ int main(int argc, char** argv) {
       for (const auto& s : o.output.samples) tokens += static_cast<int64_t>(s.tokens.size());
     }
     std::printf("{\"workers\": %zu, \"groups\": %zu, \"n\": %lld, \"tokens\": %lld, "
-                "\"seconds\": %.3f, \"tokens_per_s\": %.1f, \"repeat\": %lld}\n",
+                "\"seconds\": %.3f, \"tokens_per_s\": %.1f, \"engine_batches\": %lld, "
+                "\"repeat\": %lld}\n",
                 endpoints.size(), requests.size(), static_cast<long long>(n),
                 static_cast<long long>(tokens), seconds, tokens / seconds,
+                static_cast<long long>(engine_batches() - batches_before),
                 static_cast<long long>(rep));
   }
   return 0;

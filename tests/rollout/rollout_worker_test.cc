@@ -346,9 +346,15 @@ TEST(RolloutFleetTest, GroupsOfADeadWorkerRunOnTheLiveOnesAndEveryoneGetsTheWeig
       EXPECT_EQ(outcomes[i].output.samples[k].tokens, local[i].samples[k].tokens);
     }
   }
-  int64_t generated = 0;
-  for (auto& w : workers) generated += w->stats().generated_tokens;
+  int64_t generated = 0, batches = 0;
+  for (auto& w : workers) {
+    generated += w->stats().generated_tokens;
+    batches += w->stats().engine_batches;
+  }
   EXPECT_GT(generated, 0);
+  // Groups in flight together share engine batches: never more batches than groups.
+  EXPECT_GE(batches, 1);
+  EXPECT_LE(batches, static_cast<int64_t>(requests.size()));
 
   // One worker goes away between steps: the next step runs on the other.
   workers[1]->Shutdown();
