@@ -24,7 +24,6 @@
 #include "policy/tokenizer.h"
 #include "reward/reward_function.h"
 #include "reward/reward_router.h"
-#include "reward/rule_rewards.h"
 #include "rl/advantages.h"
 #include "rl/dataset.h"
 #include "rl/learner.h"
@@ -79,8 +78,6 @@ struct TrainerState {
   }
 };
 
-// Text of generated tokens for the reward. A policy may emit ids the tokenizer lacks
-// (its vocabulary is padded beyond the tokenizer's); they carry no text.
 // The part of a reward that says "right answer": a component named "correct" (or
 // "<entry>/correct" from the router), else the whole score.
 double Correctness(const RewardResult& r) {
@@ -90,6 +87,8 @@ double Correctness(const RewardResult& r) {
   return r.score;
 }
 
+// Text of generated tokens for the reward. A policy may emit ids the tokenizer lacks
+// (its vocabulary is padded beyond the tokenizer's); they carry no text.
 absl::StatusOr<std::string> ResponseText(const Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
   std::vector<int32_t> known;
   known.reserve(ids.size());
