@@ -5,6 +5,7 @@
 
 #include "inference_engine/cuda/lightning_decode.h"
 #include "inference_engine/cuda/lightning_prefill.h"
+#include "inference_engine/cuda/paged_attention.h"
 
 namespace lightrl {
 namespace {
@@ -63,6 +64,42 @@ void CheckLaunch(cudaError_t err, const char* what, const char* invalid) {
   TORCH_CHECK(err == cudaSuccess, "lightning cuda: ", what, " failed: ", cudaGetErrorName(err),
               " (", cudaGetErrorString(err), ")", invalid != nullptr ? ": " : "",
               invalid != nullptr ? invalid : "");
+}
+
+void CheckInt32Vector(const torch::Tensor& t, const char* name, int64_t n,
+                      const torch::Tensor& like) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n && t.scalar_type() == torch::kInt32 &&
+                  t.is_contiguous() && t.device() == like.device(),
+              "paged attention cuda: ", name, " must be contiguous int32 [", n, "] on ",
+              like.device(), ", got ", t.sizes(), " ", t.scalar_type());
+}
+
+// The pools and page table of one softmax layer, checked against q or k's head size.
+PagedKvCacheView MakeCacheView(const torch::Tensor& k_pool, const torch::Tensor& v_pool,
+                               const torch::Tensor& page_table, int64_t page_size,
+                               const torch::Tensor& like) {
+  TORCH_CHECK(k_pool.dim() == 3 && k_pool.sizes() == v_pool.sizes() &&
+                  k_pool.size(2) == like.size(2),
+              "paged attention cuda: pools must be [rows, KVH, ", like.size(2), "], got ",
+              k_pool.sizes(), " and ", v_pool.sizes());
+  for (const auto* t : {&k_pool, &v_pool}) {
+    TORCH_CHECK(t->scalar_type() == torch::kBFloat16 && t->is_contiguous() &&
+                    t->device() == like.device(),
+                "paged attention cuda: pools must be contiguous bfloat16 on ", like.device());
+  }
+  TORCH_CHECK(page_table.dim() == 2 && page_table.scalar_type() == torch::kInt32 &&
+                  page_table.is_contiguous() && page_table.device() == like.device(),
+              "paged attention cuda: page_table must be contiguous int32 [rows, pages] on ",
+              like.device(), ", got ", page_table.sizes(), " ", page_table.scalar_type());
+  PagedKvCacheView view;
+  view.k_pool = reinterpret_cast<__nv_bfloat16*>(k_pool.data_ptr());
+  view.v_pool = reinterpret_cast<__nv_bfloat16*>(v_pool.data_ptr());
+  view.page_table = page_table.data_ptr<int32_t>();
+  view.page_table_stride = page_table.size(1);
+  view.page_size = static_cast<int>(page_size);
+  view.num_kv_heads = static_cast<int>(k_pool.size(1));
+  view.head_dim = static_cast<int>(k_pool.size(2));
+  return view;
 }
 
 }  // namespace
@@ -134,6 +171,61 @@ torch::Tensor LightningDecodeCuda(const torch::Tensor& q, const torch::Tensor& k
   p.head_dim = static_cast<int>(q.size(2));
   CheckLaunch(LaunchLightningDecode(p, at::cuda::getCurrentCUDAStream().stream()), "decode",
               p.Validate());
+  return o;
+}
+
+void PagedKvAppendCuda(const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& seq_rows, const torch::Tensor& positions,
+                       const torch::Tensor& page_table, int64_t page_size, torch::Tensor& k_pool,
+                       torch::Tensor& v_pool) {
+  CheckView(k, "k", k);
+  CheckView(v, "v", k);
+  const int64_t B = k.size(0);
+  CheckInt32Vector(seq_rows, "seq_rows", B, k);
+  CheckInt32Vector(positions, "positions", B, k);
+  c10::cuda::CUDAGuard guard(k.device());
+  PagedKvAppendParams p;
+  p.cache = MakeCacheView(k_pool, v_pool, page_table, page_size, k);
+  TORCH_CHECK(p.cache.num_kv_heads == k.size(1), "paged attention cuda: k has ", k.size(1),
+              " heads, the pools ", p.cache.num_kv_heads);
+  p.k = MakeView<LightningInputView>(k);
+  p.v = MakeView<LightningInputView>(v);
+  p.seq_rows = seq_rows.data_ptr<int32_t>();
+  p.positions = positions.data_ptr<int32_t>();
+  p.batch = static_cast<int>(B);
+  CheckLaunch(LaunchPagedKvAppend(p, at::cuda::getCurrentCUDAStream().stream()), "kv append",
+              p.Validate());
+}
+
+torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tensor& k_pool,
+                                       const torch::Tensor& v_pool, const torch::Tensor& seq_rows,
+                                       const torch::Tensor& positions,
+                                       const torch::Tensor& page_table, int64_t page_size,
+                                       double scale, int64_t partition_tokens,
+                                       int64_t num_partitions) {
+  CheckView(q, "q", q);
+  const int64_t B = q.size(0);
+  CheckInt32Vector(seq_rows, "seq_rows", B, q);
+  CheckInt32Vector(positions, "positions", B, q);
+  c10::cuda::CUDAGuard guard(q.device());
+  auto o = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
+  PagedDecodeAttentionParams p;
+  p.cache = MakeCacheView(k_pool, v_pool, page_table, page_size, q);
+  p.q = MakeView<LightningInputView>(q);
+  p.o = MakeView<LightningOutputView>(o);
+  p.seq_rows = seq_rows.data_ptr<int32_t>();
+  p.positions = positions.data_ptr<int32_t>();
+  p.batch = static_cast<int>(B);
+  p.num_heads = static_cast<int>(q.size(1));
+  p.scale = static_cast<float>(scale);
+  p.partition_tokens = static_cast<int>(partition_tokens);
+  p.num_partitions = static_cast<int>(num_partitions);
+  auto workspace = torch::empty(
+      {PagedDecodeWorkspaceFloats(p.batch, p.num_heads, p.cache.head_dim, p.num_partitions)},
+      q.options().dtype(torch::kFloat32));
+  p.workspace = workspace.data_ptr<float>();
+  CheckLaunch(LaunchPagedDecodeAttention(p, at::cuda::getCurrentCUDAStream().stream()),
+              "paged decode attention", p.Validate());
   return o;
 }
 

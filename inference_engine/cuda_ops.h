@@ -31,4 +31,24 @@ torch::Tensor LightningDecodeCuda(const torch::Tensor& q, const torch::Tensor& k
                                   const torch::Tensor& v, const torch::Tensor& slots,
                                   torch::Tensor& state, const torch::Tensor& slopes);
 
+// The softmax layers' paged KV cache (inference_engine/cuda/paged_attention.h): k_pool and
+// v_pool are [rows, KVH, d] contiguous bf16 pools, page_table [R, max_pages] contiguous
+// int32 (row r: the pages of the sequence in slot r), seq_rows and positions [B] int32
+// (a negative row skips that sequence). Writes k, v [B, KVH, d] at each sequence's
+// position.
+void PagedKvAppendCuda(const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& seq_rows, const torch::Tensor& positions,
+                       const torch::Tensor& page_table, int64_t page_size, torch::Tensor& k_pool,
+                       torch::Tensor& v_pool);
+
+// Decode attention of q [B, H, d] bf16 over positions 0 .. positions[b] of each sequence;
+// contexts up to num_partitions * partition_tokens. Returns o [B, H, d] bf16 (zeros for
+// skipped rows).
+torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tensor& k_pool,
+                                       const torch::Tensor& v_pool, const torch::Tensor& seq_rows,
+                                       const torch::Tensor& positions,
+                                       const torch::Tensor& page_table, int64_t page_size,
+                                       double scale, int64_t partition_tokens,
+                                       int64_t num_partitions);
+
 }  // namespace lightrl

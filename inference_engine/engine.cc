@@ -104,8 +104,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
                                                    " holds no KV page of ", page_bytes, " bytes"));
   }
   try {
-    impl->runner = std::make_unique<ModelRunner>(module, options.max_num_seqs, num_pages,
-                                                 options.page_size);
+    ModelRunnerOptions runner;
+    runner.num_slots = options.max_num_seqs;
+    runner.num_pages = num_pages;
+    runner.page_size = options.page_size;
+    runner.max_model_len = impl->max_model_len;
+    runner.cuda_graphs = options.cuda_graphs;
+    impl->runner = std::make_unique<ModelRunner>(module, runner);
   } catch (const c10::Error& e) {
     return absl::ResourceExhaustedError(
         absl::StrCat("allocating the engine's state and KV pools: ", e.what_without_backtrace()));

@@ -22,6 +22,9 @@ struct EngineOptions {
   int64_t page_size = 64;             // tokens per KV page
   int64_t kv_cache_bytes = int64_t{1} << 30;  // memory for softmax-layer KV pages
   int64_t max_model_len = 0;          // prompt + generation; 0 = config's max positions
+  // CUDA bf16 (kernel path): decode steps replay CUDA graphs captured per batch-size
+  // bucket; false runs them eagerly (for debugging and comparison).
+  bool cuda_graphs = true;
   absl::Status Validate() const;
 };
 

@@ -1,27 +1,72 @@
 #include "inference_engine/model_runner.h"
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "policy/lightning_attention.h"
 
 #ifdef LIGHTRL_ENGINE_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
 #include "inference_engine/cuda_ops.h"
 #endif
 
 namespace lightrl {
 
-ModelRunner::ModelRunner(MiniMaxForCausalLM module, int64_t num_slots, int64_t num_pages,
-                         int64_t page_size, bool allow_cuda_kernels)
+#ifdef LIGHTRL_ENGINE_CUDA
+// One captured decode step per batch-size bucket; all share one memory pool (steps run one
+// at a time on one stream, so their temporaries may overlap).
+struct ModelRunner::Graphs {
+  struct Step {
+    at::cuda::CUDAGraph graph;
+    torch::Tensor logits;  // the step's output, rewritten by every replay
+  };
+  std::map<int64_t, std::unique_ptr<Step>> steps;
+  at::cuda::MempoolId_t pool = at::cuda::graph_pool_handle();
+  // Recorded after the copies out of the pinned host buffers: the host waits on it before
+  // rewriting them.
+  at::cuda::CUDAEvent inputs_copied;
+};
+#else
+struct ModelRunner::Graphs {
+  std::map<int64_t, int> steps;
+};
+#endif
+
+ModelRunner::~ModelRunner() = default;
+
+int64_t ModelRunner::num_cuda_graphs() const {
+  return graphs_ ? static_cast<int64_t>(graphs_->steps.size()) : 0;
+}
+
+int64_t ModelRunner::GraphBatch(int64_t batch, int64_t max_batch) {
+  int64_t bucket = 1;
+  if (batch <= 8) {
+    while (bucket < batch) bucket *= 2;
+  } else {
+    const int64_t step = batch <= 64 ? 8 : batch <= 256 ? 32 : 64;
+    bucket = (batch + step - 1) / step * step;
+  }
+  return std::min(bucket, std::max(batch, max_batch));
+}
+
+ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& options)
     : module_(module),
+      options_(options),
       config_(module->config()),
       device_(module->lm_head->weight.device()),
       dtype_(module->lm_head->weight.scalar_type()),
-      page_size_(page_size) {
+      page_size_(options.page_size) {
   const auto& c = config_;
+  const int64_t num_slots = options.num_slots, num_pages = options.num_pages;
+  const int64_t page_size = options.page_size;
 #ifdef LIGHTRL_ENGINE_CUDA
-  cuda_kernels_ = allow_cuda_kernels && CudaLightningSupported(device_, dtype_, c.head_dim);
-#else
-  (void)allow_cuda_kernels;
+  cuda_kernels_ =
+      options.allow_cuda_kernels && CudaLightningSupported(device_, dtype_, c.head_dim);
 #endif
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
   auto kv = torch::TensorOptions().dtype(dtype_).device(device_);
@@ -35,6 +80,22 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, int64_t num_slots, int64_t n
       k_pool_[i] = torch::zeros({num_pages * page_size, c.num_key_value_heads, c.head_dim}, kv);
       v_pool_[i] = torch::zeros({num_pages * page_size, c.num_key_value_heads, c.head_dim}, kv);
     }
+  }
+  if (cuda_kernels_) {
+    const int64_t max_len =
+        options.max_model_len > 0 ? options.max_model_len : c.max_position_embeddings;
+    const int64_t max_pages = (max_len + page_size - 1) / page_size + 1;
+    auto i32 = torch::TensorOptions().dtype(torch::kInt32);
+    page_table_ = torch::zeros({num_slots, max_pages}, i32.device(device_));
+    page_table_host_ = torch::zeros({num_slots, max_pages}, i32.pinned_memory(true));
+    mirrored_pages_.assign(static_cast<size_t>(num_slots), 0);
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    step_inputs_ = torch::zeros({3, num_slots}, i64.device(device_));
+    step_inputs_host_ = torch::zeros({3, num_slots}, i64.pinned_memory(true));
+    // About 64 partitions over the longest context, each a multiple of the kernel's tile.
+    partition_tokens_ = std::clamp<int64_t>((max_len / 64 + 127) / 128 * 128, 256, 4096);
+    num_partitions_ = (max_len + partition_tokens_ - 1) / partition_tokens_;
+    graphs_ = std::make_unique<Graphs>();
   }
 }
 
@@ -74,6 +135,9 @@ torch::Tensor ModelRunner::Prefill(const std::vector<RunnerSequence>& seqs) {
     flat.insert(flat.end(), s.tokens.begin(), s.tokens.end());
   }
   PackedLayout layout = PackedLayout::FromLengths(lengths);
+  for (const auto& s : seqs) {
+    if (!mirrored_pages_.empty()) mirrored_pages_[s.slot] = 0;  // a new sequence in the slot
+  }
   auto tokens = torch::tensor(flat, torch::kInt64).to(device_);
   auto rows = PageIndex(seqs, /*whole_prompt=*/true);
   // Kernel path: int32 document offsets and slots, shared by every lightning layer.
@@ -131,6 +195,13 @@ torch::Tensor ModelRunner::Prefill(const std::vector<RunnerSequence>& seqs) {
 }
 
 torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
+#ifdef LIGHTRL_ENGINE_CUDA
+  if (cuda_kernels_) return DecodeKernels(seqs);
+#endif
+  return DecodeTorch(seqs);
+}
+
+torch::Tensor ModelRunner::DecodeTorch(const std::vector<RunnerSequence>& seqs) {
   torch::InferenceMode guard;
   const int64_t B = static_cast<int64_t>(seqs.size());
   std::vector<int64_t> tok, slot, pos;
@@ -143,7 +214,6 @@ torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
   }
   auto tokens = torch::tensor(tok, torch::kInt64).to(device_);
   auto slots = torch::tensor(slot, torch::kInt64).to(device_);
-  auto slots32 = cuda_kernels_ ? slots.to(torch::kInt32) : torch::Tensor();
   auto positions = torch::tensor(pos, torch::kInt64).to(device_);
   auto rows = PageIndex(seqs, /*whole_prompt=*/false);
   // Gather map of each sequence's cached keys, padded to the longest: [B, max_len].
@@ -167,12 +237,6 @@ torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
       if (layer->lightning) {
         auto& attn = layer->lightning;
         auto [q, k, v] = attn->Project(n1);  // [B, H, d]
-#ifdef LIGHTRL_ENGINE_CUDA
-        if (cuda_kernels_) {
-          auto o = LightningDecodeCuda(q, k, v, slots32, states_[i], attn->slope);
-          return attn->Finish(n1, o.view({B, -1}));
-        }
-#endif
         auto lambda = torch::exp(-attn->slope).view({1, -1, 1, 1});
         auto s = states_[i].index_select(0, slots);
         s = lambda * s + torch::matmul(k.to(torch::kFloat32).unsqueeze(-1),
@@ -203,6 +267,7 @@ torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
 void ModelRunner::Fork(int64_t from_slot, const PageTable& from, int64_t to_slot,
                        const PageTable& to, int64_t num_tokens) {
   torch::InferenceMode guard;
+  if (!mirrored_pages_.empty()) mirrored_pages_[to_slot] = 0;
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     if (config_.is_lightning(i)) {
       states_[i][to_slot].copy_(states_[i][from_slot]);
@@ -217,5 +282,118 @@ void ModelRunner::Fork(int64_t from_slot, const PageTable& from, int64_t to_slot
     }
   }
 }
+
+#ifdef LIGHTRL_ENGINE_CUDA
+// Writes the step's inputs into the pinned host copy (rows past the batch are padding:
+// slot -1, which every kernel skips) and copies them to the device buffers. `seqs` null:
+// padding only.
+void ModelRunner::StageInputs(const std::vector<RunnerSequence>* seqs, int64_t batch) {
+  auto host = step_inputs_host_.accessor<int64_t, 2>();
+  const int64_t n = seqs ? static_cast<int64_t>(seqs->size()) : 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    const bool real = b < n;
+    host[0][b] = real ? (*seqs)[b].tokens.at(0) : 0;
+    host[1][b] = real ? (*seqs)[b].slot : -1;
+    host[2][b] = real ? (*seqs)[b].position : 0;
+  }
+  step_inputs_.narrow(1, 0, batch).copy_(step_inputs_host_.narrow(1, 0, batch),
+                                         /*non_blocking=*/true);
+}
+
+// Brings each sequence's device page-table row up to date with the pages it gained since
+// the last step (pages are only ever appended while a sequence holds its slot).
+void ModelRunner::SyncPageTables(const std::vector<RunnerSequence>& seqs) {
+  const int64_t max_pages = page_table_.size(1);
+  int32_t* host = page_table_host_.data_ptr<int32_t>();
+  for (const auto& s : seqs) {
+    const int64_t have = mirrored_pages_[s.slot];
+    const int64_t want = static_cast<int64_t>(s.pages->pages.size());
+    if (want <= have) continue;
+    TORCH_CHECK(want <= max_pages, "engine: slot ", s.slot, " holds ", want,
+                " pages, more than max_model_len allows (", max_pages, ")");
+    for (int64_t p = have; p < want; ++p) {
+      host[s.slot * max_pages + p] = static_cast<int32_t>(s.pages->pages[p]);
+    }
+    page_table_[s.slot].narrow(0, have, want - have)
+        .copy_(page_table_host_[s.slot].narrow(0, have, want - have), /*non_blocking=*/true);
+    mirrored_pages_[s.slot] = want;
+  }
+}
+
+// The decode step over the first `batch` rows of the staged inputs. Everything it reads
+// lives in fixed buffers and nothing waits on the device, so it can be captured.
+torch::Tensor ModelRunner::DecodeStep(int64_t B) {
+  auto tokens = step_inputs_[0].narrow(0, 0, B);
+  auto positions = step_inputs_[2].narrow(0, 0, B);
+  auto slots32 = step_inputs_[1].narrow(0, 0, B).to(torch::kInt32);
+  auto positions32 = positions.to(torch::kInt32);
+  auto x = module_->model->embed_tokens(tokens);
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    auto* layer = module_->model->layers[i]->as<DecoderLayerImpl>();
+    x = layer->ForwardWith(x, [&](const torch::Tensor& n1) {
+      if (layer->lightning) {
+        auto& attn = layer->lightning;
+        auto [q, k, v] = attn->Project(n1);  // [B, H, d]
+        auto o = LightningDecodeCuda(q, k, v, slots32, states_[i], attn->slope);
+        return attn->Finish(n1, o.view({B, -1}));
+      }
+      auto& attn = layer->softmax;
+      const int64_t H = attn->num_heads, KVH = attn->num_kv_heads, d = attn->head_dim;
+      auto q = attn->ApplyRope(attn->q_proj(n1).view({B, H, d}), positions);
+      auto k = attn->ApplyRope(attn->k_proj(n1).view({B, KVH, d}), positions);
+      auto v = attn->v_proj(n1).view({B, KVH, d});
+      PagedKvAppendCuda(k, v, slots32, positions32, page_table_, page_size_, k_pool_[i],
+                        v_pool_[i]);
+      auto o = PagedDecodeAttentionCuda(q, k_pool_[i], v_pool_[i], slots32, positions32,
+                                        page_table_, page_size_,
+                                        1.0 / std::sqrt(static_cast<double>(d)),
+                                        partition_tokens_, num_partitions_);
+      return attn->o_proj(o.reshape({B, H * d}));
+    }).first;
+  }
+  return module_->Logits(module_->model->norm(x));
+}
+
+torch::Tensor ModelRunner::DecodeKernels(const std::vector<RunnerSequence>& seqs) {
+  torch::InferenceMode guard;
+  c10::cuda::CUDAGuard device_guard(device_);
+  const int64_t B = static_cast<int64_t>(seqs.size());
+  TORCH_CHECK(B <= options_.num_slots, "engine: decode batch ", B, " exceeds ",
+              options_.num_slots, " slots");
+  auto stream = c10::cuda::getCurrentCUDAStream(device_.index());
+  graphs_->inputs_copied.synchronize();
+  SyncPageTables(seqs);
+  if (!options_.cuda_graphs) {
+    StageInputs(&seqs, B);
+    graphs_->inputs_copied.record(stream);
+    return DecodeStep(B);
+  }
+  const int64_t bucket = GraphBatch(B, options_.num_slots);
+  auto& step = graphs_->steps[bucket];
+  if (!step) {
+    // Warm-up and capture on a side stream, with padding rows only: neither touches a
+    // state or a page, and the warm-up settles library handles and workspaces first.
+    StageInputs(nullptr, bucket);
+    auto side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index());
+    at::cuda::CUDAEvent staged;
+    staged.record(stream);
+    staged.block(side);
+    auto fresh = std::make_unique<Graphs::Step>();
+    {
+      c10::cuda::CUDAStreamGuard stream_guard(side);
+      DecodeStep(bucket);
+      fresh->graph.capture_begin(graphs_->pool, cudaStreamCaptureModeThreadLocal);
+      fresh->logits = DecodeStep(bucket);
+      fresh->graph.capture_end();
+    }
+    side.synchronize();
+    step = std::move(fresh);
+  }
+  StageInputs(&seqs, bucket);
+  graphs_->inputs_copied.record(stream);
+  step->graph.replay();
+  return step->logits.narrow(0, 0, B);
+}
+#endif
 
 }  // namespace lightrl

@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <vector>
 
 #include "inference_engine/kv_cache.h"
@@ -20,13 +21,26 @@ struct RunnerSequence {
   int64_t position = 0;         // decode: position of that token
 };
 
+struct ModelRunnerOptions {
+  int64_t num_slots = 1;  // lightning-state slots: the most sequences decoding at once
+  int64_t num_pages = 1;  // KV pages of the softmax layers
+  int64_t page_size = 64;
+  // The longest sequence (prompt + generation) a slot may hold: sizes the device page
+  // table of the kernel path. 0: the model's max_position_embeddings.
+  int64_t max_model_len = 0;
+  // On CUDA with bf16 weights (and a build with LIGHTRL_ENGINE_CUDA) the lightning layers
+  // run the CUDA prefill and fused decode kernels and the softmax layers decode with the
+  // paged-attention kernels; false keeps the torch ops, the reference path, everywhere.
+  bool allow_cuda_kernels = true;
+  // Kernel path only: a decode step replays a CUDA graph captured once per batch-size
+  // bucket (the batch padded up to the bucket) instead of launching its ops one by one.
+  bool cuda_graphs = true;
+};
+
 class ModelRunner {
  public:
-  // `allow_cuda_kernels`: on CUDA with bf16 weights (and a build with LIGHTRL_ENGINE_CUDA)
-  // the lightning layers run the CUDA prefill and fused decode kernels; false keeps the
-  // torch ops, the reference path, everywhere.
-  ModelRunner(MiniMaxForCausalLM module, int64_t num_slots, int64_t num_pages, int64_t page_size,
-              bool allow_cuda_kernels = true);
+  ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& options);
+  ~ModelRunner();
 
   // Prefills each sequence from an empty state; returns FP32 logits of each sequence's last
   // token, [n, vocab].
@@ -45,11 +59,25 @@ class ModelRunner {
   torch::Device device() const { return device_; }
   // Whether the lightning layers run the CUDA kernels (else the torch ops).
   bool uses_cuda_kernels() const { return cuda_kernels_; }
+  // Whether decode steps replay CUDA graphs, and how many graphs are captured so far.
+  bool uses_cuda_graphs() const { return cuda_kernels_ && options_.cuda_graphs; }
+  int64_t num_cuda_graphs() const;
+
+  // Batch size a decode step of `batch` sequences runs at under CUDA graphs.
+  static int64_t GraphBatch(int64_t batch, int64_t max_batch);
 
  private:
   torch::Tensor PageIndex(const std::vector<RunnerSequence>& seqs, bool whole_prompt) const;
+  torch::Tensor DecodeTorch(const std::vector<RunnerSequence>& seqs);
+  // The kernel path (defined in CUDA builds only): inputs staged in fixed device buffers,
+  // page tables mirrored on the device, the step run eagerly or replayed from a graph.
+  torch::Tensor DecodeKernels(const std::vector<RunnerSequence>& seqs);
+  void StageInputs(const std::vector<RunnerSequence>* seqs, int64_t batch);
+  void SyncPageTables(const std::vector<RunnerSequence>& seqs);
+  torch::Tensor DecodeStep(int64_t batch);
 
   MiniMaxForCausalLM module_;
+  ModelRunnerOptions options_;
   ModelConfig config_;
   torch::Device device_;
   torch::ScalarType dtype_;
@@ -58,6 +86,16 @@ class ModelRunner {
   // Per layer: lightning layers [slots, H, d, d] FP32; softmax layers K and V pools
   // [pages * page_size, KVH, d] in the compute dtype.
   std::vector<torch::Tensor> states_, k_pool_, v_pool_;
+
+  // Kernel path. page_table_: [num_slots, max_pages] int32 on the device (row = slot),
+  // with its pinned host mirror; mirrored_pages_[slot]: entries of that row already on the
+  // device (reset when a slot gets a new sequence). step_inputs_: [3, num_slots] int64
+  // (token, slot or -1 for padding, position) on the device, with a pinned host copy.
+  torch::Tensor page_table_, page_table_host_, step_inputs_, step_inputs_host_;
+  std::vector<int64_t> mirrored_pages_;
+  int64_t partition_tokens_ = 0, num_partitions_ = 0;
+  struct Graphs;
+  std::unique_ptr<Graphs> graphs_;
 };
 
 }  // namespace lightrl

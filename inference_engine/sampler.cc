@@ -7,50 +7,69 @@ SampledTokens SampleTokens(const torch::Tensor& logits, const std::vector<Sample
   const int64_t R = logits.size(0), V = logits.size(1);
   TORCH_CHECK(static_cast<int64_t>(rows.size()) == R, "sampler: ", rows.size(), " rows for ", R,
               " logit rows");
-  auto opts = torch::TensorOptions().dtype(torch::kFloat32);
-  std::vector<float> temp(R), top_p(R), u(R);
-  std::vector<int64_t> top_k(R);
-  std::vector<uint8_t> greedy(R);
-  bool filtered = false;
+  // Per-row options in one host tensor, so a step makes one copy to the device: rows
+  // temperature, top_p, top_k, uniform, greedy.
+  auto host = torch::empty({5, R}, torch::kFloat64);
+  auto h = host.accessor<double, 2>();
+  bool filtered = false, all_greedy = true;
   for (int64_t r = 0; r < R; ++r) {
-    greedy[r] = rows[r].temperature == 0;
-    temp[r] = greedy[r] ? 1.f : static_cast<float>(rows[r].temperature);
-    top_p[r] = static_cast<float>(rows[r].top_p);
-    top_k[r] = rows[r].top_k > 0 ? std::min(rows[r].top_k, V) : V;
-    u[r] = static_cast<float>(rows[r].uniform);
-    filtered |= !greedy[r] && (top_k[r] < V || top_p[r] < 1.f);
+    const bool greedy = rows[r].temperature == 0;
+    const int64_t k = rows[r].top_k > 0 ? std::min(rows[r].top_k, V) : V;
+    h[0][r] = greedy ? 1.0 : rows[r].temperature;
+    h[1][r] = rows[r].top_p;
+    h[2][r] = static_cast<double>(k);
+    h[3][r] = rows[r].uniform;
+    h[4][r] = greedy ? 1.0 : 0.0;
+    filtered |= !greedy && (k < V || rows[r].top_p < 1.0);
+    all_greedy &= greedy;
   }
   auto dev = logits.device();
-  auto t_temp = torch::tensor(temp, opts).to(dev).unsqueeze(1);
-  auto logp = torch::log_softmax(logits.to(torch::kFloat32) / t_temp, -1);
-  torch::Tensor choice;
-  auto uni = torch::tensor(u, opts).to(dev).unsqueeze(1);
-  if (filtered) {
-    auto [sorted, order] = logp.exp().sort(-1, /*descending=*/true);
-    auto rank = torch::arange(V, torch::TensorOptions().dtype(torch::kInt64).device(dev)).unsqueeze(0);
-    auto k = torch::tensor(top_k, torch::kInt64).to(dev).unsqueeze(1);
-    auto p = torch::tensor(top_p, opts).to(dev).unsqueeze(1);
-    // Keep a token while the mass before it is under top_p (so the first always stays).
-    auto before = sorted.cumsum(-1) - sorted;
-    auto keep = (rank < k) & (before < p);
-    auto kept = sorted * keep.to(torch::kFloat32);
-    auto cdf = kept.cumsum(-1);
-    auto idx = torch::searchsorted(cdf, uni * cdf.narrow(1, V - 1, 1), /*out_int32=*/false,
-                                   /*right=*/true).clamp_max(V - 1);
-    // Never land on a dropped token through rounding at the top of the cdf.
-    idx = torch::minimum(idx, keep.sum(-1, true) - 1);
-    choice = order.gather(1, idx);
+  auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(dev);
+  torch::Tensor logp, choice;
+  if (all_greedy) {
+    logp = torch::log_softmax(logits.to(torch::kFloat32), -1);
+    choice = logits.argmax(-1, true);
   } else {
-    auto cdf = logp.exp().cumsum(-1);
-    choice = torch::searchsorted(cdf, uni * cdf.narrow(1, V - 1, 1), false, true).clamp_max(V - 1);
+    auto params = host.to(dev, /*non_blocking=*/false);
+    auto t_temp = params[0].to(torch::kFloat32).unsqueeze(1);
+    auto uni = params[3].to(torch::kFloat32).unsqueeze(1);
+    logp = torch::log_softmax(logits.to(torch::kFloat32) / t_temp, -1);
+    if (filtered) {
+      auto [sorted, order] = logp.exp().sort(-1, /*descending=*/true);
+      auto rank = torch::arange(V, opts.dtype(torch::kInt64)).unsqueeze(0);
+      auto k = params[2].to(torch::kInt64).unsqueeze(1);
+      auto p = params[1].to(torch::kFloat32).unsqueeze(1);
+      // Keep a token while the mass before it is under top_p (so the first always stays).
+      auto before = sorted.cumsum(-1) - sorted;
+      auto keep = (rank < k) & (before < p);
+      auto kept = sorted * keep.to(torch::kFloat32);
+      auto cdf = kept.cumsum(-1);
+      auto idx = torch::searchsorted(cdf, uni * cdf.narrow(1, V - 1, 1), /*out_int32=*/false,
+                                     /*right=*/true).clamp_max(V - 1);
+      // Never land on a dropped token through rounding at the top of the cdf.
+      idx = torch::minimum(idx, keep.sum(-1, true) - 1);
+      choice = order.gather(1, idx);
+    } else {
+      auto cdf = logp.exp().cumsum(-1);
+      choice =
+          torch::searchsorted(cdf, uni * cdf.narrow(1, V - 1, 1), false, true).clamp_max(V - 1);
+    }
+    auto is_greedy = params[4].gt(0.5).unsqueeze(1);
+    choice = torch::where(is_greedy, logits.argmax(-1, true), choice);
   }
-  auto is_greedy = torch::tensor(greedy, torch::kUInt8).to(dev).to(torch::kBool).unsqueeze(1);
-  choice = torch::where(is_greedy, logits.argmax(-1, true), choice);
-  auto lp = logp.gather(1, choice).squeeze(1).to(torch::kCPU).contiguous();
-  auto tok = choice.squeeze(1).to(torch::kCPU).contiguous();
+  // Token ids and logprobs come back in one copy (ids are exact in a double).
+  auto lp = logp.gather(1, choice).squeeze(1);
+  auto both = torch::stack({choice.squeeze(1).to(torch::kFloat64), lp.to(torch::kFloat64)})
+                  .to(torch::kCPU).contiguous();
+  const double* tok = both.data_ptr<double>();
+  const double* lps = tok + R;
   SampledTokens out;
-  out.tokens.assign(tok.data_ptr<int64_t>(), tok.data_ptr<int64_t>() + R);
-  out.logprobs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + R);
+  out.tokens.resize(R);
+  out.logprobs.resize(R);
+  for (int64_t r = 0; r < R; ++r) {
+    out.tokens[r] = static_cast<int64_t>(tok[r]);
+    out.logprobs[r] = static_cast<float>(lps[r]);
+  }
   return out;
 }
 

@@ -9,7 +9,8 @@
 # Knobs (environment): LONG_SEQS (2), LONG_TOKENS (16384), BATCHES (8,64,256),
 # DEADLINE_S (560: the long run is cut to what is left of it), SKIP_HF (1: make the model
 # and prompts, time only lightrl), SHORT_TOKENS (8: each batch also generates this many
-# tokens, so that the fixed cost of a run and the cost of a step can be told apart).
+# tokens, so that the fixed cost of a run and the cost of a step can be told apart),
+# EAGER_BATCHES (64: also run these batch sizes with --enforce-eager, and compare tokens).
 # Needs in the tree: .device/grpc.tgz (abseil) and .device/googletest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -22,6 +23,7 @@ BATCHES="${BATCHES:-8,64,256}"
 DEADLINE_S="${DEADLINE_S:-560}"
 SKIP_HF="${SKIP_HF:-0}"
 SHORT_TOKENS="${SHORT_TOKENS:-8}"
+EAGER_BATCHES="${EAGER_BATCHES:-64}"
 T0=$(date +%s)
 mkdir -p "$OUT" "$W"
 S="$OUT/summary.txt"
@@ -32,16 +34,17 @@ PY=$(command -v python3)
 
 note "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
 
-GPU_BUILD_TARGETS="engine_gpu_test engine_test policy_test lightrl"
+GPU_BUILD_TARGETS="engine_gpu_test paged_attention_kernels_test engine_test policy_test lightrl"
 source "$ROOT/bench/gpu_build.sh"
 [ -x "$B/tests/engine_gpu_test" ] || { tail -30 "$OUT/build.log"; exit 1; }
 
 # Tests: the engine on CUDA, and the CPU suites on this machine.
-for t in engine_gpu_test engine_test policy_test; do
+for t in paged_attention_kernels_test engine_gpu_test engine_test policy_test; do
   "$B/tests/$t" > "$OUT/$t.log" 2>&1
   note "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t.log" | tr '\n' ' ')"
 done
-grep -E "relative error|greedy tokens|Pearson|Failure|FAILED|Expected|Which is" "$OUT/engine_gpu_test.log" | tee -a "$S"
+grep -E "relative error|greedy tokens|Pearson|graph replay|Failure|FAILED|Expected|Which is" "$OUT/engine_gpu_test.log" | tee -a "$S"
+grep -E "Failure|FAILED|Expected|Which is|seed" "$OUT/paged_attention_kernels_test.log" | head -20 | tee -a "$S"
 
 # lightrl logprobs on CUDA bf16 against CPU FP32, random model from `lightrl init`.
 cat > "$W/small_config.json" <<'JSON'
@@ -90,6 +93,16 @@ for bs in ${BATCHES//,/ }; do
       --stop-token-ids= --max-num-seqs "$bs" --kv-cache-mb 2048 > "$W/gen_${bs}_$n.log" 2>&1
     note "lightrl generate batch $bs, $n new tokens, rc=$?: $(grep 'lightrl generate:' "$W/gen_${bs}_$n.log" | tail -1)"
   done
+done
+# The same decode steps launched op by op (no CUDA graphs), at one batch size.
+for bs in ${EAGER_BATCHES//,/ }; do
+  "$LIGHTRL" generate --model "$W/bench_model" --input "$W/prompts_$bs.jsonl" --output "$W/gen_eager_$bs.jsonl" \
+    --device cuda --dtype bfloat16 --temperature 0 --max-new-tokens 128 --early-stop-window 0 \
+    --stop-token-ids= --max-num-seqs "$bs" --kv-cache-mb 2048 --enforce-eager > "$W/gen_eager_$bs.log" 2>&1
+  note "lightrl generate --enforce-eager batch $bs, 128 new tokens, rc=$?: $(grep 'lightrl generate:' "$W/gen_eager_$bs.log" | tail -1)"
+  cmp -s <(python3 -c "import json,sys;[print(json.loads(l)['tokens']) for l in open(sys.argv[1])]" "$W/gen_$bs.jsonl") \
+         <(python3 -c "import json,sys;[print(json.loads(l)['tokens']) for l in open(sys.argv[1])]" "$W/gen_eager_$bs.jsonl")
+  note "greedy tokens, graphs vs eager at batch $bs: $([ $? = 0 ] && echo identical || echo differ)"
 done
 
 # One long run: a few sequences generating as long as the deadline allows.

@@ -34,7 +34,8 @@ constexpr const char* kUsage =
     "       --stop STRING --stop-token-ids a,b,c (default: the config's eos ids)\n"
     "       --early-stop-window N (3000; 0 = off) --early-stop-prob P (0.99)\n"
     "       --device cpu|cuda --dtype float32|bfloat16 --max-num-seqs N (64)\n"
-    "       --kv-cache-mb MB (1024) --page-size N (64) --max-model-len N\n";
+    "       --kv-cache-mb MB (1024) --page-size N (64) --max-model-len N\n"
+    "       --enforce-eager (CUDA: launch decode steps op by op, no CUDA graphs)\n";
 
 absl::Status ApplyOverrides(const Json& line, const std::string& where, SamplingParams& p) {
   auto get_int = [&](const char* key, int64_t& out) -> absl::Status {
@@ -102,7 +103,8 @@ absl::Status Run(const std::vector<std::string>& args) {
                    Flags::Parse(args, {"model", "input", "output", "max-new-tokens", "temperature",
                                        "top-p", "top-k", "n", "seed", "stop", "stop-token-ids",
                                        "early-stop-window", "early-stop-prob", "device", "dtype",
-                                       "max-num-seqs", "kv-cache-mb", "page-size", "max-model-len"}));
+                                       "max-num-seqs", "kv-cache-mb", "page-size", "max-model-len"},
+                                 {"enforce-eager"}));
   ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
   ASSIGN_OR_RETURN(std::string input, flags.Required("input"));
   ASSIGN_OR_RETURN(std::string output, flags.Required("output"));
@@ -123,6 +125,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   eopts.kv_cache_bytes = kv_mb << 20;
   ASSIGN_OR_RETURN(eopts.page_size, flags.GetInt("page-size", 64));
   ASSIGN_OR_RETURN(eopts.max_model_len, flags.GetInt("max-model-len", 0));
+  eopts.cuda_graphs = flags.Get("enforce-eager", "false") != "true";
   RETURN_IF_ERROR(eopts.Validate());
   PolicyOptions popts;
   popts.device = flags.Get("device", "cpu");

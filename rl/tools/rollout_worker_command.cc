@@ -26,6 +26,7 @@ constexpr const char* kRolloutWorkerUsage =
     "                              [--worker-id ID] [--model DIR] [--tokenizer FILE]\n"
     "                              [--device cpu|cuda|cuda:N] [--dtype float32|bfloat16]\n"
     "                              [--capacity N] [--max-num-seqs N] [--kv-cache-mb N]\n"
+    "                              [--enforce-eager]\n"
     "                              [--auth-token T] [--advertise HOST:PORT]\n"
     "  --listen       address to serve on (default 127.0.0.1:0; the bound one is printed as\n"
     "                 \"listening on HOST:PORT\")\n"
@@ -43,7 +44,8 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags,
                    Flags::Parse(args, {"listen", "coordinator", "worker-id", "model", "tokenizer",
                                        "device", "dtype", "capacity", "max-num-seqs",
-                                       "kv-cache-mb", "auth-token", "advertise"}));
+                                       "kv-cache-mb", "auth-token", "advertise"},
+                                 {"enforce-eager"}));
   RolloutWorkerOptions options;
   options.listen_address = flags.Get("listen", options.listen_address);
   options.auth_token = flags.Get("auth-token");
@@ -58,6 +60,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(options.engine.max_num_seqs, flags.GetInt("max-num-seqs", options.engine.max_num_seqs));
   ASSIGN_OR_RETURN(int64_t kv_mb, flags.GetInt("kv-cache-mb", options.engine.kv_cache_bytes >> 20));
   options.engine.kv_cache_bytes = kv_mb << 20;
+  options.engine.cuda_graphs = flags.Get("enforce-eager", "false") != "true";
 
   std::unique_ptr<PolicyModel> policy;
   if (flags.Has("model")) {

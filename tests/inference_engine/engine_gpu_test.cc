@@ -80,22 +80,34 @@ TEST(EngineGpuTest, KernelRunnerMatchesTorchRunnerOnRaggedBatches) {
   auto policy = MakeGpuPolicy(seed);
   auto oracle_policy = MakeGpuPolicy(seed, "float32");
   auto& module = policy->module();
-  const int64_t page_size = 16, num_slots = 8, num_pages = 256;
-  // bf16 with the kernels, bf16 with the torch ops, and the FP32 torch ops as the oracle.
-  ModelRunner fast(module, num_slots, num_pages, page_size, /*allow_cuda_kernels=*/true);
-  ModelRunner ref(module, num_slots, num_pages, page_size, /*allow_cuda_kernels=*/false);
-  ModelRunner oracle(oracle_policy->module(), num_slots, num_pages, page_size);
-  ASSERT_TRUE(fast.uses_cuda_kernels());
+  ModelRunnerOptions ro;
+  ro.num_slots = 8;
+  ro.num_pages = 512;
+  ro.page_size = 16;
+  ro.max_model_len = 4096;  // 256-token partitions in the paged decode attention
+  // bf16 with the kernels replaying CUDA graphs, the same kernels run eagerly, bf16 with
+  // the torch ops, and the FP32 torch ops as the oracle.
+  ModelRunner fast(module, ro);
+  ModelRunnerOptions eager_options = ro;
+  eager_options.cuda_graphs = false;
+  ModelRunner eager(module, eager_options);
+  ModelRunnerOptions torch_options = ro;
+  torch_options.allow_cuda_kernels = false;
+  ModelRunner ref(module, torch_options);
+  ModelRunner oracle(oracle_policy->module(), ro);
+  ASSERT_TRUE(fast.uses_cuda_kernels() && fast.uses_cuda_graphs());
+  ASSERT_TRUE(eager.uses_cuda_kernels() && !eager.uses_cuda_graphs());
   ASSERT_FALSE(ref.uses_cuda_kernels());
   ASSERT_FALSE(oracle.uses_cuda_kernels());
 
-  // Ragged prompts around the kernels' block sizes, in shuffled slots.
-  const std::vector<int> lengths = {1, 31, 64, 97, 200, 3};
-  std::vector<int64_t> slots = {5, 0, 7, 2, 6, 1};
-  PagedKvCache kv(num_pages, page_size);
+  // Ragged prompts around the kernels' block sizes and the attention's partitions, in
+  // shuffled slots.
+  const std::vector<int> lengths = {1, 31, 64, 97, 200, 3, 2100};
+  std::vector<int64_t> slots = {5, 0, 7, 2, 6, 1, 3};
+  PagedKvCache kv(ro.num_pages, ro.page_size);
   std::vector<PageTable> tables(lengths.size());
   std::vector<RunnerSequence> seqs(lengths.size());
-  const int kSteps = 5;
+  const int kSteps = 6;
   for (size_t i = 0; i < lengths.size(); ++i) {
     ASSERT_TRUE(kv.Reserve(tables[i], lengths[i] + kSteps));
     seqs[i].slot = slots[i];
@@ -112,15 +124,27 @@ TEST(EngineGpuTest, KernelRunnerMatchesTorchRunnerOnRaggedBatches) {
     EXPECT_FALSE(torch::isnan(f).any().item<bool>()) << what;
     EXPECT_LT(kernel_err, std::max(1.5 * torch_err, 2e-2)) << what;
   };
-  check(fast.Prefill(seqs), ref.Prefill(seqs), oracle.Prefill(seqs), "prefill");
+  auto prefill = fast.Prefill(seqs);
+  eager.Prefill(seqs);
+  check(prefill, ref.Prefill(seqs), oracle.Prefill(seqs), "prefill");
   for (int step = 0; step < kSteps; ++step) {
+    // Half-way the batch shrinks to three sequences: another graph bucket, padded rows.
+    if (step == kSteps / 2) seqs.resize(3);
     for (size_t i = 0; i < seqs.size(); ++i) {
       seqs[i].position = lengths[i] + step;
       seqs[i].tokens = RandomTokens(rng, 1);
     }
-    check(fast.Decode(seqs), ref.Decode(seqs), oracle.Decode(seqs),
-          "decode step " + std::to_string(step));
+    const std::string what = "decode step " + std::to_string(step);
+    auto graphed = fast.Decode(seqs).clone();
+    auto eager_logits = eager.Decode(seqs);
+    auto ref_logits = ref.Decode(seqs);
+    check(graphed, ref_logits, oracle.Decode(seqs), what);
+    // Replaying the captured step computes what launching it op by op does.
+    const double replay_err = RelativeError(graphed, eager_logits);
+    std::printf("%s: graph replay vs eager kernels %.3e\n", what.c_str(), replay_err);
+    EXPECT_LT(replay_err, 2e-3) << what;
   }
+  EXPECT_EQ(fast.num_cuda_graphs(), 2);  // buckets of 8 and 4
 }
 
 struct Generated {

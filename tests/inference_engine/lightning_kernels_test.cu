@@ -19,6 +19,7 @@
 #include "inference_engine/cuda/lightning_prefill.h"
 #include "inference_engine/cuda/lightning_train.h"
 #include "inference_engine/reference/lightning_reference.h"
+#include "tests/inference_engine/cuda_test_util.h"
 
 // GoogleTest's registration macros, seen through nvcc's front end, leave a never-read
 // member (EDG 177) and a set-but-unused variable in the generated host code.
@@ -28,56 +29,6 @@
 namespace lightrl {
 namespace {
 
-constexpr uint16_t kPoisonBits = 0xFFFF;  // a bf16 NaN
-
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t n) : n_(n) {
-    CUDA_CHECK(cudaMalloc(&ptr_, std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { Upload(host); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { cudaFree(ptr_); }
-  T* get() const { return ptr_; }
-  void Upload(const std::vector<T>& host) {
-    CUDA_CHECK(cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> Download() const {
-    std::vector<T> host(n_);
-    CUDA_CHECK(cudaMemcpy(host.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return host;
-  }
-
- private:
-  T* ptr_ = nullptr;
-  size_t n_ = 0;
-};
-
-uint16_t Bits(__nv_bfloat16 x) { return static_cast<__nv_bfloat16_raw>(x).x; }
-
-__nv_bfloat16 FromBits(uint16_t b) {
-  __nv_bfloat16_raw raw;
-  raw.x = b;
-  return __nv_bfloat16(raw);
-}
-
-float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-// Relative Frobenius error; +inf when any output is not finite (unwritten poison).
-double RelErr(const std::vector<double>& out, const std::vector<double>& ref) {
-  double num = 0.0;
-  double den = 0.0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(out[i])) return INFINITY;
-    num += (out[i] - ref[i]) * (out[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-unsigned FreshSeed() { return std::random_device{}(); }
 
 // Slopes drawn from real MiniMax layers of an 80-layer, 64-head model: from fast decay
 // (lambda ~ 0.4) to almost none (the last layer).
