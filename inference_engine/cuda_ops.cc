@@ -1,6 +1,8 @@
 #include "inference_engine/cuda_ops.h"
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
+#include <cublas_v2.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "inference_engine/cuda/lightning_decode.h"
@@ -227,6 +229,41 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
   CheckLaunch(LaunchPagedDecodeAttention(p, at::cuda::getCurrentCUDAStream().stream()),
               "paged decode attention", p.Validate());
   return o;
+}
+
+torch::Tensor GroupedLinearCuda(const torch::Tensor& in, const torch::Tensor& weight_ptrs,
+                                int64_t out_features) {
+  TORCH_CHECK(in.is_cuda() && in.scalar_type() == torch::kBFloat16 && in.is_contiguous() &&
+                  (in.dim() == 2 || in.dim() == 3),
+              "grouped linear: input must be contiguous bfloat16 [T, K] or [G, T, K] on CUDA, got ",
+              in.sizes(), " ", in.scalar_type());
+  TORCH_CHECK(weight_ptrs.dim() == 1 && weight_ptrs.scalar_type() == torch::kInt64 &&
+                  weight_ptrs.is_contiguous() && weight_ptrs.device() == in.device(),
+              "grouped linear: weight_ptrs must be contiguous int64 [G] on ", in.device());
+  const int64_t G = weight_ptrs.size(0), T = in.size(-2), K = in.size(-1), N = out_features;
+  TORCH_CHECK(in.dim() == 2 || in.size(0) == G, "grouped linear: ", in.size(0), " inputs for ",
+              G, " weights");
+  c10::cuda::CUDAGuard guard(in.device());
+  auto out = torch::empty({G, T, N}, in.options());
+  if (G == 0 || T == 0) return out;
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(in.device());
+  const int64_t in_base = reinterpret_cast<int64_t>(in.data_ptr());
+  const int64_t out_base = reinterpret_cast<int64_t>(out.data_ptr());
+  const int64_t elem = static_cast<int64_t>(sizeof(uint16_t));
+  auto in_ptrs = in.dim() == 2 ? torch::full({G}, in_base, i64)
+                               : torch::arange(in_base, in_base + G * T * K * elem, T * K * elem, i64);
+  auto out_ptrs = torch::arange(out_base, out_base + G * T * N * elem, T * N * elem, i64);
+  // Row-major out_g [T, N] = in_g [T, K] W_g^T is column-major out_g^T = W_g in_g^T.
+  const float alpha = 1.f, beta = 0.f;
+  TORCH_CUDABLAS_CHECK(cublasGemmBatchedEx(
+      at::cuda::getCurrentCUDABlasHandle(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
+      static_cast<int>(T), static_cast<int>(K), &alpha,
+      reinterpret_cast<const void* const*>(weight_ptrs.data_ptr<int64_t>()), CUDA_R_16BF,
+      static_cast<int>(K), reinterpret_cast<const void* const*>(in_ptrs.data_ptr<int64_t>()),
+      CUDA_R_16BF, static_cast<int>(K), &beta,
+      reinterpret_cast<void* const*>(out_ptrs.data_ptr<int64_t>()), CUDA_R_16BF,
+      static_cast<int>(N), static_cast<int>(G), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return out;
 }
 
 }  // namespace lightrl

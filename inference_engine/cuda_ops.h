@@ -51,4 +51,13 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
                                        double scale, int64_t partition_tokens,
                                        int64_t num_partitions);
 
+// Grouped linear layers through cuBLAS's pointer-array batched GEMM (the MoE experts of a
+// decode step in one call): out[g] = in_g W_g^T for g < G, where weight_ptrs [G] int64 on
+// the device holds the addresses of G contiguous [N, K] bf16 matrices and `in` is [T, K]
+// (shared by every g) or [G, T, K], contiguous bf16. Returns [G, T, N] bf16, accumulated
+// in FP32. The pointer arrays of `in` and the output are computed on the device, so the
+// call can be captured in a CUDA graph.
+torch::Tensor GroupedLinearCuda(const torch::Tensor& in, const torch::Tensor& weight_ptrs,
+                                int64_t out_features);
+
 }  // namespace lightrl

@@ -330,6 +330,18 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
   auto x = module_->model->embed_tokens(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto* layer = module_->model->layers[i]->as<DecoderLayerImpl>();
+    // Every expert on every token (decode batches are small) in two grouped GEMMs, weighted
+    // by the routing matrix; the weighted sum in FP32, as the policy's dense path.
+    auto moe = [&](const torch::Tensor& n2) {
+      auto& block = layer->block_sparse_moe;
+      const int64_t E = block->num_experts;
+      auto combine = block->CombineWeights(n2);  // [B, E] FP32
+      auto h13 = GroupedLinearCuda(n2, expert_w13_[i], config_.intermediate_size);
+      auto act = torch::silu(h13.narrow(0, 0, E)) * h13.narrow(0, E, E);  // [E, B, ffn]
+      auto y = GroupedLinearCuda(act, expert_w2_[i], n2.size(1));         // [E, B, hidden]
+      auto out = torch::bmm(combine.unsqueeze(1), y.to(torch::kFloat32).transpose(0, 1));
+      return out.squeeze(1).to(n2.scalar_type());
+    };
     x = layer->ForwardWith(x, [&](const torch::Tensor& n1) {
       if (layer->lightning) {
         auto& attn = layer->lightning;
@@ -349,9 +361,34 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
                                         1.0 / std::sqrt(static_cast<double>(d)),
                                         partition_tokens_, num_partitions_);
       return attn->o_proj(o.reshape({B, H * d}));
-    }).first;
+    }, /*moe_capacity_factor=*/0, moe).first;
   }
   return module_->Logits(module_->model->norm(x));
+}
+
+void ModelRunner::TrackWeights() {
+  std::vector<const void*> now;
+  for (const auto& p : module_->parameters()) now.push_back(p.data_ptr());
+  if (now == weight_addresses_) return;
+  weight_addresses_ = std::move(now);
+  graphs_->steps.clear();  // they read the old addresses
+  expert_w13_.assign(config_.num_hidden_layers, torch::Tensor());
+  expert_w2_.assign(config_.num_hidden_layers, torch::Tensor());
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    auto& block = module_->model->layers[i]->as<DecoderLayerImpl>()->block_sparse_moe;
+    std::vector<int64_t> w13, w2;
+    auto address = [](const torch::Tensor& w) {
+      TORCH_CHECK(w.is_contiguous(), "engine: expert weights must be contiguous");
+      return reinterpret_cast<int64_t>(w.data_ptr());
+    };
+    auto expert = [&](int64_t e) { return block->experts[e]->as<ExpertImpl>(); };
+    for (int64_t e = 0; e < block->num_experts; ++e) w13.push_back(address(expert(e)->w1->weight));
+    for (int64_t e = 0; e < block->num_experts; ++e) w13.push_back(address(expert(e)->w3->weight));
+    for (int64_t e = 0; e < block->num_experts; ++e) w2.push_back(address(expert(e)->w2->weight));
+    expert_w13_[i] = torch::tensor(w13, i64).to(device_);
+    expert_w2_[i] = torch::tensor(w2, i64).to(device_);
+  }
 }
 
 torch::Tensor ModelRunner::DecodeKernels(const std::vector<RunnerSequence>& seqs) {
@@ -361,6 +398,7 @@ torch::Tensor ModelRunner::DecodeKernels(const std::vector<RunnerSequence>& seqs
   TORCH_CHECK(B <= options_.num_slots, "engine: decode batch ", B, " exceeds ",
               options_.num_slots, " slots");
   auto stream = c10::cuda::getCurrentCUDAStream(device_.index());
+  TrackWeights();
   graphs_->inputs_copied.synchronize();
   SyncPageTables(seqs);
   if (!options_.cuda_graphs) {

@@ -75,6 +75,9 @@ class ModelRunner {
   void StageInputs(const std::vector<RunnerSequence>* seqs, int64_t batch);
   void SyncPageTables(const std::vector<RunnerSequence>& seqs);
   torch::Tensor DecodeStep(int64_t batch);
+  // The device arrays of expert weight addresses for the grouped expert GEMMs, rebuilt (and
+  // the captured graphs dropped) whenever a parameter's storage has moved.
+  void TrackWeights();
 
   MiniMaxForCausalLM module_;
   ModelRunnerOptions options_;
@@ -94,6 +97,10 @@ class ModelRunner {
   torch::Tensor page_table_, page_table_host_, step_inputs_, step_inputs_host_;
   std::vector<int64_t> mirrored_pages_;
   int64_t partition_tokens_ = 0, num_partitions_ = 0;
+  // Per layer: [2E] int64 addresses of w1_0..w1_E-1, w3_0..w3_E-1 and [E] of w2_*; and the
+  // data pointers of every parameter when they were taken.
+  std::vector<torch::Tensor> expert_w13_, expert_w2_;
+  std::vector<const void*> weight_addresses_;
   struct Graphs;
   std::unique_ptr<Graphs> graphs_;
 };

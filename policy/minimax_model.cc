@@ -190,14 +190,25 @@ SparseMoeImpl::SparseMoeImpl(const ModelConfig& c)
 // Below this many token-expert assignments the MoE runs densely (see forward).
 constexpr int64_t kDenseMoeMaxAssignments = 1024;
 
-std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tensor& x,
-                                                                double capacity_factor) {
-  const int64_t T = x.size(0);
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> SparseMoeImpl::Route(
+    const torch::Tensor& x) {
   // Router in FP32: near-ties between experts must not flip with the compute dtype.
   auto logits = torch::matmul(x.to(torch::kFloat32), gate->weight.to(torch::kFloat32).t());
   auto probs = torch::softmax(logits, -1);
   auto [top_w, top_i] = probs.topk(top_k, -1);
   top_w = top_w / top_w.sum(-1, true);
+  return {probs, top_w, top_i};
+}
+
+torch::Tensor SparseMoeImpl::CombineWeights(const torch::Tensor& x) {
+  auto [probs, top_w, top_i] = Route(x);
+  return torch::zeros({x.size(0), num_experts}, top_w.options()).scatter(1, top_i, top_w);
+}
+
+std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tensor& x,
+                                                                double capacity_factor) {
+  const int64_t T = x.size(0);
+  auto [probs, top_w, top_i] = Route(x);
 
   // Switch-style balance loss: E * sum_e (assignments to e / T) * mean router prob of e.
   auto counts = torch::zeros({num_experts}, probs.options())
@@ -217,18 +228,19 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
     top_w = top_w * keep.to(top_w.scalar_type());
   }
 
-  auto out = torch::zeros_like(x);
   if (T * top_k <= kDenseMoeMaxAssignments) {
     // Few tokens (decode steps, small batches): run every expert on every token and weight
     // by the (mostly zero) routing matrix. It moves the same expert weights, never waits on
     // the device to learn which experts were hit, and so keeps decode capturable.
+    // The weighted sum accumulates in FP32 and is rounded once.
     auto combine = torch::zeros({T, num_experts}, top_w.options()).scatter(1, top_i, top_w);
+    auto acc = torch::zeros({T, x.size(1)}, x.options().dtype(torch::kFloat32));
     for (int64_t e = 0; e < num_experts; ++e) {
-      auto h = experts[e]->as<ExpertImpl>()->forward(x);
-      out = out + (h.to(torch::kFloat32) * combine.select(1, e).unsqueeze(1)).to(x.scalar_type());
+      acc.addcmul_(experts[e]->as<ExpertImpl>()->forward(x), combine.select(1, e).unsqueeze(1));
     }
-    return {out, aux};
+    return {acc.to(x.scalar_type()), aux};
   }
+  auto out = torch::zeros_like(x);
   auto hit = counts.nonzero().squeeze(-1).to(torch::kCPU);
   auto hit_acc = hit.accessor<int64_t, 1>();
   for (int64_t n = 0; n < hit.size(0); ++n) {
@@ -271,14 +283,20 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::T
       options.moe_capacity_factor);
 }
 
-std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::ForwardWith(
-    const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& attention,
-    double moe_capacity_factor) {
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::ForwardWith(const torch::Tensor& x,
+                                                                    const Block& attention,
+                                                                    double moe_capacity_factor,
+                                                                    const Block& moe) {
   auto n1 = input_layernorm(x);
   auto h = (postnorm ? n1 : x) * attn_alpha + attention(n1) * attn_beta;
   auto n2 = post_attention_layernorm(h);
-  auto [moe, aux] = block_sparse_moe->forward(n2, moe_capacity_factor);
-  return {(postnorm ? n2 : h) * mlp_alpha + moe * mlp_beta, aux};
+  torch::Tensor mlp, aux;
+  if (moe) {
+    mlp = moe(n2);
+  } else {
+    std::tie(mlp, aux) = block_sparse_moe->forward(n2, moe_capacity_factor);
+  }
+  return {(postnorm ? n2 : h) * mlp_alpha + mlp * mlp_beta, aux};
 }
 
 MiniMaxModelImpl::MiniMaxModelImpl(const ModelConfig& c) {

@@ -90,6 +90,11 @@ class SparseMoeImpl : public torch::nn::Module {
   explicit SparseMoeImpl(const ModelConfig& config);
   // Returns (output, aux loss).
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x, double capacity_factor);
+  // The router alone: FP32 softmax over experts, top-k, renormalised. Returns (probs [T, E],
+  // top_w [T, k], top_i [T, k]).
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Route(const torch::Tensor& x);
+  // The routing matrix [T, E] FP32: token t's weight for expert e, zero off its top-k.
+  torch::Tensor CombineWeights(const torch::Tensor& x);
   torch::nn::Linear gate{nullptr};
   torch::nn::ModuleList experts;
   int64_t num_experts, top_k;
@@ -104,9 +109,12 @@ class DecoderLayerImpl : public torch::nn::Module {
                                                   const ForwardOptions& options);
   // The layer around an attention computed by the caller (the engine's cached paths):
   // `attention` maps the normalised input to the attention output. Returns (out, aux).
-  std::pair<torch::Tensor, torch::Tensor> ForwardWith(
-      const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& attention,
-      double moe_capacity_factor = 0);
+  // `moe`, when given, replaces the MoE block's forward (the engine's grouped experts);
+  // the aux loss is then not computed (an undefined tensor).
+  using Block = std::function<torch::Tensor(const torch::Tensor&)>;
+  std::pair<torch::Tensor, torch::Tensor> ForwardWith(const torch::Tensor& x, const Block& attention,
+                                                      double moe_capacity_factor = 0,
+                                                      const Block& moe = nullptr);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   LightningAttention lightning{nullptr};
   SoftmaxAttention softmax{nullptr};

@@ -6,7 +6,8 @@
 # generation of lightrl vs transformers at batch 8, 64, 256 (128-token prompts, 128 new
 # tokens, as /work/shared/device/peer_bench.py), then one long-generation run.
 #   bench/engine/run_e2e.sh            (logs and summary under $OUT, default build/e2e_out)
-# Knobs (environment): LONG_SEQS (2), LONG_TOKENS (16384), BATCHES (8,64,256),
+# Knobs (environment): LONG_SEQS (2), LONG_TOKENS (16384), LONG_REPORT (8192),
+# BATCHES (8,64,256: engine_bench), CLI_BATCHES (64: lightrl generate),
 # DEADLINE_S (560: the long run is cut to what is left of it), SKIP_HF (1: make the model
 # and prompts, time only lightrl), SHORT_TOKENS (8: each batch also generates this many
 # tokens, so that the fixed cost of a run and the cost of a step can be told apart),
@@ -24,6 +25,8 @@ DEADLINE_S="${DEADLINE_S:-560}"
 SKIP_HF="${SKIP_HF:-0}"
 SHORT_TOKENS="${SHORT_TOKENS:-8}"
 EAGER_BATCHES="${EAGER_BATCHES:-64}"
+CLI_BATCHES="${CLI_BATCHES:-64}"
+LONG_REPORT="${LONG_REPORT:-8192}"
 T0=$(date +%s)
 mkdir -p "$OUT" "$W"
 S="$OUT/summary.txt"
@@ -34,7 +37,7 @@ PY=$(command -v python3)
 
 note "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
 
-GPU_BUILD_TARGETS="engine_gpu_test paged_attention_kernels_test engine_test policy_test lightrl"
+GPU_BUILD_TARGETS="engine_gpu_test paged_attention_kernels_test engine_test policy_test lightrl engine_bench"
 source "$ROOT/bench/gpu_build.sh"
 [ -x "$B/tests/engine_gpu_test" ] || { tail -30 "$OUT/build.log"; exit 1; }
 
@@ -85,8 +88,17 @@ PYTHONUNBUFFERED=1 $PY "$ROOT/bench/engine/hf_bench.py" --config "$ROOT/bench/en
 note "transformers rc=$? after $(elapsed) s"
 cat "$OUT/hf.jsonl" | tee -a "$S"
 
-# lightrl generate, greedy, EOS ignored (empty stop ids), no early stop.
-for bs in ${BATCHES//,/ }; do
+# In-process engine throughput, timed as transformers is (warm-up, then one timed run).
+"$B/bench/engine_bench" --model "$W/bench_model" --prompts-dir "$W" --batches "$BATCHES" \
+  --new-tokens 128 > "$OUT/engine_bench.jsonl" 2> "$OUT/engine_bench.err"
+note "engine_bench rc=$?"; cat "$OUT/engine_bench.jsonl" | tee -a "$S"
+"$B/bench/engine_bench" --model "$W/bench_model" --prompts-dir "$W" --batches "$EAGER_BATCHES" \
+  --new-tokens 128 --enforce-eager 1 > "$OUT/engine_bench_eager.jsonl" 2>> "$OUT/engine_bench.err"
+note "engine_bench --enforce-eager rc=$?"; cat "$OUT/engine_bench_eager.jsonl" | tee -a "$S"
+
+# lightrl generate (the CLI, a fresh process each: load, capture and prefill included),
+# greedy, EOS ignored (empty stop ids), no early stop.
+for bs in ${CLI_BATCHES//,/ }; do
   for n in $SHORT_TOKENS 128; do
     "$LIGHTRL" generate --model "$W/bench_model" --input "$W/prompts_$bs.jsonl" --output "$W/gen_$bs.jsonl" \
       --device cuda --dtype bfloat16 --temperature 0 --max-new-tokens $n --early-stop-window 0 \
@@ -105,26 +117,19 @@ for bs in ${EAGER_BATCHES//,/ }; do
   note "greedy tokens, graphs vs eager at batch $bs: $([ $? = 0 ] && echo identical || echo differ)"
 done
 
-# One long run: a few sequences generating as long as the deadline allows.
+# One long run: a few sequences generating as long as the deadline allows; engine_bench
+# prints a line every LONG_REPORT tokens, so a run cut by the deadline still reports.
 left=$(( DEADLINE_S - $(elapsed) ))
 if [ "$left" -gt 30 ]; then
-  $PY - "$W/long.jsonl" "$LONG_SEQS" <<'PYEOF'
-import json, random, sys
-random.seed(5)
-with open(sys.argv[1], "w") as f:
-    for _ in range(int(sys.argv[2])):
-        f.write(json.dumps({"prompt_tokens": [random.randrange(32000) for _ in range(128)]}) + "\n")
-PYEOF
   note "long run: $LONG_SEQS sequences x $LONG_TOKENS new tokens, limit $left s"
   nvidia-smi --query-gpu=memory.used --format=csv,noheader -lms 2000 > "$OUT/long_mem.txt" 2>/dev/null &
   smi=$!
-  timeout "$left" "$LIGHTRL" generate --model "$W/bench_model" --input "$W/long.jsonl" --output "$W/long_out.jsonl" \
-    --device cuda --dtype bfloat16 --temperature 0 --max-new-tokens "$LONG_TOKENS" --early-stop-window 0 \
-    --stop-token-ids= --max-num-seqs "$LONG_SEQS" --kv-cache-mb 1024 --max-model-len $((LONG_TOKENS + 256)) \
-    > "$OUT/long.log" 2>&1
-  note "long run rc=$?: $(grep 'lightrl generate:' "$OUT/long.log" | tail -1)"
+  timeout "$left" "$B/bench/engine_bench" --model "$W/bench_model" --batches "" \
+    --long-seqs "$LONG_SEQS" --long-tokens "$LONG_TOKENS" --long-report "$LONG_REPORT" \
+    > "$OUT/long.jsonl" 2> "$OUT/long.err"
+  note "long run rc=$?"; cat "$OUT/long.jsonl" | tee -a "$S"
   kill "$smi" 2>/dev/null
-  note "GPU memory used during the long run (MiB, first/max/last): $(sort -n "$OUT/long_mem.txt" | sed -n '1p;$p' | tr '\n' ' ') $(tail -1 "$OUT/long_mem.txt")"
+  note "GPU memory used during the long run (MiB, min/max/last): $(sort -n "$OUT/long_mem.txt" | sed -n '1p;$p' | tr '\n' ' ') $(tail -1 "$OUT/long_mem.txt")"
 else
   note "long run skipped: $left s left"
 fi

@@ -1,0 +1,191 @@
+// In-process engine throughput, measured the way bench/engine/hf_bench.py measures
+// transformers: load once; per batch size a warm-up generate of 8 tokens (which also
+// captures that batch's CUDA graph), then one timed greedy generate of --new-tokens
+// tokens per sequence from the same prompts (prefill included). Prints one JSON line per
+// measurement.
+//   engine_bench --model DIR --prompts-dir DIR [--batches 8,64,256] [--new-tokens 128]
+//                [--device cuda] [--dtype bfloat16] [--enforce-eager 1]
+//                [--long-seqs N --long-tokens T]   (then one long run; prints a JSON line
+//                                                    every --long-report tokens per sequence)
+// prompts_<batch>.jsonl lines hold {"prompt_tokens": [...]} (hf_bench.py writes them).
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/json.h"
+#include "inference_engine/engine.h"
+#include "policy/policy_model.h"
+
+namespace lightrl {
+namespace {
+
+int Fail(const std::string& what) {
+  std::fprintf(stderr, "engine_bench: %s\n", what.c_str());
+  return 2;
+}
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+std::vector<GenerationRequest> Requests(const std::vector<std::vector<int32_t>>& prompts,
+                                        int64_t new_tokens) {
+  std::vector<GenerationRequest> out;
+  for (const auto& p : prompts) {
+    GenerationRequest r;
+    r.id = std::to_string(out.size());
+    r.prompt = p;
+    r.params.temperature = 0;
+    r.params.max_new_tokens = new_tokens;
+    r.params.early_stop_window = 0;  // no stop tokens, no early stop: every token is made
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+bool ReadPrompts(const std::string& path, std::vector<std::vector<int32_t>>* prompts) {
+  std::ifstream in(path);
+  if (!in) return false;
+  std::string line;
+  while (std::getline(in, line)) {
+    auto json = Json::Parse(line);
+    if (!json.ok() || json->find("prompt_tokens") == nullptr) return false;
+    std::vector<int32_t> p;
+    for (const auto& t : json->find("prompt_tokens")->as_array()) {
+      p.push_back(static_cast<int32_t>(t.as_int()));
+    }
+    prompts->push_back(std::move(p));
+  }
+  return !prompts->empty();
+}
+
+int Main(int argc, char** argv) {
+  std::string model, prompts_dir, batches = "8,64,256", device = "cuda", dtype = "bfloat16";
+  int64_t new_tokens = 128, eager = 0, long_seqs = 0, long_tokens = 0, long_report = 4096;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    int64_t* target = flag == "--new-tokens"     ? &new_tokens
+                      : flag == "--enforce-eager" ? &eager
+                      : flag == "--long-seqs"     ? &long_seqs
+                      : flag == "--long-tokens"   ? &long_tokens
+                      : flag == "--long-report"   ? &long_report
+                                                  : nullptr;
+    std::string* text = flag == "--model"         ? &model
+                        : flag == "--prompts-dir" ? &prompts_dir
+                        : flag == "--batches"     ? &batches
+                        : flag == "--device"      ? &device
+                        : flag == "--dtype"       ? &dtype
+                                                  : nullptr;
+    if (text != nullptr) {
+      *text = value;
+    } else if (target == nullptr || !absl::SimpleAtoi(value, target)) {
+      return Fail("bad flag " + flag + " " + value);
+    }
+  }
+  if (model.empty()) return Fail("--model is required");
+  PolicyOptions popts;
+  popts.device = device;
+  popts.dtype = dtype;
+  auto policy = PolicyModel::Load(model, popts);
+  if (!policy.ok()) return Fail(std::string(policy.status().message()));
+
+  for (absl::string_view b : absl::StrSplit(batches, ',', absl::SkipEmpty())) {
+    int64_t batch = 0;
+    if (!absl::SimpleAtoi(b, &batch) || batch < 1) return Fail("bad batch size in --batches");
+    std::vector<std::vector<int32_t>> prompts;
+    const std::string path = absl::StrFormat("%s/prompts_%d.jsonl", prompts_dir, batch);
+    if (!ReadPrompts(path, &prompts)) return Fail("cannot read prompts from " + path);
+    EngineOptions eopts;
+    eopts.max_num_seqs = batch;
+    eopts.kv_cache_bytes = int64_t{2} << 30;
+    eopts.cuda_graphs = eager == 0;
+    auto engine = Engine::Create(policy->get(), eopts);
+    if (!engine.ok()) return Fail(std::string(engine.status().message()));
+    (*engine)->Generate(Requests(prompts, 8));  // warm-up (and graph capture)
+    const int64_t steps_before = (*engine)->stats().decode_steps;
+    const auto start = std::chrono::steady_clock::now();
+    auto results = (*engine)->Generate(Requests(prompts, new_tokens));
+    const double secs = Seconds(start);
+    int64_t tokens = 0;
+    for (const auto& r : results) {
+      if (!r.status.ok()) return Fail(std::string(r.status.message()));
+      for (const auto& s : r.samples) tokens += static_cast<int64_t>(s.tokens.size());
+    }
+    const int64_t steps = (*engine)->stats().decode_steps - steps_before;
+    std::printf("{\"engine\": \"lightrl\", \"enforce_eager\": %s, \"batch\": %lld, \"tokens\": %lld, "
+                "\"seconds\": %.4f, \"tok_s\": %.1f, \"decode_steps\": %lld, \"ms_per_step\": %.3f}\n",
+                eager != 0 ? "true" : "false", static_cast<long long>(batch),
+                static_cast<long long>(tokens), secs, tokens / secs,
+                static_cast<long long>(steps), 1e3 * secs / std::max<int64_t>(steps, 1));
+    std::fflush(stdout);
+  }
+
+  if (long_seqs > 0 && long_tokens > 0) {
+    std::mt19937 rng(5);
+    const int64_t vocab = (*policy)->config().vocab_size;
+    std::vector<std::vector<int32_t>> prompts(long_seqs, std::vector<int32_t>(128));
+    for (auto& p : prompts) {
+      for (auto& t : p) t = static_cast<int32_t>(rng() % vocab);
+    }
+    EngineOptions eopts;
+    eopts.max_num_seqs = long_seqs;
+    eopts.max_model_len = 128 + long_tokens;
+    eopts.kv_cache_bytes = int64_t{4} << 30;
+    eopts.cuda_graphs = eager == 0;
+    auto engine = Engine::Create(policy->get(), eopts);
+    if (!engine.ok()) return Fail(std::string(engine.status().message()));
+    const EngineStats& st = (*engine)->stats();
+    const auto start = std::chrono::steady_clock::now();
+    auto last = start;
+    int64_t next_report = long_report, last_tokens = 0;
+    auto progress = [&](const EngineProgress& p) {
+      const int64_t per_seq = p.active_seqs > 0 ? p.tokens_generated / long_seqs : 0;
+      if (per_seq < next_report) return;
+      next_report += long_report;
+      const double window = Seconds(last);
+      const int64_t window_tokens = p.tokens_generated - last_tokens;
+      last = std::chrono::steady_clock::now();
+      last_tokens = p.tokens_generated;
+      // What one sequence holds at this length: its lightning states (fixed) and the KV
+      // pages of the softmax layers (one page per page_size positions).
+      const int64_t length = 128 + per_seq;
+      const int64_t kv = (length + st.page_size - 1) / st.page_size * st.page_bytes;
+      std::printf("{\"long\": true, \"seqs\": %lld, \"generated_per_seq\": %lld, \"seconds\": %.1f, "
+                  "\"window_tok_s\": %.1f, \"window_ms_per_step\": %.3f, "
+                  "\"state_bytes_per_seq\": %lld, \"kv_bytes_per_seq\": %lld}\n",
+                  static_cast<long long>(long_seqs), static_cast<long long>(per_seq),
+                  Seconds(start), window_tokens / window, 1e3 * window * long_seqs / window_tokens,
+                  static_cast<long long>(st.slot_bytes), static_cast<long long>(kv));
+      std::fflush(stdout);
+    };
+    auto results = (*engine)->Generate(Requests(prompts, long_tokens), progress);
+    int64_t tokens = 0, min_len = long_tokens;
+    for (const auto& r : results) {
+      if (!r.status.ok()) return Fail(std::string(r.status.message()));
+      for (const auto& s : r.samples) {
+        tokens += static_cast<int64_t>(s.tokens.size());
+        min_len = std::min<int64_t>(min_len, static_cast<int64_t>(s.tokens.size()));
+      }
+    }
+    const double secs = Seconds(start);
+    std::printf("{\"long\": true, \"done\": true, \"seqs\": %lld, \"tokens\": %lld, "
+                "\"shortest_sequence\": %lld, \"seconds\": %.1f, \"tok_s\": %.1f, "
+                "\"preemptions\": %lld}\n",
+                static_cast<long long>(long_seqs), static_cast<long long>(tokens),
+                static_cast<long long>(min_len), secs, tokens / secs,
+                static_cast<long long>(st.preemptions));
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace lightrl
+
+int main(int argc, char** argv) { return lightrl::Main(argc, argv); }
