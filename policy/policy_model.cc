@@ -213,6 +213,22 @@ absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportWeight
   return out;
 }
 
+absl::StatusOr<std::vector<PolicyModel::ParameterBuffer>> PolicyModel::ParameterBuffers() {
+  std::vector<ParameterBuffer> out;
+  for (auto& [name, t] : SyncedParameters(impl_->module)) {
+    if (!t.is_contiguous()) {
+      return absl::FailedPreconditionError(absl::StrCat("parameter ", name, " is not contiguous"));
+    }
+    out.push_back({name, t.data_ptr(), static_cast<int64_t>(t.nbytes())});
+  }
+  return out;
+}
+
+int PolicyModel::device_index() const {
+  const auto device = impl_->module->lm_head->weight.device();
+  return device.is_cuda() ? device.index() : -1;
+}
+
 absl::Status PolicyModel::ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors) {
   RETURN_IF_ERROR(CheckSyncDType(dtype));
   auto named = SyncedParameters(impl_->module);

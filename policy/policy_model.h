@@ -59,6 +59,18 @@ class PolicyModel {
   // changes.
   absl::Status ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors);
 
+  // Every synced parameter's storage where it lives (in ExportWeights' order), for
+  // device-to-device weight sync (NCCL broadcast): each is contiguous, `bytes` long, in the
+  // policy's dtype ("float32" or "bfloat16"). Valid until the parameters are replaced.
+  struct ParameterBuffer {
+    std::string name;
+    void* data = nullptr;
+    int64_t bytes = 0;
+  };
+  absl::StatusOr<std::vector<ParameterBuffer>> ParameterBuffers();
+  // The device index the parameters live on; -1 on the CPU.
+  int device_index() const;
+
   MiniMaxForCausalLM& module();
 
   struct Impl;  // defined in policy_model.cc
