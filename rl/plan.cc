@@ -425,7 +425,7 @@ absl::StatusOr<PlanLayout> BaseLayout(const ModelConfig& m, const PlanOptions& o
   const PlanLayoutOptions& lo = o.layout;
   l.learner_tp = lo.learner_tp;
   l.learner_ep = lo.learner_ep > 0 ? lo.learner_ep : m.num_local_experts;
-  l.learner_expert_tp = lo.learner_expert_tp;
+  l.learner_expert_tp = std::max<int64_t>(lo.learner_expert_tp, 1);
   if (gpn % l.learner_tp != 0 || m.num_attention_heads % l.learner_tp != 0 ||
       m.num_key_value_heads % l.learner_tp != 0 || m.vocab_size % l.learner_tp != 0) {
     return Invalid(absl::StrCat("plan.layout.learner_tp must divide gpus_per_node (", gpn,
@@ -528,7 +528,7 @@ absl::Status PlanOptions::Validate() const {
   RETURN_IF_ERROR(at_least("plan.layout.rollout_instance_gpus", layout.rollout_instance_gpus, 0));
   RETURN_IF_ERROR(at_least("plan.layout.learner_tp", layout.learner_tp, 1));
   RETURN_IF_ERROR(at_least("plan.layout.learner_ep", layout.learner_ep, 0));
-  RETURN_IF_ERROR(at_least("plan.layout.learner_expert_tp", layout.learner_expert_tp, 1));
+  RETURN_IF_ERROR(at_least("plan.layout.learner_expert_tp", layout.learner_expert_tp, 0));
   RETURN_IF_ERROR(at_least("rollout.prompts_per_step", prompts_per_step, 1));
   RETURN_IF_ERROR(at_least("rollout.group_size", group_size, 1));
   RETURN_IF_ERROR(at_least("rollout.max_new_tokens", max_new_tokens, 1));
@@ -629,28 +629,46 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& model, const PlanOptions& optio
   } else {
     for (int64_t r = gpn; r < gpus && r <= 16 * gpn; r *= 2) instances.push_back(r);
   }
+  std::vector<int64_t> expert_tps;
+  if (options.layout.learner_expert_tp > 0) {
+    expert_tps.push_back(options.layout.learner_expert_tp);
+  } else {
+    for (int64_t e = 1; e <= gpn; e *= 2) {
+      if (gpn % e == 0 && model.intermediate_size % e == 0) expert_tps.push_back(e);
+    }
+  }
+  std::vector<std::string> searched;
+  if (options.layout.rollout_gpus == 0) searched.push_back("rollout_gpus");
+  if (options.layout.rollout_instance_gpus == 0) searched.push_back("rollout_instance_gpus");
+  if (options.layout.learner_expert_tp == 0) searched.push_back("learner_expert_tp");
+  const std::string chosen_by =
+      searched.empty() ? "as given in plan.layout"
+                       : absl::StrCat("searched ", absl::StrJoin(searched, ", "),
+                                      ": the shortest step among layouts that fit");
   std::vector<Plan> candidates;
   absl::Status last_error = absl::OkStatus();
-  for (int64_t instance : instances) {
-    std::vector<int64_t> splits;
-    if (options.layout.rollout_gpus > 0) {
-      splits.push_back(options.layout.rollout_gpus);
-    } else {
-      for (int64_t r = instance; r < gpus; r += instance) splits.push_back(r);
-    }
-    for (int64_t rollout_gpus : splits) {
-      Plan plan = proto;
-      plan.layout = base;
-      absl::Status s = SetRollout(model, options, instance, rollout_gpus, plan.layout);
-      if (!s.ok()) {
-        last_error = s;
-        continue;
+  // Every combination of the searched sizes (one value each for those given).
+  for (int64_t expert_tp : expert_tps) {
+    for (int64_t instance : instances) {
+      std::vector<int64_t> splits;
+      if (options.layout.rollout_gpus > 0) {
+        splits.push_back(options.layout.rollout_gpus);
+      } else {
+        for (int64_t r = instance; r < gpus; r += instance) splits.push_back(r);
       }
-      plan.layout.chosen_by = options.layout.rollout_gpus > 0
-                                  ? "plan.layout.rollout_gpus"
-                                  : "searched: the shortest step among layouts that fit";
-      Evaluate(model, options, plan);
-      candidates.push_back(std::move(plan));
+      for (int64_t rollout_gpus : splits) {
+        Plan plan = proto;
+        plan.layout = base;
+        plan.layout.learner_expert_tp = expert_tp;
+        absl::Status s = SetRollout(model, options, instance, rollout_gpus, plan.layout);
+        if (!s.ok()) {
+          last_error = s;
+          continue;
+        }
+        plan.layout.chosen_by = chosen_by;
+        Evaluate(model, options, plan);
+        candidates.push_back(std::move(plan));
+      }
     }
   }
   if (candidates.empty()) return last_error;
@@ -676,8 +694,8 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& model, const PlanOptions& optio
     best.warnings.push_back("activations without checkpointing dominate: set "
                             "plan.activation_checkpointing: true");
   }
-  if (options.layout.rollout_gpus == 0 && !best.fits()) {
-    best.layout.chosen_by = "searched: no layout fits; the shortest step shown";
+  if (!searched.empty() && !best.fits()) {
+    absl::StrAppend(&best.layout.chosen_by, "; none fits, the shortest step shown");
   }
   return best;
 }
@@ -781,7 +799,9 @@ absl::StatusOr<PlanInput> LoadPlanInput(const std::string& path) {
   const Json* root = &in.doc.root;
   if (!root->is_object()) return Invalid(absl::StrCat(path, ": the config must be a mapping"));
   PlanBinder b(in.doc);
-  const std::string dir = std::filesystem::absolute(path).parent_path().string();
+  // Relative to the YAML file as it was named, so messages show the paths a user wrote.
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
 
   // The model: model.path/config.json or model.init_config.
   const Json* model = PlanBinder::Get(root, "model");

@@ -191,6 +191,25 @@ TEST(PlanLayoutTest, M1On512H800sFitsWithAValidLayout) {
   EXPECT_EQ(p->tokens_per_step, int64_t{2048} * 81920);
 }
 
+TEST(PlanLayoutTest, SearchesExpertTensorParallelWhenZero) {
+  const ModelConfig m1 = LoadModel("configs/models/minimax-m1/config.json");
+  PlanOptions o = M1Options();
+  o.layout.learner_expert_tp = 0;
+  absl::StatusOr<Plan> p = MakePlan(m1, o, 512);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->fits());
+  EXPECT_THAT(p->layout.chosen_by, HasSubstr("learner_expert_tp"));
+  // Every searched size that fits is no faster than the one chosen.
+  for (int64_t etp : {1, 2, 4, 8}) {
+    o.layout.learner_expert_tp = etp;
+    absl::StatusOr<Plan> q = MakePlan(m1, o, 512);
+    ASSERT_TRUE(q.ok()) << q.status();
+    if (q->fits()) {
+      EXPECT_GE(q->step_s, p->step_s) << "expert-TP " << etp;
+    }
+  }
+}
+
 TEST(PlanLayoutTest, TooFewGpusDoNotFit) {
   const ModelConfig m1 = LoadModel("configs/models/minimax-m1/config.json");
   absl::StatusOr<Plan> p = MakePlan(m1, M1Options(), 160);
