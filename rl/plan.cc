@@ -690,6 +690,14 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& model, const PlanOptions& optio
         best.rollout_memory.total_bytes / kGB, best.hardware.memory_gb, options.max_num_seqs,
         best.rollout_max_seqs_that_fit));
   }
+  const int64_t sequence = options.prompt_tokens + options.response_tokens();
+  if (options.micro_batch_tokens < sequence) {
+    best.warnings.push_back(absl::StrFormat(
+        "plan.micro_batch_tokens (%d) is shorter than a mean sequence (plan.prompt_tokens + "
+        "response = %d): the learner's activations are planned for a shorter micro-batch "
+        "than one sequence needs",
+        options.micro_batch_tokens, sequence));
+  }
   if (!options.activation_checkpointing && !best.learner_memory.fits()) {
     best.warnings.push_back("activations without checkpointing dominate: set "
                             "plan.activation_checkpointing: true");
