@@ -269,8 +269,16 @@ void Evaluate(const ModelConfig& m, const PlanOptions& o, Plan& plan) {
   plan.rates.clear();
   const Rates rate = MakeRates(m, hw, plan.rates);
   plan.rates.push_back(Fig("matmul efficiency (MFU)", o.mfu, "", Basis::kAssumed,
-                           "plan.mfu; one 8192^3 bf16 matmul measured 793/989 = 0.80 of "
-                           "peak on an H200 (/work/shared/device/README.md) is the ceiling"));
+                           "plan.mfu; M1's expert and projection GEMM shapes alone measured "
+                           "0.68-0.71 of peak on an H200 (bench/plan/RESULTS.md)"));
+  plan.rates.push_back(Fig("collective latency, NVLink / InfiniBand",
+                           o.nvlink_latency_us, "us", Basis::kAssumed,
+                           absl::StrFormat("plan.nvlink_latency_us; InfiniBand %.0f us "
+                                           "(plan.ib_latency_us). Graph-captured small NCCL "
+                                           "all-reduce / all-to-all measured 12-19 us between 2 "
+                                           "H200s, 40-60 us called eagerly "
+                                           "(bench/plan/RESULTS.md)",
+                                           o.ib_latency_us)));
   const double ib = hw.ib_bytes_per_s_per_gpu();
   const double nv = hw.nvlink_bytes_per_s();
   const double ib_lat = o.ib_latency_us * 1e-6, nv_lat = o.nvlink_latency_us * 1e-6;

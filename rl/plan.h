@@ -94,8 +94,9 @@ struct PlanOptions {
   double decode_step_overhead_ms = 2;
   // Tokens per chunk of the FP32 LM head + logprob in training.
   int64_t logits_chunk_tokens = 8192;
-  // Latency of one small collective inside a node / across nodes (assumed), us.
-  double nvlink_latency_us = 10;
+  // Latency of one small collective inside a node / across nodes, us: graph-captured NCCL
+  // measured 12 us between two H200s (bench/plan/RESULTS.md); InfiniBand assumed.
+  double nvlink_latency_us = 12;
   double ib_latency_us = 25;
 
   int64_t response_tokens() const {
