@@ -321,7 +321,7 @@ void Evaluate(const ModelConfig& m, const PlanOptions& o, Plan& plan) {
   plan.generation.push_back(Fig("decode: TP all-reduce + EP all-to-all", steps * t_comm, "s",
                                 Basis::kExtrapolated,
                                 absl::StrFormat("%.0f steps x %d layers x (TP ring all-reduce + "
-                                                "2 all-to-alls over %s), latencies assumed",
+                                                "2 all-to-alls over %s), latency + bytes / bandwidth each",
                                                 steps, m.num_hidden_layers,
                                                 ep_across_nodes ? "InfiniBand" : "NVLink")));
   plan.generation.push_back(Fig("decode: per-step host overhead", steps * t_overhead, "s",
@@ -431,7 +431,10 @@ absl::StatusOr<PlanLayout> BaseLayout(const ModelConfig& m, const PlanOptions& o
   l.gpus = gpus;
   l.nodes = gpus / gpn;
   const PlanLayoutOptions& lo = o.layout;
-  l.learner_tp = lo.learner_tp;
+  l.learner_tp = lo.learner_tp > 0
+                     ? lo.learner_tp
+                     : Gcd(Gcd(gpn, m.num_attention_heads),
+                           Gcd(m.num_key_value_heads, m.vocab_size));
   l.learner_ep = lo.learner_ep > 0 ? lo.learner_ep : m.num_local_experts;
   l.learner_expert_tp = std::max<int64_t>(lo.learner_expert_tp, 1);
   if (gpn % l.learner_tp != 0 || m.num_attention_heads % l.learner_tp != 0 ||
@@ -534,7 +537,7 @@ absl::Status PlanOptions::Validate() const {
   };
   RETURN_IF_ERROR(at_least("plan.layout.rollout_gpus", layout.rollout_gpus, 0));
   RETURN_IF_ERROR(at_least("plan.layout.rollout_instance_gpus", layout.rollout_instance_gpus, 0));
-  RETURN_IF_ERROR(at_least("plan.layout.learner_tp", layout.learner_tp, 1));
+  RETURN_IF_ERROR(at_least("plan.layout.learner_tp", layout.learner_tp, 0));
   RETURN_IF_ERROR(at_least("plan.layout.learner_ep", layout.learner_ep, 0));
   RETURN_IF_ERROR(at_least("plan.layout.learner_expert_tp", layout.learner_expert_tp, 0));
   RETURN_IF_ERROR(at_least("rollout.prompts_per_step", prompts_per_step, 1));
@@ -1053,7 +1056,9 @@ std::string FormatPlan(const Plan& p) {
   absl::StrAppend(&out, "Figures are [computed] from the config, [measured] on one H100/H200 here "
                         "(source named), [extrapolated] from measurements, or [assumed].\n\n");
   absl::StrAppend(&out, "Parameters [computed from config.json shapes]\n");
-  auto b = [](int64_t n) { return absl::StrFormat("%.2f B", n / 1e9); };
+  auto b = [](int64_t n) {
+    return n >= 1e9 ? absl::StrFormat("%.2f B", n / 1e9) : absl::StrFormat("%.3f M", n / 1e6);
+  };
   Row(out, "total", b(c.total()), nullptr);
   Row(out, "active per token, without embedding and LM head", b(c.active_non_embedding()), nullptr);
   Row(out, "active per token, with LM head (FLOPs use this)", b(c.active_matmul()), nullptr);
@@ -1065,9 +1070,10 @@ std::string FormatPlan(const Plan& p) {
 
   absl::StrAppend(&out, "\nLayout (", l.chosen_by, ")\n");
   absl::StrAppend(&out, absl::StrFormat(
-      "  rollout: %d GPUs = %d instances x %d GPUs; per instance attention TP %d x %d replicas, "
-      "experts EP %d\n",
-      l.rollout_gpus, l.rollout_instances, l.rollout_instance_gpus, l.rollout_tp,
+      "  rollout: %d GPUs = %d instance%s x %d GPUs; per instance attention TP %d x %d "
+      "replicas, experts EP %d\n",
+      l.rollout_gpus, l.rollout_instances, l.rollout_instances == 1 ? "" : "s",
+      l.rollout_instance_gpus, l.rollout_tp,
       l.rollout_attention_dp, l.rollout_ep));
   absl::StrAppend(&out, absl::StrFormat(
       "  learner: %d GPUs; attention/embeddings TP %d x DP %d; experts EP %d x expert-TP %d x "

@@ -54,7 +54,8 @@ struct PlanLayoutOptions {
   // experts spread over all of them). 0 = search the sizes that divide the expert count.
   int64_t rollout_instance_gpus = 0;
   // Learner tensor parallel for attention, norms and the vocabulary (inside a node).
-  int64_t learner_tp = 8;
+  // 0 = the largest size dividing gpus_per_node, heads, KV heads and vocab.
+  int64_t learner_tp = 0;
   // Learner expert parallel: experts spread over this many ranks. 0 = the expert count.
   int64_t learner_ep = 0;
   // Each expert's FFN split along its width over this many GPUs (inside a node).

@@ -210,6 +210,16 @@ TEST(PlanLayoutTest, SearchesExpertTensorParallelWhenZero) {
   }
 }
 
+TEST(PlanLayoutTest, DefaultsPlanATinyModelOnTwoNodes) {
+  const ModelConfig tiny = LoadModel("configs/models/tiny-hybrid.json");
+  absl::StatusOr<Plan> p = MakePlan(tiny, PlanOptions{}, 16);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->fits());
+  // learner_tp 0: the largest size dividing 8 GPUs, 4 heads, 2 KV heads and vocab 512.
+  EXPECT_EQ(p->layout.learner_tp, 2);
+  EXPECT_EQ(p->layout.rollout_gpus + p->layout.learner_gpus, 16);
+}
+
 TEST(PlanLayoutTest, TooFewGpusDoNotFit) {
   const ModelConfig m1 = LoadModel("configs/models/minimax-m1/config.json");
   absl::StatusOr<Plan> p = MakePlan(m1, M1Options(), 160);
