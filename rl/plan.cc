@@ -682,7 +682,16 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& model, const PlanOptions& optio
       }
     }
   }
-  if (candidates.empty()) return last_error;
+  if (candidates.empty()) {
+    if (options.layout.rollout_gpus > 0) return last_error;
+    const int64_t unit =
+        Lcm(Lcm(base.learner_tp, base.learner_ep * expert_tps.front()), gpn);
+    return Invalid(absl::StrCat("--gpus ", gpus, " has no rollout/learner split: the learner "
+                                "needs a multiple of ", unit, " GPUs (lcm of learner_tp, "
+                                "learner_ep x learner_expert_tp, gpus_per_node) and the "
+                                "rollout at least one instance; last try: ",
+                                last_error.message()));
+  }
   // The shortest step among layouts that fit, else the shortest step at all.
   auto better = [](const Plan& a, const Plan& b) {
     if (a.fits() != b.fits()) return a.fits();

@@ -245,6 +245,11 @@ TEST(PlanErrors, BadGpuCountsAndLayoutsNameTheKey) {
   p = MakePlan(m1, o, 512);
   ASSERT_FALSE(p.ok());
   EXPECT_THAT(p.status().message(), HasSubstr("plan.layout.learner_tp must divide"));
+  p = MakePlan(m1, M1Options(), 128);
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(p.status().message(),
+              HasSubstr("--gpus 128 has no rollout/learner split: the learner needs a "
+                        "multiple of 128 GPUs"));
   o = M1Options();
   o.layout.rollout_gpus = 192;
   p = MakePlan(m1, o, 512);
