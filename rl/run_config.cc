@@ -706,7 +706,9 @@ absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
   ASSIGN_OR_RETURN(const Json* root,
                    b.Mapping(&doc.root, "",
                              {"run", "model", "data", "rollout", "reward", "algorithm",
-                              "optimizer", "sft", "checkpoint", "logging", "fleet"}));
+                              "optimizer", "sft", "checkpoint", "logging", "fleet",
+                              // Read by `lightrl plan` (rl/plan.h), which checks it.
+                              "plan"}));
   RunConfig config;
   config.source = path;
   RETURN_IF_ERROR(BindRun(b, root, config.run));

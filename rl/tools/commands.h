@@ -18,5 +18,6 @@ int RunConvertCommand(const std::vector<std::string>& args);
 int RunRolloutsCommand(const std::vector<std::string>& args);
 int RunRewardWorkerCommand(const std::vector<std::string>& args);
 int RunRolloutWorkerCommand(const std::vector<std::string>& args);
+int RunPlanCommand(const std::vector<std::string>& args);
 
 }  // namespace lightrl

@@ -19,7 +19,8 @@ constexpr const char* kUsage =
     "  convert    re-save a checkpoint (dtype, transformers naming, sharding)\n"
     "  rollouts   show or export the rollout log (show, export)\n"
     "  reward-worker  serve a built-in reward over gRPC (lightrl.v1.RewardService)\n"
-    "  rollout-worker serve the inference engine over gRPC (lightrl.v1.RolloutService)\n";
+    "  rollout-worker serve the inference engine over gRPC (lightrl.v1.RolloutService)\n"
+    "  plan       parallel layout, memory per GPU and step time of a config on N GPUs\n";
 
 }  // namespace
 
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
   if (command == "rollouts") return lightrl::RunRolloutsCommand(args);
   if (command == "reward-worker") return lightrl::RunRewardWorkerCommand(args);
   if (command == "rollout-worker") return lightrl::RunRolloutWorkerCommand(args);
+  if (command == "plan") return lightrl::RunPlanCommand(args);
   std::cerr << "lightrl: unknown command \"" << command << "\"\n" << kUsage;
   return 2;
 }
