@@ -11,6 +11,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/file_util.h"
 #include "common/status.h"
@@ -96,6 +97,10 @@ class FleetRolloutSource final : public RolloutSource {
 
   absl::Status Start() {
     const FleetSection& f = config_.fleet;
+    if (f.weight_sync == "nccl" && policy_->device_index() < 0) {
+      return absl::InvalidArgumentError(
+          "fleet.weight_sync: nccl broadcasts from the learner's GPU, but the policy is on the CPU");
+    }
     std::string token;
     if (!f.auth_token_file.empty()) {
       ASSIGN_OR_RETURN(token, ReadFile(f.auth_token_file));
@@ -119,13 +124,15 @@ class FleetRolloutSource final : public RolloutSource {
       if (n <= 0) return absl::InternalError("cannot find the lightrl executable (/proc/self/exe)");
       const std::string logs = JoinPath(config_.run.output_dir, "logs");
       RETURN_IF_ERROR(MakeDirs(logs));
+      // "cuda:1,cuda:2": spawned worker k runs on the k-th device (round robin).
+      const std::vector<std::string> devices = absl::StrSplit(f.worker_device, ',');
       for (int64_t k = 0; k < f.rollout_workers; ++k) {
         std::vector<std::string> argv = {
             exe, "rollout-worker", "--listen", "127.0.0.1:0",
             "--coordinator", coordinator_->address(),
             "--worker-id", absl::StrCat("rollout-local-", k),
             "--capacity", absl::StrCat(f.worker_capacity),
-            "--device", f.worker_device, "--dtype", config_.run.dtype,
+            "--device", devices[k % devices.size()], "--dtype", config_.run.dtype,
             "--max-num-seqs", absl::StrCat(config_.rollout.max_num_seqs)};
         if (!config_.model.tokenizer.empty()) {
           argv.push_back("--tokenizer");
@@ -182,13 +189,30 @@ class FleetRolloutSource final : public RolloutSource {
     // The learner's version moves with every update, so an unchanged version means
     // unchanged weights (and a worker would refuse them as stale).
     if (version == fleet_->published_version()) return absl::OkStatus();
-    WeightSet set;
-    set.version = version;
-    set.dtype = config_.fleet.weight_dtype == "bfloat16" ? DType::kBF16 : DType::kF32;
-    set.model_config_json = policy_->config().ToJson().Dump();
-    ASSIGN_OR_RETURN(set.tensors, policy_->ExportWeights(set.dtype));
-    RETURN_IF_ERROR(fleet_->PublishWeights(std::move(set)));
-    return absl::OkStatus();
+    // The host copy of this version (the gRPC stream, and the fallback of a broadcast).
+    auto export_host = [this, version]() -> absl::StatusOr<WeightSet> {
+      WeightSet set;
+      set.version = version;
+      set.dtype = config_.fleet.weight_dtype == "bfloat16" ? DType::kBF16 : DType::kF32;
+      set.model_config_json = policy_->config().ToJson().Dump();
+      ASSIGN_OR_RETURN(set.tensors, policy_->ExportWeights(set.dtype));
+      return set;
+    };
+    if (config_.fleet.weight_sync != "nccl") {
+      ASSIGN_OR_RETURN(WeightSet set, export_host());
+      return fleet_->PublishWeights(std::move(set));
+    }
+    DeviceWeights w;
+    w.version = version;
+    w.model_config_json = policy_->config().ToJson().Dump();
+    w.device = policy_->device_index();
+    ASSIGN_OR_RETURN(std::vector<PolicyModel::ParameterBuffer> params, policy_->ParameterBuffers());
+    for (const auto& p : params) {
+      w.names.push_back(p.name);
+      w.buffers.push_back({p.data, p.bytes});
+    }
+    w.export_host = export_host;
+    return fleet_->PublishDeviceWeights(w);
   }
 
   std::vector<std::pair<std::string, double>> Stats() const override {
@@ -196,7 +220,9 @@ class FleetRolloutSource final : public RolloutSource {
     return {{"fleet/workers", static_cast<double>(coordinator_->Workers(kRolloutRole).size())},
             {"fleet/groups_requeued", static_cast<double>(s.groups_requeued)},
             {"fleet/worker_failures", static_cast<double>(s.worker_failures)},
-            {"fleet/weight_pushes", static_cast<double>(s.weight_pushes)}};
+            {"fleet/weight_pushes", static_cast<double>(s.weight_pushes)},
+            {"fleet/weight_broadcasts", static_cast<double>(s.weight_broadcasts)},
+            {"fleet/broadcast_fallbacks", static_cast<double>(s.broadcast_fallbacks)}};
   }
  private:
   const RunConfig& config_;

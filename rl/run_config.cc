@@ -481,7 +481,8 @@ absl::Status BindFleet(const Binder& b, const Json* root, FleetSection& f) {
                    b.Mapping(Binder::Get(root, "fleet"), "fleet",
                              {"mode", "rollout_workers", "coordinator_address", "auth_token_file",
                               "min_workers", "worker_wait_s", "worker_capacity",
-                              "max_group_attempts", "weight_dtype", "worker_device"}));
+                              "max_group_attempts", "weight_dtype", "worker_device",
+                              "weight_sync"}));
   RETURN_IF_ERROR(b.String(s, "fleet", "mode", f.mode));
   RETURN_IF_ERROR(b.Int(s, "fleet", "rollout_workers", f.rollout_workers));
   RETURN_IF_ERROR(b.String(s, "fleet", "coordinator_address", f.coordinator_address));
@@ -491,6 +492,7 @@ absl::Status BindFleet(const Binder& b, const Json* root, FleetSection& f) {
   RETURN_IF_ERROR(b.Int(s, "fleet", "worker_capacity", f.worker_capacity));
   RETURN_IF_ERROR(b.Int(s, "fleet", "max_group_attempts", f.max_group_attempts));
   RETURN_IF_ERROR(b.String(s, "fleet", "weight_dtype", f.weight_dtype));
+  RETURN_IF_ERROR(b.String(s, "fleet", "weight_sync", f.weight_sync));
   return b.String(s, "fleet", "worker_device", f.worker_device);
 }
 
@@ -506,6 +508,9 @@ absl::Status FleetSection::Validate() const {
   RETURN_IF_ERROR(CheckAtLeast("worker_capacity", worker_capacity, 1));
   RETURN_IF_ERROR(CheckAtLeast("max_group_attempts", max_group_attempts, 1));
   RETURN_IF_ERROR(CheckDtype("weight_dtype", weight_dtype));
+  if (weight_sync != "grpc" && weight_sync != "nccl") {
+    return Invalid(absl::StrCat("weight_sync must be grpc or nccl, got \"", weight_sync, "\""));
+  }
   if (mode == "spawn" && min_workers > rollout_workers) {
     return Invalid(absl::StrCat("min_workers must be <= rollout_workers (", rollout_workers,
                                 ") in spawn mode, got ", min_workers));
@@ -841,6 +846,7 @@ std::string DescribeRunConfig(const RunConfig& c) {
                              {"worker_capacity", Json(c.fleet.worker_capacity)},
                              {"max_group_attempts", Json(c.fleet.max_group_attempts)},
                              {"weight_dtype", Json(c.fleet.weight_dtype)},
+                             {"weight_sync", Json(c.fleet.weight_sync)},
                              {"worker_device", Json(c.fleet.worker_device)}}));
   return DumpYaml(root);
 }

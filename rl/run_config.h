@@ -237,6 +237,10 @@ struct FleetSection {
   int64_t max_group_attempts = 3;
   // Weights pushed to the workers: "float32" or "bfloat16".
   std::string weight_dtype = "float32";
+  // How new weights reach the workers: "grpc" (a chunked stream, anywhere) or "nccl"
+  // (broadcast from the learner's GPU to GPU workers, in the policy's dtype; gRPC for
+  // workers that join later and when a broadcast fails).
+  std::string weight_sync = "grpc";
   // Device of spawned workers: "cpu", "cuda" or "cuda:N".
   std::string worker_device = "cpu";
 

@@ -124,6 +124,44 @@ absl::StatusOr<RolloutWorkerHealth> RolloutClient::Health() {
   return h;
 }
 
+absl::Status RolloutClient::JoinWeightGroup(const std::string& nccl_unique_id, int rank,
+                                            int world_size, int64_t group_id,
+                                            absl::Duration timeout) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout + absl::Seconds(10)));
+  AddAuthToken(&context, options_.auth_token);
+  lightrl::v1::JoinWeightGroupRequest request;
+  request.set_nccl_unique_id(nccl_unique_id);
+  request.set_rank(rank);
+  request.set_world_size(world_size);
+  request.set_group_id(group_id);
+  request.set_timeout_s(absl::ToDoubleSeconds(timeout));
+  lightrl::v1::JoinWeightGroupResponse response;
+  return FromGrpcStatus(stub_->stub->JoinWeightGroup(&context, request, &response),
+                        absl::StrCat("rollout worker ", options_.address, ": JoinWeightGroup"));
+}
+
+absl::Status RolloutClient::ReceiveWeights(int64_t group_id, int64_t version, bool replace_newer,
+                                           const std::string& model_config_json,
+                                           const std::vector<std::string>& names,
+                                           const std::vector<int64_t>& bytes,
+                                           absl::Duration timeout) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout + absl::Seconds(10)));
+  AddAuthToken(&context, options_.auth_token);
+  lightrl::v1::ReceiveWeightsRequest request;
+  request.set_group_id(group_id);
+  request.set_version(version);
+  request.set_replace_newer(replace_newer);
+  request.set_model_config_json(model_config_json);
+  for (const auto& n : names) request.add_tensor_names(n);
+  for (int64_t b : bytes) request.add_tensor_bytes(b);
+  request.set_timeout_s(absl::ToDoubleSeconds(timeout));
+  lightrl::v1::UpdateWeightsResponse response;
+  return FromGrpcStatus(stub_->stub->ReceiveWeights(&context, request, &response),
+                        absl::StrCat("rollout worker ", options_.address, ": ReceiveWeights"));
+}
+
 // --- the fleet ---
 
 absl::Status RolloutFleetOptions::Validate() const {
@@ -176,6 +214,14 @@ struct RolloutFleet::Impl {
   mutable absl::Mutex mu;
   std::map<std::string, std::shared_ptr<WorkerState>> workers ABSL_GUARDED_BY(mu);
   std::shared_ptr<const WeightSet> weights ABSL_GUARDED_BY(mu);
+  int64_t published ABSL_GUARDED_BY(mu) = -1;  // the version every worker must serve
+  // After a device publish: the host copy of that version, made when a worker outside the
+  // group needs it.
+  std::function<absl::StatusOr<WeightSet>()> export_host ABSL_GUARDED_BY(mu);
+  // The NCCL group of the last device publish and its members (worker ids), if any.
+  std::unique_ptr<NcclWeightGroup> group ABSL_GUARDED_BY(mu);
+  std::vector<std::string> group_members ABSL_GUARDED_BY(mu);
+  int64_t group_id ABSL_GUARDED_BY(mu) = 0;
   RolloutFleetStats stats ABSL_GUARDED_BY(mu);
   absl::Time last_refresh ABSL_GUARDED_BY(mu) = absl::InfinitePast();
   uint64_t changes ABSL_GUARDED_BY(mu) = 0;  // bumped by every finished call
@@ -197,9 +243,7 @@ struct RolloutFleet::Impl {
     return w.endpoint.capacity > 0 ? w.endpoint.capacity : options.default_capacity;
   }
 
-  int64_t PublishedVersion() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
-    return weights ? weights->version : -1;
-  }
+  int64_t PublishedVersion() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return published; }
 
   bool Ready(const WorkerState& w) const ABSL_SHARED_LOCKS_REQUIRED(mu) {
     return !w.failed && w.synced_version >= PublishedVersion() && !w.syncing;
@@ -254,9 +298,24 @@ struct RolloutFleet::Impl {
     finished.clear();
     w->syncing = true;
     std::shared_ptr<const WeightSet> set = weights;
-    std::thread thread([this, w, set] {
+    // A device publish left no host copy of the version: make one (once) for this worker.
+    std::function<absl::StatusOr<WeightSet>()> exporter;
+    if ((set == nullptr || set->version < published) && export_host) exporter = export_host;
+    std::thread thread([this, w, set, exporter]() mutable {
       absl::Status status = absl::OkStatus();
-      auto health = w->client->Health();
+      if (exporter) {
+        auto exported = exporter();
+        absl::MutexLock lock(&mu);
+        if (exported.ok()) {
+          if (weights == nullptr || weights->version < exported->version) {
+            weights = std::make_shared<const WeightSet>(*std::move(exported));
+          }
+          set = weights;
+        } else {
+          status = exported.status();
+        }
+      }
+      auto health = status.ok() ? w->client->Health() : absl::StatusOr<RolloutWorkerHealth>(status);
       if (!health.ok()) {
         status = health.status();
       } else if (set && health->weight_version != set->version) {
@@ -300,8 +359,9 @@ absl::Status RolloutFleet::PublishWeights(WeightSet weights) {
     absl::MutexLock lock(&s.mu);
     // The fleet's first weights replace whatever the workers hold (the controller may
     // have resumed from a checkpoint older than their weights).
-    replace_newer = s.weights == nullptr;
+    replace_newer = s.published < 0;
     s.weights = set;
+    s.published = set->version;
     s.Refresh(/*force=*/true);
     for (auto& [id, w] : s.workers) {
       if (!w->failed && !w->syncing) {
@@ -337,6 +397,121 @@ absl::Status RolloutFleet::PublishWeights(WeightSet weights) {
                                                set->version, "; last error: ", last.message()));
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+// Runs fn(i) for i < n on n threads plus `local` on this one; returns their statuses
+// (local's last).
+std::vector<absl::Status> RunTogether(size_t n, const std::function<absl::Status(size_t)>& fn,
+                                      const std::function<absl::Status()>& local) {
+  std::vector<absl::Status> results(n + 1);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < n; ++i) threads.emplace_back([&, i] { results[i] = fn(i); });
+  results[n] = local();
+  for (std::thread& t : threads) t.join();
+  return results;
+}
+
+absl::Status FirstError(const std::vector<absl::Status>& results) {
+  for (const absl::Status& r : results) {
+    if (!r.ok()) return r;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RolloutFleet::PublishDeviceWeights(const DeviceWeights& w) {
+  Impl& s = *impl_;
+  if (w.names.size() != w.buffers.size() || !w.export_host) {
+    return absl::InvalidArgumentError("device weights need a name per buffer and export_host");
+  }
+  std::vector<std::shared_ptr<WorkerState>> members;
+  std::vector<std::string> ids;
+  bool replace_newer = false;
+  int64_t group_id = 0;
+  NcclWeightGroup* group = nullptr;
+  {
+    absl::MutexLock lock(&s.mu);
+    s.Refresh(/*force=*/true);
+    for (auto& [id, worker] : s.workers) {  // std::map: sorted by id, so ranks are stable
+      if (worker->failed || worker->syncing) continue;
+      members.push_back(worker);
+      ids.push_back(id);
+    }
+    replace_newer = s.published < 0;
+    for (auto& m : members) m->syncing = true;
+    if (s.group != nullptr && s.group_members == ids) {
+      group = s.group.get();
+      group_id = s.group_id;
+    } else {
+      s.group.reset();
+      s.group_members.clear();
+      group_id = ++s.group_id;
+    }
+  }
+  absl::Status status = members.empty()
+                            ? absl::UnavailableError("no live rollout worker to broadcast to")
+                            : absl::OkStatus();
+  const int world = static_cast<int>(members.size()) + 1;
+  std::unique_ptr<NcclWeightGroup> formed;
+  if (status.ok() && group == nullptr) {
+    // A new group: every member joins with the id made here; this process is rank 0.
+    absl::StatusOr<std::string> uid = NcclWeightGroup::NewUniqueId();
+    status = uid.status();
+    if (status.ok()) {
+      status = FirstError(RunTogether(
+          members.size(),
+          [&](size_t i) {
+            return members[i]->client->JoinWeightGroup(*uid, static_cast<int>(i) + 1, world,
+                                                       group_id, w.timeout);
+          },
+          [&]() -> absl::Status {
+            ASSIGN_OR_RETURN(formed, NcclWeightGroup::Join(*uid, 0, world, w.device, w.timeout));
+            return absl::OkStatus();
+          }));
+      group = status.ok() ? formed.get() : nullptr;
+    }
+  }
+  if (status.ok()) {
+    std::vector<int64_t> bytes;
+    for (const DeviceBuffer& b : w.buffers) bytes.push_back(b.bytes);
+    status = FirstError(RunTogether(
+        members.size(),
+        [&](size_t i) {
+          return members[i]->client->ReceiveWeights(group_id, w.version, replace_newer,
+                                                    w.model_config_json, w.names, bytes,
+                                                    w.timeout);
+        },
+        [&] { return group->Broadcast(w.buffers, w.timeout); }));
+  }
+  {
+    absl::MutexLock lock(&s.mu);
+    for (auto& m : members) m->syncing = false;
+    if (status.ok()) {
+      if (formed != nullptr) {
+        s.group = std::move(formed);
+        s.group_members = ids;
+        s.group_id = group_id;
+      }
+      for (auto& m : members) m->synced_version = w.version;
+      s.published = w.version;
+      s.export_host = w.export_host;
+      ++s.stats.weight_broadcasts;
+      ++s.changes;
+      return absl::OkStatus();
+    }
+    // The group is spent (a member failed or never joined): the next publish forms a new
+    // one, and this version goes by the gRPC stream, which also finds who is gone.
+    s.group.reset();
+    s.group_members.clear();
+    ++s.stats.broadcast_fallbacks;
+    std::fprintf(stderr, "lightrl: weight broadcast of version %lld failed (%s); sending it by gRPC\n",
+                 static_cast<long long>(w.version), std::string(status.message()).c_str());
+  }
+  ASSIGN_OR_RETURN(WeightSet set, w.export_host());
+  return PublishWeights(std::move(set));
 }
 
 std::vector<GroupOutcome> RolloutFleet::Generate(const std::vector<GenerationRequest>& requests,

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "inference_engine/sampling_params.h"
+#include "rollout/nccl_weight_group.h"
 #include "rollout/weight_set.h"
 
 namespace lightrl {
@@ -57,6 +58,14 @@ class RolloutClient {
   // `replace_newer` a worker holding a newer version refuses them (FAILED_PRECONDITION).
   absl::Status UpdateWeights(const WeightSet& weights, bool replace_newer = false);
   absl::StatusOr<RolloutWorkerHealth> Health();
+  // NCCL weight sync (see the proto): joins the worker to a group as `rank`, and has it
+  // receive one broadcast. Both block until the collective is done on the worker's side.
+  absl::Status JoinWeightGroup(const std::string& nccl_unique_id, int rank, int world_size,
+                               int64_t group_id, absl::Duration timeout);
+  absl::Status ReceiveWeights(int64_t group_id, int64_t version, bool replace_newer,
+                              const std::string& model_config_json,
+                              const std::vector<std::string>& names,
+                              const std::vector<int64_t>& bytes, absl::Duration timeout);
 
   const std::string& address() const { return options_.address; }
 
@@ -104,6 +113,21 @@ struct GroupOutcome {
 
 struct RolloutFleetStats {
   int64_t groups_done = 0, groups_requeued = 0, worker_failures = 0, weight_pushes = 0;
+  int64_t weight_broadcasts = 0;  // versions sent by NCCL broadcast
+  int64_t broadcast_fallbacks = 0;  // broadcasts that failed and went by gRPC instead
+};
+
+// A weight version in this process's GPU memory, for NCCL broadcast to GPU workers.
+struct DeviceWeights {
+  int64_t version = 0;
+  std::string model_config_json;
+  std::vector<std::string> names;        // each parameter, in the workers' order
+  std::vector<DeviceBuffer> buffers;     // their device storage, same dtype as the workers'
+  int device = 0;                        // CUDA device of `buffers`
+  // The same version as host bytes, for workers outside the group (late joiners) and
+  // for falling back to the gRPC stream when a broadcast fails.
+  std::function<absl::StatusOr<WeightSet>()> export_host;
+  absl::Duration timeout = absl::Minutes(5);
 };
 
 class RolloutFleet {
@@ -117,6 +141,11 @@ class RolloutFleet {
   // later, before it gets work. The first weights, and those a joining worker gets,
   // replace whatever it holds. Fails only when no worker took them.
   absl::Status PublishWeights(WeightSet weights);
+  // The same by NCCL broadcast from `weights.buffers` (this process is rank 0): the live
+  // workers form a group on first use (again whenever the live set changes), receive the
+  // broadcast into staging memory and swap it in between engine batches. If forming the
+  // group or the broadcast fails, the version goes out by the gRPC stream instead.
+  absl::Status PublishDeviceWeights(const DeviceWeights& weights);
 
   // Generates every request on the live workers, at most their capacity each. A group
   // whose worker fails (process gone, connection lost, stale weights) goes back to the

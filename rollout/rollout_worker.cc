@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -16,6 +17,7 @@
 #include "lightrl/v1/rollout.grpc.pb.h"
 #include "policy/tokenizer.h"
 #include "proto/grpc_util.h"
+#include "rollout/nccl_weight_group.h"
 #include "rollout/rollout_wire.h"
 
 namespace lightrl {
@@ -131,6 +133,31 @@ struct RolloutWorker::Impl final : public lightrl::v1::RolloutService::CallbackS
   grpc::ServerUnaryReactor* Health(grpc::CallbackServerContext* context,
                                    const lightrl::v1::RolloutHealthRequest* request,
                                    lightrl::v1::RolloutHealthResponse* response) override;
+
+  grpc::ServerUnaryReactor* JoinWeightGroup(grpc::CallbackServerContext* context,
+                                            const lightrl::v1::JoinWeightGroupRequest* request,
+                                            lightrl::v1::JoinWeightGroupResponse* response) override;
+  grpc::ServerUnaryReactor* ReceiveWeights(grpc::CallbackServerContext* context,
+                                           const lightrl::v1::ReceiveWeightsRequest* request,
+                                           lightrl::v1::UpdateWeightsResponse* response) override;
+
+  // NCCL weight sync: one group operation at a time, each on its own thread (they block
+  // for as long as the broadcast takes); the threads are joined at shutdown.
+  absl::Mutex group_mu;
+  std::unique_ptr<NcclWeightGroup> group ABSL_GUARDED_BY(group_mu);
+  int64_t group_id ABSL_GUARDED_BY(group_mu) = -1;
+  std::unique_ptr<DeviceStaging> staging ABSL_GUARDED_BY(group_mu);
+  absl::Mutex threads_mu;
+  struct GroupThread {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> finished;
+  };
+  std::vector<GroupThread> group_threads ABSL_GUARDED_BY(threads_mu);
+  absl::StatusOr<int> DeviceIndex() const;
+  absl::Status JoinGroup(const lightrl::v1::JoinWeightGroupRequest& request);
+  absl::StatusOr<int64_t> ReceiveBroadcast(const lightrl::v1::ReceiveWeightsRequest& request);
+  template <typename Fn>
+  grpc::ServerUnaryReactor* RunGroupCall(grpc::CallbackServerContext* context, Fn fn);
 
   absl::Status Admit(const GenerateRequest& request, Job* job);
   void RunBatcher();
@@ -372,6 +399,152 @@ grpc::ServerUnaryReactor* RolloutWorker::Impl::Health(
   return reactor;
 }
 
+absl::StatusOr<int> RolloutWorker::Impl::DeviceIndex() const {
+  const std::string& d = options.policy.device;
+  if (d == "cuda") return 0;
+  int index = 0;
+  if (d.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(d.substr(5), &index) && index >= 0) return index;
+  return absl::FailedPreconditionError(
+      absl::StrCat("NCCL weight sync needs a CUDA worker; this one runs on ", d));
+}
+
+absl::Status RolloutWorker::Impl::JoinGroup(const lightrl::v1::JoinWeightGroupRequest& request) {
+  ASSIGN_OR_RETURN(int device, DeviceIndex());
+  if (request.rank() < 1 || request.rank() >= request.world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("JoinWeightGroup: rank ", request.rank(),
+                                                   " outside [1, ", request.world_size(), ")"));
+  }
+  const double timeout_s = request.timeout_s() > 0 ? request.timeout_s() : 120;
+  absl::MutexLock lock(&group_mu);
+  group.reset();  // a new group replaces the old one
+  group_id = -1;
+  ASSIGN_OR_RETURN(group, NcclWeightGroup::Join(request.nccl_unique_id(), request.rank(),
+                                                request.world_size(), device,
+                                                absl::Seconds(timeout_s)));
+  group_id = request.group_id();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> RolloutWorker::Impl::ReceiveBroadcast(
+    const lightrl::v1::ReceiveWeightsRequest& request) {
+  ASSIGN_OR_RETURN(int device, DeviceIndex());
+  absl::MutexLock lock(&group_mu);
+  if (group == nullptr || group_id != request.group_id()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ReceiveWeights: not a member of weight group ", request.group_id(), " (join first)"));
+  }
+  if (request.tensor_names_size() != request.tensor_bytes_size()) {
+    return absl::InvalidArgumentError("ReceiveWeights: tensor_names and tensor_bytes differ in length");
+  }
+  auto parsed = Json::Parse(request.model_config_json());
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ReceiveWeights: model_config_json: ", parsed.status().message()));
+  }
+  ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromJson(*parsed, "ReceiveWeights model_config_json"));
+  // The model the weights go into: the served one, or a fresh one for a worker that has
+  // none yet (installed once the weights are in).
+  std::unique_ptr<PolicyModel> fresh;
+  PolicyModel* target = nullptr;
+  {
+    absl::MutexLock engine_lock(&engine_mu);
+    if (policy == nullptr) {
+      ASSIGN_OR_RETURN(fresh, PolicyModel::Create(config, /*seed=*/0, options.policy));
+      target = fresh.get();
+    } else if (config.ToJson().Dump() != config_json) {
+      return absl::InvalidArgumentError(
+          "ReceiveWeights: model_config_json differs from the served model's config");
+    } else {
+      target = policy.get();
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<PolicyModel::ParameterBuffer> params, target->ParameterBuffers());
+  if (static_cast<int>(params.size()) != request.tensor_names_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("ReceiveWeights: ", request.tensor_names_size(),
+                                                   " tensors for a model of ", params.size()));
+  }
+  std::vector<int64_t> sizes;
+  std::vector<DeviceBuffer> into;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i].name != request.tensor_names(i) || params[i].bytes != request.tensor_bytes(i)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ReceiveWeights: tensor ", i, " is ", request.tensor_names(i), " of ",
+          request.tensor_bytes(i), " bytes; this worker has ", params[i].name, " of ",
+          params[i].bytes, " bytes (same model and dtype on both sides?)"));
+    }
+    sizes.push_back(params[i].bytes);
+    into.push_back({params[i].data, params[i].bytes});
+  }
+  if (staging == nullptr || staging->bytes() < DeviceStaging::Footprint(sizes)) {
+    staging.reset();
+    ASSIGN_OR_RETURN(staging, DeviceStaging::Allocate(DeviceStaging::Footprint(sizes), device));
+  }
+  std::vector<DeviceBuffer> slices = staging->Slices(sizes);
+  const double timeout_s = request.timeout_s() > 0 ? request.timeout_s() : 300;
+  if (absl::Status st = group->Broadcast(slices, absl::Seconds(timeout_s)); !st.ok()) {
+    group.reset();  // aborted; the controller forms a new group
+    group_id = -1;
+    return st;
+  }
+  absl::MutexLock engine_lock(&engine_mu);
+  if (request.version() <= version.load() && !request.replace_newer()) {
+    return absl::FailedPreconditionError(absl::StrCat("weight version ", request.version(),
+                                                      " is not newer than the served version ",
+                                                      version.load()));
+  }
+  RETURN_IF_ERROR(DeviceStaging::Copy(slices, into, device));
+  if (fresh != nullptr) {
+    RETURN_IF_ERROR(InstallPolicy(std::move(fresh), request.version()));
+  } else {
+    version = request.version();
+  }
+  return version.load();
+}
+
+template <typename Fn>
+grpc::ServerUnaryReactor* RolloutWorker::Impl::RunGroupCall(grpc::CallbackServerContext* context,
+                                                            Fn fn) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status auth = CheckAuthToken(*context, options.auth_token);
+  if (!auth.ok()) {
+    reactor->Finish(ToGrpcStatus(auth));
+    return reactor;
+  }
+  absl::MutexLock lock(&threads_mu);
+  // Reap the calls that have finished, then start this one.
+  for (auto it = group_threads.begin(); it != group_threads.end();) {
+    if (!it->finished->load()) {
+      ++it;
+      continue;
+    }
+    it->thread.join();
+    it = group_threads.erase(it);
+  }
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  group_threads.push_back({std::thread([reactor, fn, finished] {
+                             reactor->Finish(ToGrpcStatus(fn()));
+                             finished->store(true);
+                           }),
+                           finished});
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RolloutWorker::Impl::JoinWeightGroup(
+    grpc::CallbackServerContext* context, const lightrl::v1::JoinWeightGroupRequest* request,
+    lightrl::v1::JoinWeightGroupResponse*) {
+  return RunGroupCall(context, [this, request] { return JoinGroup(*request); });
+}
+
+grpc::ServerUnaryReactor* RolloutWorker::Impl::ReceiveWeights(
+    grpc::CallbackServerContext* context, const lightrl::v1::ReceiveWeightsRequest* request,
+    lightrl::v1::UpdateWeightsResponse* response) {
+  return RunGroupCall(context, [this, request, response]() -> absl::Status {
+    ASSIGN_OR_RETURN(int64_t served, ReceiveBroadcast(*request));
+    response->set_weight_version(served);
+    return absl::OkStatus();
+  });
+}
+
 RolloutWorker::RolloutWorker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 RolloutWorker::~RolloutWorker() { Shutdown(); }
@@ -428,6 +601,11 @@ void RolloutWorker::Shutdown() {
     job.deliver(absl::UnavailableError("the worker is shutting down"), -1, {});
   }
   if (impl_->batcher.joinable()) impl_->batcher.join();
+  {
+    absl::MutexLock lock(&impl_->threads_mu);
+    for (auto& t : impl_->group_threads) t.thread.join();
+    impl_->group_threads.clear();
+  }
   impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   impl_->server->Wait();
   impl_->done.Notify();
