@@ -19,10 +19,12 @@ uint64_t Mix(uint64_t a, uint64_t b) {
 
 absl::Status AsyncRolloutOptions::Validate() const {
   if (prompts_per_step < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("prompts_per_step must be >= 1, got ", prompts_per_step));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompts_per_step must be >= 1, got ", prompts_per_step));
   }
   if (versions_per_step < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("versions_per_step must be >= 1, got ", versions_per_step));
+    return absl::InvalidArgumentError(
+        absl::StrCat("versions_per_step must be >= 1, got ", versions_per_step));
   }
   if (max_staleness < versions_per_step) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -31,7 +33,8 @@ absl::Status AsyncRolloutOptions::Validate() const {
         max_staleness));
   }
   if (max_regenerations < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("max_regenerations must be >= 0, got ", max_regenerations));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_regenerations must be >= 0, got ", max_regenerations));
   }
   return absl::OkStatus();
 }

@@ -443,7 +443,8 @@ absl::Status Trainer::RunRl() {
     ao.seed = static_cast<uint64_t>(config_.run.seed);
     ao.shuffle = config_.data.shuffle;
     RETURN_IF_ERROR(ao.Validate());
-    auto make_request = [this, stops, G](const Example& ex, uint64_t seed) -> absl::StatusOr<GenerationRequest> {
+    auto make_request = [this, stops, G](const Example& ex,
+                                         uint64_t seed) -> absl::StatusOr<GenerationRequest> {
       GenerationRequest r;
       r.id = ex.id;
       ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(ex.prompt));
@@ -604,7 +605,8 @@ absl::Status Trainer::RunRl() {
         {"rollout/groups_trained", static_cast<double>(groups.size())},
         {"rollout/groups_dropped", static_cast<double>(dropped)},
         // Async generation runs beside the step, so its rate is over the whole step.
-        {"rollout/tokens_per_s", generated_tokens / std::max(async ? Seconds(step_start) : gen_seconds, 1e-9)},
+        {"rollout/tokens_per_s",
+         generated_tokens / std::max(async ? Seconds(step_start) : gen_seconds, 1e-9)},
         {"loss/total", st.loss},
         {"loss/policy", st.policy_loss},
         {"loss/aux", st.aux_loss},
