@@ -684,11 +684,6 @@ absl::Status RunConfig::Validate() const {
                                 rollout.prompts_per_step, "): each minibatch needs a "
                                 "prompt group, got ", algorithm.minibatches));
   }
-  if (rollout.async && !fleet.enabled()) {
-    // The local engine reads the very tensors the learner updates.
-    return Invalid("rollout.async needs fleet.mode spawn or cluster: the local engine "
-                   "shares the learner's weights, so it cannot generate while they train");
-  }
   if (rollout.async && rollout.max_staleness < algorithm.minibatches) {
     return Invalid(absl::StrCat(
         "rollout.max_staleness must be >= algorithm.minibatches (", algorithm.minibatches,

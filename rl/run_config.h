@@ -102,9 +102,9 @@ struct RolloutSection {
   // How many policy versions old a sample may be when trained on; 0 = on-policy.
   // Versions count optimizer updates: a step adds algorithm.minibatches of them.
   int64_t max_staleness = 0;
-  // Generate the next steps' groups while the learner trains (fleet modes only). Needs
-  // max_staleness >= algorithm.minibatches; max_staleness / minibatches steps of groups
-  // are generated ahead.
+  // Generate the next steps' groups while the learner trains (in local mode on an engine
+  // with its own copy of the weights). Needs max_staleness >= algorithm.minibatches;
+  // max_staleness / minibatches steps of groups are generated ahead.
   bool async = false;
 
   // The engine's options for one prompt: n = group_size; seed 0 (the controller sets a

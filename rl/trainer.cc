@@ -290,6 +290,9 @@ absl::Status Trainer::Setup() {
   if (options_.replay_dir.empty()) {
     if (config_.fleet.enabled()) {
       ASSIGN_OR_RETURN(rollout_source_, StartFleetRolloutSource(config_, policy_.get()));
+    } else if (config_.rollout.async) {
+      // Generation runs while the learner trains, so it cannot read the learner's tensors.
+      ASSIGN_OR_RETURN(rollout_source_, MakeEngineCopyRolloutSource(policy_.get(), eopts, &*tokenizer_));
     } else {
       rollout_source_ = MakeEngineRolloutSource(engine_.get());
     }

@@ -408,7 +408,7 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
   }
 }
 
-TEST_F(RunConfigTest, AsyncNeedsAFleetAndAStepOfStaleness) {
+TEST_F(RunConfigTest, AsyncNeedsAStepOfStaleness) {
   const std::string m = Minimal();
   const std::string fleet = "fleet:\n  mode: spawn\n";
   absl::StatusOr<RunConfig> loaded =
@@ -422,11 +422,14 @@ TEST_F(RunConfigTest, AsyncNeedsAFleetAndAStepOfStaleness) {
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_TRUE(again->rollout.async);
 
+  // Local mode too (its engine gets a copy of the weights).
+  absl::StatusOr<RunConfig> local = Load(m + "rollout:\n  async: true\n  max_staleness: 1\n");
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_FALSE(local->fleet.enabled());
+
   const std::vector<ErrorCase> cases = {
-      {m + "rollout:\n  async: true\n  max_staleness: 1\n", "async",
-       "rollout.async needs fleet.mode spawn or cluster: the local engine shares the learner's "
-       "weights"},
-      {m + "rollout:\n  async: true\n", "async", "rollout.async needs fleet.mode spawn or cluster"},
+      {m + "rollout:\n  async: true\n", "rollout:",
+       "rollout.max_staleness must be >= algorithm.minibatches (1) when rollout.async is on"},
       {m + "rollout:\n  async: true\n  max_staleness: 1\nalgorithm:\n  minibatches: 2\n" + fleet,
        "max_staleness", "rollout.max_staleness must be >= algorithm.minibatches (2) when "
                         "rollout.async is on"},
