@@ -65,7 +65,7 @@ def check_groups(groups, config, steps):
 
 def case_overlap(tmp, workers=2):
     out = os.path.join(tmp, "run")
-    steps, pps = 8, 4
+    steps, pps = 6, 4
     config = async_config(tmp, out, steps, pps, workers=workers, capacity=4)
     proc = subprocess.run([BIN, "run", "--config", os.path.join(tmp, "run.yaml")],
                           capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)
@@ -96,7 +96,7 @@ def case_local(tmp):
 
 def case_kill_worker(tmp):
     out = os.path.join(tmp, "run")
-    steps, pps = 8, 6
+    steps, pps = 6, 6
     config = async_config(tmp, out, steps, pps, workers=3, capacity=2)
     log = open(os.path.join(tmp, "controller.log"), "w")
     controller = subprocess.Popen([BIN, "run", "--config", os.path.join(tmp, "run.yaml")],
@@ -128,7 +128,7 @@ def case_kill_worker(tmp):
 
 def case_resume(tmp):
     out = os.path.join(tmp, "run")
-    steps, pps = 8, 4
+    steps, pps = 6, 4
     config = async_config(tmp, out, steps, pps, workers=2, capacity=4)
     args = [BIN, "run", "--config", os.path.join(tmp, "run.yaml")]
     log = open(os.path.join(tmp, "controller1.log"), "w")
