@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/file_util.h"
 #include "common/status.h"
@@ -45,6 +46,54 @@ class EngineRolloutSource final : public RolloutSource {
  private:
   Engine* engine_;
   int64_t version_ = 0;
+};
+
+class EngineCopyRolloutSource final : public RolloutSource {
+ public:
+  absl::Status Start(PolicyModel* policy, const EngineOptions& options, const Tokenizer* tokenizer) {
+    policy_ = policy;
+    ASSIGN_OR_RETURN(copy_, PolicyModel::Create(policy->config(), /*seed=*/0, policy->options()));
+    // FP32 carries bf16 parameters exactly.
+    ASSIGN_OR_RETURN(std::vector<PolicyModel::WeightTensor> weights, policy->ExportWeights(DType::kF32));
+    RETURN_IF_ERROR(copy_->ImportWeights(DType::kF32, weights));
+    ASSIGN_OR_RETURN(engine_, Engine::Create(copy_.get(), options, tokenizer));
+    return absl::OkStatus();
+  }
+
+  std::vector<GroupGeneration> Generate(const std::vector<GenerationRequest>& requests,
+                                        int64_t /*min_weight_version*/) override {
+    absl::MutexLock lock(&mu_);
+    std::vector<GroupGeneration> out(requests.size());
+    std::vector<GenerationResult> results = engine_->Generate(requests);
+    for (size_t i = 0; i < results.size(); ++i) {
+      out[i].status = results[i].status;
+      out[i].weight_version = version_;
+      out[i].samples = std::move(results[i].samples);
+    }
+    return out;
+  }
+
+  absl::Status PublishWeights(int64_t version) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (version == version_) return absl::OkStatus();
+    }
+    // Read from the policy on the caller's thread, which is the one that updates it.
+    ASSIGN_OR_RETURN(std::vector<PolicyModel::WeightTensor> weights, policy_->ExportWeights(DType::kF32));
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(copy_->ImportWeights(DType::kF32, weights));
+    version_ = version;
+    return absl::OkStatus();
+  }
+
+  std::vector<std::pair<std::string, double>> Stats() const override { return {}; }
+
+ private:
+  PolicyModel* policy_ = nullptr;
+  absl::Mutex mu_;  // held across a Generate call and a weight swap
+  std::unique_ptr<PolicyModel> copy_;
+  std::unique_ptr<Engine> engine_;
+  int64_t version_ = -1;
 };
 
 // Starts `argv` with stdout and stderr appended to `log_path`; the child gets SIGTERM if
@@ -236,6 +285,14 @@ class FleetRolloutSource final : public RolloutSource {
 
 RolloutSourcePtr MakeEngineRolloutSource(Engine* engine) {
   return std::make_unique<EngineRolloutSource>(engine);
+}
+
+absl::StatusOr<RolloutSourcePtr> MakeEngineCopyRolloutSource(PolicyModel* policy,
+                                                             const EngineOptions& options,
+                                                             const Tokenizer* tokenizer) {
+  auto source = std::make_unique<EngineCopyRolloutSource>();
+  RETURN_IF_ERROR(source->Start(policy, options, tokenizer));
+  return RolloutSourcePtr(std::move(source));
 }
 
 absl::StatusOr<RolloutSourcePtr> StartFleetRolloutSource(const RunConfig& config,

@@ -42,6 +42,14 @@ using RolloutSourcePtr = std::unique_ptr<RolloutSource>;
 // Generates with `engine` (which reads the live policy, so publishing is free).
 RolloutSourcePtr MakeEngineRolloutSource(Engine* engine);
 
+// Generates with an engine over its own copy of `policy`'s weights (twice the weight
+// memory), so generation may run on another thread while the learner updates `policy`.
+// PublishWeights copies the policy's weights in once the running Generate call is done;
+// call it from the thread that updates `policy`. Generate calls run one at a time.
+absl::StatusOr<RolloutSourcePtr> MakeEngineCopyRolloutSource(PolicyModel* policy,
+                                                             const EngineOptions& options,
+                                                             const Tokenizer* tokenizer);
+
 // Starts the coordinator, spawns the worker processes in spawn mode and waits for
 // fleet.min_workers rollout workers. The first PublishWeights replaces whatever weights
 // the workers hold (the run may have resumed from an older checkpoint). Spawned workers

@@ -323,7 +323,7 @@ absl::Status BindRollout(const Binder& b, const Json* root, RolloutSection& r) {
                              {"group_size", "prompts_per_step", "max_new_tokens", "temperature",
                               "top_p", "top_k", "stop_strings", "stop_token_ids",
                               "early_stop_window", "early_stop_prob", "max_num_seqs",
-                              "max_staleness"}));
+                              "max_staleness", "async"}));
   RETURN_IF_ERROR(b.Int(s, "rollout", "group_size", r.group_size));
   RETURN_IF_ERROR(b.Int(s, "rollout", "prompts_per_step", r.prompts_per_step));
   RETURN_IF_ERROR(b.Int(s, "rollout", "max_new_tokens", r.max_new_tokens));
@@ -335,7 +335,8 @@ absl::Status BindRollout(const Binder& b, const Json* root, RolloutSection& r) {
   RETURN_IF_ERROR(b.Int(s, "rollout", "early_stop_window", r.early_stop_window));
   RETURN_IF_ERROR(b.Double(s, "rollout", "early_stop_prob", r.early_stop_prob));
   RETURN_IF_ERROR(b.Int(s, "rollout", "max_num_seqs", r.max_num_seqs));
-  return b.Int(s, "rollout", "max_staleness", r.max_staleness);
+  RETURN_IF_ERROR(b.Int(s, "rollout", "max_staleness", r.max_staleness));
+  return b.Bool(s, "rollout", "async", r.async);
 }
 
 absl::Status BindReward(const Binder& b, const Json* root, RewardSection& r) {
@@ -688,6 +689,12 @@ absl::Status RunConfig::Validate() const {
                                 rollout.prompts_per_step, "): each minibatch needs a "
                                 "prompt group, got ", algorithm.minibatches));
   }
+  if (rollout.async && rollout.max_staleness < algorithm.minibatches) {
+    return Invalid(absl::StrCat(
+        "rollout.max_staleness must be >= algorithm.minibatches (", algorithm.minibatches,
+        ") when rollout.async is on: a step adds that many versions, so groups generated "
+        "during it are that old when trained, got ", rollout.max_staleness));
+  }
   return Prefixed("algorithm.", ToOverlongOptions().Validate());
 }
 
@@ -793,7 +800,8 @@ std::string DescribeRunConfig(const RunConfig& c) {
                                {"early_stop_window", Json(c.rollout.early_stop_window)},
                                {"early_stop_prob", Json(c.rollout.early_stop_prob)},
                                {"max_num_seqs", Json(c.rollout.max_num_seqs)},
-                               {"max_staleness", Json(c.rollout.max_staleness)}}));
+                               {"max_staleness", Json(c.rollout.max_staleness)},
+                               {"async", Json(c.rollout.async)}}));
   root.set("reward", section({{"kind", Json(c.reward.kind)},
                               {"weights", weights},
                               {"format_pattern", optional(c.reward.format_pattern)},

@@ -100,7 +100,12 @@ struct RolloutSection {
   // Sequences the engine decodes at once.
   int64_t max_num_seqs = 64;
   // How many policy versions old a sample may be when trained on; 0 = on-policy.
+  // Versions count optimizer updates: a step adds algorithm.minibatches of them.
   int64_t max_staleness = 0;
+  // Generate the next steps' groups while the learner trains (in local mode on an engine
+  // with its own copy of the weights). Needs max_staleness >= algorithm.minibatches;
+  // max_staleness / minibatches steps of groups are generated ahead.
+  bool async = false;
 
   // The engine's options for one prompt: n = group_size; seed 0 (the controller sets a
   // per-step seed).

@@ -25,6 +25,7 @@
 #include "reward/reward_function.h"
 #include "reward/reward_router.h"
 #include "rl/advantages.h"
+#include "rl/async_rollouts.h"
 #include "rl/dataset.h"
 #include "rl/learner.h"
 #include "rl/rollout_log.h"
@@ -289,6 +290,9 @@ absl::Status Trainer::Setup() {
   if (options_.replay_dir.empty()) {
     if (config_.fleet.enabled()) {
       ASSIGN_OR_RETURN(rollout_source_, StartFleetRolloutSource(config_, policy_.get()));
+    } else if (config_.rollout.async) {
+      // Generation runs while the learner trains, so it cannot read the learner's tensors.
+      ASSIGN_OR_RETURN(rollout_source_, MakeEngineCopyRolloutSource(policy_.get(), eopts, &*tokenizer_));
     } else {
       rollout_source_ = MakeEngineRolloutSource(engine_.get());
     }
@@ -430,33 +434,80 @@ absl::Status Trainer::RunRl() {
   RETURN_IF_ERROR(rollout_source_->PublishWeights(learner_->version()));
   const std::vector<int32_t> stops = StopTokens();
   const int64_t G = config_.rollout.group_size;
+  // Async mode: groups are drawn and generated ahead of the step that takes them; the
+  // checkpoint's dataset cursor covers only the groups taken.
+  std::unique_ptr<AsyncRollouts> async;
+  if (config_.rollout.async) {
+    AsyncRolloutOptions ao;
+    ao.prompts_per_step = config_.rollout.prompts_per_step;
+    ao.max_staleness = config_.rollout.max_staleness;
+    ao.versions_per_step = config_.algorithm.minibatches;
+    ao.max_regenerations = config_.fleet.max_group_attempts;
+    ao.seed = static_cast<uint64_t>(config_.run.seed);
+    ao.shuffle = config_.data.shuffle;
+    RETURN_IF_ERROR(ao.Validate());
+    auto make_request = [this, stops, G](const Example& ex,
+                                         uint64_t seed) -> absl::StatusOr<GenerationRequest> {
+      GenerationRequest r;
+      r.id = ex.id;
+      ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(ex.prompt));
+      r.params = config_.rollout.ToSamplingParams();
+      r.params.n = G;
+      r.params.seed = seed;
+      r.params.stop_token_ids.assign(stops.begin(), stops.end());
+      return r;
+    };
+    RolloutSource* source = rollout_source_.get();
+    auto generate = [source](const std::vector<GenerationRequest>& reqs, int64_t min_version) {
+      return source->Generate(reqs, min_version);
+    };
+    async = std::make_unique<AsyncRollouts>(ao, &*train_, state_.data, learner_->version(),
+                                            std::move(make_request), std::move(generate));
+  }
   while (state_.step < config_.run.steps) {
     const auto step_start = Clock::now();
     std::vector<RolloutGroup> groups;
     std::vector<std::vector<FinishReason>> finishes;
-    int64_t dropped = 0, generated_tokens = 0, round = 0;
+    int64_t dropped = 0, generated_tokens = 0, round = 0, staleness_sum = 0, staleness_max = 0;
     double gen_seconds = 0, reward_sum = 0, reward_sq = 0, correct = 0, length_sum = 0;
     int64_t scored = 0;
     while (static_cast<int64_t>(groups.size()) < config_.rollout.prompts_per_step &&
            round <= config_.algorithm.max_refill_rounds) {
       const int64_t want = config_.rollout.prompts_per_step - static_cast<int64_t>(groups.size());
-      auto examples = train_->Next(want, static_cast<uint64_t>(config_.run.seed), config_.data.shuffle,
-                                   state_.data);
+      std::vector<const Example*> examples;
       std::vector<GenerationRequest> reqs;
-      for (size_t i = 0; i < examples.size(); ++i) {
-        GenerationRequest r;
-        r.id = examples[i]->id;
-        ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(examples[i]->prompt));
-        r.params = config_.rollout.ToSamplingParams();
-        r.params.n = G;
-        r.params.seed = Mix(Mix(static_cast<uint64_t>(config_.run.seed), state_.step), round * 100003 + i);
-        r.params.stop_token_ids.assign(stops.begin(), stops.end());
-        reqs.push_back(std::move(r));
+      std::vector<GroupGeneration> results;
+      if (async) {
+        // What the run may still take after these: the later steps' groups (a refill
+        // round asks again).
+        const int64_t later = (config_.run.steps - state_.step - 1) * config_.rollout.prompts_per_step;
+        const auto gen_start = Clock::now();
+        ASSIGN_OR_RETURN(std::vector<AsyncGroup> taken, async->Take(want, learner_->version(), later));
+        gen_seconds += Seconds(gen_start);
+        for (AsyncGroup& t : taken) {
+          examples.push_back(t.example);
+          reqs.push_back(std::move(t.request));
+          results.push_back(std::move(t.generation));
+        }
+        state_.data = async->consumed_position();
+      } else {
+        examples = train_->Next(want, static_cast<uint64_t>(config_.run.seed), config_.data.shuffle,
+                                state_.data);
+        for (size_t i = 0; i < examples.size(); ++i) {
+          GenerationRequest r;
+          r.id = examples[i]->id;
+          ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(examples[i]->prompt));
+          r.params = config_.rollout.ToSamplingParams();
+          r.params.n = G;
+          r.params.seed = Mix(Mix(static_cast<uint64_t>(config_.run.seed), state_.step), round * 100003 + i);
+          r.params.stop_token_ids.assign(stops.begin(), stops.end());
+          reqs.push_back(std::move(r));
+        }
+        const auto gen_start = Clock::now();
+        const int64_t min_version = std::max<int64_t>(0, learner_->version() - config_.rollout.max_staleness);
+        results = rollout_source_->Generate(reqs, min_version);
+        gen_seconds += Seconds(gen_start);
       }
-      const auto gen_start = Clock::now();
-      const int64_t min_version = std::max<int64_t>(0, learner_->version() - config_.rollout.max_staleness);
-      auto results = rollout_source_->Generate(reqs, min_version);
-      gen_seconds += Seconds(gen_start);
       for (size_t i = 0; i < results.size(); ++i) {
         if (!results[i].status.ok()) return results[i].status;
         RolloutGroup g;
@@ -512,6 +563,9 @@ absl::Status Trainer::RunRl() {
         }
         ASSIGN_OR_RETURN(std::vector<double> adv, GroupAdvantages(rewards));
         for (size_t k = 0; k < adv.size(); ++k) g.samples[k].advantage = adv[k];
+        const int64_t staleness = learner_->version() - g.policy_version;
+        staleness_sum += staleness;
+        staleness_max = std::max(staleness_max, staleness);
         groups.push_back(std::move(g));
         finishes.push_back(std::move(fin));
       }
@@ -533,11 +587,15 @@ absl::Status Trainer::RunRl() {
         batch.push_back(std::move(ts));
       }
     }
+    // Groups the next steps will take that are already generating (or done): what
+    // overlaps this step's training.
+    const AsyncRolloutStats ahead = async ? async->stats() : AsyncRolloutStats();
     const auto train_start = Clock::now();
     ASSIGN_OR_RETURN(LearnerStats st, learner_->TrainRl(batch));
     const double train_seconds = Seconds(train_start);
     const auto sync_start = Clock::now();
     RETURN_IF_ERROR(rollout_source_->PublishWeights(learner_->version()));
+    if (async) async->Publish(learner_->version());
     const double sync_seconds = Seconds(sync_start);
     ++state_.step;
     const double n = std::max<int64_t>(scored, 1);
@@ -549,7 +607,9 @@ absl::Status Trainer::RunRl() {
         {"response/length_mean", length_sum / n},
         {"rollout/groups_trained", static_cast<double>(groups.size())},
         {"rollout/groups_dropped", static_cast<double>(dropped)},
-        {"rollout/tokens_per_s", generated_tokens / std::max(gen_seconds, 1e-9)},
+        // Async generation runs beside the step, so its rate is over the whole step.
+        {"rollout/tokens_per_s",
+         generated_tokens / std::max(async ? Seconds(step_start) : gen_seconds, 1e-9)},
         {"loss/total", st.loss},
         {"loss/policy", st.policy_loss},
         {"loss/aux", st.aux_loss},
@@ -570,6 +630,13 @@ absl::Status Trainer::RunRl() {
         {"train/tokens_per_s", st.tokens / std::max(train_seconds, 1e-9)},
     };
     for (auto& kv : rollout_source_->Stats()) scalars.push_back(std::move(kv));
+    if (async) {
+      const double trained = static_cast<double>(std::max<size_t>(groups.size(), 1));
+      scalars.push_back({"async/staleness_mean", staleness_sum / trained});
+      scalars.push_back({"async/staleness_max", static_cast<double>(staleness_max)});
+      scalars.push_back({"async/groups_ahead", static_cast<double>(ahead.in_flight + ahead.ready_ahead)});
+      scalars.push_back({"async/stale_requeued", static_cast<double>(async->stats().stale_requeued)});
+    }
     RETURN_IF_ERROR(WriteMetrics(state_.step, scalars));
     Progress(absl::StrFormat("[rl %s] step %d/%d  reward %.3f  acc %.3f  len %.1f  clip %.3f  "
                              "grad %.3f  %.2f s/step",

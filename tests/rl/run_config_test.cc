@@ -408,6 +408,38 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
   }
 }
 
+TEST_F(RunConfigTest, AsyncNeedsAStepOfStaleness) {
+  const std::string m = Minimal();
+  const std::string fleet = "fleet:\n  mode: spawn\n";
+  absl::StatusOr<RunConfig> loaded =
+      Load(m + "rollout:\n  async: true\n  max_staleness: 2\nalgorithm:\n  minibatches: 2\n" + fleet);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(loaded->rollout.async);
+  EXPECT_FALSE(RunConfig().rollout.async);
+  // The resolved description keeps it.
+  Write("configs/resolved.yaml", DescribeRunConfig(*loaded));
+  absl::StatusOr<RunConfig> again = LoadRunConfig(Path("configs/resolved.yaml"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->rollout.async);
+
+  // Local mode too (its engine gets a copy of the weights).
+  absl::StatusOr<RunConfig> local = Load(m + "rollout:\n  async: true\n  max_staleness: 1\n");
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_FALSE(local->fleet.enabled());
+
+  const std::vector<ErrorCase> cases = {
+      {m + "rollout:\n  async: true\n", "rollout:",
+       "rollout.max_staleness must be >= algorithm.minibatches (1) when rollout.async is on"},
+      {m + "rollout:\n  async: true\n  max_staleness: 1\nalgorithm:\n  minibatches: 2\n" + fleet,
+       "max_staleness", "rollout.max_staleness must be >= algorithm.minibatches (2) when "
+                        "rollout.async is on"},
+      {m + "rollout:\n  async: 1\n", "async", "rollout.async must be true or false, got 1"},
+  };
+  for (const ErrorCase& c : cases) {
+    EXPECT_THAT(LoadError(c.yaml), StartsWith(At(c.yaml, c.needle) + c.message)) << c.yaml;
+  }
+}
+
 TEST_F(RunConfigTest, ErrorsWithoutALine) {
   // A missing section has no line: the message names the file alone.
   EXPECT_EQ(LoadError("run:\n  output_dir: out\n  steps: 3\nmodel:\n"

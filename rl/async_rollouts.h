@@ -1,0 +1,132 @@
+// Async generation for the RL loop: prompt groups are drawn from the dataset and handed to
+// a generator ahead of the step that trains on them, so generation of the next batch
+// overlaps training of the current one. Owns the drawn-but-untrained groups (in flight or
+// ready), the staleness check, the bounded regeneration of stale groups and the dataset
+// cursor a checkpoint may save; does not score, train or publish weights. Torch-free.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "inference_engine/sampling_params.h"
+#include "rl/dataset.h"
+#include "rl/rollout_source.h"
+
+namespace lightrl {
+
+struct AsyncRolloutOptions {
+  // Groups one step takes first (rollout.prompts_per_step).
+  int64_t prompts_per_step = 16;
+  // Versions a group may lag the learner when trained on (rollout.max_staleness).
+  int64_t max_staleness = 1;
+  // Versions one step adds (algorithm.minibatches: the learner counts updates).
+  int64_t versions_per_step = 1;
+  // Times one group may be generated again because it came back too stale.
+  int64_t max_regenerations = 3;
+  // Dataset order: shuffled per epoch with this seed when `shuffle`.
+  uint64_t seed = 0;
+  bool shuffle = true;
+
+  // Groups drawn ahead of the trainer: the steps whose generation may start while an
+  // earlier step trains, max_staleness / versions_per_step of them, times a step's groups.
+  int64_t window() const { return max_staleness / versions_per_step * prompts_per_step; }
+  absl::Status Validate() const;
+};
+
+// A generated group handed to the trainer, in dataset draw order.
+struct AsyncGroup {
+  const Example* example = nullptr;
+  GenerationRequest request;    // what was generated (prompt tokens, sampling params)
+  GroupGeneration generation;   // one weight version for every sample
+  int64_t generations = 0;      // times it was generated (1 + stale regenerations)
+};
+
+struct AsyncRolloutStats {
+  int64_t groups_taken = 0;     // handed to the trainer
+  int64_t stale_requeued = 0;   // generated again because too stale when taken
+  int64_t staleness_sum = 0;    // over the groups taken: learner version - group version
+  int64_t staleness_max = 0;
+  int64_t in_flight = 0;        // groups being generated now
+  int64_t ready_ahead = 0;      // generated, waiting for a later Take
+};
+
+// Builds the request of one example (tokenizes the prompt, sets the sampling params and
+// `seed`; the id is the caller's). Called on generator threads.
+using AsyncRequestFn = std::function<absl::StatusOr<GenerationRequest>(const Example&, uint64_t seed)>;
+// Generates requests with weights at least `min_weight_version`; results in request
+// order (RolloutSource::Generate). Called on generator threads, several at once.
+using AsyncGenerateFn = std::function<std::vector<GroupGeneration>(
+    const std::vector<GenerationRequest>&, int64_t min_weight_version)>;
+
+class AsyncRollouts {
+ public:
+  // Draws from `dataset` starting at `start` (a checkpoint's cursor). Generation starts
+  // with the first Take; new groups use weights at least `published_version`.
+  AsyncRollouts(const AsyncRolloutOptions& options, const Dataset* dataset, DatasetPosition start,
+                int64_t published_version, AsyncRequestFn make_request, AsyncGenerateFn generate);
+  // Waits for the generation calls in flight (they are never cancelled).
+  ~AsyncRollouts();
+  AsyncRollouts(const AsyncRollouts&) = delete;
+  AsyncRollouts& operator=(const AsyncRollouts&) = delete;
+
+  // The next `n` groups in draw order, each from a version >= learner_version -
+  // max_staleness; a group that came back older is generated again (at most
+  // max_regenerations times, then an error naming it). Before returning it starts the
+  // groups the following steps will take: as many as the window allows, but no more
+  // than `later` (groups the run may still take after these n). A group that failed to
+  // generate fails the call. Trainer thread only.
+  absl::StatusOr<std::vector<AsyncGroup>> Take(int64_t n, int64_t learner_version, int64_t later);
+  // Groups started from now on use weights at least `version`. Trainer thread only.
+  void Publish(int64_t version);
+  // Where the dataset stands for a checkpoint: just after the last group taken. Groups
+  // drawn but not taken are drawn again by a run resumed from here.
+  DatasetPosition consumed_position() const;
+  AsyncRolloutStats stats() const;
+
+ private:
+  struct Slot {
+    const Example* example = nullptr;
+    uint64_t draw_index = 0;       // epoch * dataset size + index: unique over a run
+    DatasetPosition drawn_at;      // the cursor before this example was drawn
+    int64_t generations = 0;       // generation calls started
+    bool in_flight = false;
+    bool ready = false;
+    bool stale = false;            // waits to be generated again
+    int64_t min_version = 0;       // of the latest call
+    GenerationRequest request;
+    GroupGeneration generation;
+  };
+
+  // Starts what may start now, in one generation call: stale groups again, then new
+  // draws up to the window (or `taking`, the groups a Take waits for, when larger) and
+  // the demand. Caller holds mu_.
+  void LaunchLocked(int64_t taking);
+  void RunCall(std::vector<std::shared_ptr<Slot>> slots, int64_t min_version);
+  void JoinFinishedLocked();
+
+  const AsyncRolloutOptions options_;
+  const Dataset* dataset_;
+  AsyncRequestFn make_request_;
+  AsyncGenerateFn generate_;
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  std::deque<std::shared_ptr<Slot>> slots_;  // drawn, not yet taken, in draw order
+  DatasetPosition cursor_;                   // the next draw
+  int64_t published_ = 0;
+  int64_t demand_ = 0;  // groups the trainer may still take, counted from slots_.front()
+  AsyncRolloutStats stats_;
+  std::map<std::thread::id, std::thread> calls_;
+  std::vector<std::thread::id> finished_;
+};
+
+}  // namespace lightrl

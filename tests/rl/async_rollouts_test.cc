@@ -1,0 +1,301 @@
+#include "rl/async_rollouts.h"
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+
+namespace lightrl {
+namespace {
+
+// A rollout source in memory: serves `version_of(min_version)` and can hold every call
+// until released, like a worker still generating.
+class FakeSource {
+ public:
+  std::vector<GroupGeneration> Generate(const std::vector<GenerationRequest>& reqs, int64_t min_version) {
+    std::unique_lock<std::mutex> lock(mu_);
+    std::vector<std::string> ids;
+    for (const auto& r : reqs) ids.push_back(r.id);
+    calls_.push_back(ids);
+    min_versions_.push_back(min_version);
+    released_.wait(lock, [&] { return !hold_; });
+    std::vector<GroupGeneration> out(reqs.size());
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      if (!fail_id_.empty() && reqs[i].id == fail_id_) {
+        out[i].status = absl::InvalidArgumentError(absl::StrCat("group ", reqs[i].id, ": bad prompt"));
+        continue;
+      }
+      out[i].weight_version = version_of_(min_version);
+      out[i].samples.resize(static_cast<size_t>(reqs[i].params.n));
+    }
+    return out;
+  }
+  void Hold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_ = true;
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_ = false;
+    released_.notify_all();
+  }
+  std::vector<std::vector<std::string>> calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+  std::vector<int64_t> min_versions() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return min_versions_;
+  }
+
+  std::function<int64_t(int64_t)> version_of_ = [](int64_t min_version) { return min_version; };
+  std::string fail_id_;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable released_;
+  bool hold_ = false;
+  std::vector<std::vector<std::string>> calls_;
+  std::vector<int64_t> min_versions_;
+};
+
+class AsyncRolloutsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = JoinPath(::testing::TempDir(), "async_rollouts_test.XXXXXX");
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  const Dataset& Data(int n) {
+    std::string text;
+    for (int i = 0; i < n; ++i) text += absl::StrCat("{\"prompt\": \"p", i, "\", \"answer\": \"", i, "\"}\n");
+    const std::string path = JoinPath(dir_, "train.jsonl");
+    EXPECT_TRUE(WriteFileAtomic(path, text).ok());
+    auto ds = Dataset::Load(path, "prompt", "answer", true);
+    EXPECT_TRUE(ds.ok()) << ds.status();
+    data_.emplace(*std::move(ds));
+    return *data_;
+  }
+
+  static AsyncRolloutOptions Options(int64_t pps, int64_t max_staleness, bool shuffle = false) {
+    AsyncRolloutOptions o;
+    o.prompts_per_step = pps;
+    o.max_staleness = max_staleness;
+    o.versions_per_step = 1;
+    o.max_regenerations = 2;
+    o.seed = 11;
+    o.shuffle = shuffle;
+    return o;
+  }
+
+  std::unique_ptr<AsyncRollouts> Make(const AsyncRolloutOptions& o, DatasetPosition start = {},
+                                      int64_t published = 0) {
+    EXPECT_TRUE(o.Validate().ok()) << o.Validate();
+    auto make_request = [](const Example& ex, uint64_t seed) -> absl::StatusOr<GenerationRequest> {
+      GenerationRequest r;
+      r.id = ex.prompt;
+      r.prompt = {1, 2, 3};
+      r.params.n = 2;
+      r.params.seed = seed;
+      return r;
+    };
+    auto generate = [this](const std::vector<GenerationRequest>& reqs, int64_t min_version) {
+      return source_.Generate(reqs, min_version);
+    };
+    return std::make_unique<AsyncRollouts>(o, &*data_, start, published, make_request, generate);
+  }
+
+  static std::vector<std::string> Prompts(const std::vector<AsyncGroup>& groups) {
+    std::vector<std::string> out;
+    for (const auto& g : groups) out.push_back(g.example->prompt);
+    return out;
+  }
+
+  std::string dir_;
+  std::optional<Dataset> data_;
+  FakeSource source_;
+};
+
+TEST_F(AsyncRolloutsTest, TakesInDrawOrderAndStartsTheNextStepBeforeReturning) {
+  Data(10);
+  auto async = Make(Options(/*pps=*/2, /*max_staleness=*/1));
+  auto taken = async->Take(2, /*learner_version=*/0, /*later=*/8);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(Prompts(*taken), (std::vector<std::string>{"p0", "p1"}));
+  for (const auto& g : *taken) {
+    EXPECT_EQ(g.generation.weight_version, 0);
+    EXPECT_EQ(g.generations, 1);
+    EXPECT_EQ(g.generation.samples.size(), 2u);
+  }
+  // The next step's groups were started before Take returned: one window of them.
+  const AsyncRolloutStats s = async->stats();
+  EXPECT_EQ(s.in_flight + s.ready_ahead, 2);
+  EXPECT_EQ(s.groups_taken, 2);
+  while (source_.calls().size() < 2) std::this_thread::yield();
+  const auto calls = source_.calls();
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1], (std::vector<std::string>{"p2", "p3"}));
+  // The checkpoint's cursor stops after the groups taken, not the ones drawn ahead.
+  EXPECT_EQ(async->consumed_position().epoch, 0);
+  EXPECT_EQ(async->consumed_position().index, 2);
+}
+
+TEST_F(AsyncRolloutsTest, DrawsNothingBeyondWhatTheRunWillTake) {
+  Data(10);
+  auto async = Make(Options(2, 3));
+  ASSERT_TRUE(async->Take(2, 0, /*later=*/2).ok());
+  EXPECT_EQ(async->stats().in_flight + async->stats().ready_ahead, 2);  // window 6, demand 2
+  auto last = async->Take(2, 1, /*later=*/0);
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(Prompts(*last), (std::vector<std::string>{"p2", "p3"}));
+  EXPECT_EQ(async->stats().in_flight + async->stats().ready_ahead, 0);
+  EXPECT_EQ(async->consumed_position().index, 4);
+}
+
+TEST_F(AsyncRolloutsTest, ResumingFromTheCursorTrainsEveryPromptOncePerEpoch) {
+  Data(7);
+  std::vector<std::string> trained;
+  DatasetPosition saved;
+  {
+    auto async = Make(Options(2, 2, /*shuffle=*/true));
+    auto a = async->Take(2, 0, 12);
+    ASSERT_TRUE(a.ok());
+    for (auto& p : Prompts(*a)) trained.push_back(p);
+    source_.Hold();  // the groups drawn ahead are still generating at the "crash"
+    auto b = async->Take(1, 1, 11);
+    source_.Release();
+    ASSERT_TRUE(b.ok());
+    for (auto& p : Prompts(*b)) trained.push_back(p);
+    saved = async->consumed_position();
+    EXPECT_GT(async->stats().in_flight + async->stats().ready_ahead, 0);
+  }
+  EXPECT_EQ(saved.index, 3);
+  auto resumed = Make(Options(2, 2, true), saved, /*published=*/2);
+  for (int step = 0; step < 2; ++step) {
+    auto g = resumed->Take(2, 2 + step, 2 - 2 * step);
+    ASSERT_TRUE(g.ok()) << g.status();
+    for (auto& p : Prompts(*g)) trained.push_back(p);
+  }
+  std::sort(trained.begin(), trained.end());
+  EXPECT_EQ(trained, (std::vector<std::string>{"p0", "p1", "p2", "p3", "p4", "p5", "p6"}));
+  // The next epoch starts with the run's next Take.
+  EXPECT_EQ(resumed->consumed_position().index, 7);
+}
+
+TEST_F(AsyncRolloutsTest, GroupsInFlightDuringAnUpdateFinishAndAreUsed) {
+  Data(10);
+  auto async = Make(Options(1, 1));
+  ASSERT_TRUE(async->Take(1, 0, 5).ok());
+  // p1 started at version 0 before Take returned; the learner moves to version 1 while it
+  // may still be generating. It is not cancelled: it finishes and is taken.
+  async->Publish(1);
+  auto next = async->Take(1, /*learner_version=*/1, 4);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(Prompts(*next), (std::vector<std::string>{"p1"}));
+  EXPECT_EQ((*next)[0].generation.weight_version, 0);
+  EXPECT_EQ((*next)[0].generations, 1);
+  EXPECT_EQ(async->stats().staleness_max, 1);
+  EXPECT_EQ(async->stats().stale_requeued, 0);
+  // p2 started after the update, so it asked for the new weights.
+  auto third = async->Take(1, 1, 3);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ((*third)[0].generation.weight_version, 1);
+}
+
+TEST_F(AsyncRolloutsTest, TakeWaitsForGroupsStillGenerating) {
+  Data(10);
+  auto async = Make(Options(2, 1));
+  source_.Hold();
+  std::thread trainer([&] {
+    auto taken = async->Take(2, 0, 0);
+    EXPECT_TRUE(taken.ok());
+    EXPECT_EQ(Prompts(*taken), (std::vector<std::string>{"p0", "p1"}));
+  });
+  // Take cannot return before the held call does.
+  while (source_.calls().empty()) std::this_thread::yield();
+  EXPECT_EQ(async->stats().groups_taken, 0);
+  source_.Release();
+  trainer.join();
+  EXPECT_EQ(async->stats().groups_taken, 2);
+}
+
+TEST_F(AsyncRolloutsTest, StaleGroupsAreGeneratedAgainWithNewerWeights) {
+  Data(10);
+  auto async = Make(Options(2, 2));  // window: 4 groups
+  ASSERT_TRUE(async->Take(2, 0, 10).ok());
+  // p2..p5 were generated with version 0; the learner is now 5 versions on.
+  async->Publish(5);
+  auto taken = async->Take(2, /*learner_version=*/5, 8);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(Prompts(*taken), (std::vector<std::string>{"p2", "p3"}));
+  for (const auto& g : *taken) {
+    EXPECT_EQ(g.generation.weight_version, 5);
+    EXPECT_EQ(g.generations, 2);
+  }
+  EXPECT_EQ(async->stats().stale_requeued, 2);
+  EXPECT_EQ(async->stats().staleness_max, 0);
+  // A regenerated group keeps its place: the cursor still moves in draw order.
+  EXPECT_EQ(async->consumed_position().index, 4);
+}
+
+TEST_F(AsyncRolloutsTest, AGroupStaleEveryTimeFailsNamingIt) {
+  Data(10);
+  auto async = Make(Options(2, 1));
+  // The learner claims version 9 but nothing newer than 0 was published.
+  auto taken = async->Take(2, /*learner_version=*/9, 0);
+  ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kAborted);
+  EXPECT_NE(taken.status().message().find("group p0: generated 3 times, each time too stale"),
+            std::string::npos)
+      << taken.status();
+  EXPECT_EQ(async->stats().stale_requeued, 4);
+}
+
+TEST_F(AsyncRolloutsTest, AFailedGroupFailsTheTake) {
+  Data(10);
+  source_.fail_id_ = "p1";
+  auto async = Make(Options(2, 1));
+  auto taken = async->Take(2, 0, 4);
+  ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(taken.status().message().find("group p1"), std::string::npos);
+}
+
+TEST_F(AsyncRolloutsTest, AVersionOlderThanAskedIsAnError) {
+  Data(10);
+  source_.version_of_ = [](int64_t min_version) { return min_version - 1; };
+  auto async = Make(Options(2, 1), {}, /*published=*/3);
+  auto taken = async->Take(2, 3, 0);
+  ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(taken.status().message().find("older than the 3 it was asked for"), std::string::npos)
+      << taken.status();
+}
+
+TEST_F(AsyncRolloutsTest, OptionsNeedAStepOfStaleness) {
+  AsyncRolloutOptions o = Options(4, 1);
+  o.versions_per_step = 2;
+  EXPECT_FALSE(o.Validate().ok());
+  EXPECT_NE(o.Validate().message().find("max_staleness must be >= versions_per_step (2)"),
+            std::string::npos);
+  o.max_staleness = 5;
+  ASSERT_TRUE(o.Validate().ok());
+  EXPECT_EQ(o.window(), 8);  // two steps of 4 groups
+}
+
+}  // namespace
+}  // namespace lightrl
