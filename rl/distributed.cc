@@ -77,9 +77,16 @@ absl::StatusOr<DistributedOptions> DistributedOptions::FromEnv(DistributedOption
   RETURN_IF_ERROR(integer("RANK", base.rank));
   RETURN_IF_ERROR(integer("WORLD_SIZE", base.world_size));
   RETURN_IF_ERROR(integer("MASTER_PORT", base.master_port));
+  base.local_rank = base.rank;
+  RETURN_IF_ERROR(integer("LOCAL_RANK", base.local_rank));
   if (const char* v = std::getenv("MASTER_ADDR"); v != nullptr && *v != '\0') base.master_addr = v;
   if (const char* v = std::getenv("GLOO_SOCKET_IFNAME"); v != nullptr && *v != '\0') {
     base.gloo_interface = v;
+  }
+  if (base.rank < 0 || base.rank >= base.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RANK=", base.rank, " is not in [0, WORLD_SIZE) with WORLD_SIZE=", base.world_size,
+        " (from the environment where set, else the config)"));
   }
   return base;
 }

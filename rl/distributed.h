@@ -20,6 +20,9 @@ struct DistributedOptions {
   int64_t rank = 0;
   // Learner processes in the group; 1 = no group at all (today's single process).
   int64_t world_size = 1;
+  // This process's GPU on its host ("cuda" becomes "cuda:<local_rank>"); torchrun's
+  // LOCAL_RANK, else the rank.
+  int64_t local_rank = 0;
   // Host of rank 0, which serves the rendezvous store; torchrun's MASTER_ADDR.
   std::string master_addr = "127.0.0.1";
   // Port of that store; torchrun's MASTER_PORT.
@@ -36,7 +39,8 @@ struct DistributedOptions {
   absl::Status Validate() const;
   bool enabled() const { return world_size > 1; }
   // `base` with every field that torchrun's variables set replaced by their values:
-  // RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, GLOO_SOCKET_IFNAME. A malformed value
+  // RANK, WORLD_SIZE, LOCAL_RANK (else the rank), MASTER_ADDR, MASTER_PORT,
+  // GLOO_SOCKET_IFNAME. A malformed value
   // is an error naming the variable and the value. The one place that reads them.
   static absl::StatusOr<DistributedOptions> FromEnv(DistributedOptions base);
 };
