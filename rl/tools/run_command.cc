@@ -2,6 +2,7 @@
 // --rollouts DIR`.
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -85,6 +86,8 @@ int LaunchLocalRanks(const std::vector<std::string>& args, int64_t nproc, const 
       return 1;
     }
     if (pid == 0) {
+      // The ranks end with the launcher (a scheduler stopping it, say).
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
       ::setenv("RANK", std::to_string(r).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
