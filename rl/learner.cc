@@ -282,8 +282,10 @@ struct Learner::Impl {
   // After an update's last backward (or none, for a rank without samples): reduces what
   // the hooks have not, waits for every bucket, and leaves the global gradient in place
   // of each used parameter's (ZeRO-1 reads `flat` directly).
-  void FinishSync() {
+  void FinishSync(LearnerStats& stats) {
     armed = false;
+    stats.grad_buckets += static_cast<int64_t>(buckets.size());
+    stats.grad_buckets_in_backward += static_cast<int64_t>(next_bucket);
     torch::NoGradGuard no_grad;
     std::vector<float> local(params.size(), 0.f);
     for (size_t i = 0; i < params.size(); ++i) {
@@ -679,7 +681,7 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
         }
         tokens += w;
       }
-      if (m.dp()) m.FinishSync();
+      if (m.dp()) m.FinishSync(stats);
       stats.loss += loss_sum / M;
       stats.policy_loss += policy_sum / M;
       stats.aux_loss += aux_sum / M;
@@ -747,7 +749,7 @@ absl::StatusOr<LearnerStats> Learner::TrainSft(const std::vector<TrainSample>& b
       stats.loss += loss.item<double>();
       stats.aux_loss += share * aux.item<double>();
     }
-    if (m.dp()) m.FinishSync();
+    if (m.dp()) m.FinishSync(stats);
     stats.tokens = static_cast<int64_t>(n_tokens);
     stats.grad_norm = m.Step(lr > 0 ? lr : m.options.optimizer.LearningRate(m.steps), stats);
     if (m.dp()) {

@@ -70,6 +70,9 @@ struct LearnerStats {
   // Mean |log pi_old - log pi_rollout|: the train/inference mismatch.
   double rollout_logprob_abs_diff = 0;
   int64_t tokens = 0, updates = 0;
+  // Data parallel, this rank: gradient buckets all-reduced, and how many of them were
+  // launched from backward (overlapped) rather than after it.
+  int64_t grad_buckets = 0, grad_buckets_in_backward = 0;
 };
 
 class Learner {

@@ -31,8 +31,9 @@ constexpr const char* kRunUsage =
     "ranks itself (rank 0 is the controller) on a free loopback port.\n";
 
 constexpr const char* kReplayUsage =
-    "usage: lightrl replay --config X.yaml --rollouts DIR [--resume]\n"
-    "Trains on the groups of a rollout log, step by step, without generating.\n";
+    "usage: lightrl replay --config X.yaml --rollouts DIR [--resume] [--nproc N]\n"
+    "Trains on the groups of a rollout log, step by step, without generating; learner\n"
+    "ranks as for `lightrl run`.\n";
 
 // A loopback port nobody listens on now (the store binds it a moment later).
 int FreePort() {
@@ -55,7 +56,8 @@ int FreePort() {
 // torchrun for one host: starts `nproc` copies of this command (without --nproc) with
 // RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, and waits for them. When
 // one fails, the others are stopped; the exit code is the first failure's.
-int LaunchLocalRanks(const std::vector<std::string>& args, int64_t nproc, const char* name) {
+int LaunchLocalRanks(const std::vector<std::string>& args, int64_t nproc, const char* name,
+                     const char* subcommand) {
   std::vector<std::string> child_args;
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--nproc") {
@@ -75,7 +77,7 @@ int LaunchLocalRanks(const std::vector<std::string>& args, int64_t nproc, const 
     std::cerr << name << ": --nproc: cannot find the lightrl executable\n";
     return 1;
   }
-  std::vector<std::string> argv = {exe, "run"};
+  std::vector<std::string> argv = {exe, subcommand};
   argv.insert(argv.end(), child_args.begin(), child_args.end());
   std::vector<pid_t> pids;
   for (int64_t r = 0; r < nproc; ++r) {
@@ -157,7 +159,7 @@ int Run(const std::vector<std::string>& args, bool replay) {
       std::cerr << name << ": --nproc starts the ranks itself; RANK/WORLD_SIZE are already set\n";
       return 2;
     }
-    return LaunchLocalRanks(args, *nproc, name);
+    return LaunchLocalRanks(args, *nproc, name, replay ? "replay" : "run");
   }
   TrainerRunOptions options;
   const DistributedSection& d = config->distributed;

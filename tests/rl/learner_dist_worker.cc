@@ -4,7 +4,8 @@
 // parameters (raw FP32, module order) and the last step's stats (JSON) to --out.
 //   learner_dist_worker --rank R --world N --port P --seed S --out DIR
 //       [--mode rl|sft] [--zero1] [--samples 7] [--minibatches 2] [--steps 2]
-//       [--max-tokens 16384] [--bucket-mb 0.0005] [--timeout 60] [--check-resume]
+//       [--max-tokens 16384] [--bucket-mb 0.0005] [--timeout 60] [--dtype float32]
+//       [--check-resume]
 // --check-resume: after the steps, saves optimizer state and weights, trains one more
 // batch, then restores both into a fresh learner, trains the same batch again and fails
 // unless the parameters are bitwise equal.
@@ -72,7 +73,7 @@ std::vector<float> Flatten(PolicyModel& policy) {
 absl::Status Main(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args,
                                              {"rank", "world", "port", "seed", "out", "mode", "samples",
-                                              "minibatches", "steps", "max-tokens", "bucket-mb", "timeout"},
+                                              "minibatches", "steps", "max-tokens", "bucket-mb", "timeout", "dtype"},
                                              {"zero1", "check-resume"}));
   DistributedOptions dist;
   ASSIGN_OR_RETURN(dist.rank, flags.GetInt("rank", 0));
@@ -107,7 +108,9 @@ absl::Status Main(const std::vector<std::string>& args) {
   } else {
     RETURN_IF_ERROR(dist.Validate());
   }
-  ASSIGN_OR_RETURN(auto policy, PolicyModel::Create(TinyConfig(), static_cast<uint64_t>(seed)));
+  PolicyOptions popts;
+  popts.dtype = flags.Get("dtype", "float32");
+  ASSIGN_OR_RETURN(auto policy, PolicyModel::Create(TinyConfig(), static_cast<uint64_t>(seed), popts));
   ASSIGN_OR_RETURN(auto learner, Learner::Create(policy.get(), opts, group.get()));
 
   auto train = [&](Learner& l, int64_t step) -> absl::StatusOr<LearnerStats> {
@@ -138,6 +141,8 @@ absl::Status Main(const std::vector<std::string>& args) {
   j.set("tokens", Json(stats.tokens));
   j.set("updates", Json(stats.updates));
   j.set("version", Json(learner->version()));
+  j.set("grad_buckets", Json(stats.grad_buckets));
+  j.set("grad_buckets_in_backward", Json(stats.grad_buckets_in_backward));
   RETURN_IF_ERROR(WriteFileAtomic(prefix + ".json", j.Dump(2) + "\n"));
 
   if (flags.Has("check-resume")) {
@@ -148,7 +153,7 @@ absl::Status Main(const std::vector<std::string>& args) {
     if (group) RETURN_IF_ERROR(group->Barrier());
     ASSIGN_OR_RETURN(stats, train(*learner, steps));
     const std::vector<float> continued = Flatten(*policy);
-    ASSIGN_OR_RETURN(auto restored, PolicyModel::Load(JoinPath(dir, "model")));
+    ASSIGN_OR_RETURN(auto restored, PolicyModel::Load(JoinPath(dir, "model"), popts));
     ASSIGN_OR_RETURN(auto relearner, Learner::Create(restored.get(), opts, group.get()));
     RETURN_IF_ERROR(relearner->LoadState(JoinPath(dir, "optimizer.pt")));
     ASSIGN_OR_RETURN(stats, train(*relearner, steps));
