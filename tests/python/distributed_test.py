@@ -165,7 +165,7 @@ def case_errors():
     out = tempfile.mkdtemp(prefix="lightrl_dist_")
     try:
         # Rank 1 believes in a world of 3.
-        results = run_ranks(2, out, ["--timeout", "5"], world_of=lambda r: 3 if r == 1 else 2)
+        results = run_ranks(2, out, ["--timeout", "10"], world_of=lambda r: 3 if r == 1 else 2)
         assert all(rc != 0 for rc, _ in results), results
         text = "".join(e for _, e in results)
         assert "WORLD_SIZE=3" in text and "WORLD_SIZE=2" in text, text
