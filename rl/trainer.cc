@@ -683,6 +683,12 @@ absl::Status Trainer::RunReplay() {
 }
 
 absl::Status Trainer::Run() {
+  if (options_.distributed.enabled() && absl::StartsWith(config_.run.device, "cuda:")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        config_.source, ": run.device is \"", config_.run.device, "\" but there are ",
+        options_.distributed.world_size, " learner ranks: use \"cuda\", and each rank takes "
+        "cuda:LOCAL_RANK"));
+  }
   if (options_.distributed.enabled() && options_.distributed.rank != 0) return RunLearnerRank();
   absl::Status status = RunController();
   // The other ranks wait for rank 0's next learner call; tell them the run is over.
