@@ -14,6 +14,7 @@
              out of range fail with messages naming the variable and value.
   run        `lightrl run` with 2 ranks (--nproc 2) ends with identical weights on both
              ranks, and rank 0's metrics match a 1-rank run of the same config.
+  nccl       (only when named; 2 GPUs) `equal` on CUDA with NCCL.
 
 Run: LEARNER_DIST_WORKER=build/tests/learner_dist_worker LIGHTRL_BIN=build/rl/lightrl \\
      .venv/bin/python tests/python/distributed_test.py [CASE ...]
@@ -313,12 +314,24 @@ def case_run():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def case_nccl():
+    """The same comparison on GPUs with NCCL (CUDA builds, 2 GPUs; CTest label gpu):
+    rank r on cuda:r against one process on cuda:0."""
+    for mode, samples in (("rl", "7"), ("sft", "5")):
+        base = ["--device", "cuda", "--mode", mode, "--samples", samples]
+        reference = train(1, base)
+        check_equal(reference, 2, base)
+        check_equal(reference, 2, base + ["--zero1", "--max-tokens", "12"])
+
+
 CASES = {"equal": case_equal, "bf16": case_bf16, "resume": case_resume, "errors": case_errors,
          "run": case_run}
+GPU_CASES = {"nccl": case_nccl}
 
 
 def main():
     names = sys.argv[1:] or list(CASES)
+    CASES.update(GPU_CASES)
     print(f"distributed_test seed {SEED} (DISTRIBUTED_TEST_SEED={SEED} repeats it)")
     passed = failed = 0
     for name in names:

@@ -5,7 +5,8 @@
 //   learner_dist_worker --rank R --world N --port P --seed S --out DIR
 //       [--mode rl|sft] [--zero1] [--samples 7] [--minibatches 2] [--steps 2]
 //       [--max-tokens 16384] [--bucket-mb 0.0005] [--timeout 60] [--dtype float32]
-//       [--check-resume]
+//       [--device cpu|cuda] [--check-resume]
+// --device cuda puts rank r on cuda:r and reduces with NCCL (CUDA builds).
 // --check-resume: after the steps, saves optimizer state and weights, trains one more
 // batch, then restores both into a fresh learner, trains the same batch again and fails
 // unless the parameters are bitwise equal.
@@ -64,7 +65,7 @@ std::vector<TrainSample> RandomBatch(uint64_t seed, int64_t n) {
 std::vector<float> Flatten(PolicyModel& policy) {
   std::vector<float> out;
   for (auto& p : policy.module()->parameters()) {
-    auto t = p.detach().to(torch::kFloat32).contiguous().flatten();
+    auto t = p.detach().to(torch::kCPU, torch::kFloat32).contiguous().flatten();
     out.insert(out.end(), t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
   }
   return out;
@@ -73,14 +74,17 @@ std::vector<float> Flatten(PolicyModel& policy) {
 absl::Status Main(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args,
                                              {"rank", "world", "port", "seed", "out", "mode", "samples",
-                                              "minibatches", "steps", "max-tokens", "bucket-mb", "timeout", "dtype"},
+                                              "minibatches", "steps", "max-tokens", "bucket-mb", "timeout", "dtype",
+                                              "device"},
                                              {"zero1", "check-resume"}));
   DistributedOptions dist;
   ASSIGN_OR_RETURN(dist.rank, flags.GetInt("rank", 0));
   ASSIGN_OR_RETURN(dist.world_size, flags.GetInt("world", 1));
   ASSIGN_OR_RETURN(dist.master_port, flags.GetInt("port", 29500));
   ASSIGN_OR_RETURN(dist.timeout_s, flags.GetDouble("timeout", 60));
-  dist.backend = "gloo";
+  dist.backend = "auto";
+  const bool cuda = flags.Get("device", "cpu") == "cuda";
+  const std::string device = cuda ? absl::StrCat("cuda:", dist.rank) : "cpu";
   ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed", 1));
   ASSIGN_OR_RETURN(std::string out, flags.Required("out"));
   const std::string mode = flags.Get("mode", "rl");
@@ -104,12 +108,13 @@ absl::Status Main(const std::vector<std::string>& args) {
 
   ProcessGroupPtr group;
   if (dist.world_size > 1) {
-    ASSIGN_OR_RETURN(group, ProcessGroup::Create(dist, "cpu"));
+    ASSIGN_OR_RETURN(group, ProcessGroup::Create(dist, device));
   } else {
     RETURN_IF_ERROR(dist.Validate());
   }
   PolicyOptions popts;
   popts.dtype = flags.Get("dtype", "float32");
+  popts.device = device;
   ASSIGN_OR_RETURN(auto policy, PolicyModel::Create(TinyConfig(), static_cast<uint64_t>(seed), popts));
   ASSIGN_OR_RETURN(auto learner, Learner::Create(policy.get(), opts, group.get()));
 
