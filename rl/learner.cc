@@ -1,11 +1,20 @@
 #include "rl/learner.h"
 
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <numeric>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "common/status.h"
 #include "policy/minimax_model.h"
+#include "rl/distributed_internal.h"
 #include "rl/losses.h"
 
 namespace lightrl {
@@ -40,8 +49,16 @@ double OptimizerOptions::LearningRate(int64_t step) const {
   return lr * (min_lr_ratio + (1 - min_lr_ratio) * decay);
 }
 
+absl::Status DataParallelOptions::Validate() const {
+  if (!(bucket_mb > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("data_parallel.bucket_mb must be > 0, got ", bucket_mb));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status LearnerOptions::Validate() const {
   RETURN_IF_ERROR(loss.Validate());
+  RETURN_IF_ERROR(data_parallel.Validate());
   RETURN_IF_ERROR(optimizer.Validate());
   if (minibatches < 1) {
     return absl::InvalidArgumentError(absl::StrCat("minibatches must be >= 1, got ", minibatches));
@@ -116,6 +133,55 @@ std::vector<std::vector<const TrainSample*>> MicroBatches(const std::vector<cons
   return out;
 }
 
+int64_t SampleTokens(const TrainSample* s) {
+  return static_cast<int64_t>(s->prompt.size() + s->response.size());
+}
+
+// The samples of `mini` this rank trains on: longest first, each to the rank with the
+// fewest tokens so far (lowest rank on ties), then back in batch order. Every rank
+// computes the same split; a rank may get none.
+std::vector<const TrainSample*> Shard(const std::vector<const TrainSample*>& mini, int64_t rank,
+                                      int64_t world) {
+  if (world == 1) return mini;
+  std::vector<size_t> order(mini.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return SampleTokens(mini[a]) > SampleTokens(mini[b]);
+  });
+  std::vector<int64_t> load(world, 0);
+  std::vector<char> mine(mini.size(), 0);
+  for (size_t i : order) {
+    const int64_t r = std::min_element(load.begin(), load.end()) - load.begin();
+    load[r] += SampleTokens(mini[i]);
+    mine[i] = r == rank;
+  }
+  std::vector<const TrainSample*> out;
+  for (size_t i = 0; i < mini.size(); ++i) {
+    if (mine[i]) out.push_back(mini[i]);
+  }
+  return out;
+}
+
+// A fingerprint of a batch, to check that every rank was handed the same one.
+uint64_t BatchHash(const std::vector<TrainSample>& batch) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  };
+  for (const TrainSample& s : batch) {
+    const uint64_t sizes[3] = {s.prompt.size(), s.response.size(), s.rollout_logprobs.size()};
+    mix(sizes, sizeof(sizes));
+    mix(s.prompt.data(), s.prompt.size() * sizeof(int32_t));
+    mix(s.response.data(), s.response.size() * sizeof(int32_t));
+    mix(s.rollout_logprobs.data(), s.rollout_logprobs.size() * sizeof(float));
+    mix(&s.advantage, sizeof(double));
+    const char keep = s.keep;
+    mix(&keep, 1);
+  }
+  return h;
+}
+
 }  // namespace
 
 struct Learner::Impl {
@@ -131,6 +197,181 @@ struct Learner::Impl {
   // RL updates only: the clock of the LR schedule, so that SFT warm-up updates neither
   // use up the warmup nor advance the decay of the RL run.
   int64_t rl_steps = 0;
+
+  // --- data parallel (world > 1), unused by a single process ---
+  // Every parameter has a slot in `flat`, in reverse module order (roughly the order
+  // backward produces gradients); slots are grouped into buckets that are all-reduced
+  // in index order (the same order on every rank, as collectives must be), each as soon
+  // as its gradients and those of the buckets before it are in.
+  ProcessGroup* group = nullptr;
+  int64_t rank = 0, world = 1;
+  bool zero1 = false;
+  struct Slot {
+    int64_t offset = 0, numel = 0, bucket = 0;
+  };
+  struct Bucket {
+    int64_t begin = 0, end = 0, num_params = 0, ready = 0;
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+  std::vector<Slot> slots;  // by parameter index
+  std::vector<Bucket> buckets;
+  size_t next_bucket = 0;
+  std::vector<char> copied;  // by parameter: its gradient is in `flat` for this update
+  bool armed = false;        // the backward under way is the update's last one
+  int64_t total = 0;         // parameter elements
+  // FP32 gradients of every parameter, padded to world * shard_size; ZeRO-1 then reuses
+  // it to all-gather the updated parameters.
+  torch::Tensor flat;
+  // By parameter: 1 where some rank's backward gave it a gradient in this update. A
+  // single process's AdamW skips parameters without a gradient (an expert no token
+  // reached), so every rank must skip exactly those.
+  torch::Tensor used;
+  // ZeRO-1: this rank's range of `flat` and its AdamW state, shard_size long (the last
+  // shard is padded).
+  int64_t shard_size = 0, shard_begin = 0, shard_end = 0;
+  torch::Tensor z_master, z_avg, z_avg_sq;
+  std::vector<int64_t> z_steps;  // by parameter, as torch's AdamW counts them
+
+  bool dp() const { return world > 1; }
+  c10d::Backend& backend() { return *group->impl().backend; }
+
+  ~Impl() {
+    if (dp()) {
+      for (auto& p : params) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+    }
+  }
+
+  void CopyIn(size_t i) {
+    flat.narrow(0, slots[i].offset, slots[i].numel).copy_(params[i].grad().reshape({-1}));
+  }
+
+  void Launch(size_t b) {
+    std::vector<at::Tensor> t{flat.narrow(0, buckets[b].begin, buckets[b].end - buckets[b].begin)};
+    buckets[b].work = backend().allreduce(t);
+  }
+
+  void LaunchReady() {
+    while (next_bucket < buckets.size() &&
+           buckets[next_bucket].ready == buckets[next_bucket].num_params) {
+      Launch(next_bucket++);
+    }
+  }
+
+  // From autograd, once parameter i's gradient is accumulated.
+  void OnGradReady(size_t i) {
+    if (!armed || copied[i] || !params[i].grad().defined()) return;
+    torch::NoGradGuard no_grad;
+    CopyIn(i);
+    copied[i] = 1;
+    if (++buckets[slots[i].bucket].ready == buckets[slots[i].bucket].num_params) LaunchReady();
+  }
+
+  // Before an update's first backward.
+  void BeginSync() {
+    flat.zero_();
+    std::fill(copied.begin(), copied.end(), 0);
+    for (auto& b : buckets) {
+      b.ready = 0;
+      b.work.reset();
+    }
+    next_bucket = 0;
+    armed = false;
+  }
+
+  // After an update's last backward (or none, for a rank without samples): reduces what
+  // the hooks have not, waits for every bucket, and leaves the global gradient in place
+  // of each used parameter's (ZeRO-1 reads `flat` directly).
+  void FinishSync(LearnerStats& stats) {
+    armed = false;
+    stats.grad_buckets += static_cast<int64_t>(buckets.size());
+    stats.grad_buckets_in_backward += static_cast<int64_t>(next_bucket);
+    torch::NoGradGuard no_grad;
+    std::vector<float> local(params.size(), 0.f);
+    for (size_t i = 0; i < params.size(); ++i) {
+      local[i] = params[i].grad().defined() ? 1.f : 0.f;
+      if (copied[i]) continue;
+      // Unused in the last micro-batch, or by this rank altogether.
+      if (params[i].grad().defined()) CopyIn(i);
+      copied[i] = 1;
+      ++buckets[slots[i].bucket].ready;
+    }
+    LaunchReady();
+    used = torch::tensor(local).to(device);
+    std::vector<at::Tensor> u{used};
+    c10d::AllreduceOptions max;
+    max.reduceOp = c10d::ReduceOp::MAX;
+    auto used_work = backend().allreduce(u, max);
+    for (auto& b : buckets) b.work->wait();
+    used_work->wait();
+    used = used.cpu();
+    const float* any = used.data_ptr<float>();
+    for (size_t i = 0; i < params.size(); ++i) {
+      params[i].mutable_grad() = torch::Tensor();
+      if (zero1 || any[i] == 0) continue;
+      auto g = flat.narrow(0, slots[i].offset, slots[i].numel).view(params[i].sizes());
+      (master.empty() ? params[i] : master[i]).mutable_grad() = g;
+    }
+  }
+
+  // ZeRO-1's update: the global norm and clip from the (all-reduced, full) gradients,
+  // AdamW on this rank's shard exactly as torch's AdamW, then an all-gather of the
+  // parameters.
+  double ZeroStep(double lr, LearnerStats& stats) {
+    torch::NoGradGuard no_grad;
+    const float* any = used.data_ptr<float>();
+    std::vector<torch::Tensor> norms;
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (any[i] > 0) norms.push_back(flat.narrow(0, slots[i].offset, slots[i].numel).norm(2));
+    }
+    double norm = 0;
+    torch::Tensor shard_grad = flat.narrow(0, shard_begin, shard_end - shard_begin);
+    if (!norms.empty()) {
+      torch::Tensor total_norm = norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2);
+      norm = total_norm.item<double>();
+      if (options.optimizer.grad_clip > 0) {
+        shard_grad.mul_(torch::clamp(options.optimizer.grad_clip / (total_norm + 1e-6), std::nullopt, 1.0));
+      }
+    }
+    if (std::isfinite(norm)) {
+      const OptimizerOptions& o = options.optimizer;
+      for (size_t i = 0; i < params.size(); ++i) {
+        const int64_t lo = std::max(slots[i].offset, shard_begin);
+        const int64_t hi = std::min(slots[i].offset + slots[i].numel, shard_end);
+        if (any[i] == 0 || lo >= hi) continue;
+        const int64_t step = ++z_steps[i];
+        auto p = z_master.narrow(0, lo - shard_begin, hi - lo);
+        auto m = z_avg.narrow(0, lo - shard_begin, hi - lo);
+        auto v = z_avg_sq.narrow(0, lo - shard_begin, hi - lo);
+        auto g = flat.narrow(0, lo, hi - lo);
+        p.mul_(1 - lr * o.weight_decay);
+        m.mul_(o.beta1).add_(g, 1 - o.beta1);
+        v.mul_(o.beta2).addcmul_(g, g, 1 - o.beta2);
+        const double bias1 = 1 - std::pow(o.beta1, static_cast<double>(step));
+        const double bias2 = 1 - std::pow(o.beta2, static_cast<double>(step));
+        auto denom = (v.sqrt() / std::sqrt(bias2)).add_(o.eps);
+        p.addcdiv_(m, denom, -lr / bias1);
+      }
+      std::vector<at::Tensor> in{z_master};
+      std::vector<std::vector<at::Tensor>> out(1);
+      for (int64_t r = 0; r < world; ++r) out[0].push_back(flat.narrow(0, r * shard_size, shard_size));
+      backend().allgather(out, in)->wait();
+      for (size_t i = 0; i < params.size(); ++i) {
+        params[i].copy_(flat.narrow(0, slots[i].offset, slots[i].numel).view(params[i].sizes()));
+      }
+    } else {
+      std::fprintf(stderr, "learner: non-finite gradient norm at update %lld, update skipped\n",
+                   static_cast<long long>(steps));
+    }
+    ++steps;
+    ++version;
+    ++stats.updates;
+    stats.lr = lr;
+    return norm;
+  }
+
+  double Step(double lr, LearnerStats& stats) {
+    return zero1 ? ZeroStep(lr, stats) : ClipAndStep(lr, stats);
+  }
 
   void SetLr(double lr) {
     for (auto& group : optimizer->param_groups()) {
@@ -186,6 +427,10 @@ struct Learner::Impl {
       std::fprintf(stderr, "learner: non-finite gradient norm at update %lld, update skipped\n",
                    static_cast<long long>(steps));
     }
+    if (dp()) {
+      // Views of the reduction buffer, which zero_grad() cannot detach in place.
+      for (auto& t : updated) t.mutable_grad().reset();
+    }
     optimizer->zero_grad();
     if (!master.empty()) {
       torch::NoGradGuard no_grad;
@@ -199,13 +444,106 @@ struct Learner::Impl {
   }
 };
 
+namespace {
+
+class GradReadyHook : public torch::autograd::PostAccumulateGradHook {
+ public:
+  GradReadyHook(Learner::Impl* impl, size_t index) : impl_(impl), index_(index) {}
+  void operator()(const torch::autograd::Variable&) override { impl_->OnGradReady(index_); }
+
+ private:
+  Learner::Impl* impl_;
+  size_t index_;
+};
+
+// Sets up the buckets, the hooks and (ZeRO-1) the optimizer shard; checks that every
+// rank starts from the same weights.
+absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
+  m.group = group;
+  m.rank = group->rank();
+  m.world = group->world_size();
+  m.zero1 = m.options.data_parallel.zero1;
+  const size_t n = m.params.size();
+  const int64_t bucket_elems =
+      std::max<int64_t>(1, static_cast<int64_t>(m.options.data_parallel.bucket_mb * 1e6 / 4));
+  m.slots.resize(n);
+  m.copied.assign(n, 0);
+  for (size_t k = n; k-- > 0;) {
+    if (m.buckets.empty() || m.buckets.back().end - m.buckets.back().begin >= bucket_elems) {
+      Learner::Impl::Bucket b;
+      b.begin = b.end = m.total;
+      m.buckets.push_back(b);
+    }
+    Learner::Impl::Slot& slot = m.slots[k];
+    slot.offset = m.total;
+    slot.numel = m.params[k].numel();
+    slot.bucket = static_cast<int64_t>(m.buckets.size()) - 1;
+    m.total += slot.numel;
+    m.buckets.back().end = m.total;
+    ++m.buckets.back().num_params;
+  }
+  m.shard_size = (m.total + m.world - 1) / m.world;
+  auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(m.device);
+  m.flat = torch::zeros({m.world * m.shard_size}, f32);
+
+  // Identical starting weights: a per-parameter fingerprint, reduced MIN and MAX.
+  std::vector<double> lo, hi;
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < n; ++i) {
+      auto p = m.params[i].detach().to(torch::kFloat64).flatten();
+      const double v = (p * torch::arange(1, p.numel() + 1, p.options()).remainder(7).add(1)).sum().item<double>();
+      lo.push_back(v);
+    }
+  }
+  hi = lo;
+  RETURN_IF_ERROR(group->AllReduce(&lo, ReduceOp::kMin));
+  RETURN_IF_ERROR(group->AllReduce(&hi, ReduceOp::kMax));
+  auto names = m.policy->module()->named_parameters().keys();
+  for (size_t i = 0; i < n; ++i) {
+    if (lo[i] != hi[i]) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "learner rank ", m.rank, " of ", m.world, ": the ranks start from different weights (",
+          i < names.size() ? names[i] : std::to_string(i),
+          " differs); every rank must load the same checkpoint or init seed"));
+    }
+  }
+
+  if (m.zero1) {
+    m.shard_begin = std::min(m.rank * m.shard_size, m.total);
+    m.shard_end = std::min(m.shard_begin + m.shard_size, m.total);
+    m.z_master = torch::zeros({m.shard_size}, f32);
+    m.z_avg = torch::zeros({m.shard_size}, f32);
+    m.z_avg_sq = torch::zeros({m.shard_size}, f32);
+    m.z_steps.assign(n, 0);
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t lo_i = std::max(m.slots[i].offset, m.shard_begin);
+      const int64_t hi_i = std::min(m.slots[i].offset + m.slots[i].numel, m.shard_end);
+      if (lo_i >= hi_i) continue;
+      m.z_master.narrow(0, lo_i - m.shard_begin, hi_i - lo_i)
+          .copy_(m.params[i].detach().reshape({-1}).narrow(0, lo_i - m.slots[i].offset, hi_i - lo_i));
+    }
+    // The shard holds the FP32 master weights and the moments; nothing else does.
+    m.master.clear();
+    m.optimizer.reset();
+  }
+  for (size_t i = 0; i < n; ++i) {
+    torch::autograd::impl::set_post_acc_grad_hooks(m.params[i], std::make_unique<GradReadyHook>(&m, i));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 Learner::Learner(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Learner::~Learner() = default;
 int64_t Learner::version() const { return impl_->version; }
 int64_t Learner::optimizer_steps() const { return impl_->steps; }
 
 absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(PolicyModel* policy,
-                                                         const LearnerOptions& options) {
+                                                         const LearnerOptions& options,
+                                                         ProcessGroup* group) {
   RETURN_IF_ERROR(options.Validate());
   auto impl = std::make_unique<Impl>();
   impl->policy = policy;
@@ -225,8 +563,33 @@ absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(PolicyModel* policy,
                   .betas({options.optimizer.beta1, options.optimizer.beta2})
                   .eps(options.optimizer.eps)
                   .weight_decay(options.optimizer.weight_decay));
+  if (group != nullptr && group->world_size() > 1) {
+    try {
+      RETURN_IF_ERROR(SetUpDataParallel(*impl, group));
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("learner: data-parallel set-up failed: ", e.what()));
+    }
+  }
   return std::unique_ptr<Learner>(new Learner(std::move(impl)));
 }
+
+namespace {
+
+// Checks, on a data-parallel learner, that every rank was handed the same batch.
+absl::Status CheckSameBatch(ProcessGroup* group, const std::vector<TrainSample>& batch) {
+  const uint64_t h = BatchHash(batch);
+  const double hi = static_cast<double>(h >> 32), lo = static_cast<double>(h & 0xffffffffu);
+  std::vector<double> v{hi, lo, -hi, -lo};
+  RETURN_IF_ERROR(group->AllReduce(&v, ReduceOp::kMax));
+  if (v[0] != hi || v[1] != lo || v[2] != -hi || v[3] != -lo) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "learner rank ", group->rank(), " of ", group->world_size(),
+        ": the ranks were handed different batches; every rank must pass the same global batch"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& batch) {
   Impl& m = *impl_;
@@ -238,48 +601,55 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
     RETURN_IF_ERROR(CheckTokenIds(s.response, m.policy->config().vocab_size, "train sample response"));
     if (!s.response.empty()) samples.push_back(&s);
   }
+  if (m.dp()) RETURN_IF_ERROR(CheckSameBatch(m.group, batch));
   if (samples.empty()) return stats;
   try {
     m.policy->module()->train();
+    const int64_t M = std::min<int64_t>(m.options.minibatches, static_cast<int64_t>(samples.size()));
+    // Each rank's samples of each minibatch; all of them with one process.
+    std::vector<std::vector<const TrainSample*>> local(M);
+    std::vector<const TrainSample*> mine;
+    for (int64_t mb = 0; mb < M; ++mb) {
+      const size_t begin = samples.size() * mb / M, end = samples.size() * (mb + 1) / M;
+      local[mb] = Shard({samples.begin() + begin, samples.begin() + end}, m.rank, m.world);
+      mine.insert(mine.end(), local[mb].begin(), local[mb].end());
+    }
     // pi_old: the policy before this batch's updates, computed once.
-    std::vector<torch::Tensor> old(samples.size());
-    double entropy_sum = 0, mismatch_sum = 0;
-    int64_t counted = 0;
+    std::unordered_map<const TrainSample*, torch::Tensor> old;
+    double entropy_sum = 0, mismatch_sum = 0, counted = 0;
     {
       torch::NoGradGuard no_grad;
-      size_t next = 0;
-      for (const auto& micro : MicroBatches(samples, m.options.max_tokens_per_forward)) {
+      for (const auto& micro : MicroBatches(mine, m.options.max_tokens_per_forward)) {
         Packed p = Pack(micro, m.device);
         torch::Tensor entropy;
         auto lp = m.Logprobs(p, /*train=*/false, &entropy).first;
         entropy_sum += (entropy * p.mask).sum().item<double>();
         mismatch_sum += ((lp - p.rollout).abs() * p.mask).sum().item<double>();
-        counted += static_cast<int64_t>(p.mask.sum().item<double>());
+        counted += static_cast<double>(static_cast<int64_t>(p.mask.sum().item<double>()));
         for (size_t i = 0; i < micro.size(); ++i) {
-          old[next + i] = lp.narrow(0, p.response_offsets[i],
-                                    static_cast<int64_t>(micro[i]->response.size()));
+          old[micro[i]] = lp.narrow(0, p.response_offsets[i], static_cast<int64_t>(micro[i]->response.size()));
         }
-        next += micro.size();
       }
     }
-    stats.entropy = counted ? entropy_sum / counted : 0;
-    stats.rollout_logprob_abs_diff = counted ? mismatch_sum / counted : 0;
 
-    const int64_t M = std::min<int64_t>(m.options.minibatches, static_cast<int64_t>(samples.size()));
-    double weight_total = 0;
+    double weight_total = 0, clip_sum = 0, ratio_sum = 0, clipped_sum = 0, kl_sum = 0, tokens = 0;
+    double ratio_min = std::numeric_limits<double>::infinity(), ratio_max = 0;
     for (int64_t mb = 0; mb < M; ++mb) {
       const size_t begin = samples.size() * mb / M, end = samples.size() * (mb + 1) / M;
-      std::vector<const TrainSample*> mini(samples.begin() + begin, samples.begin() + end);
+      // The normaliser is the token count of the whole (global) minibatch.
       double n_tokens = 0;
-      for (const TrainSample* s : mini) n_tokens += s->keep ? static_cast<double>(s->response.size()) : 0;
+      for (size_t j = begin; j < end; ++j) {
+        n_tokens += samples[j]->keep ? static_cast<double>(samples[j]->response.size()) : 0;
+      }
       if (n_tokens == 0) continue;
       double loss_sum = 0, policy_sum = 0, aux_sum = 0;
-      size_t index = begin;
-      for (const auto& micro : MicroBatches(mini, m.options.max_tokens_per_forward)) {
+      const auto micros = MicroBatches(local[mb], m.options.max_tokens_per_forward);
+      if (m.dp()) m.BeginSync();
+      for (size_t k = 0; k < micros.size(); ++k) {
+        const auto& micro = micros[k];
         Packed p = Pack(micro, m.device);
         std::vector<torch::Tensor> olds;
-        for (size_t i = 0; i < micro.size(); ++i) olds.push_back(old[index + i]);
-        index += micro.size();
+        for (const TrainSample* s : micro) olds.push_back(old.at(s));
         auto [lp, aux] = m.Logprobs(p, /*train=*/true, nullptr);
         PolicyLossInputs in;
         in.logprobs = lp;
@@ -292,37 +662,60 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
         // The aux loss is per forward; weight it by this forward's share of the tokens.
         const double share = p.mask.sum().item<double>() / n_tokens;
         auto total = out.loss + m.options.aux_loss_coef * share * aux;
+        // Gradients are reduced once, from the hooks of the update's last backward.
+        m.armed = m.dp() && k + 1 == micros.size();
         total.backward();
         loss_sum += total.item<double>();
         policy_sum += out.policy_loss;
         aux_sum += share * aux.item<double>();
         const double w = out.num_tokens;
         weight_total += w;
-        stats.clip_fraction += w * out.clip_fraction;
-        stats.ratio_mean += w * out.ratio_mean;
-        stats.clipped_weight_mean += w * out.clipped_weight_mean;
-        stats.approx_kl += w * out.approx_kl;
+        clip_sum += w * out.clip_fraction;
+        ratio_sum += w * out.ratio_mean;
+        clipped_sum += w * out.clipped_weight_mean;
+        kl_sum += w * out.approx_kl;
         if (w > 0) {
-          stats.ratio_min = stats.tokens == 0 ? out.ratio_min : std::min(stats.ratio_min, out.ratio_min);
-          stats.ratio_max = std::max(stats.ratio_max, out.ratio_max);
+          ratio_min = std::min(ratio_min, out.ratio_min);
+          ratio_max = std::max(ratio_max, out.ratio_max);
         }
-        stats.tokens += static_cast<int64_t>(w);
+        tokens += w;
       }
+      if (m.dp()) m.FinishSync(stats);
       stats.loss += loss_sum / M;
       stats.policy_loss += policy_sum / M;
       stats.aux_loss += aux_sum / M;
-      stats.grad_norm += m.ClipAndStep(m.options.optimizer.LearningRate(m.rl_steps), stats) / M;
+      stats.grad_norm += m.Step(m.options.optimizer.LearningRate(m.rl_steps), stats) / M;
       ++m.rl_steps;
     }
+    if (m.dp()) {
+      std::vector<double> sums{entropy_sum, mismatch_sum, counted,   stats.loss, stats.policy_loss,
+                               stats.aux_loss, weight_total, clip_sum, ratio_sum, clipped_sum,
+                               kl_sum,         tokens};
+      RETURN_IF_ERROR(m.group->AllReduce(&sums, ReduceOp::kSum));
+      entropy_sum = sums[0], mismatch_sum = sums[1], counted = sums[2];
+      stats.loss = sums[3], stats.policy_loss = sums[4], stats.aux_loss = sums[5];
+      weight_total = sums[6], clip_sum = sums[7], ratio_sum = sums[8], clipped_sum = sums[9];
+      kl_sum = sums[10], tokens = sums[11];
+      std::vector<double> extremes{-ratio_min, ratio_max};
+      RETURN_IF_ERROR(m.group->AllReduce(&extremes, ReduceOp::kMax));
+      ratio_min = -extremes[0], ratio_max = extremes[1];
+    }
+    stats.entropy = counted > 0 ? entropy_sum / counted : 0;
+    stats.rollout_logprob_abs_diff = counted > 0 ? mismatch_sum / counted : 0;
+    stats.tokens = static_cast<int64_t>(tokens);
+    stats.ratio_min = std::isfinite(ratio_min) ? ratio_min : 0;
+    stats.ratio_max = ratio_max;
     if (weight_total > 0) {
-      stats.clip_fraction /= weight_total;
-      stats.ratio_mean /= weight_total;
-      stats.clipped_weight_mean /= weight_total;
-      stats.approx_kl /= weight_total;
+      stats.clip_fraction = clip_sum / weight_total;
+      stats.ratio_mean = ratio_sum / weight_total;
+      stats.clipped_weight_mean = clipped_sum / weight_total;
+      stats.approx_kl = kl_sum / weight_total;
     }
     m.policy->module()->eval();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("learner step failed: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("learner step failed: ", e.what()));
   }
   return stats;
 }
@@ -339,67 +732,151 @@ absl::StatusOr<LearnerStats> Learner::TrainSft(const std::vector<TrainSample>& b
     samples.push_back(&s);
     n_tokens += static_cast<double>(s.response.size());
   }
+  if (m.dp()) RETURN_IF_ERROR(CheckSameBatch(m.group, batch));
   if (samples.empty()) return stats;
   try {
     m.policy->module()->train();
-    for (const auto& micro : MicroBatches(samples, m.options.max_tokens_per_forward)) {
-      Packed p = Pack(micro, m.device);
+    const auto micros = MicroBatches(Shard(samples, m.rank, m.world), m.options.max_tokens_per_forward);
+    if (m.dp()) m.BeginSync();
+    for (size_t k = 0; k < micros.size(); ++k) {
+      Packed p = Pack(micros[k], m.device);
       auto [lp, aux] = m.Logprobs(p, /*train=*/true, nullptr);
       const double share = static_cast<double>(p.num_response_tokens) / n_tokens;
       auto loss = -lp.sum() / n_tokens + m.options.aux_loss_coef * share * aux;
+      m.armed = m.dp() && k + 1 == micros.size();
       loss.backward();
       stats.loss += loss.item<double>();
       stats.aux_loss += share * aux.item<double>();
     }
+    if (m.dp()) m.FinishSync(stats);
     stats.tokens = static_cast<int64_t>(n_tokens);
-    stats.grad_norm = m.ClipAndStep(lr > 0 ? lr : m.options.optimizer.LearningRate(m.steps), stats);
+    stats.grad_norm = m.Step(lr > 0 ? lr : m.options.optimizer.LearningRate(m.steps), stats);
+    if (m.dp()) {
+      std::vector<double> sums{stats.loss, stats.aux_loss};
+      RETURN_IF_ERROR(m.group->AllReduce(&sums, ReduceOp::kSum));
+      stats.loss = sums[0], stats.aux_loss = sums[1];
+    }
     m.policy->module()->eval();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("sft step failed: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("sft step failed: ", e.what()));
   }
   return stats;
 }
 
-absl::Status Learner::SaveState(const std::string& path) const {
-  try {
-    torch::serialize::OutputArchive archive;
-    impl_->optimizer->save(archive);
-    archive.write("lightrl.version", torch::tensor(impl_->version));
-    archive.write("lightrl.steps", torch::tensor(impl_->steps));
-    archive.write("lightrl.rl_steps", torch::tensor(impl_->rl_steps));
-    for (size_t i = 0; i < impl_->master.size(); ++i) {
-      archive.write("lightrl.master." + std::to_string(i), impl_->master[i]);
-    }
-    const std::string tmp = path + ".tmp";
-    archive.save_to(tmp);
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-      return absl::InternalError(absl::StrCat(path, ": cannot rename optimizer state into place"));
-    }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(path, ": saving optimizer state: ", e.what_without_backtrace()));
+namespace {
+
+std::string ShardPath(const std::string& path, int64_t rank, int64_t world) {
+  return absl::StrCat(path, ".rank", rank, "-of-", world);
+}
+
+absl::Status SaveArchive(torch::serialize::OutputArchive& archive, const std::string& path) {
+  const std::string tmp = path + ".tmp";
+  archive.save_to(tmp);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat(path, ": cannot rename optimizer state into place"));
   }
   return absl::OkStatus();
 }
 
+// What a checkpoint directory holds, for an error that says how it was written.
+std::string DescribeSavedState(const std::string& path) {
+  if (FileExists(path)) return "one optimizer state file (written without ZeRO-1)";
+  for (int64_t n = 2; n <= 4096; ++n) {
+    if (FileExists(ShardPath(path, 0, n))) {
+      return absl::StrCat("ZeRO-1 shards of world_size ", n, " (", ShardPath(path, 0, n), ", ...)");
+    }
+  }
+  return "no optimizer state";
+}
+
+}  // namespace
+
+absl::Status Learner::SaveState(const std::string& path) const {
+  const Impl& m = *impl_;
+  try {
+    torch::serialize::OutputArchive archive;
+    archive.write("lightrl.version", torch::tensor(m.version));
+    archive.write("lightrl.steps", torch::tensor(m.steps));
+    archive.write("lightrl.rl_steps", torch::tensor(m.rl_steps));
+    if (m.zero1) {
+      archive.write("lightrl.zero1.world_size", torch::tensor(m.world));
+      archive.write("lightrl.zero1.rank", torch::tensor(m.rank));
+      archive.write("lightrl.zero1.total", torch::tensor(m.total));
+      archive.write("lightrl.zero1.master", m.z_master);
+      archive.write("lightrl.zero1.exp_avg", m.z_avg);
+      archive.write("lightrl.zero1.exp_avg_sq", m.z_avg_sq);
+      archive.write("lightrl.zero1.steps", torch::tensor(m.z_steps));
+      RETURN_IF_ERROR(SaveArchive(archive, ShardPath(path, m.rank, m.world)));
+    } else if (m.rank == 0) {
+      m.optimizer->save(archive);
+      for (size_t i = 0; i < m.master.size(); ++i) {
+        archive.write("lightrl.master." + std::to_string(i), m.master[i]);
+      }
+      RETURN_IF_ERROR(SaveArchive(archive, path));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(path, ": saving optimizer state: ", e.what_without_backtrace()));
+  }
+  // Rank 0 moves the checkpoint into place next; every shard must be in it by then.
+  if (m.dp()) RETURN_IF_ERROR(m.group->Barrier());
+  return absl::OkStatus();
+}
+
 absl::Status Learner::LoadState(const std::string& path) {
+  Impl& m = *impl_;
+  const std::string file = m.zero1 ? ShardPath(path, m.rank, m.world) : path;
+  if (!FileExists(file)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        file, " does not exist: this learner ",
+        m.zero1 ? absl::StrCat("runs ZeRO-1 with world_size ", m.world) : std::string("runs without ZeRO-1"),
+        " and the checkpoint holds ", DescribeSavedState(path),
+        "; resume with the world size and ZeRO-1 setting it was written with"));
+  }
   try {
     torch::serialize::InputArchive archive;
-    archive.load_from(path);
-    impl_->optimizer->load(archive);
+    archive.load_from(file);
     torch::Tensor v, s, r;
     archive.read("lightrl.version", v);
     archive.read("lightrl.steps", s);
-    impl_->version = v.item<int64_t>();
-    impl_->steps = s.item<int64_t>();
-    // Checkpoints from before the RL-only schedule clock counted every update.
-    impl_->rl_steps = archive.try_read("lightrl.rl_steps", r) ? r.item<int64_t>() : impl_->steps;
-    for (size_t i = 0; i < impl_->master.size(); ++i) {
-      torch::Tensor m;
-      archive.read("lightrl.master." + std::to_string(i), m);
-      impl_->master[i].copy_(m);
+    if (m.zero1) {
+      torch::Tensor world, rank, total, steps;
+      archive.read("lightrl.zero1.world_size", world);
+      archive.read("lightrl.zero1.rank", rank);
+      archive.read("lightrl.zero1.total", total);
+      if (world.item<int64_t>() != m.world || rank.item<int64_t>() != m.rank ||
+          total.item<int64_t>() != m.total) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            file, ": a shard of rank ", rank.item<int64_t>(), " of ", world.item<int64_t>(), " over ",
+            total.item<int64_t>(), " parameters, but this is rank ", m.rank, " of ", m.world, " over ",
+            m.total));
+      }
+      torch::Tensor master, avg, avg_sq;
+      archive.read("lightrl.zero1.master", master);
+      archive.read("lightrl.zero1.exp_avg", avg);
+      archive.read("lightrl.zero1.exp_avg_sq", avg_sq);
+      archive.read("lightrl.zero1.steps", steps);
+      torch::NoGradGuard no_grad;
+      m.z_master.copy_(master);
+      m.z_avg.copy_(avg);
+      m.z_avg_sq.copy_(avg_sq);
+      auto st = steps.to(torch::kInt64).contiguous();
+      m.z_steps.assign(st.data_ptr<int64_t>(), st.data_ptr<int64_t>() + st.numel());
+    } else {
+      m.optimizer->load(archive);
+      for (size_t i = 0; i < m.master.size(); ++i) {
+        torch::Tensor t;
+        archive.read("lightrl.master." + std::to_string(i), t);
+        m.master[i].copy_(t);
+      }
     }
+    m.version = v.item<int64_t>();
+    m.steps = s.item<int64_t>();
+    // Checkpoints from before the RL-only schedule clock counted every update.
+    m.rl_steps = archive.try_read("lightrl.rl_steps", r) ? r.item<int64_t>() : m.steps;
   } catch (const c10::Error& e) {
-    return absl::DataLossError(absl::StrCat(path, ": loading optimizer state: ", e.what_without_backtrace()));
+    return absl::DataLossError(absl::StrCat(file, ": loading optimizer state: ", e.what_without_backtrace()));
   }
   return absl::OkStatus();
 }

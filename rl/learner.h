@@ -1,7 +1,8 @@
 // The learner: turns scored samples into policy updates (CISPO and the comparison losses)
 // or supervised updates (SFT warm-up), with AdamW, an LR schedule, gradient clipping and
 // a policy version that the engine reads. Torch-free header over the PolicyModel it
-// updates in place; optimizer state is saved and restored with its checkpoints.
+// updates in place; optimizer state is saved and restored with its checkpoints. Given a
+// ProcessGroup it is one rank of a data-parallel learner (docs/distributed.md).
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "policy/policy_model.h"
+#include "rl/distributed.h"
 #include "rl/loss_options.h"
 
 namespace lightrl {
@@ -30,6 +32,17 @@ struct OptimizerOptions {
   double LearningRate(int64_t step) const;
 };
 
+// How the ranks of a data-parallel learner share the work; unused by a single process.
+struct DataParallelOptions {
+  // Gradients are all-reduced in buckets of about this many MB (FP32), each launched from
+  // the backward pass as soon as all its gradients are ready.
+  double bucket_mb = 25;
+  // ZeRO-1: each rank keeps the AdamW moments and FP32 master weights of 1/N of the
+  // (flattened) parameters, updates that shard and all-gathers the parameters.
+  bool zero1 = false;
+  absl::Status Validate() const;
+};
+
 struct LearnerOptions {
   PolicyLossOptions loss;
   OptimizerOptions optimizer;
@@ -37,6 +50,7 @@ struct LearnerOptions {
   double aux_loss_coef = 0.001; // MoE load-balancing loss weight
   double moe_capacity_factor = 0;  // token dropping in training; 0 = off
   int64_t max_tokens_per_forward = 16384;  // micro-batching of long batches
+  DataParallelOptions data_parallel;
   absl::Status Validate() const;
 };
 
@@ -56,25 +70,38 @@ struct LearnerStats {
   // Mean |log pi_old - log pi_rollout|: the train/inference mismatch.
   double rollout_logprob_abs_diff = 0;
   int64_t tokens = 0, updates = 0;
+  // Data parallel, this rank: gradient buckets all-reduced, and how many of them were
+  // launched from backward (overlapped) rather than after it.
+  int64_t grad_buckets = 0, grad_buckets_in_backward = 0;
 };
 
 class Learner {
  public:
+  // With a `group` of world size N > 1 (not owned; it outlives the learner), this is one
+  // of N ranks: every rank must create its learner on identical weights and then make
+  // the same calls with the same arguments. Each call is then a collective.
   static absl::StatusOr<std::unique_ptr<Learner>> Create(PolicyModel* policy,
-                                                         const LearnerOptions& options);
+                                                         const LearnerOptions& options,
+                                                         ProcessGroup* group = nullptr);
   ~Learner();
 
-  // One generation batch: old logprobs once, then `minibatches` updates.
+  // One generation batch: old logprobs once, then `minibatches` updates. With N ranks
+  // every rank passes the whole global batch; each trains on its share of every
+  // minibatch (split by token count) and the update equals one process's on the whole
+  // batch; the stats are the global figures, on every rank.
   absl::StatusOr<LearnerStats> TrainRl(const std::vector<TrainSample>& batch);
   // One supervised update: cross-entropy on response tokens given the prompt, with
-  // `lr` overriding the schedule when > 0.
+  // `lr` overriding the schedule when > 0. Split across ranks as TrainRl.
   absl::StatusOr<LearnerStats> TrainSft(const std::vector<TrainSample>& batch, double lr = 0);
 
   // Increments with every optimizer update; samples record the version that made them.
   int64_t version() const;
   int64_t optimizer_steps() const;
 
-  // Optimizer state and counters, next to a model checkpoint.
+  // Optimizer state and counters, next to a model checkpoint. With N ranks both are
+  // collectives: without ZeRO-1 rank 0 writes `path` (every rank holds the same state);
+  // with ZeRO-1 rank r writes its shard to `path`.rank<r>-of-<N>, and loading needs the
+  // same N (an error names both world sizes otherwise). Files are written atomically.
   absl::Status SaveState(const std::string& path) const;
   absl::Status LoadState(const std::string& path);
 

@@ -497,7 +497,38 @@ absl::Status BindFleet(const Binder& b, const Json* root, FleetSection& f) {
   return b.String(s, "fleet", "worker_device", f.worker_device);
 }
 
+absl::Status BindDistributed(const Binder& b, const Json* root, DistributedSection& d) {
+  ASSIGN_OR_RETURN(const Json* s,
+                   b.Mapping(Binder::Get(root, "distributed"), "distributed",
+                             {"world_size", "rank", "master_addr", "master_port", "backend",
+                              "timeout_s", "bucket_mb", "zero1"}));
+  RETURN_IF_ERROR(b.Int(s, "distributed", "world_size", d.world_size));
+  RETURN_IF_ERROR(b.Int(s, "distributed", "rank", d.rank));
+  RETURN_IF_ERROR(b.String(s, "distributed", "master_addr", d.master_addr));
+  RETURN_IF_ERROR(b.Int(s, "distributed", "master_port", d.master_port));
+  RETURN_IF_ERROR(b.String(s, "distributed", "backend", d.backend));
+  RETURN_IF_ERROR(b.Double(s, "distributed", "timeout_s", d.timeout_s));
+  RETURN_IF_ERROR(b.Double(s, "distributed", "bucket_mb", d.bucket_mb));
+  return b.Bool(s, "distributed", "zero1", d.zero1);
+}
+
 }  // namespace
+
+absl::Status DistributedSection::Validate() const {
+  RETURN_IF_ERROR(CheckAtLeast("world_size", world_size, 1));
+  if (rank < 0 || rank >= world_size) {
+    return Invalid(absl::StrCat("rank must be in [0, world_size) = [0, ", world_size, "), got ", rank));
+  }
+  if (master_addr.empty()) return Invalid("master_addr must not be empty");
+  if (master_port < 1 || master_port > 65535) {
+    return Invalid(absl::StrCat("master_port must be in [1, 65535], got ", master_port));
+  }
+  if (backend != "auto" && backend != "gloo" && backend != "nccl") {
+    return Invalid(absl::StrCat("backend must be auto, gloo or nccl, got \"", backend, "\""));
+  }
+  RETURN_IF_ERROR(CheckPositive("timeout_s", timeout_s));
+  return CheckPositive("bucket_mb", bucket_mb);
+}
 
 absl::Status FleetSection::Validate() const {
   if (mode != "local" && mode != "spawn" && mode != "cluster") {
@@ -671,6 +702,7 @@ absl::Status RunConfig::Validate() const {
   RETURN_IF_ERROR(Prefixed("sft.", sft.Validate()));
   RETURN_IF_ERROR(Prefixed("checkpoint.", checkpoint.Validate()));
   RETURN_IF_ERROR(Prefixed("fleet.", fleet.Validate()));
+  RETURN_IF_ERROR(Prefixed("distributed.", distributed.Validate()));
   if (run.eval_every > 0 && data.eval.empty()) {
     return Invalid(absl::StrCat("run.eval_every is ", run.eval_every,
                                 " but data.eval is not set"));
@@ -720,7 +752,7 @@ absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
                              {"run", "model", "data", "rollout", "reward", "algorithm",
                               "optimizer", "sft", "checkpoint", "logging", "fleet",
                               // Read by `lightrl plan` (rl/plan.h), which checks it.
-                              "plan"}));
+                              "plan", "distributed"}));
   RunConfig config;
   config.source = path;
   RETURN_IF_ERROR(BindRun(b, root, config.run));
@@ -734,6 +766,7 @@ absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
   RETURN_IF_ERROR(BindCheckpoint(b, root, config.checkpoint));
   RETURN_IF_ERROR(BindLogging(b, root, config.logging));
   RETURN_IF_ERROR(BindFleet(b, root, config.fleet));
+  RETURN_IF_ERROR(BindDistributed(b, root, config.distributed));
   if (config.sft.data.empty()) config.sft.data = config.data.train;
 
   absl::Status valid = config.Validate();
@@ -856,6 +889,14 @@ std::string DescribeRunConfig(const RunConfig& c) {
                              {"weight_dtype", Json(c.fleet.weight_dtype)},
                              {"weight_sync", Json(c.fleet.weight_sync)},
                              {"worker_device", Json(c.fleet.worker_device)}}));
+  root.set("distributed", section({{"world_size", Json(c.distributed.world_size)},
+                                   {"rank", Json(c.distributed.rank)},
+                                   {"master_addr", Json(c.distributed.master_addr)},
+                                   {"master_port", Json(c.distributed.master_port)},
+                                   {"backend", Json(c.distributed.backend)},
+                                   {"timeout_s", Json(c.distributed.timeout_s)},
+                                   {"bucket_mb", Json(c.distributed.bucket_mb)},
+                                   {"zero1", Json(c.distributed.zero1)}}));
   return DumpYaml(root);
 }
 

@@ -253,6 +253,29 @@ struct FleetSection {
   absl::Status Validate() const;
 };
 
+// The learner's processes (docs/distributed.md). YAML section `distributed`. RANK,
+// WORLD_SIZE, MASTER_ADDR and MASTER_PORT, when set (torchrun, `lightrl run --nproc`,
+// Slurm or Kubernetes), override rank, world_size, master_addr and master_port.
+struct DistributedSection {
+  // Learner processes, one per GPU; rank 0 is also the controller. 1 = one process.
+  int64_t world_size = 1;
+  // This process's rank in [0, world_size).
+  int64_t rank = 0;
+  // Host and port of rank 0's rendezvous store.
+  std::string master_addr = "127.0.0.1";
+  int64_t master_port = 29500;
+  // "auto" (nccl on CUDA, gloo on CPU), "gloo" or "nccl".
+  std::string backend = "auto";
+  // Seconds to wait for the other ranks at start-up and in any one collective.
+  double timeout_s = 1800;
+  // Gradient all-reduce bucket size, MB of FP32.
+  double bucket_mb = 25;
+  // ZeRO-1: shard AdamW state and FP32 master weights across the ranks.
+  bool zero1 = false;
+
+  absl::Status Validate() const;
+};
+
 struct RunConfig {
   RunSection run;
   ModelSection model;
@@ -265,6 +288,7 @@ struct RunConfig {
   CheckpointSection checkpoint;
   LoggingSection logging;
   FleetSection fleet;
+  DistributedSection distributed;
   // The YAML file this was loaded from; empty when built in code.
   std::string source;
 

@@ -28,6 +28,7 @@
 #include "rl/async_rollouts.h"
 #include "rl/dataset.h"
 #include "rl/learner.h"
+#include "rl/learner_group.h"
 #include "rl/rollout_log.h"
 #include "rl/rollout_source.h"
 
@@ -106,7 +107,11 @@ class Trainer {
   absl::Status Run();
 
  private:
+  absl::Status RunController();
   absl::Status Setup();
+  absl::Status RunLearnerRank();
+  absl::StatusOr<std::unique_ptr<PolicyModel>> LoadPolicy(const std::optional<std::string>& resume_dir) const;
+  LearnerOptions MakeLearnerOptions() const;
   absl::Status RunSft();
   absl::Status RunRl();
   absl::Status RunReplay();
@@ -123,7 +128,9 @@ class Trainer {
   std::string ckpt_root_;
   std::unique_ptr<PolicyModel> policy_;
   std::optional<Tokenizer> tokenizer_;
+  ProcessGroupPtr group_;  // null with one learner process
   std::unique_ptr<Learner> learner_;
+  std::unique_ptr<LearnerGroup> learners_;  // every learner call goes through it
   std::unique_ptr<Engine> engine_;
   RolloutSourcePtr rollout_source_;
   RewardFunctionPtr reward_;               // a single built-in kind, or
@@ -163,8 +170,72 @@ absl::StatusOr<std::optional<std::string>> Trainer::LatestCheckpoint() const {
   return std::optional<std::string>(dir);
 }
 
+PolicyOptions PolicyOptionsFor(const RunConfig& config, const DistributedOptions& dist) {
+  PolicyOptions popts;
+  popts.device = config.run.device;
+  popts.dtype = config.run.dtype;
+  // One GPU per learner rank.
+  if (dist.enabled() && popts.device == "cuda") popts.device = absl::StrCat("cuda:", dist.local_rank);
+  return popts;
+}
+
+absl::StatusOr<std::unique_ptr<PolicyModel>> Trainer::LoadPolicy(
+    const std::optional<std::string>& resume_dir) const {
+  const PolicyOptions popts = PolicyOptionsFor(config_, options_.distributed);
+  if (resume_dir) return PolicyModel::Load(*resume_dir, popts);
+  if (!config_.model.path.empty()) return PolicyModel::Load(config_.model.path, popts);
+  ASSIGN_OR_RETURN(ModelConfig mc, ModelConfig::FromFile(config_.model.init_config));
+  return PolicyModel::Create(mc, static_cast<uint64_t>(config_.model.init_seed), popts);
+}
+
+LearnerOptions Trainer::MakeLearnerOptions() const {
+  LearnerOptions lopts;
+  lopts.loss = config_.algorithm.loss;
+  lopts.minibatches = config_.algorithm.minibatches;
+  const OptimizerSection& o = config_.optimizer;
+  lopts.optimizer.lr = o.lr;
+  lopts.optimizer.beta1 = o.betas[0];
+  lopts.optimizer.beta2 = o.betas[1];
+  lopts.optimizer.eps = o.eps;
+  lopts.optimizer.weight_decay = o.weight_decay;
+  lopts.optimizer.grad_clip = o.grad_clip;
+  lopts.optimizer.schedule = o.schedule;
+  lopts.optimizer.warmup_steps = o.warmup_steps;
+  lopts.optimizer.min_lr_ratio = o.min_lr_ratio;
+  lopts.optimizer.total_steps = std::max<int64_t>(1, config_.run.steps * config_.algorithm.minibatches);
+  lopts.aux_loss_coef = config_.optimizer.aux_loss_coef;
+  lopts.moe_capacity_factor = config_.optimizer.moe_capacity_factor;
+  lopts.data_parallel.bucket_mb = config_.distributed.bucket_mb;
+  lopts.data_parallel.zero1 = config_.distributed.zero1;
+  return lopts;
+}
+
+// A rank other than 0: the same policy and learner as rank 0, serving its learner calls.
+absl::Status Trainer::RunLearnerRank() {
+  const DistributedOptions& dist = options_.distributed;
+  ASSIGN_OR_RETURN(group_, ProcessGroup::Create(dist, PolicyOptionsFor(config_, dist).device));
+  std::string resume;  // rank 0 decides whether and where from
+  RETURN_IF_ERROR(group_->BroadcastBytes(&resume, 0));
+  std::optional<std::string> resume_dir;
+  if (!resume.empty()) resume_dir = resume;
+  ASSIGN_OR_RETURN(policy_, LoadPolicy(resume_dir));
+  ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), MakeLearnerOptions(), group_.get()));
+  if (resume_dir) RETURN_IF_ERROR(learner_->LoadState(JoinPath(*resume_dir, "optimizer.pt")));
+  std::fprintf(stderr, "lightrl run: learner rank %lld of %lld ready (%s)\n",
+               static_cast<long long>(dist.rank), static_cast<long long>(dist.world_size),
+               group_->backend().c_str());
+  return ServeLearner(learner_.get(), group_.get(), policy_.get());
+}
+
 absl::Status Trainer::Setup() {
   tty_ = ::isatty(2);
+  const DistributedOptions& dist = options_.distributed;
+  if (dist.enabled()) {
+    ASSIGN_OR_RETURN(group_, ProcessGroup::Create(dist, PolicyOptionsFor(config_, dist).device));
+    std::fprintf(stderr, "lightrl run: controller and learner rank 0 of %lld (%s, master %s:%lld)\n",
+                 static_cast<long long>(dist.world_size), group_->backend().c_str(),
+                 dist.master_addr.c_str(), static_cast<long long>(dist.master_port));
+  }
   const RewardSection& rw = config_.reward;
   BuiltinRewardOptions builtin;
   builtin.format_pattern = rw.format_pattern;
@@ -206,10 +277,6 @@ absl::Status Trainer::Setup() {
   RETURN_IF_ERROR(MakeDirs(ckpt_root_));
   RETURN_IF_ERROR(WriteFileAtomic(JoinPath(config_.run.output_dir, "config.resolved.yaml"),
                                   DescribeRunConfig(config_)));
-  PolicyOptions popts;
-  popts.device = config_.run.device;
-  popts.dtype = config_.run.dtype;
-
   std::optional<std::string> resume_dir;
   if (!options_.resume && options_.replay_dir.empty() && FileExists(JoinPath(ckpt_root_, "latest"))) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -223,14 +290,11 @@ absl::Status Trainer::Setup() {
                    ckpt_root_.c_str());
     }
   }
-  if (resume_dir) {
-    ASSIGN_OR_RETURN(policy_, PolicyModel::Load(*resume_dir, popts));
-  } else if (!config_.model.path.empty()) {
-    ASSIGN_OR_RETURN(policy_, PolicyModel::Load(config_.model.path, popts));
-  } else {
-    ASSIGN_OR_RETURN(ModelConfig mc, ModelConfig::FromFile(config_.model.init_config));
-    ASSIGN_OR_RETURN(policy_, PolicyModel::Create(mc, static_cast<uint64_t>(config_.model.init_seed), popts));
+  if (group_) {
+    std::string resume = resume_dir.value_or("");
+    RETURN_IF_ERROR(group_->BroadcastBytes(&resume, 0));
   }
+  ASSIGN_OR_RETURN(policy_, LoadPolicy(resume_dir));
   if (!config_.model.tokenizer.empty()) {
     ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(config_.model.tokenizer));
     tokenizer_.emplace(std::move(t));
@@ -238,23 +302,8 @@ absl::Status Trainer::Setup() {
     return absl::InvalidArgumentError("model.tokenizer: a tokenizer is required for text datasets");
   }
 
-  LearnerOptions lopts;
-  lopts.loss = config_.algorithm.loss;
-  lopts.minibatches = config_.algorithm.minibatches;
-  const OptimizerSection& o = config_.optimizer;
-  lopts.optimizer.lr = o.lr;
-  lopts.optimizer.beta1 = o.betas[0];
-  lopts.optimizer.beta2 = o.betas[1];
-  lopts.optimizer.eps = o.eps;
-  lopts.optimizer.weight_decay = o.weight_decay;
-  lopts.optimizer.grad_clip = o.grad_clip;
-  lopts.optimizer.schedule = o.schedule;
-  lopts.optimizer.warmup_steps = o.warmup_steps;
-  lopts.optimizer.min_lr_ratio = o.min_lr_ratio;
-  lopts.optimizer.total_steps = std::max<int64_t>(1, config_.run.steps * config_.algorithm.minibatches);
-  lopts.aux_loss_coef = config_.optimizer.aux_loss_coef;
-  lopts.moe_capacity_factor = config_.optimizer.moe_capacity_factor;
-  ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), lopts));
+  ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), MakeLearnerOptions(), group_.get()));
+  learners_ = std::make_unique<LearnerGroup>(learner_.get(), group_.get(), policy_.get());
 
   EngineOptions eopts;
   eopts.max_num_seqs = std::max<int64_t>(config_.rollout.max_num_seqs, config_.rollout.group_size);
@@ -344,7 +393,7 @@ absl::Status Trainer::Checkpoint() {
   std::system(absl::StrCat("rm -rf '", tmp, "'").c_str());
   const DType dtype = config_.checkpoint.dtype == "bfloat16" ? DType::kBF16 : DType::kF32;
   RETURN_IF_ERROR(policy_->Save(tmp, dtype));
-  RETURN_IF_ERROR(learner_->SaveState(JoinPath(tmp, "optimizer.pt")));
+  RETURN_IF_ERROR(learners_->SaveState(JoinPath(tmp, "optimizer.pt")));
   RETURN_IF_ERROR(WriteFileAtomic(JoinPath(tmp, "trainer_state.json"), state_.ToJson().Dump(2) + "\n"));
   if (rollouts_) RETURN_IF_ERROR(rollouts_->Sync());
   std::system(absl::StrCat("rm -rf '", final_dir, "'").c_str());
@@ -415,7 +464,7 @@ absl::Status Trainer::RunSft() {
       if (!stops.empty()) s.response.push_back(stops[0]);
       batch.push_back(std::move(s));
     }
-    ASSIGN_OR_RETURN(LearnerStats st, learner_->TrainSft(batch, config_.sft.lr));
+    ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainSft(batch, config_.sft.lr));
     ++state_.sft_step;
     RETURN_IF_ERROR(WriteMetrics(-config_.sft.steps + state_.sft_step,
                                  {{"sft/loss", st.loss}, {"sft/grad_norm", st.grad_norm}}));
@@ -591,7 +640,7 @@ absl::Status Trainer::RunRl() {
     // overlaps this step's training.
     const AsyncRolloutStats ahead = async ? async->stats() : AsyncRolloutStats();
     const auto train_start = Clock::now();
-    ASSIGN_OR_RETURN(LearnerStats st, learner_->TrainRl(batch));
+    ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainRl(batch));
     const double train_seconds = Seconds(train_start);
     const auto sync_start = Clock::now();
     RETURN_IF_ERROR(rollout_source_->PublishWeights(learner_->version()));
@@ -686,7 +735,7 @@ absl::Status Trainer::RunReplay() {
         batch.push_back(std::move(ts));
       }
     }
-    ASSIGN_OR_RETURN(LearnerStats st, learner_->TrainRl(batch));
+    ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainRl(batch));
     state_.step = step + 1;
     ++replayed;
     RETURN_IF_ERROR(WriteMetrics(state_.step, {{"loss/total", st.loss},
@@ -701,8 +750,25 @@ absl::Status Trainer::RunReplay() {
 }
 
 absl::Status Trainer::Run() {
+  if (options_.distributed.enabled() && absl::StartsWith(config_.run.device, "cuda:")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        config_.source, ": run.device is \"", config_.run.device, "\" but there are ",
+        options_.distributed.world_size, " learner ranks: use \"cuda\", and each rank takes "
+        "cuda:LOCAL_RANK"));
+  }
+  if (options_.distributed.enabled() && options_.distributed.rank != 0) return RunLearnerRank();
+  absl::Status status = RunController();
+  // The other ranks wait for rank 0's next learner call; tell them the run is over.
+  if (!status.ok() && learners_ != nullptr && !learners_->in_call()) learners_->Abort(status);
+  return status;
+}
+
+absl::Status Trainer::RunController() {
   RETURN_IF_ERROR(Setup());
-  if (!options_.replay_dir.empty()) return RunReplay();
+  if (!options_.replay_dir.empty()) {
+    RETURN_IF_ERROR(RunReplay());
+    return learners_->Finish();
+  }
   RETURN_IF_ERROR(RunSft());
   if (eval_ && state_.step == 0) {
     ASSIGN_OR_RETURN(eval_before_, Evaluate(0));
@@ -724,6 +790,7 @@ absl::Status Trainer::Run() {
                         eval_before_ >= 0 ? absl::StrFormat("%.6f", eval_before_) : "null",
                         absl::StrFormat("%.6f", after))));
   }
+  RETURN_IF_ERROR(learners_->Finish());
   return metrics_ ? metrics_->Flush() : absl::OkStatus();
 }
 

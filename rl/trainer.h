@@ -1,12 +1,15 @@
 // The RL run: from a RunConfig to a trained policy. Owns the loop of DESIGN.md section 2
 // in one process: sample prompt groups, generate with the engine, score, compute
 // advantages, log rollouts, update with the learner, checkpoint atomically, write
-// metrics; plus offline replay from a rollout log and greedy evaluation. Torch-free.
+// metrics; plus offline replay from a rollout log and greedy evaluation. With N learner
+// processes, rank 0 runs that loop and the other ranks only serve its learner calls
+// (docs/distributed.md). Torch-free.
 #pragma once
 
 #include <string>
 
 #include "absl/status/status.h"
+#include "rl/distributed.h"
 #include "rl/run_config.h"
 
 namespace lightrl {
@@ -15,6 +18,9 @@ struct TrainerRunOptions {
   bool resume = false;         // continue from output_dir's latest checkpoint
   std::string replay_dir;      // train from this rollout log instead of generating
   bool progress = true;        // a progress line on a terminal
+  // This process's place among the learner processes: the config's `distributed`
+  // section with the launcher's environment applied (the CLI resolves it).
+  DistributedOptions distributed;
 };
 
 absl::Status RunTraining(const RunConfig& config, const TrainerRunOptions& options);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything lightrl needs on a fresh Debian 12 machine; safe to run again.
 #   - build tools and C++ libraries from Debian's packages (gRPC, protobuf, abseil,
-#     GoogleTest, yaml-cpp, ccache)
+#     GoogleTest, yaml-cpp, ccache; gloo's headers, which LibTorch's Gloo process-group
+#     header needs and the torch wheel does not ship)
 #   - a project-local Python environment in .venv with torch (its LibTorch is what the
 #     C++ build links), transformers and tokenizers (the parity tests' oracle)
 set -euo pipefail
@@ -14,7 +15,7 @@ TRANSFORMERS_VERSION="${LIGHTRL_TRANSFORMERS_VERSION:-5.17.0}"
 apt_packages=(
   build-essential cmake ninja-build ccache pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libgtest-dev libgmock-dev libyaml-cpp-dev
+  libabsl-dev libgtest-dev libgmock-dev libyaml-cpp-dev libgloo-dev
 )
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -1,5 +1,16 @@
-// `lightrl run --config X.yaml [--resume]` and `lightrl replay --config X.yaml --rollouts DIR`.
+// `lightrl run --config X.yaml [--resume] [--nproc N]` and `lightrl replay --config X.yaml
+// --rollouts DIR`.
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <iostream>
+
+#include "absl/strings/str_cat.h"
 
 #include "common/status.h"
 #include "rl/run_config.h"
@@ -11,14 +22,108 @@ namespace lightrl {
 namespace {
 
 constexpr const char* kRunUsage =
-    "usage: lightrl run --config X.yaml [--resume] [--no-progress]\n"
+    "usage: lightrl run --config X.yaml [--resume] [--no-progress] [--nproc N]\n"
     "Validates the whole config, then runs SFT warm-up (if configured) and the RL loop,\n"
     "writing checkpoints, metrics (JSONL + TensorBoard) and the rollout log under\n"
-    "run.output_dir. --resume continues exactly from the latest checkpoint there.\n";
+    "run.output_dir. --resume continues exactly from the latest checkpoint there.\n"
+    "Learner processes: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (torchrun's variables)\n"
+    "or the config's `distributed` section place this process; --nproc N starts N local\n"
+    "ranks itself (rank 0 is the controller) on a free loopback port.\n";
 
 constexpr const char* kReplayUsage =
-    "usage: lightrl replay --config X.yaml --rollouts DIR [--resume]\n"
-    "Trains on the groups of a rollout log, step by step, without generating.\n";
+    "usage: lightrl replay --config X.yaml --rollouts DIR [--resume] [--nproc N]\n"
+    "Trains on the groups of a rollout log, step by step, without generating; learner\n"
+    "ranks as for `lightrl run`.\n";
+
+// A loopback port nobody listens on now (the store binds it a moment later).
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+// torchrun for one host: starts `nproc` copies of this command (without --nproc) with
+// RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, and waits for them. When
+// one fails, the others are stopped; the exit code is the first failure's.
+int LaunchLocalRanks(const std::vector<std::string>& args, int64_t nproc, const char* name,
+                     const char* subcommand) {
+  std::vector<std::string> child_args;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--nproc") {
+      ++i;
+      continue;
+    }
+    if (args[i].rfind("--nproc=", 0) == 0) continue;
+    child_args.push_back(args[i]);
+  }
+  const int port = FreePort();
+  if (port <= 0) {
+    std::cerr << name << ": --nproc: cannot find a free loopback port\n";
+    return 1;
+  }
+  char exe[4096] = {0};
+  if (::readlink("/proc/self/exe", exe, sizeof(exe) - 1) <= 0) {
+    std::cerr << name << ": --nproc: cannot find the lightrl executable\n";
+    return 1;
+  }
+  std::vector<std::string> argv = {exe, subcommand};
+  argv.insert(argv.end(), child_args.begin(), child_args.end());
+  std::vector<pid_t> pids;
+  for (int64_t r = 0; r < nproc; ++r) {
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      std::cerr << name << ": --nproc: fork failed\n";
+      for (pid_t p : pids) ::kill(p, SIGTERM);
+      return 1;
+    }
+    if (pid == 0) {
+      // The ranks end with the launcher (a scheduler stopping it, say).
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      ::setenv("RANK", std::to_string(r).c_str(), 1);
+      ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+      ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      std::vector<char*> cargs;
+      for (const std::string& a : argv) cargs.push_back(const_cast<char*>(a.c_str()));
+      cargs.push_back(nullptr);
+      ::execv(exe, cargs.data());
+      ::_exit(127);
+    }
+    pids.push_back(pid);
+  }
+  std::cerr << name << ": started " << nproc << " learner ranks (master 127.0.0.1:" << port << ")\n";
+  int result = 0;
+  size_t running = pids.size();
+  while (running > 0) {
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, 0);
+    if (pid < 0) break;
+    --running;
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (code != 0 && result == 0) {
+      result = code;
+      for (size_t r = 0; r < pids.size(); ++r) {
+        if (pids[r] == pid) std::cerr << name << ": rank " << r << " exited with status " << code << "\n";
+      }
+      for (pid_t p : pids) {
+        if (p != pid) ::kill(p, SIGTERM);
+      }
+    }
+  }
+  return result;
+}
 
 int Run(const std::vector<std::string>& args, bool replay) {
   for (const auto& a : args) {
@@ -28,8 +133,8 @@ int Run(const std::vector<std::string>& args, bool replay) {
     }
   }
   const char* name = replay ? "lightrl replay" : "lightrl run";
-  auto flags = replay ? Flags::Parse(args, {"config", "rollouts"}, {"resume", "no-progress"})
-                      : Flags::Parse(args, {"config"}, {"resume", "no-progress"});
+  auto flags = replay ? Flags::Parse(args, {"config", "rollouts", "nproc"}, {"resume", "no-progress"})
+                      : Flags::Parse(args, {"config", "nproc"}, {"resume", "no-progress"});
   if (!flags.ok()) {
     std::cerr << name << ": " << flags.status().message() << "\n";
     return 2;
@@ -44,7 +149,34 @@ int Run(const std::vector<std::string>& args, bool replay) {
     std::cerr << name << ": " << config.status().message() << "\n";
     return 1;
   }
+  auto nproc = flags->GetInt("nproc", 1);
+  if (!nproc.ok() || *nproc < 1) {
+    std::cerr << name << ": --nproc must be an integer >= 1, got \"" << flags->Get("nproc") << "\"\n";
+    return 2;
+  }
+  if (*nproc > 1) {
+    if (std::getenv("RANK") != nullptr || std::getenv("WORLD_SIZE") != nullptr) {
+      std::cerr << name << ": --nproc starts the ranks itself; RANK/WORLD_SIZE are already set\n";
+      return 2;
+    }
+    return LaunchLocalRanks(args, *nproc, name, replay ? "replay" : "run");
+  }
   TrainerRunOptions options;
+  const DistributedSection& d = config->distributed;
+  DistributedOptions base;
+  base.rank = d.rank;
+  base.world_size = d.world_size;
+  base.master_addr = d.master_addr;
+  base.master_port = d.master_port;
+  base.backend = d.backend;
+  base.timeout_s = d.timeout_s;
+  auto dist = DistributedOptions::FromEnv(base);
+  absl::Status valid = dist.ok() ? dist->Validate() : dist.status();
+  if (!valid.ok()) {
+    std::cerr << name << ": distributed: " << valid.message() << "\n";
+    return 2;
+  }
+  options.distributed = *dist;
   options.resume = flags->Has("resume");
   options.progress = !flags->Has("no-progress") && config->logging.progress;
   if (replay) {

@@ -154,6 +154,15 @@ logging:
   jsonl: false
   tensorboard: false
   progress: false
+distributed:
+  world_size: 4
+  rank: 3
+  master_addr: learner-0
+  master_port: 29511
+  backend: gloo
+  timeout_s: 60
+  bucket_mb: 50
+  zero1: true
 )";
 
 TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
@@ -229,6 +238,14 @@ TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
   EXPECT_FALSE(c.logging.jsonl);
   EXPECT_FALSE(c.logging.tensorboard);
   EXPECT_FALSE(c.logging.progress);
+  EXPECT_EQ(c.distributed.world_size, 4);
+  EXPECT_EQ(c.distributed.rank, 3);
+  EXPECT_EQ(c.distributed.master_addr, "learner-0");
+  EXPECT_EQ(c.distributed.master_port, 29511);
+  EXPECT_EQ(c.distributed.backend, "gloo");
+  EXPECT_EQ(c.distributed.timeout_s, 60);
+  EXPECT_EQ(c.distributed.bucket_mb, 50);
+  EXPECT_TRUE(c.distributed.zero1);
 
   SamplingParams p = c.rollout.ToSamplingParams();
   EXPECT_EQ(p.n, 4);
@@ -383,6 +400,14 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
       {"run:\n  output_dir: out\nmodel:\n  init_config: models/tiny.json\n"
        "data:\n  train: ../data/train.jsonl\n",
        "run:", "run.steps is required"},
+      {m + "distributed:\n  world_size: 2\n  rank: 2\n", "rank",
+       "distributed.rank must be in [0, world_size) = [0, 2), got 2"},
+      {m + "distributed:\n  backend: mpi\n", "backend",
+       "distributed.backend must be auto, gloo or nccl, got \"mpi\""},
+      {m + "distributed:\n  master_port: 70000\n", "master_port",
+       "distributed.master_port must be in [1, 65535], got 70000"},
+      {m + "distributed:\n  bucket_mb: 0\n", "bucket_mb",
+       "distributed.bucket_mb must be > 0, got 0"},
       // Across sections.
       {Minimal("", "", "  path: ../ckpt\n  init_config: models/tiny.json\n"), "path",
        "model.path and init_config are both set"},

@@ -1,0 +1,53 @@
+// The learner as the controller drives it in a multi-process run: rank 0 (the controller)
+// announces every learner call, with its batch, to the other ranks, which only serve
+// learner calls (ServeLearner); with one process it is the Learner alone. Torch-free; it
+// owns the command channel, not the training (rl/learner.h) nor the connection
+// (rl/distributed.h).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "policy/policy_model.h"
+#include "rl/distributed.h"
+#include "rl/learner.h"
+
+namespace lightrl {
+
+class LearnerGroup {
+ public:
+  // `group` may be null (one process); none is owned.
+  LearnerGroup(Learner* learner, ProcessGroup* group, PolicyModel* policy)
+      : learner_(learner), group_(group), policy_(policy) {}
+
+  absl::StatusOr<LearnerStats> TrainRl(const std::vector<TrainSample>& batch);
+  absl::StatusOr<LearnerStats> TrainSft(const std::vector<TrainSample>& batch, double lr);
+  // Every rank saves its part of the optimizer state under `path` (a shared file system).
+  absl::Status SaveState(const std::string& path);
+  // Ends the other ranks' ServeLearner and checks that every rank holds the same weights
+  // (FAILED_PRECONDITION naming the ranks otherwise). Call once, at the end of the run.
+  absl::Status Finish();
+  // Tells the other ranks that the run failed, so they exit instead of waiting. Only
+  // between learner calls (the other ranks are then waiting for the next one).
+  void Abort(const absl::Status& status);
+  // True from the start of a call until it returns OK: an error left the other ranks
+  // somewhere inside that call, not waiting for the next one.
+  bool in_call() const { return in_call_; }
+
+ private:
+  bool in_call_ = false;
+  Learner* learner_;
+  ProcessGroup* group_;
+  PolicyModel* policy_;
+};
+
+// A learner-only rank: runs the calls rank 0's LearnerGroup announces until Finish
+// (OK) or Abort (the error rank 0 reported).
+absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* policy);
+
+// FNV-1a 64 over every parameter's bytes (ExportWeights, FP32), as 16 hex digits.
+absl::StatusOr<std::string> WeightsChecksum(const PolicyModel& policy);
+
+}  // namespace lightrl

@@ -1,0 +1,351 @@
+"""The data-parallel learner with real processes over loopback (Gloo):
+
+  equal      an N-rank update equals the 1-rank update of the same global batch: the
+             parameters after 2 batches x 2 minibatches (lr 1e-2, so every parameter
+             moves by about 1e-2) agree within 1e-5 absolute (1e-3 of the movement) and
+             are bitwise identical across ranks; the reduced stats (loss, grad_norm,
+             ratios, entropy, token count) agree within 1e-5 relative. RL and SFT, 2 and
+             3 ranks, ZeRO-1 on and off, micro-batching on, fewer samples than ranks;
+             most gradient buckets are reduced during backward.
+  bf16       bf16 weights (FP32 masters, full or ZeRO-1): ranks identical, ZeRO-1 equal
+             to plain data parallel, and the update's direction and size match 1 rank.
+  resume     ZeRO-1 shards saved and restored by 2 ranks continue bit-exactly.
+  errors     a rank started with another WORLD_SIZE, a master nobody serves, and a rank
+             out of range fail with messages naming the variable and value.
+  run        `lightrl run` with 2 ranks (--nproc 2) ends with identical weights on both
+             ranks, and rank 0's metrics match a 1-rank run of the same config.
+  nccl       (only when named; 2 GPUs) `equal` on CUDA with NCCL.
+
+Run: LEARNER_DIST_WORKER=build/tests/learner_dist_worker LIGHTRL_BIN=build/rl/lightrl \\
+     .venv/bin/python tests/python/distributed_test.py [CASE ...]
+DISTRIBUTED_TEST_SEED fixes the seed of the random model and batches.
+"""
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import numpy as np
+
+WORKER = os.environ.get("LEARNER_DIST_WORKER", "build/tests/learner_dist_worker")
+BIN = os.environ.get("LIGHTRL_BIN", "build/rl/lightrl")
+ENV = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+SEED = int(os.environ.get("DISTRIBUTED_TEST_SEED", random.randrange(1, 1 << 30)))
+PARAM_ATOL = 1e-5
+STAT_RTOL = 1e-5
+STATS = ["loss", "policy_loss", "grad_norm", "clip_fraction", "ratio_mean", "ratio_min",
+         "ratio_max", "approx_kl", "entropy", "rollout_logprob_abs_diff", "tokens", "updates",
+         "version"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(world, out, extra, timeout=120, world_of=None):
+    """Starts `world` workers; returns [(returncode, stderr)] by rank. `world_of(rank)`
+    overrides the world size a rank is told. Retries on a port taken between free_port()
+    and the store binding it."""
+    for _ in range(3):
+        port = free_port()
+        procs = []
+        for r in range(world):
+            told = world_of(r) if world_of else world
+            args = [WORKER, "--rank", str(r), "--world", str(told), "--port", str(port),
+                    "--seed", str(SEED), "--out", out] + extra
+            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                          text=True, env=ENV))
+        results = []
+        for p in procs:
+            try:
+                _, err = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                raise AssertionError(f"workers did not finish in {timeout} s ({extra})")
+            results.append((p.returncode, err))
+        if not any("address already in use" in e.lower() for _, e in results):
+            return results
+    return results
+
+
+def train(world, extra):
+    out = tempfile.mkdtemp(prefix="lightrl_dist_")
+    try:
+        results = run_ranks(world, out, extra)
+        for r, (rc, err) in enumerate(results):
+            assert rc == 0, f"rank {r} of {world} {extra} failed:\n{err}"
+        params = [np.fromfile(os.path.join(out, f"rank{r}.bin"), dtype=np.float32)
+                  for r in range(world)]
+        stats = [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in range(world)]
+        return params, stats, results
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def check_equal(reference, world, extra, overlap=True):
+    ref_params, ref_stats, _ = reference
+    params, stats, _ = train(world, extra)
+    for r in range(world):
+        if overlap:
+            # Small buckets (the worker's default 0.0005 MB): most are reduced while
+            # backward still runs.
+            assert stats[r]["grad_buckets_in_backward"] > stats[r]["grad_buckets"] // 2, \
+                f"{world} ranks {extra}: rank {r} overlapped only " \
+                f"{stats[r]['grad_buckets_in_backward']} of {stats[r]['grad_buckets']} buckets"
+        assert np.array_equal(params[r], params[0]), \
+            f"{world} ranks {extra}: rank {r}'s weights differ from rank 0's"
+        diff = float(np.abs(params[r] - ref_params[0]).max())
+        assert diff <= PARAM_ATOL, \
+            f"{world} ranks {extra}: weights differ from 1 rank by {diff:.3g} > {PARAM_ATOL}"
+        for k in STATS:
+            a, b = stats[r][k], ref_stats[0][k]
+            assert abs(a - b) <= STAT_RTOL * max(1.0, abs(b)), \
+                f"{world} ranks {extra}: stat {k} = {a} on rank {r}, {b} with 1 rank"
+    print(f"  {world} ranks {' '.join(extra) or '(defaults)'}: max |dw| vs 1 rank {diff:.2e}")
+
+
+def case_equal():
+    for mode, samples in (("rl", "7"), ("sft", "5")):
+        base = ["--mode", mode, "--samples", samples]
+        reference = train(1, base)
+        # Every parameter moves: the comparison tests the update, not the init.
+        init = train(1, base + ["--steps", "0"])[0][0]
+        moved = float(np.abs(reference[0][0] - init).mean())
+        assert moved > 1e-3, f"{mode}: the update moved the weights by only {moved}"
+        print(f"  {mode}: 1 rank moves weights by {moved:.2e} on average")
+        check_equal(reference, 2, base)
+        check_equal(reference, 2, base + ["--zero1"])
+        check_equal(reference, 3, base + ["--zero1", "--max-tokens", "12"])
+        check_equal(reference, 3, base + ["--max-tokens", "12", "--bucket-mb", "25"], overlap=False)
+    # Fewer samples than ranks: a rank with nothing to train still joins every collective.
+    few = ["--samples", "2", "--minibatches", "2"]
+    check_equal(train(1, few), 3, few + ["--zero1"], overlap=False)
+    check_equal(train(1, few), 3, few, overlap=False)
+
+
+def case_bf16():
+    """bf16 weights with FP32 master weights (full, or ZeRO-1 shards). bf16 compute
+    depends on how samples are packed into forwards, so against one process the test
+    is on the whole update: same direction and size."""
+    base = ["--dtype", "bfloat16"]
+    init = train(1, base + ["--steps", "0"])[0][0].astype(np.float64)
+    one = train(1, base)[0][0] - init
+    plain = train(2, base)[0]
+    zero = train(2, base + ["--zero1"])[0]
+    for r in range(2):
+        assert np.array_equal(plain[r], plain[0]) and np.array_equal(zero[r], plain[0]), \
+            "bf16: ranks, or ZeRO-1 and plain data parallel, differ"
+    two = plain[0] - init
+    cosine = float(one @ two / np.sqrt((one @ one) * (two @ two)))
+    ratio = float(np.linalg.norm(two) / np.linalg.norm(one))
+    assert cosine > 0.999 and abs(ratio - 1) < 0.01, f"bf16: cosine {cosine}, norm ratio {ratio}"
+    print(f"  bf16: update cosine vs 1 rank {cosine:.6f}, norm ratio {ratio:.4f}")
+
+
+def case_resume():
+    out = tempfile.mkdtemp(prefix="lightrl_dist_")
+    try:
+        results = run_ranks(2, out, ["--zero1", "--check-resume"])
+        for r, (rc, err) in enumerate(results):
+            assert rc == 0 and "resumed update identical" in err, f"rank {r}:\n{err}"
+        shards = sorted(f for f in os.listdir(os.path.join(out, "resume")) if "rank" in f)
+        assert shards == ["optimizer.pt.rank0-of-2", "optimizer.pt.rank1-of-2"], shards
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def case_errors():
+    out = tempfile.mkdtemp(prefix="lightrl_dist_")
+    try:
+        # Rank 1 believes in a world of 3.
+        results = run_ranks(2, out, ["--timeout", "10"], world_of=lambda r: 3 if r == 1 else 2)
+        assert all(rc != 0 for rc, _ in results), results
+        text = "".join(e for _, e in results)
+        assert "WORLD_SIZE=3" in text and "WORLD_SIZE=2" in text, text
+        # Nobody serves the store.
+        port = free_port()
+        p = subprocess.run([WORKER, "--rank", "1", "--world", "2", "--port", str(port),
+                            "--out", out, "--timeout", "3"], capture_output=True, text=True,
+                           env=ENV, timeout=60)
+        assert p.returncode != 0 and f"MASTER_ADDR:MASTER_PORT = 127.0.0.1:{port}" in p.stderr, p.stderr
+        p = subprocess.run([WORKER, "--rank", "2", "--world", "2", "--out", out],
+                           capture_output=True, text=True, env=ENV, timeout=60)
+        assert p.returncode != 0 and "rank must be in [0, world_size) = [0, 2), got 2" in p.stderr, \
+            p.stderr
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+TOKENIZER = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "examples",
+                                         "toy", "tokenizer.json"))
+MODEL = {
+    "vocab_size": 257, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+    "num_local_experts": 2, "num_experts_per_tok": 1, "max_position_embeddings": 512,
+    "block_size": 16, "layer_types": ["linear_attention", "full_attention"],
+    "full_attn_alpha_factor": 2.0, "linear_attn_alpha_factor": 2.0, "mlp_alpha_factor": 2.0,
+    "rms_norm_eps": 1e-05, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+    "router_aux_loss_coef": 0.001, "tie_word_embeddings": False, "hidden_act": "silu",
+}
+# Metrics that depend on the learner alone (not on timing); rank 0 of 2 must log them as
+# one process does.
+RUN_METRICS_RTOL = 1e-4
+
+
+def yaml_lines(value, indent=0):
+    lines = []
+    for key, v in value.items():
+        pad = "  " * indent
+        if isinstance(v, dict):
+            lines.append(f"{pad}{key}:")
+            lines.extend(yaml_lines(v, indent + 1))
+        elif isinstance(v, bool):
+            lines.append(f"{pad}{key}: {'true' if v else 'false'}")
+        elif isinstance(v, (int, float)):
+            lines.append(f"{pad}{key}: {v!r}")
+        else:
+            lines.append(f"{pad}{key}: {json.dumps(v)}")
+    return lines
+
+
+def run_config(tmp, name, steps):
+    task = os.path.join(tmp, "task")
+    if not os.path.isdir(task):
+        os.makedirs(task)
+        with open(os.path.join(task, "model.json"), "w") as f:
+            json.dump(MODEL, f)
+        rng = random.Random(SEED)
+        with open(os.path.join(task, "train.jsonl"), "w") as f:
+            for _ in range(200):
+                a = rng.randrange(10)
+                b = rng.randrange(10 - a)
+                f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+    config = {
+        "run": {"name": name, "output_dir": os.path.join(tmp, name), "seed": SEED % 1000,
+                "steps": steps},
+        "model": {"init_config": os.path.join(task, "model.json"), "init_seed": 5,
+                  "tokenizer": TOKENIZER},
+        "data": {"train": os.path.join(task, "train.jsonl")},
+        "rollout": {"group_size": 4, "prompts_per_step": 6, "max_new_tokens": 4,
+                    "early_stop_window": 0},
+        "reward": {"kind": "arithmetic"},
+        "algorithm": {"loss": "cispo", "max_refill_rounds": 1, "minibatches": 2,
+                      "dynamic_sampling": False},
+        "optimizer": {"lr": 0.001, "eps": 1e-6, "aux_loss_coef": 0.0},
+        "sft": {"steps": 3, "batch_size": 16, "lr": 0.01},
+        "checkpoint": {"every": 1, "keep": 2},
+        "logging": {"progress": False, "tensorboard": False},
+        "distributed": {"zero1": True, "bucket_mb": 0.01},
+    }
+    path = os.path.join(tmp, name + ".yaml")
+    with open(path, "w") as f:
+        f.write("\n".join(yaml_lines(config)) + "\n")
+    return path, config["run"]["output_dir"]
+
+
+def lightrl_run(*args):
+    env = {k: v for k, v in ENV.items()
+           if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")}
+    for _ in range(3):
+        proc = subprocess.run([BIN, "run", *args], capture_output=True, text=True, timeout=240,
+                              env=env)
+        # --nproc's free port was taken before rank 0's store bound it: nothing ran yet.
+        if "address already in use" not in proc.stderr.lower():
+            break
+    assert proc.returncode == 0, f"lightrl run {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+    return proc.stderr
+
+
+def metrics(run_dir):
+    rows = {}
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            rows.setdefault(row["step"], {}).update(row)
+    return rows
+
+
+def case_run():
+    tmp = tempfile.mkdtemp(prefix="lightrl_dist_run_")
+    try:
+        one, one_dir = run_config(tmp, "one", steps=3)
+        lightrl_run("--config", one)
+        # Two ranks, interrupted after step 2 and resumed: ZeRO-1 shards go through a
+        # checkpoint and back.
+        two, two_dir = run_config(tmp, "two", steps=2)
+        lightrl_run("--config", two, "--nproc", "2")
+        two, _ = run_config(tmp, "two", steps=3)
+        err = lightrl_run("--config", two, "--nproc", "2", "--resume")
+        sums = {}
+        for line in err.splitlines():
+            if " weights checksum " in line:
+                rank = int(line.split("rank ")[1].split()[0])
+                sums[rank] = line.split()[-1]
+        assert len(sums) == 2 and sums[0] == sums[1], f"weights checksums {sums}:\n{err}"
+        assert "weights identical on all 2 learner ranks" in err, err
+        latest = open(os.path.join(two_dir, "checkpoints", "latest")).read().strip()
+        shards = sorted(f for f in os.listdir(os.path.join(two_dir, "checkpoints", latest))
+                        if f.startswith("optimizer.pt"))
+        assert shards == ["optimizer.pt.rank0-of-2", "optimizer.pt.rank1-of-2"], shards
+        m1, m2 = metrics(one_dir), metrics(two_dir)
+        assert sorted(m1) == sorted(m2), (sorted(m1), sorted(m2))
+        compared = 0
+        for step in m1:
+            for key, a in m1[step].items():
+                # loss/aux is measured per forward, and the ranks' forwards hold other
+                # samples than one process's (its weight is 0 here).
+                if not key.startswith(("loss/", "is/", "optim/", "reward/", "policy/", "sft/")) \
+                        or key == "loss/aux":
+                    continue
+                b = m2[step][key]
+                assert abs(a - b) <= RUN_METRICS_RTOL * max(1.0, abs(a)), \
+                    f"step {step} {key}: 1 rank {a}, 2 ranks {b}"
+                compared += 1
+        print(f"  {compared} metrics of {len(m1)} steps agree; ranks' weights {sums[0]}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def case_nccl():
+    """The same comparison on GPUs with NCCL (CUDA builds, 2 GPUs; CTest label gpu):
+    rank r on cuda:r against one process on cuda:0."""
+    for mode, samples in (("rl", "7"), ("sft", "5")):
+        base = ["--device", "cuda", "--mode", mode, "--samples", samples]
+        reference = train(1, base)
+        check_equal(reference, 2, base)
+        check_equal(reference, 2, base + ["--zero1", "--max-tokens", "12"])
+
+
+CASES = {"equal": case_equal, "bf16": case_bf16, "resume": case_resume, "errors": case_errors,
+         "run": case_run}
+GPU_CASES = {"nccl": case_nccl}
+
+
+def main():
+    names = sys.argv[1:] or list(CASES)
+    CASES.update(GPU_CASES)
+    print(f"distributed_test seed {SEED} (DISTRIBUTED_TEST_SEED={SEED} repeats it)")
+    passed = failed = 0
+    for name in names:
+        try:
+            CASES[name]()
+            print(f"PASS {name}")
+            passed += 1
+        except Exception:
+            traceback.print_exc()
+            print(f"FAIL {name}")
+            failed += 1
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
