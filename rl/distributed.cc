@@ -1,13 +1,14 @@
 // The one translation unit that sees the Gloo and NCCL process-group headers (built with
-// USE_C10D_GLOO, and USE_C10D_NCCL in CUDA builds that found nccl.h).
+// LIGHTRL_C10D_GLOO where gloo's headers were found, and LIGHTRL_C10D_NCCL in CUDA builds
+// that found nccl.h; a CUDA LibTorch defines USE_C10D_GLOO itself, with or without them).
 #include "rl/distributed.h"
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#ifdef USE_C10D_GLOO
+#ifdef LIGHTRL_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
-#ifdef USE_C10D_NCCL
+#ifdef LIGHTRL_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -162,7 +163,7 @@ absl::StatusOr<std::unique_ptr<ProcessGroup>> ProcessGroup::Create(const Distrib
     }
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>(impl->backend_name, impl->store);
     if (impl->backend_name == "gloo") {
-#ifdef USE_C10D_GLOO
+#ifdef LIGHTRL_C10D_GLOO
       auto gopts = c10d::ProcessGroupGloo::Options::create(timeout);
       if (!options.gloo_interface.empty()) {
         gopts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(options.gloo_interface));
@@ -179,7 +180,7 @@ absl::StatusOr<std::unique_ptr<ProcessGroup>> ProcessGroup::Create(const Distrib
           "install libgloo-dev and reconfigure)");
 #endif
     } else {
-#ifdef USE_C10D_NCCL
+#ifdef LIGHTRL_C10D_NCCL
       auto nopts = c10d::ProcessGroupNCCL::Options::create();
       nopts->timeout = timeout;
       impl->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(

@@ -17,6 +17,7 @@
 
 #include <cuda_runtime.h>
 
+#include "common/status.h"
 #include "inference_engine/engine.h"
 #include "policy/policy_model.h"
 #include "rollout/nccl_weight_group.h"
