@@ -122,9 +122,11 @@ absl::StatusOr<std::unique_ptr<NcclWeightGroup>> NcclWeightGroup::Join(
 }
 
 NcclWeightGroup::~NcclWeightGroup() {
+  // Abort, not destroy: destroying may wait on peers, which at shutdown may be gone. No
+  // operation is pending here (every broadcast was waited for).
   if (impl_->comm != nullptr) {
     cudaSetDevice(impl_->device);
-    ncclCommDestroy(impl_->comm);
+    ncclCommAbort(impl_->comm);
   }
   if (impl_->stream != nullptr) cudaStreamDestroy(impl_->stream);
 }
