@@ -24,6 +24,10 @@ namespace lightrl {
 
 absl::Status RolloutWorkerOptions::Validate() const {
   RETURN_IF_ERROR(ValidateListenAddress(listen_address, auth_token));
+  if (max_message_bytes < (8 << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_message_bytes must be at least 8 MiB (weight chunks are 4 MiB), got ", max_message_bytes));
+  }
   RETURN_IF_ERROR(policy.Validate());
   RETURN_IF_ERROR(engine.Validate());
   if (worker_id.empty()) return absl::InvalidArgumentError("worker_id must not be empty");
@@ -564,8 +568,9 @@ absl::StatusOr<std::unique_ptr<RolloutWorker>> RolloutWorker::Start(
     RETURN_IF_ERROR(impl->InstallPolicy(std::move(policy), version));
   }
   int port = 0;
-  ASSIGN_OR_RETURN(impl->server, StartGrpcServer(options.listen_address,
-                                                 std::vector<grpc::Service*>{impl.get()}, &port));
+  ASSIGN_OR_RETURN(impl->server,
+                   StartGrpcServer(options.listen_address, std::vector<grpc::Service*>{impl.get()},
+                                   &port, options.max_message_bytes));
   impl->address = BoundAddress(options.listen_address, port);
   Impl* raw = impl.get();
   impl->batcher = std::thread([raw] { raw->RunBatcher(); });

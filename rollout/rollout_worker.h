@@ -35,6 +35,9 @@ struct RolloutWorkerOptions {
   absl::Duration batch_window = absl::Milliseconds(2);
   // Largest weight update accepted (bytes of tensor data).
   int64_t max_weight_bytes = int64_t{1} << 40;
+  // Largest single request message (a Generate request, one weight chunk of at most
+  // 4 MiB); a bigger one is refused with RESOURCE_EXHAUSTED. At least 8 MiB.
+  int max_message_bytes = 1 << 30;
 
   absl::Status Validate() const;
 };

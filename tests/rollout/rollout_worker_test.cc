@@ -74,6 +74,31 @@ std::unique_ptr<RolloutClient> Connect(const std::string& address) {
   return *std::move(c);
 }
 
+// A request over the worker's message limit is refused by gRPC with RESOURCE_EXHAUSTED;
+// the worker goes on serving.
+TEST(RolloutWorkerTest, OversizedRequestIsRefusedAndTheWorkerGoesOn) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  RolloutWorkerOptions wopts;
+  wopts.max_message_bytes = 8 << 20;
+  auto worker = RolloutWorker::Start(wopts, *std::move(policy), /*version=*/1);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto client = Connect((*worker)->address());
+  auto requests = RandomRequests(rng, 1);
+  GenerationRequest huge = requests[0];
+  // 3.5M ids of 3 varint bytes each: about 10 MB on the wire.
+  huge.prompt.assign(3500000, 1 << 20);
+  auto refused = client->Generate(huge, 0);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  auto fine = client->Generate(requests[0], 0);
+  ASSERT_TRUE(fine.ok()) << fine.status();
+  EXPECT_EQ(fine->weight_version, 1);
+  RolloutWorkerOptions too_small;
+  too_small.max_message_bytes = 1 << 20;
+  EXPECT_EQ(RolloutWorker::Start(too_small).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(RolloutWorkerTest, ServesPushedWeightsExactlyLikeTheInProcessEngine) {
   std::mt19937 rng(std::random_device{}());
   auto policy = PolicyModel::Create(TinyConfig(), rng());
