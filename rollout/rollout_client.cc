@@ -124,12 +124,22 @@ absl::StatusOr<RolloutWorkerHealth> RolloutClient::Health() {
   return h;
 }
 
+namespace {
+
+// Weight-group calls last as long as their collective, plus time for the RPC itself.
+void PrepareGroupCall(grpc::ClientContext* context, absl::Duration timeout,
+                      const std::string& auth_token) {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout + absl::Seconds(10)));
+  AddAuthToken(context, auth_token);
+}
+
+}  // namespace
+
 absl::Status RolloutClient::JoinWeightGroup(const std::string& nccl_unique_id, int rank,
                                             int world_size, int64_t group_id,
                                             absl::Duration timeout) {
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout + absl::Seconds(10)));
-  AddAuthToken(&context, options_.auth_token);
+  PrepareGroupCall(&context, timeout, options_.auth_token);
   lightrl::v1::JoinWeightGroupRequest request;
   request.set_nccl_unique_id(nccl_unique_id);
   request.set_rank(rank);
@@ -147,8 +157,7 @@ absl::Status RolloutClient::ReceiveWeights(int64_t group_id, int64_t version, bo
                                            const std::vector<int64_t>& bytes,
                                            absl::Duration timeout) {
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout + absl::Seconds(10)));
-  AddAuthToken(&context, options_.auth_token);
+  PrepareGroupCall(&context, timeout, options_.auth_token);
   lightrl::v1::ReceiveWeightsRequest request;
   request.set_group_id(group_id);
   request.set_version(version);

@@ -15,30 +15,14 @@
 #include "inference_engine/kv_cache.h"
 #include "inference_engine/model_runner.h"
 #include "policy/minimax_model.h"
+#include "tests/test_models.h"
 
 namespace lightrl {
 namespace {
 
 constexpr int64_t kVocab = 512;
 
-ModelConfig GpuConfig() {
-  ModelConfig c;
-  c.vocab_size = kVocab;
-  c.hidden_size = 256;
-  c.intermediate_size = 256;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 128;
-  c.rotary_dim = 64;
-  c.num_local_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.block_size = 64;
-  c.max_position_embeddings = 4096;
-  c.layer_kinds = {LayerKind::kLightning, LayerKind::kLightning, LayerKind::kSoftmax,
-                   LayerKind::kLightning};
-  return c;
-}
+ModelConfig GpuConfig() { return SmallGpuConfig(); }
 
 // A random model on CUDA: transformers' init (std 0.02) inside, norm weights 1, and a
 // wider LM head so the next-token distributions are peaked and varied (logprobs spread

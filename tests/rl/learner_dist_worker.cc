@@ -25,26 +25,12 @@
 #include "rl/distributed.h"
 #include "rl/learner.h"
 #include "rl/tools/flags.h"
+#include "tests/test_models.h"
 
 namespace lightrl {
 namespace {
 
-ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 16;
-  c.intermediate_size = 12;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 8;
-  c.rotary_dim = 8;
-  c.num_local_experts = 4;
-  c.num_experts_per_tok = 1;
-  c.block_size = 4;
-  c.layer_kinds = {LayerKind::kLightning, LayerKind::kSoftmax};
-  return c;
-}
+ModelConfig TinyConfig() { return TinyLearnerConfig(4); }
 
 std::vector<TrainSample> RandomBatch(uint64_t seed, int64_t n) {
   std::mt19937_64 rng(seed);

@@ -23,6 +23,7 @@
 #include "rollout/nccl_weight_group.h"
 #include "rollout/rollout_client.h"
 #include "rollout/rollout_worker.h"
+#include "tests/test_models.h"
 
 namespace lightrl {
 namespace {
@@ -33,22 +34,7 @@ ModelConfig TestConfig() {
     EXPECT_TRUE(c.ok()) << c.status();
     return *c;
   }
-  ModelConfig c;
-  c.vocab_size = 512;
-  c.hidden_size = 256;
-  c.intermediate_size = 256;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 128;
-  c.rotary_dim = 64;
-  c.num_local_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.block_size = 64;
-  c.max_position_embeddings = 4096;
-  c.layer_kinds = {LayerKind::kLightning, LayerKind::kLightning, LayerKind::kSoftmax,
-                   LayerKind::kLightning};
-  return c;
+  return SmallGpuConfig();
 }
 
 int GpuCount() {
