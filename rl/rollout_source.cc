@@ -36,6 +36,13 @@ std::vector<GroupGeneration> GenerateOnEngine(Engine& engine,
   return out;
 }
 
+// This executable's path ("" if /proc/self/exe cannot be read).
+std::string SelfExe() {
+  char exe[4096] = {0};
+  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  return n > 0 ? std::string(exe, static_cast<size_t>(n)) : std::string();
+}
+
 class EngineRolloutSource final : public RolloutSource {
  public:
   explicit EngineRolloutSource(Engine* engine) : engine_(engine) {}
@@ -168,9 +175,8 @@ class FleetRolloutSource final : public RolloutSource {
                  coordinator_->address().c_str(), f.mode.c_str());
 
     if (f.mode == "spawn") {
-      char exe[4096] = {0};
-      const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-      if (n <= 0) return absl::InternalError("cannot find the lightrl executable (/proc/self/exe)");
+      const std::string exe = SelfExe();
+      if (exe.empty()) return absl::InternalError("cannot find the lightrl executable (/proc/self/exe)");
       const std::string logs = JoinPath(config_.run.output_dir, "logs");
       RETURN_IF_ERROR(MakeDirs(logs));
       // "cuda:1,cuda:2": spawned worker k runs on the k-th device (round robin).
@@ -195,6 +201,7 @@ class FleetRolloutSource final : public RolloutSource {
         children_.push_back(pid);
       }
     }
+    if (f.spawn_reward_workers) RETURN_IF_ERROR(SpawnRewardWorkers(token));
     if (!coordinator_->WaitForWorkers(kRolloutRole, static_cast<int>(f.min_workers),
                                       absl::Seconds(f.worker_wait_s))) {
       return absl::DeadlineExceededError(absl::StrCat(
@@ -221,6 +228,46 @@ class FleetRolloutSource final : public RolloutSource {
     ASSIGN_OR_RETURN(fleet_, RolloutFleet::Create(fopts, std::move(hooks)));
     return absl::OkStatus();
   }
+
+  // One `lightrl reward-worker` per built-in kind in use, registered with the
+  // coordinator as role reward; waits until all have registered.
+  absl::Status SpawnRewardWorkers(const std::string& token) {
+    const FleetSection& f = config_.fleet;
+    const std::vector<std::string> kinds = BuiltinRewardKinds(config_.reward);
+    const std::string logs = JoinPath(config_.run.output_dir, "logs");
+    RETURN_IF_ERROR(MakeDirs(logs));
+    for (const std::string& kind : kinds) {
+      const std::string id = absl::StrCat("reward-local-", kind);
+      std::vector<std::string> argv = {SelfExe(), "reward-worker", "--listen", "127.0.0.1:0",
+                                       "--kind", kind, "--coordinator", coordinator_->address(),
+                                       "--worker-id", id};
+      if (!config_.reward.format_pattern.empty()) {
+        argv.push_back("--format-pattern");
+        argv.push_back(config_.reward.format_pattern);
+      }
+      if (!token.empty()) {
+        argv.push_back("--auth-token");
+        argv.push_back(token);
+      }
+      ASSIGN_OR_RETURN(pid_t pid, Spawn(argv, JoinPath(logs, id + ".log")));
+      children_.push_back(pid);
+    }
+    if (!coordinator_->WaitForWorkers(kRewardRole, static_cast<int>(kinds.size()),
+                                      absl::Seconds(f.worker_wait_s))) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "fleet: ", coordinator_->Workers(kRewardRole).size(), " of ", kinds.size(),
+          " spawned reward workers registered within fleet.worker_wait_s = ", f.worker_wait_s,
+          " s (see ", logs, ")"));
+    }
+    for (const WorkerRecord& r : coordinator_->Workers(kRewardRole)) {
+      for (const std::string& kind : kinds) {
+        if (r.id == absl::StrCat("reward-local-", kind)) reward_workers_[kind] = r.address;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  std::map<std::string, std::string> RewardWorkers() const override { return reward_workers_; }
 
   std::vector<GroupGeneration> Generate(const std::vector<GenerationRequest>& requests,
                                         int64_t min_weight_version) override {
@@ -267,6 +314,7 @@ class FleetRolloutSource final : public RolloutSource {
   std::vector<std::pair<std::string, double>> Stats() const override {
     const RolloutFleetStats s = fleet_->stats();
     return {{"fleet/workers", static_cast<double>(coordinator_->Workers(kRolloutRole).size())},
+            {"fleet/reward_workers", static_cast<double>(coordinator_->Workers(kRewardRole).size())},
             {"fleet/groups_requeued", static_cast<double>(s.groups_requeued)},
             {"fleet/worker_failures", static_cast<double>(s.worker_failures)},
             {"fleet/weight_pushes", static_cast<double>(s.weight_pushes)},
@@ -277,6 +325,7 @@ class FleetRolloutSource final : public RolloutSource {
   const RunConfig& config_;
   PolicyModel* policy_;
   std::unique_ptr<Coordinator> coordinator_;
+  std::map<std::string, std::string> reward_workers_;  // kind -> address
   std::unique_ptr<RolloutFleet> fleet_;
   std::vector<pid_t> children_;
 };

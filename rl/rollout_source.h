@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -35,6 +36,9 @@ class RolloutSource {
   virtual absl::Status PublishWeights(int64_t version) = 0;
   // Counters for the metrics ("fleet/groups_requeued", ...); empty for the engine.
   virtual std::vector<std::pair<std::string, double>> Stats() const = 0;
+  // Reward workers this source started (fleet.spawn_reward_workers): built-in kind ->
+  // "host:port" of the `lightrl reward-worker` serving it. Empty: none.
+  virtual std::map<std::string, std::string> RewardWorkers() const { return {}; }
 };
 
 using RolloutSourcePtr = std::unique_ptr<RolloutSource>;

@@ -483,7 +483,7 @@ absl::Status BindFleet(const Binder& b, const Json* root, FleetSection& f) {
                              {"mode", "rollout_workers", "coordinator_address", "auth_token_file",
                               "min_workers", "worker_wait_s", "worker_capacity",
                               "max_group_attempts", "weight_dtype", "worker_device",
-                              "weight_sync"}));
+                              "weight_sync", "spawn_reward_workers"}));
   RETURN_IF_ERROR(b.String(s, "fleet", "mode", f.mode));
   RETURN_IF_ERROR(b.Int(s, "fleet", "rollout_workers", f.rollout_workers));
   RETURN_IF_ERROR(b.String(s, "fleet", "coordinator_address", f.coordinator_address));
@@ -494,6 +494,7 @@ absl::Status BindFleet(const Binder& b, const Json* root, FleetSection& f) {
   RETURN_IF_ERROR(b.Int(s, "fleet", "max_group_attempts", f.max_group_attempts));
   RETURN_IF_ERROR(b.String(s, "fleet", "weight_dtype", f.weight_dtype));
   RETURN_IF_ERROR(b.String(s, "fleet", "weight_sync", f.weight_sync));
+  RETURN_IF_ERROR(b.Bool(s, "fleet", "spawn_reward_workers", f.spawn_reward_workers));
   return b.String(s, "fleet", "worker_device", f.worker_device);
 }
 
@@ -540,6 +541,9 @@ absl::Status FleetSection::Validate() const {
   RETURN_IF_ERROR(CheckAtLeast("worker_capacity", worker_capacity, 1));
   RETURN_IF_ERROR(CheckAtLeast("max_group_attempts", max_group_attempts, 1));
   RETURN_IF_ERROR(CheckDtype("weight_dtype", weight_dtype));
+  if (spawn_reward_workers && mode != "spawn") {
+    return Invalid(absl::StrCat("spawn_reward_workers needs mode spawn, got \"", mode, "\""));
+  }
   if (weight_sync != "grpc" && weight_sync != "nccl") {
     return Invalid(absl::StrCat("weight_sync must be grpc or nccl, got \"", weight_sync, "\""));
   }
@@ -548,6 +552,13 @@ absl::Status FleetSection::Validate() const {
                                 ") in spawn mode, got ", min_workers));
   }
   return absl::OkStatus();
+}
+
+std::vector<std::string> BuiltinRewardKinds(const RewardSection& reward) {
+  std::vector<std::string> kinds;
+  for (const auto& [kind, weight] : reward.weights) kinds.push_back(kind);
+  if (reward.weights.empty() && reward.servers.empty()) kinds.push_back(reward.kind);
+  return kinds;
 }
 
 bool IsRewardKind(const std::string& kind) {
@@ -888,6 +899,7 @@ std::string DescribeRunConfig(const RunConfig& c) {
                              {"max_group_attempts", Json(c.fleet.max_group_attempts)},
                              {"weight_dtype", Json(c.fleet.weight_dtype)},
                              {"weight_sync", Json(c.fleet.weight_sync)},
+                             {"spawn_reward_workers", Json(c.fleet.spawn_reward_workers)},
                              {"worker_device", Json(c.fleet.worker_device)}}));
   root.set("distributed", section({{"world_size", Json(c.distributed.world_size)},
                                    {"rank", Json(c.distributed.rank)},

@@ -116,6 +116,11 @@ struct RolloutSection {
 // Built-in reward kinds: arithmetic, countdown, math, format, length, code.
 bool IsRewardKind(const std::string& kind);
 
+struct RewardSection;
+// The built-in kinds a run scores with: `weights`' keys, else `kind` unless reward
+// servers replace it.
+std::vector<std::string> BuiltinRewardKinds(const RewardSection& reward);
+
 // A reward server the router calls (YAML: reward.servers.NAME).
 struct RewardServerSection {
   // "host:port" of a lightrl.v1.RewardService server (required).
@@ -246,6 +251,10 @@ struct FleetSection {
   // (broadcast from the learner's GPU to GPU workers, in the policy's dtype; gRPC for
   // workers that join later and when a broadcast fails).
   std::string weight_sync = "grpc";
+  // Spawn mode: also start one `lightrl reward-worker` process per built-in reward kind in
+  // use; they register with the coordinator (role reward) and the controller scores
+  // through them over gRPC instead of in its own process.
+  bool spawn_reward_workers = false;
   // Device of spawned workers: "cpu", "cuda" or "cuda:N".
   std::string worker_device = "cpu";
 

@@ -109,6 +109,7 @@ class Trainer {
  private:
   absl::Status RunController();
   absl::Status Setup();
+  absl::Status SetUpRewards(const std::map<std::string, std::string>& remote);
   absl::Status RunLearnerRank();
   absl::StatusOr<std::unique_ptr<PolicyModel>> LoadPolicy(const std::optional<std::string>& resume_dir) const;
   LearnerOptions MakeLearnerOptions() const;
@@ -227,6 +228,56 @@ absl::Status Trainer::RunLearnerRank() {
   return ServeLearner(learner_.get(), group_.get(), policy_.get());
 }
 
+// The reward function: one built-in in this process, or the router over weighted kinds and
+// reward servers. Kinds in `remote` (kind -> address: spawned reward workers) are scored
+// by that server instead of in process.
+absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& remote) {
+  const RewardSection& rw = config_.reward;
+  BuiltinRewardOptions builtin;
+  builtin.format_pattern = rw.format_pattern;
+  reward_.reset();
+  router_.reset();
+  if (rw.weights.empty() && rw.servers.empty() && remote.empty()) {
+    ASSIGN_OR_RETURN(reward_, MakeBuiltinRewardFunction(rw.kind, builtin));
+    return absl::OkStatus();
+  }
+  RewardRouterOptions ro;
+  ro.timeout = absl::Seconds(rw.timeout_s);
+  ro.max_attempts = static_cast<int>(rw.max_attempts);
+  for (const std::string& kind : BuiltinRewardKinds(rw)) {
+    RewardRouterEntry e;
+    e.name = kind;
+    e.weight = rw.weights.empty() ? 1.0 : rw.weights.at(kind);
+    if (auto it = remote.find(kind); it != remote.end()) {
+      e.address = it->second;
+      e.reward_kind = kind;
+    } else {
+      e.kind = kind;
+      e.builtin = builtin;
+    }
+    ro.entries.push_back(std::move(e));
+  }
+  for (const auto& [name, server] : rw.servers) {
+    RewardRouterEntry e;
+    e.name = name;
+    e.address = server.address;
+    e.weight = server.weight;
+    e.reward_kind = server.reward_kind;
+    if (!server.auth_token_file.empty()) {
+      ASSIGN_OR_RETURN(std::string token, ReadFile(server.auth_token_file));
+      e.auth_token = std::string(absl::StripAsciiWhitespace(token));
+    }
+    ro.entries.push_back(std::move(e));
+  }
+  auto router = RewardRouter::Create(ro);
+  if (!router.ok()) {
+    return absl::Status(router.status().code(),
+                        absl::StrCat(config_.source, ": reward: ", router.status().message()));
+  }
+  router_ = *std::move(router);
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::Setup() {
   tty_ = ::isatty(2);
   const DistributedOptions& dist = options_.distributed;
@@ -236,42 +287,7 @@ absl::Status Trainer::Setup() {
                  static_cast<long long>(dist.world_size), group_->backend().c_str(),
                  dist.master_addr.c_str(), static_cast<long long>(dist.master_port));
   }
-  const RewardSection& rw = config_.reward;
-  BuiltinRewardOptions builtin;
-  builtin.format_pattern = rw.format_pattern;
-  if (rw.weights.empty() && rw.servers.empty()) {
-    ASSIGN_OR_RETURN(reward_, MakeBuiltinRewardFunction(rw.kind, builtin));
-  } else {
-    RewardRouterOptions ro;
-    ro.timeout = absl::Seconds(rw.timeout_s);
-    ro.max_attempts = static_cast<int>(rw.max_attempts);
-    for (const auto& [kind, weight] : rw.weights) {
-      RewardRouterEntry e;
-      e.name = kind;
-      e.kind = kind;
-      e.weight = weight;
-      e.builtin = builtin;
-      ro.entries.push_back(std::move(e));
-    }
-    for (const auto& [name, server] : rw.servers) {
-      RewardRouterEntry e;
-      e.name = name;
-      e.address = server.address;
-      e.weight = server.weight;
-      e.reward_kind = server.reward_kind;
-      if (!server.auth_token_file.empty()) {
-        ASSIGN_OR_RETURN(std::string token, ReadFile(server.auth_token_file));
-        e.auth_token = std::string(absl::StripAsciiWhitespace(token));
-      }
-      ro.entries.push_back(std::move(e));
-    }
-    auto router = RewardRouter::Create(ro);
-    if (!router.ok()) {
-      return absl::Status(router.status().code(),
-                          absl::StrCat(config_.source, ": reward: ", router.status().message()));
-    }
-    router_ = *std::move(router);
-  }
+  RETURN_IF_ERROR(SetUpRewards({}));
   RETURN_IF_ERROR(MakeDirs(config_.run.output_dir));
   ckpt_root_ = JoinPath(config_.run.output_dir, "checkpoints");
   RETURN_IF_ERROR(MakeDirs(ckpt_root_));
@@ -339,6 +355,9 @@ absl::Status Trainer::Setup() {
   if (options_.replay_dir.empty()) {
     if (config_.fleet.enabled()) {
       ASSIGN_OR_RETURN(rollout_source_, StartFleetRolloutSource(config_, policy_.get()));
+      if (!rollout_source_->RewardWorkers().empty()) {
+        RETURN_IF_ERROR(SetUpRewards(rollout_source_->RewardWorkers()));
+      }
     } else if (config_.rollout.async) {
       // Generation runs while the learner trains, so it cannot read the learner's tensors.
       ASSIGN_OR_RETURN(rollout_source_, MakeEngineCopyRolloutSource(policy_.get(), eopts, &*tokenizer_));

@@ -2,6 +2,7 @@
 // SIGINT/SIGTERM. gRPC side only: this file must never include torch headers (the
 // `lightrl` executable links torch, but no translation unit sees both).
 #include <signal.h>
+#include <unistd.h>
 
 #include <iostream>
 #include <memory>
@@ -12,6 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "reward/reward_function.h"
 #include "reward/reward_service.h"
+#include "rollout/coordinator.h"
+#include "rollout/worker_registration.h"
 #include "rl/tools/commands.h"
 #include "rl/tools/flags.h"
 
@@ -24,16 +27,30 @@ constexpr const char* kRewardWorkerUsage =
     "                printed as \"listening on HOST:PORT\")\n"
     "  --kind        built-in reward: math, arithmetic, countdown, code (default math)\n"
     "  --auth-token  shared token clients send as `authorization: Bearer T`; required for\n"
-    "                any non-loopback address\n";
+    "                any non-loopback address\n"
+    "  --coordinator HOST:PORT of a run's coordinator to register with (role reward)\n"
+    "  --worker-id   the id it registers under (default reward-HOST-PID)\n"
+    "  --advertise   the address the controller should call (default the bound one)\n"
+    "  --capacity    concurrent Score calls it takes (default 4)\n"
+    "  --format-pattern  RE2 pattern of the format reward (default its built-in one)\n";
 
 absl::Status Run(const std::vector<std::string>& args) {
-  absl::StatusOr<Flags> flags = Flags::Parse(args, {"listen", "kind", "auth-token"});
+  absl::StatusOr<Flags> flags =
+      Flags::Parse(args, {"listen", "kind", "auth-token", "coordinator", "worker-id", "advertise",
+                          "capacity", "format-pattern"});
   if (!flags.ok()) return flags.status();
+  absl::StatusOr<int64_t> capacity = flags->GetInt("capacity", 4);
+  if (!capacity.ok()) return capacity.status();
+  if (*capacity < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--capacity must be >= 1, got ", *capacity));
+  }
+  BuiltinRewardOptions builtin;
+  builtin.format_pattern = flags->Get("format-pattern");
   RewardServerOptions options;
   options.listen_address = flags->Get("listen", options.listen_address);
   options.auth_token = flags->Get("auth-token");
   absl::StatusOr<RewardFunctionPtr> function =
-      MakeBuiltinRewardFunction(flags->Get("kind", "math"));
+      MakeBuiltinRewardFunction(flags->Get("kind", "math"), builtin);
   if (!function.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--kind: ", function.status().message()));
   }
@@ -51,9 +68,26 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (!server.ok()) return server.status();
   std::cout << "listening on " << (*server)->address() << std::endl;
 
+  std::unique_ptr<WorkerRegistration> registration;
+  if (flags->Has("coordinator")) {
+    char host[256] = {0};
+    ::gethostname(host, sizeof(host) - 1);
+    WorkerRegistrationOptions ropts;
+    ropts.coordinator_address = flags->Get("coordinator");
+    ropts.auth_token = options.auth_token;
+    ropts.worker.id = flags->Get("worker-id", absl::StrCat("reward-", host, "-", ::getpid()));
+    ropts.worker.role = kRewardRole;
+    ropts.worker.address = flags->Get("advertise", (*server)->address());
+    ropts.worker.capacity = static_cast<int>(*capacity);
+    absl::StatusOr<std::unique_ptr<WorkerRegistration>> r = WorkerRegistration::Start(ropts);
+    if (!r.ok()) return r.status();
+    registration = *std::move(r);
+  }
+
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   std::cerr << "lightrl reward-worker: signal " << signal_number << ", shutting down\n";
+  if (registration) registration->Stop();
   (*server)->Shutdown();
   return absl::OkStatus();
 }

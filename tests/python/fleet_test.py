@@ -8,6 +8,10 @@
   restart       cluster mode: 2 workers started by hand register with the controller's
                 coordinator; the controller is killed with SIGKILL mid-run and resumed
                 from its checkpoint; the same worker processes serve the resumed run.
+  reward_workers  spawn mode with fleet.spawn_reward_workers: `lightrl run` also starts a
+                `lightrl reward-worker` per built-in reward kind (arithmetic, format), which
+                register with the coordinator; the run scores through them over gRPC and
+                logs the same rewards, step for step, as the same run scoring in process.
 
 Run: LIGHTRL_BIN=build/rl/lightrl .venv/bin/python tests/python/fleet_test.py [CASE ...]
 """
@@ -211,7 +215,35 @@ def case_restart(tmp):
             f.close()
 
 
-CASES = {"kill_worker": case_kill_worker, "restart": case_restart}
+def case_reward_workers(tmp):
+    runs = {}
+    for spawn in (False, True):
+        out = os.path.join(tmp, f"out-{spawn}")
+        config = base_config(tmp, out, 3, 4, {"mode": "spawn", "rollout_workers": 1,
+                                              "spawn_reward_workers": spawn})
+        config["reward"] = {"weights": {"arithmetic": 1.0, "format": 0.25}}
+        path = os.path.join(tmp, f"run-{spawn}.yaml")
+        write_yaml(path, config)
+        proc = subprocess.run([BIN, "run", "--config", path], env=ENV, capture_output=True,
+                              text=True, timeout=TIMEOUT_S)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[spawn] = metrics(out)
+        logs = sorted(os.listdir(os.path.join(out, "logs")))
+        reward_logs = [f for f in logs if f.startswith("reward-local-")]
+        if spawn:
+            assert reward_logs == ["reward-local-arithmetic.log", "reward-local-format.log"], logs
+            assert runs[spawn][-1]["fleet/reward_workers"] == 2, runs[spawn][-1]
+        else:
+            assert reward_logs == [], logs
+            assert runs[spawn][-1]["fleet/reward_workers"] == 0, runs[spawn][-1]
+    rewards = {spawn: [(r["step"], r["reward/mean"]) for r in rows if "reward/mean" in r]
+               for spawn, rows in runs.items()}
+    assert len(rewards[True]) == 3, rewards
+    assert rewards[True] == rewards[False], rewards
+
+
+CASES = {"kill_worker": case_kill_worker, "restart": case_restart,
+         "reward_workers": case_reward_workers}
 
 
 def main(argv):
