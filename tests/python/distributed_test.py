@@ -134,8 +134,10 @@ def case_equal():
 def case_bf16():
     """bf16 weights with FP32 master weights (full, or ZeRO-1 shards). bf16 compute
     depends on how samples are packed into forwards, so against one process the test
-    is on the whole update: same direction and size."""
-    base = ["--dtype", "bfloat16"]
+    is on the whole update: same direction and size. One expert, so that a near-tie in
+    routing, which bf16 rounding may flip either way, cannot send a token to another
+    expert and move the update for reasons that are not data parallelism's."""
+    base = ["--dtype", "bfloat16", "--experts", "1"]
     init = train(1, base + ["--steps", "0"])[0][0].astype(np.float64)
     one = train(1, base)[0][0] - init
     plain = train(2, base)[0]
@@ -146,7 +148,10 @@ def case_bf16():
     two = plain[0] - init
     cosine = float(one @ two / np.sqrt((one @ one) * (two @ two)))
     ratio = float(np.linalg.norm(two) / np.linalg.norm(one))
-    assert cosine > 0.999 and abs(ratio - 1) < 0.01, f"bf16: cosine {cosine}, norm ratio {ratio}"
+    # bf16 rounding alone, with the samples packed otherwise, gave cosines of 0.9992 to
+    # 0.99999 over 22 seeds; a lost rank's gradient or a wrong normaliser gives far less
+    # (half the batch: ~0.7; normaliser off by the world size: ratio 2).
+    assert cosine > 0.995 and abs(ratio - 1) < 0.02, f"bf16: cosine {cosine}, norm ratio {ratio}"
     print(f"  bf16: update cosine vs 1 rank {cosine:.6f}, norm ratio {ratio:.4f}")
 
 

@@ -30,7 +30,6 @@
 namespace lightrl {
 namespace {
 
-ModelConfig TinyConfig() { return TinyLearnerConfig(4); }
 
 std::vector<TrainSample> RandomBatch(uint64_t seed, int64_t n) {
   std::mt19937_64 rng(seed);
@@ -61,7 +60,7 @@ absl::Status Main(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args,
                                              {"rank", "world", "port", "seed", "out", "mode", "samples",
                                               "minibatches", "steps", "max-tokens", "bucket-mb", "timeout", "dtype",
-                                              "device"},
+                                              "device", "experts"},
                                              {"zero1", "check-resume"}));
   DistributedOptions dist;
   ASSIGN_OR_RETURN(dist.rank, flags.GetInt("rank", 0));
@@ -101,7 +100,9 @@ absl::Status Main(const std::vector<std::string>& args) {
   PolicyOptions popts;
   popts.dtype = flags.Get("dtype", "float32");
   popts.device = device;
-  ASSIGN_OR_RETURN(auto policy, PolicyModel::Create(TinyConfig(), static_cast<uint64_t>(seed), popts));
+  ASSIGN_OR_RETURN(int64_t experts, flags.GetInt("experts", 4));
+  ASSIGN_OR_RETURN(auto policy, PolicyModel::Create(TinyLearnerConfig(experts),
+                                                    static_cast<uint64_t>(seed), popts));
   ASSIGN_OR_RETURN(auto learner, Learner::Create(policy.get(), opts, group.get()));
 
   auto train = [&](Learner& l, int64_t step) -> absl::StatusOr<LearnerStats> {
