@@ -310,6 +310,64 @@ TEST(RolloutWorkerTest, BadWireInputIsRefusedWithAReasonAndTheWorkerKeepsServing
   }
 }
 
+// A device publish that cannot broadcast (here: a build without NCCL, or CPU workers)
+// still delivers the version, by the gRPC stream, and counts the fallback.
+TEST(RolloutFleetTest, DevicePublishFallsBackToTheStreamWhenNoBroadcastIsPossible) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  RolloutWorkerOptions wopts;
+  wopts.worker_id = "cpu-worker";
+  auto worker = RolloutWorker::Start(wopts);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  const std::string address = (*worker)->address();
+  RolloutFleetHooks hooks;
+  hooks.list_workers = [&] { return std::vector<WorkerEndpoint>{{"cpu-worker", address, 2}}; };
+  auto fleet = RolloutFleet::Create(RolloutFleetOptions{}, hooks);
+  ASSERT_TRUE(fleet.ok()) << fleet.status();
+
+  DeviceWeights w;
+  w.version = 7;
+  w.model_config_json = (*policy)->config().ToJson().Dump();
+  auto params = (*policy)->ParameterBuffers();
+  ASSERT_TRUE(params.ok()) << params.status();
+  for (const auto& p : *params) {
+    w.names.push_back(p.name);
+    w.buffers.push_back({p.data, p.bytes});
+  }
+  int exports = 0;
+  w.export_host = [&]() -> absl::StatusOr<WeightSet> {
+    ++exports;
+    return Export(**policy, 7);
+  };
+  w.timeout = absl::Seconds(20);
+  ASSERT_TRUE((*fleet)->PublishDeviceWeights(w).ok());
+  EXPECT_EQ((*worker)->stats().weight_version, 7);
+  EXPECT_EQ((*fleet)->stats().weight_broadcasts, 0);
+  EXPECT_EQ((*fleet)->stats().broadcast_fallbacks, 1);
+  EXPECT_EQ(exports, 1);
+  EXPECT_EQ((*fleet)->published_version(), 7);
+
+  // The worker serves the fallback's weights exactly like the in-process engine.
+  auto requests = RandomRequests(rng, 3);
+  auto outcomes = (*fleet)->Generate(requests, 7);
+  auto engine = Engine::Create(policy->get(), EngineOptions{});
+  ASSERT_TRUE(engine.ok());
+  auto local = (*engine)->Generate(requests);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << outcomes[i].status;
+    EXPECT_EQ(outcomes[i].output.weight_version, 7);
+    ASSERT_EQ(outcomes[i].output.samples.size(), local[i].samples.size());
+    for (size_t k = 0; k < local[i].samples.size(); ++k) {
+      EXPECT_EQ(outcomes[i].output.samples[k].tokens, local[i].samples[k].tokens);
+    }
+  }
+  // Bad device weights are refused before anything is sent.
+  DeviceWeights bad = w;
+  bad.names.pop_back();
+  EXPECT_EQ((*fleet)->PublishDeviceWeights(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(RolloutFleetTest, GroupsOfADeadWorkerRunOnTheLiveOnesAndEveryoneGetsTheWeights) {
   std::mt19937 rng(std::random_device{}());
   auto policy = PolicyModel::Create(TinyConfig(), rng());
