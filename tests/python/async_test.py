@@ -19,12 +19,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
 from fleet_test import (BIN, ENV, TIMEOUT_S, base_config, child_pids, exported_groups, metrics,
-                        wait_for, write_yaml)
+                        run_cases, wait_for, write_yaml)
 
 MAX_STALENESS = 1
 
@@ -159,21 +157,5 @@ CASES = {"overlap": case_overlap, "local": case_local, "kill_worker": case_kill_
          "resume": case_resume}
 
 
-def main(argv):
-    names = argv or list(CASES)
-    failed = 0
-    for name in names:
-        tmp = tempfile.mkdtemp(prefix=f"lightrl-async-{name}-")
-        start = time.time()
-        try:
-            CASES[name](tmp)
-            print(f"PASS {name} ({time.time() - start:.1f} s)")
-        except Exception:
-            failed += 1
-            print(f"FAIL {name} ({time.time() - start:.1f} s), files in {tmp}")
-            traceback.print_exc()
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_cases(CASES, "lightrl-async", sys.argv[1:]))

@@ -246,14 +246,16 @@ CASES = {"kill_worker": case_kill_worker, "restart": case_restart,
          "reward_workers": case_reward_workers}
 
 
-def main(argv):
-    names = argv or list(CASES)
+def run_cases(cases, prefix, argv):
+    """Runs the named cases (all when none are named), each in a fresh temporary directory
+    kept for a failure; returns the exit status."""
+    names = argv or list(cases)
     failed = 0
     for name in names:
-        tmp = tempfile.mkdtemp(prefix=f"lightrl-fleet-{name}-")
+        tmp = tempfile.mkdtemp(prefix=f"{prefix}-{name}-")
         start = time.time()
         try:
-            CASES[name](tmp)
+            cases[name](tmp)
             print(f"PASS {name} ({time.time() - start:.1f} s)")
         except Exception:
             failed += 1
@@ -263,4 +265,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_cases(CASES, "lightrl-fleet", sys.argv[1:]))
