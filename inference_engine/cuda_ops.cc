@@ -8,6 +8,7 @@
 #include "inference_engine/cuda/lightning_decode.h"
 #include "inference_engine/cuda/lightning_prefill.h"
 #include "inference_engine/cuda/paged_attention.h"
+#include "inference_engine/cuda/rms_norm.h"
 
 namespace lightrl {
 namespace {
@@ -63,7 +64,7 @@ View MakeView(const torch::Tensor& t) {
 }
 
 void CheckLaunch(cudaError_t err, const char* what, const char* invalid) {
-  TORCH_CHECK(err == cudaSuccess, "lightning cuda: ", what, " failed: ", cudaGetErrorName(err),
+  TORCH_CHECK(err == cudaSuccess, "engine cuda: ", what, " failed: ", cudaGetErrorName(err),
               " (", cudaGetErrorString(err), ")", invalid != nullptr ? ": " : "",
               invalid != nullptr ? invalid : "");
 }
@@ -102,6 +103,14 @@ PagedKvCacheView MakeCacheView(const torch::Tensor& k_pool, const torch::Tensor&
   view.num_kv_heads = static_cast<int>(k_pool.size(1));
   view.head_dim = static_cast<int>(k_pool.size(2));
   return view;
+}
+
+void CheckBf16On(const torch::Tensor& t, const char* op, const char* name,
+                 const torch::Device& device) {
+  TORCH_CHECK(t.scalar_type() == torch::kBFloat16, op, ": ", name, " must be bfloat16, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == device, op, ": ", name, " must be on ", device, ", got ",
+              t.device());
 }
 
 }  // namespace
@@ -229,6 +238,55 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
   CheckLaunch(LaunchPagedDecodeAttention(p, at::cuda::getCurrentCUDAStream().stream()),
               "paged decode attention", p.Validate());
   return o;
+}
+
+torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  TORCH_CHECK(x.is_cuda(), "rms norm cuda: x must be on a CUDA device, got ", x.device());
+  CheckBf16On(x, "rms norm cuda", "x", x.device());
+  CheckBf16On(weight, "rms norm cuda", "weight", x.device());
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.stride(0) >= x.size(1),
+              "rms norm cuda: x must be [T, D] rows with unit stride on D, got ", x.sizes(),
+              " strides ", x.strides());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous(),
+              "rms norm cuda: weight must be contiguous [", x.size(1), "], got ", weight.sizes());
+  TORCH_CHECK(x.size(0) <= 0x7fffffff && x.size(1) <= kRmsNormMaxDim, "rms norm cuda: x ",
+              x.sizes(), " is larger than the kernel serves (D <= ", kRmsNormMaxDim, ")");
+  c10::cuda::CUDAGuard guard(x.device());
+  auto y = torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::Contiguous));
+  RmsNormParams p;
+  p.x = reinterpret_cast<const __nv_bfloat16*>(x.data_ptr());
+  p.weight = reinterpret_cast<const __nv_bfloat16*>(weight.data_ptr());
+  p.y = reinterpret_cast<__nv_bfloat16*>(y.data_ptr());
+  p.x_row_stride = x.stride(0);
+  p.y_row_stride = y.size(1);
+  p.rows = static_cast<int>(x.size(0));
+  p.dim = static_cast<int>(x.size(1));
+  p.eps = static_cast<float>(eps);
+  CheckLaunch(LaunchRmsNorm(p, at::cuda::getCurrentCUDAStream().stream()), "rms norm",
+              p.Validate());
+  return y;
+}
+
+torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, double alpha,
+                            double beta) {
+  TORCH_CHECK(a.is_cuda(), "scaled add cuda: a must be on a CUDA device, got ", a.device());
+  CheckBf16On(a, "scaled add cuda", "a", a.device());
+  CheckBf16On(b, "scaled add cuda", "b", a.device());
+  TORCH_CHECK(a.sizes() == b.sizes() && a.is_contiguous() && b.is_contiguous(),
+              "scaled add cuda: a ", a.sizes(), " and b ", b.sizes(),
+              " must be contiguous and of one shape");
+  c10::cuda::CUDAGuard guard(a.device());
+  auto out = torch::empty_like(a, torch::MemoryFormat::Contiguous);
+  ScaledAddParams p;
+  p.a = reinterpret_cast<const __nv_bfloat16*>(a.data_ptr());
+  p.b = reinterpret_cast<const __nv_bfloat16*>(b.data_ptr());
+  p.out = reinterpret_cast<__nv_bfloat16*>(out.data_ptr());
+  p.n = a.numel();
+  p.alpha = static_cast<float>(alpha);
+  p.beta = static_cast<float>(beta);
+  CheckLaunch(LaunchScaledAdd(p, at::cuda::getCurrentCUDAStream().stream()), "scaled add",
+              p.Validate());
+  return out;
 }
 
 torch::Tensor GroupedLinearCuda(const torch::Tensor& in, const torch::Tensor& weight_ptrs,

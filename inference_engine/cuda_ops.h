@@ -1,4 +1,4 @@
-// Torch adapter of the lightning CUDA kernels for the engine's CUDA backend: checks the
+// Torch adapter of the engine's CUDA kernels for the engine's CUDA backend: checks the
 // shapes, dtypes and devices of torch tensors, takes their data pointers and the current
 // CUDA stream, and calls the torch-free launchers of inference_engine/cuda/. Owns no
 // memory beyond the outputs it returns; it never syncs. Built only with
@@ -50,6 +50,16 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
                                        const torch::Tensor& page_table, int64_t page_size,
                                        double scale, int64_t partition_tokens,
                                        int64_t num_partitions);
+
+// The policy's RMSNorm (RMSNormImpl::forward, same bf16 roundings) in one kernel: x [T, D]
+// bf16 with unit stride on D, weight [D] contiguous bf16. Returns y [T, D] contiguous bf16.
+torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+
+// alpha * a + beta * b for same-shaped contiguous bf16 tensors, in FP32 and rounded to
+// bf16 once (eager torch rounds after each op, so results can differ by one bf16 ulp).
+// Returns a new contiguous bf16 tensor.
+torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, double alpha,
+                            double beta);
 
 // Grouped linear layers through cuBLAS's pointer-array batched GEMM (the MoE experts of a
 // decode step in one call): out[g] = in_g W_g^T for g < G, where weight_ptrs [G] int64 on

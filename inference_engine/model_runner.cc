@@ -320,6 +320,26 @@ void ModelRunner::SyncPageTables(const std::vector<RunnerSequence>& seqs) {
   }
 }
 
+namespace {
+
+torch::Tensor FusedNorm(const RMSNorm& norm, const torch::Tensor& x) {
+  return RmsNormCuda(x, norm->weight, norm->eps);
+}
+
+// DecoderLayerImpl::ForwardWith with each norm one kernel and each residual sum one kernel
+// (the sums round to bf16 once, not after each op as eager torch does).
+torch::Tensor FusedDecoderLayer(const DecoderLayerImpl& layer, const torch::Tensor& x,
+                                const DecoderLayerImpl::Block& attention,
+                                const DecoderLayerImpl::Block& moe) {
+  auto n1 = FusedNorm(layer.input_layernorm, x);
+  auto h = ScaledAddCuda(layer.postnorm ? n1 : x, attention(n1), layer.attn_alpha,
+                         layer.attn_beta);
+  auto n2 = FusedNorm(layer.post_attention_layernorm, h);
+  return ScaledAddCuda(layer.postnorm ? n2 : h, moe(n2), layer.mlp_alpha, layer.mlp_beta);
+}
+
+}  // namespace
+
 // The decode step over the first `batch` rows of the staged inputs. Everything it reads
 // lives in fixed buffers and nothing waits on the device, so it can be captured.
 torch::Tensor ModelRunner::DecodeStep(int64_t B) {
@@ -342,12 +362,14 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
       auto out = torch::bmm(combine.unsqueeze(1), y.to(torch::kFloat32).transpose(0, 1));
       return out.squeeze(1).to(n2.scalar_type());
     };
-    x = layer->ForwardWith(x, [&](const torch::Tensor& n1) {
+    x = FusedDecoderLayer(*layer, x, [&](const torch::Tensor& n1) {
       if (layer->lightning) {
         auto& attn = layer->lightning;
         auto [q, k, v] = attn->Project(n1);  // [B, H, d]
         auto o = LightningDecodeCuda(q, k, v, slots32, states_[i], attn->slope);
-        return attn->Finish(n1, o.view({B, -1}));
+        // LightningAttentionImpl::Finish with the fused norm.
+        return attn->out_proj(torch::sigmoid(attn->output_gate(n1)) *
+                              FusedNorm(attn->norm, o.view({B, -1})));
       }
       auto& attn = layer->softmax;
       const int64_t H = attn->num_heads, KVH = attn->num_kv_heads, d = attn->head_dim;
@@ -361,9 +383,9 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
                                         1.0 / std::sqrt(static_cast<double>(d)),
                                         partition_tokens_, num_partitions_);
       return attn->o_proj(o.reshape({B, H * d}));
-    }, /*moe_capacity_factor=*/0, moe).first;
+    }, moe);
   }
-  return module_->Logits(module_->model->norm(x));
+  return module_->Logits(FusedNorm(module_->model->norm, x));
 }
 
 void ModelRunner::TrackWeights() {

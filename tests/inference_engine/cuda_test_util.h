@@ -1,5 +1,6 @@
 // Helpers of the CUDA kernel tests: an owning device buffer that checks every CUDA call,
-// bf16 bit tricks for poisoned outputs, the relative Frobenius error and a fresh seed.
+// bf16 bit tricks for poisoned outputs, random bf16 inputs, the relative Frobenius error
+// and a fresh seed.
 #pragma once
 
 #include <algorithm>
@@ -62,6 +63,19 @@ inline double RelErr(const std::vector<double>& out, const std::vector<double>& 
     den += ref[i] * ref[i];
   }
   return den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// n bf16 draws from N(mean, scale^2); `exact` receives them as floats.
+inline std::vector<__nv_bfloat16> RandomBf16(size_t n, float scale, std::mt19937& rng,
+                                             std::vector<float>* exact, float mean = 0.0f) {
+  std::normal_distribution<float> normal(mean, scale);
+  std::vector<__nv_bfloat16> out(n);
+  exact->resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = __float2bfloat16_rn(normal(rng));
+    (*exact)[i] = ToFloat(out[i]);
+  }
+  return out;
 }
 
 inline unsigned FreshSeed() { return std::random_device{}(); }

@@ -41,18 +41,6 @@ std::string CaseName(const PagedCase& c) {
 
 void PrintTo(const PagedCase& c, std::ostream* os) { *os << CaseName(c); }
 
-std::vector<__nv_bfloat16> RandomBf16(size_t n, float scale, std::mt19937& rng,
-                                      std::vector<float>* exact) {
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<__nv_bfloat16> out(n);
-  exact->resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    out[i] = __float2bfloat16_rn(normal(rng));
-    (*exact)[i] = ToFloat(out[i]);
-  }
-  return out;
-}
-
 class PagedAttentionTest : public ::testing::TestWithParam<PagedCase> {};
 
 // One decode step: the new token's k and v are appended to their pages, then every
