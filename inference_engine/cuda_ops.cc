@@ -9,26 +9,10 @@
 #include "inference_engine/cuda/lightning_prefill.h"
 #include "inference_engine/cuda/paged_attention.h"
 #include "inference_engine/cuda/rms_norm.h"
+#include "policy/cuda_views.h"
 
 namespace lightrl {
 namespace {
-
-// A [tokens, H, d] bf16 view the kernels can read: unit stride on d, strides multiples of
-// 8 elements, 16-byte aligned data.
-void CheckView(const torch::Tensor& t, const char* name, const torch::Tensor& like) {
-  TORCH_CHECK(t.dim() == 3, "lightning cuda: ", name, " must be [tokens, H, d], got ", t.sizes());
-  TORCH_CHECK(t.sizes() == like.sizes(), "lightning cuda: ", name, " ", t.sizes(),
-              " differs from q ", like.sizes());
-  TORCH_CHECK(t.scalar_type() == torch::kBFloat16, "lightning cuda: ", name,
-              " must be bfloat16, got ", t.scalar_type());
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), "lightning cuda: ", name,
-              " must be on ", like.device(), ", got ", t.device());
-  TORCH_CHECK(t.stride(2) == 1 && t.stride(1) % 8 == 0 && t.stride(0) % 8 == 0,
-              "lightning cuda: ", name, " strides ", t.strides(),
-              " need unit stride on d and multiples of 8 elsewhere");
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "lightning cuda: ", name,
-              " data is not 16-byte aligned");
-}
 
 void CheckStateAndSlopes(const torch::Tensor& state, const torch::Tensor& slopes,
                          const torch::Tensor& q) {
@@ -52,21 +36,6 @@ void CheckSlots(const torch::Tensor& slots, int64_t n, const torch::Tensor& q) {
                   slots.is_contiguous() && slots.device() == q.device(),
               "lightning cuda: slots must be contiguous int32 [", n, "] on ", q.device(), ", got ",
               slots.sizes(), " ", slots.scalar_type());
-}
-
-template <typename View>
-View MakeView(const torch::Tensor& t) {
-  View view;
-  view.data = reinterpret_cast<decltype(view.data)>(t.data_ptr());
-  view.token_stride = t.stride(0);
-  view.head_stride = t.stride(1);
-  return view;
-}
-
-void CheckLaunch(cudaError_t err, const char* what, const char* invalid) {
-  TORCH_CHECK(err == cudaSuccess, "engine cuda: ", what, " failed: ", cudaGetErrorName(err),
-              " (", cudaGetErrorString(err), ")", invalid != nullptr ? ": " : "",
-              invalid != nullptr ? invalid : "");
 }
 
 void CheckInt32Vector(const torch::Tensor& t, const char* name, int64_t n,
@@ -124,9 +93,9 @@ torch::Tensor LightningPrefillCuda(const torch::Tensor& q, const torch::Tensor& 
                                    const torch::Tensor& v, const torch::Tensor& cu_seqlens,
                                    const torch::Tensor& slots, torch::Tensor& state,
                                    const torch::Tensor& slopes, int64_t max_seqlen) {
-  CheckView(q, "q", q);
-  CheckView(k, "k", q);
-  CheckView(v, "v", q);
+  CheckLightningView(q, "q", q);
+  CheckLightningView(k, "k", q);
+  CheckLightningView(v, "v", q);
   CheckStateAndSlopes(state, slopes, q);
   TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 &&
                   cu_seqlens.scalar_type() == torch::kInt32 && cu_seqlens.is_contiguous() &&
@@ -140,10 +109,10 @@ torch::Tensor LightningPrefillCuda(const torch::Tensor& q, const torch::Tensor& 
   c10::cuda::CUDAGuard guard(q.device());
   auto o = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
   LightningPrefillParams p;
-  p.q = MakeView<LightningInputView>(q);
-  p.k = MakeView<LightningInputView>(k);
-  p.v = MakeView<LightningInputView>(v);
-  p.o = MakeView<LightningOutputView>(o);
+  p.q = MakeLightningView<LightningInputView>(q);
+  p.k = MakeLightningView<LightningInputView>(k);
+  p.v = MakeLightningView<LightningInputView>(v);
+  p.o = MakeLightningView<LightningOutputView>(o);
   p.cu_seqlens = cu_seqlens.data_ptr<int32_t>();
   p.state_slots = slots.data_ptr<int32_t>();
   p.state = state.data_ptr<float>();
@@ -154,7 +123,7 @@ torch::Tensor LightningPrefillCuda(const torch::Tensor& q, const torch::Tensor& 
   p.max_seqlen = static_cast<int>(max_seqlen);
   p.use_initial_state = false;
   p.store_final_state = true;
-  CheckLaunch(LaunchLightningPrefill(p, at::cuda::getCurrentCUDAStream().stream()), "prefill",
+  CheckCudaLaunch(LaunchLightningPrefill(p, at::cuda::getCurrentCUDAStream().stream()), "prefill",
               p.Validate());
   return o;
 }
@@ -162,25 +131,25 @@ torch::Tensor LightningPrefillCuda(const torch::Tensor& q, const torch::Tensor& 
 torch::Tensor LightningDecodeCuda(const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, const torch::Tensor& slots,
                                   torch::Tensor& state, const torch::Tensor& slopes) {
-  CheckView(q, "q", q);
-  CheckView(k, "k", q);
-  CheckView(v, "v", q);
+  CheckLightningView(q, "q", q);
+  CheckLightningView(k, "k", q);
+  CheckLightningView(v, "v", q);
   CheckStateAndSlopes(state, slopes, q);
   CheckSlots(slots, q.size(0), q);
   c10::cuda::CUDAGuard guard(q.device());
   auto o = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
   LightningDecodeParams p;
-  p.q = MakeView<LightningInputView>(q);
-  p.k = MakeView<LightningInputView>(k);
-  p.v = MakeView<LightningInputView>(v);
-  p.o = MakeView<LightningOutputView>(o);
+  p.q = MakeLightningView<LightningInputView>(q);
+  p.k = MakeLightningView<LightningInputView>(k);
+  p.v = MakeLightningView<LightningInputView>(v);
+  p.o = MakeLightningView<LightningOutputView>(o);
   p.state_slots = slots.data_ptr<int32_t>();
   p.state = state.data_ptr<float>();
   p.slopes = slopes.data_ptr<float>();
   p.batch = static_cast<int>(q.size(0));
   p.num_heads = static_cast<int>(q.size(1));
   p.head_dim = static_cast<int>(q.size(2));
-  CheckLaunch(LaunchLightningDecode(p, at::cuda::getCurrentCUDAStream().stream()), "decode",
+  CheckCudaLaunch(LaunchLightningDecode(p, at::cuda::getCurrentCUDAStream().stream()), "decode",
               p.Validate());
   return o;
 }
@@ -189,8 +158,8 @@ void PagedKvAppendCuda(const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& seq_rows, const torch::Tensor& positions,
                        const torch::Tensor& page_table, int64_t page_size, torch::Tensor& k_pool,
                        torch::Tensor& v_pool) {
-  CheckView(k, "k", k);
-  CheckView(v, "v", k);
+  CheckLightningView(k, "k", k);
+  CheckLightningView(v, "v", k);
   const int64_t B = k.size(0);
   CheckInt32Vector(seq_rows, "seq_rows", B, k);
   CheckInt32Vector(positions, "positions", B, k);
@@ -199,12 +168,12 @@ void PagedKvAppendCuda(const torch::Tensor& k, const torch::Tensor& v,
   p.cache = MakeCacheView(k_pool, v_pool, page_table, page_size, k);
   TORCH_CHECK(p.cache.num_kv_heads == k.size(1), "paged attention cuda: k has ", k.size(1),
               " heads, the pools ", p.cache.num_kv_heads);
-  p.k = MakeView<LightningInputView>(k);
-  p.v = MakeView<LightningInputView>(v);
+  p.k = MakeLightningView<LightningInputView>(k);
+  p.v = MakeLightningView<LightningInputView>(v);
   p.seq_rows = seq_rows.data_ptr<int32_t>();
   p.positions = positions.data_ptr<int32_t>();
   p.batch = static_cast<int>(B);
-  CheckLaunch(LaunchPagedKvAppend(p, at::cuda::getCurrentCUDAStream().stream()), "kv append",
+  CheckCudaLaunch(LaunchPagedKvAppend(p, at::cuda::getCurrentCUDAStream().stream()), "kv append",
               p.Validate());
 }
 
@@ -214,7 +183,7 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
                                        const torch::Tensor& page_table, int64_t page_size,
                                        double scale, int64_t partition_tokens,
                                        int64_t num_partitions) {
-  CheckView(q, "q", q);
+  CheckLightningView(q, "q", q);
   const int64_t B = q.size(0);
   CheckInt32Vector(seq_rows, "seq_rows", B, q);
   CheckInt32Vector(positions, "positions", B, q);
@@ -222,8 +191,8 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
   auto o = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
   PagedDecodeAttentionParams p;
   p.cache = MakeCacheView(k_pool, v_pool, page_table, page_size, q);
-  p.q = MakeView<LightningInputView>(q);
-  p.o = MakeView<LightningOutputView>(o);
+  p.q = MakeLightningView<LightningInputView>(q);
+  p.o = MakeLightningView<LightningOutputView>(o);
   p.seq_rows = seq_rows.data_ptr<int32_t>();
   p.positions = positions.data_ptr<int32_t>();
   p.batch = static_cast<int>(B);
@@ -235,7 +204,7 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
       {PagedDecodeWorkspaceFloats(p.batch, p.num_heads, p.cache.head_dim, p.num_partitions)},
       q.options().dtype(torch::kFloat32));
   p.workspace = workspace.data_ptr<float>();
-  CheckLaunch(LaunchPagedDecodeAttention(p, at::cuda::getCurrentCUDAStream().stream()),
+  CheckCudaLaunch(LaunchPagedDecodeAttention(p, at::cuda::getCurrentCUDAStream().stream()),
               "paged decode attention", p.Validate());
   return o;
 }
@@ -262,7 +231,7 @@ torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, d
   p.rows = static_cast<int>(x.size(0));
   p.dim = static_cast<int>(x.size(1));
   p.eps = static_cast<float>(eps);
-  CheckLaunch(LaunchRmsNorm(p, at::cuda::getCurrentCUDAStream().stream()), "rms norm",
+  CheckCudaLaunch(LaunchRmsNorm(p, at::cuda::getCurrentCUDAStream().stream()), "rms norm",
               p.Validate());
   return y;
 }
@@ -284,7 +253,7 @@ torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, doub
   p.n = a.numel();
   p.alpha = static_cast<float>(alpha);
   p.beta = static_cast<float>(beta);
-  CheckLaunch(LaunchScaledAdd(p, at::cuda::getCurrentCUDAStream().stream()), "scaled add",
+  CheckCudaLaunch(LaunchScaledAdd(p, at::cuda::getCurrentCUDAStream().stream()), "scaled add",
               p.Validate());
   return out;
 }

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "policy/lightning_attention.h"
+#include "policy/lightning_cuda.h"
 
 namespace lightrl {
 namespace {
@@ -108,6 +109,12 @@ torch::Tensor LightningAttentionImpl::Finish(const torch::Tensor& x, const torch
 
 torch::Tensor LightningAttentionImpl::forward(const torch::Tensor& x, const PackedLayout& layout,
                                               const ForwardOptions& options) {
+  if (LightningCudaSupported(x.device(), x.scalar_type(), head_dim)) {
+    // The kernels read the fused projection in place, documents packed, no padding.
+    auto qkv = torch::silu(qkv_proj(x)).view({x.size(0), num_heads, 3 * head_dim});
+    auto o = LightningPackedCuda(qkv, layout.cu_seqlens, slope);
+    return Finish(x, o.view({x.size(0), num_heads * head_dim}));
+  }
   auto [q, k, v] = Project(x);
   PadIndex index = MakePadIndex(layout, x.device());
   auto to_bhtd = [&](const torch::Tensor& t) { return Pad(t, index).permute({0, 2, 1, 3}); };
