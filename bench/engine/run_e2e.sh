@@ -37,17 +37,17 @@ PY=$(command -v python3)
 
 note "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
 
-GPU_BUILD_TARGETS="engine_gpu_test paged_attention_kernels_test engine_test policy_test lightrl engine_bench"
+GPU_BUILD_TARGETS="${GPU_BUILD_TARGETS:-engine_gpu_test paged_attention_kernels_test rms_norm_kernels_test engine_test policy_test lightrl engine_bench}"
 source "$ROOT/bench/gpu_build.sh"
 [ -x "$B/tests/engine_gpu_test" ] || { tail -30 "$OUT/build.log"; exit 1; }
 
 # Tests: the engine on CUDA, and the CPU suites on this machine.
-for t in paged_attention_kernels_test engine_gpu_test engine_test policy_test; do
+for t in paged_attention_kernels_test rms_norm_kernels_test engine_gpu_test engine_test policy_test; do
   "$B/tests/$t" > "$OUT/$t.log" 2>&1
   note "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/$t.log" | tr '\n' ' ')"
 done
 grep -E "relative error|greedy tokens|Pearson|graph replay|Failure|FAILED|Expected|Which is" "$OUT/engine_gpu_test.log" | tee -a "$S"
-grep -E "Failure|FAILED|Expected|Which is|seed" "$OUT/paged_attention_kernels_test.log" | head -20 | tee -a "$S"
+grep -E "Failure|FAILED|Expected|Which is|seed" "$OUT/paged_attention_kernels_test.log" "$OUT/rms_norm_kernels_test.log" | head -20 | tee -a "$S"
 
 # lightrl logprobs on CUDA bf16 against CPU FP32, random model from `lightrl init`.
 cat > "$W/small_config.json" <<'JSON'

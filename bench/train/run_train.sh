@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Learner training throughput on the GPU machine: builds lightrl with the CUDA backend,
+# runs the policy's GPU lightning test, creates the ~0.5B bench model (bench/engine/
+# hf_bench.py, random weights), then times the learner (bench/train/train_bench.cc) on 1
+# GPU and, when the machine has 2, on 2 GPUs as a data-parallel group, and transformers'
+# training step on the same model and batch (bench/train/hf_train_bench.py).
+#   bench/train/run_train.sh        (logs and summary under $OUT, default build/train_out)
+# Knobs (environment): BATCH (8 sequences per GPU), SEQ_LEN (2048), STEPS (10), MODES
+# (sft,rl), SKIP_HF (1: time only lightrl), GPU_BUILD_TARGETS (what to build).
+# Needs in the tree: .device/grpc.tgz (abseil) and .device/googletest.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+OUT="${OUT:-$ROOT/build/train_out}"
+B="${E2E_BUILD_DIR:-/tmp/lightrl_cuda_build}"
+W="${E2E_WORK_DIR:-/tmp/lightrl_e2e}"
+BATCH="${BATCH:-8}"
+SEQ_LEN="${SEQ_LEN:-2048}"
+STEPS="${STEPS:-10}"
+MODES="${MODES:-sft,rl}"
+SKIP_HF="${SKIP_HF:-0}"
+T0=$(date +%s)
+mkdir -p "$OUT" "$W"
+S="$OUT/train_summary.txt"
+: > "$S"
+note() { echo "$*" | tee -a "$S"; }
+elapsed() { echo $(( $(date +%s) - T0 )); }
+PY=$(command -v python3)
+GPUS=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
+note "== $(date -u +%FT%TZ) ${GPUS} x $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)"
+
+GPU_BUILD_TARGETS="${GPU_BUILD_TARGETS:-train_bench lightning_cuda_test policy_test}"
+source "$ROOT/bench/gpu_build.sh"
+[ -x "$B/bench/train_bench" ] || { tail -30 "$OUT/build.log"; exit 1; }
+
+"$B/tests/lightning_cuda_test" > "$OUT/lightning_cuda_test.log" 2>&1
+note "lightning_cuda_test rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/lightning_cuda_test.log" | tr '\n' ' ')"
+grep -E "Failure|Expected|Which is|document" "$OUT/lightning_cuda_test.log" | head -20 | tee -a "$S"
+
+if ! [ -f "$W/bench_model/config.json" ]; then
+  $PY "$ROOT/bench/engine/hf_bench.py" --config "$ROOT/bench/engine/bench_model_config.json" \
+    --model-dir "$W/bench_model" --prompts-dir "$W" --batches 8 --skip-hf > "$OUT/model.log" 2>&1
+  note "bench model rc=$? after $(elapsed) s"
+fi
+
+peak_mem() {  # runs "$@" while sampling GPU memory; notes the peak per GPU (MiB)
+  nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/mem.txt" 2>/dev/null &
+  local smi=$!
+  "$@"
+  local rc=$?
+  kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
+  note "  peak GPU memory (MiB): $(sort -t, -k1,1n -k2,2n "$OUT/mem.txt" | awk -F', ' '{m[$1]=$2} END {for (g in m) printf "gpu%s %s ", g, m[g]}')"
+  return $rc
+}
+
+for mode in ${MODES//,/ }; do
+  peak_mem "$B/bench/train_bench" --model "$W/bench_model" --batch "$BATCH" --seq-len "$SEQ_LEN" \
+    --steps "$STEPS" --mode "$mode" > "$OUT/train_1gpu_$mode.jsonl" 2> "$OUT/train_1gpu_$mode.err"
+  note "train_bench 1 GPU $mode rc=$?: $(cat "$OUT/train_1gpu_$mode.jsonl")"
+  tail -3 "$OUT/train_1gpu_$mode.err"
+  if [ "$GPUS" -ge 2 ]; then
+    port=$(( 29600 + RANDOM % 1000 ))
+    two_gpus() {
+      local pids=()
+      for r in 0 1; do
+        RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+          "$B/bench/train_bench" --model "$W/bench_model" --batch "$BATCH" --seq-len "$SEQ_LEN" \
+          --steps "$STEPS" --mode "$mode" > "$OUT/train_2gpu_${mode}_rank$r.jsonl" 2> "$OUT/train_2gpu_${mode}_rank$r.err" &
+        pids+=($!)
+      done
+      local rc=0
+      for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+      return $rc
+    }
+    peak_mem two_gpus
+    note "train_bench 2 GPUs $mode rc=$?: $(cat "$OUT/train_2gpu_${mode}_rank0.jsonl")"
+    tail -3 "$OUT/train_2gpu_${mode}_rank0.err" "$OUT/train_2gpu_${mode}_rank1.err"
+  fi
+done
+
+if [ "$SKIP_HF" != 1 ]; then
+  PYTHONUNBUFFERED=1 peak_mem $PY "$ROOT/bench/train/hf_train_bench.py" --model-dir "$W/bench_model" \
+    --batch "$BATCH" --seq-len "$SEQ_LEN" --steps "$STEPS" > "$OUT/hf_train.jsonl" 2> "$OUT/hf_train.err"
+  note "transformers train rc=$?: $(cat "$OUT/hf_train.jsonl")"
+  tail -3 "$OUT/hf_train.err"
+fi
+note "total $(elapsed) s"
