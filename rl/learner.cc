@@ -401,6 +401,58 @@ struct Learner::Impl {
     return {module->TokenLogprobs(hidden, p.targets), out.aux_loss};
   }
 
+  // The global gradient norm of `updated`, after scaling the gradients down to
+  // grad_clip when it is larger (torch's clip_grad_norm_ rule), in a few multi-tensor
+  // kernels and one read-back.
+  double ClipGradients(const std::vector<torch::Tensor>& updated) {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> grads;
+    for (const auto& t : updated) {
+      if (t.grad().defined()) grads.push_back(t.grad());
+    }
+    if (grads.empty()) return 0;
+    auto norm = torch::stack(at::_foreach_norm(grads, 2)).norm();
+    if (options.optimizer.grad_clip > 0) {
+      auto coef = (options.optimizer.grad_clip / (norm + 1e-6)).clamp_max(1.0);
+      at::_foreach_mul_(grads, coef);
+    }
+    return norm.item<double>();
+  }
+
+  // One AdamW update of the parameters in `updated` that have a gradient (as torch's
+  // AdamW, which skips the others), through torch's fused multi-tensor kernel. The
+  // moments and step counts stay in the optimizer's own state, so checkpoints read and
+  // write them unchanged.
+  void FusedAdamWStep(const std::vector<torch::Tensor>& updated, double lr) {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> ps, grads, avgs, avg_sqs;
+    std::vector<float> step_values;
+    for (const auto& p : updated) {
+      if (!p.grad().defined()) continue;
+      auto& slot = optimizer->state()[p.unsafeGetTensorImpl()];
+      if (!slot) {
+        auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+        fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        slot = std::move(fresh);
+      }
+      auto& st = static_cast<torch::optim::AdamWParamState&>(*slot);
+      st.step(st.step() + 1);
+      ps.push_back(p);
+      grads.push_back(p.grad());
+      avgs.push_back(st.exp_avg());
+      avg_sqs.push_back(st.exp_avg_sq());
+      step_values.push_back(static_cast<float>(st.step()));
+    }
+    if (ps.empty()) return;
+    // The kernel reads each parameter's step count from a tensor on its device.
+    auto step_tensor = torch::tensor(step_values).to(ps.front().device());
+    std::vector<torch::Tensor> state_steps = step_tensor.unbind(0);
+    const auto& o = options.optimizer;
+    at::_fused_adamw_(ps, grads, avgs, avg_sqs, /*max_exp_avg_sqs=*/{}, state_steps, lr, o.beta1,
+                      o.beta2, o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false);
+  }
+
   double ClipAndStep(double lr, LearnerStats& stats) {
     if (!master.empty()) {
       torch::NoGradGuard no_grad;
@@ -410,19 +462,10 @@ struct Learner::Impl {
       }
     }
     const std::vector<torch::Tensor>& updated = master.empty() ? params : master;
-    double norm = 0;
-    if (options.optimizer.grad_clip > 0) {
-      norm = torch::nn::utils::clip_grad_norm_(updated, options.optimizer.grad_clip);
-    } else {
-      double sq = 0;
-      for (auto& t : updated) {
-        if (t.grad().defined()) sq += t.grad().pow(2).sum().item<double>();
-      }
-      norm = std::sqrt(sq);
-    }
+    const double norm = ClipGradients(updated);
     SetLr(lr);
     if (std::isfinite(norm)) {
-      optimizer->step();
+      FusedAdamWStep(updated, lr);
     } else {
       std::fprintf(stderr, "learner: non-finite gradient norm at update %lld, update skipped\n",
                    static_cast<long long>(steps));
@@ -434,7 +477,7 @@ struct Learner::Impl {
     optimizer->zero_grad();
     if (!master.empty()) {
       torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params.size(); ++i) params[i].copy_(master[i]);
+      at::_foreach_copy_(params, master);
     }
     ++steps;
     ++version;

@@ -6,6 +6,7 @@
 //   train_bench --model DIR [--batch 8] [--seq-len 2048] [--steps 10] [--warmup 3]
 //               [--mode sft|rl] [--zero1 0] [--bucket-mb 25] [--peak-tflops 989]
 //               [--device cuda|cpu]   (cpu: FP32, to try the bench on a small model)
+//               [--profile PATH]      (rank 0 writes a Kineto trace of one more update)
 // Prints one JSON line (rank 0): step times, tokens/s, model FLOPs per token and MFU.
 // Model FLOPs count every matmul of the forward once (projections, the routed experts,
 // the router, the LM head), lightning attention at its recurrent minimum (4 H d^2 a token)
@@ -15,8 +16,11 @@
 #include <cstdio>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
+
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -51,7 +55,7 @@ double TrainFlopsPerToken(const ModelConfig& c, int64_t len) {
 }
 
 int Main(int argc, char** argv) {
-  std::string model, mode = "sft", device_kind = "cuda";
+  std::string model, mode = "sft", device_kind = "cuda", profile;
   int64_t batch = 8, seq_len = 2048, steps = 10, warmup = 3, zero1 = 0;
   double bucket_mb = 25, peak_tflops = 989;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -67,6 +71,8 @@ int Main(int argc, char** argv) {
       model = value;
     } else if (flag == "--mode") {
       mode = value;
+    } else if (flag == "--profile") {
+      profile = value;
     } else if (flag == "--device") {
       device_kind = value;
     } else if (integer != nullptr) {
@@ -124,12 +130,27 @@ int Main(int argc, char** argv) {
     s.advantage = i % 2 == 0 ? 1.0 : -1.0;
   }
 
+  namespace prof = torch::profiler::impl;
+  const bool profiling = !profile.empty() && dist->rank == 0;
   std::vector<double> times;
   double loss = 0;
-  for (int64_t step = 0; step < warmup + steps; ++step) {
+  for (int64_t step = 0; step < warmup + steps + (profile.empty() ? 0 : 1); ++step) {
+    const bool traced = profiling && step == warmup + steps;
+    const prof::ProfilerConfig trace_config(prof::ProfilerState::KINETO);
+    const std::set<prof::ActivityType> activities = {
+        prof::ActivityType::CPU,
+        device_kind == "cuda" ? prof::ActivityType::CUDA : prof::ActivityType::CPU};
+    if (traced) {
+      torch::autograd::profiler::prepareProfiler(trace_config, activities);
+      torch::autograd::profiler::enableProfiler(trace_config, activities);
+    }
     const auto start = std::chrono::steady_clock::now();
     auto stats = mode == "sft" ? (*learner)->TrainSft(samples) : (*learner)->TrainRl(samples);
     if (!stats.ok()) return Fail(std::string(stats.status().message()));
+    if (traced) {
+      torch::autograd::profiler::disableProfiler()->save(profile);
+      continue;
+    }
     // The stats are global figures, read back on the host: the update has finished.
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
