@@ -42,6 +42,38 @@ torch::Tensor Unpad(const torch::Tensor& x, const PadIndex& index) {
   return x.index({index.doc, index.pos});
 }
 
+// x W^T with FP32 logits from bf16 operands on CUDA: the products of bf16 values are exact
+// in FP32, so a bf16 GEMM accumulating and writing FP32 computes what an FP32 GEMM of the
+// widened operands would, on tensor cores and without widened copies of W. The gradients
+// go back in the operands' dtype (their products accumulate in FP32).
+class Fp32OutLinearFunction : public torch::autograd::Function<Fp32OutLinearFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& w) {
+    ctx->save_for_backward({x, w});
+    return at::mm(x, w.t(), torch::kFloat32);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& w = saved[1];
+    auto g = grad_out[0].to(x.scalar_type());
+    torch::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) dx = at::mm(g, w);
+    if (ctx->needs_input_grad(1)) dw = at::mm(g.t(), x);
+    return {dx, dw};
+  }
+};
+
+torch::Tensor Fp32OutLinear(const torch::Tensor& x, const torch::Tensor& w) {
+  if (x.is_cuda() && x.scalar_type() == torch::kBFloat16 && w.scalar_type() == torch::kBFloat16 &&
+      x.dim() == 2) {
+    return Fp32OutLinearFunction::apply(x, w);
+  }
+  return torch::matmul(x.to(torch::kFloat32), w.to(torch::kFloat32).t());
+}
+
 torch::nn::Linear MakeLinear(int64_t in, int64_t out) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
 }
@@ -200,7 +232,7 @@ constexpr int64_t kDenseMoeMaxAssignments = 1024;
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> SparseMoeImpl::Route(
     const torch::Tensor& x) {
   // Router in FP32: near-ties between experts must not flip with the compute dtype.
-  auto logits = torch::matmul(x.to(torch::kFloat32), gate->weight.to(torch::kFloat32).t());
+  auto logits = Fp32OutLinear(x, gate->weight);
   auto probs = torch::softmax(logits, -1);
   auto [top_w, top_i] = probs.topk(top_k, -1);
   top_w = top_w / top_w.sum(-1, true);
@@ -247,18 +279,30 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
     }
     return {acc.to(x.scalar_type()), aux};
   }
-  auto out = torch::zeros_like(x);
-  auto hit = counts.nonzero().squeeze(-1).to(torch::kCPU);
-  auto hit_acc = hit.accessor<int64_t, 1>();
-  for (int64_t n = 0; n < hit.size(0); ++n) {
-    const int64_t e = hit_acc[n];
-    auto where = torch::nonzero(top_i == e);  // [M, 2]: token, slot
-    auto tok = where.select(1, 0), slot = where.select(1, 1);
-    auto w = top_w.index({tok, slot}).unsqueeze(-1);
-    auto h = experts[e]->as<ExpertImpl>()->forward(x.index_select(0, tok));
-    out = out.index_add(0, tok, (h.to(torch::kFloat32) * w).to(x.scalar_type()));
+  // Assignments grouped by expert: one stable sort, one gather of the token rows, each
+  // expert on its contiguous slice, one weighted scatter-add back (in FP32, rounded once).
+  // Dropped assignments sort last, past every expert's slice, and are never computed.
+  auto flat_e = top_i.reshape(-1);
+  if (keep.defined()) flat_e = torch::where(keep.reshape(-1), flat_e, num_experts);
+  auto order = std::get<1>(flat_e.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  auto per_expert = torch::bincount(flat_e, /*weights=*/{}, num_experts + 1).to(torch::kCPU);
+  auto n_acc = per_expert.accessor<int64_t, 1>();
+  auto tok = order.div(top_k, "floor");
+  auto rows = x.index_select(0, tok);
+  std::vector<torch::Tensor> outs;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (n_acc[e] == 0) continue;
+    outs.push_back(experts[e]->as<ExpertImpl>()->forward(rows.narrow(0, offset, n_acc[e])));
+    offset += n_acc[e];
   }
-  return {out, aux};
+  auto out = torch::zeros({T, x.size(1)}, x.options().dtype(torch::kFloat32));
+  if (offset > 0) {
+    auto kept = order.narrow(0, 0, offset);
+    auto w = top_w.reshape(-1).index_select(0, kept).unsqueeze(1);
+    out = out.index_add(0, tok.narrow(0, 0, offset), torch::cat(outs).to(torch::kFloat32) * w);
+  }
+  return {out.to(x.scalar_type()), aux};
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) : postnorm(c.postnorm) {
@@ -338,7 +382,7 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
 
 torch::Tensor MiniMaxForCausalLMImpl::Logits(const torch::Tensor& hidden) {
   // The LM head runs in FP32 (MiniMax-M1): bf16 logits decorrelate train and rollout probs.
-  return torch::matmul(hidden.to(torch::kFloat32), lm_head->weight.to(torch::kFloat32).t());
+  return Fp32OutLinear(hidden, lm_head->weight);
 }
 
 torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,

@@ -113,6 +113,69 @@ TEST(ModelTest, MoeDenseAndSparsePathsAgree) {
   }
 }
 
+TEST(ModelTest, MoeSparsePathGradientsEqualTheDensePath) {
+  ModelConfig c = TinyConfig();
+  SparseMoe moe(c);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : moe->parameters()) p.normal_(0, 0.3);
+  }
+  auto x = torch::randn({700, c.hidden_size});
+  auto r = torch::randn({700, c.hidden_size});
+  auto grads_of = [&](bool sparse) {
+    moe->zero_grad();
+    auto xi = x.clone().requires_grad_();
+    torch::Tensor loss = torch::zeros({});
+    if (sparse) {
+      loss = (moe->forward(xi, 0).first * r).sum();
+    } else {
+      for (int64_t start = 0; start < 700; start += 100) {
+        loss = loss + (moe->forward(xi.narrow(0, start, 100), 0).first * r.narrow(0, start, 100)).sum();
+      }
+    }
+    loss.backward();
+    std::vector<torch::Tensor> g{xi.grad().clone()};
+    for (auto& p : moe->parameters()) g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+    return g;
+  };
+  auto gs = grads_of(true), gd = grads_of(false);
+  ASSERT_EQ(gs.size(), gd.size());
+  for (size_t i = 0; i < gs.size(); ++i) {
+    EXPECT_LT(MaxDiff(gs[i], gd[i]), 1e-4 * (1 + gd[i].abs().max().item<double>())) << "tensor " << i;
+  }
+}
+
+TEST(ModelTest, MoeSparsePathDropsExactlyTheAssignmentsPastCapacity) {
+  ModelConfig c = TinyConfig();
+  SparseMoe moe(c);
+  torch::NoGradGuard no_grad;
+  for (auto& p : moe->parameters()) p.normal_(0, 0.3);
+  const int64_t T = 700, k = c.num_experts_per_tok, E = c.num_local_experts;
+  auto x = torch::randn({T, c.hidden_size});
+  const double factor = 0.6;
+  auto out = moe->forward(x, factor).first;
+  // Reference: token by token, an assignment counts if fewer than `capacity` earlier
+  // assignments (in token order, then slot order) went to its expert.
+  const int64_t capacity = static_cast<int64_t>(std::ceil(factor * T * k / E));
+  auto [probs, top_w, top_i] = moe->Route(x);
+  std::vector<int64_t> used(E, 0);
+  auto expected = torch::zeros({T, c.hidden_size});
+  int64_t dropped = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = top_i[t][j].item<int64_t>();
+      if (used[e]++ >= capacity) {
+        ++dropped;
+        continue;
+      }
+      expected[t] += top_w[t][j].item<double>() *
+                     moe->experts[e]->as<ExpertImpl>()->forward(x.narrow(0, t, 1)).squeeze(0);
+    }
+  }
+  EXPECT_GT(dropped, 0);
+  EXPECT_LT(MaxDiff(out, expected), 1e-5);
+}
+
 class TempDir {
  public:
   TempDir() {
