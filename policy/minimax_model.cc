@@ -1,5 +1,6 @@
 #include "policy/minimax_model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "policy/lightning_attention.h"
@@ -111,6 +112,10 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  // On CUDA, torch's fused kernels (FP32 statistics, one rounding) forward and backward.
+  if (x.is_cuda() && x.scalar_type() == weight.scalar_type()) {
+    return at::rms_norm(x, {x.size(-1)}, weight, eps);
+  }
   auto xf = x.to(torch::kFloat32);
   auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * normed.to(x.scalar_type());
@@ -387,6 +392,7 @@ torch::Tensor MiniMaxForCausalLMImpl::Logits(const torch::Tensor& hidden) {
 
 torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,
                                                     const torch::Tensor& targets, int64_t chunk) {
+  if (chunk <= 0) chunk = std::max<int64_t>(1024, (int64_t{1} << 27) / lm_head->weight.size(0));
   std::vector<torch::Tensor> parts;
   for (int64_t start = 0; start < hidden.size(0); start += chunk) {
     const int64_t n = std::min(chunk, hidden.size(0) - start);
