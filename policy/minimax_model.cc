@@ -287,25 +287,41 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
   // Assignments grouped by expert: one stable sort, one gather of the token rows, each
   // expert on its contiguous slice, one weighted scatter-add back (in FP32, rounded once).
   // Dropped assignments sort last, past every expert's slice, and are never computed.
+  // Each slice starts at a multiple of 128 rows (padding rows read token 0 and are never
+  // read back): the GEMM shapes then repeat from step to step, so cuBLAS's choice for each
+  // is made once instead of on every call.
+  constexpr int64_t align = 128;
   auto flat_e = top_i.reshape(-1);
   if (keep.defined()) flat_e = torch::where(keep.reshape(-1), flat_e, num_experts);
   auto order = std::get<1>(flat_e.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
   auto per_expert = torch::bincount(flat_e, /*weights=*/{}, num_experts + 1).to(torch::kCPU);
   auto n_acc = per_expert.accessor<int64_t, 1>();
-  auto tok = order.div(top_k, "floor");
-  auto rows = x.index_select(0, tok);
-  std::vector<torch::Tensor> outs;
-  int64_t offset = 0;
+  std::vector<int64_t> shift(num_experts + 1, 0), padded_start(num_experts, 0);
+  int64_t kept_count = 0, padded = 0;
   for (int64_t e = 0; e < num_experts; ++e) {
-    if (n_acc[e] == 0) continue;
-    outs.push_back(experts[e]->as<ExpertImpl>()->forward(rows.narrow(0, offset, n_acc[e])));
-    offset += n_acc[e];
+    shift[e] = padded - kept_count;
+    padded_start[e] = padded;
+    kept_count += n_acc[e];
+    padded += (n_acc[e] + align - 1) / align * align;
   }
   auto out = torch::zeros({T, x.size(1)}, x.options().dtype(torch::kFloat32));
-  if (offset > 0) {
-    auto kept = order.narrow(0, 0, offset);
+  if (kept_count > 0) {
+    auto index_opts = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
+    auto kept = order.narrow(0, 0, kept_count);
+    auto tok = kept.div(top_k, "floor");
+    auto pos = torch::arange(kept_count, index_opts) +
+               torch::tensor(shift, torch::kInt64).to(x.device()).index_select(0, flat_e.index_select(0, kept));
+    auto src = torch::zeros({padded}, index_opts).index_copy(0, pos, tok);
+    auto rows = x.index_select(0, src);
+    std::vector<torch::Tensor> outs;
+    for (int64_t e = 0; e < num_experts; ++e) {
+      if (n_acc[e] == 0) continue;
+      const int64_t len = (n_acc[e] + align - 1) / align * align;
+      outs.push_back(experts[e]->as<ExpertImpl>()->forward(rows.narrow(0, padded_start[e], len)));
+    }
+    auto y = torch::cat(outs).index_select(0, pos);
     auto w = top_w.reshape(-1).index_select(0, kept).unsqueeze(1);
-    out = out.index_add(0, tok.narrow(0, 0, offset), torch::cat(outs).to(torch::kFloat32) * w);
+    out = out.index_add(0, tok, y.to(torch::kFloat32) * w);
   }
   return {out.to(x.scalar_type()), aux};
 }
