@@ -75,6 +75,32 @@ torch::Tensor Fp32OutLinear(const torch::Tensor& x, const torch::Tensor& w) {
   return torch::matmul(x.to(torch::kFloat32), w.to(torch::kFloat32).t());
 }
 
+// out[i] = input[index[i]], with a backward that is a gather too: readers [N, m] lists,
+// for each input row, the output rows that read it (out.size(0) where fewer than m do),
+// so grad_input[n] = sum over those rows of grad_out, without atomic scatter-adds.
+class GatherRowsFunction : public torch::autograd::Function<GatherRowsFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& input,
+                               const torch::Tensor& index, const torch::Tensor& readers) {
+    ctx->save_for_backward({readers});
+    return input.index_select(0, index);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto readers = ctx->get_saved_variables()[0];
+    auto g = grad_out[0];
+    auto padded = torch::cat({g, torch::zeros({1, g.size(1)}, g.options())});
+    auto picked = padded.index_select(0, readers.reshape(-1)).view({readers.size(0), readers.size(1), g.size(1)});
+    auto grad = readers.size(1) == 1 ? picked.squeeze(1) : picked.to(torch::kFloat32).sum(1).to(g.scalar_type());
+    return {grad, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+torch::Tensor GatherRows(const torch::Tensor& input, const torch::Tensor& index,
+                         const torch::Tensor& readers) {
+  return GatherRowsFunction::apply(input, index, readers);
+}
+
 torch::nn::Linear MakeLinear(int64_t in, int64_t out) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
 }
@@ -285,11 +311,12 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
     return {acc.to(x.scalar_type()), aux};
   }
   // Assignments grouped by expert: one stable sort, one gather of the token rows, each
-  // expert on its contiguous slice, one weighted scatter-add back (in FP32, rounded once).
-  // Dropped assignments sort last, past every expert's slice, and are never computed.
-  // Each slice starts at a multiple of 128 rows (padding rows read token 0 and are never
-  // read back): the GEMM shapes then repeat from step to step, so cuBLAS's choice for each
-  // is made once instead of on every call.
+  // expert on its contiguous slice, one gather back combined with the routing weights in
+  // FP32 (rounded once). Every move is a gather whose backward is a gather too (no atomic
+  // scatter-adds, so gradients are deterministic). Dropped assignments sort last, past
+  // every expert's slice, and are never computed. Each slice starts at a multiple of 128
+  // rows (padding rows read token 0 and are never read back): the GEMM shapes then repeat
+  // from step to step, so cuBLAS's choice for each is made once instead of on every call.
   constexpr int64_t align = 128;
   auto flat_e = top_i.reshape(-1);
   if (keep.defined()) flat_e = torch::where(keep.reshape(-1), flat_e, num_experts);
@@ -304,25 +331,28 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
     kept_count += n_acc[e];
     padded += (n_acc[e] + align - 1) / align * align;
   }
-  auto out = torch::zeros({T, x.size(1)}, x.options().dtype(torch::kFloat32));
-  if (kept_count > 0) {
-    auto index_opts = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
-    auto kept = order.narrow(0, 0, kept_count);
-    auto tok = kept.div(top_k, "floor");
-    auto pos = torch::arange(kept_count, index_opts) +
-               torch::tensor(shift, torch::kInt64).to(x.device()).index_select(0, flat_e.index_select(0, kept));
-    auto src = torch::zeros({padded}, index_opts).index_copy(0, pos, tok);
-    auto rows = x.index_select(0, src);
-    std::vector<torch::Tensor> outs;
-    for (int64_t e = 0; e < num_experts; ++e) {
-      if (n_acc[e] == 0) continue;
-      const int64_t len = (n_acc[e] + align - 1) / align * align;
-      outs.push_back(experts[e]->as<ExpertImpl>()->forward(rows.narrow(0, padded_start[e], len)));
-    }
-    auto y = torch::cat(outs).index_select(0, pos);
-    auto w = top_w.reshape(-1).index_select(0, kept).unsqueeze(1);
-    out = out.index_add(0, tok, y.to(torch::kFloat32) * w);
+  if (kept_count == 0) return {torch::zeros_like(x), aux};
+  auto index_opts = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
+  auto kept = order.narrow(0, 0, kept_count);
+  auto tok = kept.div(top_k, "floor");
+  // pos: the padded row of each kept assignment (in sorted order); row_of: the padded row
+  // of each assignment (t, j), `padded` (a zero row) when dropped; reader: for each padded
+  // row, the assignment t * top_k + j that reads it, T * top_k (a zero row) for padding.
+  auto pos = torch::arange(kept_count, index_opts) +
+             torch::tensor(shift, torch::kInt64).to(x.device()).index_select(0, flat_e.index_select(0, kept));
+  auto row_of = torch::full({T * top_k}, padded, index_opts).index_copy(0, kept, pos);
+  auto src = torch::zeros({padded}, index_opts).index_copy(0, pos, tok);
+  auto reader = torch::full({padded}, T * top_k, index_opts).index_copy(0, pos, kept);
+  auto rows = GatherRows(x, src, row_of.view({T, top_k}));
+  std::vector<torch::Tensor> outs;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (n_acc[e] == 0) continue;
+    const int64_t len = (n_acc[e] + align - 1) / align * align;
+    outs.push_back(experts[e]->as<ExpertImpl>()->forward(rows.narrow(0, padded_start[e], len)));
   }
+  // Dropped assignments read row 0 with weight 0.
+  auto y = GatherRows(torch::cat(outs), row_of.clamp_max(padded - 1), reader.unsqueeze(1));
+  auto out = (y.view({T, top_k, x.size(1)}).to(torch::kFloat32) * top_w.unsqueeze(-1)).sum(1);
   return {out.to(x.scalar_type()), aux};
 }
 
