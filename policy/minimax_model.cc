@@ -101,6 +101,12 @@ torch::Tensor GatherRows(const torch::Tensor& input, const torch::Tensor& index,
   return GatherRowsFunction::apply(input, index, readers);
 }
 
+// alpha * residual + beta * branch, as one kernel when beta is 1 (MiniMax's configs).
+torch::Tensor MixResidual(const torch::Tensor& residual, double alpha, const torch::Tensor& branch,
+                          double beta) {
+  return torch::add(beta == 1 ? branch : branch * beta, residual, alpha);
+}
+
 torch::nn::Linear MakeLinear(int64_t in, int64_t out) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
 }
@@ -390,7 +396,7 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::ForwardWith(const torc
                                                                     double moe_capacity_factor,
                                                                     const Block& moe) {
   auto n1 = input_layernorm(x);
-  auto h = (postnorm ? n1 : x) * attn_alpha + attention(n1) * attn_beta;
+  auto h = MixResidual(postnorm ? n1 : x, attn_alpha, attention(n1), attn_beta);
   auto n2 = post_attention_layernorm(h);
   torch::Tensor mlp, aux;
   if (moe) {
@@ -398,7 +404,7 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::ForwardWith(const torc
   } else {
     std::tie(mlp, aux) = block_sparse_moe->forward(n2, moe_capacity_factor);
   }
-  return {(postnorm ? n2 : h) * mlp_alpha + mlp * mlp_beta, aux};
+  return {MixResidual(postnorm ? n2 : h, mlp_alpha, mlp, mlp_beta), aux};
 }
 
 MiniMaxModelImpl::MiniMaxModelImpl(const ModelConfig& c) {
