@@ -6,7 +6,7 @@
 //       [--mode rl|sft] [--zero1] [--samples 7] [--minibatches 2] [--steps 2]
 //       [--max-tokens 16384] [--bucket-mb 0.0005] [--timeout 60] [--dtype float32]
 //       [--device cpu|cuda] [--check-resume] [--experts 4] [--expert-parallel 1]
-//       [--aux-coef 0] [--capacity 0] [--sorted]
+//       [--top-k 1] [--aux-coef 0] [--capacity 0] [--sorted]
 // --device cuda puts rank r on cuda:r and reduces with NCCL (CUDA builds).
 // --sorted orders each batch by falling length, so that a minibatch of as many samples
 // as ranks gives rank r its r-th sample: the ranks' tokens laid end to end are then the
@@ -71,7 +71,7 @@ absl::Status Main(const std::vector<std::string>& args) {
                                              {"rank", "world", "port", "seed", "out", "mode", "samples",
                                               "minibatches", "steps", "max-tokens", "bucket-mb", "timeout", "dtype",
                                               "device", "experts", "expert-parallel", "aux-coef",
-                                              "capacity"},
+                                              "capacity", "top-k"},
                                              {"zero1", "check-resume", "sorted"}));
   DistributedOptions dist;
   ASSIGN_OR_RETURN(dist.rank, flags.GetInt("rank", 0));
@@ -115,8 +115,11 @@ absl::Status Main(const std::vector<std::string>& args) {
   popts.dtype = flags.Get("dtype", "float32");
   popts.device = device;
   ASSIGN_OR_RETURN(int64_t experts, flags.GetInt("experts", 4));
-  ASSIGN_OR_RETURN(auto policy, PolicyModel::Create(TinyLearnerConfig(experts),
-                                                    static_cast<uint64_t>(seed), popts));
+  ModelConfig model = TinyLearnerConfig(experts);
+  // Top-1 renormalises the one routing weight to 1, so the router then learns from the aux
+  // loss alone; top-2 carries the task loss's gradient into it too.
+  ASSIGN_OR_RETURN(model.num_experts_per_tok, flags.GetInt("top-k", 1));
+  ASSIGN_OR_RETURN(auto policy, PolicyModel::Create(model, static_cast<uint64_t>(seed), popts));
   ASSIGN_OR_RETURN(auto learner, Learner::Create(policy.get(), opts, group.get()));
 
   auto train = [&](Learner& l, int64_t step) -> absl::StatusOr<LearnerStats> {
