@@ -6,7 +6,7 @@
 //       [--mode rl|sft] [--zero1] [--samples 7] [--minibatches 2] [--steps 2]
 //       [--max-tokens 16384] [--bucket-mb 0.0005] [--timeout 60] [--dtype float32]
 //       [--device cpu|cuda] [--check-resume] [--experts 4] [--expert-parallel 1]
-//       [--top-k 1] [--aux-coef 0] [--capacity 0] [--sorted]
+//       [--top-k 1] [--aux-coef 0] [--capacity 0] [--sorted] [--adam-eps 1e-6]
 // --device cuda puts rank r on cuda:r and reduces with NCCL (CUDA builds).
 // --sorted orders each batch by falling length, so that a minibatch of as many samples
 // as ranks gives rank r its r-th sample: the ranks' tokens laid end to end are then the
@@ -71,7 +71,7 @@ absl::Status Main(const std::vector<std::string>& args) {
                                              {"rank", "world", "port", "seed", "out", "mode", "samples",
                                               "minibatches", "steps", "max-tokens", "bucket-mb", "timeout", "dtype",
                                               "device", "experts", "expert-parallel", "aux-coef",
-                                              "capacity", "top-k"},
+                                              "capacity", "top-k", "adam-eps"},
                                              {"zero1", "check-resume", "sorted"}));
   DistributedOptions dist;
   ASSIGN_OR_RETURN(dist.rank, flags.GetInt("rank", 0));
@@ -91,7 +91,7 @@ absl::Status Main(const std::vector<std::string>& args) {
   opts.optimizer.lr = 1e-2;
   // Adam's first steps are lr * g / (|g| + eps): a larger eps than M1's keeps gradients
   // at rounding level (summed in another order by the all-reduce) from becoming full steps.
-  opts.optimizer.eps = 1e-6;
+  ASSIGN_OR_RETURN(opts.optimizer.eps, flags.GetDouble("adam-eps", 1e-6));
   opts.optimizer.grad_clip = 0.5;
   opts.optimizer.weight_decay = 0.01;
   // The load-balancing loss is per forward, so with plain data parallelism it depends on
