@@ -42,9 +42,11 @@ struct DataParallelOptions {
   bool zero1 = false;
   // Expert parallelism: blocks of this many consecutive ranks each hold every expert
   // once; rank i of a block computes 1/expert_parallel of each MoE layer's experts for
-  // the whole block's tokens (all-to-all) and keeps their optimizer state. The weights
-  // stay replicated on every rank (docs/distributed.md). Must divide the world size and
-  // the model's num_local_experts; 1 = off.
+  // the whole block's tokens (all-to-all) and keeps their optimizer state. The MoE
+  // capacity and aux loss are then counted over all ranks' tokens of a forward, and every
+  // rank runs as many forwards as the rank with the most micro-batches. The weights stay
+  // replicated on every rank (docs/distributed.md). Must divide the world size and the
+  // model's num_local_experts; 1 = off.
   int64_t expert_parallel = 1;
   absl::Status Validate() const;
 };
