@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "policy/expert_parallel.h"
 #include "policy/lightning_attention.h"
 #include "policy/lightning_cuda.h"
 
@@ -362,6 +363,94 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
   return {out.to(x.scalar_type()), aux};
 }
 
+std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
+    const torch::Tensor& x, double capacity_factor, ExpertParallelComm& comm) {
+  const int64_t T = x.size(0), P = comm.ep_size();
+  TORCH_CHECK(num_experts % P == 0, "expert parallel: expert_parallel ", P,
+              " does not divide num_local_experts ", num_experts);
+  const int64_t per_rank = num_experts / P, first = comm.ep_rank() * per_rank;
+  auto [probs, top_w, top_i] = Route(x);
+  auto assigned = top_i.reshape(-1);  // assignment a = token a / top_k, slot a % top_k
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
+
+  // Every rank's assignments per expert and tokens: the capacity, the aux loss and the
+  // all-to-all sizes all follow from them, the same on every rank.
+  auto local = torch::zeros({num_experts + 1}, i64);
+  local.narrow(0, 0, num_experts).index_add_(0, assigned, torch::ones_like(assigned));
+  local.narrow(0, num_experts, 1).fill_(T);
+  const ExpertDispatchPlan plan =
+      PlanExpertDispatch(comm.AllGather(local), top_k, capacity_factor, comm.rank(), P);
+
+  // This rank's part of E * sum_e f_e * P_e over all ranks' tokens: f_e is known whole
+  // (counts carry no gradient) and P_e is a sum over ranks, so the parts add up to it and
+  // so do their gradients, with no collective in backward.
+  torch::Tensor aux;
+  if (plan.total_tokens > 0) {
+    const double n = static_cast<double>(plan.total_tokens);
+    auto f = torch::tensor(plan.total_counts, torch::TensorOptions().dtype(torch::kInt64))
+                 .to(probs.device(), torch::kFloat32) / n;
+    aux = (f * probs.sum(0) / n).sum() * num_experts;
+  } else {
+    aux = probs.sum() * 0;
+  }
+
+  // The kept assignments, by expert (so by destination rank), in token order within one.
+  torch::Tensor kept_ids;
+  if (plan.capacity >= 0) {
+    auto onehot = torch::one_hot(assigned, num_experts);
+    auto position = (onehot.cumsum(0) * onehot).sum(-1) - 1 +
+                    torch::tensor(plan.prefix, i64).index_select(0, assigned);
+    kept_ids = (position < plan.capacity).nonzero().squeeze(-1);
+  } else {
+    kept_ids = torch::arange(assigned.size(0), i64);
+  }
+  auto order = std::get<1>(torch::sort(assigned.index_select(0, kept_ids),
+                                       /*stable=*/std::optional<bool>(true), /*dim=*/0));
+  auto send_ids = kept_ids.index_select(0, order);
+  int64_t num_send = 0;
+  for (int64_t s : plan.send) num_send += s;
+  TORCH_CHECK(send_ids.size(0) == num_send, "expert parallel: ", send_ids.size(0),
+              " kept assignments on this rank, the plan has ", num_send);
+  auto send_tokens = send_ids.div(top_k, "floor");
+  auto received = ExpertAllToAll(x.index_select(0, send_tokens), plan.send, plan.recv, comm);
+
+  // Received rows are grouped by sender, then expert; each expert runs once on its rows.
+  std::vector<int64_t> sizes(per_rank, 0), by_expert;
+  std::vector<int64_t> start(P, 0);
+  for (int64_t q = 1; q < P; ++q) start[q] = start[q - 1] + plan.recv[q - 1];
+  for (int64_t j = 0; j < per_rank; ++j) {
+    for (int64_t q = 0; q < P; ++q) {
+      sizes[j] += plan.recv_by_expert[q][j];
+      if (per_rank == 1) continue;
+      int64_t offset = start[q];
+      for (int64_t i = 0; i < j; ++i) offset += plan.recv_by_expert[q][i];
+      for (int64_t r = 0; r < plan.recv_by_expert[q][j]; ++r) by_expert.push_back(offset + r);
+    }
+  }
+  torch::Tensor perm, grouped = received;
+  if (per_rank > 1) {
+    perm = torch::tensor(by_expert, torch::TensorOptions().dtype(torch::kInt64)).to(x.device());
+    grouped = received.index_select(0, perm);
+  }
+  std::vector<torch::Tensor> outs;
+  int64_t offset = 0;
+  for (int64_t j = 0; j < per_rank; ++j) {
+    // Also with no rows: the expert's weights get a (zero) gradient and the graph stays
+    // connected from the return all-to-all back to the dispatch.
+    outs.push_back(experts[first + j]->as<ExpertImpl>()->forward(grouped.narrow(0, offset, sizes[j])));
+    offset += sizes[j];
+  }
+  auto computed = torch::cat(outs);
+  if (per_rank > 1) {
+    computed = torch::zeros_like(computed).index_copy(0, perm, computed);
+  }
+  auto returned = ExpertAllToAll(computed, plan.recv, plan.send, comm);
+  auto w = top_w.reshape(-1).index_select(0, send_ids).unsqueeze(-1);
+  auto out = torch::zeros_like(x).index_add(0, send_tokens,
+                                            (returned.to(torch::kFloat32) * w).to(x.scalar_type()));
+  return {out, aux};
+}
+
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) : postnorm(c.postnorm) {
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   post_attention_layernorm =
@@ -386,14 +475,16 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::T
   return ForwardWith(
       x,
       [&](const torch::Tensor& n1) {
+        // An expert-parallel rank without tokens still runs the MoE blocks' collectives.
+        if (n1.size(0) == 0) return torch::zeros_like(n1);
         return lightning ? lightning->forward(n1, layout, options) : softmax->forward(n1, layout);
       },
-      options.moe_capacity_factor);
+      options);
 }
 
 std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::ForwardWith(const torch::Tensor& x,
                                                                     const Block& attention,
-                                                                    double moe_capacity_factor,
+                                                                    const ForwardOptions& options,
                                                                     const Block& moe) {
   auto n1 = input_layernorm(x);
   auto h = MixResidual(postnorm ? n1 : x, attn_alpha, attention(n1), attn_beta);
@@ -401,8 +492,11 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::ForwardWith(const torc
   torch::Tensor mlp, aux;
   if (moe) {
     mlp = moe(n2);
+  } else if (options.expert_parallel != nullptr) {
+    std::tie(mlp, aux) = block_sparse_moe->ForwardExpertParallel(n2, options.moe_capacity_factor,
+                                                                 *options.expert_parallel);
   } else {
-    std::tie(mlp, aux) = block_sparse_moe->forward(n2, moe_capacity_factor);
+    std::tie(mlp, aux) = block_sparse_moe->forward(n2, options.moe_capacity_factor);
   }
   return {MixResidual(postnorm ? n2 : h, mlp_alpha, mlp, mlp_beta), aux};
 }
@@ -451,7 +545,9 @@ torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,
     auto logp = torch::log_softmax(Logits(hidden.narrow(0, start, n)), -1);
     parts.push_back(logp.gather(1, targets.narrow(0, start, n).unsqueeze(1)).squeeze(1));
   }
-  if (parts.empty()) return torch::zeros({0}, hidden.options().dtype(torch::kFloat32));
+  // Empty, but still a function of `hidden`: an expert-parallel backward must reach the
+  // MoE blocks' collectives from every rank, those without tokens included.
+  if (parts.empty()) return Logits(hidden).sum(-1);
   return torch::cat(parts);
 }
 

@@ -12,6 +12,8 @@
 
 namespace lightrl {
 
+class ExpertParallelComm;
+
 // Document boundaries of a packed batch: tokens [cu[i], cu[i+1]) form document i. Every
 // layer resets at a boundary: the lightning state starts from zero and softmax attention
 // never looks across.
@@ -30,6 +32,11 @@ struct ForwardOptions {
   bool train_lightning = false;
   // MoE capacity factor for token dropping (MiniMax-01 training); <= 0 disables dropping.
   double moe_capacity_factor = 0;
+  // Expert parallel (not owned): each MoE block runs only this rank's experts, on the
+  // tokens every rank routes to them, and counts capacity and the aux loss over all
+  // ranks (policy/expert_parallel.h). Every rank must then run the same number of
+  // forwards and backwards, in the same order, empty ones included. Null: all local.
+  ExpertParallelComm* expert_parallel = nullptr;
 };
 
 struct ForwardOutput {
@@ -90,6 +97,14 @@ class SparseMoeImpl : public torch::nn::Module {
   explicit SparseMoeImpl(const ModelConfig& config);
   // Returns (output, aux loss).
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x, double capacity_factor);
+  // The same block with its experts spread over the EP group of `comm`: this rank's
+  // output and its part of the aux loss (the parts of all ranks sum to the aux loss of one
+  // forward over every rank's tokens, laid end to end in rank order, and so does the
+  // capacity rule). This rank's experts run, on an empty batch when no token came, so that
+  // every rank's backward reaches every collective.
+  std::pair<torch::Tensor, torch::Tensor> ForwardExpertParallel(const torch::Tensor& x,
+                                                                double capacity_factor,
+                                                                ExpertParallelComm& comm);
   // The router alone: FP32 softmax over experts, top-k, renormalised. Returns (probs [T, E],
   // top_w [T, k], top_i [T, k]).
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Route(const torch::Tensor& x);
@@ -110,10 +125,11 @@ class DecoderLayerImpl : public torch::nn::Module {
   // The layer around an attention computed by the caller (the engine's cached paths):
   // `attention` maps the normalised input to the attention output. Returns (out, aux).
   // `moe`, when given, replaces the MoE block's forward (the engine's grouped experts);
-  // the aux loss is then not computed (an undefined tensor).
+  // the aux loss is then not computed (an undefined tensor). Of `options` only the MoE
+  // fields are read.
   using Block = std::function<torch::Tensor(const torch::Tensor&)>;
   std::pair<torch::Tensor, torch::Tensor> ForwardWith(const torch::Tensor& x, const Block& attention,
-                                                      double moe_capacity_factor = 0,
+                                                      const ForwardOptions& options = {},
                                                       const Block& moe = nullptr);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   LightningAttention lightning{nullptr};

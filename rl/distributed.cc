@@ -12,6 +12,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <limits>
@@ -40,7 +41,58 @@ std::string Where(const DistributedOptions& o) {
                       o.master_port);
 }
 
+// A process group over `store` in which this process is `rank` of `size`, on the engine
+// `impl` was set up with. Throws what c10d throws.
+absl::StatusOr<c10::intrusive_ptr<c10d::Backend>> MakeBackend(const ProcessGroup::Impl& impl,
+                                                              c10::intrusive_ptr<c10d::Store> store,
+                                                              int64_t rank, int64_t size) {
+  const DistributedOptions& options = impl.options;
+  if (impl.backend_name == "gloo") {
+#ifdef LIGHTRL_C10D_GLOO
+    auto gopts = c10d::ProcessGroupGloo::Options::create(Millis(options.timeout_s));
+    if (!options.gloo_interface.empty()) {
+      gopts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(options.gloo_interface));
+    } else if (IsLoopback(options.master_addr)) {
+      gopts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    } else {
+      gopts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    return c10::intrusive_ptr<c10d::Backend>(c10::make_intrusive<c10d::ProcessGroupGloo>(
+        store, static_cast<int>(rank), static_cast<int>(size), gopts));
+#else
+    return absl::UnimplementedError(
+        "this build has no Gloo process group (the gloo headers were not found at configure time; "
+        "install libgloo-dev and reconfigure)");
+#endif
+  }
+#ifdef LIGHTRL_C10D_NCCL
+  auto nopts = c10d::ProcessGroupNCCL::Options::create();
+  nopts->timeout = Millis(options.timeout_s);
+  return c10::intrusive_ptr<c10d::Backend>(c10::make_intrusive<c10d::ProcessGroupNCCL>(
+      store, static_cast<int>(rank), static_cast<int>(size), nopts));
+#else
+  return absl::UnimplementedError(
+      "this build has no NCCL process group (build with LIGHTRL_TORCH_CUDA and NCCL headers)");
+#endif
+}
+
 }  // namespace
+
+c10::intrusive_ptr<c10d::Backend> ProcessGroup::Impl::Subgroup(const std::vector<int64_t>& ranks) {
+  if (static_cast<int64_t>(ranks.size()) == options.world_size) return backend;
+  if (auto it = subgroups.find(ranks); it != subgroups.end()) return it->second;
+  const auto me = std::find(ranks.begin(), ranks.end(), options.rank);
+  TORCH_CHECK(me != ranks.end(), "rank ", options.rank, " asked for a process group of ranks [",
+              absl::StrJoin(ranks, ", "), "] that it is not in");
+  // Named by its members, so that the members meet under one prefix and no other group
+  // shares it.
+  auto store = c10::make_intrusive<c10d::PrefixStore>(
+      absl::StrCat(backend_name, "/group/", absl::StrJoin(ranks, ",")), this->store);
+  auto made = MakeBackend(*this, store, me - ranks.begin(), static_cast<int64_t>(ranks.size()));
+  TORCH_CHECK(made.ok(), made.status().message());
+  subgroups[ranks] = *made;
+  return *made;
+}
 
 absl::Status DistributedOptions::Validate() const {
   if (world_size < 1) {
@@ -162,34 +214,7 @@ absl::StatusOr<std::unique_ptr<ProcessGroup>> ProcessGroup::Create(const Distrib
       }
     }
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>(impl->backend_name, impl->store);
-    if (impl->backend_name == "gloo") {
-#ifdef LIGHTRL_C10D_GLOO
-      auto gopts = c10d::ProcessGroupGloo::Options::create(timeout);
-      if (!options.gloo_interface.empty()) {
-        gopts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(options.gloo_interface));
-      } else if (IsLoopback(options.master_addr)) {
-        gopts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-      } else {
-        gopts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-      }
-      impl->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
-          prefixed, static_cast<int>(options.rank), static_cast<int>(options.world_size), gopts);
-#else
-      return absl::UnimplementedError(
-          "this build has no Gloo process group (the gloo headers were not found at configure time; "
-          "install libgloo-dev and reconfigure)");
-#endif
-    } else {
-#ifdef LIGHTRL_C10D_NCCL
-      auto nopts = c10d::ProcessGroupNCCL::Options::create();
-      nopts->timeout = timeout;
-      impl->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(
-          prefixed, static_cast<int>(options.rank), static_cast<int>(options.world_size), nopts);
-#else
-      return absl::UnimplementedError(
-          "this build has no NCCL process group (build with LIGHTRL_TORCH_CUDA and NCCL headers)");
-#endif
-    }
+    ASSIGN_OR_RETURN(impl->backend, MakeBackend(*impl, prefixed, options.rank, options.world_size));
   } catch (const std::exception& e) {
     return absl::UnavailableError(
         absl::StrCat("cannot set up the ", impl->backend_name, " process group (", where, "): ", e.what()));

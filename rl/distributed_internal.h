@@ -6,6 +6,9 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/torch.h>
 
+#include <map>
+#include <vector>
+
 #include "rl/distributed.h"
 
 namespace lightrl {
@@ -17,6 +20,13 @@ struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   int64_t broadcasts = 0;  // BroadcastBytes calls so far, the same on every rank
+  // Process groups over some of the ranks (expert parallelism), by their ranks.
+  std::map<std::vector<int64_t>, c10::intrusive_ptr<c10d::Backend>> subgroups;
+
+  // A process group of `ranks` (world ranks, ascending, this rank among them) on the
+  // same engine; the whole group for all ranks. Every member must ask for it before
+  // using it, non-members never; asked again, the same one. Throws on failure.
+  c10::intrusive_ptr<c10d::Backend> Subgroup(const std::vector<int64_t>& ranks);
 };
 
 }  // namespace lightrl

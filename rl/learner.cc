@@ -15,6 +15,7 @@
 #include "common/status.h"
 #include "policy/minimax_model.h"
 #include "rl/distributed_internal.h"
+#include "rl/expert_comm.h"
 #include "rl/losses.h"
 
 namespace lightrl {
@@ -52,6 +53,10 @@ double OptimizerOptions::LearningRate(int64_t step) const {
 absl::Status DataParallelOptions::Validate() const {
   if (!(bucket_mb > 0)) {
     return absl::InvalidArgumentError(absl::StrCat("data_parallel.bucket_mb must be > 0, got ", bucket_mb));
+  }
+  if (expert_parallel < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data_parallel.expert_parallel must be >= 1, got ", expert_parallel));
   }
   return absl::OkStatus();
 }
@@ -137,29 +142,68 @@ int64_t SampleTokens(const TrainSample* s) {
   return static_cast<int64_t>(s->prompt.size() + s->response.size());
 }
 
-// The samples of `mini` this rank trains on: longest first, each to the rank with the
-// fewest tokens so far (lowest rank on ties), then back in batch order. Every rank
-// computes the same split; a rank may get none.
-std::vector<const TrainSample*> Shard(const std::vector<const TrainSample*>& mini, int64_t rank,
-                                      int64_t world) {
-  if (world == 1) return mini;
+// The samples of `mini` each rank trains on, by rank: longest first, each to the rank
+// with the fewest tokens so far (lowest rank on ties), then back in batch order. Every
+// rank computes the same split; a rank may get none.
+std::vector<std::vector<const TrainSample*>> ShardAll(const std::vector<const TrainSample*>& mini,
+                                                      int64_t world) {
+  if (world == 1) return {mini};
   std::vector<size_t> order(mini.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     return SampleTokens(mini[a]) > SampleTokens(mini[b]);
   });
   std::vector<int64_t> load(world, 0);
-  std::vector<char> mine(mini.size(), 0);
+  std::vector<int64_t> owner(mini.size(), 0);
   for (size_t i : order) {
     const int64_t r = std::min_element(load.begin(), load.end()) - load.begin();
     load[r] += SampleTokens(mini[i]);
-    mine[i] = r == rank;
+    owner[i] = r;
   }
-  std::vector<const TrainSample*> out;
-  for (size_t i = 0; i < mini.size(); ++i) {
-    if (mine[i]) out.push_back(mini[i]);
-  }
+  std::vector<std::vector<const TrainSample*>> out(world);
+  for (size_t i = 0; i < mini.size(); ++i) out[owner[i]].push_back(mini[i]);
   return out;
+}
+
+// Response tokens of `samples` that the loss counts (kept ones only when `kept_only`).
+double ResponseTokens(const std::vector<const TrainSample*>& samples, bool kept_only) {
+  double n = 0;
+  for (const TrainSample* s : samples) {
+    if (!kept_only || s->keep) n += static_cast<double>(s->response.size());
+  }
+  return n;
+}
+
+// Expert parallel: every rank must run as many forwards (and backwards) as the rank with
+// the most micro-batches, the missing ones empty, so that all meet in every MoE block's
+// collectives. `by_rank` is every rank's micro-batches; the k-th forwards of all ranks
+// together act as one forward of one process (the aux loss and the capacity are counted
+// over them), and `shares`[k] is their part of the `total` loss tokens.
+struct LockStep {
+  int64_t forwards = 0;
+  std::vector<double> shares;
+};
+
+LockStep PlanLockStep(const std::vector<std::vector<std::vector<const TrainSample*>>>& by_rank,
+                      double total, bool kept_only) {
+  LockStep plan;
+  for (const auto& micros : by_rank) {
+    plan.forwards = std::max<int64_t>(plan.forwards, static_cast<int64_t>(micros.size()));
+  }
+  plan.shares.assign(plan.forwards, 0.0);
+  for (const auto& micros : by_rank) {
+    for (size_t k = 0; k < micros.size(); ++k) plan.shares[k] += ResponseTokens(micros[k], kept_only);
+  }
+  for (double& share : plan.shares) share = total > 0 ? share / total : 0;
+  return plan;
+}
+
+// The model parameter's expert index when it belongs to an MoE expert, else -1.
+int64_t ExpertOf(const std::string& name) {
+  static const std::string kMarker = "block_sparse_moe.experts.";
+  const size_t at = name.find(kMarker);
+  if (at == std::string::npos) return -1;
+  return std::stoll(name.substr(at + kMarker.size()));
 }
 
 // A fingerprint of a batch, to check that every rank was handed the same one.
@@ -232,8 +276,29 @@ struct Learner::Impl {
   torch::Tensor z_master, z_avg, z_avg_sq;
   std::vector<int64_t> z_steps;  // by parameter, as torch's AdamW counts them
 
+  // --- expert parallel (expert_parallel > 1) ---
+  // The buckets, `flat` and ZeRO-1 hold the dense parameters only (all but the experts).
+  // This rank's experts have their own AdamW, their gradients are summed over the ranks
+  // that hold the same experts, and after every update each EP group all-gathers the
+  // experts so that every rank holds all weights again.
+  int64_t ep = 1, ep_rank = 0;
+  std::unique_ptr<ProcessGroupExpertComm> ep_comm;
+  c10::intrusive_ptr<c10d::Backend> replicas;  // ranks holding this rank's experts; null: none
+  std::vector<char> dense;                     // by parameter; all when ep == 1
+  std::vector<std::vector<size_t>> shard_params;  // [ep]: parameters of shard q, module order
+  int64_t expert_numel = 0;                    // elements of one shard
+  // FP32 [ep * expert_numel]: this rank's expert gradients (first expert_numel), then the
+  // all-gather of the updated experts.
+  torch::Tensor expert_flat;
+  std::unique_ptr<torch::optim::AdamW> expert_optimizer;
+
   bool dp() const { return world > 1; }
   c10d::Backend& backend() { return *group->impl().backend; }
+  const std::vector<size_t>& local_experts() const { return shard_params[ep_rank]; }
+  // The tensor the optimizer updates for parameter i: its FP32 master where it has one.
+  torch::Tensor& Updated(size_t i) {
+    return master.empty() || !master[i].defined() ? params[i] : master[i];
+  }
 
   ~Impl() {
     if (dp()) {
@@ -259,7 +324,7 @@ struct Learner::Impl {
 
   // From autograd, once parameter i's gradient is accumulated.
   void OnGradReady(size_t i) {
-    if (!armed || copied[i] || !params[i].grad().defined()) return;
+    if (!armed || !dense[i] || copied[i] || !params[i].grad().defined()) return;
     torch::NoGradGuard no_grad;
     CopyIn(i);
     copied[i] = 1;
@@ -286,10 +351,29 @@ struct Learner::Impl {
     stats.grad_buckets += static_cast<int64_t>(buckets.size());
     stats.grad_buckets_in_backward += static_cast<int64_t>(next_bucket);
     torch::NoGradGuard no_grad;
+    c10::intrusive_ptr<c10d::Work> expert_work;
+    if (ep > 1) {
+      // Launched first: it overlaps the dense buckets' reduction.
+      int64_t offset = 0;
+      for (size_t i : local_experts()) {
+        const int64_t n = params[i].numel();
+        auto slot = expert_flat.narrow(0, offset, n);
+        if (params[i].grad().defined()) {
+          slot.copy_(params[i].grad().reshape({-1}));
+        } else {
+          slot.zero_();
+        }
+        offset += n;
+      }
+      if (replicas) {
+        std::vector<at::Tensor> t{expert_flat.narrow(0, 0, expert_numel)};
+        expert_work = replicas->allreduce(t);
+      }
+    }
     std::vector<float> local(params.size(), 0.f);
     for (size_t i = 0; i < params.size(); ++i) {
       local[i] = params[i].grad().defined() ? 1.f : 0.f;
-      if (copied[i]) continue;
+      if (!dense[i] || copied[i]) continue;
       // Unused in the last micro-batch, or by this rank altogether.
       if (params[i].grad().defined()) CopyIn(i);
       copied[i] = 1;
@@ -303,14 +387,65 @@ struct Learner::Impl {
     auto used_work = backend().allreduce(u, max);
     for (auto& b : buckets) b.work->wait();
     used_work->wait();
+    if (expert_work) expert_work->wait();
     used = used.cpu();
     const float* any = used.data_ptr<float>();
     for (size_t i = 0; i < params.size(); ++i) {
       params[i].mutable_grad() = torch::Tensor();
-      if (zero1 || any[i] == 0) continue;
+      if (!dense[i] || zero1 || any[i] == 0) continue;
       auto g = flat.narrow(0, slots[i].offset, slots[i].numel).view(params[i].sizes());
-      (master.empty() ? params[i] : master[i]).mutable_grad() = g;
+      Updated(i).mutable_grad() = g;
     }
+    if (ep > 1) {
+      // Every expert of this rank has a gradient, zero where no token reached it, as
+      // with one process's dense MoE path; its replicas all step it alike.
+      int64_t offset = 0;
+      for (size_t i : local_experts()) {
+        const int64_t n = params[i].numel();
+        Updated(i).mutable_grad() = expert_flat.narrow(0, offset, n).view(params[i].sizes());
+        offset += n;
+      }
+    }
+  }
+
+  // Expert parallel: the squared norm of all experts' gradients, each shard counted once
+  // (from the first EP group), the same on every rank. A collective.
+  double ExpertSquaredNorm() {
+    std::vector<double> per_shard(ep, 0.0);
+    if (rank < ep) {
+      per_shard[ep_rank] = expert_flat.narrow(0, 0, expert_numel).to(torch::kFloat64).pow(2).sum().item<double>();
+    }
+    auto status = group->AllReduce(&per_shard, ReduceOp::kSum);
+    TORCH_CHECK(status.ok(), status.message());
+    double sq = 0;
+    for (double v : per_shard) sq += v;
+    return sq;
+  }
+
+  // After an update: every EP group all-gathers its experts, so that all ranks hold the
+  // same full weights again (replicas of a shard updated theirs identically).
+  void GatherExperts() {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> mine;
+    for (size_t i : local_experts()) mine.push_back(Updated(i).detach().reshape({-1}).to(torch::kFloat32));
+    std::vector<at::Tensor> in{torch::cat(mine)};
+    std::vector<std::vector<at::Tensor>> out(1);
+    for (int64_t q = 0; q < ep; ++q) out[0].push_back(expert_flat.narrow(0, q * expert_numel, expert_numel));
+    ep_comm->ep_backend().allgather(out, in)->wait();
+    for (int64_t q = 0; q < ep; ++q) {
+      if (q == ep_rank) continue;
+      int64_t offset = q * expert_numel;
+      for (size_t i : shard_params[q]) {
+        const int64_t n = params[i].numel();
+        params[i].copy_(expert_flat.narrow(0, offset, n).view(params[i].sizes()));
+        offset += n;
+      }
+    }
+  }
+
+  // Scales this rank's expert gradients (clipping).
+  void ScaleExpertGrads(double factor) {
+    if (factor < 1) expert_flat.narrow(0, 0, expert_numel).mul_(factor);
   }
 
   // ZeRO-1's update: the global norm and clip from the (all-reduced, full) gradients,
@@ -321,11 +456,19 @@ struct Learner::Impl {
     const float* any = used.data_ptr<float>();
     std::vector<torch::Tensor> norms;
     for (size_t i = 0; i < params.size(); ++i) {
-      if (any[i] > 0) norms.push_back(flat.narrow(0, slots[i].offset, slots[i].numel).norm(2));
+      if (dense[i] && any[i] > 0) norms.push_back(flat.narrow(0, slots[i].offset, slots[i].numel).norm(2));
     }
     double norm = 0;
     torch::Tensor shard_grad = flat.narrow(0, shard_begin, shard_end - shard_begin);
-    if (!norms.empty()) {
+    if (ep > 1) {
+      const double dense_norm = norms.empty() ? 0.0 : torch::stack(norms).norm(2).item<double>();
+      norm = std::sqrt(dense_norm * dense_norm + ExpertSquaredNorm());
+      if (options.optimizer.grad_clip > 0 && std::isfinite(norm)) {
+        const double factor = options.optimizer.grad_clip / (norm + 1e-6);
+        if (factor < 1) shard_grad.mul_(factor);
+        ScaleExpertGrads(factor);
+      }
+    } else if (!norms.empty()) {
       torch::Tensor total_norm = norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2);
       norm = total_norm.item<double>();
       if (options.optimizer.grad_clip > 0) {
@@ -335,6 +478,7 @@ struct Learner::Impl {
     if (std::isfinite(norm)) {
       const OptimizerOptions& o = options.optimizer;
       for (size_t i = 0; i < params.size(); ++i) {
+        if (!dense[i]) continue;
         const int64_t lo = std::max(slots[i].offset, shard_begin);
         const int64_t hi = std::min(slots[i].offset + slots[i].numel, shard_end);
         if (any[i] == 0 || lo >= hi) continue;
@@ -356,8 +500,9 @@ struct Learner::Impl {
       for (int64_t r = 0; r < world; ++r) out[0].push_back(flat.narrow(0, r * shard_size, shard_size));
       backend().allgather(out, in)->wait();
       for (size_t i = 0; i < params.size(); ++i) {
-        params[i].copy_(flat.narrow(0, slots[i].offset, slots[i].numel).view(params[i].sizes()));
+        if (dense[i]) params[i].copy_(flat.narrow(0, slots[i].offset, slots[i].numel).view(params[i].sizes()));
       }
+      if (ep > 1) StepExperts(lr);
     } else {
       std::fprintf(stderr, "learner: non-finite gradient norm at update %lld, update skipped\n",
                    static_cast<long long>(steps));
@@ -370,14 +515,32 @@ struct Learner::Impl {
   }
 
   double Step(double lr, LearnerStats& stats) {
-    return zero1 ? ZeroStep(lr, stats) : ClipAndStep(lr, stats);
+    const double norm = zero1 ? ZeroStep(lr, stats) : ClipAndStep(lr, stats);
+    if (ep > 1) {
+      // Views of expert_flat, which the next update refills.
+      for (size_t i : local_experts()) Updated(i).mutable_grad().reset();
+    }
+    return norm;
   }
 
-  void SetLr(double lr) {
-    for (auto& group : optimizer->param_groups()) {
+  // Expert parallel: AdamW on this rank's experts (gradients reduced and clipped), then
+  // the all-gather that brings every rank's weights level.
+  void StepExperts(double lr) {
+    SetLr(*expert_optimizer, lr);
+    expert_optimizer->step();
+    torch::NoGradGuard no_grad;
+    for (size_t i : local_experts()) {
+      if (!master.empty() && master[i].defined()) params[i].copy_(master[i]);
+    }
+    GatherExperts();
+  }
+
+  static void SetLr(torch::optim::Optimizer& opt, double lr) {
+    for (auto& group : opt.param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
   }
+  void SetLr(double lr) { SetLr(*optimizer, lr); }
 
   // Logprobs of the packed response tokens (and their entropy when asked).
   std::pair<torch::Tensor, torch::Tensor> Logprobs(const Packed& p, bool train, torch::Tensor* entropy) {
@@ -385,6 +548,7 @@ struct Learner::Impl {
     ForwardOptions fopts;
     fopts.train_lightning = train;
     fopts.moe_capacity_factor = train ? options.moe_capacity_factor : 0;
+    fopts.expert_parallel = ep_comm.get();
     auto out = module->Forward(p.tokens, p.layout, fopts);
     auto hidden = out.hidden.index_select(0, p.predict_rows);
     if (entropy != nullptr) {
@@ -408,7 +572,7 @@ struct Learner::Impl {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> grads;
     for (const auto& t : updated) {
-      if (t.grad().defined()) grads.push_back(t.grad());
+      if (t.defined() && t.grad().defined()) grads.push_back(t.grad());
     }
     if (grads.empty()) return 0;
     auto norm = torch::stack(at::_foreach_norm(grads, 2)).norm();
@@ -419,15 +583,19 @@ struct Learner::Impl {
     return norm.item<double>();
   }
 
-  // One AdamW update of the parameters in `updated` that have a gradient (as torch's
+  // One AdamW update of the dense optimizer's parameters that have a gradient (as torch's
   // AdamW, which skips the others), through torch's fused multi-tensor kernel. The
   // moments and step counts stay in the optimizer's own state, so checkpoints read and
   // write them unchanged.
-  void FusedAdamWStep(const std::vector<torch::Tensor>& updated, double lr) {
+  void FusedAdamWStep(double lr) {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> ps, grads, avgs, avg_sqs;
     std::vector<float> step_values;
-    for (const auto& p : updated) {
+    std::vector<torch::Tensor> own;
+    for (auto& group : optimizer->param_groups()) {
+      own.insert(own.end(), group.params().begin(), group.params().end());
+    }
+    for (const auto& p : own) {
       if (!p.grad().defined()) continue;
       auto& slot = optimizer->state()[p.unsafeGetTensorImpl()];
       if (!slot) {
@@ -457,27 +625,61 @@ struct Learner::Impl {
     if (!master.empty()) {
       torch::NoGradGuard no_grad;
       for (size_t i = 0; i < params.size(); ++i) {
-        if (params[i].grad().defined()) master[i].mutable_grad() = params[i].grad().to(torch::kFloat32);
+        if (params[i].grad().defined() && master[i].defined()) {
+          master[i].mutable_grad() = params[i].grad().to(torch::kFloat32);
+        }
         params[i].mutable_grad() = torch::Tensor();
       }
     }
     const std::vector<torch::Tensor>& updated = master.empty() ? params : master;
-    const double norm = ClipGradients(updated);
+    double norm = 0;
+    if (ep > 1) {
+      // The dense gradients are the same on every rank; the experts' are spread.
+      torch::NoGradGuard no_grad;
+      double sq = 0;
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (dense[i] && Updated(i).grad().defined()) {
+          sq += Updated(i).grad().to(torch::kFloat64).pow(2).sum().item<double>();
+        }
+      }
+      norm = std::sqrt(sq + ExpertSquaredNorm());
+      if (options.optimizer.grad_clip > 0 && std::isfinite(norm)) {
+        const double factor = options.optimizer.grad_clip / (norm + 1e-6);
+        if (factor < 1) {
+          for (size_t i = 0; i < params.size(); ++i) {
+            if (dense[i] && Updated(i).grad().defined()) Updated(i).mutable_grad().mul_(factor);
+          }
+        }
+        ScaleExpertGrads(factor);
+      }
+    } else {
+      norm = ClipGradients(updated);
+    }
     SetLr(lr);
     if (std::isfinite(norm)) {
-      FusedAdamWStep(updated, lr);
+      FusedAdamWStep(lr);
+      if (ep > 1) StepExperts(lr);
     } else {
       std::fprintf(stderr, "learner: non-finite gradient norm at update %lld, update skipped\n",
                    static_cast<long long>(steps));
     }
     if (dp()) {
       // Views of the reduction buffer, which zero_grad() cannot detach in place.
-      for (auto& t : updated) t.mutable_grad().reset();
+      for (auto& t : updated) {
+        if (t.defined()) t.mutable_grad().reset();
+      }
     }
     optimizer->zero_grad();
     if (!master.empty()) {
       torch::NoGradGuard no_grad;
-      at::_foreach_copy_(params, master);
+      std::vector<torch::Tensor> to, from;
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (dense[i] && master[i].defined()) {
+          to.push_back(params[i]);
+          from.push_back(master[i]);
+        }
+      }
+      at::_foreach_copy_(to, from);
     }
     ++steps;
     ++version;
@@ -499,6 +701,50 @@ class GradReadyHook : public torch::autograd::PostAccumulateGradHook {
   size_t index_;
 };
 
+// Expert parallel: which parameters are whose experts, this rank's EP group and
+// replicas, and the optimizers: the dense one over the dense parameters only, another
+// over this rank's experts. The other experts' FP32 masters are dropped: their owners
+// update them.
+void SetUpExpertParallel(Learner::Impl& m) {
+  const int64_t num_experts = m.policy->config().num_local_experts;
+  const int64_t per_rank = num_experts / m.ep;
+  m.ep_rank = m.rank % m.ep;
+  m.shard_params.assign(m.ep, {});
+  const auto names = m.policy->module()->named_parameters().keys();
+  for (size_t i = 0; i < m.params.size(); ++i) {
+    const int64_t e = ExpertOf(names[i]);
+    m.dense[i] = e < 0;
+    if (e >= 0) m.shard_params[e / per_rank].push_back(i);
+  }
+  for (int64_t q = 0; q < m.ep; ++q) {
+    int64_t numel = 0;
+    for (size_t i : m.shard_params[q]) numel += m.params[i].numel();
+    TORCH_CHECK(q == 0 || numel == m.expert_numel, "expert shard ", q, " has ", numel,
+                " elements, shard 0 ", m.expert_numel);
+    m.expert_numel = numel;
+  }
+  m.ep_comm = std::make_unique<ProcessGroupExpertComm>(m.group, m.ep);
+  const auto replica_ranks = ProcessGroupExpertComm::ReplicaRanks(m.rank, m.world, m.ep);
+  if (replica_ranks.size() > 1) m.replicas = m.group->impl().Subgroup(replica_ranks);
+  m.expert_flat = torch::zeros({m.ep * m.expert_numel},
+                               torch::TensorOptions().dtype(torch::kFloat32).device(m.device));
+  std::vector<torch::Tensor> dense_updated, expert_updated;
+  std::vector<char> mine(m.params.size(), 0);
+  for (size_t i : m.local_experts()) mine[i] = 1;
+  for (size_t i = 0; i < m.params.size(); ++i) {
+    if (!m.dense[i] && !mine[i] && !m.master.empty()) m.master[i] = torch::Tensor();
+    if (m.dense[i]) dense_updated.push_back(m.Updated(i));
+    if (mine[i]) expert_updated.push_back(m.Updated(i));
+  }
+  const OptimizerOptions& o = m.options.optimizer;
+  auto adamw = [&](std::vector<torch::Tensor> tensors) {
+    return std::make_unique<torch::optim::AdamW>(
+        std::move(tensors), torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weight_decay));
+  };
+  m.optimizer = adamw(dense_updated);
+  m.expert_optimizer = adamw(expert_updated);
+}
+
 // Sets up the buckets, the hooks and (ZeRO-1) the optimizer shard; checks that every
 // rank starts from the same weights.
 absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
@@ -507,11 +753,16 @@ absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
   m.world = group->world_size();
   m.zero1 = m.options.data_parallel.zero1;
   const size_t n = m.params.size();
+  if (m.ep > 1) SetUpExpertParallel(m);
   const int64_t bucket_elems =
       std::max<int64_t>(1, static_cast<int64_t>(m.options.data_parallel.bucket_mb * 1e6 / 4));
   m.slots.resize(n);
   m.copied.assign(n, 0);
   for (size_t k = n; k-- > 0;) {
+    if (!m.dense[k]) {
+      m.slots[k].bucket = -1;
+      continue;
+    }
     if (m.buckets.empty() || m.buckets.back().end - m.buckets.back().begin >= bucket_elems) {
       Learner::Impl::Bucket b;
       b.begin = b.end = m.total;
@@ -561,18 +812,32 @@ absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
     m.z_steps.assign(n, 0);
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < n; ++i) {
+      if (!m.dense[i]) continue;
       const int64_t lo_i = std::max(m.slots[i].offset, m.shard_begin);
       const int64_t hi_i = std::min(m.slots[i].offset + m.slots[i].numel, m.shard_end);
       if (lo_i >= hi_i) continue;
       m.z_master.narrow(0, lo_i - m.shard_begin, hi_i - lo_i)
           .copy_(m.params[i].detach().reshape({-1}).narrow(0, lo_i - m.slots[i].offset, hi_i - lo_i));
     }
-    // The shard holds the FP32 master weights and the moments; nothing else does.
-    m.master.clear();
+    // The shard holds the FP32 master weights and the moments of the dense parameters;
+    // nothing else does. This rank's experts keep theirs (expert parallel).
+    if (m.ep > 1 && !m.master.empty()) {
+      for (size_t i = 0; i < n; ++i) {
+        if (m.dense[i]) m.master[i] = torch::Tensor();
+      }
+    } else {
+      m.master.clear();
+    }
     m.optimizer.reset();
   }
-  for (size_t i = 0; i < n; ++i) {
-    torch::autograd::impl::set_post_acc_grad_hooks(m.params[i], std::make_unique<GradReadyHook>(&m, i));
+  // The hooks launch each bucket's all-reduce from backward. Expert parallel leaves them
+  // out: its backward runs the experts' all-to-alls, and a bucket launched between them
+  // could start on one rank before an all-to-all that another rank has already started,
+  // an order of collectives on two communicators that NCCL may never complete.
+  if (m.ep == 1) {
+    for (size_t i = 0; i < n; ++i) {
+      torch::autograd::impl::set_post_acc_grad_hooks(m.params[i], std::make_unique<GradReadyHook>(&m, i));
+    }
   }
   return absl::OkStatus();
 }
@@ -596,6 +861,21 @@ absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(PolicyModel* policy,
   for (auto& p : module->parameters()) {
     impl->params.push_back(p);
     if (p.scalar_type() != torch::kFloat32) impl->master.push_back({});
+  }
+  impl->dense.assign(impl->params.size(), 1);
+  impl->ep = options.data_parallel.expert_parallel;
+  if (impl->ep > 1) {
+    const int64_t world = group != nullptr ? group->world_size() : 1;
+    const int64_t experts = policy->config().num_local_experts;
+    if (world % impl->ep != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "data_parallel.expert_parallel = ", impl->ep, " must divide the learner's world size ", world));
+    }
+    if (experts % impl->ep != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "data_parallel.expert_parallel = ", impl->ep, " must divide the model's num_local_experts ",
+          experts));
+    }
   }
   if (!impl->master.empty()) {
     impl->master.clear();
@@ -649,20 +929,29 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
   try {
     m.policy->module()->train();
     const int64_t M = std::min<int64_t>(m.options.minibatches, static_cast<int64_t>(samples.size()));
-    // Each rank's samples of each minibatch; all of them with one process.
-    std::vector<std::vector<const TrainSample*>> local(M);
-    std::vector<const TrainSample*> mine;
+    const int64_t max_tokens = m.options.max_tokens_per_forward;
+    // Every rank's samples of each minibatch ([minibatch][rank]); all of them with one
+    // process. This rank's are local[mb] and, over all minibatches, mine[rank].
+    std::vector<std::vector<std::vector<const TrainSample*>>> by_rank(M);
+    std::vector<std::vector<const TrainSample*>> local(M), mine(m.world);
     for (int64_t mb = 0; mb < M; ++mb) {
       const size_t begin = samples.size() * mb / M, end = samples.size() * (mb + 1) / M;
-      local[mb] = Shard({samples.begin() + begin, samples.begin() + end}, m.rank, m.world);
-      mine.insert(mine.end(), local[mb].begin(), local[mb].end());
+      by_rank[mb] = ShardAll({samples.begin() + begin, samples.begin() + end}, m.world);
+      local[mb] = by_rank[mb][m.rank];
+      for (int64_t r = 0; r < m.world; ++r) mine[r].insert(mine[r].end(), by_rank[mb][r].begin(), by_rank[mb][r].end());
     }
     // pi_old: the policy before this batch's updates, computed once.
     std::unordered_map<const TrainSample*, torch::Tensor> old;
     double entropy_sum = 0, mismatch_sum = 0, counted = 0;
     {
       torch::NoGradGuard no_grad;
-      for (const auto& micro : MicroBatches(mine, m.options.max_tokens_per_forward)) {
+      auto micros = MicroBatches(mine[m.rank], max_tokens);
+      if (m.ep > 1) {
+        std::vector<std::vector<std::vector<const TrainSample*>>> all;
+        for (const auto& r : mine) all.push_back(MicroBatches(r, max_tokens));
+        micros.resize(PlanLockStep(all, 0, false).forwards);
+      }
+      for (const auto& micro : micros) {
         Packed p = Pack(micro, m.device);
         torch::Tensor entropy;
         auto lp = m.Logprobs(p, /*train=*/false, &entropy).first;
@@ -686,14 +975,31 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
       }
       if (n_tokens == 0) continue;
       double loss_sum = 0, policy_sum = 0, aux_sum = 0;
-      const auto micros = MicroBatches(local[mb], m.options.max_tokens_per_forward);
+      auto micros = MicroBatches(local[mb], max_tokens);
+      LockStep lock;
+      if (m.ep > 1) {
+        std::vector<std::vector<std::vector<const TrainSample*>>> all;
+        for (const auto& r : by_rank[mb]) all.push_back(MicroBatches(r, max_tokens));
+        lock = PlanLockStep(all, n_tokens, /*kept_only=*/true);
+        micros.resize(lock.forwards);
+      }
       if (m.dp()) m.BeginSync();
       for (size_t k = 0; k < micros.size(); ++k) {
         const auto& micro = micros[k];
         Packed p = Pack(micro, m.device);
+        m.armed = m.dp() && k + 1 == micros.size();
+        auto [lp, aux] = m.Logprobs(p, /*train=*/true, nullptr);
+        if (micro.empty()) {
+          // Expert parallel, a rank short of micro-batches: nothing to learn from, but its
+          // backward must reach every MoE block's all-to-all.
+          auto total = lp.sum() + m.options.aux_loss_coef * lock.shares[k] * aux;
+          total.backward();
+          loss_sum += total.item<double>();
+          aux_sum += lock.shares[k] * aux.item<double>();
+          continue;
+        }
         std::vector<torch::Tensor> olds;
         for (const TrainSample* s : micro) olds.push_back(old.at(s));
-        auto [lp, aux] = m.Logprobs(p, /*train=*/true, nullptr);
         PolicyLossInputs in;
         in.logprobs = lp;
         in.old_logprobs = torch::cat(olds);
@@ -702,11 +1008,12 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
         in.mask = p.mask;
         in.num_tokens_global = n_tokens;
         PolicyLossOutput out = ComputePolicyLoss(in, m.options.loss);
-        // The aux loss is per forward; weight it by this forward's share of the tokens.
-        const double share = p.mask.sum().item<double>() / n_tokens;
+        // The aux loss is per forward; weight it by this forward's share of the tokens
+        // (expert parallel: the share of the k-th forwards of all ranks, whose aux loss
+        // this rank's is a part of).
+        const double share = m.ep > 1 ? lock.shares[k] : p.mask.sum().item<double>() / n_tokens;
         auto total = out.loss + m.options.aux_loss_coef * share * aux;
         // Gradients are reduced once, from the hooks of the update's last backward.
-        m.armed = m.dp() && k + 1 == micros.size();
         total.backward();
         loss_sum += total.item<double>();
         policy_sum += out.policy_loss;
@@ -779,12 +1086,23 @@ absl::StatusOr<LearnerStats> Learner::TrainSft(const std::vector<TrainSample>& b
   if (samples.empty()) return stats;
   try {
     m.policy->module()->train();
-    const auto micros = MicroBatches(Shard(samples, m.rank, m.world), m.options.max_tokens_per_forward);
+    const int64_t max_tokens = m.options.max_tokens_per_forward;
+    const auto by_rank = ShardAll(samples, m.world);
+    auto micros = MicroBatches(by_rank[m.rank], max_tokens);
+    LockStep lock;
+    if (m.ep > 1) {
+      // Empty forwards for a rank short of micro-batches; see TrainRl.
+      std::vector<std::vector<std::vector<const TrainSample*>>> all;
+      for (const auto& r : by_rank) all.push_back(MicroBatches(r, max_tokens));
+      lock = PlanLockStep(all, n_tokens, /*kept_only=*/false);
+      micros.resize(lock.forwards);
+    }
     if (m.dp()) m.BeginSync();
     for (size_t k = 0; k < micros.size(); ++k) {
       Packed p = Pack(micros[k], m.device);
       auto [lp, aux] = m.Logprobs(p, /*train=*/true, nullptr);
-      const double share = static_cast<double>(p.num_response_tokens) / n_tokens;
+      const double share =
+          m.ep > 1 ? lock.shares[k] : static_cast<double>(p.num_response_tokens) / n_tokens;
       auto loss = -lp.sum() / n_tokens + m.options.aux_loss_coef * share * aux;
       m.armed = m.dp() && k + 1 == micros.size();
       loss.backward();
@@ -812,6 +1130,10 @@ namespace {
 
 std::string ShardPath(const std::string& path, int64_t rank, int64_t world) {
   return absl::StrCat(path, ".rank", rank, "-of-", world);
+}
+
+std::string ExpertStatePath(const std::string& path, int64_t shard, int64_t ep) {
+  return absl::StrCat(path, ".experts", shard, "-of-", ep);
 }
 
 absl::Status SaveArchive(torch::serialize::OutputArchive& archive, const std::string& path) {
@@ -843,6 +1165,18 @@ absl::Status Learner::SaveState(const std::string& path) const {
     archive.write("lightrl.version", torch::tensor(m.version));
     archive.write("lightrl.steps", torch::tensor(m.steps));
     archive.write("lightrl.rl_steps", torch::tensor(m.rl_steps));
+    archive.write("lightrl.expert_parallel", torch::tensor(m.ep));
+    if (m.ep > 1 && m.rank < m.ep) {
+      // The first EP group writes every shard of the experts' state once.
+      torch::serialize::OutputArchive experts;
+      experts.write("lightrl.expert_parallel", torch::tensor(m.ep));
+      experts.write("lightrl.expert_shard", torch::tensor(m.ep_rank));
+      m.expert_optimizer->save(experts);
+      for (size_t i : m.local_experts()) {
+        if (!m.master.empty()) experts.write("lightrl.master." + std::to_string(i), m.master[i]);
+      }
+      RETURN_IF_ERROR(SaveArchive(experts, ExpertStatePath(path, m.ep_rank, m.ep)));
+    }
     if (m.zero1) {
       archive.write("lightrl.zero1.world_size", torch::tensor(m.world));
       archive.write("lightrl.zero1.rank", torch::tensor(m.rank));
@@ -855,7 +1189,7 @@ absl::Status Learner::SaveState(const std::string& path) const {
     } else if (m.rank == 0) {
       m.optimizer->save(archive);
       for (size_t i = 0; i < m.master.size(); ++i) {
-        archive.write("lightrl.master." + std::to_string(i), m.master[i]);
+        if (m.dense[i]) archive.write("lightrl.master." + std::to_string(i), m.master[i]);
       }
       RETURN_IF_ERROR(SaveArchive(archive, path));
     }
@@ -880,9 +1214,39 @@ absl::Status Learner::LoadState(const std::string& path) {
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(file);
-    torch::Tensor v, s, r;
+    torch::Tensor v, s, r, ep;
     archive.read("lightrl.version", v);
     archive.read("lightrl.steps", s);
+    const int64_t saved_ep = archive.try_read("lightrl.expert_parallel", ep) ? ep.item<int64_t>() : 1;
+    if (saved_ep != m.ep) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          file, ": optimizer state written with expert_parallel ", saved_ep,
+          ", but this learner runs expert_parallel ", m.ep,
+          "; resume with the expert_parallel it was written with"));
+    }
+    if (m.ep > 1) {
+      const std::string experts_file = ExpertStatePath(path, m.ep_rank, m.ep);
+      if (!FileExists(experts_file)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            experts_file, " does not exist: this learner runs expert_parallel ", m.ep,
+            " and needs the state of expert shard ", m.ep_rank));
+      }
+      torch::serialize::InputArchive experts;
+      experts.load_from(experts_file);
+      torch::Tensor shard;
+      experts.read("lightrl.expert_shard", shard);
+      if (shard.item<int64_t>() != m.ep_rank) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            experts_file, ": holds expert shard ", shard.item<int64_t>(), ", expected ", m.ep_rank));
+      }
+      m.expert_optimizer->load(experts);
+      for (size_t i : m.local_experts()) {
+        if (m.master.empty()) continue;
+        torch::Tensor t;
+        experts.read("lightrl.master." + std::to_string(i), t);
+        m.master[i].copy_(t);
+      }
+    }
     if (m.zero1) {
       torch::Tensor world, rank, total, steps;
       archive.read("lightrl.zero1.world_size", world);
@@ -909,6 +1273,7 @@ absl::Status Learner::LoadState(const std::string& path) {
     } else {
       m.optimizer->load(archive);
       for (size_t i = 0; i < m.master.size(); ++i) {
+        if (!m.dense[i]) continue;
         torch::Tensor t;
         archive.read("lightrl.master." + std::to_string(i), t);
         m.master[i].copy_(t);

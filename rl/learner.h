@@ -40,6 +40,14 @@ struct DataParallelOptions {
   // ZeRO-1: each rank keeps the AdamW moments and FP32 master weights of 1/N of the
   // (flattened) parameters, updates that shard and all-gathers the parameters.
   bool zero1 = false;
+  // Expert parallelism: blocks of this many consecutive ranks each hold every expert
+  // once; rank i of a block computes 1/expert_parallel of each MoE layer's experts for
+  // the whole block's tokens (all-to-all) and keeps their optimizer state. The MoE
+  // capacity and aux loss are then counted over all ranks' tokens of a forward, and every
+  // rank runs as many forwards as the rank with the most micro-batches. The weights stay
+  // replicated on every rank (docs/distributed.md). Must divide the world size and the
+  // model's num_local_experts; 1 = off.
+  int64_t expert_parallel = 1;
   absl::Status Validate() const;
 };
 
@@ -101,7 +109,9 @@ class Learner {
   // Optimizer state and counters, next to a model checkpoint. With N ranks both are
   // collectives: without ZeRO-1 rank 0 writes `path` (every rank holds the same state);
   // with ZeRO-1 rank r writes its shard to `path`.rank<r>-of-<N>, and loading needs the
-  // same N (an error names both world sizes otherwise). Files are written atomically.
+  // same N (an error names both world sizes otherwise). With expert_parallel E, ranks
+  // 0..E-1 also write their experts' state to `path`.experts<r>-of-<E>, and loading needs
+  // the same E. Files are written atomically.
   absl::Status SaveState(const std::string& path) const;
   absl::Status LoadState(const std::string& path);
 

@@ -502,7 +502,7 @@ absl::Status BindDistributed(const Binder& b, const Json* root, DistributedSecti
   ASSIGN_OR_RETURN(const Json* s,
                    b.Mapping(Binder::Get(root, "distributed"), "distributed",
                              {"world_size", "rank", "master_addr", "master_port", "backend",
-                              "timeout_s", "bucket_mb", "zero1"}));
+                              "timeout_s", "bucket_mb", "zero1", "expert_parallel"}));
   RETURN_IF_ERROR(b.Int(s, "distributed", "world_size", d.world_size));
   RETURN_IF_ERROR(b.Int(s, "distributed", "rank", d.rank));
   RETURN_IF_ERROR(b.String(s, "distributed", "master_addr", d.master_addr));
@@ -510,7 +510,8 @@ absl::Status BindDistributed(const Binder& b, const Json* root, DistributedSecti
   RETURN_IF_ERROR(b.String(s, "distributed", "backend", d.backend));
   RETURN_IF_ERROR(b.Double(s, "distributed", "timeout_s", d.timeout_s));
   RETURN_IF_ERROR(b.Double(s, "distributed", "bucket_mb", d.bucket_mb));
-  return b.Bool(s, "distributed", "zero1", d.zero1);
+  RETURN_IF_ERROR(b.Bool(s, "distributed", "zero1", d.zero1));
+  return b.Int(s, "distributed", "expert_parallel", d.expert_parallel);
 }
 
 }  // namespace
@@ -528,7 +529,14 @@ absl::Status DistributedSection::Validate() const {
     return Invalid(absl::StrCat("backend must be auto, gloo or nccl, got \"", backend, "\""));
   }
   RETURN_IF_ERROR(CheckPositive("timeout_s", timeout_s));
-  return CheckPositive("bucket_mb", bucket_mb);
+  RETURN_IF_ERROR(CheckPositive("bucket_mb", bucket_mb));
+  RETURN_IF_ERROR(CheckAtLeast("expert_parallel", expert_parallel, 1));
+  // WORLD_SIZE may still replace a world size of 1; the trainer checks the ranks started.
+  if (world_size > 1 && world_size % expert_parallel != 0) {
+    return Invalid(absl::StrCat("expert_parallel must divide world_size (", world_size, "), got ",
+                                expert_parallel));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status FleetSection::Validate() const {
@@ -908,7 +916,8 @@ std::string DescribeRunConfig(const RunConfig& c) {
                                    {"backend", Json(c.distributed.backend)},
                                    {"timeout_s", Json(c.distributed.timeout_s)},
                                    {"bucket_mb", Json(c.distributed.bucket_mb)},
-                                   {"zero1", Json(c.distributed.zero1)}}));
+                                   {"zero1", Json(c.distributed.zero1)},
+                                   {"expert_parallel", Json(c.distributed.expert_parallel)}}));
   return DumpYaml(root);
 }
 

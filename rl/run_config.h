@@ -281,6 +281,10 @@ struct DistributedSection {
   double bucket_mb = 25;
   // ZeRO-1: shard AdamW state and FP32 master weights across the ranks.
   bool zero1 = false;
+  // Expert parallelism: blocks of this many consecutive ranks hold every expert once,
+  // each rank computing and updating 1/expert_parallel of them; must divide the number
+  // of ranks and the model's num_local_experts. 1 = off.
+  int64_t expert_parallel = 1;
 
   absl::Status Validate() const;
 };

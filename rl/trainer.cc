@@ -180,6 +180,30 @@ PolicyOptions PolicyOptionsFor(const RunConfig& config, const DistributedOptions
   return popts;
 }
 
+namespace {
+
+// distributed.expert_parallel against the ranks actually started and the model, in the
+// config's terms (the learner checks the same in its own).
+absl::Status CheckExpertParallel(const RunConfig& config, const DistributedOptions& dist,
+                                 const PolicyModel& policy) {
+  const int64_t ep = config.distributed.expert_parallel;
+  if (dist.world_size % ep != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        config.source, ": distributed.expert_parallel = ", ep,
+        " must divide the number of learner ranks, ", dist.world_size,
+        " (WORLD_SIZE, else distributed.world_size)"));
+  }
+  const int64_t experts = policy.config().num_local_experts;
+  if (experts % ep != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        config.source, ": distributed.expert_parallel = ", ep,
+        " must divide the model's num_local_experts, ", experts));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<PolicyModel>> Trainer::LoadPolicy(
     const std::optional<std::string>& resume_dir) const {
   const PolicyOptions popts = PolicyOptionsFor(config_, options_.distributed);
@@ -208,6 +232,7 @@ LearnerOptions Trainer::MakeLearnerOptions() const {
   lopts.moe_capacity_factor = config_.optimizer.moe_capacity_factor;
   lopts.data_parallel.bucket_mb = config_.distributed.bucket_mb;
   lopts.data_parallel.zero1 = config_.distributed.zero1;
+  lopts.data_parallel.expert_parallel = config_.distributed.expert_parallel;
   return lopts;
 }
 
@@ -220,6 +245,7 @@ absl::Status Trainer::RunLearnerRank() {
   std::optional<std::string> resume_dir;
   if (!resume.empty()) resume_dir = resume;
   ASSIGN_OR_RETURN(policy_, LoadPolicy(resume_dir));
+  RETURN_IF_ERROR(CheckExpertParallel(config_, dist, *policy_));
   ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), MakeLearnerOptions(), group_.get()));
   if (resume_dir) RETURN_IF_ERROR(learner_->LoadState(JoinPath(*resume_dir, "optimizer.pt")));
   std::fprintf(stderr, "lightrl run: learner rank %lld of %lld ready (%s)\n",
@@ -318,6 +344,7 @@ absl::Status Trainer::Setup() {
     return absl::InvalidArgumentError("model.tokenizer: a tokenizer is required for text datasets");
   }
 
+  RETURN_IF_ERROR(CheckExpertParallel(config_, options_.distributed, *policy_));
   ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), MakeLearnerOptions(), group_.get()));
   learners_ = std::make_unique<LearnerGroup>(learner_.get(), group_.get(), policy_.get());
 

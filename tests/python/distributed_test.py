@@ -12,9 +12,15 @@
   resume     ZeRO-1 shards saved and restored by 2 ranks continue bit-exactly.
   errors     a rank started with another WORLD_SIZE, a master nobody serves, and a rank
              out of range fail with messages naming the variable and value.
-  run        `lightrl run` with 2 ranks (--nproc 2) ends with identical weights on both
-             ranks, and rank 0's metrics match a 1-rank run of the same config.
+  run        `lightrl run` with 2 ranks (--nproc 2; ZeRO-1, then also expert_parallel 2),
+             stopped and resumed, ends with identical weights on both ranks, and rank 0's
+             metrics match a 1-rank run of the same config.
+  expert     expert parallelism (2 ranks E 2, 4 ranks E 2 and E 4) against 1 rank as in
+             `equal`, with the aux loss counted over all ranks, ZeRO-1, micro-batching,
+             empty ranks, token dropping where one process drops the same tokens, a
+             resumed run, and bad expert_parallel values.
   nccl       (only when named; 2 GPUs) `equal` on CUDA with NCCL.
+  nccl_expert (only when named; 2 GPUs) `expert` on CUDA: 2 ranks, E 2, NCCL all-to-all.
 
 Run: LEARNER_DIST_WORKER=build/tests/learner_dist_worker LIGHTRL_BIN=build/rl/lightrl \\
      .venv/bin/python tests/python/distributed_test.py [CASE ...]
@@ -90,7 +96,7 @@ def train(world, extra):
         shutil.rmtree(out, ignore_errors=True)
 
 
-def check_equal(reference, world, extra, overlap=True):
+def check_equal(reference, world, extra, overlap=True, stats_also=()):
     ref_params, ref_stats, _ = reference
     params, stats, _ = train(world, extra)
     for r in range(world):
@@ -105,7 +111,7 @@ def check_equal(reference, world, extra, overlap=True):
         diff = float(np.abs(params[r] - ref_params[0]).max())
         assert diff <= PARAM_ATOL, \
             f"{world} ranks {extra}: weights differ from 1 rank by {diff:.3g} > {PARAM_ATOL}"
-        for k in STATS:
+        for k in STATS + list(stats_also):
             a, b = stats[r][k], ref_stats[0][k]
             assert abs(a - b) <= STAT_RTOL * max(1.0, abs(b)), \
                 f"{world} ranks {extra}: stat {k} = {a} on rank {r}, {b} with 1 rank"
@@ -221,7 +227,7 @@ def yaml_lines(value, indent=0):
     return lines
 
 
-def run_config(tmp, name, steps):
+def run_config(tmp, name, steps, distributed=None):
     task = os.path.join(tmp, "task")
     if not os.path.isdir(task):
         os.makedirs(task)
@@ -248,7 +254,7 @@ def run_config(tmp, name, steps):
         "sft": {"steps": 3, "batch_size": 16, "lr": 0.01},
         "checkpoint": {"every": 1, "keep": 2},
         "logging": {"progress": False, "tensorboard": False},
-        "distributed": {"zero1": True, "bucket_mb": 0.01},
+        "distributed": dict({"zero1": True, "bucket_mb": 0.01}, **(distributed or {})),
     }
     path = os.path.join(tmp, name + ".yaml")
     with open(path, "w") as f:
@@ -283,38 +289,44 @@ def case_run():
     try:
         one, one_dir = run_config(tmp, "one", steps=3)
         lightrl_run("--config", one)
-        # Two ranks, interrupted after step 2 and resumed: ZeRO-1 shards go through a
-        # checkpoint and back.
-        two, two_dir = run_config(tmp, "two", steps=2)
-        lightrl_run("--config", two, "--nproc", "2")
-        two, _ = run_config(tmp, "two", steps=3)
-        err = lightrl_run("--config", two, "--nproc", "2", "--resume")
-        sums = {}
-        for line in err.splitlines():
-            if " weights checksum " in line:
-                rank = int(line.split("rank ")[1].split()[0])
-                sums[rank] = line.split()[-1]
-        assert len(sums) == 2 and sums[0] == sums[1], f"weights checksums {sums}:\n{err}"
-        assert "weights identical on all 2 learner ranks" in err, err
-        latest = open(os.path.join(two_dir, "checkpoints", "latest")).read().strip()
-        shards = sorted(f for f in os.listdir(os.path.join(two_dir, "checkpoints", latest))
-                        if f.startswith("optimizer.pt"))
-        assert shards == ["optimizer.pt.rank0-of-2", "optimizer.pt.rank1-of-2"], shards
-        m1, m2 = metrics(one_dir), metrics(two_dir)
-        assert sorted(m1) == sorted(m2), (sorted(m1), sorted(m2))
-        compared = 0
-        for step in m1:
-            for key, a in m1[step].items():
-                # loss/aux is measured per forward, and the ranks' forwards hold other
-                # samples than one process's (its weight is 0 here).
-                if not key.startswith(("loss/", "is/", "optim/", "reward/", "policy/", "sft/")) \
-                        or key == "loss/aux":
-                    continue
-                b = m2[step][key]
-                assert abs(a - b) <= RUN_METRICS_RTOL * max(1.0, abs(a)), \
-                    f"step {step} {key}: 1 rank {a}, 2 ranks {b}"
-                compared += 1
-        print(f"  {compared} metrics of {len(m1)} steps agree; ranks' weights {sums[0]}")
+        m1 = metrics(one_dir)
+        # Two ranks, interrupted after step 2 and resumed: ZeRO-1 shards (and with expert
+        # parallelism the experts' state) go through a checkpoint and back.
+        for name, distributed, saved in (
+                ("two", {}, ["optimizer.pt.rank0-of-2", "optimizer.pt.rank1-of-2"]),
+                ("ep", {"expert_parallel": 2},
+                 ["optimizer.pt.experts0-of-2", "optimizer.pt.experts1-of-2",
+                  "optimizer.pt.rank0-of-2", "optimizer.pt.rank1-of-2"])):
+            two, two_dir = run_config(tmp, name, steps=2, distributed=distributed)
+            lightrl_run("--config", two, "--nproc", "2")
+            two, _ = run_config(tmp, name, steps=3, distributed=distributed)
+            err = lightrl_run("--config", two, "--nproc", "2", "--resume")
+            sums = {}
+            for line in err.splitlines():
+                if " weights checksum " in line:
+                    rank = int(line.split("rank ")[1].split()[0])
+                    sums[rank] = line.split()[-1]
+            assert len(sums) == 2 and sums[0] == sums[1], f"{name}: weights checksums {sums}:\n{err}"
+            assert "weights identical on all 2 learner ranks" in err, err
+            latest = open(os.path.join(two_dir, "checkpoints", "latest")).read().strip()
+            shards = sorted(f for f in os.listdir(os.path.join(two_dir, "checkpoints", latest))
+                            if f.startswith("optimizer.pt"))
+            assert shards == saved, (name, shards)
+            m2 = metrics(two_dir)
+            assert sorted(m1) == sorted(m2), (name, sorted(m1), sorted(m2))
+            compared = 0
+            for step in m1:
+                for key, a in m1[step].items():
+                    # loss/aux is measured per forward, and the ranks' forwards hold other
+                    # samples than one process's (its weight is 0 here).
+                    if not key.startswith(("loss/", "is/", "optim/", "reward/", "policy/", "sft/")) \
+                            or key == "loss/aux":
+                        continue
+                    b = m2[step][key]
+                    assert abs(a - b) <= RUN_METRICS_RTOL * max(1.0, abs(a)), \
+                        f"{name}: step {step} {key}: 1 rank {a}, 2 ranks {b}"
+                    compared += 1
+            print(f"  {name}: {compared} metrics of {len(m1)} steps agree; ranks' weights {sums[0]}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -329,13 +341,109 @@ def case_nccl():
         check_equal(reference, 2, base + ["--zero1", "--max-tokens", "12"])
 
 
+def without(args, flag):
+    """`args` less `flag` and its value."""
+    i = args.index(flag)
+    return args[:i] + args[i + 2:]
+
+
+def check_expert(device_args, layouts, drop_layouts):
+    """Expert parallelism against one process: `layouts` are (world, extra) on batches as
+    `equal` draws them; `drop_layouts` (world, extra) drop tokens (capacity 0.75) on batches
+    of `world` samples per update in falling length, so that rank r trains sample r and
+    the ranks' tokens in rank order are the update's samples in order, as one process
+    packs them.
+    Top-2 routing, so that the task loss reaches the routers too (top-1's one weight is
+    renormalised to 1). Adam's eps is 1e-4: the aux loss's gradient makes many small
+    gradients of cancelling terms, and Adam turns the rounding of a gradient near eps into
+    lr / eps times as much weight (with eps 1e-6 one of 40 seeds ended 2e-5 off one
+    process, with 1e-5 one of 80 6e-6, and that seed 4e-7 with 1e-4); the typical gradient
+    (1e-2) still moves its weight by about lr."""
+    aux = ["--aux-coef", "0.05"]
+    device_args = device_args + ["--top-k", "2", "--adam-eps", "1e-4"]
+    for mode, samples in (("rl", "7"), ("sft", "5")):
+        base = device_args + ["--mode", mode, "--samples", samples]
+        reference = train(1, base + aux)
+        init = train(1, base + aux + ["--steps", "0"])[0][0]
+        moved = float(np.abs(reference[0][0] - init).mean())
+        assert moved > 1e-3, f"{mode}: the update moved the weights by only {moved}"
+        # Every MoE layer's aux loss is counted over all ranks' tokens: value and gradient.
+        for world, extra in layouts:
+            check_equal(reference, world, base + aux + extra, overlap=False, stats_also=["aux_loss"])
+        # Micro-batching, so ranks run different numbers of forwards (the short ones run
+        # empty ones); the aux loss is off, since one process's forwards hold other samples.
+        micro = base + ["--max-tokens", "12"]
+        world, extra = layouts[-1]
+        check_equal(train(1, micro), world, micro + extra, overlap=False)
+    for world, extra in drop_layouts:
+        # RL: 2 minibatches of `world` samples; SFT trains the whole batch in one update.
+        for mode, samples in (("rl", 2 * world), ("sft", world)):
+            drop = device_args + ["--mode", mode, "--samples", str(samples), "--minibatches", "2",
+                                  "--sorted", "--capacity", "0.75"] + aux
+            reference = train(1, drop)
+            undropped = train(1, without(drop, "--capacity"))[0][0]
+            dropped = float(np.abs(reference[0][0] - undropped).max())
+            assert dropped > 1e-3, f"{mode}: capacity 0.75 changed the update by only {dropped}"
+            check_equal(reference, world, drop + extra, overlap=False, stats_also=["aux_loss"])
+
+
+def case_expert():
+    check_expert([], [(2, ["--expert-parallel", "2"]), (4, ["--expert-parallel", "4"]),
+                      (4, ["--expert-parallel", "2", "--zero1"])],
+                 [(2, ["--expert-parallel", "2", "--zero1"]), (4, ["--expert-parallel", "2"])])
+    # Fewer samples than ranks: ranks without tokens still serve their experts.
+    few = ["--samples", "2", "--minibatches", "2", "--aux-coef", "0.05", "--top-k", "2",
+           "--adam-eps", "1e-4"]
+    check_equal(train(1, few), 4, few + ["--expert-parallel", "4"], overlap=False,
+                stats_also=["aux_loss"])
+    # The experts' optimizer state goes through a checkpoint and back, with and without
+    # ZeRO-1 for the rest, one EP group and two.
+    for world, extra in ((2, ["--expert-parallel", "2"]), (4, ["--expert-parallel", "2", "--zero1"])):
+        out = tempfile.mkdtemp(prefix="lightrl_dist_")
+        try:
+            results = run_ranks(world, out, extra + ["--check-resume"])
+            for r, (rc, err) in enumerate(results):
+                assert rc == 0 and "resumed update identical" in err, f"rank {r} {extra}:\n{err}"
+            saved = sorted(f for f in os.listdir(os.path.join(out, "resume")) if "experts" in f)
+            assert saved == ["optimizer.pt.experts0-of-2", "optimizer.pt.experts1-of-2"], saved
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    # Bad values fail on every rank, naming the option and both numbers.
+    out = tempfile.mkdtemp(prefix="lightrl_dist_")
+    try:
+        for world, extra, message in (
+                (2, ["--expert-parallel", "3"],
+                 "data_parallel.expert_parallel = 3 must divide the learner's world size 2"),
+                (2, ["--expert-parallel", "2", "--experts", "3"],
+                 "data_parallel.expert_parallel = 2 must divide the model's num_local_experts 3"),
+                (1, ["--expert-parallel", "2"],
+                 "data_parallel.expert_parallel = 2 must divide the learner's world size 1"),
+                (1, ["--expert-parallel", "0"],
+                 "data_parallel.expert_parallel must be >= 1, got 0")):
+            results = run_ranks(world, out, extra + ["--timeout", "20"])
+            for r, (rc, err) in enumerate(results):
+                assert rc != 0 and message in err, f"rank {r} {extra}: {err}"
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    print("  expert_parallel errors: as expected")
+
+
+def case_nccl_expert():
+    """`expert` on GPUs with NCCL (CUDA builds, 2 GPUs; CTest label gpu): rank r on cuda:r
+    against one process on cuda:0, one EP group of 2 (micro-batching with ZeRO-1)."""
+    check_expert(["--device", "cuda"], [(2, ["--expert-parallel", "2"]),
+                                        (2, ["--expert-parallel", "2", "--zero1"])],
+                 [(2, ["--expert-parallel", "2"])])
+
+
 CASES = {"equal": case_equal, "bf16": case_bf16, "resume": case_resume, "errors": case_errors,
-         "run": case_run}
-GPU_CASES = {"nccl": case_nccl}
+         "run": case_run, "expert": case_expert}
+GPU_CASES = {"nccl": case_nccl, "nccl_expert": case_nccl_expert}
 
 
 def main():
-    names = sys.argv[1:] or list(CASES)
+    # `expert` runs as its own CTest (learner_expert_parallel); named, it runs here too.
+    names = sys.argv[1:] or [n for n in CASES if n != "expert"]
     CASES.update(GPU_CASES)
     print(f"distributed_test seed {SEED} (DISTRIBUTED_TEST_SEED={SEED} repeats it)")
     passed = failed = 0

@@ -5,13 +5,18 @@
 //   learner_dist_worker --rank R --world N --port P --seed S --out DIR
 //       [--mode rl|sft] [--zero1] [--samples 7] [--minibatches 2] [--steps 2]
 //       [--max-tokens 16384] [--bucket-mb 0.0005] [--timeout 60] [--dtype float32]
-//       [--device cpu|cuda] [--check-resume]
+//       [--device cpu|cuda] [--check-resume] [--experts 4] [--expert-parallel 1]
+//       [--top-k 1] [--aux-coef 0] [--capacity 0] [--sorted] [--adam-eps 1e-6]
 // --device cuda puts rank r on cuda:r and reduces with NCCL (CUDA builds).
+// --sorted orders each batch by falling length, so that a minibatch of as many samples
+// as ranks gives rank r its r-th sample: the ranks' tokens laid end to end are then the
+// minibatch in order, as one process packs it (what MoE token dropping depends on).
 // --check-resume: after the steps, saves optimizer state and weights, trains one more
 // batch, then restores both into a fresh learner, trains the same batch again and fails
 // unless the parameters are bitwise equal.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -31,7 +36,7 @@ namespace lightrl {
 namespace {
 
 
-std::vector<TrainSample> RandomBatch(uint64_t seed, int64_t n) {
+std::vector<TrainSample> RandomBatch(uint64_t seed, int64_t n, bool sorted) {
   std::mt19937_64 rng(seed);
   std::vector<TrainSample> batch(n);
   for (auto& s : batch) {
@@ -43,6 +48,11 @@ std::vector<TrainSample> RandomBatch(uint64_t seed, int64_t n) {
     }
     s.advantage = std::normal_distribution<double>()(rng);
     s.keep = rng() % 8 != 0;
+  }
+  if (sorted) {
+    std::stable_sort(batch.begin(), batch.end(), [](const TrainSample& a, const TrainSample& b) {
+      return a.prompt.size() + a.response.size() > b.prompt.size() + b.response.size();
+    });
   }
   return batch;
 }
@@ -60,8 +70,9 @@ absl::Status Main(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args,
                                              {"rank", "world", "port", "seed", "out", "mode", "samples",
                                               "minibatches", "steps", "max-tokens", "bucket-mb", "timeout", "dtype",
-                                              "device", "experts"},
-                                             {"zero1", "check-resume"}));
+                                              "device", "experts", "expert-parallel", "aux-coef",
+                                              "capacity", "top-k", "adam-eps"},
+                                             {"zero1", "check-resume", "sorted"}));
   DistributedOptions dist;
   ASSIGN_OR_RETURN(dist.rank, flags.GetInt("rank", 0));
   ASSIGN_OR_RETURN(dist.world_size, flags.GetInt("world", 1));
@@ -80,12 +91,15 @@ absl::Status Main(const std::vector<std::string>& args) {
   opts.optimizer.lr = 1e-2;
   // Adam's first steps are lr * g / (|g| + eps): a larger eps than M1's keeps gradients
   // at rounding level (summed in another order by the all-reduce) from becoming full steps.
-  opts.optimizer.eps = 1e-6;
+  ASSIGN_OR_RETURN(opts.optimizer.eps, flags.GetDouble("adam-eps", 1e-6));
   opts.optimizer.grad_clip = 0.5;
   opts.optimizer.weight_decay = 0.01;
-  // The load-balancing loss is per forward, so it depends on how samples are grouped
-  // into forwards; without it the update does not.
-  opts.aux_loss_coef = 0;
+  // The load-balancing loss is per forward, so with plain data parallelism it depends on
+  // how samples are grouped into forwards; without it the update does not. Expert
+  // parallelism counts it over all ranks' forwards together.
+  ASSIGN_OR_RETURN(opts.aux_loss_coef, flags.GetDouble("aux-coef", 0));
+  ASSIGN_OR_RETURN(opts.moe_capacity_factor, flags.GetDouble("capacity", 0));
+  ASSIGN_OR_RETURN(opts.data_parallel.expert_parallel, flags.GetInt("expert-parallel", 1));
   ASSIGN_OR_RETURN(opts.minibatches, flags.GetInt("minibatches", 2));
   ASSIGN_OR_RETURN(opts.max_tokens_per_forward, flags.GetInt("max-tokens", 16384));
   ASSIGN_OR_RETURN(opts.data_parallel.bucket_mb, flags.GetDouble("bucket-mb", 0.0005));
@@ -101,12 +115,16 @@ absl::Status Main(const std::vector<std::string>& args) {
   popts.dtype = flags.Get("dtype", "float32");
   popts.device = device;
   ASSIGN_OR_RETURN(int64_t experts, flags.GetInt("experts", 4));
-  ASSIGN_OR_RETURN(auto policy, PolicyModel::Create(TinyLearnerConfig(experts),
-                                                    static_cast<uint64_t>(seed), popts));
+  ModelConfig model = TinyLearnerConfig(experts);
+  // Top-1 renormalises the one routing weight to 1, so the router then learns from the aux
+  // loss alone; top-2 carries the task loss's gradient into it too.
+  ASSIGN_OR_RETURN(model.num_experts_per_tok, flags.GetInt("top-k", 1));
+  ASSIGN_OR_RETURN(auto policy, PolicyModel::Create(model, static_cast<uint64_t>(seed), popts));
   ASSIGN_OR_RETURN(auto learner, Learner::Create(policy.get(), opts, group.get()));
 
   auto train = [&](Learner& l, int64_t step) -> absl::StatusOr<LearnerStats> {
-    auto batch = RandomBatch(static_cast<uint64_t>(seed) * 1000 + static_cast<uint64_t>(step), samples);
+    auto batch = RandomBatch(static_cast<uint64_t>(seed) * 1000 + static_cast<uint64_t>(step), samples,
+                             flags.Has("sorted"));
     return mode == "sft" ? l.TrainSft(batch) : l.TrainRl(batch);
   };
   LearnerStats stats;
@@ -121,6 +139,7 @@ absl::Status Main(const std::vector<std::string>& args) {
   }
   Json j = Json::MakeObject();
   j.set("loss", Json(stats.loss));
+  j.set("aux_loss", Json(stats.aux_loss));
   j.set("policy_loss", Json(stats.policy_loss));
   j.set("grad_norm", Json(stats.grad_norm));
   j.set("clip_fraction", Json(stats.clip_fraction));

@@ -163,6 +163,7 @@ distributed:
   timeout_s: 60
   bucket_mb: 50
   zero1: true
+  expert_parallel: 2
 )";
 
 TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
@@ -246,6 +247,7 @@ TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
   EXPECT_EQ(c.distributed.timeout_s, 60);
   EXPECT_EQ(c.distributed.bucket_mb, 50);
   EXPECT_TRUE(c.distributed.zero1);
+  EXPECT_EQ(c.distributed.expert_parallel, 2);
 
   SamplingParams p = c.rollout.ToSamplingParams();
   EXPECT_EQ(p.n, 4);
@@ -408,6 +410,10 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
        "distributed.master_port must be in [1, 65535], got 70000"},
       {m + "distributed:\n  bucket_mb: 0\n", "bucket_mb",
        "distributed.bucket_mb must be > 0, got 0"},
+      {m + "distributed:\n  expert_parallel: 0\n", "expert_parallel",
+       "distributed.expert_parallel must be >= 1, got 0"},
+      {m + "distributed:\n  world_size: 4\n  expert_parallel: 3\n", "expert_parallel",
+       "distributed.expert_parallel must divide world_size (4), got 3"},
       // Across sections.
       {Minimal("", "", "  path: ../ckpt\n  init_config: models/tiny.json\n"), "path",
        "model.path and init_config are both set"},

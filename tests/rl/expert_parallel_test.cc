@@ -1,0 +1,210 @@
+// The expert-parallel MoE block against one process: N ranks (threads of this process,
+// each its own Gloo rank over loopback) each route their own tokens, and the outputs, the
+// aux loss and every gradient must equal one SparseMoe forward and backward over all
+// ranks' tokens laid end to end, with and without token dropping, with ranks that hold
+// no tokens, and with several EP groups.
+#include "rl/expert_comm.h"
+
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "policy/minimax_model.h"
+#include "tests/test_models.h"
+
+namespace lightrl {
+namespace {
+
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+double MaxDiff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
+
+// FP32 sums in another order (the sparse path's per-expert index_add, by rank here):
+// within 1e-5 of the reference's largest magnitude. A lost rank or a wrong weight is off
+// by the order of that magnitude.
+void ExpectClose(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
+  const double scale = std::max(1.0, want.abs().max().item<double>());
+  EXPECT_LE(MaxDiff(got, want), 1e-5 * scale) << what << " (largest magnitude " << scale << ")";
+}
+
+TEST(ExpertDispatchTest, CapacityCountsEarlierRanksFirst) {
+  // Two ranks of 4 tokens, top-1 over 2 experts, factor 1: capacity ceil(8 / 2) = 4 per
+  // expert. Expert 0: rank 0 keeps its 3, rank 1 only 1 of its 2; expert 1: all 3 kept.
+  auto counts = torch::tensor({3, 1, 4, 2, 2, 4}, torch::kInt64).view({2, 3});
+  ExpertDispatchPlan p = PlanExpertDispatch(counts, /*top_k=*/1, /*capacity_factor=*/1.0,
+                                            /*rank=*/1, /*ep_size=*/2);
+  EXPECT_EQ(p.total_tokens, 8);
+  EXPECT_EQ(p.capacity, 4);
+  EXPECT_EQ(p.total_counts, (std::vector<int64_t>{5, 3}));
+  EXPECT_EQ(p.prefix, (std::vector<int64_t>{3, 1}));
+  EXPECT_EQ(p.kept, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(p.send, (std::vector<int64_t>{1, 2}));  // to the holders of experts 0 and 1
+  EXPECT_EQ(p.recv, (std::vector<int64_t>{1, 2}));  // for expert 1: rank 0's 1, own 2
+  ExpertDispatchPlan p0 = PlanExpertDispatch(counts, 1, 1.0, /*rank=*/0, 2);
+  EXPECT_EQ(p0.kept, (std::vector<int64_t>{3, 1}));
+  EXPECT_EQ(p0.recv, (std::vector<int64_t>{3, 1}));  // for expert 0: own 3, rank 1's 1
+  // No factor: nothing is dropped.
+  EXPECT_EQ(PlanExpertDispatch(counts, 1, 0, 1, 2).kept, (std::vector<int64_t>{2, 2}));
+}
+
+struct Case {
+  int64_t ep;
+  std::vector<int64_t> tokens;  // by rank
+  double capacity_factor;
+};
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << "expert_parallel " << c.ep << ", tokens [";
+  for (size_t r = 0; r < c.tokens.size(); ++r) *os << (r ? ", " : "") << c.tokens[r];
+  *os << "], capacity factor " << c.capacity_factor;
+}
+
+class ExpertParallelMoeTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ExpertParallelMoeTest, EqualsOneProcessOverAllTokens) {
+  const Case& tc = GetParam();
+  const int64_t world = static_cast<int64_t>(tc.tokens.size());
+  const uint64_t seed = std::random_device()();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  ModelConfig config = TinyLearnerConfig(4);
+  config.num_experts_per_tok = 2;
+  const int64_t H = config.hidden_size;
+  const double aux_coef = 0.1;
+  torch::set_num_threads(1);
+
+  // Weights spread enough that routing is uneven, so a factor below 2 drops tokens.
+  auto make_moe = [&] {
+    torch::manual_seed(seed);
+    SparseMoe moe(config);
+    torch::NoGradGuard no_grad;
+    for (auto& p : moe->parameters()) p.normal_(0, 0.3);
+    return moe;
+  };
+  torch::manual_seed(seed + 1);
+  std::vector<torch::Tensor> xs, gs;
+  for (int64_t n : tc.tokens) {
+    xs.push_back(torch::randn({n, H}));
+    gs.push_back(torch::randn({n, H}));
+  }
+
+  // One process over all tokens, rank by rank.
+  SparseMoe ref = make_moe();
+  auto x_all = torch::cat(xs).requires_grad_(true);
+  auto [out_all, aux_all] = ref->forward(x_all, tc.capacity_factor);
+  ((out_all * torch::cat(gs)).sum() + aux_coef * aux_all).backward();
+  if (tc.capacity_factor > 0) {
+    torch::NoGradGuard no_grad;
+    auto undropped = ref->forward(x_all, 0).first;
+    ASSERT_GT(MaxDiff(undropped, out_all), 1e-3) << "the capacity dropped nothing";
+  }
+
+  const int port = FreePort();
+  std::vector<torch::Tensor> outs(world), auxes(world), x_grads(world);
+  std::vector<SparseMoe> moes;
+  for (int64_t r = 0; r < world; ++r) moes.push_back(make_moe());
+  std::vector<std::string> errors(world);
+  std::vector<ProcessGroupPtr> groups(world);  // kept until every thread is done
+  auto rank = [&](int64_t r) {
+    try {
+      DistributedOptions o;
+      o.rank = r;
+      o.world_size = world;
+      o.master_port = port;
+      o.timeout_s = 60;
+      auto group = ProcessGroup::Create(o, "cpu");
+      if (!group.ok()) {
+        errors[r] = std::string(group.status().message());
+        return;
+      }
+      groups[r] = *std::move(group);
+      ProcessGroupExpertComm comm(groups[r].get(), tc.ep);
+      auto x = xs[r].clone().requires_grad_(true);
+      auto [out, aux] = moes[r]->ForwardExpertParallel(x, tc.capacity_factor, comm);
+      ((out * gs[r]).sum() + aux_coef * aux).backward();
+      outs[r] = out.detach();
+      auxes[r] = aux.detach();
+      x_grads[r] = x.grad();
+    } catch (const std::exception& e) {
+      errors[r] = e.what();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int64_t r = 0; r < world; ++r) threads.emplace_back(rank, r);
+  for (auto& t : threads) t.join();
+  for (int64_t r = 0; r < world; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
+
+  double aux_sum = 0;
+  int64_t offset = 0;
+  for (int64_t r = 0; r < world; ++r) {
+    const int64_t n = tc.tokens[r];
+    if (n > 0) {
+      ExpectClose(outs[r], out_all.detach().narrow(0, offset, n), "output of rank " + std::to_string(r));
+      ExpectClose(x_grads[r], x_all.grad().narrow(0, offset, n), "input gradient of rank " + std::to_string(r));
+    }
+    aux_sum += auxes[r].item<double>();
+    offset += n;
+  }
+  EXPECT_NEAR(aux_sum, aux_all.item<double>(), 1e-5);
+  // The router is replicated: its gradient is the sum over ranks. An expert's gradient is
+  // the sum over the ranks that hold it (one per EP group); other ranks leave it alone.
+  auto or_zeros = [](const torch::Tensor& p) {
+    return p.grad().defined() ? p.grad() : torch::zeros_like(p);
+  };
+  auto gate_grad = torch::zeros_like(ref->gate->weight);
+  for (int64_t r = 0; r < world; ++r) gate_grad += or_zeros(moes[r]->gate->weight);
+  ExpectClose(gate_grad, or_zeros(ref->gate->weight), "router gradient");
+  auto weights = [](SparseMoe& moe, int64_t e) {
+    auto* expert = moe->experts[e]->as<ExpertImpl>();
+    return std::vector<torch::Tensor>{expert->w1->weight, expert->w2->weight, expert->w3->weight};
+  };
+  const int64_t per_rank = config.num_local_experts / tc.ep;
+  for (int64_t e = 0; e < config.num_local_experts; ++e) {
+    for (size_t w = 0; w < 3; ++w) {
+      const torch::Tensor want = weights(ref, e)[w];
+      auto sum = torch::zeros_like(want);
+      for (int64_t r = 0; r < world; ++r) {
+        const torch::Tensor got = weights(moes[r], e)[w];
+        // Held experts always get a gradient (zero when no token came), as with the
+        // single-process dense path; other ranks' copies none.
+        const bool holds = r % tc.ep == e / per_rank;
+        ASSERT_EQ(got.grad().defined(), holds) << "rank " << r << " expert " << e << " w" << w + 1;
+        if (holds) sum += got.grad();
+      }
+      ExpectClose(sum, or_zeros(want), "expert " + std::to_string(e) + " w" + std::to_string(w + 1));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, ExpertParallelMoeTest,
+    ::testing::Values(
+        // Two ranks, one EP group; the dense single-process path (few tokens).
+        // Factors below 1 always drop some assignments.
+        Case{2, {23, 17}, 0}, Case{2, {23, 17}, 0.9},
+        // A rank without tokens still serves its experts.
+        Case{2, {0, 31}, 0.75},
+        // Two EP groups of two; four ranks of one group; the sparse path (> 1024
+        // assignments in one process).
+        Case{2, {19, 0, 33, 8}, 0.75}, Case{4, {40, 9, 0, 27}, 0.8},
+        Case{2, {300, 250, 0, 180}, 0.9}, Case{4, {300, 250, 0, 180}, 0}));
+
+}  // namespace
+}  // namespace lightrl
