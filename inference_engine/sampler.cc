@@ -1,5 +1,11 @@
 #include "inference_engine/sampler.h"
 
+#ifdef LIGHTRL_ENGINE_CUDA
+#include <cstring>
+
+#include "inference_engine/cuda_ops.h"
+#endif
+
 namespace lightrl {
 namespace {
 
@@ -9,6 +15,37 @@ int64_t EffectiveTopK(const SamplerRow& row, int64_t V) {
   return row.top_k > 0 ? std::min(row.top_k, V) : V;
 }
 
+#ifdef LIGHTRL_ENGINE_CUDA
+// The fused kernel: the options go over in one copy, as a [R, 4] FP32 array, and the ids
+// and logprobs come back in one.
+SampledTokens SampleTokensOnCuda(const torch::Tensor& logits, const std::vector<SamplerRow>& rows) {
+  const int64_t R = logits.size(0), V = logits.size(1);
+  if (R == 0) return {};
+  auto host = torch::empty({R, 4}, torch::kFloat32);
+  float* h = host.data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r) {
+    h[4 * r + 0] = IsGreedy(rows[r]) ? 0.0f : static_cast<float>(rows[r].temperature);
+    h[4 * r + 1] = static_cast<float>(rows[r].top_p);
+    h[4 * r + 2] = static_cast<float>(EffectiveTopK(rows[r], V));  // exact: V < 2^24
+    h[4 * r + 3] = static_cast<float>(rows[r].uniform);
+  }
+  auto params = host.to(logits.device());
+  auto served = logits;
+  if (served.scalar_type() != torch::kFloat32 && served.scalar_type() != torch::kBFloat16) {
+    served = served.to(torch::kFloat32);
+  }
+  if (served.stride(1) != 1) served = served.contiguous();
+  auto back = SampleTokensCuda(served, params).packed.to(torch::kCPU);
+  SampledTokens out;
+  out.tokens.resize(R);
+  out.logprobs.resize(R);
+  const uint8_t* bytes = back.data_ptr<uint8_t>();
+  std::memcpy(out.tokens.data(), bytes, R * sizeof(int64_t));
+  std::memcpy(out.logprobs.data(), bytes + R * sizeof(int64_t), R * sizeof(float));
+  return out;
+}
+#endif
+
 }  // namespace
 
 SampledTokens SampleTokens(const torch::Tensor& logits, const std::vector<SamplerRow>& rows) {
@@ -17,6 +54,9 @@ SampledTokens SampleTokens(const torch::Tensor& logits, const std::vector<Sample
   const int64_t R = logits.size(0), V = logits.size(1);
   TORCH_CHECK(static_cast<int64_t>(rows.size()) == R, "sampler: ", rows.size(), " rows for ", R,
               " logit rows");
+#ifdef LIGHTRL_ENGINE_CUDA
+  if (logits.is_cuda()) return SampleTokensOnCuda(logits, rows);
+#endif
   // Per-row options in one host tensor, so a step makes one copy to the device: rows
   // temperature, top_p, top_k, uniform, greedy.
   auto host = torch::empty({5, R}, torch::kFloat64);
