@@ -395,6 +395,9 @@ __device__ Position Select(const Row<L>& row, bool by_count, Mass target, bool w
         s.warp_hist[warp][d] += (Mass{hi} << 20) + lo;
         if (last && want_id) atomicMin(&s.min_id[d], first_id);
       }
+      // The next step's leader of a bucket may be another lane: order its read after this
+      // write.
+      __syncwarp();
     });
     __syncthreads();
     for (int b = threadIdx.x; b < kBuckets; b += blockDim.x) {
