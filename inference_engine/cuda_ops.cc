@@ -9,6 +9,7 @@
 #include "inference_engine/cuda/lightning_prefill.h"
 #include "inference_engine/cuda/paged_attention.h"
 #include "inference_engine/cuda/rms_norm.h"
+#include "inference_engine/cuda/sampling.h"
 #include "policy/cuda_views.h"
 
 namespace lightrl {
@@ -254,6 +255,49 @@ torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, doub
   p.alpha = static_cast<float>(alpha);
   p.beta = static_cast<float>(beta);
   CheckCudaLaunch(LaunchScaledAdd(p, at::cuda::getCurrentCUDAStream().stream()), "scaled add",
+              p.Validate());
+  return out;
+}
+
+CudaSampledTokens SampleTokensCuda(const torch::Tensor& logits, const torch::Tensor& params) {
+  TORCH_CHECK(logits.is_cuda() && logits.dim() == 2, "sampling cuda: logits must be [rows, vocab] on "
+              "a CUDA device, got ", logits.sizes(), " on ", logits.device());
+  TORCH_CHECK(logits.scalar_type() == torch::kFloat32 || logits.scalar_type() == torch::kBFloat16,
+              "sampling cuda: logits must be float32 or bfloat16, got ", logits.scalar_type());
+  const int64_t R = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(V >= 1 && V <= kSamplingMaxVocab && R <= 0x7fffffff, "sampling cuda: logits ",
+              logits.sizes(), " outside what the kernel serves (1 <= vocab <= ", kSamplingMaxVocab,
+              ")");
+  TORCH_CHECK(logits.stride(1) == 1 && (R <= 1 || logits.stride(0) >= V),
+              "sampling cuda: logits rows need unit stride along the vocabulary, got strides ",
+              logits.strides());
+  TORCH_CHECK(params.dim() == 2 && params.size(0) == R && params.size(1) == 4 &&
+                  params.scalar_type() == torch::kFloat32 && params.is_contiguous() &&
+                  params.device() == logits.device(),
+              "sampling cuda: params must be contiguous float32 [", R, ", 4] on ", logits.device(),
+              ", got ", params.sizes(), " ", params.scalar_type(), " on ", params.device());
+  c10::cuda::CUDAGuard guard(logits.device());
+  CudaSampledTokens out;
+  out.packed = torch::empty({R * 12}, logits.options().dtype(torch::kUInt8));
+  if (R == 0) {
+    out.tokens = torch::empty({0}, logits.options().dtype(torch::kInt64));
+    out.logprobs = torch::empty({0}, logits.options().dtype(torch::kFloat32));
+    return out;
+  }
+  out.tokens = out.packed.narrow(0, 0, 8 * R).view(torch::kInt64);
+  out.logprobs = out.packed.narrow(0, 8 * R, 4 * R).view(torch::kFloat32);
+  FusedSamplingParams p;
+  p.logits = logits.data_ptr();
+  p.logits_type = logits.scalar_type() == torch::kBFloat16 ? SamplingLogitsType::kBFloat16
+                                                            : SamplingLogitsType::kFloat32;
+  // A single row's stride is never used; any value >= V does.
+  p.logits_row_stride = R > 1 ? logits.stride(0) : V;
+  p.options = reinterpret_cast<const SamplingRowOptions*>(params.data_ptr<float>());
+  p.tokens = out.tokens.data_ptr<int64_t>();
+  p.logprobs = out.logprobs.data_ptr<float>();
+  p.rows = static_cast<int>(R);
+  p.vocab = static_cast<int>(V);
+  CheckCudaLaunch(LaunchFusedSampling(p, at::cuda::getCurrentCUDAStream().stream()), "fused sampling",
               p.Validate());
   return out;
 }

@@ -61,6 +61,18 @@ torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, d
 torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, double alpha,
                             double beta);
 
+// The fused sampler (inference_engine/cuda/sampling.h) over logits [R, V], FP32 or bf16
+// with unit stride along V, and params [R, 4] contiguous FP32 on the same device: per row
+// temperature (not > 0: greedy), top_p (>= 1: off), top_k (a whole number; < 1 or >= V:
+// off) and the uniform in [0, 1). The token ids and logprobs are views of one buffer, so
+// that one copy brings both back.
+struct CudaSampledTokens {
+  torch::Tensor packed;    // [12 R] uint8: the R int64 token ids, then the R FP32 logprobs
+  torch::Tensor tokens;    // [R] int64, a view of packed
+  torch::Tensor logprobs;  // [R] FP32, a view of packed
+};
+CudaSampledTokens SampleTokensCuda(const torch::Tensor& logits, const torch::Tensor& params);
+
 // Grouped linear layers through cuBLAS's pointer-array batched GEMM (the MoE experts of a
 // decode step in one call): out[g] = in_g W_g^T for g < G, where weight_ptrs [G] int64 on
 // the device holds the addresses of G contiguous [N, K] bf16 matrices and `in` is [T, K]

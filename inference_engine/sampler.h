@@ -1,6 +1,10 @@
-// Batched sampling from FP32 logits: greedy, temperature, top-k and top-p, with one
+// Batched sampling from logits: greedy, temperature, top-k and top-p, with one
 // caller-supplied uniform number per row so that a sequence's samples do not depend on
-// which other sequences share its batch. Internal (torch) header.
+// which other sequences share its batch. The rule (sampling order, top-p boundary, ties)
+// is spelled out in inference_engine/reference/sampling_reference.h. CUDA logits take the
+// fused kernel where the engine's CUDA backend is built (inference_engine/cuda/sampling.h),
+// anything else torch ops; either way one copy of the options goes to the device and one
+// of the results comes back. Internal (torch) header.
 #pragma once
 
 #include <torch/torch.h>
@@ -10,7 +14,7 @@
 namespace lightrl {
 
 struct SamplerRow {
-  double temperature = 1.0;  // 0 = greedy
+  double temperature = 1.0;  // 0 (or anything that is not > 0 in FP32) = greedy
   double top_p = 1.0;
   int64_t top_k = 0;
   double uniform = 0.5;      // in [0, 1)

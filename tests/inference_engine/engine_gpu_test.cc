@@ -1,7 +1,8 @@
 // The engine on CUDA in bf16 with the lightning kernels: the kernel-backed runner against
 // the torch-op runner, greedy generation against the argmax of the policy's full forward,
-// and the engine's logprobs against the policy's training-path logprobs (M1's
-// train/inference mismatch). Label gpu; built only with LIGHTRL_TORCH_CUDA.
+// the engine's logprobs against the policy's training-path logprobs (M1's
+// train/inference mismatch), and the sampler's fused kernel against the sampling oracle
+// and the CPU sampler. Label gpu; built only with LIGHTRL_TORCH_CUDA.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -14,6 +15,8 @@
 #include "inference_engine/engine.h"
 #include "inference_engine/kv_cache.h"
 #include "inference_engine/model_runner.h"
+#include "inference_engine/reference/sampling_reference.h"
+#include "inference_engine/sampler.h"
 #include "policy/minimax_model.h"
 #include "tests/test_models.h"
 
@@ -271,6 +274,95 @@ TEST(EngineGpuTest, EngineLogprobsTrackTrainingPathLogprobs) {
               a.size(), pearson, mad, std::sqrt(saa / n));
   EXPECT_GT(std::sqrt(saa / n), 0.3) << "logprobs too uniform to test a correlation";
   EXPECT_GE(pearson, 0.999);
+}
+
+// log_softmax(x / T)[token] in double, x / T rounded to FP32 (T = 1 when greedy).
+double LogSoftmaxAt(const float* x, int64_t vocab, double temperature, int64_t token) {
+  const float t = static_cast<float>(temperature) > 0.0f ? static_cast<float>(temperature) : 1.0f;
+  double m = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) m = std::max(m, static_cast<double>(x[i] / t));
+  double s = 0.0;
+  for (int64_t i = 0; i < vocab; ++i) s += std::exp(static_cast<double>(x[i] / t) - m);
+  return static_cast<double>(x[token] / t) - m - std::log(s);
+}
+
+// SampleTokens on CUDA logits runs the fused kernel: the oracle's tokens wherever its
+// decisions are clear of the kernel's ~1e-7 rounding, and the CPU sampler's (torch ops,
+// FP32 masses) wherever they are clear of its ~1e-6; logprobs within 1e-5. Mixed rows in
+// one batch, FP32 and bf16 logits; SampleTokensCuda's two outputs view its one buffer.
+TEST(EngineGpuTest, CudaSamplerMatchesOracleAndCpuSampler) {
+  torch::InferenceMode guard;
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  torch::manual_seed(seed);
+  const int64_t R = 48, V = 50000;
+  std::uniform_real_distribution<double> u01(0.0, 1.0);
+  std::vector<SamplerRow> rows;
+  for (int64_t r = 0; r < R; ++r) {
+    SamplerRow row;
+    row.temperature = r % 6 == 0 ? 0.0 : 0.4 + 1.2 * u01(rng);
+    if (r % 6 == 1) row.top_k = 1 + static_cast<int64_t>(rng() % 40);
+    if (r % 6 == 2) row.top_p = 0.1 + 0.8 * u01(rng);
+    if (r % 6 == 3) {
+      row.top_k = 1 + static_cast<int64_t>(rng() % 2000);
+      row.top_p = 0.1 + 0.8 * u01(rng);
+    }
+    if (r % 6 == 4) row.top_p = 1e-6;
+    row.uniform = u01(rng);
+    rows.push_back(row);
+  }
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(dtype == torch::kFloat32 ? "float32 logits" : "bfloat16 logits");
+    auto logits = (torch::randn({R, V}, torch::dtype(torch::kFloat32).device(torch::kCUDA)) * 3)
+                      .to(dtype);
+    auto host_logits = logits.to(torch::kCPU, torch::kFloat32).contiguous();
+    const auto gpu = SampleTokens(logits, rows);
+    const auto cpu = SampleTokens(host_logits, rows);
+    int64_t compared = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      SCOPED_TRACE("row " + std::to_string(r));
+      const float* x = host_logits.data_ptr<float>() + r * V;
+      SamplingReferenceRow want_row;
+      want_row.temperature = rows[r].temperature;
+      want_row.top_p = rows[r].top_p;
+      want_row.top_k = rows[r].top_k;
+      want_row.uniform = rows[r].uniform;
+      const auto want = ReferenceSample(x, V, want_row);
+      ASSERT_GE(gpu.tokens[r], 0);
+      ASSERT_LT(gpu.tokens[r], V);
+      const double margin = std::min(want.top_p_margin, want.draw_margin);
+      if (margin > 2e-7) {
+        ++compared;
+        EXPECT_EQ(gpu.tokens[r], want.token) << "margin " << margin;
+      }
+      if (margin > 2e-5) {
+        EXPECT_EQ(cpu.tokens[r], want.token) << "margin " << margin;
+      }
+      const double lp = LogSoftmaxAt(x, V, rows[r].temperature, gpu.tokens[r]);
+      EXPECT_NEAR(gpu.logprobs[r], lp, 1e-5 * std::max(1.0, std::fabs(lp)));
+    }
+    EXPECT_GE(compared, R / 2);
+    // The adapter itself: one buffer, ids then logprobs, the same results.
+    auto params = torch::empty({R, 4}, torch::kFloat32);
+    for (int64_t r = 0; r < R; ++r) {
+      params[r][0] = rows[r].temperature;
+      params[r][1] = rows[r].top_p;
+      params[r][2] = static_cast<double>(rows[r].top_k > 0 ? std::min(rows[r].top_k, V) : V);
+      params[r][3] = rows[r].uniform;
+    }
+    auto direct = SampleTokensCuda(logits, params.to(torch::kCUDA));
+    ASSERT_EQ(direct.packed.numel(), 12 * R);
+    EXPECT_EQ(direct.tokens.data_ptr(), direct.packed.data_ptr());
+    EXPECT_EQ(static_cast<char*>(direct.logprobs.data_ptr()),
+              static_cast<char*>(direct.packed.data_ptr()) + 8 * R);
+    auto tokens = direct.tokens.to(torch::kCPU);
+    auto logprobs = direct.logprobs.to(torch::kCPU);
+    for (int64_t r = 0; r < R; ++r) {
+      EXPECT_EQ(tokens[r].item<int64_t>(), gpu.tokens[r]) << "row " << r;
+      EXPECT_EQ(logprobs[r].item<float>(), gpu.logprobs[r]) << "row " << r;
+    }
+  }
 }
 
 }  // namespace
