@@ -6,7 +6,8 @@
 # training step on the same model and batch (bench/train/hf_train_bench.py).
 #   bench/train/run_train.sh        (logs and summary under $OUT, default build/train_out)
 # Knobs (environment): BATCH (8 sequences per GPU), SEQ_LEN (2048), STEPS (10), MODES
-# (sft,rl), SKIP_HF (1: time only lightrl), GPU_BUILD_TARGETS (what to build).
+# (sft,rl), SKIP_HF (1: time only lightrl), GPU_BUILD_TARGETS (what to build), BUCKET_MB
+# (25: the gradient all-reduce bucket size of the 2-GPU runs; a list times each).
 # Needs in the tree: .device/grpc.tgz (abseil) and .device/googletest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -17,6 +18,7 @@ BATCH="${BATCH:-8}"
 SEQ_LEN="${SEQ_LEN:-2048}"
 STEPS="${STEPS:-10}"
 MODES="${MODES:-sft,rl}"
+BUCKET_MB="${BUCKET_MB:-25}"
 SKIP_HF="${SKIP_HF:-0}"
 T0=$(date +%s)
 mkdir -p "$OUT" "$W"
@@ -56,24 +58,26 @@ for mode in ${MODES//,/ }; do
   peak_mem "$B/bench/train_bench" --model "$W/bench_model" --batch "$BATCH" --seq-len "$SEQ_LEN" \
     --steps "$STEPS" --mode "$mode" > "$OUT/train_1gpu_$mode.jsonl" 2> "$OUT/train_1gpu_$mode.err"
   note "train_bench 1 GPU $mode rc=$?: $(cat "$OUT/train_1gpu_$mode.jsonl")"
-  tail -3 "$OUT/train_1gpu_$mode.err"
+  tail -n 3 "$OUT/train_1gpu_$mode.err"
   if [ "$GPUS" -ge 2 ]; then
-    port=$(( 29600 + RANDOM % 1000 ))
-    two_gpus() {
-      local pids=()
-      for r in 0 1; do
-        RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-          "$B/bench/train_bench" --model "$W/bench_model" --batch "$BATCH" --seq-len "$SEQ_LEN" \
-          --steps "$STEPS" --mode "$mode" > "$OUT/train_2gpu_${mode}_rank$r.jsonl" 2> "$OUT/train_2gpu_${mode}_rank$r.err" &
-        pids+=($!)
-      done
-      local rc=0
-      for p in "${pids[@]}"; do wait "$p" || rc=$?; done
-      return $rc
-    }
-    peak_mem two_gpus
-    note "train_bench 2 GPUs $mode rc=$?: $(cat "$OUT/train_2gpu_${mode}_rank0.jsonl")"
-    tail -3 "$OUT/train_2gpu_${mode}_rank0.err" "$OUT/train_2gpu_${mode}_rank1.err"
+    for mb in ${BUCKET_MB//,/ }; do
+      port=$(( 29600 + RANDOM % 1000 ))
+      two_gpus() {
+        local pids=()
+        for r in 0 1; do
+          RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+            "$B/bench/train_bench" --model "$W/bench_model" --batch "$BATCH" --seq-len "$SEQ_LEN" \
+            --steps "$STEPS" --mode "$mode" --bucket-mb "$mb" > "$OUT/train_2gpu_${mode}_rank$r.jsonl" 2> "$OUT/train_2gpu_${mode}_rank$r.err" &
+          pids+=($!)
+        done
+        local rc=0
+        for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+        return $rc
+      }
+      peak_mem two_gpus
+      note "train_bench 2 GPUs $mode bucket_mb $mb rc=$?: $(cat "$OUT/train_2gpu_${mode}_rank0.jsonl")"
+      tail -n 3 "$OUT/train_2gpu_${mode}_rank0.err" "$OUT/train_2gpu_${mode}_rank1.err"
+    done
   fi
 done
 
@@ -81,6 +85,6 @@ if [ "$SKIP_HF" != 1 ]; then
   PYTHONUNBUFFERED=1 peak_mem $PY "$ROOT/bench/train/hf_train_bench.py" --model-dir "$W/bench_model" \
     --batch "$BATCH" --seq-len "$SEQ_LEN" --steps "$STEPS" > "$OUT/hf_train.jsonl" 2> "$OUT/hf_train.err"
   note "transformers train rc=$?: $(cat "$OUT/hf_train.jsonl")"
-  tail -3 "$OUT/hf_train.err"
+  tail -n 3 "$OUT/hf_train.err"
 fi
 note "total $(elapsed) s"
