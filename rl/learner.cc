@@ -559,8 +559,11 @@ struct Learner::Impl {
         lps.push_back(logp.gather(1, p.targets.narrow(0, start, n).unsqueeze(1)).squeeze(1));
         ents.push_back(-(logp.exp() * logp).sum(-1));
       }
-      *entropy = ents.empty() ? torch::zeros({0}) : torch::cat(ents);
-      return {lps.empty() ? torch::zeros({0}) : torch::cat(lps), out.aux_loss};
+      // A forward without response tokens (a lock-step expert-parallel one) gives empty
+      // results on the model's device.
+      auto none = torch::zeros({0}, hidden.options().dtype(torch::kFloat32));
+      *entropy = ents.empty() ? none : torch::cat(ents);
+      return {lps.empty() ? none : torch::cat(lps), out.aux_loss};
     }
     return {module->TokenLogprobs(hidden, p.targets), out.aux_loss};
   }
