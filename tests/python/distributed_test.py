@@ -383,7 +383,8 @@ def check_expert(device_args, layouts, drop_layouts):
             reference = train(1, drop)
             undropped = train(1, without(drop, "--capacity"))[0][0]
             dropped = float(np.abs(reference[0][0] - undropped).max())
-            assert dropped > 1e-3, f"{mode}: capacity 0.75 changed the update by only {dropped}"
+            # Ten times the tolerance of the equality checks: dropping visibly moves the update.
+            assert dropped > 1e-4, f"{mode}: capacity 0.75 changed the update by only {dropped}"
             check_equal(reference, world, drop + extra, overlap=False, stats_also=["aux_loss"])
 
 
