@@ -11,18 +11,9 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export OUT="${OUT:-$ROOT/build/gpu_suite}"
-B="${E2E_BUILD_DIR:-/tmp/lightrl_cuda_build}"
-W="${E2E_WORK_DIR:-/tmp/lightrl_e2e}"
 BATCHES="${BATCHES:-8,64,256}"
 TEST_BUDGET_S="${TEST_BUDGET_S:-240}"
-T0=$(date +%s)
-mkdir -p "$OUT" "$W"
-S="$OUT/summary.txt"
-: > "$S"
-note() { echo "$*" | tee -a "$S"; }
-elapsed() { echo $(( $(date +%s) - T0 )); }
-PY=$(command -v python3)
-note "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l) x $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)"
+source "$ROOT/bench/gpu_env.sh"
 
 GPU_BUILD_TARGETS=""
 source "$ROOT/bench/gpu_build.sh"

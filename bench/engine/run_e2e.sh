@@ -16,8 +16,6 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${OUT:-$ROOT/build/e2e_out}"
-B="${E2E_BUILD_DIR:-/tmp/lightrl_cuda_build}"
-W="${E2E_WORK_DIR:-/tmp/lightrl_e2e}"
 LONG_SEQS="${LONG_SEQS:-2}"
 LONG_TOKENS="${LONG_TOKENS:-16384}"
 BATCHES="${BATCHES:-8,64,256}"
@@ -27,15 +25,7 @@ SHORT_TOKENS="${SHORT_TOKENS:-8}"
 EAGER_BATCHES="${EAGER_BATCHES:-64}"
 CLI_BATCHES="${CLI_BATCHES:-64}"
 LONG_REPORT="${LONG_REPORT:-8192}"
-T0=$(date +%s)
-mkdir -p "$OUT" "$W"
-S="$OUT/summary.txt"
-: > "$S"
-note() { echo "$*" | tee -a "$S"; }
-elapsed() { echo $(( $(date +%s) - T0 )); }
-PY=$(command -v python3)
-
-note "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
+source "$ROOT/bench/gpu_env.sh"
 
 GPU_BUILD_TARGETS="${GPU_BUILD_TARGETS:-engine_gpu_test paged_attention_kernels_test rms_norm_kernels_test engine_test policy_test lightrl engine_bench}"
 source "$ROOT/bench/gpu_build.sh"

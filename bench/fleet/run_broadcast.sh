@@ -8,15 +8,8 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${OUT:-$ROOT/build/broadcast_out}"
-B="${E2E_BUILD_DIR:-/tmp/lightrl_cuda_build}"
-T0=$(date +%s)
-mkdir -p "$OUT"
-S="$OUT/summary.txt"
-touch "$S"
-note() { echo "$*" | tee -a "$S"; }
-elapsed() { echo $(( $(date +%s) - T0 )); }
-PY=$(command -v python3)
-note "== $(date -u +%FT%TZ) broadcast: $(nvidia-smi -L | wc -l) x $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+KEEP_SUMMARY=1 GPU_NOTE=broadcast
+source "$ROOT/bench/gpu_env.sh"
 GPU_BUILD_TARGETS="weight_broadcast_gpu_test lightrl"
 source "$ROOT/bench/gpu_build.sh"
 grep -E "NCCL" "$OUT/build.log" | head -3 | tee -a "$S"

@@ -8,20 +8,12 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${OUT:-$ROOT/build/fleet_gpu_out}"
-B="${E2E_BUILD_DIR:-/tmp/lightrl_cuda_build}"
-W="${E2E_WORK_DIR:-/tmp/lightrl_fleet_gpu}"
+WORK_DEFAULT=/tmp/lightrl_fleet_gpu
 NUM_GROUPS="${NUM_GROUPS:-64}"
 N="${N:-4}"
 NEW_TOKENS="${NEW_TOKENS:-128}"
 GPUS="${GPUS:-$(nvidia-smi -L | wc -l)}"
-T0=$(date +%s)
-mkdir -p "$OUT" "$W"
-S="$OUT/summary.txt"
-: > "$S"
-note() { echo "$*" | tee -a "$S"; }
-elapsed() { echo $(( $(date +%s) - T0 )); }
-PY=$(command -v python3)
-note "== $(date -u +%FT%TZ) $GPUS x $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+source "$ROOT/bench/gpu_env.sh"
 
 GPU_BUILD_TARGETS="lightrl fleet_bench"
 source "$ROOT/bench/gpu_build.sh"

@@ -12,23 +12,15 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${OUT:-$ROOT/build/train_out}"
-B="${E2E_BUILD_DIR:-/tmp/lightrl_cuda_build}"
-W="${E2E_WORK_DIR:-/tmp/lightrl_e2e}"
 BATCH="${BATCH:-8}"
 SEQ_LEN="${SEQ_LEN:-2048}"
 STEPS="${STEPS:-10}"
 MODES="${MODES:-sft,rl}"
 BUCKET_MB="${BUCKET_MB:-25}"
 SKIP_HF="${SKIP_HF:-0}"
-T0=$(date +%s)
-mkdir -p "$OUT" "$W"
-S="$OUT/train_summary.txt"
-: > "$S"
-note() { echo "$*" | tee -a "$S"; }
-elapsed() { echo $(( $(date +%s) - T0 )); }
-PY=$(command -v python3)
-GPUS=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
-note "== $(date -u +%FT%TZ) ${GPUS} x $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)"
+SUMMARY=train_summary.txt
+source "$ROOT/bench/gpu_env.sh"
+GPUS=$(nvidia-smi -L | wc -l)
 
 GPU_BUILD_TARGETS="${GPU_BUILD_TARGETS:-train_bench lightning_cuda_test policy_test}"
 source "$ROOT/bench/gpu_build.sh"
