@@ -1,27 +1,15 @@
 #include "rl/distributed.h"
 
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <thread>
 
+#include "tests/test_ports.h"
+
 namespace lightrl {
 namespace {
-
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 TEST(DistributedOptionsTest, ValidateNamesTheField) {
   DistributedOptions o;
@@ -68,7 +56,7 @@ TEST(DistributedOptionsTest, EnvironmentOverridesTheConfig) {
 
 // Two ranks of one Gloo group, as two threads of this process.
 TEST(ProcessGroupTest, TwoRanksBroadcastAndReduce) {
-  const int port = FreePort();
+  const int port = FreeLoopbackPort();
   std::string results[2];
   std::vector<double> sums[2], mins[2], maxs[2];
   absl::Status status[2];
@@ -111,7 +99,7 @@ TEST(ProcessGroupTest, TwoRanksBroadcastAndReduce) {
 }
 
 TEST(ProcessGroupTest, OneRankClaimedTwice) {
-  const int port = FreePort();
+  const int port = FreeLoopbackPort();
   absl::Status status[3];
   // Kept until every thread is done: rank 0's group serves the store.
   absl::StatusOr<ProcessGroupPtr> groups[3];

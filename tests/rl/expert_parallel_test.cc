@@ -6,8 +6,6 @@
 #include "rl/expert_comm.h"
 
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,21 +15,10 @@
 
 #include "policy/minimax_model.h"
 #include "tests/test_models.h"
+#include "tests/test_ports.h"
 
 namespace lightrl {
 namespace {
-
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 double MaxDiff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a - b).abs().max().item<double>();
@@ -116,7 +103,7 @@ TEST_P(ExpertParallelMoeTest, EqualsOneProcessOverAllTokens) {
     ASSERT_GT(MaxDiff(undropped, out_all), 1e-3) << "the capacity dropped nothing";
   }
 
-  const int port = FreePort();
+  const int port = FreeLoopbackPort();
   std::vector<torch::Tensor> outs(world), auxes(world), x_grads(world);
   std::vector<SparseMoe> moes;
   for (int64_t r = 0; r < world; ++r) moes.push_back(make_moe());
