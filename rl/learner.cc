@@ -469,32 +469,28 @@ struct Learner::Impl {
         ScaleExpertGrads(factor);
       }
     } else if (!norms.empty()) {
-      torch::Tensor total_norm = norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2);
-      norm = total_norm.item<double>();
-      if (options.optimizer.grad_clip > 0) {
-        shard_grad.mul_(torch::clamp(options.optimizer.grad_clip / (total_norm + 1e-6), std::nullopt, 1.0));
+      // The same norm and factor as ClipGradients, so ZeRO-1 and plain data parallelism
+      // update bit for bit alike.
+      std::vector<torch::Tensor> grads;
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (dense[i] && any[i] > 0) grads.push_back(flat.narrow(0, slots[i].offset, slots[i].numel));
       }
+      auto total_norm = GlobalNorm(grads);
+      norm = total_norm.item<double>();
+      if (options.optimizer.grad_clip > 0) shard_grad.mul_(ClipFactor(total_norm));
     }
     if (std::isfinite(norm)) {
-      const OptimizerOptions& o = options.optimizer;
+      AdamWLists lists;
       for (size_t i = 0; i < params.size(); ++i) {
         if (!dense[i]) continue;
         const int64_t lo = std::max(slots[i].offset, shard_begin);
         const int64_t hi = std::min(slots[i].offset + slots[i].numel, shard_end);
         if (any[i] == 0 || lo >= hi) continue;
-        const int64_t step = ++z_steps[i];
-        auto p = z_master.narrow(0, lo - shard_begin, hi - lo);
-        auto m = z_avg.narrow(0, lo - shard_begin, hi - lo);
-        auto v = z_avg_sq.narrow(0, lo - shard_begin, hi - lo);
-        auto g = flat.narrow(0, lo, hi - lo);
-        p.mul_(1 - lr * o.weight_decay);
-        m.mul_(o.beta1).add_(g, 1 - o.beta1);
-        v.mul_(o.beta2).addcmul_(g, g, 1 - o.beta2);
-        const double bias1 = 1 - std::pow(o.beta1, static_cast<double>(step));
-        const double bias2 = 1 - std::pow(o.beta2, static_cast<double>(step));
-        auto denom = (v.sqrt() / std::sqrt(bias2)).add_(o.eps);
-        p.addcdiv_(m, denom, -lr / bias1);
+        lists.Add(z_master.narrow(0, lo - shard_begin, hi - lo), flat.narrow(0, lo, hi - lo),
+                  z_avg.narrow(0, lo - shard_begin, hi - lo),
+                  z_avg_sq.narrow(0, lo - shard_begin, hi - lo), ++z_steps[i]);
       }
+      FusedAdamW(lists, lr);
       std::vector<at::Tensor> in{z_master};
       std::vector<std::vector<at::Tensor>> out(1);
       for (int64_t r = 0; r < world; ++r) out[0].push_back(flat.narrow(0, r * shard_size, shard_size));
@@ -568,9 +564,18 @@ struct Learner::Impl {
     return {module->TokenLogprobs(hidden, p.targets), out.aux_loss};
   }
 
+  // sqrt of the sum of squares of `grads`, on the device.
+  static torch::Tensor GlobalNorm(const std::vector<torch::Tensor>& grads) {
+    return torch::stack(at::_foreach_norm(grads, 2)).norm();
+  }
+
+  // What gradients of global norm `norm` are scaled by: torch's clip_grad_norm_ rule.
+  torch::Tensor ClipFactor(const torch::Tensor& norm) const {
+    return (options.optimizer.grad_clip / (norm + 1e-6)).clamp_max(1.0);
+  }
+
   // The global gradient norm of `updated`, after scaling the gradients down to
-  // grad_clip when it is larger (torch's clip_grad_norm_ rule), in a few multi-tensor
-  // kernels and one read-back.
+  // grad_clip when it is larger, in a few multi-tensor kernels and one read-back.
   double ClipGradients(const std::vector<torch::Tensor>& updated) {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> grads;
@@ -578,50 +583,58 @@ struct Learner::Impl {
       if (t.defined() && t.grad().defined()) grads.push_back(t.grad());
     }
     if (grads.empty()) return 0;
-    auto norm = torch::stack(at::_foreach_norm(grads, 2)).norm();
-    if (options.optimizer.grad_clip > 0) {
-      auto coef = (options.optimizer.grad_clip / (norm + 1e-6)).clamp_max(1.0);
-      at::_foreach_mul_(grads, coef);
-    }
+    auto norm = GlobalNorm(grads);
+    if (options.optimizer.grad_clip > 0) at::_foreach_mul_(grads, ClipFactor(norm));
     return norm.item<double>();
   }
 
-  // One AdamW update of the dense optimizer's parameters that have a gradient (as torch's
-  // AdamW, which skips the others), through torch's fused multi-tensor kernel. The
-  // moments and step counts stay in the optimizer's own state, so checkpoints read and
-  // write them unchanged.
-  void FusedAdamWStep(double lr) {
+  // The tensors of one fused AdamW update, each with its own step count (after this
+  // update's increment).
+  struct AdamWLists {
+    std::vector<torch::Tensor> params, grads, avgs, avg_sqs;
+    std::vector<float> steps;
+    void Add(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor v, int64_t step) {
+      params.push_back(std::move(p));
+      grads.push_back(std::move(g));
+      avgs.push_back(std::move(m));
+      avg_sqs.push_back(std::move(v));
+      steps.push_back(static_cast<float>(step));
+    }
+  };
+
+  // torch's fused multi-tensor AdamW (decoupled weight decay, bias-corrected moments).
+  void FusedAdamW(const AdamWLists& l, double lr) {
+    if (l.params.empty()) return;
     torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> ps, grads, avgs, avg_sqs;
-    std::vector<float> step_values;
-    std::vector<torch::Tensor> own;
-    for (auto& group : optimizer->param_groups()) {
-      own.insert(own.end(), group.params().begin(), group.params().end());
-    }
-    for (const auto& p : own) {
-      if (!p.grad().defined()) continue;
-      auto& slot = optimizer->state()[p.unsafeGetTensorImpl()];
-      if (!slot) {
-        auto fresh = std::make_unique<torch::optim::AdamWParamState>();
-        fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-        slot = std::move(fresh);
-      }
-      auto& st = static_cast<torch::optim::AdamWParamState&>(*slot);
-      st.step(st.step() + 1);
-      ps.push_back(p);
-      grads.push_back(p.grad());
-      avgs.push_back(st.exp_avg());
-      avg_sqs.push_back(st.exp_avg_sq());
-      step_values.push_back(static_cast<float>(st.step()));
-    }
-    if (ps.empty()) return;
-    // The kernel reads each parameter's step count from a tensor on its device.
-    auto step_tensor = torch::tensor(step_values).to(ps.front().device());
-    std::vector<torch::Tensor> state_steps = step_tensor.unbind(0);
+    // The kernel reads each tensor's step count from a tensor on its device.
+    auto steps = torch::tensor(l.steps).to(l.params.front().device()).unbind(0);
     const auto& o = options.optimizer;
-    at::_fused_adamw_(ps, grads, avgs, avg_sqs, /*max_exp_avg_sqs=*/{}, state_steps, lr, o.beta1,
-                      o.beta2, o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false);
+    at::_fused_adamw_(l.params, l.grads, l.avgs, l.avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr,
+                      o.beta1, o.beta2, o.weight_decay, o.eps, /*amsgrad=*/false,
+                      /*maximize=*/false);
+  }
+
+  // One AdamW update of the dense optimizer's parameters that have a gradient (as torch's
+  // AdamW, which skips the others). The moments and step counts stay in the optimizer's
+  // own state, so checkpoints read and write them unchanged.
+  void FusedAdamWStep(double lr) {
+    AdamWLists lists;
+    for (auto& group : optimizer->param_groups()) {
+      for (const auto& p : group.params()) {
+        if (!p.grad().defined()) continue;
+        auto& slot = optimizer->state()[p.unsafeGetTensorImpl()];
+        if (!slot) {
+          auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+          fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+          fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+          slot = std::move(fresh);
+        }
+        auto& st = static_cast<torch::optim::AdamWParamState&>(*slot);
+        st.step(st.step() + 1);
+        lists.Add(p, p.grad(), st.exp_avg(), st.exp_avg_sq(), st.step());
+      }
+    }
+    FusedAdamW(lists, lr);
   }
 
   double ClipAndStep(double lr, LearnerStats& stats) {
