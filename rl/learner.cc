@@ -449,7 +449,7 @@ struct Learner::Impl {
   }
 
   // ZeRO-1's update: the global norm and clip from the (all-reduced, full) gradients,
-  // AdamW on this rank's shard exactly as torch's AdamW, then an all-gather of the
+  // the fused AdamW on this rank's shard (as the plain update runs it), then an all-gather of the
   // parameters.
   double ZeroStep(double lr, LearnerStats& stats) {
     torch::NoGradGuard no_grad;
