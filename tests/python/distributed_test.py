@@ -38,6 +38,9 @@ import traceback
 
 import numpy as np
 
+# The toy arithmetic task's tiny model and tokenizer, as the trainer tests use them.
+from trainer_test import MODEL, TOKENIZER
+
 WORKER = os.environ.get("LEARNER_DIST_WORKER", "build/tests/learner_dist_worker")
 BIN = os.environ.get("LIGHTRL_BIN", "build/rl/lightrl")
 ENV = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -195,17 +198,6 @@ def case_errors():
         shutil.rmtree(out, ignore_errors=True)
 
 
-TOKENIZER = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "examples",
-                                         "toy", "tokenizer.json"))
-MODEL = {
-    "vocab_size": 257, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
-    "num_local_experts": 2, "num_experts_per_tok": 1, "max_position_embeddings": 512,
-    "block_size": 16, "layer_types": ["linear_attention", "full_attention"],
-    "full_attn_alpha_factor": 2.0, "linear_attn_alpha_factor": 2.0, "mlp_alpha_factor": 2.0,
-    "rms_norm_eps": 1e-05, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
-    "router_aux_loss_coef": 0.001, "tie_word_embeddings": False, "hidden_act": "silu",
-}
 # Metrics that depend on the learner alone (not on timing); rank 0 of 2 must log them as
 # one process does.
 RUN_METRICS_RTOL = 1e-4
