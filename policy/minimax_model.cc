@@ -536,9 +536,13 @@ torch::Tensor MiniMaxForCausalLMImpl::Logits(const torch::Tensor& hidden) {
   return Fp32OutLinear(hidden, lm_head->weight);
 }
 
+int64_t MiniMaxForCausalLMImpl::LogitChunkRows() const {
+  return std::max<int64_t>(1024, (int64_t{1} << 27) / lm_head->weight.size(0));
+}
+
 torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,
                                                     const torch::Tensor& targets, int64_t chunk) {
-  if (chunk <= 0) chunk = std::max<int64_t>(1024, (int64_t{1} << 27) / lm_head->weight.size(0));
+  if (chunk <= 0) chunk = LogitChunkRows();
   std::vector<torch::Tensor> parts;
   for (int64_t start = 0; start < hidden.size(0); start += chunk) {
     const int64_t n = std::min(chunk, hidden.size(0) - start);

@@ -159,9 +159,11 @@ class MiniMaxForCausalLMImpl : public torch::nn::Module {
   // FP32 logits [N, vocab] of hidden states [N, hidden].
   torch::Tensor Logits(const torch::Tensor& hidden);
   // log p(targets[i] | hidden[i]) in FP32, computed in chunks so the [T, vocab] logits
-  // never exist at once (0: chunks of about 2^27 logits, at least 1024 rows). Differentiable.
+  // never exist at once (0: LogitChunkRows()). Differentiable.
   torch::Tensor TokenLogprobs(const torch::Tensor& hidden, const torch::Tensor& targets,
                               int64_t chunk = 0);
+  // Rows of FP32 logits computed at once: about 2^27 logits, at least 1024 rows.
+  int64_t LogitChunkRows() const;
 
   // Fills parameters with the initialisation transformers uses (normal, std 0.02).
   void InitRandom(uint64_t seed);

@@ -549,8 +549,9 @@ struct Learner::Impl {
     auto hidden = out.hidden.index_select(0, p.predict_rows);
     if (entropy != nullptr) {
       std::vector<torch::Tensor> lps, ents;
-      for (int64_t start = 0; start < hidden.size(0); start += 1024) {
-        const int64_t n = std::min<int64_t>(1024, hidden.size(0) - start);
+      const int64_t chunk = module->LogitChunkRows();
+      for (int64_t start = 0; start < hidden.size(0); start += chunk) {
+        const int64_t n = std::min<int64_t>(chunk, hidden.size(0) - start);
         auto logp = torch::log_softmax(module->Logits(hidden.narrow(0, start, n)), -1);
         lps.push_back(logp.gather(1, p.targets.narrow(0, start, n).unsqueeze(1)).squeeze(1));
         ents.push_back(-(logp.exp() * logp).sum(-1));
