@@ -6,6 +6,7 @@
 #include "policy/expert_parallel.h"
 #include "policy/lightning_attention.h"
 #include "policy/lightning_cuda.h"
+#include "policy/train_ops_cuda.h"
 
 namespace lightrl {
 namespace {
@@ -252,6 +253,8 @@ ExpertImpl::ExpertImpl(int64_t hidden, int64_t ffn) {
 }
 
 torch::Tensor ExpertImpl::forward(const torch::Tensor& x) {
+  // On the GPU the gate's activation and product are one kernel each way.
+  if (TrainKernelsSupported(x)) return w2(SwiGluCuda(w1(x), w3(x)));
   return w2(torch::silu(w1(x)) * w3(x));
 }
 
@@ -330,11 +333,10 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
   auto order = std::get<1>(flat_e.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
   auto per_expert = torch::bincount(flat_e, /*weights=*/{}, num_experts + 1).to(torch::kCPU);
   auto n_acc = per_expert.accessor<int64_t, 1>();
-  std::vector<int64_t> shift(num_experts + 1, 0), padded_start(num_experts, 0);
+  std::vector<int64_t> shift(num_experts + 1, 0);
   int64_t kept_count = 0, padded = 0;
   for (int64_t e = 0; e < num_experts; ++e) {
     shift[e] = padded - kept_count;
-    padded_start[e] = padded;
     kept_count += n_acc[e];
     padded += (n_acc[e] + align - 1) / align * align;
   }
@@ -351,11 +353,14 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
   auto src = torch::zeros({padded}, index_opts).index_copy(0, pos, tok);
   auto reader = torch::full({padded}, T * top_k, index_opts).index_copy(0, pos, kept);
   auto rows = GatherRows(x, src, row_of.view({T, top_k}));
+  // One split (not a narrow per expert): its backward writes the slices' gradients into
+  // one buffer, where a narrow's would zero-fill and add a whole-size copy per expert.
+  std::vector<int64_t> lens(num_experts);
+  for (int64_t e = 0; e < num_experts; ++e) lens[e] = (n_acc[e] + align - 1) / align * align;
+  auto slices = rows.split_with_sizes(lens);
   std::vector<torch::Tensor> outs;
   for (int64_t e = 0; e < num_experts; ++e) {
-    if (n_acc[e] == 0) continue;
-    const int64_t len = (n_acc[e] + align - 1) / align * align;
-    outs.push_back(experts[e]->as<ExpertImpl>()->forward(rows.narrow(0, padded_start[e], len)));
+    if (n_acc[e] > 0) outs.push_back(experts[e]->as<ExpertImpl>()->forward(slices[e]));
   }
   // Dropped assignments read row 0 with weight 0.
   auto y = GatherRows(torch::cat(outs), row_of.clamp_max(padded - 1), reader.unsqueeze(1));
@@ -433,12 +438,11 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
     grouped = received.index_select(0, perm);
   }
   std::vector<torch::Tensor> outs;
-  int64_t offset = 0;
+  auto slices = grouped.split_with_sizes(sizes);
   for (int64_t j = 0; j < per_rank; ++j) {
     // Also with no rows: the expert's weights get a (zero) gradient and the graph stays
     // connected from the return all-to-all back to the dispatch.
-    outs.push_back(experts[first + j]->as<ExpertImpl>()->forward(grouped.narrow(0, offset, sizes[j])));
-    offset += sizes[j];
+    outs.push_back(experts[first + j]->as<ExpertImpl>()->forward(slices[j]));
   }
   auto computed = torch::cat(outs);
   if (per_rank > 1) {
@@ -542,17 +546,23 @@ int64_t MiniMaxForCausalLMImpl::LogitChunkRows() const {
 
 torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,
                                                     const torch::Tensor& targets, int64_t chunk) {
-  if (chunk <= 0) chunk = LogitChunkRows();
-  std::vector<torch::Tensor> parts;
-  for (int64_t start = 0; start < hidden.size(0); start += chunk) {
-    const int64_t n = std::min(chunk, hidden.size(0) - start);
-    auto logp = torch::log_softmax(Logits(hidden.narrow(0, start, n)), -1);
-    parts.push_back(logp.gather(1, targets.narrow(0, start, n).unsqueeze(1)).squeeze(1));
-  }
   // Empty, but still a function of `hidden`: an expert-parallel backward must reach the
   // MoE blocks' collectives from every rank, those without tokens included.
-  if (parts.empty()) return Logits(hidden).sum(-1);
-  return torch::cat(parts);
+  if (hidden.size(0) == 0) return Logits(hidden).sum(-1);
+  if (chunk <= 0) chunk = LogitChunkRows();
+  std::vector<torch::Tensor> parts;
+  auto rows = hidden.split(chunk), ids = targets.split(chunk);
+  const auto& w = lm_head->weight;
+  for (size_t c = 0; c < rows.size(); ++c) {
+    if (TrainKernelsSupported(rows[c]) && w.scalar_type() == torch::kBFloat16) {
+      // The logits' FP32 log-softmax, pick and gradient in one pass each (the same math).
+      parts.push_back(TokenLogprobsCuda(rows[c], w, ids[c]));
+      continue;
+    }
+    auto logp = torch::log_softmax(Logits(rows[c]), -1);
+    parts.push_back(logp.gather(1, ids[c].unsqueeze(1)).squeeze(1));
+  }
+  return parts.size() == 1 ? parts[0] : torch::cat(parts);
 }
 
 void MiniMaxForCausalLMImpl::InitRandom(uint64_t seed) {

@@ -14,6 +14,7 @@
 #include "common/file_util.h"
 #include "common/status.h"
 #include "policy/minimax_model.h"
+#include "policy/train_ops_cuda.h"
 #include "rl/distributed_internal.h"
 #include "rl/expert_comm.h"
 #include "rl/losses.h"
@@ -459,6 +460,7 @@ struct Learner::Impl {
       if (dense[i] && any[i] > 0) norms.push_back(flat.narrow(0, slots[i].offset, slots[i].numel).norm(2));
     }
     double norm = 0;
+    torch::Tensor scale;  // the clip factor, applied inside AdamW
     torch::Tensor shard_grad = flat.narrow(0, shard_begin, shard_end - shard_begin);
     if (ep > 1) {
       const double dense_norm = norms.empty() ? 0.0 : torch::stack(norms).norm(2).item<double>();
@@ -469,15 +471,15 @@ struct Learner::Impl {
         ScaleExpertGrads(factor);
       }
     } else if (!norms.empty()) {
-      // The same norm and factor as ClipGradients, so ZeRO-1 and plain data parallelism
+      // The same norm and factor as ClipAndStep, so ZeRO-1 and plain data parallelism
       // update bit for bit alike.
       std::vector<torch::Tensor> grads;
       for (size_t i = 0; i < params.size(); ++i) {
         if (dense[i] && any[i] > 0) grads.push_back(flat.narrow(0, slots[i].offset, slots[i].numel));
       }
       auto total_norm = GlobalNorm(grads);
+      if (options.optimizer.grad_clip > 0) scale = ClipFactor(total_norm);
       norm = total_norm.item<double>();
-      if (options.optimizer.grad_clip > 0) shard_grad.mul_(ClipFactor(total_norm));
     }
     if (std::isfinite(norm)) {
       AdamWLists lists;
@@ -490,7 +492,7 @@ struct Learner::Impl {
                   z_avg.narrow(0, lo - shard_begin, hi - lo),
                   z_avg_sq.narrow(0, lo - shard_begin, hi - lo), ++z_steps[i]);
       }
-      FusedAdamW(lists, lr);
+      FusedAdamW(lists, lr, scale);
       std::vector<at::Tensor> in{z_master};
       std::vector<std::vector<at::Tensor>> out(1);
       for (int64_t r = 0; r < world; ++r) out[0].push_back(flat.narrow(0, r * shard_size, shard_size));
@@ -565,9 +567,9 @@ struct Learner::Impl {
     return {module->TokenLogprobs(hidden, p.targets), out.aux_loss};
   }
 
-  // sqrt of the sum of squares of `grads`, on the device.
+  // sqrt of the sum of squares of `grads` (bf16 or FP32, summed in FP32), on the device.
   static torch::Tensor GlobalNorm(const std::vector<torch::Tensor>& grads) {
-    return torch::stack(at::_foreach_norm(grads, 2)).norm();
+    return torch::stack(at::_foreach_norm(grads, 2, torch::kFloat32)).norm();
   }
 
   // What gradients of global norm `norm` are scaled by: torch's clip_grad_norm_ rule.
@@ -575,71 +577,95 @@ struct Learner::Impl {
     return (options.optimizer.grad_clip / (norm + 1e-6)).clamp_max(1.0);
   }
 
-  // The global gradient norm of `updated`, after scaling the gradients down to
-  // grad_clip when it is larger, in a few multi-tensor kernels and one read-back.
-  double ClipGradients(const std::vector<torch::Tensor>& updated) {
-    torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> grads;
-    for (const auto& t : updated) {
-      if (t.defined() && t.grad().defined()) grads.push_back(t.grad());
-    }
-    if (grads.empty()) return 0;
-    auto norm = GlobalNorm(grads);
-    if (options.optimizer.grad_clip > 0) at::_foreach_mul_(grads, ClipFactor(norm));
-    return norm.item<double>();
+  // Whether the dense update runs on the CUDA AdamW kernel (policy/train_ops_cuda.h): it
+  // reads bf16 gradients as they are, applies the clip factor, and writes the bf16 weights
+  // from the updated FP32 masters, so the update needs no FP32 gradient copies, no clip
+  // pass and no copy-back pass.
+  bool KernelAdamW() const { return ep == 1 && MasterAdamWSupported(device); }
+
+  // The gradient the update of dense parameter i reads, undefined when it has none: its
+  // master's (reduced or converted) or, with the kernel, the parameter's own.
+  torch::Tensor UpdateGrad(size_t i) {
+    auto& t = Updated(i);
+    if (t.grad().defined() || &t == &params[i]) return t.grad();
+    return KernelAdamW() ? params[i].grad() : torch::Tensor();
   }
 
   // The tensors of one fused AdamW update, each with its own step count (after this
-  // update's increment).
+  // update's increment) and, optionally, the bf16 weights to refresh from it.
   struct AdamWLists {
-    std::vector<torch::Tensor> params, grads, avgs, avg_sqs;
-    std::vector<float> steps;
-    void Add(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor v, int64_t step) {
+    std::vector<torch::Tensor> params, grads, avgs, avg_sqs, outs;
+    std::vector<int64_t> steps;
+    void Add(torch::Tensor p, torch::Tensor g, torch::Tensor m, torch::Tensor v, int64_t step,
+             torch::Tensor out = {}) {
       params.push_back(std::move(p));
       grads.push_back(std::move(g));
       avgs.push_back(std::move(m));
       avg_sqs.push_back(std::move(v));
-      steps.push_back(static_cast<float>(step));
+      steps.push_back(step);
+      outs.push_back(std::move(out));
     }
   };
 
-  // torch's fused multi-tensor AdamW (decoupled weight decay, bias-corrected moments).
-  void FusedAdamW(const AdamWLists& l, double lr) {
+  // AdamW (torch's: decoupled weight decay, bias-corrected moments) on the gradients times
+  // grad_scale (undefined: 1): the CUDA kernel on the GPU, else torch's fused multi-tensor
+  // AdamW after a multi-tensor scale.
+  void FusedAdamW(const AdamWLists& l, double lr, const torch::Tensor& grad_scale) {
     if (l.params.empty()) return;
     torch::NoGradGuard no_grad;
-    // The kernel reads each tensor's step count from a tensor on its device.
-    auto steps = torch::tensor(l.steps).to(l.params.front().device()).unbind(0);
     const auto& o = options.optimizer;
+    if (MasterAdamWSupported(l.params.front().device())) {
+      std::vector<MasterAdamWEntry> entries;
+      for (size_t i = 0; i < l.params.size(); ++i) {
+        entries.push_back({l.params[i], l.avgs[i], l.avg_sqs[i], l.grads[i], l.outs[i], l.steps[i]});
+      }
+      MasterAdamWCuda(entries, grad_scale, {lr, o.beta1, o.beta2, o.weight_decay, o.eps});
+      return;
+    }
+    if (grad_scale.defined()) at::_foreach_mul_(l.grads, grad_scale);
+    // The kernel reads each tensor's step count from a tensor on its device.
+    std::vector<float> counts(l.steps.begin(), l.steps.end());
+    auto steps = torch::tensor(counts).to(l.params.front().device()).unbind(0);
     at::_fused_adamw_(l.params, l.grads, l.avgs, l.avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr,
                       o.beta1, o.beta2, o.weight_decay, o.eps, /*amsgrad=*/false,
                       /*maximize=*/false);
+    std::vector<torch::Tensor> to, from;
+    for (size_t i = 0; i < l.params.size(); ++i) {
+      if (!l.outs[i].defined()) continue;
+      to.push_back(l.outs[i]);
+      from.push_back(l.params[i]);
+    }
+    if (!to.empty()) at::_foreach_copy_(to, from);
   }
 
-  // One AdamW update of the dense optimizer's parameters that have a gradient (as torch's
-  // AdamW, which skips the others). The moments and step counts stay in the optimizer's
-  // own state, so checkpoints read and write them unchanged.
-  void FusedAdamWStep(double lr) {
+  // One AdamW update of the dense parameters that have a gradient (as torch's AdamW, which
+  // skips the others). The moments and step counts stay in the optimizer's own state, so
+  // checkpoints read and write them unchanged.
+  void FusedAdamWStep(double lr, const torch::Tensor& grad_scale) {
     AdamWLists lists;
-    for (auto& group : optimizer->param_groups()) {
-      for (const auto& p : group.params()) {
-        if (!p.grad().defined()) continue;
-        auto& slot = optimizer->state()[p.unsafeGetTensorImpl()];
-        if (!slot) {
-          auto fresh = std::make_unique<torch::optim::AdamWParamState>();
-          fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-          fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-          slot = std::move(fresh);
-        }
-        auto& st = static_cast<torch::optim::AdamWParamState&>(*slot);
-        st.step(st.step() + 1);
-        lists.Add(p, p.grad(), st.exp_avg(), st.exp_avg_sq(), st.step());
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!dense[i]) continue;
+      auto g = UpdateGrad(i);
+      if (!g.defined()) continue;
+      auto& p = Updated(i);
+      auto& slot = optimizer->state()[p.unsafeGetTensorImpl()];
+      if (!slot) {
+        auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+        fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        slot = std::move(fresh);
       }
+      auto& st = static_cast<torch::optim::AdamWParamState&>(*slot);
+      st.step(st.step() + 1);
+      const bool refresh = &p != &params[i];  // a master: the weights follow it
+      lists.Add(p, g, st.exp_avg(), st.exp_avg_sq(), st.step(), refresh ? params[i] : torch::Tensor());
     }
-    FusedAdamW(lists, lr);
+    FusedAdamW(lists, lr, grad_scale);
   }
 
   double ClipAndStep(double lr, LearnerStats& stats) {
-    if (!master.empty()) {
+    const bool kernel = KernelAdamW();
+    if (!master.empty() && !kernel) {
       torch::NoGradGuard no_grad;
       for (size_t i = 0; i < params.size(); ++i) {
         if (params[i].grad().defined() && master[i].defined()) {
@@ -650,6 +676,7 @@ struct Learner::Impl {
     }
     const std::vector<torch::Tensor>& updated = master.empty() ? params : master;
     double norm = 0;
+    torch::Tensor scale;
     if (ep > 1) {
       // The dense gradients are the same on every rank; the experts' are spread.
       torch::NoGradGuard no_grad;
@@ -670,11 +697,22 @@ struct Learner::Impl {
         ScaleExpertGrads(factor);
       }
     } else {
-      norm = ClipGradients(updated);
+      // The global norm and clip factor stay on the device; one read-back for the norm.
+      torch::NoGradGuard no_grad;
+      std::vector<torch::Tensor> grads;
+      for (size_t i = 0; i < params.size(); ++i) {
+        auto g = UpdateGrad(i);
+        if (g.defined()) grads.push_back(g);
+      }
+      if (!grads.empty()) {
+        auto total = GlobalNorm(grads);
+        if (options.optimizer.grad_clip > 0) scale = ClipFactor(total);
+        norm = total.item<double>();
+      }
     }
     SetLr(lr);
     if (std::isfinite(norm)) {
-      FusedAdamWStep(lr);
+      FusedAdamWStep(lr, scale);
       if (ep > 1) StepExperts(lr);
     } else {
       std::fprintf(stderr, "learner: non-finite gradient norm at update %lld, update skipped\n",
@@ -687,16 +725,8 @@ struct Learner::Impl {
       }
     }
     optimizer->zero_grad();
-    if (!master.empty()) {
-      torch::NoGradGuard no_grad;
-      std::vector<torch::Tensor> to, from;
-      for (size_t i = 0; i < params.size(); ++i) {
-        if (dense[i] && master[i].defined()) {
-          to.push_back(params[i]);
-          from.push_back(master[i]);
-        }
-      }
-      at::_foreach_copy_(to, from);
+    if (kernel) {
+      for (auto& p : params) p.mutable_grad().reset();
     }
     ++steps;
     ++version;

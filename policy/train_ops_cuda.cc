@@ -1,0 +1,246 @@
+#include "policy/train_ops_cuda.h"
+
+#include <cmath>
+#include <cstring>
+
+#ifdef LIGHTRL_POLICY_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "policy/cuda/train_ops.h"
+#include "policy/cuda_views.h"
+#endif
+
+namespace lightrl {
+
+#ifdef LIGHTRL_POLICY_CUDA
+namespace {
+
+cudaStream_t Stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+__nv_bfloat16* Bf16(const torch::Tensor& t) {
+  return reinterpret_cast<__nv_bfloat16*>(t.data_ptr());
+}
+
+void CheckSameBf16(const torch::Tensor& t, const char* name, const torch::Tensor& like) {
+  TORCH_CHECK(t.is_cuda() && t.scalar_type() == torch::kBFloat16 && t.is_contiguous(),
+              "swiglu cuda: ", name, " must be a contiguous CUDA bf16 tensor");
+  TORCH_CHECK(t.sizes() == like.sizes() && t.device() == like.device(), "swiglu cuda: ", name,
+              " ", t.sizes(), " on ", t.device(), " differs from a ", like.sizes(), " on ",
+              like.device());
+}
+
+class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a,
+                               const torch::Tensor& b) {
+    CheckSameBf16(b, "b", a);
+    c10::cuda::CUDAGuard guard(a.device());
+    auto h = torch::empty_like(a);
+    SwiGluParams p;
+    p.a = Bf16(a);
+    p.b = Bf16(b);
+    p.h = Bf16(h);
+    p.n = a.numel();
+    CheckCudaLaunch(LaunchSwiGlu(p, Stream()), "swiglu forward", p.Validate());
+    ctx->save_for_backward({a, b});
+    return h;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const auto& a = saved[0];
+    const auto& b = saved[1];
+    auto dh = grad_out[0].to(torch::kBFloat16).contiguous();
+    c10::cuda::CUDAGuard guard(a.device());
+    auto da = torch::empty_like(a), db = torch::empty_like(b);
+    SwiGluBackwardParams p;
+    p.a = Bf16(a);
+    p.b = Bf16(b);
+    p.dh = Bf16(dh);
+    p.da = Bf16(da);
+    p.db = Bf16(db);
+    p.n = a.numel();
+    CheckCudaLaunch(LaunchSwiGluBackward(p, Stream()), "swiglu backward", p.Validate());
+    return {da, db};
+  }
+};
+
+// The [n] log-probabilities and [n] log-sum-exps of FP32 logits [n, V].
+std::pair<torch::Tensor, torch::Tensor> TokenLogprobKernel(const torch::Tensor& logits,
+                                                           const torch::Tensor& targets) {
+  auto opts = logits.options().dtype(torch::kFloat32);
+  auto lse = torch::empty({logits.size(0)}, opts), logp = torch::empty({logits.size(0)}, opts);
+  TokenLogprobParams p;
+  p.logits = logits.data_ptr<float>();
+  p.targets = targets.data_ptr<int64_t>();
+  p.lse = lse.data_ptr<float>();
+  p.logp = logp.data_ptr<float>();
+  p.logits_row_stride = logits.stride(0);
+  p.rows = static_cast<int>(logits.size(0));
+  p.vocab = static_cast<int>(logits.size(1));
+  CheckCudaLaunch(LaunchTokenLogprob(p, Stream()), "token logprob forward", p.Validate());
+  return {logp, lse};
+}
+
+class TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& w, const torch::Tensor& targets) {
+    c10::cuda::CUDAGuard guard(x.device());
+    auto logits = at::mm(x, w.t(), torch::kFloat32);
+    auto [logp, lse] = TokenLogprobKernel(logits, targets);
+    ctx->save_for_backward({x, w, logits, lse, targets});
+    return logp;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& w = saved[1];
+    const auto& logits = saved[2];
+    c10::cuda::CUDAGuard guard(x.device());
+    auto grad = grad_out[0].to(torch::kFloat32).contiguous();
+    auto dlogits = torch::empty(logits.sizes(), x.options());
+    TokenLogprobBackwardParams p;
+    p.logits = logits.data_ptr<float>();
+    p.targets = saved[4].data_ptr<int64_t>();
+    p.lse = saved[3].data_ptr<float>();
+    p.grad = grad.data_ptr<float>();
+    p.dlogits = Bf16(dlogits);
+    p.logits_row_stride = logits.stride(0);
+    p.dlogits_row_stride = dlogits.stride(0);
+    p.rows = static_cast<int>(logits.size(0));
+    p.vocab = static_cast<int>(logits.size(1));
+    CheckCudaLaunch(LaunchTokenLogprobBackward(p, Stream()), "token logprob backward", p.Validate());
+    torch::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) dx = at::mm(dlogits, w);
+    if (ctx->needs_input_grad(1)) dw = at::mm(dlogits.t(), x);
+    return {dx, dw, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool TrainKernelsSupported(const torch::Tensor& t) {
+  return t.is_cuda() && t.scalar_type() == torch::kBFloat16;
+}
+
+torch::Tensor SwiGluCuda(const torch::Tensor& a, const torch::Tensor& b) {
+  TORCH_CHECK(a.is_cuda() && a.scalar_type() == torch::kBFloat16, "swiglu cuda: a must be CUDA bf16");
+  return SwiGluFunction::apply(a.contiguous(), b.contiguous());
+}
+
+torch::Tensor TokenLogprobsCuda(const torch::Tensor& x, const torch::Tensor& w,
+                                const torch::Tensor& targets) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+              "token logprobs cuda: x ", x.sizes(), " and W ", w.sizes(), " do not multiply");
+  TORCH_CHECK(x.is_cuda() && x.scalar_type() == torch::kBFloat16 &&
+                  w.scalar_type() == torch::kBFloat16 && w.device() == x.device(),
+              "token logprobs cuda: x and W must be bf16 on one CUDA device");
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == x.size(0), "token logprobs cuda: targets ",
+              targets.sizes(), " must be [", x.size(0), "]");
+  TORCH_CHECK(w.size(0) <= INT32_MAX && x.size(0) <= INT32_MAX, "token logprobs cuda: too large");
+  return TokenLogprobsFunction::apply(x, w, targets.to(x.device(), torch::kInt64).contiguous());
+}
+
+bool MasterAdamWSupported(const torch::Device& device) { return device.is_cuda(); }
+
+void MasterAdamWCuda(const std::vector<MasterAdamWEntry>& entries, const torch::Tensor& grad_scale,
+                     const MasterAdamWHyper& hyper) {
+  if (entries.empty()) return;
+  const auto device = entries.front().master.device();
+  c10::cuda::CUDAGuard guard(device);
+  std::vector<AdamWTensor> tensors;
+  std::vector<int64_t> sizes;
+  for (const auto& e : entries) {
+    TORCH_CHECK(e.master.device() == device && e.master.scalar_type() == torch::kFloat32 &&
+                    e.master.is_contiguous(),
+                "master adamw: masters must be contiguous FP32 on ", device);
+    for (const auto* t : {&e.exp_avg, &e.exp_avg_sq, &e.grad}) {
+      TORCH_CHECK(t->device() == device && t->numel() == e.master.numel() && t->is_contiguous(),
+                  "master adamw: moments and gradient must be contiguous, on ", device,
+                  ", with the master's ", e.master.numel(), " elements");
+    }
+    TORCH_CHECK(e.exp_avg.scalar_type() == torch::kFloat32 && e.exp_avg_sq.scalar_type() == torch::kFloat32,
+                "master adamw: moments must be FP32");
+    const bool bf16 = e.grad.scalar_type() == torch::kBFloat16;
+    TORCH_CHECK(bf16 || e.grad.scalar_type() == torch::kFloat32,
+                "master adamw: gradients must be bf16 or FP32, got ", e.grad.scalar_type());
+    AdamWTensor t;
+    t.master = e.master.data_ptr<float>();
+    t.exp_avg = e.exp_avg.data_ptr<float>();
+    t.exp_avg_sq = e.exp_avg_sq.data_ptr<float>();
+    t.grad = e.grad.data_ptr();
+    t.grad_bf16 = bf16;
+    if (e.param_out.defined()) {
+      TORCH_CHECK(e.param_out.scalar_type() == torch::kBFloat16 && e.param_out.is_contiguous() &&
+                      e.param_out.numel() == e.master.numel() && e.param_out.device() == device,
+                  "master adamw: param_out must be contiguous bf16 shaped as its master");
+      t.param_out = Bf16(e.param_out);
+    }
+    t.n = e.master.numel();
+    t.bias_correction1 = static_cast<float>(1.0 - std::pow(hyper.beta1, static_cast<double>(e.step)));
+    t.bias_correction2 = static_cast<float>(1.0 - std::pow(hyper.beta2, static_cast<double>(e.step)));
+    tensors.push_back(t);
+    sizes.push_back(t.n);
+  }
+  const int64_t num_chunks = MakeAdamWChunks(sizes.data(), static_cast<int>(sizes.size()), nullptr, 0);
+  if (num_chunks == 0) return;
+  TORCH_CHECK(num_chunks <= INT32_MAX, "master adamw: too many chunks");
+  // Both tables in one pinned buffer, copied to the device on the stream.
+  const size_t tensor_bytes = tensors.size() * sizeof(AdamWTensor);
+  const size_t chunk_offset = (tensor_bytes + 15) / 16 * 16;
+  const size_t bytes = chunk_offset + static_cast<size_t>(num_chunks) * sizeof(AdamWChunk);
+  auto host = torch::empty({static_cast<int64_t>(bytes)},
+                           torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true));
+  auto* base = static_cast<uint8_t*>(host.data_ptr());
+  std::memcpy(base, tensors.data(), tensor_bytes);
+  MakeAdamWChunks(sizes.data(), static_cast<int>(sizes.size()),
+                  reinterpret_cast<AdamWChunk*>(base + chunk_offset), num_chunks);
+  // A non-blocking copy from pinned memory: torch's host allocator keeps the buffer until
+  // the stream has passed the copy.
+  auto table = host.to(device, /*non_blocking=*/true);
+  MasterAdamWParams p;
+  auto* dev = static_cast<uint8_t*>(table.data_ptr());
+  p.tensors = reinterpret_cast<const AdamWTensor*>(dev);
+  p.chunks = reinterpret_cast<const AdamWChunk*>(dev + chunk_offset);
+  p.num_chunks = static_cast<int>(num_chunks);
+  torch::Tensor scale;
+  if (grad_scale.defined()) {
+    scale = grad_scale.to(device, torch::kFloat32).contiguous();
+    TORCH_CHECK(scale.numel() == 1, "master adamw: grad_scale must be a scalar");
+    p.grad_scale = scale.data_ptr<float>();
+  }
+  p.lr = static_cast<float>(hyper.lr);
+  p.beta1 = static_cast<float>(hyper.beta1);
+  p.beta2 = static_cast<float>(hyper.beta2);
+  p.weight_decay = static_cast<float>(hyper.weight_decay);
+  p.eps = static_cast<float>(hyper.eps);
+  CheckCudaLaunch(LaunchMasterAdamW(p, Stream()), "master adamw", p.Validate());
+}
+
+#else
+
+bool TrainKernelsSupported(const torch::Tensor&) { return false; }
+
+torch::Tensor SwiGluCuda(const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "swiglu cuda: this build has no CUDA kernels");
+}
+
+torch::Tensor TokenLogprobsCuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  TORCH_CHECK(false, "token logprobs cuda: this build has no CUDA kernels");
+}
+
+bool MasterAdamWSupported(const torch::Device&) { return false; }
+
+void MasterAdamWCuda(const std::vector<MasterAdamWEntry>&, const torch::Tensor&,
+                     const MasterAdamWHyper&) {
+  TORCH_CHECK(false, "master adamw: this build has no CUDA kernels");
+}
+
+#endif
+
+}  // namespace lightrl

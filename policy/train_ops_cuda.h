@@ -1,0 +1,49 @@
+// The learner's fused GPU kernels (policy/cuda/train_ops.h) as torch ops: the experts'
+// SwiGLU and the FP32 LM head's token log-probabilities as autograd functions, and AdamW on
+// FP32 master weights. Each has a *Supported check; without the kernels (CPU builds) the
+// checks are false and callers keep their torch-op paths. Internal (torch) header.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace lightrl {
+
+// Whether this build has the kernels and `t` is a CUDA bf16 tensor they serve.
+bool TrainKernelsSupported(const torch::Tensor& t);
+
+// silu(a) * b for same-shaped contiguous bf16 CUDA tensors, rounded once; differentiable in
+// both.
+torch::Tensor SwiGluCuda(const torch::Tensor& a, const torch::Tensor& b);
+
+// log softmax(x W^T)[r, targets[r]] for x [n, H] and W [V, H] (bf16, CUDA): the logits are
+// an FP32-output GEMM of the bf16 operands, the log-softmax and pick one FP32 pass over
+// them; the backward writes the logits' gradient in bf16 in one more pass. Returns [n] FP32,
+// differentiable in x and W. A target outside [0, V) gives NaN.
+torch::Tensor TokenLogprobsCuda(const torch::Tensor& x, const torch::Tensor& w,
+                                const torch::Tensor& targets);
+
+// One tensor of MasterAdamWCuda: FP32 master, moments, the gradient (bf16 or FP32, the
+// master's shape), the bf16 weights to refresh (optional) and the step count of this update
+// (1 for the first).
+struct MasterAdamWEntry {
+  torch::Tensor master, exp_avg, exp_avg_sq, grad, param_out;
+  int64_t step = 1;
+};
+
+struct MasterAdamWHyper {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, weight_decay = 0.0, eps = 1e-8;
+};
+
+// Whether MasterAdamWCuda serves FP32 masters on `device`.
+bool MasterAdamWSupported(const torch::Device& device);
+
+// torch's AdamW over all entries in one launch, on the gradient times grad_scale (a device
+// FP32 scalar, e.g. the clip factor; undefined: 1), writing each param_out from the
+// updated master.
+void MasterAdamWCuda(const std::vector<MasterAdamWEntry>& entries, const torch::Tensor& grad_scale,
+                     const MasterAdamWHyper& hyper);
+
+}  // namespace lightrl

@@ -1,0 +1,258 @@
+// GPU tests of the learner's fused kernels (policy/cuda/train_ops.h) against the double
+// oracles: fresh random inputs every run (the seed is printed on failure), sizes on the
+// 16-byte paths and off them (odd sizes, misaligned starts, padded rows), a target out of
+// range, and AdamW over several steps with bf16 and FP32 gradients and a clip factor.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include "policy/cuda/train_ops.h"
+#include "policy/reference/train_ops_reference.h"
+#include "tests/inference_engine/cuda_test_util.h"
+
+namespace lightrl {
+namespace {
+
+// One bf16 ulp at |v|.
+double Bf16Ulp(double v) {
+  const int exponent = std::max(std::ilogb(std::max(std::fabs(v), 1e-30)), -126);
+  return std::ldexp(1.0, exponent - 7);
+}
+
+// got (bf16) within one bf16 ulp (plus `floor`) of want, everywhere.
+void ExpectWithinUlp(const std::vector<__nv_bfloat16>& got, const std::vector<double>& want,
+                     double floor, unsigned seed, const char* what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double g = ToFloat(got[i]);
+    ASSERT_LE(std::fabs(g - want[i]), Bf16Ulp(want[i]) + floor)
+        << what << " at " << i << ": " << g << " vs " << want[i] << " (seed " << seed << ")";
+  }
+}
+
+class SwiGluKernel : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(SwiGluKernel, ForwardAndBackwardMatchTheReference) {
+  const unsigned seed = FreshSeed();
+  std::mt19937 rng(seed);
+  const int64_t n = GetParam();
+  for (int offset : {0, 1}) {  // 1: a misaligned start takes the scalar path
+    std::vector<float> a, b, dh;
+    auto a_h = RandomBf16(n + offset, 3.0f, rng, &a);
+    auto b_h = RandomBf16(n + offset, 1.0f, rng, &b);
+    auto g_h = RandomBf16(n + offset, 1.0f, rng, &dh);
+    DeviceBuffer<__nv_bfloat16> a_d(a_h), b_d(b_h), g_d(g_h), h_d(n + offset), da_d(n + offset),
+        db_d(n + offset);
+    SwiGluParams p;
+    p.a = a_d.get() + offset;
+    p.b = b_d.get() + offset;
+    p.h = h_d.get() + offset;
+    p.n = n;
+    ASSERT_EQ(LaunchSwiGlu(p, nullptr), cudaSuccess);
+    SwiGluBackwardParams q;
+    q.a = p.a;
+    q.b = p.b;
+    q.dh = g_d.get() + offset;
+    q.da = da_d.get() + offset;
+    q.db = db_d.get() + offset;
+    q.n = n;
+    ASSERT_EQ(LaunchSwiGluBackward(q, nullptr), cudaSuccess);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    auto slice = [&](const std::vector<float>& v) {
+      return std::vector<float>(v.begin() + offset, v.end());
+    };
+    auto sub = [&](const std::vector<__nv_bfloat16>& v) {
+      return std::vector<__nv_bfloat16>(v.begin() + offset, v.end());
+    };
+    ExpectWithinUlp(sub(h_d.Download()), ReferenceSwiGlu(slice(a), slice(b)), 1e-30, seed, "h");
+    std::vector<double> da, db;
+    ReferenceSwiGluBackward(slice(a), slice(b), slice(dh), &da, &db);
+    ExpectWithinUlp(sub(da_d.Download()), da, 1e-30, seed, "da");
+    ExpectWithinUlp(sub(db_d.Download()), db, 1e-30, seed, "db");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, SwiGluKernel, ::testing::Values(1, 7, 8, 8000, 65543, 1 << 20));
+
+struct LogprobCase {
+  int rows, vocab, stride;
+};
+
+class TokenLogprobKernel : public ::testing::TestWithParam<LogprobCase> {};
+
+TEST_P(TokenLogprobKernel, ForwardAndBackwardMatchTheReference) {
+  const unsigned seed = FreshSeed();
+  std::mt19937 rng(seed);
+  const auto c = GetParam();
+  std::normal_distribution<float> normal(0.f, 4.f);
+  std::uniform_int_distribution<int64_t> pick(0, c.vocab - 1);
+  std::vector<float> padded(static_cast<size_t>(c.rows) * c.stride, NAN), dense(static_cast<size_t>(c.rows) * c.vocab);
+  for (int r = 0; r < c.rows; ++r) {
+    for (int v = 0; v < c.vocab; ++v) padded[r * c.stride + v] = dense[r * c.vocab + v] = normal(rng);
+  }
+  std::vector<int64_t> targets(c.rows);
+  for (auto& t : targets) t = pick(rng);
+  if (c.rows > 2) targets[1] = c.vocab;  // out of range: NaN, and no harm to other rows
+  std::vector<float> grad(c.rows);
+  for (auto& g : grad) g = normal(rng) / 4.f;
+
+  DeviceBuffer<float> logits_d(padded), grad_d(grad), lse_d(c.rows), logp_d(c.rows);
+  DeviceBuffer<int64_t> targets_d(targets);
+  TokenLogprobParams p;
+  p.logits = logits_d.get();
+  p.targets = targets_d.get();
+  p.lse = lse_d.get();
+  p.logp = logp_d.get();
+  p.logits_row_stride = c.stride;
+  p.rows = c.rows;
+  p.vocab = c.vocab;
+  ASSERT_EQ(LaunchTokenLogprob(p, nullptr), cudaSuccess);
+  const int64_t out_stride = c.stride;
+  DeviceBuffer<__nv_bfloat16> d_d(static_cast<size_t>(c.rows) * out_stride);
+  TokenLogprobBackwardParams q;
+  q.logits = p.logits;
+  q.targets = p.targets;
+  q.lse = p.lse;
+  q.grad = grad_d.get();
+  q.dlogits = d_d.get();
+  q.logits_row_stride = c.stride;
+  q.dlogits_row_stride = out_stride;
+  q.rows = c.rows;
+  q.vocab = c.vocab;
+  ASSERT_EQ(LaunchTokenLogprobBackward(q, nullptr), cudaSuccess);
+  CUDA_CHECK(cudaDeviceSynchronize());
+
+  std::vector<double> lse, logp;
+  ReferenceTokenLogprob(dense, c.rows, c.vocab, targets, &lse, &logp);
+  const auto got_lse = lse_d.Download(), got_logp = logp_d.Download();
+  for (int r = 0; r < c.rows; ++r) {
+    ASSERT_NEAR(got_lse[r], lse[r], 1e-5 * (1 + std::fabs(lse[r]))) << "row " << r << " seed " << seed;
+    if (std::isnan(logp[r])) {
+      EXPECT_TRUE(std::isnan(got_logp[r])) << "row " << r;
+    } else {
+      ASSERT_NEAR(got_logp[r], logp[r], 1e-5 * (1 + std::fabs(logp[r]))) << "row " << r << " seed " << seed;
+    }
+  }
+  const auto d_ref = ReferenceTokenLogprobGrad(dense, c.rows, c.vocab, targets, grad);
+  const auto d_got = d_d.Download();
+  std::vector<__nv_bfloat16> got(static_cast<size_t>(c.rows) * c.vocab);
+  for (int r = 0; r < c.rows; ++r) {
+    for (int v = 0; v < c.vocab; ++v) got[r * c.vocab + v] = d_got[r * out_stride + v];
+  }
+  // exp in FP32 against double: a relative 1e-6 of |grad| on top of the bf16 rounding.
+  double g_max = 0;
+  for (float g : grad) g_max = std::max(g_max, static_cast<double>(std::fabs(g)));
+  ExpectWithinUlp(got, d_ref, 1e-6 * g_max, seed, "dlogits");
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, TokenLogprobKernel,
+                         ::testing::Values(LogprobCase{1, 32000, 32000}, LogprobCase{5, 32000, 32004},
+                                           LogprobCase{300, 4096, 4096}, LogprobCase{33, 1001, 1001},
+                                           LogprobCase{4, 7, 9}));
+
+TEST(MasterAdamWKernel, StepsMatchTheReferenceWithBf16AndFp32Gradients) {
+  const unsigned seed = FreshSeed();
+  std::mt19937 rng(seed);
+  const std::vector<int64_t> sizes = {1, 70000, 12345, 131072};
+  const std::vector<bool> bf16_grad = {true, false, true, false};
+  const std::vector<bool> with_out = {true, false, true, true};
+  ReferenceAdamWOptions o;
+  o.lr = 2e-3;
+  o.beta1 = 0.9;
+  o.beta2 = 0.95;
+  o.weight_decay = 0.1;
+  o.eps = 1e-8;
+  const size_t T = sizes.size();
+  std::vector<std::vector<double>> master(T), m(T), v(T);
+  std::vector<std::unique_ptr<DeviceBuffer<float>>> master_d, m_d, v_d, gf_d;
+  std::vector<std::unique_ptr<DeviceBuffer<__nv_bfloat16>>> gb_d, out_d;
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (size_t i = 0; i < T; ++i) {
+    std::vector<float> w(sizes[i]);
+    for (auto& x : w) x = normal(rng);
+    master[i].assign(w.begin(), w.end());
+    m[i].assign(sizes[i], 0.0);
+    v[i].assign(sizes[i], 0.0);
+    master_d.push_back(std::make_unique<DeviceBuffer<float>>(w));
+    m_d.push_back(std::make_unique<DeviceBuffer<float>>(std::vector<float>(sizes[i], 0.f)));
+    v_d.push_back(std::make_unique<DeviceBuffer<float>>(std::vector<float>(sizes[i], 0.f)));
+    gf_d.push_back(std::make_unique<DeviceBuffer<float>>(sizes[i]));
+    gb_d.push_back(std::make_unique<DeviceBuffer<__nv_bfloat16>>(sizes[i]));
+    out_d.push_back(std::make_unique<DeviceBuffer<__nv_bfloat16>>(sizes[i]));
+  }
+  for (int64_t step = 1; step <= 3; ++step) {
+    const float scale = step == 2 ? 0.3f : 1.0f;  // a clipped update
+    DeviceBuffer<float> scale_d(std::vector<float>{scale});
+    std::vector<AdamWTensor> tensors(T);
+    std::vector<std::vector<float>> grads(T);
+    for (size_t i = 0; i < T; ++i) {
+      if (bf16_grad[i]) {
+        gb_d[i]->Upload(RandomBf16(sizes[i], 1e-2f, rng, &grads[i]));
+        tensors[i].grad = gb_d[i]->get();
+      } else {
+        grads[i].resize(sizes[i]);
+        for (auto& g : grads[i]) g = 1e-2f * normal(rng);
+        gf_d[i]->Upload(grads[i]);
+        tensors[i].grad = gf_d[i]->get();
+      }
+      tensors[i].grad_bf16 = bf16_grad[i];
+      tensors[i].master = master_d[i]->get();
+      tensors[i].exp_avg = m_d[i]->get();
+      tensors[i].exp_avg_sq = v_d[i]->get();
+      tensors[i].param_out = with_out[i] ? out_d[i]->get() : nullptr;
+      tensors[i].n = sizes[i];
+      tensors[i].bias_correction1 = static_cast<float>(1 - std::pow(o.beta1, step));
+      tensors[i].bias_correction2 = static_cast<float>(1 - std::pow(o.beta2, step));
+      ReferenceAdamW(&master[i], &m[i], &v[i], grads[i], step, scale, o);
+    }
+    const int64_t num_chunks = MakeAdamWChunks(sizes.data(), static_cast<int>(T), nullptr, 0);
+    std::vector<AdamWChunk> chunks(num_chunks);
+    ASSERT_EQ(MakeAdamWChunks(sizes.data(), static_cast<int>(T), chunks.data(), num_chunks), num_chunks);
+    DeviceBuffer<AdamWTensor> tensors_d(tensors);
+    DeviceBuffer<AdamWChunk> chunks_d(chunks);
+    MasterAdamWParams p;
+    p.tensors = tensors_d.get();
+    p.chunks = chunks_d.get();
+    p.num_chunks = static_cast<int>(num_chunks);
+    p.grad_scale = scale_d.get();
+    p.lr = static_cast<float>(o.lr);
+    p.beta1 = static_cast<float>(o.beta1);
+    p.beta2 = static_cast<float>(o.beta2);
+    p.weight_decay = static_cast<float>(o.weight_decay);
+    p.eps = static_cast<float>(o.eps);
+    ASSERT_EQ(LaunchMasterAdamW(p, nullptr), cudaSuccess);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    for (size_t i = 0; i < T; ++i) {
+      const auto w = master_d[i]->Download(), mm = m_d[i]->Download(), vv = v_d[i]->Download();
+      const auto out = out_d[i]->Download();
+      for (int64_t j = 0; j < sizes[i]; ++j) {
+        // The update itself is ~lr; FP32 keeps it to a few ulps of the weight.
+        ASSERT_NEAR(w[j], master[i][j], 1e-6 * (1 + std::fabs(master[i][j])))
+            << "tensor " << i << " at " << j << " step " << step << " seed " << seed;
+        ASSERT_NEAR(mm[j], m[i][j], 1e-5 * std::fabs(m[i][j]) + 1e-12) << "m, tensor " << i << " at " << j;
+        ASSERT_NEAR(vv[j], v[i][j], 1e-5 * std::fabs(v[i][j]) + 1e-16) << "v, tensor " << i << " at " << j;
+        if (with_out[i]) {
+          ASSERT_EQ(Bits(out[j]), Bits(__float2bfloat16_rn(w[j]))) << "weights, tensor " << i << " at " << j;
+        }
+      }
+    }
+  }
+  // Parameters the launcher must refuse.
+  MasterAdamWParams bad;
+  bad.num_chunks = 1;
+  EXPECT_EQ(LaunchMasterAdamW(bad, nullptr), cudaErrorInvalidValue);
+  bad.num_chunks = 0;
+  bad.beta1 = 1.0f;
+  EXPECT_NE(bad.Validate(), nullptr);
+  (void)cudaGetLastError();
+}
+
+}  // namespace
+}  // namespace lightrl
