@@ -236,7 +236,8 @@ TEST(MasterAdamWKernel, StepsMatchTheReferenceWithBf16AndFp32Gradients) {
         // The update itself is ~lr; FP32 keeps it to a few ulps of the weight.
         ASSERT_NEAR(w[j], master[i][j], 1e-6 * (1 + std::fabs(master[i][j])))
             << "tensor " << i << " at " << j << " step " << step << " seed " << seed;
-        ASSERT_NEAR(mm[j], m[i][j], 1e-5 * std::fabs(m[i][j]) + 1e-12) << "m, tensor " << i << " at " << j;
+        // m is a difference of terms of size |g| ~ 1e-2 and can cancel: FP32 rounds at ~1e-10.
+        ASSERT_NEAR(mm[j], m[i][j], 1e-5 * std::fabs(m[i][j]) + 1e-9) << "m, tensor " << i << " at " << j;
         ASSERT_NEAR(vv[j], v[i][j], 1e-5 * std::fabs(v[i][j]) + 1e-16) << "v, tensor " << i << " at " << j;
         if (with_out[i]) {
           ASSERT_EQ(Bits(out[j]), Bits(__float2bfloat16_rn(w[j]))) << "weights, tensor " << i << " at " << j;
