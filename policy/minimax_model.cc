@@ -357,15 +357,51 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
   // one buffer, where a narrow's would zero-fill and add a whole-size copy per expert.
   std::vector<int64_t> lens(num_experts);
   for (int64_t e = 0; e < num_experts; ++e) lens[e] = (n_acc[e] + align - 1) / align * align;
-  auto slices = rows.split_with_sizes(lens);
-  std::vector<torch::Tensor> outs;
-  for (int64_t e = 0; e < num_experts; ++e) {
-    if (n_acc[e] > 0) outs.push_back(experts[e]->as<ExpertImpl>()->forward(slices[e]));
+  torch::Tensor computed;
+  if (GroupedExpertsSupported(x)) {
+    computed = GroupedExperts(rows, lens);
+  } else {
+    auto slices = rows.split_with_sizes(lens);
+    std::vector<torch::Tensor> outs;
+    for (int64_t e = 0; e < num_experts; ++e) {
+      if (n_acc[e] > 0) outs.push_back(experts[e]->as<ExpertImpl>()->forward(slices[e]));
+    }
+    computed = torch::cat(outs);
   }
   // Dropped assignments read row 0 with weight 0.
-  auto y = GatherRows(torch::cat(outs), row_of.clamp_max(padded - 1), reader.unsqueeze(1));
+  auto y = GatherRows(computed, row_of.clamp_max(padded - 1), reader.unsqueeze(1));
   auto out = (y.view({T, top_k, x.size(1)}).to(torch::kFloat32) * top_w.unsqueeze(-1)).sum(1);
   return {out.to(x.scalar_type()), aux};
+}
+
+bool SparseMoeImpl::GroupedExpertsSupported(const torch::Tensor& x) {
+  const auto& w = experts[0]->as<ExpertImpl>()->w1->weight;
+  // The grouped GEMM's operands need 16-byte rows.
+  return TrainKernelsSupported(x) && w.scalar_type() == torch::kBFloat16 && x.size(1) % 8 == 0 &&
+         w.size(0) % 8 == 0;
+}
+
+torch::Tensor SparseMoeImpl::GroupedExperts(const torch::Tensor& rows, const std::vector<int64_t>& lens) {
+  // Only the experts with rows take part (an expert no token reached gets no gradient, as
+  // on the per-expert path); their weights are stacked for three grouped GEMMs, one launch
+  // each way for all experts instead of one per expert.
+  std::vector<torch::Tensor> w1, w2, w3;
+  std::vector<int32_t> ends;
+  int64_t end = 0;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (lens[e] == 0) continue;
+    auto* expert = experts[e]->as<ExpertImpl>();
+    w1.push_back(expert->w1->weight);
+    w2.push_back(expert->w2->weight);
+    w3.push_back(expert->w3->weight);
+    end += lens[e];
+    ends.push_back(static_cast<int32_t>(end));
+  }
+  auto offs = torch::tensor(ends, torch::kInt32).to(rows.device());
+  auto grouped = [&](const torch::Tensor& in, const std::vector<torch::Tensor>& w) {
+    return at::_grouped_mm(in, torch::stack(w).transpose(1, 2), offs);
+  };
+  return grouped(SwiGluCuda(grouped(rows, w1), grouped(rows, w3)), w2);
 }
 
 std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(

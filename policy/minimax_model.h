@@ -97,6 +97,11 @@ class SparseMoeImpl : public torch::nn::Module {
   explicit SparseMoeImpl(const ModelConfig& config);
   // Returns (output, aux loss).
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x, double capacity_factor);
+  // Whether the sparse path runs its experts as grouped GEMMs (CUDA bf16 with the kernels),
+  // and that path: rows grouped by expert, lens[e] rows each (multiples of 128, 0 for an
+  // expert without tokens), back to back; returns the experts' outputs in the same rows.
+  bool GroupedExpertsSupported(const torch::Tensor& x);
+  torch::Tensor GroupedExperts(const torch::Tensor& rows, const std::vector<int64_t>& lens);
   // The same block with its experts spread over the EP group of `comm`: this rank's
   // output and its part of the aux loss (the parts of all ranks sum to the aux loss of one
   // forward over every rank's tokens, laid end to end in rank order, and so does the

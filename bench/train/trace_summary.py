@@ -29,3 +29,28 @@ for e in cpu:
 print("CPU ops (inclusive time):")
 for name, (dur, n) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]:
     print(f"{dur / 1e3:9.2f} ms {n:6d}x  {name}")
+# GPU idle gaps longer than 20 us, by the innermost CPU op running when each gap ends (what
+# the host was still doing while the device waited) and by the one at its start.
+gaps = []
+end = None
+for a, b in sorted(spans):
+    if end is not None and a - end > 20:
+        gaps.append((end, a))
+    end = b if end is None else max(end, b)
+print(f"GPU idle gaps > 20 us: {len(gaps)}, {sum(b - a for a, b in gaps) / 1e3:.1f} ms")
+cpu_sorted = sorted(cpu, key=lambda e: e["ts"])
+def innermost(t):
+    best = None
+    for e in cpu_sorted:
+        if e["ts"] > t:
+            break
+        if e["ts"] + e["dur"] >= t and (best is None or e["dur"] < best["dur"]):
+            best = e
+    return best["name"] if best else "(none)"
+by_gap = collections.defaultdict(lambda: [0.0, 0])
+for a, b in gaps:
+    key = innermost(b - 1)
+    by_gap[key][0] += b - a
+    by_gap[key][1] += 1
+for name, (dur, n) in sorted(by_gap.items(), key=lambda kv: -kv[1][0])[:top]:
+    print(f"{dur / 1e3:9.2f} ms {n:6d}x  {name}")
