@@ -369,6 +369,10 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
     computed = torch::cat(outs);
   }
   // Dropped assignments read row 0 with weight 0.
+  if (TrainKernelsSupported(computed) && x.size(1) % 8 == 0) {
+    // Gather, weighting and sum as one kernel each way.
+    return {MoeCombineCuda(computed, row_of.clamp_max(padded - 1).view({T, top_k}), reader, top_w), aux};
+  }
   auto y = GatherRows(computed, row_of.clamp_max(padded - 1), reader.unsqueeze(1));
   auto out = (y.view({T, top_k, x.size(1)}).to(torch::kFloat32) * top_w.unsqueeze(-1)).sum(1);
   return {out.to(x.scalar_type()), aux};

@@ -67,6 +67,54 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
   }
 };
 
+class MoeCombineFunction : public torch::autograd::Function<MoeCombineFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& y,
+                               const torch::Tensor& rows, const torch::Tensor& readers,
+                               const torch::Tensor& w) {
+    c10::cuda::CUDAGuard guard(y.device());
+    auto out = torch::empty({rows.size(0), y.size(1)}, y.options());
+    MoeCombineParams p;
+    p.y = Bf16(y);
+    p.rows = rows.data_ptr<int64_t>();
+    p.w = w.data_ptr<float>();
+    p.out = Bf16(out);
+    p.num_rows = y.size(0);
+    p.tokens = static_cast<int>(rows.size(0));
+    p.top_k = static_cast<int>(rows.size(1));
+    p.dim = static_cast<int>(y.size(1));
+    CheckCudaLaunch(LaunchMoeCombine(p, Stream()), "moe combine forward", p.Validate());
+    ctx->save_for_backward({y, rows, readers, w});
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const auto& y = saved[0];
+    const auto& rows = saved[1];
+    const auto& w = saved[3];
+    c10::cuda::CUDAGuard guard(y.device());
+    auto g = grad_out[0].to(torch::kBFloat16).contiguous();
+    auto dy = torch::empty_like(y);
+    auto dw = torch::empty_like(w);
+    MoeCombineBackwardParams p;
+    p.y = Bf16(y);
+    p.rows = rows.data_ptr<int64_t>();
+    p.readers = saved[2].data_ptr<int64_t>();
+    p.w = w.data_ptr<float>();
+    p.g = Bf16(g);
+    p.dy = Bf16(dy);
+    p.dw = dw.data_ptr<float>();
+    p.num_rows = y.size(0);
+    p.tokens = static_cast<int>(rows.size(0));
+    p.top_k = static_cast<int>(rows.size(1));
+    p.dim = static_cast<int>(y.size(1));
+    CheckCudaLaunch(LaunchMoeCombineBackward(p, Stream()), "moe combine backward", p.Validate());
+    return {dy, torch::Tensor(), torch::Tensor(), dw};
+  }
+};
+
 // The [n] log-probabilities and [n] log-sum-exps of FP32 logits [n, V].
 std::pair<torch::Tensor, torch::Tensor> TokenLogprobKernel(const torch::Tensor& logits,
                                                            const torch::Tensor& targets) {
@@ -131,6 +179,22 @@ bool TrainKernelsSupported(const torch::Tensor& t) {
 torch::Tensor SwiGluCuda(const torch::Tensor& a, const torch::Tensor& b) {
   TORCH_CHECK(a.is_cuda() && a.scalar_type() == torch::kBFloat16, "swiglu cuda: a must be CUDA bf16");
   return SwiGluFunction::apply(a.contiguous(), b.contiguous());
+}
+
+torch::Tensor MoeCombineCuda(const torch::Tensor& y, const torch::Tensor& rows,
+                             const torch::Tensor& readers, const torch::Tensor& w) {
+  TORCH_CHECK(y.dim() == 2 && y.is_cuda() && y.scalar_type() == torch::kBFloat16,
+              "moe combine cuda: y must be [rows, dim] CUDA bf16");
+  TORCH_CHECK(rows.dim() == 2 && w.sizes() == rows.sizes() && readers.dim() == 1 &&
+                  readers.size(0) == y.size(0),
+              "moe combine cuda: rows ", rows.sizes(), ", w ", w.sizes(), " and readers ",
+              readers.sizes(), " do not fit y ", y.sizes());
+  TORCH_CHECK(rows.size(0) <= INT32_MAX && y.size(1) <= INT32_MAX, "moe combine cuda: too large");
+  auto on = [&](const torch::Tensor& t, torch::ScalarType type) {
+    return t.to(y.device(), type).contiguous();
+  };
+  return MoeCombineFunction::apply(y.contiguous(), on(rows, torch::kInt64), on(readers, torch::kInt64),
+                                   on(w, torch::kFloat32));
 }
 
 torch::Tensor TokenLogprobsCuda(const torch::Tensor& x, const torch::Tensor& w,
@@ -228,6 +292,11 @@ bool TrainKernelsSupported(const torch::Tensor&) { return false; }
 
 torch::Tensor SwiGluCuda(const torch::Tensor&, const torch::Tensor&) {
   TORCH_CHECK(false, "swiglu cuda: this build has no CUDA kernels");
+}
+
+torch::Tensor MoeCombineCuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                             const torch::Tensor&) {
+  TORCH_CHECK(false, "moe combine cuda: this build has no CUDA kernels");
 }
 
 torch::Tensor TokenLogprobsCuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {

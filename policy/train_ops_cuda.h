@@ -18,6 +18,13 @@ bool TrainKernelsSupported(const torch::Tensor& t);
 // both.
 torch::Tensor SwiGluCuda(const torch::Tensor& a, const torch::Tensor& b);
 
+// The MoE's combine from the experts' output rows y [R, D] (bf16, CUDA): out[t] =
+// sum_j w[t, j] y[rows[t, j]] in FP32, rounded to bf16 once; rows [T, k] (every entry a
+// valid row), readers [R] (the assignment t * k + j reading each row, T * k for none; one
+// reader a row), w [T, k] FP32. Differentiable in y and w.
+torch::Tensor MoeCombineCuda(const torch::Tensor& y, const torch::Tensor& rows,
+                             const torch::Tensor& readers, const torch::Tensor& w);
+
 // log softmax(x W^T)[r, targets[r]] for x [n, H] and W [V, H] (bf16, CUDA): the logits are
 // an FP32-output GEMM of the bf16 operands, the log-softmax and pick one FP32 pass over
 // them; the backward writes the logits' gradient in bf16 in one more pass. Returns [n] FP32,

@@ -199,6 +199,97 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Threads per row of a per-row kernel over `dim` bf16 elements, 8 at a time: whole warps,
+// at most kThreads.
+int RowThreads(int dim) {
+  const int warps = (dim / kVec + 31) / 32;
+  return 32 * (warps < 1 ? 1 : (warps > kThreads / 32 ? kThreads / 32 : warps));
+}
+
+__device__ __forceinline__ void Load8(const __nv_bfloat16* p, float* f) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 v = __bfloat1622float2(h[j]);
+    f[2 * j] = v.x;
+    f[2 * j + 1] = v.y;
+  }
+}
+
+__device__ __forceinline__ void Store8(__nv_bfloat16* p, const float* f) {
+  uint4 raw;
+  auto* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) h[j] = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);
+  *reinterpret_cast<uint4*>(p) = raw;
+}
+
+// One CTA per token; dim % 8 == 0 and 16-byte rows (checked by the launcher).
+__global__ void __launch_bounds__(kThreads) MoeCombineKernel(const MoeCombineParams p) {
+  const int t = blockIdx.x;
+  for (int c = threadIdx.x * kVec; c < p.dim; c += blockDim.x * kVec) {
+    float acc[kVec] = {};
+    for (int j = 0; j < p.top_k; ++j) {
+      const float w = p.w[t * p.top_k + j];
+      float y[kVec];
+      Load8(p.y + p.rows[t * p.top_k + j] * p.dim + c, y);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) acc[i] = fmaf(w, y[i], acc[i]);
+    }
+    Store8(p.out + int64_t{t} * p.dim + c, acc);
+  }
+}
+
+// One CTA per expert row: its reader's weighted gradient, or zeros.
+__global__ void __launch_bounds__(kThreads) MoeCombineGradRowsKernel(const MoeCombineBackwardParams p) {
+  const int64_t r = blockIdx.x;
+  const int64_t a = p.readers[r];
+  const bool read = a >= 0 && a < int64_t{p.tokens} * p.top_k;
+  const float w = read ? p.w[a] : 0.f;
+  const __nv_bfloat16* g = p.g + (read ? a / p.top_k : 0) * p.dim;
+  for (int c = threadIdx.x * kVec; c < p.dim; c += blockDim.x * kVec) {
+    float v[kVec] = {};
+    if (read) {
+      Load8(g + c, v);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) v[i] *= w;
+    }
+    Store8(p.dy + r * p.dim + c, v);
+  }
+}
+
+__device__ float BlockSumFloat(float v) {
+  __shared__ float s_warp[kThreads / 32];
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // s_warp may still be read from the previous call
+  if (lane == 0) s_warp[warp] = v;
+  __syncthreads();
+  float t = 0.f;
+  for (int i = 0; i < static_cast<int>(blockDim.x / 32); ++i) t += s_warp[i];
+  return t;
+}
+
+// One CTA per token: the top_k dot products of its gradient with the rows it read.
+__global__ void __launch_bounds__(kThreads) MoeCombineGradWeightsKernel(const MoeCombineBackwardParams p) {
+  const int t = blockIdx.x;
+  for (int j = 0; j < p.top_k; ++j) {
+    const __nv_bfloat16* y = p.y + p.rows[t * p.top_k + j] * p.dim;
+    float dot = 0.f;
+    for (int c = threadIdx.x * kVec; c < p.dim; c += blockDim.x * kVec) {
+      float a[kVec], b[kVec];
+      Load8(p.g + int64_t{t} * p.dim + c, a);
+      Load8(y + c, b);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) dot = fmaf(a[i], b[i], dot);
+    }
+    dot = BlockSumFloat(dot);
+    if (threadIdx.x == 0) p.dw[t * p.top_k + j] = dot;
+  }
+}
+
 template <bool kBf16Grad>
 __device__ __forceinline__ float GradAt(const void* grad, int64_t i) {
   if (kBf16Grad) return __bfloat162float(static_cast<const __nv_bfloat16*>(grad)[i]);
@@ -272,6 +363,48 @@ cudaError_t LaunchSwiGluBackward(const SwiGluBackwardParams& params, cudaStream_
     SwiGluBackwardVecKernel<<<GridFor(params.n / kVec), kThreads, 0, stream>>>(params);
   } else {
     SwiGluBackwardScalarKernel<<<GridFor(params.n), kThreads, 0, stream>>>(params);
+  }
+  return cudaGetLastError();
+}
+
+const char* MoeCombineParams::Validate() const {
+  if (tokens < 0 || top_k <= 0 || num_rows < 0) return "tokens, top_k and num_rows must be >= 0, top_k > 0";
+  if (dim <= 0 || dim % kVec != 0) return "dim must be a positive multiple of 8";
+  if (y == nullptr || rows == nullptr || w == nullptr || out == nullptr) {
+    return "y, rows, w and out are required";
+  }
+  if (!Aligned(y, 16) || !Aligned(out, 16)) return "y and out must be 16-byte aligned";
+  return nullptr;
+}
+
+cudaError_t LaunchMoeCombine(const MoeCombineParams& params, cudaStream_t stream) {
+  if (params.Validate() != nullptr) return cudaErrorInvalidValue;
+  if (params.tokens == 0) return cudaSuccess;
+  MoeCombineKernel<<<params.tokens, RowThreads(params.dim), 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+const char* MoeCombineBackwardParams::Validate() const {
+  if (tokens < 0 || top_k <= 0 || num_rows < 0) return "tokens, top_k and num_rows must be >= 0, top_k > 0";
+  if (dim <= 0 || dim % kVec != 0) return "dim must be a positive multiple of 8";
+  if (y == nullptr || rows == nullptr || readers == nullptr || w == nullptr || g == nullptr ||
+      dy == nullptr || dw == nullptr) {
+    return "y, rows, readers, w, g, dy and dw are required";
+  }
+  if (!Aligned(y, 16) || !Aligned(g, 16) || !Aligned(dy, 16)) {
+    return "y, g and dy must be 16-byte aligned";
+  }
+  return nullptr;
+}
+
+cudaError_t LaunchMoeCombineBackward(const MoeCombineBackwardParams& params, cudaStream_t stream) {
+  if (params.Validate() != nullptr) return cudaErrorInvalidValue;
+  const int threads = RowThreads(params.dim);
+  if (params.num_rows > 0) {
+    MoeCombineGradRowsKernel<<<static_cast<unsigned>(params.num_rows), threads, 0, stream>>>(params);
+  }
+  if (params.tokens > 0) {
+    MoeCombineGradWeightsKernel<<<params.tokens, threads, 0, stream>>>(params);
   }
   return cudaGetLastError();
 }

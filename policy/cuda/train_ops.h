@@ -1,6 +1,6 @@
 // Memory-bound pieces of the learner's step as single kernels: the experts' SwiGLU, the
-// FP32 LM head's token log-probabilities and their gradient, and AdamW on FP32 master
-// weights. Torch-free launcher header (the policy's torch adapter is policy/train_ops_cuda.cc);
+// MoE's weighted combine, the FP32 LM head's token log-probabilities and their gradient,
+// and AdamW on FP32 master weights. Torch-free launcher header (the policy's torch adapter is policy/train_ops_cuda.cc);
 // the launchers never sync or allocate, write nothing but their outputs, and return the
 // cudaError_t of their launch (cudaErrorInvalidValue for parameters Validate() rejects).
 // The plain C++ oracles are in policy/reference/train_ops_reference.h.
@@ -80,6 +80,41 @@ struct TokenLogprobBackwardParams {
 
 cudaError_t LaunchTokenLogprobBackward(const TokenLogprobBackwardParams& params,
                                        cudaStream_t stream);
+
+// The MoE's combine: out[t, :] = bf16(sum_j w[t, j] * y[rows[t, j], :]) for t < tokens, j <
+// top_k, in FP32 and rounded once. y holds the experts' output rows; rows[t, j] is the row
+// of token t's j-th assignment (every entry a valid row; a dropped assignment has w 0).
+struct MoeCombineParams {
+  const __nv_bfloat16* y = nullptr;  // [num_rows, dim]
+  const int64_t* rows = nullptr;     // [tokens, top_k]
+  const float* w = nullptr;          // [tokens, top_k]
+  __nv_bfloat16* out = nullptr;      // [tokens, dim]
+  int64_t num_rows = 0;
+  int tokens = 0, top_k = 0, dim = 0;
+
+  const char* Validate() const;
+};
+
+cudaError_t LaunchMoeCombine(const MoeCombineParams& params, cudaStream_t stream);
+
+// Its gradient, given g = d out [tokens, dim] bf16: dy[r, :] = bf16(w[a] * g[a / top_k, :])
+// for the one assignment a = readers[r] that reads row r (zeros where readers[r] ==
+// tokens * top_k: padding), and dw[t, j] = sum_i g[t, i] * y[rows[t, j], i] in FP32.
+struct MoeCombineBackwardParams {
+  const __nv_bfloat16* y = nullptr;
+  const int64_t* rows = nullptr;
+  const int64_t* readers = nullptr;  // [num_rows]
+  const float* w = nullptr;
+  const __nv_bfloat16* g = nullptr;  // [tokens, dim]
+  __nv_bfloat16* dy = nullptr;       // [num_rows, dim]
+  float* dw = nullptr;               // [tokens, top_k]
+  int64_t num_rows = 0;
+  int tokens = 0, top_k = 0, dim = 0;
+
+  const char* Validate() const;
+};
+
+cudaError_t LaunchMoeCombineBackward(const MoeCombineBackwardParams& params, cudaStream_t stream);
 
 // One tensor of a multi-tensor AdamW update on FP32 master weights. The gradient is bf16
 // (a bf16 parameter's own gradient) or FP32 (a reduced gradient), per grad_bf16; where

@@ -66,6 +66,44 @@ std::vector<double> ReferenceTokenLogprobGrad(const std::vector<float>& logits, 
   return d;
 }
 
+std::vector<double> ReferenceMoeCombine(const std::vector<float>& y, int64_t dim,
+                                        const std::vector<int64_t>& rows,
+                                        const std::vector<float>& w, int64_t top_k) {
+  const int64_t tokens = static_cast<int64_t>(w.size()) / top_k;
+  std::vector<double> out(tokens * dim, 0.0);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t j = 0; j < top_k; ++j) {
+      const int64_t r = rows[t * top_k + j];
+      for (int64_t i = 0; i < dim; ++i) out[t * dim + i] += w[t * top_k + j] * static_cast<double>(y[r * dim + i]);
+    }
+  }
+  return out;
+}
+
+void ReferenceMoeCombineBackward(const std::vector<float>& y, int64_t dim,
+                                 const std::vector<int64_t>& rows,
+                                 const std::vector<int64_t>& readers, const std::vector<float>& w,
+                                 int64_t top_k, const std::vector<float>& g,
+                                 std::vector<double>* dy, std::vector<double>* dw) {
+  const int64_t tokens = static_cast<int64_t>(w.size()) / top_k;
+  const int64_t num_rows = static_cast<int64_t>(readers.size());
+  dy->assign(num_rows * dim, 0.0);
+  dw->assign(tokens * top_k, 0.0);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const int64_t a = readers[r];
+    if (a < 0 || a >= tokens * top_k) continue;
+    for (int64_t i = 0; i < dim; ++i) (*dy)[r * dim + i] = w[a] * static_cast<double>(g[(a / top_k) * dim + i]);
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t j = 0; j < top_k; ++j) {
+      const int64_t r = rows[t * top_k + j];
+      double dot = 0;
+      for (int64_t i = 0; i < dim; ++i) dot += static_cast<double>(g[t * dim + i]) * y[r * dim + i];
+      (*dw)[t * top_k + j] = dot;
+    }
+  }
+}
+
 void ReferenceAdamW(std::vector<double>* master, std::vector<double>* exp_avg,
                     std::vector<double>* exp_avg_sq, const std::vector<float>& grad,
                     int64_t step, double grad_scale, const ReferenceAdamWOptions& o) {

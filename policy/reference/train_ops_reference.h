@@ -27,6 +27,19 @@ std::vector<double> ReferenceTokenLogprobGrad(const std::vector<float>& logits, 
                                               int64_t vocab, const std::vector<int64_t>& targets,
                                               const std::vector<float>& grad);
 
+// out[t, :] = sum_j w[t, j] y[rows[t, j], :], y row-major [*, dim], rows and w [tokens, top_k].
+std::vector<double> ReferenceMoeCombine(const std::vector<float>& y, int64_t dim,
+                                        const std::vector<int64_t>& rows,
+                                        const std::vector<float>& w, int64_t top_k);
+
+// Its gradient given g [tokens, dim]: dy [num_rows, dim] (row r gets w[a] g[a / top_k] for its
+// reader a, zeros where readers[r] == tokens * top_k) and dw [tokens, top_k].
+void ReferenceMoeCombineBackward(const std::vector<float>& y, int64_t dim,
+                                 const std::vector<int64_t>& rows,
+                                 const std::vector<int64_t>& readers, const std::vector<float>& w,
+                                 int64_t top_k, const std::vector<float>& g,
+                                 std::vector<double>* dy, std::vector<double>* dw);
+
 struct ReferenceAdamWOptions {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, weight_decay = 0.0, eps = 1e-8;
 };

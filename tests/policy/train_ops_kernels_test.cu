@@ -157,6 +157,71 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TokenLogprobKernel,
                                            LogprobCase{300, 4096, 4096}, LogprobCase{33, 1001, 1001},
                                            LogprobCase{4, 7, 9}));
 
+struct CombineCase {
+  int tokens, top_k, dim, padding;
+};
+
+class MoeCombineKernel : public ::testing::TestWithParam<CombineCase> {};
+
+TEST_P(MoeCombineKernel, ForwardAndBackwardMatchTheReference) {
+  const unsigned seed = FreshSeed();
+  std::mt19937 rng(seed);
+  const auto c = GetParam();
+  const int64_t assignments = int64_t{c.tokens} * c.top_k, num_rows = assignments + c.padding;
+  // Each assignment reads its own row, shuffled; `padding` rows are read by none.
+  std::vector<int64_t> perm(num_rows);
+  for (int64_t i = 0; i < num_rows; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int64_t> rows(perm.begin(), perm.begin() + assignments), readers(num_rows, assignments);
+  for (int64_t a = 0; a < assignments; ++a) readers[rows[a]] = a;
+  std::vector<float> y, g, w(assignments);
+  auto y_h = RandomBf16(num_rows * c.dim, 1.0f, rng, &y);
+  auto g_h = RandomBf16(int64_t{c.tokens} * c.dim, 1.0f, rng, &g);
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  for (auto& v : w) v = unit(rng);
+  DeviceBuffer<__nv_bfloat16> y_d(y_h), g_d(g_h), out_d(int64_t{c.tokens} * c.dim), dy_d(num_rows * c.dim);
+  DeviceBuffer<int64_t> rows_d(rows), readers_d(readers);
+  DeviceBuffer<float> w_d(w), dw_d(assignments);
+  MoeCombineParams p;
+  p.y = y_d.get();
+  p.rows = rows_d.get();
+  p.w = w_d.get();
+  p.out = out_d.get();
+  p.num_rows = num_rows;
+  p.tokens = c.tokens;
+  p.top_k = c.top_k;
+  p.dim = c.dim;
+  ASSERT_EQ(LaunchMoeCombine(p, nullptr), cudaSuccess);
+  MoeCombineBackwardParams q;
+  q.y = p.y;
+  q.rows = p.rows;
+  q.readers = readers_d.get();
+  q.w = p.w;
+  q.g = g_d.get();
+  q.dy = dy_d.get();
+  q.dw = dw_d.get();
+  q.num_rows = num_rows;
+  q.tokens = c.tokens;
+  q.top_k = c.top_k;
+  q.dim = c.dim;
+  ASSERT_EQ(LaunchMoeCombineBackward(q, nullptr), cudaSuccess);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const auto ref = ReferenceMoeCombine(y, c.dim, rows, w, c.top_k);
+  ExpectWithinUlp(out_d.Download(), ref, 1e-6, seed, "out");
+  std::vector<double> dy, dw;
+  ReferenceMoeCombineBackward(y, c.dim, rows, readers, w, c.top_k, g, &dy, &dw);
+  ExpectWithinUlp(dy_d.Download(), dy, 1e-30, seed, "dy");
+  const auto got_dw = dw_d.Download();
+  for (int64_t a = 0; a < assignments; ++a) {
+    ASSERT_NEAR(got_dw[a], dw[a], 1e-6 * std::sqrt(static_cast<double>(c.dim)) * (1 + std::fabs(dw[a])))
+        << "dw at " << a << " seed " << seed;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MoeCombineKernel,
+                         ::testing::Values(CombineCase{1, 1, 8, 0}, CombineCase{37, 2, 1024, 91},
+                                           CombineCase{300, 8, 264, 5}, CombineCase{5, 2, 6144, 128}));
+
 TEST(MasterAdamWKernel, StepsMatchTheReferenceWithBf16AndFp32Gradients) {
   const unsigned seed = FreshSeed();
   std::mt19937 rng(seed);

@@ -75,6 +75,29 @@ TEST_F(TrainOpsReference, TokenLogprobAndItsGradientAreTorchs) {
   EXPECT_FALSE(std::isnan(ref[4]));
 }
 
+TEST_F(TrainOpsReference, MoeCombineAndItsGradientAreTorchs) {
+  const int64_t tokens = 50, top_k = 2, dim = 24, num_rows = tokens * top_k + 7;
+  // Each assignment reads its own row, in a shuffled order; 7 rows are padding.
+  auto perm = torch::randperm(num_rows, torch::kInt64);
+  auto rows = perm.narrow(0, 0, tokens * top_k).clone();
+  auto readers = torch::full({num_rows}, tokens * top_k, torch::kInt64);
+  readers.index_copy_(0, rows, torch::arange(tokens * top_k, torch::kInt64));
+  auto y = torch::randn({num_rows, dim}, torch::kFloat64).to(torch::kFloat32).to(torch::kFloat64).requires_grad_();
+  auto w = torch::rand({tokens, top_k}, torch::kFloat64).to(torch::kFloat32).to(torch::kFloat64).requires_grad_();
+  auto g = torch::randn({tokens, dim}, torch::kFloat64).to(torch::kFloat32).to(torch::kFloat64);
+  auto out = (y.index_select(0, rows).view({tokens, top_k, dim}) * w.unsqueeze(-1)).sum(1);
+  out.backward(g);
+  const std::vector<int64_t> r(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
+  const std::vector<int64_t> rd(readers.data_ptr<int64_t>(), readers.data_ptr<int64_t>() + num_rows);
+  const auto ref = ReferenceMoeCombine(ToVector(y.detach()), dim, r, ToVector(w.detach()), top_k);
+  EXPECT_LT(MaxRelDiff(FromVector(ref).view({tokens, dim}), out.detach()), 1e-12) << "seed " << seed_;
+  std::vector<double> dy, dw;
+  ReferenceMoeCombineBackward(ToVector(y.detach()), dim, r, rd, ToVector(w.detach()), top_k,
+                              ToVector(g), &dy, &dw);
+  EXPECT_LT(MaxRelDiff(FromVector(dy).view({num_rows, dim}), y.grad()), 1e-12) << "seed " << seed_;
+  EXPECT_LT(MaxRelDiff(FromVector(dw).view({tokens, top_k}), w.grad()), 1e-12) << "seed " << seed_;
+}
+
 TEST_F(TrainOpsReference, AdamWFollowsTorchsAdamWOverSteps) {
   const int64_t n = 513;
   ReferenceAdamWOptions o;
