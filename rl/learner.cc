@@ -265,8 +265,10 @@ struct Learner::Impl {
   bool armed = false;        // the backward under way is the update's last one
   int64_t total = 0;         // parameter elements
   // FP32 gradients of every parameter, padded to world * shard_size; ZeRO-1 then reuses
-  // it to all-gather the updated parameters.
+  // it to all-gather the updated parameters. grad_views[i]: parameter i's slot, shaped as
+  // the parameter (made once: FinishSync hands them out every update).
   torch::Tensor flat;
+  std::vector<torch::Tensor> grad_views;
   // By parameter: 1 where some rank's backward gave it a gradient in this update. A
   // single process's AdamW skips parameters without a gradient (an expert no token
   // reached), so every rank must skip exactly those.
@@ -307,9 +309,7 @@ struct Learner::Impl {
     }
   }
 
-  void CopyIn(size_t i) {
-    flat.narrow(0, slots[i].offset, slots[i].numel).copy_(params[i].grad().reshape({-1}));
-  }
+  void CopyIn(size_t i) { grad_views[i].copy_(params[i].grad()); }
 
   void Launch(size_t b) {
     std::vector<at::Tensor> t{flat.narrow(0, buckets[b].begin, buckets[b].end - buckets[b].begin)};
@@ -394,8 +394,7 @@ struct Learner::Impl {
     for (size_t i = 0; i < params.size(); ++i) {
       params[i].mutable_grad() = torch::Tensor();
       if (!dense[i] || zero1 || any[i] == 0) continue;
-      auto g = flat.narrow(0, slots[i].offset, slots[i].numel).view(params[i].sizes());
-      Updated(i).mutable_grad() = g;
+      Updated(i).mutable_grad() = grad_views[i];
     }
     if (ep > 1) {
       // Every expert of this rank has a gradient, zero where no token reached it, as
@@ -455,29 +454,23 @@ struct Learner::Impl {
   double ZeroStep(double lr, LearnerStats& stats) {
     torch::NoGradGuard no_grad;
     const float* any = used.data_ptr<float>();
-    std::vector<torch::Tensor> norms;
-    for (size_t i = 0; i < params.size(); ++i) {
-      if (dense[i] && any[i] > 0) norms.push_back(flat.narrow(0, slots[i].offset, slots[i].numel).norm(2));
-    }
+    bool any_used = false;
+    for (size_t i = 0; i < params.size(); ++i) any_used = any_used || (dense[i] && any[i] > 0);
     double norm = 0;
     torch::Tensor scale;  // the clip factor, applied inside AdamW
     torch::Tensor shard_grad = flat.narrow(0, shard_begin, shard_end - shard_begin);
     if (ep > 1) {
-      const double dense_norm = norms.empty() ? 0.0 : torch::stack(norms).norm(2).item<double>();
+      const double dense_norm = any_used ? FlatNorm().item<double>() : 0.0;
       norm = std::sqrt(dense_norm * dense_norm + ExpertSquaredNorm());
       if (options.optimizer.grad_clip > 0 && std::isfinite(norm)) {
         const double factor = options.optimizer.grad_clip / (norm + 1e-6);
         if (factor < 1) shard_grad.mul_(factor);
         ScaleExpertGrads(factor);
       }
-    } else if (!norms.empty()) {
+    } else if (any_used) {
       // The same norm and factor as ClipAndStep, so ZeRO-1 and plain data parallelism
       // update bit for bit alike.
-      std::vector<torch::Tensor> grads;
-      for (size_t i = 0; i < params.size(); ++i) {
-        if (dense[i] && any[i] > 0) grads.push_back(flat.narrow(0, slots[i].offset, slots[i].numel));
-      }
-      auto total_norm = GlobalNorm(grads);
+      auto total_norm = FlatNorm();
       if (options.optimizer.grad_clip > 0) scale = ClipFactor(total_norm);
       norm = total_norm.item<double>();
     }
@@ -571,6 +564,10 @@ struct Learner::Impl {
   static torch::Tensor GlobalNorm(const std::vector<torch::Tensor>& grads) {
     return torch::stack(at::_foreach_norm(grads, 2, torch::kFloat32)).norm();
   }
+
+  // Data parallel: the global norm of the reduced gradients, all in `flat` (a parameter no
+  // rank used holds zeros there), in one reduction.
+  torch::Tensor FlatNorm() const { return flat.norm(2); }
 
   // What gradients of global norm `norm` are scaled by: torch's clip_grad_norm_ rule.
   torch::Tensor ClipFactor(const torch::Tensor& norm) const {
@@ -705,7 +702,7 @@ struct Learner::Impl {
         if (g.defined()) grads.push_back(g);
       }
       if (!grads.empty()) {
-        auto total = GlobalNorm(grads);
+        auto total = dp() ? FlatNorm() : GlobalNorm(grads);
         if (options.optimizer.grad_clip > 0) scale = ClipFactor(total);
         norm = total.item<double>();
       }
@@ -826,6 +823,12 @@ absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
   m.shard_size = (m.total + m.world - 1) / m.world;
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(m.device);
   m.flat = torch::zeros({m.world * m.shard_size}, f32);
+  m.grad_views.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (m.dense[i]) {
+      m.grad_views[i] = m.flat.narrow(0, m.slots[i].offset, m.slots[i].numel).view(m.params[i].sizes());
+    }
+  }
 
   // Identical starting weights: a per-parameter fingerprint, reduced MIN and MAX.
   std::vector<double> lo, hi;
@@ -1145,6 +1148,9 @@ absl::StatusOr<LearnerStats> Learner::TrainSft(const std::vector<TrainSample>& b
       micros.resize(lock.forwards);
     }
     if (m.dp()) m.BeginSync();
+    // The losses stay on the device until the update is queued: reading them here would
+    // make the host wait for each backward before it can queue the reduction and the step.
+    torch::Tensor loss_sum, aux_sum;
     for (size_t k = 0; k < micros.size(); ++k) {
       Packed p = Pack(micros[k], m.device);
       auto [lp, aux] = m.Logprobs(p, /*train=*/true, nullptr);
@@ -1153,12 +1159,17 @@ absl::StatusOr<LearnerStats> Learner::TrainSft(const std::vector<TrainSample>& b
       auto loss = -lp.sum() / n_tokens + m.options.aux_loss_coef * share * aux;
       m.armed = m.dp() && k + 1 == micros.size();
       loss.backward();
-      stats.loss += loss.item<double>();
-      stats.aux_loss += share * aux.item<double>();
+      auto l = loss.detach(), a = share * aux.detach();
+      loss_sum = loss_sum.defined() ? loss_sum + l : l;
+      aux_sum = aux_sum.defined() ? aux_sum + a : a;
     }
     if (m.dp()) m.FinishSync(stats);
     stats.tokens = static_cast<int64_t>(n_tokens);
     stats.grad_norm = m.Step(lr > 0 ? lr : m.options.optimizer.LearningRate(m.steps), stats);
+    if (loss_sum.defined()) {
+      stats.loss += loss_sum.item<double>();
+      stats.aux_loss += aux_sum.item<double>();
+    }
     if (m.dp()) {
       std::vector<double> sums{stats.loss, stats.aux_loss};
       RETURN_IF_ERROR(m.group->AllReduce(&sums, ReduceOp::kSum));
