@@ -6,7 +6,8 @@
 #   2. engine_bench: lightrl's engine at the same batch sizes;
 #   3. run_train.sh: the learner on 1 and 2 GPUs and transformers' training step.
 #   bench/gpu_suite.sh        (logs and summary under $OUT, default build/gpu_suite)
-# Knobs (environment): TEST_BUDGET_S (240: ctest's share), BATCHES (8,64,256).
+# Knobs (environment): TEST_BUDGET_S (240: ctest's share), BATCHES (8,64,256), and
+# run_train.sh's BUCKET_MB (100) and REPEATS (3: 1-GPU and 2-GPU runs alternate three times).
 # Needs in the tree: .device/grpc.tgz (abseil) and .device/googletest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +32,8 @@ note "transformers generate rc=$? after $(elapsed) s"; cat "$OUT/hf.jsonl" | tee
 note "engine_bench rc=$? after $(elapsed) s"; cat "$OUT/engine_bench.jsonl" | tee -a "$S"
 tail -3 "$OUT/engine_bench.err"
 
-E2E_BUILD_DIR="$B" E2E_WORK_DIR="$W" GPU_BUILD_TARGETS="train_bench" BUCKET_MB="${BUCKET_MB:-25,100}" \
+E2E_BUILD_DIR="$B" E2E_WORK_DIR="$W" GPU_BUILD_TARGETS="train_bench" BUCKET_MB="${BUCKET_MB:-100}" \
+  REPEATS="${REPEATS:-3}" \
   bash "$ROOT/bench/train/run_train.sh" > "$OUT/train.log" 2>&1
 note "run_train.sh rc=$? after $(elapsed) s"; grep -v "^$" "$OUT/train_summary.txt" | tee -a "$S"
 note "total $(elapsed) s"

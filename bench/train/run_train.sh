@@ -7,7 +7,8 @@
 #   bench/train/run_train.sh        (logs and summary under $OUT, default build/train_out)
 # Knobs (environment): BATCH (8 sequences per GPU), SEQ_LEN (2048), STEPS (10), MODES
 # (sft,rl), SKIP_HF (1: time only lightrl), GPU_BUILD_TARGETS (what to build), BUCKET_MB
-# (25: the gradient all-reduce bucket size of the 2-GPU runs; a list times each).
+# (25: the gradient all-reduce bucket size of the 2-GPU runs; a list times each), REPEATS
+# (1: how many times the 1-GPU and 2-GPU runs alternate, for run-to-run spread).
 # Needs in the tree: .device/grpc.tgz (abseil) and .device/googletest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -18,6 +19,7 @@ STEPS="${STEPS:-10}"
 MODES="${MODES:-sft,rl}"
 BUCKET_MB="${BUCKET_MB:-25}"
 SKIP_HF="${SKIP_HF:-0}"
+REPEATS="${REPEATS:-1}"
 SUMMARY=train_summary.txt
 source "$ROOT/bench/gpu_env.sh"
 GPUS=$(nvidia-smi -L | wc -l)
@@ -46,6 +48,8 @@ peak_mem() {  # runs "$@" while sampling GPU memory; notes the peak per GPU (MiB
   return $rc
 }
 
+for rep in $(seq 1 "$REPEATS"); do
+[ "$REPEATS" -gt 1 ] && note "repeat $rep of $REPEATS"
 for mode in ${MODES//,/ }; do
   peak_mem "$B/bench/train_bench" --model "$W/bench_model" --batch "$BATCH" --seq-len "$SEQ_LEN" \
     --steps "$STEPS" --mode "$mode" > "$OUT/train_1gpu_$mode.jsonl" 2> "$OUT/train_1gpu_$mode.err"
@@ -71,6 +75,7 @@ for mode in ${MODES//,/ }; do
       tail -n 3 "$OUT/train_2gpu_${mode}_rank0.err" "$OUT/train_2gpu_${mode}_rank1.err"
     done
   fi
+done
 done
 
 if [ "$SKIP_HF" != 1 ]; then
