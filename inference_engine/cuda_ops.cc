@@ -7,6 +7,7 @@
 
 #include "inference_engine/cuda/lightning_decode.h"
 #include "inference_engine/cuda/lightning_prefill.h"
+#include "inference_engine/cuda/moe_routing.h"
 #include "inference_engine/cuda/paged_attention.h"
 #include "inference_engine/cuda/rms_norm.h"
 #include "inference_engine/cuda/sampling.h"
@@ -235,6 +236,26 @@ torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, d
   CheckCudaLaunch(LaunchRmsNorm(p, at::cuda::getCurrentCUDAStream().stream()), "rms norm",
               p.Validate());
   return y;
+}
+
+torch::Tensor MoeCombineWeightsCuda(const torch::Tensor& logits, int64_t top_k) {
+  TORCH_CHECK(logits.is_cuda() && logits.scalar_type() == torch::kFloat32 && logits.dim() == 2 &&
+                  logits.stride(1) == 1,
+              "moe routing cuda: logits must be [T, E] FP32 CUDA rows with unit stride, got ",
+              logits.sizes(), " ", logits.scalar_type(), " on ", logits.device());
+  TORCH_CHECK(logits.size(0) <= 0x7fffffff, "moe routing cuda: too many tokens");
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto combine = torch::empty(logits.sizes(), logits.options().memory_format(torch::MemoryFormat::Contiguous));
+  MoeRoutingParams p;
+  p.logits = logits.data_ptr<float>();
+  p.combine = combine.data_ptr<float>();
+  p.logits_row_stride = logits.stride(0);
+  p.tokens = static_cast<int>(logits.size(0));
+  p.experts = static_cast<int>(logits.size(1));
+  p.top_k = static_cast<int>(top_k);
+  CheckCudaLaunch(LaunchMoeRouting(p, at::cuda::getCurrentCUDAStream().stream()), "moe routing",
+                  p.Validate());
+  return combine;
 }
 
 torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, double alpha,

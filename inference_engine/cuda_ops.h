@@ -55,6 +55,11 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
 // bf16 with unit stride on D, weight [D] contiguous bf16. Returns y [T, D] contiguous bf16.
 torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
+// The policy's routing matrix (SparseMoeImpl::CombineWeights) from the router's FP32
+// logits [T, E] in one kernel (inference_engine/cuda/moe_routing.h): softmax, top_k,
+// renormalised, zeros elsewhere. Returns [T, E] contiguous FP32.
+torch::Tensor MoeCombineWeightsCuda(const torch::Tensor& logits, int64_t top_k);
+
 // alpha * a + beta * b for same-shaped contiguous bf16 tensors, in FP32 and rounded to
 // bf16 once (eager torch rounds after each op, so results can differ by one bf16 ulp).
 // Returns a new contiguous bf16 tensor.

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "policy/lightning_attention.h"
+#include "policy/train_ops_cuda.h"
 
 #ifdef LIGHTRL_ENGINE_CUDA
 #include <ATen/cuda/CUDAEvent.h>
@@ -355,9 +356,12 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
     auto moe = [&](const torch::Tensor& n2) {
       auto& block = layer->block_sparse_moe;
       const int64_t E = block->num_experts;
-      auto combine = block->CombineWeights(n2);  // [B, E] FP32
+      // The router's FP32 logits (as Fp32OutLinear computes them), then one routing kernel.
+      auto logits = at::mm(n2, block->gate->weight.t(), torch::kFloat32);
+      auto combine = MoeCombineWeightsCuda(logits, block->top_k);  // [B, E] FP32
       auto h13 = GroupedLinearCuda(n2, expert_w13_[i], config_.intermediate_size);
-      auto act = torch::silu(h13.narrow(0, 0, E)) * h13.narrow(0, E, E);  // [E, B, ffn]
+      // The policy's SwiGLU kernel, so decode rounds as the learner does.
+      auto act = SwiGluCuda(h13.narrow(0, 0, E), h13.narrow(0, E, E));  // [E, B, ffn]
       auto y = GroupedLinearCuda(act, expert_w2_[i], n2.size(1));         // [E, B, hidden]
       auto out = torch::bmm(combine.unsqueeze(1), y.to(torch::kFloat32).transpose(0, 1));
       return out.squeeze(1).to(n2.scalar_type());
