@@ -237,11 +237,44 @@ std::vector<GenerationResult> Engine::Generate(
 
   try {
     while (!waiting.empty() || !active.empty()) {
+      // One step: room for the running batch (preempting when pages run out), admission
+      // of waiting requests into what is left, the running batch's decode step, the new
+      // sequences' prefill, then the decode's sampling. The decode is queued before the
+      // prefill, which the CUDA backend runs on a stream of its own, so the two overlap on
+      // the device; the new sequences join the running batch at the next step.
+      bool preempted = false;
+      // Each active sequence needs room for the token it is about to feed; when pages run
+      // out, the youngest sequence is preempted and later resumed by re-prefill.
+      for (size_t i = 0; i < active.size();) {
+        Sequence& s = *active[i];
+        if (m.kv->Reserve(s.pages, static_cast<int64_t>(s.tokens.size()))) {
+          ++i;
+          continue;
+        }
+        if (active.size() == 1) {
+          // Alone and still out of pages: the request cannot fit this engine.
+          fail_request(s.request, absl::ResourceExhaustedError(absl::StrCat(
+                                      "request \"", requests[s.request].id, "\": ",
+                                      s.tokens.size(), " tokens exceed the KV cache")));
+          release(s);
+          active.clear();
+          break;
+        }
+        std::unique_ptr<Sequence> victim = std::move(active.back());
+        active.pop_back();
+        release(*victim);
+        ++m.stats.preemptions;
+        ++progress.preemptions;
+        preempted = true;
+        waiting.push_front({victim->request, std::move(victim)});
+      }
+
       // Admit: fresh groups need n slots and pages for their prompt; resumed samples one.
       std::vector<std::unique_ptr<Sequence>> admitted;  // prefill leaders and resumed
       std::vector<std::vector<std::unique_ptr<Sequence>>> followers;
       int64_t prefill_tokens = 0;
-      while (!waiting.empty()) {
+      // Not in a step that had to preempt: the room it made is the running batch's.
+      while (!preempted && !waiting.empty()) {
         Pending& w = waiting.front();
         const GenerationRequest& req = requests[w.request];
         const int64_t n = w.resumed ? 1 : req.params.n;
@@ -281,6 +314,17 @@ std::vector<GenerationResult> Engine::Generate(
         waiting.pop_front();
       }
 
+      std::vector<RunnerSequence> decode_batch;
+      std::vector<SamplerRow> decode_rows;
+      for (auto& s : active) {
+        const int64_t pos = static_cast<int64_t>(s->tokens.size()) - 1;
+        decode_batch.push_back({s->slot, &s->pages, {s->tokens.back()}, pos});
+        const SamplingParams& p = requests[s->request].params;
+        std::uniform_real_distribution<double> uni(0.0, 1.0);
+        decode_rows.push_back({p.temperature, p.top_p, p.top_k, uni(s->rng)});
+      }
+      torch::Tensor decode_logits;
+      if (!decode_batch.empty()) decode_logits = m.runner->Decode(decode_batch);
       if (!admitted.empty()) {
         std::vector<RunnerSequence> batch;
         for (auto& s : admitted) {
@@ -322,63 +366,23 @@ std::vector<GenerationResult> Engine::Generate(
                 m.Finish(*targets[r], requests[targets[r]->request].params);
           }
         }
-        for (size_t g = 0; g < admitted.size(); ++g) {
-          active.push_back(std::move(admitted[g]));
-          for (auto& f : followers[g]) active.push_back(std::move(f));
-        }
       }
 
-      // Retire finished sequences.
-      for (auto& s : active) {
-        if (s && s->finished) complete(std::move(s));
-      }
-      active.erase(std::remove(active.begin(), active.end(), nullptr), active.end());
-      if (active.empty()) continue;
-
-      // Each active sequence needs room for the token it is about to feed; when pages run
-      // out, the youngest sequence is preempted and later resumed by re-prefill.
-      for (size_t i = 0; i < active.size();) {
-        Sequence& s = *active[i];
-        if (m.kv->Reserve(s.pages, static_cast<int64_t>(s.tokens.size()))) {
-          ++i;
-          continue;
+      if (decode_logits.defined()) {
+        auto sampled = SampleTokens(decode_logits, decode_rows);
+        ++m.stats.decode_steps;
+        for (size_t i = 0; i < active.size(); ++i) {
+          Sequence& s = *active[i];
+          s.tokens.push_back(static_cast<int32_t>(sampled.tokens[i]));
+          s.logprobs.push_back(sampled.logprobs[i]);
+          ++m.stats.generated_tokens;
+          s.finished = m.Finish(s, requests[s.request].params);
         }
-        if (active.size() == 1) {
-          // Alone and still out of pages: the request cannot fit this engine.
-          fail_request(s.request, absl::ResourceExhaustedError(absl::StrCat(
-                                      "request \"", requests[s.request].id, "\": ",
-                                      s.tokens.size(), " tokens exceed the KV cache")));
-          release(s);
-          active.clear();
-          break;
-        }
-        std::unique_ptr<Sequence> victim = std::move(active.back());
-        active.pop_back();
-        release(*victim);
-        ++m.stats.preemptions;
-        ++progress.preemptions;
-        waiting.push_front({victim->request, std::move(victim)});
       }
-      if (active.empty()) continue;
-
-      std::vector<RunnerSequence> batch;
-      std::vector<SamplerRow> rows;
-      for (auto& s : active) {
-        const int64_t pos = static_cast<int64_t>(s->tokens.size()) - 1;
-        batch.push_back({s->slot, &s->pages, {s->tokens.back()}, pos});
-        const SamplingParams& p = requests[s->request].params;
-        std::uniform_real_distribution<double> uni(0.0, 1.0);
-        rows.push_back({p.temperature, p.top_p, p.top_k, uni(s->rng)});
-      }
-      auto logits = m.runner->Decode(batch);
-      auto sampled = SampleTokens(logits, rows);
-      ++m.stats.decode_steps;
-      for (size_t i = 0; i < active.size(); ++i) {
-        Sequence& s = *active[i];
-        s.tokens.push_back(static_cast<int32_t>(sampled.tokens[i]));
-        s.logprobs.push_back(sampled.logprobs[i]);
-        ++m.stats.generated_tokens;
-        s.finished = m.Finish(s, requests[s.request].params);
+      // The new sequences join the running batch for the next step.
+      for (size_t g = 0; g < admitted.size(); ++g) {
+        active.push_back(std::move(admitted[g]));
+        for (auto& f : followers[g]) active.push_back(std::move(f));
       }
       for (auto& s : active) {
         if (s->finished) complete(std::move(s));

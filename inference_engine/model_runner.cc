@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 
 #include "policy/lightning_attention.h"
 #include "policy/train_ops_cuda.h"
@@ -31,6 +32,9 @@ struct ModelRunner::Graphs {
   // Recorded after the copies out of the pinned host buffers: the host waits on it before
   // rewriting them.
   at::cuda::CUDAEvent inputs_copied;
+  // Prefills run here, off the stream the decode steps run on, so that a step's decode and
+  // the prefill of newly admitted sequences overlap on the device.
+  std::optional<c10::cuda::CUDAStream> prefill_stream;
 };
 #else
 struct ModelRunner::Graphs {
@@ -97,6 +101,9 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
     partition_tokens_ = std::clamp<int64_t>((max_len / 64 + 127) / 128 * 128, 256, 4096);
     num_partitions_ = (max_len + partition_tokens_ - 1) / partition_tokens_;
     graphs_ = std::make_unique<Graphs>();
+#ifdef LIGHTRL_ENGINE_CUDA
+    graphs_->prefill_stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index());
+#endif
   }
 }
 
@@ -129,6 +136,31 @@ torch::Tensor ModelRunner::PageIndex(const std::vector<RunnerSequence>& seqs,
 }
 
 torch::Tensor ModelRunner::Prefill(const std::vector<RunnerSequence>& seqs) {
+#ifdef LIGHTRL_ENGINE_CUDA
+  if (graphs_ && graphs_->prefill_stream) {
+    // The prefill writes only the new sequences' slots and pages. Work of the decode stream
+    // that touched them before (an earlier sequence in the same slot or pages) finished
+    // before the host learnt that sequence was done, so the prefill need not wait; work
+    // queued on the decode stream from here on (forks, sampling these logits, the decode
+    // steps that read the new slots) waits for the prefill, while the decode step queued
+    // just before it runs alongside.
+    auto decode_stream = c10::cuda::getCurrentCUDAStream(device_.index());
+    torch::Tensor logits;
+    {
+      c10::cuda::CUDAStreamGuard stream_guard(*graphs_->prefill_stream);
+      logits = RunPrefill(seqs);
+    }
+    at::cuda::CUDAEvent done;
+    done.record(*graphs_->prefill_stream);
+    done.block(decode_stream);
+    logits.record_stream(decode_stream);
+    return logits;
+  }
+#endif
+  return RunPrefill(seqs);
+}
+
+torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
   torch::InferenceMode guard;
   std::vector<int64_t> lengths, flat;
   for (const auto& s : seqs) {

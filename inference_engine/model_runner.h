@@ -43,7 +43,8 @@ class ModelRunner {
   ~ModelRunner();
 
   // Prefills each sequence from an empty state; returns FP32 logits of each sequence's last
-  // token, [n, vocab].
+  // token, [n, vocab]. The CUDA backend runs it on a stream of its own: later work on the
+  // caller's stream waits for it, work already queued there runs alongside.
   torch::Tensor Prefill(const std::vector<RunnerSequence>& seqs);
   // Feeds one token per sequence at its position; returns FP32 logits [n, vocab].
   torch::Tensor Decode(const std::vector<RunnerSequence>& seqs);
@@ -67,6 +68,8 @@ class ModelRunner {
   static int64_t GraphBatch(int64_t batch, int64_t max_batch);
 
  private:
+  // Prefill's work on the current stream (Prefill picks the stream).
+  torch::Tensor RunPrefill(const std::vector<RunnerSequence>& seqs);
   torch::Tensor PageIndex(const std::vector<RunnerSequence>& seqs, bool whole_prompt) const;
   torch::Tensor DecodeTorch(const std::vector<RunnerSequence>& seqs);
   // The kernel path (defined in CUDA builds only): inputs staged in fixed device buffers,

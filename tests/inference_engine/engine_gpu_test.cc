@@ -170,11 +170,13 @@ struct Generated {
   std::vector<GenerationResult> results;
 };
 
+// `num` random prompts; with `vary`, each request's max_new_tokens is drawn from
+// [max_new_tokens / 8, max_new_tokens], so sequences finish at different steps.
 Generated GenerateOnGpu(PolicyModel* policy, std::mt19937& rng, double temperature, int num,
-                        int max_new_tokens) {
+                        int max_new_tokens, int64_t max_num_seqs = 16, bool vary = false) {
   EngineOptions opts;
   opts.page_size = 16;
-  opts.max_num_seqs = 16;
+  opts.max_num_seqs = max_num_seqs;
   opts.kv_cache_bytes = int64_t{64} << 20;
   auto engine = Engine::Create(policy, opts);
   EXPECT_TRUE(engine.ok()) << engine.status();
@@ -185,7 +187,9 @@ Generated GenerateOnGpu(PolicyModel* policy, std::mt19937& rng, double temperatu
     r.prompt = RandomTokens(rng, 1 + static_cast<int>(rng() % 150));
     r.params.temperature = temperature;
     r.params.seed = rng();
-    r.params.max_new_tokens = max_new_tokens;
+    r.params.max_new_tokens =
+        vary ? max_new_tokens / 8 + static_cast<int>(rng() % (max_new_tokens - max_new_tokens / 8 + 1))
+             : max_new_tokens;
     r.params.early_stop_window = 0;
     g.requests.push_back(r);
   }
@@ -193,10 +197,9 @@ Generated GenerateOnGpu(PolicyModel* policy, std::mt19937& rng, double temperatu
   return g;
 }
 
-TEST(EngineGpuTest, GreedyEqualsArgmaxOfFullForwardWhereTheMarginIsClear) {
-  std::mt19937 rng(std::random_device{}());
-  auto policy = MakeGpuPolicy(rng());
-  auto g = GenerateOnGpu(policy.get(), rng, /*temperature=*/0, /*num=*/12, /*max_new_tokens=*/40);
+// Every greedy token equals the argmax of one full forward over prompt + output wherever
+// the top two candidates are clearly apart.
+void ExpectGreedyEqualsFullForward(PolicyModel* policy, const Generated& g) {
   auto& module = policy->module();
   torch::InferenceMode guard;
   const double kMargin = 0.1;  // nats between the top two logprobs
@@ -229,6 +232,23 @@ TEST(EngineGpuTest, GreedyEqualsArgmaxOfFullForwardWhereTheMarginIsClear) {
               static_cast<long long>(total));
   EXPECT_GT(compared, total / 2);
   EXPECT_EQ(matched, compared);
+}
+
+TEST(EngineGpuTest, GreedyEqualsArgmaxOfFullForwardWhereTheMarginIsClear) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = MakeGpuPolicy(rng());
+  auto g = GenerateOnGpu(policy.get(), rng, /*temperature=*/0, /*num=*/12, /*max_new_tokens=*/40);
+  ExpectGreedyEqualsFullForward(policy.get(), g);
+}
+
+// At most 3 sequences at a time and outputs of different lengths: requests are admitted
+// while others decode, so prefills (on their own stream) overlap running decode steps.
+TEST(EngineGpuTest, GreedyWithStaggeredAdmissionEqualsArgmaxOfFullForward) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = MakeGpuPolicy(rng());
+  auto g = GenerateOnGpu(policy.get(), rng, /*temperature=*/0, /*num=*/10, /*max_new_tokens=*/40,
+                         /*max_num_seqs=*/3, /*vary=*/true);
+  ExpectGreedyEqualsFullForward(policy.get(), g);
 }
 
 TEST(EngineGpuTest, EngineLogprobsTrackTrainingPathLogprobs) {
