@@ -7,7 +7,8 @@
 #   3. run_train.sh: the learner on 1 and 2 GPUs and transformers' training step.
 #   bench/gpu_suite.sh        (logs and summary under $OUT, default build/gpu_suite)
 # Knobs (environment): TEST_BUDGET_S (240: ctest's share), BATCHES (8,64,256), and
-# run_train.sh's BUCKET_MB (100) and REPEATS (3: 1-GPU and 2-GPU runs alternate three times).
+# run_train.sh's BUCKET_MB (100), REPEATS (3: 1-GPU and 2-GPU runs alternate three times)
+# and STEPS (20 timed updates a run).
 # Needs in the tree: .device/grpc.tgz (abseil) and .device/googletest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +34,7 @@ note "engine_bench rc=$? after $(elapsed) s"; cat "$OUT/engine_bench.jsonl" | te
 tail -3 "$OUT/engine_bench.err"
 
 E2E_BUILD_DIR="$B" E2E_WORK_DIR="$W" GPU_BUILD_TARGETS="train_bench" BUCKET_MB="${BUCKET_MB:-100}" \
-  REPEATS="${REPEATS:-3}" \
+  REPEATS="${REPEATS:-3}" STEPS="${STEPS:-20}" \
   bash "$ROOT/bench/train/run_train.sh" > "$OUT/train.log" 2>&1
 note "run_train.sh rc=$? after $(elapsed) s"; grep -v "^$" "$OUT/train_summary.txt" | tee -a "$S"
 note "total $(elapsed) s"
