@@ -324,6 +324,8 @@ std::vector<GenerationResult> Engine::Generate(
         decode_rows.push_back({p.temperature, p.top_p, p.top_k, uni(s->rng)});
       }
       torch::Tensor decode_logits;
+      // The step's prefill waits for what came before this point, not for this decode.
+      if (!admitted.empty()) m.runner->MarkStepStart();
       if (!decode_batch.empty()) decode_logits = m.runner->Decode(decode_batch);
       if (!admitted.empty()) {
         std::vector<RunnerSequence> batch;

@@ -35,6 +35,10 @@ struct ModelRunner::Graphs {
   // Prefills run here, off the stream the decode steps run on, so that a step's decode and
   // the prefill of newly admitted sequences overlap on the device.
   std::optional<c10::cuda::CUDAStream> prefill_stream;
+  // step_start: what the next prefill waits for (MarkStepStart); prefill_done: what the
+  // caller's stream waits for after a prefill.
+  at::cuda::CUDAEvent step_start, prefill_done;
+  bool step_marked = false;
 };
 #else
 struct ModelRunner::Graphs {
@@ -135,25 +139,42 @@ torch::Tensor ModelRunner::PageIndex(const std::vector<RunnerSequence>& seqs,
   return torch::tensor(rows, torch::kInt64).to(device_);
 }
 
+void ModelRunner::MarkStepStart() {
+#ifdef LIGHTRL_ENGINE_CUDA
+  if (graphs_ && graphs_->prefill_stream) {
+    graphs_->step_start.record(c10::cuda::getCurrentCUDAStream(device_.index()));
+    graphs_->step_marked = true;
+  }
+#endif
+}
+
 torch::Tensor ModelRunner::Prefill(const std::vector<RunnerSequence>& seqs) {
 #ifdef LIGHTRL_ENGINE_CUDA
   if (graphs_ && graphs_->prefill_stream) {
-    // The prefill writes only the new sequences' slots and pages. Work of the decode stream
-    // that touched them before (an earlier sequence in the same slot or pages) finished
-    // before the host learnt that sequence was done, so the prefill need not wait; work
-    // queued on the decode stream from here on (forks, sampling these logits, the decode
-    // steps that read the new slots) waits for the prefill, while the decode step queued
-    // just before it runs alongside.
-    auto decode_stream = c10::cuda::getCurrentCUDAStream(device_.index());
+    // The prefill stream first waits for everything queued on the caller's stream before
+    // the step's mark (weight updates, forks, earlier steps; without a mark, before this
+    // call). The prefill writes only the new sequences' slots and pages, which the decode
+    // queued after the mark does not touch, so that decode runs alongside. Work queued on
+    // the caller's stream after this call (forks, sampling these logits, the decode steps
+    // that read the new slots) waits for the prefill, also when the prefill throws.
+    auto caller = c10::cuda::getCurrentCUDAStream(device_.index());
+    if (!graphs_->step_marked) graphs_->step_start.record(caller);
+    graphs_->step_marked = false;
+    graphs_->step_start.block(*graphs_->prefill_stream);
+    auto join = [&] {
+      graphs_->prefill_done.record(*graphs_->prefill_stream);
+      graphs_->prefill_done.block(caller);
+    };
     torch::Tensor logits;
-    {
+    try {
       c10::cuda::CUDAStreamGuard stream_guard(*graphs_->prefill_stream);
       logits = RunPrefill(seqs);
+    } catch (...) {
+      join();
+      throw;
     }
-    at::cuda::CUDAEvent done;
-    done.record(*graphs_->prefill_stream);
-    done.block(decode_stream);
-    logits.record_stream(decode_stream);
+    join();
+    logits.record_stream(caller);
     return logits;
   }
 #endif

@@ -46,6 +46,11 @@ class ModelRunner {
   // token, [n, vocab]. The CUDA backend runs it on a stream of its own: later work on the
   // caller's stream waits for it, work already queued there runs alongside.
   torch::Tensor Prefill(const std::vector<RunnerSequence>& seqs);
+  // Marks the point on the current stream that the next Prefill waits for: what was queued
+  // before it (weight updates, forks, earlier steps) finishes before the prefill starts,
+  // what is queued after it (the step's decode) may run alongside. Without a mark a
+  // prefill waits for everything queued before it. A no-op without the CUDA backend.
+  void MarkStepStart();
   // Feeds one token per sequence at its position; returns FP32 logits [n, vocab].
   torch::Tensor Decode(const std::vector<RunnerSequence>& seqs);
   // Copies a sequence's cached context (states and the KV of its first `num_tokens`
