@@ -1,6 +1,6 @@
 // Helpers of the CUDA kernel tests: an owning device buffer that checks every CUDA call,
-// bf16 bit tricks for poisoned outputs, random bf16 inputs, the relative Frobenius error
-// and a fresh seed.
+// bf16 bit tricks for poisoned outputs, the bf16 ulp, random bf16 inputs, the relative
+// Frobenius error and a fresh seed.
 #pragma once
 
 #include <algorithm>
@@ -52,6 +52,12 @@ inline __nv_bfloat16 FromBits(uint16_t b) {
 }
 
 inline float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// One bf16 ulp at |v| (the spacing of bf16 numbers around it).
+inline double Bf16Ulp(double v) {
+  const int exponent = std::max(std::ilogb(std::max(std::fabs(v), 1e-30)), -126);
+  return std::ldexp(1.0, exponent - 7);
+}
 
 // Relative Frobenius error; +inf when any output is not finite (unwritten poison).
 inline double RelErr(const std::vector<double>& out, const std::vector<double>& ref) {

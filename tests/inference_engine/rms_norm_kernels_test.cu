@@ -19,12 +19,6 @@
 namespace lightrl {
 namespace {
 
-// One bf16 ulp at |v| (the spacing of bf16 numbers around it).
-double Bf16Ulp(double v) {
-  const int exponent = std::max(std::ilogb(std::max(std::fabs(v), 1e-30)), -126);
-  return std::ldexp(1.0, exponent - 7);
-}
-
 // Compares kernel output (bits) with the reference over `count` positions given by
 // index(i): at most `ulps` bf16 ulps apart, a small relative error, and nearly all
 // bit-identical.

@@ -20,12 +20,6 @@
 namespace lightrl {
 namespace {
 
-// One bf16 ulp at |v|.
-double Bf16Ulp(double v) {
-  const int exponent = std::max(std::ilogb(std::max(std::fabs(v), 1e-30)), -126);
-  return std::ldexp(1.0, exponent - 7);
-}
-
 // got (bf16) within one bf16 ulp (plus `floor`) of want, everywhere.
 void ExpectWithinUlp(const std::vector<__nv_bfloat16>& got, const std::vector<double>& want,
                      double floor, unsigned seed, const char* what) {
