@@ -1,5 +1,8 @@
 #include "inference_engine/cuda_ops.h"
 
+#include <algorithm>
+#include <utility>
+
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/Exceptions.h>
 #include <cublas_v2.h>
@@ -238,24 +241,57 @@ torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, d
   return y;
 }
 
-torch::Tensor MoeCombineWeightsCuda(const torch::Tensor& logits, int64_t top_k) {
+namespace {
+
+// The routing kernel's inputs, checked; the caller names the outputs it wants.
+MoeRoutingParams RoutingParams(const torch::Tensor& logits, int64_t top_k) {
   TORCH_CHECK(logits.is_cuda() && logits.scalar_type() == torch::kFloat32 && logits.dim() == 2 &&
                   logits.stride(1) == 1,
               "moe routing cuda: logits must be [T, E] FP32 CUDA rows with unit stride, got ",
               logits.sizes(), " ", logits.scalar_type(), " on ", logits.device());
-  TORCH_CHECK(logits.size(0) <= 0x7fffffff, "moe routing cuda: too many tokens");
-  c10::cuda::CUDAGuard guard(logits.device());
-  auto combine = torch::empty(logits.sizes(), logits.options().memory_format(torch::MemoryFormat::Contiguous));
+  const int64_t T = logits.size(0), E = logits.size(1);
+  TORCH_CHECK(T <= 0x7fffffff, "moe routing cuda: too many tokens: ", T);
+  TORCH_CHECK(E >= 1 && E <= kMoeRoutingMaxExperts, "moe routing cuda: experts must be in 1 .. ",
+              kMoeRoutingMaxExperts, ", got ", E);
+  TORCH_CHECK(top_k >= 1 && top_k <= std::min<int64_t>(E, kMoeRoutingMaxTopK),
+              "moe routing cuda: top_k must be in 1 .. min(experts, ", kMoeRoutingMaxTopK,
+              "), got ", top_k, " of ", E, " experts");
   MoeRoutingParams p;
   p.logits = logits.data_ptr<float>();
-  p.combine = combine.data_ptr<float>();
   p.logits_row_stride = logits.stride(0);
-  p.tokens = static_cast<int>(logits.size(0));
-  p.experts = static_cast<int>(logits.size(1));
+  p.tokens = static_cast<int>(T);
+  p.experts = static_cast<int>(E);
   p.top_k = static_cast<int>(top_k);
+  return p;
+}
+
+}  // namespace
+
+bool MoeRoutingSupported(int64_t experts, int64_t top_k) {
+  return experts >= 1 && experts <= kMoeRoutingMaxExperts && top_k >= 1 &&
+         top_k <= std::min<int64_t>(experts, kMoeRoutingMaxTopK);
+}
+
+torch::Tensor MoeCombineWeightsCuda(const torch::Tensor& logits, int64_t top_k) {
+  MoeRoutingParams p = RoutingParams(logits, top_k);
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto combine = torch::empty(logits.sizes(), logits.options().memory_format(torch::MemoryFormat::Contiguous));
+  p.combine = combine.data_ptr<float>();
   CheckCudaLaunch(LaunchMoeRouting(p, at::cuda::getCurrentCUDAStream().stream()), "moe routing",
                   p.Validate());
   return combine;
+}
+
+std::pair<torch::Tensor, torch::Tensor> MoeRouteCuda(const torch::Tensor& logits, int64_t top_k) {
+  MoeRoutingParams p = RoutingParams(logits, top_k);
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto weights = torch::empty({logits.size(0), top_k}, logits.options());
+  auto ids = torch::empty({logits.size(0), top_k}, logits.options().dtype(torch::kInt64));
+  p.weights = weights.data_ptr<float>();
+  p.ids = ids.data_ptr<int64_t>();
+  CheckCudaLaunch(LaunchMoeRouting(p, at::cuda::getCurrentCUDAStream().stream()), "moe routing",
+                  p.Validate());
+  return {weights, ids};
 }
 
 torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, double alpha,

@@ -7,6 +7,8 @@
 
 #include <torch/torch.h>
 
+#include <utility>
+
 namespace lightrl {
 
 // Whether the kernels serve tensors of this device, dtype and head size: CUDA, bf16,
@@ -55,10 +57,17 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
 // bf16 with unit stride on D, weight [D] contiguous bf16. Returns y [T, D] contiguous bf16.
 torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
+// Whether the routing kernel serves this many experts and top-k (at most 256 and 8).
+bool MoeRoutingSupported(int64_t experts, int64_t top_k);
+
 // The policy's routing matrix (SparseMoeImpl::CombineWeights) from the router's FP32
 // logits [T, E] in one kernel (inference_engine/cuda/moe_routing.h): softmax, top_k,
 // renormalised, zeros elsewhere. Returns [T, E] contiguous FP32.
 torch::Tensor MoeCombineWeightsCuda(const torch::Tensor& logits, int64_t top_k);
+
+// The same routing as (top_w [T, k] FP32, top_i [T, k] int64), what SparseMoeImpl::Route
+// returns besides the probabilities, for SparseMoeImpl::ForwardRouted.
+std::pair<torch::Tensor, torch::Tensor> MoeRouteCuda(const torch::Tensor& logits, int64_t top_k);
 
 // alpha * a + beta * b for same-shaped contiguous bf16 tensors, in FP32 and rounded to
 // bf16 once (eager torch rounds after each op, so results can differ by one bf16 ulp).

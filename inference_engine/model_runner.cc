@@ -205,6 +205,18 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
   auto x = module_->model->embed_tokens(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto* layer = module_->model->layers[i]->as<DecoderLayerImpl>();
+    // The policy's MoE block, routed by the routing kernel as the decode step is (null:
+    // the block's own forward).
+    DecoderLayerImpl::Block moe;
+#ifdef LIGHTRL_ENGINE_CUDA
+    auto& block = layer->block_sparse_moe;
+    if (cuda_kernels_ && MoeRoutingSupported(block->num_experts, block->top_k)) {
+      moe = [&block](const torch::Tensor& n2) {
+        auto [top_w, top_i] = MoeRouteCuda(block->RouterLogits(n2), block->top_k);
+        return block->ForwardRouted(n2, top_w, top_i);
+      };
+    }
+#endif
     x = layer->ForwardWith(x, [&](const torch::Tensor& n1) {
       if (layer->lightning) {
         // Each document from a zero state; its final state goes to its slot.
@@ -240,7 +252,7 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
       k_pool_[i].index_copy_(0, rows, k);
       v_pool_[i].index_copy_(0, rows, v);
       return attn->forward(n1, layout);
-    }).first;
+    }, /*options=*/{}, moe).first;
   }
   auto hidden = module_->model->norm(x);
   std::vector<int64_t> last;
@@ -409,9 +421,15 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
     auto moe = [&](const torch::Tensor& n2) {
       auto& block = layer->block_sparse_moe;
       const int64_t E = block->num_experts;
-      // The router's FP32 logits (as Fp32OutLinear computes them), then one routing kernel.
-      auto logits = at::mm(n2, block->gate->weight.t(), torch::kFloat32);
-      auto combine = MoeCombineWeightsCuda(logits, block->top_k);  // [B, E] FP32
+      // The router's FP32 logits (as Fp32OutLinear computes them), then one routing kernel
+      // (the policy's torch ops where the kernel does not serve E and top-k).
+      torch::Tensor combine;  // [B, E] FP32
+      if (MoeRoutingSupported(E, block->top_k)) {
+        auto logits = at::mm(n2, block->gate->weight.t(), torch::kFloat32);
+        combine = MoeCombineWeightsCuda(logits, block->top_k);
+      } else {
+        combine = block->CombineWeights(n2);
+      }
       auto h13 = GroupedLinearCuda(n2, expert_w13_[i], config_.intermediate_size);
       // The policy's SwiGLU kernel, so decode rounds as the learner does.
       auto act = SwiGluCuda(h13.narrow(0, 0, E), h13.narrow(0, E, E));  // [E, B, ffn]

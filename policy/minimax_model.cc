@@ -267,14 +267,17 @@ SparseMoeImpl::SparseMoeImpl(const ModelConfig& c)
   register_module("experts", experts);
 }
 
-// Below this many token-expert assignments the MoE runs densely (see forward).
+// Below this many token-expert assignments the MoE runs densely (see ForwardRouted).
 constexpr int64_t kDenseMoeMaxAssignments = 1024;
+
+torch::Tensor SparseMoeImpl::RouterLogits(const torch::Tensor& x) {
+  // Router in FP32: near-ties between experts must not flip with the compute dtype.
+  return Fp32OutLinear(x, gate->weight);
+}
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> SparseMoeImpl::Route(
     const torch::Tensor& x) {
-  // Router in FP32: near-ties between experts must not flip with the compute dtype.
-  auto logits = Fp32OutLinear(x, gate->weight);
-  auto probs = torch::softmax(logits, -1);
+  auto probs = torch::softmax(RouterLogits(x), -1);
   auto [top_w, top_i] = probs.topk(top_k, -1);
   top_w = top_w / top_w.sum(-1, true);
   return {probs, top_w, top_i};
@@ -305,20 +308,26 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
     auto onehot = torch::one_hot(flat, num_experts);
     auto rank = (onehot.cumsum(0) * onehot).sum(-1) - 1;  // position within its expert
     keep = (rank < capacity).reshape({T, top_k});
-    top_w = top_w * keep.to(top_w.scalar_type());
   }
+  return {ForwardRouted(x, top_w, top_i, keep), aux};
+}
 
+torch::Tensor SparseMoeImpl::ForwardRouted(const torch::Tensor& x, const torch::Tensor& top_w,
+                                           const torch::Tensor& top_i, const torch::Tensor& keep) {
+  const int64_t T = x.size(0);
+  // Dropped assignments weigh zero.
+  auto kept_w = keep.defined() ? top_w * keep.to(top_w.scalar_type()) : top_w;
   if (T * top_k <= kDenseMoeMaxAssignments) {
     // Few tokens (decode steps, small batches): run every expert on every token and weight
     // by the (mostly zero) routing matrix. It moves the same expert weights, never waits on
     // the device to learn which experts were hit, and so keeps decode capturable.
     // The weighted sum accumulates in FP32 and is rounded once.
-    auto combine = torch::zeros({T, num_experts}, top_w.options()).scatter(1, top_i, top_w);
+    auto combine = torch::zeros({T, num_experts}, kept_w.options()).scatter(1, top_i, kept_w);
     auto acc = torch::zeros({T, x.size(1)}, x.options().dtype(torch::kFloat32));
     for (int64_t e = 0; e < num_experts; ++e) {
       acc.addcmul_(experts[e]->as<ExpertImpl>()->forward(x), combine.select(1, e).unsqueeze(1));
     }
-    return {acc.to(x.scalar_type()), aux};
+    return acc.to(x.scalar_type());
   }
   // Assignments grouped by expert: one stable sort, one gather of the token rows, each
   // expert on its contiguous slice, one gather back combined with the routing weights in
@@ -340,7 +349,7 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
     kept_count += n_acc[e];
     padded += (n_acc[e] + align - 1) / align * align;
   }
-  if (kept_count == 0) return {torch::zeros_like(x), aux};
+  if (kept_count == 0) return torch::zeros_like(x);
   auto index_opts = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
   auto kept = order.narrow(0, 0, kept_count);
   auto tok = kept.div(top_k, "floor");
@@ -371,11 +380,11 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
   // Dropped assignments read row 0 with weight 0.
   if (TrainKernelsSupported(computed) && x.size(1) % 8 == 0) {
     // Gather, weighting and sum as one kernel each way.
-    return {MoeCombineCuda(computed, row_of.clamp_max(padded - 1).view({T, top_k}), reader, top_w), aux};
+    return MoeCombineCuda(computed, row_of.clamp_max(padded - 1).view({T, top_k}), reader, kept_w);
   }
   auto y = GatherRows(computed, row_of.clamp_max(padded - 1), reader.unsqueeze(1));
-  auto out = (y.view({T, top_k, x.size(1)}).to(torch::kFloat32) * top_w.unsqueeze(-1)).sum(1);
-  return {out.to(x.scalar_type()), aux};
+  auto out = (y.view({T, top_k, x.size(1)}).to(torch::kFloat32) * kept_w.unsqueeze(-1)).sum(1);
+  return out.to(x.scalar_type());
 }
 
 bool SparseMoeImpl::GroupedExpertsSupported(const torch::Tensor& x) {

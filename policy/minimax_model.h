@@ -110,9 +110,17 @@ class SparseMoeImpl : public torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> ForwardExpertParallel(const torch::Tensor& x,
                                                                 double capacity_factor,
                                                                 ExpertParallelComm& comm);
+  // The router's logits [T, E] in FP32 (on CUDA bf16, an FP32-output GEMM).
+  torch::Tensor RouterLogits(const torch::Tensor& x);
   // The router alone: FP32 softmax over experts, top-k, renormalised. Returns (probs [T, E],
   // top_w [T, k], top_i [T, k]).
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Route(const torch::Tensor& x);
+  // The experts' weighted output for a routing already made (forward is Route, the capacity
+  // rule, then this; the engine routes with its own kernel): top_w [T, k] FP32 and top_i
+  // [T, k] int64 as Route returns them, keep [T, k] bool (optional) the assignments within
+  // capacity. No aux loss.
+  torch::Tensor ForwardRouted(const torch::Tensor& x, const torch::Tensor& top_w,
+                              const torch::Tensor& top_i, const torch::Tensor& keep = {});
   // The routing matrix [T, E] FP32: token t's weight for expert e, zero off its top-k.
   torch::Tensor CombineWeights(const torch::Tensor& x);
   torch::nn::Linear gate{nullptr};

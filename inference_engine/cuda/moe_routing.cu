@@ -72,9 +72,10 @@ __global__ void __launch_bounds__(32 * kWarpsPerCta) MoeRoutingKernel(const MoeR
   }
   const float norm = 1.f / picked_sum;
   if (lane == 0) {
+    const int64_t first = int64_t{t} * p.top_k;
     for (int j = 0; j < p.top_k; ++j) {
-      if (p.ids != nullptr) p.ids[t * p.top_k + j] = chosen_e[j];
-      if (p.weights != nullptr) p.weights[t * p.top_k + j] = chosen_p[j] * norm;
+      if (p.ids != nullptr) p.ids[first + j] = chosen_e[j];
+      if (p.weights != nullptr) p.weights[first + j] = chosen_p[j] * norm;
     }
   }
   if (p.combine != nullptr) {

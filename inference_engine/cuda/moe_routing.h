@@ -15,7 +15,8 @@ constexpr int kMoeRoutingMaxExperts = 256;
 constexpr int kMoeRoutingMaxTopK = 8;
 
 // For each token t < tokens: p = softmax(logits[t, :]) (FP32, max-shifted); the top_k
-// experts by p, larger first, ties to the lower expert index; w_j = p_j / sum of the
+// experts by p, larger first, ties to the lower expert index (torch.topk picks the same
+// experts for distinct p but promises no order for equal ones); w_j = p_j / sum of the
 // chosen p. Writes ids[t, j] and weights[t, j] (each optional) and combine[t, :] (optional:
 // w at the chosen experts, zero elsewhere). All pointers are device pointers, rows
 // contiguous.

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "inference_engine/cuda_ops.h"
 #include "inference_engine/engine.h"
@@ -163,6 +164,54 @@ TEST(EngineGpuTest, GroupedLinearMatchesPerGroupMatmul) {
       EXPECT_LT(RelativeError(out_grouped[g], ref_grouped), 1e-2) << "group " << g;
     }
   }
+}
+
+// The routing kernel's adapters against the policy's router (torch ops on CUDA) on the
+// same FP32 logits, and the MoE block routed by the kernel, as the prefill runs it, against
+// the block's own forward. Random bf16 inputs, so the logits of a token are distinct.
+TEST(EngineGpuTest, MoeRoutingKernelMatchesThePolicysRouter) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  torch::manual_seed(seed);
+  auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  for (auto [T, E, k] : std::vector<std::array<int64_t, 3>>{
+           {1, 8, 2}, {7, 32, 1}, {600, 8, 2}, {4099, 32, 8}, {33, 256, 8}}) {
+    SCOPED_TRACE("T " + std::to_string(T) + " E " + std::to_string(E) + " k " + std::to_string(k));
+    ModelConfig c = GpuConfig();
+    c.intermediate_size = 64;
+    c.num_local_experts = E;
+    c.num_experts_per_tok = k;
+    SparseMoe moe(c);
+    moe->to(torch::kCUDA, torch::kBFloat16);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : moe->parameters()) p.normal_(0, 0.05);
+    }
+    torch::InferenceMode guard;
+    ASSERT_TRUE(MoeRoutingSupported(E, k));
+    auto x = torch::randn({T, c.hidden_size}, bf16);
+    auto logits = moe->RouterLogits(x);
+    auto [probs, top_w, top_i] = moe->Route(x);
+    auto [w, ids] = MoeRouteCuda(logits, k);
+    ASSERT_EQ(ids.scalar_type(), torch::kInt64);
+    EXPECT_TRUE(torch::equal(ids, top_i));
+    EXPECT_LT(((w - top_w).abs() / top_w).max().item<double>(), 1e-5);
+    // The dense combine rows hold the same weights at the same experts, zeros elsewhere.
+    auto combine = MoeCombineWeightsCuda(logits, k);
+    EXPECT_TRUE(torch::equal(combine.gather(1, ids), w));
+    EXPECT_LT((combine - moe->CombineWeights(x)).abs().max().item<double>(), 1e-5);
+    EXPECT_LT((combine.sum(1) - 1).abs().max().item<double>(), 1e-5);
+    const double moe_err = RelativeError(moe->ForwardRouted(x, w, ids), moe->forward(x, 0).first);
+    std::printf("T %lld E %lld k %lld: kernel-routed MoE vs the block's forward %.3e\n",
+                static_cast<long long>(T), static_cast<long long>(E), static_cast<long long>(k),
+                moe_err);
+    EXPECT_LT(moe_err, 1e-3);
+  }
+  auto logits = torch::randn({3, 8}, torch::TensorOptions().device(torch::kCUDA));
+  EXPECT_FALSE(MoeRoutingSupported(8, 9));
+  EXPECT_FALSE(MoeRoutingSupported(257, 2));
+  EXPECT_THROW(MoeRouteCuda(logits, 9), c10::Error);
+  EXPECT_THROW(MoeCombineWeightsCuda(logits.to(torch::kBFloat16), 2), c10::Error);
 }
 
 struct Generated {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -32,6 +33,27 @@ TEST(MoeRoutingReference, MatchesSoftmaxTopkRenormalise) {
       }
     }
   }
+}
+
+TEST(MoeRoutingReference, HandCheckedRows) {
+  // exp(logits) in ratio 1 : 2 : 3 : 0.5, shifted per row (softmax ignores the shift):
+  // top-2 are experts 2 and 1 with weights 3/5 and 2/5 (up to the FP32 rounding of the
+  // logits); top-1 is expert 2 with weight 1.
+  std::vector<float> logits;
+  for (float shift : {0.f, 40.f}) {
+    for (double r : {1.0, 2.0, 3.0, 0.5}) logits.push_back(static_cast<float>(std::log(r)) + shift);
+  }
+  std::vector<int64_t> ids;
+  std::vector<double> weights;
+  ReferenceMoeRouting(logits, 2, 4, 2, &ids, &weights);
+  EXPECT_EQ(ids, (std::vector<int64_t>{2, 1, 2, 1}));
+  for (int t = 0; t < 2; ++t) {
+    EXPECT_NEAR(weights[2 * t], 0.6, 1e-5);
+    EXPECT_NEAR(weights[2 * t + 1], 0.4, 1e-5);
+  }
+  ReferenceMoeRouting(logits, 2, 4, 1, &ids, &weights);
+  EXPECT_EQ(ids, (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(weights, (std::vector<double>{1.0, 1.0}));
 }
 
 TEST(MoeRoutingReference, TiesGoToTheLowerExpert) {

@@ -113,6 +113,39 @@ TEST(ModelTest, MoeDenseAndSparsePathsAgree) {
   }
 }
 
+TEST(ModelTest, MoeForwardRoutedRunsTheGivenRouting) {
+  ModelConfig c = TinyConfig();
+  SparseMoe moe(c);
+  torch::NoGradGuard no_grad;
+  for (auto& p : moe->parameters()) p.normal_(0, 0.3);
+  const int64_t E = c.num_local_experts, k = c.num_experts_per_tok;
+  // 40 tokens take the dense path, 700 the sparse one.
+  for (int64_t T : {40, 700}) {
+    auto x = torch::randn({T, c.hidden_size});
+    // The router's own decision gives forward's output.
+    auto [probs, top_w, top_i] = moe->Route(x);
+    EXPECT_LT(MaxDiff(moe->ForwardRouted(x, top_w, top_i), moe->forward(x, 0).first), 1e-6) << T;
+    // Any other routing (distinct experts per token, arbitrary weights) is what runs:
+    // sum_j w[t, j] expert_{i[t, j]}(x[t]).
+    auto ids = std::get<1>(torch::rand({T, E}).sort(/*dim=*/1)).narrow(1, 0, k);
+    auto w = torch::rand({T, k});
+    auto expected = [&](const torch::Tensor& weights) {
+      auto combine = torch::zeros({T, E}).scatter(1, ids, weights);
+      auto out = torch::zeros({T, c.hidden_size});
+      for (int64_t e = 0; e < E; ++e) {
+        out += combine.select(1, e).unsqueeze(1) * moe->experts[e]->as<ExpertImpl>()->forward(x);
+      }
+      return out;
+    };
+    EXPECT_LT(MaxDiff(moe->ForwardRouted(x, w, ids), expected(w)), 1e-5) << T;
+    // Assignments outside `keep` count for nothing.
+    auto keep = torch::rand({T, k}) < 0.5;
+    EXPECT_LT(MaxDiff(moe->ForwardRouted(x, w, ids, keep), expected(w * keep.to(torch::kFloat32))),
+              1e-5)
+        << T;
+  }
+}
+
 TEST(ModelTest, MoeSparsePathGradientsEqualTheDensePath) {
   ModelConfig c = TinyConfig();
   SparseMoe moe(c);
