@@ -32,9 +32,17 @@ struct ModelRunner::Graphs {
   // Recorded after the copies out of the pinned host buffers: the host waits on it before
   // rewriting them.
   at::cuda::CUDAEvent inputs_copied;
-  // Prefills run here, off the stream the decode steps run on, so that a step's decode and
-  // the prefill of newly admitted sequences overlap on the device.
+  // Prefills run here, off the caller's (decode) stream, so that a step's decode and the
+  // prefill of newly admitted sequences overlap on the device. A pool stream, picked again
+  // if the caller comes to run on it.
   std::optional<c10::cuda::CUDAStream> prefill_stream;
+  // Recorded on the caller's stream as a decode step begins; decode_begin_on is that stream
+  // while the decode is the runner's last work there (reset by Fork and Prefill). A prefill
+  // waits on it: on everything queued before the decode, not on the decode itself.
+  at::cuda::CUDAEvent decode_begin;
+  std::optional<c10::cuda::CUDAStream> decode_begin_on;
+  // Recorded on the prefill stream after a prefill; the caller's stream waits on it.
+  at::cuda::CUDAEvent prefill_done;
 };
 #else
 struct ModelRunner::Graphs {
@@ -101,9 +109,6 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
     partition_tokens_ = std::clamp<int64_t>((max_len / 64 + 127) / 128 * 128, 256, 4096);
     num_partitions_ = (max_len + partition_tokens_ - 1) / partition_tokens_;
     graphs_ = std::make_unique<Graphs>();
-#ifdef LIGHTRL_ENGINE_CUDA
-    graphs_->prefill_stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index());
-#endif
   }
 }
 
@@ -137,27 +142,61 @@ torch::Tensor ModelRunner::PageIndex(const std::vector<RunnerSequence>& seqs,
 
 torch::Tensor ModelRunner::Prefill(const std::vector<RunnerSequence>& seqs) {
 #ifdef LIGHTRL_ENGINE_CUDA
-  if (graphs_ && graphs_->prefill_stream) {
-    // The prefill writes only the new sequences' slots and pages. Work of the decode stream
-    // that touched them before (an earlier sequence in the same slot or pages) finished
-    // before the host learnt that sequence was done, so the prefill need not wait; work
-    // queued on the decode stream from here on (forks, sampling these logits, the decode
-    // steps that read the new slots) waits for the prefill, while the decode step queued
-    // just before it runs alongside.
-    auto decode_stream = c10::cuda::getCurrentCUDAStream(device_.index());
-    torch::Tensor logits;
-    {
-      c10::cuda::CUDAStreamGuard stream_guard(*graphs_->prefill_stream);
-      logits = RunPrefill(seqs);
+  if (uses_prefill_stream()) {
+    // Why this order is safe. The prefill writes only the new sequences' slots (lightning
+    // states) and pages (softmax K/V) and its own logits; it reads the weights. A decode step
+    // reads and writes only the slots and pages of the sequences in its batch (padding rows
+    // are slot -1, which every kernel skips), plus its own fixed buffers (step inputs, device
+    // page table, graph pool), none of which the prefill touches. The scheduler gives a new
+    // sequence slots and pages that no sequence in the decode batch holds; the work of
+    // whoever held them before was queued before this decode step. So:
+    // - the prefill stream waits for everything the caller queued before the decode step
+    //   (weight updates, forks, the steps before), but not for the decode itself, which runs
+    //   alongside;
+    // - the caller's stream waits for the prefill before anything queued after this call
+    //   (forks from the new slots, sampling these logits, the decode steps the new sequences
+    //   join), on the device: no host sync.
+    // The kernels are the ones the caller's stream would run, on the same inputs, so the
+    // outputs are those of running the decode and then the prefill on one stream.
+    c10::cuda::CUDAGuard device_guard(device_);
+    Graphs& g = *graphs_;
+    const auto caller = c10::cuda::getCurrentCUDAStream(device_.index());
+    while (!g.prefill_stream || *g.prefill_stream == caller) {
+      g.prefill_stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index());
     }
-    at::cuda::CUDAEvent done;
-    done.record(*graphs_->prefill_stream);
-    done.block(decode_stream);
-    logits.record_stream(decode_stream);
+    // Without a decode step queued just before, the prefill waits for all the caller's work.
+    if (g.decode_begin_on != caller) g.decode_begin.record(caller);
+    g.decode_begin_on.reset();
+    g.decode_begin.block(*g.prefill_stream);
+    torch::Tensor logits;
+    try {
+      // Temporaries are allocated on the prefill stream and go back to its pool, which only
+      // work on that stream reuses, in its order.
+      c10::cuda::CUDAStreamGuard stream_guard(*g.prefill_stream);
+      logits = RunPrefill(seqs);
+    } catch (...) {
+      // Kernels already queued may still write the state and KV pools: the caller's later
+      // work, which may free them, waits for them too.
+      g.prefill_done.record(*g.prefill_stream);
+      g.prefill_done.block(caller);
+      throw;
+    }
+    g.prefill_done.record(*g.prefill_stream);
+    g.prefill_done.block(caller);
+    // The logits are read on the caller's stream: their memory must not go back to the
+    // prefill stream's pool before that work is done.
+    logits.record_stream(caller);
     return logits;
   }
 #endif
   return RunPrefill(seqs);
+}
+
+std::optional<c10::Stream> ModelRunner::prefill_stream() const {
+#ifdef LIGHTRL_ENGINE_CUDA
+  if (graphs_ && graphs_->prefill_stream) return graphs_->prefill_stream->unwrap();
+#endif
+  return std::nullopt;
 }
 
 torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
@@ -301,6 +340,9 @@ void ModelRunner::Fork(int64_t from_slot, const PageTable& from, int64_t to_slot
                        const PageTable& to, int64_t num_tokens) {
   torch::InferenceMode guard;
   if (!mirrored_pages_.empty()) mirrored_pages_[to_slot] = 0;
+#ifdef LIGHTRL_ENGINE_CUDA
+  if (graphs_) graphs_->decode_begin_on.reset();  // a later prefill waits for these copies
+#endif
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     if (config_.is_lightning(i)) {
       states_[i][to_slot].copy_(states_[i][from_slot]);
@@ -456,6 +498,11 @@ torch::Tensor ModelRunner::DecodeKernels(const std::vector<RunnerSequence>& seqs
   TORCH_CHECK(B <= options_.num_slots, "engine: decode batch ", B, " exceeds ",
               options_.num_slots, " slots");
   auto stream = c10::cuda::getCurrentCUDAStream(device_.index());
+  if (uses_prefill_stream()) {
+    // A prefill queued next runs beside this step, after what came before it (see Prefill).
+    graphs_->decode_begin.record(stream);
+    graphs_->decode_begin_on = stream;
+  }
   TrackWeights();
   graphs_->inputs_copied.synchronize();
   SyncPageTables(seqs);
