@@ -161,8 +161,14 @@ torch::Tensor ModelRunner::Prefill(const std::vector<RunnerSequence>& seqs) {
     c10::cuda::CUDAGuard device_guard(device_);
     Graphs& g = *graphs_;
     const auto caller = c10::cuda::getCurrentCUDAStream(device_.index());
-    while (!g.prefill_stream || *g.prefill_stream == caller) {
-      g.prefill_stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index());
+    if (!g.prefill_stream || *g.prefill_stream == caller) {
+      auto pick = [&] {
+        return c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index());
+      };
+      auto next = pick();
+      while (next == caller) next = pick();
+      g.prefill_done.block(next);  // after the last prefill, on the stream it ran on
+      g.prefill_stream = next;
     }
     // Without a decode step queued just before, the prefill waits for all the caller's work.
     if (g.decode_begin_on != caller) g.decode_begin.record(caller);
