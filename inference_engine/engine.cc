@@ -110,6 +110,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
     runner.page_size = options.page_size;
     runner.max_model_len = impl->max_model_len;
     runner.cuda_graphs = options.cuda_graphs;
+    runner.prefill_stream = options.prefill_stream;
     impl->runner = std::make_unique<ModelRunner>(module, runner);
   } catch (const c10::Error& e) {
     return absl::ResourceExhaustedError(
@@ -239,9 +240,13 @@ std::vector<GenerationResult> Engine::Generate(
     while (!waiting.empty() || !active.empty()) {
       // One step: room for the running batch (preempting when pages run out), admission
       // of waiting requests into what is left, the running batch's decode step, the new
-      // sequences' prefill, then the decode's sampling. The decode is queued before the
-      // prefill, which the CUDA backend runs on a stream of its own, so the two overlap on
-      // the device; the new sequences join the running batch at the next step.
+      // sequences' prefill, then the sampling of both. The decode is queued first and the
+      // prefill right after it, nothing in between; the CUDA backend runs the prefill on a
+      // stream of its own (ModelRunner::Prefill), so the two overlap on the device. That is
+      // safe because the new sequences hold slots and pages outside the decode batch, and
+      // they join the running batch only at the next step, whose decode the caller's stream
+      // runs after its wait on the prefill. The CPU backend runs the same calls in the same
+      // order on one thread.
       bool preempted = false;
       // Each active sequence needs room for the token it is about to feed; when pages run
       // out, the youngest sequence is preempted and later resumed by re-prefill.
@@ -324,8 +329,7 @@ std::vector<GenerationResult> Engine::Generate(
         decode_rows.push_back({p.temperature, p.top_p, p.top_k, uni(s->rng)});
       }
       torch::Tensor decode_logits;
-      // The step's prefill waits for what came before this point, not for this decode.
-      if (!admitted.empty()) m.runner->MarkStepStart();
+      // The step's prefill (below) runs beside this decode, after what came before it.
       if (!decode_batch.empty()) decode_logits = m.runner->Decode(decode_batch);
       if (!admitted.empty()) {
         std::vector<RunnerSequence> batch;
@@ -336,6 +340,10 @@ std::vector<GenerationResult> Engine::Generate(
         }
         auto logits = m.runner->Prefill(batch);
         m.stats.prefill_tokens += prefill_tokens;
+        ++m.stats.prefill_steps;
+        if (decode_logits.defined() && m.runner->uses_prefill_stream()) {
+          ++m.stats.overlapped_prefill_steps;
+        }
         // Fresh groups sample their first token from the prompt's logits; resumed samples
         // already hold theirs.
         std::vector<SamplerRow> rows;

@@ -25,6 +25,10 @@ struct EngineOptions {
   // CUDA bf16 (kernel path): decode steps replay CUDA graphs captured per batch-size
   // bucket; false runs them eagerly (for debugging and comparison).
   bool cuda_graphs = true;
+  // CUDA bf16 (kernel path): the prefill of newly admitted sequences runs on a stream of
+  // its own, beside the running batch's decode step; false runs it after the decode on one
+  // stream (the same outputs; for comparison).
+  bool prefill_stream = true;
   absl::Status Validate() const;
 };
 
@@ -39,6 +43,9 @@ struct EngineStats {
   int64_t prefill_tokens = 0;
   int64_t generated_tokens = 0;
   int64_t decode_steps = 0;
+  int64_t prefill_steps = 0;
+  // Prefill steps run on the prefill stream beside a decode step of the running batch.
+  int64_t overlapped_prefill_steps = 0;
   int64_t preemptions = 0;
   int64_t num_pages = 0, num_slots = 0;
   int64_t slot_bytes = 0, page_bytes = 0, page_size = 0;

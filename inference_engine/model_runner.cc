@@ -32,13 +32,17 @@ struct ModelRunner::Graphs {
   // Recorded after the copies out of the pinned host buffers: the host waits on it before
   // rewriting them.
   at::cuda::CUDAEvent inputs_copied;
-  // Prefills run here, off the stream the decode steps run on, so that a step's decode and
-  // the prefill of newly admitted sequences overlap on the device.
+  // Prefills run here, off the caller's (decode) stream, so that a step's decode and the
+  // prefill of newly admitted sequences overlap on the device. A pool stream, picked again
+  // if the caller comes to run on it.
   std::optional<c10::cuda::CUDAStream> prefill_stream;
-  // step_start: what the next prefill waits for (MarkStepStart); prefill_done: what the
-  // caller's stream waits for after a prefill.
-  at::cuda::CUDAEvent step_start, prefill_done;
-  bool step_marked = false;
+  // Recorded on the caller's stream as a decode step begins; decode_begin_on is that stream
+  // while the decode is the runner's last work there (reset by Fork and Prefill). A prefill
+  // waits on it: on everything queued before the decode, not on the decode itself.
+  at::cuda::CUDAEvent decode_begin;
+  std::optional<c10::cuda::CUDAStream> decode_begin_on;
+  // Recorded on the prefill stream after a prefill; the caller's stream waits on it.
+  at::cuda::CUDAEvent prefill_done;
 };
 #else
 struct ModelRunner::Graphs {
@@ -105,9 +109,6 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
     partition_tokens_ = std::clamp<int64_t>((max_len / 64 + 127) / 128 * 128, 256, 4096);
     num_partitions_ = (max_len + partition_tokens_ - 1) / partition_tokens_;
     graphs_ = std::make_unique<Graphs>();
-#ifdef LIGHTRL_ENGINE_CUDA
-    graphs_->prefill_stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index());
-#endif
   }
 }
 
@@ -139,46 +140,69 @@ torch::Tensor ModelRunner::PageIndex(const std::vector<RunnerSequence>& seqs,
   return torch::tensor(rows, torch::kInt64).to(device_);
 }
 
-void ModelRunner::MarkStepStart() {
-#ifdef LIGHTRL_ENGINE_CUDA
-  if (graphs_ && graphs_->prefill_stream) {
-    graphs_->step_start.record(c10::cuda::getCurrentCUDAStream(device_.index()));
-    graphs_->step_marked = true;
-  }
-#endif
-}
-
 torch::Tensor ModelRunner::Prefill(const std::vector<RunnerSequence>& seqs) {
 #ifdef LIGHTRL_ENGINE_CUDA
-  if (graphs_ && graphs_->prefill_stream) {
-    // The prefill stream first waits for everything queued on the caller's stream before
-    // the step's mark (weight updates, forks, earlier steps; without a mark, before this
-    // call). The prefill writes only the new sequences' slots and pages, which the decode
-    // queued after the mark does not touch, so that decode runs alongside. Work queued on
-    // the caller's stream after this call (forks, sampling these logits, the decode steps
-    // that read the new slots) waits for the prefill, also when the prefill throws.
-    auto caller = c10::cuda::getCurrentCUDAStream(device_.index());
-    if (!graphs_->step_marked) graphs_->step_start.record(caller);
-    graphs_->step_marked = false;
-    graphs_->step_start.block(*graphs_->prefill_stream);
-    auto join = [&] {
-      graphs_->prefill_done.record(*graphs_->prefill_stream);
-      graphs_->prefill_done.block(caller);
-    };
+  if (uses_prefill_stream()) {
+    // Why this order is safe. The prefill writes only the new sequences' slots (lightning
+    // states) and pages (softmax K/V) and its own logits; it reads the weights. A decode step
+    // reads and writes only the slots and pages of the sequences in its batch (padding rows
+    // are slot -1, which every kernel skips), plus its own fixed buffers (step inputs, device
+    // page table, graph pool), none of which the prefill touches. The scheduler gives a new
+    // sequence slots and pages that no sequence in the decode batch holds; the work of
+    // whoever held them before was queued before this decode step. So:
+    // - the prefill stream waits for everything the caller queued before the decode step
+    //   (weight updates, forks, the steps before), but not for the decode itself, which runs
+    //   alongside;
+    // - the caller's stream waits for the prefill before anything queued after this call
+    //   (forks from the new slots, sampling these logits, the decode steps the new sequences
+    //   join), on the device: no host sync.
+    // The kernels are the ones the caller's stream would run, on the same inputs, so the
+    // outputs are those of running the decode and then the prefill on one stream.
+    c10::cuda::CUDAGuard device_guard(device_);
+    Graphs& g = *graphs_;
+    const auto caller = c10::cuda::getCurrentCUDAStream(device_.index());
+    if (!g.prefill_stream || *g.prefill_stream == caller) {
+      auto pick = [&] {
+        return c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index());
+      };
+      auto next = pick();
+      while (next == caller) next = pick();
+      g.prefill_done.block(next);  // after the last prefill, on the stream it ran on
+      g.prefill_stream = next;
+    }
+    // Without a decode step queued just before, the prefill waits for all the caller's work.
+    if (g.decode_begin_on != caller) g.decode_begin.record(caller);
+    g.decode_begin_on.reset();
+    g.decode_begin.block(*g.prefill_stream);
     torch::Tensor logits;
     try {
-      c10::cuda::CUDAStreamGuard stream_guard(*graphs_->prefill_stream);
+      // Temporaries are allocated on the prefill stream and go back to its pool, which only
+      // work on that stream reuses, in its order.
+      c10::cuda::CUDAStreamGuard stream_guard(*g.prefill_stream);
       logits = RunPrefill(seqs);
     } catch (...) {
-      join();
+      // Kernels already queued may still write the state and KV pools: the caller's later
+      // work, which may free them, waits for them too.
+      g.prefill_done.record(*g.prefill_stream);
+      g.prefill_done.block(caller);
       throw;
     }
-    join();
+    g.prefill_done.record(*g.prefill_stream);
+    g.prefill_done.block(caller);
+    // The logits are read on the caller's stream: their memory must not go back to the
+    // prefill stream's pool before that work is done.
     logits.record_stream(caller);
     return logits;
   }
 #endif
   return RunPrefill(seqs);
+}
+
+std::optional<c10::Stream> ModelRunner::prefill_stream() const {
+#ifdef LIGHTRL_ENGINE_CUDA
+  if (graphs_ && graphs_->prefill_stream) return graphs_->prefill_stream->unwrap();
+#endif
+  return std::nullopt;
 }
 
 torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
@@ -205,18 +229,6 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
   auto x = module_->model->embed_tokens(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto* layer = module_->model->layers[i]->as<DecoderLayerImpl>();
-    // The policy's MoE block, routed by the routing kernel as the decode step is (null:
-    // the block's own forward).
-    DecoderLayerImpl::Block moe;
-#ifdef LIGHTRL_ENGINE_CUDA
-    auto& block = layer->block_sparse_moe;
-    if (cuda_kernels_ && MoeRoutingSupported(block->num_experts, block->top_k)) {
-      moe = [&block](const torch::Tensor& n2) {
-        auto [top_w, top_i] = MoeRouteCuda(block->RouterLogits(n2), block->top_k);
-        return block->ForwardRouted(n2, top_w, top_i);
-      };
-    }
-#endif
     x = layer->ForwardWith(x, [&](const torch::Tensor& n1) {
       if (layer->lightning) {
         // Each document from a zero state; its final state goes to its slot.
@@ -252,7 +264,7 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
       k_pool_[i].index_copy_(0, rows, k);
       v_pool_[i].index_copy_(0, rows, v);
       return attn->forward(n1, layout);
-    }, /*options=*/{}, moe).first;
+    }).first;
   }
   auto hidden = module_->model->norm(x);
   std::vector<int64_t> last;
@@ -334,6 +346,9 @@ void ModelRunner::Fork(int64_t from_slot, const PageTable& from, int64_t to_slot
                        const PageTable& to, int64_t num_tokens) {
   torch::InferenceMode guard;
   if (!mirrored_pages_.empty()) mirrored_pages_[to_slot] = 0;
+#ifdef LIGHTRL_ENGINE_CUDA
+  if (graphs_) graphs_->decode_begin_on.reset();  // a later prefill waits for these copies
+#endif
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     if (config_.is_lightning(i)) {
       states_[i][to_slot].copy_(states_[i][from_slot]);
@@ -421,15 +436,9 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
     auto moe = [&](const torch::Tensor& n2) {
       auto& block = layer->block_sparse_moe;
       const int64_t E = block->num_experts;
-      // The router's FP32 logits (as Fp32OutLinear computes them), then one routing kernel
-      // (the policy's torch ops where the kernel does not serve E and top-k).
-      torch::Tensor combine;  // [B, E] FP32
-      if (MoeRoutingSupported(E, block->top_k)) {
-        auto logits = at::mm(n2, block->gate->weight.t(), torch::kFloat32);
-        combine = MoeCombineWeightsCuda(logits, block->top_k);
-      } else {
-        combine = block->CombineWeights(n2);
-      }
+      // The router's FP32 logits (as Fp32OutLinear computes them), then one routing kernel.
+      auto logits = at::mm(n2, block->gate->weight.t(), torch::kFloat32);
+      auto combine = MoeCombineWeightsCuda(logits, block->top_k);  // [B, E] FP32
       auto h13 = GroupedLinearCuda(n2, expert_w13_[i], config_.intermediate_size);
       // The policy's SwiGLU kernel, so decode rounds as the learner does.
       auto act = SwiGluCuda(h13.narrow(0, 0, E), h13.narrow(0, E, E));  // [E, B, ffn]
@@ -495,6 +504,11 @@ torch::Tensor ModelRunner::DecodeKernels(const std::vector<RunnerSequence>& seqs
   TORCH_CHECK(B <= options_.num_slots, "engine: decode batch ", B, " exceeds ",
               options_.num_slots, " slots");
   auto stream = c10::cuda::getCurrentCUDAStream(device_.index());
+  if (uses_prefill_stream()) {
+    // A prefill queued next runs beside this step, after what came before it (see Prefill).
+    graphs_->decode_begin.record(stream);
+    graphs_->decode_begin_on = stream;
+  }
   TrackWeights();
   graphs_->inputs_copied.synchronize();
   SyncPageTables(seqs);

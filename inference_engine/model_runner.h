@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "inference_engine/kv_cache.h"
@@ -35,6 +36,9 @@ struct ModelRunnerOptions {
   // Kernel path only: a decode step replays a CUDA graph captured once per batch-size
   // bucket (the batch padded up to the bucket) instead of launching its ops one by one.
   bool cuda_graphs = true;
+  // Kernel path only: prefills run on a stream of their own, beside the decode step queued
+  // before them (see Prefill); false runs them on the caller's stream, after it.
+  bool prefill_stream = true;
 };
 
 class ModelRunner {
@@ -43,14 +47,12 @@ class ModelRunner {
   ~ModelRunner();
 
   // Prefills each sequence from an empty state; returns FP32 logits of each sequence's last
-  // token, [n, vocab]. The CUDA backend runs it on a stream of its own: later work on the
-  // caller's stream waits for it, work already queued there runs alongside.
+  // token, [n, vocab]. With a prefill stream (uses_prefill_stream) it runs there: after the
+  // work queued on the caller's stream before the last Decode, beside that decode step,
+  // when Decode was the runner's last call (else after all of it); work queued on the
+  // caller's stream after this call waits for it on the device. The sequences' slots and
+  // pages must not be in that decode step's batch.
   torch::Tensor Prefill(const std::vector<RunnerSequence>& seqs);
-  // Marks the point on the current stream that the next Prefill waits for: what was queued
-  // before it (weight updates, forks, earlier steps) finishes before the prefill starts,
-  // what is queued after it (the step's decode) may run alongside. Without a mark a
-  // prefill waits for everything queued before it. A no-op without the CUDA backend.
-  void MarkStepStart();
   // Feeds one token per sequence at its position; returns FP32 logits [n, vocab].
   torch::Tensor Decode(const std::vector<RunnerSequence>& seqs);
   // Copies a sequence's cached context (states and the KV of its first `num_tokens`
@@ -68,6 +70,10 @@ class ModelRunner {
   // Whether decode steps replay CUDA graphs, and how many graphs are captured so far.
   bool uses_cuda_graphs() const { return cuda_kernels_ && options_.cuda_graphs; }
   int64_t num_cuda_graphs() const;
+  // Whether prefills run on a stream of their own, and the one the last prefill ran on
+  // (none before the first).
+  bool uses_prefill_stream() const { return cuda_kernels_ && options_.prefill_stream; }
+  std::optional<c10::Stream> prefill_stream() const;
 
   // Batch size a decode step of `batch` sequences runs at under CUDA graphs.
   static int64_t GraphBatch(int64_t batch, int64_t max_batch);

@@ -1,8 +1,11 @@
 // The engine on CUDA in bf16 with the lightning kernels: the kernel-backed runner against
 // the torch-op runner, greedy generation against the argmax of the policy's full forward,
 // the engine's logprobs against the policy's training-path logprobs (M1's
-// train/inference mismatch), and the sampler's fused kernel against the sampling oracle
-// and the CPU sampler. Label gpu; built only with LIGHTRL_TORCH_CUDA.
+// train/inference mismatch), prefills on their own stream beside decode steps against the
+// one-stream order, and the sampler's fused kernel against the sampling oracle and the CPU
+// sampler. Label gpu; built only with LIGHTRL_TORCH_CUDA.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <gtest/gtest.h>
 
 #include <array>
@@ -221,15 +224,9 @@ struct Generated {
 
 // `num` random prompts; with `vary`, each request's max_new_tokens is drawn from
 // [max_new_tokens / 8, max_new_tokens], so sequences finish at different steps.
-Generated GenerateOnGpu(PolicyModel* policy, std::mt19937& rng, double temperature, int num,
-                        int max_new_tokens, int64_t max_num_seqs = 16, bool vary = false) {
-  EngineOptions opts;
-  opts.page_size = 16;
-  opts.max_num_seqs = max_num_seqs;
-  opts.kv_cache_bytes = int64_t{64} << 20;
-  auto engine = Engine::Create(policy, opts);
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  Generated g;
+std::vector<GenerationRequest> RandomRequests(std::mt19937& rng, double temperature, int num,
+                                              int max_new_tokens, bool vary) {
+  std::vector<GenerationRequest> requests;
   for (int i = 0; i < num; ++i) {
     GenerationRequest r;
     r.id = std::to_string(i);
@@ -240,8 +237,25 @@ Generated GenerateOnGpu(PolicyModel* policy, std::mt19937& rng, double temperatu
         vary ? max_new_tokens / 8 + static_cast<int>(rng() % (max_new_tokens - max_new_tokens / 8 + 1))
              : max_new_tokens;
     r.params.early_stop_window = 0;
-    g.requests.push_back(r);
+    requests.push_back(r);
   }
+  return requests;
+}
+
+EngineOptions GpuEngineOptions(int64_t max_num_seqs) {
+  EngineOptions opts;
+  opts.page_size = 16;
+  opts.max_num_seqs = max_num_seqs;
+  opts.kv_cache_bytes = int64_t{64} << 20;
+  return opts;
+}
+
+Generated GenerateOnGpu(PolicyModel* policy, std::mt19937& rng, double temperature, int num,
+                        int max_new_tokens, int64_t max_num_seqs = 16, bool vary = false) {
+  auto engine = Engine::Create(policy, GpuEngineOptions(max_num_seqs));
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  Generated g;
+  g.requests = RandomRequests(rng, temperature, num, max_new_tokens, vary);
   g.results = (*engine)->Generate(g.requests);
   return g;
 }
@@ -298,6 +312,139 @@ TEST(EngineGpuTest, GreedyWithStaggeredAdmissionEqualsArgmaxOfFullForward) {
   auto g = GenerateOnGpu(policy.get(), rng, /*temperature=*/0, /*num=*/10, /*max_new_tokens=*/40,
                          /*max_num_seqs=*/3, /*vary=*/true);
   ExpectGreedyEqualsFullForward(policy.get(), g);
+}
+
+// Requests admitted while others decode (3 sequences at a time, outputs of different
+// lengths), so prefills run on the prefill stream beside decode steps of the running batch.
+// The outputs are bit for bit those of the one-stream order (the same kernels on the same
+// inputs), also when the caller itself runs on a pool stream; and each request's greedy
+// output is the one it gets alone, up to a near tie between the two runs (other batch
+// shapes round differently), past which their contexts differ.
+TEST(EngineGpuTest, PrefillStreamKeepsOutputsUnderStaggeredAdmission) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  auto policy = MakeGpuPolicy(rng());
+  const auto requests = RandomRequests(rng, /*temperature=*/0, /*num=*/12, /*max_new_tokens=*/40,
+                                       /*vary=*/true);
+  const EngineOptions overlap_options = GpuEngineOptions(/*max_num_seqs=*/3);
+  EngineOptions serial_options = overlap_options;
+  serial_options.prefill_stream = false;
+  auto run = [&](const EngineOptions& options, EngineStats* stats) {
+    auto engine = Engine::Create(policy.get(), options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    auto results = (*engine)->Generate(requests);
+    *stats = (*engine)->stats();
+    return results;
+  };
+  EngineStats overlap_stats, serial_stats, pool_stats;
+  const auto overlapped = run(overlap_options, &overlap_stats);
+  const auto serial = run(serial_options, &serial_stats);
+  const auto on_pool = [&] {
+    c10::cuda::CUDAStreamGuard guard(c10::cuda::getStreamFromPool());
+    return run(overlap_options, &pool_stats);
+  }();
+  std::printf("%lld prefill steps, %lld of them beside a decode step (%lld on a pool stream), "
+              "%lld decode steps\n",
+              static_cast<long long>(overlap_stats.prefill_steps),
+              static_cast<long long>(overlap_stats.overlapped_prefill_steps),
+              static_cast<long long>(pool_stats.overlapped_prefill_steps),
+              static_cast<long long>(overlap_stats.decode_steps));
+  EXPECT_GT(overlap_stats.overlapped_prefill_steps, 0);
+  EXPECT_EQ(pool_stats.overlapped_prefill_steps, overlap_stats.overlapped_prefill_steps);
+  EXPECT_EQ(serial_stats.overlapped_prefill_steps, 0);
+  EXPECT_EQ(serial_stats.prefill_steps, overlap_stats.prefill_steps);
+  EXPECT_EQ(serial_stats.decode_steps, overlap_stats.decode_steps);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    ASSERT_TRUE(serial[i].status.ok()) << serial[i].status;
+    const auto& want = serial[i].samples.at(0);
+    ASSERT_EQ(static_cast<int64_t>(want.tokens.size()), requests[i].params.max_new_tokens);
+    for (const auto* got : {&overlapped[i], &on_pool[i]}) {
+      ASSERT_TRUE(got->status.ok()) << got->status;
+      EXPECT_EQ(got->samples.at(0).tokens, want.tokens);
+      EXPECT_EQ(got->samples.at(0).logprobs, want.logprobs);  // bit for bit
+    }
+  }
+
+  // Alone, on an engine with the prefill stream (its prefills have no decode beside them).
+  // Where the two runs pick different tokens, each picked its own argmax, so the two picks'
+  // logprobs differ by no more than the runs' roundings do.
+  const double kTolerance = 0.1;  // nats
+  auto engine = Engine::Create(policy.get(), overlap_options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  int64_t compared = 0, total = 0, identical = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    auto alone = (*engine)->Generate({requests[i]});
+    ASSERT_TRUE(alone[0].status.ok()) << alone[0].status;
+    const auto& a = alone[0].samples.at(0);
+    const auto& b = overlapped[i].samples.at(0);
+    ASSERT_EQ(a.tokens.size(), b.tokens.size());
+    total += static_cast<int64_t>(a.tokens.size());
+    size_t t = 0;
+    for (; t < a.tokens.size(); ++t) {
+      ++compared;
+      EXPECT_NEAR(a.logprobs[t], b.logprobs[t], kTolerance) << "token " << t;
+      if (a.tokens[t] != b.tokens[t]) break;
+    }
+    identical += t == a.tokens.size() ? 1 : 0;
+  }
+  EXPECT_EQ((*engine)->stats().overlapped_prefill_steps, 0);
+  std::printf("alone vs batched: %lld of %lld requests identical, %lld of %lld tokens compared "
+              "(up to the first near tie)\n",
+              static_cast<long long>(identical), static_cast<long long>(requests.size()),
+              static_cast<long long>(compared), static_cast<long long>(total));
+  EXPECT_GE(compared, total / 4);
+}
+
+// The runner never prefills on the caller's stream, also when the caller moves onto the
+// stream it prefilled on; its logits, and a decode step reading the slots it wrote right
+// after it, are bit for bit those of a runner that prefills on the caller's stream.
+TEST(EngineGpuTest, PrefillStreamIsNeverTheCallersStream) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = MakeGpuPolicy(rng());
+  ModelRunnerOptions ro;
+  ro.num_slots = 4;
+  ro.num_pages = 64;
+  ro.page_size = 16;
+  ro.max_model_len = 512;
+  ModelRunner runner(policy->module(), ro);
+  ModelRunnerOptions serial_options = ro;
+  serial_options.prefill_stream = false;
+  ModelRunner serial(policy->module(), serial_options);
+  ASSERT_TRUE(runner.uses_prefill_stream());
+  ASSERT_FALSE(serial.uses_prefill_stream());
+  EXPECT_FALSE(runner.prefill_stream().has_value());
+
+  const std::vector<int> lengths = {5, 70, 130};
+  PagedKvCache kv(ro.num_pages, ro.page_size);
+  std::vector<PageTable> tables(lengths.size());
+  std::vector<RunnerSequence> seqs(lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    ASSERT_TRUE(kv.Reserve(tables[i], lengths[i] + 1));
+    seqs[i].slot = static_cast<int64_t>(i) + 1;
+    seqs[i].pages = &tables[i];
+    seqs[i].tokens = RandomTokens(rng, lengths[i]);
+  }
+  auto want = serial.Prefill(seqs);
+  auto got = runner.Prefill(seqs);
+  ASSERT_TRUE(runner.prefill_stream().has_value());
+  const c10::Stream first = *runner.prefill_stream();
+  EXPECT_NE(first, c10::cuda::getCurrentCUDAStream().unwrap());
+  EXPECT_TRUE(torch::equal(got, want));
+  {
+    c10::cuda::CUDAStreamGuard guard{c10::cuda::CUDAStream(first)};
+    auto again = runner.Prefill(seqs);
+    ASSERT_TRUE(runner.prefill_stream().has_value());
+    EXPECT_NE(*runner.prefill_stream(), first);
+    EXPECT_TRUE(torch::equal(again, want));
+  }
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    seqs[i].tokens = RandomTokens(rng, 1);
+    seqs[i].position = lengths[i];
+  }
+  EXPECT_TRUE(torch::equal(runner.Decode(seqs), serial.Decode(seqs)));
 }
 
 TEST(EngineGpuTest, EngineLogprobsTrackTrainingPathLogprobs) {

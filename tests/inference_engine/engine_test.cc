@@ -121,6 +121,9 @@ TEST(EngineTest, SamplesDependOnSeedNotOnBatchOrPreemption) {
   ASSERT_TRUE(engine.ok());
   auto mixed = (*engine)->Generate(reqs);
   EXPECT_GT((*engine)->stats().preemptions, 0);
+  // The CPU backend runs every prefill in line with the decode steps.
+  EXPECT_GT((*engine)->stats().prefill_steps, 1);
+  EXPECT_EQ((*engine)->stats().overlapped_prefill_steps, 0);
   ASSERT_TRUE(mixed[2].status.ok()) << mixed[2].status;
   for (int k = 0; k < 3; ++k) {
     EXPECT_EQ(mixed[2].samples[k].tokens, alone[0].samples[k].tokens) << "sample " << k;
