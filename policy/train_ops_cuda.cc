@@ -5,7 +5,11 @@
 
 #ifdef LIGHTRL_POLICY_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <optional>
 
 #include "policy/cuda/train_ops.h"
 #include "policy/cuda_views.h"
@@ -286,7 +290,39 @@ void MasterAdamWCuda(const std::vector<MasterAdamWEntry>& entries, const torch::
   CheckCudaLaunch(LaunchMasterAdamW(p, Stream()), "master adamw", p.Validate());
 }
 
+struct SideStream::State {
+  std::optional<c10::cuda::CUDAStream> stream;
+};
+
+SideStream::SideStream(const torch::Device& device) : state_(std::make_unique<State>()) {
+  if (device.is_cuda()) state_->stream = c10::cuda::getStreamFromPool(false, device.index());
+}
+
+SideStream::~SideStream() = default;
+
+void SideStream::Run(const std::function<void()>& fn) {
+  if (!state_->stream) {
+    fn();
+    return;
+  }
+  at::cuda::CUDAEvent ready;
+  ready.record(c10::cuda::getCurrentCUDAStream(state_->stream->device_index()));
+  ready.block(*state_->stream);
+  c10::cuda::CUDAStreamGuard guard(*state_->stream);
+  fn();
+}
+
+void SideStream::Keep(const torch::Tensor& t) {
+  if (state_->stream && t.defined() && t.is_cuda()) t.record_stream(*state_->stream);
+}
+
 #else
+
+struct SideStream::State {};
+SideStream::SideStream(const torch::Device&) : state_(std::make_unique<State>()) {}
+SideStream::~SideStream() = default;
+void SideStream::Run(const std::function<void()>& fn) { fn(); }
+void SideStream::Keep(const torch::Tensor&) {}
 
 bool TrainKernelsSupported(const torch::Tensor&) { return false; }
 

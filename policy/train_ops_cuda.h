@@ -7,6 +7,8 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 namespace lightrl {
@@ -52,5 +54,26 @@ bool MasterAdamWSupported(const torch::Device& device);
 // updated master.
 void MasterAdamWCuda(const std::vector<MasterAdamWEntry>& entries, const torch::Tensor& grad_scale,
                      const MasterAdamWHyper& hyper);
+
+// A CUDA stream beside the current one, for work that may overlap the current stream's
+// (the data-parallel learner's gradient copies into its reduction buffer). Without the
+// kernels, or for a CPU device, every call runs on the current thread and stream.
+class SideStream {
+ public:
+  explicit SideStream(const torch::Device& device);
+  ~SideStream();
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+
+  // Runs fn with the side stream current, after all work queued so far on the current
+  // stream: what fn queues runs beside what the current stream queues next.
+  void Run(const std::function<void()>& fn);
+  // Keeps t's memory from reuse until the side stream's work queued so far has run.
+  void Keep(const torch::Tensor& t);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 }  // namespace lightrl

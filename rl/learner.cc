@@ -261,7 +261,9 @@ struct Learner::Impl {
   std::vector<Slot> slots;  // by parameter index
   std::vector<Bucket> buckets;
   size_t next_bucket = 0;
-  std::vector<char> copied;  // by parameter: its gradient is in `flat` for this update
+  std::vector<char> copied;  // by parameter: counted ready for its bucket in this update
+  std::vector<std::vector<size_t>> bucket_params;  // by bucket: its parameters
+  std::unique_ptr<SideStream> side;  // where the buckets' copies and all-reduces are queued
   bool armed = false;        // the backward under way is the update's last one
   int64_t total = 0;         // parameter elements
   // FP32 gradients of every parameter, padded to world * shard_size; ZeRO-1 then reuses
@@ -309,11 +311,18 @@ struct Learner::Impl {
     }
   }
 
-  void CopyIn(size_t i) { grad_views[i].copy_(params[i].grad()); }
-
+  // Bucket b's gradients into `flat` (bf16 -> FP32 where the model is bf16), then its
+  // all-reduce, both on the side stream: they run beside the rest of the backward instead
+  // of between its kernels. The gradients' memory is kept until the copies have run.
   void Launch(size_t b) {
-    std::vector<at::Tensor> t{flat.narrow(0, buckets[b].begin, buckets[b].end - buckets[b].begin)};
-    buckets[b].work = backend().allreduce(t);
+    side->Run([&] {
+      for (size_t i : bucket_params[b]) {
+        if (params[i].grad().defined()) grad_views[i].copy_(params[i].grad());
+      }
+      std::vector<at::Tensor> t{flat.narrow(0, buckets[b].begin, buckets[b].end - buckets[b].begin)};
+      buckets[b].work = backend().allreduce(t);
+    });
+    for (size_t i : bucket_params[b]) side->Keep(params[i].grad());
   }
 
   void LaunchReady() {
@@ -327,7 +336,6 @@ struct Learner::Impl {
   void OnGradReady(size_t i) {
     if (!armed || !dense[i] || copied[i] || !params[i].grad().defined()) return;
     torch::NoGradGuard no_grad;
-    CopyIn(i);
     copied[i] = 1;
     if (++buckets[slots[i].bucket].ready == buckets[slots[i].bucket].num_params) LaunchReady();
   }
@@ -376,7 +384,6 @@ struct Learner::Impl {
       local[i] = params[i].grad().defined() ? 1.f : 0.f;
       if (!dense[i] || copied[i]) continue;
       // Unused in the last micro-batch, or by this rank altogether.
-      if (params[i].grad().defined()) CopyIn(i);
       copied[i] = 1;
       ++buckets[slots[i].bucket].ready;
     }
@@ -820,6 +827,11 @@ absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
     m.buckets.back().end = m.total;
     ++m.buckets.back().num_params;
   }
+  m.bucket_params.assign(m.buckets.size(), {});
+  for (size_t k = 0; k < n; ++k) {
+    if (m.dense[k]) m.bucket_params[m.slots[k].bucket].push_back(k);
+  }
+  m.side = std::make_unique<SideStream>(m.device);
   m.shard_size = (m.total + m.world - 1) / m.world;
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(m.device);
   m.flat = torch::zeros({m.world * m.shard_size}, f32);
