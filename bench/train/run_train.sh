@@ -73,9 +73,8 @@ for mode in ${MODES//,/ }; do
       peak_mem two_gpus
       note "train_bench 2 GPUs $mode bucket_mb $mb rc=$?: $(cat "$OUT/train_2gpu_${mode}_rank0.jsonl")"
       # Scaling against the 1-GPU run just before it: 2-GPU tok/s over twice 1-GPU tok/s.
-      note "  scaling $mode bucket_mb $mb: $($PY -c 'import json,sys
-one, two = (json.loads(open(f).read())["tok_s"] for f in sys.argv[1:3])
-print(f"{two / (2 * one):.1%}")' "$OUT/train_1gpu_$mode.jsonl" "$OUT/train_2gpu_${mode}_rank0.jsonl" 2>/dev/null || echo n/a)"
+      note "  scaling $mode bucket_mb $mb: $($PY "$ROOT/bench/train/scaling.py" \
+        "$OUT/train_1gpu_$mode.jsonl" "$OUT/train_2gpu_${mode}_rank0.jsonl" 2>&1)"
       tail -n 3 "$OUT/train_2gpu_${mode}_rank0.err" "$OUT/train_2gpu_${mode}_rank1.err"
     done
   fi
