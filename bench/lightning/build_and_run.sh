@@ -47,6 +47,8 @@ done
   fi
   $NVCC -Xptxas -v -c "$ROOT/inference_engine/cuda/lightning_prefill.cu" -o "$B/prefill.o" \
     2> "$B/ptxas_prefill.txt" & pids+=($!)
+  $NVCC -Xptxas -v -c "$ROOT/inference_engine/cuda/lightning_prefill_sm90.cu" -o "$B/prefill_sm90.o" \
+    2> "$B/ptxas_prefill_sm90.txt" & pids+=($!)
   $NVCC -Xptxas -v -c "$ROOT/inference_engine/cuda/lightning_decode.cu" -o "$B/decode.o" \
     2> "$B/ptxas_decode.txt" & pids+=($!)
   $NVCC -c "$ROOT/inference_engine/cuda/lightning_train.cu" -o "$B/train.o" & pids+=($!)
@@ -58,9 +60,9 @@ done
   $NVCC -c "$ROOT/bench/lightning/lightning_bench.cu" -o "$B/bench.o" & pids+=($!)
   fail=0
   for p in "${pids[@]}"; do wait "$p" || fail=1; done
-  cat "$B/ptxas_prefill.txt" "$B/ptxas_decode.txt"
+  cat "$B/ptxas_prefill.txt" "$B/ptxas_prefill_sm90.txt" "$B/ptxas_decode.txt"
   [ "$fail" = 0 ] || { echo "BUILD FAILED"; exit 1; }
-  KOBJ="$B/prefill.o $B/decode.o $B/train.o"
+  KOBJ="$B/prefill.o $B/prefill_sm90.o $B/decode.o $B/train.o"
   g++ -o "$B/lightning_reference_test" "$B/reference_test.o" "$B/reference.o" $GTEST_LIBS || exit 1
   nvcc -gencode=arch=compute_90a,code=sm_90a -o "$B/lightning_kernels_test" "$B/kernels_test.o" \
     $KOBJ "$B/reference.o" $GTEST_LIBS || exit 1

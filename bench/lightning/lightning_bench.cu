@@ -176,6 +176,13 @@ void Run(bool quick, bool profile) {
       PrintRow("prefill", shape, variant, ms, double(tokens), bytes, copy_bw);
     }
     p.dv_split = 0;
+    {
+      LightningPrefillParams mma = p;
+      mma.warpgroup = false;
+      const float mma_ms =
+          MedianMs([&] { CUDA_CHECK(LaunchLightningPrefill(mma, nullptr)); }, warmup, iters);
+      PrintRow("prefill", shape, "mma.sync", mma_ms, double(tokens), bytes, copy_bw);
+    }
     if (profile) {
       CUDA_CHECK(cudaFree(qkv));
       CUDA_CHECK(cudaFree(o));

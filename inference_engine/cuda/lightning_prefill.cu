@@ -1,6 +1,7 @@
 #include "inference_engine/cuda/lightning_prefill.h"
 
 #include "inference_engine/cuda/lightning_mma.cuh"
+#include "inference_engine/cuda/lightning_prefill_sm90.h"
 
 // One CTA of 4 warps owns one (sequence, head, slice of kDv value columns) and walks the
 // sequence block by block, keeping the FP32 state slice in mma accumulators. Per block of
@@ -459,6 +460,9 @@ cudaError_t LaunchLightningPrefill(const LightningPrefillParams& params, cudaStr
     if (err != cudaSuccess) return err;
     const int64_t ctas64 = int64_t{params.num_seqs} * params.num_heads * (params.head_dim / 64);
     dv = ctas64 >= 2 * num_sms ? 64 : 32;
+  }
+  if (params.warpgroup && LightningPrefillSm90Serves(params, chunk)) {
+    return LaunchLightningPrefillSm90(params, dv, stream);
   }
   if (params.head_dim == 64) return LaunchForDv<64>(params, chunk, dv, stream);
   return LaunchForDv<128>(params, chunk, dv, stream);

@@ -65,6 +65,9 @@ struct LightningPrefillParams {
   int block_size = 0;                    // tokens per block: 0 auto (32 if max_seqlen <= 32,
                                          // else 64), or 32 / 64
   int dv_split = 0;                      // value columns per CTA: 0 auto, or 32 / 64
+  bool warpgroup = true;                 // on sm_90a, the warpgroup (wgmma) kernel where
+                                         // it serves (head_dim 128, 64-token blocks);
+                                         // false: the mma.sync kernel everywhere
 
   // nullptr when the parameters are usable, else what is wrong with them.
   const char* Validate() const;

@@ -68,6 +68,7 @@ struct PrefillCase {
   bool use_initial_state;
   bool fused_qkv;  // q, k, v read from one [T][H][3][d] buffer
   bool exact_state = true;
+  bool warpgroup = true;  // the sm_90a kernel where it serves (d 128, 64-token blocks)
 };
 
 std::string CaseName(const PrefillCase& c) {
@@ -77,6 +78,7 @@ std::string CaseName(const PrefillCase& c) {
   name += c.use_initial_state ? "_s0" : "_zero";
   name += c.fused_qkv ? "_fused" : "_split";
   name += c.exact_state ? "" : "_fast";
+  name += c.warpgroup ? "" : "_mma";
   name += "_n" + std::to_string(c.lengths.size());
   return name;
 }
@@ -166,6 +168,7 @@ struct PrefillFixture {
     params.block_size = c.block_size;
     params.dv_split = c.dv_split;
     params.exact_state = c.exact_state;
+    params.warpgroup = c.warpgroup;
   }
   ~PrefillFixture() {
     delete d_qkv;
@@ -279,6 +282,17 @@ std::vector<PrefillCase> PrefillCases() {
     cases.push_back({ragged, 3, d, 0, 0, false, true, true, /*exact_state=*/false});
     cases.push_back({{2000}, 2, d, 64, 32, true, false, false, /*exact_state=*/false});
   }
+  // The mma.sync kernel at the shapes the warpgroup kernel takes on sm_90a.
+  for (int dv : {32, 64}) {
+    for (bool reverse : {false, true}) {
+      cases.push_back({ragged, 3, 128, 64, dv, reverse, !reverse, true, true, /*warpgroup=*/false});
+    }
+  }
+  cases.push_back({{2000}, 2, 128, 0, 0, false, true, false, false, /*warpgroup=*/false});
+  // The warpgroup kernel on more value slices and long ragged batches.
+  cases.push_back({{4099, 64, 63, 1, 700}, 5, 128, 0, 64, false, true, true});
+  cases.push_back({{4099, 64, 63, 1, 700}, 5, 128, 0, 32, true, false, false});
+  cases.push_back({{4099, 64, 63, 1, 700}, 5, 128, 0, 64, true, true, true, /*exact_state=*/false});
   return cases;
 }
 

@@ -1,0 +1,21 @@
+// The sm_90a (Hopper) form of the lightning prefill: one warpgroup per (sequence, head,
+// value slice) on wgmma, for 128-dimensional heads and 64-token blocks. Internal to
+// inference_engine/cuda: LaunchLightningPrefill picks it; the parameters are those of
+// lightning_prefill.h, already validated.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "inference_engine/cuda/lightning_prefill.h"
+
+namespace lightrl {
+
+// Whether the warpgroup kernel serves these parameters (head_dim 128, 64-token blocks) on
+// the current device (compute capability 9.0).
+bool LightningPrefillSm90Serves(const LightningPrefillParams& params, int block_size);
+
+// Launches it with value slices of `dv` (32 or 64) columns.
+cudaError_t LaunchLightningPrefillSm90(const LightningPrefillParams& params, int dv,
+                                       cudaStream_t stream);
+
+}  // namespace lightrl
