@@ -22,6 +22,39 @@ namespace {
 
 cudaStream_t Stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
+// The device tables of a multi-tensor kernel: one item per tensor and the chunks
+// MakeAdamWChunks plans over their sizes, in one pinned buffer copied to `device` on the
+// current stream without blocking (torch's host allocator keeps the buffer until the
+// stream has passed the copy; `table` keeps the device copy until this object goes).
+template <typename Item>
+struct ChunkTables {
+  torch::Tensor table;
+  const Item* items = nullptr;
+  const AdamWChunk* chunks = nullptr;
+  int num_chunks = 0;
+
+  ChunkTables(const std::vector<Item>& list, const std::vector<int64_t>& sizes,
+              const torch::Device& device, const char* what) {
+    const int64_t n = MakeAdamWChunks(sizes.data(), static_cast<int>(sizes.size()), nullptr, 0);
+    if (n == 0) return;
+    TORCH_CHECK(n <= INT32_MAX, what, ": too many chunks");
+    const size_t item_bytes = list.size() * sizeof(Item);
+    const size_t chunk_offset = (item_bytes + 15) / 16 * 16;
+    const size_t bytes = chunk_offset + static_cast<size_t>(n) * sizeof(AdamWChunk);
+    auto host = torch::empty({static_cast<int64_t>(bytes)},
+                             torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true));
+    auto* base = static_cast<uint8_t*>(host.data_ptr());
+    std::memcpy(base, list.data(), item_bytes);
+    MakeAdamWChunks(sizes.data(), static_cast<int>(sizes.size()),
+                    reinterpret_cast<AdamWChunk*>(base + chunk_offset), n);
+    table = host.to(device, /*non_blocking=*/true);
+    auto* dev = static_cast<uint8_t*>(table.data_ptr());
+    items = reinterpret_cast<const Item*>(dev);
+    chunks = reinterpret_cast<const AdamWChunk*>(dev + chunk_offset);
+    num_chunks = static_cast<int>(n);
+  }
+};
+
 __nv_bfloat16* Bf16(const torch::Tensor& t) {
   return reinterpret_cast<__nv_bfloat16*>(t.data_ptr());
 }
@@ -255,27 +288,12 @@ void MasterAdamWCuda(const std::vector<MasterAdamWEntry>& entries, const torch::
     tensors.push_back(t);
     sizes.push_back(t.n);
   }
-  const int64_t num_chunks = MakeAdamWChunks(sizes.data(), static_cast<int>(sizes.size()), nullptr, 0);
-  if (num_chunks == 0) return;
-  TORCH_CHECK(num_chunks <= INT32_MAX, "master adamw: too many chunks");
-  // Both tables in one pinned buffer, copied to the device on the stream.
-  const size_t tensor_bytes = tensors.size() * sizeof(AdamWTensor);
-  const size_t chunk_offset = (tensor_bytes + 15) / 16 * 16;
-  const size_t bytes = chunk_offset + static_cast<size_t>(num_chunks) * sizeof(AdamWChunk);
-  auto host = torch::empty({static_cast<int64_t>(bytes)},
-                           torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true));
-  auto* base = static_cast<uint8_t*>(host.data_ptr());
-  std::memcpy(base, tensors.data(), tensor_bytes);
-  MakeAdamWChunks(sizes.data(), static_cast<int>(sizes.size()),
-                  reinterpret_cast<AdamWChunk*>(base + chunk_offset), num_chunks);
-  // A non-blocking copy from pinned memory: torch's host allocator keeps the buffer until
-  // the stream has passed the copy.
-  auto table = host.to(device, /*non_blocking=*/true);
+  ChunkTables<AdamWTensor> tables(tensors, sizes, device, "master adamw");
+  if (tables.num_chunks == 0) return;
   MasterAdamWParams p;
-  auto* dev = static_cast<uint8_t*>(table.data_ptr());
-  p.tensors = reinterpret_cast<const AdamWTensor*>(dev);
-  p.chunks = reinterpret_cast<const AdamWChunk*>(dev + chunk_offset);
-  p.num_chunks = static_cast<int>(num_chunks);
+  p.tensors = tables.items;
+  p.chunks = tables.chunks;
+  p.num_chunks = tables.num_chunks;
   torch::Tensor scale;
   if (grad_scale.defined()) {
     scale = grad_scale.to(device, torch::kFloat32).contiguous();
@@ -288,6 +306,49 @@ void MasterAdamWCuda(const std::vector<MasterAdamWEntry>& entries, const torch::
   p.weight_decay = static_cast<float>(hyper.weight_decay);
   p.eps = static_cast<float>(hyper.eps);
   CheckCudaLaunch(LaunchMasterAdamW(p, Stream()), "master adamw", p.Validate());
+}
+
+bool GatherToFp32Supported(const torch::Tensor& dst) {
+  return dst.is_cuda() && dst.scalar_type() == torch::kFloat32;
+}
+
+void GatherToFp32Cuda(const std::vector<torch::Tensor>& srcs, const std::vector<int64_t>& offsets,
+                      const std::vector<int64_t>& numels, const torch::Tensor& dst) {
+  TORCH_CHECK(srcs.size() == offsets.size() && srcs.size() == numels.size(),
+              "gather to fp32: ", srcs.size(), " sources, ", offsets.size(), " offsets and ",
+              numels.size(), " sizes");
+  TORCH_CHECK(GatherToFp32Supported(dst) && dst.is_contiguous(),
+              "gather to fp32: dst must be a contiguous FP32 CUDA tensor");
+  const auto device = dst.device();
+  c10::cuda::CUDAGuard guard(device);
+  std::vector<GatherSegment> segments;
+  std::vector<int64_t> sizes;
+  for (size_t j = 0; j < srcs.size(); ++j) {
+    TORCH_CHECK(offsets[j] >= 0 && numels[j] >= 0 && offsets[j] + numels[j] <= dst.numel(),
+                "gather to fp32: segment ", j, " [", offsets[j], ", ", offsets[j] + numels[j],
+                ") is outside dst's ", dst.numel(), " elements");
+    GatherSegment seg;
+    if (srcs[j].defined()) {
+      const auto& t = srcs[j];
+      TORCH_CHECK(t.device() == device && t.scalar_type() == torch::kBFloat16 && t.is_contiguous() &&
+                      t.numel() == numels[j],
+                  "gather to fp32: source ", j, " must be a contiguous bf16 tensor on ", device,
+                  " with ", numels[j], " elements");
+      seg.src = Bf16(t);
+    }
+    seg.dst_offset = offsets[j];
+    seg.n = numels[j];
+    segments.push_back(seg);
+    sizes.push_back(seg.n);
+  }
+  ChunkTables<GatherSegment> tables(segments, sizes, device, "gather to fp32");
+  if (tables.num_chunks == 0) return;
+  GatherToFp32Params p;
+  p.segments = tables.items;
+  p.chunks = tables.chunks;
+  p.num_chunks = tables.num_chunks;
+  p.dst = dst.data_ptr<float>();
+  CheckCudaLaunch(LaunchGatherToFp32(p, Stream()), "gather to fp32", p.Validate());
 }
 
 struct SideStream::State {
@@ -317,6 +378,13 @@ void SideStream::Keep(const torch::Tensor& t) {
 }
 
 #else
+
+bool GatherToFp32Supported(const torch::Tensor&) { return false; }
+
+void GatherToFp32Cuda(const std::vector<torch::Tensor>&, const std::vector<int64_t>&,
+                      const std::vector<int64_t>&, const torch::Tensor&) {
+  TORCH_CHECK(false, "gather to fp32: this build has no CUDA kernels");
+}
 
 struct SideStream::State {};
 SideStream::SideStream(const torch::Device&) : state_(std::make_unique<State>()) {}

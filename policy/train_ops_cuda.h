@@ -55,6 +55,14 @@ bool MasterAdamWSupported(const torch::Device& device);
 void MasterAdamWCuda(const std::vector<MasterAdamWEntry>& entries, const torch::Tensor& grad_scale,
                      const MasterAdamWHyper& hyper);
 
+// Whether GatherToFp32Cuda serves `dst` (an FP32 CUDA tensor, in a build with the kernels).
+bool GatherToFp32Supported(const torch::Tensor& dst);
+
+// Writes each srcs[j] (contiguous bf16 on dst's device; undefined: zeros) converted to FP32
+// into dst[offsets[j], offsets[j] + numels[j]) in one launch; dst is contiguous FP32.
+void GatherToFp32Cuda(const std::vector<torch::Tensor>& srcs, const std::vector<int64_t>& offsets,
+                      const std::vector<int64_t>& numels, const torch::Tensor& dst);
+
 // A CUDA stream beside the current one, for work that may overlap the current stream's
 // (the data-parallel learner's gradient copies into its reduction buffer). Without the
 // kernels, or for a CPU device, every call runs on the current thread and stream.

@@ -264,6 +264,10 @@ struct Learner::Impl {
   std::vector<char> copied;  // by parameter: counted ready for its bucket in this update
   std::vector<std::vector<size_t>> bucket_params;  // by bucket: its parameters
   std::unique_ptr<SideStream> side;  // where the buckets' copies and all-reduces are queued
+  // Every dense parameter is bf16 on a CUDA device with the kernels: each bucket is filled
+  // by one gather kernel, which also zeroes the slots of gradients nobody produced, so
+  // `flat` needs no zeroing pass (but for its padding).
+  bool gather_kernel = false;
   bool armed = false;        // the backward under way is the update's last one
   int64_t total = 0;         // parameter elements
   // FP32 gradients of every parameter, padded to world * shard_size; ZeRO-1 then reuses
@@ -311,15 +315,37 @@ struct Learner::Impl {
     }
   }
 
-  // Bucket b's gradients into `flat` (bf16 -> FP32 where the model is bf16), then its
-  // all-reduce, both on the side stream: they run beside the rest of the backward instead
-  // of between its kernels. The gradients' memory is kept until the copies have run.
+  // Bucket b's gradients into `flat` (bf16 -> FP32 where the model is bf16; one gather
+  // kernel for the whole bucket on CUDA), then its all-reduce, both on the side stream: they
+  // run beside the rest of the backward instead of between its kernels. The gradients'
+  // memory is kept until the copies have run.
   void Launch(size_t b) {
+    const Bucket& bucket = buckets[b];
+    auto range = flat.narrow(0, bucket.begin, bucket.end - bucket.begin);
+    bool one_kernel = gather_kernel;
+    for (size_t i : bucket_params[b]) {
+      if (params[i].grad().defined() && !params[i].grad().is_contiguous()) one_kernel = false;
+    }
     side->Run([&] {
-      for (size_t i : bucket_params[b]) {
-        if (params[i].grad().defined()) grad_views[i].copy_(params[i].grad());
+      if (one_kernel) {
+        std::vector<torch::Tensor> srcs;
+        std::vector<int64_t> offsets, numels;
+        for (size_t i : bucket_params[b]) {
+          srcs.push_back(params[i].grad());
+          offsets.push_back(slots[i].offset - bucket.begin);
+          numels.push_back(slots[i].numel);
+        }
+        GatherToFp32Cuda(srcs, offsets, numels, range);
+      } else {
+        for (size_t i : bucket_params[b]) {
+          if (params[i].grad().defined()) {
+            grad_views[i].copy_(params[i].grad());
+          } else if (gather_kernel) {
+            grad_views[i].zero_();
+          }
+        }
       }
-      std::vector<at::Tensor> t{flat.narrow(0, buckets[b].begin, buckets[b].end - buckets[b].begin)};
+      std::vector<at::Tensor> t{range};
       buckets[b].work = backend().allreduce(t);
     });
     for (size_t i : bucket_params[b]) side->Keep(params[i].grad());
@@ -342,7 +368,11 @@ struct Learner::Impl {
 
   // Before an update's first backward.
   void BeginSync() {
-    flat.zero_();
+    if (gather_kernel) {
+      flat.narrow(0, total, flat.numel() - total).zero_();  // ZeRO-1 gathers into it
+    } else {
+      flat.zero_();
+    }
     std::fill(copied.begin(), copied.end(), 0);
     for (auto& b : buckets) {
       b.ready = 0;
@@ -832,9 +862,14 @@ absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
     if (m.dense[k]) m.bucket_params[m.slots[k].bucket].push_back(k);
   }
   m.side = std::make_unique<SideStream>(m.device);
+  m.gather_kernel = m.total > 0;
+  for (size_t k = 0; k < n; ++k) {
+    if (m.dense[k] && m.params[k].scalar_type() != torch::kBFloat16) m.gather_kernel = false;
+  }
   m.shard_size = (m.total + m.world - 1) / m.world;
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(m.device);
   m.flat = torch::zeros({m.world * m.shard_size}, f32);
+  m.gather_kernel = m.gather_kernel && GatherToFp32Supported(m.flat);
   m.grad_views.resize(n);
   for (size_t i = 0; i < n; ++i) {
     if (m.dense[i]) {

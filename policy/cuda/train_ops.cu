@@ -13,7 +13,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kVec = 8;  // bf16 elements in 16 bytes
 
-bool Aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+__host__ __device__ inline bool Aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 unsigned GridFor(int64_t work) {
   constexpr int64_t kMaxCtas = 8192;  // grid-stride beyond this
@@ -327,6 +327,42 @@ __global__ void __launch_bounds__(512) MasterAdamWKernel(const MasterAdamWParams
   }
 }
 
+// One chunk of one segment: 16-byte loads and two 16-byte stores per 8 elements where both
+// sides are aligned for them, else element by element.
+__global__ void __launch_bounds__(512) GatherToFp32Kernel(const GatherToFp32Params p) {
+  const AdamWChunk c = p.chunks[blockIdx.x];
+  const GatherSegment seg = p.segments[c.tensor];
+  float* dst = p.dst + seg.dst_offset;
+  int64_t i = c.begin;
+  if (seg.src == nullptr) {
+    if (Aligned(dst + i, 16)) {
+      const int64_t vec_end = i + (c.end - i) / 4 * 4;
+      for (int64_t j = i + 4 * int64_t{threadIdx.x}; j < vec_end; j += 4 * int64_t{blockDim.x}) {
+        *reinterpret_cast<float4*>(dst + j) = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+      i = vec_end;
+    }
+    for (int64_t j = i + threadIdx.x; j < c.end; j += blockDim.x) dst[j] = 0.f;
+    return;
+  }
+  if (Aligned(seg.src + i, 16) && Aligned(dst + i, 16)) {
+    const int64_t vec_end = i + (c.end - i) / kVec * kVec;
+    for (int64_t j = i + kVec * int64_t{threadIdx.x}; j < vec_end;
+         j += kVec * int64_t{blockDim.x}) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(seg.src + j);
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+      const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+      const float2 c2 = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
+      *reinterpret_cast<float4*>(dst + j) = make_float4(a.x, a.y, b.x, b.y);
+      *reinterpret_cast<float4*>(dst + j + 4) = make_float4(c2.x, c2.y, d.x, d.y);
+    }
+    i = vec_end;
+  }
+  for (int64_t j = i + threadIdx.x; j < c.end; j += blockDim.x) {
+    dst[j] = __bfloat162float(seg.src[j]);
+  }
+}
+
 }  // namespace
 
 const char* SwiGluParams::Validate() const {
@@ -486,6 +522,21 @@ int64_t MakeAdamWChunks(const int64_t* sizes, int num_tensors, AdamWChunk* out,
     }
   }
   return count;
+}
+
+const char* GatherToFp32Params::Validate() const {
+  if (num_chunks < 0) return "num_chunks must be >= 0";
+  if (num_chunks > 0 && (segments == nullptr || chunks == nullptr || dst == nullptr)) {
+    return "segments, chunks and dst are required";
+  }
+  return nullptr;
+}
+
+cudaError_t LaunchGatherToFp32(const GatherToFp32Params& params, cudaStream_t stream) {
+  if (params.Validate() != nullptr) return cudaErrorInvalidValue;
+  if (params.num_chunks == 0) return cudaSuccess;
+  GatherToFp32Kernel<<<params.num_chunks, 512, 0, stream>>>(params);
+  return cudaGetLastError();
 }
 
 cudaError_t LaunchMasterAdamW(const MasterAdamWParams& params, cudaStream_t stream) {

@@ -164,4 +164,26 @@ int64_t MakeAdamWChunks(const int64_t* sizes, int num_tensors, AdamWChunk* out, 
 
 cudaError_t LaunchMasterAdamW(const MasterAdamWParams& params, cudaStream_t stream);
 
+// One tensor of a multi-tensor gather into an FP32 buffer: its n bf16 elements (nullptr:
+// zeros) converted to dst[dst_offset, dst_offset + n). The data-parallel learner fills a
+// gradient bucket this way, one launch per bucket.
+struct GatherSegment {
+  const __nv_bfloat16* src = nullptr;
+  int64_t dst_offset = 0;
+  int64_t n = 0;
+};
+
+// `segments` and `chunks` are device arrays (chunks planned by MakeAdamWChunks over the
+// segments' sizes): each CTA converts chunk c's [begin, end) of segment chunk.tensor.
+struct GatherToFp32Params {
+  const GatherSegment* segments = nullptr;  // device
+  const AdamWChunk* chunks = nullptr;       // device
+  int num_chunks = 0;
+  float* dst = nullptr;
+
+  const char* Validate() const;
+};
+
+cudaError_t LaunchGatherToFp32(const GatherToFp32Params& params, cudaStream_t stream);
+
 }  // namespace lightrl

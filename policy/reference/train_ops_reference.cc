@@ -121,4 +121,13 @@ void ReferenceAdamW(std::vector<double>* master, std::vector<double>* exp_avg,
   }
 }
 
+void ReferenceGatherToFp32(const std::vector<const float*>& srcs, const std::vector<int64_t>& offsets,
+                           const std::vector<int64_t>& numels, std::vector<double>* dst) {
+  for (size_t j = 0; j < srcs.size(); ++j) {
+    for (int64_t k = 0; k < numels[j]; ++k) {
+      (*dst)[offsets[j] + k] = srcs[j] != nullptr ? static_cast<double>(srcs[j][k]) : 0.0;
+    }
+  }
+}
+
 }  // namespace lightrl

@@ -50,4 +50,9 @@ void ReferenceAdamW(std::vector<double>* master, std::vector<double>* exp_avg,
                     std::vector<double>* exp_avg_sq, const std::vector<float>& grad,
                     int64_t step, double grad_scale, const ReferenceAdamWOptions& o);
 
+// What the multi-tensor gather writes: srcs[j] (nullptr: zeros) at dst[offsets[j],
+// offsets[j] + numels[j]); the rest of dst is left as it was.
+void ReferenceGatherToFp32(const std::vector<const float*>& srcs, const std::vector<int64_t>& offsets,
+                           const std::vector<int64_t>& numels, std::vector<double>* dst);
+
 }  // namespace lightrl

@@ -71,6 +71,41 @@ TEST_F(TrainOpsCuda, TokenLogprobsMatchFp64ValuesAndGradients) {
   EXPECT_TRUE(torch::equal(TokenLogprobsCuda(x.detach(), w.detach(), targets), logp.detach()));
 }
 
+// The learner's bucket fill: bf16 gradients (one a strided slice made contiguous, one
+// undefined) into an FP32 range, against torch's copies, on a side stream.
+TEST_F(TrainOpsCuda, GatherToFp32EqualsTorchsCopies) {
+  auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  std::vector<torch::Tensor> srcs = {torch::randn({3, 5}, bf16), torch::Tensor(),
+                                     torch::randn({70001}, bf16),
+                                     torch::randn({64, 9}, bf16).narrow(1, 1, 7).contiguous()};
+  std::vector<int64_t> offsets, numels;
+  int64_t at = 1;
+  for (size_t j = 0; j < srcs.size(); ++j) {
+    const int64_t n = srcs[j].defined() ? srcs[j].numel() : 11;
+    offsets.push_back(at);
+    numels.push_back(n);
+    at += n + 2;
+  }
+  auto dst = torch::full({at}, -7.f, torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA));
+  auto want = dst.clone();
+  for (size_t j = 0; j < srcs.size(); ++j) {
+    auto slot = want.narrow(0, offsets[j], numels[j]);
+    if (srcs[j].defined()) {
+      slot.copy_(srcs[j].reshape({-1}));
+    } else {
+      slot.zero_();
+    }
+  }
+  SideStream side(dst.device());
+  side.Run([&] { GatherToFp32Cuda(srcs, offsets, numels, dst); });
+  // The current stream's work after this point is not ordered after the side stream's:
+  // synchronize the device before reading.
+  torch::cuda::synchronize();
+  EXPECT_TRUE(torch::equal(dst, want));
+  EXPECT_THROW(GatherToFp32Cuda(srcs, offsets, {1, 2, 3, 4}, dst), c10::Error);
+  EXPECT_THROW(GatherToFp32Cuda({torch::randn({4}, bf16)}, {at - 2}, {4}, dst), c10::Error);
+}
+
 TEST_F(TrainOpsCuda, MasterAdamWMatchesTorchsFusedAdamW) {
   ASSERT_TRUE(MasterAdamWSupported(dev_));
   const std::vector<int64_t> sizes = {5, 100003, 4096};

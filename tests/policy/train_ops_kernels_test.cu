@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -215,6 +216,66 @@ TEST_P(MoeCombineKernel, ForwardAndBackwardMatchTheReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, MoeCombineKernel,
                          ::testing::Values(CombineCase{1, 1, 8, 0}, CombineCase{37, 2, 1024, 91},
                                            CombineCase{300, 8, 264, 5}, CombineCase{5, 2, 6144, 128}));
+
+// Segments of many sizes (across chunk boundaries), some without a source, at offsets that
+// leave some 16-byte aligned and some not, into a poisoned buffer with gaps between them.
+TEST(GatherToFp32Kernel, WritesEachSegmentConvertedAndNothingElse) {
+  const unsigned seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  const std::vector<int64_t> sizes = {1, 7, 8, 65536 + 3, 4096, 200003, 0, 33};
+  const std::vector<bool> zeros = {false, false, true, false, false, false, false, true};
+  std::vector<int64_t> offsets;
+  int64_t at = 0;
+  std::uniform_int_distribution<int> gap(0, 9);
+  for (int64_t n : sizes) {
+    at += gap(rng);
+    offsets.push_back(at);
+    at += n;
+  }
+  const int64_t total = at + 5;
+  const float poison = -1234.5f;
+  std::vector<double> want(total, poison);
+  std::vector<std::vector<float>> values(sizes.size());
+  std::vector<std::unique_ptr<DeviceBuffer<__nv_bfloat16>>> src_d;
+  std::vector<GatherSegment> segments;
+  std::vector<const float*> ref_srcs;
+  for (size_t j = 0; j < sizes.size(); ++j) {
+    // A leading element makes every other source 2 bytes off 16-byte alignment.
+    const int64_t lead = j % 2;
+    std::vector<float> padded;
+    auto host = RandomBf16(sizes[j] + lead, 3.0f, rng, &padded);
+    values[j].assign(padded.begin() + lead, padded.end());
+    src_d.push_back(std::make_unique<DeviceBuffer<__nv_bfloat16>>(host));
+    GatherSegment seg;
+    seg.src = zeros[j] ? nullptr : src_d.back()->get() + lead;
+    seg.dst_offset = offsets[j];
+    seg.n = sizes[j];
+    segments.push_back(seg);
+    ref_srcs.push_back(zeros[j] ? nullptr : values[j].data());
+  }
+  ReferenceGatherToFp32(ref_srcs, offsets, sizes, &want);
+  const int64_t num_chunks = MakeAdamWChunks(sizes.data(), static_cast<int>(sizes.size()), nullptr, 0);
+  std::vector<AdamWChunk> chunks(num_chunks);
+  MakeAdamWChunks(sizes.data(), static_cast<int>(sizes.size()), chunks.data(), num_chunks);
+  DeviceBuffer<GatherSegment> segments_d(segments);
+  DeviceBuffer<AdamWChunk> chunks_d(chunks);
+  DeviceBuffer<float> dst_d(std::vector<float>(total, poison));
+  GatherToFp32Params p;
+  p.segments = segments_d.get();
+  p.chunks = chunks_d.get();
+  p.num_chunks = static_cast<int>(num_chunks);
+  p.dst = dst_d.get();
+  ASSERT_EQ(LaunchGatherToFp32(p, nullptr), cudaSuccess);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const auto got = dst_d.Download();
+  for (int64_t i = 0; i < total; ++i) {
+    // bf16 -> FP32 is exact: equality, including the poison left between segments.
+    ASSERT_EQ(static_cast<double>(got[i]), want[i]) << "element " << i;
+  }
+  p.dst = nullptr;
+  EXPECT_EQ(LaunchGatherToFp32(p, nullptr), cudaErrorInvalidValue);
+}
 
 TEST(MasterAdamWKernel, StepsMatchTheReferenceWithBf16AndFp32Gradients) {
   const unsigned seed = FreshSeed();

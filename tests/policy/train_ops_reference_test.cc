@@ -36,6 +36,35 @@ class TrainOpsReference : public ::testing::Test {
   uint64_t seed_ = 0;
 };
 
+// The data-parallel learner's bucket fill: torch's own narrow + copy (and zero) per segment.
+TEST_F(TrainOpsReference, GatherToFp32IsTorchsCopyPerSegment) {
+  const std::vector<int64_t> offsets = {3, 10, 10, 40};
+  const std::vector<int64_t> numels = {5, 0, 17, 9};
+  const int64_t total = 52;
+  auto dst = torch::randn({total}, torch::kFloat64);
+  std::vector<double> got(dst.data_ptr<double>(), dst.data_ptr<double>() + total);
+  std::vector<torch::Tensor> srcs;
+  std::vector<std::vector<float>> values;
+  std::vector<const float*> ptrs;
+  for (size_t j = 0; j < offsets.size(); ++j) {
+    srcs.push_back(torch::randn({numels[j]}, torch::kFloat32));
+    auto v = srcs.back().contiguous();
+    values.emplace_back(v.data_ptr<float>(), v.data_ptr<float>() + v.numel());
+  }
+  for (size_t j = 0; j < offsets.size(); ++j) ptrs.push_back(j == 2 ? nullptr : values[j].data());
+  ReferenceGatherToFp32(ptrs, offsets, numels, &got);
+  for (size_t j = 0; j < offsets.size(); ++j) {
+    auto slot = dst.narrow(0, offsets[j], numels[j]);
+    if (j == 2) {
+      slot.zero_();
+    } else {
+      slot.copy_(srcs[j]);
+    }
+  }
+  EXPECT_EQ(MaxRelDiff(FromVector(got), dst), 0.0) << "seed " << seed_;
+  EXPECT_EQ(got[0], dst[0].item<double>());  // untouched before the first segment
+}
+
 TEST_F(TrainOpsReference, SwiGluAndItsGradientAreTorchs) {
   const int64_t n = 4099;
   auto a = (3 * torch::randn({n}, torch::kFloat64)).to(torch::kFloat32).to(torch::kFloat64).requires_grad_();
