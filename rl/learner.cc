@@ -59,6 +59,15 @@ absl::Status DataParallelOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("data_parallel.expert_parallel must be >= 1, got ", expert_parallel));
   }
+  if (grad_reduce_dtype != "float32" && grad_reduce_dtype != "bfloat16") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data_parallel.grad_reduce_dtype must be float32 or bfloat16, got '", grad_reduce_dtype, "'"));
+  }
+  if (grad_reduce_dtype == "bfloat16" && zero1) {
+    return absl::InvalidArgumentError(
+        "data_parallel.grad_reduce_dtype bfloat16 does not combine with zero1 (its shards "
+        "step FP32 gradients)");
+  }
   return absl::OkStatus();
 }
 
@@ -268,6 +277,8 @@ struct Learner::Impl {
   // by one gather kernel, which also zeroes the slots of gradients nobody produced, so
   // `flat` needs no zeroing pass (but for its padding).
   bool gather_kernel = false;
+  // grad_reduce_dtype bfloat16: `flat` is bf16, each bucket filled by one concatenation.
+  bool reduce_bf16 = false;
   bool armed = false;        // the backward under way is the update's last one
   int64_t total = 0;         // parameter elements
   // FP32 gradients of every parameter, padded to world * shard_size; ZeRO-1 then reuses
@@ -327,7 +338,16 @@ struct Learner::Impl {
       if (params[i].grad().defined() && !params[i].grad().is_contiguous()) one_kernel = false;
     }
     side->Run([&] {
-      if (one_kernel) {
+      if (reduce_bf16) {
+        std::vector<torch::Tensor> parts;
+        for (size_t i : bucket_params[b]) {
+          const auto& g = params[i].grad();
+          parts.push_back(g.defined() ? g.reshape({-1}) : torch::zeros({slots[i].numel}, range.options()));
+        }
+        // Slots are laid out in bucket_params' reverse order (see SetUpDataParallel).
+        std::reverse(parts.begin(), parts.end());
+        at::cat_out(range, parts);
+      } else if (one_kernel) {
         std::vector<torch::Tensor> srcs;
         std::vector<int64_t> offsets, numels;
         for (size_t i : bucket_params[b]) {
@@ -368,7 +388,7 @@ struct Learner::Impl {
 
   // Before an update's first backward.
   void BeginSync() {
-    if (gather_kernel) {
+    if (gather_kernel || reduce_bf16) {
       flat.narrow(0, total, flat.numel() - total).zero_();  // ZeRO-1 gathers into it
     } else {
       flat.zero_();
@@ -431,7 +451,11 @@ struct Learner::Impl {
     for (size_t i = 0; i < params.size(); ++i) {
       params[i].mutable_grad() = torch::Tensor();
       if (!dense[i] || zero1 || any[i] == 0) continue;
-      Updated(i).mutable_grad() = grad_views[i];
+      auto& t = Updated(i);
+      // bf16-reduced gradients: the AdamW kernel reads them as they are; torch's AdamW
+      // wants its parameter's dtype.
+      const bool widen = t.scalar_type() != grad_views[i].scalar_type() && !KernelAdamW();
+      t.mutable_grad() = widen ? grad_views[i].to(t.scalar_type()) : grad_views[i];
     }
     if (ep > 1) {
       // Every expert of this rank has a gradient, zero where no token reached it, as
@@ -604,7 +628,9 @@ struct Learner::Impl {
 
   // Data parallel: the global norm of the reduced gradients, all in `flat` (a parameter no
   // rank used holds zeros there), in one reduction.
-  torch::Tensor FlatNorm() const { return flat.norm(2); }
+  torch::Tensor FlatNorm() const {
+    return at::linalg_vector_norm(flat, 2, c10::nullopt, false, torch::kFloat32);
+  }
 
   // What gradients of global norm `norm` are scaled by: torch's clip_grad_norm_ rule.
   torch::Tensor ClipFactor(const torch::Tensor& norm) const {
@@ -868,8 +894,19 @@ absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
   }
   m.shard_size = (m.total + m.world - 1) / m.world;
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(m.device);
-  m.flat = torch::zeros({m.world * m.shard_size}, f32);
-  m.gather_kernel = m.gather_kernel && GatherToFp32Supported(m.flat);
+  m.reduce_bf16 = m.options.data_parallel.grad_reduce_dtype == "bfloat16";
+  if (m.reduce_bf16) {
+    for (size_t k = 0; k < n; ++k) {
+      if (m.dense[k] && m.params[k].scalar_type() != torch::kBFloat16) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "data_parallel.grad_reduce_dtype bfloat16 needs bf16 parameters; ",
+            m.policy->module()->named_parameters().keys()[k], " is ",
+            c10::toString(m.params[k].scalar_type())));
+      }
+    }
+  }
+  m.flat = torch::zeros({m.world * m.shard_size}, f32.dtype(m.reduce_bf16 ? torch::kBFloat16 : torch::kFloat32));
+  m.gather_kernel = !m.reduce_bf16 && m.gather_kernel && GatherToFp32Supported(m.flat);
   m.grad_views.resize(n);
   for (size_t i = 0; i < n; ++i) {
     if (m.dense[i]) {

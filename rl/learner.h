@@ -40,6 +40,11 @@ struct DataParallelOptions {
   // ZeRO-1: each rank keeps the AdamW moments and FP32 master weights of 1/N of the
   // (flattened) parameters, updates that shard and all-gathers the parameters.
   bool zero1 = false;
+  // The dtype gradients are summed over the ranks in: "float32" (the bf16 gradients are
+  // widened first; exact to FP32 at any world size) or "bfloat16" (bf16 parameters only,
+  // not with ZeRO-1: half the bytes on the wire, each reduction step rounds the partial
+  // sum to bf16, so the error grows with the world size). docs/distributed.md.
+  std::string grad_reduce_dtype = "float32";
   // Expert parallelism: blocks of this many consecutive ranks each hold every expert
   // once; rank i of a block computes 1/expert_parallel of each MoE layer's experts for
   // the whole block's tokens (all-to-all) and keeps their optimizer state. The MoE

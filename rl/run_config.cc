@@ -502,7 +502,8 @@ absl::Status BindDistributed(const Binder& b, const Json* root, DistributedSecti
   ASSIGN_OR_RETURN(const Json* s,
                    b.Mapping(Binder::Get(root, "distributed"), "distributed",
                              {"world_size", "rank", "master_addr", "master_port", "backend",
-                              "timeout_s", "bucket_mb", "zero1", "expert_parallel"}));
+                              "timeout_s", "bucket_mb", "zero1", "grad_reduce_dtype",
+                              "expert_parallel"}));
   RETURN_IF_ERROR(b.Int(s, "distributed", "world_size", d.world_size));
   RETURN_IF_ERROR(b.Int(s, "distributed", "rank", d.rank));
   RETURN_IF_ERROR(b.String(s, "distributed", "master_addr", d.master_addr));
@@ -511,6 +512,7 @@ absl::Status BindDistributed(const Binder& b, const Json* root, DistributedSecti
   RETURN_IF_ERROR(b.Double(s, "distributed", "timeout_s", d.timeout_s));
   RETURN_IF_ERROR(b.Double(s, "distributed", "bucket_mb", d.bucket_mb));
   RETURN_IF_ERROR(b.Bool(s, "distributed", "zero1", d.zero1));
+  RETURN_IF_ERROR(b.String(s, "distributed", "grad_reduce_dtype", d.grad_reduce_dtype));
   return b.Int(s, "distributed", "expert_parallel", d.expert_parallel);
 }
 
@@ -530,6 +532,13 @@ absl::Status DistributedSection::Validate() const {
   }
   RETURN_IF_ERROR(CheckPositive("timeout_s", timeout_s));
   RETURN_IF_ERROR(CheckPositive("bucket_mb", bucket_mb));
+  if (grad_reduce_dtype != "float32" && grad_reduce_dtype != "bfloat16") {
+    return Invalid(absl::StrCat("grad_reduce_dtype must be float32 or bfloat16, got \"",
+                                grad_reduce_dtype, "\""));
+  }
+  if (grad_reduce_dtype == "bfloat16" && zero1) {
+    return Invalid("grad_reduce_dtype bfloat16 does not combine with zero1");
+  }
   RETURN_IF_ERROR(CheckAtLeast("expert_parallel", expert_parallel, 1));
   // WORLD_SIZE may still replace a world size of 1; the trainer checks the ranks started.
   if (world_size > 1 && world_size % expert_parallel != 0) {
@@ -917,6 +926,7 @@ std::string DescribeRunConfig(const RunConfig& c) {
                                    {"timeout_s", Json(c.distributed.timeout_s)},
                                    {"bucket_mb", Json(c.distributed.bucket_mb)},
                                    {"zero1", Json(c.distributed.zero1)},
+                                   {"grad_reduce_dtype", Json(c.distributed.grad_reduce_dtype)},
                                    {"expert_parallel", Json(c.distributed.expert_parallel)}}));
   return DumpYaml(root);
 }

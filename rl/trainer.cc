@@ -232,6 +232,7 @@ LearnerOptions Trainer::MakeLearnerOptions() const {
   lopts.moe_capacity_factor = config_.optimizer.moe_capacity_factor;
   lopts.data_parallel.bucket_mb = config_.distributed.bucket_mb;
   lopts.data_parallel.zero1 = config_.distributed.zero1;
+  lopts.data_parallel.grad_reduce_dtype = config_.distributed.grad_reduce_dtype;
   lopts.data_parallel.expert_parallel = config_.distributed.expert_parallel;
   return lopts;
 }

@@ -5,6 +5,7 @@
 // group and each trains --batch sequences of the global batch (--batch x world).
 //   train_bench --model DIR [--batch 8] [--seq-len 2048] [--steps 10] [--warmup 3]
 //               [--mode sft|rl] [--zero1 0] [--bucket-mb 25] [--peak-tflops 989]
+//               [--grad-reduce-dtype float32|bfloat16]
 //               [--device cuda|cpu]   (cpu: FP32, to try the bench on a small model)
 //               [--profile PATH]      (rank 0 writes a Kineto trace of one more update)
 // Prints one JSON line (rank 0): step times, tokens/s, model FLOPs per token and MFU.
@@ -55,7 +56,7 @@ double TrainFlopsPerToken(const ModelConfig& c, int64_t len) {
 }
 
 int Main(int argc, char** argv) {
-  std::string model, mode = "sft", device_kind = "cuda", profile;
+  std::string model, mode = "sft", device_kind = "cuda", profile, grad_reduce_dtype = "float32";
   int64_t batch = 8, seq_len = 2048, steps = 10, warmup = 3, zero1 = 0;
   double bucket_mb = 25, peak_tflops = 989;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -73,6 +74,8 @@ int Main(int argc, char** argv) {
       mode = value;
     } else if (flag == "--profile") {
       profile = value;
+    } else if (flag == "--grad-reduce-dtype") {
+      grad_reduce_dtype = value;
     } else if (flag == "--device") {
       device_kind = value;
     } else if (integer != nullptr) {
@@ -110,6 +113,7 @@ int Main(int argc, char** argv) {
   lopts.max_tokens_per_forward = batch * seq_len;
   lopts.data_parallel.zero1 = zero1 != 0;
   lopts.data_parallel.bucket_mb = bucket_mb;
+  lopts.data_parallel.grad_reduce_dtype = grad_reduce_dtype;
   auto learner = Learner::Create(policy->get(), lopts, group.get());
   if (!learner.ok()) return Fail(std::string(learner.status().message()));
 
@@ -164,11 +168,12 @@ int Main(int argc, char** argv) {
   if (dist->rank == 0) {
     std::printf(
         "{\"bench\": \"train\", \"mode\": \"%s\", \"gpus\": %lld, \"batch_per_gpu\": %lld, "
-        "\"seq_len\": %lld, \"zero1\": %s, \"steps\": %lld, \"step_ms_min\": %.2f, "
+        "\"seq_len\": %lld, \"zero1\": %s, \"grad_reduce_dtype\": \"%s\", \"steps\": %lld, "
+        "\"step_ms_min\": %.2f, "
         "\"step_ms_median\": %.2f, \"step_ms_max\": %.2f, \"tok_s\": %.0f, \"tok_s_per_gpu\": %.0f, "
         "\"train_gflop_per_token\": %.4f, \"mfu\": %.4f, \"peak_tflops\": %.0f, \"loss\": %.4f}\n",
         mode.c_str(), static_cast<long long>(world), static_cast<long long>(batch),
-        static_cast<long long>(seq_len), zero1 != 0 ? "true" : "false",
+        static_cast<long long>(seq_len), zero1 != 0 ? "true" : "false", grad_reduce_dtype.c_str(),
         static_cast<long long>(steps), 1e3 * times.front(), 1e3 * median, 1e3 * times.back(),
         tokens / median, tokens / median / world, TrainFlopsPerToken(config, seq_len) / 1e9,
         flops / median / (peak_tflops * 1e12 * world), peak_tflops, loss);

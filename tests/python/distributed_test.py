@@ -8,7 +8,9 @@
              3 ranks, ZeRO-1 on and off, micro-batching on, fewer samples than ranks;
              most gradient buckets are reduced during backward.
   bf16       bf16 weights (FP32 masters, full or ZeRO-1): ranks identical, ZeRO-1 equal
-             to plain data parallel, and the update's direction and size match 1 rank.
+             to plain data parallel, and the update's direction and size match 1 rank;
+             gradients all-reduced in bf16 likewise, and that option refused with ZeRO-1
+             or FP32 weights.
   resume     ZeRO-1 shards saved and restored by 2 ranks continue bit-exactly.
   errors     a rank started with another WORLD_SIZE, a master nobody serves, and a rank
              out of range fail with messages naming the variable and value.
@@ -162,6 +164,33 @@ def case_bf16():
     # (half the batch: ~0.7; normaliser off by the world size: ratio 2).
     assert cosine > 0.995 and abs(ratio - 1) < 0.02, f"bf16: cosine {cosine}, norm ratio {ratio}"
     print(f"  bf16: update cosine vs 1 rank {cosine:.6f}, norm ratio {ratio:.4f}")
+    # Gradients summed in bf16: ranks still identical, and the update differs from the
+    # FP32-reduced one by the bf16 roundings of the sums, far less than from 1 rank's.
+    reduced = train(2, base + ["--grad-reduce-dtype", "bfloat16"])[0]
+    for r in range(2):
+        assert np.array_equal(reduced[r], reduced[0]), "bf16 reduce: ranks differ"
+    low = reduced[0] - init
+    cosine_low = float(low @ two / np.sqrt((low @ low) * (two @ two)))
+    cosine_one = float(one @ low / np.sqrt((one @ one) * (low @ low)))
+    ratio_low = float(np.linalg.norm(low) / np.linalg.norm(two))
+    assert cosine_low > 0.995 and abs(ratio_low - 1) < 0.02 and cosine_one > 0.995, \
+        f"bf16 reduce: cosine vs FP32 reduce {cosine_low}, vs 1 rank {cosine_one}, ratio {ratio_low}"
+    print(f"  bf16 reduce: update cosine vs FP32 reduce {cosine_low:.6f}, vs 1 rank "
+          f"{cosine_one:.6f}, norm ratio {ratio_low:.4f}")
+    # Refused where it cannot apply, naming the option.
+    for extra, words in [(["--zero1"], "does not combine with zero1"),
+                         (["--dtype", "float32"], "needs bf16 parameters")]:
+        out = tempfile.mkdtemp(prefix="lightrl_dist_")
+        try:
+            args = base + ["--grad-reduce-dtype", "bfloat16"] + extra
+            if "--dtype" in extra:
+                args = ["--experts", "1", "--grad-reduce-dtype", "bfloat16"] + extra
+            results = run_ranks(2, out, args, timeout=60)
+            assert all(rc != 0 for rc, _ in results), f"bf16 reduce with {extra} ran"
+            assert any(words in err and "grad_reduce_dtype" in err for _, err in results), \
+                f"bf16 reduce with {extra}: no error naming it in {results}"
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def case_resume():

@@ -5,6 +5,7 @@
 //   learner_dist_worker --rank R --world N --port P --seed S --out DIR
 //       [--mode rl|sft] [--zero1] [--samples 7] [--minibatches 2] [--steps 2]
 //       [--max-tokens 16384] [--bucket-mb 0.0005] [--timeout 60] [--dtype float32]
+//       [--grad-reduce-dtype float32]
 //       [--device cpu|cuda] [--check-resume] [--experts 4] [--expert-parallel 1]
 //       [--top-k 1] [--aux-coef 0] [--capacity 0] [--sorted] [--adam-eps 1e-6]
 // --device cuda puts rank r on cuda:r and reduces with NCCL (CUDA builds).
@@ -70,7 +71,7 @@ absl::Status Main(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args,
                                              {"rank", "world", "port", "seed", "out", "mode", "samples",
                                               "minibatches", "steps", "max-tokens", "bucket-mb", "timeout", "dtype",
-                                              "device", "experts", "expert-parallel", "aux-coef",
+                                              "grad-reduce-dtype", "device", "experts", "expert-parallel", "aux-coef",
                                               "capacity", "top-k", "adam-eps"},
                                              {"zero1", "check-resume", "sorted"}));
   DistributedOptions dist;
@@ -104,6 +105,7 @@ absl::Status Main(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(opts.max_tokens_per_forward, flags.GetInt("max-tokens", 16384));
   ASSIGN_OR_RETURN(opts.data_parallel.bucket_mb, flags.GetDouble("bucket-mb", 0.0005));
   opts.data_parallel.zero1 = flags.Has("zero1");
+  opts.data_parallel.grad_reduce_dtype = flags.Get("grad-reduce-dtype", "float32");
 
   ProcessGroupPtr group;
   if (dist.world_size > 1) {
