@@ -21,7 +21,7 @@
              `equal`, with the aux loss counted over all ranks, ZeRO-1, micro-batching,
              empty ranks, token dropping where one process drops the same tokens, a
              resumed run, and bad expert_parallel values.
-  nccl       (only when named; 2 GPUs) `equal` on CUDA with NCCL.
+  nccl       (only when named; 2 GPUs) `equal` and `bf16` on CUDA with NCCL.
   nccl_expert (only when named; 2 GPUs) `expert` on CUDA: 2 ranks, E 2, NCCL all-to-all.
 
 Run: LEARNER_DIST_WORKER=build/tests/learner_dist_worker LIGHTRL_BIN=build/rl/lightrl \\
@@ -142,13 +142,13 @@ def case_equal():
     check_equal(train(1, few), 3, few, overlap=False)
 
 
-def case_bf16():
+def case_bf16(device_args=()):
     """bf16 weights with FP32 master weights (full, or ZeRO-1 shards). bf16 compute
     depends on how samples are packed into forwards, so against one process the test
     is on the whole update: same direction and size. One expert, so that a near-tie in
     routing, which bf16 rounding may flip either way, cannot send a token to another
     expert and move the update for reasons that are not data parallelism's."""
-    base = ["--dtype", "bfloat16", "--experts", "1"]
+    base = ["--dtype", "bfloat16", "--experts", "1"] + list(device_args)
     init = train(1, base + ["--steps", "0"])[0][0].astype(np.float64)
     one = train(1, base)[0][0] - init
     plain = train(2, base)[0]
@@ -184,7 +184,7 @@ def case_bf16():
         try:
             args = base + ["--grad-reduce-dtype", "bfloat16"] + extra
             if "--dtype" in extra:
-                args = ["--experts", "1", "--grad-reduce-dtype", "bfloat16"] + extra
+                args = ["--experts", "1", "--grad-reduce-dtype", "bfloat16"] + list(device_args) + extra
             results = run_ranks(2, out, args, timeout=60)
             assert all(rc != 0 for rc, _ in results), f"bf16 reduce with {extra} ran"
             assert any(words in err and "grad_reduce_dtype" in err for _, err in results), \
@@ -360,6 +360,9 @@ def case_nccl():
         reference = train(1, base)
         check_equal(reference, 2, base)
         check_equal(reference, 2, base + ["--zero1", "--max-tokens", "12"])
+    # bf16 weights on CUDA: the buckets are filled by the gather kernel (FP32 reduction)
+    # or by one concatenation (bf16 reduction).
+    case_bf16(["--device", "cuda"])
 
 
 def without(args, flag):
