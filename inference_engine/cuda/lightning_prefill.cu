@@ -1,6 +1,7 @@
 #include "inference_engine/cuda/lightning_prefill.h"
 
 #include "inference_engine/cuda/lightning_mma.cuh"
+#include "inference_engine/cuda/lightning_prefill_work.cuh"
 #include "inference_engine/cuda/lightning_prefill_sm90.h"
 
 // One CTA of 4 warps owns one (sequence, head, slice of kDv value columns) and walks the
@@ -71,15 +72,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int g = lane / 4;  // accumulator row within a 16-row tile (and +8)
   const int t = lane % 4;  // accumulator column pair within an 8-column tile
 
-  int work = blockIdx.x;
-  const int slice = work % num_slices;
-  work /= num_slices;
-  const int h = work % p.num_heads;
-  const int seq = work / p.num_heads;
-  const int64_t begin = p.cu_seqlens[seq];
-  const int len = p.cu_seqlens[seq + 1] - static_cast<int>(begin);
+  const PrefillWork work = PrefillWorkOf(p, num_slices);
+  const int slice = work.slice;
+  const int h = work.head;
+  const int64_t begin = work.begin;
+  const int len = work.len;
   const int num_chunks = (len + kChunk - 1) / kChunk;
-  const int slot = p.state_slots ? p.state_slots[seq] : seq;
+  const int slot = work.slot;
   const int v_col0 = slice * kDv;
   const bool reverse = p.reverse;
 

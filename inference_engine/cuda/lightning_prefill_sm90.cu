@@ -1,6 +1,7 @@
 #include "inference_engine/cuda/lightning_prefill_sm90.h"
 
 #include "inference_engine/cuda/lightning_mma.cuh"
+#include "inference_engine/cuda/lightning_prefill_work.cuh"
 #include "inference_engine/cuda/lightning_wgmma.cuh"
 
 // One CTA is one warpgroup (4 warps) and owns one (sequence, head, slice of kDv value
@@ -71,15 +72,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int g = lane / 4;
   const int t = lane % 4;
 
-  int work = blockIdx.x;
-  const int slice = work % num_slices;
-  work /= num_slices;
-  const int h = work % p.num_heads;
-  const int seq = work / p.num_heads;
-  const int64_t begin = p.cu_seqlens[seq];
-  const int len = p.cu_seqlens[seq + 1] - static_cast<int>(begin);
+  const PrefillWork work = PrefillWorkOf(p, num_slices);
+  const int slice = work.slice;
+  const int h = work.head;
+  const int64_t begin = work.begin;
+  const int len = work.len;
   const int num_blocks = (len + kBlock - 1) / kBlock;
-  const int slot = p.state_slots ? p.state_slots[seq] : seq;
+  const int slot = work.slot;
   const int v_col0 = slice * kDv;
   const bool reverse = p.reverse;
   // lambda^n for n = 0..64, read where the kernel needs a power (a table rather than
@@ -145,37 +144,33 @@ __global__ void __launch_bounds__(kThreads, 2)
   float s[2][Tile::kAcc];
   auto state_row = [&](int half, int e) { return 64 * half + 16 * warp + g + (e >= 2 ? 8 : 0); };
   auto state_col = [&](int j, int e) { return 8 * j + 2 * t + (e & 1); };
-  auto write_state_tile = [&] {
+  // f(half, j, e) for each pair of adjacent columns (registers 4j + e, 4j + e + 1) of the
+  // thread's share of the state.
+  auto for_each_state_pair = [&](auto&& f) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
 #pragma unroll
       for (int j = 0; j < kDv / 8; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-          const int row = state_row(half, e);
-          *reinterpret_cast<uint32_t*>(smem + Tile::kS +
-                                       wg::SwizzledOffset<Tile::kVRowBytes>(row, j) + 4 * t) =
-              PackBf16(s[half][4 * j + e], s[half][4 * j + e + 1]);
-        }
+        for (int e = 0; e < 4; e += 2) f(half, j, e);
       }
     }
   };
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-#pragma unroll
-    for (int j = 0; j < kDv / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; e += 2) {
-        float2 x = make_float2(0.f, 0.f);
-        if (load_state) {
-          x = *reinterpret_cast<const float2*>(state_head + state_row(half, e) * kDk +
-                                               state_col(j, e));
-        }
-        s[half][4 * j + e] = x.x;
-        s[half][4 * j + e + 1] = x.y;
-      }
+  auto write_state_tile = [&] {
+    for_each_state_pair([&](int half, int j, int e) {
+      *reinterpret_cast<uint32_t*>(smem + Tile::kS +
+                                   wg::SwizzledOffset<Tile::kVRowBytes>(state_row(half, e), j) +
+                                   4 * t) = PackBf16(s[half][4 * j + e], s[half][4 * j + e + 1]);
+    });
+  };
+  for_each_state_pair([&](int half, int j, int e) {
+    float2 x = make_float2(0.f, 0.f);
+    if (load_state) {
+      x = *reinterpret_cast<const float2*>(state_head + state_row(half, e) * kDk + state_col(j, e));
     }
-  }
+    s[half][4 * j + e] = x.x;
+    s[half][4 * j + e + 1] = x.y;
+  });
   // Without an initial state the tile holds zeros, so the first block's Q S is zero too and
   // every block issues the same wgmma sequence (no accumulator merges across branches).
   write_state_tile();
@@ -333,17 +328,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   CpAsyncWait<0>();
 
   if (p.store_final_state && state_head != nullptr) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-#pragma unroll
-      for (int j = 0; j < kDv / 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-          *reinterpret_cast<float2*>(state_head + state_row(half, e) * kDk + state_col(j, e)) =
-              make_float2(s[half][4 * j + e], s[half][4 * j + e + 1]);
-        }
-      }
-    }
+    for_each_state_pair([&](int half, int j, int e) {
+      *reinterpret_cast<float2*>(state_head + state_row(half, e) * kDk + state_col(j, e)) =
+          make_float2(s[half][4 * j + e], s[half][4 * j + e + 1]);
+    });
   }
 #endif
 }

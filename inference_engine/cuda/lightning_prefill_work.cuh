@@ -1,0 +1,32 @@
+// The (sequence, head, value slice) a lightning prefill CTA owns, from its block index
+// (slices fastest, then heads), and where that sequence's tokens and state are. Internal
+// to the prefill kernels (included by .cu files only).
+#pragma once
+
+#include <cstdint>
+
+#include "inference_engine/cuda/lightning_prefill.h"
+
+namespace lightrl {
+
+struct PrefillWork {
+  int slice = 0, head = 0, seq = 0;
+  int64_t begin = 0;  // the sequence's first token
+  int len = 0;        // its tokens
+  int slot = 0;       // its state slot; negative: none
+};
+
+__device__ __forceinline__ PrefillWork PrefillWorkOf(const LightningPrefillParams& p, int num_slices) {
+  PrefillWork w;
+  int work = blockIdx.x;
+  w.slice = work % num_slices;
+  work /= num_slices;
+  w.head = work % p.num_heads;
+  w.seq = work / p.num_heads;
+  w.begin = p.cu_seqlens[w.seq];
+  w.len = p.cu_seqlens[w.seq + 1] - static_cast<int>(w.begin);
+  w.slot = p.state_slots ? p.state_slots[w.seq] : w.seq;
+  return w;
+}
+
+}  // namespace lightrl
