@@ -281,8 +281,8 @@ struct Learner::Impl {
   bool reduce_bf16 = false;
   bool armed = false;        // the backward under way is the update's last one
   int64_t total = 0;         // parameter elements
-  // FP32 gradients of every parameter, padded to world * shard_size; ZeRO-1 then reuses
-  // it to all-gather the updated parameters. grad_views[i]: parameter i's slot, shaped as
+  // The gradients of every parameter (FP32; bf16 with grad_reduce_dtype bfloat16), padded
+  // to world * shard_size; ZeRO-1 then reuses it to all-gather the updated parameters. grad_views[i]: parameter i's slot, shaped as
   // the parameter (made once: FinishSync hands them out every update).
   torch::Tensor flat;
   std::vector<torch::Tensor> grad_views;
