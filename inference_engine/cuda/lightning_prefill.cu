@@ -376,16 +376,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 template <int kDk, int kDv, int kChunk, bool kExactState>
 cudaError_t Launch(const LightningPrefillParams& p, cudaStream_t stream) {
-  using Tile = PrefillTile<kDk, kDv, kChunk>;
-  auto kernel = LightningPrefillKernel<kDk, kDv, kChunk, kExactState>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(Tile::kSmemBytes));
-  if (err != cudaSuccess) return err;
-  const int num_slices = kDk / kDv;
-  const int64_t num_ctas = int64_t{p.num_seqs} * p.num_heads * num_slices;
-  if (num_ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  kernel<<<static_cast<unsigned>(num_ctas), kThreads, Tile::kSmemBytes, stream>>>(p, num_slices);
-  return cudaGetLastError();
+  return LaunchPrefillGrid(LightningPrefillKernel<kDk, kDv, kChunk, kExactState>, kThreads,
+                           PrefillTile<kDk, kDv, kChunk>::kSmemBytes, p, kDk / kDv, stream);
 }
 
 template <int kDk, int kDv, int kChunk>

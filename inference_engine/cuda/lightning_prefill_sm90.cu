@@ -338,16 +338,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 template <int kDv, bool kExactState>
 cudaError_t Launch(const LightningPrefillParams& p, cudaStream_t stream) {
-  using Tile = Sm90Tile<kDv>;
-  auto kernel = LightningPrefillSm90Kernel<kDv, kExactState>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(Tile::kSmemBytes));
-  if (err != cudaSuccess) return err;
-  const int num_slices = kDk / kDv;
-  const int64_t num_ctas = int64_t{p.num_seqs} * p.num_heads * num_slices;
-  if (num_ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  kernel<<<static_cast<unsigned>(num_ctas), kThreads, Tile::kSmemBytes, stream>>>(p, num_slices);
-  return cudaGetLastError();
+  return LaunchPrefillGrid(LightningPrefillSm90Kernel<kDv, kExactState>, kThreads,
+                           Sm90Tile<kDv>::kSmemBytes, p, kDk / kDv, stream);
 }
 
 }  // namespace
@@ -361,12 +353,13 @@ bool LightningPrefillSm90Serves(const LightningPrefillParams& params, int block_
     return false;
   }
   if (major != 9) return false;
-  // The kernels carry sm_90a code only when the build targets it.
-  cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, LightningPrefillSm90Kernel<64, true>) != cudaSuccess) {
-    return false;
-  }
-  return attr.binaryVersion == 90;
+  // The kernels carry sm_90a code only when the build targets it: asked once.
+  static const bool built_for_sm90 = [] {
+    cudaFuncAttributes attr{};
+    return cudaFuncGetAttributes(&attr, LightningPrefillSm90Kernel<64, true>) == cudaSuccess &&
+           attr.binaryVersion == 90;
+  }();
+  return built_for_sm90;
 }
 
 cudaError_t LaunchLightningPrefillSm90(const LightningPrefillParams& p, int dv,

@@ -3,7 +3,10 @@
 // to the prefill kernels (included by .cu files only).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+#include <cuda_runtime.h>
 
 #include "inference_engine/cuda/lightning_prefill.h"
 
@@ -27,6 +30,21 @@ __device__ __forceinline__ PrefillWork PrefillWorkOf(const LightningPrefillParam
   w.len = p.cu_seqlens[w.seq + 1] - static_cast<int>(w.begin);
   w.slot = p.state_slots ? p.state_slots[w.seq] : w.seq;
   return w;
+}
+
+// Launches a prefill kernel (taking (params, num_slices)) with one CTA per (sequence, head,
+// slice) and `smem_bytes` of dynamic shared memory.
+template <typename Kernel>
+cudaError_t LaunchPrefillGrid(Kernel kernel, int threads, size_t smem_bytes,
+                              const LightningPrefillParams& p, int num_slices,
+                              cudaStream_t stream) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem_bytes));
+  if (err != cudaSuccess) return err;
+  const int64_t num_ctas = int64_t{p.num_seqs} * p.num_heads * num_slices;
+  if (num_ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  kernel<<<static_cast<unsigned>(num_ctas), threads, smem_bytes, stream>>>(p, num_slices);
+  return cudaGetLastError();
 }
 
 }  // namespace lightrl
