@@ -156,13 +156,6 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
   };
-  auto write_state_tile = [&] {
-    for_each_state_pair([&](int half, int j, int e) {
-      *reinterpret_cast<uint32_t*>(smem + Tile::kS +
-                                   wg::SwizzledOffset<Tile::kVRowBytes>(state_row(half, e), j) +
-                                   4 * t) = PackBf16(s[half][4 * j + e], s[half][4 * j + e + 1]);
-    });
-  };
   for_each_state_pair([&](int half, int j, int e) {
     float2 x = make_float2(0.f, 0.f);
     if (load_state) {
@@ -171,6 +164,13 @@ __global__ void __launch_bounds__(kThreads, 2)
     s[half][4 * j + e] = x.x;
     s[half][4 * j + e + 1] = x.y;
   });
+  auto write_state_tile = [&] {
+    for_each_state_pair([&](int half, int j, int e) {
+      *reinterpret_cast<uint32_t*>(smem + Tile::kS +
+                                   wg::SwizzledOffset<Tile::kVRowBytes>(state_row(half, e), j) +
+                                   4 * t) = PackBf16(s[half][4 * j + e], s[half][4 * j + e + 1]);
+    });
+  };
   // Without an initial state the tile holds zeros, so the first block's Q S is zero too and
   // every block issues the same wgmma sequence (no accumulator merges across branches).
   write_state_tile();
