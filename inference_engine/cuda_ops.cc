@@ -126,6 +126,7 @@ torch::Tensor LightningPrefillCuda(const torch::Tensor& q, const torch::Tensor& 
   p.num_heads = static_cast<int>(q.size(1));
   p.head_dim = static_cast<int>(q.size(2));
   p.max_seqlen = static_cast<int>(max_seqlen);
+  p.num_tokens = q.size(0);
   p.use_initial_state = false;
   p.store_final_state = true;
   CheckCudaLaunch(LaunchLightningPrefill(p, at::cuda::getCurrentCUDAStream().stream()), "prefill",

@@ -17,14 +17,15 @@ namespace {
 struct PackedBatch {
   torch::Tensor cu_seqlens;  // [n + 1] int32 on the device
   torch::Tensor slopes;      // [H] FP32 on the device
-  LightningTrainParams Params(int64_t max_seqlen, int64_t heads, int64_t head_dim) const {
+  LightningTrainParams Params(int64_t max_seqlen, const torch::Tensor& view) const {
     LightningTrainParams p;
     p.cu_seqlens = cu_seqlens.data_ptr<int32_t>();
     p.slopes = slopes.data_ptr<float>();
     p.num_seqs = static_cast<int>(cu_seqlens.size(0) - 1);
-    p.num_heads = static_cast<int>(heads);
-    p.head_dim = static_cast<int>(head_dim);
+    p.num_heads = static_cast<int>(view.size(1));
+    p.head_dim = static_cast<int>(view.size(2));
     p.max_seqlen = static_cast<int>(max_seqlen);
+    p.num_tokens = view.size(0);
     return p;
   }
 };
@@ -46,7 +47,7 @@ class LightningPackedFunction : public torch::autograd::Function<LightningPacked
     c10::cuda::CUDAGuard guard(qkv.device());
     auto o = torch::empty(parts[0].sizes(), qkv.options().memory_format(torch::MemoryFormat::Contiguous));
     PackedBatch batch{cu_seqlens, slopes};
-    auto p = batch.Params(max_seqlen, parts[0].size(1), parts[0].size(2));
+    auto p = batch.Params(max_seqlen, parts[0]);
     CheckCudaLaunch(LaunchLightningTrainForward(
                         p, MakeLightningView<LightningInputView>(parts[0]),
                         MakeLightningView<LightningInputView>(parts[1]),
@@ -70,7 +71,7 @@ class LightningPackedFunction : public torch::autograd::Function<LightningPacked
     // dq, dk, dv land side by side, as the forward's input was laid out.
     auto d_qkv = torch::empty(qkv.sizes(), qkv.options().memory_format(torch::MemoryFormat::Contiguous));
     auto d_parts = SplitQkv(d_qkv);
-    auto p = batch.Params(max_seqlen, parts[0].size(1), parts[0].size(2));
+    auto p = batch.Params(max_seqlen, parts[0]);
     CheckCudaLaunch(LaunchLightningTrainBackward(
                         p, MakeLightningView<LightningInputView>(parts[0]),
                         MakeLightningView<LightningInputView>(parts[1]),

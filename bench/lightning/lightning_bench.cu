@@ -165,6 +165,7 @@ void Run(bool quick, bool profile) {
     p.num_heads = kHeads;
     p.head_dim = kDim;
     p.max_seqlen = T;
+    p.num_tokens = tokens;
     const double bytes = 4.0 * n * 2 + double(B) * kHeads * kDim * kDim * 4;
     const std::string shape = std::to_string(B) + " x " + std::to_string(T / 1024) + "K";
     for (int dv : {0, 32, 64}) {
@@ -212,6 +213,7 @@ void Run(bool quick, bool profile) {
     tp.num_heads = kHeads;
     tp.head_dim = kDim;
     tp.max_seqlen = T;
+    tp.num_tokens = tokens;
     const LightningInputView gi{grads, p.o.token_stride, kDim};
     const LightningOutputView dq{grads + n, p.o.token_stride, kDim};
     const LightningOutputView dk{grads + 2 * n, p.o.token_stride, kDim};

@@ -429,6 +429,7 @@ const char* LightningPrefillParams::Validate() const {
   }
   if (dv_split != 0 && dv_split != 32 && dv_split != 64) return "dv_split must be 0, 32 or 64";
   if (max_seqlen < 0) return "max_seqlen must be >= 0";
+  if (num_tokens < 0) return "num_tokens must be >= 0";
   return nullptr;
 }
 
@@ -453,7 +454,9 @@ cudaError_t LaunchLightningPrefill(const LightningPrefillParams& params, cudaStr
     dv = ctas64 >= 2 * num_sms ? 64 : 32;
   }
   if (params.warpgroup && LightningPrefillSm90Serves(params, chunk)) {
-    return LaunchLightningPrefillSm90(params, dv, stream);
+    // Not supported: views TMA cannot describe; the mma.sync kernel takes them.
+    const cudaError_t err = LaunchLightningPrefillSm90(params, dv, stream);
+    if (err != cudaErrorNotSupported) return err;
   }
   if (params.head_dim == 64) return LaunchForDv<64>(params, chunk, dv, stream);
   return LaunchForDv<128>(params, chunk, dv, stream);

@@ -53,6 +53,10 @@ struct LightningPrefillParams {
   int num_heads = 0;
   int head_dim = 0;                      // d_k == d_v: 64 or 128
   int max_seqlen = 0;                    // host-side bound on the longest sequence; 0: long
+  int64_t num_tokens = 0;                // rows the q, k, v and o views hold (at least
+                                         // cu_seqlens[num_seqs]); the sm_90a kernel moves
+                                         // tiles by TMA within them and needs it (0: that
+                                         // kernel is not used)
   bool use_initial_state = false;        // continue from state[slot] (chunked prefill)
   bool store_final_state = true;         // write the final state back to state[slot]
   bool reverse = false;                  // time runs backwards within each sequence
@@ -66,7 +70,8 @@ struct LightningPrefillParams {
                                          // else 64), or 32 / 64
   int dv_split = 0;                      // value columns per CTA: 0 auto, or 32 / 64
   bool warpgroup = true;                 // on sm_90a, the warpgroup (wgmma) kernel where
-                                         // it serves (head_dim 128, 64-token blocks);
+                                         // it serves (head_dim 128, 64-token blocks,
+                                         // num_tokens set);
                                          // false: the mma.sync kernel everywhere
 
   // nullptr when the parameters are usable, else what is wrong with them.

@@ -10,11 +10,12 @@
 
 namespace lightrl {
 
-// Whether the warpgroup kernel serves these parameters (head_dim 128, 64-token blocks) on
-// the current device (compute capability 9.0).
+// Whether the warpgroup kernel serves these parameters (head_dim 128, 64-token blocks,
+// num_tokens set) on the current device (compute capability 9.0).
 bool LightningPrefillSm90Serves(const LightningPrefillParams& params, int block_size);
 
-// Launches it with value slices of `dv` (32 or 64) columns.
+// Launches it with value slices of `dv` (32 or 64) columns; cudaErrorNotSupported, with
+// nothing launched, for views TMA cannot describe.
 cudaError_t LaunchLightningPrefillSm90(const LightningPrefillParams& params, int dv,
                                        cudaStream_t stream);
 

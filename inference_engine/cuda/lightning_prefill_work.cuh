@@ -32,18 +32,18 @@ __device__ __forceinline__ PrefillWork PrefillWorkOf(const LightningPrefillParam
   return w;
 }
 
-// Launches a prefill kernel (taking (params, num_slices)) with one CTA per (sequence, head,
-// slice) and `smem_bytes` of dynamic shared memory.
-template <typename Kernel>
+// Launches a prefill kernel (taking (params, num_slices, extra...)) with one CTA per
+// (sequence, head, slice) and `smem_bytes` of dynamic shared memory.
+template <typename Kernel, typename... Extra>
 cudaError_t LaunchPrefillGrid(Kernel kernel, int threads, size_t smem_bytes,
                               const LightningPrefillParams& p, int num_slices,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, const Extra&... extra) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem_bytes));
   if (err != cudaSuccess) return err;
   const int64_t num_ctas = int64_t{p.num_seqs} * p.num_heads * num_slices;
   if (num_ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  kernel<<<static_cast<unsigned>(num_ctas), threads, smem_bytes, stream>>>(p, num_slices);
+  kernel<<<static_cast<unsigned>(num_ctas), threads, smem_bytes, stream>>>(p, num_slices, extra...);
   return cudaGetLastError();
 }
 

@@ -17,6 +17,7 @@ cudaError_t Pass(const LightningTrainParams& params, LightningInputView q,
   p.num_heads = params.num_heads;
   p.head_dim = params.head_dim;
   p.max_seqlen = params.max_seqlen;
+  p.num_tokens = params.num_tokens;
   p.use_initial_state = false;
   p.store_final_state = false;
   p.reverse = reverse;

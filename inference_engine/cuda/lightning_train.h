@@ -20,6 +20,7 @@ struct LightningTrainParams {
   int num_heads = 0;
   int head_dim = 0;    // 64 or 128
   int max_seqlen = 0;  // host-side bound on the longest sequence; 0: long
+  int64_t num_tokens = 0;  // rows of every view (LightningPrefillParams::num_tokens)
 };
 
 // o_t = sum_{s <= t} lambda^(t-s) (q_t . k_s) v_s.

@@ -162,6 +162,7 @@ struct PrefillFixture {
     params.num_heads = H;
     params.head_dim = d;
     params.max_seqlen = c.lengths.empty() ? 0 : *std::max_element(c.lengths.begin(), c.lengths.end());
+    params.num_tokens = T;
     params.use_initial_state = c.use_initial_state;
     params.store_final_state = true;
     params.reverse = c.reverse;
@@ -447,6 +448,7 @@ TEST_P(DecodeAfterPrefillTest, EqualsOneLongPrefill) {
   pf.num_heads = H;
   pf.head_dim = d;
   pf.max_seqlen = 129 + steps;
+  pf.num_tokens = T;
   CUDA_CHECK(LaunchLightningPrefill(pf, nullptr));
 
   // The prompts in two prefill calls, the second continuing from the first's state
@@ -591,6 +593,7 @@ TEST_P(TrainTest, BackwardMatchesDirectGradient) {
   params.num_heads = H;
   params.head_dim = d;
   params.max_seqlen = 150;
+  params.num_tokens = static_cast<int64_t>(n / (int64_t{H} * d));
   CUDA_CHECK(LaunchLightningTrainForward(params, in(0), in(1), in(2), out(0), nullptr));
   CUDA_CHECK(LaunchLightningTrainBackward(params, in(0), in(1), in(2), in(3), out(1), out(2),
                                           out(3), nullptr));
