@@ -177,6 +177,17 @@ void Run(bool quick, bool profile) {
       PrintRow("prefill", shape, variant, ms, double(tokens), bytes, copy_bw);
     }
     p.dv_split = 0;
+    if (!profile) {
+      // Both sm_90a forms at the automatic value slices (auto picks one of them).
+      for (int form : {1, 2}) {
+        p.warp_specialized = form;
+        const float ms =
+            MedianMs([&] { CUDA_CHECK(LaunchLightningPrefill(p, nullptr)); }, warmup, iters);
+        PrintRow("prefill", shape, form == 1 ? "one wg" : "warp-spec", ms, double(tokens), bytes,
+                 copy_bw);
+      }
+      p.warp_specialized = 0;
+    }
     {
       LightningPrefillParams mma = p;
       mma.warpgroup = false;

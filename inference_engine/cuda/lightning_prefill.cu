@@ -428,6 +428,9 @@ const char* LightningPrefillParams::Validate() const {
     return "block_size must be 0 (auto), 32 or 64";
   }
   if (dv_split != 0 && dv_split != 32 && dv_split != 64) return "dv_split must be 0, 32 or 64";
+  if (warp_specialized < 0 || warp_specialized > 2) {
+    return "warp_specialized must be 0 (auto), 1 or 2";
+  }
   if (max_seqlen < 0) return "max_seqlen must be >= 0";
   if (num_tokens < 0) return "num_tokens must be >= 0";
   return nullptr;
@@ -439,25 +442,22 @@ cudaError_t LaunchLightningPrefill(const LightningPrefillParams& params, cudaStr
   const int chunk = params.block_size != 0                              ? params.block_size
                     : (params.max_seqlen > 0 && params.max_seqlen <= 32) ? 32
                                                                          : 64;
-  int dv = params.dv_split;
-  if (dv == 0) {
-    // Slices of 64 columns recompute Q K^T half as often as slices of 32; take them when
-    // they already give every multiprocessor two CTAs.
-    int device = 0;
-    int num_sms = 132;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) {
-      err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
-    }
-    if (err != cudaSuccess) return err;
-    const int64_t ctas64 = int64_t{params.num_seqs} * params.num_heads * (params.head_dim / 64);
-    dv = ctas64 >= 2 * num_sms ? 64 : 32;
+  int device = 0;
+  int num_sms = 132;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
   }
+  if (err != cudaSuccess) return err;
   if (params.warpgroup && LightningPrefillSm90Serves(params, chunk)) {
     // Not supported: views TMA cannot describe; the mma.sync kernel takes them.
-    const cudaError_t err = LaunchLightningPrefillSm90(params, dv, stream);
+    err = LaunchLightningPrefillSm90(params, num_sms, stream);
     if (err != cudaErrorNotSupported) return err;
   }
+  // Slices of 64 columns recompute Q K^T half as often as slices of 32; take them when they
+  // already give every multiprocessor two CTAs.
+  const int64_t ctas64 = int64_t{params.num_seqs} * params.num_heads * (params.head_dim / 64);
+  const int dv = params.dv_split != 0 ? params.dv_split : ctas64 >= 2 * num_sms ? 64 : 32;
   if (params.head_dim == 64) return LaunchForDv<64>(params, chunk, dv, stream);
   return LaunchForDv<128>(params, chunk, dv, stream);
 }

@@ -14,9 +14,10 @@ namespace lightrl {
 // num_tokens set) on the current device (compute capability 9.0).
 bool LightningPrefillSm90Serves(const LightningPrefillParams& params, int block_size);
 
-// Launches it with value slices of `dv` (32 or 64) columns; cudaErrorNotSupported, with
-// nothing launched, for views TMA cannot describe.
-cudaError_t LaunchLightningPrefillSm90(const LightningPrefillParams& params, int dv,
+// Launches it, choosing its form (LightningPrefillParams::warp_specialized) and the value
+// columns per CTA (dv_split, 0: auto) for a chip of `num_sms` multiprocessors;
+// cudaErrorNotSupported, with nothing launched, for views TMA cannot describe.
+cudaError_t LaunchLightningPrefillSm90(const LightningPrefillParams& params, int num_sms,
                                        cudaStream_t stream);
 
 }  // namespace lightrl

@@ -41,6 +41,17 @@ __device__ __forceinline__ void BarrierExpect(uint32_t bar, uint32_t bytes) {
                : "memory");
 }
 
+// One arrival (release: this thread's earlier shared-memory accesses happen before a
+// waiter's later ones).
+__device__ __forceinline__ void BarrierArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+// A barrier among `threads` threads (whole warps) of the CTA; id 0 is __syncthreads'.
+__device__ __forceinline__ void NamedBarrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Waits until the barrier's phase with parity `parity` has completed.
 __device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
   asm volatile(

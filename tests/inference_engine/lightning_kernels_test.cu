@@ -69,6 +69,8 @@ struct PrefillCase {
   bool fused_qkv;  // q, k, v read from one [T][H][3][d] buffer
   bool exact_state = true;
   bool warpgroup = true;  // the sm_90a kernel where it serves (d 128, 64-token blocks)
+  int warp_specialized = 0;  // LightningPrefillParams::warp_specialized (these small
+                             // batches take the warp-specialised form by themselves)
 };
 
 std::string CaseName(const PrefillCase& c) {
@@ -79,6 +81,7 @@ std::string CaseName(const PrefillCase& c) {
   name += c.fused_qkv ? "_fused" : "_split";
   name += c.exact_state ? "" : "_fast";
   name += c.warpgroup ? "" : "_mma";
+  name += c.warp_specialized == 1 ? "_onewg" : c.warp_specialized == 2 ? "_ws" : "";
   name += "_n" + std::to_string(c.lengths.size());
   return name;
 }
@@ -170,6 +173,7 @@ struct PrefillFixture {
     params.dv_split = c.dv_split;
     params.exact_state = c.exact_state;
     params.warpgroup = c.warpgroup;
+    params.warp_specialized = c.warp_specialized;
   }
   ~PrefillFixture() {
     delete d_qkv;
@@ -294,6 +298,17 @@ std::vector<PrefillCase> PrefillCases() {
   cases.push_back({{4099, 64, 63, 1, 700}, 5, 128, 0, 64, false, true, true});
   cases.push_back({{4099, 64, 63, 1, 700}, 5, 128, 0, 32, true, false, false});
   cases.push_back({{4099, 64, 63, 1, 700}, 5, 128, 0, 64, true, true, true, /*exact_state=*/false});
+  // The one-warpgroup sm_90a form (what large batches take) at the same shapes.
+  for (int dv : {32, 64}) {
+    for (bool reverse : {false, true}) {
+      cases.push_back({ragged, 3, 128, 64, dv, reverse, reverse, true, true, true,
+                       /*warp_specialized=*/1});
+    }
+  }
+  cases.push_back({{4099, 64, 63, 1, 700}, 5, 128, 0, 64, false, true, false, true, true,
+                   /*warp_specialized=*/1});
+  cases.push_back({{4099, 64, 63, 1, 700}, 5, 128, 0, 32, true, false, true, false, true,
+                   /*warp_specialized=*/1});
   return cases;
 }
 
