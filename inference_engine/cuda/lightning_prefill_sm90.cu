@@ -79,7 +79,8 @@ using lightning_mma::PackBf16;
 using lightning_mma::SmemAddr;
 
 constexpr int kThreads = 128;
-constexpr int kWsThreads = 288;  // warp-specialised: two warpgroups and a producer warp
+constexpr int kWsThreads = 416;  // warp-specialised: three warpgroups and a producer warp
+constexpr int kWsStages = 4;
 constexpr int kDk = 128;
 constexpr int kBlock = 64;
 constexpr int kQkRowBytes = 128;  // q and k rows are stored as two 64-column halves
@@ -90,9 +91,10 @@ struct Sm90Maps {
   CUtensorMap q, k, v, o;
 };
 
-// Shared-memory layout: kQBufs q tiles, kStages k and v tiles, the decayed value tiles,
-// kSBufs bf16 state tiles, the output tile, the barriers and the power table.
-template <int kDv, int kQBufs, int kStages, int kSBufs>
+// Shared-memory layout: kQBufs q tiles, kStages k and v tiles, kVdBufs pairs of decayed
+// value tiles (hi, lo), kSBufs bf16 state tiles, the output tile, the barriers and the
+// power table.
+template <int kDv, int kQBufs, int kStages, int kVdBufs, int kSBufs>
 struct Sm90Layout {
   static_assert(kDv == 64 || kDv == 32, "value slices of 64 or 32 columns");
   static constexpr int kVRowBytes = kDv * 2;
@@ -103,12 +105,11 @@ struct Sm90Layout {
   static constexpr uint32_t kQ = 0;
   static constexpr uint32_t kK = kQ + kQBufs * kQkTile;
   static constexpr uint32_t kV = kK + kStages * kQkTile;
-  static constexpr uint32_t kVdHi = kV + kStages * kVTile;
-  static constexpr uint32_t kVdLo = kVdHi + kVTile;
-  static constexpr uint32_t kS = kVdLo + kVTile;
+  static constexpr uint32_t kVd = kV + kStages * kVTile;  // hi at + 2 b kVTile, lo after it
+  static constexpr uint32_t kS = kVd + kVdBufs * 2 * kVTile;
   static constexpr uint32_t kO = kS + kSBufs * kStateTile;  // an output block on its way out
   static constexpr uint32_t kBars = kO + kVTile;
-  static constexpr uint32_t kTable = kBars + 128;            // room for 16 barriers
+  static constexpr uint32_t kTable = kBars + 256;            // room for 32 barriers
   static constexpr size_t kSmemBytes = kTable + kTableSize * 4 + 1024;  // + base alignment
   static constexpr int kVChunks = kDv / 8;                // 16-byte chunks per value row
   static constexpr int kVRowsPerThread = kBlock * kVChunks / kThreads;
@@ -123,10 +124,10 @@ struct BlockMath {
 
   __device__ static int Pos(int r) { return kReverse ? kBlock - 1 - r : r; }
 
-  // The decayed values w . V of a block of m tokens into the Vd tiles, from this thread's
-  // own chunks (rows past the sequence: zero, in the value tile too).
-  __device__ static void DecayValues(unsigned char* smem, uint32_t v_off, int m, int lt,
-                                     const float* pow_of) {
+  // The decayed values w . V of a block of m tokens into the Vd tile pair at vd_off, from
+  // this thread's own chunks (rows past the sequence: zero, in the value tile too).
+  __device__ static void DecayValues(unsigned char* smem, uint32_t v_off, uint32_t vd_off, int m,
+                                     int lt, const float* pow_of) {
     const int v_chunk = lt % Layout::kVChunks;
     const int v_row = lt / Layout::kVChunks;
     constexpr int kVRowStep = kThreads / Layout::kVChunks;
@@ -153,8 +154,8 @@ struct BlockMath {
           his[q] = lightning_mma::ScaleBf16(xs[q], w, w);
         }
       }
-      *reinterpret_cast<uint4*>(smem + Layout::kVdHi + off) = hi;
-      if (kExactState) *reinterpret_cast<uint4*>(smem + Layout::kVdLo + off) = lo;
+      *reinterpret_cast<uint4*>(smem + vd_off + off) = hi;
+      if (kExactState) *reinterpret_cast<uint4*>(smem + vd_off + Layout::kVTile + off) = lo;
     }
   }
 
@@ -230,11 +231,11 @@ struct BlockMath {
     }
   }
 
-  // S += K^T (w . V), K^T as the transposed (MN-major) k tile, 64 rows a half; one
-  // committed wgmma group.
-  __device__ static void UpdateState(float (&s)[2][kAcc], uint32_t b0, uint64_t k_desc) {
+  // S += K^T (w . V) with w . V the Vd tile pair at shared address vd, K^T as the
+  // transposed (MN-major) k tile, 64 rows a half; one committed wgmma group.
+  __device__ static void UpdateState(float (&s)[2][kAcc], uint32_t vd, uint64_t k_desc) {
     wg::Fence();
-    const uint64_t vd_desc = wg::Desc<Layout::kVRowBytes>(b0 + Layout::kVdHi);
+    const uint64_t vd_desc = wg::Desc<Layout::kVRowBytes>(vd);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
 #pragma unroll
@@ -388,7 +389,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // built without sm_90a: LightningPrefillSm90Serves says no before a launch
 #else
-  using Tile = Sm90Layout<kDv, 1, 2, 1>;
+  using Tile = Sm90Layout<kDv, 1, 2, 1, 1>;
   using Math = BlockMath<kDv, kExactState, kReverse, Tile>;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t base = (SmemAddr(smem_raw) + 1023) & ~1023u;
@@ -456,7 +457,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
     tma::BarrierWait(bar_kv + 8 * stage, (c >> 1) & 1);
     if (m < kBlock) Math::ZeroKeyRows(smem, sk - b0, m, tid);
-    Math::DecayValues(smem, sv - b0, m, tid, pow_of);
+    Math::DecayValues(smem, sv - b0, Tile::kVd, m, tid, pow_of);
     wg::FenceProxyAsync();
     __syncthreads();
     // Every thread is past the previous block's last wgmma wait (the other stage is free) and
@@ -474,7 +475,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const uint64_t k_desc = wg::Desc<kQkRowBytes>(sk);
     Math::DecayState(s, m, pow_of);
     Math::QueryProducts(o, pacc, b0 + Tile::kQ, k_desc, b0 + Tile::kS);
-    Math::UpdateState(s, b0, k_desc);
+    Math::UpdateState(s, b0 + Tile::kVd, k_desc);
     wg::Wait<1>();
     wg::Pin(o);
     wg::Pin(pacc);
@@ -513,16 +514,22 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 
 // The warp-specialised form, for batches that leave multiprocessors without a second CTA
-// (one long sequence): one CTA per (sequence, head, value slice) with three roles that run
+// (one long sequence): one CTA per (sequence, head, value slice) with four roles that run
 // side by side over its blocks, one CTA per multiprocessor.
-//  - A producer warp issues the TMA loads up to kStages blocks ahead.
-//  - The state warpgroup forms w . V and updates the FP32 state, then writes the block's
-//    bf16 state tile into one of two buffers.
+//  - A producer warp issues the TMA loads up to kWsStages blocks ahead.
+//  - The value warpgroup forms w . V (hi + lo) into one of two tile pairs, and zeroes a
+//    short block's rows past the sequence.
+//  - The state warpgroup updates the FP32 state from them and writes the block's bf16 state
+//    tile into one of two buffers.
 //  - The output warpgroup computes Q S from the state tile of the block before, Q K^T and
 //    P V, and stores the outputs.
-// The state update of block c thus overlaps the output work of block c, which needs only
-// the state before c. Mbarriers carry every hand-off: full and empty per k/v stage and q
-// buffer, ready and free per state tile, and one for a short block's zeroed rows.
+// The state update of block c thus overlaps the output work of block c (which needs only
+// the state before c) and the decayed values of block c + 1. Mbarriers carry every
+// hand-off: full and empty per k/v stage and q buffer, ready and free per Vd pair and per
+// state tile, and one for a short block's zeroed rows.
+template <int kDv>
+using WsLayout = Sm90Layout<kDv, 2, kWsStages, 2, 2>;
+
 template <int kDv, bool kExactState, bool kReverse>
 __global__ void __launch_bounds__(kWsThreads, 1)
     LightningPrefillSm90WsKernel(const LightningPrefillParams p, int num_slices,
@@ -530,8 +537,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();
 #else
-  constexpr int kStages = 3;
-  using Tile = Sm90Layout<kDv, 2, kStages, 2>;
+  constexpr int kStages = kWsStages;
+  using Tile = WsLayout<kDv>;
   using Math = BlockMath<kDv, kExactState, kReverse, Tile>;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t base = (SmemAddr(smem_raw) + 1023) & ~1023u;
@@ -549,8 +556,6 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       SetUpCta(p, work, reinterpret_cast<float*>(smem + Tile::kTable), kWsThreads);
   const float* pow_of = cta.pow_of;
   const int num_blocks = cta.num_blocks;
-  // Barriers: k/v full and empty per stage, q full and empty per buffer, state tile ready and
-  // free per buffer, and the short block's zeroed rows.
   const uint32_t bars = base + Tile::kBars;
   auto kv_full = [&](int st) { return bars + 8 * st; };
   auto kv_empty = [&](int st) { return bars + 8 * (kStages + st); };
@@ -558,7 +563,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   auto q_empty = [&](int b) { return bars + 8 * (2 * kStages + 2 + b); };
   auto s_ready = [&](int b) { return bars + 8 * (2 * kStages + 4 + b); };
   auto s_free = [&](int b) { return bars + 8 * (2 * kStages + 6 + b); };
-  const uint32_t short_ready = bars + 8 * (2 * kStages + 8);
+  auto vd_ready = [&](int b) { return bars + 8 * (2 * kStages + 8 + b); };
+  auto vd_free = [&](int b) { return bars + 8 * (2 * kStages + 10 + b); };
+  const uint32_t short_ready = bars + 8 * (2 * kStages + 12);
+  static_assert(8 * (2 * kStages + 13) <= 256, "the barriers fit their room");
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) {
       tma::BarrierInit(kv_full(st), 1);
@@ -569,6 +577,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       tma::BarrierInit(q_empty(b), 128);
       tma::BarrierInit(s_ready(b), 128);
       tma::BarrierInit(s_free(b), 128);
+      tma::BarrierInit(vd_ready(b), 128);
+      tma::BarrierInit(vd_free(b), 128);
     }
     tma::BarrierInit(short_ready, 128);
     tma::FenceBarrierInit();
@@ -576,10 +586,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   __syncthreads();
   auto box_row = [&](int c) { return cta.BoxRow<kReverse>(c); };
   auto block_tokens = [&](int c) { return min(kBlock, cta.len - c * kBlock); };
+  auto vd_tiles = [&](int c) { return Tile::kVd + (c & 1) * 2 * Tile::kVTile; };
 
-  if (tid >= 256) {
+  if (tid >= 384) {
     // Producer.
-    if (tid == 256) {
+    if (tid == 384) {
       PrefetchMaps(maps);
       for (int c = 0; c < num_blocks; ++c) {
         const int st = c % kStages;
@@ -601,6 +612,23 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     return;
   }
 
+  if (tid >= 256) {
+    // Value warpgroup: its reads of a stage happen before the state warpgroup's release of
+    // it (vd_ready precedes that), so it does not count on kv_empty.
+    for (int c = 0; c < num_blocks; ++c) {
+      const int st = c % kStages;
+      const int m = block_tokens(c);
+      tma::BarrierWait(kv_full(st), (c / kStages) & 1);
+      if (c >= 2) tma::BarrierWait(vd_free(c & 1), ((c >> 1) - 1) & 1);
+      if (m < kBlock) Math::ZeroKeyRows(smem, Tile::kK + st * Tile::kQkTile, m, lt);
+      Math::DecayValues(smem, Tile::kV + st * Tile::kVTile, vd_tiles(c), m, lt, pow_of);
+      wg::FenceProxyAsync();
+      tma::BarrierArrive(vd_ready(c & 1));
+      if (m < kBlock) tma::BarrierArrive(short_ready);
+    }
+    return;
+  }
+
   if (tid >= 128) {
     // State warpgroup. The state before block c sits in tile buffer (c - 1) & 1.
     float* state_head = StateHead(p, work, v_col0);
@@ -612,19 +640,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     for (int c = 0; c < num_blocks; ++c) {
       const int st = c % kStages;
       const uint32_t b0 = wg::Opaque(base);
-      const uint32_t sk = b0 + Tile::kK + st * Tile::kQkTile;
-      const int m = block_tokens(c);
       tma::BarrierWait(kv_full(st), (c / kStages) & 1);
-      if (m < kBlock) Math::ZeroKeyRows(smem, sk - b0, m, lt);
-      Math::DecayValues(smem, Tile::kV + st * Tile::kVTile, m, lt, pow_of);
-      wg::FenceProxyAsync();
-      tma::NamedBarrier(1, 128);
-      if (m < kBlock) tma::BarrierArrive(short_ready);
-      Math::DecayState(s, m, pow_of);
-      Math::UpdateState(s, b0, wg::Desc<kQkRowBytes>(sk));
+      Math::DecayState(s, block_tokens(c), pow_of);
+      tma::BarrierWait(vd_ready(c & 1), (c >> 1) & 1);
+      Math::UpdateState(s, b0 + vd_tiles(c), wg::Desc<kQkRowBytes>(b0 + Tile::kK + st * Tile::kQkTile));
       wg::Wait<0>();
       wg::Pin(s[0]);
       wg::Pin(s[1]);
+      tma::BarrierArrive(vd_free(c & 1));
       tma::BarrierArrive(kv_empty(st));
       if (c + 1 < num_blocks) {
         // Buffer c & 1 last held the state before block c - 1, read by that block's Q S.
@@ -688,11 +711,11 @@ cudaError_t Launch(const LightningPrefillParams& p, bool warp_specialized, const
                    cudaStream_t stream) {
   if (warp_specialized) {
     return LaunchPrefillGrid(LightningPrefillSm90WsKernel<kDv, kExactState, kReverse>,
-                             kWsThreads, Sm90Layout<kDv, 2, 3, 2>::kSmemBytes, p, kDk / kDv,
+                             kWsThreads, WsLayout<kDv>::kSmemBytes, p, kDk / kDv,
                              stream, maps);
   }
   return LaunchPrefillGrid(LightningPrefillSm90Kernel<kDv, kExactState, kReverse>, kThreads,
-                           Sm90Layout<kDv, 1, 2, 1>::kSmemBytes, p, kDk / kDv, stream, maps);
+                           Sm90Layout<kDv, 1, 2, 1, 1>::kSmemBytes, p, kDk / kDv, stream, maps);
 }
 
 template <int kDv, bool kExactState>
