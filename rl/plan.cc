@@ -27,12 +27,12 @@ constexpr const char* kDecodeSource =
 constexpr double kH200HbmSpecBytesPerS = 4.8e12;
 constexpr double kH200Bf16Tflops = 989;
 // Our lightning kernels, 64 heads x 128, 1 x 128K tokens, per layer.
-constexpr double kH200LightningTrainS = 22.821e-3;    // forward + backward
-constexpr double kH200LightningForwardS = 6.216e-3;   // prefill with final state
+constexpr double kH200LightningTrainS = 12.356e-3;    // forward + backward
+constexpr double kH200LightningForwardS = 3.035e-3;   // prefill with final state
 constexpr double kLightningBenchTokens = 131072;
 constexpr const char* kLightningSource =
-    "bench/lightning/RESULTS.md (run 4): ours 1 x 128K, 64 heads x 128, H200: train fwd+bwd "
-    "22.82 ms, prefill 6.22 ms per layer";
+    "bench/lightning/RESULTS.md (run 5): ours 1 x 128K, 64 heads x 128, H200: train fwd+bwd "
+    "12.36 ms, prefill 3.04 ms per layer";
 // torch SDPA flash, causal, 64 heads x 128: forward at T = 131072; forward+backward over
 // forward at B*T = 32768.
 constexpr double kH200FlashForwardS = 0.496;
