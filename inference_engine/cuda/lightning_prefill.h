@@ -70,8 +70,8 @@ struct LightningPrefillParams {
                                          // else 64), or 32 / 64
   int dv_split = 0;                      // value columns per CTA: 0 auto, or 32 / 64
   int warp_specialized = 0;              // sm_90a kernel form: 0 auto (warp-specialised
-                                         // when the batch gives the chip fewer than two
-                                         // CTAs per multiprocessor), 1 never, 2 always
+                                         // when the batch's 64-column slices fit one CTA
+                                         // per multiprocessor), 1 never, 2 always
   bool warpgroup = true;                 // on sm_90a, the warpgroup (wgmma) kernel where
                                          // it serves (head_dim 128, 64-token blocks,
                                          // num_tokens set);
