@@ -63,11 +63,6 @@ absl::Status DataParallelOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "data_parallel.grad_reduce_dtype must be float32 or bfloat16, got '", grad_reduce_dtype, "'"));
   }
-  if (grad_reduce_dtype == "bfloat16" && zero1) {
-    return absl::InvalidArgumentError(
-        "data_parallel.grad_reduce_dtype bfloat16 does not combine with zero1 (its shards "
-        "step FP32 gradients)");
-  }
   return absl::OkStatus();
 }
 
@@ -542,12 +537,22 @@ struct Learner::Impl {
         const int64_t lo = std::max(slots[i].offset, shard_begin);
         const int64_t hi = std::min(slots[i].offset + slots[i].numel, shard_end);
         if (any[i] == 0 || lo >= hi) continue;
-        lists.Add(z_master.narrow(0, lo - shard_begin, hi - lo), flat.narrow(0, lo, hi - lo),
+        // bf16-reduced gradients: the AdamW kernel reads them as they are; torch's AdamW
+        // wants the masters' dtype.
+        torch::Tensor grad = flat.narrow(0, lo, hi - lo);
+        if (grad.scalar_type() != z_master.scalar_type() && !MasterAdamWSupported(device)) {
+          grad = grad.to(z_master.scalar_type());
+        }
+        lists.Add(z_master.narrow(0, lo - shard_begin, hi - lo), grad,
                   z_avg.narrow(0, lo - shard_begin, hi - lo),
                   z_avg_sq.narrow(0, lo - shard_begin, hi - lo), ++z_steps[i]);
       }
       FusedAdamW(lists, lr, scale);
-      std::vector<at::Tensor> in{z_master};
+      // In `flat`'s dtype: with bf16 reduction the weights are bf16 too, and rounding the
+      // masters before the gather gives the bits the copy after it would.
+      std::vector<at::Tensor> in{flat.scalar_type() == z_master.scalar_type()
+                                     ? z_master
+                                     : z_master.to(flat.scalar_type())};
       std::vector<std::vector<at::Tensor>> out(1);
       for (int64_t r = 0; r < world; ++r) out[0].push_back(flat.narrow(0, r * shard_size, shard_size));
       backend().allgather(out, in)->wait();

@@ -41,9 +41,10 @@ struct DataParallelOptions {
   // (flattened) parameters, updates that shard and all-gathers the parameters.
   bool zero1 = false;
   // The dtype gradients are summed over the ranks in: "float32" (the bf16 gradients are
-  // widened first; exact to FP32 at any world size) or "bfloat16" (bf16 parameters only,
-  // not with ZeRO-1: half the bytes on the wire, each reduction step rounds the partial
-  // sum to bf16, so the error grows with the world size). docs/distributed.md.
+  // widened first; exact to FP32 at any world size) or "bfloat16" (bf16 parameters only:
+  // half the bytes on the wire, each reduction step rounds the partial sum to bf16, so the
+  // error grows with the world size; with ZeRO-1 the shards step FP32 masters from the
+  // bf16 sums and gather bf16 weights). docs/distributed.md.
   std::string grad_reduce_dtype = "float32";
   // Expert parallelism: blocks of this many consecutive ranks each hold every expert
   // once; rank i of a block computes 1/expert_parallel of each MoE layer's experts for

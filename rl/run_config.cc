@@ -536,9 +536,6 @@ absl::Status DistributedSection::Validate() const {
     return Invalid(absl::StrCat("grad_reduce_dtype must be float32 or bfloat16, got \"",
                                 grad_reduce_dtype, "\""));
   }
-  if (grad_reduce_dtype == "bfloat16" && zero1) {
-    return Invalid("grad_reduce_dtype bfloat16 does not combine with zero1");
-  }
   RETURN_IF_ERROR(CheckAtLeast("expert_parallel", expert_parallel, 1));
   // WORLD_SIZE may still replace a world size of 1; the trainer checks the ranks started.
   if (world_size > 1 && world_size % expert_parallel != 0) {

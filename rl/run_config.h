@@ -281,8 +281,8 @@ struct DistributedSection {
   double bucket_mb = 25;
   // ZeRO-1: shard AdamW state and FP32 master weights across the ranks.
   bool zero1 = false;
-  // The dtype gradients are all-reduced in: float32, or bfloat16 (bf16 models, not with
-  // zero1; half the bytes, rounding that grows with the number of ranks).
+  // The dtype gradients are all-reduced in: float32, or bfloat16 (bf16 models; half the
+  // bytes, rounding that grows with the number of ranks).
   std::string grad_reduce_dtype = "float32";
   // Expert parallelism: blocks of this many consecutive ranks hold every expert once,
   // each rank computing and updating 1/expert_parallel of them; must divide the number

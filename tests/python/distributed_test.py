@@ -9,8 +9,8 @@
              most gradient buckets are reduced during backward.
   bf16       bf16 weights (FP32 masters, full or ZeRO-1): ranks identical, ZeRO-1 equal
              to plain data parallel, and the update's direction and size match 1 rank;
-             gradients all-reduced in bf16 likewise, and that option refused with ZeRO-1
-             or FP32 weights.
+             gradients all-reduced in bf16 likewise (ZeRO-1 equal plain), and that option
+             refused for FP32 weights.
   resume     ZeRO-1 shards saved and restored by 2 ranks continue bit-exactly.
   errors     a rank started with another WORLD_SIZE, a master nobody serves, and a rank
              out of range fail with messages naming the variable and value.
@@ -177,9 +177,14 @@ def case_bf16(device_args=()):
         f"bf16 reduce: cosine vs FP32 reduce {cosine_low}, vs 1 rank {cosine_one}, ratio {ratio_low}"
     print(f"  bf16 reduce: update cosine vs FP32 reduce {cosine_low:.6f}, vs 1 rank "
           f"{cosine_one:.6f}, norm ratio {ratio_low:.4f}")
+    # With ZeRO-1 the shards step from the same bf16 sums: the same weights, bit for bit.
+    reduced_zero = train(2, base + ["--grad-reduce-dtype", "bfloat16", "--zero1"])[0]
+    for r in range(2):
+        assert np.array_equal(reduced_zero[r], reduced[0]), \
+            "bf16 reduce: ZeRO-1 and plain data parallel differ"
+    print("  bf16 reduce with ZeRO-1: weights equal plain data parallel's")
     # Refused where it cannot apply, naming the option.
-    for extra, words in [(["--zero1"], "does not combine with zero1"),
-                         (["--dtype", "float32"], "needs bf16 parameters")]:
+    for extra, words in [(["--dtype", "float32"], "needs bf16 parameters")]:
         out = tempfile.mkdtemp(prefix="lightrl_dist_")
         try:
             args = base + ["--grad-reduce-dtype", "bfloat16"] + extra

@@ -163,7 +163,7 @@ distributed:
   timeout_s: 60
   bucket_mb: 50
   zero1: true
-  grad_reduce_dtype: float32
+  grad_reduce_dtype: bfloat16
   expert_parallel: 2
 )";
 
@@ -248,7 +248,7 @@ TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
   EXPECT_EQ(c.distributed.timeout_s, 60);
   EXPECT_EQ(c.distributed.bucket_mb, 50);
   EXPECT_TRUE(c.distributed.zero1);
-  EXPECT_EQ(c.distributed.grad_reduce_dtype, "float32");
+  EXPECT_EQ(c.distributed.grad_reduce_dtype, "bfloat16");
   EXPECT_EQ(c.distributed.expert_parallel, 2);
 
   SamplingParams p = c.rollout.ToSamplingParams();
@@ -414,8 +414,6 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
        "distributed.bucket_mb must be > 0, got 0"},
       {m + "distributed:\n  grad_reduce_dtype: fp8\n", "grad_reduce_dtype",
        "distributed.grad_reduce_dtype must be float32 or bfloat16, got \"fp8\""},
-      {m + "distributed:\n  grad_reduce_dtype: bfloat16\n  zero1: true\n", "grad_reduce_dtype",
-       "distributed.grad_reduce_dtype bfloat16 does not combine with zero1"},
       {m + "distributed:\n  expert_parallel: 0\n", "expert_parallel",
        "distributed.expert_parallel must be >= 1, got 0"},
       {m + "distributed:\n  world_size: 4\n  expert_parallel: 3\n", "expert_parallel",
