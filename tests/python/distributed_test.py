@@ -48,6 +48,11 @@ BIN = os.environ.get("LIGHTRL_BIN", "build/rl/lightrl")
 ENV = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
 SEED = int(os.environ.get("DISTRIBUTED_TEST_SEED", random.randrange(1, 1 << 30)))
 PARAM_ATOL = 1e-5
+# On GPUs the batch each process multiplies differs in shape (4 + 3 samples against 7), so
+# cuBLAS may pick other kernels and round otherwise, and AdamW's normalised step magnifies
+# that where a gradient is near zero: 2.4e-5 at seed 822802104 on 2 H200s. The updates
+# themselves are ~1e-2 per weight (median), which a lost or misscaled gradient moves.
+PARAM_ATOL_CUDA = 1e-4
 STAT_RTOL = 1e-5
 STATS = ["loss", "policy_loss", "grad_norm", "clip_fraction", "ratio_mean", "ratio_min",
          "ratio_max", "approx_kl", "entropy", "rollout_logprob_abs_diff", "tokens", "updates",
@@ -101,7 +106,7 @@ def train(world, extra):
         shutil.rmtree(out, ignore_errors=True)
 
 
-def check_equal(reference, world, extra, overlap=True, stats_also=()):
+def check_equal(reference, world, extra, overlap=True, stats_also=(), atol=PARAM_ATOL):
     ref_params, ref_stats, _ = reference
     params, stats, _ = train(world, extra)
     for r in range(world):
@@ -114,8 +119,8 @@ def check_equal(reference, world, extra, overlap=True, stats_also=()):
         assert np.array_equal(params[r], params[0]), \
             f"{world} ranks {extra}: rank {r}'s weights differ from rank 0's"
         diff = float(np.abs(params[r] - ref_params[0]).max())
-        assert diff <= PARAM_ATOL, \
-            f"{world} ranks {extra}: weights differ from 1 rank by {diff:.3g} > {PARAM_ATOL}"
+        assert diff <= atol, \
+            f"{world} ranks {extra}: weights differ from 1 rank by {diff:.3g} > {atol}"
         for k in STATS + list(stats_also):
             a, b = stats[r][k], ref_stats[0][k]
             assert abs(a - b) <= STAT_RTOL * max(1.0, abs(b)), \
@@ -363,8 +368,8 @@ def case_nccl():
     for mode, samples in (("rl", "7"), ("sft", "5")):
         base = ["--device", "cuda", "--mode", mode, "--samples", samples]
         reference = train(1, base)
-        check_equal(reference, 2, base)
-        check_equal(reference, 2, base + ["--zero1", "--max-tokens", "12"])
+        check_equal(reference, 2, base, atol=PARAM_ATOL_CUDA)
+        check_equal(reference, 2, base + ["--zero1", "--max-tokens", "12"], atol=PARAM_ATOL_CUDA)
     # bf16 weights on CUDA: the buckets are filled by the gather kernel (FP32 reduction)
     # or by one concatenation (bf16 reduction).
     case_bf16(["--device", "cuda"])
