@@ -343,29 +343,29 @@ struct BlockMath {
   }
 };
 
-// Per-CTA setup shared by both forms: the power table (pow_of[d] = lambda^d for d in
-// [0, 64], 0 for d in [-64, 0): one read gives a causal weight and its mask) and where the
-// block boxes start.
+// Per-CTA setup shared by both forms: the CTA's work, its first value column, the power
+// table (pow_of[d] = lambda^d for d in [0, 64], 0 for d in [-64, 0): one read gives a causal
+// weight and its mask) and where the block boxes start.
 struct Sm90Setup {
+  PrefillWork work;
+  int v_col0;
   const float* pow_of;
-  int64_t begin;
-  int len;
   int num_blocks;
 
   template <bool kReverse>
   __device__ int BoxRow(int c) const {
-    return static_cast<int>(kReverse ? begin + len - int64_t{kBlock} * (c + 1)
-                                     : begin + int64_t{kBlock} * c);
+    return static_cast<int>(kReverse ? work.begin + work.len - int64_t{kBlock} * (c + 1)
+                                     : work.begin + int64_t{kBlock} * c);
   }
 };
 
-__device__ __forceinline__ Sm90Setup SetUpCta(const LightningPrefillParams& p,
-                                              const PrefillWork& work, float* table,
-                                              int threads) {
+__device__ __forceinline__ Sm90Setup SetUpCta(const LightningPrefillParams& p, int num_slices,
+                                              int dv, float* table, int threads) {
+  const PrefillWork work = PrefillWorkOf(p, num_slices);
   for (int i = threadIdx.x; i < kTableSize; i += threads) {
     table[i] = i >= kBlock ? expf(-p.slopes[work.head] * static_cast<float>(i - kBlock)) : 0.f;
   }
-  return {table + kBlock, work.begin, work.len, (work.len + kBlock - 1) / kBlock};
+  return {work, work.slice * dv, table + kBlock, (work.len + kBlock - 1) / kBlock};
 }
 
 __device__ __forceinline__ void PrefetchMaps(const Sm90Maps& maps) {
@@ -400,11 +400,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int lane = tid % 32;
   const bool leader = tid == 0;
 
-  const PrefillWork work = PrefillWorkOf(p, num_slices);
-  const int h = work.head;
-  const int v_col0 = work.slice * kDv;
   const Sm90Setup cta =
-      SetUpCta(p, work, reinterpret_cast<float*>(smem + Tile::kTable), kThreads);
+      SetUpCta(p, num_slices, kDv, reinterpret_cast<float*>(smem + Tile::kTable), kThreads);
+  const int h = cta.work.head;
+  const int v_col0 = cta.v_col0;
   const float* pow_of = cta.pow_of;
   const int num_blocks = cta.num_blocks;
   const uint32_t bar_kv = base + Tile::kBars;
@@ -437,7 +436,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     load_q(0);
   }
 
-  float* state_head = StateHead(p, work, v_col0);
+  float* state_head = StateHead(p, cta.work, v_col0);
   float s[2][Tile::kAcc];
   Math::LoadState(s, p.use_initial_state ? state_head : nullptr, warp, lane);
   // Without an initial state the tile holds zeros, so the first block's Q S is zero too and
@@ -453,7 +452,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const uint32_t b0 = wg::Opaque(base);
     const uint32_t sk = b0 + Tile::kK + stage * Tile::kQkTile;
     const uint32_t sv = b0 + Tile::kV + stage * Tile::kVTile;
-    const int m = min(kBlock, cta.len - c * kBlock);
+    const int m = min(kBlock, cta.work.len - c * kBlock);
 
     tma::BarrierWait(bar_kv + 8 * stage, (c >> 1) & 1);
     if (m < kBlock) Math::ZeroKeyRows(smem, sk - b0, m, tid);
@@ -549,13 +548,12 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int warp = lt / 32;  // warp within its warpgroup
   const int lane = tid % 32;
 
-  const PrefillWork work = PrefillWorkOf(p, num_slices);
-  const int h = work.head;
-  const int v_col0 = work.slice * kDv;
   const Sm90Setup cta =
-      SetUpCta(p, work, reinterpret_cast<float*>(smem + Tile::kTable), kWsThreads);
+      SetUpCta(p, num_slices, kDv, reinterpret_cast<float*>(smem + Tile::kTable), kWsThreads);
+  const int h = cta.work.head;
   const float* pow_of = cta.pow_of;
   const int num_blocks = cta.num_blocks;
+  const int v_col0 = cta.v_col0;
   const uint32_t bars = base + Tile::kBars;
   auto kv_full = [&](int st) { return bars + 8 * st; };
   auto kv_empty = [&](int st) { return bars + 8 * (kStages + st); };
@@ -585,7 +583,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   }
   __syncthreads();
   auto box_row = [&](int c) { return cta.BoxRow<kReverse>(c); };
-  auto block_tokens = [&](int c) { return min(kBlock, cta.len - c * kBlock); };
+  auto block_tokens = [&](int c) { return min(kBlock, cta.work.len - c * kBlock); };
   auto vd_tiles = [&](int c) { return Tile::kVd + (c & 1) * 2 * Tile::kVTile; };
 
   if (tid >= 384) {
@@ -631,7 +629,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 
   if (tid >= 128) {
     // State warpgroup. The state before block c sits in tile buffer (c - 1) & 1.
-    float* state_head = StateHead(p, work, v_col0);
+    float* state_head = StateHead(p, cta.work, v_col0);
     float s[2][Tile::kAcc];
     Math::LoadState(s, p.use_initial_state ? state_head : nullptr, warp, lane);
     Math::WriteStateTile(smem, Tile::kS + Tile::kStateTile, s, warp, lane);
