@@ -9,7 +9,8 @@
 # (sft,rl), SKIP_HF (1: time only lightrl), GPU_BUILD_TARGETS (what to build), BUCKET_MB
 # (25: the gradient all-reduce bucket size of the 2-GPU runs; a list times each), REPEATS
 # (1: how many times the 1-GPU and 2-GPU runs alternate, for run-to-run spread),
-# GRAD_REDUCE_DTYPE (float32: the 2-GPU runs' gradient all-reduce dtype; bfloat16 halves it).
+# GRAD_REDUCE_DTYPE (float32: the 2-GPU runs' gradient all-reduce dtype; bfloat16 halves it),
+# ZERO1 (0: the 2-GPU runs shard AdamW state and masters when 1).
 # Needs in the tree: .device/grpc.tgz (abseil) and .device/googletest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -22,6 +23,7 @@ BUCKET_MB="${BUCKET_MB:-25}"
 SKIP_HF="${SKIP_HF:-0}"
 REPEATS="${REPEATS:-1}"
 GRAD_REDUCE_DTYPE="${GRAD_REDUCE_DTYPE:-float32}"
+ZERO1="${ZERO1:-0}"
 SUMMARY=train_summary.txt
 source "$ROOT/bench/gpu_env.sh"
 GPUS=$(nvidia-smi -L | wc -l)
@@ -65,7 +67,7 @@ for mode in ${MODES//,/ }; do
         for r in 0 1; do
           RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
             "$B/bench/train_bench" --model "$W/bench_model" --batch "$BATCH" --seq-len "$SEQ_LEN" \
-            --steps "$STEPS" --mode "$mode" --bucket-mb "$mb" --grad-reduce-dtype "$GRAD_REDUCE_DTYPE" > "$OUT/train_2gpu_${mode}_rank$r.jsonl" 2> "$OUT/train_2gpu_${mode}_rank$r.err" &
+            --steps "$STEPS" --mode "$mode" --bucket-mb "$mb" --grad-reduce-dtype "$GRAD_REDUCE_DTYPE" --zero1 "$ZERO1" > "$OUT/train_2gpu_${mode}_rank$r.jsonl" 2> "$OUT/train_2gpu_${mode}_rank$r.err" &
           pids+=($!)
         done
         local rc=0
@@ -73,9 +75,9 @@ for mode in ${MODES//,/ }; do
         return $rc
       }
       peak_mem two_gpus
-      note "train_bench 2 GPUs $mode bucket_mb $mb reduce $GRAD_REDUCE_DTYPE rc=$?: $(cat "$OUT/train_2gpu_${mode}_rank0.jsonl")"
+      note "train_bench 2 GPUs $mode bucket_mb $mb reduce $GRAD_REDUCE_DTYPE zero1 $ZERO1 rc=$?: $(cat "$OUT/train_2gpu_${mode}_rank0.jsonl")"
       # Scaling against the 1-GPU run just before it: 2-GPU tok/s over twice 1-GPU tok/s.
-      note "  scaling $mode bucket_mb $mb reduce $GRAD_REDUCE_DTYPE: $($PY "$ROOT/bench/train/scaling.py" \
+      note "  scaling $mode bucket_mb $mb reduce $GRAD_REDUCE_DTYPE zero1 $ZERO1: $($PY "$ROOT/bench/train/scaling.py" \
         "$OUT/train_1gpu_$mode.jsonl" "$OUT/train_2gpu_${mode}_rank0.jsonl" 2>&1)"
       tail -n 3 "$OUT/train_2gpu_${mode}_rank0.err" "$OUT/train_2gpu_${mode}_rank1.err"
     done
