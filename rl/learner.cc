@@ -520,7 +520,15 @@ struct Learner::Impl {
       norm = std::sqrt(dense_norm * dense_norm + ExpertSquaredNorm());
       if (options.optimizer.grad_clip > 0 && std::isfinite(norm)) {
         const double factor = options.optimizer.grad_clip / (norm + 1e-6);
-        if (factor < 1) shard_grad.mul_(factor);
+        if (factor < 1) {
+          // bf16-reduced gradients are scaled inside AdamW, in FP32, as the plain path
+          // scales its widened copies (scaling the bf16 buffer would round once more).
+          if (shard_grad.scalar_type() == torch::kFloat32) {
+            shard_grad.mul_(factor);
+          } else {
+            scale = torch::full({}, factor, shard_grad.options().dtype(torch::kFloat32));
+          }
+        }
         ScaleExpertGrads(factor);
       }
     } else if (any_used) {

@@ -11,6 +11,15 @@
              to plain data parallel, and the update's direction and size match 1 rank;
              gradients all-reduced in bf16 likewise (ZeRO-1 equal plain), and that option
              refused for FP32 weights.
+  bf16_reduce  grad_reduce_dtype bfloat16 against the FP32 reduction at the same world
+             size: one update (also over several micro-batches, and with ZeRO-1) has the
+             same loss and a gradient norm within one bf16 rounding (2^-8 relative); four
+             updates (RL, SFT, micro-batching, 3 ranks, expert parallel) keep the ranks
+             identical and ZeRO-1 equal to plain data parallel, move the weights from the
+             FP32 reduction's (the sum is rounded) by under 1/10 of what losing one sample
+             does, and match 1 rank as `bf16` does; with fewer samples than ranks (one
+             rank's gradient plus zeros, exact in bf16) they equal the FP32 reduction's;
+             a bad value fails naming it.
   resume     ZeRO-1 shards saved and restored by 2 ranks continue bit-exactly.
   errors     a rank started with another WORLD_SIZE, a master nobody serves, and a rank
              out of range fail with messages naming the variable and value.
@@ -201,6 +210,92 @@ def case_bf16(device_args=()):
                 f"bf16 reduce with {extra}: no error naming it in {results}"
         finally:
             shutil.rmtree(out, ignore_errors=True)
+
+
+BF16_REDUCE = ["--grad-reduce-dtype", "bfloat16"]
+
+
+def update_cosine(a, b):
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def case_bf16_reduce():
+    """Against the FP32 reduction at the same world size the ranks' local gradients are
+    the same bits (same split, same forwards): only the reduced sum is rounded to bf16,
+    once per addition (once for 2 ranks). bf16 weights, and one expert as in `bf16` where
+    a case needs no more."""
+    base = ["--dtype", "bfloat16", "--experts", "1"]
+    # One update, its norm from the reduced gradients: within one rounding of the FP32
+    # reduction's (a lost rank's gradient, or a sum divided by the world size, is far
+    # off), the loss unchanged. Twelve samples with one sample per forward give every
+    # rank several micro-batches.
+    one = ["--steps", "1", "--minibatches", "1"]
+    for extra in ([], ["--samples", "12", "--max-tokens", "1"], ["--zero1"]):
+        args = base + one + extra
+        _, fp32, _ = train(2, args)
+        params, bf16, _ = train(2, args + BF16_REDUCE)
+        assert np.array_equal(params[1], params[0]), f"bf16 reduce {extra}: ranks differ"
+        a, b = bf16[0]["grad_norm"], fp32[0]["grad_norm"]
+        assert abs(a / b - 1) <= 2.0 ** -8, \
+            f"bf16 reduce {extra}: grad norm {a}, FP32 reduction {b} (ratio - 1 = {a / b - 1:.3g})"
+        assert abs(bf16[0]["loss"] - fp32[0]["loss"]) <= 1e-6 * max(1.0, abs(fp32[0]["loss"])), \
+            f"bf16 reduce {extra}: loss {bf16[0]['loss']}, FP32 reduction {fp32[0]['loss']}"
+        print(f"  1 update {' '.join(extra) or '(defaults)'}: grad norm / FP32 reduction's - 1 = "
+              f"{a / b - 1:.2e}")
+    # Two batches of two updates; `lost` trains on the same batches less one sample.
+    # Expert parallelism (4 ranks, 2 EP groups) sums the dense buckets over 4 ranks and
+    # keeps the experts' FP32 path (top-2 and Adam's eps as in `expert`).
+    for world, args in ((2, ["--mode", "rl", "--samples", "7", "--experts", "1"]),
+                        (2, ["--mode", "sft", "--samples", "5", "--experts", "1"]),
+                        (2, ["--mode", "rl", "--samples", "12", "--max-tokens", "1", "--experts", "1"]),
+                        (3, ["--mode", "rl", "--samples", "7", "--max-tokens", "12", "--experts", "1"]),
+                        (4, ["--mode", "rl", "--samples", "7", "--experts", "4", "--expert-parallel",
+                             "2", "--top-k", "2", "--adam-eps", "1e-4"])):
+        args = ["--dtype", "bfloat16"] + args
+        single = without(args, "--expert-parallel") if "--expert-parallel" in args else args
+        init = train(1, single + ["--steps", "0"])[0][0].astype(np.float64)
+        ref = train(1, single)[0][0] - init
+        fp32 = train(world, args)[0][0] - init
+        lost = train(world, args + ["--lose-sample"])[0][0] - init
+        plain = train(world, args + BF16_REDUCE)[0]
+        zero = train(world, args + ["--zero1"] + BF16_REDUCE)[0]
+        name = f"bf16 reduce {world} ranks {' '.join(args)}"
+        for r in range(world):
+            assert np.array_equal(plain[r], plain[0]) and np.array_equal(zero[r], plain[0]), \
+                f"{name}: ranks, or ZeRO-1 and plain data parallel, differ"
+        two = plain[0] - init
+        off, lost_off = float(np.abs(two - fp32).mean()), float(np.abs(lost - fp32).mean())
+        # Zero would mean the sum was not rounded to bf16: the option not in effect.
+        assert 0 < off <= 0.1 * lost_off, \
+            f"{name}: mean |dw| vs FP32 reduction {off:.3g}, a lost sample's {lost_off:.3g}"
+        cosine, ratio = update_cosine(ref, two), float(np.linalg.norm(two) / np.linalg.norm(ref))
+        assert cosine > 0.995 and abs(ratio - 1) < 0.02, f"{name}: cosine {cosine}, norm ratio {ratio}"
+        print(f"  {world} ranks {' '.join(args[2:])}: mean |dw| vs FP32 reduction {off:.2e} "
+              f"(a lost sample {lost_off:.2e}); update cosine vs 1 rank {cosine:.6f}")
+    # A bad value fails on every rank, naming the option and the value.
+    out = tempfile.mkdtemp(prefix="lightrl_dist_")
+    try:
+        message = "data_parallel.grad_reduce_dtype must be float32 or bfloat16, got 'fp16'"
+        for r, (rc, err) in enumerate(run_ranks(2, out, ["--grad-reduce-dtype", "fp16", "--timeout", "20"])):
+            assert rc != 0 and message in err, f"rank {r} fp16: {err}"
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    # Fewer samples than ranks, one per update: one rank has gradients and the others add
+    # zeros, a sum bf16 holds exactly, so the weights are the FP32 reduction's (up to the
+    # last bits of the clip norm, summed in another order). Four experts: some get no
+    # token and must be skipped by AdamW as the FP32 path skips them.
+    few = ["--dtype", "bfloat16", "--experts", "4", "--samples", "2", "--minibatches", "2",
+           "--steps", "3"]
+    fp32 = train(3, few)[0][0]
+    lost_off = float(np.abs(train(3, few + ["--lose-sample"])[0][0] - fp32).mean())
+    for extra in ([], ["--zero1"]):
+        params = train(3, few + extra + BF16_REDUCE)[0]
+        assert all(np.array_equal(p, params[0]) for p in params), f"bf16 reduce few {extra}: ranks differ"
+        off = float(np.abs(params[0] - fp32).mean())
+        assert off <= 1e-3 * lost_off, \
+            f"bf16 reduce few {extra}: mean |dw| vs FP32 reduction {off:.3g}, a lost sample's {lost_off:.3g}"
+        print(f"  3 ranks, 2 samples {' '.join(extra)}: mean |dw| vs FP32 reduction {off:.2e} "
+              f"(a lost sample {lost_off:.2e})")
 
 
 def case_resume():
@@ -471,14 +566,16 @@ def case_nccl_expert():
                  [(2, ["--expert-parallel", "2"])])
 
 
-CASES = {"equal": case_equal, "bf16": case_bf16, "resume": case_resume, "errors": case_errors,
+CASES = {"equal": case_equal, "bf16": case_bf16, "bf16_reduce": case_bf16_reduce,
+         "resume": case_resume, "errors": case_errors,
          "run": case_run, "expert": case_expert}
 GPU_CASES = {"nccl": case_nccl, "nccl_expert": case_nccl_expert}
 
 
 def main():
-    # `expert` runs as its own CTest (learner_expert_parallel); named, it runs here too.
-    names = sys.argv[1:] or [n for n in CASES if n != "expert"]
+    # `expert` and `bf16_reduce` run as their own CTests (learner_expert_parallel,
+    # learner_bf16_reduce); named, they run here too.
+    names = sys.argv[1:] or [n for n in CASES if n not in ("expert", "bf16_reduce")]
     CASES.update(GPU_CASES)
     print(f"distributed_test seed {SEED} (DISTRIBUTED_TEST_SEED={SEED} repeats it)")
     passed = failed = 0

@@ -8,10 +8,13 @@
 //       [--grad-reduce-dtype float32]
 //       [--device cpu|cuda] [--check-resume] [--experts 4] [--expert-parallel 1]
 //       [--top-k 1] [--aux-coef 0] [--capacity 0] [--sorted] [--adam-eps 1e-6]
+//       [--lose-sample]
 // --device cuda puts rank r on cuda:r and reduces with NCCL (CUDA builds).
 // --sorted orders each batch by falling length, so that a minibatch of as many samples
 // as ranks gives rank r its r-th sample: the ranks' tokens laid end to end are then the
 // minibatch in order, as one process packs it (what MoE token dropping depends on).
+// --lose-sample drops the first sample of each batch that the loss counts, as a learner
+// that lost one would: a yardstick for how far a real error moves the weights.
 // --check-resume: after the steps, saves optimizer state and weights, trains one more
 // batch, then restores both into a fresh learner, trains the same batch again and fails
 // unless the parameters are bitwise equal.
@@ -73,7 +76,7 @@ absl::Status Main(const std::vector<std::string>& args) {
                                               "minibatches", "steps", "max-tokens", "bucket-mb", "timeout", "dtype",
                                               "grad-reduce-dtype", "device", "experts", "expert-parallel", "aux-coef",
                                               "capacity", "top-k", "adam-eps"},
-                                             {"zero1", "check-resume", "sorted"}));
+                                             {"zero1", "check-resume", "sorted", "lose-sample"}));
   DistributedOptions dist;
   ASSIGN_OR_RETURN(dist.rank, flags.GetInt("rank", 0));
   ASSIGN_OR_RETURN(dist.world_size, flags.GetInt("world", 1));
@@ -127,6 +130,10 @@ absl::Status Main(const std::vector<std::string>& args) {
   auto train = [&](Learner& l, int64_t step) -> absl::StatusOr<LearnerStats> {
     auto batch = RandomBatch(static_cast<uint64_t>(seed) * 1000 + static_cast<uint64_t>(step), samples,
                              flags.Has("sorted"));
+    if (flags.Has("lose-sample")) {
+      auto kept = std::find_if(batch.begin(), batch.end(), [](const TrainSample& s) { return s.keep; });
+      if (kept != batch.end()) batch.erase(kept);
+    }
     return mode == "sft" ? l.TrainSft(batch) : l.TrainRl(batch);
   };
   LearnerStats stats;
