@@ -9,9 +9,11 @@
 #include "inference_engine/cuda/lightning_tma.cuh"
 #include "inference_engine/cuda/lightning_wgmma.cuh"
 
-// One CTA is one warpgroup (4 warps) and owns one (sequence, head, slice of kDv value
-// columns); it walks the sequence in blocks of 64 tokens with the FP32 state slice
-// [128 x kDv] in wgmma accumulators. Per block of m <= 64 tokens, S the state before it:
+// A CTA owns one (sequence, head, slice of kDv value columns) and walks the sequence in
+// blocks of 64 tokens with the FP32 state slice [128 x kDv] in wgmma accumulators. Two
+// forms share the block arithmetic (BlockMath): one warpgroup per CTA, two CTAs per
+// multiprocessor, described here; and a warp-specialised form for batches too small to
+// fill the chip that way, described above its kernel. Per block of m <= 64 tokens, S the state before it:
 //   O = diag(lambda^(i+1)) Q S + (Q K^T . D) V,   D_ij = lambda^(i-j) for j <= i, else 0
 //   S = lambda^m S + K^T (w . V),                 w_j = lambda^(m-1-j)
 // as four groups of wgmma: Q S (B = a bf16 copy of S in shared memory) and Q K^T first,
