@@ -516,8 +516,7 @@ struct Learner::Impl {
     torch::Tensor scale;  // the clip factor, applied inside AdamW
     torch::Tensor shard_grad = flat.narrow(0, shard_begin, shard_end - shard_begin);
     if (ep > 1) {
-      const double dense_norm = any_used ? FlatNorm().item<double>() : 0.0;
-      norm = std::sqrt(dense_norm * dense_norm + ExpertSquaredNorm());
+      norm = std::sqrt(DenseSquaredNorm() + ExpertSquaredNorm());
       if (options.optimizer.grad_clip > 0 && std::isfinite(norm)) {
         const double factor = options.optimizer.grad_clip / (norm + 1e-6);
         if (factor < 1) {
@@ -641,6 +640,19 @@ struct Learner::Impl {
 
   // Data parallel: the global norm of the reduced gradients, all in `flat` (a parameter no
   // rank used holds zeros there), in one reduction.
+  // Under expert parallelism: the squared norm of the reduced dense gradients (those some
+  // rank produced), summed in float64 in parameter order from `flat`, which plain data
+  // parallelism and ZeRO-1 both read, so that they clip by the same factor to the bit.
+  double DenseSquaredNorm() const {
+    const float* any = used.data_ptr<float>();
+    double sq = 0;
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!dense[i] || any[i] == 0) continue;
+      sq += flat.narrow(0, slots[i].offset, slots[i].numel).to(torch::kFloat64).pow(2).sum().item<double>();
+    }
+    return sq;
+  }
+
   torch::Tensor FlatNorm() const {
     return at::linalg_vector_norm(flat, 2, c10::nullopt, false, torch::kFloat32);
   }
@@ -753,13 +765,7 @@ struct Learner::Impl {
     if (ep > 1) {
       // The dense gradients are the same on every rank; the experts' are spread.
       torch::NoGradGuard no_grad;
-      double sq = 0;
-      for (size_t i = 0; i < params.size(); ++i) {
-        if (dense[i] && Updated(i).grad().defined()) {
-          sq += Updated(i).grad().to(torch::kFloat64).pow(2).sum().item<double>();
-        }
-      }
-      norm = std::sqrt(sq + ExpertSquaredNorm());
+      norm = std::sqrt(DenseSquaredNorm() + ExpertSquaredNorm());
       if (options.optimizer.grad_clip > 0 && std::isfinite(norm)) {
         const double factor = options.optimizer.grad_clip / (norm + 1e-6);
         if (factor < 1) {
