@@ -277,8 +277,9 @@ struct Learner::Impl {
   bool armed = false;        // the backward under way is the update's last one
   int64_t total = 0;         // parameter elements
   // The gradients of every parameter (FP32; bf16 with grad_reduce_dtype bfloat16), padded
-  // to world * shard_size; ZeRO-1 then reuses it to all-gather the updated parameters. grad_views[i]: parameter i's slot, shaped as
-  // the parameter (made once: FinishSync hands them out every update).
+  // to world * shard_size; ZeRO-1 then reuses it to all-gather the updated parameters.
+  // grad_views[i]: parameter i's slot, shaped as the parameter (made once: FinishSync
+  // hands them out every update).
   torch::Tensor flat;
   std::vector<torch::Tensor> grad_views;
   // By parameter: 1 where some rank's backward gave it a gradient in this update. A
@@ -638,21 +639,21 @@ struct Learner::Impl {
     return torch::stack(at::_foreach_norm(grads, 2, torch::kFloat32)).norm();
   }
 
-  // Data parallel: the global norm of the reduced gradients, all in `flat` (a parameter no
-  // rank used holds zeros there), in one reduction.
   // Under expert parallelism: the squared norm of the reduced dense gradients (those some
-  // rank produced), summed in float64 in parameter order from `flat`, which plain data
-  // parallelism and ZeRO-1 both read, so that they clip by the same factor to the bit.
+  // rank produced), in float64 from `flat`, which plain data parallelism and ZeRO-1 both
+  // read, so that they clip by the same factor to the bit; one read-back.
   double DenseSquaredNorm() const {
     const float* any = used.data_ptr<float>();
-    double sq = 0;
+    std::vector<torch::Tensor> sums;
     for (size_t i = 0; i < params.size(); ++i) {
       if (!dense[i] || any[i] == 0) continue;
-      sq += flat.narrow(0, slots[i].offset, slots[i].numel).to(torch::kFloat64).pow(2).sum().item<double>();
+      sums.push_back(flat.narrow(0, slots[i].offset, slots[i].numel).to(torch::kFloat64).pow(2).sum());
     }
-    return sq;
+    return sums.empty() ? 0.0 : torch::stack(sums).sum().item<double>();
   }
 
+  // Data parallel: the global norm of the reduced gradients, all in `flat` (a parameter no
+  // rank used holds zeros there), in one reduction.
   torch::Tensor FlatNorm() const {
     return at::linalg_vector_norm(flat, 2, c10::nullopt, false, torch::kFloat32);
   }
