@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "tests/test_ports.h"
+#include "tests/thread_ranks.h"
 
 namespace lightrl {
 namespace {
@@ -56,6 +57,7 @@ TEST(DistributedOptionsTest, EnvironmentOverridesTheConfig) {
 
 // Two ranks of one Gloo group, as two threads of this process.
 TEST(ProcessGroupTest, TwoRanksBroadcastAndReduce) {
+  RanksAreThreadsOfThisProcess();
   const int port = FreeLoopbackPort();
   std::string results[2];
   std::vector<double> sums[2], mins[2], maxs[2];
@@ -99,6 +101,7 @@ TEST(ProcessGroupTest, TwoRanksBroadcastAndReduce) {
 }
 
 TEST(ProcessGroupTest, OneRankClaimedTwice) {
+  RanksAreThreadsOfThisProcess();
   const int port = FreeLoopbackPort();
   absl::Status status[3];
   // Kept until every thread is done: rank 0's group serves the store.

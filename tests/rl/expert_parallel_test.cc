@@ -16,6 +16,7 @@
 #include "policy/minimax_model.h"
 #include "tests/test_models.h"
 #include "tests/test_ports.h"
+#include "tests/thread_ranks.h"
 
 namespace lightrl {
 namespace {
@@ -67,6 +68,7 @@ void PrintTo(const Case& c, std::ostream* os) {
 class ExpertParallelMoeTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ExpertParallelMoeTest, EqualsOneProcessOverAllTokens) {
+  RanksAreThreadsOfThisProcess();
   const Case& tc = GetParam();
   const int64_t world = static_cast<int64_t>(tc.tokens.size());
   const uint64_t seed = std::random_device()();
