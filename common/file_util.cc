@@ -1,5 +1,6 @@
 #include "common/file_util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 
 namespace lightrl {
 namespace {
@@ -19,6 +21,52 @@ absl::Status ErrnoError(absl::string_view what, const std::string& path) {
   if (e == ENOENT) return absl::NotFoundError(msg);
   if (e == EACCES || e == EPERM) return absl::PermissionDeniedError(msg);
   return absl::InternalError(msg);
+}
+
+// Empties the directory open as `dir_fd` (which this takes over and closes). `where` is
+// its path, for messages. Every entry is examined with AT_SYMLINK_NOFOLLOW and
+// subdirectories are opened with O_NOFOLLOW relative to their parent's descriptor, so a
+// link swapped in mid-walk is removed as a link, never entered.
+absl::Status EmptyDirectory(int dir_fd, const std::string& where) {
+  DIR* dir = ::fdopendir(dir_fd);
+  if (dir == nullptr) {
+    absl::Status status = ErrnoError("cannot list directory", where);
+    ::close(dir_fd);
+    return status;
+  }
+  absl::Status status;
+  while (status.ok()) {
+    errno = 0;
+    const dirent* entry = ::readdir(dir);
+    if (entry == nullptr) {
+      if (errno != 0) status = ErrnoError("cannot read directory", where);
+      break;
+    }
+    const std::string name = entry->d_name;
+    if (name == "." || name == "..") continue;
+    const std::string child = JoinPath(where, name);
+    struct stat st;
+    if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno != ENOENT) status = ErrnoError("cannot stat", child);
+      continue;
+    }
+    if (S_ISDIR(st.st_mode)) {
+      int child_fd = ::openat(dir_fd, name.c_str(),
+                              O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (child_fd < 0) {
+        status = ErrnoError("cannot open directory", child);
+        continue;
+      }
+      status = EmptyDirectory(child_fd, child);
+      if (status.ok() && ::unlinkat(dir_fd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+        status = ErrnoError("cannot remove directory", child);
+      }
+    } else if (::unlinkat(dir_fd, name.c_str(), 0) != 0 && errno != ENOENT) {
+      status = ErrnoError("cannot remove", child);
+    }
+  }
+  ::closedir(dir);  // closes dir_fd
+  return status;
 }
 
 }  // namespace
@@ -129,6 +177,26 @@ absl::Status MakeDirs(const std::string& path) {
   }
   if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
     return ErrnoError("cannot create directory", path);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoveTree(const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError("RemoveTree: empty path");
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoError("cannot stat", path);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) return ErrnoError("cannot remove", path);
+    return absl::OkStatus();
+  }
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open directory", path);
+  RETURN_IF_ERROR(EmptyDirectory(fd, path));
+  if (::rmdir(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoError("cannot remove directory", path);
   }
   return absl::OkStatus();
 }

@@ -1,6 +1,7 @@
-// Whole-file reads and atomic writes. Writers never leave a half-written file under the
-// final name: data goes to a temporary file in the same directory, is fsync'ed, then
-// renamed over the target.
+// Whole-file reads, atomic writes and directory operations, all by system calls: no file
+// operation here or in its callers goes through a shell. Writers never leave a
+// half-written file under the final name: data goes to a temporary file in the same
+// directory, is fsync'ed, then renamed over the target.
 #pragma once
 
 #include <string>
@@ -38,6 +39,12 @@ bool FileExists(const std::string& path);
 bool IsDirectory(const std::string& path);
 // Creates the directory and its parents; OK if it exists.
 absl::Status MakeDirs(const std::string& path);
+// Removes `path` and, if it is a directory, everything under it, like `rm -rf` but with
+// no shell: any name is safe (quotes, `$(...)`, spaces, newlines). Symbolic links are
+// removed, never followed, so a link inside the tree cannot reach files outside it. OK if
+// `path` does not exist. The replacement for every `system("rm -rf ...")` (the trainer's
+// checkpoint rotation included). An error names the entry that could not be removed.
+absl::Status RemoveTree(const std::string& path);
 std::string JoinPath(absl::string_view a, absl::string_view b);
 
 }  // namespace lightrl
