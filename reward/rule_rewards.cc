@@ -44,11 +44,13 @@ std::optional<std::string> LastNumber(absl::string_view text) {
 }
 
 // Recursive-descent evaluator: expr := term (('+'|'-') term)*, term := factor (('*'|'/')
-// factor)*, factor := number | '(' expr ')' | '-' factor.
+// factor)*, factor := number | '(' expr ')' | '-' factor. Every recursion passes through
+// Factor(), which counts the depth against kMaxCountdownExpressionDepth.
 class ExprParser {
  public:
   ExprParser(absl::string_view s, std::vector<double>* used) : s_(s), used_(used) {}
   std::optional<double> Parse() {
+    if (s_.size() > kMaxCountdownExpressionChars) return std::nullopt;
     auto v = Expr();
     Skip();
     if (!v || pos_ != s_.size()) return std::nullopt;
@@ -95,6 +97,12 @@ class ExprParser {
     return v;
   }
   std::optional<double> Factor() {
+    if (++depth_ > kMaxCountdownExpressionDepth) return std::nullopt;
+    std::optional<double> v = FactorAtDepth();
+    --depth_;
+    return v;
+  }
+  std::optional<double> FactorAtDepth() {
     Skip();
     if (pos_ >= s_.size()) return std::nullopt;
     if (s_[pos_] == '(') {
@@ -122,6 +130,7 @@ class ExprParser {
 
   absl::string_view s_;
   size_t pos_ = 0;
+  int depth_ = 0;
   std::vector<double>* used_;
 };
 

@@ -53,8 +53,15 @@ RewardResult MathReward(absl::string_view response, absl::string_view ground_tru
 absl::StatusOr<RewardResult> CountdownReward(absl::string_view response,
                                              absl::string_view ground_truth);
 
-// Evaluates an arithmetic expression over rationals; nullopt on syntax errors or
-// division by zero. `numbers_used` receives the literals in order.
+// Bounds on a countdown expression read from a response. The parser recurses once per
+// parenthesis or unary minus, so an unbounded one let 40,000 '(' overflow the stack;
+// no real answer comes near either bound, so a longer or deeper one is malformed (0).
+inline constexpr int kMaxCountdownExpressionDepth = 64;
+inline constexpr size_t kMaxCountdownExpressionChars = 1024;
+
+// Evaluates an arithmetic expression over rationals; nullopt on syntax errors, division
+// by zero, or an expression past the bounds above. `numbers_used` receives the literals
+// in order.
 std::optional<double> EvaluateExpression(absl::string_view expr, std::vector<double>* numbers_used);
 
 // The "format" reward's default pattern: some reasoning, then a committed final answer

@@ -209,6 +209,51 @@ TEST(RuleRewardsTest, CountdownChecksNumbersAndValue) {
   EXPECT_FALSE(EvaluateExpression("(1 + 2", nullptr).has_value());
 }
 
+// 40,000 nested parentheses (80 KB) overflowed the countdown parser's stack and killed
+// the reward worker with SIGSEGV. Too deep or too long is now a malformed answer: 0.
+TEST(RuleRewardsTest, CountdownHostileExpressionsScoreZero) {
+  const std::string truth = "target: 7; numbers: 3 4";
+  const std::string deep = std::string(40000, '(') + "3 + 4" + std::string(40000, ')');
+  absl::StatusOr<RewardResult> r = CountdownReward("Answer: " + deep, truth);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->score, 0.0);
+  EXPECT_FALSE(EvaluateExpression(deep, nullptr).has_value());
+  // Unclosed, and a long run of unary minus signs: the other two recursive paths.
+  EXPECT_FALSE(EvaluateExpression(std::string(40000, '(') + "3", nullptr).has_value());
+  EXPECT_FALSE(EvaluateExpression(std::string(40000, '-') + "3", nullptr).has_value());
+  r = CountdownReward("Answer: " + std::string(40000, '-') + "3 + 4", truth);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->score, 0.0);
+  // Flat but longer than any real answer.
+  std::string wide = "3 + 4";
+  while (wide.size() <= kMaxCountdownExpressionChars) wide += " + 0";
+  EXPECT_FALSE(EvaluateExpression(wide, nullptr).has_value());
+
+  // Reasonable nesting still evaluates, right up to the bound.
+  const int ok_depth = kMaxCountdownExpressionDepth - 1;
+  const std::string nested = std::string(ok_depth, '(') + "3 + 4" + std::string(ok_depth, ')');
+  r = CountdownReward("Answer: " + nested, truth);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->score, 1.0);
+  const int too_deep = kMaxCountdownExpressionDepth + 1;
+  EXPECT_FALSE(EvaluateExpression(std::string(too_deep, '(') + "3 + 4" + std::string(too_deep, ')'),
+                                  nullptr)
+                   .has_value());
+}
+
+// The math reward's extraction and normaliser on the same inputs, through the full path a
+// response takes (\boxed, an answer marker, the bare text).
+TEST(RuleRewardsTest, MathHostileResponsesScoreZero) {
+  const std::string deep = std::string(40000, '(') + "1" + std::string(40000, ')');
+  const std::string braces = std::string(40000, '{') + "1" + std::string(40000, '}');
+  for (const std::string& response :
+       {"\\boxed{" + deep + "}", "Answer: " + deep, deep, "\\boxed{" + braces + "}",
+        "\\boxed{" + std::string(40000, '{'), "The answer is " + std::string(40000, '-') + "1",
+        "\\boxed{" + std::string(40000, '[') + "1" + std::string(40000, ']') + "}"}) {
+    EXPECT_EQ(MathReward(response, "2").score, 0.0) << response.substr(0, 40);
+  }
+}
+
 TEST(RuleRewardsTest, LengthPenaltyRampsInTheBuffer) {
   EXPECT_EQ(LengthPenalty(50, 100, 20), 0.0);
   EXPECT_EQ(LengthPenalty(80, 100, 20), 0.0);
