@@ -1,5 +1,9 @@
 #include "reward/code_reward.h"
 
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstring>
 #include <optional>
 #include <utility>
 
@@ -14,6 +18,50 @@ namespace lightrl {
 namespace {
 
 constexpr const char* kSolutionFile = "solution.py";
+constexpr const char* kHarnessFile = "lightrl_harness.py";
+constexpr const char* kAssertFile = "lightrl_test.py";
+// Written by the harness to stderr, before any solution code runs, when the solution
+// does not compile.
+constexpr const char* kHarnessCompileError = "lightrl-harness: the solution does not compile";
+constexpr int kHarnessCompileErrorExit = 3;
+
+// Runs the solution, then the test, then proves it got there (see code_reward.h). Every
+// name it needs after the solution ran is bound before, so a solution that rebinds
+// builtins (exec, compile, os.write) cannot skip the test and still report. Explicit
+// optimize=0 keeps the asserts whatever the interpreter's flags.
+constexpr const char* kHarness = R"py(import os, sys, traceback
+def _lightrl_run(_read=os.read, _write=os.write, _exec=exec, _compile=compile,
+                 _dup=os.dup, _dup2=os.dup2, _open=os.open, _close=os.close,
+                 _ftruncate=os.ftruncate, _exit=os._exit):
+    nonce = b""
+    while True:
+        chunk = _read(0, 4096)
+        if not chunk:
+            break
+        nonce += chunk
+    _ftruncate(0, 0)
+    null = _open("/dev/null", os.O_RDONLY)
+    _dup2(null, 0)
+    _close(null)
+    report = _dup(1)
+    with open("solution.py", encoding="utf-8", errors="replace") as f:
+        source = f.read()
+    with open("lightrl_test.py", encoding="utf-8", errors="replace") as f:
+        test = f.read()
+    try:
+        code = _compile(source, "solution.py", "exec", dont_inherit=True, optimize=0)
+    except (SyntaxError, ValueError):
+        sys.stderr.write("lightrl-harness: the solution does not compile\n")
+        traceback.print_exc(limit=0)
+        sys.stderr.flush()
+        _exit(3)
+    check = _compile(test, "lightrl_test.py", "exec", dont_inherit=True, optimize=0)
+    scope = {"__name__": "__main__", "__builtins__": __builtins__}
+    _exec(code, scope)
+    _exec(check, scope)
+    _write(report, b"\n" + nonce + b"\n")
+_lightrl_run()
+)py";
 
 absl::Status BadGroundTruth(absl::string_view field, absl::string_view problem) {
   return absl::InvalidArgumentError(
@@ -24,10 +72,37 @@ bool IsPythonTag(absl::string_view tag) {
   return tag.empty() || tag == "python" || tag == "py" || tag == "python3";
 }
 
+// A fresh 128-bit nonce as hex, from the kernel's CSPRNG.
+absl::StatusOr<std::string> MakeNonce() {
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::InternalError(
+          absl::StrCat("code reward: getrandom for the test nonce failed: ", std::strerror(errno)));
+    }
+    got += static_cast<size_t>(n);
+  }
+  std::string hex = "lightrl-pass-";
+  static constexpr char kDigits[] = "0123456789abcdef";
+  for (unsigned char b : bytes) {
+    hex.push_back(kDigits[b >> 4]);
+    hex.push_back(kDigits[b & 15]);
+  }
+  return hex;
+}
+
 // Python reports a compile-time error without a traceback: "Traceback (most recent call
-// last)" appears only once the module runs, so its absence tells the two apart.
+// last)" appears only once the module runs, so its absence tells the two apart. The
+// assert harness says so itself, with its own exit code.
 bool IsPythonCompileError(const SandboxResult& run) {
   if (run.exit_code == 0) return false;
+  if (run.exit_code == kHarnessCompileErrorExit &&
+      absl::StartsWith(run.stderr_text, kHarnessCompileError)) {
+    return true;
+  }
   const std::string& err = run.stderr_text;
   if (absl::StrContains(err, "Traceback (most recent call last)")) return false;
   return absl::StrContains(err, "SyntaxError") || absl::StrContains(err, "IndentationError") ||
@@ -155,29 +230,40 @@ bool OutputsMatch(absl::string_view actual, absl::string_view expected) {
 absl::StatusOr<RewardResult> CodeRewardFunction::Score(const RewardInput& input) {
   ASSIGN_OR_RETURN(const CodeTestSuite suite, ParseCodeTestSuite(input.ground_truth));
   const std::string code = ExtractCode(input.response);
-  SandboxCommand command;
-  command.argv = options_.python_command;
-  command.argv.push_back(kSolutionFile);
+  SandboxCommand stdio_command;
+  stdio_command.argv = options_.python_command;
+  stdio_command.argv.push_back(kSolutionFile);
+  stdio_command.files[kSolutionFile] = code;
+  SandboxCommand assert_command;
+  assert_command.argv = options_.python_command;
+  assert_command.argv.push_back(kHarnessFile);
+  assert_command.files[kSolutionFile] = code;
+  assert_command.files[kHarnessFile] = kHarness;
 
   int passed = 0;
   bool compile_error = false;
   bool timeout = false;
   for (const CodeTestCase& test : suite.tests) {
     if (compile_error || (timeout && options_.stop_after_timeout)) break;
+    std::string nonce;
     if (test.is_assert) {
-      command.files[kSolutionFile] = absl::StrCat(code, "\n\n", test.input, "\n");
-      command.stdin_data.clear();
+      ASSIGN_OR_RETURN(nonce, MakeNonce());
+      assert_command.files[kAssertFile] = test.input;
+      assert_command.stdin_data = nonce;
     } else {
-      command.files[kSolutionFile] = code;
-      command.stdin_data = test.input;
+      stdio_command.stdin_data = test.input;
     }
-    ASSIGN_OR_RETURN(const SandboxResult run, RunSandboxed(options_.sandbox, command));
+    ASSIGN_OR_RETURN(const SandboxResult run,
+                     RunSandboxed(options_.sandbox, test.is_assert ? assert_command : stdio_command));
     if (run.limit_hit == SandboxLimit::kWall || run.limit_hit == SandboxLimit::kCpu) {
       timeout = true;
     }
     if (IsPythonCompileError(run)) compile_error = true;
     if (!run.Succeeded()) continue;
-    if (test.is_assert || OutputsMatch(run.stdout_text, test.expected_output)) ++passed;
+    const bool pass = test.is_assert
+                          ? absl::StrContains(run.stdout_text, absl::StrCat("\n", nonce, "\n"))
+                          : OutputsMatch(run.stdout_text, test.expected_output);
+    if (pass) ++passed;
   }
   const double total = static_cast<double>(suite.tests.size());
   RewardResult result;

@@ -28,8 +28,23 @@ struct CodeRewardOptions {
   absl::Status Validate() const;
 };
 
-// One test case: either stdin/stdout (`is_assert` false) or a statement appended to the
-// solution that must run without error (`is_assert` true, held in `input`).
+// One test case: either stdin/stdout (`is_assert` false) or a statement run after the
+// solution that must complete without error (`is_assert` true, held in `input`).
+//
+// How an assert test is judged. The exit status proves nothing: a solution that calls
+// sys.exit(0) or os._exit(0), raises SystemExit, or kills its own process would exit
+// "cleanly" without the test having run. So each assert test runs under a harness
+// (lightrl_harness.py) that is the sandbox's main program: it reads a fresh 128-bit
+// nonce from stdin, wipes stdin (truncates the memory file and replaces fd 0 by
+// /dev/null, so the solution cannot read it back), runs the solution's code, then the
+// test statement in the same globals, and only then writes the nonce to a duplicate of
+// stdout it took before the solution ran. A test passes only when that exact nonce line
+// is in stdout: exiting, raising, killing the process, closing or redirecting stdout, or
+// rebinding exec/compile/os.write (the harness bound its own references first) all leave
+// no nonce, so they fail. Not covered: a solution that introspects the harness's own
+// frame to read the nonce while it runs, or one that returns objects whose __eq__
+// always holds; stdin/stdout tests are judged by their output alone, which a solution
+// cannot produce without computing it.
 struct CodeTestCase {
   bool is_assert = false;
   std::string input;

@@ -564,6 +564,34 @@ TEST(CodeRewardTest, AssertStyleTests) {
   EXPECT_EQ(Component(r, "total"), 3);
 }
 
+// Issue 15: an assert test is judged by the harness's nonce, not by the exit status, so
+// no way of ending the program before the test ran can pass it.
+TEST(CodeRewardTest, AssertTestsCannotBePassedByExitingEarly) {
+  const std::string truth = R"({"tests":["assert f(1) == 3"]})";
+  const std::string wrong = "def f(x):\n    return 0\n";
+  const char* const kShortcuts[] = {
+      "import sys\nsys.exit(0)\n",
+      "import os\nos._exit(0)\n",
+      "raise SystemExit\n",
+      "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+      "import builtins\nbuiltins.exec = lambda *a, **k: None\n",
+      "import atexit, os\natexit.register(lambda: os._exit(0))\n",
+      "import sys\nprint('lightrl-pass-' + '0' * 32)\nsys.stdout.flush()\nsys.exit(0)\n",
+      "import os\nos.close(1)\nos.close(2)\n",
+  };
+  for (const char* shortcut : kShortcuts) {
+    RewardResult r = MustScore(absl::StrCat("```python\n", wrong, shortcut, "```"), truth);
+    EXPECT_EQ(r.score, 0) << shortcut;
+    EXPECT_EQ(Component(r, "compile_error"), 0) << shortcut;
+  }
+  // The same harness passes the right function, also when it exits afterwards at module
+  // level inside a main guard that the test does not need.
+  RewardResult right = MustScore(
+      "```python\ndef f(x):\n    return 3 * x\nif __name__ == '__main__':\n    print('hi')\n```",
+      truth);
+  EXPECT_EQ(right.score, 1.0);
+}
+
 TEST(CodeRewardTest, CompileErrorScoresZero) {
   RewardResult r = MustScore("```python\ndef broken(:\n    pass\n```", kSumTests);
   EXPECT_EQ(r.score, 0);
