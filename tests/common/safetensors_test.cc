@@ -20,7 +20,7 @@ class SafetensorsTest : public ::testing::Test {
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
   }
-  void TearDown() override { std::system(("rm -rf " + dir_).c_str()); }
+  void TearDown() override { EXPECT_TRUE(RemoveTree(dir_).ok()); }
   std::string dir_;
 };
 

@@ -215,7 +215,7 @@ class TempDir {
     char tmpl[] = "/tmp/lightrl_model_XXXXXX";
     path_ = ::mkdtemp(tmpl);
   }
-  ~TempDir() { std::system(("rm -rf " + path_).c_str()); }
+  ~TempDir() { EXPECT_TRUE(RemoveTree(path_).ok()) << path_; }
   const std::string& path() const { return path_; }
 
  private:

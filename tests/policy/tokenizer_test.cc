@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_util.h"
 #include "common/json.h"
 
 namespace lightrl {
@@ -535,7 +536,7 @@ TEST(TokenizerErrorsTest, AddedTokenIdsMustMatchHuggingFaceNumbering) {
 TEST(TokenizerFileTest, ReadsFileOrDirectoryAndNamesBadFiles) {
   const std::string dir = ::testing::TempDir() + "tokenizer_test_dir";
   std::remove((dir + "/tokenizer.json").c_str());
-  ASSERT_EQ(std::system(("mkdir -p '" + dir + "'").c_str()), 0);
+  ASSERT_TRUE(MakeDirs(dir).ok()) << dir;
   const std::string path = dir + "/tokenizer.json";
   std::ofstream(path) << HelloWorldSpec().ToJson();
   for (const std::string& source : {path, dir}) {

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <random>
 
+#include "common/file_util.h"
 #include "policy/minimax_model.h"
 #include "tests/test_models.h"
 
@@ -149,7 +150,7 @@ TEST(LearnerTest, SavedStateContinuesLikeAnUninterruptedRun) {
   auto pa = (*a)->module()->parameters();
   auto pr = (*restored)->module()->parameters();
   for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pr[i])) << i;
-  std::system(("rm -rf " + dir).c_str());
+  EXPECT_TRUE(RemoveTree(dir).ok()) << dir;
   (void)b;
 }
 
