@@ -68,6 +68,11 @@ class Parser {
       out = Json(std::move(str));
       return absl::OkStatus();
     }
+    // Before numbers, which also start with '-': Dump writes -inf this way.
+    if (Consume("-Infinity")) {
+      out = Json(-HUGE_VAL);
+      return absl::OkStatus();
+    }
     if (c == '-' || (c >= '0' && c <= '9')) return ParseNumber(out);
     if (Consume("true")) {
       out = Json(true);
@@ -88,10 +93,6 @@ class Parser {
     }
     if (Consume("Infinity")) {
       out = Json(HUGE_VAL);
-      return absl::OkStatus();
-    }
-    if (Consume("-Infinity")) {
-      out = Json(-HUGE_VAL);
       return absl::OkStatus();
     }
     return Error(absl::StrFormat("unexpected character '%c'", c));

@@ -1,6 +1,9 @@
 #include "common/json.h"
 
+#include <cmath>
 #include <random>
+#include <string>
+#include <utility>
 
 #include <gtest/gtest.h>
 
@@ -32,6 +35,43 @@ TEST(JsonTest, ErrorsNameLineAndColumn) {
   EXPECT_FALSE(Json::Parse("\"unterminated").ok());
   EXPECT_FALSE(Json::Parse("[1,]").ok());
   EXPECT_FALSE(Json::Parse("\"\\ud800\"").ok());
+}
+
+// 40,000 nested arrays or objects (the input that overflowed the countdown parser) are
+// a clear error at the depth bound, never a stack overflow; 512 levels still parse.
+TEST(JsonTest, DeepNestingIsAnErrorNotACrash) {
+  for (const auto& [open, close] : {std::pair<std::string, std::string>{"[", "]"},
+                                    {"{\"a\":", "}"}, {"[{\"a\":", "}]"}}) {
+    std::string deep;
+    for (int i = 0; i < 40000; ++i) deep += open;
+    deep += "1";
+    for (int i = 0; i < 40000; ++i) deep += close;
+    absl::StatusOr<Json> v = Json::Parse(deep);
+    ASSERT_FALSE(v.ok()) << open;
+    EXPECT_EQ(v.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(std::string(v.status().message()).find("nesting too deep"), std::string::npos)
+        << v.status();
+    // Unclosed, as a truncated message would be.
+    EXPECT_FALSE(Json::Parse(deep.substr(0, deep.size() / 2)).ok());
+  }
+  const std::string ok = std::string(512, '[') + std::string(512, ']');
+  absl::StatusOr<Json> v = Json::Parse(ok);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->Dump(), ok);
+  EXPECT_FALSE(Json::Parse(std::string(514, '[') + std::string(514, ']')).ok());
+}
+
+// Found by tests/fuzz/json_fuzz: Dump writes -inf as -Infinity, which the parser took for
+// a malformed number, so a value with -inf (a metric, "-1e4000") could not be read back.
+TEST(JsonTest, NegativeInfinityRoundTrips) {
+  absl::StatusOr<Json> v = Json::Parse("[-1e4000, -Infinity, Infinity, NaN]");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->Dump(), "[-Infinity,-Infinity,Infinity,NaN]");
+  absl::StatusOr<Json> again = Json::Parse(v->Dump());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(std::isinf(again->as_array()[0].as_double()));
+  EXPECT_LT(again->as_array()[0].as_double(), 0);
+  EXPECT_FALSE(Json::Parse("-Inf").ok());
 }
 
 TEST(JsonTest, FloatsRoundTripExactly) {
