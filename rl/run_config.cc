@@ -1,12 +1,18 @@
 #include "rl/run_config.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <initializer_list>
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
@@ -107,6 +113,60 @@ std::string Absolute(const std::string& path) {
   std::filesystem::path p = std::filesystem::absolute(path, error);
   if (error) return path;
   return p.lexically_normal().string();
+}
+
+// What is wrong with `address` as "host:port" (a name, an IPv4 address or a bracketed
+// IPv6 one, and a port in [min_port, 65535]); empty when nothing is.
+std::string HostPortProblem(const std::string& address, int min_port) {
+  const std::string expected =
+      absl::StrCat("must be host:port with a port in [", min_port, ", 65535]",
+                   min_port == 0 ? " (0 picks a free one)" : "", ", got \"", address, "\"");
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return expected;
+  const std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  bool host_ok = !host.empty();
+  if (host_ok && host.front() == '[') {
+    host_ok = host.size() > 2 && host.back() == ']' &&
+              host.find_first_not_of("0123456789abcdefABCDEF:.", 1) == host.size() - 1;
+  } else {
+    host_ok = host_ok && host.find_first_not_of(
+                             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") ==
+                             std::string::npos;
+  }
+  int port_number = -1;
+  const bool port_ok = !port.empty() && port.size() <= 5 &&
+                       port.find_first_not_of("0123456789") == std::string::npos &&
+                       absl::SimpleAtoi(port, &port_number) && port_number >= min_port &&
+                       port_number <= 65535;
+  return host_ok && port_ok ? std::string() : expected;
+}
+
+// Why the run could not create or write `dir` (absolute), judged without creating
+// anything: the directory itself if it exists, else its nearest existing ancestor, must
+// be a directory this process may write. Empty when it can.
+std::string OutputDirProblem(const std::string& dir) {
+  std::filesystem::path existing(dir);
+  struct stat st;
+  while (::stat(existing.c_str(), &st) != 0) {
+    if (errno != ENOENT && errno != ENOTDIR) {
+      return absl::StrCat("cannot inspect ", existing.string(), ": ", std::strerror(errno));
+    }
+    if (!existing.has_parent_path() || existing.parent_path() == existing) return "";
+    existing = existing.parent_path();
+  }
+  const bool is_target = existing == std::filesystem::path(dir);
+  if (!S_ISDIR(st.st_mode)) {
+    return is_target ? absl::StrCat(dir, " exists and is not a directory")
+                     : absl::StrCat("cannot create ", dir, ": ", existing.string(),
+                                    " is not a directory");
+  }
+  if (::access(existing.c_str(), W_OK | X_OK) != 0) {
+    return is_target ? absl::StrCat(dir, " is not writable: ", std::strerror(errno))
+                     : absl::StrCat("cannot create ", dir, ": ", existing.string(),
+                                    " is not writable: ", std::strerror(errno));
+  }
+  return "";
 }
 
 // --- binding YAML to the structs ---
@@ -282,7 +342,12 @@ absl::Status BindRun(const Binder& b, const Json* root, RunSection& run) {
   RETURN_IF_ERROR(b.Required(s, "run", "steps"));
   RETURN_IF_ERROR(b.String(s, "run", "name", run.name));
   RETURN_IF_ERROR(b.String(s, "run", "output_dir", run.output_dir));
-  if (!run.output_dir.empty()) run.output_dir = Absolute(run.output_dir);
+  if (!run.output_dir.empty()) {
+    run.output_dir = Absolute(run.output_dir);
+    if (std::string problem = OutputDirProblem(run.output_dir); !problem.empty()) {
+      return b.ErrorAt("run.output_dir", absl::StrCat("run.output_dir: ", problem));
+    }
+  }
   RETURN_IF_ERROR(b.Int(s, "run", "seed", run.seed));
   RETURN_IF_ERROR(b.Int(s, "run", "steps", run.steps));
   RETURN_IF_ERROR(b.String(s, "run", "device", run.device));
@@ -549,6 +614,9 @@ absl::Status FleetSection::Validate() const {
   if (mode != "local" && mode != "spawn" && mode != "cluster") {
     return Invalid(absl::StrCat("mode must be local, spawn or cluster, got \"", mode, "\""));
   }
+  if (std::string problem = HostPortProblem(coordinator_address, 0); !problem.empty()) {
+    return Invalid(absl::StrCat("coordinator_address ", problem));
+  }
   RETURN_IF_ERROR(CheckAtLeast("rollout_workers", rollout_workers, 1));
   RETURN_IF_ERROR(CheckAtLeast("min_workers", min_workers, 1));
   RETURN_IF_ERROR(CheckPositive("worker_wait_s", worker_wait_s));
@@ -657,9 +725,8 @@ absl::Status RewardSection::Validate() const {
     }
   }
   for (const auto& [name, server] : servers) {
-    if (server.address.find(':') == std::string::npos) {
-      return Invalid(absl::StrCat("servers.", name, ".address must be host:port, got \"",
-                                  server.address, "\""));
+    if (std::string problem = HostPortProblem(server.address, 1); !problem.empty()) {
+      return Invalid(absl::StrCat("servers.", name, ".address ", problem));
     }
     if (!std::isfinite(server.weight)) {
       return Invalid(absl::StrCat("servers.", name, ".weight must be finite, got ", server.weight));

@@ -1,6 +1,7 @@
 #include "rl/run_config.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -441,6 +442,73 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
     const std::string message = LoadError(c.yaml);
     EXPECT_THAT(message, StartsWith(At(c.yaml, c.needle) + expected)) << c.yaml;
   }
+}
+
+// A port past 65535 (99999) used to pass and fail only when the coordinator tried to bind.
+TEST_F(RunConfigTest, FleetAndServerAddressesAreHostPort) {
+  const std::string m = Minimal();
+  auto fleet = [&](const std::string& address) {
+    return m + "fleet:\n  mode: spawn\n  coordinator_address: \"" + address + "\"\n";
+  };
+  auto server = [&](const std::string& address) {
+    return m + "reward:\n  servers:\n    judge:\n      address: \"" + address + "\"\n";
+  };
+  for (const std::string bad :
+       {"127.0.0.1:99999", "127.0.0.1:65536", "localhost", ":5000", "127.0.0.1:", "host:-1",
+        "host:8o", "a b:80", "[::1:0", "[]:0", "host:1:2", "127.0.0.1:0000080"}) {
+    const std::string yaml = fleet(bad);
+    EXPECT_THAT(LoadError(yaml),
+                StartsWith(At(yaml, "coordinator_address") +
+                           "fleet.coordinator_address must be host:port with a port in [0, "
+                           "65535] (0 picks a free one), got \"" + bad + "\""))
+        << bad;
+  }
+  for (const std::string good :
+       {"127.0.0.1:0", "localhost:65535", "[::1]:0", "node-3.cluster:29500"}) {
+    absl::StatusOr<RunConfig> loaded = Load(fleet(good));
+    EXPECT_TRUE(loaded.ok()) << good << ": " << loaded.status();
+  }
+  // A server the controller dials needs a real port.
+  for (const std::string bad : {"127.0.0.1:0", "127.0.0.1:70000", "judge.internal"}) {
+    const std::string yaml = server(bad);
+    EXPECT_THAT(LoadError(yaml),
+                StartsWith(At(yaml, "address:") +
+                           "reward.servers.judge.address must be host:port with a port in [1, "
+                           "65535], got \"" + bad + "\""))
+        << bad;
+  }
+  EXPECT_TRUE(Load(server("judge.internal:8080")).ok());
+}
+
+TEST_F(RunConfigTest, OutputDirMustBeCreatable) {
+  auto with_output = [&](const std::string& dir) {
+    std::string yaml = Minimal();
+    return yaml.replace(yaml.find("output_dir: out"), 15, "output_dir: " + dir);
+  };
+  // Under a regular file: nothing can create it.
+  const std::string under_file = Path("data/train.jsonl/out");
+  std::string yaml = with_output(under_file);
+  EXPECT_EQ(LoadError(yaml), At(yaml, "output_dir") + "run.output_dir: cannot create " +
+                                 under_file + ": " + Path("data/train.jsonl") +
+                                 " is not a directory");
+  // Is a regular file.
+  yaml = with_output(Path("data/eval.jsonl"));
+  EXPECT_EQ(LoadError(yaml), At(yaml, "output_dir") + "run.output_dir: " +
+                                 Path("data/eval.jsonl") + " exists and is not a directory");
+  // Creatable several levels down, and existing: both fine, and nothing is created.
+  absl::StatusOr<RunConfig> deep = Load(with_output(Path("runs/a/b/c")));
+  ASSERT_TRUE(deep.ok()) << deep.status();
+  EXPECT_FALSE(FileExists(Path("runs")));
+  ASSERT_TRUE(Load(with_output(Path("data"))).ok());
+
+  if (::geteuid() == 0) GTEST_SKIP() << "root may write any directory";
+  ASSERT_TRUE(MakeDirs(Path("locked")).ok());
+  ASSERT_EQ(::chmod(Path("locked").c_str(), 0500), 0);
+  yaml = with_output(Path("locked/run"));
+  EXPECT_THAT(LoadError(yaml), StartsWith(At(yaml, "output_dir") + "run.output_dir: cannot create " +
+                                          Path("locked/run") + ": " + Path("locked") +
+                                          " is not writable"));
+  ::chmod(Path("locked").c_str(), 0700);
 }
 
 TEST_F(RunConfigTest, AsyncNeedsAStepOfStaleness) {
