@@ -56,7 +56,7 @@ absl::Status ValidateListenAddress(const std::string& address, const std::string
   }
   if (auth_token.empty() && !IsLoopbackAddress(address)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        what, " \"", address, "\" is not loopback: an auth token is required (--auth-token)"));
+        what, " \"", address, "\" is not loopback: an auth token is required (--auth-token-file or LIGHTRL_AUTH_TOKEN)"));
   }
   return absl::OkStatus();
 }

@@ -6,14 +6,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <utility>
 
-#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/auth_token.h"
 #include "common/file_util.h"
 #include "common/status.h"
 #include "rollout/coordinator.h"
@@ -104,13 +107,27 @@ class EngineCopyRolloutSource final : public RolloutSource {
 };
 
 // Starts `argv` with stdout and stderr appended to `log_path`; the child gets SIGTERM if
-// the controller dies, so spawned workers never outlive their run.
-absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::string& log_path) {
+// the controller dies, so spawned workers never outlive their run. A non-empty
+// `auth_token` reaches the child as LIGHTRL_AUTH_TOKEN in its environment (readable only
+// by its own user), never in argv (readable by every local user in /proc).
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::string& log_path,
+                            const std::string& auth_token) {
   const int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (log_fd < 0) return absl::InternalError(absl::StrCat("cannot open ", log_path));
+  if (log_fd < 0) {
+    return absl::InternalError(absl::StrCat("cannot open ", log_path, ": ", std::strerror(errno)));
+  }
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  // Built before fork: the child of a threaded process may only make async-signal-safe calls.
+  const std::string env_prefix = absl::StrCat(kAuthTokenEnvVar, "=");
+  const std::string token_entry = env_prefix + auth_token;
+  std::vector<char*> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (!absl::StartsWith(*e, env_prefix)) env.push_back(*e);
+  }
+  if (!auth_token.empty()) env.push_back(const_cast<char*>(token_entry.c_str()));
+  env.push_back(nullptr);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
@@ -122,7 +139,7 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::str
     if (::getppid() != parent) ::_exit(1);  // the controller died before prctl
     ::dup2(log_fd, 1);
     ::dup2(log_fd, 2);
-    ::execv(args[0], args.data());
+    ::execve(args[0], args.data(), env.data());
     ::_exit(127);
   }
   ::close(log_fd);
@@ -159,8 +176,12 @@ class FleetRolloutSource final : public RolloutSource {
     }
     std::string token;
     if (!f.auth_token_file.empty()) {
-      ASSIGN_OR_RETURN(token, ReadFile(f.auth_token_file));
-      token = std::string(absl::StripAsciiWhitespace(token));
+      absl::StatusOr<std::string> read = ReadAuthTokenFile(f.auth_token_file);
+      if (!read.ok()) {
+        return absl::Status(read.status().code(),
+                            absl::StrCat("fleet.auth_token_file: ", read.status().message()));
+      }
+      token = *std::move(read);
     }
     CoordinatorOptions copts;
     copts.listen_address = f.coordinator_address;
@@ -193,11 +214,8 @@ class FleetRolloutSource final : public RolloutSource {
           argv.push_back("--tokenizer");
           argv.push_back(config_.model.tokenizer);
         }
-        if (!token.empty()) {
-          argv.push_back("--auth-token");
-          argv.push_back(token);
-        }
-        ASSIGN_OR_RETURN(pid_t pid, Spawn(argv, JoinPath(logs, absl::StrCat("rollout-local-", k, ".log"))));
+        ASSIGN_OR_RETURN(pid_t pid, Spawn(argv, JoinPath(logs, absl::StrCat("rollout-local-", k, ".log")),
+                                          token));
         children_.push_back(pid);
       }
     }
@@ -245,11 +263,7 @@ class FleetRolloutSource final : public RolloutSource {
         argv.push_back("--format-pattern");
         argv.push_back(config_.reward.format_pattern);
       }
-      if (!token.empty()) {
-        argv.push_back("--auth-token");
-        argv.push_back(token);
-      }
-      ASSIGN_OR_RETURN(pid_t pid, Spawn(argv, JoinPath(logs, id + ".log")));
+      ASSIGN_OR_RETURN(pid_t pid, Spawn(argv, JoinPath(logs, id + ".log"), token));
       children_.push_back(pid);
     }
     if (!coordinator_->WaitForWorkers(kRewardRole, static_cast<int>(kinds.size()),

@@ -5,8 +5,29 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/auth_token.h"
 
 namespace lightrl {
+
+absl::StatusOr<std::string> WorkerAuthToken(const Flags& flags) {
+  if (flags.Has("auth-token")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--auth-token puts the token on the command line, where any local user reads it in "
+        "/proc; use --auth-token-file FILE (mode 0600) or the ",
+        kAuthTokenEnvVar, " environment variable"));
+  }
+  const char* from_env = std::getenv(kAuthTokenEnvVar);
+  std::string env_token = from_env == nullptr ? "" : from_env;
+  const bool have_env = from_env != nullptr;
+  // Gone before anything else runs, so nothing this worker starts inherits it.
+  if (have_env && ::unsetenv(kAuthTokenEnvVar) != 0) {
+    return absl::InternalError(absl::StrCat("cannot remove ", kAuthTokenEnvVar,
+                                            " from the environment"));
+  }
+  if (flags.Has("auth-token-file")) return ReadAuthTokenFile(flags.Get("auth-token-file"));
+  if (have_env) return NormalizeAuthToken(env_token, kAuthTokenEnvVar);
+  return std::string();
+}
 
 int RunSubcommand(const char* name, const char* usage, const std::vector<std::string>& args,
                   absl::Status (*run)(const std::vector<std::string>&)) {

@@ -16,6 +16,15 @@ namespace lightrl {
 int RunSubcommand(const char* name, const char* usage, const std::vector<std::string>& args,
                   absl::Status (*run)(const std::vector<std::string>&));
 
+class Flags;
+
+// The auth token of a worker command: the file named by --auth-token-file, else the
+// LIGHTRL_AUTH_TOKEN environment variable (how the controller hands it to the workers it
+// spawns; removed from the environment once read), else "" (loopback only). The one place
+// that variable is read. An empty or whitespace-only token is an error; so is
+// --auth-token, which would show the token to every local user in /proc.
+absl::StatusOr<std::string> WorkerAuthToken(const Flags& flags);
+
 class Flags {
  public:
   // `known`: flag names without dashes; `switches`: those taking no value.

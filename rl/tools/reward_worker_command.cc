@@ -22,12 +22,13 @@ namespace lightrl {
 namespace {
 
 constexpr const char* kRewardWorkerUsage =
-    "usage: lightrl reward-worker [--listen HOST:PORT] [--kind KIND] [--auth-token T]\n"
+    "usage: lightrl reward-worker [--listen HOST:PORT] [--kind KIND] [--auth-token-file FILE]\n"
     "  --listen      address to serve on (default 127.0.0.1:0; port 0 picks a free port,\n"
     "                printed as \"listening on HOST:PORT\")\n"
     "  --kind        built-in reward: math, arithmetic, countdown, code (default math)\n"
-    "  --auth-token  shared token clients send as `authorization: Bearer T`; required for\n"
-    "                any non-loopback address\n"
+    "  --auth-token-file  file holding the shared token clients send as\n"
+    "                `authorization: Bearer T` (else $LIGHTRL_AUTH_TOKEN); required for any\n"
+    "                non-loopback address. Never on the command line: /proc shows it.\n"
     "  --coordinator HOST:PORT of a run's coordinator to register with (role reward)\n"
     "  --worker-id   the id it registers under (default reward-HOST-PID)\n"
     "  --advertise   the address the controller should call (default the bound one)\n"
@@ -36,7 +37,7 @@ constexpr const char* kRewardWorkerUsage =
 
 absl::Status Run(const std::vector<std::string>& args) {
   absl::StatusOr<Flags> flags =
-      Flags::Parse(args, {"listen", "kind", "auth-token", "coordinator", "worker-id", "advertise",
+      Flags::Parse(args, {"listen", "kind", "auth-token", "auth-token-file", "coordinator", "worker-id", "advertise",
                           "capacity", "format-pattern"});
   if (!flags.ok()) return flags.status();
   absl::StatusOr<int64_t> capacity = flags->GetInt("capacity", 4);
@@ -48,7 +49,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   builtin.format_pattern = flags->Get("format-pattern");
   RewardServerOptions options;
   options.listen_address = flags->Get("listen", options.listen_address);
-  options.auth_token = flags->Get("auth-token");
+  absl::StatusOr<std::string> token = WorkerAuthToken(*flags);
+  if (!token.ok()) return token.status();
+  options.auth_token = *std::move(token);
   absl::StatusOr<RewardFunctionPtr> function =
       MakeBuiltinRewardFunction(flags->Get("kind", "math"), builtin);
   if (!function.ok()) {

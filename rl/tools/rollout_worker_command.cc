@@ -27,7 +27,7 @@ constexpr const char* kRolloutWorkerUsage =
     "                              [--device cpu|cuda|cuda:N] [--dtype float32|bfloat16]\n"
     "                              [--capacity N] [--max-num-seqs N] [--kv-cache-mb N]\n"
     "                              [--enforce-eager]\n"
-    "                              [--auth-token T] [--advertise HOST:PORT]\n"
+    "                              [--auth-token-file FILE] [--advertise HOST:PORT]\n"
     "  --listen       address to serve on (default 127.0.0.1:0; the bound one is printed as\n"
     "                 \"listening on HOST:PORT\")\n"
     "  --coordinator  the controller's coordinator: register there and heartbeat\n"
@@ -37,18 +37,19 @@ constexpr const char* kRolloutWorkerUsage =
     "  --tokenizer    tokenizer.json, needed for stop strings\n"
     "  --capacity     prompt groups the controller may send at once (default 8)\n"
     "  --advertise    address the controller should dial (default: the bound address)\n"
-    "  --auth-token   shared token for every call, served and sent; required for any\n"
-    "                 non-loopback address\n";
+    "  --auth-token-file  file holding the shared token for every call, served and sent\n"
+    "                 (else $LIGHTRL_AUTH_TOKEN); required for any non-loopback address.\n"
+    "                 Never on the command line: /proc shows it.\n";
 
 absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags,
                    Flags::Parse(args, {"listen", "coordinator", "worker-id", "model", "tokenizer",
                                        "device", "dtype", "capacity", "max-num-seqs",
-                                       "kv-cache-mb", "auth-token", "advertise"},
+                                       "kv-cache-mb", "auth-token", "auth-token-file", "advertise"},
                                  {"enforce-eager"}));
   RolloutWorkerOptions options;
   options.listen_address = flags.Get("listen", options.listen_address);
-  options.auth_token = flags.Get("auth-token");
+  ASSIGN_OR_RETURN(options.auth_token, WorkerAuthToken(flags));
   char host[256] = {0};
   ::gethostname(host, sizeof(host) - 1);
   options.worker_id = flags.Get("worker-id", absl::StrCat("rollout-", host, "-", ::getpid()));

@@ -33,8 +33,9 @@ def load_stubs(out_dir):
     return reward_pb2, reward_pb2_grpc
 
 
-def start(cmd, procs):
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(cmd, procs, env=None):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     procs.append(proc)
     line = proc.stdout.readline()  # the server prints it once listening
     if not line.startswith("listening on "):
@@ -123,8 +124,11 @@ def check_cpp_example(pb2, stub):
 
 
 def check_auth(pb2, pb2_grpc, procs):
-    address = start([LIGHTRL, "reward-worker", "--listen", "127.0.0.1:0", "--kind", "math",
-                     "--auth-token", "tok"], procs)
+    # The token comes from the environment, never argv (/proc/<pid>/cmdline is world-readable).
+    address = start([LIGHTRL, "reward-worker", "--listen", "127.0.0.1:0", "--kind", "math"],
+                    procs, env=dict(os.environ, LIGHTRL_AUTH_TOKEN="tok"))
+    with open(f"/proc/{procs[-1].pid}/cmdline", "rb") as f:
+        assert b"tok" not in f.read().split(b"\0")[1:], "the token is on the command line"
     with grpc.insecure_channel(address) as channel:
         stub = pb2_grpc.RewardServiceStub(channel)
         item = pb2.ScoreItem(id="a", response="The answer is 5", ground_truth="5")
@@ -139,6 +143,13 @@ def check_auth(pb2, pb2_grpc, procs):
     refused = subprocess.run([LIGHTRL, "reward-worker", "--listen", "0.0.0.0:0"],
                              capture_output=True, text=True, timeout=20)
     assert refused.returncode != 0 and "auth token" in refused.stderr, refused
+    # A token flag is refused with the reason; a blank token is an error, not "no token".
+    flag = subprocess.run([LIGHTRL, "reward-worker", "--auth-token", "tok"],
+                          capture_output=True, text=True, timeout=20)
+    assert flag.returncode != 0 and "/proc" in flag.stderr, flag
+    blank = subprocess.run([LIGHTRL, "reward-worker"], capture_output=True, text=True,
+                           timeout=20, env=dict(os.environ, LIGHTRL_AUTH_TOKEN=" \n"))
+    assert blank.returncode != 0 and "empty or only whitespace" in blank.stderr, blank
 
 
 def check_run_with_servers(servers):
