@@ -481,11 +481,8 @@ void CloseInheritedFds(int rep) {
   int rep = fcntl(plan.report_fd, F_DUPFD_CLOEXEC, 10);
   if (rep < 0) _exit(127);
   if (in < 0 || out < 0 || err < 0) ChildFail(rep, ChildStep::kDupFds, errno);
-  if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0 || dup3(rep, 3, O_CLOEXEC) < 0) {
-    ChildFail(rep, ChildStep::kDupFds, errno);
-  }
-  rep = 3;
-  // Joined before anything else, while still privileged, so every process of the run
+  // Joined before anything else (and before the dup2s, which may clobber the cgroup
+  // files' descriptors), while still privileged, so every process of the run
   // (the setup, init and the program's descendants) is counted and limited together.
   for (const int* fd = plan.cgroup_procs_fds; *fd >= 0; ++fd) {
     ssize_t n;
@@ -494,6 +491,10 @@ void CloseInheritedFds(int rep) {
     } while (n < 0 && errno == EINTR);
     if (n != 1) ChildFail(rep, ChildStep::kJoinCgroup, errno);
   }
+  if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0 || dup3(rep, 3, O_CLOEXEC) < 0) {
+    ChildFail(rep, ChildStep::kDupFds, errno);
+  }
+  rep = 3;
   // A parent that ignores SIGPIPE (servers do) would pass that on through execve.
   struct sigaction dfl;
   std::memset(&dfl, 0, sizeof(dfl));
@@ -1106,8 +1107,11 @@ absl::StatusOr<SandboxResult> RunSandboxed(const SandboxOptions& options,
     add(EntryKind::kDir, "/proc", "", 0555);
     add(EntryKind::kDir, kPrivateWorkDir);
     for (const auto& [name, contents] : command.files) {
-      Fd fd(static_cast<int>(syscall(SYS_memfd_create, "sandbox-file", MFD_CLOEXEC)));
-      if (fd.get() < 0) return SyscallError("memfd_create for a program file", errno);
+      Fd created(static_cast<int>(syscall(SYS_memfd_create, "sandbox-file", MFD_CLOEXEC)));
+      if (created.get() < 0) return SyscallError("memfd_create for a program file", errno);
+      // Above 3, which the child overwrites with its stdio and report pipe first.
+      Fd fd(fcntl(created.get(), F_DUPFD_CLOEXEC, 4));
+      if (fd.get() < 0) return SyscallError("fcntl F_DUPFD_CLOEXEC of a memory file", errno);
       RETURN_IF_ERROR(WriteAll(fd.get(), contents, absl::StrCat("memory file for ", name)));
       entries.push_back(FsEntry{EntryKind::kFile, absl::StrCat(root, kPrivateWorkDir, "/", name),
                                 "", 0644, fd.get()});

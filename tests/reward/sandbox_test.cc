@@ -397,6 +397,113 @@ TEST(SandboxTest, WorkingDirectoryIsRemovedEvenWhenKilled) {
   EXPECT_TRUE(root.Entries().empty()) << root.Entries().front();
 }
 
+// Issue 15: the program sees a private, empty filesystem. It cannot read the host's
+// /etc/passwd, a file the host put in /tmp, or other processes under /proc, and what it
+// writes to /tmp and /dev/shm (300 MiB tried) neither fits the quota nor outlives it.
+TEST(SandboxTest, FilesystemIsPrivateQuotaBoundAndLeavesNothing) {
+  const std::string secret_path = absl::StrCat("/tmp/lightrl-secret-", getpid());
+  {
+    std::ofstream secret(secret_path);
+    secret << "host secret";
+  }
+  chmod(secret_path.c_str(), 0644);
+  auto list = [](const char* dir) {
+    std::set<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) names.insert(e.path().string());
+    return names;
+  };
+  const std::set<std::string> tmp_before = list("/tmp");
+  const std::set<std::string> shm_before = list("/dev/shm");
+
+  SandboxOptions options = TestOptions();
+  options.file_size_bytes = int64_t{512} << 20;  // the quota, not RLIMIT_FSIZE, must stop it
+  options.disk_bytes = int64_t{32} << 20;
+  const std::string probe = absl::StrCat(
+      "import os\n"
+      "def check(name, fn):\n"
+      "    try:\n"
+      "        print(name, 'SEEN', repr(fn())[:60])\n"
+      "    except Exception as e:\n"
+      "        print(name, 'hidden', type(e).__name__)\n"
+      "check('passwd', lambda: open('/etc/passwd').read())\n"
+      "check('secret', lambda: open('", secret_path, "').read())\n"
+      "check('work', lambda: os.listdir('/work'))\n"
+      "check('root', lambda: os.listdir('/root'))\n"
+      "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+      "others = [open('/proc/%s/cmdline' % p, 'rb').read() for p in pids]\n"
+      "print('pids', len(pids), b'sandbox_test' in b''.join(others))\n"
+      "def fill(directory):\n"
+      "    written = 0\n"
+      "    try:\n"
+      "        for i in range(30):\n"
+      "            with open(os.path.join(directory, 'fill%d' % i), 'wb') as f:\n"
+      "                f.write(b'x' * (10 << 20))\n"
+      "            written += 10\n"
+      "    except OSError as e:\n"
+      "        pass\n"
+      "    print(directory, 'wrote', written, 'MiB')\n"
+      "fill('/tmp')\n"
+      "fill('/dev/shm')\n");
+  SandboxResult r = RunPython(options, probe);
+  ASSERT_TRUE(r.Succeeded()) << Describe(r);
+  EXPECT_TRUE(r.private_filesystem);
+  EXPECT_TRUE(absl::StrContains(r.stdout_text, "passwd hidden")) << r.stdout_text;
+  EXPECT_TRUE(absl::StrContains(r.stdout_text, "secret hidden")) << r.stdout_text;
+  EXPECT_TRUE(absl::StrContains(r.stdout_text, "work hidden")) << r.stdout_text;
+  EXPECT_TRUE(absl::StrContains(r.stdout_text, "root hidden")) << r.stdout_text;
+  // Only the namespace's init and the program itself. (Init is a copy of the parent, so
+  // its command line is the parent's: docs/security.md, secrets never go on it.)
+  EXPECT_TRUE(absl::StrContains(r.stdout_text, "pids 2 ")) << r.stdout_text;
+  int tmp_mib = -1, shm_mib = -1;
+  for (absl::string_view line : absl::StrSplit(r.stdout_text, '\n')) {
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ');
+    if (f.size() == 4 && f[0] == "/tmp") {
+      EXPECT_TRUE(absl::SimpleAtoi(f[2], &tmp_mib));
+    }
+    if (f.size() == 4 && f[0] == "/dev/shm") {
+      EXPECT_TRUE(absl::SimpleAtoi(f[2], &shm_mib));
+    }
+  }
+  EXPECT_GE(tmp_mib, 0) << r.stdout_text;
+  EXPECT_LE(tmp_mib + shm_mib, 32) << r.stdout_text;
+
+  EXPECT_EQ(list("/tmp"), tmp_before);
+  EXPECT_EQ(list("/dev/shm"), shm_before);
+  std::filesystem::remove(secret_path);
+}
+
+// Issue 15: memory is limited for the sandbox as a whole. Four processes of 200 MiB each
+// fit every per-process limit (RLIMIT_AS is 512 MiB) but not the sandbox's 512 MiB.
+TEST(SandboxTest, MemoryLimitCoversAllProcessesOfTheSandbox) {
+  SandboxOptions options = TestOptions();
+  options.memory_bytes = int64_t{512} << 20;
+  const std::string hog =
+      "import os, sys, time\n"
+      "kids = []\n"
+      "for i in range(4):\n"
+      "    pid = os.fork()\n"
+      "    if pid == 0:\n"
+      "        block = bytearray(b'\\x01') * (200 << 20)\n"
+      "        print('allocated', flush=True)\n"
+      "        time.sleep(3)\n"
+      "        os._exit(0)\n"
+      "    kids.append(pid)\n"
+      "ok = sum(os.waitpid(p, 0)[1] == 0 for p in kids)\n"
+      "print('ok', ok, flush=True)\n"
+      "sys.exit(0 if ok == 4 else 1)\n";
+  SandboxResult r = RunPython(options, hog);
+  if (!r.memory_limit_per_sandbox) {
+    GTEST_SKIP() << "no writable memory cgroup on this machine; the sandbox falls back to "
+                    "max_processes_without_cgroup, which the fork-bomb test covers";
+  }
+  EXPECT_FALSE(r.Succeeded()) << Describe(r);
+  EXPECT_EQ(r.limit_hit, SandboxLimit::kMemory) << Describe(r);
+  EXPECT_FALSE(absl::StrContains(r.stdout_text, "ok 4")) << Describe(r);
+  // One such process alone fits.
+  SandboxResult one = RunPython(options, "x = bytearray(b'\\x01') * (200 << 20)\nprint('fine')\n");
+  EXPECT_TRUE(one.Succeeded()) << Describe(one);
+}
+
 TEST(SandboxTest, ForkBombIsContained) {
   SandboxOptions options = TestOptions();
   options.max_processes = 16;
