@@ -10,9 +10,34 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "reward/sandbox.h"
 
 namespace lightrl {
+namespace {
+
+// A Score call's reactor: records the client's cancellation (or deadline) for the thread
+// that scores it.
+class ScoreReactor final : public grpc::ServerUnaryReactor {
+ public:
+  void OnCancel() override { cancelled_->store(true); }
+  void OnDone() override { delete this; }
+  std::shared_ptr<std::atomic<bool>> cancelled() const { return cancelled_; }
+
+ private:
+  std::shared_ptr<std::atomic<bool>> cancelled_ = std::make_shared<std::atomic<bool>>(false);
+};
+
+int DefaultParallelism() {
+  return std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+}  // namespace
+
 absl::Status RewardServerOptions::Validate() const {
+  if (max_parallel_items < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_parallel_items must be >= 0 (0 = one per core), got ", max_parallel_items));
+  }
   if (num_scoring_threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "num_scoring_threads must be >= 0 (0 = one per core), got ", num_scoring_threads));
@@ -21,8 +46,10 @@ absl::Status RewardServerOptions::Validate() const {
 }
 
 RewardServiceImpl::RewardServiceImpl(RewardFunctionPtr function, std::string auth_token,
-                                     int num_scoring_threads)
-    : function_(std::move(function)), auth_token_(std::move(auth_token)) {
+                                     int num_scoring_threads, int max_parallel_items)
+    : function_(std::move(function)),
+      auth_token_(std::move(auth_token)),
+      max_parallel_items_(std::max(1, max_parallel_items)) {
   for (int i = 0; i < std::max(1, num_scoring_threads); ++i) {
     threads_.emplace_back([this] { RunScoringThread(); });
   }
@@ -58,7 +85,8 @@ absl::Status RewardServiceImpl::CheckAuth(const grpc::CallbackServerContext& con
 }
 
 absl::Status RewardServiceImpl::ScoreBatch(const lightrl::v1::ScoreRequest& request,
-                                           lightrl::v1::ScoreResponse* response) {
+                                           lightrl::v1::ScoreResponse* response,
+                                           const std::atomic<bool>& cancelled) {
   const int num_items = request.items_size();
   if (num_items == 0) return absl::InvalidArgumentError("Score: the batch has no items");
   if (num_items > kMaxScoreBatchItems) {
@@ -72,19 +100,42 @@ absl::Status RewardServiceImpl::ScoreBatch(const lightrl::v1::ScoreRequest& requ
                                                    function_->Kind(), "\""));
   }
   std::unordered_set<std::string> ids;
+  for (int i = 0; i < num_items; ++i) {
+    if (!ids.insert(request.items(i).id()).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Score: item ", i, " repeats id \"", request.items(i).id(), "\""));
+    }
+  }
+  // Items are taken in order by up to max_parallel_items_ threads; each thread's
+  // sandboxed runs watch the call's cancellation flag.
+  std::vector<absl::StatusOr<RewardResult>> results(num_items,
+                                                    absl::CancelledError("Score: not scored"));
+  std::atomic<int> next{0};
+  auto score_items = [&] {
+    SandboxCancelScope cancel_scope(&cancelled);
+    for (int i = next++; i < num_items && !cancelled.load(); i = next++) {
+      const lightrl::v1::ScoreItem& item = request.items(i);
+      RewardInput input;
+      input.prompt = item.prompt();
+      input.response = item.response();
+      input.ground_truth = item.ground_truth();
+      input.metadata.insert(item.metadata().begin(), item.metadata().end());
+      results[i] = function_->Score(input);
+    }
+  };
+  const int num_threads = std::min(num_items, max_parallel_items_);
+  std::vector<std::thread> helpers;
+  for (int t = 1; t < num_threads; ++t) helpers.emplace_back(score_items);
+  score_items();
+  for (std::thread& helper : helpers) helper.join();
+  if (cancelled.load()) {
+    return absl::CancelledError("Score: the client cancelled or its deadline passed; runs killed");
+  }
+
   response->mutable_results()->Reserve(num_items);
   for (int i = 0; i < num_items; ++i) {
     const lightrl::v1::ScoreItem& item = request.items(i);
-    if (!ids.insert(item.id()).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Score: item ", i, " repeats id \"", item.id(), "\""));
-    }
-    RewardInput input;
-    input.prompt = item.prompt();
-    input.response = item.response();
-    input.ground_truth = item.ground_truth();
-    input.metadata.insert(item.metadata().begin(), item.metadata().end());
-    absl::StatusOr<RewardResult> result = function_->Score(input);
+    const absl::StatusOr<RewardResult>& result = results[i];
     if (!result.ok()) {
       return absl::Status(result.status().code(),
                           absl::StrCat("Score: item ", i, " (id \"", item.id(), "\"): ",
@@ -114,19 +165,20 @@ absl::Status RewardServiceImpl::ScoreBatch(const lightrl::v1::ScoreRequest& requ
 grpc::ServerUnaryReactor* RewardServiceImpl::Score(grpc::CallbackServerContext* context,
                                                    const lightrl::v1::ScoreRequest* request,
                                                    lightrl::v1::ScoreResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto* reactor = new ScoreReactor();
   const absl::Status auth = CheckAuth(*context);
   if (!auth.ok()) {
     reactor->Finish(ToGrpcStatus(auth));
     return reactor;
   }
+  std::shared_ptr<std::atomic<bool>> cancelled = reactor->cancelled();
   absl::MutexLock lock(&mu_);
-  queue_.push_back([this, context, request, response, reactor] {
-    if (context->IsCancelled()) {
+  queue_.push_back([this, context, request, response, reactor, cancelled] {
+    if (cancelled->load() || context->IsCancelled()) {
       reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call ended before scoring"));
       return;
     }
-    const absl::Status status = ScoreBatch(*request, response);
+    const absl::Status status = ScoreBatch(*request, response, *cancelled);
     // A failed batch returns no partial results.
     if (!status.ok()) response->Clear();
     reactor->Finish(ToGrpcStatus(status));
@@ -152,11 +204,12 @@ absl::StatusOr<std::unique_ptr<RewardServer>> RewardServer::Start(
   if (absl::Status status = options.Validate(); !status.ok()) return status;
   if (function == nullptr) return absl::InvalidArgumentError("RewardServer: no reward function");
   std::unique_ptr<RewardServer> server(new RewardServer());
-  const int num_threads = options.num_scoring_threads > 0
-                              ? options.num_scoring_threads
-                              : std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+  const int num_threads =
+      options.num_scoring_threads > 0 ? options.num_scoring_threads : DefaultParallelism();
+  const int max_parallel =
+      options.max_parallel_items > 0 ? options.max_parallel_items : DefaultParallelism();
   server->service_ = std::make_unique<RewardServiceImpl>(std::move(function), options.auth_token,
-                                                         num_threads);
+                                                         num_threads, max_parallel);
   absl::StatusOr<std::unique_ptr<grpc::Server>> grpc_server =
       StartGrpcServer(options.listen_address, server->service_.get(), &server->port_);
   if (!grpc_server.ok()) return grpc_server.status();

@@ -2,8 +2,12 @@
 // RewardInput and delegates to a RewardFunction; RewardServer owns a listening
 // grpc::Server. Owns request validation, the shared-token check and the one
 // absl::Status -> grpc::Status mapping. Must not include torch (DESIGN.md section 3).
+// A call whose client cancels or whose deadline passes stops being scored: its reactor's
+// OnCancel sets a flag that every sandboxed run of the call polls (SandboxCancelScope),
+// so abandoned code runs are killed within ~50 ms and free the worker for the next call.
 #pragma once
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -35,6 +39,9 @@ struct RewardServerOptions {
   // Threads that run the reward function, so a slow reward never blocks gRPC's own
   // callback threads (Health stays responsive); 0 = the number of cores, at least 2.
   int num_scoring_threads = 0;
+  // Items of one Score call scored at once (each on its own thread); 0 = the number of
+  // cores, at least 2.
+  int max_parallel_items = 0;
 
   // A non-loopback listen address without an auth token is INVALID_ARGUMENT.
   absl::Status Validate() const;
@@ -42,13 +49,15 @@ struct RewardServerOptions {
 
 class RewardServiceImpl final : public lightrl::v1::RewardService::CallbackService {
  public:
-  // `auth_token` empty: calls are not checked. `num_scoring_threads` >= 1.
+  // `auth_token` empty: calls are not checked. `num_scoring_threads` and
+  // `max_parallel_items` >= 1.
   RewardServiceImpl(RewardFunctionPtr function, std::string auth_token,
-                    int num_scoring_threads);
+                    int num_scoring_threads, int max_parallel_items = 1);
   ~RewardServiceImpl() override;
 
-  // Queues the batch for a scoring thread and returns; a call whose client has gone
-  // (deadline, cancel) by the time a thread takes it is not scored. Non-finite scores
+  // Queues the batch for a scoring thread and returns; its items are scored in parallel
+  // up to max_parallel_items. A call whose client has gone (deadline, cancel) is not
+  // scored, or stops being scored, its sandboxed runs killed, and ends CANCELLED. Non-finite scores
   // become INTERNAL errors and never reach the client.
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
                                   const lightrl::v1::ScoreRequest* request,
@@ -60,12 +69,14 @@ class RewardServiceImpl final : public lightrl::v1::RewardService::CallbackServi
  private:
   absl::Status CheckAuth(const grpc::CallbackServerContext& context) const;
   absl::Status ScoreBatch(const lightrl::v1::ScoreRequest& request,
-                          lightrl::v1::ScoreResponse* response);
+                          lightrl::v1::ScoreResponse* response,
+                          const std::atomic<bool>& cancelled);
 
   void RunScoringThread();
 
   RewardFunctionPtr function_;
   std::string auth_token_;
+  int max_parallel_items_ = 1;
   absl::Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "reward/code_reward.h"
 #include "reward/reward_client.h"
 #include "reward/reward_function.h"
 #include "reward/reward_service.h"
@@ -239,6 +240,66 @@ TEST(RewardServiceTest, HangingServerHitsDeadlineRetriesThenClearError) {
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_EQ(health->reward_kind, "hang");
   hanging->Release();
+}
+
+// Issue 15: a client that gives up (deadline) on slow code runs gets them killed, and
+// the worker answers the next request at once instead of after every abandoned run's
+// wall limit. One scoring thread, so the abandoned batch is in the next call's way.
+TEST(RewardServiceTest, AbandonedCodeRunsAreKilledAndTheNextCallIsQuick) {
+  CodeRewardOptions code;
+  code.sandbox.wall_seconds = 30;
+  code.sandbox.cpu_seconds = 30;
+  absl::StatusOr<RewardFunctionPtr> function = MakeCodeRewardFunction(code);
+  ASSERT_TRUE(function.ok()) << function.status();
+  RewardServerOptions options;
+  options.num_scoring_threads = 1;
+  options.max_parallel_items = 2;
+  absl::StatusOr<std::unique_ptr<RewardServer>> server =
+      RewardServer::Start(options, *std::move(function));
+  ASSERT_TRUE(server.ok()) << server.status();
+
+  const std::string truth = R"({"tests":[{"input":"","output":"1"}]})";
+  std::vector<RewardRequestItem> slow;
+  for (int i = 0; i < 4; ++i) {
+    RewardRequestItem item;
+    item.id = absl::StrCat("slow", i);
+    item.input.response = "```python\nimport time\ntime.sleep(60)\nprint(1)\n```";
+    item.input.ground_truth = truth;
+    slow.push_back(item);
+  }
+  std::unique_ptr<RewardClient> impatient =
+      MakeClient((*server)->address(), "", absl::Seconds(1), /*max_attempts=*/1);
+  absl::StatusOr<std::vector<RewardResponseItem>> gave_up = impatient->Score(slow);
+  EXPECT_EQ(gave_up.status().code(), absl::StatusCode::kDeadlineExceeded) << gave_up.status();
+
+  RewardRequestItem quick;
+  quick.id = "quick";
+  quick.input.response = "print(1)";
+  quick.input.ground_truth = truth;
+  std::unique_ptr<RewardClient> client = MakeClient((*server)->address(), "", absl::Seconds(20), 1);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::vector<RewardResponseItem>> answer = client->Score({quick});
+  const absl::Duration elapsed = absl::Now() - start;
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  ASSERT_EQ(answer->size(), 1u);
+  EXPECT_EQ((*answer)[0].result.score, 1.0);
+  EXPECT_LT(elapsed, absl::Seconds(5));
+
+  // Items of one call run side by side: two 1-second programs take about one second.
+  std::vector<RewardRequestItem> pair;
+  for (int i = 0; i < 2; ++i) {
+    RewardRequestItem item;
+    item.id = absl::StrCat("pair", i);
+    item.input.response = "import time\ntime.sleep(1.5)\nprint(1)\n";
+    item.input.ground_truth = truth;
+    pair.push_back(item);
+  }
+  const absl::Time pair_start = absl::Now();
+  absl::StatusOr<std::vector<RewardResponseItem>> both = client->Score(pair);
+  ASSERT_TRUE(both.ok()) << both.status();
+  EXPECT_EQ((*both)[0].result.score, 1.0);
+  EXPECT_EQ((*both)[1].result.score, 1.0);
+  EXPECT_LT(absl::Now() - pair_start, absl::Seconds(2.9));
 }
 
 TEST(RewardServiceTest, UnreachableServerIsUnavailableAfterRetries) {
