@@ -594,7 +594,10 @@ int64_t MiniMaxForCausalLMImpl::LogitChunkRows() const {
 }
 
 torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,
-                                                    const torch::Tensor& targets, int64_t chunk) {
+                                                    const torch::Tensor& targets, int64_t chunk,
+                                                    double temperature) {
+  TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
+              "TokenLogprobs: temperature must be finite and > 0, got ", temperature);
   // Empty, but still a function of `hidden`: an expert-parallel backward must reach the
   // MoE blocks' collectives from every rank, those without tokens included.
   if (hidden.size(0) == 0) return Logits(hidden).sum(-1);
@@ -603,12 +606,15 @@ torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,
   auto rows = hidden.split(chunk), ids = targets.split(chunk);
   const auto& w = lm_head->weight;
   for (size_t c = 0; c < rows.size(); ++c) {
-    if (TrainKernelsSupported(rows[c]) && w.scalar_type() == torch::kBFloat16) {
+    // The fused kernel knows T = 1 only; other temperatures take the ATen path.
+    if (temperature == 1.0 && TrainKernelsSupported(rows[c]) && w.scalar_type() == torch::kBFloat16) {
       // The logits' FP32 log-softmax, pick and gradient in one pass each (the same math).
       parts.push_back(TokenLogprobsCuda(rows[c], w, ids[c]));
       continue;
     }
-    auto logp = torch::log_softmax(Logits(rows[c]), -1);
+    auto logits = Logits(rows[c]);
+    if (temperature != 1.0) logits = logits / temperature;
+    auto logp = torch::log_softmax(logits, -1);
     parts.push_back(logp.gather(1, ids[c].unsqueeze(1)).squeeze(1));
   }
   return parts.size() == 1 ? parts[0] : torch::cat(parts);

@@ -172,9 +172,11 @@ class MiniMaxForCausalLMImpl : public torch::nn::Module {
   // FP32 logits [N, vocab] of hidden states [N, hidden].
   torch::Tensor Logits(const torch::Tensor& hidden);
   // log p(targets[i] | hidden[i]) in FP32, computed in chunks so the [T, vocab] logits
-  // never exist at once (0: LogitChunkRows()). Differentiable.
+  // never exist at once (0: LogitChunkRows()). Differentiable. With `temperature` T the
+  // distribution is softmax(logits / T), the one a sampler at T draws from and reports
+  // logprobs of; T must be > 0.
   torch::Tensor TokenLogprobs(const torch::Tensor& hidden, const torch::Tensor& targets,
-                              int64_t chunk = 0);
+                              int64_t chunk = 0, double temperature = 1.0);
   // Rows of FP32 logits computed at once: about 2^27 logits, at least 1024 rows.
   int64_t LogitChunkRows() const;
 

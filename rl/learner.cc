@@ -79,6 +79,11 @@ absl::Status LearnerOptions::Validate() const {
   if (max_tokens_per_forward < 1) {
     return absl::InvalidArgumentError("max_tokens_per_forward must be >= 1");
   }
+  if (!(temperature > 0) || !std::isfinite(temperature)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "temperature must be finite and > 0 (the rollouts' sampling temperature), got ",
+        temperature));
+  }
   return absl::OkStatus();
 }
 
@@ -86,7 +91,8 @@ namespace {
 
 // A packed forward's view of some samples: which hidden row predicts which response token.
 struct Packed {
-  torch::Tensor tokens, predict_rows, targets, advantages, mask, rollout;
+  // rollout: the engine's logprobs (0 where a sample has none); has_rollout: 1 where it has.
+  torch::Tensor tokens, predict_rows, targets, advantages, mask, rollout, has_rollout;
   PackedLayout layout;
   std::vector<int64_t> response_offsets;  // start of each sample's response tokens
   int64_t num_response_tokens = 0;
@@ -95,7 +101,7 @@ struct Packed {
 Packed Pack(const std::vector<const TrainSample*>& samples, const torch::Device& device) {
   Packed p;
   std::vector<int64_t> flat, rows, targets, lengths;
-  std::vector<float> adv, mask, rollout;
+  std::vector<float> adv, mask, rollout, has_rollout;
   int64_t offset = 0;
   for (const TrainSample* s : samples) {
     const int64_t P = static_cast<int64_t>(s->prompt.size());
@@ -109,7 +115,9 @@ Packed Pack(const std::vector<const TrainSample*>& samples, const torch::Device&
       targets.push_back(s->response[j]);
       adv.push_back(static_cast<float>(s->advantage));
       mask.push_back(s->keep ? 1.f : 0.f);
-      rollout.push_back(j < static_cast<int64_t>(s->rollout_logprobs.size()) ? s->rollout_logprobs[j] : 0.f);
+      const bool has = static_cast<int64_t>(s->rollout_logprobs.size()) == R;
+      rollout.push_back(has ? s->rollout_logprobs[j] : 0.f);
+      has_rollout.push_back(has ? 1.f : 0.f);
     }
     offset += P + R;
   }
@@ -121,6 +129,7 @@ Packed Pack(const std::vector<const TrainSample*>& samples, const torch::Device&
   p.advantages = torch::tensor(adv, f32).to(device);
   p.mask = torch::tensor(mask, f32).to(device);
   p.rollout = torch::tensor(rollout, f32).to(device);
+  p.has_rollout = torch::tensor(has_rollout, f32).to(device);
   p.layout = PackedLayout::FromLengths(lengths);
   p.num_response_tokens = static_cast<int64_t>(targets.size());
   return p;
@@ -219,8 +228,10 @@ uint64_t BatchHash(const std::vector<TrainSample>& batch) {
     for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
   };
   for (const TrainSample& s : batch) {
-    const uint64_t sizes[3] = {s.prompt.size(), s.response.size(), s.rollout_logprobs.size()};
+    const uint64_t sizes[4] = {s.id.size(), s.prompt.size(), s.response.size(),
+                               s.rollout_logprobs.size()};
     mix(sizes, sizeof(sizes));
+    mix(s.id.data(), s.id.size());
     mix(s.prompt.data(), s.prompt.size() * sizeof(int32_t));
     mix(s.response.data(), s.response.size() * sizeof(int32_t));
     mix(s.rollout_logprobs.data(), s.rollout_logprobs.size() * sizeof(float));
@@ -621,7 +632,9 @@ struct Learner::Impl {
       const int64_t chunk = module->LogitChunkRows();
       for (int64_t start = 0; start < hidden.size(0); start += chunk) {
         const int64_t n = std::min<int64_t>(chunk, hidden.size(0) - start);
-        auto logp = torch::log_softmax(module->Logits(hidden.narrow(0, start, n)), -1);
+        auto logits = module->Logits(hidden.narrow(0, start, n));
+        if (options.temperature != 1.0) logits = logits / options.temperature;
+        auto logp = torch::log_softmax(logits, -1);
         lps.push_back(logp.gather(1, p.targets.narrow(0, start, n).unsqueeze(1)).squeeze(1));
         ents.push_back(-(logp.exp() * logp).sum(-1));
       }
@@ -631,7 +644,7 @@ struct Learner::Impl {
       *entropy = ents.empty() ? none : torch::cat(ents);
       return {lps.empty() ? none : torch::cat(lps), out.aux_loss};
     }
-    return {module->TokenLogprobs(hidden, p.targets), out.aux_loss};
+    return {module->TokenLogprobs(hidden, p.targets, 0, options.temperature), out.aux_loss};
   }
 
   // sqrt of the sum of squares of `grads` (bf16 or FP32, summed in FP32), on the device.
@@ -1068,6 +1081,39 @@ absl::Status CheckSameBatch(ProcessGroup* group, const std::vector<TrainSample>&
 
 }  // namespace
 
+namespace {
+
+// The engine's logprobs of a sample: none, or one finite log-probability per response
+// token; a loss that reads them (truncated IS) needs them on every kept sample. A missing
+// logprob is never read as 0 (probability 1).
+absl::Status CheckRolloutLogprobs(const TrainSample& s, const PolicyLossOptions& loss) {
+  const std::string name = s.id.empty() ? std::string("a train sample") : absl::StrCat("train sample ", s.id);
+  if (s.rollout_logprobs.empty()) {
+    if (loss.truncated_is_cap > 0 && s.keep && !s.response.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, " has no engine logprobs, but truncated importance sampling (truncated_is_cap ",
+          loss.truncated_is_cap, ") weights every token by them"));
+    }
+    return absl::OkStatus();
+  }
+  if (s.rollout_logprobs.size() != s.response.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(name, " has ", s.rollout_logprobs.size(),
+                                                   " engine logprobs for ", s.response.size(),
+                                                   " response tokens"));
+  }
+  for (size_t j = 0; j < s.rollout_logprobs.size(); ++j) {
+    const float lp = s.rollout_logprobs[j];
+    // A sampled token has probability > 0; a little above 0 is FP32 rounding of log 1.
+    if (!std::isfinite(lp) || lp > 1e-3f) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ": engine logprob of response token ", j,
+                                                     " is ", lp, ", not a log-probability"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& batch) {
   Impl& m = *impl_;
   LearnerStats stats;
@@ -1076,6 +1122,7 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
     if (s.prompt.empty()) return absl::InvalidArgumentError("train sample with an empty prompt");
     RETURN_IF_ERROR(CheckTokenIds(s.prompt, m.policy->config().vocab_size, "train sample prompt"));
     RETURN_IF_ERROR(CheckTokenIds(s.response, m.policy->config().vocab_size, "train sample response"));
+    RETURN_IF_ERROR(CheckRolloutLogprobs(s, m.options.loss));
     if (!s.response.empty()) samples.push_back(&s);
   }
   if (m.dp()) RETURN_IF_ERROR(CheckSameBatch(m.group, batch));
@@ -1096,7 +1143,8 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
     }
     // pi_old: the policy before this batch's updates, computed once.
     std::unordered_map<const TrainSample*, torch::Tensor> old;
-    double entropy_sum = 0, mismatch_sum = 0, counted = 0;
+    double entropy_sum = 0, mismatch_sum = 0, mismatch_max = 0, mismatch_kl_sum = 0, counted = 0,
+           with_rollout = 0;
     {
       torch::NoGradGuard no_grad;
       auto micros = MicroBatches(mine[m.rank], max_tokens);
@@ -1110,8 +1158,15 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
         torch::Tensor entropy;
         auto lp = m.Logprobs(p, /*train=*/false, &entropy).first;
         entropy_sum += (entropy * p.mask).sum().item<double>();
-        mismatch_sum += ((lp - p.rollout).abs() * p.mask).sum().item<double>();
         counted += static_cast<double>(static_cast<int64_t>(p.mask.sum().item<double>()));
+        // The train/inference mismatch over kept tokens the engine reported logprobs of;
+        // k3 of KL(pi_rollout || pi_old) on samples of pi_rollout.
+        const auto w = p.mask * p.has_rollout;
+        const auto d = (lp - p.rollout) * w;
+        mismatch_sum += d.abs().sum().item<double>();
+        if (d.numel() > 0) mismatch_max = std::max(mismatch_max, d.abs().max().item<double>());
+        mismatch_kl_sum += ((d.exp() - 1 - d) * w).sum().item<double>();
+        with_rollout += w.sum().item<double>();
         for (size_t i = 0; i < micro.size(); ++i) {
           old[micro[i]] = lp.narrow(0, p.response_offsets[i], static_cast<int64_t>(micro[i]->response.size()));
         }
@@ -1119,6 +1174,7 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
     }
 
     double weight_total = 0, clip_sum = 0, ratio_sum = 0, clipped_sum = 0, kl_sum = 0, tokens = 0;
+    double tis_sum = 0;
     double ratio_min = std::numeric_limits<double>::infinity(), ratio_max = 0;
     for (int64_t mb = 0; mb < M; ++mb) {
       const size_t begin = samples.size() * mb / M, end = samples.size() * (mb + 1) / M;
@@ -1178,6 +1234,7 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
         ratio_sum += w * out.ratio_mean;
         clipped_sum += w * out.clipped_weight_mean;
         kl_sum += w * out.approx_kl;
+        tis_sum += w * out.truncated_is_weight_mean;
         if (w > 0) {
           ratio_min = std::min(ratio_min, out.ratio_min);
           ratio_max = std::max(ratio_max, out.ratio_max);
@@ -1192,20 +1249,23 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
       ++m.rl_steps;
     }
     if (m.dp()) {
-      std::vector<double> sums{entropy_sum, mismatch_sum, counted,   stats.loss, stats.policy_loss,
-                               stats.aux_loss, weight_total, clip_sum, ratio_sum, clipped_sum,
-                               kl_sum,         tokens};
+      // Every rank's sums, element by element; the names say which is which.
+      double* const summed[] = {&entropy_sum, &mismatch_sum, &mismatch_kl_sum, &with_rollout,
+                                &counted, &stats.loss, &stats.policy_loss, &stats.aux_loss,
+                                &weight_total, &clip_sum, &ratio_sum, &clipped_sum, &kl_sum,
+                                &tis_sum, &tokens};
+      std::vector<double> sums;
+      for (double* v : summed) sums.push_back(*v);
       RETURN_IF_ERROR(m.group->AllReduce(&sums, ReduceOp::kSum));
-      entropy_sum = sums[0], mismatch_sum = sums[1], counted = sums[2];
-      stats.loss = sums[3], stats.policy_loss = sums[4], stats.aux_loss = sums[5];
-      weight_total = sums[6], clip_sum = sums[7], ratio_sum = sums[8], clipped_sum = sums[9];
-      kl_sum = sums[10], tokens = sums[11];
-      std::vector<double> extremes{-ratio_min, ratio_max};
+      for (size_t i = 0; i < sums.size(); ++i) *summed[i] = sums[i];
+      std::vector<double> extremes{-ratio_min, ratio_max, mismatch_max};
       RETURN_IF_ERROR(m.group->AllReduce(&extremes, ReduceOp::kMax));
-      ratio_min = -extremes[0], ratio_max = extremes[1];
+      ratio_min = -extremes[0], ratio_max = extremes[1], mismatch_max = extremes[2];
     }
     stats.entropy = counted > 0 ? entropy_sum / counted : 0;
-    stats.rollout_logprob_abs_diff = counted > 0 ? mismatch_sum / counted : 0;
+    stats.rollout_logprob_abs_diff = with_rollout > 0 ? mismatch_sum / with_rollout : 0;
+    stats.rollout_logprob_abs_diff_max = mismatch_max;
+    stats.rollout_kl = with_rollout > 0 ? mismatch_kl_sum / with_rollout : 0;
     stats.tokens = static_cast<int64_t>(tokens);
     stats.ratio_min = std::isfinite(ratio_min) ? ratio_min : 0;
     stats.ratio_max = ratio_max;
@@ -1214,6 +1274,7 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
       stats.ratio_mean = ratio_sum / weight_total;
       stats.clipped_weight_mean = clipped_sum / weight_total;
       stats.approx_kl = kl_sum / weight_total;
+      stats.truncated_is_weight_mean = tis_sum / weight_total;
     }
     m.policy->module()->eval();
   } catch (const c10::Error& e) {

@@ -64,15 +64,23 @@ struct LearnerOptions {
   double aux_loss_coef = 0.001; // MoE load-balancing loss weight
   double moe_capacity_factor = 0;  // token dropping in training; 0 = off
   int64_t max_tokens_per_forward = 16384;  // micro-batching of long batches
+  // The temperature T the rollouts were sampled at: the learner's logprobs (old and
+  // current) are log softmax(logits / T), the distribution the engine sampled from and
+  // reported logprobs of. Must be > 0.
+  double temperature = 1.0;
   DataParallelOptions data_parallel;
   absl::Status Validate() const;
 };
 
 // One response to learn from.
 struct TrainSample {
+  std::string id;  // names the sample in errors (e.g. "step-3-0-5/2": group id / index)
   std::vector<int32_t> prompt;
   std::vector<int32_t> response;
-  std::vector<float> rollout_logprobs;  // the engine's, one per response token
+  // The engine's logprob of each response token (log softmax(logits / T)), one per token;
+  // empty when the source did not record them. A loss that reads them (truncated IS)
+  // refuses a kept sample without them.
+  std::vector<float> rollout_logprobs;
   double advantage = 0;  // RL; ignored by SFT
   bool keep = true;      // false: the response's tokens are masked out (overlong filter)
 };
@@ -81,8 +89,11 @@ struct LearnerStats {
   double loss = 0, policy_loss = 0, aux_loss = 0, grad_norm = 0, lr = 0;
   double clip_fraction = 0, ratio_mean = 0, ratio_min = 0, ratio_max = 0;
   double clipped_weight_mean = 0, approx_kl = 0, entropy = 0;
-  // Mean |log pi_old - log pi_rollout|: the train/inference mismatch.
-  double rollout_logprob_abs_diff = 0;
+  // The train/inference mismatch over tokens with engine logprobs: mean and max
+  // |log pi_old - log pi_rollout|, and the k3 estimate of KL(pi_rollout || pi_old).
+  double rollout_logprob_abs_diff = 0, rollout_logprob_abs_diff_max = 0, rollout_kl = 0;
+  // Mean truncated-IS weight min(pi_old / pi_rollout, cap) (1 when off).
+  double truncated_is_weight_mean = 1;
   int64_t tokens = 0, updates = 0;
   // Data parallel, this rank: gradient buckets all-reduced, and how many of them were
   // launched from backward (overlapped) rather than after it.

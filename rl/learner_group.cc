@@ -74,6 +74,7 @@ std::string EncodeBatch(Command command, const std::vector<TrainSample>& batch, 
   w.Put(lr);
   w.Put<uint64_t>(batch.size());
   for (const TrainSample& s : batch) {
+    w.PutString(s.id);
     w.PutVector(s.prompt);
     w.PutVector(s.response);
     w.PutVector(s.rollout_logprobs);
@@ -90,7 +91,8 @@ bool DecodeBatch(Reader& r, std::vector<TrainSample>& batch, double& lr) {
   for (uint64_t i = 0; i < n; ++i) {
     TrainSample s;
     uint8_t keep = 0;
-    if (!r.GetVector(s.prompt) || !r.GetVector(s.response) || !r.GetVector(s.rollout_logprobs) ||
+    if (!r.GetString(s.id) || !r.GetVector(s.prompt) || !r.GetVector(s.response) ||
+        !r.GetVector(s.rollout_logprobs) ||
         !r.Get(s.advantage) || !r.Get(keep)) {
       return false;
     }

@@ -60,6 +60,15 @@ absl::Status PolicyLossOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("policy_loss.kl_coef must be finite and >= 0, got ", kl_coef));
   }
+  if (!std::isfinite(dual_clip) || (dual_clip != 0.0 && dual_clip <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy_loss.dual_clip must be 0 (off) or > 1, got ", dual_clip));
+  }
+  if (dual_clip != 0.0 && kind == PolicyLossKind::kCispo) {
+    return absl::InvalidArgumentError(
+        "policy_loss.dual_clip applies to the PPO-style kinds (grpo, ppo_clip, dapo); CISPO's "
+        "weight is capped by eps_high");
+  }
   return absl::OkStatus();
 }
 

@@ -43,6 +43,10 @@ struct PolicyLossOptions {
   double truncated_is_cap = 0.0;
   // Weight of a k3 KL penalty to a reference policy (needs ref_logprobs); 0 (M1) disables.
   double kl_coef = 0.0;
+  // Dual-clip PPO (Ye et al. 2020) for the PPO-style kinds: a token with A < 0 loses at
+  // most dual_clip * |A|, however far its ratio grew. 0 disables; otherwise must be > 1.
+  // CISPO's weight is already capped at 1 + eps_high.
+  double dual_clip = 0.0;
 
   absl::Status Validate() const;
 };

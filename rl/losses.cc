@@ -63,7 +63,8 @@ PolicyLossOutput ComputePolicyLoss(const PolicyLossInputs& in, const PolicyLossO
   // Masked tokens (padding) may hold any logprob, even -inf; selecting 0 there keeps their
   // gradient exactly zero instead of 0 * inf = nan.
   const torch::Tensor logp_safe = torch::where(keep, logp, zeros);
-  const torch::Tensor log_ratio = logp_safe - torch::where(keep, old, zeros);
+  const torch::Tensor log_ratio =
+      (logp_safe - torch::where(keep, old, zeros)).clamp(-kMaxLogRatio, kMaxLogRatio);
   const torch::Tensor ratio = torch::exp(log_ratio);
   const torch::Tensor ratio_sg = ratio.detach();
 
@@ -89,6 +90,10 @@ PolicyLossOutput ComputePolicyLoss(const PolicyLossInputs& in, const PolicyLossO
     per_token = -(ratio_sg.clamp(lo, hi) * adv) * logp_safe;
   } else {
     per_token = -torch::minimum(ratio * adv, ratio.clamp(lo, hi) * adv);
+    if (options.dual_clip > 0.0) {
+      // For A < 0 the surrogate -r A grows without bound in r; cap it at -c A.
+      per_token = torch::where(adv < 0, torch::minimum(per_token, -options.dual_clip * adv), per_token);
+    }
   }
   const torch::Tensor policy_loss = (per_token * token_weight).sum() * inv_n;
 

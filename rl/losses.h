@@ -65,6 +65,11 @@ struct PolicyLossOutput {
   double truncated_is_weight_mean = 0.0;
 };
 
+// |log r| is clamped to this before exp: FP32 exp overflows to inf at log r ~ 89, and an
+// inf ratio turns a PPO-style surrogate (and its gradient) into inf or nan. e^20 ~ 5e8 is
+// far outside every clip range, so no clipped value changes.
+inline constexpr double kMaxLogRatio = 20.0;
+
 // The loss of one minibatch; see the header comment for the normalisation. Caller bugs
 // (shape/dtype mismatch, missing optional inputs, num_tokens_global <= 0) are TORCH_CHECKs;
 // validate options once at config load.

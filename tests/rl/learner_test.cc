@@ -7,6 +7,7 @@
 #include <random>
 
 #include "common/file_util.h"
+#include "inference_engine/engine.h"
 #include "policy/minimax_model.h"
 #include "tests/test_models.h"
 
@@ -152,6 +153,218 @@ TEST(LearnerTest, SavedStateContinuesLikeAnUninterruptedRun) {
   for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pr[i])) << i;
   EXPECT_TRUE(RemoveTree(dir).ok()) << dir;
   (void)b;
+}
+
+
+// Samples drawn by the real engine at `temperature`, with its logprobs.
+std::vector<TrainSample> EngineSamples(PolicyModel* policy, double temperature, uint64_t seed,
+                                       int prompts, int n) {
+  EngineOptions eopts;
+  eopts.max_num_seqs = prompts * n;
+  auto engine = Engine::Create(policy, eopts);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  std::mt19937 rng(seed);
+  std::vector<GenerationRequest> reqs(prompts);
+  for (int i = 0; i < prompts; ++i) {
+    reqs[i].id = "p" + std::to_string(i);
+    for (int t = 0; t < 3 + i % 3; ++t) reqs[i].prompt.push_back(static_cast<int32_t>(rng() % 40));
+    reqs[i].params.temperature = temperature;
+    reqs[i].params.max_new_tokens = 6;
+    reqs[i].params.n = n;
+    reqs[i].params.seed = rng();
+    reqs[i].params.early_stop_window = 0;
+  }
+  std::vector<TrainSample> batch;
+  for (const GenerationResult& r : (*engine)->Generate(reqs)) {
+    EXPECT_TRUE(r.status.ok()) << r.status;
+    for (size_t k = 0; k < r.samples.size(); ++k) {
+      TrainSample s;
+      s.id = r.id + "/" + std::to_string(k);
+      s.prompt = reqs[std::stoi(r.id.substr(1))].prompt;
+      s.response = r.samples[k].tokens;
+      s.rollout_logprobs = r.samples[k].logprobs;
+      s.advantage = std::normal_distribution<double>()(rng);
+      batch.push_back(std::move(s));
+    }
+  }
+  return batch;
+}
+
+// log softmax(logits / T) of each response token, in float64 from the model's hidden
+// states: the reference the learner's logprobs must match.
+std::vector<double> ReferenceLogprobs(PolicyModel& policy, const TrainSample& s, double temperature) {
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> seq(s.prompt.begin(), s.prompt.end());
+  seq.insert(seq.end(), s.response.begin(), s.response.end());
+  auto& module = policy.module();
+  auto out = module->Forward(torch::tensor(seq), PackedLayout::FromLengths({static_cast<int64_t>(seq.size())}));
+  auto logits = module->Logits(out.hidden).to(torch::kFloat64) / temperature;
+  auto logp = torch::log_softmax(logits, -1);
+  std::vector<double> lps;
+  for (size_t j = 0; j < s.response.size(); ++j) {
+    lps.push_back(logp[static_cast<int64_t>(s.prompt.size() + j - 1)][s.response[j]].item<double>());
+  }
+  return lps;
+}
+
+TEST(LearnerTest, LogprobsUseTheRolloutTemperature) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok());
+  const double T = 0.6;
+  auto batch = EngineSamples(policy->get(), T, rng(), 3, 4);
+  ASSERT_FALSE(batch.empty());
+  // The engine's own logprobs are of softmax(logits / T).
+  for (const TrainSample& s : batch) {
+    auto ref = ReferenceLogprobs(**policy, s, T);
+    for (size_t j = 0; j < ref.size(); ++j) EXPECT_NEAR(s.rollout_logprobs[j], ref[j], 1e-4) << s.id;
+  }
+  LearnerOptions opts;
+  opts.optimizer.lr = 1e-12;  // the old-logprob pass is what is checked, not the update
+  opts.temperature = T;
+  auto learner = Learner::Create(policy->get(), opts);
+  ASSERT_TRUE(learner.ok());
+  auto stats = (*learner)->TrainRl(batch);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_LT(stats->rollout_logprob_abs_diff_max, 1e-4);
+  EXPECT_NEAR(stats->ratio_mean, 1.0, 1e-6);
+
+  // A learner at T = 1 sees a different distribution than the engine sampled from.
+  LearnerOptions at_one = opts;
+  at_one.temperature = 1.0;
+  auto learner1 = Learner::Create(policy->get(), at_one);
+  ASSERT_TRUE(learner1.ok());
+  auto stats1 = (*learner1)->TrainRl(batch);
+  ASSERT_TRUE(stats1.ok());
+  EXPECT_GT(stats1->rollout_logprob_abs_diff, 1e-3);
+}
+
+TEST(LearnerTest, StaleSamplesAreWeightedByTruncatedIsAgainstTheEngine) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok());
+  // Sampled at version 0 ...
+  auto stale = EngineSamples(policy->get(), 1.0, rng(), 3, 4);
+  LearnerOptions opts;
+  opts.optimizer.lr = 3e-2;
+  opts.loss.truncated_is_cap = 1.5;
+  auto learner = Learner::Create(policy->get(), opts);
+  ASSERT_TRUE(learner.ok());
+  // ... trained on after two updates on other samples moved the policy.
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE((*learner)->TrainSft(RandomBatch(rng, 4), 3e-2).ok());
+  double expected = 0, tokens = 0, moved = 0;
+  for (const TrainSample& s : stale) {
+    auto now = ReferenceLogprobs(**policy, s, 1.0);
+    for (size_t j = 0; j < now.size(); ++j) {
+      const double w = std::exp(now[j] - s.rollout_logprobs[j]);
+      moved = std::max(moved, std::abs(w - 1));
+      expected += std::min(w, 1.5);
+      tokens += 1;
+    }
+  }
+  ASSERT_GT(moved, 0.05) << "the updates did not move the policy enough for a meaningful check";
+  auto stats = (*learner)->TrainRl(stale);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_NEAR(stats->truncated_is_weight_mean, expected / tokens, 1e-4);
+  EXPECT_GT(stats->rollout_logprob_abs_diff, 1e-3);
+}
+
+TEST(LearnerTest, MissingOrBadEngineLogprobsAreErrorsNamingTheSample) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  LearnerOptions opts;
+  opts.loss.truncated_is_cap = 2.0;
+  auto learner = Learner::Create(policy->get(), opts);
+  ASSERT_TRUE(learner.ok());
+  auto batch = RandomBatch(rng, 3);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    batch[i].id = "group-7/" + std::to_string(i);
+    batch[i].rollout_logprobs.assign(batch[i].response.size(), -0.5f);
+  }
+  batch[1].rollout_logprobs.clear();
+  auto missing = (*learner)->TrainRl(batch);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("group-7/1"), std::string::npos) << missing.status();
+  EXPECT_EQ((*learner)->version(), 0);
+
+  batch[1].rollout_logprobs.assign(batch[1].response.size(), -0.5f);
+  batch[2].rollout_logprobs[0] = std::nanf("");
+  auto nan = (*learner)->TrainRl(batch);
+  ASSERT_FALSE(nan.ok());
+  EXPECT_NE(nan.status().message().find("group-7/2"), std::string::npos) << nan.status();
+
+  // Without truncated IS a sample may come without engine logprobs (an SFT'd log, say),
+  // but never with the wrong count.
+  LearnerOptions plain;
+  auto learner2 = Learner::Create(policy->get(), plain);
+  batch[2].rollout_logprobs.clear();
+  EXPECT_TRUE((*learner2)->TrainRl(batch).ok());
+  batch[2].rollout_logprobs.assign(batch[2].response.size() + 1, -0.5f);
+  EXPECT_FALSE((*learner2)->TrainRl(batch).ok());
+}
+
+TEST(LearnerTest, NormaliserCountsKeptTokensOnly) {
+  // A masked-out sample (overlong filter) adds nothing: neither gradient nor tokens to the
+  // normaliser, so the update equals the one without it.
+  std::mt19937 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  auto a = PolicyModel::Create(TinyConfig(), seed);
+  auto b = PolicyModel::Create(TinyConfig(), seed);
+  LearnerOptions opts;
+  opts.optimizer.lr = 1e-2;
+  opts.optimizer.grad_clip = 0;
+  opts.aux_loss_coef = 0;  // the router's aux loss sees every token of a forward
+  auto la = Learner::Create(a->get(), opts);
+  auto lb = Learner::Create(b->get(), opts);
+  auto batch = RandomBatch(rng, 4);
+  auto with_masked = batch;
+  auto extra = RandomBatch(rng, 1)[0];
+  extra.keep = false;
+  extra.advantage = 5.0;
+  with_masked.insert(with_masked.begin() + 2, extra);
+  auto sa = (*la)->TrainRl(batch);
+  auto sb = (*lb)->TrainRl(with_masked);
+  ASSERT_TRUE(sa.ok() && sb.ok());
+  EXPECT_EQ(sa->tokens, sb->tokens);
+  EXPECT_NEAR(sa->policy_loss, sb->policy_loss, 1e-6);
+  auto pa = (*a)->module()->parameters();
+  auto pb = (*b)->module()->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(pa[i], pb[i], 1e-5, 1e-6)) << i;
+  }
+  // Halving a kept sample's tokens' share: the same batch with the masked sample kept
+  // trains differently (the test can fail).
+  with_masked[2].keep = true;
+  auto c = PolicyModel::Create(TinyConfig(), seed);
+  auto lc = Learner::Create(c->get(), opts);
+  ASSERT_TRUE((*lc)->TrainRl(with_masked).ok());
+  bool differs = false;
+  auto pc = (*c)->module()->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) differs |= !torch::allclose(pa[i], pc[i], 1e-5, 1e-6);
+  EXPECT_TRUE(differs);
+}
+
+TEST(LearnerTest, OldLogprobsAreThePolicyBeforeTheBatch) {
+  // With one update per batch every ratio is exactly 1; with two, the second minibatch's
+  // ratios are taken against the weights before the first update.
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  LearnerOptions opts;
+  opts.optimizer.lr = 3e-2;
+  auto learner = Learner::Create(policy->get(), opts);
+  auto batch = RandomBatch(rng, 6);
+  auto one = (*learner)->TrainRl(batch);
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one->ratio_min, 1.0);
+  EXPECT_EQ(one->ratio_max, 1.0);
+  EXPECT_EQ(one->clip_fraction, 0.0);
+
+  opts.minibatches = 2;
+  auto learner2 = Learner::Create(policy->get(), opts);
+  auto two = (*learner2)->TrainRl(batch);
+  ASSERT_TRUE(two.ok());
+  EXPECT_GT(std::max(two->ratio_max - 1, 1 - two->ratio_min), 1e-4);
+  EXPECT_EQ((*learner2)->version(), 2);
 }
 
 }  // namespace

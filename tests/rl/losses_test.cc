@@ -496,5 +496,56 @@ TEST(PolicyLossOptions, KindNamesRoundTrip) {
   EXPECT_NE(bad.status().message().find("\"ppo\""), absl::string_view::npos);
 }
 
+TEST(PolicyLoss, HugeLogRatiosStayFiniteInEveryKind) {
+  // FP32 exp overflows at log r ~ 89: a stale or corrupted old logprob must not turn the
+  // surrogate into inf or nan.
+  std::mt19937 rng(std::random_device{}());
+  Case c = RandomCase(64, rng());
+  for (size_t i = 0; i < c.logp.size(); ++i) c.old[i] = c.logp[i] + (i % 2 ? 150.0 : -150.0);
+  for (PolicyLossKind kind : {PolicyLossKind::kCispo, PolicyLossKind::kGrpo,
+                              PolicyLossKind::kPpoClip, PolicyLossKind::kDapo}) {
+    PolicyLossOptions o;
+    o.kind = kind;
+    Result r = RunLoss(c, o, MaskCount(c) + 1, torch::kFloat32);
+    EXPECT_TRUE(std::isfinite(r.loss)) << PolicyLossKindName(kind);
+    for (double g : r.grad) ASSERT_TRUE(std::isfinite(g)) << PolicyLossKindName(kind);
+    EXPECT_TRUE(std::isfinite(r.out.ratio_max)) << PolicyLossKindName(kind);
+  }
+}
+
+TEST(PolicyLoss, DualClipCapsNegativeAdvantageTokens) {
+  std::mt19937 rng(std::random_device{}());
+  Case c = RandomCase(200, rng());
+  const double cap = 3.0;
+  PolicyLossOptions o;
+  o.kind = PolicyLossKind::kGrpo;
+  o.dual_clip = cap;
+  const double n = MaskCount(c) + 3;
+  Result got = RunLoss(c, o, n);
+  // Oracle per token: PPO-clip's max(-r A, -clip(r) A), then for A < 0 at most -cap A,
+  // whose gradient is zero.
+  double loss = 0;
+  int capped = 0;
+  for (size_t i = 0; i < c.logp.size(); ++i) {
+    if (c.mask[i] == 0) {
+      EXPECT_EQ(got.grad[i], 0.0);
+      continue;
+    }
+    const double r = std::exp(c.logp[i] - c.old[i]), a = c.adv[i];
+    const double clipped = std::clamp(r, 1 - o.ppo_eps, 1 + o.ppo_eps);
+    double per = std::max(-r * a, -clipped * a);
+    double grad = (-r * a >= -clipped * a) ? -r * a : 0.0;  // d/dlogp of the chosen branch
+    if (a < 0 && per > -cap * a) {
+      per = -cap * a;
+      grad = 0;
+      ++capped;
+    }
+    loss += per / n;
+    EXPECT_NEAR(got.grad[i], grad / n, 1e-12 + 1e-9 * std::abs(grad / n)) << i;
+  }
+  EXPECT_NEAR(got.loss, loss, 1e-12 + 1e-9 * std::abs(loss));
+  EXPECT_GT(capped, 0) << "no token reached the dual clip; the case does not test it";
+}
+
 }  // namespace
 }  // namespace lightrl
