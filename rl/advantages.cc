@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 
 namespace lightrl {
 namespace {
@@ -122,6 +123,32 @@ absl::StatusOr<double> SoftOverlongPenalty(int64_t num_tokens, const OverlongOpt
   if (num_tokens > options.max_response_length) return -options.penalty;
   return -options.penalty * static_cast<double>(num_tokens - expected) /
          static_cast<double>(options.buffer);
+}
+
+absl::StatusOr<GroupSignal> ComputeGroupSignal(absl::Span<const ScoredResponse> group,
+                                               const GroupSignalOptions& options) {
+  std::vector<double> rewards, correctness;
+  std::vector<ResponseEnd> ends;
+  for (const ScoredResponse& r : group) {
+    rewards.push_back(r.reward);
+    correctness.push_back(r.correctness);
+    ends.push_back(r.end);
+  }
+  GroupSignal signal;
+  if (options.dynamic_sampling) {
+    ASSIGN_OR_RETURN(GroupFilterResult filtered, FilterDegenerateGroups({correctness}));
+    if (filtered.num_dropped > 0) {
+      signal.dropped = true;
+      return signal;
+    }
+  }
+  ASSIGN_OR_RETURN(signal.advantages, GroupAdvantages(rewards));
+  if (options.overlong_filter) {
+    ASSIGN_OR_RETURN(signal.keep, OverlongFilterMask(ends, options.overlong));
+  } else {
+    signal.keep.assign(group.size(), 1.0f);
+  }
+  return signal;
 }
 
 }  // namespace lightrl

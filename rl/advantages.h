@@ -73,4 +73,33 @@ absl::StatusOr<std::vector<float>> OverlongFilterMask(absl::Span<const ResponseE
 // Errors: invalid options, a negative length.
 absl::StatusOr<double> SoftOverlongPenalty(int64_t num_tokens, const OverlongOptions& options);
 
+// One scored response of a prompt group, as the controller has it.
+struct ScoredResponse {
+  // The reward the advantage is computed from, penalties (soft overlong) included.
+  double reward = 0;
+  // What dynamic sampling judges a group by: the reward's "correct" component where it has
+  // one, else the reward before any penalty. A group of all-wrong answers that only a
+  // length penalty tells apart carries no signal about correctness; training on it would
+  // reward the shorter wrong answers.
+  double correctness = 0;
+  ResponseEnd end;
+};
+
+struct GroupSignalOptions {
+  bool dynamic_sampling = true;  // drop groups whose correctness is all equal
+  bool overlong_filter = false;  // mask out responses cut off at the length limit
+  OverlongOptions overlong;      // the length limit (read when overlong_filter)
+};
+
+// What the controller trains on from one group: dropped (dynamic sampling), else each
+// response's advantage and token mask (0: masked out by the overlong filter). The
+// controller's live loop and replay both decide through this.
+struct GroupSignal {
+  bool dropped = false;
+  std::vector<double> advantages;
+  std::vector<float> keep;
+};
+absl::StatusOr<GroupSignal> ComputeGroupSignal(absl::Span<const ScoredResponse> group,
+                                               const GroupSignalOptions& options);
+
 }  // namespace lightrl

@@ -454,7 +454,7 @@ absl::Status BindAlgorithm(const Binder& b, const Json* root, AlgorithmSection& 
   ASSIGN_OR_RETURN(const Json* s,
                    b.Mapping(Binder::Get(root, "algorithm"), "algorithm",
                              {"loss", "eps_low", "eps_high", "ppo_eps", "dapo_eps_low",
-                              "dapo_eps_high", "unified_mask", "truncated_is_cap", "kl_coef",
+                              "dapo_eps_high", "unified_mask", "truncated_is_cap", "kl_coef", "dual_clip",
                               "dynamic_sampling", "max_refill_rounds", "minibatches",
                               "overlong"}));
   std::string loss = PolicyLossKindName(a.loss.kind);
@@ -474,6 +474,7 @@ absl::Status BindAlgorithm(const Binder& b, const Json* root, AlgorithmSection& 
   RETURN_IF_ERROR(b.Bool(s, "algorithm", "unified_mask", a.loss.unified_mask));
   RETURN_IF_ERROR(b.Double(s, "algorithm", "truncated_is_cap", a.loss.truncated_is_cap));
   RETURN_IF_ERROR(b.Double(s, "algorithm", "kl_coef", a.loss.kl_coef));
+  RETURN_IF_ERROR(b.Double(s, "algorithm", "dual_clip", a.loss.dual_clip));
   RETURN_IF_ERROR(b.Bool(s, "algorithm", "dynamic_sampling", a.dynamic_sampling));
   RETURN_IF_ERROR(b.Int(s, "algorithm", "max_refill_rounds", a.max_refill_rounds));
   RETURN_IF_ERROR(b.Int(s, "algorithm", "minibatches", a.minibatches));
@@ -519,10 +520,14 @@ absl::Status BindOptimizer(const Binder& b, const Json* root, OptimizerSection& 
 
 absl::Status BindSft(const Binder& b, const Json* root, SftSection& sft) {
   ASSIGN_OR_RETURN(const Json* s, b.Mapping(Binder::Get(root, "sft"), "sft",
-                                            {"steps", "batch_size", "lr", "data"}));
+                                            {"steps", "batch_size", "lr", "schedule",
+                                             "warmup_steps", "min_lr_ratio", "data"}));
   RETURN_IF_ERROR(b.Int(s, "sft", "steps", sft.steps));
   RETURN_IF_ERROR(b.Int(s, "sft", "batch_size", sft.batch_size));
   RETURN_IF_ERROR(b.Double(s, "sft", "lr", sft.lr));
+  RETURN_IF_ERROR(b.String(s, "sft", "schedule", sft.schedule));
+  RETURN_IF_ERROR(b.Int(s, "sft", "warmup_steps", sft.warmup_steps));
+  RETURN_IF_ERROR(b.Double(s, "sft", "min_lr_ratio", sft.min_lr_ratio));
   return b.InputPath(s, "sft", "data", false, sft.data);
 }
 
@@ -737,6 +742,15 @@ absl::Status RewardSection::Validate() const {
 }
 
 absl::Status AlgorithmSection::Validate() const {
+  if (loss.kl_coef != 0) {
+    return Invalid(absl::StrCat(
+        "kl_coef must be 0, got ", loss.kl_coef, ": a KL penalty needs a frozen reference "
+        "policy, which lightrl run does not keep (MiniMax-M1's recipe uses none)"));
+  }
+  if (loss.truncated_is_cap < 0 && loss.truncated_is_cap != kTruncatedIsCapAuto) {
+    return Invalid(absl::StrCat("truncated_is_cap must be -1 (auto), 0 (off) or > 0, got ",
+                                loss.truncated_is_cap));
+  }
   absl::Status s = loss.Validate();
   if (!s.ok()) {
     // PolicyLossOptions names its fields "policy_loss.x"; here they are this section's.
@@ -774,7 +788,16 @@ absl::Status OptimizerSection::Validate() const {
 absl::Status SftSection::Validate() const {
   RETURN_IF_ERROR(CheckAtLeast("steps", steps, 0));
   RETURN_IF_ERROR(CheckAtLeast("batch_size", batch_size, 1));
-  return CheckPositive("lr", lr);
+  RETURN_IF_ERROR(CheckPositive("lr", lr));
+  if (schedule != "constant" && schedule != "cosine" && schedule != "linear") {
+    return Invalid(absl::StrCat("schedule must be constant, cosine or linear, got \"",
+                                schedule, "\""));
+  }
+  RETURN_IF_ERROR(CheckAtLeast("warmup_steps", warmup_steps, 0));
+  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) {
+    return Invalid(absl::StrCat("min_lr_ratio must be in [0, 1], got ", min_lr_ratio));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckpointSection::Validate() const {
@@ -813,6 +836,12 @@ absl::Status RunConfig::Validate() const {
                                 rollout.prompts_per_step, "): each minibatch needs a "
                                 "prompt group, got ", algorithm.minibatches));
   }
+  if (run.steps > 0 && !(rollout.temperature > 0)) {
+    return Invalid(absl::StrCat(
+        "rollout.temperature must be > 0 for RL steps, got ", rollout.temperature,
+        ": greedy decoding gives every sample of a group the same response, so no group "
+        "carries a learning signal (evaluation is always greedy)"));
+  }
   if (rollout.async && rollout.max_staleness < algorithm.minibatches) {
     return Invalid(absl::StrCat(
         "rollout.max_staleness must be >= algorithm.minibatches (", algorithm.minibatches,
@@ -820,6 +849,20 @@ absl::Status RunConfig::Validate() const {
         "during it are that old when trained, got ", rollout.max_staleness));
   }
   return Prefixed("algorithm.", ToOverlongOptions().Validate());
+}
+
+PolicyLossOptions DefaultRunLossOptions() {
+  PolicyLossOptions loss;
+  loss.truncated_is_cap = kTruncatedIsCapAuto;
+  return loss;
+}
+
+PolicyLossOptions RunConfig::ToLossOptions() const {
+  PolicyLossOptions loss = algorithm.loss;
+  if (loss.truncated_is_cap == kTruncatedIsCapAuto) {
+    loss.truncated_is_cap = rollout.max_staleness > 0 ? kStaleTruncatedIsCap : 0.0;
+  }
+  return loss;
 }
 
 OverlongOptions RunConfig::ToOverlongOptions() const {
@@ -943,6 +986,7 @@ std::string DescribeRunConfig(const RunConfig& c) {
                     {"unified_mask", Json(loss.unified_mask)},
                     {"truncated_is_cap", Json(loss.truncated_is_cap)},
                     {"kl_coef", Json(loss.kl_coef)},
+                    {"dual_clip", Json(loss.dual_clip)},
                     {"dynamic_sampling", Json(c.algorithm.dynamic_sampling)},
                     {"max_refill_rounds", Json(c.algorithm.max_refill_rounds)},
                     {"minibatches", Json(c.algorithm.minibatches)},
@@ -963,6 +1007,9 @@ std::string DescribeRunConfig(const RunConfig& c) {
   root.set("sft", section({{"steps", Json(c.sft.steps)},
                            {"batch_size", Json(c.sft.batch_size)},
                            {"lr", Json(c.sft.lr)},
+                           {"schedule", Json(c.sft.schedule)},
+                           {"warmup_steps", Json(c.sft.warmup_steps)},
+                           {"min_lr_ratio", Json(c.sft.min_lr_ratio)},
                            {"data", optional(c.sft.data)}}));
   root.set("checkpoint", section({{"every", Json(c.checkpoint.every)},
                                   {"keep", Json(c.checkpoint.keep)},

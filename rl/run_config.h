@@ -150,10 +150,20 @@ struct RewardSection {
   absl::Status Validate() const;
 };
 
+// algorithm.truncated_is_cap's default: truncated IS against the engine's logprobs at
+// kStaleTruncatedIsCap when samples can be stale (rollout.max_staleness > 0: async
+// rollouts or fleet workers a version behind), off otherwise. RunConfig::ToLossOptions()
+// resolves it.
+inline constexpr double kTruncatedIsCapAuto = -1.0;
+inline constexpr double kStaleTruncatedIsCap = 2.0;
+
+PolicyLossOptions DefaultRunLossOptions();
+
 struct AlgorithmSection {
   // The policy loss (YAML: loss, eps_low, eps_high, ppo_eps, dapo_eps_low, dapo_eps_high,
-  // unified_mask, truncated_is_cap, kl_coef); see rl/loss_options.h.
-  PolicyLossOptions loss;
+  // unified_mask, truncated_is_cap, kl_coef, dual_clip); see rl/loss_options.h. Here
+  // truncated_is_cap defaults to kTruncatedIsCapAuto and kl_coef must stay 0.
+  PolicyLossOptions loss = DefaultRunLossOptions();
   // Drop prompt groups whose rewards are all equal (they carry no gradient) and refill.
   bool dynamic_sampling = true;
   // Extra rollout rounds to refill a step's groups after dynamic sampling drops some.
@@ -198,7 +208,12 @@ struct SftSection {
   // Supervised warm-up steps before RL; 0 = none.
   int64_t steps = 0;
   int64_t batch_size = 32;
+  // Peak learning rate; warmup_steps ramp up to it linearly, then `schedule` (constant,
+  // cosine or linear) decays it to min_lr_ratio * lr at the last SFT step.
   double lr = 1e-3;
+  std::string schedule = "constant";
+  int64_t warmup_steps = 0;
+  double min_lr_ratio = 0.1;
   // JSONL of prompt/answer pairs; the loader defaults it to data.train.
   std::string data;
 
@@ -310,6 +325,8 @@ struct RunConfig {
 
   // Every section, then the checks across sections; messages start with "section.field".
   absl::Status Validate() const;
+  // The learner's loss options: algorithm.loss with truncated_is_cap's auto resolved.
+  PolicyLossOptions ToLossOptions() const;
   // The advantage code's overlong options: L_max = rollout.max_new_tokens, buffer =
   // algorithm.overlong_soft_buffer, DAPO's penalty 1.
   OverlongOptions ToOverlongOptions() const;

@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/auth_token.h"
 #include "common/file_util.h"
 #include "common/json.h"
 #include "common/metrics.h"
@@ -98,6 +99,17 @@ absl::StatusOr<std::string> ResponseText(const Tokenizer& tokenizer, const std::
     if (id >= 0 && id < tokenizer.vocab_size()) known.push_back(id);
   }
   return tokenizer.Decode(known, /*skip_special=*/true);
+}
+
+// The SFT learning rate at `step` (0-based): sft.lr under sft's warmup and schedule.
+double SftLearningRate(const SftSection& sft, int64_t step) {
+  OptimizerOptions schedule;
+  schedule.lr = sft.lr;
+  schedule.schedule = sft.schedule;
+  schedule.warmup_steps = sft.warmup_steps;
+  schedule.min_lr_ratio = sft.min_lr_ratio;
+  schedule.total_steps = std::max<int64_t>(1, sft.steps);
+  return schedule.LearningRate(step);
 }
 
 class Trainer {
@@ -215,7 +227,9 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> Trainer::LoadPolicy(
 
 LearnerOptions Trainer::MakeLearnerOptions() const {
   LearnerOptions lopts;
-  lopts.loss = config_.algorithm.loss;
+  lopts.loss = config_.ToLossOptions();
+  // SFT-only runs may leave rollout.temperature at 0 (greedy): nothing is sampled then.
+  lopts.temperature = config_.rollout.temperature > 0 ? config_.rollout.temperature : 1.0;
   lopts.minibatches = config_.algorithm.minibatches;
   const OptimizerSection& o = config_.optimizer;
   lopts.optimizer.lr = o.lr;
@@ -291,8 +305,13 @@ absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& rem
     e.weight = server.weight;
     e.reward_kind = server.reward_kind;
     if (!server.auth_token_file.empty()) {
-      ASSIGN_OR_RETURN(std::string token, ReadFile(server.auth_token_file));
-      e.auth_token = std::string(absl::StripAsciiWhitespace(token));
+      absl::StatusOr<std::string> token = ReadAuthTokenFile(server.auth_token_file);
+      if (!token.ok()) {
+        return absl::Status(token.status().code(),
+                            absl::StrCat(config_.source, ": reward.servers.", name,
+                                         ".auth_token_file: ", token.status().message()));
+      }
+      e.auth_token = *std::move(token);
     }
     ro.entries.push_back(std::move(e));
   }
@@ -437,13 +456,13 @@ absl::Status Trainer::Checkpoint() {
   const std::string name = absl::StrFormat("step-%06d-sft-%06d", state_.step, state_.sft_step);
   const std::string final_dir = JoinPath(ckpt_root_, name);
   const std::string tmp = final_dir + ".tmp";
-  std::system(absl::StrCat("rm -rf '", tmp, "'").c_str());
+  RETURN_IF_ERROR(RemoveTree(tmp));
   const DType dtype = config_.checkpoint.dtype == "bfloat16" ? DType::kBF16 : DType::kF32;
   RETURN_IF_ERROR(policy_->Save(tmp, dtype));
   RETURN_IF_ERROR(learners_->SaveState(JoinPath(tmp, "optimizer.pt")));
   RETURN_IF_ERROR(WriteFileAtomic(JoinPath(tmp, "trainer_state.json"), state_.ToJson().Dump(2) + "\n"));
   if (rollouts_) RETURN_IF_ERROR(rollouts_->Sync());
-  std::system(absl::StrCat("rm -rf '", final_dir, "'").c_str());
+  RETURN_IF_ERROR(RemoveTree(final_dir));
   if (std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
     return absl::InternalError(absl::StrCat("cannot move ", tmp, " to ", final_dir));
   }
@@ -459,7 +478,7 @@ absl::Status Trainer::Checkpoint() {
   }
   std::sort(names.begin(), names.end());
   for (size_t i = 0; i + config_.checkpoint.keep < names.size(); ++i) {
-    if (names[i] != name) std::system(absl::StrCat("rm -rf '", JoinPath(ckpt_root_, names[i]), "'").c_str());
+    if (names[i] != name) RETURN_IF_ERROR(RemoveTree(JoinPath(ckpt_root_, names[i])));
   }
   return absl::OkStatus();
 }
@@ -511,10 +530,11 @@ absl::Status Trainer::RunSft() {
       if (!stops.empty()) s.response.push_back(stops[0]);
       batch.push_back(std::move(s));
     }
-    ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainSft(batch, config_.sft.lr));
+    ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainSft(batch, SftLearningRate(config_.sft, state_.sft_step)));
     ++state_.sft_step;
     RETURN_IF_ERROR(WriteMetrics(-config_.sft.steps + state_.sft_step,
-                                 {{"sft/loss", st.loss}, {"sft/grad_norm", st.grad_norm}}));
+                                 {{"sft/loss", st.loss}, {"sft/grad_norm", st.grad_norm},
+                                  {"sft/lr", SftLearningRate(config_.sft, state_.sft_step - 1)}}));
     Progress(absl::StrFormat("[sft] step %d/%d  loss %.4f  grad %.3f  %.1f s", state_.sft_step,
                              config_.sft.steps, st.loss, st.grad_norm, Seconds(start)));
     if (config_.checkpoint.every > 0 && state_.sft_step % config_.checkpoint.every == 0) {
@@ -560,10 +580,14 @@ absl::Status Trainer::RunRl() {
     async = std::make_unique<AsyncRollouts>(ao, &*train_, state_.data, learner_->version(),
                                             std::move(make_request), std::move(generate));
   }
+  GroupSignalOptions group_signal;
+  group_signal.dynamic_sampling = config_.algorithm.dynamic_sampling;
+  group_signal.overlong_filter = config_.algorithm.overlong_filter;
+  group_signal.overlong = config_.ToOverlongOptions();
   while (state_.step < config_.run.steps) {
     const auto step_start = Clock::now();
     std::vector<RolloutGroup> groups;
-    std::vector<std::vector<FinishReason>> finishes;
+    std::vector<std::vector<float>> keeps;  // per group, per sample: the overlong filter's mask
     int64_t dropped = 0, generated_tokens = 0, round = 0, staleness_sum = 0, staleness_max = 0;
     double gen_seconds = 0, reward_sum = 0, reward_sq = 0, correct = 0, length_sum = 0;
     int64_t scored = 0;
@@ -613,8 +637,7 @@ absl::Status Trainer::RunRl() {
         g.prompt_text = examples[i]->prompt;
         g.prompt_tokens = reqs[i].prompt;
         g.ground_truth = examples[i]->answer;
-        std::vector<double> rewards;
-        std::vector<FinishReason> fin;
+        std::vector<ScoredResponse> scored_group;
         std::vector<RewardInput> inputs;
         for (const GeneratedSample& s : results[i].samples) {
           RewardInput in;
@@ -633,6 +656,10 @@ absl::Status Trainer::RunRl() {
           rs.finish_reason = FinishReasonName(s.finish_reason);
           rs.text = inputs[k].response;
           RewardResult r = std::move(scores[k]);
+          ScoredResponse sr;
+          sr.correctness = Correctness(r);  // before any penalty
+          sr.end.num_tokens = static_cast<int64_t>(s.tokens.size());
+          sr.end.stopped = s.finish_reason != FinishReason::kLength;
           if (config_.algorithm.overlong_soft_buffer > 0) {
             ASSIGN_OR_RETURN(double pen, SoftOverlongPenalty(static_cast<int64_t>(s.tokens.size()),
                                                              config_.ToOverlongOptions()));
@@ -641,29 +668,27 @@ absl::Status Trainer::RunRl() {
           }
           rs.reward = r.score;
           rs.reward_components = r.components;
-          rewards.push_back(r.score);
-          fin.push_back(s.finish_reason);
+          sr.reward = r.score;
+          scored_group.push_back(sr);
           generated_tokens += static_cast<int64_t>(s.tokens.size());
           reward_sum += r.score;
           reward_sq += r.score * r.score;
-          correct += Correctness(r);
+          correct += sr.correctness;
           length_sum += static_cast<double>(s.tokens.size());
           ++scored;
           g.samples.push_back(std::move(rs));
         }
-        const bool degenerate = *std::max_element(rewards.begin(), rewards.end()) ==
-                                *std::min_element(rewards.begin(), rewards.end());
-        if (config_.algorithm.dynamic_sampling && degenerate) {
+        ASSIGN_OR_RETURN(GroupSignal signal, ComputeGroupSignal(scored_group, group_signal));
+        if (signal.dropped) {
           ++dropped;
           continue;
         }
-        ASSIGN_OR_RETURN(std::vector<double> adv, GroupAdvantages(rewards));
-        for (size_t k = 0; k < adv.size(); ++k) g.samples[k].advantage = adv[k];
+        for (size_t k = 0; k < signal.advantages.size(); ++k) g.samples[k].advantage = signal.advantages[k];
         const int64_t staleness = learner_->version() - g.policy_version;
         staleness_sum += staleness;
         staleness_max = std::max(staleness_max, staleness);
         groups.push_back(std::move(g));
-        finishes.push_back(std::move(fin));
+        keeps.push_back(std::move(signal.keep));
       }
       ++round;
       if (!config_.algorithm.dynamic_sampling) break;
@@ -675,11 +700,12 @@ absl::Status Trainer::RunRl() {
       for (size_t k = 0; k < groups[gi].samples.size(); ++k) {
         const RolloutSample& rs = groups[gi].samples[k];
         TrainSample ts;
+        ts.id = absl::StrCat(groups[gi].group_id, "/", k);
         ts.prompt = groups[gi].prompt_tokens;
         ts.response = rs.tokens;
         ts.rollout_logprobs = rs.logprobs;
         ts.advantage = rs.advantage;
-        ts.keep = !(config_.algorithm.overlong_filter && finishes[gi][k] == FinishReason::kLength);
+        ts.keep = keeps[gi][k] != 0;
         batch.push_back(std::move(ts));
       }
     }
@@ -717,6 +743,9 @@ absl::Status Trainer::RunRl() {
         {"policy/entropy", st.entropy},
         {"policy/approx_kl", st.approx_kl},
         {"policy/train_infer_logprob_abs_diff", st.rollout_logprob_abs_diff},
+        {"policy/train_infer_logprob_abs_diff_max", st.rollout_logprob_abs_diff_max},
+        {"policy/train_infer_kl", st.rollout_kl},
+        {"is/truncated_is_weight_mean", st.truncated_is_weight_mean},
         {"optim/grad_norm", st.grad_norm},
         {"optim/lr", st.lr},
         {"time/step_s", Seconds(step_start)},
@@ -770,15 +799,25 @@ absl::Status Trainer::RunReplay() {
     if (step < state_.step) continue;
     std::vector<TrainSample> batch;
     for (const RolloutGroup* g : groups) {
+      // The live loop's overlong filter, so that a replay trains on what the run did.
+      std::vector<ResponseEnd> ends;
       for (const RolloutSample& rs : g->samples) {
+        ends.push_back({static_cast<int64_t>(rs.tokens.size()),
+                        rs.finish_reason != FinishReasonName(FinishReason::kLength)});
+      }
+      std::vector<float> keep(ends.size(), 1.0f);
+      if (config_.algorithm.overlong_filter) {
+        ASSIGN_OR_RETURN(keep, OverlongFilterMask(ends, config_.ToOverlongOptions()));
+      }
+      for (size_t k = 0; k < g->samples.size(); ++k) {
+        const RolloutSample& rs = g->samples[k];
         TrainSample ts;
+        ts.id = absl::StrCat(g->group_id, "/", k);
         ts.prompt = g->prompt_tokens;
         ts.response = rs.tokens;
         ts.rollout_logprobs = rs.logprobs;
         ts.advantage = rs.advantage;
-        // The live loop's overlong filter, so that a replay trains on what the run did.
-        ts.keep = !(config_.algorithm.overlong_filter &&
-                    rs.finish_reason == FinishReasonName(FinishReason::kLength));
+        ts.keep = keep[k] != 0;
         batch.push_back(std::move(ts));
       }
     }

@@ -168,5 +168,61 @@ TEST(SoftOverlongPenalty, RejectsBadOptions) {
   EXPECT_FALSE(SoftOverlongPenalty(-3, o).ok());
 }
 
+ScoredResponse Scored(double reward, double correctness, int64_t tokens, bool stopped) {
+  ScoredResponse r;
+  r.reward = reward;
+  r.correctness = correctness;
+  r.end = {tokens, stopped};
+  return r;
+}
+
+TEST(ComputeGroupSignal, DegeneracyIsJudgedOnCorrectnessNotPenalisedReward) {
+  GroupSignalOptions o;
+  o.overlong.max_response_length = 16;
+  o.overlong.buffer = 8;
+  // All wrong; only the soft overlong penalty tells them apart. Training on it would reward
+  // the shorter wrong answers: dropped.
+  std::vector<ScoredResponse> all_wrong = {Scored(0.0, 0, 4, true), Scored(-0.5, 0, 12, true),
+                                           Scored(-1.0, 0, 16, false)};
+  auto s = ComputeGroupSignal(all_wrong, o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->dropped);
+  // Mixed correctness: kept, advantages from the penalised rewards.
+  std::vector<ScoredResponse> mixed = {Scored(1.0, 1, 4, true), Scored(-0.5, 0, 12, true),
+                                       Scored(0.0, 0, 5, true)};
+  s = ComputeGroupSignal(mixed, o);
+  ASSERT_TRUE(s.ok());
+  EXPECT_FALSE(s->dropped);
+  auto adv = GroupAdvantages({1.0, -0.5, 0.0});
+  ASSERT_TRUE(adv.ok());
+  EXPECT_EQ(s->advantages, *adv);
+  EXPECT_EQ(s->keep, std::vector<float>({1, 1, 1}));
+  // Dynamic sampling off: the group is kept, the penalty alone ranking its answers.
+  o.dynamic_sampling = false;
+  s = ComputeGroupSignal(all_wrong, o);
+  ASSERT_TRUE(s.ok());
+  EXPECT_FALSE(s->dropped);
+  EXPECT_EQ(s->advantages.size(), 3u);
+}
+
+TEST(ComputeGroupSignal, OverlongFilterMasksOnlyTruncatedResponses) {
+  GroupSignalOptions o;
+  o.overlong.max_response_length = 8;
+  o.overlong_filter = true;
+  std::vector<ScoredResponse> g = {Scored(1, 1, 8, false), Scored(0, 0, 8, true),
+                                   Scored(0, 0, 3, true), Scored(1, 1, 9, false)};
+  auto s = ComputeGroupSignal(g, o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->keep, std::vector<float>({0, 1, 1, 0}));
+  o.overlong_filter = false;
+  s = ComputeGroupSignal(g, o);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->keep, std::vector<float>({1, 1, 1, 1}));
+  // Bad input names what is wrong.
+  g[2].reward = std::nan("");
+  EXPECT_FALSE(ComputeGroupSignal(g, o).ok());
+  EXPECT_FALSE(ComputeGroupSignal({}, o).ok());
+}
+
 }  // namespace
 }  // namespace lightrl

@@ -124,7 +124,7 @@ algorithm:
   dapo_eps_high: 0.3
   unified_mask: true
   truncated_is_cap: 2
-  kl_coef: 0.01
+  kl_coef: 0
   dynamic_sampling: false
   max_refill_rounds: 2
   minibatches: 3
@@ -214,7 +214,7 @@ TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
   EXPECT_EQ(c.algorithm.loss.dapo_eps_high, 0.3);
   EXPECT_TRUE(c.algorithm.loss.unified_mask);
   EXPECT_EQ(c.algorithm.loss.truncated_is_cap, 2.0);
-  EXPECT_EQ(c.algorithm.loss.kl_coef, 0.01);
+  EXPECT_EQ(c.algorithm.loss.kl_coef, 0.0);
   EXPECT_FALSE(c.algorithm.dynamic_sampling);
   EXPECT_EQ(c.algorithm.max_refill_rounds, 2);
   EXPECT_EQ(c.algorithm.minibatches, 3);
@@ -296,6 +296,10 @@ TEST_F(RunConfigTest, MinimalConfigTakesTheDefaults) {
   EXPECT_EQ(c.rollout.top_k, defaults.rollout.top_k);  // "top_k:" (null) keeps the default
   EXPECT_EQ(c.algorithm.loss.kind, PolicyLossKind::kCispo);
   EXPECT_EQ(c.algorithm.loss.eps_high, PolicyLossOptions{}.eps_high);
+  // Truncated IS is "auto": off for on-policy samples, on when samples can be stale.
+  EXPECT_EQ(c.algorithm.loss.truncated_is_cap, kTruncatedIsCapAuto);
+  EXPECT_EQ(c.ToLossOptions().truncated_is_cap, 0.0);
+  EXPECT_EQ(c.algorithm.loss.dual_clip, 0.0);
   EXPECT_EQ(c.optimizer.betas, defaults.optimizer.betas);
   EXPECT_EQ(c.sft.data, c.data.train);  // sft.data defaults to data.train
   EXPECT_TRUE(c.logging.tensorboard);
