@@ -1,6 +1,7 @@
 #include "inference_engine/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <deque>
 #include <random>
 
@@ -60,6 +61,37 @@ uint64_t MixSeed(uint64_t seed, uint64_t sample) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
+}
+
+// Samples every row. A batch the sampler throws on is sampled again row by row (a row's
+// sample does not depend on its batch), so an error stays with its row. A row also fails
+// when its logprob is not finite: the model gave NaN or infinite logits for that sequence.
+std::vector<absl::Status> SampleRows(const torch::Tensor& logits,
+                                     const std::vector<SamplerRow>& rows, SampledTokens* out) {
+  std::vector<absl::Status> status(rows.size());
+  try {
+    *out = SampleTokens(logits, rows);
+  } catch (const c10::Error&) {
+    out->tokens.assign(rows.size(), 0);
+    out->logprobs.assign(rows.size(), 0.0f);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      try {
+        SampledTokens one = SampleTokens(logits.narrow(0, static_cast<int64_t>(r), 1), {rows[r]});
+        out->tokens[r] = one.tokens[0];
+        out->logprobs[r] = one.logprobs[0];
+      } catch (const c10::Error& e) {
+        status[r] = absl::InternalError(absl::StrCat("sampling failed: ", e.what_without_backtrace()));
+      }
+    }
+  }
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (status[r].ok() && !std::isfinite(out->logprobs[r])) {
+      status[r] = absl::InternalError(absl::StrCat("the model gave non-finite logits (token ",
+                                                   out->tokens[r], " sampled with logprob ",
+                                                   out->logprobs[r], ")"));
+    }
+  }
+  return status;
 }
 
 }  // namespace
@@ -201,6 +233,8 @@ std::vector<GenerationResult> Engine::Generate(
   Impl& m = *impl_;
   std::vector<GenerationResult> results(requests.size());
   std::vector<int64_t> samples_left(requests.size(), 0);
+  // Failed or cancelled: the request's sequences leave at the end of the step.
+  std::vector<char> failed(requests.size(), 0);
   std::deque<Pending> waiting;
   EngineProgress progress;
   progress.requests_total = static_cast<int64_t>(requests.size());
@@ -208,6 +242,7 @@ std::vector<GenerationResult> Engine::Generate(
     results[i].id = requests[i].id;
     results[i].status = m.CheckRequest(requests[i]);
     if (!results[i].status.ok()) {
+      failed[i] = 1;
       ++progress.requests_done;
       continue;
     }
@@ -224,6 +259,7 @@ std::vector<GenerationResult> Engine::Generate(
   };
   auto complete = [&](std::unique_ptr<Sequence> s) {
     release(*s);
+    if (failed[s->request]) return;
     GeneratedSample& out = results[s->request].samples[s->sample];
     out.tokens.assign(s->tokens.begin() + s->prompt_len, s->tokens.end());
     out.logprobs = std::move(s->logprobs);
@@ -231,12 +267,38 @@ std::vector<GenerationResult> Engine::Generate(
     if (--samples_left[s->request] == 0) ++progress.requests_done;
   };
   auto fail_request = [&](size_t request, absl::Status status) {
+    if (failed[request]) return;
+    failed[request] = 1;
     results[request].status = std::move(status);
     results[request].samples.clear();
     ++progress.requests_done;
   };
+  auto request_error = [&](size_t request, const absl::Status& status) {
+    return absl::Status(status.code(),
+                        absl::StrCat("request \"", requests[request].id, "\": ", status.message()));
+  };
+  // Ends cancelled requests and frees the slots and pages of every failed one.
+  auto drop_failed = [&] {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (!failed[i] && requests[i].cancelled != nullptr && requests[i].cancelled->load()) {
+        fail_request(i, absl::CancelledError(
+                            absl::StrCat("request \"", requests[i].id, "\" was cancelled")));
+      }
+    }
+    for (auto& s : active) {
+      if (failed[s->request]) {
+        release(*s);
+        s.reset();
+      }
+    }
+    active.erase(std::remove(active.begin(), active.end(), nullptr), active.end());
+    waiting.erase(std::remove_if(waiting.begin(), waiting.end(),
+                                 [&](const Pending& w) { return failed[w.request] != 0; }),
+                  waiting.end());
+  };
 
   try {
+    drop_failed();
     while (!waiting.empty() || !active.empty()) {
       // One step: room for the running batch (preempting when pages run out), admission
       // of waiting requests into what is left, the running batch's decode step, the new
@@ -367,8 +429,13 @@ std::vector<GenerationResult> Engine::Generate(
         }
         if (!rows.empty()) {
           auto idx = torch::tensor(logit_rows, torch::kInt64).to(logits.device());
-          auto sampled = SampleTokens(logits.index_select(0, idx), rows);
+          SampledTokens sampled;
+          const auto row_status = SampleRows(logits.index_select(0, idx), rows, &sampled);
           for (size_t r = 0; r < targets.size(); ++r) {
+            if (!row_status[r].ok()) {
+              fail_request(targets[r]->request, request_error(targets[r]->request, row_status[r]));
+              continue;
+            }
             targets[r]->tokens.push_back(static_cast<int32_t>(sampled.tokens[r]));
             targets[r]->logprobs.push_back(sampled.logprobs[r]);
             m.stats.generated_tokens += 1;
@@ -379,10 +446,15 @@ std::vector<GenerationResult> Engine::Generate(
       }
 
       if (decode_logits.defined()) {
-        auto sampled = SampleTokens(decode_logits, decode_rows);
+        SampledTokens sampled;
+        const auto row_status = SampleRows(decode_logits, decode_rows, &sampled);
         ++m.stats.decode_steps;
         for (size_t i = 0; i < active.size(); ++i) {
           Sequence& s = *active[i];
+          if (!row_status[i].ok()) {
+            fail_request(s.request, request_error(s.request, row_status[i]));
+            continue;
+          }
           s.tokens.push_back(static_cast<int32_t>(sampled.tokens[i]));
           s.logprobs.push_back(sampled.logprobs[i]);
           ++m.stats.generated_tokens;
@@ -395,9 +467,10 @@ std::vector<GenerationResult> Engine::Generate(
         for (auto& f : followers[g]) active.push_back(std::move(f));
       }
       for (auto& s : active) {
-        if (s->finished) complete(std::move(s));
+        if (s->finished || failed[s->request]) complete(std::move(s));
       }
       active.erase(std::remove(active.begin(), active.end(), nullptr), active.end());
+      drop_failed();
       if (on_progress) {
         progress.tokens_generated = m.stats.generated_tokens;
         progress.active_seqs = static_cast<int64_t>(active.size());

@@ -61,7 +61,10 @@ class Engine {
   ~Engine();
 
   // Runs every request to completion. Results are in request order; a request with bad
-  // input gets an error status and no samples, and the rest go on.
+  // input, one whose sequence's sampling fails or whose logits turn non-finite (INTERNAL),
+  // and one whose `cancelled` flag is raised (CANCELLED, seen at the next step) gets an
+  // error status and no samples, its sequences free their slots and pages, and the rest
+  // go on.
   std::vector<GenerationResult> Generate(
       const std::vector<GenerationRequest>& requests,
       const std::function<void(const EngineProgress&)>& on_progress = {});

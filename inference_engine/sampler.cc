@@ -91,10 +91,10 @@ SampledTokens SampleTokens(const torch::Tensor& logits, const std::vector<Sample
     auto rank = torch::arange(V, opts.dtype(torch::kInt64)).unsqueeze(0);
     auto k = params[2].to(torch::kInt64).unsqueeze(1);
     auto p = params[1].to(torch::kFloat32).unsqueeze(1);
-    // Keep a token while the mass before it is under top_p (so the first always stays);
-    // top_p >= 1 keeps everything.
+    // Keep a token while the mass before it is under top_p; top_p >= 1 keeps everything,
+    // and the first always stays, whatever p rounds to in FP32 or the logits hold.
     auto before = sorted.cumsum(-1) - sorted;
-    auto keep = (rank < k) & ((before < p) | (p >= 1.0));
+    auto keep = (rank < k) & ((before < p) | (p >= 1.0) | (rank == 0));
     auto kept = sorted * keep.to(torch::kFloat32);
     auto cdf = kept.cumsum(-1);
     auto idx = torch::searchsorted(cdf, uni * cdf.narrow(1, V - 1, 1), /*out_int32=*/false,

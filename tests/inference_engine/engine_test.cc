@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <cmath>
+#include <limits>
 #include <random>
 
 #include "inference_engine/sampler.h"
@@ -189,6 +192,150 @@ TEST(EngineTest, BadRequestsFailAloneAndStopConditionsHold) {
   EXPECT_EQ(results[6].samples[0].tokens.size(), 3u);
   EXPECT_FALSE(results[7].status.ok());
   EXPECT_NE(std::string(results[7].status.message()).find("max_model_len"), std::string::npos);
+}
+
+// A sequence whose logits turn NaN (here: it feeds a token whose embedding is NaN) fails
+// its own request; every request that never feeds that token gets exactly the samples it
+// got before, in the same batch.
+TEST(EngineTest, ASequenceWithNonFiniteLogitsFailsItsRequestAloneAndTheBatchGoesOn) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = MakePolicy(rng());
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 6; ++i) {
+    GenerationRequest r;
+    r.id = "r" + std::to_string(i);
+    r.prompt = RandomTokens(rng, 3 + i);
+    r.params.temperature = 1.0;
+    r.params.top_p = 0.9;
+    r.params.n = 1 + i % 2;
+    r.params.seed = rng();
+    r.params.max_new_tokens = 12;
+    r.params.early_stop_window = 0;
+    reqs.push_back(r);
+  }
+  auto engine = Engine::Create(policy.get(), EngineOptions{});
+  ASSERT_TRUE(engine.ok());
+  auto clean = (*engine)->Generate(reqs);
+  // The poisoned token: one that r0 first feeds in a decode step (generated, not last).
+  const auto& g0 = clean[0].samples[0].tokens;
+  int32_t poison = -1;
+  for (size_t j = 1; j + 1 < g0.size() && poison < 0; ++j) {
+    std::vector<int32_t> before(reqs[0].prompt);
+    before.insert(before.end(), g0.begin(), g0.begin() + j);
+    if (std::find(before.begin(), before.end(), g0[j]) == before.end()) poison = g0[j];
+  }
+  if (poison < 0) GTEST_SKIP() << "r0 generated no fresh token to poison";
+  {
+    torch::NoGradGuard no_grad;
+    policy->module()->model->embed_tokens->weight[poison].fill_(std::nan(""));
+  }
+  auto feeds_poison = [&](size_t i) {
+    if (std::count(reqs[i].prompt.begin(), reqs[i].prompt.end(), poison)) return true;
+    for (const auto& sample : clean[i].samples) {
+      if (std::find(sample.tokens.begin(), sample.tokens.end() - 1, poison) != sample.tokens.end() - 1) {
+        return true;
+      }
+    }
+    return false;
+  };
+  // One more request feeds it in its prompt (fails at the prefill's sample).
+  reqs.push_back(reqs[1]);
+  reqs.back().id = "poisoned-prompt";
+  reqs.back().prompt.push_back(poison);
+  auto results = (*engine)->Generate(reqs);
+  int survivors = 0;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (i + 1 == reqs.size() || feeds_poison(i)) {
+      ASSERT_EQ(results[i].status.code(), absl::StatusCode::kInternal) << reqs[i].id << ": " << results[i].status;
+      EXPECT_NE(std::string(results[i].status.message()).find(reqs[i].id), std::string::npos);
+      EXPECT_NE(std::string(results[i].status.message()).find("non-finite"), std::string::npos);
+      EXPECT_TRUE(results[i].samples.empty());
+      continue;
+    }
+    ++survivors;
+    ASSERT_TRUE(results[i].status.ok()) << reqs[i].id << ": " << results[i].status;
+    ASSERT_EQ(results[i].samples.size(), clean[i].samples.size());
+    for (size_t k = 0; k < clean[i].samples.size(); ++k) {
+      EXPECT_EQ(results[i].samples[k].tokens, clean[i].samples[k].tokens) << reqs[i].id;
+    }
+  }
+  EXPECT_TRUE(feeds_poison(0));
+  ASSERT_GT(survivors, 0);
+  // The failed sequences gave back their slots and pages: a survivor runs again alone.
+  for (size_t i = 1; i + 1 < reqs.size(); ++i) {
+    if (feeds_poison(i)) continue;
+    auto again = (*engine)->Generate({reqs[i]});
+    ASSERT_TRUE(again[0].status.ok()) << again[0].status;
+    EXPECT_EQ(again[0].samples[0].tokens, clean[i].samples[0].tokens);
+    break;
+  }
+}
+
+// Sampling options at the edge of FP32 are refused by Validate; the sampler itself keeps
+// the most likely token whatever top_p rounds to.
+TEST(EngineTest, SamplingOptionsOutsideTheSamplersRangeAreRefused) {
+  SamplingParams p;
+  p.top_p = 1e-300;
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(p.Validate().message()).find("1e-300"), std::string::npos) << p.Validate();
+  p = SamplingParams{};
+  p.temperature = 1e-40;
+  EXPECT_NE(std::string(p.Validate().message()).find("temperature"), std::string::npos);
+  p.temperature = 1e300;
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  p.temperature = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  p = SamplingParams{};
+  p.top_k = -1;
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  p = SamplingParams{};
+  p.stop_strings.assign(kMaxStopStrings + 1, "x");
+  EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  p = SamplingParams{};
+  p.temperature = 0;
+  EXPECT_TRUE(p.Validate().ok());
+
+  auto logits = torch::randn({3, 40}) * 3;
+  auto out = SampleTokens(logits, {{1.0, 1e-300, 0, 0.7}, {1.0, 1e-300, 5, 0.1}, {1.0, 1e-12, 0, 0.99}});
+  auto best = logits.argmax(-1);
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(out.tokens[r], best[r].item<int64_t>()) << "row " << r;
+}
+
+// A request cancelled mid-generation leaves at the next step; the others finish as they
+// would alone, and the engine stops generating the cancelled one's tokens.
+TEST(EngineTest, ACancelledRequestLeavesAtTheNextStep) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = MakePolicy(rng());
+  GenerationRequest small;
+  small.id = "small";
+  small.prompt = RandomTokens(rng, 4);
+  small.params.seed = rng();
+  small.params.max_new_tokens = 6;
+  small.params.early_stop_window = 0;
+  GenerationRequest big = small;
+  big.id = "big";
+  big.params.n = 4;
+  big.params.max_new_tokens = 400;
+  auto flag = std::make_shared<std::atomic<bool>>(false);
+  big.cancelled = flag;
+  auto engine = Engine::Create(policy.get(), EngineOptions{});
+  ASSERT_TRUE(engine.ok());
+  auto alone = (*engine)->Generate({small});
+  const int64_t before = (*engine)->stats().generated_tokens;
+  auto results = (*engine)->Generate({big, small}, [&](const EngineProgress& p) {
+    if (p.tokens_generated - before > 40) flag->store(true);
+  });
+  EXPECT_EQ(results[0].status.code(), absl::StatusCode::kCancelled) << results[0].status;
+  EXPECT_NE(std::string(results[0].status.message()).find("big"), std::string::npos);
+  ASSERT_TRUE(results[1].status.ok()) << results[1].status;
+  EXPECT_EQ(results[1].samples[0].tokens, alone[0].samples[0].tokens);
+  // Far fewer than the 1600 tokens the cancelled group would have taken.
+  EXPECT_LT((*engine)->stats().generated_tokens - before, 100);
+  // Cancelled before it starts: no tokens at all.
+  const int64_t mark = (*engine)->stats().generated_tokens;
+  auto again = (*engine)->Generate({big});
+  EXPECT_EQ(again[0].status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ((*engine)->stats().generated_tokens, mark);
 }
 
 TEST(SamplerTest, TopKAndTopPNeverPickFilteredTokens) {
