@@ -61,9 +61,15 @@ struct Job {
 
 // Writes one group's samples, one message each, then finishes. Deleted by gRPC after
 // Finish; Finish happens only through Deliver, so the batcher never holds a dead reactor.
+// A call the client cancels, or whose deadline passes, raises the group's cancel flag,
+// which the engine reads at its next step to free the group's sequences.
 class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse> {
  public:
-  explicit GenerateReactor(std::string group_id) : group_id_(std::move(group_id)) {}
+  explicit GenerateReactor(std::string group_id)
+      : group_id_(std::move(group_id)), cancelled_(std::make_shared<std::atomic<bool>>(false)) {}
+
+  const std::shared_ptr<std::atomic<bool>>& cancelled() const { return cancelled_; }
+  void OnCancel() override { cancelled_->store(true); }
 
   void Deliver(absl::Status status, int64_t version, std::vector<GeneratedSample> samples) {
     if (!status.ok()) {
@@ -97,6 +103,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse> 
   }
 
   std::string group_id_;
+  std::shared_ptr<std::atomic<bool>> cancelled_;
   std::vector<GenerateResponse> responses_;
   size_t next_ = 0;
 };
@@ -215,6 +222,7 @@ grpc::ServerWriteReactor<GenerateResponse>* RolloutWorker::Impl::Generate(
       status = absl::ResourceExhaustedError(absl::StrCat(
           "the worker's queue is full (", options.max_queued_groups, " groups)"));
     } else {
+      job.request.cancelled = reactor->cancelled();
       job.deliver = [reactor](absl::Status s, int64_t v, std::vector<GeneratedSample> samples) {
         reactor->Deliver(std::move(s), v, std::move(samples));
       };

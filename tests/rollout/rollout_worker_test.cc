@@ -9,6 +9,7 @@
 #include <limits>
 #include <random>
 #include <set>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 
@@ -308,6 +309,92 @@ TEST(RolloutWorkerTest, BadWireInputIsRefusedWithAReasonAndTheWorkerKeepsServing
     EXPECT_EQ((*worker)->stats().weight_version, 2);
     ASSERT_TRUE(RawGenerate(*stub, good()).ok());
   }
+}
+
+// Six groups arrive together; one asks for top_p = 1e-300 (0 in the sampler's FP32). It is
+// refused at the door with a reason, and the five valid ones batched with it succeed.
+TEST(RolloutWorkerTest, ABadSamplingRequestFailsAloneAndTheOnesBatchedWithItGoOn) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok());
+  RolloutWorkerOptions wopts;
+  wopts.batch_window = absl::Milliseconds(200);  // all six land in one engine batch
+  auto worker = RolloutWorker::Start(wopts, std::move(*policy), 1);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto channel = grpc::CreateChannel((*worker)->address(), grpc::InsecureChannelCredentials());
+  auto stub = lightrl::v1::RolloutService::NewStub(channel);
+  std::vector<lightrl::v1::GenerateRequest> requests(6);
+  for (int i = 0; i < 6; ++i) {
+    auto& r = requests[i];
+    r.set_group_id("g" + std::to_string(i));
+    for (int t = 0; t < 4; ++t) r.add_prompt_tokens(static_cast<int32_t>(rng() % 61));
+    r.mutable_sampling()->set_max_new_tokens(5);
+    r.mutable_sampling()->set_n(2);
+    r.mutable_sampling()->set_temperature(1.0);
+    r.mutable_sampling()->set_top_p(i == 3 ? 1e-300 : 0.9);
+    r.mutable_sampling()->set_seed(rng());
+  }
+  std::vector<grpc::Status> statuses(6);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] { statuses[i] = RawGenerate(*stub, requests[i]); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 6; ++i) {
+    if (i == 3) {
+      EXPECT_EQ(statuses[i].error_code(), grpc::INVALID_ARGUMENT) << statuses[i].error_message();
+      EXPECT_NE(statuses[i].error_message().find("top_p"), std::string::npos) << statuses[i].error_message();
+      EXPECT_NE(statuses[i].error_message().find("1e-300"), std::string::npos) << statuses[i].error_message();
+      EXPECT_NE(statuses[i].error_message().find("g3"), std::string::npos) << statuses[i].error_message();
+    } else {
+      EXPECT_TRUE(statuses[i].ok()) << "g" << i << ": " << statuses[i].error_message();
+    }
+  }
+}
+
+// A client that gives up on a long generation (its deadline passes) frees the worker: the
+// engine drops the group's sequences at its next step and the next small call is served
+// at once instead of after the abandoned group's thousands of tokens.
+TEST(RolloutWorkerTest, AnAbandonedGenerateFreesTheWorkerForTheNextCall) {
+  std::mt19937 rng(std::random_device{}());
+  ModelConfig config = TinyConfig();
+  config.max_position_embeddings = 8192;
+  auto policy = PolicyModel::Create(config, rng());
+  ASSERT_TRUE(policy.ok());
+  auto worker = RolloutWorker::Start(RolloutWorkerOptions{}, std::move(*policy), 1);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto channel = grpc::CreateChannel((*worker)->address(), grpc::InsecureChannelCredentials());
+  auto stub = lightrl::v1::RolloutService::NewStub(channel);
+  lightrl::v1::GenerateRequest big;
+  big.set_group_id("big");
+  big.add_prompt_tokens(3);
+  big.mutable_sampling()->set_max_new_tokens(8000);
+  big.mutable_sampling()->set_n(16);
+  big.mutable_sampling()->set_temperature(1.0);
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+    auto reader = stub->Generate(&context, big);
+    lightrl::v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::DEADLINE_EXCEEDED);
+  }
+  lightrl::v1::GenerateRequest small = big;
+  small.set_group_id("small");
+  small.mutable_sampling()->set_max_new_tokens(4);
+  small.mutable_sampling()->set_n(1);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto reader = stub->Generate(&context, small);
+  lightrl::v1::GenerateResponse response;
+  int samples = 0;
+  while (reader->Read(&response)) ++samples;
+  grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
+  EXPECT_EQ(samples, 1);
+  // The abandoned group generated a few hundred milliseconds' worth, not 16 x 8000 tokens.
+  EXPECT_LT((*worker)->stats().generated_tokens, 16 * 2000);
 }
 
 // A device publish that cannot broadcast (here: a build without NCCL, or CPU workers)
