@@ -1,6 +1,7 @@
 #include "rollout/rollout_client.h"
 
 #include <algorithm>
+#include <cmath>
 #include <deque>
 #include <map>
 #include <thread>
@@ -9,8 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/json.h"
 #include "common/status.h"
 #include "lightrl/v1/rollout.grpc.pb.h"
+#include "policy/model_config.h"
 #include "proto/grpc_util.h"
 #include "rollout/rollout_wire.h"
 
@@ -40,8 +43,42 @@ absl::StatusOr<std::unique_ptr<RolloutClient>> RolloutClient::Create(
   return client;
 }
 
+absl::Status CheckGroupOutput(const GenerationRequest& request, const GroupOutput& output,
+                              int64_t vocab_size) {
+  const std::string where = absl::StrCat("group ", request.id);
+  if (static_cast<int64_t>(output.samples.size()) != request.params.n) {
+    return absl::InternalError(absl::StrCat(where, ": ", output.samples.size(),
+                                            " samples, asked for ", request.params.n));
+  }
+  for (size_t i = 0; i < output.samples.size(); ++i) {
+    const GeneratedSample& s = output.samples[i];
+    const std::string sample = absl::StrCat(where, ": sample ", i);
+    if (s.tokens.empty() || static_cast<int64_t>(s.tokens.size()) > request.params.max_new_tokens) {
+      return absl::InternalError(absl::StrCat(sample, ": ", s.tokens.size(),
+                                              " tokens, outside [1, max_new_tokens = ",
+                                              request.params.max_new_tokens, "]"));
+    }
+    if (s.logprobs.size() != s.tokens.size()) {
+      return absl::InternalError(absl::StrCat(sample, ": ", s.tokens.size(), " tokens but ",
+                                              s.logprobs.size(), " logprobs"));
+    }
+    for (size_t t = 0; t < s.tokens.size(); ++t) {
+      if (s.tokens[t] < 0 || (vocab_size > 0 && s.tokens[t] >= vocab_size)) {
+        return absl::InternalError(absl::StrCat(sample, ": token ", t, " has id ", s.tokens[t],
+                                                ", outside the vocabulary [0, ", vocab_size, ")"));
+      }
+      if (!std::isfinite(s.logprobs[t]) || s.logprobs[t] > kMaxSampleLogprob) {
+        return absl::InternalError(absl::StrCat(sample, ": token ", t, " has logprob ",
+                                                s.logprobs[t], " (must be finite and <= 0)"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<GroupOutput> RolloutClient::Generate(const GenerationRequest& request,
-                                                    int64_t min_weight_version) {
+                                                    int64_t min_weight_version,
+                                                    int64_t vocab_size) {
   lightrl::v1::GenerateRequest proto;
   proto.set_group_id(request.id);
   proto.mutable_prompt_tokens()->Add(request.prompt.begin(), request.prompt.end());
@@ -85,6 +122,9 @@ absl::StatusOr<GroupOutput> RolloutClient::Generate(const GenerationRequest& req
       return absl::InternalError(absl::StrCat(where, ": sample ", i, " of ", n, " is missing"));
     }
     out.samples.push_back(*std::move(samples[i]));
+  }
+  if (absl::Status st = CheckGroupOutput(request, out, vocab_size); !st.ok()) {
+    return absl::InternalError(absl::StrCat("rollout worker ", options_.address, ": ", st.message()));
   }
   return out;
 }
@@ -195,6 +235,15 @@ struct WorkerState {
   bool failed = false;
 };
 
+// The vocabulary size of a model_config_json; 0 (unchecked) when it does not parse, as
+// the workers refuse such weights anyway.
+int64_t VocabSize(const std::string& model_config_json) {
+  auto json = Json::Parse(model_config_json);
+  if (!json.ok()) return 0;
+  auto config = ModelConfig::FromJson(*json, "published weights");
+  return config.ok() ? config->vocab_size : 0;
+}
+
 // Codes that mean "this worker cannot serve now", not "this group is bad".
 bool IsWorkerFault(absl::StatusCode code) {
   switch (code) {
@@ -224,6 +273,9 @@ struct RolloutFleet::Impl {
   std::map<std::string, std::shared_ptr<WorkerState>> workers ABSL_GUARDED_BY(mu);
   std::shared_ptr<const WeightSet> weights ABSL_GUARDED_BY(mu);
   int64_t published ABSL_GUARDED_BY(mu) = -1;  // the version every worker must serve
+  // The published model's vocabulary, which bounds the token ids workers return (0 until
+  // weights are published).
+  int64_t vocab_size ABSL_GUARDED_BY(mu) = 0;
   // After a device publish: the host copy of that version, made when a worker outside the
   // group needs it.
   std::function<absl::StatusOr<WeightSet>()> export_host ABSL_GUARDED_BY(mu);
@@ -371,6 +423,7 @@ absl::Status RolloutFleet::PublishWeights(WeightSet weights) {
     replace_newer = s.published < 0;
     s.weights = set;
     s.published = set->version;
+    s.vocab_size = VocabSize(set->model_config_json);
     s.Refresh(/*force=*/true);
     for (auto& [id, w] : s.workers) {
       if (!w->failed && !w->syncing) {
@@ -506,6 +559,7 @@ absl::Status RolloutFleet::PublishDeviceWeights(const DeviceWeights& w) {
       }
       for (auto& m : members) m->synced_version = w.version;
       s.published = w.version;
+      s.vocab_size = VocabSize(w.model_config_json);
       s.export_host = w.export_host;
       ++s.stats.weight_broadcasts;
       ++s.changes;
@@ -550,9 +604,10 @@ std::vector<GroupOutcome> RolloutFleet::Generate(const std::vector<GenerationReq
         ++w->in_flight;
         ++outcomes[index].attempts;
         std::shared_ptr<WorkerState> worker = w;
-        calls.emplace_back([&, worker, index] {
+        const int64_t vocab_size = s.vocab_size;
+        calls.emplace_back([&, worker, index, vocab_size] {
           absl::StatusOr<GroupOutput> out =
-              worker->client->Generate(requests[index], min_weight_version);
+              worker->client->Generate(requests[index], min_weight_version, vocab_size);
           absl::MutexLock call_lock(&s.mu);
           --worker->in_flight;
           ++s.changes;

@@ -45,15 +45,26 @@ struct RolloutWorkerHealth {
   std::string device;
 };
 
+// Largest logprob a sample may carry: log-probabilities are <= 0, up to FP32 rounding.
+inline constexpr float kMaxSampleLogprob = 1e-4f;
+
+// Checks a worker's reply to `request` before anything trusts it: exactly n samples, each
+// with 1 to max_new_tokens tokens, token ids in [0, vocab_size) (unchecked when
+// vocab_size is 0), one logprob per token, each finite and <= kMaxSampleLogprob. Errors
+// are INTERNAL (the worker's fault) naming the group, the sample and the value.
+absl::Status CheckGroupOutput(const GenerationRequest& request, const GroupOutput& output,
+                              int64_t vocab_size);
+
 class RolloutClient {
  public:
   static absl::StatusOr<std::unique_ptr<RolloutClient>> Create(const RolloutClientOptions& options);
   ~RolloutClient();
 
   // Generates `request.params.n` samples of `request.prompt`; errors carry the worker's
-  // status code and name its address. A reply that is not exactly n well-formed samples
-  // of one version is INTERNAL. Thread-safe.
-  absl::StatusOr<GroupOutput> Generate(const GenerationRequest& request, int64_t min_weight_version);
+  // status code and name its address. A reply that is not exactly n samples of one
+  // version that pass CheckGroupOutput (with `vocab_size`) is INTERNAL. Thread-safe.
+  absl::StatusOr<GroupOutput> Generate(const GenerationRequest& request, int64_t min_weight_version,
+                                       int64_t vocab_size = 0);
   // Streams `weights` to the worker; returns once it serves them. Without
   // `replace_newer` a worker holding a newer version refuses them (FAILED_PRECONDITION).
   absl::Status UpdateWeights(const WeightSet& weights, bool replace_newer = false);
@@ -148,9 +159,11 @@ class RolloutFleet {
   absl::Status PublishDeviceWeights(const DeviceWeights& weights);
 
   // Generates every request on the live workers, at most their capacity each. A group
-  // whose worker fails (process gone, connection lost, stale weights) goes back to the
-  // queue and runs on another worker, up to max_group_attempts; a group the worker
-  // rejects as bad input fails alone. Outcomes are in request order.
+  // whose worker fails (process gone, connection lost, stale weights, or a reply that
+  // fails CheckGroupOutput against the published model's vocabulary) goes back to the
+  // queue and runs on another worker, up to max_group_attempts; the worker is reported
+  // failed. A group the worker rejects as bad input fails alone. Outcomes are in request
+  // order.
   std::vector<GroupOutcome> Generate(const std::vector<GenerationRequest>& requests,
                                      int64_t min_weight_version);
 

@@ -15,6 +15,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "lightrl/v1/rollout.grpc.pb.h"
+#include "proto/grpc_util.h"
 #include "rollout/rollout_client.h"
 
 namespace lightrl {
@@ -453,6 +454,143 @@ TEST(RolloutFleetTest, DevicePublishFallsBackToTheStreamWhenNoBroadcastIsPossibl
   DeviceWeights bad = w;
   bad.names.pop_back();
   EXPECT_EQ((*fleet)->PublishDeviceWeights(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A rollout worker that takes weights like a real one and answers Generate with n
+// samples that are wrong in one way.
+class LyingWorker final : public lightrl::v1::RolloutService::Service {
+ public:
+  enum class Lie { kNanLogprobs, kTooLong, kOutOfVocab, kPositiveLogprob };
+  explicit LyingWorker(Lie lie) : lie_(lie) {}
+
+  grpc::Status Generate(grpc::ServerContext*, const lightrl::v1::GenerateRequest* request,
+                        grpc::ServerWriter<lightrl::v1::GenerateResponse>* writer) override {
+    const int64_t len = lie_ == Lie::kTooLong ? request->sampling().max_new_tokens() + 5 : 2;
+    for (int64_t i = 0; i < request->sampling().n(); ++i) {
+      lightrl::v1::GenerateResponse response;
+      response.set_group_id(request->group_id());
+      response.set_weight_version(version_.load());
+      auto* sample = response.mutable_sample();
+      sample->set_index(static_cast<int32_t>(i));
+      sample->set_finish_reason("length");
+      for (int64_t t = 0; t < len; ++t) {
+        sample->add_tokens(lie_ == Lie::kOutOfVocab && t == 1 ? 61 : 1);
+        float lp = -0.5f;
+        if (lie_ == Lie::kNanLogprobs && t == 1) lp = std::numeric_limits<float>::quiet_NaN();
+        if (lie_ == Lie::kPositiveLogprob && t == 0) lp = 2.0f;
+        sample->add_logprobs(lp);
+      }
+      writer->Write(response);
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status UpdateWeights(grpc::ServerContext*, grpc::ServerReader<lightrl::v1::WeightChunk>* reader,
+                             lightrl::v1::UpdateWeightsResponse* response) override {
+    lightrl::v1::WeightChunk chunk;
+    while (reader->Read(&chunk)) {
+      if (chunk.has_header()) version_ = chunk.header().version();
+    }
+    response->set_weight_version(version_.load());
+    return grpc::Status::OK;
+  }
+  grpc::Status Health(grpc::ServerContext*, const lightrl::v1::RolloutHealthRequest*,
+                      lightrl::v1::RolloutHealthResponse* response) override {
+    response->set_serving(version_.load() >= 0);
+    response->set_weight_version(version_.load());
+    return grpc::Status::OK;
+  }
+
+ private:
+  Lie lie_;
+  std::atomic<int64_t> version_{-1};
+};
+
+// Workers that return NaN logprobs, positive logprobs, token ids outside the vocabulary or
+// more than max_new_tokens tokens are reported by id and their groups run on the honest
+// worker; nothing they sent reaches the outcomes.
+TEST(RolloutFleetTest, AWorkerThatReturnsGarbageIsReportedAndItsGroupsRequeued) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok());
+  RolloutWorkerOptions o;
+  o.worker_id = "honest";
+  auto honest = RolloutWorker::Start(o);
+  ASSERT_TRUE(honest.ok()) << honest.status();
+  const std::vector<std::pair<std::string, LyingWorker::Lie>> lies = {
+      {"liar-nan", LyingWorker::Lie::kNanLogprobs},
+      {"liar-long", LyingWorker::Lie::kTooLong},
+      {"liar-vocab", LyingWorker::Lie::kOutOfVocab},
+      {"liar-positive", LyingWorker::Lie::kPositiveLogprob}};
+  std::vector<std::unique_ptr<LyingWorker>> liars;
+  std::vector<std::unique_ptr<grpc::Server>> servers;
+  std::vector<WorkerEndpoint> endpoints = {{"honest", (*honest)->address(), 4}};
+  for (const auto& [id, lie] : lies) {
+    liars.push_back(std::make_unique<LyingWorker>(lie));
+    int port = 0;
+    auto server = StartGrpcServer("127.0.0.1:0", liars.back().get(), &port);
+    ASSERT_TRUE(server.ok()) << server.status();
+    servers.push_back(*std::move(server));
+    endpoints.push_back({id, "127.0.0.1:" + std::to_string(port), 2});
+  }
+  absl::Mutex mu;
+  std::set<std::string> reported;
+  RolloutFleetHooks hooks;
+  hooks.list_workers = [&] {
+    absl::MutexLock lock(&mu);
+    std::vector<WorkerEndpoint> live;
+    for (const auto& e : endpoints) {
+      if (!reported.count(e.worker_id)) live.push_back(e);
+    }
+    return live;
+  };
+  hooks.on_worker_failed = [&](const std::string& id) {
+    absl::MutexLock lock(&mu);
+    reported.insert(id);
+  };
+  RolloutFleetOptions fopts;
+  fopts.max_group_attempts = 6;
+  fopts.rpc_deadline = absl::Seconds(20);
+  fopts.generate_deadline = absl::Seconds(30);
+  auto fleet = RolloutFleet::Create(fopts, hooks);
+  ASSERT_TRUE(fleet.ok());
+  ASSERT_TRUE((*fleet)->PublishWeights(Export(**policy, 1)).ok());
+  auto requests = RandomRequests(rng, 12);
+  auto outcomes = (*fleet)->Generate(requests, 1);
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << outcomes[i].status;
+    ASSERT_EQ(outcomes[i].output.samples.size(), static_cast<size_t>(requests[i].params.n));
+    for (const auto& sample : outcomes[i].output.samples) {
+      EXPECT_LE(static_cast<int64_t>(sample.tokens.size()), requests[i].params.max_new_tokens);
+      for (size_t t = 0; t < sample.tokens.size(); ++t) {
+        EXPECT_LT(sample.tokens[t], 61);
+        EXPECT_TRUE(std::isfinite(sample.logprobs[t]));
+        EXPECT_LE(sample.logprobs[t], 0.0f);
+      }
+    }
+  }
+  EXPECT_GE((*fleet)->stats().groups_requeued, static_cast<int64_t>(lies.size()));
+  {
+    absl::MutexLock lock(&mu);
+    for (const auto& [id, lie] : lies) EXPECT_TRUE(reported.count(id)) << id << " was not reported";
+    EXPECT_FALSE(reported.count("honest"));
+  }
+
+  // The check itself, on replies a worker could send.
+  GenerationRequest request = requests[0];
+  request.params.n = 1;
+  request.params.max_new_tokens = 3;
+  GroupOutput out;
+  out.samples.push_back({{1, 2}, {-0.1f, -2.0f}, FinishReason::kLength});
+  EXPECT_TRUE(CheckGroupOutput(request, out, 61).ok());
+  out.samples[0].logprobs[1] = -std::numeric_limits<float>::infinity();
+  EXPECT_NE(std::string(CheckGroupOutput(request, out, 61).message()).find("-inf"), std::string::npos);
+  out.samples[0].logprobs = {-0.1f};
+  EXPECT_NE(std::string(CheckGroupOutput(request, out, 61).message()).find("2 tokens but 1 logprobs"),
+            std::string::npos);
+  out.samples[0] = {{1, 2}, {-0.1f, -2.0f}, FinishReason::kLength};
+  out.samples.push_back(out.samples[0]);
+  EXPECT_NE(std::string(CheckGroupOutput(request, out, 61).message()).find("2 samples, asked for 1"),
+            std::string::npos);
 }
 
 TEST(RolloutFleetTest, GroupsOfADeadWorkerRunOnTheLiveOnesAndEveryoneGetsTheWeights) {
