@@ -213,6 +213,12 @@ absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportWeight
   return out;
 }
 
+std::vector<PolicyModel::WeightSpec> PolicyModel::WeightSpecs() const {
+  std::vector<WeightSpec> out;
+  for (auto& [name, t] : SyncedParameters(impl_->module)) out.push_back({name, t.sizes().vec()});
+  return out;
+}
+
 absl::StatusOr<std::vector<PolicyModel::ParameterBuffer>> PolicyModel::ParameterBuffers() {
   std::vector<ParameterBuffer> out;
   for (auto& [name, t] : SyncedParameters(impl_->module)) {

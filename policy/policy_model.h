@@ -58,6 +58,13 @@ class PolicyModel {
   // ExportWeights gives, else INVALID_ARGUMENT naming the tensor; on error nothing
   // changes.
   absl::Status ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors);
+  // The names and shapes ImportWeights takes, in ExportWeights' order; copies no data (a
+  // rollout worker checks a weight update's header against them before it allocates).
+  struct WeightSpec {
+    std::string name;
+    std::vector<int64_t> shape;
+  };
+  std::vector<WeightSpec> WeightSpecs() const;
 
   // Every synced parameter's storage where it lives (in ExportWeights' order), for
   // device-to-device weight sync (NCCL broadcast): each is contiguous, `bytes` long, in the

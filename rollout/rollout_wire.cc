@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/crc32c.h"
+#include "common/status.h"
 
 namespace lightrl {
 
@@ -93,6 +94,30 @@ bool ForEachWeightChunk(const WeightSet& weights, bool replace_newer,
   return true;
 }
 
+absl::Status WeightAssembler::CheckAgainstExpected(const lightrl::v1::WeightHeader& h) const {
+  if (expected_.empty()) return absl::OkStatus();
+  const size_t declared = static_cast<size_t>(h.tensors_size());
+  for (size_t i = 0; i < std::min(declared, expected_.size()); ++i) {
+    const auto& info = h.tensors(static_cast<int>(i));
+    const std::vector<int64_t> shape(info.shape().begin(), info.shape().end());
+    if (info.name() != expected_[i].name || shape != expected_[i].shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weight header: tensor ", i, " is '", info.name(), "' ", ShapeString(shape),
+          "; the served model has '", expected_[i].name, "' ", ShapeString(expected_[i].shape)));
+    }
+  }
+  if (declared > expected_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weight header: tensor ", expected_.size(), " '", h.tensors(static_cast<int>(expected_.size())).name(),
+        "' is not in the served model (", expected_.size(), " tensors)"));
+  }
+  if (declared < expected_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("weight header: lacks the served model's tensor '",
+                                                   expected_[declared].name, "'"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status WeightAssembler::Add(const lightrl::v1::WeightChunk& chunk) {
   const int64_t n = num_chunks_++;
   if (chunk.has_header()) {
@@ -113,6 +138,7 @@ absl::Status WeightAssembler::Add(const lightrl::v1::WeightChunk& chunk) {
     set_.model_config_json = h.model_config_json();
     replace_newer_ = h.replace_newer();
     crc32c_ = h.crc32c();
+    RETURN_IF_ERROR(CheckAgainstExpected(h));
     int64_t total = 0;
     for (int i = 0; i < h.tensors_size(); ++i) {
       const auto& info = h.tensors(i);
@@ -124,21 +150,18 @@ absl::Status WeightAssembler::Add(const lightrl::v1::WeightChunk& chunk) {
         }
         numel *= d;
       }
-      total += numel * static_cast<int64_t>(DTypeSize(*dtype));
+      const int64_t bytes = numel * static_cast<int64_t>(DTypeSize(*dtype));
+      total += bytes;
       if (total > max_total_bytes_) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "weight header: tensors exceed ", max_total_bytes_, " bytes (at '", info.name(), "')"));
+            "weight header: tensors exceed the budget of ", max_total_bytes_, " bytes (max_weight_bytes) at '",
+            info.name(), "' ", ShapeString(std::vector<int64_t>(info.shape().begin(), info.shape().end()))));
       }
       PolicyModel::WeightTensor t;
       t.name = info.name();
       t.shape.assign(info.shape().begin(), info.shape().end());
       set_.tensors.push_back(std::move(t));
-    }
-    // Allocate only once the whole header has been checked.
-    for (auto& t : set_.tensors) {
-      int64_t numel = 1;
-      for (int64_t d : t.shape) numel *= d;
-      t.data.resize(static_cast<size_t>(numel) * DTypeSize(*dtype));
+      bytes_.push_back(bytes);
     }
     filled_.assign(set_.tensors.size(), 0);
     have_header_ = true;
@@ -156,13 +179,15 @@ absl::Status WeightAssembler::Add(const lightrl::v1::WeightChunk& chunk) {
                                                    " outside [0, ", set_.tensors.size(), ")"));
   }
   auto& t = set_.tensors[index];
-  const int64_t size = static_cast<int64_t>(t.data.size());
+  const int64_t size = bytes_[index];
   const int64_t len = static_cast<int64_t>(chunk.data().size());
   if (chunk.offset() != filled_[index] || chunk.offset() + len > size) {
     return absl::InvalidArgumentError(absl::StrCat(
         "weight chunk ", n, ": tensor '", t.name, "' bytes [", chunk.offset(), ", ",
         chunk.offset() + len, ") do not continue at byte ", filled_[index], " of ", size));
   }
+  // The tensor's memory once its bytes start to arrive.
+  if (t.data.size() != static_cast<size_t>(size)) t.data.resize(static_cast<size_t>(size));
   std::copy(chunk.data().begin(), chunk.data().end(), t.data.begin() + chunk.offset());
   filled_[index] += len;
   return absl::OkStatus();
@@ -173,9 +198,9 @@ absl::StatusOr<WeightSet> WeightAssembler::Finish() {
   uint32_t crc = 0;
   for (size_t i = 0; i < set_.tensors.size(); ++i) {
     const auto& t = set_.tensors[i];
-    if (filled_[i] != static_cast<int64_t>(t.data.size())) {
+    if (filled_[i] != bytes_[i]) {
       return absl::InvalidArgumentError(absl::StrCat("weight stream: tensor '", t.name, "' has ",
-                                                     filled_[i], " of ", t.data.size(), " bytes"));
+                                                     filled_[i], " of ", bytes_[i], " bytes"));
     }
     crc = Crc32cExtend(crc, t.data.data(), t.data.size());
   }

@@ -36,26 +36,34 @@ bool ForEachWeightChunk(const WeightSet& weights, bool replace_newer,
                         size_t chunk_bytes = kWeightChunkBytes);
 
 // Rebuilds a WeightSet from a chunk stream, checking each chunk as it comes: the header
-// first and once, tensor indices and byte ranges inside the declared tensors, no byte
-// written twice, every byte present and the CRC-32C right at the end. Errors are
-// INVALID_ARGUMENT naming the chunk and the tensor.
+// first and once, its tensors those of the served model (when there is one) and their
+// total within a byte budget, tensor indices and byte ranges inside the declared tensors,
+// no byte written twice, every byte present and the CRC-32C right at the end. A tensor's
+// memory is allocated when its first bytes arrive, never on the header's word alone.
+// Errors are INVALID_ARGUMENT naming the chunk and the tensor.
 class WeightAssembler {
  public:
-  // `max_total_bytes` bounds what a header may make the receiver allocate.
-  explicit WeightAssembler(int64_t max_total_bytes) : max_total_bytes_(max_total_bytes) {}
+  // `max_total_bytes` bounds the declared tensors' total; `expected` (empty: no model
+  // served yet) is the served model's names and shapes, which the header must match.
+  WeightAssembler(int64_t max_total_bytes, std::vector<PolicyModel::WeightSpec> expected = {})
+      : max_total_bytes_(max_total_bytes), expected_(std::move(expected)) {}
   absl::Status Add(const lightrl::v1::WeightChunk& chunk);
   absl::StatusOr<WeightSet> Finish();
   // The header's replace_newer (false before the header).
   bool replace_newer() const { return replace_newer_; }
 
  private:
+  absl::Status CheckAgainstExpected(const lightrl::v1::WeightHeader& header) const;
+
   int64_t max_total_bytes_;
+  std::vector<PolicyModel::WeightSpec> expected_;
   int64_t num_chunks_ = 0;
   bool have_header_ = false;
   bool replace_newer_ = false;
   uint32_t crc32c_ = 0;
   WeightSet set_;
   std::vector<int64_t> filled_;  // bytes received per tensor (chunks arrive in order)
+  std::vector<int64_t> bytes_;   // bytes declared per tensor
 };
 
 }  // namespace lightrl

@@ -1,5 +1,7 @@
 #include "rollout/rollout_worker.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <deque>
 #include <optional>
@@ -38,10 +40,20 @@ absl::Status RolloutWorkerOptions::Validate() const {
   if (batch_window < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("batch_window must be >= 0");
   }
+  if (max_weight_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_weight_bytes must be >= 0 (0 = half the host's memory), got ", max_weight_bytes));
+  }
   return absl::OkStatus();
 }
 
 namespace {
+
+int64_t HalfOfPhysicalMemory() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return int64_t{1} << 34;
+  return static_cast<int64_t>(pages) * page_size / 2;
+}
 
 // Batch windows the batcher may wait in a row while groups keep arriving.
 constexpr int kMaxBatchWaits = 10;
@@ -124,6 +136,9 @@ struct RolloutWorker::Impl final : public lightrl::v1::RolloutService::CallbackS
   int64_t engine_batches ABSL_GUARDED_BY(mu) = 0;
   std::atomic<int64_t> version{-1};
   std::atomic<int64_t> vocab_size{0};
+  // The served model's tensors, which a weight update's header must declare.
+  std::vector<PolicyModel::WeightSpec> weight_specs ABSL_GUARDED_BY(mu);
+  int64_t weight_budget = 0;  // max_weight_bytes resolved
 
   // Held across an engine batch and across a weight swap, never both.
   absl::Mutex engine_mu;
@@ -299,6 +314,10 @@ absl::Status RolloutWorker::Impl::InstallPolicy(std::unique_ptr<PolicyModel> mod
                                           tokenizer ? &*tokenizer : nullptr));
   config_json = model->config().ToJson().Dump();
   vocab_size = model->config().vocab_size;
+  {
+    absl::MutexLock lock(&mu);
+    weight_specs = model->WeightSpecs();
+  }
   policy = std::move(model);
   version = model_version;
   return absl::OkStatus();
@@ -337,7 +356,7 @@ class UpdateWeightsReactor final : public grpc::ServerReadReactor<lightrl::v1::W
  public:
   UpdateWeightsReactor(RolloutWorker::Impl* impl, grpc::CallbackServerContext* context,
                        lightrl::v1::UpdateWeightsResponse* response)
-      : impl_(impl), response_(response), assembler_(impl->options.max_weight_bytes) {
+      : impl_(impl), response_(response), assembler_(impl->weight_budget, Specs(impl)) {
     absl::Status auth = CheckAuthToken(*context, impl->options.auth_token);
     if (!auth.ok()) {
       Finish(ToGrpcStatus(auth));
@@ -378,6 +397,11 @@ class UpdateWeightsReactor final : public grpc::ServerReadReactor<lightrl::v1::W
   void OnDone() override { delete this; }
 
  private:
+  static std::vector<PolicyModel::WeightSpec> Specs(RolloutWorker::Impl* impl) {
+    absl::MutexLock lock(&impl->mu);
+    return impl->weight_specs;
+  }
+
   RolloutWorker::Impl* impl_;
   lightrl::v1::UpdateWeightsResponse* response_;
   lightrl::v1::WeightChunk chunk_;
@@ -566,6 +590,7 @@ absl::StatusOr<std::unique_ptr<RolloutWorker>> RolloutWorker::Start(
   RETURN_IF_ERROR(options.Validate());
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  impl->weight_budget = options.max_weight_bytes > 0 ? options.max_weight_bytes : HalfOfPhysicalMemory();
   if (!options.tokenizer_path.empty()) {
     ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(options.tokenizer_path));
     impl->tokenizer.emplace(std::move(t));

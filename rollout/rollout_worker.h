@@ -33,8 +33,10 @@ struct RolloutWorkerOptions {
   // How long the batcher waits for more groups once one arrives; it waits again (up to
   // 10 windows) while more keep coming.
   absl::Duration batch_window = absl::Milliseconds(2);
-  // Largest weight update accepted (bytes of tensor data).
-  int64_t max_weight_bytes = int64_t{1} << 40;
+  // Largest weight update accepted (bytes of tensor data, held in host memory while it
+  // arrives); 0 = half the host's physical memory. An update must also declare exactly the
+  // served model's tensors (names and shapes), checked before anything is allocated.
+  int64_t max_weight_bytes = 0;
   // Largest single request message (a Generate request, one weight chunk of at most
   // 4 MiB); a bigger one is refused with RESOURCE_EXHAUSTED. At least 8 MiB.
   int max_message_bytes = 1 << 30;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <limits>
 #include <random>
 #include <set>
@@ -310,6 +311,114 @@ TEST(RolloutWorkerTest, BadWireInputIsRefusedWithAReasonAndTheWorkerKeepsServing
     EXPECT_EQ((*worker)->stats().weight_version, 2);
     ASSERT_TRUE(RawGenerate(*stub, good()).ok());
   }
+}
+
+// Peak resident memory of this process (the workers run in it), in bytes.
+int64_t PeakRssBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+lightrl::v1::WeightChunk HeaderOf(const WeightSet& set) {
+  lightrl::v1::WeightChunk chunk;
+  auto* h = chunk.mutable_header();
+  h->set_version(set.version);
+  h->set_dtype("F32");
+  h->set_model_config_json(set.model_config_json);
+  for (const auto& t : set.tensors) {
+    auto* info = h->add_tensors();
+    info->set_name(t.name);
+    for (int64_t d : t.shape) info->add_shape(d);
+  }
+  return chunk;
+}
+
+// A weight header is checked against the served model (names, shapes) and the byte
+// budget before anything is allocated, and tensor memory grows only with the bytes that
+// arrive: headers declaring gigabytes cost nothing and are refused naming the tensor.
+TEST(RolloutWorkerTest, AWeightHeaderIsCheckedBeforeAnythingIsAllocated) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok());
+  const WeightSet set = Export(**policy, 2);
+  auto served = RolloutWorker::Start(RolloutWorkerOptions{}, std::move(*policy), 1);
+  ASSERT_TRUE(served.ok()) << served.status();
+  auto stub = lightrl::v1::RolloutService::NewStub(
+      grpc::CreateChannel((*served)->address(), grpc::InsecureChannelCredentials()));
+  const int64_t peak_before = PeakRssBytes();
+  const std::string victim = set.tensors[1].name;
+  {
+    // One tensor declared as 2 GiB of FP32.
+    auto header = HeaderOf(set);
+    header.mutable_header()->mutable_tensors(1)->clear_shape();
+    header.mutable_header()->mutable_tensors(1)->add_shape(int64_t{1} << 29);
+    grpc::Status st = RawUpdate(*stub, {header});
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find(victim), std::string::npos) << st.error_message();
+    EXPECT_NE(st.error_message().find("served model"), std::string::npos) << st.error_message();
+  }
+  {
+    auto header = HeaderOf(set);
+    header.mutable_header()->mutable_tensors(1)->set_name("model.layers.0.extra.weight");
+    grpc::Status st = RawUpdate(*stub, {header});
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find("model.layers.0.extra.weight"), std::string::npos)
+        << st.error_message();
+  }
+  {
+    auto header = HeaderOf(set);
+    auto* extra = header.mutable_header()->add_tensors();
+    extra->set_name("model.layers.9.huge.weight");
+    extra->add_shape(int64_t{1} << 30);
+    grpc::Status st = RawUpdate(*stub, {header});
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find("'model.layers.9.huge.weight' is not in the served model"),
+              std::string::npos)
+        << st.error_message();
+  }
+
+  // A worker with no model yet cannot check names: the budget bounds the header, and
+  // memory follows the bytes received.
+  RolloutWorkerOptions small;
+  small.max_weight_bytes = 16 << 20;
+  auto fresh = RolloutWorker::Start(small);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  auto fresh_stub = lightrl::v1::RolloutService::NewStub(
+      grpc::CreateChannel((*fresh)->address(), grpc::InsecureChannelCredentials()));
+  {
+    auto header = HeaderOf(set);
+    header.mutable_header()->mutable_tensors(1)->clear_shape();
+    header.mutable_header()->mutable_tensors(1)->add_shape(int64_t{1} << 29);
+    grpc::Status st = RawUpdate(*fresh_stub, {header});
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find("budget of 16777216 bytes"), std::string::npos) << st.error_message();
+    EXPECT_NE(st.error_message().find(victim), std::string::npos) << st.error_message();
+  }
+  auto roomy = RolloutWorker::Start(RolloutWorkerOptions{});
+  ASSERT_TRUE(roomy.ok()) << roomy.status();
+  auto roomy_stub = lightrl::v1::RolloutService::NewStub(
+      grpc::CreateChannel((*roomy)->address(), grpc::InsecureChannelCredentials()));
+  {
+    // 512 MiB declared, none of it sent.
+    auto header = HeaderOf(set);
+    header.mutable_header()->mutable_tensors(1)->clear_shape();
+    header.mutable_header()->mutable_tensors(1)->add_shape(int64_t{1} << 27);
+    grpc::Status st = RawUpdate(*roomy_stub, {header});
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find("has 0 of"), std::string::npos) << st.error_message();
+  }
+  EXPECT_LT(PeakRssBytes() - peak_before, int64_t{256} << 20);
+
+  // Well-formed updates are still taken by all three.
+  auto client = Connect((*served)->address());
+  EXPECT_TRUE(client->UpdateWeights(set).ok());
+  EXPECT_EQ((*served)->stats().weight_version, 2);
+  EXPECT_TRUE(Connect((*fresh)->address())->UpdateWeights(set).ok());
+  EXPECT_TRUE(Connect((*roomy)->address())->UpdateWeights(set).ok());
 }
 
 // Six groups arrive together; one asks for top_p = 1e-300 (0 in the sampler's FP32). It is
