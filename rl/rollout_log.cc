@@ -229,32 +229,58 @@ struct SegmentView {
 };
 
 // The record at `offset`: valid (payload filled, `size` its total length), or why not.
+// `torn` says the bytes from `offset` to the end of the file are what an interrupted
+// append leaves: a prefix of one record (the magic as far as it goes, a payload shorter
+// than its length field that does not checksum as it stands) or zeros (a power loss after
+// the file grew). A complete record that fails its checks is corruption, never torn.
 struct Probe {
   bool valid = false;
+  bool torn = false;
   uint64_t size = 0;
   std::string problem;
 };
 
+absl::StatusOr<bool> AllZeroFrom(const SegmentView& seg, uint64_t offset) {
+  constexpr uint64_t kChunk = 1 << 20;
+  std::string chunk;
+  for (uint64_t pos = offset; pos < seg.size; pos += kChunk) {
+    RETURN_IF_ERROR(ReadAt(seg.fd, seg.path, pos, std::min(kChunk, seg.size - pos), &chunk));
+    if (chunk.find_first_not_of('\0') != std::string::npos) return false;
+  }
+  return true;
+}
+
 absl::StatusOr<Probe> ProbeRecord(const SegmentView& seg, uint64_t offset, std::string* payload) {
   Probe probe;
   const uint64_t left = seg.size - offset;
+  std::string header;
+  RETURN_IF_ERROR(ReadAt(seg.fd, seg.path, offset, std::min<uint64_t>(left, kRolloutRecordHeaderBytes),
+                      &header));
+  static const std::string magic_bytes = MagicBytes();
+  const size_t magic_seen = std::min(header.size(), magic_bytes.size());
+  const bool magic_prefix = header.compare(0, magic_seen, magic_bytes, 0, magic_seen) == 0;
   if (left < kRolloutRecordHeaderBytes) {
     probe.problem = absl::StrCat("only ", left, " bytes left, a record header needs ",
                                  kRolloutRecordHeaderBytes);
+    ASSIGN_OR_RETURN(const bool zeros, AllZeroFrom(seg, offset));
+    probe.torn = magic_prefix || zeros;
     return probe;
   }
-  std::string header;
-  RETURN_IF_ERROR(ReadAt(seg.fd, seg.path, offset, kRolloutRecordHeaderBytes, &header));
   const uint32_t magic = GetU32(header.data());
   const uint32_t length = GetU32(header.data() + 4);
   const uint32_t masked_crc = GetU32(header.data() + 8);
   if (magic != kRolloutRecordMagic) {
     probe.problem = absl::StrFormat("bad magic 0x%08x", magic);
+    ASSIGN_OR_RETURN(probe.torn, AllZeroFrom(seg, offset));
     return probe;
   }
   if (length > left - kRolloutRecordHeaderBytes) {
     probe.problem = absl::StrCat("payload length ", length, " runs past the end of the file (",
                                  left - kRolloutRecordHeaderBytes, " bytes left)");
+    // A whole payload under a damaged length field still checksums: that is corruption.
+    RETURN_IF_ERROR(ReadAt(seg.fd, seg.path, offset + kRolloutRecordHeaderBytes,
+                           left - kRolloutRecordHeaderBytes, payload));
+    probe.torn = Crc32c(*payload) != UnmaskCrc32c(masked_crc);
     return probe;
   }
   RETURN_IF_ERROR(ReadAt(seg.fd, seg.path, offset + kRolloutRecordHeaderBytes, length, payload));
@@ -420,11 +446,11 @@ absl::StatusOr<std::unique_ptr<RolloutLogWriter>> RolloutLogWriter::Open(
       continue;
     }
     ASSIGN_OR_RETURN(std::optional<uint64_t> next, FindNextValid(seg, offset + 1));
-    if (next.has_value()) {
+    if (next.has_value() || !probe.torn) {
       // Not ours to repair: readers report it (or skip it with skip_corrupt).
       Warn(absl::StrCat(seg.path, ": corrupt record at byte offset ", offset, " (",
-                        probe.problem, ") before valid ones; leaving it for readers"));
-      offset = *next;
+                        probe.problem, "); leaving it for readers"));
+      offset = next.value_or(seg.size);
       continue;
     }
     Warn(absl::StrCat(seg.path, ": truncating a torn record at byte offset ", offset, " (",
@@ -573,7 +599,7 @@ absl::StatusOr<bool> RolloutLogReader::NextPayload(std::string* payload) {
     // only the last segment is ever appended to.
     ASSIGN_OR_RETURN(std::optional<uint64_t> next, FindNextValid(seg, offset_ + 1));
     const bool last_segment = segment_index_ + 1 == segments_.size();
-    if (!next.has_value() && last_segment) {
+    if (!next.has_value() && last_segment && probe.torn) {
       Warn(absl::StrCat(path, ": skipping a torn record at byte offset ", offset_, " (",
                         probe.problem, "; ", file_size_ - offset_,
                         " bytes to the end of the log)"));
@@ -585,6 +611,7 @@ absl::StatusOr<bool> RolloutLogReader::NextPayload(std::string* payload) {
     if (!options_.skip_corrupt) return absl::DataLossError(message);
     const uint64_t resume = next.value_or(file_size_);
     Warn(absl::StrCat(message, "; skipping ", resume - offset_, " bytes"));
+    ++corrupt_skipped_;
     offset_ = resume;
   }
 }
@@ -608,7 +635,7 @@ absl::StatusOr<bool> RolloutLogReader::Next(RolloutGroup* group) {
 }
 
 absl::StatusOr<std::vector<RolloutGroup>> RolloutLogReader::ReadAll(
-    const std::string& dir, const RolloutLogReadOptions& options) {
+    const std::string& dir, const RolloutLogReadOptions& options, int64_t* corrupt_skipped) {
   ASSIGN_OR_RETURN(RolloutLogReaderPtr reader, Open(dir, options));
   std::vector<RolloutGroup> out;
   RolloutGroup group;
@@ -617,6 +644,7 @@ absl::StatusOr<std::vector<RolloutGroup>> RolloutLogReader::ReadAll(
     if (!found) break;
     out.push_back(std::move(group));
   }
+  if (corrupt_skipped != nullptr) *corrupt_skipped = reader->corrupt_skipped();
   return out;
 }
 

@@ -68,7 +68,8 @@ class RolloutLogWriter {
  public:
   // Opens the log for append, creating `dir` if needed. A torn record at the end of the
   // last segment (a crash mid-append) is truncated away with a warning on stderr naming
-  // the file and byte offset, so new records follow valid ones.
+  // the file and byte offset, so new records follow valid ones. A corrupt complete record
+  // is never cut: it stays for readers to report (or skip), with a warning.
   static absl::StatusOr<std::unique_ptr<RolloutLogWriter>> Open(
       const std::string& dir, const RolloutLogOptions& options = {});
   ~RolloutLogWriter();
@@ -111,9 +112,10 @@ struct RolloutLogPosition {
 };
 
 // Reads the records of the log in `dir` in order, across segments. A torn record at the
-// very end of the last segment (the writer crashed, or is mid-append) is skipped with a
-// warning; anything else that fails its checks is corruption, reported as DataLoss naming
-// the file and byte offset. Segments present when Open() ran are read; later ones are not.
+// very end of the last segment (an incomplete record: the writer crashed, or is
+// mid-append) is skipped with a warning; anything else that fails its checks, a complete
+// last record included, is corruption, reported as DataLoss naming the file and byte
+// offset. Segments present when Open() ran are read; later ones are not.
 class RolloutLogReader {
  public:
   static absl::StatusOr<std::unique_ptr<RolloutLogReader>> Open(
@@ -126,9 +128,13 @@ class RolloutLogReader {
   absl::StatusOr<bool> Next(RolloutGroup* group);
   // Where the group last returned by Next() was stored.
   const RolloutLogPosition& position() const { return position_; }
+  // Corrupt records skipped so far (only with skip_corrupt; torn tails are not counted).
+  int64_t corrupt_skipped() const { return corrupt_skipped_; }
 
+  // Every group; `corrupt_skipped`, if given, receives corrupt_skipped() at the end.
   static absl::StatusOr<std::vector<RolloutGroup>> ReadAll(
-      const std::string& dir, const RolloutLogReadOptions& options = {});
+      const std::string& dir, const RolloutLogReadOptions& options = {},
+      int64_t* corrupt_skipped = nullptr);
 
  private:
   RolloutLogReader(std::vector<std::string> segments, RolloutLogReadOptions options)
@@ -142,6 +148,7 @@ class RolloutLogReader {
   uint64_t file_size_ = 0;
   uint64_t offset_ = 0;
   RolloutLogPosition position_;
+  int64_t corrupt_skipped_ = 0;
 };
 using RolloutLogReaderPtr = std::unique_ptr<RolloutLogReader>;
 

@@ -26,7 +26,9 @@ constexpr const char* kUsage =
     "  --limit caps the groups shown (default 20, 0 = all); --width caps each text shown\n"
     "  (default 160 bytes).\n"
     "export: one JSON group per line; OUT appears only once every group is written.\n"
-    "--skip-corrupt: skip corrupt records (with a warning) instead of stopping.\n";
+    "A record that fails its checksum is an error naming the file and byte offset (a torn\n"
+    "record at the very end, left by an interrupted append, is skipped with a warning).\n"
+    "--skip-corrupt: skip corrupt records (each with a warning, then a count) instead.\n";
 
 // At most `width` bytes of `text`, cut on a UTF-8 character boundary, as a quoted and
 // escaped one-line string.
@@ -65,6 +67,13 @@ void PrintGroup(const RolloutGroup& g, const RolloutLogPosition& where, int64_t 
                                  s.finish_reason.empty() ? "-" : s.finish_reason,
                                  s.tokens.size());
     std::cout << "      " << Excerpt(s.text, width) << "\n";
+  }
+}
+
+void ReportSkipped(const RolloutLogReader& reader, const std::string& dir) {
+  if (reader.corrupt_skipped() > 0) {
+    std::cerr << "--skip-corrupt: skipped " << reader.corrupt_skipped() << " corrupt records of "
+              << dir << "\n";
   }
 }
 
@@ -108,6 +117,7 @@ absl::Status Run(const std::vector<std::string>& args) {
       ++shown;
     }
     std::cout << absl::StrFormat("%d of %d matching groups shown\n", shown, matched);
+    ReportSkipped(*reader, dir);
     return absl::OkStatus();
   }
 
@@ -125,6 +135,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   }
   RETURN_IF_ERROR(out.Commit());
   std::cerr << "exported " << exported << " groups to " << output << "\n";
+  ReportSkipped(*reader, dir);
   return absl::OkStatus();
 }
 

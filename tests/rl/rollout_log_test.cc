@@ -298,6 +298,56 @@ TEST_F(RolloutLogTest, ZeroFilledTailIsTorn) {
   EXPECT_EQ(Positions().back().offset, size);
 }
 
+TEST_F(RolloutLogTest, CorruptLastCompleteRecordIsAnErrorNotATornTail) {
+  // One flipped byte in the log's last record, which is whole: in its magic, length, CRC
+  // or payload. That is corruption (an error naming the offset, skippable on request and
+  // counted), and reopening for append must not cut it away as if it were torn.
+  std::mt19937_64 rng(31);
+  for (int trial = 0; trial < 8; ++trial) {
+    SCOPED_TRACE(absl::StrCat("trial ", trial));
+    fs::remove_all(dir_);
+    std::vector<RolloutGroup> want = AppendGroups(0, 5);
+    const std::vector<RolloutLogPosition> positions = Positions();
+    ASSERT_EQ(positions.size(), 5u);
+    const RolloutLogPosition last = positions.back();
+    const uint64_t size = fs::file_size(last.file);
+    const uint64_t field = static_cast<uint64_t>(trial % 4) * 4;  // magic, length, CRC, payload
+    const uint64_t where = field < kRolloutRecordHeaderBytes
+                               ? last.offset + field + rng() % 4
+                               : last.offset + kRolloutRecordHeaderBytes +
+                                     rng() % (size - last.offset - kRolloutRecordHeaderBytes);
+    FlipByte(last.file, where);
+
+    auto all = RolloutLogReader::ReadAll(dir_);
+    ASSERT_FALSE(all.ok()) << "flipped byte " << where << " read as a torn tail";
+    EXPECT_EQ(all.status().code(), absl::StatusCode::kDataLoss);
+    const std::string message(all.status().message());
+    EXPECT_NE(message.find(last.file), std::string::npos) << message;
+    EXPECT_NE(message.find(absl::StrCat("byte offset ", last.offset, ":")), std::string::npos)
+        << message;
+
+    RolloutLogReadOptions skip;
+    skip.skip_corrupt = true;
+    int64_t skipped = -1;
+    auto read = RolloutLogReader::ReadAll(dir_, skip, &skipped);
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_EQ(skipped, 1);
+    want.pop_back();
+    ASSERT_EQ(read->size(), want.size());
+
+    // A resumed run appends after the corrupt record and leaves it for readers.
+    std::vector<RolloutGroup> more = AppendGroups(100, 2);
+    EXPECT_GE(fs::file_size(last.file), size) << "the writer cut a complete record";
+    want.insert(want.end(), more.begin(), more.end());
+    read = RolloutLogReader::ReadAll(dir_, skip, &skipped);
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_EQ(skipped, 1);
+    ASSERT_EQ(read->size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) ExpectSameGroup((*read)[i], want[i]);
+    EXPECT_EQ(RolloutLogReader::ReadAll(dir_).status().code(), absl::StatusCode::kDataLoss);
+  }
+}
+
 TEST_F(RolloutLogTest, CorruptionInTheMiddleIsAnErrorNamingFileAndOffset) {
   std::mt19937_64 rng(77);
   for (int trial = 0; trial < 8; ++trial) {
