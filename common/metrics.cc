@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -90,6 +91,9 @@ constexpr uint32_t kEventWallTime = 1;
 constexpr uint32_t kEventStep = 2;
 constexpr uint32_t kEventFileVersion = 3;
 constexpr uint32_t kEventSummary = 5;
+constexpr uint32_t kEventSessionLog = 7;
+constexpr uint32_t kSessionLogStatus = 1;
+constexpr uint64_t kSessionLogStart = 1;
 constexpr uint32_t kSummaryValue = 1;
 constexpr uint32_t kValueTag = 1;
 constexpr uint32_t kValueSimpleValue = 2;
@@ -133,7 +137,45 @@ std::string EncodeScalarsEvent(double wall_time, int64_t step, const Scalars& sc
   return event;
 }
 
+std::string EncodeSessionStartEvent(double wall_time, int64_t step) {
+  std::string session_log;
+  PutTag(session_log, kSessionLogStatus, kVarint);
+  PutVarint(session_log, kSessionLogStart);
+  std::string event;
+  PutDoubleField(event, kEventWallTime, wall_time);
+  PutTag(event, kEventStep, kVarint);
+  PutVarint(event, static_cast<uint64_t>(step));
+  PutBytesField(event, kEventSessionLog, session_log);
+  return event;
+}
+
 // --- JSONL ---
+
+absl::StatusOr<int64_t> CutJsonlMetrics(const std::string& path, uint64_t bytes) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  if (text->size() < bytes) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": ", text->size(), " bytes, shorter than the ", bytes,
+        " the checkpoint recorded (the file was replaced or cut)"));
+  }
+  if (bytes > 0 && (*text)[bytes - 1] != '\n') {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": byte offset ", bytes, " recorded by the checkpoint is not a line end"));
+  }
+  const int64_t dropped = static_cast<int64_t>(
+      std::count(text->begin() + static_cast<std::ptrdiff_t>(bytes), text->end(), '\n'));
+  if (bytes == text->size()) return dropped;
+  if (::truncate(path.c_str(), static_cast<off_t>(bytes)) != 0) {
+    return ErrnoError(absl::StrCat("cannot truncate to byte offset ", bytes), path);
+  }
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open to fsync", path);
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return ErrnoError("fsync failed", path);
+  return dropped;
+}
 
 absl::StatusOr<std::unique_ptr<JsonlMetricsWriter>> JsonlMetricsWriter::Open(
     const std::string& path) {
@@ -205,6 +247,10 @@ TensorBoardWriter::~TensorBoardWriter() {
 
 absl::Status TensorBoardWriter::Write(int64_t step, const Scalars& scalars) {
   return WriteAll(fd_, FrameTfRecord(EncodeScalarsEvent(UnixSeconds(), step, scalars)), path_);
+}
+
+absl::Status TensorBoardWriter::MarkRestart(int64_t step) {
+  return WriteAll(fd_, FrameTfRecord(EncodeSessionStartEvent(UnixSeconds(), step)), path_);
 }
 
 absl::Status TensorBoardWriter::Flush() {

@@ -28,7 +28,8 @@ class MetricsWriter {
 using MetricsWriterPtr = std::unique_ptr<MetricsWriter>;
 
 // Appends {"step": N, "time": unix seconds, "<name>": value, ...} lines to `path`; a
-// resumed run appends to the same file. Non-finite values are written as null so every
+// resumed run appends to the same file after CutJsonlMetrics() has removed what the
+// killed run wrote past its checkpoint. Non-finite values are written as null so every
 // line is strict JSON (jq, JSON.parse and pandas all reject NaN/Infinity tokens); the
 // TensorBoard file keeps the exact NaN/inf. "step" and "time" are reserved names.
 class JsonlMetricsWriter final : public MetricsWriter {
@@ -53,6 +54,10 @@ class TensorBoardWriter final : public MetricsWriter {
   ~TensorBoardWriter() override;
   absl::Status Write(int64_t step, const Scalars& scalars) override;
   absl::Status Flush() override;
+  // Marks a restart from a checkpoint: a SessionLog START event at `step`, on which
+  // TensorBoard drops what earlier event files hold at steps >= `step` (the steps the
+  // resumed run writes again). Other readers take the last value per step.
+  absl::Status MarkRestart(int64_t step);
   const std::string& path() const { return path_; }
 
  private:
@@ -74,10 +79,17 @@ class MultiMetricsWriter final : public MetricsWriter {
   std::vector<MetricsWriterPtr> writers_;
 };
 
+// Cuts the JSONL file at `path` back to its first `bytes` bytes, which must end a line:
+// a resumed run drops what the killed run logged after the checkpoint it resumes from.
+// Returns the number of lines dropped; a file shorter than `bytes`, or a cut that is not
+// at a line end, is an error naming the file and offset (the file is left as it is).
+absl::StatusOr<int64_t> CutJsonlMetrics(const std::string& path, uint64_t bytes);
+
 // Exposed for tests: the TFRecord frame around one serialized record, and the serialized
 // `Event` messages the TensorBoard writer emits.
 std::string FrameTfRecord(const std::string& data);
 std::string EncodeFileVersionEvent(double wall_time);
 std::string EncodeScalarsEvent(double wall_time, int64_t step, const Scalars& scalars);
+std::string EncodeSessionStartEvent(double wall_time, int64_t step);
 
 }  // namespace lightrl

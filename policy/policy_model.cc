@@ -5,7 +5,9 @@
 #include <limits>
 #include <map>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/checkpoint_manifest.h"
 #include "common/file_util.h"
 #include "common/status.h"
 #include "policy/checkpoint.h"
@@ -79,6 +81,12 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Load(const std::string
   if (!IsDirectory(dir)) {
     return absl::NotFoundError(absl::StrCat(dir, ": model directory does not exist"));
   }
+  // A lightrl checkpoint carries a manifest: the files the model is read from must match
+  // it before any tensor is trusted. Other model directories (HuggingFace) have none.
+  RETURN_IF_ERROR(VerifyCheckpointManifest(dir, [](absl::string_view name) {
+                    return name == "config.json" || absl::EndsWith(name, ".safetensors") ||
+                           absl::EndsWith(name, ".safetensors.index.json");
+                  }).status());
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(JoinPath(dir, "config.json")));
   ASSIGN_OR_RETURN(auto ckpt, SafetensorsCheckpoint::Open(dir));
   ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options));

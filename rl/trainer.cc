@@ -1,12 +1,15 @@
 #include "rl/trainer.h"
 
 #include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -16,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/auth_token.h"
+#include "common/checkpoint_manifest.h"
 #include "common/file_util.h"
 #include "common/json.h"
 #include "common/metrics.h"
@@ -171,14 +175,100 @@ absl::Status Trainer::WriteMetrics(int64_t step, const Scalars& scalars) {
   return metrics_->Flush();
 }
 
+// The step metrics are logged under for `state`: SFT steps count up to 0, RL steps from 1.
+int64_t MetricsStep(const TrainerState& state, const RunConfig& config) {
+  return state.step > 0 ? state.step : -config.sft.steps + state.sft_step;
+}
+
+// The checkpoint file recording where metrics.jsonl ended when the checkpoint was taken.
+constexpr const char* kMetricsPositionName = "metrics_position.json";
+
+// Cuts metrics.jsonl back to where it ended at the checkpoint in `checkpoint_dir`, so that
+// the steps a resumed run trains again are logged once.
+absl::Status CutMetricsToCheckpoint(const std::string& checkpoint_dir, const std::string& path) {
+  const std::string position_path = JoinPath(checkpoint_dir, kMetricsPositionName);
+  if (!FileExists(position_path)) {
+    std::fprintf(stderr, "lightrl run: warning: %s has no %s (an older checkpoint): %s keeps "
+                 "the lines logged after it; readers take the last value per step\n",
+                 checkpoint_dir.c_str(), kMetricsPositionName, path.c_str());
+    return absl::OkStatus();
+  }
+  if (!FileExists(path)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::string text, ReadFile(position_path));
+  absl::StatusOr<Json> json = Json::Parse(text);
+  const Json* bytes = json.ok() ? json->find("metrics_jsonl_bytes") : nullptr;
+  if (bytes == nullptr || !bytes->is_int() || bytes->as_int() < 0) {
+    return absl::DataLossError(absl::StrCat(
+        position_path, ": expected {\"metrics_jsonl_bytes\": N >= 0}, got ", text));
+  }
+  ASSIGN_OR_RETURN(int64_t dropped, CutJsonlMetrics(path, static_cast<uint64_t>(bytes->as_int())));
+  if (dropped > 0) {
+    std::fprintf(stderr, "lightrl run: dropped %lld lines of %s logged after the checkpoint\n",
+                 static_cast<long long>(dropped), path.c_str());
+  }
+  return absl::OkStatus();
+}
+
+// Checkpoint directories under `root` (step-NNNNNN-sft-NNNNNN), oldest first; names sort
+// in training order.
+std::vector<std::string> CheckpointNames(const std::string& root) {
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(root.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos) names.push_back(n);
+    }
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// A checkpoint directory checked against its manifest: OK with whether it had one, or
+// DATA_LOSS naming the file that failed.
+absl::StatusOr<bool> VerifyCheckpoint(const std::string& dir) {
+  if (!IsDirectory(dir)) return absl::DataLossError(absl::StrCat(dir, ": does not exist"));
+  ASSIGN_OR_RETURN(ManifestCheck check, VerifyCheckpointManifest(dir));
+  return check.present;
+}
+
 absl::StatusOr<std::optional<std::string>> Trainer::LatestCheckpoint() const {
   const std::string latest = JoinPath(ckpt_root_, "latest");
   if (!FileExists(latest)) return std::optional<std::string>();
   ASSIGN_OR_RETURN(std::string name, ReadFile(latest));
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-  const std::string dir = JoinPath(ckpt_root_, name);
-  if (!IsDirectory(dir)) {
-    return absl::DataLossError(absl::StrCat(latest, " names ", name, " which does not exist"));
+  std::string dir = JoinPath(ckpt_root_, name);
+  absl::StatusOr<bool> verified = VerifyCheckpoint(dir);
+  if (!verified.ok()) {
+    // The newest earlier checkpoint that passes is what a fallback would resume from.
+    std::string previous;
+    const std::vector<std::string> names = CheckpointNames(ckpt_root_);
+    for (auto it = names.rbegin(); it != names.rend() && previous.empty(); ++it) {
+      if (*it < name && VerifyCheckpoint(JoinPath(ckpt_root_, *it)).ok()) previous = *it;
+    }
+    const std::string problem =
+        absl::StrCat("the latest checkpoint ", name, " (named by ", latest, ") is unusable: ",
+                     verified.status().message());
+    if (previous.empty()) {
+      return absl::DataLossError(
+          absl::StrCat(problem, "; no earlier checkpoint in ", ckpt_root_, " passes its checks"));
+    }
+    if (!options_.resume_fallback) {
+      return absl::DataLossError(absl::StrCat(
+          problem, "; the previous checkpoint ", JoinPath(ckpt_root_, previous),
+          " passes its checks: pass --resume-fallback to resume from it (the steps after it "
+          "are trained again)"));
+    }
+    std::fprintf(stderr, "lightrl run: warning: %s; --resume-fallback: resuming from %s\n",
+                 problem.c_str(), previous.c_str());
+    dir = JoinPath(ckpt_root_, previous);
+    verified = VerifyCheckpoint(dir);
+    if (!verified.ok()) return verified.status();
+  }
+  if (!*verified) {
+    std::fprintf(stderr, "lightrl run: warning: %s has no %s (written before checkpoints carried "
+                 "checksums); resuming from it unchecked\n",
+                 dir.c_str(), std::string(kCheckpointManifestName).c_str());
   }
   return std::optional<std::string>(dir);
 }
@@ -415,11 +505,16 @@ absl::Status Trainer::Setup() {
 
   std::vector<MetricsWriterPtr> writers;
   if (config_.logging.jsonl) {
-    ASSIGN_OR_RETURN(auto w, JsonlMetricsWriter::Open(JoinPath(config_.run.output_dir, "metrics.jsonl")));
+    const std::string path = JoinPath(config_.run.output_dir, "metrics.jsonl");
+    if (resume_dir) RETURN_IF_ERROR(CutMetricsToCheckpoint(*resume_dir, path));
+    ASSIGN_OR_RETURN(auto w, JsonlMetricsWriter::Open(path));
     writers.push_back(std::move(w));
   }
   if (config_.logging.tensorboard) {
     ASSIGN_OR_RETURN(auto w, TensorBoardWriter::Open(JoinPath(config_.run.output_dir, "tensorboard")));
+    // The resumed run writes the steps after the checkpoint again; TensorBoard drops the
+    // killed run's copies of them on this mark.
+    if (resume_dir) RETURN_IF_ERROR(w->MarkRestart(MetricsStep(state_, config_) + 1));
     writers.push_back(std::move(w));
   }
   metrics_ = std::make_unique<MultiMetricsWriter>(std::move(writers));
@@ -461,6 +556,19 @@ absl::Status Trainer::Checkpoint() {
   RETURN_IF_ERROR(policy_->Save(tmp, dtype));
   RETURN_IF_ERROR(learners_->SaveState(JoinPath(tmp, "optimizer.pt")));
   RETURN_IF_ERROR(WriteFileAtomic(JoinPath(tmp, "trainer_state.json"), state_.ToJson().Dump(2) + "\n"));
+  if (config_.logging.jsonl) {
+    // Where metrics.jsonl ends now: a run resumed from here cuts what was logged later.
+    const std::string metrics = JoinPath(config_.run.output_dir, "metrics.jsonl");
+    struct stat st;
+    if (::stat(metrics.c_str(), &st) != 0) {
+      return absl::InternalError(absl::StrCat(metrics, ": cannot stat: ", std::strerror(errno)));
+    }
+    Json position = Json::MakeObject();
+    position.set("metrics_jsonl_bytes", Json(static_cast<int64_t>(st.st_size)));
+    RETURN_IF_ERROR(WriteFileAtomic(JoinPath(tmp, kMetricsPositionName), position.Dump(2) + "\n"));
+  }
+  // Last: its presence says every other file is complete, its checksums that it is intact.
+  RETURN_IF_ERROR(WriteCheckpointManifest(tmp));
   if (rollouts_) RETURN_IF_ERROR(rollouts_->Sync());
   RETURN_IF_ERROR(RemoveTree(final_dir));
   if (std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
@@ -468,15 +576,7 @@ absl::Status Trainer::Checkpoint() {
   }
   RETURN_IF_ERROR(WriteFileAtomic(JoinPath(ckpt_root_, "latest"), name + "\n"));
   // Keep the newest `keep` checkpoints.
-  std::vector<std::string> names;
-  if (DIR* d = ::opendir(ckpt_root_.c_str())) {
-    while (dirent* e = ::readdir(d)) {
-      std::string n = e->d_name;
-      if (n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos) names.push_back(n);
-    }
-    ::closedir(d);
-  }
-  std::sort(names.begin(), names.end());
+  const std::vector<std::string> names = CheckpointNames(ckpt_root_);
   for (size_t i = 0; i + config_.checkpoint.keep < names.size(); ++i) {
     if (names[i] != name) RETURN_IF_ERROR(RemoveTree(JoinPath(ckpt_root_, names[i])));
   }
@@ -783,7 +883,15 @@ absl::Status Trainer::RunRl() {
 }
 
 absl::Status Trainer::RunReplay() {
-  ASSIGN_OR_RETURN(std::vector<RolloutGroup> all, RolloutLogReader::ReadAll(options_.replay_dir));
+  RolloutLogReadOptions read_options;
+  read_options.skip_corrupt = options_.replay_skip_corrupt;
+  int64_t corrupt_skipped = 0;
+  ASSIGN_OR_RETURN(std::vector<RolloutGroup> all,
+                   RolloutLogReader::ReadAll(options_.replay_dir, read_options, &corrupt_skipped));
+  if (corrupt_skipped > 0) {
+    std::fprintf(stderr, "lightrl replay: --skip-corrupt: skipped %lld corrupt records of %s\n",
+                 static_cast<long long>(corrupt_skipped), options_.replay_dir.c_str());
+  }
   // A crashed and resumed run logs its interrupted step twice; the later copy wins.
   std::map<std::pair<int64_t, std::string>, size_t> last;
   for (size_t i = 0; i < all.size(); ++i) last[{all[i].step, all[i].group_id}] = i;

@@ -16,7 +16,13 @@ namespace lightrl {
 
 struct TrainerRunOptions {
   bool resume = false;         // continue from output_dir's latest checkpoint
+  // With `resume`: when the latest checkpoint fails its checksums, resume from the newest
+  // earlier one that passes instead of stopping.
+  bool resume_fallback = false;
   std::string replay_dir;      // train from this rollout log instead of generating
+  // Replay skips rollout-log records that fail their checksum (counted and reported)
+  // instead of stopping at the first.
+  bool replay_skip_corrupt = false;
   bool progress = true;        // a progress line on a terminal
   // This process's place among the learner processes: the config's `distributed`
   // section with the launcher's environment applied (the CLI resolves it).

@@ -1,5 +1,5 @@
-// `lightrl run --config X.yaml [--resume] [--nproc N]` and `lightrl replay --config X.yaml
-// --rollouts DIR`.
+// `lightrl run --config X.yaml [--resume [--resume-fallback]] [--nproc N]` and
+// `lightrl replay --config X.yaml --rollouts DIR [--skip-corrupt]`.
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -22,18 +22,24 @@ namespace lightrl {
 namespace {
 
 constexpr const char* kRunUsage =
-    "usage: lightrl run --config X.yaml [--resume] [--no-progress] [--nproc N]\n"
+    "usage: lightrl run --config X.yaml [--resume [--resume-fallback]] [--no-progress]\n"
+    "                   [--nproc N]\n"
     "Validates the whole config, then runs SFT warm-up (if configured) and the RL loop,\n"
     "writing checkpoints, metrics (JSONL + TensorBoard) and the rollout log under\n"
-    "run.output_dir. --resume continues exactly from the latest checkpoint there.\n"
+    "run.output_dir. --resume continues exactly from the latest checkpoint there, after\n"
+    "checking every file against the checkpoint's manifest.json (CRC-32C); a corrupt one\n"
+    "stops the run naming the file and the previous checkpoint, which --resume-fallback\n"
+    "resumes from instead (its later steps are trained again).\n"
     "Learner processes: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (torchrun's variables)\n"
     "or the config's `distributed` section place this process; --nproc N starts N local\n"
     "ranks itself (rank 0 is the controller) on a free loopback port.\n";
 
 constexpr const char* kReplayUsage =
-    "usage: lightrl replay --config X.yaml --rollouts DIR [--resume] [--nproc N]\n"
+    "usage: lightrl replay --config X.yaml --rollouts DIR [--skip-corrupt]\n"
+    "                      [--resume [--resume-fallback]] [--nproc N]\n"
     "Trains on the groups of a rollout log, step by step, without generating; learner\n"
-    "ranks as for `lightrl run`.\n";
+    "ranks as for `lightrl run`. A record that fails its checksum stops the replay naming\n"
+    "the file and byte offset; --skip-corrupt skips such records and reports how many.\n";
 
 // A loopback port nobody listens on now (the store binds it a moment later).
 int FreePort() {
@@ -133,10 +139,16 @@ int Run(const std::vector<std::string>& args, bool replay) {
     }
   }
   const char* name = replay ? "lightrl replay" : "lightrl run";
-  auto flags = replay ? Flags::Parse(args, {"config", "rollouts", "nproc"}, {"resume", "no-progress"})
-                      : Flags::Parse(args, {"config", "nproc"}, {"resume", "no-progress"});
+  auto flags = replay ? Flags::Parse(args, {"config", "rollouts", "nproc"},
+                                     {"resume", "resume-fallback", "no-progress", "skip-corrupt"})
+                      : Flags::Parse(args, {"config", "nproc"},
+                                     {"resume", "resume-fallback", "no-progress"});
   if (!flags.ok()) {
     std::cerr << name << ": " << flags.status().message() << "\n";
+    return 2;
+  }
+  if (flags->Has("resume-fallback") && !flags->Has("resume")) {
+    std::cerr << name << ": --resume-fallback applies to --resume; pass both\n";
     return 2;
   }
   auto path = flags->Required("config");
@@ -178,6 +190,7 @@ int Run(const std::vector<std::string>& args, bool replay) {
   }
   options.distributed = *dist;
   options.resume = flags->Has("resume");
+  options.resume_fallback = flags->Has("resume-fallback");
   options.progress = !flags->Has("no-progress") && config->logging.progress;
   if (replay) {
     auto dir = flags->Required("rollouts");
@@ -186,6 +199,7 @@ int Run(const std::vector<std::string>& args, bool replay) {
       return 2;
     }
     options.replay_dir = *dir;
+    options.replay_skip_corrupt = flags->Has("skip-corrupt");
   }
   absl::Status status = RunTraining(*config, options);
   if (!status.ok()) {

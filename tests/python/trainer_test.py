@@ -10,6 +10,16 @@ that learns single-digit addition in seconds on a CPU:
              generating policy version; a killed run's log reads back (torn tail too).
   replay     `lightrl replay` trains from a finished run's log without generating and
              writes a checkpoint; a bit-flipped log fails naming the file and offset.
+  checksums  every checkpoint carries manifest.json (size and CRC-32C per file); one flipped
+             bit in the latest checkpoint's weights stops `--resume` naming the file and
+             the previous checkpoint, `--resume-fallback` resumes from that one (and ends
+             bit-identical to the uninterrupted run); a checkpoint without a manifest
+             (older runs) resumes with a warning; a corrupt model.path fails to load.
+  corrupt_log  one flipped byte in the last complete record of a log is corruption, not
+             a torn tail: `rollouts export` and `replay` fail naming the offset, and
+             `--skip-corrupt` skips it and says how many were skipped.
+  metrics_resume  a run killed after step 5 (checkpoint at step 4) and resumed logs every
+             (step, metric) once in metrics.jsonl, and once in TensorBoard's view.
   config     bad YAML (unknown key, wrong type, out-of-range value, missing data file)
              exits non-zero with "file:line: key" before any output directory exists.
 
@@ -441,6 +451,154 @@ def case_replay(runs, rng):
     assert latest_checkpoint(os.path.join(runs.tmp, "replay-bad")) is None
 
 
+def flip_bit(path, offset, rng):
+    data = bytearray(open(path, "rb").read())
+    data[offset] ^= 1 << rng.randrange(8)
+    open(path, "wb").write(bytes(data))
+
+
+def copy_run(runs, src, name):
+    """A copy of the run in `src` under `name`, and its config (every checkpoint kept)."""
+    dst = os.path.join(runs.tmp, name)
+    shutil.copytree(src, dst)
+    return dst, write_config(dst + ".yaml", runs.config(name, checkpoint__keep=100))
+
+
+def case_checksums(runs, rng):
+    ref_dir = runs.reference()
+    names = sorted(n for n in os.listdir(os.path.join(ref_dir, "checkpoints")) if n.startswith("step-"))
+    for name in names:
+        manifest = json.load(open(os.path.join(ref_dir, "checkpoints", name, "manifest.json")))
+        listed = {f["name"] for f in manifest["files"]}
+        assert {"config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"} <= listed, \
+            (name, listed)
+    final, previous = f"step-{RL_STEPS:06d}-sft-{SFT_STEPS:06d}", f"step-{RL_STEPS - 1:06d}-sft-{SFT_STEPS:06d}"
+    assert names[-2:] == [previous, final], names
+
+    # One flipped bit in the tensor data of the latest checkpoint.
+    run_dir, path = copy_run(runs, ref_dir, "corrupt-ckpt")
+    weights = os.path.join(run_dir, "checkpoints", final, "model.safetensors")
+    size = os.path.getsize(weights)
+    data_start = 8 + struct.unpack("<Q", open(weights, "rb").read(8))[0]
+    flip_bit(weights, data_start + rng.randrange(size - data_start), rng)
+    proc = lightrl("run", "--config", path, "--resume")
+    message = proc.stderr.strip()
+    assert proc.returncode != 0, f"resumed from a corrupt checkpoint:\n{message}"
+    for word in (f"{final}/model.safetensors", "CRC-32C", previous, "--resume-fallback"):
+        assert word in message, f"no {word!r} in: {message}"
+    assert latest_checkpoint(run_dir) == final
+    print(f"  corrupt latest: {message.splitlines()[-1]}")
+
+    proc, seconds = run_ok("run", "--config", path, "--resume", "--resume-fallback")
+    resumed = [line for line in proc.stderr.splitlines() if "resumed from" in line]
+    assert resumed and previous in resumed[0], proc.stderr
+    for name in ("model.safetensors", "trainer_state.json"):
+        a = open(os.path.join(ref_dir, "checkpoints", final, name), "rb").read()
+        b = open(os.path.join(run_dir, "checkpoints", final, name), "rb").read()
+        assert a == b, f"{name} after --resume-fallback differs from the uninterrupted run's"
+    print(f"  --resume-fallback: resumed from {previous}, final weights identical ({seconds:.1f} s)")
+
+    # A checkpoint written before manifests existed still resumes, with a warning.
+    run_dir, path = copy_run(runs, ref_dir, "legacy-ckpt")
+    os.remove(os.path.join(run_dir, "checkpoints", final, "manifest.json"))
+    proc, _ = run_ok("run", "--config", path, "--resume")
+    assert "warning" in proc.stderr and "no manifest.json" in proc.stderr, proc.stderr
+
+    # A corrupt checkpoint given as model.path fails to load, naming the file.
+    model_dir = os.path.join(runs.tmp, "corrupt-model")
+    shutil.copytree(os.path.join(ref_dir, "checkpoints", previous), model_dir)
+    flip_bit(os.path.join(model_dir, "model.safetensors"), data_start, rng)
+    config = runs.config("from-corrupt-model")
+    config["model"] = {"path": model_dir, "tokenizer": TOKENIZER}
+    config["sft"]["steps"] = 0
+    proc = lightrl("run", "--config", write_config(os.path.join(runs.tmp, "fcm.yaml"), config))
+    assert proc.returncode != 0 and "model.safetensors" in proc.stderr and "CRC-32C" in proc.stderr, \
+        proc.stderr
+    print(f"  corrupt model.path: {proc.stderr.strip().splitlines()[-1]}")
+
+
+def case_corrupt_log(runs, rng):
+    ref_dir = runs.reference()
+    bad = os.path.join(runs.tmp, "bad-last-record")
+    shutil.copytree(os.path.join(ref_dir, "rollouts"), bad)
+    segment = os.path.join(bad, sorted(n for n in os.listdir(bad) if n.endswith(".log"))[-1])
+    last = record_offsets(segment)[-1]
+    flip_bit(segment, last + 12 + rng.randrange(os.path.getsize(segment) - last - 12), rng)
+    want = f"{os.path.basename(segment)}: corrupt record at byte offset {last}"
+
+    proc = lightrl("rollouts", "export", "--rollouts", bad, "--output", os.path.join(runs.tmp, "b.jsonl"))
+    assert proc.returncode != 0 and want in proc.stderr, proc.stderr
+    groups, _ = export_rollouts(os.path.join(ref_dir, "rollouts"), os.path.join(runs.tmp, "g.jsonl"))
+    proc = lightrl("rollouts", "export", "--rollouts", bad, "--output",
+                   os.path.join(runs.tmp, "b.jsonl"), "--skip-corrupt")
+    assert proc.returncode == 0 and "skipped 1 corrupt records" in proc.stderr, proc.stderr
+    with open(os.path.join(runs.tmp, "b.jsonl")) as f:
+        assert [json.loads(line) for line in f] == groups[:-1]
+
+    path = write_config(os.path.join(runs.tmp, "replay-last.yaml"), runs.config("replay-last"))
+    proc = lightrl("replay", "--config", path, "--rollouts", bad)
+    assert proc.returncode != 0 and want in proc.stderr, proc.stderr
+    assert latest_checkpoint(os.path.join(runs.tmp, "replay-last")) is None
+    print(f"  replay: {proc.stderr.strip().splitlines()[-1]}")
+    proc, _ = run_ok("replay", "--config", path, "--rollouts", bad, "--skip-corrupt")
+    assert "skipped 1 corrupt records" in proc.stderr, proc.stderr
+    print("  --skip-corrupt: replayed, 1 corrupt record skipped")
+
+
+def case_metrics_resume(runs, rng):
+    from tensorboard.backend.event_processing import event_accumulator
+    path = write_config(os.path.join(runs.tmp, "metrics-resume.yaml"),
+                        runs.config("metrics-resume", checkpoint__every=2))
+    run_dir = os.path.join(runs.tmp, "metrics-resume")
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    proc = subprocess.Popen([BIN, "run", "--config", path], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + RUN_TIMEOUT_S
+    while proc.poll() is None and time.time() < deadline:
+        if os.path.exists(metrics) and any(json.loads(line)["step"] == 5 for line in open(metrics)):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    err = proc.stderr.read()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{err}"
+    at = latest_checkpoint(run_dir)
+    assert at == f"step-000004-sft-{SFT_STEPS:06d}", f"killed with latest={at}, expected step 4"
+
+    proc, _ = run_ok("run", "--config", path, "--resume")
+    assert "dropped" in proc.stderr, proc.stderr
+
+    # The same lines as the run left alone (which logs the last step's eval twice: in the
+    # loop and after it), in JSONL and in TensorBoard's view.
+    def jsonl_counts(run):
+        counts = {}
+        for line in open(os.path.join(run, "metrics.jsonl")):
+            row = json.loads(line)
+            for key in row:
+                if key not in ("step", "time"):
+                    counts[(row["step"], key)] = counts.get((row["step"], key), 0) + 1
+        return counts
+
+    def tensorboard_steps(run):
+        acc = event_accumulator.EventAccumulator(
+            os.path.join(run, "tensorboard"), size_guidance={event_accumulator.SCALARS: 0})
+        acc.Reload()
+        return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()[event_accumulator.SCALARS]}
+
+    ref_dir = runs.reference()
+    got, want = jsonl_counts(run_dir), jsonl_counts(ref_dir)
+    extra = sorted(k for k in got if got[k] != want.get(k))
+    assert set(got) == set(want) and not extra, (
+        f"metrics.jsonl after resume differs from the uninterrupted run's in "
+        f"{[(k, got.get(k), want.get(k)) for k in extra][:10]}")
+    got, want = tensorboard_steps(run_dir), tensorboard_steps(ref_dir)
+    differ = sorted(tag for tag in want if got.get(tag) != want[tag])
+    assert set(got) == set(want) and not differ, (
+        f"TensorBoard after resume: {[(t, got.get(t), want[t]) for t in differ][:5]}")
+    print(f"  killed after step 5, resumed from step 4: {len(jsonl_counts(run_dir))} (step, metric) "
+          "pairs logged as often as by the run left alone (JSONL and TensorBoard)")
+
+
 def case_config(runs, rng):
     cases = [
         # (name, section, key, bad value or None to add an unknown key, words in the message)
@@ -478,7 +636,8 @@ def case_config(runs, rng):
 
 
 CASES = {"resume": case_resume, "metrics": case_metrics, "rollouts": case_rollouts,
-         "replay": case_replay, "config": case_config}
+         "replay": case_replay, "checksums": case_checksums, "corrupt_log": case_corrupt_log,
+         "metrics_resume": case_metrics_resume, "config": case_config}
 
 
 def main():
