@@ -32,6 +32,8 @@
              resumed run, and bad expert_parallel values.
   nccl       (only when named; 2 GPUs) `equal` and `bf16` on CUDA with NCCL.
   nccl_expert (only when named; 2 GPUs) `expert` on CUDA: 2 ranks, E 2, NCCL all-to-all.
+             With fewer GPUs these are skipped at once, saying how many were found; when
+             every case named was skipped the exit status is 77 (CTest SKIP_RETURN_CODE).
 
 Run: LEARNER_DIST_WORKER=build/tests/learner_dist_worker LIGHTRL_BIN=build/rl/lightrl \\
      .venv/bin/python tests/python/distributed_test.py [CASE ...]
@@ -570,6 +572,16 @@ CASES = {"equal": case_equal, "bf16": case_bf16, "bf16_reduce": case_bf16_reduce
          "resume": case_resume, "errors": case_errors,
          "run": case_run, "expert": case_expert}
 GPU_CASES = {"nccl": case_nccl, "nccl_expert": case_nccl_expert}
+GPUS_NEEDED = 2
+# CTest's SKIP_RETURN_CODE for these tests: every case asked for was skipped.
+SKIP_RETURN_CODE = 77
+
+
+def gpu_count():
+    """CUDA devices this process may use (CUDA_VISIBLE_DEVICES applies), as the workers'
+    LibTorch sees them; 0 without a CUDA build of torch."""
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def main():
@@ -578,8 +590,15 @@ def main():
     names = sys.argv[1:] or [n for n in CASES if n not in ("expert", "bf16_reduce")]
     CASES.update(GPU_CASES)
     print(f"distributed_test seed {SEED} (DISTRIBUTED_TEST_SEED={SEED} repeats it)")
-    passed = failed = 0
+    passed = failed = skipped = 0
+    gpus = gpu_count() if any(n in GPU_CASES for n in names) else None
     for name in names:
+        if name in GPU_CASES and gpus < GPUS_NEEDED:
+            print(f"SKIP {name}: needs {GPUS_NEEDED} GPUs, found {gpus} "
+                  f"(torch.cuda.device_count(), CUDA_VISIBLE_DEVICES="
+                  f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+            skipped += 1
+            continue
         try:
             CASES[name]()
             print(f"PASS {name}")
@@ -588,8 +607,10 @@ def main():
             traceback.print_exc()
             print(f"FAIL {name}")
             failed += 1
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    if failed:
+        return 1
+    return SKIP_RETURN_CODE if skipped and not passed else 0
 
 
 if __name__ == "__main__":

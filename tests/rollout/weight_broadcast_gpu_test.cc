@@ -86,7 +86,8 @@ std::vector<GenerationRequest> Requests(std::mt19937& rng, int64_t vocab) {
 
 TEST(WeightBroadcastGpuTest, WorkerOnAnotherGpuServesTheBroadcastVersion) {
   if (GpuCount() < 2 || !NcclWeightGroup::Available()) {
-    GTEST_SKIP() << "needs two GPUs and a build with NCCL";
+    GTEST_SKIP() << "needs two GPUs and a build with NCCL; found " << GpuCount() << " GPUs"
+                 << (NcclWeightGroup::Available() ? "" : " and no NCCL");
   }
   std::mt19937 rng(std::random_device{}());
   PolicyOptions learner_opts;
@@ -153,7 +154,8 @@ TEST(WeightBroadcastGpuTest, WorkerOnAnotherGpuServesTheBroadcastVersion) {
 
 TEST(WeightBroadcastGpuTest, RawBroadcastBandwidth) {
   if (GpuCount() < 2 || !NcclWeightGroup::Available()) {
-    GTEST_SKIP() << "needs two GPUs and a build with NCCL";
+    GTEST_SKIP() << "needs two GPUs and a build with NCCL; found " << GpuCount() << " GPUs"
+                 << (NcclWeightGroup::Available() ? "" : " and no NCCL");
   }
   const int64_t bytes = int64_t{1} << 30;
   auto uid = NcclWeightGroup::NewUniqueId();
