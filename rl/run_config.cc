@@ -337,7 +337,7 @@ absl::Status BindRun(const Binder& b, const Json* root, RunSection& run) {
   ASSIGN_OR_RETURN(const Json* s,
                    b.Mapping(Binder::Get(root, "run"), "run",
                              {"name", "output_dir", "seed", "steps", "device", "dtype",
-                              "eval_every", "eval_samples"}));
+                              "eval_every", "eval_samples", "eval_sampled"}));
   RETURN_IF_ERROR(b.Required(s, "run", "output_dir"));
   RETURN_IF_ERROR(b.Required(s, "run", "steps"));
   RETURN_IF_ERROR(b.String(s, "run", "name", run.name));
@@ -353,7 +353,8 @@ absl::Status BindRun(const Binder& b, const Json* root, RunSection& run) {
   RETURN_IF_ERROR(b.String(s, "run", "device", run.device));
   RETURN_IF_ERROR(b.String(s, "run", "dtype", run.dtype));
   RETURN_IF_ERROR(b.Int(s, "run", "eval_every", run.eval_every));
-  return b.Int(s, "run", "eval_samples", run.eval_samples);
+  RETURN_IF_ERROR(b.Int(s, "run", "eval_samples", run.eval_samples));
+  return b.Int(s, "run", "eval_sampled", run.eval_sampled);
 }
 
 absl::Status BindModel(const Binder& b, const Json* root, ModelSection& model) {
@@ -667,7 +668,8 @@ absl::Status RunSection::Validate() const {
   }
   RETURN_IF_ERROR(CheckDtype("dtype", dtype));
   RETURN_IF_ERROR(CheckAtLeast("eval_every", eval_every, 0));
-  return CheckAtLeast("eval_samples", eval_samples, 0);
+  RETURN_IF_ERROR(CheckAtLeast("eval_samples", eval_samples, 0));
+  return CheckAtLeast("eval_sampled", eval_sampled, 0);
 }
 
 absl::Status ModelSection::Validate() const {
@@ -947,6 +949,7 @@ std::string DescribeRunConfig(const RunConfig& c) {
                            {"device", Json(c.run.device)},
                            {"dtype", Json(c.run.dtype)},
                            {"eval_every", Json(c.run.eval_every)},
+                           {"eval_sampled", Json(c.run.eval_sampled)},
                            {"eval_samples", Json(c.run.eval_samples)}}));
   root.set("model", section({{"path", optional(c.model.path)},
                              {"init_config", optional(c.model.init_config)},

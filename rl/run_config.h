@@ -42,6 +42,10 @@ struct RunSection {
   int64_t eval_every = 0;
   // Prompts per evaluation; 0 = all of data.eval.
   int64_t eval_samples = 0;
+  // Besides greedy decoding, sample this many responses per eval prompt the way rollouts
+  // are sampled (rollout.temperature, top_p, top_k; fixed seeds) and report their mean
+  // accuracy (eval/accuracy_sampled): the expected reward RL raises. 0 = greedy only.
+  int64_t eval_sampled = 0;
 
   absl::Status Validate() const;
 };

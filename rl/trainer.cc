@@ -116,6 +116,18 @@ double SftLearningRate(const SftSection& sft, int64_t step) {
   return schedule.LearningRate(step);
 }
 
+struct EvalResult {
+  int64_t step = -1;
+  double greedy = -1;   // held-out greedy accuracy
+  double sampled = -1;  // mean accuracy of run.eval_sampled samples per prompt; -1: off
+};
+
+std::string EvalLine(const EvalResult& e) {
+  std::string line = absl::StrFormat("greedy %.3f", e.greedy);
+  if (e.sampled >= 0) absl::StrAppendFormat(&line, ", sampled %.3f", e.sampled);
+  return line;
+}
+
 class Trainer {
  public:
   Trainer(const RunConfig& config, const TrainerRunOptions& options)
@@ -132,7 +144,10 @@ class Trainer {
   absl::Status RunSft();
   absl::Status RunRl();
   absl::Status RunReplay();
-  absl::StatusOr<double> Evaluate(int64_t step);
+  // Held-out accuracy at `step`: greedy, and at the rollouts' sampling with
+  // run.eval_sampled responses per prompt (when set). Evaluating the same step twice
+  // returns the first result.
+  absl::StatusOr<EvalResult> Evaluate(int64_t step);
   absl::Status Checkpoint();
   absl::StatusOr<std::optional<std::string>> LatestCheckpoint() const;
   std::vector<int32_t> StopTokens() const;
@@ -157,7 +172,8 @@ class Trainer {
   std::unique_ptr<RolloutLogWriter> rollouts_;
   TrainerState state_;
   bool tty_ = false;
-  double eval_before_ = -1;
+  EvalResult eval_before_;
+  EvalResult last_eval_;
 };
 
 void Trainer::Progress(const std::string& line) const {
@@ -583,36 +599,67 @@ absl::Status Trainer::Checkpoint() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<double> Trainer::Evaluate(int64_t step) {
-  if (!eval_) return -1.0;
+absl::StatusOr<EvalResult> Trainer::Evaluate(int64_t step) {
+  EvalResult result;
+  if (!eval_) return result;
+  if (step == last_eval_.step) return last_eval_;
   const int64_t n = config_.run.eval_samples > 0 ? std::min(config_.run.eval_samples, eval_->size())
                                                  : eval_->size();
+  const int64_t sampled = config_.run.eval_sampled;
   std::vector<GenerationRequest> reqs;
   for (int64_t i = 0; i < n; ++i) {
     GenerationRequest r;
     r.id = eval_->at(i).id;
     ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(eval_->at(i).prompt));
     r.params = config_.rollout.ToSamplingParams();
-    r.params.temperature = 0;
-    r.params.n = 1;
     r.params.stop_token_ids.clear();
     for (int32_t id : StopTokens()) r.params.stop_token_ids.push_back(id);
-    reqs.push_back(std::move(r));
+    GenerationRequest greedy = r;
+    greedy.params.temperature = 0;
+    greedy.params.n = 1;
+    reqs.push_back(std::move(greedy));
+    if (sampled > 0) {
+      // The rollouts' sampling, with the same seeds at every evaluation, so that two
+      // evaluations differ only by the weights.
+      r.id += "/sampled";
+      r.params.n = sampled;
+      r.params.seed = Mix(Mix(static_cast<uint64_t>(config_.run.seed), 0xE7A1), static_cast<uint64_t>(i));
+      reqs.push_back(std::move(r));
+    }
   }
   auto results = engine_->Generate(reqs);
-  double correct = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!results[i].status.ok()) return results[i].status;
-    RewardInput in;
-    in.prompt = eval_->at(i).prompt;
-    ASSIGN_OR_RETURN(in.response, ResponseText(*tokenizer_, results[i].samples[0].tokens));
-    in.ground_truth = eval_->at(i).answer;
-    ASSIGN_OR_RETURN(std::vector<RewardResult> r, ScoreAll({in}));
-    correct += Correctness(r[0]);
+  // Every response is scored in one batch; inputs[k] belongs to request owner[k].
+  std::vector<RewardInput> inputs;
+  std::vector<size_t> owner;
+  for (size_t q = 0; q < results.size(); ++q) {
+    if (!results[q].status.ok()) return results[q].status;
+    const Example& ex = eval_->at(static_cast<int64_t>(sampled > 0 ? q / 2 : q));
+    for (const GeneratedSample& sample : results[q].samples) {
+      RewardInput in;
+      in.prompt = ex.prompt;
+      ASSIGN_OR_RETURN(in.response, ResponseText(*tokenizer_, sample.tokens));
+      in.ground_truth = ex.answer;
+      inputs.push_back(std::move(in));
+      owner.push_back(q);
+    }
   }
-  const double accuracy = n > 0 ? correct / n : 0;
-  RETURN_IF_ERROR(WriteMetrics(step, {{"eval/accuracy", accuracy}}));
-  return accuracy;
+  ASSIGN_OR_RETURN(std::vector<RewardResult> scores, ScoreAll(inputs));
+  double greedy_correct = 0, sampled_correct = 0, sampled_count = 0;
+  for (size_t k = 0; k < scores.size(); ++k) {
+    const bool is_sampled = sampled > 0 && owner[k] % 2 == 1;
+    (is_sampled ? sampled_correct : greedy_correct) += Correctness(scores[k]);
+    if (is_sampled) ++sampled_count;
+  }
+  result.step = step;
+  result.greedy = n > 0 ? greedy_correct / n : 0;
+  Scalars scalars = {{"eval/accuracy", result.greedy}};
+  if (sampled > 0) {
+    result.sampled = sampled_count > 0 ? sampled_correct / sampled_count : 0;
+    scalars.push_back({"eval/accuracy_sampled", result.sampled});
+  }
+  RETURN_IF_ERROR(WriteMetrics(step, scalars));
+  last_eval_ = result;
+  return result;
 }
 
 absl::Status Trainer::RunSft() {
@@ -869,10 +916,10 @@ absl::Status Trainer::RunRl() {
                              config_.run.steps, mean, correct / n, length_sum / n, st.clip_fraction,
                              st.grad_norm, Seconds(step_start)));
     if (config_.run.eval_every > 0 && state_.step % config_.run.eval_every == 0) {
-      ASSIGN_OR_RETURN(double acc, Evaluate(state_.step));
+      ASSIGN_OR_RETURN(EvalResult e, Evaluate(state_.step));
       if (tty_ && options_.progress) std::fprintf(stderr, "\n");
-      std::fprintf(stderr, "eval at step %lld: greedy accuracy %.3f\n",
-                   static_cast<long long>(state_.step), acc);
+      std::fprintf(stderr, "eval at step %lld: held-out accuracy %s\n",
+                   static_cast<long long>(state_.step), EvalLine(e).c_str());
     }
     if (config_.checkpoint.every > 0 && state_.step % config_.checkpoint.every == 0) {
       RETURN_IF_ERROR(Checkpoint());
@@ -966,23 +1013,27 @@ absl::Status Trainer::RunController() {
   RETURN_IF_ERROR(RunSft());
   if (eval_ && state_.step == 0) {
     ASSIGN_OR_RETURN(eval_before_, Evaluate(0));
-    std::fprintf(stderr, "held-out greedy accuracy before RL: %.3f\n", eval_before_);
+    std::fprintf(stderr, "held-out accuracy before RL: %s\n", EvalLine(eval_before_).c_str());
   }
   RETURN_IF_ERROR(RunRl());
   RETURN_IF_ERROR(Checkpoint());
   if (eval_) {
-    ASSIGN_OR_RETURN(double after, Evaluate(state_.step));
-    if (eval_before_ >= 0) {
-      std::fprintf(stderr, "held-out greedy accuracy before RL: %.3f, after RL: %.3f (%+.1f points)\n",
-                   eval_before_, after, 100 * (after - eval_before_));
+    ASSIGN_OR_RETURN(EvalResult after, Evaluate(state_.step));
+    if (eval_before_.greedy >= 0) {
+      std::fprintf(stderr, "held-out accuracy before RL: %s; after RL: %s (greedy %+.1f points)\n",
+                   EvalLine(eval_before_).c_str(), EvalLine(after).c_str(),
+                   100 * (after.greedy - eval_before_.greedy));
     } else {
-      std::fprintf(stderr, "held-out greedy accuracy after RL: %.3f\n", after);
+      std::fprintf(stderr, "held-out accuracy after RL: %s\n", EvalLine(after).c_str());
     }
-    RETURN_IF_ERROR(WriteFileAtomic(
-        JoinPath(config_.run.output_dir, "eval.json"),
-        absl::StrFormat("{\"accuracy_before_rl\": %s, \"accuracy_after_rl\": %s}\n",
-                        eval_before_ >= 0 ? absl::StrFormat("%.6f", eval_before_) : "null",
-                        absl::StrFormat("%.6f", after))));
+    auto value = [](double v) { return v >= 0 ? Json(v) : Json(); };
+    Json summary = Json::MakeObject();
+    summary.set("accuracy_before_rl", value(eval_before_.greedy));
+    summary.set("accuracy_after_rl", value(after.greedy));
+    summary.set("sampled_accuracy_before_rl", value(eval_before_.sampled));
+    summary.set("sampled_accuracy_after_rl", value(after.sampled));
+    RETURN_IF_ERROR(WriteFileAtomic(JoinPath(config_.run.output_dir, "eval.json"),
+                                    summary.Dump(2) + "\n"));
   }
   RETURN_IF_ERROR(learners_->Finish());
   return metrics_ ? metrics_->Flush() : absl::OkStatus();

@@ -350,7 +350,7 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
        "algorithm.overlong.soft_bufer is not a known key (did you mean soft_buffer?)"},
       {Minimal("  zzzzzzzz: 1\n"), "zzzzzzzz",
        "run.zzzzzzzz is not a known key; known: name, output_dir, seed, steps, device, dtype, "
-       "eval_every, eval_samples"},
+       "eval_every, eval_samples, eval_sampled"},
       // Wrong types.
       {m + "optimizer:\n  lr: fast\n", "lr: fast", "optimizer.lr must be a number, got \"fast\""},
       {m + "rollout:\n  group_size: 2.5\n", "group_size",

@@ -1,0 +1,139 @@
+"""The learning guard: the CPU demo (configs/toy-arithmetic.yaml) trained from scratch must
+learn, or this test fails.
+
+  sft     the demo's SFT warm-up reaches held-out greedy accuracy >= SFT_FLOOR;
+  cispo   the demo's CISPO steps then raise it by >= CISPO_MARGIN (the demo's own run);
+  grpo    GRPO from the same SFT weights, GRPO_STEPS steps: accuracy does not fall by
+  dapo    more than KEEP_TOLERANCE (DAPO: clip-higher, overlong filter, soft penalty).
+
+The floors sit below the figures measured over three seeds (docs/benchmarks.md, "The CPU
+demo"), with room for noise; a run that stops learning lands far below them (the state the
+demo was in before its SFT schedule: 6-10% after SFT, +0 to +2 points from CISPO).
+
+Run: LIGHTRL_BIN=build/rl/lightrl .venv/bin/python tests/python/learning_test.py [CASE ...]
+LEARNING_TEST_SEED picks the seed (default 1); LEARNING_TEST_KEEP=1 keeps the runs.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("LIGHTRL_BIN", os.path.join(ROOT, "build", "rl", "lightrl"))
+DEMO = os.path.join(ROOT, "configs", "toy-arithmetic.yaml")
+SEED = int(os.environ.get("LEARNING_TEST_SEED", "1"))
+# One intra-op thread: the model is tiny, and threads stall when other tests hold the cores.
+ENV = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+RUN_TIMEOUT_S = 1500
+
+SFT_FLOOR = 0.50
+CISPO_MARGIN = 0.08
+GRPO_STEPS = 30
+DAPO_STEPS = 30
+KEEP_TOLERANCE = 0.05
+
+INPUT_PATHS = [("model", "path"), ("model", "init_config"), ("model", "tokenizer"),
+               ("data", "train"), ("data", "eval"), ("sft", "data")]
+
+
+def demo_config(out_dir, **overrides):
+    """The demo's config with input paths made absolute, the run in `out_dir`, and
+    `overrides` ({"section.key": value}) applied."""
+    with open(DEMO) as f:
+        config = yaml.safe_load(f)
+    base = os.path.dirname(DEMO)
+    for section, key in INPUT_PATHS:
+        value = config.get(section, {}).get(key)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            config[section][key] = os.path.normpath(os.path.join(base, value))
+    config["run"]["output_dir"] = out_dir
+    config["run"]["seed"] = SEED
+    config["model"]["init_seed"] = SEED
+    config.setdefault("logging", {})["progress"] = False
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        node = config.setdefault(section, {})
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return config
+
+
+def run(config, work, name):
+    path = os.path.join(work, name + ".yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    start = time.time()
+    proc = subprocess.run([BIN, "run", "--config", path], env=ENV, capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise AssertionError(f"{name}: lightrl run exited {proc.returncode}\n{proc.stderr[-3000:]}")
+    with open(os.path.join(config["run"]["output_dir"], "eval.json")) as f:
+        result = json.load(f)
+    print(f"  {name}: accuracy {result['accuracy_before_rl']:.3f} -> "
+          f"{result['accuracy_after_rl']:.3f} ({time.time() - start:.0f} s)", flush=True)
+    return result
+
+
+def sft_checkpoint(run_dir):
+    ckpts = os.path.join(run_dir, "checkpoints")
+    names = sorted(n for n in os.listdir(ckpts) if n.startswith("step-000000-sft-"))
+    if not names:
+        raise AssertionError(f"no end-of-SFT checkpoint in {ckpts}: {os.listdir(ckpts)}")
+    return os.path.join(ckpts, names[-1])
+
+
+def main(cases):
+    work = tempfile.mkdtemp(prefix="lightrl_learning_")
+    failures = []
+    try:
+        demo_dir = os.path.join(work, "demo")
+        demo = run(demo_config(demo_dir, **{"checkpoint.every": 0}), work, "demo (SFT + CISPO)")
+        before, after = demo["accuracy_before_rl"], demo["accuracy_after_rl"]
+        if "sft" in cases and before < SFT_FLOOR:
+            failures.append(f"sft: held-out accuracy after SFT {before:.3f} < floor {SFT_FLOOR}")
+        if "cispo" in cases and after - before < CISPO_MARGIN:
+            failures.append(f"cispo: accuracy {before:.3f} -> {after:.3f}, a gain of "
+                            f"{after - before:+.3f} < {CISPO_MARGIN}")
+        start = sft_checkpoint(demo_dir)
+        comparisons = {
+            "grpo": {"algorithm.loss": "grpo", "run.steps": GRPO_STEPS},
+            "dapo": {"algorithm.loss": "dapo", "run.steps": DAPO_STEPS,
+                     "algorithm.overlong.filter": True, "algorithm.overlong.soft_buffer": 1},
+        }
+        for name, overrides in comparisons.items():
+            if name not in cases:
+                continue
+            config = demo_config(os.path.join(work, name), **overrides, **{
+                "model.path": start, "model.init_config": None, "model.init_seed": None,
+                "sft.steps": 0, "run.eval_every": 0, "checkpoint.every": 0})
+            r = run(config, work, name)
+            if r["accuracy_after_rl"] < r["accuracy_before_rl"] - KEEP_TOLERANCE:
+                failures.append(f"{name}: accuracy fell {r['accuracy_before_rl']:.3f} -> "
+                                f"{r['accuracy_after_rl']:.3f} (tolerance {KEEP_TOLERANCE})")
+    finally:
+        if os.environ.get("LEARNING_TEST_KEEP") == "1":
+            print(f"runs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    for f in failures:
+        print("FAIL " + f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    all_cases = ["sft", "cispo", "grpo", "dapo"]
+    wanted = sys.argv[1:] or all_cases
+    unknown = [c for c in wanted if c not in all_cases]
+    if unknown:
+        sys.exit(f"unknown case(s) {unknown}; known: {all_cases}")
+    sys.exit(main(set(wanted)))
