@@ -765,6 +765,23 @@ absl::Status AlgorithmSection::Validate() const {
   return CheckAtLeast("overlong.soft_buffer", overlong_soft_buffer, 0);
 }
 
+namespace {
+
+// A learning-rate schedule's fields, as optimizer and sft name them.
+absl::Status CheckSchedule(const std::string& schedule, int64_t warmup_steps, double min_lr_ratio) {
+  if (schedule != "constant" && schedule != "cosine" && schedule != "linear") {
+    return Invalid(absl::StrCat("schedule must be constant, cosine or linear, got \"",
+                                schedule, "\""));
+  }
+  RETURN_IF_ERROR(CheckAtLeast("warmup_steps", warmup_steps, 0));
+  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) {
+    return Invalid(absl::StrCat("min_lr_ratio must be in [0, 1], got ", min_lr_ratio));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status OptimizerSection::Validate() const {
   RETURN_IF_ERROR(CheckPositive("lr", lr));
   for (size_t i = 0; i < 2; ++i) {
@@ -775,14 +792,7 @@ absl::Status OptimizerSection::Validate() const {
   RETURN_IF_ERROR(CheckPositive("eps", eps));
   RETURN_IF_ERROR(CheckNonNegative("weight_decay", weight_decay));
   RETURN_IF_ERROR(CheckNonNegative("grad_clip", grad_clip));
-  if (schedule != "constant" && schedule != "cosine" && schedule != "linear") {
-    return Invalid(absl::StrCat("schedule must be constant, cosine or linear, got \"",
-                                schedule, "\""));
-  }
-  RETURN_IF_ERROR(CheckAtLeast("warmup_steps", warmup_steps, 0));
-  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) {
-    return Invalid(absl::StrCat("min_lr_ratio must be in [0, 1], got ", min_lr_ratio));
-  }
+  RETURN_IF_ERROR(CheckSchedule(schedule, warmup_steps, min_lr_ratio));
   RETURN_IF_ERROR(CheckNonNegative("aux_loss_coef", aux_loss_coef));
   return CheckNonNegative("moe_capacity_factor", moe_capacity_factor);
 }
@@ -791,14 +801,7 @@ absl::Status SftSection::Validate() const {
   RETURN_IF_ERROR(CheckAtLeast("steps", steps, 0));
   RETURN_IF_ERROR(CheckAtLeast("batch_size", batch_size, 1));
   RETURN_IF_ERROR(CheckPositive("lr", lr));
-  if (schedule != "constant" && schedule != "cosine" && schedule != "linear") {
-    return Invalid(absl::StrCat("schedule must be constant, cosine or linear, got \"",
-                                schedule, "\""));
-  }
-  RETURN_IF_ERROR(CheckAtLeast("warmup_steps", warmup_steps, 0));
-  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) {
-    return Invalid(absl::StrCat("min_lr_ratio must be in [0, 1], got ", min_lr_ratio));
-  }
+  RETURN_IF_ERROR(CheckSchedule(schedule, warmup_steps, min_lr_ratio));
   return absl::OkStatus();
 }
 
