@@ -111,9 +111,11 @@ absl::Status RewardServiceImpl::ScoreBatch(const lightrl::v1::ScoreRequest& requ
   std::vector<absl::StatusOr<RewardResult>> results(num_items,
                                                     absl::CancelledError("Score: not scored"));
   std::atomic<int> next{0};
+  // The call fails at its first failing item, so no item after one is taken.
+  std::atomic<bool> failed{false};
   auto score_items = [&] {
     SandboxCancelScope cancel_scope(&cancelled);
-    for (int i = next++; i < num_items && !cancelled.load(); i = next++) {
+    for (int i = next++; i < num_items && !cancelled.load() && !failed.load(); i = next++) {
       const lightrl::v1::ScoreItem& item = request.items(i);
       RewardInput input;
       input.prompt = item.prompt();
@@ -121,6 +123,7 @@ absl::Status RewardServiceImpl::ScoreBatch(const lightrl::v1::ScoreRequest& requ
       input.ground_truth = item.ground_truth();
       input.metadata.insert(item.metadata().begin(), item.metadata().end());
       results[i] = function_->Score(input);
+      if (!results[i].ok()) failed = true;
     }
   };
   const int num_threads = std::min(num_items, max_parallel_items_);

@@ -34,6 +34,9 @@ std::unique_ptr<RewardServer> StartServer(RewardFunctionPtr function, int num_th
                                           const std::string& token = "") {
   RewardServerOptions options;
   options.num_scoring_threads = num_threads;
+  // Items in order, one at a time: the retry tests count the calls that reach the first
+  // failing item of a batch.
+  options.max_parallel_items = 1;
   options.auth_token = token;
   absl::StatusOr<std::unique_ptr<RewardServer>> server =
       RewardServer::Start(options, std::move(function));
