@@ -1153,23 +1153,31 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
         for (const auto& r : mine) all.push_back(MicroBatches(r, max_tokens));
         micros.resize(PlanLockStep(all, 0, false).forwards);
       }
+      // The pass's statistics stay on the device and are read back once, after it.
+      torch::Tensor sums, max_abs_diff;
       for (const auto& micro : micros) {
         Packed p = Pack(micro, m.device);
         torch::Tensor entropy;
         auto lp = m.Logprobs(p, /*train=*/false, &entropy).first;
-        entropy_sum += (entropy * p.mask).sum().item<double>();
-        counted += static_cast<double>(static_cast<int64_t>(p.mask.sum().item<double>()));
         // The train/inference mismatch over kept tokens the engine reported logprobs of;
         // k3 of KL(pi_rollout || pi_old) on samples of pi_rollout.
         const auto w = p.mask * p.has_rollout;
         const auto d = (lp - p.rollout) * w;
-        mismatch_sum += d.abs().sum().item<double>();
-        if (d.numel() > 0) mismatch_max = std::max(mismatch_max, d.abs().max().item<double>());
-        mismatch_kl_sum += ((d.exp() - 1 - d) * w).sum().item<double>();
-        with_rollout += w.sum().item<double>();
+        auto micro_sums = torch::stack({(entropy * p.mask).sum(), p.mask.sum(), d.abs().sum(),
+                                        ((d.exp() - 1 - d) * w).sum(), w.sum()})
+                              .to(torch::kFloat64);
+        auto micro_max = d.numel() > 0 ? d.abs().max() : torch::zeros({}, d.options());
+        sums = sums.defined() ? sums + micro_sums : micro_sums;
+        max_abs_diff = max_abs_diff.defined() ? torch::maximum(max_abs_diff, micro_max) : micro_max;
         for (size_t i = 0; i < micro.size(); ++i) {
           old[micro[i]] = lp.narrow(0, p.response_offsets[i], static_cast<int64_t>(micro[i]->response.size()));
         }
+      }
+      if (sums.defined()) {
+        auto host = torch::cat({sums, max_abs_diff.to(torch::kFloat64).reshape({1})}).to(torch::kCPU);
+        const double* v = host.data_ptr<double>();
+        entropy_sum = v[0], counted = v[1], mismatch_sum = v[2], mismatch_kl_sum = v[3];
+        with_rollout = v[4], mismatch_max = v[5];
       }
     }
 

@@ -677,11 +677,12 @@ absl::Status Trainer::RunSft() {
       if (!stops.empty()) s.response.push_back(stops[0]);
       batch.push_back(std::move(s));
     }
-    ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainSft(batch, SftLearningRate(config_.sft, state_.sft_step)));
+    const double lr = SftLearningRate(config_.sft, state_.sft_step);
+    ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainSft(batch, lr));
     ++state_.sft_step;
     RETURN_IF_ERROR(WriteMetrics(-config_.sft.steps + state_.sft_step,
                                  {{"sft/loss", st.loss}, {"sft/grad_norm", st.grad_norm},
-                                  {"sft/lr", SftLearningRate(config_.sft, state_.sft_step - 1)}}));
+                                  {"sft/lr", lr}}));
     Progress(absl::StrFormat("[sft] step %d/%d  loss %.4f  grad %.3f  %.1f s", state_.sft_step,
                              config_.sft.steps, st.loss, st.grad_norm, Seconds(start)));
     if (config_.checkpoint.every > 0 && state_.sft_step % config_.checkpoint.every == 0) {
