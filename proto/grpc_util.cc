@@ -1,5 +1,8 @@
 #include "proto/grpc_util.h"
 
+#include <grpcpp/impl/codegen/proto_buffer_reader.h>
+#include <grpcpp/impl/codegen/proto_utils.h>
+
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -75,6 +78,32 @@ absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view contex
   if (status.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                       absl::StrCat(context, ": ", status.error_message()));
+}
+
+grpc::Status ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message) {
+  // The reader consumes its buffer; the copy shares the slices, not the bytes.
+  grpc::ByteBuffer copy(buffer);
+  const size_t num_bytes = copy.Length();
+  bool parsed = false;
+  {
+    grpc::ProtoBufferReader reader(&copy);
+    parsed = reader.status().ok() && message->ParseFromZeroCopyStream(&reader);
+  }
+  if (parsed) return grpc::Status::OK;
+  return grpc::Status(
+      grpc::StatusCode::INVALID_ARGUMENT,
+      absl::StrCat("malformed ", message->GetTypeName(), " (", num_bytes,
+                   " bytes): not a valid serialized ", message->GetTypeName()));
+}
+
+grpc::Status SerializeReply(const google::protobuf::MessageLite& message, grpc::ByteBuffer* buffer) {
+  bool own_buffer = false;
+  grpc::Status status = grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(
+      message, buffer, &own_buffer);
+  if (status.ok()) return status;
+  return grpc::Status(grpc::StatusCode::INTERNAL,
+                      absl::StrCat("could not serialize the ", message.GetTypeName(), " reply: ",
+                                   status.error_message()));
 }
 
 absl::Status CheckAuthToken(const grpc::CallbackServerContext& context,

@@ -1,12 +1,15 @@
 // The gRPC plumbing every lightrl service and client shares: listen-address rules
 // (loopback unless a token is set), the shared-token check, the one mapping between
-// absl::Status and grpc::Status, and server start-up. Owns no service; torch-free.
+// absl::Status and grpc::Status, request parsing for raw methods, and server start-up.
+// Owns no service; torch-free.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include <google/protobuf/message_lite.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
@@ -37,6 +40,54 @@ absl::Status ValidateListenAddress(const std::string& address, const std::string
 // back, prefixing `context` ("rollout worker 127.0.0.1:5: Generate").
 grpc::Status ToGrpcStatus(const absl::Status& status);
 absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view context);
+
+// Services register their methods raw (grpc::ByteBuffer in and out) and parse requests
+// here: gRPC's typed callback handlers answer bytes that fail to parse with UNIMPLEMENTED
+// and an empty message, before the service sees the call.
+//
+// Parses `buffer` into `message`; INVALID_ARGUMENT "malformed lightrl.v1.ScoreRequest
+// (N bytes): ..." naming the message type otherwise.
+grpc::Status ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message);
+// Serializes `message` into `buffer`; INTERNAL if protobuf refuses (over 2 GiB).
+grpc::Status SerializeReply(const google::protobuf::MessageLite& message, grpc::ByteBuffer* buffer);
+
+// The reactor of a raw unary method: owns the parsed request and the typed response,
+// serializes the response into the call's reply bytes on an OK finish. A request that
+// does not parse is finished INVALID_ARGUMENT by the constructor (parsed() is false) and
+// the handler only returns the reactor. Deletes itself when the call is done.
+template <class Request, class Response>
+class ParsedUnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  ParsedUnaryReactor(const grpc::ByteBuffer* request_bytes, grpc::ByteBuffer* response_bytes)
+      : response_bytes_(response_bytes) {
+    const grpc::Status status = ParseRequest(*request_bytes, &request_);
+    parsed_ = status.ok();
+    if (!parsed_) Finish(status);
+  }
+
+  bool parsed() const { return parsed_; }
+  const Request& request() const { return request_; }
+  Response* response() { return &response_; }
+  // Set once the client cancels or its deadline passes; outlives the reactor.
+  const std::shared_ptr<std::atomic<bool>>& cancelled() const { return cancelled_; }
+
+  // Finishes the call once: on OK with the serialized response, else with `status` and
+  // no reply.
+  void Reply(grpc::Status status) {
+    if (status.ok()) status = SerializeReply(response_, response_bytes_);
+    Finish(status);
+  }
+
+  void OnCancel() override { cancelled_->store(true); }
+  void OnDone() override { delete this; }
+
+ private:
+  Request request_;
+  Response response_;
+  grpc::ByteBuffer* response_bytes_;
+  bool parsed_ = false;
+  std::shared_ptr<std::atomic<bool>> cancelled_ = std::make_shared<std::atomic<bool>>(false);
+};
 
 // Checks the `authorization` metadata ("Bearer T" or "T") against `auth_token`; an empty
 // token accepts every call.

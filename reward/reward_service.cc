@@ -15,17 +15,8 @@
 namespace lightrl {
 namespace {
 
-// A Score call's reactor: records the client's cancellation (or deadline) for the thread
-// that scores it.
-class ScoreReactor final : public grpc::ServerUnaryReactor {
- public:
-  void OnCancel() override { cancelled_->store(true); }
-  void OnDone() override { delete this; }
-  std::shared_ptr<std::atomic<bool>> cancelled() const { return cancelled_; }
-
- private:
-  std::shared_ptr<std::atomic<bool>> cancelled_ = std::make_shared<std::atomic<bool>>(false);
-};
+using ScoreReactor = ParsedUnaryReactor<lightrl::v1::ScoreRequest, lightrl::v1::ScoreResponse>;
+using HealthReactor = ParsedUnaryReactor<lightrl::v1::HealthRequest, lightrl::v1::HealthResponse>;
 
 int DefaultParallelism() {
   return std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
@@ -166,39 +157,40 @@ absl::Status RewardServiceImpl::ScoreBatch(const lightrl::v1::ScoreRequest& requ
 }
 
 grpc::ServerUnaryReactor* RewardServiceImpl::Score(grpc::CallbackServerContext* context,
-                                                   const lightrl::v1::ScoreRequest* request,
-                                                   lightrl::v1::ScoreResponse* response) {
-  auto* reactor = new ScoreReactor();
+                                                   const grpc::ByteBuffer* request_bytes,
+                                                   grpc::ByteBuffer* response_bytes) {
+  auto* reactor = new ScoreReactor(request_bytes, response_bytes);
+  if (!reactor->parsed()) return reactor;
   const absl::Status auth = CheckAuth(*context);
   if (!auth.ok()) {
-    reactor->Finish(ToGrpcStatus(auth));
+    reactor->Reply(ToGrpcStatus(auth));
     return reactor;
   }
   std::shared_ptr<std::atomic<bool>> cancelled = reactor->cancelled();
   absl::MutexLock lock(&mu_);
-  queue_.push_back([this, context, request, response, reactor, cancelled] {
+  queue_.push_back([this, context, reactor, cancelled] {
     if (cancelled->load() || context->IsCancelled()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call ended before scoring"));
+      reactor->Reply(grpc::Status(grpc::StatusCode::CANCELLED, "call ended before scoring"));
       return;
     }
-    const absl::Status status = ScoreBatch(*request, response, *cancelled);
-    // A failed batch returns no partial results.
-    if (!status.ok()) response->Clear();
-    reactor->Finish(ToGrpcStatus(status));
+    // A failed batch returns no partial results: Reply sends a response only on OK.
+    const absl::Status status = ScoreBatch(reactor->request(), reactor->response(), *cancelled);
+    reactor->Reply(ToGrpcStatus(status));
   });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* RewardServiceImpl::Health(grpc::CallbackServerContext* context,
-                                                    const lightrl::v1::HealthRequest* /*request*/,
-                                                    lightrl::v1::HealthResponse* response) {
+                                                    const grpc::ByteBuffer* request_bytes,
+                                                    grpc::ByteBuffer* response_bytes) {
+  auto* reactor = new HealthReactor(request_bytes, response_bytes);
+  if (!reactor->parsed()) return reactor;
   const absl::Status status = CheckAuth(*context);
   if (status.ok()) {
-    response->set_serving(true);
-    response->set_reward_kind(function_->Kind());
+    reactor->response()->set_serving(true);
+    reactor->response()->set_reward_kind(function_->Kind());
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
+  reactor->Reply(ToGrpcStatus(status));
   return reactor;
 }
 

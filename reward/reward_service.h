@@ -47,7 +47,12 @@ struct RewardServerOptions {
   absl::Status Validate() const;
 };
 
-class RewardServiceImpl final : public lightrl::v1::RewardService::CallbackService {
+// Registered raw so that a request that does not parse gets INVALID_ARGUMENT naming its
+// type (ParseRequest) instead of gRPC's bare UNIMPLEMENTED.
+using RewardServiceBase = lightrl::v1::RewardService::WithRawCallbackMethod_Score<
+    lightrl::v1::RewardService::WithRawCallbackMethod_Health<lightrl::v1::RewardService::Service>>;
+
+class RewardServiceImpl final : public RewardServiceBase {
  public:
   // `auth_token` empty: calls are not checked. `num_scoring_threads` and
   // `max_parallel_items` >= 1.
@@ -55,16 +60,18 @@ class RewardServiceImpl final : public lightrl::v1::RewardService::CallbackServi
                     int num_scoring_threads, int max_parallel_items = 1);
   ~RewardServiceImpl() override;
 
-  // Queues the batch for a scoring thread and returns; its items are scored in parallel
-  // up to max_parallel_items. A call whose client has gone (deadline, cancel) is not
-  // scored, or stops being scored, its sandboxed runs killed, and ends CANCELLED. Non-finite scores
-  // become INTERNAL errors and never reach the client.
+  // Score(ScoreRequest) -> ScoreResponse. Queues the batch for a scoring thread and
+  // returns; its items are scored in parallel up to max_parallel_items. A call whose
+  // client has gone (deadline, cancel) is not scored, or stops being scored, its
+  // sandboxed runs killed, and ends CANCELLED. Non-finite scores become INTERNAL errors
+  // and never reach the client.
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
-                                  const lightrl::v1::ScoreRequest* request,
-                                  lightrl::v1::ScoreResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
+  // Health(HealthRequest) -> HealthResponse.
   grpc::ServerUnaryReactor* Health(grpc::CallbackServerContext* context,
-                                   const lightrl::v1::HealthRequest* request,
-                                   lightrl::v1::HealthResponse* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
 
  private:
   absl::Status CheckAuth(const grpc::CallbackServerContext& context) const;

@@ -214,9 +214,22 @@ void ToProto(const WorkerRecord& record, lightrl::v1::WorkerInfo* info) {
   info->set_last_seen_unix_ms(absl::ToUnixMillis(record.last_seen));
 }
 
+using RegisterReactor =
+    ParsedUnaryReactor<lightrl::v1::RegisterRequest, lightrl::v1::RegisterResponse>;
+using HeartbeatReactor =
+    ParsedUnaryReactor<lightrl::v1::HeartbeatRequest, lightrl::v1::HeartbeatResponse>;
+using ListWorkersReactor =
+    ParsedUnaryReactor<lightrl::v1::ListWorkersRequest, lightrl::v1::ListWorkersResponse>;
+
+// Raw methods, so that bytes that do not parse get INVALID_ARGUMENT naming the type.
+using CoordinatorServiceBase = lightrl::v1::Coordinator::WithRawCallbackMethod_Register<
+    lightrl::v1::Coordinator::WithRawCallbackMethod_Heartbeat<
+        lightrl::v1::Coordinator::WithRawCallbackMethod_ListWorkers<
+            lightrl::v1::Coordinator::Service>>>;
+
 // Every call is a short critical section on the registry, so handlers run inline on
 // gRPC's callback threads.
-class CoordinatorService final : public lightrl::v1::Coordinator::CallbackService {
+class CoordinatorService final : public CoordinatorServiceBase {
  public:
   CoordinatorService(Registry* registry, std::string auth_token, std::string epoch,
                      absl::Duration heartbeat_interval)
@@ -227,41 +240,52 @@ class CoordinatorService final : public lightrl::v1::Coordinator::CallbackServic
             std::max<int64_t>(1, absl::ToInt64Milliseconds(heartbeat_interval))) {}
 
   grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* context,
-                                     const lightrl::v1::RegisterRequest* request,
-                                     lightrl::v1::RegisterResponse* response) override {
+                                     const grpc::ByteBuffer* request_bytes,
+                                     grpc::ByteBuffer* response_bytes) override {
+    auto* reactor = new RegisterReactor(request_bytes, response_bytes);
+    if (!reactor->parsed()) return reactor;
     absl::Status status = CheckAuth(*context);
-    if (status.ok()) status = registry_->Register(FromProto(request->worker()));
+    if (status.ok()) status = registry_->Register(FromProto(reactor->request().worker()));
     if (status.ok()) {
-      response->set_heartbeat_interval_ms(heartbeat_interval_ms_);
-      response->set_coordinator_epoch(epoch_);
+      reactor->response()->set_heartbeat_interval_ms(heartbeat_interval_ms_);
+      reactor->response()->set_coordinator_epoch(epoch_);
     }
-    return Finish(context, status);
+    reactor->Reply(ToGrpcStatus(status));
+    return reactor;
   }
 
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
-                                      const lightrl::v1::HeartbeatRequest* request,
-                                      lightrl::v1::HeartbeatResponse* response) override {
+                                      const grpc::ByteBuffer* request_bytes,
+                                      grpc::ByteBuffer* response_bytes) override {
+    auto* reactor = new HeartbeatReactor(request_bytes, response_bytes);
+    if (!reactor->parsed()) return reactor;
+    const lightrl::v1::HeartbeatRequest& request = reactor->request();
     absl::Status status = CheckAuth(*context);
-    if (status.ok()) status = registry_->Heartbeat(request->worker_id(), request->weight_version());
-    if (status.ok()) response->set_coordinator_epoch(epoch_);
-    return Finish(context, status);
+    if (status.ok()) status = registry_->Heartbeat(request.worker_id(), request.weight_version());
+    if (status.ok()) reactor->response()->set_coordinator_epoch(epoch_);
+    reactor->Reply(ToGrpcStatus(status));
+    return reactor;
   }
 
   grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* context,
-                                        const lightrl::v1::ListWorkersRequest* request,
-                                        lightrl::v1::ListWorkersResponse* response) override {
+                                        const grpc::ByteBuffer* request_bytes,
+                                        grpc::ByteBuffer* response_bytes) override {
+    auto* reactor = new ListWorkersReactor(request_bytes, response_bytes);
+    if (!reactor->parsed()) return reactor;
+    const lightrl::v1::ListWorkersRequest& request = reactor->request();
     absl::Status status = CheckAuth(*context);
-    if (status.ok() && !request->role().empty() && !IsKnownRole(request->role())) {
+    if (status.ok() && !request.role().empty() && !IsKnownRole(request.role())) {
       status = absl::InvalidArgumentError(
           absl::StrCat("ListWorkers: role must be empty, \"", kRolloutRole, "\" or \"",
-                       kRewardRole, "\", got \"", request->role(), "\""));
+                       kRewardRole, "\", got \"", request.role(), "\""));
     }
     if (status.ok()) {
-      for (const WorkerRecord& record : registry_->Workers(request->role())) {
-        ToProto(record, response->add_workers());
+      for (const WorkerRecord& record : registry_->Workers(request.role())) {
+        ToProto(record, reactor->response()->add_workers());
       }
     }
-    return Finish(context, status);
+    reactor->Reply(ToGrpcStatus(status));
+    return reactor;
   }
 
  private:
@@ -269,13 +293,6 @@ class CoordinatorService final : public lightrl::v1::Coordinator::CallbackServic
     absl::Status status = CheckAuthToken(context, auth_token_);
     if (status.ok()) return status;
     return absl::Status(status.code(), absl::StrCat("coordinator: ", status.message()));
-  }
-
-  static grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
-                                          const absl::Status& status) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(ToGrpcStatus(status));
-    return reactor;
   }
 
   Registry* registry_;

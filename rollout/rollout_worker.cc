@@ -71,14 +71,16 @@ struct Job {
   DeliverFn deliver;
 };
 
-// Writes one group's samples, one message each, then finishes. Deleted by gRPC after
-// Finish; Finish happens only through Deliver, so the batcher never holds a dead reactor.
-// A call the client cancels, or whose deadline passes, raises the group's cancel flag,
-// which the engine reads at its next step to free the group's sequences.
-class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse> {
+// Writes one group's samples, one serialized GenerateResponse each, then finishes.
+// Deleted by gRPC after Finish; Finish happens only through Deliver, so the batcher never
+// holds a dead reactor. A call the client cancels, or whose deadline passes, raises the
+// group's cancel flag, which the engine reads at its next step to free the group's
+// sequences.
+class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  explicit GenerateReactor(std::string group_id)
-      : group_id_(std::move(group_id)), cancelled_(std::make_shared<std::atomic<bool>>(false)) {}
+  GenerateReactor() : cancelled_(std::make_shared<std::atomic<bool>>(false)) {}
+
+  void set_group_id(std::string group_id) { group_id_ = std::move(group_id); }
 
   const std::shared_ptr<std::atomic<bool>>& cancelled() const { return cancelled_; }
   void OnCancel() override { cancelled_->store(true); }
@@ -90,9 +92,14 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse> 
     }
     responses_.resize(samples.size());
     for (size_t i = 0; i < samples.size(); ++i) {
-      responses_[i].set_group_id(group_id_);
-      responses_[i].set_weight_version(version);
-      ToProto(samples[i], static_cast<int>(i), responses_[i].mutable_sample());
+      GenerateResponse response;
+      response.set_group_id(group_id_);
+      response.set_weight_version(version);
+      ToProto(samples[i], static_cast<int>(i), response.mutable_sample());
+      if (grpc::Status s = SerializeReply(response, &responses_[i]); !s.ok()) {
+        Finish(s);
+        return;
+      }
     }
     WriteNext();
   }
@@ -116,13 +123,29 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse> 
 
   std::string group_id_;
   std::shared_ptr<std::atomic<bool>> cancelled_;
-  std::vector<GenerateResponse> responses_;
+  std::vector<grpc::ByteBuffer> responses_;
   size_t next_ = 0;
 };
 
 }  // namespace
 
-struct RolloutWorker::Impl final : public lightrl::v1::RolloutService::CallbackService {
+using RolloutHealthReactor =
+    ParsedUnaryReactor<lightrl::v1::RolloutHealthRequest, lightrl::v1::RolloutHealthResponse>;
+using JoinWeightGroupReactor =
+    ParsedUnaryReactor<lightrl::v1::JoinWeightGroupRequest, lightrl::v1::JoinWeightGroupResponse>;
+using ReceiveWeightsReactor =
+    ParsedUnaryReactor<lightrl::v1::ReceiveWeightsRequest, lightrl::v1::UpdateWeightsResponse>;
+
+// Every method raw, so that bytes that do not parse get INVALID_ARGUMENT naming the
+// message type (ParseRequest) instead of gRPC's bare UNIMPLEMENTED.
+using RolloutServiceBase = lightrl::v1::RolloutService::WithRawCallbackMethod_Generate<
+    lightrl::v1::RolloutService::WithRawCallbackMethod_UpdateWeights<
+        lightrl::v1::RolloutService::WithRawCallbackMethod_Health<
+            lightrl::v1::RolloutService::WithRawCallbackMethod_JoinWeightGroup<
+                lightrl::v1::RolloutService::WithRawCallbackMethod_ReceiveWeights<
+                    lightrl::v1::RolloutService::Service>>>>>;
+
+struct RolloutWorker::Impl final : public RolloutServiceBase {
   RolloutWorkerOptions options;
   std::string address;
   std::unique_ptr<grpc::Server> server;
@@ -151,21 +174,24 @@ struct RolloutWorker::Impl final : public lightrl::v1::RolloutService::CallbackS
   bool shut_down ABSL_GUARDED_BY(shutdown_mu) = false;
   absl::Notification done;
 
-  grpc::ServerWriteReactor<GenerateResponse>* Generate(grpc::CallbackServerContext* context,
-                                                       const GenerateRequest* request) override;
-  grpc::ServerReadReactor<lightrl::v1::WeightChunk>* UpdateWeights(
-      grpc::CallbackServerContext* context,
-      lightrl::v1::UpdateWeightsResponse* response) override;
+  // Generate(GenerateRequest) -> stream GenerateResponse.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+  // UpdateWeights(stream WeightChunk) -> UpdateWeightsResponse.
+  grpc::ServerReadReactor<grpc::ByteBuffer>* UpdateWeights(grpc::CallbackServerContext* context,
+                                                           grpc::ByteBuffer* response) override;
+  // Health(RolloutHealthRequest) -> RolloutHealthResponse.
   grpc::ServerUnaryReactor* Health(grpc::CallbackServerContext* context,
-                                   const lightrl::v1::RolloutHealthRequest* request,
-                                   lightrl::v1::RolloutHealthResponse* response) override;
-
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  // JoinWeightGroup(JoinWeightGroupRequest) -> JoinWeightGroupResponse.
   grpc::ServerUnaryReactor* JoinWeightGroup(grpc::CallbackServerContext* context,
-                                            const lightrl::v1::JoinWeightGroupRequest* request,
-                                            lightrl::v1::JoinWeightGroupResponse* response) override;
+                                            const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override;
+  // ReceiveWeights(ReceiveWeightsRequest) -> UpdateWeightsResponse.
   grpc::ServerUnaryReactor* ReceiveWeights(grpc::CallbackServerContext* context,
-                                           const lightrl::v1::ReceiveWeightsRequest* request,
-                                           lightrl::v1::UpdateWeightsResponse* response) override;
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) override;
 
   // NCCL weight sync: one group operation at a time, each on its own thread (they block
   // for as long as the broadcast takes); the threads are joined at shutdown.
@@ -182,8 +208,9 @@ struct RolloutWorker::Impl final : public lightrl::v1::RolloutService::CallbackS
   absl::StatusOr<int> DeviceIndex() const;
   absl::Status JoinGroup(const lightrl::v1::JoinWeightGroupRequest& request);
   absl::StatusOr<int64_t> ReceiveBroadcast(const lightrl::v1::ReceiveWeightsRequest& request);
-  template <typename Fn>
-  grpc::ServerUnaryReactor* RunGroupCall(grpc::CallbackServerContext* context, Fn fn);
+  template <typename Reactor, typename Fn>
+  grpc::ServerUnaryReactor* RunGroupCall(grpc::CallbackServerContext* context, Reactor* reactor,
+                                         Fn fn);
 
   absl::Status Admit(const GenerateRequest& request, Job* job);
   void RunBatcher();
@@ -223,12 +250,18 @@ absl::Status RolloutWorker::Impl::Admit(const GenerateRequest& request, Job* job
   return absl::OkStatus();
 }
 
-grpc::ServerWriteReactor<GenerateResponse>* RolloutWorker::Impl::Generate(
-    grpc::CallbackServerContext* context, const GenerateRequest* request) {
-  auto* reactor = new GenerateReactor(request->group_id());
+grpc::ServerWriteReactor<grpc::ByteBuffer>* RolloutWorker::Impl::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes) {
+  auto* reactor = new GenerateReactor();
+  GenerateRequest request;
+  if (grpc::Status parsed = ParseRequest(*request_bytes, &request); !parsed.ok()) {
+    reactor->Finish(parsed);
+    return reactor;
+  }
+  reactor->set_group_id(request.group_id());
   Job job;
   absl::Status status = CheckAuthToken(*context, options.auth_token);
-  if (status.ok()) status = Admit(*request, &job);
+  if (status.ok()) status = Admit(request, &job);
   if (status.ok()) {
     absl::MutexLock lock(&mu);
     if (stopping) {
@@ -352,21 +385,28 @@ absl::Status RolloutWorker::Impl::ApplyWeights(WeightSet set, bool replace_newer
 
 namespace {
 
-class UpdateWeightsReactor final : public grpc::ServerReadReactor<lightrl::v1::WeightChunk> {
+// Reads serialized WeightChunks, parsing each (a chunk that does not parse ends the call
+// INVALID_ARGUMENT), and replies with a serialized UpdateWeightsResponse.
+class UpdateWeightsReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   UpdateWeightsReactor(RolloutWorker::Impl* impl, grpc::CallbackServerContext* context,
-                       lightrl::v1::UpdateWeightsResponse* response)
-      : impl_(impl), response_(response), assembler_(impl->weight_budget, Specs(impl)) {
+                       grpc::ByteBuffer* response_bytes)
+      : impl_(impl), response_bytes_(response_bytes), assembler_(impl->weight_budget, Specs(impl)) {
     absl::Status auth = CheckAuthToken(*context, impl->options.auth_token);
     if (!auth.ok()) {
       Finish(ToGrpcStatus(auth));
       return;
     }
-    StartRead(&chunk_);
+    StartRead(&chunk_bytes_);
   }
 
   void OnReadDone(bool ok) override {
     if (ok) {
+      if (grpc::Status parsed = ParseRequest(chunk_bytes_, &chunk_); !parsed.ok()) {
+        Finish(parsed);
+        return;
+      }
+      chunk_bytes_.Clear();
       absl::Status status = assembler_.Add(chunk_);
       // A stale version is refused before its tensors are streamed.
       if (status.ok() && chunk_.has_header() && !chunk_.header().replace_newer() &&
@@ -379,20 +419,23 @@ class UpdateWeightsReactor final : public grpc::ServerReadReactor<lightrl::v1::W
         Finish(ToGrpcStatus(status));
         return;
       }
-      StartRead(&chunk_);
+      StartRead(&chunk_bytes_);
       return;
     }
     // The client closed the stream: everything has arrived.
     absl::StatusOr<WeightSet> set = assembler_.Finish();
     absl::Status status = set.status();
     if (set.ok()) status = impl_->ApplyWeights(*std::move(set), assembler_.replace_newer());
-    response_->set_weight_version(impl_->version.load());
+    lightrl::v1::UpdateWeightsResponse response;
+    response.set_weight_version(impl_->version.load());
     if (status.ok()) {
       std::fprintf(stderr, "lightrl rollout-worker %s: serving weight version %lld\n",
                    impl_->options.worker_id.c_str(),
                    static_cast<long long>(impl_->version.load()));
     }
-    Finish(ToGrpcStatus(status));
+    grpc::Status reply = ToGrpcStatus(status);
+    if (reply.ok()) reply = SerializeReply(response, response_bytes_);
+    Finish(reply);
   }
   void OnDone() override { delete this; }
 
@@ -403,22 +446,25 @@ class UpdateWeightsReactor final : public grpc::ServerReadReactor<lightrl::v1::W
   }
 
   RolloutWorker::Impl* impl_;
-  lightrl::v1::UpdateWeightsResponse* response_;
+  grpc::ByteBuffer* response_bytes_;
+  grpc::ByteBuffer chunk_bytes_;
   lightrl::v1::WeightChunk chunk_;
   WeightAssembler assembler_;
 };
 
 }  // namespace
 
-grpc::ServerReadReactor<lightrl::v1::WeightChunk>* RolloutWorker::Impl::UpdateWeights(
-    grpc::CallbackServerContext* context, lightrl::v1::UpdateWeightsResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* RolloutWorker::Impl::UpdateWeights(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   return new UpdateWeightsReactor(this, context, response);
 }
 
-grpc::ServerUnaryReactor* RolloutWorker::Impl::Health(
-    grpc::CallbackServerContext* context, const lightrl::v1::RolloutHealthRequest*,
-    lightrl::v1::RolloutHealthResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+grpc::ServerUnaryReactor* RolloutWorker::Impl::Health(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request_bytes,
+                                                      grpc::ByteBuffer* response_bytes) {
+  auto* reactor = new RolloutHealthReactor(request_bytes, response_bytes);
+  if (!reactor->parsed()) return reactor;
+  lightrl::v1::RolloutHealthResponse* response = reactor->response();
   absl::Status status = CheckAuthToken(*context, options.auth_token);
   if (status.ok()) {
     absl::MutexLock lock(&mu);
@@ -431,7 +477,7 @@ grpc::ServerUnaryReactor* RolloutWorker::Impl::Health(
     response->set_device(options.policy.device);
     response->set_engine_batches(engine_batches);
   }
-  reactor->Finish(ToGrpcStatus(status));
+  reactor->Reply(ToGrpcStatus(status));
   return reactor;
 }
 
@@ -537,13 +583,13 @@ absl::StatusOr<int64_t> RolloutWorker::Impl::ReceiveBroadcast(
   return version.load();
 }
 
-template <typename Fn>
+template <typename Reactor, typename Fn>
 grpc::ServerUnaryReactor* RolloutWorker::Impl::RunGroupCall(grpc::CallbackServerContext* context,
-                                                            Fn fn) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+                                                            Reactor* reactor, Fn fn) {
+  if (!reactor->parsed()) return reactor;
   absl::Status auth = CheckAuthToken(*context, options.auth_token);
   if (!auth.ok()) {
-    reactor->Finish(ToGrpcStatus(auth));
+    reactor->Reply(ToGrpcStatus(auth));
     return reactor;
   }
   absl::MutexLock lock(&threads_mu);
@@ -558,7 +604,7 @@ grpc::ServerUnaryReactor* RolloutWorker::Impl::RunGroupCall(grpc::CallbackServer
   }
   auto finished = std::make_shared<std::atomic<bool>>(false);
   group_threads.push_back({std::thread([reactor, fn, finished] {
-                             reactor->Finish(ToGrpcStatus(fn()));
+                             reactor->Reply(ToGrpcStatus(fn()));
                              finished->store(true);
                            }),
                            finished});
@@ -566,17 +612,19 @@ grpc::ServerUnaryReactor* RolloutWorker::Impl::RunGroupCall(grpc::CallbackServer
 }
 
 grpc::ServerUnaryReactor* RolloutWorker::Impl::JoinWeightGroup(
-    grpc::CallbackServerContext* context, const lightrl::v1::JoinWeightGroupRequest* request,
-    lightrl::v1::JoinWeightGroupResponse*) {
-  return RunGroupCall(context, [this, request] { return JoinGroup(*request); });
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
+    grpc::ByteBuffer* response_bytes) {
+  auto* reactor = new JoinWeightGroupReactor(request_bytes, response_bytes);
+  return RunGroupCall(context, reactor, [this, reactor] { return JoinGroup(reactor->request()); });
 }
 
 grpc::ServerUnaryReactor* RolloutWorker::Impl::ReceiveWeights(
-    grpc::CallbackServerContext* context, const lightrl::v1::ReceiveWeightsRequest* request,
-    lightrl::v1::UpdateWeightsResponse* response) {
-  return RunGroupCall(context, [this, request, response]() -> absl::Status {
-    ASSIGN_OR_RETURN(int64_t served, ReceiveBroadcast(*request));
-    response->set_weight_version(served);
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
+    grpc::ByteBuffer* response_bytes) {
+  auto* reactor = new ReceiveWeightsReactor(request_bytes, response_bytes);
+  return RunGroupCall(context, reactor, [this, reactor]() -> absl::Status {
+    ASSIGN_OR_RETURN(int64_t served, ReceiveBroadcast(reactor->request()));
+    reactor->response()->set_weight_version(served);
     return absl::OkStatus();
   });
 }

@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -22,6 +23,7 @@
 #include "reward/reward_function.h"
 #include "reward/reward_service.h"
 #include "reward/rule_rewards.h"
+#include "tests/raw_grpc_call.h"
 
 namespace lightrl {
 namespace {
@@ -148,6 +150,33 @@ TEST(RewardServiceTest, BadBatchesAreInvalidArgumentAndServerKeepsServing) {
   EXPECT_TRUE(absl::StrContains(too_many.status().message(), "4097")) << too_many.status();
 
   absl::StatusOr<std::vector<RewardResponseItem>> ok = client->Score(OneItem());
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_DOUBLE_EQ((*ok)[0].result.score, 1.0);
+}
+
+TEST(RewardServiceTest, MalformedBytesAreInvalidArgumentNamingTheTypeAndServerKeepsServing) {
+  std::unique_ptr<RewardServer> server = StartBuiltin("math");
+  ASSERT_NE(server, nullptr);
+  const std::pair<std::string, std::string> methods[] = {
+      {"/lightrl.v1.RewardService/Score", "lightrl.v1.ScoreRequest"},
+      {"/lightrl.v1.RewardService/Health", "lightrl.v1.HealthRequest"}};
+  for (const auto& [method, type] : methods) {
+    const grpc::Status status = RawCall(server->address(), method, MalformedProtobufBytes());
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_TRUE(absl::StrContains(status.error_message(), "malformed " + type))
+        << method << ": " << status.error_message();
+  }
+  // Valid bytes through the same raw path still get a real reply.
+  lightrl::v1::HealthRequest health;
+  std::string reply;
+  ASSERT_TRUE(RawCall(server->address(), "/lightrl.v1.RewardService/Health",
+                      health.SerializeAsString(), &reply).ok());
+  lightrl::v1::HealthResponse health_response;
+  ASSERT_TRUE(health_response.ParseFromString(reply));
+  EXPECT_TRUE(health_response.serving());
+  EXPECT_EQ(health_response.reward_kind(), "math");
+
+  absl::StatusOr<std::vector<RewardResponseItem>> ok = MakeClient(server->address())->Score(OneItem());
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_DOUBLE_EQ((*ok)[0].result.score, 1.0);
 }

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -19,6 +20,7 @@
 #include "lightrl/v1/coordinator.grpc.pb.h"
 #include "rollout/coordinator.h"
 #include "rollout/worker_registration.h"
+#include "tests/raw_grpc_call.h"
 
 namespace lightrl {
 namespace {
@@ -370,6 +372,29 @@ TEST(CoordinatorTest, RejectsBadInputAndKeepsServing) {
   bad_options.listen_address = "127.0.0.1:0";
   bad_options.heartbeat_interval = absl::ZeroDuration();
   EXPECT_EQ(Coordinator::Start(bad_options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CoordinatorTest, MalformedBytesAreInvalidArgumentNamingTheTypeAndServerKeepsServing) {
+  std::unique_ptr<Coordinator> coordinator = StartCoordinator(absl::Seconds(1));
+  ASSERT_NE(coordinator, nullptr);
+  const std::pair<std::string, std::string> methods[] = {
+      {"/lightrl.v1.Coordinator/Register", "lightrl.v1.RegisterRequest"},
+      {"/lightrl.v1.Coordinator/Heartbeat", "lightrl.v1.HeartbeatRequest"},
+      {"/lightrl.v1.Coordinator/ListWorkers", "lightrl.v1.ListWorkersRequest"}};
+  for (const auto& [method, type] : methods) {
+    const grpc::Status status = RawCall(coordinator->address(), method, MalformedProtobufBytes());
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_TRUE(absl::StrContains(status.error_message(), "malformed " + type))
+        << method << ": " << status.error_message();
+  }
+  EXPECT_TRUE(coordinator->Workers().empty());
+
+  RawClient client(coordinator->address());
+  ASSERT_TRUE(client.Register("fine", kRolloutRole, "localhost:5000", 2).ok());
+  lightrl::v1::ListWorkersResponse listed;
+  ASSERT_TRUE(client.List("", &listed).ok());
+  ASSERT_EQ(listed.workers_size(), 1);
+  EXPECT_EQ(listed.workers(0).worker_id(), "fine");
 }
 
 TEST(CoordinatorTest, OffLoopbackNeedsAToken) {

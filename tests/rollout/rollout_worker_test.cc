@@ -11,13 +11,16 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "lightrl/v1/rollout.grpc.pb.h"
 #include "proto/grpc_util.h"
 #include "rollout/rollout_client.h"
+#include "tests/raw_grpc_call.h"
 
 namespace lightrl {
 namespace {
@@ -100,6 +103,48 @@ TEST(RolloutWorkerTest, OversizedRequestIsRefusedAndTheWorkerGoesOn) {
   RolloutWorkerOptions too_small;
   too_small.max_message_bytes = 1 << 20;
   EXPECT_EQ(RolloutWorker::Start(too_small).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RolloutWorkerTest, MalformedBytesAreInvalidArgumentNamingTheTypeAndTheWorkerGoesOn) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  auto worker = RolloutWorker::Start(RolloutWorkerOptions(), *std::move(policy), /*version=*/1);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  const std::string address = (*worker)->address();
+  const std::pair<std::string, std::string> methods[] = {
+      {"/lightrl.v1.RolloutService/Generate", "lightrl.v1.GenerateRequest"},
+      {"/lightrl.v1.RolloutService/UpdateWeights", "lightrl.v1.WeightChunk"},
+      {"/lightrl.v1.RolloutService/Health", "lightrl.v1.RolloutHealthRequest"},
+      {"/lightrl.v1.RolloutService/JoinWeightGroup", "lightrl.v1.JoinWeightGroupRequest"},
+      {"/lightrl.v1.RolloutService/ReceiveWeights", "lightrl.v1.ReceiveWeightsRequest"}};
+  for (const auto& [method, type] : methods) {
+    const grpc::Status status = RawCall(address, method, MalformedProtobufBytes());
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_TRUE(absl::StrContains(status.error_message(), "malformed " + type))
+        << method << ": " << status.error_message();
+  }
+  // A valid Generate through the raw path: one serialized GenerateResponse comes back.
+  lightrl::v1::GenerateRequest request;
+  request.set_group_id("raw");
+  request.add_prompt_tokens(1);
+  request.add_prompt_tokens(2);
+  request.mutable_sampling()->set_n(1);
+  request.mutable_sampling()->set_top_p(1.0);
+  request.mutable_sampling()->set_max_new_tokens(3);
+  std::string reply;
+  const grpc::Status raw_ok =
+      RawCall(address, "/lightrl.v1.RolloutService/Generate", request.SerializeAsString(), &reply);
+  ASSERT_TRUE(raw_ok.ok()) << raw_ok.error_message();
+  lightrl::v1::GenerateResponse response;
+  ASSERT_TRUE(response.ParseFromString(reply));
+  EXPECT_EQ(response.group_id(), "raw");
+  EXPECT_EQ(response.weight_version(), 1);
+
+  auto client = Connect(address);
+  auto fine = client->Generate(RandomRequests(rng, 1)[0], 0);
+  ASSERT_TRUE(fine.ok()) << fine.status();
+  EXPECT_EQ(fine->weight_version, 1);
 }
 
 TEST(RolloutWorkerTest, ServesPushedWeightsExactlyLikeTheInProcessEngine) {
