@@ -64,6 +64,12 @@ absl::Status ValidateListenAddress(const std::string& address, const std::string
   return absl::OkStatus();
 }
 
+absl::Status ValidateMessageLimit(int64_t bytes, int64_t min_bytes, const std::string& what) {
+  if (bytes >= min_bytes && bytes <= kMaxRequestBytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(what, " must be in [", min_bytes, ", ",
+                                                 kMaxRequestBytes, "] bytes, got ", bytes));
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   const int code = static_cast<int>(status.code());

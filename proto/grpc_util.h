@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,8 +19,10 @@
 
 namespace lightrl {
 
-// Largest request a server accepts. gRPC's 4 MiB default would refuse a few dozen
-// 80K-token responses; protobuf itself stops at 2 GiB.
+// Largest message any lightrl channel carries (protobuf itself stops at 2 GiB). Servers
+// accept less, sized to what each needs (RewardServerOptions::max_request_bytes,
+// RolloutWorkerOptions::max_message_bytes, CoordinatorOptions::max_request_bytes), so
+// that one call cannot make a server hold gigabytes.
 inline constexpr int kMaxRequestBytes = 1 << 30;
 
 // Splits "host:port" at the last ':' (so "[::1]:0" works); false without a port.
@@ -35,6 +38,10 @@ bool IsLoopbackAddress(const std::string& address);
 // `auth_token` unless the host is loopback. `what` names the flag or field in errors.
 absl::Status ValidateListenAddress(const std::string& address, const std::string& auth_token,
                                    const std::string& what = "listen address");
+
+// A server's receive limit `bytes` in [min_bytes, kMaxRequestBytes]; INVALID_ARGUMENT
+// naming `what` (the option) otherwise.
+absl::Status ValidateMessageLimit(int64_t bytes, int64_t min_bytes, const std::string& what);
 
 // The single mapping of absl::Status to grpc::Status (codes share google.rpc.Code), and
 // back, prefixing `context` ("rollout worker 127.0.0.1:5: Generate").
@@ -97,8 +104,9 @@ absl::Status CheckAuthToken(const grpc::CallbackServerContext& context,
 void AddAuthToken(grpc::ClientContext* context, const std::string& auth_token);
 
 // Builds and starts a server for `services` (not owned; they must outlive the server) at
-// `address`, accepting requests up to `max_receive_bytes`; `*bound_port` receives the
-// port actually bound. A port another server holds is an error (no port sharing).
+// `address`, accepting request messages up to `max_receive_bytes` (a bigger one is
+// RESOURCE_EXHAUSTED "... larger than max (N vs. max_receive_bytes)" from gRPC, before
+// any handler runs); `*bound_port` receives the port actually bound. A port another server holds is an error (no port sharing).
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
     const std::string& address, const std::vector<grpc::Service*>& services, int* bound_port,
     int max_receive_bytes = kMaxRequestBytes);

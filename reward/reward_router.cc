@@ -5,6 +5,7 @@
 #include <cmath>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <set>
 #include <thread>
 #include <utility>
@@ -22,6 +23,25 @@ namespace {
 // Items per remote Score call; the protocol's limit (reward.proto, kMaxScoreBatchItems in
 // reward_service.h, which this torch- and gRPC-free file does not include).
 constexpr size_t kMaxItemsPerCall = 4096;
+
+// Smallest max_request_bytes: room for a few ordinary items per call.
+constexpr int64_t kMinRequestBytes = int64_t{64} << 10;
+
+// Protobuf framing of a length-delimited field at most: a tag byte and a 5-byte length.
+constexpr int64_t kFieldOverhead = 6;
+
+// An upper bound on the bytes item `input` adds to a ScoreRequest under an id of
+// `id_bytes`: its four string fields and each metadata entry (a nested key and value),
+// all framed, and the item's own framing.
+int64_t ScoreItemWireBytes(const RewardInput& input, size_t id_bytes) {
+  int64_t bytes = kFieldOverhead + 4 * kFieldOverhead;
+  bytes += static_cast<int64_t>(id_bytes + input.prompt.size() + input.response.size() +
+                                input.ground_truth.size());
+  for (const auto& [key, value] : input.metadata) {
+    bytes += 3 * kFieldOverhead + static_cast<int64_t>(key.size() + value.size());
+  }
+  return bytes;
+}
 
 // Errors that the same request will meet again, on any attempt.
 bool IsPermanent(absl::StatusCode code) {
@@ -146,6 +166,11 @@ absl::Status RewardRouterOptions::Validate() const {
         absl::FormatDuration(initial_backoff), ", max ", absl::FormatDuration(max_backoff),
         ", multiplier ", backoff_multiplier));
   }
+  if (max_request_bytes < kMinRequestBytes || max_request_bytes > std::numeric_limits<int>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "reward router: max_request_bytes must be in [", kMinRequestBytes, ", ",
+        std::numeric_limits<int>::max(), "], got ", max_request_bytes));
+  }
   if (max_concurrent_calls_per_entry < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("reward router: max_concurrent_calls_per_entry must be >= 1, got ",
@@ -249,6 +274,40 @@ absl::Status ScoreRemoteChunk(const RewardRouterOptions& options, const RewardRo
                                 absl::StatusCodeToString(last.code()), ": ", last.message()));
 }
 
+struct ItemRange {
+  size_t begin, end;
+};
+
+// Splits `inputs` into the remote calls of `entry`: each ends at kMaxItemsPerCall items or
+// before the item that would take the request past `max_request_bytes`. An item too big
+// for any request is RESOURCE_EXHAUSTED.
+absl::StatusOr<std::vector<ItemRange>> SplitIntoCalls(const RewardRouterEntry& entry,
+                                                      const std::vector<RewardInput>& inputs,
+                                                      int64_t max_request_bytes) {
+  const int64_t request_overhead = kFieldOverhead + static_cast<int64_t>(entry.reward_kind.size());
+  std::vector<ItemRange> calls;
+  size_t begin = 0;
+  int64_t bytes = request_overhead;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    // Ids are the items' indices in the batch (ScoreRemoteChunk).
+    const int64_t item_bytes = ScoreItemWireBytes(inputs[i], absl::StrCat(i).size());
+    if (request_overhead + item_bytes > max_request_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          EntryPrefix(entry), ": item ", i, " takes up to ", item_bytes,
+          " bytes on the wire, more than max_request_bytes (", max_request_bytes,
+          ") allows in one Score request; not sent"));
+    }
+    if (i > begin && (i - begin == kMaxItemsPerCall || bytes + item_bytes > max_request_bytes)) {
+      calls.push_back({begin, i});
+      begin = i;
+      bytes = request_overhead;
+    }
+    bytes += item_bytes;
+  }
+  calls.push_back({begin, inputs.size()});
+  return calls;
+}
+
 absl::Status ScoreLocalSlice(const RewardRouterEntry& entry, RewardFunction& function,
                              const std::vector<RewardInput>& inputs, size_t begin, size_t end,
                              const std::atomic<bool>& cancelled, std::vector<RewardResult>& out) {
@@ -286,9 +345,17 @@ absl::StatusOr<std::vector<RewardResult>> RewardRouter::ScoreBatch(
   // A few slices per thread, so one slow slice does not hold the rest of an entry back.
   const size_t local_slice = std::max<size_t>(1, (n + 4 * local_threads - 1) / (4 * local_threads));
   for (size_t e = 0; e < num_entries; ++e) {
-    const size_t step = entries_[e]->client != nullptr ? kMaxItemsPerCall : local_slice;
-    for (size_t begin = 0; begin < n; begin += step) {
-      tasks.push_back(Task{e, begin, std::min(n, begin + step), absl::OkStatus()});
+    if (entries_[e]->client == nullptr) {
+      for (size_t begin = 0; begin < n; begin += local_slice) {
+        tasks.push_back(Task{e, begin, std::min(n, begin + local_slice), absl::OkStatus()});
+      }
+      continue;
+    }
+    absl::StatusOr<std::vector<ItemRange>> calls =
+        SplitIntoCalls(entries_[e]->config, inputs, options_.max_request_bytes);
+    if (!calls.ok()) return calls.status();
+    for (const ItemRange& call : *calls) {
+      tasks.push_back(Task{e, call.begin, call.end, absl::OkStatus()});
     }
   }
 

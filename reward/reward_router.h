@@ -5,6 +5,7 @@
 // section 3).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,6 +52,12 @@ struct RewardRouterOptions {
   absl::Duration initial_backoff = absl::Milliseconds(200);
   double backoff_multiplier = 2.0;
   absl::Duration max_backoff = absl::Seconds(5);
+  // Bytes of one remote Score request at most: a remote entry's batch is split into calls
+  // of <= kMaxScoreBatchItems items whose serialized size stays within this. Keep it at
+  // or below the servers' own limit (RewardServerOptions::max_request_bytes, default
+  // kDefaultMaxScoreRequestBytes, also 64 MiB); an item that alone exceeds it fails the
+  // batch with RESOURCE_EXHAUSTED without being sent. In [64 KiB, 2 GiB).
+  int64_t max_request_bytes = int64_t{64} << 20;
   // Remote calls in flight at once per remote entry, across all ScoreBatch callers; >= 1.
   int max_concurrent_calls_per_entry = 4;
   // Threads that run in-process entries; >= 1. Shared by all callers.
@@ -70,7 +77,8 @@ class RewardRouter {
   RewardRouter& operator=(const RewardRouter&) = delete;
 
   // Scores every input against every entry at once: each remote entry in batched calls
-  // of <= kMaxScoreBatchItems items, the in-process entries on the local threads.
+  // of <= kMaxScoreBatchItems items and <= max_request_bytes, the in-process entries on
+  // the local threads.
   // Result i belongs to inputs[i]: score = sum(weight * entry score); components are
   // each entry's weighted score under its name, then its own components as "name/part".
   // A remote call that fails (deadline, unavailable, server error, malformed or

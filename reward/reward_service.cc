@@ -33,6 +33,11 @@ absl::Status RewardServerOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "num_scoring_threads must be >= 0 (0 = one per core), got ", num_scoring_threads));
   }
+  if (absl::Status status = ValidateMessageLimit(max_request_bytes, kMinScoreRequestBytes,
+                                                 "max_request_bytes");
+      !status.ok()) {
+    return status;
+  }
   return ValidateListenAddress(listen_address, auth_token);
 }
 
@@ -206,7 +211,8 @@ absl::StatusOr<std::unique_ptr<RewardServer>> RewardServer::Start(
   server->service_ = std::make_unique<RewardServiceImpl>(std::move(function), options.auth_token,
                                                          num_threads, max_parallel);
   absl::StatusOr<std::unique_ptr<grpc::Server>> grpc_server =
-      StartGrpcServer(options.listen_address, server->service_.get(), &server->port_);
+      StartGrpcServer(options.listen_address, {server->service_.get()}, &server->port_,
+                      options.max_request_bytes);
   if (!grpc_server.ok()) return grpc_server.status();
   server->server_ = *std::move(grpc_server);
   server->address_ = BoundAddress(options.listen_address, server->port_);

@@ -30,6 +30,13 @@ namespace lightrl {
 // Most items one Score call may carry; larger batches are INVALID_ARGUMENT.
 inline constexpr int kMaxScoreBatchItems = 4096;
 
+// Default receive limit of a reward server. Score requests are text: a full batch of
+// 4096 items at 16 KiB each; the reward router splits its batches to stay under it
+// (RewardRouterOptions::max_request_bytes has the same default).
+inline constexpr int kDefaultMaxScoreRequestBytes = 64 << 20;
+// Smallest receive limit a reward server accepts.
+inline constexpr int kMinScoreRequestBytes = 64 << 10;
+
 struct RewardServerOptions {
   // "host:port"; port 0 picks a free port (RewardServer::address() has the real one).
   std::string listen_address = "127.0.0.1:0";
@@ -42,8 +49,12 @@ struct RewardServerOptions {
   // Items of one Score call scored at once (each on its own thread); 0 = the number of
   // cores, at least 2.
   int max_parallel_items = 0;
+  // Largest request message accepted; a bigger one is RESOURCE_EXHAUSTED naming this
+  // limit, refused by gRPC before it is parsed. In [kMinScoreRequestBytes, 1 GiB].
+  int max_request_bytes = kDefaultMaxScoreRequestBytes;
 
-  // A non-loopback listen address without an auth token is INVALID_ARGUMENT.
+  // A non-loopback listen address without an auth token, or a field out of range, is
+  // INVALID_ARGUMENT.
   absl::Status Validate() const;
 };
 

@@ -309,6 +309,11 @@ absl::Status CoordinatorOptions::Validate() const {
         absl::StrCat("coordinator: heartbeat_interval must be >= 1ms, got ",
                      absl::FormatDuration(heartbeat_interval)));
   }
+  if (absl::Status status =
+          ValidateMessageLimit(max_request_bytes, 64 << 10, "coordinator: max_request_bytes");
+      !status.ok()) {
+    return status;
+  }
   return ValidateListenAddress(listen_address, auth_token, "coordinator: listen address");
 }
 
@@ -323,7 +328,8 @@ class Coordinator::Impl {
   ~Impl() { Shutdown(); }
 
   absl::Status Listen() {
-    auto server = StartGrpcServer(options_.listen_address, &service_, &port_);
+    auto server = StartGrpcServer(options_.listen_address, {&service_}, &port_,
+                                  options_.max_request_bytes);
     if (!server.ok()) {
       return absl::Status(server.status().code(),
                           absl::StrCat("coordinator: ", server.status().message()));

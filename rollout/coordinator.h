@@ -31,9 +31,12 @@ struct CoordinatorOptions {
   // Told to workers at registration; one silent for kMissedHeartbeatsBeforeDrop
   // intervals is dropped. Short intervals notice deaths sooner at the cost of traffic.
   absl::Duration heartbeat_interval = absl::Seconds(1);
+  // Largest request message accepted (registrations and heartbeats are a few hundred
+  // bytes); a bigger one is RESOURCE_EXHAUSTED. In [64 KiB, 1 GiB].
+  int max_request_bytes = 1 << 20;
 
-  // INVALID_ARGUMENT for a malformed address, a non-positive interval, or a non-loopback
-  // address without an auth token.
+  // INVALID_ARGUMENT for a malformed address, a non-positive interval, a message limit
+  // out of range, or a non-loopback address without an auth token.
   absl::Status Validate() const;
 };
 

@@ -26,10 +26,8 @@ namespace lightrl {
 
 absl::Status RolloutWorkerOptions::Validate() const {
   RETURN_IF_ERROR(ValidateListenAddress(listen_address, auth_token));
-  if (max_message_bytes < (8 << 20)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "max_message_bytes must be at least 8 MiB (weight chunks are 4 MiB), got ", max_message_bytes));
-  }
+  RETURN_IF_ERROR(ValidateMessageLimit(max_message_bytes, 8 << 20,
+                                       "max_message_bytes (weight chunks are 4 MiB)"));
   RETURN_IF_ERROR(policy.Validate());
   RETURN_IF_ERROR(engine.Validate());
   if (worker_id.empty()) return absl::InvalidArgumentError("worker_id must not be empty");

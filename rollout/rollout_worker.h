@@ -37,9 +37,10 @@ struct RolloutWorkerOptions {
   // arrives); 0 = half the host's physical memory. An update must also declare exactly the
   // served model's tensors (names and shapes), checked before anything is allocated.
   int64_t max_weight_bytes = 0;
-  // Largest single request message (a Generate request, one weight chunk of at most
-  // 4 MiB); a bigger one is refused with RESOURCE_EXHAUSTED. At least 8 MiB.
-  int max_message_bytes = 1 << 30;
+  // Largest single request message (a Generate request, whose prompt of N tokens takes at
+  // most 5N bytes, or one weight chunk of at most 4 MiB); a bigger one is refused by gRPC
+  // with RESOURCE_EXHAUSTED naming the limit, before it is parsed. In [8 MiB, 1 GiB].
+  int max_message_bytes = 64 << 20;
 
   absl::Status Validate() const;
 };

@@ -33,12 +33,14 @@ constexpr const char* kRewardWorkerUsage =
     "  --worker-id   the id it registers under (default reward-HOST-PID)\n"
     "  --advertise   the address the controller should call (default the bound one)\n"
     "  --capacity    concurrent Score calls it takes (default 4)\n"
-    "  --format-pattern  RE2 pattern of the format reward (default its built-in one)\n";
+    "  --format-pattern  RE2 pattern of the format reward (default its built-in one)\n"
+    "  --max-request-mb  largest Score request accepted, in MiB (default 64); a bigger one\n"
+    "                is RESOURCE_EXHAUSTED\n";
 
 absl::Status Run(const std::vector<std::string>& args) {
   absl::StatusOr<Flags> flags =
       Flags::Parse(args, {"listen", "kind", "auth-token", "auth-token-file", "coordinator", "worker-id", "advertise",
-                          "capacity", "format-pattern"});
+                          "capacity", "format-pattern", "max-request-mb"});
   if (!flags.ok()) return flags.status();
   absl::StatusOr<int64_t> capacity = flags->GetInt("capacity", 4);
   if (!capacity.ok()) return capacity.status();
@@ -49,6 +51,15 @@ absl::Status Run(const std::vector<std::string>& args) {
   builtin.format_pattern = flags->Get("format-pattern");
   RewardServerOptions options;
   options.listen_address = flags->Get("listen", options.listen_address);
+  absl::StatusOr<int64_t> max_request_mb =
+      flags->GetInt("max-request-mb", options.max_request_bytes >> 20);
+  if (!max_request_mb.ok()) return max_request_mb.status();
+  if (*max_request_mb < 1 || *max_request_mb > (kMaxRequestBytes >> 20)) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-request-mb must be in [1, ",
+                                                   kMaxRequestBytes >> 20, "], got ",
+                                                   *max_request_mb));
+  }
+  options.max_request_bytes = static_cast<int>(*max_request_mb << 20);
   absl::StatusOr<std::string> token = WorkerAuthToken(*flags);
   if (!token.ok()) return token.status();
   options.auth_token = *std::move(token);

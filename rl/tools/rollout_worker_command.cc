@@ -26,7 +26,7 @@ constexpr const char* kRolloutWorkerUsage =
     "                              [--worker-id ID] [--model DIR] [--tokenizer FILE]\n"
     "                              [--device cpu|cuda|cuda:N] [--dtype float32|bfloat16]\n"
     "                              [--capacity N] [--max-num-seqs N] [--kv-cache-mb N]\n"
-    "                              [--enforce-eager]\n"
+    "                              [--enforce-eager] [--max-message-mb N]\n"
     "                              [--auth-token-file FILE] [--advertise HOST:PORT]\n"
     "  --listen       address to serve on (default 127.0.0.1:0; the bound one is printed as\n"
     "                 \"listening on HOST:PORT\")\n"
@@ -37,6 +37,8 @@ constexpr const char* kRolloutWorkerUsage =
     "  --tokenizer    tokenizer.json, needed for stop strings\n"
     "  --capacity     prompt groups the controller may send at once (default 8)\n"
     "  --advertise    address the controller should dial (default: the bound address)\n"
+    "  --max-message-mb  largest request message accepted, in MiB (default 64, at least 8);\n"
+    "                 a bigger one is RESOURCE_EXHAUSTED\n"
     "  --auth-token-file  file holding the shared token for every call, served and sent\n"
     "                 (else $LIGHTRL_AUTH_TOKEN); required for any non-loopback address.\n"
     "                 Never on the command line: /proc shows it.\n";
@@ -45,7 +47,8 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags,
                    Flags::Parse(args, {"listen", "coordinator", "worker-id", "model", "tokenizer",
                                        "device", "dtype", "capacity", "max-num-seqs",
-                                       "kv-cache-mb", "auth-token", "auth-token-file", "advertise"},
+                                       "kv-cache-mb", "auth-token", "auth-token-file", "advertise",
+                                       "max-message-mb"},
                                  {"enforce-eager"}));
   RolloutWorkerOptions options;
   options.listen_address = flags.Get("listen", options.listen_address);
@@ -62,6 +65,13 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t kv_mb, flags.GetInt("kv-cache-mb", options.engine.kv_cache_bytes >> 20));
   options.engine.kv_cache_bytes = kv_mb << 20;
   options.engine.cuda_graphs = flags.Get("enforce-eager", "false") != "true";
+  ASSIGN_OR_RETURN(int64_t max_message_mb,
+                   flags.GetInt("max-message-mb", options.max_message_bytes >> 20));
+  if (max_message_mb < 8 || max_message_mb > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-message-mb must be in [8, 1024], got ", max_message_mb));
+  }
+  options.max_message_bytes = static_cast<int>(max_message_mb << 20);
 
   std::unique_ptr<PolicyModel> policy;
   if (flags.Has("model")) {

@@ -444,6 +444,52 @@ TEST(RewardRouterTest, ResultsFollowInputOrderOnRandomBatches) {
   }
 }
 
+// A batch whose text totals several times the server's message limit is split into
+// calls under the limit and scored whole; unsplit, the server would refuse it.
+TEST(RewardRouterTest, BatchLargerThanTheServersMessageLimitIsSplitByBytes) {
+  RewardServerOptions server_options;
+  server_options.max_request_bytes = 1 << 20;
+  absl::StatusOr<std::unique_ptr<RewardServer>> server =
+      RewardServer::Start(server_options, std::make_unique<EchoReward>(1.0));
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(RewardRouterOptions().max_request_bytes, kDefaultMaxScoreRequestBytes);
+
+  // 48 items of ~100 KiB: about 4.7 MiB, at least 5 calls of <= 1 MiB.
+  std::vector<RewardInput> inputs = Inputs(48);
+  for (RewardInput& input : inputs) input.response = std::string(100 << 10, 'r');
+  RewardRouterOptions options = FastOptions();
+  options.max_request_bytes = server_options.max_request_bytes;
+  options.entries = {Remote("echo", (*server)->address(), 1.0)};
+  std::unique_ptr<RewardRouter> router = MakeRouter(options);
+  ASSERT_NE(router, nullptr);
+  absl::StatusOr<std::vector<RewardResult>> results = router->ScoreBatch(inputs);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) EXPECT_DOUBLE_EQ((*results)[i].score, i) << i;
+
+  // A router that believes the limit is higher sends one call, which the server refuses.
+  options.max_request_bytes = 8 << 20;
+  options.max_attempts = 1;
+  std::unique_ptr<RewardRouter> unsplit = MakeRouter(options);
+  ASSERT_NE(unsplit, nullptr);
+  absl::StatusOr<std::vector<RewardResult>> refused = unsplit->ScoreBatch(inputs);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+
+  // One item that no request under the limit can carry is refused without a call.
+  options.max_request_bytes = server_options.max_request_bytes;
+  std::unique_ptr<RewardRouter> router_again = MakeRouter(options);
+  ASSERT_NE(router_again, nullptr);
+  std::vector<RewardInput> huge = Inputs(2);
+  huge[1].response = std::string(1 << 20, 'r');
+  absl::StatusOr<std::vector<RewardResult>> too_big = router_again->ScoreBatch(huge);
+  EXPECT_EQ(too_big.status().code(), absl::StatusCode::kResourceExhausted) << too_big.status();
+  EXPECT_TRUE(absl::StrContains(too_big.status().message(), "item 1")) << too_big.status();
+  EXPECT_TRUE(absl::StrContains(too_big.status().message(), "1048576")) << too_big.status();
+
+  options.max_request_bytes = 1000;
+  EXPECT_EQ(RewardRouter::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(RewardRouterTest, OptionsAreValidatedNamingTheEntry) {
   RewardRouterOptions options = FastOptions();
   EXPECT_EQ(RewardRouter::Create(options).status().code(), absl::StatusCode::kInvalidArgument);

@@ -181,6 +181,49 @@ TEST(RewardServiceTest, MalformedBytesAreInvalidArgumentNamingTheTypeAndServerKe
   EXPECT_DOUBLE_EQ((*ok)[0].result.score, 1.0);
 }
 
+TEST(RewardServiceTest, RequestOverTheLimitIsResourceExhaustedNamingItAndServerKeepsServing) {
+  absl::StatusOr<RewardFunctionPtr> function = MakeBuiltinRewardFunction("math");
+  ASSERT_TRUE(function.ok()) << function.status();
+  RewardServerOptions options;
+  options.max_request_bytes = 1 << 20;
+  absl::StatusOr<std::unique_ptr<RewardServer>> server =
+      RewardServer::Start(options, *std::move(function));
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::unique_ptr<RewardClient> client = MakeClient((*server)->address());
+
+  std::vector<RewardRequestItem> items(4, OneItem()[0]);
+  for (size_t i = 0; i < items.size(); ++i) {
+    items[i].id = absl::StrCat(i);
+    items[i].input.prompt = std::string(300 << 10, 'p');  // 1.2 MiB in all
+  }
+  absl::StatusOr<std::vector<RewardResponseItem>> refused = client->Score(items);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "1048576")) << refused.status();
+
+  items.resize(3);  // 0.9 MiB: under the limit
+  absl::StatusOr<std::vector<RewardResponseItem>> ok = client->Score(items);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->size(), 3u);
+
+  // The default limit is 64 MiB: a request just over it is refused before it is parsed.
+  std::unique_ptr<RewardServer> default_server = StartBuiltin("math");
+  ASSERT_NE(default_server, nullptr);
+  const grpc::Status over_default =
+      RawCall(default_server->address(), "/lightrl.v1.RewardService/Score",
+              std::string(kDefaultMaxScoreRequestBytes + 1, 'x'));
+  EXPECT_EQ(over_default.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(absl::StrContains(over_default.error_message(),
+                                absl::StrCat(kDefaultMaxScoreRequestBytes)))
+      << over_default.error_message();
+  EXPECT_TRUE(MakeClient(default_server->address())->Score(OneItem()).ok());
+
+  RewardServerOptions too_small;
+  too_small.max_request_bytes = 1000;
+  absl::Status invalid = too_small.Validate();
+  EXPECT_EQ(invalid.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(invalid.message(), "max_request_bytes")) << invalid;
+}
+
 TEST(RewardServiceTest, FullBatchLargerThanGrpcDefaultLimitIsScored) {
   std::unique_ptr<RewardServer> server = StartBuiltin("math");
   ASSERT_NE(server, nullptr);

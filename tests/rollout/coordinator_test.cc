@@ -397,6 +397,24 @@ TEST(CoordinatorTest, MalformedBytesAreInvalidArgumentNamingTheTypeAndServerKeep
   EXPECT_EQ(listed.workers(0).worker_id(), "fine");
 }
 
+TEST(CoordinatorTest, RequestOverTheLimitIsResourceExhaustedNamingItAndServerKeepsServing) {
+  std::unique_ptr<Coordinator> coordinator = StartCoordinator(absl::Seconds(1));
+  ASSERT_NE(coordinator, nullptr);
+  lightrl::v1::RegisterRequest request;
+  request.mutable_worker()->set_worker_id(std::string(CoordinatorOptions().max_request_bytes, 'w'));
+  const grpc::Status status = RawCall(coordinator->address(), "/lightrl.v1.Coordinator/Register",
+                                      request.SerializeAsString());
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "1048576")) << status.error_message();
+  EXPECT_TRUE(coordinator->Workers().empty());
+  RawClient client(coordinator->address());
+  EXPECT_TRUE(client.Register("fine", kRolloutRole, "localhost:5000", 1).ok());
+
+  CoordinatorOptions bad;
+  bad.max_request_bytes = 100;
+  EXPECT_EQ(Coordinator::Start(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CoordinatorTest, OffLoopbackNeedsAToken) {
   CoordinatorOptions options;
   options.listen_address = "0.0.0.0:0";

@@ -97,12 +97,15 @@ TEST(RolloutWorkerTest, OversizedRequestIsRefusedAndTheWorkerGoesOn) {
   huge.prompt.assign(3500000, 1 << 20);
   auto refused = client->Generate(huge, 0);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "8388608")) << refused.status();
   auto fine = client->Generate(requests[0], 0);
   ASSERT_TRUE(fine.ok()) << fine.status();
   EXPECT_EQ(fine->weight_version, 1);
   RolloutWorkerOptions too_small;
   too_small.max_message_bytes = 1 << 20;
   EXPECT_EQ(RolloutWorker::Start(too_small).status().code(), absl::StatusCode::kInvalidArgument);
+  // Sized to a prompt and a 4 MiB weight chunk, not to what protobuf could carry.
+  EXPECT_EQ(RolloutWorkerOptions().max_message_bytes, 64 << 20);
 }
 
 TEST(RolloutWorkerTest, MalformedBytesAreInvalidArgumentNamingTheTypeAndTheWorkerGoesOn) {
