@@ -258,7 +258,8 @@ class FleetRolloutSource final : public RolloutSource {
       const std::string id = absl::StrCat("reward-local-", kind);
       std::vector<std::string> argv = {SelfExe(), "reward-worker", "--listen", "127.0.0.1:0",
                                        "--kind", kind, "--coordinator", coordinator_->address(),
-                                       "--worker-id", id};
+                                       "--worker-id", id, "--max-request-mb",
+                                       absl::StrCat(config_.reward.max_request_mb)};
       if (!config_.reward.format_pattern.empty()) {
         argv.push_back("--format-pattern");
         argv.push_back(config_.reward.format_pattern);

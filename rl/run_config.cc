@@ -26,6 +26,10 @@ namespace {
 constexpr const char* kRewardKinds[] = {"arithmetic", "countdown", "math", "format", "length",
                                         "code"};
 
+// Largest reward.max_request_mb: no reward server accepts more than 1 GiB in one message
+// (kMaxRequestBytes in proto/grpc_util.h, which the config does not depend on).
+constexpr int64_t kMaxRewardRequestMb = 1024;
+
 absl::Status Invalid(absl::string_view message) {
   return absl::InvalidArgumentError(message);
 }
@@ -409,7 +413,7 @@ absl::Status BindReward(const Binder& b, const Json* root, RewardSection& r) {
   ASSIGN_OR_RETURN(const Json* s,
                    b.Mapping(Binder::Get(root, "reward"), "reward",
                              {"kind", "weights", "format_pattern", "timeout_s", "max_attempts",
-                              "servers"}));
+                              "max_request_mb", "servers"}));
   RETURN_IF_ERROR(b.String(s, "reward", "kind", r.kind));
   if (const Json* w = Binder::Get(s, "weights"); w != nullptr) {
     if (!w->is_object()) {
@@ -428,6 +432,7 @@ absl::Status BindReward(const Binder& b, const Json* root, RewardSection& r) {
   }
   RETURN_IF_ERROR(b.String(s, "reward", "format_pattern", r.format_pattern));
   RETURN_IF_ERROR(b.Int(s, "reward", "max_attempts", r.max_attempts));
+  RETURN_IF_ERROR(b.Int(s, "reward", "max_request_mb", r.max_request_mb));
   if (const Json* servers = Binder::Get(s, "servers"); servers != nullptr) {
     if (!servers->is_object()) {
       return b.ErrorAt("reward.servers",
@@ -740,6 +745,10 @@ absl::Status RewardSection::Validate() const {
     }
   }
   RETURN_IF_ERROR(CheckAtLeast("max_attempts", max_attempts, 1));
+  if (max_request_mb < 1 || max_request_mb > kMaxRewardRequestMb) {
+    return Invalid(absl::StrCat("max_request_mb must be in [1, ", kMaxRewardRequestMb,
+                                "] (MiB of one Score request), got ", max_request_mb));
+  }
   return CheckPositive("timeout_s", timeout_s);
 }
 
@@ -981,6 +990,7 @@ std::string DescribeRunConfig(const RunConfig& c) {
                               {"format_pattern", optional(c.reward.format_pattern)},
                               {"timeout_s", Json(c.reward.timeout_s)},
                               {"max_attempts", Json(c.reward.max_attempts)},
+                              {"max_request_mb", Json(c.reward.max_request_mb)},
                               {"servers", servers}}));
   root.set("algorithm",
            section({{"loss", Json(PolicyLossKindName(loss.kind))},

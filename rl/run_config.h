@@ -148,6 +148,10 @@ struct RewardSection {
   double timeout_s = 30.0;
   // Attempts per reward server call (with backoff) before the step fails.
   int64_t max_attempts = 3;
+  // MiB of one Score request at most: the router splits a reward server's batch into calls
+  // under it. Keep it at or below the servers' own limit (`lightrl reward-worker
+  // --max-request-mb`, default 64; spawned reward workers get this value). In [1, 1024].
+  int64_t max_request_mb = 64;
   // Reward servers combined with the weighted built-ins: score = sum(weight * reward).
   std::map<std::string, RewardServerSection> servers;
 

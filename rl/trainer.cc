@@ -391,6 +391,7 @@ absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& rem
   RewardRouterOptions ro;
   ro.timeout = absl::Seconds(rw.timeout_s);
   ro.max_attempts = static_cast<int>(rw.max_attempts);
+  ro.max_request_bytes = rw.max_request_mb << 20;
   for (const std::string& kind : BuiltinRewardKinds(rw)) {
     RewardRouterEntry e;
     e.name = kind;

@@ -115,6 +115,7 @@ reward:
     format: 0.25
   format_pattern: '^<answer>.*</answer>$'
   timeout_s: 5
+  max_request_mb: 16
 algorithm:
   loss: cispo
   eps_low: 0.5
@@ -206,6 +207,7 @@ TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
   EXPECT_EQ(c.reward.weights, (std::map<std::string, double>{{"countdown", 1.0}, {"format", 0.25}}));
   EXPECT_EQ(c.reward.format_pattern, "^<answer>.*</answer>$");
   EXPECT_EQ(c.reward.timeout_s, 5.0);
+  EXPECT_EQ(c.reward.max_request_mb, 16);
   EXPECT_EQ(c.algorithm.loss.kind, PolicyLossKind::kCispo);
   EXPECT_EQ(c.algorithm.loss.eps_low, 0.5);
   EXPECT_EQ(c.algorithm.loss.eps_high, 2.5);
@@ -391,6 +393,12 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
       {m + "reward:\n  weights:\n    math: 1\n    formt: 0.5\n", "formt",
        "reward.weights.formt is not a known reward kind (did you mean format?)"},
       {m + "reward:\n  timeout_s: 0\n", "timeout_s", "reward.timeout_s must be > 0, got 0"},
+      {m + "reward:\n  max_request_mb: 0\n", "max_request_mb",
+       "reward.max_request_mb must be in [1, 1024] (MiB of one Score request), got 0"},
+      {m + "reward:\n  max_request_mb: 4096\n", "max_request_mb",
+       "reward.max_request_mb must be in [1, 1024] (MiB of one Score request), got 4096"},
+      {m + "reward:\n  max_request_mb: 1.5\n", "max_request_mb",
+       "reward.max_request_mb must be an integer, got 1.5"},
       // PolicyLossOptions's own checks, renamed into this section.
       {m + "algorithm:\n  loss: dapo\n  eps_low: 2\n", "eps_low",
        "algorithm.eps_low must be in [0, 1], got 2"},
