@@ -3,6 +3,8 @@
 #include <grpcpp/impl/codegen/proto_buffer_reader.h>
 #include <grpcpp/impl/codegen/proto_utils.h>
 
+#include <utility>
+
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -70,6 +72,22 @@ absl::Status ValidateMessageLimit(int64_t bytes, int64_t min_bytes, const std::s
                                                  kMaxRequestBytes, "] bytes, got ", bytes));
 }
 
+absl::Status ValidateInflightBudget(int64_t inflight_bytes, int64_t max_message_bytes,
+                                    const std::string& what) {
+  if (inflight_bytes == 0 || (inflight_bytes >= max_message_bytes &&
+                              inflight_bytes <= int64_t{kMaxInflightMessages} * kMaxRequestBytes)) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      what, " must be 0 (", kDefaultInflightMessages, " x the message limit) or in [",
+      max_message_bytes, " (the message limit), ", int64_t{kMaxInflightMessages} * kMaxRequestBytes,
+      "] bytes, got ", inflight_bytes));
+}
+
+int64_t InflightBudgetBytes(int64_t inflight_bytes, int64_t max_message_bytes) {
+  return inflight_bytes > 0 ? inflight_bytes : kDefaultInflightMessages * max_message_bytes;
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   const int code = static_cast<int>(status.code());
@@ -100,6 +118,20 @@ grpc::Status ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::Mess
       grpc::StatusCode::INVALID_ARGUMENT,
       absl::StrCat("malformed ", message->GetTypeName(), " (", num_bytes,
                    " bytes): not a valid serialized ", message->GetTypeName()));
+}
+
+grpc::Status AdmitRequest(ByteBudget* budget, const grpc::ByteBuffer& request,
+                          absl::string_view type_name, ByteBudget::Lease* lease) {
+  if (budget == nullptr) return grpc::Status::OK;
+  const int64_t num_bytes = static_cast<int64_t>(request.Length());
+  absl::StatusOr<ByteBudget::Lease> admitted = budget->TryAcquire(num_bytes);
+  if (!admitted.ok()) {
+    return grpc::Status(ToGrpcStatus(admitted.status()).error_code(),
+                        absl::StrCat(type_name, " of ", num_bytes, " bytes refused: ",
+                                     admitted.status().message()));
+  }
+  *lease = *std::move(admitted);
+  return grpc::Status::OK;
 }
 
 grpc::Status SerializeReply(const google::protobuf::MessageLite& message, grpc::ByteBuffer* buffer) {

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/byte_budget.h"
 
 namespace lightrl {
 
@@ -43,6 +44,20 @@ absl::Status ValidateListenAddress(const std::string& address, const std::string
 // naming `what` (the option) otherwise.
 absl::Status ValidateMessageLimit(int64_t bytes, int64_t min_bytes, const std::string& what);
 
+// Requests of the largest size a server holds at once by default: its in-flight budget
+// (RewardServerOptions::max_inflight_bytes, ...) is this many times its message limit
+// unless set. A budget is at most kMaxInflightMessages x kMaxRequestBytes.
+inline constexpr int kDefaultInflightMessages = 4;
+inline constexpr int kMaxInflightMessages = 64;
+
+// A server's in-flight budget `inflight_bytes`: 0 (the default) or in
+// [max_message_bytes, kMaxInflightMessages x kMaxRequestBytes], so that a request of the
+// largest accepted size can always be admitted alone; INVALID_ARGUMENT naming `what`.
+absl::Status ValidateInflightBudget(int64_t inflight_bytes, int64_t max_message_bytes,
+                                    const std::string& what);
+// `inflight_bytes`, or kDefaultInflightMessages x `max_message_bytes` when it is 0.
+int64_t InflightBudgetBytes(int64_t inflight_bytes, int64_t max_message_bytes);
+
 // The single mapping of absl::Status to grpc::Status (codes share google.rpc.Code), and
 // back, prefixing `context` ("rollout worker 127.0.0.1:5: Generate").
 grpc::Status ToGrpcStatus(const absl::Status& status);
@@ -58,16 +73,28 @@ grpc::Status ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::Mess
 // Serializes `message` into `buffer`; INTERNAL if protobuf refuses (over 2 GiB).
 grpc::Status SerializeReply(const google::protobuf::MessageLite& message, grpc::ByteBuffer* buffer);
 
+// Leases the `request`'s bytes from a server's in-flight `budget` (nullptr: no budget)
+// for as long as the call holds its request. RESOURCE_EXHAUSTED "lightrl.v1.ScoreRequest
+// of N bytes refused: <budget's reason>" when they do not fit: gRPC has read the whole
+// request before any handler runs, so a call that waited would hold its bytes anyway.
+grpc::Status AdmitRequest(ByteBudget* budget, const grpc::ByteBuffer& request,
+                          absl::string_view type_name, ByteBudget::Lease* lease);
+
 // The reactor of a raw unary method: owns the parsed request and the typed response,
 // serializes the response into the call's reply bytes on an OK finish. A request that
-// does not parse is finished INVALID_ARGUMENT by the constructor (parsed() is false) and
-// the handler only returns the reactor. Deletes itself when the call is done.
+// does not fit the server's in-flight `budget` is finished RESOURCE_EXHAUSTED and one
+// that does not parse INVALID_ARGUMENT, both by the constructor (parsed() is false), and
+// the handler only returns the reactor. The request's bytes stay leased from `budget`
+// until the call is done. Deletes itself when the call is done.
 template <class Request, class Response>
 class ParsedUnaryReactor final : public grpc::ServerUnaryReactor {
  public:
-  ParsedUnaryReactor(const grpc::ByteBuffer* request_bytes, grpc::ByteBuffer* response_bytes)
+  ParsedUnaryReactor(const grpc::ByteBuffer* request_bytes, grpc::ByteBuffer* response_bytes,
+                     ByteBudget* budget = nullptr)
       : response_bytes_(response_bytes) {
-    const grpc::Status status = ParseRequest(*request_bytes, &request_);
+    grpc::Status status =
+        AdmitRequest(budget, *request_bytes, Request::default_instance().GetTypeName(), &lease_);
+    if (status.ok()) status = ParseRequest(*request_bytes, &request_);
     parsed_ = status.ok();
     if (!parsed_) Finish(status);
   }
@@ -94,6 +121,7 @@ class ParsedUnaryReactor final : public grpc::ServerUnaryReactor {
   grpc::ByteBuffer* response_bytes_;
   bool parsed_ = false;
   std::shared_ptr<std::atomic<bool>> cancelled_ = std::make_shared<std::atomic<bool>>(false);
+  ByteBudget::Lease lease_;
 };
 
 // Checks the `authorization` metadata ("Bearer T" or "T") against `auth_token`; an empty

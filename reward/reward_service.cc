@@ -38,15 +38,25 @@ absl::Status RewardServerOptions::Validate() const {
       !status.ok()) {
     return status;
   }
+  if (absl::Status status =
+          ValidateInflightBudget(max_inflight_bytes, max_request_bytes, "max_inflight_bytes");
+      !status.ok()) {
+    return status;
+  }
   return ValidateListenAddress(listen_address, auth_token);
 }
 
-RewardServiceImpl::RewardServiceImpl(RewardFunctionPtr function, std::string auth_token,
-                                     int num_scoring_threads, int max_parallel_items)
+RewardServiceImpl::RewardServiceImpl(RewardFunctionPtr function,
+                                     const RewardServerOptions& options)
     : function_(std::move(function)),
-      auth_token_(std::move(auth_token)),
-      max_parallel_items_(std::max(1, max_parallel_items)) {
-  for (int i = 0; i < std::max(1, num_scoring_threads); ++i) {
+      auth_token_(options.auth_token),
+      max_parallel_items_(options.max_parallel_items > 0 ? options.max_parallel_items
+                                                         : DefaultParallelism()),
+      inflight_(InflightBudgetBytes(options.max_inflight_bytes, options.max_request_bytes),
+                "reward server in-flight budget (max_inflight_bytes, --max-inflight-mb)") {
+  const int num_scoring_threads =
+      options.num_scoring_threads > 0 ? options.num_scoring_threads : DefaultParallelism();
+  for (int i = 0; i < num_scoring_threads; ++i) {
     threads_.emplace_back([this] { RunScoringThread(); });
   }
 }
@@ -164,7 +174,7 @@ absl::Status RewardServiceImpl::ScoreBatch(const lightrl::v1::ScoreRequest& requ
 grpc::ServerUnaryReactor* RewardServiceImpl::Score(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* request_bytes,
                                                    grpc::ByteBuffer* response_bytes) {
-  auto* reactor = new ScoreReactor(request_bytes, response_bytes);
+  auto* reactor = new ScoreReactor(request_bytes, response_bytes, &inflight_);
   if (!reactor->parsed()) return reactor;
   const absl::Status auth = CheckAuth(*context);
   if (!auth.ok()) {
@@ -188,7 +198,7 @@ grpc::ServerUnaryReactor* RewardServiceImpl::Score(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* RewardServiceImpl::Health(grpc::CallbackServerContext* context,
                                                     const grpc::ByteBuffer* request_bytes,
                                                     grpc::ByteBuffer* response_bytes) {
-  auto* reactor = new HealthReactor(request_bytes, response_bytes);
+  auto* reactor = new HealthReactor(request_bytes, response_bytes, &inflight_);
   if (!reactor->parsed()) return reactor;
   const absl::Status status = CheckAuth(*context);
   if (status.ok()) {
@@ -204,12 +214,7 @@ absl::StatusOr<std::unique_ptr<RewardServer>> RewardServer::Start(
   if (absl::Status status = options.Validate(); !status.ok()) return status;
   if (function == nullptr) return absl::InvalidArgumentError("RewardServer: no reward function");
   std::unique_ptr<RewardServer> server(new RewardServer());
-  const int num_threads =
-      options.num_scoring_threads > 0 ? options.num_scoring_threads : DefaultParallelism();
-  const int max_parallel =
-      options.max_parallel_items > 0 ? options.max_parallel_items : DefaultParallelism();
-  server->service_ = std::make_unique<RewardServiceImpl>(std::move(function), options.auth_token,
-                                                         num_threads, max_parallel);
+  server->service_ = std::make_unique<RewardServiceImpl>(std::move(function), options);
   absl::StatusOr<std::unique_ptr<grpc::Server>> grpc_server =
       StartGrpcServer(options.listen_address, {server->service_.get()}, &server->port_,
                       options.max_request_bytes);

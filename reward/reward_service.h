@@ -52,6 +52,11 @@ struct RewardServerOptions {
   // Largest request message accepted; a bigger one is RESOURCE_EXHAUSTED naming this
   // limit, refused by gRPC before it is parsed. In [kMinScoreRequestBytes, 1 GiB].
   int max_request_bytes = kDefaultMaxScoreRequestBytes;
+  // Bytes of requests held at once across concurrent calls (from arrival until the
+  // reply): a call that would pass it is RESOURCE_EXHAUSTED naming this budget, at once
+  // and unparsed, and the server goes on; clients retry it with backoff. 0 =
+  // kDefaultInflightMessages (4) x max_request_bytes; else at least max_request_bytes.
+  int64_t max_inflight_bytes = 0;
 
   // A non-loopback listen address without an auth token, or a field out of range, is
   // INVALID_ARGUMENT.
@@ -65,13 +70,14 @@ using RewardServiceBase = lightrl::v1::RewardService::WithRawCallbackMethod_Scor
 
 class RewardServiceImpl final : public RewardServiceBase {
  public:
-  // `auth_token` empty: calls are not checked. `num_scoring_threads` and
-  // `max_parallel_items` >= 1.
-  RewardServiceImpl(RewardFunctionPtr function, std::string auth_token,
-                    int num_scoring_threads, int max_parallel_items = 1);
+  // Serves `function` as `options` say (validated; their zeros mean the defaults).
+  RewardServiceImpl(RewardFunctionPtr function, const RewardServerOptions& options);
   ~RewardServiceImpl() override;
 
-  // Score(ScoreRequest) -> ScoreResponse. Queues the batch for a scoring thread and
+  const ByteBudget& inflight() const { return inflight_; }
+
+  // Score(ScoreRequest) -> ScoreResponse. Admits the request's bytes into the in-flight
+  // budget (RESOURCE_EXHAUSTED otherwise) and queues the batch for a scoring thread and
   // returns; its items are scored in parallel up to max_parallel_items. A call whose
   // client has gone (deadline, cancel) is not scored, or stops being scored, its
   // sandboxed runs killed, and ends CANCELLED. Non-finite scores become INTERNAL errors
@@ -95,6 +101,7 @@ class RewardServiceImpl final : public RewardServiceBase {
   RewardFunctionPtr function_;
   std::string auth_token_;
   int max_parallel_items_ = 1;
+  ByteBudget inflight_;  // request bytes of the calls being served
   absl::Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -112,6 +119,9 @@ class RewardServer {
   // "host:port" with the bound port (never 0).
   const std::string& address() const { return address_; }
   int port() const { return port_; }
+  // The in-flight budget of request bytes and the most it has held at once.
+  int64_t inflight_budget_bytes() const { return service_->inflight().capacity(); }
+  int64_t peak_inflight_bytes() const { return service_->inflight().peak(); }
   // Stops accepting calls and cancels those still running after `grace`. Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(1));
 

@@ -231,18 +231,19 @@ using CoordinatorServiceBase = lightrl::v1::Coordinator::WithRawCallbackMethod_R
 // gRPC's callback threads.
 class CoordinatorService final : public CoordinatorServiceBase {
  public:
-  CoordinatorService(Registry* registry, std::string auth_token, std::string epoch,
-                     absl::Duration heartbeat_interval)
+  CoordinatorService(Registry* registry, const CoordinatorOptions& options, std::string epoch)
       : registry_(registry),
-        auth_token_(std::move(auth_token)),
+        auth_token_(options.auth_token),
         epoch_(std::move(epoch)),
         heartbeat_interval_ms_(
-            std::max<int64_t>(1, absl::ToInt64Milliseconds(heartbeat_interval))) {}
+            std::max<int64_t>(1, absl::ToInt64Milliseconds(options.heartbeat_interval))),
+        inflight_(InflightBudgetBytes(options.max_inflight_bytes, options.max_request_bytes),
+                  "coordinator in-flight budget (CoordinatorOptions::max_inflight_bytes)") {}
 
   grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request_bytes,
                                      grpc::ByteBuffer* response_bytes) override {
-    auto* reactor = new RegisterReactor(request_bytes, response_bytes);
+    auto* reactor = new RegisterReactor(request_bytes, response_bytes, &inflight_);
     if (!reactor->parsed()) return reactor;
     absl::Status status = CheckAuth(*context);
     if (status.ok()) status = registry_->Register(FromProto(reactor->request().worker()));
@@ -257,7 +258,7 @@ class CoordinatorService final : public CoordinatorServiceBase {
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
                                       const grpc::ByteBuffer* request_bytes,
                                       grpc::ByteBuffer* response_bytes) override {
-    auto* reactor = new HeartbeatReactor(request_bytes, response_bytes);
+    auto* reactor = new HeartbeatReactor(request_bytes, response_bytes, &inflight_);
     if (!reactor->parsed()) return reactor;
     const lightrl::v1::HeartbeatRequest& request = reactor->request();
     absl::Status status = CheckAuth(*context);
@@ -270,7 +271,7 @@ class CoordinatorService final : public CoordinatorServiceBase {
   grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* context,
                                         const grpc::ByteBuffer* request_bytes,
                                         grpc::ByteBuffer* response_bytes) override {
-    auto* reactor = new ListWorkersReactor(request_bytes, response_bytes);
+    auto* reactor = new ListWorkersReactor(request_bytes, response_bytes, &inflight_);
     if (!reactor->parsed()) return reactor;
     const lightrl::v1::ListWorkersRequest& request = reactor->request();
     absl::Status status = CheckAuth(*context);
@@ -299,6 +300,7 @@ class CoordinatorService final : public CoordinatorServiceBase {
   const std::string auth_token_;
   const std::string epoch_;
   const int64_t heartbeat_interval_ms_;
+  ByteBudget inflight_;  // request bytes of the calls being served
 };
 
 }  // namespace
@@ -314,6 +316,11 @@ absl::Status CoordinatorOptions::Validate() const {
       !status.ok()) {
     return status;
   }
+  if (absl::Status status = ValidateInflightBudget(max_inflight_bytes, max_request_bytes,
+                                                   "coordinator: max_inflight_bytes");
+      !status.ok()) {
+    return status;
+  }
   return ValidateListenAddress(listen_address, auth_token, "coordinator: listen address");
 }
 
@@ -323,7 +330,7 @@ class Coordinator::Impl {
       : options_(options),
         epoch_(std::move(epoch)),
         registry_(options.heartbeat_interval, epoch_),
-        service_(&registry_, options.auth_token, epoch_, options.heartbeat_interval) {}
+        service_(&registry_, options, epoch_) {}
 
   ~Impl() { Shutdown(); }
 

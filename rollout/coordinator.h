@@ -34,6 +34,10 @@ struct CoordinatorOptions {
   // Largest request message accepted (registrations and heartbeats are a few hundred
   // bytes); a bigger one is RESOURCE_EXHAUSTED. In [64 KiB, 1 GiB].
   int max_request_bytes = 1 << 20;
+  // Bytes of requests held at once across concurrent calls; a call that would pass it is
+  // RESOURCE_EXHAUSTED naming this budget and the worker retries at its next heartbeat.
+  // 0 = 4 x max_request_bytes; else at least max_request_bytes.
+  int64_t max_inflight_bytes = 0;
 
   // INVALID_ARGUMENT for a malformed address, a non-positive interval, a message limit
   // out of range, or a non-loopback address without an auth token.

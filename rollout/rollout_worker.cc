@@ -28,6 +28,8 @@ absl::Status RolloutWorkerOptions::Validate() const {
   RETURN_IF_ERROR(ValidateListenAddress(listen_address, auth_token));
   RETURN_IF_ERROR(ValidateMessageLimit(max_message_bytes, 8 << 20,
                                        "max_message_bytes (weight chunks are 4 MiB)"));
+  RETURN_IF_ERROR(
+      ValidateInflightBudget(max_inflight_bytes, max_message_bytes, "max_inflight_bytes"));
   RETURN_IF_ERROR(policy.Validate());
   RETURN_IF_ERROR(engine.Validate());
   if (worker_id.empty()) return absl::InvalidArgumentError("worker_id must not be empty");
@@ -79,6 +81,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   GenerateReactor() : cancelled_(std::make_shared<std::atomic<bool>>(false)) {}
 
   void set_group_id(std::string group_id) { group_id_ = std::move(group_id); }
+  // The request's share of the in-flight budget, held until the call is done.
+  void set_lease(ByteBudget::Lease lease) { lease_ = std::move(lease); }
 
   const std::shared_ptr<std::atomic<bool>>& cancelled() const { return cancelled_; }
   void OnCancel() override { cancelled_->store(true); }
@@ -123,6 +127,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   std::shared_ptr<std::atomic<bool>> cancelled_;
   std::vector<grpc::ByteBuffer> responses_;
   size_t next_ = 0;
+  ByteBudget::Lease lease_;
 };
 
 }  // namespace
@@ -160,6 +165,10 @@ struct RolloutWorker::Impl final : public RolloutServiceBase {
   // The served model's tensors, which a weight update's header must declare.
   std::vector<PolicyModel::WeightSpec> weight_specs ABSL_GUARDED_BY(mu);
   int64_t weight_budget = 0;  // max_weight_bytes resolved
+  // Request bytes of the unary and Generate calls being served (max_inflight_bytes).
+  // UpdateWeights streams are not counted: each holds one chunk at a time and its tensors
+  // are bounded by weight_budget, and refusing a chunk would fail a weight push.
+  std::unique_ptr<ByteBudget> inflight;
 
   // Held across an engine batch and across a weight swap, never both.
   absl::Mutex engine_mu;
@@ -251,6 +260,15 @@ absl::Status RolloutWorker::Impl::Admit(const GenerateRequest& request, Job* job
 grpc::ServerWriteReactor<grpc::ByteBuffer>* RolloutWorker::Impl::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes) {
   auto* reactor = new GenerateReactor();
+  ByteBudget::Lease lease;
+  if (grpc::Status admitted = AdmitRequest(inflight.get(), *request_bytes,
+                                           GenerateRequest::default_instance().GetTypeName(),
+                                           &lease);
+      !admitted.ok()) {
+    reactor->Finish(admitted);
+    return reactor;
+  }
+  reactor->set_lease(std::move(lease));
   GenerateRequest request;
   if (grpc::Status parsed = ParseRequest(*request_bytes, &request); !parsed.ok()) {
     reactor->Finish(parsed);
@@ -460,7 +478,7 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* RolloutWorker::Impl::UpdateWeights(
 grpc::ServerUnaryReactor* RolloutWorker::Impl::Health(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request_bytes,
                                                       grpc::ByteBuffer* response_bytes) {
-  auto* reactor = new RolloutHealthReactor(request_bytes, response_bytes);
+  auto* reactor = new RolloutHealthReactor(request_bytes, response_bytes, inflight.get());
   if (!reactor->parsed()) return reactor;
   lightrl::v1::RolloutHealthResponse* response = reactor->response();
   absl::Status status = CheckAuthToken(*context, options.auth_token);
@@ -612,14 +630,14 @@ grpc::ServerUnaryReactor* RolloutWorker::Impl::RunGroupCall(grpc::CallbackServer
 grpc::ServerUnaryReactor* RolloutWorker::Impl::JoinWeightGroup(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
     grpc::ByteBuffer* response_bytes) {
-  auto* reactor = new JoinWeightGroupReactor(request_bytes, response_bytes);
+  auto* reactor = new JoinWeightGroupReactor(request_bytes, response_bytes, inflight.get());
   return RunGroupCall(context, reactor, [this, reactor] { return JoinGroup(reactor->request()); });
 }
 
 grpc::ServerUnaryReactor* RolloutWorker::Impl::ReceiveWeights(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
     grpc::ByteBuffer* response_bytes) {
-  auto* reactor = new ReceiveWeightsReactor(request_bytes, response_bytes);
+  auto* reactor = new ReceiveWeightsReactor(request_bytes, response_bytes, inflight.get());
   return RunGroupCall(context, reactor, [this, reactor]() -> absl::Status {
     ASSIGN_OR_RETURN(int64_t served, ReceiveBroadcast(reactor->request()));
     reactor->response()->set_weight_version(served);
@@ -637,6 +655,9 @@ absl::StatusOr<std::unique_ptr<RolloutWorker>> RolloutWorker::Start(
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->weight_budget = options.max_weight_bytes > 0 ? options.max_weight_bytes : HalfOfPhysicalMemory();
+  impl->inflight = std::make_unique<ByteBudget>(
+      InflightBudgetBytes(options.max_inflight_bytes, options.max_message_bytes),
+      "rollout worker in-flight budget (max_inflight_bytes, --max-inflight-mb)");
   if (!options.tokenizer_path.empty()) {
     ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(options.tokenizer_path));
     impl->tokenizer.emplace(std::move(t));
@@ -666,6 +687,8 @@ RolloutWorkerStats RolloutWorker::stats() const {
   s.queued_groups = static_cast<int64_t>(impl_->queue.size());
   s.generated_tokens = impl_->generated_tokens;
   s.engine_batches = impl_->engine_batches;
+  s.inflight_budget_bytes = impl_->inflight->capacity();
+  s.peak_inflight_bytes = impl_->inflight->peak();
   return s;
 }
 

@@ -41,6 +41,11 @@ struct RolloutWorkerOptions {
   // most 5N bytes, or one weight chunk of at most 4 MiB); a bigger one is refused by gRPC
   // with RESOURCE_EXHAUSTED naming the limit, before it is parsed. In [8 MiB, 1 GiB].
   int max_message_bytes = 64 << 20;
+  // Bytes of requests held at once across concurrent calls (Generate and the unary
+  // methods, from arrival until the call is done): a call that would pass it is
+  // RESOURCE_EXHAUSTED naming this budget, at once and unparsed; the controller then
+  // requeues the group. 0 = 4 x max_message_bytes; else at least max_message_bytes.
+  int64_t max_inflight_bytes = 0;
 
   absl::Status Validate() const;
 };
@@ -50,6 +55,8 @@ struct RolloutWorkerStats {
   int64_t active_groups = 0, queued_groups = 0;
   int64_t generated_tokens = 0;
   int64_t engine_batches = 0;
+  // The in-flight budget of request bytes and the most it has held at once.
+  int64_t inflight_budget_bytes = 0, peak_inflight_bytes = 0;
 };
 
 class RolloutWorker {

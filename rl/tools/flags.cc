@@ -8,6 +8,25 @@
 #include "common/auth_token.h"
 
 namespace lightrl {
+namespace {
+
+// The largest in-flight budget a server takes: kMaxInflightMessages x kMaxRequestBytes
+// (proto/grpc_util.h, which the flags do not depend on), in MiB.
+constexpr int64_t kMaxInflightMb = 64 * 1024;
+
+}  // namespace
+
+absl::StatusOr<int64_t> InflightBudgetFlag(const Flags& flags, int64_t max_message_mb,
+                                           const std::string& message_flag) {
+  absl::StatusOr<int64_t> mb = flags.GetInt("max-inflight-mb", 0);
+  if (!mb.ok()) return mb.status();
+  if (*mb != 0 && (*mb < max_message_mb || *mb > kMaxInflightMb)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-inflight-mb must be 0 (4 x ", message_flag, ") or in [", max_message_mb, " (",
+        message_flag, "), ", kMaxInflightMb, "], got ", *mb));
+  }
+  return *mb << 20;
+}
 
 absl::StatusOr<std::string> WorkerAuthToken(const Flags& flags) {
   if (flags.Has("auth-token")) {

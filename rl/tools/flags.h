@@ -2,6 +2,7 @@
 // flag must be declared; unknown or repeated flags and missing values are errors.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <set>
 #include <string>
@@ -24,6 +25,12 @@ class Flags;
 // that variable is read. An empty or whitespace-only token is an error; so is
 // --auth-token, which would show the token to every local user in /proc.
 absl::StatusOr<std::string> WorkerAuthToken(const Flags& flags);
+
+// A worker's --max-inflight-mb in bytes: 0 when absent or 0 (the server's default, 4 x its
+// message limit), else in [the message limit `max_message_mb` (named by `message_flag`),
+// 65536] MiB; INVALID_ARGUMENT naming the flags otherwise.
+absl::StatusOr<int64_t> InflightBudgetFlag(const Flags& flags, int64_t max_message_mb,
+                                           const std::string& message_flag);
 
 class Flags {
  public:

@@ -35,12 +35,14 @@ constexpr const char* kRewardWorkerUsage =
     "  --capacity    concurrent Score calls it takes (default 4)\n"
     "  --format-pattern  RE2 pattern of the format reward (default its built-in one)\n"
     "  --max-request-mb  largest Score request accepted, in MiB (default 64); a bigger one\n"
-    "                is RESOURCE_EXHAUSTED\n";
+    "                is RESOURCE_EXHAUSTED\n"
+    "  --max-inflight-mb  MiB of requests held at once across concurrent calls (default 0:\n"
+    "                4 x --max-request-mb); a call past it is RESOURCE_EXHAUSTED\n";
 
 absl::Status Run(const std::vector<std::string>& args) {
   absl::StatusOr<Flags> flags =
       Flags::Parse(args, {"listen", "kind", "auth-token", "auth-token-file", "coordinator", "worker-id", "advertise",
-                          "capacity", "format-pattern", "max-request-mb"});
+                          "capacity", "format-pattern", "max-request-mb", "max-inflight-mb"});
   if (!flags.ok()) return flags.status();
   absl::StatusOr<int64_t> capacity = flags->GetInt("capacity", 4);
   if (!capacity.ok()) return capacity.status();
@@ -60,6 +62,10 @@ absl::Status Run(const std::vector<std::string>& args) {
                                                    *max_request_mb));
   }
   options.max_request_bytes = static_cast<int>(*max_request_mb << 20);
+  absl::StatusOr<int64_t> max_inflight_bytes =
+      InflightBudgetFlag(*flags, *max_request_mb, "--max-request-mb");
+  if (!max_inflight_bytes.ok()) return max_inflight_bytes.status();
+  options.max_inflight_bytes = *max_inflight_bytes;
   absl::StatusOr<std::string> token = WorkerAuthToken(*flags);
   if (!token.ok()) return token.status();
   options.auth_token = *std::move(token);

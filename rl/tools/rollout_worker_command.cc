@@ -26,7 +26,7 @@ constexpr const char* kRolloutWorkerUsage =
     "                              [--worker-id ID] [--model DIR] [--tokenizer FILE]\n"
     "                              [--device cpu|cuda|cuda:N] [--dtype float32|bfloat16]\n"
     "                              [--capacity N] [--max-num-seqs N] [--kv-cache-mb N]\n"
-    "                              [--enforce-eager] [--max-message-mb N]\n"
+    "                              [--enforce-eager] [--max-message-mb N] [--max-inflight-mb N]\n"
     "                              [--auth-token-file FILE] [--advertise HOST:PORT]\n"
     "  --listen       address to serve on (default 127.0.0.1:0; the bound one is printed as\n"
     "                 \"listening on HOST:PORT\")\n"
@@ -39,6 +39,8 @@ constexpr const char* kRolloutWorkerUsage =
     "  --advertise    address the controller should dial (default: the bound address)\n"
     "  --max-message-mb  largest request message accepted, in MiB (default 64, at least 8);\n"
     "                 a bigger one is RESOURCE_EXHAUSTED\n"
+    "  --max-inflight-mb  MiB of requests held at once across concurrent calls (default 0:\n"
+    "                 4 x --max-message-mb); a call past it is RESOURCE_EXHAUSTED\n"
     "  --auth-token-file  file holding the shared token for every call, served and sent\n"
     "                 (else $LIGHTRL_AUTH_TOKEN); required for any non-loopback address.\n"
     "                 Never on the command line: /proc shows it.\n";
@@ -48,7 +50,7 @@ absl::Status Run(const std::vector<std::string>& args) {
                    Flags::Parse(args, {"listen", "coordinator", "worker-id", "model", "tokenizer",
                                        "device", "dtype", "capacity", "max-num-seqs",
                                        "kv-cache-mb", "auth-token", "auth-token-file", "advertise",
-                                       "max-message-mb"},
+                                       "max-message-mb", "max-inflight-mb"},
                                  {"enforce-eager"}));
   RolloutWorkerOptions options;
   options.listen_address = flags.Get("listen", options.listen_address);
@@ -72,6 +74,8 @@ absl::Status Run(const std::vector<std::string>& args) {
         absl::StrCat("--max-message-mb must be in [8, 1024], got ", max_message_mb));
   }
   options.max_message_bytes = static_cast<int>(max_message_mb << 20);
+  ASSIGN_OR_RETURN(options.max_inflight_bytes,
+                   InflightBudgetFlag(flags, max_message_mb, "--max-message-mb"));
 
   std::unique_ptr<PolicyModel> policy;
   if (flags.Has("model")) {

@@ -314,6 +314,93 @@ TEST(RewardServiceTest, HangingServerHitsDeadlineRetriesThenClearError) {
   hanging->Release();
 }
 
+// Scoring blocks until released, counting the calls that reached the function.
+class GateRewardFunction final : public RewardFunction {
+ public:
+  std::string Kind() const override { return "gate"; }
+  absl::StatusOr<RewardResult> Score(const RewardInput&) override {
+    ++num_calls_;
+    open_.WaitForNotificationWithTimeout(absl::Seconds(30));
+    return RewardResult{};
+  }
+  void Open() { open_.Notify(); }
+  std::atomic<int> num_calls_{0};
+
+ private:
+  absl::Notification open_;
+};
+
+// Concurrent requests of nearly the largest size: only as many as the in-flight budget
+// holds are taken; the rest are RESOURCE_EXHAUSTED naming the budget at once, while the
+// server keeps answering, and the bytes it holds never pass the budget.
+TEST(RewardServiceTest, ConcurrentLargeCallsPastTheInflightBudgetAreRefused) {
+  auto function = std::make_unique<GateRewardFunction>();
+  GateRewardFunction* gate = function.get();
+  RewardServerOptions options;
+  options.max_request_bytes = 1 << 20;
+  options.max_inflight_bytes = 2 << 20;
+  options.num_scoring_threads = 8;
+  absl::StatusOr<std::unique_ptr<RewardServer>> server =
+      RewardServer::Start(options, std::move(function));
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ((*server)->inflight_budget_bytes(), 2 << 20);
+
+  constexpr int kCalls = 8;
+  std::vector<RewardRequestItem> items = OneItem();
+  items[0].input.prompt = std::string(900 << 10, 'p');  // two fit in 2 MiB, three do not
+  std::vector<absl::StatusOr<std::vector<RewardResponseItem>>> results(
+      kCalls, absl::UnknownError("not run"));
+  std::atomic<int> num_done{0};
+  std::vector<std::thread> calls;
+  for (int i = 0; i < kCalls; ++i) {
+    calls.emplace_back([&, i] {
+      results[i] = MakeClient((*server)->address(), "", absl::Seconds(30), 1)->Score(items);
+      ++num_done;
+    });
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while ((gate->num_calls_.load() < 2 || num_done.load() < kCalls - 2) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(num_done.load(), kCalls - 2);
+  EXPECT_EQ(gate->num_calls_.load(), 2);
+  EXPECT_LE((*server)->peak_inflight_bytes(), 2 << 20);
+  // Refused calls leave the server serving.
+  absl::StatusOr<RewardServerHealth> health = MakeClient((*server)->address())->Health();
+  EXPECT_TRUE(health.ok()) << health.status();
+
+  gate->Open();
+  for (std::thread& call : calls) call.join();
+  int admitted = 0;
+  for (const auto& result : results) {
+    if (result.ok()) {
+      ++admitted;
+      continue;
+    }
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted) << result.status();
+    EXPECT_TRUE(absl::StrContains(result.status().message(),
+                                  "reward server in-flight budget (max_inflight_bytes, "
+                                  "--max-inflight-mb) of 2097152 bytes"))
+        << result.status();
+  }
+  EXPECT_EQ(admitted, 2);
+  EXPECT_LE((*server)->peak_inflight_bytes(), 2 << 20);
+  // With the budget free again, a call of the same size is scored.
+  EXPECT_TRUE(MakeClient((*server)->address(), "", absl::Seconds(30), 1)->Score(items).ok());
+
+  // The default budget is four requests of the largest size; a budget smaller than one
+  // such request is refused.
+  std::unique_ptr<RewardServer> default_server = StartBuiltin("math");
+  ASSERT_NE(default_server, nullptr);
+  EXPECT_EQ(default_server->inflight_budget_bytes(), int64_t{4} * kDefaultMaxScoreRequestBytes);
+  RewardServerOptions too_small;
+  too_small.max_request_bytes = 1 << 20;
+  too_small.max_inflight_bytes = (1 << 20) - 1;
+  absl::Status invalid = too_small.Validate();
+  EXPECT_EQ(invalid.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(invalid.message(), "max_inflight_bytes")) << invalid;
+}
+
 // Issue 15: a client that gives up (deadline) on slow code runs gets them killed, and
 // the worker answers the next request at once instead of after every abandoned run's
 // wall limit. One scoring thread, so the abandoned batch is in the next call's way.

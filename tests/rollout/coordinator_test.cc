@@ -413,6 +413,12 @@ TEST(CoordinatorTest, RequestOverTheLimitIsResourceExhaustedNamingItAndServerKee
   CoordinatorOptions bad;
   bad.max_request_bytes = 100;
   EXPECT_EQ(Coordinator::Start(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  // An in-flight budget must take at least one request of the largest size.
+  CoordinatorOptions small_budget;
+  small_budget.max_inflight_bytes = CoordinatorOptions().max_request_bytes - 1;
+  const absl::Status budget = small_budget.Validate();
+  EXPECT_EQ(budget.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(budget.message(), "coordinator: max_inflight_bytes")) << budget;
 }
 
 TEST(CoordinatorTest, OffLoopbackNeedsAToken) {

@@ -5,17 +5,21 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <random>
 #include <set>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "lightrl/v1/rollout.grpc.pb.h"
 #include "proto/grpc_util.h"
@@ -553,6 +557,92 @@ TEST(RolloutWorkerTest, AnAbandonedGenerateFreesTheWorkerForTheNextCall) {
   EXPECT_EQ(samples, 1);
   // The abandoned group generated a few hundred milliseconds' worth, not 16 x 8000 tokens.
   EXPECT_LT((*worker)->stats().generated_tokens, 16 * 2000);
+}
+
+// Generate requests of ~5 MiB (a prompt padded with an unknown field, which parses but
+// costs the engine nothing) that run until cancelled: three fit the 16 MiB in-flight
+// budget, the fourth is RESOURCE_EXHAUSTED naming it at once while the worker keeps
+// answering, and the request bytes held never pass the budget.
+TEST(RolloutWorkerTest, ConcurrentLargeCallsPastTheInflightBudgetAreRefused) {
+  std::mt19937 rng(std::random_device{}());
+  ModelConfig config = TinyConfig();
+  config.max_position_embeddings = 8192;
+  auto policy = PolicyModel::Create(config, rng());
+  ASSERT_TRUE(policy.ok());
+  RolloutWorkerOptions wopts;
+  wopts.max_message_bytes = 8 << 20;
+  wopts.max_inflight_bytes = 16 << 20;
+  auto worker = RolloutWorker::Start(wopts, std::move(*policy), 1);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_EQ((*worker)->stats().inflight_budget_bytes, 16 << 20);
+  auto channel = grpc::CreateChannel((*worker)->address(), grpc::InsecureChannelCredentials());
+  auto stub = lightrl::v1::RolloutService::NewStub(channel);
+  lightrl::v1::GenerateRequest big;
+  big.add_prompt_tokens(3);
+  big.mutable_sampling()->set_max_new_tokens(8000);
+  big.mutable_sampling()->set_n(16);
+  big.mutable_sampling()->set_temperature(1.0);
+  big.GetReflection()->MutableUnknownFields(&big)->AddLengthDelimited(1000,
+                                                                     std::string(5 << 20, 'x'));
+
+  constexpr int kHeld = 3;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<grpc::Status> held(kHeld);
+  std::vector<std::thread> calls;
+  for (int i = 0; i < kHeld; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    calls.emplace_back([&, i] {
+      lightrl::v1::GenerateRequest request = big;
+      request.set_group_id(absl::StrCat("held", i));
+      auto reader = stub->Generate(contexts[i].get(), request);
+      lightrl::v1::GenerateResponse response;
+      while (reader->Read(&response)) {
+      }
+      held[i] = reader->Finish();
+    });
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  auto groups = [&] {
+    const RolloutWorkerStats s = (*worker)->stats();
+    return s.active_groups + s.queued_groups;
+  };
+  while (groups() < kHeld && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_EQ(groups(), kHeld);
+
+  {
+    lightrl::v1::GenerateRequest request = big;
+    request.set_group_id("over");
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    auto reader = stub->Generate(&context, request);
+    lightrl::v1::GenerateResponse response;
+    EXPECT_FALSE(reader->Read(&response));
+    const grpc::Status refused = reader->Finish();
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_TRUE(absl::StrContains(refused.error_message(),
+                                  "rollout worker in-flight budget (max_inflight_bytes, "
+                                  "--max-inflight-mb) of 16777216 bytes"))
+        << refused.error_message();
+  }
+  auto health = Connect((*worker)->address())->Health();
+  EXPECT_TRUE(health.ok()) << health.status();
+
+  for (auto& context : contexts) context->TryCancel();
+  for (std::thread& call : calls) call.join();
+  for (const grpc::Status& status : held) EXPECT_EQ(status.error_code(), grpc::CANCELLED);
+  EXPECT_LE((*worker)->stats().peak_inflight_bytes, 16 << 20);
+  EXPECT_GE((*worker)->stats().peak_inflight_bytes, kHeld * (5 << 20));
+  // The budget is free again once the held calls are gone.
+  auto fine = Connect((*worker)->address())->Generate(RandomRequests(rng, 1)[0], 0);
+  EXPECT_TRUE(fine.ok()) << fine.status();
+
+  RolloutWorkerOptions too_small;
+  too_small.max_message_bytes = 8 << 20;
+  too_small.max_inflight_bytes = 4 << 20;
+  EXPECT_EQ(too_small.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*RolloutWorker::Start(RolloutWorkerOptions{}))->stats().inflight_budget_bytes,
+            int64_t{4} * (64 << 20));
 }
 
 // A device publish that cannot broadcast (here: a build without NCCL, or CPU workers)
