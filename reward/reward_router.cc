@@ -6,6 +6,7 @@
 #include <deque>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <set>
 #include <thread>
 #include <utility>
@@ -171,6 +172,10 @@ absl::Status RewardRouterOptions::Validate() const {
         "reward router: max_request_bytes must be in [", kMinRequestBytes, ", ",
         std::numeric_limits<int>::max(), "], got ", max_request_bytes));
   }
+  if (server_wait < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("reward router: server_wait must be >= 0, got ",
+                                                   absl::FormatDuration(server_wait)));
+  }
   if (max_concurrent_calls_per_entry < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("reward router: max_concurrent_calls_per_entry must be >= 1, got ",
@@ -232,6 +237,25 @@ absl::StatusOr<std::unique_ptr<RewardRouter>> RewardRouter::Create(
 
 namespace {
 
+// While `entry`'s server has been UNAVAILABLE since `down_since` (`last` its latest
+// status): OK to retry it, or why the wait ends: check_server's verdict, or UNAVAILABLE
+// once server_wait has passed.
+absl::Status WaitForServer(const RewardRouterOptions& options, const RewardRouterEntry& entry,
+                           absl::Time down_since, const absl::Status& last) {
+  if (options.check_server) {
+    absl::Status verdict = options.check_server(entry.address);
+    if (!verdict.ok()) {
+      return absl::Status(verdict.code(),
+                          absl::StrCat(EntryPrefix(entry), ": ", verdict.message()));
+    }
+  }
+  if (absl::Now() - down_since < options.server_wait) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(
+      EntryPrefix(entry), ": the server did not come back within server_wait = ",
+      absl::FormatDuration(options.server_wait), "; last status ",
+      absl::StatusCodeToString(last.code()), ": ", last.message()));
+}
+
 // Scores items [begin, end) of `inputs` on `client` into `out`, retrying as
 // RewardRouter::ScoreBatch describes. Gives up early once `cancelled` is set (another
 // part of the batch failed); the result is then CANCELLED and not reported.
@@ -247,6 +271,7 @@ absl::Status ScoreRemoteChunk(const RewardRouterOptions& options, const RewardRo
   absl::Duration backoff = options.initial_backoff;
   absl::Status last;
   int attempt = 0;
+  std::optional<absl::Time> down_since;  // of the server's current UNAVAILABLE streak
   while (attempt < options.max_attempts) {
     if (cancelled.load()) return absl::CancelledError();
     ++attempt;
@@ -262,6 +287,15 @@ absl::Status ScoreRemoteChunk(const RewardRouterOptions& options, const RewardRo
     }
     last = results.status();
     if (IsPermanent(last.code())) break;
+    if (last.code() == absl::StatusCode::kUnavailable && options.server_wait > absl::ZeroDuration()) {
+      if (!down_since.has_value()) down_since = absl::Now();
+      if (absl::Status wait = WaitForServer(options, entry, *down_since, last); !wait.ok()) {
+        return wait;
+      }
+      --attempt;  // a server that is down and coming back spends no attempt
+    } else {
+      down_since.reset();
+    }
     if (attempt < options.max_attempts) {
       absl::SleepFor(backoff);
       backoff = std::min(options.max_backoff, backoff * options.backoff_multiplier);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,6 +53,17 @@ struct RewardRouterOptions {
   absl::Duration initial_backoff = absl::Milliseconds(200);
   double backoff_multiplier = 2.0;
   absl::Duration max_backoff = absl::Seconds(5);
+  // How long a remote entry's server may stay UNAVAILABLE (down, restarting) before its
+  // call fails: while it is, attempts are retried with backoff without counting against
+  // max_attempts, and the call fails with UNAVAILABLE naming the address once the server
+  // has not come back within this. 0 (the default): UNAVAILABLE counts as any other
+  // failed attempt. Run configs set it (reward.server_wait_s, default 60 s).
+  absl::Duration server_wait = absl::ZeroDuration();
+  // Asked with the server's address before each retry while it is UNAVAILABLE. A non-OK
+  // status (a supervisor that gave up restarting the server) ends the wait at once and
+  // fails the call with that code and message. Empty: wait up to server_wait. Must be
+  // thread-safe.
+  std::function<absl::Status(const std::string& address)> check_server;
   // Bytes of one remote Score request at most: a remote entry's batch is split into calls
   // of <= kMaxScoreBatchItems items whose serialized size stays within this. Keep it at
   // or below the servers' own limit (RewardServerOptions::max_request_bytes, default
@@ -82,7 +94,8 @@ class RewardRouter {
   // Result i belongs to inputs[i]: score = sum(weight * entry score); components are
   // each entry's weighted score under its name, then its own components as "name/part".
   // A remote call that fails (deadline, unavailable, server error, malformed or
-  // non-finite result) is retried with backoff up to max_attempts; errors that retrying
+  // non-finite result) is retried with backoff up to max_attempts (an UNAVAILABLE server
+  // for up to server_wait instead); errors that retrying
   // cannot fix (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED) are
   // not. Then the whole call fails with the last status's code and a message naming the
   // entry, its address and that status; an in-process error or a non-finite score fails

@@ -1,17 +1,8 @@
 #include "rl/rollout_source.h"
 
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -19,6 +10,8 @@
 #include "common/auth_token.h"
 #include "common/file_util.h"
 #include "common/status.h"
+#include "rl/child_process.h"
+#include "rl/reward_workers.h"
 #include "rollout/coordinator.h"
 #include "rollout/rollout_client.h"
 
@@ -37,13 +30,6 @@ std::vector<GroupGeneration> GenerateOnEngine(Engine& engine,
     out[i].samples = std::move(results[i].samples);
   }
   return out;
-}
-
-// This executable's path ("" if /proc/self/exe cannot be read).
-std::string SelfExe() {
-  char exe[4096] = {0};
-  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  return n > 0 ? std::string(exe, static_cast<size_t>(n)) : std::string();
 }
 
 class EngineRolloutSource final : public RolloutSource {
@@ -106,46 +92,6 @@ class EngineCopyRolloutSource final : public RolloutSource {
   int64_t version_ = -1;
 };
 
-// Starts `argv` with stdout and stderr appended to `log_path`; the child gets SIGTERM if
-// the controller dies, so spawned workers never outlive their run. A non-empty
-// `auth_token` reaches the child as LIGHTRL_AUTH_TOKEN in its environment (readable only
-// by its own user), never in argv (readable by every local user in /proc).
-absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::string& log_path,
-                            const std::string& auth_token) {
-  const int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (log_fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot open ", log_path, ": ", std::strerror(errno)));
-  }
-  std::vector<char*> args;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  // Built before fork: the child of a threaded process may only make async-signal-safe calls.
-  const std::string env_prefix = absl::StrCat(kAuthTokenEnvVar, "=");
-  const std::string token_entry = env_prefix + auth_token;
-  std::vector<char*> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (!absl::StartsWith(*e, env_prefix)) env.push_back(*e);
-  }
-  if (!auth_token.empty()) env.push_back(const_cast<char*>(token_entry.c_str()));
-  env.push_back(nullptr);
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    ::close(log_fd);
-    return absl::InternalError("fork failed while starting a rollout worker");
-  }
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (::getppid() != parent) ::_exit(1);  // the controller died before prctl
-    ::dup2(log_fd, 1);
-    ::dup2(log_fd, 2);
-    ::execve(args[0], args.data(), env.data());
-    ::_exit(127);
-  }
-  ::close(log_fd);
-  return pid;
-}
-
 class FleetRolloutSource final : public RolloutSource {
  public:
   FleetRolloutSource(const RunConfig& config, PolicyModel* policy)
@@ -153,18 +99,8 @@ class FleetRolloutSource final : public RolloutSource {
 
   ~FleetRolloutSource() override {
     fleet_.reset();
-    for (pid_t pid : children_) ::kill(pid, SIGTERM);
-    const absl::Time deadline = absl::Now() + absl::Seconds(10);
-    for (pid_t pid : children_) {
-      while (::waitpid(pid, nullptr, WNOHANG) == 0) {
-        if (absl::Now() > deadline) {
-          ::kill(pid, SIGKILL);
-          ::waitpid(pid, nullptr, 0);
-          break;
-        }
-        absl::SleepFor(absl::Milliseconds(20));
-      }
-    }
+    reward_workers_.reset();
+    StopChildren(children_);
     if (coordinator_) coordinator_->Shutdown();
   }
 
@@ -214,8 +150,9 @@ class FleetRolloutSource final : public RolloutSource {
           argv.push_back("--tokenizer");
           argv.push_back(config_.model.tokenizer);
         }
-        ASSIGN_OR_RETURN(pid_t pid, Spawn(argv, JoinPath(logs, absl::StrCat("rollout-local-", k, ".log")),
-                                          token));
+        ASSIGN_OR_RETURN(pid_t pid,
+                         SpawnChild(argv, JoinPath(logs, absl::StrCat("rollout-local-", k, ".log")),
+                                    token));
         children_.push_back(pid);
       }
     }
@@ -250,39 +187,25 @@ class FleetRolloutSource final : public RolloutSource {
   // One `lightrl reward-worker` per built-in kind in use, registered with the
   // coordinator as role reward; waits until all have registered.
   absl::Status SpawnRewardWorkers(const std::string& token) {
-    const FleetSection& f = config_.fleet;
-    const std::vector<std::string> kinds = BuiltinRewardKinds(config_.reward);
-    const std::string logs = JoinPath(config_.run.output_dir, "logs");
-    RETURN_IF_ERROR(MakeDirs(logs));
-    for (const std::string& kind : kinds) {
-      const std::string id = absl::StrCat("reward-local-", kind);
-      std::vector<std::string> argv = {SelfExe(), "reward-worker", "--listen", "127.0.0.1:0",
-                                       "--kind", kind, "--coordinator", coordinator_->address(),
-                                       "--worker-id", id, "--max-request-mb",
-                                       absl::StrCat(config_.reward.max_request_mb)};
-      if (!config_.reward.format_pattern.empty()) {
-        argv.push_back("--format-pattern");
-        argv.push_back(config_.reward.format_pattern);
-      }
-      ASSIGN_OR_RETURN(pid_t pid, Spawn(argv, JoinPath(logs, id + ".log"), token));
-      children_.push_back(pid);
-    }
-    if (!coordinator_->WaitForWorkers(kRewardRole, static_cast<int>(kinds.size()),
-                                      absl::Seconds(f.worker_wait_s))) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "fleet: ", coordinator_->Workers(kRewardRole).size(), " of ", kinds.size(),
-          " spawned reward workers registered within fleet.worker_wait_s = ", f.worker_wait_s,
-          " s (see ", logs, ")"));
-    }
-    for (const WorkerRecord& r : coordinator_->Workers(kRewardRole)) {
-      for (const std::string& kind : kinds) {
-        if (r.id == absl::StrCat("reward-local-", kind)) reward_workers_[kind] = r.address;
-      }
-    }
+    RewardWorkersOptions options;
+    options.exe = SelfExe();
+    options.kinds = BuiltinRewardKinds(config_.reward);
+    options.auth_token = token;
+    options.format_pattern = config_.reward.format_pattern;
+    options.max_request_mb = config_.reward.max_request_mb;
+    options.log_dir = JoinPath(config_.run.output_dir, "logs");
+    options.start_timeout = absl::Seconds(config_.fleet.worker_wait_s);
+    options.max_restarts = static_cast<int>(config_.fleet.reward_worker_restarts);
+    ASSIGN_OR_RETURN(reward_workers_, RewardWorkers::Start(options, coordinator_.get()));
     return absl::OkStatus();
   }
 
-  std::map<std::string, std::string> RewardWorkers() const override { return reward_workers_; }
+  std::map<std::string, std::string> RewardWorkers() const override {
+    return reward_workers_ ? reward_workers_->Addresses() : std::map<std::string, std::string>();
+  }
+  absl::Status CheckRewardWorker(const std::string& address) override {
+    return reward_workers_ ? reward_workers_->Check(address) : absl::OkStatus();
+  }
 
   std::vector<GroupGeneration> Generate(const std::vector<GenerationRequest>& requests,
                                         int64_t min_weight_version) override {
@@ -340,7 +263,7 @@ class FleetRolloutSource final : public RolloutSource {
   const RunConfig& config_;
   PolicyModel* policy_;
   std::unique_ptr<Coordinator> coordinator_;
-  std::map<std::string, std::string> reward_workers_;  // kind -> address
+  std::unique_ptr<lightrl::RewardWorkers> reward_workers_;  // fleet.spawn_reward_workers
   std::unique_ptr<RolloutFleet> fleet_;
   std::vector<pid_t> children_;
 };

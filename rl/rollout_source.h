@@ -39,6 +39,12 @@ class RolloutSource {
   // Reward workers this source started (fleet.spawn_reward_workers): built-in kind ->
   // "host:port" of the `lightrl reward-worker` serving it. Empty: none.
   virtual std::map<std::string, std::string> RewardWorkers() const { return {}; }
+  // For the reward router's check_server: OK unless the spawned reward worker at
+  // `address` is dead past its restarts (one with restarts left is restarted on its
+  // address); then UNAVAILABLE naming the worker, how it ended and the restart bound.
+  virtual absl::Status CheckRewardWorker(const std::string& /*address*/) {
+    return absl::OkStatus();
+  }
 };
 
 using RolloutSourcePtr = std::unique_ptr<RolloutSource>;

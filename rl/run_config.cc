@@ -413,7 +413,7 @@ absl::Status BindReward(const Binder& b, const Json* root, RewardSection& r) {
   ASSIGN_OR_RETURN(const Json* s,
                    b.Mapping(Binder::Get(root, "reward"), "reward",
                              {"kind", "weights", "format_pattern", "timeout_s", "max_attempts",
-                              "max_request_mb", "servers"}));
+                              "max_request_mb", "server_wait_s", "servers"}));
   RETURN_IF_ERROR(b.String(s, "reward", "kind", r.kind));
   if (const Json* w = Binder::Get(s, "weights"); w != nullptr) {
     if (!w->is_object()) {
@@ -433,6 +433,7 @@ absl::Status BindReward(const Binder& b, const Json* root, RewardSection& r) {
   RETURN_IF_ERROR(b.String(s, "reward", "format_pattern", r.format_pattern));
   RETURN_IF_ERROR(b.Int(s, "reward", "max_attempts", r.max_attempts));
   RETURN_IF_ERROR(b.Int(s, "reward", "max_request_mb", r.max_request_mb));
+  RETURN_IF_ERROR(b.Double(s, "reward", "server_wait_s", r.server_wait_s));
   if (const Json* servers = Binder::Get(s, "servers"); servers != nullptr) {
     if (!servers->is_object()) {
       return b.ErrorAt("reward.servers",
@@ -559,7 +560,7 @@ absl::Status BindFleet(const Binder& b, const Json* root, FleetSection& f) {
                              {"mode", "rollout_workers", "coordinator_address", "auth_token_file",
                               "min_workers", "worker_wait_s", "worker_capacity",
                               "max_group_attempts", "weight_dtype", "worker_device",
-                              "weight_sync", "spawn_reward_workers"}));
+                              "weight_sync", "spawn_reward_workers", "reward_worker_restarts"}));
   RETURN_IF_ERROR(b.String(s, "fleet", "mode", f.mode));
   RETURN_IF_ERROR(b.Int(s, "fleet", "rollout_workers", f.rollout_workers));
   RETURN_IF_ERROR(b.String(s, "fleet", "coordinator_address", f.coordinator_address));
@@ -571,6 +572,7 @@ absl::Status BindFleet(const Binder& b, const Json* root, FleetSection& f) {
   RETURN_IF_ERROR(b.String(s, "fleet", "weight_dtype", f.weight_dtype));
   RETURN_IF_ERROR(b.String(s, "fleet", "weight_sync", f.weight_sync));
   RETURN_IF_ERROR(b.Bool(s, "fleet", "spawn_reward_workers", f.spawn_reward_workers));
+  RETURN_IF_ERROR(b.Int(s, "fleet", "reward_worker_restarts", f.reward_worker_restarts));
   return b.String(s, "fleet", "worker_device", f.worker_device);
 }
 
@@ -633,6 +635,7 @@ absl::Status FleetSection::Validate() const {
   RETURN_IF_ERROR(CheckPositive("worker_wait_s", worker_wait_s));
   RETURN_IF_ERROR(CheckAtLeast("worker_capacity", worker_capacity, 1));
   RETURN_IF_ERROR(CheckAtLeast("max_group_attempts", max_group_attempts, 1));
+  RETURN_IF_ERROR(CheckAtLeast("reward_worker_restarts", reward_worker_restarts, 0));
   RETURN_IF_ERROR(CheckDtype("weight_dtype", weight_dtype));
   if (spawn_reward_workers && mode != "spawn") {
     return Invalid(absl::StrCat("spawn_reward_workers needs mode spawn, got \"", mode, "\""));
@@ -749,6 +752,7 @@ absl::Status RewardSection::Validate() const {
     return Invalid(absl::StrCat("max_request_mb must be in [1, ", kMaxRewardRequestMb,
                                 "] (MiB of one Score request), got ", max_request_mb));
   }
+  RETURN_IF_ERROR(CheckNonNegative("server_wait_s", server_wait_s));
   return CheckPositive("timeout_s", timeout_s);
 }
 
@@ -991,6 +995,7 @@ std::string DescribeRunConfig(const RunConfig& c) {
                               {"timeout_s", Json(c.reward.timeout_s)},
                               {"max_attempts", Json(c.reward.max_attempts)},
                               {"max_request_mb", Json(c.reward.max_request_mb)},
+                              {"server_wait_s", Json(c.reward.server_wait_s)},
                               {"servers", servers}}));
   root.set("algorithm",
            section({{"loss", Json(PolicyLossKindName(loss.kind))},
@@ -1044,6 +1049,7 @@ std::string DescribeRunConfig(const RunConfig& c) {
                              {"weight_dtype", Json(c.fleet.weight_dtype)},
                              {"weight_sync", Json(c.fleet.weight_sync)},
                              {"spawn_reward_workers", Json(c.fleet.spawn_reward_workers)},
+                             {"reward_worker_restarts", Json(c.fleet.reward_worker_restarts)},
                              {"worker_device", Json(c.fleet.worker_device)}}));
   root.set("distributed", section({{"world_size", Json(c.distributed.world_size)},
                                    {"rank", Json(c.distributed.rank)},

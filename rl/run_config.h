@@ -152,6 +152,10 @@ struct RewardSection {
   // under it. Keep it at or below the servers' own limit (`lightrl reward-worker
   // --max-request-mb`, default 64; spawned reward workers get this value). In [1, 1024].
   int64_t max_request_mb = 64;
+  // Seconds a reward server (reward.servers, or a spawned reward worker being restarted)
+  // may stay unavailable before the step fails naming its address; while it is down,
+  // attempts are retried without counting against max_attempts. 0 = no wait.
+  double server_wait_s = 60.0;
   // Reward servers combined with the weighted built-ins: score = sum(weight * reward).
   std::map<std::string, RewardServerSection> servers;
 
@@ -278,6 +282,9 @@ struct FleetSection {
   // use; they register with the coordinator (role reward) and the controller scores
   // through them over gRPC instead of in its own process.
   bool spawn_reward_workers = false;
+  // Restarts of each spawned reward worker over the run: one that dies is restarted on
+  // its address, and the next death past this many fails the step naming the worker.
+  int64_t reward_worker_restarts = 3;
   // Device of spawned workers: "cpu", "cuda" or "cuda:N".
   std::string worker_device = "cpu";
 

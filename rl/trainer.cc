@@ -392,6 +392,13 @@ absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& rem
   ro.timeout = absl::Seconds(rw.timeout_s);
   ro.max_attempts = static_cast<int>(rw.max_attempts);
   ro.max_request_bytes = rw.max_request_mb << 20;
+  ro.server_wait = absl::Seconds(rw.server_wait_s);
+  if (!remote.empty()) {
+    RolloutSource* source = rollout_source_.get();
+    ro.check_server = [source](const std::string& address) {
+      return source->CheckRewardWorker(address);
+    };
+  }
   for (const std::string& kind : BuiltinRewardKinds(rw)) {
     RewardRouterEntry e;
     e.name = kind;

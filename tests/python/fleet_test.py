@@ -12,6 +12,11 @@
                 `lightrl reward-worker` per built-in reward kind (arithmetic, format), which
                 register with the coordinator; the run scores through them over gRPC and
                 logs the same rewards, step for step, as the same run scoring in process.
+  kill_reward_worker  spawn mode with a spawned reward worker and
+                fleet.reward_worker_restarts: 1: the worker killed with SIGKILL mid-run is
+                restarted on its address and the run goes on scoring; killed again, past
+                its one restart, the run stops with a message naming the worker, how it
+                ended and the key.
 
 Run: LIGHTRL_BIN=build/rl/lightrl .venv/bin/python tests/python/fleet_test.py [CASE ...]
 """
@@ -242,8 +247,51 @@ def case_reward_workers(tmp):
     assert rewards[True] == rewards[False], rewards
 
 
+def case_kill_reward_worker(tmp):
+    out = os.path.join(tmp, "run")
+    config = base_config(tmp, out, 12, 4, {"mode": "spawn", "rollout_workers": 1,
+                                           "spawn_reward_workers": True,
+                                           "reward_worker_restarts": 1})
+    config["checkpoint"] = {"every": 100, "keep": 1}
+    write_yaml(os.path.join(tmp, "run.yaml"), config)
+    log_path = os.path.join(tmp, "controller.log")
+    log = open(log_path, "w")
+    controller = subprocess.Popen([BIN, "run", "--config", os.path.join(tmp, "run.yaml")],
+                                  stdout=log, stderr=subprocess.STDOUT, env=ENV)
+
+    def kill_reward_worker():
+        workers = child_pids(controller.pid, "reward-local-arithmetic")
+        assert len(workers) == 1, f"expected one reward worker, got {workers}"
+        os.kill(workers[0], signal.SIGKILL)
+        return workers[0]
+
+    try:
+        wait_for(lambda: len(metrics(out)) >= 2, TIMEOUT_S, "two RL steps")
+        first = kill_reward_worker()
+        killed_at = len(metrics(out))
+        # Scoring goes on through the restarted worker.
+        wait_for(lambda: len(metrics(out)) >= killed_at + 2, TIMEOUT_S, "two steps after the kill")
+        text = open(log_path).read()
+        assert (f"reward worker reward-local-arithmetic (pid {first}" in text
+                and "killed by signal 9" in text
+                and "restarted reward worker reward-local-arithmetic" in text), text[-3000:]
+        kill_reward_worker()
+        controller.wait(timeout=TIMEOUT_S)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+        log.close()
+    text = open(log_path).read()
+    assert controller.returncode != 0, f"the run went on past the restart bound:\n{text[-3000:]}"
+    assert "reward-local-arithmetic" in text and \
+        "after 1 restart(s); fleet.reward_worker_restarts = 1 allows no more" in text, text[-3000:]
+    steps = [r["step"] for r in metrics(out)]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) < 12, steps
+    wait_for(lambda: not child_pids(controller.pid, "worker"), 15, "workers to exit")
+
+
 CASES = {"kill_worker": case_kill_worker, "restart": case_restart,
-         "reward_workers": case_reward_workers}
+         "reward_workers": case_reward_workers, "kill_reward_worker": case_kill_reward_worker}
 
 
 def run_cases(cases, prefix, argv):

@@ -283,6 +283,80 @@ TEST(RewardRouterTest, UnreachableServerIsUnavailableNamingTheAddress) {
       << results.status();
 }
 
+// A reward server that goes down and comes back on its address within server_wait (a
+// restarted pod, a respawned worker) is waited for, spending no attempt on it.
+TEST(RewardRouterTest, ServerThatComesBackWithinServerWaitIsScored) {
+  std::string address;
+  {
+    std::unique_ptr<RewardServer> server = StartServer(std::make_unique<BoxedStyleReward>(), 1);
+    ASSERT_NE(server, nullptr);
+    address = server->address();
+  }
+  RewardRouterOptions options = FastOptions();
+  options.max_attempts = 2;
+  options.server_wait = absl::Seconds(30);
+  options.entries = {Remote("style", address, 1.0)};
+  std::unique_ptr<RewardRouter> router = MakeRouter(options);
+  std::unique_ptr<RewardServer> back;
+  std::thread restart([&] {
+    absl::SleepFor(absl::Seconds(1));
+    RewardServerOptions server_options;
+    server_options.listen_address = address;
+    absl::StatusOr<std::unique_ptr<RewardServer>> started =
+        RewardServer::Start(server_options, std::make_unique<BoxedStyleReward>());
+    EXPECT_TRUE(started.ok()) << started.status();
+    if (started.ok()) back = *std::move(started);
+  });
+  const absl::Time start = absl::Now();
+  std::vector<RewardInput> inputs = Inputs(2);
+  inputs[1].response = "\\boxed{1}";
+  absl::StatusOr<std::vector<RewardResult>> results = router->ScoreBatch(inputs);
+  restart.join();
+  ASSERT_TRUE(results.ok()) << results.status();
+  EXPECT_GE(absl::Now() - start, absl::Seconds(1));
+  EXPECT_DOUBLE_EQ((*results)[0].score, 0.0);
+  EXPECT_DOUBLE_EQ((*results)[1].score, 0.5);
+}
+
+// One that stays down fails once server_wait has passed, naming its address; a
+// check_server verdict (a supervisor that gave up on it) ends the wait at once.
+TEST(RewardRouterTest, ServerThatStaysDownFailsAfterServerWaitNamingTheAddress) {
+  std::string address;
+  {
+    std::unique_ptr<RewardServer> server = StartServer(std::make_unique<BoxedStyleReward>(), 1);
+    ASSERT_NE(server, nullptr);
+    address = server->address();
+  }
+  RewardRouterOptions options = FastOptions();
+  options.server_wait = absl::Milliseconds(600);
+  options.entries = {Remote("gone", address, 1.0)};
+  absl::Time start = absl::Now();
+  absl::StatusOr<std::vector<RewardResult>> results = MakeRouter(options)->ScoreBatch(Inputs(1));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(600));
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kUnavailable) << results.status();
+  EXPECT_TRUE(absl::StrContains(results.status().message(),
+                                absl::StrCat("entry \"gone\" (reward server ", address,
+                                             "): the server did not come back within "
+                                             "server_wait = 600ms")))
+      << results.status();
+
+  options.server_wait = absl::Seconds(60);
+  std::atomic<int> checks{0};
+  options.check_server = [&](const std::string& checked) {
+    EXPECT_EQ(checked, address);
+    return ++checks < 3 ? absl::OkStatus()
+                        : absl::FailedPreconditionError("its supervisor gave up on it");
+  };
+  start = absl::Now();
+  results = MakeRouter(options)->ScoreBatch(Inputs(1));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_EQ(checks.load(), 3);
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kFailedPrecondition) << results.status();
+  EXPECT_TRUE(absl::StrContains(results.status().message(),
+                                absl::StrCat(address, "): its supervisor gave up on it")))
+      << results.status();
+}
+
 class NanReward final : public RewardFunction {
  public:
   std::string Kind() const override { return "nan"; }

@@ -116,6 +116,7 @@ reward:
   format_pattern: '^<answer>.*</answer>$'
   timeout_s: 5
   max_request_mb: 16
+  server_wait_s: 7.5
 algorithm:
   loss: cispo
   eps_low: 0.5
@@ -208,6 +209,7 @@ TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
   EXPECT_EQ(c.reward.format_pattern, "^<answer>.*</answer>$");
   EXPECT_EQ(c.reward.timeout_s, 5.0);
   EXPECT_EQ(c.reward.max_request_mb, 16);
+  EXPECT_EQ(c.reward.server_wait_s, 7.5);
   EXPECT_EQ(c.algorithm.loss.kind, PolicyLossKind::kCispo);
   EXPECT_EQ(c.algorithm.loss.eps_low, 0.5);
   EXPECT_EQ(c.algorithm.loss.eps_high, 2.5);
@@ -399,6 +401,10 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
        "reward.max_request_mb must be in [1, 1024] (MiB of one Score request), got 4096"},
       {m + "reward:\n  max_request_mb: 1.5\n", "max_request_mb",
        "reward.max_request_mb must be an integer, got 1.5"},
+      {m + "reward:\n  server_wait_s: -1\n", "server_wait_s",
+       "reward.server_wait_s must be >= 0, got -1"},
+      {m + "fleet:\n  mode: spawn\n  reward_worker_restarts: -1\n", "reward_worker_restarts",
+       "fleet.reward_worker_restarts must be >= 0, got -1"},
       // PolicyLossOptions's own checks, renamed into this section.
       {m + "algorithm:\n  loss: dapo\n  eps_low: 2\n", "eps_low",
        "algorithm.eps_low must be in [0, 1], got 2"},
