@@ -280,4 +280,24 @@ absl::StatusOr<RewardFunctionPtr> MakeCodeRewardFunction(CodeRewardOptions optio
   return std::make_unique<CodeRewardFunction>(std::move(options));
 }
 
+RewardKind CodeRewardKind() {
+  using O = CodeRewardOptions;
+  using S = SandboxOptions;
+  return DefineRewardKind<CodeRewardOptions>(
+      "code", "runs the response's program against the ground truth's tests in the sandbox",
+      {OptionField("python_command", &O::python_command,
+                   "interpreter of python solutions; the solution file is appended"),
+       OptionField("stop_after_timeout", &O::stop_after_timeout,
+                   "after a test times out, count the remaining ones failed unrun"),
+       OptionField("wall_seconds", &O::sandbox, &S::wall_seconds, "wall-clock limit per test"),
+       OptionField("cpu_seconds", &O::sandbox, &S::cpu_seconds, "CPU limit per test"),
+       OptionField("memory_bytes", &O::sandbox, &S::memory_bytes, "memory of the sandbox"),
+       OptionField("disk_bytes", &O::sandbox, &S::disk_bytes, "size of its private tmpfs"),
+       OptionField("max_processes", &O::sandbox, &S::max_processes,
+                   "processes and threads of the program"),
+       OptionField("require_cgroup", &O::sandbox, &S::require_cgroup,
+                   "fail instead of running without a memory cgroup")},
+      [](const CodeRewardOptions& options) { return MakeCodeRewardFunction(options); });
+}
+
 }  // namespace lightrl

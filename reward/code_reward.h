@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "reward/reward_function.h"
+#include "reward/reward_registry.h"
 #include "reward/sandbox.h"
 
 namespace lightrl {
@@ -84,5 +84,10 @@ class CodeRewardFunction final : public RewardFunction {
 
 // Validates the options; INVALID_ARGUMENT naming the field otherwise.
 absl::StatusOr<RewardFunctionPtr> MakeCodeRewardFunction(CodeRewardOptions options = {});
+
+// The registry's row: options python_command, stop_after_timeout and the sandbox's main
+// limits (wall_seconds, cpu_seconds, memory_bytes, disk_bytes, max_processes,
+// require_cgroup).
+RewardKind CodeRewardKind();
 
 }  // namespace lightrl

@@ -1,18 +1,23 @@
 // The reward-function interface the reward worker serves: one (prompt, response,
-// ground truth) in, a finite score out. Owns the interface and the factory for the
-// built-in kinds; torch-free and protobuf-free (the gRPC service translates protos to
-// these structs), so the in-process trainer can use it too.
+// ground truth) in, a finite score out. Owns the interface only; the built-in kinds and
+// their factory are in reward/reward_registry.h. Torch-free and protobuf-free (the gRPC
+// service translates protos to these structs), so the in-process trainer can use it too.
 #pragma once
 
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
-#include "reward/rule_rewards.h"
 
 namespace lightrl {
+
+struct RewardResult {
+  double score = 0;
+  std::vector<std::pair<std::string, double>> components;  // named parts of the score
+};
 
 // One sample to score; mirrors lightrl.v1.ScoreItem without the id.
 struct RewardInput {
@@ -35,28 +40,5 @@ class RewardFunction {
 };
 
 using RewardFunctionPtr = std::unique_ptr<RewardFunction>;
-
-// The built-in kinds: "math" and "arithmetic" (final-answer match, MathReward) and
-// "countdown" (CountdownReward) and "code" (CodeRewardFunction with default options, which
-// runs the response in the sandbox). INVALID_ARGUMENT naming the kind otherwise.
-absl::StatusOr<RewardFunctionPtr> MakeBuiltinRewardFunction(absl::string_view kind);
-
-// Settings of the built-in kinds that have any.
-struct BuiltinRewardOptions {
-  // RE2 pattern the "format" kind requires somewhere in a response; empty =
-  // kDefaultFormatPattern (reasoning, then a committed final answer).
-  std::string format_pattern;
-  // Limits of the "length" kind. It measures a response in tokens when the item's
-  // metadata has "response_tokens" (the rollout knows them), else in bytes.
-  LengthRewardOptions length;
-
-  absl::Status Validate() const;
-};
-
-// MakeBuiltinRewardFunction(kind) with `options` for "format" (FormatReward) and "length"
-// (LengthReward); the kinds without settings ignore them. INVALID_ARGUMENT for a bad
-// pattern or length limits.
-absl::StatusOr<RewardFunctionPtr> MakeBuiltinRewardFunction(absl::string_view kind,
-                                                            const BuiltinRewardOptions& options);
 
 }  // namespace lightrl

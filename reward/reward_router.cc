@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "reward/reward_client.h"
+#include "reward/reward_registry.h"
 
 namespace lightrl {
 namespace {
@@ -204,7 +205,7 @@ absl::StatusOr<std::unique_ptr<RewardRouter>> RewardRouter::Create(
       entry->function = config.function;
     } else if (!config.kind.empty()) {
       absl::StatusOr<RewardFunctionPtr> function =
-          MakeBuiltinRewardFunction(config.kind, config.builtin);
+          MakeRewardFunction(config.kind, config.options);
       if (!function.ok()) {
         return absl::Status(function.status().code(),
                             absl::StrCat("reward router: entry \"", config.name, "\": ",

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/json.h"
 #include "reward/reward_function.h"
 
 namespace lightrl {
@@ -27,8 +28,10 @@ struct RewardRouterEntry {
   // A built-in kind scored in-process ("math", "format", ...). Exactly one of kind,
   // address and function is set.
   std::string kind;
-  // Settings of the built-in kind (format pattern, length limits).
-  BuiltinRewardOptions builtin;
+  // Options of the built-in kind, a JSON object as reward/reward_registry.h reads it
+  // ({"pattern": ...} for format, {"max_length": ..., "buffer": ...} for length); null
+  // or {} = the kind's defaults.
+  Json options;
   // "host:port" of a remote lightrl.v1.RewardService.
   std::string address;
   // Shared secret sent to the remote server; empty for a loopback server without one.

@@ -1,5 +1,6 @@
 #include "rl/reward_workers.h"
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -33,6 +34,14 @@ absl::StatusOr<std::unique_ptr<RewardWorkers>> RewardWorkers::Start(
     worker.kind = kind;
     worker.id = absl::StrCat("reward-local-", kind);
     worker.log_path = JoinPath(options.log_dir, worker.id + ".log");
+    if (auto it = options.options_json.find(kind);
+        it != options.options_json.end() && it->second.size() > kMaxInlineRewardOptionsBytes) {
+      worker.options_file = JoinPath(options.log_dir, worker.id + ".options.json");
+      if (absl::Status written = WriteFileAtomic(worker.options_file, it->second); !written.ok()) {
+        return written;
+      }
+      ::chmod(worker.options_file.c_str(), 0600);
+    }
     absl::StatusOr<pid_t> pid =
         SpawnChild(workers->Argv(worker, "127.0.0.1:0"), worker.log_path, options.auth_token);
     if (!pid.ok()) return pid.status();
@@ -78,9 +87,12 @@ std::vector<std::string> RewardWorkers::Argv(const Worker& worker,
       options_.exe, "reward-worker", "--listen", listen, "--kind", worker.kind,
       "--coordinator", coordinator_address_, "--worker-id", worker.id,
       "--max-request-mb", absl::StrCat(options_.max_request_mb)};
-  if (!options_.format_pattern.empty()) {
-    argv.push_back("--format-pattern");
-    argv.push_back(options_.format_pattern);
+  if (!worker.options_file.empty()) {
+    argv.push_back("--options-file");
+    argv.push_back(worker.options_file);
+  } else if (auto it = options_.options_json.find(worker.kind); it != options_.options_json.end()) {
+    argv.push_back("--options");
+    argv.push_back(it->second);
   }
   return argv;
 }

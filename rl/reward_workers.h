@@ -32,8 +32,11 @@ struct RewardWorkersOptions {
   std::vector<std::string> kinds;
   // Handed to the workers (LIGHTRL_AUTH_TOKEN), never on their command line.
   std::string auth_token;
-  // --format-pattern and --max-request-mb of the workers.
-  std::string format_pattern;
+  // Kind -> the options object of its worker (reward/reward_registry.h), passed as
+  // --options JSON, or past kMaxInlineRewardOptionsBytes as --options-file (a 0600 file
+  // in log_dir), so command lines stay short. Kinds absent: their defaults.
+  std::map<std::string, std::string> options_json;
+  // --max-request-mb of the workers.
   int64_t max_request_mb = 64;
   // Each worker appends its output to LOG_DIR/reward-local-KIND.log.
   std::string log_dir;
@@ -42,6 +45,9 @@ struct RewardWorkersOptions {
   // Restarts of each worker over the run; >= 0. One more death fails its scoring.
   int max_restarts = 3;
 };
+
+// Larger options objects go to a worker as a file, not on its command line.
+inline constexpr size_t kMaxInlineRewardOptionsBytes = 4096;
 
 class RewardWorkers {
  public:
@@ -68,6 +74,7 @@ class RewardWorkers {
  private:
   struct Worker {
     std::string kind, id, address, log_path;
+    std::string options_file;  // --options-file, when its options are too long to inline
     pid_t pid = -1;
     int restarts = 0;
     std::string last_exit;  // how the latest process ended; "" while it runs

@@ -191,7 +191,10 @@ class FleetRolloutSource final : public RolloutSource {
     options.exe = SelfExe();
     options.kinds = BuiltinRewardKinds(config_.reward);
     options.auth_token = token;
-    options.format_pattern = config_.reward.format_pattern;
+    for (const std::string& kind : options.kinds) {
+      const Json kind_options = config_.reward.OptionsFor(kind);
+      if (!kind_options.is_null()) options.options_json[kind] = kind_options.Dump();
+    }
     options.max_request_mb = config_.reward.max_request_mb;
     options.log_dir = JoinPath(config_.run.output_dir, "logs");
     options.start_timeout = absl::Seconds(config_.fleet.worker_wait_s);

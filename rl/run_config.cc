@@ -15,16 +15,15 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/did_you_mean.h"
 #include "common/file_util.h"
 #include "common/json.h"
 #include "common/status.h"
 #include "common/yaml.h"
+#include "reward/reward_registry.h"
 
 namespace lightrl {
 namespace {
-
-constexpr const char* kRewardKinds[] = {"arithmetic", "countdown", "math", "format", "length",
-                                        "code"};
 
 // Largest reward.max_request_mb: no reward server accepts more than 1 GiB in one message
 // (kMaxRequestBytes in proto/grpc_util.h, which the config does not depend on).
@@ -34,41 +33,12 @@ absl::Status Invalid(absl::string_view message) {
   return absl::InvalidArgumentError(message);
 }
 
-// Levenshtein distance, for "did you mean" suggestions.
-size_t EditDistance(absl::string_view a, absl::string_view b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
-
-// " (did you mean x?)" for the closest candidate within a third of the word's length
-// (at least 1, at most 3 edits); else "; known: a, b, c" when `list_known`, or "".
+// Suggest() over any list of names.
 template <typename Names>
 std::string Suggest(absl::string_view word, const Names& candidates, bool list_known = true) {
-  const size_t limit = std::min<size_t>(3, std::max<size_t>(1, word.size() / 3));
-  size_t best = limit + 1;
-  std::string best_name;
-  std::vector<std::string> all;
-  for (const auto& candidate : candidates) {
-    const std::string name(candidate);
-    all.push_back(name);
-    const size_t d = EditDistance(word, name);
-    if (d < best) {
-      best = d;
-      best_name = name;
-    }
-  }
-  if (!best_name.empty()) return absl::StrCat(" (did you mean ", best_name, "?)");
-  return list_known ? absl::StrCat("; known: ", absl::StrJoin(all, ", ")) : std::string();
+  std::vector<std::string> names;
+  for (const auto& candidate : candidates) names.emplace_back(candidate);
+  return lightrl::Suggest(word, names, list_known);
 }
 
 // A value as an error message quotes it: strings quoted, collections by kind.
@@ -412,8 +382,8 @@ absl::Status BindRollout(const Binder& b, const Json* root, RolloutSection& r) {
 absl::Status BindReward(const Binder& b, const Json* root, RewardSection& r) {
   ASSIGN_OR_RETURN(const Json* s,
                    b.Mapping(Binder::Get(root, "reward"), "reward",
-                             {"kind", "weights", "format_pattern", "timeout_s", "max_attempts",
-                              "max_request_mb", "server_wait_s", "servers"}));
+                             {"kind", "weights", "options", "format_pattern", "timeout_s",
+                              "max_attempts", "max_request_mb", "server_wait_s", "servers"}));
   RETURN_IF_ERROR(b.String(s, "reward", "kind", r.kind));
   if (const Json* w = Binder::Get(s, "weights"); w != nullptr) {
     if (!w->is_object()) {
@@ -430,7 +400,29 @@ absl::Status BindReward(const Binder& b, const Json* root, RewardSection& r) {
       r.weights[kind] = weight.as_double();
     }
   }
-  RETURN_IF_ERROR(b.String(s, "reward", "format_pattern", r.format_pattern));
+  if (const Json* options = Binder::Get(s, "options"); options != nullptr) {
+    if (!options->is_object()) {
+      return b.ErrorAt("reward.options",
+                       absl::StrCat("reward.options must be a mapping of reward kind to its "
+                                    "options, got ", Describe(*options)));
+    }
+    r.options.clear();
+    for (const auto& [kind, value] : options->as_object()) {
+      r.options[kind] = value.is_null() ? Json::MakeObject() : value;
+    }
+  }
+  std::string format_pattern;
+  RETURN_IF_ERROR(b.String(s, "reward", "format_pattern", format_pattern));
+  if (Binder::Get(s, "format_pattern") != nullptr) {
+    Json& format = r.options["format"];
+    if (format.is_null()) format = Json::MakeObject();
+    if (format.is_object() && format.contains("pattern")) {
+      return b.ErrorAt("reward.format_pattern",
+                       "reward.format_pattern and reward.options.format.pattern are both set; "
+                       "keep the latter");
+    }
+    if (format.is_object()) format.set("pattern", Json(format_pattern));
+  }
   RETURN_IF_ERROR(b.Int(s, "reward", "max_attempts", r.max_attempts));
   RETURN_IF_ERROR(b.Int(s, "reward", "max_request_mb", r.max_request_mb));
   RETURN_IF_ERROR(b.Double(s, "reward", "server_wait_s", r.server_wait_s));
@@ -657,9 +649,11 @@ std::vector<std::string> BuiltinRewardKinds(const RewardSection& reward) {
   return kinds;
 }
 
-bool IsRewardKind(const std::string& kind) {
-  return std::find(std::begin(kRewardKinds), std::end(kRewardKinds), kind) !=
-         std::end(kRewardKinds);
+bool IsRewardKind(const std::string& kind) { return FindRewardKind(kind) != nullptr; }
+
+Json RewardSection::OptionsFor(const std::string& kind) const {
+  const auto it = options.find(kind);
+  return it == options.end() ? Json() : it->second;
 }
 
 absl::Status RunSection::Validate() const {
@@ -725,15 +719,22 @@ absl::Status RolloutSection::Validate() const {
 }
 
 absl::Status RewardSection::Validate() const {
+  const std::vector<std::string> kinds = RewardKindNames();
   if (!IsRewardKind(kind)) {
-    return Invalid(absl::StrCat("kind must be one of ", absl::StrJoin(kRewardKinds, ", "),
-                                ", got \"", kind, "\"",
-                                Suggest(kind, kRewardKinds, /*list_known=*/false)));
+    return Invalid(absl::StrCat("kind must be one of ", absl::StrJoin(kinds, ", "), ", got \"",
+                                kind, "\"", Suggest(kind, kinds, /*list_known=*/false)));
+  }
+  for (const auto& [name, value] : options) {
+    if (!IsRewardKind(name)) {
+      return Invalid(absl::StrCat("options.", name, " is not a known reward kind",
+                                  Suggest(name, kinds)));
+    }
+    RETURN_IF_ERROR(ResolveRewardOptions(name, value, absl::StrCat("options.", name)).status());
   }
   for (const auto& [name, weight] : weights) {
     if (!IsRewardKind(name)) {
       return Invalid(absl::StrCat("weights.", name, " is not a known reward kind",
-                                  Suggest(name, kRewardKinds)));
+                                  Suggest(name, kinds)));
     }
     if (!std::isfinite(weight)) {
       return Invalid(absl::StrCat("weights.", name, " must be finite, got ", weight));
@@ -946,6 +947,16 @@ std::string DescribeRunConfig(const RunConfig& c) {
   for (int64_t id : c.rollout.stop_token_ids) stop_token_ids.push_back(Json(id));
   Json weights = Json::MakeObject();
   for (const auto& [kind, w] : c.reward.weights) weights.set(kind, Json(w));
+  // Every option of the kinds in use or given, defaults included.
+  Json reward_options = Json::MakeObject();
+  std::vector<std::string> option_kinds = BuiltinRewardKinds(c.reward);
+  for (const auto& [kind, unused] : c.reward.options) option_kinds.push_back(kind);
+  for (const std::string& kind : option_kinds) {
+    const RewardKind* found = FindRewardKind(kind);
+    if (found == nullptr || found->options.empty()) continue;
+    absl::StatusOr<Json> resolved = found->resolve(c.reward.OptionsFor(kind), "");
+    reward_options.set(kind, resolved.ok() ? *resolved : c.reward.OptionsFor(kind));
+  }
   Json servers = Json::MakeObject();
   for (const auto& [name, server] : c.reward.servers) {
     servers.set(name, section({{"address", Json(server.address)},
@@ -991,7 +1002,7 @@ std::string DescribeRunConfig(const RunConfig& c) {
                                {"async", Json(c.rollout.async)}}));
   root.set("reward", section({{"kind", Json(c.reward.kind)},
                               {"weights", weights},
-                              {"format_pattern", optional(c.reward.format_pattern)},
+                              {"options", reward_options},
                               {"timeout_s", Json(c.reward.timeout_s)},
                               {"max_attempts", Json(c.reward.max_attempts)},
                               {"max_request_mb", Json(c.reward.max_request_mb)},

@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/json.h"
 #include "inference_engine/sampling_params.h"
 #include "rl/advantages.h"
 #include "rl/loss_options.h"
@@ -117,7 +118,7 @@ struct RolloutSection {
   absl::Status Validate() const;
 };
 
-// Built-in reward kinds: arithmetic, countdown, math, format, length, code.
+// A built-in reward kind (reward/reward_registry.h lists them).
 bool IsRewardKind(const std::string& kind);
 
 struct RewardSection;
@@ -142,8 +143,11 @@ struct RewardSection {
   std::string kind = "arithmetic";
   // Combines several built-ins as sum(weight * reward); keys are reward kinds.
   std::map<std::string, double> weights;
-  // Regex the "format" reward requires of a response; empty = its built-in pattern.
-  std::string format_pattern;
+  // Options of built-in kinds: kind -> a JSON object of that kind's options (YAML:
+  // reward.options.KIND, e.g. length: {max_length: 4096, buffer: 1024}); kinds absent
+  // here use their defaults. Checked against the kind's options in the reward registry.
+  // The older key reward.format_pattern sets options.format.pattern.
+  std::map<std::string, Json> options;
   // Seconds one attempt of a reward server call may take.
   double timeout_s = 30.0;
   // Attempts per reward server call (with backoff) before the step fails.
@@ -159,6 +163,9 @@ struct RewardSection {
   // Reward servers combined with the weighted built-ins: score = sum(weight * reward).
   std::map<std::string, RewardServerSection> servers;
 
+  // The options object of built-in kind `kind` (null when the config gives none: the
+  // kind's defaults); what the in-process reward and a spawned worker are built from.
+  Json OptionsFor(const std::string& kind) const;
   absl::Status Validate() const;
 };
 

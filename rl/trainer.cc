@@ -28,6 +28,7 @@
 #include "policy/policy_model.h"
 #include "policy/tokenizer.h"
 #include "reward/reward_function.h"
+#include "reward/reward_registry.h"
 #include "reward/reward_router.h"
 #include "rl/advantages.h"
 #include "rl/async_rollouts.h"
@@ -380,12 +381,10 @@ absl::Status Trainer::RunLearnerRank() {
 // by that server instead of in process.
 absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& remote) {
   const RewardSection& rw = config_.reward;
-  BuiltinRewardOptions builtin;
-  builtin.format_pattern = rw.format_pattern;
   reward_.reset();
   router_.reset();
   if (rw.weights.empty() && rw.servers.empty() && remote.empty()) {
-    ASSIGN_OR_RETURN(reward_, MakeBuiltinRewardFunction(rw.kind, builtin));
+    ASSIGN_OR_RETURN(reward_, MakeRewardFunction(rw.kind, rw.OptionsFor(rw.kind)));
     return absl::OkStatus();
   }
   RewardRouterOptions ro;
@@ -408,7 +407,7 @@ absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& rem
       e.reward_kind = kind;
     } else {
       e.kind = kind;
-      e.builtin = builtin;
+      e.options = rw.OptionsFor(kind);
     }
     ro.entries.push_back(std::move(e));
   }

@@ -16,7 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "reward/reward_function.h"
 #include "reward/reward_service.h"
-#include "reward/rule_rewards.h"
+#include "reward/answer_parsers.h"
 
 namespace {
 

@@ -11,7 +11,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "reward/reward_function.h"
+#include "common/file_util.h"
+#include "common/json.h"
+#include "reward/reward_registry.h"
 #include "reward/reward_service.h"
 #include "rollout/coordinator.h"
 #include "rollout/worker_registration.h"
@@ -21,36 +23,92 @@
 namespace lightrl {
 namespace {
 
-constexpr const char* kRewardWorkerUsage =
-    "usage: lightrl reward-worker [--listen HOST:PORT] [--kind KIND] [--auth-token-file FILE]\n"
-    "  --listen      address to serve on (default 127.0.0.1:0; port 0 picks a free port,\n"
-    "                printed as \"listening on HOST:PORT\")\n"
-    "  --kind        built-in reward: math, arithmetic, countdown, code (default math)\n"
-    "  --auth-token-file  file holding the shared token clients send as\n"
-    "                `authorization: Bearer T` (else $LIGHTRL_AUTH_TOKEN); required for any\n"
-    "                non-loopback address. Never on the command line: /proc shows it.\n"
-    "  --coordinator HOST:PORT of a run's coordinator to register with (role reward)\n"
-    "  --worker-id   the id it registers under (default reward-HOST-PID)\n"
-    "  --advertise   the address the controller should call (default the bound one)\n"
-    "  --capacity    concurrent Score calls it takes (default 4)\n"
-    "  --format-pattern  RE2 pattern of the format reward (default its built-in one)\n"
-    "  --max-request-mb  largest Score request accepted, in MiB (default 64); a bigger one\n"
-    "                is RESOURCE_EXHAUSTED\n"
-    "  --max-inflight-mb  MiB of requests held at once across concurrent calls (default 0:\n"
-    "                4 x --max-request-mb); a call past it is RESOURCE_EXHAUSTED\n";
+// The usage text; the kinds and their options come from the reward registry.
+const std::string& RewardWorkerUsage() {
+  static const std::string* const usage = new std::string(absl::StrCat(
+      "usage: lightrl reward-worker [--listen HOST:PORT] [--kind KIND] [--options JSON]\n"
+      "                             [--auth-token-file FILE] [--coordinator HOST:PORT]\n"
+      "  --listen      address to serve on (default 127.0.0.1:0; port 0 picks a free port,\n"
+      "                printed as \"listening on HOST:PORT\")\n"
+      "  --kind        built-in reward kind (default math); the kinds and their options:\n",
+      DescribeRewardKinds(),
+      "  --options     the kind's options as one JSON object, e.g. --kind length --options\n"
+      "                '{\"max_length\": 4096, \"buffer\": 1024}'; options left out keep their\n"
+      "                defaults, an unknown one is an error\n"
+      "  --options-file  a file holding that JSON object, instead of --options\n"
+      "  --format-pattern  with --kind format: the same as --options '{\"pattern\": P}'\n"
+      "  --auth-token-file  file holding the shared token clients send as\n"
+      "                `authorization: Bearer T` (else $LIGHTRL_AUTH_TOKEN); required for any\n"
+      "                non-loopback address. Never on the command line: /proc shows it.\n"
+      "  --coordinator HOST:PORT of a run's coordinator to register with (role reward)\n"
+      "  --worker-id   the id it registers under (default reward-HOST-PID)\n"
+      "  --advertise   the address the controller should call (default the bound one)\n"
+      "  --capacity    concurrent Score calls it takes (default 4)\n"
+      "  --max-request-mb  largest Score request accepted, in MiB (default 64); a bigger one\n"
+      "                is RESOURCE_EXHAUSTED\n"
+      "  --max-inflight-mb  MiB of requests held at once across concurrent calls (default 0:\n"
+      "                4 x --max-request-mb); a call past it is RESOURCE_EXHAUSTED\n"));
+  return *usage;
+}
+
+// The reward function of --kind with its options from --options, --options-file or
+// --format-pattern.
+absl::StatusOr<RewardFunctionPtr> MakeWorkerRewardFunction(const Flags& flags) {
+  const std::string kind = flags.Get("kind", "math");
+  if (FindRewardKind(kind) == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kind: ", UnknownRewardKindError(kind).message()));
+  }
+  if (flags.Has("options") && flags.Has("options-file")) {
+    return absl::InvalidArgumentError("give one of --options and --options-file");
+  }
+  std::string flag = "--options";
+  std::string text = flags.Get("options");
+  if (flags.Has("options-file")) {
+    flag = "--options-file";
+    absl::StatusOr<std::string> read = ReadFile(flags.Get("options-file"));
+    if (!read.ok()) return absl::InvalidArgumentError(absl::StrCat(flag, ": ", read.status().message()));
+    text = *std::move(read);
+  }
+  Json options;
+  if (!text.empty()) {
+    absl::StatusOr<Json> parsed = Json::Parse(text);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, ": not a JSON object: ", parsed.status().message()));
+    }
+    options = *std::move(parsed);
+  }
+  if (flags.Has("format-pattern")) {
+    if (kind != "format") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--format-pattern applies to --kind format, not ", kind));
+    }
+    if (options.is_null()) options = Json::MakeObject();
+    if (!options.is_object() || options.contains("pattern")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("give the pattern once: --format-pattern or ", flag));
+    }
+    options.set("pattern", Json(flags.Get("format-pattern")));
+  }
+  absl::StatusOr<RewardFunctionPtr> function = MakeRewardFunction(kind, options);
+  if (!function.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", function.status().message()));
+  }
+  return function;
+}
 
 absl::Status Run(const std::vector<std::string>& args) {
   absl::StatusOr<Flags> flags =
-      Flags::Parse(args, {"listen", "kind", "auth-token", "auth-token-file", "coordinator", "worker-id", "advertise",
-                          "capacity", "format-pattern", "max-request-mb", "max-inflight-mb"});
+      Flags::Parse(args, {"listen", "kind", "options", "options-file", "auth-token",
+                          "auth-token-file", "coordinator", "worker-id", "advertise", "capacity",
+                          "format-pattern", "max-request-mb", "max-inflight-mb"});
   if (!flags.ok()) return flags.status();
   absl::StatusOr<int64_t> capacity = flags->GetInt("capacity", 4);
   if (!capacity.ok()) return capacity.status();
   if (*capacity < 1) {
     return absl::InvalidArgumentError(absl::StrCat("--capacity must be >= 1, got ", *capacity));
   }
-  BuiltinRewardOptions builtin;
-  builtin.format_pattern = flags->Get("format-pattern");
   RewardServerOptions options;
   options.listen_address = flags->Get("listen", options.listen_address);
   absl::StatusOr<int64_t> max_request_mb =
@@ -69,11 +127,8 @@ absl::Status Run(const std::vector<std::string>& args) {
   absl::StatusOr<std::string> token = WorkerAuthToken(*flags);
   if (!token.ok()) return token.status();
   options.auth_token = *std::move(token);
-  absl::StatusOr<RewardFunctionPtr> function =
-      MakeBuiltinRewardFunction(flags->Get("kind", "math"), builtin);
-  if (!function.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("--kind: ", function.status().message()));
-  }
+  absl::StatusOr<RewardFunctionPtr> function = MakeWorkerRewardFunction(*flags);
+  if (!function.ok()) return function.status();
 
   // Block the stop signals before gRPC starts its threads so they inherit the mask and
   // only sigwait below receives them.
@@ -115,7 +170,7 @@ absl::Status Run(const std::vector<std::string>& args) {
 }  // namespace
 
 int RunRewardWorkerCommand(const std::vector<std::string>& args) {
-  return RunSubcommand("reward-worker", kRewardWorkerUsage, args, Run);
+  return RunSubcommand("reward-worker", RewardWorkerUsage().c_str(), args, Run);
 }
 
 }  // namespace lightrl

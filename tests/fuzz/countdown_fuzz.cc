@@ -4,7 +4,8 @@
 #include <cmath>
 #include <string>
 
-#include "reward/rule_rewards.h"
+#include "reward/answer_parsers.h"
+#include "reward/countdown_reward.h"
 #include "tests/fuzz/fuzz_target.h"
 
 namespace lightrl::fuzz {

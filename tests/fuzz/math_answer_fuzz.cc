@@ -2,7 +2,8 @@
 // AnswersMatch, MathReward) on raw responses. Every input gets a 0 or 1 verdict.
 #include <string>
 
-#include "reward/rule_rewards.h"
+#include "reward/answer_parsers.h"
+#include "reward/math_reward.h"
 #include "tests/fuzz/fuzz_target.h"
 
 namespace lightrl::fuzz {

@@ -25,7 +25,8 @@
 #include "lightrl/v1/reward.grpc.pb.h"
 #include "reward/reward_function.h"
 #include "reward/reward_service.h"
-#include "reward/rule_rewards.h"
+#include "reward/math_reward.h"
+#include "reward/reward_registry.h"
 
 namespace lightrl {
 namespace {
@@ -597,27 +598,25 @@ TEST(RewardRouterTest, OptionsAreValidatedNamingTheEntry) {
   EXPECT_TRUE(absl::StrContains(unknown.message(), "entry \"judge\"")) << unknown;
   EXPECT_TRUE(absl::StrContains(unknown.message(), "no_such_kind")) << unknown;
   options.entries = {Builtin("fmt", "format", 1.0)};
-  options.entries[0].builtin.format_pattern = "(unclosed";
+  options.entries[0].options = *Json::Parse(R"({"pattern": "(unclosed"})");
   absl::Status bad_pattern = RewardRouter::Create(options).status();
   EXPECT_TRUE(absl::StrContains(bad_pattern.message(), "(unclosed")) << bad_pattern;
 }
 
 TEST(BuiltinRewardTest, FormatAndLengthKinds) {
-  absl::StatusOr<RewardFunctionPtr> format = MakeBuiltinRewardFunction("format");
+  absl::StatusOr<RewardFunctionPtr> format = MakeRewardFunction("format");
   ASSERT_TRUE(format.ok()) << format.status();
   EXPECT_EQ((*format)->Kind(), "format");
   RewardInput input;
   input.response = "Two plus two.\n\\boxed{4}";
   EXPECT_EQ((*format)->Score(input)->score, 1.0);
-  BuiltinRewardOptions custom;
-  custom.format_pattern = "^<think>";
-  absl::StatusOr<RewardFunctionPtr> think = MakeBuiltinRewardFunction("format", custom);
+  absl::StatusOr<RewardFunctionPtr> think =
+      MakeRewardFunction("format", *Json::Parse(R"({"pattern": "^<think>"})"));
   ASSERT_TRUE(think.ok()) << think.status();
   EXPECT_EQ((*think)->Score(input)->score, 0.0);
 
-  BuiltinRewardOptions limits;
-  limits.length = LengthRewardOptions{100, 20};
-  absl::StatusOr<RewardFunctionPtr> length = MakeBuiltinRewardFunction("length", limits);
+  absl::StatusOr<RewardFunctionPtr> length =
+      MakeRewardFunction("length", *Json::Parse(R"({"max_length": 100, "buffer": 20})"));
   ASSERT_TRUE(length.ok()) << length.status();
   input.response = std::string(90, 'x');
   EXPECT_DOUBLE_EQ((*length)->Score(input)->score, -0.5);  // 90 bytes
@@ -625,9 +624,9 @@ TEST(BuiltinRewardTest, FormatAndLengthKinds) {
   EXPECT_DOUBLE_EQ((*length)->Score(input)->score, 0.0);  // 10 tokens
   input.metadata["response_tokens"] = "ten";
   EXPECT_EQ((*length)->Score(input).status().code(), absl::StatusCode::kInvalidArgument);
-  limits.length.buffer = 500;
-  EXPECT_FALSE(MakeBuiltinRewardFunction("length", limits).ok());
-  EXPECT_TRUE(MakeBuiltinRewardFunction("length").ok());
+  EXPECT_FALSE(
+      MakeRewardFunction("length", *Json::Parse(R"({"max_length": 100, "buffer": 500})")).ok());
+  EXPECT_TRUE(MakeRewardFunction("length").ok());
 }
 
 }  // namespace

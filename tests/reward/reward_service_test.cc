@@ -22,7 +22,9 @@
 #include "reward/reward_client.h"
 #include "reward/reward_function.h"
 #include "reward/reward_service.h"
-#include "reward/rule_rewards.h"
+#include "reward/countdown_reward.h"
+#include "reward/math_reward.h"
+#include "reward/reward_registry.h"
 #include "tests/raw_grpc_call.h"
 
 namespace lightrl {
@@ -31,7 +33,7 @@ namespace {
 std::unique_ptr<RewardServer> StartBuiltin(const std::string& kind,
                                            const std::string& address = "127.0.0.1:0",
                                            const std::string& token = "") {
-  absl::StatusOr<RewardFunctionPtr> function = MakeBuiltinRewardFunction(kind);
+  absl::StatusOr<RewardFunctionPtr> function = MakeRewardFunction(kind);
   EXPECT_TRUE(function.ok()) << function.status();
   RewardServerOptions options;
   options.listen_address = address;
@@ -182,7 +184,7 @@ TEST(RewardServiceTest, MalformedBytesAreInvalidArgumentNamingTheTypeAndServerKe
 }
 
 TEST(RewardServiceTest, RequestOverTheLimitIsResourceExhaustedNamingItAndServerKeepsServing) {
-  absl::StatusOr<RewardFunctionPtr> function = MakeBuiltinRewardFunction("math");
+  absl::StatusOr<RewardFunctionPtr> function = MakeRewardFunction("math");
   ASSERT_TRUE(function.ok()) << function.status();
   RewardServerOptions options;
   options.max_request_bytes = 1 << 20;
@@ -246,7 +248,7 @@ TEST(RewardServiceTest, NonLoopbackNeedsTokenAndEveryCallIsChecked) {
   absl::Status no_token = options.Validate();
   EXPECT_EQ(no_token.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(no_token.message(), "auth token")) << no_token;
-  EXPECT_FALSE(RewardServer::Start(options, *MakeBuiltinRewardFunction("math")).ok());
+  EXPECT_FALSE(RewardServer::Start(options, *MakeRewardFunction("math")).ok());
   EXPECT_TRUE(IsLoopbackAddress("127.0.0.1:5"));
   EXPECT_TRUE(IsLoopbackAddress("[::1]:5"));
   EXPECT_FALSE(IsLoopbackAddress("10.0.0.1:5"));

@@ -1,4 +1,8 @@
-#include "reward/rule_rewards.h"
+#include "reward/answer_parsers.h"
+#include "reward/countdown_reward.h"
+#include "reward/format_reward.h"
+#include "reward/length_reward.h"
+#include "reward/math_reward.h"
 
 #include <gtest/gtest.h>
 

@@ -759,7 +759,7 @@ TEST(CodeRewardTest, NetworkUsingSolutionScoresZero) {
 }
 
 TEST(CodeRewardTest, IsABuiltinKind) {
-  absl::StatusOr<RewardFunctionPtr> fn = MakeBuiltinRewardFunction("code");
+  absl::StatusOr<RewardFunctionPtr> fn = MakeRewardFunction("code");
   ASSERT_TRUE(fn.ok()) << fn.status();
   EXPECT_EQ((*fn)->Kind(), "code");
   absl::StatusOr<RewardResult> r =

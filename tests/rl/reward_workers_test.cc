@@ -1,15 +1,23 @@
 // Spawned reward workers as real `lightrl reward-worker` processes on loopback, scored
 // through the reward router: one killed with SIGKILL between Score calls is restarted on
 // its address and scoring goes on; one that dies past its restarts fails the call naming
-// the worker and how it ended.
+// the worker and how it ended. Options of a kind reach its worker as one JSON object
+// (--options, or --options-file when long), and the worker command rejects unknown
+// kinds and option keys by name.
 #include "rl/reward_workers.h"
 
 #include <signal.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -17,6 +25,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "reward/reward_registry.h"
 #include "reward/reward_router.h"
 #include "rollout/coordinator.h"
 
@@ -98,6 +107,109 @@ TEST(RewardWorkersTest, AKilledWorkerIsRestartedOnItsAddressUntilItsRestartsRunO
                    ") killed by signal 9 (Killed) after 1 restart(s); "
                    "fleet.reward_worker_restarts = 1 allows no more")))
       << failed.status();
+}
+
+// A router over the workers' addresses, one remote entry per kind.
+std::unique_ptr<RewardRouter> RouterOver(const RewardWorkers& workers,
+                                         const std::vector<std::string>& kinds) {
+  RewardRouterOptions options;
+  for (const std::string& kind : kinds) {
+    RewardRouterEntry entry;
+    entry.name = kind;
+    entry.address = workers.Addresses().at(kind);
+    entry.reward_kind = kind;
+    options.entries.push_back(entry);
+  }
+  absl::StatusOr<std::unique_ptr<RewardRouter>> router = RewardRouter::Create(options);
+  EXPECT_TRUE(router.ok()) << router.status();
+  return router.ok() ? *std::move(router) : nullptr;
+}
+
+TEST(RewardWorkersTest, SpawnedWorkersScoreWithTheOptionsTheyWereGiven) {
+  const char* exe = std::getenv("LIGHTRL_BIN");
+  ASSERT_NE(exe, nullptr) << "set LIGHTRL_BIN to the lightrl executable (CTest does)";
+  absl::StatusOr<std::unique_ptr<Coordinator>> coordinator = Coordinator::Start({});
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  RewardWorkersOptions options;
+  options.exe = exe;
+  options.kinds = {"length", "format"};
+  // Not the defaults (16384, 4096): 90 bytes then score -0.5 instead of 0.
+  options.options_json["length"] = R"({"max_length":100,"buffer":20})";
+  // A pattern too long for a command line goes by file: (?:a0|a1|...|b).
+  std::string pattern = "^(?:";
+  for (int i = 0; i < 1200; ++i) absl::StrAppend(&pattern, "a", i, "|");
+  pattern += "b)$";
+  Json format = Json::MakeObject();
+  format.set("pattern", Json(pattern));
+  options.options_json["format"] = format.Dump();
+  ASSERT_GT(options.options_json["format"].size(), kMaxInlineRewardOptionsBytes);
+  options.log_dir = absl::StrCat(::testing::TempDir(), "reward_workers_options_", ::getpid());
+  options.start_timeout = absl::Seconds(60);
+  absl::StatusOr<std::unique_ptr<RewardWorkers>> workers =
+      RewardWorkers::Start(options, coordinator->get());
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  struct stat file;
+  ASSERT_EQ(::stat((options.log_dir + "/reward-local-format.options.json").c_str(), &file), 0);
+  EXPECT_EQ(file.st_mode & 0777, 0600u);
+
+  std::unique_ptr<RewardRouter> router = RouterOver(**workers, {"length"});
+  ASSERT_NE(router, nullptr);
+  std::vector<RewardInput> inputs(2);
+  inputs[0].response = std::string(90, 'x');
+  inputs[1].response = std::string(10, 'x');
+  inputs[1].metadata["response_tokens"] = "95";
+  absl::StatusOr<std::vector<RewardResult>> scored = router->ScoreBatch(inputs);
+  ASSERT_TRUE(scored.ok()) << scored.status();
+  EXPECT_DOUBLE_EQ((*scored)[0].score, -0.5);
+  EXPECT_DOUBLE_EQ((*scored)[1].score, -0.75);
+
+  router = RouterOver(**workers, {"format"});
+  ASSERT_NE(router, nullptr);
+  inputs[0].response = "a1199";
+  inputs[1].response = "Two plus two.\n\\boxed{4}";  // the default pattern's match
+  scored = router->ScoreBatch(inputs);
+  ASSERT_TRUE(scored.ok()) << scored.status();
+  EXPECT_DOUBLE_EQ((*scored)[0].score, 1.0);
+  EXPECT_DOUBLE_EQ((*scored)[1].score, 0.0);
+}
+
+// Runs `lightrl ARGS` and returns its exit code and output (stdout and stderr).
+std::pair<int, std::string> RunLightrl(const std::string& args) {
+  const std::string command = absl::StrCat(std::getenv("LIGHTRL_BIN"), " ", args, " 2>&1");
+  FILE* pipe = ::popen(command.c_str(), "r");
+  std::string output;
+  char buffer[4096];
+  size_t n;
+  while (pipe != nullptr && (n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
+    output.append(buffer, n);
+  }
+  const int status = pipe != nullptr ? ::pclose(pipe) : -1;
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+TEST(RewardWorkerCommandTest, NamesUnknownKindsAndOptionKeysAndListsTheKinds) {
+  ASSERT_NE(std::getenv("LIGHTRL_BIN"), nullptr);
+  auto [code, output] = RunLightrl(
+      R"(reward-worker --kind length --options '{"max_length": 100, "max_lenght": 1}')");
+  EXPECT_EQ(code, 1) << output;
+  EXPECT_EQ(output,
+            "lightrl reward-worker: --options: max_lenght is not a known option of reward kind "
+            "length (did you mean max_length?)\n");
+  std::tie(code, output) = RunLightrl("reward-worker --kind lenght");
+  EXPECT_EQ(code, 1) << output;
+  EXPECT_TRUE(absl::StrContains(output, "--kind: unknown reward kind \"lenght\" (did you mean "
+                                        "length?); built-in kinds: "))
+      << output;
+  std::tie(code, output) = RunLightrl("reward-worker --kind math --format-pattern x");
+  EXPECT_EQ(code, 1) << output;
+  std::tie(code, output) = RunLightrl("reward-worker --help");
+  EXPECT_EQ(code, 0) << output;
+  for (const RewardKind& kind : RewardKinds()) {
+    EXPECT_TRUE(absl::StrContains(output, absl::StrCat("    ", kind.name, " "))) << output;
+    for (const RewardOptionInfo& option : kind.options) {
+      EXPECT_TRUE(absl::StrContains(output, absl::StrCat(option.key, " (default "))) << output;
+    }
+  }
 }
 
 }  // namespace

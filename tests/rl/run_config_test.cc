@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "reward/reward_registry.h"
 
 namespace lightrl {
 namespace {
@@ -206,7 +207,7 @@ TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
   EXPECT_EQ(c.rollout.max_staleness, 1);
   EXPECT_EQ(c.reward.kind, "countdown");
   EXPECT_EQ(c.reward.weights, (std::map<std::string, double>{{"countdown", 1.0}, {"format", 0.25}}));
-  EXPECT_EQ(c.reward.format_pattern, "^<answer>.*</answer>$");
+  EXPECT_EQ(c.reward.OptionsFor("format").Dump(), R"({"pattern":"^<answer>.*</answer>$"})");
   EXPECT_EQ(c.reward.timeout_s, 5.0);
   EXPECT_EQ(c.reward.max_request_mb, 16);
   EXPECT_EQ(c.reward.server_wait_s, 7.5);
@@ -286,6 +287,31 @@ TEST_F(RunConfigTest, DescriptionLoadsBackToTheSameConfig) {
   EXPECT_EQ(second->data.train, first->data.train);
   EXPECT_EQ(second->optimizer.eps, first->optimizer.eps);
   EXPECT_EQ(second->reward.weights, first->reward.weights);
+}
+
+TEST_F(RunConfigTest, RewardOptionsAreOneObjectPerKind) {
+  absl::StatusOr<RunConfig> loaded = Load(Minimal() +
+                                          "reward:\n  kind: length\n  options:\n    length:\n"
+                                          "      max_length: 100\n      buffer: 20\n");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->reward.OptionsFor("length").Dump(), R"({"max_length":100,"buffer":20})");
+  EXPECT_TRUE(loaded->reward.OptionsFor("math").is_null());
+  // The in-process reward is built from that object: 90 of 100 with a 20-wide ramp.
+  absl::StatusOr<RewardFunctionPtr> length =
+      MakeRewardFunction("length", loaded->reward.OptionsFor("length"));
+  ASSERT_TRUE(length.ok()) << length.status();
+  RewardInput input;
+  input.response = std::string(90, 'x');
+  EXPECT_DOUBLE_EQ((*length)->Score(input)->score, -0.5);
+
+  // The resolved config shows every option of the kinds in use, defaults included.
+  loaded = Load(Minimal() + "reward:\n  weights: {length: 1, format: 0.5}\n  options:\n"
+                            "    length: {max_length: 8192}\n");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const std::string described = DescribeRunConfig(*loaded);
+  EXPECT_THAT(described, HasSubstr("max_length: 8192")) << described;
+  EXPECT_THAT(described, HasSubstr("buffer: 4096")) << described;
+  EXPECT_THAT(described, HasSubstr("pattern: \"\"")) << described;
 }
 
 TEST_F(RunConfigTest, MinimalConfigTakesTheDefaults) {
@@ -394,6 +420,22 @@ TEST_F(RunConfigTest, ErrorsNameFileLineAndKey) {
        "\"arithmetc\" (did you mean arithmetic?)"},
       {m + "reward:\n  weights:\n    math: 1\n    formt: 0.5\n", "formt",
        "reward.weights.formt is not a known reward kind (did you mean format?)"},
+      {m + "reward:\n  options:\n    length:\n      max_lenght: 5\n", "max_lenght",
+       "reward.options.length.max_lenght is not a known option of reward kind length (did you "
+       "mean max_length?)"},
+      {m + "reward:\n  options:\n    lenght:\n      buffer: 1\n", "lenght",
+       "reward.options.lenght is not a known reward kind (did you mean length?)"},
+      {m + "reward:\n  options:\n    length:\n      buffer: lots\n", "buffer",
+       "reward.options.length.buffer must be an integer, got \"lots\""},
+      {m + "reward:\n  options:\n    math:\n      strict: true\n", "strict",
+       "reward.options.math.strict is not a known option of reward kind math; it takes no "
+       "options"},
+      {m + "reward:\n  options:\n    length: {max_length: 10, buffer: 20}\n", "length",
+       "reward.options.length: length reward: need max_length > 0 and 0 <= buffer <= "
+       "max_length, got max_length 10, buffer 20"},
+      {m + "reward:\n  format_pattern: x\n  options:\n    format: {pattern: y}\n",
+       "format_pattern",
+       "reward.format_pattern and reward.options.format.pattern are both set; keep the latter"},
       {m + "reward:\n  timeout_s: 0\n", "timeout_s", "reward.timeout_s must be > 0, got 0"},
       {m + "reward:\n  max_request_mb: 0\n", "max_request_mb",
        "reward.max_request_mb must be in [1, 1024] (MiB of one Score request), got 0"},

@@ -1,4 +1,4 @@
-#include "reward/rule_rewards.h"
+#include "reward/answer_parsers.h"
 
 #include <algorithm>
 #include <cctype>
@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <iterator>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -14,7 +15,6 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "re2/re2.h"
 
 namespace lightrl {
 namespace {
@@ -749,117 +749,8 @@ bool AnswersMatch(absl::string_view answer, absl::string_view ground_truth) {
   return Equivalent(ParseMathAnswer(answer, 0), ParseMathAnswer(ground_truth, 0));
 }
 
-RewardResult MathReward(absl::string_view response, absl::string_view ground_truth) {
-  RewardResult r;
-  auto answer = ExtractFinalAnswer(response);
-  r.score = answer && AnswersMatch(*answer, ground_truth) ? 1.0 : 0.0;
-  r.components = {{"correct", r.score}, {"has_answer", answer ? 1.0 : 0.0}};
-  return r;
-}
-
 std::optional<double> EvaluateExpression(absl::string_view expr, std::vector<double>* numbers_used) {
   return ExprParser(expr, numbers_used).Parse();
-}
-
-absl::StatusOr<RewardResult> CountdownReward(absl::string_view response,
-                                             absl::string_view ground_truth) {
-  // "target: 24; numbers: 3 4 6 1"
-  double target = 0;
-  std::vector<double> numbers;
-  bool have_target = false, have_numbers = false;
-  for (absl::string_view part : absl::StrSplit(ground_truth, ';')) {
-    std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(part, absl::MaxSplits(':', 1));
-    absl::string_view key = absl::StripAsciiWhitespace(kv.first);
-    absl::string_view value = absl::StripAsciiWhitespace(kv.second);
-    if (key == "target") {
-      have_target = absl::SimpleAtod(value, &target);
-    } else if (key == "numbers") {
-      for (absl::string_view n : absl::StrSplit(value, ' ', absl::SkipEmpty())) {
-        double v;
-        if (!absl::SimpleAtod(n, &v)) {
-          return absl::InvalidArgumentError(absl::StrCat("countdown ground truth: bad number \"", n, "\""));
-        }
-        numbers.push_back(v);
-      }
-      have_numbers = !numbers.empty();
-    }
-  }
-  if (!have_target || !have_numbers) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "countdown ground truth must be \"target: N; numbers: a b ...\", got \"", ground_truth, "\""));
-  }
-  absl::string_view expr = response;
-  size_t at = response.rfind("nswer:");
-  if (at != absl::string_view::npos) expr = response.substr(at + 6);
-  expr = absl::StripAsciiWhitespace(expr.substr(0, expr.find('\n')));
-  if (size_t eq = expr.find('='); eq != absl::string_view::npos) expr = expr.substr(0, eq);
-  RewardResult r;
-  std::vector<double> used;
-  auto value = EvaluateExpression(expr, &used);
-  bool numbers_ok = value.has_value();
-  std::vector<double> pool = numbers;
-  for (double u : used) {
-    auto it = std::find(pool.begin(), pool.end(), u);
-    if (it == pool.end()) {
-      numbers_ok = false;
-      break;
-    }
-    pool.erase(it);
-  }
-  const bool correct = numbers_ok && std::fabs(*value - target) < 1e-9;
-  r.score = correct ? 1.0 : numbers_ok ? 0.1 : 0.0;
-  r.components = {{"correct", correct ? 1.0 : 0.0}, {"well_formed", numbers_ok ? 1.0 : 0.0}};
-  return r;
-}
-
-double LengthPenalty(int64_t length, int64_t max_len, int64_t buffer) {
-  if (buffer <= 0 || length <= max_len - buffer) return 0;
-  if (length >= max_len) return -1;
-  return -static_cast<double>(length - (max_len - buffer)) / static_cast<double>(buffer);
-}
-
-
-absl::StatusOr<FormatChecker> FormatChecker::Create(absl::string_view pattern) {
-  if (pattern.empty()) pattern = kDefaultFormatPattern;
-  re2::RE2::Options options;
-  options.set_log_errors(false);
-  auto regex = std::make_shared<const re2::RE2>(re2::StringPiece(pattern.data(), pattern.size()),
-                                                options);
-  if (!regex->ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("format reward: pattern \"", pattern,
-                                                   "\" is not a valid RE2 regex: ",
-                                                   regex->error()));
-  }
-  return FormatChecker(std::move(regex));
-}
-
-bool FormatChecker::Matches(absl::string_view response) const {
-  return re2::RE2::PartialMatch(re2::StringPiece(response.data(), response.size()), *regex_);
-}
-
-const std::string& FormatChecker::pattern() const { return regex_->pattern(); }
-
-RewardResult FormatReward(absl::string_view response, const FormatChecker& checker) {
-  RewardResult r;
-  r.score = checker.Matches(response) ? 1.0 : 0.0;
-  r.components = {{"format", r.score}};
-  return r;
-}
-
-absl::Status LengthRewardOptions::Validate() const {
-  if (max_length <= 0 || buffer < 0 || buffer > max_length) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "length reward: need max_length > 0 and 0 <= buffer <= max_length, got max_length ",
-        max_length, ", buffer ", buffer));
-  }
-  return absl::OkStatus();
-}
-
-RewardResult LengthReward(int64_t length, const LengthRewardOptions& options) {
-  RewardResult r;
-  r.score = LengthPenalty(length, options.max_length, options.buffer);
-  r.components = {{"length_penalty", r.score}};
-  return r;
 }
 
 }  // namespace lightrl
