@@ -25,6 +25,7 @@
 #include "common/metrics.h"
 #include "common/status.h"
 #include "inference_engine/engine.h"
+#include "policy/checkpoint_files.h"
 #include "policy/policy_model.h"
 #include "policy/tokenizer.h"
 #include "reward/reward_function.h"
@@ -551,11 +552,8 @@ std::vector<int32_t> Trainer::StopTokens() const {
   std::vector<int32_t> ids;
   for (int64_t id : config_.rollout.stop_token_ids) ids.push_back(static_cast<int32_t>(id));
   if (!ids.empty()) return ids;
-  for (int64_t id : policy_->config().eos_token_ids) ids.push_back(static_cast<int32_t>(id));
-  for (const char* name : {"<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>"}) {
-    if (auto id = tokenizer_->TokenToId(name)) {
-      if (std::find(ids.begin(), ids.end(), *id) == ids.end()) ids.push_back(*id);
-    }
+  for (int64_t id : DefaultEndTokenIds(policy_->config(), &*tokenizer_)) {
+    ids.push_back(static_cast<int32_t>(id));
   }
   return ids;
 }
@@ -577,6 +575,18 @@ absl::Status Trainer::Checkpoint() {
   RETURN_IF_ERROR(RemoveTree(tmp));
   const DType dtype = config_.checkpoint.dtype == "bfloat16" ? DType::kBF16 : DType::kF32;
   RETURN_IF_ERROR(policy_->Save(tmp, dtype));
+  // The tokenizer, its end tokens and the run's sampling: generate and transformers need
+  // nothing else beside the checkpoint.
+  GenerationConfigFile generation;
+  generation.bos_token_id = policy_->config().bos_token_id;
+  for (int32_t id : StopTokens()) generation.eos_token_ids.push_back(id);
+  generation.max_new_tokens = config_.rollout.max_new_tokens;
+  generation.temperature = config_.rollout.temperature;
+  generation.top_p = config_.rollout.top_p;
+  generation.top_k = config_.rollout.top_k;
+  generation.stop_strings = config_.rollout.stop_strings;
+  RETURN_IF_ERROR(WriteGenerationFiles(tmp, config_.model.tokenizer, *tokenizer_, generation,
+                                       policy_->config().max_position_embeddings));
   RETURN_IF_ERROR(learners_->SaveState(JoinPath(tmp, "optimizer.pt")));
   RETURN_IF_ERROR(WriteFileAtomic(JoinPath(tmp, "trainer_state.json"), state_.ToJson().Dump(2) + "\n"));
   if (config_.logging.jsonl) {

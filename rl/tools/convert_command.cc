@@ -1,9 +1,11 @@
 // `lightrl init` (a random model from a config.json) and `lightrl convert` (re-save a
-// checkpoint: dtype, sharding, MiniMax-M1 naming to transformers' naming).
+// checkpoint: dtype, sharding, MiniMax-M1 naming to transformers' naming; the tokenizer
+// and generation files come along).
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "policy/checkpoint_files.h"
 #include "policy/policy_model.h"
 #include "rl/tools/commands.h"
 #include "rl/tools/flags.h"
@@ -45,7 +47,8 @@ absl::Status Convert(const std::vector<std::string>& args) {
     return absl::InvalidArgumentError("--output must differ from --model");
   }
   ASSIGN_OR_RETURN(auto model, PolicyModel::Load(model_dir));
-  return model->Save(output, dtype);
+  RETURN_IF_ERROR(model->Save(output, dtype));
+  return CopyGenerationFiles(model_dir, output).status();
 }
 
 }  // namespace

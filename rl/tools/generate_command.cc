@@ -14,6 +14,7 @@
 #include "common/json.h"
 #include "common/status.h"
 #include "inference_engine/engine.h"
+#include "policy/checkpoint_files.h"
 #include "policy/policy_model.h"
 #include "policy/tokenizer.h"
 #include "rl/tools/commands.h"
@@ -29,9 +30,12 @@ constexpr const char* kUsage =
     "stop_token_ids, early_stop_window, early_stop_prob.\n"
     "Output: one line per sample with prompt, tokens, text, logprobs and finish_reason\n"
     "(length, stop, early-stop); a failed request gives one line with \"error\".\n"
+    "DIR/tokenizer.json encodes text prompts; DIR/generation_config.json (a run's checkpoint\n"
+    "has one) sets the end ids and the defaults of the sampling flags.\n"
     "flags: --max-new-tokens N (256) --temperature T (1.0) --top-p P (1.0) --top-k K (0)\n"
     "       --n N (1) --seed S (0; line i uses S + i unless it sets seed)\n"
-    "       --stop STRING --stop-token-ids a,b,c (default: the config's eos ids)\n"
+    "       --stop STRING --stop-token-ids a,b,c (default: generation_config.json's\n"
+    "       eos_token_id, else config.json's eos ids and the tokenizer's end tokens)\n"
     "       --early-stop-window N (3000; 0 = off) --early-stop-prob P (0.99)\n"
     "       --device cpu|cuda --dtype float32|bfloat16 --max-num-seqs N (64)\n"
     "       --kv-cache-mb MB (1024) --page-size N (64) --max-model-len N\n"
@@ -108,16 +112,22 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string model_dir, flags.Required("model"));
   ASSIGN_OR_RETURN(std::string input, flags.Required("input"));
   ASSIGN_OR_RETURN(std::string output, flags.Required("output"));
+  ASSIGN_OR_RETURN(std::optional<GenerationConfigFile> generation, ReadGenerationConfig(model_dir));
+  const GenerationConfigFile defaults = generation.value_or(GenerationConfigFile());
   SamplingParams base;
-  ASSIGN_OR_RETURN(base.max_new_tokens, flags.GetInt("max-new-tokens", 256));
-  ASSIGN_OR_RETURN(base.temperature, flags.GetDouble("temperature", 1.0));
-  ASSIGN_OR_RETURN(base.top_p, flags.GetDouble("top-p", 1.0));
-  ASSIGN_OR_RETURN(base.top_k, flags.GetInt("top-k", 0));
+  ASSIGN_OR_RETURN(base.max_new_tokens, flags.GetInt("max-new-tokens", defaults.max_new_tokens.value_or(256)));
+  ASSIGN_OR_RETURN(base.temperature, flags.GetDouble("temperature", defaults.temperature.value_or(1.0)));
+  ASSIGN_OR_RETURN(base.top_p, flags.GetDouble("top-p", defaults.top_p.value_or(1.0)));
+  ASSIGN_OR_RETURN(base.top_k, flags.GetInt("top-k", defaults.top_k.value_or(0)));
   ASSIGN_OR_RETURN(base.n, flags.GetInt("n", 1));
   ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed", 0));
   ASSIGN_OR_RETURN(base.early_stop_window, flags.GetInt("early-stop-window", 3000));
   ASSIGN_OR_RETURN(base.early_stop_prob, flags.GetDouble("early-stop-prob", 0.99));
-  if (flags.Has("stop")) base.stop_strings.push_back(flags.Get("stop"));
+  if (flags.Has("stop")) {
+    base.stop_strings.push_back(flags.Get("stop"));
+  } else {
+    base.stop_strings = defaults.stop_strings;
+  }
   RETURN_IF_ERROR(base.Validate());
   EngineOptions eopts;
   ASSIGN_OR_RETURN(eopts.max_num_seqs, flags.GetInt("max-num-seqs", 64));
@@ -133,6 +143,12 @@ absl::Status Run(const std::vector<std::string>& args) {
   RETURN_IF_ERROR(popts.Validate());
 
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(JoinPath(model_dir, "config.json")));
+  std::optional<Tokenizer> tokenizer;
+  const std::string tok_path = JoinPath(model_dir, kTokenizerFileName);
+  if (FileExists(tok_path)) {
+    ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(tok_path));
+    tokenizer.emplace(std::move(t));
+  }
   if (flags.Has("stop-token-ids")) {
     for (absl::string_view s : absl::StrSplit(flags.Get("stop-token-ids"), ',', absl::SkipEmpty())) {
       int64_t id;
@@ -141,14 +157,11 @@ absl::Status Run(const std::vector<std::string>& args) {
       }
       base.stop_token_ids.push_back(id);
     }
+  } else if (!defaults.eos_token_ids.empty()) {
+    base.stop_token_ids = defaults.eos_token_ids;
   } else {
-    base.stop_token_ids = config.eos_token_ids;
-  }
-  std::optional<Tokenizer> tokenizer;
-  const std::string tok_path = JoinPath(model_dir, "tokenizer.json");
-  if (FileExists(tok_path)) {
-    ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(tok_path));
-    tokenizer.emplace(std::move(t));
+    // As the trainer's rollouts stop.
+    base.stop_token_ids = DefaultEndTokenIds(config, tokenizer ? &*tokenizer : nullptr);
   }
 
   ASSIGN_OR_RETURN(std::string text, ReadFile(input));

@@ -20,6 +20,12 @@ that learns single-digit addition in seconds on a CPU:
              `--skip-corrupt` skips it and says how many were skipped.
   metrics_resume  a run killed after step 5 (checkpoint at step 4) and resumed logs every
              (step, metric) once in metrics.jsonl, and once in TensorBoard's view.
+  standalone  a run's checkpoint is usable on its own: it carries tokenizer.json,
+             tokenizer_config.json and generation_config.json (each in manifest.json);
+             `lightrl generate --model CKPT` takes text prompts and stops on the
+             tokenizer's end token with no stop ids given; transformers loads the
+             tokenizer, the generation config and the model from the folder and its
+             greedy generate gives lightrl's tokens; `lightrl convert` carries the files.
   config     bad YAML (unknown key, wrong type, out-of-range value, missing data file)
              exits non-zero with "file:line: key" before any output directory exists.
 
@@ -635,9 +641,79 @@ def case_config(runs, rng):
     assert not failures, "\n  ".join(failures)
 
 
+def case_standalone(runs, rng):
+    ckpt = os.path.join(runs.reference(), "checkpoints", latest_checkpoint(runs.reference()))
+    files = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+    with open(os.path.join(ckpt, "manifest.json")) as f:
+        listed = {e["name"]: e for e in json.load(f)["files"]}
+    for name in files:
+        assert name in listed, f"{name} not in {ckpt}/manifest.json: {sorted(listed)}"
+        assert listed[name]["bytes"] == os.path.getsize(os.path.join(ckpt, name)), name
+    with open(os.path.join(ckpt, "tokenizer.json"), "rb") as f, open(TOKENIZER, "rb") as g:
+        assert f.read() == g.read(), "the checkpoint's tokenizer.json is not the run's"
+    # The copy stands alone: nothing of the run's folders is reachable from it.
+    alone = os.path.join(runs.tmp, "standalone-ckpt")
+    shutil.copytree(ckpt, alone)
+
+    prompts = [f"{a}+{b}=" for a in range(5) for b in range(3)]
+    inp = os.path.join(runs.tmp, "standalone-prompts.jsonl")
+    with open(inp, "w") as f:
+        for p in prompts:
+            f.write(json.dumps({"prompt": p}) + "\n")
+    out = os.path.join(runs.tmp, "standalone-out.jsonl")
+    # Greedy, with room to run on: only an end token stops a sample short of 16 tokens.
+    run_ok("generate", "--model", alone, "--input", inp, "--output", out,
+           "--temperature", "0", "--max-new-tokens", "16")
+    with open(out) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == len(prompts), rows
+    stopped = [r for r in rows if r["finish_reason"] == "stop"]
+    assert len(stopped) >= len(rows) // 2, f"only {len(stopped)} of {len(rows)} stopped: {rows}"
+    for r in stopped:
+        assert r["tokens"][-1] == 256 and 256 not in r["tokens"][:-1], r
+    for r in rows:
+        assert r["finish_reason"] in ("stop", "length"), r
+        assert r["prompt"] in prompts and "text" in r, r
+    print(f"  generate: {len(stopped)} of {len(rows)} greedy samples end on <|endoftext|>")
+    # Without flags the run's sampling applies: rollout.max_new_tokens is 4.
+    sampled = os.path.join(runs.tmp, "standalone-sampled.jsonl")
+    run_ok("generate", "--model", alone, "--input", inp, "--output", sampled)
+    with open(sampled) as f:
+        lengths = [len(json.loads(line)["tokens"]) for line in f]
+    assert max(lengths) <= 4, lengths
+
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
+                              PreTrainedTokenizerFast)
+    import torch
+    tok = AutoTokenizer.from_pretrained(alone)
+    assert isinstance(tok, PreTrainedTokenizerFast), type(tok)
+    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 256, (tok.eos_token, tok.eos_token_id)
+    fast = PreTrainedTokenizerFast.from_pretrained(alone)
+    for r in rows:
+        assert fast.encode(r["prompt"], add_special_tokens=False) == r["prompt_tokens"], r
+    gen = GenerationConfig.from_pretrained(alone)
+    assert gen.eos_token_id == 256 and gen.bos_token_id is None, gen
+    assert gen.do_sample and gen.temperature == 1.0 and gen.top_k == 0 and gen.max_new_tokens == 4, gen
+    model = AutoModelForCausalLM.from_pretrained(alone).eval()
+    assert model.generation_config.eos_token_id == 256, model.generation_config
+    for r in rows:
+        with torch.no_grad():
+            ids = model.generate(torch.tensor([r["prompt_tokens"]]), do_sample=False,
+                                 max_new_tokens=16, pad_token_id=256)[0].tolist()
+        assert ids[len(r["prompt_tokens"]):] == r["tokens"], (r["prompt"], ids, r["tokens"])
+    print("  transformers: tokenizer, generation config and greedy generate agree")
+
+    converted = os.path.join(runs.tmp, "standalone-converted")
+    run_ok("convert", "--model", alone, "--output", converted, "--dtype", "bfloat16")
+    for name in files:
+        with open(os.path.join(alone, name), "rb") as f, open(os.path.join(converted, name), "rb") as g:
+            assert f.read() == g.read(), f"convert changed {name}"
+
+
 CASES = {"resume": case_resume, "metrics": case_metrics, "rollouts": case_rollouts,
          "replay": case_replay, "checksums": case_checksums, "corrupt_log": case_corrupt_log,
-         "metrics_resume": case_metrics_resume, "config": case_config}
+         "metrics_resume": case_metrics_resume, "config": case_config,
+         "standalone": case_standalone}
 
 
 def main():
