@@ -19,5 +19,6 @@ int RunRolloutsCommand(const std::vector<std::string>& args);
 int RunRewardWorkerCommand(const std::vector<std::string>& args);
 int RunRolloutWorkerCommand(const std::vector<std::string>& args);
 int RunPlanCommand(const std::vector<std::string>& args);
+int RunPlotCommand(const std::vector<std::string>& args);
 
 }  // namespace lightrl

@@ -20,7 +20,8 @@ constexpr const char* kUsage =
     "  rollouts   show or export the rollout log (show, export)\n"
     "  reward-worker  serve a built-in reward over gRPC (lightrl.v1.RewardService)\n"
     "  rollout-worker serve the inference engine over gRPC (lightrl.v1.RolloutService)\n"
-    "  plan       parallel layout, memory per GPU and step time of a config on N GPUs\n";
+    "  plan       parallel layout, memory per GPU and step time of a config on N GPUs\n"
+    "  plot       PNG line charts of runs' metrics.jsonl, one per metric, runs overlaid\n";
 
 }  // namespace
 
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   if (command == "reward-worker") return lightrl::RunRewardWorkerCommand(args);
   if (command == "rollout-worker") return lightrl::RunRolloutWorkerCommand(args);
   if (command == "plan") return lightrl::RunPlanCommand(args);
+  if (command == "plot") return lightrl::RunPlotCommand(args);
   std::cerr << "lightrl: unknown command \"" << command << "\"\n" << kUsage;
   return 2;
 }
