@@ -21,72 +21,6 @@
 
 namespace lightrl {
 
-absl::Status OptimizerOptions::Validate() const {
-  auto bad = [](absl::string_view field, double v, absl::string_view want) {
-    return absl::InvalidArgumentError(absl::StrCat("optimizer.", field, " must be ", want, ", got ", v));
-  };
-  if (!(lr > 0)) return bad("lr", lr, "> 0");
-  if (!(beta1 >= 0 && beta1 < 1)) return bad("beta1", beta1, "in [0, 1)");
-  if (!(beta2 >= 0 && beta2 < 1)) return bad("beta2", beta2, "in [0, 1)");
-  if (!(eps > 0)) return bad("eps", eps, "> 0");
-  if (!(weight_decay >= 0)) return bad("weight_decay", weight_decay, ">= 0");
-  if (!(grad_clip >= 0)) return bad("grad_clip", grad_clip, ">= 0");
-  if (warmup_steps < 0) return bad("warmup_steps", static_cast<double>(warmup_steps), ">= 0");
-  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) return bad("min_lr_ratio", min_lr_ratio, "in [0, 1]");
-  if (schedule != "constant" && schedule != "cosine" && schedule != "linear") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "optimizer.schedule must be constant, cosine or linear, got \"", schedule, "\""));
-  }
-  return absl::OkStatus();
-}
-
-double OptimizerOptions::LearningRate(int64_t step) const {
-  if (warmup_steps > 0 && step < warmup_steps) {
-    return lr * static_cast<double>(step + 1) / static_cast<double>(warmup_steps);
-  }
-  if (schedule == "constant") return lr;
-  const double span = std::max<double>(1, static_cast<double>(total_steps - warmup_steps));
-  const double t = std::min(1.0, static_cast<double>(step - warmup_steps) / span);
-  const double decay = schedule == "cosine" ? 0.5 * (1 + std::cos(M_PI * t)) : 1 - t;
-  return lr * (min_lr_ratio + (1 - min_lr_ratio) * decay);
-}
-
-absl::Status DataParallelOptions::Validate() const {
-  if (!(bucket_mb > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat("data_parallel.bucket_mb must be > 0, got ", bucket_mb));
-  }
-  if (expert_parallel < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("data_parallel.expert_parallel must be >= 1, got ", expert_parallel));
-  }
-  if (grad_reduce_dtype != "float32" && grad_reduce_dtype != "bfloat16") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "data_parallel.grad_reduce_dtype must be float32 or bfloat16, got '", grad_reduce_dtype, "'"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status LearnerOptions::Validate() const {
-  RETURN_IF_ERROR(loss.Validate());
-  RETURN_IF_ERROR(data_parallel.Validate());
-  RETURN_IF_ERROR(optimizer.Validate());
-  if (minibatches < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("minibatches must be >= 1, got ", minibatches));
-  }
-  if (!(aux_loss_coef >= 0) || !(moe_capacity_factor >= 0)) {
-    return absl::InvalidArgumentError("aux_loss_coef and moe_capacity_factor must be >= 0");
-  }
-  if (max_tokens_per_forward < 1) {
-    return absl::InvalidArgumentError("max_tokens_per_forward must be >= 1");
-  }
-  if (!(temperature > 0) || !std::isfinite(temperature)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "temperature must be finite and > 0 (the rollouts' sampling temperature), got ",
-        temperature));
-  }
-  return absl::OkStatus();
-}
-
 namespace {
 
 // A packed forward's view of some samples: which hidden row predicts which response token.
@@ -623,7 +557,7 @@ struct Learner::Impl {
     auto& module = policy->module();
     ForwardOptions fopts;
     fopts.train_lightning = train;
-    fopts.moe_capacity_factor = train ? options.moe_capacity_factor : 0;
+    fopts.moe_capacity_factor = train ? options.optimizer.moe_capacity_factor : 0;
     fopts.expert_parallel = ep_comm.get();
     auto out = module->Forward(p.tokens, p.layout, fopts);
     auto hidden = out.hidden.index_select(0, p.predict_rows);
@@ -1210,7 +1144,7 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
         if (micro.empty()) {
           // Expert parallel, a rank short of micro-batches: nothing to learn from, but its
           // backward must reach every MoE block's all-to-all.
-          auto total = lp.sum() + m.options.aux_loss_coef * lock.shares[k] * aux;
+          auto total = lp.sum() + m.options.optimizer.aux_loss_coef * lock.shares[k] * aux;
           total.backward();
           loss_sum += total.item<double>();
           aux_sum += lock.shares[k] * aux.item<double>();
@@ -1230,7 +1164,7 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
         // (expert parallel: the share of the k-th forwards of all ranks, whose aux loss
         // this rank's is a part of).
         const double share = m.ep > 1 ? lock.shares[k] : p.mask.sum().item<double>() / n_tokens;
-        auto total = out.loss + m.options.aux_loss_coef * share * aux;
+        auto total = out.loss + m.options.optimizer.aux_loss_coef * share * aux;
         // Gradients are reduced once, from the hooks of the update's last backward.
         total.backward();
         loss_sum += total.item<double>();
@@ -1329,7 +1263,7 @@ absl::StatusOr<LearnerStats> Learner::TrainSft(const std::vector<TrainSample>& b
       auto [lp, aux] = m.Logprobs(p, /*train=*/true, nullptr);
       const double share =
           m.ep > 1 ? lock.shares[k] : static_cast<double>(p.num_response_tokens) / n_tokens;
-      auto loss = -lp.sum() / n_tokens + m.options.aux_loss_coef * share * aux;
+      auto loss = -lp.sum() / n_tokens + m.options.optimizer.aux_loss_coef * share * aux;
       m.armed = m.dp() && k + 1 == micros.size();
       loss.backward();
       auto l = loss.detach(), a = share * aux.detach();

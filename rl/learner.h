@@ -13,64 +13,9 @@
 #include "absl/status/statusor.h"
 #include "policy/policy_model.h"
 #include "rl/distributed.h"
-#include "rl/loss_options.h"
+#include "rl/learner_options.h"
 
 namespace lightrl {
-
-struct OptimizerOptions {
-  double lr = 1e-6;
-  double beta1 = 0.9;
-  double beta2 = 0.95;  // MiniMax-M1
-  double eps = 1e-15;   // MiniMax-M1
-  double weight_decay = 0.0;
-  double grad_clip = 1.0;  // max global grad norm; 0 = off
-  std::string schedule = "constant";  // constant | cosine | linear (decay after warmup)
-  int64_t warmup_steps = 0;
-  double min_lr_ratio = 0.1;  // floor of cosine/linear decay, as a fraction of lr
-  int64_t total_steps = 1;    // optimizer steps the schedule spans
-  absl::Status Validate() const;
-  double LearningRate(int64_t step) const;
-};
-
-// How the ranks of a data-parallel learner share the work; unused by a single process.
-struct DataParallelOptions {
-  // Gradients are all-reduced in buckets of about this many MB (FP32), each launched from
-  // the backward pass as soon as all its gradients are ready.
-  double bucket_mb = 25;
-  // ZeRO-1: each rank keeps the AdamW moments and FP32 master weights of 1/N of the
-  // (flattened) parameters, updates that shard and all-gathers the parameters.
-  bool zero1 = false;
-  // The dtype gradients are summed over the ranks in: "float32" (the bf16 gradients are
-  // widened first; exact to FP32 at any world size) or "bfloat16" (bf16 parameters only:
-  // half the bytes on the wire, each reduction step rounds the partial sum to bf16, so the
-  // error grows with the world size; with ZeRO-1 the shards step FP32 masters from the
-  // bf16 sums and gather bf16 weights). docs/distributed.md.
-  std::string grad_reduce_dtype = "float32";
-  // Expert parallelism: blocks of this many consecutive ranks each hold every expert
-  // once; rank i of a block computes 1/expert_parallel of each MoE layer's experts for
-  // the whole block's tokens (all-to-all) and keeps their optimizer state. The MoE
-  // capacity and aux loss are then counted over all ranks' tokens of a forward, and every
-  // rank runs as many forwards as the rank with the most micro-batches. The weights stay
-  // replicated on every rank (docs/distributed.md). Must divide the world size and the
-  // model's num_local_experts; 1 = off.
-  int64_t expert_parallel = 1;
-  absl::Status Validate() const;
-};
-
-struct LearnerOptions {
-  PolicyLossOptions loss;
-  OptimizerOptions optimizer;
-  int64_t minibatches = 1;      // optimizer updates per generation batch
-  double aux_loss_coef = 0.001; // MoE load-balancing loss weight
-  double moe_capacity_factor = 0;  // token dropping in training; 0 = off
-  int64_t max_tokens_per_forward = 16384;  // micro-batching of long batches
-  // The temperature T the rollouts were sampled at: the learner's logprobs (old and
-  // current) are log softmax(logits / T), the distribution the engine sampled from and
-  // reported logprobs of. Must be > 0.
-  double temperature = 1.0;
-  DataParallelOptions data_parallel;
-  absl::Status Validate() const;
-};
 
 // One response to learn from.
 struct TrainSample {

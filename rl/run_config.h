@@ -1,7 +1,11 @@
 // The run configuration: one plain struct per section of the run's YAML file, with
-// defaults, one comment per field and a Validate(); LoadRunConfig binds a file to them,
-// resolving input paths against the file's directory and reporting errors as
-// "configs/x.yaml:14: rollout.group_size must be >= 2, got 1". Torch-free; it owns no
+// defaults, one comment per field, one table of its keys (common/config_table.h: key,
+// member, doc, check) and a Validate() that runs the table's checks. The table is the
+// only list of a section's keys: LoadRunConfig binds a file through it (resolving input
+// paths against the file's directory, errors as "configs/x.yaml:14: rollout.group_size
+// must be >= 2, got 1"), DescribeRunConfig writes it back, RunConfigKeys() lists it for
+// the docs. Sections that are a library's options embed its struct (SamplingParams,
+// OptimizerOptions, DataParallelOptions) rather than copying it. Torch-free; it owns no
 // training, rollout or reward behaviour, only what the file says.
 #pragma once
 
@@ -13,16 +17,20 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/config_table.h"
 #include "common/json.h"
+#include "common/yaml.h"
 #include "inference_engine/sampling_params.h"
 #include "rl/advantages.h"
+#include "rl/learner_options.h"
 #include "rl/loss_options.h"
 
 namespace lightrl {
 
 // Validate() messages of the sections start with the field's name ("group_size must be
 // >= 2, got 1"), RunConfig::Validate()'s with "section.field", so the loader can find the
-// line the field came from.
+// line the field came from. Each section's Table() is its list of keys: adding a key is a
+// member, a row there (with its check) and a row in docs/config.md.
 
 struct RunSection {
   // Shown in logs and metrics.
@@ -48,6 +56,7 @@ struct RunSection {
   // accuracy (eval/accuracy_sampled): the expected reward RL raises. 0 = greedy only.
   int64_t eval_sampled = 0;
 
+  static const ConfigTable<RunSection>& Table();
   absl::Status Validate() const;
 };
 
@@ -63,6 +72,7 @@ struct ModelSection {
   // Empty: no tokenizer configured.
   std::string tokenizer;
 
+  static const ConfigTable<ModelSection>& Table();
   absl::Status Validate() const;
 };
 
@@ -78,30 +88,19 @@ struct DataSection {
   // Shuffle prompt order each epoch (seeded by run.seed).
   bool shuffle = true;
 
+  static const ConfigTable<DataSection>& Table();
   absl::Status Validate() const;
 };
 
-struct RolloutSection {
+// The sampling keys (temperature, top_p, top_k, max_new_tokens, stop_strings,
+// stop_token_ids, early_stop_window, early_stop_prob) are the engine's SamplingParams
+// fields, embedded; its n and seed are not keys (n = group_size, the controller seeds).
+struct RolloutSection : SamplingParams {
+  RolloutSection() { max_new_tokens = 1024; }  // also DAPO's overlong L_max
   // Responses sampled per prompt (G in the advantage formula); >= 2 for a nonzero std.
   int64_t group_size = 8;
   // Prompt groups per optimizer step.
   int64_t prompts_per_step = 16;
-  // Generation budget per response, in tokens; also DAPO's overlong L_max.
-  int64_t max_new_tokens = 1024;
-  // Sampling temperature; 0 = greedy. 1 keeps the logprobs the learner's.
-  double temperature = 1.0;
-  // Nucleus mass in (0, 1].
-  double top_p = 1.0;
-  // 0 = no top-k filter.
-  int64_t top_k = 0;
-  // Generation stops once the decoded text contains one of these.
-  std::vector<std::string> stop_strings;
-  // Generation stops on these tokens (kept in the output).
-  std::vector<int64_t> stop_token_ids;
-  // M1's early stop: halt after this many consecutive tokens each above
-  // early_stop_prob; 0 disables.
-  int64_t early_stop_window = 3000;
-  double early_stop_prob = 0.99;
   // Sequences the engine decodes at once.
   int64_t max_num_seqs = 64;
   // How many policy versions old a sample may be when trained on; 0 = on-policy.
@@ -112,9 +111,11 @@ struct RolloutSection {
   // max_staleness / minibatches steps of groups are generated ahead.
   bool async = false;
 
-  // The engine's options for one prompt: n = group_size; seed 0 (the controller sets a
-  // per-step seed).
+  // The engine's options for one prompt: the embedded SamplingParams with n = group_size
+  // and seed 0 (the controller sets a per-step seed).
   SamplingParams ToSamplingParams() const;
+  static const ConfigTable<RolloutSection>& Table();
+  // The sampling fields' checks are SamplingParams::Validate()'s.
   absl::Status Validate() const;
 };
 
@@ -136,6 +137,8 @@ struct RewardServerSection {
   std::string reward_kind;
   // File holding the server's shared token; required off loopback.
   std::string auth_token_file;
+
+  static const ConfigTable<RewardServerSection>& Table();
 };
 
 struct RewardSection {
@@ -166,6 +169,7 @@ struct RewardSection {
   // The options object of built-in kind `kind` (null when the config gives none: the
   // kind's defaults); what the in-process reward and a spawned worker are built from.
   Json OptionsFor(const std::string& kind) const;
+  static const ConfigTable<RewardSection>& Table();
   absl::Status Validate() const;
 };
 
@@ -196,30 +200,7 @@ struct AlgorithmSection {
   // overlong.soft_buffer); 0 = off. RunConfig::ToOverlongOptions() combines the two.
   int64_t overlong_soft_buffer = 0;
 
-  absl::Status Validate() const;
-};
-
-struct OptimizerSection {
-  // AdamW learning rate (peak, after warmup).
-  double lr = 1e-6;
-  // AdamW beta1, beta2 (M1: 0.9, 0.95).
-  std::array<double, 2> betas = {0.9, 0.95};
-  // AdamW epsilon; M1's 1e-15 keeps tiny-gradient updates from vanishing.
-  double eps = 1e-15;
-  double weight_decay = 0.0;
-  // Global gradient-norm clip; 0 = off.
-  double grad_clip = 1.0;
-  // Learning-rate schedule after warmup: "constant", "cosine" or "linear".
-  std::string schedule = "constant";
-  int64_t warmup_steps = 0;
-  // Where cosine/linear decay ends, as a fraction of lr.
-  double min_lr_ratio = 0.1;
-  // Weight of the MoE router's load-balancing loss.
-  double aux_loss_coef = 0.001;
-  // Expert capacity as a multiple of the even share, with token drop; 0 = no capacity
-  // limit.
-  double moe_capacity_factor = 0.0;
-
+  static const ConfigTable<AlgorithmSection>& Table();
   absl::Status Validate() const;
 };
 
@@ -236,6 +217,7 @@ struct SftSection {
   // JSONL of prompt/answer pairs; the loader defaults it to data.train.
   std::string data;
 
+  static const ConfigTable<SftSection>& Table();
   absl::Status Validate() const;
 };
 
@@ -247,6 +229,7 @@ struct CheckpointSection {
   // Saved weight dtype: "float32" or "bfloat16".
   std::string dtype = "float32";
 
+  static const ConfigTable<CheckpointSection>& Table();
   absl::Status Validate() const;
 };
 
@@ -257,6 +240,9 @@ struct LoggingSection {
   bool tensorboard = true;
   // A progress line on the terminal.
   bool progress = true;
+
+  static const ConfigTable<LoggingSection>& Table();
+  absl::Status Validate() const;
 };
 
 // Where rollouts are generated. YAML section `fleet`.
@@ -296,13 +282,15 @@ struct FleetSection {
   std::string worker_device = "cpu";
 
   bool enabled() const { return mode != "local"; }
+  static const ConfigTable<FleetSection>& Table();
   absl::Status Validate() const;
 };
 
-// The learner's processes (docs/distributed.md). YAML section `distributed`. RANK,
+// The learner's processes (docs/distributed.md). YAML section `distributed`: the
+// process group's keys here, the data-parallel ones of DataParallelOptions. RANK,
 // WORLD_SIZE, MASTER_ADDR and MASTER_PORT, when set (torchrun, `lightrl run --nproc`,
 // Slurm or Kubernetes), override rank, world_size, master_addr and master_port.
-struct DistributedSection {
+struct DistributedSection : DataParallelOptions {
   // Learner processes, one per GPU; rank 0 is also the controller. 1 = one process.
   int64_t world_size = 1;
   // This process's rank in [0, world_size).
@@ -314,18 +302,10 @@ struct DistributedSection {
   std::string backend = "auto";
   // Seconds to wait for the other ranks at start-up and in any one collective.
   double timeout_s = 1800;
-  // Gradient all-reduce bucket size, MB of FP32.
-  double bucket_mb = 25;
-  // ZeRO-1: shard AdamW state and FP32 master weights across the ranks.
-  bool zero1 = false;
-  // The dtype gradients are all-reduced in: float32, or bfloat16 (bf16 models; half the
-  // bytes, rounding that grows with the number of ranks).
-  std::string grad_reduce_dtype = "float32";
-  // Expert parallelism: blocks of this many consecutive ranks hold every expert once,
-  // each rank computing and updating 1/expert_parallel of them; must divide the number
-  // of ranks and the model's num_local_experts. 1 = off.
-  int64_t expert_parallel = 1;
+  // bucket_mb, zero1, grad_reduce_dtype and expert_parallel are the learner's
+  // DataParallelOptions, embedded; expert_parallel must also divide world_size.
 
+  static const ConfigTable<DistributedSection>& Table();
   absl::Status Validate() const;
 };
 
@@ -336,7 +316,7 @@ struct RunConfig {
   RolloutSection rollout;
   RewardSection reward;
   AlgorithmSection algorithm;
-  OptimizerSection optimizer;
+  OptimizerOptions optimizer;
   SftSection sft;
   CheckpointSection checkpoint;
   LoggingSection logging;
@@ -345,6 +325,8 @@ struct RunConfig {
   // The YAML file this was loaded from; empty when built in code.
   std::string source;
 
+  // The sections, one row each.
+  static const ConfigTable<RunConfig>& Table();
   // Every section, then the checks across sections; messages start with "section.field".
   absl::Status Validate() const;
   // The learner's loss options: algorithm.loss with truncated_is_cap's auto resolved.
@@ -359,6 +341,15 @@ struct RunConfig {
 // that do not exist; relative input paths are resolved against the YAML file's directory
 // and stored absolute. Every error names the file, the line when known, and the key.
 absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path);
+
+// Binds a parsed config (doc.source names its file) through the tables without
+// validating it. Strict (LoadRunConfig) as ConfigSource::strict; not strict, required
+// keys may be missing and input paths need not exist (`lightrl plan`).
+absl::StatusOr<RunConfig> BindRunConfig(const YamlDocument& doc, bool strict);
+
+// Every key of every section's table ("rollout.group_size", "algorithm.overlong.filter",
+// "reward.servers.NAME.address"): what docs/config.md must list.
+std::vector<std::string> RunConfigKeys();
 
 // The resolved config as YAML (every field, defaults included) for the run directory;
 // LoadRunConfig reads it back to the same config.

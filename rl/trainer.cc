@@ -339,23 +339,11 @@ LearnerOptions Trainer::MakeLearnerOptions() const {
   // SFT-only runs may leave rollout.temperature at 0 (greedy): nothing is sampled then.
   lopts.temperature = config_.rollout.temperature > 0 ? config_.rollout.temperature : 1.0;
   lopts.minibatches = config_.algorithm.minibatches;
-  const OptimizerSection& o = config_.optimizer;
-  lopts.optimizer.lr = o.lr;
-  lopts.optimizer.beta1 = o.betas[0];
-  lopts.optimizer.beta2 = o.betas[1];
-  lopts.optimizer.eps = o.eps;
-  lopts.optimizer.weight_decay = o.weight_decay;
-  lopts.optimizer.grad_clip = o.grad_clip;
-  lopts.optimizer.schedule = o.schedule;
-  lopts.optimizer.warmup_steps = o.warmup_steps;
-  lopts.optimizer.min_lr_ratio = o.min_lr_ratio;
+  // The config's sections are the learner's own option structs; only the schedule's
+  // length is derived.
+  lopts.optimizer = config_.optimizer;
   lopts.optimizer.total_steps = std::max<int64_t>(1, config_.run.steps * config_.algorithm.minibatches);
-  lopts.aux_loss_coef = config_.optimizer.aux_loss_coef;
-  lopts.moe_capacity_factor = config_.optimizer.moe_capacity_factor;
-  lopts.data_parallel.bucket_mb = config_.distributed.bucket_mb;
-  lopts.data_parallel.zero1 = config_.distributed.zero1;
-  lopts.data_parallel.grad_reduce_dtype = config_.distributed.grad_reduce_dtype;
-  lopts.data_parallel.expert_parallel = config_.distributed.expert_parallel;
+  lopts.data_parallel = config_.distributed;
   return lopts;
 }
 

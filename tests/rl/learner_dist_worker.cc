@@ -101,8 +101,8 @@ absl::Status Main(const std::vector<std::string>& args) {
   // The load-balancing loss is per forward, so with plain data parallelism it depends on
   // how samples are grouped into forwards; without it the update does not. Expert
   // parallelism counts it over all ranks' forwards together.
-  ASSIGN_OR_RETURN(opts.aux_loss_coef, flags.GetDouble("aux-coef", 0));
-  ASSIGN_OR_RETURN(opts.moe_capacity_factor, flags.GetDouble("capacity", 0));
+  ASSIGN_OR_RETURN(opts.optimizer.aux_loss_coef, flags.GetDouble("aux-coef", 0));
+  ASSIGN_OR_RETURN(opts.optimizer.moe_capacity_factor, flags.GetDouble("capacity", 0));
   ASSIGN_OR_RETURN(opts.data_parallel.expert_parallel, flags.GetInt("expert-parallel", 1));
   ASSIGN_OR_RETURN(opts.minibatches, flags.GetInt("minibatches", 2));
   ASSIGN_OR_RETURN(opts.max_tokens_per_forward, flags.GetInt("max-tokens", 16384));

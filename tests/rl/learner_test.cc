@@ -313,7 +313,7 @@ TEST(LearnerTest, NormaliserCountsKeptTokensOnly) {
   LearnerOptions opts;
   opts.optimizer.lr = 1e-2;
   opts.optimizer.grad_clip = 0;
-  opts.aux_loss_coef = 0;  // the router's aux loss sees every token of a forward
+  opts.optimizer.aux_loss_coef = 0;  // the router's aux loss sees every token of a forward
   // Packing another sample changes the GEMM shapes and so the rounding; with M1's eps of
   // 1e-15 Adam turns a rounding-noise gradient of a weight nobody uses into a full step of
   // either sign.

@@ -226,8 +226,8 @@ TEST_F(RunConfigTest, BindsEveryFieldOfAFullConfig) {
   EXPECT_TRUE(c.algorithm.overlong_filter);
   EXPECT_EQ(c.algorithm.overlong_soft_buffer, 64);
   EXPECT_EQ(c.optimizer.lr, 2e-6);
-  EXPECT_EQ(c.optimizer.betas[0], 0.8);
-  EXPECT_EQ(c.optimizer.betas[1], 0.99);
+  EXPECT_EQ(c.optimizer.beta1, 0.8);
+  EXPECT_EQ(c.optimizer.beta2, 0.99);
   EXPECT_EQ(c.optimizer.eps, 1e-12);
   EXPECT_EQ(c.optimizer.weight_decay, 0.1);
   EXPECT_EQ(c.optimizer.grad_clip, 0.5);
@@ -330,7 +330,8 @@ TEST_F(RunConfigTest, MinimalConfigTakesTheDefaults) {
   EXPECT_EQ(c.algorithm.loss.truncated_is_cap, kTruncatedIsCapAuto);
   EXPECT_EQ(c.ToLossOptions().truncated_is_cap, 0.0);
   EXPECT_EQ(c.algorithm.loss.dual_clip, 0.0);
-  EXPECT_EQ(c.optimizer.betas, defaults.optimizer.betas);
+  EXPECT_EQ(c.optimizer.beta1, defaults.optimizer.beta1);
+  EXPECT_EQ(c.optimizer.beta2, defaults.optimizer.beta2);
   EXPECT_EQ(c.sft.data, c.data.train);  // sft.data defaults to data.train
   EXPECT_TRUE(c.logging.tensorboard);
 }
