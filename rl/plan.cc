@@ -734,81 +734,73 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& model, const PlanOptions& optio
 
 namespace {
 
-// Strict binding of one YAML mapping: unknown keys are errors with their line.
-class PlanBinder {
- public:
-  explicit PlanBinder(const YamlDocument& doc) : doc_(doc) {}
-
-  absl::Status Error(absl::string_view path, absl::string_view what) const {
-    return Invalid(absl::StrCat(doc_.Where(path), ": ", what));
-  }
-
-  absl::StatusOr<const Json*> Mapping(const Json* v, absl::string_view path,
-                                      std::initializer_list<absl::string_view> known) const {
-    if (v == nullptr || v->is_null()) return nullptr;
-    if (!v->is_object()) return Error(path, absl::StrCat(path, " must be a mapping"));
-    for (const auto& [key, unused] : v->as_object()) {
-      if (std::find(known.begin(), known.end(), key) != known.end()) continue;
-      const std::string full = absl::StrCat(path, ".", key);
-      return Error(full, absl::StrCat(full, " is not a known key; known: ",
-                                      absl::StrJoin(known, ", ")));
-    }
-    return v;
-  }
-
-  static const Json* Get(const Json* section, absl::string_view key) {
-    if (section == nullptr || !section->is_object()) return nullptr;
-    const Json* v = section->find(key);
-    return v != nullptr && !v->is_null() ? v : nullptr;
-  }
-
-  absl::Status Int(const Json* s, absl::string_view path, absl::string_view key,
-                   int64_t& out) const {
-    const Json* v = Get(s, key);
-    if (v == nullptr) return absl::OkStatus();
-    const std::string full = absl::StrCat(path, ".", key);
-    if (!v->is_number() || std::floor(v->as_double()) != v->as_double()) {
-      return Error(full, absl::StrCat(full, " must be an integer, got ", v->Dump()));
-    }
-    out = v->is_int() ? v->as_int() : static_cast<int64_t>(v->as_double());
+ConfigField<HardwareProfile> ProfileField() {
+  ConfigField<HardwareProfile> f =
+      Field<HardwareProfile>("profile", &HardwareProfile::profile, "built-in profile: h800, h100 or h200");
+  f.bind = [](const Json* v, const std::string& path, const ConfigSource& s,
+              HardwareProfile& hw) {
+    std::string name = "h800";
+    if (v != nullptr) RETURN_IF_ERROR(config_table_internal::Read(*v, path, s, &name));
+    absl::StatusOr<HardwareProfile> built_in = HardwareProfile::BuiltIn(name);
+    if (!built_in.ok()) return s.ErrorAt(path, built_in.status().message());
+    hw = *std::move(built_in);
     return absl::OkStatus();
-  }
-
-  absl::Status Double(const Json* s, absl::string_view path, absl::string_view key,
-                      double& out) const {
-    const Json* v = Get(s, key);
-    if (v == nullptr) return absl::OkStatus();
-    const std::string full = absl::StrCat(path, ".", key);
-    if (!v->is_number()) return Error(full, absl::StrCat(full, " must be a number, got ", v->Dump()));
-    out = v->as_double();
-    return absl::OkStatus();
-  }
-
-  absl::Status Bool(const Json* s, absl::string_view path, absl::string_view key,
-                    bool& out) const {
-    const Json* v = Get(s, key);
-    if (v == nullptr) return absl::OkStatus();
-    const std::string full = absl::StrCat(path, ".", key);
-    if (!v->is_bool()) return Error(full, absl::StrCat(full, " must be true or false, got ", v->Dump()));
-    out = v->as_bool();
-    return absl::OkStatus();
-  }
-
-  absl::Status String(const Json* s, absl::string_view path, absl::string_view key,
-                      std::string& out) const {
-    const Json* v = Get(s, key);
-    if (v == nullptr) return absl::OkStatus();
-    const std::string full = absl::StrCat(path, ".", key);
-    if (!v->is_string()) return Error(full, absl::StrCat(full, " must be a string, got ", v->Dump()));
-    out = v->as_string();
-    return absl::OkStatus();
-  }
-
- private:
-  const YamlDocument& doc_;
-};
+  };
+  return f;
+}
 
 }  // namespace
+
+const ConfigTable<HardwareProfile>& HardwareProfile::Table() {
+  using H = HardwareProfile;
+  static const ConfigTable<H>* table = new ConfigTable<H>{
+      ProfileField(),
+      Field<H>("memory_gb", &H::memory_gb, "HBM per GPU, GB"),
+      Field<H>("bf16_tflops", &H::bf16_tflops, "dense bf16 peak, TFLOP/s"),
+      Field<H>("hbm_tb_s", &H::hbm_tb_s, "HBM bandwidth, TB/s"),
+      Field<H>("nvlink_gb_s", &H::nvlink_gb_s, "NVLink per GPU, GB/s"),
+      Field<H>("gpus_per_node", &H::gpus_per_node, "GPUs per node"),
+      Field<H>("ib_gb_s_per_node", &H::ib_gb_s_per_node, "network per node, GB/s"),
+  };
+  return *table;
+}
+
+const ConfigTable<PlanLayoutOptions>& PlanLayoutOptions::Table() {
+  using L = PlanLayoutOptions;
+  static const ConfigTable<L>* table = new ConfigTable<L>{
+      Field<L>("rollout_gpus", &L::rollout_gpus, "GPUs that generate; 0 = searched"),
+      Field<L>("rollout_instance_gpus", &L::rollout_instance_gpus,
+               "GPUs per copy of the weights for generation; 0 = searched"),
+      Field<L>("learner_tp", &L::learner_tp, "learner tensor parallel; 0 = largest fitting"),
+      Field<L>("learner_ep", &L::learner_ep, "learner expert parallel; 0 = the expert count"),
+      Field<L>("learner_expert_tp", &L::learner_expert_tp, "each expert's FFN split"),
+  };
+  return *table;
+}
+
+const ConfigTable<PlanOptions>& PlanOptions::Table() {
+  using P = PlanOptions;
+  static const ConfigTable<P>* table = new ConfigTable<P>{
+      Nested<P>("hardware", &P::hardware, "GPU profile and overrides"),
+      Nested<P>("layout", &P::layout, "layout sizes; 0 = the plan chooses"),
+      Field<P>("prompt_tokens", &P::prompt_tokens, "mean prompt length"),
+      Field<P>("mean_response_tokens", &P::mean_response_tokens,
+               "mean response length; 0 = rollout.max_new_tokens"),
+      Field<P>("micro_batch_tokens", &P::micro_batch_tokens, "tokens per training micro-batch"),
+      Field<P>("activation_checkpointing", &P::activation_checkpointing,
+               "full per-layer activation checkpointing"),
+      Field<P>("mfu", &P::mfu, "fraction of bf16 peak the learner reaches"),
+      Field<P>("memory_reserve_gb", &P::memory_reserve_gb, "per-GPU reserve, GB"),
+      Field<P>("decode_step_overhead_ms", &P::decode_step_overhead_ms,
+               "host cost of one decode step, ms"),
+      Field<P>("logits_chunk_tokens", &P::logits_chunk_tokens, "tokens per LM-head chunk"),
+      Field<P>("nvlink_latency_us", &P::nvlink_latency_us, "small collective in a node, us"),
+      Field<P>("ib_latency_us", &P::ib_latency_us, "small collective across nodes, us"),
+  };
+  return *table;
+}
+
+std::vector<std::string> PlanConfigKeys() { return TableKeys(PlanOptions::Table(), "plan."); }
 
 absl::Status LocateInConfig(const YamlDocument& doc, const absl::Status& status) {
   if (status.ok()) return status;
@@ -826,70 +818,43 @@ absl::StatusOr<PlanInput> LoadPlanInput(const std::string& path) {
   }
   PlanInput in;
   ASSIGN_OR_RETURN(in.doc, ParseYaml(*text, path));
-  const Json* root = &in.doc.root;
-  if (!root->is_object()) return Invalid(absl::StrCat(path, ": the config must be a mapping"));
-  PlanBinder b(in.doc);
-  // Relative to the YAML file as it was named, so messages show the paths a user wrote.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
+  // The run config's sections, bound by the run loader; files other than the model's
+  // config.json need not exist where the plan is made.
+  ASSIGN_OR_RETURN(RunConfig run, BindRunConfig(in.doc, /*strict=*/false));
+  ConfigSource source;
+  source.doc = &in.doc;
 
   // The model: model.path/config.json or model.init_config.
-  const Json* model = PlanBinder::Get(root, "model");
-  std::string model_path, init_config;
-  RETURN_IF_ERROR(b.String(model, "model", "path", model_path));
-  RETURN_IF_ERROR(b.String(model, "model", "init_config", init_config));
   std::string config_json;
   std::string key;
-  if (!model_path.empty()) {
-    config_json = JoinPath(JoinPath(dir, model_path), "config.json");
+  if (!run.model.path.empty()) {
+    config_json = JoinPath(run.model.path, "config.json");
     key = "model.path";
-  } else if (!init_config.empty()) {
-    config_json = JoinPath(dir, init_config);
+  } else if (!run.model.init_config.empty()) {
+    config_json = run.model.init_config;
     key = "model.init_config";
   } else {
-    return b.Error("model", "model.path or model.init_config is required to plan");
+    return source.ErrorAt("model", "model.path or model.init_config is required to plan");
   }
-  config_json = std::filesystem::path(config_json).lexically_normal().string();
   if (!FileExists(config_json)) {
-    return b.Error(key, absl::StrCat(key, ": ", config_json, " does not exist"));
+    return source.ErrorAt(key, absl::StrCat(key, ": ", config_json, " does not exist"));
   }
   ASSIGN_OR_RETURN(in.model, ModelConfig::FromFile(config_json));
   in.model_source = config_json;
 
-  // The workload keys of other sections; the run loader checks the rest of them.
+  // The workload, as the run config has it.
   PlanOptions& o = in.options;
-  const Json* rollout = PlanBinder::Get(root, "rollout");
-  RETURN_IF_ERROR(b.Int(rollout, "rollout", "prompts_per_step", o.prompts_per_step));
-  RETURN_IF_ERROR(b.Int(rollout, "rollout", "group_size", o.group_size));
-  RETURN_IF_ERROR(b.Int(rollout, "rollout", "max_new_tokens", o.max_new_tokens));
-  RETURN_IF_ERROR(b.Int(rollout, "rollout", "max_num_seqs", o.max_num_seqs));
-  RETURN_IF_ERROR(b.Int(rollout, "rollout", "max_staleness", o.max_staleness));
-  RETURN_IF_ERROR(b.Int(PlanBinder::Get(root, "algorithm"), "algorithm", "minibatches",
-                        o.minibatches));
-  RETURN_IF_ERROR(b.Double(PlanBinder::Get(root, "optimizer"), "optimizer",
-                           "moe_capacity_factor", o.moe_capacity_factor));
+  o.prompts_per_step = run.rollout.prompts_per_step;
+  o.group_size = run.rollout.group_size;
+  o.max_new_tokens = run.rollout.max_new_tokens;
+  o.max_num_seqs = run.rollout.max_num_seqs;
+  o.max_staleness = run.rollout.max_staleness;
+  o.minibatches = run.algorithm.minibatches;
+  o.moe_capacity_factor = run.optimizer.moe_capacity_factor;
 
-  ASSIGN_OR_RETURN(const Json* plan,
-                   b.Mapping(PlanBinder::Get(root, "plan"), "plan",
-                             {"hardware", "layout", "prompt_tokens", "mean_response_tokens",
-                              "micro_batch_tokens", "activation_checkpointing", "mfu",
-                              "memory_reserve_gb", "decode_step_overhead_ms",
-                              "logits_chunk_tokens", "nvlink_latency_us", "ib_latency_us"}));
-  ASSIGN_OR_RETURN(const Json* hw,
-                   b.Mapping(PlanBinder::Get(plan, "hardware"), "plan.hardware",
-                             {"profile", "memory_gb", "bf16_tflops", "hbm_tb_s", "nvlink_gb_s",
-                              "gpus_per_node", "ib_gb_s_per_node"}));
-  std::string profile = "h800";
-  RETURN_IF_ERROR(b.String(hw, "plan.hardware", "profile", profile));
-  absl::StatusOr<HardwareProfile> built_in = HardwareProfile::BuiltIn(profile);
-  if (!built_in.ok()) return b.Error("plan.hardware.profile", built_in.status().message());
-  o.hardware = *built_in;
-  RETURN_IF_ERROR(b.Double(hw, "plan.hardware", "memory_gb", o.hardware.memory_gb));
-  RETURN_IF_ERROR(b.Double(hw, "plan.hardware", "bf16_tflops", o.hardware.bf16_tflops));
-  RETURN_IF_ERROR(b.Double(hw, "plan.hardware", "hbm_tb_s", o.hardware.hbm_tb_s));
-  RETURN_IF_ERROR(b.Double(hw, "plan.hardware", "nvlink_gb_s", o.hardware.nvlink_gb_s));
-  RETURN_IF_ERROR(b.Int(hw, "plan.hardware", "gpus_per_node", o.hardware.gpus_per_node));
-  RETURN_IF_ERROR(b.Double(hw, "plan.hardware", "ib_gb_s_per_node", o.hardware.ib_gb_s_per_node));
+  RETURN_IF_ERROR(BindTable(PlanOptions::Table(), in.doc.root.find("plan"), "plan", source, o));
+  absl::StatusOr<HardwareProfile> built_in = HardwareProfile::BuiltIn(o.hardware.profile);
+  RETURN_IF_ERROR(built_in.status());
   const HardwareProfile& p = *built_in;
   const HardwareProfile& q = o.hardware;
   std::vector<std::string> overridden;
@@ -911,26 +876,6 @@ absl::StatusOr<PlanInput> LoadPlanInput(const std::string& path) {
     absl::StrAppend(&o.hardware.source, "; overridden in ", path, ": ",
                     absl::StrJoin(overridden, ", "));
   }
-  ASSIGN_OR_RETURN(const Json* layout,
-                   b.Mapping(PlanBinder::Get(plan, "layout"), "plan.layout",
-                             {"rollout_gpus", "rollout_instance_gpus", "learner_tp",
-                              "learner_ep", "learner_expert_tp"}));
-  RETURN_IF_ERROR(b.Int(layout, "plan.layout", "rollout_gpus", o.layout.rollout_gpus));
-  RETURN_IF_ERROR(b.Int(layout, "plan.layout", "rollout_instance_gpus",
-                        o.layout.rollout_instance_gpus));
-  RETURN_IF_ERROR(b.Int(layout, "plan.layout", "learner_tp", o.layout.learner_tp));
-  RETURN_IF_ERROR(b.Int(layout, "plan.layout", "learner_ep", o.layout.learner_ep));
-  RETURN_IF_ERROR(b.Int(layout, "plan.layout", "learner_expert_tp", o.layout.learner_expert_tp));
-  RETURN_IF_ERROR(b.Int(plan, "plan", "prompt_tokens", o.prompt_tokens));
-  RETURN_IF_ERROR(b.Int(plan, "plan", "mean_response_tokens", o.mean_response_tokens));
-  RETURN_IF_ERROR(b.Int(plan, "plan", "micro_batch_tokens", o.micro_batch_tokens));
-  RETURN_IF_ERROR(b.Bool(plan, "plan", "activation_checkpointing", o.activation_checkpointing));
-  RETURN_IF_ERROR(b.Double(plan, "plan", "mfu", o.mfu));
-  RETURN_IF_ERROR(b.Double(plan, "plan", "memory_reserve_gb", o.memory_reserve_gb));
-  RETURN_IF_ERROR(b.Double(plan, "plan", "decode_step_overhead_ms", o.decode_step_overhead_ms));
-  RETURN_IF_ERROR(b.Int(plan, "plan", "logits_chunk_tokens", o.logits_chunk_tokens));
-  RETURN_IF_ERROR(b.Double(plan, "plan", "nvlink_latency_us", o.nvlink_latency_us));
-  RETURN_IF_ERROR(b.Double(plan, "plan", "ib_latency_us", o.ib_latency_us));
   RETURN_IF_ERROR(LocateInConfig(in.doc, o.Validate()));
   return in;
 }

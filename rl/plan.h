@@ -11,9 +11,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/config_table.h"
 #include "common/json.h"
 #include "common/yaml.h"
 #include "policy/model_config.h"
+#include "rl/run_config.h"
 
 namespace lightrl {
 
@@ -39,6 +41,8 @@ struct HardwareProfile {
 
   // A built-in profile by name.
   static absl::StatusOr<HardwareProfile> BuiltIn(const std::string& name);
+  // YAML `plan.hardware`: `profile` first (it loads the built-in), then the overrides.
+  static const ConfigTable<HardwareProfile>& Table();
   absl::Status Validate() const;
   // Per-direction bandwidth one GPU has for collectives, bytes/s.
   double nvlink_bytes_per_s() const { return nvlink_gb_s * 1e9 / 2; }
@@ -60,6 +64,8 @@ struct PlanLayoutOptions {
   int64_t learner_ep = 0;
   // Each expert's FFN split along its width over this many GPUs (inside a node).
   int64_t learner_expert_tp = 1;
+
+  static const ConfigTable<PlanLayoutOptions>& Table();
 };
 
 // Everything the plan reads besides the model. The workload fields mirror the run
@@ -103,6 +109,9 @@ struct PlanOptions {
   int64_t response_tokens() const {
     return mean_response_tokens > 0 ? mean_response_tokens : max_new_tokens;
   }
+  // The keys of YAML `plan:` (the workload fields above are the run config's and are
+  // read through its loader).
+  static const ConfigTable<PlanOptions>& Table();
   // Messages start with the YAML key they concern ("plan.mfu must be in (0, 1], got 2").
   absl::Status Validate() const;
 };
@@ -211,10 +220,11 @@ struct Plan {
 absl::StatusOr<Plan> MakePlan(const ModelConfig& model, const PlanOptions& options,
                               int64_t gpus);
 
-// A run config YAML read for planning: the model's config.json (model.path/config.json or
-// model.init_config, resolved against the YAML's directory), the workload keys of
-// rollout/algorithm/optimizer and the `plan:` section, which is bound strictly (unknown
-// keys are errors). Other sections are left to the run loader.
+// A run config YAML read for planning: the run config's sections through the run loader
+// (BindRunConfig, not strict: input files need not exist here), from which the model's
+// config.json (model.path/config.json or model.init_config) and the workload keys of
+// rollout/algorithm/optimizer come, and the `plan:` section through PlanOptions' table.
+// Unknown keys anywhere are errors.
 struct PlanInput {
   ModelConfig model;
   std::string model_source;
@@ -222,6 +232,10 @@ struct PlanInput {
   YamlDocument doc;
 };
 absl::StatusOr<PlanInput> LoadPlanInput(const std::string& path);
+
+// Every key of the `plan:` section ("plan.hardware.profile", "plan.mfu"): what
+// docs/config.md must list.
+std::vector<std::string> PlanConfigKeys();
 
 // `status` with "file:line: " put in front when its message starts with a YAML key
 // ("plan.layout.learner_ep ...") that `doc` has a line for.
