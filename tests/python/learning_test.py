@@ -1,19 +1,26 @@
 """The learning guard: the CPU demo (configs/toy-arithmetic.yaml) trained from scratch must
 learn, or this test fails.
 
-  sft     the demo's SFT warm-up reaches held-out greedy accuracy >= SFT_FLOOR and
-          sampled accuracy (rollout temperature) >= SFT_SAMPLED_FLOOR;
-  cispo   the demo's own CISPO steps then keep both: neither falls by more than
-          KEEP_TOLERANCE (the demo's CISPO holds the SFT level on every seed measured;
-          it does not raise it by a margin yet, docs/benchmarks.md);
+  sft     the demo's SFT warm-up (a noisy teacher's answers) reaches held-out greedy
+          accuracy >= SFT_FLOOR and sampled accuracy (rollout temperature) >=
+          SFT_SAMPLED_FLOOR;
+  cispo   the demo's own 100 CISPO steps then raise the sampled accuracy by at least
+          CISPO_MARGIN and keep the greedy accuracy (it may not fall by more than
+          GREEDY_TOLERANCE);
   grpo    GRPO from the same SFT weights, GRPO_STEPS steps, and
-  dapo    DAPO (clip-higher, overlong filter, soft penalty): the same keep check.
+  dapo    DAPO (clip-higher, overlong filter, soft penalty), DAPO_STEPS steps: each must
+          raise the sampled accuracy by at least SHORT_MARGIN and keep the greedy one.
 
-The floors sit below the figures measured over three seeds (docs/benchmarks.md, "The CPU
-demo"), with room for noise; a run that stops learning lands far below them (the demo's
-state before its SFT schedule: 6-10% greedy after SFT on seeds 1-3). An RL step that
-damages the policy (seen with a learning rate 4x the demo's: -5 to -15 points within 25
-steps) fails the keep check.
+The floors and the margin sit below the figures measured over three seeds (docs/benchmarks.md,
+"The CPU demo"), with room for noise (the sampled accuracy over 300 prompts x 4 samples has
+a standard error of ~1.5 points, and greedy accuracy moves by up to 5 points between
+evaluations of one RL run): SFT 93-95% greedy and 53-56% sampled; 100 CISPO steps +10 to
++13 points sampled with greedy within 2 points; 50 GRPO / DAPO steps +7.4 / +6.5 points
+sampled, greedy -0.7 / -3.7. A run that stops learning lands far below the floors (the demo
+before its SFT schedule: 6-10% greedy after SFT on seeds 1-3); an RL step that damages the
+policy (a fresh optimizer at 3e-4 and 16 prompts a step: -10 to -25 points greedy within
+20 steps) fails the keep check; RL that does not learn fails the margins (the demo's CISPO
+at a quarter of its learning rate gains +4.9 points, under CISPO_MARGIN).
 
 Run: LIGHTRL_BIN=build/rl/lightrl .venv/bin/python tests/python/learning_test.py [CASE ...]
 LEARNING_TEST_SEED picks the seed (default 1); LEARNING_TEST_KEEP=1 keeps the runs.
@@ -37,10 +44,12 @@ ENV = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
 RUN_TIMEOUT_S = 1500
 
 SFT_FLOOR = 0.85
-SFT_SAMPLED_FLOOR = 0.75
-GRPO_STEPS = 20
-DAPO_STEPS = 20
-KEEP_TOLERANCE = 0.04
+SFT_SAMPLED_FLOOR = 0.45
+CISPO_MARGIN = 0.05
+SHORT_MARGIN = 0.03
+GRPO_STEPS = 50
+DAPO_STEPS = 50
+GREEDY_TOLERANCE = 0.06
 
 INPUT_PATHS = [("model", "path"), ("model", "init_config"), ("model", "tokenizer"),
                ("data", "train"), ("data", "eval"), ("sft", "data")]
@@ -91,15 +100,18 @@ def run(config, work, name):
     return result
 
 
-def kept(name, result):
-    """Failures where RL lowered greedy or sampled held-out accuracy by more than the
-    tolerance."""
+def learned(name, result, margin):
+    """Failures where RL did not raise the sampled held-out accuracy by `margin`, or
+    lowered the greedy one by more than GREEDY_TOLERANCE."""
     out = []
-    for kind in ("accuracy", "sampled_accuracy"):
-        before, after = result[f"{kind}_before_rl"], result[f"{kind}_after_rl"]
-        if after < before - KEEP_TOLERANCE:
-            out.append(f"{name}: held-out {kind.replace('_', ' ')} fell {before:.3f} -> "
-                       f"{after:.3f} (tolerance {KEEP_TOLERANCE})")
+    before, after = result["accuracy_before_rl"], result["accuracy_after_rl"]
+    if after < before - GREEDY_TOLERANCE:
+        out.append(f"{name}: held-out greedy accuracy fell {before:.3f} -> {after:.3f} "
+                   f"(tolerance {GREEDY_TOLERANCE})")
+    before, after = result["sampled_accuracy_before_rl"], result["sampled_accuracy_after_rl"]
+    if after < before + margin:
+        out.append(f"{name}: held-out sampled accuracy {before:.3f} -> {after:.3f} did not rise "
+                   f"by the margin {margin}")
     return out
 
 
@@ -125,12 +137,15 @@ def main(cases):
                 failures.append(f"sft: held-out sampled accuracy after SFT "
                                 f"{demo['sampled_accuracy_before_rl']:.3f} < floor {SFT_SAMPLED_FLOOR}")
         if "cispo" in cases:
-            failures += kept("cispo", demo)
+            failures += learned("cispo", demo, CISPO_MARGIN)
         start = sft_checkpoint(demo_dir)
         comparisons = {
             "grpo": {"algorithm.loss": "grpo", "run.steps": GRPO_STEPS},
+            # Room past the longest answer (3 digits + end token): with max_new_tokens 4
+            # the soft penalty would fall on every right three-digit sum.
             "dapo": {"algorithm.loss": "dapo", "run.steps": DAPO_STEPS,
-                     "algorithm.overlong.filter": True, "algorithm.overlong.soft_buffer": 1},
+                     "rollout.max_new_tokens": 6, "algorithm.overlong.filter": True,
+                     "algorithm.overlong.soft_buffer": 1},
         }
         for name, overrides in comparisons.items():
             if name not in cases:
@@ -138,7 +153,7 @@ def main(cases):
             config = demo_config(os.path.join(work, name), **overrides, **{
                 "model.path": start, "model.init_config": None, "model.init_seed": None,
                 "sft.steps": 0, "run.eval_every": 0, "checkpoint.every": 0})
-            failures += kept(name, run(config, work, name))
+            failures += learned(name, run(config, work, name), SHORT_MARGIN)
     finally:
         if os.environ.get("LEARNING_TEST_KEEP") == "1":
             print(f"runs kept in {work}")
