@@ -1,6 +1,9 @@
 """Writes the toy arithmetic task used by configs/toy-arithmetic.yaml: addition problems
-("37+48=" -> "85") split into train and held-out eval sets, and a byte-level
-tokenizer.json (one token per byte, no merges, plus <|endoftext|>).
+("37+48=" -> "85") split into train and held-out eval sets, the SFT set (the train
+prompts with a noisy teacher's answers: a fixed 30% are off by one in the units or the tens
+digit, the rest right), and a byte-level tokenizer.json (one token per byte, no merges,
+plus <|endoftext|>). SFT on the noisy answers learns the sum with the teacher's noise, so
+CISPO, rewarded by the true sum, has something to fix (docs/benchmarks.md, "The CPU demo").
 
 Run: .venv/bin/python scripts/make_toy_task.py examples/toy
 """
@@ -34,6 +37,17 @@ def byte_tokenizer(path):
     assert tok.token_to_id("<|endoftext|>") == 256
 
 
+SFT_NOISE = 0.3
+
+
+def noisy_answer(rng, a, b):
+    """The teacher's answer to a+b: right with probability 1 - SFT_NOISE, else one digit off."""
+    if rng.random() >= SFT_NOISE:
+        return a + b
+    wrong = a + b + rng.choice([-10, -1, 1, 10])
+    return wrong if wrong >= 0 else a + b + 1
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "examples/toy"
     os.makedirs(out, exist_ok=True)
@@ -45,8 +59,13 @@ def main():
         with open(os.path.join(out, f"{name}.jsonl"), "w") as f:
             for a, b in items:
                 f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+    teacher = random.Random(7)
+    with open(os.path.join(out, "sft.jsonl"), "w") as f:
+        for a, b in train_pairs:
+            f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(noisy_answer(teacher, a, b))}) + "\n")
     byte_tokenizer(os.path.join(out, "tokenizer.json"))
-    print(f"wrote {len(train_pairs)} train and {len(eval_pairs)} eval problems to {out}")
+    print(f"wrote {len(train_pairs)} train, {len(train_pairs)} SFT (noisy) and {len(eval_pairs)} "
+          f"eval problems to {out}")
 
 
 if __name__ == "__main__":
