@@ -277,7 +277,7 @@ def case_bf16_reduce():
     # A bad value fails on every rank, naming the option and the value.
     out = tempfile.mkdtemp(prefix="lightrl_dist_")
     try:
-        message = "data_parallel.grad_reduce_dtype must be float32 or bfloat16, got 'fp16'"
+        message = 'data_parallel.grad_reduce_dtype must be float32 or bfloat16, got "fp16"'
         for r, (rc, err) in enumerate(run_ranks(2, out, ["--grad-reduce-dtype", "fp16", "--timeout", "20"])):
             assert rc != 0 and message in err, f"rank {r} fp16: {err}"
     finally:
