@@ -41,7 +41,7 @@ DEMO = os.path.join(ROOT, "configs", "toy-arithmetic.yaml")
 SEED = int(os.environ.get("LEARNING_TEST_SEED", "1"))
 # One intra-op thread: the model is tiny, and threads stall when other tests hold the cores.
 ENV = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-RUN_TIMEOUT_S = 1500
+RUN_TIMEOUT_S = 2400
 
 SFT_FLOOR = 0.85
 SFT_SAMPLED_FLOOR = 0.45
