@@ -41,7 +41,7 @@ StepPlan Scheduler::Schedule() {
     }
     if (running_.size() == 1) {
       Release(s);
-      plan.out_of_pages.push_back(running_[0]);
+      plan.out_of_pages.push_back({running_[0], s.group, s.num_tokens});
       seqs_.erase(running_[0]);
       running_.clear();
       break;

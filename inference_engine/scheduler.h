@@ -48,13 +48,19 @@ struct Admission {
   int64_t num_tokens_prefill = 0;
 };
 
+// A sequence that ran alone and still found no page for its next token: it left the running
+// batch with its slot and pages freed; its group can never fit this cache.
+struct OutOfPages {
+  SeqId seq = 0;
+  int64_t group = 0;
+  int64_t num_tokens = 0;
+};
+
 struct StepPlan {
   std::vector<SeqId> decode;      // the running batch, in order; each feeds its last token
   std::vector<Admission> admit;   // prefilled after the decode; they decode from next step
   std::vector<SeqId> preempted;   // in the order preempted (youngest first)
-  // A sequence that ran alone and still found no page for its next token: it left the
-  // running batch with its slot and pages freed; its group can never fit this cache.
-  std::vector<SeqId> out_of_pages;
+  std::vector<OutOfPages> out_of_pages;
   int64_t num_tokens_prefill = 0;
 };
 

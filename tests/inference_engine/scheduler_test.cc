@@ -126,7 +126,10 @@ TEST(SchedulerTest, ASequenceAloneOutOfPagesLeaves) {
   EXPECT_TRUE(plan.out_of_pages.empty());
   s.AppendToken(id);
   plan = s.Schedule();
-  EXPECT_EQ(plan.out_of_pages, std::vector<SeqId>{id});
+  ASSERT_EQ(plan.out_of_pages.size(), 1u);
+  EXPECT_EQ(plan.out_of_pages[0].seq, id);
+  EXPECT_EQ(plan.out_of_pages[0].group, 7);
+  EXPECT_EQ(plan.out_of_pages[0].num_tokens, 9);
   EXPECT_TRUE(plan.decode.empty());
   EXPECT_FALSE(s.has_work());
   EXPECT_EQ(s.kv_cache().num_free_pages(), 2);
@@ -327,7 +330,9 @@ TEST(SchedulerTest, RandomWorkloadsFollowTheReferencePolicyAndAllFinish) {
       };
       ASSERT_EQ(keys(plan.decode), want.decode) << "seed " << seed << " step " << steps;
       ASSERT_EQ(keys(plan.preempted), want.preempted) << "seed " << seed << " step " << steps;
-      ASSERT_EQ(keys(plan.out_of_pages), want.out_of_pages) << "seed " << seed;
+      std::vector<SeqId> out_of_pages;
+      for (const auto& o : plan.out_of_pages) out_of_pages.push_back(o.seq);
+      ASSERT_EQ(keys(out_of_pages), want.out_of_pages) << "seed " << seed;
       ASSERT_EQ(plan.admit.size(), want.admit.size()) << "seed " << seed << " step " << steps;
       for (size_t a = 0; a < plan.admit.size(); ++a) {
         ASSERT_EQ(keys(plan.admit[a].seqs), want.admit[a]) << "seed " << seed;
@@ -365,7 +370,7 @@ TEST(SchedulerTest, RandomWorkloadsFollowTheReferencePolicyAndAllFinish) {
         ASSERT_EQ(s.sequence(id).state, SeqState::kPreempted);
         ASSERT_EQ(s.sequence(id).slot, -1);
       }
-      for (SeqId id : plan.out_of_pages) failed.insert(key_of.at(id).first);
+      for (const auto& o : plan.out_of_pages) failed.insert(o.group);
 
       // The step: decoded and freshly prefilled sequences take a token each.
       std::vector<SeqId> sampled = plan.decode;
