@@ -136,7 +136,10 @@ std::vector<RowError> StepRunner::Run(const StepPlan& plan,
     decode_rows.push_back(Row(params(id), s));
   }
   torch::Tensor decode_logits;
-  // The prefill (below) runs beside this decode, after what came before it.
+  // The prefill (below) is queued right after this decode, nothing in between, and the CUDA
+  // backend runs it beside the decode on a stream of its own. That is safe because admitted
+  // sequences hold slots and pages outside the decode batch and join it only at the next
+  // step, whose decode the caller's stream runs after its wait on the prefill.
   if (!decode_batch.empty()) decode_logits = runner_->Decode(decode_batch);
 
   if (!plan.admit.empty()) {
