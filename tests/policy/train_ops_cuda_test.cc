@@ -185,7 +185,14 @@ TEST_F(TrainOpsCuda, GroupedExpertsMatchTheDensePath) {
       EXPECT_FALSE(gs[i].defined()) << name;
       continue;
     }
-    ASSERT_TRUE(gs[i].defined() && gd[i].defined()) << name;
+    ASSERT_TRUE(gd[i].defined()) << name;
+    if (!gs[i].defined()) {
+      // The router sent this expert no token of the batch (with these random weights the
+      // inputs often share their favourite experts): the sparse path gives it no gradient,
+      // and the dense path, which routes the same way, must give it zeros.
+      EXPECT_EQ(gd[i].abs().max().item<float>(), 0.0f) << name << " seed " << seed_;
+      continue;
+    }
     EXPECT_LT(RelErr(gs[i], gd[i]), 2e-2) << name << " seed " << seed_;
   }
 }
