@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -59,6 +60,9 @@ uint64_t Mix(uint64_t a, uint64_t b) {
 struct TrainerState {
   int64_t step = 0;      // RL steps done
   int64_t sft_step = 0;  // SFT steps done
+  // The learner's weights version (optimizer updates done); -1 in checkpoints written
+  // before it was recorded. A replay finds the checkpoint a log's records came from by it.
+  int64_t policy_version = -1;
   DatasetPosition data, sft_data;
 
   Json ToJson() const {
@@ -69,6 +73,7 @@ struct TrainerState {
     j.set("data_index", Json(data.index));
     j.set("sft_epoch", Json(sft_data.epoch));
     j.set("sft_index", Json(sft_data.index));
+    j.set("policy_version", Json(policy_version));
     return j;
   }
   static absl::StatusOr<TrainerState> FromJson(const Json& j, const std::string& where) {
@@ -83,6 +88,7 @@ struct TrainerState {
       }
       *out = v->as_int();
     }
+    if (const Json* v = j.find("policy_version"); v != nullptr && v->is_int()) s.policy_version = v->as_int();
     return s;
   }
 };
@@ -130,6 +136,44 @@ std::string EvalLine(const EvalResult& e) {
   return line;
 }
 
+// The name of the file marking an output folder as a replay, and of which log.
+constexpr const char* kReplayMarkerName = "replay.json";
+
+std::string CanonicalPath(const std::string& path) {
+  std::error_code error;
+  std::filesystem::path p = std::filesystem::weakly_canonical(std::filesystem::absolute(path, error), error);
+  std::string s = p.lexically_normal().string();
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  return s;
+}
+
+// The run folder a rollout log belongs to: the folder holding `rollouts/`.
+std::string SourceRunDir(const std::string& log_dir) {
+  return std::filesystem::path(CanonicalPath(log_dir)).parent_path().string();
+}
+
+// The learner's statistics of an RL step, under their metric names (docs/metrics.md).
+Scalars LearnerScalars(const LearnerStats& st) {
+  return {
+      {"loss/total", st.loss},
+      {"loss/policy", st.policy_loss},
+      {"loss/aux", st.aux_loss},
+      {"is/clip_fraction", st.clip_fraction},
+      {"is/ratio_mean", st.ratio_mean},
+      {"is/ratio_min", st.ratio_min},
+      {"is/ratio_max", st.ratio_max},
+      {"is/clipped_weight_mean", st.clipped_weight_mean},
+      {"policy/entropy", st.entropy},
+      {"policy/approx_kl", st.approx_kl},
+      {"policy/train_infer_logprob_abs_diff", st.rollout_logprob_abs_diff},
+      {"policy/train_infer_logprob_abs_diff_max", st.rollout_logprob_abs_diff_max},
+      {"policy/train_infer_kl", st.rollout_kl},
+      {"is/truncated_is_weight_mean", st.truncated_is_weight_mean},
+      {"optim/grad_norm", st.grad_norm},
+      {"optim/lr", st.lr},
+  };
+}
+
 class Trainer {
  public:
   Trainer(const RunConfig& config, const TrainerRunOptions& options)
@@ -146,6 +190,14 @@ class Trainer {
   absl::Status RunSft();
   absl::Status RunRl();
   absl::Status RunReplay();
+  // Replay: refuses an output folder that holds another run or lies in the source run.
+  absl::Status CheckReplayOutput() const;
+  // Replay: reads the log and keeps the selected records, by step.
+  absl::Status LoadReplayLog();
+  // Replay: the source run's checkpoint the first selected record was generated from, or
+  // none (model.path or model.init_config then).
+  absl::StatusOr<std::optional<std::string>> ReplayStart() const;
+  absl::Status WriteEvalSummary();
   // Held-out accuracy at `step`: greedy, and at the rollouts' sampling with
   // run.eval_sampled responses per prompt (when set). Evaluating the same step twice
   // returns the first result.
@@ -173,6 +225,11 @@ class Trainer {
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<RolloutLogWriter> rollouts_;
   TrainerState state_;
+  bool resumed_ = false;  // continued from a checkpoint of this output folder
+  // Replay: the log's records (a resumed run's second copy of a group dropped) and the
+  // selected ones by step, in log order.
+  std::vector<RolloutGroup> replay_log_;
+  std::map<int64_t, std::vector<size_t>> replay_steps_;
   bool tty_ = false;
   EvalResult eval_before_;
   EvalResult last_eval_;
@@ -436,23 +493,41 @@ absl::Status Trainer::Setup() {
                  dist.master_addr.c_str(), static_cast<long long>(dist.master_port));
   }
   RETURN_IF_ERROR(SetUpRewards({}));
-  RETURN_IF_ERROR(MakeDirs(config_.run.output_dir));
   ckpt_root_ = JoinPath(config_.run.output_dir, "checkpoints");
-  RETURN_IF_ERROR(MakeDirs(ckpt_root_));
-  RETURN_IF_ERROR(WriteFileAtomic(JoinPath(config_.run.output_dir, "config.resolved.yaml"),
-                                  DescribeRunConfig(config_)));
-  std::optional<std::string> resume_dir;
-  if (!options_.resume && options_.replay_dir.empty() && FileExists(JoinPath(ckpt_root_, "latest"))) {
+  const bool replay = !options_.replay_dir.empty();
+  // Checked before anything is written, so that a refused start changes no file.
+  if (replay) {
+    RETURN_IF_ERROR(CheckReplayOutput());
+    RETURN_IF_ERROR(LoadReplayLog());
+  } else if (!options_.resume && FileExists(JoinPath(ckpt_root_, "latest"))) {
     return absl::FailedPreconditionError(absl::StrCat(
         config_.run.output_dir, " already holds a run; pass --resume to continue it or choose "
         "another run.output_dir"));
   }
+  RETURN_IF_ERROR(MakeDirs(config_.run.output_dir));
+  RETURN_IF_ERROR(MakeDirs(ckpt_root_));
+  RETURN_IF_ERROR(WriteFileAtomic(JoinPath(config_.run.output_dir, "config.resolved.yaml"),
+                                  DescribeRunConfig(config_)));
+  if (replay) {
+    Json marker = Json::MakeObject();
+    marker.set("rollouts", Json(CanonicalPath(options_.replay_dir)));
+    RETURN_IF_ERROR(WriteFileAtomic(JoinPath(config_.run.output_dir, kReplayMarkerName),
+                                    marker.Dump(2) + "\n"));
+  }
+  // The weights, optimizer and trainer state to start from: this folder's latest
+  // checkpoint on --resume; for a replay otherwise the source run's checkpoint its log
+  // starts at.
+  std::optional<std::string> resume_dir;
   if (options_.resume) {
     ASSIGN_OR_RETURN(resume_dir, LatestCheckpoint());
+    resumed_ = resume_dir.has_value();
     if (!resume_dir) {
       std::fprintf(stderr, "lightrl run: --resume: no checkpoint in %s yet, starting fresh\n",
                    ckpt_root_.c_str());
     }
+  }
+  if (replay && !resume_dir) {
+    ASSIGN_OR_RETURN(resume_dir, ReplayStart());
   }
   if (group_) {
     std::string resume = resume_dir.value_or("");
@@ -496,9 +571,27 @@ absl::Status Trainer::Setup() {
     auto json = Json::Parse(text);
     if (!json.ok()) return absl::DataLossError(absl::StrCat(state_path, ": ", json.status().message()));
     ASSIGN_OR_RETURN(state_, TrainerState::FromJson(*json, state_path));
-    std::fprintf(stderr, "lightrl run: resumed from %s (sft step %lld, rl step %lld)\n",
+    std::fprintf(stderr, "%s from %s (sft step %lld, rl step %lld)\n",
+                 resumed_ ? "lightrl run: resumed" : "lightrl replay: starting",
                  resume_dir->c_str(), static_cast<long long>(state_.sft_step),
                  static_cast<long long>(state_.step));
+  }
+  if (replay && !resumed_) {
+    const RolloutGroup& first = replay_log_[replay_steps_.begin()->second.front()];
+    if (learner_->version() != first.policy_version) {
+      const std::string from =
+          resume_dir ? *resume_dir
+                     : !config_.model.path.empty()
+                           ? absl::StrCat("model.path ", config_.model.path)
+                           : absl::StrCat("a random model (model.init_config ", config_.model.init_config, ")");
+      std::fprintf(stderr, "lightrl replay: warning: starting from %s at policy version %lld, but the "
+                   "first replayed record (step %lld) was generated by version %lld: no checkpoint "
+                   "of that version in %s, so the replay does not train the weights the log was "
+                   "sampled from\n",
+                   from.c_str(), static_cast<long long>(learner_->version()),
+                   static_cast<long long>(first.step + 1), static_cast<long long>(first.policy_version),
+                   JoinPath(SourceRunDir(options_.replay_dir), "checkpoints").c_str());
+    }
   }
 
   if (options_.replay_dir.empty()) {
@@ -518,7 +611,7 @@ absl::Status Trainer::Setup() {
   std::vector<MetricsWriterPtr> writers;
   if (config_.logging.jsonl) {
     const std::string path = JoinPath(config_.run.output_dir, "metrics.jsonl");
-    if (resume_dir) RETURN_IF_ERROR(CutMetricsToCheckpoint(*resume_dir, path));
+    if (resumed_) RETURN_IF_ERROR(CutMetricsToCheckpoint(*resume_dir, path));
     ASSIGN_OR_RETURN(auto w, JsonlMetricsWriter::Open(path));
     writers.push_back(std::move(w));
   }
@@ -526,7 +619,7 @@ absl::Status Trainer::Setup() {
     ASSIGN_OR_RETURN(auto w, TensorBoardWriter::Open(JoinPath(config_.run.output_dir, "tensorboard")));
     // The resumed run writes the steps after the checkpoint again; TensorBoard drops the
     // killed run's copies of them on this mark.
-    if (resume_dir) RETURN_IF_ERROR(w->MarkRestart(MetricsStep(state_, config_) + 1));
+    if (resumed_) RETURN_IF_ERROR(w->MarkRestart(MetricsStep(state_, config_) + 1));
     writers.push_back(std::move(w));
   }
   metrics_ = std::make_unique<MultiMetricsWriter>(std::move(writers));
@@ -576,6 +669,7 @@ absl::Status Trainer::Checkpoint() {
   RETURN_IF_ERROR(WriteGenerationFiles(tmp, config_.model.tokenizer, *tokenizer_, generation,
                                        policy_->config().max_position_embeddings));
   RETURN_IF_ERROR(learners_->SaveState(JoinPath(tmp, "optimizer.pt")));
+  state_.policy_version = learner_->version();
   RETURN_IF_ERROR(WriteFileAtomic(JoinPath(tmp, "trainer_state.json"), state_.ToJson().Dump(2) + "\n"));
   if (config_.logging.jsonl) {
     // Where metrics.jsonl ends now: a run resumed from here cuts what was logged later.
@@ -885,28 +979,13 @@ absl::Status Trainer::RunRl() {
         // Async generation runs beside the step, so its rate is over the whole step.
         {"rollout/tokens_per_s",
          generated_tokens / std::max(async ? Seconds(step_start) : gen_seconds, 1e-9)},
-        {"loss/total", st.loss},
-        {"loss/policy", st.policy_loss},
-        {"loss/aux", st.aux_loss},
-        {"is/clip_fraction", st.clip_fraction},
-        {"is/ratio_mean", st.ratio_mean},
-        {"is/ratio_min", st.ratio_min},
-        {"is/ratio_max", st.ratio_max},
-        {"is/clipped_weight_mean", st.clipped_weight_mean},
-        {"policy/entropy", st.entropy},
-        {"policy/approx_kl", st.approx_kl},
-        {"policy/train_infer_logprob_abs_diff", st.rollout_logprob_abs_diff},
-        {"policy/train_infer_logprob_abs_diff_max", st.rollout_logprob_abs_diff_max},
-        {"policy/train_infer_kl", st.rollout_kl},
-        {"is/truncated_is_weight_mean", st.truncated_is_weight_mean},
-        {"optim/grad_norm", st.grad_norm},
-        {"optim/lr", st.lr},
-        {"time/step_s", Seconds(step_start)},
-        {"time/generate_s", gen_seconds},
-        {"time/train_s", train_seconds},
-        {"time/weight_sync_s", sync_seconds},
-        {"train/tokens_per_s", st.tokens / std::max(train_seconds, 1e-9)},
     };
+    for (auto& kv : LearnerScalars(st)) scalars.push_back(std::move(kv));
+    scalars.push_back({"time/step_s", Seconds(step_start)});
+    scalars.push_back({"time/generate_s", gen_seconds});
+    scalars.push_back({"time/train_s", train_seconds});
+    scalars.push_back({"time/weight_sync_s", sync_seconds});
+    scalars.push_back({"train/tokens_per_s", st.tokens / std::max(train_seconds, 1e-9)});
     for (auto& kv : rollout_source_->Stats()) scalars.push_back(std::move(kv));
     if (async) {
       const double trained = static_cast<double>(std::max<size_t>(groups.size(), 1));
@@ -935,31 +1014,117 @@ absl::Status Trainer::RunRl() {
   return absl::OkStatus();
 }
 
-absl::Status Trainer::RunReplay() {
+absl::Status Trainer::CheckReplayOutput() const {
+  const std::string out = CanonicalPath(config_.run.output_dir);
+  const std::string source = SourceRunDir(options_.replay_dir);
+  const std::string rel = std::filesystem::path(out).lexically_relative(source).string();
+  if (!rel.empty() && rel.rfind("..", 0) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the replay's output folder ", out, " lies in ", source, ", the run that holds the log ",
+        options_.replay_dir, "; a replay never writes there: pass --output with another folder"));
+  }
+  const std::string marker = JoinPath(out, kReplayMarkerName);
+  const bool holds_run = FileExists(JoinPath(ckpt_root_, "latest")) ||
+                         FileExists(JoinPath(out, "metrics.jsonl")) ||
+                         IsDirectory(JoinPath(out, "rollouts")) || FileExists(marker);
+  if (!holds_run) return absl::OkStatus();
+  if (!options_.resume) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        out, " already holds a run; pass --resume to continue the replay written there, or "
+        "--output with another folder"));
+  }
+  if (!FileExists(marker)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        out, " holds a run that is not a replay (no ", kReplayMarkerName, "); --resume continues "
+        "only a replay of the same log: pass --output with another folder"));
+  }
+  ASSIGN_OR_RETURN(std::string text, ReadFile(marker));
+  absl::StatusOr<Json> json = Json::Parse(text);
+  const Json* logged = json.ok() ? json->find("rollouts") : nullptr;
+  const std::string log = CanonicalPath(options_.replay_dir);
+  if (logged == nullptr || !logged->is_string() || logged->as_string() != log) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        out, " holds a replay of another log (", marker, ": ", text.substr(0, 200),
+        "), not of ", log, "; pass --output with another folder"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::LoadReplayLog() {
   RolloutLogReadOptions read_options;
   read_options.skip_corrupt = options_.replay_skip_corrupt;
   int64_t corrupt_skipped = 0;
-  ASSIGN_OR_RETURN(std::vector<RolloutGroup> all,
+  ASSIGN_OR_RETURN(replay_log_,
                    RolloutLogReader::ReadAll(options_.replay_dir, read_options, &corrupt_skipped));
   if (corrupt_skipped > 0) {
     std::fprintf(stderr, "lightrl replay: --skip-corrupt: skipped %lld corrupt records of %s\n",
                  static_cast<long long>(corrupt_skipped), options_.replay_dir.c_str());
   }
+  if (replay_log_.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(options_.replay_dir, ": the rollout log holds no records"));
+  }
   // A crashed and resumed run logs its interrupted step twice; the later copy wins.
   std::map<std::pair<int64_t, std::string>, size_t> last;
-  for (size_t i = 0; i < all.size(); ++i) last[{all[i].step, all[i].group_id}] = i;
+  for (size_t i = 0; i < replay_log_.size(); ++i) last[{replay_log_[i].step, replay_log_[i].group_id}] = i;
   // Groups in log order, which is the order the run trained them in (it sets the
   // minibatch split); group ids do not sort that way ("step-0-0-10" < "step-0-0-2").
   std::vector<size_t> kept;
   for (const auto& [key, i] : last) kept.push_back(i);
   std::sort(kept.begin(), kept.end());
-  std::map<int64_t, std::vector<const RolloutGroup*>> by_step;
-  for (size_t i : kept) by_step[all[i].step].push_back(&all[i]);
+  int64_t min_step = INT64_MAX, max_step = 0, min_version = INT64_MAX, max_version = 0;
+  for (size_t i : kept) {
+    const RolloutGroup& g = replay_log_[i];
+    // Steps as metrics.jsonl numbers them: the record's step is the one before it.
+    const int64_t step = g.step + 1;
+    min_step = std::min(min_step, step);
+    max_step = std::max(max_step, step);
+    min_version = std::min(min_version, g.policy_version);
+    max_version = std::max(max_version, g.policy_version);
+    if (step < options_.replay_first_step || step > options_.replay_last_step) continue;
+    if (g.policy_version < options_.replay_first_version || g.policy_version > options_.replay_last_version) continue;
+    replay_steps_[g.step].push_back(i);
+  }
+  if (replay_steps_.empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--steps/--versions select none of the %d groups of %s, which hold steps %d:%d and policy "
+        "versions %d:%d",
+        kept.size(), options_.replay_dir, min_step, max_step, min_version, max_version));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<std::string>> Trainer::ReplayStart() const {
+  const RolloutGroup& first = replay_log_[replay_steps_.begin()->second.front()];
+  const std::string root = JoinPath(SourceRunDir(options_.replay_dir), "checkpoints");
+  // Checkpoint names sort in training order, so the last match is the newest: with SFT
+  // before RL, the end of SFT rather than an earlier SFT step of the same RL step.
+  std::optional<std::string> by_version, by_step;
+  for (const std::string& name : CheckpointNames(root)) {
+    const std::string dir = JoinPath(root, name);
+    absl::StatusOr<std::string> text = ReadFile(JoinPath(dir, "trainer_state.json"));
+    if (!text.ok()) continue;
+    absl::StatusOr<Json> json = Json::Parse(*text);
+    if (!json.ok()) continue;
+    absl::StatusOr<TrainerState> state = TrainerState::FromJson(*json, dir);
+    if (!state.ok()) continue;
+    if (state->policy_version == first.policy_version) by_version = dir;
+    // Checkpoints from before versions were recorded: the one taken before the step.
+    if (state->policy_version < 0 && state->step == first.step) by_step = dir;
+  }
+  std::optional<std::string> found = by_version ? by_version : by_step;
+  if (found) RETURN_IF_ERROR(VerifyCheckpoint(*found).status());
+  return found;
+}
+
+absl::Status Trainer::RunReplay() {
   int64_t replayed = 0;
-  for (const auto& [step, groups] : by_step) {
+  size_t groups_trained = 0;
+  const int64_t last_step = replay_steps_.rbegin()->first + 1;
+  for (const auto& [step, indices] : replay_steps_) {
     if (step < state_.step) continue;
     std::vector<TrainSample> batch;
-    for (const RolloutGroup* g : groups) {
+    for (size_t i : indices) {
+      const RolloutGroup* g = &replay_log_[i];
       // The live loop's overlong filter, so that a replay trains on what the run did.
       std::vector<ResponseEnd> ends;
       for (const RolloutSample& rs : g->samples) {
@@ -976,6 +1141,7 @@ absl::Status Trainer::RunReplay() {
         ts.id = absl::StrCat(g->group_id, "/", k);
         ts.prompt = g->prompt_tokens;
         ts.response = rs.tokens;
+        // The engine's logprobs as logged: the off-policy correction the run applied.
         ts.rollout_logprobs = rs.logprobs;
         ts.advantage = rs.advantage;
         ts.keep = keep[k] != 0;
@@ -985,15 +1151,37 @@ absl::Status Trainer::RunReplay() {
     ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainRl(batch));
     state_.step = step + 1;
     ++replayed;
-    RETURN_IF_ERROR(WriteMetrics(state_.step, {{"loss/total", st.loss},
-                                               {"is/clip_fraction", st.clip_fraction},
-                                               {"optim/grad_norm", st.grad_norm}}));
-    Progress(absl::StrFormat("[replay] step %d  groups %d  loss %.4f", step, groups.size(), st.loss));
+    groups_trained += indices.size();
+    RETURN_IF_ERROR(WriteMetrics(state_.step, LearnerScalars(st)));
+    Progress(absl::StrFormat("[replay] step %d/%d  groups %d  loss %.4f  grad %.3f", state_.step,
+                             last_step, indices.size(), st.loss, st.grad_norm));
+    if (config_.checkpoint.every > 0 && state_.step % config_.checkpoint.every == 0) {
+      RETURN_IF_ERROR(Checkpoint());
+    }
   }
   if (tty_ && options_.progress) std::fprintf(stderr, "\n");
   std::fprintf(stderr, "lightrl replay: trained on %lld logged steps (%zu groups)\n",
-               static_cast<long long>(replayed), all.size());
+               static_cast<long long>(replayed), groups_trained);
   return Checkpoint();
+}
+
+absl::Status Trainer::WriteEvalSummary() {
+  if (!eval_) return absl::OkStatus();
+  ASSIGN_OR_RETURN(EvalResult after, Evaluate(state_.step));
+  if (eval_before_.greedy >= 0) {
+    std::fprintf(stderr, "held-out accuracy before RL: %s; after RL: %s (greedy %+.1f points)\n",
+                 EvalLine(eval_before_).c_str(), EvalLine(after).c_str(),
+                 100 * (after.greedy - eval_before_.greedy));
+  } else {
+    std::fprintf(stderr, "held-out accuracy after RL: %s\n", EvalLine(after).c_str());
+  }
+  auto value = [](double v) { return v >= 0 ? Json(v) : Json(); };
+  Json summary = Json::MakeObject();
+  summary.set("accuracy_before_rl", value(eval_before_.greedy));
+  summary.set("accuracy_after_rl", value(after.greedy));
+  summary.set("sampled_accuracy_before_rl", value(eval_before_.sampled));
+  summary.set("sampled_accuracy_after_rl", value(after.sampled));
+  return WriteFileAtomic(JoinPath(config_.run.output_dir, "eval.json"), summary.Dump(2) + "\n");
 }
 
 absl::Status Trainer::Run() {
@@ -1012,35 +1200,19 @@ absl::Status Trainer::Run() {
 
 absl::Status Trainer::RunController() {
   RETURN_IF_ERROR(Setup());
-  if (!options_.replay_dir.empty()) {
-    RETURN_IF_ERROR(RunReplay());
-    return learners_->Finish();
-  }
-  RETURN_IF_ERROR(RunSft());
-  if (eval_ && state_.step == 0) {
-    ASSIGN_OR_RETURN(eval_before_, Evaluate(0));
+  const bool replay = !options_.replay_dir.empty();
+  if (!replay) RETURN_IF_ERROR(RunSft());
+  if (eval_ && (replay ? !resumed_ : state_.step == 0)) {
+    ASSIGN_OR_RETURN(eval_before_, Evaluate(state_.step));
     std::fprintf(stderr, "held-out accuracy before RL: %s\n", EvalLine(eval_before_).c_str());
   }
-  RETURN_IF_ERROR(RunRl());
-  RETURN_IF_ERROR(Checkpoint());
-  if (eval_) {
-    ASSIGN_OR_RETURN(EvalResult after, Evaluate(state_.step));
-    if (eval_before_.greedy >= 0) {
-      std::fprintf(stderr, "held-out accuracy before RL: %s; after RL: %s (greedy %+.1f points)\n",
-                   EvalLine(eval_before_).c_str(), EvalLine(after).c_str(),
-                   100 * (after.greedy - eval_before_.greedy));
-    } else {
-      std::fprintf(stderr, "held-out accuracy after RL: %s\n", EvalLine(after).c_str());
-    }
-    auto value = [](double v) { return v >= 0 ? Json(v) : Json(); };
-    Json summary = Json::MakeObject();
-    summary.set("accuracy_before_rl", value(eval_before_.greedy));
-    summary.set("accuracy_after_rl", value(after.greedy));
-    summary.set("sampled_accuracy_before_rl", value(eval_before_.sampled));
-    summary.set("sampled_accuracy_after_rl", value(after.sampled));
-    RETURN_IF_ERROR(WriteFileAtomic(JoinPath(config_.run.output_dir, "eval.json"),
-                                    summary.Dump(2) + "\n"));
+  if (replay) {
+    RETURN_IF_ERROR(RunReplay());
+  } else {
+    RETURN_IF_ERROR(RunRl());
+    RETURN_IF_ERROR(Checkpoint());
   }
+  RETURN_IF_ERROR(WriteEvalSummary());
   RETURN_IF_ERROR(learners_->Finish());
   return metrics_ ? metrics_->Flush() : absl::OkStatus();
 }

@@ -6,6 +6,7 @@
 // (docs/distributed.md). Torch-free.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -19,7 +20,13 @@ struct TrainerRunOptions {
   // With `resume`: when the latest checkpoint fails its checksums, resume from the newest
   // earlier one that passes instead of stopping.
   bool resume_fallback = false;
-  std::string replay_dir;      // train from this rollout log instead of generating
+  // Train from this rollout log instead of generating. The log and the run that holds it
+  // are only read; the replay writes to run.output_dir, which must not be that run's.
+  std::string replay_dir;
+  // Replay only the records whose step (as numbered in metrics.jsonl: the first RL step
+  // is 1) and policy version fall in these inclusive ranges.
+  int64_t replay_first_step = 1, replay_last_step = INT64_MAX;
+  int64_t replay_first_version = 0, replay_last_version = INT64_MAX;
   // Replay skips rollout-log records that fail their checksum (counted and reported)
   // instead of stopping at the first.
   bool replay_skip_corrupt = false;

@@ -1,5 +1,6 @@
 // `lightrl run --config X.yaml [--resume [--resume-fallback]] [--nproc N]` and
-// `lightrl replay --config X.yaml --rollouts DIR [--skip-corrupt]`.
+// `lightrl replay --config X.yaml --rollouts DIR [--output DIR] [--steps A:B] [--versions A:B]
+// [--skip-corrupt] [--resume]`.
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 #include "common/status.h"
@@ -35,11 +37,31 @@ constexpr const char* kRunUsage =
     "ranks itself (rank 0 is the controller) on a free loopback port.\n";
 
 constexpr const char* kReplayUsage =
-    "usage: lightrl replay --config X.yaml --rollouts DIR [--skip-corrupt]\n"
-    "                      [--resume [--resume-fallback]] [--nproc N]\n"
+    "usage: lightrl replay --config X.yaml --rollouts DIR [--output DIR] [--steps A:B]\n"
+    "                      [--versions A:B] [--skip-corrupt] [--resume [--resume-fallback]]\n"
+    "                      [--nproc N]\n"
     "Trains on the groups of a rollout log, step by step, without generating; learner\n"
-    "ranks as for `lightrl run`. A record that fails its checksum stops the replay naming\n"
-    "the file and byte offset; --skip-corrupt skips such records and reports how many.\n";
+    "ranks as for `lightrl run`. It writes checkpoints, metrics and eval.json to --output\n"
+    "(default: run.output_dir with \"-replay\" appended) and never to the run that holds\n"
+    "the log, which it only reads; a folder holding another run is refused, --resume\n"
+    "continues a replay of the same log there. It starts from the source run's checkpoint\n"
+    "the first replayed record was sampled from (by policy version), else model.path or\n"
+    "model.init_config with a warning. --steps A:B and --versions A:B replay only the\n"
+    "records of steps A to B (as metrics.jsonl numbers them, from 1) and of policy\n"
+    "versions A to B, both inclusive; either end may be left out. A record that fails its\n"
+    "checksum stops the replay naming the file and byte offset; --skip-corrupt skips such\n"
+    "records and reports how many.\n";
+
+// "A:B", "A:" or ":B" into [first, last] (inclusive); the left-out end stays as given.
+bool ParseRange(const std::string& text, int64_t* first, int64_t* last) {
+  const size_t colon = text.find(':');
+  if (colon == std::string::npos || text.find(':', colon + 1) != std::string::npos) return false;
+  const std::string a = text.substr(0, colon), b = text.substr(colon + 1);
+  if (a.empty() && b.empty()) return false;
+  if (!a.empty() && !absl::SimpleAtoi(a, first)) return false;
+  if (!b.empty() && !absl::SimpleAtoi(b, last)) return false;
+  return true;
+}
 
 // A loopback port nobody listens on now (the store binds it a moment later).
 int FreePort() {
@@ -139,7 +161,7 @@ int Run(const std::vector<std::string>& args, bool replay) {
     }
   }
   const char* name = replay ? "lightrl replay" : "lightrl run";
-  auto flags = replay ? Flags::Parse(args, {"config", "rollouts", "nproc"},
+  auto flags = replay ? Flags::Parse(args, {"config", "rollouts", "nproc", "output", "steps", "versions"},
                                      {"resume", "resume-fallback", "no-progress", "skip-corrupt"})
                       : Flags::Parse(args, {"config", "nproc"},
                                      {"resume", "resume-fallback", "no-progress"});
@@ -200,6 +222,26 @@ int Run(const std::vector<std::string>& args, bool replay) {
     }
     options.replay_dir = *dir;
     options.replay_skip_corrupt = flags->Has("skip-corrupt");
+    const std::pair<const char*, int64_t> ranges[] = {{"steps", 1}, {"versions", 0}};
+    for (const auto& [key, lowest] : ranges) {
+      if (!flags->Has(key)) continue;
+      int64_t first = lowest, last = INT64_MAX;
+      if (!ParseRange(flags->Get(key), &first, &last) || first < lowest || first > last) {
+        std::cerr << name << ": --" << key << " must be A:B, A: or :B with integers " << lowest
+                  << " <= A <= B, got \"" << flags->Get(key) << "\"\n";
+        return 2;
+      }
+      (std::string(key) == "steps" ? options.replay_first_step : options.replay_first_version) = first;
+      (std::string(key) == "steps" ? options.replay_last_step : options.replay_last_version) = last;
+    }
+    // The replay's own folder: never the run it reads.
+    std::string output = flags->Get("output");
+    if (output.empty()) {
+      output = config->run.output_dir;
+      while (output.size() > 1 && output.back() == '/') output.pop_back();
+      output += "-replay";
+    }
+    config->run.output_dir = output;
   }
   absl::Status status = RunTraining(*config, options);
   if (!status.ok()) {

@@ -8,8 +8,16 @@ that learns single-digit addition in seconds on a CPU:
   rollouts   `lightrl rollouts export` gives one group per prompt group trained, with
              tokens, one logprob per token, rewards, group-normalised advantages and the
              generating policy version; a killed run's log reads back (torn tail too).
-  replay     `lightrl replay` trains from a finished run's log without generating and
-             writes a checkpoint; a bit-flipped log fails naming the file and offset.
+  replay     `lightrl replay --config X --rollouts runs/X/rollouts` (the run's own config)
+             trains from the log without generating into its own folder, runs/X-replay:
+             every file of the source run is byte-identical afterwards; it starts from the
+             source's checkpoint the log's first record was sampled from and reproduces the
+             run's per-step losses and train/inference logprob statistics (computed from the
+             logged engine logprobs); it writes its own checkpoints, metrics and eval.json;
+             --steps selects steps (bad ranges are refused); a folder holding another run or
+             lying in the source run is refused; a killed replay resumes to the same weights;
+             without a source checkpoint it warns; a bit-flipped log fails naming the file and
+             offset.
   checksums  every checkpoint carries manifest.json (size and CRC-32C per file); one flipped
              bit in the latest checkpoint's weights stops `--resume` naming the file and
              the previous checkpoint, `--resume-fallback` resumes from that one (and ends
@@ -32,6 +40,7 @@ that learns single-digit addition in seconds on a CPU:
 Run: LIGHTRL_BIN=build/rl/lightrl .venv/bin/python tests/python/trainer_test.py [CASE ...]
 TRAINER_TEST_SEED fixes the random kill moments.
 """
+import hashlib
 import json
 import math
 import os
@@ -390,22 +399,117 @@ def record_offsets(path):
     return offsets
 
 
+def tree_hashes(root):
+    """{relative path: sha256} of every file and {relative path} of every folder under root."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(folder, d), root) + "/"] = "dir"
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
 def case_replay(runs, rng):
     ref_dir = runs.reference()
     log = os.path.join(ref_dir, "rollouts")
-    path = write_config(os.path.join(runs.tmp, "replay.yaml"), runs.config("replay"))
-    proc, seconds = run_ok("replay", "--config", path, "--rollouts", log)
-    out = os.path.join(runs.tmp, "replay")
+    before = tree_hashes(ref_dir)
+    ref_yaml = os.path.join(runs.tmp, "reference.yaml")
+    out = ref_dir + "-replay"
+    proc, seconds = run_ok("replay", "--config", ref_yaml, "--rollouts", log)
     print(f"  replay: {seconds:.1f} s")
     assert f"trained on {RL_STEPS} logged steps" in proc.stderr, proc.stderr
+    start = os.path.join(ref_dir, "checkpoints", f"step-000000-sft-{SFT_STEPS:06d}")
+    assert f"starting from {start} " in proc.stderr, proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr
+    assert tree_hashes(ref_dir) == before, "the replay changed the source run's folder"
     assert not os.path.exists(os.path.join(out, "rollouts")), "replay wrote a rollout log"
-    assert latest_checkpoint(out) == f"step-{RL_STEPS:06d}-sft-000000", latest_checkpoint(out)
+    assert latest_checkpoint(out) == f"step-{RL_STEPS:06d}-sft-{SFT_STEPS:06d}", latest_checkpoint(out)
+    for name in ("metrics.jsonl", "eval.json", "replay.json", "config.resolved.yaml"):
+        assert os.path.isfile(os.path.join(out, name)), f"no {name} in {out}"
+    with open(os.path.join(out, "eval.json")) as f:
+        assert json.load(f)["accuracy_after_rl"] is not None
     metrics = read_metrics(out)
     assert not any(k.startswith("reward/") for _, k in metrics), "replay generated and scored"
-    for step in range(1, RL_STEPS + 1):
-        loss = metrics[(step, "loss/total")][0]
-        assert math.isfinite(loss), (step, loss)
-        assert metrics[(step, "optim/grad_norm")][0] > 0, step
+    # From the run's own weights and optimizer state, the replay's steps are the run's:
+    # the train/inference statistics come from the logged engine logprobs (recomputed
+    # ones would give a mismatch of 0).
+    want = read_metrics(ref_dir)
+    keys = ("loss/total", "optim/grad_norm", "is/clip_fraction", "is/truncated_is_weight_mean",
+            "policy/train_infer_logprob_abs_diff", "policy/train_infer_kl")
+    differ = [f"step {step} {key}: replay {metrics.get((step, key))} vs run {want[(step, key)]}"
+              for step in range(1, RL_STEPS + 1) for key in keys
+              if metrics.get((step, key)) != want[(step, key)]]
+    assert not differ, "the replay's steps are not the run's:\n  " + "\n  ".join(differ)
+    assert want[(1, "policy/train_infer_logprob_abs_diff")][0] > 0, want[(1, "policy/train_infer_logprob_abs_diff")]
+    print("  replay into runs/X-replay: source untouched, same per-step losses and "
+          "train/inference statistics as the run")
+
+    # --steps: the replay starts at the checkpoint before its first step.
+    sel = os.path.join(runs.tmp, "replay-steps")
+    proc, _ = run_ok("replay", "--config", ref_yaml, "--rollouts", log, "--output", sel,
+                     "--steps", "3:4")
+    assert "trained on 2 logged steps" in proc.stderr, proc.stderr
+    assert f"step-000002-sft-{SFT_STEPS:06d}" in proc.stderr, proc.stderr
+    got = read_metrics(sel)
+    assert {s for s, k in got if k == "loss/total"} == {3, 4}, sorted(got)
+    assert all(got[(s, k)] == want[(s, k)] for s in (3, 4) for k in keys), "--steps 3:4 differs"
+    for bad, message in (("5:3", "--steps must be A:B"), ("x", "--steps must be A:B"),
+                         ("0:2", "--steps must be A:B"), ("9:", "select none")):
+        proc = lightrl("replay", "--config", ref_yaml, "--rollouts", log, "--output",
+                       os.path.join(runs.tmp, "replay-bad-steps"), "--steps", bad)
+        assert proc.returncode != 0 and message in proc.stderr, (bad, proc.stderr)
+    assert not os.path.exists(os.path.join(runs.tmp, "replay-bad-steps"))
+    print(f"  --steps 3:4 replays steps 3 and 4; bad ranges: {proc.stderr.strip()}")
+
+    # Folders that hold another run, or lie in the source run, are refused.
+    for target, args, message in ((ref_dir, (), "lies in"),
+                                  (os.path.join(ref_dir, "replay"), (), "lies in"),
+                                  (out, (), "already holds a run"),
+                                  (sel, ("--resume",), None)):
+        proc = lightrl("replay", "--config", ref_yaml, "--rollouts", log, "--output", target, *args)
+        if message is None:
+            assert proc.returncode == 0, proc.stderr
+            continue
+        assert proc.returncode != 0 and message in proc.stderr, (target, proc.stderr)
+        print(f"  {proc.stderr.strip()}")
+    other = os.path.join(runs.tmp, "other-run")
+    os.makedirs(os.path.join(other, "checkpoints"))
+    open(os.path.join(other, "checkpoints", "latest"), "w").write("step-000001-sft-000000\n")
+    other_before = tree_hashes(other)
+    for args, message in (((), "already holds a run"), (("--resume",), "not a replay")):
+        proc = lightrl("replay", "--config", ref_yaml, "--rollouts", log, "--output", other, *args)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert tree_hashes(other) == other_before, "a refused replay wrote into the folder"
+
+    # A killed replay resumes to the uninterrupted replay's weights, each step logged once.
+    killed = os.path.join(runs.tmp, "replay-killed")
+    args = ["replay", "--config", ref_yaml, "--rollouts", log, "--output", killed]
+    proc = subprocess.Popen([BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    at = kill_after(proc, killed, lambda n: n.startswith("step-000002"), 0.2, rng)
+    proc, _ = run_ok(*args, "--resume")
+    if at is not None:
+        assert "resumed from" in proc.stderr, proc.stderr
+    final = f"step-{RL_STEPS:06d}-sft-{SFT_STEPS:06d}"
+    with open(os.path.join(killed, "checkpoints", final, "model.safetensors"), "rb") as f, \
+            open(os.path.join(out, "checkpoints", final, "model.safetensors"), "rb") as g:
+        assert f.read() == g.read(), "the resumed replay ends with other weights"
+    lines = [json.loads(line) for line in open(os.path.join(killed, "metrics.jsonl"))]
+    steps = [row["step"] for row in lines if "loss/total" in row]
+    assert steps == list(range(1, RL_STEPS + 1)), steps
+    print(f"  replay killed at {at}, resumed: same final weights")
+
+    # Without the source's checkpoints the replay starts from model.init_config and says so.
+    orphan = os.path.join(runs.tmp, "orphan")
+    shutil.copytree(log, os.path.join(orphan, "rollouts"))
+    proc, _ = run_ok("replay", "--config", ref_yaml, "--rollouts", os.path.join(orphan, "rollouts"),
+                     "--output", os.path.join(runs.tmp, "replay-orphan"), "--steps", ":1")
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "random model" in warnings[0], proc.stderr
+    print(f"  {warnings[0]}")
+    assert tree_hashes(ref_dir) == before, "a replay changed the source run's folder"
 
     # From the same weights with a fresh optimizer, a replay makes the live run's updates
     # bit for bit: same batches, same order (16 prompts per step give group ids that do
@@ -425,7 +529,8 @@ def case_replay(runs, rng):
           f"truncated samples")
     config["run"]["output_dir"] = os.path.join(runs.tmp, "live-replay")
     path = write_config(os.path.join(runs.tmp, "live-replay.yaml"), config)
-    run_ok("replay", "--config", path, "--rollouts", os.path.join(live, "rollouts"))
+    run_ok("replay", "--config", path, "--rollouts", os.path.join(live, "rollouts"),
+           "--output", config["run"]["output_dir"])
     want, got = read_metrics(live), read_metrics(config["run"]["output_dir"])
     differ = [f"step {step} {key}: replay {got[(step, key)]} vs live {want[(step, key)]}"
               for step in range(1, RL_STEPS + 1)
@@ -440,7 +545,7 @@ def case_replay(runs, rng):
     print("  replay of a live run: identical losses, grad norms and final weights")
 
     # One flipped bit in a record that is not the last: DataLoss with file and offset.
-    bad = os.path.join(runs.tmp, "bad-log")
+    bad = os.path.join(runs.tmp, "bad-log", "rollouts")
     shutil.copytree(log, bad)
     segment = os.path.join(bad, sorted(n for n in os.listdir(bad) if n.endswith(".log"))[0])
     offsets = record_offsets(segment)
@@ -454,7 +559,7 @@ def case_replay(runs, rng):
     assert proc.returncode != 0, "replay of a corrupt log succeeded"
     assert os.path.basename(segment) in proc.stderr and str(victim) in proc.stderr, proc.stderr
     print(f"  corrupt log: {proc.stderr.strip().splitlines()[-1]}")
-    assert latest_checkpoint(os.path.join(runs.tmp, "replay-bad")) is None
+    assert not os.path.exists(os.path.join(runs.tmp, "replay-bad-replay"))
 
 
 def flip_bit(path, offset, rng):
@@ -525,7 +630,7 @@ def case_checksums(runs, rng):
 
 def case_corrupt_log(runs, rng):
     ref_dir = runs.reference()
-    bad = os.path.join(runs.tmp, "bad-last-record")
+    bad = os.path.join(runs.tmp, "bad-last-record", "rollouts")
     shutil.copytree(os.path.join(ref_dir, "rollouts"), bad)
     segment = os.path.join(bad, sorted(n for n in os.listdir(bad) if n.endswith(".log"))[-1])
     last = record_offsets(segment)[-1]
@@ -544,7 +649,7 @@ def case_corrupt_log(runs, rng):
     path = write_config(os.path.join(runs.tmp, "replay-last.yaml"), runs.config("replay-last"))
     proc = lightrl("replay", "--config", path, "--rollouts", bad)
     assert proc.returncode != 0 and want in proc.stderr, proc.stderr
-    assert latest_checkpoint(os.path.join(runs.tmp, "replay-last")) is None
+    assert not os.path.exists(os.path.join(runs.tmp, "replay-last-replay"))
     print(f"  replay: {proc.stderr.strip().splitlines()[-1]}")
     proc, _ = run_ok("replay", "--config", path, "--rollouts", bad, "--skip-corrupt")
     assert "skipped 1 corrupt records" in proc.stderr, proc.stderr
