@@ -456,6 +456,16 @@ def case_replay(runs, rng):
     got = read_metrics(sel)
     assert {s for s, k in got if k == "loss/total"} == {3, 4}, sorted(got)
     assert all(got[(s, k)] == want[(s, k)] for s in (3, 4) for k in keys), "--steps 3:4 differs"
+    # --versions: each step makes MINIBATCHES versions, after SFT's.
+    sel_v = os.path.join(runs.tmp, "replay-versions")
+    first = SFT_STEPS + MINIBATCHES
+    proc, _ = run_ok("replay", "--config", ref_yaml, "--rollouts", log, "--output", sel_v,
+                     "--versions", f"{first}:{first + 1}")
+    assert "trained on 1 logged steps" in proc.stderr, proc.stderr
+    assert f"step-000001-sft-{SFT_STEPS:06d}" in proc.stderr, proc.stderr
+    got = read_metrics(sel_v)
+    assert {s for s, k in got if k == "loss/total"} == {2}, sorted(got)
+    assert all(got[(2, k)] == want[(2, k)] for k in keys), "--versions differs"
     for bad, message in (("5:3", "--steps must be A:B"), ("x", "--steps must be A:B"),
                          ("0:2", "--steps must be A:B"), ("9:", "select none")):
         proc = lightrl("replay", "--config", ref_yaml, "--rollouts", log, "--output",
@@ -509,6 +519,9 @@ def case_replay(runs, rng):
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "random model" in warnings[0], proc.stderr
     print(f"  {warnings[0]}")
+    proc = lightrl("replay", "--config", ref_yaml, "--rollouts", os.path.join(orphan, "rollouts"),
+                   "--output", out, "--resume")
+    assert proc.returncode != 0 and "a replay of another log" in proc.stderr, proc.stderr
     assert tree_hashes(ref_dir) == before, "a replay changed the source run's folder"
 
     # From the same weights with a fresh optimizer, a replay makes the live run's updates
