@@ -8,12 +8,12 @@
 #include <cublas_v2.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "inference_engine/cuda/lightning_decode.h"
-#include "inference_engine/cuda/lightning_prefill.h"
-#include "inference_engine/cuda/moe_routing.h"
-#include "inference_engine/cuda/paged_attention.h"
-#include "inference_engine/cuda/rms_norm.h"
-#include "inference_engine/cuda/sampling.h"
+#include "kernels/lightning/lightning_decode.h"
+#include "kernels/lightning/lightning_prefill.h"
+#include "kernels/moe/moe_routing.h"
+#include "kernels/paged_attention/paged_attention.h"
+#include "kernels/rms_norm/rms_norm.h"
+#include "kernels/sampling/sampling.h"
 #include "policy/cuda_views.h"
 
 namespace lightrl {

@@ -1,6 +1,6 @@
 // Torch adapter of the engine's CUDA kernels for the engine's CUDA backend: checks the
 // shapes, dtypes and devices of torch tensors, takes their data pointers and the current
-// CUDA stream, and calls the torch-free launchers of inference_engine/cuda/. Owns no
+// CUDA stream, and calls the torch-free launchers of kernels/. Owns no
 // memory beyond the outputs it returns; it never syncs. Built only with
 // LIGHTRL_TORCH_CUDA (compile definition LIGHTRL_ENGINE_CUDA); internal (torch) header.
 #pragma once
@@ -33,7 +33,7 @@ torch::Tensor LightningDecodeCuda(const torch::Tensor& q, const torch::Tensor& k
                                   const torch::Tensor& v, const torch::Tensor& slots,
                                   torch::Tensor& state, const torch::Tensor& slopes);
 
-// The softmax layers' paged KV cache (inference_engine/cuda/paged_attention.h): k_pool and
+// The softmax layers' paged KV cache (kernels/paged_attention/paged_attention.h): k_pool and
 // v_pool are [rows, KVH, d] contiguous bf16 pools, page_table [R, max_pages] contiguous
 // int32 (row r: the pages of the sequence in slot r), seq_rows and positions [B] int32
 // (a negative row skips that sequence). Writes k, v [B, KVH, d] at each sequence's
@@ -61,7 +61,7 @@ torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, d
 bool MoeRoutingSupported(int64_t experts, int64_t top_k);
 
 // The policy's routing matrix (SparseMoeImpl::CombineWeights) from the router's FP32
-// logits [T, E] in one kernel (inference_engine/cuda/moe_routing.h): softmax, top_k,
+// logits [T, E] in one kernel (kernels/moe/moe_routing.h): softmax, top_k,
 // renormalised, zeros elsewhere. Returns [T, E] contiguous FP32.
 torch::Tensor MoeCombineWeightsCuda(const torch::Tensor& logits, int64_t top_k);
 
@@ -75,7 +75,7 @@ std::pair<torch::Tensor, torch::Tensor> MoeRouteCuda(const torch::Tensor& logits
 torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, double alpha,
                             double beta);
 
-// The fused sampler (inference_engine/cuda/sampling.h) over logits [R, V], FP32 or bf16
+// The fused sampler (kernels/sampling/sampling.h) over logits [R, V], FP32 or bf16
 // with unit stride along V, and params [R, 4] contiguous FP32 on the same device: per row
 // temperature (not > 0: greedy), top_p (>= 1: off), top_k (a whole number; < 1 or >= V:
 // off) and the uniform in [0, 1). The token ids and logprobs are views of one buffer, so

@@ -1,8 +1,8 @@
 // Batched sampling from logits: greedy, temperature, top-k and top-p, with one
 // caller-supplied uniform number per row so that a sequence's samples do not depend on
 // which other sequences share its batch. The rule (sampling order, top-p boundary, ties)
-// is spelled out in inference_engine/reference/sampling_reference.h. CUDA logits take the
-// fused kernel where the engine's CUDA backend is built (inference_engine/cuda/sampling.h),
+// is spelled out in kernels/sampling/sampling_reference.h. CUDA logits take the
+// fused kernel where the engine's CUDA backend is built (kernels/sampling/sampling.h),
 // anything else torch ops; either way one copy of the options goes to the device and one
 // of the results comes back. Internal (torch) header.
 #pragma once

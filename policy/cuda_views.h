@@ -1,4 +1,4 @@
-// Torch tensors as the views the lightning CUDA kernels read (inference_engine/cuda/
+// Torch tensors as the views the lightning CUDA kernels read (kernels/lightning/
 // lightning_prefill.h): the checks that make a tensor usable as one, and the view itself.
 // Shared by the policy's training op and the engine's CUDA backend; internal (torch)
 // header, for CUDA builds only.
@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "inference_engine/cuda/lightning_prefill.h"
+#include "kernels/lightning/lightning_prefill.h"
 
 namespace lightrl {
 

@@ -4,7 +4,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "inference_engine/cuda/lightning_train.h"
+#include "kernels/lightning/lightning_train.h"
 #include "policy/cuda_views.h"
 #endif
 

@@ -1,4 +1,4 @@
-// The policy's lightning attention on the GPU kernels (inference_engine/cuda/
+// The policy's lightning attention on the GPU kernels (kernels/lightning/
 // lightning_train.h): forward from zero states over a packed batch, with a backward that
 // writes dq, dk and dv straight into one gradient of the fused projection. Used by the
 // model's forward when the build has the kernels (LIGHTRL_POLICY_CUDA) and the tensors

@@ -11,7 +11,7 @@
 
 #include <optional>
 
-#include "policy/cuda/train_ops.h"
+#include "kernels/train_ops/train_ops.h"
 #include "policy/cuda_views.h"
 #endif
 

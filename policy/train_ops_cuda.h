@@ -1,4 +1,4 @@
-// The learner's fused GPU kernels (policy/cuda/train_ops.h) as torch ops: the experts'
+// The learner's fused GPU kernels (kernels/train_ops/train_ops.h) as torch ops: the experts'
 // SwiGLU and the FP32 LM head's token log-probabilities as autograd functions, and AdamW on
 // FP32 master weights. Each has a *Supported check; without the kernels (CPU builds) the
 // checks are false and callers keep their torch-op paths. Internal (torch) header.

@@ -45,14 +45,14 @@ done
   else
     echo "GoogleTest from the system: $GTEST_LIBS"
   fi
-  $NVCC -Xptxas -v -c "$ROOT/inference_engine/cuda/lightning_prefill.cu" -o "$B/prefill.o" \
+  $NVCC -Xptxas -v -c "$ROOT/kernels/lightning/lightning_prefill.cu" -o "$B/prefill.o" \
     2> "$B/ptxas_prefill.txt" & pids+=($!)
-  $NVCC -Xptxas -v -c "$ROOT/inference_engine/cuda/lightning_prefill_sm90.cu" -o "$B/prefill_sm90.o" \
+  $NVCC -Xptxas -v -c "$ROOT/kernels/lightning/lightning_prefill_sm90.cu" -o "$B/prefill_sm90.o" \
     2> "$B/ptxas_prefill_sm90.txt" & pids+=($!)
-  $NVCC -Xptxas -v -c "$ROOT/inference_engine/cuda/lightning_decode.cu" -o "$B/decode.o" \
+  $NVCC -Xptxas -v -c "$ROOT/kernels/lightning/lightning_decode.cu" -o "$B/decode.o" \
     2> "$B/ptxas_decode.txt" & pids+=($!)
-  $NVCC -c "$ROOT/inference_engine/cuda/lightning_train.cu" -o "$B/train.o" & pids+=($!)
-  $CXX -c "$ROOT/inference_engine/reference/lightning_reference.cc" -o "$B/reference.o" & pids+=($!)
+  $NVCC -c "$ROOT/kernels/lightning/lightning_train.cu" -o "$B/train.o" & pids+=($!)
+  $CXX -c "$ROOT/kernels/lightning/lightning_reference.cc" -o "$B/reference.o" & pids+=($!)
   $CXX $GTEST_INC -c "$ROOT/tests/inference_engine/lightning_reference_test.cc" \
     -o "$B/reference_test.o" & pids+=($!)
   $NVCC $GTEST_INC -c "$ROOT/tests/inference_engine/lightning_kernels_test.cu" \

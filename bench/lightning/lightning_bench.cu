@@ -16,11 +16,11 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "inference_engine/cuda/cuda_check.h"
-#include "inference_engine/cuda/lightning_decode.h"
-#include "inference_engine/cuda/lightning_prefill.h"
-#include "inference_engine/cuda/lightning_train.h"
-#include "inference_engine/reference/lightning_reference.h"
+#include "kernels/cuda_check.h"
+#include "kernels/lightning/lightning_decode.h"
+#include "kernels/lightning/lightning_prefill.h"
+#include "kernels/lightning/lightning_train.h"
+#include "kernels/lightning/lightning_reference.h"
 
 namespace lightrl {
 namespace {

@@ -12,7 +12,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "inference_engine/cuda/cuda_check.h"
+#include "kernels/cuda_check.h"
 
 namespace lightrl {
 

@@ -19,7 +19,7 @@
 #include "inference_engine/engine.h"
 #include "inference_engine/kv_cache.h"
 #include "inference_engine/model_runner.h"
-#include "inference_engine/reference/sampling_reference.h"
+#include "kernels/sampling/sampling_reference.h"
 #include "inference_engine/sampler.h"
 #include "policy/minimax_model.h"
 #include "tests/test_models.h"

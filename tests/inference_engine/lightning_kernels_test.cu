@@ -1,5 +1,5 @@
 // GPU tests of the lightning prefill, decode and training kernels against the double
-// precision reference in inference_engine/reference/. Fresh random inputs every run (the
+// precision reference in kernels/lightning/. Fresh random inputs every run (the
 // seed is printed on failure), poisoned outputs, ragged varlen batches.
 #include <algorithm>
 #include <cmath>
@@ -14,11 +14,11 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include "inference_engine/cuda/cuda_check.h"
-#include "inference_engine/cuda/lightning_decode.h"
-#include "inference_engine/cuda/lightning_prefill.h"
-#include "inference_engine/cuda/lightning_train.h"
-#include "inference_engine/reference/lightning_reference.h"
+#include "kernels/cuda_check.h"
+#include "kernels/lightning/lightning_decode.h"
+#include "kernels/lightning/lightning_prefill.h"
+#include "kernels/lightning/lightning_train.h"
+#include "kernels/lightning/lightning_reference.h"
 #include "tests/inference_engine/cuda_test_util.h"
 
 // GoogleTest's registration macros, seen through nvcc's front end, leave a never-read

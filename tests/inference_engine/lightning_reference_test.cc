@@ -1,4 +1,4 @@
-#include "inference_engine/reference/lightning_reference.h"
+#include "kernels/lightning/lightning_reference.h"
 
 #include <cmath>
 #include <random>

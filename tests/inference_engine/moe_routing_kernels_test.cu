@@ -11,8 +11,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include "inference_engine/cuda/moe_routing.h"
-#include "inference_engine/reference/moe_routing_reference.h"
+#include "kernels/moe/moe_routing.h"
+#include "kernels/moe/moe_routing_reference.h"
 #include "tests/inference_engine/cuda_test_util.h"
 
 namespace lightrl {

@@ -1,7 +1,7 @@
-// The routing oracle (inference_engine/reference/moe_routing_reference.h) against the
+// The routing oracle (kernels/moe/moe_routing_reference.h) against the
 // policy's routing rule computed by torch in double: softmax, topk, renormalise. Fresh
 // random logits every run.
-#include "inference_engine/reference/moe_routing_reference.h"
+#include "kernels/moe/moe_routing_reference.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -14,8 +14,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include "inference_engine/cuda/paged_attention.h"
-#include "inference_engine/reference/paged_attention_reference.h"
+#include "kernels/paged_attention/paged_attention.h"
+#include "kernels/paged_attention/paged_attention_reference.h"
 #include "tests/inference_engine/cuda_test_util.h"
 
 #pragma nv_diag_suppress 177

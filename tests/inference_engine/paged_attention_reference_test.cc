@@ -9,7 +9,7 @@
 #include <random>
 #include <vector>
 
-#include "inference_engine/reference/paged_attention_reference.h"
+#include "kernels/paged_attention/paged_attention_reference.h"
 
 namespace lightrl {
 namespace {

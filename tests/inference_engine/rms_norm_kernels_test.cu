@@ -12,8 +12,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include "inference_engine/cuda/rms_norm.h"
-#include "inference_engine/reference/rms_norm_reference.h"
+#include "kernels/rms_norm/rms_norm.h"
+#include "kernels/rms_norm/rms_norm_reference.h"
 #include "tests/inference_engine/cuda_test_util.h"
 
 namespace lightrl {

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <vector>
 
-#include "inference_engine/reference/rms_norm_reference.h"
+#include "kernels/rms_norm/rms_norm_reference.h"
 
 namespace lightrl {
 namespace {

@@ -18,9 +18,9 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include "inference_engine/cuda/cuda_check.h"
-#include "inference_engine/cuda/sampling.h"
-#include "inference_engine/reference/sampling_reference.h"
+#include "kernels/cuda_check.h"
+#include "kernels/sampling/sampling.h"
+#include "kernels/sampling/sampling_reference.h"
 #include "tests/inference_engine/cuda_test_util.h"
 
 // GoogleTest's registration macros, seen through nvcc's front end, leave a never-read

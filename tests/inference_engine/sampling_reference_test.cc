@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "inference_engine/reference/sampling_reference.h"
+#include "kernels/sampling/sampling_reference.h"
 #include "inference_engine/sampler.h"
 
 namespace lightrl {

@@ -1,4 +1,4 @@
-// GPU tests of the learner's fused kernels (policy/cuda/train_ops.h) against the double
+// GPU tests of the learner's fused kernels (kernels/train_ops/train_ops.h) against the double
 // oracles: fresh random inputs every run (the seed is printed on failure), sizes on the
 // 16-byte paths and off them (odd sizes, misaligned starts, padded rows), a target out of
 // range, and AdamW over several steps with bf16 and FP32 gradients and a clip factor.
@@ -14,8 +14,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include "policy/cuda/train_ops.h"
-#include "policy/reference/train_ops_reference.h"
+#include "kernels/train_ops/train_ops.h"
+#include "kernels/train_ops/train_ops_reference.h"
 #include "tests/inference_engine/cuda_test_util.h"
 
 namespace lightrl {

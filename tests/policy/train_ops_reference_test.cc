@@ -1,8 +1,8 @@
-// The oracles of the learner's fused kernels (policy/reference/train_ops_reference.h)
+// The oracles of the learner's fused kernels (kernels/train_ops/train_ops_reference.h)
 // against what they stand for, computed independently by torch in double on the CPU:
 // silu * b and its autograd gradient, log_softmax + gather and its autograd gradient, and
 // torch's own AdamW over several steps. Fresh random inputs every run.
-#include "policy/reference/train_ops_reference.h"
+#include "kernels/train_ops/train_ops_reference.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

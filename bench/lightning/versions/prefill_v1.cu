@@ -1,10 +1,10 @@
-// Version 1 of inference_engine/cuda/lightning_prefill.cu, kept as the record of what
+// Version 1 of kernels/lightning/lightning_prefill.cu, kept as the record of what
 // bench/lightning/RESULTS.md measured as v1. Not built; the library holds the current one.
-#include "inference_engine/cuda/lightning_prefill.h"
+#include "kernels/lightning/lightning_prefill.h"
 
 #include <cstring>
 
-#include "inference_engine/cuda/lightning_mma.cuh"
+#include "kernels/lightning/lightning_mma.cuh"
 
 // One CTA of 4 warps owns one (sequence, head, slice of kDv value columns) and walks the
 // sequence block by block, keeping the FP32 state slice in mma accumulators. Per block of

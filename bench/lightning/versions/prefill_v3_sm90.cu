@@ -1,8 +1,8 @@
-#include "inference_engine/cuda/lightning_prefill_sm90.h"
+#include "kernels/lightning/lightning_prefill_sm90.h"
 
-#include "inference_engine/cuda/lightning_mma.cuh"
-#include "inference_engine/cuda/lightning_prefill_work.cuh"
-#include "inference_engine/cuda/lightning_wgmma.cuh"
+#include "kernels/lightning/lightning_mma.cuh"
+#include "kernels/lightning/lightning_prefill_work.cuh"
+#include "kernels/lightning/lightning_wgmma.cuh"
 
 // One CTA is one warpgroup (4 warps) and owns one (sequence, head, slice of kDv value
 // columns); it walks the sequence in blocks of 64 tokens with the FP32 state slice
