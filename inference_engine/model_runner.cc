@@ -295,14 +295,21 @@ torch::Tensor ModelRunner::DecodeTorch(const std::vector<RunnerSequence>& seqs) 
   auto positions = torch::tensor(pos, torch::kInt64).to(device_);
   auto rows = PageIndex(seqs, /*whole_prompt=*/false);
   // Gather map of each sequence's cached keys, padded to the longest: [B, max_len].
+  // Padding entries read the sequence's own newest row, never another's: the mask does not
+  // keep a gathered value out of the result (SDPA adds -inf to a masked score and weighs its
+  // value by 0, and NaN + -inf and 0 * NaN are NaN), so a padding entry that read a row of
+  // some other sequence, live or freed, whose keys are NaN would turn this sequence's output
+  // NaN too. Its own row is one it reads anyway.
   std::vector<int64_t> ctx_rows(B * max_len, 0);
   std::vector<uint8_t> ctx_valid(B * max_len, 0);
   for (int64_t b = 0; b < B; ++b) {
+    int64_t row = 0;
     for (int64_t p = 0; p <= pos[b]; ++p) {
-      ctx_rows[b * max_len + p] =
-          seqs[b].pages->pages[p / page_size_] * page_size_ + p % page_size_;
+      row = seqs[b].pages->pages[p / page_size_] * page_size_ + p % page_size_;
+      ctx_rows[b * max_len + p] = row;
       ctx_valid[b * max_len + p] = 1;
     }
+    for (int64_t p = pos[b] + 1; p < max_len; ++p) ctx_rows[b * max_len + p] = row;
   }
   auto ctx_index = torch::tensor(ctx_rows, torch::kInt64).to(device_);
   auto ctx_mask = torch::tensor(ctx_valid, torch::kUInt8).to(device_).to(torch::kBool)

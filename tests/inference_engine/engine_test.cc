@@ -4,8 +4,10 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <random>
+#include <string>
 
 #include "inference_engine/sampler.h"
 #include "policy/minimax_model.h"
@@ -198,7 +200,10 @@ TEST(EngineTest, BadRequestsFailAloneAndStopConditionsHold) {
 // its own request; every request that never feeds that token gets exactly the samples it
 // got before, in the same batch.
 TEST(EngineTest, ASequenceWithNonFiniteLogitsFailsItsRequestAloneAndTheBatchGoesOn) {
-  std::mt19937 rng(std::random_device{}());
+  const char* seed_env = std::getenv("LIGHTRL_TEST_SEED");
+  const uint32_t seed = seed_env ? static_cast<uint32_t>(std::stoul(seed_env)) : std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (rerun with LIGHTRL_TEST_SEED)");
+  std::mt19937 rng(seed);
   auto policy = MakePolicy(rng());
   std::vector<GenerationRequest> reqs;
   for (int i = 0; i < 6; ++i) {
@@ -216,28 +221,34 @@ TEST(EngineTest, ASequenceWithNonFiniteLogitsFailsItsRequestAloneAndTheBatchGoes
   auto engine = Engine::Create(policy.get(), EngineOptions{});
   ASSERT_TRUE(engine.ok());
   auto clean = (*engine)->Generate(reqs);
-  // The poisoned token: one that r0 first feeds in a decode step (generated, not last).
-  const auto& g0 = clean[0].samples[0].tokens;
-  int32_t poison = -1;
-  for (size_t j = 1; j + 1 < g0.size() && poison < 0; ++j) {
-    std::vector<int32_t> before(reqs[0].prompt);
-    before.insert(before.end(), g0.begin(), g0.begin() + j);
-    if (std::find(before.begin(), before.end(), g0[j]) == before.end()) poison = g0[j];
-  }
-  if (poison < 0) GTEST_SKIP() << "r0 generated no fresh token to poison";
-  {
-    torch::NoGradGuard no_grad;
-    policy->module()->model->embed_tokens->weight[poison].fill_(std::nan(""));
-  }
-  auto feeds_poison = [&](size_t i) {
-    if (std::count(reqs[i].prompt.begin(), reqs[i].prompt.end(), poison)) return true;
+  auto feeds = [&](size_t i, int32_t token) {
+    if (std::count(reqs[i].prompt.begin(), reqs[i].prompt.end(), token)) return true;
     for (const auto& sample : clean[i].samples) {
-      if (std::find(sample.tokens.begin(), sample.tokens.end() - 1, poison) != sample.tokens.end() - 1) {
+      if (std::find(sample.tokens.begin(), sample.tokens.end() - 1, token) != sample.tokens.end() - 1) {
         return true;
       }
     }
     return false;
   };
+  // The poisoned token: one that r0 first feeds in a decode step (generated, not last) and
+  // that some other request never feeds (with random weights, the requests may all fall
+  // into the same few tokens).
+  const auto& g0 = clean[0].samples[0].tokens;
+  int32_t poison = -1;
+  for (size_t j = 1; j + 1 < g0.size() && poison < 0; ++j) {
+    std::vector<int32_t> before(reqs[0].prompt);
+    before.insert(before.end(), g0.begin(), g0.begin() + j);
+    if (std::find(before.begin(), before.end(), g0[j]) != before.end()) continue;
+    for (size_t i = 1; i < reqs.size(); ++i) {
+      if (!feeds(i, g0[j])) poison = g0[j];
+    }
+  }
+  if (poison < 0) GTEST_SKIP() << "r0 generated no fresh token that another request never feeds";
+  {
+    torch::NoGradGuard no_grad;
+    policy->module()->model->embed_tokens->weight[poison].fill_(std::nan(""));
+  }
+  auto feeds_poison = [&](size_t i) { return feeds(i, poison); };
   // One more request feeds it in its prompt (fails at the prefill's sample).
   reqs.push_back(reqs[1]);
   reqs.back().id = "poisoned-prompt";
