@@ -17,15 +17,21 @@ absl::StatusOr<DType> ParseSaveDType(const std::string& name) {
   if (name == "float32" || name == "fp32") return DType::kF32;
   if (name == "bfloat16" || name == "bf16") return DType::kBF16;
   if (name == "float16" || name == "fp16") return DType::kF16;
-  return absl::InvalidArgumentError(
+  return UsageError(
       absl::StrCat("--dtype must be float32, bfloat16 or float16, got \"", name, "\""));
 }
 
-int Report(const char* command, const absl::Status& status) {
-  if (status.ok()) return 0;
-  std::cerr << "lightrl " << command << ": " << status.message() << "\n";
-  return 1;
-}
+constexpr const char* kInitUsage =
+    "usage: lightrl init --config config.json --output DIR [--seed N] [--dtype D]\n"
+    "Writes a randomly initialised model (config.json + model.safetensors) for the model\n"
+    "config to DIR. --seed: the initialisation seed (default 0); --dtype: float32\n"
+    "(default), bfloat16 or float16.\n";
+
+constexpr const char* kConvertUsage =
+    "usage: lightrl convert --model DIR --output DIR2 [--dtype D]\n"
+    "Re-saves the checkpoint in DIR to DIR2 (which must differ) in transformers' naming,\n"
+    "as --dtype float32 (default), bfloat16 or float16; the\n"
+    "tokenizer and generation files come along.\n";
 
 absl::Status Init(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args, {"config", "output", "seed", "dtype"}));
@@ -44,7 +50,7 @@ absl::Status Convert(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string output, flags.Required("output"));
   ASSIGN_OR_RETURN(DType dtype, ParseSaveDType(flags.Get("dtype", "float32")));
   if (output == model_dir) {
-    return absl::InvalidArgumentError("--output must differ from --model");
+    return UsageError("--output must differ from --model");
   }
   ASSIGN_OR_RETURN(auto model, PolicyModel::Load(model_dir));
   RETURN_IF_ERROR(model->Save(output, dtype));
@@ -54,11 +60,11 @@ absl::Status Convert(const std::vector<std::string>& args) {
 }  // namespace
 
 int RunInitCommand(const std::vector<std::string>& args) {
-  return Report("init", Init(args));
+  return RunSubcommand("init", kInitUsage, args, Init);
 }
 
 int RunConvertCommand(const std::vector<std::string>& args) {
-  return Report("convert", Convert(args));
+  return RunSubcommand("convert", kConvertUsage, args, Convert);
 }
 
 }  // namespace lightrl

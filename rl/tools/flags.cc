@@ -3,9 +3,11 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/auth_token.h"
+#include "common/log.h"
 
 namespace lightrl {
 namespace {
@@ -21,7 +23,7 @@ absl::StatusOr<int64_t> InflightBudgetFlag(const Flags& flags, int64_t max_messa
   absl::StatusOr<int64_t> mb = flags.GetInt("max-inflight-mb", 0);
   if (!mb.ok()) return mb.status();
   if (*mb != 0 && (*mb < max_message_mb || *mb > kMaxInflightMb)) {
-    return absl::InvalidArgumentError(absl::StrCat(
+    return UsageError(absl::StrCat(
         "--max-inflight-mb must be 0 (4 x ", message_flag, ") or in [", max_message_mb, " (",
         message_flag, "), ", kMaxInflightMb, "], got ", *mb));
   }
@@ -30,7 +32,7 @@ absl::StatusOr<int64_t> InflightBudgetFlag(const Flags& flags, int64_t max_messa
 
 absl::StatusOr<std::string> WorkerAuthToken(const Flags& flags) {
   if (flags.Has("auth-token")) {
-    return absl::InvalidArgumentError(absl::StrCat(
+    return UsageError(absl::StrCat(
         "--auth-token puts the token on the command line, where any local user reads it in "
         "/proc; use --auth-token-file FILE (mode 0600) or the ",
         kAuthTokenEnvVar, " environment variable"));
@@ -48,20 +50,79 @@ absl::StatusOr<std::string> WorkerAuthToken(const Flags& flags) {
   return std::string();
 }
 
-int RunSubcommand(const char* name, const char* usage, const std::vector<std::string>& args,
-                  absl::Status (*run)(const std::vector<std::string>&)) {
+namespace {
+constexpr char kExitCodePayload[] = "lightrl.dev/exit_code";
+}  // namespace
+
+absl::Status WithExitCode(absl::Status status, int code) {
+  if (status.ok()) return status;
+  status.SetPayload(kExitCodePayload, absl::Cord(std::to_string(code)));
+  return status;
+}
+
+absl::Status UsageError(absl::string_view message) {
+  return WithExitCode(absl::InvalidArgumentError(message), kExitUsage);
+}
+
+int ExitCodeOf(const absl::Status& status) {
+  if (status.ok()) return kExitOk;
+  const auto payload = status.GetPayload(kExitCodePayload);
+  int code = kExitFailure;
+  if (payload.has_value() && absl::SimpleAtoi(std::string(*payload), &code)) return code;
+  return kExitFailure;
+}
+
+bool WantsHelp(const std::vector<std::string>& args) {
   for (const auto& a : args) {
-    if (a == "--help" || a == "-h") {
-      std::cout << usage;
-      return 0;
+    if (a == "--help" || a == "-h") return true;
+  }
+  return false;
+}
+
+int RunSubcommand(const std::string& name, const std::string& usage,
+                  const std::vector<std::string>& args,
+                  const std::function<absl::Status(const std::vector<std::string>&)>& run) {
+  if (WantsHelp(args)) {
+    std::cout << usage;
+    if (!usage.empty() && usage.back() != '\n') std::cout << "\n";
+    std::cout << "common flags: --log-level debug|info|warning|error (default: "
+                 "LIGHTRL_LOG_LEVEL, else info)\n";
+    return kExitOk;
+  }
+  // --log-level is every command's, so it is taken out before the command's own parse.
+  std::vector<std::string> rest;
+  absl::Status status;
+  for (size_t i = 0; i < args.size() && status.ok(); ++i) {
+    std::string value;
+    if (args[i] == "--log-level") {
+      if (i + 1 >= args.size()) {
+        status = UsageError("flag --log-level needs a value");
+        break;
+      }
+      value = args[++i];
+    } else if (args[i].rfind("--log-level=", 0) == 0) {
+      value = args[i].substr(std::string("--log-level=").size());
+    } else {
+      rest.push_back(args[i]);
+      continue;
+    }
+    absl::StatusOr<LogLevel> level = ParseLogLevel(value);
+    if (!level.ok()) {
+      status = UsageError(absl::StrCat("--log-level: ", level.status().message()));
+      break;
+    }
+    SetLogLevel(*level);
+    ::setenv("LIGHTRL_LOG_LEVEL", LogLevelName(*level), 1);
+  }
+  if (status.ok()) status = run(rest);
+  const int code = ExitCodeOf(status);
+  if (code != kExitOk && !status.message().empty()) {
+    std::cerr << "lightrl " << name << ": " << status.message() << "\n";
+    if (code == kExitUsage) {
+      std::cerr << "run `lightrl " << name << " --help` for its usage\n";
     }
   }
-  absl::Status status = run(args);
-  if (!status.ok()) {
-    std::cerr << "lightrl " << name << ": " << status.message() << "\n";
-    return 1;
-  }
-  return 0;
+  return code;
 }
 
 absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
@@ -71,7 +132,7 @@ absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg.rfind("--", 0) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", arg, "\""));
+      return UsageError(absl::StrCat("unexpected argument \"", arg, "\""));
     }
     std::string name = arg.substr(2), value;
     bool has_value = false;
@@ -81,10 +142,10 @@ absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
       has_value = true;
     }
     if (!known.count(name) && !switches.count(name)) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+      return UsageError(absl::StrCat("unknown flag --", name));
     }
     if (flags.values_.count(name)) {
-      return absl::InvalidArgumentError(absl::StrCat("flag --", name, " given twice"));
+      return UsageError(absl::StrCat("flag --", name, " given twice"));
     }
     if (switches.count(name)) {
       flags.values_[name] = has_value ? value : "true";
@@ -92,7 +153,7 @@ absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
     }
     if (!has_value) {
       if (i + 1 >= args.size()) {
-        return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
+        return UsageError(absl::StrCat("flag --", name, " needs a value"));
       }
       value = args[++i];
     }
@@ -108,7 +169,7 @@ std::string Flags::Get(const std::string& name, const std::string& fallback) con
 
 absl::StatusOr<std::string> Flags::Required(const std::string& name) const {
   auto it = values_.find(name);
-  if (it == values_.end()) return absl::InvalidArgumentError(absl::StrCat("--", name, " is required"));
+  if (it == values_.end()) return UsageError(absl::StrCat("--", name, " is required"));
   return it->second;
 }
 
@@ -117,7 +178,7 @@ absl::StatusOr<int64_t> Flags::GetInt(const std::string& name, int64_t fallback)
   if (it == values_.end()) return fallback;
   int64_t v;
   if (!absl::SimpleAtoi(it->second, &v)) {
-    return absl::InvalidArgumentError(
+    return UsageError(
         absl::StrCat("--", name, " must be an integer, got \"", it->second, "\""));
   }
   return v;
@@ -128,7 +189,7 @@ absl::StatusOr<double> Flags::GetDouble(const std::string& name, double fallback
   if (it == values_.end()) return fallback;
   double v;
   if (!absl::SimpleAtod(it->second, &v)) {
-    return absl::InvalidArgumentError(
+    return UsageError(
         absl::StrCat("--", name, " must be a number, got \"", it->second, "\""));
   }
   return v;

@@ -1,21 +1,49 @@
-// A tiny `--name value` / `--name=value` flag parser for the lightrl subcommands. Every
-// flag must be declared; unknown or repeated flags and missing values are errors.
+// A tiny `--name value` / `--name=value` flag parser for the lightrl subcommands, and the
+// one place their exit codes are decided. Every flag must be declared; unknown or repeated
+// flags and missing or malformed values are usage errors.
+//
+// Exit codes of every `lightrl` command (docs/cli.md):
+//   0  success (and --help/-h, which prints the command's usage to stdout)
+//   1  runtime failure: bad config, I/O error, training or serving error
+//   2  usage error: unknown command or flag, missing or invalid flag value
+// `lightrl run --nproc N` exits with its first failing rank's code (128 + signal for a
+// rank killed by a signal).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace lightrl {
 
-// The shared body of a subcommand: prints `usage` for --help/-h, else runs `run` and maps
-// its status to an exit code, printing "lightrl <name>: <message>" on failure.
-int RunSubcommand(const char* name, const char* usage, const std::vector<std::string>& args,
-                  absl::Status (*run)(const std::vector<std::string>&));
+enum ExitCode : int { kExitOk = 0, kExitFailure = 1, kExitUsage = 2 };
+
+// An error in how the command was called (INVALID_ARGUMENT marked as a usage error): the
+// command exits 2 and points at `lightrl <name> --help`. Flags' own errors are these.
+absl::Status UsageError(absl::string_view message);
+// `status` (not OK) ending the command with exit code `code` instead of 1.
+absl::Status WithExitCode(absl::Status status, int code);
+// The exit code a command's final status maps to: 0, the code attached by UsageError or
+// WithExitCode, else 1.
+int ExitCodeOf(const absl::Status& status);
+
+// Whether `args` asks for the usage (--help or -h anywhere).
+bool WantsHelp(const std::vector<std::string>& args);
+
+// The shared body of a subcommand: prints `usage` to stdout and returns 0 for --help/-h;
+// else takes the common --log-level flag out of `args` (setting the process's log level
+// and LIGHTRL_LOG_LEVEL for any child it starts), runs `run`, and maps its status to the
+// exit code (ExitCodeOf), printing "lightrl <name>: <message>" on failure, plus where to
+// find the usage for a usage error.
+int RunSubcommand(const std::string& name, const std::string& usage,
+                  const std::vector<std::string>& args,
+                  const std::function<absl::Status(const std::vector<std::string>&)>& run);
 
 class Flags;
 

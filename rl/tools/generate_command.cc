@@ -153,7 +153,7 @@ absl::Status Run(const std::vector<std::string>& args) {
     for (absl::string_view s : absl::StrSplit(flags.Get("stop-token-ids"), ',', absl::SkipEmpty())) {
       int64_t id;
       if (!absl::SimpleAtoi(s, &id)) {
-        return absl::InvalidArgumentError(absl::StrCat("--stop-token-ids: \"", s, "\" is not an integer"));
+        return UsageError(absl::StrCat("--stop-token-ids: \"", s, "\" is not an integer"));
       }
       base.stop_token_ids.push_back(id);
     }

@@ -21,14 +21,25 @@ constexpr const char* kUsage =
     "  reward-worker  serve a built-in reward over gRPC (lightrl.v1.RewardService)\n"
     "  rollout-worker serve the inference engine over gRPC (lightrl.v1.RolloutService)\n"
     "  plan       parallel layout, memory per GPU and step time of a config on N GPUs\n"
-    "  plot       PNG line charts of runs' metrics.jsonl, one per metric, runs overlaid\n";
+    "  plot       PNG line charts of runs' metrics.jsonl, one per metric, runs overlaid\n"
+    "every command takes --help/-h and --log-level debug|info|warning|error\n"
+    "  (default: the LIGHTRL_LOG_LEVEL environment variable, else info)\n"
+    "exit codes (docs/cli.md):\n"
+    "  0  success, or --help\n"
+    "  1  runtime failure: bad config, I/O error, training or serving error\n"
+    "  2  usage error: unknown command or flag, missing or invalid flag value\n"
+    "  run/replay --nproc N exit with the first failing rank's code (128 + signal if killed)\n";
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+  if (argc < 2) {
+    std::cerr << kUsage;
+    return 2;
+  }
+  if (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::cout << kUsage;
-    return argc < 2 ? 2 : 0;
+    return 0;
   }
   const std::string command = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);

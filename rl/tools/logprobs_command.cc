@@ -93,7 +93,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string output, flags.Required("output"));
   ASSIGN_OR_RETURN(int64_t batch_tokens, flags.GetInt("batch-tokens", 16384));
   if (batch_tokens <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--batch-tokens must be > 0, got ", batch_tokens));
+    return UsageError(absl::StrCat("--batch-tokens must be > 0, got ", batch_tokens));
   }
   PolicyOptions options;
   options.device = flags.Get("device", "cpu");

@@ -23,7 +23,7 @@ constexpr const char* kUsage =
 absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args, {"config", "gpus"}, {"json", "strict"}));
   ASSIGN_OR_RETURN(std::string config, flags.Required("config"));
-  if (!flags.Has("gpus")) return absl::InvalidArgumentError("--gpus is required");
+  if (!flags.Has("gpus")) return UsageError("--gpus is required");
   ASSIGN_OR_RETURN(int64_t gpus, flags.GetInt("gpus", 0));
   ASSIGN_OR_RETURN(PlanInput input, LoadPlanInput(config));
   absl::StatusOr<Plan> plan = MakePlan(input.model, input.options, gpus);

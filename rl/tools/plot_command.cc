@@ -26,7 +26,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   std::vector<std::string> rest;
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--run") {
-      if (i + 1 >= args.size()) return absl::InvalidArgumentError("--run needs a value");
+      if (i + 1 >= args.size()) return UsageError("--run needs a value");
       options.runs.push_back(args[++i]);
     } else if (args[i].rfind("--run=", 0) == 0) {
       options.runs.push_back(args[i].substr(6));
@@ -42,7 +42,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t width, flags.GetInt("width", 800));
   ASSIGN_OR_RETURN(int64_t height, flags.GetInt("height", 480));
   if (width < 0 || width > 100000 || height < 0 || height > 100000) {
-    return absl::InvalidArgumentError("--width and --height must be pixel counts");
+    return UsageError("--width and --height must be pixel counts");
   }
   options.width = static_cast<int>(width);
   options.height = static_cast<int>(height);

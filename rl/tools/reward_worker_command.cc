@@ -60,7 +60,7 @@ absl::StatusOr<RewardFunctionPtr> MakeWorkerRewardFunction(const Flags& flags) {
         absl::StrCat("--kind: ", UnknownRewardKindError(kind).message()));
   }
   if (flags.Has("options") && flags.Has("options-file")) {
-    return absl::InvalidArgumentError("give one of --options and --options-file");
+    return UsageError("give one of --options and --options-file");
   }
   std::string flag = "--options";
   std::string text = flags.Get("options");
@@ -107,7 +107,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   absl::StatusOr<int64_t> capacity = flags->GetInt("capacity", 4);
   if (!capacity.ok()) return capacity.status();
   if (*capacity < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--capacity must be >= 1, got ", *capacity));
+    return UsageError(absl::StrCat("--capacity must be >= 1, got ", *capacity));
   }
   RewardServerOptions options;
   options.listen_address = flags->Get("listen", options.listen_address);
@@ -115,7 +115,7 @@ absl::Status Run(const std::vector<std::string>& args) {
       flags->GetInt("max-request-mb", options.max_request_bytes >> 20);
   if (!max_request_mb.ok()) return max_request_mb.status();
   if (*max_request_mb < 1 || *max_request_mb > (kMaxRequestBytes >> 20)) {
-    return absl::InvalidArgumentError(absl::StrCat("--max-request-mb must be in [1, ",
+    return UsageError(absl::StrCat("--max-request-mb must be in [1, ",
                                                    kMaxRequestBytes >> 20, "], got ",
                                                    *max_request_mb));
   }

@@ -62,7 +62,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   options.policy.device = flags.Get("device", "cpu");
   options.policy.dtype = flags.Get("dtype", "float32");
   ASSIGN_OR_RETURN(int64_t capacity, flags.GetInt("capacity", 8));
-  if (capacity < 1) return absl::InvalidArgumentError(absl::StrCat("--capacity must be >= 1, got ", capacity));
+  if (capacity < 1) return UsageError(absl::StrCat("--capacity must be >= 1, got ", capacity));
   ASSIGN_OR_RETURN(options.engine.max_num_seqs, flags.GetInt("max-num-seqs", options.engine.max_num_seqs));
   ASSIGN_OR_RETURN(int64_t kv_mb, flags.GetInt("kv-cache-mb", options.engine.kv_cache_bytes >> 20));
   options.engine.kv_cache_bytes = kv_mb << 20;

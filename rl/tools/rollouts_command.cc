@@ -78,11 +78,11 @@ void ReportSkipped(const RolloutLogReader& reader, const std::string& dir) {
 }
 
 absl::Status Run(const std::vector<std::string>& args) {
-  if (args.empty()) return absl::InvalidArgumentError("expected a subcommand: show or export");
+  if (args.empty()) return UsageError("expected a subcommand: show or export");
   const std::string& sub = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (sub != "show" && sub != "export") {
-    return absl::InvalidArgumentError(
+    return UsageError(
         absl::StrCat("unknown subcommand \"", sub, "\" (expected show or export)"));
   }
   std::set<std::string> known = {"rollouts", "step"};
@@ -91,6 +91,15 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(rest, known, {"skip-corrupt"}));
   ASSIGN_OR_RETURN(std::string dir, flags.Required("rollouts"));
   ASSIGN_OR_RETURN(int64_t step, flags.GetInt("step", -1));
+  // Flags are checked before the log is opened: a usage error is one without I/O.
+  ASSIGN_OR_RETURN(int64_t limit, flags.GetInt("limit", 20));
+  ASSIGN_OR_RETURN(int64_t width, flags.GetInt("width", 160));
+  if (limit < 0) return UsageError(absl::StrCat("--limit must be >= 0, got ", limit));
+  if (width < 0) return UsageError(absl::StrCat("--width must be >= 0, got ", width));
+  std::string output;
+  if (sub == "export") {
+    ASSIGN_OR_RETURN(output, flags.Required("output"));
+  }
   const bool filter_step = flags.Has("step");
   RolloutLogReadOptions read_options;
   read_options.skip_corrupt = flags.Has("skip-corrupt");
@@ -98,14 +107,6 @@ absl::Status Run(const std::vector<std::string>& args) {
 
   RolloutGroup group;
   if (sub == "show") {
-    ASSIGN_OR_RETURN(int64_t limit, flags.GetInt("limit", 20));
-    ASSIGN_OR_RETURN(int64_t width, flags.GetInt("width", 160));
-    if (limit < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("--limit must be >= 0, got ", limit));
-    }
-    if (width < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("--width must be >= 0, got ", width));
-    }
     int64_t shown = 0, matched = 0;
     while (true) {
       ASSIGN_OR_RETURN(bool found, reader->Next(&group));
@@ -121,7 +122,6 @@ absl::Status Run(const std::vector<std::string>& args) {
     return absl::OkStatus();
   }
 
-  ASSIGN_OR_RETURN(std::string output, flags.Required("output"));
   ASSIGN_OR_RETURN(AtomicFileWriter out, AtomicFileWriter::Open(output));
   int64_t exported = 0;
   while (true) {
@@ -142,19 +142,7 @@ absl::Status Run(const std::vector<std::string>& args) {
 }  // namespace
 
 int RunRolloutsCommand(const std::vector<std::string>& args) {
-  for (const std::string& arg : args) {
-    if (arg == "--help" || arg == "-h") {
-      std::cout << kUsage;
-      return 0;
-    }
-  }
-  absl::Status status = Run(args);
-  if (!status.ok()) {
-    std::cerr << "lightrl rollouts: " << status.message() << "\n";
-    if (args.empty()) std::cerr << kUsage;
-    return 1;
-  }
-  return 0;
+  return RunSubcommand("rollouts", kUsage, args, Run);
 }
 
 }  // namespace lightrl

@@ -10,6 +10,8 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <tuple>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -84,8 +86,8 @@ int FreePort() {
 // torchrun for one host: starts `nproc` copies of this command (without --nproc) with
 // RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, and waits for them. When
 // one fails, the others are stopped; the exit code is the first failure's.
-int LaunchLocalRanks(const std::vector<std::string>& args, int64_t nproc, const char* name,
-                     const char* subcommand) {
+absl::Status LaunchLocalRanks(const std::vector<std::string>& args, int64_t nproc,
+                              const char* name, const char* subcommand) {
   std::vector<std::string> child_args;
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--nproc") {
@@ -97,13 +99,11 @@ int LaunchLocalRanks(const std::vector<std::string>& args, int64_t nproc, const 
   }
   const int port = FreePort();
   if (port <= 0) {
-    std::cerr << name << ": --nproc: cannot find a free loopback port\n";
-    return 1;
+    return absl::UnavailableError("--nproc: cannot find a free loopback port");
   }
   char exe[4096] = {0};
   if (::readlink("/proc/self/exe", exe, sizeof(exe) - 1) <= 0) {
-    std::cerr << name << ": --nproc: cannot find the lightrl executable\n";
-    return 1;
+    return absl::InternalError("--nproc: cannot find the lightrl executable");
   }
   std::vector<std::string> argv = {exe, subcommand};
   argv.insert(argv.end(), child_args.begin(), child_args.end());
@@ -111,9 +111,8 @@ int LaunchLocalRanks(const std::vector<std::string>& args, int64_t nproc, const 
   for (int64_t r = 0; r < nproc; ++r) {
     const pid_t pid = ::fork();
     if (pid < 0) {
-      std::cerr << name << ": --nproc: fork failed\n";
       for (pid_t p : pids) ::kill(p, SIGTERM);
-      return 1;
+      return absl::InternalError("--nproc: fork failed");
     }
     if (pid == 0) {
       // The ranks end with the launcher (a scheduler stopping it, say).
@@ -150,49 +149,50 @@ int LaunchLocalRanks(const std::vector<std::string>& args, int64_t nproc, const 
       }
     }
   }
-  return result;
+  if (result == 0) return absl::OkStatus();
+  // Each rank has said why; the launcher exits with the first failure's own code.
+  return WithExitCode(absl::AbortedError(""), result);
 }
 
-int Run(const std::vector<std::string>& args, bool replay) {
-  for (const auto& a : args) {
-    if (a == "--help" || a == "-h") {
-      std::cout << (replay ? kReplayUsage : kRunUsage);
-      return 0;
-    }
-  }
+absl::Status Run(const std::vector<std::string>& args, bool replay) {
   const char* name = replay ? "lightrl replay" : "lightrl run";
   auto flags = replay ? Flags::Parse(args, {"config", "rollouts", "nproc", "output", "steps", "versions"},
                                      {"resume", "resume-fallback", "no-progress", "skip-corrupt"})
                       : Flags::Parse(args, {"config", "nproc"},
                                      {"resume", "resume-fallback", "no-progress"});
-  if (!flags.ok()) {
-    std::cerr << name << ": " << flags.status().message() << "\n";
-    return 2;
-  }
+  if (!flags.ok()) return flags.status();
   if (flags->Has("resume-fallback") && !flags->Has("resume")) {
-    std::cerr << name << ": --resume-fallback applies to --resume; pass both\n";
-    return 2;
-  }
-  auto path = flags->Required("config");
-  if (!path.ok()) {
-    std::cerr << name << ": " << path.status().message() << "\n";
-    return 2;
-  }
-  auto config = LoadRunConfig(*path);
-  if (!config.ok()) {
-    std::cerr << name << ": " << config.status().message() << "\n";
-    return 1;
+    return UsageError("--resume-fallback applies to --resume; pass both");
   }
   auto nproc = flags->GetInt("nproc", 1);
   if (!nproc.ok() || *nproc < 1) {
-    std::cerr << name << ": --nproc must be an integer >= 1, got \"" << flags->Get("nproc") << "\"\n";
-    return 2;
+    return UsageError(absl::StrCat("--nproc must be an integer >= 1, got \"", flags->Get("nproc"), "\""));
   }
-  if (*nproc > 1) {
-    if (std::getenv("RANK") != nullptr || std::getenv("WORLD_SIZE") != nullptr) {
-      std::cerr << name << ": --nproc starts the ranks itself; RANK/WORLD_SIZE are already set\n";
-      return 2;
+  // Flags are checked before any file is read: a usage error is one without I/O.
+  std::pair<int64_t, int64_t> steps = {1, INT64_MAX}, versions = {0, INT64_MAX};
+  if (replay) {
+    const std::pair<const char*, int64_t> ranges[] = {{"steps", 1}, {"versions", 0}};
+    for (const auto& [key, lowest] : ranges) {
+      if (!flags->Has(key)) continue;
+      int64_t first = lowest, last = INT64_MAX;
+      if (!ParseRange(flags->Get(key), &first, &last) || first < lowest || first > last) {
+        return UsageError(absl::StrCat("--", key, " must be A:B, A: or :B with integers ", lowest,
+                                       " <= A <= B, got \"", flags->Get(key), "\""));
+      }
+      (std::string(key) == "steps" ? steps : versions) = {first, last};
     }
+  }
+  ASSIGN_OR_RETURN(std::string path, flags->Required("config"));
+  std::string replay_dir;
+  if (replay) {
+    ASSIGN_OR_RETURN(replay_dir, flags->Required("rollouts"));
+  }
+  if (*nproc > 1 && (std::getenv("RANK") != nullptr || std::getenv("WORLD_SIZE") != nullptr)) {
+    return UsageError("--nproc starts the ranks itself; RANK/WORLD_SIZE are already set");
+  }
+  auto config = LoadRunConfig(path);
+  if (!config.ok()) return config.status();
+  if (*nproc > 1) {
     return LaunchLocalRanks(args, *nproc, name, replay ? "replay" : "run");
   }
   TrainerRunOptions options;
@@ -206,33 +206,17 @@ int Run(const std::vector<std::string>& args, bool replay) {
   base.timeout_s = d.timeout_s;
   auto dist = DistributedOptions::FromEnv(base);
   absl::Status valid = dist.ok() ? dist->Validate() : dist.status();
-  if (!valid.ok()) {
-    std::cerr << name << ": distributed: " << valid.message() << "\n";
-    return 2;
-  }
+  if (!valid.ok()) return absl::InvalidArgumentError(absl::StrCat("distributed: ", valid.message()));
   options.distributed = *dist;
   options.resume = flags->Has("resume");
   options.resume_fallback = flags->Has("resume-fallback");
   options.progress = !flags->Has("no-progress") && config->logging.progress;
   if (replay) {
-    auto dir = flags->Required("rollouts");
-    if (!dir.ok()) {
-      std::cerr << name << ": " << dir.status().message() << "\n";
-      return 2;
-    }
-    options.replay_dir = *dir;
+    options.replay_dir = replay_dir;
     options.replay_skip_corrupt = flags->Has("skip-corrupt");
-    const std::pair<const char*, int64_t> ranges[] = {{"steps", 1}, {"versions", 0}};
-    for (const auto& [key, lowest] : ranges) {
-      if (!flags->Has(key)) continue;
-      int64_t first = lowest, last = INT64_MAX;
-      if (!ParseRange(flags->Get(key), &first, &last) || first < lowest || first > last) {
-        std::cerr << name << ": --" << key << " must be A:B, A: or :B with integers " << lowest
-                  << " <= A <= B, got \"" << flags->Get(key) << "\"\n";
-        return 2;
-      }
-      (std::string(key) == "steps" ? options.replay_first_step : options.replay_first_version) = first;
-      (std::string(key) == "steps" ? options.replay_last_step : options.replay_last_version) = last;
+    if (flags->Has("steps")) std::tie(options.replay_first_step, options.replay_last_step) = steps;
+    if (flags->Has("versions")) {
+      std::tie(options.replay_first_version, options.replay_last_version) = versions;
     }
     // The replay's own folder: never the run it reads.
     std::string output = flags->Get("output");
@@ -243,17 +227,18 @@ int Run(const std::vector<std::string>& args, bool replay) {
     }
     config->run.output_dir = output;
   }
-  absl::Status status = RunTraining(*config, options);
-  if (!status.ok()) {
-    std::cerr << name << ": " << status.message() << "\n";
-    return 1;
-  }
-  return 0;
+  return RunTraining(*config, options);
 }
 
 }  // namespace
 
-int RunRunCommand(const std::vector<std::string>& args) { return Run(args, false); }
-int RunReplayCommand(const std::vector<std::string>& args) { return Run(args, true); }
+int RunRunCommand(const std::vector<std::string>& args) {
+  return RunSubcommand("run", kRunUsage, args,
+                       [](const std::vector<std::string>& a) { return Run(a, false); });
+}
+int RunReplayCommand(const std::vector<std::string>& args) {
+  return RunSubcommand("replay", kReplayUsage, args,
+                       [](const std::vector<std::string>& a) { return Run(a, true); });
+}
 
 }  // namespace lightrl

@@ -94,18 +94,7 @@ absl::Status Run(const std::vector<std::string>& args) {
 }  // namespace
 
 int RunTokenizeCommand(const std::vector<std::string>& args) {
-  for (const std::string& arg : args) {
-    if (arg == "--help" || arg == "-h") {
-      std::cout << kUsage;
-      return 0;
-    }
-  }
-  absl::Status status = Run(args);
-  if (!status.ok()) {
-    std::cerr << "lightrl tokenize: " << status.message() << "\n";
-    return 1;
-  }
-  return 0;
+  return RunSubcommand("tokenize", kUsage, args, Run);
 }
 
 }  // namespace lightrl
