@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "policy/minimax_model.h"
 #include "policy/train_ops_cuda.h"
@@ -514,8 +515,8 @@ struct Learner::Impl {
       }
       if (ep > 1) StepExperts(lr);
     } else {
-      std::fprintf(stderr, "learner: non-finite gradient norm at update %lld, update skipped\n",
-                   static_cast<long long>(steps));
+      LogWarning("learner: non-finite gradient norm at update %lld, update skipped",
+                 static_cast<long long>(steps));
     }
     ++steps;
     ++version;
@@ -742,8 +743,8 @@ struct Learner::Impl {
       FusedAdamWStep(lr, scale);
       if (ep > 1) StepExperts(lr);
     } else {
-      std::fprintf(stderr, "learner: non-finite gradient norm at update %lld, update skipped\n",
-                   static_cast<long long>(steps));
+      LogWarning("learner: non-finite gradient norm at update %lld, update skipped",
+                 static_cast<long long>(steps));
     }
     if (dp()) {
       // Views of the reduction buffer, which zero_grad() cannot detach in place.

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/log.h"
 #include "common/status.h"
 
 namespace lightrl {
@@ -106,8 +107,8 @@ bool DecodeBatch(Reader& r, std::vector<TrainSample>& batch, double& lr) {
 absl::Status CheckSameWeights(ProcessGroup* group, const PolicyModel& policy,
                               const std::string& rank0_checksum) {
   ASSIGN_OR_RETURN(std::string mine, WeightsChecksum(policy));
-  std::fprintf(stderr, "lightrl run: rank %lld weights checksum %s\n",
-               static_cast<long long>(group->rank()), mine.c_str());
+  LogInfo("lightrl run: rank %lld weights checksum %s",
+          static_cast<long long>(group->rank()), mine.c_str());
   std::vector<double> differs(group->world_size(), 0);
   differs[group->rank()] = mine == rank0_checksum ? 0 : 1;
   RETURN_IF_ERROR(group->AllReduce(&differs, ReduceOp::kSum));
@@ -178,8 +179,8 @@ absl::Status LearnerGroup::Finish() {
   w.PutString(checksum);
   RETURN_IF_ERROR(group_->BroadcastBytes(&w.str(), 0));
   RETURN_IF_ERROR(CheckSameWeights(group_, *policy_, checksum));
-  std::fprintf(stderr, "lightrl run: weights identical on all %lld learner ranks\n",
-               static_cast<long long>(group_->world_size()));
+  LogInfo("lightrl run: weights identical on all %lld learner ranks",
+          static_cast<long long>(group_->world_size()));
   in_call_ = false;
   return absl::OkStatus();
 }
@@ -227,8 +228,8 @@ absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* po
         std::string checksum;
         if (!r.GetString(checksum)) return bad();
         RETURN_IF_ERROR(CheckSameWeights(group, *policy, checksum));
-        std::fprintf(stderr, "lightrl run: learner rank %lld done after %lld training calls\n",
-                     static_cast<long long>(group->rank()), static_cast<long long>(calls));
+        LogInfo("lightrl run: learner rank %lld done after %lld training calls",
+                static_cast<long long>(group->rank()), static_cast<long long>(calls));
         return absl::OkStatus();
       }
       case Command::kAbort: {

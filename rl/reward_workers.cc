@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/log.h"
 #include "rl/child_process.h"
 #include "rollout/coordinator.h"
 
@@ -134,9 +135,9 @@ void RewardWorkers::RunMonitor() {
         continue;
       }
       worker.last_exit = DescribeExit(wait_status);
-      std::fprintf(stderr, "lightrl run: reward worker %s (pid %d, %s) %s (log: %s)\n",
-                   worker.id.c_str(), static_cast<int>(worker.pid), worker.address.c_str(),
-                   worker.last_exit.c_str(), worker.log_path.c_str());
+      LogWarning("lightrl run: reward worker %s (pid %d, %s) %s (log: %s)",
+                 worker.id.c_str(), static_cast<int>(worker.pid), worker.address.c_str(),
+                 worker.last_exit.c_str(), worker.log_path.c_str());
       if (worker.restarts < options_.max_restarts) Restart(worker);
     }
   }
@@ -152,9 +153,9 @@ void RewardWorkers::Restart(Worker& worker) {
                                     pid.status().message());
     return;
   }
-  std::fprintf(stderr, "lightrl run: restarted reward worker %s on %s as pid %d (restart %d of %d)\n",
-               worker.id.c_str(), worker.address.c_str(), static_cast<int>(*pid), worker.restarts,
-               options_.max_restarts);
+  LogInfo("lightrl run: restarted reward worker %s on %s as pid %d (restart %d of %d)",
+          worker.id.c_str(), worker.address.c_str(), static_cast<int>(*pid), worker.restarts,
+          options_.max_restarts);
   worker.pid = *pid;
   worker.last_exit.clear();
 }

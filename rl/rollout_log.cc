@@ -23,6 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "common/crc32c.h"
 #include "common/file_util.h"
+#include "common/log.h"
 #include "common/status.h"
 
 namespace lightrl {
@@ -33,7 +34,7 @@ constexpr absl::string_view kSegmentSuffix = ".log";
 constexpr absl::string_view kLockName = "rollouts.lock";
 
 void Warn(absl::string_view message) {
-  std::cerr << "lightrl: warning: " << message << std::endl;
+  LogWarning("lightrl: warning: %s", message);
 }
 
 absl::Status ErrnoError(absl::string_view what, absl::string_view path) {

@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "common/auth_token.h"
 #include "common/file_util.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "rl/child_process.h"
 #include "rl/reward_workers.h"
@@ -128,8 +129,8 @@ class FleetRolloutSource final : public RolloutSource {
                           absl::StrCat("fleet.coordinator_address: ", coordinator.status().message()));
     }
     coordinator_ = *std::move(coordinator);
-    std::fprintf(stderr, "lightrl run: coordinator listening on %s (%s mode)\n",
-                 coordinator_->address().c_str(), f.mode.c_str());
+    LogInfo("lightrl run: coordinator listening on %s (%s mode)",
+            coordinator_->address().c_str(), f.mode.c_str());
 
     if (f.mode == "spawn") {
       const std::string exe = SelfExe();

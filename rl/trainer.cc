@@ -23,6 +23,7 @@
 #include "common/checkpoint_manifest.h"
 #include "common/file_util.h"
 #include "common/json.h"
+#include "common/log.h"
 #include "common/metrics.h"
 #include "common/status.h"
 #include "inference_engine/engine.h"
@@ -263,9 +264,9 @@ constexpr const char* kMetricsPositionName = "metrics_position.json";
 absl::Status CutMetricsToCheckpoint(const std::string& checkpoint_dir, const std::string& path) {
   const std::string position_path = JoinPath(checkpoint_dir, kMetricsPositionName);
   if (!FileExists(position_path)) {
-    std::fprintf(stderr, "lightrl run: warning: %s has no %s (an older checkpoint): %s keeps "
-                 "the lines logged after it; readers take the last value per step\n",
-                 checkpoint_dir.c_str(), kMetricsPositionName, path.c_str());
+    LogWarning("lightrl run: warning: %s has no %s (an older checkpoint): %s keeps "
+               "the lines logged after it; readers take the last value per step",
+               checkpoint_dir.c_str(), kMetricsPositionName, path.c_str());
     return absl::OkStatus();
   }
   if (!FileExists(path)) return absl::OkStatus();
@@ -278,8 +279,8 @@ absl::Status CutMetricsToCheckpoint(const std::string& checkpoint_dir, const std
   }
   ASSIGN_OR_RETURN(int64_t dropped, CutJsonlMetrics(path, static_cast<uint64_t>(bytes->as_int())));
   if (dropped > 0) {
-    std::fprintf(stderr, "lightrl run: dropped %lld lines of %s logged after the checkpoint\n",
-                 static_cast<long long>(dropped), path.c_str());
+    LogInfo("lightrl run: dropped %lld lines of %s logged after the checkpoint",
+            static_cast<long long>(dropped), path.c_str());
   }
   return absl::OkStatus();
 }
@@ -334,16 +335,16 @@ absl::StatusOr<std::optional<std::string>> Trainer::LatestCheckpoint() const {
           " passes its checks: pass --resume-fallback to resume from it (the steps after it "
           "are trained again)"));
     }
-    std::fprintf(stderr, "lightrl run: warning: %s; --resume-fallback: resuming from %s\n",
-                 problem.c_str(), previous.c_str());
+    LogWarning("lightrl run: warning: %s; --resume-fallback: resuming from %s",
+               problem.c_str(), previous.c_str());
     dir = JoinPath(ckpt_root_, previous);
     verified = VerifyCheckpoint(dir);
     if (!verified.ok()) return verified.status();
   }
   if (!*verified) {
-    std::fprintf(stderr, "lightrl run: warning: %s has no %s (written before checkpoints carried "
-                 "checksums); resuming from it unchecked\n",
-                 dir.c_str(), std::string(kCheckpointManifestName).c_str());
+    LogWarning("lightrl run: warning: %s has no %s (written before checkpoints carried "
+               "checksums); resuming from it unchecked",
+               dir.c_str(), std::string(kCheckpointManifestName).c_str());
   }
   return std::optional<std::string>(dir);
 }
@@ -416,9 +417,9 @@ absl::Status Trainer::RunLearnerRank() {
   RETURN_IF_ERROR(CheckExpertParallel(config_, dist, *policy_));
   ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), MakeLearnerOptions(), group_.get()));
   if (resume_dir) RETURN_IF_ERROR(learner_->LoadState(JoinPath(*resume_dir, "optimizer.pt")));
-  std::fprintf(stderr, "lightrl run: learner rank %lld of %lld ready (%s)\n",
-               static_cast<long long>(dist.rank), static_cast<long long>(dist.world_size),
-               group_->backend().c_str());
+  LogInfo("lightrl run: learner rank %lld of %lld ready (%s)",
+          static_cast<long long>(dist.rank), static_cast<long long>(dist.world_size),
+          group_->backend().c_str());
   return ServeLearner(learner_.get(), group_.get(), policy_.get());
 }
 
@@ -488,9 +489,9 @@ absl::Status Trainer::Setup() {
   const DistributedOptions& dist = options_.distributed;
   if (dist.enabled()) {
     ASSIGN_OR_RETURN(group_, ProcessGroup::Create(dist, PolicyOptionsFor(config_, dist).device));
-    std::fprintf(stderr, "lightrl run: controller and learner rank 0 of %lld (%s, master %s:%lld)\n",
-                 static_cast<long long>(dist.world_size), group_->backend().c_str(),
-                 dist.master_addr.c_str(), static_cast<long long>(dist.master_port));
+    LogInfo("lightrl run: controller and learner rank 0 of %lld (%s, master %s:%lld)",
+            static_cast<long long>(dist.world_size), group_->backend().c_str(),
+            dist.master_addr.c_str(), static_cast<long long>(dist.master_port));
   }
   RETURN_IF_ERROR(SetUpRewards({}));
   ckpt_root_ = JoinPath(config_.run.output_dir, "checkpoints");
@@ -522,8 +523,8 @@ absl::Status Trainer::Setup() {
     ASSIGN_OR_RETURN(resume_dir, LatestCheckpoint());
     resumed_ = resume_dir.has_value();
     if (!resume_dir) {
-      std::fprintf(stderr, "lightrl run: --resume: no checkpoint in %s yet, starting fresh\n",
-                   ckpt_root_.c_str());
+      LogInfo("lightrl run: --resume: no checkpoint in %s yet, starting fresh",
+              ckpt_root_.c_str());
     }
   }
   if (replay && !resume_dir) {
@@ -571,10 +572,10 @@ absl::Status Trainer::Setup() {
     auto json = Json::Parse(text);
     if (!json.ok()) return absl::DataLossError(absl::StrCat(state_path, ": ", json.status().message()));
     ASSIGN_OR_RETURN(state_, TrainerState::FromJson(*json, state_path));
-    std::fprintf(stderr, "%s from %s (sft step %lld, rl step %lld)\n",
-                 resumed_ ? "lightrl run: resumed" : "lightrl replay: starting",
-                 resume_dir->c_str(), static_cast<long long>(state_.sft_step),
-                 static_cast<long long>(state_.step));
+    LogInfo("%s from %s (sft step %lld, rl step %lld)",
+            resumed_ ? "lightrl run: resumed" : "lightrl replay: starting",
+            resume_dir->c_str(), static_cast<long long>(state_.sft_step),
+            static_cast<long long>(state_.step));
   }
   if (replay && !resumed_) {
     const RolloutGroup& first = replay_log_[replay_steps_.begin()->second.front()];
@@ -584,13 +585,13 @@ absl::Status Trainer::Setup() {
                      : !config_.model.path.empty()
                            ? absl::StrCat("model.path ", config_.model.path)
                            : absl::StrCat("a random model (model.init_config ", config_.model.init_config, ")");
-      std::fprintf(stderr, "lightrl replay: warning: starting from %s at policy version %lld, but the "
-                   "first replayed record (step %lld) was generated by version %lld: no checkpoint "
-                   "of that version in %s, so the replay does not train the weights the log was "
-                   "sampled from\n",
-                   from.c_str(), static_cast<long long>(learner_->version()),
-                   static_cast<long long>(first.step + 1), static_cast<long long>(first.policy_version),
-                   JoinPath(SourceRunDir(options_.replay_dir), "checkpoints").c_str());
+      LogWarning("lightrl replay: warning: starting from %s at policy version %lld, but the "
+                 "first replayed record (step %lld) was generated by version %lld: no checkpoint "
+                 "of that version in %s, so the replay does not train the weights the log was "
+                 "sampled from",
+                 from.c_str(), static_cast<long long>(learner_->version()),
+                 static_cast<long long>(first.step + 1), static_cast<long long>(first.policy_version),
+                 JoinPath(SourceRunDir(options_.replay_dir), "checkpoints").c_str());
     }
   }
 
@@ -1057,8 +1058,8 @@ absl::Status Trainer::LoadReplayLog() {
   ASSIGN_OR_RETURN(replay_log_,
                    RolloutLogReader::ReadAll(options_.replay_dir, read_options, &corrupt_skipped));
   if (corrupt_skipped > 0) {
-    std::fprintf(stderr, "lightrl replay: --skip-corrupt: skipped %lld corrupt records of %s\n",
-                 static_cast<long long>(corrupt_skipped), options_.replay_dir.c_str());
+    LogInfo("lightrl replay: --skip-corrupt: skipped %lld corrupt records of %s",
+            static_cast<long long>(corrupt_skipped), options_.replay_dir.c_str());
   }
   if (replay_log_.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(options_.replay_dir, ": the rollout log holds no records"));
@@ -1160,8 +1161,8 @@ absl::Status Trainer::RunReplay() {
     }
   }
   if (tty_ && options_.progress) std::fprintf(stderr, "\n");
-  std::fprintf(stderr, "lightrl replay: trained on %lld logged steps (%zu groups)\n",
-               static_cast<long long>(replayed), groups_trained);
+  LogInfo("lightrl replay: trained on %lld logged steps (%zu groups)",
+          static_cast<long long>(replayed), groups_trained);
   return Checkpoint();
 }
 

@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
 #include "lightrl/v1/coordinator.grpc.pb.h"
 #include "proto/grpc_util.h"
 
@@ -33,7 +34,7 @@ std::string NewEpoch() {
                       absl::Hex(random, absl::kZeroPad16));
 }
 
-void Log(const std::string& line) { std::fprintf(stderr, "coordinator: %s\n", line.c_str()); }
+void Log(const std::string& line) { LogInfo("coordinator: %s", line); }
 
 // The registry proper; the gRPC service and the public class only delegate to it.
 class Registry {

@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/json.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "lightrl/v1/rollout.grpc.pb.h"
 #include "policy/model_config.h"
@@ -315,9 +316,9 @@ struct RolloutFleet::Impl {
     if (w->failed) return;
     w->failed = true;
     ++stats.worker_failures;
-    std::fprintf(stderr, "lightrl: rollout worker %s (%s) failed: %s\n",
-                 w->endpoint.worker_id.c_str(), w->endpoint.address.c_str(),
-                 std::string(why.message()).c_str());
+    LogWarning("lightrl: rollout worker %s (%s) failed: %s",
+               w->endpoint.worker_id.c_str(), w->endpoint.address.c_str(),
+               std::string(why.message()).c_str());
     if (hooks.on_worker_failed) hooks.on_worker_failed(w->endpoint.worker_id);
   }
 
@@ -570,8 +571,8 @@ absl::Status RolloutFleet::PublishDeviceWeights(const DeviceWeights& w) {
     s.group.reset();
     s.group_members.clear();
     ++s.stats.broadcast_fallbacks;
-    std::fprintf(stderr, "lightrl: weight broadcast of version %lld failed (%s); sending it by gRPC\n",
-                 static_cast<long long>(w.version), std::string(status.message()).c_str());
+    LogWarning("lightrl: weight broadcast of version %lld failed (%s); sending it by gRPC",
+               static_cast<long long>(w.version), std::string(status.message()).c_str());
   }
   ASSIGN_OR_RETURN(WeightSet set, w.export_host());
   return PublishWeights(std::move(set));

@@ -15,6 +15,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/json.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "lightrl/v1/rollout.grpc.pb.h"
 #include "policy/tokenizer.h"
@@ -445,9 +446,9 @@ class UpdateWeightsReactor final : public grpc::ServerReadReactor<grpc::ByteBuff
     lightrl::v1::UpdateWeightsResponse response;
     response.set_weight_version(impl_->version.load());
     if (status.ok()) {
-      std::fprintf(stderr, "lightrl rollout-worker %s: serving weight version %lld\n",
-                   impl_->options.worker_id.c_str(),
-                   static_cast<long long>(impl_->version.load()));
+      LogInfo("lightrl rollout-worker %s: serving weight version %lld",
+              impl_->options.worker_id.c_str(),
+              static_cast<long long>(impl_->version.load()));
     }
     grpc::Status reply = ToGrpcStatus(status);
     if (reply.ok()) reply = SerializeReply(response, response_bytes_);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
 #include "lightrl/v1/coordinator.grpc.pb.h"
 #include "proto/grpc_util.h"
 #include "rollout/coordinator.h"
@@ -247,7 +248,7 @@ class WorkerRegistration::Impl {
   }
 
   void Log(const std::string& line) const {
-    std::fprintf(stderr, "worker \"%s\": %s\n", options_.worker.id.c_str(), line.c_str());
+    LogInfo("worker \"%s\": %s", options_.worker.id, line);
   }
 
   const WorkerRegistrationOptions options_;
