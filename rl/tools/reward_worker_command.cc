@@ -56,8 +56,7 @@ const std::string& RewardWorkerUsage() {
 absl::StatusOr<RewardFunctionPtr> MakeWorkerRewardFunction(const Flags& flags) {
   const std::string kind = flags.Get("kind", "math");
   if (FindRewardKind(kind) == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--kind: ", UnknownRewardKindError(kind).message()));
+    return UsageError(absl::StrCat("--kind: ", UnknownRewardKindError(kind).message()));
   }
   if (flags.Has("options") && flags.Has("options-file")) {
     return UsageError("give one of --options and --options-file");
@@ -74,26 +73,27 @@ absl::StatusOr<RewardFunctionPtr> MakeWorkerRewardFunction(const Flags& flags) {
   if (!text.empty()) {
     absl::StatusOr<Json> parsed = Json::Parse(text);
     if (!parsed.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(flag, ": not a JSON object: ", parsed.status().message()));
+      const std::string message =
+          absl::StrCat(flag, ": not a JSON object: ", parsed.status().message());
+      // --options is a flag value; --options-file's content is a file, like a config.
+      return flag == "--options" ? UsageError(message) : absl::InvalidArgumentError(message);
     }
     options = *std::move(parsed);
   }
   if (flags.Has("format-pattern")) {
     if (kind != "format") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--format-pattern applies to --kind format, not ", kind));
+      return UsageError(absl::StrCat("--format-pattern applies to --kind format, not ", kind));
     }
     if (options.is_null()) options = Json::MakeObject();
     if (!options.is_object() || options.contains("pattern")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("give the pattern once: --format-pattern or ", flag));
+      return UsageError(absl::StrCat("give the pattern once: --format-pattern or ", flag));
     }
     options.set("pattern", Json(flags.Get("format-pattern")));
   }
   absl::StatusOr<RewardFunctionPtr> function = MakeRewardFunction(kind, options);
   if (!function.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", function.status().message()));
+    const std::string message = absl::StrCat(flag, ": ", function.status().message());
+    return flag == "--options" ? UsageError(message) : absl::InvalidArgumentError(message);
   }
   return function;
 }
@@ -115,9 +115,8 @@ absl::Status Run(const std::vector<std::string>& args) {
       flags->GetInt("max-request-mb", options.max_request_bytes >> 20);
   if (!max_request_mb.ok()) return max_request_mb.status();
   if (*max_request_mb < 1 || *max_request_mb > (kMaxRequestBytes >> 20)) {
-    return UsageError(absl::StrCat("--max-request-mb must be in [1, ",
-                                                   kMaxRequestBytes >> 20, "], got ",
-                                                   *max_request_mb));
+    return UsageError(absl::StrCat("--max-request-mb must be in [1, ", kMaxRequestBytes >> 20,
+                                   "], got ", *max_request_mb));
   }
   options.max_request_bytes = static_cast<int>(*max_request_mb << 20);
   absl::StatusOr<int64_t> max_inflight_bytes =

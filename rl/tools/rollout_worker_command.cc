@@ -70,8 +70,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t max_message_mb,
                    flags.GetInt("max-message-mb", options.max_message_bytes >> 20));
   if (max_message_mb < 8 || max_message_mb > 1024) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--max-message-mb must be in [8, 1024], got ", max_message_mb));
+    return UsageError(absl::StrCat("--max-message-mb must be in [8, 1024], got ", max_message_mb));
   }
   options.max_message_bytes = static_cast<int>(max_message_mb << 20);
   ASSIGN_OR_RETURN(options.max_inflight_bytes,

@@ -92,6 +92,9 @@ def main():
     expect(["logprobs", "--model", "m", "--input", "i", "--output", "o", "--inputs", "x"], 2,
            "unknown flag --inputs")
     expect(["reward-worker", "--auth-token", "secret"], 2, "--auth-token")
+    expect(["reward-worker", "--kind", "no-such-kind"], 2, "--kind", "lightrl reward-worker --help")
+    expect(["reward-worker", "--options", "{not json"], 2, "--options")
+    expect(["rollout-worker", "--max-message-mb", "4"], 2, "--max-message-mb")
 
     # Runtime failures: the flags are fine, the files are not.
     with tempfile.TemporaryDirectory(prefix="lightrl_cli_") as root:
@@ -104,6 +107,7 @@ def main():
         expect(["tokenize", "--tokenizer", missing, "--input", missing, "--output",
                 os.path.join(root, "o.jsonl")], 1, "lightrl tokenize: ", missing)
         expect(["plan", "--config", missing + ".yaml", "--gpus", "8"], 1, "missing.yaml")
+        expect(["reward-worker", "--options-file", missing + ".json"], 1, "missing.json")
         expect(["plot", "--run", missing, "--output", os.path.join(root, "plots")], 1,
                "lightrl plot: ")
         # --log-level is taken by every command and does not change the outcome.
