@@ -191,17 +191,19 @@ TEST(RewardWorkerCommandTest, NamesUnknownKindsAndOptionKeysAndListsTheKinds) {
   ASSERT_NE(std::getenv("LIGHTRL_BIN"), nullptr);
   auto [code, output] = RunLightrl(
       R"(reward-worker --kind length --options '{"max_length": 100, "max_lenght": 1}')");
-  EXPECT_EQ(code, 1) << output;
+  // Malformed flag values are usage errors: exit 2, pointing at --help (docs/cli.md).
+  EXPECT_EQ(code, 2) << output;
   EXPECT_EQ(output,
             "lightrl reward-worker: --options: max_lenght is not a known option of reward kind "
-            "length (did you mean max_length?)\n");
+            "length (did you mean max_length?)\n"
+            "run `lightrl reward-worker --help` for its usage\n");
   std::tie(code, output) = RunLightrl("reward-worker --kind lenght");
-  EXPECT_EQ(code, 1) << output;
+  EXPECT_EQ(code, 2) << output;
   EXPECT_TRUE(absl::StrContains(output, "--kind: unknown reward kind \"lenght\" (did you mean "
                                         "length?); built-in kinds: "))
       << output;
   std::tie(code, output) = RunLightrl("reward-worker --kind math --format-pattern x");
-  EXPECT_EQ(code, 1) << output;
+  EXPECT_EQ(code, 2) << output;
   std::tie(code, output) = RunLightrl("reward-worker --help");
   EXPECT_EQ(code, 0) << output;
   for (const RewardKind& kind : RewardKinds()) {
