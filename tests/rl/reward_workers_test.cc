@@ -27,6 +27,7 @@
 #include "absl/time/clock.h"
 #include "reward/reward_registry.h"
 #include "reward/reward_router.h"
+#include "rl/child_process.h"
 #include "rollout/coordinator.h"
 
 namespace lightrl {
@@ -173,38 +174,47 @@ TEST(RewardWorkersTest, SpawnedWorkersScoreWithTheOptionsTheyWereGiven) {
   EXPECT_DOUBLE_EQ((*scored)[1].score, 0.0);
 }
 
-// Runs `lightrl ARGS` and returns its exit code and output (stdout and stderr).
-std::pair<int, std::string> RunLightrl(const std::string& args) {
-  const std::string command = absl::StrCat(std::getenv("LIGHTRL_BIN"), " ", args, " 2>&1");
-  FILE* pipe = ::popen(command.c_str(), "r");
-  std::string output;
-  char buffer[4096];
-  size_t n;
-  while (pipe != nullptr && (n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
-    output.append(buffer, n);
+// Runs `lightrl ARGS` (no shell: each argument as given) and returns its exit code and
+// output (stdout and stderr).
+std::pair<int, std::string> RunLightrl(const std::vector<std::string>& args) {
+  char log_template[] = "/tmp/lightrl_reward_worker_cmd_XXXXXX";
+  const int fd = ::mkstemp(log_template);
+  if (fd < 0) return {-1, "mkstemp failed"};
+  ::close(fd);
+  std::vector<std::string> argv = {std::getenv("LIGHTRL_BIN")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  absl::StatusOr<pid_t> pid = SpawnChild(argv, log_template, "");
+  int status = -1;
+  if (pid.ok()) ::waitpid(*pid, &status, 0);
+  std::string output = pid.ok() ? "" : pid.status().ToString();
+  if (FILE* log = std::fopen(log_template, "r")) {
+    char buffer[4096];
+    size_t n;
+    while ((n = std::fread(buffer, 1, sizeof(buffer), log)) > 0) output.append(buffer, n);
+    std::fclose(log);
   }
-  const int status = pipe != nullptr ? ::pclose(pipe) : -1;
+  std::remove(log_template);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
 }
 
 TEST(RewardWorkerCommandTest, NamesUnknownKindsAndOptionKeysAndListsTheKinds) {
   ASSERT_NE(std::getenv("LIGHTRL_BIN"), nullptr);
   auto [code, output] = RunLightrl(
-      R"(reward-worker --kind length --options '{"max_length": 100, "max_lenght": 1}')");
+      {"reward-worker", "--kind", "length", "--options", R"({"max_length": 100, "max_lenght": 1})"});
   // Malformed flag values are usage errors: exit 2, pointing at --help (docs/cli.md).
   EXPECT_EQ(code, 2) << output;
   EXPECT_EQ(output,
             "lightrl reward-worker: --options: max_lenght is not a known option of reward kind "
             "length (did you mean max_length?)\n"
             "run `lightrl reward-worker --help` for its usage\n");
-  std::tie(code, output) = RunLightrl("reward-worker --kind lenght");
+  std::tie(code, output) = RunLightrl({"reward-worker", "--kind", "lenght"});
   EXPECT_EQ(code, 2) << output;
   EXPECT_TRUE(absl::StrContains(output, "--kind: unknown reward kind \"lenght\" (did you mean "
                                         "length?); built-in kinds: "))
       << output;
-  std::tie(code, output) = RunLightrl("reward-worker --kind math --format-pattern x");
+  std::tie(code, output) = RunLightrl({"reward-worker", "--kind", "math", "--format-pattern", "x"});
   EXPECT_EQ(code, 2) << output;
-  std::tie(code, output) = RunLightrl("reward-worker --help");
+  std::tie(code, output) = RunLightrl({"reward-worker", "--help"});
   EXPECT_EQ(code, 0) << output;
   for (const RewardKind& kind : RewardKinds()) {
     EXPECT_TRUE(absl::StrContains(output, absl::StrCat("    ", kind.name, " "))) << output;
