@@ -53,9 +53,9 @@ done
     2> "$B/ptxas_decode.txt" & pids+=($!)
   $NVCC -c "$ROOT/kernels/lightning/lightning_train.cu" -o "$B/train.o" & pids+=($!)
   $CXX -c "$ROOT/kernels/lightning/lightning_reference.cc" -o "$B/reference.o" & pids+=($!)
-  $CXX $GTEST_INC -c "$ROOT/tests/inference_engine/lightning_reference_test.cc" \
+  $CXX $GTEST_INC -c "$ROOT/tests/kernels/lightning_reference_test.cc" \
     -o "$B/reference_test.o" & pids+=($!)
-  $NVCC $GTEST_INC -c "$ROOT/tests/inference_engine/lightning_kernels_test.cu" \
+  $NVCC $GTEST_INC -c "$ROOT/tests/kernels/lightning_kernels_test.cu" \
     -o "$B/kernels_test.o" & pids+=($!)
   $NVCC -c "$ROOT/bench/lightning/lightning_bench.cu" -o "$B/bench.o" & pids+=($!)
   fail=0

@@ -16,7 +16,7 @@
 
 #include "kernels/train_ops/train_ops.h"
 #include "kernels/train_ops/train_ops_reference.h"
-#include "tests/inference_engine/cuda_test_util.h"
+#include "tests/kernels/cuda_test_util.h"
 
 namespace lightrl {
 namespace {

@@ -16,7 +16,7 @@
 
 #include "kernels/paged_attention/paged_attention.h"
 #include "kernels/paged_attention/paged_attention_reference.h"
-#include "tests/inference_engine/cuda_test_util.h"
+#include "tests/kernels/cuda_test_util.h"
 
 #pragma nv_diag_suppress 177
 #pragma GCC diagnostic ignored "-Wunused-but-set-variable"

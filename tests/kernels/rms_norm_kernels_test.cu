@@ -14,7 +14,7 @@
 
 #include "kernels/rms_norm/rms_norm.h"
 #include "kernels/rms_norm/rms_norm_reference.h"
-#include "tests/inference_engine/cuda_test_util.h"
+#include "tests/kernels/cuda_test_util.h"
 
 namespace lightrl {
 namespace {

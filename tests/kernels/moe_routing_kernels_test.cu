@@ -13,7 +13,7 @@
 
 #include "kernels/moe/moe_routing.h"
 #include "kernels/moe/moe_routing_reference.h"
-#include "tests/inference_engine/cuda_test_util.h"
+#include "tests/kernels/cuda_test_util.h"
 
 namespace lightrl {
 namespace {

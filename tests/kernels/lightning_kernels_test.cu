@@ -19,7 +19,7 @@
 #include "kernels/lightning/lightning_prefill.h"
 #include "kernels/lightning/lightning_train.h"
 #include "kernels/lightning/lightning_reference.h"
-#include "tests/inference_engine/cuda_test_util.h"
+#include "tests/kernels/cuda_test_util.h"
 
 // GoogleTest's registration macros, seen through nvcc's front end, leave a never-read
 // member (EDG 177) and a set-but-unused variable in the generated host code.

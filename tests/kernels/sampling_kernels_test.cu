@@ -21,7 +21,7 @@
 #include "kernels/cuda_check.h"
 #include "kernels/sampling/sampling.h"
 #include "kernels/sampling/sampling_reference.h"
-#include "tests/inference_engine/cuda_test_util.h"
+#include "tests/kernels/cuda_test_util.h"
 
 // GoogleTest's registration macros, seen through nvcc's front end, leave a never-read
 // member (EDG 177) and a set-but-unused variable in the generated host code.
