@@ -1,8 +1,9 @@
 // Async generation for the RL loop: prompt groups are drawn from the dataset and handed to
 // a generator ahead of the step that trains on them, so generation of the next batch
-// overlaps training of the current one. Owns the drawn-but-untrained groups (in flight or
-// ready), the staleness check, the bounded regeneration of stale groups and the dataset
-// cursor a checkpoint may save; does not score, train or publish weights. Torch-free.
+// overlaps training of the current one. Owns the drawn-but-untrained groups (in flight,
+// being scored or ready), the staleness check, the bounded regeneration of stale groups,
+// the scoring threads that score each group as soon as its generation returns, and the
+// dataset cursor a checkpoint may save; does not train or publish weights. Torch-free.
 #pragma once
 
 #include <condition_variable>
@@ -18,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "inference_engine/sampling_params.h"
+#include "reward/reward_function.h"
 #include "rl/dataset.h"
 #include "rl/rollout_source.h"
 
@@ -35,11 +37,21 @@ struct AsyncRolloutOptions {
   // Dataset order: shuffled per epoch with this seed when `shuffle`.
   uint64_t seed = 0;
   bool shuffle = true;
+  // Groups scored at once, each on a scoring thread of its own, when the rollouts are
+  // given a score function (reward.max_concurrent_groups); >= 1.
+  int64_t max_concurrent_scoring = 4;
 
   // Groups drawn ahead of the trainer: the steps whose generation may start while an
   // earlier step trains, max_staleness / versions_per_step of them, times a step's groups.
   int64_t window() const { return max_staleness / versions_per_step * prompts_per_step; }
   absl::Status Validate() const;
+};
+
+// The rewards of one generated group: what each sample was scored as and its result, in
+// sample order.
+struct GroupScores {
+  std::vector<RewardInput> inputs;
+  std::vector<RewardResult> results;
 };
 
 // A generated group handed to the trainer, in dataset draw order.
@@ -48,6 +60,8 @@ struct AsyncGroup {
   GenerationRequest request;    // what was generated (prompt tokens, sampling params)
   GroupGeneration generation;   // one weight version for every sample
   int64_t generations = 0;      // times it was generated (1 + stale regenerations)
+  bool scored = false;          // `scores` holds its rewards (a score function was given)
+  GroupScores scores;
 };
 
 struct AsyncRolloutStats {
@@ -56,7 +70,8 @@ struct AsyncRolloutStats {
   int64_t staleness_sum = 0;    // over the groups taken: learner version - group version
   int64_t staleness_max = 0;
   int64_t in_flight = 0;        // groups being generated now
-  int64_t ready_ahead = 0;      // generated, waiting for a later Take
+  int64_t scoring = 0;          // generated, being scored or waiting for a scoring thread
+  int64_t ready_ahead = 0;      // generated (and scored), waiting for a later Take
 };
 
 // Builds the request of one example (tokenizes the prompt, sets the sampling params and
@@ -66,14 +81,24 @@ using AsyncRequestFn = std::function<absl::StatusOr<GenerationRequest>(const Exa
 // order (RolloutSource::Generate). Called on generator threads, several at once.
 using AsyncGenerateFn = std::function<std::vector<GroupGeneration>(
     const std::vector<GenerationRequest>&, int64_t min_weight_version)>;
+// Scores a generated group: one result per sample, in sample order. Called on scoring
+// threads, up to max_concurrent_scoring at once, in the order the groups' generation
+// returned; must be thread-safe, and deterministic so that a group's rewards do not
+// depend on when or beside what it was scored.
+using AsyncScoreFn = std::function<absl::StatusOr<GroupScores>(const Example&,
+                                                               const GroupGeneration&)>;
 
 class AsyncRollouts {
  public:
   // Draws from `dataset` starting at `start` (a checkpoint's cursor). Generation starts
-  // with the first Take; new groups use weights at least `published_version`.
+  // with the first Take; new groups use weights at least `published_version`. With
+  // `score`, every group generated is scored as soon as its generation call returns, off
+  // the caller's thread, and a Take hands out groups only once scored; without, groups
+  // are handed out unscored.
   AsyncRollouts(const AsyncRolloutOptions& options, const Dataset* dataset, DatasetPosition start,
-                int64_t published_version, AsyncRequestFn make_request, AsyncGenerateFn generate);
-  // Waits for the generation calls in flight (they are never cancelled).
+                int64_t published_version, AsyncRequestFn make_request, AsyncGenerateFn generate,
+                AsyncScoreFn score = nullptr);
+  // Waits for the generation and scoring calls in flight (they are never cancelled).
   ~AsyncRollouts();
   AsyncRollouts(const AsyncRollouts&) = delete;
   AsyncRollouts& operator=(const AsyncRollouts&) = delete;
@@ -83,7 +108,7 @@ class AsyncRollouts {
   // max_regenerations times, then an error naming it). Before returning it starts the
   // groups the following steps will take: as many as the window allows, but no more
   // than `later` (groups the run may still take after these n). A group that failed to
-  // generate fails the call. Trainer thread only.
+  // generate or to be scored fails the call. Trainer thread only.
   absl::StatusOr<std::vector<AsyncGroup>> Take(int64_t n, int64_t learner_version, int64_t later);
   // Groups started from now on use weights at least `version`. Trainer thread only.
   void Publish(int64_t version);
@@ -99,11 +124,13 @@ class AsyncRollouts {
     DatasetPosition drawn_at;      // the cursor before this example was drawn
     int64_t generations = 0;       // generation calls started
     bool in_flight = false;
+    bool scoring = false;          // generated; queued for or on a scoring thread
     bool ready = false;
     bool stale = false;            // waits to be generated again
     int64_t min_version = 0;       // of the latest call
     GenerationRequest request;
     GroupGeneration generation;
+    GroupScores scores;            // with a score function, once ready and generated
   };
 
   // Starts what may start now, in one generation call: stale groups again, then new
@@ -112,11 +139,14 @@ class AsyncRollouts {
   void LaunchLocked(int64_t taking);
   void RunCall(std::vector<std::shared_ptr<Slot>> slots, int64_t min_version);
   void JoinFinishedLocked();
+  // A scoring thread: scores the queued groups one at a time until stopping_.
+  void RunScorer();
 
   const AsyncRolloutOptions options_;
   const Dataset* dataset_;
   AsyncRequestFn make_request_;
   AsyncGenerateFn generate_;
+  AsyncScoreFn score_;
 
   mutable std::mutex mu_;
   std::condition_variable changed_;
@@ -127,6 +157,9 @@ class AsyncRollouts {
   AsyncRolloutStats stats_;
   std::map<std::thread::id, std::thread> calls_;
   std::vector<std::thread::id> finished_;
+  std::deque<std::shared_ptr<Slot>> to_score_;  // generated groups, in the order they came
+  bool stopping_ = false;
+  std::vector<std::thread> scorers_;  // max_concurrent_scoring threads with a score function
 };
 
 }  // namespace lightrl

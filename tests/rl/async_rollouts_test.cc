@@ -3,9 +3,11 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -16,6 +18,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/status.h"
+#include "reward/reward_function.h"
+#include "reward/reward_router.h"
+#include "reward/reward_service.h"
 
 namespace lightrl {
 namespace {
@@ -71,6 +77,52 @@ class FakeSource {
   std::vector<int64_t> min_versions_;
 };
 
+// What a reward server saw: how many groups (distinct prompts) it was scoring at once.
+struct ServerLoad {
+  std::mutex mu;
+  std::map<std::string, int> active;  // prompt -> items being scored
+  size_t max_groups_at_once = 0;
+  int64_t items = 0;
+};
+
+// A reward that takes a fixed time per item; its score depends on the response only.
+class SlowReward : public RewardFunction {
+ public:
+  SlowReward(std::shared_ptr<ServerLoad> load, std::chrono::milliseconds delay)
+      : load_(std::move(load)), delay_(delay) {}
+  std::string Kind() const override { return "slow"; }
+  absl::StatusOr<RewardResult> Score(const RewardInput& in) override {
+    {
+      std::lock_guard<std::mutex> lock(load_->mu);
+      ++load_->active[in.prompt];
+      load_->max_groups_at_once = std::max(load_->max_groups_at_once, load_->active.size());
+    }
+    std::this_thread::sleep_for(delay_);
+    {
+      std::lock_guard<std::mutex> lock(load_->mu);
+      if (--load_->active[in.prompt] == 0) load_->active.erase(in.prompt);
+      ++load_->items;
+    }
+    return RewardResult{Expected(in.response), {}};
+  }
+  static double Expected(const std::string& response) {
+    return static_cast<double>(std::hash<std::string>{}(response) % 1000) / 1000.0;
+  }
+
+ private:
+  std::shared_ptr<ServerLoad> load_;
+  std::chrono::milliseconds delay_;
+};
+
+// What the trainer scores for sample k of a group.
+RewardInput SampleInput(const Example& ex, size_t k) {
+  RewardInput in;
+  in.prompt = ex.prompt;
+  in.response = absl::StrCat(ex.prompt, "#", k);
+  in.ground_truth = ex.answer;
+  return in;
+}
+
 class AsyncRolloutsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -103,7 +155,7 @@ class AsyncRolloutsTest : public ::testing::Test {
   }
 
   std::unique_ptr<AsyncRollouts> Make(const AsyncRolloutOptions& o, DatasetPosition start = {},
-                                      int64_t published = 0) {
+                                      int64_t published = 0, AsyncScoreFn score = nullptr) {
     EXPECT_TRUE(o.Validate().ok()) << o.Validate();
     auto make_request = [](const Example& ex, uint64_t seed) -> absl::StatusOr<GenerationRequest> {
       GenerationRequest r;
@@ -116,7 +168,18 @@ class AsyncRolloutsTest : public ::testing::Test {
     auto generate = [this](const std::vector<GenerationRequest>& reqs, int64_t min_version) {
       return source_.Generate(reqs, min_version);
     };
-    return std::make_unique<AsyncRollouts>(o, &*data_, start, published, make_request, generate);
+    return std::make_unique<AsyncRollouts>(o, &*data_, start, published, make_request, generate,
+                                           std::move(score));
+  }
+
+  // Scores through `router`: one ScoreBatch per group, as the trainer does.
+  static AsyncScoreFn ScoreWith(RewardRouter* router) {
+    return [router](const Example& ex, const GroupGeneration& g) -> absl::StatusOr<GroupScores> {
+      GroupScores out;
+      for (size_t k = 0; k < g.samples.size(); ++k) out.inputs.push_back(SampleInput(ex, k));
+      ASSIGN_OR_RETURN(out.results, router->ScoreBatch(out.inputs));
+      return out;
+    };
   }
 
   static std::vector<std::string> Prompts(const std::vector<AsyncGroup>& groups) {
@@ -283,6 +346,113 @@ TEST_F(AsyncRolloutsTest, AVersionOlderThanAskedIsAnError) {
   ASSERT_FALSE(taken.ok());
   EXPECT_EQ(taken.status().code(), absl::StatusCode::kInternal);
   EXPECT_NE(taken.status().message().find("older than the 3 it was asked for"), std::string::npos)
+      << taken.status();
+}
+
+class ScoringTest : public AsyncRolloutsTest {
+ public:
+  // A reward server on loopback taking 250 ms per item, its items one at a time per call;
+  // the rollouts score through the reward router with `concurrency` scoring threads.
+  // Returns the rewards taken over `steps` steps of 4 groups, in the order taken.
+  std::vector<double> Run(int64_t concurrency, int steps, std::shared_ptr<ServerLoad> load) {
+    RewardServerOptions so;
+    so.num_scoring_threads = 8;
+    so.max_parallel_items = 1;
+    auto server = RewardServer::Start(
+        so, std::make_unique<SlowReward>(load, std::chrono::milliseconds(250)));
+    EXPECT_TRUE(server.ok()) << server.status();
+    RewardRouterOptions ro;
+    RewardRouterEntry e;
+    e.name = "slow";
+    e.address = (*server)->address();
+    ro.entries.push_back(e);
+    ro.max_concurrent_calls_per_entry = 8;
+    auto router = RewardRouter::Create(ro);
+    EXPECT_TRUE(router.ok()) << router.status();
+    AsyncRolloutOptions o = Options(/*pps=*/4, /*max_staleness=*/1);
+    o.max_concurrent_scoring = concurrency;
+    auto async = Make(o, {}, 0, ScoreWith(router->get()));
+    std::vector<double> rewards;
+    for (int step = 0; step < steps; ++step) {
+      auto taken = async->Take(4, step, 4 * (steps - step - 1));
+      EXPECT_TRUE(taken.ok()) << taken.status();
+      if (!taken.ok()) return {};
+      for (const AsyncGroup& g : *taken) {
+        EXPECT_TRUE(g.scored);
+        EXPECT_EQ(g.scores.results.size(), g.generation.samples.size());
+        for (size_t k = 0; k < g.scores.results.size(); ++k) {
+          EXPECT_EQ(g.scores.inputs[k].response, SampleInput(*g.example, k).response);
+          rewards.push_back(g.scores.results[k].score);
+        }
+      }
+      if (step + 1 == steps) break;
+      // The next step's groups are generated and scored while this thread, the trainer,
+      // calls nothing: scoring is off its path.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      while (true) {
+        const AsyncRolloutStats s = async->stats();
+        if (s.ready_ahead == 4 && s.scoring == 0 && s.in_flight == 0) break;
+        EXPECT_LT(std::chrono::steady_clock::now(), deadline) << "the groups ahead were not scored";
+        if (std::chrono::steady_clock::now() >= deadline) return {};
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      async->Publish(step + 1);
+    }
+    return rewards;
+  }
+};
+
+TEST_F(ScoringTest, GroupsAreScoredConcurrentlyAheadOfTheTakeWithTheRewardsOfSerialScoring) {
+  Data(12);
+  auto overlapped = std::make_shared<ServerLoad>();
+  const std::vector<double> concurrent = Run(/*concurrency=*/4, /*steps=*/3, overlapped);
+  ASSERT_EQ(concurrent.size(), 24u);
+  // The server scored items of several groups at once (each call's items one by one).
+  EXPECT_GE(overlapped->max_groups_at_once, 2u);
+  EXPECT_EQ(overlapped->items, 24);
+
+  auto one_by_one = std::make_shared<ServerLoad>();
+  const std::vector<double> serial = Run(/*concurrency=*/1, /*steps=*/3, one_by_one);
+  EXPECT_EQ(one_by_one->max_groups_at_once, 1u);
+  // The same rewards in the same order: what the trainer sees does not depend on it.
+  EXPECT_EQ(concurrent, serial);
+  std::vector<double> expected;
+  for (int p = 0; p < 12; ++p) {
+    for (int k = 0; k < 2; ++k) expected.push_back(SlowReward::Expected(absl::StrCat("p", p, "#", k)));
+  }
+  EXPECT_EQ(concurrent, expected);
+}
+
+TEST_F(AsyncRolloutsTest, AGroupThatFailsToScoreFailsTheTakeNamingIt) {
+  Data(10);
+  AsyncScoreFn score = [](const Example& ex, const GroupGeneration& g) -> absl::StatusOr<GroupScores> {
+    if (ex.prompt == "p1") return absl::UnavailableError("reward server 127.0.0.1:9 is down");
+    GroupScores out;
+    for (size_t k = 0; k < g.samples.size(); ++k) {
+      out.inputs.push_back(SampleInput(ex, k));
+      out.results.push_back(RewardResult{1.0, {}});
+    }
+    return out;
+  };
+  auto async = Make(Options(2, 1), {}, 0, score);
+  auto taken = async->Take(2, 0, 4);
+  ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(taken.status().message().find("group p1: scoring failed: reward server 127.0.0.1:9 is down"),
+            std::string::npos)
+      << taken.status();
+}
+
+TEST_F(AsyncRolloutsTest, AScoreOfTheWrongSizeFailsTheTake) {
+  Data(10);
+  AsyncScoreFn score = [](const Example&, const GroupGeneration&) -> absl::StatusOr<GroupScores> {
+    return GroupScores{{RewardInput{}}, {RewardResult{}}};
+  };
+  auto async = Make(Options(2, 1), {}, 0, score);
+  auto taken = async->Take(2, 0, 0);
+  ASSERT_FALSE(taken.ok());
+  EXPECT_NE(taken.status().message().find("group p0: scoring failed: scoring returned 1 results for 2 samples"),
+            std::string::npos)
       << taken.status();
 }
 
