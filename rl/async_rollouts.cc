@@ -202,11 +202,12 @@ void AsyncRollouts::RunScorer() {
     to_score_.pop_front();
     lock.unlock();
     // While scoring, only this thread touches the slot's example, generation and scores.
-    absl::StatusOr<GroupScores> scores = score_(*slot->example, slot->generation);
-    if (scores.ok() && scores->results.size() != slot->generation.samples.size()) {
+    absl::StatusOr<GroupScores> scores = score_(*slot->example, slot->request, slot->generation);
+    if (scores.ok() && (scores->rewards.size() != slot->generation.samples.size() ||
+                        scores->texts.size() != scores->rewards.size())) {
       scores = absl::InternalError(absl::StrCat(
-          "scoring returned ", scores->results.size(),
-          " results for ", slot->generation.samples.size(), " samples"));
+          "scoring returned ", scores->rewards.size(), " rewards and ", scores->texts.size(), " texts",
+          " for ", slot->generation.samples.size(), " samples"));
     }
     lock.lock();
     if (scores.ok()) {

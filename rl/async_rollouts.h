@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -47,11 +48,11 @@ struct AsyncRolloutOptions {
   absl::Status Validate() const;
 };
 
-// The rewards of one generated group: what each sample was scored as and its result, in
-// sample order.
+// The rewards of one generated group, in sample order: the response text the reward read
+// and the reward it returned.
 struct GroupScores {
-  std::vector<RewardInput> inputs;
-  std::vector<RewardResult> results;
+  std::vector<std::string> texts;
+  std::vector<RewardResult> rewards;
 };
 
 // A generated group handed to the trainer, in dataset draw order.
@@ -85,8 +86,8 @@ using AsyncGenerateFn = std::function<std::vector<GroupGeneration>(
 // threads, up to max_concurrent_scoring at once, in the order the groups' generation
 // returned; must be thread-safe, and deterministic so that a group's rewards do not
 // depend on when or beside what it was scored.
-using AsyncScoreFn = std::function<absl::StatusOr<GroupScores>(const Example&,
-                                                               const GroupGeneration&)>;
+using AsyncScoreFn = std::function<absl::StatusOr<GroupScores>(
+    const Example&, const GenerationRequest&, const GroupGeneration&)>;
 
 class AsyncRollouts {
  public:

@@ -174,10 +174,15 @@ class AsyncRolloutsTest : public ::testing::Test {
 
   // Scores through `router`: one ScoreBatch per group, as the trainer does.
   static AsyncScoreFn ScoreWith(RewardRouter* router) {
-    return [router](const Example& ex, const GroupGeneration& g) -> absl::StatusOr<GroupScores> {
+    return [router](const Example& ex, const GenerationRequest&,
+                    const GroupGeneration& g) -> absl::StatusOr<GroupScores> {
       GroupScores out;
-      for (size_t k = 0; k < g.samples.size(); ++k) out.inputs.push_back(SampleInput(ex, k));
-      ASSIGN_OR_RETURN(out.results, router->ScoreBatch(out.inputs));
+      std::vector<RewardInput> inputs;
+      for (size_t k = 0; k < g.samples.size(); ++k) {
+        inputs.push_back(SampleInput(ex, k));
+        out.texts.push_back(inputs.back().response);
+      }
+      ASSIGN_OR_RETURN(out.rewards, router->ScoreBatch(inputs));
       return out;
     };
   }
@@ -379,10 +384,10 @@ class ScoringTest : public AsyncRolloutsTest {
       if (!taken.ok()) return {};
       for (const AsyncGroup& g : *taken) {
         EXPECT_TRUE(g.scored);
-        EXPECT_EQ(g.scores.results.size(), g.generation.samples.size());
-        for (size_t k = 0; k < g.scores.results.size(); ++k) {
-          EXPECT_EQ(g.scores.inputs[k].response, SampleInput(*g.example, k).response);
-          rewards.push_back(g.scores.results[k].score);
+        EXPECT_EQ(g.scores.rewards.size(), g.generation.samples.size());
+        for (size_t k = 0; k < g.scores.rewards.size(); ++k) {
+          EXPECT_EQ(g.scores.texts[k], SampleInput(*g.example, k).response);
+          rewards.push_back(g.scores.rewards[k].score);
         }
       }
       if (step + 1 == steps) break;
@@ -425,12 +430,13 @@ TEST_F(ScoringTest, GroupsAreScoredConcurrentlyAheadOfTheTakeWithTheRewardsOfSer
 
 TEST_F(AsyncRolloutsTest, AGroupThatFailsToScoreFailsTheTakeNamingIt) {
   Data(10);
-  AsyncScoreFn score = [](const Example& ex, const GroupGeneration& g) -> absl::StatusOr<GroupScores> {
+  AsyncScoreFn score = [](const Example& ex, const GenerationRequest&,
+                          const GroupGeneration& g) -> absl::StatusOr<GroupScores> {
     if (ex.prompt == "p1") return absl::UnavailableError("reward server 127.0.0.1:9 is down");
     GroupScores out;
     for (size_t k = 0; k < g.samples.size(); ++k) {
-      out.inputs.push_back(SampleInput(ex, k));
-      out.results.push_back(RewardResult{1.0, {}});
+      out.texts.push_back(SampleInput(ex, k).response);
+      out.rewards.push_back(RewardResult{1.0, {}});
     }
     return out;
   };
@@ -445,13 +451,14 @@ TEST_F(AsyncRolloutsTest, AGroupThatFailsToScoreFailsTheTakeNamingIt) {
 
 TEST_F(AsyncRolloutsTest, AScoreOfTheWrongSizeFailsTheTake) {
   Data(10);
-  AsyncScoreFn score = [](const Example&, const GroupGeneration&) -> absl::StatusOr<GroupScores> {
-    return GroupScores{{RewardInput{}}, {RewardResult{}}};
+  AsyncScoreFn score = [](const Example&, const GenerationRequest&,
+                          const GroupGeneration&) -> absl::StatusOr<GroupScores> {
+    return GroupScores{{"one"}, {RewardResult{}}};
   };
   auto async = Make(Options(2, 1), {}, 0, score);
   auto taken = async->Take(2, 0, 0);
   ASSERT_FALSE(taken.ok());
-  EXPECT_NE(taken.status().message().find("group p0: scoring failed: scoring returned 1 results for 2 samples"),
+  EXPECT_NE(taken.status().message().find("group p0: scoring failed: scoring returned 1 rewards and 1 texts for 2 samples"),
             std::string::npos)
       << taken.status();
 }
