@@ -1,7 +1,8 @@
-// A rollout worker: lightrl.v1.RolloutService over one inference engine. Concurrent
-// Generate calls are gathered into engine batches; weight updates apply between batches,
-// so every sample of a call comes from one weight version. Owns its policy copy and
-// engine; torch-free and protobuf-free header.
+// A rollout worker: lightrl.v1.RolloutService over a RolloutWorkerCore (rollout_worker_core.h),
+// which gathers concurrent Generate calls into engine batches and swaps weights between
+// batches, so every sample of a call comes from one weight version. The service only
+// translates: it parses and bounds the wire, checks the auth token, and maps the core's
+// calls and statuses to gRPC. Torch-free and protobuf-free header.
 #pragma once
 
 #include <cstdint>
@@ -11,32 +12,18 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "inference_engine/engine.h"
-#include "policy/policy_model.h"
+#include "rollout/rollout_worker_core.h"
 
 namespace lightrl {
 
-struct RolloutWorkerOptions {
+// The service's options on top of the core's (queue, batching, policy, engine, weights).
+struct RolloutWorkerOptions : RolloutWorkerCoreOptions {
   // Reported by Health and to the coordinator.
   std::string worker_id = "rollout";
   // "host:port"; port 0 picks a free one (address() has the real one).
   std::string listen_address = "127.0.0.1:0";
   // Shared token every call must carry; required unless listen_address is loopback.
   std::string auth_token;
-  // Where the policy lives and its dtype once weights arrive.
-  PolicyOptions policy;
-  EngineOptions engine;
-  // tokenizer.json for stop strings; empty: requests with stop strings are refused.
-  std::string tokenizer_path;
-  // Groups waiting for the engine at most; more are RESOURCE_EXHAUSTED.
-  int max_queued_groups = 4096;
-  // How long the batcher waits for more groups once one arrives; it waits again (up to
-  // 10 windows) while more keep coming.
-  absl::Duration batch_window = absl::Milliseconds(2);
-  // Largest weight update accepted (bytes of tensor data, held in host memory while it
-  // arrives); 0 = half the host's physical memory. An update must also declare exactly the
-  // served model's tensors (names and shapes), checked before anything is allocated.
-  int64_t max_weight_bytes = 0;
   // Largest single request message (a Generate request, whose prompt of N tokens takes at
   // most 5N bytes, or one weight chunk of at most 4 MiB); a bigger one is refused by gRPC
   // with RESOURCE_EXHAUSTED naming the limit, before it is parsed. In [8 MiB, 1 GiB].

@@ -1,0 +1,123 @@
+// The rollout worker without its wire: a queue of prompt groups, the batcher thread that
+// gathers them into engine batches, the served policy and engine, and the weight swaps
+// (host weight sets and NCCL broadcasts) that happen between batches only, so every
+// sample of a group comes from one weight version. Knows nothing of gRPC or protobuf
+// (the service in rollout_worker.h translates the wire to these calls); torch-free and
+// protobuf-free header.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "inference_engine/engine.h"
+#include "policy/policy_model.h"
+#include "rollout/weight_set.h"
+
+namespace lightrl {
+
+struct RolloutWorkerCoreOptions {
+  // Where the policy lives and its dtype once weights arrive.
+  PolicyOptions policy;
+  EngineOptions engine;
+  // tokenizer.json for stop strings; empty: requests with stop strings are refused.
+  std::string tokenizer_path;
+  // Groups waiting for the engine at most; more are RESOURCE_EXHAUSTED.
+  int max_queued_groups = 4096;
+  // How long the batcher waits for more groups once one arrives; it waits again (up to
+  // 10 windows) while more keep coming.
+  absl::Duration batch_window = absl::Milliseconds(2);
+  // Largest weight update accepted (bytes of tensor data, held in host memory while it
+  // arrives); 0 = half the host's physical memory. An update must also declare exactly the
+  // served model's tensors (names and shapes), checked before anything is allocated.
+  int64_t max_weight_bytes = 0;
+
+  absl::Status Validate() const;
+};
+
+struct RolloutWorkerCoreStats {
+  int64_t weight_version = -1;  // -1: no weights yet
+  bool serving = false;         // holds weights and is not shutting down
+  int64_t active_groups = 0, queued_groups = 0;
+  int64_t generated_tokens = 0;
+  int64_t engine_batches = 0;
+};
+
+// Joining an NCCL weight group (rollout/nccl_weight_group.h) as one of its receivers.
+struct WeightGroupJoin {
+  int64_t group_id = -1;
+  std::string nccl_unique_id;
+  int rank = 0, world_size = 0;
+  absl::Duration timeout = absl::Seconds(120);
+};
+
+// One version broadcast to the group's members: the tensors' names and byte sizes in the
+// order rank 0 sends them, which must be exactly the served model's parameter buffers.
+struct WeightBroadcast {
+  int64_t group_id = -1;
+  int64_t version = 0;
+  bool replace_newer = false;
+  std::string model_config_json;
+  std::vector<std::string> tensor_names;
+  std::vector<int64_t> tensor_bytes;
+  absl::Duration timeout = absl::Seconds(300);
+};
+
+class RolloutWorkerCore {
+ public:
+  // A group's outcome: an error, or its samples and the weight version that generated
+  // all of them.
+  using DeliverFn = std::function<void(absl::Status, int64_t, std::vector<GeneratedSample>)>;
+
+  // Starts the batcher. Without `policy` the core waits for its first weights (which carry
+  // the model config); with it, it serves `policy` as `version` at once.
+  static absl::StatusOr<std::unique_ptr<RolloutWorkerCore>> Create(
+      const RolloutWorkerCoreOptions& options, std::unique_ptr<PolicyModel> policy = nullptr,
+      int64_t version = 0);
+  // Shutdown().
+  ~RolloutWorkerCore();
+
+  // Checks `request` against the served weights (a version at least `min_weight_version`,
+  // token ids inside the vocabulary, valid sampling, a tokenizer for stop strings) and
+  // queues it. On an error nothing is queued and `deliver` is never called; on OK it is
+  // called exactly once, from the batcher's thread (or from Shutdown with UNAVAILABLE).
+  absl::Status Submit(GenerationRequest request, int64_t min_weight_version, DeliverFn deliver);
+
+  // Installs `set` between engine batches (waiting for the running one); a version not
+  // newer than the served one is FAILED_PRECONDITION unless `replace_newer`. A set of
+  // another model than the served one is INVALID_ARGUMENT.
+  absl::Status ApplyWeights(WeightSet set, bool replace_newer);
+
+  // Replaces any NCCL group with a new one as `join.rank`; blocks until every rank joined
+  // or the timeout. Needs a CUDA policy device.
+  absl::Status JoinWeightGroup(const WeightGroupJoin& join);
+  // Receives a broadcast of the group joined last into device staging memory while the
+  // engine keeps generating, then swaps it in between batches; returns the served
+  // version. A failed broadcast drops the group (the controller forms a new one).
+  absl::StatusOr<int64_t> ReceiveBroadcast(const WeightBroadcast& broadcast);
+
+  // The served version; -1 before any weights.
+  int64_t version() const;
+  // The served model's tensors, which a weight update must declare (empty: none yet).
+  std::vector<PolicyModel::WeightSpec> weight_specs() const;
+  // max_weight_bytes resolved.
+  int64_t weight_budget() const;
+  RolloutWorkerCoreStats stats() const;
+
+  // Stops taking groups, fails the queued ones with UNAVAILABLE and waits for the running
+  // batch. Idempotent.
+  void Shutdown();
+
+  struct Impl;
+
+ private:
+  explicit RolloutWorkerCore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lightrl
