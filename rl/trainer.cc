@@ -39,7 +39,9 @@
 #include "rl/learner.h"
 #include "rl/learner_group.h"
 #include "rl/rollout_log.h"
+#include "rl/rl_step.h"
 #include "rl/rollout_source.h"
+#include "rl/step_metrics.h"
 
 namespace lightrl {
 namespace {
@@ -94,15 +96,6 @@ struct TrainerState {
   }
 };
 
-// The part of a reward that says "right answer": a component named "correct" (or
-// "<entry>/correct" from the router), else the whole score.
-double Correctness(const RewardResult& r) {
-  for (const auto& [name, value] : r.components) {
-    if (name == "correct" || absl::EndsWith(name, "/correct")) return value;
-  }
-  return r.score;
-}
-
 // Text of generated tokens for the reward. A policy may emit ids the tokenizer lacks
 // (its vocabulary is padded beyond the tokenizer's); they carry no text.
 absl::StatusOr<std::string> ResponseText(const Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
@@ -153,28 +146,6 @@ std::string SourceRunDir(const std::string& log_dir) {
   return std::filesystem::path(CanonicalPath(log_dir)).parent_path().string();
 }
 
-// The learner's statistics of an RL step, under their metric names (docs/metrics.md).
-Scalars LearnerScalars(const LearnerStats& st) {
-  return {
-      {"loss/total", st.loss},
-      {"loss/policy", st.policy_loss},
-      {"loss/aux", st.aux_loss},
-      {"is/clip_fraction", st.clip_fraction},
-      {"is/ratio_mean", st.ratio_mean},
-      {"is/ratio_min", st.ratio_min},
-      {"is/ratio_max", st.ratio_max},
-      {"is/clipped_weight_mean", st.clipped_weight_mean},
-      {"policy/entropy", st.entropy},
-      {"policy/approx_kl", st.approx_kl},
-      {"policy/train_infer_logprob_abs_diff", st.rollout_logprob_abs_diff},
-      {"policy/train_infer_logprob_abs_diff_max", st.rollout_logprob_abs_diff_max},
-      {"policy/train_infer_kl", st.rollout_kl},
-      {"is/truncated_is_weight_mean", st.truncated_is_weight_mean},
-      {"optim/grad_norm", st.grad_norm},
-      {"optim/lr", st.lr},
-  };
-}
-
 class Trainer {
  public:
   Trainer(const RunConfig& config, const TrainerRunOptions& options)
@@ -190,6 +161,17 @@ class Trainer {
   LearnerOptions MakeLearnerOptions() const;
   absl::Status RunSft();
   absl::Status RunRl();
+  // The RL step's parts: the async generator (rollout.async); one round of generated and
+  // scored groups (`want` of them); the groups the step trains on, with refill rounds
+  // while dynamic sampling drops groups.
+  absl::StatusOr<std::unique_ptr<AsyncRollouts>> StartAsyncRollouts(const std::vector<int32_t>& stops);
+  absl::StatusOr<std::vector<ScoredGroup>> GenerateScoredGroups(int64_t want, int64_t round,
+                                                                const std::vector<int32_t>& stops,
+                                                                AsyncRollouts* async,
+                                                                RlStepMetrics* metrics);
+  absl::StatusOr<std::vector<TrainGroup>> CollectTrainGroups(const std::vector<int32_t>& stops,
+                                                             AsyncRollouts* async,
+                                                             RlStepMetrics* metrics);
   absl::Status RunReplay();
   // Replay: refuses an output folder that holds another run or lies in the source run.
   absl::Status CheckReplayOutput() const;
@@ -793,214 +775,145 @@ absl::Status Trainer::RunSft() {
   return Checkpoint();
 }
 
+absl::StatusOr<std::unique_ptr<AsyncRollouts>> Trainer::StartAsyncRollouts(
+    const std::vector<int32_t>& stops) {
+  AsyncRolloutOptions ao;
+  ao.prompts_per_step = config_.rollout.prompts_per_step;
+  ao.max_staleness = config_.rollout.max_staleness;
+  ao.versions_per_step = config_.algorithm.minibatches;
+  ao.max_regenerations = config_.fleet.max_group_attempts;
+  ao.seed = static_cast<uint64_t>(config_.run.seed);
+  ao.shuffle = config_.data.shuffle;
+  RETURN_IF_ERROR(ao.Validate());
+  const int64_t G = config_.rollout.group_size;
+  auto make_request = [this, stops, G](const Example& ex,
+                                       uint64_t seed) -> absl::StatusOr<GenerationRequest> {
+    GenerationRequest r;
+    r.id = ex.id;
+    ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(ex.prompt));
+    r.params = config_.rollout.ToSamplingParams();
+    r.params.n = G;
+    r.params.seed = seed;
+    r.params.stop_token_ids.assign(stops.begin(), stops.end());
+    return r;
+  };
+  RolloutSource* source = rollout_source_.get();
+  auto generate = [source](const std::vector<GenerationRequest>& reqs, int64_t min_version) {
+    return source->Generate(reqs, min_version);
+  };
+  return std::make_unique<AsyncRollouts>(ao, &*train_, state_.data, learner_->version(),
+                                         std::move(make_request), std::move(generate));
+}
+
+absl::StatusOr<std::vector<ScoredGroup>> Trainer::GenerateScoredGroups(
+    int64_t want, int64_t round, const std::vector<int32_t>& stops, AsyncRollouts* async,
+    RlStepMetrics* metrics) {
+  std::vector<const Example*> examples;
+  std::vector<GenerationRequest> reqs;
+  std::vector<GroupGeneration> results;
+  if (async) {
+    // What the run may still take after these: the later steps' groups (a refill round
+    // asks again).
+    const int64_t later = (config_.run.steps - state_.step - 1) * config_.rollout.prompts_per_step;
+    const auto gen_start = Clock::now();
+    ASSIGN_OR_RETURN(std::vector<AsyncGroup> taken, async->Take(want, learner_->version(), later));
+    metrics->AddGenerateSeconds(Seconds(gen_start));
+    for (AsyncGroup& t : taken) {
+      examples.push_back(t.example);
+      reqs.push_back(std::move(t.request));
+      results.push_back(std::move(t.generation));
+    }
+    state_.data = async->consumed_position();
+  } else {
+    examples = train_->Next(want, static_cast<uint64_t>(config_.run.seed), config_.data.shuffle,
+                            state_.data);
+    for (size_t i = 0; i < examples.size(); ++i) {
+      GenerationRequest r;
+      r.id = examples[i]->id;
+      ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(examples[i]->prompt));
+      r.params = config_.rollout.ToSamplingParams();
+      r.params.n = config_.rollout.group_size;
+      r.params.seed = Mix(Mix(static_cast<uint64_t>(config_.run.seed), state_.step), round * 100003 + i);
+      r.params.stop_token_ids.assign(stops.begin(), stops.end());
+      reqs.push_back(std::move(r));
+    }
+    const auto gen_start = Clock::now();
+    const int64_t min_version = std::max<int64_t>(0, learner_->version() - config_.rollout.max_staleness);
+    results = rollout_source_->Generate(reqs, min_version);
+    metrics->AddGenerateSeconds(Seconds(gen_start));
+  }
+  const Tokenizer& tokenizer = *tokenizer_;
+  return ScoreGroups(
+      examples, std::move(reqs), std::move(results),
+      [&tokenizer](const std::vector<int32_t>& tokens) { return ResponseText(tokenizer, tokens); },
+      [this](const std::vector<RewardInput>& inputs) { return ScoreAll(inputs); });
+}
+
+absl::StatusOr<std::vector<TrainGroup>> Trainer::CollectTrainGroups(
+    const std::vector<int32_t>& stops, AsyncRollouts* async, RlStepMetrics* metrics) {
+  TrainGroupOptions options;
+  options.signal.dynamic_sampling = config_.algorithm.dynamic_sampling;
+  options.signal.overlong_filter = config_.algorithm.overlong_filter;
+  options.signal.overlong = config_.ToOverlongOptions();
+  options.soft_overlong_penalty = config_.algorithm.overlong_soft_buffer > 0;
+  const int64_t wanted = config_.rollout.prompts_per_step;
+  std::vector<TrainGroup> groups;
+  // Dynamic sampling drops groups without signal; refill rounds generate more.
+  for (int64_t round = 0;
+       static_cast<int64_t>(groups.size()) < wanted && round <= config_.algorithm.max_refill_rounds;
+       ++round) {
+    const int64_t want = wanted - static_cast<int64_t>(groups.size());
+    ASSIGN_OR_RETURN(std::vector<ScoredGroup> scored,
+                     GenerateScoredGroups(want, round, stops, async, metrics));
+    for (size_t i = 0; i < scored.size(); ++i) {
+      ASSIGN_OR_RETURN(std::optional<TrainGroup> group,
+                       BuildTrainGroup(scored[i], state_.step, absl::StrCat("step-", state_.step, "-", round, "-", i),
+                                       learner_->version(), options, metrics));
+      if (group) groups.push_back(*std::move(group));
+    }
+    if (!config_.algorithm.dynamic_sampling) break;
+  }
+  return groups;
+}
+
 absl::Status Trainer::RunRl() {
   // The weights as SFT (or the resumed checkpoint) left them.
   RETURN_IF_ERROR(rollout_source_->PublishWeights(learner_->version()));
   const std::vector<int32_t> stops = StopTokens();
-  const int64_t G = config_.rollout.group_size;
   // Async mode: groups are drawn and generated ahead of the step that takes them; the
   // checkpoint's dataset cursor covers only the groups taken.
   std::unique_ptr<AsyncRollouts> async;
   if (config_.rollout.async) {
-    AsyncRolloutOptions ao;
-    ao.prompts_per_step = config_.rollout.prompts_per_step;
-    ao.max_staleness = config_.rollout.max_staleness;
-    ao.versions_per_step = config_.algorithm.minibatches;
-    ao.max_regenerations = config_.fleet.max_group_attempts;
-    ao.seed = static_cast<uint64_t>(config_.run.seed);
-    ao.shuffle = config_.data.shuffle;
-    RETURN_IF_ERROR(ao.Validate());
-    auto make_request = [this, stops, G](const Example& ex,
-                                         uint64_t seed) -> absl::StatusOr<GenerationRequest> {
-      GenerationRequest r;
-      r.id = ex.id;
-      ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(ex.prompt));
-      r.params = config_.rollout.ToSamplingParams();
-      r.params.n = G;
-      r.params.seed = seed;
-      r.params.stop_token_ids.assign(stops.begin(), stops.end());
-      return r;
-    };
-    RolloutSource* source = rollout_source_.get();
-    auto generate = [source](const std::vector<GenerationRequest>& reqs, int64_t min_version) {
-      return source->Generate(reqs, min_version);
-    };
-    async = std::make_unique<AsyncRollouts>(ao, &*train_, state_.data, learner_->version(),
-                                            std::move(make_request), std::move(generate));
+    ASSIGN_OR_RETURN(async, StartAsyncRollouts(stops));
   }
-  GroupSignalOptions group_signal;
-  group_signal.dynamic_sampling = config_.algorithm.dynamic_sampling;
-  group_signal.overlong_filter = config_.algorithm.overlong_filter;
-  group_signal.overlong = config_.ToOverlongOptions();
   while (state_.step < config_.run.steps) {
     const auto step_start = Clock::now();
-    std::vector<RolloutGroup> groups;
-    std::vector<std::vector<float>> keeps;  // per group, per sample: the overlong filter's mask
-    int64_t dropped = 0, generated_tokens = 0, round = 0, staleness_sum = 0, staleness_max = 0;
-    double gen_seconds = 0, reward_sum = 0, reward_sq = 0, correct = 0, length_sum = 0;
-    int64_t scored = 0;
-    while (static_cast<int64_t>(groups.size()) < config_.rollout.prompts_per_step &&
-           round <= config_.algorithm.max_refill_rounds) {
-      const int64_t want = config_.rollout.prompts_per_step - static_cast<int64_t>(groups.size());
-      std::vector<const Example*> examples;
-      std::vector<GenerationRequest> reqs;
-      std::vector<GroupGeneration> results;
-      if (async) {
-        // What the run may still take after these: the later steps' groups (a refill
-        // round asks again).
-        const int64_t later = (config_.run.steps - state_.step - 1) * config_.rollout.prompts_per_step;
-        const auto gen_start = Clock::now();
-        ASSIGN_OR_RETURN(std::vector<AsyncGroup> taken, async->Take(want, learner_->version(), later));
-        gen_seconds += Seconds(gen_start);
-        for (AsyncGroup& t : taken) {
-          examples.push_back(t.example);
-          reqs.push_back(std::move(t.request));
-          results.push_back(std::move(t.generation));
-        }
-        state_.data = async->consumed_position();
-      } else {
-        examples = train_->Next(want, static_cast<uint64_t>(config_.run.seed), config_.data.shuffle,
-                                state_.data);
-        for (size_t i = 0; i < examples.size(); ++i) {
-          GenerationRequest r;
-          r.id = examples[i]->id;
-          ASSIGN_OR_RETURN(r.prompt, tokenizer_->Encode(examples[i]->prompt));
-          r.params = config_.rollout.ToSamplingParams();
-          r.params.n = G;
-          r.params.seed = Mix(Mix(static_cast<uint64_t>(config_.run.seed), state_.step), round * 100003 + i);
-          r.params.stop_token_ids.assign(stops.begin(), stops.end());
-          reqs.push_back(std::move(r));
-        }
-        const auto gen_start = Clock::now();
-        const int64_t min_version = std::max<int64_t>(0, learner_->version() - config_.rollout.max_staleness);
-        results = rollout_source_->Generate(reqs, min_version);
-        gen_seconds += Seconds(gen_start);
-      }
-      for (size_t i = 0; i < results.size(); ++i) {
-        if (!results[i].status.ok()) return results[i].status;
-        RolloutGroup g;
-        g.step = state_.step;
-        g.policy_version = results[i].weight_version;
-        g.group_id = absl::StrCat("step-", state_.step, "-", round, "-", i);
-        g.prompt_text = examples[i]->prompt;
-        g.prompt_tokens = reqs[i].prompt;
-        g.ground_truth = examples[i]->answer;
-        std::vector<ScoredResponse> scored_group;
-        std::vector<RewardInput> inputs;
-        for (const GeneratedSample& s : results[i].samples) {
-          RewardInput in;
-          in.prompt = examples[i]->prompt;
-          ASSIGN_OR_RETURN(in.response, ResponseText(*tokenizer_, s.tokens));
-          in.ground_truth = examples[i]->answer;
-          in.metadata["response_tokens"] = absl::StrCat(s.tokens.size());
-          inputs.push_back(std::move(in));
-        }
-        ASSIGN_OR_RETURN(std::vector<RewardResult> scores, ScoreAll(inputs));
-        for (size_t k = 0; k < results[i].samples.size(); ++k) {
-          const GeneratedSample& s = results[i].samples[k];
-          RolloutSample rs;
-          rs.tokens = s.tokens;
-          rs.logprobs = s.logprobs;
-          rs.finish_reason = FinishReasonName(s.finish_reason);
-          rs.text = inputs[k].response;
-          RewardResult r = std::move(scores[k]);
-          ScoredResponse sr;
-          sr.correctness = Correctness(r);  // before any penalty
-          sr.end.num_tokens = static_cast<int64_t>(s.tokens.size());
-          sr.end.stopped = s.finish_reason != FinishReason::kLength;
-          if (config_.algorithm.overlong_soft_buffer > 0) {
-            ASSIGN_OR_RETURN(double pen, SoftOverlongPenalty(static_cast<int64_t>(s.tokens.size()),
-                                                             config_.ToOverlongOptions()));
-            r.score += pen;
-            r.components.push_back({"overlong_penalty", pen});
-          }
-          rs.reward = r.score;
-          rs.reward_components = r.components;
-          sr.reward = r.score;
-          scored_group.push_back(sr);
-          generated_tokens += static_cast<int64_t>(s.tokens.size());
-          reward_sum += r.score;
-          reward_sq += r.score * r.score;
-          correct += sr.correctness;
-          length_sum += static_cast<double>(s.tokens.size());
-          ++scored;
-          g.samples.push_back(std::move(rs));
-        }
-        ASSIGN_OR_RETURN(GroupSignal signal, ComputeGroupSignal(scored_group, group_signal));
-        if (signal.dropped) {
-          ++dropped;
-          continue;
-        }
-        for (size_t k = 0; k < signal.advantages.size(); ++k) g.samples[k].advantage = signal.advantages[k];
-        const int64_t staleness = learner_->version() - g.policy_version;
-        staleness_sum += staleness;
-        staleness_max = std::max(staleness_max, staleness);
-        groups.push_back(std::move(g));
-        keeps.push_back(std::move(signal.keep));
-      }
-      ++round;
-      if (!config_.algorithm.dynamic_sampling) break;
-    }
-
-    std::vector<TrainSample> batch;
-    for (size_t gi = 0; gi < groups.size(); ++gi) {
-      RETURN_IF_ERROR(rollouts_->Append(groups[gi]));
-      for (size_t k = 0; k < groups[gi].samples.size(); ++k) {
-        const RolloutSample& rs = groups[gi].samples[k];
-        TrainSample ts;
-        ts.id = absl::StrCat(groups[gi].group_id, "/", k);
-        ts.prompt = groups[gi].prompt_tokens;
-        ts.response = rs.tokens;
-        ts.rollout_logprobs = rs.logprobs;
-        ts.advantage = rs.advantage;
-        ts.keep = keeps[gi][k] != 0;
-        batch.push_back(std::move(ts));
-      }
-    }
+    RlStepMetrics metrics;
+    ASSIGN_OR_RETURN(std::vector<TrainGroup> groups, CollectTrainGroups(stops, async.get(), &metrics));
+    for (const TrainGroup& g : groups) RETURN_IF_ERROR(rollouts_->Append(g.record));
+    const std::vector<TrainSample> batch = BuildTrainBatch(groups);
     // Groups the next steps will take that are already generating (or done): what
     // overlaps this step's training.
-    const AsyncRolloutStats ahead = async ? async->stats() : AsyncRolloutStats();
+    std::optional<AsyncRolloutStats> ahead;
+    if (async) ahead = async->stats();
     const auto train_start = Clock::now();
     ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainRl(batch));
-    const double train_seconds = Seconds(train_start);
+    metrics.SetTrainSeconds(Seconds(train_start));
     const auto sync_start = Clock::now();
     RETURN_IF_ERROR(rollout_source_->PublishWeights(learner_->version()));
     if (async) async->Publish(learner_->version());
-    const double sync_seconds = Seconds(sync_start);
+    metrics.SetWeightSyncSeconds(Seconds(sync_start));
     ++state_.step;
-    const double n = std::max<int64_t>(scored, 1);
-    const double mean = reward_sum / n;
-    Scalars scalars = {
-        {"reward/mean", mean},
-        {"reward/std", std::sqrt(std::max(0.0, reward_sq / n - mean * mean))},
-        {"reward/accuracy", correct / n},
-        {"response/length_mean", length_sum / n},
-        {"rollout/groups_trained", static_cast<double>(groups.size())},
-        {"rollout/groups_dropped", static_cast<double>(dropped)},
-        // Async generation runs beside the step, so its rate is over the whole step.
-        {"rollout/tokens_per_s",
-         generated_tokens / std::max(async ? Seconds(step_start) : gen_seconds, 1e-9)},
-    };
-    for (auto& kv : LearnerScalars(st)) scalars.push_back(std::move(kv));
-    scalars.push_back({"time/step_s", Seconds(step_start)});
-    scalars.push_back({"time/generate_s", gen_seconds});
-    scalars.push_back({"time/train_s", train_seconds});
-    scalars.push_back({"time/weight_sync_s", sync_seconds});
-    scalars.push_back({"train/tokens_per_s", st.tokens / std::max(train_seconds, 1e-9)});
-    for (auto& kv : rollout_source_->Stats()) scalars.push_back(std::move(kv));
-    if (async) {
-      const double trained = static_cast<double>(std::max<size_t>(groups.size(), 1));
-      scalars.push_back({"async/staleness_mean", staleness_sum / trained});
-      scalars.push_back({"async/staleness_max", static_cast<double>(staleness_max)});
-      scalars.push_back({"async/groups_ahead", static_cast<double>(ahead.in_flight + ahead.ready_ahead)});
-      scalars.push_back({"async/stale_requeued", static_cast<double>(async->stats().stale_requeued)});
-    }
-    RETURN_IF_ERROR(WriteMetrics(state_.step, scalars));
+    std::optional<AsyncRolloutStats> after;
+    if (async) after = async->stats();
+    RETURN_IF_ERROR(WriteMetrics(state_.step, metrics.ToScalars(st, Seconds(step_start),
+                                                                rollout_source_->Stats(), ahead, after)));
     Progress(absl::StrFormat("[rl %s] step %d/%d  reward %.3f  acc %.3f  len %.1f  clip %.3f  "
                              "grad %.3f  %.2f s/step",
                              PolicyLossKindName(config_.algorithm.loss.kind), state_.step,
-                             config_.run.steps, mean, correct / n, length_sum / n, st.clip_fraction,
-                             st.grad_norm, Seconds(step_start)));
+                             config_.run.steps, metrics.reward_mean(), metrics.accuracy(),
+                             metrics.length_mean(), st.clip_fraction, st.grad_norm,
+                             Seconds(step_start)));
     if (config_.run.eval_every > 0 && state_.step % config_.run.eval_every == 0) {
       ASSIGN_OR_RETURN(EvalResult e, Evaluate(state_.step));
       if (tty_ && options_.progress) std::fprintf(stderr, "\n");

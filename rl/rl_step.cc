@@ -1,0 +1,133 @@
+#include "rl/rl_step.h"
+
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace lightrl {
+
+double Correctness(const RewardResult& r) {
+  for (const auto& [name, value] : r.components) {
+    if (name == "correct" || absl::EndsWith(name, "/correct")) return value;
+  }
+  return r.score;
+}
+
+absl::StatusOr<std::vector<ScoredGroup>> ScoreGroups(const std::vector<const Example*>& examples,
+                                                     std::vector<GenerationRequest> requests,
+                                                     std::vector<GroupGeneration> generations,
+                                                     const ResponseDecodeFn& decode,
+                                                     const RewardBatchFn& score) {
+  if (examples.size() != requests.size() || examples.size() != generations.size()) {
+    return absl::InternalError(absl::StrCat("ScoreGroups: ", examples.size(), " examples, ",
+                                            requests.size(), " requests and ", generations.size(),
+                                            " generations"));
+  }
+  std::vector<ScoredGroup> groups(examples.size());
+  std::vector<RewardInput> inputs;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    if (!generations[i].status.ok()) return generations[i].status;
+    ScoredGroup& g = groups[i];
+    g.example = examples[i];
+    g.request = std::move(requests[i]);
+    g.generation = std::move(generations[i]);
+    for (const GeneratedSample& s : g.generation.samples) {
+      RewardInput in;
+      in.prompt = g.example->prompt;
+      ASSIGN_OR_RETURN(in.response, decode(s.tokens));
+      in.ground_truth = g.example->answer;
+      in.metadata["response_tokens"] = absl::StrCat(s.tokens.size());
+      g.texts.push_back(in.response);
+      inputs.push_back(std::move(in));
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<RewardResult> rewards, score(inputs));
+  if (rewards.size() != inputs.size()) {
+    return absl::InternalError(absl::StrCat("ScoreGroups: the reward returned ", rewards.size(),
+                                            " results for ", inputs.size(), " responses"));
+  }
+  size_t next = 0;
+  for (ScoredGroup& g : groups) {
+    for (size_t k = 0; k < g.generation.samples.size(); ++k) g.rewards.push_back(std::move(rewards[next++]));
+  }
+  return groups;
+}
+
+absl::StatusOr<std::optional<TrainGroup>> BuildTrainGroup(const ScoredGroup& scored, int64_t step,
+                                                          const std::string& group_id,
+                                                          int64_t learner_version,
+                                                          const TrainGroupOptions& options,
+                                                          RlStepMetrics* metrics) {
+  const std::vector<GeneratedSample>& samples = scored.generation.samples;
+  if (scored.rewards.size() != samples.size() || scored.texts.size() != samples.size()) {
+    return absl::InternalError(absl::StrCat("group ", group_id, ": ", samples.size(), " samples but ",
+                                            scored.rewards.size(), " rewards and ",
+                                            scored.texts.size(), " texts"));
+  }
+  TrainGroup out;
+  RolloutGroup& g = out.record;
+  g.step = step;
+  g.policy_version = scored.generation.weight_version;
+  g.group_id = group_id;
+  g.prompt_text = scored.example->prompt;
+  g.prompt_tokens = scored.request.prompt;
+  g.ground_truth = scored.example->answer;
+  std::vector<ScoredResponse> responses;
+  for (size_t k = 0; k < samples.size(); ++k) {
+    const GeneratedSample& s = samples[k];
+    RolloutSample rs;
+    rs.tokens = s.tokens;
+    rs.logprobs = s.logprobs;
+    rs.finish_reason = FinishReasonName(s.finish_reason);
+    rs.text = scored.texts[k];
+    RewardResult r = scored.rewards[k];
+    ScoredResponse sr;
+    sr.correctness = Correctness(r);  // before any penalty
+    sr.end.num_tokens = static_cast<int64_t>(s.tokens.size());
+    sr.end.stopped = s.finish_reason != FinishReason::kLength;
+    if (options.soft_overlong_penalty) {
+      ASSIGN_OR_RETURN(double pen, SoftOverlongPenalty(static_cast<int64_t>(s.tokens.size()),
+                                                       options.signal.overlong));
+      r.score += pen;
+      r.components.push_back({"overlong_penalty", pen});
+    }
+    rs.reward = r.score;
+    rs.reward_components = std::move(r.components);
+    sr.reward = r.score;
+    responses.push_back(sr);
+    metrics->AddSample(r.score, sr.correctness, static_cast<int64_t>(s.tokens.size()));
+    g.samples.push_back(std::move(rs));
+  }
+  ASSIGN_OR_RETURN(GroupSignal signal, ComputeGroupSignal(responses, options.signal));
+  if (signal.dropped) {
+    metrics->AddDroppedGroup();
+    return std::nullopt;
+  }
+  for (size_t k = 0; k < signal.advantages.size(); ++k) g.samples[k].advantage = signal.advantages[k];
+  metrics->AddTrainedGroup(learner_version - g.policy_version);
+  out.keep = std::move(signal.keep);
+  return out;
+}
+
+std::vector<TrainSample> BuildTrainBatch(const std::vector<TrainGroup>& groups) {
+  std::vector<TrainSample> batch;
+  for (const TrainGroup& group : groups) {
+    const RolloutGroup& g = group.record;
+    for (size_t k = 0; k < g.samples.size(); ++k) {
+      const RolloutSample& rs = g.samples[k];
+      TrainSample ts;
+      ts.id = absl::StrCat(g.group_id, "/", k);
+      ts.prompt = g.prompt_tokens;
+      ts.response = rs.tokens;
+      ts.rollout_logprobs = rs.logprobs;
+      ts.advantage = rs.advantage;
+      ts.keep = group.keep[k] != 0;
+      batch.push_back(std::move(ts));
+    }
+  }
+  return batch;
+}
+
+}  // namespace lightrl

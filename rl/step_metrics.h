@@ -1,0 +1,67 @@
+// The statistics of one RL step under named fields, and the metric names they are logged
+// under (docs/metrics.md): the rollout sums the step collects sample by sample, the
+// phases' wall times, and the scalars built from them and the learner's statistics.
+// Owns the arithmetic of the step's metrics only; it does not generate, score, train or
+// write files. Torch-free.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/metrics.h"
+#include "rl/async_rollouts.h"
+#include "rl/learner.h"
+
+namespace lightrl {
+
+// The learner's statistics of an RL step (or a replayed one) under their metric names.
+Scalars LearnerScalars(const LearnerStats& stats);
+
+class RlStepMetrics {
+ public:
+  // A scored sample of the step, trained on or not: its reward (penalties included), its
+  // correctness (the "correct" component, else the reward before penalties) and its
+  // generated tokens.
+  void AddSample(double reward, double correctness, int64_t num_tokens);
+  // A group the step trains on, `staleness` learner versions behind the learner.
+  void AddTrainedGroup(int64_t staleness);
+  // A group dynamic sampling dropped.
+  void AddDroppedGroup() { ++groups_dropped_; }
+
+  // Wall time of the phases, in seconds; generation adds up over refill rounds.
+  void AddGenerateSeconds(double seconds) { generate_seconds_ += seconds; }
+  void SetTrainSeconds(double seconds) { train_seconds_ = seconds; }
+  void SetWeightSyncSeconds(double seconds) { weight_sync_seconds_ = seconds; }
+
+  // Means over the scored samples (over 1 when there were none).
+  double reward_mean() const { return reward_sum_ / num_samples_for_means(); }
+  double accuracy() const { return correct_sum_ / num_samples_for_means(); }
+  double length_mean() const { return length_sum_ / num_samples_for_means(); }
+  int64_t groups_trained() const { return groups_trained_; }
+
+  // The step's scalars in logging order: rewards, lengths and groups, the learner's
+  // `stats`, phase times (the whole step took `step_seconds`), the rollout source's own
+  // `source_stats`, and with async generation its staleness and look-ahead (`ahead`: the
+  // generator's counters read before training, `after` after it; both set or neither).
+  // Async generation runs beside the step, so its token rate is over the whole step
+  // rather than the time spent waiting for groups.
+  Scalars ToScalars(const LearnerStats& stats, double step_seconds, const Scalars& source_stats,
+                    const std::optional<AsyncRolloutStats>& ahead,
+                    const std::optional<AsyncRolloutStats>& after) const;
+
+ private:
+  double num_samples_for_means() const { return static_cast<double>(std::max<int64_t>(num_samples_, 1)); }
+
+  int64_t num_samples_ = 0;
+  double reward_sum_ = 0, reward_sq_sum_ = 0, correct_sum_ = 0, length_sum_ = 0;
+  int64_t generated_tokens_ = 0;
+  int64_t groups_trained_ = 0, groups_dropped_ = 0;
+  int64_t staleness_sum_ = 0, staleness_max_ = 0;  // over the trained groups
+  double generate_seconds_ = 0, train_seconds_ = 0, weight_sync_seconds_ = 0;
+};
+
+}  // namespace lightrl
