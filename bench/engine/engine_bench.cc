@@ -4,9 +4,12 @@
 // tokens per sequence from the same prompts (prefill included). Prints one JSON line per
 // measurement.
 //   engine_bench --model DIR --prompts-dir DIR [--batches 8,64,256] [--new-tokens 128]
-//                [--device cuda] [--dtype bfloat16] [--enforce-eager 1]
+//                [--device cuda] [--dtype bfloat16] [--enforce-eager 1] [--floor 1]
 //                [--long-seqs N --long-tokens T]   (then one long run; prints a JSON line
 //                                                    every --long-report tokens per sequence)
+// With --floor 1 (the default) each batch size is also timed at half the new tokens: the
+// difference is the decode steps' time alone (prefill and the fixed cost cancel), printed
+// per step beside the step's byte floor (bench/engine/decode_floor.h) and its share of it.
 // prompts_<batch>.jsonl lines hold {"prompt_tokens": [...]} (hf_bench.py writes them).
 #include <chrono>
 #include <cstdio>
@@ -19,6 +22,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "bench/engine/decode_floor.h"
 #include "common/json.h"
 #include "inference_engine/engine.h"
 #include "policy/policy_model.h"
@@ -69,6 +73,7 @@ bool ReadPrompts(const std::string& path, std::vector<std::vector<int32_t>>* pro
 int Main(int argc, char** argv) {
   std::string model, prompts_dir, batches = "8,64,256", device = "cuda", dtype = "bfloat16";
   int64_t new_tokens = 128, eager = 0, long_seqs = 0, long_tokens = 0, long_report = 4096;
+  int64_t floor = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     int64_t* target = flag == "--new-tokens"     ? &new_tokens
@@ -76,6 +81,7 @@ int Main(int argc, char** argv) {
                       : flag == "--long-seqs"     ? &long_seqs
                       : flag == "--long-tokens"   ? &long_tokens
                       : flag == "--long-report"   ? &long_report
+                      : flag == "--floor"         ? &floor
                                                   : nullptr;
     std::string* text = flag == "--model"         ? &model
                         : flag == "--prompts-dir" ? &prompts_dir
@@ -96,6 +102,15 @@ int Main(int argc, char** argv) {
   auto policy = PolicyModel::Load(model, popts);
   if (!policy.ok()) return Fail(std::string(policy.status().message()));
 
+  double copy_bw = 0;
+  if (floor != 0 && device == "cuda") {
+    auto bw = CopyBandwidth();
+    if (!bw.ok()) return Fail(std::string(bw.status().message()));
+    copy_bw = *bw;
+    std::printf("{\"copy_bandwidth_gb_s\": %.1f}\n", copy_bw / 1e9);
+  }
+  const int64_t dtype_bytes = dtype == "float32" ? 4 : 2;
+
   for (absl::string_view b : absl::StrSplit(batches, ',', absl::SkipEmpty())) {
     int64_t batch = 0;
     if (!absl::SimpleAtoi(b, &batch) || batch < 1) return Fail("bad batch size in --batches");
@@ -109,21 +124,55 @@ int Main(int argc, char** argv) {
     auto engine = Engine::Create(policy->get(), eopts);
     if (!engine.ok()) return Fail(std::string(engine.status().message()));
     (*engine)->Generate(Requests(prompts, 8));  // warm-up (and graph capture)
-    const int64_t steps_before = (*engine)->stats().decode_steps;
-    const auto start = std::chrono::steady_clock::now();
-    auto results = (*engine)->Generate(Requests(prompts, new_tokens));
-    const double secs = Seconds(start);
-    int64_t tokens = 0;
-    for (const auto& r : results) {
-      if (!r.status.ok()) return Fail(std::string(r.status.message()));
-      for (const auto& s : r.samples) tokens += static_cast<int64_t>(s.tokens.size());
+    // One timed generate: its wall time, decode steps and tokens.
+    struct Timed {
+      double seconds = 0;
+      int64_t steps = 0, tokens = 0;
+    };
+    auto timed = [&](int64_t n, Timed* t) -> absl::Status {
+      const int64_t steps_before = (*engine)->stats().decode_steps;
+      const auto start = std::chrono::steady_clock::now();
+      auto results = (*engine)->Generate(Requests(prompts, n));
+      t->seconds = Seconds(start);
+      for (const auto& r : results) {
+        if (!r.status.ok()) return r.status;
+        for (const auto& s : r.samples) t->tokens += static_cast<int64_t>(s.tokens.size());
+      }
+      t->steps = (*engine)->stats().decode_steps - steps_before;
+      return absl::OkStatus();
+    };
+    Timed full;
+    if (absl::Status s = timed(new_tokens, &full); !s.ok()) return Fail(std::string(s.message()));
+    std::string floor_json;
+    if (copy_bw > 0 && new_tokens >= 4) {
+      Timed half;
+      if (absl::Status s = timed(new_tokens / 2, &half); !s.ok()) return Fail(std::string(s.message()));
+      const int64_t steps = full.steps - half.steps;
+      if (steps > 0) {
+        const double step_ms = 1e3 * (full.seconds - half.seconds) / steps;
+        int64_t prompt_len = 0;
+        for (const auto& p : prompts) prompt_len += static_cast<int64_t>(p.size());
+        prompt_len /= static_cast<int64_t>(prompts.size());
+        // The steps between half and all of the new tokens attend to 3/4 of them on average.
+        const DecodeStepBytes bytes = DecodeFloorBytes(**policy, dtype_bytes, batch,
+                                                       prompt_len + 3 * new_tokens / 4,
+                                                       (*engine)->stats());
+        const double floor_ms = 1e3 * bytes.total() / copy_bw;  // traffic over copy traffic/s
+        floor_json = absl::StrFormat(
+            ", \"decode_ms_per_step\": %.4f, \"floor_bytes\": %lld, \"floor_ms\": %.4f, "
+            "\"share_of_floor\": %.3f, \"floor_parts_mb\": {\"dense\": %.1f, \"experts\": %.1f, "
+            "\"embedding\": %.1f, \"states\": %.1f, \"kv\": %.1f, \"logits\": %.1f}",
+            step_ms, static_cast<long long>(bytes.total()), floor_ms, floor_ms / step_ms,
+            bytes.dense_weights / 1e6, bytes.expert_weights / 1e6, bytes.embedding_rows / 1e6,
+            bytes.states / 1e6, bytes.kv / 1e6, bytes.logits / 1e6);
+      }
     }
-    const int64_t steps = (*engine)->stats().decode_steps - steps_before;
     std::printf("{\"engine\": \"lightrl\", \"enforce_eager\": %s, \"batch\": %lld, \"tokens\": %lld, "
-                "\"seconds\": %.4f, \"tok_s\": %.1f, \"decode_steps\": %lld, \"ms_per_step\": %.3f}\n",
+                "\"seconds\": %.4f, \"tok_s\": %.1f, \"decode_steps\": %lld, \"ms_per_step\": %.3f%s}\n",
                 eager != 0 ? "true" : "false", static_cast<long long>(batch),
-                static_cast<long long>(tokens), secs, tokens / secs,
-                static_cast<long long>(steps), 1e3 * secs / std::max<int64_t>(steps, 1));
+                static_cast<long long>(full.tokens), full.seconds, full.tokens / full.seconds,
+                static_cast<long long>(full.steps), 1e3 * full.seconds / std::max<int64_t>(full.steps, 1),
+                floor_json.c_str());
     std::fflush(stdout);
   }
 
