@@ -63,8 +63,12 @@ absl::StatusOr<std::unique_ptr<RewardClient>> RewardClient::Create(
     const RewardClientOptions& options) {
   if (absl::Status status = options.Validate(); !status.ok()) return status;
   std::unique_ptr<RewardClient> client(new RewardClient(options));
+  grpc::ChannelArguments args;
+  // gRPC's 4 MiB default would refuse the reply to a full batch with notes.
+  args.SetMaxReceiveMessageSize(kMaxRequestBytes);
+  args.SetMaxSendMessageSize(kMaxRequestBytes);
   client->channel_->stub = lightrl::v1::RewardService::NewStub(
-      grpc::CreateChannel(options.address, grpc::InsecureChannelCredentials()));
+      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args));
   return client;
 }
 
@@ -91,14 +95,19 @@ absl::Status CallWithRetries(const RewardClientOptions& options, const char* met
       backoff = std::min(options.max_backoff, backoff * options.backoff_multiplier);
     }
   }
-  return absl::Status(
-      static_cast<absl::StatusCode>(last.error_code()),
-      absl::StrCat("reward server ", options.address, ": ", method, " failed after ",
-                   options.max_attempts, " attempt(s) (deadline ",
-                   absl::FormatDuration(options.deadline), " each); last status ",
-                   last.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? "DEADLINE_EXCEEDED"
-                                                                            : "UNAVAILABLE",
-                   ": ", last.error_message()));
+  const char* code_name =
+      last.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? "DEADLINE_EXCEEDED" : "UNAVAILABLE";
+  // With one attempt the caller (the reward router) does the retrying and counts the
+  // attempts in its own message; a count here would contradict it.
+  const std::string attempts =
+      options.max_attempts == 1
+          ? absl::StrCat("failed (deadline ", absl::FormatDuration(options.deadline), ")")
+          : absl::StrCat("failed after ", options.max_attempts, " attempts (deadline ",
+                         absl::FormatDuration(options.deadline), " each)");
+  return absl::Status(static_cast<absl::StatusCode>(last.error_code()),
+                      absl::StrCat("reward server ", options.address, ": ", method, " ",
+                                   attempts, "; last status ", code_name, ": ",
+                                   last.error_message()));
 }
 
 }  // namespace

@@ -11,9 +11,46 @@
 #include "common/status.h"
 
 namespace lightrl {
+namespace {
+
+std::string MetadataValue(const Json& value) {
+  return value.is_string() ? value.as_string() : value.Dump();
+}
+
+// The row's metadata as `options` select it; `where` is "file:line" for errors.
+absl::StatusOr<std::map<std::string, std::string>> RowMetadata(
+    const Json& row, const std::string& prompt_key, const std::string& answer_key,
+    const DatasetMetadataOptions& options, const std::string& where) {
+  std::map<std::string, std::string> metadata;
+  for (const std::string& field : options.fields) {
+    if (field == "*") {
+      for (const auto& [key, value] : row.as_object()) {
+        if (key != prompt_key && key != answer_key) metadata[key] = MetadataValue(value);
+      }
+    } else if (const Json* value = row.find(field); value != nullptr) {
+      metadata[field] = MetadataValue(*value);
+    }
+  }
+  int64_t bytes = 0;
+  for (const auto& [key, value] : metadata) bytes += static_cast<int64_t>(key.size() + value.size());
+  if (bytes > options.max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": the row's metadata fields take ", bytes, " bytes, more than the limit of ",
+        options.max_bytes, " (reward.metadata_max_kb; reward.metadata_fields selects fields)"));
+  }
+  return metadata;
+}
+
+}  // namespace
 
 absl::StatusOr<Dataset> Dataset::Load(const std::string& path, const std::string& prompt_key,
-                                      const std::string& answer_key, bool require_answer) {
+                                      const std::string& answer_key, bool require_answer,
+                                      const DatasetMetadataOptions& metadata) {
+  if (metadata.max_bytes < 0 || metadata.max_bytes > kMaxDatasetMetadataBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": metadata limit must be in [0, ",
+                                                   kMaxDatasetMetadataBytes, "] bytes, got ",
+                                                   metadata.max_bytes));
+  }
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   Dataset ds;
   int64_t line_no = 0;
@@ -41,6 +78,7 @@ absl::StatusOr<Dataset> Dataset::Load(const std::string& path, const std::string
       return absl::InvalidArgumentError(absl::StrCat(
           where, ": \"", answer_key, "\" must be a string or number, got ", answer ? answer->Dump() : "nothing"));
     }
+    ASSIGN_OR_RETURN(ex.metadata, RowMetadata(*json, prompt_key, answer_key, metadata, where));
     ds.examples_.push_back(std::move(ex));
   }
   if (ds.examples_.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no examples"));

@@ -38,6 +38,7 @@ absl::StatusOr<std::vector<ScoredGroup>> ScoreGroups(const std::vector<const Exa
       in.prompt = g.example->prompt;
       ASSIGN_OR_RETURN(in.response, decode(s.tokens));
       in.ground_truth = g.example->answer;
+      in.metadata = g.example->metadata;
       in.metadata["response_tokens"] = absl::StrCat(s.tokens.size());
       g.texts.push_back(in.response);
       inputs.push_back(std::move(in));

@@ -392,6 +392,10 @@ const ConfigTable<RewardSection>& RewardSection::Table() {
       Field<S>("server_wait_s", &S::server_wait_s,
                "seconds a reward server may stay unavailable", NonNegative()),
       MapOf<S>("servers", &S::servers, "name -> reward server", "server"),
+      Field<S>("metadata_fields", &S::metadata_fields,
+               "dataset fields sent as metadata; \"*\" = all extra fields"),
+      Field<S>("metadata_max_kb", &S::metadata_max_kb, "KiB of one row's metadata at most",
+               IntInRange(0, 16384, "(KiB of one row's metadata)")),
   };
   return *table;
 }

@@ -165,6 +165,11 @@ struct RewardSection {
   double server_wait_s = 60.0;
   // Reward servers combined with the weighted built-ins: score = sum(weight * reward).
   std::map<std::string, RewardServerSection> servers;
+  // Fields of each dataset row sent to reward servers as ScoreItem.metadata; "*" = every
+  // field but data.prompt_key and data.answer_key, [] = none.
+  std::vector<std::string> metadata_fields = {"*"};
+  // KiB of one row's metadata at most; a bigger row fails the load naming file:line.
+  int64_t metadata_max_kb = 64;
 
   // The options object of built-in kind `kind` (null when the config gives none: the
   // kind's defaults); what the in-process reward and a spawned worker are built from.

@@ -533,12 +533,16 @@ absl::Status Trainer::Setup() {
   eopts.kv_cache_bytes = int64_t{512} << 20;
   ASSIGN_OR_RETURN(engine_, Engine::Create(policy_.get(), eopts, &*tokenizer_));
 
+  DatasetMetadataOptions metadata;
+  metadata.fields = config_.reward.metadata_fields;
+  metadata.max_bytes = config_.reward.metadata_max_kb << 10;
   ASSIGN_OR_RETURN(Dataset train, Dataset::Load(config_.data.train, config_.data.prompt_key,
-                                                config_.data.answer_key, /*require_answer=*/true));
+                                                config_.data.answer_key, /*require_answer=*/true,
+                                                metadata));
   train_.emplace(std::move(train));
   if (!config_.data.eval.empty()) {
     ASSIGN_OR_RETURN(Dataset ev, Dataset::Load(config_.data.eval, config_.data.prompt_key,
-                                               config_.data.answer_key, true));
+                                               config_.data.answer_key, true, metadata));
     eval_.emplace(std::move(ev));
   }
   if (config_.sft.steps > 0) {
@@ -721,6 +725,8 @@ absl::StatusOr<EvalResult> Trainer::Evaluate(int64_t step) {
       in.prompt = ex.prompt;
       ASSIGN_OR_RETURN(in.response, ResponseText(*tokenizer_, sample.tokens));
       in.ground_truth = ex.answer;
+      in.metadata = ex.metadata;
+      in.metadata["response_tokens"] = absl::StrCat(sample.tokens.size());
       inputs.push_back(std::move(in));
       owner.push_back(q);
     }

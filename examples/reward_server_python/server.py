@@ -73,6 +73,12 @@ def make_servicer(pb2, pb2_grpc, token, max_chars):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f'Score: reward_kind "{request.reward_kind}" requested, '
                               f'this server scores "{KIND}"')
+            seen = set()
+            for i, item in enumerate(request.items):
+                if item.id in seen:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f'Score: item {i} repeats id "{item.id}"')
+                seen.add(item.id)
             response = pb2.ScoreResponse()
             for item in request.items:
                 score, components = keyword_score(item.response, item.ground_truth, max_chars)

@@ -108,6 +108,12 @@ def check_python_server(pb2, stub, rng):
         assert set(got.components) == {"keyword", "length"}
     expect_error(lambda: stub.Score(pb2.ScoreRequest(), timeout=5),
                  grpc.StatusCode.INVALID_ARGUMENT, "no items")
+    # Ids are unique within a request (docs/proto.md): a repeat fails the whole batch.
+    repeated = [items[0], items[1], pb2.ScoreItem(id=items[0].id, response="x")]
+    expect_error(lambda: stub.Score(pb2.ScoreRequest(items=repeated), timeout=5),
+                 grpc.StatusCode.INVALID_ARGUMENT, f'item 2 repeats id "{items[0].id}"')
+    # Still serving after the rejected call.
+    assert len(stub.Score(pb2.ScoreRequest(items=items[:2]), timeout=5).results) == 2
 
 
 def check_cpp_example(pb2, stub):

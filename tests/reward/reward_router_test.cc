@@ -175,6 +175,8 @@ TEST(RewardRouterTest, HangingServerIsRetriedThenFailsWithDeadlineExceeded) {
   EXPECT_TRUE(absl::StrContains(message, "entry \"judge\"")) << message;
   EXPECT_TRUE(absl::StrContains(message, server->address())) << message;
   EXPECT_TRUE(absl::StrContains(message, "after 3 attempt(s)")) << message;
+  // The router counts the attempts; the client's part of the message counts none.
+  EXPECT_FALSE(absl::StrContains(message, "1 attempt")) << message;
   EXPECT_TRUE(absl::StrContains(message, "DEADLINE_EXCEEDED")) << message;
   EXPECT_EQ(num_calls, 3);
   // Three 200 ms attempts and two short sleeps; well below the hang itself.
@@ -282,6 +284,7 @@ TEST(RewardRouterTest, UnreachableServerIsUnavailableNamingTheAddress) {
   EXPECT_TRUE(absl::StrContains(results.status().message(), address)) << results.status();
   EXPECT_TRUE(absl::StrContains(results.status().message(), "after 2 attempt(s)"))
       << results.status();
+  EXPECT_FALSE(absl::StrContains(results.status().message(), "1 attempt")) << results.status();
 }
 
 // A reward server that goes down and comes back on its address within server_wait (a

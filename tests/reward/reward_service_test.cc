@@ -242,6 +242,29 @@ TEST(RewardServiceTest, FullBatchLargerThanGrpcDefaultLimitIsScored) {
   EXPECT_DOUBLE_EQ(results->back().result.score, 1.0);
 }
 
+// Scores 1 with one component under a 2 KiB name: a full batch's reply is ~8 MiB.
+class WideComponentReward final : public RewardFunction {
+ public:
+  std::string Kind() const override { return "wide"; }
+  absl::StatusOr<RewardResult> Score(const RewardInput&) override {
+    return RewardResult{1.0, {{std::string(2048, 'c'), 1.0}}};
+  }
+};
+
+TEST(RewardServiceTest, ReplyLargerThanGrpcDefaultLimitReachesTheClient) {
+  absl::StatusOr<std::unique_ptr<RewardServer>> server =
+      RewardServer::Start(RewardServerOptions{}, std::make_unique<WideComponentReward>());
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::vector<RewardRequestItem> items(kMaxScoreBatchItems, OneItem()[0]);
+  for (size_t i = 0; i < items.size(); ++i) items[i].id = absl::StrCat(i);
+  absl::StatusOr<std::vector<RewardResponseItem>> results =
+      MakeClient((*server)->address())->Score(items);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), items.size());
+  ASSERT_EQ(results->back().result.components.size(), 1u);
+  EXPECT_EQ(results->back().result.components[0].first.size(), 2048u);
+}
+
 TEST(RewardServiceTest, NonLoopbackNeedsTokenAndEveryCallIsChecked) {
   RewardServerOptions options;
   options.listen_address = "0.0.0.0:0";
