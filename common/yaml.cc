@@ -1,21 +1,29 @@
 #include "common/yaml.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <set>
+#include <sstream>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/status.h"
-#include "common/utf8.h"
+#include "yaml-cpp/depthguard.h"
+#include "yaml-cpp/eventhandler.h"
+#include "yaml-cpp/exceptions.h"
+#include "yaml-cpp/mark.h"
+#include "yaml-cpp/parser.h"
 
 namespace lightrl {
 namespace {
 
-// Deep enough for any config; bounds the recursion on hostile input.
+// Deep enough for any config; bounds the nesting of hostile input.
 constexpr int kMaxDepth = 200;
 
 bool IsBlank(char c) { return c == ' ' || c == '\t'; }
@@ -23,31 +31,6 @@ bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 bool IsHexDigit(char c) {
   return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
-
-// From `col`: nothing but blanks, then end of line or a comment.
-bool RestIsEmpty(absl::string_view text, size_t col) {
-  while (col < text.size() && IsBlank(text[col])) ++col;
-  return col >= text.size() || text[col] == '#';
-}
-
-size_t SkipBlanks(absl::string_view text, size_t col) {
-  while (col < text.size() && IsBlank(text[col])) ++col;
-  return col;
-}
-
-// "---" or "..." at column 0, alone or followed by a blank.
-bool IsDocumentMarker(absl::string_view text) {
-  if (text.size() < 3) return false;
-  absl::string_view head = text.substr(0, 3);
-  if (head != "---" && head != "...") return false;
-  return text.size() == 3 || IsBlank(text[3]);
-}
-
-bool IsSequenceEntry(absl::string_view text, size_t col) {
-  return col < text.size() && text[col] == '-' &&
-         (col + 1 == text.size() || IsBlank(text[col + 1]));
-}
-
 
 bool IsNullWord(absl::string_view s) {
   return s == "~" || s == "null" || s == "Null" || s == "NULL";
@@ -140,658 +123,387 @@ absl::StatusOr<Json> ResolvePlain(absl::string_view s) {
   return Json(str);
 }
 
-struct Line {
-  int number = 0;          // 1-based
-  absl::string_view text;  // without the line break
+// --- reader: yaml-cpp's events into a Json tree with the line of every key and item ---
+
+// Configs are a few KiB; these bound what a hostile file can make the parser hold.
+constexpr size_t kMaxBytes = size_t{16} << 20;
+// Values and string bytes after expanding aliases (a "billion laughs" file is a few lines).
+constexpr int64_t kMaxValues = int64_t{1} << 20;
+constexpr int64_t kMaxExpandedBytes = int64_t{64} << 20;
+
+constexpr char kStrTag[] = "tag:yaml.org,2002:str";
+
+// Thrown from the event handler to stop yaml-cpp's parser; caught in ParseYaml.
+struct BuildError {
+  YAML::Mark mark;
+  std::string message;
 };
 
-class Parser {
+// Values and string bytes in `v`, for the alias budget.
+void Measure(const Json& v, int64_t& values, int64_t& bytes) {
+  ++values;
+  if (v.is_string()) bytes += static_cast<int64_t>(v.as_string().size());
+  if (v.is_array()) {
+    for (const Json& c : v.as_array()) Measure(c, values, bytes);
+  } else if (v.is_object()) {
+    for (const auto& [k, c] : v.as_object()) {
+      bytes += static_cast<int64_t>(k.size());
+      Measure(c, values, bytes);
+    }
+  }
+}
+
+class TreeBuilder final : public YAML::EventHandler {
  public:
-  Parser(absl::string_view text, YamlDocument& doc) : doc_(doc) {
-    if (text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);
-    int number = 1;
+  TreeBuilder(absl::string_view text, YamlDocument& doc) : doc_(doc), text_(text) {
+    size_t offset = 0;
     while (true) {
-      size_t nl = text.find('\n');
+      line_offsets_.push_back(offset);
+      const size_t nl = text.find('\n');
       absl::string_view line = text.substr(0, nl);
       if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      lines_.push_back({number++, line});
+      lines_.push_back(line);
       if (nl == absl::string_view::npos) break;
       text.remove_prefix(nl + 1);
-      if (text.empty()) break;  // the final line break ends a line, it does not start one
+      offset += nl + 1;
     }
   }
 
-  absl::Status Parse() {
-    RETURN_IF_ERROR(SkipEmptyLines());
-    // Directives and one leading "---".
-    if (li_ < lines_.size() && Text()[0] == '%') {
-      return Error(li_, 0, "directives (%...) are not supported");
-    }
-    if (li_ < lines_.size() && IsDocumentMarker(Text())) {
-      if (Text()[0] == '.') return Error(li_, 0, "unexpected document end marker '...'");
-      if (!RestIsEmpty(Text(), 3)) {
-        return Error(li_, SkipBlanks(Text(), 3),
-                     "content on the '---' line is not supported; start it on the next line");
-      }
-      ++li_;
-      RETURN_IF_ERROR(SkipEmptyLines());
-    }
-    if (li_ < lines_.size() && !IsDocumentMarker(Text())) {
-      doc_.lines[""] = lines_[li_].number;
-    }
-    RETURN_IF_ERROR(ParseBlockValue(-1, "", 0, false, doc_.root));
-    RETURN_IF_ERROR(SkipEmptyLines());
-    if (li_ < lines_.size() && IsDocumentMarker(Text()) && Text()[0] == '.') {
-      ++li_;
-      RETURN_IF_ERROR(SkipEmptyLines());
-      if (li_ < lines_.size()) {
-        return Error(li_, col_, "multiple documents are not supported");
-      }
-    }
-    if (li_ < lines_.size()) {
-      if (IsDocumentMarker(Text())) {
-        return Error(li_, 0, "multiple documents are not supported");
-      }
-      return Error(li_, col_, "unexpected content after the document's top-level value "
-                              "(check the indentation)");
-    }
-    return absl::OkStatus();
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    if (InKeyPosition()) Fail(mark, "empty mapping key");
+    Count(mark, 1, 0);
+    Value(mark, Json(), anchor, /*null_item=*/true);
   }
+
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    if (InKeyPosition()) Fail(mark, "an alias as a mapping key is not supported");
+    if (anchor >= anchors_.size() || !anchors_[anchor].done) {
+      Fail(mark, "an alias to a node that contains it (a node cannot include itself)");
+    }
+    const Anchored& a = anchors_[anchor];
+    Count(mark, a.values, a.bytes);
+    Value(mark, a.value, YAML::NullAnchor, /*null_item=*/false);
+  }
+
+  void OnScalar(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t anchor,
+                const std::string& value) override {
+    if (tag != "?" && tag != "!" && tag != kStrTag) {
+      Fail(mark, absl::StrCat("tags (", ShortTag(tag), ") are not supported"));
+    }
+    Count(mark, 1, static_cast<int64_t>(value.size()));
+    if (InKeyPosition()) {
+      Key(mark, value, /*merge=*/tag == "?" && value == "<<");
+      if (anchor != YAML::NullAnchor) Anchor(anchor, Json(value));
+      return;
+    }
+    if (tag == "!") CheckQuoteClosed(mark);
+    Json v;
+    if (tag == "?") {
+      absl::StatusOr<Json> resolved = ResolvePlain(value);
+      if (!resolved.ok()) Fail(mark, std::string(resolved.status().message()));
+      v = *std::move(resolved);
+    } else {
+      v = Json(value);
+    }
+    Value(mark, std::move(v), anchor, /*null_item=*/false);
+  }
+
+  void OnSequenceStart(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t anchor,
+                       YAML::EmitterStyle::value) override {
+    Open(mark, tag, anchor, Json::MakeArray());
+  }
+  void OnSequenceEnd() override { Close(); }
+
+  void OnMapStart(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t anchor,
+                  YAML::EmitterStyle::value) override {
+    Open(mark, tag, anchor, Json::MakeObject());
+  }
+  void OnMapEnd() override { Close(); }
 
  private:
-  absl::string_view Text() const { return lines_[li_].text; }
+  struct Frame {
+    Json value;                 // the collection being built
+    std::string path;           // its path in YamlDocument::lines
+    YAML::Mark mark;            // where it starts
+    YAML::anchor_t anchor = YAML::NullAnchor;
+    // Mappings: the key waiting for its value, and every key's first line.
+    bool has_key = false;
+    bool merge = false;         // the waiting key is "<<"
+    std::string key;
+    int key_line = 0;
+    std::map<std::string, int> key_lines;
+    std::set<std::string> merged;  // keys a "<<" brought in, which later keys override
+  };
+  struct Anchored {
+    bool done = false;
+    Json value;
+    int64_t values = 0;
+    int64_t bytes = 0;
+  };
 
-  absl::Status Error(size_t li, size_t col, absl::string_view what) const {
-    int line = li < lines_.size() ? lines_[li].number : lines_.back().number;
-    return absl::InvalidArgumentError(
-        absl::StrCat(doc_.source, ":", line, ":", col + 1, ": ", what));
+  [[noreturn]] static void Fail(const YAML::Mark& mark, std::string message) {
+    throw BuildError{mark, std::move(message)};
   }
 
-  // Moves to the next line with content, col_ at its indentation. Tabs are rejected there
-  // because YAML forbids them in indentation and a tab's width is a guess.
-  absl::Status SkipEmptyLines() {
-    while (li_ < lines_.size()) {
-      absl::string_view t = Text();
-      size_t c = 0;
-      while (c < t.size() && t[c] == ' ') ++c;
-      if (RestIsEmpty(t, c)) {
-        ++li_;
-        continue;
-      }
-      if (t[c] == '\t') {
-        return Error(li_, c, "tabs are not allowed in indentation; use spaces");
-      }
-      col_ = c;
-      return absl::OkStatus();
-    }
-    col_ = 0;
-    return absl::OkStatus();
+  static std::string ShortTag(const std::string& tag) {
+    constexpr absl::string_view kCore = "tag:yaml.org,2002:";
+    if (absl::StartsWith(tag, kCore)) return absl::StrCat("!!", tag.substr(kCore.size()));
+    return tag;
   }
 
-  // End of the document's content: end of input or a "---"/"..." line.
-  bool AtBoundary() const { return li_ >= lines_.size() || IsDocumentMarker(Text()); }
-
-  std::string ChildKey(const std::string& path, absl::string_view key) const {
-    return path.empty() ? std::string(key) : absl::StrCat(path, ".", key);
+  bool InKeyPosition() const {
+    return !stack_.empty() && stack_.back().value.is_object() && !stack_.back().has_key;
   }
 
-  // The value of a key or sequence entry that has nothing after its indicator on its own
-  // line: a block node on the following lines, indented deeper than `parent_indent`, or
-  // null. `allow_same_indent_sequence`: a mapping's value may be a sequence at the key's
-  // own indentation ("key:\n- a").
-  absl::Status ParseBlockValue(int parent_indent, const std::string& path, int depth,
-                               bool allow_same_indent_sequence, Json& out) {
-    RETURN_IF_ERROR(SkipEmptyLines());
-    out = Json();
-    if (AtBoundary()) return absl::OkStatus();
-    int indent = static_cast<int>(col_);
-    if (indent > parent_indent) return ParseNodeHere(parent_indent, path, depth, true, out);
-    if (allow_same_indent_sequence && indent == parent_indent &&
-        IsSequenceEntry(Text(), col_)) {
-      return ParseSequence(indent, path, depth, out);
+  void Count(const YAML::Mark& mark, int64_t values, int64_t bytes) {
+    values_ += values;
+    bytes_ += bytes;
+    if (values_ > kMaxValues || bytes_ > kMaxExpandedBytes) {
+      Fail(mark, absl::StrCat("the document expands to more than ", kMaxValues,
+                              " values or ", kMaxExpandedBytes >> 20,
+                              " MiB of text (aliases repeat what they name)"));
     }
-    return absl::OkStatus();
   }
 
-  // A node starting at (li_, col_), which is not blank. `allow_collections` is false after
-  // "key: " on the same line, where YAML allows no block collection.
-  absl::Status ParseNodeHere(int parent_indent, const std::string& path, int depth,
-                             bool allow_collections, Json& out) {
-    if (depth > kMaxDepth) return Error(li_, col_, "nesting too deep");
-    absl::string_view t = Text();
-    if (IsSequenceEntry(t, col_)) {
-      if (!allow_collections) {
-        return Error(li_, col_, "a block sequence cannot start on the line of its key; "
-                                "put the '- ' entries on the next lines");
-      }
-      return ParseSequence(static_cast<int>(col_), path, depth, out);
-    }
-    bool is_key = false;
-    RETURN_IF_ERROR(LooksLikeKey(li_, col_, is_key));
-    if (is_key) {
-      if (!allow_collections) {
-        return Error(li_, col_, "a mapping cannot start on the line of its key (or the value "
-                                "contains ': '; quote it)");
-      }
-      return ParseMapping(static_cast<int>(col_), path, depth, out);
-    }
-    return ParseScalar(parent_indent, path, depth, out);
-  }
-
-  // An error for a node that starts with an indicator this subset does not support.
-  absl::Status CheckNodeStart(size_t li, size_t col) const {
-    absl::string_view t = lines_[li].text;
-    char c = t[col];
-    size_t end = col;
-    while (end < t.size() && !IsBlank(t[end]) && t[end] != ',' && t[end] != ']' &&
-           t[end] != '}') {
-      ++end;
-    }
-    absl::string_view word = t.substr(col, end - col);
-    switch (c) {
-      case '&': return Error(li, col, absl::StrCat("anchors (", word, ") are not supported"));
-      case '*': return Error(li, col, absl::StrCat("aliases (", word, ") are not supported"));
-      case '!': return Error(li, col, absl::StrCat("tags (", word, ") are not supported"));
-      case '?':
-        if (col + 1 == t.size() || IsBlank(t[col + 1])) {
-          return Error(li, col, "complex keys ('? ') are not supported");
+  // yaml-cpp 0.7 ends a quoted scalar left open at the end of the file there, taking in
+  // every line after the quote; an unclosed quote is an error.
+  void CheckQuoteClosed(const YAML::Mark& mark) const {
+    if (mark.line < 0 || static_cast<size_t>(mark.line) >= line_offsets_.size()) return;
+    size_t i = line_offsets_[mark.line] + static_cast<size_t>(std::max(mark.column, 0));
+    if (i >= text_.size() || (text_[i] != '"' && text_[i] != '\'')) return;
+    const char quote = text_[i];
+    for (++i; i < text_.size(); ++i) {
+      if (quote == '"' && text_[i] == '\\') {
+        ++i;
+      } else if (text_[i] == quote) {
+        if (quote == '\'' && i + 1 < text_.size() && text_[i + 1] == '\'') {
+          ++i;
+        } else {
+          return;
         }
-        break;
-      case '%': return Error(li, col, "directives (%...) are not supported");
-      case '@':
-      case '`':
-        return Error(li, col, absl::StrCat("'", std::string(1, c),
-                                           "' is reserved and cannot start a plain scalar; "
-                                           "quote the string"));
-      default: break;
+      }
     }
-    return absl::OkStatus();
+    Fail(mark, "unterminated quoted string");
   }
 
-  // Reads a quoted scalar starting at `col` (on its quote) on line `li`; `end` is the
-  // column after the closing quote.
-  absl::Status ReadQuoted(size_t li, size_t col, std::string& out, size_t& end) const {
-    absl::string_view t = lines_[li].text;
-    const char quote = t[col];
-    out.clear();
-    size_t i = col + 1;
+  // 0-based line `i` of the text, empty past the end.
+  absl::string_view LineText(int i) const {
+    return i >= 0 && static_cast<size_t>(i) < lines_.size() ? lines_[i] : absl::string_view();
+  }
+
+  // The 1-based line of the '-' that introduces a block sequence item whose node yaml-cpp
+  // marks at `mark` (the item's content, which may sit on a later line, or for an empty
+  // item the next token); the mark's own line for flow items.
+  int ItemLine(const YAML::Mark& mark) const {
+    if (mark.line < 0) return 0;
+    int line = mark.line;
+    absl::string_view t = LineText(line);
+    t = t.substr(0, std::min<size_t>(std::max(mark.column, 0), t.size()));
     while (true) {
-      if (i >= t.size()) {
-        return Error(li, col, "unterminated quoted string (quoted strings must end on the "
-                              "line they start; use '|' for multi-line text)");
+      while (!t.empty() && IsBlank(t.back())) t.remove_suffix(1);
+      if (!t.empty()) {
+        const bool dash = t.back() == '-' && (t.size() == 1 || IsBlank(t[t.size() - 2]));
+        return (dash ? line : mark.line) + 1;
       }
-      char c = t[i];
-      if (quote == '\'') {
-        if (c == '\'') {
-          if (i + 1 < t.size() && t[i + 1] == '\'') {
-            out += '\'';
-            i += 2;
-            continue;
-          }
-          end = i + 1;
-          return absl::OkStatus();
-        }
-        out += c;
-        ++i;
-        continue;
-      }
-      if (c == '"') {
-        end = i + 1;
-        return absl::OkStatus();
-      }
-      if (c != '\\') {
-        out += c;
-        ++i;
-        continue;
-      }
-      if (i + 1 >= t.size()) {
-        return Error(li, i, "a line-continuation backslash is not supported");
-      }
-      char e = t[i + 1];
-      i += 2;
-      switch (e) {
-        case '0': out += '\0'; break;
-        case 'a': out += '\a'; break;
-        case 'b': out += '\b'; break;
-        case 't': case '\t': out += '\t'; break;
-        case 'n': out += '\n'; break;
-        case 'v': out += '\v'; break;
-        case 'f': out += '\f'; break;
-        case 'r': out += '\r'; break;
-        case 'e': out += '\x1b'; break;
-        case ' ': out += ' '; break;
-        case '"': out += '"'; break;
-        case '/': out += '/'; break;
-        case '\\': out += '\\'; break;
-        case 'N': AppendUtf8(out, 0x85); break;
-        case '_': AppendUtf8(out, 0xA0); break;
-        case 'L': AppendUtf8(out, 0x2028); break;
-        case 'P': AppendUtf8(out, 0x2029); break;
-        case 'x': case 'u': case 'U': {
-          size_t n = e == 'x' ? 2 : e == 'u' ? 4 : 8;
-          uint32_t cp = 0;
-          RETURN_IF_ERROR(ReadHex(li, i, n, cp));
-          i += n;
-          // A UTF-16 surrogate pair written as two \u escapes (as JSON writers do).
-          if (e == 'u' && cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= t.size() &&
-              t[i] == '\\' && t[i + 1] == 'u') {
-            uint32_t low = 0;
-            RETURN_IF_ERROR(ReadHex(li, i + 2, 4, low));
-            if (low >= 0xDC00 && low <= 0xDFFF) {
-              cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
-              i += 6;
-            }
-          }
-          if ((cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
-            return Error(li, i - n - 2, "escape is not a valid Unicode code point");
-          }
-          AppendUtf8(out, cp);
+      if (--line < 0) return mark.line + 1;
+      t = LineText(line);
+      for (size_t i = 0; i < t.size(); ++i) {
+        if (t[i] == '#' && (i == 0 || IsBlank(t[i - 1]))) {
+          t = t.substr(0, i);
           break;
         }
-        default:
-          return Error(li, i - 2, absl::StrCat("unknown escape \\", std::string(1, e)));
       }
     }
   }
 
-  absl::Status ReadHex(size_t li, size_t at, size_t n, uint32_t& cp) const {
-    absl::string_view t = lines_[li].text;
-    cp = 0;
-    for (size_t k = 0; k < n; ++k) {
-      if (at + k >= t.size() || !IsHexDigit(t[at + k])) {
-        return Error(li, at, absl::StrCat("expected ", n, " hex digits in the escape"));
-      }
-      char h = t[at + k];
-      uint32_t v = IsDigit(h) ? h - '0' : (h | 0x20) - 'a' + 10;
-      cp = cp * 16 + v;
+  // A mapping key (the scalar `text` at `mark`) of the mapping on top of the stack.
+  void Key(const YAML::Mark& mark, const std::string& text, bool merge) {
+    Frame& f = stack_.back();
+    const int line = mark.line + 1;
+    f.has_key = true;
+    f.merge = merge;
+    f.key = text;
+    f.key_line = line;
+    if (merge) return;
+    if (auto it = f.key_lines.find(text); it != f.key_lines.end()) {
+      Fail(mark, absl::StrCat("duplicate key \"", text, "\" (first defined on line ",
+                              it->second, ")"));
     }
-    return absl::OkStatus();
+    f.key_lines[text] = line;
+    f.merged.erase(text);
+    doc_.lines[ChildPath(f, text)] = line;
   }
 
-  // Whether the block content at (li, col) is a "key: value" entry.
-  absl::Status LooksLikeKey(size_t li, size_t col, bool& is_key) const {
-    absl::string_view t = lines_[li].text;
-    is_key = false;
-    char c = t[col];
-    size_t i = col;
-    if (c == '"' || c == '\'') {
-      std::string ignored;
-      size_t end = 0;
-      if (!ReadQuoted(li, col, ignored, end).ok()) return absl::OkStatus();
-      i = SkipBlanks(t, end);
-      is_key = i < t.size() && t[i] == ':' && (i + 1 == t.size() || IsBlank(t[i + 1]));
-      return absl::OkStatus();
-    }
-    if (c == '[' || c == '{' || c == '|' || c == '>') return absl::OkStatus();
-    for (; i < t.size(); ++i) {
-      if (t[i] == '#' && i > col && IsBlank(t[i - 1])) return absl::OkStatus();
-      if (t[i] == ':' && (i + 1 == t.size() || IsBlank(t[i + 1]))) {
-        is_key = true;
-        return absl::OkStatus();
-      }
-    }
-    return absl::OkStatus();
+  static std::string ChildPath(const Frame& f, const std::string& key) {
+    return f.path.empty() ? key : absl::StrCat(f.path, ".", key);
   }
 
-  absl::Status ParseMapping(int indent, const std::string& path, int depth, Json& out) {
-    out = Json::MakeObject();
-    std::map<std::string, int> first_line;  // key -> line, for duplicate messages
-    while (true) {
-      absl::string_view t = Text();
-      const size_t key_col = col_;
-      std::string key;
-      size_t colon = 0;
-      if (t[key_col] == '"' || t[key_col] == '\'') {
-        size_t end = 0;
-        RETURN_IF_ERROR(ReadQuoted(li_, key_col, key, end));
-        colon = SkipBlanks(t, end);
-      } else {
-        RETURN_IF_ERROR(CheckNodeStart(li_, key_col));
-        colon = key_col;
-        while (!(t[colon] == ':' && (colon + 1 == t.size() || IsBlank(t[colon + 1])))) {
-          ++colon;
-        }
-        size_t key_end = colon;
-        while (key_end > key_col && IsBlank(t[key_end - 1])) --key_end;
-        key = std::string(t.substr(key_col, key_end - key_col));
-        if (key.empty()) return Error(li_, key_col, "empty mapping key");
-      }
-      const int line = lines_[li_].number;
-      if (auto it = first_line.find(key); it != first_line.end()) {
-        return Error(li_, key_col, absl::StrCat("duplicate key \"", key,
-                                                "\" (first defined on line ", it->second,
-                                                ")"));
-      }
-      first_line[key] = line;
-      const std::string child = ChildKey(path, key);
-      doc_.lines[child] = line;
-      Json value;
-      col_ = SkipBlanks(t, colon + 1);
-      if (RestIsEmpty(t, col_)) {
-        ++li_;
-        RETURN_IF_ERROR(ParseBlockValue(indent, child, depth + 1, true, value));
-      } else {
-        RETURN_IF_ERROR(ParseNodeHere(indent, child, depth + 1, false, value));
-      }
-      out.as_object().emplace_back(std::move(key), std::move(value));
+  // The path (and in `lines`, the line) of a value starting at `mark` in the current
+  // collection; "" for the root.
+  std::string PlaceValue(const YAML::Mark& mark, bool null_item) {
+    if (stack_.empty()) {
+      if (!null_item) doc_.lines[""] = mark.line + 1;
+      return "";
+    }
+    Frame& f = stack_.back();
+    if (f.value.is_object()) return f.merge ? f.path : ChildPath(f, f.key);
+    const std::string path = absl::StrCat(f.path, "[", f.value.size(), "]");
+    const int line = ItemLine(mark);
+    if (line > 0) doc_.lines[path] = line;
+    return path;
+  }
 
-      RETURN_IF_ERROR(SkipEmptyLines());
-      if (AtBoundary()) return absl::OkStatus();
-      const int next = static_cast<int>(col_);
-      if (next < indent) return absl::OkStatus();
-      if (next > indent) {
-        return Error(li_, col_, "unexpected indentation (a multi-line plain value is not "
-                                "supported; a nested block needs its key to end with ':')");
-      }
-      if (IsSequenceEntry(Text(), col_)) {
-        return Error(li_, col_, "expected a mapping key, found a sequence entry '- '");
-      }
-      bool is_key = false;
-      RETURN_IF_ERROR(LooksLikeKey(li_, col_, is_key));
-      if (!is_key) {
-        RETURN_IF_ERROR(CheckNodeStart(li_, col_));
-        return Error(li_, col_, "expected a mapping key (\"key: value\")");
+  void Anchor(YAML::anchor_t anchor, const Json& value) {
+    if (anchors_.size() <= anchor) anchors_.resize(anchor + 1);
+    Anchored& a = anchors_[anchor];
+    a.value = value;
+    Measure(value, a.values, a.bytes);
+    a.done = true;
+  }
+
+  // A complete value at `mark`: its line recorded, then attached as the root, an item of
+  // the sequence on top, or the value of the waiting key of the mapping on top.
+  void Value(const YAML::Mark& mark, Json value, YAML::anchor_t anchor, bool null_item) {
+    PlaceValue(mark, null_item);
+    if (anchor != YAML::NullAnchor) Anchor(anchor, value);
+    Attach(mark, std::move(value));
+  }
+
+  void Attach(const YAML::Mark& mark, Json value) {
+    if (stack_.empty()) {
+      doc_.root = std::move(value);
+      return;
+    }
+    Frame& f = stack_.back();
+    if (f.value.is_array()) {
+      f.value.push_back(std::move(value));
+      return;
+    }
+    f.has_key = false;
+    if (!f.merge) {
+      f.value.set(f.key, std::move(value));
+      return;
+    }
+    // "<<: *defaults" (or a list of them): their keys, unless given here already; keys
+    // written later in this mapping override them.
+    std::vector<const Json*> sources;
+    if (value.is_object()) {
+      sources.push_back(&value);
+    } else if (value.is_array()) {
+      for (const Json& item : value.as_array()) sources.push_back(&item);
+    }
+    for (const Json* s : sources) {
+      if (!s->is_object()) sources.clear();
+    }
+    if (sources.empty()) {
+      Fail(mark, "a merge key '<<' takes a mapping or a list of mappings");
+    }
+    for (const Json* s : sources) {
+      for (const auto& [k, v] : s->as_object()) {
+        if (f.value.contains(k)) continue;
+        f.value.set(k, v);
+        f.merged.insert(k);
+        doc_.lines.emplace(ChildPath(f, k), f.key_line);
       }
     }
   }
 
-  absl::Status ParseSequence(int indent, const std::string& path, int depth, Json& out) {
-    out = Json::MakeArray();
-    while (true) {
-      absl::string_view t = Text();
-      const std::string child = absl::StrCat(path, "[", out.size(), "]");
-      doc_.lines[child] = lines_[li_].number;
-      Json item;
-      col_ = SkipBlanks(t, col_ + 1);
-      if (RestIsEmpty(t, col_)) {
-        ++li_;
-        RETURN_IF_ERROR(ParseBlockValue(indent, child, depth + 1, false, item));
-      } else {
-        RETURN_IF_ERROR(ParseNodeHere(indent, child, depth + 1, true, item));
-      }
-      out.push_back(std::move(item));
-
-      RETURN_IF_ERROR(SkipEmptyLines());
-      if (AtBoundary()) return absl::OkStatus();
-      const int next = static_cast<int>(col_);
-      if (next < indent) return absl::OkStatus();
-      if (next > indent) {
-        return Error(li_, col_, "unexpected indentation (a multi-line plain value is not "
-                                "supported)");
-      }
-      // At the same indentation but no '- ': the end of a sequence nested in a mapping at
-      // this indentation; the mapping checks what follows.
-      if (!IsSequenceEntry(Text(), col_)) return absl::OkStatus();
+  void Open(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t anchor,
+            Json empty) {
+    if (InKeyPosition()) Fail(mark, "collection keys are not supported");
+    if (tag != "?" && tag != "!" && !tag.empty()) {
+      Fail(mark, absl::StrCat("tags (", ShortTag(tag), ") are not supported"));
     }
+    if (static_cast<int>(stack_.size()) >= kMaxDepth) Fail(mark, "nesting too deep");
+    Count(mark, 1, 0);
+    Frame f;
+    f.path = PlaceValue(mark, /*null_item=*/false);
+    f.mark = mark;
+    f.anchor = anchor;
+    f.value = std::move(empty);
+    stack_.push_back(std::move(f));
   }
 
-  // A scalar, flow collection or block scalar at (li_, col_); leaves li_ on the next line.
-  absl::Status ParseScalar(int parent_indent, const std::string& path, int depth,
-                           Json& out) {
-    absl::string_view t = Text();
-    const char c = t[col_];
-    if (c == '[' || c == '{') {
-      RETURN_IF_ERROR(ParseFlowNode(path, depth, out));
-      absl::string_view rest_line = Text();
-      if (!RestIsEmpty(rest_line, col_)) {
-        return Error(li_, SkipBlanks(rest_line, col_),
-                     "unexpected text after the flow collection");
-      }
-      ++li_;
-      return absl::OkStatus();
-    }
-    if (c == '|' || c == '>') return ParseBlockScalar(parent_indent, out);
-    if (c == '"' || c == '\'') {
-      std::string s;
-      size_t end = 0;
-      RETURN_IF_ERROR(ReadQuoted(li_, col_, s, end));
-      if (!RestIsEmpty(t, end)) {
-        return Error(li_, SkipBlanks(t, end), "unexpected text after the quoted string");
-      }
-      out = Json(std::move(s));
-      ++li_;
-      return absl::OkStatus();
-    }
-    RETURN_IF_ERROR(CheckNodeStart(li_, col_));
-    size_t end = col_;
-    while (end < t.size() && !(t[end] == '#' && IsBlank(t[end - 1]))) {
-      if (t[end] == ':' && (end + 1 == t.size() || IsBlank(t[end + 1]))) {
-        return Error(li_, end, "': ' is not allowed in a plain value; quote the string");
-      }
-      ++end;
-    }
-    while (end > col_ && IsBlank(t[end - 1])) --end;
-    absl::StatusOr<Json> v = ResolvePlain(t.substr(col_, end - col_));
-    if (!v.ok()) return Error(li_, col_, v.status().message());
-    out = *std::move(v);
-    ++li_;
-    return absl::OkStatus();
-  }
-
-  // `|` (literal) and `>` (folded) with optional chomping (-, +) and indentation digit.
-  absl::Status ParseBlockScalar(int parent_indent, Json& out) {
-    absl::string_view t = Text();
-    const bool folded = t[col_] == '>';
-    char chomp = 'c';  // clip: one final newline
-    int explicit_indent = 0;
-    size_t i = col_ + 1;
-    for (int k = 0; k < 2 && i < t.size(); ++k) {
-      if ((t[i] == '-' || t[i] == '+') && chomp == 'c') {
-        chomp = t[i++];
-      } else if (t[i] >= '1' && t[i] <= '9' && explicit_indent == 0) {
-        explicit_indent = t[i++] - '0';
-      }
-    }
-    if (!RestIsEmpty(t, i) || (i < t.size() && t[i] == '#' && !IsBlank(t[i - 1]))) {
-      return Error(li_, i, "unexpected text after the block scalar indicator");
-    }
-    const int base = parent_indent < 0 ? 0 : parent_indent;
-    ++li_;
-    // Content indentation: explicit, else that of the first non-empty line.
-    int content_indent = explicit_indent > 0 ? base + explicit_indent : -1;
-    if (content_indent < 0) {
-      for (size_t k = li_; k < lines_.size(); ++k) {
-        absl::string_view lt = lines_[k].text;
-        size_t sp = 0;
-        while (sp < lt.size() && lt[sp] == ' ') ++sp;
-        if (sp == lt.size()) continue;
-        content_indent = static_cast<int>(sp);
-        break;
-      }
-      if (content_indent <= parent_indent) content_indent = parent_indent + 1;
-    }
-    std::vector<std::string> body;
-    while (li_ < lines_.size()) {
-      absl::string_view lt = Text();
-      size_t sp = 0;
-      while (sp < lt.size() && lt[sp] == ' ') ++sp;
-      if (sp == lt.size()) {  // empty (spaces only): kept, beyond the indent as content
-        body.push_back(sp > static_cast<size_t>(content_indent)
-                           ? std::string(lt.substr(content_indent))
-                           : std::string());
-        ++li_;
-        continue;
-      }
-      if (static_cast<int>(sp) < content_indent) break;
-      if (content_indent == 0 && IsDocumentMarker(lt)) break;
-      body.emplace_back(lt.substr(content_indent));
-      ++li_;
-    }
-    // Trailing empty lines are subject to chomping, not part of the text.
-    size_t last = body.size();
-    while (last > 0 && body[last - 1].empty()) --last;
-    const size_t trailing = body.size() - last;
-    std::string text;
-    if (!folded) {
-      for (size_t k = 0; k < last; ++k) {
-        if (k) text += '\n';
-        text += body[k];
-      }
-    } else {
-      // Folding: a line break between two normal lines becomes a space, each empty line
-      // between them a newline; breaks around more-indented lines are kept.
-      auto more_indented = [](const std::string& s) {
-        return !s.empty() && IsBlank(s[0]);
-      };
-      size_t k = 0;
-      while (k < last && body[k].empty()) text += '\n', ++k;
-      if (k < last) text += body[k];
-      size_t prev = k;
-      for (++k; k < last; ++k) {
-        if (body[k].empty()) continue;
-        const size_t empties = k - prev - 1;
-        if (!more_indented(body[prev]) && !more_indented(body[k])) {
-          text += empties == 0 ? std::string(" ") : std::string(empties, '\n');
-        } else {
-          text += std::string(empties + 1, '\n');
-        }
-        text += body[k];
-        prev = k;
-      }
-    }
-    if (last > 0) {
-      if (chomp != '-') text += '\n';
-      if (chomp == '+') text += std::string(trailing, '\n');
-    } else if (chomp == '+') {
-      text += std::string(trailing, '\n');
-    }
-    out = Json(std::move(text));
-    return absl::OkStatus();
-  }
-
-  // --- flow collections: may span lines; (li_, col_) moves through the text ---
-
-  absl::Status SkipFlowSpace(size_t open_li, size_t open_col) {
-    while (true) {
-      if (li_ >= lines_.size()) {
-        return Error(open_li, open_col, "unterminated flow collection");
-      }
-      absl::string_view t = Text();
-      col_ = SkipBlanks(t, col_);
-      if (col_ < t.size() && t[col_] != '#') return absl::OkStatus();
-      ++li_;
-      col_ = 0;
-      if (li_ < lines_.size() && IsDocumentMarker(Text())) {
-        return Error(open_li, open_col, "unterminated flow collection");
-      }
-    }
-  }
-
-  static bool EndsFlowPlain(absl::string_view t, size_t i) {
-    char c = t[i];
-    if (c == ',' || c == '[' || c == ']' || c == '{' || c == '}') return true;
-    if (c == '#' && i > 0 && IsBlank(t[i - 1])) return true;
-    if (c == ':') {
-      return i + 1 == t.size() || IsBlank(t[i + 1]) || t[i + 1] == ',' || t[i + 1] == ']' ||
-             t[i + 1] == '}';
-    }
-    return false;
-  }
-
-  // A quoted or plain scalar inside a flow collection, as a string (`resolve` false, for
-  // keys) or resolved.
-  absl::Status ParseFlowScalar(bool resolve, Json& out) {
-    absl::string_view t = Text();
-    const char c = t[col_];
-    if (c == '"' || c == '\'') {
-      std::string s;
-      size_t end = 0;
-      RETURN_IF_ERROR(ReadQuoted(li_, col_, s, end));
-      col_ = end;
-      out = Json(std::move(s));
-      return absl::OkStatus();
-    }
-    RETURN_IF_ERROR(CheckNodeStart(li_, col_));
-    size_t end = col_;
-    while (end < t.size() && !EndsFlowPlain(t, end)) ++end;
-    size_t trimmed = end;
-    while (trimmed > col_ && IsBlank(t[trimmed - 1])) --trimmed;
-    absl::string_view s = t.substr(col_, trimmed - col_);
-    if (s.empty()) return Error(li_, col_, "expected a value");
-    if (resolve) {
-      absl::StatusOr<Json> v = ResolvePlain(s);
-      if (!v.ok()) return Error(li_, col_, v.status().message());
-      out = *std::move(v);
-    } else {
-      out = Json(s);
-    }
-    col_ = end;
-    return absl::OkStatus();
-  }
-
-  absl::Status ParseFlowNode(const std::string& path, int depth, Json& out) {
-    if (depth > kMaxDepth) return Error(li_, col_, "nesting too deep");
-    const char c = Text()[col_];
-    if (c != '[' && c != '{') return ParseFlowScalar(true, out);
-    const size_t open_li = li_, open_col = col_;
-    const bool is_map = c == '{';
-    const char close = is_map ? '}' : ']';
-    out = is_map ? Json::MakeObject() : Json::MakeArray();
-    std::map<std::string, int> first_line;
-    ++col_;
-    while (true) {
-      RETURN_IF_ERROR(SkipFlowSpace(open_li, open_col));
-      if (Text()[col_] == close) {
-        ++col_;
-        return absl::OkStatus();
-      }
-      const int line = lines_[li_].number;
-      if (is_map) {
-        const size_t key_li = li_, key_col = col_;
-        if (Text()[col_] == '[' || Text()[col_] == '{') {
-          return Error(li_, col_, "collection keys are not supported");
-        }
-        Json key;
-        RETURN_IF_ERROR(ParseFlowScalar(false, key));
-        const std::string& k = key.as_string();
-        if (auto it = first_line.find(k); it != first_line.end()) {
-          return Error(key_li, key_col, absl::StrCat("duplicate key \"", k,
-                                                     "\" (first defined on line ",
-                                                     it->second, ")"));
-        }
-        first_line[k] = line;
-        const std::string child = ChildKey(path, k);
-        doc_.lines[child] = line;
-        RETURN_IF_ERROR(SkipFlowSpace(open_li, open_col));
-        if (Text()[col_] != ':') return Error(li_, col_, "expected ':' after the key");
-        ++col_;
-        RETURN_IF_ERROR(SkipFlowSpace(open_li, open_col));
-        Json value;
-        if (Text()[col_] != ',' && Text()[col_] != '}') {
-          RETURN_IF_ERROR(ParseFlowNode(child, depth + 1, value));
-        }
-        out.as_object().emplace_back(k, std::move(value));
-      } else {
-        const std::string child = absl::StrCat(path, "[", out.size(), "]");
-        doc_.lines[child] = line;
-        Json item;
-        RETURN_IF_ERROR(ParseFlowNode(child, depth + 1, item));
-        out.push_back(std::move(item));
-      }
-      RETURN_IF_ERROR(SkipFlowSpace(open_li, open_col));
-      const char next = Text()[col_];
-      if (next == ',') {
-        ++col_;
-        continue;
-      }
-      if (next == close) continue;
-      if (!is_map && next == ':') {
-        return Error(li_, col_, "'key: value' inside [...] is not supported; use {...}");
-      }
-      std::string what = absl::StrCat("expected ',' or '", std::string(1, close), "'");
-      if (li_ != open_li) {
-        absl::StrAppend(&what, " (the '", std::string(1, c), "' on line ",
-                        lines_[open_li].number, " is not closed)");
-      }
-      return Error(li_, col_, what);
-    }
+  void Close() {
+    Frame f = std::move(stack_.back());
+    stack_.pop_back();
+    if (f.anchor != YAML::NullAnchor) Anchor(f.anchor, f.value);
+    Attach(f.mark, std::move(f.value));
   }
 
   YamlDocument& doc_;
-  std::vector<Line> lines_;
-  size_t li_ = 0;   // current line
-  size_t col_ = 0;  // current column (0-based) in lines_[li_]
+  absl::string_view text_;
+  std::vector<size_t> line_offsets_;
+  std::vector<absl::string_view> lines_;
+  std::vector<Frame> stack_;
+  std::vector<Anchored> anchors_;
+  int64_t values_ = 0;
+  int64_t bytes_ = 0;
 };
+
+// Stops at a second document. yaml-cpp also starts one at content left over after the
+// top-level value ("- a" then "b: 1"), which is an indentation mistake more often.
+class SecondDocument final : public YAML::EventHandler {
+ public:
+  explicit SecondDocument(absl::string_view text) : text_(text) {}
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    absl::string_view line = text_;
+    for (int i = 0; i < mark.line && !line.empty(); ++i) {
+      const size_t nl = line.find('\n');
+      line = nl == absl::string_view::npos ? absl::string_view() : line.substr(nl + 1);
+    }
+    if (absl::StartsWith(line, "---") || absl::StartsWith(line, "...") ||
+        absl::StartsWith(line, "%")) {
+      throw BuildError{mark, "multiple documents are not supported"};
+    }
+    throw BuildError{mark, "unexpected content after the document's top-level value "
+                           "(check the indentation)"};
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+ private:
+  absl::string_view text_;
+};
+
+// yaml-cpp's terse syntax messages, with what usually causes them in a config.
+std::string Explain(const std::string& message) {
+  static const std::pair<const char*, const char*> kHints[] = {
+      {"illegal map value", "a 'key: value' where no mapping can start: quote a value that "
+                            "holds ': ', and start a nested mapping on the next line"},
+      {"illegal block entry", "a '- ' list item where no list can start: start the list on "
+                              "the line after its key"},
+      {"end of map not found", "check the indentation"},
+      {"end of sequence not found", "check the indentation"},
+      {"end of sequence flow not found", "a '[' is not closed, or its items lack ','"},
+      {"end of map flow not found", "a '{' is not closed, or its entries lack ','"},
+      {"unknown token", "a character that cannot start a value here, such as '@', '`', or "
+                         "'?' inside [...] or {...}: quote the value"},
+  };
+  for (const auto& [what, hint] : kHints) {
+    if (message == what) return absl::StrCat(message, " (", hint, ")");
+  }
+  return message;
+}
+
+absl::Status ErrorAt(const std::string& source, const YAML::Mark& mark,
+                     absl::string_view what) {
+  if (mark.line < 0) return absl::InvalidArgumentError(absl::StrCat(source, ": ", what));
+  return absl::InvalidArgumentError(
+      absl::StrCat(source, ":", mark.line + 1, ":", mark.column + 1, ": ", what));
+}
 
 // --- writer ---
 
@@ -873,8 +585,17 @@ void AppendBlock(std::string& out, const Json& v, int indent) {
   };
   if (v.is_object()) {
     for (const auto& [key, child] : v.as_object()) {
+      std::string written;
+      AppendScalar(written, Json(key));
       out += pad;
-      AppendScalar(out, Json(key));
+      // An implicit key is at most 1024 characters (YAML 1.2, 7.4.2); longer ones are
+      // written as explicit "? key" entries.
+      if (written.size() > 1000) out += "? ";
+      out += written;
+      if (written.size() > 1000) {
+        out += '\n';
+        out += pad;
+      }
       out += ':';
       append_value(child);
     }
@@ -915,9 +636,42 @@ std::string YamlDocument::Where(absl::string_view path) const {
 absl::StatusOr<YamlDocument> ParseYaml(absl::string_view text, const std::string& source) {
   YamlDocument doc;
   doc.source = source;
-  Parser parser(text, doc);
-  absl::Status status = parser.Parse();
-  if (!status.ok()) return status;
+  if (text.size() > kMaxBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": ", text.size(), " bytes; a YAML file may hold at most ", kMaxBytes >> 20,
+        " MiB"));
+  }
+  if (absl::StartsWith(text, "\xEF\xBB\xBF")) text.remove_prefix(3);
+  std::istringstream in{std::string(text)};
+  try {
+    YAML::Parser parser(in);
+    TreeBuilder builder(text, doc);
+    if (parser.HandleNextDocument(builder)) {
+      SecondDocument second(text);
+      parser.HandleNextDocument(second);
+    }
+  } catch (const BuildError& e) {
+    return ErrorAt(source, e.mark, e.message);
+  } catch (const YAML::DeepRecursion& e) {
+    return ErrorAt(source, e.mark, "nesting too deep");
+  } catch (const YAML::Exception& e) {
+    // A tab in the indentation of the line yaml-cpp stopped at is the likely cause.
+    absl::string_view line = text;
+    for (int i = 0; i < e.mark.line && !line.empty(); ++i) {
+      const size_t nl = line.find('\n');
+      line = nl == absl::string_view::npos ? absl::string_view() : line.substr(nl + 1);
+    }
+    const size_t indent_end = line.find_first_not_of(" \t");
+    const size_t tab = line.substr(0, indent_end).find('\t');
+    if (e.mark.line >= 0 && tab != absl::string_view::npos) {
+      YAML::Mark at = e.mark;
+      at.column = static_cast<int>(tab);
+      return ErrorAt(source, at, "tabs are not allowed in indentation; use spaces");
+    }
+    return ErrorAt(source, e.mark, Explain(e.msg));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
+  }
   return doc;
 }
 

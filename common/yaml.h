@@ -1,12 +1,17 @@
-// The YAML subset that lightrl configs are written in, read into a lightrl::Json tree plus
-// the source line of every mapping key and sequence item, so that config errors can point
-// at "configs/x.yaml:14". Owns parsing and a plain block-style writer; what the keys mean
-// is the business of the config loaders (rl/run_config.h), not of this file.
+// YAML files (configs, cluster plans) read into a lightrl::Json tree plus the source line
+// of every mapping key and sequence item, so that config errors can point at
+// "configs/x.yaml:14". Parsing is yaml-cpp's (its event parser and marks); this file adds
+// what configs need on top: plain scalars resolved by the YAML 1.2 core schema (so `yes`
+// stays a string and ints stay apart from floats), duplicate keys rejected (yaml-cpp keeps
+// both), "<<" merge keys, and bounds on hostile files (16 MiB of text, 200 levels of
+// nesting, 2^20 values and 64 MiB after expanding aliases). Also a plain block-style
+// writer. What the keys mean is the business of the config loaders (common/config_table.h,
+// rl/run_config.h), not of this file.
 //
-// Supported: block mappings and sequences (space indentation), flow `[..]` and `{..}`,
-// plain/single-quoted/double-quoted scalars, `|` and `>` block scalars, comments, one
-// optional `---`. Not supported, each with a clear error: anchors, aliases, tags,
-// directives, complex `?` keys, several documents, multi-line plain or quoted scalars.
+// Supported: everything YAML 1.2 (block and flow collections, all scalar styles, multi-line
+// scalars, anchors and aliases, merge keys, `!!str`). Rejected, each with its position:
+// other tags, collection keys, several documents, .inf/.nan, integers beyond 64 bits.
+// yaml-cpp 0.7 folds the first trailing line break of a `>+` scalar.
 #pragma once
 
 #include <map>
@@ -23,8 +28,10 @@ struct YamlDocument {
   Json root;
   // The name given to ParseYaml, used in messages (usually the file path).
   std::string source;
-  // 1-based line of every mapping key and sequence item, by path: mapping keys joined by
-  // '.', sequence items as "[i]" ("rollout.group_size", "data.files[2]", "a[0].b").
+  // 1-based line of every mapping key and sequence item (its '-' in block style), by path:
+  // mapping keys joined by '.', sequence items as "[i]" ("rollout.group_size",
+  // "data.files[2]", "a[0].b"). Keys a "<<" merges in have the merge's line; what an alias
+  // repeats has only the alias's line (LineOf falls back to it).
   // The root is "" (its first line). Keys containing '.' or '[' make paths ambiguous;
   // config keys never do.
   std::map<std::string, int> lines;
@@ -36,7 +43,8 @@ struct YamlDocument {
   std::string Where(absl::string_view path) const;
 };
 
-// Parses `text`; errors read "source:line:col: what" (line and column 1-based).
+// Parses `text`; errors read "source:line:col: what" (line and column 1-based, from
+// yaml-cpp's marks, with a hint for its terser syntax messages).
 absl::StatusOr<YamlDocument> ParseYaml(absl::string_view text, const std::string& source);
 
 // Writes `value` as block YAML that ParseYaml reads back to an equal value (numbers keep

@@ -14,7 +14,9 @@ std::vector<std::string> Seeds() {
           "key: 'it''s'\nother: |\n  block\n  text\n",
           "fleet:\n  rollout_workers: 2\n  coordinator_address: 127.0.0.1:0  # comment\n",
           "a:\n  b:\n    c:\n      d: [[[]]]\n",
-          "x: -1.5e3\ny: true\nz: null\nw: ~\n"};
+          "x: -1.5e3\ny: true\nz: null\nw: ~\n",
+          "base: &b {lr: 1, betas: [0.9, 0.95]}\nrun:\n  <<: *b\n  lr: 2\nl: [*b, *b]\n",
+          "plain: one\n  two\nq: \"a\n  b\"\nf: >\n  x\n  y\n"};
 }
 
 }  // namespace lightrl::fuzz
