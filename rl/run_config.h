@@ -155,6 +155,9 @@ struct RewardSection {
   double timeout_s = 30.0;
   // Attempts per reward server call (with backoff) before the step fails.
   int64_t max_attempts = 3;
+  // Async mode: groups scored at once, each as soon as its generation returns, on threads
+  // beside the trainer; 0 = the trainer scores a step's groups when it takes them.
+  int64_t max_concurrent_groups = 4;
   // MiB of one Score request at most: the router splits a reward server's batch into calls
   // under it. Keep it at or below the servers' own limit (`lightrl reward-worker
   // --max-request-mb`, default 64; spawned reward workers get this value). In [1, 1024].

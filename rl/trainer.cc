@@ -421,6 +421,9 @@ absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& rem
   ro.max_attempts = static_cast<int>(rw.max_attempts);
   ro.max_request_bytes = rw.max_request_mb << 20;
   ro.server_wait = absl::Seconds(rw.server_wait_s);
+  // Async mode scores that many groups at once; each reward server takes their calls.
+  ro.max_concurrent_calls_per_entry =
+      std::max<int>(ro.max_concurrent_calls_per_entry, static_cast<int>(rw.max_concurrent_groups));
   if (!remote.empty()) {
     RolloutSource* source = rollout_source_.get();
     ro.check_server = [source](const std::string& address) {
@@ -790,6 +793,24 @@ absl::StatusOr<std::unique_ptr<AsyncRollouts>> Trainer::StartAsyncRollouts(
   ao.max_regenerations = config_.fleet.max_group_attempts;
   ao.seed = static_cast<uint64_t>(config_.run.seed);
   ao.shuffle = config_.data.shuffle;
+  // Each group is scored as soon as it is generated, on threads beside this one, with the
+  // inputs and reward calls the step's own scoring would make.
+  AsyncScoreFn score;
+  if (config_.reward.max_concurrent_groups > 0) {
+    ao.max_concurrent_scoring = config_.reward.max_concurrent_groups;
+    score = [this](const Example& ex, const GenerationRequest& request,
+                   const GroupGeneration& generation) -> absl::StatusOr<GroupScores> {
+      const Tokenizer& tokenizer = *tokenizer_;
+      ASSIGN_OR_RETURN(
+          std::vector<ScoredGroup> scored,
+          ScoreGroups({&ex}, {request}, {generation},
+                      [&tokenizer](const std::vector<int32_t>& tokens) {
+                        return ResponseText(tokenizer, tokens);
+                      },
+                      [this](const std::vector<RewardInput>& inputs) { return ScoreAll(inputs); }));
+      return GroupScores{std::move(scored[0].texts), std::move(scored[0].rewards)};
+    };
+  }
   RETURN_IF_ERROR(ao.Validate());
   const int64_t G = config_.rollout.group_size;
   auto make_request = [this, stops, G](const Example& ex,
@@ -808,7 +829,8 @@ absl::StatusOr<std::unique_ptr<AsyncRollouts>> Trainer::StartAsyncRollouts(
     return source->Generate(reqs, min_version);
   };
   return std::make_unique<AsyncRollouts>(ao, &*train_, state_.data, learner_->version(),
-                                         std::move(make_request), std::move(generate));
+                                         std::move(make_request), std::move(generate),
+                                         std::move(score));
 }
 
 absl::StatusOr<std::vector<ScoredGroup>> Trainer::GenerateScoredGroups(
@@ -824,12 +846,24 @@ absl::StatusOr<std::vector<ScoredGroup>> Trainer::GenerateScoredGroups(
     const auto gen_start = Clock::now();
     ASSIGN_OR_RETURN(std::vector<AsyncGroup> taken, async->Take(want, learner_->version(), later));
     metrics->AddGenerateSeconds(Seconds(gen_start));
+    std::vector<ScoredGroup> scored_ahead;  // reward.max_concurrent_groups > 0
     for (AsyncGroup& t : taken) {
+      if (t.scored) {
+        ScoredGroup g;
+        g.example = t.example;
+        g.request = std::move(t.request);
+        g.generation = std::move(t.generation);
+        g.texts = std::move(t.scores.texts);
+        g.rewards = std::move(t.scores.rewards);
+        scored_ahead.push_back(std::move(g));
+        continue;
+      }
       examples.push_back(t.example);
       reqs.push_back(std::move(t.request));
       results.push_back(std::move(t.generation));
     }
     state_.data = async->consumed_position();
+    if (!scored_ahead.empty()) return scored_ahead;
   } else {
     examples = train_->Next(want, static_cast<uint64_t>(config_.run.seed), config_.data.shuffle,
                             state_.data);
