@@ -350,15 +350,20 @@ TEST(FusedSampling, DrawFrequenciesMatchTheKeptDistribution) {
     options.temperature = cfg.temperature;
     options.top_p = cfg.top_p;
     options.top_k = cfg.top_k;
-    // Logits whose top-p boundary is clear, so that the kept set is not in doubt.
+    // Logits whose top-p boundary is clear, so that the kept set is not in doubt, and that
+    // keep more than one token (a low temperature can leave one token above top_p alone).
     std::normal_distribution<float> normal(0.0f, 1.5f);
     std::vector<float> x(vocab);
+    auto kept_tokens = [&] {
+      const auto p = ReferenceSamplingDistribution(x.data(), vocab, options);
+      return std::count_if(p.begin(), p.end(), [](double q) { return q > 0.0; });
+    };
     do {
       for (float& v : x) v = normal(rng);
       if (cfg.bf16) {
         for (float& v : x) v = __bfloat162float(__float2bfloat16_rn(v));
       }
-    } while (ReferenceSample(x.data(), vocab, options).top_p_margin < 1e-3);
+    } while (ReferenceSample(x.data(), vocab, options).top_p_margin < 1e-3 || kept_tokens() < 2);
     Batch b;
     b.rows = draws;
     b.vocab = vocab;
