@@ -3,6 +3,7 @@
 #include <grpcpp/impl/codegen/proto_buffer_reader.h>
 #include <grpcpp/impl/codegen/proto_utils.h>
 
+#include <fstream>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -21,7 +22,88 @@ bool TokensEqual(absl::string_view a, absl::string_view b) {
   return diff == 0;
 }
 
+// The PEM file `path` (`field` of `what`, e.g. "--tls-cert"), at most kMaxPemFileBytes.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& what,
+                                        const char* field) {
+  const std::string where = absl::StrCat(what, ": ", field, " \"", path, "\"");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(where, ": cannot open the file"));
+  std::string text(static_cast<size_t>(kMaxPemFileBytes) + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (static_cast<int64_t>(text.size()) > kMaxPemFileBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": larger than ", kMaxPemFileBytes, " bytes; not a PEM file"));
+  }
+  if (!absl::StrContains(text, "-----BEGIN ")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": not a PEM file (no \"-----BEGIN \" line)"));
+  }
+  return text;
+}
+
 }  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const TlsOptions& tls, const std::string& what) {
+  if (absl::Status status = tls.Validate(what); !status.ok()) return status;
+  if (!tls.server_enabled()) {
+    if (tls.client_auth) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": client_auth needs a certificate"));
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions options(
+      tls.client_auth ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                      : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  absl::StatusOr<std::string> key = ReadPemFile(tls.key_file, what, "key");
+  if (!key.ok()) return key.status();
+  absl::StatusOr<std::string> cert = ReadPemFile(tls.cert_file, what, "cert");
+  if (!cert.ok()) return cert.status();
+  pair.private_key = *std::move(key);
+  pair.cert_chain = *std::move(cert);
+  options.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!tls.ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadPemFile(tls.ca_file, what, "ca");
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *std::move(ca);
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
+    const TlsOptions& tls, const std::string& what) {
+  if (absl::Status status = tls.Validate(what); !status.ok()) return status;
+  if (!tls.client_enabled()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions options;
+  if (!tls.ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadPemFile(tls.ca_file, what, "ca");
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *std::move(ca);
+  }
+  if (!tls.cert_file.empty()) {
+    absl::StatusOr<std::string> key = ReadPemFile(tls.key_file, what, "key");
+    if (!key.ok()) return key.status();
+    absl::StatusOr<std::string> cert = ReadPemFile(tls.cert_file, what, "cert");
+    if (!cert.ok()) return cert.status();
+    options.pem_private_key = *std::move(key);
+    options.pem_cert_chain = *std::move(cert);
+  }
+  return grpc::SslCredentials(options);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateClientChannel(const std::string& address,
+                                                                  const TlsOptions& tls,
+                                                                  grpc::ChannelArguments args,
+                                                                  const std::string& what) {
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(tls, what);
+  if (!credentials.ok()) return credentials.status();
+  args.SetMaxReceiveMessageSize(kMaxRequestBytes);
+  args.SetMaxSendMessageSize(kMaxRequestBytes);
+  return grpc::CreateCustomChannel(address, *credentials, args);
+}
 
 bool SplitHostPort(const std::string& address, std::string* host, std::string* port) {
   const size_t colon = address.rfind(':');
@@ -166,13 +248,16 @@ void AddAuthToken(grpc::ClientContext* context, const std::string& auth_token) {
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
     const std::string& address, const std::vector<grpc::Service*>& services, int* bound_port,
-    int max_receive_bytes) {
+    int max_receive_bytes, const TlsOptions& tls, const std::string& tls_what) {
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(tls, tls_what);
+  if (!credentials.ok()) return credentials.status();
   grpc::ServerBuilder builder;
   *bound_port = 0;
   // Without this a second process could bind the same port and silently take half of the
   // calls (two controllers splitting the workers, two workers one address).
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), bound_port);
+  builder.AddListeningPort(address, *credentials, bound_port);
   for (grpc::Service* service : services) builder.RegisterService(service);
   builder.SetMaxReceiveMessageSize(max_receive_bytes);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

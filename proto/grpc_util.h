@@ -1,7 +1,8 @@
 // The gRPC plumbing every lightrl service and client shares: listen-address rules
 // (loopback unless a token is set), the shared-token check, the one mapping between
-// absl::Status and grpc::Status, request parsing for raw methods, and server start-up.
-// Owns no service; torch-free.
+// absl::Status and grpc::Status, request parsing for raw methods, server start-up, and
+// the one place that makes TLS credentials for servers and channels. Owns no service;
+// torch-free.
 #pragma once
 
 #include <atomic>
@@ -17,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/byte_budget.h"
+#include "common/tls_options.h"
 
 namespace lightrl {
 
@@ -131,13 +133,33 @@ absl::Status CheckAuthToken(const grpc::CallbackServerContext& context,
 // Adds `auth_token` to a client call when non-empty.
 void AddAuthToken(grpc::ClientContext* context, const std::string& auth_token);
 
+// Server credentials for `tls`: plaintext unless tls.server_enabled(); else TLS with its
+// certificate and key, and under client_auth a client certificate signed by its CA
+// required on every connection. The PEM files are read now (each at most
+// kMaxPemFileBytes); errors name `what` (the option or flag set) and the file.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const TlsOptions& tls, const std::string& what = "tls");
+// Channel credentials for `tls`: plaintext unless tls.client_enabled(); else TLS that
+// checks the server's certificate against ca_file (the system's roots when empty) and
+// the address's host, presenting cert_file and key_file when set (mutual TLS).
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
+    const TlsOptions& tls, const std::string& what = "tls");
+// A channel to `address` with `tls`'s credentials and `args`, carrying messages up to
+// kMaxRequestBytes each way (gRPC's default receive limit is 4 MiB).
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateClientChannel(
+    const std::string& address, const TlsOptions& tls, grpc::ChannelArguments args = {},
+    const std::string& what = "tls");
+
 // Builds and starts a server for `services` (not owned; they must outlive the server) at
 // `address`, accepting request messages up to `max_receive_bytes` (a bigger one is
 // RESOURCE_EXHAUSTED "... larger than max (N vs. max_receive_bytes)" from gRPC, before
-// any handler runs); `*bound_port` receives the port actually bound. A port another server holds is an error (no port sharing).
+// any handler runs), with `tls`'s credentials (MakeServerCredentials; `tls_what` names
+// them in errors); `*bound_port` receives the port actually bound. A port another server
+// holds is an error (no port sharing).
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
     const std::string& address, const std::vector<grpc::Service*>& services, int* bound_port,
-    int max_receive_bytes = kMaxRequestBytes);
+    int max_receive_bytes = kMaxRequestBytes, const TlsOptions& tls = TlsOptions(),
+    const std::string& tls_what = "tls");
 inline absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& address,
                                                                      grpc::Service* service,
                                                                      int* bound_port) {

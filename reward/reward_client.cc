@@ -63,12 +63,11 @@ absl::StatusOr<std::unique_ptr<RewardClient>> RewardClient::Create(
     const RewardClientOptions& options) {
   if (absl::Status status = options.Validate(); !status.ok()) return status;
   std::unique_ptr<RewardClient> client(new RewardClient(options));
-  grpc::ChannelArguments args;
-  // gRPC's 4 MiB default would refuse the reply to a full batch with notes.
-  args.SetMaxReceiveMessageSize(kMaxRequestBytes);
-  args.SetMaxSendMessageSize(kMaxRequestBytes);
-  client->channel_->stub = lightrl::v1::RewardService::NewStub(
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args));
+  // Replies up to kMaxRequestBytes: gRPC's 4 MiB default would refuse a full batch's.
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = CreateClientChannel(
+      options.address, options.tls, {}, absl::StrCat("reward client ", options.address, " tls"));
+  if (!channel.ok()) return channel.status();
+  client->channel_->stub = lightrl::v1::RewardService::NewStub(*channel);
   return client;
 }
 

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/tls_options.h"
 #include "reward/reward_function.h"
 
 namespace lightrl {
@@ -21,6 +22,9 @@ struct RewardClientOptions {
   std::string address;
   // Sent as "authorization: Bearer <token>" when non-empty.
   std::string auth_token;
+  // TLS of the channel (the server's CA, and this side's certificate for mutual TLS);
+  // plaintext when tls.ca_file and tls.cert_file are empty.
+  TlsOptions tls;
   // Deadline of each attempt, not of the whole call with its retries.
   absl::Duration deadline = absl::Seconds(30);
   // Attempts per call, the first included; >= 1.

@@ -216,6 +216,7 @@ absl::StatusOr<std::unique_ptr<RewardRouter>> RewardRouter::Create(
       RewardClientOptions client_options;
       client_options.address = config.address;
       client_options.auth_token = config.auth_token;
+      client_options.tls = config.tls;
       client_options.deadline = options.timeout;
       // The router retries, so that it can retry server errors the client passes on and
       // name the entry in the final error.

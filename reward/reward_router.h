@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/json.h"
+#include "common/tls_options.h"
 #include "reward/reward_function.h"
 
 namespace lightrl {
@@ -38,6 +39,8 @@ struct RewardRouterEntry {
   std::string auth_token;
   // reward_kind hint sent to the remote server; "" = the server's default.
   std::string reward_kind;
+  // TLS of the remote server's channel; plaintext when empty.
+  TlsOptions tls;
   // A user's in-process function; shared so that options stay copyable. Must be
   // thread-safe, as RewardFunction requires.
   std::shared_ptr<RewardFunction> function;

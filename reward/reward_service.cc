@@ -43,6 +43,7 @@ absl::Status RewardServerOptions::Validate() const {
       !status.ok()) {
     return status;
   }
+  if (absl::Status status = tls.Validate("reward server tls"); !status.ok()) return status;
   return ValidateListenAddress(listen_address, auth_token);
 }
 
@@ -217,7 +218,7 @@ absl::StatusOr<std::unique_ptr<RewardServer>> RewardServer::Start(
   server->service_ = std::make_unique<RewardServiceImpl>(std::move(function), options);
   absl::StatusOr<std::unique_ptr<grpc::Server>> grpc_server =
       StartGrpcServer(options.listen_address, {server->service_.get()}, &server->port_,
-                      options.max_request_bytes);
+                      options.max_request_bytes, options.tls, "reward server tls");
   if (!grpc_server.ok()) return grpc_server.status();
   server->server_ = *std::move(grpc_server);
   server->address_ = BoundAddress(options.listen_address, server->port_);

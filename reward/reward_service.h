@@ -57,6 +57,9 @@ struct RewardServerOptions {
   // and unparsed, and the server goes on; clients retry it with backoff. 0 =
   // kDefaultInflightMessages (4) x max_request_bytes; else at least max_request_bytes.
   int64_t max_inflight_bytes = 0;
+  // TLS of the listener (server certificate, and client certificates under client_auth);
+  // plaintext when tls.cert_file is empty. The auth token is checked on top.
+  TlsOptions tls;
 
   // A non-loopback listen address without an auth token, or a field out of range, is
   // INVALID_ARGUMENT.

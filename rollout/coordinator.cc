@@ -322,6 +322,7 @@ absl::Status CoordinatorOptions::Validate() const {
       !status.ok()) {
     return status;
   }
+  if (absl::Status status = tls.Validate("coordinator: tls"); !status.ok()) return status;
   return ValidateListenAddress(listen_address, auth_token, "coordinator: listen address");
 }
 
@@ -337,7 +338,7 @@ class Coordinator::Impl {
 
   absl::Status Listen() {
     auto server = StartGrpcServer(options_.listen_address, {&service_}, &port_,
-                                  options_.max_request_bytes);
+                                  options_.max_request_bytes, options_.tls, "tls");
     if (!server.ok()) {
       return absl::Status(server.status().code(),
                           absl::StrCat("coordinator: ", server.status().message()));

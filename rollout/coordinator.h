@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls_options.h"
 
 namespace lightrl {
 
@@ -38,6 +39,9 @@ struct CoordinatorOptions {
   // RESOURCE_EXHAUSTED naming this budget and the worker retries at its next heartbeat.
   // 0 = 4 x max_request_bytes; else at least max_request_bytes.
   int64_t max_inflight_bytes = 0;
+  // TLS of the listener (server certificate, and client certificates under client_auth);
+  // plaintext when tls.cert_file is empty. The auth token is checked on top.
+  TlsOptions tls;
 
   // INVALID_ARGUMENT for a malformed address, a non-positive interval, a message limit
   // out of range, or a non-loopback address without an auth token.

@@ -36,11 +36,10 @@ absl::StatusOr<std::unique_ptr<RolloutClient>> RolloutClient::Create(
         absl::StrCat("rollout worker address must be host:port, got \"", options.address, "\""));
   }
   std::unique_ptr<RolloutClient> client(new RolloutClient(options));
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxRequestBytes);
-  args.SetMaxSendMessageSize(kMaxRequestBytes);
-  client->stub_->stub = lightrl::v1::RolloutService::NewStub(
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args));
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
+                   CreateClientChannel(options.address, options.tls, {},
+                                       absl::StrCat("rollout client ", options.address, " tls")));
+  client->stub_->stub = lightrl::v1::RolloutService::NewStub(std::move(channel));
   return client;
 }
 
@@ -339,6 +338,7 @@ struct RolloutFleet::Impl {
       RolloutClientOptions copts;
       copts.address = e.address;
       copts.auth_token = options.auth_token;
+      copts.tls = options.tls;
       copts.generate_deadline = options.generate_deadline;
       copts.rpc_deadline = options.rpc_deadline;
       auto client = RolloutClient::Create(copts);

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls_options.h"
 #include "inference_engine/sampling_params.h"
 #include "rollout/nccl_weight_group.h"
 #include "rollout/weight_set.h"
@@ -24,6 +25,9 @@ struct RolloutClientOptions {
   std::string address;
   // Sent as "authorization: Bearer <token>" when non-empty.
   std::string auth_token;
+  // TLS of the channel (the server's CA, and this side's certificate for mutual TLS);
+  // plaintext when tls.ca_file and tls.cert_file are empty.
+  TlsOptions tls;
   // Bound on one Generate call (a group of 80K-token samples takes a while).
   absl::Duration generate_deadline = absl::Hours(4);
   // Bound on Health and UpdateWeights.
@@ -95,6 +99,8 @@ struct WorkerEndpoint {
 
 struct RolloutFleetOptions {
   std::string auth_token;
+  // TLS of the channels to the workers (RolloutClientOptions::tls).
+  TlsOptions tls;
   // Groups in flight per worker when it does not say.
   int default_capacity = 8;
   // Workers a group may be tried on before it is reported failed.

@@ -19,6 +19,7 @@ namespace lightrl {
 
 absl::Status RolloutWorkerOptions::Validate() const {
   RETURN_IF_ERROR(ValidateListenAddress(listen_address, auth_token));
+  RETURN_IF_ERROR(tls.Validate("rollout worker tls"));
   RETURN_IF_ERROR(ValidateMessageLimit(max_message_bytes, 8 << 20,
                                        "max_message_bytes (weight chunks are 4 MiB)"));
   RETURN_IF_ERROR(
@@ -364,7 +365,8 @@ absl::StatusOr<std::unique_ptr<RolloutWorker>> RolloutWorker::Start(
   int port = 0;
   ASSIGN_OR_RETURN(impl->server,
                    StartGrpcServer(options.listen_address, std::vector<grpc::Service*>{impl.get()},
-                                   &port, options.max_message_bytes));
+                                   &port, options.max_message_bytes, options.tls,
+                                   "rollout worker tls"));
   impl->address = BoundAddress(options.listen_address, port);
   return std::unique_ptr<RolloutWorker>(new RolloutWorker(std::move(impl)));
 }

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls_options.h"
 #include "rollout/rollout_worker_core.h"
 
 namespace lightrl {
@@ -33,6 +34,9 @@ struct RolloutWorkerOptions : RolloutWorkerCoreOptions {
   // RESOURCE_EXHAUSTED naming this budget, at once and unparsed; the controller then
   // requeues the group. 0 = 4 x max_message_bytes; else at least max_message_bytes.
   int64_t max_inflight_bytes = 0;
+  // TLS of the listener (server certificate, and client certificates under client_auth);
+  // plaintext when tls.cert_file is empty. The auth token is checked on top.
+  TlsOptions tls;
 
   absl::Status Validate() const;
 };

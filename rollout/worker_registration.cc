@@ -72,8 +72,9 @@ class WorkerRegistration::Impl {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, initial_ms);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, initial_ms);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_ms);
-    stub_ = lightrl::v1::Coordinator::NewStub(grpc::CreateCustomChannel(
-        options.coordinator_address, grpc::InsecureChannelCredentials(), args));
+    // Start() made sure the credentials can be built.
+    stub_ = lightrl::v1::Coordinator::NewStub(
+        *CreateClientChannel(options.coordinator_address, options.tls, args));
     thread_ = std::thread([this] { Run(); });
   }
 
@@ -269,6 +270,11 @@ class WorkerRegistration::Impl {
 absl::StatusOr<std::unique_ptr<WorkerRegistration>> WorkerRegistration::Start(
     const WorkerRegistrationOptions& options) {
   if (absl::Status status = options.Validate(); !status.ok()) return status;
+  if (absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+          MakeChannelCredentials(options.tls, "worker registration: tls");
+      !credentials.ok()) {
+    return credentials.status();
+  }
   return std::unique_ptr<WorkerRegistration>(
       new WorkerRegistration(std::make_unique<Impl>(options)));
 }

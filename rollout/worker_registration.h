@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls_options.h"
 
 namespace lightrl {
 
@@ -35,6 +36,9 @@ struct WorkerRegistrationOptions {
   std::string coordinator_address;
   // Sent as "authorization: Bearer <token>" when non-empty.
   std::string auth_token;
+  // TLS of the channel (the server's CA, and this side's certificate for mutual TLS);
+  // plaintext when tls.ca_file and tls.cert_file are empty.
+  TlsOptions tls;
   WorkerDescription worker;
   // Called on the heartbeat thread before each Register and Heartbeat; must be
   // thread-safe and quick. Empty: the worker reports version 0.
