@@ -17,6 +17,9 @@ namespace lightrl {
 struct RewardResult {
   double score = 0;
   std::vector<std::pair<std::string, double>> components;  // named parts of the score
+  // Optional human-readable note (a judge model's text, an extracted answer): logged,
+  // never parsed; a reward server sends it as ScoreResult.text.
+  std::string note;
 };
 
 // One sample to score; mirrors lightrl.v1.ScoreItem without the id.

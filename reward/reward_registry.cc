@@ -25,11 +25,9 @@ std::string OptionPath(absl::string_view where, absl::string_view key) {
   return where.empty() ? std::string(key) : absl::StrCat(where, ".", key);
 }
 
-}  // namespace
-
-const std::vector<RewardKind>& RewardKinds() {
+std::vector<RewardKind>& MutableRewardKinds() {
   // The one list of built-in kinds.
-  static const std::vector<RewardKind>* const kinds = new std::vector<RewardKind>{
+  static std::vector<RewardKind>* const kinds = new std::vector<RewardKind>{
       MathRewardKind("arithmetic"),
       CountdownRewardKind(),
       MathRewardKind("math"),
@@ -38,6 +36,15 @@ const std::vector<RewardKind>& RewardKinds() {
       CodeRewardKind(),
   };
   return *kinds;
+}
+
+}  // namespace
+
+const std::vector<RewardKind>& RewardKinds() { return MutableRewardKinds(); }
+
+void AddRewardKind(RewardKind kind) {
+  if (FindRewardKind(kind.name) != nullptr) return;
+  MutableRewardKinds().push_back(std::move(kind));
 }
 
 std::vector<std::string> RewardKindNames() {

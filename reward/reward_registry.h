@@ -45,10 +45,18 @@ struct RewardKind {
   // The function scoring this kind with `options`, checked as `resolve` does.
   std::function<absl::StatusOr<RewardFunctionPtr>(const Json& options, absl::string_view where)>
       make;
+  // Items of one Score call a reward server hands the function at once, each on a thread
+  // of its own; 0 = the server's default. A kind that batches items itself (genrm) asks
+  // for its largest batch.
+  int parallel_items = 0;
 };
 
-// Every built-in kind, in the order usage text and errors list them.
+// Every built-in kind, in the order usage text and errors list them, then the kinds added.
 const std::vector<RewardKind>& RewardKinds();
+// Adds a kind defined above reward/ (one that needs the engine, rl/genrm_reward.h) after
+// the built-in ones; a name already listed is left as it is. Programs call it at start-up,
+// before any thread reads the registry.
+void AddRewardKind(RewardKind kind);
 std::vector<std::string> RewardKindNames();
 // nullptr for a name that is not a built-in kind.
 const RewardKind* FindRewardKind(absl::string_view name);

@@ -159,6 +159,7 @@ absl::Status RewardServiceImpl::ScoreBatch(const lightrl::v1::ScoreRequest& requ
     lightrl::v1::ScoreResult* out = response->add_results();
     out->set_id(item.id());
     out->set_score(result->score);
+    if (!result->note.empty()) out->set_text(result->note);
     for (const auto& [name, value] : result->components) {
       if (!std::isfinite(value)) {
         return absl::InternalError(absl::StrCat("Score: reward \"", function_->Kind(),

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "rl/genrm_reward.h"
 #include "rl/tools/commands.h"
 
 namespace {
@@ -43,6 +44,8 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
+  // The reward kinds above reward/ join the registry before any command reads it.
+  lightrl::RegisterGenrmRewardKind();
   if (command == "run") return lightrl::RunRunCommand(args);
   if (command == "replay") return lightrl::RunReplayCommand(args);
   if (command == "generate") return lightrl::RunGenerateCommand(args);

@@ -37,6 +37,8 @@ const std::string& RewardWorkerUsage() {
       "                defaults, an unknown one is an error\n"
       "  --options-file  a file holding that JSON object, instead of --options\n"
       "  --format-pattern  with --kind format: the same as --options '{\"pattern\": P}'\n"
+      "  --model DIR   with --kind genrm: the judge's checkpoint, the same as --options\n"
+      "                '{\"model\": DIR}'\n"
       "  --auth-token-file  file holding the shared token clients send as\n"
       "                `authorization: Bearer T` (else $LIGHTRL_AUTH_TOKEN); required for any\n"
       "                non-loopback address. Never on the command line: /proc shows it.\n"
@@ -90,6 +92,16 @@ absl::StatusOr<RewardFunctionPtr> MakeWorkerRewardFunction(const Flags& flags) {
     }
     options.set("pattern", Json(flags.Get("format-pattern")));
   }
+  if (flags.Has("model")) {
+    if (kind != "genrm") {
+      return UsageError(absl::StrCat("--model applies to --kind genrm, not ", kind));
+    }
+    if (options.is_null()) options = Json::MakeObject();
+    if (!options.is_object() || options.contains("model")) {
+      return UsageError(absl::StrCat("give the judge's model once: --model or ", flag));
+    }
+    options.set("model", Json(flags.Get("model")));
+  }
   absl::StatusOr<RewardFunctionPtr> function = MakeRewardFunction(kind, options);
   if (!function.ok()) {
     const std::string message = absl::StrCat(flag, ": ", function.status().message());
@@ -102,7 +114,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   absl::StatusOr<Flags> flags =
       Flags::Parse(args, {"listen", "kind", "options", "options-file", "auth-token",
                           "auth-token-file", "coordinator", "worker-id", "advertise", "capacity",
-                          "format-pattern", "max-request-mb", "max-inflight-mb"});
+                          "format-pattern", "max-request-mb", "max-inflight-mb", "model"});
   if (!flags.ok()) return flags.status();
   absl::StatusOr<int64_t> capacity = flags->GetInt("capacity", 4);
   if (!capacity.ok()) return capacity.status();
@@ -128,6 +140,11 @@ absl::Status Run(const std::vector<std::string>& args) {
   options.auth_token = *std::move(token);
   absl::StatusOr<RewardFunctionPtr> function = MakeWorkerRewardFunction(*flags);
   if (!function.ok()) return function.status();
+  // A kind that batches a call's items itself gets them all at once.
+  if (const RewardKind* kind = FindRewardKind(flags->Get("kind", "math"));
+      kind != nullptr && kind->parallel_items > 0) {
+    options.max_parallel_items = kind->parallel_items;
+  }
 
   // Block the stop signals before gRPC starts its threads so they inherit the mask and
   // only sigwait below receives them.
