@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -19,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "common/auth_token.h"
 #include "common/checkpoint_manifest.h"
 #include "common/file_util.h"
@@ -30,6 +32,7 @@
 #include "policy/checkpoint_files.h"
 #include "policy/policy_model.h"
 #include "policy/tokenizer.h"
+#include "reward/reward_client.h"
 #include "reward/reward_function.h"
 #include "reward/reward_registry.h"
 #include "reward/reward_router.h"
@@ -38,6 +41,7 @@
 #include "rl/dataset.h"
 #include "rl/learner.h"
 #include "rl/learner_group.h"
+#include "rl/plan.h"
 #include "rl/rollout_log.h"
 #include "rl/rl_step.h"
 #include "rl/rollout_source.h"
@@ -50,6 +54,98 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// "45s", "3m05s" or "2h07m": how long `seconds` is, for progress lines.
+std::string Duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(std::max(0.0, seconds) + 0.5);
+  if (s < 60) return absl::StrFormat("%ds", s);
+  if (s < 3600) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%dh%02dm", s / 3600, (s % 3600) / 60);
+}
+
+// A long phase's clock: elapsed time and, from the mean time of the units done so far
+// in this process, the time the remaining units take.
+class PhaseClock {
+ public:
+  // `done` of `total` units are done when the phase starts (a resumed run).
+  PhaseClock(int64_t done, int64_t total) : start_(Clock::now()), first_(done), total_(total) {}
+  // "elapsed 1m05s, ETA 2m10s" once `done` units are done.
+  std::string Line(int64_t done) const {
+    const double elapsed = Seconds(start_);
+    std::string line = absl::StrCat("elapsed ", Duration(elapsed));
+    if (done > first_ && done < total_) {
+      const double per_unit = elapsed / static_cast<double>(done - first_);
+      absl::StrAppend(&line, ", ETA ", Duration(per_unit * static_cast<double>(total_ - done)));
+    }
+    return line;
+  }
+
+ private:
+  Clock::time_point start_;
+  int64_t first_, total_;
+};
+
+// "1.23M", "45.9B": a parameter count for the start-up summary.
+std::string Count(int64_t n) {
+  const double x = static_cast<double>(n);
+  if (x >= 1e9) return absl::StrFormat("%.2fB", x / 1e9);
+  if (x >= 1e6) return absl::StrFormat("%.2fM", x / 1e6);
+  if (x >= 1e3) return absl::StrFormat("%.1fK", x / 1e3);
+  return absl::StrCat(n);
+}
+
+const char* SignalName(int signal) {
+  switch (signal) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    default: return "a signal";
+  }
+}
+
+// Start-up check of each reward server the config names: a Health call must succeed
+// within `timeout_s` (a server still starting is asked again until then), so that a
+// wrong address fails in seconds rather than at the first step's scores. A server without
+// the Health method (UNIMPLEMENTED) answered, so it is up.
+absl::Status CheckRewardServers(const RunConfig& config, double timeout_s) {
+  if (timeout_s <= 0) return absl::OkStatus();
+  for (const auto& [name, server] : config.reward.servers) {
+    const std::string where = absl::StrCat(config.source, ": reward.servers.", name,
+                                           ".address = \"", server.address, "\"");
+    RewardClientOptions client_options;
+    client_options.address = server.address;
+    client_options.max_attempts = 1;
+    if (!server.auth_token_file.empty()) {
+      ASSIGN_OR_RETURN(client_options.auth_token, ReadAuthTokenFile(server.auth_token_file));
+    }
+    const absl::Time deadline = absl::Now() + absl::Seconds(timeout_s);
+    for (;;) {
+      client_options.deadline = std::max(deadline - absl::Now(), absl::Milliseconds(100));
+      absl::StatusOr<std::unique_ptr<RewardClient>> client = RewardClient::Create(client_options);
+      if (!client.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", client.status().message()));
+      const absl::StatusOr<RewardServerHealth> health = (*client)->Health();
+      const absl::StatusCode code = health.status().code();
+      if (code == absl::StatusCode::kUnimplemented) break;
+      if (health.ok()) {
+        if (health->serving) break;
+        return absl::FailedPreconditionError(absl::StrCat(
+            where, ": the reward server answers Health but reports that it is not serving"));
+      }
+      const bool retry = code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded;
+      if (!retry) {
+        return absl::Status(code, absl::StrCat(where, ": the reward server refused Health: ",
+                                               health.status().message()));
+      }
+      if (absl::Now() + absl::Milliseconds(250) >= deadline) {
+        return absl::UnavailableError(absl::StrFormat(
+            "%s: no reward server answered within %g s (%s); start it or fix the address "
+            "(--health-timeout S waits longer, 0 skips this check)",
+            where, timeout_s, health.status().message()));
+      }
+      absl::SleepFor(absl::Milliseconds(250));
+    }
+  }
+  return absl::OkStatus();
 }
 
 uint64_t Mix(uint64_t a, uint64_t b) {
@@ -186,6 +282,11 @@ class Trainer {
   // returns the first result.
   absl::StatusOr<EvalResult> Evaluate(int64_t step);
   absl::Status Checkpoint();
+  // At a safe point (a step done): when the caller asked the run to stop, writes a
+  // checkpoint and returns CANCELLED saying how to continue.
+  absl::Status StopIfAsked(const char* phase);
+  // The lines printed once before the first step: model, layout, plan, output, how to watch.
+  void PrintSummary() const;
   absl::StatusOr<std::optional<std::string>> LatestCheckpoint() const;
   std::vector<int32_t> StopTokens() const;
   absl::StatusOr<std::vector<RewardResult>> ScoreAll(const std::vector<RewardInput>& inputs);
@@ -206,8 +307,11 @@ class Trainer {
   std::unique_ptr<RewardRouter> router_;   // weighted built-ins and reward servers
   std::optional<Dataset> train_, eval_, sft_;
   std::unique_ptr<MetricsWriter> metrics_;
+  // SFT's metrics: the same metrics.jsonl, TensorBoard's tensorboard/sft run; by SFT step.
+  std::unique_ptr<MetricsWriter> sft_metrics_;
   std::unique_ptr<RolloutLogWriter> rollouts_;
   TrainerState state_;
+  std::string last_checkpoint_;  // the name of the checkpoint this process wrote last
   bool resumed_ = false;  // continued from a checkpoint of this output folder
   // Replay: the log's records (a resumed run's second copy of a group dropped) and the
   // selected ones by step, in log order.
@@ -233,9 +337,8 @@ absl::Status Trainer::WriteMetrics(int64_t step, const Scalars& scalars) {
   return metrics_->Flush();
 }
 
-// The step metrics are logged under for `state`: SFT steps count up to 0, RL steps from 1.
-int64_t MetricsStep(const TrainerState& state, const RunConfig& config) {
-  return state.step > 0 ? state.step : -config.sft.steps + state.sft_step;
+std::string CheckpointName(const TrainerState& state) {
+  return absl::StrFormat("step-%06d-sft-%06d", state.step, state.sft_step);
 }
 
 // The checkpoint file recording where metrics.jsonl ended when the checkpoint was taken.
@@ -479,6 +582,7 @@ absl::Status Trainer::Setup() {
             dist.master_addr.c_str(), static_cast<long long>(dist.master_port));
   }
   RETURN_IF_ERROR(SetUpRewards({}));
+  RETURN_IF_ERROR(CheckRewardServers(config_, options_.health_check_s));
   ckpt_root_ = JoinPath(config_.run.output_dir, "checkpoints");
   const bool replay = !options_.replay_dir.empty();
   // Checked before anything is written, so that a refused start changes no file.
@@ -598,24 +702,36 @@ absl::Status Trainer::Setup() {
     }
   }
 
-  std::vector<MetricsWriterPtr> writers;
-  if (config_.logging.jsonl) {
-    const std::string path = JoinPath(config_.run.output_dir, "metrics.jsonl");
-    if (resumed_) RETURN_IF_ERROR(CutMetricsToCheckpoint(*resume_dir, path));
-    ASSIGN_OR_RETURN(auto w, JsonlMetricsWriter::Open(path));
-    writers.push_back(std::move(w));
+  // RL metrics by RL step (the evaluation before RL at step 0), SFT's by SFT step from 1:
+  // both go to metrics.jsonl (SFT's names start with sft/); in TensorBoard SFT is a run of
+  // its own (tensorboard/sft), so that neither phase's steps overlay or purge the other's.
+  const std::string jsonl_path = JoinPath(config_.run.output_dir, "metrics.jsonl");
+  const std::string tensorboard_dir = JoinPath(config_.run.output_dir, "tensorboard");
+  if (config_.logging.jsonl && resumed_) RETURN_IF_ERROR(CutMetricsToCheckpoint(*resume_dir, jsonl_path));
+  const bool sft_left = !replay && sft_ && state_.sft_step < config_.sft.steps;
+  for (const bool sft : {false, true}) {
+    if (sft && !sft_left) continue;
+    std::vector<MetricsWriterPtr> writers;
+    if (config_.logging.jsonl) {
+      ASSIGN_OR_RETURN(auto w, JsonlMetricsWriter::Open(jsonl_path));
+      writers.push_back(std::move(w));
+    }
+    if (config_.logging.tensorboard) {
+      ASSIGN_OR_RETURN(auto w, TensorBoardWriter::Open(sft ? JoinPath(tensorboard_dir, "sft") : tensorboard_dir));
+      // The resumed run writes the steps after the checkpoint again; TensorBoard drops the
+      // killed run's copies of them on this mark. Before RL the run evaluates at step 0
+      // again.
+      if (resumed_) {
+        RETURN_IF_ERROR(w->MarkRestart(sft ? state_.sft_step + 1 : state_.step == 0 ? 0 : state_.step + 1));
+      }
+      writers.push_back(std::move(w));
+    }
+    (sft ? sft_metrics_ : metrics_) = std::make_unique<MultiMetricsWriter>(std::move(writers));
   }
-  if (config_.logging.tensorboard) {
-    ASSIGN_OR_RETURN(auto w, TensorBoardWriter::Open(JoinPath(config_.run.output_dir, "tensorboard")));
-    // The resumed run writes the steps after the checkpoint again; TensorBoard drops the
-    // killed run's copies of them on this mark.
-    if (resumed_) RETURN_IF_ERROR(w->MarkRestart(MetricsStep(state_, config_) + 1));
-    writers.push_back(std::move(w));
-  }
-  metrics_ = std::make_unique<MultiMetricsWriter>(std::move(writers));
   if (options_.replay_dir.empty()) {
     ASSIGN_OR_RETURN(rollouts_, RolloutLogWriter::Open(JoinPath(config_.run.output_dir, "rollouts")));
   }
+  PrintSummary();
   return absl::OkStatus();
 }
 
@@ -640,7 +756,7 @@ absl::StatusOr<std::vector<RewardResult>> Trainer::ScoreAll(const std::vector<Re
 }
 
 absl::Status Trainer::Checkpoint() {
-  const std::string name = absl::StrFormat("step-%06d-sft-%06d", state_.step, state_.sft_step);
+  const std::string name = CheckpointName(state_);
   const std::string final_dir = JoinPath(ckpt_root_, name);
   const std::string tmp = final_dir + ".tmp";
   RETURN_IF_ERROR(RemoveTree(tmp));
@@ -680,6 +796,7 @@ absl::Status Trainer::Checkpoint() {
     return absl::InternalError(absl::StrCat("cannot move ", tmp, " to ", final_dir));
   }
   RETURN_IF_ERROR(WriteFileAtomic(JoinPath(ckpt_root_, "latest"), name + "\n"));
+  last_checkpoint_ = name;
   // Keep the newest `keep` checkpoints.
   const std::vector<std::string> names = CheckpointNames(ckpt_root_);
   for (size_t i = 0; i + config_.checkpoint.keep < names.size(); ++i) {
@@ -755,7 +872,7 @@ absl::StatusOr<EvalResult> Trainer::Evaluate(int64_t step) {
 
 absl::Status Trainer::RunSft() {
   if (!sft_ || state_.sft_step >= config_.sft.steps) return absl::OkStatus();
-  const auto start = Clock::now();
+  const PhaseClock clock(state_.sft_step, config_.sft.steps);
   const std::vector<int32_t> stops = StopTokens();
   while (state_.sft_step < config_.sft.steps) {
     auto examples = sft_->Next(config_.sft.batch_size, static_cast<uint64_t>(config_.run.seed) + 7,
@@ -771,14 +888,18 @@ absl::Status Trainer::RunSft() {
     const double lr = SftLearningRate(config_.sft, state_.sft_step);
     ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainSft(batch, lr));
     ++state_.sft_step;
-    RETURN_IF_ERROR(WriteMetrics(-config_.sft.steps + state_.sft_step,
-                                 {{"sft/loss", st.loss}, {"sft/grad_norm", st.grad_norm},
-                                  {"sft/lr", lr}}));
-    Progress(absl::StrFormat("[sft] step %d/%d  loss %.4f  grad %.3f  %.1f s", state_.sft_step,
-                             config_.sft.steps, st.loss, st.grad_norm, Seconds(start)));
+    if (sft_metrics_ != nullptr) {
+      RETURN_IF_ERROR(sft_metrics_->Write(state_.sft_step, {{"sft/loss", st.loss},
+                                                            {"sft/grad_norm", st.grad_norm},
+                                                            {"sft/lr", lr}}));
+      RETURN_IF_ERROR(sft_metrics_->Flush());
+    }
+    Progress(absl::StrFormat("[sft] step %d/%d  loss %.4f  grad %.3f  %s", state_.sft_step,
+                             config_.sft.steps, st.loss, st.grad_norm, clock.Line(state_.sft_step)));
     if (config_.checkpoint.every > 0 && state_.sft_step % config_.checkpoint.every == 0) {
       RETURN_IF_ERROR(Checkpoint());
     }
+    RETURN_IF_ERROR(StopIfAsked("SFT"));
   }
   if (tty_ && options_.progress) std::fprintf(stderr, "\n");
   return Checkpoint();
@@ -926,6 +1047,7 @@ absl::Status Trainer::RunRl() {
   if (config_.rollout.async) {
     ASSIGN_OR_RETURN(async, StartAsyncRollouts(stops));
   }
+  const PhaseClock clock(state_.step, config_.run.steps);
   while (state_.step < config_.run.steps) {
     const auto step_start = Clock::now();
     RlStepMetrics metrics;
@@ -949,20 +1071,23 @@ absl::Status Trainer::RunRl() {
     RETURN_IF_ERROR(WriteMetrics(state_.step, metrics.ToScalars(st, Seconds(step_start),
                                                                 rollout_source_->Stats(), ahead, after)));
     Progress(absl::StrFormat("[rl %s] step %d/%d  reward %.3f  acc %.3f  len %.1f  clip %.3f  "
-                             "grad %.3f  %.2f s/step",
+                             "grad %.3f  %.2f s/step  %s",
                              PolicyLossKindName(config_.algorithm.loss.kind), state_.step,
                              config_.run.steps, metrics.reward_mean(), metrics.accuracy(),
                              metrics.length_mean(), st.clip_fraction, st.grad_norm,
-                             Seconds(step_start)));
+                             Seconds(step_start), clock.Line(state_.step)));
     if (config_.run.eval_every > 0 && state_.step % config_.run.eval_every == 0) {
+      const auto eval_start = Clock::now();
       ASSIGN_OR_RETURN(EvalResult e, Evaluate(state_.step));
       if (tty_ && options_.progress) std::fprintf(stderr, "\n");
-      std::fprintf(stderr, "eval at step %lld: held-out accuracy %s\n",
-                   static_cast<long long>(state_.step), EvalLine(e).c_str());
+      std::fprintf(stderr, "eval at step %lld: held-out accuracy %s (%s)\n",
+                   static_cast<long long>(state_.step), EvalLine(e).c_str(),
+                   Duration(Seconds(eval_start)).c_str());
     }
     if (config_.checkpoint.every > 0 && state_.step % config_.checkpoint.every == 0) {
       RETURN_IF_ERROR(Checkpoint());
     }
+    if (state_.step < config_.run.steps) RETURN_IF_ERROR(StopIfAsked("RL"));
   }
   if (tty_ && options_.progress) std::fprintf(stderr, "\n");
   return absl::OkStatus();
@@ -1074,6 +1199,12 @@ absl::Status Trainer::RunReplay() {
   int64_t replayed = 0;
   size_t groups_trained = 0;
   const int64_t last_step = replay_steps_.rbegin()->first + 1;
+  int64_t total = 0, done = 0;  // selected steps, and those a resumed replay has done
+  for (const auto& entry : replay_steps_) {
+    ++total;
+    if (entry.first < state_.step) ++done;
+  }
+  const PhaseClock clock(done, total);
   for (const auto& [step, indices] : replay_steps_) {
     if (step < state_.step) continue;
     std::vector<TrainSample> batch;
@@ -1105,13 +1236,24 @@ absl::Status Trainer::RunReplay() {
     ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainRl(batch));
     state_.step = step + 1;
     ++replayed;
+    ++done;
     groups_trained += indices.size();
     RETURN_IF_ERROR(WriteMetrics(state_.step, LearnerScalars(st)));
-    Progress(absl::StrFormat("[replay] step %d/%d  groups %d  loss %.4f  grad %.3f", state_.step,
-                             last_step, indices.size(), st.loss, st.grad_norm));
+    Progress(absl::StrFormat("[replay] step %d/%d  groups %d  loss %.4f  grad %.3f  %s", state_.step,
+                             last_step, indices.size(), st.loss, st.grad_norm, clock.Line(done)));
+    // Evaluated like the run: every run.eval_every steps (0 = never), and at the end.
+    if (config_.run.eval_every > 0 && state_.step % config_.run.eval_every == 0) {
+      const auto eval_start = Clock::now();
+      ASSIGN_OR_RETURN(EvalResult e, Evaluate(state_.step));
+      if (tty_ && options_.progress) std::fprintf(stderr, "\n");
+      std::fprintf(stderr, "eval at step %lld: held-out accuracy %s (%s)\n",
+                   static_cast<long long>(state_.step), EvalLine(e).c_str(),
+                   Duration(Seconds(eval_start)).c_str());
+    }
     if (config_.checkpoint.every > 0 && state_.step % config_.checkpoint.every == 0) {
       RETURN_IF_ERROR(Checkpoint());
     }
+    if (done < total) RETURN_IF_ERROR(StopIfAsked("the replay"));
   }
   if (tty_ && options_.progress) std::fprintf(stderr, "\n");
   LogInfo("lightrl replay: trained on %lld logged steps (%zu groups)",
@@ -1138,6 +1280,76 @@ absl::Status Trainer::WriteEvalSummary() {
   return WriteFileAtomic(JoinPath(config_.run.output_dir, "eval.json"), summary.Dump(2) + "\n");
 }
 
+absl::Status Trainer::StopIfAsked(const char* phase) {
+  const int signal = options_.stop_signal != nullptr ? options_.stop_signal->load() : 0;
+  if (signal == 0) return absl::OkStatus();
+  if (last_checkpoint_ != CheckpointName(state_)) RETURN_IF_ERROR(Checkpoint());
+  if (tty_ && options_.progress) std::fprintf(stderr, "\n");
+  return absl::CancelledError(absl::StrFormat(
+      "stopped by %s during %s after SFT step %d, RL step %d: checkpoint %s written; run the "
+      "same command with --resume to continue from it",
+      SignalName(signal), phase, state_.sft_step, state_.step, JoinPath(ckpt_root_, last_checkpoint_)));
+}
+
+void Trainer::PrintSummary() const {
+  const bool replay = !options_.replay_dir.empty();
+  const DistributedOptions& dist = options_.distributed;
+  const ModelConfig& mc = policy_->config();
+  const ParamCounts params = CountParameters(mc);
+  std::string lines = absl::StrFormat("lightrl %s: %s\n", replay ? "replay" : "run", config_.run.name);
+  absl::StrAppendFormat(&lines,
+                        "  model     %s parameters (%s active per token): %d layers, hidden %d, "
+                        "%d experts top-%d, vocabulary %d; %s %s\n",
+                        Count(params.total()), Count(params.active()), mc.num_hidden_layers,
+                        mc.hidden_size, mc.num_local_experts, mc.num_experts_per_tok, mc.vocab_size,
+                        config_.run.device, config_.run.dtype);
+  const int64_t world = dist.enabled() ? dist.world_size : 1;
+  const int64_t ep = config_.distributed.expert_parallel;
+  std::string rollouts = "the controller's engine";
+  if (replay) {
+    rollouts = "none (replay)";
+  } else if (config_.fleet.mode == "spawn") {
+    rollouts = absl::StrFormat("%d spawned rollout workers (%s)", config_.fleet.rollout_workers,
+                               config_.fleet.worker_device);
+  } else if (config_.fleet.mode == "cluster") {
+    rollouts = absl::StrFormat("rollout workers registered with the coordinator at %s (%d at least)",
+                               config_.fleet.coordinator_address, config_.fleet.min_workers);
+  } else if (config_.rollout.async) {
+    rollouts = "an engine copy beside the learner (rollout.async)";
+  }
+  absl::StrAppendFormat(&lines, "  layout    %d learner process%s (data-parallel %d x expert-parallel %d); "
+                        "rollouts: %s\n",
+                        world, world == 1 ? "" : "es", world / std::max<int64_t>(ep, 1), ep, rollouts);
+  if (replay) {
+    absl::StrAppendFormat(&lines, "  plan      replay %d logged steps of %s", replay_steps_.size(),
+                          options_.replay_dir);
+  } else {
+    absl::StrAppendFormat(&lines, "  plan      ");
+    if (config_.sft.steps > 0) absl::StrAppendFormat(&lines, "SFT %d steps, then ", config_.sft.steps);
+    absl::StrAppendFormat(&lines, "RL %d steps of %d prompts x %d samples", config_.run.steps,
+                          config_.rollout.prompts_per_step, config_.rollout.group_size);
+  }
+  if (eval_) {
+    absl::StrAppendFormat(&lines, "; eval %s%s", config_.run.eval_every > 0
+                                                      ? absl::StrCat("every ", config_.run.eval_every, " steps and ")
+                                                      : std::string(),
+                          "at the end");
+  }
+  if (state_.step > 0 || state_.sft_step > 0) {
+    absl::StrAppendFormat(&lines, " (from SFT step %d, RL step %d)", state_.sft_step, state_.step);
+  }
+  absl::StrAppendFormat(&lines, "\n  output    %s\n", config_.run.output_dir);
+  if (config_.logging.tensorboard) {
+    absl::StrAppendFormat(&lines, "  watch     tensorboard --logdir %s\n",
+                          JoinPath(config_.run.output_dir, "tensorboard"));
+  }
+  if (config_.logging.jsonl) {
+    absl::StrAppendFormat(&lines, "  metrics   %s (docs/metrics.md)\n",
+                          JoinPath(config_.run.output_dir, "metrics.jsonl"));
+  }
+  std::fputs(lines.c_str(), stderr);
+}
+
 absl::Status Trainer::Run() {
   if (options_.distributed.enabled() && absl::StartsWith(config_.run.device, "cuda:")) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -1147,6 +1359,12 @@ absl::Status Trainer::Run() {
   }
   if (options_.distributed.enabled() && options_.distributed.rank != 0) return RunLearnerRank();
   absl::Status status = RunController();
+  if (absl::IsCancelled(status) && learners_ != nullptr && !learners_->in_call()) {
+    // Stopped at a safe point with a checkpoint written: the other ranks end normally.
+    absl::Status finished = learners_->Finish();
+    if (metrics_ != nullptr) finished.Update(metrics_->Flush());
+    return finished.ok() ? status : finished;
+  }
   // The other ranks wait for rank 0's next learner call; tell them the run is over.
   if (!status.ok() && learners_ != nullptr && !learners_->in_call()) learners_->Abort(status);
   return status;

@@ -6,6 +6,7 @@
 // (docs/distributed.md). Torch-free.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -31,6 +32,14 @@ struct TrainerRunOptions {
   // instead of stopping at the first.
   bool replay_skip_corrupt = false;
   bool progress = true;        // a progress line on a terminal
+  // Seconds each reward server of the config (reward.servers.NAME.address) has to answer
+  // a Health call at start-up, before any model is loaded; a server that does not fails
+  // the run naming its key and address. 0 skips the check.
+  double health_check_s = 5;
+  // Set (to the signal's number) by the caller's SIGINT/SIGTERM handler: the run writes a
+  // checkpoint at the next safe point (after an SFT, RL or replay step) and returns
+  // CANCELLED, resumable with `resume`. Null: the run is not interruptible.
+  const std::atomic<int>* stop_signal = nullptr;
   // This process's place among the learner processes: the config's `distributed`
   // section with the launcher's environment applied (the CLI resolves it).
   DistributedOptions distributed;

@@ -1,6 +1,7 @@
 // `lightrl run --config X.yaml [--resume [--resume-fallback]] [--nproc N]` and
 // `lightrl replay --config X.yaml --rollouts DIR [--output DIR] [--steps A:B] [--versions A:B]
-// [--skip-corrupt] [--resume]`.
+// [--skip-corrupt] [--resume]`; and what SIGINT/SIGTERM do to them (a checkpoint at the
+// next safe point, then exit; a second signal exits at once).
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -8,6 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <iostream>
 #include <tuple>
@@ -27,7 +30,7 @@ namespace {
 
 constexpr const char* kRunUsage =
     "usage: lightrl run --config X.yaml [--resume [--resume-fallback]] [--no-progress]\n"
-    "                   [--nproc N]\n"
+    "                   [--nproc N] [--health-timeout S]\n"
     "Validates the whole config, then runs SFT warm-up (if configured) and the RL loop,\n"
     "writing checkpoints, metrics (JSONL + TensorBoard) and the rollout log under\n"
     "run.output_dir. --resume continues exactly from the latest checkpoint there, after\n"
@@ -36,12 +39,16 @@ constexpr const char* kRunUsage =
     "resumes from instead (its later steps are trained again).\n"
     "Learner processes: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (torchrun's variables)\n"
     "or the config's `distributed` section place this process; --nproc N starts N local\n"
-    "ranks itself (rank 0 is the controller) on a free loopback port.\n";
+    "ranks itself (rank 0 is the controller) on a free loopback port.\n"
+    "Before anything is loaded, every reward server of reward.servers must answer a Health\n"
+    "call within --health-timeout seconds (default 5; 0 skips the check).\n"
+    "Ctrl-C (SIGINT) or SIGTERM writes a checkpoint after the current SFT or RL step and\n"
+    "exits (status 130 or 143); --resume continues from it. A second one exits at once.\n";
 
 constexpr const char* kReplayUsage =
     "usage: lightrl replay --config X.yaml --rollouts DIR [--output DIR] [--steps A:B]\n"
     "                      [--versions A:B] [--skip-corrupt] [--resume [--resume-fallback]]\n"
-    "                      [--nproc N]\n"
+    "                      [--nproc N] [--health-timeout S]\n"
     "Trains on the groups of a rollout log, step by step, without generating; learner\n"
     "ranks as for `lightrl run`. It writes checkpoints, metrics and eval.json to --output\n"
     "(default: run.output_dir with \"-replay\" appended) and never to the run that holds\n"
@@ -52,7 +59,7 @@ constexpr const char* kReplayUsage =
     "records of steps A to B (as metrics.jsonl numbers them, from 1) and of policy\n"
     "versions A to B, both inclusive; either end may be left out. A record that fails its\n"
     "checksum stops the replay naming the file and byte offset; --skip-corrupt skips such\n"
-    "records and reports how many.\n";
+    "records and reports how many. --health-timeout, Ctrl-C and SIGTERM as for `lightrl run`.\n";
 
 // "A:B", "A:" or ":B" into [first, last] (inclusive); the left-out end stays as given.
 bool ParseRange(const std::string& text, int64_t* first, int64_t* last) {
@@ -63,6 +70,45 @@ bool ParseRange(const std::string& text, int64_t* first, int64_t* last) {
   if (!a.empty() && !absl::SimpleAtoi(a, first)) return false;
   if (!b.empty() && !absl::SimpleAtoi(b, last)) return false;
   return true;
+}
+
+// The first SIGINT/SIGTERM asks the run to stop at its next safe point; the trainer reads
+// it. A second one ends the process at once.
+std::atomic<int> stop_signal{0};
+
+void OnStopSignal(int signal) {
+  if (stop_signal.exchange(signal) == 0) {
+    constexpr char kMessage[] =
+        "\nstopping after the current step (a checkpoint is written first); press Ctrl-C again "
+        "to exit at once without one\n";
+    [[maybe_unused]] ssize_t n = ::write(2, kMessage, sizeof(kMessage) - 1);
+    return;
+  }
+  constexpr char kMessage[] = "\nexiting at once: no checkpoint written\n";
+  [[maybe_unused]] ssize_t n = ::write(2, kMessage, sizeof(kMessage) - 1);
+  ::_exit(128 + signal);
+}
+
+void InstallStopHandlers() {
+  struct sigaction action {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  ::sigaction(SIGINT, &action, nullptr);
+  ::sigaction(SIGTERM, &action, nullptr);
+}
+
+// The --nproc launcher's ranks, for its signal handler.
+constexpr int kMaxLocalRanks = 1024;
+pid_t local_ranks[kMaxLocalRanks];
+std::atomic<int> num_local_ranks{0};
+
+// The launcher passes on a SIGINT/SIGTERM sent to it alone (kill, a scheduler) to its
+// ranks; one from the terminal reached the ranks already (they share its process group).
+void OnLauncherSignal(int signal, siginfo_t* info, void*) {
+  if (info != nullptr && info->si_code == SI_KERNEL) return;
+  const int n = num_local_ranks.load();
+  for (int r = 0; r < n; ++r) ::kill(local_ranks[r], signal);
 }
 
 // A loopback port nobody listens on now (the store binds it a moment later).
@@ -107,11 +153,20 @@ absl::Status LaunchLocalRanks(const std::vector<std::string>& args, int64_t npro
   }
   std::vector<std::string> argv = {exe, subcommand};
   argv.insert(argv.end(), child_args.begin(), child_args.end());
+  if (nproc > kMaxLocalRanks) {
+    return absl::InvalidArgumentError(absl::StrCat("--nproc: at most ", kMaxLocalRanks, " local ranks, got ", nproc));
+  }
+  struct sigaction action {};
+  action.sa_sigaction = OnLauncherSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART | SA_SIGINFO;
+  ::sigaction(SIGINT, &action, nullptr);
+  ::sigaction(SIGTERM, &action, nullptr);
   std::vector<pid_t> pids;
   for (int64_t r = 0; r < nproc; ++r) {
     const pid_t pid = ::fork();
     if (pid < 0) {
-      for (pid_t p : pids) ::kill(p, SIGTERM);
+      for (pid_t p : pids) ::kill(p, SIGKILL);
       return absl::InternalError("--nproc: fork failed");
     }
     if (pid == 0) {
@@ -129,6 +184,8 @@ absl::Status LaunchLocalRanks(const std::vector<std::string>& args, int64_t npro
       ::_exit(127);
     }
     pids.push_back(pid);
+    local_ranks[r] = pid;
+    num_local_ranks.store(static_cast<int>(r + 1));
   }
   std::cerr << name << ": started " << nproc << " learner ranks (master 127.0.0.1:" << port << ")\n";
   int result = 0;
@@ -136,6 +193,7 @@ absl::Status LaunchLocalRanks(const std::vector<std::string>& args, int64_t npro
   while (running > 0) {
     int status = 0;
     const pid_t pid = ::waitpid(-1, &status, 0);
+    if (pid < 0 && errno == EINTR) continue;
     if (pid < 0) break;
     --running;
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -144,8 +202,10 @@ absl::Status LaunchLocalRanks(const std::vector<std::string>& args, int64_t npro
       for (size_t r = 0; r < pids.size(); ++r) {
         if (pids[r] == pid) std::cerr << name << ": rank " << r << " exited with status " << code << "\n";
       }
+      // SIGKILL: a rank takes SIGTERM as a request to checkpoint first, which waits for
+      // the failed rank.
       for (pid_t p : pids) {
-        if (p != pid) ::kill(p, SIGTERM);
+        if (p != pid) ::kill(p, SIGKILL);
       }
     }
   }
@@ -156,9 +216,10 @@ absl::Status LaunchLocalRanks(const std::vector<std::string>& args, int64_t npro
 
 absl::Status Run(const std::vector<std::string>& args, bool replay) {
   const char* name = replay ? "lightrl replay" : "lightrl run";
-  auto flags = replay ? Flags::Parse(args, {"config", "rollouts", "nproc", "output", "steps", "versions"},
+  auto flags = replay ? Flags::Parse(args, {"config", "rollouts", "nproc", "output", "steps", "versions",
+                                            "health-timeout"},
                                      {"resume", "resume-fallback", "no-progress", "skip-corrupt"})
-                      : Flags::Parse(args, {"config", "nproc"},
+                      : Flags::Parse(args, {"config", "nproc", "health-timeout"},
                                      {"resume", "resume-fallback", "no-progress"});
   if (!flags.ok()) return flags.status();
   if (flags->Has("resume-fallback") && !flags->Has("resume")) {
@@ -167,6 +228,11 @@ absl::Status Run(const std::vector<std::string>& args, bool replay) {
   auto nproc = flags->GetInt("nproc", 1);
   if (!nproc.ok() || *nproc < 1) {
     return UsageError(absl::StrCat("--nproc must be an integer >= 1, got \"", flags->Get("nproc"), "\""));
+  }
+  auto health_timeout = flags->GetDouble("health-timeout", 5);
+  if (!health_timeout.ok() || !(*health_timeout >= 0) || *health_timeout > 3600) {
+    return UsageError(absl::StrCat("--health-timeout must be seconds in [0, 3600], got \"",
+                                   flags->Get("health-timeout"), "\""));
   }
   // Flags are checked before any file is read: a usage error is one without I/O.
   std::pair<int64_t, int64_t> steps = {1, INT64_MAX}, versions = {0, INT64_MAX};
@@ -211,6 +277,9 @@ absl::Status Run(const std::vector<std::string>& args, bool replay) {
   options.resume = flags->Has("resume");
   options.resume_fallback = flags->Has("resume-fallback");
   options.progress = !flags->Has("no-progress") && config->logging.progress;
+  options.health_check_s = *health_timeout;
+  options.stop_signal = &stop_signal;
+  InstallStopHandlers();
   if (replay) {
     options.replay_dir = replay_dir;
     options.replay_skip_corrupt = flags->Has("skip-corrupt");
@@ -227,7 +296,12 @@ absl::Status Run(const std::vector<std::string>& args, bool replay) {
     }
     config->run.output_dir = output;
   }
-  return RunTraining(*config, options);
+  absl::Status status = RunTraining(*config, options);
+  // Stopped by a signal after writing a checkpoint: the shell's code for that signal.
+  if (absl::IsCancelled(status) && stop_signal.load() != 0) {
+    return WithExitCode(std::move(status), 128 + stop_signal.load());
+  }
+  return status;
 }
 
 }  // namespace

@@ -4,7 +4,8 @@ that learns single-digit addition in seconds on a CPU:
   resume     a run killed with SIGKILL at random moments (once early, once mid-RL) and
              resumed each time ends with the same per-step metrics, the same rollout log
              and the same final weights as the same run left alone (bit-exact).
-  metrics    the TensorBoard event files hold the scalars of metrics.jsonl, step by step.
+  metrics    the TensorBoard event files hold the scalars of metrics.jsonl, step by step
+             (SFT's in the run tensorboard/sft, by SFT step from 1).
   rollouts   `lightrl rollouts export` gives one group per prompt group trained, with
              tokens, one logprob per token, rewards, group-normalised advantages and the
              generating policy version; a killed run's log reads back (torn tail too).
@@ -312,9 +313,14 @@ def case_resume(runs, rng):
 def case_metrics(runs, rng):
     from tensorboard.backend.event_processing import event_accumulator
     ref_dir = runs.reference()
-    acc = event_accumulator.EventAccumulator(
-        os.path.join(ref_dir, "tensorboard"), size_guidance={event_accumulator.SCALARS: 0})
-    acc.Reload()
+    accs = {}
+    for run in ("", "sft"):
+        acc = event_accumulator.EventAccumulator(
+            os.path.join(ref_dir, "tensorboard", run), size_guidance={event_accumulator.SCALARS: 0})
+        acc.Reload()
+        for tag in acc.Tags()[event_accumulator.SCALARS]:
+            assert tag not in accs, f"{tag} in two TensorBoard runs"
+            accs[tag] = acc
     jsonl = {}
     with open(os.path.join(ref_dir, "metrics.jsonl")) as f:
         for line in f:
@@ -322,14 +328,14 @@ def case_metrics(runs, rng):
             for key, v in row.items():
                 if key not in ("step", "time"):
                     jsonl.setdefault(key, []).append((row["step"], v))
-    tags = set(acc.Tags()[event_accumulator.SCALARS])
+    tags = set(accs)
     assert tags == set(jsonl), f"tags differ: only TB {tags - set(jsonl)}, only JSONL {set(jsonl) - tags}"
     for required in ("reward/mean", "reward/std", "loss/total", "loss/policy", "is/clip_fraction",
                      "policy/entropy", "optim/grad_norm", "optim/lr", "time/step_s",
                      "rollout/groups_trained", "sft/loss", "eval/accuracy"):
         assert required in tags, f"{required} missing from the metrics"
     for tag, points in jsonl.items():
-        got = [(e.step, e.value) for e in acc.Scalars(tag)]
+        got = [(e.step, e.value) for e in accs[tag].Scalars(tag)]
         assert [s for s, _ in got] == [s for s, _ in points], (tag, got, points)
         for (step, value), (_, want) in zip(got, points):
             f32 = struct.unpack("<f", struct.pack("<f", want))[0]
@@ -337,7 +343,8 @@ def case_metrics(runs, rng):
     steps = [s for s, _ in jsonl["reward/mean"]]
     assert steps == list(range(1, RL_STEPS + 1)), steps
     sft_steps = [s for s, _ in jsonl["sft/loss"]]
-    assert sft_steps == list(range(1 - SFT_STEPS, 1)), sft_steps
+    assert sft_steps == list(range(1, SFT_STEPS + 1)), sft_steps
+    assert all(tag.startswith("sft/") for tag in accs if accs[tag] is not accs["reward/mean"])
     assert all(math.isfinite(v) for _, v in jsonl["loss/total"])
     # The LR schedule runs over RL updates only; SFT warm-up updates do not advance it.
     for step, lr in jsonl["optim/lr"]:
@@ -679,7 +686,8 @@ def case_metrics_resume(runs, rng):
                             stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.time() + RUN_TIMEOUT_S
     while proc.poll() is None and time.time() < deadline:
-        if os.path.exists(metrics) and any(json.loads(line)["step"] == 5 for line in open(metrics)):
+        if os.path.exists(metrics) and any(row["step"] == 5 and "reward/mean" in row
+                                           for row in map(json.loads, open(metrics))):
             break
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
