@@ -99,6 +99,7 @@ absl::StatusOr<std::optional<TrainGroup>> BuildTrainGroup(const ScoredGroup& sco
     sr.reward = r.score;
     responses.push_back(sr);
     metrics->AddSample(r.score, sr.correctness, static_cast<int64_t>(s.tokens.size()));
+    metrics->AddRewardLength(r, static_cast<int64_t>(s.tokens.size()));
     g.samples.push_back(std::move(rs));
   }
   ASSIGN_OR_RETURN(GroupSignal signal, ComputeGroupSignal(responses, options.signal));

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
+
 namespace lightrl {
 
 Scalars LearnerScalars(const LearnerStats& st) {
@@ -35,6 +37,31 @@ void RlStepMetrics::AddSample(double reward, double correctness, int64_t num_tok
   generated_tokens_ += num_tokens;
 }
 
+void RlStepMetrics::Correlation::Add(double length, double score) {
+  n += 1;
+  x += length;
+  y += score;
+  xx += length * length;
+  yy += score * score;
+  xy += length * score;
+}
+
+double RlStepMetrics::Correlation::Value() const {
+  const double var_x = n * xx - x * x, var_y = n * yy - y * y;
+  if (!(var_x > 0) || !(var_y > 0)) return 0;
+  return std::clamp((n * xy - x * y) / std::sqrt(var_x * var_y), -1.0, 1.0);
+}
+
+void RlStepMetrics::AddRewardLength(const RewardResult& reward, int64_t num_tokens) {
+  const double length = static_cast<double>(num_tokens);
+  reward_length_.Add(length, reward.score);
+  for (const auto& [name, value] : reward.components) {
+    const bool judge = name == "judge" ||
+                       (name.size() > 6 && name.compare(name.size() - 6, 6, "/judge") == 0);
+    if (judge) judge_length_[name].Add(length, value);
+  }
+}
+
 void RlStepMetrics::AddTrainedGroup(int64_t staleness) {
   ++groups_trained_;
   staleness_sum_ += staleness;
@@ -65,6 +92,10 @@ Scalars RlStepMetrics::ToScalars(const LearnerStats& st, double step_seconds,
   scalars.push_back({"time/weight_sync_s", weight_sync_seconds_});
   scalars.push_back({"train/tokens_per_s", st.tokens / std::max(train_seconds_, 1e-9)});
   for (const auto& kv : source_stats) scalars.push_back(kv);
+  scalars.push_back({"reward/length_corr", reward_length_.Value()});
+  for (const auto& [name, corr] : judge_length_) {
+    scalars.push_back({absl::StrCat("reward/", name, "/length_corr"), corr.Value()});
+  }
   if (async) {
     const double trained = static_cast<double>(std::max<int64_t>(groups_trained_, 1));
     scalars.push_back({"async/staleness_mean", staleness_sum_ / trained});

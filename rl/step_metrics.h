@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "common/metrics.h"
+#include "reward/reward_function.h"
 #include "rl/async_rollouts.h"
 #include "rl/learner.h"
 
@@ -27,6 +29,11 @@ class RlStepMetrics {
   // correctness (the "correct" component, else the reward before penalties) and its
   // generated tokens.
   void AddSample(double reward, double correctness, int64_t num_tokens);
+  // The length-bias watch of model-based rewards: the Pearson correlation over the step's
+  // scored samples between the response length and the reward (reward/length_corr) and
+  // each judge model's score (a "judge" or ".../judge" component, the genrm kind's:
+  // reward/<component>/length_corr), as MiniMax-M1 monitored its generative reward model.
+  void AddRewardLength(const RewardResult& reward, int64_t num_tokens);
   // A group the step trains on, `staleness` learner versions behind the learner.
   void AddTrainedGroup(int64_t staleness);
   // A group dynamic sampling dropped.
@@ -62,6 +69,14 @@ class RlStepMetrics {
   int64_t groups_trained_ = 0, groups_dropped_ = 0;
   int64_t staleness_sum_ = 0, staleness_max_ = 0;  // over the trained groups
   double generate_seconds_ = 0, train_seconds_ = 0, weight_sync_seconds_ = 0;
+  // Sums of (length, score) pairs for a Pearson correlation; 0 while either is constant.
+  struct Correlation {
+    double n = 0, x = 0, y = 0, xx = 0, yy = 0, xy = 0;
+    void Add(double length, double score);
+    double Value() const;
+  };
+  Correlation reward_length_;
+  std::map<std::string, Correlation> judge_length_;  // by component name
 };
 
 }  // namespace lightrl

@@ -343,5 +343,35 @@ TEST(RlStepMetrics, RewardStatisticsAndTheLoggingOrder) {
   }
 }
 
+TEST(RlStepMetrics, LengthCorrelationOfTheRewardAndOfEachJudgesScore) {
+  RlStepMetrics metrics;
+  const double lengths[] = {1, 2, 3, 4};
+  const double judged[] = {1, 3, 2, 5};
+  for (int i = 0; i < 4; ++i) {
+    RewardResult r;
+    r.score = -0.5 * i;  // falls with length
+    r.components = {{"genrm/judge", judged[i]}, {"judge", 1.0}, {"math/correct", i % 2}};
+    metrics.AddRewardLength(r, static_cast<int64_t>(lengths[i]));
+  }
+  LearnerStats st;
+  const Scalars scalars = metrics.ToScalars(st, 1.0, {}, std::nullopt, std::nullopt);
+  std::map<std::string, double> by_name(scalars.begin(), scalars.end());
+  // Pearson's r by its two-pass definition.
+  double mx = 0, my = 0;
+  for (int i = 0; i < 4; ++i) mx += lengths[i] / 4, my += judged[i] / 4;
+  double sxy = 0, sxx = 0, syy = 0;
+  for (int i = 0; i < 4; ++i) {
+    sxy += (lengths[i] - mx) * (judged[i] - my);
+    sxx += (lengths[i] - mx) * (lengths[i] - mx);
+    syy += (judged[i] - my) * (judged[i] - my);
+  }
+  EXPECT_NEAR(by_name.at("reward/genrm/judge/length_corr"), sxy / std::sqrt(sxx * syy), 1e-12);
+  EXPECT_NEAR(by_name.at("reward/length_corr"), -1.0, 1e-12);
+  // A constant score correlates with nothing: 0, not NaN.
+  EXPECT_EQ(by_name.at("reward/judge/length_corr"), 0.0);
+  // Only the total and the judges' scores are watched.
+  EXPECT_EQ(by_name.count("reward/math/correct/length_corr"), 0u);
+}
+
 }  // namespace
 }  // namespace lightrl
