@@ -14,6 +14,9 @@ processes on the 2-layer toy model of trainer_test.py:
              step's end and exit 130 / 143 saying how to continue; `--resume` then ends
              with the same metrics and weights as the run left alone; two SIGINTs in a
              row exit at once without a checkpoint.
+  nproc      SIGTERM sent to the `--nproc 2` launcher alone reaches its ranks: rank 0
+             checkpoints after the current RL step, the launcher exits 143, and `--resume
+             --nproc 2` finishes the run.
   eval_every `run.eval_every: 0` evaluates before RL and at the end only.
   replay     `lightrl replay` evaluates every run.eval_every steps like the run; a replay
              with `--nproc 2` (two data-parallel learner processes on the CPU) trains and
@@ -213,6 +216,45 @@ def case_interrupt(runs):
     print("  two SIGINTs: exit 130 at once, no checkpoint")
 
 
+def nproc_env():
+    return {k: v for k, v in ENV.items()
+            if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")}
+
+
+def case_nproc(runs):
+    config = runs.config("nproc", checkpoint__every=0)
+    path = tt.write_config(os.path.join(runs.tmp, "nproc.yaml"), config)
+    out = config["run"]["output_dir"]
+    metrics = os.path.join(out, "metrics.jsonl")
+    for _ in range(3):
+        # A session of its own: the signal reaches the launcher alone, as from kill or a
+        # scheduler, not the whole process group as from a terminal.
+        proc = subprocess.Popen([BIN, "run", "--config", path, "--nproc", "2"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=nproc_env(), start_new_session=True)
+        try:
+            wait_for(lambda: os.path.exists(metrics) and any("reward/mean" in r for r in metrics_rows(out)),
+                     proc, "the first RL step")
+        except AssertionError as e:
+            # --nproc's free port was taken before rank 0's store bound it: nothing ran yet.
+            if "address already in use" in str(e).lower():
+                continue
+            raise
+        break
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read()
+    proc.wait()
+    assert proc.returncode == 143, f"exit {proc.returncode}, want 143:\n{err}"
+    assert "stopped by SIGTERM during RL" in err, err
+    latest = tt.latest_checkpoint(out)
+    assert latest is not None and latest.startswith("step-") and int(latest.split("-")[1]) >= 1, latest
+    proc = subprocess.run([BIN, "run", "--config", path, "--nproc", "2", "--resume"], capture_output=True,
+                          text=True, timeout=tt.RUN_TIMEOUT_S, env=nproc_env())
+    assert proc.returncode == 0, f"--resume --nproc 2 failed ({proc.returncode}):\n{proc.stderr}"
+    assert tt.latest_checkpoint(out) == f"step-{RL_STEPS:06d}-sft-{SFT_STEPS:06d}", tt.latest_checkpoint(out)
+    assert steps_of(metrics_rows(out), "reward/mean") == list(range(1, RL_STEPS + 1))
+    print(f"  SIGTERM to the launcher: exit 143 at {latest}; --resume --nproc 2 finished the run")
+
+
 def case_eval_every(runs):
     config = runs.config("eval-never", run__eval_every=0)
     path = tt.write_config(os.path.join(runs.tmp, "eval-never.yaml"), config)
@@ -264,7 +306,8 @@ def case_replay(runs):
 
 
 CASES = {"health": case_health, "summary": case_summary, "sft_steps": case_sft_steps,
-         "interrupt": case_interrupt, "eval_every": case_eval_every, "replay": case_replay}
+         "interrupt": case_interrupt, "nproc": case_nproc, "eval_every": case_eval_every,
+         "replay": case_replay}
 
 
 def main():
