@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/did_you_mean.h"
 #include "common/file_util.h"
 
@@ -13,6 +14,52 @@ namespace lightrl {
 absl::Status ConfigSource::ErrorAt(absl::string_view path, absl::string_view what) const {
   const std::string where = doc == nullptr ? std::string("config") : doc->Where(path);
   return absl::InvalidArgumentError(absl::StrCat(where, ": ", what));
+}
+
+absl::Status ApplyConfigOverride(YamlDocument& doc, absl::string_view assignment) {
+  const std::string flag = absl::StrCat("--set ", assignment);
+  const size_t eq = assignment.find('=');
+  const absl::string_view key = assignment.substr(0, eq);
+  const std::vector<absl::string_view> parts = absl::StrSplit(key, '.');
+  bool well_formed = eq != absl::string_view::npos;
+  for (absl::string_view part : parts) well_formed = well_formed && !part.empty();
+  if (!well_formed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": expected KEY=VALUE with a dotted key, e.g. rollout.group_size=4"));
+  }
+  absl::StatusOr<YamlDocument> value =
+      ParseYaml(assignment.substr(eq + 1), absl::StrCat("--set ", key));
+  if (!value.ok()) return value.status();
+  if (!doc.root.is_object()) {
+    if (!doc.root.is_null()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, ": ", doc.source, " is not a mapping of sections"));
+    }
+    doc.root = Json::MakeObject();
+  }
+  Json* node = &doc.root;
+  std::string path;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    path = path.empty() ? std::string(parts[i]) : absl::StrCat(path, ".", parts[i]);
+    Json* child = nullptr;
+    for (auto& [k, v] : node->as_object()) {
+      if (k == parts[i]) child = &v;
+    }
+    if (child == nullptr || child->is_null()) {
+      node->set(parts[i], Json::MakeObject());
+      for (auto& [k, v] : node->as_object()) {
+        if (k == parts[i]) child = &v;
+      }
+    } else if (!child->is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, ": ", path, " is ", config_table_internal::Describe(*child),
+                       " in ", doc.Where(path), ", not a mapping"));
+    }
+    node = child;
+  }
+  node->set(parts.back(), std::move(value->root));
+  doc.overrides[std::string(key)] = flag;
+  return absl::OkStatus();
 }
 
 ValueCheck<int64_t> AtLeast(int64_t min) {
@@ -218,8 +265,11 @@ absl::StatusOr<const Json*> Mapping(const Json* value, absl::string_view path,
 absl::StatusOr<std::string> InputPath(const std::string& written, const std::string& path,
                                       bool directory, const ConfigSource& s) {
   if (written.empty()) return s.ErrorAt(path, absl::StrCat(path, " must not be empty"));
+  // A path typed on the command line is the shell's, relative to the working directory.
+  const bool typed = s.doc != nullptr && s.doc->OverrideOf(path) != nullptr;
+  const std::string base = typed ? std::filesystem::current_path().string() : s.dir;
   const std::string resolved =
-      std::filesystem::path(JoinPath(s.dir, written)).lexically_normal().string();
+      std::filesystem::path(JoinPath(base, written)).lexically_normal().string();
   if (!s.strict) return resolved;
   const char* what = directory ? "directory" : "file";
   if (!FileExists(resolved)) {

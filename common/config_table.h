@@ -38,6 +38,14 @@ struct ConfigSource {
   absl::Status ErrorAt(absl::string_view path, absl::string_view what) const;
 };
 
+// Sets one key of the parsed file from the command line: `assignment` is "KEY=VALUE"
+// (`lightrl run --set rollout.group_size=4`), KEY a dotted path, VALUE read as YAML (a
+// scalar, or a flow list or mapping: "[a, b]", "{x: 1}"; empty for null, which keeps the
+// default). The value replaces the one at KEY, creating the mappings above it; the binder
+// then checks it like any key, and its errors name "--set KEY=VALUE" (doc.overrides). A
+// relative input path given this way is resolved against the working directory.
+absl::Status ApplyConfigOverride(YamlDocument& doc, absl::string_view assignment);
+
 // One key of an options struct.
 template <typename Options>
 struct ConfigField {

@@ -628,7 +628,18 @@ int YamlDocument::LineOf(absl::string_view path) const {
   return 0;
 }
 
+const std::string* YamlDocument::OverrideOf(absl::string_view path) const {
+  while (!overrides.empty()) {
+    if (auto it = overrides.find(std::string(path)); it != overrides.end()) return &it->second;
+    if (path.empty()) return nullptr;
+    const size_t cut = path.back() == ']' ? path.rfind('[') : path.rfind('.');
+    path = path.substr(0, cut == absl::string_view::npos ? 0 : cut);
+  }
+  return nullptr;
+}
+
 std::string YamlDocument::Where(absl::string_view path) const {
+  if (const std::string* from = OverrideOf(path)) return *from;
   int line = LineOf(path);
   return line > 0 ? absl::StrCat(source, ":", line) : source;
 }

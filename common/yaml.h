@@ -35,11 +35,19 @@ struct YamlDocument {
   // The root is "" (its first line). Keys containing '.' or '[' make paths ambiguous;
   // config keys never do.
   std::map<std::string, int> lines;
+  // Values set on the command line over the file's (`lightrl run --set KEY=VALUE`), by
+  // path: the "--set KEY=VALUE" that errors name instead of a line.
+  std::map<std::string, std::string> overrides;
 
   // The line of `path`, else of its nearest ancestor that has one, the root excepted (a
   // key missing from a missing section has no line worth pointing at); 0 when none does.
   int LineOf(absl::string_view path) const;
-  // "source:line" of `path` (as LineOf), or just "source" when the line is unknown.
+  // The override at `path` or at its nearest ancestor, nullptr when none (a key that a
+  // --set wrote, or one inside a mapping that a --set wrote whole).
+  const std::string* OverrideOf(absl::string_view path) const;
+  // Where `path` came from: its override ("--set rollout.group_size=1") if OverrideOf
+  // finds one, else "source:line" (as LineOf), or just "source" when the line is
+  // unknown.
   std::string Where(absl::string_view path) const;
 };
 

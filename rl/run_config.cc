@@ -725,7 +725,8 @@ absl::StatusOr<RunConfig> BindRunConfig(const YamlDocument& doc, bool strict) {
   return config;
 }
 
-absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
+absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path,
+                                        const std::vector<std::string>& overrides) {
   absl::StatusOr<std::string> text = ReadFile(path);
   if (!text.ok()) {
     return absl::Status(text.status().code(),
@@ -733,6 +734,9 @@ absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path) {
                                      text.status().message()));
   }
   ASSIGN_OR_RETURN(YamlDocument doc, ParseYaml(*text, path));
+  for (const std::string& assignment : overrides) {
+    RETURN_IF_ERROR(ApplyConfigOverride(doc, assignment));
+  }
   ASSIGN_OR_RETURN(RunConfig config, BindRunConfig(doc, /*strict=*/true));
   absl::Status valid = config.Validate();
   if (!valid.ok()) {

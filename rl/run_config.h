@@ -348,7 +348,10 @@ struct RunConfig {
 // known one), wrong types, out-of-range values, missing required keys and input files
 // that do not exist; relative input paths are resolved against the YAML file's directory
 // and stored absolute. Every error names the file, the line when known, and the key.
-absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path);
+// `overrides` ("rollout.group_size=4", `lightrl run --set`) are applied over the file in
+// order before binding (ApplyConfigOverride); errors about them name the --set.
+absl::StatusOr<RunConfig> LoadRunConfig(const std::string& path,
+                                        const std::vector<std::string>& overrides = {});
 
 // Binds a parsed config (doc.source names its file) through the tables without
 // validating it. Strict (LoadRunConfig) as ConfigSource::strict; not strict, required

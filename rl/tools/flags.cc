@@ -127,7 +127,8 @@ int RunSubcommand(const std::string& name, const std::string& usage,
 
 absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
                                    const std::set<std::string>& known,
-                                   const std::set<std::string>& switches) {
+                                   const std::set<std::string>& switches,
+                                   const std::set<std::string>& repeatable) {
   Flags flags;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -144,7 +145,7 @@ absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
     if (!known.count(name) && !switches.count(name)) {
       return UsageError(absl::StrCat("unknown flag --", name));
     }
-    if (flags.values_.count(name)) {
+    if (flags.values_.count(name) && !repeatable.count(name)) {
       return UsageError(absl::StrCat("flag --", name, " given twice"));
     }
     if (switches.count(name)) {
@@ -158,8 +159,14 @@ absl::StatusOr<Flags> Flags::Parse(const std::vector<std::string>& args,
       value = args[++i];
     }
     flags.values_[name] = value;
+    flags.all_[name].push_back(value);
   }
   return flags;
+}
+
+std::vector<std::string> Flags::GetAll(const std::string& name) const {
+  auto it = all_.find(name);
+  return it == all_.end() ? std::vector<std::string>() : it->second;
 }
 
 std::string Flags::Get(const std::string& name, const std::string& fallback) const {

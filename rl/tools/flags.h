@@ -62,18 +62,24 @@ absl::StatusOr<int64_t> InflightBudgetFlag(const Flags& flags, int64_t max_messa
 
 class Flags {
  public:
-  // `known`: flag names without dashes; `switches`: those taking no value.
+  // `known`: flag names without dashes; `switches`: those taking no value; `repeatable`:
+  // those of `known` that may be given several times (GetAll), every other flag at most
+  // once.
   static absl::StatusOr<Flags> Parse(const std::vector<std::string>& args,
                                      const std::set<std::string>& known,
-                                     const std::set<std::string>& switches = {});
+                                     const std::set<std::string>& switches = {},
+                                     const std::set<std::string>& repeatable = {});
   bool Has(const std::string& name) const { return values_.count(name) > 0; }
+  // Every value of a repeatable flag, in command-line order.
+  std::vector<std::string> GetAll(const std::string& name) const;
   std::string Get(const std::string& name, const std::string& fallback = "") const;
   absl::StatusOr<std::string> Required(const std::string& name) const;
   absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t fallback) const;
   absl::StatusOr<double> GetDouble(const std::string& name, double fallback) const;
 
  private:
-  std::map<std::string, std::string> values_;
+  std::map<std::string, std::string> values_;  // the last value of each flag
+  std::map<std::string, std::vector<std::string>> all_;
 };
 
 }  // namespace lightrl

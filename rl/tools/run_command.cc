@@ -1,4 +1,5 @@
-// `lightrl run --config X.yaml [--resume [--resume-fallback]] [--nproc N]` and
+// `lightrl run --config X.yaml [--set KEY=VALUE]... [--dry-run] [--resume [--resume-fallback]]
+// [--nproc N]` and
 // `lightrl replay --config X.yaml --rollouts DIR [--output DIR] [--steps A:B] [--versions A:B]
 // [--skip-corrupt] [--resume]`; and what SIGINT/SIGTERM do to them (a checkpoint at the
 // next safe point, then exit; a second signal exits at once).
@@ -19,9 +20,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
+#include "common/log.h"
 #include "common/status.h"
 #include "rl/run_config.h"
 #include "rl/tools/commands.h"
+#include "rl/tools/dry_run.h"
 #include "rl/tools/flags.h"
 #include "rl/trainer.h"
 
@@ -30,6 +33,7 @@ namespace {
 
 constexpr const char* kRunUsage =
     "usage: lightrl run --config X.yaml [--resume [--resume-fallback]] [--no-progress]\n"
+    "                   [--set KEY=VALUE]... [--dry-run]\n"
     "                   [--nproc N] [--health-timeout S]\n"
     "Validates the whole config, then runs SFT warm-up (if configured) and the RL loop,\n"
     "writing checkpoints, metrics (JSONL + TensorBoard) and the rollout log under\n"
@@ -37,6 +41,12 @@ constexpr const char* kRunUsage =
     "checking every file against the checkpoint's manifest.json (CRC-32C); a corrupt one\n"
     "stops the run naming the file and the previous checkpoint, which --resume-fallback\n"
     "resumes from instead (its later steps are trained again).\n"
+    "--set KEY=VALUE (repeatable) sets a config key over the file, e.g. --set\n"
+    "rollout.group_size=4 --set optimizer.lr=1e-5; VALUE is read as YAML (a number, a\n"
+    "string, [a, b], {k: v}), errors name the --set, and config.resolved.yaml shows the\n"
+    "result. --dry-run validates and resolves the config, prints the plan of the run\n"
+    "(model size, layout, steps, output folder, reward sources) and the resolved\n"
+    "config, and exits 0 without writing or starting anything.\n"
     "Learner processes: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (torchrun's variables)\n"
     "or the config's `distributed` section place this process; --nproc N starts N local\n"
     "ranks itself (rank 0 is the controller) on a free loopback port.\n"
@@ -47,8 +57,10 @@ constexpr const char* kRunUsage =
 
 constexpr const char* kReplayUsage =
     "usage: lightrl replay --config X.yaml --rollouts DIR [--output DIR] [--steps A:B]\n"
+    "                      [--set KEY=VALUE]... [--dry-run]\n"
     "                      [--versions A:B] [--skip-corrupt] [--resume [--resume-fallback]]\n"
     "                      [--nproc N] [--health-timeout S]\n"
+    "--set and --dry-run as for `lightrl run` (the plan names the replayed log).\n"
     "Trains on the groups of a rollout log, step by step, without generating; learner\n"
     "ranks as for `lightrl run`. It writes checkpoints, metrics and eval.json to --output\n"
     "(default: run.output_dir with \"-replay\" appended) and never to the run that holds\n"
@@ -187,7 +199,7 @@ absl::Status LaunchLocalRanks(const std::vector<std::string>& args, int64_t npro
     local_ranks[r] = pid;
     num_local_ranks.store(static_cast<int>(r + 1));
   }
-  std::cerr << name << ": started " << nproc << " learner ranks (master 127.0.0.1:" << port << ")\n";
+  LogInfo("%s: started %d learner ranks (master 127.0.0.1:%d)", name, nproc, port);
   int result = 0;
   size_t running = pids.size();
   while (running > 0) {
@@ -200,7 +212,7 @@ absl::Status LaunchLocalRanks(const std::vector<std::string>& args, int64_t npro
     if (code != 0 && result == 0) {
       result = code;
       for (size_t r = 0; r < pids.size(); ++r) {
-        if (pids[r] == pid) std::cerr << name << ": rank " << r << " exited with status " << code << "\n";
+        if (pids[r] == pid) LogError("%s: rank %d exited with status %d", name, r, code);
       }
       // SIGKILL: a rank takes SIGTERM as a request to checkpoint first, which waits for
       // the failed rank.
@@ -216,11 +228,13 @@ absl::Status LaunchLocalRanks(const std::vector<std::string>& args, int64_t npro
 
 absl::Status Run(const std::vector<std::string>& args, bool replay) {
   const char* name = replay ? "lightrl replay" : "lightrl run";
-  auto flags = replay ? Flags::Parse(args, {"config", "rollouts", "nproc", "output", "steps", "versions",
+  auto flags = replay ? Flags::Parse(args, {"config", "set", "rollouts", "nproc", "output", "steps", "versions",
                                             "health-timeout"},
-                                     {"resume", "resume-fallback", "no-progress", "skip-corrupt"})
-                      : Flags::Parse(args, {"config", "nproc", "health-timeout"},
-                                     {"resume", "resume-fallback", "no-progress"});
+                                     {"resume", "resume-fallback", "no-progress", "skip-corrupt", "dry-run"},
+                                     {"set"})
+                      : Flags::Parse(args, {"config", "set", "nproc", "health-timeout"},
+                                     {"resume", "resume-fallback", "no-progress", "dry-run"},
+                                     {"set"});
   if (!flags.ok()) return flags.status();
   if (flags->Has("resume-fallback") && !flags->Has("resume")) {
     return UsageError("--resume-fallback applies to --resume; pass both");
@@ -248,6 +262,15 @@ absl::Status Run(const std::vector<std::string>& args, bool replay) {
       (std::string(key) == "steps" ? steps : versions) = {first, last};
     }
   }
+  const std::vector<std::string> overrides = flags->GetAll("set");
+  for (const std::string& assignment : overrides) {
+    const size_t eq = assignment.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return UsageError(absl::StrCat("--set takes KEY=VALUE (e.g. rollout.group_size=4), got \"",
+                                     assignment, "\""));
+    }
+  }
+  const bool dry_run = flags->Has("dry-run");
   ASSIGN_OR_RETURN(std::string path, flags->Required("config"));
   std::string replay_dir;
   if (replay) {
@@ -256,9 +279,9 @@ absl::Status Run(const std::vector<std::string>& args, bool replay) {
   if (*nproc > 1 && (std::getenv("RANK") != nullptr || std::getenv("WORLD_SIZE") != nullptr)) {
     return UsageError("--nproc starts the ranks itself; RANK/WORLD_SIZE are already set");
   }
-  auto config = LoadRunConfig(path);
+  auto config = LoadRunConfig(path, overrides);
   if (!config.ok()) return config.status();
-  if (*nproc > 1) {
+  if (*nproc > 1 && !dry_run) {
     return LaunchLocalRanks(args, *nproc, name, replay ? "replay" : "run");
   }
   TrainerRunOptions options;
@@ -295,6 +318,19 @@ absl::Status Run(const std::vector<std::string>& args, bool replay) {
       output += "-replay";
     }
     config->run.output_dir = output;
+  }
+  if (dry_run) {
+    DryRunInputs in;
+    in.distributed = options.distributed;
+    in.nproc = *nproc;
+    in.overrides = overrides;
+    in.replay_dir = replay_dir;
+    in.resume = options.resume;
+    ASSIGN_OR_RETURN(std::string plan, DescribeRunPlan(*config, in));
+    std::cout << plan << "\nresolved config (config.resolved.yaml):\n"
+              << DescribeRunConfig(*config) << "\n"
+              << name << " --dry-run: nothing was written or started\n";
+    return absl::OkStatus();
   }
   absl::Status status = RunTraining(*config, options);
   // Stopped by a signal after writing a checkpoint: the shell's code for that signal.

@@ -636,5 +636,89 @@ TEST(RunConfigInCodeTest, ValidateChecksStructsBuiltInCode) {
   EXPECT_EQ(c.optimizer.Validate().message(), "lr must be > 0, got 0");
 }
 
+TEST_F(RunConfigTest, SetOverridesKeysAndItsErrorsNameTheFlag) {
+  Write("configs/x.yaml", Minimal("", "", "  init_config: models/tiny.json\n") +
+                              "rollout:\n  group_size: 8\n");
+  const std::string path = Path("configs/x.yaml");
+  absl::StatusOr<RunConfig> config = LoadRunConfig(
+      path, {"rollout.group_size=4", "optimizer.lr=1e-5", "rollout.stop_strings=[\"</a>\", x]",
+             "sft.steps=2", "run.steps=7"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->rollout.group_size, 4);
+  EXPECT_DOUBLE_EQ(config->optimizer.lr, 1e-5);
+  EXPECT_EQ(config->rollout.stop_strings, (std::vector<std::string>{"</a>", "x"}));
+  EXPECT_EQ(config->sft.steps, 2);  // a section the file does not have
+  EXPECT_EQ(config->run.steps, 7);
+  // The resolved config holds the overrides, and reads back to them.
+  const std::string resolved = DescribeRunConfig(*config);
+  EXPECT_THAT(resolved, HasSubstr("group_size: 4\n"));
+  Write("configs/resolved.yaml", resolved);
+  absl::StatusOr<RunConfig> again = LoadRunConfig(Path("configs/resolved.yaml"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->rollout.group_size, 4);
+
+  auto error = [&](const std::string& assignment) {
+    absl::StatusOr<RunConfig> c = LoadRunConfig(path, {assignment});
+    EXPECT_FALSE(c.ok()) << assignment;
+    return c.ok() ? std::string() : std::string(c.status().message());
+  };
+  EXPECT_EQ(error("rollout.grop_size=4"),
+            "--set rollout.grop_size=4: rollout.grop_size is not a known key (did you mean "
+            "group_size?)");
+  EXPECT_THAT(error("rollout.group_size=1"),
+              StartsWith("--set rollout.group_size=1: rollout.group_size must be >= 2, got 1"));
+  EXPECT_THAT(error("rollout.group_size=four"),
+              StartsWith("--set rollout.group_size=four: rollout.group_size must be an integer"));
+  EXPECT_THAT(error("rollotu.group_size=4"), HasSubstr("(did you mean rollout?)"));
+  EXPECT_THAT(error("rollout.group_size"), HasSubstr("expected KEY=VALUE"));
+  EXPECT_THAT(error("rollout..x=1"), HasSubstr("expected KEY=VALUE"));
+  EXPECT_THAT(error("run.steps.x=1"),
+              StartsWith("--set run.steps.x=1: run.steps is 3 in " + path + ":3, not a mapping"));
+  EXPECT_THAT(error("optimizer.lr=[1"), StartsWith("--set optimizer.lr:"));
+  // A key the file sets wrongly still points at its line when a --set is elsewhere.
+  Write("configs/y.yaml", Minimal() + "rollout:\n  group_size: 1\n");
+  absl::StatusOr<RunConfig> bad = LoadRunConfig(Path("configs/y.yaml"), {"optimizer.lr=1e-5"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), StartsWith(Path("configs/y.yaml") + ":9: "));
+}
+
+TEST_F(RunConfigTest, SetInputPathsAreRelativeToTheWorkingDirectory) {
+  Write("configs/x.yaml", Minimal());
+  const fs::path before = fs::current_path();
+  fs::current_path(root_);
+  absl::StatusOr<RunConfig> config =
+      LoadRunConfig(Path("configs/x.yaml"), {"data.eval=data/eval.jsonl"});
+  absl::StatusOr<RunConfig> missing =
+      LoadRunConfig(Path("configs/x.yaml"), {"data.eval=../data/eval.jsonl"});
+  fs::current_path(before);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->data.eval, Path("data/eval.jsonl"));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(std::string(missing.status().message()),
+              StartsWith("--set data.eval=../data/eval.jsonl: data.eval: file "));
+}
+
+TEST_F(RunConfigTest, AnchorsAndMergeKeysBindAndErrorsKeepTheirLines) {
+  const std::string yaml = "sampling: &s\n  temperature: 0.7\n  top_p: 0.9\n" + Minimal() +
+                           "rollout:\n  <<: *s\n  group_size: 4\n";
+  absl::StatusOr<RunConfig> config = Load(yaml);
+  // `sampling` is not a section: the unknown-key error points at its line.
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(std::string(config.status().message()),
+              StartsWith(At(yaml, "sampling") + "sampling is not a known section"));
+  const std::string good = "run: &r\n  output_dir: out\n  steps: 3\nmodel:\n"
+                           "  init_config: models/tiny.json\ndata:\n  train: ../data/train.jsonl\n"
+                           "rollout:\n  <<: {temperature: 0.7, top_p: 0.9}\n  group_size: 4\n"
+                           "  stop_strings:\n    - \"</answer>\"\n    - |-\n      two\n      lines\n";
+  config = Load(good);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_DOUBLE_EQ(config->rollout.temperature, 0.7);
+  EXPECT_DOUBLE_EQ(config->rollout.top_p, 0.9);
+  EXPECT_EQ(config->rollout.group_size, 4);
+  EXPECT_EQ(config->rollout.stop_strings, (std::vector<std::string>{"</answer>", "two\nlines"}));
+  const std::string bad = good + "  max_staleness: -1\n";
+  EXPECT_THAT(LoadError(bad), StartsWith(At(bad, "max_staleness") + "rollout.max_staleness"));
+}
+
 }  // namespace
 }  // namespace lightrl
