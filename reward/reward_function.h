@@ -18,8 +18,9 @@ struct RewardResult {
   double score = 0;
   std::vector<std::pair<std::string, double>> components;  // named parts of the score
   // Optional human-readable note (a judge model's text, an extracted answer): logged,
-  // never parsed; a reward server sends it as ScoreResult.text.
-  std::string note;
+  // never parsed; a reward server sends it as ScoreResult.text. Initialised here so that
+  // `RewardResult{score, components}` stays a complete initialiser under -Wextra.
+  std::string note = {};
 };
 
 // One sample to score; mirrors lightrl.v1.ScoreItem without the id.

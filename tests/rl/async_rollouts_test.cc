@@ -453,7 +453,10 @@ TEST_F(AsyncRolloutsTest, AScoreOfTheWrongSizeFailsTheTake) {
   Data(10);
   AsyncScoreFn score = [](const Example&, const GenerationRequest&,
                           const GroupGeneration&) -> absl::StatusOr<GroupScores> {
-    return GroupScores{{"one"}, {RewardResult{}}};
+    GroupScores out;
+    out.texts = {"one"};
+    out.rewards = {RewardResult{}};
+    return out;
   };
   auto async = Make(Options(2, 1), {}, 0, score);
   auto taken = async->Take(2, 0, 0);
