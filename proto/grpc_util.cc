@@ -105,31 +105,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateClientChannel(const std::st
   return grpc::CreateCustomChannel(address, *credentials, args);
 }
 
-bool SplitHostPort(const std::string& address, std::string* host, std::string* port) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  *host = address.substr(0, colon);
-  *port = address.substr(colon + 1);
-  return true;
-}
-
 std::string BoundAddress(const std::string& listen_address, int bound_port) {
   std::string host, port;
   SplitHostPort(listen_address, &host, &port);
   return absl::StrCat(host, ":", bound_port);
-}
-
-bool IsLoopbackAddress(const std::string& address) {
-  std::string host, port;
-  if (!SplitHostPort(address, &host, &port)) return false;
-  if (host == "localhost" || host == "[::1]" || host == "::1") return true;
-  std::vector<std::string> octets = absl::StrSplit(host, '.');
-  if (octets.size() != 4 || octets[0] != "127") return false;
-  for (const std::string& octet : octets) {
-    int value = 0;
-    if (!absl::SimpleAtoi(octet, &value) || value < 0 || value > 255) return false;
-  }
-  return true;
 }
 
 absl::Status ValidateListenAddress(const std::string& address, const std::string& auth_token,

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/byte_budget.h"
+#include "common/host_port.h"
 #include "common/tls_options.h"
 
 namespace lightrl {
@@ -28,14 +29,8 @@ namespace lightrl {
 // that one call cannot make a server hold gigabytes.
 inline constexpr int kMaxRequestBytes = 1 << 30;
 
-// Splits "host:port" at the last ':' (so "[::1]:0" works); false without a port.
-bool SplitHostPort(const std::string& address, std::string* host, std::string* port);
-
 // The listen address with its port replaced by `bound_port` ("127.0.0.1:0" -> ":41234").
 std::string BoundAddress(const std::string& listen_address, int bound_port);
-
-// True for 127.0.0.0/8, ::1 and localhost hosts of a "host:port" address.
-bool IsLoopbackAddress(const std::string& address);
 
 // "host:port" with a port in [0, 65535] (0 picks a free one), and a non-empty
 // `auth_token` unless the host is loopback. `what` names the flag or field in errors.

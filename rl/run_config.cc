@@ -20,6 +20,7 @@
 #include "common/json.h"
 #include "common/status.h"
 #include "common/yaml.h"
+#include "common/host_port.h"
 #include "reward/reward_registry.h"
 
 namespace lightrl {
@@ -542,6 +543,32 @@ const ConfigTable<DistributedSection>& DistributedSection::Table() {
   return *table;
 }
 
+const ConfigTable<TlsSection>& TlsSection::Table() {
+  using S = TlsSection;
+  static const ConfigTable<S>* table = new ConfigTable<S>{
+      InputPathField<S>("ca", &S::ca_file, "PEM CA of the servers' (and clients') certificates"),
+      InputPathField<S>("cert", &S::cert_file, "PEM certificate chain of this process"),
+      InputPathField<S>("key", &S::key_file, "PEM private key of that certificate"),
+      Field<S>("client_auth", &S::client_auth, "servers require client certificates (mTLS)"),
+  };
+  return *table;
+}
+
+TlsOptions TlsSection::For(const std::string& address) const {
+  return IsLoopbackAddress(address) ? TlsOptions() : static_cast<const TlsOptions&>(*this);
+}
+
+absl::Status TlsSection::Validate() const {
+  RETURN_IF_ERROR(CheckTable(Table(), *this));
+  if (cert_file.empty() != key_file.empty()) {
+    return Invalid(cert_file.empty() ? "key is set without cert" : "cert is set without key");
+  }
+  if (client_auth && (ca_file.empty() || cert_file.empty())) {
+    return Invalid("client_auth needs ca (to check client certificates) and cert and key");
+  }
+  return absl::OkStatus();
+}
+
 const ConfigTable<RunConfig>& RunConfig::Table() {
   using C = RunConfig;
   static const ConfigTable<C>* table = new ConfigTable<C>{
@@ -558,6 +585,7 @@ const ConfigTable<RunConfig>& RunConfig::Table() {
       Section<C>("fleet", &C::fleet, "where rollouts are generated"),
       Ignored<C>("plan", "read by lightrl plan (rl/plan.h), which checks it"),
       Section<C>("distributed", &C::distributed, "the learner's processes"),
+      Section<C>("tls", &C::tls, "TLS between machines"),
   };
   return *table;
 }

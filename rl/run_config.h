@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "common/config_table.h"
 #include "common/json.h"
+#include "common/tls_options.h"
 #include "common/yaml.h"
 #include "inference_engine/sampling_params.h"
 #include "rl/advantages.h"
@@ -317,6 +318,19 @@ struct DistributedSection : DataParallelOptions {
   absl::Status Validate() const;
 };
 
+// TLS between the run's processes (YAML section `tls`; docs/security.md): used by every
+// listener and connection of the controller whose address is not loopback (the cluster
+// coordinator, the channels to rollout workers and to reward.servers), with the shared
+// token still checked on top. Loopback ones (spawned workers, a local reward server) stay
+// plaintext. Workers started elsewhere take the same files as --tls-cert, --tls-key,
+// --tls-ca and --tls-client-auth. YAML keys: ca, cert, key, client_auth.
+struct TlsSection : TlsOptions {
+  // What the controller uses toward `address`: this section off loopback, none on it.
+  TlsOptions For(const std::string& address) const;
+  static const ConfigTable<TlsSection>& Table();
+  absl::Status Validate() const;
+};
+
 struct RunConfig {
   RunSection run;
   ModelSection model;
@@ -330,6 +344,7 @@ struct RunConfig {
   LoggingSection logging;
   FleetSection fleet;
   DistributedSection distributed;
+  TlsSection tls;
   // The YAML file this was loaded from; empty when built in code.
   std::string source;
 

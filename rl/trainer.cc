@@ -561,6 +561,7 @@ absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& rem
       }
       e.auth_token = *std::move(token);
     }
+    e.tls = config_.tls.For(e.address);
     ro.entries.push_back(std::move(e));
   }
   auto router = RewardRouter::Create(ro);

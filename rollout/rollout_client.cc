@@ -338,7 +338,7 @@ struct RolloutFleet::Impl {
       RolloutClientOptions copts;
       copts.address = e.address;
       copts.auth_token = options.auth_token;
-      copts.tls = options.tls;
+      copts.tls = IsLoopbackAddress(e.address) ? TlsOptions() : options.tls;
       copts.generate_deadline = options.generate_deadline;
       copts.rpc_deadline = options.rpc_deadline;
       auto client = RolloutClient::Create(copts);

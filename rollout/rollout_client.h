@@ -99,7 +99,8 @@ struct WorkerEndpoint {
 
 struct RolloutFleetOptions {
   std::string auth_token;
-  // TLS of the channels to the workers (RolloutClientOptions::tls).
+  // TLS of the channels to workers at non-loopback addresses (RolloutClientOptions::tls);
+  // workers on loopback (spawned on this machine) are called in plaintext.
   TlsOptions tls;
   // Groups in flight per worker when it does not say.
   int default_capacity = 8;

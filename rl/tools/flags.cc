@@ -50,6 +50,19 @@ absl::StatusOr<std::string> WorkerAuthToken(const Flags& flags) {
   return std::string();
 }
 
+absl::StatusOr<TlsOptions> WorkerTlsFlags(const Flags& flags) {
+  TlsOptions tls;
+  tls.cert_file = flags.Get("tls-cert");
+  tls.key_file = flags.Get("tls-key");
+  tls.ca_file = flags.Get("tls-ca");
+  tls.client_auth = flags.Get(kWorkerTlsSwitch, "false") == "true";
+  if (absl::Status status = tls.Validate("--tls-cert/--tls-key/--tls-ca/--tls-client-auth");
+      !status.ok()) {
+    return UsageError(status.message());
+  }
+  return tls;
+}
+
 namespace {
 constexpr char kExitCodePayload[] = "lightrl.dev/exit_code";
 }  // namespace

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/tls_options.h"
 
 namespace lightrl {
 
@@ -59,6 +60,20 @@ absl::StatusOr<std::string> WorkerAuthToken(const Flags& flags);
 // 65536] MiB; INVALID_ARGUMENT naming the flags otherwise.
 absl::StatusOr<int64_t> InflightBudgetFlag(const Flags& flags, int64_t max_message_mb,
                                            const std::string& message_flag);
+
+// The worker flags of TLS, for its server and its registration with a coordinator.
+inline constexpr const char* kWorkerTlsSwitch = "tls-client-auth";
+inline constexpr const char* kWorkerTlsUsage =
+    "  --tls-cert FILE, --tls-key FILE  serve TLS with this PEM certificate chain and key\n"
+    "                (plaintext without them); they are also the client certificate shown\n"
+    "                to a coordinator that requires one. The auth token is checked on top\n"
+    "  --tls-ca FILE PEM CA that signs the coordinator's certificate (and, with\n"
+    "                --tls-client-auth, the clients')\n"
+    "  --tls-client-auth  require a client certificate signed by --tls-ca (mutual TLS)\n";
+// --tls-cert, --tls-key, --tls-ca and --tls-client-auth; a usage error naming the flag
+// for a certificate without its key (or the reverse) or --tls-client-auth without
+// --tls-ca and a certificate.
+absl::StatusOr<TlsOptions> WorkerTlsFlags(const Flags& flags);
 
 class Flags {
  public:

@@ -28,6 +28,8 @@ const std::string& RewardWorkerUsage() {
   static const std::string* const usage = new std::string(absl::StrCat(
       "usage: lightrl reward-worker [--listen HOST:PORT] [--kind KIND] [--options JSON]\n"
       "                             [--auth-token-file FILE] [--coordinator HOST:PORT]\n"
+      "                             [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]\n"
+      "                             [--tls-client-auth]\n"
       "  --listen      address to serve on (default 127.0.0.1:0; port 0 picks a free port,\n"
       "                printed as \"listening on HOST:PORT\")\n"
       "  --kind        built-in reward kind (default math); the kinds and their options:\n",
@@ -49,7 +51,8 @@ const std::string& RewardWorkerUsage() {
       "  --max-request-mb  largest Score request accepted, in MiB (default 64); a bigger one\n"
       "                is RESOURCE_EXHAUSTED\n"
       "  --max-inflight-mb  MiB of requests held at once across concurrent calls (default 0:\n"
-      "                4 x --max-request-mb); a call past it is RESOURCE_EXHAUSTED\n"));
+      "                4 x --max-request-mb); a call past it is RESOURCE_EXHAUSTED\n",
+      kWorkerTlsUsage));
   return *usage;
 }
 
@@ -114,7 +117,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   absl::StatusOr<Flags> flags =
       Flags::Parse(args, {"listen", "kind", "options", "options-file", "auth-token",
                           "auth-token-file", "coordinator", "worker-id", "advertise", "capacity",
-                          "format-pattern", "max-request-mb", "max-inflight-mb", "model"});
+                          "format-pattern", "max-request-mb", "max-inflight-mb", "model",
+                          "tls-cert", "tls-key", "tls-ca"},
+                   {kWorkerTlsSwitch});
   if (!flags.ok()) return flags.status();
   absl::StatusOr<int64_t> capacity = flags->GetInt("capacity", 4);
   if (!capacity.ok()) return capacity.status();
@@ -138,6 +143,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   absl::StatusOr<std::string> token = WorkerAuthToken(*flags);
   if (!token.ok()) return token.status();
   options.auth_token = *std::move(token);
+  absl::StatusOr<TlsOptions> tls = WorkerTlsFlags(*flags);
+  if (!tls.ok()) return tls.status();
+  options.tls = *std::move(tls);
   absl::StatusOr<RewardFunctionPtr> function = MakeWorkerRewardFunction(*flags);
   if (!function.ok()) return function.status();
   // A kind that batches a call's items itself gets them all at once.
@@ -166,6 +174,7 @@ absl::Status Run(const std::vector<std::string>& args) {
     WorkerRegistrationOptions ropts;
     ropts.coordinator_address = flags->Get("coordinator");
     ropts.auth_token = options.auth_token;
+    ropts.tls = options.tls;
     ropts.worker.id = flags->Get("worker-id", absl::StrCat("reward-", host, "-", ::getpid()));
     ropts.worker.role = kRewardRole;
     ropts.worker.address = flags->Get("advertise", (*server)->address());

@@ -21,13 +21,15 @@
 namespace lightrl {
 namespace {
 
-constexpr const char* kRolloutWorkerUsage =
+const std::string kRolloutWorkerUsage =
     "usage: lightrl rollout-worker [--listen HOST:PORT] [--coordinator HOST:PORT]\n"
     "                              [--worker-id ID] [--model DIR] [--tokenizer FILE]\n"
     "                              [--device cpu|cuda|cuda:N] [--dtype float32|bfloat16]\n"
     "                              [--capacity N] [--max-num-seqs N] [--kv-cache-mb N]\n"
     "                              [--enforce-eager] [--max-message-mb N] [--max-inflight-mb N]\n"
     "                              [--auth-token-file FILE] [--advertise HOST:PORT]\n"
+    "                              [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]\n"
+    "                              [--tls-client-auth]\n"
     "  --listen       address to serve on (default 127.0.0.1:0; the bound one is printed as\n"
     "                 \"listening on HOST:PORT\")\n"
     "  --coordinator  the controller's coordinator: register there and heartbeat\n"
@@ -43,18 +45,21 @@ constexpr const char* kRolloutWorkerUsage =
     "                 4 x --max-message-mb); a call past it is RESOURCE_EXHAUSTED\n"
     "  --auth-token-file  file holding the shared token for every call, served and sent\n"
     "                 (else $LIGHTRL_AUTH_TOKEN); required for any non-loopback address.\n"
-    "                 Never on the command line: /proc shows it.\n";
+    "                 Never on the command line: /proc shows it.\n"
+    + std::string(kWorkerTlsUsage);
 
 absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags,
                    Flags::Parse(args, {"listen", "coordinator", "worker-id", "model", "tokenizer",
                                        "device", "dtype", "capacity", "max-num-seqs",
                                        "kv-cache-mb", "auth-token", "auth-token-file", "advertise",
-                                       "max-message-mb", "max-inflight-mb"},
-                                 {"enforce-eager"}));
+                                       "max-message-mb", "max-inflight-mb", "tls-cert",
+                                       "tls-key", "tls-ca"},
+                                 {"enforce-eager", kWorkerTlsSwitch}));
   RolloutWorkerOptions options;
   options.listen_address = flags.Get("listen", options.listen_address);
   ASSIGN_OR_RETURN(options.auth_token, WorkerAuthToken(flags));
+  ASSIGN_OR_RETURN(options.tls, WorkerTlsFlags(flags));
   char host[256] = {0};
   ::gethostname(host, sizeof(host) - 1);
   options.worker_id = flags.Get("worker-id", absl::StrCat("rollout-", host, "-", ::getpid()));
@@ -98,6 +103,7 @@ absl::Status Run(const std::vector<std::string>& args) {
     WorkerRegistrationOptions ropts;
     ropts.coordinator_address = flags.Get("coordinator");
     ropts.auth_token = options.auth_token;
+    ropts.tls = options.tls;
     ropts.worker.id = options.worker_id;
     ropts.worker.role = kRolloutRole;
     ropts.worker.address = flags.Get("advertise", worker->address());
