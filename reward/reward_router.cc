@@ -364,9 +364,15 @@ absl::Status ScoreLocalSlice(const RewardRouterEntry& entry, RewardFunction& fun
 
 absl::StatusOr<std::vector<RewardResult>> RewardRouter::ScoreBatch(
     const std::vector<RewardInput>& inputs) {
+  absl::StatusOr<RoutedScores> scores = ScoreBatchByEntry(inputs);
+  if (!scores.ok()) return scores.status();
+  return std::move(scores->combined);
+}
+
+absl::StatusOr<RoutedScores> RewardRouter::ScoreBatchByEntry(const std::vector<RewardInput>& inputs) {
   const size_t n = inputs.size();
-  if (n == 0) return std::vector<RewardResult>();
   const size_t num_entries = entries_.size();
+  if (n == 0) return RoutedScores{{}, std::vector<std::vector<RewardResult>>(num_entries)};
   // scores[e][i]: entry e's result for input i. Every task writes its own range and its
   // own status slot, so joining the tasks is the only synchronisation needed.
   std::vector<std::vector<RewardResult>> scores(num_entries, std::vector<RewardResult>(n));
@@ -454,7 +460,7 @@ absl::StatusOr<std::vector<RewardResult>> RewardRouter::ScoreBatch(
                                               "); check the entries' weights"));
     }
   }
-  return results;
+  return RoutedScores{std::move(results), std::move(scores)};
 }
 
 }  // namespace lightrl

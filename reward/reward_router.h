@@ -85,6 +85,14 @@ struct RewardRouterOptions {
   absl::Status Validate() const;
 };
 
+// One batch's scores through the router: what ScoreBatch returns, and each entry's own
+// result as the entry returned it (unweighted), so callers can report every reward
+// source on its own.
+struct RoutedScores {
+  std::vector<RewardResult> combined;                // [input]
+  std::vector<std::vector<RewardResult>> by_entry;  // [entry in options().entries order][input]
+};
+
 class RewardRouter {
  public:
   // Validates `options`, builds the in-process functions and the remote clients. Does
@@ -108,6 +116,9 @@ class RewardRouter {
   // it too, naming the entry and the item. Never a partial or zero-filled result.
   // Thread-safe.
   absl::StatusOr<std::vector<RewardResult>> ScoreBatch(const std::vector<RewardInput>& inputs);
+  // ScoreBatch, also keeping each entry's unweighted results. Same calls, retries and
+  // errors. Thread-safe.
+  absl::StatusOr<RoutedScores> ScoreBatchByEntry(const std::vector<RewardInput>& inputs);
 
   const RewardRouterOptions& options() const { return options_; }
 

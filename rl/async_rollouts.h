@@ -53,6 +53,10 @@ struct AsyncRolloutOptions {
 struct GroupScores {
   std::vector<std::string> texts;
   std::vector<RewardResult> rewards;
+  // Each reward source's own result per sample ([source][sample]), for the per-source
+  // metrics; empty when the score function reports none.
+  std::vector<std::string> sources;
+  std::vector<std::vector<RewardResult>> source_rewards;
 };
 
 // A generated group handed to the trainer, in dataset draw order.

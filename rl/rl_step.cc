@@ -44,14 +44,31 @@ absl::StatusOr<std::vector<ScoredGroup>> ScoreGroups(const std::vector<const Exa
       inputs.push_back(std::move(in));
     }
   }
-  ASSIGN_OR_RETURN(std::vector<RewardResult> rewards, score(inputs));
-  if (rewards.size() != inputs.size()) {
-    return absl::InternalError(absl::StrCat("ScoreGroups: the reward returned ", rewards.size(),
+  ASSIGN_OR_RETURN(BatchRewards batch, score(inputs));
+  if (batch.rewards.size() != inputs.size()) {
+    return absl::InternalError(absl::StrCat("ScoreGroups: the reward returned ", batch.rewards.size(),
                                             " results for ", inputs.size(), " responses"));
   }
-  size_t next = 0;
+  if (batch.by_source.size() != batch.sources.size()) {
+    return absl::InternalError(absl::StrCat("ScoreGroups: ", batch.sources.size(), " reward sources but ",
+                                            batch.by_source.size(), " rows of their results"));
+  }
+  for (size_t s = 0; s < batch.sources.size(); ++s) {
+    if (batch.by_source[s].size() != inputs.size()) {
+      return absl::InternalError(absl::StrCat("ScoreGroups: reward source \"", batch.sources[s], "\" returned ",
+                                              batch.by_source[s].size(), " results for ", inputs.size(),
+                                              " responses"));
+    }
+  }
+  size_t begin = 0;
   for (ScoredGroup& g : groups) {
-    for (size_t k = 0; k < g.generation.samples.size(); ++k) g.rewards.push_back(std::move(rewards[next++]));
+    const size_t end = begin + g.generation.samples.size();
+    for (size_t i = begin; i < end; ++i) g.rewards.push_back(std::move(batch.rewards[i]));
+    g.sources = batch.sources;
+    for (const std::vector<RewardResult>& row : batch.by_source) {
+      g.source_rewards.emplace_back(row.begin() + begin, row.begin() + end);
+    }
+    begin = end;
   }
   return groups;
 }
@@ -66,6 +83,18 @@ absl::StatusOr<std::optional<TrainGroup>> BuildTrainGroup(const ScoredGroup& sco
     return absl::InternalError(absl::StrCat("group ", group_id, ": ", samples.size(), " samples but ",
                                             scored.rewards.size(), " rewards and ",
                                             scored.texts.size(), " texts"));
+  }
+  if (scored.source_rewards.size() != scored.sources.size()) {
+    return absl::InternalError(absl::StrCat("group ", group_id, ": ", scored.sources.size(),
+                                            " reward sources but ", scored.source_rewards.size(),
+                                            " rows of their results"));
+  }
+  for (size_t s = 0; s < scored.sources.size(); ++s) {
+    if (scored.source_rewards[s].size() != samples.size()) {
+      return absl::InternalError(absl::StrCat("group ", group_id, ": reward source \"", scored.sources[s],
+                                              "\" has ", scored.source_rewards[s].size(),
+                                              " results for ", samples.size(), " samples"));
+    }
   }
   TrainGroup out;
   RolloutGroup& g = out.record;
@@ -100,6 +129,9 @@ absl::StatusOr<std::optional<TrainGroup>> BuildTrainGroup(const ScoredGroup& sco
     responses.push_back(sr);
     metrics->AddSample(r.score, sr.correctness, static_cast<int64_t>(s.tokens.size()));
     metrics->AddRewardLength(r, static_cast<int64_t>(s.tokens.size()));
+    for (size_t source = 0; source < scored.sources.size(); ++source) {
+      metrics->AddSourceReward(scored.sources[source], scored.source_rewards[source][k]);
+    }
     g.samples.push_back(std::move(rs));
   }
   ASSIGN_OR_RETURN(GroupSignal signal, ComputeGroupSignal(responses, options.signal));

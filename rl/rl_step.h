@@ -28,6 +28,15 @@ namespace lightrl {
 // "<entry>/correct" from the reward router), else the whole score.
 double Correctness(const RewardResult& reward);
 
+// The rewards of a batch: each input's reward, and each reward source's own result for it
+// (a reward server or built-in kind, under its name in the config; unweighted), which the
+// step logs as reward/<source> and reward/<source>/<component>.
+struct BatchRewards {
+  std::vector<RewardResult> rewards;                 // [input]
+  std::vector<std::string> sources;                  // names
+  std::vector<std::vector<RewardResult>> by_source;  // [source][input]
+};
+
 // A generated prompt group with each response's text and reward, as the reward returned it
 // (no penalties yet).
 struct ScoredGroup {
@@ -36,17 +45,20 @@ struct ScoredGroup {
   GroupGeneration generation;   // OK; one weight version for every sample
   std::vector<std::string> texts;       // per sample: the response text the reward read
   std::vector<RewardResult> rewards;    // per sample
+  // Each reward source's own result per sample ([source][sample]); empty when the scorer
+  // reported none.
+  std::vector<std::string> sources;
+  std::vector<std::vector<RewardResult>> source_rewards;
 };
 
 // The text of generated tokens.
 using ResponseDecodeFn = std::function<absl::StatusOr<std::string>(const std::vector<int32_t>&)>;
-// Scores a batch; result i belongs to input i.
-using RewardBatchFn =
-    std::function<absl::StatusOr<std::vector<RewardResult>>(const std::vector<RewardInput>&)>;
+// Scores a batch: results in input order, by_source rows as long as the batch.
+using RewardBatchFn = std::function<absl::StatusOr<BatchRewards>(const std::vector<RewardInput>&)>;
 
 // Scores every response of the generated groups (examples[i] was generated as requests[i]
 // into generations[i]) in one call of `score`. A failed generation fails the call with its
-// status; a reward batch of the wrong size is INTERNAL.
+// status; a reward batch of the wrong size (or a source row of the wrong size) is INTERNAL.
 absl::StatusOr<std::vector<ScoredGroup>> ScoreGroups(const std::vector<const Example*>& examples,
                                                      std::vector<GenerationRequest> requests,
                                                      std::vector<GroupGeneration> generations,
@@ -69,8 +81,8 @@ struct TrainGroup {
 
 // The record of `scored` for step `step` under `group_id`, with the penalties applied and
 // the group's advantages; nullopt when dynamic sampling drops it. Every sample, dropped or
-// not, is added to `metrics`, and the group as trained or dropped (staleness counted
-// against `learner_version`).
+// not, is added to `metrics` with its sources' results, and the group as trained or dropped
+// (staleness counted against `learner_version`).
 absl::StatusOr<std::optional<TrainGroup>> BuildTrainGroup(const ScoredGroup& scored, int64_t step,
                                                           const std::string& group_id,
                                                           int64_t learner_version,

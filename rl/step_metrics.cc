@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 
 namespace lightrl {
 
@@ -26,6 +28,54 @@ Scalars LearnerScalars(const LearnerStats& st) {
       {"optim/grad_norm", st.grad_norm},
       {"optim/lr", st.lr},
   };
+}
+
+bool IsReservedRewardSourceName(const std::string& name) {
+  return name == "mean" || name == "std" || name == "accuracy";
+}
+
+bool RewardMetricNames::Admit(const std::string& name) {
+  if (names_.count(name) > 0) return true;
+  if (names_.size() < kMaxNames && name.size() <= kMaxNameBytes) {
+    names_.insert(name);
+    return true;
+  }
+  if (!warned_) {
+    warned_ = true;
+    LogWarning("lightrl run: not logging reward metric \"%s\" (%zu bytes): a run logs at most "
+               "%zu reward source and component names of at most %zu bytes; later ones are "
+               "dropped too",
+               absl::CHexEscape(name.substr(0, kMaxNameBytes)), name.size(), kMaxNames,
+               kMaxNameBytes);
+  }
+  return false;
+}
+
+void RewardSourceMeans::AddValue(const std::string& name, double value) {
+  auto it = index_.find(name);
+  if (it == index_.end()) {
+    if (!names_->Admit(name)) return;
+    it = index_.emplace(name, means_.size()).first;
+    means_.push_back({name, Mean()});
+  }
+  Mean& mean = means_[it->second].second;
+  mean.sum += value;
+  ++mean.count;
+}
+
+void RewardSourceMeans::Add(const std::string& source, const RewardResult& result) {
+  AddValue(source, result.score);
+  for (const auto& [component, value] : result.components) {
+    AddValue(absl::StrCat(source, "/", component), value);
+  }
+}
+
+Scalars RewardSourceMeans::ToScalars(const std::string& prefix) const {
+  Scalars scalars;
+  for (const auto& [name, mean] : means_) {
+    scalars.push_back({absl::StrCat(prefix, name), mean.sum / static_cast<double>(mean.count)});
+  }
+  return scalars;
 }
 
 void RlStepMetrics::AddSample(double reward, double correctness, int64_t num_tokens) {
@@ -85,6 +135,7 @@ Scalars RlStepMetrics::ToScalars(const LearnerStats& st, double step_seconds,
       {"rollout/tokens_per_s",
        generated_tokens_ / std::max(async ? step_seconds : generate_seconds_, 1e-9)},
   };
+  for (auto& kv : sources_.ToScalars("reward/")) scalars.push_back(std::move(kv));
   for (auto& kv : LearnerScalars(st)) scalars.push_back(std::move(kv));
   scalars.push_back({"time/step_s", step_seconds});
   scalars.push_back({"time/generate_s", generate_seconds_});

@@ -289,7 +289,9 @@ class Trainer {
   void PrintSummary() const;
   absl::StatusOr<std::optional<std::string>> LatestCheckpoint() const;
   std::vector<int32_t> StopTokens() const;
-  absl::StatusOr<std::vector<RewardResult>> ScoreAll(const std::vector<RewardInput>& inputs);
+  // Scores a batch in one reward call per server: the router's entries (or the single
+  // built-in kind) are the batch's reward sources.
+  absl::StatusOr<BatchRewards> ScoreAll(const std::vector<RewardInput>& inputs);
   void Progress(const std::string& line) const;
   absl::Status WriteMetrics(int64_t step, const Scalars& scalars);
 
@@ -305,6 +307,7 @@ class Trainer {
   RolloutSourcePtr rollout_source_;
   RewardFunctionPtr reward_;               // a single built-in kind, or
   std::unique_ptr<RewardRouter> router_;   // weighted built-ins and reward servers
+  RewardMetricNames reward_metric_names_;  // reward/<source>/<component> names logged so far
   std::optional<Dataset> train_, eval_, sft_;
   std::unique_ptr<MetricsWriter> metrics_;
   // SFT's metrics: the same metrics.jsonl, TensorBoard's tensorboard/sft run; by SFT step.
@@ -547,6 +550,11 @@ absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& rem
     ro.entries.push_back(std::move(e));
   }
   for (const auto& [name, server] : rw.servers) {
+    if (IsReservedRewardSourceName(name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          config_.source, ": reward.servers.", name, ": the name is taken by the metric reward/",
+          name, ", which a server's own score would be logged under; choose another name"));
+    }
     RewardRouterEntry e;
     e.name = name;
     e.address = server.address;
@@ -746,13 +754,21 @@ std::vector<int32_t> Trainer::StopTokens() const {
   return ids;
 }
 
-absl::StatusOr<std::vector<RewardResult>> Trainer::ScoreAll(const std::vector<RewardInput>& inputs) {
-  if (router_) return router_->ScoreBatch(inputs);
-  std::vector<RewardResult> out;
+absl::StatusOr<BatchRewards> Trainer::ScoreAll(const std::vector<RewardInput>& inputs) {
+  BatchRewards out;
+  if (router_) {
+    ASSIGN_OR_RETURN(RoutedScores scores, router_->ScoreBatchByEntry(inputs));
+    out.rewards = std::move(scores.combined);
+    for (const RewardRouterEntry& entry : router_->options().entries) out.sources.push_back(entry.name);
+    out.by_source = std::move(scores.by_entry);
+    return out;
+  }
   for (const RewardInput& in : inputs) {
     ASSIGN_OR_RETURN(RewardResult r, reward_->Score(in));
-    out.push_back(std::move(r));
+    out.rewards.push_back(std::move(r));
   }
+  out.sources = {config_.reward.kind};
+  out.by_source = {out.rewards};
   return out;
 }
 
@@ -852,12 +868,19 @@ absl::StatusOr<EvalResult> Trainer::Evaluate(int64_t step) {
       owner.push_back(q);
     }
   }
-  ASSIGN_OR_RETURN(std::vector<RewardResult> scores, ScoreAll(inputs));
+  ASSIGN_OR_RETURN(BatchRewards scores, ScoreAll(inputs));
   double greedy_correct = 0, sampled_correct = 0, sampled_count = 0;
-  for (size_t k = 0; k < scores.size(); ++k) {
+  RewardSourceMeans greedy_sources(&reward_metric_names_);
+  for (size_t k = 0; k < scores.rewards.size(); ++k) {
     const bool is_sampled = sampled > 0 && owner[k] % 2 == 1;
-    (is_sampled ? sampled_correct : greedy_correct) += Correctness(scores[k]);
-    if (is_sampled) ++sampled_count;
+    (is_sampled ? sampled_correct : greedy_correct) += Correctness(scores.rewards[k]);
+    if (is_sampled) {
+      ++sampled_count;
+    } else {
+      for (size_t s = 0; s < scores.sources.size(); ++s) {
+        greedy_sources.Add(scores.sources[s], scores.by_source[s][k]);
+      }
+    }
   }
   result.step = step;
   result.greedy = n > 0 ? greedy_correct / n : 0;
@@ -866,6 +889,7 @@ absl::StatusOr<EvalResult> Trainer::Evaluate(int64_t step) {
     result.sampled = sampled_count > 0 ? sampled_correct / sampled_count : 0;
     scalars.push_back({"eval/accuracy_sampled", result.sampled});
   }
+  for (auto& kv : greedy_sources.ToScalars("eval/reward/")) scalars.push_back(std::move(kv));
   RETURN_IF_ERROR(WriteMetrics(step, scalars));
   last_eval_ = result;
   return result;
@@ -930,7 +954,8 @@ absl::StatusOr<std::unique_ptr<AsyncRollouts>> Trainer::StartAsyncRollouts(
                         return ResponseText(tokenizer, tokens);
                       },
                       [this](const std::vector<RewardInput>& inputs) { return ScoreAll(inputs); }));
-      return GroupScores{std::move(scored[0].texts), std::move(scored[0].rewards)};
+      return GroupScores{std::move(scored[0].texts), std::move(scored[0].rewards),
+                         std::move(scored[0].sources), std::move(scored[0].source_rewards)};
     };
   }
   RETURN_IF_ERROR(ao.Validate());
@@ -977,6 +1002,8 @@ absl::StatusOr<std::vector<ScoredGroup>> Trainer::GenerateScoredGroups(
         g.generation = std::move(t.generation);
         g.texts = std::move(t.scores.texts);
         g.rewards = std::move(t.scores.rewards);
+        g.sources = std::move(t.scores.sources);
+        g.source_rewards = std::move(t.scores.source_rewards);
         scored_ahead.push_back(std::move(g));
         continue;
       }
@@ -1051,7 +1078,7 @@ absl::Status Trainer::RunRl() {
   const PhaseClock clock(state_.step, config_.run.steps);
   while (state_.step < config_.run.steps) {
     const auto step_start = Clock::now();
-    RlStepMetrics metrics;
+    RlStepMetrics metrics(&reward_metric_names_);
     ASSIGN_OR_RETURN(std::vector<TrainGroup> groups, CollectTrainGroups(stops, async.get(), &metrics));
     for (const TrainGroup& g : groups) RETURN_IF_ERROR(rollouts_->Append(g.record));
     const std::vector<TrainSample> batch = BuildTrainBatch(groups);

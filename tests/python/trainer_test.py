@@ -37,6 +37,12 @@ that learns single-digit addition in seconds on a CPU:
              greedy generate gives lightrl's tokens; `lightrl convert` carries the files.
   config     bad YAML (unknown key, wrong type, out-of-range value, missing data file)
              exits non-zero with "file:line: key" before any output directory exists.
+  reward_sources  each reward source is logged on its own: the built-in kind as
+             reward/<kind> (and eval/reward/<kind>) with its components; a custom reward
+             server of the test's own beside a weighted built-in as reward/judge and
+             reward/judge/<component>, matching the rollout log, for RL steps and eval;
+             the server receives one Score call per RL step and one per evaluation, each
+             holding every response; a server named like a step metric is refused.
 
 Run: LIGHTRL_BIN=build/rl/lightrl .venv/bin/python tests/python/trainer_test.py [CASE ...]
 TRAINER_TEST_SEED fixes the random kill moments.
@@ -836,10 +842,124 @@ def case_standalone(runs, rng):
             assert f.read() == g.read(), f"convert changed {name}"
 
 
+def start_counting_reward_server(tmp):
+    """A reward server of the test's own (the public protocol, Python's grpc) on loopback:
+    1 for a response that is the ground truth, with components "correct", "style" (0.25)
+    and "chars" (the response's length). Returns (server, address, sizes): sizes collects
+    the item count of every Score call."""
+    import threading
+    from concurrent import futures
+    import grpc
+    from grpc_tools import protoc
+    stubs = os.path.join(tmp, "reward_stubs")
+    os.makedirs(stubs, exist_ok=True)
+    proto_root = os.path.join(os.path.dirname(__file__), "..", "..", "proto")
+    assert protoc.main(["grpc_tools.protoc", f"-I{proto_root}", f"--python_out={stubs}",
+                        f"--grpc_python_out={stubs}",
+                        os.path.join(proto_root, "lightrl/v1/reward.proto")]) == 0
+    sys.path.insert(0, stubs)
+    from lightrl.v1 import reward_pb2, reward_pb2_grpc
+    sizes, lock = [], threading.Lock()
+
+    class Judge(reward_pb2_grpc.RewardServiceServicer):
+        def Score(self, request, context):
+            with lock:
+                sizes.append(len(request.items))
+            response = reward_pb2.ScoreResponse()
+            for item in request.items:
+                assert "response_tokens" in item.metadata, item.metadata
+                hit = 1.0 if item.response.strip() == item.ground_truth else 0.0
+                r = response.results.add(id=item.id, score=hit)
+                r.components.update({"correct": hit, "style": 0.25,
+                                     "chars": float(len(item.response))})
+            return response
+
+        def Health(self, request, context):
+            return reward_pb2.HealthResponse(serving=True, reward_kind="judge")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    reward_pb2_grpc.add_RewardServiceServicer_to_server(Judge(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}", sizes
+
+
+def metric_rows(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def case_reward_sources(runs, rng):
+    # One built-in kind: its score and components under reward/<kind>, the same numbers as
+    # the step's own reward and accuracy, and eval/reward/<kind> beside eval/accuracy.
+    rows = metric_rows(runs.reference())
+    rl_rows = [r for r in rows if "reward/mean" in r]
+    assert len(rl_rows) == RL_STEPS, len(rl_rows)
+    for r in rl_rows:
+        assert r["reward/arithmetic"] == r["reward/mean"], r
+        assert r["reward/arithmetic/correct"] == r["reward/accuracy"], r
+        assert "reward/arithmetic/has_answer" in r, r
+    eval_rows = [r for r in rows if "eval/accuracy" in r]
+    assert eval_rows and all(r["eval/reward/arithmetic"] == r["eval/accuracy"] for r in eval_rows), eval_rows
+
+    # A custom server beside a weighted built-in: each source's own (unweighted) score and
+    # every component the server returns, for RL steps and eval; one Score call per step
+    # and per evaluation, holding every response.
+    server, address, sizes = start_counting_reward_server(runs.tmp)
+    try:
+        steps, eval_n = 2, 16
+        config = runs.config("reward_sources", run__steps=steps, run__eval_every=1,
+                             run__eval_samples=eval_n, checkpoint__every=0)
+        config["reward"] = {"weights": {"arithmetic": 1.0},
+                            "servers": {"judge": {"address": address, "weight": 0.5}}}
+        config["algorithm"]["dynamic_sampling"] = False
+        path = write_config(os.path.join(runs.tmp, "reward_sources.yaml"), config)
+        run_ok("run", "--config", path)
+    finally:
+        server.stop(0)
+    group_items = config["rollout"]["prompts_per_step"] * config["rollout"]["group_size"]
+    # Evaluations at steps 0, 1 and 2 (the final one is step 2's), RL steps 1 and 2.
+    assert sorted(sizes) == [eval_n] * 3 + [group_items] * steps, sizes
+    run_dir = os.path.join(runs.tmp, "reward_sources")
+    rows = metric_rows(run_dir)
+    groups, _ = export_rollouts(os.path.join(run_dir, "rollouts"),
+                                os.path.join(runs.tmp, "reward_sources.jsonl"))
+    rl_rows = {r["step"]: r for r in rows if "reward/mean" in r}
+    assert sorted(rl_rows) == [1, 2], sorted(rl_rows)
+    for step, r in rl_rows.items():
+        samples = [s for g in groups if g["step"] == step - 1 for s in g["samples"]]
+        assert len(samples) == group_items, len(samples)
+        def mean_of(component):
+            return sum(s["reward_components"][component] for s in samples) / len(samples)
+        assert r["reward/judge/style"] == 0.25, r
+        assert math.isclose(r["reward/judge/chars"], mean_of("judge/chars"), rel_tol=1e-12), r
+        assert math.isclose(r["reward/judge/correct"], mean_of("judge/correct"), rel_tol=1e-12), r
+        # reward/judge is the server's own score; the logged component is weighted by 0.5.
+        assert math.isclose(r["reward/judge"], 2 * mean_of("judge"), rel_tol=1e-12), r
+        assert math.isclose(r["reward/arithmetic"], mean_of("arithmetic"), rel_tol=1e-12), r
+        assert math.isclose(r["reward/mean"], r["reward/arithmetic"] + 0.5 * r["reward/judge"],
+                            rel_tol=1e-9, abs_tol=1e-12), r
+    eval_rows = [r for r in rows if "eval/accuracy" in r]
+    assert [r["step"] for r in eval_rows] == [0, 1, 2], eval_rows
+    for r in eval_rows:
+        for key in ("eval/reward/judge", "eval/reward/judge/correct", "eval/reward/judge/chars",
+                    "eval/reward/arithmetic", "eval/reward/arithmetic/correct"):
+            assert key in r, (key, r)
+        assert r["eval/reward/judge/style"] == 0.25, r
+        # eval/accuracy is the first "correct" component: the built-in's.
+        assert r["eval/accuracy"] == r["eval/reward/arithmetic/correct"], r
+    # A server may not take the name of one of the step's own reward metrics.
+    config["reward"]["servers"] = {"accuracy": {"address": address}}
+    config["run"]["output_dir"] = os.path.join(runs.tmp, "reward_reserved")
+    path = write_config(os.path.join(runs.tmp, "reward_reserved.yaml"), config)
+    proc = lightrl("run", "--config", path)
+    assert proc.returncode != 0 and "reward.servers.accuracy" in proc.stderr, proc.stderr
+
+
 CASES = {"resume": case_resume, "metrics": case_metrics, "rollouts": case_rollouts,
          "replay": case_replay, "checksums": case_checksums, "corrupt_log": case_corrupt_log,
          "metrics_resume": case_metrics_resume, "config": case_config,
-         "standalone": case_standalone}
+         "standalone": case_standalone, "reward_sources": case_reward_sources}
 
 
 def main():

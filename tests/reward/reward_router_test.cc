@@ -568,6 +568,99 @@ TEST(RewardRouterTest, BatchLargerThanTheServersMessageLimitIsSplitByBytes) {
   EXPECT_EQ(RewardRouter::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A RewardService on loopback that counts the Score calls and items it receives: 1 when the
+// response holds the ground truth, with components "correct" and "scale" (= `scale`).
+class CountingRewardService final : public v1::RewardService::Service {
+ public:
+  explicit CountingRewardService(double scale) : scale_(scale) {}
+  grpc::Status Score(grpc::ServerContext*, const v1::ScoreRequest* request,
+                     v1::ScoreResponse* response) override {
+    ++calls;
+    items += request->items_size();
+    for (const v1::ScoreItem& item : request->items()) {
+      const bool hit = absl::StrContains(item.response(), item.ground_truth());
+      v1::ScoreResult* r = response->add_results();
+      r->set_id(item.id());
+      r->set_score(hit ? scale_ : 0.0);
+      (*r->mutable_components())["correct"] = hit ? 1.0 : 0.0;
+      (*r->mutable_components())["scale"] = scale_;
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status Health(grpc::ServerContext*, const v1::HealthRequest*,
+                      v1::HealthResponse* response) override {
+    response->set_serving(true);
+    return grpc::Status::OK;
+  }
+  std::atomic<int> calls{0};
+  std::atomic<int> items{0};
+
+ private:
+  const double scale_;
+};
+
+struct CountingServer {
+  explicit CountingServer(double scale) : service(scale) {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+    address = absl::StrCat("127.0.0.1:", port);
+  }
+  ~CountingServer() { server->Shutdown(); }
+  CountingRewardService service;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+};
+
+// One batch reaches each server as one Score call holding every item, and the per-entry
+// results are each entry's own, unweighted, beside the weighted combination.
+TEST(RewardRouterTest, OneCallPerServerPerBatchAndEachEntrysOwnScores) {
+  CountingServer judge(0.5), verifier(2.0);
+  RewardRouterOptions options = FastOptions();
+  options.entries = {Remote("judge", judge.address, 3.0), Builtin("math", "math", 1.0),
+                     Remote("verifier", verifier.address, -0.25)};
+  std::unique_ptr<RewardRouter> router = MakeRouter(options);
+  ASSERT_NE(router, nullptr);
+  std::vector<RewardInput> inputs = Inputs(300);
+  for (int i = 0; i < 300; i += 3) inputs[i].response = "no answer here";
+  absl::StatusOr<RoutedScores> scores = router->ScoreBatchByEntry(inputs);
+  ASSERT_TRUE(scores.ok()) << scores.status();
+  EXPECT_EQ(judge.service.calls.load(), 1);
+  EXPECT_EQ(judge.service.items.load(), 300);
+  EXPECT_EQ(verifier.service.calls.load(), 1);
+  EXPECT_EQ(verifier.service.items.load(), 300);
+  ASSERT_EQ(scores->combined.size(), 300u);
+  ASSERT_EQ(scores->by_entry.size(), 3u);
+  for (int i = 0; i < 300; ++i) {
+    const bool hit = i % 3 != 0;
+    const RewardResult& j = scores->by_entry[0][i];
+    const RewardResult& v = scores->by_entry[2][i];
+    EXPECT_EQ(j.score, hit ? 0.5 : 0.0) << i;
+    EXPECT_EQ(v.score, hit ? 2.0 : 0.0) << i;
+    EXPECT_EQ(Component(j, "correct"), hit ? 1.0 : 0.0) << i;
+    EXPECT_EQ(Component(v, "scale"), 2.0) << i;
+    // The math kind wants the answer at the end: "the answer is N" is correct.
+    EXPECT_EQ(Component(scores->by_entry[1][i], "correct"), scores->by_entry[1][i].score) << i;
+    const RewardResult& c = scores->combined[i];
+    EXPECT_DOUBLE_EQ(c.score, 3.0 * j.score + scores->by_entry[1][i].score - 0.25 * v.score) << i;
+    EXPECT_DOUBLE_EQ(Component(c, "judge"), 3.0 * j.score) << i;
+    EXPECT_EQ(Component(c, "verifier/scale"), 2.0) << i;
+  }
+  // ScoreBatch is the same combination.
+  absl::StatusOr<std::vector<RewardResult>> combined = router->ScoreBatch(inputs);
+  ASSERT_TRUE(combined.ok()) << combined.status();
+  EXPECT_EQ(judge.service.calls.load(), 2);
+  for (int i = 0; i < 300; ++i) EXPECT_EQ((*combined)[i].score, scores->combined[i].score) << i;
+  // An empty batch calls no server and has an empty row per entry.
+  scores = router->ScoreBatchByEntry({});
+  ASSERT_TRUE(scores.ok()) << scores.status();
+  EXPECT_TRUE(scores->combined.empty());
+  EXPECT_EQ(scores->by_entry.size(), 3u);
+  EXPECT_EQ(judge.service.calls.load(), 2);
+}
+
 TEST(RewardRouterTest, OptionsAreValidatedNamingTheEntry) {
   RewardRouterOptions options = FastOptions();
   EXPECT_EQ(RewardRouter::Create(options).status().code(), absl::StatusCode::kInvalidArgument);

@@ -49,15 +49,21 @@ struct MathScorer {
   RewardFunctionPtr math;
   int calls = 0;
   std::vector<size_t> batch_sizes;
-  absl::StatusOr<std::vector<RewardResult>> operator()(const std::vector<RewardInput>& inputs) {
+  absl::StatusOr<BatchRewards> operator()(const std::vector<RewardInput>& inputs) {
     ++calls;
     batch_sizes.push_back(inputs.size());
-    std::vector<RewardResult> out;
+    BatchRewards out;
+    out.sources = {"math", "length"};
+    out.by_source.resize(2);
     for (RewardInput in : inputs) {
       in.response = absl::StrCat("\\boxed{", in.response, "}");
       absl::StatusOr<RewardResult> r = math->Score(in);
       if (!r.ok()) return r.status();
-      out.push_back(*std::move(r));
+      out.by_source[0].push_back(*r);
+      RewardResult length;
+      length.score = -0.1 * static_cast<double>(in.response.size());
+      out.by_source[1].push_back(length);
+      out.rewards.push_back(*std::move(r));
     }
     return out;
   }
@@ -111,6 +117,13 @@ TEST(ScoreGroups, ScoresEveryGroupInOneBatchInSampleOrder) {
   ASSERT_EQ(g1.rewards.size(), 2u);
   EXPECT_EQ(g1.rewards[0].score, 1.0);
   EXPECT_EQ(g1.rewards[1].score, 0.0);
+  // Each source's rows are cut to the group's samples.
+  EXPECT_EQ(g1.sources, (std::vector<std::string>{"math", "length"}));
+  ASSERT_EQ(g1.source_rewards.size(), 2u);
+  ASSERT_EQ(g1.source_rewards[1].size(), 2u);
+  EXPECT_DOUBLE_EQ(g1.source_rewards[1][0].score, -0.1 * 9);  // the 9 characters of \boxed{4}
+  ASSERT_EQ(g0.source_rewards[0].size(), 3u);
+  EXPECT_EQ(g0.source_rewards[0][2].score, 0.0);
 }
 
 TEST(ScoreGroups, AFailedGenerationOrADecodeErrorFailsBeforeScoring) {
@@ -139,12 +152,26 @@ TEST(ScoreGroups, ARewardOfTheWrongSizeIsAnInternalError) {
   std::vector<GroupGeneration> gens(1);
   gens[0].samples = {Sample({2}), Sample({3})};
   auto short_reward = [](const std::vector<RewardInput>&) {
-    return absl::StatusOr<std::vector<RewardResult>>(std::vector<RewardResult>(1));
+    BatchRewards out;
+    out.rewards.resize(1);
+    return absl::StatusOr<BatchRewards>(out);
   };
   auto groups = ScoreGroups({&examples[0]}, std::vector<GenerationRequest>(1), gens, Decode, short_reward);
   ASSERT_FALSE(groups.ok());
   EXPECT_EQ(groups.status().code(), absl::StatusCode::kInternal);
   EXPECT_NE(groups.status().message().find("1 results for 2 responses"), std::string::npos)
+      << groups.status();
+  auto short_source = [](const std::vector<RewardInput>&) {
+    BatchRewards out;
+    out.rewards.resize(2);
+    out.sources = {"judge"};
+    out.by_source = {std::vector<RewardResult>(3)};
+    return absl::StatusOr<BatchRewards>(out);
+  };
+  groups = ScoreGroups({&examples[0]}, std::vector<GenerationRequest>(1), gens, Decode, short_source);
+  ASSERT_FALSE(groups.ok());
+  EXPECT_NE(groups.status().message().find("reward source \"judge\" returned 3 results for 2"),
+            std::string::npos)
       << groups.status();
 }
 
@@ -181,7 +208,8 @@ TEST(BuildTrainGroup, AdvantagesFromTheRewardsAndTheRecordForTheLog) {
                                    Reward(0.5, {{"correct", 1}})},
                                   /*version=*/6);
   TrainGroupOptions options;
-  RlStepMetrics metrics;
+  RewardMetricNames names;
+  RlStepMetrics metrics(&names);
   auto group = BuildTrainGroup(scored, 4, "step-4-0-1", /*learner_version=*/7, options, &metrics);
   ASSERT_TRUE(group.ok()) << group.status();
   ASSERT_TRUE(group->has_value());
@@ -214,7 +242,8 @@ TEST(BuildTrainGroup, DynamicSamplingDropsAGroupOfEqualCorrectnessButCountsItsSa
                                   {Reward(0.2, {{"correct", 0}}), Reward(0, {{"correct", 0}})}, 0);
   TrainGroupOptions options;
   options.signal.dynamic_sampling = true;
-  RlStepMetrics metrics;
+  RewardMetricNames names;
+  RlStepMetrics metrics(&names);
   auto group = BuildTrainGroup(scored, 0, "g", 0, options, &metrics);
   ASSERT_TRUE(group.ok()) << group.status();
   EXPECT_FALSE(group->has_value());
@@ -242,7 +271,8 @@ TEST(BuildTrainGroup, SoftOverlongPenaltyAndFilterApplyAfterCorrectness) {
   options.signal.overlong.max_response_length = 4;
   options.signal.overlong.buffer = 2;
   options.soft_overlong_penalty = true;
-  RlStepMetrics metrics;
+  RewardMetricNames names;
+  RlStepMetrics metrics(&names);
   auto group = BuildTrainGroup(scored, 0, "g", 0, options, &metrics);
   ASSERT_TRUE(group.ok()) << group.status();
   ASSERT_TRUE(group->has_value());
@@ -261,12 +291,77 @@ TEST(BuildTrainGroup, SoftOverlongPenaltyAndFilterApplyAfterCorrectness) {
   EXPECT_DOUBLE_EQ(metrics.reward_mean(), 0.5 / 3);
 }
 
+TEST(BuildTrainGroup, EachRewardSourceIsLoggedWithItsComponents) {
+  const Example ex = Ex("d:1", "p", "5");
+  ScoredGroup scored = MakeScored(&ex, {Sample({5}), Sample({1}), Sample({5, 5})},
+                                  {Reward(1), Reward(0), Reward(2)}, 0);
+  scored.sources = {"judge", "math"};
+  scored.source_rewards = {
+      {Reward(0.5, {{"style", 1}, {"correct", 1}}), Reward(0.25, {{"style", 0}}),
+       Reward(1, {{"style", 1}, {"correct", 0}})},
+      {Reward(1, {{"correct", 1}}), Reward(0, {{"correct", 0}}), Reward(1, {{"correct", 1}})}};
+  RewardMetricNames names;
+  RlStepMetrics metrics(&names);
+  auto group = BuildTrainGroup(scored, 0, "g", 0, TrainGroupOptions(), &metrics);
+  ASSERT_TRUE(group.ok()) << group.status();
+  const Scalars scalars = metrics.ToScalars(LearnerStats(), 1.0, {}, std::nullopt, std::nullopt);
+  std::vector<std::string> source_names;
+  std::map<std::string, double> by_name;
+  for (const auto& [name, value] : scalars) {
+    by_name[name] = value;
+    if (name.rfind("reward/judge", 0) == 0 || name.rfind("reward/math", 0) == 0) {
+      source_names.push_back(name);
+    }
+  }
+  // In the order first seen, right after the step's own reward metrics.
+  EXPECT_EQ(absl::StrJoin(source_names, ","),
+            "reward/judge,reward/judge/style,reward/judge/correct,reward/math,reward/math/correct");
+  EXPECT_DOUBLE_EQ(by_name.at("reward/judge"), 1.75 / 3);
+  EXPECT_DOUBLE_EQ(by_name.at("reward/judge/style"), 2.0 / 3);
+  // A component is averaged over the samples that returned it.
+  EXPECT_DOUBLE_EQ(by_name.at("reward/judge/correct"), 0.5);
+  EXPECT_DOUBLE_EQ(by_name.at("reward/math"), 2.0 / 3);
+  EXPECT_DOUBLE_EQ(by_name.at("reward/mean"), 1.0);
+  // Rows that do not match the group are an error, not a misattribution.
+  scored.source_rewards[1].pop_back();
+  group = BuildTrainGroup(scored, 0, "g", 0, TrainGroupOptions(), &metrics);
+  ASSERT_FALSE(group.ok());
+  EXPECT_EQ(group.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(group.status().message().find("reward source \"math\" has 2 results for 3 samples"),
+            std::string::npos)
+      << group.status();
+}
+
+TEST(RewardMetricNames, ARunLogsABoundedSetOfBoundedNames) {
+  RewardMetricNames names;
+  RewardSourceMeans means(&names);
+  // A server that returns a new component name for every sample.
+  for (size_t i = 0; i < RewardMetricNames::kMaxNames + 50; ++i) {
+    means.Add("judge", Reward(1, {{absl::StrCat("c", i), 1}}));
+  }
+  means.Add("judge", Reward(1, {{std::string(RewardMetricNames::kMaxNameBytes + 1, 'x'), 1}}));
+  const Scalars scalars = means.ToScalars("eval/reward/");
+  EXPECT_EQ(scalars.size(), RewardMetricNames::kMaxNames);
+  EXPECT_EQ(scalars[0].first, "eval/reward/judge");
+  EXPECT_DOUBLE_EQ(scalars[0].second, 1.0);
+  // Names admitted before stay admitted, in later steps too.
+  RewardSourceMeans later(&names);
+  later.Add("judge", Reward(3, {{"c0", 2}, {"c9999", 1}}));
+  const Scalars again = later.ToScalars("reward/");
+  ASSERT_EQ(again.size(), 2u);
+  EXPECT_EQ(again[1].first, "reward/judge/c0");
+  EXPECT_TRUE(IsReservedRewardSourceName("accuracy"));
+  EXPECT_TRUE(IsReservedRewardSourceName("mean"));
+  EXPECT_FALSE(IsReservedRewardSourceName("math"));
+}
+
 TEST(BuildTrainBatch, EveryResponseOfEveryGroupInOrder) {
   const Example ex = Ex("d:1", "p", "5");
   TrainGroupOptions options;
   options.signal.overlong_filter = true;
   options.signal.overlong.max_response_length = 2;
-  RlStepMetrics metrics;
+  RewardMetricNames names;
+  RlStepMetrics metrics(&names);
   std::vector<TrainGroup> groups;
   for (int i = 0; i < 2; ++i) {
     ScoredGroup scored = MakeScored(&ex, {Sample({5}), Sample({1, 1}, FinishReason::kLength)},
@@ -305,7 +400,8 @@ TEST(BuildTrainBatch, EveryResponseOfEveryGroupInOrder) {
 }
 
 TEST(RlStepMetrics, RewardStatisticsAndTheLoggingOrder) {
-  RlStepMetrics metrics;
+  RewardMetricNames names;
+  RlStepMetrics metrics(&names);
   const double rewards[] = {1.0, -0.5, 0.25, 0.0};
   for (int i = 0; i < 4; ++i) metrics.AddSample(rewards[i], i % 2, 10 * (i + 1));
   metrics.AddGenerateSeconds(2.0);
@@ -316,11 +412,17 @@ TEST(RlStepMetrics, RewardStatisticsAndTheLoggingOrder) {
   st.loss = 0.125;
   st.tokens = 80;
   const Scalars scalars = metrics.ToScalars(st, 10.0, {}, std::nullopt, std::nullopt);
-  std::vector<std::string> names;
-  for (const auto& [name, value] : scalars) names.push_back(name);
-  EXPECT_EQ(absl::StrJoin(names.begin(), names.begin() + 8, ","),
+  std::vector<std::string> logged;
+  for (const auto& [name, value] : scalars) logged.push_back(name);
+  ASSERT_GE(logged.size(), 8u);
+  EXPECT_EQ(absl::StrJoin(logged.begin(), logged.begin() + 7, ","),
             "reward/mean,reward/std,reward/accuracy,response/length_mean,rollout/groups_trained,"
-            "rollout/groups_dropped,rollout/tokens_per_s,loss/total");
+            "rollout/groups_dropped,rollout/tokens_per_s");
+  // Then any further reward/ metrics, then the learner's.
+  size_t learner = 7;
+  while (learner < logged.size() && logged[learner].rfind("reward/", 0) == 0) ++learner;
+  ASSERT_LT(learner, logged.size());
+  EXPECT_EQ(logged[learner], "loss/total");
   std::map<std::string, double> by_name(scalars.begin(), scalars.end());
   const double mean = 0.75 / 4;
   double var = 0;
@@ -337,14 +439,15 @@ TEST(RlStepMetrics, RewardStatisticsAndTheLoggingOrder) {
   EXPECT_DOUBLE_EQ(by_name.at("loss/total"), 0.125);
   EXPECT_EQ(by_name.count("async/staleness_mean"), 0u);
   // A step without samples logs zeros, not NaN.
-  RlStepMetrics empty;
+  RlStepMetrics empty(&names);
   for (const auto& [name, value] : empty.ToScalars(st, 1.0, {}, std::nullopt, std::nullopt)) {
     EXPECT_TRUE(std::isfinite(value)) << name;
   }
 }
 
 TEST(RlStepMetrics, LengthCorrelationOfTheRewardAndOfEachJudgesScore) {
-  RlStepMetrics metrics;
+  RewardMetricNames names;
+  RlStepMetrics metrics(&names);
   const double lengths[] = {1, 2, 3, 4};
   const double judged[] = {1, 3, 2, 5};
   for (int i = 0; i < 4; ++i) {
