@@ -2,7 +2,9 @@
 // or supervised updates (SFT warm-up), with AdamW, an LR schedule, gradient clipping and
 // a policy version that the engine reads. Torch-free header over the PolicyModel it
 // updates in place; optimizer state is saved and restored with its checkpoints. Given a
-// ProcessGroup it is one rank of a data-parallel learner (docs/distributed.md).
+// ProcessGroup it is one rank of a data-parallel learner (docs/distributed.md). It owns
+// the training steps; the state they update lives in its parts: adamw.h, gradient_reducer.h,
+// zero_optimizer.h, expert_shards.h, optimizer_state_io.h and learner_stats.h.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +16,7 @@
 #include "policy/policy_model.h"
 #include "rl/distributed.h"
 #include "rl/learner_options.h"
+#include "rl/learner_stats.h"
 
 namespace lightrl {
 
@@ -28,21 +31,6 @@ struct TrainSample {
   std::vector<float> rollout_logprobs;
   double advantage = 0;  // RL; ignored by SFT
   bool keep = true;      // false: the response's tokens are masked out (overlong filter)
-};
-
-struct LearnerStats {
-  double loss = 0, policy_loss = 0, aux_loss = 0, grad_norm = 0, lr = 0;
-  double clip_fraction = 0, ratio_mean = 0, ratio_min = 0, ratio_max = 0;
-  double clipped_weight_mean = 0, approx_kl = 0, entropy = 0;
-  // The train/inference mismatch over tokens with engine logprobs: mean and max
-  // |log pi_old - log pi_rollout|, and the k3 estimate of KL(pi_rollout || pi_old).
-  double rollout_logprob_abs_diff = 0, rollout_logprob_abs_diff_max = 0, rollout_kl = 0;
-  // Mean truncated-IS weight min(pi_old / pi_rollout, cap) (1 when off).
-  double truncated_is_weight_mean = 1;
-  int64_t tokens = 0, updates = 0;
-  // Data parallel, this rank: gradient buckets all-reduced, and how many of them were
-  // launched from backward (overlapped) rather than after it.
-  int64_t grad_buckets = 0, grad_buckets_in_backward = 0;
 };
 
 class Learner {

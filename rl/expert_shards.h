@@ -1,0 +1,95 @@
+// Expert-parallel state of a learner: which parameters are whose experts, this rank's
+// experts' AdamW (and FP32 masters), their gradients summed over the ranks that hold the
+// same experts, and the all-gather that brings every rank's expert weights level after an
+// update. Owns the expert shards' optimizer state; the token dispatch is expert_comm.h's,
+// the replicated parameters' reduction and state are gradient_reducer.h's and adamw.h's.
+#pragma once
+
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "rl/adamw.h"
+#include "rl/distributed.h"
+#include "rl/expert_comm.h"
+#include "rl/learner_options.h"
+
+namespace lightrl {
+
+// The model parameter's expert index when it belongs to an MoE expert
+// ("...block_sparse_moe.experts.E...."), else -1.
+int64_t ExpertOf(const std::string& name);
+
+// Which parameters are replicated on every rank and which belong to which of `ep` expert
+// shards: shard q holds experts [q * E / ep, (q + 1) * E / ep) of every MoE layer. Every
+// shard must hold as many elements as the others.
+struct ExpertShardPlan {
+  std::vector<char> replicated;                   // by parameter
+  std::vector<std::vector<size_t>> shard_params;  // [ep]: the shard's parameters, ascending
+  int64_t shard_numel = 0;                        // elements of one shard
+
+  static absl::StatusOr<ExpertShardPlan> Make(const std::vector<std::string>& names,
+                                              const std::vector<int64_t>& numels,
+                                              int64_t num_experts, int64_t ep);
+};
+
+class ExpertShards {
+ public:
+  // A collective of every rank of `group` (not owned): joins this rank's EP group (`ep`
+  // consecutive ranks) and the group of ranks that hold the same experts. Drops the FP32
+  // masters of other shards' experts (their owners update them) and makes the AdamW of this
+  // rank's experts.
+  static absl::StatusOr<std::unique_ptr<ExpertShards>> Create(
+      ProcessGroup* group, int64_t ep, int64_t num_experts, const std::vector<std::string>& names,
+      MasterWeights* masters, const OptimizerOptions& options, const torch::Device& device);
+
+  const std::vector<char>& replicated() const { return plan_.replicated; }
+  // This rank's experts' parameters.
+  const std::vector<size_t>& local() const { return plan_.shard_params[shard_]; }
+  int64_t ep() const { return ep_; }
+  int64_t shard() const { return shard_; }
+  // The first EP group (ranks 0..ep-1) writes every shard's state once.
+  bool writes_state() const { return group_->rank() < ep_; }
+  ExpertParallelComm* comm() { return comm_.get(); }
+  torch::optim::AdamW& optimizer() { return *optimizer_; }
+
+  // After an update's last backward: this rank's experts' gradients (zero where no token
+  // reached one) summed over their replicas; launched first, so that it overlaps the
+  // replicated parameters' reduction, then awaited.
+  void LaunchGradReduce(MasterWeights& masters);
+  void WaitGradReduce();
+  // Makes the reduced gradients those of the tensors this rank's AdamW updates, and drops
+  // them after the update (they are views of a buffer the next update refills).
+  void AttachGrads(MasterWeights& masters);
+  void ReleaseGrads(MasterWeights& masters);
+  // The squared norm of all experts' gradients, each shard counted once, the same on every
+  // rank. A collective.
+  double SquaredNorm();
+  // Scales this rank's expert gradients by `factor` when it is below 1 (clipping).
+  void ScaleGrads(double factor);
+  // AdamW on this rank's experts, then the all-gather that brings every rank's weights
+  // level. A collective of the EP group.
+  void Step(double lr, MasterWeights& masters);
+
+ private:
+  ExpertShards() = default;
+  void GatherExperts(MasterWeights& masters);
+
+  ProcessGroup* group_ = nullptr;
+  int64_t ep_ = 1, shard_ = 0;
+  ExpertShardPlan plan_;
+  std::unique_ptr<ProcessGroupExpertComm> comm_;
+  c10::intrusive_ptr<c10d::Backend> replicas_;  // ranks holding this rank's experts; null: none
+  // FP32 [ep * shard_numel]: this rank's expert gradients (first shard_numel), then the
+  // all-gather of the updated experts.
+  torch::Tensor flat_;
+  c10::intrusive_ptr<c10d::Work> grad_work_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+};
+
+}  // namespace lightrl

@@ -1,0 +1,196 @@
+#include "rl/optimizer_state_io.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status.h"
+
+namespace lightrl {
+
+namespace {
+
+std::string ShardPath(const std::string& path, int64_t rank, int64_t world) {
+  return absl::StrCat(path, ".rank", rank, "-of-", world);
+}
+
+std::string ExpertStatePath(const std::string& path, int64_t shard, int64_t ep) {
+  return absl::StrCat(path, ".experts", shard, "-of-", ep);
+}
+
+std::string MasterKey(size_t i) { return "lightrl.master." + std::to_string(i); }
+
+absl::Status SaveArchive(torch::serialize::OutputArchive& archive, const std::string& path) {
+  const std::string tmp = path + ".tmp";
+  archive.save_to(tmp);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat(path, ": cannot rename optimizer state into place"));
+  }
+  return absl::OkStatus();
+}
+
+// What a checkpoint directory holds, for an error that says how it was written.
+std::string DescribeSavedState(const std::string& path) {
+  if (FileExists(path)) return "one optimizer state file (written without ZeRO-1)";
+  for (int64_t n = 2; n <= 4096; ++n) {
+    if (FileExists(ShardPath(path, 0, n))) {
+      return absl::StrCat("ZeRO-1 shards of world_size ", n, " (", ShardPath(path, 0, n), ", ...)");
+    }
+  }
+  return "no optimizer state";
+}
+
+int64_t ExpertParallel(const OptimizerStateParts& p) { return p.experts ? p.experts->ep() : 1; }
+
+// The first EP group writes every shard of the experts' state once.
+absl::Status SaveExperts(const std::string& path, const OptimizerStateParts& p) {
+  ExpertShards& e = *p.experts;
+  torch::serialize::OutputArchive experts;
+  experts.write("lightrl.expert_parallel", torch::tensor(e.ep()));
+  experts.write("lightrl.expert_shard", torch::tensor(e.shard()));
+  e.optimizer().save(experts);
+  for (size_t i : e.local()) {
+    if (p.masters->has_masters()) experts.write(MasterKey(i), p.masters->master(i));
+  }
+  return SaveArchive(experts, ExpertStatePath(path, e.shard(), e.ep()));
+}
+
+absl::Status LoadExperts(const std::string& path, const OptimizerStateParts& p) {
+  ExpertShards& e = *p.experts;
+  const std::string file = ExpertStatePath(path, e.shard(), e.ep());
+  if (!FileExists(file)) {
+    return absl::FailedPreconditionError(absl::StrCat(file, " does not exist: this learner runs expert_parallel ",
+                                                      e.ep(), " and needs the state of expert shard ", e.shard()));
+  }
+  torch::serialize::InputArchive experts;
+  experts.load_from(file);
+  torch::Tensor shard;
+  experts.read("lightrl.expert_shard", shard);
+  if (shard.item<int64_t>() != e.shard()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(file, ": holds expert shard ", shard.item<int64_t>(), ", expected ", e.shard()));
+  }
+  e.optimizer().load(experts);
+  for (size_t i : e.local()) {
+    if (!p.masters->has_masters()) continue;
+    torch::Tensor t;
+    experts.read(MasterKey(i), t);
+    p.masters->master(i).copy_(t);
+  }
+  return absl::OkStatus();
+}
+
+void WriteZero(torch::serialize::OutputArchive& archive, const OptimizerStateParts& p) {
+  ZeroOptimizer& z = *p.zero;
+  archive.write("lightrl.zero1.world_size", torch::tensor(p.world));
+  archive.write("lightrl.zero1.rank", torch::tensor(p.rank));
+  archive.write("lightrl.zero1.total", torch::tensor(z.total()));
+  archive.write("lightrl.zero1.master", z.master());
+  archive.write("lightrl.zero1.exp_avg", z.exp_avg());
+  archive.write("lightrl.zero1.exp_avg_sq", z.exp_avg_sq());
+  archive.write("lightrl.zero1.steps", torch::tensor(z.steps()));
+}
+
+absl::Status ReadZero(torch::serialize::InputArchive& archive, const std::string& file,
+                      const OptimizerStateParts& p) {
+  ZeroOptimizer& z = *p.zero;
+  torch::Tensor world, rank, total, steps;
+  archive.read("lightrl.zero1.world_size", world);
+  archive.read("lightrl.zero1.rank", rank);
+  archive.read("lightrl.zero1.total", total);
+  if (world.item<int64_t>() != p.world || rank.item<int64_t>() != p.rank || total.item<int64_t>() != z.total()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        file, ": a shard of rank ", rank.item<int64_t>(), " of ", world.item<int64_t>(), " over ",
+        total.item<int64_t>(), " parameters, but this is rank ", p.rank, " of ", p.world, " over ", z.total()));
+  }
+  torch::Tensor master, avg, avg_sq;
+  archive.read("lightrl.zero1.master", master);
+  archive.read("lightrl.zero1.exp_avg", avg);
+  archive.read("lightrl.zero1.exp_avg_sq", avg_sq);
+  archive.read("lightrl.zero1.steps", steps);
+  torch::NoGradGuard no_grad;
+  z.master().copy_(master);
+  z.exp_avg().copy_(avg);
+  z.exp_avg_sq().copy_(avg_sq);
+  auto st = steps.to(torch::kInt64).contiguous();
+  z.steps().assign(st.data_ptr<int64_t>(), st.data_ptr<int64_t>() + st.numel());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status SaveOptimizerState(const std::string& path, const OptimizerStateParts& p) {
+  try {
+    torch::serialize::OutputArchive archive;
+    archive.write("lightrl.version", torch::tensor(p.clock->version));
+    archive.write("lightrl.steps", torch::tensor(p.clock->steps));
+    archive.write("lightrl.rl_steps", torch::tensor(p.clock->rl_steps));
+    archive.write("lightrl.expert_parallel", torch::tensor(ExpertParallel(p)));
+    if (p.experts && p.experts->writes_state()) RETURN_IF_ERROR(SaveExperts(path, p));
+    if (p.zero) {
+      WriteZero(archive, p);
+      RETURN_IF_ERROR(SaveArchive(archive, ShardPath(path, p.rank, p.world)));
+    } else if (p.rank == 0) {
+      p.adamw->state().save(archive);
+      if (p.masters->has_masters()) {
+        for (size_t i = 0; i < p.masters->size(); ++i) {
+          if ((*p.replicated)[i]) archive.write(MasterKey(i), p.masters->master(i));
+        }
+      }
+      RETURN_IF_ERROR(SaveArchive(archive, path));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(path, ": saving optimizer state: ", e.what_without_backtrace()));
+  }
+  // Rank 0 moves the checkpoint into place next; every shard must be in it by then.
+  if (p.group != nullptr && p.world > 1) RETURN_IF_ERROR(p.group->Barrier());
+  return absl::OkStatus();
+}
+
+absl::Status LoadOptimizerState(const std::string& path, const OptimizerStateParts& p) {
+  const std::string file = p.zero ? ShardPath(path, p.rank, p.world) : path;
+  if (!FileExists(file)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        file, " does not exist: this learner ",
+        p.zero ? absl::StrCat("runs ZeRO-1 with world_size ", p.world) : std::string("runs without ZeRO-1"),
+        " and the checkpoint holds ", DescribeSavedState(path),
+        "; resume with the world size and ZeRO-1 setting it was written with"));
+  }
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(file);
+    torch::Tensor v, s, r, ep;
+    archive.read("lightrl.version", v);
+    archive.read("lightrl.steps", s);
+    const int64_t saved_ep = archive.try_read("lightrl.expert_parallel", ep) ? ep.item<int64_t>() : 1;
+    if (saved_ep != ExpertParallel(p)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          file, ": optimizer state written with expert_parallel ", saved_ep,
+          ", but this learner runs expert_parallel ", ExpertParallel(p),
+          "; resume with the expert_parallel it was written with"));
+    }
+    if (p.experts) RETURN_IF_ERROR(LoadExperts(path, p));
+    if (p.zero) {
+      RETURN_IF_ERROR(ReadZero(archive, file, p));
+    } else {
+      p.adamw->state().load(archive);
+      if (p.masters->has_masters()) {
+        for (size_t i = 0; i < p.masters->size(); ++i) {
+          if (!(*p.replicated)[i]) continue;
+          torch::Tensor t;
+          archive.read(MasterKey(i), t);
+          p.masters->master(i).copy_(t);
+        }
+      }
+    }
+    p.clock->version = v.item<int64_t>();
+    p.clock->steps = s.item<int64_t>();
+    // Checkpoints from before the RL-only schedule clock counted every update.
+    p.clock->rl_steps = archive.try_read("lightrl.rl_steps", r) ? r.item<int64_t>() : p.clock->steps;
+  } catch (const c10::Error& e) {
+    return absl::DataLossError(absl::StrCat(file, ": loading optimizer state: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace lightrl

@@ -1,0 +1,40 @@
+// Checkpoint IO of a learner's optimizer state: the update clock, the replicated
+// parameters' AdamW state and masters (one file from rank 0, or one ZeRO-1 shard per rank)
+// and the expert shards' state (one file per shard), each written atomically, and the
+// errors that say how a checkpoint was written when it does not fit this learner. Owns the
+// file names and archive keys; it reads and writes the parts' state and changes nothing else.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "rl/adamw.h"
+#include "rl/distributed.h"
+#include "rl/expert_shards.h"
+#include "rl/zero_optimizer.h"
+
+namespace lightrl {
+
+// The parts whose state a checkpoint holds; none is owned.
+struct OptimizerStateParts {
+  UpdateClock* clock = nullptr;
+  MasterWeights* masters = nullptr;
+  // By parameter: replicated on every rank (the rest are experts, whose state `experts` holds).
+  const std::vector<char>* replicated = nullptr;
+  AdamW* adamw = nullptr;          // the replicated parameters' state; null under ZeRO-1
+  ZeroOptimizer* zero = nullptr;   // ZeRO-1's shard of it; null without
+  ExpertShards* experts = nullptr;  // null without expert parallelism
+  ProcessGroup* group = nullptr;   // null for one process
+  int64_t rank = 0, world = 1;
+};
+
+// With N ranks both are collectives: without ZeRO-1 rank 0 writes `path` (every rank holds
+// the same state); with ZeRO-1 rank r writes its shard to `path`.rank<r>-of-<N>, and loading
+// needs the same N. With expert_parallel E, ranks 0..E-1 also write their experts' state to
+// `path`.experts<r>-of-<E>, and loading needs the same E.
+absl::Status SaveOptimizerState(const std::string& path, const OptimizerStateParts& parts);
+absl::Status LoadOptimizerState(const std::string& path, const OptimizerStateParts& parts);
+
+}  // namespace lightrl
