@@ -1,6 +1,6 @@
 #include "rl/rollout_source.h"
 
-#include <cstdio>
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -11,8 +11,7 @@
 #include "common/file_util.h"
 #include "common/log.h"
 #include "common/status.h"
-#include "rl/child_process.h"
-#include "rl/reward_workers.h"
+#include "rl/worker_launcher.h"
 #include "rollout/coordinator.h"
 #include "rollout/rollout_client.h"
 
@@ -95,13 +94,13 @@ class EngineCopyRolloutSource final : public RolloutSource {
 
 class FleetRolloutSource final : public RolloutSource {
  public:
-  FleetRolloutSource(const RunConfig& config, PolicyModel* policy)
-      : config_(config), policy_(policy) {}
+  FleetRolloutSource(const RunConfig& config, PolicyModel* policy, WorkerLauncher* launcher)
+      : config_(config), policy_(policy), launcher_(launcher) {}
 
   ~FleetRolloutSource() override {
     fleet_.reset();
     reward_workers_.reset();
-    StopChildren(children_);
+    rollout_workers_.reset();
     if (coordinator_) coordinator_->Shutdown();
   }
 
@@ -123,7 +122,6 @@ class FleetRolloutSource final : public RolloutSource {
     CoordinatorOptions copts;
     copts.listen_address = f.coordinator_address;
     copts.auth_token = token;
-    copts.tls = config_.tls.For(f.coordinator_address);
     auto coordinator = Coordinator::Start(copts);
     if (!coordinator.ok()) {
       return absl::Status(coordinator.status().code(),
@@ -134,29 +132,23 @@ class FleetRolloutSource final : public RolloutSource {
             coordinator_->address().c_str(), f.mode.c_str());
 
     if (f.mode == "spawn") {
-      const std::string exe = SelfExe();
-      if (exe.empty()) return absl::InternalError("cannot find the lightrl executable (/proc/self/exe)");
-      const std::string logs = JoinPath(config_.run.output_dir, "logs");
-      RETURN_IF_ERROR(MakeDirs(logs));
-      // "cuda:1,cuda:2": spawned worker k runs on the k-th device (round robin).
-      const std::vector<std::string> devices = absl::StrSplit(f.worker_device, ',');
-      for (int64_t k = 0; k < f.rollout_workers; ++k) {
-        std::vector<std::string> argv = {
-            exe, "rollout-worker", "--listen", "127.0.0.1:0",
-            "--coordinator", coordinator_->address(),
-            "--worker-id", absl::StrCat("rollout-local-", k),
-            "--capacity", absl::StrCat(f.worker_capacity),
-            "--device", devices[k % devices.size()], "--dtype", config_.run.dtype,
-            "--max-num-seqs", absl::StrCat(config_.rollout.max_num_seqs)};
-        if (!config_.model.tokenizer.empty()) {
-          argv.push_back("--tokenizer");
-          argv.push_back(config_.model.tokenizer);
-        }
-        ASSIGN_OR_RETURN(pid_t pid,
-                         SpawnChild(argv, JoinPath(logs, absl::StrCat("rollout-local-", k, ".log")),
-                                    token));
-        children_.push_back(pid);
+      if (launcher_ == nullptr) {
+        return absl::FailedPreconditionError(
+            "fleet.mode: spawn needs a launcher of worker processes (`lightrl run` has one); "
+            "use mode cluster with workers started elsewhere");
       }
+      RolloutWorkerLaunch launch;
+      launch.count = f.rollout_workers;
+      launch.coordinator_address = coordinator_->address();
+      launch.auth_token = token;
+      launch.capacity = f.worker_capacity;
+      // "cuda:1,cuda:2": spawned worker k runs on the k-th device (round robin).
+      launch.devices = absl::StrSplit(f.worker_device, ',');
+      launch.dtype = config_.run.dtype;
+      launch.max_num_seqs = config_.rollout.max_num_seqs;
+      launch.tokenizer = config_.model.tokenizer;
+      launch.log_dir = JoinPath(config_.run.output_dir, "logs");
+      ASSIGN_OR_RETURN(rollout_workers_, launcher_->StartRolloutWorkers(launch));
     }
     if (f.spawn_reward_workers) RETURN_IF_ERROR(SpawnRewardWorkers(token));
     if (!coordinator_->WaitForWorkers(kRolloutRole, static_cast<int>(f.min_workers),
@@ -169,7 +161,6 @@ class FleetRolloutSource final : public RolloutSource {
 
     RolloutFleetOptions fopts;
     fopts.auth_token = token;
-    fopts.tls = config_.tls;
     fopts.default_capacity = static_cast<int>(f.worker_capacity);
     fopts.max_group_attempts = static_cast<int>(f.max_group_attempts);
     fopts.no_worker_timeout = absl::Seconds(f.worker_wait_s);
@@ -187,22 +178,22 @@ class FleetRolloutSource final : public RolloutSource {
     return absl::OkStatus();
   }
 
-  // One `lightrl reward-worker` per built-in kind in use, registered with the
-  // coordinator as role reward; waits until all have registered.
+  // One reward worker per built-in kind in use, registered with the coordinator as role
+  // reward; waits until all have registered.
   absl::Status SpawnRewardWorkers(const std::string& token) {
-    RewardWorkersOptions options;
-    options.exe = SelfExe();
-    options.kinds = BuiltinRewardKinds(config_.reward);
-    options.auth_token = token;
-    for (const std::string& kind : options.kinds) {
+    RewardWorkerLaunch launch;
+    launch.coordinator = coordinator_.get();
+    launch.kinds = BuiltinRewardKinds(config_.reward);
+    launch.auth_token = token;
+    for (const std::string& kind : launch.kinds) {
       const Json kind_options = config_.reward.OptionsFor(kind);
-      if (!kind_options.is_null()) options.options_json[kind] = kind_options.Dump();
+      if (!kind_options.is_null()) launch.options_json[kind] = kind_options.Dump();
     }
-    options.max_request_mb = config_.reward.max_request_mb;
-    options.log_dir = JoinPath(config_.run.output_dir, "logs");
-    options.start_timeout = absl::Seconds(config_.fleet.worker_wait_s);
-    options.max_restarts = static_cast<int>(config_.fleet.reward_worker_restarts);
-    ASSIGN_OR_RETURN(reward_workers_, RewardWorkers::Start(options, coordinator_.get()));
+    launch.max_request_mb = config_.reward.max_request_mb;
+    launch.log_dir = JoinPath(config_.run.output_dir, "logs");
+    launch.start_timeout = absl::Seconds(config_.fleet.worker_wait_s);
+    launch.max_restarts = static_cast<int>(config_.fleet.reward_worker_restarts);
+    ASSIGN_OR_RETURN(reward_workers_, launcher_->StartRewardWorkers(launch));
     return absl::OkStatus();
   }
 
@@ -268,10 +259,11 @@ class FleetRolloutSource final : public RolloutSource {
  private:
   const RunConfig& config_;
   PolicyModel* policy_;
+  WorkerLauncher* launcher_;  // spawn mode; not owned
   std::unique_ptr<Coordinator> coordinator_;
-  std::unique_ptr<lightrl::RewardWorkers> reward_workers_;  // fleet.spawn_reward_workers
+  LaunchedWorkersPtr rollout_workers_;  // spawn mode
+  LaunchedWorkersPtr reward_workers_;   // fleet.spawn_reward_workers
   std::unique_ptr<RolloutFleet> fleet_;
-  std::vector<pid_t> children_;
 };
 
 }  // namespace
@@ -289,10 +281,36 @@ absl::StatusOr<RolloutSourcePtr> MakeEngineCopyRolloutSource(PolicyModel* policy
 }
 
 absl::StatusOr<RolloutSourcePtr> StartFleetRolloutSource(const RunConfig& config,
-                                                         PolicyModel* policy) {
-  auto source = std::make_unique<FleetRolloutSource>(config, policy);
+                                                         PolicyModel* policy,
+                                                         WorkerLauncher* launcher) {
+  auto source = std::make_unique<FleetRolloutSource>(config, policy, launcher);
   RETURN_IF_ERROR(source->Start());
   return RolloutSourcePtr(std::move(source));
+}
+
+absl::StatusOr<LaunchedWorkersPtr> StartManagedPythonRewards(const RunConfig& config,
+                                                             WorkerLauncher* launcher) {
+  std::vector<PythonRewardLaunch> launches;
+  for (const auto& [name, server] : config.reward.servers) {
+    if (server.python.empty()) continue;
+    if (launcher == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          config.source, ": reward.servers.", name, ".python: serving a Python reward needs a "
+          "launcher of processes (`lightrl run` has one)"));
+    }
+    PythonRewardLaunch launch;
+    launch.name = name;
+    launch.file = server.python;
+    launch.function = server.function;
+    launch.interpreter = server.interpreter;
+    launch.max_request_mb = config.reward.max_request_mb;
+    launch.log_dir = JoinPath(config.run.output_dir, "logs");
+    launch.start_timeout = absl::Seconds(std::max(60.0, config.reward.server_wait_s));
+    launch.max_restarts = static_cast<int>(server.restarts);
+    launches.push_back(std::move(launch));
+  }
+  if (launches.empty()) return LaunchedWorkersPtr();
+  return launcher->StartPythonRewards(launches);
 }
 
 }  // namespace lightrl

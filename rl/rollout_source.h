@@ -1,7 +1,8 @@
 // Where the controller's prompt groups are generated: the in-process engine, or a fleet
 // of rollout worker processes reached over gRPC (spawned by the run, or started by a
 // cluster scheduler and registered with the run's coordinator). Owns the fleet's
-// processes and coordinator; torch-free and protobuf-free.
+// coordinator and the handles of the processes it asked a WorkerLauncher to start; it
+// knows no command line. Torch-free and protobuf-free.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include "inference_engine/engine.h"
 #include "policy/policy_model.h"
 #include "rl/run_config.h"
+#include "rl/worker_launcher.h"
 
 namespace lightrl {
 
@@ -60,11 +62,20 @@ absl::StatusOr<RolloutSourcePtr> MakeEngineCopyRolloutSource(PolicyModel* policy
                                                              const EngineOptions& options,
                                                              const Tokenizer* tokenizer);
 
-// Starts the coordinator, spawns the worker processes in spawn mode and waits for
-// fleet.min_workers rollout workers. The first PublishWeights replaces whatever weights
-// the workers hold (the run may have resumed from an older checkpoint). Spawned workers
-// log to run.output_dir/logs/ and stop with the returned source.
+// Starts the coordinator, has `launcher` start the worker processes in spawn mode (it
+// may be null in cluster mode) and waits for fleet.min_workers rollout workers. The
+// first PublishWeights replaces whatever weights the workers hold (the run may have
+// resumed from an older checkpoint). Spawned workers log to run.output_dir/logs/ and
+// stop with the returned source.
 absl::StatusOr<RolloutSourcePtr> StartFleetRolloutSource(const RunConfig& config,
-                                                         PolicyModel* policy);
+                                                         PolicyModel* policy,
+                                                         WorkerLauncher* launcher);
+
+// The managed Python reward servers of `config` (reward.servers.NAME.python), started by
+// `launcher`, which waits until each answers Health; null when the config names none.
+// FAILED_PRECONDITION naming the first such server when there is no launcher. They log
+// to run.output_dir/logs/ and stop with the returned handle.
+absl::StatusOr<LaunchedWorkersPtr> StartManagedPythonRewards(const RunConfig& config,
+                                                             WorkerLauncher* launcher);
 
 }  // namespace lightrl

@@ -358,12 +358,28 @@ const ConfigTable<RolloutSection>& RolloutSection::Table() {
 const ConfigTable<RewardServerSection>& RewardServerSection::Table() {
   using S = RewardServerSection;
   static const ConfigTable<S>* table = new ConfigTable<S>{
-      Required(Field<S>("address", &S::address, "host:port of a RewardService server",
-                        HostPort(1))),
+      [] {
+        ConfigField<S> address =
+            Field<S>("address", &S::address, "host:port of a RewardService server");
+        address.check = [](const S& server, const std::string& key) {
+          if (server.address.empty() == server.python.empty()) {
+            return Invalid(absl::StrCat(key.substr(0, key.rfind('.')),
+                                        ": give exactly one of address and python (",
+                                        server.address.empty() ? "neither" : "both", " given)"));
+          }
+          if (server.address.empty()) return absl::OkStatus();
+          return config_table_internal::Problem(key, HostPortProblem(server.address, 1));
+        };
+        return address;
+      }(),
       Field<S>("weight", &S::weight, "its score's weight in the sum", Finite()),
       Field<S>("reward_kind", &S::reward_kind, "sent as the request's reward_kind hint"),
       InputPathField<S>("auth_token_file", &S::auth_token_file,
                         "file holding the server's shared token"),
+      InputPathField<S>("python", &S::python, "a Python file with the reward function"),
+      Field<S>("function", &S::function, "the reward function's name in `python`", NotEmpty()),
+      Field<S>("interpreter", &S::interpreter, "the Python that runs `python`"),
+      Field<S>("restarts", &S::restarts, "restarts of the managed server", AtLeast(0)),
   };
   return *table;
 }

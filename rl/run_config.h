@@ -128,10 +128,22 @@ struct RewardSection;
 // servers replace it.
 std::vector<std::string> BuiltinRewardKinds(const RewardSection& reward);
 
-// A reward server the router calls (YAML: reward.servers.NAME).
+// A reward server the router calls (YAML: reward.servers.NAME): one at `address`, or a
+// Python function that the run serves itself (`python`, `function`).
 struct RewardServerSection {
-  // "host:port" of a lightrl.v1.RewardService server (required).
+  // "host:port" of a lightrl.v1.RewardService server; required unless `python` is set.
   std::string address;
+  // A Python file whose `function`(prompt, response, metadata) returns the score (a
+  // number, or a dict with "score" and components); `lightrl run` serves it over
+  // RewardService on loopback (reward/python/function_server.py), health-checks it
+  // before the first step, restarts it up to `restarts` times when it dies and stops it
+  // with the run. Excludes `address`.
+  std::string python;
+  std::string function = "score";
+  // The interpreter that runs `python`; empty: the Python lightrl was built with.
+  std::string interpreter;
+  // Restarts of the managed server over the run; one more death fails the step.
+  int64_t restarts = 3;
   // Its score's weight in the sum.
   double weight = 1.0;
   // Sent as the request's reward_kind hint; empty = the server's default.

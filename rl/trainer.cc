@@ -110,6 +110,7 @@ const char* SignalName(int signal) {
 absl::Status CheckRewardServers(const RunConfig& config, double timeout_s) {
   if (timeout_s <= 0) return absl::OkStatus();
   for (const auto& [name, server] : config.reward.servers) {
+    if (!server.python.empty()) continue;  // the run serves it and checks its Health itself
     const std::string where = absl::StrCat(config.source, ": reward.servers.", name,
                                            ".address = \"", server.address, "\"");
     RewardClientOptions client_options;
@@ -305,6 +306,7 @@ class Trainer {
   std::unique_ptr<LearnerGroup> learners_;  // every learner call goes through it
   std::unique_ptr<Engine> engine_;
   RolloutSourcePtr rollout_source_;
+  LaunchedWorkersPtr python_rewards_;      // reward.servers.NAME.python; null: none
   RewardFunctionPtr reward_;               // a single built-in kind, or
   std::unique_ptr<RewardRouter> router_;   // weighted built-ins and reward servers
   RewardMetricNames reward_metric_names_;  // reward/<source>/<component> names logged so far
@@ -522,6 +524,9 @@ absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& rem
     ASSIGN_OR_RETURN(reward_, MakeRewardFunction(rw.kind, rw.OptionsFor(rw.kind)));
     return absl::OkStatus();
   }
+  if (python_rewards_ == nullptr) {
+    ASSIGN_OR_RETURN(python_rewards_, StartManagedPythonRewards(config_, options_.launcher));
+  }
   RewardRouterOptions ro;
   ro.timeout = absl::Seconds(rw.timeout_s);
   ro.max_attempts = static_cast<int>(rw.max_attempts);
@@ -530,10 +535,12 @@ absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& rem
   // Async mode scores that many groups at once; each reward server takes their calls.
   ro.max_concurrent_calls_per_entry =
       std::max<int>(ro.max_concurrent_calls_per_entry, static_cast<int>(rw.max_concurrent_groups));
-  if (!remote.empty()) {
-    RolloutSource* source = rollout_source_.get();
-    ro.check_server = [source](const std::string& address) {
-      return source->CheckRewardWorker(address);
+  RolloutSource* source = remote.empty() ? nullptr : rollout_source_.get();
+  LaunchedWorkers* python = python_rewards_.get();
+  if (source != nullptr || python != nullptr) {
+    ro.check_server = [source, python](const std::string& address) {
+      if (python != nullptr) RETURN_IF_ERROR(python->Check(address));
+      return source != nullptr ? source->CheckRewardWorker(address) : absl::OkStatus();
     };
   }
   for (const std::string& kind : BuiltinRewardKinds(rw)) {
@@ -557,7 +564,7 @@ absl::Status Trainer::SetUpRewards(const std::map<std::string, std::string>& rem
     }
     RewardRouterEntry e;
     e.name = name;
-    e.address = server.address;
+    e.address = server.python.empty() ? server.address : python_rewards_->Addresses().at(name);
     e.weight = server.weight;
     e.reward_kind = server.reward_kind;
     if (!server.auth_token_file.empty()) {
@@ -590,7 +597,6 @@ absl::Status Trainer::Setup() {
             static_cast<long long>(dist.world_size), group_->backend().c_str(),
             dist.master_addr.c_str(), static_cast<long long>(dist.master_port));
   }
-  RETURN_IF_ERROR(SetUpRewards({}));
   RETURN_IF_ERROR(CheckRewardServers(config_, options_.health_check_s));
   ckpt_root_ = JoinPath(config_.run.output_dir, "checkpoints");
   const bool replay = !options_.replay_dir.empty();
@@ -603,6 +609,9 @@ absl::Status Trainer::Setup() {
         config_.run.output_dir, " already holds a run; pass --resume to continue it or choose "
         "another run.output_dir"));
   }
+  // After the refusals above, which leave every file as it was: a managed Python reward
+  // server (reward.servers.NAME.python) starts here and logs under run.output_dir.
+  RETURN_IF_ERROR(SetUpRewards({}));
   RETURN_IF_ERROR(MakeDirs(config_.run.output_dir));
   RETURN_IF_ERROR(MakeDirs(ckpt_root_));
   RETURN_IF_ERROR(WriteFileAtomic(JoinPath(config_.run.output_dir, "config.resolved.yaml"),
@@ -699,7 +708,8 @@ absl::Status Trainer::Setup() {
 
   if (options_.replay_dir.empty()) {
     if (config_.fleet.enabled()) {
-      ASSIGN_OR_RETURN(rollout_source_, StartFleetRolloutSource(config_, policy_.get()));
+      ASSIGN_OR_RETURN(rollout_source_,
+                       StartFleetRolloutSource(config_, policy_.get(), options_.launcher));
       if (!rollout_source_->RewardWorkers().empty()) {
         RETURN_IF_ERROR(SetUpRewards(rollout_source_->RewardWorkers()));
       }

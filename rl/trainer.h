@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "rl/distributed.h"
 #include "rl/run_config.h"
+#include "rl/worker_launcher.h"
 
 namespace lightrl {
 
@@ -31,6 +32,10 @@ struct TrainerRunOptions {
   // Replay skips rollout-log records that fail their checksum (counted and reported)
   // instead of stopping at the first.
   bool replay_skip_corrupt = false;
+  // Starts what the run needs as other processes (spawn-mode workers, managed Python
+  // reward servers); the CLI gives its own (rl/tools/process_launcher.h). Null: a config
+  // that needs one is refused.
+  WorkerLauncher* launcher = nullptr;
   bool progress = true;        // a progress line on a terminal
   // Seconds each reward server of the config (reward.servers.NAME.address) has to answer
   // a Health call at start-up, before any model is loaded; a server that does not fails

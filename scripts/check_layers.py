@@ -17,6 +17,11 @@ each other. Anything else is reported as file:line and the check fails.
 
 kernels/ is also checked to be torch-free: no #include <torch/...>, <ATen/...>, <c10/...>.
 
+Within rl/, the `lightrl` CLI (rl/tools/) sits above the library: a library file (rl/
+outside rl/tools/) includes no rl/tools/ header, builds no command line (no string
+literal that is a whole flag, like "--listen") and starts no process (no fork, exec* or
+posix_spawn call). The library asks the CLI for processes through rl/worker_launcher.h.
+
 Includes of headers that are not the project's (absl, gtest, system) are ignored; an
 include without a known layer prefix is resolved against the including file's folder.
 
@@ -49,6 +54,11 @@ SKIP_DIRS = {".git", ".venv", "runs", "node_modules", "__pycache__"}
 TORCH_PREFIXES = ("torch/", "ATen/", "c10/")
 
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s*([<"])([^">]+)[">]')
+# What only the CLI (rl/tools/) may do within rl/: a string literal that is a whole flag
+# (an element of a command line) and the calls that start processes.
+CLI_FLAG_RE = re.compile(r'"--[A-Za-z0-9][A-Za-z0-9-]*"')
+SPAWN_RE = re.compile(r'(?<![\w.>])(?:::)?(fork|vfork|execl|execlp|execle|execv|execve|execvp|execvpe|'
+                      r'posix_spawn|posix_spawnp)\s*\(')
 
 
 def layer_of_path(rel_path):
@@ -82,6 +92,45 @@ def source_files(root):
                     yield os.path.relpath(full, root).replace(os.sep, "/")
 
 
+def is_rl_library(rel):
+    return rel.startswith("rl/") and not rel.startswith("rl/tools/")
+
+
+def code_of(line):
+    """The line without a trailing // comment (outside string literals)."""
+    in_string = False
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == "\\" and in_string:
+            i += 2
+            continue
+        if c == '"':
+            in_string = not in_string
+        elif not in_string and line.startswith("//", i):
+            return line[:i]
+        i += 1
+    return line
+
+
+def check_cli_boundary(rel, lineno, line, violations):
+    """rl/ library files leave command lines, processes and rl/tools/ to the CLI."""
+    m = INCLUDE_RE.match(line)
+    if m and m.group(2).startswith("rl/tools/"):
+        violations.append(f"{rel}:{lineno}: the rl/ library includes \"{m.group(2)}\" of the "
+                          f"CLI (rl/tools/), which sits above it")
+        return
+    code = code_of(line)
+    flag = CLI_FLAG_RE.search(code)
+    if flag:
+        violations.append(f"{rel}:{lineno}: the rl/ library names the CLI flag {flag.group(0)}; "
+                          f"command lines are built in rl/tools/ (rl/worker_launcher.h)")
+    spawn = SPAWN_RE.search(code)
+    if spawn:
+        violations.append(f"{rel}:{lineno}: the rl/ library starts a process ({spawn.group(1)}); "
+                          f"processes are started in rl/tools/ (rl/worker_launcher.h)")
+
+
 def check(root):
     violations = []
     scanned = 0
@@ -90,6 +139,8 @@ def check(root):
         layer = layer_of_path(rel)
         with open(os.path.join(root, rel), encoding="utf-8", errors="replace") as f:
             for lineno, line in enumerate(f, 1):
+                if is_rl_library(rel):
+                    check_cli_boundary(rel, lineno, line, violations)
                 m = INCLUDE_RE.match(line)
                 if not m:
                     continue
@@ -116,7 +167,7 @@ def main(argv):
     for v in violations:
         print(v)
     if violations:
-        print(f"check_layers: {len(violations)} include(s) against the layer order "
+        print(f"check_layers: {len(violations)} violation(s) of the layer order "
               f"(see docs/architecture.md, Layers)", file=sys.stderr)
         return 1
     if scanned == 0:

@@ -26,6 +26,7 @@
 #include "rl/tools/commands.h"
 #include "rl/tools/dry_run.h"
 #include "rl/tools/flags.h"
+#include "rl/tools/process_launcher.h"
 #include "rl/trainer.h"
 
 namespace lightrl {
@@ -297,6 +298,8 @@ absl::Status Run(const std::vector<std::string>& args, bool replay) {
   absl::Status valid = dist.ok() ? dist->Validate() : dist.status();
   if (!valid.ok()) return absl::InvalidArgumentError(absl::StrCat("distributed: ", valid.message()));
   options.distributed = *dist;
+  ASSIGN_OR_RETURN(std::unique_ptr<WorkerLauncher> launcher, MakeProcessLauncher());
+  options.launcher = launcher.get();
   options.resume = flags->Has("resume");
   options.resume_fallback = flags->Has("resume-fallback");
   options.progress = !flags->Has("no-progress") && config->logging.progress;

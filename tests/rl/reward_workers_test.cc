@@ -3,8 +3,10 @@
 // its address and scoring goes on; one that dies past its restarts fails the call naming
 // the worker and how it ended. Options of a kind reach its worker as one JSON object
 // (--options, or --options-file when long), and the worker command rejects unknown
-// kinds and option keys by name.
-#include "rl/reward_workers.h"
+// kinds and option keys by name. Managed Python reward servers (a function in a file)
+// score with components over the same router, are restarted when killed, and a file that
+// cannot serve fails the start quoting the server's log.
+#include "rl/tools/reward_workers.h"
 
 #include <signal.h>
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -27,7 +30,8 @@
 #include "absl/time/clock.h"
 #include "reward/reward_registry.h"
 #include "reward/reward_router.h"
-#include "rl/child_process.h"
+#include "rl/tools/child_process.h"
+#include "rl/tools/process_launcher.h"
 #include "rollout/coordinator.h"
 
 namespace lightrl {
@@ -58,12 +62,13 @@ TEST(RewardWorkersTest, AKilledWorkerIsRestartedOnItsAddressUntilItsRestartsRunO
   ASSERT_TRUE(coordinator.ok()) << coordinator.status();
   RewardWorkersOptions options;
   options.exe = exe;
+  options.coordinator = coordinator->get();
   options.kinds = {"math"};
   options.log_dir = absl::StrCat(::testing::TempDir(), "reward_workers_test_", ::getpid());
   options.start_timeout = absl::Seconds(60);
   options.max_restarts = 1;
   absl::StatusOr<std::unique_ptr<RewardWorkers>> workers =
-      RewardWorkers::Start(options, coordinator->get());
+      RewardWorkers::Start(options);
   ASSERT_TRUE(workers.ok()) << workers.status();
   const std::string address = (*workers)->Addresses().at("math");
   ASSERT_FALSE(address.empty());
@@ -133,6 +138,7 @@ TEST(RewardWorkersTest, SpawnedWorkersScoreWithTheOptionsTheyWereGiven) {
   ASSERT_TRUE(coordinator.ok()) << coordinator.status();
   RewardWorkersOptions options;
   options.exe = exe;
+  options.coordinator = coordinator->get();
   options.kinds = {"length", "format"};
   // Not the defaults (16384, 4096): 90 bytes then score -0.5 instead of 0.
   options.options_json["length"] = R"({"max_length":100,"buffer":20})";
@@ -147,7 +153,7 @@ TEST(RewardWorkersTest, SpawnedWorkersScoreWithTheOptionsTheyWereGiven) {
   options.log_dir = absl::StrCat(::testing::TempDir(), "reward_workers_options_", ::getpid());
   options.start_timeout = absl::Seconds(60);
   absl::StatusOr<std::unique_ptr<RewardWorkers>> workers =
-      RewardWorkers::Start(options, coordinator->get());
+      RewardWorkers::Start(options);
   ASSERT_TRUE(workers.ok()) << workers.status();
   struct stat file;
   ASSERT_EQ(::stat((options.log_dir + "/reward-local-format.options.json").c_str(), &file), 0);
@@ -222,6 +228,172 @@ TEST(RewardWorkerCommandTest, NamesUnknownKindsAndOptionKeysAndListsTheKinds) {
       EXPECT_TRUE(absl::StrContains(output, absl::StrCat(option.key, " (default "))) << output;
     }
   }
+}
+
+// --- managed Python reward servers ---
+
+// Writes `text` as a .py file in a fresh folder and returns its path.
+std::string WritePythonFile(const std::string& name, const std::string& text) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "python_reward_", name, "_", ::getpid());
+  ::mkdir(dir.c_str(), 0755);
+  const std::string path = dir + "/" + name + ".py";
+  FILE* f = std::fopen(path.c_str(), "w");
+  EXPECT_NE(f, nullptr) << path;
+  std::fputs(text.c_str(), f);
+  std::fclose(f);
+  return path;
+}
+
+PythonRewardServerProgram BuildPythonProgram() {
+  PythonRewardServerProgram program;
+  program.interpreter = LIGHTRL_PYTHON;
+  program.script = absl::StrCat(LIGHTRL_SOURCE_DIR, "/reward/python/function_server.py");
+  return program;
+}
+
+PythonRewardLaunch PythonLaunch(const std::string& name, const std::string& file,
+                                const std::string& function) {
+  PythonRewardLaunch launch;
+  launch.name = name;
+  launch.file = file;
+  launch.function = function;
+  launch.log_dir = absl::StrCat(::testing::TempDir(), "python_reward_logs_", ::getpid());
+  launch.start_timeout = absl::Seconds(60);
+  launch.max_restarts = 1;
+  return launch;
+}
+
+// The component `name` of `r`; NaN when it has none.
+double ComponentOf(const RewardResult& r, const std::string& name) {
+  for (const auto& [key, value] : r.components) {
+    if (key == name) return value;
+  }
+  return std::nan("");
+}
+
+constexpr const char* kKeywordReward = R"(
+import helper  # a module beside the file
+
+def score(prompt, response, metadata):
+    hit = metadata["ground_truth"] in response
+    if metadata.get("source") == "raise":
+        raise ValueError("no score for " + prompt)
+    if metadata.get("source") == "nan":
+        return float("nan")
+    if metadata.get("source") == "plain":
+        return 0.25
+    return {"score": helper.WEIGHT * hit, "correct": hit, "chars": len(response)}
+)";
+
+TEST(PythonRewardTest, AFunctionInAFileScoresWithComponentsAndIsRestartedWhenKilled) {
+  const std::string file = WritePythonFile("keyword", kKeywordReward);
+  {
+    FILE* helper = std::fopen((file.substr(0, file.rfind('/')) + "/helper.py").c_str(), "w");
+    ASSERT_NE(helper, nullptr);
+    std::fputs("WEIGHT = 2.0\n", helper);
+    std::fclose(helper);
+  }
+  absl::StatusOr<std::unique_ptr<RewardWorkers>> servers =
+      RewardWorkers::StartPython({PythonLaunch("keyword", file, "score")}, BuildPythonProgram());
+  ASSERT_TRUE(servers.ok()) << servers.status();
+  const std::string address = (*servers)->Addresses().at("keyword");
+  ASSERT_TRUE(absl::StartsWith(address, "127.0.0.1:")) << address;
+
+  RewardRouterOptions options;
+  RewardRouterEntry entry;
+  entry.name = "keyword";
+  entry.address = address;
+  options.entries = {entry};
+  options.initial_backoff = absl::Milliseconds(20);
+  options.max_backoff = absl::Milliseconds(200);
+  options.server_wait = absl::Seconds(60);
+  RewardWorkers* supervisor = servers->get();
+  options.check_server = [supervisor](const std::string& down) { return supervisor->Check(down); };
+  absl::StatusOr<std::unique_ptr<RewardRouter>> router = RewardRouter::Create(options);
+  ASSERT_TRUE(router.ok()) << router.status();
+
+  std::vector<RewardInput> inputs = Inputs();
+  inputs.push_back(inputs[0]);
+  inputs[2].metadata["source"] = "plain";
+  auto expect_scores = [&] {
+    absl::StatusOr<std::vector<RewardResult>> scored = (*router)->ScoreBatch(inputs);
+    ASSERT_TRUE(scored.ok()) << scored.status();
+    ASSERT_EQ(scored->size(), 3u);
+    EXPECT_DOUBLE_EQ((*scored)[0].score, 2.0);
+    EXPECT_DOUBLE_EQ((*scored)[1].score, 0.0);
+    EXPECT_DOUBLE_EQ((*scored)[2].score, 0.25);
+    // The router names a server's components NAME/COMPONENT.
+    EXPECT_EQ(ComponentOf((*scored)[0], "keyword/correct"), 1.0);
+    EXPECT_EQ(ComponentOf((*scored)[1], "keyword/correct"), 0.0);
+    EXPECT_EQ(ComponentOf((*scored)[0], "keyword/chars"), 15.0);
+    EXPECT_TRUE(std::isnan(ComponentOf((*scored)[2], "keyword/correct")));
+  };
+  expect_scores();
+
+  // The function's own errors fail the call naming the item; the server goes on.
+  std::vector<RewardInput> bad = Inputs();
+  bad[1].metadata["source"] = "raise";
+  absl::StatusOr<std::vector<RewardResult>> raised = (*router)->ScoreBatch(bad);
+  ASSERT_FALSE(raised.ok());
+  EXPECT_TRUE(absl::StrContains(raised.status().message(), "ValueError: no score for 3+3="))
+      << raised.status();
+  bad[1].metadata["source"] = "nan";
+  absl::StatusOr<std::vector<RewardResult>> nan = (*router)->ScoreBatch(bad);
+  ASSERT_FALSE(nan.ok());
+  EXPECT_TRUE(absl::StrContains(nan.status().message(), "not finite")) << nan.status();
+  expect_scores();
+
+  // Killed: restarted on its address, and scoring goes on.
+  const pid_t first = (*servers)->Pid("keyword");
+  ASSERT_EQ(::kill(first, SIGKILL), 0);
+  expect_scores();
+  EXPECT_NE((*servers)->Pid("keyword"), first);
+  EXPECT_EQ((*servers)->Addresses().at("keyword"), address);
+
+  // Past its one restart: the call fails naming the server and its restart bound.
+  ASSERT_EQ(::kill((*servers)->Pid("keyword"), SIGKILL), 0);
+  absl::StatusOr<std::vector<RewardResult>> failed = (*router)->ScoreBatch(inputs);
+  ASSERT_EQ(failed.status().code(), absl::StatusCode::kUnavailable) << failed.status();
+  EXPECT_TRUE(absl::StrContains(failed.status().message(),
+                                "reward worker reward-python-keyword (" + address + ") killed by "
+                                "signal 9 (Killed) after 1 restart(s); "
+                                "reward.servers.keyword.restarts = 1 allows no more"))
+      << failed.status();
+}
+
+TEST(PythonRewardTest, AFileThatCannotServeFailsTheStartQuotingItsLog) {
+  const std::string file = WritePythonFile("misnamed", "def scor(prompt, response, metadata):\n"
+                                                       "    return 1.0\n");
+  absl::StatusOr<std::unique_ptr<RewardWorkers>> missing =
+      RewardWorkers::StartPython({PythonLaunch("misnamed", file, "score")}, BuildPythonProgram());
+  ASSERT_EQ(missing.status().code(), absl::StatusCode::kFailedPrecondition) << missing.status();
+  EXPECT_TRUE(absl::StrContains(missing.status().message(),
+                                "reward.servers.misnamed: the Python reward " + file +
+                                    " (function score) exited with status 1 before serving"))
+      << missing.status();
+  EXPECT_TRUE(absl::StrContains(missing.status().message(), "defines no function 'score' "
+                                                            "(it defines: scor)"))
+      << missing.status();
+
+  const std::string two_args = WritePythonFile("two_args", "def score(prompt, response):\n"
+                                                           "    return 1.0\n");
+  absl::StatusOr<std::unique_ptr<RewardWorkers>> arity =
+      RewardWorkers::StartPython({PythonLaunch("two_args", two_args, "score")}, BuildPythonProgram());
+  ASSERT_FALSE(arity.ok());
+  EXPECT_TRUE(absl::StrContains(arity.status().message(), "must accept three arguments"))
+      << arity.status();
+
+  // Through the CLI's launcher: a missing interpreter is named.
+  ProcessLauncherOptions launcher_options;
+  launcher_options.exe = std::getenv("LIGHTRL_BIN") ? std::getenv("LIGHTRL_BIN") : "/bin/false";
+  absl::StatusOr<std::unique_ptr<WorkerLauncher>> launcher = MakeProcessLauncher(launcher_options);
+  ASSERT_TRUE(launcher.ok()) << launcher.status();
+  PythonRewardLaunch no_python = PythonLaunch("no_python", two_args, "score");
+  no_python.interpreter = "/nonexistent/python3";
+  absl::StatusOr<LaunchedWorkersPtr> none = (*launcher)->StartPythonRewards({no_python});
+  ASSERT_FALSE(none.ok());
+  EXPECT_TRUE(absl::StrContains(none.status().message(), "reward.servers.no_python"))
+      << none.status();
 }
 
 }  // namespace

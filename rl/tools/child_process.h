@@ -1,6 +1,8 @@
-// Worker processes a run starts itself (spawn mode): start one with its output appended
-// to a log and its auth token in its environment, say how one ended, stop several.
-// Owns no process beyond the calls; torch-free and protobuf-free.
+// Processes the `lightrl` CLI starts for a run (spawn-mode workers, managed reward
+// servers): start one with its output appended to a log and its auth token in its
+// environment, say how one ended, stop several. Part of the CLI, not of the library:
+// the library asks for processes through rl/worker_launcher.h. Owns no process beyond
+// the calls; torch-free and protobuf-free.
 #pragma once
 
 #include <sys/types.h>

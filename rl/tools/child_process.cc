@@ -1,4 +1,4 @@
-#include "rl/child_process.h"
+#include "rl/tools/child_process.h"
 
 #include <fcntl.h>
 #include <signal.h>
