@@ -31,7 +31,7 @@ Scalars LearnerScalars(const LearnerStats& st) {
 }
 
 bool IsReservedRewardSourceName(const std::string& name) {
-  return name == "mean" || name == "std" || name == "accuracy";
+  return name == "mean" || name == "std" || name == "accuracy" || name == "length_corr";
 }
 
 bool RewardMetricNames::Admit(const std::string& name) {

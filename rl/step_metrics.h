@@ -25,8 +25,8 @@ namespace lightrl {
 // The learner's statistics of an RL step (or a replayed one) under their metric names.
 Scalars LearnerScalars(const LearnerStats& stats);
 
-// Whether reward/<name> is one of the step's own metrics (mean, std, accuracy), so that a
-// reward source may not be called `name`.
+// Whether reward/<name> is one of the step's own metrics (mean, std, accuracy,
+// length_corr), so that a reward source may not be called `name`.
 bool IsReservedRewardSourceName(const std::string& name);
 
 // The names a run may log for reward sources (a server's name in reward.servers or a

@@ -352,6 +352,7 @@ TEST(RewardMetricNames, ARunLogsABoundedSetOfBoundedNames) {
   EXPECT_EQ(again[1].first, "reward/judge/c0");
   EXPECT_TRUE(IsReservedRewardSourceName("accuracy"));
   EXPECT_TRUE(IsReservedRewardSourceName("mean"));
+  EXPECT_TRUE(IsReservedRewardSourceName("length_corr"));
   EXPECT_FALSE(IsReservedRewardSourceName("math"));
 }
 
