@@ -115,6 +115,7 @@ absl::Status CheckRewardServers(const RunConfig& config, double timeout_s) {
                                            ".address = \"", server.address, "\"");
     RewardClientOptions client_options;
     client_options.address = server.address;
+    client_options.tls = config.tls.For(server.address);  // as the run's own calls
     client_options.max_attempts = 1;
     if (!server.auth_token_file.empty()) {
       ASSIGN_OR_RETURN(client_options.auth_token, ReadAuthTokenFile(server.auth_token_file));
@@ -282,6 +283,9 @@ class Trainer {
   // run.eval_sampled responses per prompt (when set). Evaluating the same step twice
   // returns the first result.
   absl::StatusOr<EvalResult> Evaluate(int64_t step);
+  // Evaluate() with its progress: a line before it, with the last evaluation's time as
+  // the ETA, and its own time in eval_seconds_.
+  absl::StatusOr<EvalResult> EvaluateWithProgress(int64_t step);
   absl::Status Checkpoint();
   // At a safe point (a step done): when the caller asked the run to stop, writes a
   // checkpoint and returns CANCELLED saying how to continue.
@@ -324,6 +328,7 @@ class Trainer {
   std::map<int64_t, std::vector<size_t>> replay_steps_;
   bool tty_ = false;
   EvalResult eval_before_;
+  double eval_seconds_ = -1;  // how long the last evaluation took; -1: none yet
   EvalResult last_eval_;
 };
 
@@ -1115,12 +1120,10 @@ absl::Status Trainer::RunRl() {
                              metrics.length_mean(), st.clip_fraction, st.grad_norm,
                              Seconds(step_start), clock.Line(state_.step)));
     if (config_.run.eval_every > 0 && state_.step % config_.run.eval_every == 0) {
-      const auto eval_start = Clock::now();
-      ASSIGN_OR_RETURN(EvalResult e, Evaluate(state_.step));
-      if (tty_ && options_.progress) std::fprintf(stderr, "\n");
+      ASSIGN_OR_RETURN(EvalResult e, EvaluateWithProgress(state_.step));
       std::fprintf(stderr, "eval at step %lld: held-out accuracy %s (%s)\n",
                    static_cast<long long>(state_.step), EvalLine(e).c_str(),
-                   Duration(Seconds(eval_start)).c_str());
+                   Duration(eval_seconds_).c_str());
     }
     if (config_.checkpoint.every > 0 && state_.step % config_.checkpoint.every == 0) {
       RETURN_IF_ERROR(Checkpoint());
@@ -1281,12 +1284,10 @@ absl::Status Trainer::RunReplay() {
                              last_step, indices.size(), st.loss, st.grad_norm, clock.Line(done)));
     // Evaluated like the run: every run.eval_every steps (0 = never), and at the end.
     if (config_.run.eval_every > 0 && state_.step % config_.run.eval_every == 0) {
-      const auto eval_start = Clock::now();
-      ASSIGN_OR_RETURN(EvalResult e, Evaluate(state_.step));
-      if (tty_ && options_.progress) std::fprintf(stderr, "\n");
+      ASSIGN_OR_RETURN(EvalResult e, EvaluateWithProgress(state_.step));
       std::fprintf(stderr, "eval at step %lld: held-out accuracy %s (%s)\n",
                    static_cast<long long>(state_.step), EvalLine(e).c_str(),
-                   Duration(Seconds(eval_start)).c_str());
+                   Duration(eval_seconds_).c_str());
     }
     if (config_.checkpoint.every > 0 && state_.step % config_.checkpoint.every == 0) {
       RETURN_IF_ERROR(Checkpoint());
@@ -1301,7 +1302,7 @@ absl::Status Trainer::RunReplay() {
 
 absl::Status Trainer::WriteEvalSummary() {
   if (!eval_) return absl::OkStatus();
-  ASSIGN_OR_RETURN(EvalResult after, Evaluate(state_.step));
+  ASSIGN_OR_RETURN(EvalResult after, EvaluateWithProgress(state_.step));
   if (eval_before_.greedy >= 0) {
     std::fprintf(stderr, "held-out accuracy before RL: %s; after RL: %s (greedy %+.1f points)\n",
                  EvalLine(eval_before_).c_str(), EvalLine(after).c_str(),
@@ -1316,6 +1317,20 @@ absl::Status Trainer::WriteEvalSummary() {
   summary.set("sampled_accuracy_before_rl", value(eval_before_.sampled));
   summary.set("sampled_accuracy_after_rl", value(after.sampled));
   return WriteFileAtomic(JoinPath(config_.run.output_dir, "eval.json"), summary.Dump(2) + "\n");
+}
+
+absl::StatusOr<EvalResult> Trainer::EvaluateWithProgress(int64_t step) {
+  if (!eval_ || step == last_eval_.step) return Evaluate(step);
+  const int64_t n = config_.run.eval_samples > 0 ? std::min(config_.run.eval_samples, eval_->size())
+                                                 : eval_->size();
+  std::string line = absl::StrFormat("[eval] step %d: %d prompts", step, n);
+  if (eval_seconds_ >= 0) absl::StrAppend(&line, ", ETA ", Duration(eval_seconds_), " (the last evaluation's time)");
+  Progress(line);
+  const auto start = Clock::now();
+  ASSIGN_OR_RETURN(EvalResult result, Evaluate(step));
+  eval_seconds_ = Seconds(start);
+  if (tty_ && options_.progress) std::fprintf(stderr, "\n");
+  return result;
 }
 
 absl::Status Trainer::StopIfAsked(const char* phase) {
@@ -1413,7 +1428,7 @@ absl::Status Trainer::RunController() {
   const bool replay = !options_.replay_dir.empty();
   if (!replay) RETURN_IF_ERROR(RunSft());
   if (eval_ && (replay ? !resumed_ : state_.step == 0)) {
-    ASSIGN_OR_RETURN(eval_before_, Evaluate(state_.step));
+    ASSIGN_OR_RETURN(eval_before_, EvaluateWithProgress(state_.step));
     std::fprintf(stderr, "held-out accuracy before RL: %s\n", EvalLine(eval_before_).c_str());
   }
   if (replay) {

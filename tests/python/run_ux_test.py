@@ -6,7 +6,8 @@ processes on the 2-layer toy model of trainer_test.py:
              address; with a real `lightrl reward-worker` there the check passes.
   summary    the start-up summary (parameters, layout, plan, output folder, the
              `tensorboard --logdir` line) is printed once; SFT, RL and replay progress
-             lines show the elapsed time and an ETA.
+             lines show the elapsed time and an ETA, evaluations the last one's time as
+             their ETA and their own time after.
   sft_steps  SFT metrics are logged at SFT steps 1..N (sft/ names), RL metrics at RL steps
              1..M with the evaluation before RL at step 0; TensorBoard holds SFT as its
              own run (tensorboard/sft), so no SFT point sits at a negative or RL step.
@@ -134,7 +135,13 @@ def case_summary(runs):
     for progress in (sft, rl):
         assert all("elapsed " in l for l in progress), progress
         assert all("ETA " in l for l in progress[:-1]) and "ETA" not in progress[-1], progress
-    print(f"  summary printed once; {len(sft)} SFT and {len(rl)} RL progress lines with elapsed/ETA")
+    evals = [l for l in lines if l.startswith("[eval] step")]
+    assert evals[0] == "[eval] step 0: 16 prompts", evals
+    assert [l.split(":")[0] for l in evals] == ["[eval] step 0", "[eval] step 3", "[eval] step 6"], evals
+    assert all(", ETA " in l for l in evals[1:]), evals
+    assert any(l.startswith("eval at step 3: held-out accuracy") and l.endswith("s)") for l in lines), err
+    print(f"  summary printed once; {len(sft)} SFT, {len(rl)} RL and {len(evals)} eval progress lines "
+          "with elapsed/ETA")
 
 
 def case_sft_steps(runs):
