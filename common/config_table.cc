@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/did_you_mean.h"
 #include "common/file_util.h"
+#include "common/status.h"
 
 namespace lightrl {
 
@@ -174,6 +176,18 @@ absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s,
   return absl::OkStatus();
 }
 
+absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s, int* out) {
+  int64_t wide = 0;
+  RETURN_IF_ERROR(Read(v, path, s, &wide));
+  if (wide < std::numeric_limits<int>::min() || wide > std::numeric_limits<int>::max()) {
+    return s.ErrorAt(path, absl::StrCat(path, " must be an integer in [",
+                                        std::numeric_limits<int>::min(), ", ",
+                                        std::numeric_limits<int>::max(), "], got ", wide));
+  }
+  *out = static_cast<int>(wide);
+  return absl::OkStatus();
+}
+
 absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s, double* out) {
   if (!v.is_number()) {
     return s.ErrorAt(path, absl::StrCat(path, " must be a number, got ", Describe(v)));
@@ -230,7 +244,16 @@ absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s,
 }
 
 Json Write(bool v) { return Json(v); }
+Json Write(int v) { return Json(v); }
 Json Write(int64_t v) { return Json(v); }
+
+const char* TypeName(const bool*) { return "true or false"; }
+const char* TypeName(const int*) { return "an integer"; }
+const char* TypeName(const int64_t*) { return "an integer"; }
+const char* TypeName(const double*) { return "a number"; }
+const char* TypeName(const std::string*) { return "a string"; }
+const char* TypeName(const std::vector<std::string>*) { return "a list of strings"; }
+const char* TypeName(const std::vector<int64_t>*) { return "a list of integers"; }
 Json Write(double v) { return Json(v); }
 Json Write(const std::string& v) { return Json(v); }
 Json Write(const std::vector<std::string>& v) {

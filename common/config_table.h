@@ -52,6 +52,9 @@ struct ConfigField {
   std::string key;
   // One line for the docs and the key lists.
   std::string doc;
+  // What a value must be, for usage text ("an integer", "a list of strings"); empty for
+  // rows that are not one value of a plain type.
+  std::string type;
   // Reads the key's value into `options`; `value` is nullptr when the key is absent or
   // null (YAML "key:" with nothing after it), which keeps the default. `path` is the
   // key's full path ("rollout.group_size"), which errors name.
@@ -97,6 +100,7 @@ absl::Status Problem(const std::string& key, const std::string& problem);
 absl::Status Prefixed(absl::string_view prefix, const absl::Status& s);
 
 absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s, bool* out);
+absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s, int* out);
 absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s, int64_t* out);
 absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s, double* out);
 absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s,
@@ -106,11 +110,20 @@ absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s,
 absl::Status Read(const Json& v, const std::string& path, const ConfigSource& s,
                   std::vector<int64_t>* out);
 Json Write(bool v);
+Json Write(int v);
 Json Write(int64_t v);
 Json Write(double v);
 Json Write(const std::string& v);
 Json Write(const std::vector<std::string>& v);
 Json Write(const std::vector<int64_t>& v);
+// The type's name as usage text gives it ("true or false", "an integer", ...).
+const char* TypeName(const bool*);
+const char* TypeName(const int*);
+const char* TypeName(const int64_t*);
+const char* TypeName(const double*);
+const char* TypeName(const std::string*);
+const char* TypeName(const std::vector<std::string>*);
+const char* TypeName(const std::vector<int64_t>*);
 
 // The mapping at `path` with its unknown keys rejected; nullptr when absent or null.
 absl::StatusOr<const Json*> Mapping(const Json* value, absl::string_view path,
@@ -187,6 +200,7 @@ ConfigField<Options> Field(std::string key, T Base::*member, std::string doc,
   ConfigField<Options> f;
   f.key = std::move(key);
   f.doc = std::move(doc);
+  f.type = config_table_internal::TypeName(static_cast<const T*>(nullptr));
   f.bind = [member](const Json* v, const std::string& path, const ConfigSource& s,
                     Options& o) {
     if (v == nullptr) return absl::OkStatus();
@@ -208,6 +222,7 @@ ConfigField<Options> Field(std::string key, Inner Base::*outer, T Inner::*member
   ConfigField<Options> f;
   f.key = std::move(key);
   f.doc = std::move(doc);
+  f.type = config_table_internal::TypeName(static_cast<const T*>(nullptr));
   f.bind = [outer, member](const Json* v, const std::string& path, const ConfigSource& s,
                            Options& o) {
     if (v == nullptr) return absl::OkStatus();
@@ -351,6 +366,7 @@ ConfigTable<Options> Embedded(const ConfigTable<Base>& rows) {
     ConfigField<Options> f;
     f.key = r.key;
     f.doc = r.doc;
+    f.type = r.type;
     f.subkeys = r.subkeys;
     f.bind = [bind = r.bind](const Json* v, const std::string& path, const ConfigSource& s,
                              Options& o) { return bind(v, path, s, static_cast<Base&>(o)); };

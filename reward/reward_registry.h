@@ -99,7 +99,8 @@ absl::StatusOr<Options> BindOptions(const std::string& kind,
   for (const RewardOptionField<Options>& field : fields) {
     const Json* value = json.find(field.key);
     if (value == nullptr || value->is_null()) continue;
-    if (!field.set(*value, options)) {
+    // The row's own message names a config path; the registry names the kind.
+    if (!field.bind(value, field.key, ConfigSource(), options).ok()) {
       return WrongOptionType(kind, field.key, field.type, *value, where);
     }
   }
@@ -123,18 +124,14 @@ RewardKind DefineRewardKind(
   kind.help = std::move(help);
   const Options defaults;
   for (const RewardOptionField<Options>& field : fields) {
-    kind.options.push_back({field.key, field.type, field.help, field.get(defaults)});
+    kind.options.push_back({field.key, field.type, field.doc, field.dump(defaults)});
   }
   kind.resolve = [name = kind.name, fields](const Json& json,
                                             absl::string_view where) -> absl::StatusOr<Json> {
     absl::StatusOr<Options> options =
         reward_registry_internal::BindOptions(name, fields, json, where);
     if (!options.ok()) return options.status();
-    Json resolved = Json::MakeObject();
-    for (const RewardOptionField<Options>& field : fields) {
-      resolved.set(field.key, field.get(*options));
-    }
-    return resolved;
+    return DumpTable(fields, *options);
   };
   kind.make = [name = kind.name, fields, make = std::move(make)](
                   const Json& json, absl::string_view where) -> absl::StatusOr<RewardFunctionPtr> {

@@ -199,6 +199,12 @@ ConfigField<RewardSection> RewardOptionsField() {
   ConfigField<RewardSection> f;
   f.key = "options";
   f.doc = "built-in kind -> its options (the kind's own table in the reward registry)";
+  // Every kind's option rows, for the key lists that docs/config.md is checked against.
+  for (const RewardKind& kind : RewardKinds()) {
+    for (const RewardOptionInfo& option : kind.options) {
+      f.subkeys.push_back(absl::StrCat(kind.name, ".", option.key));
+    }
+  }
   f.bind = [](const Json* options, const std::string& path, const ConfigSource& s,
               RewardSection& r) {
     if (options == nullptr) return absl::OkStatus();

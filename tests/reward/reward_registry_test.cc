@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -110,6 +111,34 @@ TEST(RewardRegistryTest, UnknownOptionKeyNamesTheKindAndTheKey) {
   EXPECT_TRUE(absl::StrContains(
       MakeRewardFunction("format", Parse(R"({"pattern": "(unclosed"})")).status().message(),
       "(unclosed"));
+}
+
+TEST(RewardRegistryTest, OptionsAreConfigTableRows) {
+  // The kind's options are a config table: its rows give the usage text's types and
+  // defaults, the resolved options and the reward.options.KIND.key list the docs follow.
+  const RewardKind* code = FindRewardKind("code");
+  ASSERT_NE(code, nullptr);
+  std::map<std::string, RewardOptionInfo> options;
+  for (const RewardOptionInfo& o : code->options) options[o.key] = o;
+  EXPECT_EQ(options["cpu_seconds"].type, "an integer");
+  EXPECT_EQ(options["cpu_seconds"].default_value.Dump(), "5");
+  EXPECT_EQ(options["python_command"].type, "a list of strings");
+  EXPECT_EQ(options["python_command"].default_value.Dump(), R"(["python3"])");
+  EXPECT_EQ(options["require_cgroup"].type, "true or false");
+  absl::StatusOr<Json> resolved =
+      ResolveRewardOptions("code", Parse(R"({"cpu_seconds": 7, "wall_seconds": 2.5})"));
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->find("cpu_seconds")->as_int(), 7);
+  EXPECT_EQ(resolved->find("wall_seconds")->as_double(), 2.5);
+  EXPECT_EQ(resolved->find("max_processes")->as_int(), 64);
+  // 1e3 reads as a float from YAML but is a whole number; an int field is bounded.
+  EXPECT_TRUE(ResolveRewardOptions("code", Parse(R"({"cpu_seconds": 1e3})")).ok());
+  EXPECT_EQ(std::string(
+                ResolveRewardOptions("code", Parse(R"({"cpu_seconds": 1e12})")).status().message()),
+            "cpu_seconds (reward kind code) must be an integer, got 1000000000000.0");
+  EXPECT_EQ(std::string(
+                ResolveRewardOptions("code", Parse(R"({"cpu_seconds": 1.5})")).status().message()),
+            "cpu_seconds (reward kind code) must be an integer, got 1.5");
 }
 
 }  // namespace
