@@ -123,12 +123,13 @@ absl::StatusOr<std::optional<TrainGroup>> BuildTrainGroup(const ScoredGroup& sco
       r.score += pen;
       r.components.push_back({"overlong_penalty", pen});
     }
+    // Before the components move into the record.
+    metrics->AddRewardLength(r, static_cast<int64_t>(s.tokens.size()));
     rs.reward = r.score;
     rs.reward_components = std::move(r.components);
     sr.reward = r.score;
     responses.push_back(sr);
     metrics->AddSample(r.score, sr.correctness, static_cast<int64_t>(s.tokens.size()));
-    metrics->AddRewardLength(r, static_cast<int64_t>(s.tokens.size()));
     for (size_t source = 0; source < scored.sources.size(); ++source) {
       metrics->AddSourceReward(scored.sources[source], scored.source_rewards[source][k]);
     }

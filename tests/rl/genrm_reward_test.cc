@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/json.h"
 #include "common/safetensors.h"
@@ -370,6 +371,66 @@ TEST_F(GenrmTest, RewardWorkerServesTheJudgeFromModel) {
   waitpid(pid, &status, 0);
   ASSERT_EQ(line.rfind(prefix, 0), 0u) << "reward-worker printed \"" << line << "\"";
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+// `lightrl run` in spawn mode with the judge as its reward: the spawned
+// `lightrl reward-worker --kind genrm` scores every sample 0.7, and the step logs the
+// length-bias watch of the judge's score.
+TEST_F(GenrmTest, ARunScoresWithTheJudgeInASpawnedRewardWorker) {
+  const char* bin = std::getenv("LIGHTRL_BIN");
+  if (bin == nullptr) GTEST_SKIP() << "LIGHTRL_BIN is not set";
+  const std::string dir = JoinPath(*dir_, "run");
+  std::filesystem::create_directories(dir);
+  std::string data;
+  for (int i = 0; i < 4; ++i) data += absl::StrCat("{\"prompt\": \"", i, "+1=\", \"answer\": \"", i + 1, "\"}\n");
+  ASSERT_TRUE(WriteFileAtomic(JoinPath(dir, "train.jsonl"), data).ok());
+  const std::string out = JoinPath(dir, "out");
+  Json judge = Options(Judge("seven"), R"({"parse": "score", "max_new_tokens": 1})");
+  const std::string config = absl::StrCat(R"({
+    "run": {"output_dir": ")", out, R"(", "seed": 5, "steps": 2},
+    "model": {"init_config": ")", LIGHTRL_SOURCE_DIR, R"(/configs/models/toy-arithmetic.json",
+              "init_seed": 2, "tokenizer": ")", LIGHTRL_SOURCE_DIR, R"(/examples/toy/tokenizer.json"},
+    "data": {"train": ")", JoinPath(dir, "train.jsonl"), R"("},
+    "rollout": {"group_size": 2, "prompts_per_step": 2, "max_new_tokens": 8, "early_stop_window": 0},
+    "algorithm": {"dynamic_sampling": false},
+    "reward": {"weights": {"genrm": 1.0}, "options": {"genrm": )", judge.Dump(), R"(}},
+    "checkpoint": {"every": 0},
+    "logging": {"tensorboard": false, "progress": false},
+    "fleet": {"mode": "spawn", "rollout_workers": 1, "spawn_reward_workers": true}})");
+  ASSERT_TRUE(WriteFileAtomic(JoinPath(dir, "run.yaml"), config).ok());
+  std::vector<std::string> args = {bin, "run", "--config", JoinPath(dir, "run.yaml")};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  const std::string log = JoinPath(dir, "run.log");
+  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  ASSERT_EQ(posix_spawn(&pid, bin, &actions, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  auto log_text = ReadFile(log);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "lightrl run failed:\n" << (log_text.ok() ? log_text->substr(log_text->size() > 3000 ? log_text->size() - 3000 : 0) : "");
+  EXPECT_TRUE(std::filesystem::exists(JoinPath(out, "logs/reward-local-genrm.log")));
+  auto metrics = ReadFile(JoinPath(out, "metrics.jsonl"));
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  int steps = 0;
+  for (absl::string_view line : absl::StrSplit(*metrics, '\n', absl::SkipEmpty())) {
+    auto row = Json::Parse(line);
+    ASSERT_TRUE(row.ok()) << line;
+    const Json* mean = row->find("reward/mean");
+    if (mean == nullptr) continue;
+    ++steps;
+    EXPECT_NEAR(mean->as_double(), 0.7, 1e-9) << line;
+    const Json* corr = row->find("reward/genrm/judge/length_corr");
+    ASSERT_NE(corr, nullptr) << line;
+    EXPECT_EQ(corr->as_double(), 0.0) << line;  // a constant judge
+    ASSERT_NE(row->find("reward/length_corr"), nullptr) << line;
+  }
+  EXPECT_EQ(steps, 2);
 }
 
 }  // namespace
