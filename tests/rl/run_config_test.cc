@@ -720,5 +720,41 @@ TEST_F(RunConfigTest, AnchorsAndMergeKeysBindAndErrorsKeepTheirLines) {
   EXPECT_THAT(LoadError(bad), StartsWith(At(bad, "max_staleness") + "rollout.max_staleness"));
 }
 
+TEST_F(RunConfigTest, TlsSectionBindsItsFilesAndAppliesOffLoopbackOnly) {
+  Write("configs/ca.pem", "-----BEGIN CERTIFICATE-----\n");
+  Write("configs/me.pem", "-----BEGIN CERTIFICATE-----\n");
+  Write("configs/me.key", "-----BEGIN PRIVATE KEY-----\n");
+  absl::StatusOr<RunConfig> config = Load(absl::StrCat(
+      Minimal(), "reward:\n  metadata_fields: [difficulty, source]\n  metadata_max_kb: 8\n",
+      "tls:\n  ca: ca.pem\n  cert: me.pem\n  key: me.key\n  client_auth: true\n"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->reward.metadata_fields, (std::vector<std::string>{"difficulty", "source"}));
+  EXPECT_EQ(config->reward.metadata_max_kb, 8);
+  EXPECT_EQ(config->tls.ca_file, Path("configs/ca.pem"));
+  EXPECT_EQ(config->tls.cert_file, Path("configs/me.pem"));
+  EXPECT_EQ(config->tls.key_file, Path("configs/me.key"));
+  EXPECT_TRUE(config->tls.client_auth);
+  const TlsOptions remote = config->tls.For("10.1.2.3:50051");
+  EXPECT_EQ(remote.cert_file, Path("configs/me.pem"));
+  EXPECT_TRUE(remote.client_auth);
+  EXPECT_FALSE(config->tls.For("127.0.0.1:50051").client_enabled());
+  EXPECT_FALSE(config->tls.For("localhost:1").server_enabled());
+  // The default: no TLS anywhere, and every extra field of a row as metadata.
+  absl::StatusOr<RunConfig> plain = Load(Minimal());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->tls.For("10.1.2.3:50051").client_enabled());
+  EXPECT_EQ(plain->reward.metadata_fields, (std::vector<std::string>{"*"}));
+
+  const std::string no_key = absl::StrCat(Minimal(), "tls:\n  cert: me.pem\n");
+  EXPECT_THAT(LoadError(no_key), HasSubstr("tls.cert is set without key"));
+  const std::string no_ca =
+      absl::StrCat(Minimal(), "tls:\n  cert: me.pem\n  key: me.key\n  client_auth: true\n");
+  EXPECT_THAT(LoadError(no_ca), HasSubstr("tls.client_auth needs ca"));
+  const std::string missing = absl::StrCat(Minimal(), "tls:\n  ca: nowhere.pem\n");
+  EXPECT_THAT(LoadError(missing), HasSubstr("tls.ca"));
+  const std::string big = absl::StrCat(Minimal(), "reward:\n  metadata_max_kb: 99999\n");
+  EXPECT_THAT(LoadError(big), HasSubstr("reward.metadata_max_kb"));
+}
+
 }  // namespace
 }  // namespace lightrl
