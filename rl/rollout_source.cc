@@ -122,6 +122,7 @@ class FleetRolloutSource final : public RolloutSource {
     CoordinatorOptions copts;
     copts.listen_address = f.coordinator_address;
     copts.auth_token = token;
+    copts.tls = config_.tls.For(f.coordinator_address);
     auto coordinator = Coordinator::Start(copts);
     if (!coordinator.ok()) {
       return absl::Status(coordinator.status().code(),
@@ -161,6 +162,7 @@ class FleetRolloutSource final : public RolloutSource {
 
     RolloutFleetOptions fopts;
     fopts.auth_token = token;
+    fopts.tls = config_.tls;
     fopts.default_capacity = static_cast<int>(f.worker_capacity);
     fopts.max_group_attempts = static_cast<int>(f.max_group_attempts);
     fopts.no_worker_timeout = absl::Seconds(f.worker_wait_s);
