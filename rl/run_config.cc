@@ -18,6 +18,7 @@
 #include "common/file_util.h"
 #include "common/config_table.h"
 #include "common/json.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "common/yaml.h"
 #include "common/host_port.h"
@@ -607,6 +608,7 @@ const ConfigTable<RunConfig>& RunConfig::Table() {
       Section<C>("fleet", &C::fleet, "where rollouts are generated"),
       Ignored<C>("plan", "read by lightrl plan (rl/plan.h), which checks it"),
       Section<C>("distributed", &C::distributed, "the learner's processes"),
+      Section<C>("parallel", &C::parallel, "the learner's layout: TP, DP, EP, expert-TP"),
       Section<C>("tls", &C::tls, "TLS between machines"),
   };
   return *table;
@@ -704,6 +706,18 @@ absl::Status DistributedSection::Validate() const {
 
 absl::Status RunConfig::Validate() const {
   RETURN_IF_ERROR(CheckTable(Table(), *this));
+  // WORLD_SIZE may still replace a world size of 1; the trainer checks the ranks started.
+  if (distributed.world_size > 1) RETURN_IF_ERROR(parallel.CheckWorld(distributed.world_size));
+  if (parallel.tp > 1 || parallel.dp > 0 || parallel.expert_tp > 1 ||
+      parallel.sequence_parallel) {
+    return Invalid(absl::StrCat(
+        "parallel: tp ", parallel.tp, ", dp ", parallel.dp, ", expert_tp ", parallel.expert_tp,
+        ", sequence_parallel ", parallel.sequence_parallel ? "true" : "false",
+        ": the learner does not shard attention, the vocabulary or an expert's width yet "
+        "(docs/distributed.md); it runs parallel.ep with the dense weights on every rank, so "
+        "give tp 1, dp 0, expert_tp 1 and sequence_parallel false (lightrl plan reads the "
+        "other layouts)"));
+  }
   if (run.eval_every > 0 && data.eval.empty()) {
     return Invalid(absl::StrCat("run.eval_every is ", run.eval_every,
                                 " but data.eval is not set"));
@@ -758,6 +772,35 @@ OverlongOptions RunConfig::ToOverlongOptions() const {
   return o;
 }
 
+// distributed.expert_parallel is the older spelling of parallel.ep: whichever is given
+// sets both (the learner reads the former); both given and different is an error.
+absl::Status ReconcileExpertParallel(const YamlDocument& doc, const ConfigSource& source,
+                                     RunConfig& config) {
+  const Json* parallel = doc.root.find("parallel");
+  const Json* distributed = doc.root.find("distributed");
+  const bool ep_given = parallel != nullptr && parallel->is_object() &&
+                        parallel->find("ep") != nullptr && !parallel->find("ep")->is_null();
+  const bool old_given = distributed != nullptr && distributed->is_object() &&
+                         distributed->find("expert_parallel") != nullptr &&
+                         !distributed->find("expert_parallel")->is_null();
+  int64_t& ep = config.parallel.ep;
+  int64_t& old = config.distributed.expert_parallel;
+  if (ep_given && old_given && ep != old) {
+    return source.ErrorAt("parallel.ep",
+                          absl::StrCat("parallel.ep (", ep, ") and distributed.expert_parallel (",
+                                       old, ") differ; distributed.expert_parallel is the older "
+                                       "spelling of parallel.ep: give parallel.ep alone"));
+  }
+  if (old_given && !ep_given) {
+    LogWarning("%s: distributed.expert_parallel is deprecated; write parallel.ep: %d instead",
+               doc.source, old);
+    ep = old;
+  } else {
+    old = ep;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RunConfig> BindRunConfig(const YamlDocument& doc, bool strict) {
   ConfigSource source;
   source.doc = &doc;
@@ -772,6 +815,7 @@ absl::StatusOr<RunConfig> BindRunConfig(const YamlDocument& doc, bool strict) {
     if (FileExists(beside)) config.model.tokenizer = beside;
   }
   if (config.sft.data.empty()) config.sft.data = config.data.train;
+  RETURN_IF_ERROR(ReconcileExpertParallel(doc, source, config));
   return config;
 }
 

@@ -25,6 +25,7 @@
 #include "rl/advantages.h"
 #include "rl/learner_options.h"
 #include "rl/loss_options.h"
+#include "rl/parallel_layout.h"
 
 namespace lightrl {
 
@@ -324,7 +325,8 @@ struct DistributedSection : DataParallelOptions {
   // Seconds to wait for the other ranks at start-up and in any one collective.
   double timeout_s = 1800;
   // bucket_mb, zero1, grad_reduce_dtype and expert_parallel are the learner's
-  // DataParallelOptions, embedded; expert_parallel must also divide world_size.
+  // DataParallelOptions, embedded; expert_parallel must also divide world_size. It is
+  // the older spelling of parallel.ep: the loader makes the two equal (docs/distributed.md).
 
   static const ConfigTable<DistributedSection>& Table();
   absl::Status Validate() const;
@@ -356,6 +358,10 @@ struct RunConfig {
   LoggingSection logging;
   FleetSection fleet;
   DistributedSection distributed;
+  // YAML section `parallel`: the learner's layout (rl/parallel_layout.h), the keys
+  // `lightrl plan` reads and prints. Only ep runs today; tp, expert_tp and
+  // sequence_parallel are checked and planned but rejected by Validate().
+  ParallelLayout parallel;
   TlsSection tls;
   // The YAML file this was loaded from; empty when built in code.
   std::string source;
