@@ -810,6 +810,66 @@ absl::Status LocateInConfig(const YamlDocument& doc, const absl::Status& status)
   return absl::Status(status.code(), absl::StrCat(doc.Where(key), ": ", message));
 }
 
+namespace {
+
+// Whether the config gives `section`.`key` (a non-null value).
+bool Given(const Json& root, const char* section, const char* key) {
+  const Json* s = root.find(section);
+  if (s == nullptr || !s->is_object()) return false;
+  const Json* v = s->find(key);
+  return v != nullptr && !v->is_null();
+}
+
+bool GivenInPlanLayout(const Json& root, const char* key) {
+  const Json* plan = root.find("plan");
+  return plan != nullptr && plan->is_object() && Given(*plan, "layout", key);
+}
+
+// The run config's `parallel:` keys, where given, are the learner's layout; the same
+// size in plan.layout too must agree. The model's shapes are checked against them with
+// errors that name parallel.*.
+absl::Status TakeRunLayout(const YamlDocument& doc, const ParallelLayout& run,
+                           const ModelConfig& model, const ConfigSource& source,
+                           PlanLayoutOptions& layout) {
+  struct Key {
+    const char* parallel;
+    const char* plan;
+    bool given;
+    int64_t value;
+    int64_t* field;
+  };
+  const Json& root = doc.root;
+  const Key keys[] = {
+      {"tp", "learner_tp", Given(root, "parallel", "tp"), run.tp, &layout.learner_tp},
+      {"ep", "learner_ep",
+       Given(root, "parallel", "ep") || Given(root, "distributed", "expert_parallel"), run.ep,
+       &layout.learner_ep},
+      {"expert_tp", "learner_expert_tp", Given(root, "parallel", "expert_tp"), run.expert_tp,
+       &layout.learner_expert_tp},
+  };
+  ParallelLayout given;
+  for (const Key& k : keys) {
+    if (!k.given) continue;
+    if (GivenInPlanLayout(root, k.plan) && *k.field != k.value) {
+      return source.ErrorAt(absl::StrCat("parallel.", k.parallel),
+                            absl::StrCat("parallel.", k.parallel, " (", k.value,
+                                         ") and plan.layout.", k.plan, " (", *k.field,
+                                         ") differ; give the learner's layout once, in "
+                                         "parallel:"));
+    }
+    *k.field = k.value;
+  }
+  if (Given(root, "parallel", "tp")) given.tp = run.tp;
+  if (keys[1].given) given.ep = run.ep;
+  if (Given(root, "parallel", "expert_tp")) given.expert_tp = run.expert_tp;
+  absl::Status fits = given.Validate();
+  if (fits.ok()) fits = given.CheckModel(model);
+  else fits = absl::Status(fits.code(), absl::StrCat("parallel.", fits.message()));
+  return LocateInConfig(doc, fits);
+}
+
+}  // namespace
+
 absl::StatusOr<PlanInput> LoadPlanInput(const std::string& path) {
   absl::StatusOr<std::string> text = ReadFile(path);
   if (!text.ok()) {
@@ -853,6 +913,7 @@ absl::StatusOr<PlanInput> LoadPlanInput(const std::string& path) {
   o.moe_capacity_factor = run.optimizer.moe_capacity_factor;
 
   RETURN_IF_ERROR(BindTable(PlanOptions::Table(), in.doc.root.find("plan"), "plan", source, o));
+  RETURN_IF_ERROR(TakeRunLayout(in.doc, run.parallel, in.model, source, o.layout));
   absl::StatusOr<HardwareProfile> built_in = HardwareProfile::BuiltIn(o.hardware.profile);
   RETURN_IF_ERROR(built_in.status());
   const HardwareProfile& p = *built_in;
@@ -881,6 +942,17 @@ absl::StatusOr<PlanInput> LoadPlanInput(const std::string& path) {
 }
 
 // --- output ---
+
+ParallelLayout LearnerParallelLayout(const PlanLayout& l) {
+  ParallelLayout p;
+  p.tp = l.learner_tp;
+  p.dp = l.learner_dp;
+  p.ep = l.learner_ep;
+  p.expert_tp = l.learner_expert_tp;
+  // The plan's activation and communication figures assume it whenever TP splits.
+  p.sequence_parallel = l.learner_tp > 1;
+  return p;
+}
 
 namespace {
 
@@ -975,6 +1047,8 @@ Json PlanToJson(const Plan& p) {
   learner.set("expert_dp", Json(l.learner_expert_dp));
   learner.set("pipeline", Json(l.pipeline));
   layout.set("learner", std::move(learner));
+  // The learner's layout as the run config's `parallel:` section writes it.
+  layout.set("parallel", DumpTable(ParallelLayout::Table(), LearnerParallelLayout(l)));
   j.set("layout", std::move(layout));
   Json memory = Json::MakeObject();
   memory.set("learner", MemoryJson(p.learner_memory));
@@ -1036,6 +1110,12 @@ std::string FormatPlan(const Plan& p) {
       "expert-DP %d; ZeRO-1 over each DP group; no pipeline\n",
       l.learner_gpus, l.learner_tp, l.learner_dp, l.learner_ep, l.learner_expert_tp,
       l.learner_expert_dp));
+  const ParallelLayout run_layout = LearnerParallelLayout(l);
+  absl::StrAppend(&out, absl::StrFormat(
+      "  learner as run config keys: parallel: {tp: %d, dp: %d, ep: %d, expert_tp: %d, "
+      "sequence_parallel: %s}\n",
+      run_layout.tp, run_layout.dp, run_layout.ep, run_layout.expert_tp,
+      run_layout.sequence_parallel ? "true" : "false"));
 
   auto memory = [&](const char* role, const RoleMemory& m) {
     absl::StrAppend(&out, absl::StrFormat("\nMemory per %s GPU: %s of %s %s\n", role,

@@ -15,6 +15,7 @@
 #include "common/json.h"
 #include "common/yaml.h"
 #include "policy/model_config.h"
+#include "rl/parallel_layout.h"
 #include "rl/run_config.h"
 
 namespace lightrl {
@@ -224,6 +225,10 @@ absl::StatusOr<Plan> MakePlan(const ModelConfig& model, const PlanOptions& optio
 // (BindRunConfig, not strict: input files need not exist here), from which the model's
 // config.json (model.path/config.json or model.init_config) and the workload keys of
 // rollout/algorithm/optimizer come, and the `plan:` section through PlanOptions' table.
+// The run config's `parallel:` tp, ep and expert_tp (ep also as the older
+// distributed.expert_parallel), where given, fix learner_tp, learner_ep and
+// learner_expert_tp (plan.layout giving another value is an error) and are checked
+// against the model; parallel.dp is not read (the plan derives it from --gpus).
 // Unknown keys anywhere are errors.
 struct PlanInput {
   ModelConfig model;
@@ -240,6 +245,11 @@ std::vector<std::string> PlanConfigKeys();
 // `status` with "file:line: " put in front when its message starts with a YAML key
 // ("plan.layout.learner_ep ...") that `doc` has a line for.
 absl::Status LocateInConfig(const YamlDocument& doc, const absl::Status& status);
+
+// The plan's learner layout as the run config's `parallel:` section holds it (the keys
+// `lightrl run` reads): tp, dp, ep and expert_tp, and sequence_parallel on with TP, as the
+// plan's figures assume. Printed by PlanToJson (layout.parallel) and FormatPlan.
+ParallelLayout LearnerParallelLayout(const PlanLayout& layout);
 
 Json PlanToJson(const Plan& plan);
 std::string FormatPlan(const Plan& plan);

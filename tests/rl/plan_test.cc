@@ -341,6 +341,80 @@ TEST_F(PlanConfigTest, LayoutErrorsPointAtTheirLine) {
                                                      "num_local_experts (32), got 5")));
 }
 
+// The run config's parallel: section is the learner layout the plan uses and prints.
+TEST_F(PlanConfigTest, ReadsAndPrintsTheParallelSection) {
+  Write("x.yaml", absl::StrCat("parallel:\n  tp: 4\n  ep: 16\n", kPlanYaml));
+  absl::StatusOr<PlanInput> in = LoadPlanInput(Path("x.yaml"));
+  ASSERT_TRUE(in.ok()) << in.status();
+  EXPECT_EQ(in->options.layout.learner_tp, 4);
+  EXPECT_EQ(in->options.layout.learner_ep, 16);
+  EXPECT_EQ(in->options.layout.learner_expert_tp, 4);  // plan.layout, not in parallel:
+  absl::StatusOr<Plan> p = MakePlan(in->model, in->options, 512);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->layout.learner_tp, 4);
+  EXPECT_EQ(p->layout.learner_ep, 16);
+  const ParallelLayout printed = LearnerParallelLayout(p->layout);
+  EXPECT_EQ(printed.tp, 4);
+  EXPECT_EQ(printed.ep, 16);
+  EXPECT_EQ(printed.expert_tp, 4);
+  EXPECT_EQ(printed.dp, p->layout.learner_gpus / 4);
+  EXPECT_TRUE(printed.sequence_parallel);
+  // What the plan prints, read back as a run config's parallel: section, is that layout,
+  // and it fits the learner's world.
+  Json json = PlanToJson(*p);
+  const Json* section = json.find("layout")->find("parallel");
+  ASSERT_NE(section, nullptr);
+  ParallelLayout back;
+  ConfigSource source;
+  ASSERT_TRUE(BindTable(ParallelLayout::Table(), section, "parallel", source, back).ok());
+  EXPECT_EQ(back.tp, 4);
+  EXPECT_EQ(back.dp, printed.dp);
+  EXPECT_EQ(back.ep, 16);
+  EXPECT_EQ(back.expert_tp, 4);
+  EXPECT_TRUE(back.sequence_parallel);
+  EXPECT_TRUE(back.CheckWorld(p->layout.learner_gpus).ok());
+  EXPECT_TRUE(back.CheckModel(in->model).ok());
+  EXPECT_THAT(FormatPlan(*p),
+              HasSubstr(absl::StrCat("learner as run config keys: parallel: {tp: 4, dp: ",
+                                     printed.dp, ", ep: 16, expert_tp: 4, "
+                                     "sequence_parallel: true}")));
+
+  // The older spelling of ep counts too.
+  Write("x.yaml", absl::StrCat("distributed:\n  expert_parallel: 8\n", kPlanYaml));
+  in = LoadPlanInput(Path("x.yaml"));
+  ASSERT_TRUE(in.ok()) << in.status();
+  EXPECT_EQ(in->options.layout.learner_ep, 8);
+}
+
+TEST_F(PlanConfigTest, ParallelSectionErrorsNameTheKey) {
+  // M1: 64 heads, 8 KV heads, vocab 200064, 32 experts.
+  Write("x.yaml", absl::StrCat("parallel:\n  tp: 16\n", kPlanYaml));
+  absl::StatusOr<PlanInput> in = LoadPlanInput(Path("x.yaml"));
+  ASSERT_FALSE(in.ok());
+  EXPECT_EQ(in.status().message(),
+            absl::StrCat(Path("x.yaml"), ":2: parallel.tp (16) must divide the model's "
+                                         "num_key_value_heads (8): softmax attention is split "
+                                         "by KV heads"));
+  Write("x.yaml", absl::StrCat("parallel:\n  ep: 3\n", kPlanYaml));
+  in = LoadPlanInput(Path("x.yaml"));
+  ASSERT_FALSE(in.ok());
+  EXPECT_EQ(in.status().message(),
+            absl::StrCat(Path("x.yaml"), ":2: parallel.ep (3) must divide the model's "
+                                         "num_local_experts (32)"));
+  Write("x.yaml", absl::StrCat("parallel:\n  expert_tp: 2\n", kPlanYaml));
+  in = LoadPlanInput(Path("x.yaml"));
+  ASSERT_FALSE(in.ok());
+  EXPECT_EQ(in.status().message(),
+            absl::StrCat(Path("x.yaml"), ":2: parallel.expert_tp (2) and "
+                                         "plan.layout.learner_expert_tp (4) differ; give the "
+                                         "learner's layout once, in parallel:"));
+  Write("x.yaml", absl::StrCat("parallel:\n  tp: 0\n", kPlanYaml));
+  in = LoadPlanInput(Path("x.yaml"));
+  ASSERT_FALSE(in.ok());
+  EXPECT_EQ(in.status().message(),
+            absl::StrCat(Path("x.yaml"), ":2: parallel.tp must be >= 1, got 0"));
+}
+
 // `lightrl run` reads the same file and leaves `plan:` to `lightrl plan`.
 TEST_F(PlanConfigTest, RunLoaderAcceptsTheShippedM1Config) {
   ASSERT_TRUE(MakeDirs(Path("data")).ok());
