@@ -4,9 +4,14 @@ made here with the openssl command (an argument vector, no shell): a CA with a s
 a client certificate, and another CA with a client certificate of its own. A client that
 does not trust the CA fails, one that does works, the shared token is still checked, and
 under mutual TLS a client without a certificate, or with the other CA's, is refused.
+When the machine has a non-loopback IPv4 address, `lightrl run` also scores through a
+TLS reward worker listening there, with the run config's `tls:` section (mutual TLS and
+the token), and fails at its start-up health check with a CA that does not sign it.
 LIGHTRL_BIN names the lightrl executable.
 """
+import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,12 +32,13 @@ def make_ca(d, name):
             "-subj", f"/CN={name}")
 
 
-def make_leaf(d, ca, name):
+def make_leaf(d, ca, name, ips=("127.0.0.1",)):
     openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-nodes", "-keyout", f"{d}/{name}.key", "-out", f"{d}/{name}.csr",
             "-subj", f"/CN={name}")
     with open(f"{d}/{name}.ext", "w") as f:
-        f.write("basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        names = ",".join([f"IP:{ip}" for ip in ips] + ["DNS:localhost"])
+        f.write(f"basicConstraints=CA:FALSE\nsubjectAltName={names}\n"
                 "extendedKeyUsage=serverAuth,clientAuth\n")
     openssl("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/{ca}.pem", "-CAkey",
             f"{d}/{ca}.key", "-CAcreateserial", "-days", "2", "-out", f"{d}/{name}.pem",
@@ -112,12 +118,74 @@ def check_usage_errors(d):
             assert proc.returncode == 2 and fragment in proc.stderr, (command, flags, proc)
 
 
+def outward_ipv4():
+    """This machine's address toward other hosts, or None; connecting a UDP socket sends
+    nothing."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 9))
+            ip = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if ip.startswith("127.") else ip
+
+
+def run_config(d, tmp, address, ca):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    train = os.path.join(tmp, "train.jsonl")
+    with open(train, "w") as f:
+        for i in range(4):
+            f.write(json.dumps({"prompt": f"{i}+{i}=", "answer": str(2 * i)}) + "\n")
+    token = os.path.join(tmp, "token")
+    with open(token, "w") as f:
+        f.write("tok\n")
+    os.chmod(token, 0o600)
+    config = {
+        "run": {"output_dir": os.path.join(tmp, f"run-{ca}"), "steps": 1, "seed": 1},
+        "model": {"init_config": os.path.join(root, "configs/models/toy-arithmetic.json"),
+                  "tokenizer": os.path.join(root, "examples/toy/tokenizer.json")},
+        "data": {"train": train},
+        "rollout": {"group_size": 2, "prompts_per_step": 2, "max_new_tokens": 4,
+                    "early_stop_window": 0},
+        "reward": {"servers": {"judge": {"address": address, "auth_token_file": token}}},
+        "algorithm": {"dynamic_sampling": False},
+        "logging": {"tensorboard": False, "progress": False},
+        "tls": {"ca": f"{d}/{ca}.pem", "cert": f"{d}/client.pem", "key": f"{d}/client.key",
+                "client_auth": True},
+    }
+    path = os.path.join(tmp, f"run-{ca}.yaml")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return path
+
+
+def check_run_over_tls(d, ip, procs):
+    address = start([LIGHTRL, "reward-worker", "--listen", f"{ip}:0", "--kind", "math",
+                     "--tls-cert", f"{d}/server.pem", "--tls-key", f"{d}/server.key",
+                     "--tls-ca", f"{d}/ca.pem", "--tls-client-auth"],
+                    procs, env=dict(os.environ, LIGHTRL_AUTH_TOKEN="tok"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        run = subprocess.run([LIGHTRL, "run", "--config", run_config(d, tmp, address, "ca")],
+                             capture_output=True, text=True, timeout=180, env=env)
+        assert run.returncode == 0, (run.returncode, run.stdout[-2000:], run.stderr[-3000:])
+        # The server's own score is logged per step: every call reached it over TLS.
+        with open(os.path.join(tmp, "run-ca", "metrics.jsonl")) as f:
+            steps = [json.loads(line) for line in f]
+        assert any("reward/judge" in json.dumps(step) for step in steps), steps
+        wrong = subprocess.run([LIGHTRL, "run", "--config",
+                                run_config(d, tmp, address, "other_ca"), "--health-timeout",
+                                "3"], capture_output=True, text=True, timeout=180, env=env)
+        assert wrong.returncode != 0 and address in wrong.stderr, wrong.stderr[-3000:]
+
+
 def main():
     procs = []
     try:
         with tempfile.TemporaryDirectory() as d:
             make_ca(d, "ca")
-            make_leaf(d, "ca", "server")
+            ip = outward_ipv4()
+            make_leaf(d, "ca", "server", ("127.0.0.1", ip) if ip else ("127.0.0.1",))
             make_leaf(d, "ca", "client")
             make_ca(d, "other_ca")
             make_leaf(d, "other_ca", "other_client")
@@ -125,6 +193,11 @@ def main():
             check_reward_worker(pb2, pb2_grpc, d, procs)
             check_rollout_worker(d, procs)
             check_usage_errors(d)
+            if ip:
+                check_run_over_tls(d, ip, procs)
+            else:
+                print("tls_workers_test: no non-loopback IPv4 address, lightrl run over TLS "
+                      "skipped")
     finally:
         for proc in procs:
             proc.terminate()
