@@ -24,6 +24,7 @@
 #include "absl/strings/match.h"
 #include "common/status.h"
 #include "rl/distributed_internal.h"
+#include "rl/parallel_layout.h"
 
 namespace lightrl {
 namespace {
@@ -278,6 +279,85 @@ absl::Status ProcessGroup::AllReduce(std::vector<double>* values, ReduceOp op) {
     values->assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("all-reduce failed (", Where(m.options), "): ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+const char* LayoutGroupName(LayoutGroup group) {
+  switch (group) {
+    case LayoutGroup::kTp: return "tp";
+    case LayoutGroup::kDp: return "dp";
+    case LayoutGroup::kEp: return "ep";
+    case LayoutGroup::kExpertTp: return "expert_tp";
+    case LayoutGroup::kExpertDp: return "expert_dp";
+  }
+  return "?";
+}
+
+const std::vector<int64_t>& ProcessGroup::Impl::LayoutRanks(LayoutGroup group) const {
+  TORCH_CHECK(layout != nullptr, "the layout groups are not made yet (JoinLayoutGroups)");
+  switch (group) {
+    case LayoutGroup::kTp: return layout->tp;
+    case LayoutGroup::kDp: return layout->dp;
+    case LayoutGroup::kEp: return layout->ep;
+    case LayoutGroup::kExpertTp: return layout->expert_tp;
+    case LayoutGroup::kExpertDp: return layout->expert_dp;
+  }
+  return layout->tp;
+}
+
+c10::intrusive_ptr<c10d::Backend> ProcessGroup::Impl::LayoutBackend(LayoutGroup group) {
+  const std::vector<int64_t>& ranks = LayoutRanks(group);
+  if (ranks.size() == 1) return {};
+  return Subgroup(ranks);
+}
+
+absl::Status ProcessGroup::JoinLayoutGroups(const ParallelLayout& layout) {
+  Impl& m = *impl_;
+  absl::StatusOr<LayoutGroups> groups = GroupsOf(layout, m.options.world_size, m.options.rank);
+  if (!groups.ok()) return groups.status();
+  m.layout = std::make_unique<LayoutGroups>(*std::move(groups));
+  // One order on every rank: a group's members all reach it after the same earlier kinds,
+  // and the groups of one kind are disjoint, so no rank waits on one that waits on it.
+  for (LayoutGroup g : {LayoutGroup::kTp, LayoutGroup::kDp, LayoutGroup::kEp,
+                        LayoutGroup::kExpertTp, LayoutGroup::kExpertDp}) {
+    try {
+      m.LayoutBackend(g);
+    } catch (const std::exception& e) {
+      m.layout.reset();
+      return absl::UnavailableError(absl::StrCat("cannot form the ", LayoutGroupName(g),
+                                                 " group (", Where(m.options), "): ", e.what()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+const LayoutGroups* ProcessGroup::layout_groups() const { return impl_->layout.get(); }
+
+absl::Status ProcessGroup::AllReduce(LayoutGroup group, std::vector<double>* values,
+                                     ReduceOp op) {
+  Impl& m = *impl_;
+  if (m.layout == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "all-reduce over the ", LayoutGroupName(group),
+        " group before JoinLayoutGroups (", Where(m.options), ")"));
+  }
+  try {
+    c10::intrusive_ptr<c10d::Backend> backend = m.LayoutBackend(group);
+    if (!backend) return absl::OkStatus();  // this rank alone
+    auto t = torch::tensor(*values, torch::TensorOptions().dtype(torch::kFloat64)).to(m.device);
+    std::vector<at::Tensor> ts{t};
+    c10d::AllreduceOptions ao;
+    ao.reduceOp = op == ReduceOp::kSum   ? c10d::ReduceOp::SUM
+                  : op == ReduceOp::kMin ? c10d::ReduceOp::MIN
+                                         : c10d::ReduceOp::MAX;
+    backend->allreduce(ts, ao)->wait();
+    auto host = ts[0].cpu().contiguous();
+    values->assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("all-reduce over the ", LayoutGroupName(group),
+                                               " group failed (", Where(m.options), "): ",
+                                               e.what()));
   }
   return absl::OkStatus();
 }

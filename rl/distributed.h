@@ -15,6 +15,10 @@
 
 namespace lightrl {
 
+// rl/parallel_layout.h (not included: its config table's names stay out of the learner).
+struct ParallelLayout;
+struct LayoutGroups;
+
 struct DistributedOptions {
   // This process's rank in [0, world_size); torchrun's RANK.
   int64_t rank = 0;
@@ -47,6 +51,10 @@ struct DistributedOptions {
 
 enum class ReduceOp { kSum, kMin, kMax };
 
+// One of a rank's layout groups (rl/parallel_layout.h: LayoutGroups).
+enum class LayoutGroup { kTp, kDp, kEp, kExpertTp, kExpertDp };
+const char* LayoutGroupName(LayoutGroup group);  // "tp", "dp", "ep", "expert_tp", "expert_dp"
+
 class ProcessGroup {
  public:
   // Joins the group: rank 0 serves the store, the others connect to it; every rank then
@@ -70,6 +78,18 @@ class ProcessGroup {
   // Element-wise reduction of `values` (same length on every rank), in FP64.
   absl::Status AllReduce(std::vector<double>* values, ReduceOp op);
   absl::Status Barrier();
+
+  // Creates this rank's TP, DP, EP, expert-TP and expert-DP groups of `layout` (GroupsOf)
+  // on this group's engine, in that order. Every rank must call it at the same point, with
+  // the same layout; groups of one rank need no creating. Errors: the layout against the
+  // world size (GroupsOf), UNAVAILABLE when a group cannot be formed. Nothing else uses
+  // the groups yet: data- and expert-parallel training run as without them.
+  absl::Status JoinLayoutGroups(const ParallelLayout& layout);
+  // The groups JoinLayoutGroups made; nullptr before.
+  const LayoutGroups* layout_groups() const;
+  // AllReduce within this rank's `group` (same length on its members), in FP64.
+  // FAILED_PRECONDITION before JoinLayoutGroups.
+  absl::Status AllReduce(LayoutGroup group, std::vector<double>* values, ReduceOp op);
 
   struct Impl;
   Impl& impl() { return *impl_; }

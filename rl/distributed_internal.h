@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "rl/distributed.h"
@@ -27,6 +28,14 @@ struct ProcessGroup::Impl {
   // same engine; the whole group for all ranks. Every member must ask for it before
   // using it, non-members never; asked again, the same one. Throws on failure.
   c10::intrusive_ptr<c10d::Backend> Subgroup(const std::vector<int64_t>& ranks);
+
+  // This rank's layout groups, once ProcessGroup::JoinLayoutGroups made them.
+  std::unique_ptr<LayoutGroups> layout;
+  // The ranks of this rank's `group` (layout must be set).
+  const std::vector<int64_t>& LayoutRanks(LayoutGroup group) const;
+  // The process group of this rank's `group`: made by JoinLayoutGroups, nullptr for a
+  // group of this rank alone. Throws before JoinLayoutGroups.
+  c10::intrusive_ptr<c10d::Backend> LayoutBackend(LayoutGroup group);
 };
 
 }  // namespace lightrl
