@@ -1,0 +1,26 @@
+#include "rl/tp_comm.h"
+
+#include "rl/parallel_layout.h"
+
+namespace lightrl {
+
+ProcessGroupTpComm::ProcessGroupTpComm(ProcessGroup* group) : group_(group) {
+  const LayoutGroups* groups = group->layout_groups();
+  TORCH_CHECK(groups != nullptr,
+              "tensor-parallel comm: the process group has not joined its layout groups");
+  size_ = static_cast<int64_t>(groups->tp.size());
+  rank_ = groups->tp_rank;
+  tp_ = group->impl().LayoutBackend(LayoutGroup::kTp);
+}
+
+void ProcessGroupTpComm::AllReduce(torch::Tensor& t, Op op) {
+  if (!tp_) return;
+  auto& g = group_->impl();
+  std::vector<at::Tensor> ts{t.to(g.device).contiguous()};
+  c10d::AllreduceOptions ao;
+  ao.reduceOp = op == Op::kSum ? c10d::ReduceOp::SUM : c10d::ReduceOp::MAX;
+  tp_->allreduce(ts, ao)->wait();
+  t = ts[0].to(t.device());
+}
+
+}  // namespace lightrl

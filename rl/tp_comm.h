@@ -1,0 +1,27 @@
+// The tensor-parallel all-reduces of policy/vocab_parallel.h over a learner's process
+// group: this rank's TP group of the layout the group joined (ProcessGroup::
+// JoinLayoutGroups). Torch-side, for the learner and its tests; it owns no process group.
+#pragma once
+
+#include "policy/vocab_parallel.h"
+#include "rl/distributed_internal.h"
+
+namespace lightrl {
+
+class ProcessGroupTpComm final : public TensorParallelComm {
+ public:
+  // `group` must have joined its layout groups; it must outlive this comm.
+  explicit ProcessGroupTpComm(ProcessGroup* group);
+
+  int64_t tp_size() const override { return size_; }
+  int64_t tp_rank() const override { return rank_; }
+  void AllReduce(torch::Tensor& t, Op op) override;
+
+ private:
+  ProcessGroup* group_;
+  int64_t size_ = 1;
+  int64_t rank_ = 0;
+  c10::intrusive_ptr<c10d::Backend> tp_;  // null for a TP group of one
+};
+
+}  // namespace lightrl
