@@ -1,9 +1,7 @@
-// The optimizer step: AdamW as torch computes it (decoupled weight decay, bias-corrected
-// moments) over FP32 master copies of low-precision parameters, the global-norm clip factor,
-// and the update clock the learning-rate schedule reads. Owns the masters and the dense
-// moments; it does not reduce gradients (gradient_reducer.h), shard its state over ranks
-// (zero_optimizer.h) or know experts (expert_shards.h). Torch-side: only the learner's
-// sources include it.
+// The optimizer step: AdamW as torch computes it over FP32 master copies of low-precision
+// weights, the global-norm clip factor and the update clock the LR schedule reads. Owns the
+// masters and the replicated parameters' moments; never reduces gradients, shards state
+// over ranks or knows experts. Torch-side: only the learner's sources include it.
 #pragma once
 
 #include <torch/torch.h>

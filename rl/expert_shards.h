@@ -1,8 +1,7 @@
-// Expert-parallel state of a learner: which parameters are whose experts, this rank's
-// experts' AdamW (and FP32 masters), their gradients summed over the ranks that hold the
-// same experts, and the all-gather that brings every rank's expert weights level after an
-// update. Owns the expert shards' optimizer state; the token dispatch is expert_comm.h's,
-// the replicated parameters' reduction and state are gradient_reducer.h's and adamw.h's.
+// Expert-parallel state: which parameters are whose experts, this rank's experts' AdamW and
+// masters, their gradients summed over the ranks holding the same experts, and the gather that
+// levels every rank's expert weights after an update. It does not dispatch tokens
+// (expert_comm.h) nor touch the replicated parameters' reduction or state.
 #pragma once
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>

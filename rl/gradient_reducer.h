@@ -1,9 +1,7 @@
-// Gradient reduction of a data-parallel learner: the parameters' gradients summed over a
-// process group in buckets, each launched from the backward pass (autograd hooks) as soon
-// as it is complete, in FP32 or bf16. Owns the bucket plan, the reduction buffer and the
-// hooks; it is given a process group and a list of parameters (not the model), so another
-// group (a tensor-parallel layout's data-parallel ranks) or a subset of the parameters
-// (those replicated on every rank) needs no change here. It never updates a parameter.
+// Gradient reduction: a list of parameters' gradients summed over a process group in buckets
+// launched from backward (autograd hooks), in FP32 or bf16. Owns the bucket plan, the buffer
+// and the hooks; it takes a group and parameters, not the model, so other groups (tensor-
+// parallel layouts) reuse it. It never updates a parameter.
 #pragma once
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>

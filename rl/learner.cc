@@ -291,28 +291,29 @@ struct Learner::Impl {
     return std::sqrt(reducer->SquaredNorm() + experts->SquaredNorm());
   }
 
-  // Clip and AdamW with the whole optimizer state on this rank.
-  double PlainStep(double lr) {
-    const bool kernel = KernelAdamW();
-    if (weights->has_masters() && !kernel) {
-      torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < weights->size(); ++i) {
-        auto& p = weights->param(i);
-        if (p.grad().defined() && weights->has_master(i)) {
-          weights->master(i).mutable_grad() = p.grad().to(torch::kFloat32);
-        }
-        p.mutable_grad() = torch::Tensor();
+  // Without the kernel, bf16 gradients become FP32 gradients of the masters.
+  void GradsToMasters() {
+    if (!weights->has_masters() || KernelAdamW()) return;
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < weights->size(); ++i) {
+      auto& p = weights->param(i);
+      if (p.grad().defined() && weights->has_master(i)) {
+        weights->master(i).mutable_grad() = p.grad().to(torch::kFloat32);
       }
+      p.mutable_grad() = torch::Tensor();
     }
+  }
+
+  // The global norm of the gradients the plain update reads; with a clip, their scale:
+  // applied in place (expert parallel) or returned in `scale` for AdamW to apply.
+  double ClipPlain(torch::Tensor* scale) {
+    torch::NoGradGuard no_grad;
     const double clip = options.optimizer.grad_clip;
-    double norm = 0;
-    torch::Tensor scale;  // the clip factor, applied inside AdamW
     if (experts) {
-      norm = ExpertParallelNorm();
+      const double norm = ExpertParallelNorm();
       if (clip > 0 && std::isfinite(norm)) {
         const double factor = ClipFactor(norm, clip);
         if (factor < 1) {
-          torch::NoGradGuard no_grad;
           for (size_t i = 0; i < weights->size(); ++i) {
             auto& t = weights->Updated(i);
             if (replicated[i] && t.grad().defined()) t.mutable_grad().mul_(factor);
@@ -320,20 +321,41 @@ struct Learner::Impl {
         }
         experts->ScaleGrads(factor);
       }
-    } else {
-      // The global norm and clip factor stay on the device; one read-back for the norm.
-      torch::NoGradGuard no_grad;
-      std::vector<torch::Tensor> grads;
+      return norm;
+    }
+    // The global norm and clip factor stay on the device; one read-back for the norm.
+    std::vector<torch::Tensor> grads;
+    for (size_t i = 0; i < weights->size(); ++i) {
+      auto g = UpdateGrad(i);
+      if (g.defined()) grads.push_back(g);
+    }
+    if (grads.empty()) return 0;
+    auto total = reducer ? reducer->Norm() : GlobalNorm(grads);
+    if (clip > 0) *scale = ClipFactor(total, clip);
+    return total.item<double>();
+  }
+
+  // After the plain update: no gradient is left for the next one.
+  void DropGrads(bool kernel) {
+    if (reducer) {
+      // Views of the reduction buffer, which zero_grad() cannot detach in place.
       for (size_t i = 0; i < weights->size(); ++i) {
-        auto g = UpdateGrad(i);
-        if (g.defined()) grads.push_back(g);
-      }
-      if (!grads.empty()) {
-        auto total = reducer ? reducer->Norm() : GlobalNorm(grads);
-        if (clip > 0) scale = ClipFactor(total, clip);
-        norm = total.item<double>();
+        auto& t = weights->has_masters() ? weights->master(i) : weights->param(i);
+        if (t.defined()) t.mutable_grad().reset();
       }
     }
+    adamw->state().zero_grad();
+    if (kernel) {
+      for (size_t i = 0; i < weights->size(); ++i) weights->param(i).mutable_grad().reset();
+    }
+  }
+
+  // Clip and AdamW with the whole optimizer state on this rank.
+  double PlainStep(double lr) {
+    const bool kernel = KernelAdamW();
+    GradsToMasters();
+    torch::Tensor scale;  // the clip factor, applied inside AdamW
+    const double norm = ClipPlain(&scale);
     SetLr(adamw->state(), lr);
     if (std::isfinite(norm)) {
       std::vector<AdamW::Entry> entries;
@@ -348,17 +370,7 @@ struct Learner::Impl {
     } else {
       WarnSkipped();
     }
-    if (reducer) {
-      // Views of the reduction buffer, which zero_grad() cannot detach in place.
-      for (size_t i = 0; i < weights->size(); ++i) {
-        auto& t = weights->has_masters() ? weights->master(i) : weights->param(i);
-        if (t.defined()) t.mutable_grad().reset();
-      }
-    }
-    adamw->state().zero_grad();
-    if (kernel) {
-      for (size_t i = 0; i < weights->size(); ++i) weights->param(i).mutable_grad().reset();
-    }
+    DropGrads(kernel);
     return norm;
   }
 

@@ -1,8 +1,7 @@
-// Checkpoint IO of a learner's optimizer state: the update clock, the replicated
-// parameters' AdamW state and masters (one file from rank 0, or one ZeRO-1 shard per rank)
-// and the expert shards' state (one file per shard), each written atomically, and the
-// errors that say how a checkpoint was written when it does not fit this learner. Owns the
-// file names and archive keys; it reads and writes the parts' state and changes nothing else.
+// Checkpoint IO of the optimizer state: the update clock, the replicated parameters' state (one
+// file, or one ZeRO-1 shard per rank) and the expert shards' (one file per shard), written
+// atomically, with errors that say how a checkpoint was written. Owns the file names and
+// archive keys; it reads and writes the parts' state and changes nothing else.
 #pragma once
 
 #include <cstdint>

@@ -1,9 +1,7 @@
-// ZeRO-1: the optimizer state of the parameters replicated on every data-parallel rank,
-// sharded over those ranks. Each rank keeps the FP32 masters and AdamW moments of 1/N of
-// the reduction buffer (gradient_reducer.h), steps that shard and all-gathers the updated
-// weights. It shards only what the reducer reduces; parameters that are themselves sharded
-// (experts, expert_shards.h) keep their state with their owner. It computes no norm and
-// clips nothing: the step's caller passes the clip factor.
+// ZeRO-1: the optimizer state of the parameters replicated on every data-parallel rank, sharded
+// over those ranks: each steps its 1/N of gradient_reducer.h's buffer and all-gathers the
+// weights. Owns the shard's masters and moments; parameters the model shards (experts) keep
+// their state with their owner. It computes no norm: the caller passes the clip factor.
 #pragma once
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
