@@ -105,7 +105,13 @@ def main():
     parser.add_argument("--listen", default="127.0.0.1:0", help="host:port; port 0 picks one")
     parser.add_argument("--auth-token", default="", help="shared token; required off loopback")
     parser.add_argument("--max-chars", type=int, default=2000, help="length before the penalty")
+    parser.add_argument("--tls-cert", default="", help="PEM certificate chain: serve TLS")
+    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-ca", default="",
+                        help="PEM CA of client certificates: require them (mutual TLS)")
     args = parser.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
+        sys.exit("server.py: --tls-cert and --tls-key go together; --tls-ca needs them")
     if not args.auth_token and not is_loopback(args.listen):
         sys.exit(f'server.py: "{args.listen}" is not loopback: --auth-token is required')
 
@@ -116,7 +122,17 @@ def main():
                              options=[("grpc.max_receive_message_length", 1 << 30)])
         pb2_grpc.add_RewardServiceServicer_to_server(
             make_servicer(pb2, pb2_grpc, args.auth_token, args.max_chars), server)
-        port = server.add_insecure_port(args.listen)
+        if args.tls_cert:
+            def read(path):
+                with open(path, "rb") as f:
+                    return f.read()
+            credentials = grpc.ssl_server_credentials(
+                [(read(args.tls_key), read(args.tls_cert))],
+                root_certificates=read(args.tls_ca) if args.tls_ca else None,
+                require_client_auth=bool(args.tls_ca))
+            port = server.add_secure_port(args.listen, credentials)
+        else:
+            port = server.add_insecure_port(args.listen)
         if port == 0:
             sys.exit(f'server.py: could not listen on "{args.listen}"')
         server.start()

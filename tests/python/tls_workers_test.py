@@ -1,5 +1,6 @@
 """`lightrl reward-worker` and `lightrl rollout-worker` with --tls-cert, --tls-key, --tls-ca
-and --tls-client-auth on loopback, called with Python's grpc client. The certificates are
+and --tls-client-auth on loopback (and the Python example reward server with its own TLS
+flags), called with Python's grpc client. The certificates are
 made here with the openssl command (an argument vector, no shell): a CA with a server and
 a client certificate, and another CA with a client certificate of its own. A client that
 does not trust the CA fails, one that does works, the shared token is still checked, and
@@ -108,6 +109,20 @@ def check_rollout_worker(d, procs):
         rollout_health(right_cert)
 
 
+def check_python_example(pb2, pb2_grpc, d, procs):
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "examples", "reward_server_python", "server.py")
+    address = start([sys.executable, example, "--listen", "127.0.0.1:0", "--tls-cert",
+                     f"{d}/server.pem", "--tls-key", f"{d}/server.key", "--tls-ca",
+                     f"{d}/ca.pem"], procs)
+    with grpc.insecure_channel(address) as plain:
+        expect_error(lambda: score(pb2, pb2_grpc, plain), grpc.StatusCode.UNAVAILABLE)
+    with tls_channel(address, d, client="other_client") as wrong_cert:
+        expect_error(lambda: score(pb2, pb2_grpc, wrong_cert), grpc.StatusCode.UNAVAILABLE)
+    with tls_channel(address, d, client="client") as right_cert:
+        assert len(score(pb2, pb2_grpc, right_cert).results) == 1
+
+
 def check_usage_errors(d):
     for command in ("reward-worker", "rollout-worker"):
         for flags, fragment in ((["--tls-cert", f"{d}/server.pem"], "without a key"),
@@ -192,6 +207,7 @@ def main():
             pb2, pb2_grpc = load_stubs(d)
             check_reward_worker(pb2, pb2_grpc, d, procs)
             check_rollout_worker(d, procs)
+            check_python_example(pb2, pb2_grpc, d, procs)
             check_usage_errors(d)
             if ip:
                 check_run_over_tls(d, ip, procs)
