@@ -71,6 +71,7 @@ TEST(ParallelLayoutTest, WorldSizeErrors) {
             "parallel.ep x parallel.expert_tp (3 x 1 = 3) must divide "
             "distributed.world_size (4)");
   EXPECT_EQ(Layout(0).CheckWorld(4).message(), "parallel.tp must be >= 1, got 0");
+  EXPECT_EQ(Layout(1).CheckWorld(0).message(), "world size must be >= 1, got 0");
 }
 
 TEST(ParallelLayoutTest, ModelErrors) {
@@ -214,6 +215,8 @@ TEST(LayoutGroupsTest, Errors) {
   EXPECT_EQ(GroupsOf(Layout(2), 4, 4).status().message(), "rank must be in [0, 4), got 4");
   EXPECT_EQ(GroupsOf(Layout(3), 4, 0).status().message(),
             "parallel.tp (3) must divide distributed.world_size (4)");
+  EXPECT_EQ(GroupsOf(Layout(2, 1, 1, 4), 4, 0).status().message(),
+            "parallel.tp x parallel.dp (2 x 4 = 8) must equal distributed.world_size (4)");
 }
 
 // The run config's `parallel:` section and the older distributed.expert_parallel.
