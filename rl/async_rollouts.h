@@ -2,7 +2,7 @@
 // a generator ahead of the step that trains on them, so generation of the next batch
 // overlaps training of the current one. Owns the drawn-but-untrained groups (in flight,
 // being scored or ready), the staleness check, the bounded regeneration of stale groups,
-// the scoring threads that score each group as soon as its generation returns, and the
+// the scoring threads that score each group as soon as its samples are back, and the
 // dataset cursor a checkpoint may save; does not train or publish weights. Torch-free.
 #pragma once
 
@@ -82,14 +82,16 @@ struct AsyncRolloutStats {
 // Builds the request of one example (tokenizes the prompt, sets the sampling params and
 // `seed`; the id is the caller's). Called on generator threads.
 using AsyncRequestFn = std::function<absl::StatusOr<GenerationRequest>(const Example&, uint64_t seed)>;
-// Generates requests with weights at least `min_weight_version`; results in request
-// order (RolloutSource::Generate). Called on generator threads, several at once.
-using AsyncGenerateFn = std::function<std::vector<GroupGeneration>(
-    const std::vector<GenerationRequest>&, int64_t min_weight_version)>;
+// Generates requests with weights at least `min_weight_version`, handing each group to
+// `on_group` with its request index as soon as it is done, and returns once all were
+// handed over (RolloutSource::GenerateEach). Called on generator threads, several at once;
+// `on_group` may be called from any thread.
+using AsyncGenerateFn = std::function<void(const std::vector<GenerationRequest>&,
+                                           int64_t min_weight_version, const GroupCallback& on_group)>;
 // Scores a generated group: one result per sample, in sample order. Called on scoring
-// threads, up to max_concurrent_scoring at once, in the order the groups' generation
-// returned; must be thread-safe, and deterministic so that a group's rewards do not
-// depend on when or beside what it was scored.
+// threads, up to max_concurrent_scoring at once, in the order the groups came back from
+// generation (one by one, not per call); must be thread-safe, and deterministic so that a
+// group's rewards do not depend on when or beside what it was scored.
 using AsyncScoreFn = std::function<absl::StatusOr<GroupScores>(
     const Example&, const GenerationRequest&, const GroupGeneration&)>;
 
@@ -97,8 +99,8 @@ class AsyncRollouts {
  public:
   // Draws from `dataset` starting at `start` (a checkpoint's cursor). Generation starts
   // with the first Take; new groups use weights at least `published_version`. With
-  // `score`, every group generated is scored as soon as its generation call returns, off
-  // the caller's thread, and a Take hands out groups only once scored; without, groups
+  // `score`, every group generated is scored as soon as it is back from generation (not
+  // waiting for the other groups of its call), off the caller's thread, and a Take hands out groups only once scored; without, groups
   // are handed out unscored.
   AsyncRollouts(const AsyncRolloutOptions& options, const Dataset* dataset, DatasetPosition start,
                 int64_t published_version, AsyncRequestFn make_request, AsyncGenerateFn generate,

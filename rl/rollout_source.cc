@@ -32,6 +32,26 @@ std::vector<GroupGeneration> GenerateOnEngine(Engine& engine,
   return out;
 }
 
+}  // namespace
+
+void RolloutSource::GenerateEach(const std::vector<GenerationRequest>& requests,
+                                 int64_t min_weight_version, const GroupCallback& on_group) {
+  std::vector<GroupGeneration> groups = Generate(requests, min_weight_version);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (i < groups.size()) {
+      on_group(i, std::move(groups[i]));
+      continue;
+    }
+    GroupGeneration missing;
+    missing.status = absl::InternalError(absl::StrCat(
+        "group ", requests[i].id, ": the rollout source returned ", groups.size(),
+        " results for ", requests.size(), " requests"));
+    on_group(i, std::move(missing));
+  }
+}
+
+namespace {
+
 class EngineRolloutSource final : public RolloutSource {
  public:
   explicit EngineRolloutSource(Engine* engine) : engine_(engine) {}
@@ -216,6 +236,17 @@ class FleetRolloutSource final : public RolloutSource {
       out[i].samples = std::move(outcomes[i].output.samples);
     }
     return out;
+  }
+
+  void GenerateEach(const std::vector<GenerationRequest>& requests, int64_t min_weight_version,
+                    const GroupCallback& on_group) override {
+    fleet_->Generate(requests, min_weight_version, [&on_group](size_t index, GroupOutcome outcome) {
+      GroupGeneration g;
+      g.status = std::move(outcome.status);
+      g.weight_version = outcome.output.weight_version;
+      g.samples = std::move(outcome.output.samples);
+      on_group(index, std::move(g));
+    });
   }
 
   absl::Status PublishWeights(int64_t version) override {

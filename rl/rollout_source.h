@@ -5,7 +5,9 @@
 // knows no command line. Torch-free and protobuf-free.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -27,6 +29,9 @@ struct GroupGeneration {
   std::vector<GeneratedSample> samples;
 };
 
+// Takes one finished group: its index in the call's requests and its generation.
+using GroupCallback = std::function<void(size_t index, GroupGeneration group)>;
+
 class RolloutSource {
  public:
   virtual ~RolloutSource() = default;
@@ -34,6 +39,12 @@ class RolloutSource {
   // request order. A failed group carries its error.
   virtual std::vector<GroupGeneration> Generate(const std::vector<GenerationRequest>& requests,
                                                 int64_t min_weight_version) = 0;
+  // The same, handing each group to `on_group` as soon as it is done, on whatever thread
+  // finished it (several may call at once); returns once every group was handed over,
+  // each exactly once. This default calls Generate and then hands the groups over in
+  // request order; the fleet hands each over as its worker answers.
+  virtual void GenerateEach(const std::vector<GenerationRequest>& requests,
+                            int64_t min_weight_version, const GroupCallback& on_group);
   // Makes the policy's current weights, as `version`, the ones later groups use.
   virtual absl::Status PublishWeights(int64_t version) = 0;
   // Counters for the metrics ("fleet/groups_requeued", ...); empty for the engine.

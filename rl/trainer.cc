@@ -987,8 +987,9 @@ absl::StatusOr<std::unique_ptr<AsyncRollouts>> Trainer::StartAsyncRollouts(
     return r;
   };
   RolloutSource* source = rollout_source_.get();
-  auto generate = [source](const std::vector<GenerationRequest>& reqs, int64_t min_version) {
-    return source->Generate(reqs, min_version);
+  auto generate = [source](const std::vector<GenerationRequest>& reqs, int64_t min_version,
+                           const GroupCallback& on_group) {
+    source->GenerateEach(reqs, min_version, on_group);
   };
   return std::make_unique<AsyncRollouts>(ao, &*train_, state_.data, learner_->version(),
                                          std::move(make_request), std::move(generate),

@@ -578,8 +578,9 @@ absl::Status RolloutFleet::PublishDeviceWeights(const DeviceWeights& w) {
   return PublishWeights(std::move(set));
 }
 
-std::vector<GroupOutcome> RolloutFleet::Generate(const std::vector<GenerationRequest>& requests,
-                                                 int64_t min_weight_version) {
+std::vector<GroupOutcome> RolloutFleet::Generate(
+    const std::vector<GenerationRequest>& requests, int64_t min_weight_version,
+    const std::function<void(size_t index, GroupOutcome outcome)>& on_group) {
   Impl& s = *impl_;
   std::vector<GroupOutcome> outcomes(requests.size());
   std::deque<size_t> pending;
@@ -609,18 +610,32 @@ std::vector<GroupOutcome> RolloutFleet::Generate(const std::vector<GenerationReq
         calls.emplace_back([&, worker, index, vocab_size] {
           absl::StatusOr<GroupOutput> out =
               worker->client->Generate(requests[index], min_weight_version, vocab_size);
+          // Once done, the group's outcome is this thread's alone: it is handed over
+          // outside the lock, before `remaining` lets Generate return.
+          auto finish = [&](absl::Status status) {
+            s.mu.AssertHeld();
+            outcomes[index].status = std::move(status);
+            if (!on_group) {
+              --remaining;
+              return;
+            }
+            s.mu.Unlock();
+            on_group(index, std::move(outcomes[index]));
+            s.mu.Lock();
+            --remaining;
+            ++s.changes;
+          };
           absl::MutexLock call_lock(&s.mu);
           --worker->in_flight;
           ++s.changes;
           if (out.ok()) {
             outcomes[index].output = *std::move(out);
             ++s.stats.groups_done;
-            --remaining;
+            finish(absl::OkStatus());
             return;
           }
           if (!IsWorkerFault(out.status().code())) {
-            outcomes[index].status = out.status();
-            --remaining;
+            finish(out.status());
             return;
           }
           if (out.status().code() == absl::StatusCode::kFailedPrecondition ||
@@ -633,11 +648,10 @@ std::vector<GroupOutcome> RolloutFleet::Generate(const std::vector<GenerationReq
             pending.push_back(index);
             ++s.stats.groups_requeued;
           } else {
-            outcomes[index].status = absl::Status(
+            finish(absl::Status(
                 out.status().code(),
                 absl::StrCat("group ", requests[index].id, " failed on ", outcomes[index].attempts,
-                             " workers; last: ", out.status().message()));
-            --remaining;
+                             " workers; last: ", out.status().message())));
           }
         });
       }
@@ -645,13 +659,19 @@ std::vector<GroupOutcome> RolloutFleet::Generate(const std::vector<GenerationReq
     if (any_live) {
       idle_since = absl::Now();
     } else if (absl::Now() - idle_since > s.options.no_worker_timeout) {
-      for (size_t index : pending) {
+      std::vector<size_t> failed(pending.begin(), pending.end());
+      pending.clear();
+      for (size_t index : failed) {
         outcomes[index].status = absl::UnavailableError(absl::StrCat(
             "group ", requests[index].id, ": no live rollout worker for ",
             absl::FormatDuration(s.options.no_worker_timeout)));
-        --remaining;
       }
-      pending.clear();
+      if (on_group) {
+        s.mu.Unlock();
+        for (size_t index : failed) on_group(index, std::move(outcomes[index]));
+        s.mu.Lock();
+      }
+      remaining -= failed.size();
       if (remaining == 0) break;
     }
     std::pair<Impl*, uint64_t> seen(&s, s.changes);

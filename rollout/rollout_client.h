@@ -170,9 +170,12 @@ class RolloutFleet {
   // fails CheckGroupOutput against the published model's vocabulary) goes back to the
   // queue and runs on another worker, up to max_group_attempts; the worker is reported
   // failed. A group the worker rejects as bad input fails alone. Outcomes are in request
-  // order.
-  std::vector<GroupOutcome> Generate(const std::vector<GenerationRequest>& requests,
-                                     int64_t min_weight_version);
+  // order. With `on_group`, each outcome is instead handed to it (with its request index)
+  // the moment the group is done, on the thread that finished it, outside the fleet's
+  // lock; several calls may run at once, and the returned outcomes are then empty.
+  std::vector<GroupOutcome> Generate(
+      const std::vector<GenerationRequest>& requests, int64_t min_weight_version,
+      const std::function<void(size_t index, GroupOutcome outcome)>& on_group = nullptr);
 
   RolloutFleetStats stats() const;
   int64_t published_version() const;

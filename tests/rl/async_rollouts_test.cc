@@ -114,6 +114,105 @@ class SlowReward : public RewardFunction {
   std::chrono::milliseconds delay_;
 };
 
+// A rollout source whose groups finish on threads of their own, one per group, each
+// handed over the moment it is done: every group but `held` finishes at once, `held`
+// only once the test opens the latch.
+class ThreadedSource final : public RolloutSource {
+ public:
+  explicit ThreadedSource(std::string held) : held_(std::move(held)) {}
+
+  std::vector<GroupGeneration> Generate(const std::vector<GenerationRequest>& reqs,
+                                        int64_t min_version) override {
+    std::vector<GroupGeneration> out(reqs.size());
+    GenerateEach(reqs, min_version, [&out](size_t i, GroupGeneration g) { out[i] = std::move(g); });
+    return out;
+  }
+  void GenerateEach(const std::vector<GenerationRequest>& reqs, int64_t min_version,
+                    const GroupCallback& on_group) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::vector<std::string> ids;
+      for (const auto& r : reqs) ids.push_back(r.id);
+      calls_.push_back(ids);
+    }
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      threads.emplace_back([&, i] {
+        if (reqs[i].id == held_) {
+          std::unique_lock<std::mutex> lock(mu_);
+          opened_cv_.wait(lock, [&] { return open_; });
+        }
+        GroupGeneration g;
+        g.weight_version = min_version;
+        g.samples.resize(static_cast<size_t>(reqs[i].params.n));
+        on_group(i, std::move(g));
+      });
+    }
+    for (std::thread& t : threads) t.join();
+  }
+  absl::Status PublishWeights(int64_t) override { return absl::OkStatus(); }
+  std::vector<std::pair<std::string, double>> Stats() const override { return {}; }
+
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    opened_cv_.notify_all();
+  }
+  bool open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return open_;
+  }
+  std::vector<std::vector<std::string>> calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+
+ private:
+  const std::string held_;
+  std::mutex mu_;
+  std::condition_variable opened_cv_;
+  bool open_ = false;
+  std::vector<std::vector<std::string>> calls_;
+};
+
+// A reward server's log of the items it was sent: each item's prompt, and whether the
+// held group's latch was open when the item arrived.
+struct Arrivals {
+  std::mutex mu;
+  std::condition_variable changed;
+  std::vector<std::pair<std::string, bool>> items;
+
+  // Waits (at most `limit`) for `count` items of `prompt`.
+  bool WaitFor(const std::string& prompt, size_t count, std::chrono::seconds limit) {
+    std::unique_lock<std::mutex> lock(mu);
+    return changed.wait_for(lock, limit, [&] {
+      return static_cast<size_t>(std::count_if(items.begin(), items.end(), [&](const auto& item) {
+               return item.first == prompt;
+             })) >= count;
+    });
+  }
+};
+
+class ArrivalReward : public RewardFunction {
+ public:
+  ArrivalReward(std::shared_ptr<Arrivals> arrivals, ThreadedSource* source)
+      : arrivals_(std::move(arrivals)), source_(source) {}
+  std::string Kind() const override { return "arrival"; }
+  absl::StatusOr<RewardResult> Score(const RewardInput& in) override {
+    const bool open = source_->open();
+    {
+      std::lock_guard<std::mutex> lock(arrivals_->mu);
+      arrivals_->items.emplace_back(in.prompt, open);
+    }
+    arrivals_->changed.notify_all();
+    return RewardResult{static_cast<double>(in.response.size()), {}};
+  }
+
+ private:
+  std::shared_ptr<Arrivals> arrivals_;
+  ThreadedSource* source_;
+};
+
 // What the trainer scores for sample k of a group.
 RewardInput SampleInput(const Example& ex, size_t k) {
   RewardInput in;
@@ -165,8 +264,10 @@ class AsyncRolloutsTest : public ::testing::Test {
       r.params.seed = seed;
       return r;
     };
-    auto generate = [this](const std::vector<GenerationRequest>& reqs, int64_t min_version) {
-      return source_.Generate(reqs, min_version);
+    auto generate = [this](const std::vector<GenerationRequest>& reqs, int64_t min_version,
+                           const GroupCallback& on_group) {
+      std::vector<GroupGeneration> out = source_.Generate(reqs, min_version);
+      for (size_t i = 0; i < out.size(); ++i) on_group(i, std::move(out[i]));
     };
     return std::make_unique<AsyncRollouts>(o, &*data_, start, published, make_request, generate,
                                            std::move(score));
@@ -426,6 +527,102 @@ TEST_F(ScoringTest, GroupsAreScoredConcurrentlyAheadOfTheTakeWithTheRewardsOfSer
     for (int k = 0; k < 2; ++k) expected.push_back(SlowReward::Expected(absl::StrCat("p", p, "#", k)));
   }
   EXPECT_EQ(concurrent, expected);
+}
+
+TEST_F(AsyncRolloutsTest, AGroupIsScoredWhileAnotherGroupOfItsCallStillGenerates) {
+  Data(4);
+  ThreadedSource source(/*held=*/"p1");
+  auto arrivals = std::make_shared<Arrivals>();
+  RewardServerOptions so;
+  so.num_scoring_threads = 2;
+  auto server = RewardServer::Start(so, std::make_unique<ArrivalReward>(arrivals, &source));
+  ASSERT_TRUE(server.ok()) << server.status();
+  RewardRouterOptions ro;
+  RewardRouterEntry e;
+  e.name = "arrival";
+  e.address = (*server)->address();
+  ro.entries.push_back(e);
+  auto router = RewardRouter::Create(ro);
+  ASSERT_TRUE(router.ok()) << router.status();
+
+  AsyncRolloutOptions o = Options(/*pps=*/2, /*max_staleness=*/1);
+  o.max_concurrent_scoring = 2;
+  auto make_request = [](const Example& ex, uint64_t seed) -> absl::StatusOr<GenerationRequest> {
+    GenerationRequest r;
+    r.id = ex.prompt;
+    r.prompt = {1, 2, 3};
+    r.params.n = 2;
+    r.params.seed = seed;
+    return r;
+  };
+  auto generate = [&source](const std::vector<GenerationRequest>& reqs, int64_t min_version,
+                            const GroupCallback& on_group) {
+    source.GenerateEach(reqs, min_version, on_group);
+  };
+  AsyncRollouts async(o, &*data_, {}, 0, make_request, generate, ScoreWith(router->get()));
+  absl::StatusOr<std::vector<AsyncGroup>> taken;
+  std::thread trainer([&] { taken = async.Take(2, 0, 0); });
+  // p0 and p1 are one generation call; p1 is held, yet p0's samples reach the reward
+  // server. (Were groups scored only once their whole call returned, none would arrive.)
+  const bool p0_scored = arrivals->WaitFor("p0", 2, std::chrono::seconds(60));
+  EXPECT_TRUE(p0_scored) << "group p0 was not scored while p1 of its call was generating";
+  const AsyncRolloutStats held = async.stats();
+  source.Open();
+  trainer.join();
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(source.calls(), (std::vector<std::vector<std::string>>{{"p0", "p1"}}));
+  if (p0_scored) EXPECT_EQ(held.in_flight, 1);  // p1, still generating
+  std::vector<std::pair<std::string, bool>> items;
+  {
+    std::lock_guard<std::mutex> lock(arrivals->mu);
+    items = arrivals->items;
+  }
+  ASSERT_EQ(items.size(), 4u);
+  for (const auto& [prompt, open] : items) {
+    // p0 is scored before p1 is released; p1 only after.
+    EXPECT_EQ(open, prompt == "p1") << prompt;
+  }
+  // The order and the rewards are those of the draw, whatever finished first.
+  ASSERT_EQ(Prompts(*taken), (std::vector<std::string>{"p0", "p1"}));
+  for (const AsyncGroup& g : *taken) {
+    ASSERT_TRUE(g.scored);
+    ASSERT_EQ(g.scores.rewards.size(), 2u);
+    for (size_t k = 0; k < 2; ++k) {
+      EXPECT_EQ(g.scores.texts[k], SampleInput(*g.example, k).response);
+      EXPECT_EQ(g.scores.rewards[k].score, static_cast<double>(SampleInput(*g.example, k).response.size()));
+    }
+  }
+}
+
+TEST_F(AsyncRolloutsTest, TheDefaultGenerateEachHandsOverEveryGroupOfGenerate) {
+  // A source with only Generate: each group handed over once, in request order.
+  class Plain final : public RolloutSource {
+   public:
+    std::vector<GroupGeneration> Generate(const std::vector<GenerationRequest>& reqs,
+                                          int64_t min_version) override {
+      std::vector<GroupGeneration> out(reqs.size() - 1);  // one short
+      for (size_t i = 0; i < out.size(); ++i) out[i].weight_version = min_version + static_cast<int64_t>(i);
+      return out;
+    }
+    absl::Status PublishWeights(int64_t) override { return absl::OkStatus(); }
+    std::vector<std::pair<std::string, double>> Stats() const override { return {}; }
+  } plain;
+  std::vector<GenerationRequest> reqs(3);
+  reqs[0].id = "a";
+  reqs[1].id = "b";
+  reqs[2].id = "c";
+  std::vector<std::pair<size_t, GroupGeneration>> got;
+  plain.GenerateEach(reqs, 5, [&got](size_t i, GroupGeneration g) { got.emplace_back(i, std::move(g)); });
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0].first, 0u);
+  EXPECT_EQ(got[0].second.weight_version, 5);
+  EXPECT_EQ(got[1].first, 1u);
+  EXPECT_EQ(got[1].second.weight_version, 6);
+  EXPECT_EQ(got[2].first, 2u);
+  EXPECT_EQ(got[2].second.status.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(got[2].second.status.message().find("group c: the rollout source returned 2 results for 3 requests"),
+            std::string::npos)
+      << got[2].second.status;
 }
 
 TEST_F(AsyncRolloutsTest, AGroupThatFailsToScoreFailsTheTakeNamingIt) {
