@@ -205,8 +205,11 @@ def case_interrupt(runs):
     assert a == b, "the interrupted and resumed run's final weights differ"
     print("  resumed twice: same metrics and final weights as the run left alone")
 
-    # Two SIGINTs: out at once, no checkpoint.
+    # Two SIGINTs: out at once, no checkpoint. SFT steps of 2048 examples are long enough
+    # that the second signal, sent as soon as the run has taken the first, arrives before
+    # the current step (and its checkpoint) can end.
     config = runs.config("interrupt-twice", checkpoint__every=0)
+    config["sft"]["batch_size"] = 2048
     path = tt.write_config(os.path.join(runs.tmp, "interrupt-twice.yaml"), config)
     out = config["run"]["output_dir"]
     metrics = os.path.join(out, "metrics.jsonl")
@@ -214,9 +217,13 @@ def case_interrupt(runs):
                             stderr=subprocess.PIPE, text=True, env=ENV)
     wait_for(lambda: logged("sft/loss", 1), proc, "the first SFT step")
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    err = ""
+    for line in proc.stderr:
+        err += line
+        if "stopping after the current step" in line:
+            break
     proc.send_signal(signal.SIGINT)
-    err = proc.stderr.read()
+    err += proc.stderr.read()
     proc.wait()
     assert proc.returncode == 130 and "exiting at once" in err, (proc.returncode, err)
     assert tt.latest_checkpoint(out) is None, tt.latest_checkpoint(out)
