@@ -1,6 +1,5 @@
 #include "rl/trainer.h"
 
-#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,7 +7,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -43,112 +41,18 @@
 #include "rl/learner_group.h"
 #include "rl/plan.h"
 #include "rl/rollout_log.h"
+#include "rl/checkpoint_dir.h"
+#include "rl/reward_health.h"
 #include "rl/rl_step.h"
 #include "rl/rollout_source.h"
+#include "rl/run_progress.h"
 #include "rl/step_metrics.h"
+#include "rl/stop_signal.h"
 
 namespace lightrl {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::time_point since) {
-  return std::chrono::duration<double>(Clock::now() - since).count();
-}
-
-// "45s", "3m05s" or "2h07m": how long `seconds` is, for progress lines.
-std::string Duration(double seconds) {
-  const int64_t s = static_cast<int64_t>(std::max(0.0, seconds) + 0.5);
-  if (s < 60) return absl::StrFormat("%ds", s);
-  if (s < 3600) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
-  return absl::StrFormat("%dh%02dm", s / 3600, (s % 3600) / 60);
-}
-
-// A long phase's clock: elapsed time and, from the mean time of the units done so far
-// in this process, the time the remaining units take.
-class PhaseClock {
- public:
-  // `done` of `total` units are done when the phase starts (a resumed run).
-  PhaseClock(int64_t done, int64_t total) : start_(Clock::now()), first_(done), total_(total) {}
-  // "elapsed 1m05s, ETA 2m10s" once `done` units are done.
-  std::string Line(int64_t done) const {
-    const double elapsed = Seconds(start_);
-    std::string line = absl::StrCat("elapsed ", Duration(elapsed));
-    if (done > first_ && done < total_) {
-      const double per_unit = elapsed / static_cast<double>(done - first_);
-      absl::StrAppend(&line, ", ETA ", Duration(per_unit * static_cast<double>(total_ - done)));
-    }
-    return line;
-  }
-
- private:
-  Clock::time_point start_;
-  int64_t first_, total_;
-};
-
-// "1.23M", "45.9B": a parameter count for the start-up summary.
-std::string Count(int64_t n) {
-  const double x = static_cast<double>(n);
-  if (x >= 1e9) return absl::StrFormat("%.2fB", x / 1e9);
-  if (x >= 1e6) return absl::StrFormat("%.2fM", x / 1e6);
-  if (x >= 1e3) return absl::StrFormat("%.1fK", x / 1e3);
-  return absl::StrCat(n);
-}
-
-const char* SignalName(int signal) {
-  switch (signal) {
-    case SIGINT: return "SIGINT";
-    case SIGTERM: return "SIGTERM";
-    default: return "a signal";
-  }
-}
-
-// Start-up check of each reward server the config names: a Health call must succeed
-// within `timeout_s` (a server still starting is asked again until then), so that a
-// wrong address fails in seconds rather than at the first step's scores. A server without
-// the Health method (UNIMPLEMENTED) answered, so it is up.
-absl::Status CheckRewardServers(const RunConfig& config, double timeout_s) {
-  if (timeout_s <= 0) return absl::OkStatus();
-  for (const auto& [name, server] : config.reward.servers) {
-    if (!server.python.empty()) continue;  // the run serves it and checks its Health itself
-    const std::string where = absl::StrCat(config.source, ": reward.servers.", name,
-                                           ".address = \"", server.address, "\"");
-    RewardClientOptions client_options;
-    client_options.address = server.address;
-    client_options.tls = config.tls.For(server.address);  // as the run's own calls
-    client_options.max_attempts = 1;
-    if (!server.auth_token_file.empty()) {
-      ASSIGN_OR_RETURN(client_options.auth_token, ReadAuthTokenFile(server.auth_token_file));
-    }
-    const absl::Time deadline = absl::Now() + absl::Seconds(timeout_s);
-    for (;;) {
-      client_options.deadline = std::max(deadline - absl::Now(), absl::Milliseconds(100));
-      absl::StatusOr<std::unique_ptr<RewardClient>> client = RewardClient::Create(client_options);
-      if (!client.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", client.status().message()));
-      const absl::StatusOr<RewardServerHealth> health = (*client)->Health();
-      const absl::StatusCode code = health.status().code();
-      if (code == absl::StatusCode::kUnimplemented) break;
-      if (health.ok()) {
-        if (health->serving) break;
-        return absl::FailedPreconditionError(absl::StrCat(
-            where, ": the reward server answers Health but reports that it is not serving"));
-      }
-      const bool retry = code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded;
-      if (!retry) {
-        return absl::Status(code, absl::StrCat(where, ": the reward server refused Health: ",
-                                               health.status().message()));
-      }
-      if (absl::Now() + absl::Milliseconds(250) >= deadline) {
-        return absl::UnavailableError(absl::StrFormat(
-            "%s: no reward server answered within %g s (%s); start it or fix the address "
-            "(--health-timeout S waits longer, 0 skips this check)",
-            where, timeout_s, health.status().message()));
-      }
-      absl::SleepFor(absl::Milliseconds(250));
-    }
-  }
-  return absl::OkStatus();
-}
+using Clock = RunClock;
 
 uint64_t Mix(uint64_t a, uint64_t b) {
   uint64_t z = a * 0x9E3779B97F4A7C15ull + b + 0x632BE59BD9B4E019ull;
@@ -345,62 +249,6 @@ absl::Status Trainer::WriteMetrics(int64_t step, const Scalars& scalars) {
   if (metrics_ == nullptr) return absl::OkStatus();
   RETURN_IF_ERROR(metrics_->Write(step, scalars));
   return metrics_->Flush();
-}
-
-std::string CheckpointName(const TrainerState& state) {
-  return absl::StrFormat("step-%06d-sft-%06d", state.step, state.sft_step);
-}
-
-// The checkpoint file recording where metrics.jsonl ended when the checkpoint was taken.
-constexpr const char* kMetricsPositionName = "metrics_position.json";
-
-// Cuts metrics.jsonl back to where it ended at the checkpoint in `checkpoint_dir`, so that
-// the steps a resumed run trains again are logged once.
-absl::Status CutMetricsToCheckpoint(const std::string& checkpoint_dir, const std::string& path) {
-  const std::string position_path = JoinPath(checkpoint_dir, kMetricsPositionName);
-  if (!FileExists(position_path)) {
-    LogWarning("lightrl run: warning: %s has no %s (an older checkpoint): %s keeps "
-               "the lines logged after it; readers take the last value per step",
-               checkpoint_dir.c_str(), kMetricsPositionName, path.c_str());
-    return absl::OkStatus();
-  }
-  if (!FileExists(path)) return absl::OkStatus();
-  ASSIGN_OR_RETURN(std::string text, ReadFile(position_path));
-  absl::StatusOr<Json> json = Json::Parse(text);
-  const Json* bytes = json.ok() ? json->find("metrics_jsonl_bytes") : nullptr;
-  if (bytes == nullptr || !bytes->is_int() || bytes->as_int() < 0) {
-    return absl::DataLossError(absl::StrCat(
-        position_path, ": expected {\"metrics_jsonl_bytes\": N >= 0}, got ", text));
-  }
-  ASSIGN_OR_RETURN(int64_t dropped, CutJsonlMetrics(path, static_cast<uint64_t>(bytes->as_int())));
-  if (dropped > 0) {
-    LogInfo("lightrl run: dropped %lld lines of %s logged after the checkpoint",
-            static_cast<long long>(dropped), path.c_str());
-  }
-  return absl::OkStatus();
-}
-
-// Checkpoint directories under `root` (step-NNNNNN-sft-NNNNNN), oldest first; names sort
-// in training order.
-std::vector<std::string> CheckpointNames(const std::string& root) {
-  std::vector<std::string> names;
-  if (DIR* d = ::opendir(root.c_str())) {
-    while (dirent* e = ::readdir(d)) {
-      std::string n = e->d_name;
-      if (n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos) names.push_back(n);
-    }
-    ::closedir(d);
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-// A checkpoint directory checked against its manifest: OK with whether it had one, or
-// DATA_LOSS naming the file that failed.
-absl::StatusOr<bool> VerifyCheckpoint(const std::string& dir) {
-  if (!IsDirectory(dir)) return absl::DataLossError(absl::StrCat(dir, ": does not exist"));
-  ASSIGN_OR_RETURN(ManifestCheck check, VerifyCheckpointManifest(dir));
-  return check.present;
 }
 
 absl::StatusOr<std::optional<std::string>> Trainer::LatestCheckpoint() const {
@@ -788,7 +636,7 @@ absl::StatusOr<BatchRewards> Trainer::ScoreAll(const std::vector<RewardInput>& i
 }
 
 absl::Status Trainer::Checkpoint() {
-  const std::string name = CheckpointName(state_);
+  const std::string name = CheckpointName(state_.step, state_.sft_step);
   const std::string final_dir = JoinPath(ckpt_root_, name);
   const std::string tmp = final_dir + ".tmp";
   RETURN_IF_ERROR(RemoveTree(tmp));
@@ -1008,7 +856,7 @@ absl::StatusOr<std::vector<ScoredGroup>> Trainer::GenerateScoredGroups(
     const int64_t later = (config_.run.steps - state_.step - 1) * config_.rollout.prompts_per_step;
     const auto gen_start = Clock::now();
     ASSIGN_OR_RETURN(std::vector<AsyncGroup> taken, async->Take(want, learner_->version(), later));
-    metrics->AddGenerateSeconds(Seconds(gen_start));
+    metrics->AddGenerateSeconds(SecondsSince(gen_start));
     std::vector<ScoredGroup> scored_ahead;  // reward.max_concurrent_groups > 0
     for (AsyncGroup& t : taken) {
       if (t.scored) {
@@ -1045,7 +893,7 @@ absl::StatusOr<std::vector<ScoredGroup>> Trainer::GenerateScoredGroups(
     const auto gen_start = Clock::now();
     const int64_t min_version = std::max<int64_t>(0, learner_->version() - config_.rollout.max_staleness);
     results = rollout_source_->Generate(reqs, min_version);
-    metrics->AddGenerateSeconds(Seconds(gen_start));
+    metrics->AddGenerateSeconds(SecondsSince(gen_start));
   }
   const Tokenizer& tokenizer = *tokenizer_;
   return ScoreGroups(
@@ -1104,22 +952,22 @@ absl::Status Trainer::RunRl() {
     if (async) ahead = async->stats();
     const auto train_start = Clock::now();
     ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainRl(batch));
-    metrics.SetTrainSeconds(Seconds(train_start));
+    metrics.SetTrainSeconds(SecondsSince(train_start));
     const auto sync_start = Clock::now();
     RETURN_IF_ERROR(rollout_source_->PublishWeights(learner_->version()));
     if (async) async->Publish(learner_->version());
-    metrics.SetWeightSyncSeconds(Seconds(sync_start));
+    metrics.SetWeightSyncSeconds(SecondsSince(sync_start));
     ++state_.step;
     std::optional<AsyncRolloutStats> after;
     if (async) after = async->stats();
-    RETURN_IF_ERROR(WriteMetrics(state_.step, metrics.ToScalars(st, Seconds(step_start),
+    RETURN_IF_ERROR(WriteMetrics(state_.step, metrics.ToScalars(st, SecondsSince(step_start),
                                                                 rollout_source_->Stats(), ahead, after)));
     Progress(absl::StrFormat("[rl %s] step %d/%d  reward %.3f  acc %.3f  len %.1f  clip %.3f  "
                              "grad %.3f  %.2f s/step  %s",
                              PolicyLossKindName(config_.algorithm.loss.kind), state_.step,
                              config_.run.steps, metrics.reward_mean(), metrics.accuracy(),
                              metrics.length_mean(), st.clip_fraction, st.grad_norm,
-                             Seconds(step_start), clock.Line(state_.step)));
+                             SecondsSince(step_start), clock.Line(state_.step)));
     if (config_.run.eval_every > 0 && state_.step % config_.run.eval_every == 0) {
       ASSIGN_OR_RETURN(EvalResult e, EvaluateWithProgress(state_.step));
       std::fprintf(stderr, "eval at step %lld: held-out accuracy %s (%s)\n",
@@ -1329,7 +1177,7 @@ absl::StatusOr<EvalResult> Trainer::EvaluateWithProgress(int64_t step) {
   Progress(line);
   const auto start = Clock::now();
   ASSIGN_OR_RETURN(EvalResult result, Evaluate(step));
-  eval_seconds_ = Seconds(start);
+  eval_seconds_ = SecondsSince(start);
   if (tty_ && options_.progress) std::fprintf(stderr, "\n");
   return result;
 }
@@ -1337,7 +1185,7 @@ absl::StatusOr<EvalResult> Trainer::EvaluateWithProgress(int64_t step) {
 absl::Status Trainer::StopIfAsked(const char* phase) {
   const int signal = options_.stop_signal != nullptr ? options_.stop_signal->load() : 0;
   if (signal == 0) return absl::OkStatus();
-  if (last_checkpoint_ != CheckpointName(state_)) RETURN_IF_ERROR(Checkpoint());
+  if (last_checkpoint_ != CheckpointName(state_.step, state_.sft_step)) RETURN_IF_ERROR(Checkpoint());
   if (tty_ && options_.progress) std::fprintf(stderr, "\n");
   return absl::CancelledError(absl::StrFormat(
       "stopped by %s during %s after SFT step %d, RL step %d: checkpoint %s written; run the "
