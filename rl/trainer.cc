@@ -48,8 +48,10 @@
 #include "rl/run_progress.h"
 #include "rl/step_metrics.h"
 #include "rl/stop_signal.h"
+#include "rl/trainer_internal.h"
 
 namespace lightrl {
+namespace trainer_internal {
 namespace {
 
 using Clock = RunClock;
@@ -60,43 +62,6 @@ uint64_t Mix(uint64_t a, uint64_t b) {
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
-
-// Everything besides weights and optimizer that exact resume needs.
-struct TrainerState {
-  int64_t step = 0;      // RL steps done
-  int64_t sft_step = 0;  // SFT steps done
-  // The learner's weights version (optimizer updates done); -1 in checkpoints written
-  // before it was recorded. A replay finds the checkpoint a log's records came from by it.
-  int64_t policy_version = -1;
-  DatasetPosition data, sft_data;
-
-  Json ToJson() const {
-    Json j = Json::MakeObject();
-    j.set("step", Json(step));
-    j.set("sft_step", Json(sft_step));
-    j.set("data_epoch", Json(data.epoch));
-    j.set("data_index", Json(data.index));
-    j.set("sft_epoch", Json(sft_data.epoch));
-    j.set("sft_index", Json(sft_data.index));
-    j.set("policy_version", Json(policy_version));
-    return j;
-  }
-  static absl::StatusOr<TrainerState> FromJson(const Json& j, const std::string& where) {
-    TrainerState s;
-    const std::pair<const char*, int64_t*> fields[] = {
-        {"step", &s.step}, {"sft_step", &s.sft_step}, {"data_epoch", &s.data.epoch},
-        {"data_index", &s.data.index}, {"sft_epoch", &s.sft_data.epoch}, {"sft_index", &s.sft_data.index}};
-    for (const auto& [key, out] : fields) {
-      const Json* v = j.find(key);
-      if (v == nullptr || !v->is_int()) {
-        return absl::DataLossError(absl::StrCat(where, ": missing integer \"", key, "\""));
-      }
-      *out = v->as_int();
-    }
-    if (const Json* v = j.find("policy_version"); v != nullptr && v->is_int()) s.policy_version = v->as_int();
-    return s;
-  }
-};
 
 // Text of generated tokens for the reward. A policy may emit ids the tokenizer lacks
 // (its vocabulary is padded beyond the tokenizer's); they carry no text.
@@ -120,121 +85,7 @@ double SftLearningRate(const SftSection& sft, int64_t step) {
   return schedule.LearningRate(step);
 }
 
-struct EvalResult {
-  int64_t step = -1;
-  double greedy = -1;   // held-out greedy accuracy
-  double sampled = -1;  // mean accuracy of run.eval_sampled samples per prompt; -1: off
-};
-
-std::string EvalLine(const EvalResult& e) {
-  std::string line = absl::StrFormat("greedy %.3f", e.greedy);
-  if (e.sampled >= 0) absl::StrAppendFormat(&line, ", sampled %.3f", e.sampled);
-  return line;
-}
-
-// The name of the file marking an output folder as a replay, and of which log.
-constexpr const char* kReplayMarkerName = "replay.json";
-
-std::string CanonicalPath(const std::string& path) {
-  std::error_code error;
-  std::filesystem::path p = std::filesystem::weakly_canonical(std::filesystem::absolute(path, error), error);
-  std::string s = p.lexically_normal().string();
-  while (s.size() > 1 && s.back() == '/') s.pop_back();
-  return s;
-}
-
-// The run folder a rollout log belongs to: the folder holding `rollouts/`.
-std::string SourceRunDir(const std::string& log_dir) {
-  return std::filesystem::path(CanonicalPath(log_dir)).parent_path().string();
-}
-
-class Trainer {
- public:
-  Trainer(const RunConfig& config, const TrainerRunOptions& options)
-      : config_(config), options_(options) {}
-  absl::Status Run();
-
- private:
-  absl::Status RunController();
-  absl::Status Setup();
-  absl::Status SetUpRewards(const std::map<std::string, std::string>& remote);
-  absl::Status RunLearnerRank();
-  absl::StatusOr<std::unique_ptr<PolicyModel>> LoadPolicy(const std::optional<std::string>& resume_dir) const;
-  LearnerOptions MakeLearnerOptions() const;
-  absl::Status RunSft();
-  absl::Status RunRl();
-  // The RL step's parts: the async generator (rollout.async); one round of generated and
-  // scored groups (`want` of them); the groups the step trains on, with refill rounds
-  // while dynamic sampling drops groups.
-  absl::StatusOr<std::unique_ptr<AsyncRollouts>> StartAsyncRollouts(const std::vector<int32_t>& stops);
-  absl::StatusOr<std::vector<ScoredGroup>> GenerateScoredGroups(int64_t want, int64_t round,
-                                                                const std::vector<int32_t>& stops,
-                                                                AsyncRollouts* async,
-                                                                RlStepMetrics* metrics);
-  absl::StatusOr<std::vector<TrainGroup>> CollectTrainGroups(const std::vector<int32_t>& stops,
-                                                             AsyncRollouts* async,
-                                                             RlStepMetrics* metrics);
-  absl::Status RunReplay();
-  // Replay: refuses an output folder that holds another run or lies in the source run.
-  absl::Status CheckReplayOutput() const;
-  // Replay: reads the log and keeps the selected records, by step.
-  absl::Status LoadReplayLog();
-  // Replay: the source run's checkpoint the first selected record was generated from, or
-  // none (model.path or model.init_config then).
-  absl::StatusOr<std::optional<std::string>> ReplayStart() const;
-  absl::Status WriteEvalSummary();
-  // Held-out accuracy at `step`: greedy, and at the rollouts' sampling with
-  // run.eval_sampled responses per prompt (when set). Evaluating the same step twice
-  // returns the first result.
-  absl::StatusOr<EvalResult> Evaluate(int64_t step);
-  // Evaluate() with its progress: a line before it, with the last evaluation's time as
-  // the ETA, and its own time in eval_seconds_.
-  absl::StatusOr<EvalResult> EvaluateWithProgress(int64_t step);
-  absl::Status Checkpoint();
-  // At a safe point (a step done): when the caller asked the run to stop, writes a
-  // checkpoint and returns CANCELLED saying how to continue.
-  absl::Status StopIfAsked(const char* phase);
-  // The lines printed once before the first step: model, layout, plan, output, how to watch.
-  void PrintSummary() const;
-  absl::StatusOr<std::optional<std::string>> LatestCheckpoint() const;
-  std::vector<int32_t> StopTokens() const;
-  // Scores a batch in one reward call per server: the router's entries (or the single
-  // built-in kind) are the batch's reward sources.
-  absl::StatusOr<BatchRewards> ScoreAll(const std::vector<RewardInput>& inputs);
-  void Progress(const std::string& line) const;
-  absl::Status WriteMetrics(int64_t step, const Scalars& scalars);
-
-  const RunConfig& config_;
-  TrainerRunOptions options_;
-  std::string ckpt_root_;
-  std::unique_ptr<PolicyModel> policy_;
-  std::optional<Tokenizer> tokenizer_;
-  ProcessGroupPtr group_;  // null with one learner process
-  std::unique_ptr<Learner> learner_;
-  std::unique_ptr<LearnerGroup> learners_;  // every learner call goes through it
-  std::unique_ptr<Engine> engine_;
-  RolloutSourcePtr rollout_source_;
-  LaunchedWorkersPtr python_rewards_;      // reward.servers.NAME.python; null: none
-  RewardFunctionPtr reward_;               // a single built-in kind, or
-  std::unique_ptr<RewardRouter> router_;   // weighted built-ins and reward servers
-  RewardMetricNames reward_metric_names_;  // reward/<source>/<component> names logged so far
-  std::optional<Dataset> train_, eval_, sft_;
-  std::unique_ptr<MetricsWriter> metrics_;
-  // SFT's metrics: the same metrics.jsonl, TensorBoard's tensorboard/sft run; by SFT step.
-  std::unique_ptr<MetricsWriter> sft_metrics_;
-  std::unique_ptr<RolloutLogWriter> rollouts_;
-  TrainerState state_;
-  std::string last_checkpoint_;  // the name of the checkpoint this process wrote last
-  bool resumed_ = false;  // continued from a checkpoint of this output folder
-  // Replay: the log's records (a resumed run's second copy of a group dropped) and the
-  // selected ones by step, in log order.
-  std::vector<RolloutGroup> replay_log_;
-  std::map<int64_t, std::vector<size_t>> replay_steps_;
-  bool tty_ = false;
-  EvalResult eval_before_;
-  double eval_seconds_ = -1;  // how long the last evaluation took; -1: none yet
-  EvalResult last_eval_;
-};
+}  // namespace
 
 void Trainer::Progress(const std::string& line) const {
   if (!options_.progress) return;
@@ -292,6 +143,8 @@ absl::StatusOr<std::optional<std::string>> Trainer::LatestCheckpoint() const {
   return std::optional<std::string>(dir);
 }
 
+namespace {
+
 PolicyOptions PolicyOptionsFor(const RunConfig& config, const DistributedOptions& dist) {
   PolicyOptions popts;
   popts.device = config.run.device;
@@ -301,7 +154,6 @@ PolicyOptions PolicyOptionsFor(const RunConfig& config, const DistributedOptions
   return popts;
 }
 
-namespace {
 
 // distributed.expert_parallel against the ranks actually started and the model, in the
 // config's terms (the learner checks the same in its own).
@@ -983,172 +835,6 @@ absl::Status Trainer::RunRl() {
   return absl::OkStatus();
 }
 
-absl::Status Trainer::CheckReplayOutput() const {
-  const std::string out = CanonicalPath(config_.run.output_dir);
-  const std::string source = SourceRunDir(options_.replay_dir);
-  const std::string rel = std::filesystem::path(out).lexically_relative(source).string();
-  if (!rel.empty() && rel.rfind("..", 0) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the replay's output folder ", out, " lies in ", source, ", the run that holds the log ",
-        options_.replay_dir, "; a replay never writes there: pass --output with another folder"));
-  }
-  const std::string marker = JoinPath(out, kReplayMarkerName);
-  const bool holds_run = FileExists(JoinPath(ckpt_root_, "latest")) ||
-                         FileExists(JoinPath(out, "metrics.jsonl")) ||
-                         IsDirectory(JoinPath(out, "rollouts")) || FileExists(marker);
-  if (!holds_run) return absl::OkStatus();
-  if (!options_.resume) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        out, " already holds a run; pass --resume to continue the replay written there, or "
-        "--output with another folder"));
-  }
-  if (!FileExists(marker)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        out, " holds a run that is not a replay (no ", kReplayMarkerName, "); --resume continues "
-        "only a replay of the same log: pass --output with another folder"));
-  }
-  ASSIGN_OR_RETURN(std::string text, ReadFile(marker));
-  absl::StatusOr<Json> json = Json::Parse(text);
-  const Json* logged = json.ok() ? json->find("rollouts") : nullptr;
-  const std::string log = CanonicalPath(options_.replay_dir);
-  if (logged == nullptr || !logged->is_string() || logged->as_string() != log) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        out, " holds a replay of another log (", marker, ": ", text.substr(0, 200),
-        "), not of ", log, "; pass --output with another folder"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Trainer::LoadReplayLog() {
-  RolloutLogReadOptions read_options;
-  read_options.skip_corrupt = options_.replay_skip_corrupt;
-  int64_t corrupt_skipped = 0;
-  ASSIGN_OR_RETURN(replay_log_,
-                   RolloutLogReader::ReadAll(options_.replay_dir, read_options, &corrupt_skipped));
-  if (corrupt_skipped > 0) {
-    LogInfo("lightrl replay: --skip-corrupt: skipped %lld corrupt records of %s",
-            static_cast<long long>(corrupt_skipped), options_.replay_dir.c_str());
-  }
-  if (replay_log_.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(options_.replay_dir, ": the rollout log holds no records"));
-  }
-  // A crashed and resumed run logs its interrupted step twice; the later copy wins.
-  std::map<std::pair<int64_t, std::string>, size_t> last;
-  for (size_t i = 0; i < replay_log_.size(); ++i) last[{replay_log_[i].step, replay_log_[i].group_id}] = i;
-  // Groups in log order, which is the order the run trained them in (it sets the
-  // minibatch split); group ids do not sort that way ("step-0-0-10" < "step-0-0-2").
-  std::vector<size_t> kept;
-  for (const auto& [key, i] : last) kept.push_back(i);
-  std::sort(kept.begin(), kept.end());
-  int64_t min_step = INT64_MAX, max_step = 0, min_version = INT64_MAX, max_version = 0;
-  for (size_t i : kept) {
-    const RolloutGroup& g = replay_log_[i];
-    // Steps as metrics.jsonl numbers them: the record's step is the one before it.
-    const int64_t step = g.step + 1;
-    min_step = std::min(min_step, step);
-    max_step = std::max(max_step, step);
-    min_version = std::min(min_version, g.policy_version);
-    max_version = std::max(max_version, g.policy_version);
-    if (step < options_.replay_first_step || step > options_.replay_last_step) continue;
-    if (g.policy_version < options_.replay_first_version || g.policy_version > options_.replay_last_version) continue;
-    replay_steps_[g.step].push_back(i);
-  }
-  if (replay_steps_.empty()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "--steps/--versions select none of the %d groups of %s, which hold steps %d:%d and policy "
-        "versions %d:%d",
-        kept.size(), options_.replay_dir, min_step, max_step, min_version, max_version));
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::optional<std::string>> Trainer::ReplayStart() const {
-  const RolloutGroup& first = replay_log_[replay_steps_.begin()->second.front()];
-  const std::string root = JoinPath(SourceRunDir(options_.replay_dir), "checkpoints");
-  // Checkpoint names sort in training order, so the last match is the newest: with SFT
-  // before RL, the end of SFT rather than an earlier SFT step of the same RL step.
-  std::optional<std::string> by_version, by_step;
-  for (const std::string& name : CheckpointNames(root)) {
-    const std::string dir = JoinPath(root, name);
-    absl::StatusOr<std::string> text = ReadFile(JoinPath(dir, "trainer_state.json"));
-    if (!text.ok()) continue;
-    absl::StatusOr<Json> json = Json::Parse(*text);
-    if (!json.ok()) continue;
-    absl::StatusOr<TrainerState> state = TrainerState::FromJson(*json, dir);
-    if (!state.ok()) continue;
-    if (state->policy_version == first.policy_version) by_version = dir;
-    // Checkpoints from before versions were recorded: the one taken before the step.
-    if (state->policy_version < 0 && state->step == first.step) by_step = dir;
-  }
-  std::optional<std::string> found = by_version ? by_version : by_step;
-  if (found) RETURN_IF_ERROR(VerifyCheckpoint(*found).status());
-  return found;
-}
-
-absl::Status Trainer::RunReplay() {
-  int64_t replayed = 0;
-  size_t groups_trained = 0;
-  const int64_t last_step = replay_steps_.rbegin()->first + 1;
-  int64_t total = 0, done = 0;  // selected steps, and those a resumed replay has done
-  for (const auto& entry : replay_steps_) {
-    ++total;
-    if (entry.first < state_.step) ++done;
-  }
-  const PhaseClock clock(done, total);
-  for (const auto& [step, indices] : replay_steps_) {
-    if (step < state_.step) continue;
-    std::vector<TrainSample> batch;
-    for (size_t i : indices) {
-      const RolloutGroup* g = &replay_log_[i];
-      // The live loop's overlong filter, so that a replay trains on what the run did.
-      std::vector<ResponseEnd> ends;
-      for (const RolloutSample& rs : g->samples) {
-        ends.push_back({static_cast<int64_t>(rs.tokens.size()),
-                        rs.finish_reason != FinishReasonName(FinishReason::kLength)});
-      }
-      std::vector<float> keep(ends.size(), 1.0f);
-      if (config_.algorithm.overlong_filter) {
-        ASSIGN_OR_RETURN(keep, OverlongFilterMask(ends, config_.ToOverlongOptions()));
-      }
-      for (size_t k = 0; k < g->samples.size(); ++k) {
-        const RolloutSample& rs = g->samples[k];
-        TrainSample ts;
-        ts.id = absl::StrCat(g->group_id, "/", k);
-        ts.prompt = g->prompt_tokens;
-        ts.response = rs.tokens;
-        // The engine's logprobs as logged: the off-policy correction the run applied.
-        ts.rollout_logprobs = rs.logprobs;
-        ts.advantage = rs.advantage;
-        ts.keep = keep[k] != 0;
-        batch.push_back(std::move(ts));
-      }
-    }
-    ASSIGN_OR_RETURN(LearnerStats st, learners_->TrainRl(batch));
-    state_.step = step + 1;
-    ++replayed;
-    ++done;
-    groups_trained += indices.size();
-    RETURN_IF_ERROR(WriteMetrics(state_.step, LearnerScalars(st)));
-    Progress(absl::StrFormat("[replay] step %d/%d  groups %d  loss %.4f  grad %.3f  %s", state_.step,
-                             last_step, indices.size(), st.loss, st.grad_norm, clock.Line(done)));
-    // Evaluated like the run: every run.eval_every steps (0 = never), and at the end.
-    if (config_.run.eval_every > 0 && state_.step % config_.run.eval_every == 0) {
-      ASSIGN_OR_RETURN(EvalResult e, EvaluateWithProgress(state_.step));
-      std::fprintf(stderr, "eval at step %lld: held-out accuracy %s (%s)\n",
-                   static_cast<long long>(state_.step), EvalLine(e).c_str(),
-                   Duration(eval_seconds_).c_str());
-    }
-    if (config_.checkpoint.every > 0 && state_.step % config_.checkpoint.every == 0) {
-      RETURN_IF_ERROR(Checkpoint());
-    }
-    if (done < total) RETURN_IF_ERROR(StopIfAsked("the replay"));
-  }
-  if (tty_ && options_.progress) std::fprintf(stderr, "\n");
-  LogInfo("lightrl replay: trained on %lld logged steps (%zu groups)",
-          static_cast<long long>(replayed), groups_trained);
-  return Checkpoint();
-}
-
 absl::Status Trainer::WriteEvalSummary() {
   if (!eval_) return absl::OkStatus();
   ASSIGN_OR_RETURN(EvalResult after, EvaluateWithProgress(state_.step));
@@ -1193,65 +879,6 @@ absl::Status Trainer::StopIfAsked(const char* phase) {
       SignalName(signal), phase, state_.sft_step, state_.step, JoinPath(ckpt_root_, last_checkpoint_)));
 }
 
-void Trainer::PrintSummary() const {
-  const bool replay = !options_.replay_dir.empty();
-  const DistributedOptions& dist = options_.distributed;
-  const ModelConfig& mc = policy_->config();
-  const ParamCounts params = CountParameters(mc);
-  std::string lines = absl::StrFormat("lightrl %s: %s\n", replay ? "replay" : "run", config_.run.name);
-  absl::StrAppendFormat(&lines,
-                        "  model     %s parameters (%s active per token): %d layers, hidden %d, "
-                        "%d experts top-%d, vocabulary %d; %s %s\n",
-                        Count(params.total()), Count(params.active()), mc.num_hidden_layers,
-                        mc.hidden_size, mc.num_local_experts, mc.num_experts_per_tok, mc.vocab_size,
-                        config_.run.device, config_.run.dtype);
-  const int64_t world = dist.enabled() ? dist.world_size : 1;
-  const int64_t ep = config_.distributed.expert_parallel;
-  std::string rollouts = "the controller's engine";
-  if (replay) {
-    rollouts = "none (replay)";
-  } else if (config_.fleet.mode == "spawn") {
-    rollouts = absl::StrFormat("%d spawned rollout workers (%s)", config_.fleet.rollout_workers,
-                               config_.fleet.worker_device);
-  } else if (config_.fleet.mode == "cluster") {
-    rollouts = absl::StrFormat("rollout workers registered with the coordinator at %s (%d at least)",
-                               config_.fleet.coordinator_address, config_.fleet.min_workers);
-  } else if (config_.rollout.async) {
-    rollouts = "an engine copy beside the learner (rollout.async)";
-  }
-  absl::StrAppendFormat(&lines, "  layout    %d learner process%s (data-parallel %d x expert-parallel %d); "
-                        "rollouts: %s\n",
-                        world, world == 1 ? "" : "es", world / std::max<int64_t>(ep, 1), ep, rollouts);
-  if (replay) {
-    absl::StrAppendFormat(&lines, "  plan      replay %d logged steps of %s", replay_steps_.size(),
-                          options_.replay_dir);
-  } else {
-    absl::StrAppendFormat(&lines, "  plan      ");
-    if (config_.sft.steps > 0) absl::StrAppendFormat(&lines, "SFT %d steps, then ", config_.sft.steps);
-    absl::StrAppendFormat(&lines, "RL %d steps of %d prompts x %d samples", config_.run.steps,
-                          config_.rollout.prompts_per_step, config_.rollout.group_size);
-  }
-  if (eval_) {
-    absl::StrAppendFormat(&lines, "; eval %s%s", config_.run.eval_every > 0
-                                                      ? absl::StrCat("every ", config_.run.eval_every, " steps and ")
-                                                      : std::string(),
-                          "at the end");
-  }
-  if (state_.step > 0 || state_.sft_step > 0) {
-    absl::StrAppendFormat(&lines, " (from SFT step %d, RL step %d)", state_.sft_step, state_.step);
-  }
-  absl::StrAppendFormat(&lines, "\n  output    %s\n", config_.run.output_dir);
-  if (config_.logging.tensorboard) {
-    absl::StrAppendFormat(&lines, "  watch     tensorboard --logdir %s\n",
-                          JoinPath(config_.run.output_dir, "tensorboard"));
-  }
-  if (config_.logging.jsonl) {
-    absl::StrAppendFormat(&lines, "  metrics   %s (docs/metrics.md)\n",
-                          JoinPath(config_.run.output_dir, "metrics.jsonl"));
-  }
-  std::fputs(lines.c_str(), stderr);
-}
-
 absl::Status Trainer::Run() {
   if (options_.distributed.enabled() && absl::StartsWith(config_.run.device, "cuda:")) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -1291,10 +918,10 @@ absl::Status Trainer::RunController() {
   return metrics_ ? metrics_->Flush() : absl::OkStatus();
 }
 
-}  // namespace
+}  // namespace trainer_internal
 
 absl::Status RunTraining(const RunConfig& config, const TrainerRunOptions& options) {
-  Trainer trainer(config, options);
+  trainer_internal::Trainer trainer(config, options);
   return trainer.Run();
 }
 
