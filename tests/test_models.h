@@ -1,5 +1,5 @@
-// Small model configs shared by tests: a tiny hybrid for CPU learner tests and a small
-// CUDA-kernel-sized one (head_dim 128) for GPU tests.
+// Small model configs shared by tests: a tiny hybrid for CPU learner tests, one for the
+// rollout worker's tests and a small CUDA-kernel-sized one (head_dim 128) for GPU tests.
 #pragma once
 
 #include "policy/model_config.h"
@@ -20,6 +20,26 @@ inline ModelConfig TinyLearnerConfig(int64_t experts) {
   c.num_local_experts = experts;
   c.num_experts_per_tok = 1;
   c.block_size = 4;
+  c.layer_kinds = {LayerKind::kLightning, LayerKind::kSoftmax};
+  return c;
+}
+
+// Two layers (lightning, softmax), hidden 32, 3 experts of top-2, vocab 61: the rollout
+// worker's tests, generating up to `max_positions` positions.
+inline ModelConfig TinyRolloutConfig(int64_t max_positions) {
+  ModelConfig c;
+  c.vocab_size = 61;
+  c.hidden_size = 32;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.rotary_dim = 4;
+  c.num_local_experts = 3;
+  c.num_experts_per_tok = 2;
+  c.block_size = 4;
+  c.max_position_embeddings = max_positions;
   c.layer_kinds = {LayerKind::kLightning, LayerKind::kSoftmax};
   return c;
 }

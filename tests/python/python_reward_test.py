@@ -13,11 +13,13 @@ Run: LIGHTRL_BIN=build/rl/lightrl .venv/bin/python tests/python/python_reward_te
 """
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import trainer_test as tt  # noqa: E402  (the toy task)
 
 BIN = os.environ.get("LIGHTRL_BIN", "build/rl/lightrl")
 TOKENIZER = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "examples",
@@ -25,16 +27,6 @@ TOKENIZER = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", 
 ENV = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
 RUN_TIMEOUT_S = 300
 SFT_STEPS, RL_STEPS, PROMPTS, GROUP, EVAL_SAMPLES = 12, 2, 4, 4, 8
-
-MODEL = {
-    "vocab_size": 257, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
-    "num_local_experts": 2, "num_experts_per_tok": 1, "max_position_embeddings": 512,
-    "block_size": 16, "layer_types": ["linear_attention", "full_attention"],
-    "full_attn_alpha_factor": 2.0, "linear_attn_alpha_factor": 2.0, "mlp_alpha_factor": 2.0,
-    "rms_norm_eps": 1e-05, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
-    "router_aux_loss_coef": 0.001, "tie_word_embeddings": False, "hidden_act": "silu",
-}
 
 # Appends one JSON line per call to CALLS and its pid to PIDS; scores exact sums.
 REWARD = '''
@@ -52,17 +44,8 @@ def sum_reward(prompt, response, metadata):
 
 
 def write_task(task_dir):
-    rng = random.Random(0)
-    os.makedirs(task_dir, exist_ok=True)
-    with open(os.path.join(task_dir, "model.json"), "w") as f:
-        json.dump(MODEL, f)
-    for name, n in (("train.jsonl", 200), ("eval.jsonl", 20)):
-        with open(os.path.join(task_dir, name), "w") as f:
-            for _ in range(n):
-                a = rng.randrange(10)
-                b = rng.randrange(10 - a)
-                f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b),
-                                    "level": "easy" if a + b < 5 else "hard"}) + "\n")
+    tt.write_task(task_dir, train_rows=200, eval_rows=20,
+                  extra=lambda a, b: {"level": "easy" if a + b < 5 else "hard"})
 
 
 def write_config(path, task_dir, output_dir, reward_file, function):

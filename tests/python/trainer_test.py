@@ -143,17 +143,21 @@ def write_config(path, config):
     return path
 
 
-def write_task(task_dir):
+def write_task(task_dir, train_rows=400, eval_rows=40, extra=None):
+    """The toy task: model.json and train/eval rows of one-digit sums; `extra(a, b)` adds
+    fields to a row."""
     rng = random.Random(0)
     os.makedirs(task_dir, exist_ok=True)
     with open(os.path.join(task_dir, "model.json"), "w") as f:
         json.dump(MODEL, f)
-    for name, n in (("train.jsonl", 400), ("eval.jsonl", 40)):
+    for name, n in (("train.jsonl", train_rows), ("eval.jsonl", eval_rows)):
         with open(os.path.join(task_dir, name), "w") as f:
             for _ in range(n):
                 a = rng.randrange(10)
                 b = rng.randrange(10 - a)
-                f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
+                row = {"prompt": f"{a}+{b}=", "answer": str(a + b)}
+                row.update(extra(a, b) if extra else {})
+                f.write(json.dumps(row) + "\n")
 
 
 def lightrl(*args, timeout=RUN_TIMEOUT_S):

@@ -25,27 +25,12 @@
 #include "proto/grpc_util.h"
 #include "rollout/rollout_client.h"
 #include "tests/raw_grpc_call.h"
+#include "tests/test_models.h"
 
 namespace lightrl {
 namespace {
 
-ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.vocab_size = 61;
-  c.hidden_size = 32;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.rotary_dim = 4;
-  c.num_local_experts = 3;
-  c.num_experts_per_tok = 2;
-  c.block_size = 4;
-  c.max_position_embeddings = 256;
-  c.layer_kinds = {LayerKind::kLightning, LayerKind::kSoftmax};
-  return c;
-}
+ModelConfig TinyConfig() { return TinyRolloutConfig(256); }
 
 WeightSet Export(const PolicyModel& policy, int64_t version, DType dtype = DType::kF32) {
   WeightSet set;
