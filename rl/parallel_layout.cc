@@ -119,4 +119,9 @@ absl::StatusOr<LayoutGroups> GroupsOf(const ParallelLayout& layout, int64_t worl
   return g;
 }
 
+ShardCoords ShardCoordsOf(const ParallelLayout& layout, const LayoutGroups& groups) {
+  return {layout.tp, groups.tp_rank, layout.ep, groups.ep_rank, layout.expert_tp,
+          groups.expert_tp_rank};
+}
+
 }  // namespace lightrl

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "common/config_table.h"
 #include "policy/model_config.h"
+#include "policy/shard_spec.h"
 
 namespace lightrl {
 
@@ -82,5 +83,8 @@ struct LayoutGroups {
 // rank outside [0, world_size).
 absl::StatusOr<LayoutGroups> GroupsOf(const ParallelLayout& layout, int64_t world_size,
                                       int64_t rank);
+
+// The rank's place in each model-parallel dimension, for policy/shard_spec.h.
+ShardCoords ShardCoordsOf(const ParallelLayout& layout, const LayoutGroups& groups);
 
 }  // namespace lightrl

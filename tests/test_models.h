@@ -24,6 +24,26 @@ inline ModelConfig TinyLearnerConfig(int64_t experts) {
   return c;
 }
 
+// Three layers (lightning, softmax, lightning), hidden 16, 4 heads over 2 KV heads, 4
+// experts of top-2 with FFN 8, vocab 48: every size splits over tp, ep and expert_tp of up
+// to 2 x 2 x 2 (tp 4 too, but for the KV heads), for the model-parallel tests.
+inline ModelConfig TinyParallelConfig() {
+  ModelConfig c;
+  c.vocab_size = 48;
+  c.hidden_size = 16;
+  c.intermediate_size = 8;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 4;
+  c.rotary_dim = 4;
+  c.num_local_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.block_size = 4;
+  c.layer_kinds = {LayerKind::kLightning, LayerKind::kSoftmax, LayerKind::kLightning};
+  return c;
+}
+
 // Two layers (lightning, softmax), hidden 32, 3 experts of top-2, vocab 61: the rollout
 // worker's tests, generating up to `max_positions` positions.
 inline ModelConfig TinyRolloutConfig(int64_t max_positions) {
