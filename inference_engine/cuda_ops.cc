@@ -10,7 +10,7 @@
 
 #include "kernels/lightning/lightning_decode.h"
 #include "kernels/lightning/lightning_prefill.h"
-#include "kernels/moe/moe_combine.h"
+#include "kernels/moe/moe_decode_combine.h"
 #include "kernels/moe/moe_routing.h"
 #include "kernels/paged_attention/paged_attention.h"
 #include "kernels/rms_norm/rms_norm.h"
@@ -319,27 +319,27 @@ torch::Tensor GatedRmsNormCuda(const torch::Tensor& x, const torch::Tensor& weig
   return RmsNormWithGate(x, weight, &gate, eps);
 }
 
-torch::Tensor MoeCombineCuda(const torch::Tensor& y, const torch::Tensor& combine,
+torch::Tensor MoeDecodeCombineCuda(const torch::Tensor& y, const torch::Tensor& combine,
                              const torch::Tensor& residual, double alpha, double beta) {
-  TORCH_CHECK(y.is_cuda(), "moe combine cuda: y must be on a CUDA device, got ", y.device());
-  CheckBf16On(y, "moe combine cuda", "y", y.device());
-  CheckBf16On(residual, "moe combine cuda", "residual", y.device());
+  TORCH_CHECK(y.is_cuda(), "moe decode combine cuda: y must be on a CUDA device, got ", y.device());
+  CheckBf16On(y, "moe decode combine cuda", "y", y.device());
+  CheckBf16On(residual, "moe decode combine cuda", "residual", y.device());
   TORCH_CHECK(y.dim() == 3 && y.is_contiguous() && residual.dim() == 2 &&
                   residual.is_contiguous() && residual.size(0) == y.size(1) &&
                   residual.size(1) == y.size(2),
-              "moe combine cuda: y must be contiguous [E, T, D] and residual [T, D], got ",
+              "moe decode combine cuda: y must be contiguous [E, T, D] and residual [T, D], got ",
               y.sizes(), " and ", residual.sizes());
   TORCH_CHECK(combine.device() == y.device() && combine.scalar_type() == torch::kFloat32 &&
                   combine.is_contiguous() && combine.dim() == 2 &&
                   combine.size(0) == y.size(1) && combine.size(1) == y.size(0),
-              "moe combine cuda: combine must be contiguous FP32 [T, E] = [", y.size(1), ", ",
+              "moe decode combine cuda: combine must be contiguous FP32 [T, E] = [", y.size(1), ", ",
               y.size(0), "] on ", y.device(), ", got ", combine.sizes(), " ",
               combine.scalar_type(), " on ", combine.device());
   TORCH_CHECK(y.size(0) <= 0x7fffffff && y.size(1) <= 0x7fffffff && y.size(2) <= 0x7fffffff,
-              "moe combine cuda: y ", y.sizes(), " is larger than the kernel serves");
+              "moe decode combine cuda: y ", y.sizes(), " is larger than the kernel serves");
   c10::cuda::CUDAGuard guard(y.device());
   auto out = torch::empty_like(residual);
-  MoeCombineParams p;
+  MoeDecodeCombineParams p;
   p.y = reinterpret_cast<const __nv_bfloat16*>(y.data_ptr());
   p.combine = combine.data_ptr<float>();
   p.residual = reinterpret_cast<const __nv_bfloat16*>(residual.data_ptr());
@@ -349,8 +349,8 @@ torch::Tensor MoeCombineCuda(const torch::Tensor& y, const torch::Tensor& combin
   p.hidden = static_cast<int>(y.size(2));
   p.alpha = static_cast<float>(alpha);
   p.beta = static_cast<float>(beta);
-  CheckCudaLaunch(LaunchMoeCombine(p, at::cuda::getCurrentCUDAStream().stream()), "moe combine",
-                  p.Validate());
+  CheckCudaLaunch(LaunchMoeDecodeCombine(p, at::cuda::getCurrentCUDAStream().stream()),
+                  "moe decode combine", p.Validate());
   return out;
 }
 

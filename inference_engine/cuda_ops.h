@@ -81,11 +81,11 @@ std::pair<torch::Tensor, torch::Tensor> MoeRouteCuda(const torch::Tensor& logits
 torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, double alpha,
                             double beta);
 
-// The decode step's MoE epilogue (kernels/moe/moe_combine.h): alpha * residual + beta *
+// The decode step's MoE epilogue (kernels/moe/moe_decode_combine.h): alpha * residual + beta *
 // bf16(sum_e combine[:, e] * y[e]) in one kernel, for y [E, T, D] bf16 (every expert's
 // output rows), combine [T, E] FP32 and residual [T, D] bf16, all contiguous. Returns a new
 // [T, D] bf16 tensor.
-torch::Tensor MoeCombineCuda(const torch::Tensor& y, const torch::Tensor& combine,
+torch::Tensor MoeDecodeCombineCuda(const torch::Tensor& y, const torch::Tensor& combine,
                              const torch::Tensor& residual, double alpha, double beta);
 
 // The fused sampler (kernels/sampling/sampling.h) over logits [R, V], FP32 or bf16

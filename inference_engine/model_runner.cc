@@ -455,7 +455,9 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
       // The policy's SwiGLU kernel, so decode rounds as the learner does.
       auto act = SwiGluCuda(h13.narrow(0, 0, E), h13.narrow(0, E, E));  // [E, B, ffn]
       auto y = GroupedLinearCuda(act, expert_w2_[i], n2.size(1));         // [E, B, hidden]
-      if (fused) return MoeCombineCuda(y, combine, residual, layer->mlp_alpha, layer->mlp_beta);
+      if (fused) {
+        return MoeDecodeCombineCuda(y, combine, residual, layer->mlp_alpha, layer->mlp_beta);
+      }
       auto out = torch::bmm(combine.unsqueeze(1), y.to(torch::kFloat32).transpose(0, 1));
       return ScaledAddCuda(residual, out.squeeze(1).to(n2.scalar_type()), layer->mlp_alpha,
                            layer->mlp_beta);

@@ -4,12 +4,12 @@
 
 #include <vector>
 
-#include "kernels/moe/moe_combine_reference.h"
+#include "kernels/moe/moe_decode_combine_reference.h"
 
 namespace lightrl {
 namespace {
 
-TEST(ReferenceMoeCombine, WeightsExpertsRowsThenAddsTheScaledResidual) {
+TEST(ReferenceMoeDecodeCombine, WeightsExpertsRowsThenAddsTheScaledResidual) {
   // 2 tokens, 2 experts, hidden 2. y[e][t][i].
   const std::vector<float> y = {1, 2, 3, 4,     // expert 0: token 0 (1, 2), token 1 (3, 4)
                                 10, 20, 30, 40};  // expert 1
@@ -17,7 +17,7 @@ TEST(ReferenceMoeCombine, WeightsExpertsRowsThenAddsTheScaledResidual) {
                                       1.0f, 0.0f};   // token 1: expert 0 only
   const std::vector<float> residual = {1, -1, 0.5f, 2};
   std::vector<float> out(4);
-  ReferenceMoeCombine(y.data(), combine.data(), residual.data(), 2, 2, 2, 2.0, 0.5, out.data());
+  ReferenceMoeDecodeCombine(y.data(), combine.data(), residual.data(), 2, 2, 2, 2.0, 0.5, out.data());
   // token 0: moe = (0.25 + 7.5, 0.5 + 15) = (7.75, 15.5); out = 2 r + moe / 2.
   EXPECT_EQ(out[0], 2.0f + 3.875f);
   EXPECT_EQ(out[1], -2.0f + 7.75f);
@@ -26,7 +26,7 @@ TEST(ReferenceMoeCombine, WeightsExpertsRowsThenAddsTheScaledResidual) {
   EXPECT_EQ(out[3], 4.0f + 2.0f);
 }
 
-TEST(ReferenceMoeCombine, RoundsTheMoeSumToBf16BeforeTheResidual) {
+TEST(ReferenceMoeDecodeCombine, RoundsTheMoeSumToBf16BeforeTheResidual) {
   // With u = 2^-7 the bf16 spacing at 1: the MoE sum 1 + 0.4u rounds to 1 before the
   // residual 0.4u is added, and 1 + 0.4u rounds to 1 again; summed unrounded it would be
   // 1 + 0.8u, which rounds to 1 + u.
@@ -35,9 +35,9 @@ TEST(ReferenceMoeCombine, RoundsTheMoeSumToBf16BeforeTheResidual) {
   const std::vector<float> combine = {1.0f, 1.0f};
   const std::vector<float> residual = {tiny};
   std::vector<float> out(1);
-  ReferenceMoeCombine(y.data(), combine.data(), residual.data(), 1, 2, 1, 1.0, 1.0, out.data());
+  ReferenceMoeDecodeCombine(y.data(), combine.data(), residual.data(), 1, 2, 1, 1.0, 1.0, out.data());
   EXPECT_EQ(out[0], 1.0f);
-  ReferenceMoeCombine(y.data(), combine.data(), residual.data(), 1, 2, 1, 1.0, 0.0, out.data());
+  ReferenceMoeDecodeCombine(y.data(), combine.data(), residual.data(), 1, 2, 1, 1.0, 0.0, out.data());
   EXPECT_EQ(out[0], static_cast<float>(0.0031280517578125));  // bf16(0.4u)
 }
 

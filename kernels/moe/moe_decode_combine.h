@@ -17,7 +17,7 @@ namespace lightrl {
 // the rounding of the step's bf16 MoE output and of ScaledAdd (kernels/rms_norm/rms_norm.h).
 // y [experts, tokens, hidden], residual and out [tokens, hidden] bf16 contiguous (out may
 // alias residual); combine [tokens, experts] FP32 contiguous, zero off each token's top-k.
-struct MoeCombineParams {
+struct MoeDecodeCombineParams {
   const __nv_bfloat16* y = nullptr;
   const float* combine = nullptr;
   const __nv_bfloat16* residual = nullptr;
@@ -33,6 +33,6 @@ struct MoeCombineParams {
 };
 
 // Returns cudaErrorInvalidValue for parameters Validate() rejects, else the launch's error.
-cudaError_t LaunchMoeCombine(const MoeCombineParams& params, cudaStream_t stream);
+cudaError_t LaunchMoeDecodeCombine(const MoeDecodeCombineParams& params, cudaStream_t stream);
 
 }  // namespace lightrl

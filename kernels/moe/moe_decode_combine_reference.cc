@@ -1,10 +1,10 @@
-#include "kernels/moe/moe_combine_reference.h"
+#include "kernels/moe/moe_decode_combine_reference.h"
 
 #include "kernels/rms_norm/rms_norm_reference.h"
 
 namespace lightrl {
 
-void ReferenceMoeCombine(const float* y, const float* combine, const float* residual,
+void ReferenceMoeDecodeCombine(const float* y, const float* combine, const float* residual,
                          int64_t tokens, int64_t experts, int64_t hidden, double alpha,
                          double beta, float* out) {
   for (int64_t t = 0; t < tokens; ++t) {

@@ -12,8 +12,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include "kernels/moe/moe_combine.h"
-#include "kernels/moe/moe_combine_reference.h"
+#include "kernels/moe/moe_decode_combine.h"
+#include "kernels/moe/moe_decode_combine_reference.h"
 #include "tests/kernels/cuda_test_util.h"
 
 namespace lightrl {
@@ -23,9 +23,9 @@ struct CombineCase {
   int tokens, experts, top_k, hidden;
 };
 
-class MoeCombineTest : public ::testing::TestWithParam<CombineCase> {};
+class MoeDecodeCombineTest : public ::testing::TestWithParam<CombineCase> {};
 
-TEST_P(MoeCombineTest, MatchesReferenceInPlace) {
+TEST_P(MoeDecodeCombineTest, MatchesReferenceInPlace) {
   const CombineCase c = GetParam();
   const unsigned seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
@@ -46,7 +46,7 @@ TEST_P(MoeCombineTest, MatchesReferenceInPlace) {
   }
   DeviceBuffer<__nv_bfloat16> y_dev(y_host), r_dev(r_host);
   DeviceBuffer<float> w_dev(combine);
-  MoeCombineParams p;
+  MoeDecodeCombineParams p;
   p.y = y_dev.get();
   p.combine = w_dev.get();
   p.residual = r_dev.get();
@@ -57,15 +57,15 @@ TEST_P(MoeCombineTest, MatchesReferenceInPlace) {
   p.alpha = 1.7f;
   p.beta = 0.9f;
   ASSERT_EQ(p.Validate(), nullptr);
-  CUDA_CHECK(LaunchMoeCombine(p, nullptr));
+  CUDA_CHECK(LaunchMoeDecodeCombine(p, nullptr));
   CUDA_CHECK(cudaDeviceSynchronize());
   const auto out = r_dev.Download();
 
   const size_t n = static_cast<size_t>(c.tokens) * c.hidden;
   std::vector<float> ref(n), moe(n), zero(n, 0.f);
-  ReferenceMoeCombine(y.data(), combine.data(), residual.data(), c.tokens, c.experts, c.hidden,
+  ReferenceMoeDecodeCombine(y.data(), combine.data(), residual.data(), c.tokens, c.experts, c.hidden,
                       p.alpha, p.beta, ref.data());
-  ReferenceMoeCombine(y.data(), combine.data(), zero.data(), c.tokens, c.experts, c.hidden, 0.0,
+  ReferenceMoeDecodeCombine(y.data(), combine.data(), zero.data(), c.tokens, c.experts, c.hidden, 0.0,
                       1.0, moe.data());
   int64_t identical = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -79,7 +79,7 @@ TEST_P(MoeCombineTest, MatchesReferenceInPlace) {
   EXPECT_GE(static_cast<double>(identical), 0.99 * static_cast<double>(n));
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, MoeCombineTest,
+INSTANTIATE_TEST_SUITE_P(Shapes, MoeDecodeCombineTest,
                          ::testing::Values(CombineCase{1, 8, 2, 1024}, CombineCase{64, 8, 2, 1024},
                                            CombineCase{256, 8, 2, 1024}, CombineCase{7, 32, 4, 1000},
                                            CombineCase{33, 3, 3, 16}, CombineCase{5, 1, 1, 8}),
@@ -89,10 +89,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MoeCombineTest,
                                   "_k" + std::to_string(c.top_k) + "_h" + std::to_string(c.hidden);
                          });
 
-TEST(MoeCombineValidate, RejectsBadParameters) {
+TEST(MoeDecodeCombineValidate, RejectsBadParameters) {
   DeviceBuffer<__nv_bfloat16> buf(64);
   DeviceBuffer<float> w(8);
-  MoeCombineParams p;
+  MoeDecodeCombineParams p;
   p.y = buf.get();
   p.combine = w.get();
   p.residual = p.out = buf.get();
@@ -100,10 +100,10 @@ TEST(MoeCombineValidate, RejectsBadParameters) {
   p.experts = 8;
   p.hidden = 8;
   EXPECT_EQ(p.Validate(), nullptr);
-  MoeCombineParams bad = p;
+  MoeDecodeCombineParams bad = p;
   bad.experts = 0;
   EXPECT_NE(bad.Validate(), nullptr);
-  EXPECT_EQ(LaunchMoeCombine(bad, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchMoeDecodeCombine(bad, nullptr), cudaErrorInvalidValue);
   bad = p;
   bad.combine = nullptr;
   EXPECT_NE(bad.Validate(), nullptr);

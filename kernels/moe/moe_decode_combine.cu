@@ -1,4 +1,4 @@
-#include "kernels/moe/moe_combine.h"
+#include "kernels/moe/moe_decode_combine.h"
 
 // One CTA per token row; each thread owns 8-element (16-byte) chunks of the row when the
 // width and pointers allow, single elements otherwise. The combine weights of the row are
@@ -18,7 +18,7 @@ __device__ __forceinline__ __nv_bfloat16 Finish(float moe, __nv_bfloat16 residua
   return __float2bfloat16_rn(fmaf(alpha, __bfloat162float(residual), beta * rounded));
 }
 
-__global__ void __launch_bounds__(kThreads) MoeCombineVecKernel(const MoeCombineParams p) {
+__global__ void __launch_bounds__(kThreads) MoeDecodeCombineVecKernel(const MoeDecodeCombineParams p) {
   const int t = blockIdx.x;
   const int64_t row = int64_t{t} * p.hidden;
   const int64_t plane = int64_t{p.tokens} * p.hidden;  // one expert's rows
@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kThreads) MoeCombineVecKernel(const MoeCombine
   }
 }
 
-__global__ void __launch_bounds__(kThreads) MoeCombineScalarKernel(const MoeCombineParams p) {
+__global__ void __launch_bounds__(kThreads) MoeDecodeCombineScalarKernel(const MoeDecodeCombineParams p) {
   const int t = blockIdx.x;
   const int64_t row = int64_t{t} * p.hidden;
   const int64_t plane = int64_t{p.tokens} * p.hidden;
@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) MoeCombineScalarKernel(const MoeComb
 
 }  // namespace
 
-const char* MoeCombineParams::Validate() const {
+const char* MoeDecodeCombineParams::Validate() const {
   if (tokens < 0) return "tokens must be >= 0";
   if (experts < 1 || hidden < 1) return "experts and hidden must be >= 1";
   if (y == nullptr || combine == nullptr || residual == nullptr || out == nullptr) {
@@ -65,16 +65,16 @@ const char* MoeCombineParams::Validate() const {
   return nullptr;
 }
 
-cudaError_t LaunchMoeCombine(const MoeCombineParams& params, cudaStream_t stream) {
+cudaError_t LaunchMoeDecodeCombine(const MoeDecodeCombineParams& params, cudaStream_t stream) {
   if (params.Validate() != nullptr) return cudaErrorInvalidValue;
   if (params.tokens == 0) return cudaSuccess;
   const bool vec = params.hidden % kVec == 0 && IsAligned16(params.y) &&
                    IsAligned16(params.residual) && IsAligned16(params.out);
   const unsigned grid = static_cast<unsigned>(params.tokens);
   if (vec) {
-    MoeCombineVecKernel<<<grid, kThreads, 0, stream>>>(params);
+    MoeDecodeCombineVecKernel<<<grid, kThreads, 0, stream>>>(params);
   } else {
-    MoeCombineScalarKernel<<<grid, kThreads, 0, stream>>>(params);
+    MoeDecodeCombineScalarKernel<<<grid, kThreads, 0, stream>>>(params);
   }
   return cudaGetLastError();
 }
