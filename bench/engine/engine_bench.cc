@@ -9,7 +9,8 @@
 //                [--long-seqs N --long-tokens T]   (then one long run; prints a JSON line
 //                                                    every --long-report tokens per sequence)
 //                [--ttft 32768,81920]   (then time to first token of one prompt of each
-//                                        length, beside its compute / bandwidth floor)
+//                                        length, beside its compute / bandwidth floor;
+//                                        --ttft-runs N timed runs after one warm-up, 3)
 // With --floor 1 (the default) each batch size is also timed at half the new tokens: the
 // difference is the decode steps' time alone (prefill and the fixed cost cancel), printed
 // per step beside the step's byte floor (bench/engine/decode_floor.h) and its share of it.
@@ -75,9 +76,9 @@ bool ReadPrompts(const std::string& path, std::vector<std::vector<int32_t>>* pro
 }
 
 // Time to first token of one random prompt of each length in `lengths` ("32768,81920"):
-// the median of three timed generates of one token after a warm-up, with the whole prompt
+// the median of `runs` timed generates of one token after a warm-up, with the whole prompt
 // in one prefill step, and its share of the floor (decode_floor.h: PrefillFloorWork).
-int TimeToFirstToken(PolicyModel& policy, const std::string& lengths, bool eager,
+int TimeToFirstToken(PolicyModel& policy, const std::string& lengths, int64_t runs, bool eager,
                      int64_t dtype_bytes, double copy_bw) {
   double peak = 0;
   if (copy_bw > 0) {
@@ -101,7 +102,7 @@ int TimeToFirstToken(PolicyModel& policy, const std::string& lengths, bool eager
     auto engine = Engine::Create(&policy, eopts);
     if (!engine.ok()) return Fail(std::string(engine.status().message()));
     std::vector<double> times;
-    for (int i = 0; i < 4; ++i) {
+    for (int64_t i = 0; i <= runs; ++i) {
       const auto start = std::chrono::steady_clock::now();
       auto results = (*engine)->Generate(Requests(prompt, 1));
       const double secs = Seconds(start);
@@ -135,7 +136,7 @@ int Main(int argc, char** argv) {
   std::string model, prompts_dir, batches = "8,64,256", device = "cuda", dtype = "bfloat16";
   std::string ttft;
   int64_t new_tokens = 128, eager = 0, long_seqs = 0, long_tokens = 0, long_report = 4096;
-  int64_t floor = 1, fuse_epilogues = 1;
+  int64_t floor = 1, fuse_epilogues = 1, ttft_runs = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     int64_t* target = flag == "--new-tokens"     ? &new_tokens
@@ -145,6 +146,7 @@ int Main(int argc, char** argv) {
                       : flag == "--long-report"   ? &long_report
                       : flag == "--floor"         ? &floor
                       : flag == "--fuse-epilogues" ? &fuse_epilogues
+                      : flag == "--ttft-runs"     ? &ttft_runs
                                                   : nullptr;
     std::string* text = flag == "--model"         ? &model
                         : flag == "--prompts-dir" ? &prompts_dir
@@ -176,7 +178,11 @@ int Main(int argc, char** argv) {
   const int64_t dtype_bytes = dtype == "float32" ? 4 : 2;
 
   if (!ttft.empty()) {
-    if (int rc = TimeToFirstToken(**policy, ttft, eager != 0, dtype_bytes, copy_bw); rc != 0) return rc;
+    if (ttft_runs < 1) return Fail("--ttft-runs must be >= 1");
+    if (int rc = TimeToFirstToken(**policy, ttft, ttft_runs, eager != 0, dtype_bytes, copy_bw);
+        rc != 0) {
+      return rc;
+    }
   }
   for (absl::string_view b : absl::StrSplit(batches, ',', absl::SkipEmpty())) {
     int64_t batch = 0;

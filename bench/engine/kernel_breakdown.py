@@ -1,6 +1,6 @@
-"""Per-kernel GPU time of the engine's decode step, from two Nsight Compute runs of
-engine_bench that differ only in the number of decode steps (the prefill, the warm-up and
-the set-up kernels cancel in the difference):
+"""Per-kernel GPU time of the engine's decode step (or of a prefill: --ttft-runs N against
+1, --what prefill), from two Nsight Compute runs of engine_bench that differ only in the
+number of steps (the prefill, the warm-up and the set-up kernels cancel in the difference):
 
   ncu --clock-control none --metrics gpu__time_duration.sum --csv \
       engine_bench ... --new-tokens 9 > long.csv
@@ -46,7 +46,8 @@ def short_name(name, width=96):
 ap = argparse.ArgumentParser()
 ap.add_argument("long_csv")
 ap.add_argument("short_csv")
-ap.add_argument("--steps", type=int, required=True, help="decode steps the long run has more")
+ap.add_argument("--steps", type=int, required=True, help="steps (decode steps, prefills) the long run has more")
+ap.add_argument("--what", default="decode step", help="what one step is, for the printout")
 ap.add_argument("--step-ms", type=float, help="the measured decode step time")
 args = ap.parse_args()
 long_t, short_t = kernel_times(args.long_csv), kernel_times(args.short_csv)
@@ -62,6 +63,6 @@ total = sum(r[0] for r in rows)
 print(f"{'us/step':>9} {'share':>6} {'launches':>8}  kernel")
 for us, launches, name in rows:
     print(f"{us:9.1f} {100 * us / total:5.1f}% {launches:8.1f}  {short_name(name)}")
-print(f"{total:9.1f}  100.0% {sum(r[1] for r in rows):8.1f}  total kernel time per decode step")
+print(f"{total:9.1f}  100.0% {sum(r[1] for r in rows):8.1f}  total kernel time per {args.what}")
 if args.step_ms:
     print(f"measured step {1e3 * args.step_ms:.1f} us: kernels fill {100 * total / (1e3 * args.step_ms):.1f}%")
