@@ -556,6 +556,11 @@ absl::StatusOr<ShardedCheckpoint> ShardedCheckpoint::Open(const std::string& dir
   if (files == nullptr || !files->is_array()) {
     return absl::DataLossError(absl::StrCat(index_path, ": missing array 'files'"));
   }
+  if (static_cast<int64_t>(files->size()) >
+      ckpt.layout_.tp * ckpt.layout_.ep * ckpt.layout_.expert_tp) {
+    return absl::DataLossError(absl::StrCat(index_path, ": ", files->size(),
+                                            " files for layout ", ckpt.layout_.ToString()));
+  }
   std::map<std::string, size_t> file_ids;
   std::vector<std::map<std::string, BlockPlace>> file_places;
   for (const Json& f : files->as_array()) {
@@ -584,8 +589,12 @@ absl::StatusOr<ShardedCheckpoint> ShardedCheckpoint::Open(const std::string& dir
     return absl::DataLossError(absl::StrCat(index_path, ": missing object 'tensors'"));
   }
   std::vector<std::set<std::string>> listed(ckpt.files_.size());
+  std::set<std::string> names;
   for (const auto& [name, entry] : tensors->as_object()) {
     const std::string where = absl::StrCat(index_path, ": tensor '", name, "'");
+    if (!names.insert(name).second) {
+      return absl::DataLossError(absl::StrCat(where, " is listed twice"));
+    }
     const Json* dtype = entry.is_object() ? entry.find("dtype") : nullptr;
     const Json* pieces = entry.is_object() ? entry.find("pieces") : nullptr;
     if (dtype == nullptr || !dtype->is_string() || pieces == nullptr || !pieces->is_array()) {

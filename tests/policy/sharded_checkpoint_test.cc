@@ -416,9 +416,9 @@ TEST_F(ShardedCheckpointTest, OverlappingPiecesAreAnError) {
 }
 
 TEST_F(ShardedCheckpointTest, IndexNamingAFileOutsideTheFolderIsAnError) {
-  const std::string dir = Written("x", {1, 1, 1});
+  const std::string dir = Written("x", {2, 1, 1});
   EditIndex(dir, [&](Json& index) {
-    Field(index, "files").push_back(Json("../elsewhere.safetensors"));
+    Field(index, "files").as_array()[1] = Json("../elsewhere.safetensors");
   });
   ExpectOpenFails(dir, {"../elsewhere.safetensors", "not a .safetensors file name"});
 }
