@@ -329,7 +329,9 @@ absl::Status WriteRankShards(const std::string& dir, const ModelConfig& model,
     if (!seen.insert(t.name).second) {
       return absl::InvalidArgumentError(absl::StrCat(where, " is given twice"));
     }
-    ASSIGN_OR_RETURN(TensorShard shard, CheckpointShardOf(t.name, model, coords));
+    absl::StatusOr<TensorShard> held = CheckpointShardOf(t.name, model, coords);
+    if (!held.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", held.status().message()));
+    const TensorShard shard = *held;
     if (!shard.held) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": the rank at ", coords.ToString(), " does not hold it"));
@@ -501,6 +503,154 @@ absl::Status CheckTiling(const StoredTensor& t, const std::string& where) {
   return absl::OkStatus();
 }
 
+// The index's JSON, bounded in size, of this format and version.
+absl::StatusOr<Json> ReadIndex(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    return absl::NotFoundError(absl::StrCat(path, ": cannot stat"));
+  }
+  if (static_cast<uint64_t>(st.st_size) > kMaxIndexBytes) {
+    return absl::DataLossError(absl::StrCat(path, ": ", st.st_size, " bytes is too large"));
+  }
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  absl::StatusOr<Json> index = Json::Parse(text);
+  if (!index.ok()) return absl::DataLossError(absl::StrCat(path, ": ", index.status().message()));
+  if (!index->is_object()) return absl::DataLossError(absl::StrCat(path, ": not a JSON object"));
+  const Json* format = index->find("format");
+  const Json* version = index->find("version");
+  if (format == nullptr || !format->is_string() || format->as_string() != kFormat ||
+      version == nullptr || !version->is_int() || version->as_int() != kVersion) {
+    return absl::DataLossError(absl::StrCat(path, ": expected \"format\": \"", kFormat,
+                                            "\" and \"version\": ", kVersion));
+  }
+  return index;
+}
+
+absl::StatusOr<ShardLayout> ReadLayout(const Json& index, const std::string& path) {
+  const Json* layout = index.find("layout");
+  if (layout == nullptr || !layout->is_object()) {
+    return absl::DataLossError(absl::StrCat(path, ": missing object 'layout'"));
+  }
+  ShardLayout out;
+  const std::string where = path + ": layout";
+  ASSIGN_OR_RETURN(out.tp, IntField(*layout, "tp", where));
+  ASSIGN_OR_RETURN(out.ep, IntField(*layout, "ep", where));
+  ASSIGN_OR_RETURN(out.expert_tp, IntField(*layout, "expert_tp", where));
+  if (absl::Status s = out.Validate(); !s.ok()) {
+    return absl::DataLossError(absl::StrCat(where, ": ", s.message()));
+  }
+  return out;
+}
+
+// The shard files an index names, each opened (its header validated) with its blocks'
+// recorded places.
+struct IndexFiles {
+  std::map<std::string, size_t> ids;
+  std::vector<std::shared_ptr<SafetensorsFile>> files;
+  std::vector<std::map<std::string, BlockPlace>> places;
+};
+
+absl::StatusOr<IndexFiles> OpenIndexFiles(const Json& index, const ShardLayout& layout,
+                                          const std::string& dir, const std::string& path) {
+  const Json* files = index.find("files");
+  if (files == nullptr || !files->is_array()) {
+    return absl::DataLossError(absl::StrCat(path, ": missing array 'files'"));
+  }
+  if (static_cast<int64_t>(files->size()) > layout.tp * layout.ep * layout.expert_tp) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": ", files->size(), " files for layout ", layout.ToString()));
+  }
+  IndexFiles out;
+  for (const Json& f : files->as_array()) {
+    if (!f.is_string() || !IsPlainShardName(f.as_string())) {
+      return absl::DataLossError(absl::StrCat(
+          path, ": files: ", f.Dump(), " is not a .safetensors file name in the folder"));
+    }
+    if (out.ids.count(f.as_string())) {
+      return absl::DataLossError(absl::StrCat(path, ": files: ", f.as_string(), " is listed twice"));
+    }
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
+        SafetensorsFile::Open(JoinPath(dir, f.as_string()));
+    if (!file.ok()) {
+      return absl::Status(file.status().code(), absl::StrCat(path, " names ", f.as_string(), ": ",
+                                                             file.status().message()));
+    }
+    ASSIGN_OR_RETURN(auto places, ReadBlockPlaces(**file));
+    out.ids[f.as_string()] = out.files.size();
+    out.files.push_back(std::move(*file));
+    out.places.push_back(std::move(places));
+  }
+  return out;
+}
+
+// One piece of the index's tensor `t`, checked against its file's header and metadata.
+absl::StatusOr<StoredPiece> ReadPiece(const Json& p, const StoredTensor& t,
+                                      const IndexFiles& files, const std::string& where) {
+  const Json* file = p.is_object() ? p.find("file") : nullptr;
+  if (file == nullptr || !file->is_string() || !files.ids.count(file->as_string())) {
+    return absl::DataLossError(
+        absl::StrCat(where, ": piece ", p.Dump(), " does not name a file of 'files'"));
+  }
+  StoredPiece piece;
+  piece.file = file->as_string();
+  ASSIGN_OR_RETURN(int64_t dim, IntField(p, "dim", where));
+  ASSIGN_OR_RETURN(piece.parts, IntField(p, "parts", where));
+  ASSIGN_OR_RETURN(piece.index, IntField(p, "index", where));
+  if (dim < -1 || dim > static_cast<int64_t>(kMaxRank)) {
+    return absl::DataLossError(absl::StrCat(where, ": bad split dimension ", dim));
+  }
+  piece.dim = static_cast<int>(dim);
+  RETURN_IF_ERROR(CheckPlace(piece.dim, piece.parts, piece.index, t.shape, where));
+  const size_t id = files.ids.at(piece.file);
+  const SafetensorsFile& f = *files.files[id];
+  piece.info = f.Find(t.name);
+  auto place = files.places[id].find(t.name);
+  if (piece.info == nullptr || place == files.places[id].end()) {
+    return absl::DataLossError(
+        absl::StrCat(where, ": its piece ", piece.index, " is not in ", f.path()));
+  }
+  const std::string in_file = absl::StrCat(f.path(), ": tensor '", t.name, "'");
+  if (piece.info->dtype != t.dtype) {
+    return absl::DataLossError(absl::StrCat(in_file, ": dtype ", DTypeName(piece.info->dtype),
+                                            ", the index says ", DTypeName(t.dtype)));
+  }
+  const BlockPlace& pl = place->second;
+  if (pl.dim != piece.dim || pl.parts != piece.parts || pl.index != piece.index ||
+      pl.full_shape != t.shape) {
+    return absl::DataLossError(absl::StrCat(
+        in_file, ": stored as block ", pl.index, " of ", pl.parts, " along dim ", pl.dim, " of ",
+        ShapeString(pl.full_shape), ", the index says block ", piece.index, " of ", piece.parts,
+        " along dim ", piece.dim, " of ", ShapeString(t.shape)));
+  }
+  return piece;
+}
+
+// The index's entry for tensor `name`: dtype, full shape and pieces tiling it.
+absl::StatusOr<StoredTensor> ReadTensor(const std::string& name, const Json& entry,
+                                        const IndexFiles& files, const std::string& path) {
+  const std::string where = absl::StrCat(path, ": tensor '", name, "'");
+  const Json* dtype = entry.is_object() ? entry.find("dtype") : nullptr;
+  const Json* pieces = entry.is_object() ? entry.find("pieces") : nullptr;
+  if (dtype == nullptr || !dtype->is_string() || pieces == nullptr || !pieces->is_array()) {
+    return absl::DataLossError(absl::StrCat(where, ": expected {\"dtype\", \"shape\", \"pieces\"}"));
+  }
+  StoredTensor t;
+  t.name = name;
+  absl::StatusOr<DType> dt = ParseDType(dtype->as_string());
+  if (!dt.ok()) return absl::DataLossError(absl::StrCat(where, ": ", dt.status().message()));
+  t.dtype = *dt;
+  ASSIGN_OR_RETURN(t.shape, ParseShape(entry.find("shape"), t.dtype, where));
+  if (pieces->size() > static_cast<size_t>(kMaxLayoutSize)) {
+    return absl::DataLossError(absl::StrCat(where, ": too many pieces"));
+  }
+  for (const Json& p : pieces->as_array()) {
+    ASSIGN_OR_RETURN(StoredPiece piece, ReadPiece(p, t, files, where));
+    t.pieces.push_back(std::move(piece));
+  }
+  RETURN_IF_ERROR(CheckTiling(t, where));
+  return t;
+}
+
 }  // namespace
 
 absl::StatusOr<ShardedCheckpoint> ShardedCheckpoint::Open(const std::string& dir) {
@@ -518,151 +668,37 @@ absl::StatusOr<ShardedCheckpoint> ShardedCheckpoint::Open(const std::string& dir
     return ckpt;
   }
   ckpt.sharded_ = true;
-  const std::string index_path = JoinPath(dir, kShardedIndexName);
-  struct stat st;
-  if (::stat(index_path.c_str(), &st) != 0) {
-    return absl::NotFoundError(absl::StrCat(index_path, ": cannot stat"));
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size > kMaxIndexBytes) {
-    return absl::DataLossError(absl::StrCat(index_path, ": ", size, " bytes is too large"));
-  }
-  ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
-  auto index = Json::Parse(text);
-  if (!index.ok() || !index->is_object()) {
-    return absl::DataLossError(absl::StrCat(
-        index_path, ": not a JSON object", index.ok() ? "" : ": ",
-        index.ok() ? "" : index.status().message()));
-  }
-  const Json* format = index->find("format");
-  const Json* version = index->find("version");
-  if (format == nullptr || !format->is_string() || format->as_string() != kFormat ||
-      version == nullptr || !version->is_int() || version->as_int() != kVersion) {
-    return absl::DataLossError(absl::StrCat(index_path, ": expected \"format\": \"", kFormat,
-                                            "\" and \"version\": ", kVersion));
-  }
-  const Json* layout = index->find("layout");
-  if (layout == nullptr || !layout->is_object()) {
-    return absl::DataLossError(absl::StrCat(index_path, ": missing object 'layout'"));
-  }
-  ASSIGN_OR_RETURN(ckpt.layout_.tp, IntField(*layout, "tp", index_path + ": layout"));
-  ASSIGN_OR_RETURN(ckpt.layout_.ep, IntField(*layout, "ep", index_path + ": layout"));
-  ASSIGN_OR_RETURN(ckpt.layout_.expert_tp, IntField(*layout, "expert_tp", index_path + ": layout"));
-  if (absl::Status s = ckpt.layout_.Validate(); !s.ok()) {
-    return absl::DataLossError(absl::StrCat(index_path, ": layout: ", s.message()));
-  }
-  // The files: plain names in DIR, each opened (its header validated) once.
-  const Json* files = index->find("files");
-  if (files == nullptr || !files->is_array()) {
-    return absl::DataLossError(absl::StrCat(index_path, ": missing array 'files'"));
-  }
-  if (static_cast<int64_t>(files->size()) >
-      ckpt.layout_.tp * ckpt.layout_.ep * ckpt.layout_.expert_tp) {
-    return absl::DataLossError(absl::StrCat(index_path, ": ", files->size(),
-                                            " files for layout ", ckpt.layout_.ToString()));
-  }
-  std::map<std::string, size_t> file_ids;
-  std::vector<std::map<std::string, BlockPlace>> file_places;
-  for (const Json& f : files->as_array()) {
-    if (!f.is_string() || !IsPlainShardName(f.as_string())) {
-      return absl::DataLossError(absl::StrCat(
-          index_path, ": files: ", f.Dump(), " is not a .safetensors file name in the folder"));
-    }
-    if (file_ids.count(f.as_string())) {
-      return absl::DataLossError(
-          absl::StrCat(index_path, ": files: ", f.as_string(), " is listed twice"));
-    }
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
-        SafetensorsFile::Open(JoinPath(dir, f.as_string()));
-    if (!file.ok()) {
-      return absl::Status(file.status().code(),
-                          absl::StrCat(index_path, " names ", f.as_string(), ": ",
-                                       file.status().message()));
-    }
-    ASSIGN_OR_RETURN(auto places, ReadBlockPlaces(**file));
-    file_ids[f.as_string()] = ckpt.files_.size();
-    ckpt.files_.push_back(std::move(*file));
-    file_places.push_back(std::move(places));
-  }
-  const Json* tensors = index->find("tensors");
+  const std::string path = JoinPath(dir, kShardedIndexName);
+  ASSIGN_OR_RETURN(Json index, ReadIndex(path));
+  ASSIGN_OR_RETURN(ckpt.layout_, ReadLayout(index, path));
+  ASSIGN_OR_RETURN(IndexFiles files, OpenIndexFiles(index, ckpt.layout_, dir, path));
+  const Json* tensors = index.find("tensors");
   if (tensors == nullptr || !tensors->is_object()) {
-    return absl::DataLossError(absl::StrCat(index_path, ": missing object 'tensors'"));
+    return absl::DataLossError(absl::StrCat(path, ": missing object 'tensors'"));
   }
-  std::vector<std::set<std::string>> listed(ckpt.files_.size());
   std::set<std::string> names;
   for (const auto& [name, entry] : tensors->as_object()) {
-    const std::string where = absl::StrCat(index_path, ": tensor '", name, "'");
     if (!names.insert(name).second) {
-      return absl::DataLossError(absl::StrCat(where, " is listed twice"));
+      return absl::DataLossError(absl::StrCat(path, ": tensor '", name, "' is listed twice"));
     }
-    const Json* dtype = entry.is_object() ? entry.find("dtype") : nullptr;
-    const Json* pieces = entry.is_object() ? entry.find("pieces") : nullptr;
-    if (dtype == nullptr || !dtype->is_string() || pieces == nullptr || !pieces->is_array()) {
-      return absl::DataLossError(
-          absl::StrCat(where, ": expected {\"dtype\", \"shape\", \"pieces\"}"));
-    }
-    StoredTensor t;
-    t.name = name;
-    auto dt = ParseDType(dtype->as_string());
-    if (!dt.ok()) return absl::DataLossError(absl::StrCat(where, ": ", dt.status().message()));
-    t.dtype = *dt;
-    ASSIGN_OR_RETURN(t.shape, ParseShape(entry.find("shape"), t.dtype, where));
-    if (pieces->size() > static_cast<size_t>(kMaxLayoutSize)) {
-      return absl::DataLossError(absl::StrCat(where, ": too many pieces"));
-    }
-    for (const Json& p : pieces->as_array()) {
-      const Json* file = p.is_object() ? p.find("file") : nullptr;
-      if (file == nullptr || !file->is_string() || !file_ids.count(file->as_string())) {
-        return absl::DataLossError(absl::StrCat(where, ": piece ", p.Dump(),
-                                                " does not name a file of 'files'"));
-      }
-      StoredPiece piece;
-      piece.file = file->as_string();
-      ASSIGN_OR_RETURN(int64_t dim, IntField(p, "dim", where));
-      ASSIGN_OR_RETURN(piece.parts, IntField(p, "parts", where));
-      ASSIGN_OR_RETURN(piece.index, IntField(p, "index", where));
-      if (dim < -1 || dim > static_cast<int64_t>(kMaxRank)) {
-        return absl::DataLossError(absl::StrCat(where, ": bad split dimension ", dim));
-      }
-      piece.dim = static_cast<int>(dim);
-      RETURN_IF_ERROR(CheckPlace(piece.dim, piece.parts, piece.index, t.shape, where));
-      // The file's own header and metadata must say the same.
-      const size_t id = file_ids[piece.file];
-      const SafetensorsFile& f = *ckpt.files_[id];
-      const std::string in_file = absl::StrCat(f.path(), ": tensor '", name, "'");
-      piece.info = f.Find(name);
-      auto place = file_places[id].find(name);
-      if (piece.info == nullptr || place == file_places[id].end()) {
-        return absl::DataLossError(
-            absl::StrCat(where, ": its piece ", piece.index, " is not in ", f.path()));
-      }
-      if (piece.info->dtype != t.dtype) {
-        return absl::DataLossError(absl::StrCat(in_file, ": dtype ", DTypeName(piece.info->dtype),
-                                                ", the index says ", DTypeName(t.dtype)));
-      }
-      const BlockPlace& pl = place->second;
-      if (pl.dim != piece.dim || pl.parts != piece.parts || pl.index != piece.index ||
-          pl.full_shape != t.shape) {
-        return absl::DataLossError(absl::StrCat(
-            in_file, ": stored as block ", pl.index, " of ", pl.parts, " along dim ", pl.dim,
-            " of ", ShapeString(pl.full_shape), ", the index says block ", piece.index, " of ",
-            piece.parts, " along dim ", piece.dim, " of ", ShapeString(t.shape)));
-      }
-      listed[id].insert(name);
-      t.pieces.push_back(std::move(piece));
-    }
-    RETURN_IF_ERROR(CheckTiling(t, where));
+    ASSIGN_OR_RETURN(StoredTensor t, ReadTensor(name, entry, files, path));
     ckpt.tensors_.push_back(std::move(t));
   }
-  for (size_t id = 0; id < ckpt.files_.size(); ++id) {
-    for (const TensorInfo& info : ckpt.files_[id]->tensors()) {
-      if (!listed[id].count(info.name)) {
-        return absl::DataLossError(absl::StrCat(ckpt.files_[id]->path(), ": tensor '", info.name,
+  // Every tensor of every file is some piece of the index.
+  std::set<std::pair<std::string, std::string>> listed;
+  for (const StoredTensor& t : ckpt.tensors_) {
+    for (const StoredPiece& p : t.pieces) listed.insert({p.file, t.name});
+  }
+  for (const auto& [name, id] : files.ids) {
+    for (const TensorInfo& info : files.files[id]->tensors()) {
+      if (!listed.count({name, info.name})) {
+        return absl::DataLossError(absl::StrCat(files.files[id]->path(), ": tensor '", info.name,
                                                 "' is not listed for this file in ",
                                                 kShardedIndexName));
       }
     }
   }
+  ckpt.files_ = std::move(files.files);
   std::sort(ckpt.tensors_.begin(), ckpt.tensors_.end(),
             [](const StoredTensor& a, const StoredTensor& b) { return a.name < b.name; });
   return ckpt;

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <random>
@@ -243,6 +244,23 @@ TEST(PolicyModelTest, SaveLoadRoundTripKeepsLogprobs) {
       EXPECT_NEAR((*after)[i][t], (*before)[i][t], 1e-5);
       EXPECT_LT((*after)[i][t], 0.f);
     }
+  }
+}
+
+// The torch-free list of a checkpoint's tensors is the model's parameters, name and shape.
+TEST(PolicyModelTest, ModelTensorShapesAreTheParameters) {
+  ModelConfig tied = TinyParallelConfig();
+  tied.tie_word_embeddings = true;
+  for (const ModelConfig& config : {TinyParallelConfig(), tied, TinyConfig()}) {
+    MiniMaxForCausalLM model(config);
+    std::vector<std::pair<std::string, std::vector<int64_t>>> params;
+    for (const auto& p : model->named_parameters()) {
+      if (config.tie_word_embeddings && p.key() == "lm_head.weight") continue;
+      params.push_back({p.key(), std::vector<int64_t>(p.value().sizes().begin(),
+                                                      p.value().sizes().end())});
+    }
+    std::sort(params.begin(), params.end());
+    EXPECT_EQ(ModelTensorShapes(config), params);
   }
 }
 
