@@ -733,6 +733,10 @@ absl::Status ShardedCheckpoint::ReadBlock(const std::string& name, const TensorS
   }
   const std::string where = absl::StrCat(FileOf(name), ": tensor '", name, "'");
   if (!want.held) return absl::InvalidArgumentError(absl::StrCat(where, ": no block is asked for"));
+  if (!want.whole() && (want.parts < 1 || want.index < 0 || want.index >= want.parts)) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": block ", want.index, " of ",
+                                                   want.parts, " does not exist"));
+  }
   const int want_dim = want.whole() ? -1 : want.dim;
   const int stored_dim = t->pieces[0].parts == 1 ? -1 : t->pieces[0].dim;
   if (want_dim >= 0 && stored_dim >= 0 && want_dim != stored_dim) {

@@ -423,6 +423,30 @@ TEST_F(ShardedCheckpointTest, IndexNamingAFileOutsideTheFolderIsAnError) {
   ExpectOpenFails(dir, {"../elsewhere.safetensors", "not a .safetensors file name"});
 }
 
+TEST_F(ShardedCheckpointTest, ReadBlockIntoACallersBufferChecksTheRequest) {
+  const std::string dir = Written("b", {2, 1, 1});
+  auto ckpt = ShardedCheckpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok());
+  const std::string name = "model.layers.0.self_attn.out_proj.weight";  // [16, 16] by columns
+  const FullTensor& t = full_[name];
+  // Four column blocks from two stored ones: each a block of a block.
+  for (int64_t i = 0; i < 4; ++i) {
+    const TensorShard shard{true, 1, 4, i};
+    std::string buf(t.bytes.size() / 4, '\0');
+    ASSERT_TRUE(ckpt->ReadBlock(name, shard, buf.data(), buf.size()).ok());
+    EXPECT_TRUE(buf == DirectSlice(t, shard)) << i;
+  }
+  std::string buf(t.bytes.size() / 2, '\0');
+  absl::Status s = ckpt->ReadBlock(name, TensorShard{true, 1, 4, 0}, buf.data(), buf.size());
+  EXPECT_TRUE(absl::StrContains(s.message(), "the buffer has")) << s;
+  s = ckpt->ReadBlock(name, TensorShard{true, 1, 2, 2}, buf.data(), buf.size());
+  EXPECT_TRUE(absl::StrContains(s.message(), "block 2 of 2 does not exist")) << s;
+  s = ckpt->ReadBlock(name, TensorShard{true, 0, 2, 0}, buf.data(), buf.size());
+  EXPECT_TRUE(absl::StrContains(s.message(), "stored split along dim 1")) << s;
+  s = ckpt->ReadBlock("model.nothing", TensorShard{}, buf.data(), buf.size());
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+}
+
 TEST_F(ShardedCheckpointTest, ReadingChecksTheModel) {
   const std::string dir = Written("k", {1, 1, 1});
   auto ckpt = ShardedCheckpoint::Open(dir);
