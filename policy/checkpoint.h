@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "common/safetensors.h"
 #include "policy/minimax_model.h"
+#include "policy/sharded_checkpoint.h"
 
 namespace lightrl {
 
@@ -15,6 +16,9 @@ namespace lightrl {
 // tensor is an error naming the file and tensor. transformers' lightning decay buffers
 // (slope_rate, query_decay, key_decay, diagonal_decay) are accepted; slope_rate is checked against the config.
 absl::Status LoadWeights(MiniMaxForCausalLM& model, const SafetensorsCheckpoint& ckpt);
+// The same from a sharded checkpoint (each tensor assembled whole from its pieces first,
+// so the weights pass through memory twice) or an HF folder opened as one.
+absl::Status LoadWeights(MiniMaxForCausalLM& model, const ShardedCheckpoint& ckpt);
 
 // Writes config.json and the weights in `dtype` (F32, BF16 or F16), with the decay
 // buffers transformers expects, atomically per file.
