@@ -14,6 +14,7 @@
 #include "kernels/moe/moe_routing.h"
 #include "kernels/paged_attention/paged_attention.h"
 #include "kernels/rms_norm/rms_norm.h"
+#include "kernels/rope/rope.h"
 #include "kernels/sampling/sampling.h"
 #include "policy/cuda_views.h"
 
@@ -317,6 +318,39 @@ torch::Tensor GatedRmsNormCuda(const torch::Tensor& x, const torch::Tensor& weig
               "gated rms norm cuda: gate must be ", x.sizes(), " with unit stride on D, got ",
               gate.sizes(), " strides ", gate.strides());
   return RmsNormWithGate(x, weight, &gate, eps);
+}
+
+torch::Tensor RopeCuda(const torch::Tensor& x, const torch::Tensor& positions,
+                       const torch::Tensor& cos_table, const torch::Tensor& sin_table) {
+  TORCH_CHECK(x.is_cuda(), "rope cuda: x must be on a CUDA device, got ", x.device());
+  CheckBf16On(x, "rope cuda", "x", x.device());
+  CheckBf16On(cos_table, "rope cuda", "cos_table", x.device());
+  CheckBf16On(sin_table, "rope cuda", "sin_table", x.device());
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "rope cuda: x must be contiguous [T, heads, d], got ",
+              x.sizes());
+  TORCH_CHECK(cos_table.dim() == 2 && cos_table.is_contiguous() &&
+                  sin_table.sizes() == cos_table.sizes() && sin_table.is_contiguous(),
+              "rope cuda: the tables must be contiguous and of one shape [P, rotary_dim], got ",
+              cos_table.sizes(), " and ", sin_table.sizes());
+  TORCH_CHECK(positions.device() == x.device() && positions.scalar_type() == torch::kInt64 &&
+                  positions.dim() == 1 && positions.size(0) == x.size(0) && positions.is_contiguous(),
+              "rope cuda: positions must be contiguous int64 [", x.size(0), "] on ", x.device());
+  TORCH_CHECK(x.numel() <= 0x7fffffff, "rope cuda: x ", x.sizes(), " is larger than the kernel serves");
+  c10::cuda::CUDAGuard guard(x.device());
+  auto y = torch::empty_like(x);
+  RopeParams p;
+  p.x = reinterpret_cast<const __nv_bfloat16*>(x.data_ptr());
+  p.y = reinterpret_cast<__nv_bfloat16*>(y.data_ptr());
+  p.positions = positions.data_ptr<int64_t>();
+  p.cos_table = reinterpret_cast<const __nv_bfloat16*>(cos_table.data_ptr());
+  p.sin_table = reinterpret_cast<const __nv_bfloat16*>(sin_table.data_ptr());
+  p.tokens = static_cast<int>(x.size(0));
+  p.heads = static_cast<int>(x.size(1));
+  p.head_dim = static_cast<int>(x.size(2));
+  p.rotary_dim = static_cast<int>(cos_table.size(1));
+  p.max_positions = cos_table.size(0);
+  CheckCudaLaunch(LaunchRope(p, at::cuda::getCurrentCUDAStream().stream()), "rope", p.Validate());
+  return y;
 }
 
 torch::Tensor MoeDecodeCombineCuda(const torch::Tensor& y, const torch::Tensor& combine,

@@ -81,6 +81,13 @@ std::pair<torch::Tensor, torch::Tensor> MoeRouteCuda(const torch::Tensor& logits
 torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, double alpha,
                             double beta);
 
+// NeoX rotary embedding of x [T, heads, d] (contiguous bf16) at `positions` [T] (int64)
+// from cos / sin tables [max_positions, rotary_dim] (contiguous bf16, rows as
+// SoftmaxAttentionImpl::RopeCosSin makes them), in one kernel (kernels/rope/rope.h) with
+// ApplyRope's roundings. Returns a new tensor like x.
+torch::Tensor RopeCuda(const torch::Tensor& x, const torch::Tensor& positions,
+                       const torch::Tensor& cos_table, const torch::Tensor& sin_table);
+
 // The decode step's MoE epilogue (kernels/moe/moe_decode_combine.h): alpha * residual + beta *
 // bf16(sum_e combine[:, e] * y[e]) in one kernel, for y [E, T, D] bf16 (every expert's
 // output rows), combine [T, E] FP32 and residual [T, D] bf16, all contiguous. Returns a new

@@ -109,6 +109,13 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
     partition_tokens_ = std::clamp<int64_t>((max_len / 64 + 127) / 128 * 128, 256, 4096);
     num_partitions_ = (max_len + partition_tokens_ - 1) / partition_tokens_;
     graphs_ = std::make_unique<Graphs>();
+    for (int64_t i = 0; i < c.num_hidden_layers && options.fuse_decode_epilogues; ++i) {
+      const auto* layer = module_->model->layers[i]->as<DecoderLayerImpl>();
+      if (!layer->softmax || c.rotary_dim == 0 || c.rotary_dim % 2 != 0) continue;
+      auto positions = torch::arange(max_len, i64.device(device_));
+      std::tie(rope_cos_, rope_sin_) = layer->softmax->RopeCosSin(positions, dtype_);
+      break;
+    }
   }
 }
 
@@ -477,8 +484,12 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
       }
       auto& attn = layer->softmax;
       const int64_t H = attn->num_heads, KVH = attn->num_kv_heads, d = attn->head_dim;
-      auto q = attn->ApplyRope(attn->q_proj(n1).view({B, H, d}), positions);
-      auto k = attn->ApplyRope(attn->k_proj(n1).view({B, KVH, d}), positions);
+      auto rope = [&](const torch::Tensor& x) {
+        return rope_cos_.defined() && fused ? RopeCuda(x, positions, rope_cos_, rope_sin_)
+                                            : attn->ApplyRope(x, positions);
+      };
+      auto q = rope(attn->q_proj(n1).view({B, H, d}));
+      auto k = rope(attn->k_proj(n1).view({B, KVH, d}));
       auto v = attn->v_proj(n1).view({B, KVH, d});
       PagedKvAppendCuda(k, v, slots32, positions32, page_table_, page_size_, k_pool_[i],
                         v_pool_[i]);

@@ -111,6 +111,10 @@ class ModelRunner {
   // device (reset when a slot gets a new sequence). step_inputs_: [3, num_slots] int64
   // (token, slot or -1 for padding, position) on the device, with a pinned host copy.
   torch::Tensor page_table_, page_table_host_, step_inputs_, step_inputs_host_;
+  // The softmax layers' RoPE cos / sin rows for every position a slot may hold
+  // ([max_len, rotary_dim] in the compute dtype), for the decode step's fused rotation;
+  // undefined without softmax layers, rotary dims or fused epilogues.
+  torch::Tensor rope_cos_, rope_sin_;
   std::vector<int64_t> mirrored_pages_;
   int64_t partition_tokens_ = 0, num_partitions_ = 0;
   // Per layer: [2E] int64 addresses of w1_0..w1_E-1, w3_0..w3_E-1 and [E] of w2_*; and the

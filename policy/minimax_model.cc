@@ -210,15 +210,21 @@ SoftmaxAttentionImpl::SoftmaxAttentionImpl(const ModelConfig& c)
   o_proj = register_module("o_proj", MakeLinear(num_heads * head_dim, c.hidden_size));
 }
 
-torch::Tensor SoftmaxAttentionImpl::ApplyRope(const torch::Tensor& x,
-                                              const torch::Tensor& positions) const {
-  if (rotary_dim == 0) return x;
-  auto fopts = torch::TensorOptions().dtype(torch::kFloat32).device(x.device());
+std::pair<torch::Tensor, torch::Tensor> SoftmaxAttentionImpl::RopeCosSin(
+    const torch::Tensor& positions, torch::ScalarType dtype) const {
+  auto fopts = torch::TensorOptions().dtype(torch::kFloat32).device(positions.device());
   auto inv_freq = 1.0 / torch::pow(rope_theta, torch::arange(0, rotary_dim, 2, fopts) /
                                                    static_cast<double>(rotary_dim));
   auto freqs = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq.unsqueeze(0);  // [T, rd/2]
-  auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);                          // [T, 1, rd]
-  auto cos = emb.cos().to(x.scalar_type()), sin = emb.sin().to(x.scalar_type());
+  auto emb = torch::cat({freqs, freqs}, -1);                                       // [T, rd]
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+torch::Tensor SoftmaxAttentionImpl::ApplyRope(const torch::Tensor& x,
+                                              const torch::Tensor& positions) const {
+  if (rotary_dim == 0) return x;
+  auto [cos_rows, sin_rows] = RopeCosSin(positions, x.scalar_type());
+  auto cos = cos_rows.unsqueeze(1), sin = sin_rows.unsqueeze(1);  // [T, 1, rd]
   auto rot = x.narrow(-1, 0, rotary_dim);
   auto half = rotary_dim / 2;
   auto rotated = torch::cat({-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)}, -1);

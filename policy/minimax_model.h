@@ -77,6 +77,10 @@ class SoftmaxAttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const PackedLayout& layout);
   // Rotates the first rotary_dim dims of x [T, heads, d] at `positions` [T] (NeoX style).
   torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& positions) const;
+  // The cos and sin ApplyRope multiplies by: [T, rotary_dim] each in `dtype`, for
+  // `positions` [T] (the engine's decode step keeps them as tables over all positions).
+  std::pair<torch::Tensor, torch::Tensor> RopeCosSin(const torch::Tensor& positions,
+                                                     torch::ScalarType dtype) const;
 
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t num_heads, num_kv_heads, head_dim, rotary_dim;
