@@ -84,7 +84,7 @@ TEST(ModelTest, TrainingLightningPathGivesSameValuesAndGradients) {
 
 TEST(ModelTest, MoeCapacityDropsOverflowAndKeepsTheRest) {
   ModelConfig c = TinyConfig();
-  SparseMoe moe(c);
+  SparseMoe moe(c, ShardCoords{});
   torch::NoGradGuard no_grad;
   for (auto& p : moe->parameters()) p.normal_(0, 0.3);
   auto x = torch::randn({40, c.hidden_size});
@@ -101,7 +101,7 @@ TEST(ModelTest, MoeCapacityDropsOverflowAndKeepsTheRest) {
 
 TEST(ModelTest, MoeDenseAndSparsePathsAgree) {
   ModelConfig c = TinyConfig();
-  SparseMoe moe(c);
+  SparseMoe moe(c, ShardCoords{});
   torch::NoGradGuard no_grad;
   for (auto& p : moe->parameters()) p.normal_(0, 0.3);
   // 700 tokens x top-2 takes the sparse path; 100-token slices take the dense one.
@@ -115,7 +115,7 @@ TEST(ModelTest, MoeDenseAndSparsePathsAgree) {
 
 TEST(ModelTest, MoeForwardRoutedRunsTheGivenRouting) {
   ModelConfig c = TinyConfig();
-  SparseMoe moe(c);
+  SparseMoe moe(c, ShardCoords{});
   torch::NoGradGuard no_grad;
   for (auto& p : moe->parameters()) p.normal_(0, 0.3);
   const int64_t E = c.num_local_experts, k = c.num_experts_per_tok;
@@ -133,7 +133,7 @@ TEST(ModelTest, MoeForwardRoutedRunsTheGivenRouting) {
       auto combine = torch::zeros({T, E}).scatter(1, ids, weights);
       auto out = torch::zeros({T, c.hidden_size});
       for (int64_t e = 0; e < E; ++e) {
-        out += combine.select(1, e).unsqueeze(1) * moe->experts[e]->as<ExpertImpl>()->forward(x);
+        out += combine.select(1, e).unsqueeze(1) * moe->expert(e)->forward(x);
       }
       return out;
     };
@@ -148,7 +148,7 @@ TEST(ModelTest, MoeForwardRoutedRunsTheGivenRouting) {
 
 TEST(ModelTest, MoeSparsePathGradientsEqualTheDensePath) {
   ModelConfig c = TinyConfig();
-  SparseMoe moe(c);
+  SparseMoe moe(c, ShardCoords{});
   {
     torch::NoGradGuard no_grad;
     for (auto& p : moe->parameters()) p.normal_(0, 0.3);
@@ -180,7 +180,7 @@ TEST(ModelTest, MoeSparsePathGradientsEqualTheDensePath) {
 
 TEST(ModelTest, MoeSparsePathDropsExactlyTheAssignmentsPastCapacity) {
   ModelConfig c = TinyConfig();
-  SparseMoe moe(c);
+  SparseMoe moe(c, ShardCoords{});
   torch::NoGradGuard no_grad;
   for (auto& p : moe->parameters()) p.normal_(0, 0.3);
   const int64_t T = 700, k = c.num_experts_per_tok, E = c.num_local_experts;
@@ -202,7 +202,7 @@ TEST(ModelTest, MoeSparsePathDropsExactlyTheAssignmentsPastCapacity) {
         continue;
       }
       expected[t] += top_w[t][j].item<double>() *
-                     moe->experts[e]->as<ExpertImpl>()->forward(x.narrow(0, t, 1)).squeeze(0);
+                     moe->expert(e)->forward(x.narrow(0, t, 1)).squeeze(0);
     }
   }
   EXPECT_GT(dropped, 0);

@@ -82,7 +82,7 @@ TEST_P(ExpertParallelMoeTest, EqualsOneProcessOverAllTokens) {
   // Weights spread enough that routing is uneven, so a factor below 2 drops tokens.
   auto make_moe = [&] {
     torch::manual_seed(seed);
-    SparseMoe moe(config);
+    SparseMoe moe(config, ShardCoords{});
     torch::NoGradGuard no_grad;
     for (auto& p : moe->parameters()) p.normal_(0, 0.3);
     return moe;
@@ -161,7 +161,7 @@ TEST_P(ExpertParallelMoeTest, EqualsOneProcessOverAllTokens) {
   for (int64_t r = 0; r < world; ++r) gate_grad += or_zeros(moes[r]->gate->weight);
   ExpectClose(gate_grad, or_zeros(ref->gate->weight), "router gradient");
   auto weights = [](SparseMoe& moe, int64_t e) {
-    auto* expert = moe->experts[e]->as<ExpertImpl>();
+    auto* expert = moe->expert(e);
     return std::vector<torch::Tensor>{expert->w1->weight, expert->w2->weight, expert->w3->weight};
   };
   const int64_t per_rank = config.num_local_experts / tc.ep;
