@@ -244,6 +244,62 @@ TEST(PolicyModelTest, SaveLoadRoundTripKeepsLogprobs) {
   }
 }
 
+// A rank's part of the model holds only its experts, under their global names, each as
+// its FFN block (policy/shard_spec.h); its tensors are the slices of the whole model made
+// from the same seed, and what needs whole tensors refuses it by name.
+TEST(PolicyModelTest, ShardHoldsOnlyItsExpertBlocks) {
+  const ModelConfig c = TinyConfig();  // 4 experts, FFN 20, hidden 24
+  const uint64_t seed = std::random_device{}();
+  ShardCoords shard;
+  shard.ep = 2;
+  shard.ep_rank = 1;
+  shard.expert_tp = 2;
+  shard.expert_tp_rank = 1;
+  auto whole = PolicyModel::Create(c, seed);
+  auto part = PolicyModel::CreateShard(c, seed, shard);
+  ASSERT_TRUE(whole.ok() && part.ok()) << part.status();
+  auto full = (*whole)->module()->named_parameters();
+  int64_t experts_held = 0;
+  for (const auto& p : (*part)->module()->named_parameters()) {
+    ASSERT_TRUE(full.contains(p.key())) << p.key();
+    const torch::Tensor want = full[p.key()];
+    const int64_t e = ExpertIndexOf(p.key());
+    if (e < 0) {
+      EXPECT_TRUE(torch::equal(p.value(), want)) << p.key();
+      continue;
+    }
+    ++experts_held;
+    EXPECT_TRUE(e == 2 || e == 3) << p.key();
+    const bool w2 = p.key().find(".w2.") != std::string::npos;
+    const torch::Tensor block = want.narrow(w2 ? 1 : 0, 10, 10);
+    EXPECT_EQ(p.value().sizes(), block.sizes()) << p.key();
+    EXPECT_TRUE(torch::equal(p.value(), block)) << p.key();
+  }
+  EXPECT_EQ(experts_held, 3 * 2 * c.num_hidden_layers);  // w1, w2, w3 of 2 experts a layer
+
+  auto* moe = (*part)->module()->model->layers[0]->as<DecoderLayerImpl>()->block_sparse_moe.get();
+  try {
+    moe->expert(0);
+    ADD_FAILURE() << "expert 0 is not this rank's";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expert 0 is not held by this rank"), std::string::npos) << e.what();
+  }
+  try {
+    moe->forward(torch::randn({3, c.hidden_size}), 0);
+    ADD_FAILURE() << "a sharded block ran without its collectives";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("runs only expert-parallel"), std::string::npos) << e.what();
+  }
+  TempDir dir;
+  const absl::Status saved = (*part)->Save(dir.path());
+  EXPECT_EQ(saved.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(saved.message().find("holds only its shard (tp 0/1, ep 1/2, expert_tp 1/2)"),
+            std::string::npos) << saved;
+  EXPECT_FALSE((*part)->ExportWeights(DType::kF32).ok());
+  shard.expert_tp = 3;  // does not divide FFN 20
+  EXPECT_FALSE(PolicyModel::CreateShard(c, seed, shard).ok());
+}
+
 TEST(PolicyModelTest, OutOfVocabularyTokenIsAnError) {
   auto model = PolicyModel::Create(TinyConfig(), 1);
   ASSERT_TRUE(model.ok());

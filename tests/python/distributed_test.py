@@ -676,16 +676,23 @@ def case_expert_sharded():
     # (b) One CISPO update (two minibatches), then one with token dropping on batches of as
     # many samples per minibatch as ranks in falling length (rank r trains sample r).
     learn = base + ["--mode", "rl", "--top-k", "2", "--adam-eps", "1e-4", "--steps", "1"]
+    one_process = {}  # the one-process runs, by arguments (layouts of one world share them)
+
+    def one(args):
+        if tuple(args) not in one_process:
+            one_process[tuple(args)] = run_named(1, args, ["bin"])[0]["bin"]
+        return one_process[tuple(args)]
+
     for world, extra in SHARDED_LAYOUTS:
         for drop in ([], ["--samples", str(2 * world), "--minibatches", "2", "--sorted",
                           "--capacity", "0.75"]):
             args = learn + drop
-            ref = run_named(1, args, ["bin"])[0]["bin"]
-            init = run_named(1, without(args, "--steps") + ["--steps", "0"], ["bin"])[0]["bin"]
+            ref = one(args)
+            init = one(without(args, "--steps") + ["--steps", "0"])
             moved = float(np.mean([np.abs(ref[n][0] - init[n][0]).mean() for n in ref]))
             assert moved > 1e-3, f"the update moved the weights by only {moved}"
             if drop:
-                undropped = run_named(1, without(args, "--capacity"), ["bin"])[0]["bin"]
+                undropped = one(without(args, "--capacity"))
                 dropped = max(float(np.abs(ref[n][0] - undropped[n][0]).max()) for n in ref)
                 # Ten times the tolerance below: dropping visibly moves the update.
                 assert dropped > 1e-4, f"capacity 0.75 changed the update by only {dropped}"
@@ -703,6 +710,24 @@ def case_expert_sharded():
                         f"process by {diff:.3g} > {PARAM_ATOL}"
             print(f"  update {world} ranks {' '.join(extra + drop)}: max |dw| vs 1 rank "
                   f"{worst:.2e} (moved {moved:.1e})")
+    # Each shard's optimizer state (bf16: with FP32 masters) goes through files and back:
+    # a restored learner repeats the next update bit for bit; one file per expert shard.
+    for world, extra, files in (
+            (4, ["--expert-parallel", "2", "--expert-tp", "2", "--dtype", "bfloat16"],
+             ["optimizer.pt.experts0-of-2.etp0-of-2", "optimizer.pt.experts0-of-2.etp1-of-2",
+              "optimizer.pt.experts1-of-2.etp0-of-2", "optimizer.pt.experts1-of-2.etp1-of-2"]),
+            (4, ["--expert-parallel", "2", "--shard-experts"],
+             ["optimizer.pt.experts0-of-2", "optimizer.pt.experts1-of-2"])):
+        out = tempfile.mkdtemp(prefix="lightrl_dist_")
+        try:
+            results = run_ranks(world, out, learn + extra + ["--check-resume"])
+            for r, (rc, err) in enumerate(results):
+                assert rc == 0 and "resumed update identical" in err, f"rank {r} {extra}:\n{err}"
+            saved = sorted(f for f in os.listdir(os.path.join(out, "resume")) if "experts" in f)
+            assert saved == files, saved
+            print(f"  resume {world} ranks {' '.join(extra)}: identical, {len(files)} expert files")
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def case_nccl_expert():

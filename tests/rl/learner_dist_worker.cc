@@ -225,13 +225,15 @@ absl::Status Main(const std::vector<std::string>& args) {
   if (flags.Get("model", "tiny") == "parallel") model = TinyParallelConfig();
   ASSIGN_OR_RETURN(int64_t expert_tp, flags.GetInt("expert-tp", 1));
   std::unique_ptr<PolicyModel> policy;
-  if (flags.Has("shard-experts") || expert_tp > 1) {
+  const bool sharded = flags.Has("shard-experts") || expert_tp > 1;
+  ShardCoords coords;
+  if (sharded) {
     ParallelLayout layout;
     layout.ep = opts.data_parallel.expert_parallel;
     layout.expert_tp = expert_tp;
     ASSIGN_OR_RETURN(LayoutGroups groups, GroupsOf(layout, dist.world_size, dist.rank));
-    ASSIGN_OR_RETURN(policy, PolicyModel::CreateShard(model, static_cast<uint64_t>(seed),
-                                                      ShardCoordsOf(layout, groups), popts));
+    coords = ShardCoordsOf(layout, groups);
+    ASSIGN_OR_RETURN(policy, PolicyModel::CreateShard(model, static_cast<uint64_t>(seed), coords, popts));
   } else {
     ASSIGN_OR_RETURN(policy, PolicyModel::Create(model, static_cast<uint64_t>(seed), popts));
   }
@@ -286,11 +288,25 @@ absl::Status Main(const std::vector<std::string>& args) {
     const std::string dir = JoinPath(out, "resume");
     RETURN_IF_ERROR(MakeDirs(dir));
     RETURN_IF_ERROR(learner->SaveState(JoinPath(dir, "optimizer.pt")));
-    if (dist.rank == 0) RETURN_IF_ERROR(policy->Save(JoinPath(dir, "model")));
+    // A sharded model has no checkpoint format yet: its weights are kept in memory.
+    std::vector<torch::Tensor> kept;
+    if (sharded) {
+      for (auto& p : policy->module()->parameters()) kept.push_back(p.detach().clone());
+    } else if (dist.rank == 0) {
+      RETURN_IF_ERROR(policy->Save(JoinPath(dir, "model")));
+    }
     if (group) RETURN_IF_ERROR(group->Barrier());
     ASSIGN_OR_RETURN(stats, train(*learner, steps));
     const std::vector<float> continued = Flatten(*policy);
-    ASSIGN_OR_RETURN(auto restored, PolicyModel::Load(JoinPath(dir, "model"), popts));
+    std::unique_ptr<PolicyModel> restored;
+    if (sharded) {
+      ASSIGN_OR_RETURN(restored, PolicyModel::CreateShard(model, static_cast<uint64_t>(seed) + 1, coords, popts));
+      torch::NoGradGuard no_grad;
+      auto params = restored->module()->parameters();
+      for (size_t i = 0; i < params.size(); ++i) params[i].copy_(kept[i]);
+    } else {
+      ASSIGN_OR_RETURN(restored, PolicyModel::Load(JoinPath(dir, "model"), popts));
+    }
     ASSIGN_OR_RETURN(auto relearner, Learner::Create(restored.get(), opts, group.get()));
     RETURN_IF_ERROR(relearner->LoadState(JoinPath(dir, "optimizer.pt")));
     ASSIGN_OR_RETURN(stats, train(*relearner, steps));
