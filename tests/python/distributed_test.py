@@ -683,7 +683,9 @@ def case_expert_sharded():
             one_process[tuple(args)] = run_named(1, args, ["bin"])[0]["bin"]
         return one_process[tuple(args)]
 
-    for world, extra in SHARDED_LAYOUTS:
+    # ZeRO-1 shards the dense parameters' state beside the experts'.
+    zero1 = [(4, ["--expert-parallel", "2", "--expert-tp", "2", "--zero1"])]
+    for world, extra in SHARDED_LAYOUTS + zero1:
         for drop in ([], ["--samples", str(2 * world), "--minibatches", "2", "--sorted",
                           "--capacity", "0.75"]):
             args = learn + drop
