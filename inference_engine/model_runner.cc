@@ -519,7 +519,7 @@ void ModelRunner::TrackWeights() {
       TORCH_CHECK(w.is_contiguous(), "engine: expert weights must be contiguous");
       return reinterpret_cast<int64_t>(w.data_ptr());
     };
-    auto expert = [&](int64_t e) { return block->experts[e]->as<ExpertImpl>(); };
+    auto expert = [&](int64_t e) { return block->expert(e); };
     for (int64_t e = 0; e < block->num_experts; ++e) w13.push_back(address(expert(e)->w1->weight));
     for (int64_t e = 0; e < block->num_experts; ++e) w13.push_back(address(expert(e)->w3->weight));
     for (int64_t e = 0; e < block->num_experts; ++e) w2.push_back(address(expert(e)->w2->weight));

@@ -264,13 +264,25 @@ torch::Tensor ExpertImpl::forward(const torch::Tensor& x) {
   return w2(torch::silu(w1(x)) * w3(x));
 }
 
-SparseMoeImpl::SparseMoeImpl(const ModelConfig& c)
-    : num_experts(c.num_local_experts), top_k(c.num_experts_per_tok) {
+SparseMoeImpl::SparseMoeImpl(const ModelConfig& c, const ShardCoords& shard)
+    : num_experts(c.num_local_experts), top_k(c.num_experts_per_tok), shard(shard) {
+  const absl::Status fits = shard.CheckModel(c);
+  TORCH_CHECK(fits.ok(), "SparseMoe: shard ", shard.ToString(), ": ", fits.message());
   gate = register_module("gate", MakeLinear(c.hidden_size, num_experts));
-  for (int64_t e = 0; e < num_experts; ++e) {
-    experts->push_back(Expert(c.hidden_size, c.intermediate_size));
+  const ExpertRange held = LocalExperts(c, shard);
+  first_held = held.first;
+  num_held = held.count;
+  for (int64_t e = first_held; e < first_held + num_held; ++e) {
+    experts->update({{std::to_string(e), Expert(c.hidden_size, c.intermediate_size / shard.expert_tp).ptr()}});
   }
   register_module("experts", experts);
+}
+
+ExpertImpl* SparseMoeImpl::expert(int64_t e) {
+  TORCH_CHECK(e >= first_held && e < first_held + num_held, "SparseMoe: expert ", e,
+              " is not held by this rank (", shard.ToString(), " holds experts [", first_held,
+              ", ", first_held + num_held, "))");
+  return &experts->at<ExpertImpl>(std::to_string(e));
 }
 
 // Below this many token-expert assignments the MoE runs densely (see ForwardRouted).
@@ -320,6 +332,8 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
 
 torch::Tensor SparseMoeImpl::ForwardRouted(const torch::Tensor& x, const torch::Tensor& top_w,
                                            const torch::Tensor& top_i, const torch::Tensor& keep) {
+  TORCH_CHECK(holds_all_experts(), "SparseMoe: a block sharded as ", shard.ToString(),
+              " runs only expert-parallel (ForwardOptions::expert_parallel)");
   const int64_t T = x.size(0);
   // Dropped assignments weigh zero.
   auto kept_w = keep.defined() ? top_w * keep.to(top_w.scalar_type()) : top_w;
@@ -331,7 +345,7 @@ torch::Tensor SparseMoeImpl::ForwardRouted(const torch::Tensor& x, const torch::
     auto combine = torch::zeros({T, num_experts}, kept_w.options()).scatter(1, top_i, kept_w);
     auto acc = torch::zeros({T, x.size(1)}, x.options().dtype(torch::kFloat32));
     for (int64_t e = 0; e < num_experts; ++e) {
-      acc.addcmul_(experts[e]->as<ExpertImpl>()->forward(x), combine.select(1, e).unsqueeze(1));
+      acc.addcmul_(expert(e)->forward(x), combine.select(1, e).unsqueeze(1));
     }
     return acc.to(x.scalar_type());
   }
@@ -379,7 +393,7 @@ torch::Tensor SparseMoeImpl::ForwardRouted(const torch::Tensor& x, const torch::
     auto slices = rows.split_with_sizes(lens);
     std::vector<torch::Tensor> outs;
     for (int64_t e = 0; e < num_experts; ++e) {
-      if (n_acc[e] > 0) outs.push_back(experts[e]->as<ExpertImpl>()->forward(slices[e]));
+      if (n_acc[e] > 0) outs.push_back(expert(e)->forward(slices[e]));
     }
     computed = torch::cat(outs);
   }
@@ -394,7 +408,7 @@ torch::Tensor SparseMoeImpl::ForwardRouted(const torch::Tensor& x, const torch::
 }
 
 bool SparseMoeImpl::GroupedExpertsSupported(const torch::Tensor& x) {
-  const auto& w = experts[0]->as<ExpertImpl>()->w1->weight;
+  const auto& w = expert(first_held)->w1->weight;
   // The grouped GEMM's operands need 16-byte rows.
   return TrainKernelsSupported(x) && w.scalar_type() == torch::kBFloat16 && x.size(1) % 8 == 0 &&
          w.size(0) % 8 == 0;
@@ -409,10 +423,10 @@ torch::Tensor SparseMoeImpl::GroupedExperts(const torch::Tensor& rows, const std
   int64_t end = 0;
   for (int64_t e = 0; e < num_experts; ++e) {
     if (lens[e] == 0) continue;
-    auto* expert = experts[e]->as<ExpertImpl>();
-    w1.push_back(expert->w1->weight);
-    w2.push_back(expert->w2->weight);
-    w3.push_back(expert->w3->weight);
+    auto* ex = expert(e);
+    w1.push_back(ex->w1->weight);
+    w2.push_back(ex->w2->weight);
+    w3.push_back(ex->w3->weight);
     end += lens[e];
     ends.push_back(static_cast<int32_t>(end));
   }
@@ -425,10 +439,17 @@ torch::Tensor SparseMoeImpl::GroupedExperts(const torch::Tensor& rows, const std
 
 std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
     const torch::Tensor& x, double capacity_factor, ExpertParallelComm& comm) {
-  const int64_t T = x.size(0), P = comm.ep_size();
+  const int64_t T = x.size(0), P = comm.ep_size(), Q = comm.expert_tp_size();
   TORCH_CHECK(num_experts % P == 0, "expert parallel: expert_parallel ", P,
               " does not divide num_local_experts ", num_experts);
   const int64_t per_rank = num_experts / P, first = comm.ep_rank() * per_rank;
+  // Either every expert whole (replicated experts, no expert-TP) or the comm's shard.
+  const bool replicated = holds_all_experts() && Q == 1;
+  TORCH_CHECK(replicated || (shard.ep == P && shard.ep_rank == comm.ep_rank() &&
+                             shard.expert_tp == Q && shard.expert_tp_rank == comm.expert_tp_rank()),
+              "expert parallel: the MoE block holds the experts of ", shard.ToString(),
+              ", the comm is EP rank ", comm.ep_rank(), " of ", P, ", expert-TP rank ",
+              comm.expert_tp_rank(), " of ", Q);
   auto [probs, top_w, top_i] = Route(x);
   auto assigned = top_i.reshape(-1);  // assignment a = token a / top_k, slot a % top_k
   auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
@@ -438,8 +459,9 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
   auto local = torch::zeros({num_experts + 1}, i64);
   local.narrow(0, 0, num_experts).index_add_(0, assigned, torch::ones_like(assigned));
   local.narrow(0, num_experts, 1).fill_(T);
+  const torch::Tensor counts = comm.AllGather(local);
   const ExpertDispatchPlan plan =
-      PlanExpertDispatch(comm.AllGather(local), top_k, capacity_factor, comm.rank(), P);
+      PlanExpertDispatch(counts, top_k, capacity_factor, comm.rank(), comm.EpGroupOf(comm.rank()));
 
   // This rank's part of E * sum_e f_e * P_e over all ranks' tokens: f_e is known whole
   // (counts carry no gradient) and P_e is a sum over ranks, so the parts add up to it and
@@ -474,35 +496,64 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
   auto send_tokens = send_ids.div(top_k, "floor");
   auto received = ExpertAllToAll(x.index_select(0, send_tokens), plan.send, plan.recv, comm);
 
-  // Received rows are grouped by sender, then expert; each expert runs once on its rows.
+  // Under expert-TP the members of this rank's expert-TP group hold blocks of the same
+  // experts: each runs its block on the rows all of them received (an all-gather, member
+  // order) and the partial outputs are summed back to the member that received each row.
+  std::vector<ExpertDispatchPlan> members;
+  std::vector<int64_t> member_rows;
+  torch::Tensor rows = received;
+  if (Q == 1) {
+    members.push_back(plan);
+  } else {
+    for (int64_t m : comm.ExpertTpGroup()) {
+      members.push_back(m == comm.rank() ? plan
+                                         : PlanExpertDispatch(counts, top_k, capacity_factor, m,
+                                                              comm.EpGroupOf(m)));
+      int64_t n = 0;
+      for (int64_t r : members.back().recv) n += r;
+      member_rows.push_back(n);
+    }
+    rows = ExpertTpAllGather(received, member_rows, comm);
+  }
+  // Rows are grouped by member, sender, then expert; each expert runs once on its rows.
   std::vector<int64_t> sizes(per_rank, 0), by_expert;
-  std::vector<int64_t> start(P, 0);
-  for (int64_t q = 1; q < P; ++q) start[q] = start[q - 1] + plan.recv[q - 1];
-  for (int64_t j = 0; j < per_rank; ++j) {
+  std::vector<std::vector<int64_t>> start(members.size(), std::vector<int64_t>(P, 0));
+  int64_t offset = 0;
+  for (size_t m = 0; m < members.size(); ++m) {
     for (int64_t q = 0; q < P; ++q) {
-      sizes[j] += plan.recv_by_expert[q][j];
-      if (per_rank == 1) continue;
-      int64_t offset = start[q];
-      for (int64_t i = 0; i < j; ++i) offset += plan.recv_by_expert[q][i];
-      for (int64_t r = 0; r < plan.recv_by_expert[q][j]; ++r) by_expert.push_back(offset + r);
+      start[m][q] = offset;
+      offset += members[m].recv[q];
     }
   }
-  torch::Tensor perm, grouped = received;
+  for (int64_t j = 0; j < per_rank; ++j) {
+    for (size_t m = 0; m < members.size(); ++m) {
+      for (int64_t q = 0; q < P; ++q) {
+        const auto& by = members[m].recv_by_expert[q];
+        sizes[j] += by[j];
+        if (per_rank == 1) continue;
+        int64_t at = start[m][q];
+        for (int64_t i = 0; i < j; ++i) at += by[i];
+        for (int64_t r = 0; r < by[j]; ++r) by_expert.push_back(at + r);
+      }
+    }
+  }
+  torch::Tensor perm, grouped = rows;
   if (per_rank > 1) {
     perm = torch::tensor(by_expert, torch::TensorOptions().dtype(torch::kInt64)).to(x.device());
-    grouped = received.index_select(0, perm);
+    grouped = rows.index_select(0, perm);
   }
   std::vector<torch::Tensor> outs;
   auto slices = grouped.split_with_sizes(sizes);
   for (int64_t j = 0; j < per_rank; ++j) {
     // Also with no rows: the expert's weights get a (zero) gradient and the graph stays
     // connected from the return all-to-all back to the dispatch.
-    outs.push_back(experts[first + j]->as<ExpertImpl>()->forward(slices[j]));
+    outs.push_back(expert(first + j)->forward(slices[j]));
   }
   auto computed = torch::cat(outs);
   if (per_rank > 1) {
     computed = torch::zeros_like(computed).index_copy(0, perm, computed);
   }
+  if (Q > 1) computed = ExpertTpReduceScatter(computed, member_rows, comm);
   auto returned = ExpertAllToAll(computed, plan.recv, plan.send, comm);
   auto w = top_w.reshape(-1).index_select(0, send_ids).unsqueeze(-1);
   auto out = torch::zeros_like(x).index_add(0, send_tokens,
@@ -510,7 +561,8 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
   return {out, aux};
 }
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) : postnorm(c.postnorm) {
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer, const ShardCoords& shard)
+    : postnorm(c.postnorm) {
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
@@ -523,7 +575,7 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) : postno
     attn_alpha = c.full_attn_alpha;
     attn_beta = c.full_attn_beta;
   }
-  block_sparse_moe = register_module("block_sparse_moe", SparseMoe(c));
+  block_sparse_moe = register_module("block_sparse_moe", SparseMoe(c, shard));
   mlp_alpha = c.mlp_alpha;
   mlp_beta = c.mlp_beta;
 }
@@ -560,16 +612,17 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::ForwardWith(const torc
   return {MixResidual(postnorm ? n2 : h, mlp_alpha, mlp, mlp_beta), aux};
 }
 
-MiniMaxModelImpl::MiniMaxModelImpl(const ModelConfig& c) {
+MiniMaxModelImpl::MiniMaxModelImpl(const ModelConfig& c, const ShardCoords& shard) {
   embed_tokens = register_module(
       "embed_tokens", torch::nn::Embedding(torch::nn::EmbeddingOptions(c.vocab_size, c.hidden_size)));
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, i));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, i, shard));
   register_module("layers", layers);
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
 }
 
-MiniMaxForCausalLMImpl::MiniMaxForCausalLMImpl(const ModelConfig& config) : config_(config) {
-  model = register_module("model", MiniMaxModel(config));
+MiniMaxForCausalLMImpl::MiniMaxForCausalLMImpl(const ModelConfig& config, const ShardCoords& shard)
+    : config_(config), shard_(shard) {
+  model = register_module("model", MiniMaxModel(config, shard));
   lm_head = register_module("lm_head", MakeLinear(config.hidden_size, config.vocab_size));
   if (config.tie_word_embeddings) lm_head->weight = model->embed_tokens->weight;
 }

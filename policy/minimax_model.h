@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "policy/model_config.h"
+#include "policy/shard_spec.h"
 
 namespace lightrl {
 
@@ -88,6 +89,8 @@ class SoftmaxAttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(SoftmaxAttention);
 
+// One expert's FFN, or under expert-TP its block of `ffn` columns of the FFN width (w1 /
+// w3 rows, w2 columns): the blocks' outputs sum to the whole expert's.
 class ExpertImpl : public torch::nn::Module {
  public:
   ExpertImpl(int64_t hidden, int64_t ffn);
@@ -96,9 +99,14 @@ class ExpertImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Expert);
 
+// The MoE block. With `shard` (policy/shard_spec.h) it holds only the experts of its EP
+// rank (LocalExperts), each as its expert-TP block of the FFN width; the router is whole.
+// The experts keep their global indices as module names (experts.E.w1.weight), so
+// parameter names are the checkpoint's on every rank. Only ForwardExpertParallel runs a
+// sharded block; the single-process paths need every expert whole.
 class SparseMoeImpl : public torch::nn::Module {
  public:
-  explicit SparseMoeImpl(const ModelConfig& config);
+  SparseMoeImpl(const ModelConfig& config, const ShardCoords& shard);
   // Returns (output, aux loss).
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x, double capacity_factor);
   // Whether the sparse path runs its experts as grouped GEMMs (CUDA bf16 with the kernels),
@@ -110,7 +118,9 @@ class SparseMoeImpl : public torch::nn::Module {
   // output and its part of the aux loss (the parts of all ranks sum to the aux loss of one
   // forward over every rank's tokens, laid end to end in rank order, and so does the
   // capacity rule). This rank's experts run, on an empty batch when no token came, so that
-  // every rank's backward reaches every collective.
+  // every rank's backward reaches every collective. Under expert-TP the members of an
+  // expert-TP group run their blocks of the same experts on the union of the tokens they
+  // received and sum the partial outputs. The block's shard must be the comm's layout.
   std::pair<torch::Tensor, torch::Tensor> ForwardExpertParallel(const torch::Tensor& x,
                                                                 double capacity_factor,
                                                                 ExpertParallelComm& comm);
@@ -127,15 +137,23 @@ class SparseMoeImpl : public torch::nn::Module {
                               const torch::Tensor& top_i, const torch::Tensor& keep = {});
   // The routing matrix [T, E] FP32: token t's weight for expert e, zero off its top-k.
   torch::Tensor CombineWeights(const torch::Tensor& x);
+  // Expert `e` (global index); it must be one this block holds whole, or under EP its
+  // block of (ForwardExpertParallel).
+  ExpertImpl* expert(int64_t e);
+  // Whether every expert is here whole (the single-process paths need that).
+  bool holds_all_experts() const { return num_held == num_experts && shard.expert_tp == 1; }
+
   torch::nn::Linear gate{nullptr};
-  torch::nn::ModuleList experts;
+  torch::nn::ModuleDict experts;  // keyed by the global expert index
   int64_t num_experts, top_k;
+  int64_t first_held, num_held;  // the held experts: [first_held, first_held + num_held)
+  ShardCoords shard;
 };
 TORCH_MODULE(SparseMoe);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(const ModelConfig& config, int64_t layer);
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer, const ShardCoords& shard);
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x,
                                                   const PackedLayout& layout,
                                                   const ForwardOptions& options);
@@ -159,7 +177,7 @@ TORCH_MODULE(DecoderLayer);
 
 class MiniMaxModelImpl : public torch::nn::Module {
  public:
-  explicit MiniMaxModelImpl(const ModelConfig& config);
+  MiniMaxModelImpl(const ModelConfig& config, const ShardCoords& shard);
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers;
   RMSNorm norm{nullptr};
@@ -168,7 +186,8 @@ TORCH_MODULE(MiniMaxModel);
 
 class MiniMaxForCausalLMImpl : public torch::nn::Module {
  public:
-  explicit MiniMaxForCausalLMImpl(const ModelConfig& config);
+  // `shard`: the part of the model this rank holds (policy/shard_spec.h); {} = all of it.
+  explicit MiniMaxForCausalLMImpl(const ModelConfig& config, const ShardCoords& shard = {});
 
   // tokens [T] int64 packed by `layout`.
   ForwardOutput Forward(const torch::Tensor& tokens, const PackedLayout& layout,
@@ -188,11 +207,13 @@ class MiniMaxForCausalLMImpl : public torch::nn::Module {
   void InitRandom(uint64_t seed);
 
   const ModelConfig& config() const { return config_; }
+  const ShardCoords& shard() const { return shard_; }
   MiniMaxModel model{nullptr};
   torch::nn::Linear lm_head{nullptr};
 
  private:
   ModelConfig config_;
+  ShardCoords shard_;
 };
 TORCH_MODULE(MiniMaxForCausalLM);
 

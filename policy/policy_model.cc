@@ -40,7 +40,8 @@ absl::Status PolicyOptions::Validate() const {
 namespace {
 
 absl::StatusOr<std::unique_ptr<PolicyModel::Impl>> MakeImpl(const ModelConfig& config,
-                                                            const PolicyOptions& options) {
+                                                            const PolicyOptions& options,
+                                                            const ShardCoords& shard = {}) {
   RETURN_IF_ERROR(options.Validate());
   auto impl = std::make_unique<PolicyModel::Impl>();
   impl->config = config;
@@ -55,7 +56,7 @@ absl::StatusOr<std::unique_ptr<PolicyModel::Impl>> MakeImpl(const ModelConfig& c
     impl->dtype = options.dtype == "bfloat16"  ? torch::kBFloat16
                   : options.dtype == "float16" ? torch::kFloat16
                                                : torch::kFloat32;
-    impl->module = MiniMaxForCausalLM(config);
+    impl->module = MiniMaxForCausalLM(config, shard);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("building the model: ", e.what_without_backtrace()));
   }
@@ -121,6 +122,49 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Create(const ModelConf
 
 const ModelConfig& PolicyModel::config() const { return impl_->config; }
 const PolicyOptions& PolicyModel::options() const { return impl_->options; }
+const ShardCoords& PolicyModel::shard() const { return impl_->module->shard(); }
+
+absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::CreateShard(const ModelConfig& config,
+                                                                      uint64_t seed,
+                                                                      const ShardCoords& shard,
+                                                                      const PolicyOptions& options) {
+  RETURN_IF_ERROR(config.Validate());
+  RETURN_IF_ERROR(shard.CheckModel(config));
+  if (shard.tp != 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "shard ", shard.ToString(), ": the model shards only its experts (tp must be 1)"));
+  }
+  ASSIGN_OR_RETURN(auto whole, MakeImpl(config, PolicyOptions{}));
+  whole->module->InitRandom(seed);
+  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
+  try {
+    torch::NoGradGuard no_grad;
+    auto full = whole->module->named_parameters();
+    for (auto& p : impl->module->named_parameters()) {
+      ASSIGN_OR_RETURN(TensorShard block, ShardOf(p.key(), config, shard));
+      torch::Tensor t = full[p.key()];
+      if (!block.whole()) t = t.narrow(block.dim, block.begin(t.size(block.dim)), block.length(t.size(block.dim)));
+      p.value().copy_(t);
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("slicing the model for ", shard.ToString(), ": ",
+                                            e.what_without_backtrace()));
+  }
+  Place(*impl);
+  return std::unique_ptr<PolicyModel>(new PolicyModel(std::move(impl)));
+}
+
+namespace {
+
+// Checkpoints and weight sync carry whole tensors; a sharded model's would be partial.
+absl::Status RequireWhole(const ShardCoords& shard, const char* what) {
+  if (shard == ShardCoords{}) return absl::OkStatus();
+  return absl::UnimplementedError(absl::StrCat(
+      what, ": this model holds only its shard (", shard.ToString(),
+      "); sharded checkpoints and weight sync are not supported yet"));
+}
+
+}  // namespace
 MiniMaxForCausalLM& PolicyModel::module() { return impl_->module; }
 
 absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int64_t vocab_size,
@@ -184,6 +228,7 @@ absl::StatusOr<std::vector<std::vector<float>>> PolicyModel::TokenLogprobs(
 }
 
 absl::Status PolicyModel::Save(const std::string& dir, DType dtype) const {
+  RETURN_IF_ERROR(RequireWhole(shard(), "saving a checkpoint"));
   try {
     return SaveCheckpoint(impl_->module, dir, dtype);
   } catch (const c10::Error& e) {
@@ -213,6 +258,7 @@ absl::Status CheckSyncDType(DType dtype) {
 }  // namespace
 
 absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportWeights(DType dtype) const {
+  RETURN_IF_ERROR(RequireWhole(shard(), "exporting weights"));
   RETURN_IF_ERROR(CheckSyncDType(dtype));
   std::vector<WeightTensor> out;
   try {
@@ -238,6 +284,7 @@ std::vector<PolicyModel::WeightSpec> PolicyModel::WeightSpecs() const {
 }
 
 absl::StatusOr<std::vector<PolicyModel::ParameterBuffer>> PolicyModel::ParameterBuffers() {
+  RETURN_IF_ERROR(RequireWhole(shard(), "weight sync buffers"));
   std::vector<ParameterBuffer> out;
   for (auto& [name, t] : SyncedParameters(impl_->module)) {
     if (!t.is_contiguous()) {
@@ -254,6 +301,7 @@ int PolicyModel::device_index() const {
 }
 
 absl::Status PolicyModel::ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors) {
+  RETURN_IF_ERROR(RequireWhole(shard(), "importing weights"));
   RETURN_IF_ERROR(CheckSyncDType(dtype));
   auto named = SyncedParameters(impl_->module);
   std::map<std::string, const WeightTensor*> by_name;

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
 #include "policy/model_config.h"
+#include "policy/shard_spec.h"
 
 namespace lightrl {
 
@@ -31,10 +32,21 @@ class PolicyModel {
   static absl::StatusOr<std::unique_ptr<PolicyModel>> Create(const ModelConfig& config,
                                                              uint64_t seed,
                                                              const PolicyOptions& options = {});
+  // The part at `shard` (policy/shard_spec.h) of the model Create(config, seed) makes:
+  // every tensor that rank's ShardOf block of it, so that the ranks of a layout together
+  // hold exactly that model. Today only the experts are sharded (the rest needs
+  // shard.tp 1). A sharded model runs only under its learner's collectives; Save and the
+  // weight-sync calls refuse it.
+  static absl::StatusOr<std::unique_ptr<PolicyModel>> CreateShard(const ModelConfig& config,
+                                                                  uint64_t seed,
+                                                                  const ShardCoords& shard,
+                                                                  const PolicyOptions& options = {});
   ~PolicyModel();
 
   const ModelConfig& config() const;
   const PolicyOptions& options() const;
+  // The part of the model this one holds; {} = all of it.
+  const ShardCoords& shard() const;
 
   // For each sequence, log p(token t | tokens before t) in FP32 for t >= 1; entry 0 is NaN
   // (nothing precedes it). Sequences are packed up to `max_batch_tokens` per forward.

@@ -2,29 +2,68 @@
 
 #include <numeric>
 
+#include "rl/parallel_layout.h"
+
 namespace lightrl {
+namespace {
+
+// The expert groups of `rank`: only ep and expert_tp matter to them.
+LayoutGroups ExpertGroups(int64_t rank, int64_t world, int64_t ep_size, int64_t expert_tp) {
+  ParallelLayout layout;
+  layout.ep = ep_size;
+  layout.expert_tp = expert_tp;
+  auto groups = GroupsOf(layout, world, rank);
+  TORCH_CHECK(groups.ok(), "expert parallel ", ep_size, " x expert-TP ", expert_tp, ": ",
+              groups.status().message());
+  return *std::move(groups);
+}
+
+torch::Tensor RunAllToAll(c10d::Backend& backend, int64_t size, const torch::Tensor& input,
+                          const std::vector<int64_t>& send, const std::vector<int64_t>& recv,
+                          const char* what) {
+  TORCH_CHECK(static_cast<int64_t>(send.size()) == size && static_cast<int64_t>(recv.size()) == size,
+              what, " all-to-all: ", send.size(), " send and ", recv.size(),
+              " receive sizes for a group of ", size);
+  auto in = input.contiguous();
+  std::vector<int64_t> out_shape = in.sizes().vec();
+  out_shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t{0});
+  auto out = torch::empty(out_shape, in.options());
+  std::vector<int64_t> send_sizes = send, recv_sizes = recv;
+  backend.alltoall_base(out, in, recv_sizes, send_sizes)->wait();
+  return out;
+}
+
+}  // namespace
 
 std::vector<int64_t> ProcessGroupExpertComm::EpGroupRanks(int64_t rank, int64_t world,
-                                                          int64_t ep_size) {
-  TORCH_CHECK(ep_size >= 1 && world % ep_size == 0, "expert_parallel ", ep_size,
-              " does not divide the world size ", world);
-  std::vector<int64_t> ranks(ep_size);
-  std::iota(ranks.begin(), ranks.end(), rank - rank % ep_size);
-  return ranks;
+                                                          int64_t ep_size, int64_t expert_tp) {
+  return ExpertGroups(rank, world, ep_size, expert_tp).ep;
 }
 
 std::vector<int64_t> ProcessGroupExpertComm::ReplicaRanks(int64_t rank, int64_t world,
-                                                          int64_t ep_size) {
-  TORCH_CHECK(ep_size >= 1 && world % ep_size == 0, "expert_parallel ", ep_size,
-              " does not divide the world size ", world);
-  std::vector<int64_t> ranks;
-  for (int64_t r = rank % ep_size; r < world; r += ep_size) ranks.push_back(r);
-  return ranks;
+                                                          int64_t ep_size, int64_t expert_tp) {
+  return ExpertGroups(rank, world, ep_size, expert_tp).expert_dp;
 }
 
-ProcessGroupExpertComm::ProcessGroupExpertComm(ProcessGroup* group, int64_t ep_size)
-    : group_(group), ep_size_(ep_size) {
-  ep_ = group->impl().Subgroup(EpGroupRanks(group->rank(), group->world_size(), ep_size));
+ProcessGroupExpertComm::ProcessGroupExpertComm(ProcessGroup* group, int64_t ep_size,
+                                               int64_t expert_tp)
+    : group_(group), ep_size_(ep_size), expert_tp_(expert_tp) {
+  const LayoutGroups g = ExpertGroups(group->rank(), group->world_size(), ep_size, expert_tp);
+  // EP first, then expert-TP, on every rank (ProcessGroup::JoinLayoutGroups' order).
+  ep_ = group->impl().Subgroup(g.ep);
+  if (expert_tp > 1) expert_tp_group_ = group->impl().Subgroup(g.expert_tp);
+}
+
+int64_t ProcessGroupExpertComm::ep_rank() const { return (rank() % (ep_size_ * expert_tp_)) / expert_tp_; }
+
+std::vector<int64_t> ProcessGroupExpertComm::EpGroupOf(int64_t r) const {
+  return EpGroupRanks(r, world_size(), ep_size_, expert_tp_);
+}
+
+std::vector<int64_t> ProcessGroupExpertComm::ExpertTpGroup() const {
+  std::vector<int64_t> ranks(expert_tp_);
+  std::iota(ranks.begin(), ranks.end(), rank() - rank() % expert_tp_);
+  return ranks;
 }
 
 torch::Tensor ProcessGroupExpertComm::AllGather(const torch::Tensor& local) {
@@ -39,17 +78,14 @@ torch::Tensor ProcessGroupExpertComm::AllGather(const torch::Tensor& local) {
 torch::Tensor ProcessGroupExpertComm::AllToAll(const torch::Tensor& input,
                                                const std::vector<int64_t>& send,
                                                const std::vector<int64_t>& recv) {
-  TORCH_CHECK(static_cast<int64_t>(send.size()) == ep_size_ &&
-                  static_cast<int64_t>(recv.size()) == ep_size_,
-              "expert all-to-all: ", send.size(), " send and ", recv.size(),
-              " receive sizes for an EP group of ", ep_size_);
-  auto in = input.contiguous();
-  std::vector<int64_t> out_shape = in.sizes().vec();
-  out_shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t{0});
-  auto out = torch::empty(out_shape, in.options());
-  std::vector<int64_t> send_sizes = send, recv_sizes = recv;
-  ep_->alltoall_base(out, in, recv_sizes, send_sizes)->wait();
-  return out;
+  return RunAllToAll(*ep_, ep_size_, input, send, recv, "expert");
+}
+
+torch::Tensor ProcessGroupExpertComm::ExpertTpAllToAll(const torch::Tensor& input,
+                                                       const std::vector<int64_t>& send,
+                                                       const std::vector<int64_t>& recv) {
+  TORCH_CHECK(expert_tp_group_, "expert-TP all-to-all without an expert-TP group");
+  return RunAllToAll(*expert_tp_group_, expert_tp_, input, send, recv, "expert-TP");
 }
 
 }  // namespace lightrl

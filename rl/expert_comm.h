@@ -1,7 +1,8 @@
 // The expert-parallel collectives of policy/expert_parallel.h over a learner's process
-// group: routing counts gathered over all ranks, token all-to-alls within the EP group
-// (ep_size consecutive ranks). Torch-side, for the learner and its tests; it owns no
-// process group, only the sub-group handle it asked the group for.
+// group: routing counts gathered over all ranks, token all-to-alls within the EP group and,
+// under expert-TP, within the expert-TP group (the groups of rl/parallel_layout.h's
+// GroupsOf). Torch-side, for the learner and its tests; it owns no process group, only
+// the sub-group handles it asked the group for.
 #pragma once
 
 #include "policy/expert_parallel.h"
@@ -11,27 +12,38 @@ namespace lightrl {
 
 class ProcessGroupExpertComm final : public ExpertParallelComm {
  public:
-  // Joins this rank's EP group (a collective of its members: every rank of `group`
-  // creates its comm at the same point). `ep_size` must divide the world size.
-  ProcessGroupExpertComm(ProcessGroup* group, int64_t ep_size);
+  // Joins this rank's EP group and, with expert_tp > 1, its expert-TP group (a collective
+  // of their members: every rank of `group` creates its comm at the same point).
+  // ep x expert_tp must divide the world size.
+  ProcessGroupExpertComm(ProcessGroup* group, int64_t ep_size, int64_t expert_tp = 1);
 
   int64_t rank() const override { return group_->rank(); }
   int64_t world_size() const override { return group_->world_size(); }
   int64_t ep_size() const override { return ep_size_; }
+  int64_t ep_rank() const override;
+  std::vector<int64_t> EpGroupOf(int64_t rank) const override;
+  int64_t expert_tp_size() const override { return expert_tp_; }
+  int64_t expert_tp_rank() const override { return rank() % expert_tp_; }
+  std::vector<int64_t> ExpertTpGroup() const override;
   torch::Tensor AllGather(const torch::Tensor& local) override;
   torch::Tensor AllToAll(const torch::Tensor& input, const std::vector<int64_t>& send,
                          const std::vector<int64_t>& recv) override;
+  torch::Tensor ExpertTpAllToAll(const torch::Tensor& input, const std::vector<int64_t>& send,
+                                 const std::vector<int64_t>& recv) override;
 
-  // The ranks of this rank's EP group, and of the ranks that hold the same experts.
-  static std::vector<int64_t> EpGroupRanks(int64_t rank, int64_t world, int64_t ep_size);
-  static std::vector<int64_t> ReplicaRanks(int64_t rank, int64_t world, int64_t ep_size);
+  // The ranks of `rank`'s EP group, and of the ranks that hold the same expert shard (its
+  // expert-DP group), as GroupsOf gives them.
+  static std::vector<int64_t> EpGroupRanks(int64_t rank, int64_t world, int64_t ep_size,
+                                           int64_t expert_tp = 1);
+  static std::vector<int64_t> ReplicaRanks(int64_t rank, int64_t world, int64_t ep_size,
+                                           int64_t expert_tp = 1);
 
   c10d::Backend& ep_backend() { return *ep_; }
 
  private:
   ProcessGroup* group_;
-  int64_t ep_size_;
-  c10::intrusive_ptr<c10d::Backend> ep_;
+  int64_t ep_size_, expert_tp_;
+  c10::intrusive_ptr<c10d::Backend> ep_, expert_tp_group_;
 };
 
 }  // namespace lightrl

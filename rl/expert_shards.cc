@@ -46,25 +46,50 @@ absl::StatusOr<ExpertShardPlan> ExpertShardPlan::Make(const std::vector<std::str
 }
 
 absl::StatusOr<std::unique_ptr<ExpertShards>> ExpertShards::Create(
-    ProcessGroup* group, int64_t ep, int64_t num_experts, const std::vector<std::string>& names,
-    MasterWeights* masters, const OptimizerOptions& options, const torch::Device& device) {
-  std::vector<int64_t> numels;
-  for (const auto& p : masters->params()) numels.push_back(p.numel());
+    ProcessGroup* group, int64_t ep, int64_t expert_tp, bool sharded, int64_t num_experts,
+    const std::vector<std::string>& names, MasterWeights* masters,
+    const OptimizerOptions& options, const torch::Device& device) {
+  if (!sharded && expert_tp != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expert_tp ", expert_tp, " needs a model that holds only its experts' FFN blocks "
+        "(a sharded model: PolicyModel::CreateShard)"));
+  }
   std::unique_ptr<ExpertShards> s(new ExpertShards());
-  ASSIGN_OR_RETURN(s->plan_, ExpertShardPlan::Make(names, numels, num_experts, ep));
   s->group_ = group;
   s->ep_ = ep;
-  s->shard_ = group->rank() % ep;
-  s->comm_ = std::make_unique<ProcessGroupExpertComm>(group, ep);
-  const auto replica_ranks = ProcessGroupExpertComm::ReplicaRanks(group->rank(), group->world_size(), ep);
+  s->expert_tp_ = expert_tp;
+  s->sharded_ = sharded;
+  s->names_ = names;
+  const int64_t block = ep * expert_tp;
+  s->shard_ = group->rank() % block;
+  s->comm_ = std::make_unique<ProcessGroupExpertComm>(group, ep, expert_tp);
+  const auto replica_ranks =
+      ProcessGroupExpertComm::ReplicaRanks(group->rank(), group->world_size(), ep, expert_tp);
   if (replica_ranks.size() > 1) s->replicas_ = group->impl().Subgroup(replica_ranks);
-  s->flat_ = torch::zeros({ep * s->plan_.shard_numel},
+  if (sharded) {
+    // Every expert parameter here is this rank's.
+    s->replicated_.assign(names.size(), 1);
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (ExpertOf(names[i]) < 0) continue;
+      s->replicated_[i] = 0;
+      s->local_.push_back(i);
+      s->local_numel_ += masters->param(i).numel();
+    }
+  } else {
+    std::vector<int64_t> numels;
+    for (const auto& p : masters->params()) numels.push_back(p.numel());
+    ASSIGN_OR_RETURN(s->plan_, ExpertShardPlan::Make(names, numels, num_experts, ep));
+    s->replicated_ = s->plan_.replicated;
+    s->local_ = s->plan_.shard_params[s->shard_];
+    s->local_numel_ = s->plan_.shard_numel;
+  }
+  s->flat_ = torch::zeros({sharded ? s->local_numel_ : ep * s->plan_.shard_numel},
                           torch::TensorOptions().dtype(torch::kFloat32).device(device));
   std::vector<char> mine(masters->size(), 0);
-  for (size_t i : s->local()) mine[i] = 1;
+  for (size_t i : s->local_) mine[i] = 1;
   std::vector<torch::Tensor> updated;
   for (size_t i = 0; i < masters->size(); ++i) {
-    if (!s->plan_.replicated[i] && !mine[i]) masters->Drop(i);
+    if (!s->replicated_[i] && !mine[i]) masters->Drop(i);
     if (mine[i]) updated.push_back(masters->Updated(i));
   }
   s->optimizer_ = MakeTorchAdamW(std::move(updated), options);
@@ -86,7 +111,7 @@ void ExpertShards::LaunchGradReduce(MasterWeights& masters) {
     offset += n;
   }
   if (replicas_) {
-    std::vector<at::Tensor> t{flat_.narrow(0, 0, plan_.shard_numel)};
+    std::vector<at::Tensor> t{flat_.narrow(0, 0, local_numel_)};
     grad_work_ = replicas_->allreduce(t);
   }
 }
@@ -113,9 +138,10 @@ void ExpertShards::ReleaseGrads(MasterWeights& masters) {
 }
 
 double ExpertShards::SquaredNorm() {
-  std::vector<double> per_shard(ep_, 0.0);
+  // One copy of each shard counts (its expert-DP copies hold the same reduced gradient).
+  std::vector<double> per_shard(ep_ * expert_tp_, 0.0);
   if (writes_state()) {
-    per_shard[shard_] = flat_.narrow(0, 0, plan_.shard_numel).to(torch::kFloat64).pow(2).sum().item<double>();
+    per_shard[shard_] = flat_.narrow(0, 0, local_numel_).to(torch::kFloat64).pow(2).sum().item<double>();
   }
   auto status = group_->AllReduce(&per_shard, ReduceOp::kSum);
   TORCH_CHECK(status.ok(), status.message());
@@ -125,7 +151,7 @@ double ExpertShards::SquaredNorm() {
 }
 
 void ExpertShards::ScaleGrads(double factor) {
-  if (factor < 1) flat_.narrow(0, 0, plan_.shard_numel).mul_(factor);
+  if (factor < 1) flat_.narrow(0, 0, local_numel_).mul_(factor);
 }
 
 void ExpertShards::Step(double lr, MasterWeights& masters) {
@@ -133,7 +159,7 @@ void ExpertShards::Step(double lr, MasterWeights& masters) {
   optimizer_->step();
   torch::NoGradGuard no_grad;
   for (size_t i : local()) masters.Refresh(i);
-  GatherExperts(masters);
+  if (!sharded_) GatherExperts(masters);
 }
 
 // Every EP group all-gathers its experts, so that all ranks hold the same full weights

@@ -1,7 +1,10 @@
 // Expert-parallel state: which parameters are whose experts, this rank's experts' AdamW and
-// masters, their gradients summed over the ranks holding the same experts, and the gather that
-// levels every rank's expert weights after an update. It does not dispatch tokens
-// (expert_comm.h) nor touch the replicated parameters' reduction or state.
+// masters, and their gradients summed over the ranks holding the same expert shard (the
+// expert-DP group). Two layouts: sharded (the model holds only this rank's experts, under
+// expert-TP their FFN blocks: policy/shard_spec.h), or replicated (every rank holds every
+// expert; the owners update theirs and an all-gather levels all ranks after each step).
+// It does not dispatch tokens (expert_comm.h) nor touch the replicated parameters'
+// reduction or state.
 #pragma once
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -39,21 +42,29 @@ struct ExpertShardPlan {
 
 class ExpertShards {
  public:
-  // A collective of every rank of `group` (not owned): joins this rank's EP group (`ep`
-  // consecutive ranks) and the group of ranks that hold the same experts. Drops the FP32
-  // masters of other shards' experts (their owners update them) and makes the AdamW of this
-  // rank's experts.
+  // A collective of every rank of `group` (not owned): joins this rank's EP group, its
+  // expert-TP group and the group of ranks that hold the same expert shard (GroupsOf of
+  // ep x expert_tp). `sharded`: the model's parameters `names` hold only this rank's
+  // experts (shard {ep, ep_rank, expert_tp, expert_tp_rank}); else every expert whole
+  // (expert_tp must be 1), and the FP32 masters of other shards' experts are dropped
+  // (their owners update them). Makes the AdamW of this rank's experts.
   static absl::StatusOr<std::unique_ptr<ExpertShards>> Create(
-      ProcessGroup* group, int64_t ep, int64_t num_experts, const std::vector<std::string>& names,
-      MasterWeights* masters, const OptimizerOptions& options, const torch::Device& device);
+      ProcessGroup* group, int64_t ep, int64_t expert_tp, bool sharded, int64_t num_experts,
+      const std::vector<std::string>& names, MasterWeights* masters,
+      const OptimizerOptions& options, const torch::Device& device);
 
-  const std::vector<char>& replicated() const { return plan_.replicated; }
+  const std::vector<char>& replicated() const { return replicated_; }
   // This rank's experts' parameters.
-  const std::vector<size_t>& local() const { return plan_.shard_params[shard_]; }
+  const std::vector<size_t>& local() const { return local_; }
   int64_t ep() const { return ep_; }
+  int64_t expert_tp() const { return expert_tp_; }
+  bool sharded() const { return sharded_; }
+  // This rank's expert shard, in [0, ep x expert_tp): EP rank x expert_tp + expert-TP rank.
   int64_t shard() const { return shard_; }
-  // The first EP group (ranks 0..ep-1) writes every shard's state once.
-  bool writes_state() const { return group_->rank() < ep_; }
+  // The model parameter `i`'s name.
+  const std::string& name(size_t i) const { return names_[i]; }
+  // The first ep x expert_tp ranks (one copy of the experts) write every shard's state once.
+  bool writes_state() const { return group_->rank() < ep_ * expert_tp_; }
   ExpertParallelComm* comm() { return comm_.get(); }
   torch::optim::AdamW& optimizer() { return *optimizer_; }
 
@@ -71,8 +82,8 @@ class ExpertShards {
   double SquaredNorm();
   // Scales this rank's expert gradients by `factor` when it is below 1 (clipping).
   void ScaleGrads(double factor);
-  // AdamW on this rank's experts, then the all-gather that brings every rank's weights
-  // level. A collective of the EP group.
+  // AdamW on this rank's experts; with replicated experts then the all-gather that brings
+  // every rank's weights level (a collective of the EP group).
   void Step(double lr, MasterWeights& masters);
 
  private:
@@ -80,12 +91,17 @@ class ExpertShards {
   void GatherExperts(MasterWeights& masters);
 
   ProcessGroup* group_ = nullptr;
-  int64_t ep_ = 1, shard_ = 0;
-  ExpertShardPlan plan_;
+  int64_t ep_ = 1, expert_tp_ = 1, shard_ = 0;
+  bool sharded_ = false;
+  ExpertShardPlan plan_;  // replicated experts: every shard's parameters
+  std::vector<char> replicated_;
+  std::vector<size_t> local_;
+  int64_t local_numel_ = 0;
+  std::vector<std::string> names_;
   std::unique_ptr<ProcessGroupExpertComm> comm_;
   c10::intrusive_ptr<c10d::Backend> replicas_;  // ranks holding this rank's experts; null: none
-  // FP32 [ep * shard_numel]: this rank's expert gradients (first shard_numel), then the
-  // all-gather of the updated experts.
+  // FP32: this rank's expert gradients (first local_numel_); with replicated experts
+  // [ep * shard_numel] for the all-gather of the updated experts.
   torch::Tensor flat_;
   c10::intrusive_ptr<c10d::Work> grad_work_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;

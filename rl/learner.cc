@@ -17,6 +17,7 @@
 #include "rl/learner_stats.h"
 #include "rl/losses.h"
 #include "rl/optimizer_state_io.h"
+#include "rl/parallel_layout.h"
 #include "rl/zero_optimizer.h"
 
 namespace lightrl {
@@ -575,6 +576,36 @@ absl::Status CheckSameWeights(ProcessGroup* group, const std::vector<torch::Tens
   return absl::OkStatus();
 }
 
+// A model that holds only its experts (PolicyModel::CreateShard) fixes the expert layout:
+// its ep must be the learner's expert_parallel, its expert_tp the layout's, and its place
+// this rank's in GroupsOf (EP rank, expert-TP rank). Other model sharding (tp) is not the
+// experts' business.
+absl::Status CheckExpertShard(const ShardCoords& shard, int64_t ep, ProcessGroup* group) {
+  if (shard.ep == 1 && shard.expert_tp == 1) return absl::OkStatus();
+  if (shard.ep != ep) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data_parallel.expert_parallel = ", ep, " but the model holds the experts of ",
+        shard.ToString(), ": the model must be sharded for the learner's ep"));
+  }
+  const int64_t world = group != nullptr ? group->world_size() : 1;
+  const int64_t rank = group != nullptr ? group->rank() : 0;
+  ParallelLayout layout;
+  layout.ep = shard.ep;
+  layout.expert_tp = shard.expert_tp;
+  absl::StatusOr<LayoutGroups> groups = GroupsOf(layout, world, rank);
+  if (!groups.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("the model's experts are sharded as ",
+                                                   shard.ToString(), ": ", groups.status().message()));
+  }
+  if (groups->ep_rank != shard.ep_rank || groups->expert_tp_rank != shard.expert_tp_rank) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "learner rank ", rank, " is EP rank ", groups->ep_rank, ", expert-TP rank ",
+        groups->expert_tp_rank, " of its layout, but its model holds the experts of ",
+        shard.ToString()));
+  }
+  return absl::OkStatus();
+}
+
 // The parts of a data-parallel rank: the expert shards, the gradient reduction over the
 // replicated parameters and (ZeRO-1) their optimizer-state shard; checks that every rank
 // starts from the same weights.
@@ -584,14 +615,26 @@ absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
   m.world = group->world_size();
   const auto names = m.policy->module()->named_parameters().keys();
   const int64_t ep = m.options.data_parallel.expert_parallel;
-  if (ep > 1) {
-    ASSIGN_OR_RETURN(m.experts, ExpertShards::Create(group, ep, m.policy->config().num_local_experts, names,
+  const ShardCoords& shard = m.policy->shard();
+  // Experts held by their ranks alone (tensor parallelism of the rest is not theirs).
+  const bool sharded = shard.ep > 1 || shard.expert_tp > 1;
+  if (ep > 1 || sharded) {
+    ASSIGN_OR_RETURN(m.experts, ExpertShards::Create(group, ep, shard.expert_tp, sharded,
+                                                     m.policy->config().num_local_experts, names,
                                                      m.weights.get(), m.options.optimizer, m.device));
     m.replicated = m.experts->replicated();
   }
   ASSIGN_OR_RETURN(m.reducer, GradientReducer::Create(group->impl().backend, m.world, m.weights->params(),
                                                       m.replicated, names, m.options.data_parallel, m.device));
-  RETURN_IF_ERROR(CheckSameWeights(group, m.weights->params(), names));
+  // Sharded experts differ by rank; the rest must not.
+  std::vector<torch::Tensor> same;
+  std::vector<std::string> same_names;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (!m.replicated[i]) continue;
+    same.push_back(m.weights->param(i));
+    same_names.push_back(names[i]);
+  }
+  RETURN_IF_ERROR(CheckSameWeights(group, sharded ? same : m.weights->params(), sharded ? same_names : names));
   if (m.options.data_parallel.zero1) {
     m.zero = std::make_unique<ZeroOptimizer>(m.reducer.get(), m.weights->params(), group->impl().backend,
                                              m.rank, m.world, m.options.optimizer, m.device);
@@ -630,6 +673,7 @@ absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(PolicyModel* policy,
   auto& module = policy->module();
   impl->device = module->lm_head->weight.device();
   const int64_t ep = options.data_parallel.expert_parallel;
+  RETURN_IF_ERROR(CheckExpertShard(policy->shard(), ep, group));
   if (ep > 1) {
     const int64_t world = group != nullptr ? group->world_size() : 1;
     const int64_t experts = policy->config().num_local_experts;

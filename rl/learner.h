@@ -37,7 +37,12 @@ class Learner {
  public:
   // With a `group` of world size N > 1 (not owned; it outlives the learner), this is one
   // of N ranks: every rank must create its learner on identical weights and then make
-  // the same calls with the same arguments. Each call is then a collective.
+  // the same calls with the same arguments. Each call is then a collective. A policy
+  // built for a shard (PolicyModel::CreateShard) holds only its experts: its shard's ep
+  // must be options.data_parallel.expert_parallel, its expert_tp is the experts' TP
+  // size, and its place must be this rank's in rl/parallel_layout.h's GroupsOf; its
+  // experts' weights, gradients and optimizer state then live on this rank alone
+  // (docs/distributed.md, "Sharded experts").
   static absl::StatusOr<std::unique_ptr<Learner>> Create(PolicyModel* policy,
                                                          const LearnerOptions& options,
                                                          ProcessGroup* group = nullptr);
@@ -60,8 +65,8 @@ class Learner {
   // collectives: without ZeRO-1 rank 0 writes `path` (every rank holds the same state);
   // with ZeRO-1 rank r writes its shard to `path`.rank<r>-of-<N>, and loading needs the
   // same N (an error names both world sizes otherwise). With expert_parallel E, ranks
-  // 0..E-1 also write their experts' state to `path`.experts<r>-of-<E>, and loading needs
-  // the same E. Files are written atomically.
+  // 0..E-1 also write their experts' state to `path`.experts<r>-of-<E> (under expert-TP K
+  // ranks 0..E*K-1, with `.etp<t>-of-<K>` appended), and loading needs the same E and K. Files are written atomically.
   absl::Status SaveState(const std::string& path) const;
   absl::Status LoadState(const std::string& path);
 

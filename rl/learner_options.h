@@ -64,9 +64,11 @@ struct DataParallelOptions {
   // once; rank i of a block computes 1/expert_parallel of each MoE layer's experts for
   // the whole block's tokens (all-to-all) and keeps their optimizer state. The MoE
   // capacity and aux loss are then counted over all ranks' tokens of a forward, and every
-  // rank runs as many forwards as the rank with the most micro-batches. The weights stay
-  // replicated on every rank (docs/distributed.md). Must divide the world size and the
-  // model's num_local_experts; 1 = off.
+  // rank runs as many forwards as the rank with the most micro-batches. With a whole model
+  // the weights stay replicated on every rank; with a model built for its shard
+  // (PolicyModel::CreateShard, which also fixes expert_tp) each rank holds only its
+  // experts (docs/distributed.md). Must divide the world size and the model's
+  // num_local_experts; 1 = off.
   int64_t expert_parallel = 1;
 
   // Its rows, for the tables that embed it.

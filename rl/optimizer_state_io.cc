@@ -14,11 +14,21 @@ std::string ShardPath(const std::string& path, int64_t rank, int64_t world) {
   return absl::StrCat(path, ".rank", rank, "-of-", world);
 }
 
-std::string ExpertStatePath(const std::string& path, int64_t shard, int64_t ep) {
-  return absl::StrCat(path, ".experts", shard, "-of-", ep);
+// `path`.experts<q>-of-<ep> for EP rank q; under expert-TP `.etp<t>-of-<expert_tp>` after it.
+std::string ExpertStatePath(const std::string& path, const ExpertShards& e) {
+  const int64_t t = e.shard() % e.expert_tp(), q = e.shard() / e.expert_tp();
+  std::string file = absl::StrCat(path, ".experts", q, "-of-", e.ep());
+  if (e.expert_tp() > 1) absl::StrAppend(&file, ".etp", t, "-of-", e.expert_tp());
+  return file;
 }
 
 std::string MasterKey(size_t i) { return "lightrl.master." + std::to_string(i); }
+
+// Sharded experts key their masters by name: a sharded model's parameter indices are not
+// the whole model's.
+std::string ExpertMasterKey(const ExpertShards& e, size_t i) {
+  return e.sharded() ? "lightrl.master." + e.name(i) : MasterKey(i);
+}
 
 absl::Status SaveArchive(torch::serialize::OutputArchive& archive, const std::string& path) {
   const std::string tmp = path + ".tmp";
@@ -48,19 +58,21 @@ absl::Status SaveExperts(const std::string& path, const OptimizerStateParts& p) 
   torch::serialize::OutputArchive experts;
   experts.write("lightrl.expert_parallel", torch::tensor(e.ep()));
   experts.write("lightrl.expert_shard", torch::tensor(e.shard()));
+  experts.write("lightrl.expert_tp", torch::tensor(e.expert_tp()));
   e.optimizer().save(experts);
   for (size_t i : e.local()) {
-    if (p.masters->has_masters()) experts.write(MasterKey(i), p.masters->master(i));
+    if (p.masters->has_masters()) experts.write(ExpertMasterKey(e, i), p.masters->master(i));
   }
-  return SaveArchive(experts, ExpertStatePath(path, e.shard(), e.ep()));
+  return SaveArchive(experts, ExpertStatePath(path, e));
 }
 
 absl::Status LoadExperts(const std::string& path, const OptimizerStateParts& p) {
   ExpertShards& e = *p.experts;
-  const std::string file = ExpertStatePath(path, e.shard(), e.ep());
+  const std::string file = ExpertStatePath(path, e);
   if (!FileExists(file)) {
-    return absl::FailedPreconditionError(absl::StrCat(file, " does not exist: this learner runs expert_parallel ",
-                                                      e.ep(), " and needs the state of expert shard ", e.shard()));
+    return absl::FailedPreconditionError(absl::StrCat(
+        file, " does not exist: this learner runs expert_parallel ", e.ep(), " x expert_tp ",
+        e.expert_tp(), " and needs the state of expert shard ", e.shard()));
   }
   torch::serialize::InputArchive experts;
   experts.load_from(file);
@@ -74,7 +86,7 @@ absl::Status LoadExperts(const std::string& path, const OptimizerStateParts& p) 
   for (size_t i : e.local()) {
     if (!p.masters->has_masters()) continue;
     torch::Tensor t;
-    experts.read(MasterKey(i), t);
+    experts.read(ExpertMasterKey(e, i), t);
     p.masters->master(i).copy_(t);
   }
   return absl::OkStatus();

@@ -87,7 +87,7 @@ TEST(ModelTest, TrainingLightningPathGivesSameValuesAndGradients) {
 
 TEST(ModelTest, MoeCapacityDropsOverflowAndKeepsTheRest) {
   ModelConfig c = TinyConfig();
-  SparseMoe moe(c);
+  SparseMoe moe(c, ShardCoords{});
   torch::NoGradGuard no_grad;
   for (auto& p : moe->parameters()) p.normal_(0, 0.3);
   auto x = torch::randn({40, c.hidden_size});
@@ -104,7 +104,7 @@ TEST(ModelTest, MoeCapacityDropsOverflowAndKeepsTheRest) {
 
 TEST(ModelTest, MoeDenseAndSparsePathsAgree) {
   ModelConfig c = TinyConfig();
-  SparseMoe moe(c);
+  SparseMoe moe(c, ShardCoords{});
   torch::NoGradGuard no_grad;
   for (auto& p : moe->parameters()) p.normal_(0, 0.3);
   // 700 tokens x top-2 takes the sparse path; 100-token slices take the dense one.
@@ -118,7 +118,7 @@ TEST(ModelTest, MoeDenseAndSparsePathsAgree) {
 
 TEST(ModelTest, MoeForwardRoutedRunsTheGivenRouting) {
   ModelConfig c = TinyConfig();
-  SparseMoe moe(c);
+  SparseMoe moe(c, ShardCoords{});
   torch::NoGradGuard no_grad;
   for (auto& p : moe->parameters()) p.normal_(0, 0.3);
   const int64_t E = c.num_local_experts, k = c.num_experts_per_tok;
@@ -136,7 +136,7 @@ TEST(ModelTest, MoeForwardRoutedRunsTheGivenRouting) {
       auto combine = torch::zeros({T, E}).scatter(1, ids, weights);
       auto out = torch::zeros({T, c.hidden_size});
       for (int64_t e = 0; e < E; ++e) {
-        out += combine.select(1, e).unsqueeze(1) * moe->experts[e]->as<ExpertImpl>()->forward(x);
+        out += combine.select(1, e).unsqueeze(1) * moe->expert(e)->forward(x);
       }
       return out;
     };
@@ -151,7 +151,7 @@ TEST(ModelTest, MoeForwardRoutedRunsTheGivenRouting) {
 
 TEST(ModelTest, MoeSparsePathGradientsEqualTheDensePath) {
   ModelConfig c = TinyConfig();
-  SparseMoe moe(c);
+  SparseMoe moe(c, ShardCoords{});
   {
     torch::NoGradGuard no_grad;
     for (auto& p : moe->parameters()) p.normal_(0, 0.3);
@@ -183,7 +183,7 @@ TEST(ModelTest, MoeSparsePathGradientsEqualTheDensePath) {
 
 TEST(ModelTest, MoeSparsePathDropsExactlyTheAssignmentsPastCapacity) {
   ModelConfig c = TinyConfig();
-  SparseMoe moe(c);
+  SparseMoe moe(c, ShardCoords{});
   torch::NoGradGuard no_grad;
   for (auto& p : moe->parameters()) p.normal_(0, 0.3);
   const int64_t T = 700, k = c.num_experts_per_tok, E = c.num_local_experts;
@@ -205,7 +205,7 @@ TEST(ModelTest, MoeSparsePathDropsExactlyTheAssignmentsPastCapacity) {
         continue;
       }
       expected[t] += top_w[t][j].item<double>() *
-                     moe->experts[e]->as<ExpertImpl>()->forward(x.narrow(0, t, 1)).squeeze(0);
+                     moe->expert(e)->forward(x.narrow(0, t, 1)).squeeze(0);
     }
   }
   EXPECT_GT(dropped, 0);
@@ -345,6 +345,62 @@ TEST(PolicyModelTest, BrokenShardedCheckpointNamesTheTensor) {
   ASSERT_FALSE(s.ok());
   EXPECT_NE(std::string(s.message()).find("model.layers.1.self_attn.k_proj.weight"),
             std::string::npos) << s;
+}
+
+// A rank's part of the model holds only its experts, under their global names, each as
+// its FFN block (policy/shard_spec.h); its tensors are the slices of the whole model made
+// from the same seed, and what needs whole tensors refuses it by name.
+TEST(PolicyModelTest, ShardHoldsOnlyItsExpertBlocks) {
+  const ModelConfig c = TinyConfig();  // 4 experts, FFN 20, hidden 24
+  const uint64_t seed = std::random_device{}();
+  ShardCoords shard;
+  shard.ep = 2;
+  shard.ep_rank = 1;
+  shard.expert_tp = 2;
+  shard.expert_tp_rank = 1;
+  auto whole = PolicyModel::Create(c, seed);
+  auto part = PolicyModel::CreateShard(c, seed, shard);
+  ASSERT_TRUE(whole.ok() && part.ok()) << part.status();
+  auto full = (*whole)->module()->named_parameters();
+  int64_t experts_held = 0;
+  for (const auto& p : (*part)->module()->named_parameters()) {
+    ASSERT_TRUE(full.contains(p.key())) << p.key();
+    const torch::Tensor want = full[p.key()];
+    const int64_t e = ExpertIndexOf(p.key());
+    if (e < 0) {
+      EXPECT_TRUE(torch::equal(p.value(), want)) << p.key();
+      continue;
+    }
+    ++experts_held;
+    EXPECT_TRUE(e == 2 || e == 3) << p.key();
+    const bool w2 = p.key().find(".w2.") != std::string::npos;
+    const torch::Tensor block = want.narrow(w2 ? 1 : 0, 10, 10);
+    EXPECT_EQ(p.value().sizes(), block.sizes()) << p.key();
+    EXPECT_TRUE(torch::equal(p.value(), block)) << p.key();
+  }
+  EXPECT_EQ(experts_held, 3 * 2 * c.num_hidden_layers);  // w1, w2, w3 of 2 experts a layer
+
+  auto* moe = (*part)->module()->model->layers[0]->as<DecoderLayerImpl>()->block_sparse_moe.get();
+  try {
+    moe->expert(0);
+    ADD_FAILURE() << "expert 0 is not this rank's";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expert 0 is not held by this rank"), std::string::npos) << e.what();
+  }
+  try {
+    moe->forward(torch::randn({3, c.hidden_size}), 0);
+    ADD_FAILURE() << "a sharded block ran without its collectives";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("runs only expert-parallel"), std::string::npos) << e.what();
+  }
+  TempDir dir;
+  const absl::Status saved = (*part)->Save(dir.path());
+  EXPECT_EQ(saved.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(saved.message().find("holds only its shard (tp 0/1, ep 1/2, expert_tp 1/2)"),
+            std::string::npos) << saved;
+  EXPECT_FALSE((*part)->ExportWeights(DType::kF32).ok());
+  shard.expert_tp = 3;  // does not divide FFN 20
+  EXPECT_FALSE(PolicyModel::CreateShard(c, seed, shard).ok());
 }
 
 TEST(PolicyModelTest, OutOfVocabularyTokenIsAnError) {

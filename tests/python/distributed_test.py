@@ -30,6 +30,13 @@
              `equal`, with the aux loss counted over all ranks, ZeRO-1, micro-batching,
              empty ranks, token dropping where one process drops the same tokens, a
              resumed run, and bad expert_parallel values.
+  expert_sharded  experts sharded (each rank holds only its experts, under expert-TP
+             its FFN blocks) on TinyParallelConfig: EP 2, EP 2 x expert-TP 2 and EP 2 with
+             2 expert-DP copies against one process holding the whole model: (a) one
+             forward and backward gives the same logprobs, aux loss and gradient of every
+             parameter shard (summed over the ranks that hold it), with and without token
+             dropping; (b) one CISPO update (and one with dropping) leaves every rank's
+             shards equal to the slices of the one-process learner's parameters.
   nccl       (only when named; 2 GPUs) `equal` and `bf16` on CUDA with NCCL.
   nccl_expert (only when named; 2 GPUs) `expert` on CUDA: 2 ranks, E 2, NCCL all-to-all.
              With fewer GPUs these are skipped at once, saying how many were found; when
@@ -560,6 +567,179 @@ def case_expert():
     print("  expert_parallel errors: as expected")
 
 
+def load_named(out, rank, what):
+    """Rank `rank`'s `what` file (bin, grad.bin) as {name: (array, block)}, split by its
+    names file (module order, local shapes; block: dim, parts, index of ShardOf)."""
+    names = json.load(open(os.path.join(out, f"rank{rank}.names.json")))
+    flat = np.fromfile(os.path.join(out, f"rank{rank}.{what}"), dtype=np.float32)
+    named, offset = {}, 0
+    for n in names:
+        size = int(np.prod(n["shape"]))
+        named[n["name"]] = (flat[offset:offset + size].reshape(n["shape"]), n)
+        offset += size
+    assert offset == flat.size, f"rank {rank}: {flat.size} values for {offset} parameter values"
+    return named
+
+
+def run_named(world, extra, whats):
+    """Runs `world` workers; returns, by rank, {what: named arrays} plus "logp" and "json"."""
+    out = tempfile.mkdtemp(prefix="lightrl_dist_")
+    try:
+        results = run_ranks(world, out, extra)
+        for r, (rc, err) in enumerate(results):
+            assert rc == 0, f"rank {r} of {world} {extra} failed:\n{err}"
+        ranks = []
+        for r in range(world):
+            got = {w: load_named(out, r, w) for w in whats}
+            logp = os.path.join(out, f"rank{r}.logp.bin")
+            if os.path.exists(logp):
+                got["logp"] = np.fromfile(logp, dtype=np.float32)
+            got["json"] = json.load(open(os.path.join(out, f"rank{r}.json")))
+            ranks.append(got)
+        return ranks
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def block_of(full, block):
+    """The ShardOf block of a whole tensor."""
+    if block["dim"] < 0 or block["parts"] == 1:
+        return full
+    return np.split(full, block["parts"], axis=block["dim"])[block["index"]]
+
+
+def is_expert(name):
+    return ".block_sparse_moe.experts." in name
+
+
+def check_sharded_sums(ref, ranks, what, world, extra, atol):
+    """Every parameter shard's values summed over the ranks holding it (the gradient of
+    each rank's part of the loss) equal the one-process values' slice; dense parameters
+    are held by every rank, each expert shard by its expert-DP copies."""
+    sums = {}
+    for r, got in enumerate(ranks):
+        for name, (arr, block) in got[what].items():
+            key = (name, block["dim"], block["parts"], block["index"])
+            sums[key] = sums.get(key, 0) + arr.astype(np.float64)
+    worst = 0.0
+    for (name, dim, parts, index), total in sums.items():
+        want = block_of(ref[name][0], {"dim": dim, "parts": parts, "index": index})
+        scale = max(1.0, float(np.abs(want).max()))
+        diff = float(np.abs(total - want).max())
+        worst = max(worst, diff / scale)
+        assert diff <= atol * scale, \
+            f"{world} ranks {extra}: {what} of {name} block {index}/{parts} (dim {dim}) " \
+            f"differs from 1 process by {diff:.3g} (largest magnitude {scale:.3g})"
+    # Every expert tensor of the model is covered by the ranks' shards exactly.
+    for name, (full, _) in ref.items():
+        if not is_expert(name):
+            continue
+        covered = sum(int(np.prod(block_of(full, {"dim": d, "parts": p, "index": i}).shape))
+                      for (n, d, p, i) in sums if n == name)
+        assert covered == full.size, f"{world} ranks {extra}: {name} covered {covered} of {full.size}"
+    return worst
+
+
+SHARDED_LAYOUTS = [
+    (2, ["--expert-parallel", "2", "--shard-experts"]),
+    (4, ["--expert-parallel", "2", "--expert-tp", "2"]),
+    (4, ["--expert-parallel", "2", "--shard-experts"]),
+]
+
+
+def case_expert_sharded():
+    base = ["--model", "parallel", "--aux-coef", "0.05"]
+    # (a) One forward and backward over 8 documents, split between the ranks in order;
+    # then 2 documents on 4 ranks, so that ranks 0 and 2 join every collective (dispatch,
+    # expert-TP gather and reduce-scatter, their backward) with no tokens.
+    for capacity, samples, layouts in (([], "8", SHARDED_LAYOUTS),
+                                       (["--capacity", "0.75"], "8", SHARDED_LAYOUTS),
+                                       ([], "2", SHARDED_LAYOUTS[1:])):
+        grad = base + ["--mode", "grad", "--samples", samples] + capacity
+        ref = run_named(1, grad, ["grad.bin"])[0]
+        if capacity:
+            undropped = run_named(1, without(grad, "--capacity"), ["grad.bin"])[0]
+            moved = float(np.abs(undropped["logp"] - ref["logp"]).max())
+            # Ten times the tolerance below: the dropping is visible in the logprobs.
+            assert moved > 1e-4, f"capacity 0.75 changed the logprobs by only {moved}"
+            print(f"  grad: capacity 0.75 moves one process's logprobs by {moved:.1e}")
+        for world, extra in layouts:
+            ranks = run_named(world, grad + extra, ["grad.bin"])
+            logp = np.concatenate([g["logp"] for g in ranks])
+            diff = float(np.abs(logp - ref["logp"]).max())
+            assert logp.shape == ref["logp"].shape and diff <= 1e-5, \
+                f"{world} ranks {extra}: logprobs differ from 1 process by {diff:.3g}"
+            aux = sum(g["json"]["aux_loss"] for g in ranks)
+            assert abs(aux - ref["json"]["aux_loss"]) <= 1e-5, \
+                f"{world} ranks {extra}: aux loss {aux}, 1 process {ref['json']['aux_loss']}"
+            # Each parameter's gradient has its own largest magnitude (about 1): 1e-5 of it
+            # is FP32 rounding of sums in another order; a lost token or rank is O(1e-2).
+            worst = check_sharded_sums(ref["grad.bin"], ranks, "grad.bin", world, extra, 1e-5)
+            print(f"  grad {world} ranks, {samples} documents {' '.join(extra + capacity)}: logprobs {diff:.1e}, "
+                  f"gradients {worst:.1e} (relative)")
+    # (b) One CISPO update (two minibatches), then one with token dropping on batches of as
+    # many samples per minibatch as ranks in falling length (rank r trains sample r).
+    learn = base + ["--mode", "rl", "--top-k", "2", "--adam-eps", "1e-4", "--steps", "1"]
+    one_process = {}  # the one-process runs, by arguments (layouts of one world share them)
+
+    def one(args):
+        if tuple(args) not in one_process:
+            one_process[tuple(args)] = run_named(1, args, ["bin"])[0]["bin"]
+        return one_process[tuple(args)]
+
+    # ZeRO-1 shards the dense parameters' state beside the experts'.
+    zero1 = [(4, ["--expert-parallel", "2", "--expert-tp", "2", "--zero1"])]
+    for world, extra in SHARDED_LAYOUTS + zero1:
+        drops = [[], ["--samples", str(2 * world), "--minibatches", "2", "--sorted",
+                      "--capacity", "0.75"]]
+        if "--expert-tp" in extra and "--zero1" not in extra:
+            # Fewer samples than ranks: ranks without tokens run empty forwards and backwards.
+            drops.append(["--samples", "2", "--minibatches", "2"])
+        for drop in drops:
+            args = learn + drop
+            ref = one(args)
+            init = one(without(args, "--steps") + ["--steps", "0"])
+            moved = float(np.mean([np.abs(ref[n][0] - init[n][0]).mean() for n in ref]))
+            assert moved > 1e-3, f"the update moved the weights by only {moved}"
+            if "--capacity" in drop:
+                undropped = one(without(args, "--capacity"))
+                dropped = max(float(np.abs(ref[n][0] - undropped[n][0]).max()) for n in ref)
+                # Ten times the tolerance below: dropping visibly moves the update.
+                assert dropped > 1e-4, f"capacity 0.75 changed the update by only {dropped}"
+            ranks = run_named(world, args + extra, ["bin"])
+            worst = 0.0
+            for r, got in enumerate(ranks):
+                for name, (arr, block) in got["bin"].items():
+                    if not is_expert(name):
+                        assert np.array_equal(arr, ranks[0]["bin"][name][0]), \
+                            f"{world} ranks {extra}: rank {r}'s {name} differs from rank 0's"
+                    diff = float(np.abs(arr - block_of(ref[name][0], block)).max())
+                    worst = max(worst, diff)
+                    assert diff <= PARAM_ATOL, \
+                        f"{world} ranks {extra + drop}: rank {r}'s {name} differs from 1 " \
+                        f"process by {diff:.3g} > {PARAM_ATOL}"
+            print(f"  update {world} ranks {' '.join(extra + drop)}: max |dw| vs 1 rank "
+                  f"{worst:.2e} (moved {moved:.1e})")
+    # Each shard's optimizer state (bf16: with FP32 masters) goes through files and back:
+    # a restored learner repeats the next update bit for bit; one file per expert shard.
+    for world, extra, files in (
+            (4, ["--expert-parallel", "2", "--expert-tp", "2", "--dtype", "bfloat16"],
+             ["optimizer.pt.experts0-of-2.etp0-of-2", "optimizer.pt.experts0-of-2.etp1-of-2",
+              "optimizer.pt.experts1-of-2.etp0-of-2", "optimizer.pt.experts1-of-2.etp1-of-2"]),
+            (4, ["--expert-parallel", "2", "--shard-experts"],
+             ["optimizer.pt.experts0-of-2", "optimizer.pt.experts1-of-2"])):
+        out = tempfile.mkdtemp(prefix="lightrl_dist_")
+        try:
+            results = run_ranks(world, out, learn + extra + ["--check-resume"])
+            for r, (rc, err) in enumerate(results):
+                assert rc == 0 and "resumed update identical" in err, f"rank {r} {extra}:\n{err}"
+            saved = sorted(f for f in os.listdir(os.path.join(out, "resume")) if "experts" in f)
+            assert saved == files, saved
+            print(f"  resume {world} ranks {' '.join(extra)}: identical, {len(files)} expert files")
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+
 def case_nccl_expert():
     """`expert` on GPUs with NCCL (CUDA builds, 2 GPUs; CTest label gpu): rank r on cuda:r
     against one process on cuda:0, one EP group of 2 (micro-batching with ZeRO-1)."""
@@ -570,7 +750,7 @@ def case_nccl_expert():
 
 CASES = {"equal": case_equal, "bf16": case_bf16, "bf16_reduce": case_bf16_reduce,
          "resume": case_resume, "errors": case_errors,
-         "run": case_run, "expert": case_expert}
+         "run": case_run, "expert": case_expert, "expert_sharded": case_expert_sharded}
 GPU_CASES = {"nccl": case_nccl, "nccl_expert": case_nccl_expert}
 GPUS_NEEDED = 2
 # CTest's SKIP_RETURN_CODE for these tests: every case asked for was skipped.
@@ -585,9 +765,11 @@ def gpu_count():
 
 
 def main():
-    # `expert` and `bf16_reduce` run as their own CTests (learner_expert_parallel,
-    # learner_bf16_reduce); named, they run here too.
-    names = sys.argv[1:] or [n for n in CASES if n not in ("expert", "bf16_reduce")]
+    # `expert`, `expert_sharded` and `bf16_reduce` run as their own CTests
+    # (learner_expert_parallel, learner_expert_sharded, learner_bf16_reduce); named, they
+    # run here too.
+    names = sys.argv[1:] or [n for n in CASES
+                             if n not in ("expert", "bf16_reduce", "expert_sharded")]
     CASES.update(GPU_CASES)
     print(f"distributed_test seed {SEED} (DISTRIBUTED_TEST_SEED={SEED} repeats it)")
     passed = failed = skipped = 0

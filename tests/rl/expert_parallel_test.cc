@@ -2,18 +2,21 @@
 // each its own Gloo rank over loopback) each route their own tokens, and the outputs, the
 // aux loss and every gradient must equal one SparseMoe forward and backward over all
 // ranks' tokens laid end to end, with and without token dropping, with ranks that hold
-// no tokens, and with several EP groups.
+// no tokens, and with several EP groups; the same with each rank's block holding only its
+// experts (sharded), under expert-TP only its experts' FFN blocks.
 #include "rl/expert_comm.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
 
 #include "policy/minimax_model.h"
+#include "rl/parallel_layout.h"
 #include "tests/test_models.h"
 #include "tests/test_ports.h"
 #include "tests/thread_ranks.h"
@@ -82,7 +85,7 @@ TEST_P(ExpertParallelMoeTest, EqualsOneProcessOverAllTokens) {
   // Weights spread enough that routing is uneven, so a factor below 2 drops tokens.
   auto make_moe = [&] {
     torch::manual_seed(seed);
-    SparseMoe moe(config);
+    SparseMoe moe(config, ShardCoords{});
     torch::NoGradGuard no_grad;
     for (auto& p : moe->parameters()) p.normal_(0, 0.3);
     return moe;
@@ -161,7 +164,7 @@ TEST_P(ExpertParallelMoeTest, EqualsOneProcessOverAllTokens) {
   for (int64_t r = 0; r < world; ++r) gate_grad += or_zeros(moes[r]->gate->weight);
   ExpectClose(gate_grad, or_zeros(ref->gate->weight), "router gradient");
   auto weights = [](SparseMoe& moe, int64_t e) {
-    auto* expert = moe->experts[e]->as<ExpertImpl>();
+    auto* expert = moe->expert(e);
     return std::vector<torch::Tensor>{expert->w1->weight, expert->w2->weight, expert->w3->weight};
   };
   const int64_t per_rank = config.num_local_experts / tc.ep;
@@ -194,6 +197,148 @@ INSTANTIATE_TEST_SUITE_P(
         // assignments in one process).
         Case{2, {19, 0, 33, 8}, 0.75}, Case{4, {40, 9, 0, 27}, 0.8},
         Case{2, {300, 250, 0, 180}, 0.9}, Case{4, {300, 250, 0, 180}, 0}));
+
+struct ShardedCase {
+  int64_t ep, expert_tp;
+  std::vector<int64_t> tokens;  // by rank
+  double capacity_factor;
+};
+
+void PrintTo(const ShardedCase& c, std::ostream* os) {
+  *os << "ep " << c.ep << " x expert_tp " << c.expert_tp << ", tokens [";
+  for (size_t r = 0; r < c.tokens.size(); ++r) *os << (r ? ", " : "") << c.tokens[r];
+  *os << "], capacity factor " << c.capacity_factor;
+}
+
+class ShardedExpertMoeTest : public ::testing::TestWithParam<ShardedCase> {};
+
+// Each rank's block holds only its experts' FFN blocks (sliced from one process's block):
+// outputs, aux loss and input gradients as one process's over all tokens, router
+// gradients summed over ranks, and each expert block's gradient summed over its copies
+// equal to the slice of one process's gradient.
+TEST_P(ShardedExpertMoeTest, EqualsOneProcessOverAllTokens) {
+  RanksAreThreadsOfThisProcess();
+  const ShardedCase& tc = GetParam();
+  const int64_t world = static_cast<int64_t>(tc.tokens.size());
+  const uint64_t seed = std::random_device()();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const ModelConfig config = TinyParallelConfig();  // 4 experts top-2, FFN 8
+  const int64_t H = config.hidden_size;
+  const double aux_coef = 0.1;
+  torch::set_num_threads(1);
+
+  torch::manual_seed(seed);
+  SparseMoe ref(config, ShardCoords{});
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : ref->parameters()) p.normal_(0, 0.3);
+  }
+  std::vector<torch::Tensor> xs, gs;
+  for (int64_t n : tc.tokens) {
+    xs.push_back(torch::randn({n, H}));
+    gs.push_back(torch::randn({n, H}));
+  }
+  auto x_all = torch::cat(xs).requires_grad_(true);
+  auto [out_all, aux_all] = ref->forward(x_all, tc.capacity_factor);
+  ((out_all * torch::cat(gs)).sum() + aux_coef * aux_all).backward();
+
+  ParallelLayout layout;
+  layout.ep = tc.ep;
+  layout.expert_tp = tc.expert_tp;
+  std::vector<ShardCoords> coords;
+  std::vector<SparseMoe> moes;
+  auto whole = ref->named_parameters();
+  for (int64_t r = 0; r < world; ++r) {
+    auto groups = GroupsOf(layout, world, r);
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    coords.push_back(ShardCoordsOf(layout, *groups));
+    moes.push_back(SparseMoe(config, coords.back()));
+    torch::NoGradGuard no_grad;
+    for (auto& p : moes.back()->named_parameters()) {
+      auto block = ShardOf("model.layers.0.block_sparse_moe." + p.key(), config, coords.back());
+      ASSERT_TRUE(block.ok()) << block.status();
+      torch::Tensor t = whole[p.key()];
+      if (!block->whole()) t = t.narrow(block->dim, block->begin(t.size(block->dim)), block->length(t.size(block->dim)));
+      p.value().copy_(t);
+    }
+  }
+
+  const int port = FreeLoopbackPort();
+  std::vector<torch::Tensor> outs(world), auxes(world), x_grads(world);
+  std::vector<std::string> errors(world);
+  std::vector<ProcessGroupPtr> groups(world);
+  auto rank = [&](int64_t r) {
+    try {
+      DistributedOptions o;
+      o.rank = r;
+      o.world_size = world;
+      o.master_port = port;
+      o.timeout_s = 60;
+      auto group = ProcessGroup::Create(o, "cpu");
+      if (!group.ok()) {
+        errors[r] = std::string(group.status().message());
+        return;
+      }
+      groups[r] = *std::move(group);
+      ProcessGroupExpertComm comm(groups[r].get(), tc.ep, tc.expert_tp);
+      auto x = xs[r].clone().requires_grad_(true);
+      auto [out, aux] = moes[r]->ForwardExpertParallel(x, tc.capacity_factor, comm);
+      ((out * gs[r]).sum() + aux_coef * aux).backward();
+      outs[r] = out.detach();
+      auxes[r] = aux.detach();
+      x_grads[r] = x.grad();
+    } catch (const std::exception& e) {
+      errors[r] = e.what();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int64_t r = 0; r < world; ++r) threads.emplace_back(rank, r);
+  for (auto& t : threads) t.join();
+  for (int64_t r = 0; r < world; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
+
+  double aux_sum = 0;
+  int64_t offset = 0;
+  for (int64_t r = 0; r < world; ++r) {
+    const int64_t n = tc.tokens[r];
+    if (n > 0) {
+      ExpectClose(outs[r], out_all.detach().narrow(0, offset, n), "output of rank " + std::to_string(r));
+      ExpectClose(x_grads[r], x_all.grad().narrow(0, offset, n), "input gradient of rank " + std::to_string(r));
+    }
+    aux_sum += auxes[r].item<double>();
+    offset += n;
+  }
+  EXPECT_NEAR(aux_sum, aux_all.item<double>(), 1e-5);
+  // Sums over ranks by (parameter, block): the router over all, an expert block over its
+  // expert-DP copies.
+  std::map<std::pair<std::string, int64_t>, torch::Tensor> sums;
+  for (int64_t r = 0; r < world; ++r) {
+    for (auto& p : moes[r]->named_parameters()) {
+      ASSERT_TRUE(p.value().grad().defined()) << "rank " << r << " " << p.key();
+      const bool expert = p.key() != "gate.weight";
+      const auto key = std::make_pair(p.key(), expert ? coords[r].expert_tp_rank : 0);
+      auto& sum = sums[key];
+      sum = sum.defined() ? sum + p.value().grad() : p.value().grad().clone();
+    }
+  }
+  EXPECT_EQ(sums.size(), 1 + 3 * static_cast<size_t>(config.num_local_experts * tc.expert_tp));
+  for (auto& [key, sum] : sums) {
+    torch::Tensor want = whole[key.first].grad();
+    if (key.first != "gate.weight" && tc.expert_tp > 1) {
+      const int dim = key.first.find(".w2.") != std::string::npos ? 1 : 0;
+      want = want.narrow(dim, want.size(dim) / tc.expert_tp * key.second, want.size(dim) / tc.expert_tp);
+    }
+    ExpectClose(sum, want, key.first + " block " + std::to_string(key.second));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, ShardedExpertMoeTest,
+    ::testing::Values(
+        // EP 2 with its experts sharded; EP 2 x expert-TP 2; expert-TP alone; EP 2 with
+        // two copies; ranks without tokens; the capacity dropping assignments.
+        ShardedCase{2, 1, {23, 17}, 0}, ShardedCase{2, 2, {11, 23, 0, 17}, 0},
+        ShardedCase{1, 2, {13, 0}, 0.75}, ShardedCase{2, 1, {19, 0, 33, 8}, 0.75},
+        ShardedCase{2, 2, {300, 250, 0, 180}, 0.9}));
 
 }  // namespace
 }  // namespace lightrl

@@ -8,7 +8,16 @@
 //       [--grad-reduce-dtype float32]
 //       [--device cpu|cuda] [--check-resume] [--experts 4] [--expert-parallel 1]
 //       [--top-k 1] [--aux-coef 0] [--capacity 0] [--sorted] [--adam-eps 1e-6]
-//       [--lose-sample]
+//       [--lose-sample] [--expert-tp 1] [--shard-experts] [--model tiny|parallel]
+// --shard-experts (implied by --expert-tp > 1): each rank's model holds only its experts
+// (PolicyModel::CreateShard at its place in GroupsOf of ep x expert_tp); the worker then
+// also writes rank<r>.names.json: each parameter's name, local shape and its block of the
+// whole tensor (ShardOf), so that the test can compare shards with one process.
+// --mode grad: no learner; the ranks split `samples` random documents in rank order, run
+// one forward (expert-parallel when --expert-parallel > 1) and a backward of
+// sum(w * logprob) + aux_coef * aux with fresh weights w, and write rank<r>.logp.bin (the
+// logprobs; weights scaled to std 0.3 first) and rank<r>.grad.bin (each parameter's gradient, module order, zeros when none).
+// --model parallel: TinyParallelConfig (4 experts top-2, FFN 8) instead of TinyLearnerConfig.
 // --device cuda puts rank r on cuda:r and reduces with NCCL (CUDA builds).
 // --sorted orders each batch by falling length, so that a minibatch of as many samples
 // as ranks gives rank r its r-th sample: the ranks' tokens laid end to end are then the
@@ -31,8 +40,12 @@
 #include "common/status.h"
 #include "absl/strings/str_cat.h"
 #include "policy/minimax_model.h"
+#include "policy/expert_parallel.h"
+#include "policy/shard_spec.h"
 #include "rl/distributed.h"
+#include "rl/expert_comm.h"
 #include "rl/learner.h"
+#include "rl/parallel_layout.h"
 #include "rl/tools/flags.h"
 #include "tests/test_models.h"
 
@@ -70,13 +83,98 @@ std::vector<float> Flatten(PolicyModel& policy) {
   return out;
 }
 
+// Each parameter's name, local shape and block of the whole tensor, in module order.
+absl::Status WriteNames(PolicyModel& policy, const std::string& file) {
+  Json list = Json::MakeArray();
+  for (auto& p : policy.module()->named_parameters()) {
+    ASSIGN_OR_RETURN(TensorShard block, ShardOf(p.key(), policy.config(), policy.shard()));
+    Json j = Json::MakeObject();
+    j.set("name", Json(p.key()));
+    Json shape = Json::MakeArray();
+    for (int64_t d : p.value().sizes()) shape.push_back(Json(d));
+    j.set("shape", shape);
+    j.set("dim", Json(static_cast<int64_t>(block.dim)));
+    j.set("parts", Json(block.parts));
+    j.set("index", Json(block.index));
+    list.push_back(j);
+  }
+  return WriteFileAtomic(file, list.Dump(1) + "\n");
+}
+
+void WriteFloats(const torch::Tensor& t, const std::string& file) {
+  auto c = t.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  std::ofstream f(file, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(c.data_ptr<float>()), static_cast<std::streamsize>(c.numel() * sizeof(float)));
+}
+
+// --mode grad: one forward and backward of this rank's documents (see the file comment).
+absl::Status GradStep(PolicyModel& policy, ProcessGroup* group, int64_t ep, int64_t expert_tp,
+                      uint64_t seed, int64_t samples, double capacity, double aux_coef,
+                      const std::string& prefix) {
+  const int64_t world = group ? group->world_size() : 1, rank = group ? group->rank() : 0;
+  std::mt19937_64 rng(seed * 7919 + 11);
+  std::vector<std::vector<int64_t>> docs(samples);
+  for (auto& d : docs) {
+    const int len = 2 + static_cast<int>(rng() % 9);
+    for (int i = 0; i < len; ++i) d.push_back(static_cast<int64_t>(rng() % policy.config().vocab_size));
+  }
+  std::vector<int64_t> tokens, lengths;
+  std::vector<float> weights;
+  for (int64_t i = samples * rank / world; i < samples * (rank + 1) / world; ++i) {
+    tokens.insert(tokens.end(), docs[i].begin(), docs[i].end());
+    lengths.push_back(static_cast<int64_t>(docs[i].size()));
+  }
+  // The weights of all documents' tokens are drawn on every rank, so a rank's are its
+  // documents' whatever the world size.
+  std::vector<float> all_w;
+  std::normal_distribution<float> normal;
+  for (const auto& d : docs) for (size_t t = 0; t < d.size(); ++t) all_w.push_back(normal(rng));
+  int64_t before = 0;
+  for (int64_t i = 0; i < samples * rank / world; ++i) before += static_cast<int64_t>(docs[i].size());
+  weights.assign(all_w.begin() + before, all_w.begin() + before + static_cast<int64_t>(tokens.size()));
+
+  std::unique_ptr<ProcessGroupExpertComm> comm;
+  if (ep > 1 || expert_tp > 1) comm = std::make_unique<ProcessGroupExpertComm>(group, ep, expert_tp);
+  auto& model = policy.module();
+  model->train();
+  {
+    // transformers' init (std 0.02) leaves the MoE blocks a small part of the logprobs;
+    // std 0.3, as expert_parallel_test uses, makes routing and the experts (and so token
+    // dropping) move them. A scale of every element is the same on slices and the whole.
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->named_parameters()) {
+      if (p.key().find("norm") == std::string::npos) p.value().mul_(15);
+    }
+  }
+  ForwardOptions fopts;
+  fopts.moe_capacity_factor = capacity;
+  fopts.expert_parallel = comm.get();
+  PackedLayout layout = PackedLayout::FromLengths(lengths);
+  auto ids = torch::tensor(tokens, torch::kInt64);
+  auto out = model->Forward(ids, layout, fopts);
+  // Each token predicts itself from the hidden state: a logprob of every position, which is
+  // all the check needs.
+  auto logp = model->TokenLogprobs(out.hidden, ids);
+  auto w = torch::tensor(weights, torch::kFloat32);
+  ((logp * w).sum() + aux_coef * out.aux_loss).backward();
+  WriteFloats(logp, prefix + ".logp.bin");
+  std::vector<torch::Tensor> grads;
+  for (auto& p : model->parameters()) {
+    grads.push_back((p.grad().defined() ? p.grad() : torch::zeros_like(p)).flatten());
+  }
+  WriteFloats(torch::cat(grads), prefix + ".grad.bin");
+  Json j = Json::MakeObject();
+  j.set("aux_loss", Json(out.aux_loss.item<double>()));
+  return WriteFileAtomic(prefix + ".json", j.Dump(2) + "\n");
+}
+
 absl::Status Main(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args,
                                              {"rank", "world", "port", "seed", "out", "mode", "samples",
                                               "minibatches", "steps", "max-tokens", "bucket-mb", "timeout", "dtype",
                                               "grad-reduce-dtype", "device", "experts", "expert-parallel", "aux-coef",
-                                              "capacity", "top-k", "adam-eps"},
-                                             {"zero1", "check-resume", "sorted", "lose-sample"}));
+                                              "capacity", "top-k", "adam-eps", "expert-tp", "model"},
+                                             {"zero1", "check-resume", "sorted", "lose-sample", "shard-experts"}));
   DistributedOptions dist;
   ASSIGN_OR_RETURN(dist.rank, flags.GetInt("rank", 0));
   ASSIGN_OR_RETURN(dist.world_size, flags.GetInt("world", 1));
@@ -124,7 +222,29 @@ absl::Status Main(const std::vector<std::string>& args) {
   // Top-1 renormalises the one routing weight to 1, so the router then learns from the aux
   // loss alone; top-2 carries the task loss's gradient into it too.
   ASSIGN_OR_RETURN(model.num_experts_per_tok, flags.GetInt("top-k", 1));
-  ASSIGN_OR_RETURN(auto policy, PolicyModel::Create(model, static_cast<uint64_t>(seed), popts));
+  if (flags.Get("model", "tiny") == "parallel") model = TinyParallelConfig();
+  ASSIGN_OR_RETURN(int64_t expert_tp, flags.GetInt("expert-tp", 1));
+  std::unique_ptr<PolicyModel> policy;
+  const bool sharded = flags.Has("shard-experts") || expert_tp > 1;
+  ShardCoords coords;
+  if (sharded) {
+    ParallelLayout layout;
+    layout.ep = opts.data_parallel.expert_parallel;
+    layout.expert_tp = expert_tp;
+    ASSIGN_OR_RETURN(LayoutGroups groups, GroupsOf(layout, dist.world_size, dist.rank));
+    coords = ShardCoordsOf(layout, groups);
+    ASSIGN_OR_RETURN(policy, PolicyModel::CreateShard(model, static_cast<uint64_t>(seed), coords, popts));
+  } else {
+    ASSIGN_OR_RETURN(policy, PolicyModel::Create(model, static_cast<uint64_t>(seed), popts));
+  }
+  const std::string prefix = JoinPath(out, absl::StrCat("rank", dist.rank));
+  RETURN_IF_ERROR(WriteNames(*policy, prefix + ".names.json"));
+  if (mode == "grad") {
+    ASSIGN_OR_RETURN(double aux_coef, flags.GetDouble("aux-coef", 0));
+    return GradStep(*policy, group.get(), opts.data_parallel.expert_parallel, expert_tp,
+                    static_cast<uint64_t>(seed), samples, opts.optimizer.moe_capacity_factor,
+                    aux_coef, prefix);
+  }
   ASSIGN_OR_RETURN(auto learner, Learner::Create(policy.get(), opts, group.get()));
 
   auto train = [&](Learner& l, int64_t step) -> absl::StatusOr<LearnerStats> {
@@ -140,7 +260,6 @@ absl::Status Main(const std::vector<std::string>& args) {
   for (int64_t step = 0; step < steps; ++step) {
     ASSIGN_OR_RETURN(stats, train(*learner, step));
   }
-  const std::string prefix = JoinPath(out, absl::StrCat("rank", dist.rank));
   {
     std::vector<float> flat = Flatten(*policy);
     std::ofstream f(prefix + ".bin", std::ios::binary);
@@ -169,11 +288,25 @@ absl::Status Main(const std::vector<std::string>& args) {
     const std::string dir = JoinPath(out, "resume");
     RETURN_IF_ERROR(MakeDirs(dir));
     RETURN_IF_ERROR(learner->SaveState(JoinPath(dir, "optimizer.pt")));
-    if (dist.rank == 0) RETURN_IF_ERROR(policy->Save(JoinPath(dir, "model")));
+    // A sharded model has no checkpoint format yet: its weights are kept in memory.
+    std::vector<torch::Tensor> kept;
+    if (sharded) {
+      for (auto& p : policy->module()->parameters()) kept.push_back(p.detach().clone());
+    } else if (dist.rank == 0) {
+      RETURN_IF_ERROR(policy->Save(JoinPath(dir, "model")));
+    }
     if (group) RETURN_IF_ERROR(group->Barrier());
     ASSIGN_OR_RETURN(stats, train(*learner, steps));
     const std::vector<float> continued = Flatten(*policy);
-    ASSIGN_OR_RETURN(auto restored, PolicyModel::Load(JoinPath(dir, "model"), popts));
+    std::unique_ptr<PolicyModel> restored;
+    if (sharded) {
+      ASSIGN_OR_RETURN(restored, PolicyModel::CreateShard(model, static_cast<uint64_t>(seed) + 1, coords, popts));
+      torch::NoGradGuard no_grad;
+      auto params = restored->module()->parameters();
+      for (size_t i = 0; i < params.size(); ++i) params[i].copy_(kept[i]);
+    } else {
+      ASSIGN_OR_RETURN(restored, PolicyModel::Load(JoinPath(dir, "model"), popts));
+    }
     ASSIGN_OR_RETURN(auto relearner, Learner::Create(restored.get(), opts, group.get()));
     RETURN_IF_ERROR(relearner->LoadState(JoinPath(dir, "optimizer.pt")));
     ASSIGN_OR_RETURN(stats, train(*relearner, steps));

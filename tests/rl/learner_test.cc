@@ -207,6 +207,29 @@ std::vector<double> ReferenceLogprobs(PolicyModel& policy, const TrainSample& s,
   return lps;
 }
 
+// A model built for an expert shard fixes the learner's expert layout: another
+// expert_parallel, or a rank that is not the shard's place, is refused naming both.
+TEST(LearnerTest, ExpertShardMustMatchTheLearnersLayout) {
+  ShardCoords shard;
+  shard.ep = 2;
+  auto policy = PolicyModel::CreateShard(TinyLearnerConfig(4), 3, shard);
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  LearnerOptions opts;
+  auto learner = Learner::Create(policy->get(), opts);
+  ASSERT_FALSE(learner.ok());
+  EXPECT_NE(learner.status().message().find(
+                "data_parallel.expert_parallel = 1 but the model holds the experts of tp 0/1, "
+                "ep 0/2, expert_tp 0/1"),
+            std::string::npos)
+      << learner.status();
+  opts.data_parallel.expert_parallel = 2;
+  learner = Learner::Create(policy->get(), opts);  // one process cannot be an EP group of 2
+  ASSERT_FALSE(learner.ok());
+  EXPECT_NE(learner.status().message().find("the model's experts are sharded as tp 0/1, ep 0/2"),
+            std::string::npos)
+      << learner.status();
+}
+
 TEST(LearnerTest, LogprobsUseTheRolloutTemperature) {
   std::mt19937 rng(std::random_device{}());
   auto policy = PolicyModel::Create(TinyConfig(), rng());
