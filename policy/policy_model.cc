@@ -21,6 +21,7 @@ struct PolicyModel::Impl {
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;
   MiniMaxForCausalLM module{nullptr};
+  ShardCoords shard;
 };
 
 absl::Status PolicyOptions::Validate() const {
@@ -38,11 +39,17 @@ absl::Status PolicyOptions::Validate() const {
 namespace {
 
 absl::StatusOr<std::unique_ptr<PolicyModel::Impl>> MakeImpl(const ModelConfig& config,
-                                                            const PolicyOptions& options) {
+                                                            const PolicyOptions& options,
+                                                            const ShardCoords& shard) {
   RETURN_IF_ERROR(options.Validate());
+  if (absl::Status s = shard.CheckModel(config); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model shard (", shard.ToString(), "): ", s.message()));
+  }
   auto impl = std::make_unique<PolicyModel::Impl>();
   impl->config = config;
   impl->options = options;
+  impl->shard = shard;
   try {
     impl->device = torch::Device(options.device);
     if (impl->device.is_cuda() && !torch::cuda::is_available()) {
@@ -53,7 +60,7 @@ absl::StatusOr<std::unique_ptr<PolicyModel::Impl>> MakeImpl(const ModelConfig& c
     impl->dtype = options.dtype == "bfloat16"  ? torch::kBFloat16
                   : options.dtype == "float16" ? torch::kFloat16
                                                : torch::kFloat32;
-    impl->module = MiniMaxForCausalLM(config);
+    impl->module = MiniMaxForCausalLM(config, shard);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("building the model: ", e.what_without_backtrace()));
   }
@@ -77,7 +84,8 @@ PolicyModel::PolicyModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 PolicyModel::~PolicyModel() = default;
 
 absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Load(const std::string& dir,
-                                                               const PolicyOptions& options) {
+                                                               const PolicyOptions& options,
+                                                               const ShardCoords& shard) {
   if (!IsDirectory(dir)) {
     return absl::NotFoundError(absl::StrCat(dir, ": model directory does not exist"));
   }
@@ -89,7 +97,7 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Load(const std::string
                   }).status());
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(JoinPath(dir, "config.json")));
   ASSIGN_OR_RETURN(auto ckpt, SafetensorsCheckpoint::Open(dir));
-  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options));
+  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
   try {
     RETURN_IF_ERROR(LoadWeights(impl->module, ckpt));
     Place(*impl);
@@ -101,16 +109,35 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Load(const std::string
 
 absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Create(const ModelConfig& config,
                                                                  uint64_t seed,
-                                                                 const PolicyOptions& options) {
+                                                                 const PolicyOptions& options,
+                                                                 const ShardCoords& shard) {
   RETURN_IF_ERROR(config.Validate());
-  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options));
-  impl->module->InitRandom(seed);
+  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
+  if (shard == ShardCoords{}) {
+    impl->module->InitRandom(seed);
+  } else {
+    // The whole model's draw, then this rank's blocks of it.
+    try {
+      torch::NoGradGuard no_grad;
+      MiniMaxForCausalLM whole(config);
+      whole->InitRandom(seed);
+      const auto full = whole->named_parameters();
+      for (auto& p : impl->module->named_parameters()) {
+        ASSIGN_OR_RETURN(auto block, ShardBlock(p.key(), full[p.key()], config, shard));
+        p.value().copy_(block);
+      }
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("slicing the model for ", shard.ToString(), ": ",
+                                              e.what_without_backtrace()));
+    }
+  }
   Place(*impl);
   return std::unique_ptr<PolicyModel>(new PolicyModel(std::move(impl)));
 }
 
 const ModelConfig& PolicyModel::config() const { return impl_->config; }
 const PolicyOptions& PolicyModel::options() const { return impl_->options; }
+const ShardCoords& PolicyModel::shard() const { return impl_->shard; }
 MiniMaxForCausalLM& PolicyModel::module() { return impl_->module; }
 
 absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int64_t vocab_size,
@@ -194,6 +221,12 @@ std::vector<std::pair<std::string, torch::Tensor>> SyncedParameters(MiniMaxForCa
   return named;
 }
 
+absl::Status CheckWhole(const ShardCoords& shard, const char* what) {
+  if (shard == ShardCoords{}) return absl::OkStatus();
+  return absl::UnimplementedError(absl::StrCat(what, " of a model-parallel shard (", shard.ToString(),
+                                               ") is not supported yet"));
+}
+
 absl::Status CheckSyncDType(DType dtype) {
   if (dtype == DType::kF32 || dtype == DType::kBF16) return absl::OkStatus();
   return absl::InvalidArgumentError(
@@ -203,6 +236,7 @@ absl::Status CheckSyncDType(DType dtype) {
 }  // namespace
 
 absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportWeights(DType dtype) const {
+  RETURN_IF_ERROR(CheckWhole(impl_->shard, "weight export"));
   RETURN_IF_ERROR(CheckSyncDType(dtype));
   std::vector<WeightTensor> out;
   try {
@@ -244,6 +278,7 @@ int PolicyModel::device_index() const {
 }
 
 absl::Status PolicyModel::ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors) {
+  RETURN_IF_ERROR(CheckWhole(impl_->shard, "weight import"));
   RETURN_IF_ERROR(CheckSyncDType(dtype));
   auto named = SyncedParameters(impl_->module);
   std::map<std::string, const WeightTensor*> by_name;

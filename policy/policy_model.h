@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
 #include "policy/model_config.h"
+#include "policy/shard_spec.h"
 
 namespace lightrl {
 
@@ -24,17 +25,26 @@ struct PolicyOptions {
 
 class PolicyModel {
  public:
-  // Reads DIR/config.json and DIR's safetensors.
+  // Reads DIR/config.json and DIR's safetensors. With `shard` other than the whole model,
+  // the part the rank at `shard` holds (policy/shard_spec.h), sliced from the whole
+  // tensors of an HF checkpoint; `shard` must split the config (an error says which size
+  // does not).
   static absl::StatusOr<std::unique_ptr<PolicyModel>> Load(const std::string& dir,
-                                                           const PolicyOptions& options = {});
-  // A randomly initialised model (transformers' init, std 0.02), for tests and toys.
+                                                           const PolicyOptions& options = {},
+                                                           const ShardCoords& shard = {});
+  // A randomly initialised model (transformers' init, std 0.02), for tests and toys. With
+  // `shard`, that rank's part of the same model (the whole one is drawn, then sliced), so
+  // the shards of one seed make up the whole model of that seed.
   static absl::StatusOr<std::unique_ptr<PolicyModel>> Create(const ModelConfig& config,
                                                              uint64_t seed,
-                                                             const PolicyOptions& options = {});
+                                                             const PolicyOptions& options = {},
+                                                             const ShardCoords& shard = {});
   ~PolicyModel();
 
   const ModelConfig& config() const;
   const PolicyOptions& options() const;
+  // The part of the model this one holds; the default (all sizes 1) is the whole model.
+  const ShardCoords& shard() const;
 
   // For each sequence, log p(token t | tokens before t) in FP32 for t >= 1; entry 0 is NaN
   // (nothing precedes it). Sequences are packed up to `max_batch_tokens` per forward.
@@ -42,6 +52,7 @@ class PolicyModel {
   absl::StatusOr<std::vector<std::vector<float>>> TokenLogprobs(
       const std::vector<std::vector<int32_t>>& sequences, int64_t max_batch_tokens = 16384);
 
+  // UNIMPLEMENTED for a shard (not the whole model).
   absl::Status Save(const std::string& dir, DType dtype = DType::kF32) const;
 
   // One parameter as plain bytes (row-major, little-endian), for weight sync between
@@ -52,7 +63,7 @@ class PolicyModel {
     std::string data;
   };
   // Every parameter (a tied lm_head once, as the embedding), sorted by name, converted to
-  // `dtype` (F32 or BF16).
+  // `dtype` (F32 or BF16). Whole models only (UNIMPLEMENTED for a shard, as Import).
   absl::StatusOr<std::vector<WeightTensor>> ExportWeights(DType dtype) const;
   // Replaces every parameter with `tensors` (in `dtype`): exactly the names and shapes
   // ExportWeights gives, else INVALID_ARGUMENT naming the tensor; on error nothing
