@@ -38,6 +38,12 @@ class Learner {
   // With a `group` of world size N > 1 (not owned; it outlives the learner), this is one
   // of N ranks: every rank must create its learner on identical weights and then make
   // the same calls with the same arguments. Each call is then a collective.
+  // Tensor parallelism comes from the layout the group joined (ProcessGroup::
+  // JoinLayoutGroups, before Create): with tp > 1 the policy must be this rank's TP shard
+  // (PolicyModel::Create / Load with ShardCoordsOf(layout, groups)), the batch is split
+  // over the DP group only and the ranks of a DP group start from the same shards
+  // (docs/distributed.md). ZeRO-1, expert parallelism and SaveState / LoadState are
+  // refused under tp > 1 for now.
   static absl::StatusOr<std::unique_ptr<Learner>> Create(PolicyModel* policy,
                                                          const LearnerOptions& options,
                                                          ProcessGroup* group = nullptr);
