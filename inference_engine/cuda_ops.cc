@@ -10,6 +10,7 @@
 
 #include "kernels/lightning/lightning_decode.h"
 #include "kernels/lightning/lightning_prefill.h"
+#include "kernels/moe/moe_decode_combine.h"
 #include "kernels/moe/moe_routing.h"
 #include "kernels/paged_attention/paged_attention.h"
 #include "kernels/rms_norm/rms_norm.h"
@@ -215,7 +216,11 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
   return o;
 }
 
-torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+namespace {
+
+// RmsNormCuda and GatedRmsNormCuda: `gate` null or a checked [T, D] tensor.
+torch::Tensor RmsNormWithGate(const torch::Tensor& x, const torch::Tensor& weight,
+                              const torch::Tensor* gate, double eps) {
   TORCH_CHECK(x.is_cuda(), "rms norm cuda: x must be on a CUDA device, got ", x.device());
   CheckBf16On(x, "rms norm cuda", "x", x.device());
   CheckBf16On(weight, "rms norm cuda", "weight", x.device());
@@ -237,9 +242,19 @@ torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, d
   p.rows = static_cast<int>(x.size(0));
   p.dim = static_cast<int>(x.size(1));
   p.eps = static_cast<float>(eps);
+  if (gate != nullptr) {
+    p.gate = reinterpret_cast<const __nv_bfloat16*>(gate->data_ptr());
+    p.gate_row_stride = gate->stride(0);
+  }
   CheckCudaLaunch(LaunchRmsNorm(p, at::cuda::getCurrentCUDAStream().stream()), "rms norm",
               p.Validate());
   return y;
+}
+
+}  // namespace
+
+torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  return RmsNormWithGate(x, weight, nullptr, eps);
 }
 
 namespace {
@@ -293,6 +308,50 @@ std::pair<torch::Tensor, torch::Tensor> MoeRouteCuda(const torch::Tensor& logits
   CheckCudaLaunch(LaunchMoeRouting(p, at::cuda::getCurrentCUDAStream().stream()), "moe routing",
                   p.Validate());
   return {weights, ids};
+}
+
+torch::Tensor GatedRmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight,
+                               const torch::Tensor& gate, double eps) {
+  CheckBf16On(gate, "gated rms norm cuda", "gate", x.device());
+  TORCH_CHECK(gate.dim() == 2 && gate.sizes() == x.sizes() && gate.stride(1) == 1,
+              "gated rms norm cuda: gate must be ", x.sizes(), " with unit stride on D, got ",
+              gate.sizes(), " strides ", gate.strides());
+  return RmsNormWithGate(x, weight, &gate, eps);
+}
+
+torch::Tensor MoeDecodeCombineCuda(const torch::Tensor& y, const torch::Tensor& combine,
+                             const torch::Tensor& residual, double alpha, double beta) {
+  TORCH_CHECK(y.is_cuda(), "moe decode combine cuda: y must be on a CUDA device, got ", y.device());
+  CheckBf16On(y, "moe decode combine cuda", "y", y.device());
+  CheckBf16On(residual, "moe decode combine cuda", "residual", y.device());
+  TORCH_CHECK(y.dim() == 3 && y.is_contiguous() && residual.dim() == 2 &&
+                  residual.is_contiguous() && residual.size(0) == y.size(1) &&
+                  residual.size(1) == y.size(2),
+              "moe decode combine cuda: y must be contiguous [E, T, D] and residual [T, D], got ",
+              y.sizes(), " and ", residual.sizes());
+  TORCH_CHECK(combine.device() == y.device() && combine.scalar_type() == torch::kFloat32 &&
+                  combine.is_contiguous() && combine.dim() == 2 &&
+                  combine.size(0) == y.size(1) && combine.size(1) == y.size(0),
+              "moe decode combine cuda: combine must be contiguous FP32 [T, E] = [", y.size(1), ", ",
+              y.size(0), "] on ", y.device(), ", got ", combine.sizes(), " ",
+              combine.scalar_type(), " on ", combine.device());
+  TORCH_CHECK(y.size(0) <= 0x7fffffff && y.size(1) <= 0x7fffffff && y.size(2) <= 0x7fffffff,
+              "moe decode combine cuda: y ", y.sizes(), " is larger than the kernel serves");
+  c10::cuda::CUDAGuard guard(y.device());
+  auto out = torch::empty_like(residual);
+  MoeDecodeCombineParams p;
+  p.y = reinterpret_cast<const __nv_bfloat16*>(y.data_ptr());
+  p.combine = combine.data_ptr<float>();
+  p.residual = reinterpret_cast<const __nv_bfloat16*>(residual.data_ptr());
+  p.out = reinterpret_cast<__nv_bfloat16*>(out.data_ptr());
+  p.experts = static_cast<int>(y.size(0));
+  p.tokens = static_cast<int>(y.size(1));
+  p.hidden = static_cast<int>(y.size(2));
+  p.alpha = static_cast<float>(alpha);
+  p.beta = static_cast<float>(beta);
+  CheckCudaLaunch(LaunchMoeDecodeCombine(p, at::cuda::getCurrentCUDAStream().stream()),
+                  "moe decode combine", p.Validate());
+  return out;
 }
 
 torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, double alpha,

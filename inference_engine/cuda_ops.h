@@ -57,6 +57,12 @@ torch::Tensor PagedDecodeAttentionCuda(const torch::Tensor& q, const torch::Tens
 // bf16 with unit stride on D, weight [D] contiguous bf16. Returns y [T, D] contiguous bf16.
 torch::Tensor RmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
+// The lightning block's gated norm (LightningAttentionImpl::Finish before out_proj):
+// sigmoid(gate) * RMSNorm(x) with eager torch's three bf16 roundings, in one kernel. gate
+// [T, D] bf16 with unit stride on D; otherwise as RmsNormCuda.
+torch::Tensor GatedRmsNormCuda(const torch::Tensor& x, const torch::Tensor& weight,
+                               const torch::Tensor& gate, double eps);
+
 // Whether the routing kernel serves this many experts and top-k (at most 256 and 8).
 bool MoeRoutingSupported(int64_t experts, int64_t top_k);
 
@@ -74,6 +80,13 @@ std::pair<torch::Tensor, torch::Tensor> MoeRouteCuda(const torch::Tensor& logits
 // Returns a new contiguous bf16 tensor.
 torch::Tensor ScaledAddCuda(const torch::Tensor& a, const torch::Tensor& b, double alpha,
                             double beta);
+
+// The decode step's MoE epilogue (kernels/moe/moe_decode_combine.h): alpha * residual + beta *
+// bf16(sum_e combine[:, e] * y[e]) in one kernel, for y [E, T, D] bf16 (every expert's
+// output rows), combine [T, E] FP32 and residual [T, D] bf16, all contiguous. Returns a new
+// [T, D] bf16 tensor.
+torch::Tensor MoeDecodeCombineCuda(const torch::Tensor& y, const torch::Tensor& combine,
+                             const torch::Tensor& residual, double alpha, double beta);
 
 // The fused sampler (kernels/sampling/sampling.h) over logits [R, V], FP32 or bf16
 // with unit stride along V, and params [R, 4] contiguous FP32 on the same device: per row

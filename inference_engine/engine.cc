@@ -134,6 +134,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
     runner.max_model_len = impl->max_model_len;
     runner.cuda_graphs = options.cuda_graphs;
     runner.prefill_stream = options.prefill_stream;
+    runner.fuse_decode_epilogues = options.fuse_decode_epilogues;
     impl->runner = std::make_unique<ModelRunner>(module, runner);
   } catch (const c10::Error& e) {
     return absl::ResourceExhaustedError(

@@ -29,6 +29,11 @@ struct EngineOptions {
   // its own, beside the running batch's decode step; false runs it after the decode on one
   // stream (the same outputs; for comparison).
   bool prefill_stream = true;
+  // CUDA bf16 (kernel path): the decode step's lightning gate, norm and product run as one
+  // kernel and its MoE weighted sum with the residual sum as another; false runs the
+  // separate ops they replace (the same roundings but for the MoE sum's order; for
+  // comparison).
+  bool fuse_decode_epilogues = true;
   absl::Status Validate() const;
 };
 

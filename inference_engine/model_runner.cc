@@ -415,15 +415,18 @@ torch::Tensor FusedNorm(const RMSNorm& norm, const torch::Tensor& x) {
 }
 
 // DecoderLayerImpl::ForwardWith with each norm one kernel and each residual sum one kernel
-// (the sums round to bf16 once, not after each op as eager torch does).
+// (the sums round to bf16 once, not after each op as eager torch does). `moe` maps (n2,
+// residual) to the block's output with its residual sum.
+using MoeWithResidual =
+    std::function<torch::Tensor(const torch::Tensor& n2, const torch::Tensor& residual)>;
 torch::Tensor FusedDecoderLayer(const DecoderLayerImpl& layer, const torch::Tensor& x,
                                 const DecoderLayerImpl::Block& attention,
-                                const DecoderLayerImpl::Block& moe) {
+                                const MoeWithResidual& moe) {
   auto n1 = FusedNorm(layer.input_layernorm, x);
   auto h = ScaledAddCuda(layer.postnorm ? n1 : x, attention(n1), layer.attn_alpha,
                          layer.attn_beta);
   auto n2 = FusedNorm(layer.post_attention_layernorm, h);
-  return ScaledAddCuda(layer.postnorm ? n2 : h, moe(n2), layer.mlp_alpha, layer.mlp_beta);
+  return moe(n2, layer.postnorm ? n2 : h);
 }
 
 }  // namespace
@@ -439,8 +442,10 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto* layer = module_->model->layers[i]->as<DecoderLayerImpl>();
     // Every expert on every token (decode batches are small) in two grouped GEMMs, weighted
-    // by the routing matrix; the weighted sum in FP32, as the policy's dense path.
-    auto moe = [&](const torch::Tensor& n2) {
+    // by the routing matrix; the weighted sum in FP32, as the policy's dense path, then the
+    // residual sum.
+    const bool fused = options_.fuse_decode_epilogues;
+    auto moe = [&](const torch::Tensor& n2, const torch::Tensor& residual) {
       auto& block = layer->block_sparse_moe;
       const int64_t E = block->num_experts;
       // The router's FP32 logits (as Fp32OutLinear computes them), then one routing kernel.
@@ -450,15 +455,23 @@ torch::Tensor ModelRunner::DecodeStep(int64_t B) {
       // The policy's SwiGLU kernel, so decode rounds as the learner does.
       auto act = SwiGluCuda(h13.narrow(0, 0, E), h13.narrow(0, E, E));  // [E, B, ffn]
       auto y = GroupedLinearCuda(act, expert_w2_[i], n2.size(1));         // [E, B, hidden]
+      if (fused) {
+        return MoeDecodeCombineCuda(y, combine, residual, layer->mlp_alpha, layer->mlp_beta);
+      }
       auto out = torch::bmm(combine.unsqueeze(1), y.to(torch::kFloat32).transpose(0, 1));
-      return out.squeeze(1).to(n2.scalar_type());
+      return ScaledAddCuda(residual, out.squeeze(1).to(n2.scalar_type()), layer->mlp_alpha,
+                           layer->mlp_beta);
     };
     x = FusedDecoderLayer(*layer, x, [&](const torch::Tensor& n1) {
       if (layer->lightning) {
         auto& attn = layer->lightning;
         auto [q, k, v] = attn->Project(n1);  // [B, H, d]
         auto o = LightningDecodeCuda(q, k, v, slots32, states_[i], attn->slope);
-        // LightningAttentionImpl::Finish with the fused norm.
+        // LightningAttentionImpl::Finish with the fused norm (and gate).
+        if (fused) {
+          return attn->out_proj(GatedRmsNormCuda(o.view({B, -1}), attn->norm->weight,
+                                                 attn->output_gate(n1), attn->norm->eps));
+        }
         return attn->out_proj(torch::sigmoid(attn->output_gate(n1)) *
                               FusedNorm(attn->norm, o.view({B, -1})));
       }

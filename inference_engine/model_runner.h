@@ -39,6 +39,8 @@ struct ModelRunnerOptions {
   // Kernel path only: prefills run on a stream of their own, beside the decode step queued
   // before them (see Prefill); false runs them on the caller's stream, after it.
   bool prefill_stream = true;
+  // Kernel path only: EngineOptions::fuse_decode_epilogues.
+  bool fuse_decode_epilogues = true;
 };
 
 class ModelRunner {

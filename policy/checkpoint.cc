@@ -1,5 +1,7 @@
 #include "policy/checkpoint.h"
 
+#include <unistd.h>
+
 #include <map>
 #include <regex>
 #include <set>
@@ -65,7 +67,44 @@ absl::StatusOr<torch::Tensor> ShardBlock(const std::string& name, const torch::T
   return full.narrow(part.dim, part.begin(n), part.length(n));
 }
 
-absl::Status LoadWeights(MiniMaxForCausalLM& model, const SafetensorsCheckpoint& ckpt) {
+namespace {
+
+// Whole tensors assembled from a sharded checkpoint, looked up as a SafetensorsCheckpoint's.
+class AssembledCheckpoint {
+ public:
+  static absl::StatusOr<AssembledCheckpoint> Read(const ShardedCheckpoint& ckpt,
+                                                  const ModelConfig& config) {
+    AssembledCheckpoint out;
+    out.source_ = &ckpt;
+    ASSIGN_OR_RETURN(out.blocks_, ckpt.ReadShards(config, ShardCoords{}));
+    for (const TensorBlock& b : out.blocks_) {
+      TensorInfo info;
+      info.name = b.name;
+      info.dtype = b.dtype;
+      info.shape = b.shape;
+      info.data = reinterpret_cast<const uint8_t*>(b.data.data());
+      info.nbytes = b.data.size();
+      out.infos_[b.name] = std::move(info);
+    }
+    return out;
+  }
+  const TensorInfo* Find(const std::string& name) const {
+    auto it = infos_.find(name);
+    return it == infos_.end() ? nullptr : &it->second;
+  }
+  std::vector<std::string> Names() const { return source_->Names(); }
+  std::string FileOf(const std::string& name) const { return source_->FileOf(name); }
+  const std::string& dir() const { return source_->dir(); }
+
+ private:
+  const ShardedCheckpoint* source_ = nullptr;
+  std::vector<TensorBlock> blocks_;
+  std::map<std::string, TensorInfo> infos_;
+};
+
+// Copies every parameter from `ckpt` (a SafetensorsCheckpoint or an AssembledCheckpoint).
+template <typename Checkpoint>
+absl::Status LoadWeightsFrom(MiniMaxForCausalLM& model, const Checkpoint& ckpt) {
   torch::NoGradGuard no_grad;
   const ModelConfig& config = model->config();
   const ShardCoords& shard = model->shard();
@@ -143,6 +182,21 @@ absl::Status LoadWeights(MiniMaxForCausalLM& model, const SafetensorsCheckpoint&
   return absl::OkStatus();
 }
 
+}  // namespace
+
+absl::Status LoadWeights(MiniMaxForCausalLM& model, const SafetensorsCheckpoint& ckpt) {
+  return LoadWeightsFrom(model, ckpt);
+}
+
+absl::Status LoadWeights(MiniMaxForCausalLM& model, const ShardedCheckpoint& ckpt) {
+  if (!ckpt.sharded()) {
+    ASSIGN_OR_RETURN(SafetensorsCheckpoint hf, SafetensorsCheckpoint::Open(ckpt.dir()));
+    return LoadWeightsFrom(model, hf);
+  }
+  ASSIGN_OR_RETURN(AssembledCheckpoint whole, AssembledCheckpoint::Read(ckpt, model->config()));
+  return LoadWeightsFrom(model, whole);
+}
+
 absl::Status SaveCheckpoint(MiniMaxForCausalLM& model, const std::string& dir, DType dtype,
                             size_t max_shard_bytes) {
   if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16) {
@@ -152,7 +206,8 @@ absl::Status SaveCheckpoint(MiniMaxForCausalLM& model, const std::string& dir, D
   if (!(model->shard() == ShardCoords{})) {
     return absl::UnimplementedError(absl::StrCat(
         dir, ": saving a model-parallel shard (", model->shard().ToString(),
-        ") is not supported yet; sharded checkpoints are written per rank by a later release"));
+        ") as an HF checkpoint is not supported; each rank writes its blocks with "
+        "policy/sharded_checkpoint.h's WriteRankShards"));
   }
   torch::NoGradGuard no_grad;
   const ModelConfig& config = model->config();
@@ -179,6 +234,8 @@ absl::Status SaveCheckpoint(MiniMaxForCausalLM& model, const std::string& dir, D
     tensors.push_back({name, dtype, Sizes(c), c.data_ptr(), static_cast<size_t>(c.nbytes())});
   }
   RETURN_IF_ERROR(MakeDirs(dir));
+  // A sharded checkpoint's index left in DIR would be read in place of these weights.
+  ::unlink(JoinPath(dir, std::string(kShardedIndexName)).c_str());
   RETURN_IF_ERROR(WriteSafetensorsCheckpoint(dir, tensors, max_shard_bytes));
   Json cfg = config.ToJson();
   cfg.set("dtype", Json(dtype == DType::kF32 ? "float32" : dtype == DType::kBF16 ? "bfloat16"

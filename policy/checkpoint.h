@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
 #include "policy/minimax_model.h"
+#include "policy/sharded_checkpoint.h"
 
 namespace lightrl {
 
@@ -18,6 +19,9 @@ namespace lightrl {
 // A model built for a shard (model->shard()) reads its block of each whole tensor
 // (ShardOf, policy/shard_spec.h) and skips the tensors it does not hold.
 absl::Status LoadWeights(MiniMaxForCausalLM& model, const SafetensorsCheckpoint& ckpt);
+// The same from a sharded checkpoint (each tensor assembled whole from its pieces first,
+// so the weights pass through memory twice) or an HF folder opened as one.
+absl::Status LoadWeights(MiniMaxForCausalLM& model, const ShardedCheckpoint& ckpt);
 
 // The block of the whole tensor `full` named `name` that the rank at `shard` holds (a view;
 // undefined when it holds none). INVALID_ARGUMENT for a name the model lacks or a shape

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -12,6 +13,7 @@
 #include "common/status.h"
 #include "policy/checkpoint.h"
 #include "policy/minimax_model.h"
+#include "policy/sharded_checkpoint.h"
 
 namespace lightrl {
 
@@ -93,13 +95,22 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Load(const std::string
   // it before any tensor is trusted. Other model directories (HuggingFace) have none.
   RETURN_IF_ERROR(VerifyCheckpointManifest(dir, [](absl::string_view name) {
                     return name == "config.json" || absl::EndsWith(name, ".safetensors") ||
-                           absl::EndsWith(name, ".safetensors.index.json");
+                           absl::EndsWith(name, ".safetensors.index.json") ||
+                           name == kShardedIndexName;
                   }).status());
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(JoinPath(dir, "config.json")));
-  ASSIGN_OR_RETURN(auto ckpt, SafetensorsCheckpoint::Open(dir));
+  // A sharded folder (policy/sharded_checkpoint.h) is read whole; an HF one as it is; a
+  // model built for `shard` keeps its blocks of either.
+  std::optional<ShardedCheckpoint> sharded;
+  std::optional<SafetensorsCheckpoint> hf;
+  if (ShardedCheckpoint::IsSharded(dir)) {
+    ASSIGN_OR_RETURN(sharded, ShardedCheckpoint::Open(dir));
+  } else {
+    ASSIGN_OR_RETURN(hf, SafetensorsCheckpoint::Open(dir));
+  }
   ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
   try {
-    RETURN_IF_ERROR(LoadWeights(impl->module, ckpt));
+    RETURN_IF_ERROR(sharded ? LoadWeights(impl->module, *sharded) : LoadWeights(impl->module, *hf));
     Place(*impl);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat(dir, ": loading weights: ", e.what_without_backtrace()));

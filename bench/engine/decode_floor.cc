@@ -1,5 +1,6 @@
 #include "bench/engine/decode_floor.h"
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -34,6 +35,40 @@ DecodeStepBytes DecodeFloorBytes(const PolicyModel& policy, int64_t dtype_bytes,
   return out;
 }
 
+PrefillWork PrefillFloorWork(const PolicyModel& policy, int64_t dtype_bytes, int64_t len) {
+  const ModelConfig& c = policy.config();
+  PrefillWork w;
+  const double L = static_cast<double>(len), H = static_cast<double>(c.num_attention_heads);
+  const double d = static_cast<double>(c.head_dim), hidden = static_cast<double>(c.hidden_size);
+  const double inner = H * d;
+  const double kv = static_cast<double>(c.num_key_value_heads) * d;
+  const double experts = static_cast<double>(c.num_experts_per_tok) * 3 * hidden *
+                         static_cast<double>(c.intermediate_size);
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    double params = experts + hidden * static_cast<double>(c.num_local_experts);
+    if (c.is_lightning(layer)) {
+      params += hidden * inner * 3 + inner * hidden * 2;  // qkv, gate, out
+      const double block = std::min(L, static_cast<double>(c.block_size));
+      // Per token and head: causal half of a block's QK^T and PV (2 * 2 * d * block / 2),
+      // q S and k^T v against the d x d state (2 * 2 * d * d).
+      w.attention_flops += L * H * (2 * d * block + 4 * d * d);
+    } else {
+      params += hidden * inner * 2 + hidden * kv * 2;  // q, o, k, v
+      // Causal QK^T and PV: 2 * 2 * L^2 / 2 * d per head.
+      w.attention_flops += 2 * L * L * H * d;
+    }
+    w.gemm_flops += 2 * L * params;
+  }
+  w.gemm_flops += 2 * hidden * static_cast<double>(c.vocab_size);  // the last position's logits
+  for (const PolicyModel::WeightSpec& spec : policy.WeightSpecs()) {
+    if (spec.name.find("embed_tokens") != std::string::npos) continue;  // rows gathered
+    int64_t n = 1;
+    for (int64_t dim : spec.shape) n *= dim;
+    w.weight_bytes += n * dtype_bytes;
+  }
+  return w;
+}
+
 namespace {
 
 absl::Status Check(cudaError_t e, const char* what) {
@@ -42,6 +77,51 @@ absl::Status Check(cudaError_t e, const char* what) {
 }
 
 }  // namespace
+
+absl::StatusOr<double> MatmulPeak(int64_t n) {
+  void* a = nullptr;
+  void* out = nullptr;
+  cublasHandle_t handle = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  auto release = [&] {
+    if (a != nullptr) cudaFree(a);
+    if (out != nullptr) cudaFree(out);
+    if (handle != nullptr) cublasDestroy(handle);
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
+  };
+  auto check_blas = [](cublasStatus_t e, const char* what) {
+    return e == CUBLAS_STATUS_SUCCESS ? absl::OkStatus()
+                                      : absl::InternalError(absl::StrCat(what, ": cuBLAS status ", e));
+  };
+  constexpr int kIters = 10;
+  const size_t bytes = static_cast<size_t>(n) * n * 2;  // bf16
+  const float one = 1, zero = 0;
+  // A and B are the same matrix (its values do not change the rate); C is FP32.
+  absl::Status s = Check(cudaMalloc(&a, bytes), "cudaMalloc");
+  if (s.ok()) s = Check(cudaMalloc(&out, 2 * bytes), "cudaMalloc");
+  if (s.ok()) s = Check(cudaMemset(a, 0x3c, bytes), "cudaMemset");  // bf16 ~0.0115 each
+  if (s.ok()) s = check_blas(cublasCreate(&handle), "cublasCreate");
+  if (s.ok()) s = Check(cudaEventCreate(&start), "cudaEventCreate");
+  if (s.ok()) s = Check(cudaEventCreate(&stop), "cudaEventCreate");
+  auto gemm = [&] {
+    return check_blas(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF,
+                                   n, a, CUDA_R_16BF, n, &zero, out, CUDA_R_32F, n,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                      "cublasGemmEx");
+  };
+  if (s.ok()) s = gemm();  // warm-up
+  if (s.ok()) s = Check(cudaEventRecord(start), "cudaEventRecord");
+  for (int i = 0; s.ok() && i < kIters; ++i) s = gemm();
+  if (s.ok()) s = Check(cudaEventRecord(stop), "cudaEventRecord");
+  if (s.ok()) s = Check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+  float ms = 0;
+  if (s.ok()) s = Check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+  release();
+  if (!s.ok()) return s;
+  const double dn = static_cast<double>(n);
+  return 2 * dn * dn * dn * kIters / (ms * 1e-3);
+}
 
 absl::StatusOr<double> CopyBandwidth(int64_t bytes) {
   void* src = nullptr;

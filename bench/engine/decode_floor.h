@@ -30,6 +30,24 @@ struct DecodeStepBytes {
 DecodeStepBytes DecodeFloorBytes(const PolicyModel& policy, int64_t dtype_bytes, int64_t batch,
                                  int64_t context, const EngineStats& stats);
 
+// The work of prefilling one prompt of `len` tokens (time to first token): the GEMMs'
+// FLOPs (attention projections, the router, the top-k experts each token routes to, the
+// LM head for the last position), the attention FLOPs (lightning's chunked form with its
+// block size: the causal half of each block's QK^T and PV, and each token's q S and
+// k^T v state products; softmax attention's causal QK^T and PV) and the weight bytes read
+// once. The floor is max(FLOPs / matmul peak, bytes / copy bandwidth).
+struct PrefillWork {
+  double gemm_flops = 0;
+  double attention_flops = 0;
+  int64_t weight_bytes = 0;
+  double flops() const { return gemm_flops + attention_flops; }
+};
+PrefillWork PrefillFloorWork(const PolicyModel& policy, int64_t dtype_bytes, int64_t len);
+
+// Dense bf16 matrix-product rate of the current CUDA device (FLOP/s), from cuBLAS at
+// n x n x n with FP32 accumulation (several timed products).
+absl::StatusOr<double> MatmulPeak(int64_t n = 8192);
+
 // Device-to-device copy bandwidth (bytes read + bytes written per second) of the current
 // CUDA device, measured with cudaMemcpyAsync over `bytes` (several timed copies).
 absl::StatusOr<double> CopyBandwidth(int64_t bytes = int64_t{1} << 30);

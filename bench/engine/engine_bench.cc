@@ -5,12 +5,17 @@
 // measurement.
 //   engine_bench --model DIR --prompts-dir DIR [--batches 8,64,256] [--new-tokens 128]
 //                [--device cuda] [--dtype bfloat16] [--enforce-eager 1] [--floor 1]
+//                [--fuse-epilogues 0]   (EngineOptions::fuse_decode_epilogues, for comparison)
 //                [--long-seqs N --long-tokens T]   (then one long run; prints a JSON line
 //                                                    every --long-report tokens per sequence)
+//                [--ttft 32768,81920]   (then time to first token of one prompt of each
+//                                        length, beside its compute / bandwidth floor;
+//                                        --ttft-runs N timed runs after one warm-up, 3)
 // With --floor 1 (the default) each batch size is also timed at half the new tokens: the
 // difference is the decode steps' time alone (prefill and the fixed cost cancel), printed
 // per step beside the step's byte floor (bench/engine/decode_floor.h) and its share of it.
 // prompts_<batch>.jsonl lines hold {"prompt_tokens": [...]} (hf_bench.py writes them).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -70,10 +75,68 @@ bool ReadPrompts(const std::string& path, std::vector<std::vector<int32_t>>* pro
   return !prompts->empty();
 }
 
+// Time to first token of one random prompt of each length in `lengths` ("32768,81920"):
+// the median of `runs` timed generates of one token after a warm-up, with the whole prompt
+// in one prefill step, and its share of the floor (decode_floor.h: PrefillFloorWork).
+int TimeToFirstToken(PolicyModel& policy, const std::string& lengths, int64_t runs, bool eager,
+                     int64_t dtype_bytes, double copy_bw) {
+  double peak = 0;
+  if (copy_bw > 0) {
+    auto p = MatmulPeak();
+    if (!p.ok()) return Fail(std::string(p.status().message()));
+    peak = *p;
+    std::printf("{\"matmul_peak_tflops\": %.1f}\n", peak / 1e12);
+  }
+  for (absl::string_view l : absl::StrSplit(lengths, ',', absl::SkipEmpty())) {
+    int64_t len = 0;
+    if (!absl::SimpleAtoi(l, &len) || len < 1) return Fail("bad length in --ttft");
+    std::mt19937 rng(7);
+    std::vector<std::vector<int32_t>> prompt(1, std::vector<int32_t>(len));
+    for (auto& t : prompt[0]) t = static_cast<int32_t>(rng() % policy.config().vocab_size);
+    EngineOptions eopts;
+    eopts.max_num_seqs = 1;
+    eopts.max_prefill_tokens = len;
+    eopts.max_model_len = len + 8;
+    eopts.kv_cache_bytes = int64_t{4} << 30;
+    eopts.cuda_graphs = !eager;
+    auto engine = Engine::Create(&policy, eopts);
+    if (!engine.ok()) return Fail(std::string(engine.status().message()));
+    std::vector<double> times;
+    for (int64_t i = 0; i <= runs; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      auto results = (*engine)->Generate(Requests(prompt, 1));
+      const double secs = Seconds(start);
+      for (const auto& r : results) {
+        if (!r.status.ok()) return Fail(std::string(r.status.message()));
+      }
+      if (i > 0) times.push_back(secs);  // the first run warms up
+    }
+    std::sort(times.begin(), times.end());
+    const double ttft_ms = 1e3 * times[times.size() / 2];
+    std::string floor_json;
+    if (peak > 0) {
+      const PrefillWork work = PrefillFloorWork(policy, dtype_bytes, len);
+      const double compute_ms = 1e3 * work.flops() / peak;
+      const double bytes_ms = 1e3 * static_cast<double>(work.weight_bytes) / copy_bw;
+      const double floor_ms = std::max(compute_ms, bytes_ms);
+      floor_json = absl::StrFormat(
+          ", \"gemm_tflop\": %.3f, \"attention_tflop\": %.3f, \"compute_floor_ms\": %.3f, "
+          "\"bytes_floor_ms\": %.3f, \"share_of_floor\": %.3f",
+          work.gemm_flops / 1e12, work.attention_flops / 1e12, compute_ms, bytes_ms,
+          floor_ms / ttft_ms);
+    }
+    std::printf("{\"ttft\": true, \"prompt_tokens\": %lld, \"ttft_ms\": %.3f%s}\n",
+                static_cast<long long>(len), ttft_ms, floor_json.c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   std::string model, prompts_dir, batches = "8,64,256", device = "cuda", dtype = "bfloat16";
+  std::string ttft;
   int64_t new_tokens = 128, eager = 0, long_seqs = 0, long_tokens = 0, long_report = 4096;
-  int64_t floor = 1;
+  int64_t floor = 1, fuse_epilogues = 1, ttft_runs = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     int64_t* target = flag == "--new-tokens"     ? &new_tokens
@@ -82,12 +145,15 @@ int Main(int argc, char** argv) {
                       : flag == "--long-tokens"   ? &long_tokens
                       : flag == "--long-report"   ? &long_report
                       : flag == "--floor"         ? &floor
+                      : flag == "--fuse-epilogues" ? &fuse_epilogues
+                      : flag == "--ttft-runs"     ? &ttft_runs
                                                   : nullptr;
     std::string* text = flag == "--model"         ? &model
                         : flag == "--prompts-dir" ? &prompts_dir
                         : flag == "--batches"     ? &batches
                         : flag == "--device"      ? &device
                         : flag == "--dtype"       ? &dtype
+                        : flag == "--ttft"        ? &ttft
                                                   : nullptr;
     if (text != nullptr) {
       *text = value;
@@ -111,6 +177,13 @@ int Main(int argc, char** argv) {
   }
   const int64_t dtype_bytes = dtype == "float32" ? 4 : 2;
 
+  if (!ttft.empty()) {
+    if (ttft_runs < 1) return Fail("--ttft-runs must be >= 1");
+    if (int rc = TimeToFirstToken(**policy, ttft, ttft_runs, eager != 0, dtype_bytes, copy_bw);
+        rc != 0) {
+      return rc;
+    }
+  }
   for (absl::string_view b : absl::StrSplit(batches, ',', absl::SkipEmpty())) {
     int64_t batch = 0;
     if (!absl::SimpleAtoi(b, &batch) || batch < 1) return Fail("bad batch size in --batches");
@@ -121,6 +194,7 @@ int Main(int argc, char** argv) {
     eopts.max_num_seqs = batch;
     eopts.kv_cache_bytes = int64_t{2} << 30;
     eopts.cuda_graphs = eager == 0;
+    eopts.fuse_decode_epilogues = fuse_epilogues != 0;
     auto engine = Engine::Create(policy->get(), eopts);
     if (!engine.ok()) return Fail(std::string(engine.status().message()));
     (*engine)->Generate(Requests(prompts, 8));  // warm-up (and graph capture)
@@ -167,9 +241,10 @@ int Main(int argc, char** argv) {
             bytes.states / 1e6, bytes.kv / 1e6, bytes.logits / 1e6);
       }
     }
-    std::printf("{\"engine\": \"lightrl\", \"enforce_eager\": %s, \"batch\": %lld, \"tokens\": %lld, "
+    std::printf("{\"engine\": \"lightrl\", \"enforce_eager\": %s, \"fuse_epilogues\": %s, \"batch\": %lld, \"tokens\": %lld, "
                 "\"seconds\": %.4f, \"tok_s\": %.1f, \"decode_steps\": %lld, \"ms_per_step\": %.3f%s}\n",
-                eager != 0 ? "true" : "false", static_cast<long long>(batch),
+                eager != 0 ? "true" : "false", fuse_epilogues != 0 ? "true" : "false",
+                static_cast<long long>(batch),
                 static_cast<long long>(full.tokens), full.seconds, full.tokens / full.seconds,
                 static_cast<long long>(full.steps), 1e3 * full.seconds / std::max<int64_t>(full.steps, 1),
                 floor_json.c_str());

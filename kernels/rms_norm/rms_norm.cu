@@ -40,6 +40,13 @@ __device__ __forceinline__ __nv_bfloat16 NormElement(float x, float inv, __nv_bf
   return __float2bfloat16_rn(__bfloat162float(w) * normed);
 }
 
+// The gated norm's factor: ATen's sigmoid of a bf16 value (1 / (1 + exp(-x)) in FP32,
+// rounded to bf16), times the normed element, rounded to bf16.
+__device__ __forceinline__ __nv_bfloat16 GateElement(__nv_bfloat16 g, __nv_bfloat16 y) {
+  const float s = __bfloat162float(__float2bfloat16_rn(1.0f / (1.0f + expf(-__bfloat162float(g)))));
+  return __float2bfloat16_rn(s * __bfloat162float(y));
+}
+
 // ATen's mean multiplies the FP32 sum by 1/dim; rsqrt is the FP32 rsqrtf.
 __device__ __forceinline__ float InvRms(float sum_sq, int dim, float eps) {
   return rsqrtf(sum_sq * (1.0f / static_cast<float>(dim)) + eps);
@@ -70,6 +77,13 @@ __global__ void __launch_bounds__(kMaxThreads) RmsNormVecKernel(const RmsNormPar
     __nv_bfloat16* ys = reinterpret_cast<__nv_bfloat16*>(&y_raw);
 #pragma unroll
     for (int j = 0; j < kVec; ++j) ys[j] = NormElement(__bfloat162float(xs[j]), inv, ws[j]);
+    if (p.gate != nullptr) {
+      const uint4 g_raw =
+          *reinterpret_cast<const uint4*>(p.gate + blockIdx.x * p.gate_row_stride + c * kVec);
+      const __nv_bfloat16* gs = reinterpret_cast<const __nv_bfloat16*>(&g_raw);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) ys[j] = GateElement(gs[j], ys[j]);
+    }
     *reinterpret_cast<uint4*>(y + c * kVec) = y_raw;
   }
 }
@@ -83,8 +97,10 @@ __global__ void __launch_bounds__(kMaxThreads) RmsNormScalarKernel(const RmsNorm
     sum_sq = fmaf(f, f, sum_sq);
   }
   const float inv = InvRms(BlockSum(sum_sq), p.dim, p.eps);
+  const __nv_bfloat16* gate = p.gate != nullptr ? p.gate + blockIdx.x * p.gate_row_stride : nullptr;
   for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
-    y[i] = NormElement(__bfloat162float(x[i]), inv, p.weight[i]);
+    const __nv_bfloat16 v = NormElement(__bfloat162float(x[i]), inv, p.weight[i]);
+    y[i] = gate != nullptr ? GateElement(gate[i], v) : v;
   }
 }
 
@@ -133,6 +149,7 @@ const char* RmsNormParams::Validate() const {
   if (x_row_stride < dim || y_row_stride < dim) return "row strides must be >= dim";
   if (x == nullptr || weight == nullptr || y == nullptr) return "x, weight and y are required";
   if (!(eps >= 0.f)) return "eps must be >= 0";
+  if (gate != nullptr && gate_row_stride < dim) return "gate_row_stride must be >= dim";
   return nullptr;
 }
 
@@ -141,7 +158,9 @@ cudaError_t LaunchRmsNorm(const RmsNormParams& params, cudaStream_t stream) {
   if (params.rows == 0) return cudaSuccess;
   const bool vec = params.dim % kVec == 0 && params.x_row_stride % kVec == 0 &&
                    params.y_row_stride % kVec == 0 && IsAligned16(params.x) &&
-                   IsAligned16(params.weight) && IsAligned16(params.y);
+                   IsAligned16(params.weight) && IsAligned16(params.y) &&
+                   (params.gate == nullptr ||
+                    (params.gate_row_stride % kVec == 0 && IsAligned16(params.gate)));
   const unsigned grid = static_cast<unsigned>(params.rows);
   if (vec) {
     RmsNormVecKernel<<<grid, ThreadsFor(params.dim / kVec), 0, stream>>>(params);

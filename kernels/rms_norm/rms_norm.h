@@ -15,6 +15,9 @@ namespace lightrl {
 // multiplies it, as the policy's eager ops do. All pointers are device pointers; rows are
 // unit-stride along dim. The 16-byte path serves dim % 8 == 0 with 16-byte aligned rows;
 // anything else takes the scalar path.
+// With `gate`, the lightning block's gated norm (LightningAttentionImpl::Finish):
+// y = bf16( float(bf16(sigmoid(gate))) * float(y_norm) ), the three roundings of eager
+// torch's sigmoid, norm and product, in one kernel.
 struct RmsNormParams {
   const __nv_bfloat16* x = nullptr;       // [rows, dim], row stride x_row_stride
   const __nv_bfloat16* weight = nullptr;  // [dim]
@@ -24,6 +27,8 @@ struct RmsNormParams {
   int rows = 0;
   int dim = 0;                            // 1 .. kRmsNormMaxDim
   float eps = 1e-5f;
+  const __nv_bfloat16* gate = nullptr;    // optional [rows, dim], row stride gate_row_stride
+  int64_t gate_row_stride = 0;            // elements; >= dim when gate is set
 
   // nullptr when the parameters are usable, else what is wrong with them.
   const char* Validate() const;

@@ -30,6 +30,19 @@ void ReferenceRmsNorm(const float* x, int64_t x_row_stride, const float* weight,
   }
 }
 
+void ReferenceGatedRmsNorm(const float* x, int64_t x_row_stride, const float* weight,
+                           const float* gate, int64_t gate_row_stride, int64_t rows, int64_t dim,
+                           double eps, float* y, int64_t y_row_stride) {
+  ReferenceRmsNorm(x, x_row_stride, weight, rows, dim, eps, y, y_row_stride);
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t i = 0; i < dim; ++i) {
+      const double s = RoundToBf16(1.0 / (1.0 + std::exp(-double{gate[t * gate_row_stride + i]})));
+      float& out = y[t * y_row_stride + i];
+      out = static_cast<float>(RoundToBf16(s * out));
+    }
+  }
+}
+
 void ReferenceScaledAdd(const float* a, const float* b, int64_t n, double alpha, double beta,
                         float* out) {
   for (int64_t i = 0; i < n; ++i) {

@@ -16,6 +16,12 @@ double RoundToBf16(double v);
 void ReferenceRmsNorm(const float* x, int64_t x_row_stride, const float* weight, int64_t rows,
                       int64_t dim, double eps, float* y, int64_t y_row_stride);
 
+// The gated norm: y[t, i] = bf16(bf16(sigmoid(gate[t, i])) * norm[t, i]) with norm[t, i]
+// as ReferenceRmsNorm writes it; gate rows have stride gate_row_stride.
+void ReferenceGatedRmsNorm(const float* x, int64_t x_row_stride, const float* weight,
+                           const float* gate, int64_t gate_row_stride, int64_t rows, int64_t dim,
+                           double eps, float* y, int64_t y_row_stride);
+
 // out[i] = bf16(alpha * a[i] + beta * b[i]), one rounding.
 void ReferenceScaledAdd(const float* a, const float* b, int64_t n, double alpha, double beta,
                         float* out);

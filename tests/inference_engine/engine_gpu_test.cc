@@ -398,6 +398,52 @@ TEST(EngineGpuTest, PrefillStreamKeepsOutputsUnderStaggeredAdmission) {
   EXPECT_GE(compared, total / 4);
 }
 
+// The decode step's fused epilogues (the lightning gate with its norm, the MoE weighted sum
+// with the residual sum) against the separate ops they replace: the same roundings but for
+// the MoE sum's order, so each request's greedy output is the same up to a near tie, past
+// which their contexts differ.
+TEST(EngineGpuTest, FusedDecodeEpiloguesMatchTheSeparateOps) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  auto policy = MakeGpuPolicy(rng());
+  const auto requests = RandomRequests(rng, /*temperature=*/0, /*num=*/12, /*max_new_tokens=*/40,
+                                       /*vary=*/true);
+  EngineOptions fused_options = GpuEngineOptions(/*max_num_seqs=*/12);
+  EngineOptions separate_options = fused_options;
+  separate_options.fuse_decode_epilogues = false;
+  auto run = [&](const EngineOptions& options) {
+    auto engine = Engine::Create(policy.get(), options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return (*engine)->Generate(requests);
+  };
+  const auto fused = run(fused_options);
+  const auto separate = run(separate_options);
+  const double kTolerance = 0.05;  // nats
+  int64_t compared = 0, total = 0;
+  double sum_diff = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    ASSERT_TRUE(fused[i].status.ok()) << fused[i].status;
+    ASSERT_TRUE(separate[i].status.ok()) << separate[i].status;
+    const auto& a = fused[i].samples.at(0);
+    const auto& b = separate[i].samples.at(0);
+    ASSERT_EQ(a.tokens.size(), b.tokens.size());
+    total += static_cast<int64_t>(a.tokens.size());
+    for (size_t t = 0; t < a.tokens.size(); ++t) {
+      ++compared;
+      EXPECT_NEAR(a.logprobs[t], b.logprobs[t], kTolerance) << "token " << t;
+      sum_diff += std::fabs(a.logprobs[t] - b.logprobs[t]);
+      if (a.tokens[t] != b.tokens[t]) break;
+    }
+  }
+  std::printf("fused vs separate epilogues: %lld of %lld tokens compared, mean |logprob diff| "
+              "%.2e\n", static_cast<long long>(compared), static_cast<long long>(total),
+              sum_diff / static_cast<double>(std::max<int64_t>(compared, 1)));
+  EXPECT_GE(compared, total / 2);
+  EXPECT_LT(sum_diff / static_cast<double>(std::max<int64_t>(compared, 1)), 5e-3);
+}
+
 // The runner never prefills on the caller's stream, also when the caller moves onto the
 // stream it prefilled on; its logits, and a decode step reading the slots it wrote right
 // after it, are bit for bit those of a runner that prefills on the caller's stream.

@@ -109,6 +109,47 @@ INSTANTIATE_TEST_SUITE_P(
                       NormCase{5, 1024, 1, 0} /* odd stride: the scalar path at dim 1024 */),
     [](const ::testing::TestParamInfo<NormCase>& info) { return CaseName(info.param); });
 
+// The lightning block's gated norm: the same rows with a gate of its own stride; within two
+// ulps of the reference (the norm's two) plus one for the gate's product.
+TEST_P(RmsNormTest, GatedMatchesReference) {
+  const NormCase& c = GetParam();
+  const unsigned seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  const int64_t xs = c.dim + c.x_pad, ys = c.dim + c.y_pad, gs = c.dim + c.y_pad;
+  std::vector<float> x, w, g;
+  auto x_host = RandomBf16(static_cast<size_t>(c.rows) * xs, 2.0f, rng, &x, /*mean=*/0.3f);
+  auto w_host = RandomBf16(c.dim, 0.5f, rng, &w, /*mean=*/1.0f);
+  auto g_host = RandomBf16(static_cast<size_t>(c.rows) * gs, 3.0f, rng, &g);
+  DeviceBuffer<__nv_bfloat16> x_dev(x_host), w_dev(w_host), g_dev(g_host);
+  DeviceBuffer<__nv_bfloat16> y_dev(
+      std::vector<__nv_bfloat16>(static_cast<size_t>(c.rows) * ys, FromBits(kPoisonBits)));
+  RmsNormParams p;
+  p.x = x_dev.get();
+  p.weight = w_dev.get();
+  p.y = y_dev.get();
+  p.gate = g_dev.get();
+  p.x_row_stride = xs;
+  p.y_row_stride = ys;
+  p.gate_row_stride = gs;
+  p.rows = c.rows;
+  p.dim = c.dim;
+  p.eps = 1e-6f;
+  ASSERT_EQ(p.Validate(), nullptr);
+  CUDA_CHECK(LaunchRmsNorm(p, nullptr));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const auto y = y_dev.Download();
+  std::vector<float> ref(static_cast<size_t>(c.rows) * ys, 0.0f);
+  ReferenceGatedRmsNorm(x.data(), xs, w.data(), g.data(), gs, c.rows, c.dim, p.eps, ref.data(), ys);
+  ExpectMatches(y, ref, int64_t{c.rows} * c.dim,
+                [&](int64_t i) { return (i / c.dim) * ys + i % c.dim; }, /*ulps=*/3.0);
+  for (int t = 0; t < c.rows; ++t) {
+    for (int i = c.dim; i < ys; ++i) {
+      ASSERT_EQ(Bits(y[static_cast<size_t>(t) * ys + i]), kPoisonBits) << "gap written, row " << t;
+    }
+  }
+}
+
 class ScaledAddTest : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(ScaledAddTest, MatchesReferenceInPlace) {
@@ -160,6 +201,10 @@ TEST(RmsNormValidate, RejectsBadParameters) {
   EXPECT_NE(bad.Validate(), nullptr);
   bad = p;
   bad.weight = nullptr;
+  EXPECT_NE(bad.Validate(), nullptr);
+  bad = p;
+  bad.gate = buf.get();
+  bad.gate_row_stride = 8;
   EXPECT_NE(bad.Validate(), nullptr);
   ScaledAddParams s;
   s.a = s.b = s.out = buf.get();

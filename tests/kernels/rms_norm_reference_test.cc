@@ -51,6 +51,21 @@ TEST(ReferenceRmsNorm, ScaleInvariantWithoutEpsAndRowsApart) {
   EXPECT_EQ(y[11], -99.0f);
 }
 
+// A gate far above zero passes the norm through (sigmoid rounds to 1); far below, it
+// closes it (sigmoid ~ e^g); at zero it halves it exactly.
+TEST(ReferenceGatedRmsNorm, GateOpensClosesAndHalves) {
+  const std::vector<float> x = {0.5f, -1.25f, 2.0f, 0.75f}, w = {1.0f, 0.5f, 2.0f, -1.0f};
+  std::vector<float> norm(4), gated(4);
+  ReferenceRmsNorm(x.data(), 4, w.data(), 1, 4, 1e-6, norm.data(), 4);
+  const std::vector<float> open(4, 40.0f), half(4, 0.0f), shut(4, -120.0f);
+  ReferenceGatedRmsNorm(x.data(), 4, w.data(), open.data(), 4, 1, 4, 1e-6, gated.data(), 4);
+  EXPECT_EQ(gated, norm);
+  ReferenceGatedRmsNorm(x.data(), 4, w.data(), half.data(), 4, 1, 4, 1e-6, gated.data(), 4);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(gated[i], norm[i] / 2) << i;
+  ReferenceGatedRmsNorm(x.data(), 4, w.data(), shut.data(), 4, 1, 4, 1e-6, gated.data(), 4);
+  for (int i = 0; i < 4; ++i) EXPECT_LT(std::fabs(gated[i]), 1e-50 + 1e-40 * std::fabs(norm[i])) << i;
+}
+
 TEST(ReferenceScaledAdd, RoundsOnce) {
   const std::vector<float> a = {1.0f, 2.0f};
   const std::vector<float> b = {std::ldexp(1.0f, -9), -0.5f};

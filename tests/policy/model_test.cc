@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <random>
@@ -9,6 +10,8 @@
 #include "policy/minimax_model.h"
 #include "policy/model_config.h"
 #include "policy/policy_model.h"
+#include "policy/sharded_checkpoint.h"
+#include "tests/test_models.h"
 
 namespace lightrl {
 namespace {
@@ -242,6 +245,106 @@ TEST(PolicyModelTest, SaveLoadRoundTripKeepsLogprobs) {
       EXPECT_LT((*after)[i][t], 0.f);
     }
   }
+}
+
+// The torch-free list of a checkpoint's tensors is the model's parameters, name and shape.
+TEST(PolicyModelTest, ModelTensorShapesAreTheParameters) {
+  ModelConfig tied = TinyParallelConfig();
+  tied.tie_word_embeddings = true;
+  for (const ModelConfig& config : {TinyParallelConfig(), tied, TinyConfig()}) {
+    MiniMaxForCausalLM model(config);
+    std::vector<std::pair<std::string, std::vector<int64_t>>> params;
+    for (const auto& p : model->named_parameters()) {
+      if (config.tie_word_embeddings && p.key() == "lm_head.weight") continue;
+      params.push_back({p.key(), std::vector<int64_t>(p.value().sizes().begin(),
+                                                      p.value().sizes().end())});
+    }
+    std::sort(params.begin(), params.end());
+    EXPECT_EQ(ModelTensorShapes(config), params);
+  }
+}
+
+// A model saved in HF format, split into a sharded checkpoint of each layout the way the
+// ranks would write it, loads with the same bytes in every parameter and the same
+// logprobs, bit for bit.
+TEST(PolicyModelTest, ShardedCheckpointLoadsAsTheHfOne) {
+  TempDir dir;
+  const ModelConfig config = TinyParallelConfig();
+  auto model = PolicyModel::Create(config, std::random_device{}());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::string hf = JoinPath(dir.path(), "hf");
+  ASSERT_TRUE((*model)->Save(hf, DType::kBF16).ok());
+  auto from_hf = PolicyModel::Load(hf);
+  ASSERT_TRUE(from_hf.ok()) << from_hf.status();
+  auto source = ShardedCheckpoint::Open(hf);
+  ASSERT_TRUE(source.ok()) << source.status();
+  std::mt19937 rng(std::random_device{}());
+  std::vector<std::vector<int32_t>> seqs;
+  for (int n : {9, 1, 17}) {
+    seqs.emplace_back();
+    for (int i = 0; i < n; ++i) seqs.back().push_back(static_cast<int32_t>(rng() % 48));
+  }
+  auto want = (*from_hf)->TokenLogprobs(seqs);
+  ASSERT_TRUE(want.ok()) << want.status();
+  for (const ShardLayout& layout : {ShardLayout{2, 2, 1}, ShardLayout{1, 4, 2}, ShardLayout{2, 2, 2}}) {
+    SCOPED_TRACE(layout.ToString());
+    const std::string sharded = JoinPath(dir.path(), layout.ToString());
+    for (const ShardCoords& coords : layout.AllCoords()) {
+      auto blocks = source->ReadShards(config, coords);
+      ASSERT_TRUE(blocks.ok()) << blocks.status();
+      std::vector<TensorData> views;
+      for (const TensorBlock& b : *blocks) views.push_back(b.view());
+      ASSERT_TRUE(WriteRankShards(sharded, config, coords, views).ok());
+    }
+    ASSERT_TRUE(WriteShardedIndex(sharded, config, layout).ok());
+    auto config_text = ReadFile(JoinPath(hf, "config.json"));
+    ASSERT_TRUE(config_text.ok());
+    ASSERT_TRUE(WriteFileAtomic(JoinPath(sharded, "config.json"), *config_text).ok());
+    auto loaded = PolicyModel::Load(sharded);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    auto a = (*from_hf)->ExportWeights(DType::kF32);
+    auto b = (*loaded)->ExportWeights(DType::kF32);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(a->size(), b->size());
+    for (size_t i = 0; i < a->size(); ++i) {
+      EXPECT_EQ((*a)[i].name, (*b)[i].name);
+      EXPECT_TRUE((*a)[i].data == (*b)[i].data) << (*a)[i].name;
+    }
+    auto got = (*loaded)->TokenLogprobs(seqs);
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      for (size_t t = 1; t < seqs[i].size(); ++t) EXPECT_EQ((*got)[i][t], (*want)[i][t]) << i << "," << t;
+    }
+  }
+}
+
+// A sharded checkpoint missing a piece fails to load with the tensor named.
+TEST(PolicyModelTest, BrokenShardedCheckpointNamesTheTensor) {
+  TempDir dir;
+  const ModelConfig config = TinyParallelConfig();
+  auto model = PolicyModel::Create(config, 5);
+  ASSERT_TRUE(model.ok());
+  const std::string hf = JoinPath(dir.path(), "hf");
+  ASSERT_TRUE((*model)->Save(hf).ok());
+  auto source = ShardedCheckpoint::Open(hf);
+  ASSERT_TRUE(source.ok());
+  const ShardLayout layout{2, 1, 1};
+  const std::string sharded = JoinPath(dir.path(), "sharded");
+  for (const ShardCoords& coords : layout.AllCoords()) {
+    auto blocks = source->ReadShards(config, coords);
+    ASSERT_TRUE(blocks.ok());
+    std::vector<TensorData> views;
+    for (const TensorBlock& b : *blocks) {
+      // The second TP rank loses its block of one projection.
+      if (coords.tp_rank == 1 && b.name == "model.layers.1.self_attn.k_proj.weight") continue;
+      views.push_back(b.view());
+    }
+    ASSERT_TRUE(WriteRankShards(sharded, config, coords, views).ok());
+  }
+  absl::Status s = WriteShardedIndex(sharded, config, layout);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find("model.layers.1.self_attn.k_proj.weight"),
+            std::string::npos) << s;
 }
 
 TEST(PolicyModelTest, OutOfVocabularyTokenIsAnError) {

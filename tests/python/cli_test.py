@@ -82,6 +82,10 @@ def main():
     expect(["init", "--config"], 2, "--config needs a value", "lightrl init --help")
     expect(["init", "--output", "x"], 2, "--config is required")
     expect(["convert", "--model", "a", "--output", "b", "--dtype", "fp8"], 2, "--dtype", "fp8")
+    expect(["convert", "--model", "a", "--output", "b", "--to-layout", "pp=2"], 2,
+           "--to-layout", "pp=2")
+    expect(["convert", "--model", "a", "--output", "b", "--to-layout", "tp=2",
+            "--dtype", "bf16"], 2, "--dtype cannot be combined with --to-layout")
     expect(["plan", "--config", "x.yaml", "--gpus", "many"], 2, "--gpus must be an integer")
     expect(["run"], 2, "--config is required", "lightrl run --help")
     expect(["run", "--config", "x.yaml", "--nproc", "0"], 2, "--nproc")

@@ -29,6 +29,9 @@ that learns single-digit addition in seconds on a CPU:
              `--skip-corrupt` skips it and says how many were skipped.
   metrics_resume  a run killed after step 5 (checkpoint at step 4) and resumed logs every
              (step, metric) once in metrics.jsonl, and once in TensorBoard's view.
+  sharded_resume  a checkpoint whose weights are replaced by ep 2 x expert-TP 2 shard
+             files (`lightrl convert --to-layout`) resumes, and the run ends with the
+             uninterrupted run's final weights, bit for bit.
   standalone  a run's checkpoint is usable on its own: it carries tokenizer.json,
              tokenizer_config.json and generation_config.json (each in manifest.json);
              `lightrl generate --model CKPT` takes text prompts and stops on the
@@ -658,6 +661,35 @@ def case_checksums(runs, rng):
     print(f"  corrupt model.path: {proc.stderr.strip().splitlines()[-1]}")
 
 
+def case_sharded_resume(runs, rng):
+    ref_dir = runs.reference()
+    final, previous = f"step-{RL_STEPS:06d}-sft-{SFT_STEPS:06d}", f"step-{RL_STEPS - 1:06d}-sft-{SFT_STEPS:06d}"
+    run_dir, path = copy_run(runs, ref_dir, "sharded-ckpt")
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    shutil.rmtree(os.path.join(checkpoints, final))
+    with open(os.path.join(checkpoints, "latest"), "w") as f:
+        f.write(previous + "\n")
+    # The previous checkpoint's weights as ep 2 x expert-TP 2 shard files (no manifest: the
+    # files changed; resume warns and reads them).
+    ckpt = os.path.join(checkpoints, previous)
+    shards = os.path.join(runs.tmp, "sharded-weights")
+    run_ok("convert", "--model", ckpt, "--output", shards, "--to-layout", "ep=2,expert_tp=2")
+    os.remove(os.path.join(ckpt, "model.safetensors"))
+    os.remove(os.path.join(ckpt, "manifest.json"))
+    copied = [n for n in os.listdir(shards) if n.startswith("model")]
+    assert "model.sharded.index.json" in copied and len(copied) == 5, copied
+    for name in copied:
+        shutil.copy(os.path.join(shards, name), ckpt)
+    proc, seconds = run_ok("run", "--config", path, "--resume")
+    resumed = [line for line in proc.stderr.splitlines() if "resumed from" in line]
+    assert resumed and previous in resumed[0], proc.stderr
+    for name in ("model.safetensors", "trainer_state.json"):
+        a = open(os.path.join(ref_dir, "checkpoints", final, name), "rb").read()
+        b = open(os.path.join(run_dir, "checkpoints", final, name), "rb").read()
+        assert a == b, f"{name} after resuming from shards differs from the uninterrupted run's"
+    print(f"  resumed from sharded {previous}, final weights identical ({seconds:.1f} s)")
+
+
 def case_corrupt_log(runs, rng):
     ref_dir = runs.reference()
     bad = os.path.join(runs.tmp, "bad-last-record", "rollouts")
@@ -963,7 +995,8 @@ def case_reward_sources(runs, rng):
 CASES = {"resume": case_resume, "metrics": case_metrics, "rollouts": case_rollouts,
          "replay": case_replay, "checksums": case_checksums, "corrupt_log": case_corrupt_log,
          "metrics_resume": case_metrics_resume, "config": case_config,
-         "standalone": case_standalone, "reward_sources": case_reward_sources}
+         "standalone": case_standalone, "reward_sources": case_reward_sources,
+         "sharded_resume": case_sharded_resume}
 
 
 def main():
