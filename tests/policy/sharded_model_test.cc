@@ -13,24 +13,11 @@
 #include "policy/checkpoint.h"
 #include "policy/minimax_model.h"
 #include "policy/policy_model.h"
+#include "tests/temp_dir.h"
 #include "tests/test_models.h"
 
 namespace lightrl {
 namespace {
-
-// A directory under /tmp, removed with its files.
-class ShardTestDir {
- public:
-  ShardTestDir() {
-    char tmpl[] = "/tmp/lightrl_shard_XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~ShardTestDir() { EXPECT_TRUE(RemoveTree(path_).ok()) << path_; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 ShardCoords Tp(int64_t tp, int64_t rank) {
   ShardCoords c;
@@ -64,7 +51,7 @@ TEST(ShardedModelTest, CreatedAndLoadedShardsAreBlocksOfTheWholeModel) {
   const ModelConfig config = TinyParallelConfig();
   auto whole = PolicyModel::Create(config, seed);
   ASSERT_TRUE(whole.ok()) << whole.status();
-  ShardTestDir dir;
+  TempDir dir;
   ASSERT_TRUE((*whole)->Save(dir.path()).ok());
   for (int64_t rank : {0, 1}) {
     auto created = PolicyModel::Create(config, seed, {}, Tp(2, rank));
@@ -90,7 +77,7 @@ TEST(ShardedModelTest, ErrorsNameTheShardAndWhatIsMissing) {
 
   auto shard = PolicyModel::Create(config, 1, {}, Tp(2, 1));
   ASSERT_TRUE(shard.ok()) << shard.status();
-  ShardTestDir dir;
+  TempDir dir;
   const absl::Status saved = (*shard)->Save(dir.path());
   EXPECT_EQ(saved.code(), absl::StatusCode::kUnimplemented) << saved;
   EXPECT_NE(saved.ToString().find("tp 1/2"), std::string::npos) << saved;
