@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "policy/expert_parallel.h"
+#include "policy/invariant_model.h"
 #include "policy/lightning_attention.h"
 #include "policy/lightning_cuda.h"
 #include "policy/train_ops_cuda.h"
@@ -574,6 +575,7 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
   TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == layout.num_tokens(), "tokens ",
               tokens.sizes(), " do not match the packed layout of ", layout.num_tokens(),
               " tokens");
+  if (options.batch_invariant) return InvariantForward(*this, tokens, layout, options);
   auto x = model->embed_tokens(tokens);
   auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
   for (const auto& layer : *model->layers) {

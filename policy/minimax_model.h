@@ -37,6 +37,9 @@ struct ForwardOptions {
   // ranks (policy/expert_parallel.h). Every rank must then run the same number of
   // forwards and backwards, in the same order, empty ones included. Null: all local.
   ExpertParallelComm* expert_parallel = nullptr;
+  // numerics.batch_invariant: the blocks of policy/invariant_model.h, whose every token's
+  // values do not depend on the batch, the same bits as the engine's in that mode (CPU).
+  bool batch_invariant = false;
 };
 
 struct ForwardOutput {
