@@ -206,7 +206,8 @@ class LightningFunction : public torch::autograd::Function<LightningFunction> {
                                const torch::Tensor& v, const torch::Tensor& slope,
                                const std::vector<int64_t>& cu, const torch::Tensor& init) {
     auto qf = Fp32(q), kf = Fp32(k), vf = Fp32(v);
-    torch::Tensor initf = init.defined() ? Fp32(init) : torch::Tensor();
+    // No initial states: an empty tensor (a custom function's inputs must be defined).
+    torch::Tensor initf = init.numel() > 0 ? Fp32(init) : torch::Tensor();
     const int64_t T = q.size(0), H = q.size(1), d = q.size(2);
     const int64_t N = static_cast<int64_t>(cu.size()) - 1;
     LightningArgs a{qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>(),
@@ -558,7 +559,8 @@ torch::Tensor InvariantLightning(const torch::Tensor& q, const torch::Tensor& k,
   TORCH_CHECK(!cu_seqlens.empty() && cu_seqlens.back() == q.size(0),
               "lightning attention: documents end at ",
               cu_seqlens.empty() ? 0 : cu_seqlens.back(), ", tokens ", q.size(0));
-  auto outs = LightningFunction::apply(q, k, v, slope, cu_seqlens, init_states);
+  auto outs = LightningFunction::apply(q, k, v, slope, cu_seqlens,
+                                       init_states.defined() ? init_states : torch::empty({0}));
   if (final_states != nullptr) *final_states = outs[1];
   return outs[0];
 }
@@ -581,12 +583,22 @@ torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tenso
   CheckCpu(q, "paged attention");
   TORCH_CHECK(static_cast<int64_t>(key_rows.size()) == q.size(0), "paged attention: ",
               key_rows.size(), " key lists for ", q.size(0), " queries");
+  // Only the rows read are widened: gathered back to back, each query's a slice.
+  std::vector<int64_t> flat, start;
   int64_t max_rows = 0;
-  for (const auto& r : key_rows) max_rows = std::max<int64_t>(max_rows, static_cast<int64_t>(r.size()));
-  auto o = AttendAll(Fp32(q), Fp32(k_pool), Fp32(v_pool), static_cast<float>(scale), max_rows,
+  for (const auto& r : key_rows) {
+    start.push_back(static_cast<int64_t>(flat.size()));
+    flat.insert(flat.end(), r.begin(), r.end());
+    max_rows = std::max<int64_t>(max_rows, static_cast<int64_t>(r.size()));
+  }
+  std::vector<int64_t> local(flat.size());
+  for (size_t i = 0; i < local.size(); ++i) local[i] = static_cast<int64_t>(i);
+  auto index = torch::tensor(flat, torch::kInt64);
+  auto o = AttendAll(Fp32(q), Fp32(k_pool.index_select(0, index)),
+                     Fp32(v_pool.index_select(0, index)), static_cast<float>(scale), max_rows,
                      [&](int64_t i) {
                        return std::pair<const int64_t*, int64_t>(
-                           key_rows[i].data(), static_cast<int64_t>(key_rows[i].size()));
+                           local.data() + start[i], static_cast<int64_t>(key_rows[i].size()));
                      });
   return o.to(q.scalar_type());
 }

@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "policy/invariant_model.h"
+#include "policy/invariant_ops.h"
 #include "policy/minimax_model.h"
 #include "policy/train_ops_cuda.h"
 #include "rl/adamw.h"
@@ -213,8 +215,10 @@ struct Learner::Impl {
     fopts.train_lightning = train;
     fopts.moe_capacity_factor = train ? options.optimizer.moe_capacity_factor : 0;
     fopts.expert_parallel = experts ? experts->comm() : nullptr;
+    fopts.batch_invariant = options.batch_invariant;
     auto out = module->Forward(p.tokens, p.layout, fopts);
     auto hidden = out.hidden.index_select(0, p.predict_rows);
+    if (options.batch_invariant) return InvariantLogprobs(hidden, p.targets, out.aux_loss, entropy);
     if (entropy != nullptr) {
       std::vector<torch::Tensor> lps, ents;
       const int64_t chunk = module->LogitChunkRows();
@@ -233,6 +237,20 @@ struct Learner::Impl {
       return {lps.empty() ? none : torch::cat(lps), out.aux_loss};
     }
     return {module->TokenLogprobs(hidden, p.targets, 0, options.temperature), out.aux_loss};
+  }
+
+  // The batch-invariant mode's logprobs (the engine's, bit for bit) and entropy.
+  std::pair<torch::Tensor, torch::Tensor> InvariantLogprobs(const torch::Tensor& hidden,
+                                                            const torch::Tensor& targets,
+                                                            const torch::Tensor& aux,
+                                                            torch::Tensor* entropy) {
+    auto& module = policy->module();
+    auto logits = InvariantLogits(*module, hidden);
+    if (entropy != nullptr) {
+      auto logp = torch::log_softmax(logits / options.temperature, -1);
+      *entropy = -(logp.exp() * logp).sum(-1);
+    }
+    return {InvariantTokenLogprobs(logits, targets, {options.temperature}), aux};
   }
 
   // Before an update's first backward.
