@@ -116,6 +116,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
   const ModelConfig& c = policy->config();
   impl->max_model_len = options.max_model_len > 0 ? options.max_model_len : c.max_position_embeddings;
   auto& module = policy->module();
+  if (options.batch_invariant && module->lm_head->weight.is_cuda()) {
+    return absl::UnimplementedError(
+        "numerics.batch_invariant runs on the CPU only so far; the policy is on CUDA");
+  }
   const auto dtype = module->lm_head->weight.scalar_type();
   const int64_t page_bytes = std::max<int64_t>(1, ModelRunner::PageBytes(c, options.page_size, dtype));
   // Without softmax layers pages cost nothing; keep enough to address max_model_len.
@@ -135,6 +139,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
     runner.cuda_graphs = options.cuda_graphs;
     runner.prefill_stream = options.prefill_stream;
     runner.fuse_decode_epilogues = options.fuse_decode_epilogues;
+    runner.batch_invariant = options.batch_invariant;
     impl->runner = std::make_unique<ModelRunner>(module, runner);
   } catch (const c10::Error& e) {
     return absl::ResourceExhaustedError(

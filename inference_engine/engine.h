@@ -34,6 +34,10 @@ struct EngineOptions {
   // separate ops they replace (the same roundings but for the MoE sum's order; for
   // comparison).
   bool fuse_decode_epilogues = true;
+  // numerics.batch_invariant: every token's logits and reported logprob are the same bits
+  // whatever the batch (prefill chunks, decode batch sizes, preemption and re-prefill), and
+  // the same as the learner's in that mode. CPU only so far; slower (docs/config.md).
+  bool batch_invariant = false;
   absl::Status Validate() const;
 };
 

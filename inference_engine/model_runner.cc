@@ -78,8 +78,8 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
   const int64_t num_slots = options.num_slots, num_pages = options.num_pages;
   const int64_t page_size = options.page_size;
 #ifdef LIGHTRL_ENGINE_CUDA
-  cuda_kernels_ =
-      options.allow_cuda_kernels && CudaLightningSupported(device_, dtype_, c.head_dim);
+  cuda_kernels_ = options.allow_cuda_kernels && !options.batch_invariant &&
+                  CudaLightningSupported(device_, dtype_, c.head_dim);
 #endif
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
   auto kv = torch::TensorOptions().dtype(dtype_).device(device_);
@@ -213,6 +213,7 @@ std::optional<c10::Stream> ModelRunner::prefill_stream() const {
 }
 
 torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
+  if (options_.batch_invariant) return PrefillInvariant(seqs);
   torch::InferenceMode guard;
   std::vector<int64_t> lengths, flat;
   for (const auto& s : seqs) {
@@ -287,6 +288,7 @@ torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
 }
 
 torch::Tensor ModelRunner::DecodeTorch(const std::vector<RunnerSequence>& seqs) {
+  if (options_.batch_invariant) return DecodeInvariant(seqs);
   torch::InferenceMode guard;
   const int64_t B = static_cast<int64_t>(seqs.size());
   std::vector<int64_t> tok, slot, pos;

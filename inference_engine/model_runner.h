@@ -41,6 +41,10 @@ struct ModelRunnerOptions {
   bool prefill_stream = true;
   // Kernel path only: EngineOptions::fuse_decode_epilogues.
   bool fuse_decode_epilogues = true;
+  // numerics.batch_invariant: prefill and decode run the blocks of policy/invariant_model.h
+  // (a token's logits the same bits whatever shares its step, and the same as the learner's
+  // in that mode); CPU only, no CUDA kernels.
+  bool batch_invariant = false;
 };
 
 class ModelRunner {
@@ -69,6 +73,7 @@ class ModelRunner {
   torch::Device device() const { return device_; }
   // Whether the lightning layers run the CUDA kernels (else the torch ops).
   bool uses_cuda_kernels() const { return cuda_kernels_; }
+  bool batch_invariant() const { return options_.batch_invariant; }
   // Whether decode steps replay CUDA graphs, and how many graphs are captured so far.
   bool uses_cuda_graphs() const { return cuda_kernels_ && options_.cuda_graphs; }
   int64_t num_cuda_graphs() const;
@@ -85,6 +90,9 @@ class ModelRunner {
   torch::Tensor RunPrefill(const std::vector<RunnerSequence>& seqs);
   torch::Tensor PageIndex(const std::vector<RunnerSequence>& seqs, bool whole_prompt) const;
   torch::Tensor DecodeTorch(const std::vector<RunnerSequence>& seqs);
+  // The batch-invariant mode's prefill and decode (model_runner_invariant.cc).
+  torch::Tensor PrefillInvariant(const std::vector<RunnerSequence>& seqs);
+  torch::Tensor DecodeInvariant(const std::vector<RunnerSequence>& seqs);
   // The kernel path (defined in CUDA builds only): inputs staged in fixed device buffers,
   // page tables mirrored on the device, the step run eagerly or replayed from a graph.
   torch::Tensor DecodeKernels(const std::vector<RunnerSequence>& seqs);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "inference_engine/sampler.h"
+#include "policy/invariant_ops.h"
 
 namespace lightrl {
 namespace {
@@ -22,11 +23,30 @@ SamplerRow Row(const SamplingParams& p, SampleState& s) {
   return {p.temperature, p.top_p, p.top_k, uni(s.rng)};
 }
 
+// numerics.batch_invariant: each sampled token's logprob as the learner computes it in that
+// mode (policy/invariant_ops.h), the same bits, at the row's temperature (1 when greedy).
+void ReportInvariantLogprobs(const torch::Tensor& logits, const std::vector<SamplerRow>& rows,
+                             const std::vector<absl::Status>& status, SampledTokens* out) {
+  std::vector<double> temperature;
+  std::vector<int64_t> tokens;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const bool greedy = !(static_cast<float>(rows[r].temperature) > 0.0f);
+    temperature.push_back(greedy ? 1.0 : rows[r].temperature);
+    tokens.push_back(status[r].ok() ? out->tokens[r] : 0);
+  }
+  torch::InferenceMode guard;
+  auto logp = InvariantTokenLogprobs(logits, torch::tensor(tokens, torch::kInt64), temperature);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (status[r].ok()) out->logprobs[r] = logp[static_cast<int64_t>(r)].item<float>();
+  }
+}
+
 // Samples every row. A batch the sampler throws on is sampled again row by row (a row's
 // sample does not depend on its batch), so an error stays with its row. A row also fails
 // when its logprob is not finite: the model gave NaN or infinite logits for that sequence.
 std::vector<absl::Status> SampleRows(const torch::Tensor& logits,
-                                     const std::vector<SamplerRow>& rows, SampledTokens* out) {
+                                     const std::vector<SamplerRow>& rows, bool batch_invariant,
+                                     SampledTokens* out) {
   std::vector<absl::Status> status(rows.size());
   try {
     *out = SampleTokens(logits, rows);
@@ -43,6 +63,7 @@ std::vector<absl::Status> SampleRows(const torch::Tensor& logits,
       }
     }
   }
+  if (batch_invariant) ReportInvariantLogprobs(logits, rows, status, out);
   for (size_t r = 0; r < rows.size(); ++r) {
     if (status[r].ok() && !std::isfinite(out->logprobs[r])) {
       status[r] = absl::InternalError(absl::StrCat("the model gave non-finite logits (token ",
@@ -178,7 +199,8 @@ std::vector<RowError> StepRunner::Run(const StepPlan& plan,
     if (!rows.empty()) {
       auto idx = torch::tensor(logit_rows, torch::kInt64).to(logits.device());
       SampledTokens sampled;
-      const auto row_status = SampleRows(logits.index_select(0, idx), rows, &sampled);
+      const auto row_status = SampleRows(logits.index_select(0, idx), rows,
+                                         runner_->batch_invariant(), &sampled);
       for (size_t r = 0; r < targets.size(); ++r) {
         const SeqId id = targets[r];
         Apply(id, scheduler.sequence(id).group, row_status[r], sampled.tokens[r],
@@ -189,7 +211,8 @@ std::vector<RowError> StepRunner::Run(const StepPlan& plan,
 
   if (decode_logits.defined()) {
     SampledTokens sampled;
-    const auto row_status = SampleRows(decode_logits, decode_rows, &sampled);
+    const auto row_status =
+        SampleRows(decode_logits, decode_rows, runner_->batch_invariant(), &sampled);
     ++stats_->decode_steps;
     for (size_t i = 0; i < plan.decode.size(); ++i) {
       const SeqId id = plan.decode[i];

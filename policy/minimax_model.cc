@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "policy/expert_parallel.h"
+#include "policy/invariant_model.h"
 #include "policy/lightning_attention.h"
 #include "policy/lightning_cuda.h"
 #include "policy/tensor_parallel.h"
@@ -727,6 +728,7 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
   TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == layout.num_tokens(), "tokens ",
               tokens.sizes(), " do not match the packed layout of ", layout.num_tokens(),
               " tokens");
+  if (options.batch_invariant) return InvariantForward(*this, tokens, layout, options);
   TensorParallelComm* comm = TpCommOf(options.tensor_parallel);
   auto x = comm ? VocabParallelEmbedding(tokens, model->embed_tokens->weight, *comm)
                 : model->embed_tokens(tokens);

@@ -49,6 +49,9 @@ struct ForwardOptions {
   // too, in the same order on every rank), trading one more forward for the layers'
   // activations. Same values and gradients.
   bool checkpoint_layers = false;
+  // numerics.batch_invariant: the blocks of policy/invariant_model.h, whose every token's
+  // values do not depend on the batch, the same bits as the engine's in that mode (CPU).
+  bool batch_invariant = false;
 };
 
 struct ForwardOutput {

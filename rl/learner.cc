@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "policy/invariant_model.h"
+#include "policy/invariant_ops.h"
 #include "policy/minimax_model.h"
 #include "policy/shard_spec.h"
 #include "policy/tensor_parallel.h"
@@ -234,8 +236,10 @@ struct Learner::Impl {
     fopts.expert_parallel = experts ? experts->comm() : nullptr;
     fopts.tensor_parallel = tp_comm.get();
     fopts.checkpoint_layers = train && options.optimizer.activation_checkpointing;
+    fopts.batch_invariant = options.batch_invariant;
     auto out = module->Forward(p.tokens, p.layout, fopts);
     auto hidden = out.hidden.index_select(0, p.predict_rows);
+    if (options.batch_invariant) return InvariantLogprobs(hidden, p.targets, out.aux_loss, entropy);
     if (entropy != nullptr && tp_comm) {
       // The vocabulary is split over the TP group: both figures across its ranks.
       std::vector<torch::Tensor> ents;
@@ -266,6 +270,20 @@ struct Learner::Impl {
     }
     return {module->TokenLogprobs(hidden, p.targets, 0, options.temperature, tp_comm.get()),
             out.aux_loss};
+  }
+
+  // The batch-invariant mode's logprobs (the engine's, bit for bit) and entropy.
+  std::pair<torch::Tensor, torch::Tensor> InvariantLogprobs(const torch::Tensor& hidden,
+                                                            const torch::Tensor& targets,
+                                                            const torch::Tensor& aux,
+                                                            torch::Tensor* entropy) {
+    auto& module = policy->module();
+    auto logits = InvariantLogits(*module, hidden);
+    if (entropy != nullptr) {
+      auto logp = torch::log_softmax(logits / options.temperature, -1);
+      *entropy = -(logp.exp() * logp).sum(-1);
+    }
+    return {InvariantTokenLogprobs(logits, targets, {options.temperature}), aux};
   }
 
   // Before an update's first backward.

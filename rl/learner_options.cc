@@ -123,6 +123,10 @@ absl::Status LearnerOptions::Validate() const {
         "temperature must be finite and > 0 (the rollouts' sampling temperature), got ",
         temperature));
   }
+  if (batch_invariant && data_parallel.expert_parallel > 1) {
+    return Invalid("batch_invariant (numerics.batch_invariant) does not support "
+                   "data_parallel.expert_parallel > 1 yet");
+  }
   return absl::OkStatus();
 }
 

@@ -89,6 +89,10 @@ struct LearnerOptions {
   // current) are log softmax(logits / T), the distribution the engine sampled from and
   // reported logprobs of. Must be > 0.
   double temperature = 1.0;
+  // numerics.batch_invariant: the forward (old logprobs and training, with its exact
+  // backward) runs the batch-invariant blocks (policy/invariant_model.h), so its logprobs
+  // are the engine's in that mode bit for bit. CPU only; no expert parallelism.
+  bool batch_invariant = false;
   DataParallelOptions data_parallel;
   // The parts' own Validate()s (messages "optimizer.lr ...", "data_parallel.bucket_mb
   // ...") and the learner's fields.

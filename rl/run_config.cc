@@ -489,6 +489,15 @@ const ConfigTable<SftSection>& SftSection::Table() {
   return *table;
 }
 
+const ConfigTable<NumericsSection>& NumericsSection::Table() {
+  using S = NumericsSection;
+  static const ConfigTable<S>* table = new ConfigTable<S>{
+      Field<S>("batch_invariant", &S::batch_invariant,
+               "engine and learner logprobs equal bit for bit (CPU; slower)"),
+  };
+  return *table;
+}
+
 const ConfigTable<CheckpointSection>& CheckpointSection::Table() {
   using S = CheckpointSection;
   static const ConfigTable<S>* table = new ConfigTable<S>{
@@ -604,6 +613,7 @@ const ConfigTable<RunConfig>& RunConfig::Table() {
       Section<C>("optimizer", &C::optimizer, "AdamW, its schedule, the MoE terms"),
       Section<C>("sft", &C::sft, "supervised warm-up"),
       Section<C>("checkpoint", &C::checkpoint, "checkpoints"),
+      Section<C>("numerics", &C::numerics, "how the policy's numbers are computed"),
       Section<C>("logging", &C::logging, "metrics and progress"),
       Section<C>("fleet", &C::fleet, "where rollouts are generated"),
       Ignored<C>("plan", "read by lightrl plan (rl/plan.h), which checks it"),
@@ -679,6 +689,7 @@ absl::Status AlgorithmSection::Validate() const {
 absl::Status SftSection::Validate() const { return CheckTable(Table(), *this); }
 
 absl::Status CheckpointSection::Validate() const { return CheckTable(Table(), *this); }
+absl::Status NumericsSection::Validate() const { return CheckTable(Table(), *this); }
 
 absl::Status LoggingSection::Validate() const { return CheckTable(Table(), *this); }
 
@@ -717,6 +728,18 @@ absl::Status RunConfig::Validate() const {
         "(docs/distributed.md); it runs parallel.ep with the dense weights on every rank, so "
         "give tp 1, dp 0, expert_tp 1 and sequence_parallel false (lightrl plan reads the "
         "other layouts)"));
+  }
+  if (numerics.batch_invariant && run.device != "cpu") {
+    return Invalid(absl::StrCat("numerics.batch_invariant runs on the CPU only so far; "
+                                "run.device is ", run.device));
+  }
+  if (numerics.batch_invariant && fleet.mode != "local") {
+    return Invalid(absl::StrCat("numerics.batch_invariant needs fleet.mode local (rollout "
+                                "workers do not take the mode yet), got ", fleet.mode));
+  }
+  if (numerics.batch_invariant && parallel.ep > 1) {
+    return Invalid(absl::StrCat("numerics.batch_invariant does not support parallel.ep > 1 "
+                                "yet, got ", parallel.ep));
   }
   if (run.eval_every > 0 && data.eval.empty()) {
     return Invalid(absl::StrCat("run.eval_every is ", run.eval_every,

@@ -255,6 +255,18 @@ struct CheckpointSection {
   absl::Status Validate() const;
 };
 
+// How the policy's numbers are computed.
+struct NumericsSection {
+  // The batch-invariant mode: the engine's per-token logprobs equal the learner's bit for
+  // bit, whatever the batch composition (prompt lengths, decode batch sizes, prefill
+  // steps, preemption), in FP32 and bf16: every op reduces in one fixed order per token
+  // (policy/invariant_ops.h). CPU only so far; slower (docs/config.md gives the cost).
+  bool batch_invariant = false;
+
+  static const ConfigTable<NumericsSection>& Table();
+  absl::Status Validate() const;
+};
+
 struct LoggingSection {
   // metrics.jsonl in the run directory.
   bool jsonl = true;
@@ -355,6 +367,7 @@ struct RunConfig {
   OptimizerOptions optimizer;
   SftSection sft;
   CheckpointSection checkpoint;
+  NumericsSection numerics;
   LoggingSection logging;
   FleetSection fleet;
   DistributedSection distributed;

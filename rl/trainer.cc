@@ -197,6 +197,7 @@ LearnerOptions Trainer::MakeLearnerOptions() const {
   lopts.optimizer = config_.optimizer;
   lopts.optimizer.total_steps = std::max<int64_t>(1, config_.run.steps * config_.algorithm.minibatches);
   lopts.data_parallel = config_.distributed;
+  lopts.batch_invariant = config_.numerics.batch_invariant;
   return lopts;
 }
 
@@ -361,6 +362,7 @@ absl::Status Trainer::Setup() {
   EngineOptions eopts;
   eopts.max_num_seqs = std::max<int64_t>(config_.rollout.max_num_seqs, config_.rollout.group_size);
   eopts.kv_cache_bytes = int64_t{512} << 20;
+  eopts.batch_invariant = config_.numerics.batch_invariant;
   ASSIGN_OR_RETURN(engine_, Engine::Create(policy_.get(), eopts, &*tokenizer_));
 
   DatasetMetadataOptions metadata;

@@ -604,6 +604,37 @@ TEST_F(RunConfigTest, AsyncNeedsAStepOfStaleness) {
   }
 }
 
+TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
+  const std::string m = Minimal();
+  EXPECT_FALSE(RunConfig().numerics.batch_invariant);
+  absl::StatusOr<RunConfig> loaded = Load(m + "numerics:\n  batch_invariant: true\n");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(loaded->numerics.batch_invariant);
+  Write("configs/resolved.yaml", DescribeRunConfig(*loaded));
+  absl::StatusOr<RunConfig> again = LoadRunConfig(Path("configs/resolved.yaml"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->numerics.batch_invariant);
+  Write("configs/x.yaml", m);
+  absl::StatusOr<RunConfig> set = LoadRunConfig(Path("configs/x.yaml"), {"numerics.batch_invariant=true"});
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_TRUE(set->numerics.batch_invariant);
+
+  RunConfig c = *loaded;
+  c.run.device = "cuda";
+  EXPECT_THAT(std::string(c.Validate().message()),
+              StartsWith("numerics.batch_invariant runs on the CPU only so far"));
+  c = *loaded;
+  c.fleet.mode = "spawn";
+  EXPECT_THAT(std::string(c.Validate().message()),
+              StartsWith("numerics.batch_invariant needs fleet.mode local"));
+  c = *loaded;
+  c.parallel.ep = 2;
+  EXPECT_THAT(std::string(c.Validate().message()),
+              StartsWith("numerics.batch_invariant does not support parallel.ep > 1"));
+  EXPECT_THAT(LoadError(m + "numerics:\n  batch_invariant: 2\n"),
+              HasSubstr("numerics.batch_invariant must be true or false, got 2"));
+}
+
 TEST_F(RunConfigTest, ErrorsWithoutALine) {
   // A missing section has no line: the message names the file alone.
   EXPECT_EQ(LoadError("run:\n  output_dir: out\n  steps: 3\nmodel:\n"

@@ -1,0 +1,101 @@
+// ModelRunner's prefill and decode in the batch-invariant numerics mode: the learner's
+// invariant blocks (policy/invariant_model.h) around the engine's cached attention. The
+// lightning layers run the same token recurrence from the slot's state (decode) or from
+// zero (prefill) as the learner does from zero over the whole sequence, and the softmax
+// layers visit the same keys in the same order from the paged pools, so a token's logits
+// do not depend on whether it was prefilled, re-prefilled after preemption or decoded, nor
+// on the other sequences of its step.
+#include <cmath>
+
+#include "inference_engine/model_runner.h"
+#include "policy/invariant_model.h"
+#include "policy/invariant_ops.h"
+
+namespace lightrl {
+
+torch::Tensor ModelRunner::PrefillInvariant(const std::vector<RunnerSequence>& seqs) {
+  torch::InferenceMode guard;
+  std::vector<int64_t> lengths, flat;
+  for (const auto& s : seqs) {
+    lengths.push_back(static_cast<int64_t>(s.tokens.size()));
+    flat.insert(flat.end(), s.tokens.begin(), s.tokens.end());
+  }
+  const PackedLayout layout = PackedLayout::FromLengths(lengths);
+  auto tokens = torch::tensor(flat, torch::kInt64).to(device_);
+  auto rows = PageIndex(seqs, /*whole_prompt=*/true);
+  auto positions = PackedPositions(layout, device_);
+  const int64_t T = layout.num_tokens();
+  auto x = module_->model->embed_tokens(tokens);
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    auto& layer = *module_->model->layers[i]->as<DecoderLayerImpl>();
+    x = InvariantDecoderLayer(layer, x, [&](const torch::Tensor& n1) -> torch::Tensor {
+      if (layer.lightning) {
+        auto& attn = *layer.lightning;
+        auto [q, k, v] = InvariantLightningProject(attn, n1);
+        torch::Tensor last;
+        auto o = InvariantLightning(q, k, v, attn.slope, layout.cu_seqlens, {}, &last);
+        for (size_t d = 0; d < seqs.size(); ++d) states_[i][seqs[d].slot].copy_(last[d]);
+        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({T, -1}));
+      }
+      auto& attn = *layer.softmax;
+      auto [q, k, v] = InvariantSoftmaxProject(attn, n1, positions);
+      k_pool_[i].index_copy_(0, rows, k);
+      v_pool_[i].index_copy_(0, rows, v);
+      auto o = InvariantAttention(q, k, v, layout.cu_seqlens,
+                                  1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
+      return InvariantLinear(o.reshape({T, -1}), attn.o_proj->weight);
+    }).first;
+  }
+  auto hidden = InvariantRmsNorm(x, module_->model->norm->weight, module_->model->norm->eps);
+  std::vector<int64_t> last;
+  for (int64_t d = 0; d < layout.num_docs(); ++d) last.push_back(layout.cu_seqlens[d + 1] - 1);
+  return InvariantLogits(*module_, hidden.index_select(0, torch::tensor(last, torch::kInt64)));
+}
+
+torch::Tensor ModelRunner::DecodeInvariant(const std::vector<RunnerSequence>& seqs) {
+  torch::InferenceMode guard;
+  const int64_t B = static_cast<int64_t>(seqs.size());
+  std::vector<int64_t> tok, slot, pos, cu = {0};
+  // Each sequence's cached positions 0..pos, in order: the keys its query visits.
+  std::vector<std::vector<int64_t>> key_rows(B);
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& s = seqs[b];
+    tok.push_back(s.tokens.at(0));
+    slot.push_back(s.slot);
+    pos.push_back(s.position);
+    cu.push_back(b + 1);
+    for (int64_t p = 0; p <= s.position; ++p) {
+      key_rows[b].push_back(s.pages->pages[p / page_size_] * page_size_ + p % page_size_);
+    }
+  }
+  auto tokens = torch::tensor(tok, torch::kInt64);
+  auto slots = torch::tensor(slot, torch::kInt64);
+  auto positions = torch::tensor(pos, torch::kInt64);
+  auto rows = PageIndex(seqs, /*whole_prompt=*/false);
+  auto x = module_->model->embed_tokens(tokens);
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    auto& layer = *module_->model->layers[i]->as<DecoderLayerImpl>();
+    x = InvariantDecoderLayer(layer, x, [&](const torch::Tensor& n1) -> torch::Tensor {
+      if (layer.lightning) {
+        auto& attn = *layer.lightning;
+        auto [q, k, v] = InvariantLightningProject(attn, n1);
+        torch::Tensor last;
+        auto o = InvariantLightning(q, k, v, attn.slope, cu, states_[i].index_select(0, slots),
+                                    &last);
+        states_[i].index_copy_(0, slots, last);
+        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({B, -1}));
+      }
+      auto& attn = *layer.softmax;
+      auto [q, k, v] = InvariantSoftmaxProject(attn, n1, positions);
+      k_pool_[i].index_copy_(0, rows, k);
+      v_pool_[i].index_copy_(0, rows, v);
+      auto o = InvariantPagedAttention(q, k_pool_[i], v_pool_[i], key_rows,
+                                       1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
+      return InvariantLinear(o.reshape({B, -1}), attn.o_proj->weight);
+    }).first;
+  }
+  auto hidden = InvariantRmsNorm(x, module_->model->norm->weight, module_->model->norm->eps);
+  return InvariantLogits(*module_, hidden);
+}
+
+}  // namespace lightrl

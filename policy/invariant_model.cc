@@ -1,0 +1,172 @@
+#include "policy/invariant_model.h"
+
+#include <cmath>
+
+#include "policy/invariant_ops.h"
+
+namespace lightrl {
+namespace {
+
+torch::Tensor Norm(const RMSNorm& norm, const torch::Tensor& x) {
+  return InvariantRmsNorm(x, norm->weight, norm->eps);
+}
+
+torch::Tensor Linear(const torch::nn::Linear& linear, const torch::Tensor& x) {
+  return InvariantLinear(x, linear->weight);
+}
+
+// alpha * residual + beta * branch as two products and one sum, each rounded once per
+// element (MixResidual's fused add may round differently in its vector body and its tail).
+torch::Tensor Mix(const torch::Tensor& residual, double alpha, const torch::Tensor& branch,
+                  double beta) {
+  return (alpha == 1 ? residual : residual * alpha) + (beta == 1 ? branch : branch * beta);
+}
+
+// SoftmaxAttentionImpl::ApplyRope's rotation with the invariant cos / sin tables.
+torch::Tensor Rope(const SoftmaxAttentionImpl& attn, const torch::Tensor& x,
+                   const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t rd = attn.rotary_dim;
+  if (rd == 0) return x;
+  auto c = cos.to(x.scalar_type()).unsqueeze(1), s = sin.to(x.scalar_type()).unsqueeze(1);
+  auto rot = x.narrow(-1, 0, rd);
+  const int64_t half = rd / 2;
+  auto rotated = torch::cat({-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)}, -1);
+  auto out = rot * c + rotated * s;
+  if (rd == attn.head_dim) return out;
+  return torch::cat({out, x.narrow(-1, rd, attn.head_dim - rd)}, -1);
+}
+
+torch::Tensor RunExpert(ExpertImpl& e, const torch::Tensor& x) {
+  return Linear(e.w2, InvariantSilu(Linear(e.w1, x)) * Linear(e.w3, x));
+}
+
+}  // namespace
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantLightningProject(
+    LightningAttentionImpl& attn, const torch::Tensor& x) {
+  auto qkv = InvariantSilu(Linear(attn.qkv_proj, x)).view({x.size(0), attn.num_heads, 3 * attn.head_dim});
+  auto parts = qkv.split(attn.head_dim, -1);
+  return {parts[0], parts[1], parts[2]};
+}
+
+torch::Tensor InvariantLightningFinish(LightningAttentionImpl& attn, const torch::Tensor& x,
+                                       const torch::Tensor& o) {
+  return Linear(attn.out_proj, InvariantSigmoid(Linear(attn.output_gate, x)) * Norm(attn.norm, o));
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
+    SoftmaxAttentionImpl& attn, const torch::Tensor& x, const torch::Tensor& positions) {
+  const int64_t T = x.size(0);
+  auto [cos, sin] = InvariantRopeTables(positions, attn.rotary_dim, attn.rope_theta);
+  auto q = Rope(attn, Linear(attn.q_proj, x).view({T, attn.num_heads, attn.head_dim}), cos, sin);
+  auto k = Rope(attn, Linear(attn.k_proj, x).view({T, attn.num_kv_heads, attn.head_dim}), cos, sin);
+  auto v = Linear(attn.v_proj, x).view({T, attn.num_kv_heads, attn.head_dim});
+  return {q, k, v};
+}
+
+std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const torch::Tensor& x,
+                                                     double capacity_factor) {
+  const int64_t T = x.size(0), E = moe.num_experts, K = moe.top_k;
+  auto probs = InvariantSoftmax(InvariantLinear(x, moe.gate->weight, torch::kFloat32));
+  auto top_i = InvariantTopK(probs, K);
+  auto top_w = probs.gather(1, top_i);
+  auto sum = top_w.select(1, 0);
+  for (int64_t j = 1; j < K; ++j) sum = sum + top_w.select(1, j);
+  top_w = top_w / sum.unsqueeze(1);
+
+  // The load-balancing loss and the capacity rule as SparseMoeImpl::forward has them (they
+  // are integer counts and a training loss, not the token's value).
+  auto counts = torch::zeros({E}, probs.options())
+                    .index_add(0, top_i.reshape(-1), torch::ones({T * K}, probs.options()));
+  auto aux = T > 0 ? (counts / static_cast<double>(T) * probs.mean(0)).sum() * E
+                   : torch::zeros({}, probs.options());
+  std::vector<char> kept(T * K, 1);
+  if (capacity_factor > 0 && T > 0) {
+    const int64_t capacity =
+        static_cast<int64_t>(std::ceil(capacity_factor * static_cast<double>(T * K) / E));
+    std::vector<int64_t> seen(E, 0);
+    auto acc = top_i.accessor<int64_t, 2>();
+    for (int64_t a = 0; a < T * K; ++a) kept[a] = seen[acc[a / K][a % K]]++ < capacity;
+  }
+
+  // Each expert on the tokens routed to it (rows in token order); then every assignment's
+  // row picked back (a dropped one reads a zero row with weight zero).
+  auto acc = top_i.accessor<int64_t, 2>();
+  std::vector<std::vector<int64_t>> tokens(E);
+  std::vector<int64_t> row_of(T * K, -1);
+  for (int64_t a = 0; a < T * K; ++a) {
+    if (kept[a]) tokens[acc[a / K][a % K]].push_back(a);
+  }
+  std::vector<torch::Tensor> outs;
+  int64_t rows = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    if (tokens[e].empty()) continue;
+    std::vector<int64_t> tok;
+    for (int64_t a : tokens[e]) {
+      tok.push_back(a / K);
+      row_of[a] = rows++;
+    }
+    auto picked = x.index_select(0, torch::tensor(tok, torch::kInt64));
+    outs.push_back(RunExpert(*moe.experts[e]->as<ExpertImpl>(), picked));
+  }
+  outs.push_back(torch::zeros({1, x.size(1)}, x.options()));
+  for (auto& r : row_of) {
+    if (r < 0) r = rows;
+  }
+  auto y = torch::cat(outs).index_select(0, torch::tensor(row_of, torch::kInt64)).view({T, K, x.size(1)});
+  auto w = top_w * torch::tensor(std::vector<float>(kept.begin(), kept.end()), torch::kFloat32).view({T, K});
+  auto out = y.select(1, 0).to(torch::kFloat32) * w.narrow(1, 0, 1);
+  for (int64_t j = 1; j < K; ++j) out = out + y.select(1, j).to(torch::kFloat32) * w.narrow(1, j, 1);
+  return {out.to(x.scalar_type()), aux};
+}
+
+std::pair<torch::Tensor, torch::Tensor> InvariantDecoderLayer(
+    DecoderLayerImpl& layer, const torch::Tensor& x, const DecoderLayerImpl::Block& attention,
+    double moe_capacity_factor) {
+  auto n1 = Norm(layer.input_layernorm, x);
+  auto h = Mix(layer.postnorm ? n1 : x, layer.attn_alpha, attention(n1), layer.attn_beta);
+  auto n2 = Norm(layer.post_attention_layernorm, h);
+  auto [mlp, aux] = InvariantMoe(*layer.block_sparse_moe, n2, moe_capacity_factor);
+  return {Mix(layer.postnorm ? n2 : h, layer.mlp_alpha, mlp, layer.mlp_beta), aux};
+}
+
+ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tensor& tokens,
+                               const PackedLayout& layout, const ForwardOptions& options) {
+  TORCH_CHECK(options.expert_parallel == nullptr,
+              "numerics.batch_invariant does not support expert parallelism yet");
+  auto x = model.model->embed_tokens(tokens);
+  auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
+  const int64_t T = x.size(0);
+  auto positions = PackedPositions(layout, x.device());
+  for (const auto& module : *model.model->layers) {
+    auto& layer = *module->as<DecoderLayerImpl>();
+    auto attention = [&](const torch::Tensor& n1) -> torch::Tensor {
+      if (layer.lightning) {
+        auto& attn = *layer.lightning;
+        auto [q, k, v] = InvariantLightningProject(attn, n1);
+        auto o = InvariantLightning(q, k, v, attn.slope, layout.cu_seqlens);
+        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({T, -1}));
+      }
+      auto& attn = *layer.softmax;
+      auto [q, k, v] = InvariantSoftmaxProject(attn, n1, positions);
+      auto o = InvariantAttention(q, k, v, layout.cu_seqlens,
+                                  1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
+      return Linear(attn.o_proj, o.reshape({T, -1}));
+    };
+    auto [y, layer_aux] = InvariantDecoderLayer(layer, x, attention, options.moe_capacity_factor);
+    x = y;
+    aux = aux + layer_aux;
+  }
+  return {Norm(model.model->norm, x), aux};
+}
+
+torch::Tensor InvariantLogits(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden) {
+  return InvariantLinear(hidden, model.lm_head->weight, torch::kFloat32);
+}
+
+torch::Tensor InvariantLmHeadLogprobs(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden,
+                                      const torch::Tensor& targets, double temperature) {
+  return InvariantTokenLogprobs(InvariantLogits(model, hidden), targets, {temperature});
+}
+
+}  // namespace lightrl

@@ -1,0 +1,53 @@
+// The MiniMax model's blocks in the batch-invariant numerics mode (numerics.batch_invariant,
+// policy/invariant_ops.h): the same modules and weights as minimax_model.h, each block
+// computed by the invariant ops, so that a token's hidden states, logits and logprob are
+// the same bits in the learner's packed forward, the engine's prefill (any prompts beside
+// it) and its decode steps (any batch). The learner's forward is InvariantForward; the
+// engine composes the blocks around its cached attention (inference_engine/model_runner.cc).
+// Internal (torch) header.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "policy/minimax_model.h"
+
+namespace lightrl {
+
+// The packed forward of MiniMaxForCausalLMImpl::Forward in the mode. Of `options`,
+// moe_capacity_factor is read; expert parallelism is refused (not supported in the mode).
+ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tensor& tokens,
+                               const PackedLayout& layout, const ForwardOptions& options);
+
+// One decoder layer around an attention block given the normalised input (the engine's
+// cached attention, or the packed one). Returns (out, aux loss).
+std::pair<torch::Tensor, torch::Tensor> InvariantDecoderLayer(
+    DecoderLayerImpl& layer, const torch::Tensor& x, const DecoderLayerImpl::Block& attention,
+    double moe_capacity_factor = 0);
+
+// Lightning attention's fused projection: q, k, v [T, H, d] after SiLU; and the gate, norm
+// and output projection of its output o [T, H * d].
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantLightningProject(
+    LightningAttentionImpl& attn, const torch::Tensor& x);
+torch::Tensor InvariantLightningFinish(LightningAttentionImpl& attn, const torch::Tensor& x,
+                                       const torch::Tensor& o);
+
+// Softmax attention's q [T, H, d], k, v [T, KVH, d] (q and k rotated at `positions`).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
+    SoftmaxAttentionImpl& attn, const torch::Tensor& x, const torch::Tensor& positions);
+
+// The MoE block: router, top-k, each expert on its tokens, the weighted sum over a token's
+// k choices in order (FP32, rounded once). Returns (out, aux loss).
+std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const torch::Tensor& x,
+                                                     double capacity_factor);
+
+// FP32 logits [N, vocab] of hidden states [N, hidden], and log p(targets) at `temperature`
+// (> 0).
+torch::Tensor InvariantLogits(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden);
+torch::Tensor InvariantLmHeadLogprobs(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden,
+                                      const torch::Tensor& targets, double temperature);
+
+}  // namespace lightrl

@@ -1,0 +1,76 @@
+// The ops of the batch-invariant numerics mode (numerics.batch_invariant): each computes a
+// row's (a token's, a query's, a document's) result by one fixed sequence of FP32
+// operations, whatever else shares its batch, so the engine's prefill, its decode steps
+// and the learner's packed forward give a token the same bits. Matmuls reduce over K in
+// order, norms and softmaxes over their row in order, the lightning attention is the token
+// recurrence (prefill, decode and training alike), softmax attention visits a query's keys
+// in order; transcendental functions are the scalar libm ones (never a vector version for
+// some elements and a scalar one for the tail). The differentiable ones have backwards that
+// are the exact gradient of that forward (their own reduction order is free).
+//
+// CPU only so far: a CUDA tensor is refused naming the op; CUDA kernels with the same
+// reduction order go behind the same functions. Internal (torch) header.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace lightrl {
+
+// x [N, K] W^T for W [M, K]: FP32 products summed over k = 0..K-1 in order, rounded once to
+// `out_dtype` (x's dtype when undefined / kUndefined). Differentiable in x and W.
+torch::Tensor InvariantLinear(const torch::Tensor& x, const torch::Tensor& w,
+                              c10::optional<torch::ScalarType> out_dtype = c10::nullopt);
+
+// RMSNorm of each row of x [..., D] (FP32 statistics, normalised value rounded to x's dtype,
+// then times weight in x's dtype), as RMSNormImpl computes it. Differentiable.
+torch::Tensor InvariantRmsNorm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+
+// Elementwise, in FP32 with libm's expf, rounded to x's dtype. Differentiable.
+torch::Tensor InvariantSilu(const torch::Tensor& x);
+torch::Tensor InvariantSigmoid(const torch::Tensor& x);
+
+// Softmax over the last dim of FP32 x [N, E]. Differentiable.
+torch::Tensor InvariantSoftmax(const torch::Tensor& x);
+
+// Indices [N, k] int64 of each row's k largest entries, largest first, the lower index
+// first among equals. Not differentiable (indices).
+torch::Tensor InvariantTopK(const torch::Tensor& x, int64_t k);
+
+// cos and sin [T, rotary_dim] FP32 of NeoX-style rotary embedding at `positions` [T].
+std::pair<torch::Tensor, torch::Tensor> InvariantRopeTables(const torch::Tensor& positions,
+                                                            int64_t rotary_dim, double theta);
+
+// Lightning attention as its token recurrence, per document and head: S = exp(-slope) S +
+// k v^T, o = q S. q, k, v [T, H, d] packed by cu_seqlens (documents back to back);
+// init_states [N, H, d, d] FP32 (undefined: zeros) start each document. Returns o [T, H, d]
+// FP32 and, when final_states is not null, each document's last state [N, H, d, d].
+// Differentiable in q, k and v (from zero initial states only).
+torch::Tensor InvariantLightning(const torch::Tensor& q, const torch::Tensor& k,
+                                 const torch::Tensor& v, const torch::Tensor& slope,
+                                 const std::vector<int64_t>& cu_seqlens,
+                                 const torch::Tensor& init_states = {},
+                                 torch::Tensor* final_states = nullptr);
+
+// Causal softmax attention within each packed document: q [T, H, d], k, v [T, KVH, d]
+// (grouped heads). Each query's scores, max, exponentials, sum and weighted values over keys
+// 0..its position, in order; FP32, rounded to q's dtype. Differentiable in q, k and v.
+torch::Tensor InvariantAttention(const torch::Tensor& q, const torch::Tensor& k,
+                                 const torch::Tensor& v, const std::vector<int64_t>& cu_seqlens,
+                                 double scale);
+
+// The same for one query per row over keys stored elsewhere (the engine's paged KV): query
+// b attends to rows key_rows[b] (in position order) of k_pool, v_pool [R, KVH, d].
+torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tensor& k_pool,
+                                      const torch::Tensor& v_pool,
+                                      const std::vector<std::vector<int64_t>>& key_rows,
+                                      double scale);
+
+// log softmax(logits[i] / temperature[i])[targets[i]] of FP32 logits [N, V]: the row's max,
+// its sum of exponentials in order, one log. `temperature` has N entries or one for all
+// (each > 0). Differentiable in logits.
+torch::Tensor InvariantTokenLogprobs(const torch::Tensor& logits, const torch::Tensor& targets,
+                                     const std::vector<double>& temperature);
+
+}  // namespace lightrl
