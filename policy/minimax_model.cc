@@ -131,6 +131,50 @@ TensorParallelComm* CheckedTp(int64_t tp, TensorParallelComm* comm, const char* 
   return comm;
 }
 
+// What a checkpointed layer's backward needs to run its forward again: copies of the
+// layout and options (the caller's may be gone by then), owned by the autograd node.
+struct LayerCall : torch::CustomClassHolder {
+  DecoderLayerImpl* layer = nullptr;
+  PackedLayout layout;
+  ForwardOptions options;
+};
+
+// A decoder layer whose forward keeps only its input: backward runs the layer again with
+// gradients recorded and back-propagates through that, accumulating the parameters'
+// gradients as the plain forward's backward would.
+class CheckpointedLayerFunction : public torch::autograd::Function<CheckpointedLayerFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const torch::Tensor& x,
+                                                c10::intrusive_ptr<LayerCall> call) {
+    ctx->save_for_backward({x});
+    torch::Tensor y, aux;
+    {
+      torch::NoGradGuard no_grad;
+      std::tie(y, aux) = call->layer->forward(x, call->layout, call->options);
+    }
+    ctx->saved_data["call"] = c10::IValue::make_capsule(call);
+    return {y, aux};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto call = c10::static_intrusive_pointer_cast<LayerCall>(ctx->saved_data["call"].toCapsule());
+    auto x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    torch::Tensor y, aux;
+    {
+      torch::AutoGradMode enable(true);
+      std::tie(y, aux) = call->layer->forward(x, call->layout, call->options);
+    }
+    std::vector<torch::Tensor> outputs{y}, upstream{grads[0].defined() ? grads[0] : torch::zeros_like(y)};
+    if (aux.defined() && aux.requires_grad() && grads[1].defined()) {
+      outputs.push_back(aux);
+      upstream.push_back(grads[1]);
+    }
+    torch::autograd::backward(outputs, upstream);
+    return {x.grad(), torch::Tensor()};
+  }
+};
+
 // Checks that `shard` splits `config` (heads, KV heads, vocabulary, experts, FFN width).
 void CheckShard(const ModelConfig& config, const ShardCoords& shard) {
   const absl::Status s = shard.CheckModel(config);
@@ -630,8 +674,20 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
   auto x = comm ? VocabParallelEmbedding(tokens, model->embed_tokens->weight, *comm)
                 : model->embed_tokens(tokens);
   auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
+  const bool checkpoint = options.checkpoint_layers && torch::GradMode::is_enabled();
   for (const auto& layer : *model->layers) {
-    auto [y, layer_aux] = layer->as<DecoderLayerImpl>()->forward(x, layout, options);
+    auto* decoder = layer->as<DecoderLayerImpl>();
+    torch::Tensor y, layer_aux;
+    if (checkpoint && x.requires_grad()) {
+      auto call = c10::make_intrusive<LayerCall>();
+      call->layer = decoder;
+      call->layout = layout;
+      call->options = options;
+      auto outs = CheckpointedLayerFunction::apply(x, call);
+      y = outs[0], layer_aux = outs[1];
+    } else {
+      std::tie(y, layer_aux) = decoder->forward(x, layout, options);
+    }
     x = y;
     aux = aux + layer_aux;
   }

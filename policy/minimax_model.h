@@ -44,6 +44,11 @@ struct ForwardOptions {
   // runs the same forwards on the same tokens). Must be set exactly when the model is
   // sharded over TP; its size and rank must be the model's.
   TensorParallelComm* tensor_parallel = nullptr;
+  // Activation checkpointing per decoder layer: when the forward records gradients, each
+  // layer keeps only its input and runs its forward again in backward (its collectives
+  // too, in the same order on every rank), trading one more forward for the layers'
+  // activations. Same values and gradients.
+  bool checkpoint_layers = false;
 };
 
 struct ForwardOutput {

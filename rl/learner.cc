@@ -233,6 +233,7 @@ struct Learner::Impl {
     fopts.moe_capacity_factor = train ? options.optimizer.moe_capacity_factor : 0;
     fopts.expert_parallel = experts ? experts->comm() : nullptr;
     fopts.tensor_parallel = tp_comm.get();
+    fopts.checkpoint_layers = train && options.activation_checkpointing;
     auto out = module->Forward(p.tokens, p.layout, fopts);
     auto hidden = out.hidden.index_select(0, p.predict_rows);
     if (entropy != nullptr && tp_comm) {
@@ -320,12 +321,13 @@ struct Learner::Impl {
 
   // Tensor parallel: the norm of the whole model's gradient, the TP-split parameters'
   // squares summed over the TP group and the replicated ones' (alike on its ranks) once.
+  // Under ZeRO-1 the gradients are the reducer's (no parameter holds one).
   double TensorParallelNorm() {
     torch::NoGradGuard no_grad;
     auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
     auto sums = torch::zeros({2}, f64);  // [split, replicated]
     for (size_t i = 0; i < weights->size(); ++i) {
-      auto g = UpdateGrad(i);
+      auto g = zero ? reducer->grad(i) : UpdateGrad(i);
       if (!g.defined()) continue;
       sums[tp_sharded[i] ? 0 : 1] += g.to(torch::kFloat64).pow(2).sum();
     }
@@ -446,6 +448,11 @@ struct Learner::Impl {
           }
         }
         experts->ScaleGrads(factor);
+      }
+    } else if (tp_comm) {
+      norm = TensorParallelNorm();
+      if (clip > 0 && std::isfinite(norm)) {
+        scale = ClipFactor(torch::full({}, norm, torch::TensorOptions().device(device)), clip);
       }
     } else if (zero->any_used()) {
       // The same norm and factor as PlainStep, so ZeRO-1 and plain data parallelism update
@@ -679,7 +686,9 @@ absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
 // Tensor parallel x data parallel, from the layout `group` joined: the model is this
 // rank's TP shard and trains the samples of its DP group's share; the dense gradients are
 // summed over the DP group (the parameters the TP group replicates come out alike on its
-// ranks, as their inputs and gradients are). No ZeRO-1, no expert parallelism yet.
+// ranks, as their inputs and gradients are). ZeRO-1 shards the optimizer state over the
+// DP group (a DP group of one has nothing to shard, as in a single process). No expert
+// parallelism yet.
 absl::Status SetUpTensorParallel(Learner::Impl& m, ProcessGroup* group) {
   const LayoutGroups& g = *group->layout_groups();
   const int64_t tp = static_cast<int64_t>(g.tp.size());
@@ -694,10 +703,6 @@ absl::Status SetUpTensorParallel(Learner::Impl& m, ProcessGroup* group) {
     return absl::UnimplementedError(absl::StrCat(
         "data_parallel.expert_parallel (", m.options.data_parallel.expert_parallel,
         ") with tensor parallelism (tp ", tp, ") is not supported yet"));
-  }
-  if (m.options.data_parallel.zero1) {
-    return absl::UnimplementedError(
-        absl::StrCat("data_parallel.zero1 with tensor parallelism (tp ", tp, ") is not supported yet"));
   }
   m.group = group;
   m.rank = g.dp_rank;
@@ -722,6 +727,13 @@ absl::Status SetUpTensorParallel(Learner::Impl& m, ProcessGroup* group) {
     // No hooks: backward runs the TP group's all-reduces, and a DP bucket launched
     // between them at a different point on two ranks would order collectives of two
     // communicators differently (see SetUpDataParallel); Finish reduces every bucket.
+    if (m.options.data_parallel.zero1) {
+      // ZeRO-1 over the DP group: each DP rank steps 1/dp of this TP rank's parameters.
+      m.zero = std::make_unique<ZeroOptimizer>(m.reducer.get(), m.weights->params(),
+                                               group->impl().LayoutBackend(LayoutGroup::kDp),
+                                               m.rank, m.world, m.options.optimizer, m.device);
+      m.weights->DropAll();
+    }
   }
   return absl::OkStatus();
 }

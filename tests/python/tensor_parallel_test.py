@@ -3,7 +3,7 @@ TinyParallelConfig with random weights drawn from a fresh seed (printed here). E
 (tensor_parallel_worker) loads its shard of the whole model from an HF checkpoint and
 checks, in FP32, its logprobs and every parameter shard's gradient against the whole
 model's, then one TrainRl (CISPO) and one TrainSft update against a single-process
-learner's on the same batch.
+learner's on the same batch (TrainRl also with ZeRO-1 over the DP group).
 
 Run: TENSOR_PARALLEL_WORKER=build/tests/tensor_parallel_worker python3 tests/python/tensor_parallel_test.py
 """
@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 WORKER = os.environ.get("TENSOR_PARALLEL_WORKER", "build/tests/tensor_parallel_worker")
-CHECKS = ("model", "learner_rl", "learner_sft")
+CHECKS = ("model", "learner_rl", "learner_sft", "learner_rl_zero1")
 
 
 def free_port():
@@ -54,12 +54,14 @@ def run(world, tp, seed):
     assert all(row["grads"] >= 20 for row in model), model
     means = {round(row["logp_mean"], 5) for row in model}
     assert len(means) == world // tp, model
-    for c in ("learner_rl", "learner_sft"):
+    for c in CHECKS[1:]:
         assert all(row["moved"] > 1e-3 and row["updates"] >= 1 for row in by_check[c]), by_check[c]
     print(f"  world {world}, tp {tp}: largest relative differences: "
           f"gradients {max(r['grad_diff'] for r in model):.3g}, "
           f"rl weights {max(r['weight_diff'] for r in by_check['learner_rl']):.3g} (of lr), "
-          f"sft weights {max(r['weight_diff'] for r in by_check['learner_sft']):.3g} (of lr)")
+          f"sft weights {max(r['weight_diff'] for r in by_check['learner_sft']):.3g}, "
+          f"rl zero1 weights {max(r['weight_diff'] for r in by_check['learner_rl_zero1']):.3g} "
+          "(of lr)")
 
 
 def main():

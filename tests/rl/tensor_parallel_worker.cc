@@ -3,7 +3,8 @@
 // shard of TinyParallelConfig against the whole model in this process, in FP32:
 //   model:   rank 0 writes the whole random model of SEED as an HF checkpoint under DIR;
 //            every rank loads its shard of it (PolicyModel::Load with ShardCoordsOf) and
-//            runs forward and backward on ragged documents of its DP group; its logprobs,
+//            runs forward and backward (with per-layer activation checkpointing) on ragged
+//            documents of its DP group; its logprobs,
 //            aux loss and every parameter's gradient must equal the whole model's (the
 //            gradients sliced with ShardBlock).
 //   learner: one TrainRl (CISPO, 2 minibatches, clipped) and one TrainSft update on the
@@ -99,6 +100,8 @@ bool ModelCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, in
     ForwardOptions o;
     o.train_lightning = true;
     o.tensor_parallel = tp;
+    // The shard checkpoints its layers: their TP collectives run again in backward.
+    o.checkpoint_layers = tp != nullptr;
     auto out = m->Forward(tokens, layout, o);
     auto logp = m->TokenLogprobs(out.hidden, targets, 0, 0.8, tp);
     ((logp * upstream).sum() + 0.5 * out.aux_loss).backward();
@@ -141,7 +144,7 @@ std::vector<TrainSample> RandomBatch(uint64_t seed, int64_t n) {
 }
 
 bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, uint64_t seed,
-                  const std::string& mode) {
+                  const std::string& mode, bool zero1 = false) {
   const ModelConfig config = TinyParallelConfig();
   LearnerOptions opts;
   opts.optimizer.lr = 1e-2;
@@ -152,6 +155,7 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   opts.optimizer.aux_loss_coef = 0;
   opts.minibatches = 2;
   opts.temperature = 0.9;
+  opts.data_parallel.zero1 = zero1;
   const auto batch = RandomBatch(seed * 7 + 1, 9);
 
   auto whole = Value(PolicyModel::Create(config, seed), "whole model");
@@ -197,11 +201,12 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   const bool replicated_alike = !lo.empty() && lo == hi;
   const double loss_diff = std::abs(got.loss - want.loss) / std::max(std::abs(want.loss), 1e-12);
   const double norm_diff = std::abs(got.grad_norm - want.grad_norm) / std::max(want.grad_norm, 1e-12);
-  std::printf("{\"check\": \"learner_%s\", \"rank\": %ld, \"tp_rank\": %ld, \"weight_diff\": %.3g, "
+  const std::string check = absl::StrCat("learner_", mode, zero1 ? "_zero1" : "");
+  std::printf("{\"check\": \"%s\", \"rank\": %ld, \"tp_rank\": %ld, \"weight_diff\": %.3g, "
               "\"weight_worst\": \"%s\", \"moved\": %.3g, \"loss\": %.6f, \"loss_diff\": %.3g, "
               "\"grad_norm\": %.6f, \"grad_norm_diff\": %.3g, \"entropy\": %.6f, \"entropy_ref\": %.6f, "
               "\"updates\": %ld, \"replicated_alike\": %s}\n",
-              mode.c_str(), static_cast<long>(rank), static_cast<long>(coords.tp_rank), weights.worst,
+              check.c_str(), static_cast<long>(rank), static_cast<long>(coords.tp_rank), weights.worst,
               weights.name.c_str(), moved, got.loss, loss_diff, got.grad_norm, norm_diff, got.entropy,
               want.entropy, static_cast<long>(got.updates), replicated_alike ? "true" : "false");
   return weights.worst <= kUpdateTolerance && loss_diff <= kGradTolerance &&
@@ -226,6 +231,7 @@ int Run(int64_t rank, int64_t world, int64_t tp, int64_t port, int64_t seed, con
   bool ok = ModelCheck(rank, *group, coords, groups.dp_rank, s, dir, comm);
   ok = LearnerCheck(rank, *group, coords, s, "rl") && ok;
   ok = LearnerCheck(rank, *group, coords, s, "sft") && ok;
+  ok = LearnerCheck(rank, *group, coords, s, "rl", /*zero1=*/true) && ok;
   std::fflush(stdout);
   return ok ? 0 : 1;
 }
