@@ -153,6 +153,12 @@ void RolloutWorkerCore::Impl::RunBatch(std::vector<Job>& jobs) {
       requests.push_back(job.request);
       admitted.push_back(&job);
     }
+    if (options.fanout != nullptr && !requests.empty()) {
+      if (absl::Status s = options.fanout->Announce(requests); !s.ok()) {
+        for (Job* job : admitted) job->deliver(s, current, {});
+        requests.clear();
+      }
+    }
     std::vector<GenerationResult> results = engine->Generate(requests);
     for (size_t i = 0; i < results.size(); ++i) {
       for (const GeneratedSample& s : results[i].samples) tokens += static_cast<int64_t>(s.tokens.size());
@@ -168,7 +174,7 @@ void RolloutWorkerCore::Impl::RunBatch(std::vector<Job>& jobs) {
 absl::Status RolloutWorkerCore::Impl::InstallPolicy(std::unique_ptr<PolicyModel> model,
                                                     int64_t model_version) {
   ASSIGN_OR_RETURN(engine, Engine::Create(model.get(), options.engine,
-                                          tokenizer ? &*tokenizer : nullptr));
+                                          tokenizer ? &*tokenizer : nullptr, options.parallel));
   config_json = model->config().ToJson().Dump();
   vocab_size = model->config().vocab_size;
   {

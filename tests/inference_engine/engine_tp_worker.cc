@@ -10,15 +10,20 @@
 //              other rank (and logprobs bitwise alike), and as the whole model's engine;
 //   cancelled: a request whose cancelled flag only rank WORLD - 1 raises is cancelled on
 //              every rank, and the others still complete alike;
-//   errors:    the shard without its TP group, and with a group of another rank, is refused
-//              naming both.
+//   errors:    the shard without its TP group is refused, naming both;
+//   instance:  the ranks as a rollout instance (rl/rollout_instance.h): rank 0 serves a
+//              RolloutWorkerCore on its shard whose batches the others Follow; the groups
+//              submitted to it get the whole model's greedy and sampled tokens.
 // Prints one JSON line per check; exits 1 when one fails.
 //
 // Usage: engine_tp_worker RANK WORLD PORT SEED DIR
 #include <torch/torch.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <memory>
 #include <random>
@@ -34,7 +39,9 @@
 #include "rl/distributed.h"
 #include "rl/distributed_internal.h"
 #include "rl/parallel_layout.h"
+#include "rl/rollout_instance.h"
 #include "rl/tp_comm.h"
+#include "rollout/rollout_worker_core.h"
 #include "tests/test_models.h"
 
 namespace lightrl {
@@ -149,6 +156,47 @@ void Print(const char* check, int64_t rank, const Comparison& c, bool alike, int
               static_cast<long>(preemptions), static_cast<long>(steps));
 }
 
+// Rank 0 serves `requests` through a RolloutWorkerCore on its shard over `instance`; the
+// other ranks follow. Returns rank 0's results and engine batches (none elsewhere).
+std::vector<GenerationResult> ServeAsInstance(RolloutInstance& instance, PolicyModel* shard,
+                                              const std::string& ckpt, int64_t tp,
+                                              const std::vector<GenerationRequest>& requests,
+                                              int64_t* batches) {
+  if (instance.rank() != 0) {
+    Check(instance.Follow(shard, Options(tp)), "following rank 0");
+    return {};
+  }
+  RolloutWorkerCoreOptions o;
+  o.engine = Options(tp);
+  o.parallel = instance.parallel();
+  o.fanout = &instance;
+  auto policy = Value(PolicyModel::Load(ckpt, {}, instance.shard()), "loading rank 0's shard");
+  auto core = Value(RolloutWorkerCore::Create(o, std::move(policy)), "rollout worker core");
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<GenerationResult> results(requests.size());
+  size_t done = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    results[i].id = requests[i].id;
+    Check(core->Submit(requests[i], 0, [&, i](absl::Status s, int64_t, std::vector<GeneratedSample> out) {
+            std::lock_guard<std::mutex> lock(mu);
+            results[i].status = std::move(s);
+            results[i].samples = std::move(out);
+            ++done;
+            cv.notify_all();
+          }), "submitting");
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait_for(lock, std::chrono::seconds(120), [&] { return done == requests.size(); });
+  }
+  *batches = core->stats().engine_batches;
+  core->Shutdown();
+  Check(instance.Stop(), "stopping the followers");
+  if (done != requests.size()) throw std::runtime_error("the instance's groups did not finish");
+  return results;
+}
+
 int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::string& dir) {
   DistributedOptions o;
   o.rank = rank;
@@ -227,6 +275,26 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
               "\"alike\": %s}\n", static_cast<long>(rank), cancelled ? "true" : "false",
               others_ok ? "true" : "false", alike ? "true" : "false");
   ok = ok && cancelled && others_ok && alike;
+
+  // instance: greedy and sampled groups through rank 0's core.
+  auto instance = Value(RolloutInstance::Create(group.get()), "rollout instance");
+  reqs = Requests(seed * 3 + 4, greedy, 3);
+  auto more = Requests(seed * 3 + 5, sampled, 3);
+  for (auto& r : more) r.id += "s", reqs.push_back(r);
+  int64_t batches = 0;
+  got = ServeAsInstance(*instance, shard.get(), ckpt, world, reqs, &batches);
+  if (rank == 0) {
+    want = reference->Generate(reqs);
+    c = Compare(got, want);
+    std::printf("{\"check\": \"instance\", \"rank\": 0, \"tokens_equal\": %s, \"first_mismatch\": \"%s\", "
+                "\"logprob_diff\": %.3g, \"tokens\": %ld, \"batches\": %ld}\n",
+                c.tokens_equal ? "true" : "false", c.first_mismatch.c_str(), c.logprob_diff,
+                static_cast<long>(c.tokens), static_cast<long>(batches));
+    ok = ok && c.tokens_equal && c.logprob_diff <= kLogprobTolerance && c.tokens > 20;
+  } else {
+    std::printf("{\"check\": \"instance\", \"rank\": %ld, \"followed\": true}\n",
+                static_cast<long>(rank));
+  }
   std::fflush(stdout);
   return ok ? 0 : 1;
 }

@@ -5,7 +5,10 @@ generates, with small max_prefill_tokens, max_num_seqs and KV cache (admissions,
 decodes and preemptions interleave), the same requests as an engine on the whole model in
 its own process: greedy tokens equal and FP32 logprobs within 2e-5; sampled tokens (fixed
 seeds, n = 2) equal on every rank bit for bit and to the whole model's; a request cancelled
-on one rank only is cancelled on both; the shard without its TP group is refused.
+on one rank only is cancelled on both; the shard without its TP group is refused. Then
+the ranks form a rollout instance (rl/rollout_instance.h): rank 0 serves greedy and sampled
+groups through a RolloutWorkerCore whose batches the other rank follows, with the whole
+model's tokens.
 
 Run: ENGINE_TP_WORKER=build/tests/engine_tp_worker python3 tests/python/engine_tp_test.py
 """
@@ -18,7 +21,7 @@ import sys
 import tempfile
 
 WORKER = os.environ.get("ENGINE_TP_WORKER", "build/tests/engine_tp_worker")
-CHECKS = ("errors", "greedy", "sampled", "cancelled")
+CHECKS = ("errors", "greedy", "sampled", "cancelled", "instance")
 
 
 def free_port():
@@ -57,6 +60,9 @@ def run(world, seed):
         # The ranks ran the same steps.
         assert len({row["steps"] for row in by_check[c]}) == 1, by_check[c]
     assert any(row["preemptions"] > 0 for row in by_check["sampled"]), by_check["sampled"]
+    served = [row for row in by_check["instance"] if row["rank"] == 0]
+    assert len(served) == 1 and served[0]["batches"] >= 1 and served[0]["tokens"] > 20, by_check
+    assert all(row.get("followed") for row in by_check["instance"] if row["rank"] != 0), by_check
     print(f"  tp {world}: greedy logprobs within "
           f"{max(r['logprob_diff'] for r in by_check['greedy']):.3g}, sampled within "
           f"{max(r['logprob_diff'] for r in by_check['sampled']):.3g} of the whole model; "
