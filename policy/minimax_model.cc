@@ -719,7 +719,14 @@ torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,
   TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
               "TokenLogprobs: temperature must be finite and > 0, got ", temperature);
   if (TensorParallelComm* comm = TpCommOf(tp)) {
-    return VocabParallelTokenLogprobs(hidden, lm_head->weight, targets, temperature, *comm);
+    // In chunks of rows, as below; every TP rank has the same rows, so the same chunks.
+    if (chunk <= 0) chunk = LogitChunkRows();
+    std::vector<torch::Tensor> parts;
+    auto rows = hidden.split(chunk), ids = targets.split(chunk);
+    for (size_t c = 0; c < rows.size(); ++c) {
+      parts.push_back(VocabParallelTokenLogprobs(rows[c], lm_head->weight, ids[c], temperature, *comm));
+    }
+    return parts.size() == 1 ? parts[0] : torch::cat(parts);
   }
   // Empty, but still a function of `hidden`: an expert-parallel backward must reach the
   // MoE blocks' collectives from every rank, those without tokens included.

@@ -238,7 +238,12 @@ struct Learner::Impl {
     auto hidden = out.hidden.index_select(0, p.predict_rows);
     if (entropy != nullptr && tp_comm) {
       // The vocabulary is split over the TP group: both figures across its ranks.
-      *entropy = VocabParallelEntropy(hidden, module->lm_head->weight, options.temperature, *tp_comm);
+      std::vector<torch::Tensor> ents;
+      for (const auto& rows : hidden.split(module->LogitChunkRows())) {
+        ents.push_back(VocabParallelEntropy(rows, module->lm_head->weight, options.temperature, *tp_comm));
+      }
+      *entropy = ents.empty() ? torch::zeros({0}, hidden.options().dtype(torch::kFloat32))
+                              : torch::cat(ents);
       return {module->TokenLogprobs(hidden, p.targets, 0, options.temperature, tp_comm.get()),
               out.aux_loss};
     }

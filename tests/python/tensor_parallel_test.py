@@ -3,7 +3,8 @@ TinyParallelConfig with random weights drawn from a fresh seed (printed here). E
 (tensor_parallel_worker) loads its shard of the whole model from an HF checkpoint and
 checks, in FP32, its logprobs and every parameter shard's gradient against the whole
 model's, then one TrainRl (CISPO) and one TrainSft update against a single-process
-learner's on the same batch (TrainRl also with ZeRO-1 over the DP group).
+learner's on the same batch (TrainRl also with ZeRO-1 over the DP group); a shard handed
+to a learner without its TP group, or at another TP rank, is a named error.
 
 Run: TENSOR_PARALLEL_WORKER=build/tests/tensor_parallel_worker python3 tests/python/tensor_parallel_test.py
 """
@@ -16,7 +17,7 @@ import sys
 import tempfile
 
 WORKER = os.environ.get("TENSOR_PARALLEL_WORKER", "build/tests/tensor_parallel_worker")
-CHECKS = ("model", "learner_rl", "learner_sft", "learner_rl_zero1")
+CHECKS = ("model", "learner_rl", "learner_sft", "learner_rl_zero1", "errors")
 
 
 def free_port():
@@ -54,7 +55,8 @@ def run(world, tp, seed):
     assert all(row["grads"] >= 20 for row in model), model
     means = {round(row["logp_mean"], 5) for row in model}
     assert len(means) == world // tp, model
-    for c in CHECKS[1:]:
+    assert all(row["ok"] for row in by_check["errors"]), by_check["errors"]
+    for c in CHECKS[1:-1]:
         assert all(row["moved"] > 1e-3 and row["updates"] >= 1 for row in by_check[c]), by_check[c]
     print(f"  world {world}, tp {tp}: largest relative differences: "
           f"gradients {max(r['grad_diff'] for r in model):.3g}, "
