@@ -78,10 +78,10 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
       tp_(options.tensor_parallel) {
   const auto& c = config_;
   const int64_t tp = module->shard().tp;
-  TORCH_CHECK((tp == 1) == (tp_ == nullptr || tp_->tp_size() == 1),
-              "engine: the model is sharded over a TP group of ", tp,
-              " ranks but the runner's tensor_parallel is a group of ", tp_ ? tp_->tp_size() : 0);
-  if (tp_ != nullptr && tp_->tp_size() == 1) tp_ = nullptr;
+  const int64_t group = tp_ != nullptr ? tp_->tp_size() : 1;
+  TORCH_CHECK(group == tp, "engine: the model is sharded over a TP group of ", tp,
+              " ranks but the runner's tensor_parallel is a group of ", group);
+  if (group == 1) tp_ = nullptr;
   const int64_t num_slots = options.num_slots, num_pages = options.num_pages;
   const int64_t page_size = options.page_size;
   cuda_kernels_ = KernelPath(device_, dtype_, c.head_dim, options.allow_cuda_kernels);

@@ -11,6 +11,7 @@
 //   cancelled: a request whose cancelled flag only rank WORLD - 1 raises is cancelled on
 //              every rank, and the others still complete alike;
 //   errors:    the shard without its TP group is refused, naming both;
+//   options:   engine options that differ across the ranks are refused on every rank;
 //   instance:  the ranks as a rollout instance (rl/rollout_instance.h): rank 0 serves a
 //              RolloutWorkerCore on its shard whose batches the others Follow; the groups
 //              submitted to it get the whole model's greedy and sampled tokens.
@@ -237,6 +238,20 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
   }
   EngineParallel parallel;
   parallel.tensor_parallel = &comm;
+  // Options that differ across the ranks are refused on every rank (a collective).
+  {
+    EngineOptions odd = Options(world);
+    odd.max_num_seqs += rank;
+    auto differs = Engine::Create(shard.get(), odd, nullptr, parallel);
+    const bool named = !differs.ok() &&
+                       absl::StrContains(differs.status().message(),
+                                         absl::StrCat("max_num_seqs differs across the TP group (from 3 to ",
+                                                      2 + world));
+    std::printf("{\"check\": \"options\", \"rank\": %ld, \"ok\": %s, \"message\": \"%s\"}\n",
+                static_cast<long>(rank), named ? "true" : "false",
+                differs.ok() ? "" : std::string(differs.status().message()).c_str());
+    ok = ok && named;
+  }
   auto reference = Value(Engine::Create(whole.get(), Options(1)), "whole-model engine");
   auto engine = Value(Engine::Create(shard.get(), Options(world), nullptr, parallel), "sharded engine");
 

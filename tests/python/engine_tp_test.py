@@ -5,7 +5,8 @@ generates, with small max_prefill_tokens, max_num_seqs and KV cache (admissions,
 decodes and preemptions interleave), the same requests as an engine on the whole model in
 its own process: greedy tokens equal and FP32 logprobs within 2e-5; sampled tokens (fixed
 seeds, n = 2) equal on every rank bit for bit and to the whole model's; a request cancelled
-on one rank only is cancelled on both; the shard without its TP group is refused. Then
+on one rank only is cancelled on both; the shard without its TP group, and engine options
+that differ across the ranks, are refused. Then
 the ranks form a rollout instance (rl/rollout_instance.h): rank 0 serves greedy and sampled
 groups through a RolloutWorkerCore whose batches the other rank follows, with the whole
 model's tokens.
@@ -21,7 +22,7 @@ import sys
 import tempfile
 
 WORKER = os.environ.get("ENGINE_TP_WORKER", "build/tests/engine_tp_worker")
-CHECKS = ("errors", "greedy", "sampled", "cancelled", "instance")
+CHECKS = ("errors", "options", "greedy", "sampled", "cancelled", "instance")
 
 
 def free_port():
