@@ -248,21 +248,15 @@ absl::Status RolloutWorkerCore::Submit(GenerationRequest request, int64_t min_we
   return absl::OkStatus();
 }
 
-namespace {
-
-// The other ranks of a multi-process instance would keep their old shards: refused until
-// weight sync of shards exists.
-absl::Status NoWeightsIntoInstance(const RolloutWorkerCoreOptions& options) {
-  if (options.fanout == nullptr) return absl::OkStatus();
+absl::Status RolloutWorkerCore::AcceptsWeights() const {
+  if (impl_->options.fanout == nullptr) return absl::OkStatus();
   return absl::UnimplementedError(
       "weight updates into a multi-process rollout instance (--tp > 1) are not supported yet; "
       "restart its ranks with the new --model");
 }
 
-}  // namespace
-
 absl::Status RolloutWorkerCore::ApplyWeights(WeightSet set, bool replace_newer) {
-  RETURN_IF_ERROR(NoWeightsIntoInstance(impl_->options));
+  RETURN_IF_ERROR(AcceptsWeights());
   auto parsed = Json::Parse(set.model_config_json);
   if (!parsed.ok()) {
     return absl::InvalidArgumentError(
@@ -288,7 +282,7 @@ absl::Status RolloutWorkerCore::ApplyWeights(WeightSet set, bool replace_newer) 
 }
 
 absl::Status RolloutWorkerCore::JoinWeightGroup(const WeightGroupJoin& join) {
-  RETURN_IF_ERROR(NoWeightsIntoInstance(impl_->options));
+  RETURN_IF_ERROR(AcceptsWeights());
   ASSIGN_OR_RETURN(int device, impl_->DeviceIndex());
   if (join.rank < 1 || join.rank >= join.world_size) {
     return absl::InvalidArgumentError(absl::StrCat("JoinWeightGroup: rank ", join.rank,
@@ -305,7 +299,7 @@ absl::Status RolloutWorkerCore::JoinWeightGroup(const WeightGroupJoin& join) {
 }
 
 absl::StatusOr<int64_t> RolloutWorkerCore::ReceiveBroadcast(const WeightBroadcast& request) {
-  RETURN_IF_ERROR(NoWeightsIntoInstance(impl_->options));
+  RETURN_IF_ERROR(AcceptsWeights());
   ASSIGN_OR_RETURN(int device, impl_->DeviceIndex());
   Impl& m = *impl_;
   absl::MutexLock lock(&m.group_mu);

@@ -116,6 +116,11 @@ class RolloutWorkerCore {
   // version. A failed broadcast drops the group (the controller forms a new one).
   absl::StatusOr<int64_t> ReceiveBroadcast(const WeightBroadcast& broadcast);
 
+  // OK unless this core serves a multi-process instance (options.fanout), whose other
+  // ranks would keep their old shards: UNIMPLEMENTED until weight sync of shards exists.
+  // ApplyWeights, JoinWeightGroup and ReceiveBroadcast refuse with it.
+  absl::Status AcceptsWeights() const;
+
   // The served version; -1 before any weights.
   int64_t version() const;
   // The served model's tensors, which a weight update must declare (empty: none yet).

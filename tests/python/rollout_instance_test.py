@@ -3,7 +3,7 @@
 `lightrl rollout-worker` on the same checkpoint (`lightrl init` of a small hybrid model
 from a fresh seed, printed here). The same Generate calls (greedy, and sampled with fixed
 seeds and n = 2, several at once so that they share engine batches) give the same tokens
-and logprobs within 2e-5 from both; a weight group join is refused; SIGTERM to rank 0
+and logprobs within 2e-5 from both; weight updates into it are refused; SIGTERM to rank 0
 stops the follower too; usage errors are named.
 
 Run: LIGHTRL_BIN=build/rl/lightrl python3 tests/python/rollout_instance_test.py
@@ -158,12 +158,17 @@ def main():
 
             # Weights pushed to rank 0 alone would leave the follower's shard behind.
             stub = pb2_grpc.RolloutServiceStub(grpc.insecure_channel(instance_address))
-            try:
-                stub.JoinWeightGroup(pb2.JoinWeightGroupRequest(rank=1, world_size=2), timeout=30)
-                raise AssertionError("JoinWeightGroup into the instance succeeded")
-            except grpc.RpcError as e:
-                assert e.code() == grpc.StatusCode.UNIMPLEMENTED, (e.code(), e.details())
-                assert "multi-process rollout instance" in e.details(), e.details()
+            header = pb2.WeightChunk(header=pb2.WeightHeader(version=1))
+            for name, call in (
+                    ("UpdateWeights", lambda: stub.UpdateWeights(iter([header]), timeout=30)),
+                    ("JoinWeightGroup", lambda: stub.JoinWeightGroup(
+                        pb2.JoinWeightGroupRequest(rank=1, world_size=2), timeout=30))):
+                try:
+                    call()
+                    raise AssertionError(f"{name} into the instance succeeded")
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.UNIMPLEMENTED, (name, e.code(), e.details())
+                    assert "multi-process rollout instance" in e.details(), (name, e.details())
 
             ranks[0].send_signal(signal.SIGTERM)
             for r, p in enumerate(ranks):
