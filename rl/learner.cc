@@ -233,7 +233,7 @@ struct Learner::Impl {
     fopts.moe_capacity_factor = train ? options.optimizer.moe_capacity_factor : 0;
     fopts.expert_parallel = experts ? experts->comm() : nullptr;
     fopts.tensor_parallel = tp_comm.get();
-    fopts.checkpoint_layers = train && options.activation_checkpointing;
+    fopts.checkpoint_layers = train && options.optimizer.activation_checkpointing;
     auto out = module->Forward(p.tokens, p.layout, fopts);
     auto hidden = out.hidden.index_select(0, p.predict_rows);
     if (entropy != nullptr && tp_comm) {

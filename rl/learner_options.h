@@ -36,6 +36,10 @@ struct OptimizerOptions {
   // Expert capacity in training as a multiple of the even share, with token drop; 0 = no
   // capacity limit.
   double moe_capacity_factor = 0.0;
+  // Activation checkpointing per decoder layer in training forwards: each layer keeps only
+  // its input and runs again in backward (ForwardOptions::checkpoint_layers), about one
+  // more forward's compute for the memory of every layer's activations. Same update.
+  bool activation_checkpointing = false;
   // Optimizer steps the schedule spans; not a key: the trainer derives it from run.steps
   // and algorithm.minibatches.
   int64_t total_steps = 1;
@@ -79,10 +83,6 @@ struct LearnerOptions {
   OptimizerOptions optimizer;
   int64_t minibatches = 1;      // optimizer updates per generation batch
   int64_t max_tokens_per_forward = 16384;  // micro-batching of long batches
-  // Activation checkpointing per decoder layer in training forwards: each layer keeps only
-  // its input and is run again in backward (ForwardOptions::checkpoint_layers), about one
-  // more forward's compute for the memory of every layer's activations. Same update.
-  bool activation_checkpointing = false;
   // The temperature T the rollouts were sampled at: the learner's logprobs (old and
   // current) are log softmax(logits / T), the distribution the engine sampled from and
   // reported logprobs of. Must be > 0.

@@ -3,8 +3,9 @@ TinyParallelConfig with random weights drawn from a fresh seed (printed here). E
 (tensor_parallel_worker) loads its shard of the whole model from an HF checkpoint and
 checks, in FP32, its logprobs and every parameter shard's gradient against the whole
 model's, then one TrainRl (CISPO) and one TrainSft update against a single-process
-learner's on the same batch (TrainRl also with ZeRO-1 over the DP group); a shard handed
-to a learner without its TP group, or at another TP rank, is a named error.
+learner's on the same batch (TrainRl also with ZeRO-1 over the DP group and activation
+checkpointing); a shard handed to a learner without its TP group, or at another TP rank,
+is a named error.
 
 Run: TENSOR_PARALLEL_WORKER=build/tests/tensor_parallel_worker python3 tests/python/tensor_parallel_test.py
 """

@@ -4,12 +4,15 @@
 //   model:   rank 0 writes the whole random model of SEED as an HF checkpoint under DIR;
 //            every rank loads its shard of it (PolicyModel::Load with ShardCoordsOf) and
 //            runs forward and backward (with per-layer activation checkpointing) on ragged
-//            documents of its DP group; its logprobs,
-//            aux loss and every parameter's gradient must equal the whole model's (the
-//            gradients sliced with ShardBlock).
+//            documents of its DP group; its logprobs, aux loss and every parameter's
+//            gradient must equal the whole model's (the gradients sliced with ShardBlock).
 //   learner: one TrainRl (CISPO, 2 minibatches, clipped) and one TrainSft update on the
 //            same global batch by the TP x DP learner and by a single-process learner on
-//            the whole model; every shard must equal the slice of the whole model after.
+//            the whole model; every shard must equal the slice of the whole model after,
+//            and the parameters the TP group replicates must be bitwise alike on its
+//            ranks; TrainRl again with ZeRO-1 over the DP group and activation
+//            checkpointing.
+//   errors:  a shard given to a learner without its TP group, or at another TP rank.
 // Prints one JSON line per check; exits 1 when a difference exceeds its tolerance.
 //
 // Usage: tensor_parallel_worker RANK WORLD TP PORT SEED DIR
@@ -158,6 +161,8 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   opts.minibatches = 2;
   opts.temperature = 0.9;
   opts.data_parallel.zero1 = zero1;
+  // The ZeRO-1 run also checkpoints its layers (the learner's key to the model's).
+  opts.optimizer.activation_checkpointing = zero1;
   const auto batch = RandomBatch(seed * 7 + 1, 9);
 
   auto whole = Value(PolicyModel::Create(config, seed), "whole model");
