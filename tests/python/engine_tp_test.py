@@ -56,8 +56,10 @@ def run(world, seed):
     assert all(len(v) == world for v in by_check.values()), by_check
     for c in ("greedy", "sampled"):
         for row in by_check[c]:
-            # Generation went through many steps and visited many tokens.
-            assert row["tokens"] > 40 and row["distinct"] >= 5 and row["steps"] >= 20, row
+            # Generation went through many steps (greedy may loop over a few tokens; the
+            # sampled rows visit many).
+            assert row["tokens"] > 40 and row["steps"] >= 20, row
+            assert c == "greedy" or row["distinct"] >= 10, row
         # The ranks ran the same steps.
         assert len({row["steps"] for row in by_check[c]}) == 1, by_check[c]
     assert any(row["preemptions"] > 0 for row in by_check["sampled"]), by_check["sampled"]
