@@ -9,6 +9,7 @@
 #include "inference_engine/scheduler.h"
 #include "inference_engine/step_runner.h"
 #include "policy/minimax_model.h"
+#include "policy/vocab_parallel.h"
 
 namespace lightrl {
 
@@ -64,10 +65,18 @@ struct Generation {
     }
     samples.erase(it);
   }
-  // Ends the requests whose cancelled flag is raised.
-  void CheckCancelled() {
+  // Which requests' cancelled flags are raised, as seen here.
+  std::vector<char> CancelledFlags() const {
+    std::vector<char> flags(requests.size(), 0);
     for (size_t i = 0; i < requests.size(); ++i) {
-      if (!failed[i] && requests[i].cancelled != nullptr && requests[i].cancelled->load()) {
+      flags[i] = requests[i].cancelled != nullptr && requests[i].cancelled->load();
+    }
+    return flags;
+  }
+  // Ends the requests whose `cancelled` flag is set.
+  void CheckCancelled(const std::vector<char>& cancelled) {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (!failed[i] && cancelled[i]) {
         Fail(i, absl::CancelledError(absl::StrCat("request \"", requests[i].id, "\" was cancelled")));
       }
     }
@@ -81,12 +90,65 @@ struct Generation {
   EngineProgress progress;
 };
 
+// The policy's shard and the instance's comms must describe the same split; the kernel
+// path does not run sharded yet.
+absl::Status CheckParallel(const ShardCoords& shard, const EngineParallel& parallel,
+                           bool kernel_path) {
+  if (shard.ep > 1 || shard.expert_tp > 1 || parallel.expert_parallel != nullptr) {
+    return absl::UnimplementedError(absl::StrCat(
+        "engine: the policy is the shard ", shard.ToString(),
+        "; the engine shards attention and the vocabulary over TP only, not the experts (ep, "
+        "expert_tp and EngineParallel.expert_parallel must be 1 / unset)"));
+  }
+  TensorParallelComm* tp = parallel.tensor_parallel;
+  const int64_t group = tp != nullptr ? tp->tp_size() : 1;
+  if (group != shard.tp) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine: the policy is TP shard ", shard.tp_rank, " of ", shard.tp,
+        ", but EngineParallel.tensor_parallel is ",
+        tp != nullptr ? absl::StrCat("a group of ", group) : std::string("not set")));
+  }
+  if (tp != nullptr && tp->tp_rank() != shard.tp_rank) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine: the policy is TP shard ", shard.tp_rank, " of ", shard.tp,
+        ", but this rank is rank ", tp->tp_rank(), " of EngineParallel.tensor_parallel"));
+  }
+  if (shard.tp > 1 && kernel_path) {
+    return absl::UnimplementedError(absl::StrCat(
+        "engine: the CUDA kernel path (bf16 weights on CUDA) does not run a policy sharded "
+        "over TP (tp ", shard.tp, ") yet; the torch path does (FP32 weights)"));
+  }
+  return absl::OkStatus();
+}
+
+// Every rank of a TP group must size its pools and plan its steps alike, or their
+// collectives stop lining up: the values are compared over the group (a collective).
+absl::Status CheckAgreement(TensorParallelComm& tp, const std::vector<std::string>& names,
+                            const std::vector<int64_t>& values) {
+  auto mine = torch::tensor(std::vector<double>(values.begin(), values.end()), torch::kFloat64);
+  auto hi = mine.clone(), neg_lo = -mine;
+  tp.AllReduce(hi, TensorParallelComm::Op::kMax);
+  tp.AllReduce(neg_lo, TensorParallelComm::Op::kMax);
+  for (size_t i = 0; i < values.size(); ++i) {
+    const auto h = static_cast<int64_t>(hi[i].item<double>());
+    const auto l = static_cast<int64_t>(-neg_lo[i].item<double>());
+    if (h != l) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "engine: ", names[i], " differs across the TP group (from ", l, " to ", h,
+          "; this rank ", values[i], "): every rank of an instance needs the same engine "
+          "options"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 struct Engine::Impl {
   PolicyModel* policy = nullptr;
   const Tokenizer* tokenizer = nullptr;
   EngineOptions options;
+  TensorParallelComm* tp = nullptr;  // the instance's TP group; null without TP
   int64_t max_model_len = 0;
   std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<Scheduler> scheduler;
@@ -96,6 +158,9 @@ struct Engine::Impl {
   absl::Status CheckRequest(const GenerationRequest& r) const;
   // Records the plan's preemptions and fails the requests it found no room for.
   void Account(const StepPlan& plan, Generation& g);
+  // The requests cancelled on any rank of the TP group (a collective there), so that
+  // every rank drops them at the same step.
+  std::vector<char> Cancelled(const Generation& g);
   // Takes the finished sequences and those of failed requests out of the running batch, in
   // batch order, then cancelled requests and every sequence of a failed one.
   void Collect(Generation& g);
@@ -107,7 +172,8 @@ const EngineStats& Engine::stats() const { return impl_->stats; }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
                                                        const EngineOptions& options,
-                                                       const Tokenizer* tokenizer) {
+                                                       const Tokenizer* tokenizer,
+                                                       const EngineParallel& parallel) {
   RETURN_IF_ERROR(options.Validate());
   auto impl = std::make_unique<Impl>();
   impl->policy = policy;
@@ -121,14 +187,32 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
         "numerics.batch_invariant runs on the CPU only so far; the policy is on CUDA");
   }
   const auto dtype = module->lm_head->weight.scalar_type();
-  const int64_t page_bytes = std::max<int64_t>(1, ModelRunner::PageBytes(c, options.page_size, dtype));
+  const ShardCoords& shard = module->shard();
+  RETURN_IF_ERROR(CheckParallel(shard, parallel,
+                                ModelRunner::KernelPath(module->lm_head->weight.device(), dtype,
+                                                        c.head_dim, /*allow_cuda_kernels=*/true)));
+  if (shard.tp > 1) impl->tp = parallel.tensor_parallel;
+  const int64_t tp = shard.tp;
+  const int64_t page_bytes =
+      std::max<int64_t>(1, ModelRunner::PageBytes(c, options.page_size, dtype, tp));
   // Without softmax layers pages cost nothing; keep enough to address max_model_len.
-  int64_t num_pages = ModelRunner::PageBytes(c, options.page_size, dtype) == 0
+  int64_t num_pages = ModelRunner::PageBytes(c, options.page_size, dtype, tp) == 0
                           ? (impl->max_model_len + options.page_size - 1) / options.page_size
                           : options.kv_cache_bytes / page_bytes;
   if (num_pages < 1) {
     return absl::InvalidArgumentError(absl::StrCat("kv_cache_bytes ", options.kv_cache_bytes,
                                                    " holds no KV page of ", page_bytes, " bytes"));
+  }
+  if (impl->tp != nullptr) {
+    try {
+      RETURN_IF_ERROR(CheckAgreement(
+          *impl->tp, {"max_num_seqs", "max_prefill_tokens", "page_size", "the KV page count", "max_model_len"},
+          {options.max_num_seqs, options.max_prefill_tokens, options.page_size, num_pages,
+           impl->max_model_len}));
+    } catch (const c10::Error& e) {
+      return absl::UnavailableError(absl::StrCat("engine: comparing the options across the TP group: ",
+                                                 e.what_without_backtrace()));
+    }
   }
   try {
     ModelRunnerOptions runner;
@@ -140,6 +224,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
     runner.prefill_stream = options.prefill_stream;
     runner.fuse_decode_epilogues = options.fuse_decode_epilogues;
     runner.batch_invariant = options.batch_invariant;
+    runner.tensor_parallel = impl->tp;
     impl->runner = std::make_unique<ModelRunner>(module, runner);
   } catch (const c10::Error& e) {
     return absl::ResourceExhaustedError(
@@ -155,8 +240,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
                                                    impl->max_model_len, &impl->stats);
   impl->stats.num_pages = num_pages;
   impl->stats.num_slots = options.max_num_seqs;
-  impl->stats.slot_bytes = ModelRunner::SlotBytes(c);
-  impl->stats.page_bytes = ModelRunner::PageBytes(c, options.page_size, dtype);
+  impl->stats.slot_bytes = ModelRunner::SlotBytes(c, tp);
+  impl->stats.page_bytes = ModelRunner::PageBytes(c, options.page_size, dtype, tp);
   impl->stats.page_size = options.page_size;
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
@@ -208,6 +293,15 @@ void Engine::Impl::Account(const StepPlan& plan, Generation& g) {
   }
 }
 
+std::vector<char> Engine::Impl::Cancelled(const Generation& g) {
+  std::vector<char> flags = g.CancelledFlags();
+  if (tp == nullptr || flags.empty()) return flags;
+  auto any = torch::tensor(std::vector<float>(flags.begin(), flags.end()), torch::kFloat32);
+  tp->AllReduce(any, TensorParallelComm::Op::kMax);
+  for (size_t i = 0; i < flags.size(); ++i) flags[i] = any[i].item<float>() > 0;
+  return flags;
+}
+
 void Engine::Impl::Collect(Generation& g) {
   std::vector<SeqId> done;
   for (SeqId id : scheduler->running()) {
@@ -217,7 +311,7 @@ void Engine::Impl::Collect(Generation& g) {
     g.Complete(id, scheduler->sequence(id));
     scheduler->Finish(id);
   }
-  g.CheckCancelled();
+  g.CheckCancelled(Cancelled(g));
   for (SeqId id : scheduler->Drop([&](int64_t group) { return g.failed[group] != 0; })) {
     g.samples.erase(id);
   }

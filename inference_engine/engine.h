@@ -1,7 +1,8 @@
 // The inference engine: continuous batching of generation requests over the policy
 // model, with lightning-state slots and a paged KV cache for the softmax layers, a memory
 // budget that admits what fits and preempts (then resumes) rather than failing. Torch-free
-// header; the same scheduler drives the CPU and CUDA backends.
+// header; the same scheduler drives the CPU and CUDA backends. A rollout instance spanning
+// several devices runs one engine per rank of its model-parallel group (EngineParallel).
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,25 @@
 #include "policy/tokenizer.h"
 
 namespace lightrl {
+
+class TensorParallelComm;   // policy/vocab_parallel.h
+class ExpertParallelComm;   // policy/expert_parallel.h
+
+// The model-parallel groups of a rollout instance this engine is one rank of. Each rank
+// runs its own engine on its shard of the policy (PolicyModel::Load / Create with the
+// rank's ShardCoords) with the same EngineOptions, and every rank's Generate gets the
+// same requests in the same order: the scheduler is deterministic, so all ranks run the
+// same steps on the same batches and their collectives line up. The comms are not owned
+// and must outlive the engine; null: the model is not split that way.
+struct EngineParallel {
+  // The TP group (docs/distributed.md, "The engine"): attention by heads, the lightning
+  // state slots and KV pages hold this rank's heads only, embedding and LM head by
+  // vocabulary rows. Each step's logits are gathered over the group, so every rank
+  // samples the same token from the same logits with the same per-sample RNG.
+  TensorParallelComm* tensor_parallel = nullptr;
+  // Expert parallelism of the MoE blocks; not supported by the engine yet (refused).
+  ExpertParallelComm* expert_parallel = nullptr;
+};
 
 struct EngineOptions {
   int64_t max_num_seqs = 64;          // sequences decoding at once (and state slots)
@@ -63,17 +83,22 @@ struct EngineStats {
 class Engine {
  public:
   // `policy` must outlive the engine; weight updates to it are seen by the next step.
-  // `tokenizer` (optional, may be null) is needed for stop strings.
+  // `tokenizer` (optional, may be null) is needed for stop strings. A policy sharded over
+  // TP needs `parallel.tensor_parallel`, a group of its shard's size in which it is the
+  // shard's rank; creation is then a collective of that group (the ranks check that their
+  // options agree). The CUDA kernel path (bf16 on CUDA) does not run sharded yet.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(PolicyModel* policy,
                                                         const EngineOptions& options,
-                                                        const Tokenizer* tokenizer = nullptr);
+                                                        const Tokenizer* tokenizer = nullptr,
+                                                        const EngineParallel& parallel = {});
   ~Engine();
 
   // Runs every request to completion. Results are in request order; a request with bad
   // input, one whose sequence's sampling fails or whose logits turn non-finite (INTERNAL),
   // and one whose `cancelled` flag is raised (CANCELLED, seen at the next step) gets an
   // error status and no samples, its sequences free their slots and pages, and the rest
-  // go on.
+  // go on. Under TP every step is a collective of the group; a request cancelled on any
+  // rank is cancelled on all of them at the same step.
   std::vector<GenerationResult> Generate(
       const std::vector<GenerationRequest>& requests,
       const std::function<void(const EngineProgress&)>& on_progress = {});

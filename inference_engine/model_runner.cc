@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "policy/lightning_attention.h"
+#include "policy/tensor_parallel.h"
 #include "policy/train_ops_cuda.h"
 
 #ifdef LIGHTRL_ENGINE_CUDA
@@ -73,14 +74,21 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
       config_(module->config()),
       device_(module->lm_head->weight.device()),
       dtype_(module->lm_head->weight.scalar_type()),
-      page_size_(options.page_size) {
+      page_size_(options.page_size),
+      tp_(options.tensor_parallel) {
   const auto& c = config_;
+  const int64_t tp = module->shard().tp;
+  const int64_t group = tp_ != nullptr ? tp_->tp_size() : 1;
+  TORCH_CHECK(group == tp, "engine: the model is sharded over a TP group of ", tp,
+              " ranks but the runner's tensor_parallel is a group of ", group);
+  if (group == 1) tp_ = nullptr;
   const int64_t num_slots = options.num_slots, num_pages = options.num_pages;
   const int64_t page_size = options.page_size;
-#ifdef LIGHTRL_ENGINE_CUDA
-  cuda_kernels_ = options.allow_cuda_kernels && !options.batch_invariant &&
-                  CudaLightningSupported(device_, dtype_, c.head_dim);
-#endif
+  cuda_kernels_ = !options.batch_invariant &&
+                  KernelPath(device_, dtype_, c.head_dim, options.allow_cuda_kernels);
+  TORCH_CHECK(!cuda_kernels_ || tp == 1, "engine: the CUDA kernel path (bf16 on CUDA) does "
+              "not run a model sharded over TP (tp ", tp, ") yet; the torch path does "
+              "(FP32 weights, or allow_cuda_kernels false)");
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
   auto kv = torch::TensorOptions().dtype(dtype_).device(device_);
   states_.resize(c.num_hidden_layers);
@@ -88,10 +96,12 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
   v_pool_.resize(c.num_hidden_layers);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     if (c.is_lightning(i)) {
-      states_[i] = torch::zeros({num_slots, c.num_attention_heads, c.head_dim, c.head_dim}, f32);
+      // This rank's heads only (all of them without TP).
+      states_[i] = torch::zeros({num_slots, c.num_attention_heads / tp, c.head_dim, c.head_dim}, f32);
     } else {
-      k_pool_[i] = torch::zeros({num_pages * page_size, c.num_key_value_heads, c.head_dim}, kv);
-      v_pool_[i] = torch::zeros({num_pages * page_size, c.num_key_value_heads, c.head_dim}, kv);
+      const int64_t kv_heads = c.num_key_value_heads / tp;
+      k_pool_[i] = torch::zeros({num_pages * page_size, kv_heads, c.head_dim}, kv);
+      v_pool_[i] = torch::zeros({num_pages * page_size, kv_heads, c.head_dim}, kv);
     }
   }
   if (cuda_kernels_) {
@@ -119,17 +129,47 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
   }
 }
 
-int64_t ModelRunner::SlotBytes(const ModelConfig& c) {
-  int64_t lightning = 0;
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) lightning += c.is_lightning(i) ? 1 : 0;
-  return lightning * c.num_attention_heads * c.head_dim * c.head_dim * 4;
+bool ModelRunner::KernelPath(const torch::Device& device, torch::ScalarType dtype,
+                             int64_t head_dim, bool allow_cuda_kernels) {
+#ifdef LIGHTRL_ENGINE_CUDA
+  return allow_cuda_kernels && CudaLightningSupported(device, dtype, head_dim);
+#else
+  (void)device, (void)dtype, (void)head_dim, (void)allow_cuda_kernels;
+  return false;
+#endif
 }
 
-int64_t ModelRunner::PageBytes(const ModelConfig& c, int64_t page_size, torch::ScalarType dtype) {
+int64_t ModelRunner::SlotBytes(const ModelConfig& c, int64_t tp) {
+  int64_t lightning = 0;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) lightning += c.is_lightning(i) ? 1 : 0;
+  return lightning * (c.num_attention_heads / tp) * c.head_dim * c.head_dim * 4;
+}
+
+int64_t ModelRunner::PageBytes(const ModelConfig& c, int64_t page_size, torch::ScalarType dtype,
+                               int64_t tp) {
   int64_t softmax = 0;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) softmax += c.is_lightning(i) ? 0 : 1;
-  return softmax * page_size * c.num_key_value_heads * c.head_dim * 2 *
+  return softmax * page_size * (c.num_key_value_heads / tp) * c.head_dim * 2 *
          static_cast<int64_t>(c10::elementSize(dtype));
+}
+
+torch::Tensor ModelRunner::Embed(const torch::Tensor& tokens) {
+  auto& embedding = module_->model->embed_tokens;
+  return tp_ ? VocabParallelEmbedding(tokens, embedding->weight, *tp_) : embedding(tokens);
+}
+
+torch::Tensor ModelRunner::Logits(const torch::Tensor& hidden) {
+  auto block = module_->Logits(hidden);
+  if (tp_ == nullptr) return block;
+  const int64_t rows = block.size(1);
+  auto logits = torch::zeros({block.size(0), rows * tp_->tp_size()}, block.options());
+  logits.narrow(1, tp_->tp_rank() * rows, rows).copy_(block);
+  tp_->AllReduce(logits, TensorParallelComm::Op::kSum);
+  return logits;
+}
+
+torch::Tensor ModelRunner::ReduceRowParallel(const torch::Tensor& partial) {
+  return tp_ ? ReduceFromTensorParallel(partial, *tp_) : partial;
 }
 
 // Rows of the KV pools for each token fed: the prompt's positions 0..len-1 when
@@ -234,7 +274,7 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
     cu_seqlens32 = torch::tensor(cu, torch::kInt32).to(device_);
     slots32 = torch::tensor(sl, torch::kInt32).to(device_);
   }
-  auto x = module_->model->embed_tokens(tokens);
+  auto x = Embed(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto* layer = module_->model->layers[i]->as<DecoderLayerImpl>();
     x = layer->ForwardWith(x, [&](const torch::Tensor& n1) {
@@ -246,7 +286,7 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
         if (cuda_kernels_) {
           auto o = LightningPrefillCuda(q, k, v, cu_seqlens32, slots32, states_[i], attn->slope,
                                         layout.max_len());
-          return attn->Finish(n1, o.view({n1.size(0), -1}));
+          return attn->Finish(n1, o.view({n1.size(0), -1}), tp_);
         }
 #endif
         std::vector<torch::Tensor> outs;
@@ -261,7 +301,7 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
           outs.push_back(o[0].permute({1, 0, 2}));
         }
         auto o = torch::cat(outs, 0).reshape({n1.size(0), -1});
-        return attn->Finish(n1, o);
+        return attn->Finish(n1, o, tp_);
       }
       auto& attn = layer->softmax;
       auto positions = PackedPositions(layout, device_);
@@ -271,13 +311,15 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
       auto v = attn->v_proj(n1).view({T, attn->num_kv_heads, attn->head_dim});
       k_pool_[i].index_copy_(0, rows, k);
       v_pool_[i].index_copy_(0, rows, v);
-      return attn->forward(n1, layout);
+      ForwardOptions sharded;
+      sharded.tensor_parallel = tp_;
+      return attn->forward(n1, layout, sharded);
     }).first;
   }
   auto hidden = module_->model->norm(x);
   std::vector<int64_t> last;
   for (int64_t d = 0; d < layout.num_docs(); ++d) last.push_back(layout.cu_seqlens[d + 1] - 1);
-  return module_->Logits(hidden.index_select(0, torch::tensor(last, torch::kInt64).to(device_)));
+  return Logits(hidden.index_select(0, torch::tensor(last, torch::kInt64).to(device_)));
 }
 
 torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
@@ -324,7 +366,7 @@ torch::Tensor ModelRunner::DecodeTorch(const std::vector<RunnerSequence>& seqs) 
   auto ctx_mask = torch::tensor(ctx_valid, torch::kUInt8).to(device_).to(torch::kBool)
                       .view({B, 1, 1, max_len});
 
-  auto x = module_->model->embed_tokens(tokens);
+  auto x = Embed(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto* layer = module_->model->layers[i]->as<DecoderLayerImpl>();
     x = layer->ForwardWith(x, [&](const torch::Tensor& n1) {
@@ -337,7 +379,7 @@ torch::Tensor ModelRunner::DecodeTorch(const std::vector<RunnerSequence>& seqs) 
                                        v.to(torch::kFloat32).unsqueeze(-2));
         states_[i].index_copy_(0, slots, s);
         auto o = torch::matmul(q.to(torch::kFloat32).unsqueeze(-2), s).squeeze(-2);
-        return attn->Finish(n1, o.to(n1.scalar_type()).reshape({B, -1}));
+        return attn->Finish(n1, o.to(n1.scalar_type()).reshape({B, -1}), tp_);
       }
       auto& attn = layer->softmax;
       const int64_t H = attn->num_heads, KVH = attn->num_kv_heads, d = attn->head_dim;
@@ -352,10 +394,10 @@ torch::Tensor ModelRunner::DecodeTorch(const std::vector<RunnerSequence>& seqs) 
                       .permute({0, 2, 1, 3}).repeat_interleave(H / KVH, 1);
       auto o = torch::scaled_dot_product_attention(q.unsqueeze(2), keys, vals, ctx_mask, 0.0,
                                                    false, 1.0 / std::sqrt(static_cast<double>(d)));
-      return attn->o_proj(o.squeeze(2).reshape({B, H * d}));
+      return ReduceRowParallel(attn->o_proj(o.squeeze(2).reshape({B, H * d})));
     }).first;
   }
-  return module_->Logits(module_->model->norm(x));
+  return Logits(module_->model->norm(x));
 }
 
 void ModelRunner::Fork(int64_t from_slot, const PageTable& from, int64_t to_slot,

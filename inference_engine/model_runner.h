@@ -1,7 +1,9 @@
 // Runs the policy's MiniMax module for inference over cached sequences: packed prefill
 // that leaves each sequence's lightning states in its slot and its softmax-layer K/V in
 // its pages, and a batched one-token decode step. Owns the state and KV pools (tensors);
-// the scheduler owns which slot and pages belong to whom. Internal (torch) header.
+// the scheduler owns which slot and pages belong to whom. Under tensor parallelism it runs
+// one rank's shard: its slots and pages hold this rank's heads, its steps are collectives
+// of the TP group and return the whole vocabulary's logits. Internal (torch) header.
 #pragma once
 
 #include <torch/torch.h>
@@ -12,6 +14,7 @@
 
 #include "inference_engine/kv_cache.h"
 #include "policy/minimax_model.h"
+#include "policy/vocab_parallel.h"
 
 namespace lightrl {
 
@@ -45,6 +48,9 @@ struct ModelRunnerOptions {
   // (a token's logits the same bits whatever shares its step, and the same as the learner's
   // in that mode); CPU only, no CUDA kernels.
   bool batch_invariant = false;
+  // The TP group of a module sharded over TP (not owned; its size and rank the module's
+  // shard), null for the whole model. The kernel path does not run sharded.
+  TensorParallelComm* tensor_parallel = nullptr;
 };
 
 class ModelRunner {
@@ -66,9 +72,11 @@ class ModelRunner {
   void Fork(int64_t from_slot, const PageTable& from, int64_t to_slot, const PageTable& to,
             int64_t num_tokens);
 
-  // Bytes of one lightning-state slot and one KV page, for memory budgeting.
-  static int64_t SlotBytes(const ModelConfig& config);
-  static int64_t PageBytes(const ModelConfig& config, int64_t page_size, torch::ScalarType dtype);
+  // Bytes of one lightning-state slot and one KV page on a rank of a TP group of `tp` (its
+  // share of the heads), for memory budgeting.
+  static int64_t SlotBytes(const ModelConfig& config, int64_t tp = 1);
+  static int64_t PageBytes(const ModelConfig& config, int64_t page_size, torch::ScalarType dtype,
+                           int64_t tp = 1);
 
   torch::Device device() const { return device_; }
   // Whether the lightning layers run the CUDA kernels (else the torch ops).
@@ -82,6 +90,11 @@ class ModelRunner {
   bool uses_prefill_stream() const { return cuda_kernels_ && options_.prefill_stream; }
   std::optional<c10::Stream> prefill_stream() const;
 
+  // Whether a runner of a module on `device` in `dtype` with heads of `head_dim` would run
+  // the CUDA kernels (the build has them, the shapes suit them, `allow_cuda_kernels`).
+  static bool KernelPath(const torch::Device& device, torch::ScalarType dtype, int64_t head_dim,
+                         bool allow_cuda_kernels);
+
   // Batch size a decode step of `batch` sequences runs at under CUDA graphs.
   static int64_t GraphBatch(int64_t batch, int64_t max_batch);
 
@@ -89,6 +102,14 @@ class ModelRunner {
   // Prefill's work on the current stream (Prefill picks the stream).
   torch::Tensor RunPrefill(const std::vector<RunnerSequence>& seqs);
   torch::Tensor PageIndex(const std::vector<RunnerSequence>& seqs, bool whole_prompt) const;
+  // The embedding of `tokens`, the vocabulary-parallel one under TP.
+  torch::Tensor Embed(const torch::Tensor& tokens);
+  // FP32 logits [n, vocab] of final hidden states: under TP each rank's block of the
+  // vocabulary, gathered over the group (an all-reduce of the blocks in place among
+  // zeros, exact: every entry has one nonzero term), so every rank holds the same bits.
+  torch::Tensor Logits(const torch::Tensor& hidden);
+  // The partial sums of a row-parallel projection summed over the TP group (under TP).
+  torch::Tensor ReduceRowParallel(const torch::Tensor& partial);
   torch::Tensor DecodeTorch(const std::vector<RunnerSequence>& seqs);
   // The batch-invariant mode's prefill and decode (model_runner_invariant.cc).
   torch::Tensor PrefillInvariant(const std::vector<RunnerSequence>& seqs);
@@ -110,6 +131,7 @@ class ModelRunner {
   torch::ScalarType dtype_;
   int64_t page_size_;
   bool cuda_kernels_ = false;
+  TensorParallelComm* tp_ = nullptr;
   // Per layer: lightning layers [slots, H, d, d] FP32; softmax layers K and V pools
   // [pages * page_size, KVH, d] in the compute dtype.
   std::vector<torch::Tensor> states_, k_pool_, v_pool_;

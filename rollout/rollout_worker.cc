@@ -206,6 +206,11 @@ class UpdateWeightsReactor final : public grpc::ServerReadReactor<grpc::ByteBuff
       Finish(ToGrpcStatus(auth));
       return;
     }
+    // Refused before any tensor is streamed.
+    if (absl::Status accepts = impl->core->AcceptsWeights(); !accepts.ok()) {
+      Finish(ToGrpcStatus(accepts));
+      return;
+    }
     StartRead(&chunk_bytes_);
   }
 

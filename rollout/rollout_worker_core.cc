@@ -153,6 +153,12 @@ void RolloutWorkerCore::Impl::RunBatch(std::vector<Job>& jobs) {
       requests.push_back(job.request);
       admitted.push_back(&job);
     }
+    if (options.fanout != nullptr && !requests.empty()) {
+      if (absl::Status s = options.fanout->Announce(requests); !s.ok()) {
+        for (Job* job : admitted) job->deliver(s, current, {});
+        requests.clear();
+      }
+    }
     std::vector<GenerationResult> results = engine->Generate(requests);
     for (size_t i = 0; i < results.size(); ++i) {
       for (const GeneratedSample& s : results[i].samples) tokens += static_cast<int64_t>(s.tokens.size());
@@ -168,7 +174,7 @@ void RolloutWorkerCore::Impl::RunBatch(std::vector<Job>& jobs) {
 absl::Status RolloutWorkerCore::Impl::InstallPolicy(std::unique_ptr<PolicyModel> model,
                                                     int64_t model_version) {
   ASSIGN_OR_RETURN(engine, Engine::Create(model.get(), options.engine,
-                                          tokenizer ? &*tokenizer : nullptr));
+                                          tokenizer ? &*tokenizer : nullptr, options.parallel));
   config_json = model->config().ToJson().Dump();
   vocab_size = model->config().vocab_size;
   {
@@ -242,7 +248,15 @@ absl::Status RolloutWorkerCore::Submit(GenerationRequest request, int64_t min_we
   return absl::OkStatus();
 }
 
+absl::Status RolloutWorkerCore::AcceptsWeights() const {
+  if (impl_->options.fanout == nullptr) return absl::OkStatus();
+  return absl::UnimplementedError(
+      "weight updates into a multi-process rollout instance (--tp > 1) are not supported yet; "
+      "restart its ranks with the new --model");
+}
+
 absl::Status RolloutWorkerCore::ApplyWeights(WeightSet set, bool replace_newer) {
+  RETURN_IF_ERROR(AcceptsWeights());
   auto parsed = Json::Parse(set.model_config_json);
   if (!parsed.ok()) {
     return absl::InvalidArgumentError(
@@ -268,6 +282,7 @@ absl::Status RolloutWorkerCore::ApplyWeights(WeightSet set, bool replace_newer) 
 }
 
 absl::Status RolloutWorkerCore::JoinWeightGroup(const WeightGroupJoin& join) {
+  RETURN_IF_ERROR(AcceptsWeights());
   ASSIGN_OR_RETURN(int device, impl_->DeviceIndex());
   if (join.rank < 1 || join.rank >= join.world_size) {
     return absl::InvalidArgumentError(absl::StrCat("JoinWeightGroup: rank ", join.rank,
@@ -284,6 +299,7 @@ absl::Status RolloutWorkerCore::JoinWeightGroup(const WeightGroupJoin& join) {
 }
 
 absl::StatusOr<int64_t> RolloutWorkerCore::ReceiveBroadcast(const WeightBroadcast& request) {
+  RETURN_IF_ERROR(AcceptsWeights());
   ASSIGN_OR_RETURN(int device, impl_->DeviceIndex());
   Impl& m = *impl_;
   absl::MutexLock lock(&m.group_mu);

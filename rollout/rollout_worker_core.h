@@ -21,6 +21,16 @@
 
 namespace lightrl {
 
+// Hands each engine batch of the serving rank of a multi-process rollout instance to the
+// instance's other ranks, which run the same batch on their shards (rl/rollout_instance.h).
+class EngineBatchFanout {
+ public:
+  virtual ~EngineBatchFanout() = default;
+  // Called before the serving rank's engine runs `batch`; the batch does not run (its
+  // groups fail with the error) unless it returns OK.
+  virtual absl::Status Announce(const std::vector<GenerationRequest>& batch) = 0;
+};
+
 struct RolloutWorkerCoreOptions {
   // Where the policy lives and its dtype once weights arrive.
   PolicyOptions policy;
@@ -36,6 +46,11 @@ struct RolloutWorkerCoreOptions {
   // arrives); 0 = half the host's physical memory. An update must also declare exactly the
   // served model's tensors (names and shapes), checked before anything is allocated.
   int64_t max_weight_bytes = 0;
+  // The serving rank of a multi-process instance: the engine's model-parallel comms (the
+  // policy is then this rank's shard) and the fanout of its batches to the other ranks.
+  // Neither is owned; both outlive the core. Default: a one-process worker.
+  EngineParallel parallel;
+  EngineBatchFanout* fanout = nullptr;
 
   absl::Status Validate() const;
 };
@@ -100,6 +115,11 @@ class RolloutWorkerCore {
   // engine keeps generating, then swaps it in between batches; returns the served
   // version. A failed broadcast drops the group (the controller forms a new one).
   absl::StatusOr<int64_t> ReceiveBroadcast(const WeightBroadcast& broadcast);
+
+  // OK unless this core serves a multi-process instance (options.fanout), whose other
+  // ranks would keep their old shards: UNIMPLEMENTED until weight sync of shards exists.
+  // ApplyWeights, JoinWeightGroup and ReceiveBroadcast refuse with it.
+  absl::Status AcceptsWeights() const;
 
   // The served version; -1 before any weights.
   int64_t version() const;

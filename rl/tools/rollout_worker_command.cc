@@ -1,5 +1,7 @@
 // `lightrl rollout-worker`: serves lightrl.v1.RolloutService over the inference engine
 // until SIGINT/SIGTERM, registered with the controller's coordinator when one is given.
+// With --tp N it is one of the N processes of a tensor-parallel instance (rl/
+// rollout_instance.h): rank 0 serves, the others run the batches it announces.
 // gRPC side only: this file includes no torch header.
 #include <signal.h>
 #include <unistd.h>
@@ -12,6 +14,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "policy/tokenizer.h"
+#include "rl/distributed.h"
+#include "rl/parallel_layout.h"
+#include "rl/rollout_instance.h"
 #include "rl/tools/commands.h"
 #include "rl/tools/flags.h"
 #include "rollout/coordinator.h"
@@ -29,7 +35,7 @@ const std::string kRolloutWorkerUsage =
     "                              [--enforce-eager] [--max-message-mb N] [--max-inflight-mb N]\n"
     "                              [--auth-token-file FILE] [--advertise HOST:PORT]\n"
     "                              [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]\n"
-    "                              [--tls-client-auth]\n"
+    "                              [--tls-client-auth] [--tp N]\n"
     "  --listen       address to serve on (default 127.0.0.1:0; the bound one is printed as\n"
     "                 \"listening on HOST:PORT\")\n"
     "  --coordinator  the controller's coordinator: register there and heartbeat\n"
@@ -38,6 +44,11 @@ const std::string kRolloutWorkerUsage =
     "                 worker waits for the controller to push weights\n"
     "  --tokenizer    tokenizer.json, needed for stop strings\n"
     "  --capacity     prompt groups the controller may send at once (default 8)\n"
+    "  --tp           one of the N processes of a tensor-parallel instance (default 1): start\n"
+    "                 N with the torchrun variables RANK, WORLD_SIZE=N, MASTER_ADDR,\n"
+    "                 MASTER_PORT (LOCAL_RANK picks the GPU) and the same flags; each loads\n"
+    "                 its shard of --model (required), rank 0 serves and the others run\n"
+    "                 the batches it announces until it stops\n"
     "  --advertise    address the controller should dial (default: the bound address)\n"
     "  --max-message-mb  largest request message accepted, in MiB (default 64, at least 8);\n"
     "                 a bigger one is RESOURCE_EXHAUSTED\n"
@@ -48,13 +59,44 @@ const std::string kRolloutWorkerUsage =
     "                 Never on the command line: /proc shows it.\n"
     + std::string(kWorkerTlsUsage);
 
+// The instance of --tp N > 1: this process's rank joined, its shard of --model loaded.
+struct TpRank {
+  std::unique_ptr<ProcessGroup> group;
+  std::unique_ptr<RolloutInstance> instance;
+  std::unique_ptr<PolicyModel> policy;
+};
+
+absl::StatusOr<TpRank> JoinInstance(const Flags& flags, int64_t tp, const PolicyOptions& policy) {
+  if (!flags.Has("model")) {
+    return UsageError("--tp needs --model: weights pushed by the controller cannot be sharded yet");
+  }
+  DistributedOptions base;
+  base.world_size = tp;
+  ASSIGN_OR_RETURN(DistributedOptions dist, DistributedOptions::FromEnv(base));
+  if (dist.world_size != tp) {
+    return UsageError(absl::StrCat("--tp ", tp, " needs WORLD_SIZE=", tp,
+                                   " (one process per rank), got WORLD_SIZE=", dist.world_size));
+  }
+  RETURN_IF_ERROR(dist.Validate());
+  PolicyOptions local = policy;
+  if (local.device == "cuda") local.device = absl::StrCat("cuda:", dist.local_rank);
+  TpRank r;
+  ASSIGN_OR_RETURN(r.group, ProcessGroup::Create(dist, local.device));
+  ParallelLayout layout;
+  layout.tp = tp;
+  RETURN_IF_ERROR(r.group->JoinLayoutGroups(layout));
+  ASSIGN_OR_RETURN(r.instance, RolloutInstance::Create(r.group.get()));
+  ASSIGN_OR_RETURN(r.policy, PolicyModel::Load(flags.Get("model"), local, r.instance->shard()));
+  return r;
+}
+
 absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(Flags flags,
                    Flags::Parse(args, {"listen", "coordinator", "worker-id", "model", "tokenizer",
                                        "device", "dtype", "capacity", "max-num-seqs",
                                        "kv-cache-mb", "auth-token", "auth-token-file", "advertise",
                                        "max-message-mb", "max-inflight-mb", "tls-cert",
-                                       "tls-key", "tls-ca"},
+                                       "tls-key", "tls-ca", "tp"},
                                  {"enforce-eager", kWorkerTlsSwitch}));
   RolloutWorkerOptions options;
   options.listen_address = flags.Get("listen", options.listen_address);
@@ -81,8 +123,25 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(options.max_inflight_bytes,
                    InflightBudgetFlag(flags, max_message_mb, "--max-message-mb"));
 
+  ASSIGN_OR_RETURN(int64_t tp, flags.GetInt("tp", 1));
+  if (tp < 1) return UsageError(absl::StrCat("--tp must be >= 1, got ", tp));
   std::unique_ptr<PolicyModel> policy;
-  if (flags.Has("model")) {
+  TpRank instance;
+  if (tp > 1) {
+    ASSIGN_OR_RETURN(instance, JoinInstance(flags, tp, options.policy));
+    policy = std::move(instance.policy);
+    if (instance.instance->rank() != 0) {
+      std::unique_ptr<Tokenizer> tokenizer;
+      if (!options.tokenizer_path.empty()) {
+        ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(options.tokenizer_path));
+        tokenizer = std::make_unique<Tokenizer>(std::move(t));
+      }
+      std::cout << "following rank 0 of the tp " << tp << " instance" << std::endl;
+      return instance.instance->Follow(policy.get(), options.engine, tokenizer.get());
+    }
+    options.parallel = instance.instance->parallel();
+    options.fanout = instance.instance.get();
+  } else if (flags.Has("model")) {
     ASSIGN_OR_RETURN(policy, PolicyModel::Load(flags.Get("model"), options.policy));
   }
 
@@ -119,6 +178,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   std::cerr << "lightrl rollout-worker: signal " << signal_number << ", shutting down\n";
   if (registration) registration->Stop();
   worker->Shutdown();
+  if (instance.instance) RETURN_IF_ERROR(instance.instance->Stop());
   return absl::OkStatus();
 }
 

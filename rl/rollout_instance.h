@@ -1,0 +1,61 @@
+// One rank of a multi-process rollout instance: the ranks of a ProcessGroup form one TP
+// group, each holds its shard of the policy and runs an engine on it (docs/distributed.md,
+// "The inference engine on a tensor-parallel rollout instance"). Rank 0 serves: its
+// RolloutWorkerCore gets parallel() and this instance as its fanout, so before each engine
+// batch the batch is broadcast to the other ranks, which run it in Follow() until rank 0
+// calls Stop(). Owns the TP comm and the batch wire format; not the group, the policies
+// or the serving. Torch-free header.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "inference_engine/engine.h"
+#include "policy/policy_model.h"
+#include "policy/shard_spec.h"
+#include "policy/tokenizer.h"
+#include "rl/distributed.h"
+#include "rollout/rollout_worker_core.h"
+
+namespace lightrl {
+
+class RolloutInstance final : public EngineBatchFanout {
+ public:
+  // `group` (not owned; it must outlive the instance) must have joined layout groups
+  // (ProcessGroup::JoinLayoutGroups) whose TP group is the whole group.
+  static absl::StatusOr<std::unique_ptr<RolloutInstance>> Create(ProcessGroup* group);
+  ~RolloutInstance() override;
+
+  int64_t rank() const;
+  // The part of the policy this rank loads (PolicyModel::Load(dir, options, shard())).
+  ShardCoords shard() const;
+  // The engine's comms for this rank's shard (valid while the instance lives).
+  EngineParallel parallel() const;
+
+  // Rank 0: broadcasts `batch` to the other ranks (their Follow runs it). Every rank's
+  // engine must then run the batch, rank 0's included.
+  absl::Status Announce(const std::vector<GenerationRequest>& batch) override;
+  // Rank 0: ends the other ranks' Follow. Idempotent.
+  absl::Status Stop();
+  // Ranks > 0: creates an engine on `policy` (this rank's shard) with rank 0's `options`,
+  // and runs each batch rank 0 announces until it stops (OK) or the group fails (waiting
+  // for the next batch has no deadline; a rank 0 that goes away ends it with an error).
+  absl::Status Follow(PolicyModel* policy, const EngineOptions& options,
+                      const Tokenizer* tokenizer = nullptr);
+
+  // The batch wire format (any byte string that Decode... accepts came from Encode...).
+  static std::string EncodeBatch(const std::vector<GenerationRequest>& batch);
+  static absl::StatusOr<std::vector<GenerationRequest>> DecodeBatch(const std::string& bytes);
+
+  struct Impl;
+
+ private:
+  explicit RolloutInstance(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lightrl
