@@ -107,7 +107,7 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
       row_of[a] = rows++;
     }
     auto picked = x.index_select(0, torch::tensor(tok, torch::kInt64));
-    outs.push_back(RunExpert(*moe.experts[e]->as<ExpertImpl>(), picked));
+    outs.push_back(RunExpert(*moe.expert(e), picked));
   }
   outs.push_back(torch::zeros({1, x.size(1)}, x.options()));
   for (auto& r : row_of) {
