@@ -74,6 +74,26 @@ void Place(PolicyModel::Impl& impl) {
   impl.module->eval();
 }
 
+// A lightrl checkpoint carries a manifest: the files the model is read from must match
+// it before any tensor is trusted. Other model directories (HuggingFace) have none.
+absl::Status VerifyWeightFiles(const std::string& dir) {
+  return VerifyCheckpointManifest(dir, [](absl::string_view name) {
+           return name == "config.json" || absl::EndsWith(name, ".safetensors") ||
+                  absl::EndsWith(name, ".safetensors.index.json") || name == kShardedIndexName;
+         }).status();
+}
+
+// CreateShard's and LoadShard's limits: the shard fits the model, and only experts split.
+absl::Status CheckShardable(const ModelConfig& config, const ShardCoords& shard) {
+  RETURN_IF_ERROR(config.Validate());
+  RETURN_IF_ERROR(shard.CheckModel(config));
+  if (shard.tp != 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "shard ", shard.ToString(), ": the model shards only its experts (tp must be 1)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 PolicyModel::PolicyModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -84,13 +104,7 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Load(const std::string
   if (!IsDirectory(dir)) {
     return absl::NotFoundError(absl::StrCat(dir, ": model directory does not exist"));
   }
-  // A lightrl checkpoint carries a manifest: the files the model is read from must match
-  // it before any tensor is trusted. Other model directories (HuggingFace) have none.
-  RETURN_IF_ERROR(VerifyCheckpointManifest(dir, [](absl::string_view name) {
-                    return name == "config.json" || absl::EndsWith(name, ".safetensors") ||
-                           absl::EndsWith(name, ".safetensors.index.json") ||
-                           name == kShardedIndexName;
-                  }).status());
+  RETURN_IF_ERROR(VerifyWeightFiles(dir));
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(JoinPath(dir, "config.json")));
   // A sharded folder (policy/sharded_checkpoint.h) is read whole; an HF one as it is.
   std::optional<ShardedCheckpoint> sharded;
@@ -128,12 +142,7 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::CreateShard(const Mode
                                                                       uint64_t seed,
                                                                       const ShardCoords& shard,
                                                                       const PolicyOptions& options) {
-  RETURN_IF_ERROR(config.Validate());
-  RETURN_IF_ERROR(shard.CheckModel(config));
-  if (shard.tp != 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "shard ", shard.ToString(), ": the model shards only its experts (tp must be 1)"));
-  }
+  RETURN_IF_ERROR(CheckShardable(config, shard));
   ASSIGN_OR_RETURN(auto whole, MakeImpl(config, PolicyOptions{}));
   whole->module->InitRandom(seed);
   ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
@@ -148,6 +157,46 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::CreateShard(const Mode
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("slicing the model for ", shard.ToString(), ": ",
+                                            e.what_without_backtrace()));
+  }
+  Place(*impl);
+  return std::unique_ptr<PolicyModel>(new PolicyModel(std::move(impl)));
+}
+
+absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::LoadShard(const std::string& dir,
+                                                                    const ShardCoords& shard,
+                                                                    const PolicyOptions& options) {
+  if (!IsDirectory(dir)) {
+    return absl::NotFoundError(absl::StrCat(dir, ": model directory does not exist"));
+  }
+  RETURN_IF_ERROR(VerifyWeightFiles(dir));
+  ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(JoinPath(dir, "config.json")));
+  RETURN_IF_ERROR(CheckShardable(config, shard));
+  ASSIGN_OR_RETURN(ShardedCheckpoint ckpt, ShardedCheckpoint::Open(dir));
+  ASSIGN_OR_RETURN(std::vector<TensorBlock> blocks, ckpt.ReadShards(config, shard));
+  std::map<std::string, const TensorBlock*> by_name;
+  for (const TensorBlock& b : blocks) by_name[b.name] = &b;
+  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
+  try {
+    torch::NoGradGuard no_grad;
+    for (auto& p : impl->module->named_parameters()) {
+      if (config.tie_word_embeddings && p.key() == "lm_head.weight") continue;
+      auto it = by_name.find(p.key());
+      if (it == by_name.end()) {
+        return absl::NotFoundError(absl::StrCat(dir, ": checkpoint lacks tensor '", p.key(), "'"));
+      }
+      const TensorBlock& b = *it->second;
+      if (b.shape != p.value().sizes().vec()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            ckpt.FileOf(b.name), ": block of '", b.name, "' for ", shard.ToString(), " has shape ",
+            ShapeString(b.shape), ", the shard needs ", ShapeString(p.value().sizes().vec())));
+      }
+      auto src = torch::from_blob(const_cast<char*>(b.data.data()), b.shape,
+                                  torch::TensorOptions().dtype(ToTorchDType(b.dtype)));
+      p.value().copy_(src);
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(dir, ": loading the shard ", shard.ToString(), ": ",
                                             e.what_without_backtrace()));
   }
   Place(*impl);
@@ -259,6 +308,11 @@ absl::Status CheckSyncDType(DType dtype) {
 
 absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportWeights(DType dtype) const {
   RETURN_IF_ERROR(RequireWhole(shard(), "exporting weights"));
+  return ExportLocalWeights(dtype);
+}
+
+absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportLocalWeights(
+    DType dtype) const {
   RETURN_IF_ERROR(CheckSyncDType(dtype));
   std::vector<WeightTensor> out;
   try {

@@ -41,6 +41,12 @@ class PolicyModel {
                                                                   uint64_t seed,
                                                                   const ShardCoords& shard,
                                                                   const PolicyOptions& options = {});
+  // The part at `shard` of the checkpoint in DIR, sharded under any layout or HuggingFace
+  // (ShardedCheckpoint::ReadShards): each parameter that rank's block, so a checkpoint of
+  // one layout loads into another. Same limits as CreateShard (tp 1 today).
+  static absl::StatusOr<std::unique_ptr<PolicyModel>> LoadShard(const std::string& dir,
+                                                                const ShardCoords& shard,
+                                                                const PolicyOptions& options = {});
   ~PolicyModel();
 
   const ModelConfig& config() const;
@@ -66,6 +72,10 @@ class PolicyModel {
   // Every parameter (a tied lm_head once, as the embedding), sorted by name, converted to
   // `dtype` (F32 or BF16).
   absl::StatusOr<std::vector<WeightTensor>> ExportWeights(DType dtype) const;
+  // The parameters this model holds, with their local (block) shapes, in ExportWeights'
+  // order and dtypes: a whole model's are ExportWeights', a shard's its blocks of them, for
+  // sharded checkpoints (WriteRankShards) and for gathering the whole model.
+  absl::StatusOr<std::vector<WeightTensor>> ExportLocalWeights(DType dtype) const;
   // Replaces every parameter with `tensors` (in `dtype`): exactly the names and shapes
   // ExportWeights gives, else INVALID_ARGUMENT naming the tensor; on error nothing
   // changes.
