@@ -362,7 +362,7 @@ def yaml_lines(value, indent=0):
     return lines
 
 
-def run_config(tmp, name, steps, distributed=None, parallel=None, keep=2):
+def run_config(tmp, name, steps, distributed=None, parallel=None, keep=2, model_path=None):
     task = os.path.join(tmp, "task")
     if not os.path.isdir(task):
         os.makedirs(task)
@@ -393,6 +393,8 @@ def run_config(tmp, name, steps, distributed=None, parallel=None, keep=2):
     }
     if parallel:
         config["parallel"] = parallel
+    if model_path:
+        config["model"] = {"path": model_path, "tokenizer": TOKENIZER}
     path = os.path.join(tmp, name + ".yaml")
     with open(path, "w") as f:
         f.write("\n".join(yaml_lines(config)) + "\n")
@@ -500,9 +502,9 @@ def case_run_sharded():
     """`lightrl run` with sharded experts (parallel.ep 2 on 2 ranks; ep 2 x expert_tp 2 on
     4): each rank trains only its experts, rank 0 generates with the gathered whole model.
     Every step's learner metrics equal one process's, the checkpoints are sharded (index and
-    one file per coordinate) and score tokens as one process's, a resume continues, and a
-    checkpoint resumed under another layout loads its weights but refuses the optimizer
-    state by name."""
+    one file per coordinate) and score tokens as one process's, a resume continues, a
+    checkpoint of one layout starts a run of another as it starts one process, and resumed
+    under another layout it refuses the optimizer state by name."""
     tmp = tempfile.mkdtemp(prefix="lightrl_dist_sharded_")
     try:
         one, one_dir = run_config(tmp, "one", steps=3, keep=4)
@@ -538,8 +540,21 @@ def case_run_sharded():
             compared = compare_run_metrics(name, m1, metrics(two_dir))
             print(f"  {name} ({nproc} ranks): {compared} metrics of {len(m1)} steps agree "
                   f"(resumed after step 2); {latest} holds {len(shards)} shard files")
-        # The ep 2 run's checkpoint under ep 2 x expert_tp 2: each rank reads its blocks of
-        # the other layout's files; the optimizer state needs the layout it was written with.
+        # The ep 2 run's checkpoint as the model of an ep 2 x expert_tp 2 run: each rank
+        # reads its blocks of the other layout's files, and the run trains as one process
+        # does from that checkpoint.
+        start = os.path.join(tmp, "ep", "checkpoints", latest)
+        runs = []
+        for name, parallel, nproc in (("from_ep_one", None, 1),
+                                      ("from_ep_etp", {"ep": 2, "expert_tp": 2}, 4)):
+            cfg, out = run_config(tmp, name, steps=1, parallel=parallel, model_path=start)
+            lightrl_run("--config", cfg, *(["--nproc", str(nproc)] if nproc > 1 else []))
+            runs.append(metrics(out))
+        compared = compare_run_metrics("from_ep", *runs)
+        print(f"  {latest} of ep 2 starts ep 2 x expert_tp 2 on 4 ranks: {compared} metrics "
+              "agree with one process")
+        # Resumed under another layout, the optimizer state needs the layout it was
+        # written with.
         other, _ = run_config(tmp, "ep", steps=4, parallel={"ep": 2, "expert_tp": 2})
         p = subprocess.run([BIN, "run", "--config", other, "--nproc", "4", "--resume"],
                            capture_output=True, text=True, timeout=240, env=ENV)
