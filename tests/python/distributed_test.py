@@ -519,11 +519,14 @@ def case_run_sharded():
         for name, parallel, nproc in (("ep", {"ep": 2}, 2),
                                       ("ep_etp", {"ep": 2, "expert_tp": 2}, 4)):
             two, two_dir = run_config(tmp, name, steps=2, parallel=parallel)
-            lightrl_run("--config", two, "--nproc", str(nproc))
+            err = lightrl_run("--config", two, "--nproc", str(nproc))
+            etp = parallel.get("expert_tp", 1)
+            layout = (f"{nproc} learner processes (data-parallel {nproc // (2 * etp)} x "
+                      f"expert-parallel 2 x expert-TP {etp}, experts sharded)")
+            assert layout in err, err
             ckpts = os.path.join(two_dir, "checkpoints")
             latest = open(os.path.join(ckpts, "latest")).read().strip()
             files = sorted(os.listdir(os.path.join(ckpts, latest)))
-            etp = parallel.get("expert_tp", 1)
             shards = sorted(f"model-tp0of1-ep{q}of2-etp{t}of{etp}.safetensors"
                             for q in range(2) for t in range(etp))
             assert "model.sharded.index.json" in files and "model.safetensors" not in files, files
