@@ -53,6 +53,20 @@ torch::ScalarType ToTorchDType(DType dtype) {
   return torch::kFloat32;
 }
 
+absl::StatusOr<torch::Tensor> ShardBlock(const std::string& name, const torch::Tensor& full,
+                                         const ModelConfig& config, const ShardCoords& shard) {
+  ASSIGN_OR_RETURN(const TensorShard part, ShardOf(name, config, shard));
+  if (!part.held) return torch::Tensor();
+  if (part.whole()) return full;
+  if (part.dim >= full.dim() || full.size(part.dim) % part.parts != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "' of shape ", ShapeString(Sizes(full)), " does not split in ",
+        part.parts, " blocks along dimension ", part.dim, " (", shard.ToString(), ")"));
+  }
+  const int64_t n = full.size(part.dim);
+  return full.narrow(part.dim, part.begin(n), part.length(n));
+}
+
 namespace {
 
 // Whole tensors assembled from a sharded checkpoint, looked up as a SafetensorsCheckpoint's.
@@ -93,6 +107,7 @@ template <typename Checkpoint>
 absl::Status LoadWeightsFrom(MiniMaxForCausalLM& model, const Checkpoint& ckpt) {
   torch::NoGradGuard no_grad;
   const ModelConfig& config = model->config();
+  const ShardCoords& shard = model->shard();
   std::set<std::string> used;
   for (auto& p : model->named_parameters()) {
     const std::string& name = p.key();
@@ -103,10 +118,14 @@ absl::Status LoadWeightsFrom(MiniMaxForCausalLM& model, const Checkpoint& ckpt) 
                                               "' (expected shape ",
                                               ShapeString(Sizes(p.value())), ")"));
     }
-    if (info->shape != Sizes(p.value())) {
+    ASSIGN_OR_RETURN(const TensorShard part, ShardOf(name, config, shard));
+    if (part.LocalShape(info->shape) != Sizes(p.value()) ||
+        (!part.whole() && info->shape[part.dim] % part.parts != 0)) {
       return absl::InvalidArgumentError(absl::StrCat(
           ckpt.FileOf(name), ": tensor '", name, "' has shape ", ShapeString(info->shape),
-          ", the config needs ", ShapeString(Sizes(p.value()))));
+          ", the config needs ", ShapeString(Sizes(p.value())),
+          part.whole() ? std::string() : absl::StrCat(" as block ", part.index, " of ", part.parts,
+                                                      " along dimension ", part.dim)));
     }
     if (info->dtype != DType::kF32 && info->dtype != DType::kBF16 && info->dtype != DType::kF16 &&
         info->dtype != DType::kF64) {
@@ -116,7 +135,8 @@ absl::Status LoadWeightsFrom(MiniMaxForCausalLM& model, const Checkpoint& ckpt) 
     }
     auto src = torch::from_blob(const_cast<uint8_t*>(info->data), info->shape,
                                 torch::TensorOptions().dtype(ToTorchDType(info->dtype)));
-    p.value().copy_(src);
+    ASSIGN_OR_RETURN(auto block, ShardBlock(name, src, config, shard));
+    p.value().copy_(block);
     used.insert(name);
   }
   // Lightning decay buffers are derived from the config; take slope_rate, accept the rest.
@@ -124,6 +144,8 @@ absl::Status LoadWeightsFrom(MiniMaxForCausalLM& model, const Checkpoint& ckpt) 
   for (const std::string& name : ckpt.Names()) {
     if (used.count(name)) continue;
     if (config.tie_word_embeddings && name == "lm_head.weight") continue;
+    // Another rank's experts.
+    if (auto part = ShardOf(name, config, shard); part.ok() && !part->held) continue;
     std::smatch m;
     if (std::regex_match(name, m, kBuffer) && IsDecayBuffer(m[2].str())) {
       const int64_t layer = std::stoll(m[1].str());
@@ -140,7 +162,9 @@ absl::Status LoadWeightsFrom(MiniMaxForCausalLM& model, const Checkpoint& ckpt) 
           // The slopes are recomputed in FP32 from the config (a bf16 checkpoint stores
           // them rounded); the stored ones only have to agree with that.
           auto* attn = model->model->layers[layer]->as<DecoderLayerImpl>()->lightning.get();
-          auto stored = src.to(torch::kFloat32);
+          // This rank's heads' slopes (all of them for a model not split over TP).
+          const int64_t heads = attn->num_heads;
+          auto stored = src.to(torch::kFloat32).narrow(0, shard.tp_rank * heads, heads);
           auto rel = ((stored - attn->slope).abs() / attn->slope).max().item<double>();
           if (!(rel < 1e-2)) {
             return absl::InvalidArgumentError(absl::StrCat(
@@ -178,6 +202,12 @@ absl::Status SaveCheckpoint(MiniMaxForCausalLM& model, const std::string& dir, D
   if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16) {
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint dtype must be F32, BF16 or F16, got ", DTypeName(dtype)));
+  }
+  if (!(model->shard() == ShardCoords{})) {
+    return absl::UnimplementedError(absl::StrCat(
+        dir, ": saving a model-parallel shard (", model->shard().ToString(),
+        ") as an HF checkpoint is not supported; each rank writes its blocks with "
+        "policy/sharded_checkpoint.h's WriteRankShards"));
   }
   torch::NoGradGuard no_grad;
   const ModelConfig& config = model->config();

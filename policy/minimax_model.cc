@@ -6,7 +6,9 @@
 #include "policy/expert_parallel.h"
 #include "policy/lightning_attention.h"
 #include "policy/lightning_cuda.h"
+#include "policy/tensor_parallel.h"
 #include "policy/train_ops_cuda.h"
+#include "policy/vocab_parallel.h"
 
 namespace lightrl {
 namespace {
@@ -113,6 +115,72 @@ torch::nn::Linear MakeLinear(int64_t in, int64_t out) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
 }
 
+// The comm a module built for a TP group of `tp` ranks runs with: null when tp is 1 (the
+// whole module, no collective), else `comm`, which must be a group of that size.
+TensorParallelComm* CheckedTp(int64_t tp, TensorParallelComm* comm, const char* where) {
+  if (tp == 1) {
+    TORCH_CHECK(comm == nullptr || comm->tp_size() == 1, where,
+                ": the module holds the whole model, but ForwardOptions.tensor_parallel is a TP "
+                "group of ", comm ? comm->tp_size() : 0);
+    return nullptr;
+  }
+  TORCH_CHECK(comm != nullptr, where, ": the module is sharded over a TP group of ", tp,
+              " ranks; ForwardOptions.tensor_parallel must be set");
+  TORCH_CHECK(comm->tp_size() == tp, where, ": the module is sharded over ", tp,
+              " ranks, ForwardOptions.tensor_parallel is a group of ", comm->tp_size());
+  return comm;
+}
+
+// What a checkpointed layer's backward needs to run its forward again: copies of the
+// layout and options (the caller's may be gone by then), owned by the autograd node.
+struct LayerCall : torch::CustomClassHolder {
+  DecoderLayerImpl* layer = nullptr;
+  PackedLayout layout;
+  ForwardOptions options;
+};
+
+// A decoder layer whose forward keeps only its input: backward runs the layer again with
+// gradients recorded and back-propagates through that, accumulating the parameters'
+// gradients as the plain forward's backward would.
+class CheckpointedLayerFunction : public torch::autograd::Function<CheckpointedLayerFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const torch::Tensor& x,
+                                                c10::intrusive_ptr<LayerCall> call) {
+    ctx->save_for_backward({x});
+    torch::Tensor y, aux;
+    {
+      torch::NoGradGuard no_grad;
+      std::tie(y, aux) = call->layer->forward(x, call->layout, call->options);
+    }
+    ctx->saved_data["call"] = c10::IValue::make_capsule(call);
+    return {y, aux};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto call = c10::static_intrusive_pointer_cast<LayerCall>(ctx->saved_data["call"].toCapsule());
+    auto x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    torch::Tensor y, aux;
+    {
+      torch::AutoGradMode enable(true);
+      std::tie(y, aux) = call->layer->forward(x, call->layout, call->options);
+    }
+    std::vector<torch::Tensor> outputs{y}, upstream{grads[0].defined() ? grads[0] : torch::zeros_like(y)};
+    if (aux.defined() && aux.requires_grad() && grads[1].defined()) {
+      outputs.push_back(aux);
+      upstream.push_back(grads[1]);
+    }
+    torch::autograd::backward(outputs, upstream);
+    return {x.grad(), torch::Tensor()};
+  }
+};
+
+// Checks that `shard` splits `config` (heads, KV heads, vocabulary, experts, FFN width).
+void CheckShard(const ModelConfig& config, const ShardCoords& shard) {
+  const absl::Status s = shard.CheckModel(config);
+  TORCH_CHECK(s.ok(), "model shard (", shard.ToString(), "): ", std::string(s.message()));
+}
+
 }  // namespace
 
 int64_t PackedLayout::max_len() const {
@@ -155,15 +223,24 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   return weight * normed.to(x.scalar_type());
 }
 
-LightningAttentionImpl::LightningAttentionImpl(const ModelConfig& c, int64_t layer)
-    : num_heads(c.num_attention_heads), head_dim(c.head_dim), block_size(c.block_size) {
+LightningAttentionImpl::LightningAttentionImpl(const ModelConfig& c, int64_t layer,
+                                               const ShardCoords& shard)
+    : num_heads(c.num_attention_heads / shard.tp),
+      head_dim(c.head_dim),
+      block_size(c.block_size),
+      tp(shard.tp) {
+  CheckShard(c, shard);
   const int64_t inner = num_heads * head_dim;
   qkv_proj = register_module("qkv_proj", MakeLinear(c.hidden_size, 3 * inner));
   out_proj = register_module("out_proj", MakeLinear(inner, c.hidden_size));
   output_gate = register_module("output_gate", MakeLinear(c.hidden_size, inner));
   norm = register_module("norm", RMSNorm(inner, /*eps=*/1e-6));
+  // Each rank's heads decay at their own (global) heads' rates.
   std::vector<float> slopes(num_heads);
-  for (int64_t h = 0; h < num_heads; ++h) slopes[h] = static_cast<float>(c.LightningSlope(layer, h));
+  const int64_t first = shard.tp_rank * num_heads;
+  for (int64_t h = 0; h < num_heads; ++h) {
+    slopes[h] = static_cast<float>(c.LightningSlope(layer, first + h));
+  }
   slope = register_buffer("slope", torch::tensor(slopes));
 }
 
@@ -174,17 +251,24 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> LightningAttentionImpl::
   return {parts[0], parts[1], parts[2]};
 }
 
-torch::Tensor LightningAttentionImpl::Finish(const torch::Tensor& x, const torch::Tensor& o) {
-  return out_proj(torch::sigmoid(output_gate(x)) * norm(o));
+torch::Tensor LightningAttentionImpl::Finish(const torch::Tensor& x, const torch::Tensor& o,
+                                             TensorParallelComm* comm) {
+  if (comm == nullptr) return out_proj(torch::sigmoid(output_gate(x)) * norm(o));
+  // The norm spans every rank's heads; out_proj's partial sums add up over the group.
+  auto normed = ShardedRmsNorm(o, norm->weight, norm->eps, tp * num_heads * head_dim, *comm);
+  return ReduceFromTensorParallel(out_proj(torch::sigmoid(output_gate(x)) * normed), *comm);
 }
 
-torch::Tensor LightningAttentionImpl::forward(const torch::Tensor& x, const PackedLayout& layout,
+torch::Tensor LightningAttentionImpl::forward(const torch::Tensor& input, const PackedLayout& layout,
                                               const ForwardOptions& options) {
+  TensorParallelComm* comm = CheckedTp(tp, options.tensor_parallel, "lightning attention");
+  // Column-parallel projections: the input's gradient sums over the ranks' heads.
+  const torch::Tensor x = comm ? CopyToTensorParallel(input, *comm) : input;
   if (LightningCudaSupported(x.device(), x.scalar_type(), head_dim)) {
     // The kernels read the fused projection in place, documents packed, no padding.
     auto qkv = torch::silu(qkv_proj(x)).view({x.size(0), num_heads, 3 * head_dim});
     auto o = LightningPackedCuda(qkv, layout.cu_seqlens, slope);
-    return Finish(x, o.view({x.size(0), num_heads * head_dim}));
+    return Finish(x, o.view({x.size(0), num_heads * head_dim}), comm);
   }
   auto [q, k, v] = Project(x);
   PadIndex index = MakePadIndex(layout, x.device());
@@ -195,15 +279,18 @@ torch::Tensor LightningAttentionImpl::forward(const torch::Tensor& x, const Pack
                         : LightningChunked(to_bhtd(q), to_bhtd(k), to_bhtd(v), slope, block_size)
                               .first;
   o = Unpad(o.permute({0, 2, 1, 3}), index).reshape({x.size(0), num_heads * head_dim});
-  return Finish(x, o);
+  return Finish(x, o, comm);
 }
 
-SoftmaxAttentionImpl::SoftmaxAttentionImpl(const ModelConfig& c)
-    : num_heads(c.num_attention_heads),
-      num_kv_heads(c.num_key_value_heads),
+SoftmaxAttentionImpl::SoftmaxAttentionImpl(const ModelConfig& c, const ShardCoords& shard)
+    : num_heads(c.num_attention_heads / shard.tp),
+      num_kv_heads(c.num_key_value_heads / shard.tp),
       head_dim(c.head_dim),
       rotary_dim(c.rotary_dim),
-      rope_theta(c.rope_theta) {
+      rope_theta(c.rope_theta),
+      tp(shard.tp) {
+  // Split by KV heads: each rank keeps whole GQA groups (its KV heads and their queries).
+  CheckShard(c, shard);
   q_proj = register_module("q_proj", MakeLinear(c.hidden_size, num_heads * head_dim));
   k_proj = register_module("k_proj", MakeLinear(c.hidden_size, num_kv_heads * head_dim));
   v_proj = register_module("v_proj", MakeLinear(c.hidden_size, num_kv_heads * head_dim));
@@ -233,7 +320,10 @@ torch::Tensor SoftmaxAttentionImpl::ApplyRope(const torch::Tensor& x,
   return torch::cat({out, x.narrow(-1, rotary_dim, head_dim - rotary_dim)}, -1);
 }
 
-torch::Tensor SoftmaxAttentionImpl::forward(const torch::Tensor& x, const PackedLayout& layout) {
+torch::Tensor SoftmaxAttentionImpl::forward(const torch::Tensor& input, const PackedLayout& layout,
+                                            const ForwardOptions& options) {
+  TensorParallelComm* comm = CheckedTp(tp, options.tensor_parallel, "softmax attention");
+  const torch::Tensor x = comm ? CopyToTensorParallel(input, *comm) : input;
   const int64_t T = x.size(0);
   auto positions = PackedPositions(layout, x.device());
   auto q = ApplyRope(q_proj(x).view({T, num_heads, head_dim}), positions);
@@ -249,7 +339,7 @@ torch::Tensor SoftmaxAttentionImpl::forward(const torch::Tensor& x, const Packed
                                                /*is_causal=*/true,
                                                1.0 / std::sqrt(static_cast<double>(head_dim)));
   o = Unpad(o.permute({0, 2, 1, 3}), index).reshape({T, num_heads * head_dim});
-  return o_proj(o);
+  return comm ? ReduceFromTensorParallel(o_proj(o), *comm) : o_proj(o);
 }
 
 ExpertImpl::ExpertImpl(int64_t hidden, int64_t ffn) {
@@ -567,11 +657,11 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer, const Sh
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   if (c.is_lightning(layer)) {
-    lightning = register_module("self_attn", LightningAttention(c, layer));
+    lightning = register_module("self_attn", LightningAttention(c, layer, shard));
     attn_alpha = c.linear_attn_alpha;
     attn_beta = c.linear_attn_beta;
   } else {
-    softmax = register_module("self_attn", SoftmaxAttention(c));
+    softmax = register_module("self_attn", SoftmaxAttention(c, shard));
     attn_alpha = c.full_attn_alpha;
     attn_beta = c.full_attn_beta;
   }
@@ -588,7 +678,8 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::T
       [&](const torch::Tensor& n1) {
         // An expert-parallel rank without tokens still runs the MoE blocks' collectives.
         if (n1.size(0) == 0) return torch::zeros_like(n1);
-        return lightning ? lightning->forward(n1, layout, options) : softmax->forward(n1, layout);
+        return lightning ? lightning->forward(n1, layout, options)
+                         : softmax->forward(n1, layout, options);
       },
       options);
 }
@@ -613,8 +704,10 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::ForwardWith(const torc
 }
 
 MiniMaxModelImpl::MiniMaxModelImpl(const ModelConfig& c, const ShardCoords& shard) {
+  CheckShard(c, shard);
   embed_tokens = register_module(
-      "embed_tokens", torch::nn::Embedding(torch::nn::EmbeddingOptions(c.vocab_size, c.hidden_size)));
+      "embed_tokens",
+      torch::nn::Embedding(torch::nn::EmbeddingOptions(c.vocab_size / shard.tp, c.hidden_size)));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, i, shard));
   register_module("layers", layers);
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
@@ -622,8 +715,9 @@ MiniMaxModelImpl::MiniMaxModelImpl(const ModelConfig& c, const ShardCoords& shar
 
 MiniMaxForCausalLMImpl::MiniMaxForCausalLMImpl(const ModelConfig& config, const ShardCoords& shard)
     : config_(config), shard_(shard) {
+  CheckShard(config, shard);
   model = register_module("model", MiniMaxModel(config, shard));
-  lm_head = register_module("lm_head", MakeLinear(config.hidden_size, config.vocab_size));
+  lm_head = register_module("lm_head", MakeLinear(config.hidden_size, config.vocab_size / shard.tp));
   if (config.tie_word_embeddings) lm_head->weight = model->embed_tokens->weight;
 }
 
@@ -633,14 +727,38 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
   TORCH_CHECK(tokens.dim() == 1 && tokens.size(0) == layout.num_tokens(), "tokens ",
               tokens.sizes(), " do not match the packed layout of ", layout.num_tokens(),
               " tokens");
-  auto x = model->embed_tokens(tokens);
+  TensorParallelComm* comm = TpCommOf(options.tensor_parallel);
+  auto x = comm ? VocabParallelEmbedding(tokens, model->embed_tokens->weight, *comm)
+                : model->embed_tokens(tokens);
   auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
+  const bool checkpoint = options.checkpoint_layers && torch::GradMode::is_enabled();
   for (const auto& layer : *model->layers) {
-    auto [y, layer_aux] = layer->as<DecoderLayerImpl>()->forward(x, layout, options);
+    auto* decoder = layer->as<DecoderLayerImpl>();
+    torch::Tensor y, layer_aux;
+    if (checkpoint && x.requires_grad()) {
+      auto call = c10::make_intrusive<LayerCall>();
+      call->layer = decoder;
+      call->layout = layout;
+      call->options = options;
+      auto outs = CheckpointedLayerFunction::apply(x, call);
+      y = outs[0], layer_aux = outs[1];
+    } else {
+      std::tie(y, layer_aux) = decoder->forward(x, layout, options);
+    }
     x = y;
     aux = aux + layer_aux;
   }
   return {model->norm(x), aux};
+}
+
+TensorParallelComm* MiniMaxForCausalLMImpl::TpCommOf(TensorParallelComm* comm) const {
+  TensorParallelComm* checked = CheckedTp(shard_.tp, comm, "MiniMaxForCausalLM");
+  if (checked != nullptr) {
+    TORCH_CHECK(checked->tp_rank() == shard_.tp_rank, "MiniMaxForCausalLM: the model is TP shard ",
+                shard_.tp_rank, " of ", shard_.tp, ", ForwardOptions.tensor_parallel is rank ",
+                checked->tp_rank());
+  }
+  return checked;
 }
 
 torch::Tensor MiniMaxForCausalLMImpl::Logits(const torch::Tensor& hidden) {
@@ -654,9 +772,19 @@ int64_t MiniMaxForCausalLMImpl::LogitChunkRows() const {
 
 torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,
                                                     const torch::Tensor& targets, int64_t chunk,
-                                                    double temperature) {
+                                                    double temperature, TensorParallelComm* tp) {
   TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
               "TokenLogprobs: temperature must be finite and > 0, got ", temperature);
+  if (TensorParallelComm* comm = TpCommOf(tp)) {
+    // In chunks of rows, as below; every TP rank has the same rows, so the same chunks.
+    if (chunk <= 0) chunk = LogitChunkRows();
+    std::vector<torch::Tensor> parts;
+    auto rows = hidden.split(chunk), ids = targets.split(chunk);
+    for (size_t c = 0; c < rows.size(); ++c) {
+      parts.push_back(VocabParallelTokenLogprobs(rows[c], lm_head->weight, ids[c], temperature, *comm));
+    }
+    return parts.size() == 1 ? parts[0] : torch::cat(parts);
+  }
   // Empty, but still a function of `hidden`: an expert-parallel backward must reach the
   // MoE blocks' collectives from every rank, those without tokens included.
   if (hidden.size(0) == 0) return Logits(hidden).sum(-1);

@@ -14,6 +14,7 @@
 namespace lightrl {
 
 class ExpertParallelComm;
+class TensorParallelComm;
 
 // Document boundaries of a packed batch: tokens [cu[i], cu[i+1]) form document i. Every
 // layer resets at a boundary: the lightning state starts from zero and softmax attention
@@ -38,6 +39,16 @@ struct ForwardOptions {
   // ranks (policy/expert_parallel.h). Every rank must then run the same number of
   // forwards and backwards, in the same order, empty ones included. Null: all local.
   ExpertParallelComm* expert_parallel = nullptr;
+  // Tensor parallel (not owned): the TP group of a model built for ShardCoords with
+  // tp > 1, whose forward and backward are then collectives of that group (every member
+  // runs the same forwards on the same tokens). Must be set exactly when the model is
+  // sharded over TP; its size and rank must be the model's.
+  TensorParallelComm* tensor_parallel = nullptr;
+  // Activation checkpointing per decoder layer: when the forward records gradients, each
+  // layer keeps only its input and runs its forward again in backward (its collectives
+  // too, in the same order on every rank), trading one more forward for the layers'
+  // activations. Same values and gradients.
+  bool checkpoint_layers = false;
 };
 
 struct ForwardOutput {
@@ -54,28 +65,39 @@ class RMSNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RMSNorm);
 
+// Under tensor parallelism (shard.tp > 1) each attention module holds its rank's heads
+// (policy/shard_spec.h): num_heads (and num_kv_heads) count those, and the output
+// projection is this rank's block of input columns, its output a partial sum that the
+// forward all-reduces over the TP group.
 class LightningAttentionImpl : public torch::nn::Module {
  public:
-  LightningAttentionImpl(const ModelConfig& config, int64_t layer);
+  LightningAttentionImpl(const ModelConfig& config, int64_t layer, const ShardCoords& shard = {});
   // x [T, hidden] packed by `layout`.
   torch::Tensor forward(const torch::Tensor& x, const PackedLayout& layout,
                         const ForwardOptions& options);
   // The fused projection split into per-head q, k, v [T, H, d] after SiLU.
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Project(const torch::Tensor& x);
-  // Norm, gate and output projection of attention output o [T, H * d].
-  torch::Tensor Finish(const torch::Tensor& x, const torch::Tensor& o);
+  // Norm, gate and output projection of attention output o [T, H * d]; with `tp` (this
+  // rank's heads) the norm's statistics and the projection's sum run over the TP group.
+  torch::Tensor Finish(const torch::Tensor& x, const torch::Tensor& o,
+                       TensorParallelComm* tp = nullptr);
 
   torch::nn::Linear qkv_proj{nullptr}, out_proj{nullptr}, output_gate{nullptr};
   RMSNorm norm{nullptr};
-  torch::Tensor slope;  // [H] FP32; a buffer, not a parameter
+  // [num_heads] FP32, this rank's heads' slopes (head i is the model's head
+  // tp_rank * num_heads + i); a buffer, not a parameter.
+  torch::Tensor slope;
   int64_t num_heads, head_dim, block_size;
+  int64_t tp = 1;  // the TP group's size the module was built for
 };
 TORCH_MODULE(LightningAttention);
 
 class SoftmaxAttentionImpl : public torch::nn::Module {
  public:
-  explicit SoftmaxAttentionImpl(const ModelConfig& config);
-  torch::Tensor forward(const torch::Tensor& x, const PackedLayout& layout);
+  explicit SoftmaxAttentionImpl(const ModelConfig& config, const ShardCoords& shard = {});
+  // Of `options` only tensor_parallel is read.
+  torch::Tensor forward(const torch::Tensor& x, const PackedLayout& layout,
+                        const ForwardOptions& options = {});
   // Rotates the first rotary_dim dims of x [T, heads, d] at `positions` [T] (NeoX style).
   torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& positions) const;
   // The cos and sin ApplyRope multiplies by: [T, rotary_dim] each in `dtype`, for
@@ -86,6 +108,7 @@ class SoftmaxAttentionImpl : public torch::nn::Module {
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t num_heads, num_kv_heads, head_dim, rotary_dim;
   double rope_theta;
+  int64_t tp = 1;
 };
 TORCH_MODULE(SoftmaxAttention);
 
@@ -106,7 +129,8 @@ TORCH_MODULE(Expert);
 // sharded block; the single-process paths need every expert whole.
 class SparseMoeImpl : public torch::nn::Module {
  public:
-  SparseMoeImpl(const ModelConfig& config, const ShardCoords& shard);
+  // Replicated over the TP group: every TP rank runs the whole block on the same tokens.
+  explicit SparseMoeImpl(const ModelConfig& config, const ShardCoords& shard = {});
   // Returns (output, aux loss).
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x, double capacity_factor);
   // Whether the sparse path runs its experts as grouped GEMMs (CUDA bf16 with the kernels),
@@ -153,7 +177,7 @@ TORCH_MODULE(SparseMoe);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(const ModelConfig& config, int64_t layer, const ShardCoords& shard);
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer, const ShardCoords& shard = {});
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x,
                                                   const PackedLayout& layout,
                                                   const ForwardOptions& options);
@@ -177,7 +201,8 @@ TORCH_MODULE(DecoderLayer);
 
 class MiniMaxModelImpl : public torch::nn::Module {
  public:
-  MiniMaxModelImpl(const ModelConfig& config, const ShardCoords& shard);
+  // With shard.tp > 1 the embedding holds rows [tp_rank * vocab / tp, ...).
+  explicit MiniMaxModelImpl(const ModelConfig& config, const ShardCoords& shard = {});
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers;
   RMSNorm norm{nullptr};
@@ -186,20 +211,26 @@ TORCH_MODULE(MiniMaxModel);
 
 class MiniMaxForCausalLMImpl : public torch::nn::Module {
  public:
-  // `shard`: the part of the model this rank holds (policy/shard_spec.h); {} = all of it.
+  // The whole model, or the part of it the rank at `shard` holds (policy/shard_spec.h:
+  // attention heads, embedding and LM-head rows split over TP; experts as SparseMoe
+  // holds them). Parameter names stay the checkpoint's, their shapes are the shards'.
   explicit MiniMaxForCausalLMImpl(const ModelConfig& config, const ShardCoords& shard = {});
 
   // tokens [T] int64 packed by `layout`.
   ForwardOutput Forward(const torch::Tensor& tokens, const PackedLayout& layout,
                         const ForwardOptions& options = {});
-  // FP32 logits [N, vocab] of hidden states [N, hidden].
+  // FP32 logits [N, vocab] of hidden states [N, hidden] (under TP: this rank's vocab / tp
+  // columns).
   torch::Tensor Logits(const torch::Tensor& hidden);
   // log p(targets[i] | hidden[i]) in FP32, computed in chunks so the [T, vocab] logits
   // never exist at once (0: LogitChunkRows()). Differentiable. With `temperature` T the
   // distribution is softmax(logits / T), the one a sampler at T draws from and reports
-  // logprobs of; T must be > 0.
+  // logprobs of; T must be > 0. A model sharded over TP needs `tp`, its TP group: the
+  // logprob is then computed across the ranks' vocabulary blocks (policy/vocab_parallel.h)
+  // and is a collective, forward and backward.
   torch::Tensor TokenLogprobs(const torch::Tensor& hidden, const torch::Tensor& targets,
-                              int64_t chunk = 0, double temperature = 1.0);
+                              int64_t chunk = 0, double temperature = 1.0,
+                              TensorParallelComm* tp = nullptr);
   // Rows of FP32 logits computed at once: about 2^27 logits, at least 1024 rows.
   int64_t LogitChunkRows() const;
 
@@ -212,6 +243,10 @@ class MiniMaxForCausalLMImpl : public torch::nn::Module {
   torch::nn::Linear lm_head{nullptr};
 
  private:
+  // The TP comm of `options`, checked against the shard: null for a model not split
+  // over TP, else the comm (its size and rank must be the shard's).
+  TensorParallelComm* TpCommOf(TensorParallelComm* comm) const;
+
   ModelConfig config_;
   ShardCoords shard_;
 };

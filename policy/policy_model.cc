@@ -23,6 +23,7 @@ struct PolicyModel::Impl {
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;
   MiniMaxForCausalLM module{nullptr};
+  ShardCoords shard;
 };
 
 absl::Status PolicyOptions::Validate() const {
@@ -41,11 +42,16 @@ namespace {
 
 absl::StatusOr<std::unique_ptr<PolicyModel::Impl>> MakeImpl(const ModelConfig& config,
                                                             const PolicyOptions& options,
-                                                            const ShardCoords& shard = {}) {
+                                                            const ShardCoords& shard) {
   RETURN_IF_ERROR(options.Validate());
+  if (absl::Status s = shard.CheckModel(config); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model shard (", shard.ToString(), "): ", s.message()));
+  }
   auto impl = std::make_unique<PolicyModel::Impl>();
   impl->config = config;
   impl->options = options;
+  impl->shard = shard;
   try {
     impl->device = torch::Device(options.device);
     if (impl->device.is_cuda() && !torch::cuda::is_available()) {
@@ -83,30 +89,21 @@ absl::Status VerifyWeightFiles(const std::string& dir) {
          }).status();
 }
 
-// CreateShard's and LoadShard's limits: the shard fits the model, and only experts split.
-absl::Status CheckShardable(const ModelConfig& config, const ShardCoords& shard) {
-  RETURN_IF_ERROR(config.Validate());
-  RETURN_IF_ERROR(shard.CheckModel(config));
-  if (shard.tp != 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "shard ", shard.ToString(), ": the model shards only its experts (tp must be 1)"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 PolicyModel::PolicyModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 PolicyModel::~PolicyModel() = default;
 
 absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Load(const std::string& dir,
-                                                               const PolicyOptions& options) {
+                                                               const PolicyOptions& options,
+                                                               const ShardCoords& shard) {
   if (!IsDirectory(dir)) {
     return absl::NotFoundError(absl::StrCat(dir, ": model directory does not exist"));
   }
   RETURN_IF_ERROR(VerifyWeightFiles(dir));
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(JoinPath(dir, "config.json")));
-  // A sharded folder (policy/sharded_checkpoint.h) is read whole; an HF one as it is.
+  // A sharded folder (policy/sharded_checkpoint.h) is read whole; an HF one as it is; a
+  // model built for `shard` keeps its blocks of either.
   std::optional<ShardedCheckpoint> sharded;
   std::optional<SafetensorsCheckpoint> hf;
   if (ShardedCheckpoint::IsSharded(dir)) {
@@ -114,7 +111,7 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Load(const std::string
   } else {
     ASSIGN_OR_RETURN(hf, SafetensorsCheckpoint::Open(dir));
   }
-  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options));
+  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
   try {
     RETURN_IF_ERROR(sharded ? LoadWeights(impl->module, *sharded) : LoadWeights(impl->module, *hf));
     Place(*impl);
@@ -126,41 +123,41 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Load(const std::string
 
 absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Create(const ModelConfig& config,
                                                                  uint64_t seed,
-                                                                 const PolicyOptions& options) {
+                                                                 const PolicyOptions& options,
+                                                                 const ShardCoords& shard) {
   RETURN_IF_ERROR(config.Validate());
-  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options));
-  impl->module->InitRandom(seed);
+  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
+  if (shard == ShardCoords{}) {
+    impl->module->InitRandom(seed);
+  } else {
+    // The whole model's draw, then this rank's blocks of it.
+    try {
+      torch::NoGradGuard no_grad;
+      MiniMaxForCausalLM whole(config);
+      whole->InitRandom(seed);
+      const auto full = whole->named_parameters();
+      for (auto& p : impl->module->named_parameters()) {
+        ASSIGN_OR_RETURN(auto block, ShardBlock(p.key(), full[p.key()], config, shard));
+        p.value().copy_(block);
+      }
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("slicing the model for ", shard.ToString(), ": ",
+                                              e.what_without_backtrace()));
+    }
+  }
   Place(*impl);
   return std::unique_ptr<PolicyModel>(new PolicyModel(std::move(impl)));
 }
 
 const ModelConfig& PolicyModel::config() const { return impl_->config; }
 const PolicyOptions& PolicyModel::options() const { return impl_->options; }
-const ShardCoords& PolicyModel::shard() const { return impl_->module->shard(); }
+const ShardCoords& PolicyModel::shard() const { return impl_->shard; }
 
 absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::CreateShard(const ModelConfig& config,
                                                                       uint64_t seed,
                                                                       const ShardCoords& shard,
                                                                       const PolicyOptions& options) {
-  RETURN_IF_ERROR(CheckShardable(config, shard));
-  ASSIGN_OR_RETURN(auto whole, MakeImpl(config, PolicyOptions{}));
-  whole->module->InitRandom(seed);
-  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
-  try {
-    torch::NoGradGuard no_grad;
-    auto full = whole->module->named_parameters();
-    for (auto& p : impl->module->named_parameters()) {
-      ASSIGN_OR_RETURN(TensorShard block, ShardOf(p.key(), config, shard));
-      torch::Tensor t = full[p.key()];
-      if (!block.whole()) t = t.narrow(block.dim, block.begin(t.size(block.dim)), block.length(t.size(block.dim)));
-      p.value().copy_(t);
-    }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("slicing the model for ", shard.ToString(), ": ",
-                                            e.what_without_backtrace()));
-  }
-  Place(*impl);
-  return std::unique_ptr<PolicyModel>(new PolicyModel(std::move(impl)));
+  return Create(config, seed, options, shard);
 }
 
 absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::LoadShard(const std::string& dir,
@@ -171,12 +168,13 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::LoadShard(const std::s
   }
   RETURN_IF_ERROR(VerifyWeightFiles(dir));
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(JoinPath(dir, "config.json")));
-  RETURN_IF_ERROR(CheckShardable(config, shard));
+  RETURN_IF_ERROR(config.Validate());
+  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
+  // Only this rank's blocks are read (and assembled across the stored layout's files).
   ASSIGN_OR_RETURN(ShardedCheckpoint ckpt, ShardedCheckpoint::Open(dir));
   ASSIGN_OR_RETURN(std::vector<TensorBlock> blocks, ckpt.ReadShards(config, shard));
   std::map<std::string, const TensorBlock*> by_name;
   for (const TensorBlock& b : blocks) by_name[b.name] = &b;
-  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
   try {
     torch::NoGradGuard no_grad;
     for (auto& p : impl->module->named_parameters()) {
@@ -202,18 +200,6 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::LoadShard(const std::s
   Place(*impl);
   return std::unique_ptr<PolicyModel>(new PolicyModel(std::move(impl)));
 }
-
-namespace {
-
-// Checkpoints and weight sync carry whole tensors; a sharded model's would be partial.
-absl::Status RequireWhole(const ShardCoords& shard, const char* what) {
-  if (shard == ShardCoords{}) return absl::OkStatus();
-  return absl::UnimplementedError(absl::StrCat(
-      what, ": this model holds only its shard (", shard.ToString(),
-      "); sharded checkpoints and weight sync are not supported yet"));
-}
-
-}  // namespace
 MiniMaxForCausalLM& PolicyModel::module() { return impl_->module; }
 
 absl::Status CheckTokenIds(const std::vector<int32_t>& ids, int64_t vocab_size,
@@ -276,8 +262,19 @@ absl::StatusOr<std::vector<std::vector<float>>> PolicyModel::TokenLogprobs(
   return out;
 }
 
+namespace {
+
+// Checkpoints and weight sync carry whole tensors; a shard's would be partial.
+absl::Status CheckWhole(const ShardCoords& shard, const char* what) {
+  if (shard == ShardCoords{}) return absl::OkStatus();
+  return absl::UnimplementedError(absl::StrCat(what, " of a model-parallel shard (", shard.ToString(),
+                                               ") is not supported yet"));
+}
+
+}  // namespace
+
 absl::Status PolicyModel::Save(const std::string& dir, DType dtype) const {
-  RETURN_IF_ERROR(RequireWhole(shard(), "saving a checkpoint"));
+  RETURN_IF_ERROR(CheckWhole(impl_->shard, "saving a checkpoint"));
   try {
     return SaveCheckpoint(impl_->module, dir, dtype);
   } catch (const c10::Error& e) {
@@ -307,7 +304,7 @@ absl::Status CheckSyncDType(DType dtype) {
 }  // namespace
 
 absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportWeights(DType dtype) const {
-  RETURN_IF_ERROR(RequireWhole(shard(), "exporting weights"));
+  RETURN_IF_ERROR(CheckWhole(impl_->shard, "weight export"));
   return ExportLocalWeights(dtype);
 }
 
@@ -338,7 +335,7 @@ std::vector<PolicyModel::WeightSpec> PolicyModel::WeightSpecs() const {
 }
 
 absl::StatusOr<std::vector<PolicyModel::ParameterBuffer>> PolicyModel::ParameterBuffers() {
-  RETURN_IF_ERROR(RequireWhole(shard(), "weight sync buffers"));
+  RETURN_IF_ERROR(CheckWhole(impl_->shard, "weight sync buffers"));
   std::vector<ParameterBuffer> out;
   for (auto& [name, t] : SyncedParameters(impl_->module)) {
     if (!t.is_contiguous()) {
@@ -355,7 +352,7 @@ int PolicyModel::device_index() const {
 }
 
 absl::Status PolicyModel::ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors) {
-  RETURN_IF_ERROR(RequireWhole(shard(), "importing weights"));
+  RETURN_IF_ERROR(CheckWhole(impl_->shard, "weight import"));
   RETURN_IF_ERROR(CheckSyncDType(dtype));
   auto named = SyncedParameters(impl_->module);
   std::map<std::string, const WeightTensor*> by_name;

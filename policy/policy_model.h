@@ -25,25 +25,31 @@ struct PolicyOptions {
 
 class PolicyModel {
  public:
-  // Reads DIR/config.json and DIR's safetensors.
+  // Reads DIR/config.json and DIR's safetensors. With `shard` other than the whole model,
+  // the part the rank at `shard` holds (policy/shard_spec.h), sliced from the whole
+  // tensors of an HF checkpoint; `shard` must split the config (an error says which size
+  // does not).
   static absl::StatusOr<std::unique_ptr<PolicyModel>> Load(const std::string& dir,
-                                                           const PolicyOptions& options = {});
-  // A randomly initialised model (transformers' init, std 0.02), for tests and toys.
+                                                           const PolicyOptions& options = {},
+                                                           const ShardCoords& shard = {});
+  // A randomly initialised model (transformers' init, std 0.02), for tests and toys. With
+  // `shard`, that rank's part of the same model (the whole one is drawn, then sliced), so
+  // the shards of one seed make up the whole model of that seed.
   static absl::StatusOr<std::unique_ptr<PolicyModel>> Create(const ModelConfig& config,
                                                              uint64_t seed,
-                                                             const PolicyOptions& options = {});
-  // The part at `shard` (policy/shard_spec.h) of the model Create(config, seed) makes:
-  // every tensor that rank's ShardOf block of it, so that the ranks of a layout together
-  // hold exactly that model. Today only the experts are sharded (the rest needs
-  // shard.tp 1). A sharded model runs only under its learner's collectives; Save and the
-  // weight-sync calls refuse it.
+                                                             const PolicyOptions& options = {},
+                                                             const ShardCoords& shard = {});
+  // Create(config, seed, options, shard): the part at `shard` (policy/shard_spec.h) of
+  // the model Create(config, seed) makes, every tensor that rank's ShardOf block of it,
+  // so that the ranks of a layout together hold exactly that model. A sharded model runs
+  // only under its learner's collectives; Save and the weight-sync calls refuse it.
   static absl::StatusOr<std::unique_ptr<PolicyModel>> CreateShard(const ModelConfig& config,
                                                                   uint64_t seed,
                                                                   const ShardCoords& shard,
                                                                   const PolicyOptions& options = {});
-  // The part at `shard` of the checkpoint in DIR, sharded under any layout or HuggingFace
-  // (ShardedCheckpoint::ReadShards): each parameter that rank's block, so a checkpoint of
-  // one layout loads into another. Same limits as CreateShard (tp 1 today).
+  // Load(dir, options, shard) reading only the rank's blocks (ShardedCheckpoint::
+  // ReadShards: from a sharded folder of any layout or an HF one), where Load assembles
+  // each whole tensor first; a checkpoint of one layout loads into another.
   static absl::StatusOr<std::unique_ptr<PolicyModel>> LoadShard(const std::string& dir,
                                                                 const ShardCoords& shard,
                                                                 const PolicyOptions& options = {});
@@ -51,7 +57,7 @@ class PolicyModel {
 
   const ModelConfig& config() const;
   const PolicyOptions& options() const;
-  // The part of the model this one holds; {} = all of it.
+  // The part of the model this one holds; the default (all sizes 1) is the whole model.
   const ShardCoords& shard() const;
 
   // For each sequence, log p(token t | tokens before t) in FP32 for t >= 1; entry 0 is NaN
@@ -60,6 +66,7 @@ class PolicyModel {
   absl::StatusOr<std::vector<std::vector<float>>> TokenLogprobs(
       const std::vector<std::vector<int32_t>>& sequences, int64_t max_batch_tokens = 16384);
 
+  // UNIMPLEMENTED for a shard (not the whole model).
   absl::Status Save(const std::string& dir, DType dtype = DType::kF32) const;
 
   // One parameter as plain bytes (row-major, little-endian), for weight sync between
@@ -70,7 +77,7 @@ class PolicyModel {
     std::string data;
   };
   // Every parameter (a tied lm_head once, as the embedding), sorted by name, converted to
-  // `dtype` (F32 or BF16).
+  // `dtype` (F32 or BF16). Whole models only (UNIMPLEMENTED for a shard, as Import).
   absl::StatusOr<std::vector<WeightTensor>> ExportWeights(DType dtype) const;
   // The parameters this model holds, with their local (block) shapes, in ExportWeights'
   // order and dtypes: a whole model's are ExportWeights', a shard's its blocks of them, for

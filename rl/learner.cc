@@ -9,6 +9,8 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "policy/minimax_model.h"
+#include "policy/shard_spec.h"
+#include "policy/tensor_parallel.h"
 #include "policy/train_ops_cuda.h"
 #include "rl/adamw.h"
 #include "rl/distributed_internal.h"
@@ -18,6 +20,7 @@
 #include "rl/losses.h"
 #include "rl/optimizer_state_io.h"
 #include "rl/parallel_layout.h"
+#include "rl/tp_comm.h"
 #include "rl/zero_optimizer.h"
 
 namespace lightrl {
@@ -186,12 +189,27 @@ struct Learner::Impl {
 
   // --- data parallel (world > 1), unused by a single process ---
   ProcessGroup* group = nullptr;
+  // This rank's place among the data-parallel copies: the whole group, or under tensor
+  // parallelism its DP group (the ranks of one TP group train on the same samples).
   int64_t rank = 0, world = 1;
   std::unique_ptr<ExpertShards> experts;  // expert_parallel > 1
   std::unique_ptr<GradientReducer> reducer;
   std::unique_ptr<ZeroOptimizer> zero;
 
+  // --- tensor parallel (the group's layout has tp > 1) ---
+  std::unique_ptr<ProcessGroupTpComm> tp_comm;
+  // By parameter: split over the TP group (its gradient's norm sums over the group).
+  std::vector<char> tp_sharded;
+
   bool dp() const { return world > 1; }
+  // Whether the call's statistics and batch checks span other ranks.
+  bool distributed() const { return group != nullptr; }
+  // A collective over the ranks that train on different samples: the whole group, or the
+  // DP group under tensor parallelism.
+  absl::Status ReduceStats(LearnerStatsAccumulator& acc) {
+    if (group == nullptr) return absl::OkStatus();
+    return tp_comm ? acc.AllReduce(group, LayoutGroup::kDp) : acc.AllReduce(group);
+  }
 
   // Whether the dense update runs on the CUDA AdamW kernel (policy/train_ops_cuda.h): it
   // reads bf16 gradients as they are, applies the clip factor, and writes the bf16 weights
@@ -214,8 +232,21 @@ struct Learner::Impl {
     fopts.train_lightning = train;
     fopts.moe_capacity_factor = train ? options.optimizer.moe_capacity_factor : 0;
     fopts.expert_parallel = experts ? experts->comm() : nullptr;
+    fopts.tensor_parallel = tp_comm.get();
+    fopts.checkpoint_layers = train && options.optimizer.activation_checkpointing;
     auto out = module->Forward(p.tokens, p.layout, fopts);
     auto hidden = out.hidden.index_select(0, p.predict_rows);
+    if (entropy != nullptr && tp_comm) {
+      // The vocabulary is split over the TP group: both figures across its ranks.
+      std::vector<torch::Tensor> ents;
+      for (const auto& rows : hidden.split(module->LogitChunkRows())) {
+        ents.push_back(VocabParallelEntropy(rows, module->lm_head->weight, options.temperature, *tp_comm));
+      }
+      *entropy = ents.empty() ? torch::zeros({0}, hidden.options().dtype(torch::kFloat32))
+                              : torch::cat(ents);
+      return {module->TokenLogprobs(hidden, p.targets, 0, options.temperature, tp_comm.get()),
+              out.aux_loss};
+    }
     if (entropy != nullptr) {
       std::vector<torch::Tensor> lps, ents;
       const int64_t chunk = module->LogitChunkRows();
@@ -233,7 +264,8 @@ struct Learner::Impl {
       *entropy = ents.empty() ? none : torch::cat(ents);
       return {lps.empty() ? none : torch::cat(lps), out.aux_loss};
     }
-    return {module->TokenLogprobs(hidden, p.targets, 0, options.temperature), out.aux_loss};
+    return {module->TokenLogprobs(hidden, p.targets, 0, options.temperature, tp_comm.get()),
+            out.aux_loss};
   }
 
   // Before an update's first backward.
@@ -292,6 +324,23 @@ struct Learner::Impl {
     return std::sqrt(reducer->SquaredNorm() + experts->SquaredNorm());
   }
 
+  // Tensor parallel: the norm of the whole model's gradient, the TP-split parameters'
+  // squares summed over the TP group and the replicated ones' (alike on its ranks) once.
+  // Under ZeRO-1 the gradients are the reducer's (no parameter holds one).
+  double TensorParallelNorm() {
+    torch::NoGradGuard no_grad;
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
+    auto sums = torch::zeros({2}, f64);  // [split, replicated]
+    for (size_t i = 0; i < weights->size(); ++i) {
+      auto g = zero ? reducer->grad(i) : UpdateGrad(i);
+      if (!g.defined()) continue;
+      sums[tp_sharded[i] ? 0 : 1] += g.to(torch::kFloat64).pow(2).sum();
+    }
+    auto split = sums.narrow(0, 0, 1).clone();
+    tp_comm->AllReduce(split, TensorParallelComm::Op::kSum);
+    return std::sqrt(split.item<double>() + sums[1].item<double>());
+  }
+
   // Without the kernel, bf16 gradients become FP32 gradients of the masters.
   void GradsToMasters() {
     if (!weights->has_masters() || KernelAdamW()) return;
@@ -321,6 +370,13 @@ struct Learner::Impl {
           }
         }
         experts->ScaleGrads(factor);
+      }
+      return norm;
+    }
+    if (tp_comm) {
+      const double norm = TensorParallelNorm();
+      if (clip > 0 && std::isfinite(norm)) {
+        *scale = ClipFactor(torch::full({}, norm, torch::TensorOptions().device(device)), clip);
       }
       return norm;
     }
@@ -397,6 +453,11 @@ struct Learner::Impl {
           }
         }
         experts->ScaleGrads(factor);
+      }
+    } else if (tp_comm) {
+      norm = TensorParallelNorm();
+      if (clip > 0 && std::isfinite(norm)) {
+        scale = ClipFactor(torch::full({}, norm, torch::TensorOptions().device(device)), clip);
       }
     } else if (zero->any_used()) {
       // The same norm and factor as PlainStep, so ZeRO-1 and plain data parallelism update
@@ -551,20 +612,33 @@ namespace {
 
 // The starting weights of every rank must be identical: a per-parameter fingerprint,
 // reduced MIN and MAX.
+// `over` null: over the whole group; else over this rank's layout group `*over`, and only
+// the parameters `include` marks (all when empty).
 absl::Status CheckSameWeights(ProcessGroup* group, const std::vector<torch::Tensor>& params,
-                              const std::vector<std::string>& names) {
+                              const std::vector<std::string>& names,
+                              const LayoutGroup* over = nullptr,
+                              const std::vector<char>& include = {}) {
   std::vector<double> lo, hi;
   {
     torch::NoGradGuard no_grad;
-    for (const auto& param : params) {
-      auto p = param.detach().to(torch::kFloat64).flatten();
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!include.empty() && !include[i]) {
+        lo.push_back(0);
+        continue;
+      }
+      auto p = params[i].detach().to(torch::kFloat64).flatten();
       const double v = (p * torch::arange(1, p.numel() + 1, p.options()).remainder(7).add(1)).sum().item<double>();
       lo.push_back(v);
     }
   }
   hi = lo;
-  RETURN_IF_ERROR(group->AllReduce(&lo, ReduceOp::kMin));
-  RETURN_IF_ERROR(group->AllReduce(&hi, ReduceOp::kMax));
+  if (over != nullptr) {
+    RETURN_IF_ERROR(group->AllReduce(*over, &lo, ReduceOp::kMin));
+    RETURN_IF_ERROR(group->AllReduce(*over, &hi, ReduceOp::kMax));
+  } else {
+    RETURN_IF_ERROR(group->AllReduce(&lo, ReduceOp::kMin));
+    RETURN_IF_ERROR(group->AllReduce(&hi, ReduceOp::kMax));
+  }
   for (size_t i = 0; i < params.size(); ++i) {
     if (lo[i] != hi[i]) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -656,6 +730,61 @@ absl::Status SetUpDataParallel(Learner::Impl& m, ProcessGroup* group) {
   return absl::OkStatus();
 }
 
+// Tensor parallel x data parallel, from the layout `group` joined: the model is this
+// rank's TP shard and trains the samples of its DP group's share; the dense gradients are
+// summed over the DP group (the parameters the TP group replicates come out alike on its
+// ranks, as their inputs and gradients are). ZeRO-1 shards the optimizer state over the
+// DP group (a DP group of one has nothing to shard, as in a single process). No expert
+// parallelism yet.
+absl::Status SetUpTensorParallel(Learner::Impl& m, ProcessGroup* group) {
+  const LayoutGroups& g = *group->layout_groups();
+  const int64_t tp = static_cast<int64_t>(g.tp.size());
+  const ShardCoords& shard = m.policy->shard();
+  if (shard.tp != tp || shard.tp_rank != g.tp_rank) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "learner rank ", group->rank(), ": the process group's layout puts this rank at tp ",
+        g.tp_rank, " of ", tp, ", but the policy holds ", shard.ToString(),
+        "; create the PolicyModel with ShardCoordsOf(layout, groups)"));
+  }
+  if (m.options.data_parallel.expert_parallel > 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "data_parallel.expert_parallel (", m.options.data_parallel.expert_parallel,
+        ") with tensor parallelism (tp ", tp, ") is not supported yet"));
+  }
+  m.group = group;
+  m.rank = g.dp_rank;
+  m.world = static_cast<int64_t>(g.dp.size());
+  m.tp_comm = std::make_unique<ProcessGroupTpComm>(group);
+  const auto names = m.policy->module()->named_parameters().keys();
+  m.tp_sharded.assign(names.size(), 0);
+  for (size_t i = 0; i < names.size(); ++i) {
+    ASSIGN_OR_RETURN(const TensorShard part, ShardOf(names[i], m.policy->config(), shard));
+    m.tp_sharded[i] = part.whole() ? 0 : 1;
+  }
+  // DP copies hold the same shards; the TP group's ranks the same replicated parameters.
+  const LayoutGroup dp = LayoutGroup::kDp, tpg = LayoutGroup::kTp;
+  std::vector<char> replicated_in_tp(names.size());
+  for (size_t i = 0; i < names.size(); ++i) replicated_in_tp[i] = m.tp_sharded[i] ? 0 : 1;
+  RETURN_IF_ERROR(CheckSameWeights(group, m.weights->params(), names, &dp));
+  RETURN_IF_ERROR(CheckSameWeights(group, m.weights->params(), names, &tpg, replicated_in_tp));
+  if (m.world > 1) {
+    ASSIGN_OR_RETURN(m.reducer, GradientReducer::Create(group->impl().LayoutBackend(LayoutGroup::kDp),
+                                                        m.world, m.weights->params(), m.replicated,
+                                                        names, m.options.data_parallel, m.device));
+    // No hooks: backward runs the TP group's all-reduces, and a DP bucket launched
+    // between them at a different point on two ranks would order collectives of two
+    // communicators differently (see SetUpDataParallel); Finish reduces every bucket.
+    if (m.options.data_parallel.zero1) {
+      // ZeRO-1 over the DP group: each DP rank steps 1/dp of this TP rank's parameters.
+      m.zero = std::make_unique<ZeroOptimizer>(m.reducer.get(), m.weights->params(),
+                                               group->impl().LayoutBackend(LayoutGroup::kDp),
+                                               m.rank, m.world, m.options.optimizer, m.device);
+      m.weights->DropAll();
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 Learner::Learner(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -688,7 +817,21 @@ absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(PolicyModel* policy,
   }
   impl->weights = std::make_unique<MasterWeights>(module->parameters());
   impl->replicated.assign(impl->weights->size(), 1);
-  if (group != nullptr && group->world_size() > 1) {
+  const bool tensor_parallel = group != nullptr && group->layout_groups() != nullptr &&
+                               group->layout_groups()->tp.size() > 1;
+  if (!tensor_parallel && policy->shard().tp > 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "learner: the policy holds ", policy->shard().ToString(),
+        " of the model but no process group with a TP layout was given (ProcessGroup::"
+        "JoinLayoutGroups)"));
+  }
+  if (tensor_parallel) {
+    try {
+      RETURN_IF_ERROR(SetUpTensorParallel(*impl, group));
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("learner: tensor-parallel set-up failed: ", e.what()));
+    }
+  } else if (group != nullptr && group->world_size() > 1) {
     try {
       RETURN_IF_ERROR(SetUpDataParallel(*impl, group));
     } catch (const std::exception& e) {
@@ -763,7 +906,7 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
     RETURN_IF_ERROR(CheckRolloutLogprobs(s, m.options.loss));
     if (!s.response.empty()) samples.push_back(&s);
   }
-  if (m.dp()) RETURN_IF_ERROR(CheckSameBatch(m.group, batch));
+  if (m.distributed()) RETURN_IF_ERROR(CheckSameBatch(m.group, batch));
   if (samples.empty()) return stats;
   try {
     m.policy->module()->train();
@@ -775,7 +918,7 @@ absl::StatusOr<LearnerStats> Learner::TrainRl(const std::vector<TrainSample>& ba
       const size_t begin = samples.size() * mb / M, end = samples.size() * (mb + 1) / M;
       m.RlUpdate({samples.begin() + begin, samples.begin() + end}, split.by_rank[mb], old, M, acc, stats);
     }
-    if (m.dp()) RETURN_IF_ERROR(acc.AllReduce(m.group));
+    RETURN_IF_ERROR(m.ReduceStats(acc));
     acc.WriteTo(&stats);
     m.policy->module()->eval();
   } catch (const c10::Error& e) {
@@ -797,7 +940,7 @@ absl::StatusOr<LearnerStats> Learner::TrainSft(const std::vector<TrainSample>& b
     samples.push_back(&s);
   }
   const double n_tokens = ResponseTokens(samples, /*kept_only=*/false);
-  if (m.dp()) RETURN_IF_ERROR(CheckSameBatch(m.group, batch));
+  if (m.distributed()) RETURN_IF_ERROR(CheckSameBatch(m.group, batch));
   if (samples.empty()) return stats;
   try {
     m.policy->module()->train();
@@ -827,7 +970,7 @@ absl::StatusOr<LearnerStats> Learner::TrainSft(const std::vector<TrainSample>& b
       acc.loss = loss_sum.item<double>();
       acc.aux_loss = aux_sum.item<double>();
     }
-    if (m.dp()) RETURN_IF_ERROR(acc.AllReduce(m.group));
+    RETURN_IF_ERROR(m.ReduceStats(acc));
     stats.loss = acc.loss;
     stats.aux_loss = acc.aux_loss;
     m.policy->module()->eval();
@@ -858,10 +1001,18 @@ OptimizerStateParts StateParts(Learner::Impl& m) {
 }  // namespace
 
 absl::Status Learner::SaveState(const std::string& path) const {
+  if (impl_->tp_comm) {
+    return absl::UnimplementedError(absl::StrCat(
+        path, ": saving the optimizer state of a tensor-parallel learner is not supported yet"));
+  }
   return SaveOptimizerState(path, StateParts(*impl_));
 }
 
 absl::Status Learner::LoadState(const std::string& path) {
+  if (impl_->tp_comm) {
+    return absl::UnimplementedError(absl::StrCat(
+        path, ": loading the optimizer state of a tensor-parallel learner is not supported yet"));
+  }
   return LoadOptimizerState(path, StateParts(*impl_));
 }
 

@@ -43,6 +43,12 @@ class Learner {
   // size, and its place must be this rank's in rl/parallel_layout.h's GroupsOf; its
   // experts' weights, gradients and optimizer state then live on this rank alone
   // (docs/distributed.md, "Sharded experts").
+  // Tensor parallelism comes from the layout the group joined (ProcessGroup::
+  // JoinLayoutGroups, before Create): with tp > 1 the policy must be this rank's TP shard
+  // (PolicyModel::Create / Load with ShardCoordsOf(layout, groups)), the batch is split
+  // over the DP group only and the ranks of a DP group start from the same shards
+  // (docs/distributed.md); ZeRO-1 shards over the DP group. Expert parallelism and
+  // SaveState / LoadState are refused under tp > 1 for now.
   static absl::StatusOr<std::unique_ptr<Learner>> Create(PolicyModel* policy,
                                                          const LearnerOptions& options,
                                                          ProcessGroup* group = nullptr);

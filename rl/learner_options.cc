@@ -74,6 +74,9 @@ const ConfigTable<OptimizerOptions>& OptimizerOptions::Table() {
                "expert capacity in training as a multiple of the even share (token drop); "
                "0 = none",
                NonNegative()),
+      Field<O>("activation_checkpointing", &O::activation_checkpointing,
+               "keep only each decoder layer's input in training forwards and run the layer "
+               "again in backward"),
   };
   return *table;
 }

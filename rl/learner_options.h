@@ -36,6 +36,10 @@ struct OptimizerOptions {
   // Expert capacity in training as a multiple of the even share, with token drop; 0 = no
   // capacity limit.
   double moe_capacity_factor = 0.0;
+  // Activation checkpointing per decoder layer in training forwards: each layer keeps only
+  // its input and runs again in backward (ForwardOptions::checkpoint_layers), about one
+  // more forward's compute for the memory of every layer's activations. Same update.
+  bool activation_checkpointing = false;
   // Optimizer steps the schedule spans; not a key: the trainer derives it from run.steps
   // and algorithm.minibatches.
   int64_t total_steps = 1;

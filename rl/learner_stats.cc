@@ -47,13 +47,23 @@ void LearnerStatsAccumulator::Merge(const LearnerStatsAccumulator& other) {
 }
 
 absl::Status LearnerStatsAccumulator::AllReduce(ProcessGroup* group) {
+  return Reduce([group](std::vector<double>* v, ReduceOp op) { return group->AllReduce(v, op); });
+}
+
+absl::Status LearnerStatsAccumulator::AllReduce(ProcessGroup* group, LayoutGroup over) {
+  return Reduce(
+      [group, over](std::vector<double>* v, ReduceOp op) { return group->AllReduce(over, v, op); });
+}
+
+absl::Status LearnerStatsAccumulator::Reduce(
+    const std::function<absl::Status(std::vector<double>*, ReduceOp)>& all_reduce) {
   std::vector<double> sums;
   for (Field f : kSummed) sums.push_back(this->*f);
-  RETURN_IF_ERROR(group->AllReduce(&sums, ReduceOp::kSum));
+  RETURN_IF_ERROR(all_reduce(&sums, ReduceOp::kSum));
   for (size_t i = 0; i < sums.size(); ++i) this->*kSummed[i] = sums[i];
   // One MAX reduction for all three extremes: the minimum as the maximum of its negation.
   std::vector<double> extremes{-ratio_min, ratio_max, rollout_abs_diff_max};
-  RETURN_IF_ERROR(group->AllReduce(&extremes, ReduceOp::kMax));
+  RETURN_IF_ERROR(all_reduce(&extremes, ReduceOp::kMax));
   ratio_min = -extremes[0], ratio_max = extremes[1], rollout_abs_diff_max = extremes[2];
   return absl::OkStatus();
 }

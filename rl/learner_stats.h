@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <limits>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "rl/distributed.h"
@@ -58,9 +60,15 @@ struct LearnerStatsAccumulator {
   void Merge(const LearnerStatsAccumulator& other);
   // A collective: every rank's sums and extremes, on every rank.
   absl::Status AllReduce(ProcessGroup* group);
+  // The same over this rank's `over` group of its layout (tensor parallel: the DP group,
+  // since the ranks of one TP group hold the same figures).
+  absl::Status AllReduce(ProcessGroup* group, LayoutGroup over);
   // The means and extremes into `stats` (loss, policy_loss, aux_loss, entropy, the
   // mismatch figures, tokens and the token-weighted means); the rest is left as it is.
   void WriteTo(LearnerStats* stats) const;
+
+ private:
+  absl::Status Reduce(const std::function<absl::Status(std::vector<double>*, ReduceOp)>& all_reduce);
 };
 
 }  // namespace lightrl

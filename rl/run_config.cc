@@ -712,7 +712,7 @@ absl::Status RunConfig::Validate() const {
     return Invalid(absl::StrCat(
         "parallel: tp ", parallel.tp, ", sequence_parallel ",
         parallel.sequence_parallel ? "true" : "false",
-        ": the learner does not shard attention or the vocabulary yet (docs/distributed.md); "
+        ": lightrl run does not run tensor or sequence parallelism yet (docs/distributed.md); "
         "it runs parallel.ep and parallel.expert_tp with the dense weights on every rank, so "
         "give tp 1 and sequence_parallel false (lightrl plan reads the other layouts)"));
   }

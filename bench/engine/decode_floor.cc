@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 
@@ -76,20 +77,31 @@ absl::Status Check(cudaError_t e, const char* what) {
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
 }
 
+// Milliseconds of `iters` runs of `op` after one warm-up run, by CUDA events on the
+// default stream.
+absl::StatusOr<float> TimeMs(int iters, const std::function<absl::Status()>& op) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  absl::Status s = Check(cudaEventCreate(&start), "cudaEventCreate");
+  if (s.ok()) s = Check(cudaEventCreate(&stop), "cudaEventCreate");
+  if (s.ok()) s = op();  // warm-up
+  if (s.ok()) s = Check(cudaEventRecord(start), "cudaEventRecord");
+  for (int i = 0; s.ok() && i < iters; ++i) s = op();
+  if (s.ok()) s = Check(cudaEventRecord(stop), "cudaEventRecord");
+  if (s.ok()) s = Check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+  float ms = 0;
+  if (s.ok()) s = Check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+  if (start != nullptr) cudaEventDestroy(start);
+  if (stop != nullptr) cudaEventDestroy(stop);
+  if (!s.ok()) return s;
+  return ms;
+}
+
 }  // namespace
 
 absl::StatusOr<double> MatmulPeak(int64_t n) {
   void* a = nullptr;
   void* out = nullptr;
   cublasHandle_t handle = nullptr;
-  cudaEvent_t start = nullptr, stop = nullptr;
-  auto release = [&] {
-    if (a != nullptr) cudaFree(a);
-    if (out != nullptr) cudaFree(out);
-    if (handle != nullptr) cublasDestroy(handle);
-    if (start != nullptr) cudaEventDestroy(start);
-    if (stop != nullptr) cudaEventDestroy(stop);
-  };
   auto check_blas = [](cublasStatus_t e, const char* what) {
     return e == CUBLAS_STATUS_SUCCESS ? absl::OkStatus()
                                       : absl::InternalError(absl::StrCat(what, ": cuBLAS status ", e));
@@ -102,55 +114,44 @@ absl::StatusOr<double> MatmulPeak(int64_t n) {
   if (s.ok()) s = Check(cudaMalloc(&out, 2 * bytes), "cudaMalloc");
   if (s.ok()) s = Check(cudaMemset(a, 0x3c, bytes), "cudaMemset");  // bf16 ~0.0115 each
   if (s.ok()) s = check_blas(cublasCreate(&handle), "cublasCreate");
-  if (s.ok()) s = Check(cudaEventCreate(&start), "cudaEventCreate");
-  if (s.ok()) s = Check(cudaEventCreate(&stop), "cudaEventCreate");
-  auto gemm = [&] {
-    return check_blas(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF,
-                                   n, a, CUDA_R_16BF, n, &zero, out, CUDA_R_32F, n,
-                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                      "cublasGemmEx");
-  };
-  if (s.ok()) s = gemm();  // warm-up
-  if (s.ok()) s = Check(cudaEventRecord(start), "cudaEventRecord");
-  for (int i = 0; s.ok() && i < kIters; ++i) s = gemm();
-  if (s.ok()) s = Check(cudaEventRecord(stop), "cudaEventRecord");
-  if (s.ok()) s = Check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-  float ms = 0;
-  if (s.ok()) s = Check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-  release();
-  if (!s.ok()) return s;
+  absl::StatusOr<float> ms = absl::UnknownError("not timed");
+  if (!s.ok()) {
+    ms = s;
+  } else {
+    ms = TimeMs(kIters, [&] {
+      return check_blas(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a,
+                                     CUDA_R_16BF, n, a, CUDA_R_16BF, n, &zero, out, CUDA_R_32F, n,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                        "cublasGemmEx");
+    });
+  }
+  if (a != nullptr) cudaFree(a);
+  if (out != nullptr) cudaFree(out);
+  if (handle != nullptr) cublasDestroy(handle);
+  if (!ms.ok()) return ms.status();
   const double dn = static_cast<double>(n);
-  return 2 * dn * dn * dn * kIters / (ms * 1e-3);
+  return 2 * dn * dn * dn * kIters / (*ms * 1e-3);
 }
 
 absl::StatusOr<double> CopyBandwidth(int64_t bytes) {
   void* src = nullptr;
   void* dst = nullptr;
-  cudaEvent_t start = nullptr, stop = nullptr;
-  auto release = [&] {
-    if (src != nullptr) cudaFree(src);
-    if (dst != nullptr) cudaFree(dst);
-    if (start != nullptr) cudaEventDestroy(start);
-    if (stop != nullptr) cudaEventDestroy(stop);
-  };
   constexpr int kIters = 20;
   absl::Status s = Check(cudaMalloc(&src, bytes), "cudaMalloc");
   if (s.ok()) s = Check(cudaMalloc(&dst, bytes), "cudaMalloc");
   if (s.ok()) s = Check(cudaMemset(src, 1, bytes), "cudaMemset");
-  if (s.ok()) s = Check(cudaEventCreate(&start), "cudaEventCreate");
-  if (s.ok()) s = Check(cudaEventCreate(&stop), "cudaEventCreate");
-  if (s.ok()) s = Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice), "warm-up copy");
-  if (s.ok()) s = Check(cudaEventRecord(start), "cudaEventRecord");
-  for (int i = 0; s.ok() && i < kIters; ++i) {
-    s = Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpyAsync");
+  absl::StatusOr<float> ms = absl::UnknownError("not timed");
+  if (!s.ok()) {
+    ms = s;
+  } else {
+    ms = TimeMs(kIters, [&] {
+      return Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpyAsync");
+    });
   }
-  if (s.ok()) s = Check(cudaEventRecord(stop), "cudaEventRecord");
-  if (s.ok()) s = Check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-  float ms = 0;
-  if (s.ok()) s = Check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-  release();
-  if (!s.ok()) return s;
-  return 2.0 * static_cast<double>(bytes) * kIters / (ms * 1e-3);
+  if (src != nullptr) cudaFree(src);
+  if (dst != nullptr) cudaFree(dst);
+  if (!ms.ok()) return ms.status();
+  return 2.0 * static_cast<double>(bytes) * kIters / (*ms * 1e-3);
 }
 
 }  // namespace lightrl

@@ -11,6 +11,7 @@
 #include "policy/model_config.h"
 #include "policy/policy_model.h"
 #include "policy/sharded_checkpoint.h"
+#include "tests/temp_dir.h"
 #include "tests/test_models.h"
 
 namespace lightrl {
@@ -212,19 +213,6 @@ TEST(ModelTest, MoeSparsePathDropsExactlyTheAssignmentsPastCapacity) {
   EXPECT_LT(MaxDiff(out, expected), 1e-5);
 }
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/lightrl_model_XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { EXPECT_TRUE(RemoveTree(path_).ok()) << path_; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
 TEST(PolicyModelTest, SaveLoadRoundTripKeepsLogprobs) {
   TempDir dir;
   auto model = PolicyModel::Create(TinyConfig(), std::random_device{}());
@@ -396,7 +384,7 @@ TEST(PolicyModelTest, ShardHoldsOnlyItsExpertBlocks) {
   TempDir dir;
   const absl::Status saved = (*part)->Save(dir.path());
   EXPECT_EQ(saved.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(saved.message().find("holds only its shard (tp 0/1, ep 1/2, expert_tp 1/2)"),
+  EXPECT_NE(saved.message().find("of a model-parallel shard (tp 0/1, ep 1/2, expert_tp 1/2)"),
             std::string::npos) << saved;
   EXPECT_FALSE((*part)->ExportWeights(DType::kF32).ok());
   shard.expert_tp = 3;  // does not divide FFN 20

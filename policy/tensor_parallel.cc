@@ -1,0 +1,104 @@
+#include "policy/tensor_parallel.h"
+
+namespace lightrl {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+TensorParallelComm* CommOf(AutogradContext* ctx) {
+  return reinterpret_cast<TensorParallelComm*>(ctx->saved_data["comm"].toInt());
+}
+
+void SaveComm(AutogradContext* ctx, TensorParallelComm* comm) {
+  ctx->saved_data["comm"] = reinterpret_cast<int64_t>(comm);
+}
+
+torch::Tensor AllReduced(const torch::Tensor& t, TensorParallelComm* comm) {
+  auto out = t.clone();
+  comm->AllReduce(out, TensorParallelComm::Op::kSum);
+  return out;
+}
+
+class CopyToFunction : public torch::autograd::Function<CopyToFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               TensorParallelComm* comm) {
+    SaveComm(ctx, comm);
+    return x.view_as(x);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {AllReduced(grads[0], CommOf(ctx)), torch::Tensor()};
+  }
+};
+
+class ReduceFromFunction : public torch::autograd::Function<ReduceFromFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext*, const torch::Tensor& x, TensorParallelComm* comm) {
+    return AllReduced(x, comm);
+  }
+  static variable_list backward(AutogradContext*, variable_list grads) {
+    return {grads[0], torch::Tensor()};
+  }
+};
+
+// The sum of the ranks' partial statistics, whose gradient is summed too: each rank's
+// copy of the sum feeds only its own channels, so the whole gradient is the ranks' parts.
+class SumBothWaysFunction : public torch::autograd::Function<SumBothWaysFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               TensorParallelComm* comm) {
+    SaveComm(ctx, comm);
+    return AllReduced(x, comm);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {AllReduced(grads[0], CommOf(ctx)), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor CopyToTensorParallel(const torch::Tensor& x, TensorParallelComm& comm) {
+  return CopyToFunction::apply(x, &comm);
+}
+
+torch::Tensor ReduceFromTensorParallel(const torch::Tensor& x, TensorParallelComm& comm) {
+  return ReduceFromFunction::apply(x, &comm);
+}
+
+torch::Tensor ShardedRmsNorm(const torch::Tensor& x, const torch::Tensor& weight, double eps,
+                             int64_t full_dim, TensorParallelComm& comm) {
+  auto xf = x.to(torch::kFloat32);
+  auto sum_sq = SumBothWaysFunction::apply(xf.pow(2).sum(-1, /*keepdim=*/true), &comm);
+  auto normed = xf * torch::rsqrt(sum_sq / static_cast<double>(full_dim) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+torch::Tensor VocabParallelEmbedding(const torch::Tensor& tokens, const torch::Tensor& weight_shard,
+                                     TensorParallelComm& comm) {
+  const int64_t rows = weight_shard.size(0), start = comm.tp_rank() * rows;
+  auto local = tokens - start;
+  auto owned = (local >= 0) & (local < rows);
+  auto picked = torch::embedding(weight_shard, local.clamp(0, rows - 1));
+  auto mine = torch::where(owned.unsqueeze(-1), picked, torch::zeros({}, picked.options()));
+  return ReduceFromTensorParallel(mine, comm);
+}
+
+torch::Tensor VocabParallelEntropy(const torch::Tensor& hidden, const torch::Tensor& weight_shard,
+                                   double temperature, TensorParallelComm& comm) {
+  torch::NoGradGuard no_grad;
+  auto logits = torch::matmul(hidden.to(torch::kFloat32), weight_shard.to(torch::kFloat32).t()) /
+                temperature;
+  auto max = std::get<0>(logits.max(-1));
+  comm.AllReduce(max, TensorParallelComm::Op::kMax);
+  auto shifted = logits - max.unsqueeze(1);
+  auto e = torch::exp(shifted);
+  auto sum = e.sum(-1);
+  comm.AllReduce(sum, TensorParallelComm::Op::kSum);
+  // H = log Z - sum p * (logit - max), with the sum over every rank's columns.
+  auto weighted = (e * shifted).sum(-1);
+  comm.AllReduce(weighted, TensorParallelComm::Op::kSum);
+  return torch::log(sum) - weighted / sum;
+}
+
+}  // namespace lightrl
