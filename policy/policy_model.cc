@@ -80,6 +80,15 @@ void Place(PolicyModel::Impl& impl) {
   impl.module->eval();
 }
 
+// A lightrl checkpoint carries a manifest: the files the model is read from must match
+// it before any tensor is trusted. Other model directories (HuggingFace) have none.
+absl::Status VerifyWeightFiles(const std::string& dir) {
+  return VerifyCheckpointManifest(dir, [](absl::string_view name) {
+           return name == "config.json" || absl::EndsWith(name, ".safetensors") ||
+                  absl::EndsWith(name, ".safetensors.index.json") || name == kShardedIndexName;
+         }).status();
+}
+
 }  // namespace
 
 PolicyModel::PolicyModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -91,13 +100,7 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::Load(const std::string
   if (!IsDirectory(dir)) {
     return absl::NotFoundError(absl::StrCat(dir, ": model directory does not exist"));
   }
-  // A lightrl checkpoint carries a manifest: the files the model is read from must match
-  // it before any tensor is trusted. Other model directories (HuggingFace) have none.
-  RETURN_IF_ERROR(VerifyCheckpointManifest(dir, [](absl::string_view name) {
-                    return name == "config.json" || absl::EndsWith(name, ".safetensors") ||
-                           absl::EndsWith(name, ".safetensors.index.json") ||
-                           name == kShardedIndexName;
-                  }).status());
+  RETURN_IF_ERROR(VerifyWeightFiles(dir));
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(JoinPath(dir, "config.json")));
   // A sharded folder (policy/sharded_checkpoint.h) is read whole; an HF one as it is; a
   // model built for `shard` keeps its blocks of either.
@@ -155,6 +158,47 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::CreateShard(const Mode
                                                                       const ShardCoords& shard,
                                                                       const PolicyOptions& options) {
   return Create(config, seed, options, shard);
+}
+
+absl::StatusOr<std::unique_ptr<PolicyModel>> PolicyModel::LoadShard(const std::string& dir,
+                                                                    const ShardCoords& shard,
+                                                                    const PolicyOptions& options) {
+  if (!IsDirectory(dir)) {
+    return absl::NotFoundError(absl::StrCat(dir, ": model directory does not exist"));
+  }
+  RETURN_IF_ERROR(VerifyWeightFiles(dir));
+  ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(JoinPath(dir, "config.json")));
+  RETURN_IF_ERROR(config.Validate());
+  ASSIGN_OR_RETURN(auto impl, MakeImpl(config, options, shard));
+  // Only this rank's blocks are read (and assembled across the stored layout's files).
+  ASSIGN_OR_RETURN(ShardedCheckpoint ckpt, ShardedCheckpoint::Open(dir));
+  ASSIGN_OR_RETURN(std::vector<TensorBlock> blocks, ckpt.ReadShards(config, shard));
+  std::map<std::string, const TensorBlock*> by_name;
+  for (const TensorBlock& b : blocks) by_name[b.name] = &b;
+  try {
+    torch::NoGradGuard no_grad;
+    for (auto& p : impl->module->named_parameters()) {
+      if (config.tie_word_embeddings && p.key() == "lm_head.weight") continue;
+      auto it = by_name.find(p.key());
+      if (it == by_name.end()) {
+        return absl::NotFoundError(absl::StrCat(dir, ": checkpoint lacks tensor '", p.key(), "'"));
+      }
+      const TensorBlock& b = *it->second;
+      if (b.shape != p.value().sizes().vec()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            ckpt.FileOf(b.name), ": block of '", b.name, "' for ", shard.ToString(), " has shape ",
+            ShapeString(b.shape), ", the shard needs ", ShapeString(p.value().sizes().vec())));
+      }
+      auto src = torch::from_blob(const_cast<char*>(b.data.data()), b.shape,
+                                  torch::TensorOptions().dtype(ToTorchDType(b.dtype)));
+      p.value().copy_(src);
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(dir, ": loading the shard ", shard.ToString(), ": ",
+                                            e.what_without_backtrace()));
+  }
+  Place(*impl);
+  return std::unique_ptr<PolicyModel>(new PolicyModel(std::move(impl)));
 }
 MiniMaxForCausalLM& PolicyModel::module() { return impl_->module; }
 
@@ -261,6 +305,11 @@ absl::Status CheckSyncDType(DType dtype) {
 
 absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportWeights(DType dtype) const {
   RETURN_IF_ERROR(CheckWhole(impl_->shard, "weight export"));
+  return ExportLocalWeights(dtype);
+}
+
+absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportLocalWeights(
+    DType dtype) const {
   RETURN_IF_ERROR(CheckSyncDType(dtype));
   std::vector<WeightTensor> out;
   try {

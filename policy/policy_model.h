@@ -47,6 +47,12 @@ class PolicyModel {
                                                                   uint64_t seed,
                                                                   const ShardCoords& shard,
                                                                   const PolicyOptions& options = {});
+  // Load(dir, options, shard) reading only the rank's blocks (ShardedCheckpoint::
+  // ReadShards: from a sharded folder of any layout or an HF one), where Load assembles
+  // each whole tensor first; a checkpoint of one layout loads into another.
+  static absl::StatusOr<std::unique_ptr<PolicyModel>> LoadShard(const std::string& dir,
+                                                                const ShardCoords& shard,
+                                                                const PolicyOptions& options = {});
   ~PolicyModel();
 
   const ModelConfig& config() const;
@@ -73,6 +79,10 @@ class PolicyModel {
   // Every parameter (a tied lm_head once, as the embedding), sorted by name, converted to
   // `dtype` (F32 or BF16). Whole models only (UNIMPLEMENTED for a shard, as Import).
   absl::StatusOr<std::vector<WeightTensor>> ExportWeights(DType dtype) const;
+  // The parameters this model holds, with their local (block) shapes, in ExportWeights'
+  // order and dtypes: a whole model's are ExportWeights', a shard's its blocks of them, for
+  // sharded checkpoints (WriteRankShards) and for gathering the whole model.
+  absl::StatusOr<std::vector<WeightTensor>> ExportLocalWeights(DType dtype) const;
   // Replaces every parameter with `tensors` (in `dtype`): exactly the names and shapes
   // ExportWeights gives, else INVALID_ARGUMENT naming the tensor; on error nothing
   // changes.

@@ -8,13 +8,23 @@
 #include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "rl/sharded_weights.h"
 
 namespace lightrl {
 namespace {
 
 // What rank 0 announces. The encoding is private to one run's binary: every rank runs
 // the same executable.
-enum class Command : uint8_t { kTrainRl = 1, kTrainSft = 2, kSave = 3, kFinish = 4, kAbort = 5 };
+enum class Command : uint8_t {
+  kTrainRl = 1,
+  kTrainSft = 2,
+  kSave = 3,
+  kFinish = 4,
+  kAbort = 5,
+  kSaveWeights = 6,
+};
+
+bool IsShard(const PolicyModel& policy) { return !(policy.shard() == ShardCoords{}); }
 
 class Writer {
  public:
@@ -126,9 +136,15 @@ absl::Status CheckSameWeights(ProcessGroup* group, const PolicyModel& policy,
 }  // namespace
 
 absl::StatusOr<std::string> WeightsChecksum(const PolicyModel& policy) {
-  ASSIGN_OR_RETURN(std::vector<PolicyModel::WeightTensor> weights, policy.ExportWeights(DType::kF32));
+  ASSIGN_OR_RETURN(std::vector<PolicyModel::WeightTensor> weights,
+                   policy.ExportLocalWeights(DType::kF32));
   uint64_t h = 1469598103934665603ull;
   for (const auto& w : weights) {
+    // A shard's blocks differ by rank; what every rank holds whole must agree.
+    if (IsShard(policy)) {
+      ASSIGN_OR_RETURN(TensorShard held, ShardOf(w.name, policy.config(), policy.shard()));
+      if (!held.whole() || ExpertIndexOf(w.name) >= 0) continue;
+    }
     for (char c : w.name) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
     for (char c : w.data) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
   }
@@ -142,6 +158,7 @@ absl::StatusOr<LearnerStats> LearnerGroup::TrainRl(const std::vector<TrainSample
     RETURN_IF_ERROR(group_->BroadcastBytes(&message, 0));
   }
   ASSIGN_OR_RETURN(LearnerStats stats, learner_->TrainRl(batch));
+  if (sharded()) RETURN_IF_ERROR(GatherShards(group_, *policy_, whole_));
   in_call_ = false;
   return stats;
 }
@@ -153,6 +170,7 @@ absl::StatusOr<LearnerStats> LearnerGroup::TrainSft(const std::vector<TrainSampl
     RETURN_IF_ERROR(group_->BroadcastBytes(&message, 0));
   }
   ASSIGN_OR_RETURN(LearnerStats stats, learner_->TrainSft(batch, lr));
+  if (sharded()) RETURN_IF_ERROR(GatherShards(group_, *policy_, whole_));
   in_call_ = false;
   return stats;
 }
@@ -170,6 +188,19 @@ absl::Status LearnerGroup::SaveState(const std::string& path) {
   return absl::OkStatus();
 }
 
+absl::Status LearnerGroup::SaveWeights(const std::string& dir, DType dtype) {
+  if (!sharded()) return policy_->Save(dir, dtype);
+  in_call_ = true;
+  Writer w;
+  w.Put(static_cast<uint8_t>(Command::kSaveWeights));
+  w.PutString(dir);
+  w.Put(static_cast<uint8_t>(dtype));
+  RETURN_IF_ERROR(group_->BroadcastBytes(&w.str(), 0));
+  RETURN_IF_ERROR(SaveShards(group_, *policy_, dir, dtype));
+  in_call_ = false;
+  return absl::OkStatus();
+}
+
 absl::Status LearnerGroup::Finish() {
   if (group_ == nullptr) return absl::OkStatus();
   in_call_ = true;
@@ -179,8 +210,8 @@ absl::Status LearnerGroup::Finish() {
   w.PutString(checksum);
   RETURN_IF_ERROR(group_->BroadcastBytes(&w.str(), 0));
   RETURN_IF_ERROR(CheckSameWeights(group_, *policy_, checksum));
-  LogInfo("lightrl run: weights identical on all %lld learner ranks",
-          static_cast<long long>(group_->world_size()));
+  LogInfo("lightrl run: %s identical on all %lld learner ranks",
+          sharded() ? "replicated weights" : "weights", static_cast<long long>(group_->world_size()));
   in_call_ = false;
   return absl::OkStatus();
 }
@@ -215,6 +246,7 @@ absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* po
         } else {
           RETURN_IF_ERROR(learner->TrainSft(batch, lr).status());
         }
+        if (IsShard(*policy)) RETURN_IF_ERROR(GatherShards(group, *policy, nullptr));
         ++calls;
         break;
       }
@@ -222,6 +254,13 @@ absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* po
         std::string path;
         if (!r.GetString(path)) return bad();
         RETURN_IF_ERROR(learner->SaveState(path));
+        break;
+      }
+      case Command::kSaveWeights: {
+        std::string dir;
+        uint8_t dtype = 0;
+        if (!r.GetString(dir) || !r.Get(dtype)) return bad();
+        RETURN_IF_ERROR(SaveShards(group, *policy, dir, static_cast<DType>(dtype)));
         break;
       }
       case Command::kFinish: {

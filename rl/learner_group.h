@@ -18,14 +18,24 @@ namespace lightrl {
 
 class LearnerGroup {
  public:
-  // `group` may be null (one process); none is owned.
-  LearnerGroup(Learner* learner, ProcessGroup* group, PolicyModel* policy)
-      : learner_(learner), group_(group), policy_(policy) {}
+  // `group` may be null (one process); none is owned. `policy` is the learner's model.
+  // When it holds only a shard (PolicyModel::CreateShard / LoadShard), `whole` is rank
+  // 0's whole model for generation: every update ends by gathering all ranks' shards into
+  // it (rl/sharded_weights.h), so that it always holds the learner's weights.
+  LearnerGroup(Learner* learner, ProcessGroup* group, PolicyModel* policy,
+               PolicyModel* whole = nullptr)
+      : learner_(learner), group_(group), policy_(policy), whole_(whole) {}
 
   absl::StatusOr<LearnerStats> TrainRl(const std::vector<TrainSample>& batch);
   absl::StatusOr<LearnerStats> TrainSft(const std::vector<TrainSample>& batch, double lr);
   // Every rank saves its part of the optimizer state under `path` (a shared file system).
   absl::Status SaveState(const std::string& path);
+  // The model's weights into checkpoint folder `dir` in `dtype`: a whole model's by rank 0
+  // (PolicyModel::Save); a sharded one's by every rank as a sharded checkpoint
+  // (SaveShards: shard files, then the index and config.json).
+  absl::Status SaveWeights(const std::string& dir, DType dtype);
+  // Whether the learner's model is a shard (and `whole` the generation model).
+  bool sharded() const { return !(policy_->shard() == ShardCoords{}); }
   // Ends the other ranks' ServeLearner and checks that every rank holds the same weights
   // (FAILED_PRECONDITION naming the ranks otherwise). Call once, at the end of the run.
   absl::Status Finish();
@@ -41,13 +51,16 @@ class LearnerGroup {
   Learner* learner_;
   ProcessGroup* group_;
   PolicyModel* policy_;
+  PolicyModel* whole_;
 };
 
 // A learner-only rank: runs the calls rank 0's LearnerGroup announces until Finish
-// (OK) or Abort (the error rank 0 reported).
+// (OK) or Abort (the error rank 0 reported). `policy` is the learner's model (a shard
+// joins the gathers and sharded saves).
 absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* policy);
 
-// FNV-1a 64 over every parameter's bytes (ExportWeights, FP32), as 16 hex digits.
+// FNV-1a 64 over every parameter's bytes (ExportWeights, FP32), as 16 hex digits; of a
+// shard, over the parameters it holds whole (those every rank of its layout holds alike).
 absl::StatusOr<std::string> WeightsChecksum(const PolicyModel& policy);
 
 }  // namespace lightrl

@@ -719,15 +719,13 @@ absl::Status RunConfig::Validate() const {
   RETURN_IF_ERROR(CheckTable(Table(), *this));
   // WORLD_SIZE may still replace a world size of 1; the trainer checks the ranks started.
   if (distributed.world_size > 1) RETURN_IF_ERROR(parallel.CheckWorld(distributed.world_size));
-  if (parallel.tp > 1 || parallel.dp > 0 || parallel.expert_tp > 1 ||
-      parallel.sequence_parallel) {
+  if (parallel.tp > 1 || parallel.sequence_parallel) {
     return Invalid(absl::StrCat(
-        "parallel: tp ", parallel.tp, ", dp ", parallel.dp, ", expert_tp ", parallel.expert_tp,
-        ", sequence_parallel ", parallel.sequence_parallel ? "true" : "false",
-        ": the learner does not shard attention, the vocabulary or an expert's width yet "
-        "(docs/distributed.md); it runs parallel.ep with the dense weights on every rank, so "
-        "give tp 1, dp 0, expert_tp 1 and sequence_parallel false (lightrl plan reads the "
-        "other layouts)"));
+        "parallel: tp ", parallel.tp, ", sequence_parallel ",
+        parallel.sequence_parallel ? "true" : "false",
+        ": lightrl run does not run tensor or sequence parallelism yet (docs/distributed.md); "
+        "it runs parallel.ep and parallel.expert_tp with the dense weights on every rank, so "
+        "give tp 1 and sequence_parallel false (lightrl plan reads the other layouts)"));
   }
   if (numerics.batch_invariant && run.device != "cpu") {
     return Invalid(absl::StrCat("numerics.batch_invariant runs on the CPU only so far; "

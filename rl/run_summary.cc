@@ -41,9 +41,15 @@ void Trainer::PrintSummary() const {
   } else if (config_.rollout.async) {
     rollouts = "an engine copy beside the learner (rollout.async)";
   }
-  absl::StrAppendFormat(&lines, "  layout    %d learner process%s (data-parallel %d x expert-parallel %d); "
+  // Sharded experts (ShardedLearner): an expert-TP size, and rank 0's whole model for its
+  // engine gathered after every update.
+  const int64_t etp = config_.parallel.expert_tp;
+  const std::string experts =
+      shard_policy_ ? absl::StrFormat(" x expert-TP %d, experts sharded", etp) : std::string();
+  absl::StrAppendFormat(&lines, "  layout    %d learner process%s (data-parallel %d x expert-parallel %d%s); "
                         "rollouts: %s\n",
-                        world, world == 1 ? "" : "es", world / std::max<int64_t>(ep, 1), ep, rollouts);
+                        world, world == 1 ? "" : "es", world / std::max<int64_t>(ep * etp, 1), ep,
+                        experts, rollouts);
   if (replay) {
     absl::StrAppendFormat(&lines, "  plan      replay %d logged steps of %s", replay_steps_.size(),
                           options_.replay_dir);

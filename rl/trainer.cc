@@ -159,6 +159,10 @@ PolicyOptions PolicyOptionsFor(const RunConfig& config, const DistributedOptions
 // config's terms (the learner checks the same in its own).
 absl::Status CheckExpertParallel(const RunConfig& config, const DistributedOptions& dist,
                                  const PolicyModel& policy) {
+  if (config.parallel.expert_tp > 1) {
+    RETURN_IF_ERROR(config.parallel.CheckWorld(dist.world_size));
+    RETURN_IF_ERROR(config.parallel.CheckModel(policy.config()));
+  }
   const int64_t ep = config.distributed.expert_parallel;
   if (dist.world_size % ep != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -186,6 +190,25 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> Trainer::LoadPolicy(
   return PolicyModel::Create(mc, static_cast<uint64_t>(config_.model.init_seed), popts);
 }
 
+bool Trainer::ShardedLearner() const {
+  return options_.distributed.enabled() &&
+         (config_.parallel.ep > 1 || config_.parallel.expert_tp > 1);
+}
+
+absl::StatusOr<std::unique_ptr<PolicyModel>> Trainer::LoadShard(
+    const std::optional<std::string>& resume_dir) const {
+  const DistributedOptions& dist = options_.distributed;
+  RETURN_IF_ERROR(config_.parallel.CheckWorld(dist.world_size));
+  ASSIGN_OR_RETURN(LayoutGroups groups, GroupsOf(config_.parallel, dist.world_size, dist.rank));
+  const ShardCoords coords = ShardCoordsOf(config_.parallel, groups);
+  const PolicyOptions popts = PolicyOptionsFor(config_, dist);
+  // Any checkpoint (HF, or sharded under any layout) gives this rank its blocks.
+  if (resume_dir) return PolicyModel::LoadShard(*resume_dir, coords, popts);
+  if (!config_.model.path.empty()) return PolicyModel::LoadShard(config_.model.path, coords, popts);
+  ASSIGN_OR_RETURN(ModelConfig mc, ModelConfig::FromFile(config_.model.init_config));
+  return PolicyModel::CreateShard(mc, static_cast<uint64_t>(config_.model.init_seed), coords, popts);
+}
+
 LearnerOptions Trainer::MakeLearnerOptions() const {
   LearnerOptions lopts;
   lopts.loss = config_.ToLossOptions();
@@ -209,7 +232,8 @@ absl::Status Trainer::RunLearnerRank() {
   RETURN_IF_ERROR(group_->BroadcastBytes(&resume, 0));
   std::optional<std::string> resume_dir;
   if (!resume.empty()) resume_dir = resume;
-  ASSIGN_OR_RETURN(policy_, LoadPolicy(resume_dir));
+  // A sharded learner's rank holds only its shard; otherwise the whole model.
+  ASSIGN_OR_RETURN(policy_, ShardedLearner() ? LoadShard(resume_dir) : LoadPolicy(resume_dir));
   RETURN_IF_ERROR(CheckExpertParallel(config_, dist, *policy_));
   ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), MakeLearnerOptions(), group_.get()));
   if (resume_dir) RETURN_IF_ERROR(learner_->LoadState(JoinPath(*resume_dir, "optimizer.pt")));
@@ -356,8 +380,14 @@ absl::Status Trainer::Setup() {
   }
 
   RETURN_IF_ERROR(CheckExpertParallel(config_, options_.distributed, *policy_));
-  ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), MakeLearnerOptions(), group_.get()));
-  learners_ = std::make_unique<LearnerGroup>(learner_.get(), group_.get(), policy_.get());
+  // A sharded learner trains this rank's shard; the whole model above stays for the
+  // engine and is refreshed from all ranks' shards after every update (docs/distributed.md).
+  if (ShardedLearner()) {
+    ASSIGN_OR_RETURN(shard_policy_, LoadShard(resume_dir));
+  }
+  PolicyModel* trained = shard_policy_ ? shard_policy_.get() : policy_.get();
+  ASSIGN_OR_RETURN(learner_, Learner::Create(trained, MakeLearnerOptions(), group_.get()));
+  learners_ = std::make_unique<LearnerGroup>(learner_.get(), group_.get(), trained, policy_.get());
 
   EngineOptions eopts;
   eopts.max_num_seqs = std::max<int64_t>(config_.rollout.max_num_seqs, config_.rollout.group_size);
@@ -495,7 +525,8 @@ absl::Status Trainer::Checkpoint() {
   const std::string tmp = final_dir + ".tmp";
   RETURN_IF_ERROR(RemoveTree(tmp));
   const DType dtype = config_.checkpoint.dtype == "bfloat16" ? DType::kBF16 : DType::kF32;
-  RETURN_IF_ERROR(policy_->Save(tmp, dtype));
+  // Whole, or under a sharded learner every rank's shard file and the index.
+  RETURN_IF_ERROR(learners_->SaveWeights(tmp, dtype));
   // The tokenizer, its end tokens and the run's sampling: generate and transformers need
   // nothing else beside the checkpoint.
   GenerationConfigFile generation;

@@ -109,6 +109,10 @@ class Trainer {
   absl::Status SetUpRewards(const std::map<std::string, std::string>& remote);
   absl::Status RunLearnerRank();
   absl::StatusOr<std::unique_ptr<PolicyModel>> LoadPolicy(const std::optional<std::string>& resume_dir) const;
+  // Whether the learner's model is sharded (parallel.ep or parallel.expert_tp > 1 on
+  // several ranks), and this rank's shard of the starting weights then.
+  bool ShardedLearner() const;
+  absl::StatusOr<std::unique_ptr<PolicyModel>> LoadShard(const std::optional<std::string>& resume_dir) const;
   LearnerOptions MakeLearnerOptions() const;
   absl::Status RunSft();
   absl::Status RunRl();
@@ -156,7 +160,10 @@ class Trainer {
   const RunConfig& config_;
   TrainerRunOptions options_;
   std::string ckpt_root_;
+  // The whole model (rank 0's engine generates with it). With a sharded learner the
+  // learner trains shard_policy_ and every update is gathered into policy_.
   std::unique_ptr<PolicyModel> policy_;
+  std::unique_ptr<PolicyModel> shard_policy_;
   std::optional<Tokenizer> tokenizer_;
   ProcessGroupPtr group_;  // null with one learner process
   std::unique_ptr<Learner> learner_;

@@ -362,7 +362,7 @@ def yaml_lines(value, indent=0):
     return lines
 
 
-def run_config(tmp, name, steps, distributed=None):
+def run_config(tmp, name, steps, distributed=None, parallel=None, keep=2, model_path=None):
     task = os.path.join(tmp, "task")
     if not os.path.isdir(task):
         os.makedirs(task)
@@ -387,10 +387,14 @@ def run_config(tmp, name, steps, distributed=None):
                       "dynamic_sampling": False},
         "optimizer": {"lr": 0.001, "eps": 1e-6, "aux_loss_coef": 0.0},
         "sft": {"steps": 3, "batch_size": 16, "lr": 0.01},
-        "checkpoint": {"every": 1, "keep": 2},
+        "checkpoint": {"every": 1, "keep": keep},
         "logging": {"progress": False, "tensorboard": False},
         "distributed": dict({"zero1": True, "bucket_mb": 0.01}, **(distributed or {})),
     }
+    if parallel:
+        config["parallel"] = parallel
+    if model_path:
+        config["model"] = {"path": model_path, "tokenizer": TOKENIZER}
     path = os.path.join(tmp, name + ".yaml")
     with open(path, "w") as f:
         f.write("\n".join(yaml_lines(config)) + "\n")
@@ -462,6 +466,106 @@ def case_run():
                         f"{name}: step {step} {key}: 1 rank {a}, 2 ranks {b}"
                     compared += 1
             print(f"  {name}: {compared} metrics of {len(m1)} steps agree; ranks' weights {sums[0]}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def compare_run_metrics(name, m1, m2):
+    """The learner's metrics of every step of two runs within RUN_METRICS_RTOL."""
+    assert sorted(m1) == sorted(m2), (name, sorted(m1), sorted(m2))
+    compared = 0
+    for step in m1:
+        for key, a in m1[step].items():
+            # loss/aux is measured per forward, and the ranks' forwards hold other
+            # samples than one process's (its weight is 0 here).
+            if not key.startswith(("loss/", "is/", "optim/", "reward/", "policy/", "sft/")) \
+                    or key == "loss/aux":
+                continue
+            b = m2[step][key]
+            assert abs(a - b) <= RUN_METRICS_RTOL * max(1.0, abs(a)), \
+                f"{name}: step {step} {key}: 1 rank {a}, several ranks {b}"
+            compared += 1
+    assert compared > 0, name
+    return compared
+
+
+def token_logprobs(model_dir, tokens_path, tmp):
+    out = os.path.join(tmp, "logprobs.out.jsonl")
+    p = subprocess.run([BIN, "logprobs", "--model", model_dir, "--input", tokens_path,
+                        "--output", out], capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 0, p.stderr
+    with open(out) as f:
+        return [json.loads(line)["logprobs"] for line in f]
+
+
+def case_run_sharded():
+    """`lightrl run` with sharded experts (parallel.ep 2 on 2 ranks; ep 2 x expert_tp 2 on
+    4): each rank trains only its experts, rank 0 generates with the gathered whole model.
+    Every step's learner metrics equal one process's, the checkpoints are sharded (index and
+    one file per coordinate) and score tokens as one process's, a resume continues, a
+    checkpoint of one layout starts a run of another as it starts one process, and resumed
+    under another layout it refuses the optimizer state by name."""
+    tmp = tempfile.mkdtemp(prefix="lightrl_dist_sharded_")
+    try:
+        one, one_dir = run_config(tmp, "one", steps=3, keep=4)
+        lightrl_run("--config", one)
+        m1 = metrics(one_dir)
+        rng = random.Random(SEED)
+        tokens = os.path.join(tmp, "tokens.jsonl")
+        with open(tokens, "w") as f:
+            for _ in range(4):
+                f.write(json.dumps({"tokens": [rng.randrange(MODEL["vocab_size"])
+                                               for _ in range(rng.randrange(3, 12))]}) + "\n")
+        for name, parallel, nproc in (("ep", {"ep": 2}, 2),
+                                      ("ep_etp", {"ep": 2, "expert_tp": 2}, 4)):
+            two, two_dir = run_config(tmp, name, steps=2, parallel=parallel)
+            err = lightrl_run("--config", two, "--nproc", str(nproc))
+            etp = parallel.get("expert_tp", 1)
+            layout = (f"{nproc} learner processes (data-parallel {nproc // (2 * etp)} x "
+                      f"expert-parallel 2 x expert-TP {etp}, experts sharded)")
+            assert layout in err, err
+            ckpts = os.path.join(two_dir, "checkpoints")
+            latest = open(os.path.join(ckpts, "latest")).read().strip()
+            files = sorted(os.listdir(os.path.join(ckpts, latest)))
+            shards = sorted(f"model-tp0of1-ep{q}of2-etp{t}of{etp}.safetensors"
+                            for q in range(2) for t in range(etp))
+            assert "model.sharded.index.json" in files and "model.safetensors" not in files, files
+            assert [f for f in files if f.startswith("model-")] == shards, files
+            ours = token_logprobs(os.path.join(ckpts, latest), tokens, tmp)
+            ref = token_logprobs(os.path.join(one_dir, "checkpoints", latest), tokens, tmp)
+            for a, b in zip(ours, ref):
+                assert a[0] is None and b[0] is None
+                np.testing.assert_allclose(a[1:], b[1:], rtol=0, atol=1e-4,
+                                           err_msg=f"{name}: logprobs of {latest}")
+            two, _ = run_config(tmp, name, steps=3, parallel=parallel)
+            err = lightrl_run("--config", two, "--nproc", str(nproc), "--resume")
+            assert "replicated weights identical on all" in err, err
+            compared = compare_run_metrics(name, m1, metrics(two_dir))
+            print(f"  {name} ({nproc} ranks): {compared} metrics of {len(m1)} steps agree "
+                  f"(resumed after step 2); {latest} holds {len(shards)} shard files")
+        # The ep 2 run's checkpoint as the model of an ep 2 x expert_tp 2 run: each rank
+        # reads its blocks of the other layout's files, and the run trains as one process
+        # does from that checkpoint.
+        start = os.path.join(tmp, "ep", "checkpoints", latest)
+        runs = []
+        for name, parallel, nproc in (("from_ep_one", None, 1),
+                                      ("from_ep_etp", {"ep": 2, "expert_tp": 2}, 4)):
+            cfg, out = run_config(tmp, name, steps=1, parallel=parallel, model_path=start)
+            lightrl_run("--config", cfg, *(["--nproc", str(nproc)] if nproc > 1 else []))
+            runs.append(metrics(out))
+        compared = compare_run_metrics("from_ep", *runs)
+        print(f"  {latest} of ep 2 starts ep 2 x expert_tp 2 on 4 ranks: {compared} metrics "
+              "agree with one process")
+        # Resumed under another layout of the same 4 ranks (ep 2 with two expert-DP copies),
+        # the weights load but the optimizer state needs the layout it was written with.
+        other, _ = run_config(tmp, "ep_etp", steps=4, parallel={"ep": 2})
+        p = subprocess.run([BIN, "run", "--config", other, "--nproc", "4", "--resume"],
+                           capture_output=True, text=True, timeout=240, env=ENV)
+        assert p.returncode != 0, p.stderr
+        message = ("optimizer.pt.experts0-of-2 does not exist: this learner runs "
+                   "expert_parallel 2 x expert_tp 1")
+        assert message in p.stderr, p.stderr
+        print(f"  ep x expert_tp checkpoint resumed as ep 2 x 2 copies: {message} ...")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -750,7 +854,8 @@ def case_nccl_expert():
 
 CASES = {"equal": case_equal, "bf16": case_bf16, "bf16_reduce": case_bf16_reduce,
          "resume": case_resume, "errors": case_errors,
-         "run": case_run, "expert": case_expert, "expert_sharded": case_expert_sharded}
+         "run": case_run, "expert": case_expert, "expert_sharded": case_expert_sharded,
+         "run_sharded": case_run_sharded}
 GPU_CASES = {"nccl": case_nccl, "nccl_expert": case_nccl_expert}
 GPUS_NEEDED = 2
 # CTest's SKIP_RETURN_CODE for these tests: every case asked for was skipped.
@@ -769,7 +874,8 @@ def main():
     # (learner_expert_parallel, learner_expert_sharded, learner_bf16_reduce); named, they
     # run here too.
     names = sys.argv[1:] or [n for n in CASES
-                             if n not in ("expert", "bf16_reduce", "expert_sharded")]
+                             if n not in ("expert", "bf16_reduce", "expert_sharded",
+                                          "run_sharded")]
     CASES.update(GPU_CASES)
     print(f"distributed_test seed {SEED} (DISTRIBUTED_TEST_SEED={SEED} repeats it)")
     passed = failed = skipped = 0

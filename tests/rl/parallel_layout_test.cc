@@ -293,9 +293,11 @@ TEST_F(ParallelConfigTest, ErrorsNameTheKey) {
   c = Load("parallel:\n  tp: 2\ndistributed:\n  world_size: 2\n");
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(c.status().message(),
-              HasSubstr("parallel: tp 2, dp 0, expert_tp 1, sequence_parallel false: the "
-                        "learner does not shard attention, the vocabulary or an expert's width "
-                        "yet"));
+              HasSubstr("parallel: tp 2, sequence_parallel false: lightrl run does not run "
+                        "tensor or sequence parallelism yet"));
+  // Expert-TP runs (sharded experts); the ranks started are checked at start-up.
+  c = Load("parallel:\n  ep: 2\n  expert_tp: 2\ndistributed:\n  world_size: 4\n");
+  EXPECT_TRUE(c.ok()) << c.status();
 }
 
 }  // namespace

@@ -1,0 +1,38 @@
+// A model-parallel learner's weights as whole tensors or checkpoint files: the collectives
+// that gather every rank's shard (PolicyModel::CreateShard / LoadShard) into one whole
+// model on rank 0, for the engine that generates there, and that write a sharded
+// checkpoint (policy/sharded_checkpoint.h) from all ranks. Every rank's part is the
+// slicing rule of policy/shard_spec.h applied to its ShardCoords, so any layout the model
+// can be built for (experts, expert-TP, and TP once the model splits attention) goes
+// through the same code. Torch-free.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/safetensors.h"
+#include "policy/policy_model.h"
+#include "policy/shard_spec.h"
+#include "rl/distributed.h"
+
+namespace lightrl {
+
+// Every rank's ShardCoords (its model's shard()), on every rank: a collective.
+absl::StatusOr<std::vector<ShardCoords>> AllShardCoords(ProcessGroup* group,
+                                                        const PolicyModel& shard);
+
+// A collective of all ranks: each rank sends the blocks it writes (ShardWriters,
+// WritesBlock: every block of the model once) to rank 0, which assembles each tensor from
+// them and replaces the weights of `whole` (rank 0's whole model; ignored elsewhere).
+// Costs the whole model's bytes on rank 0 and, over Gloo, one broadcast per rank.
+absl::Status GatherShards(ProcessGroup* group, const PolicyModel& shard, PolicyModel* whole);
+
+// A collective of all ranks: each writing rank writes its shard file into `dir`
+// (WriteRankShards, tensors in `dtype`), then after a barrier rank 0 checks them and writes
+// the index (WriteShardedIndex) and config.json. The checksum manifest is the caller's.
+absl::Status SaveShards(ProcessGroup* group, const PolicyModel& shard, const std::string& dir,
+                        DType dtype);
+
+}  // namespace lightrl
