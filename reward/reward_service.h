@@ -125,6 +125,8 @@ class RewardServer {
   // The in-flight budget of request bytes and the most it has held at once.
   int64_t inflight_budget_bytes() const { return service_->inflight().capacity(); }
   int64_t peak_inflight_bytes() const { return service_->inflight().peak(); }
+  // Request bytes held now (a call's lease ends after its reply is on the wire).
+  int64_t inflight_bytes() const { return service_->inflight().in_use(); }
   // Stops accepting calls and cancels those still running after `grace`. Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(1));
 

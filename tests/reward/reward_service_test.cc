@@ -410,7 +410,13 @@ TEST(RewardServiceTest, ConcurrentLargeCallsPastTheInflightBudgetAreRefused) {
   }
   EXPECT_EQ(admitted, 2);
   EXPECT_LE((*server)->peak_inflight_bytes(), 2 << 20);
-  // With the budget free again, a call of the same size is scored.
+  // With the budget free again, a call of the same size is scored. A call's lease ends after
+  // its reply is sent, so the client can see the reply before the server frees the bytes.
+  const absl::Time freed_by = absl::Now() + absl::Seconds(10);
+  while ((*server)->inflight_bytes() > 0 && absl::Now() < freed_by) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ((*server)->inflight_bytes(), 0);
   EXPECT_TRUE(MakeClient((*server)->address(), "", absl::Seconds(30), 1)->Score(items).ok());
 
   // The default budget is four requests of the largest size; a budget smaller than one
