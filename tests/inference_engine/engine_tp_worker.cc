@@ -44,6 +44,7 @@
 #include "rl/tp_comm.h"
 #include "rollout/rollout_worker_core.h"
 #include "tests/test_models.h"
+#include "tests/worker_args.h"
 
 namespace lightrl {
 namespace {
@@ -320,16 +321,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
 
 int main(int argc, char** argv) {
   int64_t v[4];
-  if (argc != 6) {
-    std::fprintf(stderr, "usage: %s RANK WORLD PORT SEED DIR\n", argv[0]);
-    return 2;
-  }
-  for (int i = 0; i < 4; ++i) {
-    if (!absl::SimpleAtoi(argv[i + 1], &v[i])) {
-      std::fprintf(stderr, "argument %d: \"%s\" is not an integer\n", i + 1, argv[i + 1]);
-      return 2;
-    }
-  }
+  if (!lightrl::ParseWorkerArgs(argc, argv, 6, "RANK WORLD PORT SEED DIR", 4, v)) return 2;
   try {
     return lightrl::Run(v[0], v[1], v[2], static_cast<uint64_t>(v[3]), argv[5]);
   } catch (const std::exception& e) {

@@ -34,6 +34,7 @@
 #include "rl/parallel_layout.h"
 #include "rl/tp_comm.h"
 #include "tests/test_models.h"
+#include "tests/worker_args.h"
 
 namespace lightrl {
 namespace {
@@ -272,16 +273,7 @@ int Run(int64_t rank, int64_t world, int64_t tp, int64_t port, int64_t seed, con
 
 int main(int argc, char** argv) {
   int64_t v[5];
-  if (argc != 7) {
-    std::fprintf(stderr, "usage: %s RANK WORLD TP PORT SEED DIR\n", argv[0]);
-    return 2;
-  }
-  for (int i = 0; i < 5; ++i) {
-    if (!absl::SimpleAtoi(argv[i + 1], &v[i])) {
-      std::fprintf(stderr, "argument %d: \"%s\" is not an integer\n", i + 1, argv[i + 1]);
-      return 2;
-    }
-  }
+  if (!lightrl::ParseWorkerArgs(argc, argv, 7, "RANK WORLD TP PORT SEED DIR", 5, v)) return 2;
   try {
     return lightrl::Run(v[0], v[1], v[2], v[3], v[4], argv[6]);
   } catch (const std::exception& e) {
