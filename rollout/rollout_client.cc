@@ -455,11 +455,14 @@ absl::Status RolloutFleet::PublishWeights(WeightSet weights) {
     }
   }
   ++s.changes;
-  if (!targets.empty() && ok == 0) {
-    return absl::UnavailableError(absl::StrCat("no rollout worker took weight version ",
-                                               set->version, "; last error: ", last.message()));
+  if (targets.empty() || ok > 0) return absl::OkStatus();
+  // Every worker pushed to failed; workers that were busy syncing an older version are
+  // still live, and Generate brings them to this one before they take work.
+  for (const auto& [id, w] : s.workers) {
+    if (!w->failed) return absl::OkStatus();
   }
-  return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat("no rollout worker took weight version ",
+                                             set->version, "; last error: ", last.message()));
 }
 
 namespace {
