@@ -132,6 +132,24 @@ TensorParallelComm* CheckedTp(int64_t tp, TensorParallelComm* comm, const char* 
   return comm;
 }
 
+// The input of a TP region (column-parallel projections): the same tokens on every rank
+// (its gradient summed over the ranks' heads), or under sequence parallelism every rank's
+// block of them gathered.
+torch::Tensor EnterTensorParallel(const torch::Tensor& input, TensorParallelComm* comm,
+                                  const ForwardOptions& options) {
+  if (comm == nullptr) return input;
+  return options.sequence_parallel ? GatherSequence(input, *comm, /*reduce_grad=*/true)
+                                   : CopyToTensorParallel(input, *comm);
+}
+
+// The output of a TP region (a row-parallel projection's partial sums): all-reduced, or
+// under sequence parallelism reduce-scattered to this rank's block of the tokens.
+torch::Tensor LeaveTensorParallel(const torch::Tensor& partial, TensorParallelComm& comm,
+                                  bool sequence_parallel) {
+  return sequence_parallel ? ReduceScatterSequence(partial, comm)
+                           : ReduceFromTensorParallel(partial, comm);
+}
+
 // What a checkpointed layer's backward needs to run its forward again: copies of the
 // layout and options (the caller's may be gone by then), owned by the autograd node.
 struct LayerCall : torch::CustomClassHolder {
@@ -253,23 +271,24 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> LightningAttentionImpl::
 }
 
 torch::Tensor LightningAttentionImpl::Finish(const torch::Tensor& x, const torch::Tensor& o,
-                                             TensorParallelComm* comm) {
+                                             TensorParallelComm* comm, bool sequence_parallel) {
   if (comm == nullptr) return out_proj(torch::sigmoid(output_gate(x)) * norm(o));
   // The norm spans every rank's heads; out_proj's partial sums add up over the group.
   auto normed = ShardedRmsNorm(o, norm->weight, norm->eps, tp * num_heads * head_dim, *comm);
-  return ReduceFromTensorParallel(out_proj(torch::sigmoid(output_gate(x)) * normed), *comm);
+  return LeaveTensorParallel(out_proj(torch::sigmoid(output_gate(x)) * normed), *comm,
+                             sequence_parallel);
 }
 
 torch::Tensor LightningAttentionImpl::forward(const torch::Tensor& input, const PackedLayout& layout,
                                               const ForwardOptions& options) {
   TensorParallelComm* comm = CheckedTp(tp, options.tensor_parallel, "lightning attention");
   // Column-parallel projections: the input's gradient sums over the ranks' heads.
-  const torch::Tensor x = comm ? CopyToTensorParallel(input, *comm) : input;
+  const torch::Tensor x = EnterTensorParallel(input, comm, options);
   if (LightningCudaSupported(x.device(), x.scalar_type(), head_dim)) {
     // The kernels read the fused projection in place, documents packed, no padding.
     auto qkv = torch::silu(qkv_proj(x)).view({x.size(0), num_heads, 3 * head_dim});
     auto o = LightningPackedCuda(qkv, layout.cu_seqlens, slope);
-    return Finish(x, o.view({x.size(0), num_heads * head_dim}), comm);
+    return Finish(x, o.view({x.size(0), num_heads * head_dim}), comm, options.sequence_parallel);
   }
   auto [q, k, v] = Project(x);
   PadIndex index = MakePadIndex(layout, x.device());
@@ -280,7 +299,7 @@ torch::Tensor LightningAttentionImpl::forward(const torch::Tensor& input, const 
                         : LightningChunked(to_bhtd(q), to_bhtd(k), to_bhtd(v), slope, block_size)
                               .first;
   o = Unpad(o.permute({0, 2, 1, 3}), index).reshape({x.size(0), num_heads * head_dim});
-  return Finish(x, o, comm);
+  return Finish(x, o, comm, options.sequence_parallel);
 }
 
 SoftmaxAttentionImpl::SoftmaxAttentionImpl(const ModelConfig& c, const ShardCoords& shard)
@@ -324,7 +343,7 @@ torch::Tensor SoftmaxAttentionImpl::ApplyRope(const torch::Tensor& x,
 torch::Tensor SoftmaxAttentionImpl::forward(const torch::Tensor& input, const PackedLayout& layout,
                                             const ForwardOptions& options) {
   TensorParallelComm* comm = CheckedTp(tp, options.tensor_parallel, "softmax attention");
-  const torch::Tensor x = comm ? CopyToTensorParallel(input, *comm) : input;
+  const torch::Tensor x = EnterTensorParallel(input, comm, options);
   const int64_t T = x.size(0);
   auto positions = PackedPositions(layout, x.device());
   auto q = ApplyRope(q_proj(x).view({T, num_heads, head_dim}), positions);
@@ -340,7 +359,7 @@ torch::Tensor SoftmaxAttentionImpl::forward(const torch::Tensor& input, const Pa
                                                /*is_causal=*/true,
                                                1.0 / std::sqrt(static_cast<double>(head_dim)));
   o = Unpad(o.permute({0, 2, 1, 3}), index).reshape({T, num_heads * head_dim});
-  return comm ? ReduceFromTensorParallel(o_proj(o), *comm) : o_proj(o);
+  return comm ? LeaveTensorParallel(o_proj(o), *comm, options.sequence_parallel) : o_proj(o);
 }
 
 ExpertImpl::ExpertImpl(int64_t hidden, int64_t ffn) {
@@ -419,6 +438,34 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
     keep = (rank < capacity).reshape({T, top_k});
   }
   return {ForwardRouted(x, top_w, top_i, keep), aux};
+}
+
+std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardSequenceParallel(
+    const torch::Tensor& x, int64_t valid, TensorParallelComm& comm) {
+  TORCH_CHECK(valid >= 0 && valid <= x.size(0), "sequence parallel MoE: ", valid,
+              " valid tokens of ", x.size(0));
+  auto [probs, top_w, top_i] = Route(x);
+  // E * sum_e f_e * P_e over the whole batch: the assignment counts and the token count
+  // (no gradient) summed over the group first, so this rank's part, E * sum_e f_e *
+  // (its tokens' probs of e) / N, sums over the ranks to the aux loss; all-reduced once
+  // more (identity backward), every rank holds that sum and its router the gradient of
+  // its own tokens.
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(x.device());
+  auto stats = torch::zeros({num_experts + 1}, f64);
+  auto mine = top_i.narrow(0, 0, valid).reshape(-1);
+  stats.narrow(0, 0, num_experts).index_add_(0, mine, torch::ones({mine.size(0)}, f64));
+  stats[num_experts] = static_cast<double>(valid);
+  comm.AllReduce(stats, TensorParallelComm::Op::kSum);
+  const double n = stats[num_experts].item<double>();
+  torch::Tensor part;
+  if (n > 0) {
+    auto f = (stats.narrow(0, 0, num_experts) / n).to(probs.scalar_type());
+    part = (f * probs.narrow(0, 0, valid).sum(0) / n).sum() * num_experts;
+  } else {
+    part = probs.sum() * 0;
+  }
+  return {ForwardRouted(x, top_w, top_i),
+          ReduceFromTensorParallel(part.reshape({1}), comm).reshape({})};
 }
 
 torch::Tensor SparseMoeImpl::ForwardRouted(const torch::Tensor& x, const torch::Tensor& top_w,
@@ -674,15 +721,26 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer, const Sh
 std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::Tensor& x,
                                                                   const PackedLayout& layout,
                                                                   const ForwardOptions& options) {
-  return ForwardWith(
-      x,
-      [&](const torch::Tensor& n1) {
-        // An expert-parallel rank without tokens still runs the MoE blocks' collectives.
-        if (n1.size(0) == 0) return torch::zeros_like(n1);
-        return lightning ? lightning->forward(n1, layout, options)
-                         : softmax->forward(n1, layout, options);
-      },
-      options);
+  const Block attention = [&](const torch::Tensor& n1) {
+    // An expert-parallel rank without tokens still runs the MoE blocks' collectives.
+    if (n1.size(0) == 0) return torch::zeros_like(n1);
+    return lightning ? lightning->forward(n1, layout, options)
+                     : softmax->forward(n1, layout, options);
+  };
+  if (!options.sequence_parallel) return ForwardWith(x, attention, options);
+  // Sequence parallel: the MoE runs on this rank's block of the tokens, padding left out
+  // of its statistics.
+  TensorParallelComm& comm = *options.tensor_parallel;
+  const int64_t block = layout.num_tokens() / comm.tp_size();
+  const int64_t valid = std::clamp<int64_t>(
+      layout.num_tokens() - layout.padding - comm.tp_rank() * block, 0, block);
+  torch::Tensor aux;
+  auto out = ForwardWith(x, attention, options, [&](const torch::Tensor& n2) {
+    auto [mlp, part] = block_sparse_moe->ForwardSequenceParallel(n2, valid, comm);
+    aux = part;
+    return mlp;
+  });
+  return {out.first, aux};
 }
 
 std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::ForwardWith(const torch::Tensor& x,
@@ -730,6 +788,17 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
               " tokens");
   if (options.batch_invariant) return InvariantForward(*this, tokens, layout, options);
   TensorParallelComm* comm = TpCommOf(options.tensor_parallel);
+  if (options.sequence_parallel) {
+    TORCH_CHECK(comm != nullptr, "MiniMaxForCausalLM: sequence_parallel needs a model sharded "
+                "over a TP group of 2 or more and ForwardOptions.tensor_parallel");
+    TORCH_CHECK(options.expert_parallel == nullptr,
+                "MiniMaxForCausalLM: sequence_parallel with expert_parallel is not supported");
+    TORCH_CHECK(options.moe_capacity_factor <= 0, "MiniMaxForCausalLM: sequence_parallel does "
+                "not drop tokens; moe_capacity_factor must be <= 0, got ",
+                options.moe_capacity_factor);
+    TORCH_CHECK(layout.padding == 0, "MiniMaxForCausalLM: the layout is padded already");
+    return ForwardSequenceParallel(tokens, layout, options, *comm);
+  }
   auto x = comm ? VocabParallelEmbedding(tokens, model->embed_tokens->weight, *comm)
                 : model->embed_tokens(tokens);
   auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
@@ -751,6 +820,47 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
     aux = aux + layer_aux;
   }
   return {model->norm(x), aux};
+}
+
+ForwardOutput MiniMaxForCausalLMImpl::ForwardSequenceParallel(const torch::Tensor& tokens,
+                                                              const PackedLayout& layout,
+                                                              const ForwardOptions& options,
+                                                              TensorParallelComm& comm) {
+  // The batch padded to a multiple of the TP size by one document of token 0, which no
+  // real token attends to and the MoE statistics leave out.
+  const int64_t T = tokens.size(0), tp = comm.tp_size();
+  const int64_t pad = (tp - T % tp) % tp;
+  PackedLayout padded = layout;
+  torch::Tensor ids = tokens;
+  if (pad > 0) {
+    if (padded.cu_seqlens.empty()) padded.cu_seqlens.push_back(0);
+    padded.cu_seqlens.push_back(T + pad);
+    padded.padding = pad;
+    ids = torch::cat({tokens, torch::zeros({pad}, tokens.options())});
+  }
+  auto x = VocabParallelEmbedding(ids, model->embed_tokens->weight, comm, /*sequence_parallel=*/true);
+  auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
+  const bool checkpoint = options.checkpoint_layers && torch::GradMode::is_enabled();
+  for (const auto& layer : *model->layers) {
+    auto* decoder = layer->as<DecoderLayerImpl>();
+    torch::Tensor y, layer_aux;
+    if (checkpoint && x.requires_grad()) {
+      auto call = c10::make_intrusive<LayerCall>();
+      call->layer = decoder;
+      call->layout = padded;
+      call->options = options;
+      auto outs = CheckpointedLayerFunction::apply(x, call);
+      y = outs[0], layer_aux = outs[1];
+    } else {
+      std::tie(y, layer_aux) = decoder->forward(x, padded, options);
+    }
+    x = y;
+    aux = aux + layer_aux;
+  }
+  // Every rank's rows for the vocabulary-parallel LM head, whose backward gives each rank
+  // the whole (alike) gradient of them: each block takes its own part back.
+  auto hidden = GatherSequence(model->norm(x), comm, /*reduce_grad=*/false);
+  return {pad > 0 ? hidden.narrow(0, 0, T) : hidden, aux};
 }
 
 TensorParallelComm* MiniMaxForCausalLMImpl::TpCommOf(TensorParallelComm* comm) const {

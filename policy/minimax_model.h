@@ -21,6 +21,10 @@ class TensorParallelComm;
 // never looks across.
 struct PackedLayout {
   std::vector<int64_t> cu_seqlens;
+  // Trailing tokens, a document of their own, that only pad the batch (sequence
+  // parallelism pads it to a multiple of the TP size): the MoE leaves them out of its
+  // statistics and the forward drops their rows.
+  int64_t padding = 0;
   int64_t num_docs() const { return static_cast<int64_t>(cu_seqlens.size()) - 1; }
   int64_t num_tokens() const { return cu_seqlens.empty() ? 0 : cu_seqlens.back(); }
   int64_t max_len() const;
@@ -44,6 +48,14 @@ struct ForwardOptions {
   // runs the same forwards on the same tokens). Must be set exactly when the model is
   // sharded over TP; its size and rank must be the model's.
   TensorParallelComm* tensor_parallel = nullptr;
+  // Sequence parallelism (Megatron's, with tensor_parallel): between the attention blocks
+  // each TP rank holds a block of the tokens (the batch padded to a multiple of the TP
+  // size), so norms, residuals and the MoE run on 1/tp of them; all-gather before the
+  // column-parallel projections, reduce-scatter after the row-parallel ones. The replicated
+  // parameters' (norms, router, experts) gradients are then partial on each rank: the
+  // caller sums them over the TP group (the learner does). The aux loss is counted over
+  // the whole batch, as without; the MoE does not drop tokens in this mode.
+  bool sequence_parallel = false;
   // Activation checkpointing per decoder layer: when the forward records gradients, each
   // layer keeps only its input and runs its forward again in backward (its collectives
   // too, in the same order on every rank), trading one more forward for the layers'
@@ -83,7 +95,7 @@ class LightningAttentionImpl : public torch::nn::Module {
   // Norm, gate and output projection of attention output o [T, H * d]; with `tp` (this
   // rank's heads) the norm's statistics and the projection's sum run over the TP group.
   torch::Tensor Finish(const torch::Tensor& x, const torch::Tensor& o,
-                       TensorParallelComm* tp = nullptr);
+                       TensorParallelComm* tp = nullptr, bool sequence_parallel = false);
 
   torch::nn::Linear qkv_proj{nullptr}, out_proj{nullptr}, output_gate{nullptr};
   RMSNorm norm{nullptr};
@@ -151,6 +163,13 @@ class SparseMoeImpl : public torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> ForwardExpertParallel(const torch::Tensor& x,
                                                                 double capacity_factor,
                                                                 ExpertParallelComm& comm);
+  // Under sequence parallelism: the block on this TP rank's tokens x [n, H], of which the
+  // first `valid` are the batch's (the rest padding). The aux loss is the whole batch's,
+  // its statistics summed over the TP group, on every rank; backward, each rank's router
+  // gets the gradient of its own tokens' part. No capacity rule.
+  std::pair<torch::Tensor, torch::Tensor> ForwardSequenceParallel(const torch::Tensor& x,
+                                                                  int64_t valid,
+                                                                  TensorParallelComm& comm);
   // The router's logits [T, E] in FP32 (on CUDA bf16, an FP32-output GEMM).
   torch::Tensor RouterLogits(const torch::Tensor& x);
   // The router alone: FP32 softmax over experts, top-k, renormalised. Returns (probs [T, E],
@@ -249,6 +268,9 @@ class MiniMaxForCausalLMImpl : public torch::nn::Module {
   // The TP comm of `options`, checked against the shard: null for a model not split
   // over TP, else the comm (its size and rank must be the shard's).
   TensorParallelComm* TpCommOf(TensorParallelComm* comm) const;
+  // Forward's sequence-parallel form (ForwardOptions::sequence_parallel).
+  ForwardOutput ForwardSequenceParallel(const torch::Tensor& tokens, const PackedLayout& layout,
+                                        const ForwardOptions& options, TensorParallelComm& comm);
 
   ModelConfig config_;
   ShardCoords shard_;

@@ -56,7 +56,47 @@ class SumBothWaysFunction : public torch::autograd::Function<SumBothWaysFunction
   }
 };
 
+class GatherSequenceFunction : public torch::autograd::Function<GatherSequenceFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               TensorParallelComm* comm, bool reduce_grad) {
+    SaveComm(ctx, comm);
+    ctx->saved_data["reduce_grad"] = reduce_grad;
+    ctx->saved_data["rows"] = x.size(0);
+    return comm->AllGather(x.contiguous());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TensorParallelComm* comm = CommOf(ctx);
+    const int64_t n = ctx->saved_data["rows"].toInt();
+    auto g = ctx->saved_data["reduce_grad"].toBool()
+                 ? comm->ReduceScatter(grads[0].contiguous())
+                 : grads[0].narrow(0, comm->tp_rank() * n, n).clone();
+    return {g, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+class ReduceScatterSequenceFunction
+    : public torch::autograd::Function<ReduceScatterSequenceFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               TensorParallelComm* comm) {
+    SaveComm(ctx, comm);
+    return comm->ReduceScatter(x.contiguous());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {CommOf(ctx)->AllGather(grads[0].contiguous()), torch::Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor GatherSequence(const torch::Tensor& x, TensorParallelComm& comm, bool reduce_grad) {
+  return GatherSequenceFunction::apply(x, &comm, reduce_grad);
+}
+
+torch::Tensor ReduceScatterSequence(const torch::Tensor& x, TensorParallelComm& comm) {
+  return ReduceScatterSequenceFunction::apply(x, &comm);
+}
 
 torch::Tensor CopyToTensorParallel(const torch::Tensor& x, TensorParallelComm& comm) {
   return CopyToFunction::apply(x, &comm);
@@ -75,13 +115,13 @@ torch::Tensor ShardedRmsNorm(const torch::Tensor& x, const torch::Tensor& weight
 }
 
 torch::Tensor VocabParallelEmbedding(const torch::Tensor& tokens, const torch::Tensor& weight_shard,
-                                     TensorParallelComm& comm) {
+                                     TensorParallelComm& comm, bool sequence_parallel) {
   const int64_t rows = weight_shard.size(0), start = comm.tp_rank() * rows;
   auto local = tokens - start;
   auto owned = (local >= 0) & (local < rows);
   auto picked = torch::embedding(weight_shard, local.clamp(0, rows - 1));
   auto mine = torch::where(owned.unsqueeze(-1), picked, torch::zeros({}, picked.options()));
-  return ReduceFromTensorParallel(mine, comm);
+  return sequence_parallel ? ReduceScatterSequence(mine, comm) : ReduceFromTensorParallel(mine, comm);
 }
 
 torch::Tensor VocabParallelEntropy(const torch::Tensor& hidden, const torch::Tensor& weight_shard,

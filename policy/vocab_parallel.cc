@@ -3,6 +3,26 @@
 #include <cmath>
 
 namespace lightrl {
+
+torch::Tensor TensorParallelComm::AllGather(const torch::Tensor& local) {
+  TORCH_CHECK(local.dim() >= 1, "AllGather: a tensor of rank >= 1, got a scalar");
+  auto sizes = local.sizes().vec();
+  const int64_t n = sizes[0];
+  sizes[0] = n * tp_size();
+  auto full = torch::zeros(sizes, local.options());
+  full.narrow(0, tp_rank() * n, n).copy_(local);
+  AllReduce(full, Op::kSum);
+  return full;
+}
+
+torch::Tensor TensorParallelComm::ReduceScatter(const torch::Tensor& full) {
+  TORCH_CHECK(full.dim() >= 1 && full.size(0) % tp_size() == 0, "ReduceScatter: ",
+              full.sizes(), " rows do not split over ", tp_size(), " ranks");
+  auto sum = full.clone();
+  AllReduce(sum, Op::kSum);
+  const int64_t n = full.size(0) / tp_size();
+  return sum.narrow(0, tp_rank() * n, n).clone();
+}
 namespace {
 
 using torch::autograd::AutogradContext;

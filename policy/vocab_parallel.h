@@ -22,6 +22,13 @@ class TensorParallelComm {
   virtual int64_t tp_rank() const = 0;
   // In place, over the TP group; every member calls it with the same shape.
   virtual void AllReduce(torch::Tensor& t, Op op) = 0;
+  // Sequence parallelism's collectives along dim 0 (the tokens), members in rank order:
+  // the ranks' blocks [n, ...] joined into [tp n, ...], and the sum of the ranks' [tp n,
+  // ...] with this rank's block of n rows kept. By default one all-reduce each (exact:
+  // the other ranks' rows are zeros, or the block of the same sum); a process group with
+  // native all-gather and reduce-scatter moves 1/tp of that.
+  virtual torch::Tensor AllGather(const torch::Tensor& local);
+  virtual torch::Tensor ReduceScatter(const torch::Tensor& full);
 };
 
 // log softmax(hidden @ W^T / temperature)[i, targets[i]] in FP32, for W [vocab, H] split

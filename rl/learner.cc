@@ -235,6 +235,7 @@ struct Learner::Impl {
     fopts.moe_capacity_factor = train ? options.optimizer.moe_capacity_factor : 0;
     fopts.expert_parallel = experts ? experts->comm() : nullptr;
     fopts.tensor_parallel = tp_comm.get();
+    fopts.sequence_parallel = tp_comm != nullptr && options.sequence_parallel;
     fopts.checkpoint_layers = train && options.optimizer.activation_checkpointing;
     fopts.batch_invariant = options.batch_invariant;
     auto out = module->Forward(p.tokens, p.layout, fopts);
@@ -295,9 +296,46 @@ struct Learner::Impl {
     if (reducer) reducer->Arm(last);
   }
 
+  // Sequence parallel: each TP rank's replicated parameters (norms, router, experts) saw
+  // only its block of the tokens; their gradients, summed over the TP group in FP32 (one
+  // all-reduce), become the whole batch's, alike on its ranks. A parameter without a
+  // gradient on every rank keeps none.
+  void SumReplicatedOverTp() {
+    torch::NoGradGuard no_grad;
+    std::vector<size_t> ids;
+    for (size_t i = 0; i < weights->size(); ++i) {
+      if (!tp_sharded[i]) ids.push_back(i);
+    }
+    auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+    std::vector<float> defined;
+    for (size_t i : ids) defined.push_back(weights->param(i).grad().defined() ? 1.f : 0.f);
+    auto has = torch::tensor(defined, torch::kFloat32).to(device);
+    tp_comm->AllReduce(has, TensorParallelComm::Op::kMax);
+    has = has.cpu();
+    std::vector<torch::Tensor> flat;
+    std::vector<size_t> summed;
+    for (size_t k = 0; k < ids.size(); ++k) {
+      if (has[k].item<float>() == 0) continue;
+      const auto& p = weights->param(ids[k]);
+      flat.push_back(p.grad().defined() ? p.grad().to(torch::kFloat32).reshape(-1)
+                                        : torch::zeros({p.numel()}, f32));
+      summed.push_back(ids[k]);
+    }
+    if (flat.empty()) return;
+    auto all = torch::cat(flat);
+    tp_comm->AllReduce(all, TensorParallelComm::Op::kSum);
+    int64_t at = 0;
+    for (size_t i : summed) {
+      auto& p = weights->param(i);
+      p.mutable_grad() = all.narrow(0, at, p.numel()).view(p.sizes()).to(p.scalar_type()).clone();
+      at += p.numel();
+    }
+  }
+
   // After an update's last backward (or none, for a rank without samples): the global
   // gradients in place of each used parameter's (ZeRO-1 reads the reducer's buffer).
   void ReduceGradients(LearnerStats& stats) {
+    if (tp_comm && options.sequence_parallel) SumReplicatedOverTp();
     if (!reducer) return;
     torch::NoGradGuard no_grad;
     if (experts) experts->LaunchGradReduce(*weights);
@@ -843,6 +881,11 @@ absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(PolicyModel* policy,
         " of the model but no process group with a TP layout was given (ProcessGroup::"
         "JoinLayoutGroups)"));
   }
+  if (options.sequence_parallel && !tensor_parallel) {
+    return absl::FailedPreconditionError(
+        "learner: sequence_parallel needs tensor parallelism (a process group whose layout "
+        "has tp > 1, ProcessGroup::JoinLayoutGroups)");
+  }
   if (tensor_parallel) {
     try {
       RETURN_IF_ERROR(SetUpTensorParallel(*impl, group));
@@ -1013,24 +1056,20 @@ OptimizerStateParts StateParts(Learner::Impl& m) {
   p.group = m.group;
   p.rank = m.rank;
   p.world = m.world;
+  if (m.tp_comm) {
+    p.tp = m.policy->shard().tp;
+    p.tp_rank = m.policy->shard().tp_rank;
+  }
   return p;
 }
 
 }  // namespace
 
 absl::Status Learner::SaveState(const std::string& path) const {
-  if (impl_->tp_comm) {
-    return absl::UnimplementedError(absl::StrCat(
-        path, ": saving the optimizer state of a tensor-parallel learner is not supported yet"));
-  }
   return SaveOptimizerState(path, StateParts(*impl_));
 }
 
 absl::Status Learner::LoadState(const std::string& path) {
-  if (impl_->tp_comm) {
-    return absl::UnimplementedError(absl::StrCat(
-        path, ": loading the optimizer state of a tensor-parallel learner is not supported yet"));
-  }
   return LoadOptimizerState(path, StateParts(*impl_));
 }
 

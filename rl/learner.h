@@ -47,8 +47,8 @@ class Learner {
   // JoinLayoutGroups, before Create): with tp > 1 the policy must be this rank's TP shard
   // (PolicyModel::Create / Load with ShardCoordsOf(layout, groups)), the batch is split
   // over the DP group only and the ranks of a DP group start from the same shards
-  // (docs/distributed.md); ZeRO-1 shards over the DP group. Expert parallelism and
-  // SaveState / LoadState are refused under tp > 1 for now.
+  // (docs/distributed.md); ZeRO-1 shards over the DP group. Expert parallelism is refused
+  // under tp > 1 for now.
   static absl::StatusOr<std::unique_ptr<Learner>> Create(PolicyModel* policy,
                                                          const LearnerOptions& options,
                                                          ProcessGroup* group = nullptr);
@@ -72,7 +72,10 @@ class Learner {
   // with ZeRO-1 rank r writes its shard to `path`.rank<r>-of-<N>, and loading needs the
   // same N (an error names both world sizes otherwise). With expert_parallel E, ranks
   // 0..E-1 also write their experts' state to `path`.experts<r>-of-<E> (under expert-TP K
-  // ranks 0..E*K-1, with `.etp<t>-of-<K>` appended), and loading needs the same E and K. Files are written atomically.
+  // ranks 0..E*K-1, with `.etp<t>-of-<K>` appended), and loading needs the same E and K.
+  // Under tensor parallelism T, TP rank t writes the same files named from
+  // `path`.tp<t>-of-<T> (N is then the DP group's size), and loading needs the same T.
+  // Files are written atomically.
   absl::Status SaveState(const std::string& path) const;
   absl::Status LoadState(const std::string& path);
 

@@ -93,6 +93,11 @@ struct LearnerOptions {
   // backward) runs the batch-invariant blocks (policy/invariant_model.h), so its logprobs
   // are the engine's in that mode bit for bit. CPU only; no expert parallelism.
   bool batch_invariant = false;
+  // parallel.sequence_parallel: under tensor parallelism (tp > 1), norms, residuals and the
+  // MoE run on each TP rank's block of the tokens (ForwardOptions::sequence_parallel), and
+  // the replicated parameters' gradients are summed over the TP group after backward. No
+  // token dropping (optimizer.moe_capacity_factor <= 0) and no expert parallelism.
+  bool sequence_parallel = false;
   DataParallelOptions data_parallel;
   // The parts' own Validate()s (messages "optimizer.lr ...", "data_parallel.bucket_mb
   // ...") and the learner's fields.

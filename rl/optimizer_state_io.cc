@@ -1,7 +1,12 @@
 #include "rl/optimizer_state_io.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <system_error>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status.h"
@@ -47,10 +52,37 @@ std::string DescribeSavedState(const std::string& path) {
       return absl::StrCat("ZeRO-1 shards of world_size ", n, " (", ShardPath(path, 0, n), ", ...)");
     }
   }
+  // Tensor-parallel state: `path`.tp<t>-of-<T>, with or without ZeRO-1 shards after it.
+  const std::filesystem::path p(path);
+  const std::string prefix = p.filename().string() + ".tp";
+  std::vector<std::string> tp_files;
+  std::error_code error;
+  for (std::filesystem::directory_iterator it(p.parent_path(), error), end; !error && it != end;
+       it.increment(error)) {
+    std::string name = it->path().filename().string();
+    if (absl::StartsWith(name, prefix)) tp_files.push_back(std::move(name));
+    if (tp_files.size() > 65536) break;
+  }
+  if (!tp_files.empty()) {
+    std::sort(tp_files.begin(), tp_files.end());
+    return absl::StrCat(tp_files.size(), " tensor-parallel state files (", tp_files.front(), ", ...)");
+  }
   return "no optimizer state";
 }
 
 int64_t ExpertParallel(const OptimizerStateParts& p) { return p.experts ? p.experts->ep() : 1; }
+
+// The files of this TP rank's state start with this name.
+std::string TpPath(const std::string& path, const OptimizerStateParts& p) {
+  return p.tp > 1 ? absl::StrCat(path, ".tp", p.tp_rank, "-of-", p.tp) : path;
+}
+
+// The collective that ends a save: rank 0 moves the checkpoint into place next, and
+// every rank's files must be in it by then.
+absl::Status AllWritten(const OptimizerStateParts& p) {
+  if (p.group != nullptr && p.group->world_size() > 1) return p.group->Barrier();
+  return absl::OkStatus();
+}
 
 // The first EP group writes every shard of the experts' state once.
 absl::Status SaveExperts(const std::string& path, const OptimizerStateParts& p) {
@@ -131,7 +163,8 @@ absl::Status ReadZero(torch::serialize::InputArchive& archive, const std::string
 
 }  // namespace
 
-absl::Status SaveOptimizerState(const std::string& path, const OptimizerStateParts& p) {
+absl::Status SaveOptimizerState(const std::string& whole_path, const OptimizerStateParts& p) {
+  const std::string path = TpPath(whole_path, p);
   try {
     torch::serialize::OutputArchive archive;
     archive.write("lightrl.version", torch::tensor(p.clock->version));
@@ -154,19 +187,20 @@ absl::Status SaveOptimizerState(const std::string& path, const OptimizerStatePar
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat(path, ": saving optimizer state: ", e.what_without_backtrace()));
   }
-  // Rank 0 moves the checkpoint into place next; every shard must be in it by then.
-  if (p.group != nullptr && p.world > 1) RETURN_IF_ERROR(p.group->Barrier());
-  return absl::OkStatus();
+  return AllWritten(p);
 }
 
-absl::Status LoadOptimizerState(const std::string& path, const OptimizerStateParts& p) {
+absl::Status LoadOptimizerState(const std::string& whole_path, const OptimizerStateParts& p) {
+  const std::string path = TpPath(whole_path, p);
   const std::string file = p.zero ? ShardPath(path, p.rank, p.world) : path;
   if (!FileExists(file)) {
+    const std::string tp = p.tp > 1 ? absl::StrCat(" at tp rank ", p.tp_rank, " of ", p.tp) : "";
     return absl::FailedPreconditionError(absl::StrCat(
-        file, " does not exist: this learner ",
-        p.zero ? absl::StrCat("runs ZeRO-1 with world_size ", p.world) : std::string("runs without ZeRO-1"),
-        " and the checkpoint holds ", DescribeSavedState(path),
-        "; resume with the world size and ZeRO-1 setting it was written with"));
+        file, " does not exist: this learner", tp, " ",
+        p.zero ? absl::StrCat("runs ZeRO-1 over ", p.world, " data-parallel ranks")
+               : std::string("runs without ZeRO-1"),
+        " and the checkpoint holds ", DescribeSavedState(whole_path),
+        "; resume with the layout (parallel.tp, world size) and ZeRO-1 setting it was written with"));
   }
   try {
     torch::serialize::InputArchive archive;

@@ -26,13 +26,18 @@ struct OptimizerStateParts {
   ZeroOptimizer* zero = nullptr;   // ZeRO-1's shard of it; null without
   ExpertShards* experts = nullptr;  // null without expert parallelism
   ProcessGroup* group = nullptr;   // null for one process
+  // This rank's data-parallel coordinates (its DP group's, under tensor parallelism).
   int64_t rank = 0, world = 1;
+  // Tensor parallelism: each TP rank holds the state of its own parameter shards.
+  int64_t tp = 1, tp_rank = 0;
 };
 
 // With N ranks both are collectives: without ZeRO-1 rank 0 writes `path` (every rank holds
 // the same state); with ZeRO-1 rank r writes its shard to `path`.rank<r>-of-<N>, and loading
 // needs the same N. With expert_parallel E, ranks 0..E-1 also write their experts' state to
-// `path`.experts<r>-of-<E>, and loading needs the same E.
+// `path`.experts<r>-of-<E>, and loading needs the same E. Under tensor parallelism T, TP
+// rank t does all of the above with `path`.tp<t>-of-<T> in place of `path`, and loading
+// needs the same T.
 absl::Status SaveOptimizerState(const std::string& path, const OptimizerStateParts& parts);
 absl::Status LoadOptimizerState(const std::string& path, const OptimizerStateParts& parts);
 

@@ -719,13 +719,20 @@ absl::Status RunConfig::Validate() const {
   RETURN_IF_ERROR(CheckTable(Table(), *this));
   // WORLD_SIZE may still replace a world size of 1; the trainer checks the ranks started.
   if (distributed.world_size > 1) RETURN_IF_ERROR(parallel.CheckWorld(distributed.world_size));
-  if (parallel.tp > 1 || parallel.sequence_parallel) {
+  if (parallel.sequence_parallel && optimizer.moe_capacity_factor > 0) {
+    return Invalid(absl::StrCat("parallel.sequence_parallel does not drop tokens: give "
+                                "optimizer.moe_capacity_factor 0, got ",
+                                optimizer.moe_capacity_factor));
+  }
+  if (parallel.tp > 1 && (parallel.ep > 1 || parallel.expert_tp > 1)) {
     return Invalid(absl::StrCat(
-        "parallel: tp ", parallel.tp, ", sequence_parallel ",
-        parallel.sequence_parallel ? "true" : "false",
-        ": lightrl run does not run tensor or sequence parallelism yet (docs/distributed.md); "
-        "it runs parallel.ep and parallel.expert_tp with the dense weights on every rank, so "
-        "give tp 1 and sequence_parallel false (lightrl plan reads the other layouts)"));
+        "parallel: tp ", parallel.tp, " with ep ", parallel.ep, " x expert_tp ",
+        parallel.expert_tp, ": lightrl run does not combine tensor parallelism with expert "
+        "parallelism yet (docs/distributed.md); give tp 1 or ep 1 and expert_tp 1"));
+  }
+  if (parallel.tp > 1 && numerics.batch_invariant) {
+    return Invalid(absl::StrCat("numerics.batch_invariant does not support parallel.tp > 1 "
+                                "yet, got ", parallel.tp));
   }
   if (numerics.batch_invariant && run.device != "cpu") {
     return Invalid(absl::StrCat("numerics.batch_invariant runs on the CPU only so far; "

@@ -46,10 +46,15 @@ void Trainer::PrintSummary() const {
   const int64_t etp = config_.parallel.expert_tp;
   const std::string experts =
       shard_policy_ ? absl::StrFormat(" x expert-TP %d, experts sharded", etp) : std::string();
-  absl::StrAppendFormat(&lines, "  layout    %d learner process%s (data-parallel %d x expert-parallel %d%s); "
-                        "rollouts: %s\n",
-                        world, world == 1 ? "" : "es", world / std::max<int64_t>(ep * etp, 1), ep,
-                        experts, rollouts);
+  const int64_t tp = config_.parallel.tp;
+  const std::string parallel =
+      tp > 1 ? absl::StrFormat("tensor-parallel %d%s x data-parallel %d, weights sharded", tp,
+                               config_.parallel.sequence_parallel ? " (sequence-parallel)" : "",
+                               world / tp)
+             : absl::StrFormat("data-parallel %d x expert-parallel %d%s",
+                               world / std::max<int64_t>(ep * etp, 1), ep, experts);
+  absl::StrAppendFormat(&lines, "  layout    %d learner process%s (%s); rollouts: %s\n", world,
+                        world == 1 ? "" : "es", parallel, rollouts);
   if (replay) {
     absl::StrAppendFormat(&lines, "  plan      replay %d logged steps of %s", replay_steps_.size(),
                           options_.replay_dir);

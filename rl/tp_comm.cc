@@ -23,4 +23,14 @@ void ProcessGroupTpComm::AllReduce(torch::Tensor& t, Op op) {
   t = ts[0].to(t.device());
 }
 
+torch::Tensor ProcessGroupTpComm::AllGather(const torch::Tensor& local) {
+  if (!tp_) return local.clone();
+  auto& g = group_->impl();
+  std::vector<at::Tensor> in{local.to(g.device).contiguous()};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int64_t r = 0; r < size_; ++r) out[0].push_back(torch::empty_like(in[0]));
+  tp_->allgather(out, in)->wait();
+  return torch::cat(out[0]).to(local.device());
+}
+
 }  // namespace lightrl

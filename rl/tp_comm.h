@@ -16,6 +16,9 @@ class ProcessGroupTpComm final : public TensorParallelComm {
   int64_t tp_size() const override { return size_; }
   int64_t tp_rank() const override { return rank_; }
   void AllReduce(torch::Tensor& t, Op op) override;
+  // The backend's all-gather; ReduceScatter stays the all-reduce of the base class (Gloo
+  // has no reduce-scatter of its own).
+  torch::Tensor AllGather(const torch::Tensor& local) override;
 
  private:
   ProcessGroup* group_;

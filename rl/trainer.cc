@@ -155,11 +155,11 @@ PolicyOptions PolicyOptionsFor(const RunConfig& config, const DistributedOptions
 }
 
 
-// distributed.expert_parallel against the ranks actually started and the model, in the
-// config's terms (the learner checks the same in its own).
-absl::Status CheckExpertParallel(const RunConfig& config, const DistributedOptions& dist,
-                                 const PolicyModel& policy) {
-  if (config.parallel.expert_tp > 1) {
+// The parallel layout against the ranks actually started and the model, in the config's
+// terms (the learner checks the same in its own).
+absl::Status CheckLayout(const RunConfig& config, const DistributedOptions& dist,
+                         const PolicyModel& policy) {
+  if (config.parallel.expert_tp > 1 || config.parallel.tp > 1) {
     RETURN_IF_ERROR(config.parallel.CheckWorld(dist.world_size));
     RETURN_IF_ERROR(config.parallel.CheckModel(policy.config()));
   }
@@ -192,7 +192,14 @@ absl::StatusOr<std::unique_ptr<PolicyModel>> Trainer::LoadPolicy(
 
 bool Trainer::ShardedLearner() const {
   return options_.distributed.enabled() &&
-         (config_.parallel.ep > 1 || config_.parallel.expert_tp > 1);
+         (config_.parallel.tp > 1 || config_.parallel.ep > 1 || config_.parallel.expert_tp > 1);
+}
+
+// Tensor parallelism runs over the layout's TP and DP groups, which every rank forms
+// together before its learner is made.
+absl::Status Trainer::JoinLayout() {
+  if (group_ == nullptr || config_.parallel.tp == 1) return absl::OkStatus();
+  return group_->JoinLayoutGroups(config_.parallel);
 }
 
 absl::StatusOr<std::unique_ptr<PolicyModel>> Trainer::LoadShard(
@@ -221,6 +228,7 @@ LearnerOptions Trainer::MakeLearnerOptions() const {
   lopts.optimizer.total_steps = std::max<int64_t>(1, config_.run.steps * config_.algorithm.minibatches);
   lopts.data_parallel = config_.distributed;
   lopts.batch_invariant = config_.numerics.batch_invariant;
+  lopts.sequence_parallel = config_.parallel.sequence_parallel;
   return lopts;
 }
 
@@ -234,7 +242,8 @@ absl::Status Trainer::RunLearnerRank() {
   if (!resume.empty()) resume_dir = resume;
   // A sharded learner's rank holds only its shard; otherwise the whole model.
   ASSIGN_OR_RETURN(policy_, ShardedLearner() ? LoadShard(resume_dir) : LoadPolicy(resume_dir));
-  RETURN_IF_ERROR(CheckExpertParallel(config_, dist, *policy_));
+  RETURN_IF_ERROR(CheckLayout(config_, dist, *policy_));
+  RETURN_IF_ERROR(JoinLayout());
   ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), MakeLearnerOptions(), group_.get()));
   if (resume_dir) RETURN_IF_ERROR(learner_->LoadState(JoinPath(*resume_dir, "optimizer.pt")));
   LogInfo("lightrl run: learner rank %lld of %lld ready (%s)",
@@ -379,13 +388,14 @@ absl::Status Trainer::Setup() {
     return absl::InvalidArgumentError("model.tokenizer: a tokenizer is required for text datasets");
   }
 
-  RETURN_IF_ERROR(CheckExpertParallel(config_, options_.distributed, *policy_));
+  RETURN_IF_ERROR(CheckLayout(config_, options_.distributed, *policy_));
   // A sharded learner trains this rank's shard; the whole model above stays for the
   // engine and is refreshed from all ranks' shards after every update (docs/distributed.md).
   if (ShardedLearner()) {
     ASSIGN_OR_RETURN(shard_policy_, LoadShard(resume_dir));
   }
   PolicyModel* trained = shard_policy_ ? shard_policy_.get() : policy_.get();
+  RETURN_IF_ERROR(JoinLayout());
   ASSIGN_OR_RETURN(learner_, Learner::Create(trained, MakeLearnerOptions(), group_.get()));
   learners_ = std::make_unique<LearnerGroup>(learner_.get(), group_.get(), trained, policy_.get());
 

@@ -109,9 +109,11 @@ class Trainer {
   absl::Status SetUpRewards(const std::map<std::string, std::string>& remote);
   absl::Status RunLearnerRank();
   absl::StatusOr<std::unique_ptr<PolicyModel>> LoadPolicy(const std::optional<std::string>& resume_dir) const;
-  // Whether the learner's model is sharded (parallel.ep or parallel.expert_tp > 1 on
-  // several ranks), and this rank's shard of the starting weights then.
+  // Whether the learner's model is sharded (parallel.tp, parallel.ep or parallel.expert_tp
+  // > 1 on several ranks), and this rank's shard of the starting weights then.
   bool ShardedLearner() const;
+  // Forms the layout's groups (tensor parallelism needs them) before the learner is made.
+  absl::Status JoinLayout();
   absl::StatusOr<std::unique_ptr<PolicyModel>> LoadShard(const std::optional<std::string>& resume_dir) const;
   LearnerOptions MakeLearnerOptions() const;
   absl::Status RunSft();

@@ -49,6 +49,7 @@ DISTRIBUTED_TEST_SEED fixes the seed of the random model and batches.
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -362,12 +363,13 @@ def yaml_lines(value, indent=0):
     return lines
 
 
-def run_config(tmp, name, steps, distributed=None, parallel=None, keep=2, model_path=None):
+def run_config(tmp, name, steps, distributed=None, parallel=None, keep=2, model_path=None,
+               model=None):
     task = os.path.join(tmp, "task")
     if not os.path.isdir(task):
         os.makedirs(task)
         with open(os.path.join(task, "model.json"), "w") as f:
-            json.dump(MODEL, f)
+            json.dump(model or MODEL, f)
         rng = random.Random(SEED)
         with open(os.path.join(task, "train.jsonl"), "w") as f:
             for _ in range(200):
@@ -566,6 +568,86 @@ def case_run_sharded():
                    "expert_parallel 2 x expert_tp 1")
         assert message in p.stderr, p.stderr
         print(f"  ep x expert_tp checkpoint resumed as ep 2 x 2 copies: {message} ...")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# MODEL with its heads and vocabulary (padded by one row past the tokenizer's) split in two.
+TP_MODEL = dict(MODEL, vocab_size=258, num_key_value_heads=2)
+
+
+def case_run_tp():
+    """`lightrl run` with tensor parallelism: tp 2 on 2 ranks, tp 2 x dp 2 on 4 (ZeRO-1
+    over each DP group), and tp 2 with sequence parallelism on 2. Each rank trains its TP shard of every dense weight, rank 0
+    generates with the gathered whole model. Every step's learner metrics equal one
+    process's, the checkpoints are sharded by TP rank and score tokens as one process's,
+    each TP rank writes its optimizer state and a resume continues from it, and resumed
+    under another layout the run refuses that state by name."""
+    tmp = tempfile.mkdtemp(prefix="lightrl_dist_tp_")
+    try:
+        one, one_dir = run_config(tmp, "one", steps=3, keep=4, model=TP_MODEL)
+        lightrl_run("--config", one)
+        m1 = metrics(one_dir)
+        rng = random.Random(SEED)
+        tokens = os.path.join(tmp, "tokens.jsonl")
+        with open(tokens, "w") as f:
+            for _ in range(4):
+                f.write(json.dumps({"tokens": [rng.randrange(TP_MODEL["vocab_size"])
+                                               for _ in range(rng.randrange(3, 12))]}) + "\n")
+        tp, sp = {"tp": 2}, {"tp": 2, "sequence_parallel": True}
+        per_tp = ["optimizer.pt.tp0-of-2", "optimizer.pt.tp1-of-2"]
+        per_rank = [f"optimizer.pt.tp{t}-of-2.rank{d}-of-2" for t in range(2) for d in range(2)]
+        for name, nproc, parallel, state in (("tp", 2, tp, per_tp), ("tp_dp", 4, tp, per_rank),
+                                             ("tp_sp", 2, sp, per_tp)):
+            two, two_dir = run_config(tmp, name, steps=2, parallel=parallel)
+            err = lightrl_run("--config", two, "--nproc", str(nproc))
+            seq = " (sequence-parallel)" if parallel.get("sequence_parallel") else ""
+            layout = (f"{nproc} learner processes (tensor-parallel 2{seq} x data-parallel "
+                      f"{nproc // 2}, weights sharded)")
+            assert layout in err, err
+            ckpts = os.path.join(two_dir, "checkpoints")
+            latest = open(os.path.join(ckpts, "latest")).read().strip()
+            files = sorted(os.listdir(os.path.join(ckpts, latest)))
+            shards = [f"model-tp{t}of2-ep0of1-etp0of1.safetensors" for t in range(2)]
+            assert "model.sharded.index.json" in files and "model.safetensors" not in files, files
+            assert [f for f in files if f.startswith("model-")] == shards, files
+            assert [f for f in files if f.startswith("optimizer.pt")] == sorted(state), files
+            ours = token_logprobs(os.path.join(ckpts, latest), tokens, tmp)
+            ref = token_logprobs(os.path.join(one_dir, "checkpoints", latest), tokens, tmp)
+            for a, b in zip(ours, ref):
+                assert a[0] is None and b[0] is None
+                np.testing.assert_allclose(a[1:], b[1:], rtol=0, atol=1e-4,
+                                           err_msg=f"{name}: logprobs of {latest}")
+            two, _ = run_config(tmp, name, steps=3, parallel=parallel)
+            err = lightrl_run("--config", two, "--nproc", str(nproc), "--resume")
+            assert "replicated weights identical on all" in err, err
+            compared = compare_run_metrics(name, m1, metrics(two_dir))
+            print(f"  {name} ({nproc} ranks): {compared} metrics of {len(m1)} steps agree "
+                  f"(resumed after step 2); {latest} holds {sorted(state)}")
+        # The tp 2 run's checkpoint as the model of a one-process run trains as one process
+        # does from the same weights.
+        start = os.path.join(tmp, "tp", "checkpoints", latest)
+        runs = []
+        for name, nproc in (("from_tp_one", 1), ("from_tp_dp", 4)):
+            cfg, out = run_config(tmp, name, steps=1, model_path=start,
+                                  parallel={"tp": 2} if nproc > 1 else None)
+            lightrl_run("--config", cfg, *(["--nproc", str(nproc)] if nproc > 1 else []))
+            runs.append(metrics(out))
+        compared = compare_run_metrics("from_tp", *runs)
+        print(f"  {latest} of tp 2 starts one process and tp 2 x dp 2: {compared} metrics agree")
+        # Resumed as tp 2 x dp 2, the tp 2 run's weights load but its optimizer state (no
+        # ZeRO-1 shards) is refused by name.
+        other, _ = run_config(tmp, "tp", steps=4, parallel={"tp": 2})
+        p = subprocess.run([BIN, "run", "--config", other, "--nproc", "4", "--resume"],
+                           capture_output=True, text=True, timeout=240, env=ENV)
+        assert p.returncode != 0, p.stderr
+        # Whichever rank stops first says it, of its own file.
+        message = re.search(r"optimizer\.pt\.tp(\d)-of-2\.rank\d-of-2 does not exist: this "
+                            r"learner at tp rank (\d) of 2 runs ZeRO-1 over 2 data-parallel "
+                            r"ranks and the checkpoint holds 2 tensor-parallel state files "
+                            r"\(optimizer\.pt\.tp0-of-2, \.\.\.\)", p.stderr)
+        assert message and message.group(1) == message.group(2), p.stderr
+        print(f"  tp 2 checkpoint resumed as tp 2 x dp 2: {message.group(0)[:70]} ...")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -855,7 +937,7 @@ def case_nccl_expert():
 CASES = {"equal": case_equal, "bf16": case_bf16, "bf16_reduce": case_bf16_reduce,
          "resume": case_resume, "errors": case_errors,
          "run": case_run, "expert": case_expert, "expert_sharded": case_expert_sharded,
-         "run_sharded": case_run_sharded}
+         "run_sharded": case_run_sharded, "run_tp": case_run_tp}
 GPU_CASES = {"nccl": case_nccl, "nccl_expert": case_nccl_expert}
 GPUS_NEEDED = 2
 # CTest's SKIP_RETURN_CODE for these tests: every case asked for was skipped.
@@ -870,12 +952,12 @@ def gpu_count():
 
 
 def main():
-    # `expert`, `expert_sharded` and `bf16_reduce` run as their own CTests
-    # (learner_expert_parallel, learner_expert_sharded, learner_bf16_reduce); named, they
-    # run here too.
+    # `expert`, `expert_sharded`, `bf16_reduce`, `run_sharded` and `run_tp` run as their
+    # own CTests (learner_expert_parallel, learner_expert_sharded, learner_bf16_reduce,
+    # run_sharded, run_tensor_parallel); named, they run here too.
     names = sys.argv[1:] or [n for n in CASES
                              if n not in ("expert", "bf16_reduce", "expert_sharded",
-                                          "run_sharded")]
+                                          "run_sharded", "run_tp")]
     CASES.update(GPU_CASES)
     print(f"distributed_test seed {SEED} (DISTRIBUTED_TEST_SEED={SEED} repeats it)")
     passed = failed = skipped = 0

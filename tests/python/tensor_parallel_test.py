@@ -4,7 +4,7 @@ TinyParallelConfig with random weights drawn from a fresh seed (printed here). E
 checks, in FP32, its logprobs and every parameter shard's gradient against the whole
 model's, then one TrainRl (CISPO) and one TrainSft update against a single-process
 learner's on the same batch (TrainRl also with ZeRO-1 over the DP group and activation
-checkpointing); a shard handed to a learner without its TP group, or at another TP rank,
+checkpointing); all of it again with sequence parallelism; a shard handed to a learner without its TP group, or at another TP rank,
 is a named error.
 
 Run: TENSOR_PARALLEL_WORKER=build/tests/tensor_parallel_worker python3 tests/python/tensor_parallel_test.py
@@ -18,7 +18,9 @@ import sys
 import tempfile
 
 WORKER = os.environ.get("TENSOR_PARALLEL_WORKER", "build/tests/tensor_parallel_worker")
-CHECKS = ("model", "learner_rl", "learner_sft", "learner_rl_zero1", "errors")
+CHECKS = ("model", "learner_rl", "learner_sft", "learner_rl_zero1",
+          "model_sp", "learner_rl_sp", "learner_sft_sp", "learner_rl_zero1_sp", "errors")
+LEARNER_CHECKS = [c for c in CHECKS if c.startswith("learner_")]
 
 
 def free_port():
@@ -52,19 +54,20 @@ def run(world, tp, seed):
     assert all(len(v) == world for v in by_check.values()), by_check
     # Every rank checked real gradients and real updates; the ranks of one TP group agree
     # on the logprobs (and the DP groups ran different documents).
-    model = by_check["model"]
-    assert all(row["grads"] >= 20 for row in model), model
-    means = {round(row["logp_mean"], 5) for row in model}
-    assert len(means) == world // tp, model
+    for name in ("model", "model_sp"):
+        model = by_check[name]
+        assert all(row["grads"] >= 20 for row in model), model
+        means = {round(row["logp_mean"], 5) for row in model}
+        assert len(means) == world // tp, model
     assert all(row["ok"] for row in by_check["errors"]), by_check["errors"]
-    for c in CHECKS[1:-1]:
+    for c in LEARNER_CHECKS:
         assert all(row["moved"] > 1e-3 and row["updates"] >= 1 for row in by_check[c]), by_check[c]
-    print(f"  world {world}, tp {tp}: largest relative differences: "
-          f"gradients {max(r['grad_diff'] for r in model):.3g}, "
-          f"rl weights {max(r['weight_diff'] for r in by_check['learner_rl']):.3g} (of lr), "
-          f"sft weights {max(r['weight_diff'] for r in by_check['learner_sft']):.3g}, "
-          f"rl zero1 weights {max(r['weight_diff'] for r in by_check['learner_rl_zero1']):.3g} "
-          "(of lr)")
+    for sp in ("", "_sp"):
+        print(f"  world {world}, tp {tp}{' sequence-parallel' if sp else ''}: largest relative "
+              f"differences: gradients {max(r['grad_diff'] for r in by_check['model' + sp]):.3g}, "
+              + ", ".join(f"{c[8:-len(sp) or None]} weights "
+                          f"{max(r['weight_diff'] for r in by_check[c]):.3g} (of lr)"
+                          for c in LEARNER_CHECKS if c.endswith("_sp") == bool(sp)))
 
 
 def main():

@@ -289,12 +289,21 @@ TEST_F(ParallelConfigTest, ErrorsNameTheKey) {
   c = Load("parallel:\n  sequence_parallel: true\n");
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(c.status().message(), HasSubstr("parallel.sequence_parallel needs tp > 1"));
-  // A valid layout the learner does not run yet.
-  c = Load("parallel:\n  tp: 2\ndistributed:\n  world_size: 2\n");
+  // Tensor parallelism runs; valid layouts the run does not take yet are refused by name.
+  c = Load("parallel:\n  tp: 2\ndistributed:\n  world_size: 4\n");
+  EXPECT_TRUE(c.ok()) << c.status();
+  c = Load("parallel:\n  tp: 2\n  sequence_parallel: true\ndistributed:\n  world_size: 2\n");
+  EXPECT_TRUE(c.ok()) << c.status();
+  c = Load("parallel:\n  tp: 2\n  sequence_parallel: true\noptimizer:\n  moe_capacity_factor: 1.25\n");
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(c.status().message(),
-              HasSubstr("parallel: tp 2, sequence_parallel false: lightrl run does not run "
-                        "tensor or sequence parallelism yet"));
+              HasSubstr("parallel.sequence_parallel does not drop tokens: give "
+                        "optimizer.moe_capacity_factor 0, got 1.25"));
+  c = Load("parallel:\n  tp: 2\n  ep: 2\ndistributed:\n  world_size: 4\n");
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("parallel: tp 2 with ep 2 x expert_tp 1: lightrl run does not combine "
+                        "tensor parallelism with expert parallelism yet"));
   // Expert-TP runs (sharded experts); the ranks started are checked at start-up.
   c = Load("parallel:\n  ep: 2\n  expert_tp: 2\ndistributed:\n  world_size: 4\n");
   EXPECT_TRUE(c.ok()) << c.status();

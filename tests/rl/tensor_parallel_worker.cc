@@ -12,6 +12,10 @@
 //            and the parameters the TP group replicates must be bitwise alike on its
 //            ranks; TrainRl again with ZeRO-1 over the DP group and activation
 //            checkpointing.
+//   *_sp:    model and learner again with sequence parallelism (ForwardOptions and
+//            LearnerOptions::sequence_parallel): each TP rank runs norms, residuals and
+//            the MoE on its block of the tokens (ragged batches pad); the replicated
+//            parameters' gradients summed over the TP group equal the whole model's.
 //   errors:  a shard given to a learner without its TP group, or at another TP rank.
 // Prints one JSON line per check; exits 1 when a difference exceeds its tolerance.
 //
@@ -22,7 +26,6 @@
 #include <random>
 #include <string>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "policy/checkpoint.h"
@@ -79,11 +82,11 @@ void Compare(Result& r, const std::string& name, const torch::Tensor& got, const
 }
 
 bool ModelCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, int64_t dp_rank,
-                uint64_t seed, const std::string& dir, ProcessGroupTpComm& comm) {
+                uint64_t seed, const std::string& dir, ProcessGroupTpComm& comm, bool sp) {
   const ModelConfig config = TinyParallelConfig();
   auto whole = Value(PolicyModel::Create(config, seed), "whole model");
   const std::string ckpt = JoinPath(dir, "model");
-  if (rank == 0) Check(whole->Save(ckpt), "saving the whole model");
+  if (rank == 0 && !sp) Check(whole->Save(ckpt), "saving the whole model");
   Check(group.Barrier(), "barrier");
   auto shard = Value(PolicyModel::Load(ckpt, {}, coords), "loading the shard");
 
@@ -104,6 +107,7 @@ bool ModelCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, in
     ForwardOptions o;
     o.train_lightning = true;
     o.tensor_parallel = tp;
+    o.sequence_parallel = sp && tp != nullptr;
     // The shard checkpoints its layers: their TP collectives run again in backward.
     o.checkpoint_layers = tp != nullptr;
     auto out = m->Forward(tokens, layout, o);
@@ -120,12 +124,18 @@ bool ModelCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, in
   const auto full = whole->module()->named_parameters();
   for (auto& p : shard->module()->named_parameters()) {
     auto block = Value(ShardBlock(p.key(), full[p.key()].grad(), config, coords), "slicing");
-    Compare(grads, p.key(), p.value().grad(), block);
+    torch::Tensor grad = p.value().grad();
+    // Sequence parallel: a replicated parameter's gradient is its rank's tokens' part.
+    if (sp && Value(ShardOf(p.key(), config, coords), "shard of").whole()) {
+      grad = grad.clone();
+      comm.AllReduce(grad, TensorParallelComm::Op::kSum);
+    }
+    Compare(grads, p.key(), grad, block);
   }
-  std::printf("{\"check\": \"model\", \"rank\": %ld, \"tp_rank\": %ld, \"output_diff\": %.3g, "
+  std::printf("{\"check\": \"%s\", \"rank\": %ld, \"tp_rank\": %ld, \"output_diff\": %.3g, "
               "\"output_worst\": \"%s\", \"grad_diff\": %.3g, \"grad_worst\": \"%s\", "
               "\"grads\": %ld, \"tokens\": %ld, \"logp_mean\": %.6f}\n",
-              static_cast<long>(rank), static_cast<long>(coords.tp_rank), outputs.worst,
+              sp ? "model_sp" : "model", static_cast<long>(rank), static_cast<long>(coords.tp_rank), outputs.worst,
               outputs.name.c_str(), grads.worst, grads.name.c_str(), static_cast<long>(grads.tensors),
               static_cast<long>(layout.num_tokens()), logp_ref.mean().item<double>());
   return outputs.worst <= kGradTolerance && grads.worst <= kGradTolerance && grads.tensors > 0;
@@ -148,7 +158,7 @@ std::vector<TrainSample> RandomBatch(uint64_t seed, int64_t n) {
 }
 
 bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, uint64_t seed,
-                  const std::string& mode, bool zero1 = false) {
+                  const std::string& mode, bool zero1 = false, bool sp = false) {
   const ModelConfig config = TinyParallelConfig();
   LearnerOptions opts;
   opts.optimizer.lr = 1e-2;
@@ -162,6 +172,7 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   opts.minibatches = 2;
   opts.temperature = 0.9;
   opts.data_parallel.zero1 = zero1;
+  opts.sequence_parallel = sp;
   // The ZeRO-1 run also checkpoints its layers (the learner's key to the model's).
   opts.optimizer.activation_checkpointing = zero1;
   const auto batch = RandomBatch(seed * 7 + 1, 9);
@@ -171,7 +182,9 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   auto before = shard->module()->named_parameters();
   std::vector<torch::Tensor> start;
   for (auto& p : before) start.push_back(p.value().detach().clone());
-  auto ref = Value(Learner::Create(whole.get(), opts), "single-process learner");
+  LearnerOptions ref_opts = opts;
+  ref_opts.sequence_parallel = false;  // one process has no TP group to split over
+  auto ref = Value(Learner::Create(whole.get(), ref_opts), "single-process learner");
   auto tp = Value(Learner::Create(shard.get(), opts, &group), "tensor-parallel learner");
   LearnerStats want, got;
   if (mode == "rl") {
@@ -209,7 +222,7 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   const bool replicated_alike = !lo.empty() && lo == hi;
   const double loss_diff = std::abs(got.loss - want.loss) / std::max(std::abs(want.loss), 1e-12);
   const double norm_diff = std::abs(got.grad_norm - want.grad_norm) / std::max(want.grad_norm, 1e-12);
-  const std::string check = absl::StrCat("learner_", mode, zero1 ? "_zero1" : "");
+  const std::string check = absl::StrCat("learner_", mode, zero1 ? "_zero1" : "", sp ? "_sp" : "");
   std::printf("{\"check\": \"%s\", \"rank\": %ld, \"tp_rank\": %ld, \"weight_diff\": %.3g, "
               "\"weight_worst\": \"%s\", \"moved\": %.3g, \"loss\": %.6f, \"loss_diff\": %.3g, "
               "\"grad_norm\": %.6f, \"grad_norm_diff\": %.3g, \"entropy\": %.6f, \"entropy_ref\": %.6f, "
@@ -259,10 +272,15 @@ int Run(int64_t rank, int64_t world, int64_t tp, int64_t port, int64_t seed, con
   const ShardCoords coords = ShardCoordsOf(layout, groups);
   ProcessGroupTpComm comm(group.get());
   const uint64_t s = static_cast<uint64_t>(seed);
-  bool ok = ModelCheck(rank, *group, coords, groups.dp_rank, s, dir, comm);
+  bool ok = ModelCheck(rank, *group, coords, groups.dp_rank, s, dir, comm, /*sp=*/false);
   ok = LearnerCheck(rank, *group, coords, s, "rl") && ok;
   ok = LearnerCheck(rank, *group, coords, s, "sft") && ok;
   ok = LearnerCheck(rank, *group, coords, s, "rl", /*zero1=*/true) && ok;
+  // Sequence parallelism: the same checks with each TP rank's block of the tokens.
+  ok = ModelCheck(rank, *group, coords, groups.dp_rank, s, dir, comm, /*sp=*/true) && ok;
+  ok = LearnerCheck(rank, *group, coords, s, "rl", /*zero1=*/false, /*sp=*/true) && ok;
+  ok = LearnerCheck(rank, *group, coords, s, "sft", /*zero1=*/false, /*sp=*/true) && ok;
+  ok = LearnerCheck(rank, *group, coords, s, "rl", /*zero1=*/true, /*sp=*/true) && ok;
   ok = ErrorsCheck(rank, *group, coords, s) && ok;
   std::fflush(stdout);
   return ok ? 0 : 1;
