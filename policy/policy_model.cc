@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <map>
 #include <optional>
@@ -330,7 +331,13 @@ absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportLocalW
 
 std::vector<PolicyModel::WeightSpec> PolicyModel::WeightSpecs() const {
   std::vector<WeightSpec> out;
-  for (auto& [name, t] : SyncedParameters(impl_->module)) out.push_back({name, t.sizes().vec()});
+  for (auto& [name, t] : SyncedParameters(impl_->module)) {
+    std::vector<int64_t> shape = t.sizes().vec();
+    // A shard's block of a split tensor: the whole tensor is `parts` blocks along `dim`.
+    absl::StatusOr<TensorShard> part = ShardOf(name, impl_->config, impl_->shard);
+    if (part.ok() && part->held && part->dim >= 0) shape[part->dim] *= part->parts;
+    out.push_back({name, std::move(shape)});
+  }
   return out;
 }
 
@@ -351,32 +358,42 @@ int PolicyModel::device_index() const {
   return device.is_cuda() ? device.index() : -1;
 }
 
-absl::Status PolicyModel::ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors) {
-  RETURN_IF_ERROR(CheckWhole(impl_->shard, "weight import"));
+namespace {
+
+// Checks `tensors` (in `dtype`) are exactly `named`'s parameters with the shapes `want`
+// gives (names, shapes, byte counts; nothing extra or twice), then copies each into its
+// parameter through `keep` (the block of it the parameter holds). On error nothing changes.
+absl::Status CheckedImport(const std::vector<std::pair<std::string, torch::Tensor>>& named,
+                           const std::map<std::string, std::vector<int64_t>>& want, DType dtype,
+                           const std::vector<PolicyModel::WeightTensor>& tensors,
+                           const std::function<absl::StatusOr<torch::Tensor>(
+                               const std::string&, const torch::Tensor&)>& keep) {
   RETURN_IF_ERROR(CheckSyncDType(dtype));
-  auto named = SyncedParameters(impl_->module);
-  std::map<std::string, const WeightTensor*> by_name;
-  for (const WeightTensor& w : tensors) {
+  std::map<std::string, const PolicyModel::WeightTensor*> by_name;
+  for (const PolicyModel::WeightTensor& w : tensors) {
     if (!by_name.emplace(w.name, &w).second) {
       return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", w.name, "' appears twice"));
     }
   }
   // Validate everything before touching a parameter.
-  for (auto& [name, t] : named) {
+  for (const auto& [name, t] : named) {
     auto it = by_name.find(name);
     if (it == by_name.end()) {
       return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", name, "' is missing"));
     }
-    const WeightTensor& w = *it->second;
-    if (w.shape != t.sizes().vec()) {
+    const PolicyModel::WeightTensor& w = *it->second;
+    const std::vector<int64_t>& shape = want.at(name);
+    if (w.shape != shape) {
       return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", name, "' has shape ",
                                                      ShapeString(w.shape), ", the model needs ",
-                                                     ShapeString(t.sizes().vec())));
+                                                     ShapeString(shape)));
     }
-    const size_t want = static_cast<size_t>(t.numel()) * DTypeSize(dtype);
-    if (w.data.size() != want) {
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    const size_t bytes = static_cast<size_t>(numel) * DTypeSize(dtype);
+    if (w.data.size() != bytes) {
       return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", name, "' has ",
-                                                     w.data.size(), " bytes, expected ", want));
+                                                     w.data.size(), " bytes, expected ", bytes));
     }
   }
   if (by_name.size() != named.size()) {
@@ -391,16 +408,47 @@ absl::Status PolicyModel::ImportWeights(DType dtype, const std::vector<WeightTen
   }
   try {
     torch::NoGradGuard no_grad;
-    for (auto& [name, t] : named) {
-      const WeightTensor& w = *by_name.at(name);
+    std::vector<torch::Tensor> blocks;
+    for (const auto& [name, t] : named) {
+      const PolicyModel::WeightTensor& w = *by_name.at(name);
       auto src = torch::from_blob(const_cast<char*>(w.data.data()), w.shape,
                                   torch::TensorOptions().dtype(ToTorchDType(dtype)));
-      t.copy_(src);
+      ASSIGN_OR_RETURN(torch::Tensor block, keep(name, src));
+      blocks.push_back(block);
+    }
+    for (size_t i = 0; i < named.size(); ++i) {
+      torch::Tensor t = named[i].second;
+      t.copy_(blocks[i]);
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("importing weights: ", e.what_without_backtrace()));
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status PolicyModel::ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors) {
+  std::map<std::string, std::vector<int64_t>> want;
+  for (WeightSpec& spec : WeightSpecs()) want.emplace(spec.name, std::move(spec.shape));
+  const ModelConfig& config = impl_->config;
+  const ShardCoords& shard = impl_->shard;
+  const bool whole = shard == ShardCoords{};
+  return CheckedImport(SyncedParameters(impl_->module), want, dtype, tensors,
+                       [&](const std::string& name, const torch::Tensor& src)
+                           -> absl::StatusOr<torch::Tensor> {
+                         if (whole) return src;
+                         return ShardBlock(name, src, config, shard);
+                       });
+}
+
+absl::Status PolicyModel::ImportLocalWeights(DType dtype, const std::vector<WeightTensor>& tensors) {
+  const auto named = SyncedParameters(impl_->module);
+  std::map<std::string, std::vector<int64_t>> want;
+  for (const auto& [name, t] : named) want.emplace(name, t.sizes().vec());
+  return CheckedImport(named, want, dtype, tensors,
+                       [](const std::string&, const torch::Tensor& src)
+                           -> absl::StatusOr<torch::Tensor> { return src; });
 }
 
 }  // namespace lightrl

@@ -77,18 +77,24 @@ class PolicyModel {
     std::string data;
   };
   // Every parameter (a tied lm_head once, as the embedding), sorted by name, converted to
-  // `dtype` (F32 or BF16). Whole models only (UNIMPLEMENTED for a shard, as Import).
+  // `dtype` (F32 or BF16). Whole models only (UNIMPLEMENTED for a shard).
   absl::StatusOr<std::vector<WeightTensor>> ExportWeights(DType dtype) const;
   // The parameters this model holds, with their local (block) shapes, in ExportWeights'
   // order and dtypes: a whole model's are ExportWeights', a shard's its blocks of them, for
   // sharded checkpoints (WriteRankShards) and for gathering the whole model.
   absl::StatusOr<std::vector<WeightTensor>> ExportLocalWeights(DType dtype) const;
   // Replaces every parameter with `tensors` (in `dtype`): exactly the names and shapes
-  // ExportWeights gives, else INVALID_ARGUMENT naming the tensor; on error nothing
-  // changes.
+  // WeightSpecs gives, else INVALID_ARGUMENT naming the tensor; on error nothing
+  // changes. A shard takes the whole model's tensors (of those it holds) and keeps its
+  // blocks of them.
   absl::Status ImportWeights(DType dtype, const std::vector<WeightTensor>& tensors);
-  // The names and shapes ImportWeights takes, in ExportWeights' order; copies no data (a
-  // rollout worker checks a weight update's header against them before it allocates).
+  // The same from the blocks this model holds, as ExportLocalWeights gives them (names and
+  // local shapes): how a rank of a multi-process rollout instance takes its part of an
+  // update without the rest.
+  absl::Status ImportLocalWeights(DType dtype, const std::vector<WeightTensor>& tensors);
+  // The names and shapes ImportWeights takes, in ExportWeights' order (a shard's: the
+  // whole shapes of the tensors it holds); copies no data (a rollout worker checks a
+  // weight update's header against them before it allocates).
   struct WeightSpec {
     std::string name;
     std::vector<int64_t> shape;

@@ -265,6 +265,56 @@ absl::Status ProcessGroup::BroadcastBytes(std::string* bytes, int64_t root) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The tag of point-to-point messages (sizes then bytes, in order on one pair of ranks).
+constexpr int kBytesTag = 7;
+
+}  // namespace
+
+absl::Status ProcessGroup::SendBytes(const std::string& bytes, int64_t dest) {
+  Impl& m = *impl_;
+  try {
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(m.device);
+    std::vector<at::Tensor> size{torch::full({1}, static_cast<int64_t>(bytes.size()), i64)};
+    m.backend->send(size, static_cast<int>(dest), kBytesTag)->wait();
+    if (!bytes.empty()) {
+      std::vector<at::Tensor> data{
+          torch::from_blob(const_cast<char*>(bytes.data()), {static_cast<int64_t>(bytes.size())},
+                           torch::kUInt8)
+              .to(m.device, /*non_blocking=*/false, /*copy=*/true)};
+      m.backend->send(data, static_cast<int>(dest), kBytesTag)->wait();
+    }
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("send of ", bytes.size(), " bytes to rank ", dest,
+                                               " failed (", Where(m.options), "): ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ProcessGroup::RecvBytes(std::string* bytes, int64_t src) {
+  Impl& m = *impl_;
+  try {
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(m.device);
+    std::vector<at::Tensor> size{torch::zeros({1}, i64)};
+    m.backend->recv(size, static_cast<int>(src), kBytesTag)->wait();
+    const int64_t n = size[0].cpu().item<int64_t>();
+    if (n < 0) return absl::DataLossError(absl::StrCat("rank ", src, " announced ", n, " bytes"));
+    bytes->clear();
+    if (n > 0) {
+      std::vector<at::Tensor> data{
+          torch::empty({n}, torch::TensorOptions().dtype(torch::kUInt8).device(m.device))};
+      m.backend->recv(data, static_cast<int>(src), kBytesTag)->wait();
+      at::Tensor host = data[0].cpu().contiguous();
+      bytes->assign(reinterpret_cast<const char*>(host.data_ptr<uint8_t>()), static_cast<size_t>(n));
+    }
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("receive from rank ", src, " failed (",
+                                               Where(m.options), "): ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ProcessGroup::AllReduce(std::vector<double>* values, ReduceOp op) {
   Impl& m = *impl_;
   try {

@@ -75,6 +75,10 @@ class ProcessGroup {
   // for longer than timeout_s (the controller generating the next batch): they poll the
   // store until root arrives, and fail if rank 0 goes away.
   absl::Status BroadcastBytes(std::string* bytes, int64_t root);
+  // Point to point: `dest` ends with the bytes this rank sends it (any size); each
+  // SendBytes must meet one RecvBytes on `dest` naming this rank, in the same order.
+  absl::Status SendBytes(const std::string& bytes, int64_t dest);
+  absl::Status RecvBytes(std::string* bytes, int64_t src);
   // Element-wise reduction of `values` (same length on every rank), in FP64.
   absl::Status AllReduce(std::vector<double>* values, ReduceOp op);
   absl::Status Barrier();

@@ -4,6 +4,8 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "common/json.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "rl/parallel_layout.h"
 #include "rl/tp_comm.h"
@@ -13,7 +15,7 @@ namespace {
 
 // A message is a kind byte, then for a batch the request count and each request's fields
 // in a fixed order: little-endian fixed-width numbers, strings and lists length-first.
-constexpr char kBatch = 'B', kStop = 'S';
+constexpr char kBatch = 'B', kStop = 'S', kWeights = 'W';
 
 class Writer {
  public:
@@ -60,7 +62,7 @@ class Reader {
 
  private:
   absl::Status Truncated() const {
-    return absl::InternalError(absl::StrCat("rollout instance: a batch message of ", in_.size(),
+    return absl::InternalError(absl::StrCat("rollout instance: a message of ", in_.size(),
                                             " bytes ends early at byte ", pos_));
   }
   const std::string& in_;
@@ -74,6 +76,8 @@ struct RolloutInstance::Impl {
   ShardCoords shard;
   std::unique_ptr<ProcessGroupTpComm> comm;
   bool stopped = false;
+  // Set when a weight update may have reached only some ranks: no batch runs after it.
+  absl::Status broken = absl::OkStatus();
 };
 
 RolloutInstance::RolloutInstance(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -178,8 +182,116 @@ absl::Status RolloutInstance::Announce(const std::vector<GenerationRequest>& bat
         absl::StrCat("rollout instance: rank ", rank(), " cannot announce a batch",
                      impl_->stopped ? " after Stop" : "; only rank 0 serves"));
   }
+  RETURN_IF_ERROR(impl_->broken);
   std::string bytes = EncodeBatch(batch);
   return impl_->group->BroadcastBytes(&bytes, 0);
+}
+
+std::string RolloutInstance::EncodeBlocks(DType dtype,
+                                          const std::vector<PolicyModel::WeightTensor>& blocks) {
+  Writer w;
+  w.Put<uint8_t>(static_cast<uint8_t>(dtype));
+  w.Put<uint64_t>(blocks.size());
+  for (const PolicyModel::WeightTensor& t : blocks) {
+    w.PutString(t.name);
+    w.Put<uint64_t>(t.shape.size());
+    for (int64_t d : t.shape) w.Put<int64_t>(d);
+    w.PutString(t.data);
+  }
+  return w.Take();
+}
+
+absl::StatusOr<std::pair<DType, std::vector<PolicyModel::WeightTensor>>>
+RolloutInstance::DecodeBlocks(const std::string& bytes) {
+  Reader r(bytes);
+  ASSIGN_OR_RETURN(uint8_t dtype, r.Get<uint8_t>());
+  if (dtype != static_cast<uint8_t>(DType::kF32) && dtype != static_cast<uint8_t>(DType::kBF16)) {
+    return absl::InternalError(absl::StrCat("rollout instance: weight blocks of dtype code ",
+                                            int{dtype}));
+  }
+  ASSIGN_OR_RETURN(uint64_t count, r.GetCount(24));
+  std::vector<PolicyModel::WeightTensor> blocks(count);
+  for (PolicyModel::WeightTensor& t : blocks) {
+    ASSIGN_OR_RETURN(t.name, r.GetString());
+    ASSIGN_OR_RETURN(uint64_t dims, r.GetCount(sizeof(int64_t)));
+    if (dims > 8) return absl::InternalError(absl::StrCat("rollout instance: ", dims, " dimensions"));
+    t.shape.resize(dims);
+    for (int64_t& d : t.shape) {
+      ASSIGN_OR_RETURN(d, r.Get<int64_t>());
+    }
+    ASSIGN_OR_RETURN(t.data, r.GetString());
+  }
+  if (!r.done()) return absl::InternalError("rollout instance: bytes after the weight blocks");
+  return std::make_pair(static_cast<DType>(dtype), std::move(blocks));
+}
+
+absl::Status RolloutInstance::AnnounceWeights(const WeightSet& set) {
+  if (rank() != 0 || impl_->stopped) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("rollout instance: rank ", rank(), " cannot announce weights",
+                     impl_->stopped ? " after Stop" : "; only rank 0 serves"));
+  }
+  RETURN_IF_ERROR(impl_->broken);
+  // Each rank's blocks, sliced here from the whole tensors before any rank hears of the
+  // update (an error here changes nothing).
+  ASSIGN_OR_RETURN(std::vector<std::string> parts, SliceForRanks(set));
+  absl::Status status = [&]() -> absl::Status {
+    std::string header(1, kWeights);
+    RETURN_IF_ERROR(impl_->group->BroadcastBytes(&header, 0));
+    for (int64_t r = 1; r < impl_->group->world_size(); ++r) {
+      RETURN_IF_ERROR(impl_->group->SendBytes(parts[r], r));
+    }
+    // Every rank says whether it took its part.
+    std::vector<double> failed{0};
+    RETURN_IF_ERROR(impl_->group->AllReduce(&failed, ReduceOp::kMax));
+    if (failed[0] != 0) return absl::InternalError("a follower could not import its weight blocks");
+    return absl::OkStatus();
+  }();
+  if (!status.ok()) {
+    impl_->broken = absl::InternalError(absl::StrCat(
+        "rollout instance: a weight update reached only some ranks (", status.message(),
+        "); restart the instance"));
+    return impl_->broken;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> RolloutInstance::SliceForRanks(const WeightSet& set) const {
+  auto parsed = Json::Parse(set.model_config_json);
+  if (!parsed.ok()) return parsed.status();
+  ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromJson(*parsed, "model_config_json"));
+  const int64_t elem = set.dtype == DType::kBF16 ? 2 : 4;
+  std::vector<std::string> parts(impl_->group->world_size());
+  for (int64_t r = 1; r < impl_->group->world_size(); ++r) {
+    ShardCoords coords = impl_->shard;
+    coords.tp_rank = r;
+    std::vector<PolicyModel::WeightTensor> blocks;
+    for (const PolicyModel::WeightTensor& t : set.tensors) {
+      ASSIGN_OR_RETURN(TensorShard part, ShardOf(t.name, config, coords));
+      if (!part.held) continue;
+      PolicyModel::WeightTensor b;
+      b.name = t.name;
+      b.shape = part.LocalShape(t.shape);
+      if (part.whole()) {
+        b.data = t.data;
+      } else {
+        // Block `index` along `dim`: `outer` runs of `length * inner` bytes.
+        int64_t outer = 1, inner = elem;
+        for (int d = 0; d < part.dim; ++d) outer *= t.shape[d];
+        for (size_t d = part.dim + 1; d < t.shape.size(); ++d) inner *= t.shape[d];
+        const int64_t extent = t.shape[part.dim];
+        const int64_t begin = part.begin(extent), length = part.length(extent);
+        b.data.reserve(static_cast<size_t>(outer * length * inner));
+        for (int64_t o = 0; o < outer; ++o) {
+          b.data.append(t.data, static_cast<size_t>((o * extent + begin) * inner),
+                        static_cast<size_t>(length * inner));
+        }
+      }
+      blocks.push_back(std::move(b));
+    }
+    parts[r] = EncodeBlocks(set.dtype, blocks);
+  }
+  return parts;
 }
 
 absl::Status RolloutInstance::Stop() {
@@ -200,6 +312,25 @@ absl::Status RolloutInstance::Follow(PolicyModel* policy, const EngineOptions& o
     std::string bytes;
     RETURN_IF_ERROR(impl_->group->BroadcastBytes(&bytes, 0));
     if (bytes.size() == 1 && bytes[0] == kStop) return absl::OkStatus();
+    if (bytes.size() == 1 && bytes[0] == kWeights) {
+      // This rank's blocks of rank 0's update; every rank then reports whether it took them.
+      std::string blocks;
+      RETURN_IF_ERROR(impl_->group->RecvBytes(&blocks, 0));
+      absl::Status took = [&]() -> absl::Status {
+        ASSIGN_OR_RETURN(auto decoded, DecodeBlocks(blocks));
+        return policy->ImportLocalWeights(decoded.first, decoded.second);
+      }();
+      if (!took.ok()) {
+        LogWarning("rollout instance rank %lld: weight update failed: %s",
+                   static_cast<long long>(rank()), std::string(took.message()).c_str());
+      }
+      std::vector<double> failed{took.ok() ? 0.0 : 1.0};
+      RETURN_IF_ERROR(impl_->group->AllReduce(&failed, ReduceOp::kMax));
+      if (failed[0] != 0) {
+        return absl::InternalError("rollout instance: a weight update failed on some rank");
+      }
+      continue;
+    }
     ASSIGN_OR_RETURN(std::vector<GenerationRequest> batch, DecodeBatch(bytes));
     // The results are rank 0's to deliver; a failed step fails there too.
     engine->Generate(batch);

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -39,6 +40,11 @@ class RolloutInstance final : public EngineBatchFanout {
   // Rank 0: broadcasts `batch` to the other ranks (their Follow runs it). Every rank's
   // engine must then run the batch, rank 0's included.
   absl::Status Announce(const std::vector<GenerationRequest>& batch) override;
+  // Rank 0, after its own shard took `set` (the whole model's tensors): sends each other
+  // rank exactly its blocks of them (point to point), which its Follow imports between
+  // batches; OK once every rank has. After a failure past the first send no batch runs
+  // (the ranks may hold different versions): the instance must be restarted.
+  absl::Status AnnounceWeights(const WeightSet& set) override;
   // Rank 0: ends the other ranks' Follow. Idempotent.
   absl::Status Stop();
   // Ranks > 0: creates an engine on `policy` (this rank's shard) with rank 0's `options`,
@@ -50,11 +56,17 @@ class RolloutInstance final : public EngineBatchFanout {
   // The batch wire format (any byte string that Decode... accepts came from Encode...).
   static std::string EncodeBatch(const std::vector<GenerationRequest>& batch);
   static absl::StatusOr<std::vector<GenerationRequest>> DecodeBatch(const std::string& bytes);
+  // A rank's weight blocks on the wire (names, local shapes, bytes in `dtype`).
+  static std::string EncodeBlocks(DType dtype, const std::vector<PolicyModel::WeightTensor>& blocks);
+  static absl::StatusOr<std::pair<DType, std::vector<PolicyModel::WeightTensor>>> DecodeBlocks(
+      const std::string& bytes);
 
   struct Impl;
 
  private:
   explicit RolloutInstance(std::unique_ptr<Impl> impl);
+  // Rank r's encoded blocks of `set` at index r (rank 0's left empty).
+  absl::StatusOr<std::vector<std::string>> SliceForRanks(const WeightSet& set) const;
   std::unique_ptr<Impl> impl_;
 };
 

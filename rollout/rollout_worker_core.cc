@@ -248,11 +248,13 @@ absl::Status RolloutWorkerCore::Submit(GenerationRequest request, int64_t min_we
   return absl::OkStatus();
 }
 
-absl::Status RolloutWorkerCore::AcceptsWeights() const {
+absl::Status RolloutWorkerCore::AcceptsWeights() const { return absl::OkStatus(); }
+
+absl::Status RolloutWorkerCore::AcceptsBroadcast() const {
   if (impl_->options.fanout == nullptr) return absl::OkStatus();
   return absl::UnimplementedError(
-      "weight updates into a multi-process rollout instance (--tp > 1) are not supported yet; "
-      "restart its ranks with the new --model");
+      "NCCL weight broadcasts into a multi-process rollout instance (--tp > 1) are not "
+      "supported yet; the controller sends its weights by the gRPC stream instead");
 }
 
 absl::Status RolloutWorkerCore::ApplyWeights(WeightSet set, bool replace_newer) {
@@ -276,13 +278,15 @@ absl::Status RolloutWorkerCore::ApplyWeights(WeightSet set, bool replace_newer) 
     return absl::InvalidArgumentError(
         "weight header: model_config_json differs from the served model's config");
   }
+  // A shard keeps its blocks; the instance's other ranks then take theirs.
   RETURN_IF_ERROR(m.policy->ImportWeights(set.dtype, set.tensors));
+  if (m.options.fanout != nullptr) RETURN_IF_ERROR(m.options.fanout->AnnounceWeights(set));
   m.version = set.version;
   return absl::OkStatus();
 }
 
 absl::Status RolloutWorkerCore::JoinWeightGroup(const WeightGroupJoin& join) {
-  RETURN_IF_ERROR(AcceptsWeights());
+  RETURN_IF_ERROR(AcceptsBroadcast());
   ASSIGN_OR_RETURN(int device, impl_->DeviceIndex());
   if (join.rank < 1 || join.rank >= join.world_size) {
     return absl::InvalidArgumentError(absl::StrCat("JoinWeightGroup: rank ", join.rank,
@@ -299,7 +303,7 @@ absl::Status RolloutWorkerCore::JoinWeightGroup(const WeightGroupJoin& join) {
 }
 
 absl::StatusOr<int64_t> RolloutWorkerCore::ReceiveBroadcast(const WeightBroadcast& request) {
-  RETURN_IF_ERROR(AcceptsWeights());
+  RETURN_IF_ERROR(AcceptsBroadcast());
   ASSIGN_OR_RETURN(int device, impl_->DeviceIndex());
   Impl& m = *impl_;
   absl::MutexLock lock(&m.group_mu);

@@ -29,6 +29,10 @@ class EngineBatchFanout {
   // Called before the serving rank's engine runs `batch`; the batch does not run (its
   // groups fail with the error) unless it returns OK.
   virtual absl::Status Announce(const std::vector<GenerationRequest>& batch) = 0;
+  // Called between batches, after the serving rank took `set` (the whole model's tensors,
+  // checked against the served model): each other rank takes its part of it. An error
+  // means some rank may not have: the instance then serves no more batches.
+  virtual absl::Status AnnounceWeights(const WeightSet& set) = 0;
 };
 
 struct RolloutWorkerCoreOptions {
@@ -116,10 +120,13 @@ class RolloutWorkerCore {
   // version. A failed broadcast drops the group (the controller forms a new one).
   absl::StatusOr<int64_t> ReceiveBroadcast(const WeightBroadcast& broadcast);
 
-  // OK unless this core serves a multi-process instance (options.fanout), whose other
-  // ranks would keep their old shards: UNIMPLEMENTED until weight sync of shards exists.
-  // ApplyWeights, JoinWeightGroup and ReceiveBroadcast refuse with it.
+  // Whether weight updates by the gRPC stream (ApplyWeights) are taken: always; a
+  // multi-process instance (options.fanout) hands each other rank its part.
   absl::Status AcceptsWeights() const;
+  // OK unless this core serves a multi-process instance, whose other ranks an NCCL
+  // broadcast to this rank alone would leave behind: UNIMPLEMENTED for it.
+  // JoinWeightGroup and ReceiveBroadcast refuse with it.
+  absl::Status AcceptsBroadcast() const;
 
   // The served version; -1 before any weights.
   int64_t version() const;

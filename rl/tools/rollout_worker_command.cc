@@ -48,7 +48,8 @@ const std::string kRolloutWorkerUsage =
     "                 N with the torchrun variables RANK, WORLD_SIZE=N, MASTER_ADDR,\n"
     "                 MASTER_PORT (LOCAL_RANK picks the GPU) and the same flags; each loads\n"
     "                 its shard of --model (required), rank 0 serves and the others run\n"
-    "                 the batches it announces until it stops\n"
+    "                 the batches it announces until it stops; weights pushed to rank 0\n"
+    "                 (UpdateWeights) reach each rank as its blocks alone\n"
     "  --advertise    address the controller should dial (default: the bound address)\n"
     "  --max-message-mb  largest request message accepted, in MiB (default 64, at least 8);\n"
     "                 a bigger one is RESOURCE_EXHAUSTED\n"
@@ -68,7 +69,8 @@ struct TpRank {
 
 absl::StatusOr<TpRank> JoinInstance(const Flags& flags, int64_t tp, const PolicyOptions& policy) {
   if (!flags.Has("model")) {
-    return UsageError("--tp needs --model: weights pushed by the controller cannot be sharded yet");
+    return UsageError("--tp needs --model: each rank loads its shard of it at start (later "
+                      "weights pushed by the controller reach every rank)");
   }
   DistributedOptions base;
   base.world_size = tp;

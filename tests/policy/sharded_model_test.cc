@@ -94,5 +94,56 @@ TEST(ShardedModelTest, ErrorsNameTheShardAndWhatIsMissing) {
   }
 }
 
+// A weight update of the whole model into a shard: ImportWeights takes the whole tensors
+// (WeightSpecs gives their whole shapes) and keeps the blocks; ImportLocalWeights takes
+// the blocks alone (as another shard's ExportLocalWeights gives them); both check names,
+// shapes and sizes first and change nothing on an error.
+TEST(ShardedModelTest, ShardsTakeWholeUpdatesAndTheirBlocks) {
+  const uint64_t seed = std::random_device{}();
+  const ModelConfig config = TinyParallelConfig();
+  auto whole = PolicyModel::Create(config, seed);
+  auto next = PolicyModel::Create(config, seed + 1);
+  ASSERT_TRUE(whole.ok() && next.ok());
+  auto update = (*next)->ExportWeights(DType::kF32);
+  ASSERT_TRUE(update.ok()) << update.status();
+  for (int64_t rank : {0, 1}) {
+    auto shard = PolicyModel::Create(config, seed, {}, Tp(2, rank));
+    ASSERT_TRUE(shard.ok()) << shard.status();
+    const auto specs = (*shard)->WeightSpecs(), want = (*next)->WeightSpecs();
+    ASSERT_EQ(specs.size(), want.size());
+    for (size_t i = 0; i < specs.size(); ++i) {
+      EXPECT_EQ(specs[i].name, want[i].name);
+      EXPECT_EQ(specs[i].shape, want[i].shape) << specs[i].name;
+    }
+    ASSERT_TRUE((*shard)->ImportWeights(DType::kF32, *update).ok());
+    ExpectBlocksOf(**shard, **next);
+
+    // The other rank's blocks of `whole` go in through ImportLocalWeights.
+    auto source = PolicyModel::Create(config, seed, {}, Tp(2, rank));
+    ASSERT_TRUE(source.ok());
+    auto blocks = (*source)->ExportLocalWeights(DType::kBF16);
+    ASSERT_TRUE(blocks.ok());
+    ASSERT_TRUE((*shard)->ImportLocalWeights(DType::kBF16, *blocks).ok());
+    auto back = (*shard)->ExportLocalWeights(DType::kBF16);
+    ASSERT_TRUE(back.ok());
+    for (size_t i = 0; i < blocks->size(); ++i) EXPECT_EQ((*back)[i].data, (*blocks)[i].data);
+
+    // Errors name the tensor and leave every parameter as it was.
+    auto before = (*shard)->ExportLocalWeights(DType::kF32);
+    ASSERT_TRUE(before.ok());
+    auto wrong = *update;
+    wrong[3].shape[0] /= 2;
+    wrong[3].data.resize(wrong[3].data.size() / 2);
+    const absl::Status refused = (*shard)->ImportWeights(DType::kF32, wrong);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(refused.ToString().find(wrong[3].name), std::string::npos) << refused;
+    const absl::Status local = (*shard)->ImportLocalWeights(DType::kF32, *update);
+    EXPECT_EQ(local.code(), absl::StatusCode::kInvalidArgument) << local;
+    auto after = (*shard)->ExportLocalWeights(DType::kF32);
+    ASSERT_TRUE(after.ok());
+    for (size_t i = 0; i < before->size(); ++i) EXPECT_EQ((*after)[i].data, (*before)[i].data);
+  }
+}
+
 }  // namespace
 }  // namespace lightrl

@@ -1,10 +1,12 @@
 """The rollout fleet with real processes on loopback:
 
-  kill_worker   `lightrl run` in spawn mode with 3 rollout workers; one is frozen while
-                groups are in flight on it, then killed with SIGKILL. Its groups are
-                requeued on the others, the run finishes, every prompt of the epoch is
-                trained exactly once, and every group carries the weight version of its
-                step (the fleet is on-policy: no group mixes versions).
+  kill_worker   `lightrl run` in spawn mode with 3 rollout workers; the one serving the
+                newest weights is frozen as the next step's groups go out, then killed
+                with SIGKILL. Its groups are requeued on the others (or, had the freeze
+                met a weight push, the push goes on with the live ones), the run
+                finishes, every prompt of the epoch is trained exactly once, and every
+                group carries the weight version of its step (the fleet is on-policy: no
+                group mixes versions).
   restart       cluster mode: 2 workers started by hand register with the controller's
                 coordinator; the controller is killed with SIGKILL mid-run and resumed
                 from its checkpoint; the same worker processes serve the resumed run.
@@ -111,6 +113,52 @@ def exported_groups(out, tmp):
         return [json.loads(line) for line in f]
 
 
+def serving_worker(out, workers):
+    """The spawned worker ("rollout-local-N") that serves the newest weight version (its
+    log's last "serving weight version"), so that it takes the next groups; None before
+    any serves."""
+    best, name = -1, None
+    for i in range(workers):
+        worker = f"rollout-local-{i}"
+        try:
+            with open(os.path.join(out, "logs", f"{worker}.log")) as f:
+                served = [int(line.rsplit(" ", 1)[1]) for line in f
+                          if "serving weight version" in line]
+        except (OSError, ValueError):
+            continue
+        if served and served[-1] > best:
+            best, name = served[-1], worker
+    return name
+
+
+def kill_serving_worker(controller, out, workers):
+    """Freezes a worker that serves the newest weights (so the run's next groups go to it,
+    or its next weight push), then kills it; returns its name."""
+    name = serving_worker(out, workers)
+    assert name is not None, "no worker serves weights"
+    victims = child_pids(controller.pid, name)
+    assert len(victims) == 1, f"expected one worker {name}, got {victims}"
+    # Frozen, the worker still holds its connections: the groups sent to it cannot
+    # finish. Killing it then loses them mid-generation.
+    os.kill(victims[0], signal.SIGSTOP)
+    time.sleep(1.5)
+    os.kill(victims[0], signal.SIGKILL)
+    return name
+
+
+def check_worker_death(text, rows, name):
+    """The death was counted, and found either by a group call (its groups are requeued) or,
+    when the freeze fell on a weight push, by that push (no group was on it)."""
+    assert rows[-1]["fleet/worker_failures"] >= 1
+    found = [l for l in text.splitlines() if f"rollout worker {name} " in l and "failed:" in l]
+    assert len(found) == 1, f"expected one failure of {name}:\n{text[-3000:]}"
+    if ": group " in found[0]:
+        assert rows[-1]["fleet/groups_requeued"] >= 1, f"no group was requeued:\n{text[-2000:]}"
+        return "its groups were requeued"
+    assert ": UpdateWeights to version " in found[0] or ": Health" in found[0], found[0]
+    return "it died between steps: found by the weight push"
+
+
 def case_kill_worker(tmp):
     out = os.path.join(tmp, "run")
     steps, pps = 8, 6
@@ -122,14 +170,8 @@ def case_kill_worker(tmp):
                                   stdout=log, stderr=subprocess.STDOUT, env=ENV)
     try:
         wait_for(lambda: len(metrics(out)) >= 2, TIMEOUT_S, "two RL steps")
-        victims = child_pids(controller.pid, "rollout-local-1")
-        assert len(victims) == 1, f"expected one worker rollout-local-1, got {victims}"
-        # Frozen, the worker still holds its connections: the next step sends it groups
-        # that cannot finish. Killing it then loses them mid-generation.
-        os.kill(victims[0], signal.SIGSTOP)
         seen = len(metrics(out))
-        time.sleep(1.5)
-        os.kill(victims[0], signal.SIGKILL)
+        name = kill_serving_worker(controller, out, 3)
         controller.wait(timeout=TIMEOUT_S)
     finally:
         if controller.poll() is None:
@@ -139,10 +181,7 @@ def case_kill_worker(tmp):
     assert controller.returncode == 0, f"run failed after the worker died:\n{text[-3000:]}"
     rows = metrics(out)
     assert [r["step"] for r in rows] == list(range(1, steps + 1)), [r["step"] for r in rows]
-    assert rows[-1]["fleet/groups_requeued"] >= 1, \
-        f"no group was requeued (killed after step {seen}):\n{text[-2000:]}"
-    assert rows[-1]["fleet/worker_failures"] >= 1
-    assert "rollout-local-1" in text and "failed" in text, text[-2000:]
+    how = check_worker_death(text, rows, name)
     groups = exported_groups(out, tmp)
     prompts = [g["prompt_text"] for g in groups]
     with open(config["data"]["train"]) as f:
@@ -153,6 +192,7 @@ def case_kill_worker(tmp):
         assert len(g["samples"]) == 4
     # The survivors did all the work after the kill; none was left running.
     wait_for(lambda: not child_pids(controller.pid, "rollout-worker"), 15, "workers to exit")
+    print(f"  {name} killed after step {seen}: {how}")
 
 
 def free_port():

@@ -3,8 +3,10 @@
 `lightrl rollout-worker` on the same checkpoint (`lightrl init` of a small hybrid model
 from a fresh seed, printed here). The same Generate calls (greedy, and sampled with fixed
 seeds and n = 2, several at once so that they share engine batches) give the same tokens
-and logprobs within 2e-5 from both; weight updates into it are refused; SIGTERM to rank 0
-stops the follower too; usage errors are named.
+and logprobs within 2e-5 from both, again after UpdateWeights pushes another model's
+weights to both (rank 0 hands the follower its blocks); a stale version and an NCCL
+weight group are refused; SIGTERM to rank 0 stops the follower too; usage errors are
+named.
 
 Run: LIGHTRL_BIN=build/rl/lightrl python3 tests/python/rollout_instance_test.py
 """
@@ -99,6 +101,62 @@ def generate_all(pb2_grpc, address, reqs):
     return results
 
 
+def compare(want, got):
+    """Same groups and tokens; returns (largest logprob difference, tokens, samples)."""
+    assert sorted(got) == sorted(want), (sorted(got), sorted(want))
+    worst, tokens, samples = 0.0, 0, 0
+    for group, by_index in want.items():
+        for index, (w_tokens, w_logps) in by_index.items():
+            g_tokens, g_logps = got[group][index]
+            assert g_tokens == w_tokens, (group, index, g_tokens, w_tokens)
+            worst = max([worst] + [abs(a - b) for a, b in zip(g_logps, w_logps)])
+            tokens += len(w_tokens)
+            samples += 1
+    return worst, tokens, samples
+
+
+CRC_TABLE = []
+for _n in range(256):
+    _c = _n
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+    CRC_TABLE.append(_c)
+
+
+def crc32c(data, crc=0):
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def weight_chunks(pb2, model_dir, version):
+    """UpdateWeights chunks of a checkpoint's parameters (safetensors, F32), sorted by name
+    as the worker declares them: the header, then one chunk per tensor."""
+    with open(os.path.join(model_dir, "model.safetensors"), "rb") as f:
+        raw = f.read()
+    n = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8:8 + n])
+    body = raw[8 + n:]
+    # The parameters (the checkpoint also holds the lightning layers' decay buffers).
+    names = sorted(k for k in meta if k.endswith(".weight"))
+    datas = []
+    for name in names:
+        assert meta[name]["dtype"] == "F32", meta[name]
+        begin, end = meta[name]["data_offsets"]
+        datas.append(body[begin:end])
+    crc = 0
+    for d in datas:
+        crc = crc32c(d, crc)
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = f.read()
+    header = pb2.WeightHeader(version=version, dtype="F32", model_config_json=config, crc32c=crc,
+                              tensors=[pb2.WeightTensorInfo(name=k, shape=meta[k]["shape"])
+                                       for k in names])
+    return [pb2.WeightChunk(header=header)] + [
+        pb2.WeightChunk(tensor_index=i, offset=0, data=d) for i, d in enumerate(datas)]
+
+
 def check_usage_errors(model_dir):
     cases = [(["--tp", "0"], {}, "--tp must be >= 1"),
              (["--tp", "2"], {}, "--tp needs --model"),
@@ -146,36 +204,52 @@ def main():
             reqs = requests(pb2, seed + 1)
             want = generate_all(pb2_grpc, single_address, reqs)
             got = generate_all(pb2_grpc, instance_address, reqs)
-            assert sorted(got) == sorted(want), (sorted(got), sorted(want))
-            worst, tokens = 0.0, 0
-            for group, samples in want.items():
-                for index, (w_tokens, w_logps) in samples.items():
-                    g_tokens, g_logps = got[group][index]
-                    assert g_tokens == w_tokens, (group, index, g_tokens, w_tokens)
-                    worst = max([worst] + [abs(a - b) for a, b in zip(g_logps, w_logps)])
-                    tokens += len(w_tokens)
+            worst, tokens, _ = compare(want, got)
             assert worst <= TOLERANCE and tokens > 40, (worst, tokens)
 
-            # Weights pushed to rank 0 alone would leave the follower's shard behind.
+            # New weights (another seed's model) pushed to rank 0: each rank takes its
+            # blocks, and the instance generates as one process on the same weights.
+            other = os.path.join(tmp, "other")
+            subprocess.run([LIGHTRL, "init", "--config", config, "--output", other,
+                            "--seed", str(seed + 7)], check=True, capture_output=True, env=ENV)
+            chunks = weight_chunks(pb2, other, version=1)
+            reqs = requests(pb2, seed + 2)
+            old = generate_all(pb2_grpc, single_address, reqs)
+            for address in (single_address, instance_address):
+                stub = pb2_grpc.RolloutServiceStub(grpc.insecure_channel(address))
+                stub.UpdateWeights(iter(chunks), timeout=60)
+                health = stub.Health(pb2.RolloutHealthRequest(), timeout=30)
+                assert health.weight_version == 1, (address, health)
+            want2 = generate_all(pb2_grpc, single_address, reqs)
+            got2 = generate_all(pb2_grpc, instance_address, reqs)
+            worst2, tokens2, _ = compare(want2, got2)
+            assert worst2 <= TOLERANCE and tokens2 > 40, (worst2, tokens2)
+            # The update changed what is computed: the same requests' logprobs moved.
+            moved = sum(old[g][i][1] != want2[g][i][1] for g in want2 for i in want2[g]
+                        if i in old.get(g, {}))
+            assert moved >= 3, ("the new weights changed too few samples", moved)
+            # A stale version is refused by rank 0 before anything moves.
             stub = pb2_grpc.RolloutServiceStub(grpc.insecure_channel(instance_address))
-            header = pb2.WeightChunk(header=pb2.WeightHeader(version=1))
-            for name, call in (
-                    ("UpdateWeights", lambda: stub.UpdateWeights(iter([header]), timeout=30)),
-                    ("JoinWeightGroup", lambda: stub.JoinWeightGroup(
-                        pb2.JoinWeightGroupRequest(rank=1, world_size=2), timeout=30))):
-                try:
-                    call()
-                    raise AssertionError(f"{name} into the instance succeeded")
-                except grpc.RpcError as e:
-                    assert e.code() == grpc.StatusCode.UNIMPLEMENTED, (name, e.code(), e.details())
-                    assert "multi-process rollout instance" in e.details(), (name, e.details())
+            try:
+                stub.UpdateWeights(iter(chunks), timeout=60)
+                raise AssertionError("a stale weight version was taken")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, (e.code(), e.details())
+            # An NCCL broadcast to rank 0 alone would leave the follower's shard behind.
+            try:
+                stub.JoinWeightGroup(pb2.JoinWeightGroupRequest(rank=1, world_size=2), timeout=30)
+                raise AssertionError("JoinWeightGroup into the instance succeeded")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNIMPLEMENTED, (e.code(), e.details())
+                assert "multi-process rollout instance" in e.details(), e.details()
 
             ranks[0].send_signal(signal.SIGTERM)
             for r, p in enumerate(ranks):
                 rc = p.wait(timeout=60)
                 assert rc == 0, f"rank {r} exited {rc}: {p.stderr.read()}"
             print(f"  tp 2 instance: {tokens} tokens equal to one process's, logprobs within "
-                  f"{worst:.3g}")
+                  f"{worst:.3g}; after UpdateWeights to another model {tokens2} tokens, within "
+                  f"{worst2:.3g}; {moved} of its samples differ from the old weights'")
         finally:
             for p in procs:
                 if p.poll() is None:
