@@ -576,8 +576,10 @@ torch::Tensor SparseMoeImpl::GroupedExperts(const torch::Tensor& rows, const std
 }
 
 std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
-    const torch::Tensor& x, double capacity_factor, ExpertParallelComm& comm) {
-  const int64_t T = x.size(0), P = comm.ep_size(), Q = comm.expert_tp_size();
+    const torch::Tensor& x, double capacity_factor, ExpertParallelComm& comm, int64_t valid) {
+  // Rows past `valid` are padding: routed nowhere, counted nowhere, their output zero.
+  const int64_t T = valid < 0 ? x.size(0) : valid, P = comm.ep_size(), Q = comm.expert_tp_size();
+  TORCH_CHECK(T <= x.size(0), "expert parallel: ", T, " valid rows of ", x.size(0));
   TORCH_CHECK(num_experts % P == 0, "expert parallel: expert_parallel ", P,
               " does not divide num_local_experts ", num_experts);
   const int64_t per_rank = num_experts / P, first = comm.ep_rank() * per_rank;
@@ -588,8 +590,10 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
               "expert parallel: the MoE block holds the experts of ", shard.ToString(),
               ", the comm is EP rank ", comm.ep_rank(), " of ", P, ", expert-TP rank ",
               comm.expert_tp_rank(), " of ", Q);
-  auto [probs, top_w, top_i] = Route(x);
-  auto assigned = top_i.reshape(-1);  // assignment a = token a / top_k, slot a % top_k
+  auto [all_probs, top_w, top_i] = Route(x);
+  const torch::Tensor probs = all_probs.narrow(0, 0, T);
+  // Assignment a = token a / top_k, slot a % top_k.
+  auto assigned = top_i.narrow(0, 0, T).reshape(-1);
   auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
 
   // Every rank's assignments per expert and tokens: the capacity, the aux loss and the
@@ -736,7 +740,11 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::T
       layout.num_tokens() - layout.padding - comm.tp_rank() * block, 0, block);
   torch::Tensor aux;
   auto out = ForwardWith(x, attention, options, [&](const torch::Tensor& n2) {
-    auto [mlp, part] = block_sparse_moe->ForwardSequenceParallel(n2, valid, comm);
+    auto [mlp, part] =
+        options.expert_parallel != nullptr
+            ? block_sparse_moe->ForwardExpertParallel(n2, options.moe_capacity_factor,
+                                                      *options.expert_parallel, valid)
+            : block_sparse_moe->ForwardSequenceParallel(n2, valid, comm);
     aux = part;
     return mlp;
   });
@@ -791,8 +799,6 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
   if (options.sequence_parallel) {
     TORCH_CHECK(comm != nullptr, "MiniMaxForCausalLM: sequence_parallel needs a model sharded "
                 "over a TP group of 2 or more and ForwardOptions.tensor_parallel");
-    TORCH_CHECK(options.expert_parallel == nullptr,
-                "MiniMaxForCausalLM: sequence_parallel with expert_parallel is not supported");
     TORCH_CHECK(options.moe_capacity_factor <= 0, "MiniMaxForCausalLM: sequence_parallel does "
                 "not drop tokens; moe_capacity_factor must be <= 0, got ",
                 options.moe_capacity_factor);
@@ -828,8 +834,10 @@ ForwardOutput MiniMaxForCausalLMImpl::ForwardSequenceParallel(const torch::Tenso
                                                               TensorParallelComm& comm) {
   // The batch padded to a multiple of the TP size by one document of token 0, which no
   // real token attends to and the MoE statistics leave out.
+  // An empty batch (a rank short of micro-batches under expert parallelism) is all
+  // padding: every collective still runs, on one row per rank.
   const int64_t T = tokens.size(0), tp = comm.tp_size();
-  const int64_t pad = (tp - T % tp) % tp;
+  const int64_t pad = T == 0 ? tp : (tp - T % tp) % tp;
   PackedLayout padded = layout;
   torch::Tensor ids = tokens;
   if (pad > 0) {
@@ -888,6 +896,8 @@ torch::Tensor MiniMaxForCausalLMImpl::TokenLogprobs(const torch::Tensor& hidden,
   TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
               "TokenLogprobs: temperature must be finite and > 0, got ", temperature);
   if (TensorParallelComm* comm = TpCommOf(tp)) {
+    // No rows (every TP rank alike): nothing to reduce, but still a function of `hidden`.
+    if (hidden.size(0) == 0) return hidden.to(torch::kFloat32).sum(-1);
     // In chunks of rows, as below; every TP rank has the same rows, so the same chunks.
     if (chunk <= 0) chunk = LogitChunkRows();
     std::vector<torch::Tensor> parts;

@@ -52,9 +52,12 @@ struct ForwardOptions {
   // each TP rank holds a block of the tokens (the batch padded to a multiple of the TP
   // size), so norms, residuals and the MoE run on 1/tp of them; all-gather before the
   // column-parallel projections, reduce-scatter after the row-parallel ones. The replicated
-  // parameters' (norms, router, experts) gradients are then partial on each rank: the
-  // caller sums them over the TP group (the learner does). The aux loss is counted over
-  // the whole batch, as without; the MoE does not drop tokens in this mode.
+  // parameters' (norms, router, replicated experts) gradients are then partial on each
+  // rank: the caller sums them over the TP group (the learner does). The aux loss is
+  // counted over the whole batch, as without; the MoE does not drop tokens in this mode.
+  // With expert_parallel too, each rank dispatches its own block of the tokens to the
+  // experts (the tokens of a TP group are no longer repeated on its ranks), padding left
+  // out; the aux loss is then expert parallelism's (this rank's part).
   bool sequence_parallel = false;
   // Activation checkpointing per decoder layer: when the forward records gradients, each
   // layer keeps only its input and runs its forward again in backward (its collectives
@@ -160,9 +163,12 @@ class SparseMoeImpl : public torch::nn::Module {
   // every rank's backward reaches every collective. Under expert-TP the members of an
   // expert-TP group run their blocks of the same experts on the union of the tokens they
   // received and sum the partial outputs. The block's shard must be the comm's layout.
+  // With `valid` >= 0 only the first `valid` rows of x are tokens (sequence parallelism's
+  // padding follows): the rest are routed nowhere, counted nowhere and output zero.
   std::pair<torch::Tensor, torch::Tensor> ForwardExpertParallel(const torch::Tensor& x,
                                                                 double capacity_factor,
-                                                                ExpertParallelComm& comm);
+                                                                ExpertParallelComm& comm,
+                                                                int64_t valid = -1);
   // Under sequence parallelism: the block on this TP rank's tokens x [n, H], of which the
   // first `valid` are the batch's (the rest padding). The aux loss is the whole batch's,
   // its statistics summed over the TP group, on every rank; backward, each rank's router

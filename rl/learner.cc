@@ -244,8 +244,10 @@ struct Learner::Impl {
     if (entropy != nullptr && tp_comm) {
       // The vocabulary is split over the TP group: both figures across its ranks.
       std::vector<torch::Tensor> ents;
-      for (const auto& rows : hidden.split(module->LogitChunkRows())) {
-        ents.push_back(VocabParallelEntropy(rows, module->lm_head->weight, options.temperature, *tp_comm));
+      if (hidden.size(0) > 0) {
+        for (const auto& rows : hidden.split(module->LogitChunkRows())) {
+          ents.push_back(VocabParallelEntropy(rows, module->lm_head->weight, options.temperature, *tp_comm));
+        }
       }
       *entropy = ents.empty() ? torch::zeros({0}, hidden.options().dtype(torch::kFloat32))
                               : torch::cat(ents);
@@ -304,7 +306,8 @@ struct Learner::Impl {
     torch::NoGradGuard no_grad;
     std::vector<size_t> ids;
     for (size_t i = 0; i < weights->size(); ++i) {
-      if (!tp_sharded[i]) ids.push_back(i);
+      // Expert shards are not replicated over TP: expert parallelism reduces theirs.
+      if (!tp_sharded[i] && replicated[i]) ids.push_back(i);
     }
     auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
     std::vector<float> defined;
@@ -336,14 +339,21 @@ struct Learner::Impl {
   // gradients in place of each used parameter's (ZeRO-1 reads the reducer's buffer).
   void ReduceGradients(LearnerStats& stats) {
     if (tp_comm && options.sequence_parallel) SumReplicatedOverTp();
-    if (!reducer) return;
+    if (!reducer && !experts) return;
     torch::NoGradGuard no_grad;
     if (experts) experts->LaunchGradReduce(*weights);
-    const GradientReducer::Counts counts = reducer->Finish();
-    stats.grad_buckets += counts.buckets;
-    stats.grad_buckets_in_backward += counts.in_backward;
+    if (reducer) {
+      const GradientReducer::Counts counts = reducer->Finish();
+      stats.grad_buckets += counts.buckets;
+      stats.grad_buckets_in_backward += counts.in_backward;
+    }
     if (experts) experts->WaitGradReduce();
     for (size_t i = 0; i < weights->size(); ++i) {
+      // Without a reducer (tensor parallel, one DP rank) the replicated gradients stay.
+      if (!reducer) {
+        if (!replicated[i]) weights->param(i).mutable_grad() = torch::Tensor();
+        continue;
+      }
       weights->param(i).mutable_grad() = torch::Tensor();
       if (!replicated[i] || zero || !reducer->used(i)) continue;
       auto& t = weights->Updated(i);
@@ -377,6 +387,7 @@ struct Learner::Impl {
   // that plain data parallelism and ZeRO-1 clip by the same factor to the bit.
   double ExpertParallelNorm() {
     torch::NoGradGuard no_grad;
+    if (tp_comm) return TensorParallelNorm();
     return std::sqrt(reducer->SquaredNorm() + experts->SquaredNorm());
   }
 
@@ -388,13 +399,15 @@ struct Learner::Impl {
     auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
     auto sums = torch::zeros({2}, f64);  // [split, replicated]
     for (size_t i = 0; i < weights->size(); ++i) {
+      if (!replicated[i]) continue;  // expert shards: their own norm below
       auto g = zero ? reducer->grad(i) : UpdateGrad(i);
       if (!g.defined()) continue;
       sums[tp_sharded[i] ? 0 : 1] += g.to(torch::kFloat64).pow(2).sum();
     }
     auto split = sums.narrow(0, 0, 1).clone();
     tp_comm->AllReduce(split, TensorParallelComm::Op::kSum);
-    return std::sqrt(split.item<double>() + sums[1].item<double>());
+    const double expert_sq = experts ? experts->SquaredNorm() : 0.0;
+    return std::sqrt(split.item<double>() + sums[1].item<double>() + expert_sq);
   }
 
   // Without the kernel, bf16 gradients become FP32 gradients of the masters.
@@ -802,26 +815,46 @@ absl::Status SetUpTensorParallel(Learner::Impl& m, ProcessGroup* group) {
         g.tp_rank, " of ", tp, ", but the policy holds ", shard.ToString(),
         "; create the PolicyModel with ShardCoordsOf(layout, groups)"));
   }
-  if (m.options.data_parallel.expert_parallel > 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "data_parallel.expert_parallel (", m.options.data_parallel.expert_parallel,
-        ") with tensor parallelism (tp ", tp, ") is not supported yet"));
+  const int64_t ep = m.options.data_parallel.expert_parallel;
+  const bool sharded_experts = shard.ep > 1 || shard.expert_tp > 1;
+  if ((ep > 1 || sharded_experts) && !m.options.sequence_parallel) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expert parallelism (ep ", ep, ", expert_tp ", shard.expert_tp, ") with tensor "
+        "parallelism (tp ", tp, ") needs sequence_parallel: without it every TP rank holds "
+        "the same tokens and would dispatch each of them to the experts tp times"));
+  }
+  if (ep > 1 && !sharded_experts) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expert parallelism (ep ", ep, ") with tensor parallelism needs a model that holds "
+        "only its experts (ShardCoordsOf a layout with ep ", ep, ")"));
   }
   m.group = group;
   m.rank = g.dp_rank;
   m.world = static_cast<int64_t>(g.dp.size());
   m.tp_comm = std::make_unique<ProcessGroupTpComm>(group);
   const auto names = m.policy->module()->named_parameters().keys();
+  if (sharded_experts) {
+    // Each rank holds, trains and updates only its experts (the EP and expert-DP groups
+    // of the layout; rl/expert_shards.h), as without TP.
+    ASSIGN_OR_RETURN(m.experts, ExpertShards::Create(group, shard.ep, shard.expert_tp, /*sharded=*/true,
+                                                     m.policy->config().num_local_experts, names,
+                                                     m.weights.get(), m.options.optimizer, m.device));
+    m.replicated = m.experts->replicated();
+  }
   m.tp_sharded.assign(names.size(), 0);
   for (size_t i = 0; i < names.size(); ++i) {
     ASSIGN_OR_RETURN(const TensorShard part, ShardOf(names[i], m.policy->config(), shard));
     m.tp_sharded[i] = part.whole() ? 0 : 1;
   }
-  // DP copies hold the same shards; the TP group's ranks the same replicated parameters.
+  // DP copies hold the same dense shards; the TP group's ranks the same replicated
+  // parameters (expert shards follow their own groups).
   const LayoutGroup dp = LayoutGroup::kDp, tpg = LayoutGroup::kTp;
-  std::vector<char> replicated_in_tp(names.size());
-  for (size_t i = 0; i < names.size(); ++i) replicated_in_tp[i] = m.tp_sharded[i] ? 0 : 1;
-  RETURN_IF_ERROR(CheckSameWeights(group, m.weights->params(), names, &dp));
+  std::vector<char> dense(names.size()), replicated_in_tp(names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    dense[i] = m.replicated[i];
+    replicated_in_tp[i] = m.replicated[i] && !m.tp_sharded[i] ? 1 : 0;
+  }
+  RETURN_IF_ERROR(CheckSameWeights(group, m.weights->params(), names, &dp, dense));
   RETURN_IF_ERROR(CheckSameWeights(group, m.weights->params(), names, &tpg, replicated_in_tp));
   if (m.world > 1) {
     ASSIGN_OR_RETURN(m.reducer, GradientReducer::Create(group->impl().LayoutBackend(LayoutGroup::kDp),
@@ -835,7 +868,14 @@ absl::Status SetUpTensorParallel(Learner::Impl& m, ProcessGroup* group) {
       m.zero = std::make_unique<ZeroOptimizer>(m.reducer.get(), m.weights->params(),
                                                group->impl().LayoutBackend(LayoutGroup::kDp),
                                                m.rank, m.world, m.options.optimizer, m.device);
-      m.weights->DropAll();
+      if (m.experts) {
+        // The shard holds the dense parameters' masters and moments; the experts keep theirs.
+        for (size_t i = 0; i < m.weights->size(); ++i) {
+          if (m.replicated[i]) m.weights->Drop(i);
+        }
+      } else {
+        m.weights->DropAll();
+      }
     }
   }
   return absl::OkStatus();

@@ -47,8 +47,8 @@ class Learner {
   // JoinLayoutGroups, before Create): with tp > 1 the policy must be this rank's TP shard
   // (PolicyModel::Create / Load with ShardCoordsOf(layout, groups)), the batch is split
   // over the DP group only and the ranks of a DP group start from the same shards
-  // (docs/distributed.md); ZeRO-1 shards over the DP group. Expert parallelism is refused
-  // under tp > 1 for now.
+  // (docs/distributed.md); ZeRO-1 shards over the DP group. With expert parallelism too
+  // (a model holding only its experts) sequence_parallel is required.
   static absl::StatusOr<std::unique_ptr<Learner>> Create(PolicyModel* policy,
                                                          const LearnerOptions& options,
                                                          ProcessGroup* group = nullptr);

@@ -123,15 +123,13 @@ absl::Status LearnerOptions::Validate() const {
         "temperature must be finite and > 0 (the rollouts' sampling temperature), got ",
         temperature));
   }
-  if (sequence_parallel && (optimizer.moe_capacity_factor > 0 || batch_invariant ||
-                            data_parallel.expert_parallel > 1)) {
+  if (sequence_parallel && (optimizer.moe_capacity_factor > 0 || batch_invariant)) {
     return Invalid(absl::StrCat(
         "sequence_parallel (parallel.sequence_parallel) does not support ",
         optimizer.moe_capacity_factor > 0
             ? absl::StrCat("token dropping (optimizer.moe_capacity_factor ",
                            optimizer.moe_capacity_factor, "); give 0")
-            : batch_invariant ? std::string("batch_invariant yet")
-                              : std::string("data_parallel.expert_parallel > 1 yet")));
+            : std::string("batch_invariant yet")));
   }
   if (batch_invariant && data_parallel.expert_parallel > 1) {
     return Invalid("batch_invariant (numerics.batch_invariant) does not support "

@@ -96,7 +96,8 @@ struct LearnerOptions {
   // parallel.sequence_parallel: under tensor parallelism (tp > 1), norms, residuals and the
   // MoE run on each TP rank's block of the tokens (ForwardOptions::sequence_parallel), and
   // the replicated parameters' gradients are summed over the TP group after backward. No
-  // token dropping (optimizer.moe_capacity_factor <= 0) and no expert parallelism.
+  // token dropping (optimizer.moe_capacity_factor <= 0). Tensor parallelism with expert
+  // parallelism needs it (each TP rank dispatches its own block of the tokens).
   bool sequence_parallel = false;
   DataParallelOptions data_parallel;
   // The parts' own Validate()s (messages "optimizer.lr ...", "data_parallel.bucket_mb

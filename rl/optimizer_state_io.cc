@@ -171,7 +171,8 @@ absl::Status SaveOptimizerState(const std::string& whole_path, const OptimizerSt
     archive.write("lightrl.steps", torch::tensor(p.clock->steps));
     archive.write("lightrl.rl_steps", torch::tensor(p.clock->rl_steps));
     archive.write("lightrl.expert_parallel", torch::tensor(ExpertParallel(p)));
-    if (p.experts && p.experts->writes_state()) RETURN_IF_ERROR(SaveExperts(path, p));
+    // Expert shards are named by their EP and expert-TP coordinates alone.
+    if (p.experts && p.experts->writes_state()) RETURN_IF_ERROR(SaveExperts(whole_path, p));
     if (p.zero) {
       WriteZero(archive, p);
       RETURN_IF_ERROR(SaveArchive(archive, ShardPath(path, p.rank, p.world)));
@@ -215,7 +216,7 @@ absl::Status LoadOptimizerState(const std::string& whole_path, const OptimizerSt
           ", but this learner runs expert_parallel ", ExpertParallel(p),
           "; resume with the expert_parallel it was written with"));
     }
-    if (p.experts) RETURN_IF_ERROR(LoadExperts(path, p));
+    if (p.experts) RETURN_IF_ERROR(LoadExperts(whole_path, p));
     if (p.zero) {
       RETURN_IF_ERROR(ReadZero(archive, file, p));
     } else {

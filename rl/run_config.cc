@@ -724,11 +724,12 @@ absl::Status RunConfig::Validate() const {
                                 "optimizer.moe_capacity_factor 0, got ",
                                 optimizer.moe_capacity_factor));
   }
-  if (parallel.tp > 1 && (parallel.ep > 1 || parallel.expert_tp > 1)) {
+  if (parallel.tp > 1 && (parallel.ep > 1 || parallel.expert_tp > 1) &&
+      !parallel.sequence_parallel) {
     return Invalid(absl::StrCat(
         "parallel: tp ", parallel.tp, " with ep ", parallel.ep, " x expert_tp ",
-        parallel.expert_tp, ": lightrl run does not combine tensor parallelism with expert "
-        "parallelism yet (docs/distributed.md); give tp 1 or ep 1 and expert_tp 1"));
+        parallel.expert_tp, " needs sequence_parallel: true (each TP rank then dispatches "
+        "its own block of the tokens to the experts; docs/distributed.md)"));
   }
   if (parallel.tp > 1 && numerics.batch_invariant) {
     return Invalid(absl::StrCat("numerics.batch_invariant does not support parallel.tp > 1 "

@@ -48,9 +48,12 @@ void Trainer::PrintSummary() const {
       shard_policy_ ? absl::StrFormat(" x expert-TP %d, experts sharded", etp) : std::string();
   const int64_t tp = config_.parallel.tp;
   const std::string parallel =
-      tp > 1 ? absl::StrFormat("tensor-parallel %d%s x data-parallel %d, weights sharded", tp,
+      tp > 1 ? absl::StrFormat("tensor-parallel %d%s x data-parallel %d%s, weights sharded", tp,
                                config_.parallel.sequence_parallel ? " (sequence-parallel)" : "",
-                               world / tp)
+                               world / tp,
+                               ep * etp > 1 ? absl::StrFormat("; experts: expert-parallel %d x "
+                                                              "expert-TP %d", ep, etp)
+                                            : std::string())
              : absl::StrFormat("data-parallel %d x expert-parallel %d%s",
                                world / std::max<int64_t>(ep * etp, 1), ep, experts);
   absl::StrAppendFormat(&lines, "  layout    %d learner process%s (%s); rollouts: %s\n", world,

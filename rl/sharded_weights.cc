@@ -1,5 +1,6 @@
 #include "rl/sharded_weights.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -34,18 +35,36 @@ void PutBytes(std::string* out, const std::string& s) {
   out->append(s);
 }
 
-// The local tensors that the rank at `coords` writes (WritesBlock), as name/bytes pairs.
-absl::StatusOr<std::string> EncodeWrittenBlocks(const PolicyModel& shard, bool writer) {
-  std::string out;
-  if (!writer) {
-    PutU64(&out, 0);
-    return out;
+bool SameBlock(const TensorShard& a, const TensorShard& b) {
+  return a.held == b.held && (a.whole() ? b.whole()
+                                        : a.dim == b.dim && a.parts == b.parts && a.index == b.index);
+}
+
+// Whether `rank` is the lowest rank holding its block of `name`. The dense layout (TP) and
+// the experts' (EP x expert-TP) lie over the same ranks, so not every combination of
+// coordinates is some rank's: the first holder of each block, whoever it is, sends it.
+absl::StatusOr<bool> FirstHolder(const std::string& name, const ModelConfig& model,
+                                 const std::vector<ShardCoords>& coords, int64_t rank) {
+  ASSIGN_OR_RETURN(TensorShard mine, CheckpointShardOf(name, model, coords[rank]));
+  if (!mine.held) return false;
+  for (int64_t q = 0; q < rank; ++q) {
+    if (coords[q] == coords[rank]) return false;  // a DP copy of this rank's shard
+    ASSIGN_OR_RETURN(TensorShard there, CheckpointShardOf(name, model, coords[q]));
+    if (SameBlock(mine, there)) return false;
   }
+  return true;
+}
+
+// The local tensors of which this rank is the first holder, as name/bytes pairs.
+absl::StatusOr<std::string> EncodeWrittenBlocks(const PolicyModel& shard,
+                                                const std::vector<ShardCoords>& coords,
+                                                int64_t rank) {
+  std::string out;
   ASSIGN_OR_RETURN(std::vector<PolicyModel::WeightTensor> local,
                    shard.ExportLocalWeights(DType::kF32));
   std::vector<const PolicyModel::WeightTensor*> written;
   for (const auto& w : local) {
-    ASSIGN_OR_RETURN(bool writes, WritesBlock(w.name, shard.config(), shard.shard()));
+    ASSIGN_OR_RETURN(bool writes, FirstHolder(w.name, shard.config(), coords, rank));
     if (writes) written.push_back(&w);
   }
   PutU64(&out, written.size());
@@ -104,8 +123,7 @@ absl::StatusOr<std::vector<ShardCoords>> AllShardCoords(ProcessGroup* group,
 
 absl::Status GatherShards(ProcessGroup* group, const PolicyModel& shard, PolicyModel* whole) {
   ASSIGN_OR_RETURN(std::vector<ShardCoords> coords, AllShardCoords(group, shard));
-  const std::vector<bool> writers = ShardWriters(coords);
-  ASSIGN_OR_RETURN(std::string mine, EncodeWrittenBlocks(shard, writers[group->rank()]));
+  ASSIGN_OR_RETURN(std::string mine, EncodeWrittenBlocks(shard, coords, group->rank()));
   const bool root = group->rank() == 0;
   // The whole tensors being assembled on rank 0, FP32, and how many bytes each got.
   const ModelConfig& model = shard.config();
@@ -169,12 +187,46 @@ absl::Status SaveShards(ProcessGroup* group, const PolicyModel& shard, const std
                         DType dtype) {
   ASSIGN_OR_RETURN(std::vector<ShardCoords> coords, AllShardCoords(group, shard));
   const ModelConfig& model = shard.config();
-  if (ShardWriters(coords)[group->rank()]) {
-    ASSIGN_OR_RETURN(std::vector<PolicyModel::WeightTensor> local, shard.ExportLocalWeights(dtype));
-    std::vector<TensorData> views;
-    views.reserve(local.size());
-    for (const auto& w : local) views.push_back({w.name, dtype, w.shape, w.data.data(), w.data.size()});
-    RETURN_IF_ERROR(WriteRankShards(dir, model, shard.shard(), views));
+  // The checkpoint has one file per coordinate of the layout (tp x ep x expert_tp), each
+  // with the blocks the format puts there (WritesBlock). When the dense and expert layouts
+  // share ranks, a coordinate may be no rank's own: its file is written by the lowest rank
+  // that holds every block of it (a file of TP blocks by a rank of that TP index, a file of
+  // expert blocks by a rank of that EP index).
+  std::vector<TensorData> views;
+  std::vector<PolicyModel::WeightTensor> local;
+  for (const ShardCoords& file : LayoutOf(shard.shard()).AllCoords()) {
+    std::vector<std::string> names;
+    for (const auto& [name, shape] : ModelTensorShapes(model)) {
+      ASSIGN_OR_RETURN(bool writes, WritesBlock(name, model, file));
+      if (writes) names.push_back(name);
+    }
+    int64_t writer = -1;
+    for (int64_t r = 0; r < group->world_size() && writer < 0; ++r) {
+      bool holds = true;
+      for (const std::string& name : names) {
+        ASSIGN_OR_RETURN(TensorShard want, CheckpointShardOf(name, model, file));
+        ASSIGN_OR_RETURN(TensorShard has, CheckpointShardOf(name, model, coords[r]));
+        if (!SameBlock(want, has)) {
+          holds = false;
+          break;
+        }
+      }
+      if (holds) writer = r;
+    }
+    if (writer < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          dir, ": no learner rank holds every block of ", ShardFileName(file)));
+    }
+    if (writer != group->rank()) continue;
+    if (local.empty()) {
+      ASSIGN_OR_RETURN(local, shard.ExportLocalWeights(dtype));
+    }
+    views.clear();
+    for (const auto& w : local) {
+      if (std::find(names.begin(), names.end(), w.name) == names.end()) continue;
+      views.push_back({w.name, dtype, w.shape, w.data.data(), w.data.size()});
+    }
+    RETURN_IF_ERROR(WriteRankShards(dir, model, file, views));
   }
   RETURN_IF_ERROR(group->Barrier());
   if (group->rank() != 0) return absl::OkStatus();

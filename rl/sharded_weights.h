@@ -23,13 +23,15 @@ namespace lightrl {
 absl::StatusOr<std::vector<ShardCoords>> AllShardCoords(ProcessGroup* group,
                                                         const PolicyModel& shard);
 
-// A collective of all ranks: each rank sends the blocks it writes (ShardWriters,
-// WritesBlock: every block of the model once) to rank 0, which assembles each tensor from
-// them and replaces the weights of `whole` (rank 0's whole model; ignored elsewhere).
+// A collective of all ranks: each rank sends the blocks of which it is the lowest holder
+// (every block of the model once, whatever the ranks' coordinates) to rank 0, which
+// assembles each tensor from them and replaces the weights of `whole` (rank 0's whole
+// model; ignored elsewhere).
 // Costs the whole model's bytes on rank 0 and, over Gloo, one broadcast per rank.
 absl::Status GatherShards(ProcessGroup* group, const PolicyModel& shard, PolicyModel* whole);
 
-// A collective of all ranks: each writing rank writes its shard file into `dir`
+// A collective of all ranks: every file of the layout's coordinates (tp x ep x
+// expert_tp) is written into `dir` by the lowest rank holding all of its blocks
 // (WriteRankShards, tensors in `dtype`), then after a barrier rank 0 checks them and writes
 // the index (WriteShardedIndex) and config.json. The checksum manifest is the caller's.
 absl::Status SaveShards(ProcessGroup* group, const PolicyModel& shard, const std::string& dir,

@@ -578,7 +578,8 @@ TP_MODEL = dict(MODEL, vocab_size=258, num_key_value_heads=2)
 
 def case_run_tp():
     """`lightrl run` with tensor parallelism: tp 2 on 2 ranks, tp 2 x dp 2 on 4 (ZeRO-1
-    over each DP group), and tp 2 with sequence parallelism on 2. Each rank trains its TP shard of every dense weight, rank 0
+    over each DP group), tp 2 with sequence parallelism on 2, and tp 2 x ep 2 (sequence-
+    parallel) on 4, each rank holding its EP rank's experts only. Each rank trains its TP shard of every dense weight, rank 0
     generates with the gathered whole model. Every step's learner metrics equal one
     process's, the checkpoints are sharded by TP rank and score tokens as one process's,
     each TP rank writes its optimizer state and a resume continues from it, and resumed
@@ -597,18 +598,24 @@ def case_run_tp():
         tp, sp = {"tp": 2}, {"tp": 2, "sequence_parallel": True}
         per_tp = ["optimizer.pt.tp0-of-2", "optimizer.pt.tp1-of-2"]
         per_rank = [f"optimizer.pt.tp{t}-of-2.rank{d}-of-2" for t in range(2) for d in range(2)]
+        tp_ep = {"tp": 2, "ep": 2, "sequence_parallel": True}
+        per_expert = per_rank + ["optimizer.pt.experts0-of-2", "optimizer.pt.experts1-of-2"]
         for name, nproc, parallel, state in (("tp", 2, tp, per_tp), ("tp_dp", 4, tp, per_rank),
-                                             ("tp_sp", 2, sp, per_tp)):
+                                             ("tp_sp", 2, sp, per_tp),
+                                             ("tp_ep", 4, tp_ep, per_expert)):
             two, two_dir = run_config(tmp, name, steps=2, parallel=parallel)
             err = lightrl_run("--config", two, "--nproc", str(nproc))
             seq = " (sequence-parallel)" if parallel.get("sequence_parallel") else ""
+            ep = parallel.get("ep", 1)
+            experts = f"; experts: expert-parallel {ep} x expert-TP 1" if ep > 1 else ""
             layout = (f"{nproc} learner processes (tensor-parallel 2{seq} x data-parallel "
-                      f"{nproc // 2}, weights sharded)")
+                      f"{nproc // 2}{experts}, weights sharded)")
             assert layout in err, err
             ckpts = os.path.join(two_dir, "checkpoints")
             latest = open(os.path.join(ckpts, "latest")).read().strip()
             files = sorted(os.listdir(os.path.join(ckpts, latest)))
-            shards = [f"model-tp{t}of2-ep0of1-etp0of1.safetensors" for t in range(2)]
+            shards = sorted(f"model-tp{t}of2-ep{q}of{ep}-etp0of1.safetensors"
+                            for t in range(2) for q in range(ep))
             assert "model.sharded.index.json" in files and "model.safetensors" not in files, files
             assert [f for f in files if f.startswith("model-")] == shards, files
             assert [f for f in files if f.startswith("optimizer.pt")] == sorted(state), files

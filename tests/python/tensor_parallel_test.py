@@ -4,7 +4,8 @@ TinyParallelConfig with random weights drawn from a fresh seed (printed here). E
 checks, in FP32, its logprobs and every parameter shard's gradient against the whole
 model's, then one TrainRl (CISPO) and one TrainSft update against a single-process
 learner's on the same batch (TrainRl also with ZeRO-1 over the DP group and activation
-checkpointing); all of it again with sequence parallelism; a shard handed to a learner without its TP group, or at another TP rank,
+checkpointing); all of it again with sequence parallelism, and the learner updates with
+expert parallelism as well (TP 2 x EP 2 on 2 ranks, TP 2 x EP 4 on 4); a shard handed to a learner without its TP group, or at another TP rank,
 is a named error.
 
 Run: TENSOR_PARALLEL_WORKER=build/tests/tensor_parallel_worker python3 tests/python/tensor_parallel_test.py
@@ -29,11 +30,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run(world, tp, seed):
+EP_CHECKS = ("learner_rl_sp_ep", "learner_sft_sp_ep", "learner_rl_zero1_sp_ep")
+
+
+def run(world, tp, seed, ep=1):
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    checks = EP_CHECKS if ep > 1 else CHECKS
+    extra = [str(ep)] if ep > 1 else []
     with tempfile.TemporaryDirectory() as tmp:
-        procs = [subprocess.Popen([WORKER, str(r), str(world), str(tp), str(port), str(seed), tmp],
+        procs = [subprocess.Popen([WORKER, str(r), str(world), str(tp), str(port), str(seed), tmp,
+                                   *extra],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=env)
                  for r in range(world)]
@@ -46,12 +53,21 @@ def run(world, tp, seed):
                     q.kill()
                 raise AssertionError(f"world {world} tp {tp}: rank {r} timed out")
             lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-            if p.returncode != 0 or len(lines) != len(CHECKS):
+            if p.returncode != 0 or len(lines) != len(checks):
                 failed.append(f"rank {r} exit {p.returncode}:\n{out}{err}")
             rows.extend(lines)
-    assert not failed, f"world {world} tp {tp} seed {seed}:\n" + "\n".join(failed)
-    by_check = {c: [row for row in rows if row["check"] == c] for c in CHECKS}
+    assert not failed, f"world {world} tp {tp} ep {ep} seed {seed}:\n" + "\n".join(failed)
+    by_check = {c: [row for row in rows if row["check"] == c] for c in checks}
     assert all(len(v) == world for v in by_check.values()), by_check
+    if ep > 1:
+        for c in checks:
+            assert all(row["moved"] > 1e-3 and row["updates"] >= 1 for row in by_check[c]), \
+                by_check[c]
+        print(f"  world {world}, tp {tp} x ep {ep} sequence-parallel: largest relative "
+              "differences: " + ", ".join(
+                  f"{c[8:-6]} weights {max(r['weight_diff'] for r in by_check[c]):.3g} (of lr)"
+                  for c in checks))
+        return
     # Every rank checked real gradients and real updates; the ranks of one TP group agree
     # on the logprobs (and the DP groups ran different documents).
     for name in ("model", "model_sp"):
@@ -75,6 +91,9 @@ def main():
     print(f"seed {seed}")
     run(2, 2, seed)
     run(4, 2, seed + 1)  # TP 2 x DP 2: two TP groups side by side
+    # Tensor x expert parallelism: the EP group is the TP group, then spans both DP groups.
+    run(2, 2, seed + 2, ep=2)
+    run(4, 2, seed + 3, ep=4)
     print("tensor_parallel: ok")
 
 

@@ -302,8 +302,10 @@ TEST_F(ParallelConfigTest, ErrorsNameTheKey) {
   c = Load("parallel:\n  tp: 2\n  ep: 2\ndistributed:\n  world_size: 4\n");
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(c.status().message(),
-              HasSubstr("parallel: tp 2 with ep 2 x expert_tp 1: lightrl run does not combine "
-                        "tensor parallelism with expert parallelism yet"));
+              HasSubstr("parallel: tp 2 with ep 2 x expert_tp 1 needs sequence_parallel: true"));
+  c = Load("parallel:\n  tp: 2\n  ep: 2\n  sequence_parallel: true\ndistributed:\n"
+           "  world_size: 4\n");
+  EXPECT_TRUE(c.ok()) << c.status();
   // Expert-TP runs (sharded experts); the ranks started are checked at start-up.
   c = Load("parallel:\n  ep: 2\n  expert_tp: 2\ndistributed:\n  world_size: 4\n");
   EXPECT_TRUE(c.ok()) << c.status();

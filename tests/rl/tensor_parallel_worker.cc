@@ -19,13 +19,16 @@
 //   errors:  a shard given to a learner without its TP group, or at another TP rank.
 // Prints one JSON line per check; exits 1 when a difference exceeds its tolerance.
 //
-// Usage: tensor_parallel_worker RANK WORLD TP PORT SEED DIR
+//   EP > 1: the learner checks alone, sequence-parallel, with a layout of ep EP as well:
+//            each rank holds and updates only its EP rank's experts.
+// Usage: tensor_parallel_worker RANK WORLD TP PORT SEED DIR [EP]
 #include <torch/torch.h>
 
 #include <cstdio>
 #include <random>
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "policy/checkpoint.h"
@@ -159,6 +162,7 @@ std::vector<TrainSample> RandomBatch(uint64_t seed, int64_t n) {
 
 bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, uint64_t seed,
                   const std::string& mode, bool zero1 = false, bool sp = false) {
+  const bool experts_sharded = coords.ep > 1;
   const ModelConfig config = TinyParallelConfig();
   LearnerOptions opts;
   opts.optimizer.lr = 1e-2;
@@ -173,6 +177,7 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   opts.temperature = 0.9;
   opts.data_parallel.zero1 = zero1;
   opts.sequence_parallel = sp;
+  opts.data_parallel.expert_parallel = coords.ep;
   // The ZeRO-1 run also checkpoints its layers (the learner's key to the model's).
   opts.optimizer.activation_checkpointing = zero1;
   const auto batch = RandomBatch(seed * 7 + 1, 9);
@@ -184,6 +189,7 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   for (auto& p : before) start.push_back(p.value().detach().clone());
   LearnerOptions ref_opts = opts;
   ref_opts.sequence_parallel = false;  // one process has no TP group to split over
+  ref_opts.data_parallel.expert_parallel = 1;
   auto ref = Value(Learner::Create(whole.get(), ref_opts), "single-process learner");
   auto tp = Value(Learner::Create(shard.get(), opts, &group), "tensor-parallel learner");
   LearnerStats want, got;
@@ -212,7 +218,8 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   std::vector<double> lo;
   for (auto& p : shard->module()->named_parameters()) {
     auto part = Value(ShardOf(p.key(), config, coords), "shard of");
-    if (!part.whole()) continue;
+    // Experts under expert parallelism belong to their EP rank, not to the TP group.
+    if (!part.whole() || (experts_sharded && ExpertIndexOf(p.key()) >= 0)) continue;
     auto v = p.value().detach().to(torch::kFloat64).flatten();
     lo.push_back((v * torch::arange(1, v.numel() + 1, v.options()).remainder(13).add(1)).sum().item<double>());
   }
@@ -222,7 +229,8 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   const bool replicated_alike = !lo.empty() && lo == hi;
   const double loss_diff = std::abs(got.loss - want.loss) / std::max(std::abs(want.loss), 1e-12);
   const double norm_diff = std::abs(got.grad_norm - want.grad_norm) / std::max(want.grad_norm, 1e-12);
-  const std::string check = absl::StrCat("learner_", mode, zero1 ? "_zero1" : "", sp ? "_sp" : "");
+  const std::string check = absl::StrCat("learner_", mode, zero1 ? "_zero1" : "", sp ? "_sp" : "",
+                                         experts_sharded ? "_ep" : "");
   std::printf("{\"check\": \"%s\", \"rank\": %ld, \"tp_rank\": %ld, \"weight_diff\": %.3g, "
               "\"weight_worst\": \"%s\", \"moved\": %.3g, \"loss\": %.6f, \"loss_diff\": %.3g, "
               "\"grad_norm\": %.6f, \"grad_norm_diff\": %.3g, \"entropy\": %.6f, \"entropy_ref\": %.6f, "
@@ -258,7 +266,8 @@ bool ErrorsCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, u
   return ok;
 }
 
-int Run(int64_t rank, int64_t world, int64_t tp, int64_t port, int64_t seed, const std::string& dir) {
+int Run(int64_t rank, int64_t world, int64_t tp, int64_t port, int64_t seed, const std::string& dir,
+        int64_t ep) {
   DistributedOptions o;
   o.rank = rank;
   o.world_size = world;
@@ -267,11 +276,21 @@ int Run(int64_t rank, int64_t world, int64_t tp, int64_t port, int64_t seed, con
   auto group = Value(ProcessGroup::Create(o, "cpu"), "process group");
   ParallelLayout layout;
   layout.tp = tp;
+  layout.ep = ep;
   Check(group->JoinLayoutGroups(layout), "layout groups");
   const LayoutGroups& groups = *group->layout_groups();
   const ShardCoords coords = ShardCoordsOf(layout, groups);
   ProcessGroupTpComm comm(group.get());
   const uint64_t s = static_cast<uint64_t>(seed);
+  if (ep > 1) {
+    // Tensor and expert parallelism together (sequence parallelism required): each rank
+    // holds its TP shard of the dense weights and its EP rank's experts.
+    bool ok = LearnerCheck(rank, *group, coords, s, "rl", /*zero1=*/false, /*sp=*/true);
+    ok = LearnerCheck(rank, *group, coords, s, "sft", /*zero1=*/false, /*sp=*/true) && ok;
+    ok = LearnerCheck(rank, *group, coords, s, "rl", /*zero1=*/true, /*sp=*/true) && ok;
+    std::fflush(stdout);
+    return ok ? 0 : 1;
+  }
   bool ok = ModelCheck(rank, *group, coords, groups.dp_rank, s, dir, comm, /*sp=*/false);
   ok = LearnerCheck(rank, *group, coords, s, "rl") && ok;
   ok = LearnerCheck(rank, *group, coords, s, "sft") && ok;
@@ -291,9 +310,16 @@ int Run(int64_t rank, int64_t world, int64_t tp, int64_t port, int64_t seed, con
 
 int main(int argc, char** argv) {
   int64_t v[5];
-  if (!lightrl::ParseWorkerArgs(argc, argv, 7, "RANK WORLD TP PORT SEED DIR", 5, v)) return 2;
+  // An optional EP after DIR: the learner checks under tensor x expert parallelism.
+  const int args = argc == 8 ? 7 : argc;
+  if (!lightrl::ParseWorkerArgs(args, argv, 7, "RANK WORLD TP PORT SEED DIR [EP]", 5, v)) return 2;
+  int64_t ep = 1;
+  if (argc == 8 && (!absl::SimpleAtoi(argv[7], &ep) || ep < 1)) {
+    std::fprintf(stderr, "EP must be an integer >= 1, got \"%s\"\n", argv[7]);
+    return 2;
+  }
   try {
-    return lightrl::Run(v[0], v[1], v[2], v[3], v[4], argv[6]);
+    return lightrl::Run(v[0], v[1], v[2], v[3], v[4], argv[6], ep);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rank %s: %s\n", argv[1], e.what());
     return 2;
