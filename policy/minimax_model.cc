@@ -788,6 +788,36 @@ MiniMaxForCausalLMImpl::MiniMaxForCausalLMImpl(const ModelConfig& config, const 
   if (config.tie_word_embeddings) lm_head->weight = model->embed_tokens->weight;
 }
 
+namespace {
+
+// The decoder layers over x (checkpointed per layer when asked and recording gradients):
+// the last layer's output and the sum of the layers' aux losses.
+std::pair<torch::Tensor, torch::Tensor> RunDecoderLayers(MiniMaxModelImpl& model, torch::Tensor x,
+                                                         const PackedLayout& layout,
+                                                         const ForwardOptions& options) {
+  auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
+  const bool checkpoint = options.checkpoint_layers && torch::GradMode::is_enabled();
+  for (const auto& layer : *model.layers) {
+    auto* decoder = layer->as<DecoderLayerImpl>();
+    torch::Tensor y, layer_aux;
+    if (checkpoint && x.requires_grad()) {
+      auto call = c10::make_intrusive<LayerCall>();
+      call->layer = decoder;
+      call->layout = layout;
+      call->options = options;
+      auto outs = CheckpointedLayerFunction::apply(x, call);
+      y = outs[0], layer_aux = outs[1];
+    } else {
+      std::tie(y, layer_aux) = decoder->forward(x, layout, options);
+    }
+    x = y;
+    aux = aux + layer_aux;
+  }
+  return {x, aux};
+}
+
+}  // namespace
+
 ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
                                               const PackedLayout& layout,
                                               const ForwardOptions& options) {
@@ -807,25 +837,8 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
   }
   auto x = comm ? VocabParallelEmbedding(tokens, model->embed_tokens->weight, *comm)
                 : model->embed_tokens(tokens);
-  auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
-  const bool checkpoint = options.checkpoint_layers && torch::GradMode::is_enabled();
-  for (const auto& layer : *model->layers) {
-    auto* decoder = layer->as<DecoderLayerImpl>();
-    torch::Tensor y, layer_aux;
-    if (checkpoint && x.requires_grad()) {
-      auto call = c10::make_intrusive<LayerCall>();
-      call->layer = decoder;
-      call->layout = layout;
-      call->options = options;
-      auto outs = CheckpointedLayerFunction::apply(x, call);
-      y = outs[0], layer_aux = outs[1];
-    } else {
-      std::tie(y, layer_aux) = decoder->forward(x, layout, options);
-    }
-    x = y;
-    aux = aux + layer_aux;
-  }
-  return {model->norm(x), aux};
+  auto [out, aux] = RunDecoderLayers(*model, x, layout, options);
+  return {model->norm(out), aux};
 }
 
 ForwardOutput MiniMaxForCausalLMImpl::ForwardSequenceParallel(const torch::Tensor& tokens,
@@ -847,27 +860,10 @@ ForwardOutput MiniMaxForCausalLMImpl::ForwardSequenceParallel(const torch::Tenso
     ids = torch::cat({tokens, torch::zeros({pad}, tokens.options())});
   }
   auto x = VocabParallelEmbedding(ids, model->embed_tokens->weight, comm, /*sequence_parallel=*/true);
-  auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
-  const bool checkpoint = options.checkpoint_layers && torch::GradMode::is_enabled();
-  for (const auto& layer : *model->layers) {
-    auto* decoder = layer->as<DecoderLayerImpl>();
-    torch::Tensor y, layer_aux;
-    if (checkpoint && x.requires_grad()) {
-      auto call = c10::make_intrusive<LayerCall>();
-      call->layer = decoder;
-      call->layout = padded;
-      call->options = options;
-      auto outs = CheckpointedLayerFunction::apply(x, call);
-      y = outs[0], layer_aux = outs[1];
-    } else {
-      std::tie(y, layer_aux) = decoder->forward(x, padded, options);
-    }
-    x = y;
-    aux = aux + layer_aux;
-  }
+  auto [out, aux] = RunDecoderLayers(*model, x, padded, options);
   // Every rank's rows for the vocabulary-parallel LM head, whose backward gives each rank
   // the whole (alike) gradient of them: each block takes its own part back.
-  auto hidden = GatherSequence(model->norm(x), comm, /*reduce_grad=*/false);
+  auto hidden = GatherSequence(model->norm(out), comm, /*reduce_grad=*/false);
   return {pad > 0 ? hidden.narrow(0, 0, T) : hidden, aux};
 }
 

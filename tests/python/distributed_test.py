@@ -500,6 +500,40 @@ def token_logprobs(model_dir, tokens_path, tmp):
         return [json.loads(line)["logprobs"] for line in f]
 
 
+def random_token_file(tmp, vocab_size):
+    """Four random token sequences (3 to 11 tokens) for `lightrl logprobs`; returns the path."""
+    rng = random.Random(SEED)
+    path = os.path.join(tmp, "tokens.jsonl")
+    with open(path, "w") as f:
+        for _ in range(4):
+            f.write(json.dumps({"tokens": [rng.randrange(vocab_size)
+                                           for _ in range(rng.randrange(3, 12))]}) + "\n")
+    return path
+
+
+def check_sharded_run(name, tmp, one_dir, two_dir, parallel, nproc, shards, tokens, m1):
+    """A sharded run's latest checkpoint: the index and exactly `shards` (no whole-model
+    file), its logprobs of `tokens` those of the one-process run's checkpoint of the same
+    step; then the run resumed for a third step ends with identical replicated weights and
+    every step's metrics those of one process. Returns (latest, file names, metrics
+    compared)."""
+    ckpts = os.path.join(two_dir, "checkpoints")
+    latest = open(os.path.join(ckpts, "latest")).read().strip()
+    files = sorted(os.listdir(os.path.join(ckpts, latest)))
+    assert "model.sharded.index.json" in files and "model.safetensors" not in files, files
+    assert [f for f in files if f.startswith("model-")] == sorted(shards), files
+    ours = token_logprobs(os.path.join(ckpts, latest), tokens, tmp)
+    ref = token_logprobs(os.path.join(one_dir, "checkpoints", latest), tokens, tmp)
+    for a, b in zip(ours, ref):
+        assert a[0] is None and b[0] is None
+        np.testing.assert_allclose(a[1:], b[1:], rtol=0, atol=1e-4,
+                                   err_msg=f"{name}: logprobs of {latest}")
+    three, _ = run_config(tmp, name, steps=3, parallel=parallel)
+    err = lightrl_run("--config", three, "--nproc", str(nproc), "--resume")
+    assert "replicated weights identical on all" in err, err
+    return latest, files, compare_run_metrics(name, m1, metrics(two_dir))
+
+
 def case_run_sharded():
     """`lightrl run` with sharded experts (parallel.ep 2 on 2 ranks; ep 2 x expert_tp 2 on
     4): each rank trains only its experts, rank 0 generates with the gathered whole model.
@@ -512,12 +546,7 @@ def case_run_sharded():
         one, one_dir = run_config(tmp, "one", steps=3, keep=4)
         lightrl_run("--config", one)
         m1 = metrics(one_dir)
-        rng = random.Random(SEED)
-        tokens = os.path.join(tmp, "tokens.jsonl")
-        with open(tokens, "w") as f:
-            for _ in range(4):
-                f.write(json.dumps({"tokens": [rng.randrange(MODEL["vocab_size"])
-                                               for _ in range(rng.randrange(3, 12))]}) + "\n")
+        tokens = random_token_file(tmp, MODEL["vocab_size"])
         for name, parallel, nproc in (("ep", {"ep": 2}, 2),
                                       ("ep_etp", {"ep": 2, "expert_tp": 2}, 4)):
             two, two_dir = run_config(tmp, name, steps=2, parallel=parallel)
@@ -526,23 +555,10 @@ def case_run_sharded():
             layout = (f"{nproc} learner processes (data-parallel {nproc // (2 * etp)} x "
                       f"expert-parallel 2 x expert-TP {etp}, experts sharded)")
             assert layout in err, err
-            ckpts = os.path.join(two_dir, "checkpoints")
-            latest = open(os.path.join(ckpts, "latest")).read().strip()
-            files = sorted(os.listdir(os.path.join(ckpts, latest)))
-            shards = sorted(f"model-tp0of1-ep{q}of2-etp{t}of{etp}.safetensors"
-                            for q in range(2) for t in range(etp))
-            assert "model.sharded.index.json" in files and "model.safetensors" not in files, files
-            assert [f for f in files if f.startswith("model-")] == shards, files
-            ours = token_logprobs(os.path.join(ckpts, latest), tokens, tmp)
-            ref = token_logprobs(os.path.join(one_dir, "checkpoints", latest), tokens, tmp)
-            for a, b in zip(ours, ref):
-                assert a[0] is None and b[0] is None
-                np.testing.assert_allclose(a[1:], b[1:], rtol=0, atol=1e-4,
-                                           err_msg=f"{name}: logprobs of {latest}")
-            two, _ = run_config(tmp, name, steps=3, parallel=parallel)
-            err = lightrl_run("--config", two, "--nproc", str(nproc), "--resume")
-            assert "replicated weights identical on all" in err, err
-            compared = compare_run_metrics(name, m1, metrics(two_dir))
+            shards = [f"model-tp0of1-ep{q}of2-etp{t}of{etp}.safetensors"
+                      for q in range(2) for t in range(etp)]
+            latest, _, compared = check_sharded_run(name, tmp, one_dir, two_dir, parallel, nproc,
+                                                    shards, tokens, m1)
             print(f"  {name} ({nproc} ranks): {compared} metrics of {len(m1)} steps agree "
                   f"(resumed after step 2); {latest} holds {len(shards)} shard files")
         # The ep 2 run's checkpoint as the model of an ep 2 x expert_tp 2 run: each rank
@@ -589,12 +605,7 @@ def case_run_tp():
         one, one_dir = run_config(tmp, "one", steps=3, keep=4, model=TP_MODEL)
         lightrl_run("--config", one)
         m1 = metrics(one_dir)
-        rng = random.Random(SEED)
-        tokens = os.path.join(tmp, "tokens.jsonl")
-        with open(tokens, "w") as f:
-            for _ in range(4):
-                f.write(json.dumps({"tokens": [rng.randrange(TP_MODEL["vocab_size"])
-                                               for _ in range(rng.randrange(3, 12))]}) + "\n")
+        tokens = random_token_file(tmp, TP_MODEL["vocab_size"])
         tp, sp = {"tp": 2}, {"tp": 2, "sequence_parallel": True}
         per_tp = ["optimizer.pt.tp0-of-2", "optimizer.pt.tp1-of-2"]
         per_rank = [f"optimizer.pt.tp{t}-of-2.rank{d}-of-2" for t in range(2) for d in range(2)]
@@ -611,24 +622,11 @@ def case_run_tp():
             layout = (f"{nproc} learner processes (tensor-parallel 2{seq} x data-parallel "
                       f"{nproc // 2}{experts}, weights sharded)")
             assert layout in err, err
-            ckpts = os.path.join(two_dir, "checkpoints")
-            latest = open(os.path.join(ckpts, "latest")).read().strip()
-            files = sorted(os.listdir(os.path.join(ckpts, latest)))
-            shards = sorted(f"model-tp{t}of2-ep{q}of{ep}-etp0of1.safetensors"
-                            for t in range(2) for q in range(ep))
-            assert "model.sharded.index.json" in files and "model.safetensors" not in files, files
-            assert [f for f in files if f.startswith("model-")] == shards, files
+            shards = [f"model-tp{t}of2-ep{q}of{ep}-etp0of1.safetensors"
+                      for t in range(2) for q in range(ep)]
+            latest, files, compared = check_sharded_run(name, tmp, one_dir, two_dir, parallel,
+                                                        nproc, shards, tokens, m1)
             assert [f for f in files if f.startswith("optimizer.pt")] == sorted(state), files
-            ours = token_logprobs(os.path.join(ckpts, latest), tokens, tmp)
-            ref = token_logprobs(os.path.join(one_dir, "checkpoints", latest), tokens, tmp)
-            for a, b in zip(ours, ref):
-                assert a[0] is None and b[0] is None
-                np.testing.assert_allclose(a[1:], b[1:], rtol=0, atol=1e-4,
-                                           err_msg=f"{name}: logprobs of {latest}")
-            two, _ = run_config(tmp, name, steps=3, parallel=parallel)
-            err = lightrl_run("--config", two, "--nproc", str(nproc), "--resume")
-            assert "replicated weights identical on all" in err, err
-            compared = compare_run_metrics(name, m1, metrics(two_dir))
             print(f"  {name} ({nproc} ranks): {compared} metrics of {len(m1)} steps agree "
                   f"(resumed after step 2); {latest} holds {sorted(state)}")
         # The tp 2 run's checkpoint as the model of a one-process run trains as one process
