@@ -83,7 +83,11 @@ TEST(EngineTest, GreedyEqualsArgmaxOfFullForwardAndLogprobsAgree) {
     const size_t P = reqs[i].prompt.size();
     for (size_t t = 0; t < sample.tokens.size(); ++t) {
       auto row = logp[P - 1 + t];
-      EXPECT_EQ(row.argmax().item<int64_t>(), sample.tokens[t]) << "request " << i << " step " << t;
+      // The argmax, up to rounding: with random weights two logits can tie within the
+      // decode and prefill paths' rounding difference, and either is then greedy's pick.
+      EXPECT_GE(row[sample.tokens[t]].item<float>(), row.max().item<float>() - 1e-4)
+          << "request " << i << " step " << t << ": token " << sample.tokens[t]
+          << ", the full forward's argmax " << row.argmax().item<int64_t>();
       EXPECT_NEAR(row[sample.tokens[t]].item<float>(), sample.logprobs[t], 1e-4);
     }
   }
