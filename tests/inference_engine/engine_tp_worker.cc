@@ -54,15 +54,6 @@ namespace {
 // ulps of the logits; a wrong head, block or state shows as differences near 1.
 constexpr double kLogprobTolerance = 2e-5;
 
-void Check(const absl::Status& s, const char* what) {
-  if (!s.ok()) throw std::runtime_error(absl::StrCat(what, ": ", s.ToString()));
-}
-template <typename T>
-T Value(absl::StatusOr<T> v, const char* what) {
-  Check(v.status(), what);
-  return std::move(*v);
-}
-
 // `tp`: the TP group's size. A rank's KV page holds its share of the KV heads, so a page
 // of the shard costs 1 / tp of the whole model's; both get 12 pages, so that the whole
 // model's engine schedules the same steps.

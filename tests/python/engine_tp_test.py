@@ -13,45 +13,22 @@ model's tokens.
 
 Run: ENGINE_TP_WORKER=build/tests/engine_tp_worker python3 tests/python/engine_tp_test.py
 """
-import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
+
+from rank_workers import free_port, run_ranks
 
 WORKER = os.environ.get("ENGINE_TP_WORKER", "build/tests/engine_tp_worker")
 CHECKS = ("errors", "options", "greedy", "sampled", "cancelled", "instance")
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(world, seed):
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     with tempfile.TemporaryDirectory() as tmp:
-        procs = [subprocess.Popen([WORKER, str(r), str(world), str(port), str(seed), tmp],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env=env)
-                 for r in range(world)]
-        rows, failed = [], []
-        for r, p in enumerate(procs):
-            try:
-                out, err = p.communicate(timeout=200)
-            except subprocess.TimeoutExpired:
-                for q in procs:
-                    q.kill()
-                raise AssertionError(f"tp {world} seed {seed}: rank {r} timed out")
-            lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-            if p.returncode != 0 or len(lines) != len(CHECKS):
-                failed.append(f"rank {r} exit {p.returncode}:\n{out}{err}")
-            rows.extend(lines)
-    assert not failed, f"tp {world} seed {seed}:\n" + "\n".join(failed)
+        rows = run_ranks(WORKER, world, lambda r: [world, port, seed, tmp], len(CHECKS),
+                         f"tp {world} seed {seed}", timeout=200)
     by_check = {c: [row for row in rows if row["check"] == c] for c in CHECKS}
     assert all(len(v) == world for v in by_check.values()), by_check
     for c in ("greedy", "sampled"):

@@ -10,53 +10,27 @@ is a named error.
 
 Run: TENSOR_PARALLEL_WORKER=build/tests/tensor_parallel_worker python3 tests/python/tensor_parallel_test.py
 """
-import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
+
+from rank_workers import free_port, run_ranks
 
 WORKER = os.environ.get("TENSOR_PARALLEL_WORKER", "build/tests/tensor_parallel_worker")
 CHECKS = ("model", "learner_rl", "learner_sft", "learner_rl_zero1",
           "model_sp", "learner_rl_sp", "learner_sft_sp", "learner_rl_zero1_sp", "errors")
 LEARNER_CHECKS = [c for c in CHECKS if c.startswith("learner_")]
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 EP_CHECKS = ("learner_rl_sp_ep", "learner_sft_sp_ep", "learner_rl_zero1_sp_ep")
 
 
 def run(world, tp, seed, ep=1):
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     checks = EP_CHECKS if ep > 1 else CHECKS
-    extra = [str(ep)] if ep > 1 else []
+    extra = [ep] if ep > 1 else []
     with tempfile.TemporaryDirectory() as tmp:
-        procs = [subprocess.Popen([WORKER, str(r), str(world), str(tp), str(port), str(seed), tmp,
-                                   *extra],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env=env)
-                 for r in range(world)]
-        rows, failed = [], []
-        for r, p in enumerate(procs):
-            try:
-                out, err = p.communicate(timeout=240)
-            except subprocess.TimeoutExpired:
-                for q in procs:
-                    q.kill()
-                raise AssertionError(f"world {world} tp {tp}: rank {r} timed out")
-            lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-            if p.returncode != 0 or len(lines) != len(checks):
-                failed.append(f"rank {r} exit {p.returncode}:\n{out}{err}")
-            rows.extend(lines)
-    assert not failed, f"world {world} tp {tp} ep {ep} seed {seed}:\n" + "\n".join(failed)
+        rows = run_ranks(WORKER, world, lambda r: [world, tp, port, seed, tmp, *extra],
+                         len(checks), f"world {world} tp {tp} ep {ep} seed {seed}")
     by_check = {c: [row for row in rows if row["check"] == c] for c in checks}
     assert all(len(v) == world for v in by_check.values()), by_check
     if ep > 1:

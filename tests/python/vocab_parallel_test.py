@@ -6,42 +6,19 @@ equal the single-process LM head's in FP32 (vocab_parallel_worker checks, at tem
 
 Run: VOCAB_PARALLEL_WORKER=build/tests/vocab_parallel_worker python3 tests/python/vocab_parallel_test.py
 """
-import json
 import os
 import random
-import socket
-import subprocess
 import sys
+
+from rank_workers import free_port, run_ranks
 
 WORKER = os.environ.get("VOCAB_PARALLEL_WORKER", "build/tests/vocab_parallel_worker")
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(world, tp, seed):
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([WORKER, str(r), str(world), str(tp), str(port), str(seed)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for r in range(world)]
-    results = []
-    failed = []
-    for r, p in enumerate(procs):
-        try:
-            out, err = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise AssertionError(f"world {world} tp {tp}: rank {r} timed out")
-        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-        if p.returncode != 0 or len(lines) != 2:
-            failed.append(f"rank {r} exit {p.returncode}:\n{out}{err}")
-        results.extend(lines)
-    assert not failed, f"world {world} tp {tp} seed {seed}:\n" + "\n".join(failed)
+    results = run_ranks(WORKER, world, lambda r: [world, tp, port, seed], 2,
+                        f"world {world} tp {tp} seed {seed}")
     # Every rank saw a real, non-trivial case, and each temperature's logprobs differ.
     by_t = {}
     for row in results:

@@ -53,15 +53,6 @@ namespace {
 constexpr double kGradTolerance = 2e-5;
 constexpr double kUpdateTolerance = 1e-4;
 
-void Check(const absl::Status& s, const char* what) {
-  if (!s.ok()) throw std::runtime_error(absl::StrCat(what, ": ", s.ToString()));
-}
-template <typename T>
-T Value(absl::StatusOr<T> v, const char* what) {
-  Check(v.status(), what);
-  return std::move(*v);
-}
-
 double MaxAbs(const torch::Tensor& t) { return t.numel() ? t.abs().max().item<double>() : 0; }
 
 // Documents of random lengths and tokens, the same for one `seed` on every rank.
