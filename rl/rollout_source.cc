@@ -259,6 +259,7 @@ class FleetRolloutSource final : public RolloutSource {
       set.version = version;
       set.dtype = config_.fleet.weight_dtype == "bfloat16" ? DType::kBF16 : DType::kF32;
       set.model_config_json = policy_->config().ToJson().Dump();
+      set.batch_invariant = config_.numerics.batch_invariant;
       ASSIGN_OR_RETURN(set.tensors, policy_->ExportWeights(set.dtype));
       return set;
     };
@@ -269,6 +270,7 @@ class FleetRolloutSource final : public RolloutSource {
     DeviceWeights w;
     w.version = version;
     w.model_config_json = policy_->config().ToJson().Dump();
+    w.batch_invariant = config_.numerics.batch_invariant;
     w.device = policy_->device_index();
     ASSIGN_OR_RETURN(std::vector<PolicyModel::ParameterBuffer> params, policy_->ParameterBuffers());
     for (const auto& p : params) {

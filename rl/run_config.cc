@@ -739,9 +739,15 @@ absl::Status RunConfig::Validate() const {
     return Invalid(absl::StrCat("numerics.batch_invariant runs on the CPU only so far; "
                                 "run.device is ", run.device));
   }
-  if (numerics.batch_invariant && fleet.mode != "local") {
-    return Invalid(absl::StrCat("numerics.batch_invariant needs fleet.mode local (rollout "
-                                "workers do not take the mode yet), got ", fleet.mode));
+  if (numerics.batch_invariant && fleet.mode == "spawn" &&
+      absl::StrContains(fleet.worker_device, "cuda")) {
+    return Invalid(absl::StrCat("numerics.batch_invariant runs on the CPU only so far; "
+                                "fleet.worker_device is ", fleet.worker_device));
+  }
+  if (numerics.batch_invariant && fleet.mode != "local" && fleet.weight_dtype != run.dtype) {
+    return Invalid(absl::StrCat("numerics.batch_invariant needs the workers' weights in the "
+                                "learner's dtype: fleet.weight_dtype is ", fleet.weight_dtype,
+                                ", run.dtype ", run.dtype));
   }
   if (numerics.batch_invariant && parallel.ep > 1) {
     return Invalid(absl::StrCat("numerics.batch_invariant does not support parallel.ep > 1 "

@@ -161,6 +161,7 @@ absl::StatusOr<RolloutWorkerHealth> RolloutClient::Health() {
   h.generated_tokens = response.generated_tokens();
   h.device = response.device();
   h.engine_batches = response.engine_batches();
+  h.batch_invariant = response.batch_invariant();
   return h;
 }
 
@@ -191,21 +192,18 @@ absl::Status RolloutClient::JoinWeightGroup(const std::string& nccl_unique_id, i
                         absl::StrCat("rollout worker ", options_.address, ": JoinWeightGroup"));
 }
 
-absl::Status RolloutClient::ReceiveWeights(int64_t group_id, int64_t version, bool replace_newer,
-                                           const std::string& model_config_json,
-                                           const std::vector<std::string>& names,
-                                           const std::vector<int64_t>& bytes,
-                                           absl::Duration timeout) {
+absl::Status RolloutClient::ReceiveWeights(const WeightBroadcast& b) {
   grpc::ClientContext context;
-  PrepareGroupCall(&context, timeout, options_.auth_token);
+  PrepareGroupCall(&context, b.timeout, options_.auth_token);
   lightrl::v1::ReceiveWeightsRequest request;
-  request.set_group_id(group_id);
-  request.set_version(version);
-  request.set_replace_newer(replace_newer);
-  request.set_model_config_json(model_config_json);
-  for (const auto& n : names) request.add_tensor_names(n);
-  for (int64_t b : bytes) request.add_tensor_bytes(b);
-  request.set_timeout_s(absl::ToDoubleSeconds(timeout));
+  request.set_group_id(b.group_id);
+  request.set_version(b.version);
+  request.set_replace_newer(b.replace_newer);
+  request.set_model_config_json(b.model_config_json);
+  for (const auto& n : b.tensor_names) request.add_tensor_names(n);
+  for (int64_t n : b.tensor_bytes) request.add_tensor_bytes(n);
+  request.set_timeout_s(absl::ToDoubleSeconds(b.timeout));
+  request.set_batch_invariant(b.batch_invariant);
   lightrl::v1::UpdateWeightsResponse response;
   return FromGrpcStatus(stub_->stub->ReceiveWeights(&context, request, &response),
                         absl::StrCat("rollout worker ", options_.address, ": ReceiveWeights"));
@@ -541,15 +539,17 @@ absl::Status RolloutFleet::PublishDeviceWeights(const DeviceWeights& w) {
     }
   }
   if (status.ok()) {
-    std::vector<int64_t> bytes;
-    for (const DeviceBuffer& b : w.buffers) bytes.push_back(b.bytes);
+    WeightBroadcast b;
+    b.group_id = group_id;
+    b.version = w.version;
+    b.replace_newer = replace_newer;
+    b.model_config_json = w.model_config_json;
+    b.tensor_names = w.names;
+    for (const DeviceBuffer& buffer : w.buffers) b.tensor_bytes.push_back(buffer.bytes);
+    b.timeout = w.timeout;
+    b.batch_invariant = w.batch_invariant;
     status = FirstError(RunTogether(
-        members.size(),
-        [&](size_t i) {
-          return members[i]->client->ReceiveWeights(group_id, w.version, replace_newer,
-                                                    w.model_config_json, w.names, bytes,
-                                                    w.timeout);
-        },
+        members.size(), [&](size_t i) { return members[i]->client->ReceiveWeights(b); },
         [&] { return group->Broadcast(w.buffers, w.timeout); }));
   }
   {

@@ -47,6 +47,7 @@ struct RolloutWorkerHealth {
   int64_t weight_version = -1;
   int64_t active_groups = 0, queued_groups = 0, generated_tokens = 0, engine_batches = 0;
   std::string device;
+  bool batch_invariant = false;  // the engine's numerics.batch_invariant mode
 };
 
 // Largest logprob a sample may carry: log-probabilities are <= 0, up to FP32 rounding.
@@ -77,10 +78,7 @@ class RolloutClient {
   // receive one broadcast. Both block until the collective is done on the worker's side.
   absl::Status JoinWeightGroup(const std::string& nccl_unique_id, int rank, int world_size,
                                int64_t group_id, absl::Duration timeout);
-  absl::Status ReceiveWeights(int64_t group_id, int64_t version, bool replace_newer,
-                              const std::string& model_config_json,
-                              const std::vector<std::string>& names,
-                              const std::vector<int64_t>& bytes, absl::Duration timeout);
+  absl::Status ReceiveWeights(const WeightBroadcast& broadcast);
 
   const std::string& address() const { return options_.address; }
 
@@ -146,6 +144,7 @@ struct DeviceWeights {
   // for falling back to the gRPC stream when a broadcast fails.
   std::function<absl::StatusOr<WeightSet>()> export_host;
   absl::Duration timeout = absl::Minutes(5);
+  bool batch_invariant = false;  // as WeightSet::batch_invariant
 };
 
 class RolloutFleet {

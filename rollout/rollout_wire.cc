@@ -72,6 +72,7 @@ bool ForEachWeightChunk(const WeightSet& weights, bool replace_newer,
   header->set_dtype(DTypeName(weights.dtype));
   header->set_model_config_json(weights.model_config_json);
   header->set_replace_newer(replace_newer);
+  header->set_batch_invariant(weights.batch_invariant);
   uint32_t crc = 0;
   for (const auto& t : weights.tensors) {
     auto* info = header->add_tensors();
@@ -137,6 +138,7 @@ absl::Status WeightAssembler::Add(const lightrl::v1::WeightChunk& chunk) {
     set_.dtype = *dtype;
     set_.model_config_json = h.model_config_json();
     replace_newer_ = h.replace_newer();
+    set_.batch_invariant = h.batch_invariant();
     crc32c_ = h.crc32c();
     RETURN_IF_ERROR(CheckAgainstExpected(h));
     int64_t total = 0;

@@ -285,6 +285,7 @@ grpc::ServerUnaryReactor* RolloutWorker::Impl::Health(grpc::CallbackServerContex
     response->set_generated_tokens(s.generated_tokens);
     response->set_device(options.policy.device);
     response->set_engine_batches(s.engine_batches);
+    response->set_batch_invariant(s.batch_invariant);
   }
   reactor->Reply(ToGrpcStatus(status));
   return reactor;
@@ -348,6 +349,7 @@ grpc::ServerUnaryReactor* RolloutWorker::Impl::ReceiveWeights(
     broadcast.tensor_names.assign(request.tensor_names().begin(), request.tensor_names().end());
     broadcast.tensor_bytes.assign(request.tensor_bytes().begin(), request.tensor_bytes().end());
     broadcast.timeout = absl::Seconds(request.timeout_s() > 0 ? request.timeout_s() : 300);
+    broadcast.batch_invariant = request.batch_invariant();
     ASSIGN_OR_RETURN(int64_t served, core->ReceiveBroadcast(broadcast));
     reactor->response()->set_weight_version(served);
     return absl::OkStatus();

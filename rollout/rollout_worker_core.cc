@@ -80,6 +80,7 @@ struct RolloutWorkerCore::Impl {
   std::vector<PolicyModel::WeightSpec> weight_specs ABSL_GUARDED_BY(mu);
   std::atomic<int64_t> version{-1};
   std::atomic<int64_t> vocab_size{0};
+  std::atomic<bool> batch_invariant{false};  // options.engine.batch_invariant, for stats
 
   // Held across an engine batch and across a weight swap, never both.
   absl::Mutex engine_mu;
@@ -100,7 +101,13 @@ struct RolloutWorkerCore::Impl {
   void RunBatcher();
   // Runs every queued group that its min version allows as one engine batch.
   void RunBatch(std::vector<Job>& jobs);
-  absl::Status InstallPolicy(std::unique_ptr<PolicyModel> model, int64_t model_version)
+  // Serves `model` as `model_version` with an engine in the numerics mode `invariant`.
+  absl::Status InstallPolicy(std::unique_ptr<PolicyModel> model, int64_t model_version,
+                             bool invariant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(engine_mu);
+  // The served policy's engine in the numerics mode `invariant`: a new engine when the
+  // mode changes; on an error the old one stays.
+  absl::Status UseNumerics(bool invariant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(engine_mu);
+  absl::StatusOr<std::unique_ptr<Engine>> MakeEngine(PolicyModel* model, bool invariant)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(engine_mu);
   absl::StatusOr<int> DeviceIndex() const;
 };
@@ -171,10 +178,31 @@ void RolloutWorkerCore::Impl::RunBatch(std::vector<Job>& jobs) {
   ++engine_batches;
 }
 
+absl::StatusOr<std::unique_ptr<Engine>> RolloutWorkerCore::Impl::MakeEngine(PolicyModel* model,
+                                                                            bool invariant) {
+  if (invariant && options.fanout != nullptr) {
+    return absl::UnimplementedError(
+        "numerics.batch_invariant in a multi-process rollout instance (--tp > 1) is not "
+        "supported yet");
+  }
+  EngineOptions e = options.engine;
+  e.batch_invariant = invariant;
+  return Engine::Create(model, e, tokenizer ? &*tokenizer : nullptr, options.parallel);
+}
+
+absl::Status RolloutWorkerCore::Impl::UseNumerics(bool invariant) {
+  if (invariant == options.engine.batch_invariant) return absl::OkStatus();
+  ASSIGN_OR_RETURN(engine, MakeEngine(policy.get(), invariant));
+  options.engine.batch_invariant = invariant;
+  batch_invariant = invariant;
+  return absl::OkStatus();
+}
+
 absl::Status RolloutWorkerCore::Impl::InstallPolicy(std::unique_ptr<PolicyModel> model,
-                                                    int64_t model_version) {
-  ASSIGN_OR_RETURN(engine, Engine::Create(model.get(), options.engine,
-                                          tokenizer ? &*tokenizer : nullptr, options.parallel));
+                                                    int64_t model_version, bool invariant) {
+  ASSIGN_OR_RETURN(engine, MakeEngine(model.get(), invariant));
+  options.engine.batch_invariant = invariant;
+  batch_invariant = invariant;
   config_json = model->config().ToJson().Dump();
   vocab_size = model->config().vocab_size;
   {
@@ -204,6 +232,7 @@ absl::StatusOr<std::unique_ptr<RolloutWorkerCore>> RolloutWorkerCore::Create(
   RETURN_IF_ERROR(options.Validate());
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  impl->batch_invariant = options.engine.batch_invariant;
   impl->weight_budget = options.max_weight_bytes > 0 ? options.max_weight_bytes : HalfOfPhysicalMemory();
   if (!options.tokenizer_path.empty()) {
     ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(options.tokenizer_path));
@@ -212,7 +241,7 @@ absl::StatusOr<std::unique_ptr<RolloutWorkerCore>> RolloutWorkerCore::Create(
   if (policy != nullptr) {
     if (version < 0) return absl::InvalidArgumentError("initial weight version must be >= 0");
     absl::MutexLock lock(&impl->engine_mu);
-    RETURN_IF_ERROR(impl->InstallPolicy(std::move(policy), version));
+    RETURN_IF_ERROR(impl->InstallPolicy(std::move(policy), version, options.engine.batch_invariant));
   }
   Impl* raw = impl.get();
   impl->batcher = std::thread([raw] { raw->RunBatcher(); });
@@ -272,12 +301,13 @@ absl::Status RolloutWorkerCore::ApplyWeights(WeightSet set, bool replace_newer) 
     ASSIGN_OR_RETURN(std::unique_ptr<PolicyModel> model,
                      PolicyModel::Create(config, /*seed=*/0, m.options.policy));
     RETURN_IF_ERROR(model->ImportWeights(set.dtype, set.tensors));
-    return m.InstallPolicy(std::move(model), set.version);
+    return m.InstallPolicy(std::move(model), set.version, set.batch_invariant);
   }
   if (config.ToJson().Dump() != m.config_json) {
     return absl::InvalidArgumentError(
         "weight header: model_config_json differs from the served model's config");
   }
+  RETURN_IF_ERROR(m.UseNumerics(set.batch_invariant));
   // A shard keeps its blocks; the instance's other ranks then take theirs.
   RETURN_IF_ERROR(m.policy->ImportWeights(set.dtype, set.tensors));
   if (m.options.fanout != nullptr) RETURN_IF_ERROR(m.options.fanout->AnnounceWeights(set));
@@ -367,9 +397,10 @@ absl::StatusOr<int64_t> RolloutWorkerCore::ReceiveBroadcast(const WeightBroadcas
   if (request.version <= m.version.load() && !request.replace_newer) {
     return NotNewer(request.version, m.version.load());
   }
+  if (fresh == nullptr) RETURN_IF_ERROR(m.UseNumerics(request.batch_invariant));
   RETURN_IF_ERROR(DeviceStaging::Copy(slices, into, device));
   if (fresh != nullptr) {
-    RETURN_IF_ERROR(m.InstallPolicy(std::move(fresh), request.version));
+    RETURN_IF_ERROR(m.InstallPolicy(std::move(fresh), request.version, request.batch_invariant));
   } else {
     m.version = request.version;
   }
@@ -394,6 +425,7 @@ RolloutWorkerCoreStats RolloutWorkerCore::stats() const {
   s.queued_groups = static_cast<int64_t>(impl_->queue.size());
   s.generated_tokens = impl_->generated_tokens;
   s.engine_batches = impl_->engine_batches;
+  s.batch_invariant = impl_->batch_invariant.load();
   return s;
 }
 

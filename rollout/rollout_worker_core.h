@@ -65,6 +65,7 @@ struct RolloutWorkerCoreStats {
   int64_t active_groups = 0, queued_groups = 0;
   int64_t generated_tokens = 0;
   int64_t engine_batches = 0;
+  bool batch_invariant = false;  // the engine's numerics mode (EngineOptions::batch_invariant)
 };
 
 // Joining an NCCL weight group (rollout/nccl_weight_group.h) as one of its receivers.
@@ -73,18 +74,6 @@ struct WeightGroupJoin {
   std::string nccl_unique_id;
   int rank = 0, world_size = 0;
   absl::Duration timeout = absl::Seconds(120);
-};
-
-// One version broadcast to the group's members: the tensors' names and byte sizes in the
-// order rank 0 sends them, which must be exactly the served model's parameter buffers.
-struct WeightBroadcast {
-  int64_t group_id = -1;
-  int64_t version = 0;
-  bool replace_newer = false;
-  std::string model_config_json;
-  std::vector<std::string> tensor_names;
-  std::vector<int64_t> tensor_bytes;
-  absl::Duration timeout = absl::Seconds(300);
 };
 
 class RolloutWorkerCore {
@@ -109,7 +98,9 @@ class RolloutWorkerCore {
 
   // Installs `set` between engine batches (waiting for the running one); a version not
   // newer than the served one is FAILED_PRECONDITION unless `replace_newer`. A set of
-  // another model than the served one is INVALID_ARGUMENT.
+  // another model than the served one is INVALID_ARGUMENT. The engine takes the set's
+  // numerics mode (batch_invariant) with it; a mode the engine cannot run (on CUDA, in a
+  // multi-process instance) fails before anything changes.
   absl::Status ApplyWeights(WeightSet set, bool replace_newer);
 
   // Replaces any NCCL group with a new one as `join.rank`; blocks until every rank joined

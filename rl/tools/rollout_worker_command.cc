@@ -35,7 +35,7 @@ const std::string kRolloutWorkerUsage =
     "                              [--enforce-eager] [--max-message-mb N] [--max-inflight-mb N]\n"
     "                              [--auth-token-file FILE] [--advertise HOST:PORT]\n"
     "                              [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]\n"
-    "                              [--tls-client-auth] [--tp N]\n"
+    "                              [--tls-client-auth] [--tp N] [--batch-invariant]\n"
     "  --listen       address to serve on (default 127.0.0.1:0; the bound one is printed as\n"
     "                 \"listening on HOST:PORT\")\n"
     "  --coordinator  the controller's coordinator: register there and heartbeat\n"
@@ -50,6 +50,9 @@ const std::string kRolloutWorkerUsage =
     "                 its shard of --model (required), rank 0 serves and the others run\n"
     "                 the batches it announces until it stops; weights pushed to rank 0\n"
     "                 (UpdateWeights) reach each rank as its blocks alone\n"
+    "  --batch-invariant  generate in the batch-invariant numerics mode (numerics.\n"
+    "                 batch_invariant: a token's logprob does not depend on its batch) from\n"
+    "                 the start; weights pushed by a controller set the mode of its run\n"
     "  --advertise    address the controller should dial (default: the bound address)\n"
     "  --max-message-mb  largest request message accepted, in MiB (default 64, at least 8);\n"
     "                 a bigger one is RESOURCE_EXHAUSTED\n"
@@ -99,7 +102,7 @@ absl::Status Run(const std::vector<std::string>& args) {
                                        "kv-cache-mb", "auth-token", "auth-token-file", "advertise",
                                        "max-message-mb", "max-inflight-mb", "tls-cert",
                                        "tls-key", "tls-ca", "tp"},
-                                 {"enforce-eager", kWorkerTlsSwitch}));
+                                 {"enforce-eager", "batch-invariant", kWorkerTlsSwitch}));
   RolloutWorkerOptions options;
   options.listen_address = flags.Get("listen", options.listen_address);
   ASSIGN_OR_RETURN(options.auth_token, WorkerAuthToken(flags));
@@ -116,6 +119,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t kv_mb, flags.GetInt("kv-cache-mb", options.engine.kv_cache_bytes >> 20));
   options.engine.kv_cache_bytes = kv_mb << 20;
   options.engine.cuda_graphs = flags.Get("enforce-eager", "false") != "true";
+  options.engine.batch_invariant = flags.Get("batch-invariant", "false") == "true";
   ASSIGN_OR_RETURN(int64_t max_message_mb,
                    flags.GetInt("max-message-mb", options.max_message_bytes >> 20));
   if (max_message_mb < 8 || max_message_mb > 1024) {

@@ -19,6 +19,10 @@
                 restarted on its address and the run goes on scoring; killed again, past
                 its one restart, the run stops with a message naming the worker, how it
                 ended and the key.
+  batch_invariant  spawn mode with 2 rollout workers and numerics.batch_invariant: the
+                workers take the mode with the weights, and every step's learner logprobs
+                equal the workers' bit for bit (the mismatch metrics are exactly 0), while
+                the same run without the mode shows a mismatch.
 
 Run: LIGHTRL_BIN=build/rl/lightrl .venv/bin/python tests/python/fleet_test.py [CASE ...]
 """
@@ -330,8 +334,37 @@ def case_kill_reward_worker(tmp):
     wait_for(lambda: not child_pids(controller.pid, "worker"), 15, "workers to exit")
 
 
+def case_batch_invariant(tmp):
+    mismatch = {}
+    for mode in (True, False):
+        out = os.path.join(tmp, f"out-{mode}")
+        config = base_config(tmp, out, 3, 6, {"mode": "spawn", "rollout_workers": 2,
+                                              "worker_capacity": 2})
+        config["numerics"] = {"batch_invariant": mode}
+        path = os.path.join(tmp, f"run-{mode}.yaml")
+        write_yaml(path, config)
+        proc = subprocess.run([BIN, "run", "--config", path], env=ENV, capture_output=True,
+                              text=True, timeout=TIMEOUT_S)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [r for r in metrics(out) if "policy/train_infer_logprob_abs_diff_max" in r]
+        assert [r["step"] for r in rows] == [1, 2, 3], rows
+        # Both workers serve: a step's 6 groups exceed one worker's capacity of 2.
+        logs = os.path.join(out, "logs")
+        for k in range(2):
+            text = open(os.path.join(logs, f"rollout-local-{k}.log")).read()
+            assert "listening on" in text, text[-2000:]
+        mismatch[mode] = [(r["policy/train_infer_logprob_abs_diff_max"],
+                           r["policy/train_infer_logprob_abs_diff"],
+                           r["policy/train_infer_kl"]) for r in rows]
+    assert all(m == (0.0, 0.0, 0.0) for m in mismatch[True]), mismatch
+    assert any(m[0] > 0 for m in mismatch[False]), mismatch
+    print(f"  batch_invariant: mismatch (max, mean, kl) per step {mismatch[True]} with the "
+          f"mode, {mismatch[False]} without")
+
+
 CASES = {"kill_worker": case_kill_worker, "restart": case_restart,
-         "reward_workers": case_reward_workers, "kill_reward_worker": case_kill_reward_worker}
+         "reward_workers": case_reward_workers, "kill_reward_worker": case_kill_reward_worker,
+         "batch_invariant": case_batch_invariant}
 
 
 def run_cases(cases, prefix, argv):

@@ -623,10 +623,22 @@ TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
   c.run.device = "cuda";
   EXPECT_THAT(std::string(c.Validate().message()),
               StartsWith("numerics.batch_invariant runs on the CPU only so far"));
+  // Rollout workers take the mode with the weights: spawned or in a cluster, on the CPU,
+  // with weights sent in the learner's dtype.
+  for (const char* mode : {"spawn", "cluster"}) {
+    c = *loaded;
+    c.fleet.mode = mode;
+    EXPECT_TRUE(c.Validate().ok()) << mode << ": " << c.Validate();
+    c.fleet.weight_dtype = "bfloat16";
+    EXPECT_EQ(std::string(c.Validate().message()),
+              "numerics.batch_invariant needs the workers' weights in the learner's dtype: "
+              "fleet.weight_dtype is bfloat16, run.dtype float32") << mode;
+  }
   c = *loaded;
   c.fleet.mode = "spawn";
-  EXPECT_THAT(std::string(c.Validate().message()),
-              StartsWith("numerics.batch_invariant needs fleet.mode local"));
+  c.fleet.worker_device = "cpu,cuda:1";
+  EXPECT_EQ(std::string(c.Validate().message()),
+            "numerics.batch_invariant runs on the CPU only so far; fleet.worker_device is cpu,cuda:1");
   c = *loaded;
   c.parallel.ep = 2;
   EXPECT_THAT(std::string(c.Validate().message()),

@@ -196,6 +196,53 @@ TEST(RolloutWorkerTest, ServesPushedWeightsExactlyLikeTheInProcessEngine) {
   EXPECT_EQ((*worker)->stats().weight_version, 2);
 }
 
+// The run's numerics mode travels with its weights: pushed with batch_invariant, the
+// worker's engine switches to the mode, and each group it generates alone has the same
+// tokens and logprob bits as an in-process engine in the mode running all groups as one
+// batch; a later push without the mode switches it back.
+TEST(RolloutWorkerTest, TakesTheRunsNumericsModeWithItsWeights) {
+  std::mt19937 rng(std::random_device{}());
+  auto policy = PolicyModel::Create(TinyConfig(), rng());
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  RolloutWorkerOptions wopts;
+  wopts.worker_id = "w0";
+  auto worker = RolloutWorker::Start(wopts);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto client = Connect((*worker)->address());
+
+  WeightSet set = Export(**policy, 1);
+  set.batch_invariant = true;
+  ASSERT_TRUE(client->UpdateWeights(set).ok());
+  auto health = client->Health();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_TRUE(health->batch_invariant);
+
+  EngineOptions eopts;
+  eopts.batch_invariant = true;
+  auto engine = Engine::Create(policy->get(), eopts);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto requests = RandomRequests(rng, 6);
+  for (auto& r : requests) r.params.temperature = 1.0;
+  auto together = (*engine)->Generate(requests);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto alone = client->Generate(requests[i], 1);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    ASSERT_TRUE(together[i].status.ok()) << together[i].status;
+    ASSERT_EQ(alone->samples.size(), together[i].samples.size());
+    for (size_t k = 0; k < alone->samples.size(); ++k) {
+      EXPECT_EQ(alone->samples[k].tokens, together[i].samples[k].tokens) << "group " << i;
+      EXPECT_EQ(alone->samples[k].logprobs, together[i].samples[k].logprobs) << "group " << i;
+    }
+  }
+
+  set = Export(**policy, 2);
+  ASSERT_TRUE(client->UpdateWeights(set).ok());
+  health = client->Health();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_FALSE(health->batch_invariant);
+  EXPECT_EQ(health->weight_version, 2);
+}
+
 grpc::Status RawGenerate(lightrl::v1::RolloutService::Stub& stub,
                          const lightrl::v1::GenerateRequest& request) {
   grpc::ClientContext context;
