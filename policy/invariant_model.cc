@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "policy/expert_parallel.h"
 #include "policy/invariant_ops.h"
 
 namespace lightrl {
@@ -64,15 +65,57 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
   return {q, k, v};
 }
 
-std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const torch::Tensor& x,
-                                                     double capacity_factor) {
-  const int64_t T = x.size(0), E = moe.num_experts, K = moe.top_k;
+namespace {
+
+// The router's FP32 probabilities, the top-k experts (InvariantTopK) and their weights
+// renormalised by a sum in slot order.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantRoute(SparseMoeImpl& moe,
+                                                                       const torch::Tensor& x) {
   auto probs = InvariantSoftmax(InvariantLinear(x, moe.gate->weight, torch::kFloat32));
-  auto top_i = InvariantTopK(probs, K);
+  auto top_i = InvariantTopK(probs, moe.top_k);
   auto top_w = probs.gather(1, top_i);
   auto sum = top_w.select(1, 0);
-  for (int64_t j = 1; j < K; ++j) sum = sum + top_w.select(1, j);
-  top_w = top_w / sum.unsqueeze(1);
+  for (int64_t j = 1; j < moe.top_k; ++j) sum = sum + top_w.select(1, j);
+  return {probs, top_w / sum.unsqueeze(1), top_i};
+}
+
+// A token's k expert outputs y [T, k, H] weighted by w [T, k] (zero for a dropped
+// assignment) and summed in slot order in FP32, rounded once to `dtype`.
+torch::Tensor SumSlots(const torch::Tensor& y, const torch::Tensor& w, c10::ScalarType dtype) {
+  auto out = y.select(1, 0).to(torch::kFloat32) * w.narrow(1, 0, 1);
+  for (int64_t j = 1; j < y.size(1); ++j) out = out + y.select(1, j).to(torch::kFloat32) * w.narrow(1, j, 1);
+  return out.to(dtype);
+}
+
+// ForwardExpertParallel's combine in the mode: the rows that came back (`returned`, of the
+// kept assignments `ids`) summed per token as SumSlots, so that a token's output is the
+// one-process mode's bit for bit wherever its experts ran.
+torch::Tensor CombineInSlotOrder(const torch::Tensor& x, const torch::Tensor& returned,
+                                 const torch::Tensor& ids, const torch::Tensor& top_w) {
+  const int64_t T = x.size(0), K = top_w.size(1), H = x.size(1);
+  auto y = torch::zeros({T * K, H}, returned.options()).index_copy(0, ids, returned);
+  auto kept = torch::zeros({T * K}, top_w.options()).index_fill(0, ids, 1).view({T, K});
+  return SumSlots(y.view({T, K, H}), top_w * kept, x.scalar_type());
+}
+
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const torch::Tensor& x,
+                                                     double capacity_factor,
+                                                     ExpertParallelComm* expert_parallel) {
+  if (expert_parallel != nullptr) {
+    TORCH_CHECK(expert_parallel->expert_tp_size() == 1,
+                "numerics.batch_invariant does not support expert_tp > 1 (an expert's output "
+                "would be summed over ranks in another order)");
+    // Each expert row by row (RunExpert), so its rows do not depend on their batch.
+    MoeNumerics numerics;
+    numerics.route = [&moe](const torch::Tensor& rows) { return InvariantRoute(moe, rows); };
+    numerics.run_expert = [](ExpertImpl& e, const torch::Tensor& rows) { return RunExpert(e, rows); };
+    numerics.combine = CombineInSlotOrder;
+    return moe.ForwardExpertParallel(x, capacity_factor, *expert_parallel, -1, &numerics);
+  }
+  const int64_t T = x.size(0), E = moe.num_experts, K = moe.top_k;
+  auto [probs, top_w, top_i] = InvariantRoute(moe, x);
 
   // The load-balancing loss and the capacity rule as SparseMoeImpl::forward has them (they
   // are integer counts and a training loss, not the token's value).
@@ -115,25 +158,23 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
   }
   auto y = torch::cat(outs).index_select(0, torch::tensor(row_of, torch::kInt64)).view({T, K, x.size(1)});
   auto w = top_w * torch::tensor(std::vector<float>(kept.begin(), kept.end()), torch::kFloat32).view({T, K});
-  auto out = y.select(1, 0).to(torch::kFloat32) * w.narrow(1, 0, 1);
-  for (int64_t j = 1; j < K; ++j) out = out + y.select(1, j).to(torch::kFloat32) * w.narrow(1, j, 1);
-  return {out.to(x.scalar_type()), aux};
+  return {SumSlots(y, w, x.scalar_type()), aux};
 }
 
 std::pair<torch::Tensor, torch::Tensor> InvariantDecoderLayer(
     DecoderLayerImpl& layer, const torch::Tensor& x, const DecoderLayerImpl::Block& attention,
-    double moe_capacity_factor) {
+    double moe_capacity_factor, ExpertParallelComm* expert_parallel) {
   auto n1 = Norm(layer.input_layernorm, x);
   auto h = Mix(layer.postnorm ? n1 : x, layer.attn_alpha, attention(n1), layer.attn_beta);
   auto n2 = Norm(layer.post_attention_layernorm, h);
-  auto [mlp, aux] = InvariantMoe(*layer.block_sparse_moe, n2, moe_capacity_factor);
+  auto [mlp, aux] = InvariantMoe(*layer.block_sparse_moe, n2, moe_capacity_factor, expert_parallel);
   return {Mix(layer.postnorm ? n2 : h, layer.mlp_alpha, mlp, layer.mlp_beta), aux};
 }
 
 ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tensor& tokens,
                                const PackedLayout& layout, const ForwardOptions& options) {
-  TORCH_CHECK(options.expert_parallel == nullptr,
-              "numerics.batch_invariant does not support expert parallelism yet");
+  TORCH_CHECK(options.tensor_parallel == nullptr,
+              "numerics.batch_invariant does not support tensor parallelism yet");
   auto x = model.model->embed_tokens(tokens);
   auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
   const int64_t T = x.size(0);
@@ -141,6 +182,8 @@ ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tenso
   for (const auto& module : *model.model->layers) {
     auto& layer = *module->as<DecoderLayerImpl>();
     auto attention = [&](const torch::Tensor& n1) -> torch::Tensor {
+      // An expert-parallel rank without tokens still runs the MoE blocks' collectives.
+      if (T == 0) return torch::zeros_like(n1);
       if (layer.lightning) {
         auto& attn = *layer.lightning;
         auto [q, k, v] = InvariantLightningProject(attn, n1);
@@ -153,7 +196,8 @@ ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tenso
                                   1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
       return Linear(attn.o_proj, o.reshape({T, -1}));
     };
-    auto [y, layer_aux] = InvariantDecoderLayer(layer, x, attention, options.moe_capacity_factor);
+    auto [y, layer_aux] = InvariantDecoderLayer(layer, x, attention, options.moe_capacity_factor,
+                                                options.expert_parallel);
     x = y;
     aux = aux + layer_aux;
   }

@@ -18,7 +18,8 @@
 namespace lightrl {
 
 // The packed forward of MiniMaxForCausalLMImpl::Forward in the mode. Of `options`,
-// moe_capacity_factor is read; expert parallelism is refused (not supported in the mode).
+// moe_capacity_factor and expert_parallel (without expert-TP) are read; tensor parallelism
+// is refused (not supported in the mode).
 ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tensor& tokens,
                                const PackedLayout& layout, const ForwardOptions& options);
 
@@ -26,7 +27,7 @@ ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tenso
 // cached attention, or the packed one). Returns (out, aux loss).
 std::pair<torch::Tensor, torch::Tensor> InvariantDecoderLayer(
     DecoderLayerImpl& layer, const torch::Tensor& x, const DecoderLayerImpl::Block& attention,
-    double moe_capacity_factor = 0);
+    double moe_capacity_factor = 0, ExpertParallelComm* expert_parallel = nullptr);
 
 // Lightning attention's fused projection: q, k, v [T, H, d] after SiLU; and the gate, norm
 // and output projection of its output o [T, H * d].
@@ -40,9 +41,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
     SoftmaxAttentionImpl& attn, const torch::Tensor& x, const torch::Tensor& positions);
 
 // The MoE block: router, top-k, each expert on its tokens, the weighted sum over a token's
-// k choices in order (FP32, rounded once). Returns (out, aux loss).
+// k choices in order (FP32, rounded once). Returns (out, aux loss). With `expert_parallel`
+// (no expert-TP) the experts run where they live (SparseMoeImpl::ForwardExpertParallel with
+// these ops): the output is the same bits, the aux loss this rank's part of it.
 std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const torch::Tensor& x,
-                                                     double capacity_factor);
+                                                     double capacity_factor,
+                                                     ExpertParallelComm* expert_parallel = nullptr);
 
 // FP32 logits [N, vocab] of hidden states [N, hidden], and log p(targets) at `temperature`
 // (> 0).

@@ -576,7 +576,8 @@ torch::Tensor SparseMoeImpl::GroupedExperts(const torch::Tensor& rows, const std
 }
 
 std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
-    const torch::Tensor& x, double capacity_factor, ExpertParallelComm& comm, int64_t valid) {
+    const torch::Tensor& x, double capacity_factor, ExpertParallelComm& comm, int64_t valid,
+    const MoeNumerics* numerics) {
   // Rows past `valid` are padding: routed nowhere, counted nowhere, their output zero.
   const int64_t T = valid < 0 ? x.size(0) : valid, P = comm.ep_size(), Q = comm.expert_tp_size();
   TORCH_CHECK(T <= x.size(0), "expert parallel: ", T, " valid rows of ", x.size(0));
@@ -590,7 +591,7 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
               "expert parallel: the MoE block holds the experts of ", shard.ToString(),
               ", the comm is EP rank ", comm.ep_rank(), " of ", P, ", expert-TP rank ",
               comm.expert_tp_rank(), " of ", Q);
-  auto [all_probs, top_w, top_i] = Route(x);
+  auto [all_probs, top_w, top_i] = numerics && numerics->route ? numerics->route(x) : Route(x);
   const torch::Tensor probs = all_probs.narrow(0, 0, T);
   // Assignment a = token a / top_k, slot a % top_k.
   auto assigned = top_i.narrow(0, 0, T).reshape(-1);
@@ -689,7 +690,9 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
   for (int64_t j = 0; j < per_rank; ++j) {
     // Also with no rows: the expert's weights get a (zero) gradient and the graph stays
     // connected from the return all-to-all back to the dispatch.
-    outs.push_back(expert(first + j)->forward(slices[j]));
+    ExpertImpl& e = *expert(first + j);
+    outs.push_back(numerics && numerics->run_expert ? numerics->run_expert(e, slices[j])
+                                                    : e.forward(slices[j]));
   }
   auto computed = torch::cat(outs);
   if (per_rank > 1) {
@@ -697,6 +700,7 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
   }
   if (Q > 1) computed = ExpertTpReduceScatter(computed, member_rows, comm);
   auto returned = ExpertAllToAll(computed, plan.recv, plan.send, comm);
+  if (numerics && numerics->combine) return {numerics->combine(x, returned, send_ids, top_w), aux};
   auto w = top_w.reshape(-1).index_select(0, send_ids).unsqueeze(-1);
   auto out = torch::zeros_like(x).index_add(0, send_tokens,
                                             (returned.to(torch::kFloat32) * w).to(x.scalar_type()));

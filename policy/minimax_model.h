@@ -140,6 +140,22 @@ class ExpertImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Expert);
 
+// The numerics of an expert-parallel MoE forward (SparseMoeImpl::ForwardExpertParallel):
+// routing, one expert on its rows, and each token's output from the rows that came back.
+// An empty member takes the block's own (Route, ExpertImpl::forward, a weighted index_add);
+// the batch-invariant mode gives its ops (policy/invariant_model.h).
+struct MoeNumerics {
+  // (probs [T, E] FP32, top_w [T, k] FP32, top_i [T, k] int64) of x [T, H].
+  std::function<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>(const torch::Tensor& x)>
+      route;
+  std::function<torch::Tensor(ExpertImpl& expert, const torch::Tensor& rows)> run_expert;
+  // The output [T, H] in x's dtype: `returned` [n, H] holds the expert output of the kept
+  // assignments `ids` [n] (assignment a = token a / k, slot a % k), top_w their weights.
+  std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& returned,
+                              const torch::Tensor& ids, const torch::Tensor& top_w)>
+      combine;
+};
+
 // The MoE block. With `shard` (policy/shard_spec.h) it holds only the experts of its EP
 // rank (LocalExperts), each as its expert-TP block of the FFN width; the router is whole.
 // The experts keep their global indices as module names (experts.E.w1.weight), so
@@ -165,10 +181,10 @@ class SparseMoeImpl : public torch::nn::Module {
   // received and sum the partial outputs. The block's shard must be the comm's layout.
   // With `valid` >= 0 only the first `valid` rows of x are tokens (sequence parallelism's
   // padding follows): the rest are routed nowhere, counted nowhere and output zero.
-  std::pair<torch::Tensor, torch::Tensor> ForwardExpertParallel(const torch::Tensor& x,
-                                                                double capacity_factor,
-                                                                ExpertParallelComm& comm,
-                                                                int64_t valid = -1);
+  // `numerics` (optional) replaces the routing, expert and combine ops.
+  std::pair<torch::Tensor, torch::Tensor> ForwardExpertParallel(
+      const torch::Tensor& x, double capacity_factor, ExpertParallelComm& comm,
+      int64_t valid = -1, const MoeNumerics* numerics = nullptr);
   // Under sequence parallelism: the block on this TP rank's tokens x [n, H], of which the
   // first `valid` are the batch's (the rest padding). The aux loss is the whole batch's,
   // its statistics summed over the TP group, on every rank; backward, each rank's router

@@ -131,10 +131,6 @@ absl::Status LearnerOptions::Validate() const {
                            optimizer.moe_capacity_factor, "); give 0")
             : std::string("batch_invariant yet")));
   }
-  if (batch_invariant && data_parallel.expert_parallel > 1) {
-    return Invalid("batch_invariant (numerics.batch_invariant) does not support "
-                   "data_parallel.expert_parallel > 1 yet");
-  }
   return absl::OkStatus();
 }
 

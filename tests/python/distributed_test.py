@@ -619,6 +619,33 @@ def case_run_sharded():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def case_run_invariant_ep():
+    """`lightrl run` with numerics.batch_invariant and the experts sharded over 2 ranks
+    (parallel.ep 2): every step's learner logprobs equal rank 0's engine's bit for bit (the
+    mismatch metrics are exactly 0) as in one process, and the learner's metrics equal one
+    process's in the mode."""
+    tmp = tempfile.mkdtemp(prefix="lightrl_dist_invariant_")
+    try:
+        dirs = []
+        for name, parallel, nproc in (("one", None, 1), ("ep", {"ep": 2}, 2)):
+            cfg, out = run_config(tmp, name, steps=3, parallel=parallel)
+            with open(cfg, "a") as f:
+                f.write("numerics:\n  batch_invariant: true\n")
+            err = lightrl_run("--config", cfg, *(["--nproc", str(nproc)] if nproc > 1 else []))
+            if parallel:
+                assert "expert-parallel 2 x expert-TP 1, experts sharded" in err, err
+            rows = [metrics(out)[s] for s in sorted(metrics(out))]
+            mismatch = [(r["policy/train_infer_logprob_abs_diff_max"], r["policy/train_infer_kl"])
+                        for r in rows if "policy/train_infer_logprob_abs_diff_max" in r]
+            assert len(mismatch) == 3 and all(m == (0.0, 0.0) for m in mismatch), (name, mismatch)
+            dirs.append(out)
+        compared = compare_run_metrics("invariant_ep", *dirs)
+        print(f"  ep 2 in the batch-invariant mode: mismatch 0 at all 3 steps, {compared} "
+              "metrics agree with one process")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # MODEL with its heads and vocabulary (padded by one row past the tokenizer's) split in two.
 TP_MODEL = dict(MODEL, vocab_size=258, num_key_value_heads=2)
 
@@ -973,7 +1000,8 @@ def case_nccl_expert():
 CASES = {"equal": case_equal, "bf16": case_bf16, "bf16_reduce": case_bf16_reduce,
          "resume": case_resume, "errors": case_errors,
          "run": case_run, "expert": case_expert, "expert_sharded": case_expert_sharded,
-         "run_sharded": case_run_sharded, "run_tp": case_run_tp}
+         "run_sharded": case_run_sharded, "run_tp": case_run_tp,
+         "run_invariant_ep": case_run_invariant_ep}
 GPU_CASES = {"nccl": case_nccl, "nccl_expert": case_nccl_expert}
 GPUS_NEEDED = 2
 # CTest's SKIP_RETURN_CODE for these tests: every case asked for was skipped.
@@ -988,12 +1016,13 @@ def gpu_count():
 
 
 def main():
-    # `expert`, `expert_sharded`, `bf16_reduce`, `run_sharded` and `run_tp` run as their
-    # own CTests (learner_expert_parallel, learner_expert_sharded, learner_bf16_reduce,
-    # run_sharded, run_tensor_parallel); named, they run here too.
+    # `expert`, `expert_sharded`, `bf16_reduce`, `run_sharded`, `run_tp` and
+    # `run_invariant_ep` run as their own CTests (learner_expert_parallel,
+    # learner_expert_sharded, learner_bf16_reduce, run_sharded, run_tensor_parallel,
+    # run_invariant_ep); named, they run here too.
     names = sys.argv[1:] or [n for n in CASES
                              if n not in ("expert", "bf16_reduce", "expert_sharded",
-                                          "run_sharded", "run_tp")]
+                                          "run_sharded", "run_tp", "run_invariant_ep")]
     CASES.update(GPU_CASES)
     print(f"distributed_test seed {SEED} (DISTRIBUTED_TEST_SEED={SEED} repeats it)")
     passed = failed = skipped = 0

@@ -10,11 +10,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
 #include <thread>
 
+#include "policy/invariant_model.h"
 #include "policy/minimax_model.h"
 #include "rl/parallel_layout.h"
 #include "tests/test_models.h"
@@ -34,6 +36,79 @@ double MaxDiff(const torch::Tensor& a, const torch::Tensor& b) {
 void ExpectClose(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
   const double scale = std::max(1.0, want.abs().max().item<double>());
   EXPECT_LE(MaxDiff(got, want), 1e-5 * scale) << what << " (largest magnitude " << scale << ")";
+}
+
+// A whole MoE block of `config` with weights spread enough that routing is uneven.
+SparseMoe RandomMoe(const ModelConfig& config, uint64_t seed) {
+  torch::manual_seed(seed);
+  SparseMoe moe(config, ShardCoords{});
+  torch::NoGradGuard no_grad;
+  for (auto& p : moe->parameters()) p.normal_(0, 0.3);
+  return moe;
+}
+
+// Random rows xs[r] [tokens[r], H] and output gradients gs[r] of each rank.
+void RandomRows(const std::vector<int64_t>& tokens, int64_t H, std::vector<torch::Tensor>* xs,
+                std::vector<torch::Tensor>* gs) {
+  for (int64_t n : tokens) {
+    xs->push_back(torch::randn({n, H}));
+    gs->push_back(torch::randn({n, H}));
+  }
+}
+
+// Every rank's MoE output, aux loss and input gradient: `forward(r, x, comm)` on rank r's
+// tokens xs[r] with an EP `ep` x expert-TP `expert_tp` comm, then a backward of
+// (out * gs[r]).sum() + aux_coef * aux.
+struct RankOutputs {
+  std::vector<absl::Status> status;
+  std::vector<torch::Tensor> out, aux, x_grad;
+};
+
+RankOutputs RunMoeRanks(
+    const std::vector<torch::Tensor>& xs, const std::vector<torch::Tensor>& gs, double aux_coef,
+    int64_t ep, int64_t expert_tp,
+    const std::function<std::pair<torch::Tensor, torch::Tensor>(int64_t, const torch::Tensor&,
+                                                                ExpertParallelComm&)>& forward) {
+  const int64_t world = static_cast<int64_t>(xs.size());
+  RankOutputs got;
+  got.out.resize(world), got.aux.resize(world), got.x_grad.resize(world);
+  got.status = RunThreadRanks(world, [&](int64_t r, ProcessGroup* group) {
+    ProcessGroupExpertComm comm(group, ep, expert_tp);  // backward runs its collectives too
+    auto x = xs[r].clone().requires_grad_(true);
+    auto [out, aux] = forward(r, x, comm);
+    ((out * gs[r]).sum() + aux_coef * aux).backward();
+    got.out[r] = out.detach();
+    got.aux[r] = aux.detach();
+    got.x_grad[r] = x.grad();
+  });
+  return got;
+}
+
+// Each rank's output and input gradient against one process's rows of them (the outputs
+// bit for bit when `bitwise`), and the ranks' aux parts summing to its aux loss.
+void ExpectOneProcessRows(const std::vector<int64_t>& tokens, const RankOutputs& got,
+                          const torch::Tensor& out_all, const torch::Tensor& x_all,
+                          const torch::Tensor& aux_all, bool bitwise) {
+  double aux_sum = 0;
+  int64_t offset = 0;
+  for (size_t r = 0; r < tokens.size(); ++r) {
+    ASSERT_TRUE(got.status[r].ok()) << "rank " << r << ": " << got.status[r];
+    const int64_t n = tokens[r];
+    const std::string rank = "rank " + std::to_string(r);
+    if (n > 0) {
+      const torch::Tensor want = out_all.detach().narrow(0, offset, n);
+      if (bitwise) {
+        EXPECT_TRUE(torch::equal(got.out[r], want))
+            << rank << ": largest difference " << MaxDiff(got.out[r], want);
+      } else {
+        ExpectClose(got.out[r], want, "output of " + rank);
+      }
+      ExpectClose(got.x_grad[r], x_all.grad().narrow(0, offset, n), "input gradient of " + rank);
+    }
+    aux_sum += got.aux[r].item<double>();
+    offset += n;
+  }
+  EXPECT_NEAR(aux_sum, aux_all.item<double>(), 1e-5);
 }
 
 TEST(ExpertDispatchTest, CapacityCountsEarlierRanksFirst) {
@@ -60,10 +135,11 @@ struct Case {
   int64_t ep;
   std::vector<int64_t> tokens;  // by rank
   double capacity_factor;
+  int64_t top_k = 2;
 };
 
 void PrintTo(const Case& c, std::ostream* os) {
-  *os << "expert_parallel " << c.ep << ", tokens [";
+  *os << "expert_parallel " << c.ep << ", top-" << c.top_k << ", tokens [";
   for (size_t r = 0; r < c.tokens.size(); ++r) *os << (r ? ", " : "") << c.tokens[r];
   *os << "], capacity factor " << c.capacity_factor;
 }
@@ -77,25 +153,16 @@ TEST_P(ExpertParallelMoeTest, EqualsOneProcessOverAllTokens) {
   const uint64_t seed = std::random_device()();
   SCOPED_TRACE("seed " + std::to_string(seed));
   ModelConfig config = TinyLearnerConfig(4);
-  config.num_experts_per_tok = 2;
+  config.num_experts_per_tok = tc.top_k;
   const int64_t H = config.hidden_size;
   const double aux_coef = 0.1;
   torch::set_num_threads(1);
 
   // Weights spread enough that routing is uneven, so a factor below 2 drops tokens.
-  auto make_moe = [&] {
-    torch::manual_seed(seed);
-    SparseMoe moe(config, ShardCoords{});
-    torch::NoGradGuard no_grad;
-    for (auto& p : moe->parameters()) p.normal_(0, 0.3);
-    return moe;
-  };
+  auto make_moe = [&] { return RandomMoe(config, seed); };
   torch::manual_seed(seed + 1);
   std::vector<torch::Tensor> xs, gs;
-  for (int64_t n : tc.tokens) {
-    xs.push_back(torch::randn({n, H}));
-    gs.push_back(torch::randn({n, H}));
-  }
+  RandomRows(tc.tokens, H, &xs, &gs);
 
   // One process over all tokens, rank by rank.
   SparseMoe ref = make_moe();
@@ -108,53 +175,14 @@ TEST_P(ExpertParallelMoeTest, EqualsOneProcessOverAllTokens) {
     ASSERT_GT(MaxDiff(undropped, out_all), 1e-3) << "the capacity dropped nothing";
   }
 
-  const int port = FreeLoopbackPort();
-  std::vector<torch::Tensor> outs(world), auxes(world), x_grads(world);
   std::vector<SparseMoe> moes;
   for (int64_t r = 0; r < world; ++r) moes.push_back(make_moe());
-  std::vector<std::string> errors(world);
-  std::vector<ProcessGroupPtr> groups(world);  // kept until every thread is done
-  auto rank = [&](int64_t r) {
-    try {
-      DistributedOptions o;
-      o.rank = r;
-      o.world_size = world;
-      o.master_port = port;
-      o.timeout_s = 60;
-      auto group = ProcessGroup::Create(o, "cpu");
-      if (!group.ok()) {
-        errors[r] = std::string(group.status().message());
-        return;
-      }
-      groups[r] = *std::move(group);
-      ProcessGroupExpertComm comm(groups[r].get(), tc.ep);
-      auto x = xs[r].clone().requires_grad_(true);
-      auto [out, aux] = moes[r]->ForwardExpertParallel(x, tc.capacity_factor, comm);
-      ((out * gs[r]).sum() + aux_coef * aux).backward();
-      outs[r] = out.detach();
-      auxes[r] = aux.detach();
-      x_grads[r] = x.grad();
-    } catch (const std::exception& e) {
-      errors[r] = e.what();
-    }
-  };
-  std::vector<std::thread> threads;
-  for (int64_t r = 0; r < world; ++r) threads.emplace_back(rank, r);
-  for (auto& t : threads) t.join();
-  for (int64_t r = 0; r < world; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
-
-  double aux_sum = 0;
-  int64_t offset = 0;
-  for (int64_t r = 0; r < world; ++r) {
-    const int64_t n = tc.tokens[r];
-    if (n > 0) {
-      ExpectClose(outs[r], out_all.detach().narrow(0, offset, n), "output of rank " + std::to_string(r));
-      ExpectClose(x_grads[r], x_all.grad().narrow(0, offset, n), "input gradient of rank " + std::to_string(r));
-    }
-    aux_sum += auxes[r].item<double>();
-    offset += n;
-  }
-  EXPECT_NEAR(aux_sum, aux_all.item<double>(), 1e-5);
+  const RankOutputs ranks = RunMoeRanks(
+      xs, gs, aux_coef, tc.ep, 1, [&](int64_t r, const torch::Tensor& x, ExpertParallelComm& comm) {
+        return moes[r]->ForwardExpertParallel(x, tc.capacity_factor, comm);
+      });
+  ExpectOneProcessRows(tc.tokens, ranks, out_all, x_all, aux_all, /*bitwise=*/false);
+  if (HasFatalFailure()) return;
   // The router is replicated: its gradient is the sum over ranks. An expert's gradient is
   // the sum over the ranks that hold it (one per EP group); other ranks leave it alone.
   auto or_zeros = [](const torch::Tensor& p) {
@@ -227,17 +255,9 @@ TEST_P(ShardedExpertMoeTest, EqualsOneProcessOverAllTokens) {
   const double aux_coef = 0.1;
   torch::set_num_threads(1);
 
-  torch::manual_seed(seed);
-  SparseMoe ref(config, ShardCoords{});
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& p : ref->parameters()) p.normal_(0, 0.3);
-  }
+  SparseMoe ref = RandomMoe(config, seed);
   std::vector<torch::Tensor> xs, gs;
-  for (int64_t n : tc.tokens) {
-    xs.push_back(torch::randn({n, H}));
-    gs.push_back(torch::randn({n, H}));
-  }
+  RandomRows(tc.tokens, H, &xs, &gs);
   auto x_all = torch::cat(xs).requires_grad_(true);
   auto [out_all, aux_all] = ref->forward(x_all, tc.capacity_factor);
   ((out_all * torch::cat(gs)).sum() + aux_coef * aux_all).backward();
@@ -263,51 +283,13 @@ TEST_P(ShardedExpertMoeTest, EqualsOneProcessOverAllTokens) {
     }
   }
 
-  const int port = FreeLoopbackPort();
-  std::vector<torch::Tensor> outs(world), auxes(world), x_grads(world);
-  std::vector<std::string> errors(world);
-  std::vector<ProcessGroupPtr> groups(world);
-  auto rank = [&](int64_t r) {
-    try {
-      DistributedOptions o;
-      o.rank = r;
-      o.world_size = world;
-      o.master_port = port;
-      o.timeout_s = 60;
-      auto group = ProcessGroup::Create(o, "cpu");
-      if (!group.ok()) {
-        errors[r] = std::string(group.status().message());
-        return;
-      }
-      groups[r] = *std::move(group);
-      ProcessGroupExpertComm comm(groups[r].get(), tc.ep, tc.expert_tp);
-      auto x = xs[r].clone().requires_grad_(true);
-      auto [out, aux] = moes[r]->ForwardExpertParallel(x, tc.capacity_factor, comm);
-      ((out * gs[r]).sum() + aux_coef * aux).backward();
-      outs[r] = out.detach();
-      auxes[r] = aux.detach();
-      x_grads[r] = x.grad();
-    } catch (const std::exception& e) {
-      errors[r] = e.what();
-    }
-  };
-  std::vector<std::thread> threads;
-  for (int64_t r = 0; r < world; ++r) threads.emplace_back(rank, r);
-  for (auto& t : threads) t.join();
-  for (int64_t r = 0; r < world; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
-
-  double aux_sum = 0;
-  int64_t offset = 0;
-  for (int64_t r = 0; r < world; ++r) {
-    const int64_t n = tc.tokens[r];
-    if (n > 0) {
-      ExpectClose(outs[r], out_all.detach().narrow(0, offset, n), "output of rank " + std::to_string(r));
-      ExpectClose(x_grads[r], x_all.grad().narrow(0, offset, n), "input gradient of rank " + std::to_string(r));
-    }
-    aux_sum += auxes[r].item<double>();
-    offset += n;
-  }
-  EXPECT_NEAR(aux_sum, aux_all.item<double>(), 1e-5);
+  const RankOutputs ranks = RunMoeRanks(
+      xs, gs, aux_coef, tc.ep, tc.expert_tp,
+      [&](int64_t r, const torch::Tensor& x, ExpertParallelComm& comm) {
+        return moes[r]->ForwardExpertParallel(x, tc.capacity_factor, comm);
+      });
+  ExpectOneProcessRows(tc.tokens, ranks, out_all, x_all, aux_all, /*bitwise=*/false);
+  if (HasFatalFailure()) return;
   // Sums over ranks by (parameter, block): the router over all, an expert block over its
   // expert-DP copies.
   std::map<std::pair<std::string, int64_t>, torch::Tensor> sums;
@@ -339,6 +321,52 @@ INSTANTIATE_TEST_SUITE_P(
         ShardedCase{2, 1, {23, 17}, 0}, ShardedCase{2, 2, {11, 23, 0, 17}, 0},
         ShardedCase{1, 2, {13, 0}, 0.75}, ShardedCase{2, 1, {19, 0, 33, 8}, 0.75},
         ShardedCase{2, 2, {300, 250, 0, 180}, 0.9}));
+
+// The batch-invariant mode's MoE with its experts spread over EP ranks (each holding only
+// its experts, no expert-TP): every token's output is the one-process mode's bit for bit,
+// wherever its experts ran and whatever tokens shared its ranks; the aux loss's parts and
+// the input gradients as one process's.
+class InvariantExpertParallelTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(InvariantExpertParallelTest, TokensGetTheOneProcessBits) {
+  RanksAreThreadsOfThisProcess();
+  const Case& tc = GetParam();
+  const int64_t world = static_cast<int64_t>(tc.tokens.size());
+  const uint64_t seed = std::random_device()();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  ModelConfig config = TinyParallelConfig();
+  config.num_experts_per_tok = tc.top_k;
+  torch::set_num_threads(1);
+  SparseMoe ref = RandomMoe(config, seed);
+  std::vector<torch::Tensor> xs, gs;
+  RandomRows(tc.tokens, config.hidden_size, &xs, &gs);
+  auto x_all = torch::cat(xs).requires_grad_(true);
+  auto [out_all, aux_all] = InvariantMoe(*ref, x_all, tc.capacity_factor);
+  ((out_all * torch::cat(gs)).sum() + 0.1 * aux_all).backward();
+
+  ParallelLayout layout;
+  layout.ep = tc.ep;
+  std::vector<SparseMoe> moes;
+  auto whole = ref->named_parameters();
+  for (int64_t r = 0; r < world; ++r) {
+    auto groups = GroupsOf(layout, world, r);
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    moes.push_back(SparseMoe(config, ShardCoordsOf(layout, *groups)));
+    torch::NoGradGuard no_grad;
+    for (auto& p : moes.back()->named_parameters()) p.value().copy_(whole[p.key()]);
+  }
+  const RankOutputs ranks = RunMoeRanks(
+      xs, gs, 0.1, tc.ep, 1, [&](int64_t r, const torch::Tensor& x, ExpertParallelComm& comm) {
+        return InvariantMoe(*moes[r], x, tc.capacity_factor, &comm);
+      });
+  ExpectOneProcessRows(tc.tokens, ranks, out_all, x_all, aux_all, /*bitwise=*/true);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, InvariantExpertParallelTest,
+    // Top-3 of 4 experts: a token's outputs come back in another order than its slots.
+    ::testing::Values(Case{2, {23, 17}, 0}, Case{2, {0, 31}, 0.75}, Case{2, {19, 0, 33, 8}, 0, 3},
+                      Case{4, {40, 9, 0, 27}, 0.8, 3}, Case{2, {64, 64}, 0, 3}));
 
 }  // namespace
 }  // namespace lightrl

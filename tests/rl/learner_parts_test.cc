@@ -236,28 +236,9 @@ TEST(AdamWTest, MastersAreFp32CopiesOfLowPrecisionWeightsAndRefreshThem) {
 // build has no Gloo.
 template <typename Body>
 bool RunRanks(int world, Body body) {
-  RanksAreThreadsOfThisProcess();
-  const int port = FreeLoopbackPort();
-  std::vector<absl::Status> status(world);
-  std::vector<std::unique_ptr<ProcessGroup>> groups(world);  // kept until every thread is done
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) {
-    threads.emplace_back([&, r] {
-      DistributedOptions o;
-      o.rank = r;
-      o.world_size = world;
-      o.master_port = port;
-      o.timeout_s = 60;
-      auto group = ProcessGroup::Create(o, "cpu");
-      if (!group.ok()) {
-        status[r] = group.status();
-        return;
-      }
-      groups[r] = std::move(*group);
-      body(r, groups[r].get());
-    });
-  }
-  for (auto& t : threads) t.join();
+  const std::vector<absl::Status> status = RunThreadRanks(world, [&](int64_t r, ProcessGroup* group) {
+    body(static_cast<int>(r), group);
+  });
   if (absl::IsUnimplemented(status[0])) return false;
   for (int r = 0; r < world; ++r) EXPECT_TRUE(status[r].ok()) << "rank " << r << ": " << status[r];
   return true;

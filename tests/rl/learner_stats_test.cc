@@ -142,26 +142,8 @@ TEST(LearnerStatsAccumulatorTest, AllReduceOverGlooRanksEqualsMerge) {
   constexpr int kRanks = 3;
   LearnerStatsAccumulator all;
   auto by_rank = Deal(rng, kRanks, &all);
-  const int port = FreeLoopbackPort();
-  absl::Status status[kRanks];
-  std::unique_ptr<ProcessGroup> groups[kRanks];  // kept until every thread is done
-  auto run = [&](int r) {
-    DistributedOptions o;
-    o.rank = r;
-    o.world_size = kRanks;
-    o.master_port = port;
-    o.timeout_s = 60;
-    auto group = ProcessGroup::Create(o, "cpu");
-    if (!group.ok()) {
-      status[r] = group.status();
-      return;
-    }
-    groups[r] = std::move(*group);
-    status[r] = by_rank[r].AllReduce(groups[r].get());
-  };
-  std::vector<std::thread> threads;
-  for (int r = 0; r < kRanks; ++r) threads.emplace_back(run, r);
-  for (auto& t : threads) t.join();
+  const std::vector<absl::Status> status = RunThreadRanks(
+      kRanks, [&](int64_t r, ProcessGroup* group) { return by_rank[r].AllReduce(group); });
   if (absl::IsUnimplemented(status[0])) GTEST_SKIP() << status[0];
   for (int r = 0; r < kRanks; ++r) {
     ASSERT_TRUE(status[r].ok()) << "rank " << r << ": " << status[r];

@@ -641,8 +641,10 @@ TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
             "numerics.batch_invariant runs on the CPU only so far; fleet.worker_device is cpu,cuda:1");
   c = *loaded;
   c.parallel.ep = 2;
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  c.parallel.expert_tp = 2;
   EXPECT_THAT(std::string(c.Validate().message()),
-              StartsWith("numerics.batch_invariant does not support parallel.ep > 1"));
+              StartsWith("numerics.batch_invariant does not support parallel.expert_tp > 1"));
   EXPECT_THAT(LoadError(m + "numerics:\n  batch_invariant: 2\n"),
               HasSubstr("numerics.batch_invariant must be true or false, got 2"));
 }

@@ -69,6 +69,22 @@ std::unique_ptr<RolloutClient> Connect(const std::string& address) {
   return *std::move(c);
 }
 
+// Worker "w0" on loopback, serving nothing yet, and a client of it.
+struct LoopbackWorker {
+  std::unique_ptr<RolloutWorker> worker;
+  std::unique_ptr<RolloutClient> client;
+};
+
+LoopbackWorker StartLoopbackWorker() {
+  RolloutWorkerOptions wopts;
+  wopts.worker_id = "w0";
+  auto worker = RolloutWorker::Start(wopts);
+  EXPECT_TRUE(worker.ok()) << worker.status();
+  if (!worker.ok()) return {};
+  auto client = Connect((*worker)->address());
+  return {*std::move(worker), std::move(client)};
+}
+
 // A request over the worker's message limit is refused by gRPC with RESOURCE_EXHAUSTED;
 // the worker goes on serving.
 TEST(RolloutWorkerTest, OversizedRequestIsRefusedAndTheWorkerGoesOn) {
@@ -143,11 +159,10 @@ TEST(RolloutWorkerTest, ServesPushedWeightsExactlyLikeTheInProcessEngine) {
   std::mt19937 rng(std::random_device{}());
   auto policy = PolicyModel::Create(TinyConfig(), rng());
   ASSERT_TRUE(policy.ok()) << policy.status();
-  RolloutWorkerOptions wopts;
-  wopts.worker_id = "w0";
-  auto worker = RolloutWorker::Start(wopts);
-  ASSERT_TRUE(worker.ok()) << worker.status();
-  auto client = Connect((*worker)->address());
+  LoopbackWorker w = StartLoopbackWorker();
+  ASSERT_NE(w.worker, nullptr);
+  auto& worker = w.worker;
+  auto& client = w.client;
 
   auto requests = RandomRequests(rng, 6);
   // No weights yet: refused, not crashed.
@@ -187,13 +202,13 @@ TEST(RolloutWorkerTest, ServesPushedWeightsExactlyLikeTheInProcessEngine) {
   auto stale = client->UpdateWeights(Export(**policy, 3));
   EXPECT_EQ(stale.code(), absl::StatusCode::kFailedPrecondition) << stale;
   ASSERT_TRUE(client->UpdateWeights(Export(**policy, 4, DType::kBF16)).ok());
-  EXPECT_EQ((*worker)->stats().weight_version, 4);
+  EXPECT_EQ(worker->stats().weight_version, 4);
   auto after = client->Generate(requests[1], 4);
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->weight_version, 4);
   // A resumed controller may go back to an older version, but only when it says so.
   ASSERT_TRUE(client->UpdateWeights(Export(**policy, 2), /*replace_newer=*/true).ok());
-  EXPECT_EQ((*worker)->stats().weight_version, 2);
+  EXPECT_EQ(worker->stats().weight_version, 2);
 }
 
 // The run's numerics mode travels with its weights: pushed with batch_invariant, the
@@ -204,11 +219,10 @@ TEST(RolloutWorkerTest, TakesTheRunsNumericsModeWithItsWeights) {
   std::mt19937 rng(std::random_device{}());
   auto policy = PolicyModel::Create(TinyConfig(), rng());
   ASSERT_TRUE(policy.ok()) << policy.status();
-  RolloutWorkerOptions wopts;
-  wopts.worker_id = "w0";
-  auto worker = RolloutWorker::Start(wopts);
-  ASSERT_TRUE(worker.ok()) << worker.status();
-  auto client = Connect((*worker)->address());
+  LoopbackWorker w = StartLoopbackWorker();
+  ASSERT_NE(w.worker, nullptr);
+  auto& worker = w.worker;
+  auto& client = w.client;
 
   WeightSet set = Export(**policy, 1);
   set.batch_invariant = true;
