@@ -11,6 +11,7 @@
 #include "common/file_util.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "policy/shard_spec.h"
 #include "rl/worker_launcher.h"
 #include "rollout/coordinator.h"
 #include "rollout/rollout_client.h"
@@ -169,6 +170,20 @@ class FleetRolloutSource final : public RolloutSource {
       launch.max_num_seqs = config_.rollout.max_num_seqs;
       launch.tokenizer = config_.model.tokenizer;
       launch.log_dir = JoinPath(config_.run.output_dir, "logs");
+      launch.tp = f.rollout_tp;
+      if (f.rollout_tp > 1) {
+        // Each rank of an instance loads its shard of the weights the run starts from;
+        // later versions reach it through rank 0.
+        ShardCoords coords;
+        coords.tp = f.rollout_tp;
+        if (absl::Status s = coords.CheckModel(policy_->config()); !s.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("fleet.rollout_tp ", f.rollout_tp, ": ", s.message()));
+        }
+        launch.model_dir = JoinPath(config_.run.output_dir, "rollout-model");
+        RETURN_IF_ERROR(policy_->Save(launch.model_dir,
+                                      config_.run.dtype == "bfloat16" ? DType::kBF16 : DType::kF32));
+      }
       ASSIGN_OR_RETURN(rollout_workers_, launcher_->StartRolloutWorkers(launch));
     }
     if (f.spawn_reward_workers) RETURN_IF_ERROR(SpawnRewardWorkers(token));

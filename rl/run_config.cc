@@ -537,6 +537,8 @@ const ConfigTable<FleetSection>& FleetSection::Table() {
                "workers a group may be tried on", AtLeast(1)),
       Field<S>("weight_dtype", &S::weight_dtype, "weights pushed to the workers", Dtype()),
       Field<S>("worker_device", &S::worker_device, "device of spawned workers"),
+      Field<S>("rollout_tp", &S::rollout_tp,
+               "spawn mode: processes of each tensor-parallel rollout instance", AtLeast(1)),
       Field<S>("weight_sync", &S::weight_sync, "grpc or nccl", OneOf({"grpc", "nccl"})),
       Field<S>("spawn_reward_workers", &S::spawn_reward_workers,
                "spawn mode: one reward worker process per built-in kind"),
@@ -698,6 +700,10 @@ absl::Status FleetSection::Validate() const {
   if (spawn_reward_workers && mode != "spawn") {
     return Invalid(absl::StrCat("spawn_reward_workers needs mode spawn, got \"", mode, "\""));
   }
+  if (rollout_tp > 1 && mode != "spawn") {
+    return Invalid(absl::StrCat("rollout_tp needs mode spawn (start the instances of a cluster "
+                                "with `lightrl rollout-worker --tp N`), got \"", mode, "\""));
+  }
   if (mode == "spawn" && min_workers > rollout_workers) {
     return Invalid(absl::StrCat("min_workers must be <= rollout_workers (", rollout_workers,
                                 ") in spawn mode, got ", min_workers));
@@ -738,6 +744,10 @@ absl::Status RunConfig::Validate() const {
   if (numerics.batch_invariant && run.device != "cpu") {
     return Invalid(absl::StrCat("numerics.batch_invariant runs on the CPU only so far; "
                                 "run.device is ", run.device));
+  }
+  if (numerics.batch_invariant && fleet.rollout_tp > 1) {
+    return Invalid(absl::StrCat("numerics.batch_invariant does not support fleet.rollout_tp > 1 "
+                                "yet, got ", fleet.rollout_tp));
   }
   if (numerics.batch_invariant && fleet.mode == "spawn" &&
       absl::StrContains(fleet.worker_device, "cuda")) {

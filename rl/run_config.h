@@ -314,6 +314,11 @@ struct FleetSection {
   int64_t reward_worker_restarts = 3;
   // Device of spawned workers: "cpu", "cuda" or "cuda:N".
   std::string worker_device = "cpu";
+  // Spawn mode: each rollout worker is a tensor-parallel instance of this many processes
+  // (`lightrl rollout-worker --tp N`; rank 0 serves, the others follow), rank t of worker k
+  // on worker_device's entry k * N + t. They load the model the run starts from, which it
+  // saves to OUTPUT_DIR/rollout-model first.
+  int64_t rollout_tp = 1;
 
   bool enabled() const { return mode != "local"; }
   static const ConfigTable<FleetSection>& Table();

@@ -48,8 +48,14 @@ struct RolloutWorkerLaunch {
   int64_t max_num_seqs = 256;
   // tokenizer.json for stop strings; empty: none.
   std::string tokenizer;
-  // Each worker appends its output to LOG_DIR/rollout-local-K.log.
+  // Each worker appends its output to LOG_DIR/rollout-local-K.log (its other ranks' to
+  // rollout-local-K-rankT.log).
   std::string log_dir;
+  // Processes of each worker: a tensor-parallel instance (`lightrl rollout-worker --tp`)
+  // when > 1, its rank t on devices[(k * tp + t) % size], each loading its shard of
+  // `model_dir` (required then).
+  int64_t tp = 1;
+  std::string model_dir;
 };
 
 // One reward worker per built-in kind, registered with `coordinator` (role reward).

@@ -1,8 +1,10 @@
 #include "rl/tools/child_process.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,7 +26,8 @@ std::string SelfExe() {
 }
 
 absl::StatusOr<pid_t> SpawnChild(const std::vector<std::string>& argv, const std::string& log_path,
-                                 const std::string& auth_token) {
+                                 const std::string& auth_token,
+                                 const std::vector<std::string>& extra_env) {
   const int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) {
     return absl::InternalError(absl::StrCat("cannot open ", log_path, ": ", std::strerror(errno)));
@@ -35,11 +38,16 @@ absl::StatusOr<pid_t> SpawnChild(const std::vector<std::string>& argv, const std
   // Built before fork: the child of a threaded process may only make async-signal-safe calls.
   const std::string env_prefix = absl::StrCat(kAuthTokenEnvVar, "=");
   const std::string token_entry = env_prefix + auth_token;
+  std::vector<std::string> replaced = {env_prefix};
+  for (const std::string& e : extra_env) replaced.push_back(e.substr(0, e.find('=') + 1));
   std::vector<char*> env;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (!absl::StartsWith(*e, env_prefix)) env.push_back(*e);
+    bool keep = true;
+    for (const std::string& name : replaced) keep &= !absl::StartsWith(*e, name);
+    if (keep) env.push_back(*e);
   }
   if (!auth_token.empty()) env.push_back(const_cast<char*>(token_entry.c_str()));
+  for (const std::string& e : extra_env) env.push_back(const_cast<char*>(e.c_str()));
   env.push_back(nullptr);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
@@ -59,6 +67,23 @@ absl::StatusOr<pid_t> SpawnChild(const std::vector<std::string>& argv, const std
   }
   ::close(log_fd);
   return pid;
+}
+
+int FreeLoopbackPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  ::close(fd);
+  return port;
 }
 
 std::string DescribeExit(int wait_status) {

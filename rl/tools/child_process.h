@@ -21,9 +21,14 @@ std::string SelfExe();
 // Starts `argv` with stdout and stderr appended to `log_path`; the child gets SIGTERM if
 // the controller dies, so spawned workers never outlive their run. A non-empty
 // `auth_token` reaches the child as LIGHTRL_AUTH_TOKEN in its environment (readable only
-// by its own user), never in argv (readable by every local user in /proc).
+// by its own user), never in argv (readable by every local user in /proc). `env` entries
+// ("NAME=value") replace the inherited variables of the same names.
 absl::StatusOr<pid_t> SpawnChild(const std::vector<std::string>& argv, const std::string& log_path,
-                                 const std::string& auth_token);
+                                 const std::string& auth_token,
+                                 const std::vector<std::string>& env = {});
+
+// A loopback port nobody listens on now (a child binds it a moment later); -1 if none.
+int FreeLoopbackPort();
 
 // How a child ended, from waitpid's `wait_status`: "exited with status 1", "killed by
 // signal 9 (Killed)".

@@ -23,6 +23,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "rl/run_config.h"
+#include "rl/tools/child_process.h"
 #include "rl/tools/commands.h"
 #include "rl/tools/dry_run.h"
 #include "rl/tools/flags.h"
@@ -124,24 +125,6 @@ void OnLauncherSignal(int signal, siginfo_t* info, void*) {
   for (int r = 0; r < n; ++r) ::kill(local_ranks[r], signal);
 }
 
-// A loopback port nobody listens on now (the store binds it a moment later).
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
-
 // torchrun for one host: starts `nproc` copies of this command (without --nproc) with
 // RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, and waits for them. When
 // one fails, the others are stopped; the exit code is the first failure's.
@@ -156,7 +139,7 @@ absl::Status LaunchLocalRanks(const std::vector<std::string>& args, int64_t npro
     if (args[i].rfind("--nproc=", 0) == 0) continue;
     child_args.push_back(args[i]);
   }
-  const int port = FreePort();
+  const int port = FreeLoopbackPort();
   if (port <= 0) {
     return absl::UnavailableError("--nproc: cannot find a free loopback port");
   }

@@ -636,6 +636,17 @@ TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
   }
   c = *loaded;
   c.fleet.mode = "spawn";
+  c.fleet.rollout_tp = 2;
+  EXPECT_EQ(std::string(c.Validate().message()),
+            "numerics.batch_invariant does not support fleet.rollout_tp > 1 yet, got 2");
+  c.numerics.batch_invariant = false;
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  c.fleet.mode = "cluster";
+  EXPECT_THAT(std::string(c.Validate().message()),
+              HasSubstr("rollout_tp needs mode spawn (start the instances of a cluster with "
+                        "`lightrl rollout-worker --tp N`), got \"cluster\""));
+  c = *loaded;
+  c.fleet.mode = "spawn";
   c.fleet.worker_device = "cpu,cuda:1";
   EXPECT_EQ(std::string(c.Validate().message()),
             "numerics.batch_invariant runs on the CPU only so far; fleet.worker_device is cpu,cuda:1");
