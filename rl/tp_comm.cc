@@ -33,4 +33,25 @@ torch::Tensor ProcessGroupTpComm::AllGather(const torch::Tensor& local) {
   return torch::cat(out[0]).to(local.device());
 }
 
+torch::Tensor ProcessGroupTpComm::ReduceScatter(const torch::Tensor& full) {
+  TORCH_CHECK(full.dim() >= 1 && full.size(0) % size_ == 0, "ReduceScatter: ", full.sizes(),
+              " rows do not split over ", size_, " ranks");
+  if (!tp_) return full.clone();
+  if (!native_reduce_scatter_) return TensorParallelComm::ReduceScatter(full);
+  auto& g = group_->impl();
+  const auto on = full.to(g.device).contiguous();
+  std::vector<std::vector<at::Tensor>> in(1);
+  for (const auto& block : on.chunk(size_, 0)) in[0].push_back(block.contiguous());
+  std::vector<at::Tensor> out{torch::empty_like(in[0][0])};
+  try {
+    tp_->reduce_scatter(out, in)->wait();
+  } catch (const c10::Error& e) {
+    const std::string what = e.what_without_backtrace();
+    if (what.find("not support") == std::string::npos) throw;
+    native_reduce_scatter_ = false;
+    return TensorParallelComm::ReduceScatter(full);
+  }
+  return out[0].to(full.device());
+}
+
 }  // namespace lightrl

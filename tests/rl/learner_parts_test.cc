@@ -15,6 +15,8 @@
 #include "rl/distributed_internal.h"
 #include "rl/expert_shards.h"
 #include "rl/gradient_reducer.h"
+#include "rl/parallel_layout.h"
+#include "rl/tp_comm.h"
 #include "rl/zero_optimizer.h"
 #include "tests/test_ports.h"
 #include "tests/thread_ranks.h"
@@ -242,6 +244,48 @@ bool RunRanks(int world, Body body) {
   if (absl::IsUnimplemented(status[0])) return false;
   for (int r = 0; r < world; ++r) EXPECT_TRUE(status[r].ok()) << "rank " << r << ": " << status[r];
   return true;
+}
+
+// The TP comm's sequence-parallel collectives on 4 Gloo ranks (tp 2 x dp 2, and tp 4):
+// all-gather joins the TP group's blocks in rank order, reduce-scatter keeps this rank's
+// block of the group's sum, by the backend's own reduce-scatter.
+TEST(TensorParallelCommTest, GathersAndReduceScattersOverItsTpGroup) {
+  const int world = 4;
+  for (int64_t tp : {2, 4}) {
+    SCOPED_TRACE("tp " + std::to_string(tp));
+    std::vector<torch::Tensor> local, full;
+    for (int r = 0; r < world; ++r) {
+      local.push_back(torch::randn({3, 5}));
+      full.push_back(torch::randn({tp * 3, 5}));
+    }
+    ParallelLayout layout;
+    layout.tp = tp;
+    layout.dp = world / tp;
+    std::vector<torch::Tensor> gathered(world), scattered(world);
+    std::vector<char> native(world);
+    const bool ran = RunRanks(world, [&](int r, ProcessGroup* group) {
+      ASSERT_TRUE(group->JoinLayoutGroups(layout).ok());
+      ProcessGroupTpComm comm(group);
+      gathered[r] = comm.AllGather(local[r]);
+      scattered[r] = comm.ReduceScatter(full[r]);
+      native[r] = comm.native_reduce_scatter();
+    });
+    if (!ran) GTEST_SKIP() << "no Gloo in this build";
+    for (int r = 0; r < world; ++r) {
+      auto groups = GroupsOf(layout, world, r);
+      ASSERT_TRUE(groups.ok()) << groups.status();
+      std::vector<torch::Tensor> blocks;
+      auto sum = torch::zeros_like(full[r]);
+      for (int64_t m : groups->tp) {
+        blocks.push_back(local[m]);
+        sum += full[m];
+      }
+      EXPECT_TRUE(torch::equal(gathered[r], torch::cat(blocks))) << "rank " << r;
+      auto mine = sum.narrow(0, groups->tp_rank * 3, 3);
+      EXPECT_LE((scattered[r] - mine).abs().max().item<double>(), 1e-6) << "rank " << r;
+      EXPECT_TRUE(native[r]) << "rank " << r << " fell back to the all-reduce";
+    }
+  }
 }
 
 // Every rank's gradients: gradient of parameter i on rank r, undefined where that rank
