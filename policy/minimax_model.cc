@@ -441,7 +441,7 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::forward(const torch::Tens
 }
 
 std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardSequenceParallel(
-    const torch::Tensor& x, int64_t valid, TensorParallelComm& comm) {
+    const torch::Tensor& x, int64_t valid, TensorParallelComm& comm, double capacity_factor) {
   TORCH_CHECK(valid >= 0 && valid <= x.size(0), "sequence parallel MoE: ", valid,
               " valid tokens of ", x.size(0));
   auto [probs, top_w, top_i] = Route(x);
@@ -450,12 +450,14 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardSequenceParallel(
   // (its tokens' probs of e) / N, sums over the ranks to the aux loss; all-reduced once
   // more (identity backward), every rank holds that sum and its router the gradient of
   // its own tokens.
+  // Each rank's assignment counts per expert and its token count, in rank order.
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(x.device());
-  auto stats = torch::zeros({num_experts + 1}, f64);
+  auto local = torch::zeros({1, num_experts + 1}, f64);
   auto mine = top_i.narrow(0, 0, valid).reshape(-1);
-  stats.narrow(0, 0, num_experts).index_add_(0, mine, torch::ones({mine.size(0)}, f64));
-  stats[num_experts] = static_cast<double>(valid);
-  comm.AllReduce(stats, TensorParallelComm::Op::kSum);
+  local[0].narrow(0, 0, num_experts).index_add_(0, mine, torch::ones({mine.size(0)}, f64));
+  local[0][num_experts] = static_cast<double>(valid);
+  const auto by_rank = comm.AllGather(local);
+  const auto stats = by_rank.sum(0);
   const double n = stats[num_experts].item<double>();
   torch::Tensor part;
   if (n > 0) {
@@ -464,7 +466,21 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardSequenceParallel(
   } else {
     part = probs.sum() * 0;
   }
-  return {ForwardRouted(x, top_w, top_i),
+  torch::Tensor keep;
+  if (capacity_factor > 0 && n > 0) {
+    // An assignment's place within its expert over the whole batch: the earlier ranks'
+    // counts, then its place among this rank's (padding rows are never kept).
+    const auto capacity = static_cast<int64_t>(
+        std::ceil(capacity_factor * n * static_cast<double>(top_k) / num_experts));
+    auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
+    auto before = by_rank.narrow(0, 0, comm.tp_rank()).sum(0).narrow(0, 0, num_experts).to(i64);
+    auto flat = top_i.reshape(-1);
+    auto onehot = torch::one_hot(flat, num_experts);
+    auto place = (onehot.cumsum(0) * onehot).sum(-1) - 1 + before.index_select(0, flat);
+    keep = (place < capacity).reshape({x.size(0), top_k});
+    keep.narrow(0, valid, x.size(0) - valid).fill_(false);
+  }
+  return {ForwardRouted(x, top_w, top_i, keep),
           ReduceFromTensorParallel(part.reshape({1}), comm).reshape({})};
 }
 
@@ -748,7 +764,8 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::T
         options.expert_parallel != nullptr
             ? block_sparse_moe->ForwardExpertParallel(n2, options.moe_capacity_factor,
                                                       *options.expert_parallel, valid)
-            : block_sparse_moe->ForwardSequenceParallel(n2, valid, comm);
+            : block_sparse_moe->ForwardSequenceParallel(n2, valid, comm,
+                                                        options.moe_capacity_factor);
     aux = part;
     return mlp;
   });
@@ -833,9 +850,9 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
   if (options.sequence_parallel) {
     TORCH_CHECK(comm != nullptr, "MiniMaxForCausalLM: sequence_parallel needs a model sharded "
                 "over a TP group of 2 or more and ForwardOptions.tensor_parallel");
-    TORCH_CHECK(options.moe_capacity_factor <= 0, "MiniMaxForCausalLM: sequence_parallel does "
-                "not drop tokens; moe_capacity_factor must be <= 0, got ",
-                options.moe_capacity_factor);
+    TORCH_CHECK(options.moe_capacity_factor <= 0 || options.expert_parallel == nullptr,
+                "MiniMaxForCausalLM: sequence_parallel with expert parallelism does not drop "
+                "tokens; moe_capacity_factor must be <= 0, got ", options.moe_capacity_factor);
     TORCH_CHECK(layout.padding == 0, "MiniMaxForCausalLM: the layout is padded already");
     return ForwardSequenceParallel(tokens, layout, options, *comm);
   }

@@ -188,10 +188,13 @@ class SparseMoeImpl : public torch::nn::Module {
   // Under sequence parallelism: the block on this TP rank's tokens x [n, H], of which the
   // first `valid` are the batch's (the rest padding). The aux loss is the whole batch's,
   // its statistics summed over the TP group, on every rank; backward, each rank's router
-  // gets the gradient of its own tokens' part. No capacity rule.
+  // gets the gradient of its own tokens' part. The capacity rule (capacity_factor > 0)
+  // counts the whole batch's tokens in order, the TP ranks' blocks in rank order, so the
+  // same assignments are dropped as in one forward over the batch.
   std::pair<torch::Tensor, torch::Tensor> ForwardSequenceParallel(const torch::Tensor& x,
                                                                   int64_t valid,
-                                                                  TensorParallelComm& comm);
+                                                                  TensorParallelComm& comm,
+                                                                  double capacity_factor = 0);
   // The router's logits [T, E] in FP32 (on CUDA bf16, an FP32-output GEMM).
   torch::Tensor RouterLogits(const torch::Tensor& x);
   // The router alone: FP32 softmax over experts, top-k, renormalised. Returns (probs [T, E],

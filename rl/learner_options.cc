@@ -123,13 +123,15 @@ absl::Status LearnerOptions::Validate() const {
         "temperature must be finite and > 0 (the rollouts' sampling temperature), got ",
         temperature));
   }
-  if (sequence_parallel && (optimizer.moe_capacity_factor > 0 || batch_invariant)) {
+  if (sequence_parallel && batch_invariant) {
+    return Invalid("sequence_parallel (parallel.sequence_parallel) does not support "
+                   "batch_invariant yet");
+  }
+  if (sequence_parallel && optimizer.moe_capacity_factor > 0 &&
+      data_parallel.expert_parallel > 1) {
     return Invalid(absl::StrCat(
-        "sequence_parallel (parallel.sequence_parallel) does not support ",
-        optimizer.moe_capacity_factor > 0
-            ? absl::StrCat("token dropping (optimizer.moe_capacity_factor ",
-                           optimizer.moe_capacity_factor, "); give 0")
-            : std::string("batch_invariant yet")));
+        "sequence_parallel with expert_parallel does not support token dropping "
+        "(optimizer.moe_capacity_factor ", optimizer.moe_capacity_factor, "); give 0"));
   }
   return absl::OkStatus();
 }

@@ -15,7 +15,9 @@
 //   *_sp:    model and learner again with sequence parallelism (ForwardOptions and
 //            LearnerOptions::sequence_parallel): each TP rank runs norms, residuals and
 //            the MoE on its block of the tokens (ragged batches pad); the replicated
-//            parameters' gradients summed over the TP group equal the whole model's.
+//            parameters' gradients summed over the TP group equal the whole model's;
+//            with token dropping (factor 0.9) where the forwards hold one process's
+//            tokens (the model check; the learner's without DP or EP).
 //   errors:  a shard given to a learner without its TP group, or at another TP rank.
 // Prints one JSON line per check; exits 1 when a difference exceeds its tolerance.
 //
@@ -51,6 +53,8 @@ namespace {
 // gradient shows as differences near 1; summation-order rounding shows as about 1e-5,
 // the weights' own FP32 rounding).
 constexpr double kGradTolerance = 2e-5;
+// Below 1: some assignments are always dropped.
+constexpr double kCapacityFactor = 0.9;
 constexpr double kUpdateTolerance = 1e-4;
 
 double MaxAbs(const torch::Tensor& t) { return t.numel() ? t.abs().max().item<double>() : 0; }
@@ -102,6 +106,8 @@ bool ModelCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, in
     o.train_lightning = true;
     o.tensor_parallel = tp;
     o.sequence_parallel = sp && tp != nullptr;
+    // Sequence parallel: with token dropping, which must drop what one forward drops.
+    o.moe_capacity_factor = sp ? kCapacityFactor : 0;
     // The shard checkpoints its layers: their TP collectives run again in backward.
     o.checkpoint_layers = tp != nullptr;
     auto out = m->Forward(tokens, layout, o);
@@ -111,6 +117,21 @@ bool ModelCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, in
   };
   auto [logp_ref, aux_ref] = run(*whole, nullptr);
   auto [logp, aux] = run(*shard, &comm);
+  if (sp) {
+    // The factor drops something: the whole model without it gives other logprobs (by
+    // ~1e-5 here: the tiny model's MoE output is small beside the residual; a wrong drop
+    // shows in the experts' gradients, off by the dropped tokens' whole share).
+    torch::NoGradGuard no_grad;
+    auto& m = whole->module();
+    ForwardOptions o;
+    o.train_lightning = true;
+    auto undropped = m->TokenLogprobs(m->Forward(tokens, layout, o).hidden, targets, 7, 0.8);
+    const double moved = (undropped - logp_ref).abs().max().item<double>();
+    Check(moved > 1e-6 ? absl::OkStatus()
+                       : absl::InternalError(absl::StrCat(
+                             "moe_capacity_factor moved no logprob past 1e-6 (largest ", moved, ")")),
+          "token dropping");
+  }
 
   Result outputs, grads;
   Compare(outputs, "logprobs", logp, logp_ref);
@@ -169,6 +190,11 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   opts.data_parallel.zero1 = zero1;
   opts.sequence_parallel = sp;
   opts.data_parallel.expert_parallel = coords.ep;
+  // Sequence parallel with one DP group (whose forwards hold one process's samples, which
+  // token dropping depends on) and no EP: with token dropping.
+  if (sp && coords.ep == 1 && group.layout_groups()->dp.size() == 1) {
+    opts.optimizer.moe_capacity_factor = kCapacityFactor;
+  }
   // The ZeRO-1 run also checkpoints its layers (the learner's key to the model's).
   opts.optimizer.activation_checkpointing = zero1;
   const auto batch = RandomBatch(seed * 7 + 1, 9);
