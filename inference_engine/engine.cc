@@ -8,6 +8,7 @@
 #include "inference_engine/model_runner.h"
 #include "inference_engine/scheduler.h"
 #include "inference_engine/step_runner.h"
+#include "policy/expert_parallel.h"
 #include "policy/minimax_model.h"
 #include "policy/vocab_parallel.h"
 
@@ -94,11 +95,27 @@ struct Generation {
 // path does not run sharded yet.
 absl::Status CheckParallel(const ShardCoords& shard, const EngineParallel& parallel,
                            bool kernel_path) {
-  if (shard.ep > 1 || shard.expert_tp > 1 || parallel.expert_parallel != nullptr) {
+  ExpertParallelComm* ep = parallel.expert_parallel;
+  if (shard.expert_tp > 1 || (shard.ep > 1 && shard.tp > 1)) {
     return absl::UnimplementedError(absl::StrCat(
-        "engine: the policy is the shard ", shard.ToString(),
-        "; the engine shards attention and the vocabulary over TP only, not the experts (ep, "
-        "expert_tp and EngineParallel.expert_parallel must be 1 / unset)"));
+        "engine: the policy is the shard ", shard.ToString(), "; the engine shards either "
+        "attention and the vocabulary over TP or the experts over EP, not both, and not "
+        "expert-TP"));
+  }
+  const int64_t ep_group = ep != nullptr ? ep->ep_size() : 1;
+  if (ep_group != shard.ep || (ep != nullptr && (ep->world_size() != ep->ep_size() ||
+                                                 ep->ep_rank() != shard.ep_rank))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine: the policy holds the experts of ", shard.ToString(),
+        ", but EngineParallel.expert_parallel is ",
+        ep != nullptr ? absl::StrCat("EP rank ", ep->ep_rank(), " of ", ep->ep_size(), " in ",
+                                     ep->world_size(), " ranks")
+                      : std::string("not set")));
+  }
+  if (shard.ep > 1 && kernel_path) {
+    return absl::UnimplementedError(absl::StrCat(
+        "engine: the CUDA kernel path (bf16 weights on CUDA) does not run a policy with its "
+        "experts sharded (ep ", shard.ep, ") yet; the torch path does (FP32 weights)"));
   }
   TensorParallelComm* tp = parallel.tensor_parallel;
   const int64_t group = tp != nullptr ? tp->tp_size() : 1;
@@ -121,22 +138,43 @@ absl::Status CheckParallel(const ShardCoords& shard, const EngineParallel& paral
   return absl::OkStatus();
 }
 
-// Every rank of a TP group must size its pools and plan its steps alike, or their
-// collectives stop lining up: the values are compared over the group (a collective).
-absl::Status CheckAgreement(TensorParallelComm& tp, const std::vector<std::string>& names,
+// Per-index (lowest, highest) of `values` over an instance's ranks: a collective of its TP
+// group, or of its EP group; `values` themselves without either.
+std::pair<std::vector<int64_t>, std::vector<int64_t>> RangeOverInstance(
+    TensorParallelComm* tp, ExpertParallelComm* ep, const std::vector<int64_t>& values) {
+  std::vector<int64_t> lo = values, hi = values;
+  if (tp != nullptr) {
+    auto h = torch::tensor(std::vector<double>(values.begin(), values.end()), torch::kFloat64);
+    auto neg_lo = -h;
+    tp->AllReduce(h, TensorParallelComm::Op::kMax);
+    tp->AllReduce(neg_lo, TensorParallelComm::Op::kMax);
+    for (size_t i = 0; i < values.size(); ++i) {
+      hi[i] = static_cast<int64_t>(h[i].item<double>());
+      lo[i] = static_cast<int64_t>(-neg_lo[i].item<double>());
+    }
+  } else if (ep != nullptr) {
+    const auto all = ep->AllGather(torch::tensor(values, torch::kInt64));  // [world, n]
+    const auto low = std::get<0>(all.min(0)), high = std::get<0>(all.max(0));
+    for (size_t i = 0; i < values.size(); ++i) {
+      lo[i] = low[static_cast<int64_t>(i)].item<int64_t>();
+      hi[i] = high[static_cast<int64_t>(i)].item<int64_t>();
+    }
+  }
+  return {lo, hi};
+}
+
+// Every rank of an instance must size its pools and plan its steps alike, or their
+// collectives stop lining up: the values are compared over its group (a collective).
+absl::Status CheckAgreement(TensorParallelComm* tp, ExpertParallelComm* ep,
+                            const std::vector<std::string>& names,
                             const std::vector<int64_t>& values) {
-  auto mine = torch::tensor(std::vector<double>(values.begin(), values.end()), torch::kFloat64);
-  auto hi = mine.clone(), neg_lo = -mine;
-  tp.AllReduce(hi, TensorParallelComm::Op::kMax);
-  tp.AllReduce(neg_lo, TensorParallelComm::Op::kMax);
+  const auto [lo, hi] = RangeOverInstance(tp, ep, values);
   for (size_t i = 0; i < values.size(); ++i) {
-    const auto h = static_cast<int64_t>(hi[i].item<double>());
-    const auto l = static_cast<int64_t>(-neg_lo[i].item<double>());
-    if (h != l) {
+    if (hi[i] != lo[i]) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "engine: ", names[i], " differs across the TP group (from ", l, " to ", h,
-          "; this rank ", values[i], "): every rank of an instance needs the same engine "
-          "options"));
+          "engine: ", names[i], " differs across the ", tp != nullptr ? "TP" : "EP",
+          " group (from ", lo[i], " to ", hi[i], "; this rank ", values[i], "): every rank of "
+          "an instance needs the same engine options"));
     }
   }
   return absl::OkStatus();
@@ -149,6 +187,7 @@ struct Engine::Impl {
   const Tokenizer* tokenizer = nullptr;
   EngineOptions options;
   TensorParallelComm* tp = nullptr;  // the instance's TP group; null without TP
+  ExpertParallelComm* ep = nullptr;  // the instance's EP group; null without EP
   int64_t max_model_len = 0;
   std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<Scheduler> scheduler;
@@ -158,7 +197,7 @@ struct Engine::Impl {
   absl::Status CheckRequest(const GenerationRequest& r) const;
   // Records the plan's preemptions and fails the requests it found no room for.
   void Account(const StepPlan& plan, Generation& g);
-  // The requests cancelled on any rank of the TP group (a collective there), so that
+  // The requests cancelled on any rank of the instance (a collective there), so that
   // every rank drops them at the same step.
   std::vector<char> Cancelled(const Generation& g);
   // Takes the finished sequences and those of failed requests out of the running batch, in
@@ -192,6 +231,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
                                 ModelRunner::KernelPath(module->lm_head->weight.device(), dtype,
                                                         c.head_dim, /*allow_cuda_kernels=*/true)));
   if (shard.tp > 1) impl->tp = parallel.tensor_parallel;
+  if (shard.ep > 1) impl->ep = parallel.expert_parallel;
+  if (impl->ep != nullptr && options.batch_invariant) {
+    return absl::UnimplementedError(
+        "numerics.batch_invariant in an expert-parallel engine is not supported yet");
+  }
   const int64_t tp = shard.tp;
   const int64_t page_bytes =
       std::max<int64_t>(1, ModelRunner::PageBytes(c, options.page_size, dtype, tp));
@@ -203,14 +247,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
     return absl::InvalidArgumentError(absl::StrCat("kv_cache_bytes ", options.kv_cache_bytes,
                                                    " holds no KV page of ", page_bytes, " bytes"));
   }
-  if (impl->tp != nullptr) {
+  if (impl->tp != nullptr || impl->ep != nullptr) {
     try {
       RETURN_IF_ERROR(CheckAgreement(
-          *impl->tp, {"max_num_seqs", "max_prefill_tokens", "page_size", "the KV page count", "max_model_len"},
+          impl->tp, impl->ep, {"max_num_seqs", "max_prefill_tokens", "page_size", "the KV page count", "max_model_len"},
           {options.max_num_seqs, options.max_prefill_tokens, options.page_size, num_pages,
            impl->max_model_len}));
     } catch (const c10::Error& e) {
-      return absl::UnavailableError(absl::StrCat("engine: comparing the options across the TP group: ",
+      return absl::UnavailableError(absl::StrCat("engine: comparing the options across the instance: ",
                                                  e.what_without_backtrace()));
     }
   }
@@ -225,6 +269,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
     runner.fuse_decode_epilogues = options.fuse_decode_epilogues;
     runner.batch_invariant = options.batch_invariant;
     runner.tensor_parallel = impl->tp;
+    runner.expert_parallel = impl->ep;
     impl->runner = std::make_unique<ModelRunner>(module, runner);
   } catch (const c10::Error& e) {
     return absl::ResourceExhaustedError(
@@ -295,10 +340,9 @@ void Engine::Impl::Account(const StepPlan& plan, Generation& g) {
 
 std::vector<char> Engine::Impl::Cancelled(const Generation& g) {
   std::vector<char> flags = g.CancelledFlags();
-  if (tp == nullptr || flags.empty()) return flags;
-  auto any = torch::tensor(std::vector<float>(flags.begin(), flags.end()), torch::kFloat32);
-  tp->AllReduce(any, TensorParallelComm::Op::kMax);
-  for (size_t i = 0; i < flags.size(); ++i) flags[i] = any[i].item<float>() > 0;
+  if ((tp == nullptr && ep == nullptr) || flags.empty()) return flags;
+  const auto any = RangeOverInstance(tp, ep, std::vector<int64_t>(flags.begin(), flags.end())).second;
+  for (size_t i = 0; i < flags.size(); ++i) flags[i] = any[i] > 0;
   return flags;
 }
 

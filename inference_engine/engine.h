@@ -32,7 +32,10 @@ struct EngineParallel {
   // vocabulary rows. Each step's logits are gathered over the group, so every rank
   // samples the same token from the same logits with the same per-sample RNG.
   TensorParallelComm* tensor_parallel = nullptr;
-  // Expert parallelism of the MoE blocks; not supported by the engine yet (refused).
+  // The EP group (an expert-parallel instance, without TP so far): each rank holds its
+  // experts only and every token's MoE rows go to their experts' ranks and back
+  // (SparseMoeImpl::ForwardReplicatedExpertParallel); attention, embedding and LM head are
+  // whole on every rank, which run the same batch on the same tokens. The torch path only.
   ExpertParallelComm* expert_parallel = nullptr;
 };
 

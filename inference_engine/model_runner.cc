@@ -75,7 +75,8 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
       device_(module->lm_head->weight.device()),
       dtype_(module->lm_head->weight.scalar_type()),
       page_size_(options.page_size),
-      tp_(options.tensor_parallel) {
+      tp_(options.tensor_parallel),
+      ep_(options.expert_parallel) {
   const auto& c = config_;
   const int64_t tp = module->shard().tp;
   const int64_t group = tp_ != nullptr ? tp_->tp_size() : 1;
@@ -314,12 +315,19 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
       ForwardOptions sharded;
       sharded.tensor_parallel = tp_;
       return attn->forward(n1, layout, sharded);
-    }).first;
+    }, {}, Moe(*layer)).first;
   }
   auto hidden = module_->model->norm(x);
   std::vector<int64_t> last;
   for (int64_t d = 0; d < layout.num_docs(); ++d) last.push_back(layout.cu_seqlens[d + 1] - 1);
   return Logits(hidden.index_select(0, torch::tensor(last, torch::kInt64).to(device_)));
+}
+
+DecoderLayerImpl::Block ModelRunner::Moe(DecoderLayerImpl& layer) const {
+  if (ep_ == nullptr) return nullptr;  // the block's own forward
+  return [this, &layer](const torch::Tensor& n2) {
+    return layer.block_sparse_moe->ForwardReplicatedExpertParallel(n2, *ep_);
+  };
 }
 
 torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
@@ -395,7 +403,7 @@ torch::Tensor ModelRunner::DecodeTorch(const std::vector<RunnerSequence>& seqs) 
       auto o = torch::scaled_dot_product_attention(q.unsqueeze(2), keys, vals, ctx_mask, 0.0,
                                                    false, 1.0 / std::sqrt(static_cast<double>(d)));
       return ReduceRowParallel(attn->o_proj(o.squeeze(2).reshape({B, H * d})));
-    }).first;
+    }, {}, Moe(*layer)).first;
   }
   return Logits(module_->model->norm(x));
 }

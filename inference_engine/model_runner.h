@@ -51,6 +51,9 @@ struct ModelRunnerOptions {
   // The TP group of a module sharded over TP (not owned; its size and rank the module's
   // shard), null for the whole model. The kernel path does not run sharded.
   TensorParallelComm* tensor_parallel = nullptr;
+  // The EP group of a module whose experts are sharded over EP (not owned), null for the
+  // whole model: every rank runs the same tokens, each token's experts on their ranks.
+  ExpertParallelComm* expert_parallel = nullptr;
 };
 
 class ModelRunner {
@@ -132,6 +135,10 @@ class ModelRunner {
   int64_t page_size_;
   bool cuda_kernels_ = false;
   TensorParallelComm* tp_ = nullptr;
+  ExpertParallelComm* ep_ = nullptr;
+  // The MoE block of `layer` for the torch path: the block's own (null) or, under EP, the
+  // replicated-token dispatch over ep_.
+  DecoderLayerImpl::Block Moe(DecoderLayerImpl& layer) const;
   // Per layer: lightning layers [slots, H, d, d] FP32; softmax layers K and V pools
   // [pages * page_size, KVH, d] in the compute dtype.
   std::vector<torch::Tensor> states_, k_pool_, v_pool_;

@@ -723,6 +723,24 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
   return {out, aux};
 }
 
+torch::Tensor SparseMoeImpl::ForwardReplicatedExpertParallel(const torch::Tensor& x,
+                                                             ExpertParallelComm& comm) {
+  TORCH_CHECK(comm.world_size() == comm.ep_size() && comm.expert_tp_size() == 1,
+              "replicated expert parallelism: one EP group of every rank, no expert-TP; the "
+              "comm has ", comm.world_size(), " ranks in EP groups of ", comm.ep_size(),
+              ", expert-TP ", comm.expert_tp_size());
+  const int64_t P = comm.ep_size(), T = x.size(0);
+  const int64_t rows = (T + P - 1) / P;
+  const int64_t begin = std::min(T, comm.ep_rank() * rows);
+  const int64_t valid = std::min(T, begin + rows) - begin;
+  auto block = torch::zeros({rows, x.size(1)}, x.options());
+  if (valid > 0) block.narrow(0, 0, valid).copy_(x.narrow(0, begin, valid));
+  auto out = ForwardExpertParallel(block, /*capacity_factor=*/0, comm, valid).first;
+  // Every member's block of the output, in member order: each sends its block to all.
+  const std::vector<int64_t> counts(P, rows);
+  return comm.AllToAll(out.repeat({P, 1}), counts, counts).narrow(0, 0, T);
+}
+
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer, const ShardCoords& shard)
     : postnorm(c.postnorm) {
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));

@@ -185,6 +185,12 @@ class SparseMoeImpl : public torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> ForwardExpertParallel(
       const torch::Tensor& x, double capacity_factor, ExpertParallelComm& comm,
       int64_t valid = -1, const MoeNumerics* numerics = nullptr);
+  // The block on tokens x [T, H] that every member of this rank's EP group holds alike
+  // (the ranks of an expert-parallel rollout instance): member q dispatches its block of
+  // ceil(T / ep) rows (the last ones short or empty) through ForwardExpertParallel, and the
+  // blocks' outputs are exchanged, so each token's experts run once in the group and every
+  // member returns the whole output. No capacity rule, no aux loss; inference only.
+  torch::Tensor ForwardReplicatedExpertParallel(const torch::Tensor& x, ExpertParallelComm& comm);
   // Under sequence parallelism: the block on this TP rank's tokens x [n, H], of which the
   // first `valid` are the batch's (the rest padding). The aux loss is the whole batch's,
   // its statistics summed over the TP group, on every rank; backward, each rank's router

@@ -330,15 +330,33 @@ absl::StatusOr<std::vector<PolicyModel::WeightTensor>> PolicyModel::ExportLocalW
 }
 
 std::vector<PolicyModel::WeightSpec> PolicyModel::WeightSpecs() const {
-  std::vector<WeightSpec> out;
+  // By name, the order SyncedParameters (and so ExportWeights) has.
+  std::map<std::string, std::vector<int64_t>> specs;
   for (auto& [name, t] : SyncedParameters(impl_->module)) {
     std::vector<int64_t> shape = t.sizes().vec();
     // A shard's block of a split tensor: the whole tensor is `parts` blocks along `dim`.
     absl::StatusOr<TensorShard> part = ShardOf(name, impl_->config, impl_->shard);
     if (part.ok() && part->held && part->dim >= 0) shape[part->dim] *= part->parts;
-    out.push_back({name, std::move(shape)});
+    specs.emplace(name, std::move(shape));
   }
-  return out;
+  // The other EP ranks' experts: an update of the whole model carries them, and a shard
+  // leaves them.
+  const ModelConfig& c = impl_->config;
+  if (impl_->shard.ep > 1) {
+    const std::vector<int64_t> in = {c.intermediate_size, c.hidden_size};
+    const std::vector<int64_t> out = {c.hidden_size, c.intermediate_size};
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      for (int64_t e = 0; e < c.num_local_experts; ++e) {
+        const std::string p = absl::StrCat("model.layers.", i, ".block_sparse_moe.experts.", e, ".");
+        specs.emplace(p + "w1.weight", in);
+        specs.emplace(p + "w2.weight", out);
+        specs.emplace(p + "w3.weight", in);
+      }
+    }
+  }
+  std::vector<WeightSpec> list;
+  for (auto& [name, shape] : specs) list.push_back({name, std::move(shape)});
+  return list;
 }
 
 absl::StatusOr<std::vector<PolicyModel::ParameterBuffer>> PolicyModel::ParameterBuffers() {
@@ -375,13 +393,22 @@ absl::Status CheckedImport(const std::vector<std::pair<std::string, torch::Tenso
       return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", w.name, "' appears twice"));
     }
   }
-  // Validate everything before touching a parameter.
+  // Validate everything before touching a parameter: every tensor one of `want` (the
+  // model's, and for an expert shard the other ranks' experts, left alone), every
+  // parameter among them.
+  for (const auto& [name, w] : by_name) {
+    if (want.count(name) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weights: unexpected tensor '", name, "' (not part of this model)"));
+    }
+  }
   for (const auto& [name, t] : named) {
-    auto it = by_name.find(name);
-    if (it == by_name.end()) {
+    if (by_name.count(name) == 0) {
       return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", name, "' is missing"));
     }
-    const PolicyModel::WeightTensor& w = *it->second;
+  }
+  for (const auto& [name, p] : by_name) {
+    const PolicyModel::WeightTensor& w = *p;
     const std::vector<int64_t>& shape = want.at(name);
     if (w.shape != shape) {
       return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", name, "' has shape ",
@@ -394,16 +421,6 @@ absl::Status CheckedImport(const std::vector<std::pair<std::string, torch::Tenso
     if (w.data.size() != bytes) {
       return absl::InvalidArgumentError(absl::StrCat("weights: tensor '", name, "' has ",
                                                      w.data.size(), " bytes, expected ", bytes));
-    }
-  }
-  if (by_name.size() != named.size()) {
-    for (const auto& [name, w] : by_name) {
-      const bool known = std::any_of(named.begin(), named.end(),
-                                     [&](const auto& p) { return p.first == name; });
-      if (!known) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("weights: unexpected tensor '", name, "' (not part of this model)"));
-      }
     }
   }
   try {

@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "rl/parallel_layout.h"
+#include "rl/expert_comm.h"
 #include "rl/tp_comm.h"
 
 namespace lightrl {
@@ -75,6 +76,7 @@ struct RolloutInstance::Impl {
   ProcessGroup* group = nullptr;
   ShardCoords shard;
   std::unique_ptr<ProcessGroupTpComm> comm;
+  std::unique_ptr<ProcessGroupExpertComm> experts;  // an expert-parallel instance
   bool stopped = false;
   // Set when a weight update may have reached only some ranks: no batch runs after it.
   absl::Status broken = absl::OkStatus();
@@ -89,16 +91,23 @@ absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(Process
     return absl::FailedPreconditionError(
         "rollout instance: the process group has not joined its layout groups");
   }
-  if (static_cast<int64_t>(groups->tp.size()) != group->world_size()) {
+  const auto world = group->world_size();
+  const auto tp = static_cast<int64_t>(groups->tp.size()), ep = static_cast<int64_t>(groups->ep.size());
+  const bool one_group = (tp == world && ep == 1) || (ep == world && tp == 1);
+  if (!one_group || groups->expert_tp.size() != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "rollout instance: its ranks must form one TP group; the layout's TP group has ",
-        groups->tp.size(), " of the ", group->world_size(), " ranks"));
+        "rollout instance: its ranks must form one TP group or one EP group; the layout's TP "
+        "group has ", tp, ", its EP group ", ep, " of the ", world, " ranks, expert-TP ",
+        groups->expert_tp.size()));
   }
   auto impl = std::make_unique<Impl>();
   impl->group = group;
-  impl->shard.tp = static_cast<int64_t>(groups->tp.size());
+  impl->shard.tp = tp;
   impl->shard.tp_rank = groups->tp_rank;
+  impl->shard.ep = ep;
+  impl->shard.ep_rank = groups->ep_rank;
   impl->comm = std::make_unique<ProcessGroupTpComm>(group);
+  if (ep > 1) impl->experts = std::make_unique<ProcessGroupExpertComm>(group, ep);
   return std::unique_ptr<RolloutInstance>(new RolloutInstance(std::move(impl)));
 }
 
@@ -108,6 +117,7 @@ ShardCoords RolloutInstance::shard() const { return impl_->shard; }
 EngineParallel RolloutInstance::parallel() const {
   EngineParallel p;
   if (impl_->shard.tp > 1) p.tensor_parallel = impl_->comm.get();
+  if (impl_->shard.ep > 1) p.expert_parallel = impl_->experts.get();
   return p;
 }
 
@@ -264,7 +274,8 @@ absl::StatusOr<std::vector<std::string>> RolloutInstance::SliceForRanks(const We
   std::vector<std::string> parts(impl_->group->world_size());
   for (int64_t r = 1; r < impl_->group->world_size(); ++r) {
     ShardCoords coords = impl_->shard;
-    coords.tp_rank = r;
+    // Rank r is member r of the instance's one TP or EP group.
+    (coords.ep > 1 ? coords.ep_rank : coords.tp_rank) = r;
     std::vector<PolicyModel::WeightTensor> blocks;
     for (const PolicyModel::WeightTensor& t : set.tensors) {
       ASSIGN_OR_RETURN(TensorShard part, ShardOf(t.name, config, coords));

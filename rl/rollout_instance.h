@@ -1,6 +1,7 @@
 // One rank of a multi-process rollout instance: the ranks of a ProcessGroup form one TP
-// group, each holds its shard of the policy and runs an engine on it (docs/distributed.md,
-// "The inference engine on a tensor-parallel rollout instance"). Rank 0 serves: its
+// group or one EP group, each holds its shard of the policy (its heads and vocabulary
+// rows, or its experts) and runs an engine on it (docs/distributed.md, "The inference
+// engine on a tensor-parallel rollout instance"). Rank 0 serves: its
 // RolloutWorkerCore gets parallel() and this instance as its fanout, so before each engine
 // batch the batch is broadcast to the other ranks, which run it in Follow() until rank 0
 // calls Stop(). Owns the TP comm and the batch wire format; not the group, the policies
@@ -27,7 +28,8 @@ namespace lightrl {
 class RolloutInstance final : public EngineBatchFanout {
  public:
   // `group` (not owned; it must outlive the instance) must have joined layout groups
-  // (ProcessGroup::JoinLayoutGroups) whose TP group is the whole group.
+  // (ProcessGroup::JoinLayoutGroups) whose TP group, or whose EP group, is the whole group
+  // (a collective: an EP instance joins its EP comm here).
   static absl::StatusOr<std::unique_ptr<RolloutInstance>> Create(ProcessGroup* group);
   ~RolloutInstance() override;
 

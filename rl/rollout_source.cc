@@ -171,14 +171,17 @@ class FleetRolloutSource final : public RolloutSource {
       launch.tokenizer = config_.model.tokenizer;
       launch.log_dir = JoinPath(config_.run.output_dir, "logs");
       launch.tp = f.rollout_tp;
-      if (f.rollout_tp > 1) {
+      launch.ep = f.rollout_ep;
+      if (f.rollout_tp > 1 || f.rollout_ep > 1) {
         // Each rank of an instance loads its shard of the weights the run starts from;
         // later versions reach it through rank 0.
         ShardCoords coords;
         coords.tp = f.rollout_tp;
+        coords.ep = f.rollout_ep;
         if (absl::Status s = coords.CheckModel(policy_->config()); !s.ok()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("fleet.rollout_tp ", f.rollout_tp, ": ", s.message()));
+          return absl::InvalidArgumentError(absl::StrCat(
+              "fleet.rollout_", f.rollout_tp > 1 ? "tp " : "ep ", f.rollout_tp * f.rollout_ep,
+              ": ", s.message()));
         }
         launch.model_dir = JoinPath(config_.run.output_dir, "rollout-model");
         RETURN_IF_ERROR(policy_->Save(launch.model_dir,

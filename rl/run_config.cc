@@ -539,6 +539,8 @@ const ConfigTable<FleetSection>& FleetSection::Table() {
       Field<S>("worker_device", &S::worker_device, "device of spawned workers"),
       Field<S>("rollout_tp", &S::rollout_tp,
                "spawn mode: processes of each tensor-parallel rollout instance", AtLeast(1)),
+      Field<S>("rollout_ep", &S::rollout_ep,
+               "spawn mode: processes of each expert-parallel rollout instance", AtLeast(1)),
       Field<S>("weight_sync", &S::weight_sync, "grpc or nccl", OneOf({"grpc", "nccl"})),
       Field<S>("spawn_reward_workers", &S::spawn_reward_workers,
                "spawn mode: one reward worker process per built-in kind"),
@@ -700,9 +702,15 @@ absl::Status FleetSection::Validate() const {
   if (spawn_reward_workers && mode != "spawn") {
     return Invalid(absl::StrCat("spawn_reward_workers needs mode spawn, got \"", mode, "\""));
   }
-  if (rollout_tp > 1 && mode != "spawn") {
-    return Invalid(absl::StrCat("rollout_tp needs mode spawn (start the instances of a cluster "
-                                "with `lightrl rollout-worker --tp N`), got \"", mode, "\""));
+  if ((rollout_tp > 1 || rollout_ep > 1) && mode != "spawn") {
+    const bool tp = rollout_tp > 1;
+    return Invalid(absl::StrCat(tp ? "rollout_tp" : "rollout_ep", " needs mode spawn (start the "
+                                "instances of a cluster with `lightrl rollout-worker --",
+                                tp ? "tp" : "ep", " N`), got \"", mode, "\""));
+  }
+  if (rollout_tp > 1 && rollout_ep > 1) {
+    return Invalid("rollout_tp and rollout_ep together are not supported yet: an instance is "
+                   "tensor-parallel or expert-parallel");
   }
   if (mode == "spawn" && min_workers > rollout_workers) {
     return Invalid(absl::StrCat("min_workers must be <= rollout_workers (", rollout_workers,
@@ -746,9 +754,9 @@ absl::Status RunConfig::Validate() const {
     return Invalid(absl::StrCat("numerics.batch_invariant runs on the CPU only so far; "
                                 "run.device is ", run.device));
   }
-  if (numerics.batch_invariant && fleet.rollout_tp > 1) {
-    return Invalid(absl::StrCat("numerics.batch_invariant does not support fleet.rollout_tp > 1 "
-                                "yet, got ", fleet.rollout_tp));
+  if (numerics.batch_invariant && (fleet.rollout_tp > 1 || fleet.rollout_ep > 1)) {
+    return Invalid("numerics.batch_invariant does not support multi-process rollout instances "
+                   "(fleet.rollout_tp or rollout_ep > 1) yet");
   }
   if (numerics.batch_invariant && fleet.mode == "spawn" &&
       absl::StrContains(fleet.worker_device, "cuda")) {

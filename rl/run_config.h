@@ -319,6 +319,9 @@ struct FleetSection {
   // on worker_device's entry k * N + t. They load the model the run starts from, which it
   // saves to OUTPUT_DIR/rollout-model first.
   int64_t rollout_tp = 1;
+  // The same for an expert-parallel instance (`--ep N`: each rank holds 1/N of the
+  // experts); not together with rollout_tp > 1.
+  int64_t rollout_ep = 1;
 
   bool enabled() const { return mode != "local"; }
   static const ConfigTable<FleetSection>& Table();

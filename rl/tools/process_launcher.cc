@@ -29,17 +29,18 @@ class ProcessLauncher final : public WorkerLauncher {
   absl::StatusOr<LaunchedWorkersPtr> StartRolloutWorkers(const RolloutWorkerLaunch& launch) override {
     if (launch.devices.empty()) return absl::InvalidArgumentError("rollout workers: no devices");
     RETURN_IF_ERROR(MakeDirs(launch.log_dir));
-    if (launch.tp > 1 && launch.model_dir.empty()) {
-      return absl::InvalidArgumentError("rollout workers of tp > 1 need a model_dir to load");
+    const int64_t n = launch.tp * launch.ep;  // processes per worker
+    if (n > 1 && launch.model_dir.empty()) {
+      return absl::InvalidArgumentError("multi-process rollout workers need a model_dir to load");
     }
     auto workers = std::make_unique<RolloutWorkerProcesses>();
     for (int64_t k = 0; k < launch.count; ++k) {
       const std::string id = absl::StrCat("rollout-local-", k);
       // Every rank of an instance gets the same flags; only rank 0 serves and registers.
-      const int port = launch.tp > 1 ? FreeLoopbackPort() : 0;
+      const int port = n > 1 ? FreeLoopbackPort() : 0;
       if (port < 0) return absl::InternalError("no free loopback port for a rollout instance");
-      for (int64_t t = 0; t < launch.tp; ++t) {
-        const std::string& device = launch.devices[(k * launch.tp + t) % launch.devices.size()];
+      for (int64_t t = 0; t < n; ++t) {
+        const std::string& device = launch.devices[(k * n + t) % launch.devices.size()];
         std::vector<std::string> argv = {
             options_.exe, "rollout-worker", "--listen", "127.0.0.1:0",
             "--coordinator", launch.coordinator_address, "--worker-id", id,
@@ -50,10 +51,11 @@ class ProcessLauncher final : public WorkerLauncher {
           argv.push_back(launch.tokenizer);
         }
         std::vector<std::string> env;
-        if (launch.tp > 1) {
-          argv.insert(argv.end(), {"--tp", absl::StrCat(launch.tp), "--model", launch.model_dir});
+        if (n > 1) {
+          argv.insert(argv.end(), {launch.tp > 1 ? "--tp" : "--ep", absl::StrCat(n), "--model",
+                                   launch.model_dir});
           env = {absl::StrCat("RANK=", t), absl::StrCat("LOCAL_RANK=", t),
-                 absl::StrCat("WORLD_SIZE=", launch.tp), "MASTER_ADDR=127.0.0.1",
+                 absl::StrCat("WORLD_SIZE=", n), "MASTER_ADDR=127.0.0.1",
                  absl::StrCat("MASTER_PORT=", port)};
         }
         const std::string log = t == 0 ? id + ".log" : absl::StrCat(id, "-rank", t, ".log");

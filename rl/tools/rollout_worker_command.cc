@@ -35,7 +35,7 @@ const std::string kRolloutWorkerUsage =
     "                              [--enforce-eager] [--max-message-mb N] [--max-inflight-mb N]\n"
     "                              [--auth-token-file FILE] [--advertise HOST:PORT]\n"
     "                              [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]\n"
-    "                              [--tls-client-auth] [--tp N] [--batch-invariant]\n"
+    "                              [--tls-client-auth] [--tp N | --ep N] [--batch-invariant]\n"
     "  --listen       address to serve on (default 127.0.0.1:0; the bound one is printed as\n"
     "                 \"listening on HOST:PORT\")\n"
     "  --coordinator  the controller's coordinator: register there and heartbeat\n"
@@ -50,6 +50,9 @@ const std::string kRolloutWorkerUsage =
     "                 its shard of --model (required), rank 0 serves and the others run\n"
     "                 the batches it announces until it stops; weights pushed to rank 0\n"
     "                 (UpdateWeights) reach each rank as its blocks alone\n"
+    "  --ep           the same for an expert-parallel instance of N processes: each holds\n"
+    "                 its experts of --model (the rest whole) and every token's MoE rows go\n"
+    "                 to their experts' ranks and back (CPU / FP32 torch path)\n"
     "  --batch-invariant  generate in the batch-invariant numerics mode (numerics.\n"
     "                 batch_invariant: a token's logprob does not depend on its batch) from\n"
     "                 the start; weights pushed by a controller set the mode of its run\n"
@@ -63,23 +66,27 @@ const std::string kRolloutWorkerUsage =
     "                 Never on the command line: /proc shows it.\n"
     + std::string(kWorkerTlsUsage);
 
-// The instance of --tp N > 1: this process's rank joined, its shard of --model loaded.
+// The instance of --tp N or --ep N > 1: this process's rank joined, its shard of --model
+// loaded.
 struct TpRank {
   std::unique_ptr<ProcessGroup> group;
   std::unique_ptr<RolloutInstance> instance;
   std::unique_ptr<PolicyModel> policy;
 };
 
-absl::StatusOr<TpRank> JoinInstance(const Flags& flags, int64_t tp, const PolicyOptions& policy) {
+absl::StatusOr<TpRank> JoinInstance(const Flags& flags, int64_t tp, int64_t ep,
+                                    const PolicyOptions& policy) {
+  const std::string flag = tp > 1 ? "--tp" : "--ep";
+  const int64_t n = tp * ep;
   if (!flags.Has("model")) {
-    return UsageError("--tp needs --model: each rank loads its shard of it at start (later "
+    return UsageError(flag + " needs --model: each rank loads its shard of it at start (later "
                       "weights pushed by the controller reach every rank)");
   }
   DistributedOptions base;
-  base.world_size = tp;
+  base.world_size = n;
   ASSIGN_OR_RETURN(DistributedOptions dist, DistributedOptions::FromEnv(base));
-  if (dist.world_size != tp) {
-    return UsageError(absl::StrCat("--tp ", tp, " needs WORLD_SIZE=", tp,
+  if (dist.world_size != n) {
+    return UsageError(absl::StrCat(flag, " ", n, " needs WORLD_SIZE=", n,
                                    " (one process per rank), got WORLD_SIZE=", dist.world_size));
   }
   RETURN_IF_ERROR(dist.Validate());
@@ -89,6 +96,7 @@ absl::StatusOr<TpRank> JoinInstance(const Flags& flags, int64_t tp, const Policy
   ASSIGN_OR_RETURN(r.group, ProcessGroup::Create(dist, local.device));
   ParallelLayout layout;
   layout.tp = tp;
+  layout.ep = ep;
   RETURN_IF_ERROR(r.group->JoinLayoutGroups(layout));
   ASSIGN_OR_RETURN(r.instance, RolloutInstance::Create(r.group.get()));
   ASSIGN_OR_RETURN(r.policy, PolicyModel::Load(flags.Get("model"), local, r.instance->shard()));
@@ -101,7 +109,7 @@ absl::Status Run(const std::vector<std::string>& args) {
                                        "device", "dtype", "capacity", "max-num-seqs",
                                        "kv-cache-mb", "auth-token", "auth-token-file", "advertise",
                                        "max-message-mb", "max-inflight-mb", "tls-cert",
-                                       "tls-key", "tls-ca", "tp"},
+                                       "tls-key", "tls-ca", "tp", "ep"},
                                  {"enforce-eager", "batch-invariant", kWorkerTlsSwitch}));
   RolloutWorkerOptions options;
   options.listen_address = flags.Get("listen", options.listen_address);
@@ -131,10 +139,16 @@ absl::Status Run(const std::vector<std::string>& args) {
 
   ASSIGN_OR_RETURN(int64_t tp, flags.GetInt("tp", 1));
   if (tp < 1) return UsageError(absl::StrCat("--tp must be >= 1, got ", tp));
+  ASSIGN_OR_RETURN(int64_t ep, flags.GetInt("ep", 1));
+  if (ep < 1) return UsageError(absl::StrCat("--ep must be >= 1, got ", ep));
+  if (tp > 1 && ep > 1) {
+    return UsageError("--tp and --ep together are not supported yet: an instance is "
+                      "tensor-parallel or expert-parallel");
+  }
   std::unique_ptr<PolicyModel> policy;
   TpRank instance;
-  if (tp > 1) {
-    ASSIGN_OR_RETURN(instance, JoinInstance(flags, tp, options.policy));
+  if (tp > 1 || ep > 1) {
+    ASSIGN_OR_RETURN(instance, JoinInstance(flags, tp, ep, options.policy));
     policy = std::move(instance.policy);
     if (instance.instance->rank() != 0) {
       std::unique_ptr<Tokenizer> tokenizer;
@@ -142,7 +156,8 @@ absl::Status Run(const std::vector<std::string>& args) {
         ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(options.tokenizer_path));
         tokenizer = std::make_unique<Tokenizer>(std::move(t));
       }
-      std::cout << "following rank 0 of the tp " << tp << " instance" << std::endl;
+      std::cout << "following rank 0 of the " << (tp > 1 ? "tp " : "ep ") << tp * ep
+                << " instance" << std::endl;
       return instance.instance->Follow(policy.get(), options.engine, tokenizer.get());
     }
     options.parallel = instance.instance->parallel();

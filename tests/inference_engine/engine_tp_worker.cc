@@ -1,5 +1,7 @@
-// One rank of the tensor-parallel engine test (tests/python/engine_tp_test.py): joins a
-// Gloo group of WORLD ranks that is one TP group (tp = WORLD), loads its shard of
+// One rank of the tensor- and expert-parallel engine test (tests/python/engine_tp_test.py):
+// joins a Gloo group of WORLD ranks that is one TP group (MODE tp: tp = WORLD, attention
+// and vocabulary split) or one EP group (MODE ep: ep = WORLD, the experts split), loads its
+// shard of
 // TinyParallelConfig with random weights of SEED (rank 0 writes the whole model as an HF
 // checkpoint under DIR once), and runs the engine on the shard and, in this process, on
 // the whole model, on the same requests (prompts of mixed lengths, small
@@ -10,14 +12,14 @@
 //              other rank (and logprobs bitwise alike), and as the whole model's engine;
 //   cancelled: a request whose cancelled flag only rank WORLD - 1 raises is cancelled on
 //              every rank, and the others still complete alike;
-//   errors:    the shard without its TP group is refused, naming both;
+//   errors:    the shard without its group is refused, naming both;
 //   options:   engine options that differ across the ranks are refused on every rank;
 //   instance:  the ranks as a rollout instance (rl/rollout_instance.h): rank 0 serves a
 //              RolloutWorkerCore on its shard whose batches the others Follow; the groups
 //              submitted to it get the whole model's greedy and sampled tokens.
 // Prints one JSON line per check; exits 1 when one fails.
 //
-// Usage: engine_tp_worker RANK WORLD PORT SEED DIR
+// Usage: engine_tp_worker RANK WORLD PORT SEED DIR MODE
 #include <torch/torch.h>
 
 #include <atomic>
@@ -39,6 +41,7 @@
 #include "policy/policy_model.h"
 #include "rl/distributed.h"
 #include "rl/distributed_internal.h"
+#include "rl/expert_comm.h"
 #include "rl/parallel_layout.h"
 #include "rl/rollout_instance.h"
 #include "rl/tp_comm.h"
@@ -119,9 +122,10 @@ Comparison Compare(const std::vector<GenerationResult>& got, const std::vector<G
   return c;
 }
 
-// Whether every rank of the TP group holds the same tokens and logprobs, bit for bit: a
-// fingerprint of each request's, reduced MIN and MAX over the group.
-bool AlikeOnAllRanks(ProcessGroup& group, const std::vector<GenerationResult>& results) {
+// Whether every rank of the instance's group holds the same tokens and logprobs, bit for
+// bit: a fingerprint of each request's, reduced MIN and MAX over the group.
+bool AlikeOnAllRanks(ProcessGroup& group, LayoutGroup which,
+                     const std::vector<GenerationResult>& results) {
   std::vector<double> lo;
   for (const auto& r : results) {
     double f = r.status.ok() ? 0 : 1e9 + static_cast<double>(r.status.code());
@@ -134,8 +138,8 @@ bool AlikeOnAllRanks(ProcessGroup& group, const std::vector<GenerationResult>& r
     lo.push_back(f);
   }
   std::vector<double> hi = lo;
-  Check(group.AllReduce(LayoutGroup::kTp, &lo, ReduceOp::kMin), "fingerprint min");
-  Check(group.AllReduce(LayoutGroup::kTp, &hi, ReduceOp::kMax), "fingerprint max");
+  Check(group.AllReduce(which, &lo, ReduceOp::kMin), "fingerprint min");
+  Check(group.AllReduce(which, &hi, ReduceOp::kMax), "fingerprint max");
   return lo == hi;
 }
 
@@ -191,7 +195,8 @@ std::vector<GenerationResult> ServeAsInstance(RolloutInstance& instance, PolicyM
   return results;
 }
 
-int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::string& dir) {
+int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::string& dir,
+        bool ep) {
   DistributedOptions o;
   o.rank = rank;
   o.world_size = world;
@@ -199,10 +204,14 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
   o.timeout_s = 120;
   auto group = Value(ProcessGroup::Create(o, "cpu"), "process group");
   ParallelLayout layout;
-  layout.tp = world;
+  (ep ? layout.ep : layout.tp) = world;
   Check(group->JoinLayoutGroups(layout), "layout groups");
   const ShardCoords coords = ShardCoordsOf(layout, *group->layout_groups());
   ProcessGroupTpComm comm(group.get());
+  std::unique_ptr<ProcessGroupExpertComm> experts;
+  if (ep) experts = std::make_unique<ProcessGroupExpertComm>(group.get(), world);
+  const LayoutGroup which = ep ? LayoutGroup::kEp : LayoutGroup::kTp;
+  const int64_t tp = ep ? 1 : world;  // the KV heads split over
 
   const ModelConfig config = TinyParallelConfig();
   const std::string ckpt = JoinPath(dir, "model");
@@ -221,8 +230,10 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
   bool ok = true;
   // errors: no collective runs before these are refused.
   {
-    auto none = Engine::Create(shard.get(), Options(world));
-    const bool named = !none.ok() && absl::StrContains(none.status().message(), "is TP shard") &&
+    auto none = Engine::Create(shard.get(), Options(tp));
+    const bool named = !none.ok() &&
+                       absl::StrContains(none.status().message(),
+                                         ep ? "holds the experts of" : "is TP shard") &&
                        absl::StrContains(none.status().message(), "not set");
     std::printf("{\"check\": \"errors\", \"rank\": %ld, \"ok\": %s, \"message\": \"%s\"}\n",
                 static_cast<long>(rank), named ? "true" : "false",
@@ -230,15 +241,20 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
     ok = ok && named;
   }
   EngineParallel parallel;
-  parallel.tensor_parallel = &comm;
+  if (ep) {
+    parallel.expert_parallel = experts.get();
+  } else {
+    parallel.tensor_parallel = &comm;
+  }
   // Options that differ across the ranks are refused on every rank (a collective).
   {
-    EngineOptions odd = Options(world);
+    EngineOptions odd = Options(tp);
     odd.max_num_seqs += rank;
     auto differs = Engine::Create(shard.get(), odd, nullptr, parallel);
     const bool named = !differs.ok() &&
                        absl::StrContains(differs.status().message(),
-                                         absl::StrCat("max_num_seqs differs across the TP group (from 3 to ",
+                                         absl::StrCat("max_num_seqs differs across the ",
+                                                      ep ? "EP" : "TP", " group (from 3 to ",
                                                       2 + world));
     std::printf("{\"check\": \"options\", \"rank\": %ld, \"ok\": %s, \"message\": \"%s\"}\n",
                 static_cast<long>(rank), named ? "true" : "false",
@@ -246,7 +262,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
     ok = ok && named;
   }
   auto reference = Value(Engine::Create(whole.get(), Options(1)), "whole-model engine");
-  auto engine = Value(Engine::Create(shard.get(), Options(world), nullptr, parallel), "sharded engine");
+  auto engine = Value(Engine::Create(shard.get(), Options(tp), nullptr, parallel), "sharded engine");
 
   SamplingParams greedy;
   greedy.temperature = 0;
@@ -254,7 +270,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
   auto want = reference->Generate(reqs);
   auto got = engine->Generate(reqs);
   Comparison c = Compare(got, want);
-  bool alike = AlikeOnAllRanks(*group, got);
+  bool alike = AlikeOnAllRanks(*group, which, got);
   Print("greedy", rank, c, alike, engine->stats().preemptions, engine->stats().decode_steps);
   ok = ok && c.tokens_equal && c.logprob_diff <= kLogprobTolerance && alike && c.tokens > 40;
 
@@ -266,7 +282,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
   want = reference->Generate(reqs);
   got = engine->Generate(reqs);
   c = Compare(got, want);
-  alike = AlikeOnAllRanks(*group, got);
+  alike = AlikeOnAllRanks(*group, which, got);
   Print("sampled", rank, c, alike, engine->stats().preemptions, engine->stats().decode_steps);
   ok = ok && c.tokens_equal && c.logprob_diff <= kLogprobTolerance && alike && c.tokens > 40;
 
@@ -278,7 +294,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
   const bool cancelled = got[1].status.code() == absl::StatusCode::kCancelled && got[1].samples.empty();
   bool others_ok = true;
   for (size_t r = 0; r < got.size(); ++r) others_ok = others_ok && (r == 1 || got[r].status.ok());
-  alike = AlikeOnAllRanks(*group, got);
+  alike = AlikeOnAllRanks(*group, which, got);
   std::printf("{\"check\": \"cancelled\", \"rank\": %ld, \"cancelled\": %s, \"others_ok\": %s, "
               "\"alike\": %s}\n", static_cast<long>(rank), cancelled ? "true" : "false",
               others_ok ? "true" : "false", alike ? "true" : "false");
@@ -290,7 +306,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
   auto more = Requests(seed * 3 + 5, sampled, 3);
   for (auto& r : more) r.id += "s", reqs.push_back(r);
   int64_t batches = 0;
-  got = ServeAsInstance(*instance, shard.get(), ckpt, world, reqs, &batches);
+  got = ServeAsInstance(*instance, shard.get(), ckpt, tp, reqs, &batches);
   if (rank == 0) {
     want = reference->Generate(reqs);
     c = Compare(got, want);
@@ -312,9 +328,14 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
 
 int main(int argc, char** argv) {
   int64_t v[4];
-  if (!lightrl::ParseWorkerArgs(argc, argv, 6, "RANK WORLD PORT SEED DIR", 4, v)) return 2;
+  if (!lightrl::ParseWorkerArgs(argc, argv, 7, "RANK WORLD PORT SEED DIR tp|ep", 4, v)) return 2;
+  const std::string mode = argv[6];
+  if (mode != "tp" && mode != "ep") {
+    std::fprintf(stderr, "MODE must be tp or ep, got \"%s\"\n", mode.c_str());
+    return 2;
+  }
   try {
-    return lightrl::Run(v[0], v[1], v[2], static_cast<uint64_t>(v[3]), argv[5]);
+    return lightrl::Run(v[0], v[1], v[2], static_cast<uint64_t>(v[3]), argv[5], mode == "ep");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rank %s: %s\n", argv[1], e.what());
     return 2;

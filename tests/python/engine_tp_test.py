@@ -1,5 +1,6 @@
-"""The engine on a tensor-parallel rollout instance over real processes: TP 2 on 2 Gloo
-ranks, on TinyParallelConfig with random weights drawn from a fresh seed (printed here).
+"""The engine on a tensor- or expert-parallel rollout instance over real processes: TP 2 on
+2 Gloo ranks, EP 2 on 2 and EP 4 on 4 (each rank holding its experts only), on
+TinyParallelConfig with random weights drawn from a fresh seed (printed here).
 Every rank (engine_tp_worker) loads its shard of the whole model from an HF checkpoint and
 generates, with small max_prefill_tokens, max_num_seqs and KV cache (admissions, prefills,
 decodes and preemptions interleave), the same requests as an engine on the whole model in
@@ -24,11 +25,11 @@ WORKER = os.environ.get("ENGINE_TP_WORKER", "build/tests/engine_tp_worker")
 CHECKS = ("errors", "options", "greedy", "sampled", "cancelled", "instance")
 
 
-def run(world, seed):
+def run(world, seed, mode):
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = run_ranks(WORKER, world, lambda r: [world, port, seed, tmp], len(CHECKS),
-                         f"tp {world} seed {seed}", timeout=200)
+        rows = run_ranks(WORKER, world, lambda r: [world, port, seed, tmp, mode], len(CHECKS),
+                         f"{mode} {world} seed {seed}", timeout=200)
     by_check = {c: [row for row in rows if row["check"] == c] for c in CHECKS}
     assert all(len(v) == world for v in by_check.values()), by_check
     for c in ("greedy", "sampled"):
@@ -43,7 +44,7 @@ def run(world, seed):
     served = [row for row in by_check["instance"] if row["rank"] == 0]
     assert len(served) == 1 and served[0]["batches"] >= 1 and served[0]["tokens"] > 20, by_check
     assert all(row.get("followed") for row in by_check["instance"] if row["rank"] != 0), by_check
-    print(f"  tp {world}: greedy logprobs within "
+    print(f"  {mode} {world}: greedy logprobs within "
           f"{max(r['logprob_diff'] for r in by_check['greedy']):.3g}, sampled within "
           f"{max(r['logprob_diff'] for r in by_check['sampled']):.3g} of the whole model; "
           f"{by_check['sampled'][0]['steps']} decode steps, "
@@ -53,7 +54,9 @@ def run(world, seed):
 def main():
     seed = int(os.environ.get("ENGINE_TP_SEED", random.randrange(1, 2**31)))
     print(f"seed {seed}")
-    run(2, seed)
+    run(2, seed, "tp")
+    run(2, seed, "ep")
+    run(4, seed, "ep")
     print("engine_tensor_parallel: ok")
 
 

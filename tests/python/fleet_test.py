@@ -19,9 +19,10 @@
                 restarted on its address and the run goes on scoring; killed again, past
                 its one restart, the run stops with a message naming the worker, how it
                 ended and the key.
-  tp_instance   spawn mode with fleet.rollout_tp 2: the run starts one rollout worker as a
-                tensor-parallel instance of 2 processes (rank 0 serves and registers, rank 1
-                follows), and every step's weights reach both ranks: the instance's
+  instances     spawn mode with fleet.rollout_tp 2, then fleet.rollout_ep 2: the run starts
+                one rollout worker as a tensor-parallel, then an expert-parallel, instance
+                of 2 processes (rank 0 serves and registers, rank 1 follows), and every
+                step's weights reach both ranks: the instance's
                 logprobs equal the learner's to FP32 rounding at every step, while the
                 weights the instance started from (before the SFT warm-up) give its last
                 step's tokens other logprobs.
@@ -340,8 +341,8 @@ def case_kill_reward_worker(tmp):
     wait_for(lambda: not child_pids(controller.pid, "worker"), 15, "workers to exit")
 
 
-def case_tp_instance(tmp):
-    out = os.path.join(tmp, "out")
+def check_instance(tmp, kind):
+    out = os.path.join(tmp, f"out-{kind}")
     with open(MODEL) as f:
         model = json.load(f)
     model["vocab_size"] = 258  # the tokenizer's 257 padded to split in two
@@ -349,19 +350,19 @@ def case_tp_instance(tmp):
     with open(model_path, "w") as f:
         json.dump(model, f)
     config = base_config(tmp, out, 3, 4, {"mode": "spawn", "rollout_workers": 1,
-                                          "rollout_tp": 2})
+                                          f"rollout_{kind}": 2})
     config["model"]["init_config"] = model_path
     # A warm-up that moves the weights well away from those the instance starts with.
     config["sft"] = {"steps": 4, "batch_size": 8, "lr": 0.01}
-    write_yaml(os.path.join(tmp, "run.yaml"), config)
-    proc = subprocess.run([BIN, "run", "--config", os.path.join(tmp, "run.yaml")], env=ENV,
+    write_yaml(os.path.join(tmp, f"run-{kind}.yaml"), config)
+    proc = subprocess.run([BIN, "run", "--config", os.path.join(tmp, f"run-{kind}.yaml")], env=ENV,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = os.path.join(out, "logs")
     assert sorted(f for f in os.listdir(logs) if f.startswith("rollout-local-")) == \
         ["rollout-local-0-rank1.log", "rollout-local-0.log"], os.listdir(logs)
     follower = open(os.path.join(logs, "rollout-local-0-rank1.log")).read()
-    assert "following rank 0 of the tp 2 instance" in follower, follower[-2000:]
+    assert f"following rank 0 of the {kind} 2 instance" in follower, follower[-2000:]
     rows = [r for r in metrics(out) if "policy/train_infer_logprob_abs_diff_max" in r]
     assert [r["step"] for r in rows] == [1, 2, 3], rows
     diffs = [r["policy/train_infer_logprob_abs_diff_max"] for r in rows]
@@ -369,12 +370,12 @@ def case_tp_instance(tmp):
     # The last step's samples scored by the model the instance was started with.
     last = [g for g in exported_groups(out, tmp) if g["step"] == 2]
     samples = [(g["prompt_tokens"], s) for g in last for s in g["samples"]]
-    with open(os.path.join(tmp, "tokens.jsonl"), "w") as f:
+    with open(os.path.join(tmp, f"tokens-{kind}.jsonl"), "w") as f:
         for prompt, s in samples:
             f.write(json.dumps({"tokens": prompt + s["tokens"]}) + "\n")
-    scored = os.path.join(tmp, "scored.jsonl")
+    scored = os.path.join(tmp, f"scored-{kind}.jsonl")
     p = subprocess.run([BIN, "logprobs", "--model", os.path.join(out, "rollout-model"),
-                        "--input", os.path.join(tmp, "tokens.jsonl"), "--output", scored],
+                        "--input", os.path.join(tmp, f"tokens-{kind}.jsonl"), "--output", scored],
                        capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)
     assert p.returncode == 0, p.stderr
     with open(scored) as f:
@@ -382,8 +383,13 @@ def case_tp_instance(tmp):
     moved = max(abs(a - b) for (prompt, s), lp in zip(samples, initial)
                 for a, b in zip(s["logprobs"], lp[len(prompt):]))
     assert moved > 1e-2, moved
-    print(f"  tp_instance: engine-vs-learner max |logprob diff| per step {diffs}; the "
+    print(f"  {kind} 2 instance: engine-vs-learner max |logprob diff| per step {diffs}; the "
           f"starting weights' logprobs differ by up to {moved:.3f}")
+
+
+def case_instances(tmp):
+    for kind in ("tp", "ep"):
+        check_instance(tmp, kind)
 
 
 def case_batch_invariant(tmp):
@@ -416,7 +422,7 @@ def case_batch_invariant(tmp):
 
 CASES = {"kill_worker": case_kill_worker, "restart": case_restart,
          "reward_workers": case_reward_workers, "kill_reward_worker": case_kill_reward_worker,
-         "tp_instance": case_tp_instance, "batch_invariant": case_batch_invariant}
+         "instances": case_instances, "batch_invariant": case_batch_invariant}
 
 
 def run_cases(cases, prefix, argv):

@@ -1,5 +1,6 @@
-"""`lightrl rollout-worker --tp 2`: a tensor-parallel rollout instance of two processes
-(torchrun variables, Gloo on loopback) behind one gRPC endpoint, against a one-process
+"""`lightrl rollout-worker --tp 2`, then `--ep 2`: a tensor-parallel rollout instance of two
+processes, then an expert-parallel one (each rank holding half the experts; torchrun
+variables, Gloo on loopback) behind one gRPC endpoint, against a one-process
 `lightrl rollout-worker` on the same checkpoint (`lightrl init` of a small hybrid model
 from a fresh seed, printed here). The same Generate calls (greedy, and sampled with fixed
 seeds and n = 2, several at once so that they share engine batches) give the same tokens
@@ -161,11 +162,84 @@ def check_usage_errors(model_dir):
     cases = [(["--tp", "0"], {}, "--tp must be >= 1"),
              (["--tp", "2"], {}, "--tp needs --model"),
              (["--tp", "2", "--model", model_dir], {"WORLD_SIZE": "3", "RANK": "0"},
-              "--tp 2 needs WORLD_SIZE=2")]
+              "--tp 2 needs WORLD_SIZE=2"),
+             (["--ep", "2", "--model", model_dir], {"WORLD_SIZE": "3", "RANK": "0"},
+              "--ep 2 needs WORLD_SIZE=2"),
+             (["--tp", "2", "--ep", "2", "--model", model_dir], {},
+              "--tp and --ep together are not supported yet")]
     for flags, env, fragment in cases:
         p = subprocess.run([LIGHTRL, "rollout-worker", *flags], capture_output=True, text=True,
                            env=dict(ENV, **env), timeout=60)
         assert p.returncode == 2 and fragment in p.stderr, (flags, p.returncode, p.stderr)
+
+
+def check_instance(flag, pb2, pb2_grpc, model, other, seed, procs):
+    """An instance of `flag` 2 (--tp or --ep) against one process, before and after an
+    UpdateWeights to `other`; returns the summary line."""
+    common = ["rollout-worker", "--model", model, "--listen", "127.0.0.1:0",
+              "--max-num-seqs", "4", "--kv-cache-mb", "1"]
+    single = subprocess.Popen([LIGHTRL, *common], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=ENV)
+    procs.append(single)
+    port = free_port()
+    ranks = []
+    for r in range(2):
+        env = dict(ENV, RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
+        ranks.append(subprocess.Popen([LIGHTRL, *common, flag, "2"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env))
+    procs.extend(ranks)
+    single_address = first_line(single, "listening on ")
+    instance_address = first_line(ranks[0], "listening on ")
+    first_line(ranks[1], f"following rank 0 of the {flag[2:]} 2 instance")
+
+    reqs = requests(pb2, seed + 1)
+    want = generate_all(pb2_grpc, single_address, reqs)
+    got = generate_all(pb2_grpc, instance_address, reqs)
+    worst, tokens, _ = compare(want, got)
+    assert worst <= TOLERANCE and tokens > 40, (flag, worst, tokens)
+
+    # New weights (another seed's model) pushed to rank 0: each rank takes its blocks, and
+    # the instance generates as one process on the same weights.
+    chunks = weight_chunks(pb2, other, version=1)
+    reqs = requests(pb2, seed + 2)
+    old = generate_all(pb2_grpc, single_address, reqs)
+    for address in (single_address, instance_address):
+        stub = pb2_grpc.RolloutServiceStub(grpc.insecure_channel(address))
+        stub.UpdateWeights(iter(chunks), timeout=60)
+        health = stub.Health(pb2.RolloutHealthRequest(), timeout=30)
+        assert health.weight_version == 1, (address, health)
+    want2 = generate_all(pb2_grpc, single_address, reqs)
+    got2 = generate_all(pb2_grpc, instance_address, reqs)
+    worst2, tokens2, _ = compare(want2, got2)
+    assert worst2 <= TOLERANCE and tokens2 > 40, (flag, worst2, tokens2)
+    # The update changed what is computed: the same requests' logprobs moved.
+    moved = sum(old[g][i][1] != want2[g][i][1] for g in want2 for i in want2[g]
+                if i in old.get(g, {}))
+    assert moved >= 3, ("the new weights changed too few samples", moved)
+    # A stale version is refused by rank 0 before anything moves.
+    stub = pb2_grpc.RolloutServiceStub(grpc.insecure_channel(instance_address))
+    try:
+        stub.UpdateWeights(iter(chunks), timeout=60)
+        raise AssertionError("a stale weight version was taken")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, (e.code(), e.details())
+    # An NCCL broadcast to rank 0 alone would leave the follower's shard behind.
+    try:
+        stub.JoinWeightGroup(pb2.JoinWeightGroupRequest(rank=1, world_size=2), timeout=30)
+        raise AssertionError("JoinWeightGroup into the instance succeeded")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNIMPLEMENTED, (e.code(), e.details())
+        assert "multi-process rollout instance" in e.details(), e.details()
+
+    ranks[0].send_signal(signal.SIGTERM)
+    for r, p in enumerate(ranks):
+        rc = p.wait(timeout=60)
+        assert rc == 0, f"{flag} rank {r} exited {rc}: {p.stderr.read()}"
+    single.kill()
+    return (f"  {flag[2:]} 2 instance: {tokens} tokens equal to one process's, logprobs within "
+            f"{worst:.3g}; after UpdateWeights to another model {tokens2} tokens, within "
+            f"{worst2:.3g}; {moved} of its samples differ from the old weights'")
 
 
 def main():
@@ -181,75 +255,12 @@ def main():
             model = os.path.join(tmp, "model")
             subprocess.run([LIGHTRL, "init", "--config", config, "--output", model,
                             "--seed", str(seed)], check=True, capture_output=True, env=ENV)
-            check_usage_errors(model)
-
-            common = ["rollout-worker", "--model", model, "--listen", "127.0.0.1:0",
-                      "--max-num-seqs", "4", "--kv-cache-mb", "1"]
-            single = subprocess.Popen([LIGHTRL, *common], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=ENV)
-            procs.append(single)
-            port = free_port()
-            ranks = []
-            for r in range(2):
-                env = dict(ENV, RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(port))
-                ranks.append(subprocess.Popen([LIGHTRL, *common, "--tp", "2"],
-                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                              text=True, env=env))
-            procs.extend(ranks)
-            single_address = first_line(single, "listening on ")
-            instance_address = first_line(ranks[0], "listening on ")
-            first_line(ranks[1], "following rank 0")
-
-            reqs = requests(pb2, seed + 1)
-            want = generate_all(pb2_grpc, single_address, reqs)
-            got = generate_all(pb2_grpc, instance_address, reqs)
-            worst, tokens, _ = compare(want, got)
-            assert worst <= TOLERANCE and tokens > 40, (worst, tokens)
-
-            # New weights (another seed's model) pushed to rank 0: each rank takes its
-            # blocks, and the instance generates as one process on the same weights.
             other = os.path.join(tmp, "other")
             subprocess.run([LIGHTRL, "init", "--config", config, "--output", other,
                             "--seed", str(seed + 7)], check=True, capture_output=True, env=ENV)
-            chunks = weight_chunks(pb2, other, version=1)
-            reqs = requests(pb2, seed + 2)
-            old = generate_all(pb2_grpc, single_address, reqs)
-            for address in (single_address, instance_address):
-                stub = pb2_grpc.RolloutServiceStub(grpc.insecure_channel(address))
-                stub.UpdateWeights(iter(chunks), timeout=60)
-                health = stub.Health(pb2.RolloutHealthRequest(), timeout=30)
-                assert health.weight_version == 1, (address, health)
-            want2 = generate_all(pb2_grpc, single_address, reqs)
-            got2 = generate_all(pb2_grpc, instance_address, reqs)
-            worst2, tokens2, _ = compare(want2, got2)
-            assert worst2 <= TOLERANCE and tokens2 > 40, (worst2, tokens2)
-            # The update changed what is computed: the same requests' logprobs moved.
-            moved = sum(old[g][i][1] != want2[g][i][1] for g in want2 for i in want2[g]
-                        if i in old.get(g, {}))
-            assert moved >= 3, ("the new weights changed too few samples", moved)
-            # A stale version is refused by rank 0 before anything moves.
-            stub = pb2_grpc.RolloutServiceStub(grpc.insecure_channel(instance_address))
-            try:
-                stub.UpdateWeights(iter(chunks), timeout=60)
-                raise AssertionError("a stale weight version was taken")
-            except grpc.RpcError as e:
-                assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, (e.code(), e.details())
-            # An NCCL broadcast to rank 0 alone would leave the follower's shard behind.
-            try:
-                stub.JoinWeightGroup(pb2.JoinWeightGroupRequest(rank=1, world_size=2), timeout=30)
-                raise AssertionError("JoinWeightGroup into the instance succeeded")
-            except grpc.RpcError as e:
-                assert e.code() == grpc.StatusCode.UNIMPLEMENTED, (e.code(), e.details())
-                assert "multi-process rollout instance" in e.details(), e.details()
-
-            ranks[0].send_signal(signal.SIGTERM)
-            for r, p in enumerate(ranks):
-                rc = p.wait(timeout=60)
-                assert rc == 0, f"rank {r} exited {rc}: {p.stderr.read()}"
-            print(f"  tp 2 instance: {tokens} tokens equal to one process's, logprobs within "
-                  f"{worst:.3g}; after UpdateWeights to another model {tokens2} tokens, within "
-                  f"{worst2:.3g}; {moved} of its samples differ from the old weights'")
+            check_usage_errors(model)
+            for flag in ("--tp", "--ep"):
+                print(check_instance(flag, pb2, pb2_grpc, model, other, seed, procs))
         finally:
             for p in procs:
                 if p.poll() is None:

@@ -638,13 +638,23 @@ TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
   c.fleet.mode = "spawn";
   c.fleet.rollout_tp = 2;
   EXPECT_EQ(std::string(c.Validate().message()),
-            "numerics.batch_invariant does not support fleet.rollout_tp > 1 yet, got 2");
+            "numerics.batch_invariant does not support multi-process rollout instances "
+            "(fleet.rollout_tp or rollout_ep > 1) yet");
   c.numerics.batch_invariant = false;
   EXPECT_TRUE(c.Validate().ok()) << c.Validate();
   c.fleet.mode = "cluster";
   EXPECT_THAT(std::string(c.Validate().message()),
               HasSubstr("rollout_tp needs mode spawn (start the instances of a cluster with "
                         "`lightrl rollout-worker --tp N`), got \"cluster\""));
+  c.fleet.rollout_tp = 1;
+  c.fleet.rollout_ep = 2;
+  EXPECT_THAT(std::string(c.Validate().message()),
+              HasSubstr("rollout_ep needs mode spawn (start the instances of a cluster with "
+                        "`lightrl rollout-worker --ep N`), got \"cluster\""));
+  c.fleet.mode = "spawn";
+  c.fleet.rollout_tp = 2;
+  EXPECT_THAT(std::string(c.Validate().message()),
+              HasSubstr("rollout_tp and rollout_ep together are not supported yet"));
   c = *loaded;
   c.fleet.mode = "spawn";
   c.fleet.worker_device = "cpu,cuda:1";
