@@ -109,7 +109,9 @@ TEST(RolloutWorkerCoreTest, GroupsSubmittedTogetherRunAsOneBatchAndMatchTheEngin
   std::mt19937 rng(std::random_device{}());
   const uint64_t seed = rng();
   RolloutWorkerCoreOptions options;
-  options.batch_window = absl::Milliseconds(300);  // every group below joins one batch
+  // Every group below joins one batch: the window restarts while groups keep arriving,
+  // and is long enough for a loaded machine to submit six.
+  options.batch_window = absl::Seconds(2);
   auto core = RolloutWorkerCore::Create(options, TinyPolicy(seed), /*version=*/5);
   ASSERT_TRUE(core.ok()) << core.status();
   std::vector<GenerationRequest> requests;

@@ -221,9 +221,7 @@ TEST(RolloutWorkerTest, TakesTheRunsNumericsModeWithItsWeights) {
   ASSERT_TRUE(policy.ok()) << policy.status();
   LoopbackWorker w = StartLoopbackWorker();
   ASSERT_NE(w.worker, nullptr);
-  auto& worker = w.worker;
-  auto& client = w.client;
-
+  RolloutClient* client = w.client.get();
   WeightSet set = Export(**policy, 1);
   set.batch_invariant = true;
   ASSERT_TRUE(client->UpdateWeights(set).ok());
