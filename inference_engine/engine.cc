@@ -96,11 +96,11 @@ struct Generation {
 absl::Status CheckParallel(const ShardCoords& shard, const EngineParallel& parallel,
                            bool kernel_path) {
   ExpertParallelComm* ep = parallel.expert_parallel;
-  if (shard.expert_tp > 1 || (shard.ep > 1 && shard.tp > 1)) {
+  if (shard.expert_tp > 1 || (shard.ep > 1 && shard.tp > 1 && shard.ep != shard.tp)) {
     return absl::UnimplementedError(absl::StrCat(
-        "engine: the policy is the shard ", shard.ToString(), "; the engine shards either "
-        "attention and the vocabulary over TP or the experts over EP, not both, and not "
-        "expert-TP"));
+        "engine: the policy is the shard ", shard.ToString(), "; the engine shards attention "
+        "and the vocabulary over TP and the experts over EP, both over the same ranks when "
+        "both (ep = tp), and not over expert-TP"));
   }
   const int64_t ep_group = ep != nullptr ? ep->ep_size() : 1;
   if (ep_group != shard.ep || (ep != nullptr && (ep->world_size() != ep->ep_size() ||

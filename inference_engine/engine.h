@@ -32,10 +32,11 @@ struct EngineParallel {
   // vocabulary rows. Each step's logits are gathered over the group, so every rank
   // samples the same token from the same logits with the same per-sample RNG.
   TensorParallelComm* tensor_parallel = nullptr;
-  // The EP group (an expert-parallel instance, without TP so far): each rank holds its
-  // experts only and every token's MoE rows go to their experts' ranks and back
-  // (SparseMoeImpl::ForwardReplicatedExpertParallel); attention, embedding and LM head are
-  // whole on every rank, which run the same batch on the same tokens. The torch path only.
+  // The EP group (an expert-parallel instance): each rank holds its experts only and every
+  // token's MoE rows go to their experts' ranks and back (SparseMoeImpl::
+  // ForwardReplicatedExpertParallel); every rank runs the same batch on the same tokens.
+  // With tensor_parallel too the EP group is the TP group (each rank its heads, vocabulary
+  // rows and experts). The torch path only.
   ExpertParallelComm* expert_parallel = nullptr;
 };
 

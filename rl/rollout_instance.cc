@@ -93,12 +93,13 @@ absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(Process
   }
   const auto world = group->world_size();
   const auto tp = static_cast<int64_t>(groups->tp.size()), ep = static_cast<int64_t>(groups->ep.size());
-  const bool one_group = (tp == world && ep == 1) || (ep == world && tp == 1);
-  if (!one_group || groups->expert_tp.size() != 1) {
+  // One TP group, one EP group, or both over the same ranks.
+  const bool one_group = (tp == world || tp == 1) && (ep == world || ep == 1) && tp * ep > 1;
+  if (!(one_group || world == 1) || groups->expert_tp.size() != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "rollout instance: its ranks must form one TP group or one EP group; the layout's TP "
-        "group has ", tp, ", its EP group ", ep, " of the ", world, " ranks, expert-TP ",
-        groups->expert_tp.size()));
+        "rollout instance: its ranks must form one TP group, one EP group or both; the "
+        "layout's TP group has ", tp, ", its EP group ", ep, " of the ", world,
+        " ranks, expert-TP ", groups->expert_tp.size()));
   }
   auto impl = std::make_unique<Impl>();
   impl->group = group;
@@ -274,8 +275,9 @@ absl::StatusOr<std::vector<std::string>> RolloutInstance::SliceForRanks(const We
   std::vector<std::string> parts(impl_->group->world_size());
   for (int64_t r = 1; r < impl_->group->world_size(); ++r) {
     ShardCoords coords = impl_->shard;
-    // Rank r is member r of the instance's one TP or EP group.
-    (coords.ep > 1 ? coords.ep_rank : coords.tp_rank) = r;
+    // Rank r is member r of the instance's TP group and of its EP group.
+    if (coords.tp > 1) coords.tp_rank = r;
+    if (coords.ep > 1) coords.ep_rank = r;
     std::vector<PolicyModel::WeightTensor> blocks;
     for (const PolicyModel::WeightTensor& t : set.tensors) {
       ASSIGN_OR_RETURN(TensorShard part, ShardOf(t.name, config, coords));

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -52,7 +53,8 @@ const std::string kRolloutWorkerUsage =
     "                 (UpdateWeights) reach each rank as its blocks alone\n"
     "  --ep           the same for an expert-parallel instance of N processes: each holds\n"
     "                 its experts of --model (the rest whole) and every token's MoE rows go\n"
-    "                 to their experts' ranks and back (CPU / FP32 torch path)\n"
+    "                 to their experts' ranks and back (CPU / FP32 torch path); with --tp,\n"
+    "                 equal to it: each rank its heads, vocabulary rows and experts\n"
     "  --batch-invariant  generate in the batch-invariant numerics mode (numerics.\n"
     "                 batch_invariant: a token's logprob does not depend on its batch) from\n"
     "                 the start; weights pushed by a controller set the mode of its run\n"
@@ -77,7 +79,7 @@ struct TpRank {
 absl::StatusOr<TpRank> JoinInstance(const Flags& flags, int64_t tp, int64_t ep,
                                     const PolicyOptions& policy) {
   const std::string flag = tp > 1 ? "--tp" : "--ep";
-  const int64_t n = tp * ep;
+  const int64_t n = std::max(tp, ep);  // both over the same ranks when both
   if (!flags.Has("model")) {
     return UsageError(flag + " needs --model: each rank loads its shard of it at start (later "
                       "weights pushed by the controller reach every rank)");
@@ -141,9 +143,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (tp < 1) return UsageError(absl::StrCat("--tp must be >= 1, got ", tp));
   ASSIGN_OR_RETURN(int64_t ep, flags.GetInt("ep", 1));
   if (ep < 1) return UsageError(absl::StrCat("--ep must be >= 1, got ", ep));
-  if (tp > 1 && ep > 1) {
-    return UsageError("--tp and --ep together are not supported yet: an instance is "
-                      "tensor-parallel or expert-parallel");
+  if (tp > 1 && ep > 1 && tp != ep) {
+    return UsageError(absl::StrCat("--tp ", tp, " with --ep ", ep, ": together they must be "
+                                   "equal (each rank holds its heads and its experts)"));
   }
   std::unique_ptr<PolicyModel> policy;
   TpRank instance;
@@ -156,7 +158,8 @@ absl::Status Run(const std::vector<std::string>& args) {
         ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(options.tokenizer_path));
         tokenizer = std::make_unique<Tokenizer>(std::move(t));
       }
-      std::cout << "following rank 0 of the " << (tp > 1 ? "tp " : "ep ") << tp * ep
+      std::cout << "following rank 0 of the "
+                << (tp > 1 && ep > 1 ? "tp x ep " : tp > 1 ? "tp " : "ep ") << std::max(tp, ep)
                 << " instance" << std::endl;
       return instance.instance->Follow(policy.get(), options.engine, tokenizer.get());
     }

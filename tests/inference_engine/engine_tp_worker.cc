@@ -1,7 +1,7 @@
 // One rank of the tensor- and expert-parallel engine test (tests/python/engine_tp_test.py):
 // joins a Gloo group of WORLD ranks that is one TP group (MODE tp: tp = WORLD, attention
-// and vocabulary split) or one EP group (MODE ep: ep = WORLD, the experts split), loads its
-// shard of
+// and vocabulary split), one EP group (MODE ep: ep = WORLD, the experts split) or both
+// (MODE tpep: tp = ep = WORLD), loads its shard of
 // TinyParallelConfig with random weights of SEED (rank 0 writes the whole model as an HF
 // checkpoint under DIR once), and runs the engine on the shard and, in this process, on
 // the whole model, on the same requests (prompts of mixed lengths, small
@@ -92,11 +92,15 @@ std::vector<GenerationRequest> Requests(uint64_t seed, const SamplingParams& par
 struct Comparison {
   bool tokens_equal = true;
   double logprob_diff = 0;
-  int64_t tokens = 0, distinct = 0;
+  int64_t tokens = 0, distinct = 0, ties = 0;
   std::string first_mismatch;
 };
 
-// `got` (the sharded engine's results) against `want` (the whole model's).
+// `got` (the sharded engine's results) against `want` (the whole model's). Logits a few ulps
+// apart can swap two tokens whose probabilities tie (the sampler orders tokens by
+// probability; greedy takes the first): a sample may go on with the other token where the
+// two engines' sampled tokens have logprobs within kLogprobTolerance. That is counted as a
+// tie and the rest of the sample not compared; any other difference is a mismatch.
 Comparison Compare(const std::vector<GenerationResult>& got, const std::vector<GenerationResult>& want) {
   Comparison c;
   std::vector<char> seen(48, 0);
@@ -106,15 +110,21 @@ Comparison Compare(const std::vector<GenerationResult>& got, const std::vector<G
     for (size_t s = 0; s < want[r].samples.size(); ++s) {
       const auto& g = got[r].samples[s];
       const auto& w = want[r].samples[s];
-      if (g.tokens != w.tokens && c.tokens_equal) {
-        c.tokens_equal = false;
-        c.first_mismatch = absl::StrCat(want[r].id, " sample ", s);
-      }
+      bool tie = false;
       for (size_t t = 0; t < std::min(g.tokens.size(), w.tokens.size()); ++t) {
-        if (g.tokens[t] != w.tokens[t]) break;
+        if (g.tokens[t] != w.tokens[t]) {
+          tie = std::abs(static_cast<double>(g.logprobs[t]) - w.logprobs[t]) <= kLogprobTolerance;
+          break;
+        }
         c.logprob_diff = std::max(c.logprob_diff, std::abs(static_cast<double>(g.logprobs[t]) - w.logprobs[t]));
         seen[w.tokens[t]] = 1;
         ++c.tokens;
+      }
+      if (tie) {
+        ++c.ties;
+      } else if (g.tokens != w.tokens && c.tokens_equal) {
+        c.tokens_equal = false;
+        c.first_mismatch = absl::StrCat(want[r].id, " sample ", s);
       }
     }
   }
@@ -146,11 +156,11 @@ bool AlikeOnAllRanks(ProcessGroup& group, LayoutGroup which,
 void Print(const char* check, int64_t rank, const Comparison& c, bool alike, int64_t preemptions,
            int64_t steps) {
   std::printf("{\"check\": \"%s\", \"rank\": %ld, \"tokens_equal\": %s, \"first_mismatch\": \"%s\", "
-              "\"logprob_diff\": %.3g, \"tokens\": %ld, \"distinct\": %ld, \"alike\": %s, "
-              "\"preemptions\": %ld, \"steps\": %ld}\n",
+              "\"logprob_diff\": %.3g, \"tokens\": %ld, \"ties\": %ld, \"distinct\": %ld, "
+              "\"alike\": %s, \"preemptions\": %ld, \"steps\": %ld}\n",
               check, static_cast<long>(rank), c.tokens_equal ? "true" : "false",
               c.first_mismatch.c_str(), c.logprob_diff, static_cast<long>(c.tokens),
-              static_cast<long>(c.distinct), alike ? "true" : "false",
+              static_cast<long>(c.ties), static_cast<long>(c.distinct), alike ? "true" : "false",
               static_cast<long>(preemptions), static_cast<long>(steps));
 }
 
@@ -196,7 +206,7 @@ std::vector<GenerationResult> ServeAsInstance(RolloutInstance& instance, PolicyM
 }
 
 int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::string& dir,
-        bool ep) {
+        bool split_heads, bool split_experts) {
   DistributedOptions o;
   o.rank = rank;
   o.world_size = world;
@@ -204,14 +214,15 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
   o.timeout_s = 120;
   auto group = Value(ProcessGroup::Create(o, "cpu"), "process group");
   ParallelLayout layout;
-  (ep ? layout.ep : layout.tp) = world;
+  if (split_heads) layout.tp = world;
+  if (split_experts) layout.ep = world;
   Check(group->JoinLayoutGroups(layout), "layout groups");
   const ShardCoords coords = ShardCoordsOf(layout, *group->layout_groups());
   ProcessGroupTpComm comm(group.get());
   std::unique_ptr<ProcessGroupExpertComm> experts;
-  if (ep) experts = std::make_unique<ProcessGroupExpertComm>(group.get(), world);
-  const LayoutGroup which = ep ? LayoutGroup::kEp : LayoutGroup::kTp;
-  const int64_t tp = ep ? 1 : world;  // the KV heads split over
+  if (split_experts) experts = std::make_unique<ProcessGroupExpertComm>(group.get(), world);
+  const LayoutGroup which = split_heads ? LayoutGroup::kTp : LayoutGroup::kEp;
+  const int64_t tp = split_heads ? world : 1;  // the KV heads split over
 
   const ModelConfig config = TinyParallelConfig();
   const std::string ckpt = JoinPath(dir, "model");
@@ -233,7 +244,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
     auto none = Engine::Create(shard.get(), Options(tp));
     const bool named = !none.ok() &&
                        absl::StrContains(none.status().message(),
-                                         ep ? "holds the experts of" : "is TP shard") &&
+                                         split_experts ? "holds the experts of" : "is TP shard") &&
                        absl::StrContains(none.status().message(), "not set");
     std::printf("{\"check\": \"errors\", \"rank\": %ld, \"ok\": %s, \"message\": \"%s\"}\n",
                 static_cast<long>(rank), named ? "true" : "false",
@@ -241,11 +252,8 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
     ok = ok && named;
   }
   EngineParallel parallel;
-  if (ep) {
-    parallel.expert_parallel = experts.get();
-  } else {
-    parallel.tensor_parallel = &comm;
-  }
+  if (split_experts) parallel.expert_parallel = experts.get();
+  if (split_heads) parallel.tensor_parallel = &comm;
   // Options that differ across the ranks are refused on every rank (a collective).
   {
     EngineOptions odd = Options(tp);
@@ -254,7 +262,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
     const bool named = !differs.ok() &&
                        absl::StrContains(differs.status().message(),
                                          absl::StrCat("max_num_seqs differs across the ",
-                                                      ep ? "EP" : "TP", " group (from 3 to ",
+                                                      split_heads ? "TP" : "EP", " group (from 3 to ",
                                                       2 + world));
     std::printf("{\"check\": \"options\", \"rank\": %ld, \"ok\": %s, \"message\": \"%s\"}\n",
                 static_cast<long>(rank), named ? "true" : "false",
@@ -328,14 +336,17 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
 
 int main(int argc, char** argv) {
   int64_t v[4];
-  if (!lightrl::ParseWorkerArgs(argc, argv, 7, "RANK WORLD PORT SEED DIR tp|ep", 4, v)) return 2;
+  if (!lightrl::ParseWorkerArgs(argc, argv, 7, "RANK WORLD PORT SEED DIR tp|ep|tpep", 4, v)) {
+    return 2;
+  }
   const std::string mode = argv[6];
-  if (mode != "tp" && mode != "ep") {
-    std::fprintf(stderr, "MODE must be tp or ep, got \"%s\"\n", mode.c_str());
+  if (mode != "tp" && mode != "ep" && mode != "tpep") {
+    std::fprintf(stderr, "MODE must be tp, ep or tpep, got \"%s\"\n", mode.c_str());
     return 2;
   }
   try {
-    return lightrl::Run(v[0], v[1], v[2], static_cast<uint64_t>(v[3]), argv[5], mode == "ep");
+    return lightrl::Run(v[0], v[1], v[2], static_cast<uint64_t>(v[3]), argv[5], mode != "ep",
+                        mode != "tp");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rank %s: %s\n", argv[1], e.what());
     return 2;

@@ -1,5 +1,6 @@
 """The engine on a tensor- or expert-parallel rollout instance over real processes: TP 2 on
-2 Gloo ranks, EP 2 on 2 and EP 4 on 4 (each rank holding its experts only), on
+2 Gloo ranks, EP 2 on 2 and EP 4 on 4 (each rank holding its experts only), TP 2 x EP 2
+on 2 (each rank its heads, vocabulary rows and experts), on
 TinyParallelConfig with random weights drawn from a fresh seed (printed here).
 Every rank (engine_tp_worker) loads its shard of the whole model from an HF checkpoint and
 generates, with small max_prefill_tokens, max_num_seqs and KV cache (admissions, prefills,
@@ -57,6 +58,7 @@ def main():
     run(2, seed, "tp")
     run(2, seed, "ep")
     run(4, seed, "ep")
+    run(2, seed, "tpep")
     print("engine_tensor_parallel: ok")
 
 
