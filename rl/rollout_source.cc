@@ -180,8 +180,8 @@ class FleetRolloutSource final : public RolloutSource {
         coords.ep = f.rollout_ep;
         if (absl::Status s = coords.CheckModel(policy_->config()); !s.ok()) {
           return absl::InvalidArgumentError(absl::StrCat(
-              "fleet.rollout_", f.rollout_tp > 1 ? "tp " : "ep ", f.rollout_tp * f.rollout_ep,
-              ": ", s.message()));
+              "fleet.rollout_tp ", f.rollout_tp, " x rollout_ep ", f.rollout_ep, ": ",
+              s.message()));
         }
         launch.model_dir = JoinPath(config_.run.output_dir, "rollout-model");
         RETURN_IF_ERROR(policy_->Save(launch.model_dir,

@@ -708,9 +708,10 @@ absl::Status FleetSection::Validate() const {
                                 "instances of a cluster with `lightrl rollout-worker --",
                                 tp ? "tp" : "ep", " N`), got \"", mode, "\""));
   }
-  if (rollout_tp > 1 && rollout_ep > 1) {
-    return Invalid("rollout_tp and rollout_ep together are not supported yet: an instance is "
-                   "tensor-parallel or expert-parallel");
+  if (rollout_tp > 1 && rollout_ep > 1 && rollout_tp != rollout_ep) {
+    return Invalid(absl::StrCat("rollout_tp ", rollout_tp, " with rollout_ep ", rollout_ep,
+                                ": together they must be equal (each rank of an instance holds "
+                                "its heads and its experts)"));
   }
   if (mode == "spawn" && min_workers > rollout_workers) {
     return Invalid(absl::StrCat("min_workers must be <= rollout_workers (", rollout_workers,

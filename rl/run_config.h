@@ -320,7 +320,7 @@ struct FleetSection {
   // saves to OUTPUT_DIR/rollout-model first.
   int64_t rollout_tp = 1;
   // The same for an expert-parallel instance (`--ep N`: each rank holds 1/N of the
-  // experts); not together with rollout_tp > 1.
+  // experts); with rollout_tp > 1, equal to it (`--tp N --ep N`).
   int64_t rollout_ep = 1;
 
   bool enabled() const { return mode != "local"; }

@@ -52,8 +52,9 @@ struct RolloutWorkerLaunch {
   // rollout-local-K-rankT.log).
   std::string log_dir;
   // Processes of each worker: a tensor-parallel instance (`lightrl rollout-worker --tp`)
-  // when tp > 1, an expert-parallel one (`--ep`) when ep > 1 (not both), its rank t on
-  // devices[(k * n + t) % size], each loading its shard of `model_dir` (required then).
+  // when tp > 1, an expert-parallel one (`--ep`) when ep > 1 (both: equal, over the same
+  // ranks), its rank t on devices[(k * n + t) % size], each loading its shard of
+  // `model_dir` (required then).
   int64_t tp = 1;
   int64_t ep = 1;
   std::string model_dir;

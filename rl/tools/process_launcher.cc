@@ -1,5 +1,6 @@
 #include "rl/tools/process_launcher.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -29,7 +30,7 @@ class ProcessLauncher final : public WorkerLauncher {
   absl::StatusOr<LaunchedWorkersPtr> StartRolloutWorkers(const RolloutWorkerLaunch& launch) override {
     if (launch.devices.empty()) return absl::InvalidArgumentError("rollout workers: no devices");
     RETURN_IF_ERROR(MakeDirs(launch.log_dir));
-    const int64_t n = launch.tp * launch.ep;  // processes per worker
+    const int64_t n = std::max(launch.tp, launch.ep);  // processes per worker
     if (n > 1 && launch.model_dir.empty()) {
       return absl::InvalidArgumentError("multi-process rollout workers need a model_dir to load");
     }
@@ -52,8 +53,9 @@ class ProcessLauncher final : public WorkerLauncher {
         }
         std::vector<std::string> env;
         if (n > 1) {
-          argv.insert(argv.end(), {launch.tp > 1 ? "--tp" : "--ep", absl::StrCat(n), "--model",
-                                   launch.model_dir});
+          if (launch.tp > 1) argv.insert(argv.end(), {"--tp", absl::StrCat(n)});
+          if (launch.ep > 1) argv.insert(argv.end(), {"--ep", absl::StrCat(n)});
+          argv.insert(argv.end(), {"--model", launch.model_dir});
           env = {absl::StrCat("RANK=", t), absl::StrCat("LOCAL_RANK=", t),
                  absl::StrCat("WORLD_SIZE=", n), "MASTER_ADDR=127.0.0.1",
                  absl::StrCat("MASTER_PORT=", port)};

@@ -19,9 +19,10 @@
                 restarted on its address and the run goes on scoring; killed again, past
                 its one restart, the run stops with a message naming the worker, how it
                 ended and the key.
-  instances     spawn mode with fleet.rollout_tp 2, then fleet.rollout_ep 2: the run starts
-                one rollout worker as a tensor-parallel, then an expert-parallel, instance
-                of 2 processes (rank 0 serves and registers, rank 1 follows), and every
+  instances     spawn mode with fleet.rollout_tp 2, then fleet.rollout_ep 2, then both: the
+                run starts one rollout worker as a tensor-parallel, an expert-parallel, then
+                a TP x EP instance of 2 processes (rank 0 serves and registers, rank 1
+                follows), and every
                 step's weights reach both ranks: the instance's
                 logprobs equal the learner's to FP32 rounding at every step, while the
                 weights the instance started from (before the SFT warm-up) give its last
@@ -342,6 +343,7 @@ def case_kill_reward_worker(tmp):
 
 
 def check_instance(tmp, kind):
+    """`kind`: tp, ep or tpep (both over the same 2 ranks)."""
     out = os.path.join(tmp, f"out-{kind}")
     with open(MODEL) as f:
         model = json.load(f)
@@ -349,8 +351,11 @@ def check_instance(tmp, kind):
     model_path = os.path.join(tmp, "model.json")
     with open(model_path, "w") as f:
         json.dump(model, f)
-    config = base_config(tmp, out, 3, 4, {"mode": "spawn", "rollout_workers": 1,
-                                          f"rollout_{kind}": 2})
+    fleet = {"mode": "spawn", "rollout_workers": 1}
+    for part in ("tp", "ep"):
+        if part in kind:
+            fleet[f"rollout_{part}"] = 2
+    config = base_config(tmp, out, 3, 4, fleet)
     config["model"]["init_config"] = model_path
     # A warm-up that moves the weights well away from those the instance starts with.
     config["sft"] = {"steps": 4, "batch_size": 8, "lr": 0.01}
@@ -362,7 +367,8 @@ def check_instance(tmp, kind):
     assert sorted(f for f in os.listdir(logs) if f.startswith("rollout-local-")) == \
         ["rollout-local-0-rank1.log", "rollout-local-0.log"], os.listdir(logs)
     follower = open(os.path.join(logs, "rollout-local-0-rank1.log")).read()
-    assert f"following rank 0 of the {kind} 2 instance" in follower, follower[-2000:]
+    name = {"tp": "tp", "ep": "ep", "tpep": "tp x ep"}[kind]
+    assert f"following rank 0 of the {name} 2 instance" in follower, follower[-2000:]
     rows = [r for r in metrics(out) if "policy/train_infer_logprob_abs_diff_max" in r]
     assert [r["step"] for r in rows] == [1, 2, 3], rows
     diffs = [r["policy/train_infer_logprob_abs_diff_max"] for r in rows]
@@ -388,7 +394,7 @@ def check_instance(tmp, kind):
 
 
 def case_instances(tmp):
-    for kind in ("tp", "ep"):
+    for kind in ("tp", "ep", "tpep"):
         check_instance(tmp, kind)
 
 

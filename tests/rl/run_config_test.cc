@@ -653,8 +653,10 @@ TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
                         "`lightrl rollout-worker --ep N`), got \"cluster\""));
   c.fleet.mode = "spawn";
   c.fleet.rollout_tp = 2;
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();  // TP and EP over the same ranks
+  c.fleet.rollout_ep = 4;
   EXPECT_THAT(std::string(c.Validate().message()),
-              HasSubstr("rollout_tp and rollout_ep together are not supported yet"));
+              HasSubstr("rollout_tp 2 with rollout_ep 4: together they must be equal"));
   c = *loaded;
   c.fleet.mode = "spawn";
   c.fleet.worker_device = "cpu,cuda:1";
