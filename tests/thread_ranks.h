@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "rl/distributed.h"
+#include "tests/loopback_group.h"
 #include "tests/test_ports.h"
 
 namespace lightrl {
@@ -35,12 +36,7 @@ std::vector<absl::Status> RunThreadRanks(int64_t world, Body body) {
   for (int64_t r = 0; r < world; ++r) {
     threads.emplace_back([&, r] {
       try {
-        DistributedOptions o;
-        o.rank = r;
-        o.world_size = world;
-        o.master_port = port;
-        o.timeout_s = 60;
-        auto group = ProcessGroup::Create(o, "cpu");
+        auto group = LoopbackGroup(r, world, port);
         if (!group.ok()) {
           status[r] = group.status();
           return;

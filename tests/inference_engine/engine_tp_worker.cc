@@ -46,6 +46,7 @@
 #include "rl/rollout_instance.h"
 #include "rl/tp_comm.h"
 #include "rollout/rollout_worker_core.h"
+#include "tests/loopback_group.h"
 #include "tests/test_models.h"
 #include "tests/worker_args.h"
 
@@ -207,12 +208,7 @@ std::vector<GenerationResult> ServeAsInstance(RolloutInstance& instance, PolicyM
 
 int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::string& dir,
         bool split_heads, bool split_experts) {
-  DistributedOptions o;
-  o.rank = rank;
-  o.world_size = world;
-  o.master_port = port;
-  o.timeout_s = 120;
-  auto group = Value(ProcessGroup::Create(o, "cpu"), "process group");
+  auto group = Value(LoopbackGroup(rank, world, port, /*timeout_s=*/120), "process group");
   ParallelLayout layout;
   if (split_heads) layout.tp = world;
   if (split_experts) layout.ep = world;

@@ -51,7 +51,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,7 @@ import traceback
 import numpy as np
 
 # The toy arithmetic task's tiny model and tokenizer, as the trainer tests use them.
+from rank_workers import free_port, wait_all
 from trainer_test import MODEL, TOKENIZER
 
 WORKER = os.environ.get("LEARNER_DIST_WORKER", "build/tests/learner_dist_worker")
@@ -78,12 +78,6 @@ STATS = ["loss", "policy_loss", "grad_norm", "clip_fraction", "ratio_mean", "rat
          "version"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(world, out, extra, timeout=120, world_of=None):
     """Starts `world` workers; returns [(returncode, stderr)] by rank. `world_of(rank)`
     overrides the world size a rank is told. Retries on a port taken between free_port()
@@ -97,15 +91,8 @@ def run_ranks(world, out, extra, timeout=120, world_of=None):
                     "--seed", str(SEED), "--out", out] + extra
             procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                           text=True, env=ENV))
-        results = []
-        for p in procs:
-            try:
-                _, err = p.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                for q in procs:
-                    q.kill()
-                raise AssertionError(f"workers did not finish in {timeout} s ({extra})")
-            results.append((p.returncode, err))
+        results = [(rc, err) for rc, _, err in
+                   wait_all(procs, timeout, f"workers did not finish in {timeout} s ({extra})")]
         if not any("address already in use" in e.lower() for _, e in results):
             return results
     return results

@@ -41,6 +41,7 @@
 #include "rl/learner.h"
 #include "rl/parallel_layout.h"
 #include "rl/tp_comm.h"
+#include "tests/loopback_group.h"
 #include "tests/test_models.h"
 #include "tests/worker_args.h"
 
@@ -285,12 +286,7 @@ bool ErrorsCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, u
 
 int Run(int64_t rank, int64_t world, int64_t tp, int64_t port, int64_t seed, const std::string& dir,
         int64_t ep) {
-  DistributedOptions o;
-  o.rank = rank;
-  o.world_size = world;
-  o.master_port = port;
-  o.timeout_s = 120;
-  auto group = Value(ProcessGroup::Create(o, "cpu"), "process group");
+  auto group = Value(LoopbackGroup(rank, world, port, /*timeout_s=*/120), "process group");
   ParallelLayout layout;
   layout.tp = tp;
   layout.ep = ep;

@@ -17,6 +17,7 @@
 #include "rl/distributed.h"
 #include "rl/parallel_layout.h"
 #include "rl/tp_comm.h"
+#include "tests/loopback_group.h"
 #include "tests/worker_args.h"
 
 namespace lightrl {
@@ -30,12 +31,7 @@ double MaxDiff(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 int Run(int64_t rank, int64_t world, int64_t tp, int64_t port, int64_t seed) {
-  DistributedOptions o;
-  o.rank = rank;
-  o.world_size = world;
-  o.master_port = port;
-  o.timeout_s = 120;
-  auto group = ProcessGroup::Create(o, "cpu");
+  auto group = LoopbackGroup(rank, world, port, /*timeout_s=*/120);
   if (!group.ok()) {
     std::fprintf(stderr, "rank %ld: %s\n", static_cast<long>(rank),
                  std::string(group.status().message()).c_str());
