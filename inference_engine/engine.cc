@@ -221,10 +221,6 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
   const ModelConfig& c = policy->config();
   impl->max_model_len = options.max_model_len > 0 ? options.max_model_len : c.max_position_embeddings;
   auto& module = policy->module();
-  if (options.batch_invariant && module->lm_head->weight.is_cuda()) {
-    return absl::UnimplementedError(
-        "numerics.batch_invariant runs on the CPU only so far; the policy is on CUDA");
-  }
   const auto dtype = module->lm_head->weight.scalar_type();
   const ShardCoords& shard = module->shard();
   RETURN_IF_ERROR(CheckParallel(shard, parallel,

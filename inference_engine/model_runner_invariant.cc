@@ -49,7 +49,7 @@ torch::Tensor ModelRunner::PrefillInvariant(const std::vector<RunnerSequence>& s
   auto hidden = InvariantRmsNorm(x, module_->model->norm->weight, module_->model->norm->eps);
   std::vector<int64_t> last;
   for (int64_t d = 0; d < layout.num_docs(); ++d) last.push_back(layout.cu_seqlens[d + 1] - 1);
-  return InvariantLogits(*module_, hidden.index_select(0, torch::tensor(last, torch::kInt64)));
+  return InvariantLogits(*module_, hidden.index_select(0, torch::tensor(last, torch::kInt64).to(device_)));
 }
 
 torch::Tensor ModelRunner::DecodeInvariant(const std::vector<RunnerSequence>& seqs) {
@@ -68,9 +68,9 @@ torch::Tensor ModelRunner::DecodeInvariant(const std::vector<RunnerSequence>& se
       key_rows[b].push_back(s.pages->pages[p / page_size_] * page_size_ + p % page_size_);
     }
   }
-  auto tokens = torch::tensor(tok, torch::kInt64);
-  auto slots = torch::tensor(slot, torch::kInt64);
-  auto positions = torch::tensor(pos, torch::kInt64);
+  auto tokens = torch::tensor(tok, torch::kInt64).to(device_);
+  auto slots = torch::tensor(slot, torch::kInt64).to(device_);
+  auto positions = torch::tensor(pos, torch::kInt64).to(device_);
   auto rows = PageIndex(seqs, /*whole_prompt=*/false);
   auto x = module_->model->embed_tokens(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {

@@ -35,9 +35,11 @@ void ReportInvariantLogprobs(const torch::Tensor& logits, const std::vector<Samp
     tokens.push_back(status[r].ok() ? out->tokens[r] : 0);
   }
   torch::InferenceMode guard;
-  auto logp = InvariantTokenLogprobs(logits, torch::tensor(tokens, torch::kInt64), temperature);
+  auto logp = InvariantTokenLogprobs(logits, torch::tensor(tokens, torch::kInt64), temperature)
+                  .to(torch::kCPU);
+  const float* lp = logp.data_ptr<float>();
   for (size_t r = 0; r < rows.size(); ++r) {
-    if (status[r].ok()) out->logprobs[r] = logp[static_cast<int64_t>(r)].item<float>();
+    if (status[r].ok()) out->logprobs[r] = lp[r];
   }
 }
 

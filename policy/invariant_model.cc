@@ -28,7 +28,8 @@ torch::Tensor Rope(const SoftmaxAttentionImpl& attn, const torch::Tensor& x,
                    const torch::Tensor& cos, const torch::Tensor& sin) {
   const int64_t rd = attn.rotary_dim;
   if (rd == 0) return x;
-  auto c = cos.to(x.scalar_type()).unsqueeze(1), s = sin.to(x.scalar_type()).unsqueeze(1);
+  auto c = cos.to(x.device(), x.scalar_type()).unsqueeze(1);
+  auto s = sin.to(x.device(), x.scalar_type()).unsqueeze(1);
   auto rot = x.narrow(-1, 0, rd);
   const int64_t half = rd / 2;
   auto rotated = torch::cat({-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)}, -1);
@@ -123,18 +124,22 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
                     .index_add(0, top_i.reshape(-1), torch::ones({T * K}, probs.options()));
   auto aux = T > 0 ? (counts / static_cast<double>(T) * probs.mean(0)).sum() * E
                    : torch::zeros({}, probs.options());
+  // The routing on the host (the CUDA path too: a few integers a token).
+  const auto top_host = top_i.to(torch::kCPU);
+  auto acc = top_host.accessor<int64_t, 2>();
   std::vector<char> kept(T * K, 1);
   if (capacity_factor > 0 && T > 0) {
     const int64_t capacity =
         static_cast<int64_t>(std::ceil(capacity_factor * static_cast<double>(T * K) / E));
     std::vector<int64_t> seen(E, 0);
-    auto acc = top_i.accessor<int64_t, 2>();
     for (int64_t a = 0; a < T * K; ++a) kept[a] = seen[acc[a / K][a % K]]++ < capacity;
   }
 
   // Each expert on the tokens routed to it (rows in token order); then every assignment's
   // row picked back (a dropped one reads a zero row with weight zero).
-  auto acc = top_i.accessor<int64_t, 2>();
+  auto on_device = [&x](const std::vector<int64_t>& v) {
+    return torch::tensor(v, torch::kInt64).to(x.device());
+  };
   std::vector<std::vector<int64_t>> tokens(E);
   std::vector<int64_t> row_of(T * K, -1);
   for (int64_t a = 0; a < T * K; ++a) {
@@ -149,15 +154,17 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
       tok.push_back(a / K);
       row_of[a] = rows++;
     }
-    auto picked = x.index_select(0, torch::tensor(tok, torch::kInt64));
+    auto picked = x.index_select(0, on_device(tok));
     outs.push_back(RunExpert(*moe.expert(e), picked));
   }
   outs.push_back(torch::zeros({1, x.size(1)}, x.options()));
   for (auto& r : row_of) {
     if (r < 0) r = rows;
   }
-  auto y = torch::cat(outs).index_select(0, torch::tensor(row_of, torch::kInt64)).view({T, K, x.size(1)});
-  auto w = top_w * torch::tensor(std::vector<float>(kept.begin(), kept.end()), torch::kFloat32).view({T, K});
+  auto y = torch::cat(outs).index_select(0, on_device(row_of)).view({T, K, x.size(1)});
+  auto w = top_w * torch::tensor(std::vector<float>(kept.begin(), kept.end()), torch::kFloat32)
+                       .to(top_w.device())
+                       .view({T, K});
   return {SumSlots(y, w, x.scalar_type()), aux};
 }
 

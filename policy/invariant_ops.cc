@@ -6,6 +6,9 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/invariant/invariant_math.h"
+#include "policy/invariant_cuda.h"
+
 // Built with -ffp-contract=off (policy/CMakeLists.txt): a multiply-add fused into one FMA
 // in one loop and left as two roundings in another would break the equality these ops
 // exist for. Without -ffast-math the compiler keeps every sum in the order written.
@@ -15,12 +18,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// Where a CUDA kernel of the same reduction order will be dispatched.
-void CheckCpu(const torch::Tensor& t, const char* op) {
-  TORCH_CHECK(!t.is_cuda(), "numerics.batch_invariant: ", op,
-              " has no CUDA kernel yet; the batch-invariant mode runs on the CPU only");
-}
 
 torch::Tensor Fp32(const torch::Tensor& t) { return t.to(torch::kFloat32).contiguous(); }
 
@@ -60,12 +57,14 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
                                int64_t out_dtype) {
     ctx->save_for_backward({x, w});
+    const auto dtype = static_cast<torch::ScalarType>(out_dtype);
+    if (x.is_cuda()) return invariant_cuda::Linear(x, w).to(dtype);
     const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
     auto xf = Fp32(x);
     auto wt = w.to(torch::kFloat32).t().contiguous();
     auto out = torch::empty({N, M}, xf.options());
     LinearRows(xf.data_ptr<float>(), wt.data_ptr<float>(), out.data_ptr<float>(), N, K, M);
-    return out.to(static_cast<torch::ScalarType>(out_dtype));
+    return out.to(dtype);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     auto saved = ctx->get_saved_variables();
@@ -83,6 +82,11 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
 class RowRsqrtFunction : public torch::autograd::Function<RowRsqrtFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& xf, double eps) {
+    if (xf.is_cuda()) {
+      auto r = invariant_cuda::RowRsqrt(xf, eps);
+      ctx->save_for_backward({xf, r});
+      return r;
+    }
     const int64_t N = xf.size(0), D = xf.size(1);
     auto x = xf.contiguous();
     auto r = torch::empty({N, 1}, x.options());
@@ -93,7 +97,7 @@ class RowRsqrtFunction : public torch::autograd::Function<RowRsqrtFunction> {
       for (int64_t n = begin; n < end; ++n) {
         float ss = 0.0f;
         for (int64_t i = 0; i < D; ++i) ss += px[n * D + i] * px[n * D + i];
-        pr[n] = 1.0f / std::sqrt(ss / dim + e);
+        pr[n] = inv::Div(1.0f, inv::Sqrt(inv::Add(inv::Div(ss, dim), e)));
       }
     });
     ctx->save_for_backward({xf, r});
@@ -116,15 +120,16 @@ class UnaryFunction : public torch::autograd::Function<UnaryFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t kind) {
     ctx->save_for_backward({x});
     ctx->saved_data["kind"] = kind;
+    const bool silu = static_cast<Unary>(kind) == Unary::kSilu;
+    if (x.is_cuda()) return invariant_cuda::Unary(x, silu).to(x.scalar_type());
     auto xf = Fp32(x);
     auto out = torch::empty_like(xf);
     const float* px = xf.data_ptr<float>();
     float* po = out.data_ptr<float>();
-    const bool silu = static_cast<Unary>(kind) == Unary::kSilu;
     at::parallel_for(0, xf.numel(), 4096, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const float s = 1.0f / (1.0f + std::exp(-px[i]));
-        po[i] = silu ? px[i] * s : s;
+        const float s = inv::InvSigmoid(px[i]);
+        po[i] = silu ? inv::Mul(px[i], s) : s;
       }
     });
     return out.to(x.scalar_type());
@@ -142,6 +147,11 @@ class UnaryFunction : public torch::autograd::Function<UnaryFunction> {
 class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x) {
+    if (x.is_cuda()) {
+      auto p = invariant_cuda::Softmax(x);
+      ctx->save_for_backward({p});
+      return p;
+    }
     auto xf = Fp32(x);
     const int64_t N = xf.size(0), E = xf.size(1);
     auto p = torch::empty_like(xf);
@@ -151,10 +161,10 @@ class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
       for (int64_t n = begin; n < end; ++n) {
         const float* row = px + n * E;
         float m = -std::numeric_limits<float>::infinity();
-        for (int64_t e = 0; e < E; ++e) m = std::max(m, row[e]);
+        for (int64_t e = 0; e < E; ++e) m = inv::Max(m, row[e]);
         float sum = 0.0f;
         for (int64_t e = 0; e < E; ++e) {
-          pp[n * E + e] = std::exp(row[e] - m);
+          pp[n * E + e] = inv::InvExp(row[e] - m);
           sum += pp[n * E + e];
         }
         for (int64_t e = 0; e < E; ++e) pp[n * E + e] /= sum;
@@ -219,15 +229,20 @@ class LightningFunction : public torch::autograd::Function<LightningFunction> {
     torch::Tensor initf = init.numel() > 0 ? Fp32(init) : torch::Tensor();
     const int64_t T = q.size(0), H = q.size(1), d = q.size(2);
     const int64_t N = static_cast<int64_t>(cu.size()) - 1;
-    LightningArgs a{qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>(),
-                    initf.defined() ? initf.data_ptr<float>() : nullptr, Decays(slope), H, d, &cu};
-    auto o = torch::empty({T, H, d}, qf.options());
-    auto last = torch::empty({N, H, d, d}, qf.options());
-    at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        LightningDocHead(a, i / H, i % H, o.data_ptr<float>(), last.data_ptr<float>());
-      }
-    });
+    torch::Tensor o, last;
+    if (q.is_cuda()) {
+      std::tie(o, last) = invariant_cuda::Lightning(qf, kf, vf, Decays(slope), cu, initf);
+    } else {
+      LightningArgs a{qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>(),
+                      initf.defined() ? initf.data_ptr<float>() : nullptr, Decays(slope), H, d, &cu};
+      o = torch::empty({T, H, d}, qf.options());
+      last = torch::empty({N, H, d, d}, qf.options());
+      at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          LightningDocHead(a, i / H, i % H, o.data_ptr<float>(), last.data_ptr<float>());
+        }
+      });
+    }
     ctx->save_for_backward({qf, kf, vf, slope, initf});
     ctx->saved_data["cu"] = cu;
     ctx->saved_data["dtypes"] = std::vector<int64_t>{static_cast<int64_t>(q.scalar_type()),
@@ -247,8 +262,16 @@ class LightningFunction : public torch::autograd::Function<LightningFunction> {
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
     const int64_t H = qf.size(1), d = qf.size(2), N = static_cast<int64_t>(cu.size()) - 1;
     auto g = Fp32(grad_out[0].defined() ? grad_out[0] : torch::zeros_like(qf));
-    auto dq = torch::zeros_like(qf), dk = torch::zeros_like(qf), dv = torch::zeros_like(qf);
+    auto as = [&](const torch::Tensor& t, int64_t i) {
+      return t.to(static_cast<torch::ScalarType>(dtypes[i]));
+    };
     const auto decay = Decays(slope);
+    if (qf.is_cuda()) {
+      auto d_qkv = invariant_cuda::LightningBackward(qf, kf, vf, g, decay, cu, initf);
+      return {as(d_qkv[0], 0), as(d_qkv[1], 1), as(d_qkv[2], 2), torch::Tensor(), torch::Tensor(),
+              torch::Tensor()};
+    }
+    auto dq = torch::zeros_like(qf), dk = torch::zeros_like(qf), dv = torch::zeros_like(qf);
     const float *q = qf.data_ptr<float>(), *k = kf.data_ptr<float>(), *v = vf.data_ptr<float>();
     const float* go = g.data_ptr<float>();
     const float* init = initf.defined() ? initf.data_ptr<float>() : nullptr;
@@ -286,9 +309,6 @@ class LightningFunction : public torch::autograd::Function<LightningFunction> {
         }
       }
     });
-    auto as = [&](const torch::Tensor& t, int64_t i) {
-      return t.to(static_cast<torch::ScalarType>(dtypes[i]));
-    };
     return {as(dq, 0), as(dk, 1), as(dv, 2), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -305,12 +325,12 @@ void AttendOne(const float* q, const float* k, const float* v, int64_t KVH, int6
     float dot = 0.0f;
     for (int64_t i = 0; i < d; ++i) dot += q[i] * kr[i];
     scores[j] = dot * scale;
-    m = std::max(m, scores[j]);
+    m = inv::Max(m, scores[j]);
   }
   float sum = 0.0f;
   std::fill(out, out + d, 0.0f);
   for (int64_t j = 0; j < n; ++j) {
-    const float p = std::exp(scores[j] - m);
+    const float p = inv::InvExp(scores[j] - m);
     sum += p;
     const float* vr = v + (rows[j] * KVH + kvh) * d;
     for (int64_t i = 0; i < d; ++i) out[i] += p * vr[i];
@@ -339,6 +359,31 @@ torch::Tensor AttendAll(const torch::Tensor& qf, const torch::Tensor& kf, const 
   return o;
 }
 
+// The gradient of causal attention within each document by autograd through torch ops
+// (the backward's order is free; on CUDA these are its kernels): per document the [H, L, L]
+// probabilities, so memory grows with the square of the longest document.
+std::vector<torch::Tensor> RecomputedAttentionGrad(const torch::Tensor& qf, const torch::Tensor& kf,
+                                                   const torch::Tensor& vf, const torch::Tensor& g,
+                                                   const std::vector<int64_t>& cu, double scale) {
+  torch::AutoGradMode enable_grad(true);
+  auto q = qf.detach().requires_grad_(), k = kf.detach().requires_grad_();
+  auto v = vf.detach().requires_grad_();
+  const int64_t group = q.size(1) / k.size(1);
+  std::vector<torch::Tensor> outs;
+  for (size_t doc = 0; doc + 1 < cu.size(); ++doc) {
+    const int64_t b = cu[doc], L = cu[doc + 1] - cu[doc];
+    if (L == 0) continue;
+    auto kd = k.narrow(0, b, L).repeat_interleave(group, 1);
+    auto vd = v.narrow(0, b, L).repeat_interleave(group, 1);
+    auto scores = torch::einsum("thd,shd->hts", {q.narrow(0, b, L), kd}) * scale;
+    auto future = torch::ones({L, L}, q.options().dtype(torch::kBool)).triu(1);
+    auto p = torch::softmax(scores.masked_fill(future, -std::numeric_limits<float>::infinity()), -1);
+    outs.push_back(torch::einsum("hts,shd->thd", {p, vd}));
+  }
+  if (outs.empty()) return {torch::zeros_like(qf), torch::zeros_like(kf), torch::zeros_like(vf)};
+  return torch::autograd::grad({torch::cat(outs)}, {q, k, v}, {g});
+}
+
 class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
@@ -351,10 +396,17 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
       for (int64_t t = cu[doc]; t < cu[doc + 1]; ++t) start[t] = cu[doc];
       max_len = std::max(max_len, cu[doc + 1] - cu[doc]);
     }
-    for (int64_t t = 0; t < T; ++t) rows[t] = t;
-    auto o = AttendAll(qf, kf, vf, static_cast<float>(scale), max_len, [&](int64_t t) {
-      return std::pair<const int64_t*, int64_t>(rows.data() + start[t], t - start[t] + 1);
-    });
+    torch::Tensor o;
+    if (q.is_cuda()) {
+      std::vector<int64_t> count(T);
+      for (int64_t t = 0; t < T; ++t) count[t] = t - start[t] + 1;
+      o = invariant_cuda::Attention(qf, kf, vf, start, count, nullptr, scale);
+    } else {
+      for (int64_t t = 0; t < T; ++t) rows[t] = t;
+      o = AttendAll(qf, kf, vf, static_cast<float>(scale), max_len, [&](int64_t t) {
+        return std::pair<const int64_t*, int64_t>(rows.data() + start[t], t - start[t] + 1);
+      });
+    }
     ctx->save_for_backward({qf, kf, vf});
     ctx->saved_data["cu"] = cu;
     ctx->saved_data["scale"] = scale;
@@ -375,6 +427,13 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     const int64_t H = qf.size(1), d = qf.size(2), KVH = kf.size(1), group = H / KVH;
     const int64_t N = static_cast<int64_t>(cu.size()) - 1;
     auto g = Fp32(grad_out[0]);
+    auto as = [&](const torch::Tensor& t, int64_t i) {
+      return t.to(static_cast<torch::ScalarType>(dtypes[i]));
+    };
+    if (qf.is_cuda()) {
+      auto d_qkv = RecomputedAttentionGrad(qf, kf, vf, g, cu, scale);
+      return {as(d_qkv[0], 0), as(d_qkv[1], 1), as(d_qkv[2], 2), torch::Tensor(), torch::Tensor()};
+    }
     auto dq = torch::zeros_like(qf), dk = torch::zeros_like(kf), dv = torch::zeros_like(vf);
     const float *q = qf.data_ptr<float>(), *k = kf.data_ptr<float>(), *v = vf.data_ptr<float>();
     const float* go = g.data_ptr<float>();
@@ -423,9 +482,6 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
         }
       }
     });
-    auto as = [&](const torch::Tensor& t, int64_t i) {
-      return t.to(static_cast<torch::ScalarType>(dtypes[i]));
-    };
     return {as(dq, 0), as(dk, 1), as(dv, 2), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -438,27 +494,39 @@ class TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFunc
                                const torch::Tensor& targets, const std::vector<double>& temperature) {
     auto lf = Fp32(logits);
     const int64_t N = lf.size(0), V = lf.size(1);
-    auto ids = targets.to(torch::kCPU, torch::kInt64).contiguous();
-    std::vector<float> inv(N);  // the divisor per row, as the sampler's FP32 one
+    std::vector<float> inv_t(N);  // the divisor per row, as the sampler's FP32 one
     for (int64_t n = 0; n < N; ++n) {
-      inv[n] = static_cast<float>(temperature.size() == 1 ? temperature[0] : temperature[n]);
+      inv_t[n] = static_cast<float>(temperature.size() == 1 ? temperature[0] : temperature[n]);
     }
+    auto temps = torch::tensor(inv_t, torch::kFloat32).to(lf.device()).unsqueeze(1);
+    if (lf.is_cuda()) {
+      auto ids = targets.to(lf.device(), torch::kInt64).contiguous();
+      ctx->save_for_backward({lf, ids, temps});
+      return invariant_cuda::TokenLogprobs(lf, ids, inv_t);
+    }
+    auto ids = targets.to(torch::kCPU, torch::kInt64).contiguous();
     auto out = torch::empty({N}, lf.options());
     const float* pl = lf.data_ptr<float>();
     const int64_t* pid = ids.data_ptr<int64_t>();
     float* po = out.data_ptr<float>();
+    // The row's max, then its exponentials summed in the lanes of inv::kSumLanes (lane l the
+    // elements l, l + L, ... in order; then the lanes as a tree), as the CUDA kernel does.
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      constexpr int L = inv::kSumLanes;
+      float lanes[L];
       for (int64_t n = begin; n < end; ++n) {
         const float* row = pl + n * V;
-        const float t = inv[n];
+        const float t = inv_t[n];
         float m = -std::numeric_limits<float>::infinity();
-        for (int64_t i = 0; i < V; ++i) m = std::max(m, row[i] / t);
-        float sum = 0.0f;
-        for (int64_t i = 0; i < V; ++i) sum += std::exp(row[i] / t - m);
-        po[n] = (row[pid[n]] / t - m) - std::log(sum);
+        for (int64_t i = 0; i < V; ++i) m = inv::Max(m, row[i] / t);
+        std::fill(lanes, lanes + L, 0.0f);
+        for (int64_t i = 0; i < V; ++i) lanes[i % L] += inv::InvExp(row[i] / t - m);
+        for (int s = L / 2; s > 0; s /= 2) {
+          for (int l = 0; l < s; ++l) lanes[l] += lanes[l + s];
+        }
+        po[n] = (row[pid[n]] / t - m) - inv::InvLog(lanes[0]);
       }
     });
-    auto temps = torch::tensor(inv, lf.options()).unsqueeze(1);
     ctx->save_for_backward({lf, ids, temps});
     return out;
   }
@@ -476,7 +544,6 @@ class TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFunc
 
 torch::Tensor InvariantLinear(const torch::Tensor& x, const torch::Tensor& w,
                               c10::optional<torch::ScalarType> out_dtype) {
-  CheckCpu(x, "linear");
   TORCH_CHECK(w.dim() == 2 && x.size(-1) == w.size(1), "linear: input ", x.sizes(),
               " does not match weight ", w.sizes());
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
@@ -487,7 +554,6 @@ torch::Tensor InvariantLinear(const torch::Tensor& x, const torch::Tensor& w,
 }
 
 torch::Tensor InvariantRmsNorm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  CheckCpu(x, "RMSNorm");
   auto xf = x.to(torch::kFloat32).reshape({-1, x.size(-1)});
   auto r = RowRsqrtFunction::apply(xf, eps);
   auto normed = (xf * r).to(x.scalar_type()).view(x.sizes());
@@ -495,27 +561,24 @@ torch::Tensor InvariantRmsNorm(const torch::Tensor& x, const torch::Tensor& weig
 }
 
 torch::Tensor InvariantSilu(const torch::Tensor& x) {
-  CheckCpu(x, "silu");
   return UnaryFunction::apply(x, static_cast<int64_t>(Unary::kSilu));
 }
 
 torch::Tensor InvariantSigmoid(const torch::Tensor& x) {
-  CheckCpu(x, "sigmoid");
   return UnaryFunction::apply(x, static_cast<int64_t>(Unary::kSigmoid));
 }
 
 torch::Tensor InvariantSoftmax(const torch::Tensor& x) {
-  CheckCpu(x, "softmax");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "softmax: FP32 [N, E] wanted, got ",
               x.scalar_type(), " ", x.sizes());
   return SoftmaxFunction::apply(x);
 }
 
 torch::Tensor InvariantTopK(const torch::Tensor& x, int64_t k) {
-  CheckCpu(x, "top-k");
+  TORCH_CHECK(x.dim() == 2 && k >= 1 && k <= x.size(1), "top-k: k ", k, " of ", x.sizes());
+  if (x.is_cuda()) return invariant_cuda::TopK(x.detach(), k);
   auto xf = Fp32(x.detach());
   const int64_t N = xf.size(0), E = xf.size(1);
-  TORCH_CHECK(k >= 1 && k <= E, "top-k: k ", k, " of ", E, " entries");
   auto idx = torch::empty({N, k}, torch::kInt64);
   const float* px = xf.data_ptr<float>();
   int64_t* pi = idx.data_ptr<int64_t>();
@@ -533,10 +596,11 @@ torch::Tensor InvariantTopK(const torch::Tensor& x, int64_t k) {
   return idx;
 }
 
+// Computed on the CPU whatever the positions' device (a few values per token), so every
+// device gets the same tables; returned on the positions' device.
 std::pair<torch::Tensor, torch::Tensor> InvariantRopeTables(const torch::Tensor& positions,
                                                             int64_t rotary_dim, double theta) {
-  CheckCpu(positions, "rotary embedding");
-  auto pos = positions.to(torch::kInt64).contiguous();
+  auto pos = positions.to(torch::kCPU, torch::kInt64).contiguous();
   const int64_t T = pos.numel(), half = rotary_dim / 2;
   auto cos = torch::empty({T, rotary_dim}, torch::kFloat32);
   auto sin = torch::empty({T, rotary_dim}, torch::kFloat32);
@@ -554,14 +618,13 @@ std::pair<torch::Tensor, torch::Tensor> InvariantRopeTables(const torch::Tensor&
       ps[t * rotary_dim + i] = ps[t * rotary_dim + half + i] = std::sin(f);
     }
   }
-  return {cos, sin};
+  return {cos.to(positions.device()), sin.to(positions.device())};
 }
 
 torch::Tensor InvariantLightning(const torch::Tensor& q, const torch::Tensor& k,
                                  const torch::Tensor& v, const torch::Tensor& slope,
                                  const std::vector<int64_t>& cu_seqlens,
                                  const torch::Tensor& init_states, torch::Tensor* final_states) {
-  CheckCpu(q, "lightning attention");
   TORCH_CHECK(q.dim() == 3 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
               "lightning attention: q, k, v must be [T, H, d] alike, got ", q.sizes(), " ",
               k.sizes(), " ", v.sizes());
@@ -577,7 +640,6 @@ torch::Tensor InvariantLightning(const torch::Tensor& q, const torch::Tensor& k,
 torch::Tensor InvariantAttention(const torch::Tensor& q, const torch::Tensor& k,
                                  const torch::Tensor& v, const std::vector<int64_t>& cu_seqlens,
                                  double scale) {
-  CheckCpu(q, "softmax attention");
   TORCH_CHECK(!cu_seqlens.empty() && cu_seqlens.back() == q.size(0) && k.size(0) == q.size(0),
               "softmax attention: documents end at ",
               cu_seqlens.empty() ? 0 : cu_seqlens.back(), ", queries ", q.size(0), ", keys ",
@@ -589,38 +651,49 @@ torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tenso
                                       const torch::Tensor& v_pool,
                                       const std::vector<std::vector<int64_t>>& key_rows,
                                       double scale) {
-  CheckCpu(q, "paged attention");
   TORCH_CHECK(static_cast<int64_t>(key_rows.size()) == q.size(0), "paged attention: ",
               key_rows.size(), " key lists for ", q.size(0), " queries");
   // Only the rows read are widened: gathered back to back, each query's a slice.
-  std::vector<int64_t> flat, start;
+  std::vector<int64_t> flat, start, count;
   int64_t max_rows = 0;
   for (const auto& r : key_rows) {
     start.push_back(static_cast<int64_t>(flat.size()));
+    count.push_back(static_cast<int64_t>(r.size()));
     flat.insert(flat.end(), r.begin(), r.end());
     max_rows = std::max<int64_t>(max_rows, static_cast<int64_t>(r.size()));
   }
+  for (int64_t row : flat) {
+    TORCH_CHECK(row >= 0 && row < k_pool.size(0), "paged attention: key row ", row,
+                " outside the pool of ", k_pool.size(0));
+  }
+  auto index = torch::tensor(flat, torch::kInt64).to(k_pool.device());
+  auto k = Fp32(k_pool.index_select(0, index)), v = Fp32(v_pool.index_select(0, index));
+  if (q.is_cuda()) {
+    return invariant_cuda::Attention(Fp32(q), k, v, start, count, nullptr, scale)
+        .to(q.scalar_type());
+  }
   std::vector<int64_t> local(flat.size());
   for (size_t i = 0; i < local.size(); ++i) local[i] = static_cast<int64_t>(i);
-  auto index = torch::tensor(flat, torch::kInt64);
-  auto o = AttendAll(Fp32(q), Fp32(k_pool.index_select(0, index)),
-                     Fp32(v_pool.index_select(0, index)), static_cast<float>(scale), max_rows,
-                     [&](int64_t i) {
-                       return std::pair<const int64_t*, int64_t>(
-                           local.data() + start[i], static_cast<int64_t>(key_rows[i].size()));
-                     });
+  auto o = AttendAll(Fp32(q), k, v, static_cast<float>(scale), max_rows, [&](int64_t i) {
+    return std::pair<const int64_t*, int64_t>(local.data() + start[i], count[i]);
+  });
   return o.to(q.scalar_type());
 }
 
 torch::Tensor InvariantTokenLogprobs(const torch::Tensor& logits, const torch::Tensor& targets,
                                      const std::vector<double>& temperature) {
-  CheckCpu(logits, "token logprobs");
+
   TORCH_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0),
               "token logprobs: logits ", logits.sizes(), " and targets ", targets.sizes());
   TORCH_CHECK(temperature.size() == 1 || static_cast<int64_t>(temperature.size()) == logits.size(0),
               "token logprobs: ", temperature.size(), " temperatures for ", logits.size(0), " rows");
   for (double t : temperature) {
     TORCH_CHECK(t > 0 && std::isfinite(t), "token logprobs: temperature must be finite and > 0, got ", t);
+  }
+  if (targets.numel() > 0) {
+    const int64_t lo = targets.min().item<int64_t>(), hi = targets.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < logits.size(1), "token logprobs: targets in [", lo, ", ", hi,
+                "] outside the vocabulary of ", logits.size(1));
   }
   return TokenLogprobsFunction::apply(logits, targets, temperature);
 }

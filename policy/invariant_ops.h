@@ -8,8 +8,10 @@
 // some elements and a scalar one for the tail). The differentiable ones have backwards that
 // are the exact gradient of that forward (their own reduction order is free).
 //
-// CPU only so far: a CUDA tensor is refused naming the op; CUDA kernels with the same
-// reduction order go behind the same functions. Internal (torch) header.
+// CUDA tensors run the kernels of kernels/invariant/ (through policy/invariant_cuda.h),
+// which perform the same FP32 operations in the same order, exp and log included
+// (kernels/invariant/invariant_math.h): a CUDA tensor gets the CPU's bits. Internal (torch)
+// header.
 #pragma once
 
 #include <torch/torch.h>
@@ -68,8 +70,8 @@ torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tenso
                                       double scale);
 
 // log softmax(logits[i] / temperature[i])[targets[i]] of FP32 logits [N, V]: the row's max,
-// its sum of exponentials in order, one log. `temperature` has N entries or one for all
-// (each > 0). Differentiable in logits.
+// its sum of exponentials in the fixed lanes of inv::kSumLanes, one log. `temperature` has
+// N entries or one for all (each > 0); targets in [0, V). Differentiable in logits.
 torch::Tensor InvariantTokenLogprobs(const torch::Tensor& logits, const torch::Tensor& targets,
                                      const std::vector<double>& temperature);
 

@@ -751,18 +751,9 @@ absl::Status RunConfig::Validate() const {
     return Invalid(absl::StrCat("numerics.batch_invariant does not support parallel.tp > 1 "
                                 "yet, got ", parallel.tp));
   }
-  if (numerics.batch_invariant && run.device != "cpu") {
-    return Invalid(absl::StrCat("numerics.batch_invariant runs on the CPU only so far; "
-                                "run.device is ", run.device));
-  }
   if (numerics.batch_invariant && (fleet.rollout_tp > 1 || fleet.rollout_ep > 1)) {
     return Invalid("numerics.batch_invariant does not support multi-process rollout instances "
                    "(fleet.rollout_tp or rollout_ep > 1) yet");
-  }
-  if (numerics.batch_invariant && fleet.mode == "spawn" &&
-      absl::StrContains(fleet.worker_device, "cuda")) {
-    return Invalid(absl::StrCat("numerics.batch_invariant runs on the CPU only so far; "
-                                "fleet.worker_device is ", fleet.worker_device));
   }
   if (numerics.batch_invariant && fleet.mode != "local" && fleet.weight_dtype != run.dtype) {
     return Invalid(absl::StrCat("numerics.batch_invariant needs the workers' weights in the "

@@ -1,0 +1,83 @@
+// The batch-invariant numerics mode's CUDA kernels: each computes a row's result by the
+// same sequence of FP32 operations as the mode's CPU op (policy/invariant_ops.cc), with the
+// arithmetic of invariant_math.h, so a CUDA tensor gets the CPU's bits and neither depends
+// on the batch. Their tests compare them with the CPU ops bit for bit
+// (tests/rl/batch_invariant_gpu_test.cc). Owns the kernels and their launches; never syncs
+// or allocates. All pointers are device pointers to contiguous row-major data; returns the
+// launch's error (cudaErrorInvalidValue for sizes a kernel cannot take).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace lightrl {
+
+// out [N, M] FP32 = x [N, K] w [M, K]^T: each output the FP32 products summed over
+// k = 0..K-1 in order. x and w both FP32 or both bf16.
+cudaError_t LaunchInvariantLinear(const float* x, const float* w, float* out, int64_t N, int64_t K,
+                                  int64_t M, cudaStream_t stream);
+cudaError_t LaunchInvariantLinear(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out,
+                                  int64_t N, int64_t K, int64_t M, cudaStream_t stream);
+
+// r [N] = 1 / sqrt(sum_i x[n, i]^2 (in order) / D + eps) of x [N, D].
+cudaError_t LaunchInvariantRowRsqrt(const float* x, float* r, int64_t N, int64_t D, float eps,
+                                    cudaStream_t stream);
+
+// out = sigmoid(x), or x sigmoid(x) when `silu`, elementwise over n values.
+cudaError_t LaunchInvariantUnary(const float* x, float* out, int64_t n, bool silu,
+                                 cudaStream_t stream);
+
+// p [N, E] = softmax of each row of x [N, E]: its max, exponentials summed in order, divided.
+cudaError_t LaunchInvariantSoftmax(const float* x, float* p, int64_t N, int64_t E,
+                                   cudaStream_t stream);
+
+// idx [N, k]: each row's k largest entries of x [N, E], largest first, lower index first
+// among equals. E <= kInvariantTopKMaxEntries.
+constexpr int64_t kInvariantTopKMaxEntries = 1024;
+cudaError_t LaunchInvariantTopK(const float* x, int64_t* idx, int64_t N, int64_t E, int64_t k,
+                                cudaStream_t stream);
+
+// The lightning token recurrence of documents cu[doc]..cu[doc + 1] (cu: num_docs + 1
+// entries) and heads h < H of q, k, v [T, H, d]: S = decay[h] S + k v^T, o = q S; S starts
+// at init [num_docs, H, d, d] (null: zeros); last (may be null) gets each final state.
+// d <= kInvariantLightningMaxDim.
+constexpr int64_t kInvariantLightningMaxDim = 160;
+struct InvariantLightningArgs {
+  const float *q = nullptr, *k = nullptr, *v = nullptr;
+  const float* decay = nullptr;   // [H]
+  const int64_t* cu = nullptr;    // [num_docs + 1]
+  const float* init = nullptr;    // [num_docs, H, d, d] or null
+  int64_t num_docs = 0, H = 0, d = 0;
+};
+cudaError_t LaunchInvariantLightning(const InvariantLightningArgs& a, float* o, float* last,
+                                     cudaStream_t stream);
+// Its gradient for the output gradient g [T, H, d]: dq, dk, dv [T, H, d] (overwritten).
+cudaError_t LaunchInvariantLightningBackward(const InvariantLightningArgs& a, const float* g,
+                                             float* dq, float* dk, float* dv,
+                                             cudaStream_t stream);
+
+// Softmax attention of queries q [Q, H, d] over keys k, v [R, KVH, d] (head h reads KV head
+// h / (H / KVH)): query i visits count[i] keys, the rows index[start[i] + j] for j in order
+// (index null: rows start[i] + j). Its scores, max, exponentials, sum and weighted values in
+// order, as the CPU op; o [Q, H, d]. d <= 1024.
+struct InvariantAttentionArgs {
+  const float *q = nullptr, *k = nullptr, *v = nullptr;
+  const int64_t* start = nullptr;  // [Q]
+  const int64_t* count = nullptr;  // [Q]
+  const int64_t* index = nullptr;  // optional
+  int64_t Q = 0, H = 0, KVH = 0, d = 0;
+  float scale = 1.0f;
+};
+cudaError_t LaunchInvariantAttention(const InvariantAttentionArgs& a, float* o,
+                                     cudaStream_t stream);
+
+// out [N] = log softmax(logits[n] / temperature[n])[targets[n]] of FP32 logits [N, V]: each
+// row's max, its sum of exponentials in the lanes of inv::kSumLanes, one log. targets must
+// be in [0, V).
+cudaError_t LaunchInvariantTokenLogprobs(const float* logits, const int64_t* targets,
+                                         const float* temperature, float* out, int64_t N,
+                                         int64_t V, cudaStream_t stream);
+
+}  // namespace lightrl

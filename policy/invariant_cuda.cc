@@ -1,0 +1,232 @@
+#include "policy/invariant_cuda.h"
+
+#ifdef LIGHTRL_POLICY_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/invariant/invariant_kernels.h"
+#include "policy/cuda_views.h"
+#endif
+
+namespace lightrl::invariant_cuda {
+
+#ifdef LIGHTRL_POLICY_CUDA
+namespace {
+
+cudaStream_t Stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+torch::Tensor Fp32(const torch::Tensor& t) { return t.to(torch::kFloat32).contiguous(); }
+
+template <typename T>
+const T* Ptr(const torch::Tensor& t) {
+  return reinterpret_cast<const T*>(t.data_ptr());
+}
+
+// Host int64 values as a device tensor on `like`'s device.
+torch::Tensor OnDevice(const std::vector<int64_t>& v, const torch::Tensor& like) {
+  return torch::tensor(v, torch::kInt64).to(like.device());
+}
+
+torch::Tensor OnDevice(const std::vector<float>& v, const torch::Tensor& like) {
+  return torch::tensor(v, torch::kFloat32).to(like.device());
+}
+
+}  // namespace
+
+torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
+  auto out = torch::empty({N, M}, x.options().dtype(torch::kFloat32));
+  if (x.scalar_type() == torch::kBFloat16 && w.scalar_type() == torch::kBFloat16) {
+    auto xc = x.contiguous(), wc = w.contiguous();
+    CheckCudaLaunch(LaunchInvariantLinear(Ptr<__nv_bfloat16>(xc), Ptr<__nv_bfloat16>(wc),
+                                          out.data_ptr<float>(), N, K, M, Stream()),
+                    "invariant linear", nullptr);
+    return out;
+  }
+  auto xf = Fp32(x), wf = Fp32(w);
+  CheckCudaLaunch(LaunchInvariantLinear(xf.data_ptr<float>(), wf.data_ptr<float>(),
+                                        out.data_ptr<float>(), N, K, M, Stream()),
+                  "invariant linear", nullptr);
+  return out;
+}
+
+torch::Tensor RowRsqrt(const torch::Tensor& x, double eps) {
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xf = Fp32(x);
+  auto r = torch::empty({xf.size(0), 1}, xf.options());
+  CheckCudaLaunch(LaunchInvariantRowRsqrt(xf.data_ptr<float>(), r.data_ptr<float>(), xf.size(0),
+                                          xf.size(1), static_cast<float>(eps), Stream()),
+                  "invariant RMSNorm", nullptr);
+  return r;
+}
+
+torch::Tensor Unary(const torch::Tensor& x, bool silu) {
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xf = Fp32(x);
+  auto out = torch::empty_like(xf);
+  CheckCudaLaunch(LaunchInvariantUnary(xf.data_ptr<float>(), out.data_ptr<float>(), xf.numel(),
+                                       silu, Stream()),
+                  silu ? "invariant silu" : "invariant sigmoid", nullptr);
+  return out;
+}
+
+torch::Tensor Softmax(const torch::Tensor& x) {
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xf = Fp32(x);
+  auto p = torch::empty_like(xf);
+  CheckCudaLaunch(LaunchInvariantSoftmax(xf.data_ptr<float>(), p.data_ptr<float>(), xf.size(0),
+                                         xf.size(1), Stream()),
+                  "invariant softmax", nullptr);
+  return p;
+}
+
+torch::Tensor TopK(const torch::Tensor& x, int64_t k) {
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xf = Fp32(x);
+  TORCH_CHECK(xf.size(1) <= kInvariantTopKMaxEntries, "invariant top-k: ", xf.size(1),
+              " entries a row, at most ", kInvariantTopKMaxEntries, " on CUDA");
+  auto idx = torch::empty({xf.size(0), k}, xf.options().dtype(torch::kInt64));
+  CheckCudaLaunch(LaunchInvariantTopK(xf.data_ptr<float>(), idx.data_ptr<int64_t>(), xf.size(0),
+                                      xf.size(1), k, Stream()),
+                  "invariant top-k", nullptr);
+  return idx;
+}
+
+namespace {
+
+struct LightningInputs {
+  torch::Tensor q, k, v, decay, cu, init;
+  InvariantLightningArgs args;
+};
+
+LightningInputs PrepareLightning(const torch::Tensor& q, const torch::Tensor& k,
+                                 const torch::Tensor& v, const std::vector<float>& decay,
+                                 const std::vector<int64_t>& cu, const torch::Tensor& init) {
+  TORCH_CHECK(q.size(2) <= kInvariantLightningMaxDim, "invariant lightning: head_dim ",
+              q.size(2), " exceeds the CUDA kernel's ", kInvariantLightningMaxDim);
+  LightningInputs in{Fp32(q), Fp32(k), Fp32(v), OnDevice(decay, q), OnDevice(cu, q),
+                     init.defined() && init.numel() > 0 ? Fp32(init) : torch::Tensor(), {}};
+  InvariantLightningArgs& a = in.args;
+  a.q = in.q.data_ptr<float>();
+  a.k = in.k.data_ptr<float>();
+  a.v = in.v.data_ptr<float>();
+  a.decay = in.decay.data_ptr<float>();
+  a.cu = in.cu.data_ptr<int64_t>();
+  a.init = in.init.defined() ? in.init.data_ptr<float>() : nullptr;
+  a.num_docs = static_cast<int64_t>(cu.size()) - 1;
+  a.H = q.size(1);
+  a.d = q.size(2);
+  return in;
+}
+
+}  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> Lightning(const torch::Tensor& q, const torch::Tensor& k,
+                                                  const torch::Tensor& v,
+                                                  const std::vector<float>& decay,
+                                                  const std::vector<int64_t>& cu,
+                                                  const torch::Tensor& init) {
+  c10::cuda::CUDAGuard guard(q.device());
+  auto in = PrepareLightning(q, k, v, decay, cu, init);
+  auto o = torch::empty_like(in.q);
+  auto last = torch::empty({in.args.num_docs, in.args.H, in.args.d, in.args.d}, in.q.options());
+  CheckCudaLaunch(LaunchInvariantLightning(in.args, o.data_ptr<float>(), last.data_ptr<float>(),
+                                           Stream()),
+                  "invariant lightning", nullptr);
+  return {o, last};
+}
+
+std::vector<torch::Tensor> LightningBackward(const torch::Tensor& q, const torch::Tensor& k,
+                                             const torch::Tensor& v, const torch::Tensor& g,
+                                             const std::vector<float>& decay,
+                                             const std::vector<int64_t>& cu,
+                                             const torch::Tensor& init) {
+  c10::cuda::CUDAGuard guard(q.device());
+  auto in = PrepareLightning(q, k, v, decay, cu, init);
+  auto gf = Fp32(g);
+  auto dq = torch::empty_like(in.q), dk = torch::empty_like(in.q), dv = torch::empty_like(in.q);
+  CheckCudaLaunch(LaunchInvariantLightningBackward(in.args, gf.data_ptr<float>(),
+                                                   dq.data_ptr<float>(), dk.data_ptr<float>(),
+                                                   dv.data_ptr<float>(), Stream()),
+                  "invariant lightning backward", nullptr);
+  return {dq, dk, dv};
+}
+
+torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const std::vector<int64_t>& start, const std::vector<int64_t>& count,
+                        const std::vector<int64_t>* index, double scale) {
+  c10::cuda::CUDAGuard guard(q.device());
+  auto qf = Fp32(q), kf = Fp32(k), vf = Fp32(v);
+  auto starts = OnDevice(start, q), counts = OnDevice(count, q);
+  torch::Tensor rows = index != nullptr ? OnDevice(*index, q) : torch::Tensor();
+  InvariantAttentionArgs a;
+  a.q = qf.data_ptr<float>();
+  a.k = kf.data_ptr<float>();
+  a.v = vf.data_ptr<float>();
+  a.start = starts.data_ptr<int64_t>();
+  a.count = counts.data_ptr<int64_t>();
+  a.index = rows.defined() ? rows.data_ptr<int64_t>() : nullptr;
+  a.Q = q.size(0);
+  a.H = q.size(1);
+  a.KVH = k.size(1);
+  a.d = q.size(2);
+  a.scale = static_cast<float>(scale);
+  auto o = torch::empty_like(qf);
+  CheckCudaLaunch(LaunchInvariantAttention(a, o.data_ptr<float>(), Stream()),
+                  "invariant attention", nullptr);
+  return o;
+}
+
+torch::Tensor TokenLogprobs(const torch::Tensor& logits, const torch::Tensor& targets,
+                            const std::vector<float>& temperature) {
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto lf = Fp32(logits);
+  auto ids = targets.to(logits.device(), torch::kInt64).contiguous();
+  auto temps = OnDevice(temperature, logits);
+  auto out = torch::empty({lf.size(0)}, lf.options());
+  CheckCudaLaunch(LaunchInvariantTokenLogprobs(lf.data_ptr<float>(), ids.data_ptr<int64_t>(),
+                                               temps.data_ptr<float>(), out.data_ptr<float>(),
+                                               lf.size(0), lf.size(1), Stream()),
+                  "invariant token logprobs", nullptr);
+  return out;
+}
+
+#else  // no CUDA kernels in this build
+
+namespace {
+[[noreturn]] void NoKernels(const char* op) {
+  TORCH_CHECK(false, "numerics.batch_invariant: ", op,
+              " on CUDA needs a build with the CUDA kernels (LIGHTRL_TORCH_CUDA=ON)");
+}
+}  // namespace
+
+torch::Tensor Linear(const torch::Tensor&, const torch::Tensor&) { NoKernels("linear"); }
+torch::Tensor RowRsqrt(const torch::Tensor&, double) { NoKernels("RMSNorm"); }
+torch::Tensor Unary(const torch::Tensor&, bool) { NoKernels("silu / sigmoid"); }
+torch::Tensor Softmax(const torch::Tensor&) { NoKernels("softmax"); }
+torch::Tensor TopK(const torch::Tensor&, int64_t) { NoKernels("top-k"); }
+std::pair<torch::Tensor, torch::Tensor> Lightning(const torch::Tensor&, const torch::Tensor&,
+                                                  const torch::Tensor&, const std::vector<float>&,
+                                                  const std::vector<int64_t>&,
+                                                  const torch::Tensor&) {
+  NoKernels("lightning attention");
+}
+std::vector<torch::Tensor> LightningBackward(const torch::Tensor&, const torch::Tensor&,
+                                             const torch::Tensor&, const torch::Tensor&,
+                                             const std::vector<float>&,
+                                             const std::vector<int64_t>&, const torch::Tensor&) {
+  NoKernels("lightning attention backward");
+}
+torch::Tensor Attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                        const std::vector<int64_t>&, const std::vector<int64_t>&,
+                        const std::vector<int64_t>*, double) {
+  NoKernels("softmax attention");
+}
+torch::Tensor TokenLogprobs(const torch::Tensor&, const torch::Tensor&, const std::vector<float>&) {
+  NoKernels("token logprobs");
+}
+
+#endif
+
+}  // namespace lightrl::invariant_cuda

@@ -1,0 +1,46 @@
+// The batch-invariant ops' forwards (and the lightning recurrence's backward) on CUDA
+// tensors, by the kernels of kernels/invariant/: the same operations in the same order as
+// the CPU loops of invariant_ops.cc, so a CUDA tensor gets the CPU's bits. Called by
+// invariant_ops.cc for CUDA inputs; without the kernels in the build (LIGHTRL_POLICY_CUDA)
+// each fails naming the op. Inputs are FP32 and contiguous unless said; internal (torch)
+// header.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace lightrl::invariant_cuda {
+
+// out [N, M] FP32 = x [N, K] w [M, K]^T (both FP32 or both bf16, any layout).
+torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w);
+// [N, 1]: 1 / sqrt(mean of squares + eps) of each row of x [N, D].
+torch::Tensor RowRsqrt(const torch::Tensor& x, double eps);
+// sigmoid(x), or x sigmoid(x) when `silu`.
+torch::Tensor Unary(const torch::Tensor& x, bool silu);
+torch::Tensor Softmax(const torch::Tensor& x);
+// [N, k] int64 on x's device.
+torch::Tensor TopK(const torch::Tensor& x, int64_t k);
+// o [T, H, d] and the last states [N, H, d, d]; init undefined: zeros.
+std::pair<torch::Tensor, torch::Tensor> Lightning(const torch::Tensor& q, const torch::Tensor& k,
+                                                  const torch::Tensor& v,
+                                                  const std::vector<float>& decay,
+                                                  const std::vector<int64_t>& cu,
+                                                  const torch::Tensor& init);
+// dq, dk, dv [T, H, d] FP32 for the output gradient g.
+std::vector<torch::Tensor> LightningBackward(const torch::Tensor& q, const torch::Tensor& k,
+                                             const torch::Tensor& v, const torch::Tensor& g,
+                                             const std::vector<float>& decay,
+                                             const std::vector<int64_t>& cu,
+                                             const torch::Tensor& init);
+// Query i of q [Q, H, d] over `count[i]` rows of k, v [R, KVH, d]: index[start[i] + j] when
+// `index` is defined, else start[i] + j (start, count, index: host int64 vectors).
+torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const std::vector<int64_t>& start, const std::vector<int64_t>& count,
+                        const std::vector<int64_t>* index, double scale);
+// [N]: log softmax(logits[n] / temperature[n])[targets[n]] (targets int64 on the device).
+torch::Tensor TokenLogprobs(const torch::Tensor& logits, const torch::Tensor& targets,
+                            const std::vector<float>& temperature);
+
+}  // namespace lightrl::invariant_cuda

@@ -1,0 +1,220 @@
+// The batch-invariant mode on CUDA: every op's kernel gives the CPU op's bits on fresh
+// random inputs (FP32 and bf16, odd sizes, ties, several documents, initial states), its
+// gradients match, the whole model's forward on CUDA is the CPU's bit for bit, and the
+// engine's logprobs equal the learner's on the GPU whatever the batch.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "policy/invariant_model.h"
+#include "policy/invariant_ops.h"
+#include "policy/minimax_model.h"
+#include "policy/policy_model.h"
+#include "tests/rl/batch_invariant_check.h"
+#include "tests/test_models.h"
+
+namespace lightrl {
+namespace {
+
+const torch::Device kCuda("cuda");
+
+#define REQUIRE_CUDA() \
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
+
+// Equal bit for bit (NaN payloads aside: none are produced here).
+::testing::AssertionResult SameBits(const torch::Tensor& cuda, const torch::Tensor& cpu) {
+  auto got = cuda.to(torch::kCPU);
+  if (got.sizes() != cpu.sizes()) {
+    return ::testing::AssertionFailure() << "sizes " << got.sizes() << " vs " << cpu.sizes();
+  }
+  if (got.scalar_type() != cpu.scalar_type()) {
+    return ::testing::AssertionFailure() << "dtype " << got.scalar_type() << " vs " << cpu.scalar_type();
+  }
+  if (torch::equal(got, cpu)) return ::testing::AssertionSuccess();
+  auto diff = got.to(torch::kFloat64) - cpu.to(torch::kFloat64);
+  auto mismatches = (got != cpu).sum().item<int64_t>();
+  return ::testing::AssertionFailure() << mismatches << " of " << got.numel()
+                                       << " elements differ, max |diff| "
+                                       << diff.abs().max().item<double>();
+}
+
+class InvariantCudaOpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    seed_ = std::random_device{}();
+    torch::manual_seed(seed_);
+  }
+  uint64_t seed_ = 0;
+};
+
+TEST_F(InvariantCudaOpsTest, LinearNormsAndActivationsGiveTheCpuBits) {
+  REQUIRE_CUDA();
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(std::string(c10::toString(dtype)));
+    for (auto [N, K, M] : std::vector<std::array<int64_t, 3>>{{1, 64, 96}, {67, 131, 75}, {130, 17, 200}}) {
+      auto x = torch::randn({N, K}).to(dtype), w = torch::randn({M, K}).to(dtype);
+      EXPECT_TRUE(SameBits(InvariantLinear(x.to(kCuda), w.to(kCuda)), InvariantLinear(x, w)));
+      EXPECT_TRUE(SameBits(InvariantLinear(x.to(kCuda), w.to(kCuda), torch::kFloat32),
+                           InvariantLinear(x, w, torch::kFloat32)));
+      auto norm_w = (torch::rand({K}) + 0.5).to(dtype);
+      EXPECT_TRUE(SameBits(InvariantRmsNorm(x.to(kCuda), norm_w.to(kCuda), 1e-6),
+                           InvariantRmsNorm(x, norm_w, 1e-6)));
+      auto wide = (torch::randn({N, K}) * 12).to(dtype);  // exp's whole range, overflow too
+      EXPECT_TRUE(SameBits(InvariantSilu(wide.to(kCuda)), InvariantSilu(wide)));
+      EXPECT_TRUE(SameBits(InvariantSigmoid(wide.to(kCuda)), InvariantSigmoid(wide)));
+    }
+  }
+  auto logits = torch::randn({50, 33}) * 4;
+  auto probs = InvariantSoftmax(logits);
+  EXPECT_TRUE(SameBits(InvariantSoftmax(logits.to(kCuda)), probs));
+  // Top-k with ties: values on a coarse grid, so rows hold equal entries.
+  auto tied = (torch::randn({64, 32}) * 2).round() / 2;
+  for (int64_t k : {1, 2, 8}) EXPECT_TRUE(SameBits(InvariantTopK(tied.to(kCuda), k), InvariantTopK(tied, k)));
+  auto positions = torch::randint(0, 80000, {40}, torch::kInt64);
+  auto [cos, sin] = InvariantRopeTables(positions, 64, 10000.0);
+  auto [cos_d, sin_d] = InvariantRopeTables(positions.to(kCuda), 64, 10000.0);
+  EXPECT_TRUE(cos_d.is_cuda());
+  EXPECT_TRUE(SameBits(cos_d, cos));
+  EXPECT_TRUE(SameBits(sin_d, sin));
+}
+
+TEST_F(InvariantCudaOpsTest, LightningGivesTheCpuBitsWithAndWithoutInitialStates) {
+  REQUIRE_CUDA();
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  for (int64_t d : {16, 64, 128}) {
+    SCOPED_TRACE("head_dim " + std::to_string(d));
+    const std::vector<int64_t> cu = {0, 5, 5, 38, 39};  // an empty document, a one-token one
+    const int64_t T = cu.back(), H = 3, N = static_cast<int64_t>(cu.size()) - 1;
+    auto q = torch::randn({T, H, d}) * 0.3, k = torch::randn({T, H, d}) * 0.3;
+    auto v = torch::randn({T, H, d});
+    auto slope = torch::rand({H}) * 0.5;
+    auto init = torch::randn({N, H, d, d});
+    for (bool with_init : {false, true}) {
+      torch::Tensor last, last_d;
+      auto o = InvariantLightning(q, k, v, slope, cu, with_init ? init : torch::Tensor(), &last);
+      auto o_d = InvariantLightning(q.to(kCuda), k.to(kCuda), v.to(kCuda), slope.to(kCuda), cu,
+                                    with_init ? init.to(kCuda) : torch::Tensor(), &last_d);
+      EXPECT_TRUE(SameBits(o_d, o)) << "init " << with_init;
+      EXPECT_TRUE(SameBits(last_d, last)) << "init " << with_init;
+    }
+    // The backward: the same recurrence, so the same gradients (to rounding at most).
+    auto qc = q.clone().requires_grad_(), kc = k.clone().requires_grad_(), vc = v.clone().requires_grad_();
+    auto qg = q.to(kCuda).requires_grad_(), kg = k.to(kCuda).requires_grad_(), vg = v.to(kCuda).requires_grad_();
+    auto weight = torch::randn({T, H, d});
+    auto gc = torch::autograd::grad({(InvariantLightning(qc, kc, vc, slope, cu) * weight).sum()}, {qc, kc, vc});
+    auto gg = torch::autograd::grad(
+        {(InvariantLightning(qg, kg, vg, slope.to(kCuda), cu) * weight.to(kCuda)).sum()}, {qg, kg, vg});
+    for (int i = 0; i < 3; ++i) {
+      const double scale = std::max(1.0, gc[i].abs().max().item<double>());
+      EXPECT_LT((gg[i].cpu() - gc[i]).abs().max().item<double>(), 1e-5 * scale) << "input " << i;
+    }
+  }
+}
+
+TEST_F(InvariantCudaOpsTest, AttentionPagedAttentionAndLogprobsGiveTheCpuBits) {
+  REQUIRE_CUDA();
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  std::mt19937 rng(seed_);
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(std::string(c10::toString(dtype)));
+    for (int64_t d : {32, 128}) {
+      // Documents longer than a kernel chunk (128 keys), grouped heads.
+      const std::vector<int64_t> cu = {0, 3, 300, 301, 340};
+      const int64_t T = cu.back(), H = 4, KVH = 2;
+      auto q = torch::randn({T, H, d}).to(dtype), k = torch::randn({T, KVH, d}).to(dtype);
+      auto v = torch::randn({T, KVH, d}).to(dtype);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+      EXPECT_TRUE(SameBits(InvariantAttention(q.to(kCuda), k.to(kCuda), v.to(kCuda), cu, scale),
+                           InvariantAttention(q, k, v, cu, scale)));
+      // Paged: each query its own scattered rows of a pool.
+      const int64_t R = 500, Q = 6;
+      auto kp = torch::randn({R, KVH, d}).to(dtype), vp = torch::randn({R, KVH, d}).to(dtype);
+      auto qp = torch::randn({Q, H, d}).to(dtype);
+      std::vector<std::vector<int64_t>> rows(Q);
+      for (int64_t i = 0; i < Q; ++i) {
+        const int64_t n = 1 + static_cast<int64_t>(rng() % 300);
+        for (int64_t j = 0; j < n; ++j) rows[i].push_back(static_cast<int64_t>(rng() % R));
+      }
+      EXPECT_TRUE(SameBits(InvariantPagedAttention(qp.to(kCuda), kp.to(kCuda), vp.to(kCuda), rows, scale),
+                           InvariantPagedAttention(qp, kp, vp, rows, scale)));
+    }
+  }
+  for (int64_t V : {7, 1000, 32003}) {
+    auto logits = torch::randn({9, V}) * 3;
+    auto targets = torch::randint(0, V, {9}, torch::kInt64);
+    std::vector<double> temps = {1.0, 0.7, 1.3, 0.05, 1.0, 2.0, 0.9, 1.0, 0.5};
+    EXPECT_TRUE(SameBits(InvariantTokenLogprobs(logits.to(kCuda), targets.to(kCuda), temps),
+                         InvariantTokenLogprobs(logits, targets, temps)));
+    EXPECT_TRUE(SameBits(InvariantTokenLogprobs(logits.to(kCuda), targets, {0.8}),
+                         InvariantTokenLogprobs(logits, targets, {0.8})));
+    // Against float64 log-softmax: a few ulps of the row's magnitude.
+    auto exact = torch::log_softmax(logits.to(torch::kFloat64) / 0.8, -1).gather(1, targets.unsqueeze(1)).squeeze(1);
+    EXPECT_LT((InvariantTokenLogprobs(logits, targets, {0.8}).to(torch::kFloat64) - exact).abs().max().item<double>(),
+              1e-4);
+  }
+  // The attention backward on CUDA (recomputed through torch ops) against the CPU's loops.
+  const std::vector<int64_t> cu = {0, 4, 19};
+  auto q = torch::randn({19, 4, 16}), k = torch::randn({19, 2, 16}), v = torch::randn({19, 2, 16});
+  auto weight = torch::randn({19, 4, 16});
+  auto qc = q.clone().requires_grad_(), kc = k.clone().requires_grad_(), vc = v.clone().requires_grad_();
+  auto qg = q.to(kCuda).requires_grad_(), kg = k.to(kCuda).requires_grad_(), vg = v.to(kCuda).requires_grad_();
+  auto gc = torch::autograd::grad({(InvariantAttention(qc, kc, vc, cu, 0.25) * weight).sum()}, {qc, kc, vc});
+  auto gg = torch::autograd::grad({(InvariantAttention(qg, kg, vg, cu, 0.25) * weight.to(kCuda)).sum()},
+                                  {qg, kg, vg});
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_LT((gg[i].cpu() - gc[i]).abs().max().item<double>(), 1e-5 * std::max(1.0, gc[i].abs().max().item<double>()))
+        << "input " << i;
+  }
+}
+
+// The whole model in the mode: the CUDA forward's hidden states and logprobs are the CPU's.
+TEST(InvariantCudaModelTest, ForwardOnCudaGivesTheCpuBits) {
+  REQUIRE_CUDA();
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  for (const std::string dtype : {"float32", "bfloat16"}) {
+    SCOPED_TRACE(dtype);
+    PolicyOptions cpu_opts, cuda_opts;
+    cpu_opts.dtype = cuda_opts.dtype = dtype;
+    cuda_opts.device = "cuda";
+    auto cpu = PolicyModel::Create(TinyRolloutConfig(64), seed, cpu_opts);
+    auto gpu = PolicyModel::Create(TinyRolloutConfig(64), seed + 1, cuda_opts);
+    ASSERT_TRUE(cpu.ok() && gpu.ok());
+    auto weights = (*cpu)->ExportWeights(DType::kF32);
+    ASSERT_TRUE(weights.ok());
+    ASSERT_TRUE((*gpu)->ImportWeights(DType::kF32, *weights).ok());
+    const PackedLayout layout = PackedLayout::FromLengths({7, 30, 1, 12});
+    torch::manual_seed(seed);
+    auto tokens = torch::randint(0, 61, {layout.num_tokens()}, torch::kInt64);
+    auto targets = torch::randint(0, 61, {layout.num_tokens()}, torch::kInt64);
+    ForwardOptions fopts;
+    fopts.batch_invariant = true;
+    torch::NoGradGuard no_grad;
+    auto h_cpu = (*cpu)->module()->Forward(tokens, layout, fopts).hidden;
+    auto h_gpu = (*gpu)->module()->Forward(tokens.to(kCuda), layout, fopts).hidden;
+    EXPECT_TRUE(SameBits(h_gpu, h_cpu));
+    EXPECT_TRUE(SameBits(InvariantLmHeadLogprobs(*(*gpu)->module(), h_gpu, targets, 0.9),
+                         InvariantLmHeadLogprobs(*(*cpu)->module(), h_cpu, targets, 0.9)));
+  }
+}
+
+TEST(InvariantCudaEngineTest, EngineAndLearnerLogprobsAreEqualBf16Sampled) {
+  REQUIRE_CUDA();
+  batch_invariant_check::CheckZeroMismatch(TinyRolloutConfig(64), "bfloat16", 0.8, "cuda");
+}
+
+TEST(InvariantCudaEngineTest, EngineAndLearnerLogprobsAreEqualFp32Greedy) {
+  REQUIRE_CUDA();
+  batch_invariant_check::CheckZeroMismatch(TinyRolloutConfig(64), "float32", 0.0, "cuda");
+}
+
+TEST(InvariantCudaEngineTest, EngineAndLearnerLogprobsAreEqualTopOneLearnerModel) {
+  REQUIRE_CUDA();
+  batch_invariant_check::CheckZeroMismatch(TinyLearnerConfig(2), "bfloat16", 1.0, "cuda");
+}
+
+}  // namespace
+}  // namespace lightrl
