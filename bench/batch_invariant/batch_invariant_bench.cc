@@ -1,10 +1,15 @@
-// The cost of numerics.batch_invariant on the CPU: one RL step's generation (engine
-// tokens/s) and learner update (TrainRl time) of a small random model, the mode off and
-// on, and the train/inference mismatch each gives.
+// The cost of numerics.batch_invariant: one RL step's generation (engine tokens/s) and
+// learner update (TrainRl time) of a random model, the mode off and on, and the
+// train/inference mismatch each gives.
 //   batch_invariant_bench [--dtype float32|bfloat16] [--prompts 8] [--n 4] [--new-tokens 32]
-//                         [--repeats 3] [--threads 0]
-// Prints one JSON line per mode: tokens/s, learner step seconds (median of --repeats) and
-// max |engine logprob - learner logprob|.
+//                         [--repeats 3] [--threads 0] [--device cpu|cuda]
+//                         [--model small|bench] [--kv-mb 256]
+// --model small: 4 layers, hidden 256 (the CPU figures); bench: the 508M bench model of the
+// GPU figures (hidden 1024, 8 layers 7 lightning + 1 softmax, 8 heads x 128, 8 experts
+// top-2, FFN 2048, vocab 32000). --kv-mb sizes the softmax layers' KV cache: small enough,
+// and sequences are preempted and re-prefilled. Prints one JSON line per mode: tokens/s,
+// learner step seconds (median of --repeats), max |engine logprob - learner logprob| and
+// the engine's preemptions.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -42,6 +47,25 @@ ModelConfig BenchConfig() {
   return c;
 }
 
+ModelConfig BenchModelConfig() {
+  ModelConfig c;
+  c.vocab_size = 32000;
+  c.hidden_size = 1024;
+  c.intermediate_size = 2048;
+  c.num_hidden_layers = 8;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.head_dim = 128;
+  c.rotary_dim = 64;
+  c.num_local_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.block_size = 256;
+  c.max_position_embeddings = 131072;
+  c.layer_kinds.assign(8, LayerKind::kLightning);
+  c.layer_kinds[7] = LayerKind::kSoftmax;
+  return c;
+}
+
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
@@ -52,8 +76,8 @@ double Median(std::vector<double> v) {
 }
 
 int Main(int argc, char** argv) {
-  std::string dtype = "float32";
-  int64_t prompts = 8, n = 4, new_tokens = 32, repeats = 3, threads = 0;
+  std::string dtype = "float32", device = "cpu", model = "small";
+  int64_t prompts = 8, n = 4, new_tokens = 32, repeats = 3, threads = 0, kv_mb = 256;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     int64_t* target = flag == "--prompts"      ? &prompts
@@ -61,9 +85,14 @@ int Main(int argc, char** argv) {
                       : flag == "--new-tokens" ? &new_tokens
                       : flag == "--repeats"    ? &repeats
                       : flag == "--threads"    ? &threads
+                      : flag == "--kv-mb"      ? &kv_mb
                                                : nullptr;
     if (flag == "--dtype") {
       dtype = value;
+    } else if (flag == "--device") {
+      device = value;
+    } else if (flag == "--model" && (value == "small" || value == "bench")) {
+      model = value;
     } else if (target == nullptr || !absl::SimpleAtoi(value, target)) {
       std::fprintf(stderr, "batch_invariant_bench: bad flag %s %s\n", flag.c_str(), value.c_str());
       return 2;
@@ -72,8 +101,10 @@ int Main(int argc, char** argv) {
   if (threads > 0) torch::set_num_threads(static_cast<int>(threads));
   PolicyOptions popts;
   popts.dtype = dtype;
+  popts.device = device;
+  const ModelConfig config = model == "bench" ? BenchModelConfig() : BenchConfig();
   for (bool mode : {false, true}) {
-    auto policy = PolicyModel::Create(BenchConfig(), 7, popts);
+    auto policy = PolicyModel::Create(config, 7, popts);
     if (!policy.ok()) {
       std::fprintf(stderr, "batch_invariant_bench: %s\n", policy.status().ToString().c_str());
       return 1;
@@ -81,7 +112,7 @@ int Main(int argc, char** argv) {
     EngineOptions eopts;
     eopts.batch_invariant = mode;
     eopts.max_num_seqs = prompts * n;
-    eopts.kv_cache_bytes = int64_t{256} << 20;
+    eopts.kv_cache_bytes = kv_mb << 20;
     auto engine = Engine::Create(policy->get(), eopts);
     if (!engine.ok()) {
       std::fprintf(stderr, "batch_invariant_bench: %s\n", engine.status().ToString().c_str());
@@ -92,7 +123,9 @@ int Main(int argc, char** argv) {
     for (int64_t i = 0; i < prompts; ++i) {
       reqs[i].id = "p" + std::to_string(i);
       const int64_t len = 16 + static_cast<int64_t>(rng() % 48);
-      for (int64_t t = 0; t < len; ++t) reqs[i].prompt.push_back(static_cast<int32_t>(rng() % 4096));
+      for (int64_t t = 0; t < len; ++t) {
+        reqs[i].prompt.push_back(static_cast<int32_t>(rng() % config.vocab_size));
+      }
       reqs[i].params.temperature = 1.0;
       reqs[i].params.max_new_tokens = new_tokens;
       reqs[i].params.n = n;
@@ -138,10 +171,12 @@ int Main(int argc, char** argv) {
     std::printf(
         "{\"batch_invariant\": %s, \"dtype\": \"%s\", \"threads\": %d, \"samples\": %lld, "
         "\"generated_tokens\": %lld, \"engine_tokens_per_s\": %.1f, \"learner_step_s\": %.3f, "
-        "\"logprob_abs_diff_max\": %.3g}\n",
+        "\"logprob_abs_diff_max\": %.3g, \"device\": \"%s\", \"model\": \"%s\", "
+        "\"preemptions\": %lld}\n",
         mode ? "true" : "false", dtype.c_str(), torch::get_num_threads(),
         static_cast<long long>(prompts * n), static_cast<long long>(tokens),
-        static_cast<double>(tokens) / Median(gen_s), Median(step_s), mismatch);
+        static_cast<double>(tokens) / Median(gen_s), Median(step_s), mismatch, device.c_str(),
+        model.c_str(), static_cast<long long>((*engine)->stats().preemptions));
     std::fflush(stdout);
   }
   return 0;
