@@ -39,8 +39,8 @@ torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w) {
   auto out = torch::empty({N, M}, x.options().dtype(torch::kFloat32));
   if (x.scalar_type() == torch::kBFloat16 && w.scalar_type() == torch::kBFloat16) {
     auto xc = x.contiguous(), wc = w.contiguous();
-    CheckCudaLaunch(LaunchInvariantLinear(Ptr<__nv_bfloat16>(xc), Ptr<__nv_bfloat16>(wc),
-                                          out.data_ptr<float>(), N, K, M, Stream()),
+    CheckCudaLaunch(LaunchInvariantLinearTc(Ptr<__nv_bfloat16>(xc), Ptr<__nv_bfloat16>(wc),
+                                            out.data_ptr<float>(), N, K, M, Stream()),
                     "invariant linear", nullptr);
     return out;
   }

@@ -1,6 +1,7 @@
 // The batch-invariant ops' forwards (and the lightning recurrence's backward) on CUDA
 // tensors, by the kernels of kernels/invariant/: the same operations in the same order as
-// the CPU loops of invariant_ops.cc, so a CUDA tensor gets the CPU's bits. Called by
+// the CPU loops of invariant_ops.cc, so a CUDA tensor gets the CPU's bits (the bf16 linear
+// excepted: tensor cores, batch-invariant, its own bits). Called by
 // invariant_ops.cc for CUDA inputs; without the kernels in the build (LIGHTRL_POLICY_CUDA)
 // each fails naming the op. Inputs are FP32 and contiguous unless said; internal (torch)
 // header.
@@ -13,7 +14,8 @@
 
 namespace lightrl::invariant_cuda {
 
-// out [N, M] FP32 = x [N, K] w [M, K]^T (both FP32 or both bf16, any layout).
+// out [N, M] FP32 = x [N, K] w [M, K]^T (any layout): both bf16 on the tensor cores
+// (batch-invariant, its own bits), else in FP32 with the CPU's bits.
 torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w);
 // [N, 1]: 1 / sqrt(mean of squares + eps) of each row of x [N, D].
 torch::Tensor RowRsqrt(const torch::Tensor& x, double eps);

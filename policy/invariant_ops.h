@@ -10,8 +10,10 @@
 //
 // CUDA tensors run the kernels of kernels/invariant/ (through policy/invariant_cuda.h),
 // which perform the same FP32 operations in the same order, exp and log included
-// (kernels/invariant/invariant_math.h): a CUDA tensor gets the CPU's bits. Internal (torch)
-// header.
+// (kernels/invariant/invariant_math.h): a CUDA tensor gets the CPU's bits, except through
+// a bf16 linear, which runs on the tensor cores with fixed tiles (batch-invariant still, so
+// CUDA engine and CUDA learner agree; a CPU learner and a CUDA engine agree in FP32 only).
+// Internal (torch) header.
 #pragma once
 
 #include <torch/torch.h>

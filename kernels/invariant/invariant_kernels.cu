@@ -5,8 +5,10 @@
 #include "kernels/invariant/invariant_kernels.h"
 
 #include <cuda_bf16.h>
+#include <mma.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "kernels/invariant/invariant_math.h"
 
@@ -20,10 +22,6 @@ using inv::Sub;
 
 __device__ const float kInf = __builtin_huge_valf();
 
-__device__ __forceinline__ float Load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float Load(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
 
 int Blocks(int64_t n, int threads) {
   return static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 1 << 30));
@@ -46,8 +44,8 @@ __global__ void LinearKernel(const T* __restrict__ x, const T* __restrict__ w,
     for (int e = tid; e < kDepth * kTile; e += kLinearThreads) {
       const int row = e / kDepth, kk = e % kDepth;
       const int64_t k = k0 + kk;
-      xs[kk][row] = (n0 + row < N && k < K) ? Load(x, (n0 + row) * K + k) : 0.0f;
-      ws[kk][row] = (m0 + row < M && k < K) ? Load(w, (m0 + row) * K + k) : 0.0f;
+      xs[kk][row] = (n0 + row < N && k < K) ? x[(n0 + row) * K + k] : 0.0f;
+      ws[kk][row] = (m0 + row < M && k < K) ? w[(m0 + row) * K + k] : 0.0f;
     }
     __syncthreads();
     const int depth = static_cast<int>(K - k0 < kDepth ? K - k0 : kDepth);
@@ -71,10 +69,82 @@ __global__ void LinearKernel(const T* __restrict__ x, const T* __restrict__ w,
   }
 }
 
+// --- bf16 linear on the tensor cores: 64 x 64 output tiles of 4 warps (32 x 32 each, 2 x 2
+// wmma 16x16x16 fragments, FP32 accumulators), K in 32-deep slices through shared memory,
+// zero-filled past N, M and K. Every tile runs the same instruction sequence over the same
+// K slices whatever N is, and the tensor cores never mix rows, so a row's outputs do not
+// depend on the batch it came in (they are not the CPU loop's bits: the mma sums its 16
+// products its own way).
+constexpr int kTcTile = 64, kTcDepth = 32, kTcPad = 8, kTcThreads = 128;
+
+__global__ void LinearTcKernel(const __nv_bfloat16* __restrict__ x,
+                               const __nv_bfloat16* __restrict__ w, float* __restrict__ out,
+                               int64_t N, int64_t K, int64_t M, bool vec) {
+  using namespace nvcuda;
+  __shared__ __align__(32) __nv_bfloat16 xs[kTcTile][kTcDepth + kTcPad];
+  __shared__ __align__(32) __nv_bfloat16 ws[kTcTile][kTcDepth + kTcPad];
+  __shared__ __align__(32) float cs[kTcTile][kTcTile + 4];
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTcTile;
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int wr = (warp / 2) * 32, wc = (warp % 2) * 32;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  }
+  const __nv_bfloat16 zero = __float2bfloat16(0.0f);
+  for (int64_t k0 = 0; k0 < K; k0 += kTcDepth) {
+    if (vec) {  // K % 8 == 0 and 16-byte aligned rows: 8 values a load
+      for (int e = tid; e < kTcTile * kTcDepth / 8; e += kTcThreads) {
+        const int row = e / (kTcDepth / 8), kk = (e % (kTcDepth / 8)) * 8;
+        const int64_t k = k0 + kk;
+        uint4 xv = make_uint4(0, 0, 0, 0), wv = make_uint4(0, 0, 0, 0);
+        if (n0 + row < N && k < K) xv = *reinterpret_cast<const uint4*>(x + (n0 + row) * K + k);
+        if (m0 + row < M && k < K) wv = *reinterpret_cast<const uint4*>(w + (m0 + row) * K + k);
+        *reinterpret_cast<uint4*>(&xs[row][kk]) = xv;
+        *reinterpret_cast<uint4*>(&ws[row][kk]) = wv;
+      }
+    } else {
+      for (int e = tid; e < kTcTile * kTcDepth; e += kTcThreads) {
+        const int row = e / kTcDepth, kk = e % kTcDepth;
+        const int64_t k = k0 + kk;
+        xs[row][kk] = (n0 + row < N && k < K) ? x[(n0 + row) * K + k] : zero;
+        ws[row][kk] = (m0 + row < M && k < K) ? w[(m0 + row) * K + k] : zero;
+      }
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kTcDepth; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[2];
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], &xs[wr + 16 * i][kk], kTcDepth + kTcPad);
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &ws[wc + 16 * j][kk], kTcDepth + kTcPad);
+      for (int i = 0; i < 2; ++i) {
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      wmma::store_matrix_sync(&cs[wr + 16 * i][wc + 16 * j], acc[i][j], kTcTile + 4,
+                              wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < kTcTile * kTcTile; e += kTcThreads) {
+    const int r = e / kTcTile, c = e % kTcTile;
+    if (n0 + r < N && m0 + c < M) out[(n0 + r) * M + m0 + c] = cs[r][c];
+  }
+}
+
+bool CheckLinear(int64_t N, int64_t K, int64_t M) {
+  return N >= 0 && K >= 0 && M >= 0 && (N + kTile - 1) / kTile <= 65535;
+}
+
 template <typename T>
 cudaError_t LaunchLinear(const T* x, const T* w, float* out, int64_t N, int64_t K, int64_t M,
                          cudaStream_t stream) {
-  if (N < 0 || K < 0 || M < 0 || (N + kTile - 1) / kTile > 65535) return cudaErrorInvalidValue;
+  if (!CheckLinear(N, K, M)) return cudaErrorInvalidValue;
   if (N == 0 || M == 0) return cudaSuccess;
   if (K == 0) return cudaMemsetAsync(out, 0, sizeof(float) * N * M, stream);
   const dim3 grid(static_cast<unsigned>((M + kTile - 1) / kTile),
@@ -324,9 +394,17 @@ cudaError_t LaunchInvariantLinear(const float* x, const float* w, float* out, in
   return LaunchLinear(x, w, out, N, K, M, stream);
 }
 
-cudaError_t LaunchInvariantLinear(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out,
-                                  int64_t N, int64_t K, int64_t M, cudaStream_t stream) {
-  return LaunchLinear(x, w, out, N, K, M, stream);
+cudaError_t LaunchInvariantLinearTc(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out,
+                                    int64_t N, int64_t K, int64_t M, cudaStream_t stream) {
+  if (!CheckLinear(N, K, M)) return cudaErrorInvalidValue;
+  if (N == 0 || M == 0) return cudaSuccess;
+  if (K == 0) return cudaMemsetAsync(out, 0, sizeof(float) * N * M, stream);
+  const bool vec = K % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(w) % 16 == 0;
+  const dim3 grid(static_cast<unsigned>((M + kTcTile - 1) / kTcTile),
+                  static_cast<unsigned>((N + kTcTile - 1) / kTcTile));
+  LinearTcKernel<<<grid, kTcThreads, 0, stream>>>(x, w, out, N, K, M, vec);
+  return cudaGetLastError();
 }
 
 cudaError_t LaunchInvariantRowRsqrt(const float* x, float* r, int64_t N, int64_t D, float eps,

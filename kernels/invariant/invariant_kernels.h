@@ -1,7 +1,8 @@
 // The batch-invariant numerics mode's CUDA kernels: each computes a row's result by the
 // same sequence of FP32 operations as the mode's CPU op (policy/invariant_ops.cc), with the
 // arithmetic of invariant_math.h, so a CUDA tensor gets the CPU's bits and neither depends
-// on the batch. Their tests compare them with the CPU ops bit for bit
+// on the batch; the one exception is the bf16 linear, on the tensor cores, batch-invariant
+// but with its own bits. Their tests compare them with the CPU ops bit for bit
 // (tests/rl/batch_invariant_gpu_test.cc). Owns the kernels and their launches; never syncs
 // or allocates. All pointers are device pointers to contiguous row-major data; returns the
 // launch's error (cudaErrorInvalidValue for sizes a kernel cannot take).
@@ -14,12 +15,15 @@
 
 namespace lightrl {
 
-// out [N, M] FP32 = x [N, K] w [M, K]^T: each output the FP32 products summed over
-// k = 0..K-1 in order. x and w both FP32 or both bf16.
+// out [N, M] FP32 = x [N, K] w [M, K]^T of FP32 x and w: each output the products summed
+// over k = 0..K-1 in order, the CPU op's bits.
 cudaError_t LaunchInvariantLinear(const float* x, const float* w, float* out, int64_t N, int64_t K,
                                   int64_t M, cudaStream_t stream);
-cudaError_t LaunchInvariantLinear(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out,
-                                  int64_t N, int64_t K, int64_t M, cudaStream_t stream);
+// The product of bf16 x and w on the tensor cores, FP32 accumulation: fixed 64 x 64
+// tiles and 32-deep K slices whatever N is, so a row's outputs are the same bits in any
+// batch, but not the CPU loop's bits (each mma sums its products its own way).
+cudaError_t LaunchInvariantLinearTc(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out,
+                                    int64_t N, int64_t K, int64_t M, cudaStream_t stream);
 
 // r [N] = 1 / sqrt(sum_i x[n, i]^2 (in order) / D + eps) of x [N, D].
 cudaError_t LaunchInvariantRowRsqrt(const float* x, float* r, int64_t N, int64_t D, float eps,

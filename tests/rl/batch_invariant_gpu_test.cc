@@ -4,6 +4,7 @@
 // engine's logprobs equal the learner's on the GPU whatever the batch.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <random>
 #include <string>
 #include <vector>
@@ -40,6 +41,31 @@ const torch::Device kCuda("cuda");
                                        << diff.abs().max().item<double>();
 }
 
+// The bf16 linear runs on the tensor cores: FP32 accumulation of exact products (within
+// K FP32 roundings of the float64 product) and each row the same bits in any batch: alone,
+// in batches of other sizes, at other offsets (other tiles), and with K not a multiple of 8
+// (the unvectorised loads).
+void CheckTensorCoreLinear(const torch::Tensor& x, const torch::Tensor& w) {
+  const int64_t N = x.size(0), K = x.size(1);
+  auto xd = x.to(kCuda), wd = w.to(kCuda);
+  auto all = InvariantLinear(xd, wd, torch::kFloat32).cpu();
+  auto exact = torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t());
+  auto bound = torch::matmul(x.to(torch::kFloat64).abs(), w.to(torch::kFloat64).abs().t()) *
+               (static_cast<double>(K) * 1.2e-7) + 1e-30;
+  EXPECT_TRUE(((all.to(torch::kFloat64) - exact).abs() <= bound).all().item<bool>())
+      << "max |diff| " << (all.to(torch::kFloat64) - exact).abs().max().item<double>();
+  for (int64_t r : {int64_t{0}, N / 2, N - 1}) {
+    EXPECT_TRUE(SameBits(InvariantLinear(xd.narrow(0, r, 1), wd, torch::kFloat32), all.narrow(0, r, 1)))
+        << "row " << r << " alone";
+    // The row at offset 70 of a batch of 133 (another tile, another row within it).
+    auto padded = torch::cat({torch::randn({70, K}).to(x.scalar_type()).to(kCuda), xd.narrow(0, r, 1),
+                              torch::randn({62, K}).to(x.scalar_type()).to(kCuda)});
+    EXPECT_TRUE(SameBits(InvariantLinear(padded, wd, torch::kFloat32).narrow(0, 70, 1), all.narrow(0, r, 1)))
+        << "row " << r << " at offset 70";
+  }
+  EXPECT_TRUE(SameBits(InvariantLinear(xd, wd), all.to(x.scalar_type())));
+}
+
 class InvariantCudaOpsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -54,11 +80,16 @@ TEST_F(InvariantCudaOpsTest, LinearNormsAndActivationsGiveTheCpuBits) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
     SCOPED_TRACE(std::string(c10::toString(dtype)));
-    for (auto [N, K, M] : std::vector<std::array<int64_t, 3>>{{1, 64, 96}, {67, 131, 75}, {130, 17, 200}}) {
+    for (auto [N, K, M] : std::vector<std::array<int64_t, 3>>{
+             {1, 64, 96}, {67, 131, 75}, {130, 17, 200}, {9, 1024, 333}}) {
       auto x = torch::randn({N, K}).to(dtype), w = torch::randn({M, K}).to(dtype);
-      EXPECT_TRUE(SameBits(InvariantLinear(x.to(kCuda), w.to(kCuda)), InvariantLinear(x, w)));
-      EXPECT_TRUE(SameBits(InvariantLinear(x.to(kCuda), w.to(kCuda), torch::kFloat32),
-                           InvariantLinear(x, w, torch::kFloat32)));
+      if (dtype == torch::kFloat32) {
+        EXPECT_TRUE(SameBits(InvariantLinear(x.to(kCuda), w.to(kCuda)), InvariantLinear(x, w)));
+        EXPECT_TRUE(SameBits(InvariantLinear(x.to(kCuda), w.to(kCuda), torch::kFloat32),
+                             InvariantLinear(x, w, torch::kFloat32)));
+      } else {
+        CheckTensorCoreLinear(x, w);
+      }
       auto norm_w = (torch::rand({K}) + 0.5).to(dtype);
       EXPECT_TRUE(SameBits(InvariantRmsNorm(x.to(kCuda), norm_w.to(kCuda), 1e-6),
                            InvariantRmsNorm(x, norm_w, 1e-6)));
@@ -170,12 +201,35 @@ TEST_F(InvariantCudaOpsTest, AttentionPagedAttentionAndLogprobsGiveTheCpuBits) {
   }
 }
 
-// The whole model in the mode: the CUDA forward's hidden states and logprobs are the CPU's.
-TEST(InvariantCudaModelTest, ForwardOnCudaGivesTheCpuBits) {
+// The whole model in the mode: in FP32 the CUDA forward's hidden states and logprobs are
+// the CPU's; in bf16 (tensor-core linears) each document's are the same bits alone and
+// packed with others.
+TEST(InvariantCudaModelTest, ForwardOnCudaGivesTheCpuBitsInFp32AndIsBatchInvariantInBf16) {
   REQUIRE_CUDA();
   const uint64_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
-  for (const std::string dtype : {"float32", "bfloat16"}) {
+  {
+    PolicyOptions opts;
+    opts.dtype = "bfloat16";
+    opts.device = "cuda";
+    auto gpu = PolicyModel::Create(TinyRolloutConfig(64), seed, opts);
+    ASSERT_TRUE(gpu.ok());
+    const std::vector<int64_t> lengths = {7, 30, 1, 12};
+    const PackedLayout layout = PackedLayout::FromLengths(lengths);
+    torch::manual_seed(seed);
+    auto tokens = torch::randint(0, 61, {layout.num_tokens()}, torch::kInt64).to(kCuda);
+    ForwardOptions fopts;
+    fopts.batch_invariant = true;
+    torch::NoGradGuard no_grad;
+    auto packed = (*gpu)->module()->Forward(tokens, layout, fopts).hidden;
+    for (size_t d = 0; d < lengths.size(); ++d) {
+      const int64_t b = layout.cu_seqlens[d];
+      auto alone = (*gpu)->module()->Forward(tokens.narrow(0, b, lengths[d]),
+                                            PackedLayout::FromLengths({lengths[d]}), fopts).hidden;
+      EXPECT_TRUE(SameBits(alone, packed.narrow(0, b, lengths[d]).cpu())) << "document " << d;
+    }
+  }
+  for (const std::string dtype : {"float32"}) {
     SCOPED_TRACE(dtype);
     PolicyOptions cpu_opts, cuda_opts;
     cpu_opts.dtype = cuda_opts.dtype = dtype;
