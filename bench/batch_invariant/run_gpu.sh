@@ -30,5 +30,14 @@ for P in ${BATCHES:-2 16 64}; do
   note "bench prompts $P rc=$? after $(elapsed) s"
 done
 cat "$OUT/bench.jsonl" | tee -a "$S"
+# PROFILE=1: where the mode's GPU time goes at 64 prompts x 4 (nsys kernel summary).
+if [ "${PROFILE:-0}" = 1 ] && command -v nsys > /dev/null; then
+  timeout 300 nsys profile -o /tmp/bi_profile --force-overwrite true \
+    "$B/bench/batch_invariant/batch_invariant_bench" --device cuda --dtype bfloat16 --model bench \
+    --prompts 64 --n 4 --new-tokens 32 --repeats 1 --kv-mb 256 > /dev/null 2>&1
+  nsys stats --report cuda_gpu_kern_sum --format csv /tmp/bi_profile.nsys-rep 2> /dev/null |
+    cut -c1-220 | head -25 > "$OUT/profile.txt"
+  note "profile after $(elapsed) s"; cat "$OUT/profile.txt" | tee -a "$S"
+fi
 tail -5 "$OUT/bench.err"
 note "total $(elapsed) s"
