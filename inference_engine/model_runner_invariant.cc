@@ -21,9 +21,9 @@ torch::Tensor ModelRunner::PrefillInvariant(const std::vector<RunnerSequence>& s
     flat.insert(flat.end(), s.tokens.begin(), s.tokens.end());
   }
   const PackedLayout layout = PackedLayout::FromLengths(lengths);
-  auto tokens = torch::tensor(flat, torch::kInt64).to(device_);
+  auto tokens = HostToDevice(flat, device_);
   auto rows = PageIndex(seqs, /*whole_prompt=*/true);
-  auto positions = PackedPositions(layout, device_);
+  auto positions = PackedPositions(layout, torch::kCPU);  // the RoPE tables are made on the host
   const int64_t T = layout.num_tokens();
   auto x = module_->model->embed_tokens(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
@@ -49,7 +49,7 @@ torch::Tensor ModelRunner::PrefillInvariant(const std::vector<RunnerSequence>& s
   auto hidden = InvariantRmsNorm(x, module_->model->norm->weight, module_->model->norm->eps);
   std::vector<int64_t> last;
   for (int64_t d = 0; d < layout.num_docs(); ++d) last.push_back(layout.cu_seqlens[d + 1] - 1);
-  return InvariantLogits(*module_, hidden.index_select(0, torch::tensor(last, torch::kInt64).to(device_)));
+  return InvariantLogits(*module_, hidden.index_select(0, HostToDevice(last, device_)));
 }
 
 torch::Tensor ModelRunner::DecodeInvariant(const std::vector<RunnerSequence>& seqs) {
@@ -68,9 +68,9 @@ torch::Tensor ModelRunner::DecodeInvariant(const std::vector<RunnerSequence>& se
       key_rows[b].push_back(s.pages->pages[p / page_size_] * page_size_ + p % page_size_);
     }
   }
-  auto tokens = torch::tensor(tok, torch::kInt64).to(device_);
-  auto slots = torch::tensor(slot, torch::kInt64).to(device_);
-  auto positions = torch::tensor(pos, torch::kInt64).to(device_);
+  auto tokens = HostToDevice(tok, device_);
+  auto slots = HostToDevice(slot, device_);
+  auto positions = torch::tensor(pos, torch::kInt64);  // the RoPE tables are made on the host
   auto rows = PageIndex(seqs, /*whole_prompt=*/false);
   auto x = module_->model->embed_tokens(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {

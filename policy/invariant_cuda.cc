@@ -6,6 +6,7 @@
 
 #include "kernels/invariant/invariant_kernels.h"
 #include "policy/cuda_views.h"
+#include "policy/invariant_ops.h"
 #endif
 
 namespace lightrl::invariant_cuda {
@@ -23,12 +24,9 @@ const T* Ptr(const torch::Tensor& t) {
 }
 
 // Host int64 values as a device tensor on `like`'s device.
-torch::Tensor OnDevice(const std::vector<int64_t>& v, const torch::Tensor& like) {
-  return torch::tensor(v, torch::kInt64).to(like.device());
-}
-
-torch::Tensor OnDevice(const std::vector<float>& v, const torch::Tensor& like) {
-  return torch::tensor(v, torch::kFloat32).to(like.device());
+template <typename T>
+torch::Tensor OnDevice(const std::vector<T>& v, const torch::Tensor& like) {
+  return HostToDevice(v, like.device());
 }
 
 }  // namespace
@@ -96,22 +94,24 @@ torch::Tensor TopK(const torch::Tensor& x, int64_t k) {
 namespace {
 
 struct LightningInputs {
-  torch::Tensor q, k, v, decay, cu, init;
+  torch::Tensor q, k, v, slope, cu, init;
   InvariantLightningArgs args;
 };
 
 LightningInputs PrepareLightning(const torch::Tensor& q, const torch::Tensor& k,
-                                 const torch::Tensor& v, const std::vector<float>& decay,
+                                 const torch::Tensor& v, const torch::Tensor& slope,
                                  const std::vector<int64_t>& cu, const torch::Tensor& init) {
   TORCH_CHECK(q.size(2) <= kInvariantLightningMaxDim, "invariant lightning: head_dim ",
               q.size(2), " exceeds the CUDA kernel's ", kInvariantLightningMaxDim);
-  LightningInputs in{Fp32(q), Fp32(k), Fp32(v), OnDevice(decay, q), OnDevice(cu, q),
+  TORCH_CHECK(slope.numel() == q.size(1), "invariant lightning: ", slope.numel(),
+              " slopes for ", q.size(1), " heads");
+  LightningInputs in{Fp32(q), Fp32(k), Fp32(v), Fp32(slope.to(q.device())), OnDevice(cu, q),
                      init.defined() && init.numel() > 0 ? Fp32(init) : torch::Tensor(), {}};
   InvariantLightningArgs& a = in.args;
   a.q = in.q.data_ptr<float>();
   a.k = in.k.data_ptr<float>();
   a.v = in.v.data_ptr<float>();
-  a.decay = in.decay.data_ptr<float>();
+  a.slope = in.slope.data_ptr<float>();
   a.cu = in.cu.data_ptr<int64_t>();
   a.init = in.init.defined() ? in.init.data_ptr<float>() : nullptr;
   a.num_docs = static_cast<int64_t>(cu.size()) - 1;
@@ -123,12 +123,11 @@ LightningInputs PrepareLightning(const torch::Tensor& q, const torch::Tensor& k,
 }  // namespace
 
 std::pair<torch::Tensor, torch::Tensor> Lightning(const torch::Tensor& q, const torch::Tensor& k,
-                                                  const torch::Tensor& v,
-                                                  const std::vector<float>& decay,
+                                                  const torch::Tensor& v, const torch::Tensor& slope,
                                                   const std::vector<int64_t>& cu,
                                                   const torch::Tensor& init) {
   c10::cuda::CUDAGuard guard(q.device());
-  auto in = PrepareLightning(q, k, v, decay, cu, init);
+  auto in = PrepareLightning(q, k, v, slope, cu, init);
   auto o = torch::empty_like(in.q);
   auto last = torch::empty({in.args.num_docs, in.args.H, in.args.d, in.args.d}, in.q.options());
   CheckCudaLaunch(LaunchInvariantLightning(in.args, o.data_ptr<float>(), last.data_ptr<float>(),
@@ -139,11 +138,11 @@ std::pair<torch::Tensor, torch::Tensor> Lightning(const torch::Tensor& q, const 
 
 std::vector<torch::Tensor> LightningBackward(const torch::Tensor& q, const torch::Tensor& k,
                                              const torch::Tensor& v, const torch::Tensor& g,
-                                             const std::vector<float>& decay,
+                                             const torch::Tensor& slope,
                                              const std::vector<int64_t>& cu,
                                              const torch::Tensor& init) {
   c10::cuda::CUDAGuard guard(q.device());
-  auto in = PrepareLightning(q, k, v, decay, cu, init);
+  auto in = PrepareLightning(q, k, v, slope, cu, init);
   auto gf = Fp32(g);
   auto dq = torch::empty_like(in.q), dk = torch::empty_like(in.q), dv = torch::empty_like(in.q);
   CheckCudaLaunch(LaunchInvariantLightningBackward(in.args, gf.data_ptr<float>(),
@@ -207,15 +206,15 @@ torch::Tensor Unary(const torch::Tensor&, bool) { NoKernels("silu / sigmoid"); }
 torch::Tensor Softmax(const torch::Tensor&) { NoKernels("softmax"); }
 torch::Tensor TopK(const torch::Tensor&, int64_t) { NoKernels("top-k"); }
 std::pair<torch::Tensor, torch::Tensor> Lightning(const torch::Tensor&, const torch::Tensor&,
-                                                  const torch::Tensor&, const std::vector<float>&,
+                                                  const torch::Tensor&, const torch::Tensor&,
                                                   const std::vector<int64_t>&,
                                                   const torch::Tensor&) {
   NoKernels("lightning attention");
 }
 std::vector<torch::Tensor> LightningBackward(const torch::Tensor&, const torch::Tensor&,
                                              const torch::Tensor&, const torch::Tensor&,
-                                             const std::vector<float>&,
-                                             const std::vector<int64_t>&, const torch::Tensor&) {
+                                             const torch::Tensor&, const std::vector<int64_t>&,
+                                             const torch::Tensor&) {
   NoKernels("lightning attention backward");
 }
 torch::Tensor Attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,

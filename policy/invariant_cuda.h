@@ -24,16 +24,16 @@ torch::Tensor Unary(const torch::Tensor& x, bool silu);
 torch::Tensor Softmax(const torch::Tensor& x);
 // [N, k] int64 on x's device.
 torch::Tensor TopK(const torch::Tensor& x, int64_t k);
-// o [T, H, d] and the last states [N, H, d, d]; init undefined: zeros.
+// o [T, H, d] and the last states [N, H, d, d]; slope [H] (the decay exp(-slope) computed by
+// the kernel as the CPU computes it); init undefined: zeros.
 std::pair<torch::Tensor, torch::Tensor> Lightning(const torch::Tensor& q, const torch::Tensor& k,
-                                                  const torch::Tensor& v,
-                                                  const std::vector<float>& decay,
+                                                  const torch::Tensor& v, const torch::Tensor& slope,
                                                   const std::vector<int64_t>& cu,
                                                   const torch::Tensor& init);
 // dq, dk, dv [T, H, d] FP32 for the output gradient g.
 std::vector<torch::Tensor> LightningBackward(const torch::Tensor& q, const torch::Tensor& k,
                                              const torch::Tensor& v, const torch::Tensor& g,
-                                             const std::vector<float>& decay,
+                                             const torch::Tensor& slope,
                                              const std::vector<int64_t>& cu,
                                              const torch::Tensor& init);
 // Query i of q [Q, H, d] over `count[i]` rows of k, v [R, KVH, d]: index[start[i] + j] when

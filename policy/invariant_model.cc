@@ -28,8 +28,11 @@ torch::Tensor Rope(const SoftmaxAttentionImpl& attn, const torch::Tensor& x,
                    const torch::Tensor& cos, const torch::Tensor& sin) {
   const int64_t rd = attn.rotary_dim;
   if (rd == 0) return x;
-  auto c = cos.to(x.device(), x.scalar_type()).unsqueeze(1);
-  auto s = sin.to(x.device(), x.scalar_type()).unsqueeze(1);
+  auto to_x = [&x](const torch::Tensor& t) {
+    if (t.device() == x.device()) return t.to(x.scalar_type());
+    return t.pin_memory().to(x.device(), /*non_blocking=*/true).to(x.scalar_type());
+  };
+  auto c = to_x(cos).unsqueeze(1), s = to_x(sin).unsqueeze(1);
   auto rot = x.narrow(-1, 0, rd);
   const int64_t half = rd / 2;
   auto rotated = torch::cat({-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)}, -1);
@@ -137,9 +140,7 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
 
   // Each expert on the tokens routed to it (rows in token order); then every assignment's
   // row picked back (a dropped one reads a zero row with weight zero).
-  auto on_device = [&x](const std::vector<int64_t>& v) {
-    return torch::tensor(v, torch::kInt64).to(x.device());
-  };
+  auto on_device = [&x](const std::vector<int64_t>& v) { return HostToDevice(v, x.device()); };
   std::vector<std::vector<int64_t>> tokens(E);
   std::vector<int64_t> row_of(T * K, -1);
   for (int64_t a = 0; a < T * K; ++a) {
@@ -162,9 +163,7 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
     if (r < 0) r = rows;
   }
   auto y = torch::cat(outs).index_select(0, on_device(row_of)).view({T, K, x.size(1)});
-  auto w = top_w * torch::tensor(std::vector<float>(kept.begin(), kept.end()), torch::kFloat32)
-                       .to(top_w.device())
-                       .view({T, K});
+  auto w = top_w * HostToDevice(std::vector<float>(kept.begin(), kept.end()), top_w.device()).view({T, K});
   return {SumSlots(y, w, x.scalar_type()), aux};
 }
 
@@ -185,7 +184,7 @@ ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tenso
   auto x = model.model->embed_tokens(tokens);
   auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
   const int64_t T = x.size(0);
-  auto positions = PackedPositions(layout, x.device());
+  auto positions = PackedPositions(layout, torch::kCPU);  // the RoPE tables are made on the host
   for (const auto& module : *model.model->layers) {
     auto& layer = *module->as<DecoderLayerImpl>();
     auto attention = [&](const torch::Tensor& n1) -> torch::Tensor {

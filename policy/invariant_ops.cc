@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/invariant/invariant_math.h"
 #include "policy/invariant_cuda.h"
@@ -184,7 +185,7 @@ class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
 
 struct LightningArgs {
   const float *q, *k, *v, *init;  // init may be null (zeros)
-  std::vector<float> decay;       // [H]: exp(-slope)
+  std::vector<float> decay;       // [H]: exp(-slope) (inv::InvExp, as the CUDA kernel)
   int64_t H, d;
   const std::vector<int64_t>* cu;
 };
@@ -214,7 +215,7 @@ void LightningDocHead(const LightningArgs& a, int64_t doc, int64_t h, float* o, 
 std::vector<float> Decays(const torch::Tensor& slope) {
   auto s = slope.to(torch::kCPU, torch::kFloat32).contiguous();
   std::vector<float> decay(s.numel());
-  for (int64_t h = 0; h < s.numel(); ++h) decay[h] = std::exp(-s.data_ptr<float>()[h]);
+  for (int64_t h = 0; h < s.numel(); ++h) decay[h] = inv::InvExp(-s.data_ptr<float>()[h]);
   return decay;
 }
 
@@ -231,7 +232,7 @@ class LightningFunction : public torch::autograd::Function<LightningFunction> {
     const int64_t N = static_cast<int64_t>(cu.size()) - 1;
     torch::Tensor o, last;
     if (q.is_cuda()) {
-      std::tie(o, last) = invariant_cuda::Lightning(qf, kf, vf, Decays(slope), cu, initf);
+      std::tie(o, last) = invariant_cuda::Lightning(qf, kf, vf, slope, cu, initf);
     } else {
       LightningArgs a{qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>(),
                       initf.defined() ? initf.data_ptr<float>() : nullptr, Decays(slope), H, d, &cu};
@@ -265,12 +266,12 @@ class LightningFunction : public torch::autograd::Function<LightningFunction> {
     auto as = [&](const torch::Tensor& t, int64_t i) {
       return t.to(static_cast<torch::ScalarType>(dtypes[i]));
     };
-    const auto decay = Decays(slope);
     if (qf.is_cuda()) {
-      auto d_qkv = invariant_cuda::LightningBackward(qf, kf, vf, g, decay, cu, initf);
+      auto d_qkv = invariant_cuda::LightningBackward(qf, kf, vf, g, slope, cu, initf);
       return {as(d_qkv[0], 0), as(d_qkv[1], 1), as(d_qkv[2], 2), torch::Tensor(), torch::Tensor(),
               torch::Tensor()};
     }
+    const auto decay = Decays(slope);
     auto dq = torch::zeros_like(qf), dk = torch::zeros_like(qf), dv = torch::zeros_like(qf);
     const float *q = qf.data_ptr<float>(), *k = kf.data_ptr<float>(), *v = vf.data_ptr<float>();
     const float* go = g.data_ptr<float>();
@@ -498,7 +499,7 @@ class TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFunc
     for (int64_t n = 0; n < N; ++n) {
       inv_t[n] = static_cast<float>(temperature.size() == 1 ? temperature[0] : temperature[n]);
     }
-    auto temps = torch::tensor(inv_t, torch::kFloat32).to(lf.device()).unsqueeze(1);
+    auto temps = HostToDevice(inv_t, lf.device()).unsqueeze(1);
     if (lf.is_cuda()) {
       auto ids = targets.to(lf.device(), torch::kInt64).contiguous();
       ctx->save_for_backward({lf, ids, temps});
@@ -541,6 +542,23 @@ class TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFunc
 };
 
 }  // namespace
+
+namespace {
+template <typename T>
+torch::Tensor ToDevice(const std::vector<T>& values, const torch::Device& device) {
+  auto host = torch::tensor(values, std::is_same_v<T, float> ? torch::kFloat32 : torch::kInt64);
+  if (!device.is_cuda()) return host;
+  return host.pin_memory().to(device, /*non_blocking=*/true);
+}
+}  // namespace
+
+torch::Tensor HostToDevice(const std::vector<int64_t>& values, const torch::Device& device) {
+  return ToDevice(values, device);
+}
+
+torch::Tensor HostToDevice(const std::vector<float>& values, const torch::Device& device) {
+  return ToDevice(values, device);
+}
 
 torch::Tensor InvariantLinear(const torch::Tensor& x, const torch::Tensor& w,
                               c10::optional<torch::ScalarType> out_dtype) {
@@ -597,7 +615,8 @@ torch::Tensor InvariantTopK(const torch::Tensor& x, int64_t k) {
 }
 
 // Computed on the CPU whatever the positions' device (a few values per token), so every
-// device gets the same tables; returned on the positions' device.
+// device gets the same tables; returned on the positions' device (host positions save the
+// device-to-host copy).
 std::pair<torch::Tensor, torch::Tensor> InvariantRopeTables(const torch::Tensor& positions,
                                                             int64_t rotary_dim, double theta) {
   auto pos = positions.to(torch::kCPU, torch::kInt64).contiguous();
@@ -618,7 +637,9 @@ std::pair<torch::Tensor, torch::Tensor> InvariantRopeTables(const torch::Tensor&
       ps[t * rotary_dim + i] = ps[t * rotary_dim + half + i] = std::sin(f);
     }
   }
-  return {cos.to(positions.device()), sin.to(positions.device())};
+  if (!positions.is_cuda()) return {cos, sin};
+  return {cos.pin_memory().to(positions.device(), /*non_blocking=*/true),
+          sin.pin_memory().to(positions.device(), /*non_blocking=*/true)};
 }
 
 torch::Tensor InvariantLightning(const torch::Tensor& q, const torch::Tensor& k,
@@ -666,7 +687,7 @@ torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tenso
     TORCH_CHECK(row >= 0 && row < k_pool.size(0), "paged attention: key row ", row,
                 " outside the pool of ", k_pool.size(0));
   }
-  auto index = torch::tensor(flat, torch::kInt64).to(k_pool.device());
+  auto index = HostToDevice(flat, k_pool.device());
   auto k = Fp32(k_pool.index_select(0, index)), v = Fp32(v_pool.index_select(0, index));
   if (q.is_cuda()) {
     return invariant_cuda::Attention(Fp32(q), k, v, start, count, nullptr, scale)

@@ -22,6 +22,12 @@
 
 namespace lightrl {
 
+// Host values as a tensor on `device` (int64, or FP32 for floats). For CUDA, copied from
+// pinned memory without waiting: the stream orders the copy before the kernels that read
+// it, and the caching host allocator keeps the pinned block until the copy has run.
+torch::Tensor HostToDevice(const std::vector<int64_t>& values, const torch::Device& device);
+torch::Tensor HostToDevice(const std::vector<float>& values, const torch::Device& device);
+
 // x [N, K] W^T for W [M, K]: FP32 products summed over k = 0..K-1 in order, rounded once to
 // `out_dtype` (x's dtype when undefined / kUndefined). Differentiable in x and W.
 torch::Tensor InvariantLinear(const torch::Tensor& x, const torch::Tensor& w,

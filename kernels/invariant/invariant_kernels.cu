@@ -219,7 +219,7 @@ __global__ void LightningKernel(InvariantLightningArgs a, float* __restrict__ o,
   float* vs = ks + d;
   const int64_t doc = blockIdx.x / H, h = blockIdx.x % H;
   const int j = threadIdx.x;
-  const float lambda = a.decay[h];
+  const float lambda = inv::InvExp(-a.slope[h]);
   for (int64_t i = 0; i < d; ++i) {
     S[i * d + j] = a.init != nullptr ? a.init[((doc * H + h) * d + i) * d + j] : 0.0f;
   }
@@ -260,7 +260,7 @@ __global__ void LightningBackwardKernel(InvariantLightningArgs a, const float* _
   const int64_t doc = blockIdx.x / H, h = blockIdx.x % H;
   const int64_t b = a.cu[doc], e = a.cu[doc + 1];
   const int i = threadIdx.x;
-  const float lambda = a.decay[h];
+  const float lambda = inv::InvExp(-a.slope[h]);
   for (int64_t jj = 0; jj < d; ++jj) {
     S[i * ld + jj] = a.init != nullptr ? a.init[((doc * H + h) * d + i) * d + jj] : 0.0f;
   }

@@ -44,13 +44,14 @@ cudaError_t LaunchInvariantTopK(const float* x, int64_t* idx, int64_t N, int64_t
                                 cudaStream_t stream);
 
 // The lightning token recurrence of documents cu[doc]..cu[doc + 1] (cu: num_docs + 1
-// entries) and heads h < H of q, k, v [T, H, d]: S = decay[h] S + k v^T, o = q S; S starts
+// entries) and heads h < H of q, k, v [T, H, d]: S = lambda_h S + k v^T, o = q S, with
+// lambda_h = inv::InvExp(-slope[h]) (the CPU op's decay); S starts
 // at init [num_docs, H, d, d] (null: zeros); last (may be null) gets each final state.
 // d <= kInvariantLightningMaxDim.
 constexpr int64_t kInvariantLightningMaxDim = 160;
 struct InvariantLightningArgs {
   const float *q = nullptr, *k = nullptr, *v = nullptr;
-  const float* decay = nullptr;   // [H]
+  const float* slope = nullptr;   // [H]
   const int64_t* cu = nullptr;    // [num_docs + 1]
   const float* init = nullptr;    // [num_docs, H, d, d] or null
   int64_t num_docs = 0, H = 0, d = 0;
