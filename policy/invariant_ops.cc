@@ -71,10 +71,15 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     auto saved = ctx->get_saved_variables();
     const auto& x = saved[0];
     const auto& w = saved[1];
-    auto g = grad_out[0].to(torch::kFloat32);
+    // The backward's order is free: on the GPU its matmuls run in the inputs' dtype (bf16
+    // on the tensor cores with FP32 accumulation, as the default path's), on the CPU in FP32
+    // (ATen's CPU bf16 GEMM is slow).
+    const auto dtype = x.is_cuda() && x.scalar_type() == w.scalar_type() ? x.scalar_type()
+                                                                          : torch::kFloat32;
+    auto g = grad_out[0].to(dtype);
     torch::Tensor dx, dw;
-    if (ctx->needs_input_grad(0)) dx = g.mm(w.to(torch::kFloat32)).to(x.scalar_type());
-    if (ctx->needs_input_grad(1)) dw = g.t().mm(x.to(torch::kFloat32)).to(w.scalar_type());
+    if (ctx->needs_input_grad(0)) dx = g.mm(w.to(dtype)).to(x.scalar_type());
+    if (ctx->needs_input_grad(1)) dw = g.t().mm(x.to(dtype)).to(w.scalar_type());
     return {dx, dw, torch::Tensor()};
   }
 };
@@ -711,7 +716,9 @@ torch::Tensor InvariantTokenLogprobs(const torch::Tensor& logits, const torch::T
   for (double t : temperature) {
     TORCH_CHECK(t > 0 && std::isfinite(t), "token logprobs: temperature must be finite and > 0, got ", t);
   }
-  if (targets.numel() > 0) {
+  // (On CUDA the kernel checks them instead, without waiting on the device: an
+  // out-of-range target's logprob is NaN.)
+  if (targets.numel() > 0 && !logits.is_cuda()) {
     const int64_t lo = targets.min().item<int64_t>(), hi = targets.max().item<int64_t>();
     TORCH_CHECK(lo >= 0 && hi < logits.size(1), "token logprobs: targets in [", lo, ", ", hi,
                 "] outside the vocabulary of ", logits.size(1));

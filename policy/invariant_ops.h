@@ -79,7 +79,8 @@ torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tenso
 
 // log softmax(logits[i] / temperature[i])[targets[i]] of FP32 logits [N, V]: the row's max,
 // its sum of exponentials in the fixed lanes of inv::kSumLanes, one log. `temperature` has
-// N entries or one for all (each > 0); targets in [0, V). Differentiable in logits.
+// N entries or one for all (each > 0); targets in [0, V) (checked on the CPU; on CUDA an
+// out-of-range target's logprob is NaN). Differentiable in logits.
 torch::Tensor InvariantTokenLogprobs(const torch::Tensor& logits, const torch::Tensor& targets,
                                      const std::vector<double>& temperature);
 

@@ -5,13 +5,15 @@
 # mismatch on the 508M bench model in bf16 at 8, 64 and 256 samples (the last with a KV
 # cache small enough to preempt).
 #   bench/batch_invariant/run_gpu.sh    (logs and summary under $OUT, default build/bi_gpu)
-# Knobs (environment): NEW_TOKENS (64), BATCHES ("2 16 64": prompts, 4 samples each).
+# Knobs (environment): NEW_TOKENS (64), BATCHES ("2 16 64": prompts, 4 samples each),
+# RL=1 (then the toy RL runs of run_gpu_rl.sh, with its knobs).
 # Needs in the tree: .device/grpc.tgz (abseil) and .device/googletest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export OUT="${OUT:-$ROOT/build/bi_gpu}"
 source "$ROOT/bench/gpu_env.sh"
 GPU_BUILD_TARGETS="batch_invariant_gpu_test batch_invariant_bench model_parallel_gpu_test"
+if [ "${RL:-0}" = 1 ]; then GPU_BUILD_TARGETS="$GPU_BUILD_TARGETS lightrl"; fi
 source "$ROOT/bench/gpu_build.sh"
 
 (cd "$B/tests" && timeout 300 ./batch_invariant_gpu_test > "$OUT/bi_gpu_test.log" 2>&1)
@@ -25,7 +27,7 @@ for P in ${BATCHES:-2 16 64}; do
   kv=256
   if [ "$P" -ge 64 ]; then kv=12; fi  # 12 MB: 12K tokens of KV (1 KB a token) for ~26K wanted
   timeout 400 "$B/bench/batch_invariant/batch_invariant_bench" --device cuda --dtype bfloat16 \
-    --model bench --prompts "$P" --n 4 --new-tokens "${NEW_TOKENS:-64}" --repeats 2 --kv-mb $kv \
+    --model bench --prompts "$P" --n 4 --new-tokens "${NEW_TOKENS:-64}" --repeats 3 --kv-mb $kv \
     >> "$OUT/bench.jsonl" 2>> "$OUT/bench.err"
   note "bench prompts $P rc=$? after $(elapsed) s"
 done
@@ -40,4 +42,6 @@ if [ "${PROFILE:-0}" = 1 ] && command -v nsys > /dev/null; then
   note "profile after $(elapsed) s"; cat "$OUT/profile.txt" | tee -a "$S"
 fi
 tail -5 "$OUT/bench.err"
+# RL=1: the toy task's RL runs with the mode off and on (run_gpu_rl.sh).
+if [ "${RL:-0}" = 1 ]; then source "$ROOT/bench/batch_invariant/run_gpu_rl.sh"; fi
 note "total $(elapsed) s"

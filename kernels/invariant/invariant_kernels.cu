@@ -384,7 +384,11 @@ __global__ void TokenLogprobsKernel(const float* __restrict__ logits,
     if (l < s) lanes[l] = Add(lanes[l], lanes[l + s]);
     __syncthreads();
   }
-  if (l == 0) out[n] = Sub(Sub(Div(row[targets[n]], t), m), inv::InvLog(lanes[0]));
+  if (l == 0) {
+    const int64_t target = targets[n];
+    out[n] = target >= 0 && target < V ? Sub(Sub(Div(row[target], t), m), inv::InvLog(lanes[0]))
+                                       : __int_as_float(0x7fc00000);
+  }
 }
 
 }  // namespace

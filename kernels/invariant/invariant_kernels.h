@@ -79,8 +79,8 @@ cudaError_t LaunchInvariantAttention(const InvariantAttentionArgs& a, float* o,
                                      cudaStream_t stream);
 
 // out [N] = log softmax(logits[n] / temperature[n])[targets[n]] of FP32 logits [N, V]: each
-// row's max, its sum of exponentials in the lanes of inv::kSumLanes, one log. targets must
-// be in [0, V).
+// row's max, its sum of exponentials in the lanes of inv::kSumLanes, one log. A target
+// outside [0, V) gets NaN.
 cudaError_t LaunchInvariantTokenLogprobs(const float* logits, const int64_t* targets,
                                          const float* temperature, float* out, int64_t N,
                                          int64_t V, cudaStream_t stream);

@@ -181,6 +181,13 @@ TEST_F(InvariantCudaOpsTest, AttentionPagedAttentionAndLogprobsGiveTheCpuBits) {
                          InvariantTokenLogprobs(logits, targets, temps)));
     EXPECT_TRUE(SameBits(InvariantTokenLogprobs(logits.to(kCuda), targets, {0.8}),
                          InvariantTokenLogprobs(logits, targets, {0.8})));
+    // A target outside the vocabulary: NaN for its row on CUDA (checked without a sync),
+    // the other rows unchanged.
+    auto bad = targets.clone();
+    bad[3] = V;
+    auto with_bad = InvariantTokenLogprobs(logits.to(kCuda), bad.to(kCuda), temps).cpu();
+    EXPECT_TRUE(std::isnan(with_bad[3].item<float>()));
+    EXPECT_TRUE(SameBits(with_bad.narrow(0, 0, 3), InvariantTokenLogprobs(logits, targets, temps).narrow(0, 0, 3)));
     // Against float64 log-softmax: a few ulps of the row's magnitude.
     auto exact = torch::log_softmax(logits.to(torch::kFloat64) / 0.8, -1).gather(1, targets.unsqueeze(1)).squeeze(1);
     EXPECT_LT((InvariantTokenLogprobs(logits, targets, {0.8}).to(torch::kFloat64) - exact).abs().max().item<double>(),
