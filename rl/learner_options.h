@@ -91,7 +91,8 @@ struct LearnerOptions {
   double temperature = 1.0;
   // numerics.batch_invariant: the forward (old logprobs and training, with its exact
   // backward) runs the batch-invariant blocks (policy/invariant_model.h), so its logprobs
-  // are the engine's in that mode bit for bit. CPU only; no expert parallelism.
+  // are the engine's in that mode bit for bit (CPU or CUDA; with expert parallelism, not
+  // with sequence or expert-tensor parallelism).
   bool batch_invariant = false;
   // parallel.sequence_parallel: under tensor parallelism (tp > 1), norms, residuals and the
   // MoE run on each TP rank's block of the tokens (ForwardOptions::sequence_parallel), and

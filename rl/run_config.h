@@ -260,7 +260,7 @@ struct NumericsSection {
   // The batch-invariant mode: the engine's per-token logprobs equal the learner's bit for
   // bit, whatever the batch composition (prompt lengths, decode batch sizes, prefill
   // steps, preemption), in FP32 and bf16: every op reduces in one fixed order per token
-  // (policy/invariant_ops.h). CPU only so far; slower (docs/config.md gives the cost).
+  // (policy/invariant_ops.h), on the CPU and on CUDA; slower (docs/config.md gives the cost).
   bool batch_invariant = false;
 
   static const ConfigTable<NumericsSection>& Table();
