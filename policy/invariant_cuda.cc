@@ -1,5 +1,7 @@
 #include "policy/invariant_cuda.h"
 
+#include <algorithm>
+
 #ifdef LIGHTRL_POLICY_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -66,6 +68,41 @@ torch::Tensor Unary(const torch::Tensor& x, bool silu) {
   CheckCudaLaunch(LaunchInvariantUnary(xf.data_ptr<float>(), out.data_ptr<float>(), xf.numel(),
                                        silu, Stream()),
                   silu ? "invariant silu" : "invariant sigmoid", nullptr);
+  return out;
+}
+
+torch::Tensor RmsNormNoGrad(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous(), wc = weight.to(x.device()).contiguous();
+  const int64_t D = x.size(-1), N = x.numel() / std::max<int64_t>(D, 1);
+  auto y = torch::empty_like(xc);
+  cudaError_t err;
+  if (x.scalar_type() == torch::kBFloat16) {
+    err = LaunchInvariantRmsNorm(Ptr<__nv_bfloat16>(xc), Ptr<__nv_bfloat16>(wc),
+                                 reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), N, D,
+                                 static_cast<float>(eps), Stream());
+  } else {
+    err = LaunchInvariantRmsNorm(xc.data_ptr<float>(), wc.data_ptr<float>(), y.data_ptr<float>(),
+                                 N, D, static_cast<float>(eps), Stream());
+  }
+  CheckCudaLaunch(err, "invariant RMSNorm", nullptr);
+  return y;
+}
+
+torch::Tensor UnaryNoGrad(const torch::Tensor& x, bool silu) {
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto out = torch::empty_like(xc);
+  cudaError_t err;
+  if (x.scalar_type() == torch::kBFloat16) {
+    err = LaunchInvariantUnary(Ptr<__nv_bfloat16>(xc),
+                               reinterpret_cast<__nv_bfloat16*>(out.data_ptr()), xc.numel(), silu,
+                               Stream());
+  } else {
+    err = LaunchInvariantUnary(xc.data_ptr<float>(), out.data_ptr<float>(), xc.numel(), silu,
+                               Stream());
+  }
+  CheckCudaLaunch(err, silu ? "invariant silu" : "invariant sigmoid", nullptr);
   return out;
 }
 
@@ -204,6 +241,10 @@ torch::Tensor Linear(const torch::Tensor&, const torch::Tensor&) { NoKernels("li
 torch::Tensor RowRsqrt(const torch::Tensor&, double) { NoKernels("RMSNorm"); }
 torch::Tensor Unary(const torch::Tensor&, bool) { NoKernels("silu / sigmoid"); }
 torch::Tensor Softmax(const torch::Tensor&) { NoKernels("softmax"); }
+torch::Tensor RmsNormNoGrad(const torch::Tensor&, const torch::Tensor&, double) {
+  NoKernels("RMSNorm");
+}
+torch::Tensor UnaryNoGrad(const torch::Tensor&, bool) { NoKernels("silu / sigmoid"); }
 torch::Tensor TopK(const torch::Tensor&, int64_t) { NoKernels("top-k"); }
 std::pair<torch::Tensor, torch::Tensor> Lightning(const torch::Tensor&, const torch::Tensor&,
                                                   const torch::Tensor&, const torch::Tensor&,

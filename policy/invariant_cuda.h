@@ -19,8 +19,13 @@ namespace lightrl::invariant_cuda {
 torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w);
 // [N, 1]: 1 / sqrt(mean of squares + eps) of each row of x [N, D].
 torch::Tensor RowRsqrt(const torch::Tensor& x, double eps);
-// sigmoid(x), or x sigmoid(x) when `silu`.
+// sigmoid(x), or x sigmoid(x) when `silu` (FP32 out).
 torch::Tensor Unary(const torch::Tensor& x, bool silu);
+// Without autograd, one kernel each, in x's dtype (FP32 or bf16), the bits of the autograd
+// path: RMSNorm of the rows of x [..., D] times weight [D] (weight in x's dtype), and
+// sigmoid / silu.
+torch::Tensor RmsNormNoGrad(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+torch::Tensor UnaryNoGrad(const torch::Tensor& x, bool silu);
 torch::Tensor Softmax(const torch::Tensor& x);
 // [N, k] int64 on x's device.
 torch::Tensor TopK(const torch::Tensor& x, int64_t k);

@@ -576,7 +576,21 @@ torch::Tensor InvariantLinear(const torch::Tensor& x, const torch::Tensor& w,
   return out.view(shape);
 }
 
+namespace {
+// A CUDA tensor of FP32 or bf16 outside autograd: the ops' fused one-kernel forms serve it.
+bool FusedNoGrad(const torch::Tensor& x, const torch::Tensor& other = {}) {
+  const bool grad = torch::GradMode::is_enabled() &&
+                    (x.requires_grad() || (other.defined() && other.requires_grad()));
+  return x.is_cuda() && !grad &&
+         (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16) &&
+         (!other.defined() || other.scalar_type() == x.scalar_type());
+}
+}  // namespace
+
 torch::Tensor InvariantRmsNorm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  if (FusedNoGrad(x, weight) && weight.dim() == 1 && weight.size(0) == x.size(-1)) {
+    return invariant_cuda::RmsNormNoGrad(x, weight, eps);
+  }
   auto xf = x.to(torch::kFloat32).reshape({-1, x.size(-1)});
   auto r = RowRsqrtFunction::apply(xf, eps);
   auto normed = (xf * r).to(x.scalar_type()).view(x.sizes());
@@ -584,10 +598,12 @@ torch::Tensor InvariantRmsNorm(const torch::Tensor& x, const torch::Tensor& weig
 }
 
 torch::Tensor InvariantSilu(const torch::Tensor& x) {
+  if (FusedNoGrad(x)) return invariant_cuda::UnaryNoGrad(x, /*silu=*/true);
   return UnaryFunction::apply(x, static_cast<int64_t>(Unary::kSilu));
 }
 
 torch::Tensor InvariantSigmoid(const torch::Tensor& x) {
+  if (FusedNoGrad(x)) return invariant_cuda::UnaryNoGrad(x, /*silu=*/false);
   return UnaryFunction::apply(x, static_cast<int64_t>(Unary::kSigmoid));
 }
 

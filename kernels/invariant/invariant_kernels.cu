@@ -165,12 +165,53 @@ __global__ void RowRsqrtKernel(const float* __restrict__ x, float* __restrict__ 
   r[n] = Div(1.0f, inv::Sqrt(Add(Div(ss, static_cast<float>(D)), eps)));
 }
 
-__global__ void UnaryKernel(const float* __restrict__ x, float* __restrict__ out, int64_t n,
-                            bool silu) {
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <typename T>
+__global__ void UnaryKernel(const T* __restrict__ x, T* __restrict__ out, int64_t n, bool silu) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  const float s = inv::InvSigmoid(x[i]);
-  out[i] = silu ? Mul(x[i], s) : s;
+  const float xf = ToFloat(x[i]);
+  const float s = inv::InvSigmoid(xf);
+  out[i] = FromFloat<T>(silu ? Mul(xf, s) : s);
+}
+
+// A block per row: thread 0 sums the squares in order (RowRsqrtKernel's sum), then every
+// thread writes its columns.
+template <typename T>
+__global__ void RmsNormKernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+                              int64_t D, float eps) {
+  __shared__ float r;
+  const int64_t n = blockIdx.x;
+  const T* row = x + n * D;
+  if (threadIdx.x == 0) {
+    float ss = 0.0f;
+    for (int64_t i = 0; i < D; ++i) ss = Add(ss, Mul(ToFloat(row[i]), ToFloat(row[i])));
+    r = Div(1.0f, inv::Sqrt(Add(Div(ss, static_cast<float>(D)), eps)));
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const float normed = ToFloat(FromFloat<T>(Mul(ToFloat(row[i]), r)));
+    y[n * D + i] = FromFloat<T>(Mul(ToFloat(w[i]), normed));
+  }
+}
+
+template <typename T>
+cudaError_t LaunchRmsNorm(const T* x, const T* w, T* y, int64_t N, int64_t D, float eps,
+                          cudaStream_t stream) {
+  if (N < 0 || D <= 0 || N > (int64_t{1} << 31) - 1) return cudaErrorInvalidValue;
+  if (N == 0) return cudaSuccess;
+  RmsNormKernel<T><<<static_cast<unsigned>(N), 128, 0, stream>>>(x, w, y, D, eps);
+  return cudaGetLastError();
 }
 
 __global__ void SoftmaxKernel(const float* __restrict__ x, float* __restrict__ p, int64_t N,
@@ -423,8 +464,27 @@ cudaError_t LaunchInvariantUnary(const float* x, float* out, int64_t n, bool sil
                                  cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  UnaryKernel<<<Blocks(n, 256), 256, 0, stream>>>(x, out, n, silu);
+  UnaryKernel<float><<<Blocks(n, 256), 256, 0, stream>>>(x, out, n, silu);
   return cudaGetLastError();
+}
+
+cudaError_t LaunchInvariantUnary(const __nv_bfloat16* x, __nv_bfloat16* out, int64_t n, bool silu,
+                                 cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  UnaryKernel<__nv_bfloat16><<<Blocks(n, 256), 256, 0, stream>>>(x, out, n, silu);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchInvariantRmsNorm(const float* x, const float* w, float* y, int64_t N,
+                                   int64_t D, float eps, cudaStream_t stream) {
+  return LaunchRmsNorm(x, w, y, N, D, eps, stream);
+}
+
+cudaError_t LaunchInvariantRmsNorm(const __nv_bfloat16* x, const __nv_bfloat16* w,
+                                   __nv_bfloat16* y, int64_t N, int64_t D, float eps,
+                                   cudaStream_t stream) {
+  return LaunchRmsNorm(x, w, y, N, D, eps, stream);
 }
 
 cudaError_t LaunchInvariantSoftmax(const float* x, float* p, int64_t N, int64_t E,

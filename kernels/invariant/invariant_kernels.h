@@ -29,6 +29,20 @@ cudaError_t LaunchInvariantLinearTc(const __nv_bfloat16* x, const __nv_bfloat16*
 cudaError_t LaunchInvariantRowRsqrt(const float* x, float* r, int64_t N, int64_t D, float eps,
                                     cudaStream_t stream);
 
+// RMSNorm without autograd, in one kernel: y[n, i] = T(float(w[i]) * float(T(x[n, i] r_n)))
+// with r_n as LaunchInvariantRowRsqrt computes it (T the dtype of x, w and y: FP32 or bf16),
+// the bits of the autograd path's separate ops.
+cudaError_t LaunchInvariantRmsNorm(const float* x, const float* w, float* y, int64_t N,
+                                   int64_t D, float eps, cudaStream_t stream);
+cudaError_t LaunchInvariantRmsNorm(const __nv_bfloat16* x, const __nv_bfloat16* w,
+                                   __nv_bfloat16* y, int64_t N, int64_t D, float eps,
+                                   cudaStream_t stream);
+
+// sigmoid or silu of bf16 values, computed in FP32 and rounded once (the FP32 kernel's bits,
+// then rounded, as the autograd path's conversions give).
+cudaError_t LaunchInvariantUnary(const __nv_bfloat16* x, __nv_bfloat16* out, int64_t n, bool silu,
+                                 cudaStream_t stream);
+
 // out = sigmoid(x), or x sigmoid(x) when `silu`, elementwise over n values.
 cudaError_t LaunchInvariantUnary(const float* x, float* out, int64_t n, bool silu,
                                  cudaStream_t stream);

@@ -96,6 +96,13 @@ TEST_F(InvariantCudaOpsTest, LinearNormsAndActivationsGiveTheCpuBits) {
       auto wide = (torch::randn({N, K}) * 12).to(dtype);  // exp's whole range, overflow too
       EXPECT_TRUE(SameBits(InvariantSilu(wide.to(kCuda)), InvariantSilu(wide)));
       EXPECT_TRUE(SameBits(InvariantSigmoid(wide.to(kCuda)), InvariantSigmoid(wide)));
+      // Inputs that need gradients take the autograd path (separate ops), the others one
+      // fused kernel: the same bits.
+      auto xg = x.to(kCuda).requires_grad_(), wg = wide.to(kCuda).requires_grad_();
+      EXPECT_TRUE(SameBits(InvariantRmsNorm(xg, norm_w.to(kCuda), 1e-6).detach(),
+                           InvariantRmsNorm(x, norm_w, 1e-6)));
+      EXPECT_TRUE(SameBits(InvariantSilu(wg).detach(), InvariantSilu(wide)));
+      EXPECT_TRUE(SameBits(InvariantSigmoid(wg).detach(), InvariantSigmoid(wide)));
     }
   }
   auto logits = torch::randn({50, 33}) * 4;
