@@ -51,6 +51,38 @@ torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w) {
   return out;
 }
 
+torch::Tensor GroupedLinear(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                            const std::vector<int64_t>& offsets) {
+  c10::cuda::CUDAGuard guard(x.device());
+  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && offsets.size() == weights.size() + 1 &&
+                  !weights.empty() && offsets.back() == x.size(0),
+              "invariant grouped linear: bf16 rows in ", weights.size(), " groups wanted");
+  auto xc = x.contiguous();
+  const int64_t K = x.size(1), M = weights[0].size(0);
+  bool vec = K % 8 == 0 && reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 == 0;
+  std::vector<int64_t> pointers, tiles;
+  for (size_t g = 0; g < weights.size(); ++g) {
+    const auto& w = weights[g];
+    TORCH_CHECK(w.is_cuda() && w.scalar_type() == torch::kBFloat16 && w.is_contiguous() &&
+                    w.size(0) == M && w.size(1) == K,
+                "invariant grouped linear: group ", g, " weight ", w.sizes(), " ", w.scalar_type());
+    vec = vec && reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0;
+    pointers.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(w.data_ptr())));
+    for (int64_t r = offsets[g]; r < offsets[g + 1]; r += 64) {
+      tiles.insert(tiles.end(), {static_cast<int64_t>(g), r, std::min(r + 64, offsets[g + 1])});
+    }
+  }
+  auto out = torch::empty({x.size(0), M}, x.options().dtype(torch::kFloat32));
+  auto w_dev = OnDevice(pointers, x), tiles_dev = OnDevice(tiles, x);
+  CheckCudaLaunch(LaunchInvariantGroupedLinearTc(
+                      Ptr<__nv_bfloat16>(xc),
+                      reinterpret_cast<const __nv_bfloat16* const*>(w_dev.data_ptr()),
+                      tiles_dev.data_ptr<int64_t>(), static_cast<int64_t>(tiles.size() / 3),
+                      out.data_ptr<float>(), K, M, vec, Stream()),
+                  "invariant grouped linear", nullptr);
+  return out;
+}
+
 torch::Tensor RowRsqrt(const torch::Tensor& x, double eps) {
   c10::cuda::CUDAGuard guard(x.device());
   auto xf = Fp32(x);
@@ -239,6 +271,10 @@ namespace {
 
 torch::Tensor Linear(const torch::Tensor&, const torch::Tensor&) { NoKernels("linear"); }
 torch::Tensor RowRsqrt(const torch::Tensor&, double) { NoKernels("RMSNorm"); }
+torch::Tensor GroupedLinear(const torch::Tensor&, const std::vector<torch::Tensor>&,
+                            const std::vector<int64_t>&) {
+  NoKernels("grouped linear");
+}
 torch::Tensor Unary(const torch::Tensor&, bool) { NoKernels("silu / sigmoid"); }
 torch::Tensor Softmax(const torch::Tensor&) { NoKernels("softmax"); }
 torch::Tensor RmsNormNoGrad(const torch::Tensor&, const torch::Tensor&, double) {

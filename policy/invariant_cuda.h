@@ -27,6 +27,10 @@ torch::Tensor Unary(const torch::Tensor& x, bool silu);
 torch::Tensor RmsNormNoGrad(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 torch::Tensor UnaryNoGrad(const torch::Tensor& x, bool silu);
 torch::Tensor Softmax(const torch::Tensor& x);
+// Rows offsets[g] .. offsets[g + 1] of bf16 x [A, K] times weights[g]^T (each [M, K] bf16),
+// in one launch: [A, M] FP32, each row the bits Linear gives it with its group's weight.
+torch::Tensor GroupedLinear(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                            const std::vector<int64_t>& offsets);
 // [N, k] int64 on x's device.
 torch::Tensor TopK(const torch::Tensor& x, int64_t k);
 // o [T, H, d] and the last states [N, H, d, d]; slope [H] (the decay exp(-slope) computed by

@@ -45,6 +45,20 @@ torch::Tensor RunExpert(ExpertImpl& e, const torch::Tensor& x) {
   return Linear(e.w2, InvariantSilu(Linear(e.w1, x)) * Linear(e.w3, x));
 }
 
+// RunExpert of experts[g] over rows offsets[g] .. offsets[g + 1] of x, for every g, each row
+// the bits RunExpert gives it (InvariantGroupedLinear).
+torch::Tensor RunExperts(SparseMoeImpl& moe, const torch::Tensor& x,
+                         const std::vector<int64_t>& offsets, const std::vector<int64_t>& experts) {
+  std::vector<torch::Tensor> w1, w2, w3;
+  for (int64_t e : experts) {
+    w1.push_back(moe.expert(e)->w1->weight);
+    w2.push_back(moe.expert(e)->w2->weight);
+    w3.push_back(moe.expert(e)->w3->weight);
+  }
+  auto h = InvariantSilu(InvariantGroupedLinear(x, w1, offsets)) * InvariantGroupedLinear(x, w3, offsets);
+  return InvariantGroupedLinear(h, w2, offsets);
+}
+
 }  // namespace
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantLightningProject(
@@ -146,18 +160,21 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
   for (int64_t a = 0; a < T * K; ++a) {
     if (kept[a]) tokens[acc[a / K][a % K]].push_back(a);
   }
-  std::vector<torch::Tensor> outs;
+  // The rows sorted by expert (token order within one), each expert's FFN over its rows
+  // (RunExperts: one launch a linear for all experts where it can).
+  std::vector<int64_t> tok, offsets = {0}, experts;
   int64_t rows = 0;
   for (int64_t e = 0; e < E; ++e) {
     if (tokens[e].empty()) continue;
-    std::vector<int64_t> tok;
     for (int64_t a : tokens[e]) {
       tok.push_back(a / K);
       row_of[a] = rows++;
     }
-    auto picked = x.index_select(0, on_device(tok));
-    outs.push_back(RunExpert(*moe.expert(e), picked));
+    offsets.push_back(rows);
+    experts.push_back(e);
   }
+  std::vector<torch::Tensor> outs;
+  if (rows > 0) outs.push_back(RunExperts(moe, x.index_select(0, on_device(tok)), offsets, experts));
   outs.push_back(torch::zeros({1, x.size(1)}, x.options()));
   for (auto& r : row_of) {
     if (r < 0) r = rows;

@@ -587,6 +587,25 @@ bool FusedNoGrad(const torch::Tensor& x, const torch::Tensor& other = {}) {
 }
 }  // namespace
 
+torch::Tensor InvariantGroupedLinear(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                                     const std::vector<int64_t>& offsets) {
+  TORCH_CHECK(offsets.size() == weights.size() + 1 && !weights.empty() && offsets[0] == 0 &&
+                  offsets.back() == x.size(0),
+              "grouped linear: ", weights.size(), " groups, offsets ending at ",
+              offsets.empty() ? -1 : offsets.back(), ", ", x.size(0), " rows");
+  bool one_launch = FusedNoGrad(x) && x.scalar_type() == torch::kBFloat16;
+  for (const auto& w : weights) {
+    one_launch = one_launch && w.is_cuda() && w.scalar_type() == torch::kBFloat16 &&
+                 w.is_contiguous() && !(torch::GradMode::is_enabled() && w.requires_grad());
+  }
+  if (one_launch) return invariant_cuda::GroupedLinear(x, weights, offsets).to(x.scalar_type());
+  std::vector<torch::Tensor> outs;
+  for (size_t g = 0; g < weights.size(); ++g) {
+    outs.push_back(InvariantLinear(x.narrow(0, offsets[g], offsets[g + 1] - offsets[g]), weights[g]));
+  }
+  return torch::cat(outs);
+}
+
 torch::Tensor InvariantRmsNorm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   if (FusedNoGrad(x, weight) && weight.dim() == 1 && weight.size(0) == x.size(-1)) {
     return invariant_cuda::RmsNormNoGrad(x, weight, eps);

@@ -33,6 +33,12 @@ torch::Tensor HostToDevice(const std::vector<float>& values, const torch::Device
 torch::Tensor InvariantLinear(const torch::Tensor& x, const torch::Tensor& w,
                               c10::optional<torch::ScalarType> out_dtype = c10::nullopt);
 
+// Rows offsets[g] .. offsets[g + 1] of x [A, K] times weights[g]^T ([M, K] each), in x's
+// dtype: each row the bits InvariantLinear(row, weights[g]) gives it. A bf16 CUDA x outside
+// autograd runs all groups in one launch; anything else group by group.
+torch::Tensor InvariantGroupedLinear(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                                     const std::vector<int64_t>& offsets);
+
 // RMSNorm of each row of x [..., D] (FP32 statistics, normalised value rounded to x's dtype,
 // then times weight in x's dtype), as RMSNormImpl computes it. Differentiable.
 torch::Tensor InvariantRmsNorm(const torch::Tensor& x, const torch::Tensor& weight, double eps);

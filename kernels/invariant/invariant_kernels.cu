@@ -77,15 +77,15 @@ __global__ void LinearKernel(const T* __restrict__ x, const T* __restrict__ w,
 // products its own way).
 constexpr int kTcTile = 64, kTcDepth = 32, kTcPad = 8, kTcThreads = 128;
 
-__global__ void LinearTcKernel(const __nv_bfloat16* __restrict__ x,
-                               const __nv_bfloat16* __restrict__ w, float* __restrict__ out,
-                               int64_t N, int64_t K, int64_t M, bool vec) {
+// One 64 x 64 tile: rows n0 .. n0 + 63 of x (those < N) times rows m0 .. m0 + 63 of w.
+__device__ __forceinline__ void LinearTcTile(const __nv_bfloat16* __restrict__ x,
+                                             const __nv_bfloat16* __restrict__ w,
+                                             float* __restrict__ out, int64_t N, int64_t K,
+                                             int64_t M, int64_t n0, int64_t m0, bool vec) {
   using namespace nvcuda;
   __shared__ __align__(32) __nv_bfloat16 xs[kTcTile][kTcDepth + kTcPad];
   __shared__ __align__(32) __nv_bfloat16 ws[kTcTile][kTcDepth + kTcPad];
   __shared__ __align__(32) float cs[kTcTile][kTcTile + 4];
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTcTile;
   const int tid = threadIdx.x, warp = tid / 32;
   const int wr = (warp / 2) * 32, wc = (warp % 2) * 32;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
@@ -135,6 +135,26 @@ __global__ void LinearTcKernel(const __nv_bfloat16* __restrict__ x,
     const int r = e / kTcTile, c = e % kTcTile;
     if (n0 + r < N && m0 + c < M) out[(n0 + r) * M + m0 + c] = cs[r][c];
   }
+}
+
+__global__ void LinearTcKernel(const __nv_bfloat16* __restrict__ x,
+                               const __nv_bfloat16* __restrict__ w, float* __restrict__ out,
+                               int64_t N, int64_t K, int64_t M, bool vec) {
+  LinearTcTile(x, w, out, N, K, M, static_cast<int64_t>(blockIdx.y) * kTcTile,
+               static_cast<int64_t>(blockIdx.x) * kTcTile, vec);
+}
+
+// The experts' linears in one launch: tile t (blockIdx.y) is rows tiles[3t + 1] ..
+// tiles[3t + 2] of x and out, all routed to expert tiles[3t], whose weight is w[expert].
+// The same tile code as LinearTcKernel, so a row gets the bits its expert alone gives it.
+__global__ void GroupedLinearTcKernel(const __nv_bfloat16* __restrict__ x,
+                                      const __nv_bfloat16* const* __restrict__ w,
+                                      const int64_t* __restrict__ tiles, float* __restrict__ out,
+                                      int64_t K, int64_t M, bool vec) {
+  const int64_t* t = tiles + 3 * static_cast<int64_t>(blockIdx.y);
+  const int64_t row0 = t[1], rows = t[2] - t[1];
+  LinearTcTile(x + row0 * K, w[t[0]], out + row0 * M, rows, K, M, 0,
+               static_cast<int64_t>(blockIdx.x) * kTcTile, vec);
 }
 
 bool CheckLinear(int64_t N, int64_t K, int64_t M) {
@@ -449,6 +469,18 @@ cudaError_t LaunchInvariantLinearTc(const __nv_bfloat16* x, const __nv_bfloat16*
   const dim3 grid(static_cast<unsigned>((M + kTcTile - 1) / kTcTile),
                   static_cast<unsigned>((N + kTcTile - 1) / kTcTile));
   LinearTcKernel<<<grid, kTcThreads, 0, stream>>>(x, w, out, N, K, M, vec);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchInvariantGroupedLinearTc(const __nv_bfloat16* x,
+                                           const __nv_bfloat16* const* w, const int64_t* tiles,
+                                           int64_t num_tiles, float* out, int64_t K, int64_t M,
+                                           bool vec, cudaStream_t stream) {
+  if (num_tiles < 0 || num_tiles > 65535 || K <= 0 || M <= 0) return cudaErrorInvalidValue;
+  if (num_tiles == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>((M + kTcTile - 1) / kTcTile),
+                  static_cast<unsigned>(num_tiles));
+  GroupedLinearTcKernel<<<grid, kTcThreads, 0, stream>>>(x, w, tiles, out, K, M, vec);
   return cudaGetLastError();
 }
 

@@ -25,6 +25,16 @@ cudaError_t LaunchInvariantLinear(const float* x, const float* w, float* out, in
 cudaError_t LaunchInvariantLinearTc(const __nv_bfloat16* x, const __nv_bfloat16* w, float* out,
                                     int64_t N, int64_t K, int64_t M, cudaStream_t stream);
 
+// The experts' bf16 linears of a MoE layer in one launch, each row the bits
+// LaunchInvariantLinearTc gives it with its expert's weight: x [A, K] holds the rows sorted
+// by expert; tiles [num_tiles, 3] (expert, first row, end row), at most 64 rows each, all of
+// one expert; w [experts] the experts' [M, K] weights (device array of device pointers);
+// out [A, M] FP32. `vec`: K % 8 == 0 and x and every weight 16-byte aligned.
+cudaError_t LaunchInvariantGroupedLinearTc(const __nv_bfloat16* x,
+                                           const __nv_bfloat16* const* w, const int64_t* tiles,
+                                           int64_t num_tiles, float* out, int64_t K, int64_t M,
+                                           bool vec, cudaStream_t stream);
+
 // r [N] = 1 / sqrt(sum_i x[n, i]^2 (in order) / D + eps) of x [N, D].
 cudaError_t LaunchInvariantRowRsqrt(const float* x, float* r, int64_t N, int64_t D, float eps,
                                     cudaStream_t stream);

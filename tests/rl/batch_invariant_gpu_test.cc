@@ -119,6 +119,38 @@ TEST_F(InvariantCudaOpsTest, LinearNormsAndActivationsGiveTheCpuBits) {
   EXPECT_TRUE(SameBits(sin_d, sin));
 }
 
+// The experts' linears in one launch against each group through InvariantLinear: groups of
+// 0, 1, 64 and 130 rows (tiles that end mid-group and groups that share none).
+TEST_F(InvariantCudaOpsTest, GroupedLinearGivesEachGroupsBits) {
+  REQUIRE_CUDA();
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const std::vector<int64_t> sizes = {3, 0, 64, 1, 130, 17};
+  std::vector<int64_t> offsets = {0};
+  std::vector<torch::Tensor> weights;
+  for (int64_t n : sizes) {
+    offsets.push_back(offsets.back() + n);
+    weights.push_back(torch::randn({96, 136}).to(torch::kBFloat16).to(kCuda));
+  }
+  auto x = torch::randn({offsets.back(), 136}).to(torch::kBFloat16).to(kCuda);
+  torch::Tensor grouped;
+  {
+    torch::NoGradGuard no_grad;
+    grouped = InvariantGroupedLinear(x, weights, offsets);
+  }
+  ASSERT_EQ(grouped.sizes(), (std::vector<int64_t>{offsets.back(), 96}));
+  for (size_t g = 0; g < sizes.size(); ++g) {
+    if (sizes[g] == 0) continue;
+    auto alone = InvariantLinear(x.narrow(0, offsets[g], sizes[g]), weights[g]);
+    EXPECT_TRUE(SameBits(grouped.narrow(0, offsets[g], sizes[g]), alone.cpu())) << "group " << g;
+  }
+  // With autograd the groups run one by one: the same bits, and gradients flow.
+  auto xg = x.clone().requires_grad_();
+  auto with_grad = InvariantGroupedLinear(xg, weights, offsets);
+  EXPECT_TRUE(SameBits(with_grad.detach(), grouped.cpu()));
+  with_grad.to(torch::kFloat32).sum().backward();
+  EXPECT_TRUE(xg.grad().defined());
+}
+
 TEST_F(InvariantCudaOpsTest, LightningGivesTheCpuBitsWithAndWithoutInitialStates) {
   REQUIRE_CUDA();
   SCOPED_TRACE("seed " + std::to_string(seed_));
