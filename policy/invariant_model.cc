@@ -137,10 +137,13 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
 
   // The load-balancing loss and the capacity rule as SparseMoeImpl::forward has them (they
   // are integer counts and a training loss, not the token's value).
-  auto counts = torch::zeros({E}, probs.options())
-                    .index_add(0, top_i.reshape(-1), torch::ones({T * K}, probs.options()));
-  auto aux = T > 0 ? (counts / static_cast<double>(T) * probs.mean(0)).sum() * E
-                   : torch::zeros({}, probs.options());
+  // (Only where a gradient can use it: the engine and the old-logprob pass skip its ops.)
+  torch::Tensor aux = torch::zeros({}, probs.options());
+  if (T > 0 && torch::GradMode::is_enabled()) {
+    auto counts = torch::zeros({E}, probs.options())
+                      .index_add(0, top_i.reshape(-1), torch::ones({T * K}, probs.options()));
+    aux = (counts / static_cast<double>(T) * probs.mean(0)).sum() * E;
+  }
   // The routing on the host (the CUDA path too: a few integers a token).
   const auto top_host = top_i.to(torch::kCPU);
   auto acc = top_host.accessor<int64_t, 2>();
