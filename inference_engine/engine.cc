@@ -228,9 +228,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
                                                         c.head_dim, /*allow_cuda_kernels=*/true)));
   if (shard.tp > 1) impl->tp = parallel.tensor_parallel;
   if (shard.ep > 1) impl->ep = parallel.expert_parallel;
-  if (impl->ep != nullptr && options.batch_invariant) {
+  if (shard.tp > 1 && options.batch_invariant) {
     return absl::UnimplementedError(
-        "numerics.batch_invariant in an expert-parallel engine is not supported yet");
+        "numerics.batch_invariant in a tensor-parallel engine is not supported yet");
   }
   const int64_t tp = shard.tp;
   const int64_t page_bytes =

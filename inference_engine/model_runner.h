@@ -139,6 +139,8 @@ class ModelRunner {
   // The MoE block of `layer` for the torch path: the block's own (null) or, under EP, the
   // replicated-token dispatch over ep_.
   DecoderLayerImpl::Block Moe(DecoderLayerImpl& layer) const;
+  // The same in the batch-invariant mode (model_runner_invariant.cc).
+  DecoderLayerImpl::Block InvariantExperts(DecoderLayerImpl& layer) const;
   // Per layer: lightning layers [slots, H, d, d] FP32; softmax layers K and V pools
   // [pages * page_size, KVH, d] in the compute dtype.
   std::vector<torch::Tensor> states_, k_pool_, v_pool_;

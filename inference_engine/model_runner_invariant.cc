@@ -13,6 +13,13 @@
 
 namespace lightrl {
 
+DecoderLayerImpl::Block ModelRunner::InvariantExperts(DecoderLayerImpl& layer) const {
+  if (ep_ == nullptr) return {};
+  return [this, &layer](const torch::Tensor& n2) {
+    return InvariantReplicatedMoe(*layer.block_sparse_moe, n2, *ep_);
+  };
+}
+
 torch::Tensor ModelRunner::PrefillInvariant(const std::vector<RunnerSequence>& seqs) {
   torch::InferenceMode guard;
   std::vector<int64_t> lengths, flat;
@@ -44,7 +51,7 @@ torch::Tensor ModelRunner::PrefillInvariant(const std::vector<RunnerSequence>& s
       auto o = InvariantAttention(q, k, v, layout.cu_seqlens,
                                   1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
       return InvariantLinear(o.reshape({T, -1}), attn.o_proj->weight);
-    }).first;
+    }, 0, nullptr, InvariantExperts(layer)).first;
   }
   auto hidden = InvariantRmsNorm(x, module_->model->norm->weight, module_->model->norm->eps);
   std::vector<int64_t> last;
@@ -92,7 +99,7 @@ torch::Tensor ModelRunner::DecodeInvariant(const std::vector<RunnerSequence>& se
       auto o = InvariantPagedAttention(q, k_pool_[i], v_pool_[i], key_rows,
                                        1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
       return InvariantLinear(o.reshape({B, -1}), attn.o_proj->weight);
-    }).first;
+    }, 0, nullptr, InvariantExperts(layer)).first;
   }
   auto hidden = InvariantRmsNorm(x, module_->model->norm->weight, module_->model->norm->eps);
   return InvariantLogits(*module_, hidden);

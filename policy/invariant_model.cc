@@ -116,20 +116,32 @@ torch::Tensor CombineInSlotOrder(const torch::Tensor& x, const torch::Tensor& re
   return SumSlots(y.view({T, K, H}), top_w * kept, x.scalar_type());
 }
 
+// The mode's ops for ForwardExpertParallel: its router, each expert row by row (RunExpert,
+// so its rows do not depend on their batch), the combine in slot order.
+MoeNumerics ExpertParallelNumerics(SparseMoeImpl& moe, const ExpertParallelComm& comm) {
+  TORCH_CHECK(comm.expert_tp_size() == 1,
+              "numerics.batch_invariant does not support expert_tp > 1 (an expert's output "
+              "would be summed over ranks in another order)");
+  MoeNumerics numerics;
+  numerics.route = [&moe](const torch::Tensor& rows) { return InvariantRoute(moe, rows); };
+  numerics.run_expert = [](ExpertImpl& e, const torch::Tensor& rows) { return RunExpert(e, rows); };
+  numerics.combine = CombineInSlotOrder;
+  return numerics;
+}
+
 }  // namespace
+
+torch::Tensor InvariantReplicatedMoe(SparseMoeImpl& moe, const torch::Tensor& x,
+                                     ExpertParallelComm& comm) {
+  const MoeNumerics numerics = ExpertParallelNumerics(moe, comm);
+  return moe.ForwardReplicatedExpertParallel(x, comm, &numerics);
+}
 
 std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const torch::Tensor& x,
                                                      double capacity_factor,
                                                      ExpertParallelComm* expert_parallel) {
   if (expert_parallel != nullptr) {
-    TORCH_CHECK(expert_parallel->expert_tp_size() == 1,
-                "numerics.batch_invariant does not support expert_tp > 1 (an expert's output "
-                "would be summed over ranks in another order)");
-    // Each expert row by row (RunExpert), so its rows do not depend on their batch.
-    MoeNumerics numerics;
-    numerics.route = [&moe](const torch::Tensor& rows) { return InvariantRoute(moe, rows); };
-    numerics.run_expert = [](ExpertImpl& e, const torch::Tensor& rows) { return RunExpert(e, rows); };
-    numerics.combine = CombineInSlotOrder;
+    const MoeNumerics numerics = ExpertParallelNumerics(moe, *expert_parallel);
     return moe.ForwardExpertParallel(x, capacity_factor, *expert_parallel, -1, &numerics);
   }
   const int64_t T = x.size(0), E = moe.num_experts, K = moe.top_k;
@@ -189,11 +201,13 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
 
 std::pair<torch::Tensor, torch::Tensor> InvariantDecoderLayer(
     DecoderLayerImpl& layer, const torch::Tensor& x, const DecoderLayerImpl::Block& attention,
-    double moe_capacity_factor, ExpertParallelComm* expert_parallel) {
+    double moe_capacity_factor, ExpertParallelComm* expert_parallel,
+    const DecoderLayerImpl::Block& moe) {
   auto n1 = Norm(layer.input_layernorm, x);
   auto h = Mix(layer.postnorm ? n1 : x, layer.attn_alpha, attention(n1), layer.attn_beta);
   auto n2 = Norm(layer.post_attention_layernorm, h);
-  auto [mlp, aux] = InvariantMoe(*layer.block_sparse_moe, n2, moe_capacity_factor, expert_parallel);
+  auto [mlp, aux] = moe ? std::make_pair(moe(n2), torch::zeros({}, n2.options().dtype(torch::kFloat32)))
+                        : InvariantMoe(*layer.block_sparse_moe, n2, moe_capacity_factor, expert_parallel);
   return {Mix(layer.postnorm ? n2 : h, layer.mlp_alpha, mlp, layer.mlp_beta), aux};
 }
 

@@ -24,10 +24,12 @@ ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tenso
                                const PackedLayout& layout, const ForwardOptions& options);
 
 // One decoder layer around an attention block given the normalised input (the engine's
-// cached attention, or the packed one). Returns (out, aux loss).
+// cached attention, or the packed one). Returns (out, aux loss). `moe`, when set, replaces
+// InvariantMoe (its aux loss then zero).
 std::pair<torch::Tensor, torch::Tensor> InvariantDecoderLayer(
     DecoderLayerImpl& layer, const torch::Tensor& x, const DecoderLayerImpl::Block& attention,
-    double moe_capacity_factor = 0, ExpertParallelComm* expert_parallel = nullptr);
+    double moe_capacity_factor = 0, ExpertParallelComm* expert_parallel = nullptr,
+    const DecoderLayerImpl::Block& moe = {});
 
 // Lightning attention's fused projection: q, k, v [T, H, d] after SiLU; and the gate, norm
 // and output projection of its output o [T, H * d].
@@ -47,6 +49,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
 std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const torch::Tensor& x,
                                                      double capacity_factor,
                                                      ExpertParallelComm* expert_parallel = nullptr);
+
+// The MoE block on tokens x that every member of comm's EP group holds alike (the ranks of
+// an expert-parallel rollout instance): SparseMoeImpl::ForwardReplicatedExpertParallel with
+// InvariantMoe's ops, no capacity rule. Every member returns the one-process mode's bits.
+torch::Tensor InvariantReplicatedMoe(SparseMoeImpl& moe, const torch::Tensor& x,
+                                     ExpertParallelComm& comm);
 
 // FP32 logits [N, vocab] of hidden states [N, hidden], and log p(targets) at `temperature`
 // (> 0).

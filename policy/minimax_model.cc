@@ -724,7 +724,8 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
 }
 
 torch::Tensor SparseMoeImpl::ForwardReplicatedExpertParallel(const torch::Tensor& x,
-                                                             ExpertParallelComm& comm) {
+                                                             ExpertParallelComm& comm,
+                                                             const MoeNumerics* numerics) {
   TORCH_CHECK(comm.world_size() == comm.ep_size() && comm.expert_tp_size() == 1,
               "replicated expert parallelism: one EP group of every rank, no expert-TP; the "
               "comm has ", comm.world_size(), " ranks in EP groups of ", comm.ep_size(),
@@ -735,7 +736,7 @@ torch::Tensor SparseMoeImpl::ForwardReplicatedExpertParallel(const torch::Tensor
   const int64_t valid = std::min(T, begin + rows) - begin;
   auto block = torch::zeros({rows, x.size(1)}, x.options());
   if (valid > 0) block.narrow(0, 0, valid).copy_(x.narrow(0, begin, valid));
-  auto out = ForwardExpertParallel(block, /*capacity_factor=*/0, comm, valid).first;
+  auto out = ForwardExpertParallel(block, /*capacity_factor=*/0, comm, valid, numerics).first;
   // Every member's block of the output, in member order: each sends its block to all.
   const std::vector<int64_t> counts(P, rows);
   return comm.AllToAll(out.repeat({P, 1}), counts, counts).narrow(0, 0, T);

@@ -190,7 +190,9 @@ class SparseMoeImpl : public torch::nn::Module {
   // ceil(T / ep) rows (the last ones short or empty) through ForwardExpertParallel, and the
   // blocks' outputs are exchanged, so each token's experts run once in the group and every
   // member returns the whole output. No capacity rule, no aux loss; inference only.
-  torch::Tensor ForwardReplicatedExpertParallel(const torch::Tensor& x, ExpertParallelComm& comm);
+  // `numerics` as ForwardExpertParallel's.
+  torch::Tensor ForwardReplicatedExpertParallel(const torch::Tensor& x, ExpertParallelComm& comm,
+                                                const MoeNumerics* numerics = nullptr);
   // Under sequence parallelism: the block on this TP rank's tokens x [n, H], of which the
   // first `valid` are the batch's (the rest padding). The aux loss is the whole batch's,
   // its statistics summed over the TP group, on every rank; backward, each rank's router

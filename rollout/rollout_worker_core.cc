@@ -81,6 +81,9 @@ struct RolloutWorkerCore::Impl {
   std::atomic<int64_t> version{-1};
   std::atomic<int64_t> vocab_size{0};
   std::atomic<bool> batch_invariant{false};  // options.engine.batch_invariant, for stats
+  // A multi-process instance's numerics mode, fixed when it starts: its followers' engines
+  // run the mode they were started with (`--batch-invariant` on every rank).
+  bool instance_invariant = false;
 
   // Held across an engine batch and across a weight swap, never both.
   absl::Mutex engine_mu;
@@ -180,10 +183,12 @@ void RolloutWorkerCore::Impl::RunBatch(std::vector<Job>& jobs) {
 
 absl::StatusOr<std::unique_ptr<Engine>> RolloutWorkerCore::Impl::MakeEngine(PolicyModel* model,
                                                                             bool invariant) {
-  if (invariant && options.fanout != nullptr) {
-    return absl::UnimplementedError(
-        "numerics.batch_invariant in a multi-process rollout instance (--tp > 1) is not "
-        "supported yet");
+  if (options.fanout != nullptr && invariant != instance_invariant) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a multi-process rollout instance runs the numerics it was started with "
+        "(numerics.batch_invariant ", instance_invariant ? "on" : "off",
+        ", `lightrl rollout-worker --batch-invariant` on every rank); the weight update asks "
+        "for it ", invariant ? "on" : "off"));
   }
   EngineOptions e = options.engine;
   e.batch_invariant = invariant;
@@ -233,6 +238,7 @@ absl::StatusOr<std::unique_ptr<RolloutWorkerCore>> RolloutWorkerCore::Create(
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->batch_invariant = options.engine.batch_invariant;
+  impl->instance_invariant = options.engine.batch_invariant;
   impl->weight_budget = options.max_weight_bytes > 0 ? options.max_weight_bytes : HalfOfPhysicalMemory();
   if (!options.tokenizer_path.empty()) {
     ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(options.tokenizer_path));

@@ -1,7 +1,8 @@
 // One rank of the tensor- and expert-parallel engine test (tests/python/engine_tp_test.py):
 // joins a Gloo group of WORLD ranks that is one TP group (MODE tp: tp = WORLD, attention
 // and vocabulary split), one EP group (MODE ep: ep = WORLD, the experts split) or both
-// (MODE tpep: tp = ep = WORLD), loads its shard of
+// (MODE tpep: tp = ep = WORLD; MODE ep-invariant: ep = WORLD with numerics.batch_invariant,
+// every logprob the whole model's bit for bit), loads its shard of
 // TinyParallelConfig with random weights of SEED (rank 0 writes the whole model as an HF
 // checkpoint under DIR once), and runs the engine on the shard and, in this process, on
 // the whole model, on the same requests (prompts of mixed lengths, small
@@ -58,12 +59,18 @@ namespace {
 // ulps of the logits; a wrong head, block or state shows as differences near 1.
 constexpr double kLogprobTolerance = 2e-5;
 
+// MODE ep-invariant: the engines run numerics.batch_invariant, where the expert-parallel
+// instance must give the whole model's logprobs bit for bit (tolerance 0, no ties).
+bool g_invariant = false;
+double Tolerance() { return g_invariant ? 0.0 : kLogprobTolerance; }
+
 // `tp`: the TP group's size. A rank's KV page holds its share of the KV heads, so a page
 // of the shard costs 1 / tp of the whole model's; both get 12 pages, so that the whole
 // model's engine schedules the same steps.
 EngineOptions Options(int64_t tp) {
   const ModelConfig c = TinyParallelConfig();
   EngineOptions o;
+  o.batch_invariant = g_invariant;
   o.max_num_seqs = 3;
   o.max_prefill_tokens = 12;  // a step admits one long prompt or a few short ones
   o.page_size = 4;
@@ -114,7 +121,8 @@ Comparison Compare(const std::vector<GenerationResult>& got, const std::vector<G
       bool tie = false;
       for (size_t t = 0; t < std::min(g.tokens.size(), w.tokens.size()); ++t) {
         if (g.tokens[t] != w.tokens[t]) {
-          tie = std::abs(static_cast<double>(g.logprobs[t]) - w.logprobs[t]) <= kLogprobTolerance;
+          tie = !g_invariant &&
+                std::abs(static_cast<double>(g.logprobs[t]) - w.logprobs[t]) <= Tolerance();
           break;
         }
         c.logprob_diff = std::max(c.logprob_diff, std::abs(static_cast<double>(g.logprobs[t]) - w.logprobs[t]));
@@ -276,7 +284,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
   Comparison c = Compare(got, want);
   bool alike = AlikeOnAllRanks(*group, which, got);
   Print("greedy", rank, c, alike, engine->stats().preemptions, engine->stats().decode_steps);
-  ok = ok && c.tokens_equal && c.logprob_diff <= kLogprobTolerance && alike && c.tokens > 40;
+  ok = ok && c.tokens_equal && c.logprob_diff <= Tolerance() && alike && c.tokens > 40;
 
   SamplingParams sampled;
   sampled.temperature = 0.9;
@@ -288,7 +296,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
   c = Compare(got, want);
   alike = AlikeOnAllRanks(*group, which, got);
   Print("sampled", rank, c, alike, engine->stats().preemptions, engine->stats().decode_steps);
-  ok = ok && c.tokens_equal && c.logprob_diff <= kLogprobTolerance && alike && c.tokens > 40;
+  ok = ok && c.tokens_equal && c.logprob_diff <= Tolerance() && alike && c.tokens > 40;
 
   // cancelled: only the last rank raises request r1's flag, before the first step.
   reqs = Requests(seed * 3 + 3, greedy, 4);
@@ -318,7 +326,7 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
                 "\"logprob_diff\": %.3g, \"tokens\": %ld, \"batches\": %ld}\n",
                 c.tokens_equal ? "true" : "false", c.first_mismatch.c_str(), c.logprob_diff,
                 static_cast<long>(c.tokens), static_cast<long>(batches));
-    ok = ok && c.tokens_equal && c.logprob_diff <= kLogprobTolerance && c.tokens > 20;
+    ok = ok && c.tokens_equal && c.logprob_diff <= Tolerance() && c.tokens > 20;
   } else {
     std::printf("{\"check\": \"instance\", \"rank\": %ld, \"followed\": true}\n",
                 static_cast<long>(rank));
@@ -332,17 +340,19 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
 
 int main(int argc, char** argv) {
   int64_t v[4];
-  if (!lightrl::ParseWorkerArgs(argc, argv, 7, "RANK WORLD PORT SEED DIR tp|ep|tpep", 4, v)) {
+  if (!lightrl::ParseWorkerArgs(argc, argv, 7, "RANK WORLD PORT SEED DIR tp|ep|tpep|ep-invariant",
+                               4, v)) {
     return 2;
   }
   const std::string mode = argv[6];
-  if (mode != "tp" && mode != "ep" && mode != "tpep") {
-    std::fprintf(stderr, "MODE must be tp, ep or tpep, got \"%s\"\n", mode.c_str());
+  if (mode != "tp" && mode != "ep" && mode != "tpep" && mode != "ep-invariant") {
+    std::fprintf(stderr, "MODE must be tp, ep, tpep or ep-invariant, got \"%s\"\n", mode.c_str());
     return 2;
   }
+  lightrl::g_invariant = mode == "ep-invariant";
   try {
-    return lightrl::Run(v[0], v[1], v[2], static_cast<uint64_t>(v[3]), argv[5], mode != "ep",
-                        mode != "tp");
+    return lightrl::Run(v[0], v[1], v[2], static_cast<uint64_t>(v[3]), argv[5],
+                        mode == "tp" || mode == "tpep", mode != "tp");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rank %s: %s\n", argv[1], e.what());
     return 2;
