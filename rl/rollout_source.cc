@@ -172,6 +172,7 @@ class FleetRolloutSource final : public RolloutSource {
       launch.log_dir = JoinPath(config_.run.output_dir, "logs");
       launch.tp = f.rollout_tp;
       launch.ep = f.rollout_ep;
+      launch.batch_invariant = config_.numerics.batch_invariant;
       if (f.rollout_tp > 1 || f.rollout_ep > 1) {
         // Each rank of an instance loads its shard of the weights the run starts from;
         // later versions reach it through rank 0.

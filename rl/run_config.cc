@@ -751,9 +751,9 @@ absl::Status RunConfig::Validate() const {
     return Invalid(absl::StrCat("numerics.batch_invariant does not support parallel.tp > 1 "
                                 "yet, got ", parallel.tp));
   }
-  if (numerics.batch_invariant && (fleet.rollout_tp > 1 || fleet.rollout_ep > 1)) {
-    return Invalid("numerics.batch_invariant does not support multi-process rollout instances "
-                   "(fleet.rollout_tp or rollout_ep > 1) yet");
+  if (numerics.batch_invariant && fleet.rollout_tp > 1) {
+    return Invalid("numerics.batch_invariant does not support tensor-parallel rollout instances "
+                   "(fleet.rollout_tp > 1) yet; expert-parallel ones (rollout_ep) run it");
   }
   if (numerics.batch_invariant && fleet.mode != "local" && fleet.weight_dtype != run.dtype) {
     return Invalid(absl::StrCat("numerics.batch_invariant needs the workers' weights in the "

@@ -58,6 +58,9 @@ struct RolloutWorkerLaunch {
   int64_t tp = 1;
   int64_t ep = 1;
   std::string model_dir;
+  // numerics.batch_invariant: a multi-process instance runs the mode it starts with
+  // (`--batch-invariant` on every rank); single-process workers take it with the weights.
+  bool batch_invariant = false;
 };
 
 // One reward worker per built-in kind, registered with `coordinator` (role reward).

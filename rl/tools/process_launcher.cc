@@ -55,6 +55,7 @@ class ProcessLauncher final : public WorkerLauncher {
         if (n > 1) {
           if (launch.tp > 1) argv.insert(argv.end(), {"--tp", absl::StrCat(n)});
           if (launch.ep > 1) argv.insert(argv.end(), {"--ep", absl::StrCat(n)});
+          if (launch.batch_invariant) argv.push_back("--batch-invariant");
           argv.insert(argv.end(), {"--model", launch.model_dir});
           env = {absl::StrCat("RANK=", t), absl::StrCat("LOCAL_RANK=", t),
                  absl::StrCat("WORLD_SIZE=", n), "MASTER_ADDR=127.0.0.1",

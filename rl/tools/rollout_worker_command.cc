@@ -58,6 +58,8 @@ const std::string kRolloutWorkerUsage =
     "  --batch-invariant  generate in the batch-invariant numerics mode (numerics.\n"
     "                 batch_invariant: a token's logprob does not depend on its batch) from\n"
     "                 the start; weights pushed by a controller set the mode of its run\n"
+    "                 (a --ep instance keeps the mode it starts with: give the flag to\n"
+    "                 every rank; --tp instances do not run the mode yet)\n"
     "  --advertise    address the controller should dial (default: the bound address)\n"
     "  --max-message-mb  largest request message accepted, in MiB (default 64, at least 8);\n"
     "                 a bigger one is RESOURCE_EXHAUSTED\n"

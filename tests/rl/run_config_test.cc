@@ -637,8 +637,12 @@ TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
   c.fleet.mode = "spawn";
   c.fleet.rollout_tp = 2;
   EXPECT_EQ(std::string(c.Validate().message()),
-            "numerics.batch_invariant does not support multi-process rollout instances "
-            "(fleet.rollout_tp or rollout_ep > 1) yet");
+            "numerics.batch_invariant does not support tensor-parallel rollout instances "
+            "(fleet.rollout_tp > 1) yet; expert-parallel ones (rollout_ep) run it");
+  c.fleet.rollout_tp = 1;
+  c.fleet.rollout_ep = 2;  // expert-parallel instances run the mode
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  c.fleet.rollout_tp = 2;
   c.numerics.batch_invariant = false;
   EXPECT_TRUE(c.Validate().ok()) << c.Validate();
   c.fleet.mode = "cluster";
