@@ -869,9 +869,6 @@ ForwardOutput MiniMaxForCausalLMImpl::Forward(const torch::Tensor& tokens,
   if (options.sequence_parallel) {
     TORCH_CHECK(comm != nullptr, "MiniMaxForCausalLM: sequence_parallel needs a model sharded "
                 "over a TP group of 2 or more and ForwardOptions.tensor_parallel");
-    TORCH_CHECK(options.moe_capacity_factor <= 0 || options.expert_parallel == nullptr,
-                "MiniMaxForCausalLM: sequence_parallel with expert parallelism does not drop "
-                "tokens; moe_capacity_factor must be <= 0, got ", options.moe_capacity_factor);
     TORCH_CHECK(layout.padding == 0, "MiniMaxForCausalLM: the layout is padded already");
     return ForwardSequenceParallel(tokens, layout, options, *comm);
   }

@@ -54,10 +54,11 @@ struct ForwardOptions {
   // column-parallel projections, reduce-scatter after the row-parallel ones. The replicated
   // parameters' (norms, router, replicated experts) gradients are then partial on each
   // rank: the caller sums them over the TP group (the learner does). The aux loss is
-  // counted over the whole batch, as without; the MoE does not drop tokens in this mode.
+  // counted over the whole batch, as without, and so is the capacity of token dropping.
   // With expert_parallel too, each rank dispatches its own block of the tokens to the
   // experts (the tokens of a TP group are no longer repeated on its ranks), padding left
-  // out; the aux loss is then expert parallelism's (this rank's part).
+  // out; the aux loss and the capacity are then expert parallelism's (all ranks' tokens in
+  // rank order).
   bool sequence_parallel = false;
   // Activation checkpointing per decoder layer: when the forward records gradients, each
   // layer keeps only its input and runs its forward again in backward (its collectives

@@ -127,12 +127,6 @@ absl::Status LearnerOptions::Validate() const {
     return Invalid("sequence_parallel (parallel.sequence_parallel) does not support "
                    "batch_invariant yet");
   }
-  if (sequence_parallel && optimizer.moe_capacity_factor > 0 &&
-      data_parallel.expert_parallel > 1) {
-    return Invalid(absl::StrCat(
-        "sequence_parallel with expert_parallel does not support token dropping "
-        "(optimizer.moe_capacity_factor ", optimizer.moe_capacity_factor, "); give 0"));
-  }
   return absl::OkStatus();
 }
 

@@ -734,12 +734,6 @@ absl::Status RunConfig::Validate() const {
   RETURN_IF_ERROR(CheckTable(Table(), *this));
   // WORLD_SIZE may still replace a world size of 1; the trainer checks the ranks started.
   if (distributed.world_size > 1) RETURN_IF_ERROR(parallel.CheckWorld(distributed.world_size));
-  if (parallel.sequence_parallel && (parallel.ep > 1 || parallel.expert_tp > 1) &&
-      optimizer.moe_capacity_factor > 0) {
-    return Invalid(absl::StrCat("parallel.sequence_parallel with ep or expert_tp does not drop "
-                                "tokens: give optimizer.moe_capacity_factor 0, got ",
-                                optimizer.moe_capacity_factor));
-  }
   if (parallel.tp > 1 && (parallel.ep > 1 || parallel.expert_tp > 1) &&
       !parallel.sequence_parallel) {
     return Invalid(absl::StrCat(

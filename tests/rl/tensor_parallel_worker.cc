@@ -17,7 +17,7 @@
 //            the MoE on its block of the tokens (ragged batches pad); the replicated
 //            parameters' gradients summed over the TP group equal the whole model's;
 //            with token dropping (factor 0.9) where the forwards hold one process's
-//            tokens (the model check; the learner's without DP or EP).
+//            tokens (the model check; the learner's with one DP group, EP or not).
 //   errors:  a shard given to a learner without its TP group, or at another TP rank.
 // Prints one JSON line per check; exits 1 when a difference exceeds its tolerance.
 //
@@ -192,8 +192,8 @@ bool LearnerCheck(int64_t rank, ProcessGroup& group, const ShardCoords& coords, 
   opts.sequence_parallel = sp;
   opts.data_parallel.expert_parallel = coords.ep;
   // Sequence parallel with one DP group (whose forwards hold one process's samples, which
-  // token dropping depends on) and no EP: with token dropping.
-  if (sp && coords.ep == 1 && group.layout_groups()->dp.size() == 1) {
+  // token dropping depends on), with or without EP: with token dropping.
+  if (sp && group.layout_groups()->dp.size() == 1) {
     opts.optimizer.moe_capacity_factor = kCapacityFactor;
   }
   // The ZeRO-1 run also checkpoints its layers (the learner's key to the model's).
