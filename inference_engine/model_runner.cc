@@ -5,6 +5,7 @@
 #include <map>
 #include <optional>
 
+#include "policy/invariant_ops.h"
 #include "policy/lightning_attention.h"
 #include "policy/tensor_parallel.h"
 #include "policy/train_ops_cuda.h"
@@ -90,6 +91,12 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
   TORCH_CHECK(!cuda_kernels_ || tp == 1, "engine: the CUDA kernel path (bf16 on CUDA) does "
               "not run a model sharded over TP (tp ", tp, ") yet; the torch path does "
               "(FP32 weights, or allow_cuda_kernels false)");
+#ifdef LIGHTRL_ENGINE_CUDA
+  staged_invariant_ = options.batch_invariant && device_.is_cuda();
+#endif
+  // The staged mode's padding rows decode in a slot and a page of their own, past the
+  // scheduler's.
+  const int64_t extra = staged_invariant_ ? 1 : 0;
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
   auto kv = torch::TensorOptions().dtype(dtype_).device(device_);
   states_.resize(c.num_hidden_layers);
@@ -98,19 +105,21 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     if (c.is_lightning(i)) {
       // This rank's heads only (all of them without TP).
-      states_[i] = torch::zeros({num_slots, c.num_attention_heads / tp, c.head_dim, c.head_dim}, f32);
+      states_[i] = torch::zeros(
+          {num_slots + extra, c.num_attention_heads / tp, c.head_dim, c.head_dim}, f32);
     } else {
       const int64_t kv_heads = c.num_key_value_heads / tp;
-      k_pool_[i] = torch::zeros({num_pages * page_size, kv_heads, c.head_dim}, kv);
-      v_pool_[i] = torch::zeros({num_pages * page_size, kv_heads, c.head_dim}, kv);
+      k_pool_[i] = torch::zeros({(num_pages + extra) * page_size, kv_heads, c.head_dim}, kv);
+      v_pool_[i] = torch::zeros({(num_pages + extra) * page_size, kv_heads, c.head_dim}, kv);
     }
   }
-  if (cuda_kernels_) {
+  if (cuda_kernels_ || staged_invariant_) {
     const int64_t max_len =
         options.max_model_len > 0 ? options.max_model_len : c.max_position_embeddings;
     const int64_t max_pages = (max_len + page_size - 1) / page_size + 1;
     auto i32 = torch::TensorOptions().dtype(torch::kInt32);
-    page_table_ = torch::zeros({num_slots, max_pages}, i32.device(device_));
+    page_table_ = torch::zeros({num_slots + extra, max_pages}, i32.device(device_));
+    if (staged_invariant_) page_table_[num_slots].fill_(num_pages);  // the padding page
     page_table_host_ = torch::zeros({num_slots, max_pages}, i32.pinned_memory(true));
     mirrored_pages_.assign(static_cast<size_t>(num_slots), 0);
     auto i64 = torch::TensorOptions().dtype(torch::kInt64);
@@ -120,9 +129,20 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
     partition_tokens_ = std::clamp<int64_t>((max_len / 64 + 127) / 128 * 128, 256, 4096);
     num_partitions_ = (max_len + partition_tokens_ - 1) / partition_tokens_;
     graphs_ = std::make_unique<Graphs>();
-    for (int64_t i = 0; i < c.num_hidden_layers && options.fuse_decode_epilogues; ++i) {
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
       const auto* layer = module_->model->layers[i]->as<DecoderLayerImpl>();
-      if (!layer->softmax || c.rotary_dim == 0 || c.rotary_dim % 2 != 0) continue;
+      if (!layer->softmax) continue;
+      if (staged_invariant_) {
+        // The mode's rotary tables (FP32) for every position, made as the learner makes
+        // its rows.
+        auto [cos, sin] = InvariantRopeTables(torch::arange(max_len, torch::kInt64),
+                                              layer->softmax->rotary_dim,
+                                              layer->softmax->rope_theta);
+        rope_cos_ = cos.to(device_);
+        rope_sin_ = sin.to(device_);
+        break;
+      }
+      if (!options.fuse_decode_epilogues || c.rotary_dim == 0 || c.rotary_dim % 2 != 0) break;
       auto positions = torch::arange(max_len, i64.device(device_));
       std::tie(rope_cos_, rope_sin_) = layer->softmax->RopeCosSin(positions, dtype_);
       break;
@@ -254,6 +274,9 @@ std::optional<c10::Stream> ModelRunner::prefill_stream() const {
 }
 
 torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
+  for (const auto& s : seqs) {
+    if (!mirrored_pages_.empty()) mirrored_pages_[s.slot] = 0;  // a new sequence in the slot
+  }
   if (options_.batch_invariant) return PrefillInvariant(seqs);
   torch::InferenceMode guard;
   std::vector<int64_t> lengths, flat;
@@ -262,9 +285,6 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
     flat.insert(flat.end(), s.tokens.begin(), s.tokens.end());
   }
   PackedLayout layout = PackedLayout::FromLengths(lengths);
-  for (const auto& s : seqs) {
-    if (!mirrored_pages_.empty()) mirrored_pages_[s.slot] = 0;  // a new sequence in the slot
-  }
   auto tokens = torch::tensor(flat, torch::kInt64).to(device_);
   auto rows = PageIndex(seqs, /*whole_prompt=*/true);
   // Kernel path: int32 document offsets and slots, shared by every lightning layer.
@@ -332,7 +352,7 @@ DecoderLayerImpl::Block ModelRunner::Moe(DecoderLayerImpl& layer) const {
 
 torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
 #ifdef LIGHTRL_ENGINE_CUDA
-  if (cuda_kernels_) return DecodeKernels(seqs);
+  if (cuda_kernels_ || staged_invariant_) return DecodeKernels(seqs);
 #endif
   return DecodeTorch(seqs);
 }
@@ -440,7 +460,7 @@ void ModelRunner::StageInputs(const std::vector<RunnerSequence>* seqs, int64_t b
   for (int64_t b = 0; b < batch; ++b) {
     const bool real = b < n;
     host[0][b] = real ? (*seqs)[b].tokens.at(0) : 0;
-    host[1][b] = real ? (*seqs)[b].slot : -1;
+    host[1][b] = real ? (*seqs)[b].slot : staged_invariant_ ? options_.num_slots : -1;
     host[2][b] = real ? (*seqs)[b].position : 0;
   }
   step_inputs_.narrow(1, 0, batch).copy_(step_inputs_host_.narrow(1, 0, batch),
@@ -561,6 +581,7 @@ void ModelRunner::TrackWeights() {
   if (now == weight_addresses_) return;
   weight_addresses_ = std::move(now);
   graphs_->steps.clear();  // they read the old addresses
+  if (staged_invariant_) return;  // its MoE blocks keep their own address arrays
   expert_w13_.assign(config_.num_hidden_layers, torch::Tensor());
   expert_w2_.assign(config_.num_hidden_layers, torch::Tensor());
   auto i64 = torch::TensorOptions().dtype(torch::kInt64);
@@ -595,10 +616,13 @@ torch::Tensor ModelRunner::DecodeKernels(const std::vector<RunnerSequence>& seqs
   TrackWeights();
   graphs_->inputs_copied.synchronize();
   SyncPageTables(seqs);
-  if (!options_.cuda_graphs) {
+  auto run_step = [this](int64_t batch) {
+    return staged_invariant_ ? DecodeStepInvariant(batch) : DecodeStep(batch);
+  };
+  if (!uses_cuda_graphs()) {
     StageInputs(&seqs, B);
     graphs_->inputs_copied.record(stream);
-    return DecodeStep(B);
+    return run_step(B);
   }
   const int64_t bucket = GraphBatch(B, options_.num_slots);
   auto& step = graphs_->steps[bucket];
@@ -613,9 +637,9 @@ torch::Tensor ModelRunner::DecodeKernels(const std::vector<RunnerSequence>& seqs
     auto fresh = std::make_unique<Graphs::Step>();
     {
       c10::cuda::CUDAStreamGuard stream_guard(side);
-      DecodeStep(bucket);
+      run_step(bucket);
       fresh->graph.capture_begin(graphs_->pool, cudaStreamCaptureModeThreadLocal);
-      fresh->logits = DecodeStep(bucket);
+      fresh->logits = run_step(bucket);
       fresh->graph.capture_end();
     }
     side.synchronize();

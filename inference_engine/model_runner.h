@@ -46,7 +46,9 @@ struct ModelRunnerOptions {
   bool fuse_decode_epilogues = true;
   // numerics.batch_invariant: prefill and decode run the blocks of policy/invariant_model.h
   // (a token's logits the same bits whatever shares its step, and the same as the learner's
-  // in that mode); CPU only, no CUDA kernels.
+  // in that mode), not the kernel path. On CUDA the decode step reads staged inputs and a
+  // device page table as the kernel path's does, and with bf16 weights replays a CUDA graph
+  // per batch bucket (cuda_graphs); padding rows decode in a slot and page of their own.
   bool batch_invariant = false;
   // The TP group of a module sharded over TP (not owned; its size and rank the module's
   // shard), null for the whole model. The kernel path does not run sharded.
@@ -86,7 +88,11 @@ class ModelRunner {
   bool uses_cuda_kernels() const { return cuda_kernels_; }
   bool batch_invariant() const { return options_.batch_invariant; }
   // Whether decode steps replay CUDA graphs, and how many graphs are captured so far.
-  bool uses_cuda_graphs() const { return cuda_kernels_ && options_.cuda_graphs; }
+  bool uses_cuda_graphs() const {
+    return options_.cuda_graphs &&
+           (cuda_kernels_ ||
+            (staged_invariant_ && dtype_ == torch::kBFloat16 && ep_ == nullptr));
+  }
   int64_t num_cuda_graphs() const;
   // Whether prefills run on a stream of their own, and the one the last prefill ran on
   // (none before the first).
@@ -117,6 +123,9 @@ class ModelRunner {
   // The batch-invariant mode's prefill and decode (model_runner_invariant.cc).
   torch::Tensor PrefillInvariant(const std::vector<RunnerSequence>& seqs);
   torch::Tensor DecodeInvariant(const std::vector<RunnerSequence>& seqs);
+  // The mode's decode step on CUDA over the first `batch` rows of the staged inputs (the
+  // kernel path's buffers), capturable as DecodeStep is.
+  torch::Tensor DecodeStepInvariant(int64_t batch);
   // The kernel path (defined in CUDA builds only): inputs staged in fixed device buffers,
   // page tables mirrored on the device, the step run eagerly or replayed from a graph.
   torch::Tensor DecodeKernels(const std::vector<RunnerSequence>& seqs);
@@ -134,6 +143,11 @@ class ModelRunner {
   torch::ScalarType dtype_;
   int64_t page_size_;
   bool cuda_kernels_ = false;
+  // The batch-invariant mode on CUDA: decode through the staged buffers (see
+  // ModelRunnerOptions::batch_invariant); states_ and the pools hold one slot and one page
+  // more, page_table_ one row more (num_slots: the padding rows', every entry the padding
+  // page), and rope_cos_ / rope_sin_ are the mode's FP32 tables.
+  bool staged_invariant_ = false;
   TensorParallelComm* tp_ = nullptr;
   ExpertParallelComm* ep_ = nullptr;
   // The MoE block of `layer` for the torch path: the block's own (null) or, under EP, the

@@ -105,4 +105,49 @@ torch::Tensor ModelRunner::DecodeInvariant(const std::vector<RunnerSequence>& se
   return InvariantLogits(*module_, hidden);
 }
 
+// DecodeInvariant's operations on the staged inputs: the keys through the device page
+// table, the rotary rows from the tables of every position, the lightning states updated in
+// their slots, the MoE dispatched on the device. Nothing here waits for the device (with
+// bf16 weights, whose MoE needs no host), so it can be captured.
+torch::Tensor ModelRunner::DecodeStepInvariant(int64_t B) {
+  torch::InferenceMode guard;
+  auto tokens = step_inputs_[0].narrow(0, 0, B);
+  auto slots = step_inputs_[1].narrow(0, 0, B);
+  auto positions = step_inputs_[2].narrow(0, 0, B);
+  auto counts = positions + 1;
+  // The KV row each token's key and value go to: its page's row of the page table.
+  auto pages = page_table_.index_select(0, slots)
+                   .gather(1, torch::div(positions, page_size_, "floor").unsqueeze(1))
+                   .squeeze(1)
+                   .to(torch::kInt64);
+  auto rows = pages * page_size_ + torch::remainder(positions, page_size_);
+  torch::Tensor cos, sin;
+  if (rope_cos_.defined()) {
+    cos = rope_cos_.index_select(0, positions);
+    sin = rope_sin_.index_select(0, positions);
+  }
+  auto x = module_->model->embed_tokens(tokens);
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    auto& layer = *module_->model->layers[i]->as<DecoderLayerImpl>();
+    x = InvariantDecoderLayer(layer, x, [&](const torch::Tensor& n1) -> torch::Tensor {
+      if (layer.lightning) {
+        auto& attn = *layer.lightning;
+        auto [q, k, v] = InvariantLightningProject(attn, n1);
+        auto o = InvariantLightningStep(q, k, v, attn.slope, states_[i], slots);
+        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({B, -1}));
+      }
+      auto& attn = *layer.softmax;
+      auto [q, k, v] = InvariantSoftmaxProject(attn, n1, cos, sin);
+      k_pool_[i].index_copy_(0, rows, k);
+      v_pool_[i].index_copy_(0, rows, v);
+      auto o = InvariantPagedAttention(q, k_pool_[i], v_pool_[i], page_table_, slots, counts,
+                                       page_size_,
+                                       1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
+      return InvariantLinear(o.reshape({B, -1}), attn.o_proj->weight);
+    }, 0, nullptr, InvariantExperts(layer)).first;
+  }
+  auto hidden = InvariantRmsNorm(x, module_->model->norm->weight, module_->model->norm->eps);
+  return InvariantLogits(*module_, hidden);
+}
+
 }  // namespace lightrl

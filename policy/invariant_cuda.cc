@@ -83,6 +83,45 @@ torch::Tensor GroupedLinear(const torch::Tensor& x, const std::vector<torch::Ten
   return out;
 }
 
+torch::Tensor ExpertLinear(const torch::Tensor& x, const torch::Tensor& weights,
+                           const torch::Tensor& offsets, int64_t M, bool vec) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t E = weights.numel();
+  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && x.dim() == 2 && E > 0 &&
+                  weights.scalar_type() == torch::kInt64 && offsets.numel() == E + 1 &&
+                  offsets.scalar_type() == torch::kInt64,
+              "invariant expert linear: bf16 rows, ", E, " weight addresses and E + 1 offsets "
+              "wanted, got ", x.scalar_type(), " ", x.sizes(), " and ", offsets.sizes());
+  auto xc = x.contiguous();
+  vec = vec && x.size(1) % 8 == 0 && reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 == 0;
+  auto out = torch::empty({x.size(0), M}, x.options().dtype(torch::kFloat32));
+  CheckCudaLaunch(LaunchInvariantExpertLinearTc(
+                      Ptr<__nv_bfloat16>(xc),
+                      reinterpret_cast<const __nv_bfloat16* const*>(weights.data_ptr()),
+                      offsets.data_ptr<int64_t>(), E, out.data_ptr<float>(), x.size(0),
+                      x.size(1), M, vec, Stream()),
+                  "invariant expert linear", nullptr);
+  return out;
+}
+
+MoeDispatch Dispatch(const torch::Tensor& expert, int64_t E, int64_t capacity) {
+  c10::cuda::CUDAGuard guard(expert.device());
+  auto ids = expert.to(torch::kInt64).contiguous().view({-1});
+  const int64_t A = ids.numel();
+  auto i64 = ids.options();
+  auto counts = torch::empty({E}, i64);
+  MoeDispatch d{torch::empty({A}, i64), torch::empty({A}, i64), torch::empty({E + 1}, i64),
+                torch::empty({A}, i64.dtype(torch::kFloat32))};
+  CheckCudaLaunch(LaunchInvariantMoeDispatch(ids.data_ptr<int64_t>(), A, E, capacity,
+                                             counts.data_ptr<int64_t>(),
+                                             d.offsets.data_ptr<int64_t>(),
+                                             d.order.data_ptr<int64_t>(),
+                                             d.position.data_ptr<int64_t>(),
+                                             d.kept.data_ptr<float>(), Stream()),
+                  "invariant MoE dispatch", nullptr);
+  return d;
+}
+
 torch::Tensor RowRsqrt(const torch::Tensor& x, double eps) {
   c10::cuda::CUDAGuard guard(x.device());
   auto xf = Fp32(x);
@@ -221,6 +260,82 @@ std::vector<torch::Tensor> LightningBackward(const torch::Tensor& q, const torch
   return {dq, dk, dv};
 }
 
+torch::Tensor LightningStep(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                            const torch::Tensor& slope, const torch::Tensor& states,
+                            const torch::Tensor& slots) {
+  c10::cuda::CUDAGuard guard(q.device());
+  const int64_t B = q.size(0), H = q.size(1), d = q.size(2);
+  TORCH_CHECK(q.size(2) <= kInvariantLightningMaxDim, "invariant lightning: head_dim ", d,
+              " exceeds the CUDA kernel's ", kInvariantLightningMaxDim);
+  TORCH_CHECK(states.scalar_type() == torch::kFloat32 && states.is_contiguous() &&
+                  states.dim() == 4 && states.size(1) == H && states.size(2) == d &&
+                  states.size(3) == d && slots.numel() == B &&
+                  slots.scalar_type() == torch::kInt64 && slope.numel() == H,
+              "invariant lightning step: states ", states.sizes(), " for q ", q.sizes(), ", ",
+              slots.numel(), " slots, ", slope.numel(), " slopes");
+  auto qf = Fp32(q), kf = Fp32(k), vf = Fp32(v), sf = Fp32(slope.to(q.device()));
+  auto sl = slots.contiguous();
+  auto cu = torch::arange(B + 1, sl.options());
+  InvariantLightningArgs a;
+  a.q = qf.data_ptr<float>();
+  a.k = kf.data_ptr<float>();
+  a.v = vf.data_ptr<float>();
+  a.slope = sf.data_ptr<float>();
+  a.cu = cu.data_ptr<int64_t>();
+  a.init = states.data_ptr<float>();
+  a.state_index = sl.data_ptr<int64_t>();
+  a.num_docs = B;
+  a.H = H;
+  a.d = d;
+  auto o = torch::empty_like(qf);
+  CheckCudaLaunch(LaunchInvariantLightning(a, o.data_ptr<float>(), states.data_ptr<float>(),
+                                           Stream()),
+                  "invariant lightning step", nullptr);
+  return o;
+}
+
+torch::Tensor PagedAttention(const torch::Tensor& q, const torch::Tensor& k_pool,
+                             const torch::Tensor& v_pool, const torch::Tensor& page_table,
+                             const torch::Tensor& page_row, const torch::Tensor& count,
+                             int64_t page_size, double scale) {
+  c10::cuda::CUDAGuard guard(q.device());
+  const bool bf16 = k_pool.scalar_type() == torch::kBFloat16;
+  TORCH_CHECK(k_pool.is_contiguous() && v_pool.is_contiguous() &&
+                  v_pool.scalar_type() == k_pool.scalar_type() &&
+                  (bf16 || k_pool.scalar_type() == torch::kFloat32) &&
+                  page_table.scalar_type() == torch::kInt32 && page_table.dim() == 2 &&
+                  page_table.is_contiguous() && page_row.scalar_type() == torch::kInt64 &&
+                  count.scalar_type() == torch::kInt64 && page_row.numel() == q.size(0) &&
+                  count.numel() == q.size(0) && page_size > 0,
+              "invariant paged attention: pools ", k_pool.scalar_type(), " ", k_pool.sizes(),
+              ", page table ", page_table.scalar_type(), " ", page_table.sizes());
+  auto qf = Fp32(q);
+  auto rows = page_row.contiguous(), counts = count.contiguous();
+  InvariantAttentionArgs a;
+  a.q = qf.data_ptr<float>();
+  if (bf16) {
+    a.k16 = Ptr<__nv_bfloat16>(k_pool);
+    a.v16 = Ptr<__nv_bfloat16>(v_pool);
+  } else {
+    a.k = k_pool.data_ptr<float>();
+    a.v = v_pool.data_ptr<float>();
+  }
+  a.count = counts.data_ptr<int64_t>();
+  a.page_table = page_table.data_ptr<int32_t>();
+  a.page_row = rows.data_ptr<int64_t>();
+  a.max_pages = page_table.size(1);
+  a.page_size = page_size;
+  a.Q = q.size(0);
+  a.H = q.size(1);
+  a.KVH = k_pool.size(1);
+  a.d = q.size(2);
+  a.scale = static_cast<float>(scale);
+  auto o = torch::empty_like(qf);
+  CheckCudaLaunch(LaunchInvariantAttention(a, o.data_ptr<float>(), Stream()),
+                  "invariant paged attention", nullptr);
+  return o;
+}
+
 torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const std::vector<int64_t>& start, const std::vector<int64_t>& count,
                         const std::vector<int64_t>* index, double scale) {
@@ -274,6 +389,20 @@ torch::Tensor RowRsqrt(const torch::Tensor&, double) { NoKernels("RMSNorm"); }
 torch::Tensor GroupedLinear(const torch::Tensor&, const std::vector<torch::Tensor>&,
                             const std::vector<int64_t>&) {
   NoKernels("grouped linear");
+}
+torch::Tensor ExpertLinear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                           int64_t, bool) {
+  NoKernels("expert linear");
+}
+MoeDispatch Dispatch(const torch::Tensor&, int64_t, int64_t) { NoKernels("MoE dispatch"); }
+torch::Tensor LightningStep(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                            const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  NoKernels("lightning attention");
+}
+torch::Tensor PagedAttention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                             const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                             int64_t, double) {
+  NoKernels("paged attention");
 }
 torch::Tensor Unary(const torch::Tensor&, bool) { NoKernels("silu / sigmoid"); }
 torch::Tensor Softmax(const torch::Tensor&) { NoKernels("softmax"); }

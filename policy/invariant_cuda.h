@@ -31,6 +31,19 @@ torch::Tensor Softmax(const torch::Tensor& x);
 // in one launch: [A, M] FP32, each row the bits Linear gives it with its group's weight.
 torch::Tensor GroupedLinear(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
                             const std::vector<int64_t>& offsets);
+// The experts' bf16 linears with the groups on the device: rows offsets[e] .. offsets[e + 1]
+// of bf16 x [A, K] times expert e's weight, the weights given by address (`weights` [E]
+// int64 on the device, each a contiguous bf16 [M, K]; `vec`: K % 8 == 0 and every weight
+// 16-byte aligned). [A, M] FP32, each row the bits Linear gives it with its expert's weight;
+// nothing waits for the device.
+torch::Tensor ExpertLinear(const torch::Tensor& x, const torch::Tensor& weights,
+                           const torch::Tensor& offsets, int64_t M, bool vec);
+// A MoE layer's dispatch on the device (LaunchInvariantMoeDispatch) for the assignments'
+// experts [A] int64: order, position, offsets [E + 1] (int64) and kept [A] (FP32 0 / 1).
+struct MoeDispatch {
+  torch::Tensor order, position, offsets, kept;
+};
+MoeDispatch Dispatch(const torch::Tensor& expert, int64_t E, int64_t capacity);
 // [N, k] int64 on x's device.
 torch::Tensor TopK(const torch::Tensor& x, int64_t k);
 // o [T, H, d] and the last states [N, H, d, d]; slope [H] (the decay exp(-slope) computed by
@@ -45,6 +58,20 @@ std::vector<torch::Tensor> LightningBackward(const torch::Tensor& q, const torch
                                              const torch::Tensor& slope,
                                              const std::vector<int64_t>& cu,
                                              const torch::Tensor& init);
+// The recurrence of one token per row of q, k, v [B, H, d] from states[slots[b]] (states
+// [S, H, d, d] FP32, rewritten in place; slots [B] int64 on the device, no two alike):
+// o [B, H, d] FP32, Lightning's bits for one-token documents from those states.
+torch::Tensor LightningStep(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                            const torch::Tensor& slope, const torch::Tensor& states,
+                            const torch::Tensor& slots);
+// Query i of q [Q, H, d] over its first count[i] positions in the paged pools k_pool, v_pool
+// [R, KVH, d] (FP32 or bf16, read in place), position j at row page_table[page_row[i], j /
+// page_size] * page_size + j % page_size (page_table [*, max_pages] int32; page_row, count
+// [Q] int64; all on the device). Attention's bits for those rows.
+torch::Tensor PagedAttention(const torch::Tensor& q, const torch::Tensor& k_pool,
+                             const torch::Tensor& v_pool, const torch::Tensor& page_table,
+                             const torch::Tensor& page_row, const torch::Tensor& count,
+                             int64_t page_size, double scale);
 // Query i of q [Q, H, d] over `count[i]` rows of k, v [R, KVH, d]: index[start[i] + j] when
 // `index` is defined, else start[i] + j (start, count, index: host int64 vectors).
 torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "policy/expert_parallel.h"
+#include "policy/invariant_cuda.h"
 #include "policy/invariant_ops.h"
 
 namespace lightrl {
@@ -75,8 +76,14 @@ torch::Tensor InvariantLightningFinish(LightningAttentionImpl& attn, const torch
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
     SoftmaxAttentionImpl& attn, const torch::Tensor& x, const torch::Tensor& positions) {
-  const int64_t T = x.size(0);
   auto [cos, sin] = InvariantRopeTables(positions, attn.rotary_dim, attn.rope_theta);
+  return InvariantSoftmaxProject(attn, x, cos, sin);
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
+    SoftmaxAttentionImpl& attn, const torch::Tensor& x, const torch::Tensor& cos,
+    const torch::Tensor& sin) {
+  const int64_t T = x.size(0);
   auto q = Rope(attn, Linear(attn.q_proj, x).view({T, attn.num_heads, attn.head_dim}), cos, sin);
   auto k = Rope(attn, Linear(attn.k_proj, x).view({T, attn.num_kv_heads, attn.head_dim}), cos, sin);
   auto v = Linear(attn.v_proj, x).view({T, attn.num_kv_heads, attn.head_dim});
@@ -103,6 +110,75 @@ torch::Tensor SumSlots(const torch::Tensor& y, const torch::Tensor& w, c10::Scal
   auto out = y.select(1, 0).to(torch::kFloat32) * w.narrow(1, 0, 1);
   for (int64_t j = 1; j < y.size(1); ++j) out = out + y.select(1, j).to(torch::kFloat32) * w.narrow(1, j, 1);
   return out.to(dtype);
+}
+
+// Whether the MoE block runs on the device without the host (the dispatch, the grouped
+// expert kernel by device offsets): bf16 on CUDA, every expert here, outside autograd.
+bool DeviceDispatch(SparseMoeImpl& moe, const torch::Tensor& x) {
+  if (!x.is_cuda() || x.scalar_type() != torch::kBFloat16 || !moe.holds_all_experts()) {
+    return false;
+  }
+  const bool grad = torch::GradMode::is_enabled();
+  if (grad && x.requires_grad()) return false;
+  for (int64_t e = 0; e < moe.num_experts; ++e) {
+    for (auto* w : {&moe.expert(e)->w1->weight, &moe.expert(e)->w3->weight,
+                    &moe.expert(e)->w2->weight}) {
+      if (!w->is_cuda() || w->scalar_type() != torch::kBFloat16 || !w->is_contiguous() ||
+          (grad && w->requires_grad())) {
+        return false;
+      }
+    }
+  }
+  const int64_t assignments = x.size(0) * moe.top_k;
+  return (assignments + 63) / 64 + moe.num_experts <= 65535;
+}
+
+// The experts' weight addresses on the device, made anew when one has moved.
+const SparseMoeImpl::ExpertAddresses& DeviceAddresses(SparseMoeImpl& moe) {
+  auto& cache = moe.invariant_addresses;
+  std::vector<const void*> held;
+  for (int64_t e = 0; e < moe.num_experts; ++e) {
+    held.push_back(moe.expert(e)->w1->weight.data_ptr());
+    held.push_back(moe.expert(e)->w3->weight.data_ptr());
+    held.push_back(moe.expert(e)->w2->weight.data_ptr());
+  }
+  if (held == cache.held) return cache;
+  std::vector<int64_t> which[3];
+  bool aligned = true;
+  for (size_t i = 0; i < held.size(); ++i) {
+    const auto address = reinterpret_cast<uintptr_t>(held[i]);
+    aligned = aligned && address % 16 == 0;
+    which[i % 3].push_back(static_cast<int64_t>(address));
+  }
+  const auto device = moe.expert(0)->w1->weight.device();
+  cache.w1 = HostToDevice(which[0], device);
+  cache.w3 = HostToDevice(which[1], device);
+  cache.w2 = HostToDevice(which[2], device);
+  cache.aligned = aligned;
+  cache.held = std::move(held);
+  return cache;
+}
+
+// InvariantMoe's experts and combine with the dispatch made on the device: each row the
+// bits the host dispatch gives it (the grouped kernel's rows do not depend on their
+// neighbours), nothing waits for the device. capacity < 0: none.
+torch::Tensor DeviceMoe(SparseMoeImpl& moe, const torch::Tensor& x, const torch::Tensor& top_w,
+                        const torch::Tensor& top_i, int64_t capacity) {
+  const int64_t T = x.size(0), K = moe.top_k, H = x.size(1);
+  const auto dtype = x.scalar_type();
+  const auto d = invariant_cuda::Dispatch(top_i, moe.num_experts, capacity);
+  const auto& w = DeviceAddresses(moe);
+  const int64_t F = moe.expert(0)->w1->weight.size(0);
+  auto rows = x.index_select(0, torch::div(d.order, K, "floor"));
+  auto h = InvariantSilu(invariant_cuda::ExpertLinear(rows, w.w1, d.offsets, F, w.aligned).to(dtype)) *
+           invariant_cuda::ExpertLinear(rows, w.w3, d.offsets, F, w.aligned).to(dtype);
+  auto y = invariant_cuda::ExpertLinear(h, w.w2, d.offsets, H, w.aligned).to(dtype)
+               .index_select(0, d.position)
+               .view({T, K, H});
+  if (capacity < 0) return SumSlots(y, top_w, dtype);
+  auto kept = d.kept.view({T, K});
+  return SumSlots(torch::where(kept.unsqueeze(2) > 0, y, torch::zeros({}, y.options())),
+                  top_w * kept, dtype);
 }
 
 // ForwardExpertParallel's combine in the mode: the rows that came back (`returned`, of the
@@ -156,7 +232,14 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
                       .index_add(0, top_i.reshape(-1), torch::ones({T * K}, probs.options()));
     aux = (counts / static_cast<double>(T) * probs.mean(0)).sum() * E;
   }
-  // The routing on the host (the CUDA path too: a few integers a token).
+  if (DeviceDispatch(moe, x)) {
+    const int64_t capacity =
+        capacity_factor > 0
+            ? static_cast<int64_t>(std::ceil(capacity_factor * static_cast<double>(T * K) / E))
+            : -1;
+    return {DeviceMoe(moe, x, top_w, top_i, capacity), aux};
+  }
+  // Else the routing on the host (a few integers a token).
   const auto top_host = top_i.to(torch::kCPU);
   auto acc = top_host.accessor<int64_t, 2>();
   std::vector<char> kept(T * K, 1);

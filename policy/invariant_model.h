@@ -41,6 +41,11 @@ torch::Tensor InvariantLightningFinish(LightningAttentionImpl& attn, const torch
 // Softmax attention's q [T, H, d], k, v [T, KVH, d] (q and k rotated at `positions`).
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
     SoftmaxAttentionImpl& attn, const torch::Tensor& x, const torch::Tensor& positions);
+// The same with the rotary tables of those positions given (cos, sin [T, rotary_dim] FP32,
+// as InvariantRopeTables makes them; rows of a table made once for every position serve).
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
+    SoftmaxAttentionImpl& attn, const torch::Tensor& x, const torch::Tensor& cos,
+    const torch::Tensor& sin);
 
 // The MoE block: router, top-k, each expert on its tokens, the weighted sum over a token's
 // k choices in order (FP32, rounded once). Returns (out, aux loss). With `expert_parallel`

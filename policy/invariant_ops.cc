@@ -698,6 +698,23 @@ torch::Tensor InvariantLightning(const torch::Tensor& q, const torch::Tensor& k,
   return outs[0];
 }
 
+torch::Tensor InvariantLightningStep(const torch::Tensor& q, const torch::Tensor& k,
+                                     const torch::Tensor& v, const torch::Tensor& slope,
+                                     const torch::Tensor& states, const torch::Tensor& slots) {
+  TORCH_CHECK(q.dim() == 3 && k.sizes() == q.sizes() && v.sizes() == q.sizes() &&
+                  slots.dim() == 1 && slots.size(0) == q.size(0),
+              "lightning step: q, k, v must be [B, H, d] alike with B slots, got ", q.sizes(),
+              " ", k.sizes(), " ", v.sizes(), " and ", slots.sizes());
+  torch::NoGradGuard no_grad;
+  if (q.is_cuda()) return invariant_cuda::LightningStep(q, k, v, slope, states, slots);
+  std::vector<int64_t> cu(q.size(0) + 1);
+  for (size_t i = 0; i < cu.size(); ++i) cu[i] = static_cast<int64_t>(i);
+  torch::Tensor last;
+  auto o = InvariantLightning(q, k, v, slope, cu, states.index_select(0, slots), &last);
+  states.index_copy_(0, slots, last);
+  return o;
+}
+
 torch::Tensor InvariantAttention(const torch::Tensor& q, const torch::Tensor& k,
                                  const torch::Tensor& v, const std::vector<int64_t>& cu_seqlens,
                                  double scale) {
@@ -739,6 +756,35 @@ torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tenso
     return std::pair<const int64_t*, int64_t>(local.data() + start[i], count[i]);
   });
   return o.to(q.scalar_type());
+}
+
+torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tensor& k_pool,
+                                      const torch::Tensor& v_pool, const torch::Tensor& page_table,
+                                      const torch::Tensor& page_row, const torch::Tensor& count,
+                                      int64_t page_size, double scale) {
+  TORCH_CHECK(page_table.dim() == 2 && page_row.numel() == q.size(0) &&
+                  count.numel() == q.size(0) && page_size > 0,
+              "paged attention: page table ", page_table.sizes(), ", ", page_row.numel(),
+              " page rows and ", count.numel(), " counts for ", q.size(0), " queries");
+  if (q.is_cuda()) {
+    return invariant_cuda::PagedAttention(q, k_pool, v_pool, page_table, page_row, count,
+                                          page_size, scale)
+        .to(q.scalar_type());
+  }
+  auto table = page_table.to(torch::kInt64).contiguous();
+  auto rows = page_row.to(torch::kInt64).contiguous(), n = count.to(torch::kInt64).contiguous();
+  const auto pages = table.accessor<int64_t, 2>();
+  std::vector<std::vector<int64_t>> key_rows(q.size(0));
+  for (int64_t i = 0; i < q.size(0); ++i) {
+    const int64_t r = rows.data_ptr<int64_t>()[i], len = n.data_ptr<int64_t>()[i];
+    TORCH_CHECK(r >= 0 && r < table.size(0) && len >= 0 && len <= table.size(1) * page_size,
+                "paged attention: query ", i, " reads ", len, " keys through page row ", r,
+                " of ", table.sizes());
+    for (int64_t j = 0; j < len; ++j) {
+      key_rows[i].push_back(pages[r][j / page_size] * page_size + j % page_size);
+    }
+  }
+  return InvariantPagedAttention(q, k_pool, v_pool, key_rows, scale);
 }
 
 torch::Tensor InvariantTokenLogprobs(const torch::Tensor& logits, const torch::Tensor& targets,

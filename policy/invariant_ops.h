@@ -69,6 +69,15 @@ torch::Tensor InvariantLightning(const torch::Tensor& q, const torch::Tensor& k,
                                  const torch::Tensor& init_states = {},
                                  torch::Tensor* final_states = nullptr);
 
+// The engine's decode step of a lightning layer: one token per row of q, k, v [B, H, d]
+// from states[slots[b]] (states [S, H, d, d] FP32 on q's device, rewritten in place with
+// each row's new state; slots [B] int64 on that device, no two alike). Returns o [B, H, d]
+// FP32, InvariantLightning's bits for one-token documents from those states. Not
+// differentiable. On CUDA nothing waits for the device (a CUDA graph can hold it).
+torch::Tensor InvariantLightningStep(const torch::Tensor& q, const torch::Tensor& k,
+                                     const torch::Tensor& v, const torch::Tensor& slope,
+                                     const torch::Tensor& states, const torch::Tensor& slots);
+
 // Causal softmax attention within each packed document: q [T, H, d], k, v [T, KVH, d]
 // (grouped heads). Each query's scores, max, exponentials, sum and weighted values over keys
 // 0..its position, in order; FP32, rounded to q's dtype. Differentiable in q, k and v.
@@ -82,6 +91,15 @@ torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tenso
                                       const torch::Tensor& v_pool,
                                       const std::vector<std::vector<int64_t>>& key_rows,
                                       double scale);
+
+// The same with the keys found through a page table, on q's device: query i visits its
+// positions j = 0 .. count[i] - 1, each at row page_table[page_row[i], j / page_size] *
+// page_size + j % page_size of the pools (page_table [*, max_pages] int32; page_row, count
+// [Q] int64). On CUDA the pools are read in place and nothing waits for the device.
+torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tensor& k_pool,
+                                      const torch::Tensor& v_pool, const torch::Tensor& page_table,
+                                      const torch::Tensor& page_row, const torch::Tensor& count,
+                                      int64_t page_size, double scale);
 
 // log softmax(logits[i] / temperature[i])[targets[i]] of FP32 logits [N, V]: the row's max,
 // its sum of exponentials in the fixed lanes of inv::kSumLanes, one log. `temperature` has

@@ -226,6 +226,15 @@ class SparseMoeImpl : public torch::nn::Module {
   torch::nn::Linear gate{nullptr};
   torch::nn::ModuleDict experts;  // keyed by the global expert index
   int64_t num_experts, top_k;
+  // The batch-invariant mode's device arrays of the experts' w1, w3 and w2 addresses (for
+  // its grouped expert kernel), with the addresses they hold: policy/invariant_model.cc
+  // makes them anew when a weight has moved.
+  struct ExpertAddresses {
+    std::vector<const void*> held;
+    torch::Tensor w1, w3, w2;
+    bool aligned = false;  // every weight 16-byte aligned
+  };
+  ExpertAddresses invariant_addresses;
   int64_t first_held, num_held;  // the held experts: [first_held, first_held + num_held)
   ShardCoords shard;
 };

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # numerics.batch_invariant on one GPU, in one pass: builds lightrl with the CUDA backend
 # (the targets below), runs the mode's gpu test (kernels against the CPU ops bit for bit,
-# engine against learner on CUDA) and the model-parallel gpu test, then the mode's cost and
-# mismatch on the 508M bench model in bf16 at 8, 64 and 256 samples (the last with a KV
-# cache small enough to preempt).
+# engine against learner on CUDA), the model-parallel and the engine's gpu tests, then the
+# mode's cost and mismatch on the 508M bench model in bf16 at 8, 64 and 256 samples (the
+# last with a KV cache small enough to preempt).
 #   bench/batch_invariant/run_gpu.sh    (logs and summary under $OUT, default build/bi_gpu)
 # Knobs (environment): NEW_TOKENS (64), BATCHES ("2 16 64": prompts, 4 samples each),
 # RL=1 (then the toy RL runs of run_gpu_rl.sh, with its knobs).
@@ -12,7 +12,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export OUT="${OUT:-$ROOT/build/bi_gpu}"
 source "$ROOT/bench/gpu_env.sh"
-GPU_BUILD_TARGETS="batch_invariant_gpu_test batch_invariant_bench model_parallel_gpu_test"
+GPU_BUILD_TARGETS="batch_invariant_gpu_test batch_invariant_bench model_parallel_gpu_test engine_gpu_test"
 if [ "${RL:-0}" = 1 ]; then GPU_BUILD_TARGETS="$GPU_BUILD_TARGETS lightrl"; fi
 source "$ROOT/bench/gpu_build.sh"
 
@@ -22,6 +22,10 @@ grep -E "^\[  (PASSED|FAILED|SKIPPED) |OK \]|FAILED  \]|Failure|differ|seed" "$O
 (cd "$B/tests" && timeout 200 ./model_parallel_gpu_test > "$OUT/mp_gpu_test.log" 2>&1)
 note "model_parallel_gpu_test rc=$? after $(elapsed) s"
 grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|Failure" "$OUT/mp_gpu_test.log" | head -20 | tee -a "$S"
+# The kernel path's decode shares the staged inputs and graph capture with the mode's.
+(cd "$B/tests" && timeout 300 ./engine_gpu_test > "$OUT/engine_gpu_test.log" 2>&1)
+note "engine_gpu_test rc=$? after $(elapsed) s"
+grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|Failure" "$OUT/engine_gpu_test.log" | head -20 | tee -a "$S"
 
 for P in ${BATCHES:-2 16 64}; do
   kv=256

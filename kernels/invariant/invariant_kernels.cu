@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/invariant/invariant_math.h"
 
@@ -157,6 +158,87 @@ __global__ void GroupedLinearTcKernel(const __nv_bfloat16* __restrict__ x,
                static_cast<int64_t>(blockIdx.x) * kTcTile, vec);
 }
 
+// Tile blockIdx.y of the groups of offsets (E + 1 entries): the experts' row ranges cut in
+// 64-row tiles, expert by expert; a tile past the last does nothing.
+__global__ void ExpertLinearTcKernel(const __nv_bfloat16* __restrict__ x,
+                                     const __nv_bfloat16* const* __restrict__ w,
+                                     const int64_t* __restrict__ offsets, int64_t E,
+                                     float* __restrict__ out, int64_t K, int64_t M, bool vec) {
+  int64_t t = blockIdx.y;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t begin = offsets[e], rows = offsets[e + 1] - begin;
+    const int64_t tiles = (rows + kTcTile - 1) / kTcTile;
+    if (t < tiles) {
+      const int64_t row0 = begin + t * kTcTile;
+      const int64_t n = rows - t * kTcTile < kTcTile ? rows - t * kTcTile : kTcTile;
+      LinearTcTile(x + row0 * K, w[e], out + row0 * M, n, K, M, 0,
+                   static_cast<int64_t>(blockIdx.x) * kTcTile, vec);
+      return;
+    }
+    t -= tiles;
+  }
+}
+
+// --- MoE dispatch: a block per expert. Counts first (a block's sum over the assignments);
+// then block e places its assignments in token order: each chunk of blockDim assignments
+// ranked by the ballots of its warps, after the chunks before it.
+constexpr int kDispatchThreads = 256;
+
+__global__ void MoeCountKernel(const int64_t* __restrict__ expert, int64_t A,
+                               int64_t* __restrict__ counts) {
+  __shared__ int64_t warp_sums[kDispatchThreads / 32];
+  const int64_t e = blockIdx.x;
+  int64_t n = 0;
+  for (int64_t a = threadIdx.x; a < A; a += blockDim.x) n += expert[a] == e ? 1 : 0;
+  for (int off = 16; off > 0; off /= 2) n += __shfl_xor_sync(0xffffffffu, n, off);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = n;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t total = 0;
+    for (int w = 0; w < kDispatchThreads / 32; ++w) total += warp_sums[w];
+    counts[e] = total;
+  }
+}
+
+__global__ void MoePlaceKernel(const int64_t* __restrict__ expert, int64_t A, int64_t E,
+                               int64_t capacity, const int64_t* __restrict__ counts,
+                               int64_t* __restrict__ offsets, int64_t* __restrict__ order,
+                               int64_t* __restrict__ position, float* __restrict__ kept) {
+  __shared__ int64_t base;
+  __shared__ int warp_counts[kDispatchThreads / 32];
+  const int64_t e = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  if (tid == 0) {
+    int64_t b = 0;
+    for (int64_t i = 0; i < e; ++i) b += counts[i];
+    base = b;
+    offsets[e] = b;
+    if (e == E - 1) offsets[E] = b + counts[e];
+  }
+  __syncthreads();
+  int64_t rank0 = 0;  // assignments of e in the chunks before this one
+  for (int64_t c0 = 0; c0 < A; c0 += kDispatchThreads) {
+    const int64_t a = c0 + tid;
+    const bool mine = a < A && expert[a] == e;
+    const unsigned ballot = __ballot_sync(0xffffffffu, mine);
+    if (lane == 0) warp_counts[warp] = __popc(ballot);
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < kDispatchThreads / 32; ++w) {
+      before += w < warp ? warp_counts[w] : 0;
+      total += warp_counts[w];
+    }
+    if (mine) {
+      const int64_t rank = rank0 + before + __popc(ballot & ((1u << lane) - 1u));
+      order[base + rank] = a;
+      position[a] = base + rank;
+      kept[a] = capacity < 0 || rank < capacity ? 1.0f : 0.0f;
+    }
+    rank0 += total;
+    __syncthreads();
+  }
+}
+
 bool CheckLinear(int64_t N, int64_t K, int64_t M) {
   return N >= 0 && K >= 0 && M >= 0 && (N + kTile - 1) / kTile <= 65535;
 }
@@ -281,8 +363,9 @@ __global__ void LightningKernel(InvariantLightningArgs a, float* __restrict__ o,
   const int64_t doc = blockIdx.x / H, h = blockIdx.x % H;
   const int j = threadIdx.x;
   const float lambda = inv::InvExp(-a.slope[h]);
+  const int64_t sd = a.state_index != nullptr ? a.state_index[doc] : doc;
   for (int64_t i = 0; i < d; ++i) {
-    S[i * d + j] = a.init != nullptr ? a.init[((doc * H + h) * d + i) * d + j] : 0.0f;
+    S[i * d + j] = a.init != nullptr ? a.init[((sd * H + h) * d + i) * d + j] : 0.0f;
   }
   for (int64_t t = a.cu[doc]; t < a.cu[doc + 1]; ++t) {
     const int64_t at = (t * H + h) * d;
@@ -301,7 +384,7 @@ __global__ void LightningKernel(InvariantLightningArgs a, float* __restrict__ o,
     __syncthreads();
   }
   if (last != nullptr) {
-    for (int64_t i = 0; i < d; ++i) last[((doc * H + h) * d + i) * d + j] = S[i * d + j];
+    for (int64_t i = 0; i < d; ++i) last[((sd * H + h) * d + i) * d + j] = S[i * d + j];
   }
 }
 
@@ -322,8 +405,9 @@ __global__ void LightningBackwardKernel(InvariantLightningArgs a, const float* _
   const int64_t b = a.cu[doc], e = a.cu[doc + 1];
   const int i = threadIdx.x;
   const float lambda = inv::InvExp(-a.slope[h]);
+  const int64_t sd = a.state_index != nullptr ? a.state_index[doc] : doc;
   for (int64_t jj = 0; jj < d; ++jj) {
-    S[i * ld + jj] = a.init != nullptr ? a.init[((doc * H + h) * d + i) * d + jj] : 0.0f;
+    S[i * ld + jj] = a.init != nullptr ? a.init[((sd * H + h) * d + i) * d + jj] : 0.0f;
   }
   for (int64_t t = b; t < e; ++t) {
     const int64_t at = (t * H + h) * d;
@@ -371,15 +455,27 @@ __global__ void LightningBackwardKernel(InvariantLightningArgs a, const float* _
 // again, then thread i < d adds each key's exponential to the sum and p v_i to o_i in key
 // order (every thread the same sum, the same bits).
 
-__device__ __forceinline__ float Score(const InvariantAttentionArgs& a, const float* qs,
-                                       int64_t row, int64_t kvh) {
-  const float* kr = a.k + (row * a.KVH + kvh) * a.d;
+template <typename T>
+__device__ __forceinline__ float Load(const T* p, int64_t i) {
+  if constexpr (std::is_same_v<T, float>) {
+    return p[i];
+  } else {
+    return __bfloat162float(p[i]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float Score(const InvariantAttentionArgs& a, const T* k,
+                                       const float* qs, int64_t row, int64_t kvh) {
+  const T* kr = k + (row * a.KVH + kvh) * a.d;
   float dot = 0.0f;
-  for (int64_t i = 0; i < a.d; ++i) dot = Add(dot, Mul(qs[i], kr[i]));
+  for (int64_t i = 0; i < a.d; ++i) dot = Add(dot, Mul(qs[i], Load(kr, i)));
   return Mul(dot, a.scale);
 }
 
-__global__ void AttentionKernel(InvariantAttentionArgs a, float* __restrict__ o) {
+template <typename T>
+__global__ void AttentionKernel(InvariantAttentionArgs a, const T* __restrict__ k,
+                                const T* __restrict__ v, float* __restrict__ o) {
   extern __shared__ float smem[];
   float* qs = smem;
   float* sc = qs + a.d;
@@ -387,12 +483,17 @@ __global__ void AttentionKernel(InvariantAttentionArgs a, float* __restrict__ o)
   const int64_t qi = blockIdx.x / a.H, h = blockIdx.x % a.H;
   const int64_t kvh = h / (a.H / a.KVH);
   const int tid = threadIdx.x, chunk = blockDim.x;
-  const int64_t start = a.start[qi], n = a.count[qi];
-  auto row_of = [&](int64_t j) { return a.index != nullptr ? a.index[start + j] : start + j; };
+  const int64_t start = a.page_table == nullptr ? a.start[qi] : 0, n = a.count[qi];
+  const int32_t* pages =
+      a.page_table != nullptr ? a.page_table + a.page_row[qi] * a.max_pages : nullptr;
+  auto row_of = [&](int64_t j) -> int64_t {
+    if (pages != nullptr) return static_cast<int64_t>(pages[j / a.page_size]) * a.page_size + j % a.page_size;
+    return a.index != nullptr ? a.index[start + j] : start + j;
+  };
   for (int64_t i = tid; i < a.d; i += chunk) qs[i] = a.q[(qi * a.H + h) * a.d + i];
   __syncthreads();
   float m = -kInf;
-  for (int64_t j = tid; j < n; j += chunk) m = inv::Max(m, Score(a, qs, row_of(j), kvh));
+  for (int64_t j = tid; j < n; j += chunk) m = inv::Max(m, Score(a, k, qs, row_of(j), kvh));
   for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
   if (tid % 32 == 0) maxes[tid / 32] = m;
   __syncthreads();
@@ -400,14 +501,14 @@ __global__ void AttentionKernel(InvariantAttentionArgs a, float* __restrict__ o)
   for (int w = 1; w < chunk / 32; ++w) m = fmaxf(m, maxes[w]);
   float sum = 0.0f, acc = 0.0f;
   for (int64_t c0 = 0; c0 < n; c0 += chunk) {
-    if (c0 + tid < n) sc[tid] = Score(a, qs, row_of(c0 + tid), kvh);
+    if (c0 + tid < n) sc[tid] = Score(a, k, qs, row_of(c0 + tid), kvh);
     __syncthreads();
     if (tid < a.d) {
       const int64_t len = n - c0 < chunk ? n - c0 : chunk;
       for (int64_t jj = 0; jj < len; ++jj) {
         const float p = inv::InvExp(Sub(sc[jj], m));
         sum = Add(sum, p);
-        acc = Add(acc, Mul(p, a.v[(row_of(c0 + jj) * a.KVH + kvh) * a.d + tid]));
+        acc = Add(acc, Mul(p, Load(v, (row_of(c0 + jj) * a.KVH + kvh) * a.d + tid)));
       }
     }
     __syncthreads();
@@ -481,6 +582,32 @@ cudaError_t LaunchInvariantGroupedLinearTc(const __nv_bfloat16* x,
   const dim3 grid(static_cast<unsigned>((M + kTcTile - 1) / kTcTile),
                   static_cast<unsigned>(num_tiles));
   GroupedLinearTcKernel<<<grid, kTcThreads, 0, stream>>>(x, w, tiles, out, K, M, vec);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchInvariantExpertLinearTc(const __nv_bfloat16* x,
+                                          const __nv_bfloat16* const* w, const int64_t* offsets,
+                                          int64_t E, float* out, int64_t A, int64_t K, int64_t M,
+                                          bool vec, cudaStream_t stream) {
+  const int64_t max_tiles = (A + kTcTile - 1) / kTcTile + E;
+  if (A < 0 || E <= 0 || K <= 0 || M <= 0 || max_tiles > 65535) return cudaErrorInvalidValue;
+  if (A == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>((M + kTcTile - 1) / kTcTile),
+                  static_cast<unsigned>(max_tiles));
+  ExpertLinearTcKernel<<<grid, kTcThreads, 0, stream>>>(x, w, offsets, E, out, K, M, vec);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchInvariantMoeDispatch(const int64_t* expert, int64_t A, int64_t E,
+                                       int64_t capacity, int64_t* counts, int64_t* offsets,
+                                       int64_t* order, int64_t* position, float* kept,
+                                       cudaStream_t stream) {
+  if (A < 0 || E <= 0 || E > (int64_t{1} << 31) - 1) return cudaErrorInvalidValue;
+  MoeCountKernel<<<static_cast<unsigned>(E), kDispatchThreads, 0, stream>>>(expert, A, counts);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  MoePlaceKernel<<<static_cast<unsigned>(E), kDispatchThreads, 0, stream>>>(
+      expert, A, E, capacity, counts, offsets, order, position, kept);
   return cudaGetLastError();
 }
 
@@ -584,7 +711,16 @@ cudaError_t LaunchInvariantAttention(const InvariantAttentionArgs& a, float* o,
   if (a.Q == 0) return cudaSuccess;
   const int threads = static_cast<int>(std::max<int64_t>(128, (a.d + 31) / 32 * 32));
   const size_t smem = sizeof(float) * static_cast<size_t>(a.d + threads);
-  AttentionKernel<<<static_cast<unsigned>(a.Q * a.H), threads, smem, stream>>>(a, o);
+  if (a.page_table != nullptr && (a.page_row == nullptr || a.page_size <= 0 || a.max_pages <= 0)) {
+    return cudaErrorInvalidValue;
+  }
+  const dim3 grid(static_cast<unsigned>(a.Q * a.H));
+  if (a.k16 != nullptr) {
+    if (a.v16 == nullptr) return cudaErrorInvalidValue;
+    AttentionKernel<__nv_bfloat16><<<grid, threads, smem, stream>>>(a, a.k16, a.v16, o);
+  } else {
+    AttentionKernel<float><<<grid, threads, smem, stream>>>(a, a.k, a.v, o);
+  }
   return cudaGetLastError();
 }
 

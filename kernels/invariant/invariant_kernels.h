@@ -35,6 +35,26 @@ cudaError_t LaunchInvariantGroupedLinearTc(const __nv_bfloat16* x,
                                            int64_t num_tiles, float* out, int64_t K, int64_t M,
                                            bool vec, cudaStream_t stream);
 
+// The same with the groups read on the device: rows offsets[e] .. offsets[e + 1] of x [A, K]
+// are expert e's (e < E), for weight w[e]. The grid covers the most tiles A rows in E groups
+// can make (A / 64 + E, rounded up), and a tile past the groups' does nothing, so the
+// launch's shape depends on A and E only (a CUDA graph can hold it).
+cudaError_t LaunchInvariantExpertLinearTc(const __nv_bfloat16* x,
+                                          const __nv_bfloat16* const* w, const int64_t* offsets,
+                                          int64_t E, float* out, int64_t A, int64_t K, int64_t M,
+                                          bool vec, cudaStream_t stream);
+
+// A MoE layer's dispatch on the device, in the order the host would make it: the A
+// assignments expert[a] (a = token * k + slot, each in [0, E)) sorted by expert, token order
+// within one (stable). order [A]: the sorted assignments; position [A]: each assignment's
+// place in that order; offsets [E + 1]: where each expert's rows begin; kept [A]: 1 where the
+// assignment is among the first `capacity` of its expert (all when capacity < 0), else 0.
+// counts [E] is scratch. No atomics: the same bits every run.
+cudaError_t LaunchInvariantMoeDispatch(const int64_t* expert, int64_t A, int64_t E,
+                                       int64_t capacity, int64_t* counts, int64_t* offsets,
+                                       int64_t* order, int64_t* position, float* kept,
+                                       cudaStream_t stream);
+
 // r [N] = 1 / sqrt(sum_i x[n, i]^2 (in order) / D + eps) of x [N, D].
 cudaError_t LaunchInvariantRowRsqrt(const float* x, float* r, int64_t N, int64_t D, float eps,
                                     cudaStream_t stream);
@@ -78,6 +98,10 @@ struct InvariantLightningArgs {
   const float* slope = nullptr;   // [H]
   const int64_t* cu = nullptr;    // [num_docs + 1]
   const float* init = nullptr;    // [num_docs, H, d, d] or null
+  // Optional [num_docs]: document doc starts from entry state_index[doc] of init and its
+  // last state goes to that entry of `last` (which may be init: each block reads its state
+  // before it writes it).
+  const int64_t* state_index = nullptr;
   int64_t num_docs = 0, H = 0, d = 0;
 };
 cudaError_t LaunchInvariantLightning(const InvariantLightningArgs& a, float* o, float* last,
@@ -90,12 +114,19 @@ cudaError_t LaunchInvariantLightningBackward(const InvariantLightningArgs& a, co
 // Softmax attention of queries q [Q, H, d] over keys k, v [R, KVH, d] (head h reads KV head
 // h / (H / KVH)): query i visits count[i] keys, the rows index[start[i] + j] for j in order
 // (index null: rows start[i] + j). Its scores, max, exponentials, sum and weighted values in
-// order, as the CPU op; o [Q, H, d]. d <= 1024.
+// order, as the CPU op; o [Q, H, d]. d <= 1024. Keys and values may be bf16 instead (k16,
+// v16), read as the FP32 values they are. Paged keys (page_table set): key j of query i is
+// row page_table[page_row[i] * max_pages + j / page_size] * page_size + j % page_size, start
+// and index unused.
 struct InvariantAttentionArgs {
   const float *q = nullptr, *k = nullptr, *v = nullptr;
+  const __nv_bfloat16 *k16 = nullptr, *v16 = nullptr;
   const int64_t* start = nullptr;  // [Q]
   const int64_t* count = nullptr;  // [Q]
   const int64_t* index = nullptr;  // optional
+  const int32_t* page_table = nullptr;  // optional [*, max_pages]
+  const int64_t* page_row = nullptr;    // [Q] with page_table
+  int64_t max_pages = 0, page_size = 0;
   int64_t Q = 0, H = 0, KVH = 0, d = 0;
   float scale = 1.0f;
 };

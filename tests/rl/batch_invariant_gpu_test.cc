@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "inference_engine/kv_cache.h"
+#include "inference_engine/model_runner.h"
+#include "policy/invariant_cuda.h"
 #include "policy/invariant_model.h"
 #include "policy/invariant_ops.h"
 #include "policy/minimax_model.h"
@@ -149,6 +152,124 @@ TEST_F(InvariantCudaOpsTest, GroupedLinearGivesEachGroupsBits) {
   EXPECT_TRUE(SameBits(with_grad.detach(), grouped.cpu()));
   with_grad.to(torch::kFloat32).sum().backward();
   EXPECT_TRUE(xg.grad().defined());
+}
+
+// The MoE dispatch on the device against a stable sort on the host: experts drawn unevenly
+// (one expert takes most), with and without a capacity.
+TEST_F(InvariantCudaOpsTest, DeviceDispatchIsTheHostsStableSort) {
+  REQUIRE_CUDA();
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  std::mt19937 rng(seed_);
+  for (int64_t A : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{600}, int64_t{5000}}) {
+    for (int64_t E : {int64_t{1}, int64_t{8}, int64_t{33}}) {
+      for (int64_t capacity : {int64_t{-1}, int64_t{0}, int64_t{3}, A / 4}) {
+        SCOPED_TRACE("A " + std::to_string(A) + " E " + std::to_string(E) + " capacity " +
+                     std::to_string(capacity));
+        std::vector<int64_t> expert(A);
+        for (auto& e : expert) e = rng() % 3 == 0 ? 0 : static_cast<int64_t>(rng() % E);
+        auto d = invariant_cuda::Dispatch(torch::tensor(expert, torch::kInt64).to(kCuda), E, capacity);
+        std::vector<int64_t> order, offsets = {0}, position(A);
+        std::vector<float> kept(A);
+        for (int64_t e = 0; e < E; ++e) {
+          int64_t rank = 0;
+          for (int64_t a = 0; a < A; ++a) {
+            if (expert[a] != e) continue;
+            position[a] = static_cast<int64_t>(order.size());
+            kept[a] = capacity < 0 || rank < capacity ? 1.0f : 0.0f;
+            order.push_back(a);
+            ++rank;
+          }
+          offsets.push_back(static_cast<int64_t>(order.size()));
+        }
+        EXPECT_TRUE(torch::equal(d.order.cpu(), torch::tensor(order, torch::kInt64).view({A})));
+        EXPECT_TRUE(torch::equal(d.position.cpu(), torch::tensor(position, torch::kInt64).view({A})));
+        EXPECT_TRUE(torch::equal(d.offsets.cpu(), torch::tensor(offsets, torch::kInt64)));
+        EXPECT_TRUE(torch::equal(d.kept.cpu(), torch::tensor(kept, torch::kFloat32).view({A})));
+      }
+    }
+  }
+}
+
+// The MoE block with the dispatch on the device (outside autograd) against the host
+// dispatch (the same block under autograd): the same bits, with and without dropping.
+TEST_F(InvariantCudaOpsTest, DeviceMoeGivesTheHostDispatchsBits) {
+  REQUIRE_CUDA();
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  for (int64_t experts : {3, 8}) {
+    ModelConfig c = TinyRolloutConfig(64);
+    c.num_local_experts = experts;
+    c.hidden_size = 136;  // K not a multiple of 64, rows of 16 bytes
+    c.intermediate_size = 72;
+    SparseMoe moe(c);
+    moe->to(kCuda, torch::kBFloat16);
+    for (int64_t T : {1, 37, 300}) {
+      for (double factor : {0.0, 0.9, 0.3}) {
+        SCOPED_TRACE("experts " + std::to_string(experts) + " T " + std::to_string(T) +
+                     " capacity factor " + std::to_string(factor));
+        auto x = torch::randn({T, c.hidden_size}).to(torch::kBFloat16).to(kCuda);
+        torch::Tensor device_out;
+        {
+          torch::NoGradGuard no_grad;
+          device_out = InvariantMoe(*moe, x, factor).first;
+        }
+        auto host_out = InvariantMoe(*moe, x.clone().requires_grad_(), factor).first;
+        EXPECT_TRUE(SameBits(device_out, host_out.detach().cpu()));
+      }
+    }
+  }
+}
+
+TEST_F(InvariantCudaOpsTest, LightningStepAndPageTableAttentionGiveTheCpuBits) {
+  REQUIRE_CUDA();
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  std::mt19937 rng(seed_);
+  // One token per row from its slot's state, written back in place.
+  for (int64_t d : {16, 128}) {
+    const int64_t B = 5, H = 3, S = 9;
+    auto q = torch::randn({B, H, d}) * 0.3, k = torch::randn({B, H, d}) * 0.3;
+    auto v = torch::randn({B, H, d});
+    auto slope = torch::rand({H}) * 0.5;
+    auto states = torch::randn({S, H, d, d});
+    auto slots = torch::tensor(std::vector<int64_t>{4, 0, 8, 2, 5});
+    auto states_d = states.to(kCuda);
+    auto o_d = InvariantLightningStep(q.to(kCuda), k.to(kCuda), v.to(kCuda), slope.to(kCuda),
+                                      states_d, slots.to(kCuda));
+    torch::Tensor last;
+    auto o = InvariantLightning(q, k, v, slope, {0, 1, 2, 3, 4, 5}, states.index_select(0, slots), &last);
+    EXPECT_TRUE(SameBits(o_d, o)) << "head_dim " << d;
+    auto expected = states.index_copy(0, slots, last);
+    EXPECT_TRUE(SameBits(states_d, expected)) << "head_dim " << d;
+    auto states_c = states.clone();
+    EXPECT_TRUE(SameBits(InvariantLightningStep(q, k, v, slope, states_c, slots).to(kCuda), o));
+    EXPECT_TRUE(torch::equal(states_c, expected));
+  }
+  // Keys through a page table, pools in FP32 and bf16, queries of 1 .. 300 keys.
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const int64_t page_size = 16, pages = 40, max_pages = 20, KVH = 2, H = 4, d = 32, Q = 5;
+    auto kp = torch::randn({pages * page_size, KVH, d}).to(dtype);
+    auto vp = torch::randn({pages * page_size, KVH, d}).to(dtype);
+    auto table = torch::randint(0, pages, {7, max_pages}, torch::kInt32);
+    auto q = torch::randn({Q, H, d}).to(dtype);
+    std::vector<int64_t> row(Q), count(Q);
+    std::vector<std::vector<int64_t>> keys(Q);
+    for (int64_t i = 0; i < Q; ++i) {
+      row[i] = static_cast<int64_t>(rng() % 7);
+      count[i] = i == 0 ? 1 : 1 + static_cast<int64_t>(rng() % 300);
+      for (int64_t j = 0; j < count[i]; ++j) {
+        keys[i].push_back(table[row[i]][j / page_size].item<int64_t>() * page_size + j % page_size);
+      }
+    }
+    const double scale = 0.2;
+    auto rows_t = torch::tensor(row, torch::kInt64), count_t = torch::tensor(count, torch::kInt64);
+    auto expected = InvariantPagedAttention(q, kp, vp, keys, scale);
+    EXPECT_TRUE(SameBits(InvariantPagedAttention(q.to(kCuda), kp.to(kCuda), vp.to(kCuda),
+                                                 table.to(kCuda), rows_t.to(kCuda),
+                                                 count_t.to(kCuda), page_size, scale),
+                         expected))
+        << c10::toString(dtype);
+    EXPECT_TRUE(torch::equal(
+        InvariantPagedAttention(q, kp, vp, table, rows_t, count_t, page_size, scale), expected));
+  }
 }
 
 TEST_F(InvariantCudaOpsTest, LightningGivesTheCpuBitsWithAndWithoutInitialStates) {
@@ -299,6 +420,77 @@ TEST(InvariantCudaModelTest, ForwardOnCudaGivesTheCpuBitsInFp32AndIsBatchInvaria
     EXPECT_TRUE(SameBits(InvariantLmHeadLogprobs(*(*gpu)->module(), h_gpu, targets, 0.9),
                          InvariantLmHeadLogprobs(*(*cpu)->module(), h_cpu, targets, 0.9)));
   }
+}
+
+// The mode's decode step on CUDA replayed from graphs: each step's logits are the eager
+// step's bits and the learner's forward of the whole sequence alone (ragged prompts in
+// shuffled slots, a batch that shrinks into another bucket, padded rows).
+TEST(InvariantCudaRunnerTest, GraphedDecodeGivesTheLearnersBits) {
+  REQUIRE_CUDA();
+  std::mt19937 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  PolicyOptions opts;
+  opts.dtype = "bfloat16";
+  opts.device = "cuda";
+  const ModelConfig config = TinyRolloutConfig(256);
+  auto policy = PolicyModel::Create(config, seed, opts);
+  ASSERT_TRUE(policy.ok());
+  auto& module = (*policy)->module();
+  ModelRunnerOptions ro;
+  ro.num_slots = 8;
+  ro.num_pages = 128;
+  ro.page_size = 4;
+  ro.batch_invariant = true;
+  ModelRunner graphed(module, ro);
+  ModelRunnerOptions eager_options = ro;
+  eager_options.cuda_graphs = false;
+  ModelRunner eager(module, eager_options);
+  ASSERT_TRUE(graphed.uses_cuda_graphs());
+  ASSERT_FALSE(eager.uses_cuda_graphs());
+  const std::vector<int> lengths = {1, 9, 30, 2, 17, 5};
+  const std::vector<int64_t> slots = {5, 0, 7, 2, 6, 1};
+  PagedKvCache kv(ro.num_pages, ro.page_size);
+  const int kSteps = 6;
+  std::vector<PageTable> tables(lengths.size());
+  std::vector<RunnerSequence> seqs(lengths.size());
+  std::vector<std::vector<int64_t>> history(lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    ASSERT_TRUE(kv.Reserve(tables[i], lengths[i] + kSteps));
+    seqs[i].slot = slots[i];
+    seqs[i].pages = &tables[i];
+    for (int t = 0; t < lengths[i]; ++t) seqs[i].tokens.push_back(static_cast<int32_t>(rng() % 61));
+    history[i].assign(seqs[i].tokens.begin(), seqs[i].tokens.end());
+  }
+  auto learner_logits = [&](size_t i) {
+    torch::NoGradGuard no_grad;
+    ForwardOptions fopts;
+    fopts.batch_invariant = true;
+    const int64_t n = static_cast<int64_t>(history[i].size());
+    auto hidden = module->Forward(torch::tensor(history[i]).to(kCuda), PackedLayout::FromLengths({n}),
+                                  fopts).hidden;
+    return InvariantLogits(*module, hidden.narrow(0, n - 1, 1)).cpu();
+  };
+  auto prefill = graphed.Prefill(seqs).cpu();
+  EXPECT_TRUE(SameBits(eager.Prefill(seqs), prefill));
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    EXPECT_TRUE(SameBits(learner_logits(i).to(kCuda), prefill.narrow(0, i, 1))) << "prefill " << i;
+  }
+  for (int step = 0; step < kSteps; ++step) {
+    if (step == kSteps / 2) seqs.resize(3);  // another bucket, with padding rows
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      seqs[i].position = lengths[i] + step;
+      seqs[i].tokens = {static_cast<int32_t>(rng() % 61)};
+      history[i].push_back(seqs[i].tokens[0]);
+    }
+    auto replayed = graphed.Decode(seqs).cpu();
+    EXPECT_TRUE(SameBits(eager.Decode(seqs), replayed)) << "step " << step;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      EXPECT_TRUE(SameBits(learner_logits(i).to(kCuda), replayed.narrow(0, i, 1)))
+          << "step " << step << " sequence " << i;
+    }
+  }
+  EXPECT_EQ(graphed.num_cuda_graphs(), 2);  // buckets of 8 and 4
 }
 
 TEST(InvariantCudaEngineTest, EngineAndLearnerLogprobsAreEqualBf16Sampled) {
