@@ -91,9 +91,7 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
   TORCH_CHECK(!cuda_kernels_ || tp == 1, "engine: the CUDA kernel path (bf16 on CUDA) does "
               "not run a model sharded over TP (tp ", tp, ") yet; the torch path does "
               "(FP32 weights, or allow_cuda_kernels false)");
-#ifdef LIGHTRL_ENGINE_CUDA
-  staged_invariant_ = options.batch_invariant && device_.is_cuda();
-#endif
+  staged_invariant_ = options.batch_invariant;
   // The staged mode's padding rows decode in a slot and a page of their own, past the
   // scheduler's.
   const int64_t extra = staged_invariant_ ? 1 : 0;
@@ -117,14 +115,15 @@ ModelRunner::ModelRunner(MiniMaxForCausalLM module, const ModelRunnerOptions& op
     const int64_t max_len =
         options.max_model_len > 0 ? options.max_model_len : c.max_position_embeddings;
     const int64_t max_pages = (max_len + page_size - 1) / page_size + 1;
+    const bool pinned = device_.is_cuda();
     auto i32 = torch::TensorOptions().dtype(torch::kInt32);
     page_table_ = torch::zeros({num_slots + extra, max_pages}, i32.device(device_));
     if (staged_invariant_) page_table_[num_slots].fill_(num_pages);  // the padding page
-    page_table_host_ = torch::zeros({num_slots, max_pages}, i32.pinned_memory(true));
+    page_table_host_ = torch::zeros({num_slots, max_pages}, i32.pinned_memory(pinned));
     mirrored_pages_.assign(static_cast<size_t>(num_slots), 0);
     auto i64 = torch::TensorOptions().dtype(torch::kInt64);
     step_inputs_ = torch::zeros({3, num_slots}, i64.device(device_));
-    step_inputs_host_ = torch::zeros({3, num_slots}, i64.pinned_memory(true));
+    step_inputs_host_ = torch::zeros({3, num_slots}, i64.pinned_memory(pinned));
     // About 64 partitions over the longest context, each a multiple of the kernel's tile.
     partition_tokens_ = std::clamp<int64_t>((max_len / 64 + 127) / 128 * 128, 256, 4096);
     num_partitions_ = (max_len + partition_tokens_ - 1) / partition_tokens_;
@@ -352,13 +351,20 @@ DecoderLayerImpl::Block ModelRunner::Moe(DecoderLayerImpl& layer) const {
 
 torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {
 #ifdef LIGHTRL_ENGINE_CUDA
-  if (cuda_kernels_ || staged_invariant_) return DecodeKernels(seqs);
+  if (device_.is_cuda() && (cuda_kernels_ || staged_invariant_)) return DecodeKernels(seqs);
 #endif
+  if (staged_invariant_) {  // on the CPU: the same step, without padding
+    const int64_t B = static_cast<int64_t>(seqs.size());
+    TORCH_CHECK(B <= options_.num_slots, "engine: decode batch ", B, " exceeds ",
+                options_.num_slots, " slots");
+    SyncPageTables(seqs);
+    StageInputs(&seqs, B);
+    return DecodeStepInvariant(B);
+  }
   return DecodeTorch(seqs);
 }
 
 torch::Tensor ModelRunner::DecodeTorch(const std::vector<RunnerSequence>& seqs) {
-  if (options_.batch_invariant) return DecodeInvariant(seqs);
   torch::InferenceMode guard;
   const int64_t B = static_cast<int64_t>(seqs.size());
   std::vector<int64_t> tok, slot, pos;
@@ -450,10 +456,9 @@ void ModelRunner::Fork(int64_t from_slot, const PageTable& from, int64_t to_slot
   }
 }
 
-#ifdef LIGHTRL_ENGINE_CUDA
 // Writes the step's inputs into the pinned host copy (rows past the batch are padding:
-// slot -1, which every kernel skips) and copies them to the device buffers. `seqs` null:
-// padding only.
+// slot -1, which every kernel skips; the mode's padding slot past the scheduler's) and
+// copies them to the device buffers. `seqs` null: padding only.
 void ModelRunner::StageInputs(const std::vector<RunnerSequence>* seqs, int64_t batch) {
   auto host = step_inputs_host_.accessor<int64_t, 2>();
   const int64_t n = seqs ? static_cast<int64_t>(seqs->size()) : 0;
@@ -487,6 +492,7 @@ void ModelRunner::SyncPageTables(const std::vector<RunnerSequence>& seqs) {
   }
 }
 
+#ifdef LIGHTRL_ENGINE_CUDA
 namespace {
 
 torch::Tensor FusedNorm(const RMSNorm& norm, const torch::Tensor& x) {

@@ -46,9 +46,10 @@ struct ModelRunnerOptions {
   bool fuse_decode_epilogues = true;
   // numerics.batch_invariant: prefill and decode run the blocks of policy/invariant_model.h
   // (a token's logits the same bits whatever shares its step, and the same as the learner's
-  // in that mode), not the kernel path. On CUDA the decode step reads staged inputs and a
-  // device page table as the kernel path's does, and with bf16 weights replays a CUDA graph
-  // per batch bucket (cuda_graphs); padding rows decode in a slot and page of their own.
+  // in that mode), not the kernel path. The decode step reads staged inputs and a page
+  // table on the device as the kernel path's does; on CUDA with bf16 weights it replays a
+  // CUDA graph per batch bucket (cuda_graphs), whose padding rows decode in a slot and a
+  // page of their own.
   bool batch_invariant = false;
   // The TP group of a module sharded over TP (not owned; its size and rank the module's
   // shard), null for the whole model. The kernel path does not run sharded.
@@ -90,8 +91,8 @@ class ModelRunner {
   // Whether decode steps replay CUDA graphs, and how many graphs are captured so far.
   bool uses_cuda_graphs() const {
     return options_.cuda_graphs &&
-           (cuda_kernels_ ||
-            (staged_invariant_ && dtype_ == torch::kBFloat16 && ep_ == nullptr));
+           (cuda_kernels_ || (staged_invariant_ && device_.is_cuda() &&
+                              dtype_ == torch::kBFloat16 && ep_ == nullptr));
   }
   int64_t num_cuda_graphs() const;
   // Whether prefills run on a stream of their own, and the one the last prefill ran on
@@ -120,17 +121,17 @@ class ModelRunner {
   // The partial sums of a row-parallel projection summed over the TP group (under TP).
   torch::Tensor ReduceRowParallel(const torch::Tensor& partial);
   torch::Tensor DecodeTorch(const std::vector<RunnerSequence>& seqs);
-  // The batch-invariant mode's prefill and decode (model_runner_invariant.cc).
+  // The batch-invariant mode's prefill, and its decode step over the first `batch` rows of
+  // the staged inputs (the kernel path's buffers), capturable on CUDA as DecodeStep is
+  // (model_runner_invariant.cc).
   torch::Tensor PrefillInvariant(const std::vector<RunnerSequence>& seqs);
-  torch::Tensor DecodeInvariant(const std::vector<RunnerSequence>& seqs);
-  // The mode's decode step on CUDA over the first `batch` rows of the staged inputs (the
-  // kernel path's buffers), capturable as DecodeStep is.
   torch::Tensor DecodeStepInvariant(int64_t batch);
-  // The kernel path (defined in CUDA builds only): inputs staged in fixed device buffers,
-  // page tables mirrored on the device, the step run eagerly or replayed from a graph.
-  torch::Tensor DecodeKernels(const std::vector<RunnerSequence>& seqs);
+  // Inputs staged in fixed device buffers, page tables mirrored on the device.
   void StageInputs(const std::vector<RunnerSequence>* seqs, int64_t batch);
   void SyncPageTables(const std::vector<RunnerSequence>& seqs);
+  // The kernel path and the mode on CUDA (defined in CUDA builds only): the step run
+  // eagerly or replayed from a graph.
+  torch::Tensor DecodeKernels(const std::vector<RunnerSequence>& seqs);
   torch::Tensor DecodeStep(int64_t batch);
   // The device arrays of expert weight addresses for the grouped expert GEMMs, rebuilt (and
   // the captured graphs dropped) whenever a parameter's storage has moved.
@@ -159,8 +160,8 @@ class ModelRunner {
   // [pages * page_size, KVH, d] in the compute dtype.
   std::vector<torch::Tensor> states_, k_pool_, v_pool_;
 
-  // Kernel path. page_table_: [num_slots, max_pages] int32 on the device (row = slot),
-  // with its pinned host mirror; mirrored_pages_[slot]: entries of that row already on the
+  // Kernel path and the mode. page_table_: [num_slots, max_pages] int32 on the device (row
+  // = slot), with its host mirror (pinned for CUDA); mirrored_pages_[slot]: entries of that row already on the
   // device (reset when a slot gets a new sequence). step_inputs_: [3, num_slots] int64
   // (token, slot or -1 for padding, position) on the device, with a pinned host copy.
   torch::Tensor page_table_, page_table_host_, step_inputs_, step_inputs_host_;

@@ -59,56 +59,11 @@ torch::Tensor ModelRunner::PrefillInvariant(const std::vector<RunnerSequence>& s
   return InvariantLogits(*module_, hidden.index_select(0, HostToDevice(last, device_)));
 }
 
-torch::Tensor ModelRunner::DecodeInvariant(const std::vector<RunnerSequence>& seqs) {
-  torch::InferenceMode guard;
-  const int64_t B = static_cast<int64_t>(seqs.size());
-  std::vector<int64_t> tok, slot, pos, cu = {0};
-  // Each sequence's cached positions 0..pos, in order: the keys its query visits.
-  std::vector<std::vector<int64_t>> key_rows(B);
-  for (int64_t b = 0; b < B; ++b) {
-    const auto& s = seqs[b];
-    tok.push_back(s.tokens.at(0));
-    slot.push_back(s.slot);
-    pos.push_back(s.position);
-    cu.push_back(b + 1);
-    for (int64_t p = 0; p <= s.position; ++p) {
-      key_rows[b].push_back(s.pages->pages[p / page_size_] * page_size_ + p % page_size_);
-    }
-  }
-  auto tokens = HostToDevice(tok, device_);
-  auto slots = HostToDevice(slot, device_);
-  auto positions = torch::tensor(pos, torch::kInt64);  // the RoPE tables are made on the host
-  auto rows = PageIndex(seqs, /*whole_prompt=*/false);
-  auto x = module_->model->embed_tokens(tokens);
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-    auto& layer = *module_->model->layers[i]->as<DecoderLayerImpl>();
-    x = InvariantDecoderLayer(layer, x, [&](const torch::Tensor& n1) -> torch::Tensor {
-      if (layer.lightning) {
-        auto& attn = *layer.lightning;
-        auto [q, k, v] = InvariantLightningProject(attn, n1);
-        torch::Tensor last;
-        auto o = InvariantLightning(q, k, v, attn.slope, cu, states_[i].index_select(0, slots),
-                                    &last);
-        states_[i].index_copy_(0, slots, last);
-        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({B, -1}));
-      }
-      auto& attn = *layer.softmax;
-      auto [q, k, v] = InvariantSoftmaxProject(attn, n1, positions);
-      k_pool_[i].index_copy_(0, rows, k);
-      v_pool_[i].index_copy_(0, rows, v);
-      auto o = InvariantPagedAttention(q, k_pool_[i], v_pool_[i], key_rows,
-                                       1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
-      return InvariantLinear(o.reshape({B, -1}), attn.o_proj->weight);
-    }, 0, nullptr, InvariantExperts(layer)).first;
-  }
-  auto hidden = InvariantRmsNorm(x, module_->model->norm->weight, module_->model->norm->eps);
-  return InvariantLogits(*module_, hidden);
-}
-
-// DecodeInvariant's operations on the staged inputs: the keys through the device page
-// table, the rotary rows from the tables of every position, the lightning states updated in
-// their slots, the MoE dispatched on the device. Nothing here waits for the device (with
-// bf16 weights, whose MoE needs no host), so it can be captured.
+// The decode step on the staged inputs: each lightning layer advances the slot's state by
+// the token, each softmax layer appends the token's key and value at its page-table row and
+// visits positions 0 .. position in order, the rotary rows come from tables of every
+// position. On CUDA nothing here waits for the device (with bf16 weights, whose MoE is
+// dispatched on the device), so it can be captured.
 torch::Tensor ModelRunner::DecodeStepInvariant(int64_t B) {
   torch::InferenceMode guard;
   auto tokens = step_inputs_[0].narrow(0, 0, B);
