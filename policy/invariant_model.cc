@@ -112,25 +112,26 @@ torch::Tensor SumSlots(const torch::Tensor& y, const torch::Tensor& w, c10::Scal
   return out.to(dtype);
 }
 
-// Whether the MoE block runs on the device without the host (the dispatch, the grouped
-// expert kernel by device offsets): bf16 on CUDA, every expert here, outside autograd.
-bool DeviceDispatch(SparseMoeImpl& moe, const torch::Tensor& x) {
-  if (!x.is_cuda() || x.scalar_type() != torch::kBFloat16 || !moe.holds_all_experts()) {
-    return false;
-  }
+// Whether the MoE block takes the sorted dispatch (SortedMoe): outside autograd with every
+// expert here; on CUDA with bf16 weights (the grouped kernel's), which then needs no host.
+bool SortedDispatch(SparseMoeImpl& moe, const torch::Tensor& x) {
+  if (!moe.holds_all_experts()) return false;
   const bool grad = torch::GradMode::is_enabled();
   if (grad && x.requires_grad()) return false;
   for (int64_t e = 0; e < moe.num_experts; ++e) {
     for (auto* w : {&moe.expert(e)->w1->weight, &moe.expert(e)->w3->weight,
                     &moe.expert(e)->w2->weight}) {
-      if (!w->is_cuda() || w->scalar_type() != torch::kBFloat16 || !w->is_contiguous() ||
-          (grad && w->requires_grad())) {
+      if (grad && w->requires_grad()) return false;
+      if (x.is_cuda() && (!w->is_cuda() || w->scalar_type() != torch::kBFloat16 ||
+                          !w->is_contiguous())) {
         return false;
       }
     }
   }
+  if (!x.is_cuda()) return true;
   const int64_t assignments = x.size(0) * moe.top_k;
-  return (assignments + 63) / 64 + moe.num_experts <= 65535;
+  return x.scalar_type() == torch::kBFloat16 &&
+         (assignments + 63) / 64 + moe.num_experts <= 65535;
 }
 
 // The experts' weight addresses on the device, made anew when one has moved.
@@ -159,26 +160,69 @@ const SparseMoeImpl::ExpertAddresses& DeviceAddresses(SparseMoeImpl& moe) {
   return cache;
 }
 
-// InvariantMoe's experts and combine with the dispatch made on the device: each row the
-// bits the host dispatch gives it (the grouped kernel's rows do not depend on their
-// neighbours), nothing waits for the device. capacity < 0: none.
-torch::Tensor DeviceMoe(SparseMoeImpl& moe, const torch::Tensor& x, const torch::Tensor& top_w,
+// The dispatch of assignments to experts top_i [T, k]: the assignments sorted by expert,
+// token order within one (invariant_cuda::MoeDispatch's fields; on CUDA its kernel, on the
+// CPU the same loops).
+invariant_cuda::MoeDispatch Dispatch(const torch::Tensor& top_i, int64_t E, int64_t capacity) {
+  if (top_i.is_cuda()) return invariant_cuda::Dispatch(top_i, E, capacity);
+  auto ids = top_i.to(torch::kInt64).contiguous().view({-1});
+  const int64_t A = ids.numel();
+  const int64_t* expert = ids.data_ptr<int64_t>();
+  invariant_cuda::MoeDispatch d{torch::empty({A}, torch::kInt64), torch::empty({A}, torch::kInt64),
+                                torch::empty({E + 1}, torch::kInt64),
+                                torch::empty({A}, torch::kFloat32)};
+  int64_t *order = d.order.data_ptr<int64_t>(), *position = d.position.data_ptr<int64_t>();
+  int64_t* offsets = d.offsets.data_ptr<int64_t>();
+  float* kept = d.kept.data_ptr<float>();
+  int64_t placed = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    offsets[e] = placed;
+    for (int64_t a = 0, rank = 0; a < A; ++a) {
+      if (expert[a] != e) continue;
+      kept[a] = capacity < 0 || rank++ < capacity ? 1.0f : 0.0f;
+      position[a] = placed;
+      order[placed++] = a;
+    }
+  }
+  offsets[E] = placed;
+  TORCH_CHECK(placed == A, "MoE dispatch: an expert index outside [0, ", E, ")");
+  return d;
+}
+
+// The experts' linear (`which` of w1, w3, w2) over rows sorted by expert as `d` gives them:
+// on CUDA one launch reading the groups on the device, on the CPU group by group.
+torch::Tensor ExpertsLinear(SparseMoeImpl& moe, const torch::Tensor& rows,
+                            const invariant_cuda::MoeDispatch& d, int which) {
+  auto weight = [&moe, which](int64_t e) -> const torch::Tensor& {
+    auto* expert = moe.expert(e);
+    return which == 0 ? expert->w1->weight : which == 1 ? expert->w3->weight : expert->w2->weight;
+  };
+  if (rows.is_cuda()) {
+    const auto& w = DeviceAddresses(moe);
+    const auto& addresses = which == 0 ? w.w1 : which == 1 ? w.w3 : w.w2;
+    return invariant_cuda::ExpertLinear(rows, addresses, d.offsets, weight(0).size(0), w.aligned)
+        .to(rows.scalar_type());
+  }
+  std::vector<torch::Tensor> weights;
+  for (int64_t e = 0; e < moe.num_experts; ++e) weights.push_back(weight(e));
+  const auto* o = d.offsets.data_ptr<int64_t>();
+  return InvariantGroupedLinear(rows, weights, std::vector<int64_t>(o, o + moe.num_experts + 1));
+}
+
+// InvariantMoe's experts and combine with the assignments sorted by expert (Dispatch): each
+// row the bits the per-expert path gives it (an expert's rows do not depend on their
+// neighbours); on CUDA nothing waits for the device. capacity < 0: none.
+torch::Tensor SortedMoe(SparseMoeImpl& moe, const torch::Tensor& x, const torch::Tensor& top_w,
                         const torch::Tensor& top_i, int64_t capacity) {
   const int64_t T = x.size(0), K = moe.top_k, H = x.size(1);
-  const auto dtype = x.scalar_type();
-  const auto d = invariant_cuda::Dispatch(top_i, moe.num_experts, capacity);
-  const auto& w = DeviceAddresses(moe);
-  const int64_t F = moe.expert(0)->w1->weight.size(0);
+  const auto d = Dispatch(top_i, moe.num_experts, capacity);
   auto rows = x.index_select(0, torch::div(d.order, K, "floor"));
-  auto h = InvariantSilu(invariant_cuda::ExpertLinear(rows, w.w1, d.offsets, F, w.aligned).to(dtype)) *
-           invariant_cuda::ExpertLinear(rows, w.w3, d.offsets, F, w.aligned).to(dtype);
-  auto y = invariant_cuda::ExpertLinear(h, w.w2, d.offsets, H, w.aligned).to(dtype)
-               .index_select(0, d.position)
-               .view({T, K, H});
-  if (capacity < 0) return SumSlots(y, top_w, dtype);
+  auto h = InvariantSilu(ExpertsLinear(moe, rows, d, 0)) * ExpertsLinear(moe, rows, d, 1);
+  auto y = ExpertsLinear(moe, h, d, 2).index_select(0, d.position).view({T, K, H});
+  if (capacity < 0) return SumSlots(y, top_w, x.scalar_type());
   auto kept = d.kept.view({T, K});
   return SumSlots(torch::where(kept.unsqueeze(2) > 0, y, torch::zeros({}, y.options())),
-                  top_w * kept, dtype);
+                  top_w * kept, x.scalar_type());
 }
 
 // ForwardExpertParallel's combine in the mode: the rows that came back (`returned`, of the
@@ -232,14 +276,14 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
                       .index_add(0, top_i.reshape(-1), torch::ones({T * K}, probs.options()));
     aux = (counts / static_cast<double>(T) * probs.mean(0)).sum() * E;
   }
-  if (DeviceDispatch(moe, x)) {
+  if (SortedDispatch(moe, x)) {
     const int64_t capacity =
         capacity_factor > 0
             ? static_cast<int64_t>(std::ceil(capacity_factor * static_cast<double>(T * K) / E))
             : -1;
-    return {DeviceMoe(moe, x, top_w, top_i, capacity), aux};
+    return {SortedMoe(moe, x, top_w, top_i, capacity), aux};
   }
-  // Else the routing on the host (a few integers a token).
+  // Under autograd the routing on the host (a few integers a token), each expert its rows.
   const auto top_host = top_i.to(torch::kCPU);
   auto acc = top_host.accessor<int64_t, 2>();
   std::vector<char> kept(T * K, 1);

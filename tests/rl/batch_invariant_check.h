@@ -99,6 +99,36 @@ inline std::vector<float> AloneLogprobs(PolicyModel& policy, const TrainSample& 
   return std::vector<float>(lp.data_ptr<float>(), lp.data_ptr<float>() + R);
 }
 
+// The MoE block outside autograd (the sorted dispatch: on CUDA on the device) against the
+// same block under autograd (each expert its rows): the same bits, with and without
+// dropping, experts without tokens included.
+inline void CheckSortedMoe(const torch::Device& device, torch::ScalarType dtype) {
+  for (int64_t experts : {3, 8}) {
+    ModelConfig c;
+    c.hidden_size = 136;  // K not a multiple of 64, rows of 16 bytes
+    c.intermediate_size = 72;
+    c.num_local_experts = experts;
+    c.num_experts_per_tok = 2;
+    SparseMoe moe(c);
+    moe->to(device, dtype);
+    for (int64_t T : {1, 37, 300}) {
+      for (double factor : {0.0, 0.9, 0.3}) {
+        SCOPED_TRACE("experts " + std::to_string(experts) + " T " + std::to_string(T) +
+                     " capacity factor " + std::to_string(factor));
+        auto x = torch::randn({T, c.hidden_size}).to(dtype).to(device);
+        torch::Tensor sorted;
+        {
+          torch::NoGradGuard no_grad;
+          sorted = InvariantMoe(*moe, x, factor).first;
+        }
+        auto per_expert = InvariantMoe(*moe, x.clone().requires_grad_(), factor).first.detach();
+        EXPECT_TRUE(torch::equal(sorted.cpu(), per_expert.cpu()))
+            << "max |diff| " << (sorted.cpu().to(torch::kFloat64) - per_expert.cpu().to(torch::kFloat64)).abs().max().item<double>();
+      }
+    }
+  }
+}
+
 inline void CheckZeroMismatch(const ModelConfig& config, const std::string& dtype, double temperature,
                               const std::string& device = "cpu") {
   // BATCH_INVARIANT_TEST_SEED repeats a run's seed (printed with any failure).

@@ -190,33 +190,12 @@ TEST_F(InvariantCudaOpsTest, DeviceDispatchIsTheHostsStableSort) {
   }
 }
 
-// The MoE block with the dispatch on the device (outside autograd) against the host
-// dispatch (the same block under autograd): the same bits, with and without dropping.
-TEST_F(InvariantCudaOpsTest, DeviceMoeGivesTheHostDispatchsBits) {
+// The MoE block's sorted dispatch (on the device, outside autograd) against the per-expert
+// path (the same block under autograd).
+TEST_F(InvariantCudaOpsTest, SortedMoeGivesThePerExpertBits) {
   REQUIRE_CUDA();
   SCOPED_TRACE("seed " + std::to_string(seed_));
-  for (int64_t experts : {3, 8}) {
-    ModelConfig c = TinyRolloutConfig(64);
-    c.num_local_experts = experts;
-    c.hidden_size = 136;  // K not a multiple of 64, rows of 16 bytes
-    c.intermediate_size = 72;
-    SparseMoe moe(c);
-    moe->to(kCuda, torch::kBFloat16);
-    for (int64_t T : {1, 37, 300}) {
-      for (double factor : {0.0, 0.9, 0.3}) {
-        SCOPED_TRACE("experts " + std::to_string(experts) + " T " + std::to_string(T) +
-                     " capacity factor " + std::to_string(factor));
-        auto x = torch::randn({T, c.hidden_size}).to(torch::kBFloat16).to(kCuda);
-        torch::Tensor device_out;
-        {
-          torch::NoGradGuard no_grad;
-          device_out = InvariantMoe(*moe, x, factor).first;
-        }
-        auto host_out = InvariantMoe(*moe, x.clone().requires_grad_(), factor).first;
-        EXPECT_TRUE(SameBits(device_out, host_out.detach().cpu()));
-      }
-    }
-  }
+  batch_invariant_check::CheckSortedMoe(kCuda, torch::kBFloat16);
 }
 
 TEST_F(InvariantCudaOpsTest, LightningStepAndPageTableAttentionGiveTheCpuBits) {
