@@ -225,13 +225,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(PolicyModel* policy,
   const ShardCoords& shard = module->shard();
   RETURN_IF_ERROR(CheckParallel(shard, parallel,
                                 ModelRunner::KernelPath(module->lm_head->weight.device(), dtype,
-                                                        c.head_dim, /*allow_cuda_kernels=*/true)));
+                                                        c.head_dim,
+                                                        /*allow_cuda_kernels=*/!options.batch_invariant)));
   if (shard.tp > 1) impl->tp = parallel.tensor_parallel;
   if (shard.ep > 1) impl->ep = parallel.expert_parallel;
-  if (shard.tp > 1 && options.batch_invariant) {
-    return absl::UnimplementedError(
-        "numerics.batch_invariant in a tensor-parallel engine is not supported yet");
-  }
   const int64_t tp = shard.tp;
   const int64_t page_bytes =
       std::max<int64_t>(1, ModelRunner::PageBytes(c, options.page_size, dtype, tp));

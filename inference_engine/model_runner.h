@@ -92,7 +92,7 @@ class ModelRunner {
   bool uses_cuda_graphs() const {
     return options_.cuda_graphs &&
            (cuda_kernels_ || (staged_invariant_ && device_.is_cuda() &&
-                              dtype_ == torch::kBFloat16 && ep_ == nullptr));
+                              dtype_ == torch::kBFloat16 && ep_ == nullptr && tp_ == nullptr));
   }
   int64_t num_cuda_graphs() const;
   // Whether prefills run on a stream of their own, and the one the last prefill ran on

@@ -32,7 +32,7 @@ torch::Tensor ModelRunner::PrefillInvariant(const std::vector<RunnerSequence>& s
   auto rows = PageIndex(seqs, /*whole_prompt=*/true);
   auto positions = PackedPositions(layout, torch::kCPU);  // the RoPE tables are made on the host
   const int64_t T = layout.num_tokens();
-  auto x = module_->model->embed_tokens(tokens);
+  auto x = Embed(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto& layer = *module_->model->layers[i]->as<DecoderLayerImpl>();
     x = InvariantDecoderLayer(layer, x, [&](const torch::Tensor& n1) -> torch::Tensor {
@@ -42,7 +42,7 @@ torch::Tensor ModelRunner::PrefillInvariant(const std::vector<RunnerSequence>& s
         torch::Tensor last;
         auto o = InvariantLightning(q, k, v, attn.slope, layout.cu_seqlens, {}, &last);
         for (size_t d = 0; d < seqs.size(); ++d) states_[i][seqs[d].slot].copy_(last[d]);
-        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({T, -1}));
+        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({T, -1}), tp_);
       }
       auto& attn = *layer.softmax;
       auto [q, k, v] = InvariantSoftmaxProject(attn, n1, positions);
@@ -50,13 +50,13 @@ torch::Tensor ModelRunner::PrefillInvariant(const std::vector<RunnerSequence>& s
       v_pool_[i].index_copy_(0, rows, v);
       auto o = InvariantAttention(q, k, v, layout.cu_seqlens,
                                   1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
-      return InvariantLinear(o.reshape({T, -1}), attn.o_proj->weight);
+      return InvariantRowParallelLinear(o.reshape({T, -1}), attn.o_proj->weight, tp_);
     }, 0, nullptr, InvariantExperts(layer)).first;
   }
   auto hidden = InvariantRmsNorm(x, module_->model->norm->weight, module_->model->norm->eps);
   std::vector<int64_t> last;
   for (int64_t d = 0; d < layout.num_docs(); ++d) last.push_back(layout.cu_seqlens[d + 1] - 1);
-  return InvariantLogits(*module_, hidden.index_select(0, HostToDevice(last, device_)));
+  return InvariantLogits(*module_, hidden.index_select(0, HostToDevice(last, device_)), tp_);
 }
 
 // The decode step on the staged inputs: each lightning layer advances the slot's state by
@@ -81,7 +81,7 @@ torch::Tensor ModelRunner::DecodeStepInvariant(int64_t B) {
     cos = rope_cos_.index_select(0, positions);
     sin = rope_sin_.index_select(0, positions);
   }
-  auto x = module_->model->embed_tokens(tokens);
+  auto x = Embed(tokens);
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto& layer = *module_->model->layers[i]->as<DecoderLayerImpl>();
     x = InvariantDecoderLayer(layer, x, [&](const torch::Tensor& n1) -> torch::Tensor {
@@ -89,7 +89,7 @@ torch::Tensor ModelRunner::DecodeStepInvariant(int64_t B) {
         auto& attn = *layer.lightning;
         auto [q, k, v] = InvariantLightningProject(attn, n1);
         auto o = InvariantLightningStep(q, k, v, attn.slope, states_[i], slots);
-        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({B, -1}));
+        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({B, -1}), tp_);
       }
       auto& attn = *layer.softmax;
       auto [q, k, v] = InvariantSoftmaxProject(attn, n1, cos, sin);
@@ -98,11 +98,11 @@ torch::Tensor ModelRunner::DecodeStepInvariant(int64_t B) {
       auto o = InvariantPagedAttention(q, k_pool_[i], v_pool_[i], page_table_, slots, counts,
                                        page_size_,
                                        1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
-      return InvariantLinear(o.reshape({B, -1}), attn.o_proj->weight);
+      return InvariantRowParallelLinear(o.reshape({B, -1}), attn.o_proj->weight, tp_);
     }, 0, nullptr, InvariantExperts(layer)).first;
   }
   auto hidden = InvariantRmsNorm(x, module_->model->norm->weight, module_->model->norm->eps);
-  return InvariantLogits(*module_, hidden);
+  return InvariantLogits(*module_, hidden, tp_);
 }
 
 }  // namespace lightrl

@@ -5,6 +5,7 @@
 #include "policy/expert_parallel.h"
 #include "policy/invariant_cuda.h"
 #include "policy/invariant_ops.h"
+#include "policy/tensor_parallel.h"
 
 namespace lightrl {
 namespace {
@@ -62,6 +63,11 @@ torch::Tensor RunExperts(SparseMoeImpl& moe, const torch::Tensor& x,
 
 }  // namespace
 
+namespace {
+torch::Tensor InvariantRowParallelLinear(const torch::Tensor& o, const torch::Tensor& w,
+                                         TensorParallelComm* tp, bool gathered);
+}  // namespace
+
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantLightningProject(
     LightningAttentionImpl& attn, const torch::Tensor& x) {
   auto qkv = InvariantSilu(Linear(attn.qkv_proj, x)).view({x.size(0), attn.num_heads, 3 * attn.head_dim});
@@ -70,8 +76,30 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantLightningProjec
 }
 
 torch::Tensor InvariantLightningFinish(LightningAttentionImpl& attn, const torch::Tensor& x,
-                                       const torch::Tensor& o) {
-  return Linear(attn.out_proj, InvariantSigmoid(Linear(attn.output_gate, x)) * Norm(attn.norm, o));
+                                       const torch::Tensor& o, TensorParallelComm* tp) {
+  if (tp == nullptr) {
+    return Linear(attn.out_proj, InvariantSigmoid(Linear(attn.output_gate, x)) * Norm(attn.norm, o));
+  }
+  // The heads' outputs, gate logits and norm weights of every rank, in head order: the
+  // norm's statistics run over the whole row, in order.
+  auto gate = GatherColumns(Linear(attn.output_gate, x), *tp);
+  auto normed = InvariantRmsNorm(GatherColumns(o, *tp), GatherColumns(attn.norm->weight, *tp),
+                                 attn.norm->eps);
+  return InvariantRowParallelLinear(InvariantSigmoid(gate) * normed, attn.out_proj->weight, tp,
+                                    /*gathered=*/true);
+}
+
+namespace {
+torch::Tensor InvariantRowParallelLinear(const torch::Tensor& o, const torch::Tensor& w,
+                                         TensorParallelComm* tp, bool gathered) {
+  if (tp == nullptr) return InvariantLinear(o, w);
+  return InvariantLinear(gathered ? o : GatherColumns(o, *tp), GatherColumns(w, *tp));
+}
+}  // namespace
+
+torch::Tensor InvariantRowParallelLinear(const torch::Tensor& o, const torch::Tensor& w,
+                                         TensorParallelComm* tp) {
+  return InvariantRowParallelLinear(o, w, tp, /*gathered=*/false);
 }
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
@@ -340,28 +368,33 @@ std::pair<torch::Tensor, torch::Tensor> InvariantDecoderLayer(
 
 ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tensor& tokens,
                                const PackedLayout& layout, const ForwardOptions& options) {
-  TORCH_CHECK(options.tensor_parallel == nullptr,
-              "numerics.batch_invariant does not support tensor parallelism yet");
-  auto x = model.model->embed_tokens(tokens);
+  TensorParallelComm* tp = model.TpCommOf(options.tensor_parallel);
+  TORCH_CHECK(tp == nullptr || (!options.sequence_parallel && options.expert_parallel == nullptr),
+              "numerics.batch_invariant does not support sequence parallelism, nor tensor "
+              "parallelism with expert parallelism");
+  auto x = tp ? VocabParallelEmbedding(tokens, model.model->embed_tokens->weight, *tp)
+              : model.model->embed_tokens(tokens);
   auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
   const int64_t T = x.size(0);
   auto positions = PackedPositions(layout, torch::kCPU);  // the RoPE tables are made on the host
   for (const auto& module : *model.model->layers) {
     auto& layer = *module->as<DecoderLayerImpl>();
-    auto attention = [&](const torch::Tensor& n1) -> torch::Tensor {
+    auto attention = [&](const torch::Tensor& input) -> torch::Tensor {
       // An expert-parallel rank without tokens still runs the MoE blocks' collectives.
-      if (T == 0) return torch::zeros_like(n1);
+      if (T == 0) return torch::zeros_like(input);
+      // Under TP every rank's heads read the replicated input (their gradients summed).
+      auto n1 = tp ? CopyToTensorParallel(input, *tp) : input;
       if (layer.lightning) {
         auto& attn = *layer.lightning;
         auto [q, k, v] = InvariantLightningProject(attn, n1);
         auto o = InvariantLightning(q, k, v, attn.slope, layout.cu_seqlens);
-        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({T, -1}));
+        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({T, -1}), tp);
       }
       auto& attn = *layer.softmax;
       auto [q, k, v] = InvariantSoftmaxProject(attn, n1, positions);
       auto o = InvariantAttention(q, k, v, layout.cu_seqlens,
                                   1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
-      return Linear(attn.o_proj, o.reshape({T, -1}));
+      return InvariantRowParallelLinear(o.reshape({T, -1}), attn.o_proj->weight, tp);
     };
     auto [y, layer_aux] = InvariantDecoderLayer(layer, x, attention, options.moe_capacity_factor,
                                                 options.expert_parallel);
@@ -371,8 +404,12 @@ ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tenso
   return {Norm(model.model->norm, x), aux};
 }
 
-torch::Tensor InvariantLogits(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden) {
-  return InvariantLinear(hidden, model.lm_head->weight, torch::kFloat32);
+torch::Tensor InvariantLogits(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden,
+                              TensorParallelComm* tp) {
+  if (tp == nullptr) return InvariantLinear(hidden, model.lm_head->weight, torch::kFloat32);
+  return GatherColumns(InvariantLinear(CopyToTensorParallel(hidden, *tp), model.lm_head->weight,
+                                       torch::kFloat32),
+                       *tp);
 }
 
 torch::Tensor InvariantLmHeadLogprobs(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden,

@@ -18,8 +18,12 @@
 namespace lightrl {
 
 // The packed forward of MiniMaxForCausalLMImpl::Forward in the mode. Of `options`,
-// moe_capacity_factor and expert_parallel (without expert-TP) are read; tensor parallelism
-// is refused (not supported in the mode).
+// moe_capacity_factor, expert_parallel (without expert-TP) and tensor_parallel (without
+// sequence parallelism) are read. Under TP each rank computes its heads' projections,
+// recurrences and attention (each value the whole model's), and every rank then computes
+// the row-parallel steps whole (the lightning norm and gate, the output projections) on the
+// heads' outputs and weights gathered over the group, so the hidden states are the
+// one-process mode's bits on every rank.
 ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tensor& tokens,
                                const PackedLayout& layout, const ForwardOptions& options);
 
@@ -32,11 +36,19 @@ std::pair<torch::Tensor, torch::Tensor> InvariantDecoderLayer(
     const DecoderLayerImpl::Block& moe = {});
 
 // Lightning attention's fused projection: q, k, v [T, H, d] after SiLU; and the gate, norm
-// and output projection of its output o [T, H * d].
+// and output projection of its output o [T, H * d]. With `tp` (the module a TP shard: its
+// heads' o) the gate, the norm and the projection run whole on every rank over the
+// gathered heads (a collective of the group); the output is the whole model's.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantLightningProject(
     LightningAttentionImpl& attn, const torch::Tensor& x);
 torch::Tensor InvariantLightningFinish(LightningAttentionImpl& attn, const torch::Tensor& x,
-                                       const torch::Tensor& o);
+                                       const torch::Tensor& o, TensorParallelComm* tp = nullptr);
+
+// o [T, K] times w^T [M, K] for a row-parallel projection: with `tp`, this rank's columns
+// of o and of w, both gathered over the group and multiplied whole (a collective), so every
+// rank gets the one-process product.
+torch::Tensor InvariantRowParallelLinear(const torch::Tensor& o, const torch::Tensor& w,
+                                         TensorParallelComm* tp = nullptr);
 
 // Softmax attention's q [T, H, d], k, v [T, KVH, d] (q and k rotated at `positions`).
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
@@ -62,8 +74,10 @@ torch::Tensor InvariantReplicatedMoe(SparseMoeImpl& moe, const torch::Tensor& x,
                                      ExpertParallelComm& comm);
 
 // FP32 logits [N, vocab] of hidden states [N, hidden], and log p(targets) at `temperature`
-// (> 0).
-torch::Tensor InvariantLogits(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden);
+// (> 0). With `tp` (a vocabulary-parallel LM head) each rank's block of the vocabulary,
+// gathered: every rank gets the whole logits (a collective).
+torch::Tensor InvariantLogits(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden,
+                              TensorParallelComm* tp = nullptr);
 torch::Tensor InvariantLmHeadLogprobs(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden,
                                       const torch::Tensor& targets, double temperature);
 

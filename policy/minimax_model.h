@@ -304,13 +304,13 @@ class MiniMaxForCausalLMImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return config_; }
   const ShardCoords& shard() const { return shard_; }
+  // The TP comm of `options`, checked against the shard: null for a model not split
+  // over TP, else the comm (its size and rank must be the shard's).
+  TensorParallelComm* TpCommOf(TensorParallelComm* comm) const;
   MiniMaxModel model{nullptr};
   torch::nn::Linear lm_head{nullptr};
 
  private:
-  // The TP comm of `options`, checked against the shard: null for a model not split
-  // over TP, else the comm (its size and rank must be the shard's).
-  TensorParallelComm* TpCommOf(TensorParallelComm* comm) const;
   // Forward's sequence-parallel form (ForwardOptions::sequence_parallel).
   ForwardOutput ForwardSequenceParallel(const torch::Tensor& tokens, const PackedLayout& layout,
                                         const ForwardOptions& options, TensorParallelComm& comm);

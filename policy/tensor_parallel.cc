@@ -94,6 +94,13 @@ torch::Tensor GatherSequence(const torch::Tensor& x, TensorParallelComm& comm, b
   return GatherSequenceFunction::apply(x, &comm, reduce_grad);
 }
 
+torch::Tensor GatherColumns(const torch::Tensor& x, TensorParallelComm& comm) {
+  TORCH_CHECK(x.dim() == 1 || x.dim() == 2, "GatherColumns: a 1-D or 2-D tensor, got ", x.sizes());
+  auto rows = x.dim() == 1 ? x.unsqueeze(1) : x.t();
+  auto joined = GatherSequence(rows.contiguous(), comm, /*reduce_grad=*/false);
+  return x.dim() == 1 ? joined.squeeze(1) : joined.t();
+}
+
 torch::Tensor ReduceScatterSequence(const torch::Tensor& x, TensorParallelComm& comm) {
   return ReduceScatterSequenceFunction::apply(x, &comm);
 }

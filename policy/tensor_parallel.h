@@ -28,6 +28,11 @@ torch::Tensor ReduceFromTensorParallel(const torch::Tensor& x, TensorParallelCom
 // gives its input) this rank's block of it.
 torch::Tensor GatherSequence(const torch::Tensor& x, TensorParallelComm& comm, bool reduce_grad);
 
+// The ranks' column blocks of x [N, c] joined into [N, tp c] in rank order (a 1-D x:
+// its blocks [c] into [tp c]), each value exact; backward, this rank's block of a gradient
+// already whole and alike on every rank (what follows is computed alike everywhere).
+torch::Tensor GatherColumns(const torch::Tensor& x, TensorParallelComm& comm);
+
 // After a row-parallel layer: the sum of the ranks' partial outputs [tp n, H], this
 // rank's block of n tokens kept; backward, the all-gather of the blocks' gradients.
 torch::Tensor ReduceScatterSequence(const torch::Tensor& x, TensorParallelComm& comm);

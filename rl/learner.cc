@@ -281,7 +281,7 @@ struct Learner::Impl {
                                                             const torch::Tensor& aux,
                                                             torch::Tensor* entropy) {
     auto& module = policy->module();
-    auto logits = InvariantLogits(*module, hidden);
+    auto logits = InvariantLogits(*module, hidden, tp_comm.get());
     if (entropy != nullptr) {
       auto logp = torch::log_softmax(logits / options.temperature, -1);
       *entropy = -(logp.exp() * logp).sum(-1);

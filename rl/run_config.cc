@@ -741,13 +741,9 @@ absl::Status RunConfig::Validate() const {
         parallel.expert_tp, " needs sequence_parallel: true (each TP rank then dispatches "
         "its own block of the tokens to the experts; docs/distributed.md)"));
   }
-  if (parallel.tp > 1 && numerics.batch_invariant) {
-    return Invalid(absl::StrCat("numerics.batch_invariant does not support parallel.tp > 1 "
-                                "yet, got ", parallel.tp));
-  }
-  if (numerics.batch_invariant && fleet.rollout_tp > 1) {
-    return Invalid("numerics.batch_invariant does not support tensor-parallel rollout instances "
-                   "(fleet.rollout_tp > 1) yet; expert-parallel ones (rollout_ep) run it");
+  if (parallel.sequence_parallel && numerics.batch_invariant) {
+    return Invalid("numerics.batch_invariant does not support parallel.sequence_parallel yet "
+                   "(so not parallel.tp > 1 with ep or expert_tp > 1 either)");
   }
   if (numerics.batch_invariant && fleet.mode != "local" && fleet.weight_dtype != run.dtype) {
     return Invalid(absl::StrCat("numerics.batch_invariant needs the workers' weights in the "

@@ -606,31 +606,52 @@ def case_run_sharded():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_invariant_runs(name, runs, model=None):
+    """`runs`: (name, parallel, nproc, layout line) of `lightrl run`s in the batch-invariant
+    mode, the first one process: every step's mismatch metrics are exactly 0 and the
+    learner's metrics equal the first run's."""
+    tmp = tempfile.mkdtemp(prefix=f"lightrl_dist_{name}_")
+    try:
+        dirs = []
+        for run_name, parallel, nproc, layout in runs:
+            cfg, out = run_config(tmp, run_name, steps=3, parallel=parallel,
+                                  **({"model": model} if model else {}))
+            with open(cfg, "a") as f:
+                f.write("numerics:\n  batch_invariant: true\n")
+            err = lightrl_run("--config", cfg, *(["--nproc", str(nproc)] if nproc > 1 else []))
+            assert layout in err, err
+            rows = [metrics(out)[s] for s in sorted(metrics(out))]
+            mismatch = [(r["policy/train_infer_logprob_abs_diff_max"], r["policy/train_infer_kl"])
+                        for r in rows if "policy/train_infer_logprob_abs_diff_max" in r]
+            assert len(mismatch) == 3 and all(m == (0.0, 0.0) for m in mismatch), (run_name, mismatch)
+            dirs.append(out)
+        return compare_run_metrics(name, *dirs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def case_run_invariant_ep():
     """`lightrl run` with numerics.batch_invariant and the experts sharded over 2 ranks
     (parallel.ep 2): every step's learner logprobs equal rank 0's engine's bit for bit (the
     mismatch metrics are exactly 0) as in one process, and the learner's metrics equal one
     process's in the mode."""
-    tmp = tempfile.mkdtemp(prefix="lightrl_dist_invariant_")
-    try:
-        dirs = []
-        for name, parallel, nproc in (("one", None, 1), ("ep", {"ep": 2}, 2)):
-            cfg, out = run_config(tmp, name, steps=3, parallel=parallel)
-            with open(cfg, "a") as f:
-                f.write("numerics:\n  batch_invariant: true\n")
-            err = lightrl_run("--config", cfg, *(["--nproc", str(nproc)] if nproc > 1 else []))
-            if parallel:
-                assert "expert-parallel 2 x expert-TP 1, experts sharded" in err, err
-            rows = [metrics(out)[s] for s in sorted(metrics(out))]
-            mismatch = [(r["policy/train_infer_logprob_abs_diff_max"], r["policy/train_infer_kl"])
-                        for r in rows if "policy/train_infer_logprob_abs_diff_max" in r]
-            assert len(mismatch) == 3 and all(m == (0.0, 0.0) for m in mismatch), (name, mismatch)
-            dirs.append(out)
-        compared = compare_run_metrics("invariant_ep", *dirs)
-        print(f"  ep 2 in the batch-invariant mode: mismatch 0 at all 3 steps, {compared} "
-              "metrics agree with one process")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    compared = check_invariant_runs("invariant_ep", [
+        ("one", None, 1, ""),
+        ("ep", {"ep": 2}, 2, "expert-parallel 2 x expert-TP 1, experts sharded")])
+    print(f"  ep 2 in the batch-invariant mode: mismatch 0 at all 3 steps, {compared} "
+          "metrics agree with one process")
+
+
+def case_run_invariant_tp():
+    """The same with the attention and vocabulary split over 2 ranks (parallel.tp 2): each
+    rank's heads and vocabulary rows, the row-parallel steps computed whole on every rank
+    over the gathered heads, so the learner's logprobs are the one-process mode's bits."""
+    compared = check_invariant_runs("invariant_tp", [
+        ("one", None, 1, ""),
+        ("tp", {"tp": 2}, 2, "tensor-parallel 2 x data-parallel 1, weights sharded")],
+        model=TP_MODEL)
+    print(f"  tp 2 in the batch-invariant mode: mismatch 0 at all 3 steps, {compared} "
+          "metrics agree with one process")
 
 
 # MODEL with its heads and vocabulary (padded by one row past the tokenizer's) split in two.
@@ -988,7 +1009,7 @@ CASES = {"equal": case_equal, "bf16": case_bf16, "bf16_reduce": case_bf16_reduce
          "resume": case_resume, "errors": case_errors,
          "run": case_run, "expert": case_expert, "expert_sharded": case_expert_sharded,
          "run_sharded": case_run_sharded, "run_tp": case_run_tp,
-         "run_invariant_ep": case_run_invariant_ep}
+         "run_invariant_ep": case_run_invariant_ep, "run_invariant_tp": case_run_invariant_tp}
 GPU_CASES = {"nccl": case_nccl, "nccl_expert": case_nccl_expert}
 GPUS_NEEDED = 2
 # CTest's SKIP_RETURN_CODE for these tests: every case asked for was skipped.
@@ -1003,13 +1024,14 @@ def gpu_count():
 
 
 def main():
-    # `expert`, `expert_sharded`, `bf16_reduce`, `run_sharded`, `run_tp` and
-    # `run_invariant_ep` run as their own CTests (learner_expert_parallel,
-    # learner_expert_sharded, learner_bf16_reduce, run_sharded, run_tensor_parallel,
-    # run_invariant_ep); named, they run here too.
+    # `expert`, `expert_sharded`, `bf16_reduce`, `run_sharded`, `run_tp`,
+    # `run_invariant_ep` and `run_invariant_tp` run as their own CTests
+    # (learner_expert_parallel, learner_expert_sharded, learner_bf16_reduce, run_sharded,
+    # run_tensor_parallel, run_invariant_ep, run_invariant_tp); named, they run here too.
     names = sys.argv[1:] or [n for n in CASES
                              if n not in ("expert", "bf16_reduce", "expert_sharded",
-                                          "run_sharded", "run_tp", "run_invariant_ep")]
+                                          "run_sharded", "run_tp", "run_invariant_ep",
+                                          "run_invariant_tp")]
     CASES.update(GPU_CASES)
     print(f"distributed_test seed {SEED} (DISTRIBUTED_TEST_SEED={SEED} repeats it)")
     passed = failed = skipped = 0

@@ -28,7 +28,7 @@
                 weights the instance started from (before the SFT warm-up) give its last
                 step's tokens other logprobs.
   batch_invariant  spawn mode with 2 rollout workers and numerics.batch_invariant (then an
-                 expert-parallel instance of 2 processes in the mode): the
+                 expert-parallel and a tensor-parallel instance of 2 processes in the mode): the
                 workers take the mode with the weights, and every step's learner logprobs
                 equal the workers' bit for bit (the mismatch metrics are exactly 0), while
                 the same run without the mode shows a mismatch.
@@ -425,22 +425,34 @@ def case_batch_invariant(tmp):
     assert any(m[0] > 0 for m in mismatch[False]), mismatch
     print(f"  batch_invariant: mismatch (max, mean, kl) per step {mismatch[True]} with the "
           f"mode, {mismatch[False]} without")
-    # An expert-parallel instance of 2 processes (each rank its experts) in the mode.
-    out = os.path.join(tmp, "out-ep")
-    config = base_config(tmp, out, 3, 4, {"mode": "spawn", "rollout_workers": 1, "rollout_ep": 2})
-    config["numerics"] = {"batch_invariant": True}
-    path = os.path.join(tmp, "run-ep.yaml")
-    write_yaml(path, config)
-    proc = subprocess.run([BIN, "run", "--config", path], env=ENV, capture_output=True,
-                          text=True, timeout=TIMEOUT_S)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    follower = open(os.path.join(out, "logs", "rollout-local-0-rank1.log")).read()
-    assert "following rank 0 of the ep 2 instance" in follower, follower[-2000:]
-    rows = [r for r in metrics(out) if "policy/train_infer_logprob_abs_diff_max" in r]
-    ep = [(r["policy/train_infer_logprob_abs_diff_max"], r["policy/train_infer_logprob_abs_diff"],
-           r["policy/train_infer_kl"]) for r in rows]
-    assert [r["step"] for r in rows] == [1, 2, 3] and all(m == (0.0, 0.0, 0.0) for m in ep), ep
-    print(f"  batch_invariant in an ep 2 instance: mismatch per step {ep}")
+    # An expert-parallel and a tensor-parallel instance of 2 processes (each rank its
+    # experts, or its heads and vocabulary rows) in the mode.
+    with open(MODEL) as f:
+        model = json.load(f)
+    model["vocab_size"] = 258  # the tokenizer's 257 padded to split in two
+    model_path = os.path.join(tmp, "model-tp.json")
+    with open(model_path, "w") as f:
+        json.dump(model, f)
+    for kind in ("ep", "tp"):
+        out = os.path.join(tmp, f"out-{kind}")
+        config = base_config(tmp, out, 3, 4, {"mode": "spawn", "rollout_workers": 1,
+                                              f"rollout_{kind}": 2})
+        config["numerics"] = {"batch_invariant": True}
+        if kind == "tp":
+            config["model"]["init_config"] = model_path
+        path = os.path.join(tmp, f"run-{kind}.yaml")
+        write_yaml(path, config)
+        proc = subprocess.run([BIN, "run", "--config", path], env=ENV, capture_output=True,
+                              text=True, timeout=TIMEOUT_S)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        follower = open(os.path.join(out, "logs", "rollout-local-0-rank1.log")).read()
+        assert f"following rank 0 of the {kind} 2 instance" in follower, follower[-2000:]
+        rows = [r for r in metrics(out) if "policy/train_infer_logprob_abs_diff_max" in r]
+        got = [(r["policy/train_infer_logprob_abs_diff_max"],
+                r["policy/train_infer_logprob_abs_diff"], r["policy/train_infer_kl"]) for r in rows]
+        assert [r["step"] for r in rows] == [1, 2, 3] and all(m == (0.0, 0.0, 0.0) for m in got), \
+            (kind, got)
+        print(f"  batch_invariant in a {kind} 2 instance: mismatch per step {got}")
 
 
 CASES = {"kill_worker": case_kill_worker, "restart": case_restart,

@@ -635,10 +635,8 @@ TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
   }
   c = *loaded;
   c.fleet.mode = "spawn";
-  c.fleet.rollout_tp = 2;
-  EXPECT_EQ(std::string(c.Validate().message()),
-            "numerics.batch_invariant does not support tensor-parallel rollout instances "
-            "(fleet.rollout_tp > 1) yet; expert-parallel ones (rollout_ep) run it");
+  c.fleet.rollout_tp = 2;  // tensor-parallel instances run the mode
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
   c.fleet.rollout_tp = 1;
   c.fleet.rollout_ep = 2;  // expert-parallel instances run the mode
   EXPECT_TRUE(c.Validate().ok()) << c.Validate();
@@ -664,6 +662,12 @@ TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
   c.fleet.mode = "spawn";
   c.fleet.worker_device = "cpu,cuda:1";  // CPU and CUDA workers give the same bits
   EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  c = *loaded;
+  c.parallel.tp = 2;  // a tensor-parallel learner runs the mode
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  c.parallel.sequence_parallel = true;
+  EXPECT_THAT(std::string(c.Validate().message()),
+              StartsWith("numerics.batch_invariant does not support parallel.sequence_parallel"));
   c = *loaded;
   c.parallel.ep = 2;
   EXPECT_TRUE(c.Validate().ok()) << c.Validate();
