@@ -294,6 +294,22 @@ torch::Tensor LightningStep(const torch::Tensor& q, const torch::Tensor& k, cons
   return o;
 }
 
+namespace {
+// Launches the attention kernel of `a` (its keys set) for the FP32 queries qf [Q, H, d].
+torch::Tensor LaunchAttention(InvariantAttentionArgs& a, const torch::Tensor& qf, int64_t kv_heads,
+                              double scale, const char* what) {
+  a.q = qf.data_ptr<float>();
+  a.Q = qf.size(0);
+  a.H = qf.size(1);
+  a.KVH = kv_heads;
+  a.d = qf.size(2);
+  a.scale = static_cast<float>(scale);
+  auto o = torch::empty_like(qf);
+  CheckCudaLaunch(LaunchInvariantAttention(a, o.data_ptr<float>(), Stream()), what, nullptr);
+  return o;
+}
+}  // namespace
+
 torch::Tensor PagedAttention(const torch::Tensor& q, const torch::Tensor& k_pool,
                              const torch::Tensor& v_pool, const torch::Tensor& page_table,
                              const torch::Tensor& page_row, const torch::Tensor& count,
@@ -312,7 +328,6 @@ torch::Tensor PagedAttention(const torch::Tensor& q, const torch::Tensor& k_pool
   auto qf = Fp32(q);
   auto rows = page_row.contiguous(), counts = count.contiguous();
   InvariantAttentionArgs a;
-  a.q = qf.data_ptr<float>();
   if (bf16) {
     a.k16 = Ptr<__nv_bfloat16>(k_pool);
     a.v16 = Ptr<__nv_bfloat16>(v_pool);
@@ -325,15 +340,7 @@ torch::Tensor PagedAttention(const torch::Tensor& q, const torch::Tensor& k_pool
   a.page_row = rows.data_ptr<int64_t>();
   a.max_pages = page_table.size(1);
   a.page_size = page_size;
-  a.Q = q.size(0);
-  a.H = q.size(1);
-  a.KVH = k_pool.size(1);
-  a.d = q.size(2);
-  a.scale = static_cast<float>(scale);
-  auto o = torch::empty_like(qf);
-  CheckCudaLaunch(LaunchInvariantAttention(a, o.data_ptr<float>(), Stream()),
-                  "invariant paged attention", nullptr);
-  return o;
+  return LaunchAttention(a, qf, k_pool.size(1), scale, "invariant paged attention");
 }
 
 torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -344,21 +351,12 @@ torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k, const to
   auto starts = OnDevice(start, q), counts = OnDevice(count, q);
   torch::Tensor rows = index != nullptr ? OnDevice(*index, q) : torch::Tensor();
   InvariantAttentionArgs a;
-  a.q = qf.data_ptr<float>();
   a.k = kf.data_ptr<float>();
   a.v = vf.data_ptr<float>();
   a.start = starts.data_ptr<int64_t>();
   a.count = counts.data_ptr<int64_t>();
   a.index = rows.defined() ? rows.data_ptr<int64_t>() : nullptr;
-  a.Q = q.size(0);
-  a.H = q.size(1);
-  a.KVH = k.size(1);
-  a.d = q.size(2);
-  a.scale = static_cast<float>(scale);
-  auto o = torch::empty_like(qf);
-  CheckCudaLaunch(LaunchInvariantAttention(a, o.data_ptr<float>(), Stream()),
-                  "invariant attention", nullptr);
-  return o;
+  return LaunchAttention(a, qf, k.size(1), scale, "invariant attention");
 }
 
 torch::Tensor TokenLogprobs(const torch::Tensor& logits, const torch::Tensor& targets,

@@ -343,15 +343,21 @@ def case_kill_reward_worker(tmp):
     wait_for(lambda: not child_pids(controller.pid, "worker"), 15, "workers to exit")
 
 
-def check_instance(tmp, kind):
-    """`kind`: tp, ep or tpep (both over the same 2 ranks)."""
-    out = os.path.join(tmp, f"out-{kind}")
+def tp_model(tmp):
+    """The test model with a vocabulary that splits in two, written under tmp: its path."""
     with open(MODEL) as f:
         model = json.load(f)
     model["vocab_size"] = 258  # the tokenizer's 257 padded to split in two
-    model_path = os.path.join(tmp, "model.json")
+    model_path = os.path.join(tmp, "model-tp.json")
     with open(model_path, "w") as f:
         json.dump(model, f)
+    return model_path
+
+
+def check_instance(tmp, kind):
+    """`kind`: tp, ep or tpep (both over the same 2 ranks)."""
+    out = os.path.join(tmp, f"out-{kind}")
+    model_path = tp_model(tmp)
     fleet = {"mode": "spawn", "rollout_workers": 1}
     for part in ("tp", "ep"):
         if part in kind:
@@ -427,12 +433,7 @@ def case_batch_invariant(tmp):
           f"mode, {mismatch[False]} without")
     # An expert-parallel and a tensor-parallel instance of 2 processes (each rank its
     # experts, or its heads and vocabulary rows) in the mode.
-    with open(MODEL) as f:
-        model = json.load(f)
-    model["vocab_size"] = 258  # the tokenizer's 257 padded to split in two
-    model_path = os.path.join(tmp, "model-tp.json")
-    with open(model_path, "w") as f:
-        json.dump(model, f)
+    model_path = tp_model(tmp)
     for kind in ("ep", "tp"):
         out = os.path.join(tmp, f"out-{kind}")
         config = base_config(tmp, out, 3, 4, {"mode": "spawn", "rollout_workers": 1,
