@@ -91,6 +91,34 @@ TEST(BatchInvariantOpsTest, ARowsResultDoesNotDependOnItsBatch) {
     carried = next;
   }
   EXPECT_TRUE(torch::equal(carried, state));
+  // The engine's step form: one token per row from its slot's state, advanced in place.
+  auto states = torch::randn({5, H, d, d});
+  auto slots = torch::tensor(std::vector<int64_t>{3, 0, 4});
+  auto q3 = torch::randn({3, H, d}), k3 = torch::randn({3, H, d}), v3 = torch::randn({3, H, d});
+  torch::Tensor last;
+  auto o3 = InvariantLightning(q3, k3, v3, slope, {0, 1, 2, 3}, states.index_select(0, slots), &last);
+  auto expected_states = states.index_copy(0, slots, last);
+  EXPECT_TRUE(torch::equal(InvariantLightningStep(q3, k3, v3, slope, states, slots), o3));
+  EXPECT_TRUE(torch::equal(states, expected_states));
+  // Paged attention through a page table equals the same keys listed row by row.
+  const int64_t page_size = 4, KVH = 1;
+  auto kp = torch::randn({40, KVH, d}), vp = torch::randn({40, KVH, d});
+  auto table = torch::tensor(std::vector<int32_t>{7, 2, 9, 0, 5, 1, 3, 8, 6, 4}, torch::kInt32).view({2, 5});
+  auto qp = torch::randn({3, H, d});
+  const std::vector<int64_t> page_row = {1, 0, 1}, count = {1, 13, 20};
+  std::vector<std::vector<int64_t>> keys(3);
+  for (int64_t i = 0; i < 3; ++i) {
+    for (int64_t j = 0; j < count[i]; ++j) {
+      keys[i].push_back(table[page_row[i]][j / page_size].item<int64_t>() * page_size + j % page_size);
+    }
+  }
+  EXPECT_TRUE(torch::equal(
+      InvariantPagedAttention(qp, kp, vp, table, torch::tensor(page_row), torch::tensor(count),
+                              page_size, 0.5),
+      InvariantPagedAttention(qp, kp, vp, keys, 0.5)));
+  EXPECT_THROW(InvariantPagedAttention(qp, kp, vp, table, torch::tensor(page_row),
+                                       torch::tensor(std::vector<int64_t>{1, 13, 21}), page_size, 0.5),
+               c10::Error);  // past the table's 5 pages
 }
 
 // Compares the op (FP32) against a float64 reference: values and the gradients of a random
