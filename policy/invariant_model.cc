@@ -264,15 +264,39 @@ torch::Tensor CombineInSlotOrder(const torch::Tensor& x, const torch::Tensor& re
   return SumSlots(y.view({T, K, H}), top_w * kept, x.scalar_type());
 }
 
+// The columns [n, c] of every member of comm's expert-TP group joined in member order
+// into [n, Q c] (each member's block of an expert's FFN width); backward, each member's
+// block gets the sum of its copies' gradients.
+torch::Tensor ExpertTpGatherColumns(const torch::Tensor& x, ExpertParallelComm& comm) {
+  const int64_t c = x.size(1);
+  std::vector<int64_t> sizes(comm.expert_tp_size(), c);
+  return ExpertTpAllGather(x.t().contiguous(), sizes, comm).t();
+}
+
+// Under expert-TP (members holding blocks of an expert's FFN width): each member computes
+// its block of the gate and up projections (each value the whole expert's), and then the
+// whole down projection over the blocks and w2's columns gathered from the members, so a
+// row's output is RunExpert's bits on every member.
+torch::Tensor RunExpertBlocks(ExpertImpl& e, const torch::Tensor& x, ExpertParallelComm& comm) {
+  auto h = InvariantSilu(Linear(e.w1, x)) * Linear(e.w3, x);
+  return InvariantLinear(ExpertTpGatherColumns(h, comm),
+                         ExpertTpGatherColumns(e.w2->weight, comm));
+}
+
 // The mode's ops for ForwardExpertParallel: its router, each expert row by row (RunExpert,
-// so its rows do not depend on their batch), the combine in slot order.
-MoeNumerics ExpertParallelNumerics(SparseMoeImpl& moe, const ExpertParallelComm& comm) {
-  TORCH_CHECK(comm.expert_tp_size() == 1,
-              "numerics.batch_invariant does not support expert_tp > 1 (an expert's output "
-              "would be summed over ranks in another order)");
+// so its rows do not depend on their batch; under expert-TP RunExpertBlocks), the combine
+// in slot order.
+MoeNumerics ExpertParallelNumerics(SparseMoeImpl& moe, ExpertParallelComm& comm) {
   MoeNumerics numerics;
   numerics.route = [&moe](const torch::Tensor& rows) { return InvariantRoute(moe, rows); };
-  numerics.run_expert = [](ExpertImpl& e, const torch::Tensor& rows) { return RunExpert(e, rows); };
+  if (comm.expert_tp_size() > 1) {
+    numerics.run_expert = [&comm](ExpertImpl& e, const torch::Tensor& rows) {
+      return RunExpertBlocks(e, rows, comm);
+    };
+    numerics.expert_outputs_whole = true;
+  } else {
+    numerics.run_expert = [](ExpertImpl& e, const torch::Tensor& rows) { return RunExpert(e, rows); };
+  }
   numerics.combine = CombineInSlotOrder;
   return numerics;
 }

@@ -714,7 +714,13 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
   if (per_rank > 1) {
     computed = torch::zeros_like(computed).index_copy(0, perm, computed);
   }
-  if (Q > 1) computed = ExpertTpReduceScatter(computed, member_rows, comm);
+  if (Q > 1 && numerics && numerics->expert_outputs_whole) {
+    int64_t mine = 0;  // this member's rows come after the earlier members'
+    for (int64_t m = 0; m < comm.expert_tp_rank(); ++m) mine += member_rows[m];
+    computed = computed.narrow(0, mine, member_rows[comm.expert_tp_rank()]);
+  } else if (Q > 1) {
+    computed = ExpertTpReduceScatter(computed, member_rows, comm);
+  }
   auto returned = ExpertAllToAll(computed, plan.recv, plan.send, comm);
   if (numerics && numerics->combine) return {numerics->combine(x, returned, send_ids, top_w), aux};
   auto w = top_w.reshape(-1).index_select(0, send_ids).unsqueeze(-1);

@@ -150,6 +150,10 @@ struct MoeNumerics {
   std::function<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>(const torch::Tensor& x)>
       route;
   std::function<torch::Tensor(ExpertImpl& expert, const torch::Tensor& rows)> run_expert;
+  // Under expert-TP: run_expert returns each row's whole output (not this member's partial
+  // sum over its block of the FFN width), so each member keeps its own rows' outputs
+  // instead of summing the members' partial ones.
+  bool expert_outputs_whole = false;
   // The output [T, H] in x's dtype: `returned` [n, H] holds the expert output of the kept
   // assignments `ids` [n] (assignment a = token a / k, slot a % k), top_w their weights.
   std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& returned,

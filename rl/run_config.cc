@@ -750,11 +750,6 @@ absl::Status RunConfig::Validate() const {
                                 "learner's dtype: fleet.weight_dtype is ", fleet.weight_dtype,
                                 ", run.dtype ", run.dtype));
   }
-  if (numerics.batch_invariant && parallel.expert_tp > 1) {
-    return Invalid(absl::StrCat("numerics.batch_invariant does not support parallel.expert_tp "
-                                "> 1 (an expert's output would be summed over ranks), got ",
-                                parallel.expert_tp));
-  }
   if (run.eval_every > 0 && data.eval.empty()) {
     return Invalid(absl::StrCat("run.eval_every is ", run.eval_every,
                                 " but data.eval is not set"));

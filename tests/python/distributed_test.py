@@ -625,21 +625,23 @@ def check_invariant_runs(name, runs, model=None):
                         for r in rows if "policy/train_infer_logprob_abs_diff_max" in r]
             assert len(mismatch) == 3 and all(m == (0.0, 0.0) for m in mismatch), (run_name, mismatch)
             dirs.append(out)
-        return compare_run_metrics(name, *dirs)
+        return sum(compare_run_metrics(name, dirs[0], d) for d in dirs[1:])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def case_run_invariant_ep():
     """`lightrl run` with numerics.batch_invariant and the experts sharded over 2 ranks
-    (parallel.ep 2): every step's learner logprobs equal rank 0's engine's bit for bit (the
-    mismatch metrics are exactly 0) as in one process, and the learner's metrics equal one
-    process's in the mode."""
+    (parallel.ep 2), and over 2 x 2 with each expert's FFN width split (expert_tp 2): every
+    step's learner logprobs equal rank 0's engine's bit for bit (the mismatch metrics are
+    exactly 0) as in one process, and the learner's metrics equal one process's in the
+    mode."""
     compared = check_invariant_runs("invariant_ep", [
         ("one", None, 1, ""),
-        ("ep", {"ep": 2}, 2, "expert-parallel 2 x expert-TP 1, experts sharded")])
-    print(f"  ep 2 in the batch-invariant mode: mismatch 0 at all 3 steps, {compared} "
-          "metrics agree with one process")
+        ("ep", {"ep": 2}, 2, "expert-parallel 2 x expert-TP 1, experts sharded"),
+        ("ep_etp", {"ep": 2, "expert_tp": 2}, 4, "expert-parallel 2 x expert-TP 2, experts sharded")])
+    print(f"  ep 2 and ep 2 x expert_tp 2 in the batch-invariant mode: mismatch 0 at all 3 "
+          f"steps, {compared} metrics agree with one process")
 
 
 def case_run_invariant_tp():
