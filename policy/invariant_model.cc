@@ -1,5 +1,6 @@
 #include "policy/invariant_model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "policy/expert_parallel.h"
@@ -393,39 +394,83 @@ std::pair<torch::Tensor, torch::Tensor> InvariantDecoderLayer(
 ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tensor& tokens,
                                const PackedLayout& layout, const ForwardOptions& options) {
   TensorParallelComm* tp = model.TpCommOf(options.tensor_parallel);
-  TORCH_CHECK(tp == nullptr || (!options.sequence_parallel && options.expert_parallel == nullptr),
-              "numerics.batch_invariant does not support sequence parallelism, nor tensor "
-              "parallelism with expert parallelism");
-  auto x = tp ? VocabParallelEmbedding(tokens, model.model->embed_tokens->weight, *tp)
-              : model.model->embed_tokens(tokens);
+  const bool sp = tp != nullptr && options.sequence_parallel;
+  TORCH_CHECK(tp == nullptr || sp == (options.expert_parallel != nullptr),
+              "numerics.batch_invariant runs tensor parallelism with sequence parallelism when "
+              "the experts are sharded (expert parallelism) and without it otherwise");
+  // Sequence parallel: the batch padded to a multiple of the TP size by one document of
+  // token 0 (as MiniMaxForCausalLMImpl::Forward pads it), each rank holding a block of it
+  // between the attention blocks.
+  PackedLayout padded = layout;
+  torch::Tensor ids = tokens;
+  const int64_t T = tokens.size(0);
+  if (sp) {
+    const int64_t pad = T == 0 ? tp->tp_size() : (tp->tp_size() - T % tp->tp_size()) % tp->tp_size();
+    if (pad > 0) {
+      if (padded.cu_seqlens.empty()) padded.cu_seqlens.push_back(0);
+      padded.cu_seqlens.push_back(T + pad);
+      padded.padding = pad;
+      ids = torch::cat({tokens, torch::zeros({pad}, tokens.options())});
+    }
+  }
+  const int64_t rows = ids.size(0);
+  auto x = tp ? VocabParallelEmbedding(ids, model.model->embed_tokens->weight, *tp, sp)
+              : model.model->embed_tokens(ids);
   auto aux = torch::zeros({}, x.options().dtype(torch::kFloat32));
-  const int64_t T = x.size(0);
-  auto positions = PackedPositions(layout, torch::kCPU);  // the RoPE tables are made on the host
+  // This rank's tokens of the batch under sequence parallelism (the rest of its block pads).
+  const int64_t block = sp ? rows / tp->tp_size() : rows;
+  const int64_t valid = sp ? std::clamp<int64_t>(T - tp->tp_rank() * block, 0, block) : -1;
+  auto positions = PackedPositions(padded, torch::kCPU);  // the RoPE tables are made on the host
   for (const auto& module : *model.model->layers) {
     auto& layer = *module->as<DecoderLayerImpl>();
     auto attention = [&](const torch::Tensor& input) -> torch::Tensor {
       // An expert-parallel rank without tokens still runs the MoE blocks' collectives.
-      if (T == 0) return torch::zeros_like(input);
-      // Under TP every rank's heads read the replicated input (their gradients summed).
-      auto n1 = tp ? CopyToTensorParallel(input, *tp) : input;
+      if (rows == 0) return torch::zeros_like(input);
+      // Under TP every rank's heads read the replicated input (their gradients summed);
+      // under SP every rank's block of it, gathered.
+      auto n1 = !tp ? input
+                : sp ? GatherSequence(input, *tp, /*reduce_grad=*/true)
+                     : CopyToTensorParallel(input, *tp);
+      torch::Tensor out;
       if (layer.lightning) {
         auto& attn = *layer.lightning;
         auto [q, k, v] = InvariantLightningProject(attn, n1);
-        auto o = InvariantLightning(q, k, v, attn.slope, layout.cu_seqlens);
-        return InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({T, -1}), tp);
+        auto o = InvariantLightning(q, k, v, attn.slope, padded.cu_seqlens);
+        out = InvariantLightningFinish(attn, n1, o.to(n1.scalar_type()).reshape({rows, -1}), tp);
+      } else {
+        auto& attn = *layer.softmax;
+        auto [q, k, v] = InvariantSoftmaxProject(attn, n1, positions);
+        auto o = InvariantAttention(q, k, v, padded.cu_seqlens,
+                                    1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
+        out = InvariantRowParallelLinear(o.reshape({rows, -1}), attn.o_proj->weight, tp);
       }
-      auto& attn = *layer.softmax;
-      auto [q, k, v] = InvariantSoftmaxProject(attn, n1, positions);
-      auto o = InvariantAttention(q, k, v, layout.cu_seqlens,
-                                  1.0 / std::sqrt(static_cast<double>(attn.head_dim)));
-      return InvariantRowParallelLinear(o.reshape({T, -1}), attn.o_proj->weight, tp);
+      // Every rank computed the whole output alike: under SP each keeps its block.
+      return sp ? ScatterSequence(out, *tp) : out;
     };
+    DecoderLayerImpl::Block moe;
+    torch::Tensor sp_aux;
+    if (sp) {
+      // The block's tokens through the experts' ranks, padding rows routed nowhere.
+      moe = [&](const torch::Tensor& n2) {
+        const MoeNumerics numerics = ExpertParallelNumerics(*layer.block_sparse_moe,
+                                                            *options.expert_parallel);
+        auto [out, part] = layer.block_sparse_moe->ForwardExpertParallel(
+            n2, options.moe_capacity_factor, *options.expert_parallel, valid, &numerics);
+        sp_aux = part;
+        return out;
+      };
+    }
     auto [y, layer_aux] = InvariantDecoderLayer(layer, x, attention, options.moe_capacity_factor,
-                                                options.expert_parallel);
+                                                options.expert_parallel, moe);
     x = y;
-    aux = aux + layer_aux;
+    aux = aux + (sp ? sp_aux : layer_aux);
   }
-  return {Norm(model.model->norm, x), aux};
+  auto hidden = Norm(model.model->norm, x);
+  if (!sp) return {hidden, aux};
+  // Every rank's rows for the vocabulary-parallel LM head, whose backward gives each rank
+  // the whole (alike) gradient of them: each block takes its own part back.
+  hidden = GatherSequence(hidden, *tp, /*reduce_grad=*/false);
+  return {rows > T ? hidden.narrow(0, 0, T) : hidden, aux};
 }
 
 torch::Tensor InvariantLogits(MiniMaxForCausalLMImpl& model, const torch::Tensor& hidden,

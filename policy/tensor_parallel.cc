@@ -88,7 +88,26 @@ class ReduceScatterSequenceFunction
   }
 };
 
+class ScatterSequenceFunction : public torch::autograd::Function<ScatterSequenceFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               TensorParallelComm* comm) {
+    SaveComm(ctx, comm);
+    TORCH_CHECK(x.size(0) % comm->tp_size() == 0, "ScatterSequence: ", x.size(0),
+                " rows do not split over ", comm->tp_size(), " ranks");
+    const int64_t n = x.size(0) / comm->tp_size();
+    return x.narrow(0, comm->tp_rank() * n, n).clone();
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {CommOf(ctx)->AllGather(grads[0].contiguous()), torch::Tensor()};
+  }
+};
+
 }  // namespace
+
+torch::Tensor ScatterSequence(const torch::Tensor& x, TensorParallelComm& comm) {
+  return ScatterSequenceFunction::apply(x, &comm);
+}
 
 torch::Tensor GatherSequence(const torch::Tensor& x, TensorParallelComm& comm, bool reduce_grad) {
   return GatherSequenceFunction::apply(x, &comm, reduce_grad);

@@ -33,6 +33,11 @@ torch::Tensor GatherSequence(const torch::Tensor& x, TensorParallelComm& comm, b
 // already whole and alike on every rank (what follows is computed alike everywhere).
 torch::Tensor GatherColumns(const torch::Tensor& x, TensorParallelComm& comm);
 
+// Sequence parallelism after a computation every rank ran alike on all tokens [tp n, ...]:
+// this rank's block of n rows; backward, the all-gather of the blocks' gradients (so the
+// computation before it gets the same whole gradient on every rank).
+torch::Tensor ScatterSequence(const torch::Tensor& x, TensorParallelComm& comm);
+
 // After a row-parallel layer: the sum of the ranks' partial outputs [tp n, H], this
 // rank's block of n tokens kept; backward, the all-gather of the blocks' gradients.
 torch::Tensor ReduceScatterSequence(const torch::Tensor& x, TensorParallelComm& comm);

@@ -123,10 +123,6 @@ absl::Status LearnerOptions::Validate() const {
         "temperature must be finite and > 0 (the rollouts' sampling temperature), got ",
         temperature));
   }
-  if (sequence_parallel && batch_invariant) {
-    return Invalid("sequence_parallel (parallel.sequence_parallel) does not support "
-                   "batch_invariant yet");
-  }
   return absl::OkStatus();
 }
 

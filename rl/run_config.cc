@@ -741,9 +741,11 @@ absl::Status RunConfig::Validate() const {
         parallel.expert_tp, " needs sequence_parallel: true (each TP rank then dispatches "
         "its own block of the tokens to the experts; docs/distributed.md)"));
   }
-  if (parallel.sequence_parallel && numerics.batch_invariant) {
-    return Invalid("numerics.batch_invariant does not support parallel.sequence_parallel yet "
-                   "(so not parallel.tp > 1 with ep or expert_tp > 1 either)");
+  if (parallel.sequence_parallel && numerics.batch_invariant && parallel.ep == 1 &&
+      parallel.expert_tp == 1) {
+    return Invalid("numerics.batch_invariant runs parallel.sequence_parallel only with the "
+                   "experts sharded (ep or expert_tp > 1); with whole experts parallel.tp runs "
+                   "the mode without it");
   }
   if (numerics.batch_invariant && fleet.mode != "local" && fleet.weight_dtype != run.dtype) {
     return Invalid(absl::StrCat("numerics.batch_invariant needs the workers' weights in the "

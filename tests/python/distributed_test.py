@@ -645,15 +645,20 @@ def case_run_invariant_ep():
 
 
 def case_run_invariant_tp():
-    """The same with the attention and vocabulary split over 2 ranks (parallel.tp 2): each
-    rank's heads and vocabulary rows, the row-parallel steps computed whole on every rank
-    over the gathered heads, so the learner's logprobs are the one-process mode's bits."""
+    """The same with the attention and vocabulary split over 2 ranks (parallel.tp 2), and
+    with tp 2 x ep 2 on 4 ranks (sequence-parallel, each rank its block of the tokens between
+    the attention blocks): each rank's heads and vocabulary rows, the row-parallel steps
+    computed whole on every rank over the gathered heads, so the learner's logprobs are the
+    one-process mode's bits."""
     compared = check_invariant_runs("invariant_tp", [
         ("one", None, 1, ""),
-        ("tp", {"tp": 2}, 2, "tensor-parallel 2 x data-parallel 1, weights sharded")],
+        ("tp", {"tp": 2}, 2, "tensor-parallel 2 x data-parallel 1, weights sharded"),
+        ("tp_ep", {"tp": 2, "ep": 2, "sequence_parallel": True}, 4,
+         "tensor-parallel 2 (sequence-parallel) x data-parallel 2; experts: expert-parallel 2 "
+         "x expert-TP 1, weights sharded")],
         model=TP_MODEL)
-    print(f"  tp 2 in the batch-invariant mode: mismatch 0 at all 3 steps, {compared} "
-          "metrics agree with one process")
+    print(f"  tp 2, and tp 2 x ep 2 with sequence parallelism, in the batch-invariant mode: "
+          f"mismatch 0 at all 3 steps, {compared} metrics agree with one process")
 
 
 # MODEL with its heads and vocabulary (padded by one row past the tokenizer's) split in two.

@@ -667,7 +667,10 @@ TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
   EXPECT_TRUE(c.Validate().ok()) << c.Validate();
   c.parallel.sequence_parallel = true;
   EXPECT_THAT(std::string(c.Validate().message()),
-              StartsWith("numerics.batch_invariant does not support parallel.sequence_parallel"));
+              StartsWith("numerics.batch_invariant runs parallel.sequence_parallel only with the "
+                         "experts sharded"));
+  c.parallel.ep = 2;  // tp x ep (sequence-parallel) runs the mode
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
   c = *loaded;
   c.parallel.ep = 2;
   EXPECT_TRUE(c.Validate().ok()) << c.Validate();
