@@ -1,7 +1,7 @@
 // One rank of the tensor- and expert-parallel engine test (tests/python/engine_tp_test.py):
 // joins a Gloo group of WORLD ranks that is one TP group (MODE tp: tp = WORLD, attention
 // and vocabulary split), one EP group (MODE ep: ep = WORLD, the experts split) or both
-// (MODE tpep: tp = ep = WORLD; MODE ep-invariant / tp-invariant: ep or tp = WORLD with
+// (MODE tpep: tp = ep = WORLD; a MODE ending in -invariant: that layout with
 // numerics.batch_invariant, every logprob the whole model's bit for bit), loads its shard of
 // TinyParallelConfig with random weights of SEED (rank 0 writes the whole model as an HF
 // checkpoint under DIR once), and runs the engine on the shard and, in this process, on
@@ -59,9 +59,8 @@ namespace {
 // ulps of the logits; a wrong head, block or state shows as differences near 1.
 constexpr double kLogprobTolerance = 2e-5;
 
-// MODE ep-invariant / tp-invariant: the engines run numerics.batch_invariant, where the
-// expert- or tensor-parallel instance must give the whole model's logprobs bit for bit
-// (tolerance 0, no ties).
+// A MODE ending in -invariant: the engines run numerics.batch_invariant, where the sharded
+// instance must give the whole model's logprobs bit for bit (tolerance 0, no ties).
 bool g_invariant = false;
 double Tolerance() { return g_invariant ? 0.0 : kLogprobTolerance; }
 
@@ -342,20 +341,21 @@ int Run(int64_t rank, int64_t world, int64_t port, uint64_t seed, const std::str
 int main(int argc, char** argv) {
   int64_t v[4];
   if (!lightrl::ParseWorkerArgs(argc, argv, 7,
-                               "RANK WORLD PORT SEED DIR tp|ep|tpep|ep-invariant|tp-invariant", 4,
-                               v)) {
+                               "RANK WORLD PORT SEED DIR tp|ep|tpep[-invariant]", 4, v)) {
     return 2;
   }
   const std::string mode = argv[6];
-  if (mode != "tp" && mode != "ep" && mode != "tpep" && mode != "ep-invariant" &&
-      mode != "tp-invariant") {
-    std::fprintf(stderr, "MODE must be tp, ep, tpep, ep-invariant or tp-invariant, got \"%s\"\n",
+  const std::string suffix = "-invariant";
+  lightrl::g_invariant = mode.size() > suffix.size() &&
+                         mode.compare(mode.size() - suffix.size(), suffix.size(), suffix) == 0;
+  const std::string layout = lightrl::g_invariant ? mode.substr(0, mode.size() - suffix.size()) : mode;
+  if (layout != "tp" && layout != "ep" && layout != "tpep") {
+    std::fprintf(stderr, "MODE must be tp, ep or tpep, each optionally with -invariant, got \"%s\"\n",
                  mode.c_str());
     return 2;
   }
-  lightrl::g_invariant = mode == "ep-invariant" || mode == "tp-invariant";
-  const bool tp = mode == "tp" || mode == "tpep" || mode == "tp-invariant";
-  const bool ep = mode == "ep" || mode == "tpep" || mode == "ep-invariant";
+  const bool tp = layout != "ep";
+  const bool ep = layout != "tp";
   try {
     return lightrl::Run(v[0], v[1], v[2], static_cast<uint64_t>(v[3]), argv[5], tp, ep);
   } catch (const std::exception& e) {

@@ -1,7 +1,7 @@
 """The engine on a tensor- or expert-parallel rollout instance over real processes: TP 2 on
 2 Gloo ranks, EP 2 on 2 and EP 4 on 4 (each rank holding its experts only), TP 2 x EP 2
-on 2 (each rank its heads, vocabulary rows and experts), EP 2 and TP 2 in the
-batch-invariant mode (every logprob the whole model's bit for bit), on
+on 2 (each rank its heads, vocabulary rows and experts), EP 2, TP 2 and TP 2 x EP 2 in
+the batch-invariant mode (every logprob the whole model's bit for bit), on
 TinyParallelConfig with random weights drawn from a fresh seed (printed here).
 Every rank (engine_tp_worker) loads its shard of the whole model from an HF checkpoint and
 generates, with small max_prefill_tokens, max_num_seqs and KV cache (admissions, prefills,
@@ -65,6 +65,7 @@ def main():
     run(2, seed, "tpep")
     run(2, seed, "ep-invariant")
     run(2, seed, "tp-invariant")
+    run(2, seed, "tpep-invariant")
     print("engine_tensor_parallel: ok")
 
 
