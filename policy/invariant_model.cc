@@ -394,7 +394,10 @@ std::pair<torch::Tensor, torch::Tensor> InvariantDecoderLayer(
 ForwardOutput InvariantForward(MiniMaxForCausalLMImpl& model, const torch::Tensor& tokens,
                                const PackedLayout& layout, const ForwardOptions& options) {
   TensorParallelComm* tp = model.TpCommOf(options.tensor_parallel);
-  const bool sp = tp != nullptr && options.sequence_parallel;
+  TORCH_CHECK(!options.sequence_parallel || tp != nullptr, "MiniMaxForCausalLM: "
+              "sequence_parallel needs a model sharded over a TP group of 2 or more and "
+              "ForwardOptions.tensor_parallel");
+  const bool sp = options.sequence_parallel;
   TORCH_CHECK(tp == nullptr || sp == (options.expert_parallel != nullptr),
               "numerics.batch_invariant runs tensor parallelism with sequence parallelism when "
               "the experts are sharded (expert parallelism) and without it otherwise");

@@ -49,16 +49,30 @@ TEST(BatchInvariantTest, TheModesOptionsAreChecked) {
   EngineOptions eopts;
   eopts.batch_invariant = true;
   EXPECT_TRUE(Engine::Create(policy->get(), eopts).ok());
-  // Expert parallelism runs in the mode (InvariantExpertParallelTest); sequence
-  // parallelism does not yet.
+  // Expert parallelism runs in the mode (InvariantExpertParallelTest), and sequence
+  // parallelism with it (run_invariant_tp); with whole experts the config refuses sequence
+  // parallelism in the mode (run_config_test).
   LearnerOptions lopts;
   lopts.batch_invariant = true;
   lopts.data_parallel.expert_parallel = 2;
   EXPECT_TRUE(lopts.Validate().ok()) << lopts.Validate();
   lopts.sequence_parallel = true;
-  auto st = lopts.Validate();
-  EXPECT_FALSE(st.ok());
-  EXPECT_NE(std::string(st.message()).find("batch_invariant"), std::string::npos) << st;
+  EXPECT_TRUE(lopts.Validate().ok()) << lopts.Validate();
+  // The model refuses a forward in the mode whose options it cannot run, as without it:
+  // sequence parallelism on a model not split over TP.
+  ForwardOptions fopts;
+  fopts.batch_invariant = true;
+  fopts.sequence_parallel = true;
+  auto tokens = torch::zeros({3}, torch::kInt64);
+  try {
+    (*policy)->module()->Forward(tokens, PackedLayout::FromLengths({3}), fopts);
+    ADD_FAILURE() << "a sequence-parallel forward of a whole model ran";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sequence_parallel needs a model sharded"),
+              std::string::npos) << e.what();
+  }
+  fopts.sequence_parallel = false;
+  EXPECT_EQ((*policy)->module()->Forward(tokens, PackedLayout::FromLengths({3}), fopts).hidden.size(0), 3);
 }
 
 // --- the ops: batch invariance and exact gradients ---
