@@ -587,6 +587,54 @@ bool FusedNoGrad(const torch::Tensor& x, const torch::Tensor& other = {}) {
 }
 }  // namespace
 
+namespace {
+// Whether bf16 CUDA rows and weights can take the grouped tensor-core kernel (under autograd:
+// GroupedLinearFunction).
+bool GroupedOnTensorCores(const torch::Tensor& x, const std::vector<torch::Tensor>& weights) {
+  if (!x.is_cuda() || x.scalar_type() != torch::kBFloat16 || x.dim() != 2) return false;
+  for (const auto& w : weights) {
+    if (!w.is_cuda() || w.scalar_type() != torch::kBFloat16 || !w.is_contiguous()) return false;
+  }
+  return true;
+}
+
+// The grouped linear under autograd: the forward in one launch (each row the bits
+// InvariantLinear gives it, as outside autograd), the backward group by group in bf16 on
+// the tensor cores with FP32 accumulation, as LinearFunction's (its order is free).
+class GroupedLinearFunction : public torch::autograd::Function<GroupedLinearFunction> {
+ public:
+  // `weights` as a TensorList: autograd tracks each of them (a std::vector would pass as a
+  // constant).
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               at::TensorList weights, const std::vector<int64_t>& offsets) {
+    std::vector<torch::Tensor> saved = {x};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["offsets"] = offsets;
+    return invariant_cuda::GroupedLinear(x, weights.vec(), offsets).to(x.scalar_type());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const auto offsets = ctx->saved_data["offsets"].toIntVector();
+    const auto& x = saved[0];
+    const size_t groups = saved.size() - 1;
+    auto g = grad_out[0].to(x.scalar_type());
+    variable_list grads(groups + 2);
+    std::vector<torch::Tensor> dx;
+    for (size_t i = 0; i < groups; ++i) {
+      const auto& w = saved[1 + i];
+      auto rows_g = g.narrow(0, offsets[i], offsets[i + 1] - offsets[i]);
+      if (ctx->needs_input_grad(0)) dx.push_back(rows_g.mm(w));
+      if (ctx->needs_input_grad(1 + i)) {
+        grads[1 + i] = rows_g.t().mm(x.narrow(0, offsets[i], offsets[i + 1] - offsets[i]));
+      }
+    }
+    if (ctx->needs_input_grad(0)) grads[0] = torch::cat(dx);
+    return grads;
+  }
+};
+}  // namespace
+
 torch::Tensor InvariantGroupedLinear(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
                                      const std::vector<int64_t>& offsets) {
   TORCH_CHECK(offsets.size() == weights.size() + 1 && !weights.empty() && offsets[0] == 0 &&
@@ -599,6 +647,7 @@ torch::Tensor InvariantGroupedLinear(const torch::Tensor& x, const std::vector<t
                  w.is_contiguous() && !(torch::GradMode::is_enabled() && w.requires_grad());
   }
   if (one_launch) return invariant_cuda::GroupedLinear(x, weights, offsets).to(x.scalar_type());
+  if (GroupedOnTensorCores(x, weights)) return GroupedLinearFunction::apply(x, at::TensorList(weights), offsets);
   std::vector<torch::Tensor> outs;
   for (size_t g = 0; g < weights.size(); ++g) {
     outs.push_back(InvariantLinear(x.narrow(0, offsets[g], offsets[g + 1] - offsets[g]), weights[g]));

@@ -34,8 +34,9 @@ torch::Tensor InvariantLinear(const torch::Tensor& x, const torch::Tensor& w,
                               c10::optional<torch::ScalarType> out_dtype = c10::nullopt);
 
 // Rows offsets[g] .. offsets[g + 1] of x [A, K] times weights[g]^T ([M, K] each), in x's
-// dtype: each row the bits InvariantLinear(row, weights[g]) gives it. A bf16 CUDA x outside
-// autograd runs all groups in one launch; anything else group by group.
+// dtype: each row the bits InvariantLinear(row, weights[g]) gives it. bf16 CUDA x and weights
+// run all groups in one launch (under autograd too, the backward group by group); anything
+// else group by group. Differentiable in x and the weights.
 torch::Tensor InvariantGroupedLinear(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
                                      const std::vector<int64_t>& offsets);
 

@@ -146,12 +146,35 @@ TEST_F(InvariantCudaOpsTest, GroupedLinearGivesEachGroupsBits) {
     auto alone = InvariantLinear(x.narrow(0, offsets[g], sizes[g]), weights[g]);
     EXPECT_TRUE(SameBits(grouped.narrow(0, offsets[g], sizes[g]), alone.cpu())) << "group " << g;
   }
-  // With autograd the groups run one by one: the same bits, and gradients flow.
+  // Under autograd (the learner's training forward) the same one launch and bits, and the
+  // gradients of x and of every weight the groups' products' (float64 reference; the
+  // backward rounds its bf16 result once).
   auto xg = x.clone().requires_grad_();
-  auto with_grad = InvariantGroupedLinear(xg, weights, offsets);
+  std::vector<torch::Tensor> wg;
+  for (const auto& w : weights) wg.push_back(w.clone().requires_grad_());
+  auto with_grad = InvariantGroupedLinear(xg, wg, offsets);
   EXPECT_TRUE(SameBits(with_grad.detach(), grouped.cpu()));
-  with_grad.to(torch::kFloat32).sum().backward();
-  EXPECT_TRUE(xg.grad().defined());
+  auto up = torch::randn({offsets.back(), 96});
+  (with_grad.to(torch::kFloat32) * up.to(kCuda)).sum().backward();
+  auto g64 = up.to(torch::kBFloat16).to(torch::kFloat64);
+  auto x64 = x.cpu().to(torch::kFloat64);
+  auto near = [](const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& scale) {
+    auto err = (got.cpu().to(torch::kFloat64) - want).abs();
+    return ::testing::AssertionResult((err <= scale * 1e-2 + 1e-6).all().item<bool>())
+           << "max |diff| " << err.max().item<double>();
+  };
+  ASSERT_TRUE(xg.grad().defined());
+  for (size_t g = 0; g < sizes.size(); ++g) {
+    auto rows = g64.narrow(0, offsets[g], sizes[g]);
+    auto xs = x64.narrow(0, offsets[g], sizes[g]);
+    auto w64 = weights[g].cpu().to(torch::kFloat64);
+    ASSERT_TRUE(wg[g].grad().defined()) << "group " << g;
+    EXPECT_TRUE(near(wg[g].grad(), rows.t().mm(xs), rows.abs().t().mm(xs.abs()))) << "dW group " << g;
+    if (sizes[g] == 0) continue;
+    EXPECT_TRUE(near(xg.grad().narrow(0, offsets[g], sizes[g]), rows.mm(w64),
+                     rows.abs().mm(w64.abs())))
+        << "dx group " << g;
+  }
 }
 
 // The MoE dispatch on the device against a stable sort on the host: experts drawn unevenly
