@@ -60,7 +60,7 @@ struct EngineOptions {
   bool fuse_decode_epilogues = true;
   // numerics.batch_invariant: every token's logits and reported logprob are the same bits
   // whatever the batch (prefill chunks, decode batch sizes, preemption and re-prefill), and
-  // the same as the learner's in that mode. CPU only so far; slower (docs/config.md).
+  // the same as the learner's in that mode, on the CPU and on CUDA; slower (docs/config.md).
   bool batch_invariant = false;
   absl::Status Validate() const;
 };

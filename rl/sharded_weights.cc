@@ -140,10 +140,15 @@ absl::Status GatherShards(ProcessGroup* group, const PolicyModel& shard, PolicyM
       filled[spec.name] = 0;
     }
   }
+  // Each rank's blocks go to rank 0 alone (point to point), rank 0's own in place.
+  if (!root) return group->SendBytes(mine, 0);
   for (int64_t r = 0; r < group->world_size(); ++r) {
-    std::string bytes = r == group->rank() ? mine : std::string();
-    if (r != 0) RETURN_IF_ERROR(group->BroadcastBytes(&bytes, r));
-    if (!root) continue;
+    std::string bytes;
+    if (r == 0) {
+      bytes = std::move(mine);
+    } else {
+      RETURN_IF_ERROR(group->RecvBytes(&bytes, r));
+    }
     size_t pos = 0;
     uint64_t count = 0;
     const auto bad = [&] {
@@ -171,7 +176,6 @@ absl::Status GatherShards(ProcessGroup* group, const PolicyModel& shard, PolicyM
       filled[name] += data.size();
     }
   }
-  if (!root) return absl::OkStatus();
   std::vector<PolicyModel::WeightTensor> tensors;
   for (auto& [name, data] : full) {
     if (filled[name] != data.size()) {

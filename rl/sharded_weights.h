@@ -27,7 +27,7 @@ absl::StatusOr<std::vector<ShardCoords>> AllShardCoords(ProcessGroup* group,
 // (every block of the model once, whatever the ranks' coordinates) to rank 0, which
 // assembles each tensor from them and replaces the weights of `whole` (rank 0's whole
 // model; ignored elsewhere).
-// Costs the whole model's bytes on rank 0 and, over Gloo, one broadcast per rank.
+// Costs the whole model's bytes on rank 0; each rank's blocks go to rank 0 alone.
 absl::Status GatherShards(ProcessGroup* group, const PolicyModel& shard, PolicyModel* whole);
 
 // A collective of all ranks: every file of the layout's coordinates (tp x ep x
