@@ -22,6 +22,7 @@ enum class Command : uint8_t {
   kFinish = 4,
   kAbort = 5,
   kSaveWeights = 6,
+  kFollow = 7,
 };
 
 bool IsShard(const PolicyModel& policy) { return !(policy.shard() == ShardCoords{}); }
@@ -158,7 +159,7 @@ absl::StatusOr<LearnerStats> LearnerGroup::TrainRl(const std::vector<TrainSample
     RETURN_IF_ERROR(group_->BroadcastBytes(&message, 0));
   }
   ASSIGN_OR_RETURN(LearnerStats stats, learner_->TrainRl(batch));
-  if (sharded()) RETURN_IF_ERROR(GatherShards(group_, *policy_, whole_));
+  if (sharded() && whole_ != nullptr) RETURN_IF_ERROR(GatherShards(group_, *policy_, whole_));
   in_call_ = false;
   return stats;
 }
@@ -170,9 +171,15 @@ absl::StatusOr<LearnerStats> LearnerGroup::TrainSft(const std::vector<TrainSampl
     RETURN_IF_ERROR(group_->BroadcastBytes(&message, 0));
   }
   ASSIGN_OR_RETURN(LearnerStats stats, learner_->TrainSft(batch, lr));
-  if (sharded()) RETURN_IF_ERROR(GatherShards(group_, *policy_, whole_));
+  if (sharded() && whole_ != nullptr) RETURN_IF_ERROR(GatherShards(group_, *policy_, whole_));
   in_call_ = false;
   return stats;
+}
+
+absl::Status LearnerGroup::LeadFollow() {
+  if (group_ == nullptr) return absl::OkStatus();
+  std::string message(1, static_cast<char>(Command::kFollow));
+  return group_->BroadcastBytes(&message, 0);
 }
 
 absl::Status LearnerGroup::SaveState(const std::string& path) {
@@ -224,7 +231,8 @@ void LearnerGroup::Abort(const absl::Status& status) {
   (void)group_->BroadcastBytes(&w.str(), 0);
 }
 
-absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* policy) {
+absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* policy,
+                          const LearnerServing& serving) {
   int64_t calls = 0;
   for (;;) {
     std::string message;
@@ -246,8 +254,18 @@ absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* po
         } else {
           RETURN_IF_ERROR(learner->TrainSft(batch, lr).status());
         }
-        if (IsShard(*policy)) RETURN_IF_ERROR(GatherShards(group, *policy, nullptr));
+        if (IsShard(*policy) && serving.gather_shards) {
+          RETURN_IF_ERROR(GatherShards(group, *policy, nullptr));
+        }
         ++calls;
+        break;
+      }
+      case Command::kFollow: {
+        if (!serving.follow) {
+          return absl::FailedPreconditionError(
+              "rank 0 asked this learner rank to follow its engine, but it has none");
+        }
+        RETURN_IF_ERROR(serving.follow());
         break;
       }
       case Command::kSave: {

@@ -5,6 +5,7 @@
 // (rl/distributed.h).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -21,7 +22,8 @@ class LearnerGroup {
   // `group` may be null (one process); none is owned. `policy` is the learner's model.
   // When it holds only a shard (PolicyModel::CreateShard / LoadShard), `whole` is rank
   // 0's whole model for generation: every update ends by gathering all ranks' shards into
-  // it (rl/sharded_weights.h), so that it always holds the learner's weights.
+  // it (rl/sharded_weights.h), so that it always holds the learner's weights. Without
+  // `whole` nothing is gathered: rank 0's engine runs on the ranks' shards (LeadFollow).
   LearnerGroup(Learner* learner, ProcessGroup* group, PolicyModel* policy,
                PolicyModel* whole = nullptr)
       : learner_(learner), group_(group), policy_(policy), whole_(whole) {}
@@ -34,8 +36,12 @@ class LearnerGroup {
   // (PolicyModel::Save); a sharded one's by every rank as a sharded checkpoint
   // (SaveShards: shard files, then the index and config.json).
   absl::Status SaveWeights(const std::string& dir, DType dtype);
-  // Whether the learner's model is a shard (and `whole` the generation model).
+  // Whether the learner's model is a shard.
   bool sharded() const { return !(policy_->shard() == ShardCoords{}); }
+  // Between learner calls: the other ranks run their LearnerServing::follow (an engine on
+  // their shards following rank 0's batches) until rank 0 ends it (RolloutInstance::Pause),
+  // then serve learner calls again.
+  absl::Status LeadFollow();
   // Ends the other ranks' ServeLearner and checks that every rank holds the same weights
   // (FAILED_PRECONDITION naming the ranks otherwise). Call once, at the end of the run.
   absl::Status Finish();
@@ -54,10 +60,20 @@ class LearnerGroup {
   PolicyModel* whole_;
 };
 
+// What a learner-only rank does besides training, as rank 0's LearnerGroup has it.
+struct LearnerServing {
+  // A shard joins the gather into rank 0's whole model after every update (LearnerGroup
+  // with `whole`).
+  bool gather_shards = true;
+  // Run when rank 0 calls LeadFollow (null: refused).
+  std::function<absl::Status()> follow;
+};
+
 // A learner-only rank: runs the calls rank 0's LearnerGroup announces until Finish
 // (OK) or Abort (the error rank 0 reported). `policy` is the learner's model (a shard
 // joins the gathers and sharded saves).
-absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* policy);
+absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* policy,
+                          const LearnerServing& serving = {});
 
 // FNV-1a 64 over every parameter's bytes (ExportWeights, FP32), as 16 hex digits; of a
 // shard, over the parameters it holds whole (those every rank of its layout holds alike).

@@ -314,6 +314,15 @@ absl::Status RolloutInstance::Stop() {
   return impl_->group->BroadcastBytes(&bytes, 0);
 }
 
+absl::Status RolloutInstance::Pause() {
+  if (rank() != 0 || impl_->stopped) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "rollout instance: rank ", rank(), " cannot pause", impl_->stopped ? " after Stop" : ""));
+  }
+  std::string bytes(1, kStop);
+  return impl_->group->BroadcastBytes(&bytes, 0);
+}
+
 absl::Status RolloutInstance::Follow(PolicyModel* policy, const EngineOptions& options,
                                      const Tokenizer* tokenizer) {
   if (rank() == 0) {
@@ -321,6 +330,13 @@ absl::Status RolloutInstance::Follow(PolicyModel* policy, const EngineOptions& o
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
                    Engine::Create(policy, options, tokenizer, parallel()));
+  return Follow(engine.get(), policy);
+}
+
+absl::Status RolloutInstance::Follow(Engine* engine, PolicyModel* policy) {
+  if (rank() == 0) {
+    return absl::FailedPreconditionError("rollout instance: rank 0 serves; it does not follow");
+  }
   while (true) {
     std::string bytes;
     RETURN_IF_ERROR(impl_->group->BroadcastBytes(&bytes, 0));

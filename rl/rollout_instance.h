@@ -49,11 +49,17 @@ class RolloutInstance final : public EngineBatchFanout {
   absl::Status AnnounceWeights(const WeightSet& set) override;
   // Rank 0: ends the other ranks' Follow. Idempotent.
   absl::Status Stop();
+  // Rank 0: ends the other ranks' current Follow, which they may call again (an instance
+  // over the learner's ranks: between generation phases they serve learner calls).
+  absl::Status Pause();
   // Ranks > 0: creates an engine on `policy` (this rank's shard) with rank 0's `options`,
   // and runs each batch rank 0 announces until it stops (OK) or the group fails (waiting
   // for the next batch has no deadline; a rank 0 that goes away ends it with an error).
   absl::Status Follow(PolicyModel* policy, const EngineOptions& options,
                       const Tokenizer* tokenizer = nullptr);
+  // The same on an engine the caller keeps (made on `policy` with parallel() and rank 0's
+  // options), so that it outlives one Follow.
+  absl::Status Follow(Engine* engine, PolicyModel* policy);
 
   // The batch wire format (any byte string that Decode... accepts came from Encode...).
   static std::string EncodeBatch(const std::vector<GenerationRequest>& batch);

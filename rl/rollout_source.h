@@ -62,8 +62,14 @@ class RolloutSource {
 
 using RolloutSourcePtr = std::unique_ptr<RolloutSource>;
 
-// Generates with `engine` (which reads the live policy, so publishing is free).
-RolloutSourcePtr MakeEngineRolloutSource(Engine* engine);
+// Runs a batch on an engine whose model is sharded over other processes that run the same
+// batch (rank 0 of a learner whose ranks follow it, rl/trainer.cc): the engine's results.
+using EngineBatchRunner =
+    std::function<std::vector<GenerationResult>(const std::vector<GenerationRequest>&)>;
+
+// Generates with `engine` (which reads the live policy, so publishing is free), through
+// `run` when given.
+RolloutSourcePtr MakeEngineRolloutSource(Engine* engine, EngineBatchRunner run = nullptr);
 
 // Generates with an engine over its own copy of `policy`'s weights (twice the weight
 // memory), so generation may run on another thread while the learner updates `policy`.

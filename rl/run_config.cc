@@ -358,6 +358,8 @@ const ConfigTable<RolloutSection>& RolloutSection::Table() {
       Field<S>("max_staleness", &S::max_staleness,
                "policy versions a sample may lag when trained on", AtLeast(0)),
       Field<S>("async", &S::async, "generate ahead while the learner trains"),
+      Field<S>("sharded_engine", &S::sharded_engine,
+               "generate on the learner ranks' shards (TP or EP over all ranks)"),
   };
   return *table;
 }
@@ -740,6 +742,18 @@ absl::Status RunConfig::Validate() const {
         "parallel: tp ", parallel.tp, " with ep ", parallel.ep, " x expert_tp ",
         parallel.expert_tp, " needs sequence_parallel: true (each TP rank then dispatches "
         "its own block of the tokens to the experts; docs/distributed.md)"));
+  }
+  if (rollout.sharded_engine) {
+    const char* why = parallel.tp == 1 && parallel.ep == 1
+                          ? "a sharded learner (parallel.tp or parallel.ep > 1)"
+                      : parallel.tp > 1 && parallel.ep > 1
+                          ? "one of parallel.tp and parallel.ep > 1, not both"
+                      : parallel.expert_tp > 1 ? "parallel.expert_tp 1 (the engine runs whole experts)"
+                      : fleet.enabled()        ? "the local engine (fleet workers get whole models)"
+                      : rollout.async          ? "rollout.async off (the engine reads the learner's "
+                                                 "live weights)"
+                                               : nullptr;
+    if (why != nullptr) return Invalid(absl::StrCat("rollout.sharded_engine needs ", why));
   }
   if (parallel.sequence_parallel && numerics.batch_invariant && parallel.ep == 1 &&
       parallel.expert_tp == 1) {

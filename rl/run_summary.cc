@@ -40,12 +40,15 @@ void Trainer::PrintSummary() const {
                                config_.fleet.coordinator_address, config_.fleet.min_workers);
   } else if (config_.rollout.async) {
     rollouts = "an engine copy beside the learner (rollout.async)";
+  } else if (ShardedEngine()) {
+    rollouts = absl::StrFormat("the controller's engine on the %d ranks' shards "
+                               "(rollout.sharded_engine)", world);
   }
   // Sharded experts (ShardedLearner): an expert-TP size, and rank 0's whole model for its
-  // engine gathered after every update.
+  // engine gathered after every update (or the engine on the shards).
   const int64_t etp = config_.parallel.expert_tp;
   const std::string experts =
-      shard_policy_ ? absl::StrFormat(" x expert-TP %d, experts sharded", etp) : std::string();
+      ShardedLearner() ? absl::StrFormat(" x expert-TP %d, experts sharded", etp) : std::string();
   const int64_t tp = config_.parallel.tp;
   const std::string parallel =
       tp > 1 ? absl::StrFormat("tensor-parallel %d%s x data-parallel %d%s, weights sharded", tp,

@@ -196,10 +196,62 @@ bool Trainer::ShardedLearner() const {
 }
 
 // Tensor parallelism runs over the layout's TP and DP groups, which every rank forms
-// together before its learner is made.
+// together before its learner is made (a sharded engine's instance too).
 absl::Status Trainer::JoinLayout() {
-  if (group_ == nullptr || config_.parallel.tp == 1) return absl::OkStatus();
+  if (group_ == nullptr || (config_.parallel.tp == 1 && !ShardedEngine())) return absl::OkStatus();
   return group_->JoinLayoutGroups(config_.parallel);
+}
+
+bool Trainer::ShardedEngine() const { return ShardedLearner() && config_.rollout.sharded_engine; }
+
+EngineOptions Trainer::MakeEngineOptions() const {
+  EngineOptions eopts;
+  eopts.max_num_seqs = std::max<int64_t>(config_.rollout.max_num_seqs, config_.rollout.group_size);
+  eopts.kv_cache_bytes = int64_t{512} << 20;
+  eopts.batch_invariant = config_.numerics.batch_invariant;
+  return eopts;
+}
+
+absl::Status Trainer::StartShardedEngine(PolicyModel* policy) {
+  const int64_t world = options_.distributed.world_size;
+  if (config_.parallel.tp != world && config_.parallel.ep != world) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rollout.sharded_engine: the ", world, " learner ranks must form one TP group "
+        "(parallel.tp ", world, ") or one EP group (parallel.ep ", world, "), got parallel.tp ",
+        config_.parallel.tp, " and parallel.ep ", config_.parallel.ep,
+        " (data-parallel copies would each need an engine of their own)"));
+  }
+  const auto named = [](const absl::Status& s) {
+    return absl::Status(s.code(), absl::StrCat("rollout.sharded_engine: ", s.message()));
+  };
+  auto instance = RolloutInstance::Create(group_.get());
+  if (!instance.ok()) return named(instance.status());
+  instance_ = std::move(*instance);
+  auto engine = Engine::Create(policy, MakeEngineOptions(), &*tokenizer_, instance_->parallel());
+  if (!engine.ok()) return named(engine.status());
+  engine_ = std::move(*engine);
+  return absl::OkStatus();
+}
+
+std::vector<GenerationResult> Trainer::GenerateOnEngine(const std::vector<GenerationRequest>& requests) {
+  if (instance_ == nullptr) return engine_->Generate(requests);
+  absl::Status status = learners_->LeadFollow();
+  if (status.ok()) status = instance_->Announce(requests);
+  std::vector<GenerationResult> results;
+  if (status.ok()) {
+    results = engine_->Generate(requests);
+    status = instance_->Pause();
+  }
+  if (!status.ok()) {
+    // The ranks may be out of step: every group fails, and with it the run.
+    results.assign(requests.size(), GenerationResult{});
+    for (size_t i = 0; i < results.size(); ++i) {
+      results[i].id = requests[i].id;
+      results[i].status = absl::InternalError(absl::StrCat(
+          "the learner ranks' sharded engine: ", status.message()));
+    }
+  }
+  return results;
 }
 
 absl::StatusOr<std::unique_ptr<PolicyModel>> Trainer::LoadShard(
@@ -245,11 +297,21 @@ absl::Status Trainer::RunLearnerRank() {
   RETURN_IF_ERROR(CheckLayout(config_, dist, *policy_));
   RETURN_IF_ERROR(JoinLayout());
   ASSIGN_OR_RETURN(learner_, Learner::Create(policy_.get(), MakeLearnerOptions(), group_.get()));
+  LearnerServing serving;
+  if (ShardedEngine()) {
+    // This rank's engine rank, on the shard it trains, following rank 0's batches (made
+    // where rank 0 makes its own: its instance's groups are collectives).
+    ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(config_.model.tokenizer));
+    tokenizer_.emplace(std::move(t));
+    RETURN_IF_ERROR(StartShardedEngine(policy_.get()));
+    serving.gather_shards = false;
+    serving.follow = [this] { return instance_->Follow(engine_.get(), policy_.get()); };
+  }
   if (resume_dir) RETURN_IF_ERROR(learner_->LoadState(JoinPath(*resume_dir, "optimizer.pt")));
   LogInfo("lightrl run: learner rank %lld of %lld ready (%s)",
           static_cast<long long>(dist.rank), static_cast<long long>(dist.world_size),
           group_->backend().c_str());
-  return ServeLearner(learner_.get(), group_.get(), policy_.get());
+  return ServeLearner(learner_.get(), group_.get(), policy_.get(), serving);
 }
 
 // The reward function: one built-in in this process, or the router over weighted kinds and
@@ -380,7 +442,8 @@ absl::Status Trainer::Setup() {
     std::string resume = resume_dir.value_or("");
     RETURN_IF_ERROR(group_->BroadcastBytes(&resume, 0));
   }
-  ASSIGN_OR_RETURN(policy_, LoadPolicy(resume_dir));
+  // With a sharded engine this rank holds its shard alone; otherwise the whole model.
+  ASSIGN_OR_RETURN(policy_, ShardedEngine() ? LoadShard(resume_dir) : LoadPolicy(resume_dir));
   if (!config_.model.tokenizer.empty()) {
     ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(config_.model.tokenizer));
     tokenizer_.emplace(std::move(t));
@@ -390,20 +453,23 @@ absl::Status Trainer::Setup() {
 
   RETURN_IF_ERROR(CheckLayout(config_, options_.distributed, *policy_));
   // A sharded learner trains this rank's shard; the whole model above stays for the
-  // engine and is refreshed from all ranks' shards after every update (docs/distributed.md).
-  if (ShardedLearner()) {
+  // engine and is refreshed from all ranks' shards after every update (docs/distributed.md),
+  // unless the engine runs on the shards (rollout.sharded_engine).
+  if (ShardedLearner() && !ShardedEngine()) {
     ASSIGN_OR_RETURN(shard_policy_, LoadShard(resume_dir));
   }
   PolicyModel* trained = shard_policy_ ? shard_policy_.get() : policy_.get();
   RETURN_IF_ERROR(JoinLayout());
   ASSIGN_OR_RETURN(learner_, Learner::Create(trained, MakeLearnerOptions(), group_.get()));
-  learners_ = std::make_unique<LearnerGroup>(learner_.get(), group_.get(), trained, policy_.get());
+  learners_ = std::make_unique<LearnerGroup>(learner_.get(), group_.get(), trained,
+                                             ShardedEngine() ? nullptr : policy_.get());
 
-  EngineOptions eopts;
-  eopts.max_num_seqs = std::max<int64_t>(config_.rollout.max_num_seqs, config_.rollout.group_size);
-  eopts.kv_cache_bytes = int64_t{512} << 20;
-  eopts.batch_invariant = config_.numerics.batch_invariant;
-  ASSIGN_OR_RETURN(engine_, Engine::Create(policy_.get(), eopts, &*tokenizer_));
+  const EngineOptions eopts = MakeEngineOptions();
+  if (ShardedEngine()) {
+    RETURN_IF_ERROR(StartShardedEngine(policy_.get()));
+  } else {
+    ASSIGN_OR_RETURN(engine_, Engine::Create(policy_.get(), eopts, &*tokenizer_));
+  }
 
   DatasetMetadataOptions metadata;
   metadata.fields = config_.reward.metadata_fields;
@@ -464,7 +530,10 @@ absl::Status Trainer::Setup() {
       // Generation runs while the learner trains, so it cannot read the learner's tensors.
       ASSIGN_OR_RETURN(rollout_source_, MakeEngineCopyRolloutSource(policy_.get(), eopts, &*tokenizer_));
     } else {
-      rollout_source_ = MakeEngineRolloutSource(engine_.get());
+      rollout_source_ = MakeEngineRolloutSource(
+          engine_.get(), [this](const std::vector<GenerationRequest>& requests) {
+            return GenerateOnEngine(requests);
+          });
     }
   }
 
@@ -608,7 +677,7 @@ absl::StatusOr<EvalResult> Trainer::Evaluate(int64_t step) {
       reqs.push_back(std::move(r));
     }
   }
-  auto results = engine_->Generate(reqs);
+  auto results = GenerateOnEngine(reqs);
   // Every response is scored in one batch; inputs[k] belongs to request owner[k].
   std::vector<RewardInput> inputs;
   std::vector<size_t> owner;

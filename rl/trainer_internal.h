@@ -29,6 +29,7 @@
 #include "rl/learner.h"
 #include "rl/learner_group.h"
 #include "rl/rl_step.h"
+#include "rl/rollout_instance.h"
 #include "rl/rollout_log.h"
 #include "rl/rollout_source.h"
 #include "rl/run_config.h"
@@ -116,6 +117,15 @@ class Trainer {
   absl::Status JoinLayout();
   absl::StatusOr<std::unique_ptr<PolicyModel>> LoadShard(const std::optional<std::string>& resume_dir) const;
   LearnerOptions MakeLearnerOptions() const;
+  // rollout.sharded_engine under a sharded learner: every rank runs an engine rank on its
+  // own shard, rank 0's leading (the learner's ranks as one rollout instance).
+  bool ShardedEngine() const;
+  EngineOptions MakeEngineOptions() const;
+  // The instance over the learner's ranks (after JoinLayout), each rank's engine on `policy`.
+  absl::Status StartShardedEngine(PolicyModel* policy);
+  // Rank 0's engine batch: with a sharded engine the other ranks follow it (LeadFollow,
+  // Announce) and pause after it.
+  std::vector<GenerationResult> GenerateOnEngine(const std::vector<GenerationRequest>& requests);
   absl::Status RunSft();
   absl::Status RunRl();
   // The RL step's parts: the async generator (rollout.async); one round of generated and
@@ -163,13 +173,15 @@ class Trainer {
   TrainerRunOptions options_;
   std::string ckpt_root_;
   // The whole model (rank 0's engine generates with it). With a sharded learner the
-  // learner trains shard_policy_ and every update is gathered into policy_.
+  // learner trains shard_policy_ and every update is gathered into policy_; with a sharded
+  // engine (ShardedEngine) policy_ is this rank's shard, trained and generated with alike.
   std::unique_ptr<PolicyModel> policy_;
   std::unique_ptr<PolicyModel> shard_policy_;
   std::optional<Tokenizer> tokenizer_;
   ProcessGroupPtr group_;  // null with one learner process
   std::unique_ptr<Learner> learner_;
   std::unique_ptr<LearnerGroup> learners_;  // every learner call goes through it
+  std::unique_ptr<RolloutInstance> instance_;  // a sharded engine's ranks (before engine_)
   std::unique_ptr<Engine> engine_;
   RolloutSourcePtr rollout_source_;
   LaunchedWorkersPtr python_rewards_;      // reward.servers.NAME.python; null: none

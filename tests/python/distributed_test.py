@@ -607,18 +607,19 @@ def case_run_sharded():
 
 
 def check_invariant_runs(name, runs, model=None):
-    """`runs`: (name, parallel, nproc, layout line) of `lightrl run`s in the batch-invariant
-    mode, the first one process: every step's mismatch metrics are exactly 0 and the
+    """`runs`: (name, parallel, nproc, layout line[, extra arguments]) of `lightrl run`s in
+    the batch-invariant mode, the first one process: every step's mismatch metrics are exactly 0 and the
     learner's metrics equal the first run's."""
     tmp = tempfile.mkdtemp(prefix=f"lightrl_dist_{name}_")
     try:
         dirs = []
-        for run_name, parallel, nproc, layout in runs:
+        for run_name, parallel, nproc, layout, *extra in runs:
             cfg, out = run_config(tmp, run_name, steps=3, parallel=parallel,
                                   **({"model": model} if model else {}))
             with open(cfg, "a") as f:
                 f.write("numerics:\n  batch_invariant: true\n")
-            err = lightrl_run("--config", cfg, *(["--nproc", str(nproc)] if nproc > 1 else []))
+            err = lightrl_run("--config", cfg, *(["--nproc", str(nproc)] if nproc > 1 else []),
+                              *(extra[0] if extra else []))
             assert layout in err, err
             rows = [metrics(out)[s] for s in sorted(metrics(out))]
             mismatch = [(r["policy/train_infer_logprob_abs_diff_max"], r["policy/train_infer_kl"])
@@ -639,9 +640,12 @@ def case_run_invariant_ep():
     compared = check_invariant_runs("invariant_ep", [
         ("one", None, 1, ""),
         ("ep", {"ep": 2}, 2, "expert-parallel 2 x expert-TP 1, experts sharded"),
-        ("ep_etp", {"ep": 2, "expert_tp": 2}, 4, "expert-parallel 2 x expert-TP 2, experts sharded")])
-    print(f"  ep 2 and ep 2 x expert_tp 2 in the batch-invariant mode: mismatch 0 at all 3 "
-          f"steps, {compared} metrics agree with one process")
+        ("ep_etp", {"ep": 2, "expert_tp": 2}, 4, "expert-parallel 2 x expert-TP 2, experts sharded"),
+        ("ep_engine", {"ep": 2}, 2, "rollouts: the controller's engine on the 2 ranks' shards",
+         SHARDED_ENGINE)])
+    print(f"  ep 2 and ep 2 x expert_tp 2 in the batch-invariant mode, and ep 2 generating on "
+          f"the ranks' shards: mismatch 0 at all 3 steps, {compared} metrics agree with one "
+          "process")
 
 
 def case_run_invariant_tp():
@@ -655,10 +659,30 @@ def case_run_invariant_tp():
         ("tp", {"tp": 2}, 2, "tensor-parallel 2 x data-parallel 1, weights sharded"),
         ("tp_ep", {"tp": 2, "ep": 2, "sequence_parallel": True}, 4,
          "tensor-parallel 2 (sequence-parallel) x data-parallel 2; experts: expert-parallel 2 "
-         "x expert-TP 1, weights sharded")],
+         "x expert-TP 1, weights sharded"),
+        ("tp_engine", {"tp": 2}, 2, "rollouts: the controller's engine on the 2 ranks' shards",
+         SHARDED_ENGINE)],
         model=TP_MODEL)
-    print(f"  tp 2, and tp 2 x ep 2 with sequence parallelism, in the batch-invariant mode: "
-          f"mismatch 0 at all 3 steps, {compared} metrics agree with one process")
+    print(f"  tp 2, and tp 2 x ep 2 with sequence parallelism, in the batch-invariant mode, and "
+          f"tp 2 generating on the ranks' shards: mismatch 0 at all 3 steps, {compared} metrics "
+          "agree with one process")
+    # Two data-parallel copies of a TP 2 shard would each need an engine: refused by name.
+    tmp = tempfile.mkdtemp(prefix="lightrl_dist_sharded_engine_")
+    try:
+        cfg, _ = run_config(tmp, "tp_dp", steps=1, parallel={"tp": 2}, model=TP_MODEL)
+        p = subprocess.run([BIN, "run", "--config", cfg, "--nproc", "4", *SHARDED_ENGINE],
+                           capture_output=True, text=True, timeout=240, env=ENV)
+        message = ("rollout.sharded_engine: the 4 learner ranks must form one TP group "
+                   "(parallel.tp 4) or one EP group (parallel.ep 4), got parallel.tp 2")
+        assert p.returncode != 0 and message in p.stderr, p.stderr
+        print(f"  tp 2 x dp 2 with rollout.sharded_engine: {message} ...")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# rollout.sharded_engine: rank 0's engine on the ranks' shards (an instance of the learner's
+# ranks), no whole model anywhere and nothing gathered after an update.
+SHARDED_ENGINE = ["--set", "rollout.sharded_engine=true"]
 
 
 # MODEL with its heads and vocabulary (padded by one row past the tokenizer's) split in two.
