@@ -112,7 +112,7 @@ struct RolloutSection : SamplingParams {
   // with its own copy of the weights). Needs max_staleness >= algorithm.minibatches;
   // max_staleness / minibatches steps of groups are generated ahead.
   bool async = false;
-  // Under a sharded learner (parallel.tp or parallel.ep > 1 over all its ranks), rank 0's
+  // Under a sharded learner (parallel.tp, parallel.ep or both over all its ranks), rank 0's
   // engine runs on the ranks' own shards, every rank an engine rank following rank 0's
   // batches (docs/distributed.md): no rank holds the whole model and nothing is gathered
   // after an update. Off: rank 0 keeps a whole model and gathers the shards into it.

@@ -214,11 +214,12 @@ EngineOptions Trainer::MakeEngineOptions() const {
 
 absl::Status Trainer::StartShardedEngine(PolicyModel* policy) {
   const int64_t world = options_.distributed.world_size;
-  if (config_.parallel.tp != world && config_.parallel.ep != world) {
+  const auto spans = [world](int64_t size) { return size == 1 || size == world; };
+  if (!spans(config_.parallel.tp) || !spans(config_.parallel.ep)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "rollout.sharded_engine: the ", world, " learner ranks must form one TP group "
-        "(parallel.tp ", world, ") or one EP group (parallel.ep ", world, "), got parallel.tp ",
-        config_.parallel.tp, " and parallel.ep ", config_.parallel.ep,
+        "(parallel.tp ", world, "), one EP group (parallel.ep ", world, ") or both, got "
+        "parallel.tp ", config_.parallel.tp, " and parallel.ep ", config_.parallel.ep,
         " (data-parallel copies would each need an engine of their own)"));
   }
   const auto named = [](const absl::Status& s) {

@@ -661,11 +661,13 @@ def case_run_invariant_tp():
          "tensor-parallel 2 (sequence-parallel) x data-parallel 2; experts: expert-parallel 2 "
          "x expert-TP 1, weights sharded"),
         ("tp_engine", {"tp": 2}, 2, "rollouts: the controller's engine on the 2 ranks' shards",
-         SHARDED_ENGINE)],
+         SHARDED_ENGINE),
+        ("tp_ep_engine", {"tp": 2, "ep": 2, "sequence_parallel": True}, 2,
+         "rollouts: the controller's engine on the 2 ranks' shards", SHARDED_ENGINE)],
         model=TP_MODEL)
     print(f"  tp 2, and tp 2 x ep 2 with sequence parallelism, in the batch-invariant mode, and "
-          f"tp 2 generating on the ranks' shards: mismatch 0 at all 3 steps, {compared} metrics "
-          "agree with one process")
+          f"tp 2 and tp 2 x ep 2 (over the same 2 ranks) generating on the ranks' shards: "
+          f"mismatch 0 at all 3 steps, {compared} metrics agree with one process")
     # Two data-parallel copies of a TP 2 shard would each need an engine: refused by name.
     tmp = tempfile.mkdtemp(prefix="lightrl_dist_sharded_engine_")
     try:
@@ -673,7 +675,7 @@ def case_run_invariant_tp():
         p = subprocess.run([BIN, "run", "--config", cfg, "--nproc", "4", *SHARDED_ENGINE],
                            capture_output=True, text=True, timeout=240, env=ENV)
         message = ("rollout.sharded_engine: the 4 learner ranks must form one TP group "
-                   "(parallel.tp 4) or one EP group (parallel.ep 4), got parallel.tp 2")
+                   "(parallel.tp 4), one EP group (parallel.ep 4) or both, got parallel.tp 2")
         assert p.returncode != 0 and message in p.stderr, p.stderr
         print(f"  tp 2 x dp 2 with rollout.sharded_engine: {message} ...")
     finally:
