@@ -81,6 +81,32 @@ torch::Tensor ProcessGroupExpertComm::AllToAll(const torch::Tensor& input,
   return RunAllToAll(*ep_, ep_size_, input, send, recv, "expert");
 }
 
+InstanceExpertComm::InstanceExpertComm(ProcessGroup* group, int64_t ep_size)
+    : device_(group->impl().device), ep_size_(ep_size) {
+  const LayoutGroups g = ExpertGroups(group->rank(), group->world_size(), ep_size, 1);
+  ep_rank_ = g.ep_rank;
+  ep_ = group->impl().Subgroup(g.ep);
+}
+
+torch::Tensor InstanceExpertComm::AllGather(const torch::Tensor& local) {
+  std::vector<at::Tensor> in{local.to(device_).contiguous()};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int64_t r = 0; r < ep_size_; ++r) out[0].push_back(torch::empty_like(in[0]));
+  ep_->allgather(out, in)->wait();
+  return torch::stack(out[0]).to(torch::kCPU);
+}
+
+torch::Tensor InstanceExpertComm::AllToAll(const torch::Tensor& input,
+                                           const std::vector<int64_t>& send,
+                                           const std::vector<int64_t>& recv) {
+  return RunAllToAll(*ep_, ep_size_, input, send, recv, "expert");
+}
+
+torch::Tensor InstanceExpertComm::ExpertTpAllToAll(const torch::Tensor&, const std::vector<int64_t>&,
+                                                   const std::vector<int64_t>&) {
+  TORCH_CHECK(false, "an instance's EP comm has no expert-TP group");
+}
+
 torch::Tensor ProcessGroupExpertComm::ExpertTpAllToAll(const torch::Tensor& input,
                                                        const std::vector<int64_t>& send,
                                                        const std::vector<int64_t>& recv) {

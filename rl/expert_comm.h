@@ -46,4 +46,30 @@ class ProcessGroupExpertComm final : public ExpertParallelComm {
   c10::intrusive_ptr<c10d::Backend> ep_, expert_tp_group_;
 };
 
+// One EP group of a process group as a world of its own (ranks 0 .. ep - 1 in EP-rank order,
+// no expert-TP): the comm of one of several rollout instances over a learner's ranks
+// (data-parallel copies), whose collectives, the routing counts' gather included, stay
+// within the instance while the other copies run other batches.
+class InstanceExpertComm final : public ExpertParallelComm {
+ public:
+  // Joins this rank's EP group of `ep_size` (a collective of all ranks of `group`, as
+  // ProcessGroupExpertComm's constructor).
+  InstanceExpertComm(ProcessGroup* group, int64_t ep_size);
+
+  int64_t rank() const override { return ep_rank_; }
+  int64_t world_size() const override { return ep_size_; }
+  int64_t ep_size() const override { return ep_size_; }
+  int64_t ep_rank() const override { return ep_rank_; }
+  torch::Tensor AllGather(const torch::Tensor& local) override;
+  torch::Tensor AllToAll(const torch::Tensor& input, const std::vector<int64_t>& send,
+                         const std::vector<int64_t>& recv) override;
+  torch::Tensor ExpertTpAllToAll(const torch::Tensor& input, const std::vector<int64_t>& send,
+                                 const std::vector<int64_t>& recv) override;
+
+ private:
+  torch::Device device_;
+  int64_t ep_size_, ep_rank_;
+  c10::intrusive_ptr<c10d::Backend> ep_;
+};
+
 }  // namespace lightrl

@@ -176,10 +176,12 @@ absl::StatusOr<LearnerStats> LearnerGroup::TrainSft(const std::vector<TrainSampl
   return stats;
 }
 
-absl::Status LearnerGroup::LeadFollow() {
+absl::Status LearnerGroup::LeadFollow(const std::string& payload) {
   if (group_ == nullptr) return absl::OkStatus();
-  std::string message(1, static_cast<char>(Command::kFollow));
-  return group_->BroadcastBytes(&message, 0);
+  Writer w;
+  w.Put(static_cast<uint8_t>(Command::kFollow));
+  w.PutString(payload);
+  return group_->BroadcastBytes(&w.str(), 0);
 }
 
 absl::Status LearnerGroup::SaveState(const std::string& path) {
@@ -261,11 +263,13 @@ absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* po
         break;
       }
       case Command::kFollow: {
+        std::string payload;
+        if (!r.GetString(payload)) return bad();
         if (!serving.follow) {
           return absl::FailedPreconditionError(
               "rank 0 asked this learner rank to follow its engine, but it has none");
         }
-        RETURN_IF_ERROR(serving.follow());
+        RETURN_IF_ERROR(serving.follow(payload));
         break;
       }
       case Command::kSave: {

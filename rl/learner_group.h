@@ -38,10 +38,11 @@ class LearnerGroup {
   absl::Status SaveWeights(const std::string& dir, DType dtype);
   // Whether the learner's model is a shard.
   bool sharded() const { return !(policy_->shard() == ShardCoords{}); }
-  // Between learner calls: the other ranks run their LearnerServing::follow (an engine on
-  // their shards following rank 0's batches) until rank 0 ends it (RolloutInstance::Pause),
-  // then serve learner calls again.
-  absl::Status LeadFollow();
+  // Between learner calls: the other ranks run their LearnerServing::follow with `payload`
+  // (an engine on their shards following their instance's leader, the batch for the
+  // leaders of other copies) until their leader ends it (RolloutInstance::Pause), then
+  // serve learner calls again.
+  absl::Status LeadFollow(const std::string& payload);
   // Ends the other ranks' ServeLearner and checks that every rank holds the same weights
   // (FAILED_PRECONDITION naming the ranks otherwise). Call once, at the end of the run.
   absl::Status Finish();
@@ -65,8 +66,8 @@ struct LearnerServing {
   // A shard joins the gather into rank 0's whole model after every update (LearnerGroup
   // with `whole`).
   bool gather_shards = true;
-  // Run when rank 0 calls LeadFollow (null: refused).
-  std::function<absl::Status()> follow;
+  // Run with the payload when rank 0 calls LeadFollow (null: refused).
+  std::function<absl::Status(const std::string& payload)> follow;
 };
 
 // A learner-only rank: runs the calls rank 0's LearnerGroup announces until Finish

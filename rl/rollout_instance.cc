@@ -1,5 +1,6 @@
 #include "rl/rollout_instance.h"
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -16,7 +17,7 @@ namespace {
 
 // A message is a kind byte, then for a batch the request count and each request's fields
 // in a fixed order: little-endian fixed-width numbers, strings and lists length-first.
-constexpr char kBatch = 'B', kStop = 'S', kWeights = 'W';
+constexpr char kBatch = 'B', kStop = 'S', kWeights = 'W', kResults = 'R';
 
 class Writer {
  public:
@@ -74,9 +75,27 @@ class Reader {
 
 struct RolloutInstance::Impl {
   ProcessGroup* group = nullptr;
+  // The instance's ranks in the group, ascending; the first leads. All of the group's, or
+  // (data-parallel copies) this rank's TP group, or its EP group without TP.
+  std::vector<int64_t> members;
+  bool whole_group() const { return static_cast<int64_t>(members.size()) == group->world_size(); }
+  bool leads() const { return group->rank() == members.front(); }
+  // A message from the leader to the other members: one broadcast over the whole group,
+  // else point to point.
+  absl::Status Send(std::string* bytes) {
+    if (whole_group()) return group->BroadcastBytes(bytes, 0);
+    for (size_t i = 1; i < members.size(); ++i) RETURN_IF_ERROR(group->SendBytes(*bytes, members[i]));
+    return absl::OkStatus();
+  }
+  absl::Status Receive(std::string* bytes) {
+    if (whole_group()) return group->BroadcastBytes(bytes, 0);
+    return group->RecvBytes(bytes, members.front());
+  }
   ShardCoords shard;
   std::unique_ptr<ProcessGroupTpComm> comm;
-  std::unique_ptr<ProcessGroupExpertComm> experts;  // an expert-parallel instance
+  // An expert-parallel instance's: over the whole group, or (one of several copies) over
+  // its EP group alone.
+  std::unique_ptr<ExpertParallelComm> experts;
   bool stopped = false;
   // Set when a weight update may have reached only some ranks: no batch runs after it.
   absl::Status broken = absl::OkStatus();
@@ -85,7 +104,8 @@ struct RolloutInstance::Impl {
 RolloutInstance::RolloutInstance(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 RolloutInstance::~RolloutInstance() = default;
 
-absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(ProcessGroup* group) {
+absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(ProcessGroup* group,
+                                                                         bool copies) {
   const LayoutGroups* groups = group->layout_groups();
   if (groups == nullptr) {
     return absl::FailedPreconditionError(
@@ -93,26 +113,39 @@ absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(Process
   }
   const auto world = group->world_size();
   const auto tp = static_cast<int64_t>(groups->tp.size()), ep = static_cast<int64_t>(groups->ep.size());
-  // One TP group, one EP group, or both over the same ranks.
-  const bool one_group = (tp == world || tp == 1) && (ep == world || ep == 1) && tp * ep > 1;
-  if (!(one_group || world == 1) || groups->expert_tp.size() != 1) {
+  // One TP group, one EP group, or both over the same ranks (with copies: each rank's).
+  std::vector<int64_t> members = tp > 1 ? groups->tp : groups->ep;
+  const bool shape = tp == 1 || ep == 1 || groups->ep == groups->tp;
+  const bool size = copies || static_cast<int64_t>(members.size()) == world;
+  if (!((shape && size && tp * ep > 1) || world == 1) || groups->expert_tp.size() != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "rollout instance: its ranks must form one TP group, one EP group or both; the "
-        "layout's TP group has ", tp, ", its EP group ", ep, " of the ", world,
-        " ranks, expert-TP ", groups->expert_tp.size()));
+        "rollout instance: its ranks must form ", copies ? "TP groups, EP groups" : "one TP group, "
+        "one EP group", " or both over the same ranks; the layout's TP group has ", tp,
+        ", its EP group ", ep, " of the ", world, " ranks, expert-TP ", groups->expert_tp.size()));
   }
   auto impl = std::make_unique<Impl>();
   impl->group = group;
+  std::sort(members.begin(), members.end());
+  impl->members = std::move(members);
   impl->shard.tp = tp;
   impl->shard.tp_rank = groups->tp_rank;
   impl->shard.ep = ep;
   impl->shard.ep_rank = groups->ep_rank;
   impl->comm = std::make_unique<ProcessGroupTpComm>(group);
-  if (ep > 1) impl->experts = std::make_unique<ProcessGroupExpertComm>(group, ep);
+  if (ep > 1 && impl->whole_group()) impl->experts = std::make_unique<ProcessGroupExpertComm>(group, ep);
+  if (ep > 1 && !impl->whole_group()) impl->experts = std::make_unique<InstanceExpertComm>(group, ep);
   return std::unique_ptr<RolloutInstance>(new RolloutInstance(std::move(impl)));
 }
 
 int64_t RolloutInstance::rank() const { return impl_->group->rank(); }
+bool RolloutInstance::leads() const { return impl_->leads(); }
+int64_t RolloutInstance::copy() const { return impl_->members.front() / static_cast<int64_t>(impl_->members.size()); }
+int64_t RolloutInstance::LeaderOf(int64_t c) const {
+  return c * static_cast<int64_t>(impl_->members.size());
+}
+int64_t RolloutInstance::copies() const {
+  return impl_->group->world_size() / static_cast<int64_t>(impl_->members.size());
+}
 ShardCoords RolloutInstance::shard() const { return impl_->shard; }
 
 EngineParallel RolloutInstance::parallel() const {
@@ -188,14 +221,75 @@ absl::StatusOr<std::vector<GenerationRequest>> RolloutInstance::DecodeBatch(cons
 }
 
 absl::Status RolloutInstance::Announce(const std::vector<GenerationRequest>& batch) {
-  if (rank() != 0 || impl_->stopped) {
+  if (!leads() || impl_->stopped) {
     return absl::FailedPreconditionError(
         absl::StrCat("rollout instance: rank ", rank(), " cannot announce a batch",
-                     impl_->stopped ? " after Stop" : "; only rank 0 serves"));
+                     impl_->stopped ? " after Stop" : "; only its first rank serves"));
   }
   RETURN_IF_ERROR(impl_->broken);
   std::string bytes = EncodeBatch(batch);
-  return impl_->group->BroadcastBytes(&bytes, 0);
+  return impl_->Send(&bytes);
+}
+
+std::string RolloutInstance::EncodeResults(const std::vector<GenerationResult>& results) {
+  Writer w;
+  w.Put<char>(kResults);
+  w.Put<uint64_t>(results.size());
+  for (const GenerationResult& r : results) {
+    w.PutString(r.id);
+    w.Put<int32_t>(static_cast<int32_t>(r.status.code()));
+    w.PutString(std::string(r.status.message()));
+    w.Put<uint64_t>(r.samples.size());
+    for (const GeneratedSample& sample : r.samples) {
+      w.Put<uint64_t>(sample.tokens.size());
+      for (int32_t t : sample.tokens) w.Put<int32_t>(t);
+      w.Put<uint64_t>(sample.logprobs.size());
+      for (float l : sample.logprobs) w.Put<float>(l);
+      w.Put<uint8_t>(static_cast<uint8_t>(sample.finish_reason));
+    }
+  }
+  return w.Take();
+}
+
+absl::StatusOr<std::vector<GenerationResult>> RolloutInstance::DecodeResults(const std::string& bytes) {
+  Reader r(bytes);
+  ASSIGN_OR_RETURN(char kind, r.Get<char>());
+  if (kind != kResults) {
+    return absl::InternalError(absl::StrCat("rollout instance: not a results message (kind ",
+                                            static_cast<int>(kind), ")"));
+  }
+  ASSIGN_OR_RETURN(uint64_t count, r.GetCount(8 + 4 + 8 + 8));
+  std::vector<GenerationResult> results(count);
+  for (GenerationResult& g : results) {
+    ASSIGN_OR_RETURN(g.id, r.GetString());
+    ASSIGN_OR_RETURN(int32_t code, r.Get<int32_t>());
+    ASSIGN_OR_RETURN(std::string message, r.GetString());
+    if (code < 0 || code > static_cast<int32_t>(absl::StatusCode::kUnauthenticated)) {
+      return absl::InternalError(absl::StrCat("rollout instance: status code ", code));
+    }
+    g.status = absl::Status(static_cast<absl::StatusCode>(code), message);
+    ASSIGN_OR_RETURN(uint64_t samples, r.GetCount(8 + 8 + 1));
+    g.samples.resize(samples);
+    for (GeneratedSample& sample : g.samples) {
+      ASSIGN_OR_RETURN(uint64_t tokens, r.GetCount(sizeof(int32_t)));
+      sample.tokens.resize(tokens);
+      for (int32_t& t : sample.tokens) {
+        ASSIGN_OR_RETURN(t, r.Get<int32_t>());
+      }
+      ASSIGN_OR_RETURN(uint64_t logprobs, r.GetCount(sizeof(float)));
+      sample.logprobs.resize(logprobs);
+      for (float& l : sample.logprobs) {
+        ASSIGN_OR_RETURN(l, r.Get<float>());
+      }
+      ASSIGN_OR_RETURN(uint8_t reason, r.Get<uint8_t>());
+      if (reason > static_cast<uint8_t>(FinishReason::kEarlyStop)) {
+        return absl::InternalError(absl::StrCat("rollout instance: finish reason ", int{reason}));
+      }
+      sample.finish_reason = static_cast<FinishReason>(reason);
+    }
+  }
+  if (!r.done()) return absl::InternalError("rollout instance: bytes after the results");
+  return results;
 }
 
 std::string RolloutInstance::EncodeBlocks(DType dtype,
@@ -237,6 +331,10 @@ RolloutInstance::DecodeBlocks(const std::string& bytes) {
 }
 
 absl::Status RolloutInstance::AnnounceWeights(const WeightSet& set) {
+  if (!impl_->whole_group()) {
+    return absl::UnimplementedError(
+        "rollout instance: weight updates into one of several copies over a group");
+  }
   if (rank() != 0 || impl_->stopped) {
     return absl::FailedPreconditionError(
         absl::StrCat("rollout instance: rank ", rank(), " cannot announce weights",
@@ -308,24 +406,24 @@ absl::StatusOr<std::vector<std::string>> RolloutInstance::SliceForRanks(const We
 }
 
 absl::Status RolloutInstance::Stop() {
-  if (rank() != 0 || impl_->stopped) return absl::OkStatus();
+  if (!leads() || impl_->stopped) return absl::OkStatus();
   impl_->stopped = true;
   std::string bytes(1, kStop);
-  return impl_->group->BroadcastBytes(&bytes, 0);
+  return impl_->Send(&bytes);
 }
 
 absl::Status RolloutInstance::Pause() {
-  if (rank() != 0 || impl_->stopped) {
+  if (!leads() || impl_->stopped) {
     return absl::FailedPreconditionError(absl::StrCat(
         "rollout instance: rank ", rank(), " cannot pause", impl_->stopped ? " after Stop" : ""));
   }
   std::string bytes(1, kStop);
-  return impl_->group->BroadcastBytes(&bytes, 0);
+  return impl_->Send(&bytes);
 }
 
 absl::Status RolloutInstance::Follow(PolicyModel* policy, const EngineOptions& options,
                                      const Tokenizer* tokenizer) {
-  if (rank() == 0) {
+  if (leads()) {
     return absl::FailedPreconditionError("rollout instance: rank 0 serves; it does not follow");
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
@@ -334,12 +432,13 @@ absl::Status RolloutInstance::Follow(PolicyModel* policy, const EngineOptions& o
 }
 
 absl::Status RolloutInstance::Follow(Engine* engine, PolicyModel* policy) {
-  if (rank() == 0) {
-    return absl::FailedPreconditionError("rollout instance: rank 0 serves; it does not follow");
+  if (leads()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "rollout instance: rank ", rank(), " leads its instance; it does not follow"));
   }
   while (true) {
     std::string bytes;
-    RETURN_IF_ERROR(impl_->group->BroadcastBytes(&bytes, 0));
+    RETURN_IF_ERROR(impl_->Receive(&bytes));
     if (bytes.size() == 1 && bytes[0] == kStop) return absl::OkStatus();
     if (bytes.size() == 1 && bytes[0] == kWeights) {
       // This rank's blocks of rank 0's update; every rank then reports whether it took them.

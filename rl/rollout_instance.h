@@ -29,18 +29,28 @@ class RolloutInstance final : public EngineBatchFanout {
  public:
   // `group` (not owned; it must outlive the instance) must have joined layout groups
   // (ProcessGroup::JoinLayoutGroups) whose TP group, or whose EP group, is the whole group
-  // (a collective: an EP instance joins its EP comm here).
-  static absl::StatusOr<std::unique_ptr<RolloutInstance>> Create(ProcessGroup* group);
+  // (a collective: an EP instance joins its EP comm here). With `copies`, the group's ranks
+  // may form several instances (data-parallel copies of the shards): this rank's is its TP
+  // group, or its EP group without TP (the EP group must then be the TP group).
+  static absl::StatusOr<std::unique_ptr<RolloutInstance>> Create(ProcessGroup* group,
+                                                                 bool copies = false);
   ~RolloutInstance() override;
 
+  // This rank in the group; whether it leads its instance (the instance's lowest rank: it
+  // announces, the others follow); the instance's index among the group's copies() of it.
   int64_t rank() const;
+  bool leads() const;
+  int64_t copy() const;
+  int64_t copies() const;
+  // The rank that leads copy `c` (the copies lie over consecutive blocks of ranks).
+  int64_t LeaderOf(int64_t c) const;
   // The part of the policy this rank loads (PolicyModel::Load(dir, options, shard())).
   ShardCoords shard() const;
   // The engine's comms for this rank's shard (valid while the instance lives).
   EngineParallel parallel() const;
 
-  // Rank 0: broadcasts `batch` to the other ranks (their Follow runs it). Every rank's
-  // engine must then run the batch, rank 0's included.
+  // The leader (rank 0 of a whole-group instance): sends `batch` to the other ranks (their
+  // Follow runs it). Every rank's engine must then run the batch, the leader's included.
   absl::Status Announce(const std::vector<GenerationRequest>& batch) override;
   // Rank 0, after its own shard took `set` (the whole model's tensors): sends each other
   // rank exactly its blocks of them (point to point), which its Follow imports between
@@ -49,8 +59,8 @@ class RolloutInstance final : public EngineBatchFanout {
   absl::Status AnnounceWeights(const WeightSet& set) override;
   // Rank 0: ends the other ranks' Follow. Idempotent.
   absl::Status Stop();
-  // Rank 0: ends the other ranks' current Follow, which they may call again (an instance
-  // over the learner's ranks: between generation phases they serve learner calls).
+  // The leader: ends the other ranks' current Follow, which they may call again (an
+  // instance over the learner's ranks: between generation phases they serve learner calls).
   absl::Status Pause();
   // Ranks > 0: creates an engine on `policy` (this rank's shard) with rank 0's `options`,
   // and runs each batch rank 0 announces until it stops (OK) or the group fails (waiting
@@ -64,6 +74,9 @@ class RolloutInstance final : public EngineBatchFanout {
   // The batch wire format (any byte string that Decode... accepts came from Encode...).
   static std::string EncodeBatch(const std::vector<GenerationRequest>& batch);
   static absl::StatusOr<std::vector<GenerationRequest>> DecodeBatch(const std::string& bytes);
+  // Engine results on the wire (between copies of an instance).
+  static std::string EncodeResults(const std::vector<GenerationResult>& results);
+  static absl::StatusOr<std::vector<GenerationResult>> DecodeResults(const std::string& bytes);
   // A rank's weight blocks on the wire (names, local shapes, bytes in `dtype`).
   static std::string EncodeBlocks(DType dtype, const std::vector<PolicyModel::WeightTensor>& blocks);
   static absl::StatusOr<std::pair<DType, std::vector<PolicyModel::WeightTensor>>> DecodeBlocks(

@@ -359,7 +359,7 @@ const ConfigTable<RolloutSection>& RolloutSection::Table() {
                "policy versions a sample may lag when trained on", AtLeast(0)),
       Field<S>("async", &S::async, "generate ahead while the learner trains"),
       Field<S>("sharded_engine", &S::sharded_engine,
-               "generate on the learner ranks' shards (TP, EP or both over all ranks)"),
+               "generate on the learner ranks' shards (an instance per TP / EP group)"),
   };
   return *table;
 }
@@ -746,6 +746,9 @@ absl::Status RunConfig::Validate() const {
   if (rollout.sharded_engine) {
     const char* why = parallel.tp == 1 && parallel.ep == 1
                           ? "a sharded learner (parallel.tp or parallel.ep > 1)"
+                      : parallel.tp > 1 && parallel.ep > 1 && parallel.ep != parallel.tp
+                          ? "parallel.ep equal to parallel.tp when both are > 1 (an instance "
+                            "runs TP and EP over the same ranks)"
                       : parallel.expert_tp > 1 ? "parallel.expert_tp 1 (the engine runs whole experts)"
                       : fleet.enabled()        ? "the local engine (fleet workers get whole models)"
                       : rollout.async          ? "rollout.async off (the engine reads the learner's "

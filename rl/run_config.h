@@ -112,10 +112,11 @@ struct RolloutSection : SamplingParams {
   // with its own copy of the weights). Needs max_staleness >= algorithm.minibatches;
   // max_staleness / minibatches steps of groups are generated ahead.
   bool async = false;
-  // Under a sharded learner (parallel.tp, parallel.ep or both over all its ranks), rank 0's
-  // engine runs on the ranks' own shards, every rank an engine rank following rank 0's
-  // batches (docs/distributed.md): no rank holds the whole model and nothing is gathered
-  // after an update. Off: rank 0 keeps a whole model and gathers the shards into it.
+  // Under a sharded learner (parallel.tp, parallel.ep or both), generation runs on the
+  // ranks' own shards: each TP (or EP) group an instance of engines, data-parallel copies
+  // each their share of the batch (docs/distributed.md). No rank holds the whole model and
+  // nothing is gathered after an update. Off: rank 0 keeps a whole model and gathers the
+  // shards into it.
   bool sharded_engine = false;
 
   // The engine's options for one prompt: the embedded SamplingParams with n = group_size

@@ -41,8 +41,10 @@ void Trainer::PrintSummary() const {
   } else if (config_.rollout.async) {
     rollouts = "an engine copy beside the learner (rollout.async)";
   } else if (ShardedEngine()) {
-    rollouts = absl::StrFormat("the controller's engine on the %d ranks' shards "
-                               "(rollout.sharded_engine)", world);
+    const int64_t instance = config_.parallel.tp > 1 ? config_.parallel.tp : config_.parallel.ep;
+    rollouts = absl::StrFormat("engines on the %d ranks' shards, %d cop%s of a %d-rank instance "
+                               "(rollout.sharded_engine)", world, world / instance,
+                               world / instance == 1 ? "y" : "ies", instance);
   }
   // Sharded experts (ShardedLearner): an expert-TP size, and rank 0's whole model for its
   // engine gathered after every update (or the engine on the shards).

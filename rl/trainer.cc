@@ -212,20 +212,23 @@ EngineOptions Trainer::MakeEngineOptions() const {
   return eopts;
 }
 
-absl::Status Trainer::StartShardedEngine(PolicyModel* policy) {
-  const int64_t world = options_.distributed.world_size;
-  const auto spans = [world](int64_t size) { return size == 1 || size == world; };
-  if (!spans(config_.parallel.tp) || !spans(config_.parallel.ep)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "rollout.sharded_engine: the ", world, " learner ranks must form one TP group "
-        "(parallel.tp ", world, "), one EP group (parallel.ep ", world, ") or both, got "
-        "parallel.tp ", config_.parallel.tp, " and parallel.ep ", config_.parallel.ep,
-        " (data-parallel copies would each need an engine of their own)"));
+namespace {
+// Copy `c`'s share of a batch split over `copies` instances: requests c, c + copies, ...
+std::vector<GenerationRequest> ShareOf(const std::vector<GenerationRequest>& requests, int64_t c,
+                                       int64_t copies) {
+  std::vector<GenerationRequest> share;
+  for (size_t i = static_cast<size_t>(c); i < requests.size(); i += static_cast<size_t>(copies)) {
+    share.push_back(requests[i]);
   }
+  return share;
+}
+}  // namespace
+
+absl::Status Trainer::StartShardedEngine(PolicyModel* policy) {
   const auto named = [](const absl::Status& s) {
     return absl::Status(s.code(), absl::StrCat("rollout.sharded_engine: ", s.message()));
   };
-  auto instance = RolloutInstance::Create(group_.get());
+  auto instance = RolloutInstance::Create(group_.get(), /*copies=*/true);
   if (!instance.ok()) return named(instance.status());
   instance_ = std::move(*instance);
   auto engine = Engine::Create(policy, MakeEngineOptions(), &*tokenizer_, instance_->parallel());
@@ -236,12 +239,32 @@ absl::Status Trainer::StartShardedEngine(PolicyModel* policy) {
 
 std::vector<GenerationResult> Trainer::GenerateOnEngine(const std::vector<GenerationRequest>& requests) {
   if (instance_ == nullptr) return engine_->Generate(requests);
-  absl::Status status = learners_->LeadFollow();
-  if (status.ok()) status = instance_->Announce(requests);
-  std::vector<GenerationResult> results;
+  // Each copy of the instance (data-parallel copies of the shards) generates its share; the
+  // other copies' leaders take theirs from the batch and send their results here.
+  const int64_t copies = instance_->copies();
+  absl::Status status =
+      learners_->LeadFollow(copies > 1 ? RolloutInstance::EncodeBatch(requests) : std::string());
+  const std::vector<GenerationRequest> mine = ShareOf(requests, 0, copies);
+  if (status.ok()) status = instance_->Announce(mine);
+  std::vector<GenerationResult> results(requests.size());
   if (status.ok()) {
-    results = engine_->Generate(requests);
+    std::vector<GenerationResult> own = engine_->Generate(mine);
+    for (size_t j = 0; j < own.size(); ++j) results[j * copies] = std::move(own[j]);
     status = instance_->Pause();
+  }
+  for (int64_t c = 1; c < copies && status.ok(); ++c) {
+    std::string bytes;
+    status = group_->RecvBytes(&bytes, instance_->LeaderOf(c));
+    if (!status.ok()) break;
+    auto theirs = RolloutInstance::DecodeResults(bytes);
+    const size_t want = ShareOf(requests, c, copies).size();
+    if (!theirs.ok() || theirs->size() != want) {
+      status = theirs.ok() ? absl::InternalError(absl::StrCat("copy ", c, " returned ",
+                                                              theirs->size(), " results for ", want))
+                           : theirs.status();
+      break;
+    }
+    for (size_t j = 0; j < want; ++j) results[c + j * copies] = std::move((*theirs)[j]);
   }
   if (!status.ok()) {
     // The ranks may be out of step: every group fails, and with it the run.
@@ -306,7 +329,16 @@ absl::Status Trainer::RunLearnerRank() {
     tokenizer_.emplace(std::move(t));
     RETURN_IF_ERROR(StartShardedEngine(policy_.get()));
     serving.gather_shards = false;
-    serving.follow = [this] { return instance_->Follow(engine_.get(), policy_.get()); };
+    serving.follow = [this](const std::string& payload) -> absl::Status {
+      if (!instance_->leads()) return instance_->Follow(engine_.get(), policy_.get());
+      // The leader of another copy: its share of rank 0's batch, its results to rank 0.
+      ASSIGN_OR_RETURN(std::vector<GenerationRequest> batch, RolloutInstance::DecodeBatch(payload));
+      const auto mine = ShareOf(batch, instance_->copy(), instance_->copies());
+      RETURN_IF_ERROR(instance_->Announce(mine));
+      const std::vector<GenerationResult> results = engine_->Generate(mine);
+      RETURN_IF_ERROR(instance_->Pause());
+      return group_->SendBytes(RolloutInstance::EncodeResults(results), 0);
+    };
   }
   if (resume_dir) RETURN_IF_ERROR(learner_->LoadState(JoinPath(*resume_dir, "optimizer.pt")));
   LogInfo("lightrl run: learner rank %lld of %lld ready (%s)",

@@ -118,13 +118,13 @@ class Trainer {
   absl::StatusOr<std::unique_ptr<PolicyModel>> LoadShard(const std::optional<std::string>& resume_dir) const;
   LearnerOptions MakeLearnerOptions() const;
   // rollout.sharded_engine under a sharded learner: every rank runs an engine rank on its
-  // own shard, rank 0's leading (the learner's ranks as one rollout instance).
+  // own shard, in the rollout instance of its TP (or EP) group.
   bool ShardedEngine() const;
   EngineOptions MakeEngineOptions() const;
-  // The instance over the learner's ranks (after JoinLayout), each rank's engine on `policy`.
+  // This rank's instance (after JoinLayout) and its engine on `policy`.
   absl::Status StartShardedEngine(PolicyModel* policy);
-  // Rank 0's engine batch: with a sharded engine the other ranks follow it (LeadFollow,
-  // Announce) and pause after it.
+  // Rank 0's engine batch: with a sharded engine every rank follows (LeadFollow), each
+  // copy of the instance runs its share and its leader sends rank 0 the results.
   std::vector<GenerationResult> GenerateOnEngine(const std::vector<GenerationRequest>& requests);
   absl::Status RunSft();
   absl::Status RunRl();

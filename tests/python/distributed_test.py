@@ -641,11 +641,13 @@ def case_run_invariant_ep():
         ("one", None, 1, ""),
         ("ep", {"ep": 2}, 2, "expert-parallel 2 x expert-TP 1, experts sharded"),
         ("ep_etp", {"ep": 2, "expert_tp": 2}, 4, "expert-parallel 2 x expert-TP 2, experts sharded"),
-        ("ep_engine", {"ep": 2}, 2, "rollouts: the controller's engine on the 2 ranks' shards",
-         SHARDED_ENGINE)])
+        ("ep_engine", {"ep": 2}, 2, "engines on the 2 ranks' shards, 1 copy of a 2-rank instance",
+         SHARDED_ENGINE),
+        ("ep_dp_engine", {"ep": 2}, 4, "engines on the 4 ranks' shards, 2 copies of a 2-rank "
+         "instance", SHARDED_ENGINE)])
     print(f"  ep 2 and ep 2 x expert_tp 2 in the batch-invariant mode, and ep 2 generating on "
-          f"the ranks' shards: mismatch 0 at all 3 steps, {compared} metrics agree with one "
-          "process")
+          f"the ranks' shards on 2 and on 4 ranks (2 instances): mismatch 0 at all 3 steps, "
+          f"{compared} metrics agree with one process")
 
 
 def case_run_invariant_tp():
@@ -660,26 +662,18 @@ def case_run_invariant_tp():
         ("tp_ep", {"tp": 2, "ep": 2, "sequence_parallel": True}, 4,
          "tensor-parallel 2 (sequence-parallel) x data-parallel 2; experts: expert-parallel 2 "
          "x expert-TP 1, weights sharded"),
-        ("tp_engine", {"tp": 2}, 2, "rollouts: the controller's engine on the 2 ranks' shards",
+        ("tp_engine", {"tp": 2}, 2, "engines on the 2 ranks' shards, 1 copy of a 2-rank instance",
          SHARDED_ENGINE),
         ("tp_ep_engine", {"tp": 2, "ep": 2, "sequence_parallel": True}, 2,
-         "rollouts: the controller's engine on the 2 ranks' shards", SHARDED_ENGINE)],
+         "engines on the 2 ranks' shards, 1 copy of a 2-rank instance", SHARDED_ENGINE),
+        ("tp_dp_engine", {"tp": 2}, 4,
+         "engines on the 4 ranks' shards, 2 copies of a 2-rank instance", SHARDED_ENGINE)],
         model=TP_MODEL)
     print(f"  tp 2, and tp 2 x ep 2 with sequence parallelism, in the batch-invariant mode, and "
-          f"tp 2 and tp 2 x ep 2 (over the same 2 ranks) generating on the ranks' shards: "
-          f"mismatch 0 at all 3 steps, {compared} metrics agree with one process")
-    # Two data-parallel copies of a TP 2 shard would each need an engine: refused by name.
-    tmp = tempfile.mkdtemp(prefix="lightrl_dist_sharded_engine_")
-    try:
-        cfg, _ = run_config(tmp, "tp_dp", steps=1, parallel={"tp": 2}, model=TP_MODEL)
-        p = subprocess.run([BIN, "run", "--config", cfg, "--nproc", "4", *SHARDED_ENGINE],
-                           capture_output=True, text=True, timeout=240, env=ENV)
-        message = ("rollout.sharded_engine: the 4 learner ranks must form one TP group "
-                   "(parallel.tp 4), one EP group (parallel.ep 4) or both, got parallel.tp 2")
-        assert p.returncode != 0 and message in p.stderr, p.stderr
-        print(f"  tp 2 x dp 2 with rollout.sharded_engine: {message} ...")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+          f"generating on the ranks' shards with tp 2, tp 2 x ep 2 (over the same 2 ranks) and "
+          f"tp 2 x dp 2 (2 instances, each its share of the batch): mismatch 0 at all 3 steps, "
+          f"{compared} metrics agree with one process")
+
 
 
 # rollout.sharded_engine: rank 0's engine on the ranks' shards (an instance of the learner's

@@ -42,6 +42,55 @@ TEST(RolloutInstanceWireTest, BatchesRoundTripAndTruncationsAreErrors) {
   EXPECT_FALSE(RolloutInstance::DecodeBatch(bytes + "x").ok());
 }
 
+// The results a copy's leader sends rank 0 (rollout.sharded_engine with data-parallel
+// copies): every token, logprob bit, finish reason and status survives; truncations, a bad
+// finish reason or status code, and trailing bytes are errors.
+TEST(RolloutInstanceWireTest, ResultsRoundTripAndBadMessagesAreErrors) {
+  std::mt19937_64 rng(std::random_device{}());
+  std::uniform_real_distribution<float> logprob(-20.0f, 0.0f);
+  std::vector<GenerationResult> results(1 + rng() % 4);
+  for (GenerationResult& r : results) {
+    r.id = "g" + std::to_string(rng() % 1000);
+    if (rng() % 3 == 0) r.status = absl::InvalidArgumentError("prompt of " + std::to_string(rng() % 99));
+    r.samples.resize(rng() % 3);
+    for (GeneratedSample& s : r.samples) {
+      for (size_t i = 0; i < rng() % 9; ++i) {
+        s.tokens.push_back(static_cast<int32_t>(rng() % 5000));
+        s.logprobs.push_back(logprob(rng));
+      }
+      s.finish_reason = static_cast<FinishReason>(rng() % 3);
+    }
+  }
+  const std::string bytes = RolloutInstance::EncodeResults(results);
+  auto back = RolloutInstance::DecodeResults(bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->size(), results.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    EXPECT_EQ((*back)[i].id, results[i].id);
+    EXPECT_EQ((*back)[i].status, results[i].status);
+    ASSERT_EQ((*back)[i].samples.size(), results[i].samples.size());
+    for (size_t j = 0; j < results[i].samples.size(); ++j) {
+      EXPECT_EQ((*back)[i].samples[j].tokens, results[i].samples[j].tokens);
+      EXPECT_EQ((*back)[i].samples[j].logprobs, results[i].samples[j].logprobs);  // bit for bit
+      EXPECT_EQ((*back)[i].samples[j].finish_reason, results[i].samples[j].finish_reason);
+    }
+  }
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    EXPECT_FALSE(RolloutInstance::DecodeResults(bytes.substr(0, n)).ok()) << n;
+  }
+  EXPECT_FALSE(RolloutInstance::DecodeResults(bytes + "x").ok());
+  EXPECT_FALSE(RolloutInstance::DecodeResults(RolloutInstance::EncodeBatch({})).ok());
+  // A finish reason past the last one: one result, one sample, no tokens.
+  GenerationResult one;
+  one.samples.resize(1);
+  std::string bad = RolloutInstance::EncodeResults({one});
+  bad.back() = 7;
+  auto refused = RolloutInstance::DecodeResults(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(std::string(refused.status().message()).find("finish reason 7"), std::string::npos)
+      << refused.status();
+}
+
 TEST(RolloutInstanceWireTest, WeightBlocksRoundTripAndBadMessagesAreErrors) {
   std::mt19937_64 rng(std::random_device{}());
   std::vector<PolicyModel::WeightTensor> blocks(1 + rng() % 5);

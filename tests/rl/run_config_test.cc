@@ -617,6 +617,8 @@ TEST_F(RunConfigTest, ShardedEngineNeedsOneShardedGroupAndTheLocalEngine) {
   const std::vector<ErrorCase> cases = {
       {m + on, "sharded_engine",
        "rollout.sharded_engine needs a sharded learner (parallel.tp or parallel.ep > 1)"},
+      {m + "parallel:\n  tp: 2\n  ep: 4\n  sequence_parallel: true\n" + on, "sharded_engine",
+       "rollout.sharded_engine needs parallel.ep equal to parallel.tp when both are > 1"},
       {m + "parallel:\n  ep: 2\n  expert_tp: 2\n" + on, "sharded_engine",
        "rollout.sharded_engine needs parallel.expert_tp 1"},
       {m + "parallel:\n  ep: 2\nfleet:\n  mode: spawn\n" + on, "sharded_engine",
