@@ -368,27 +368,68 @@ torch::Tensor AttendAll(const torch::Tensor& qf, const torch::Tensor& kf, const 
 // The gradient of causal attention within each document by autograd through torch ops
 // (the backward's order is free; on CUDA these are its kernels): per document the [H, L, L]
 // probabilities, so memory grows with the square of the longest document.
-std::vector<torch::Tensor> RecomputedAttentionGrad(const torch::Tensor& qf, const torch::Tensor& kf,
-                                                   const torch::Tensor& vf, const torch::Tensor& g,
-                                                   const std::vector<int64_t>& cu, double scale) {
+}  // namespace
+
+std::vector<torch::Tensor> InvariantAttentionGrad(const torch::Tensor& qf, const torch::Tensor& kf,
+                                                  const torch::Tensor& vf, const torch::Tensor& g,
+                                                  const std::vector<int64_t>& cu, double scale,
+                                                  int64_t max_elements) {
   torch::AutoGradMode enable_grad(true);
   auto q = qf.detach().requires_grad_(), k = kf.detach().requires_grad_();
   auto v = vf.detach().requires_grad_();
-  const int64_t group = q.size(1) / k.size(1);
-  std::vector<torch::Tensor> outs;
+  const int64_t H = q.size(1), KVH = k.size(1), d = q.size(2), group = H / KVH;
+  // The documents by length, longest first, in groups padded to their longest: a group's
+  // scores [n, H, L, L] stay within max_elements (a document alone may exceed it).
+  std::vector<int64_t> docs;
   for (size_t doc = 0; doc + 1 < cu.size(); ++doc) {
-    const int64_t b = cu[doc], L = cu[doc + 1] - cu[doc];
-    if (L == 0) continue;
-    auto kd = k.narrow(0, b, L).repeat_interleave(group, 1);
-    auto vd = v.narrow(0, b, L).repeat_interleave(group, 1);
-    auto scores = torch::einsum("thd,shd->hts", {q.narrow(0, b, L), kd}) * scale;
-    auto future = torch::ones({L, L}, q.options().dtype(torch::kBool)).triu(1);
-    auto p = torch::softmax(scores.masked_fill(future, -std::numeric_limits<float>::infinity()), -1);
-    outs.push_back(torch::einsum("hts,shd->thd", {p, vd}));
+    if (cu[doc + 1] > cu[doc]) docs.push_back(static_cast<int64_t>(doc));
+  }
+  const auto length = [&cu](int64_t doc) { return cu[doc + 1] - cu[doc]; };
+  std::stable_sort(docs.begin(), docs.end(),
+                   [&](int64_t a, int64_t b) { return length(a) > length(b); });
+  std::vector<torch::Tensor> outs;
+  std::vector<int64_t> order;  // the token row of each output row, in the groups' order
+  const auto dev = [&q](const std::vector<int64_t>& v) { return HostToDevice(v, q.device()); };
+  for (size_t first = 0; first < docs.size();) {
+    const int64_t L = length(docs[first]);
+    size_t last = first + 1;
+    while (last < docs.size() &&
+           static_cast<int64_t>(last - first + 1) * H * L * L <= max_elements) {
+      ++last;
+    }
+    const int64_t n = static_cast<int64_t>(last - first);
+    // Each document's rows padded by its first row to L, and which of them are its own.
+    std::vector<int64_t> rows(n * L), valid;
+    std::vector<int64_t> keep;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = cu[docs[first + i]], len = length(docs[first + i]);
+      for (int64_t t = 0; t < L; ++t) rows[i * L + t] = t < len ? b + t : b;
+      for (int64_t t = 0; t < len; ++t) {
+        keep.push_back(i * L + t);
+        order.push_back(b + t);
+      }
+      for (int64_t t = 0; t < L; ++t) valid.push_back(t < len ? 1 : 0);
+    }
+    auto index = dev(rows);
+    auto qg = q.index_select(0, index).view({n, L, H, d}).transpose(1, 2);
+    auto kg = k.index_select(0, index).view({n, L, KVH, d}).transpose(1, 2).repeat_interleave(group, 1);
+    auto vg = v.index_select(0, index).view({n, L, KVH, d}).transpose(1, 2).repeat_interleave(group, 1);
+    auto scores = torch::matmul(qg, kg.transpose(-1, -2)) * scale;  // [n, H, L, L]
+    // Query t sees keys 0..t of its document (a padding query's row is dropped below; key
+    // 0 keeps every row finite).
+    auto allowed = torch::ones({L, L}, q.options().dtype(torch::kBool)).tril().view({1, 1, L, L}) &
+                   (dev(valid).view({n, 1, 1, L}) > 0);
+    auto p = torch::softmax(scores.masked_fill(allowed.logical_not(),
+                                               -std::numeric_limits<float>::infinity()), -1);
+    auto o = torch::matmul(p, vg).transpose(1, 2).reshape({n * L, H, d});
+    outs.push_back(o.index_select(0, dev(keep)));
+    first = last;
   }
   if (outs.empty()) return {torch::zeros_like(qf), torch::zeros_like(kf), torch::zeros_like(vf)};
-  return torch::autograd::grad({torch::cat(outs)}, {q, k, v}, {g});
+  return torch::autograd::grad({torch::cat(outs)}, {q, k, v}, {g.index_select(0, dev(order))});
 }
+
+namespace {
 
 class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
  public:
@@ -437,7 +478,7 @@ class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
       return t.to(static_cast<torch::ScalarType>(dtypes[i]));
     };
     if (qf.is_cuda()) {
-      auto d_qkv = RecomputedAttentionGrad(qf, kf, vf, g, cu, scale);
+      auto d_qkv = InvariantAttentionGrad(qf, kf, vf, g, cu, scale);
       return {as(d_qkv[0], 0), as(d_qkv[1], 1), as(d_qkv[2], 2), torch::Tensor(), torch::Tensor()};
     }
     auto dq = torch::zeros_like(qf), dk = torch::zeros_like(kf), dv = torch::zeros_like(vf);

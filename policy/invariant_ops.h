@@ -86,6 +86,16 @@ torch::Tensor InvariantAttention(const torch::Tensor& q, const torch::Tensor& k,
                                  const torch::Tensor& v, const std::vector<int64_t>& cu_seqlens,
                                  double scale);
 
+// InvariantAttention's backward as its CUDA tensors run it, on any device (its order is
+// free): dq, dk, dv for the output gradient g [T, H, d], the forward recomputed through torch
+// ops over documents padded to the longest of their group (longest first, each group's
+// scores within max_elements), all in one autograd pass. FP32 inputs.
+std::vector<torch::Tensor> InvariantAttentionGrad(const torch::Tensor& q, const torch::Tensor& k,
+                                                  const torch::Tensor& v, const torch::Tensor& g,
+                                                  const std::vector<int64_t>& cu_seqlens,
+                                                  double scale,
+                                                  int64_t max_elements = int64_t{1} << 26);
+
 // The same for one query per row over keys stored elsewhere (the engine's paged KV): query
 // b attends to rows key_rows[b] (in position order) of k_pool, v_pool [R, KVH, d].
 torch::Tensor InvariantPagedAttention(const torch::Tensor& q, const torch::Tensor& k_pool,

@@ -239,6 +239,32 @@ TEST(BatchInvariantOpsTest, GradientsAreThoseOfTheForward) {
       1e-5);
 }
 
+// The attention backward CUDA tensors take (the forward recomputed over documents padded
+// in groups by length, one autograd pass), run here on the CPU against the CPU loops'
+// gradients: many documents of mixed lengths (an empty one too), grouped heads, in one
+// group and in many (a small element budget).
+TEST(BatchInvariantOpsTest, BatchedAttentionGradIsTheLoopsGradient) {
+  std::mt19937 rng(std::random_device{}());
+  const uint32_t seed = rng();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  torch::manual_seed(seed);
+  std::vector<int64_t> cu = {0};
+  for (int i = 0; i < 12; ++i) cu.push_back(cu.back() + (i == 5 ? 0 : 1 + rng() % 23));
+  const int64_t T = cu.back(), H = 6, KVH = 2, d = 8;
+  const double scale = 0.35;
+  auto q = torch::randn({T, H, d}).requires_grad_(), k = torch::randn({T, KVH, d}).requires_grad_();
+  auto v = torch::randn({T, KVH, d}).requires_grad_();
+  auto g = torch::randn({T, H, d});
+  auto want = torch::autograd::grad({(InvariantAttention(q, k, v, cu, scale) * g).sum()}, {q, k, v});
+  for (int64_t budget : {int64_t{1} << 26, int64_t{2000}}) {
+    auto got = InvariantAttentionGrad(q.detach(), k.detach(), v.detach(), g, cu, scale, budget);
+    for (int i = 0; i < 3; ++i) {
+      const double tol = 1e-5 * std::max(1.0, want[i].abs().max().item<double>());
+      EXPECT_LT((got[i] - want[i]).abs().max().item<double>(), tol) << "input " << i << " budget " << budget;
+    }
+  }
+}
+
 // The whole model's training gradient in the mode against the default path's (the same
 // function, summed in other orders).
 TEST(BatchInvariantOpsTest, ModelGradientsMatchTheDefaultPath) {
