@@ -733,6 +733,16 @@ def case_run_tp():
             runs.append(out)
         compared = compare_run_metrics("from_tp", *runs)
         print(f"  {latest} of tp 2 starts one process and tp 2 x dp 2: {compared} metrics agree")
+        # Generating on the ranks' shards (rollout.sharded_engine), FP32 outside the
+        # batch-invariant mode: tp 2 on 2 ranks and tp 2 x dp 2 on 4 (two instances, each its
+        # share of the batch) log one process's metrics within the tolerance.
+        for name, nproc in (("tp_engine", 2), ("tp_dp_engine", 4)):
+            cfg, out = run_config(tmp, name, steps=3, parallel={"tp": 2})
+            err = lightrl_run("--config", cfg, "--nproc", str(nproc), *SHARDED_ENGINE)
+            assert f"engines on the {nproc} ranks' shards" in err, err
+            compared = compare_run_metrics(name, one_dir, out)
+            print(f"  {name} ({nproc} ranks, generating on the shards): {compared} metrics of "
+                  f"{len(m1)} steps agree with one process")
         # Resumed as tp 2 x dp 2, the tp 2 run's weights load but its optimizer state (no
         # ZeRO-1 shards) is refused by name.
         other, _ = run_config(tmp, "tp", steps=4, parallel={"tp": 2})
