@@ -682,13 +682,12 @@ torch::Tensor InvariantGroupedLinear(const torch::Tensor& x, const std::vector<t
                   offsets.back() == x.size(0),
               "grouped linear: ", weights.size(), " groups, offsets ending at ",
               offsets.empty() ? -1 : offsets.back(), ", ", x.size(0), " rows");
-  bool one_launch = FusedNoGrad(x) && x.scalar_type() == torch::kBFloat16;
-  for (const auto& w : weights) {
-    one_launch = one_launch && w.is_cuda() && w.scalar_type() == torch::kBFloat16 &&
-                 w.is_contiguous() && !(torch::GradMode::is_enabled() && w.requires_grad());
+  if (GroupedOnTensorCores(x, weights)) {
+    bool grad = torch::GradMode::is_enabled() && x.requires_grad();
+    for (const auto& w : weights) grad = grad || (torch::GradMode::is_enabled() && w.requires_grad());
+    if (!grad) return invariant_cuda::GroupedLinear(x, weights, offsets).to(x.scalar_type());
+    return GroupedLinearFunction::apply(x, at::TensorList(weights), offsets);
   }
-  if (one_launch) return invariant_cuda::GroupedLinear(x, weights, offsets).to(x.scalar_type());
-  if (GroupedOnTensorCores(x, weights)) return GroupedLinearFunction::apply(x, at::TensorList(weights), offsets);
   std::vector<torch::Tensor> outs;
   for (size_t g = 0; g < weights.size(); ++g) {
     outs.push_back(InvariantLinear(x.narrow(0, offsets[g], offsets[g + 1] - offsets[g]), weights[g]));

@@ -132,8 +132,11 @@ absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(Process
   impl->shard.ep = ep;
   impl->shard.ep_rank = groups->ep_rank;
   impl->comm = std::make_unique<ProcessGroupTpComm>(group);
-  if (ep > 1 && impl->whole_group()) impl->experts = std::make_unique<ProcessGroupExpertComm>(group, ep);
-  if (ep > 1 && !impl->whole_group()) impl->experts = std::make_unique<InstanceExpertComm>(group, ep);
+  if (ep > 1) {
+    impl->experts = impl->whole_group()
+                        ? std::unique_ptr<ExpertParallelComm>(new ProcessGroupExpertComm(group, ep))
+                        : std::unique_ptr<ExpertParallelComm>(new InstanceExpertComm(group, ep));
+  }
   return std::unique_ptr<RolloutInstance>(new RolloutInstance(std::move(impl)));
 }
 
@@ -423,9 +426,6 @@ absl::Status RolloutInstance::Pause() {
 
 absl::Status RolloutInstance::Follow(PolicyModel* policy, const EngineOptions& options,
                                      const Tokenizer* tokenizer) {
-  if (leads()) {
-    return absl::FailedPreconditionError("rollout instance: rank 0 serves; it does not follow");
-  }
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
                    Engine::Create(policy, options, tokenizer, parallel()));
   return Follow(engine.get(), policy);
