@@ -66,6 +66,11 @@ std::vector<TrainSample> RandomBatch(uint64_t seed, int64_t n, bool sorted) {
     s.advantage = std::normal_distribution<double>()(rng);
     s.keep = rng() % 8 != 0;
   }
+  // A batch of which no sample is kept has nothing to train: small batches (two samples,
+  // one in 64 seeds) would then test an update of zero.
+  if (std::none_of(batch.begin(), batch.end(), [](const TrainSample& s) { return s.keep; })) {
+    batch.front().keep = true;
+  }
   if (sorted) {
     std::stable_sort(batch.begin(), batch.end(), [](const TrainSample& a, const TrainSample& b) {
       return a.prompt.size() + a.response.size() > b.prompt.size() + b.response.size();
