@@ -96,26 +96,32 @@ struct Generation {
 absl::Status CheckParallel(const ShardCoords& shard, const EngineParallel& parallel,
                            bool kernel_path) {
   ExpertParallelComm* ep = parallel.expert_parallel;
-  if (shard.expert_tp > 1 || (shard.ep > 1 && shard.tp > 1 && shard.ep != shard.tp)) {
+  if ((shard.expert_tp > 1 && shard.tp > 1) ||
+      (shard.ep > 1 && shard.tp > 1 && shard.ep != shard.tp)) {
     return absl::UnimplementedError(absl::StrCat(
         "engine: the policy is the shard ", shard.ToString(), "; the engine shards attention "
         "and the vocabulary over TP and the experts over EP, both over the same ranks when "
-        "both (ep = tp), and not over expert-TP"));
+        "both (ep = tp), and the experts over EP x expert-TP without TP"));
   }
-  const int64_t ep_group = ep != nullptr ? ep->ep_size() : 1;
-  if (ep_group != shard.ep || (ep != nullptr && (ep->world_size() != ep->ep_size() ||
-                                                 ep->ep_rank() != shard.ep_rank))) {
+  const bool experts_match =
+      ep == nullptr ? shard.ep * shard.expert_tp == 1
+                    : ep->ep_size() == shard.ep && ep->expert_tp_size() == shard.expert_tp &&
+                          ep->world_size() == ep->ep_size() * ep->expert_tp_size() &&
+                          ep->ep_rank() == shard.ep_rank &&
+                          ep->expert_tp_rank() == shard.expert_tp_rank;
+  if (!experts_match) {
     return absl::InvalidArgumentError(absl::StrCat(
         "engine: the policy holds the experts of ", shard.ToString(),
         ", but EngineParallel.expert_parallel is ",
-        ep != nullptr ? absl::StrCat("EP rank ", ep->ep_rank(), " of ", ep->ep_size(), " in ",
-                                     ep->world_size(), " ranks")
+        ep != nullptr ? absl::StrCat("EP rank ", ep->ep_rank(), " of ", ep->ep_size(),
+                                     ", expert-TP rank ", ep->expert_tp_rank(), " of ",
+                                     ep->expert_tp_size(), " in ", ep->world_size(), " ranks")
                       : std::string("not set")));
   }
-  if (shard.ep > 1 && kernel_path) {
+  if (shard.ep * shard.expert_tp > 1 && kernel_path) {
     return absl::UnimplementedError(absl::StrCat(
         "engine: the CUDA kernel path (bf16 weights on CUDA) does not run a policy with its "
-        "experts sharded (ep ", shard.ep, ") yet; the torch path does (FP32 weights)"));
+        "experts sharded (", shard.ToString(), ") yet; the torch path does (FP32 weights)"));
   }
   TensorParallelComm* tp = parallel.tensor_parallel;
   const int64_t group = tp != nullptr ? tp->tp_size() : 1;

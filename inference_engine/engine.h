@@ -36,7 +36,9 @@ struct EngineParallel {
   // token's MoE rows go to their experts' ranks and back (SparseMoeImpl::
   // ForwardReplicatedExpertParallel); every rank runs the same batch on the same tokens.
   // With tensor_parallel too the EP group is the TP group (each rank its heads, vocabulary
-  // rows and experts). The torch path only.
+  // rows and experts). Under expert-TP (no tensor_parallel) the comm's ranks are its EP
+  // groups over the expert-TP ranks, each rank its block of its experts' FFN width. The
+  // torch path only.
   ExpertParallelComm* expert_parallel = nullptr;
 };
 

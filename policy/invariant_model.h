@@ -61,8 +61,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> InvariantSoftmaxProject(
 
 // The MoE block: router, top-k, each expert on its tokens, the weighted sum over a token's
 // k choices in order (FP32, rounded once). Returns (out, aux loss). With `expert_parallel`
-// (no expert-TP) the experts run where they live (SparseMoeImpl::ForwardExpertParallel with
-// these ops): the output is the same bits, the aux loss this rank's part of it.
+// the experts run where they live (SparseMoeImpl::ForwardExpertParallel with these ops;
+// under expert-TP each member gathers the down projection's blocks and computes whole
+// rows): the output is the same bits, the aux loss this rank's part of it.
 std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const torch::Tensor& x,
                                                      double capacity_factor,
                                                      ExpertParallelComm* expert_parallel = nullptr);

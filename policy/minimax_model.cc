@@ -732,20 +732,27 @@ std::pair<torch::Tensor, torch::Tensor> SparseMoeImpl::ForwardExpertParallel(
 torch::Tensor SparseMoeImpl::ForwardReplicatedExpertParallel(const torch::Tensor& x,
                                                              ExpertParallelComm& comm,
                                                              const MoeNumerics* numerics) {
-  TORCH_CHECK(comm.world_size() == comm.ep_size() && comm.expert_tp_size() == 1,
-              "replicated expert parallelism: one EP group of every rank, no expert-TP; the "
-              "comm has ", comm.world_size(), " ranks in EP groups of ", comm.ep_size(),
-              ", expert-TP ", comm.expert_tp_size());
-  const int64_t P = comm.ep_size(), T = x.size(0);
-  const int64_t rows = (T + P - 1) / P;
-  const int64_t begin = std::min(T, comm.ep_rank() * rows);
+  const int64_t P = comm.ep_size(), Q = comm.expert_tp_size(), T = x.size(0);
+  TORCH_CHECK(comm.world_size() == P * Q,
+              "replicated expert parallelism: the comm's ranks are one EP group, or one EP "
+              "group per expert-TP rank; it has ", comm.world_size(), " ranks in EP groups of ",
+              P, ", expert-TP ", Q);
+  // Rank (EP rank i, expert-TP rank j) dispatches block j * P + i of the rows.
+  const int64_t rows = (T + P * Q - 1) / (P * Q);
+  const int64_t begin = std::min(T, (comm.expert_tp_rank() * P + comm.ep_rank()) * rows);
   const int64_t valid = std::min(T, begin + rows) - begin;
   auto block = torch::zeros({rows, x.size(1)}, x.options());
   if (valid > 0) block.narrow(0, 0, valid).copy_(x.narrow(0, begin, valid));
   auto out = ForwardExpertParallel(block, /*capacity_factor=*/0, comm, valid, numerics).first;
-  // Every member's block of the output, in member order: each sends its block to all.
+  // Each member sends its block to all: the EP group's blocks j * P .. j * P + P - 1 in
+  // order, then the expert-TP group's runs of P blocks in member order.
   const std::vector<int64_t> counts(P, rows);
-  return comm.AllToAll(out.repeat({P, 1}), counts, counts).narrow(0, 0, T);
+  out = comm.AllToAll(out.repeat({P, 1}), counts, counts);
+  if (Q > 1) {
+    const std::vector<int64_t> runs(Q, P * rows);
+    out = comm.ExpertTpAllToAll(out.repeat({Q, 1}), runs, runs);
+  }
+  return out.narrow(0, 0, T);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer, const ShardCoords& shard)

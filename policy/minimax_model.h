@@ -190,11 +190,12 @@ class SparseMoeImpl : public torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> ForwardExpertParallel(
       const torch::Tensor& x, double capacity_factor, ExpertParallelComm& comm,
       int64_t valid = -1, const MoeNumerics* numerics = nullptr);
-  // The block on tokens x [T, H] that every member of this rank's EP group holds alike
-  // (the ranks of an expert-parallel rollout instance): member q dispatches its block of
-  // ceil(T / ep) rows (the last ones short or empty) through ForwardExpertParallel, and the
-  // blocks' outputs are exchanged, so each token's experts run once in the group and every
-  // member returns the whole output. No capacity rule, no aux loss; inference only.
+  // The block on tokens x [T, H] that every rank of the comm holds alike (the ranks of an
+  // expert-parallel rollout instance: one EP group, or under expert-TP one EP group per
+  // expert-TP rank): each rank dispatches its block of ceil(T / (ep x expert_tp)) rows (the
+  // last ones short or empty) through ForwardExpertParallel, and the blocks' outputs are
+  // exchanged, so each token's experts run once in the instance and every rank returns the
+  // whole output. No capacity rule, no aux loss; inference only.
   // `numerics` as ForwardExpertParallel's.
   torch::Tensor ForwardReplicatedExpertParallel(const torch::Tensor& x, ExpertParallelComm& comm,
                                                 const MoeNumerics* numerics = nullptr);

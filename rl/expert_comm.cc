@@ -81,18 +81,40 @@ torch::Tensor ProcessGroupExpertComm::AllToAll(const torch::Tensor& input,
   return RunAllToAll(*ep_, ep_size_, input, send, recv, "expert");
 }
 
-InstanceExpertComm::InstanceExpertComm(ProcessGroup* group, int64_t ep_size)
-    : device_(group->impl().device), ep_size_(ep_size) {
-  const LayoutGroups g = ExpertGroups(group->rank(), group->world_size(), ep_size, 1);
-  ep_rank_ = g.ep_rank;
+InstanceExpertComm::InstanceExpertComm(ProcessGroup* group, int64_t ep_size, int64_t expert_tp)
+    : device_(group->impl().device), ep_size_(ep_size), expert_tp_(expert_tp) {
+  const int64_t size = ep_size * expert_tp, first = group->rank() - group->rank() % size;
+  rank_ = group->rank() - first;
+  const LayoutGroups g = ExpertGroups(group->rank(), group->world_size(), ep_size, expert_tp);
+  // EP, expert-TP, then the instance, on every rank (each kind's groups are disjoint).
   ep_ = group->impl().Subgroup(g.ep);
+  if (expert_tp > 1) {
+    expert_tp_group_ = group->impl().Subgroup(g.expert_tp);
+    std::vector<int64_t> ranks(size);
+    std::iota(ranks.begin(), ranks.end(), first);
+    instance_ = group->impl().Subgroup(ranks);
+  } else {
+    instance_ = ep_;
+  }
+}
+
+std::vector<int64_t> InstanceExpertComm::EpGroupOf(int64_t r) const {
+  std::vector<int64_t> ranks;
+  for (int64_t i = 0; i < ep_size_; ++i) ranks.push_back(i * expert_tp_ + r % expert_tp_);
+  return ranks;
+}
+
+std::vector<int64_t> InstanceExpertComm::ExpertTpGroup() const {
+  std::vector<int64_t> ranks(expert_tp_);
+  std::iota(ranks.begin(), ranks.end(), rank_ - rank_ % expert_tp_);
+  return ranks;
 }
 
 torch::Tensor InstanceExpertComm::AllGather(const torch::Tensor& local) {
   std::vector<at::Tensor> in{local.to(device_).contiguous()};
   std::vector<std::vector<at::Tensor>> out(1);
-  for (int64_t r = 0; r < ep_size_; ++r) out[0].push_back(torch::empty_like(in[0]));
-  ep_->allgather(out, in)->wait();
+  for (int64_t r = 0; r < world_size(); ++r) out[0].push_back(torch::empty_like(in[0]));
+  instance_->allgather(out, in)->wait();
   return torch::stack(out[0]).to(torch::kCPU);
 }
 
@@ -102,9 +124,11 @@ torch::Tensor InstanceExpertComm::AllToAll(const torch::Tensor& input,
   return RunAllToAll(*ep_, ep_size_, input, send, recv, "expert");
 }
 
-torch::Tensor InstanceExpertComm::ExpertTpAllToAll(const torch::Tensor&, const std::vector<int64_t>&,
-                                                   const std::vector<int64_t>&) {
-  TORCH_CHECK(false, "an instance's EP comm has no expert-TP group");
+torch::Tensor InstanceExpertComm::ExpertTpAllToAll(const torch::Tensor& input,
+                                                   const std::vector<int64_t>& send,
+                                                   const std::vector<int64_t>& recv) {
+  TORCH_CHECK(expert_tp_group_, "expert-TP all-to-all without an expert-TP group");
+  return RunAllToAll(*expert_tp_group_, expert_tp_, input, send, recv, "expert-TP");
 }
 
 torch::Tensor ProcessGroupExpertComm::ExpertTpAllToAll(const torch::Tensor& input,

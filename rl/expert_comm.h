@@ -46,20 +46,26 @@ class ProcessGroupExpertComm final : public ExpertParallelComm {
   c10::intrusive_ptr<c10d::Backend> ep_, expert_tp_group_;
 };
 
-// One EP group of a process group as a world of its own (ranks 0 .. ep - 1 in EP-rank order,
-// no expert-TP): the comm of one of several rollout instances over a learner's ranks
-// (data-parallel copies), whose collectives, the routing counts' gather included, stay
-// within the instance while the other copies run other batches.
+// One rollout instance's expert ranks of a process group as a world of their own: the
+// ep x expert_tp consecutive ranks that hold every expert's every block once (one EP group
+// without expert-TP), ranks 0 .. ep x expert_tp - 1 in group order, EP and expert-TP groups
+// as ProcessGroupExpertComm's. The comm of one of several rollout instances over a
+// learner's ranks (data-parallel copies), whose collectives, the routing counts' gather
+// included, stay within the instance while the other copies run other batches.
 class InstanceExpertComm final : public ExpertParallelComm {
  public:
-  // Joins this rank's EP group of `ep_size` (a collective of all ranks of `group`, as
-  // ProcessGroupExpertComm's constructor).
-  InstanceExpertComm(ProcessGroup* group, int64_t ep_size);
+  // Joins this rank's EP group, expert-TP group and instance (a collective of all ranks of
+  // `group`, as ProcessGroupExpertComm's constructor).
+  InstanceExpertComm(ProcessGroup* group, int64_t ep_size, int64_t expert_tp = 1);
 
-  int64_t rank() const override { return ep_rank_; }
-  int64_t world_size() const override { return ep_size_; }
+  int64_t rank() const override { return rank_; }
+  int64_t world_size() const override { return ep_size_ * expert_tp_; }
   int64_t ep_size() const override { return ep_size_; }
-  int64_t ep_rank() const override { return ep_rank_; }
+  int64_t ep_rank() const override { return rank_ / expert_tp_; }
+  std::vector<int64_t> EpGroupOf(int64_t rank) const override;
+  int64_t expert_tp_size() const override { return expert_tp_; }
+  int64_t expert_tp_rank() const override { return rank_ % expert_tp_; }
+  std::vector<int64_t> ExpertTpGroup() const override;
   torch::Tensor AllGather(const torch::Tensor& local) override;
   torch::Tensor AllToAll(const torch::Tensor& input, const std::vector<int64_t>& send,
                          const std::vector<int64_t>& recv) override;
@@ -68,8 +74,8 @@ class InstanceExpertComm final : public ExpertParallelComm {
 
  private:
   torch::Device device_;
-  int64_t ep_size_, ep_rank_;
-  c10::intrusive_ptr<c10d::Backend> ep_;
+  int64_t ep_size_, expert_tp_, rank_;
+  c10::intrusive_ptr<c10d::Backend> ep_, expert_tp_group_, instance_;
 };
 
 }  // namespace lightrl

@@ -113,15 +113,24 @@ absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(Process
   }
   const auto world = group->world_size();
   const auto tp = static_cast<int64_t>(groups->tp.size()), ep = static_cast<int64_t>(groups->ep.size());
-  // One TP group, one EP group, or both over the same ranks (with copies: each rank's).
+  const auto etp = static_cast<int64_t>(groups->expert_tp.size());
+  // One TP group, one EP group, or both over the same ranks (with copies: each rank's);
+  // under expert-TP (without TP) the EP groups of the expert-TP group's members.
   std::vector<int64_t> members = tp > 1 ? groups->tp : groups->ep;
-  const bool shape = tp == 1 || ep == 1 || groups->ep == groups->tp;
+  if (etp > 1 && tp == 1) {
+    members.clear();
+    for (int64_t m : groups->expert_tp) {
+      for (int64_t r : ProcessGroupExpertComm::EpGroupRanks(m, world, ep, etp)) members.push_back(r);
+    }
+  }
+  const bool shape = etp == 1 ? tp == 1 || ep == 1 || groups->ep == groups->tp : tp == 1;
   const bool size = copies || static_cast<int64_t>(members.size()) == world;
-  if (!((shape && size && tp * ep > 1) || world == 1) || groups->expert_tp.size() != 1) {
+  if (!((shape && size && tp * ep * etp > 1) || world == 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "rollout instance: its ranks must form ", copies ? "TP groups, EP groups" : "one TP group, "
-        "one EP group", " or both over the same ranks; the layout's TP group has ", tp,
-        ", its EP group ", ep, " of the ", world, " ranks, expert-TP ", groups->expert_tp.size()));
+        "one EP group", " or both over the same ranks, or EP x expert-TP without TP; the "
+        "layout's TP group has ", tp, ", its EP group ", ep, " of the ", world,
+        " ranks, expert-TP ", etp));
   }
   auto impl = std::make_unique<Impl>();
   impl->group = group;
@@ -131,11 +140,13 @@ absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(Process
   impl->shard.tp_rank = groups->tp_rank;
   impl->shard.ep = ep;
   impl->shard.ep_rank = groups->ep_rank;
+  impl->shard.expert_tp = etp;
+  impl->shard.expert_tp_rank = groups->expert_tp_rank;
   impl->comm = std::make_unique<ProcessGroupTpComm>(group);
-  if (ep > 1) {
+  if (ep * etp > 1) {
     impl->experts = impl->whole_group()
-                        ? std::unique_ptr<ExpertParallelComm>(new ProcessGroupExpertComm(group, ep))
-                        : std::unique_ptr<ExpertParallelComm>(new InstanceExpertComm(group, ep));
+                        ? std::unique_ptr<ExpertParallelComm>(new ProcessGroupExpertComm(group, ep, etp))
+                        : std::unique_ptr<ExpertParallelComm>(new InstanceExpertComm(group, ep, etp));
   }
   return std::unique_ptr<RolloutInstance>(new RolloutInstance(std::move(impl)));
 }
@@ -154,7 +165,7 @@ ShardCoords RolloutInstance::shard() const { return impl_->shard; }
 EngineParallel RolloutInstance::parallel() const {
   EngineParallel p;
   if (impl_->shard.tp > 1) p.tensor_parallel = impl_->comm.get();
-  if (impl_->shard.ep > 1) p.expert_parallel = impl_->experts.get();
+  p.expert_parallel = impl_->experts.get();
   return p;
 }
 
@@ -376,9 +387,11 @@ absl::StatusOr<std::vector<std::string>> RolloutInstance::SliceForRanks(const We
   std::vector<std::string> parts(impl_->group->world_size());
   for (int64_t r = 1; r < impl_->group->world_size(); ++r) {
     ShardCoords coords = impl_->shard;
-    // Rank r is member r of the instance's TP group and of its EP group.
+    // Rank r is member r of the instance's TP group and of its EP group; under expert-TP
+    // (ProcessGroupExpertComm's order) EP rank r / expert_tp, expert-TP rank r % expert_tp.
     if (coords.tp > 1) coords.tp_rank = r;
-    if (coords.ep > 1) coords.ep_rank = r;
+    if (coords.ep > 1) coords.ep_rank = coords.tp > 1 ? r : r / coords.expert_tp;
+    if (coords.expert_tp > 1) coords.expert_tp_rank = r % coords.expert_tp;
     std::vector<PolicyModel::WeightTensor> blocks;
     for (const PolicyModel::WeightTensor& t : set.tensors) {
       ASSIGN_OR_RETURN(TensorShard part, ShardOf(t.name, config, coords));

@@ -28,10 +28,12 @@ namespace lightrl {
 class RolloutInstance final : public EngineBatchFanout {
  public:
   // `group` (not owned; it must outlive the instance) must have joined layout groups
-  // (ProcessGroup::JoinLayoutGroups) whose TP group, or whose EP group, is the whole group
-  // (a collective: an EP instance joins its EP comm here). With `copies`, the group's ranks
-  // may form several instances (data-parallel copies of the shards): this rank's is its TP
-  // group, or its EP group without TP (the EP group must then be the TP group).
+  // (ProcessGroup::JoinLayoutGroups) whose TP group, or whose EP group, is the whole group,
+  // or without TP whose EP x expert-TP ranks are (a collective: an EP instance joins its
+  // EP comm here). With `copies`, the group's ranks may form several instances
+  // (data-parallel copies of the shards): this rank's is its TP group, or its EP group
+  // without TP (the EP group must then be the TP group), or under expert-TP without TP the
+  // EP groups of its expert-TP group's members.
   static absl::StatusOr<std::unique_ptr<RolloutInstance>> Create(ProcessGroup* group,
                                                                  bool copies = false);
   ~RolloutInstance() override;

@@ -749,7 +749,9 @@ absl::Status RunConfig::Validate() const {
                       : parallel.tp > 1 && parallel.ep > 1 && parallel.ep != parallel.tp
                           ? "parallel.ep equal to parallel.tp when both are > 1 (an instance "
                             "runs TP and EP over the same ranks)"
-                      : parallel.expert_tp > 1 ? "parallel.expert_tp 1 (the engine runs whole experts)"
+                      : parallel.expert_tp > 1 && parallel.tp > 1
+                          ? "parallel.tp 1 when parallel.expert_tp > 1 (an instance splits "
+                            "the experts over EP x expert-TP, or attention over TP)"
                       : fleet.enabled()        ? "the local engine (fleet workers get whole models)"
                       : rollout.async          ? "rollout.async off (the engine reads the learner's "
                                                  "live weights)"

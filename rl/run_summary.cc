@@ -41,7 +41,9 @@ void Trainer::PrintSummary() const {
   } else if (config_.rollout.async) {
     rollouts = "an engine copy beside the learner (rollout.async)";
   } else if (ShardedEngine()) {
-    const int64_t instance = config_.parallel.tp > 1 ? config_.parallel.tp : config_.parallel.ep;
+    const int64_t instance = config_.parallel.tp > 1
+                                 ? config_.parallel.tp
+                                 : config_.parallel.ep * config_.parallel.expert_tp;
     rollouts = absl::StrFormat("engines on the %d ranks' shards, %d cop%s of a %d-rank instance "
                                "(rollout.sharded_engine)", world, world / instance,
                                world / instance == 1 ? "y" : "ies", instance);

@@ -579,6 +579,18 @@ def case_run_sharded():
                                                     shards, tokens)
             print(f"  {name} ({nproc} ranks): {compared} metrics of {len(m1)} steps agree "
                   f"(resumed after step 2); {latest} holds {len(shards)} shard files")
+        # Generating on the ranks' shards (rollout.sharded_engine) in FP32: ep 2 x
+        # expert_tp 2 on 4 ranks (one instance whose ranks each run their block of the
+        # batch's MoE rows through their experts' FFN blocks) and on 8 (two instances, each
+        # its share of the batch).
+        for name, nproc in (("ep_etp_engine", 4), ("ep_etp_dp_engine", 8)):
+            cfg, out = run_config(tmp, name, steps=3, parallel={"ep": 2, "expert_tp": 2})
+            err = lightrl_run("--config", cfg, "--nproc", str(nproc), *SHARDED_ENGINE)
+            copies = "1 copy" if nproc == 4 else f"{nproc // 4} copies"
+            assert f"engines on the {nproc} ranks' shards, {copies} of a 4-rank instance" in err, err
+            compared = compare_run_metrics(name, one_dir, out)
+            print(f"  {name} ({nproc} ranks, generating on the shards): {compared} metrics of "
+                  f"{len(m1)} steps agree with one process")
         # The ep 2 run's checkpoint as the model of an ep 2 x expert_tp 2 run: each rank
         # reads its blocks of the other layout's files, and the run trains as one process
         # does from that checkpoint.
@@ -644,10 +656,12 @@ def case_run_invariant_ep():
         ("ep_engine", {"ep": 2}, 2, "engines on the 2 ranks' shards, 1 copy of a 2-rank instance",
          SHARDED_ENGINE),
         ("ep_dp_engine", {"ep": 2}, 4, "engines on the 4 ranks' shards, 2 copies of a 2-rank "
-         "instance", SHARDED_ENGINE)])
-    print(f"  ep 2 and ep 2 x expert_tp 2 in the batch-invariant mode, and ep 2 generating on "
-          f"the ranks' shards on 2 and on 4 ranks (2 instances): mismatch 0 at all 3 steps, "
-          f"{compared} metrics agree with one process")
+         "instance", SHARDED_ENGINE),
+        ("ep_etp_engine", {"ep": 2, "expert_tp": 2}, 4, "engines on the 4 ranks' shards, 1 copy "
+         "of a 4-rank instance", SHARDED_ENGINE)])
+    print(f"  ep 2 and ep 2 x expert_tp 2 in the batch-invariant mode, and generating on the "
+          f"ranks' shards with ep 2 on 2 and on 4 ranks (2 instances) and ep 2 x expert_tp 2 on "
+          f"4: mismatch 0 at all 3 steps, {compared} metrics agree with one process")
 
 
 def case_run_invariant_tp():
