@@ -3,18 +3,22 @@
 // train/inference mismatch each gives.
 //   batch_invariant_bench [--dtype float32|bfloat16] [--prompts 8] [--n 4] [--new-tokens 32]
 //                         [--repeats 3] [--threads 0] [--device cpu|cuda]
-//                         [--model small|bench] [--kv-mb 256]
+//                         [--model small|bench] [--kv-mb 256] [--profile-learner 0]
 // --model small: 4 layers, hidden 256 (the CPU figures); bench: the 508M bench model of the
 // GPU figures (hidden 1024, 8 layers 7 lightning + 1 softmax, 8 heads x 128, 8 experts
 // top-2, FFN 2048, vocab 32000). --kv-mb sizes the softmax layers' KV cache: small enough,
 // and sequences are preempted and re-prefilled. Prints one JSON line per mode: tokens/s,
 // learner step seconds (median of --repeats), max |engine logprob - learner logprob| and
-// the engine's preemptions.
+// the engine's preemptions. --profile-learner K > 0: the last repeat's learner update of
+// each mode runs under the torch profiler, and its K busiest CPU ops (inclusive time) and
+// K busiest CUDA kernels go to stderr as "profile ..." lines, with the kernels' total.
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -75,9 +79,49 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+namespace profiler = torch::autograd::profiler;
+
+void StartProfile(bool cuda) {
+  using torch::profiler::impl::ActivityType;
+  std::set<ActivityType> activities{ActivityType::CPU};
+  if (cuda) activities.insert(ActivityType::CUDA);
+  const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+  profiler::prepareProfiler(config, activities);
+  profiler::enableProfiler(config, activities);
+}
+
+// Each device's events by name: count and summed duration, the `top` longest per device.
+void PrintProfile(bool mode, double wall_s, int64_t top) {
+  std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
+  std::map<std::pair<int, std::string>, std::pair<int64_t, double>> by_name;
+  std::map<int, double> total_ms;
+  for (const profiler::KinetoEvent& e : result->events()) {
+    const int device = static_cast<int>(e.deviceType());
+    auto& [count, ms] = by_name[{device, e.name()}];
+    ++count;
+    ms += static_cast<double>(e.durationNs()) / 1e6;
+    total_ms[device] += static_cast<double>(e.durationNs()) / 1e6;
+  }
+  std::fprintf(stderr, "profile batch_invariant=%d learner step %.1f ms, CUDA events %.1f ms\n",
+               mode ? 1 : 0, wall_s * 1e3, total_ms[static_cast<int>(c10::DeviceType::CUDA)]);
+  for (c10::DeviceType device : {c10::DeviceType::CPU, c10::DeviceType::CUDA}) {
+    std::vector<std::pair<double, std::pair<std::string, int64_t>>> rows;
+    for (const auto& [key, value] : by_name) {
+      if (key.first == static_cast<int>(device)) rows.push_back({value.second, {key.second, value.first}});
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    for (size_t i = 0; i < rows.size() && static_cast<int64_t>(i) < top; ++i) {
+      std::fprintf(stderr, "profile batch_invariant=%d %s %9.2f ms %6lld x %.100s\n", mode ? 1 : 0,
+                   device == c10::DeviceType::CPU ? "cpu " : "cuda", rows[i].first,
+                   static_cast<long long>(rows[i].second.second), rows[i].second.first.c_str());
+    }
+  }
+}
+
 int Main(int argc, char** argv) {
   std::string dtype = "float32", device = "cpu", model = "small";
   int64_t prompts = 8, n = 4, new_tokens = 32, repeats = 3, threads = 0, kv_mb = 256;
+  int64_t profile_top = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     int64_t* target = flag == "--prompts"      ? &prompts
@@ -86,6 +130,7 @@ int Main(int argc, char** argv) {
                       : flag == "--repeats"    ? &repeats
                       : flag == "--threads"    ? &threads
                       : flag == "--kv-mb"      ? &kv_mb
+                      : flag == "--profile-learner" ? &profile_top
                                                : nullptr;
     if (flag == "--dtype") {
       dtype = value;
@@ -159,9 +204,12 @@ int Main(int argc, char** argv) {
       lopts.optimizer.lr = 1e-6;
       auto learner = Learner::Create(policy->get(), lopts);
       if (!learner.ok()) return 1;
+      const bool profile = profile_top > 0 && r + 1 == repeats;
+      if (profile) StartProfile(device != "cpu");
       t0 = std::chrono::steady_clock::now();
       auto stats = (*learner)->TrainRl(batch);
       step_s.push_back(Seconds(t0));
+      if (profile) PrintProfile(mode, step_s.back(), profile_top);
       if (!stats.ok()) {
         std::fprintf(stderr, "batch_invariant_bench: %s\n", stats.status().ToString().c_str());
         return 1;

@@ -6,13 +6,14 @@
 # last with a KV cache small enough to preempt).
 #   bench/batch_invariant/run_gpu.sh    (logs and summary under $OUT, default build/bi_gpu)
 # Knobs (environment): NEW_TOKENS (64), BATCHES ("2 16 64": prompts, 4 samples each),
-# RL=1 (then the toy RL runs of run_gpu_rl.sh, with its knobs).
+# RL=1 (then the toy RL runs of run_gpu_rl.sh, with its knobs), PROFILE=1 (the learner
+# update under the torch profiler), EXTRA_TARGETS (built too, for later calls).
 # Needs in the tree: .device/grpc.tgz (abseil) and .device/googletest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export OUT="${OUT:-$ROOT/build/bi_gpu}"
 source "$ROOT/bench/gpu_env.sh"
-GPU_BUILD_TARGETS="batch_invariant_gpu_test batch_invariant_bench model_parallel_gpu_test engine_gpu_test"
+GPU_BUILD_TARGETS="batch_invariant_gpu_test batch_invariant_bench model_parallel_gpu_test engine_gpu_test ${EXTRA_TARGETS:-}"
 if [ "${RL:-0}" = 1 ]; then GPU_BUILD_TARGETS="$GPU_BUILD_TARGETS lightrl"; fi
 source "$ROOT/bench/gpu_build.sh"
 
@@ -36,13 +37,12 @@ for P in ${BATCHES:-2 16 64}; do
   note "bench prompts $P rc=$? after $(elapsed) s"
 done
 cat "$OUT/bench.jsonl" | tee -a "$S"
-# PROFILE=1: where the mode's GPU time goes at 64 prompts x 4 (nsys kernel summary).
-if [ "${PROFILE:-0}" = 1 ] && command -v nsys > /dev/null; then
-  timeout 300 nsys profile -o /tmp/bi_profile --force-overwrite true \
-    "$B/bench/batch_invariant/batch_invariant_bench" --device cuda --dtype bfloat16 --model bench \
-    --prompts 64 --n 4 --new-tokens 32 --repeats 1 --kv-mb 256 > /dev/null 2>&1
-  nsys stats --report cuda_gpu_kern_sum --format csv /tmp/bi_profile.nsys-rep 2> /dev/null |
-    cut -c1-220 | head -25 > "$OUT/profile.txt"
+# PROFILE=1: where each mode's learner update spends its time at 64 prompts x 4 (the torch
+# profiler's busiest CPU ops and CUDA kernels, batch_invariant_bench --profile-learner).
+if [ "${PROFILE:-0}" = 1 ]; then
+  timeout 300 "$B/bench/batch_invariant/batch_invariant_bench" --device cuda --dtype bfloat16 \
+    --model bench --prompts 64 --n 4 --new-tokens "${NEW_TOKENS:-64}" --repeats 2 --kv-mb 256 \
+    --profile-learner 30 2>&1 | grep -E "^profile" > "$OUT/profile.txt"
   note "profile after $(elapsed) s"; cat "$OUT/profile.txt" | tee -a "$S"
 fi
 tail -5 "$OUT/bench.err"
