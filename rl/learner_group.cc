@@ -23,6 +23,7 @@ enum class Command : uint8_t {
   kAbort = 5,
   kSaveWeights = 6,
   kFollow = 7,
+  kGather = 8,
 };
 
 bool IsShard(const PolicyModel& policy) { return !(policy.shard() == ShardCoords{}); }
@@ -159,7 +160,7 @@ absl::StatusOr<LearnerStats> LearnerGroup::TrainRl(const std::vector<TrainSample
     RETURN_IF_ERROR(group_->BroadcastBytes(&message, 0));
   }
   ASSIGN_OR_RETURN(LearnerStats stats, learner_->TrainRl(batch));
-  if (sharded() && whole_ != nullptr) RETURN_IF_ERROR(GatherShards(group_, *policy_, whole_));
+  RETURN_IF_ERROR(GatherAfterUpdate());
   in_call_ = false;
   return stats;
 }
@@ -171,9 +172,29 @@ absl::StatusOr<LearnerStats> LearnerGroup::TrainSft(const std::vector<TrainSampl
     RETURN_IF_ERROR(group_->BroadcastBytes(&message, 0));
   }
   ASSIGN_OR_RETURN(LearnerStats stats, learner_->TrainSft(batch, lr));
-  if (sharded() && whole_ != nullptr) RETURN_IF_ERROR(GatherShards(group_, *policy_, whole_));
+  RETURN_IF_ERROR(GatherAfterUpdate());
   in_call_ = false;
   return stats;
+}
+
+absl::Status LearnerGroup::GatherAfterUpdate() {
+  if (!sharded()) return absl::OkStatus();
+  if (whole_ != nullptr) return GatherShards(group_, *policy_, whole_);
+  if (host_ != nullptr) return GatherShardsToHost(group_, *policy_, host_);
+  return absl::OkStatus();
+}
+
+absl::Status LearnerGroup::GatherWeights() {
+  if (!sharded() || host_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "LearnerGroup::GatherWeights: the learner holds no shard to gather into host tensors");
+  }
+  in_call_ = true;
+  std::string message(1, static_cast<char>(Command::kGather));
+  RETURN_IF_ERROR(group_->BroadcastBytes(&message, 0));
+  RETURN_IF_ERROR(GatherShardsToHost(group_, *policy_, host_));
+  in_call_ = false;
+  return absl::OkStatus();
 }
 
 absl::Status LearnerGroup::LeadFollow(const std::string& payload) {
@@ -262,6 +283,10 @@ absl::Status ServeLearner(Learner* learner, ProcessGroup* group, PolicyModel* po
         ++calls;
         break;
       }
+      case Command::kGather:
+        // Rank 0's side assembles the blocks; this rank's sends its own.
+        RETURN_IF_ERROR(GatherShards(group, *policy, nullptr));
+        break;
       case Command::kFollow: {
         std::string payload;
         if (!r.GetString(payload)) return bad();

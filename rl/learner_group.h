@@ -28,6 +28,14 @@ class LearnerGroup {
                PolicyModel* whole = nullptr)
       : learner_(learner), group_(group), policy_(policy), whole_(whole) {}
 
+  // With `host` instead of a whole model (rank 0 of a sharded learner whose fleet
+  // generates), every update ends by gathering the ranks' shards into these host tensors
+  // (FP32, GatherShardsToHost), so no device holds the whole model. Not owned.
+  void GatherIntoHost(std::vector<PolicyModel::WeightTensor>* host) { host_ = host; }
+  // Gathers the current weights into the host tensors now (before the first update): a
+  // call of all ranks, announced as the others wait between calls.
+  absl::Status GatherWeights();
+
   absl::StatusOr<LearnerStats> TrainRl(const std::vector<TrainSample>& batch);
   absl::StatusOr<LearnerStats> TrainSft(const std::vector<TrainSample>& batch, double lr);
   // Every rank saves its part of the optimizer state under `path` (a shared file system).
@@ -57,14 +65,18 @@ class LearnerGroup {
   bool in_call_ = false;
   Learner* learner_;
   ProcessGroup* group_;
+  // The gather that ends an update of a shard: into `whole_`, or into `host_`.
+  absl::Status GatherAfterUpdate();
+
   PolicyModel* policy_;
   PolicyModel* whole_;
+  std::vector<PolicyModel::WeightTensor>* host_ = nullptr;
 };
 
 // What a learner-only rank does besides training, as rank 0's LearnerGroup has it.
 struct LearnerServing {
-  // A shard joins the gather into rank 0's whole model after every update (LearnerGroup
-  // with `whole`).
+  // A shard joins the gather into rank 0's whole model (or host tensors) after every
+  // update (LearnerGroup with `whole` or GatherIntoHost).
   bool gather_shards = true;
   // Run with the payload when rank 0 calls LeadFollow (null: refused).
   std::function<absl::Status(const std::string& payload)> follow;

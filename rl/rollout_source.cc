@@ -1,6 +1,7 @@
 #include "rl/rollout_source.h"
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -115,10 +116,26 @@ class EngineCopyRolloutSource final : public RolloutSource {
   int64_t version_ = -1;
 };
 
+// FP32 bytes as BF16, rounded to nearest even (any NaN as the quiet NaN 0x7fc0), as
+// torch rounds.
+std::string Bf16Of(const std::string& f32) {
+  std::string out(f32.size() / 2, '\0');
+  for (size_t i = 0; i < f32.size() / 4; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, f32.data() + 4 * i, 4);
+    const uint16_t h = (bits & 0x7fffffffu) > 0x7f800000u
+                           ? uint16_t{0x7fc0}
+                           : static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    std::memcpy(&out[2 * i], &h, 2);
+  }
+  return out;
+}
+
 class FleetRolloutSource final : public RolloutSource {
  public:
-  FleetRolloutSource(const RunConfig& config, PolicyModel* policy, WorkerLauncher* launcher)
-      : config_(config), policy_(policy), launcher_(launcher) {}
+  FleetRolloutSource(const RunConfig& config, FleetWeights weights, WorkerLauncher* launcher)
+      : config_(config), weights_(std::move(weights)), launcher_(launcher),
+        model_(weights_.whole != nullptr ? &weights_.whole->config() : weights_.config) {}
 
   ~FleetRolloutSource() override {
     fleet_.reset();
@@ -129,7 +146,13 @@ class FleetRolloutSource final : public RolloutSource {
 
   absl::Status Start() {
     const FleetSection& f = config_.fleet;
-    if (f.weight_sync == "nccl" && policy_->device_index() < 0) {
+    if (f.weight_sync == "nccl" && weights_.whole == nullptr) {
+      return absl::InvalidArgumentError(
+          "fleet.weight_sync: nccl broadcasts a whole model from the learner's GPU, but this "
+          "learner is sharded (parallel.tp, ep or expert_tp > 1) and gathers its shards into "
+          "host memory for the fleet: use fleet.weight_sync: grpc");
+    }
+    if (f.weight_sync == "nccl" && weights_.whole->device_index() < 0) {
       return absl::InvalidArgumentError(
           "fleet.weight_sync: nccl broadcasts from the learner's GPU, but the policy is on the CPU");
     }
@@ -181,13 +204,13 @@ class FleetRolloutSource final : public RolloutSource {
         ShardCoords coords;
         coords.tp = f.rollout_tp;
         coords.ep = f.rollout_ep;
-        if (absl::Status s = coords.CheckModel(policy_->config()); !s.ok()) {
+        if (absl::Status s = coords.CheckModel(*model_); !s.ok()) {
           return absl::InvalidArgumentError(absl::StrCat(
               "fleet.rollout_tp ", f.rollout_tp, " x rollout_ep ", f.rollout_ep, ": ",
               s.message()));
         }
         launch.model_dir = JoinPath(config_.run.output_dir, "rollout-model");
-        RETURN_IF_ERROR(policy_->Save(launch.model_dir,
+        RETURN_IF_ERROR(weights_.save(launch.model_dir,
                                       config_.run.dtype == "bfloat16" ? DType::kBF16 : DType::kF32));
       }
       ASSIGN_OR_RETURN(rollout_workers_, launcher_->StartRolloutWorkers(launch));
@@ -279,9 +302,16 @@ class FleetRolloutSource final : public RolloutSource {
       WeightSet set;
       set.version = version;
       set.dtype = config_.fleet.weight_dtype == "bfloat16" ? DType::kBF16 : DType::kF32;
-      set.model_config_json = policy_->config().ToJson().Dump();
+      set.model_config_json = model_->ToJson().Dump();
       set.batch_invariant = config_.numerics.batch_invariant;
-      ASSIGN_OR_RETURN(set.tensors, policy_->ExportWeights(set.dtype));
+      if (weights_.whole != nullptr) {
+        ASSIGN_OR_RETURN(set.tensors, weights_.whole->ExportWeights(set.dtype));
+        return set;
+      }
+      set.tensors = *weights_.host;
+      if (set.dtype == DType::kBF16) {
+        for (PolicyModel::WeightTensor& t : set.tensors) t.data = Bf16Of(t.data);
+      }
       return set;
     };
     if (config_.fleet.weight_sync != "nccl") {
@@ -290,10 +320,11 @@ class FleetRolloutSource final : public RolloutSource {
     }
     DeviceWeights w;
     w.version = version;
-    w.model_config_json = policy_->config().ToJson().Dump();
+    w.model_config_json = model_->ToJson().Dump();
     w.batch_invariant = config_.numerics.batch_invariant;
-    w.device = policy_->device_index();
-    ASSIGN_OR_RETURN(std::vector<PolicyModel::ParameterBuffer> params, policy_->ParameterBuffers());
+    w.device = weights_.whole->device_index();
+    ASSIGN_OR_RETURN(std::vector<PolicyModel::ParameterBuffer> params,
+                     weights_.whole->ParameterBuffers());
     for (const auto& p : params) {
       w.names.push_back(p.name);
       w.buffers.push_back({p.data, p.bytes});
@@ -314,8 +345,9 @@ class FleetRolloutSource final : public RolloutSource {
   }
  private:
   const RunConfig& config_;
-  PolicyModel* policy_;
+  FleetWeights weights_;
   WorkerLauncher* launcher_;  // spawn mode; not owned
+  const ModelConfig* model_;
   std::unique_ptr<Coordinator> coordinator_;
   LaunchedWorkersPtr rollout_workers_;  // spawn mode
   LaunchedWorkersPtr reward_workers_;   // fleet.spawn_reward_workers
@@ -337,9 +369,14 @@ absl::StatusOr<RolloutSourcePtr> MakeEngineCopyRolloutSource(PolicyModel* policy
 }
 
 absl::StatusOr<RolloutSourcePtr> StartFleetRolloutSource(const RunConfig& config,
-                                                         PolicyModel* policy,
+                                                         FleetWeights weights,
                                                          WorkerLauncher* launcher) {
-  auto source = std::make_unique<FleetRolloutSource>(config, policy, launcher);
+  if ((weights.whole == nullptr) == (weights.host == nullptr || weights.config == nullptr) ||
+      !weights.save) {
+    return absl::InvalidArgumentError(
+        "fleet: its weights are a whole model, or a config and host tensors, and a save");
+  }
+  auto source = std::make_unique<FleetRolloutSource>(config, std::move(weights), launcher);
   RETURN_IF_ERROR(source->Start());
   return RolloutSourcePtr(std::move(source));
 }

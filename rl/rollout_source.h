@@ -79,13 +79,28 @@ absl::StatusOr<RolloutSourcePtr> MakeEngineCopyRolloutSource(PolicyModel* policy
                                                              const EngineOptions& options,
                                                              const Tokenizer* tokenizer);
 
+// Where a fleet's weight pushes read the policy, on the controller (learner rank 0).
+struct FleetWeights {
+  // The whole model: its ExportWeights for the gRPC push, its device buffers for
+  // fleet.weight_sync nccl. Null for a sharded learner, which has instead:
+  PolicyModel* whole = nullptr;
+  // the model's config and its tensors gathered into host memory after the last update
+  // (FP32, ExportWeights' names, order and shapes: GatherShardsToHost), so no device
+  // holds the whole model; the gRPC push only.
+  const ModelConfig* config = nullptr;
+  const std::vector<PolicyModel::WeightTensor>* host = nullptr;
+  // Writes the current weights as a checkpoint folder in a dtype, the weights spawned
+  // tensor- or expert-parallel instances start from (LearnerGroup::SaveWeights).
+  std::function<absl::Status(const std::string& dir, DType dtype)> save;
+};
+
 // Starts the coordinator, has `launcher` start the worker processes in spawn mode (it
 // may be null in cluster mode) and waits for fleet.min_workers rollout workers. The
 // first PublishWeights replaces whatever weights the workers hold (the run may have
 // resumed from an older checkpoint). Spawned workers log to run.output_dir/logs/ and
-// stop with the returned source.
+// stop with the returned source. `weights` must outlive it.
 absl::StatusOr<RolloutSourcePtr> StartFleetRolloutSource(const RunConfig& config,
-                                                         PolicyModel* policy,
+                                                         FleetWeights weights,
                                                          WorkerLauncher* launcher);
 
 // The managed Python reward servers of `config` (reward.servers.NAME.python), started by

@@ -48,6 +48,7 @@ void Trainer::PrintSummary() const {
                                "(rollout.sharded_engine)", world, world / instance,
                                world / instance == 1 ? "y" : "ies", instance);
   }
+  if (!replay && FleetOnShards()) rollouts += ", pushed from the shards gathered into host memory";
   // Sharded experts (ShardedLearner): an expert-TP size, and rank 0's whole model for its
   // engine gathered after every update (or the engine on the shards).
   const int64_t etp = config_.parallel.expert_tp;

@@ -122,6 +122,17 @@ absl::StatusOr<std::vector<ShardCoords>> AllShardCoords(ProcessGroup* group,
 }
 
 absl::Status GatherShards(ProcessGroup* group, const PolicyModel& shard, PolicyModel* whole) {
+  if (group->rank() == 0 && whole == nullptr) {
+    return absl::InternalError("GatherShards: rank 0 has no whole model");
+  }
+  std::vector<PolicyModel::WeightTensor> tensors;
+  RETURN_IF_ERROR(GatherShardsToHost(group, shard, &tensors));
+  if (group->rank() != 0) return absl::OkStatus();
+  return whole->ImportWeights(DType::kF32, tensors);
+}
+
+absl::Status GatherShardsToHost(ProcessGroup* group, const PolicyModel& shard,
+                                std::vector<PolicyModel::WeightTensor>* whole) {
   ASSIGN_OR_RETURN(std::vector<ShardCoords> coords, AllShardCoords(group, shard));
   ASSIGN_OR_RETURN(std::string mine, EncodeWrittenBlocks(shard, coords, group->rank()));
   const bool root = group->rank() == 0;
@@ -131,13 +142,13 @@ absl::Status GatherShards(ProcessGroup* group, const PolicyModel& shard, PolicyM
   std::map<std::string, std::string> full;
   std::map<std::string, size_t> filled;
   if (root) {
-    if (whole == nullptr) return absl::InternalError("GatherShards: rank 0 has no whole model");
-    for (const auto& spec : whole->WeightSpecs()) {
+    if (whole == nullptr) return absl::InternalError("GatherShardsToHost: rank 0 has no output");
+    for (const auto& [name, shape] : ModelTensorShapes(model)) {
       int64_t n = 1;
-      for (int64_t d : spec.shape) n *= d;
-      shapes[spec.name] = spec.shape;
-      full[spec.name].assign(static_cast<size_t>(n) * sizeof(float), '\0');
-      filled[spec.name] = 0;
+      for (int64_t d : shape) n *= d;
+      shapes[name] = shape;
+      full[name].assign(static_cast<size_t>(n) * sizeof(float), '\0');
+      filled[name] = 0;
     }
   }
   // Each rank's blocks go to rank 0 alone (point to point), rank 0's own in place.
@@ -184,7 +195,8 @@ absl::Status GatherShards(ProcessGroup* group, const PolicyModel& shard, PolicyM
     }
     tensors.push_back({name, shapes[name], std::move(data)});
   }
-  return whole->ImportWeights(DType::kF32, tensors);
+  *whole = std::move(tensors);
+  return absl::OkStatus();
 }
 
 absl::Status SaveShards(ProcessGroup* group, const PolicyModel& shard, const std::string& dir,

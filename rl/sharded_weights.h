@@ -29,6 +29,12 @@ absl::StatusOr<std::vector<ShardCoords>> AllShardCoords(ProcessGroup* group,
 // model; ignored elsewhere).
 // Costs the whole model's bytes on rank 0; each rank's blocks go to rank 0 alone.
 absl::Status GatherShards(ProcessGroup* group, const PolicyModel& shard, PolicyModel* whole);
+// The same collective, rank 0 assembling the whole tensors in host memory only: `*whole`
+// (rank 0's; ignored elsewhere) becomes every tensor of the model in FP32, sorted by name
+// with its whole shape (ExportWeights' names, order and shapes). No device holds the whole
+// model: how a sharded learner feeds a fleet's weight pushes.
+absl::Status GatherShardsToHost(ProcessGroup* group, const PolicyModel& shard,
+                                std::vector<PolicyModel::WeightTensor>* whole);
 
 // A collective of all ranks: every file of the layout's coordinates (tp x ep x
 // expert_tp) is written into `dir` by the lowest rank holding all of its blocks

@@ -204,6 +204,10 @@ absl::Status Trainer::JoinLayout() {
 
 bool Trainer::ShardedEngine() const { return ShardedLearner() && config_.rollout.sharded_engine; }
 
+bool Trainer::FleetOnShards() const {
+  return ShardedLearner() && config_.fleet.enabled() && options_.replay_dir.empty();
+}
+
 EngineOptions Trainer::MakeEngineOptions() const {
   EngineOptions eopts;
   eopts.max_num_seqs = std::max<int64_t>(config_.rollout.max_num_seqs, config_.rollout.group_size);
@@ -475,8 +479,10 @@ absl::Status Trainer::Setup() {
     std::string resume = resume_dir.value_or("");
     RETURN_IF_ERROR(group_->BroadcastBytes(&resume, 0));
   }
-  // With a sharded engine this rank holds its shard alone; otherwise the whole model.
-  ASSIGN_OR_RETURN(policy_, ShardedEngine() ? LoadShard(resume_dir) : LoadPolicy(resume_dir));
+  // With a sharded engine, or a sharded learner's fleet, this rank holds its shard alone;
+  // otherwise the whole model.
+  ASSIGN_OR_RETURN(policy_, ShardedEngine() || FleetOnShards() ? LoadShard(resume_dir)
+                                                                : LoadPolicy(resume_dir));
   if (!config_.model.tokenizer.empty()) {
     ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromFile(config_.model.tokenizer));
     tokenizer_.emplace(std::move(t));
@@ -487,20 +493,23 @@ absl::Status Trainer::Setup() {
   RETURN_IF_ERROR(CheckLayout(config_, options_.distributed, *policy_));
   // A sharded learner trains this rank's shard; the whole model above stays for the
   // engine and is refreshed from all ranks' shards after every update (docs/distributed.md),
-  // unless the engine runs on the shards (rollout.sharded_engine).
-  if (ShardedLearner() && !ShardedEngine()) {
+  // unless the engine runs on the shards (rollout.sharded_engine) or the fleet generates
+  // (the shards are then gathered into host memory for its weight pushes).
+  const bool whole_here = ShardedLearner() && !ShardedEngine() && !FleetOnShards();
+  if (whole_here) {
     ASSIGN_OR_RETURN(shard_policy_, LoadShard(resume_dir));
   }
   PolicyModel* trained = shard_policy_ ? shard_policy_.get() : policy_.get();
   RETURN_IF_ERROR(JoinLayout());
   ASSIGN_OR_RETURN(learner_, Learner::Create(trained, MakeLearnerOptions(), group_.get()));
   learners_ = std::make_unique<LearnerGroup>(learner_.get(), group_.get(), trained,
-                                             ShardedEngine() ? nullptr : policy_.get());
+                                             whole_here ? policy_.get() : nullptr);
+  if (FleetOnShards()) learners_->GatherIntoHost(&host_weights_);
 
   const EngineOptions eopts = MakeEngineOptions();
   if (ShardedEngine()) {
     RETURN_IF_ERROR(StartShardedEngine(policy_.get()));
-  } else {
+  } else if (!FleetOnShards()) {
     ASSIGN_OR_RETURN(engine_, Engine::Create(policy_.get(), eopts, &*tokenizer_));
   }
 
@@ -554,8 +563,19 @@ absl::Status Trainer::Setup() {
 
   if (options_.replay_dir.empty()) {
     if (config_.fleet.enabled()) {
+      FleetWeights weights;
+      if (FleetOnShards()) {
+        RETURN_IF_ERROR(learners_->GatherWeights());
+        weights.config = &policy_->config();
+        weights.host = &host_weights_;
+      } else {
+        weights.whole = policy_.get();
+      }
+      weights.save = [this](const std::string& dir, DType dtype) {
+        return learners_->SaveWeights(dir, dtype);
+      };
       ASSIGN_OR_RETURN(rollout_source_,
-                       StartFleetRolloutSource(config_, policy_.get(), options_.launcher));
+                       StartFleetRolloutSource(config_, std::move(weights), options_.launcher));
       if (!rollout_source_->RewardWorkers().empty()) {
         RETURN_IF_ERROR(SetUpRewards(rollout_source_->RewardWorkers()));
       }

@@ -120,6 +120,9 @@ class Trainer {
   // rollout.sharded_engine under a sharded learner: every rank runs an engine rank on its
   // own shard, in the rollout instance of its TP (or EP) group.
   bool ShardedEngine() const;
+  // A sharded learner whose fleet generates: rank 0 holds its shard alone and gathers
+  // every update into host_weights_ for the fleet's pushes.
+  bool FleetOnShards() const;
   EngineOptions MakeEngineOptions() const;
   // This rank's instance (after JoinLayout) and its engine on `policy`.
   absl::Status StartShardedEngine(PolicyModel* policy);
@@ -174,9 +177,12 @@ class Trainer {
   std::string ckpt_root_;
   // The whole model (rank 0's engine generates with it). With a sharded learner the
   // learner trains shard_policy_ and every update is gathered into policy_; with a sharded
-  // engine (ShardedEngine) policy_ is this rank's shard, trained and generated with alike.
+  // engine (ShardedEngine) policy_ is this rank's shard, trained and generated with alike,
+  // and with a sharded learner's fleet (FleetOnShards) this rank's shard, trained.
   std::unique_ptr<PolicyModel> policy_;
   std::unique_ptr<PolicyModel> shard_policy_;
+  // FleetOnShards: the whole model's tensors (FP32) as the last update left them.
+  std::vector<PolicyModel::WeightTensor> host_weights_;
   std::optional<Tokenizer> tokenizer_;
   ProcessGroupPtr group_;  // null with one learner process
   std::unique_ptr<Learner> learner_;

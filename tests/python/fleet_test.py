@@ -27,6 +27,14 @@
                 logprobs equal the learner's to FP32 rounding at every step, while the
                 weights the instance started from (before the SFT warm-up) give its last
                 step's tokens other logprobs.
+  sharded_learner  `lightrl run --nproc 2` with the experts sharded over the learner's
+                ranks (parallel.ep 2) and a spawned fleet: rank 0 holds its shard alone and
+                gathers every update into host memory for the gRPC push (no whole model on
+                any device). A plain worker's logprobs equal the learner's to FP32 rounding
+                at every step; in numerics.batch_invariant an expert-parallel instance of 2
+                processes (its own split of the experts from the pushed tensors) gives the
+                learner's bits (mismatch exactly 0); fleet.weight_sync nccl is refused by
+                name.
   batch_invariant  spawn mode with 2 rollout workers and numerics.batch_invariant (then an
                  expert-parallel and a tensor-parallel instance of 2 processes in the mode): the
                 workers take the mode with the weights, and every step's learner logprobs
@@ -380,24 +388,30 @@ def check_instance(tmp, kind):
     assert [r["step"] for r in rows] == [1, 2, 3], rows
     diffs = [r["policy/train_infer_logprob_abs_diff_max"] for r in rows]
     assert all(d < 1e-4 for d in diffs), diffs
-    # The last step's samples scored by the model the instance was started with.
+    moved = starting_weights_moved(out, tmp, kind)
+    assert moved > 1e-2, moved
+    print(f"  {kind} 2 instance: engine-vs-learner max |logprob diff| per step {diffs}; the "
+          f"starting weights' logprobs differ by up to {moved:.3f}")
+
+
+def starting_weights_moved(out, tmp, name):
+    """The last step's samples scored by the weights the spawned instance was started with
+    (run.output_dir/rollout-model): the largest |difference| from the logprobs it sampled
+    them with."""
     last = [g for g in exported_groups(out, tmp) if g["step"] == 2]
     samples = [(g["prompt_tokens"], s) for g in last for s in g["samples"]]
-    with open(os.path.join(tmp, f"tokens-{kind}.jsonl"), "w") as f:
+    with open(os.path.join(tmp, f"tokens-{name}.jsonl"), "w") as f:
         for prompt, s in samples:
             f.write(json.dumps({"tokens": prompt + s["tokens"]}) + "\n")
-    scored = os.path.join(tmp, f"scored-{kind}.jsonl")
+    scored = os.path.join(tmp, f"scored-{name}.jsonl")
     p = subprocess.run([BIN, "logprobs", "--model", os.path.join(out, "rollout-model"),
-                        "--input", os.path.join(tmp, f"tokens-{kind}.jsonl"), "--output", scored],
+                        "--input", os.path.join(tmp, f"tokens-{name}.jsonl"), "--output", scored],
                        capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)
     assert p.returncode == 0, p.stderr
     with open(scored) as f:
         initial = [json.loads(line)["logprobs"] for line in f]
-    moved = max(abs(a - b) for (prompt, s), lp in zip(samples, initial)
-                for a, b in zip(s["logprobs"], lp[len(prompt):]))
-    assert moved > 1e-2, moved
-    print(f"  {kind} 2 instance: engine-vs-learner max |logprob diff| per step {diffs}; the "
-          f"starting weights' logprobs differ by up to {moved:.3f}")
+    return max(abs(a - b) for (prompt, s), lp in zip(samples, initial)
+               for a, b in zip(s["logprobs"], lp[len(prompt):]))
 
 
 def case_instances(tmp):
@@ -456,9 +470,58 @@ def case_batch_invariant(tmp):
         print(f"  batch_invariant in a {kind} 2 instance: mismatch per step {got}")
 
 
+def case_sharded_learner(tmp):
+    runs = (("plain", {"mode": "spawn", "rollout_workers": 1}, False),
+            ("ep_instance", {"mode": "spawn", "rollout_workers": 1, "rollout_ep": 2}, True))
+    for name, fleet, invariant in runs:
+        out = os.path.join(tmp, f"out-{name}")
+        config = base_config(tmp, out, 3, 4, fleet)
+        config["parallel"] = {"ep": 2}
+        config["numerics"] = {"batch_invariant": invariant}
+        path = os.path.join(tmp, f"run-{name}.yaml")
+        write_yaml(path, config)
+        proc = subprocess.run([BIN, "run", "--config", path, "--nproc", "2"], env=ENV,
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "pushed from the shards gathered into host memory" in proc.stderr, proc.stderr[-3000:]
+        rows = [r for r in metrics(out) if "policy/train_infer_logprob_abs_diff_max" in r]
+        assert [r["step"] for r in rows] == [1, 2, 3], rows
+        diffs = [r["policy/train_infer_logprob_abs_diff_max"] for r in rows]
+        if invariant:
+            follower = open(os.path.join(out, "logs", "rollout-local-0-rank1.log")).read()
+            assert "following rank 0 of the ep 2 instance" in follower, follower[-2000:]
+            assert all(d == 0.0 for d in diffs), diffs
+            # The instance started from a sharded checkpoint of the learner's first weights
+            # (written by both ranks); the pushes moved it well away from them.
+            assert os.path.exists(os.path.join(out, "rollout-model", "model.sharded.index.json"))
+            moved = starting_weights_moved(out, tmp, name)
+            assert moved > 1e-3, moved
+            diffs.append(f"starting weights off by {moved:.3f}")
+        else:
+            assert all(d < 1e-4 for d in diffs), diffs
+        # Weight versions 1..3 reached the workers: each step's groups came from the
+        # update before it.
+        versions = sorted({g["policy_version"] for g in exported_groups(out, tmp)})
+        assert versions == [0, 1, 2], versions
+        print(f"  sharded learner (ep 2 on 2 ranks), {name} fleet worker: engine-vs-learner "
+              f"max |logprob diff| per step {diffs}")
+    config = base_config(tmp, os.path.join(tmp, "out-nccl"), 1, 4,
+                         {"mode": "spawn", "rollout_workers": 1, "weight_sync": "nccl"})
+    config["parallel"] = {"ep": 2}
+    path = os.path.join(tmp, "run-nccl.yaml")
+    write_yaml(path, config)
+    proc = subprocess.run([BIN, "run", "--config", path, "--nproc", "2"], env=ENV,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    message = ("fleet.weight_sync: nccl broadcasts a whole model from the learner's GPU, but "
+               "this learner is sharded")
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-3000:]
+    print(f"  fleet.weight_sync nccl with a sharded learner: {message} ...")
+
+
 CASES = {"kill_worker": case_kill_worker, "restart": case_restart,
          "reward_workers": case_reward_workers, "kill_reward_worker": case_kill_reward_worker,
-         "instances": case_instances, "batch_invariant": case_batch_invariant}
+         "instances": case_instances, "batch_invariant": case_batch_invariant,
+         "sharded_learner": case_sharded_learner}
 
 
 def run_cases(cases, prefix, argv):
