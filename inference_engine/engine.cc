@@ -97,11 +97,13 @@ absl::Status CheckParallel(const ShardCoords& shard, const EngineParallel& paral
                            bool kernel_path) {
   ExpertParallelComm* ep = parallel.expert_parallel;
   if ((shard.expert_tp > 1 && shard.tp > 1) ||
-      (shard.ep > 1 && shard.tp > 1 && shard.ep != shard.tp)) {
+      (shard.ep > 1 && shard.tp > 1 && shard.ep % shard.tp != 0)) {
     return absl::UnimplementedError(absl::StrCat(
         "engine: the policy is the shard ", shard.ToString(), "; the engine shards attention "
-        "and the vocabulary over TP and the experts over EP, both over the same ranks when "
-        "both (ep = tp), and the experts over EP x expert-TP without TP"));
+        "and the vocabulary over TP and the experts over EP, the EP group made of whole TP "
+        "groups when both (ep a multiple of tp: over the same ranks, or attention "
+        "data-parallel over ep / tp TP groups), and the experts over EP x expert-TP without "
+        "TP"));
   }
   const bool experts_match =
       ep == nullptr ? shard.ep * shard.expert_tp == 1
@@ -390,10 +392,28 @@ std::vector<GenerationResult> Engine::Generate(
     // out; admission into what is left), the step runner's decode of the running batch and
     // prefill of the admitted (overlapped on CUDA), sampling and stop checks, then the
     // finished, failed and cancelled leave.
-    while (m.scheduler->has_work()) {
-      const StepPlan plan = m.scheduler->Schedule();
-      m.Account(plan, g);
-      for (const RowError& e : m.step_runner->Run(plan, requests, *m.scheduler, g.samples)) {
+    // Under attention data parallelism (ModelRunner::lockstep) the runners of the instance's
+    // other TP groups step with this one: every step they agree on which forwards run, one
+    // without tokens of its own runs them idle, and all stop when none has work.
+    const bool lockstep = m.runner->lockstep();
+    while (true) {
+      const bool mine = m.scheduler->has_work();
+      StepPlan plan;
+      if (mine) {
+        plan = m.scheduler->Schedule();
+        m.Account(plan, g);
+      }
+      StepForwards forwards{!plan.decode.empty(), !plan.admit.empty()};
+      if (lockstep) {
+        const std::vector<int64_t> any =
+            m.runner->AnyRank({mine ? 1 : 0, forwards.decode ? 1 : 0, forwards.prefill ? 1 : 0});
+        if (any[0] == 0) break;
+        forwards = {any[1] != 0, any[2] != 0};
+      } else if (!mine) {
+        break;
+      }
+      for (const RowError& e :
+           m.step_runner->Run(plan, requests, *m.scheduler, g.samples, forwards)) {
         g.FailWithId(static_cast<size_t>(e.group), e.status);
       }
       m.Collect(g);

@@ -36,7 +36,10 @@ struct EngineParallel {
   // token's MoE rows go to their experts' ranks and back (SparseMoeImpl::
   // ForwardReplicatedExpertParallel); every rank runs the same batch on the same tokens.
   // With tensor_parallel too the EP group is the TP group (each rank its heads, vocabulary
-  // rows and experts). Under expert-TP (no tensor_parallel) the comm's ranks are its EP
+  // rows and experts), or several whole TP groups (attention data parallelism: each TP
+  // group's engine generates its own batch, every MoE block dispatches all of their
+  // tokens over the EP group, and the engines step together: every rank of the EP group
+  // must be inside Generate at once, one with nothing to do with no requests). Under expert-TP (no tensor_parallel) the comm's ranks are its EP
   // groups over the expert-TP ranks, each rank its block of its experts' FFN width. The
   // torch path only.
   ExpertParallelComm* expert_parallel = nullptr;

@@ -5,6 +5,7 @@
 #include <map>
 #include <optional>
 
+#include "policy/expert_parallel.h"
 #include "policy/invariant_ops.h"
 #include "policy/lightning_attention.h"
 #include "policy/tensor_parallel.h"
@@ -345,8 +346,31 @@ torch::Tensor ModelRunner::RunPrefill(const std::vector<RunnerSequence>& seqs) {
 DecoderLayerImpl::Block ModelRunner::Moe(DecoderLayerImpl& layer) const {
   if (ep_ == nullptr) return nullptr;  // the block's own forward
   return [this, &layer](const torch::Tensor& n2) {
-    return layer.block_sparse_moe->ForwardReplicatedExpertParallel(n2, *ep_);
+    return layer.block_sparse_moe->ForwardReplicatedExpertParallel(n2, *ep_, nullptr, RowsGroup());
   };
+}
+
+bool ModelRunner::lockstep() const {
+  return ep_ != nullptr && tp_ != nullptr && ep_->world_size() > tp_->tp_size();
+}
+
+TensorParallelComm* ModelRunner::RowsGroup() const { return lockstep() ? tp_ : nullptr; }
+
+std::vector<int64_t> ModelRunner::AnyRank(const std::vector<int64_t>& flags) {
+  TORCH_CHECK(lockstep(), "engine: AnyRank outside attention data parallelism");
+  auto top = std::get<0>(ep_->AllGather(torch::tensor(flags, torch::kInt64)).max(0)).contiguous();
+  return std::vector<int64_t>(top.data_ptr<int64_t>(), top.data_ptr<int64_t>() + top.numel());
+}
+
+void ModelRunner::Idle() {
+  TORCH_CHECK(lockstep(), "engine: an idle forward outside attention data parallelism");
+  torch::InferenceMode guard;
+  auto none = torch::zeros({0, config_.hidden_size},
+                           torch::TensorOptions().dtype(dtype_).device(device_));
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    auto& layer = *module_->model->layers[l]->as<DecoderLayerImpl>();
+    (options_.batch_invariant ? InvariantExperts(layer) : Moe(layer))(none);
+  }
 }
 
 torch::Tensor ModelRunner::Decode(const std::vector<RunnerSequence>& seqs) {

@@ -108,6 +108,17 @@ class ModelRunner {
   // Batch size a decode step of `batch` sequences runs at under CUDA graphs.
   static int64_t GraphBatch(int64_t batch, int64_t max_batch);
 
+  // Attention data parallelism: the expert-parallel group spans several TP groups, each
+  // generating its own sequences, so every forward's MoE blocks are collectives of all of
+  // them and the runners step together (Engine::Generate).
+  bool lockstep() const;
+  // The largest value of each of `flags` over the expert-parallel group's ranks (a
+  // collective of them): how the runners agree on a step's forwards.
+  std::vector<int64_t> AnyRank(const std::vector<int64_t>& flags);
+  // A forward of no tokens for a step this rank has nothing to run in: each layer's MoE
+  // block on zero rows, joining the other runners' dispatches.
+  void Idle();
+
  private:
   // Prefill's work on the current stream (Prefill picks the stream).
   torch::Tensor RunPrefill(const std::vector<RunnerSequence>& seqs);
@@ -152,8 +163,10 @@ class ModelRunner {
   TensorParallelComm* tp_ = nullptr;
   ExpertParallelComm* ep_ = nullptr;
   // The MoE block of `layer` for the torch path: the block's own (null) or, under EP, the
-  // replicated-token dispatch over ep_.
+  // replicated-token dispatch over ep_ (rows held alike by the TP group alone under
+  // attention data parallelism: RowsGroup).
   DecoderLayerImpl::Block Moe(DecoderLayerImpl& layer) const;
+  TensorParallelComm* RowsGroup() const;
   // The same in the batch-invariant mode (model_runner_invariant.cc).
   DecoderLayerImpl::Block InvariantExperts(DecoderLayerImpl& layer) const;
   // Per layer: lightning layers [slots, H, d, d] FP32; softmax layers K and V pools

@@ -16,7 +16,7 @@ namespace lightrl {
 DecoderLayerImpl::Block ModelRunner::InvariantExperts(DecoderLayerImpl& layer) const {
   if (ep_ == nullptr) return {};
   return [this, &layer](const torch::Tensor& n2) {
-    return InvariantReplicatedMoe(*layer.block_sparse_moe, n2, *ep_);
+    return InvariantReplicatedMoe(*layer.block_sparse_moe, n2, *ep_, RowsGroup());
   };
 }
 

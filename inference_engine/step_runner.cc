@@ -132,7 +132,8 @@ void StepRunner::Apply(SeqId id, int64_t group, const absl::Status& status, int6
 std::vector<RowError> StepRunner::Run(const StepPlan& plan,
                                       const std::vector<GenerationRequest>& requests,
                                       Scheduler& scheduler,
-                                      std::unordered_map<SeqId, SampleState>& samples) {
+                                      std::unordered_map<SeqId, SampleState>& samples,
+                                      const StepForwards& forwards) {
   std::vector<RowError> errors;
   for (const Admission& a : plan.admit) {
     if (a.resumed) continue;
@@ -163,7 +164,12 @@ std::vector<RowError> StepRunner::Run(const StepPlan& plan,
   // backend runs it beside the decode on a stream of its own. That is safe because admitted
   // sequences hold slots and pages outside the decode batch and join it only at the next
   // step, whose decode the caller's stream runs after its wait on the prefill.
-  if (!decode_batch.empty()) decode_logits = runner_->Decode(decode_batch);
+  if (!decode_batch.empty()) {
+    decode_logits = runner_->Decode(decode_batch);
+  } else if (forwards.decode) {
+    runner_->Idle();
+  }
+  if (plan.admit.empty() && forwards.prefill) runner_->Idle();
 
   if (!plan.admit.empty()) {
     std::vector<RunnerSequence> batch;

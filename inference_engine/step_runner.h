@@ -39,6 +39,13 @@ struct RowError {
   absl::Status status;
 };
 
+// Which forwards a step runs: the plan's own, or under attention data parallelism those
+// any runner of the instance runs (a runner without tokens for one runs it idle).
+struct StepForwards {
+  bool decode = false;
+  bool prefill = false;
+};
+
 class StepRunner {
  public:
   // All must outlive the runner; `tokenizer` may be null (no stop strings then).
@@ -49,11 +56,13 @@ class StepRunner {
   // the state of freshly admitted samples in `samples`, queues the decode and then the
   // prefill (which the CUDA backend runs beside it), samples the fresh groups' first tokens
   // and the decode batch's next ones, appends each token to its sample and to the scheduler
-  // and marks the samples it finishes. Returns the failed rows, the prefill's first. Throws
+  // and marks the samples it finishes. A forward in `forwards` that the plan has nothing
+  // for runs idle (ModelRunner::Idle). Returns the failed rows, the prefill's first. Throws
   // c10::Error when the model step fails.
   std::vector<RowError> Run(const StepPlan& plan, const std::vector<GenerationRequest>& requests,
                             Scheduler& scheduler,
-                            std::unordered_map<SeqId, SampleState>& samples);
+                            std::unordered_map<SeqId, SampleState>& samples,
+                            const StepForwards& forwards);
 
  private:
   // Whether the last appended token ends the sample; sets its reason.

@@ -305,9 +305,9 @@ MoeNumerics ExpertParallelNumerics(SparseMoeImpl& moe, ExpertParallelComm& comm)
 }  // namespace
 
 torch::Tensor InvariantReplicatedMoe(SparseMoeImpl& moe, const torch::Tensor& x,
-                                     ExpertParallelComm& comm) {
+                                     ExpertParallelComm& comm, TensorParallelComm* rows_group) {
   const MoeNumerics numerics = ExpertParallelNumerics(moe, comm);
-  return moe.ForwardReplicatedExpertParallel(x, comm, &numerics);
+  return moe.ForwardReplicatedExpertParallel(x, comm, &numerics, rows_group);
 }
 
 std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const torch::Tensor& x,

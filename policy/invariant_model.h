@@ -70,9 +70,11 @@ std::pair<torch::Tensor, torch::Tensor> InvariantMoe(SparseMoeImpl& moe, const t
 
 // The MoE block on tokens x that every member of comm's EP group holds alike (the ranks of
 // an expert-parallel rollout instance): SparseMoeImpl::ForwardReplicatedExpertParallel with
-// InvariantMoe's ops, no capacity rule. Every member returns the one-process mode's bits.
+// InvariantMoe's ops, no capacity rule (`rows_group` as there). Every member returns the
+// one-process mode's bits.
 torch::Tensor InvariantReplicatedMoe(SparseMoeImpl& moe, const torch::Tensor& x,
-                                     ExpertParallelComm& comm);
+                                     ExpertParallelComm& comm,
+                                     TensorParallelComm* rows_group = nullptr);
 
 // FP32 logits [N, vocab] of hidden states [N, hidden], and log p(targets) at `temperature`
 // (> 0). With `tp` (a vocabulary-parallel LM head) each rank's block of the vocabulary,

@@ -196,9 +196,14 @@ class SparseMoeImpl : public torch::nn::Module {
   // last ones short or empty) through ForwardExpertParallel, and the blocks' outputs are
   // exchanged, so each token's experts run once in the instance and every rank returns the
   // whole output. No capacity rule, no aux loss; inference only.
-  // `numerics` as ForwardExpertParallel's.
+  // `numerics` as ForwardExpertParallel's. With `rows_group` only the members of that TP
+  // group hold x alike (attention data parallelism: the comm's EP group spans several TP
+  // groups, each generating its own sequences): member t dispatches block t of
+  // ceil(T / tp) rows and the group gathers its blocks' outputs. Every rank of the comm
+  // must call it, one with no tokens with x of 0 rows.
   torch::Tensor ForwardReplicatedExpertParallel(const torch::Tensor& x, ExpertParallelComm& comm,
-                                                const MoeNumerics* numerics = nullptr);
+                                                const MoeNumerics* numerics = nullptr,
+                                                TensorParallelComm* rows_group = nullptr);
   // Under sequence parallelism: the block on this TP rank's tokens x [n, H], of which the
   // first `valid` are the batch's (the rest padding). The aux loss is the whole batch's,
   // its statistics summed over the TP group, on every rank; backward, each rank's router

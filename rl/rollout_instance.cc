@@ -123,12 +123,18 @@ absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(Process
       for (int64_t r : ProcessGroupExpertComm::EpGroupRanks(m, world, ep, etp)) members.push_back(r);
     }
   }
-  const bool shape = etp == 1 ? tp == 1 || ep == 1 || groups->ep == groups->tp : tp == 1;
+  // With copies, an EP group of several TP groups is attention data parallelism: each TP
+  // group is an instance of its own whose engine steps with the others' (their MoE blocks
+  // are collectives of the EP group).
+  const bool attention_dp = copies && tp > 1 && ep > tp && ep % tp == 0;
+  const bool shape =
+      etp == 1 ? tp == 1 || ep == 1 || groups->ep == groups->tp || attention_dp : tp == 1;
   const bool size = copies || static_cast<int64_t>(members.size()) == world;
   if (!((shape && size && tp * ep * etp > 1) || world == 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "rollout instance: its ranks must form ", copies ? "TP groups, EP groups" : "one TP group, "
-        "one EP group", " or both over the same ranks, or EP x expert-TP without TP; the "
+        "one EP group", " or both over the same ranks, or EP x expert-TP without TP",
+        copies ? ", or TP groups inside EP groups" : "", "; the "
         "layout's TP group has ", tp, ", its EP group ", ep, " of the ", world,
         " ranks, expert-TP ", etp));
   }

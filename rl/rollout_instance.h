@@ -33,7 +33,9 @@ class RolloutInstance final : public EngineBatchFanout {
   // EP comm here). With `copies`, the group's ranks may form several instances
   // (data-parallel copies of the shards): this rank's is its TP group, or its EP group
   // without TP (the EP group must then be the TP group), or under expert-TP without TP the
-  // EP groups of its expert-TP group's members.
+  // EP groups of its expert-TP group's members; or its TP group inside an EP group of
+  // several (attention data parallelism: the EP group's instances step together, and
+  // each must run a batch, maybe empty, whenever the others do).
   static absl::StatusOr<std::unique_ptr<RolloutInstance>> Create(ProcessGroup* group,
                                                                  bool copies = false);
   ~RolloutInstance() override;

@@ -746,9 +746,10 @@ absl::Status RunConfig::Validate() const {
   if (rollout.sharded_engine) {
     const char* why = parallel.tp == 1 && parallel.ep == 1
                           ? "a sharded learner (parallel.tp or parallel.ep > 1)"
-                      : parallel.tp > 1 && parallel.ep > 1 && parallel.ep != parallel.tp
-                          ? "parallel.ep equal to parallel.tp when both are > 1 (an instance "
-                            "runs TP and EP over the same ranks)"
+                      : parallel.tp > 1 && parallel.ep > 1 && parallel.ep % parallel.tp != 0
+                          ? "parallel.ep a multiple of parallel.tp when both are > 1 (an EP "
+                            "group runs whole TP groups: TP and EP over the same ranks, or "
+                            "attention data-parallel over ep / tp TP groups)"
                       : parallel.expert_tp > 1 && parallel.tp > 1
                           ? "parallel.tp 1 when parallel.expert_tp > 1 (an instance splits "
                             "the experts over EP x expert-TP, or attention over TP)"

@@ -44,9 +44,13 @@ void Trainer::PrintSummary() const {
     const int64_t instance = config_.parallel.tp > 1
                                  ? config_.parallel.tp
                                  : config_.parallel.ep * config_.parallel.expert_tp;
-    rollouts = absl::StrFormat("engines on the %d ranks' shards, %d cop%s of a %d-rank instance "
+    const int64_t lockstep = config_.parallel.tp > 1 ? config_.parallel.ep / config_.parallel.tp : 1;
+    rollouts = absl::StrFormat("engines on the %d ranks' shards, %d cop%s of a %d-rank instance%s "
                                "(rollout.sharded_engine)", world, world / instance,
-                               world / instance == 1 ? "y" : "ies", instance);
+                               world / instance == 1 ? "y" : "ies", instance,
+                               lockstep > 1 ? absl::StrFormat(", attention data-parallel in "
+                                                              "EP groups of %d", config_.parallel.ep)
+                                            : std::string());
   }
   if (!replay && FleetOnShards()) rollouts += ", pushed from the shards gathered into host memory";
   // Sharded experts (ShardedLearner): an expert-TP size, and rank 0's whole model for its

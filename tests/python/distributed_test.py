@@ -687,6 +687,18 @@ def case_run_invariant_tp():
           f"generating on the ranks' shards with tp 2, tp 2 x ep 2 (over the same 2 ranks) and "
           f"tp 2 x dp 2 (2 instances, each its share of the batch): mismatch 0 at all 3 steps, "
           f"{compared} metrics agree with one process")
+    # Attention data parallelism: tp 2 x ep 4 on 4 ranks, the EP group of 4 over both TP
+    # groups; each TP group's engine generates its share of the batch and every MoE block
+    # dispatches both groups' tokens over the 4 ranks, the engines stepping together.
+    compared = check_invariant_runs("invariant_tp_dp", [
+        ("one", None, 1, ""),
+        ("tp_ep4_engine", {"tp": 2, "ep": 4, "sequence_parallel": True}, 4,
+         "engines on the 4 ranks' shards, 2 copies of a 2-rank instance, attention "
+         "data-parallel in EP groups of 4", SHARDED_ENGINE)],
+        model=EP4_MODEL)
+    print(f"  tp 2 x ep 4 on 4 ranks generating on the shards, attention data-parallel over "
+          f"the 2 TP groups of each EP group: mismatch 0 at all 3 steps, {compared} metrics "
+          f"agree with one process")
 
 
 
@@ -697,6 +709,8 @@ SHARDED_ENGINE = ["--set", "rollout.sharded_engine=true"]
 
 # MODEL with its heads and vocabulary (padded by one row past the tokenizer's) split in two.
 TP_MODEL = dict(MODEL, vocab_size=258, num_key_value_heads=2)
+# TP_MODEL with experts for an EP group of 4.
+EP4_MODEL = dict(TP_MODEL, num_local_experts=4)
 
 
 def case_run_tp():
@@ -757,6 +771,19 @@ def case_run_tp():
             compared = compare_run_metrics(name, one_dir, out)
             print(f"  {name} ({nproc} ranks, generating on the shards): {compared} metrics of "
                   f"{len(m1)} steps agree with one process")
+        # Attention data parallelism in FP32: tp 2 x ep 4 on 4 ranks (each TP group's engine
+        # its share, the MoE blocks over the EP group of 4) against one process of the same
+        # 4-expert model.
+        ep4 = os.path.join(tmp, "ep4")  # its own task folder, with the 4-expert model
+        ep4_one, ep4_dir = run_config(ep4, "one", steps=3, model=EP4_MODEL)
+        lightrl_run("--config", ep4_one)
+        cfg, out = run_config(ep4, "tp_ep4_engine", steps=3, model=EP4_MODEL,
+                              parallel={"tp": 2, "ep": 4, "sequence_parallel": True})
+        err = lightrl_run("--config", cfg, "--nproc", "4", *SHARDED_ENGINE)
+        assert "2 copies of a 2-rank instance, attention data-parallel in EP groups of 4" in err, err
+        compared = compare_run_metrics("tp_ep4_engine", ep4_dir, out)
+        print(f"  tp_ep4_engine (4 ranks, attention data-parallel): {compared} metrics agree "
+              f"with one process")
         # Resumed as tp 2 x dp 2, the tp 2 run's weights load but its optimizer state (no
         # ZeRO-1 shards) is refused by name.
         other, _ = run_config(tmp, "tp", steps=4, parallel={"tp": 2})

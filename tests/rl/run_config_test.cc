@@ -609,7 +609,8 @@ TEST_F(RunConfigTest, ShardedEngineNeedsOneShardedGroupAndTheLocalEngine) {
   EXPECT_FALSE(RunConfig().rollout.sharded_engine);
   for (const char* layout : {"parallel:\n  tp: 2\n", "parallel:\n  ep: 2\n",
                              "parallel:\n  tp: 2\n  ep: 2\n  sequence_parallel: true\n",
-                             "parallel:\n  ep: 2\n  expert_tp: 2\n"}) {
+                             "parallel:\n  ep: 2\n  expert_tp: 2\n",
+                             "parallel:\n  tp: 2\n  ep: 4\n  sequence_parallel: true\n"}) {
     absl::StatusOr<RunConfig> loaded = Load(m + layout + "rollout:\n  sharded_engine: true\n");
     ASSERT_TRUE(loaded.ok()) << layout << loaded.status();
     EXPECT_TRUE(loaded->rollout.sharded_engine);
@@ -618,8 +619,8 @@ TEST_F(RunConfigTest, ShardedEngineNeedsOneShardedGroupAndTheLocalEngine) {
   const std::vector<ErrorCase> cases = {
       {m + on, "sharded_engine",
        "rollout.sharded_engine needs a sharded learner (parallel.tp or parallel.ep > 1)"},
-      {m + "parallel:\n  tp: 2\n  ep: 4\n  sequence_parallel: true\n" + on, "sharded_engine",
-       "rollout.sharded_engine needs parallel.ep equal to parallel.tp when both are > 1"},
+      {m + "parallel:\n  tp: 4\n  ep: 2\n  sequence_parallel: true\n" + on, "sharded_engine",
+       "rollout.sharded_engine needs parallel.ep a multiple of parallel.tp when both are > 1"},
       {m + "parallel:\n  tp: 2\n  ep: 2\n  expert_tp: 2\n  sequence_parallel: true\n" + on,
        "sharded_engine", "rollout.sharded_engine needs parallel.tp 1 when parallel.expert_tp > 1"},
       {m + "parallel:\n  ep: 2\nfleet:\n  mode: spawn\n" + on, "sharded_engine",
