@@ -92,6 +92,10 @@ struct RolloutInstance::Impl {
     return group->RecvBytes(bytes, members.front());
   }
   ShardCoords shard;
+  // A whole-group instance whose EP group holds several TP groups (attention data
+  // parallelism): how many, and this rank's (the TP groups are blocks of tp ranks).
+  int64_t tp_groups = 1;
+  int64_t tp_group = 0;
   std::unique_ptr<ProcessGroupTpComm> comm;
   // An expert-parallel instance's: over the whole group, or (one of several copies) over
   // its EP group alone.
@@ -126,7 +130,10 @@ absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(Process
   // With copies, an EP group of several TP groups is attention data parallelism: each TP
   // group is an instance of its own whose engine steps with the others' (their MoE blocks
   // are collectives of the EP group).
-  const bool attention_dp = copies && tp > 1 && ep > tp && ep % tp == 0;
+  const bool attention_dp = tp > 1 && ep > tp && ep % tp == 0 && etp == 1;
+  // Without copies, one instance of the whole group: its EP group, each TP group
+  // generating its share of every batch.
+  if (attention_dp && !copies) members = groups->ep;
   const bool shape =
       etp == 1 ? tp == 1 || ep == 1 || groups->ep == groups->tp || attention_dp : tp == 1;
   const bool size = copies || static_cast<int64_t>(members.size()) == world;
@@ -148,6 +155,10 @@ absl::StatusOr<std::unique_ptr<RolloutInstance>> RolloutInstance::Create(Process
   impl->shard.ep_rank = groups->ep_rank;
   impl->shard.expert_tp = etp;
   impl->shard.expert_tp_rank = groups->expert_tp_rank;
+  if (attention_dp && !copies) {
+    impl->tp_groups = ep / tp;
+    impl->tp_group = group->rank() / tp;
+  }
   impl->comm = std::make_unique<ProcessGroupTpComm>(group);
   if (ep * etp > 1) {
     impl->experts = impl->whole_group()
@@ -395,7 +406,7 @@ absl::StatusOr<std::vector<std::string>> RolloutInstance::SliceForRanks(const We
     ShardCoords coords = impl_->shard;
     // Rank r is member r of the instance's TP group and of its EP group; under expert-TP
     // (ProcessGroupExpertComm's order) EP rank r / expert_tp, expert-TP rank r % expert_tp.
-    if (coords.tp > 1) coords.tp_rank = r;
+    if (coords.tp > 1) coords.tp_rank = r % coords.tp;
     if (coords.ep > 1) coords.ep_rank = coords.tp > 1 ? r : r / coords.expert_tp;
     if (coords.expert_tp > 1) coords.expert_tp_rank = r % coords.expert_tp;
     std::vector<PolicyModel::WeightTensor> blocks;
@@ -480,7 +491,62 @@ absl::Status RolloutInstance::Follow(Engine* engine, PolicyModel* policy) {
     }
     ASSIGN_OR_RETURN(std::vector<GenerationRequest> batch, DecodeBatch(bytes));
     // The results are rank 0's to deliver; a failed step fails there too.
-    engine->Generate(batch);
+    if (impl_->tp_groups == 1) {
+      engine->Generate(batch);
+      continue;
+    }
+    // This TP group's share; its leader sends the results to rank 0 (Run).
+    std::vector<GenerationResult> results =
+        engine->Generate(ShareOf(batch, impl_->tp_group, impl_->tp_groups));
+    if (impl_->shard.tp_rank == 0) {
+      RETURN_IF_ERROR(impl_->group->SendBytes(EncodeResults(results), 0));
+    }
+  }
+}
+
+std::vector<GenerationResult> RolloutInstance::Run(Engine& engine,
+                                                   const std::vector<GenerationRequest>& batch) {
+  const int64_t k = impl_->tp_groups;
+  if (k == 1) return engine.Generate(batch);
+  std::vector<GenerationResult> results(batch.size());
+  PlaceShare(&results, engine.Generate(ShareOf(batch, 0, k)), 0, k);
+  for (int64_t c = 1; c < k; ++c) {
+    std::string bytes;
+    const absl::Status got = impl_->group->RecvBytes(&bytes, c * impl_->shard.tp);
+    absl::StatusOr<std::vector<GenerationResult>> theirs =
+        got.ok() ? DecodeResults(bytes) : absl::StatusOr<std::vector<GenerationResult>>(got);
+    const size_t want = ShareOf(batch, c, k).size();
+    if (theirs.ok() && theirs->size() != want) {
+      theirs = absl::InternalError(absl::StrCat("rollout instance: TP group ", c, " returned ",
+                                                theirs->size(), " results for ", want, " requests"));
+    }
+    if (!theirs.ok()) {
+      impl_->broken = theirs.status();
+      std::vector<GenerationResult> failed(want);
+      for (GenerationResult& r : failed) r.status = theirs.status();
+      PlaceShare(&results, std::move(failed), c, k);
+      continue;
+    }
+    PlaceShare(&results, *std::move(theirs), c, k);
+  }
+  for (size_t i = 0; i < batch.size(); ++i) results[i].id = batch[i].id;
+  return results;
+}
+
+std::vector<GenerationRequest> RolloutInstance::ShareOf(const std::vector<GenerationRequest>& batch,
+                                                        int64_t c, int64_t copies) {
+  std::vector<GenerationRequest> share;
+  for (size_t i = static_cast<size_t>(c); i < batch.size(); i += static_cast<size_t>(copies)) {
+    share.push_back(batch[i]);
+  }
+  return share;
+}
+
+void RolloutInstance::PlaceShare(std::vector<GenerationResult>* all,
+                                 std::vector<GenerationResult> share, int64_t c, int64_t copies) {
+  for (size_t j = 0; j < share.size(); ++j) {
+    const size_t at = static_cast<size_t>(c) + j * static_cast<size_t>(copies);
+    if (at < all->size()) (*all)[at] = std::move(share[j]);
   }
 }
 

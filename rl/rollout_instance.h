@@ -56,6 +56,12 @@ class RolloutInstance final : public EngineBatchFanout {
   // The leader (rank 0 of a whole-group instance): sends `batch` to the other ranks (their
   // Follow runs it). Every rank's engine must then run the batch, the leader's included.
   absl::Status Announce(const std::vector<GenerationRequest>& batch) override;
+  // Rank 0, after Announce: `batch` on its engine, all of it; or, when the instance's TP
+  // groups generate apart (an EP group of several TP groups: attention data parallelism),
+  // its TP group's share (ShareOf) while the other groups run theirs, their leaders
+  // sending the results here. The results in `batch`'s order.
+  std::vector<GenerationResult> Run(Engine& engine,
+                                    const std::vector<GenerationRequest>& batch) override;
   // Rank 0, after its own shard took `set` (the whole model's tensors): sends each other
   // rank exactly its blocks of them (point to point), which its Follow imports between
   // batches; OK once every rank has. After a failure past the first send no batch runs
@@ -74,6 +80,13 @@ class RolloutInstance final : public EngineBatchFanout {
   // The same on an engine the caller keeps (made on `policy` with parallel() and rank 0's
   // options), so that it outlives one Follow.
   absl::Status Follow(Engine* engine, PolicyModel* policy);
+
+  // Share `c` of `copies` of a batch (requests c, c + copies, ...), and a share's results
+  // put back in their places in `all` (results of the whole batch).
+  static std::vector<GenerationRequest> ShareOf(const std::vector<GenerationRequest>& batch,
+                                                int64_t c, int64_t copies);
+  static void PlaceShare(std::vector<GenerationResult>* all, std::vector<GenerationResult> share,
+                         int64_t c, int64_t copies);
 
   // The batch wire format (any byte string that Decode... accepts came from Encode...).
   static std::string EncodeBatch(const std::vector<GenerationRequest>& batch);

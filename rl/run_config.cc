@@ -710,10 +710,11 @@ absl::Status FleetSection::Validate() const {
                                 "instances of a cluster with `lightrl rollout-worker --",
                                 tp ? "tp" : "ep", " N`), got \"", mode, "\""));
   }
-  if (rollout_tp > 1 && rollout_ep > 1 && rollout_tp != rollout_ep) {
+  if (rollout_tp > 1 && rollout_ep > 1 && rollout_ep % rollout_tp != 0) {
     return Invalid(absl::StrCat("rollout_tp ", rollout_tp, " with rollout_ep ", rollout_ep,
-                                ": together they must be equal (each rank of an instance holds "
-                                "its heads and its experts)"));
+                                ": rollout_ep must be a multiple of rollout_tp (equal: each rank "
+                                "of an instance holds its heads and its experts; k times: k TP "
+                                "groups generate apart, their experts shared)"));
   }
   if (mode == "spawn" && min_workers > rollout_workers) {
     return Invalid(absl::StrCat("min_workers must be <= rollout_workers (", rollout_workers,

@@ -216,18 +216,6 @@ EngineOptions Trainer::MakeEngineOptions() const {
   return eopts;
 }
 
-namespace {
-// Copy `c`'s share of a batch split over `copies` instances: requests c, c + copies, ...
-std::vector<GenerationRequest> ShareOf(const std::vector<GenerationRequest>& requests, int64_t c,
-                                       int64_t copies) {
-  std::vector<GenerationRequest> share;
-  for (size_t i = static_cast<size_t>(c); i < requests.size(); i += static_cast<size_t>(copies)) {
-    share.push_back(requests[i]);
-  }
-  return share;
-}
-}  // namespace
-
 absl::Status Trainer::StartShardedEngine(PolicyModel* policy) {
   const auto named = [](const absl::Status& s) {
     return absl::Status(s.code(), absl::StrCat("rollout.sharded_engine: ", s.message()));
@@ -248,12 +236,12 @@ std::vector<GenerationResult> Trainer::GenerateOnEngine(const std::vector<Genera
   const int64_t copies = instance_->copies();
   absl::Status status =
       learners_->LeadFollow(copies > 1 ? RolloutInstance::EncodeBatch(requests) : std::string());
-  const std::vector<GenerationRequest> mine = ShareOf(requests, 0, copies);
+  const std::vector<GenerationRequest> mine = RolloutInstance::ShareOf(requests, 0, copies);
   if (status.ok()) status = instance_->Announce(mine);
   std::vector<GenerationResult> results(requests.size());
   if (status.ok()) {
     std::vector<GenerationResult> own = engine_->Generate(mine);
-    for (size_t j = 0; j < own.size(); ++j) results[j * copies] = std::move(own[j]);
+    RolloutInstance::PlaceShare(&results, std::move(own), 0, copies);
     status = instance_->Pause();
   }
   for (int64_t c = 1; c < copies && status.ok(); ++c) {
@@ -261,14 +249,14 @@ std::vector<GenerationResult> Trainer::GenerateOnEngine(const std::vector<Genera
     status = group_->RecvBytes(&bytes, instance_->LeaderOf(c));
     if (!status.ok()) break;
     auto theirs = RolloutInstance::DecodeResults(bytes);
-    const size_t want = (requests.size() - c + copies - 1) / copies;  // ShareOf's size
+    const size_t want = RolloutInstance::ShareOf(requests, c, copies).size();
     if (!theirs.ok() || theirs->size() != want) {
       status = theirs.ok() ? absl::InternalError(absl::StrCat("copy ", c, " returned ",
                                                               theirs->size(), " results for ", want))
                            : theirs.status();
       break;
     }
-    for (size_t j = 0; j < want; ++j) results[c + j * copies] = std::move((*theirs)[j]);
+    RolloutInstance::PlaceShare(&results, *std::move(theirs), c, copies);
   }
   if (!status.ok()) {
     // The ranks may be out of step: every group fails, and with it the run.
@@ -337,7 +325,7 @@ absl::Status Trainer::RunLearnerRank() {
       if (!instance_->leads()) return instance_->Follow(engine_.get(), policy_.get());
       // The leader of another copy: its share of rank 0's batch, its results to rank 0.
       ASSIGN_OR_RETURN(std::vector<GenerationRequest> batch, RolloutInstance::DecodeBatch(payload));
-      const auto mine = ShareOf(batch, instance_->copy(), instance_->copies());
+      const auto mine = RolloutInstance::ShareOf(batch, instance_->copy(), instance_->copies());
       RETURN_IF_ERROR(instance_->Announce(mine));
       const std::vector<GenerationResult> results = engine_->Generate(mine);
       RETURN_IF_ERROR(instance_->Pause());

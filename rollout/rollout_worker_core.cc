@@ -148,6 +148,11 @@ void RolloutWorkerCore::Impl::RunBatcher() {
   }
 }
 
+std::vector<GenerationResult> EngineBatchFanout::Run(Engine& engine,
+                                                     const std::vector<GenerationRequest>& batch) {
+  return engine.Generate(batch);
+}
+
 void RolloutWorkerCore::Impl::RunBatch(std::vector<Job>& jobs) {
   int64_t tokens = 0;
   {
@@ -163,13 +168,16 @@ void RolloutWorkerCore::Impl::RunBatch(std::vector<Job>& jobs) {
       requests.push_back(job.request);
       admitted.push_back(&job);
     }
-    if (options.fanout != nullptr && !requests.empty()) {
+    std::vector<GenerationResult> results;
+    if (options.fanout == nullptr) {
+      results = engine->Generate(requests);
+    } else if (!requests.empty()) {
       if (absl::Status s = options.fanout->Announce(requests); !s.ok()) {
         for (Job* job : admitted) job->deliver(s, current, {});
-        requests.clear();
+      } else {
+        results = options.fanout->Run(*engine, requests);
       }
     }
-    std::vector<GenerationResult> results = engine->Generate(requests);
     for (size_t i = 0; i < results.size(); ++i) {
       for (const GeneratedSample& s : results[i].samples) tokens += static_cast<int64_t>(s.tokens.size());
       admitted[i]->deliver(results[i].status, current, std::move(results[i].samples));

@@ -29,6 +29,11 @@ class EngineBatchFanout {
   // Called before the serving rank's engine runs `batch`; the batch does not run (its
   // groups fail with the error) unless it returns OK.
   virtual absl::Status Announce(const std::vector<GenerationRequest>& batch) = 0;
+  // Runs the announced `batch` on the serving rank's `engine`: all of it by default (the
+  // other ranks run it too); an instance whose TP groups generate apart runs its share and
+  // gathers the others' results. Results in `batch`'s order.
+  virtual std::vector<GenerationResult> Run(Engine& engine,
+                                            const std::vector<GenerationRequest>& batch);
   // Called between batches, after the serving rank took `set` (the whole model's tensors,
   // checked against the served model): each other rank takes its part of it. An error
   // means some rank may not have: the instance then serves no more batches.

@@ -53,8 +53,8 @@ class ProcessLauncher final : public WorkerLauncher {
         }
         std::vector<std::string> env;
         if (n > 1) {
-          if (launch.tp > 1) argv.insert(argv.end(), {"--tp", absl::StrCat(n)});
-          if (launch.ep > 1) argv.insert(argv.end(), {"--ep", absl::StrCat(n)});
+          if (launch.tp > 1) argv.insert(argv.end(), {"--tp", absl::StrCat(launch.tp)});
+          if (launch.ep > 1) argv.insert(argv.end(), {"--ep", absl::StrCat(launch.ep)});
           if (launch.batch_invariant) argv.push_back("--batch-invariant");
           argv.insert(argv.end(), {"--model", launch.model_dir});
           env = {absl::StrCat("RANK=", t), absl::StrCat("LOCAL_RANK=", t),

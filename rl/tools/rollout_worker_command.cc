@@ -80,7 +80,7 @@ struct TpRank {
 
 absl::StatusOr<TpRank> JoinInstance(const Flags& flags, int64_t tp, int64_t ep,
                                     const PolicyOptions& policy) {
-  const std::string flag = tp > 1 ? "--tp" : "--ep";
+  const std::string flag = ep > tp ? "--ep" : "--tp";
   const int64_t n = std::max(tp, ep);  // both over the same ranks when both
   if (!flags.Has("model")) {
     return UsageError(flag + " needs --model: each rank loads its shard of it at start (later "
@@ -145,9 +145,10 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (tp < 1) return UsageError(absl::StrCat("--tp must be >= 1, got ", tp));
   ASSIGN_OR_RETURN(int64_t ep, flags.GetInt("ep", 1));
   if (ep < 1) return UsageError(absl::StrCat("--ep must be >= 1, got ", ep));
-  if (tp > 1 && ep > 1 && tp != ep) {
-    return UsageError(absl::StrCat("--tp ", tp, " with --ep ", ep, ": together they must be "
-                                   "equal (each rank holds its heads and its experts)"));
+  if (tp > 1 && ep > 1 && ep % tp != 0) {
+    return UsageError(absl::StrCat("--tp ", tp, " with --ep ", ep, ": --ep must be a multiple "
+                                   "of --tp (equal: each rank holds its heads and its experts; "
+                                   "k times: k TP groups generate apart, their experts shared)"));
   }
   std::unique_ptr<PolicyModel> policy;
   TpRank instance;
@@ -161,8 +162,11 @@ absl::Status Run(const std::vector<std::string>& args) {
         tokenizer = std::make_unique<Tokenizer>(std::move(t));
       }
       std::cout << "following rank 0 of the "
-                << (tp > 1 && ep > 1 ? "tp x ep " : tp > 1 ? "tp " : "ep ") << std::max(tp, ep)
-                << " instance" << std::endl;
+                << (tp > 1 && ep > tp ? absl::StrCat("tp ", tp, " x ep ")
+                    : tp > 1 && ep > 1 ? std::string("tp x ep ")
+                    : tp > 1           ? std::string("tp ")
+                                       : std::string("ep "))
+                << std::max(tp, ep) << " instance" << std::endl;
       return instance.instance->Follow(policy.get(), options.engine, tokenizer.get());
     }
     options.parallel = instance.instance->parallel();

@@ -19,10 +19,12 @@
                 restarted on its address and the run goes on scoring; killed again, past
                 its one restart, the run stops with a message naming the worker, how it
                 ended and the key.
-  instances     spawn mode with fleet.rollout_tp 2, then fleet.rollout_ep 2, then both: the
-                run starts one rollout worker as a tensor-parallel, an expert-parallel, then
-                a TP x EP instance of 2 processes (rank 0 serves and registers, rank 1
-                follows), and every
+  instances     spawn mode with fleet.rollout_tp 2, then fleet.rollout_ep 2, then both, then
+                rollout_tp 2 with rollout_ep 4: the run starts one rollout worker as a
+                tensor-parallel, an expert-parallel, a TP x EP instance of 2 processes (rank
+                0 serves and registers, rank 1 follows), then one of 4 whose two TP groups
+                each generate their share of every batch, their MoE blocks over all 4
+                (attention data parallelism), and every
                 step's weights reach both ranks: the instance's
                 logprobs equal the learner's to FP32 rounding at every step, while the
                 weights the instance started from (before the SFT warm-up) give its last
@@ -362,14 +364,22 @@ def tp_model(tmp):
     return model_path
 
 
+# Instance kinds: (rollout_tp, rollout_ep, how the followers name the instance).
+INSTANCES = {"tp": (2, 1, "tp 2"), "ep": (1, 2, "ep 2"), "tpep": (2, 2, "tp x ep 2"),
+             "tp2ep4": (2, 4, "tp 2 x ep 4")}
+
+
 def check_instance(tmp, kind):
-    """`kind`: tp, ep or tpep (both over the same 2 ranks)."""
+    """`kind`: tp, ep, tpep (both over the same 2 ranks) or tp2ep4 (two TP groups of 2
+    generating apart, their experts split over all 4 ranks)."""
     out = os.path.join(tmp, f"out-{kind}")
     model_path = tp_model(tmp)
+    tp, ep, name = INSTANCES[kind]
     fleet = {"mode": "spawn", "rollout_workers": 1}
-    for part in ("tp", "ep"):
-        if part in kind:
-            fleet[f"rollout_{part}"] = 2
+    if tp > 1:
+        fleet["rollout_tp"] = tp
+    if ep > 1:
+        fleet["rollout_ep"] = ep
     config = base_config(tmp, out, 3, 4, fleet)
     config["model"]["init_config"] = model_path
     # A warm-up that moves the weights well away from those the instance starts with.
@@ -379,18 +389,20 @@ def check_instance(tmp, kind):
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = os.path.join(out, "logs")
+    ranks = max(tp, ep)
     assert sorted(f for f in os.listdir(logs) if f.startswith("rollout-local-")) == \
-        ["rollout-local-0-rank1.log", "rollout-local-0.log"], os.listdir(logs)
-    follower = open(os.path.join(logs, "rollout-local-0-rank1.log")).read()
-    name = {"tp": "tp", "ep": "ep", "tpep": "tp x ep"}[kind]
-    assert f"following rank 0 of the {name} 2 instance" in follower, follower[-2000:]
+        sorted([f"rollout-local-0-rank{r}.log" for r in range(1, ranks)] +
+               ["rollout-local-0.log"]), os.listdir(logs)
+    for r in range(1, ranks):
+        follower = open(os.path.join(logs, f"rollout-local-0-rank{r}.log")).read()
+        assert f"following rank 0 of the {name} instance" in follower, follower[-2000:]
     rows = [r for r in metrics(out) if "policy/train_infer_logprob_abs_diff_max" in r]
     assert [r["step"] for r in rows] == [1, 2, 3], rows
     diffs = [r["policy/train_infer_logprob_abs_diff_max"] for r in rows]
     assert all(d < 1e-4 for d in diffs), diffs
     moved = starting_weights_moved(out, tmp, kind)
     assert moved > 1e-2, moved
-    print(f"  {kind} 2 instance: engine-vs-learner max |logprob diff| per step {diffs}; the "
+    print(f"  {name} instance: engine-vs-learner max |logprob diff| per step {diffs}; the "
           f"starting weights' logprobs differ by up to {moved:.3f}")
 
 
@@ -415,7 +427,7 @@ def starting_weights_moved(out, tmp, name):
 
 
 def case_instances(tmp):
-    for kind in ("tp", "ep", "tpep"):
+    for kind in INSTANCES:
         check_instance(tmp, kind)
 
 

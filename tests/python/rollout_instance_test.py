@@ -175,8 +175,10 @@ def check_usage_errors(model_dir):
               "--tp 2 needs WORLD_SIZE=2"),
              (["--ep", "2", "--model", model_dir], {"WORLD_SIZE": "3", "RANK": "0"},
               "--ep 2 needs WORLD_SIZE=2"),
-             (["--tp", "2", "--ep", "4", "--model", model_dir], {},
-              "--tp 2 with --ep 4: together they must be equal")]
+             (["--tp", "4", "--ep", "2", "--model", model_dir], {},
+              "--tp 4 with --ep 2: --ep must be a multiple of --tp"),
+             (["--tp", "2", "--ep", "4", "--model", model_dir], {"WORLD_SIZE": "2", "RANK": "0"},
+              "--ep 4 needs WORLD_SIZE=4")]
     for flags, env, fragment in cases:
         p = subprocess.run([LIGHTRL, "rollout-worker", *flags], capture_output=True, text=True,
                            env=dict(ENV, **env), timeout=60)

@@ -686,8 +686,11 @@ TEST_F(RunConfigTest, BatchInvariantNumericsBindsAndRefusesWhatItCannotRun) {
   c.fleet.rollout_tp = 2;
   EXPECT_TRUE(c.Validate().ok()) << c.Validate();  // TP and EP over the same ranks
   c.fleet.rollout_ep = 4;
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();  // two TP groups sharing their experts
+  c.fleet.rollout_ep = 3;
   EXPECT_THAT(std::string(c.Validate().message()),
-              HasSubstr("rollout_tp 2 with rollout_ep 4: together they must be equal"));
+              HasSubstr("rollout_tp 2 with rollout_ep 3: rollout_ep must be a multiple of "
+                        "rollout_tp"));
   c = *loaded;
   c.fleet.mode = "spawn";
   c.fleet.worker_device = "cpu,cuda:1";  // CPU and CUDA workers give the same bits
