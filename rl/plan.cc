@@ -1116,6 +1116,14 @@ std::string FormatPlan(const Plan& p) {
       "sequence_parallel: %s}\n",
       run_layout.tp, run_layout.dp, run_layout.ep, run_layout.expert_tp,
       run_layout.sequence_parallel ? "true" : "false"));
+  // A spawned instance is its EP group of rollout_tp-rank TP groups (or one TP group).
+  if (l.rollout_ep == 1 || l.rollout_ep % l.rollout_tp == 0) {
+    const int64_t per_worker = std::max(l.rollout_tp, l.rollout_ep);
+    absl::StrAppend(&out, absl::StrFormat(
+        "  rollout as run config keys: fleet: {mode: spawn, rollout_workers: %d, rollout_tp: "
+        "%d, rollout_ep: %d}\n",
+        l.rollout_gpus / per_worker, l.rollout_tp, l.rollout_ep));
+  }
 
   auto memory = [&](const char* role, const RoleMemory& m) {
     absl::StrAppend(&out, absl::StrFormat("\nMemory per %s GPU: %s of %s %s\n", role,

@@ -62,6 +62,13 @@ def main():
     for needle in ("Layout", "Memory per learner GPU", "Memory per rollout GPU", "[measured]",
                    "[extrapolated]", "[assumed]", "Step:"):
         assert needle in text.stdout, needle
+    # The rollout instances as the fleet keys that spawn them: TP groups of `tp` inside an
+    # EP group of `ep` (attention data parallelism), one worker per EP group.
+    rollout = layout["rollout"]
+    assert rollout["ep"] % rollout["tp"] == 0 and rollout["ep"] == rollout["instance_gpus"], rollout
+    keys = (f"rollout as run config keys: fleet: {{mode: spawn, rollout_workers: "
+            f"{rollout['instances']}, rollout_tp: {rollout['tp']}, rollout_ep: {rollout['ep']}}}")
+    assert keys in text.stdout, text.stdout
 
     expect_error(run("plan", "--config", CONFIG, "--gpus", "500"),
                  "--gpus must be a positive multiple of plan.hardware.gpus_per_node (8), got 500")
