@@ -38,7 +38,8 @@
                 learner's bits (mismatch exactly 0); fleet.weight_sync nccl is refused by
                 name.
   batch_invariant  spawn mode with 2 rollout workers and numerics.batch_invariant (then an
-                 expert-parallel and a tensor-parallel instance of 2 processes in the mode): the
+                 expert-parallel and a tensor-parallel instance of 2 processes, and a tp 2 x
+                 ep 4 instance of 4, in the mode): the
                 workers take the mode with the weights, and every step's learner logprobs
                 equal the workers' bit for bit (the mismatch metrics are exactly 0), while
                 the same run without the mode shows a mismatch.
@@ -458,14 +459,17 @@ def case_batch_invariant(tmp):
     print(f"  batch_invariant: mismatch (max, mean, kl) per step {mismatch[True]} with the "
           f"mode, {mismatch[False]} without")
     # An expert-parallel and a tensor-parallel instance of 2 processes (each rank its
-    # experts, or its heads and vocabulary rows) in the mode.
+    # experts, or its heads and vocabulary rows), and one of 4 with two TP groups over
+    # shared experts (attention data parallelism), in the mode.
     model_path = tp_model(tmp)
-    for kind in ("ep", "tp"):
+    for kind in ("ep", "tp", "tp2ep4"):
+        tp, ep, name = INSTANCES[kind]
         out = os.path.join(tmp, f"out-{kind}")
-        config = base_config(tmp, out, 3, 4, {"mode": "spawn", "rollout_workers": 1,
-                                              f"rollout_{kind}": 2})
+        fleet = {"mode": "spawn", "rollout_workers": 1}
+        fleet.update({k: v for k, v in (("rollout_tp", tp), ("rollout_ep", ep)) if v > 1})
+        config = base_config(tmp, out, 3, 4, fleet)
         config["numerics"] = {"batch_invariant": True}
-        if kind == "tp":
+        if tp > 1:
             config["model"]["init_config"] = model_path
         path = os.path.join(tmp, f"run-{kind}.yaml")
         write_yaml(path, config)
@@ -473,13 +477,13 @@ def case_batch_invariant(tmp):
                               text=True, timeout=TIMEOUT_S)
         assert proc.returncode == 0, proc.stderr[-3000:]
         follower = open(os.path.join(out, "logs", "rollout-local-0-rank1.log")).read()
-        assert f"following rank 0 of the {kind} 2 instance" in follower, follower[-2000:]
+        assert f"following rank 0 of the {name} instance" in follower, follower[-2000:]
         rows = [r for r in metrics(out) if "policy/train_infer_logprob_abs_diff_max" in r]
         got = [(r["policy/train_infer_logprob_abs_diff_max"],
                 r["policy/train_infer_logprob_abs_diff"], r["policy/train_infer_kl"]) for r in rows]
         assert [r["step"] for r in rows] == [1, 2, 3] and all(m == (0.0, 0.0, 0.0) for m in got), \
             (kind, got)
-        print(f"  batch_invariant in a {kind} 2 instance: mismatch per step {got}")
+        print(f"  batch_invariant in a {name} instance: mismatch per step {got}")
 
 
 def case_sharded_learner(tmp):
