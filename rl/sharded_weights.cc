@@ -143,6 +143,9 @@ absl::Status GatherShardsToHost(ProcessGroup* group, const PolicyModel& shard,
   std::map<std::string, size_t> filled;
   if (root) {
     if (whole == nullptr) return absl::InternalError("GatherShardsToHost: rank 0 has no output");
+    // The last version goes first, so that one whole model's bytes are held at a time (a
+    // failed gather leaves none: the learner call fails with it).
+    std::vector<PolicyModel::WeightTensor>().swap(*whole);
     for (const auto& [name, shape] : ModelTensorShapes(model)) {
       int64_t n = 1;
       for (int64_t d : shape) n *= d;
