@@ -738,29 +738,22 @@ torch::Tensor SparseMoeImpl::ForwardReplicatedExpertParallel(const torch::Tensor
               "replicated expert parallelism: the comm's ranks are one EP group, or one EP "
               "group per expert-TP rank; it has ", comm.world_size(), " ranks in EP groups of ",
               P, ", expert-TP ", Q);
-  if (rows_group != nullptr) {
-    // x is this TP group's alone (attention data parallelism: the EP group spans several
-    // TP groups, each with its own tokens): member t dispatches block t of them, and the
-    // group gathers its blocks' outputs.
-    const int64_t G = rows_group->tp_size();
-    TORCH_CHECK(Q == 1 && P % G == 0, "expert parallelism over attention data-parallel TP "
-                "groups: the EP group of ", P, " must hold whole TP groups of ", G,
-                ", without expert-TP (", Q, ")");
-    const int64_t rows = (T + G - 1) / G;
-    const int64_t begin = std::min(T, rows_group->tp_rank() * rows);
-    const int64_t valid = std::min(T, begin + rows) - begin;
-    auto block = torch::zeros({rows, x.size(1)}, x.options());
-    if (valid > 0) block.narrow(0, 0, valid).copy_(x.narrow(0, begin, valid));
-    auto out = ForwardExpertParallel(block, /*capacity_factor=*/0, comm, valid, numerics).first;
-    return rows_group->AllGather(out).narrow(0, 0, T);
-  }
-  // Rank (EP rank i, expert-TP rank j) dispatches block j * P + i of the rows.
-  const int64_t rows = (T + P * Q - 1) / (P * Q);
-  const int64_t begin = std::min(T, (comm.expert_tp_rank() * P + comm.ep_rank()) * rows);
+  // Rank (EP rank i, expert-TP rank j) dispatches block j * P + i of the rows; with
+  // rows_group, x is that TP group's alone (attention data parallelism: the EP group spans
+  // several TP groups, each with its own tokens) and its member t dispatches block t.
+  const int64_t parts = rows_group != nullptr ? rows_group->tp_size() : P * Q;
+  TORCH_CHECK(rows_group == nullptr || (Q == 1 && P % parts == 0), "expert parallelism over "
+              "attention data-parallel TP groups: the EP group of ", P, " must hold whole TP "
+              "groups of ", parts, ", without expert-TP (", Q, ")");
+  const int64_t index =
+      rows_group != nullptr ? rows_group->tp_rank() : comm.expert_tp_rank() * P + comm.ep_rank();
+  const int64_t rows = (T + parts - 1) / parts;
+  const int64_t begin = std::min(T, index * rows);
   const int64_t valid = std::min(T, begin + rows) - begin;
   auto block = torch::zeros({rows, x.size(1)}, x.options());
   if (valid > 0) block.narrow(0, 0, valid).copy_(x.narrow(0, begin, valid));
   auto out = ForwardExpertParallel(block, /*capacity_factor=*/0, comm, valid, numerics).first;
+  if (rows_group != nullptr) return rows_group->AllGather(out).narrow(0, 0, T);
   // Each member sends its block to all: the EP group's blocks j * P .. j * P + P - 1 in
   // order, then the expert-TP group's runs of P blocks in member order.
   const std::vector<int64_t> counts(P, rows);

@@ -515,7 +515,7 @@ std::vector<GenerationResult> RolloutInstance::Run(Engine& engine,
     const absl::Status got = impl_->group->RecvBytes(&bytes, c * impl_->shard.tp);
     absl::StatusOr<std::vector<GenerationResult>> theirs =
         got.ok() ? DecodeResults(bytes) : absl::StatusOr<std::vector<GenerationResult>>(got);
-    const size_t want = ShareOf(batch, c, k).size();
+    const size_t want = ShareSize(batch.size(), c, k);
     if (theirs.ok() && theirs->size() != want) {
       theirs = absl::InternalError(absl::StrCat("rollout instance: TP group ", c, " returned ",
                                                 theirs->size(), " results for ", want, " requests"));

@@ -87,6 +87,10 @@ class RolloutInstance final : public EngineBatchFanout {
                                                 int64_t c, int64_t copies);
   static void PlaceShare(std::vector<GenerationResult>* all, std::vector<GenerationResult> share,
                          int64_t c, int64_t copies);
+  // ShareOf's size for a batch of `n` requests.
+  static size_t ShareSize(size_t n, int64_t c, int64_t copies) {
+    return (n + static_cast<size_t>(copies - 1 - c)) / static_cast<size_t>(copies);
+  }
 
   // The batch wire format (any byte string that Decode... accepts came from Encode...).
   static std::string EncodeBatch(const std::vector<GenerationRequest>& batch);

@@ -249,7 +249,7 @@ std::vector<GenerationResult> Trainer::GenerateOnEngine(const std::vector<Genera
     status = group_->RecvBytes(&bytes, instance_->LeaderOf(c));
     if (!status.ok()) break;
     auto theirs = RolloutInstance::DecodeResults(bytes);
-    const size_t want = RolloutInstance::ShareOf(requests, c, copies).size();
+    const size_t want = RolloutInstance::ShareSize(requests.size(), c, copies);
     if (!theirs.ok() || theirs->size() != want) {
       status = theirs.ok() ? absl::InternalError(absl::StrCat("copy ", c, " returned ",
                                                               theirs->size(), " results for ", want))
